@@ -1,0 +1,128 @@
+"""Pure-functional forward passes: per-layer, layer-by-layer over a cache, and whole-model.
+
+The unit of execution is :func:`layer_forward`: one decoder layer over T new tokens, given that
+layer's cached KV of the prefix (possibly empty). A prefill driver can therefore stream each
+layer's KV in just before it runs (layer-wise prefill, PAPER.md section 3) and free it after;
+:func:`forward_with_cache` is the simplest such driver and :func:`forward` the no-cache
+one-pass model built from the same function.
+
+``LayerKV`` is a pair of arrays: GQA ``(k [S, K, H], v [S, K, H])`` (post-RoPE keys);
+MLA ``(latent [S, C], k_rope [S, R])`` (post-norm latent, post-RoPE rope key).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from dualpath_jax.model.layers import gqa_attention, mla_attention, rms_norm, rope_cos_sin, swiglu_mlp
+from dualpath_jax.model.spec import ModelSpec
+
+__all__ = ["LayerKV", "embed", "unembed", "layer_forward", "forward", "forward_batch",
+           "forward_with_cache", "empty_layer_kv", "kv_concat"]
+
+LayerKV = tuple  # (a [S, ...], b [S, ...]); see module docstring
+
+
+def empty_layer_kv(spec: ModelSpec, dtype=jnp.float32) -> LayerKV:
+    """A zero-length LayerKV (S = 0) for ``spec``."""
+    if spec.is_mla:
+        return (jnp.zeros((0, spec.kv_lora_rank), dtype), jnp.zeros((0, spec.qk_rope_head_dim), dtype))
+    shape = (0, spec.n_kv_heads, spec.head_dim)
+    return (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def kv_concat(a: LayerKV, b: LayerKV) -> LayerKV:
+    """Concatenate two LayerKVs along S (prefix first)."""
+    return (jnp.concatenate([a[0], b[0]], axis=0), jnp.concatenate([a[1], b[1]], axis=0))
+
+
+def embed(params: dict, spec: ModelSpec, tokens: jax.Array) -> jax.Array:
+    """Token embeddings ``[T, D]`` for ``tokens i32[T]``."""
+    del spec
+    return params["embed"][tokens]
+
+
+def unembed(params: dict, spec: ModelSpec, h: jax.Array) -> jax.Array:
+    """Final RMSNorm and LM head: ``h [T, D]`` -> logits ``f32[T, V]``."""
+    h = rms_norm(h, params["final_norm"], spec.rms_norm_eps)
+    w = params["embed"].T if spec.tie_embeddings else params["lm_head"]
+    return jnp.dot(h, w, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "implementation"))
+def layer_forward(layer_params: dict, spec: ModelSpec, h: jax.Array, positions: jax.Array,
+                  cache: LayerKV | None = None, *, implementation: str = "auto"
+                  ) -> tuple[jax.Array, LayerKV]:
+    """One decoder layer over T new tokens attending to ``[cache | new]``.
+
+    Args:
+      layer_params: ``params["layers"][l]``.
+      spec: model spec (static).
+      h: hidden states ``[T, D]`` of the new tokens.
+      positions: absolute positions ``i32[T]`` (normally ``S_c + arange(T)``).
+      cache: the layer's LayerKV of the S_c cached tokens, or None.
+      implementation: attention kernel, ``"auto" | "reference" | "pallas"``.
+
+    Returns:
+      ``(h_out [T, D], new_kv)`` where ``new_kv`` is the LayerKV of the T new tokens only.
+    """
+    x = rms_norm(h, layer_params["attn_norm"], spec.rms_norm_eps)
+    rope_dim = spec.qk_rope_head_dim if spec.is_mla else spec.head_dim
+    cos, sin = rope_cos_sin(positions, rope_dim, spec.rope_theta)
+    attend = mla_attention if spec.is_mla else gqa_attention
+    attn_out, new_kv = attend(layer_params, spec, x, cos, sin, cache, implementation)
+    h = h + attn_out.astype(h.dtype)
+    h = h + swiglu_mlp(layer_params["mlp"], rms_norm(h, layer_params["mlp_norm"], spec.rms_norm_eps))
+    return h, new_kv
+
+
+def forward_with_cache(params: dict, spec: ModelSpec, tokens: jax.Array, caches: Sequence[LayerKV] | None,
+                       *, implementation: str = "auto") -> tuple[jax.Array, list[LayerKV]]:
+    """Run ``tokens i32[T]`` layer by layer over per-layer cached KV of a prefix.
+
+    Args:
+      caches: L LayerKVs of the same S_c cached tokens (or None for no prefix). The new tokens
+        get positions ``S_c .. S_c + T - 1``.
+
+    Returns:
+      ``(logits f32[T, V], new_kvs)``: ``new_kvs[l]`` is layer l's LayerKV of the T new tokens.
+
+    Raises:
+      ValueError: ``caches`` has the wrong number of layers or inconsistent lengths.
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if caches is not None and len(caches) != spec.n_layers:
+        raise ValueError(f"caches: expected {spec.n_layers} layers, got {len(caches)}")
+    cached_len = 0 if caches is None else int(caches[0][0].shape[0])
+    if caches is not None and any(int(c[0].shape[0]) != cached_len for c in caches):
+        raise ValueError(f"caches: all layers must hold the same number of tokens "
+                         f"(got {[int(c[0].shape[0]) for c in caches]})")
+    positions = cached_len + jnp.arange(tokens.shape[0], dtype=jnp.int32)
+    h = embed(params, spec, tokens)
+    new_kvs = []
+    for layer in range(spec.n_layers):
+        cache = None if caches is None or cached_len == 0 else caches[layer]
+        h, kv = layer_forward(params["layers"][layer], spec, h, positions, cache,
+                              implementation=implementation)
+        new_kvs.append(kv)
+    return unembed(params, spec, h), new_kvs
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "implementation"))
+def forward(params: dict, spec: ModelSpec, tokens: jax.Array, *, implementation: str = "auto") -> jax.Array:
+    """Whole-model forward of one sequence without cache: ``tokens i32[T]`` -> ``f32[T, V]``."""
+    positions = jnp.arange(tokens.shape[0], dtype=jnp.int32)
+    h = embed(params, spec, tokens)
+    for layer_params in params["layers"]:
+        h, _ = layer_forward(layer_params, spec, h, positions, None, implementation=implementation)
+    return unembed(params, spec, h)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "implementation"))
+def forward_batch(params: dict, spec: ModelSpec, tokens: jax.Array, *, implementation: str = "auto") -> jax.Array:
+    """Batched :func:`forward` over equal-length sequences: ``i32[B, T]`` -> ``f32[B, T, V]``."""
+    return jax.vmap(lambda t: forward(params, spec, t, implementation=implementation))(tokens)

@@ -1,0 +1,47 @@
+"""The dimension glossary used in einsums, docstrings and annotations across the project.
+
+======  ==========================================================
+letter  meaning
+======  ==========================================================
+B       sequences (requests) in a batch
+T       new (query) tokens
+S       KV tokens (cached + new)
+L       transformer layers
+N       query heads
+K       KV heads (GQA); 1 for MLA's latent cache
+H       head dim
+D       model (hidden) dim
+F       MLP hidden dim
+E       routed experts
+V       vocabulary size
+P       pages / blocks
+Z       tokens per block (64 by default, PAPER.md section 2.2)
+C       MLA latent dim (``kv_lora_rank``)
+R       rope dim of MLA's decoupled rope key (``qk_rope_head_dim``)
+======  ==========================================================
+
+Index arrays are written ``i32[B, P]``; float arrays ``f32[T, D]`` / ``bf16[...]``.
+Byte sizes of KV come only from :mod:`dualpath_jax.kvcache` layouts and
+:mod:`dualpath_jax.model.cost`.
+"""
+
+BLOCK_TOKENS = 64
+"""Default Z: tokens per Full/Layer Block (PAPER.md section 2.2, 'e.g., 64 tokens')."""
+
+GLOSSARY = {
+    "B": "sequences in a batch",
+    "T": "new (query) tokens",
+    "S": "KV tokens (cached + new)",
+    "L": "layers",
+    "N": "query heads",
+    "K": "KV heads",
+    "H": "head dim",
+    "D": "model dim",
+    "F": "MLP hidden dim",
+    "E": "routed experts",
+    "V": "vocab",
+    "P": "pages/blocks",
+    "Z": "tokens per block",
+    "C": "MLA latent dim",
+    "R": "MLA rope dim",
+}

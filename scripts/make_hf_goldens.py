@@ -1,0 +1,73 @@
+"""Write tiny random-weight Hugging Face checkpoints and their reference logits for the parity tests.
+
+Uses ``transformers`` (Qwen2ForCausalLM, DeepseekV3ForCausalLM) and ``torch`` on CPU in float32:
+each model is built from a tiny config with random weights, saved with ``save_pretrained`` (config.json
++ model.safetensors) under ``tests/data/hf/<name>/``, and run on fixed token ids; the logits are saved as
+``reference.npz`` (``tokens`` i32[T], ``logits`` f32[T, V]). ``tests/test_hf_parity.py`` reads the
+checkpoint with ``load_hf_checkpoint`` and compares this project's forward against those logits.
+
+Usage (needs the ``hf`` extra; ``pip install torch==2.13.0 transformers``):
+    python scripts/make_hf_goldens.py [--out tests/data/hf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import torch
+import transformers
+
+SEQ_LEN = 96
+
+
+def _perturb_norms_and_biases(model: torch.nn.Module) -> None:
+    # transformers initialises RMSNorm weights to 1 and biases to 0; perturb both so the test exercises them.
+    g = torch.Generator().manual_seed(1)
+    for name, p in model.named_parameters():
+        if "norm" in name or name.endswith(".bias"):
+            with torch.no_grad():
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def make_qwen2() -> transformers.PreTrainedModel:
+    cfg = transformers.Qwen2Config(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=10000.0,
+        tie_word_embeddings=False, use_sliding_window=False)
+    return transformers.Qwen2ForCausalLM(cfg)
+
+
+def make_deepseek_v3(q_lora_rank) -> transformers.PreTrainedModel:
+    cfg = transformers.DeepseekV3Config(
+        vocab_size=512, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=4,
+        num_experts_per_tok=2, first_k_dense_replace=3, q_lora_rank=q_lora_rank, kv_lora_rank=32,
+        qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, max_position_embeddings=1024,
+        rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False, rope_interleave=True,
+        attention_bias=False, n_group=1, topk_group=1)
+    return transformers.DeepseekV3ForCausalLM(cfg)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "hf"))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    models = {"qwen2_tiny": make_qwen2(), "deepseek_v3_tiny": make_deepseek_v3(32),
+              "deepseek_v3_tiny_noqlora": make_deepseek_v3(None)}
+    tokens = np.random.default_rng(0).integers(0, 512, size=SEQ_LEN).astype(np.int32)
+    for name, model in models.items():
+        model = model.float().eval()
+        _perturb_norms_and_biases(model)
+        out_dir = os.path.join(args.out, name)
+        model.save_pretrained(out_dir, safe_serialization=True)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(tokens.astype(np.int64))[None]).logits[0].numpy()
+        np.savez(os.path.join(out_dir, "reference.npz"), tokens=tokens, logits=logits.astype(np.float32))
+        print(f"{name}: wrote {out_dir} logits {logits.shape}, transformers {transformers.__version__}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+import pytest
+
+from dualpath_jax.config import ConfigError, from_mapping
+from dualpath_jax.model import ModelSpec, get_spec, preset_names
+
+
+def test_presets_exist_and_validate():
+    assert set(preset_names()) >= {"tiny-gqa", "tiny-mla", "qwen2.5-32b", "deepseek-v3.2", "ds-27b"}
+    ds = get_spec("DeepSeek-V3.2")
+    assert (ds.n_layers, ds.kv_lora_rank, ds.index_topk, ds.first_k_dense) == (61, 512, 2048, 3)
+
+
+def test_unknown_preset_names_field():
+    with pytest.raises(ConfigError, match=r"model\.name.*unknown preset 'llama'"):
+        get_spec("llama")
+
+
+@pytest.mark.parametrize("change,field", [
+    (dict(d_model=-4), "d_model"),
+    (dict(n_layers=0), "n_layers"),
+    (dict(n_heads=6), "n_heads"),            # 6 not divisible by 4 KV heads... see base below
+    (dict(attention="mqa"), "attention"),
+    (dict(head_dim=15), "head_dim"),
+    (dict(rope_theta=0.0), "rope_theta"),
+    (dict(vocab_size=2.5), "vocab_size"),
+])
+def test_invalid_gqa_specs_name_field(change, field):
+    base = dict(name="x", attention="gqa", vocab_size=10, d_model=8, n_layers=1, n_heads=8, n_kv_heads=4,
+                head_dim=4, d_ff=8)
+    with pytest.raises(ConfigError) as e:
+        ModelSpec(**{**base, **change})
+    assert e.value.field.endswith(field)
+
+
+@pytest.mark.parametrize("change,field", [
+    (dict(kv_lora_rank=0), "kv_lora_rank"),
+    (dict(qk_rope_head_dim=3), "qk_rope_head_dim"),
+    (dict(index_n_heads=4), "index_n_heads"),
+    (dict(n_routed_experts=4, n_activated_experts=8, moe_d_ff=4), "n_activated_experts"),
+    (dict(first_k_dense=5), "first_k_dense"),
+])
+def test_invalid_mla_specs_name_field(change, field):
+    base = get_spec("tiny-mla")
+    with pytest.raises(ConfigError) as e:
+        base.replace(**change)
+    assert e.value.field.endswith(field)
+
+
+def test_from_mapping_rejects_unknown_key():
+    with pytest.raises(ConfigError, match="n_hedas"):
+        from_mapping(ModelSpec, {"name": "x", "attention": "gqa", "n_hedas": 3})
