@@ -1,0 +1,119 @@
+"""Intra-engine batch formation for PEs (PAPER.md section 5.5).
+
+Each request in a forward batch is a pair ``(cached, bsz)``: ``cached`` tokens whose KV exists
+(storage hits plus chunks computed by earlier forwards) and ``bsz`` tokens computed now. An
+:class:`AttentionTimeModel` maps a pair to attention-layer seconds (theoretical FLOPs times a
+profiled rate, as in PrefillOnly / Sarathi-Serve). :func:`form_batch` packs the FIFO under the
+compute quota; the first request that does not fit whole is chunked to the largest ``bsz`` that
+fits (binary search) and packing stops there. :func:`form_batch_fifo` is the quota-free baseline
+(whole requests under a token cap, chunking only a head request that alone exceeds it).
+
+Both honour ``max_kv_tokens``, the KV the PE can hold on device for the batch: with ``full``
+prefill all L layers of every request's ``cached + bsz`` tokens, with ``layerwise`` only the
+layers in flight (so the runtime passes an L/depth times larger budget).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+__all__ = ["BatchItem", "AttentionTimeModel", "form_batch", "form_batch_fifo"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchItem:
+    """A request's prefill state: ``cached`` tokens with KV, ``remaining`` tokens to compute."""
+
+    request_id: int
+    cached: int
+    remaining: int
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionTimeModel:
+    """Seconds of one attention layer for ``bsz`` new tokens over ``cached`` tokens.
+
+    ``time = seconds_per_token * bsz + seconds_per_flop * flops_per_key * sum_{i<bsz}(cached+i+1)``;
+    ``flops_per_key`` is the per-layer attention FLOPs per (query, key) pair
+    (``dualpath_jax.model.cost``), the two rates come from profiling.
+    """
+
+    flops_per_key: float
+    seconds_per_flop: float
+    seconds_per_token: float = 0.0
+
+    def time_s(self, cached: int, bsz: int) -> float:
+        keys = (2 * cached + bsz + 1) * bsz / 2.0
+        return self.seconds_per_token * bsz + self.seconds_per_flop * self.flops_per_key * keys
+
+
+def _largest_chunk(item: BatchItem, fits) -> int:
+    lo, hi = 0, item.remaining  # invariant: lo fits (0 trivially), answer in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def form_batch(fifo: Sequence[BatchItem], quota_s: float, model: AttentionTimeModel, *,
+               max_kv_tokens: float = float("inf")) -> list[BatchItem]:
+    """Pack ``fifo`` into one forward batch under ``quota_s`` seconds of attention.
+
+    Returns:
+      ``BatchItem(request_id, cached, bsz)`` entries (``remaining`` holds the chunk size ``bsz``).
+      A non-empty ``fifo`` always yields at least one token of progress when its head's cached KV
+      fits ``max_kv_tokens``.
+
+    Raises:
+      ValueError: the head request's cached KV alone exceeds ``max_kv_tokens`` (it can never run).
+    """
+    batch: list[BatchItem] = []
+    used_s, used_kv = 0.0, 0.0
+    for item in fifo:
+        def fits(bsz: int) -> bool:
+            return (used_s + model.time_s(item.cached, bsz) <= quota_s
+                    and used_kv + item.cached + bsz <= max_kv_tokens)
+        if item.remaining > 0 and fits(item.remaining):
+            batch.append(item)
+            used_s += model.time_s(item.cached, item.remaining)
+            used_kv += item.cached + item.remaining
+            continue
+        bsz = _largest_chunk(item, fits)
+        if not batch and bsz == 0:
+            if item.cached + 1 > max_kv_tokens:
+                raise ValueError(f"request {item.request_id}: cached={item.cached} tokens exceed "
+                                 f"max_kv_tokens={max_kv_tokens}")
+            bsz = 1  # progress guarantee: the quota is a target, not a wall
+        if bsz > 0:
+            batch.append(BatchItem(item.request_id, item.cached, bsz))
+        break
+    return batch
+
+
+def form_batch_fifo(fifo: Sequence[BatchItem], *, max_tokens: float, max_kv_tokens: float = float("inf")
+                    ) -> list[BatchItem]:
+    """Whole requests in FIFO order while new tokens <= ``max_tokens`` and KV <= ``max_kv_tokens``.
+
+    Raises:
+      ValueError: the head request's cached KV alone exceeds ``max_kv_tokens``.
+    """
+    batch: list[BatchItem] = []
+    tokens, kv = 0.0, 0.0
+    for item in fifo:
+        if tokens + item.remaining <= max_tokens and kv + item.cached + item.remaining <= max_kv_tokens:
+            batch.append(item)
+            tokens += item.remaining
+            kv += item.cached + item.remaining
+            continue
+        if not batch:
+            room = int(min(max_tokens, max_kv_tokens - item.cached))
+            if room < 1:
+                raise ValueError(f"request {item.request_id}: cached={item.cached} tokens exceed "
+                                 f"max_kv_tokens={max_kv_tokens}")
+            batch.append(BatchItem(item.request_id, item.cached, min(room, item.remaining)))
+        break
+    return batch

@@ -1,0 +1,80 @@
+"""DE selection in two phases (PAPER.md section 5.3).
+
+Phase 1 (across DE groups): every request of the global DE queue goes to the private queue of the
+group with the smallest total ``tok``; that group's total grows by ``len(r)``.
+
+Phase 2 (inside the fetching group E): ``R`` = the longest prefix of the private queue whose HBM
+need fits in the group's total free HBM (no fragmentation assumed);
+``Z = z_factor * (sum len(R) + sum tok_e) / |E|``. For each head request, among engines with
+enough free HBM: those with ``tok_e + len(r) <= Z`` take it by min ``seq_e`` (balances request
+count), otherwise min ``tok_e`` (limits HBM exhaustion). No engine fits -> the fetch ends.
+Ties break on the lower engine id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from dualpath_jax.sched.types import Assignment, EngineLoad, SchedRequest
+
+__all__ = ["de_phase1", "de_phase2", "balance_target"]
+
+
+def de_phase1(queue: Sequence[SchedRequest], group_tok: Mapping[int, float]
+              ) -> tuple[dict[int, list[SchedRequest]], dict[int, float]]:
+    """Distribute ``queue`` over groups by min total tokens.
+
+    Args:
+      queue: global DE queue, head first.
+      group_tok: group id -> sum of its engines' ``tok`` plus requests already in its private queue.
+
+    Returns:
+      ``(additions, totals)``: group id -> requests appended to its private queue (in order), and
+      the updated totals.
+    """
+    totals = dict(group_tok)
+    additions: dict[int, list[SchedRequest]] = {g: [] for g in totals}
+    for req in queue:
+        g = min(totals, key=lambda k: (totals[k], k))
+        additions[g].append(req)
+        totals[g] += req.num_tokens
+    return additions, totals
+
+
+def balance_target(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoad], z_factor: float) -> float:
+    """``Z`` of phase 2: ``z_factor * (sum len(R) + sum tok_e) / |E|``."""
+    free = sum(e.free_hbm_bytes for e in engines)
+    fitting, used = 0, 0.0
+    for req in private_queue:
+        if used + req.hbm_bytes > free:
+            break
+        used += req.hbm_bytes
+        fitting += req.num_tokens
+    return z_factor * (fitting + sum(e.tok for e in engines)) / max(len(engines), 1)
+
+
+def de_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoad], *, z_factor: float = 1.05
+              ) -> tuple[list[Assignment], dict[int, EngineLoad]]:
+    """Assign from the head of the fetching group's private queue to its engines.
+
+    Returns:
+      ``(assignments, loads)``: a prefix of ``private_queue`` with their DEs, and the engines'
+      loads after the fetch (``tok``, ``seq`` and ``free_hbm_bytes`` updated).
+    """
+    loads = {e.engine_id: EngineLoad(e.engine_id, e.node_id, e.tok, e.seq, e.free_hbm_bytes) for e in engines}
+    z = balance_target(private_queue, engines, z_factor)
+    out: list[Assignment] = []
+    for req in private_queue:
+        fit = [e for e in loads.values() if e.free_hbm_bytes >= req.hbm_bytes]
+        if not fit:
+            break
+        low = [e for e in fit if e.tok + req.num_tokens <= z]
+        if low:
+            de = min(low, key=lambda e: (e.seq, e.engine_id))
+        else:
+            de = min(fit, key=lambda e: (e.tok, e.engine_id))
+        de.tok += req.num_tokens
+        de.seq += 1
+        de.free_hbm_bytes -= req.hbm_bytes
+        out.append(Assignment(req, de.engine_id, "de"))
+    return out, loads

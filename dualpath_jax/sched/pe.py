@@ -1,0 +1,64 @@
+"""PE selection: Algorithm 1 of the paper (PAPER.md section 5.2).
+
+Engines are split by their unfinished tokens ``tok_e`` against ``beta`` and by their node's disk
+read queue ``read_q`` against ``alpha``:
+
+* C1 = {tok_e > beta}: overloaded, never receives new requests;
+* C2 = {tok_e <= beta, read_q <= alpha}: short disk queue, preferred (an idle SNIC is lost
+  bandwidth);
+* C3 = {tok_e <= beta, read_q > alpha}: long disk queue.
+
+The head request goes to argmin tok_e of C2, else of C3, else the fetch ends. The chosen engine's
+``tok_e`` grows by ``len(r)`` before the next request. The paper does not say whether ``read_q``
+grows inside one fetch; this implementation adds the request's hit tokens to the chosen node's
+queue (``update_read_q=True``, the default), since that is the read the request will cause.
+Ties break on the lower engine id, so the result is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from dualpath_jax.sched.types import Assignment, EngineLoad, SchedRequest
+
+__all__ = ["pe_fetch", "classify_pe"]
+
+
+def classify_pe(engine: EngineLoad, read_q: Mapping[int, float], alpha_tokens: float, beta_tokens: float) -> str:
+    """Return ``"C1"``, ``"C2"`` or ``"C3"`` for one PE (Algorithm 1's candidate sets)."""
+    if engine.tok > beta_tokens:
+        return "C1"
+    return "C2" if read_q.get(engine.node_id, 0.0) <= alpha_tokens else "C3"
+
+
+def pe_fetch(queue: Sequence[SchedRequest], group: Sequence[EngineLoad], read_q: Mapping[int, float], *,
+             alpha_tokens: float, beta_tokens: float, update_read_q: bool = True
+             ) -> tuple[list[Assignment], dict[int, EngineLoad], dict[int, float]]:
+    """Assign requests from the head of the FIFO ``queue`` to the fetching PE ``group``.
+
+    Args:
+      queue: global waiting queue, head first. Not modified.
+      group: loads of the engines of the fetching PE group.
+      read_q: node id -> pending read tokens.
+      alpha_tokens, beta_tokens: thresholds of Algorithm 1.
+
+    Returns:
+      ``(assignments, loads, read_q)``: assignments in queue order (a prefix of ``queue``), the
+      group's loads after the fetch (engine id -> EngineLoad copy) and the updated read queues.
+    """
+    loads = {e.engine_id: EngineLoad(e.engine_id, e.node_id, e.tok, e.seq, e.free_hbm_bytes) for e in group}
+    rq = dict(read_q)
+    out: list[Assignment] = []
+    for req in queue:
+        c2 = [e for e in loads.values() if classify_pe(e, rq, alpha_tokens, beta_tokens) == "C2"]
+        c3 = [e for e in loads.values() if classify_pe(e, rq, alpha_tokens, beta_tokens) == "C3"]
+        pool = c2 or c3
+        if not pool:
+            break
+        pe = min(pool, key=lambda e: (e.tok, e.engine_id))
+        pe.tok += req.num_tokens
+        pe.seq += 1
+        if update_read_q:
+            rq[pe.node_id] = rq.get(pe.node_id, 0.0) + req.hit_tokens
+        out.append(Assignment(req, pe.engine_id, "pe"))
+    return out, loads, rq

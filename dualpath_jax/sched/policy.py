@@ -1,0 +1,176 @@
+"""The cluster scheduler both runtimes drive: ``round_robin`` or ``dualpath`` placement.
+
+Protocol (same for the real engine and the simulator):
+
+1. ``submit(req)`` when an agent issues a round.
+2. Each PE group's leader periodically calls ``fetch_pe(group_id, loads, read_q)``; it returns
+   the requests placed on the group's PEs. Placed requests move on to the DE stage.
+3. Each DE group's leader periodically calls ``fetch_de(group_id, loads)``; it returns the
+   requests placed on the group's DEs.
+4. Once a request has both engines, ``read_plan(req, pe_node, de_node, read_q, hit_blocks)``
+   says which SNIC(s) read its hit blocks.
+5. PEs form forward batches with ``form_pe_batch``.
+
+``round_robin`` places load-obliviously: PE and DE follow global cyclic orders fixed at submit
+time (the fetch only hands each group what is already its own). ``dualpath`` uses Algorithm 1 for
+PEs (:mod:`.pe`), the two-phase rule for DEs (:mod:`.de`), the shorter read queue for the side
+(:mod:`.read_side`) and compute-quota batches (:mod:`.batching`).
+
+The class holds only scheduling state (queues, cursors, last reported loads); it never reads a
+clock, touches I/O or imports a runtime. Same inputs, same decisions.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping, Sequence
+
+from dualpath_jax.config import ConfigError
+from dualpath_jax.sched import batching, de, pe, read_side
+from dualpath_jax.sched.types import Assignment, EngineLoad, SchedRequest, SchedulerConfig
+
+__all__ = ["ClusterScheduler"]
+
+
+class ClusterScheduler:
+    """Placement of requests on PEs and DEs, read-side choice and PE batch formation.
+
+    Args:
+      config: policy and knobs.
+      pe_groups: group id -> engine ids (a group is all-PE; all engines of a node in one group).
+      de_groups: group id -> engine ids (all-DE).
+
+    Raises:
+      ConfigError: empty groups, an engine in two groups, or a PE group id equal to a DE group id.
+    """
+
+    def __init__(self, config: SchedulerConfig, pe_groups: Mapping[int, Sequence[int]],
+                 de_groups: Mapping[int, Sequence[int]]):
+        if not pe_groups or not any(pe_groups.values()):
+            raise ConfigError("sched.pe_groups", "needs at least one PE")
+        if not de_groups or not any(de_groups.values()):
+            raise ConfigError("sched.de_groups", "needs at least one DE")
+        seen: set[int] = set()
+        for field, groups in (("sched.pe_groups", pe_groups), ("sched.de_groups", de_groups)):
+            for gid, engines in groups.items():
+                for e in engines:
+                    if e in seen:
+                        raise ConfigError(field, f"engine {e} appears in more than one group (group {gid})")
+                    seen.add(e)
+        if set(pe_groups) & set(de_groups):
+            raise ConfigError("sched.de_groups", f"group ids overlap PE group ids: {set(pe_groups) & set(de_groups)}")
+        self.config = config
+        self.pe_groups = {g: list(v) for g, v in pe_groups.items()}
+        self.de_groups = {g: list(v) for g, v in de_groups.items()}
+        self._group_of = {e: g for groups in (pe_groups, de_groups) for g, v in groups.items() for e in v}
+        self._pe_cycle = [e for g in sorted(pe_groups) for e in pe_groups[g]]
+        self._de_cycle = [e for g in sorted(de_groups) for e in de_groups[g]]
+        self._pe_cursor = 0
+        self._de_cursor = 0
+        self._side_cursor = 0
+        # round_robin: per-group pending (req, engine); dualpath: global and private FIFO queues
+        self._pending_pe: dict[int, collections.deque] = {g: collections.deque() for g in pe_groups}
+        self._pending_de: dict[int, collections.deque] = {g: collections.deque() for g in de_groups}
+        self._pe_queue: collections.deque[SchedRequest] = collections.deque()
+        self._de_queue: collections.deque[SchedRequest] = collections.deque()
+        self._private: dict[int, collections.deque[SchedRequest]] = {g: collections.deque() for g in de_groups}
+        self._de_tok: dict[int, float] = {e: 0.0 for e in self._de_cycle}
+
+    # ---- stage 1: PE placement ------------------------------------------------------------
+    def submit(self, req: SchedRequest) -> None:
+        """Enter a new request."""
+        if self.config.policy == "round_robin":
+            engine = self._pe_cycle[self._pe_cursor % len(self._pe_cycle)]
+            self._pe_cursor += 1
+            self._pending_pe[self._group_of[engine]].append((req, engine))
+        else:
+            self._pe_queue.append(req)
+
+    def fetch_pe(self, group_id: int, loads: Sequence[EngineLoad], read_q: Mapping[int, float]) -> list[Assignment]:
+        """A PE group's periodic fetch. ``loads``: the group's engines; ``read_q``: node -> tokens."""
+        if group_id not in self.pe_groups:
+            raise KeyError(f"group_id: {group_id} is not a PE group")
+        if self.config.policy == "round_robin":
+            pending = self._pending_pe[group_id]
+            out = [Assignment(r, e, "pe") for r, e in pending]
+            pending.clear()
+        else:
+            out, _, _ = pe.pe_fetch(list(self._pe_queue), loads, read_q, alpha_tokens=self.config.alpha_tokens,
+                                    beta_tokens=self.config.beta_tokens)
+            for _ in out:
+                self._pe_queue.popleft()
+        for a in out:
+            self._enter_de_stage(a.request)
+        return out
+
+    # ---- stage 2: DE placement ------------------------------------------------------------
+    def _enter_de_stage(self, req: SchedRequest) -> None:
+        if self.config.policy == "round_robin":
+            engine = self._de_cycle[self._de_cursor % len(self._de_cycle)]
+            self._de_cursor += 1
+            self._pending_de[self._group_of[engine]].append((req, engine))
+        else:
+            self._de_queue.append(req)
+
+    def fetch_de(self, group_id: int, loads: Sequence[EngineLoad]) -> list[Assignment]:
+        """A DE group's periodic fetch (phase 1 over all groups, then phase 2 for this one)."""
+        if group_id not in self.de_groups:
+            raise KeyError(f"group_id: {group_id} is not a DE group")
+        if self.config.policy == "round_robin":
+            pending = self._pending_de[group_id]
+            out = [Assignment(r, e, "de") for r, e in pending]
+            pending.clear()
+            return out
+        for e in loads:
+            self._de_tok[e.engine_id] = e.tok
+        group_tok = {g: sum(self._de_tok[e] for e in engines) + sum(r.num_tokens for r in self._private[g])
+                     for g, engines in self.de_groups.items()}
+        additions, _ = de.de_phase1(list(self._de_queue), group_tok)
+        self._de_queue.clear()
+        for g, reqs in additions.items():
+            self._private[g].extend(reqs)
+        out, new_loads = de.de_phase2(list(self._private[group_id]), loads, z_factor=self.config.z_factor)
+        for _ in out:
+            self._private[group_id].popleft()
+        for e, load in new_loads.items():
+            self._de_tok[e] = load.tok
+        return out
+
+    # ---- stage 3: read side ---------------------------------------------------------------
+    def read_plan(self, req: SchedRequest, pe_node: int, de_node: int, read_q: Mapping[int, float],
+                  hit_blocks: int, block_tokens: int) -> read_side.ReadPlan:
+        """Which side reads ``req``'s ``hit_blocks`` blocks, given node read queues (tokens)."""
+        loading = self.config.loading
+        if loading == "oracle" or hit_blocks == 0:
+            return read_side.ReadPlan("none", 0)
+        if loading == "pe_read":
+            return read_side.ReadPlan("pe", 0)
+        q_pe, q_de = read_q.get(pe_node, 0.0), read_q.get(de_node, 0.0)
+        if loading == "split":
+            n_de = read_side.split_de_blocks(hit_blocks, block_tokens, q_pe, q_de)
+            side = "de" if n_de == hit_blocks else ("pe" if n_de == 0 else "split")
+            return read_side.ReadPlan(side, n_de)
+        if self.config.policy == "round_robin":
+            side = "pe" if self._side_cursor % 2 == 0 else "de"
+            self._side_cursor += 1
+        else:
+            side = read_side.shorter_queue_side(q_pe, q_de)
+        return read_side.ReadPlan(side, hit_blocks if side == "de" else 0)
+
+    # ---- PE batches -----------------------------------------------------------------------
+    def form_pe_batch(self, fifo: Sequence[batching.BatchItem], *, time_model: batching.AttentionTimeModel | None,
+                      max_tokens: float, max_kv_tokens: float = float("inf")) -> list[batching.BatchItem]:
+        """``dualpath``: compute-quota batch (needs ``time_model``); ``round_robin``: FIFO under ``max_tokens``."""
+        if self.config.policy == "dualpath":
+            if time_model is None:
+                raise ValueError("time_model: required by the dualpath policy's compute-quota batching")
+            return batching.form_batch(fifo, self.config.compute_quota_s, time_model, max_kv_tokens=max_kv_tokens)
+        return batching.form_batch_fifo(fifo, max_tokens=max_tokens, max_kv_tokens=max_kv_tokens)
+
+    # ---- introspection --------------------------------------------------------------------
+    def waiting(self) -> dict[str, int]:
+        """Requests not yet placed: ``{"pe": ..., "de": ...}``."""
+        pe_wait = len(self._pe_queue) + sum(len(q) for q in self._pending_pe.values())
+        de_wait = (len(self._de_queue) + sum(len(q) for q in self._private.values())
+                   + sum(len(q) for q in self._pending_de.values()))
+        return {"pe": pe_wait, "de": de_wait}

@@ -1,0 +1,207 @@
+"""Scheduling rules on hand-made engine states (PAPER.md section 5)."""
+
+import pytest
+
+from dualpath_jax.config import ConfigError
+from dualpath_jax.sched import (AttentionTimeModel, BatchItem, ClusterScheduler, EngineLoad, SchedRequest,
+                                SchedulerConfig, balance_target, classify_pe, de_phase1, de_phase2,
+                                form_batch, form_batch_fifo, pe_fetch, shorter_queue_side, split_de_blocks)
+
+
+def req(i, hit=100, app=10, hbm=0):
+    return SchedRequest(i, hit, app, 5, hbm)
+
+
+# ---- Algorithm 1 ------------------------------------------------------------------------------
+def test_classify_pe_sets():
+    rq = {0: 50, 1: 500}
+    assert classify_pe(EngineLoad(0, 0, tok=10), rq, alpha_tokens=100, beta_tokens=1000) == "C2"
+    assert classify_pe(EngineLoad(1, 1, tok=10), rq, alpha_tokens=100, beta_tokens=1000) == "C3"
+    assert classify_pe(EngineLoad(2, 0, tok=1001), rq, alpha_tokens=100, beta_tokens=1000) == "C1"
+    # boundaries are inclusive (tok <= beta, read_q <= alpha)
+    assert classify_pe(EngineLoad(3, 0, tok=1000), {0: 100}, alpha_tokens=100, beta_tokens=1000) == "C2"
+
+
+def test_c2_preferred_over_less_loaded_c3():
+    group = [EngineLoad(0, node_id=0, tok=900), EngineLoad(1, node_id=1, tok=0)]
+    out, loads, _ = pe_fetch([req(7)], group, {0: 0, 1: 10_000}, alpha_tokens=1000, beta_tokens=1000)
+    assert [(a.request.request_id, a.engine_id) for a in out] == [(7, 0)]
+    assert loads[0].tok == 900 + 110 and loads[1].tok == 0
+
+
+def test_argmin_tok_within_c2_and_tok_update_spreads_requests():
+    group = [EngineLoad(0, 0, tok=300), EngineLoad(1, 0, tok=100), EngineLoad(2, 0, tok=200)]
+    out, loads, rq = pe_fetch([req(i, hit=100, app=50) for i in range(4)], group, {0: 0},
+                              alpha_tokens=1e9, beta_tokens=1e9)
+    # tok: e1 100 -> 250; e2 200 -> 350 ; e1 250 -> 400 ; e0 300 -> 450
+    assert [a.engine_id for a in out] == [1, 2, 1, 0]
+    assert {e: l.tok for e, l in loads.items()} == {0: 450, 1: 400, 2: 350}
+    assert rq[0] == 400  # four requests' hit tokens queued on node 0
+
+
+def test_only_c3_takes_argmin_tok_of_c3():
+    group = [EngineLoad(0, 0, tok=50), EngineLoad(1, 1, tok=20), EngineLoad(2, 2, tok=2000)]
+    out, _, _ = pe_fetch([req(1)], group, {0: 500, 1: 500, 2: 0}, alpha_tokens=100, beta_tokens=1000)
+    assert out[0].engine_id == 1  # e2 is C1 despite its short queue
+
+
+def test_all_overloaded_terminates_fetch():
+    group = [EngineLoad(0, 0, tok=2000), EngineLoad(1, 0, tok=5000)]
+    out, loads, _ = pe_fetch([req(1), req(2)], group, {0: 0}, alpha_tokens=100, beta_tokens=1000)
+    assert out == [] and loads[0].tok == 2000
+
+
+def test_fetch_stops_when_engines_cross_beta():
+    group = [EngineLoad(0, 0, tok=0)]
+    out, _, _ = pe_fetch([req(i, hit=600, app=0) for i in range(3)], group, {0: 0}, alpha_tokens=1e9,
+                         beta_tokens=1000)
+    assert len(out) == 2  # 0 -> 600 (<= beta) -> 1200 (> beta): the third waits
+
+
+def test_read_queue_growth_moves_node_to_c3():
+    group = [EngineLoad(0, 0, tok=0), EngineLoad(1, 1, tok=500)]
+    out, _, rq = pe_fetch([req(1, hit=1000, app=0), req(2, hit=10, app=0)], group, {0: 0, 1: 0},
+                          alpha_tokens=500, beta_tokens=1e9)
+    # first goes to e0 (min tok); node 0's queue is now 1000 > alpha so e0 is C3 and e1 (C2) gets the second
+    assert [a.engine_id for a in out] == [0, 1] and rq == {0: 1000, 1: 10}
+
+
+# ---- DE two-phase -----------------------------------------------------------------------------
+def test_de_phase1_min_group_total_with_updates():
+    additions, totals = de_phase1([req(1, 100, 0), req(2, 100, 0), req(3, 100, 0)], {10: 150, 11: 0})
+    # 11 (0) <- r1 -> 100; 11 (100) <- r2 -> 200; 10 (150) <- r3 -> 250
+    assert [r.request_id for r in additions[11]] == [1, 2]
+    assert [r.request_id for r in additions[10]] == [3]
+    assert totals == {10: 250, 11: 200}
+
+
+def test_de_balance_target_uses_hbm_fitting_prefix():
+    engines = [EngineLoad(0, 0, tok=100, free_hbm_bytes=50), EngineLoad(1, 0, tok=300, free_hbm_bytes=50)]
+    queue = [req(1, 100, 0, hbm=60), req(2, 200, 0, hbm=40), req(3, 400, 0, hbm=10)]
+    # free 100 fits r1 (60) + r2 (40) = 100; r3 does not. Z = 1.05 * (300 + 400) / 2
+    assert balance_target(queue, engines, 1.05) == pytest.approx(1.05 * 700 / 2)
+
+
+def test_de_phase2_low_set_min_seq_high_set_min_tok():
+    engines = [EngineLoad(0, 0, tok=100, seq=3), EngineLoad(1, 0, tok=150, seq=1), EngineLoad(2, 0, tok=900, seq=0)]
+    # Z = 1.05 * (100 + 100 + 150 + 900) / 3 = 437.5
+    out, loads = de_phase2([req(1, 100, 0)], engines, z_factor=1.05)
+    # low = {e0 (200), e1 (250)}; e2 would be 1000 > Z. min seq among low: e1
+    assert out[0].engine_id == 1 and loads[1].seq == 2 and loads[1].tok == 250
+    engines = [EngineLoad(0, 0, tok=1000, seq=0), EngineLoad(1, 0, tok=600, seq=5)]
+    out, _ = de_phase2([req(1, 5000, 0)], engines, z_factor=1.05)
+    # Z = 1.05 * 6600 / 2 = 3465: nobody is low; min tok among fit -> e1
+    assert out[0].engine_id == 1
+
+
+def test_de_phase2_respects_hbm_and_stops_when_nothing_fits():
+    engines = [EngineLoad(0, 0, tok=0, free_hbm_bytes=100), EngineLoad(1, 0, tok=0, free_hbm_bytes=30)]
+    out, loads = de_phase2([req(1, hbm=80), req(2, hbm=50), req(3, hbm=10)], engines)
+    assert [(a.request.request_id, a.engine_id) for a in out] == [(1, 0)]  # r2 fits nowhere: fetch ends
+    assert loads[0].free_hbm_bytes == 20
+
+
+# ---- read side --------------------------------------------------------------------------------
+def test_read_side_rules():
+    assert shorter_queue_side(10, 20) == "pe" and shorter_queue_side(20, 10) == "de"
+    assert shorter_queue_side(5, 5) == "pe"
+    # q_pe=640, q_de=0, H=10 blocks*64=640: x=(640-0+640)/2=640 -> all 10 blocks on DE
+    assert split_de_blocks(10, 64, 640, 0) == 10
+    assert split_de_blocks(10, 64, 0, 0) == 5
+    assert split_de_blocks(10, 64, 0, 10_000) == 0
+    # x = (320 - 0 + 640) / 2 = 480 tokens = 7.5 blocks -> round to 8
+    assert split_de_blocks(10, 64, 320, 0) == 8
+
+
+# ---- batching ---------------------------------------------------------------------------------
+MODEL = AttentionTimeModel(flops_per_key=1.0, seconds_per_flop=1e-3, seconds_per_token=0.0)
+
+
+def test_attention_time_model_closed_form():
+    # keys for bsz=3 over cached=10: 11 + 12 + 13 = 36
+    assert MODEL.time_s(10, 3) == pytest.approx(0.036)
+
+
+def test_form_batch_quota_and_binary_search_chunk():
+    fifo = [BatchItem(1, 0, 10), BatchItem(2, 100, 50), BatchItem(3, 0, 5)]
+    # r1: keys 55 -> 0.055 s. r2 whole: keys (201+50)*50/2 = 6275 -> 6.275 s > remaining 0.245 s.
+    # largest b with (201+b)*b/2 * 1e-3 <= 0.245: b=2 gives 203*1=0.203; b=3 gives 304.5 -> 0.3045 > 0.245
+    batch = form_batch(fifo, 0.300, MODEL)
+    assert batch == [BatchItem(1, 0, 10), BatchItem(2, 100, 2)]
+
+
+def test_form_batch_progress_and_kv_limits():
+    assert form_batch([BatchItem(1, 10_000, 5)], 0.001, MODEL) == [BatchItem(1, 10_000, 1)]
+    with pytest.raises(ValueError, match="request 1"):
+        form_batch([BatchItem(1, 10_000, 5)], 10.0, MODEL, max_kv_tokens=5_000)
+    batch = form_batch([BatchItem(1, 50, 10), BatchItem(2, 50, 10)], 100.0, MODEL, max_kv_tokens=100)
+    assert batch == [BatchItem(1, 50, 10)]  # 60 used; r2's 50 cached + 1 > 40 left: no chunk
+    batch = form_batch([BatchItem(1, 50, 10), BatchItem(2, 10, 50)], 100.0, MODEL, max_kv_tokens=100)
+    assert batch == [BatchItem(1, 50, 10), BatchItem(2, 10, 30)]  # 60 + 10 + 30 = 100
+
+
+def test_form_batch_fifo_whole_requests_and_head_chunk():
+    fifo = [BatchItem(1, 0, 300), BatchItem(2, 0, 300), BatchItem(3, 0, 100)]
+    assert form_batch_fifo(fifo, max_tokens=700) == fifo
+    assert form_batch_fifo(fifo, max_tokens=650) == fifo[:2]  # 600 + 100 > 650: r3 waits, no chunk
+    assert form_batch_fifo(fifo, max_tokens=1000, max_kv_tokens=350) == fifo[:1]
+    assert form_batch_fifo([BatchItem(1, 0, 5000)], max_tokens=1000) == [BatchItem(1, 0, 1000)]
+
+
+# ---- the cluster scheduler --------------------------------------------------------------------
+def make(policy, loading="dual"):
+    cfg = SchedulerConfig(policy=policy, loading=loading, alpha_tokens=1000, beta_tokens=10_000)
+    return ClusterScheduler(cfg, pe_groups={0: [0, 1]}, de_groups={1: [2, 3], 2: [4, 5]})
+
+
+def test_round_robin_cycles_pe_and_de():
+    s = make("round_robin")
+    for i in range(4):
+        s.submit(req(i))
+    pe = s.fetch_pe(0, [EngineLoad(0, 0), EngineLoad(1, 0)], {})
+    assert [a.engine_id for a in pe] == [0, 1, 0, 1]
+    de1 = s.fetch_de(1, [EngineLoad(2, 1), EngineLoad(3, 1)])
+    de2 = s.fetch_de(2, [EngineLoad(4, 2), EngineLoad(5, 2)])
+    assert [(a.request.request_id, a.engine_id) for a in de1] == [(0, 2), (1, 3)]
+    assert [(a.request.request_id, a.engine_id) for a in de2] == [(2, 4), (3, 5)]
+    assert s.waiting() == {"pe": 0, "de": 0}
+    # naive dual-path side: alternate
+    sides = [s.read_plan(req(i), 0, 1, {0: 0, 1: 1e9}, 4, 64).side for i in range(3)]
+    assert sides == ["pe", "de", "pe"]
+
+
+def test_dualpath_flow_balances_and_picks_shorter_queue():
+    s = make("dualpath")
+    for i in range(4):
+        s.submit(req(i, hit=1000, app=0))
+    pe = s.fetch_pe(0, [EngineLoad(0, 0, tok=0), EngineLoad(1, 0, tok=500)], {0: 0})
+    assert [a.engine_id for a in pe] == [0, 1, 0, 1]
+    out = s.fetch_de(1, [EngineLoad(2, 1), EngineLoad(3, 1)])
+    # phase 1 splits 4 requests over two empty groups alternately: group 1 gets r0, r2
+    assert [a.request.request_id for a in out] == [0, 2]
+    assert sorted(a.engine_id for a in out) == [2, 3]
+    assert s.waiting() == {"pe": 0, "de": 2}
+    plan = s.read_plan(req(0, hit=1000), pe_node=0, de_node=1, read_q={0: 5000, 1: 100}, hit_blocks=15,
+                       block_tokens=64)
+    assert plan.side == "de" and plan.de_blocks == 15
+    assert s.read_plan(req(0), 0, 1, {0: 0, 1: 0}, 15, 64).side == "pe"
+
+
+def test_loading_modes_read_plan():
+    assert make("dualpath", "oracle").read_plan(req(0), 0, 1, {}, 10, 64).side == "none"
+    assert make("dualpath", "pe_read").read_plan(req(0), 0, 1, {0: 1e9}, 10, 64).side == "pe"
+    plan = make("dualpath", "split").read_plan(req(0), 0, 1, {0: 0, 1: 0}, 10, 64)
+    assert plan.side == "split" and plan.de_blocks == 5
+
+
+def test_invalid_scheduler_configs_name_field():
+    with pytest.raises(ConfigError, match="sched.policy"):
+        SchedulerConfig(policy="fifo")
+    with pytest.raises(ConfigError, match="sched.loading"):
+        SchedulerConfig(loading="triple")
+    with pytest.raises(ConfigError, match="sched.alpha_tokens"):
+        SchedulerConfig(alpha_tokens=0)
+    with pytest.raises(ConfigError, match="sched.pe_groups"):
+        ClusterScheduler(SchedulerConfig(), {}, {1: [1]})
+    with pytest.raises(ConfigError, match="more than one group"):
+        ClusterScheduler(SchedulerConfig(), {0: [0]}, {1: [0]})
