@@ -17,8 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Protocol
 
-__all__ = ["BatchItem", "AttentionTimeModel", "form_batch", "form_batch_fifo"]
+__all__ = ["BatchItem", "TimeModel", "AttentionTimeModel", "form_batch", "form_batch_fifo"]
+
+
+class TimeModel(Protocol):
+    """Anything with ``time_s(cached, bsz) -> seconds`` (the profiled attention-time relation)."""
+
+    def time_s(self, cached: int, bsz: int) -> float: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +66,7 @@ def _largest_chunk(item: BatchItem, fits) -> int:
     return lo
 
 
-def form_batch(fifo: Sequence[BatchItem], quota_s: float, model: AttentionTimeModel, *,
+def form_batch(fifo: Sequence[BatchItem], quota_s: float, model: TimeModel, *,
                max_kv_tokens: float = float("inf")) -> list[BatchItem]:
     """Pack ``fifo`` into one forward batch under ``quota_s`` seconds of attention.
 

@@ -62,19 +62,23 @@ def de_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoa
       loads after the fetch (``tok``, ``seq`` and ``free_hbm_bytes`` updated).
     """
     loads = {e.engine_id: EngineLoad(e.engine_id, e.node_id, e.tok, e.seq, e.free_hbm_bytes) for e in engines}
+    ordered = sorted(loads.values(), key=lambda e: e.engine_id)
     z = balance_target(private_queue, engines, z_factor)
     out: list[Assignment] = []
     for req in private_queue:
-        fit = [e for e in loads.values() if e.free_hbm_bytes >= req.hbm_bytes]
-        if not fit:
+        need, length = req.hbm_bytes, req.num_tokens
+        best, best_key = None, None
+        for e in ordered:
+            if e.free_hbm_bytes < need:
+                continue
+            # low set (tok + len <= Z) first, by seq; then the high set by tok
+            key = (0, e.seq) if e.tok + length <= z else (1, e.tok)
+            if best_key is None or key < best_key:
+                best, best_key = e, key
+        if best is None:
             break
-        low = [e for e in fit if e.tok + req.num_tokens <= z]
-        if low:
-            de = min(low, key=lambda e: (e.seq, e.engine_id))
-        else:
-            de = min(fit, key=lambda e: (e.tok, e.engine_id))
-        de.tok += req.num_tokens
-        de.seq += 1
-        de.free_hbm_bytes -= req.hbm_bytes
-        out.append(Assignment(req, de.engine_id, "de"))
+        best.tok += length
+        best.seq += 1
+        best.free_hbm_bytes -= need
+        out.append(Assignment(req, best.engine_id, "de"))
     return out, loads

@@ -47,18 +47,23 @@ def pe_fetch(queue: Sequence[SchedRequest], group: Sequence[EngineLoad], read_q:
       group's loads after the fetch (engine id -> EngineLoad copy) and the updated read queues.
     """
     loads = {e.engine_id: EngineLoad(e.engine_id, e.node_id, e.tok, e.seq, e.free_hbm_bytes) for e in group}
+    engines = sorted(loads.values(), key=lambda e: e.engine_id)
     rq = dict(read_q)
     out: list[Assignment] = []
     for req in queue:
-        c2 = [e for e in loads.values() if classify_pe(e, rq, alpha_tokens, beta_tokens) == "C2"]
-        c3 = [e for e in loads.values() if classify_pe(e, rq, alpha_tokens, beta_tokens) == "C3"]
-        pool = c2 or c3
-        if not pool:
+        # one pass: C2 before C3, then min tok_e, then lower engine id; C1 (tok_e > beta) skipped
+        best, best_key = None, None
+        for e in engines:
+            if e.tok > beta_tokens:
+                continue
+            key = (rq.get(e.node_id, 0.0) > alpha_tokens, e.tok)
+            if best_key is None or key < best_key:
+                best, best_key = e, key
+        if best is None:
             break
-        pe = min(pool, key=lambda e: (e.tok, e.engine_id))
-        pe.tok += req.num_tokens
-        pe.seq += 1
+        best.tok += req.num_tokens
+        best.seq += 1
         if update_read_q:
-            rq[pe.node_id] = rq.get(pe.node_id, 0.0) + req.hit_tokens
-        out.append(Assignment(req, pe.engine_id, "pe"))
+            rq[best.node_id] = rq.get(best.node_id, 0.0) + req.hit_tokens
+        out.append(Assignment(req, best.engine_id, "pe"))
     return out, loads, rq

@@ -74,7 +74,10 @@ class ClusterScheduler:
         self._pe_queue: collections.deque[SchedRequest] = collections.deque()
         self._de_queue: collections.deque[SchedRequest] = collections.deque()
         self._private: dict[int, collections.deque[SchedRequest]] = {g: collections.deque() for g in de_groups}
+        self._private_tok: dict[int, float] = {g: 0.0 for g in de_groups}
         self._de_tok: dict[int, float] = {e: 0.0 for e in self._de_cycle}
+        self._n_pending_pe = 0
+        self._n_pending_de = 0
 
     # ---- stage 1: PE placement ------------------------------------------------------------
     def submit(self, req: SchedRequest) -> None:
@@ -83,6 +86,7 @@ class ClusterScheduler:
             engine = self._pe_cycle[self._pe_cursor % len(self._pe_cycle)]
             self._pe_cursor += 1
             self._pending_pe[self._group_of[engine]].append((req, engine))
+            self._n_pending_pe += 1
         else:
             self._pe_queue.append(req)
 
@@ -93,9 +97,10 @@ class ClusterScheduler:
         if self.config.policy == "round_robin":
             pending = self._pending_pe[group_id]
             out = [Assignment(r, e, "pe") for r, e in pending]
+            self._n_pending_pe -= len(out)
             pending.clear()
         else:
-            out, _, _ = pe.pe_fetch(list(self._pe_queue), loads, read_q, alpha_tokens=self.config.alpha_tokens,
+            out, _, _ = pe.pe_fetch(self._pe_queue, loads, read_q, alpha_tokens=self.config.alpha_tokens,
                                     beta_tokens=self.config.beta_tokens)
             for _ in out:
                 self._pe_queue.popleft()
@@ -109,6 +114,7 @@ class ClusterScheduler:
             engine = self._de_cycle[self._de_cursor % len(self._de_cycle)]
             self._de_cursor += 1
             self._pending_de[self._group_of[engine]].append((req, engine))
+            self._n_pending_de += 1
         else:
             self._de_queue.append(req)
 
@@ -119,22 +125,48 @@ class ClusterScheduler:
         if self.config.policy == "round_robin":
             pending = self._pending_de[group_id]
             out = [Assignment(r, e, "de") for r, e in pending]
+            self._n_pending_de -= len(out)
             pending.clear()
             return out
         for e in loads:
             self._de_tok[e.engine_id] = e.tok
-        group_tok = {g: sum(self._de_tok[e] for e in engines) + sum(r.num_tokens for r in self._private[g])
-                     for g, engines in self.de_groups.items()}
-        additions, _ = de.de_phase1(list(self._de_queue), group_tok)
-        self._de_queue.clear()
-        for g, reqs in additions.items():
-            self._private[g].extend(reqs)
-        out, new_loads = de.de_phase2(list(self._private[group_id]), loads, z_factor=self.config.z_factor)
-        for _ in out:
+        self.distribute_de()
+        if not self._private[group_id]:
+            return []
+        out, new_loads = de.de_phase2(self._private[group_id], loads, z_factor=self.config.z_factor)
+        for a in out:
             self._private[group_id].popleft()
+            self._private_tok[group_id] -= a.request.num_tokens
+        self._n_pending_de -= len(out)
         for e, load in new_loads.items():
             self._de_tok[e] = load.tok
         return out
+
+    def distribute_de(self) -> set[int]:
+        """Phase 1 alone: move the global DE queue into private queues (by the groups' last
+        reported loads). Returns the groups that received requests. ``fetch_de`` calls it first;
+        a runtime may call it to learn which groups have new work (``round_robin``: groups with
+        pending placements)."""
+        if self.config.policy == "round_robin":
+            return {g for g, q in self._pending_de.items() if q}
+        if not self._de_queue:
+            return set()
+        group_tok = {g: sum(self._de_tok[e] for e in engines) + self._private_tok[g]
+                     for g, engines in self.de_groups.items()}
+        additions, _ = de.de_phase1(self._de_queue, group_tok)
+        self._de_queue.clear()
+        touched = set()
+        for g, reqs in additions.items():
+            if reqs:
+                touched.add(g)
+                self._private[g].extend(reqs)
+                self._private_tok[g] += sum(r.num_tokens for r in reqs)
+                self._n_pending_de += len(reqs)
+        return touched
+
+    def has_de_work(self, group_id: int) -> bool:
+        """Whether a DE group has requests waiting for it (after phase 1)."""
+        return bool(self._private[group_id] or self._pending_de[group_id])
 
     # ---- stage 3: read side ---------------------------------------------------------------
     def read_plan(self, req: SchedRequest, pe_node: int, de_node: int, read_q: Mapping[int, float],
@@ -158,7 +190,7 @@ class ClusterScheduler:
         return read_side.ReadPlan(side, hit_blocks if side == "de" else 0)
 
     # ---- PE batches -----------------------------------------------------------------------
-    def form_pe_batch(self, fifo: Sequence[batching.BatchItem], *, time_model: batching.AttentionTimeModel | None,
+    def form_pe_batch(self, fifo: Sequence[batching.BatchItem], *, time_model: batching.TimeModel | None,
                       max_tokens: float, max_kv_tokens: float = float("inf")) -> list[batching.BatchItem]:
         """``dualpath``: compute-quota batch (needs ``time_model``); ``round_robin``: FIFO under ``max_tokens``."""
         if self.config.policy == "dualpath":
@@ -169,8 +201,6 @@ class ClusterScheduler:
 
     # ---- introspection --------------------------------------------------------------------
     def waiting(self) -> dict[str, int]:
-        """Requests not yet placed: ``{"pe": ..., "de": ...}``."""
-        pe_wait = len(self._pe_queue) + sum(len(q) for q in self._pending_pe.values())
-        de_wait = (len(self._de_queue) + sum(len(q) for q in self._private.values())
-                   + sum(len(q) for q in self._pending_de.values()))
-        return {"pe": pe_wait, "de": de_wait}
+        """Requests not yet placed: ``{"pe": ..., "de": ...}`` (O(1))."""
+        return {"pe": len(self._pe_queue) + self._n_pending_pe,
+                "de": len(self._de_queue) + self._n_pending_de}

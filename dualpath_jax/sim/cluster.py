@@ -1,0 +1,574 @@
+"""Discrete-event simulator of a PD-disaggregated cluster with DualPath's data paths.
+
+Design (virtual time, one heap of events, no wall clock):
+
+* **Topology**: P prefill and D decode nodes of g engines (one per GPU). Each node has an SNIC
+  read server, an SNIC write server and a DRAM server (reads and writes share it) plus a DRAM
+  buffer (PE/DE buffer) of ``dram_buffer_bytes``; each engine has CNIC in/out servers whose KV
+  share is ``cnic_kv_share`` of B (KV is the low-priority class; model traffic keeps the rest).
+* **Request path**, hop by hop (PAPER.md sections 2.3-2.6): the scheduler places the request on a
+  PE and a DE (``dualpath_jax.sched``, the same code as the real engine) and picks the read side;
+  hit KV is read storage -> SNIC -> DRAM of that side (buffer admission applies back-pressure);
+  the PE forward streams the cached KV per layer to the PE (PE side: DRAM -> PE CNIC -> HBM;
+  DE side: DE DRAM -> DE CNIC -> PE CNIC -> HBM) and the layer's KV to the DE buffer (all of it for
+  PE-side reads, the new tokens' only for DE-side reads); the DE copies the prompt KV to HBM
+  (DE DRAM -> DE CNIC -> HBM), frees its DRAM and decodes; the new tokens' KV (appended and
+  generated) is persisted HBM -> DE CNIC -> DRAM -> SNIC -> storage. Oracle skips every KV
+  transfer.
+* **Prefill**: ``layerwise`` overlaps loading with compute (a forward ends at
+  ``max(compute, loads + one layer)``) and needs ``depth / L`` of the KV on device; ``full``
+  loads all layers first, then computes, and must fit all of the batch's KV in free HBM.
+* **Groups**: with MoE models (EP + DP attention) every forward of a PE group and every decode
+  step of a DE group lasts as long as the slowest member (``ep_sync``).
+* **Decode** needs no event per token: a DE unit advances a continuous step counter at the rate of
+  its current step time; only joins and completions are events.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import heapq
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from dualpath_jax.config import ConfigError
+from dualpath_jax.model import cost
+from dualpath_jax.sched import BatchItem, ClusterScheduler, EngineLoad, SchedRequest, SchedulerConfig
+from dualpath_jax.sim.compute import calibrate_from_public
+from dualpath_jax.sim.config import SimConfig
+from dualpath_jax.sim.hardware import Server, reserve
+
+__all__ = ["SimAgent", "SimResult", "Simulator", "simulate"]
+
+_ARRIVE, _TICK, _READ_DONE, _PE_DONE, _DE_JOIN, _DE_EVENT = range(6)
+
+
+@dataclasses.dataclass(frozen=True)
+class SimAgent:
+    """An agent's trajectory as the simulator needs it.
+
+    Attributes:
+      arrival_s: when round 0 is issued.
+      append: ``i64[rounds]`` appended tokens per round.
+      gen: ``i64[rounds]`` generated tokens per round (>= 1).
+      think_s: optional ``f64[rounds]`` delay before each round after the previous finished.
+      hit: optional ``i64[rounds]`` cached tokens per round (default: the whole previous context).
+    """
+
+    arrival_s: float
+    append: np.ndarray
+    gen: np.ndarray
+    think_s: np.ndarray | None = None
+    hit: np.ndarray | None = None
+
+
+@dataclasses.dataclass
+class SimResult:
+    """Per-request columns (numpy arrays, one entry per request) and per-resource counters."""
+
+    requests: dict[str, np.ndarray]
+    links: dict[str, dict[str, float]]
+    attention_ratio: np.ndarray  # per PE-group forward: max/avg attention seconds across members
+    snic_samples: dict[str, list[tuple[float, float, float]]]
+    events: int
+    end_s: float
+    units: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+class _Unit:
+    """A synchronisation unit: a group (ep_sync) or a single engine."""
+
+    __slots__ = ("engines", "busy", "version", "steps", "last_t", "step_s", "heap")
+
+    def __init__(self, engines):
+        self.engines = engines
+        self.busy = False
+        self.version = 0
+        self.steps = 0.0
+        self.last_t = 0.0
+        self.step_s = 0.0
+        self.heap: list = []
+
+
+class Simulator:
+    """One run of :class:`SimConfig` over a list of :class:`SimAgent` (call :meth:`run`)."""
+
+    def __init__(self, config: SimConfig, agents: Sequence[SimAgent]):
+        self.cfg = cfg = config
+        hw = cfg.hardware
+        self.spec = spec = cfg.spec
+        self.g = hw.gpus_per_node
+        self.kvb = float(cost.kv_bytes_per_token(spec, cfg.kv_dtype))
+        n_pe, n_de = cfg.prefill_nodes * self.g, cfg.decode_nodes * self.g
+        self.pe_model = calibrate_from_public(spec, peak_flops=hw.peak_flops, hbm_bytes_per_s=hw.hbm_bytes_per_s,
+                                              ep_size=n_pe, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
+                                              prefill_layer_overhead_s=cfg.prefill_layer_overhead_s,
+                                              eff_memory=cfg.eff_memory)
+        self.de_model = calibrate_from_public(spec, peak_flops=hw.peak_flops, hbm_bytes_per_s=hw.hbm_bytes_per_s,
+                                              ep_size=n_de, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
+                                              prefill_layer_overhead_s=cfg.prefill_layer_overhead_s,
+                                              eff_memory=cfg.eff_memory)
+        usable = hw.hbm_bytes * hw.hbm_usable_fraction
+        self.pe_free_hbm = usable - self.pe_model.weight_bytes_per_gpu - cfg.activation_reserve_bytes
+        self.de_hbm = usable - self.de_model.weight_bytes_per_gpu
+        if self.pe_free_hbm <= 0:
+            raise ConfigError("sim.prefill_nodes", f"{cfg.model} weights ({self.pe_model.weight_bytes_per_gpu / 1e9:.1f} GB"
+                              f"/GPU with EP over {n_pe} GPUs) leave no HBM for KV on PEs; add prefill nodes")
+        if self.de_hbm <= 0:
+            raise ConfigError("sim.decode_nodes", f"{cfg.model} weights ({self.de_model.weight_bytes_per_gpu / 1e9:.1f} GB"
+                              f"/GPU with EP over {n_de} GPUs) leave no HBM for KV on DEs; add decode nodes")
+        self.agents = list(agents)
+        self._validate_agents()
+        # nodes: PE nodes 0..P-1, DE nodes P..P+D-1; engines: PEs 0..n_pe-1, DEs n_pe..
+        n_nodes = cfg.prefill_nodes + cfg.decode_nodes
+        self.snic_r = [Server(f"snic_read[{n}]", min(hw.node_snic_bytes_per_s, hw.storage_bytes_per_s))
+                       for n in range(n_nodes)]
+        self.snic_w = [Server(f"snic_write[{n}]", hw.node_snic_bytes_per_s) for n in range(n_nodes)]
+        self.dram = [Server(f"dram[{n}]", hw.dram_bytes_per_s) for n in range(n_nodes)]
+        self.buffer_free = [hw.dram_buffer_bytes] * n_nodes
+        self.buffer_wait: list[collections.deque] = [collections.deque() for _ in range(n_nodes)]
+        self.buffer_wait_bytes = [0.0] * n_nodes
+        kv_rate = hw.cnic_bytes_per_s * hw.cnic_kv_share
+        self.cnic_in = [Server(f"cnic_in[{e}]", kv_rate) for e in range(n_pe + n_de)]
+        self.cnic_out = [Server(f"cnic_out[{e}]", kv_rate) for e in range(n_pe + n_de)]
+        self.node_of = [e // self.g for e in range(n_pe)] + [cfg.prefill_nodes + e // self.g for e in range(n_de)]
+        self.pe_ids = list(range(n_pe))
+        self.de_ids = list(range(n_pe, n_pe + n_de))
+        pe_groups = {n: [e for e in self.pe_ids if self.node_of[e] == n] for n in range(cfg.prefill_nodes)}
+        de_groups = {n: [e for e in self.de_ids if self.node_of[e] == n] for n in range(cfg.prefill_nodes, n_nodes)}
+        # scheduler thresholds in tokens (PAPER.md 5.2, A.4)
+        ctx, app = self._typical_round()
+        # tok_e counts prompt tokens (hit + append): beta = 5 s of one engine's rate in prompt tokens
+        prompt_tokens_per_s = self.pe_model.prefill_tokens_per_s(ctx, app) * (ctx + app) / app
+        alpha = cfg.alpha_s * hw.node_snic_bytes_per_s / self.kvb
+        beta = cfg.beta_s * prompt_tokens_per_s
+        self.sched = ClusterScheduler(SchedulerConfig(policy=cfg.policy, loading=cfg.loading, alpha_tokens=alpha,
+                                                      beta_tokens=beta, z_factor=cfg.z_factor,
+                                                      compute_quota_s=cfg.compute_quota_s), pe_groups, de_groups)
+        self.alpha_tokens, self.beta_tokens = alpha, beta
+        sync = cfg.uses_ep_sync
+        self.pe_units = [_Unit(v) for v in pe_groups.values()] if sync else [_Unit([e]) for e in self.pe_ids]
+        self.de_units = [_Unit(v) for v in de_groups.values()] if sync else [_Unit([e]) for e in self.de_ids]
+        self.pe_busy_s = [0.0] * len(self.pe_units)
+        self.pe_forwards = [0] * len(self.pe_units)
+        self.pe_batch_requests = [0] * len(self.pe_units)
+        self.unit_of = {}
+        for i, u in enumerate(self.pe_units):
+            for e in u.engines:
+                self.unit_of[e] = i
+        for i, u in enumerate(self.de_units):
+            for e in u.engines:
+                self.unit_of[e] = i
+        self.tok = [0] * (n_pe + n_de)
+        self.seq = [0] * (n_pe + n_de)
+        self.hbm_free = [0.0] * n_pe + [self.de_hbm] * n_de
+        self.ready: list[collections.deque] = [collections.deque() for _ in range(n_pe + n_de)]
+        self.de_batch = [0] * (n_pe + n_de)
+        self.de_ctx = [0.0] * (n_pe + n_de)
+        self.time_model = self.pe_model  # ComputeModel.time_s(cached, bsz): attention seconds of a forward
+        self.attention_ratio: list[float] = []
+        self.snic_samples: dict[str, list] = {s.name: [] for s in self.snic_r}
+        self.heap: list = []
+        self._seq = 0
+        self.now = 0.0
+        self.events = 0
+        self._tick_pending = False
+        self._tick_count = 0
+        self._pe_group_ids = sorted(self.sched.pe_groups)
+        self._new_pe_work = False
+        self._pe_dirty: set[int] = set()
+        self._de_dirty: set[int] = set()
+        self.de_step = [0.0] * (n_pe + n_de)
+        self.R: dict[str, list] = collections.defaultdict(list)
+        self.agent_round = [0] * len(self.agents)
+        self.agent_context = [0] * len(self.agents)
+        self._pending_place: dict[int, dict] = {}
+
+    # ---- setup ----------------------------------------------------------------------------------
+    def _validate_agents(self):
+        worst = 0
+        for i, a in enumerate(self.agents):
+            if len(a.append) != len(a.gen) or len(a.append) == 0:
+                raise ConfigError(f"agents[{i}]", f"append and gen must be non-empty and equally long "
+                                  f"(got {len(a.append)} and {len(a.gen)})")
+            if np.any(np.asarray(a.gen) < 1) or np.any(np.asarray(a.append) < 0):
+                raise ConfigError(f"agents[{i}].gen", "every round needs gen >= 1 and append >= 0")
+            worst = max(worst, int(np.sum(a.append) + np.sum(a.gen)))
+        if worst * self.kvb > self.de_hbm:
+            raise ConfigError("hardware.hbm_bytes", f"a trajectory of {worst} tokens needs {worst * self.kvb / 1e9:.1f} GB "
+                              f"of DE HBM but only {self.de_hbm / 1e9:.1f} GB is free after weights")
+
+    def _typical_round(self) -> tuple[int, int]:
+        """Mean (context, append) tokens per round over the agents (for alpha/beta in tokens)."""
+        ctx_sum, app_sum, rounds = 0.0, 0.0, 0
+        for a in self.agents:
+            total = np.asarray(a.append, np.float64) + np.asarray(a.gen, np.float64)
+            ctx_sum += float(np.sum(np.cumsum(total) - total))
+            app_sum += float(np.sum(a.append))
+            rounds += len(a.append)
+        if rounds == 0:
+            return 16384, 512
+        return max(int(ctx_sum / rounds), 1), max(int(app_sum / rounds), 1)
+
+    def _push(self, t: float, kind: int, a=None, b=None):
+        self._seq += 1
+        heapq.heappush(self.heap, (t, self._seq, kind, a, b))
+
+    # ---- main loop ------------------------------------------------------------------------------
+    def run(self, *, max_events: int | None = None) -> SimResult:
+        for i, a in enumerate(self.agents):
+            self._push(float(a.arrival_s), _ARRIVE, i)
+        handlers = {_ARRIVE: self._on_arrive, _TICK: self._on_tick, _READ_DONE: self._on_read_done,
+                    _PE_DONE: self._on_pe_done, _DE_JOIN: self._on_de_join, _DE_EVENT: self._on_de_event}
+        heap = self.heap
+        while heap:
+            t, _, kind, a, b = heapq.heappop(heap)
+            self.now = t
+            self.events += 1
+            handlers[kind](a, b)
+            if max_events is not None and self.events >= max_events:
+                break
+        requests = {k: np.asarray(v) for k, v in self.R.items()}
+        links = {}
+        for s in self.snic_r + self.snic_w + self.dram + self.cnic_in + self.cnic_out:
+            links[s.name] = {"bytes": s.bytes, "busy_s": s.busy_s}
+        units = {"pe_busy_s": np.asarray(self.pe_busy_s), "pe_forwards": np.asarray(self.pe_forwards),
+                 "pe_batch_requests": np.asarray(self.pe_batch_requests)}
+        finish = requests.get("finish_s", np.zeros(0))
+        end_s = float(np.nanmax(finish)) if finish.size and not np.all(np.isnan(finish)) else self.now
+        return SimResult(requests=requests, links=links, attention_ratio=np.asarray(self.attention_ratio),
+                         snic_samples=self.snic_samples, events=self.events, end_s=end_s, units=units)
+
+    # ---- agents ---------------------------------------------------------------------------------
+    def _on_arrive(self, agent: int, _):
+        a = self.agents[agent]
+        r = self.agent_round[agent]
+        append, gen = int(a.append[r]), int(a.gen[r])
+        hit = self.agent_context[agent] if a.hit is None else min(int(a.hit[r]), self.agent_context[agent])
+        rid = len(self.R["agent"])
+        R = self.R
+        R["agent"].append(agent); R["round"].append(r); R["arrival_s"].append(self.now)
+        R["hit_tokens"].append(hit); R["append_tokens"].append(append); R["gen_tokens"].append(gen)
+        for k in ("pe", "de", "de_blocks"):
+            R[k].append(-1)
+        R["side"].append("")
+        for k in ("placed_s", "read_done_s", "prefill_start_s", "first_token_s", "decode_start_s", "second_token_s",
+                  "finish_s", "read_bytes_pe", "read_bytes_de"):
+            R[k].append(math.nan)
+        hbm = (hit + append + gen) * self.kvb
+        req = SchedRequest(rid, hit, append, gen, int(hbm))
+        self._pending_place[rid] = {"req": req}
+        self.sched.submit(req)
+        self._new_pe_work = True
+        self._request_tick()
+
+    def _finish_request(self, rid: int):
+        agent = self.R["agent"][rid]
+        a = self.agents[agent]
+        r = self.agent_round[agent]
+        # next round's context: everything so far (the hit prefix, this round's append and generation)
+        self.agent_context[agent] = self.R["hit_tokens"][rid] + self.R["append_tokens"][rid] + self.R["gen_tokens"][rid]
+        self.agent_round[agent] = r + 1
+        if r + 1 < len(a.append):
+            think = 0.0 if a.think_s is None else float(a.think_s[r + 1])
+            self._push(self.now + think, _ARRIVE, agent)
+
+    # ---- scheduling -----------------------------------------------------------------------------
+    def _request_tick(self):
+        if not self._tick_pending:
+            self._tick_pending = True
+            self._push(self.now + self.cfg.fetch_period_s, _TICK)
+
+    def _read_q_tokens(self) -> dict[int, float]:
+        now, kvb, waiting = self.now, self.kvb, self.buffer_wait_bytes
+        return {n: (max(0.0, s.free_at - now) * s.rate + waiting[n]) / kvb for n, s in enumerate(self.snic_r)}
+
+    def _on_tick(self, _a, _b):
+        """Group leaders pull work. Only groups that can act are asked: every PE group when new
+        requests wait, else PE groups whose load dropped; DE groups with new private work or
+        freed HBM. Asking the others would return nothing (their state is unchanged)."""
+        self._tick_pending = False
+        self._tick_count += 1
+        sched = self.sched
+        read_q = None
+        if sched.waiting()["pe"]:
+            groups = self._pe_group_ids if self._new_pe_work else sorted(self._pe_dirty)
+            self._new_pe_work = False
+            self._pe_dirty.clear()
+            if groups:
+                read_q = self._read_q_tokens()
+                k = self._tick_count % len(groups)  # the first leader to pull rotates
+                for gid in groups[k:] + groups[:k]:
+                    engines = sched.pe_groups[gid]
+                    loads = [EngineLoad(e, self.node_of[e], self.tok[e], self.seq[e]) for e in engines]
+                    for asg in sched.fetch_pe(gid, loads, read_q):
+                        rid, e = asg.request.request_id, asg.engine_id
+                        self.R["pe"][rid] = e
+                        self.tok[e] += asg.request.num_tokens
+                        self.seq[e] += 1
+        else:
+            self._pe_dirty.clear()
+        if sched.waiting()["de"]:
+            candidates = sched.distribute_de() | self._de_dirty
+            self._de_dirty.clear()
+            groups = sorted(g for g in candidates if sched.has_de_work(g))
+            if groups and read_q is None:
+                read_q = self._read_q_tokens()
+            k = self._tick_count % len(groups) if groups else 0
+            for gid in groups[k:] + groups[:k]:
+                engines = sched.de_groups[gid]
+                loads = [EngineLoad(e, self.node_of[e], self.tok[e], self.seq[e], self.hbm_free[e]) for e in engines]
+                for asg in sched.fetch_de(gid, loads):
+                    rid, e = asg.request.request_id, asg.engine_id
+                    self.R["de"][rid] = e
+                    self.tok[e] += asg.request.num_tokens
+                    self.seq[e] += 1
+                    self.hbm_free[e] -= asg.request.hbm_bytes
+                    self._start_read(rid, read_q)
+        else:
+            self._de_dirty.clear()
+
+    def _start_read(self, rid: int, read_q: dict[int, float]):
+        R = self.R
+        R["placed_s"][rid] = self.now
+        pe, de = R["pe"][rid], R["de"][rid]
+        hit = R["hit_tokens"][rid]
+        z = self.cfg.block_tokens
+        hit_blocks = hit // z  # only whole Full Blocks are stored; the partial tail is recomputed
+        if hit_blocks * z != hit:
+            R["append_tokens"][rid] += hit - hit_blocks * z
+            R["hit_tokens"][rid] = hit = hit_blocks * z
+        plan = self.sched.read_plan(self._pending_place[rid]["req"], self.node_of[pe], self.node_of[de], read_q,
+                                    hit_blocks, z)
+        R["side"][rid] = plan.side
+        R["de_blocks"][rid] = plan.de_blocks
+        de_bytes = plan.de_blocks * z * self.kvb
+        pe_bytes = 0.0 if plan.side == "none" else hit * self.kvb - de_bytes
+        R["read_bytes_pe"][rid] = pe_bytes
+        R["read_bytes_de"][rid] = de_bytes
+        self._pending_place[rid]["reads"] = 0
+        for node, nbytes in ((self.node_of[pe], pe_bytes), (self.node_of[de], de_bytes)):
+            if nbytes > 0:
+                self._pending_place[rid]["reads"] += 1
+                read_q[node] = read_q.get(node, 0.0) + nbytes / self.kvb
+                self._admit_or_wait(node, rid, nbytes)
+        if self._pending_place[rid]["reads"] == 0:
+            self._push(self.now, _READ_DONE, rid)
+
+    def _admit_or_wait(self, node: int, rid: int, nbytes: float):
+        if self.buffer_free[node] >= nbytes and not self.buffer_wait[node]:
+            self._issue_read(node, rid, nbytes)
+        else:
+            self.buffer_wait[node].append((rid, nbytes))
+            self.buffer_wait_bytes[node] += nbytes
+
+    def _issue_read(self, node: int, rid: int, nbytes: float):
+        self.buffer_free[node] -= nbytes
+        start, end = reserve((self.snic_r[node], self.dram[node]), nbytes, self.now)
+        self.snic_samples[self.snic_r[node].name].append((start, end, nbytes))
+        self._push(end, _READ_DONE, rid)
+
+    def _release_buffer(self, node: int, nbytes: float):
+        if nbytes <= 0:
+            return
+        self.buffer_free[node] += nbytes
+        wait = self.buffer_wait[node]
+        while wait and self.buffer_free[node] >= wait[0][1]:
+            rid, b = wait.popleft()
+            self.buffer_wait_bytes[node] -= b
+            self._issue_read(node, rid, b)
+
+    def _on_read_done(self, rid: int, _):
+        st = self._pending_place[rid]
+        st["reads"] -= 1
+        if st["reads"] > 0:
+            return
+        R = self.R
+        R["read_done_s"][rid] = self.now
+        pe = R["pe"][rid]
+        self.ready[pe].append([rid, R["hit_tokens"][rid], R["append_tokens"][rid], True])
+        self._try_start_pe(self.unit_of[pe])
+
+    # ---- prefill --------------------------------------------------------------------------------
+    def _try_start_pe(self, u: int):
+        unit = self.pe_units[u]
+        if unit.busy or not any(self.ready[e] for e in unit.engines):
+            return
+        cfg, L = self.cfg, self.spec.n_layers
+        now = self.now
+        plans, ends, attn = [], [], []
+        for e in unit.engines:
+            if not self.ready[e]:
+                continue
+            fifo = [BatchItem(item[0], item[1], item[2]) for item in self.ready[e]]
+            per_token_kv = self.kvb * (cfg.layerwise_depth / L if cfg.prefill == "layerwise" else 1.0)
+            max_kv = self.pe_free_hbm / per_token_kv
+            batch = self.sched.form_pe_batch(fifo, time_model=self.time_model, max_tokens=cfg.basic_max_batch_tokens,
+                                             max_kv_tokens=max_kv)
+            cached = [b.cached for b in batch]
+            bsz = [b.remaining for b in batch]
+            t_c = self.pe_model.prefill_time_s(cached, bsz)
+            attn.append(self.pe_model.attention_time_s(cached, bsz))
+            load_end, outs = now, []
+            for i, b in enumerate(batch):
+                rid = b.request_id
+                first = self.ready[e][i][3]
+                in_end, out_end = self._prefill_transfers(rid, e, b.cached, b.remaining, first, now, t_c / L)
+                load_end = max(load_end, in_end)
+                outs.append(out_end)
+            if cfg.prefill == "layerwise":
+                end = max(now + t_c, load_end + t_c / L)
+            else:
+                end = load_end + t_c
+            plans.append((e, batch, outs))
+            ends.append(end)
+            for b in batch:
+                if math.isnan(self.R["prefill_start_s"][b.request_id]):
+                    self.R["prefill_start_s"][b.request_id] = now
+        if not plans:
+            return
+        if len(attn) > 1 or len(unit.engines) > 1:
+            full = attn + [0.0] * (len(unit.engines) - len(attn))
+            mean = sum(full) / len(full)
+            if mean > 0:
+                self.attention_ratio.append(max(full) / mean)
+        unit.busy = True
+        self.pe_busy_s[u] += max(ends) - now
+        self.pe_forwards[u] += 1
+        self.pe_batch_requests[u] += sum(len(p[1]) for p in plans)
+        self._push(max(ends), _PE_DONE, u, (plans, max(ends)))
+
+    def _prefill_transfers(self, rid, pe, cached, bsz, first_chunk, now, layer_s):
+        """Reserve the KV movement of one request chunk in a forward; returns (loads end, to-DE end)."""
+        R = self.R
+        if self.cfg.loading == "oracle":
+            return now, now
+        de = R["de"][rid]
+        pn, dn = self.node_of[pe], self.node_of[de]
+        kvb = self.kvb
+        hit = R["hit_tokens"][rid]
+        de_hit = R["de_blocks"][rid] * self.cfg.block_tokens
+        de_share = de_hit / hit if hit else 0.0
+        in_bytes = cached * kvb
+        in_end = now
+        if in_bytes > 0:
+            b_pe, b_de = in_bytes * (1 - de_share), in_bytes * de_share
+            if b_pe > 0:
+                in_end = max(in_end, reserve((self.dram[pn], self.cnic_in[pe]), b_pe, now)[1])
+            if b_de > 0:
+                in_end = max(in_end, reserve((self.dram[dn], self.cnic_out[de], self.cnic_in[pe]), b_de, now)[1])
+        out_bytes = bsz * kvb
+        if first_chunk:
+            out_bytes += hit * (1 - de_share) * kvb  # PE-side hit KV goes to the DE buffer too
+        out_end = reserve((self.cnic_out[pe], self.cnic_in[de], self.dram[dn]), out_bytes, now + layer_s)[1]
+        return in_end, out_end
+
+    def _on_pe_done(self, u: int, payload):
+        plans, end = payload
+        unit = self.pe_units[u]
+        unit.busy = False
+        R = self.R
+        for e, batch, outs in plans:
+            q = self.ready[e]
+            for b, out_end in zip(batch, outs):
+                item = q[0]
+                assert item[0] == b.request_id
+                item[1] += b.remaining
+                item[2] -= b.remaining
+                item[3] = False
+                if item[2] > 0:
+                    continue  # chunked prefill: stays at the head of the FIFO
+                q.popleft()
+                rid = b.request_id
+                R["first_token_s"][rid] = self.now
+                self._pe_dirty.add(self.node_of[e])
+                self.tok[e] -= R["hit_tokens"][rid] + R["append_tokens"][rid]
+                self.seq[e] -= 1
+                pe_bytes = R["read_bytes_pe"][rid]
+                if pe_bytes > 0:
+                    self._release_buffer(self.node_of[e], pe_bytes)
+                de = R["de"][rid]
+                dn = self.node_of[de]
+                kv_ready = max(self.now, out_end)
+                nbytes = 0.0 if self.cfg.loading == "oracle" else (R["hit_tokens"][rid] + R["append_tokens"][rid]) * self.kvb
+                h2d_end = reserve((self.dram[dn], self.cnic_in[de]), nbytes, kv_ready)[1]
+                self._push(h2d_end, _DE_JOIN, rid)
+        self._request_tick()
+        self._try_start_pe(u)
+
+    # ---- decode ---------------------------------------------------------------------------------
+    def _de_advance(self, unit: _Unit):
+        if unit.step_s > 0:
+            unit.steps += (self.now - unit.last_t) / unit.step_s
+        unit.last_t = self.now
+
+    def _de_reschedule(self, u: int):
+        unit = self.de_units[u]
+        step = self.de_step
+        unit.step_s = max(step[e] for e in unit.engines) if len(unit.engines) > 1 else step[unit.engines[0]]
+        unit.version += 1
+        if unit.heap:
+            t = self.now + max(unit.heap[0][0] - unit.steps, 0.0) * unit.step_s
+            self._push(t, _DE_EVENT, u, unit.version)
+
+    def _on_de_join(self, rid: int, _):
+        R = self.R
+        de = R["de"][rid]
+        dn = self.node_of[de]
+        if R["side"][rid] in ("de", "split"):
+            self._release_buffer(dn, R["read_bytes_de"][rid])
+        R["decode_start_s"][rid] = self.now
+        gen = R["gen_tokens"][rid]
+        if gen <= 1:  # the PE produced the only token
+            self._complete(rid)
+            return
+        u = self.unit_of[de]
+        unit = self.de_units[u]
+        self._de_advance(unit)
+        ctx = R["hit_tokens"][rid] + R["append_tokens"][rid]
+        self.de_batch[de] += 1
+        self.de_ctx[de] += ctx + (gen - 1) / 2.0  # mean context over the request's decode
+        self.de_step[de] = self.de_model.decode_step_s(self.de_batch[de], self.de_ctx[de])
+        heapq.heappush(unit.heap, (unit.steps + (gen - 1), rid))
+        self._de_reschedule(u)
+        R["second_token_s"][rid] = self.now + unit.step_s
+
+    def _on_de_event(self, u: int, version: int):
+        unit = self.de_units[u]
+        if version != unit.version:
+            return
+        self._de_advance(unit)
+        R = self.R
+        while unit.heap and unit.heap[0][0] <= unit.steps + 1e-9:
+            _, rid = heapq.heappop(unit.heap)
+            de = R["de"][rid]
+            self.de_batch[de] -= 1
+            self.de_ctx[de] -= R["hit_tokens"][rid] + R["append_tokens"][rid] + (R["gen_tokens"][rid] - 1) / 2.0
+            self.de_step[de] = self.de_model.decode_step_s(self.de_batch[de], self.de_ctx[de])
+            self._complete(rid)
+        self._de_reschedule(u)
+
+    def _complete(self, rid: int):
+        R = self.R
+        de = R["de"][rid]
+        R["finish_s"][rid] = self.now
+        self.tok[de] -= R["hit_tokens"][rid] + R["append_tokens"][rid]
+        self.seq[de] -= 1
+        self.hbm_free[de] += (R["hit_tokens"][rid] + R["append_tokens"][rid] + R["gen_tokens"][rid]) * self.kvb
+        self._de_dirty.add(self.node_of[de])
+        if self.cfg.loading != "oracle":
+            # persist the new tokens' KV (appended prompt + generated): HBM -> CNIC -> DRAM -> SNIC -> storage
+            dn = self.node_of[de]
+            nbytes = (R["append_tokens"][rid] + R["gen_tokens"][rid]) * self.kvb
+            reserve((self.cnic_out[de], self.dram[dn], self.snic_w[dn]), nbytes, self.now)
+        del self._pending_place[rid]
+        self._finish_request(rid)
+        self._request_tick()
+
+
+def simulate(config: SimConfig, agents: Sequence[SimAgent], *, max_events: int | None = None) -> SimResult:
+    """Run the simulator once; see :class:`Simulator`."""
+    return Simulator(config, agents).run(max_events=max_events)

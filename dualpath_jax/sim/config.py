@@ -1,0 +1,88 @@
+"""Simulator configuration (frozen, validated; errors name the field)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dualpath_jax.config import ConfigError, check_in, check_positive
+from dualpath_jax.model import cost
+from dualpath_jax.model.spec import get_spec
+from dualpath_jax.sched.types import LOADINGS, POLICIES
+from dualpath_jax.sim.hardware import HardwareConfig
+
+__all__ = ["SimConfig", "PREFILL_MODES"]
+
+PREFILL_MODES = ("full", "layerwise")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimConfig:
+    """One simulated run: cluster, switches, scheduler knobs and compute-model overrides.
+
+    Attributes:
+      model: model preset name (``dualpath_jax.model.get_spec``).
+      prefill_nodes, decode_nodes: P and D, in nodes of ``hardware.gpus_per_node`` engines.
+      loading, prefill, policy: the three ablation switches.
+      block_tokens: Z, tokens per Full Block.
+      kv_dtype, weight_dtype: byte sizes of KV and weights (``fp8``, ``bf16``, ...).
+      alpha_s, beta_s: Algorithm 1 thresholds in seconds of node read rate / engine prefill rate
+        (paper: 3 s and 5 s), converted to tokens at start.
+      z_factor, compute_quota_s: DE phase-2 slack (1.05) and PE compute quota (0.300 s).
+      fetch_period_s: how long a group leader waits before pulling new work after a change.
+      basic_max_batch_tokens: new-token cap of a FIFO (round_robin) prefill batch.
+      layerwise_depth: layers of KV in flight on a PE in layer-wise mode (2 = double buffering).
+      activation_reserve_bytes: HBM a PE keeps for activations.
+      ep_sync: DP-attention groups wait for their slowest member (default: MoE models).
+      prefill_layer_overhead_s, eff_memory: compute-model assumptions (see ``sim.compute``).
+    """
+
+    model: str = "deepseek-v3.2"
+    prefill_nodes: int = 2
+    decode_nodes: int = 4
+    hardware: HardwareConfig = dataclasses.field(default_factory=HardwareConfig)
+    loading: str = "dual"
+    prefill: str = "layerwise"
+    policy: str = "dualpath"
+    block_tokens: int = 64
+    kv_dtype: str = "fp8"
+    weight_dtype: str = "fp8"
+    alpha_s: float = 3.0
+    beta_s: float = 5.0
+    z_factor: float = 1.05
+    compute_quota_s: float = 0.300
+    fetch_period_s: float = 0.005
+    basic_max_batch_tokens: int = 16384
+    layerwise_depth: int = 2
+    activation_reserve_bytes: float = 4e9
+    ep_sync: bool | None = None
+    prefill_layer_overhead_s: float = 0.5e-3
+    eff_memory: float = 0.7
+
+    def __post_init__(self):
+        get_spec(self.model)
+        check_positive("sim.prefill_nodes", self.prefill_nodes, integer=True)
+        check_positive("sim.decode_nodes", self.decode_nodes, integer=True)
+        check_in("sim.loading", self.loading, LOADINGS)
+        check_in("sim.prefill", self.prefill, PREFILL_MODES)
+        check_in("sim.policy", self.policy, POLICIES)
+        check_in("sim.kv_dtype", self.kv_dtype, tuple(cost.DTYPE_BYTES))
+        check_in("sim.weight_dtype", self.weight_dtype, tuple(cost.DTYPE_BYTES))
+        for f in ("block_tokens", "basic_max_batch_tokens", "layerwise_depth"):
+            check_positive(f"sim.{f}", getattr(self, f), integer=True)
+        for f in ("alpha_s", "beta_s", "compute_quota_s", "fetch_period_s", "eff_memory"):
+            check_positive(f"sim.{f}", getattr(self, f))
+        if self.z_factor < 1.0:
+            raise ConfigError("sim.z_factor", f"must be >= 1 (got {self.z_factor})")
+        if not isinstance(self.hardware, HardwareConfig):
+            raise ConfigError("sim.hardware", f"must be a HardwareConfig (got {type(self.hardware).__name__})")
+
+    @property
+    def spec(self):
+        return get_spec(self.model)
+
+    @property
+    def uses_ep_sync(self) -> bool:
+        return self.spec.n_routed_experts > 0 if self.ep_sync is None else bool(self.ep_sync)
+
+    def replace(self, **changes) -> "SimConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,114 @@
+"""Hardware of the simulated cluster and the bandwidth servers that carry its transfers.
+
+Quantities default to the paper's testbed (PAPER.md section 8.1): nodes of g = 8 Hopper GPUs,
+one 400 Gbps CNIC per GPU (B = 50 GB/s), s = 1 SNIC of 400 Gbps per node, host memory bandwidth
+M = 500 GB/s shared by reads and writes, 80 GB of DRAM buffer per node (DeepSeek models), and
+H800 datasheet numbers (80 GB HBM3 at 3.35 TB/s; 989 dense BF16 / 1979 FP8 TFLOP/s, PAPER.md
+section 9).
+
+A :class:`Server` is a FIFO bandwidth server: a transfer of ``b`` bytes that may start at ``t``
+starts at ``max(t, free_at)`` and occupies it for ``b / rate`` seconds. A transfer crossing several
+servers (storage -> SNIC -> DRAM, DRAM -> CNIC -> HBM, ...) is pipelined (cut-through): it starts
+when all its hops are free and ends after ``b / min(rate)``; each hop is busy only ``b / rate_h``
+(see :func:`reserve`).
+Reads and writes of a NIC are separate servers (full duplex); host DRAM is one (half duplex).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dualpath_jax.config import ConfigError, check_fraction, check_positive
+
+__all__ = ["HardwareConfig", "Server", "reserve"]
+
+
+@dataclasses.dataclass(frozen=True)
+class HardwareConfig:
+    """Per-node and per-GPU hardware quantities.
+
+    Attributes:
+      gpus_per_node: g, engines per node (one engine per GPU).
+      cnic_bytes_per_s: B, one CNIC per GPU, each direction.
+      snics_per_node: s.
+      snic_bytes_per_s: rate of one SNIC, each direction.
+      dram_bytes_per_s: M, host memory bandwidth per node (reads + writes share it).
+      dram_buffer_bytes: PE/DE buffer DRAM per node.
+      hbm_bytes: HBM per GPU.
+      hbm_bytes_per_s: HBM bandwidth per GPU.
+      peak_flops: dense peak FLOP/s per GPU in the model's compute dtype.
+      hbm_usable_fraction: share of HBM the engine may use (rest: runtime, fragmentation).
+      cnic_kv_share: share of CNIC bandwidth left to KV traffic (low-priority class) while the
+        engine's model communication uses the rest (PAPER.md section 4.2: ~99% reserved under
+        contention; the model traffic is bursty, so KV usually gets most of the link).
+      storage_bytes_per_s: aggregate storage read bandwidth (inf: storage saturates every SNIC).
+    """
+
+    gpus_per_node: int = 8
+    cnic_bytes_per_s: float = 50e9
+    snics_per_node: int = 1
+    snic_bytes_per_s: float = 50e9
+    dram_bytes_per_s: float = 500e9
+    dram_buffer_bytes: float = 80e9
+    hbm_bytes: float = 80e9
+    hbm_bytes_per_s: float = 3.35e12
+    peak_flops: float = 1979e12
+    hbm_usable_fraction: float = 0.9
+    cnic_kv_share: float = 0.9
+    storage_bytes_per_s: float = float("inf")
+
+    def __post_init__(self):
+        for f in ("gpus_per_node", "snics_per_node"):
+            check_positive(f"hardware.{f}", getattr(self, f), integer=True)
+        for f in ("cnic_bytes_per_s", "snic_bytes_per_s", "dram_bytes_per_s", "dram_buffer_bytes", "hbm_bytes",
+                  "hbm_bytes_per_s", "peak_flops", "hbm_usable_fraction", "cnic_kv_share"):
+            check_positive(f"hardware.{f}", getattr(self, f))
+        check_fraction("hardware.hbm_usable_fraction", self.hbm_usable_fraction)
+        check_fraction("hardware.cnic_kv_share", self.cnic_kv_share)
+        if not self.storage_bytes_per_s > 0:
+            raise ConfigError("hardware.storage_bytes_per_s", f"must be > 0 (got {self.storage_bytes_per_s})")
+
+    @property
+    def node_snic_bytes_per_s(self) -> float:
+        """s * SNIC rate: one node's storage read bandwidth."""
+        return self.snics_per_node * self.snic_bytes_per_s
+
+
+class Server:
+    """A FIFO bandwidth server with byte and busy-time counters."""
+
+    __slots__ = ("name", "rate", "free_at", "bytes", "busy_s")
+
+    def __init__(self, name: str, rate_bytes_per_s: float):
+        self.name = name
+        self.rate = float(rate_bytes_per_s)
+        self.free_at = 0.0
+        self.bytes = 0.0
+        self.busy_s = 0.0
+
+    def backlog_s(self, now: float) -> float:
+        """Seconds of queued work ahead of a transfer issued at ``now``."""
+        return max(0.0, self.free_at - now)
+
+
+def reserve(servers, nbytes: float, earliest: float) -> tuple[float, float]:
+    """Reserve a pipelined transfer of ``nbytes`` across ``servers``; returns ``(start_s, finish_s)``.
+
+    The slowest hop is a FIFO server: the transfer starts when it and the other hops are free and
+    lasts ``nbytes / slowest_rate``. The faster hops only carry the bytes while they stream
+    through, so their occupancy is queued from ``earliest`` (when the transfer is issued), not
+    from its possibly much later start: a backlog on a slow SNIC does not block DRAM for others.
+    """
+    if nbytes <= 0 or not servers:
+        return earliest, earliest
+    slow = min(servers, key=lambda s: s.rate)
+    start = max(earliest, max(s.free_at for s in servers))
+    for s in servers:
+        dt = nbytes / s.rate
+        if s is slow:
+            s.free_at = start + dt
+        else:
+            s.free_at = max(s.free_at, earliest) + dt
+        s.bytes += nbytes
+        s.busy_s += dt
+    return start, start + nbytes / slow.rate

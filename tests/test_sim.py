@@ -1,0 +1,105 @@
+"""Simulator: hand-computed single-request cases, the storage-bound closed form, determinism,
+conservation and config validation."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from dualpath_jax.config import ConfigError
+from dualpath_jax.model import cost
+from dualpath_jax.sim import HardwareConfig, SimAgent, SimConfig, Simulator, simulate
+
+FETCH = 0.005
+
+
+def agent(append, gen, arrival=0.0):
+    return SimAgent(arrival, np.asarray(append, np.int64), np.asarray(gen, np.int64))
+
+
+def test_one_request_idle_cluster_oracle():
+    cfg = SimConfig(loading="oracle", prefill="layerwise", policy="dualpath", fetch_period_s=FETCH)
+    sim = Simulator(cfg, [agent([1000], [50])])
+    res = sim.run()
+    t_prefill = sim.pe_model.prefill_time_s([0], [1000])
+    ttft = FETCH + t_prefill
+    # DE: one sequence of 1000 prompt tokens decoding 49 more tokens; mean context over the decode
+    step = sim.de_model.decode_step_s(1, 1000 + 49 / 2.0)
+    r = res.requests
+    assert r["first_token_s"][0] - r["arrival_s"][0] == pytest.approx(ttft, rel=1e-12)
+    assert r["finish_s"][0] == pytest.approx(ttft + 49 * step, rel=1e-12)
+    assert r["second_token_s"][0] == pytest.approx(ttft + step, rel=1e-12)
+    assert res.end_s == pytest.approx(ttft + 49 * step, rel=1e-12)
+
+
+def test_second_round_pe_read_layerwise_hand_computed():
+    cfg = SimConfig(loading="pe_read", prefill="layerwise", policy="round_robin", fetch_period_s=FETCH)
+    a0, g0, a1 = 6399, 1, 300  # round 1 hits 6400 tokens = 100 Full Blocks
+    sim = Simulator(cfg, [agent([a0, a1], [g0, 1])])
+    res = sim.run()
+    r = res.requests
+    hw, kvb = cfg.hardware, cost.kv_bytes_per_token(cfg.spec, "fp8")
+    hit_bytes = 6400 * kvb
+    arrival1 = r["arrival_s"][1]
+    placed = arrival1 + FETCH
+    read_done = placed + hit_bytes / hw.snic_bytes_per_s  # storage -> SNIC -> DRAM, SNIC is the slowest hop
+    load_end = read_done + hit_bytes / (hw.cnic_bytes_per_s * hw.cnic_kv_share)  # DRAM -> CNIC -> HBM
+    t_c = sim.pe_model.prefill_time_s([6400], [a1])
+    end = max(read_done + t_c, load_end + t_c / cfg.spec.n_layers)
+    assert r["hit_tokens"][1] == 6400 and r["side"][1] == "pe"
+    assert r["read_done_s"][1] == pytest.approx(read_done, rel=1e-12)
+    assert r["first_token_s"][1] == pytest.approx(end, rel=1e-12)
+
+
+def _storage_bound_agents(n, hit_tokens):
+    # round 0 computes hit_tokens - 1 tokens and generates 1: round 1 hits exactly hit_tokens
+    return [agent([hit_tokens - 1, 64], [1, 1]) for _ in range(n)]
+
+
+FAST = HardwareConfig(peak_flops=1e21, cnic_bytes_per_s=1e13, dram_bytes_per_s=1e14, hbm_bytes_per_s=1e16)
+
+
+@pytest.mark.parametrize("loading,policy,snics", [("pe_read", "round_robin", 2), ("dual", "dualpath", 6)])
+def test_storage_only_bottleneck_matches_bytes_over_snic_rate(loading, policy, snics):
+    cfg = SimConfig(hardware=FAST, loading=loading, prefill="layerwise", policy=policy, prefill_layer_overhead_s=0.0,
+                    fetch_period_s=1e-4)
+    hit = 64 * 500
+    agents = _storage_bound_agents(480, hit)
+    res = simulate(cfg, agents)
+    total = 480 * hit * cost.kv_bytes_per_token(cfg.spec, "fp8")
+    bound = total / (snics * cfg.hardware.snic_bytes_per_s)
+    assert res.end_s == pytest.approx(bound, rel=0.05)
+    assert res.end_s >= bound
+
+
+def test_determinism_and_conservation():
+    rng = np.random.default_rng(1)
+    agents = [agent(rng.integers(100, 900, 6), rng.integers(1, 40, 6), arrival=float(i) * 0.01) for i in range(24)]
+    cfg = SimConfig(loading="dual", prefill="layerwise", policy="dualpath")
+    a, b = simulate(cfg, agents), simulate(cfg, agents)
+    assert a.events == b.events and a.end_s == b.end_s
+    for k in a.requests:
+        np.testing.assert_array_equal(a.requests[k], b.requests[k])
+    r = a.requests
+    assert len(r["finish_s"]) == 24 * 6 and not np.isnan(r["finish_s"]).any()  # every request finished
+    read_total = sum(v["bytes"] for k, v in a.links.items() if k.startswith("snic_read"))
+    assert read_total == pytest.approx(np.sum(r["read_bytes_pe"]) + np.sum(r["read_bytes_de"]))
+    kvb = cost.kv_bytes_per_token(cfg.spec, "fp8")
+    assert np.sum(r["read_bytes_pe"] + r["read_bytes_de"]) == pytest.approx(np.sum(r["hit_tokens"]) * kvb)
+    # a round's hit never exceeds the agent's previous context, and rounds are ordered in time
+    assert (r["first_token_s"] >= r["arrival_s"]).all() and (r["finish_s"] >= r["first_token_s"]).all()
+
+
+def test_invalid_sim_configs_name_field():
+    with pytest.raises(ConfigError, match="sim.prefill_nodes"):
+        SimConfig(prefill_nodes=0)
+    with pytest.raises(ConfigError, match="sim.loading"):
+        SimConfig(loading="both")
+    with pytest.raises(ConfigError, match="hardware.snic_bytes_per_s"):
+        HardwareConfig(snic_bytes_per_s=0)
+    with pytest.raises(ConfigError, match="sim.decode_nodes"):  # 671B of FP8 weights do not fit 8 GPUs
+        Simulator(SimConfig(prefill_nodes=4, decode_nodes=1), [agent([10], [2])])
+    with pytest.raises(ConfigError, match="hardware.hbm_bytes"):  # one trajectory's KV exceeds DE HBM
+        Simulator(SimConfig(), [agent([2_000_000], [2])])
+    with pytest.raises(ConfigError, match=r"agents\[0\]"):
+        Simulator(SimConfig(), [agent([10, 10], [2])])
