@@ -1,0 +1,253 @@
+"""Latency metrics of PAPER.md section 6.4: JCT, TTFT, TTST, TPOT, completion time, APS under SLO.
+
+Definitions (per request = one round of one trajectory; successful requests only):
+
+* TTFT = ``first_token_s - arrival_s``.
+* TTST = ``second_token_s - first_token_s``: the gap between the first token (from the PE) and
+  the second (the first decode step on the DE, after the KV hand-off). The paper reports it
+  separately and explains SGL(MC)'s low TTST by its first two tokens arriving almost together,
+  which fits this gap definition. NaN for 1-token requests.
+* TPOT = ``(finish_s - second_token_s) / (num_gen_tokens - 2)``: the mean decode step after the
+  second token, so the PD hand-off counts in TTST only. NaN below 3 tokens.
+  ``tpot_s(..., include_second_token=True)`` gives the common ``(finish - first) / (g - 1)``.
+* JCT (offline) = time from the batch start (default: earliest arrival) until the last request
+  finishes.
+* Trajectory completion time = last round's ``finish_s`` minus first round's ``arrival_s``.
+* Statistics over requests (``statistic``): ``"mean"``, ``"max"`` or ``"pNN"`` (a percentile,
+  e.g. ``"p50"``, ``"p99"``, ``"p99.9"``); NaNs are ignored.
+* Max APS under an SLO: the largest agent arrival rate whose run meets
+  ``statistic(TTFT) <= ttft_s and statistic(TPOT) <= tpot_s`` (defaults 4 s and 50 ms on the mean,
+  the paper's SLO), found by bracketing and geometric bisection over runs, assuming latency
+  grows with load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from dualpath_jax.config import ConfigError, check_positive
+from dualpath_jax.metrics.records import as_request_table
+
+__all__ = [
+    "ttft_s", "ttst_s", "tpot_s", "jct_s", "trajectory_completion_s", "summarize", "latency_summary",
+    "SLO", "evaluate_slo", "ApsTrial", "MaxApsResult", "max_aps_under_slo",
+]
+
+
+def _ok(records):
+    t = as_request_table(records)
+    return t.where(t.ok)
+
+
+def ttft_s(records) -> np.ndarray:
+    """f64[B] time to first token of every successful request."""
+    t = _ok(records)
+    return t.first_token_s - t.arrival_s
+
+
+def ttst_s(records) -> np.ndarray:
+    """f64[B] first-to-second token gap (NaN for 1-token requests)."""
+    t = _ok(records)
+    return np.where(t.num_gen_tokens >= 2, t.second_token_s - t.first_token_s, np.nan)
+
+
+def tpot_s(records, include_second_token: bool = False) -> np.ndarray:
+    """f64[B] time per output token (see the module docstring; NaN when undefined)."""
+    t = _ok(records)
+    g = t.num_gen_tokens.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if include_second_token:
+            return np.where(g >= 2, (t.finish_s - t.first_token_s) / (g - 1), np.nan)
+        return np.where(g >= 3, (t.finish_s - t.second_token_s) / (g - 2), np.nan)
+
+
+def jct_s(records, start_s: float | None = None) -> float:
+    """Job completion time of an offline batch: last ``finish_s`` minus ``start_s`` (default the
+    earliest arrival). Failed requests count with the time they finished; raises ValueError if
+    there are no records."""
+    t = as_request_table(records)
+    if len(t) == 0:
+        raise ValueError("jct_s: no request records")
+    start = float(np.min(t.arrival_s)) if start_s is None else float(start_s)
+    return float(np.nanmax(t.finish_s)) - start
+
+
+def trajectory_completion_s(records) -> dict[str, float]:
+    """Per trajectory id: last round's finish minus first round's arrival (successful requests)."""
+    t = _ok(records)
+    if len(t) == 0:
+        return {}
+    ids, inverse = np.unique(t.trajectory_id.astype(str), return_inverse=True)
+    first = np.full(len(ids), np.inf)
+    last = np.full(len(ids), -np.inf)
+    np.minimum.at(first, inverse, t.arrival_s)
+    np.maximum.at(last, inverse, t.finish_s)
+    return {str(i): float(b - a) for i, a, b in zip(ids, first, last)}
+
+
+def summarize(values: np.ndarray, statistic: str = "mean") -> float:
+    """``"mean"``, ``"max"`` or ``"pNN"`` of the non-NaN values (NaN if none).
+
+    Raises:
+      ValueError: an unknown statistic or a percentile outside [0, 100].
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    q = _percentile_of(statistic)
+    if v.size == 0:
+        return float("nan")
+    if statistic == "mean":
+        return float(v.mean())
+    if statistic == "max":
+        return float(v.max())
+    return float(np.percentile(v, q))
+
+
+def _percentile_of(statistic: str) -> float | None:
+    if statistic in ("mean", "max"):
+        return None
+    if isinstance(statistic, str) and statistic.startswith("p"):
+        try:
+            q = float(statistic[1:])
+        except ValueError:
+            q = -1.0
+        if 0.0 <= q <= 100.0:
+            return q
+    raise ValueError(f"statistic: must be 'mean', 'max' or 'pNN' with 0 <= NN <= 100 (got {statistic!r})")
+
+
+def latency_summary(records, statistics: tuple[str, ...] = ("mean", "p50", "p90", "p99")) -> dict[str, float]:
+    """``{"ttft_mean_s": ..., "ttst_p99_s": ..., "tpot_p50_s": ..., "num_requests": ...}``."""
+    t = as_request_table(records)
+    series = {"ttft": ttft_s(t), "ttst": ttst_s(t), "tpot": tpot_s(t)}
+    out: dict[str, float] = {"num_requests": float(len(t)), "num_failed": float(np.sum(~t.ok))}
+    for name, values in series.items():
+        for stat in statistics:
+            out[f"{name}_{stat}_s"] = summarize(values, stat)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SLO:
+    """Service-level objective: ``statistic`` of TTFT and of TPOT must not exceed the bounds.
+
+    Defaults: the paper's TTFT <= 4 s and TPOT <= 50 ms (section 7.4), on the mean over requests.
+
+    Raises:
+      ConfigError: naming the field, for non-positive bounds or an unknown statistic.
+    """
+
+    ttft_s: float = 4.0
+    tpot_s: float = 0.050
+    statistic: str = "mean"
+
+    def __post_init__(self):
+        check_positive("slo.ttft_s", self.ttft_s)
+        check_positive("slo.tpot_s", self.tpot_s)
+        try:
+            _percentile_of(self.statistic)
+        except ValueError as e:
+            raise ConfigError("slo.statistic", str(e).split(": ", 1)[1]) from None
+
+
+def evaluate_slo(records, slo: SLO = SLO()) -> tuple[bool, dict[str, float]]:
+    """(meets the SLO, {"ttft_s", "tpot_s", "num_failed"}). A run with failed requests or with
+    no measurable TTFT fails; TPOT NaN (no request with >= 3 tokens) counts as met."""
+    t = as_request_table(records)
+    ttft = summarize(ttft_s(t), slo.statistic)
+    tpot = summarize(tpot_s(t), slo.statistic)
+    failed = int(np.sum(~t.ok))
+    ok = failed == 0 and not math.isnan(ttft) and ttft <= slo.ttft_s and (math.isnan(tpot) or tpot <= slo.tpot_s)
+    return ok, {"ttft_s": ttft, "tpot_s": tpot, "num_failed": float(failed)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ApsTrial:
+    """One evaluated run: its APS, whether it met the SLO, and the measured statistics."""
+
+    aps: float
+    meets_slo: bool
+    ttft_s: float
+    tpot_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxApsResult:
+    """``aps``: the largest passing rate found (0.0 if none passed); ``bracketed``: a failing rate
+    above it was found (False when ``max_aps`` itself passed); ``trials`` in evaluation order."""
+
+    aps: float
+    bracketed: bool
+    trials: tuple[ApsTrial, ...]
+
+
+def max_aps_under_slo(run: Callable[[float], object], slo: SLO = SLO(), *, initial_aps: float = 0.1,
+                      min_aps: float = 1e-3, max_aps: float = 1e3, rel_tol: float = 0.05,
+                      max_runs: int = 24) -> MaxApsResult:
+    """Largest APS whose run meets ``slo``, by bracketing then bisection.
+
+    ``run(aps)`` performs one online run at ``aps`` agent arrivals per second and returns its
+    request records (a :class:`RequestTable` or a sequence of RequestRecord). The search
+    doubles (or halves) from ``initial_aps`` until a passing rate ``lo`` and a failing rate
+    ``hi`` bracket the capacity, then bisects geometrically until ``hi / lo <= 1 + rel_tol``.
+    Each rate is run at most once.
+
+    Raises:
+      ConfigError: non-positive rates, ``min_aps > initial_aps``, ``initial_aps > max_aps``, or
+        ``rel_tol <= 0``.
+    """
+    for name, v in (("initial_aps", initial_aps), ("min_aps", min_aps), ("max_aps", max_aps),
+                    ("rel_tol", rel_tol)):
+        check_positive(name, v)
+    if not min_aps <= initial_aps <= max_aps:
+        raise ConfigError("initial_aps", f"must lie in [min_aps, max_aps] = [{min_aps}, {max_aps}] "
+                          f"(got {initial_aps})")
+    check_positive("max_runs", max_runs, integer=True)
+    trials: list[ApsTrial] = []
+    cache: dict[float, bool] = {}
+
+    def passes(aps: float) -> bool:
+        if aps not in cache:
+            ok, stats = evaluate_slo(run(aps), slo)
+            trials.append(ApsTrial(aps, ok, stats["ttft_s"], stats["tpot_s"]))
+            cache[aps] = ok
+        return cache[aps]
+
+    lo, hi = None, None
+    aps = float(initial_aps)
+    if passes(aps):
+        lo = aps
+        while len(trials) < max_runs:
+            nxt = min(lo * 2.0, max_aps)
+            if nxt == lo:
+                return MaxApsResult(lo, False, tuple(trials))
+            if passes(nxt):
+                lo = nxt
+            else:
+                hi = nxt
+                break
+    else:
+        hi = aps
+        while len(trials) < max_runs:
+            nxt = max(hi / 2.0, min_aps)
+            if nxt == hi:
+                return MaxApsResult(0.0, True, tuple(trials))
+            if passes(nxt):
+                lo = nxt
+                break
+            hi = nxt
+    if lo is None:
+        return MaxApsResult(0.0, True, tuple(trials))
+    if hi is None:
+        return MaxApsResult(lo, False, tuple(trials))
+    while hi / lo > 1.0 + rel_tol and len(trials) < max_runs:
+        mid = math.sqrt(lo * hi)
+        if passes(mid):
+            lo = mid
+        else:
+            hi = mid
+    return MaxApsResult(lo, True, tuple(trials))

@@ -1,0 +1,232 @@
+"""Run artifacts in a workdir (DESIGN.md "Runs leave artifacts").
+
+* ``config.json``   the run's configuration (:func:`write_config`);
+* ``env.json``      versions and device (:func:`write_env`);
+* ``metrics.jsonl`` append-only, one JSON object per line (:func:`append_metrics`);
+* ``metrics.json``  the headline ``name: value`` figures (:func:`write_named_values`), printed
+  by :func:`format_named_values` as the last lines of an experiment's output;
+* tables as Markdown and CSV (:func:`write_table`), plots as PNG (:func:`plot_lines`; matplotlib
+  with the Agg backend, imported only there).
+
+JSON output is strict: numpy scalars and arrays become Python numbers and lists, NaN and
+infinities become ``null``, dataclasses and ``ConfigDict`` become objects. Nothing adds wall-clock
+timestamps, so the same run writes the same files.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.metadata
+import io
+import json
+import math
+import os
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "to_jsonable", "write_json", "write_config", "collect_env", "write_env", "append_metrics",
+    "read_metrics", "markdown_table", "write_table", "plot_lines", "format_named_values",
+    "write_named_values",
+]
+
+_PACKAGES = ("dualpath_jax", "jax", "jaxlib", "flax", "numpy", "orbax-checkpoint", "tensorstore",
+             "ml_collections", "absl-py", "matplotlib", "torch", "transformers")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Recursively convert to strict-JSON builtins (see the module docstring)."""
+    if hasattr(obj, "to_dict") and callable(obj.to_dict) and not isinstance(obj, type):
+        return to_jsonable(obj.to_dict())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    return repr(obj)
+
+
+def write_json(path, obj: Any) -> Path:
+    """Write ``obj`` as indented, key-sorted strict JSON; creates parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return path
+
+
+def write_config(workdir, config: Any) -> Path:
+    """``workdir/config.json`` from a ConfigDict, dataclass or mapping."""
+    return write_json(Path(workdir) / "config.json", config)
+
+
+def collect_env(device: str | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Versions and device: Python, platform, CPU count, installed package versions, and the JAX
+    devices if JAX is already imported (this module never imports it) or ``device`` if given."""
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    env: dict[str, Any] = {
+        "python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
+        "cpu_count": os.cpu_count(), "packages": versions,
+    }
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        try:
+            env["jax_devices"] = [str(d) for d in jax.devices()]
+            env["jax_backend"] = jax.default_backend()
+        except Exception as e:  # a broken backend should not stop a run from recording its env
+            env["jax_devices_error"] = repr(e)
+    if device is not None:
+        env["device"] = device
+    if extra:
+        env.update(extra)
+    return env
+
+
+def write_env(workdir, device: str | None = None, extra: Mapping[str, Any] | None = None) -> Path:
+    """``workdir/env.json`` (see :func:`collect_env`)."""
+    return write_json(Path(workdir) / "env.json", collect_env(device, extra))
+
+
+def append_metrics(workdir, record: Mapping[str, Any], filename: str = "metrics.jsonl") -> Path:
+    """Append one JSON object as a line of ``workdir/metrics.jsonl``."""
+    path = Path(workdir) / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(to_jsonable(dict(record)), sort_keys=True, allow_nan=False)
+    with path.open("a") as f:
+        f.write(line + "\n")
+    return path
+
+
+def read_metrics(workdir, filename: str = "metrics.jsonl") -> list[dict]:
+    """All records of ``workdir/metrics.jsonl`` in order (ValueError names a bad line)."""
+    path = Path(workdir) / filename
+    out = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from e
+    return out
+
+
+def _columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None) -> list[str]:
+    if columns is not None:
+        return list(columns)
+    seen: dict[str, None] = {}
+    for r in rows:
+        for k in r:
+            seen.setdefault(str(k), None)
+    return list(seen)
+
+
+def _cell(v: Any, float_format: str) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "nan" if math.isnan(float(v)) else format(float(v), float_format)
+    if isinstance(v, np.integer):
+        return str(int(v))
+    return "" if v is None else str(v)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,
+                   float_format: str = ".4g") -> str:
+    """A GitHub Markdown table of ``rows`` (missing cells empty; ``|`` escaped)."""
+    cols = _columns(rows, columns)
+    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(esc(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(esc(_cell(r.get(c), float_format)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(path_stem, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,
+                float_format: str = ".4g", title: str | None = None) -> tuple[Path, Path]:
+    """Write ``<path_stem>.md`` and ``<path_stem>.csv``; returns both paths.
+
+    The CSV keeps full precision (``repr`` of floats); the Markdown uses ``float_format``.
+    """
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    cols = _columns(rows, columns)
+    md = (f"# {title}\n\n" if title else "") + markdown_table(rows, cols, float_format)
+    md_path = stem.with_name(stem.name + ".md")
+    md_path.write_text(md)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(cols)
+    for r in rows:
+        writer.writerow(["" if r.get(c) is None else to_jsonable(r.get(c)) for c in cols])
+    csv_path = stem.with_name(stem.name + ".csv")
+    csv_path.write_text(buf.getvalue())
+    return md_path, csv_path
+
+
+def plot_lines(path, x: Mapping[str, Sequence[float]] | Sequence[float], series: Mapping[str, Sequence[float]], *,
+               xlabel: str = "", ylabel: str = "", title: str = "", logx: bool = False, logy: bool = False,
+               marker: str = "o") -> Path:
+    """A PNG line plot, one line per entry of ``series`` (label -> y values).
+
+    ``x`` is one shared sequence or a mapping label -> x values. Uses matplotlib's Agg backend.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    try:
+        for label, y in series.items():
+            xs = x[label] if isinstance(x, Mapping) else x
+            ax.plot(list(xs), list(y), marker=marker, label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        if logx:
+            ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        if len(series) > 1:
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def format_named_values(values: Mapping[str, Any]) -> str:
+    """``name: value`` lines in the given order (floats with up to 6 significant digits)."""
+    lines = []
+    for name, v in values.items():
+        if isinstance(v, (float, np.floating)):
+            v = format(float(v), ".6g")
+        lines.append(f"{name}: {v}")
+    return "\n".join(lines)
+
+
+def write_named_values(workdir, values: Mapping[str, Any], filename: str = "metrics.json") -> Path:
+    """``workdir/metrics.json`` holding the headline figures."""
+    return write_json(Path(workdir) / filename, dict(values))

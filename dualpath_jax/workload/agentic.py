@@ -1,0 +1,252 @@
+"""Loader for the agentic Claude Code traces (``../shared/data/agentic_traces/*.json.gz``).
+
+File format: ``../shared/data/README.md``. One gzip JSON file is one conversation whose
+``requests`` are its rounds (``type`` ``"n"`` or ``"s"``, treated alike) and nested sub-agent
+conversations (``type`` ``"subagent"`` with their own ``requests``).
+
+Mapping to :class:`~dualpath_jax.workload.trajectory.Trajectory` (one per conversation):
+
+* Round i: prompt = ``in``; hit = ``min(L_i * block_size, in - 1)`` with L_i the longest run of
+  leading ``hash_ids`` already seen in earlier rounds of the same trajectory (README rule);
+  append = ``in - hit``; generated = ``max(out, 1)``: a request with ``out = 0`` (25 in the set)
+  still produces the first token its prefill computes, so it becomes a 1-token generation.
+* ``think_time_s``: the request's ``think_time``; when missing, the gap ``t_i - t_{i-1}`` minus
+  the previous request's ``api_time`` (or the plain gap if that is missing too), clipped at 0.
+  Round 0 gets 0: a trajectory's first round is issued at its arrival.
+* **Sub-agents become their own trajectories** (``subagents="separate"``, the default), named
+  ``"<trace id>/<agent_id>"``, with ``parent_id`` = the trace id and ``start_offset_s`` = the
+  sub-agent entry's ``t`` (its launch time in the parent's clock). They are separate because they
+  run concurrently with their parent and with each other (several ``Explore`` agents are often
+  launched together) and share no cached prefix with the parent's requests (their prompts start
+  from their own system prompt); hits stay within a trajectory (paper A.4). ``"drop"`` ignores
+  them.
+* ``token_scope="trace"`` (default): every trajectory of a file uses the trace id as its token
+  scope, as the file's hash ids are scoped to the conversation (sibling sub-agents share a
+  system prompt, hence identical tokens, and an engine with one global prefix cache can find
+  those cross-trajectory hits). ``"trajectory"`` gives every trajectory its own scope, so the
+  engine's hits equal the workload's within-trajectory hits exactly.
+
+Every problem raises :class:`~dualpath_jax.workload.errors.TraceFormatError` naming the file,
+the request (``requests[3]`` or ``requests[7].requests[2]``), the field and the value.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from dualpath_jax.workload.errors import TraceFormatError
+from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
+
+__all__ = ["load_agentic_trace", "load_agentic_traces", "read_json_gz"]
+
+_ROUND_TYPES = ("n", "s")
+
+
+def read_json_gz(path: Path) -> Any:
+    """Parse one gzip JSON file; every failure is a TraceFormatError naming the file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise TraceFormatError(path, "", "", f"cannot read file ({e.strerror or e})") from e
+    if not raw:
+        raise TraceFormatError(path, "", "", "empty file (0 bytes)")
+    try:
+        text = gzip.decompress(raw)
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
+        raise TraceFormatError(path, "", "", f"truncated or corrupt gzip stream ({e})") from e
+    if not text.strip():
+        raise TraceFormatError(path, "", "", "empty file (no JSON document inside the gzip stream)")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TraceFormatError(path, f"line {e.lineno} column {e.colno}", "", f"invalid JSON ({e.msg})") from e
+    except UnicodeDecodeError as e:
+        raise TraceFormatError(path, "", "", f"not UTF-8 text ({e.reason})") from e
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+class _Ctx:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, where, field, problem, value=None, show_value=True):
+        raise TraceFormatError(self.path, where, field, problem, value, show_value=show_value)
+
+    def require(self, obj: dict, where: str, field: str):
+        if field not in obj:
+            self.fail(where, field, "missing required field", show_value=False)
+        return obj[field]
+
+    def int_at_least(self, obj, where, field, lo):
+        v = self.require(obj, where, field)
+        if not _is_int(v):
+            self.fail(where, field, "must be an integer", v)
+        if v < lo:
+            self.fail(where, field, f"must be >= {lo}", v)
+        return v
+
+    def number_at_least_zero(self, obj, where, field, required=True):
+        if field not in obj and not required:
+            return None
+        v = self.require(obj, where, field)
+        if v is None and not required:
+            return None
+        if not _is_number(v):
+            self.fail(where, field, "must be a finite number", v)
+        if v < 0:
+            self.fail(where, field, "must be >= 0", v)
+        return float(v)
+
+
+def _hash_array(ctx: _Ctx, where: str, value, in_tokens: int, block_size: int) -> np.ndarray:
+    if not isinstance(value, list):
+        ctx.fail(where, "hash_ids", "must be a list of integers", type(value).__name__)
+    expected = in_tokens // block_size
+    if len(value) != expected:
+        ctx.fail(where, "hash_ids", f"has {len(value)} ids but in={in_tokens} tokens make {expected} "
+                 f"full {block_size}-token blocks", show_value=False)
+    if not value:
+        return np.zeros(0, dtype=np.int64)
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        bad = next((v for v in value if not _is_int(v)), value[0])
+        ctx.fail(where, "hash_ids", "must contain only integers", bad)
+    if arr.min() < 0:
+        ctx.fail(where, "hash_ids", "ids must be >= 0", int(arr.min()))
+    return arr.astype(np.int64)
+
+
+def _walk(ctx: _Ctx, requests, where_prefix: str, agent_id: str, parent_id: str | None,
+          start_offset_s: float, block_size: int, scope: str, subagents: str, out: list) -> None:
+    """Append the trajectory of one request list (then its sub-agents') to ``out``."""
+    if not isinstance(requests, list) or not requests:
+        ctx.fail(where_prefix.rstrip(".") or "(top level)", "requests", "must be a non-empty list",
+                 None if isinstance(requests, list) else type(requests).__name__)
+    ins, outs, thinks, round_t, hash_rounds = [], [], [], [], []
+    children = []
+    prev_t = None
+    prev_api = None
+    for i, req in enumerate(requests):
+        where = f"{where_prefix}requests[{i}]"
+        if not isinstance(req, dict):
+            ctx.fail(where, "", "must be a JSON object", type(req).__name__)
+        kind = ctx.require(req, where, "type")
+        if kind not in _ROUND_TYPES + ("subagent",):
+            ctx.fail(where, "type", "must be 'n', 's' or 'subagent'", kind)
+        t = ctx.number_at_least_zero(req, where, "t")
+        if prev_t is not None and t < prev_t:
+            ctx.fail(where, "t", f"not monotonic: t={t} is before the previous request's t={prev_t}",
+                     show_value=False)
+        if kind == "subagent":
+            sub_name = req.get("agent_id", f"subagent{i}")
+            if not isinstance(sub_name, str) or not sub_name:
+                ctx.fail(where, "agent_id", "must be a non-empty string", sub_name)
+            children.append((req.get("requests"), f"{where}.", f"{agent_id}/{sub_name}", start_offset_s + t))
+            prev_t = t
+            continue
+        in_tokens = ctx.int_at_least(req, where, "in", 1)
+        out_tokens = ctx.int_at_least(req, where, "out", 0)
+        hash_rounds.append(_hash_array(ctx, where, ctx.require(req, where, "hash_ids"), in_tokens, block_size))
+        think = ctx.number_at_least_zero(req, where, "think_time", required=False)
+        api = ctx.number_at_least_zero(req, where, "api_time", required=False)
+        if not ins:
+            think = 0.0
+        elif think is None:
+            think = max(0.0, t - round_t[-1] - (prev_api or 0.0))
+        ins.append(in_tokens)
+        outs.append(out_tokens)
+        thinks.append(think)
+        round_t.append(t)
+        prev_api = api
+        prev_t = t
+    if ins:
+        prompt = np.asarray(ins, dtype=np.int64)
+        hashes = BlockHashes.from_rounds(hash_rounds)
+        hit = np.minimum(hit_blocks_from_hashes(hashes) * block_size, prompt - 1)
+        out.append(Trajectory(
+            agent_id=agent_id, num_append_tokens=prompt - hit,
+            num_gen_tokens=np.maximum(np.asarray(outs, dtype=np.int64), 1), num_hit_tokens=hit,
+            think_time_s=np.asarray(thinks, dtype=np.float64),
+            token_scope=scope if scope else agent_id, block_tokens=block_size, hashes=hashes,
+            start_offset_s=start_offset_s, parent_id=parent_id, source=str(ctx.path)))
+    if subagents == "separate":
+        for sub_requests, sub_where, sub_id, sub_start in children:
+            _walk(ctx, sub_requests, sub_where, sub_id, agent_id, sub_start, block_size, scope, subagents, out)
+
+
+def load_agentic_trace(path, *, subagents: Literal["separate", "drop"] = "separate",
+                       token_scope: Literal["trace", "trajectory"] = "trace") -> list[Trajectory]:
+    """Trajectories of one trace file: the conversation first, then its sub-agents depth-first.
+
+    Raises:
+      TraceFormatError: unreadable / empty / truncated gzip / invalid JSON (with line and column),
+        or a request with a missing field, a negative or non-integer length, non-monotonic ``t``
+        or a ``hash_ids`` list that does not match ``in``.
+      ValueError: an unknown ``subagents`` or ``token_scope`` option.
+    """
+    if subagents not in ("separate", "drop"):
+        raise ValueError(f"subagents: must be 'separate' or 'drop' (got {subagents!r})")
+    if token_scope not in ("trace", "trajectory"):
+        raise ValueError(f"token_scope: must be 'trace' or 'trajectory' (got {token_scope!r})")
+    path = Path(path)
+    ctx = _Ctx(path)
+    doc = read_json_gz(path)
+    if not isinstance(doc, dict):
+        ctx.fail("(top level)", "", "must be a JSON object", type(doc).__name__)
+    trace_id = doc.get("id", path.name.split(".")[0])
+    if not isinstance(trace_id, str) or not trace_id:
+        ctx.fail("(top level)", "id", "must be a non-empty string", trace_id)
+    block_size = ctx.int_at_least(doc, "(top level)", "block_size", 1)
+    scope_name = doc.get("hash_id_scope", "local")
+    scope = trace_id if scope_name == "local" else f"global:{scope_name}"
+    out: list[Trajectory] = []
+    _walk(ctx, ctx.require(doc, "(top level)", "requests"), "", trace_id, None, 0.0, block_size,
+          scope if token_scope == "trace" else "", subagents, out)
+    if not out:
+        ctx.fail("(top level)", "requests", "holds no 'n'/'s' requests", show_value=False)
+    return out
+
+
+def load_agentic_traces(directory=None, *, names: Sequence[str] | None = None, limit: int | None = None,
+                        subagents: Literal["separate", "drop"] = "separate",
+                        token_scope: Literal["trace", "trajectory"] = "trace") -> TrajectorySet:
+    """Load many trace files into one :class:`TrajectorySet` (files in sorted name order).
+
+    Args:
+      directory: folder of ``*.json.gz`` files; default ``agentic_dir()`` (``../shared/data``).
+      names: file names (or stems, e.g. ``"trace_0002"``) to load instead of every file.
+      limit: load only the first ``limit`` files (after sorting).
+    Raises:
+      TraceFormatError: as :func:`load_agentic_trace`; FileNotFoundError: no files found.
+    """
+    if directory is None:
+        from dualpath_jax.workload.sources import agentic_dir
+        directory = agentic_dir()
+    directory = Path(directory)
+    if names is not None:
+        files = [directory / (n if n.endswith(".json.gz") else f"{n}.json.gz") for n in names]
+    else:
+        files = sorted(directory.glob("*.json.gz"))
+    if limit is not None:
+        files = files[:int(limit)]
+    if not files:
+        raise FileNotFoundError(f"{directory}: no *.json.gz trace files")
+    trajectories: list[Trajectory] = []
+    for f in files:
+        trajectories.extend(load_agentic_trace(f, subagents=subagents, token_scope=token_scope))
+    return TrajectorySet.from_trajectories(trajectories, source=str(directory))

@@ -1,0 +1,74 @@
+"""Agent arrival times (PAPER.md section 6.4).
+
+* offline: all agents start at t = 0 and the metric is the JCT of the whole batch;
+* online: agents arrive as a Poisson process at a rate of APS agents per second
+  (exponential inter-arrival gaps with mean 1/APS; the first agent arrives after one gap).
+
+Sub-agent trajectories (``parent_id`` set, see :mod:`~dualpath_jax.workload.agentic`) are not
+agents of their own: they start at their root conversation's arrival plus their launch offset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dualpath_jax.config import check_non_negative, check_positive
+from dualpath_jax.workload.trajectory import TrajectorySet
+
+__all__ = ["offline_arrivals_s", "poisson_arrivals_s", "root_indices", "trajectory_start_times_s"]
+
+
+def offline_arrivals_s(num_agents: int) -> np.ndarray:
+    """f64[A] zeros: the offline batch setting."""
+    check_non_negative("num_agents", num_agents, integer=True)
+    return np.zeros(int(num_agents))
+
+
+def poisson_arrivals_s(num_agents: int, aps: float, seed: int = 0) -> np.ndarray:
+    """f64[A] increasing arrival times of a Poisson process of rate ``aps`` agents per second.
+
+    Raises:
+      ConfigError: ``aps <= 0`` or a negative ``num_agents``.
+    """
+    check_non_negative("num_agents", num_agents, integer=True)
+    check_positive("aps", aps)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xA55]))
+    return np.cumsum(rng.exponential(1.0 / aps, size=int(num_agents)))
+
+
+def root_indices(ts: TrajectorySet) -> np.ndarray:
+    """i64[A'] positions of the trajectories without a parent (the agents), in set order."""
+    return np.array([k for k, p in enumerate(ts.parent_ids) if p is None], dtype=np.int64)
+
+
+def trajectory_start_times_s(ts: TrajectorySet, agent_arrivals_s: np.ndarray,
+                             subagent_offset_scale: float = 1.0) -> np.ndarray:
+    """f64[A] start time of every trajectory of ``ts``.
+
+    Args:
+      agent_arrivals_s: f64[A'] arrival of each root trajectory (see :func:`root_indices`).
+      subagent_offset_scale: multiplies a sub-agent's launch offset from its root (1 keeps the
+        trace's wall-clock offset; 0 starts sub-agents with their root, e.g. for zero-think-time
+        replays whose clock no longer matches the trace's).
+    Raises:
+      ValueError: wrong number of arrivals, or a parent id missing from the set.
+    """
+    roots = root_indices(ts)
+    arrivals = np.asarray(agent_arrivals_s, dtype=np.float64)
+    if arrivals.shape != roots.shape:
+        raise ValueError(f"agent_arrivals_s: {arrivals.shape[0] if arrivals.ndim else 0} arrivals for "
+                         f"{len(roots)} root trajectories")
+    index = {a: k for k, a in enumerate(ts.agent_ids)}
+    start = np.full(len(ts), np.nan)
+    start[roots] = arrivals
+    for k, parent in enumerate(ts.parent_ids):
+        if parent is None:
+            continue
+        root = k
+        while ts.parent_ids[root] is not None:
+            if ts.parent_ids[root] not in index:
+                raise ValueError(f"{ts.agent_ids[root]}: parent {ts.parent_ids[root]!r} is not in the set")
+            root = index[ts.parent_ids[root]]
+        offset = ts.start_offset_s[k] - ts.start_offset_s[root]
+        start[k] = start[root] + subagent_offset_scale * offset
+    return start

@@ -1,0 +1,193 @@
+"""Loader for Mooncake JSON-lines traces (``../shared/data/mooncake/*.jsonl``).
+
+One line is one request ``{"timestamp": ms, "input_length": n, "output_length": n,
+"hash_ids": [...]}`` with one hash id per 512-token block of the input (the last one possibly
+partial), ids global across the file and no session id (``../shared/data/README.md``).
+
+**Session rule.** Requests are read in file (= timestamp) order. A request *r* continues the
+session of an earlier request *q* when q's full blocks (its first ``input_length // 512`` ids)
+are a prefix of r's ids and contain at least one block that q's own session introduced (first
+appeared in it); among such q the one with the longest full-block prefix wins, ties going to the
+latest. Otherwise r opens a new session. The second condition keeps a prefix shared by many
+unrelated requests (a common system prompt: every request of ``conversation_trace.jsonl`` starts
+with block 0) from chaining them together: a session continues only through content it created.
+A session may branch (two requests continuing the same q): both stay in the session, in time
+order, and the later one simply hits less. On the shared files this gives 8,067 sessions
+(1.49 requests each, longest 43) for ``conversation_trace.jsonl`` and 2,653 sessions (1.51 each,
+longest 24) for ``synthetic_trace.jsonl``; the token-weighted hit rate within sessions is 31.8%
+and 45.5%, below the files' global block reuse (about 37% and 64%) because prefixes shared
+across sessions (system prompts, common documents) do not count as hits of a trajectory.
+
+Mapping to :class:`~dualpath_jax.workload.trajectory.Trajectory` (one per session, named
+``"<file stem>/s<index>"``): prompt = ``input_length``; only full blocks are kept as hash ids
+(the partial block's id is dropped: engines cache whole blocks only); hit = the longest run of
+leading full-block ids seen in earlier rounds of the session, times 512, capped at prompt - 1;
+generated = ``max(output_length, 1)``; ``start_offset_s`` = the first request's timestamp;
+``think_time_s`` = the gap to the previous request of the session (it includes the original
+service time, which the trace does not record).
+
+Token scope: ``"file"`` (default) uses the file stem for every session, matching the file's
+global hash ids; ``"session"`` isolates each session.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from dualpath_jax.workload.errors import TraceFormatError
+from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
+
+__all__ = ["load_mooncake_trace", "load_mooncake_traces", "reconstruct_sessions", "MOONCAKE_BLOCK_TOKENS"]
+
+MOONCAKE_BLOCK_TOKENS = 512
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _parse_lines(path: Path, block_tokens: int):
+    """Validated rows (timestamp_ms, input_length, output_length, hash_ids list)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise TraceFormatError(path, "", "", f"cannot read file ({e.strerror or e})") from e
+    except UnicodeDecodeError as e:
+        raise TraceFormatError(path, "", "", f"not UTF-8 text ({e.reason})") from e
+    rows = []
+    prev_ts = None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"line {lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TraceFormatError(path, where, "", f"invalid JSON at column {e.colno} ({e.msg})") from e
+        if not isinstance(obj, dict):
+            raise TraceFormatError(path, where, "", "must be a JSON object", type(obj).__name__)
+        for field in ("timestamp", "input_length", "output_length", "hash_ids"):
+            if field not in obj:
+                raise TraceFormatError(path, where, field, "missing required field")
+        ts = obj["timestamp"]
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) or ts < 0:
+            raise TraceFormatError(path, where, "timestamp", "must be a finite number >= 0 (milliseconds)", ts)
+        if prev_ts is not None and ts < prev_ts:
+            raise TraceFormatError(path, where, "timestamp",
+                                   f"not monotonic: {ts} ms is before the previous line's {prev_ts} ms")
+        for field, lo in (("input_length", 1), ("output_length", 0)):
+            v = obj[field]
+            if not _is_int(v):
+                raise TraceFormatError(path, where, field, "must be an integer", v)
+            if v < lo:
+                raise TraceFormatError(path, where, field, f"must be >= {lo}", v)
+        ids = obj["hash_ids"]
+        if not isinstance(ids, list) or not all(_is_int(h) and h >= 0 for h in ids):
+            bad = ids if not isinstance(ids, list) else next(h for h in ids if not (_is_int(h) and h >= 0))
+            raise TraceFormatError(path, where, "hash_ids", "must be a list of integers >= 0", bad)
+        n_in = obj["input_length"]
+        expected = -(-n_in // block_tokens)
+        if len(ids) != expected:
+            raise TraceFormatError(path, where, "hash_ids", f"has {len(ids)} ids but input_length={n_in} "
+                                   f"needs {expected} blocks of {block_tokens} tokens")
+        rows.append((float(ts), n_in, obj["output_length"], ids))
+        prev_ts = ts
+    if not rows:
+        raise TraceFormatError(path, "", "", "empty file (no requests)")
+    return rows
+
+
+def reconstruct_sessions(hash_ids: list[list[int]], input_lengths: list[int],
+                         block_tokens: int = MOONCAKE_BLOCK_TOKENS) -> list[int]:
+    """Session index of every request, by the rule in the module docstring (requests in time order).
+
+    Args:
+      hash_ids: per request, its block ids (the last block may be partial).
+      input_lengths: per request, its prompt tokens.
+    Returns:
+      list[int] of session indices, numbered in order of first appearance.
+    """
+    origin: dict[int, int] = {}
+    root: dict = {}  # trie node: {block id: [children dict, owner request or -1]}
+    sessions: list[int] = []
+    num_sessions = 0
+    for r, (ids, n_in) in enumerate(zip(hash_ids, input_lengths)):
+        children, best = root, -1
+        for b in ids:
+            node = children.get(b)
+            if node is None:
+                break
+            if node[1] >= 0:
+                best = node[1]
+            children = node[0]
+        if best >= 0:
+            sess = sessions[best]
+        else:
+            sess = num_sessions
+            num_sessions += 1
+        sessions.append(sess)
+        for b in ids:
+            origin.setdefault(b, sess)
+        full = ids[:n_in // block_tokens]
+        if full and any(origin[b] == sess for b in full):
+            children = root
+            node = None
+            for b in full:
+                node = children.setdefault(b, [{}, -1])
+                children = node[0]
+            node[1] = r
+    return sessions
+
+
+def load_mooncake_trace(path, *, token_scope: Literal["file", "session"] = "file",
+                        block_tokens: int = MOONCAKE_BLOCK_TOKENS) -> list[Trajectory]:
+    """One trajectory per reconstructed session, ordered by their first request.
+
+    Raises:
+      TraceFormatError: empty file, invalid JSON (line), a missing field, a negative or
+        non-integer length, a decreasing timestamp, or ``hash_ids`` not matching ``input_length``.
+      ValueError: unknown ``token_scope``.
+    """
+    if token_scope not in ("file", "session"):
+        raise ValueError(f"token_scope: must be 'file' or 'session' (got {token_scope!r})")
+    path = Path(path)
+    rows = _parse_lines(path, block_tokens)
+    sessions = reconstruct_sessions([r[3] for r in rows], [r[1] for r in rows], block_tokens)
+    members: dict[int, list[int]] = {}
+    for i, s in enumerate(sessions):
+        members.setdefault(s, []).append(i)
+    stem = path.name.split(".")[0]
+    out = []
+    for s in sorted(members):
+        idx = members[s]
+        prompt = np.array([rows[i][1] for i in idx], dtype=np.int64)
+        gen = np.maximum(np.array([rows[i][2] for i in idx], dtype=np.int64), 1)
+        ts_s = np.array([rows[i][0] for i in idx]) / 1000.0
+        hashes = BlockHashes.from_rounds([np.asarray(rows[i][3][:rows[i][1] // block_tokens], dtype=np.int64)
+                                          for i in idx])
+        hit = np.minimum(hit_blocks_from_hashes(hashes) * block_tokens, prompt - 1)
+        agent_id = f"{stem}/s{s:05d}"
+        out.append(Trajectory(
+            agent_id=agent_id, num_append_tokens=prompt - hit, num_gen_tokens=gen, num_hit_tokens=hit,
+            think_time_s=np.concatenate([[0.0], np.diff(ts_s)]),
+            token_scope=f"mooncake:{stem}" if token_scope == "file" else agent_id,
+            block_tokens=block_tokens, hashes=hashes, start_offset_s=float(ts_s[0]), source=str(path)))
+    return out
+
+
+def load_mooncake_traces(paths=None, *, token_scope: Literal["file", "session"] = "file") -> TrajectorySet:
+    """Sessions of one or more Mooncake files in one set (default: ``conversation_trace.jsonl``)."""
+    if paths is None:
+        from dualpath_jax.workload.sources import mooncake_file
+        paths = [mooncake_file("conversation")]
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    trajectories = []
+    for p in paths:
+        trajectories.extend(load_mooncake_trace(p, token_scope=token_scope))
+    return TrajectorySet.from_trajectories(trajectories, source=",".join(str(p) for p in paths))

@@ -1,0 +1,117 @@
+"""Latency metrics on hand-computed cases, and the max-APS search on a synthetic system."""
+
+import math
+
+import numpy as np
+import pytest
+
+from dualpath_jax.config import ConfigError
+from dualpath_jax.metrics import (SLO, RequestRecord, RequestTable, evaluate_slo, jct_s, latency_summary,
+                                  max_aps_under_slo, summarize, tpot_s, trajectory_completion_s, ttft_s, ttst_s)
+
+
+def rec(traj="a", rnd=0, arrival=1.0, start=1.5, pdone=2.0, first=2.0, second=2.5, finish=3.5, g=6, **kw):
+    return RequestRecord(traj, rnd, arrival, start, pdone, first, second, finish, g, **kw)
+
+
+def test_ttft_ttst_tpot_by_hand():
+    records = [rec(), rec("b", 0, 0.0, 0.0, 0.5, 0.75, math.nan, 0.75, 1), rec("c", 0, 0.0, 0.1, 0.2, 0.3, 0.9, 0.9, 2)]
+    np.testing.assert_allclose(ttft_s(records), [1.0, 0.75, 0.3])
+    np.testing.assert_allclose(ttst_s(records), [0.5, np.nan, 0.6])
+    # g = 6: 4 decode steps after the second token in 1.0 s
+    np.testing.assert_allclose(tpot_s(records), [0.25, np.nan, np.nan])
+    np.testing.assert_allclose(tpot_s(records, include_second_token=True), [0.3, np.nan, 0.6])
+
+
+def test_failed_requests_are_excluded_and_counted():
+    bad = rec("z", error="store read failed", first=math.nan, second=math.nan, finish=math.nan)
+    records = [rec(), bad]
+    np.testing.assert_allclose(ttft_s(records), [1.0])
+    summary = latency_summary(records)
+    assert summary["num_requests"] == 2 and summary["num_failed"] == 1 and summary["ttft_mean_s"] == 1.0
+    ok, _ = evaluate_slo(records)
+    assert not ok
+
+
+def test_jct_and_trajectory_completion_by_hand():
+    records = [rec("a", 0, 0.0, 0.0, 1.0, 1.0, 1.5, 3.0), rec("a", 1, 4.0, 4.0, 4.5, 4.5, 5.0, 6.0),
+               rec("b", 0, 1.0, 1.0, 1.5, 1.5, 1.6, 2.0)]
+    assert jct_s(records) == 6.0
+    assert jct_s(records, start_s=-1.0) == 7.0
+    assert trajectory_completion_s(records) == {"a": 6.0, "b": 1.0}
+    table = RequestTable.from_records(records)
+    assert jct_s(table) == 6.0 and table.to_records() == records
+
+
+def test_summarize_statistics():
+    v = np.array([1.0, 2.0, 3.0, 4.0, np.nan])
+    assert summarize(v, "mean") == 2.5
+    assert summarize(v, "p50") == 2.5            # linear interpolation between 2 and 3
+    assert summarize(v, "max") == 4.0
+    assert summarize(np.arange(101.0), "p99") == 99.0
+    assert summarize(np.arange(1001.0), "p99.9") == pytest.approx(999.0)
+    assert math.isnan(summarize(np.array([np.nan]), "mean"))
+    with pytest.raises(ValueError, match="statistic"):
+        summarize(v, "median")
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(first=0.5), r"first_token_s: must be finite and >= prefill_finish_s"),
+    (dict(finish=2.2), r"finish_s: must be finite and >= second_token_s"),
+    (dict(second=math.nan), r"second_token_s: required when num_gen_tokens >= 2"),
+    (dict(read_side="both"), r"read_side: must be one of"),
+    (dict(read_bytes=-1), r"read_bytes: must be >= 0"),
+])
+def test_request_record_validation(kw, match):
+    with pytest.raises(ValueError, match=match):
+        rec(**kw)
+
+
+def test_slo_defaults_and_validation():
+    slo = SLO()
+    assert (slo.ttft_s, slo.tpot_s, slo.statistic) == (4.0, 0.05, "mean")
+    with pytest.raises(ConfigError, match=r"slo\.statistic"):
+        SLO(statistic="p101")
+    with pytest.raises(ConfigError, match=r"slo\.tpot_s"):
+        SLO(tpot_s=0.0)
+    # TTFT 1.0 s and TPOT 0.25 s: fails 50 ms TPOT, passes a 0.3 s one
+    assert evaluate_slo([rec()], SLO())[0] is False
+    assert evaluate_slo([rec()], SLO(tpot_s=0.3))[0] is True
+
+
+def synthetic_system(capacity_aps):
+    """Records whose mean TTFT is 4 s exactly at ``capacity_aps`` and grows with the rate."""
+    calls = []
+
+    def run(aps):
+        calls.append(aps)
+        ttft = 4.0 * aps / capacity_aps
+        return [rec("a", 0, 0.0, 0.0, ttft, ttft, ttft + 0.01, ttft + 0.05, 6),
+                rec("b", 0, 0.0, 0.0, ttft, ttft, ttft + 0.01, ttft + 0.05, 6)]
+    return run, calls
+
+
+def test_max_aps_search_brackets_and_bisects():
+    run, calls = synthetic_system(0.37)
+    res = max_aps_under_slo(run, initial_aps=0.1, rel_tol=0.01)
+    assert res.bracketed and 0.37 / 1.01 <= res.aps <= 0.37
+    assert len(calls) == len(set(calls)) == len(res.trials)
+    assert all(t.meets_slo == (t.aps <= 0.37) for t in res.trials)
+    # starting above the capacity halves first
+    run, _ = synthetic_system(0.37)
+    res = max_aps_under_slo(run, initial_aps=5.0, rel_tol=0.01)
+    assert 0.37 / 1.01 <= res.aps <= 0.37
+    # p99 statistic and TPOT bound: TPOT here is (0.05 - 0.01) / 4 = 10 ms, so TPOT never binds
+    run, _ = synthetic_system(2.0)
+    assert max_aps_under_slo(run, SLO(statistic="p99"), rel_tol=0.02).aps == pytest.approx(2.0, rel=0.02)
+
+
+def test_max_aps_search_edges():
+    run, _ = synthetic_system(1e-6)
+    res = max_aps_under_slo(run, initial_aps=0.1, min_aps=0.01)
+    assert res.aps == 0.0 and res.bracketed
+    run, _ = synthetic_system(1e9)
+    res = max_aps_under_slo(run, initial_aps=1.0, max_aps=8.0)
+    assert res.aps == 8.0 and not res.bracketed
+    with pytest.raises(ConfigError, match="initial_aps"):
+        max_aps_under_slo(run, initial_aps=10.0, max_aps=8.0)

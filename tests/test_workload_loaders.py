@@ -1,0 +1,201 @@
+"""Trace loaders: hand-built fixtures, malformed files, and a few files of the shared traces."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from dualpath_jax.workload import (TraceFormatError, agentic_dir, load_agentic_trace, load_agentic_traces,
+                                   load_mooncake_trace, mooncake_file, reconstruct_sessions, trace_stats)
+
+
+def req(t, n_in, out, ids, kind="n", **extra):
+    return {"t": t, "type": kind, "in": n_in, "out": out, "hash_ids": ids, **extra}
+
+
+def conversation():
+    return {
+        "id": "trace_x", "block_size": 64, "hash_id_scope": "local",
+        "requests": [
+            req(0.0, 130, 7, [1, 2], think_time=0.0, api_time=2.0),
+            req(5.0, 200, 0, [1, 2, 3], kind="s", api_time=1.5),   # no think_time: 5 - 0 - 2 = 3 s
+            {"t": 6.0, "type": "subagent", "agent_id": "agent_001", "requests": [
+                req(0.0, 100, 3, [50], think_time=0.0),
+                req(2.0, 150, 4, [50, 51], think_time=1.0)]},
+            req(9.0, 260, 5, [1, 2, 3, 4], think_time=2.5),
+        ]}
+
+
+def write_gz(path, obj):
+    path.write_bytes(gzip.compress(json.dumps(obj).encode()))
+    return path
+
+
+def test_agentic_fixture_by_hand(tmp_path):
+    trajs = load_agentic_trace(write_gz(tmp_path / "trace_x.json.gz", conversation()))
+    main, sub = trajs
+    assert (main.agent_id, sub.agent_id, sub.parent_id) == ("trace_x", "trace_x/agent_001", "trace_x")
+    np.testing.assert_array_equal(main.num_prompt_tokens, [130, 200, 260])
+    np.testing.assert_array_equal(main.num_hit_tokens, [0, 128, 192])
+    np.testing.assert_array_equal(main.num_gen_tokens, [7, 1, 5])        # out = 0 -> 1
+    np.testing.assert_allclose(main.think_time_s, [0.0, 3.0, 2.5])
+    np.testing.assert_array_equal(sub.num_hit_tokens, [0, 64])
+    assert sub.start_offset_s == 6.0 and sub.token_scope == main.token_scope == "trace_x"
+    np.testing.assert_array_equal(main.block_hash_ids(2), [1, 2, 3, 4])
+    dropped = load_agentic_trace(tmp_path / "trace_x.json.gz", subagents="drop", token_scope="trajectory")
+    assert [t.agent_id for t in dropped] == ["trace_x"] and dropped[0].token_scope == "trace_x"
+
+
+def mutate(path, fn):
+    doc = conversation()
+    fn(doc)
+    return write_gz(path, doc)
+
+
+@pytest.mark.parametrize("name,fn,pattern", [
+    ("missing", lambda d: d["requests"][1].pop("in"), r"requests\[1\]: in: missing required field"),
+    ("negative", lambda d: d["requests"][3].update(out=-3), r"requests\[3\]: out: must be >= 0 \(got -3\)"),
+    ("nonmono", lambda d: d["requests"][3].update(t=4.0),
+     r"requests\[3\]: t: not monotonic: t=4.0 is before the previous request's t=6.0"),
+    ("nested", lambda d: d["requests"][2]["requests"][1].update(**{"in": "150"}),
+     r"requests\[2\]\.requests\[1\]: in: must be an integer \(got '150'\)"),
+    ("hashlen", lambda d: d["requests"][0].update(hash_ids=[1]),
+     r"requests\[0\]: hash_ids: has 1 ids but in=130 tokens make 2 full 64-token blocks"),
+    ("hashtype", lambda d: d["requests"][0].update(hash_ids=[1, 2.5]),
+     r"requests\[0\]: hash_ids: must contain only integers \(got 2.5\)"),
+    ("type", lambda d: d["requests"][0].update(type="x"), r"requests\[0\]: type: must be 'n', 's' or 'subagent'"),
+    ("noreq", lambda d: d.update(requests=[]), r"requests: must be a non-empty list"),
+])
+def test_agentic_malformed_names_file_request_field(tmp_path, name, fn, pattern):
+    path = mutate(tmp_path / f"{name}.json.gz", fn)
+    with pytest.raises(TraceFormatError, match=pattern) as e:
+        load_agentic_trace(path)
+    assert str(path) in str(e.value) and e.value.path == str(path)
+
+
+def test_agentic_truncated_empty_and_invalid_files(tmp_path):
+    good = gzip.compress(json.dumps(conversation()).encode())
+    cases = {
+        "truncated.json.gz": (good[: len(good) // 2], "truncated or corrupt gzip stream"),
+        "empty.json.gz": (b"", r"empty file \(0 bytes\)"),
+        "emptygz.json.gz": (gzip.compress(b""), "empty file"),
+        "notgz.json.gz": (b"{\"id\": 1}", "truncated or corrupt gzip stream"),
+        "badjson.json.gz": (gzip.compress(b'{"id": "x",\n "requests": [1,]}'),
+                            r"line 2 column 17: invalid JSON"),
+    }
+    for fname, (data, pattern) in cases.items():
+        path = tmp_path / fname
+        path.write_bytes(data)
+        with pytest.raises(TraceFormatError, match=pattern) as e:
+            load_agentic_trace(path)
+        assert str(e.value).startswith(str(path))
+
+
+def jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def mc(ts, n_in, out, ids):
+    return {"timestamp": ts, "input_length": n_in, "output_length": out, "hash_ids": ids}
+
+
+MC_ROWS = [
+    mc(0, 1500, 10, [0, 1, 2]),     # session 0 (introduces blocks 0, 1, 2)
+    mc(10, 1200, 5, [0, 3, 4]),     # shares only block 0 (not a prefix of request 0's full blocks): new session
+    mc(20, 2000, 0, [0, 1, 5, 6]),  # request 0's full blocks [0, 1] are its prefix: continues session 0
+    mc(30, 600, 8, [0, 7]),         # only block 0 (introduced by session 0): new session, never continued
+    mc(40, 700, 9, [0, 8]),         # must not chain to the previous one through block 0
+]
+
+
+def test_mooncake_sessions_by_hand(tmp_path):
+    assert reconstruct_sessions([r["hash_ids"] for r in MC_ROWS], [r["input_length"] for r in MC_ROWS]) == \
+        [0, 1, 0, 2, 3]
+    trajs = load_mooncake_trace(jsonl(tmp_path / "t.jsonl", MC_ROWS))
+    assert [t.agent_id for t in trajs] == ["t/s00000", "t/s00001", "t/s00002", "t/s00003"]
+    s0 = trajs[0]
+    np.testing.assert_array_equal(s0.num_prompt_tokens, [1500, 2000])
+    np.testing.assert_array_equal(s0.num_hit_tokens, [0, 1024])
+    np.testing.assert_array_equal(s0.num_gen_tokens, [10, 1])
+    np.testing.assert_allclose(s0.think_time_s, [0.0, 0.020])
+    np.testing.assert_array_equal(s0.block_hash_ids(1), [0, 1, 5])   # partial last block dropped
+    assert trajs[3].start_offset_s == 0.040 and s0.block_tokens == 512
+    assert s0.token_scope == trajs[1].token_scope == "mooncake:t"
+
+
+@pytest.mark.parametrize("lines,pattern", [
+    (['{"timestamp": 0, "input_length": 10, "output_length": 1, "hash_ids": [1]}', '{"timestamp": 1,'],
+     r"line 2: invalid JSON"),
+    (['{"timestamp": 0, "input_length": 10, "hash_ids": [1]}'], r"line 1: output_length: missing required field"),
+    (['{"timestamp": 0, "input_length": -4, "output_length": 1, "hash_ids": []}'],
+     r"line 1: input_length: must be >= 1 \(got -4\)"),
+    (['{"timestamp": 5, "input_length": 10, "output_length": 1, "hash_ids": [1]}',
+      '{"timestamp": 3, "input_length": 10, "output_length": 1, "hash_ids": [1]}'],
+     r"line 2: timestamp: not monotonic: 3 ms is before the previous line's 5 ms"),
+    (['{"timestamp": 0, "input_length": 1000, "output_length": 1, "hash_ids": [1]}'],
+     r"line 1: hash_ids: has 1 ids but input_length=1000 needs 2 blocks"),
+    ([], r"empty file"),
+    (["", "  "], r"empty file"),
+])
+def test_mooncake_malformed_names_file_line_field(tmp_path, lines, pattern):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines))
+    with pytest.raises(TraceFormatError, match=pattern) as e:
+        load_mooncake_trace(path)
+    assert str(e.value).startswith(str(path))
+
+
+needs_data = pytest.mark.skipif(not agentic_dir().is_dir(), reason="shared traces not available")
+
+
+@needs_data
+def test_real_agentic_files_match_their_json():
+    path = agentic_dir() / "trace_0004.json.gz"
+    trajs = load_agentic_trace(path)
+    doc = json.loads(gzip.decompress(path.read_bytes()))
+    own = [r for r in doc["requests"] if r["type"] != "subagent"]
+    subs = [r for r in doc["requests"] if r["type"] == "subagent"]
+    assert len(trajs) == 1 + len(subs) == 3
+    main = trajs[0]
+    assert main.num_rounds == len(own)
+    np.testing.assert_array_equal(main.num_prompt_tokens, [r["in"] for r in own])
+    np.testing.assert_array_equal(main.num_gen_tokens, [max(r["out"], 1) for r in own])
+    for i in (0, 1, 37, 38, len(own) - 1):
+        np.testing.assert_array_equal(main.block_hash_ids(i), own[i]["hash_ids"])
+    hits = np.array([_hit_blocks(own, i) for i in range(len(own))]) * 64
+    np.testing.assert_array_equal(main.num_hit_tokens, np.minimum(hits, main.num_prompt_tokens - 1))
+    assert trajs[1].num_rounds == len(subs[0]["requests"]) and trajs[1].start_offset_s == subs[0]["t"]
+
+
+def _hit_blocks(requests, i):
+    seen = {h for r in requests[:i] for h in r["hash_ids"]}
+    run = 0
+    for h in requests[i]["hash_ids"]:
+        if h not in seen:
+            break
+        run += 1
+    return run
+
+
+@needs_data
+def test_real_agentic_few_files_stats():
+    ts = load_agentic_traces(names=["trace_0002", "trace_0004"])
+    st = trace_stats(ts)
+    assert st.num_trajectories == 4 and 0.9 < st.hit_rate < 1.0
+
+
+@needs_data
+def test_real_mooncake_conversation_trace():
+    trajs = load_mooncake_trace(mooncake_file("conversation"))
+    assert sum(t.num_rounds for t in trajs) == 12_031
+    assert len(trajs) == 8_067 and max(t.num_rounds for t in trajs) == 43
+
+
+@pytest.mark.slow
+@needs_data
+def test_full_agentic_corpus_loads():
+    ts = load_agentic_traces()
+    assert len(ts) == 661 and ts.num_rounds_total == 41_479
+    assert sum(p is not None for p in ts.parent_ids) == 52
