@@ -205,3 +205,16 @@ def test_invalid_scheduler_configs_name_field():
         ClusterScheduler(SchedulerConfig(), {}, {1: [1]})
     with pytest.raises(ConfigError, match="more than one group"):
         ClusterScheduler(SchedulerConfig(), {0: [0]}, {1: [0]})
+
+
+def test_round_robin_de_waits_for_hbm_in_fifo_order():
+    s = make("round_robin")
+    for i in range(3):
+        s.submit(req(i, hbm=60))
+    s.fetch_pe(0, [EngineLoad(0, 0), EngineLoad(1, 0)], {})
+    # cyclic DEs: r0 -> e2, r1 -> e3, r2 -> e4 (group 2). e2 lacks HBM: r0 waits, r1 proceeds.
+    out = s.fetch_de(1, [EngineLoad(2, 1, free_hbm_bytes=50), EngineLoad(3, 1, free_hbm_bytes=100)])
+    assert [(a.request.request_id, a.engine_id) for a in out] == [(1, 3)]
+    assert s.waiting()["de"] == 2
+    out = s.fetch_de(1, [EngineLoad(2, 1, free_hbm_bytes=60), EngineLoad(3, 1, free_hbm_bytes=40)])
+    assert [(a.request.request_id, a.engine_id) for a in out] == [(0, 2)]

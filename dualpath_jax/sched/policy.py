@@ -123,10 +123,18 @@ class ClusterScheduler:
         if group_id not in self.de_groups:
             raise KeyError(f"group_id: {group_id} is not a DE group")
         if self.config.policy == "round_robin":
+            # cyclic placement was fixed at PE time; a request still waits until its DE has HBM
+            free = {e.engine_id: e.free_hbm_bytes for e in loads}
             pending = self._pending_de[group_id]
-            out = [Assignment(r, e, "de") for r, e in pending]
+            out, keep = [], collections.deque()
+            for r, e in pending:
+                if free.get(e, float("inf")) >= r.hbm_bytes and not any(k[1] == e for k in keep):
+                    free[e] = free.get(e, float("inf")) - r.hbm_bytes
+                    out.append(Assignment(r, e, "de"))
+                else:
+                    keep.append((r, e))  # FIFO per engine: later requests for e wait behind it
+            self._pending_de[group_id] = keep
             self._n_pending_de -= len(out)
-            pending.clear()
             return out
         for e in loads:
             self._de_tok[e.engine_id] = e.tok

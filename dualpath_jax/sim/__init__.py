@@ -7,6 +7,8 @@ from dualpath_jax.sim.cluster import SimAgent, SimResult, Simulator, simulate
 from dualpath_jax.sim.compute import ComputeModel, calibrate_from_public
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.hardware import HardwareConfig, Server, reserve
+from dualpath_jax.sim.adapters import agents_from_trajectories, request_table
+from dualpath_jax.sim.experiment import run_offline, summarize, variant_config
 
-__all__ = ["ComputeModel", "HardwareConfig", "Server", "SimAgent", "SimConfig", "SimResult", "Simulator",
+__all__ = ["agents_from_trajectories", "request_table", "run_offline", "summarize", "variant_config", "ComputeModel", "HardwareConfig", "Server", "SimAgent", "SimConfig", "SimResult", "Simulator",
            "calibrate_from_public", "reserve", "simulate"]

@@ -1,0 +1,52 @@
+"""The paper's ablation ladder (PAPER.md section 6.5, Fig. 12 right), shared by engine and simulator.
+
+Each variant flips one more switch than the previous one:
+
+==========  ===========  =========  ===========
+variant     loading      prefill    scheduling
+==========  ===========  =========  ===========
+basic       pe_read      full       round_robin
+layerwise   pe_read      layerwise  round_robin
+dpl         dual         layerwise  round_robin  (naive read side: alternate PE/DE per request)
+dualpath    dual         layerwise  dualpath
+oracle      oracle       layerwise  dualpath     (no KV I/O at all)
+==========  ===========  =========  ===========
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dualpath_jax.config import ConfigError
+
+__all__ = ["Variant", "ABLATION_VARIANTS", "get_variant"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One point of the ablation: the three switches."""
+
+    name: str
+    loading: str
+    prefill: str
+    policy: str
+
+
+ABLATION_VARIANTS: dict[str, Variant] = {
+    "basic": Variant("basic", "pe_read", "full", "round_robin"),
+    "layerwise": Variant("layerwise", "pe_read", "layerwise", "round_robin"),
+    "dpl": Variant("dpl", "dual", "layerwise", "round_robin"),
+    "dualpath": Variant("dualpath", "dual", "layerwise", "dualpath"),
+    "oracle": Variant("oracle", "oracle", "layerwise", "dualpath"),
+}
+
+
+def get_variant(name: str) -> Variant:
+    """Look up a variant by name.
+
+    Raises:
+      ConfigError: field ``variants`` for an unknown name.
+    """
+    if name not in ABLATION_VARIANTS:
+        raise ConfigError("variants", f"unknown variant {name!r}; known: {list(ABLATION_VARIANTS)}")
+    return ABLATION_VARIANTS[name]

@@ -1,0 +1,97 @@
+"""Run simulator variants on workloads and reduce them to the paper's metrics.
+
+Used by ``experiments/run_sim.py``, the figure scripts and the notebook; everything returns plain
+dicts so results go straight to JSON / Markdown / CSV.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from dualpath_jax.metrics import latency
+from dualpath_jax.metrics.records import TransferTable
+from dualpath_jax.metrics.traffic import storage_nic_max_avg
+from dualpath_jax.sched.variants import get_variant
+from dualpath_jax.sim.adapters import agents_from_trajectories, request_table, snic_transfers
+from dualpath_jax.sim.cluster import SimResult, Simulator
+from dualpath_jax.sim.config import SimConfig
+from dualpath_jax.workload import (TrajectorySet, offline_arrivals_s, paper_dataset, poisson_arrivals_s,
+                                   root_indices, trajectory_start_times_s)
+
+__all__ = ["variant_config", "offline_starts", "online_starts", "summarize", "run_offline", "paper_workload"]
+
+
+def variant_config(base: SimConfig, variant: str) -> SimConfig:
+    """``base`` with the three switches of ablation variant ``variant`` (``sched.variants``)."""
+    v = get_variant(variant)
+    return base.replace(loading=v.loading, prefill=v.prefill, policy=v.policy)
+
+
+def offline_starts(ts: TrajectorySet) -> np.ndarray:
+    """All agents at t = 0 (sub-agents start with their root)."""
+    roots = root_indices(ts)
+    return trajectory_start_times_s(ts, offline_arrivals_s(len(roots)), subagent_offset_scale=0.0)
+
+
+def online_starts(ts: TrajectorySet, aps: float, seed: int = 0) -> np.ndarray:
+    """Poisson agent arrivals at ``aps`` agents per second."""
+    roots = root_indices(ts)
+    return trajectory_start_times_s(ts, poisson_arrivals_s(len(roots), aps, seed), subagent_offset_scale=0.0)
+
+
+def paper_workload(mal: str, num_agents: int, seed: int = 0, **scale) -> TrajectorySet:
+    """The paper's synthetic dataset for ``mal`` with ``num_agents`` agents (PAPER.md section 6.2)."""
+    return paper_dataset(mal, num_agents=num_agents, seed=seed, **scale)
+
+
+def summarize(result: SimResult, ts: TrajectorySet | None, *, window_s: float = 10.0) -> dict:
+    """Headline metrics of one run: JCT, TTFT/TTST/TPOT, SNIC bytes and balance, attention balance."""
+    table = request_table(result, ts)
+    ttft = latency.ttft_s(table)
+    out = {
+        "jct_s": latency.jct_s(table),
+        "num_requests": int(len(table)),
+        "num_unfinished": int(np.sum(~table.ok)),
+        "ttft_mean_s": latency.summarize(ttft, "mean"),
+        "ttft_p50_s": latency.summarize(ttft, "p50"),
+        "ttft_p99_s": latency.summarize(ttft, "p99"),
+        "ttst_mean_s": latency.summarize(latency.ttst_s(table), "mean"),
+        "tpot_s": latency.summarize(latency.tpot_s(table), "mean"),
+        "tpot_p99_s": latency.summarize(latency.tpot_s(table), "p99"),
+        "events": result.events,
+    }
+    snic = {k: v["bytes"] for k, v in result.links.items() if k.startswith("snic_read")}
+    out["snic_bytes"] = snic
+    out["snic_busy_s"] = {k: v["busy_s"] for k, v in result.links.items() if k.startswith("snic_read")}
+    links, starts, finishes, sizes = snic_transfers(result)
+    if len(starts):
+        tt = TransferTable(link=np.asarray(links, dtype=object), start_s=starts, finish_s=finishes, num_bytes=sizes,
+                           path=np.asarray(["storage_read"] * len(starts), dtype=object))
+        _, ratio = storage_nic_max_avg(tt, sorted(snic), window_s)
+        out["snic_max_avg_mean"] = float(np.nanmean(ratio)) if np.any(~np.isnan(ratio)) else float("nan")
+    else:
+        out["snic_max_avg_mean"] = float("nan")
+    ar = result.attention_ratio
+    out["attention_max_avg_mean"] = float(np.mean(ar)) if ar.size else float("nan")
+    return out
+
+
+def run_offline(base: SimConfig, ts: TrajectorySet, variants: Sequence[str], *, log=print) -> dict[str, dict]:
+    """Offline runs (all agents at t = 0) of each variant; returns ``{variant: summary}``."""
+    starts = offline_starts(ts)
+    agents = agents_from_trajectories(ts, starts)
+    out = {}
+    for name in variants:
+        cfg = variant_config(base, name)
+        t0 = time.perf_counter()
+        res = Simulator(cfg, agents).run()
+        summary = summarize(res, ts)
+        summary["wall_s"] = time.perf_counter() - t0
+        out[name] = summary
+        if log:
+            log(f"  {name:10s} JCT {summary['jct_s']:9.1f} s  TTFT p50 {summary['ttft_p50_s']:7.2f} s  "
+                f"TPOT {summary['tpot_s'] * 1e3:6.1f} ms  ({summary['wall_s']:.1f} s wall, {res.events} events)")
+    return out
