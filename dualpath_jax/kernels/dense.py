@@ -63,7 +63,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float,
     if implementation == "auto":
         implementation = "pallas" if jax.default_backend() == "gpu" else "reference"
     if implementation == "pallas":
-        from dualpath_jax.kernels import dense_pallas  # noqa: PLC0415  (optional until kernels land)
+        from dualpath_jax.kernels import dense_pallas  # noqa: PLC0415  (imports Pallas only when asked for)
         return dense_pallas.attention_pallas(q, k, v, scale=scale)
     return attention_reference(q, k, v, scale=scale)
 
