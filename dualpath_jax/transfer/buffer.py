@@ -1,0 +1,191 @@
+"""Bounded DRAM buffer pools (PE buffer / DE buffer) with back-pressure.
+
+PAPER.md section 2.1: each PE and DE keeps "a small amount of DRAM as buffers" (80 GB per node
+for DeepSeek models in the paper). A :class:`BufferPool` bounds the bytes held: :meth:`acquire`
+blocks (FIFO, so a large request is never starved by small ones) until enough capacity is free,
+and gives up with :class:`BufferTimeoutError` after ``timeout_s``; a request larger than the whole
+pool fails at once. Never grows beyond ``capacity_bytes``.
+
+A :class:`Lease` is the reservation; the data it covers (e.g. Full Blocks read from the store)
+is attached with :meth:`Lease.hold` or allocated with :meth:`Lease.allocate`, and dropped on
+:meth:`Lease.release` (idempotent; also a context manager).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+import time
+
+import numpy as np
+
+from dualpath_jax.config import check_positive
+
+__all__ = ["BufferPool", "Lease", "BufferTimeoutError", "BufferStats"]
+
+
+class BufferTimeoutError(TimeoutError):
+    """No capacity within the deadline (back-pressure); names the pool and the numbers."""
+
+    def __init__(self, pool: str, num_bytes: int, in_use_bytes: int, capacity_bytes: int, waited_s: float):
+        self.pool, self.num_bytes, self.in_use_bytes = pool, num_bytes, in_use_bytes
+        self.capacity_bytes, self.waited_s = capacity_bytes, waited_s
+        super().__init__(f"buffer {pool}: could not reserve {num_bytes} B within {waited_s:.3f} s "
+                         f"({in_use_bytes} of {capacity_bytes} B in use)")
+
+
+@dataclasses.dataclass(frozen=True)
+class BufferStats:
+    capacity_bytes: int
+    in_use_bytes: int
+    peak_bytes: int
+    num_acquired: int
+    num_waited: int
+    wait_s: float
+    num_timeouts: int
+
+
+class Lease:
+    """A reservation of ``num_bytes`` in a :class:`BufferPool`; holds the arrays it covers."""
+
+    def __init__(self, pool: "BufferPool", num_bytes: int):
+        self.pool = pool
+        self.num_bytes = num_bytes
+        self._arrays: list[np.ndarray] = []
+        self._held = 0
+        self._released = False
+
+    @property
+    def held_bytes(self) -> int:
+        return self._held
+
+    @property
+    def arrays(self) -> list[np.ndarray]:
+        return list(self._arrays)
+
+    def hold(self, array: np.ndarray) -> np.ndarray:
+        """Account ``array`` against this lease and keep it alive until release.
+
+        Raises:
+          ValueError: the lease would exceed its reservation, or it was released.
+        """
+        if self._released:
+            raise ValueError(f"lease on {self.pool.name}: already released")
+        nbytes = int(array.nbytes)
+        if self._held + nbytes > self.num_bytes:
+            raise ValueError(f"lease on {self.pool.name}: holding {self._held + nbytes} B exceeds the "
+                             f"reserved {self.num_bytes} B")
+        self._arrays.append(array)
+        self._held += nbytes
+        return array
+
+    def allocate(self, shape, dtype=np.uint8) -> np.ndarray:
+        """A new ``np.empty(shape, dtype)`` held by this lease (see :meth:`hold`)."""
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if self._held + nbytes > self.num_bytes:
+            raise ValueError(f"lease on {self.pool.name}: allocating {nbytes} B exceeds the reservation "
+                             f"({self._held} of {self.num_bytes} B held)")
+        return self.hold(np.empty(shape, dtype))
+
+    def release(self) -> None:
+        """Drop the arrays and return the reservation to the pool (idempotent)."""
+        if self._released:
+            return
+        self._released = True
+        self._arrays.clear()
+        self._held = 0
+        self.pool._give_back(self.num_bytes)
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class BufferPool:
+    """A bounded DRAM buffer (see module docstring).
+
+    Args:
+      name: e.g. ``"pe0.buffer"``.
+      capacity_bytes: the most bytes ever reserved at once.
+
+    Raises:
+      ConfigError: non-positive capacity.
+    """
+
+    def __init__(self, name: str, capacity_bytes: int):
+        check_positive(f"buffer[{name}].capacity_bytes", capacity_bytes, integer=True)
+        self.name = name
+        self.capacity_bytes = int(capacity_bytes)
+        self._cond = threading.Condition()
+        self._in_use = 0
+        self._peak = 0
+        self._tickets = itertools.count()
+        self._queue: list[int] = []  # waiting tickets, FIFO
+        self._n_acquired = self._n_waited = self._n_timeouts = 0
+        self._wait_s = 0.0
+
+    @property
+    def in_use_bytes(self) -> int:
+        with self._cond:
+            return self._in_use
+
+    def acquire(self, num_bytes: int, *, timeout_s: float | None = None) -> Lease:
+        """Reserve ``num_bytes``, waiting (FIFO) for capacity.
+
+        Args:
+          num_bytes: bytes to reserve (>= 0).
+          timeout_s: longest wait; ``None`` waits forever.
+
+        Raises:
+          ValueError: ``num_bytes`` negative or larger than the pool's capacity.
+          BufferTimeoutError: capacity did not free up in time.
+        """
+        if num_bytes < 0:
+            raise ValueError(f"num_bytes: must be >= 0 (got {num_bytes})")
+        if num_bytes > self.capacity_bytes:
+            raise ValueError(f"num_bytes: {num_bytes} B exceeds buffer {self.name}'s capacity "
+                             f"{self.capacity_bytes} B")
+        t0 = time.perf_counter()
+        with self._cond:
+            ticket = next(self._tickets)
+            self._queue.append(ticket)
+            ok = self._cond.wait_for(
+                lambda: self._queue[0] == ticket and self._in_use + num_bytes <= self.capacity_bytes,
+                timeout=timeout_s)
+            self._queue.remove(ticket)
+            waited = time.perf_counter() - t0
+            if waited > 1e-4:
+                self._n_waited += 1
+                self._wait_s += waited
+            if not ok:
+                self._n_timeouts += 1
+                self._cond.notify_all()
+                raise BufferTimeoutError(self.name, num_bytes, self._in_use, self.capacity_bytes, waited)
+            self._in_use += num_bytes
+            self._peak = max(self._peak, self._in_use)
+            self._n_acquired += 1
+            self._cond.notify_all()
+        return Lease(self, num_bytes)
+
+    def try_acquire(self, num_bytes: int) -> Lease | None:
+        """Reserve ``num_bytes`` only if it fits now and nobody is waiting; else None."""
+        with self._cond:
+            if self._queue or num_bytes < 0 or self._in_use + num_bytes > self.capacity_bytes:
+                return None
+            self._in_use += num_bytes
+            self._peak = max(self._peak, self._in_use)
+            self._n_acquired += 1
+        return Lease(self, num_bytes)
+
+    def _give_back(self, num_bytes: int) -> None:
+        with self._cond:
+            self._in_use -= num_bytes
+            self._cond.notify_all()
+
+    def stats(self) -> BufferStats:
+        with self._cond:
+            return BufferStats(self.capacity_bytes, self._in_use, self._peak, self._n_acquired, self._n_waited,
+                               self._wait_s, self._n_timeouts)

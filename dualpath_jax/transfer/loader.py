@@ -1,0 +1,260 @@
+"""``LayerwiseLoader``: streams each layer's KV host -> device, ``depth`` layers in flight.
+
+PAPER.md section 3 (layer-wise prefill): the device needs only the current layer's KV, so KV is
+moved in just before its layer and freed after. The paper does not give the prefetch schedule;
+this loader uses the classic bounded pipeline: a background thread loads layers 0, 1, ... in
+order, but never holds more than ``depth`` layers on the device at once (a counting semaphore
+released by :meth:`LayerwiseLoader.release`). ``depth=2`` is double buffering (while layer l
+computes, layer l+1 moves); ``depth=1`` serializes load and compute; ``depth=L`` loads everything
+up front (the ``full`` prefill mode). The host-side part of a layer's load (``fetch``, e.g.
+gathering its Layer Blocks in the PE buffer, and pinned staging) needs no device slot, so the
+thread does it while it waits for one; only the H2D copy sits on the critical path.
+
+Each layer's move is one transfer on a :class:`~dualpath_jax.transfer.link.Link` (the emulated
+H2D / CNIC path), whose record gives bytes and start/finish times. Where the backend exposes a
+``pinned_host`` memory kind and is not the CPU, the host arrays are first staged into pinned
+host memory (off the link) so the H2D copy is a DMA from page-locked memory.
+
+Device bytes held are measured from the live ``jax.Array`` s the loader holds (``nbytes`` of
+arrays not yet deleted), and the peak is kept for reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from dualpath_jax.config import check_positive
+from dualpath_jax.transfer.link import Link, LinkConfig, Medium, TransferRecord
+
+__all__ = ["LayerwiseLoader", "LoaderError", "LoaderStats", "tree_nbytes"]
+
+
+def tree_nbytes(tree) -> int:
+    """Total ``nbytes`` of the array leaves of ``tree`` (numpy or live jax arrays)."""
+    total = 0
+    for x in jax.tree_util.tree_leaves(tree):
+        if isinstance(x, jax.Array) and x.is_deleted():
+            continue
+        total += int(x.nbytes) if hasattr(x, "nbytes") else int(np.asarray(x).nbytes)
+    return total
+
+
+class LoaderError(RuntimeError):
+    """A layer could not be delivered: ``cause`` is ``"timeout"``, ``"closed"`` or the copy's error."""
+
+    def __init__(self, layer: int, cause: str, record: TransferRecord | None = None):
+        self.layer, self.cause, self.record = layer, cause, record
+        super().__init__(f"layer {layer}: {cause}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderStats:
+    num_layers: int
+    depth: int
+    loaded_bytes: int
+    peak_device_bytes: int
+    link_busy_s: float          # sum of this loader's transfer durations
+    host_prepare_s: float       # time spent fetching/staging on the host (off the link)
+    consumer_wait_s: float      # time get() spent blocked (compute stalled on loading)
+    records: tuple[TransferRecord, ...]
+
+
+class LayerwiseLoader:
+    """Pipelined per-layer host -> device loader (see module docstring).
+
+    Args:
+      num_layers: L; layers are loaded in order 0..L-1.
+      fetch: ``fetch(layer)`` returns the host pytree (numpy arrays) of that layer's KV, e.g. a
+        batch's LayerKVs gathered from Layer Blocks in the PE buffer. Called on the loader thread.
+      link: the link carrying the bytes; default an unlimited PE_BUFFER -> PE_HBM link.
+      depth: most layers held on the device at once (>= 1).
+      device: target device (default ``jax.devices()[0]``).
+      timeout_s: deadline for each wait (link, :meth:`get`); nothing waits forever.
+      host_memory_kind: ``"auto"`` (pinned staging on accelerators that have it), ``"pinned_host"``
+        or ``None`` (no staging).
+
+    Use as a context manager, or call :meth:`start` and :meth:`close`. The consumer must
+    :meth:`release` each layer once the computations reading it have finished.
+
+    Raises:
+      ConfigError: ``num_layers`` or ``depth`` not positive.
+    """
+
+    def __init__(self, num_layers: int, fetch: Callable[[int], Any], link: Link | None = None, *,
+                 depth: int = 2, device: jax.Device | None = None, timeout_s: float = 60.0,
+                 host_memory_kind: str | None = "auto"):
+        check_positive("loader.num_layers", num_layers, integer=True)
+        check_positive("loader.depth", depth, integer=True)
+        check_positive("loader.timeout_s", timeout_s)
+        self.num_layers = num_layers
+        self.depth = min(depth, num_layers)
+        self.timeout_s = timeout_s
+        self._fetch = fetch
+        self.link = link or Link(LinkConfig("h2d", Medium.PE_BUFFER, Medium.PE_HBM))
+        self.device = device or jax.devices()[0]
+        kinds = {m.kind for m in self.device.addressable_memories()}
+        if host_memory_kind == "auto":
+            host_memory_kind = "pinned_host" if ("pinned_host" in kinds and self.device.platform != "cpu") else None
+        self.host_memory_kind = host_memory_kind
+        self._device_sharding = jax.sharding.SingleDeviceSharding(self.device)
+        self._stage_sharding = (jax.sharding.SingleDeviceSharding(self.device, memory_kind=host_memory_kind)
+                                if host_memory_kind else None)
+        self._slots = threading.Semaphore(self.depth)
+        self._cond = threading.Condition()
+        self._held: dict[int, Any] = {}
+        self._errors: dict[int, LoaderError] = {}
+        self._records: list[TransferRecord] = []
+        self._held_bytes = 0
+        self._peak_bytes = 0
+        self._loaded_bytes = 0
+        self._wait_s = 0.0
+        self._host_s = 0.0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # ---- producer -------------------------------------------------------------------------------
+    def start(self) -> "LayerwiseLoader":
+        """Start the loader thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="layerwise-loader", daemon=True)
+            self._thread.start()
+        return self
+
+    def _put(self, host):
+        arrays = jax.device_put(host, self._device_sharding)
+        return jax.block_until_ready(arrays)
+
+    def _recount(self) -> None:  # caller holds the lock; bytes of live held arrays
+        self._held_bytes = sum(tree_nbytes(t) for t in self._held.values())
+        self._peak_bytes = max(self._peak_bytes, self._held_bytes)
+
+    def _prepare_host(self, layer: int):
+        """Host-side part of a layer's load: fetch (e.g. gather from the PE buffer) and staging."""
+        host = self._fetch(layer)
+        if self._stage_sharding is not None:
+            host = jax.block_until_ready(jax.device_put(host, self._stage_sharding))
+        return host
+
+    def _run(self) -> None:
+        for layer in range(self.num_layers):
+            # Host-side preparation needs no device slot: do it while waiting for one.
+            t0 = time.perf_counter()
+            host, error = None, None
+            try:
+                host = self._prepare_host(layer)
+            except Exception as e:  # fetch/staging failure -> typed error for the consumer
+                error = LoaderError(layer, f"{type(e).__name__}: {e}")
+            with self._cond:
+                self._host_s += time.perf_counter() - t0
+            while not self._slots.acquire(timeout=0.05):
+                if self._closed:
+                    return
+            if self._closed:
+                self._slots.release()
+                return
+            record = None
+            if error is None:
+                res = self.link.transfer(tree_nbytes(host), lambda h=host: self._put(h),
+                                         timeout_s=self.timeout_s, tag=f"layer{layer}")
+                record = res.record
+                if not res.ok:
+                    error = LoaderError(layer, f"{record.outcome.value}: {record.cause}", record)
+            del host
+            with self._cond:
+                if record is not None:
+                    self._records.append(record)
+                if error is None and self._closed:  # closed while copying: free, do not publish
+                    for x in jax.tree_util.tree_leaves(res.value):
+                        x.delete()
+                    return
+                if error is None:
+                    self._held[layer] = res.value
+                    self._loaded_bytes += record.num_bytes
+                    self._recount()
+                else:
+                    self._errors[layer] = error
+                    self._slots.release()
+                self._cond.notify_all()
+
+    # ---- consumer -------------------------------------------------------------------------------
+    def get(self, layer: int, *, timeout_s: float | None = None):
+        """Wait for ``layer``'s device arrays (the fetched pytree, now on the device).
+
+        Raises:
+          LoaderError: the layer failed to load, the wait exceeded ``timeout_s`` (default the
+            loader's), or the loader was closed.
+          ValueError: ``layer`` out of range.
+        """
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer: {layer} out of range [0, {self.num_layers})")
+        self.start()
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        t0 = time.perf_counter()
+        with self._cond:
+            ok = self._cond.wait_for(lambda: layer in self._held or layer in self._errors or self._closed,
+                                     timeout=timeout_s)
+            self._wait_s += time.perf_counter() - t0
+            if layer in self._errors:
+                raise self._errors[layer]
+            if not ok:
+                raise LoaderError(layer, f"timeout: not loaded within {timeout_s} s")
+            if layer not in self._held:
+                raise LoaderError(layer, "closed")
+            return self._held[layer]
+
+    def release(self, layer: int) -> None:
+        """Free ``layer``'s device arrays and let the next layer start loading.
+
+        The caller must have finished (``block_until_ready``) every computation reading them.
+        Releasing a layer that is not held is a no-op.
+        """
+        with self._cond:
+            tree = self._held.pop(layer, None)
+            if tree is None:
+                return
+            for x in jax.tree_util.tree_leaves(tree):
+                if isinstance(x, jax.Array) and not x.is_deleted():
+                    x.delete()
+            self._recount()
+        self._slots.release()
+
+    # ---- reporting / lifecycle ------------------------------------------------------------------
+    @property
+    def held_device_bytes(self) -> int:
+        with self._cond:
+            self._recount()
+            return self._held_bytes
+
+    @property
+    def peak_device_bytes(self) -> int:
+        with self._cond:
+            return self._peak_bytes
+
+    def stats(self) -> LoaderStats:
+        with self._cond:
+            recs = tuple(self._records)
+            return LoaderStats(self.num_layers, self.depth, self._loaded_bytes, self._peak_bytes,
+                               sum(r.duration_s for r in recs), self._host_s, self._wait_s, recs)
+
+    def close(self) -> None:
+        """Stop the thread (bounded wait) and free whatever is still held."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout_s)
+        for layer in list(self._held):
+            self.release(layer)
+
+    def __enter__(self) -> "LayerwiseLoader":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,190 @@
+"""Prefill engine: logits equal a plain forward, device KV peak, byte accounting, failure recovery."""
+
+import functools
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from dualpath_jax.config import ConfigError
+from dualpath_jax.engine import PrefillConfig, PrefillEngine, PrefillRequest
+from dualpath_jax.kvcache import block_keys, layout_for, unpack_full_blocks
+from dualpath_jax.model import forward, forward_with_cache, get_spec, init_params
+from dualpath_jax.store import FailureCause, KVStore, StoreConfig
+from dualpath_jax.transfer import BufferPool, BufferTimeoutError, Link, LinkConfig, Medium
+
+ATOL = 1e-5  # f32 tolerance of the attention reference (tests/test_model.py)
+PROMPT = 320
+
+
+@functools.lru_cache(maxsize=None)
+def _setup(name):
+    spec = get_spec(name)
+    params = init_params(spec, jax.random.PRNGKey(0))
+    tokens = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (PROMPT,), 0, spec.vocab_size))
+    return spec, params, tokens, np.asarray(forward(params, spec, tokens))
+
+
+@pytest.fixture(scope="module", params=["tiny-gqa", "tiny-mla"])
+def model(request):
+    return _setup(request.param)
+
+
+def _memory_store(spec):
+    return KVStore(layout_for(spec), StoreConfig(backend="memory"))
+
+
+@pytest.mark.parametrize("mode", ["layerwise", "full"])
+@pytest.mark.parametrize("cached", [0, 63, 64, 65, 128, 300])
+def test_logits_equal_one_pass_forward(model, mode, cached):
+    spec, params, tokens, full = model
+    with _memory_store(spec) as store:
+        engine = PrefillEngine(params, spec, store, config=PrefillConfig(mode=mode))
+        if cached:  # a first turn persists the complete blocks of its prompt
+            (first,), _ = engine.run([PrefillRequest("turn0", tokens[:cached])])
+            assert first.blocks_written == cached // 64
+            np.testing.assert_allclose(first.logits, full[:cached], atol=ATOL, rtol=0)
+        (res,), report = engine.run([PrefillRequest("turn1", tokens)])
+    hit = min(cached // 64, (PROMPT - 1) // 64) * 64
+    assert res.hit_tokens == hit and report.hit_tokens == hit
+    assert res.logits.shape == (PROMPT - hit, spec.vocab_size)
+    np.testing.assert_allclose(res.logits, full[hit:], atol=ATOL, rtol=0)
+    assert [kv[0].shape[0] for kv in res.new_kv] == [PROMPT - hit] * spec.n_layers
+    assert res.blocks_written == PROMPT // 64 - hit // 64
+
+
+def test_batch_of_requests_with_different_hits_and_stored_kv(model):
+    spec, params, tokens, full = model
+    other = (tokens[::-1] + 7) % spec.vocab_size
+    shared = np.concatenate([tokens[:64], other[64:]])  # shares exactly block 0 with `tokens`
+    with _memory_store(spec) as store:
+        engine = PrefillEngine(params, spec, store)
+        engine.run([PrefillRequest("seed", tokens[:300])])  # stores blocks 0..3 of `tokens`
+        results, report = engine.run([PrefillRequest("a", tokens), PrefillRequest("b", other[:128]),
+                                      PrefillRequest("c", shared)])
+        assert [r.hit_tokens for r in results] == [256, 0, 64]
+        np.testing.assert_allclose(results[0].logits, full[256:], atol=ATOL, rtol=0)
+        for res, prompt in zip(results[1:], (other[:128], shared)):  # layer-by-layer pass, no store
+            ref, _ = forward_with_cache(params, spec, prompt, None)
+            np.testing.assert_allclose(res.logits, np.asarray(ref)[res.hit_tokens:], atol=ATOL, rtol=0)
+        assert report.hit_tokens == 320 and report.computed_tokens == PROMPT + 128 + PROMPT - 320
+        # What was persisted equals the KV of a plain layer-by-layer pass (independent reference).
+        keys = block_keys(store.layout, tokens)
+        reads = store.read(keys)
+        assert len(keys) == 5 and all(r.ok for r in reads)
+        stored = unpack_full_blocks(store.layout, [r.block for r in reads])
+        _, ref = forward_with_cache(params, spec, tokens, None)
+        for (a, b), (ra, rb) in zip(stored, ref):
+            np.testing.assert_allclose(a, np.asarray(ra), atol=ATOL, rtol=0)
+            np.testing.assert_allclose(b, np.asarray(rb), atol=ATOL, rtol=0)
+
+
+def test_device_kv_peak_and_link_bytes():
+    spec = get_spec("tiny-gqa").replace(name="tiny-gqa-8l", n_layers=8)
+    params = init_params(spec, jax.random.PRNGKey(0))
+    tokens = np.arange(320) % spec.vocab_size
+    layout = layout_for(spec)
+    peaks = {}
+    with KVStore(layout, StoreConfig(backend="memory")) as store:
+        PrefillEngine(params, spec, store).run([PrefillRequest("seed", tokens[:256])])
+        for mode, depth in [("full", 2), ("layerwise", 2), ("layerwise", 1), ("layerwise", 3)]:
+            snic = Link(LinkConfig("snic", Medium.STORAGE, Medium.PE_BUFFER))
+            h2d = Link(LinkConfig("h2d", Medium.PE_BUFFER, Medium.PE_HBM))
+            engine = PrefillEngine(params, spec, store, snic_link=snic, h2d_link=h2d,
+                                   config=PrefillConfig(mode=mode, depth=depth, write_back=False))
+            (res,), rep = engine.run([PrefillRequest("r", tokens)])
+            assert res.hit_tokens == 256
+            layer_bytes = 256 * layout.bytes_per_token_per_layer
+            assert snic.stats().total_bytes == 4 * layout.full_block_bytes
+            assert h2d.stats().total_bytes == rep.h2d_bytes == spec.n_layers * layer_bytes
+            assert len(rep.h2d_records) == spec.n_layers
+            peaks[(mode, depth)] = rep.kv_device_peak_bytes
+    assert peaks[("full", 2)] == spec.n_layers * layer_bytes
+    assert peaks[("layerwise", 1)] == layer_bytes
+    for depth in (2, 3):  # at most depth/L of full mode's KV (fewer if compute outpaces loading)
+        assert layer_bytes <= peaks[("layerwise", depth)] <= depth * layer_bytes
+
+
+# ---- failures: each is reported and the request still gets correct logits ----------------------
+def _flip(path):
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) - 1000)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+@pytest.mark.parametrize("fault,bad_block,cause", [
+    ("flip", 1, FailureCause.CHECKSUM_MISMATCH),
+    ("truncate", 2, FailureCause.TRUNCATED),
+    ("delete", 0, FailureCause.MISSING),
+])
+def test_bad_block_is_reported_recomputed_and_repaired(tmp_path, fault, bad_block, cause):
+    spec, params, tokens, full = _setup("tiny-gqa")
+    with KVStore(layout_for(spec), StoreConfig(path=str(tmp_path / "kv"), fsync=False)) as store:
+        engine = PrefillEngine(params, spec, store, config=PrefillConfig(timeout_s=20))
+        engine.run([PrefillRequest("seed", tokens[:300])])  # stores blocks 0..3
+        keys = block_keys(store.layout, tokens)
+        path = store.path_of(keys[bad_block])
+        if fault == "flip":
+            _flip(path)
+        elif fault == "truncate":
+            os.truncate(path, os.path.getsize(path) - 100)
+        else:
+            os.remove(path)
+        (res,), report = engine.run([PrefillRequest("r", tokens)])
+        assert res.hit_tokens == 64 * bad_block
+        assert res.miss.cause is cause and res.miss.key == keys[bad_block]
+        assert report.miss_causes == {cause.value: 1}
+        if fault != "delete":  # lookup saw the block; the read failed and was counted
+            assert [f.cause for f in res.failures] == [cause]
+            assert report.read_failures == {cause.value: 1}
+            assert store.stats().failures[cause.value] >= 1
+        np.testing.assert_allclose(res.logits, full[64 * bad_block:], atol=ATOL, rtol=0)
+        assert res.blocks_written == PROMPT // 64 - bad_block  # recomputed blocks are written back
+        (again,), _ = engine.run([PrefillRequest("r2", tokens)])
+        assert again.hit_tokens == 256 and again.miss is None and not again.failures
+        np.testing.assert_allclose(again.logits, full[256:], atol=ATOL, rtol=0)
+
+
+def test_unreadable_store_path_falls_back_to_recompute(tmp_path):
+    spec, params, tokens, full = _setup("tiny-mla")
+    (tmp_path / "file").write_text("not a directory")
+    with KVStore(layout_for(spec), StoreConfig(path=str(tmp_path / "file" / "kv"), timeout_s=5)) as store:
+        (res,), report = PrefillEngine(params, spec, store, config=PrefillConfig(timeout_s=5)).run(
+            [PrefillRequest("r", tokens)])
+    assert res.hit_tokens == 0 and res.miss.cause is FailureCause.UNREADABLE
+    assert report.miss_causes == {"unreadable": 1}
+    assert res.blocks_written == 0 and [f.cause for f in res.write_failures] == [FailureCause.UNREADABLE] * 5
+    np.testing.assert_allclose(res.logits, full, atol=ATOL, rtol=0)
+
+
+def test_pe_buffer_bounds_and_back_pressure():
+    spec, params, tokens, _ = _setup("tiny-gqa")
+    with _memory_store(spec) as store:
+        PrefillEngine(params, spec, store).run([PrefillRequest("seed", tokens[:300])])
+        small = BufferPool("pe.buffer", 2 * store.layout.full_block_bytes)
+        with pytest.raises(ValueError, match="capacity"):
+            PrefillEngine(params, spec, store, buffer=small).run([PrefillRequest("r", tokens)])
+        busy = BufferPool("pe.buffer", 4 * store.layout.full_block_bytes)
+        lease = busy.acquire(busy.capacity_bytes)
+        engine = PrefillEngine(params, spec, store, buffer=busy, config=PrefillConfig(timeout_s=0.1))
+        with pytest.raises(BufferTimeoutError):
+            engine.run([PrefillRequest("r", tokens)])
+        lease.release()
+        (res,), _ = engine.run([PrefillRequest("r", tokens)])
+        assert res.hit_tokens == 256 and busy.in_use_bytes == 0
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="prefill.mode"):
+        PrefillConfig(mode="chunked")
+    with pytest.raises(ConfigError, match="prefill.depth"):
+        PrefillConfig(depth=0)
+    spec = get_spec("tiny-gqa")
+    with KVStore(layout_for(get_spec("tiny-mla")), StoreConfig(backend="memory")) as store:
+        with pytest.raises(ConfigError, match="store.layout"):
+            PrefillEngine({}, spec, store)
+    with pytest.raises(ValueError, match="tokens"):
+        PrefillRequest("r", np.zeros((0,), np.int32))

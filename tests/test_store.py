@@ -1,0 +1,266 @@
+"""KVStore: verbs, checksums, typed failures, atomic visibility, threads and two processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from dualpath_jax.kvcache import block_keys, layout_for
+from dualpath_jax.model import get_spec
+from dualpath_jax.store import FailureCause, KVStore, StoreConfig, StoreError, header_bytes
+
+SPEC = get_spec("tiny-gqa")
+LAYOUT = layout_for(SPEC)  # Full Block [4, 64, 256] = 64 KiB
+
+
+def _blocks(n, seed=0, layout=LAYOUT):
+    return np.random.default_rng(seed).integers(0, 256, size=(n, *layout.full_block_shape), dtype=np.uint8)
+
+
+def _keys(n, seed=0, layout=LAYOUT):
+    return block_keys(layout, np.random.default_rng(seed).integers(0, 512, n * layout.block_tokens))
+
+
+@pytest.fixture(params=["memory", "file"])
+def store(request, tmp_path):
+    cfg = StoreConfig(backend="memory") if request.param == "memory" else StoreConfig(path=str(tmp_path / "kv"),
+                                                                                      fsync=False)
+    with KVStore(LAYOUT, cfg) as s:
+        yield s
+
+
+def test_write_read_lookup_contains_delete(store):
+    keys, blocks = _keys(5), _blocks(5)
+    assert store.lookup(keys).num_blocks == 0
+    assert all(r.ok for r in store.write(keys[:3], blocks[:3]))
+    assert store.lookup(keys).num_blocks == 3 and store.lookup(keys).failure is None
+    reads = store.read(keys[:3])
+    for r, b in zip(reads, blocks):
+        assert r.ok and r.block.shape == LAYOUT.full_block_shape and np.array_equal(r.block, b)
+    for layer in range(SPEC.n_layers):  # a reader may ask for one layer's Layer Block
+        r = store.read([keys[1]], layer=layer)[0]
+        assert r.ok and r.block.shape == LAYOUT.layer_block_shape and np.array_equal(r.block[0], blocks[1][layer])
+    assert store.contains(keys[2]) and not store.contains(keys[3])
+    store.write([keys[4]], blocks[4:5])  # a gap at 3: the longest stored prefix is still 3
+    assert store.lookup(keys).num_blocks == 3
+    assert sorted(store.list_keys()) == sorted(keys[:3] + [keys[4]])
+    assert store.delete([keys[1], keys[3]]) == 1
+    assert store.lookup(keys).num_blocks == 1
+    missing = store.read([keys[1]])[0]
+    assert not missing.ok and missing.failure.cause is FailureCause.MISSING and missing.failure.key == keys[1]
+    st = store.stats()
+    assert st.writes_ok == 4 and st.reads_ok == 3 + SPEC.n_layers and st.deletes == 1
+    assert st.read_bytes == 3 * LAYOUT.full_block_bytes + SPEC.n_layers * LAYOUT.layer_block_bytes
+    assert st.failures == {"missing": 1}
+
+
+def test_async_forms_return_futures(store):
+    keys, blocks = _keys(3), _blocks(3)
+    futs = store.write_async(keys, blocks)
+    assert all(f.result(timeout=10).ok for f in futs)
+    assert store.lookup_async(keys).result(timeout=10).num_blocks == 3
+    reads = [f.result(timeout=10) for f in store.read_async(keys, layer=2)]
+    assert all(np.array_equal(r.block[0], b[2]) for r, b in zip(reads, blocks))
+
+
+@pytest.mark.parametrize("where", ["payload", "header"])
+def test_flipped_byte_is_a_checksum_mismatch(store, where):
+    keys, blocks = _keys(2), _blocks(2)
+    store.write(keys, blocks)
+    raw = bytearray(store.raw_read(keys[1]))
+    pos = header_bytes(LAYOUT) + 3 * LAYOUT.layer_block_bytes + 17 if where == "payload" else 70
+    raw[pos] ^= 0x01
+    store.raw_write(keys[1], bytes(raw))
+    r = store.read(keys)
+    assert r[0].ok and not r[1].ok
+    assert r[1].failure.cause is FailureCause.CHECKSUM_MISMATCH
+    assert ("layer 3" in r[1].failure.detail) == (where == "payload")
+    layer_reads = [store.read([keys[1]], layer=layer)[0] for layer in range(SPEC.n_layers)]
+    if where == "payload":  # only the damaged Layer Block fails a one-layer read
+        assert [x.ok for x in layer_reads] == [True, True, True, False]
+    else:
+        assert not any(x.ok for x in layer_reads)
+    assert store.stats().failures["checksum_mismatch"] >= 2
+
+
+def test_truncated_block(store):
+    keys, blocks = _keys(1), _blocks(1)
+    store.write(keys, blocks)
+    raw = store.raw_read(keys[0])
+    store.raw_write(keys[0], raw[:len(raw) - LAYOUT.layer_block_bytes - 5])
+    full = store.read(keys)[0]
+    assert full.failure.cause is FailureCause.TRUNCATED
+    assert store.read(keys, layer=0)[0].ok  # layer 0 is intact
+    assert store.read(keys, layer=3)[0].failure.cause is FailureCause.TRUNCATED
+    store.raw_write(keys[0], raw[:10])
+    assert store.read(keys)[0].failure.cause is FailureCause.TRUNCATED
+
+
+def test_record_of_another_key_or_layout_is_rejected(store):
+    keys, blocks = _keys(2), _blocks(2)
+    store.write(keys, blocks)
+    store.raw_write(keys[0], store.raw_read(keys[1]))  # right layout, wrong key
+    assert store.read(keys[:1])[0].failure.cause is FailureCause.BAD_HEADER
+    store.raw_write(keys[0], b"not a block at all" * 100)
+    assert store.read(keys[:1])[0].failure.cause is FailureCause.BAD_HEADER
+
+
+def test_write_rejects_wrong_shapes(store):
+    with pytest.raises(ValueError, match="blocks"):
+        store.write(_keys(1), [np.zeros((4, 64, 255), np.uint8)])
+    with pytest.raises(ValueError, match="blocks"):
+        store.write(_keys(2), _blocks(1))
+    with pytest.raises(ValueError, match="layer"):
+        store.read(_keys(1), layer=4)
+
+
+def test_unreadable_store_path(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    keys, blocks = _keys(2), _blocks(2)
+    with KVStore(LAYOUT, StoreConfig(path=str(not_a_dir / "kv"), fsync=False)) as bad:
+        res = bad.lookup(keys)
+        assert res.num_blocks == 0 and res.failure.cause is FailureCause.UNREADABLE
+        assert "not a directory" in res.failure.detail.lower() or "no such" in res.failure.detail.lower()
+        assert all(r.failure.cause is FailureCause.UNREADABLE for r in bad.read(keys))
+        assert all(w.failure.cause is FailureCause.UNREADABLE for w in bad.write(keys, blocks))
+        with pytest.raises(StoreError) as err:
+            bad.contains(keys[0])
+        assert err.value.failure.cause is FailureCause.UNREADABLE
+    # A store whose directory is replaced by a file after blocks were written.
+    root = tmp_path / "kv2"
+    with KVStore(LAYOUT, StoreConfig(path=str(root), fsync=False)) as s:
+        s.write(keys, blocks)
+        os.rename(root, tmp_path / "moved")
+        root.write_text("now a file")
+        assert s.lookup(keys).failure.cause is FailureCause.UNREADABLE
+        assert s.read(keys)[0].failure.cause is FailureCause.UNREADABLE
+        assert s.stats().failures["unreadable"] == 3
+
+
+def test_threads_share_one_store(tmp_path):
+    keys, blocks = _keys(16), _blocks(16)
+    errors = []
+    with KVStore(LAYOUT, StoreConfig(path=str(tmp_path / "kv"), fsync=False, io_threads=4)) as s:
+        def writer(i):
+            for j in range(i, 16, 4):
+                if not s.write([keys[j]], blocks[j:j + 1])[0].ok:
+                    errors.append(("write", j))
+
+        def reader():
+            for _ in range(20):
+                for r, b in zip(s.read(keys), blocks):
+                    if r.ok and not np.array_equal(r.block, b):
+                        errors.append(("content", r.key))
+                    elif not r.ok and r.failure.cause is not FailureCause.MISSING:
+                        errors.append((r.failure.cause, r.key))
+
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)] + [
+            threading.Thread(target=reader) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads)
+        assert not errors
+        assert s.lookup(keys).num_blocks == 16
+
+
+# ---- two processes on one store -------------------------------------------------------------------
+_CHILD = textwrap.dedent("""
+    import json, os, sys, time
+    import numpy as np
+    from dualpath_jax.kvcache import block_keys, layout_for
+    from dualpath_jax.model import get_spec
+    from dualpath_jax.store import KVStore, StoreConfig
+    role, root, n, seconds, done_path = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+    ready_path = done_path + ".reader_ready"
+    layout = layout_for(get_spec("tiny-gqa").replace(name="tiny-gqa-32l", n_layers=32))  # 512 KiB blocks
+    keys = block_keys(layout, np.random.default_rng(0).integers(0, 512, n * 64))
+    store = KVStore(layout, StoreConfig(path=root, fsync=False))
+    counts = {"ok": 0, "missing": 0, "other": 0, "rounds": 0, "layer_ok": 0, "causes": []}
+    if role == "writer":
+        rng = np.random.default_rng(1)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(ready_path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stop = time.monotonic() + seconds
+        while time.monotonic() < stop or counts["rounds"] < 2:  # rewrite every block, new valid content
+            for k in keys:
+                block = rng.integers(0, 256, size=layout.full_block_shape, dtype=np.uint8)
+                assert store.write([k], [block])[0].ok
+            counts["rounds"] += 1
+        open(done_path, "w").close()
+    elif role == "crash_writer":
+        rng = np.random.default_rng(2)
+        i = 0
+        while True:  # killed by the parent at a random moment
+            block = rng.integers(0, 256, size=layout.full_block_shape, dtype=np.uint8)
+            store.write([keys[i % n]], [block])
+            i += 1
+    else:
+        open(ready_path, "w").close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for r in store.read(keys) + store.read(keys, layer=counts["rounds"] % 32):
+                kind = "ok" if r.ok else ("missing" if r.failure.cause.value == "missing" else "other")
+                counts[kind] += 1
+                counts["layer_ok"] += r.ok and r.layer is not None
+                if kind == "other":
+                    counts["causes"].append(f"{r.failure.cause.value}: {r.failure.detail} (layer {r.layer})")
+            counts["rounds"] += 1
+            if os.path.exists(done_path):
+                break
+    print(json.dumps(counts))
+""")
+
+
+def _spawn(role, root, n, seconds, done):
+    return subprocess.Popen([sys.executable, "-c", _CHILD, role, str(root), str(n), str(seconds), str(done)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_processes_reader_never_sees_a_partial_block(tmp_path):
+    root, done = tmp_path / "kv", tmp_path / "writer_done"
+    reader = _spawn("reader", root, 8, 0, done)
+    writer = _spawn("writer", root, 8, 1.5, done)
+    try:
+        w_out, w_err = writer.communicate(timeout=120)
+        r_out, r_err = reader.communicate(timeout=120)
+    finally:
+        for p in (writer, reader):
+            if p.poll() is None:
+                p.kill()
+    assert writer.returncode == 0, w_err[-2000:]
+    assert reader.returncode == 0, r_err[-2000:]
+    counts = json.loads(r_out.strip().splitlines()[-1])
+    assert counts["other"] == 0, counts  # never a checksum mismatch, truncation or bad header
+    assert counts["ok"] > 0 and counts["layer_ok"] > 0 and counts["rounds"] >= 3, counts
+    assert json.loads(w_out.strip().splitlines()[-1])["rounds"] >= 2
+
+
+def test_killed_writer_leaves_no_visible_partial_block(tmp_path):
+    root = tmp_path / "kv"
+    writer = _spawn("crash_writer", root, 6, 0, tmp_path / "unused")
+    layout = layout_for(get_spec("tiny-gqa").replace(name="tiny-gqa-32l", n_layers=32))
+    try:
+        with KVStore(layout, StoreConfig(path=str(root), fsync=False)) as s:
+            deadline = time.monotonic() + 60
+            while len(s.list_keys()) < 3 and time.monotonic() < deadline and writer.poll() is None:
+                time.sleep(0.05)
+            time.sleep(0.137)
+            writer.send_signal(signal.SIGKILL)
+            writer.wait(timeout=30)
+            visible = s.list_keys()
+            assert visible, writer.stderr.read()[-2000:]
+            assert all(r.ok for r in s.read(visible)), [r.failure for r in s.read(visible) if not r.ok]
+    finally:
+        if writer.poll() is None:
+            writer.kill()
