@@ -13,6 +13,7 @@ Ties break on the lower engine id.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 
 from dualpath_jax.sched.types import Assignment, EngineLoad, SchedRequest
@@ -34,10 +35,14 @@ def de_phase1(queue: Sequence[SchedRequest], group_tok: Mapping[int, float]
     """
     totals = dict(group_tok)
     additions: dict[int, list[SchedRequest]] = {g: [] for g in totals}
+    heap = [(t, g) for g, t in totals.items()]  # min total first, ties on the lower group id
+    heapq.heapify(heap)
     for req in queue:
-        g = min(totals, key=lambda k: (totals[k], k))
+        t, g = heapq.heappop(heap)
         additions[g].append(req)
-        totals[g] += req.num_tokens
+        t += req.num_tokens
+        totals[g] = t
+        heapq.heappush(heap, (t, g))
     return additions, totals
 
 

@@ -75,7 +75,7 @@ class ClusterScheduler:
         self._de_queue: collections.deque[SchedRequest] = collections.deque()
         self._private: dict[int, collections.deque[SchedRequest]] = {g: collections.deque() for g in de_groups}
         self._private_tok: dict[int, float] = {g: 0.0 for g in de_groups}
-        self._de_tok: dict[int, float] = {e: 0.0 for e in self._de_cycle}
+        self._group_tok: dict[int, float] = {g: 0.0 for g in de_groups}  # last reported sum of tok_e
         self._n_pending_pe = 0
         self._n_pending_de = 0
 
@@ -136,8 +136,7 @@ class ClusterScheduler:
             self._pending_de[group_id] = keep
             self._n_pending_de -= len(out)
             return out
-        for e in loads:
-            self._de_tok[e.engine_id] = e.tok
+        self._group_tok[group_id] = sum(e.tok for e in loads)
         self.distribute_de()
         if not self._private[group_id]:
             return []
@@ -146,8 +145,7 @@ class ClusterScheduler:
             self._private[group_id].popleft()
             self._private_tok[group_id] -= a.request.num_tokens
         self._n_pending_de -= len(out)
-        for e, load in new_loads.items():
-            self._de_tok[e] = load.tok
+        self._group_tok[group_id] = sum(load.tok for load in new_loads.values())
         return out
 
     def distribute_de(self) -> set[int]:
@@ -159,8 +157,7 @@ class ClusterScheduler:
             return {g for g, q in self._pending_de.items() if q}
         if not self._de_queue:
             return set()
-        group_tok = {g: sum(self._de_tok[e] for e in engines) + self._private_tok[g]
-                     for g, engines in self.de_groups.items()}
+        group_tok = {g: self._group_tok[g] + self._private_tok[g] for g in self.de_groups}
         additions, _ = de.de_phase1(self._de_queue, group_tok)
         self._de_queue.clear()
         touched = set()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import heapq
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -44,6 +45,7 @@ from dualpath_jax.sim.hardware import Server, reserve
 __all__ = ["SimAgent", "SimResult", "Simulator", "simulate"]
 
 _ARRIVE, _TICK, _READ_DONE, _PE_DONE, _DE_JOIN, _DE_EVENT = range(6)
+_MAX_BATCH_REQUESTS = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,9 +284,11 @@ class Simulator:
             self._tick_pending = True
             self._push(self.now + self.cfg.fetch_period_s, _TICK)
 
-    def _read_q_tokens(self) -> dict[int, float]:
-        now, kvb, waiting = self.now, self.kvb, self.buffer_wait_bytes
-        return {n: (max(0.0, s.free_at - now) * s.rate + waiting[n]) / kvb for n, s in enumerate(self.snic_r)}
+    def _read_q(self, node: int) -> float:
+        """Node ``node``'s disk read queue in tokens: SNIC backlog plus reads waiting for buffer space."""
+        srv = self.snic_r[node]
+        backlog = srv.free_at - self.now
+        return ((backlog * srv.rate if backlog > 0 else 0.0) + self.buffer_wait_bytes[node]) / self.kvb
 
     def _on_tick(self, _a, _b):
         """Group leaders pull work. Only groups that can act are asked: every PE group when new
@@ -293,17 +297,18 @@ class Simulator:
         self._tick_pending = False
         self._tick_count += 1
         sched = self.sched
-        read_q = None
         if sched.waiting()["pe"]:
             groups = self._pe_group_ids if self._new_pe_work else sorted(self._pe_dirty)
             self._new_pe_work = False
             self._pe_dirty.clear()
             if groups:
-                read_q = self._read_q_tokens()
                 k = self._tick_count % len(groups)  # the first leader to pull rotates
                 for gid in groups[k:] + groups[:k]:
+                    if not sched.waiting()["pe"]:
+                        break  # the queue is empty: later leaders would pull nothing
                     engines = sched.pe_groups[gid]
                     loads = [EngineLoad(e, self.node_of[e], self.tok[e], self.seq[e]) for e in engines]
+                    read_q = {n: self._read_q(n) for n in {self.node_of[e] for e in engines}}
                     for asg in sched.fetch_pe(gid, loads, read_q):
                         rid, e = asg.request.request_id, asg.engine_id
                         self.R["pe"][rid] = e
@@ -315,8 +320,6 @@ class Simulator:
             candidates = sched.distribute_de() | self._de_dirty
             self._de_dirty.clear()
             groups = sorted(g for g in candidates if sched.has_de_work(g))
-            if groups and read_q is None:
-                read_q = self._read_q_tokens()
             k = self._tick_count % len(groups) if groups else 0
             for gid in groups[k:] + groups[:k]:
                 engines = sched.de_groups[gid]
@@ -327,11 +330,11 @@ class Simulator:
                     self.tok[e] += asg.request.num_tokens
                     self.seq[e] += 1
                     self.hbm_free[e] -= asg.request.hbm_bytes
-                    self._start_read(rid, read_q)
+                    self._start_read(rid)
         else:
             self._de_dirty.clear()
 
-    def _start_read(self, rid: int, read_q: dict[int, float]):
+    def _start_read(self, rid: int):
         R = self.R
         R["placed_s"][rid] = self.now
         pe, de = R["pe"][rid], R["de"][rid]
@@ -341,8 +344,9 @@ class Simulator:
         if hit_blocks * z != hit:
             R["append_tokens"][rid] += hit - hit_blocks * z
             R["hit_tokens"][rid] = hit = hit_blocks * z
-        plan = self.sched.read_plan(self._pending_place[rid]["req"], self.node_of[pe], self.node_of[de], read_q,
-                                    hit_blocks, z)
+        pn, dn = self.node_of[pe], self.node_of[de]
+        read_q = {pn: self._read_q(pn), dn: self._read_q(dn)}
+        plan = self.sched.read_plan(self._pending_place[rid]["req"], pn, dn, read_q, hit_blocks, z)
         R["side"][rid] = plan.side
         R["de_blocks"][rid] = plan.de_blocks
         de_bytes = plan.de_blocks * z * self.kvb
@@ -350,10 +354,9 @@ class Simulator:
         R["read_bytes_pe"][rid] = pe_bytes
         R["read_bytes_de"][rid] = de_bytes
         self._pending_place[rid]["reads"] = 0
-        for node, nbytes in ((self.node_of[pe], pe_bytes), (self.node_of[de], de_bytes)):
+        for node, nbytes in ((pn, pe_bytes), (dn, de_bytes)):
             if nbytes > 0:
                 self._pending_place[rid]["reads"] += 1
-                read_q[node] = read_q.get(node, 0.0) + nbytes / self.kvb
                 self._admit_or_wait(node, rid, nbytes)
         if self._pending_place[rid]["reads"] == 0:
             self._push(self.now, _READ_DONE, rid)
@@ -403,7 +406,8 @@ class Simulator:
         for e in unit.engines:
             if not self.ready[e]:
                 continue
-            fifo = [BatchItem(item[0], item[1], item[2]) for item in self.ready[e]]
+            # the batch formers stop at the quota / token cap long before this many requests
+            fifo = [BatchItem(item[0], item[1], item[2]) for item in itertools.islice(self.ready[e], _MAX_BATCH_REQUESTS)]
             per_token_kv = self.kvb * (cfg.layerwise_depth / L if cfg.prefill == "layerwise" else 1.0)
             max_kv = self.pe_free_hbm / per_token_kv
             batch = self.sched.form_pe_batch(fifo, time_model=self.time_model, max_tokens=cfg.basic_max_batch_tokens,

@@ -28,7 +28,8 @@ class SimConfig:
       alpha_s, beta_s: Algorithm 1 thresholds in seconds of node read rate / engine prefill rate
         (paper: 3 s and 5 s), converted to tokens at start.
       z_factor, compute_quota_s: DE phase-2 slack (1.05) and PE compute quota (0.300 s).
-      fetch_period_s: how long a group leader waits before pulling new work after a change.
+      fetch_period_s: how long a group leader waits before pulling new work after a change (the
+        paper gives no period; 20 ms is an assumption).
       basic_max_batch_tokens: new-token cap of a FIFO (round_robin) prefill batch.
       layerwise_depth: layers of KV in flight on a PE in layer-wise mode (2 = double buffering).
       activation_reserve_bytes: HBM a PE keeps for activations.
@@ -50,7 +51,7 @@ class SimConfig:
     beta_s: float = 5.0
     z_factor: float = 1.05
     compute_quota_s: float = 0.300
-    fetch_period_s: float = 0.005
+    fetch_period_s: float = 0.020
     basic_max_batch_tokens: int = 16384
     layerwise_depth: int = 2
     activation_reserve_bytes: float = 4e9

@@ -101,14 +101,19 @@ def reserve(servers, nbytes: float, earliest: float) -> tuple[float, float]:
     """
     if nbytes <= 0 or not servers:
         return earliest, earliest
-    slow = min(servers, key=lambda s: s.rate)
-    start = max(earliest, max(s.free_at for s in servers))
+    slow = servers[0]
+    start = earliest
+    for s in servers:
+        if s.rate < slow.rate:
+            slow = s
+        if s.free_at > start:
+            start = s.free_at
     for s in servers:
         dt = nbytes / s.rate
         if s is slow:
             s.free_at = start + dt
         else:
-            s.free_at = max(s.free_at, earliest) + dt
+            s.free_at = (s.free_at if s.free_at > earliest else earliest) + dt
         s.bytes += nbytes
         s.busy_s += dt
     return start, start + nbytes / slow.rate

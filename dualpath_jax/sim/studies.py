@@ -87,3 +87,7 @@ def ablation(config, workdir: Path, log: Callable[[str], None] = print) -> dict:
 
 
 STUDIES = {"ablation": ablation}
+
+from dualpath_jax.sim.studies_paper import PAPER_STUDIES  # noqa: E402  (the other figures and tables)
+
+STUDIES.update(PAPER_STUDIES)

@@ -1,0 +1,240 @@
+"""Online studies of the paper and the scale-out table.
+
+* :func:`online`  Fig. 10/11: TTFT, TTST, TPOT and trajectory completion time vs APS per
+  system; max APS under the SLO (TTFT <= 4 s, TPOT <= 50 ms on the mean) per system.
+* :func:`ttft_breakdown`  Fig. 12 left: TTFT split into scheduling, read wait, read transfer,
+  prefill queue and prefill compute vs APS.
+* :func:`working_set`  paper section 8.2: working set vs APS from the online runs.
+* :func:`table3`  Table 3: offline JCT and online TTFT/TTST/TPOT of a small and a large cluster.
+
+Online runs (``studies_common.online_run``) replay ``workload.num_agents`` agents arriving as a
+Poisson process at the APS: a bounded run per rate, so a higher rate packs the same agents into
+a shorter arrival window (more load). With fewer agents than the cluster holds at steady state
+(about APS x trajectory time), the run never reaches it and latencies are optimistic; the
+configs size ``num_agents`` for that and say where a quick variant does not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dualpath_jax.metrics import writers
+from dualpath_jax.metrics.latency import SLO, max_aps_under_slo
+from dualpath_jax.sim import analysis
+from dualpath_jax.sim.studies_common import (TTFT_COMPONENTS, as_dict, cluster_label, offline_run, online_run,
+                                             parse_cluster, plot_panels, plot_stacked, ratio, sim_config,
+                                             workload_for)
+
+__all__ = ["online", "ttft_breakdown", "working_set", "table3"]
+
+
+def _curve_row(row_label: str, run) -> dict:
+    s = run.stats
+    return {"model": row_label, "variant": run.variant, "aps": run.aps, "ttft_mean_s": s["ttft_mean_s"],
+            "ttft_p99_s": s["ttft_p99_s"], "ttst_mean_s": s["ttst_mean_s"], "tpot_mean_ms": s["tpot_mean_s"] * 1e3,
+            "tpot_p99_ms": s["tpot_p99_s"] * 1e3, "completion_mean_s": s["completion_mean_s"],
+            "requests": s["num_requests"]}
+
+
+def online(config, workdir: Path, log=print) -> dict:
+    """Paper Fig. 10/11 for each model row (``config.rows`` in ``config.row_order``: ``label``,
+    ``sim`` overrides, ``aps_grid``, ``initial_aps``) and variant. The curves hold the grid and
+    every rate the max-APS search (``metrics.latency.max_aps_under_slo`` with ``config.slo`` and
+    ``config.search``) evaluated. Writes ``online.json``, ``online_curves.md/.csv``,
+    ``online_max_aps.md/.csv``, ``online_latency.png``, ``online_completion.png``."""
+    workdir = Path(workdir)
+    slo = SLO(**as_dict(config.slo))
+    search = as_dict(config.search)
+    seed = int(config.arrival_seed)
+    wl = workload_for(config)
+    curves, max_rows, trials = [], [], {}
+    found: dict[tuple, float] = {}
+    lat_panels, comp_panels = [], []
+    for row in config.row_order:
+        rc = config.rows[row]
+        base = sim_config(config.sim, rc.sim)
+        log(f"{rc.label}: {base.model} {cluster_label(base)}, {wl.num_agents} agents of MAL {wl.mal} per run")
+        per_variant = {}
+        for v in config.variants:
+            rates = {float(a) for a in rc.aps_grid}
+            for a in sorted(rates):
+                online_run(base, v, wl, a, seed, log)
+            if search.get("enabled", True):
+                res = max_aps_under_slo(lambda a, v=v: online_run(base, v, wl, a, seed, log).table, slo,
+                                        initial_aps=float(rc.initial_aps), min_aps=float(search["min_aps"]),
+                                        max_aps=float(search["max_aps"]), rel_tol=float(search["rel_tol"]),
+                                        max_runs=int(search["max_runs"]))
+                found[(row, v)] = res.aps
+                trials[f"{row}/{v}"] = res.trials
+                rates |= {t.aps for t in res.trials}
+                max_rows.append({"model": rc.label, "variant": v, "max_aps": res.aps, "bracketed": res.bracketed,
+                                 "runs": len(res.trials)})
+                log(f"  {v}: max APS under SLO {res.aps:.4g} ({'bracketed' if res.bracketed else 'NOT bracketed'}, "
+                    f"{len(res.trials)} runs)")
+            per_variant[v] = [online_run(base, v, wl, a, seed, None) for a in sorted(rates)]
+            curves += [_curve_row(rc.label, r) for r in per_variant[v]]
+        x = {v: [r.aps for r in runs] for v, runs in per_variant.items()}
+        series = lambda key, k=1.0: {v: [r.stats[key] * k for r in runs] for v, runs in per_variant.items()}  # noqa: E731
+        lat_panels += [
+            {"title": f"{rc.label}: TTFT", "x": x, "series": series("ttft_mean_s"), "xlabel": "APS",
+             "ylabel": "mean TTFT (s)", "hline": slo.ttft_s, "logx": True},
+            {"title": f"{rc.label}: TTST", "x": x, "series": series("ttst_mean_s"), "xlabel": "APS",
+             "ylabel": "mean TTST (s)", "logx": True},
+            {"title": f"{rc.label}: TPOT", "x": x, "series": series("tpot_mean_s", 1e3), "xlabel": "APS",
+             "ylabel": "mean TPOT (ms)", "hline": slo.tpot_s * 1e3, "logx": True}]
+        comp_panels.append({"title": rc.label, "x": x, "series": series("completion_mean_s"), "xlabel": "APS",
+                            "ylabel": "mean trajectory completion (s)", "logx": True})
+    for r in max_rows:
+        row = next(k for k in config.row_order if config.rows[k].label == r["model"])
+        r["gain_vs_basic"] = ratio(r["max_aps"], found.get((row, "basic"), float("nan")))
+        r["over_oracle"] = ratio(r["max_aps"], found.get((row, "oracle"), float("nan")))
+    writers.write_table(workdir / "online_curves", curves, title=f"Online serving vs APS ({wl.num_agents} agents, "
+                        f"MAL {wl.mal} per run; simulated)")
+    writers.write_table(workdir / "online_max_aps", max_rows, title=f"Max APS under SLO (mean TTFT <= {slo.ttft_s:g} s,"
+                        f" mean TPOT <= {slo.tpot_s * 1e3:g} ms; simulated)")
+    plot_panels(workdir / "online_latency.png", lat_panels, ncols=3, title="Online latency vs APS (Fig. 10/11)")
+    plot_panels(workdir / "online_completion.png", comp_panels, ncols=len(comp_panels),
+                title="Trajectory completion time vs APS")
+    writers.write_json(workdir / "online.json", {"curves": curves, "max_aps": max_rows, "trials": trials, "slo": slo})
+    named: dict = {}
+    gains = []
+    for row in config.row_order:
+        for v in config.variants:
+            if (row, v) in found:
+                named[f"max_aps_{row}_{v}"] = found[(row, v)]
+        if (row, "basic") in found and (row, "dualpath") in found:
+            gains.append(ratio(found[(row, "dualpath")], found[(row, "basic")]))
+            named[f"aps_gain_{row}_dualpath_vs_basic"] = gains[-1]
+        if (row, "oracle") in found and (row, "dualpath") in found:
+            named[f"dualpath_over_oracle_aps_{row}"] = ratio(found[(row, "dualpath")], found[(row, "oracle")])
+    if gains:
+        named["mean_aps_gain_dualpath_vs_basic"] = float(np.nanmean(gains))
+    named["unbracketed_searches"] = sum(1 for r in max_rows if not r["bracketed"])
+    return named
+
+
+def ttft_breakdown(config, workdir: Path, log=print) -> dict:
+    """Paper Fig. 12 left: mean TTFT components (``studies_common.ttft_components``) vs APS
+    (``config.aps_grid``) for each of ``config.variants``. Writes ``ttft_breakdown.json``,
+    ``ttft_breakdown.md/.csv`` and ``ttft_breakdown_<variant>.png``."""
+    workdir = Path(workdir)
+    base = sim_config(config.sim)
+    wl = workload_for(config)
+    rows = []
+    for v in config.variants:
+        runs = [online_run(base, v, wl, float(a), int(config.arrival_seed), log) for a in config.aps_grid]
+        for r in runs:
+            row = {"variant": v, "aps": r.aps, "ttft_mean_s": r.stats["ttft_mean_s"]}
+            for c in TTFT_COMPONENTS:
+                row[c] = r.stats[f"{c}_mean"]
+            rows.append(row)
+        plot_stacked(workdir / f"ttft_breakdown_{v}.png", [f"{r.aps:g}" for r in runs],
+                     {c: [r.stats[f"{c}_mean"] for r in runs] for c in TTFT_COMPONENTS}, xlabel="APS",
+                     ylabel="mean TTFT (s)", title=f"TTFT breakdown, {v} ({base.model} {cluster_label(base)})")
+    writers.write_table(workdir / "ttft_breakdown", rows, title=f"TTFT breakdown vs APS ({base.model} "
+                        f"{cluster_label(base)}, {wl.num_agents} agents of MAL {wl.mal}; simulated)")
+    writers.write_json(workdir / "ttft_breakdown.json", {"rows": rows, "components": TTFT_COMPONENTS})
+    named: dict = {}
+    for v in config.variants:
+        top = max((r for r in rows if r["variant"] == v), key=lambda r: r["aps"])
+        named[f"ttft_mean_s_{v}_at_aps_{top['aps']:g}"] = top["ttft_mean_s"]
+        for c in TTFT_COMPONENTS:
+            named[f"share_{c[:-2]}_{v}_at_aps_{top['aps']:g}"] = ratio(top[c], top["ttft_mean_s"])
+    return named
+
+
+def working_set(config, workdir: Path, log=print) -> dict:
+    """Paper section 8.2: working set ``APS x mean completion x mean total / 2 x KV bytes/token``
+    (``sim.analysis.working_set_bytes``) from online runs at ``config.aps_grid``, beside the
+    simulated time-averaged hit KV of live agents over the arrival window and the cluster's DRAM
+    buffer. Writes ``working_set.json``, ``working_set.md/.csv``, ``working_set.png``."""
+    workdir = Path(workdir)
+    base = sim_config(config.sim)
+    wl = workload_for(config)
+    dram = (base.prefill_nodes + base.decode_nodes) * base.hardware.dram_buffer_bytes
+    rows = []
+    for v in config.variants:
+        for a in config.aps_grid:
+            s = online_run(base, v, wl, float(a), int(config.arrival_seed), log).stats
+            ws = analysis.working_set_bytes(float(a), s["completion_mean_s"], s["mean_total_tokens"],
+                                            s["kv_bytes_per_token"])
+            rows.append({"variant": v, "aps": float(a), "completion_mean_s": s["completion_mean_s"],
+                         "mean_total_tokens": s["mean_total_tokens"], "kv_bytes_per_token": s["kv_bytes_per_token"],
+                         "live_agents_est": float(a) * s["completion_mean_s"], "working_set_GB": ws / 1e9,
+                         "sim_live_kv_GB": s["live_kv_bytes"] / 1e9, "working_set_over_cluster_dram": ws / dram})
+    writers.write_table(workdir / "working_set", rows, title=f"Working set vs APS ({base.model} {cluster_label(base)},"
+                        f" MAL {wl.mal}; estimate of paper section 8.2 from simulated completion times)")
+    x = {v: [r["aps"] for r in rows if r["variant"] == v] for v in config.variants}
+    series = {f"estimate {v}": [r["working_set_GB"] for r in rows if r["variant"] == v] for v in config.variants}
+    series.update({f"sim live KV {v}": [r["sim_live_kv_GB"] for r in rows if r["variant"] == v]
+                   for v in config.variants})
+    plot_panels(workdir / "working_set.png", [{"title": "working set", "x": {k: x[k.split()[-1]] for k in series},
+                                               "series": series, "xlabel": "APS", "ylabel": "GB", "logx": True,
+                                               "hline": dram / 1e9}],
+                ncols=1, title="Working set vs APS (dashed: cluster DRAM buffer)")
+    writers.write_json(workdir / "working_set.json", {"rows": rows, "cluster_dram_buffer_bytes": dram})
+    named: dict = {}
+    for v in config.variants:
+        vr = [r for r in rows if r["variant"] == v]
+        top = max(vr, key=lambda r: r["aps"])
+        named[f"working_set_GB_{v}_at_aps_{top['aps']:g}"] = top["working_set_GB"]
+        named[f"sim_live_kv_GB_{v}_at_aps_{top['aps']:g}"] = top["sim_live_kv_GB"]
+        named[f"working_set_GB_per_aps_{v}"] = float(np.mean([r["working_set_GB"] / r["aps"] for r in vr]))
+    return named
+
+
+def table3(config, workdir: Path, log=print) -> dict:
+    """Paper Table 3: offline JCT of ``config.offline_cases`` (``(cluster, agents)``) and online
+    mean TTFT / TTST / TPOT of ``config.online_cases`` (``(cluster, aps, agents)``) for each of
+    ``config.variants``. Writes ``table3.json``, ``table3.md/.csv``, ``table3.png``."""
+    workdir = Path(workdir)
+    rows = []
+    for cluster, n in config.offline_cases:
+        p, d = parse_cluster(cluster, "offline_cases")
+        base = sim_config(config.sim, {"prefill_nodes": p, "decode_nodes": d})
+        for v in config.variants:
+            s = offline_run(base, v, workload_for(config, num_agents=int(n)), log)
+            rows.append({"mode": "offline", "cluster": cluster, "gpus": (p + d) * base.hardware.gpus_per_node,
+                         "agents": int(n), "aps": None, "variant": v, "jct_s": s["jct_s"], "ttft_mean_s": s["ttft_mean_s"],
+                         "ttst_mean_s": s["ttst_mean_s"], "tpot_ms": s["tpot_s"] * 1e3, "wall_s": s["wall_s"]})
+    for cluster, aps, n in config.online_cases:
+        p, d = parse_cluster(cluster, "online_cases")
+        base = sim_config(config.sim, {"prefill_nodes": p, "decode_nodes": d})
+        for v in config.variants:
+            s = online_run(base, v, workload_for(config, num_agents=int(n)), float(aps), int(config.arrival_seed),
+                           log).stats
+            rows.append({"mode": "online", "cluster": cluster, "gpus": (p + d) * base.hardware.gpus_per_node,
+                         "agents": int(n), "aps": float(aps), "variant": v, "jct_s": None,
+                         "ttft_mean_s": s["ttft_mean_s"], "ttst_mean_s": s["ttst_mean_s"],
+                         "tpot_ms": s["tpot_mean_s"] * 1e3, "wall_s": s["wall_s"]})
+    writers.write_table(workdir / "table3", rows, title=f"Table 3: scale-out ({config.sim.model}, MAL "
+                        f"{config.workload.mal}; simulated)")
+    off = [r for r in rows if r["mode"] == "offline"]
+    on = [r for r in rows if r["mode"] == "online"]
+    panels = []
+    for v in config.variants:
+        panels.append({"title": f"offline JCT ({v})", "x": [r["gpus"] for r in off if r["variant"] == v],
+                       "series": {"JCT (s)": [r["jct_s"] for r in off if r["variant"] == v]}, "xlabel": "GPUs",
+                       "ylabel": "s", "logx": True})
+        panels.append({"title": f"online latency ({v})", "x": [r["gpus"] for r in on if r["variant"] == v],
+                       "series": {"TTFT (s)": [r["ttft_mean_s"] for r in on if r["variant"] == v],
+                                  "TTST (s)": [r["ttst_mean_s"] for r in on if r["variant"] == v],
+                                  "TPOT (s)": [r["tpot_ms"] / 1e3 for r in on if r["variant"] == v]},
+                       "xlabel": "GPUs", "ylabel": "s", "logx": True})
+    plot_panels(workdir / "table3.png", panels, ncols=2, title="Scale-out (Table 3)")
+    writers.write_json(workdir / "table3.json", {"rows": rows})
+    named: dict = {}
+    for v in config.variants:
+        jct = [r for r in off if r["variant"] == v]
+        for r in jct:
+            named[f"jct_s_{r['cluster']}_{r['agents']}_{v}"] = r["jct_s"]
+        if len(jct) >= 2:
+            named[f"jct_ratio_large_over_small_{v}"] = ratio(jct[-1]["jct_s"], jct[0]["jct_s"])
+        for r in (r for r in on if r["variant"] == v):
+            tag = f"{r['cluster']}_{r['aps']:g}aps_{v}"
+            named[f"ttft_s_{tag}"] = r["ttft_mean_s"]
+            named[f"ttst_s_{tag}"] = r["ttst_mean_s"]
+            named[f"tpot_ms_{tag}"] = r["tpot_ms"]
+    return named
