@@ -96,9 +96,14 @@ class _Unit:
 
 
 class Simulator:
-    """One run of :class:`SimConfig` over a list of :class:`SimAgent` (call :meth:`run`)."""
+    """One run of :class:`SimConfig` over a list of :class:`SimAgent` (call :meth:`run`).
 
-    def __init__(self, config: SimConfig, agents: Sequence[SimAgent]):
+    ``scheduler_cls`` swaps in a :class:`~dualpath_jax.sched.ClusterScheduler` subclass, e.g. one
+    overriding ``read_plan`` to try a new read-side policy; the runtime calls it exactly as it
+    calls the built-in one.
+    """
+
+    def __init__(self, config: SimConfig, agents: Sequence[SimAgent], *, scheduler_cls: type = ClusterScheduler):
         self.cfg = cfg = config
         hw = cfg.hardware
         self.spec = spec = cfg.spec
@@ -147,7 +152,7 @@ class Simulator:
         prompt_tokens_per_s = self.pe_model.prefill_tokens_per_s(ctx, app) * (ctx + app) / app
         alpha = cfg.alpha_s * hw.node_snic_bytes_per_s / self.kvb
         beta = cfg.beta_s * prompt_tokens_per_s
-        self.sched = ClusterScheduler(SchedulerConfig(policy=cfg.policy, loading=cfg.loading, alpha_tokens=alpha,
+        self.sched = scheduler_cls(SchedulerConfig(policy=cfg.policy, loading=cfg.loading, alpha_tokens=alpha,
                                                       beta_tokens=beta, z_factor=cfg.z_factor,
                                                       compute_quota_s=cfg.compute_quota_s), pe_groups, de_groups)
         self.alpha_tokens, self.beta_tokens = alpha, beta
@@ -573,6 +578,7 @@ class Simulator:
         self._request_tick()
 
 
-def simulate(config: SimConfig, agents: Sequence[SimAgent], *, max_events: int | None = None) -> SimResult:
+def simulate(config: SimConfig, agents: Sequence[SimAgent], *, max_events: int | None = None,
+             scheduler_cls: type = ClusterScheduler) -> SimResult:
     """Run the simulator once; see :class:`Simulator`."""
-    return Simulator(config, agents).run(max_events=max_events)
+    return Simulator(config, agents, scheduler_cls=scheduler_cls).run(max_events=max_events)

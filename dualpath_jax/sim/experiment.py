@@ -79,15 +79,18 @@ def summarize(result: SimResult, ts: TrajectorySet | None, *, window_s: float = 
     return out
 
 
-def run_offline(base: SimConfig, ts: TrajectorySet, variants: Sequence[str], *, log=print) -> dict[str, dict]:
-    """Offline runs (all agents at t = 0) of each variant; returns ``{variant: summary}``."""
+def run_offline(base: SimConfig, ts: TrajectorySet, variants: Sequence[str], *, log=print,
+                scheduler_cls: type | None = None) -> dict[str, dict]:
+    """Offline runs (all agents at t = 0) of each variant; returns ``{variant: summary}``.
+
+    ``scheduler_cls``: optional ClusterScheduler subclass used for every variant (a new policy)."""
     starts = offline_starts(ts)
     agents = agents_from_trajectories(ts, starts)
     out = {}
     for name in variants:
         cfg = variant_config(base, name)
         t0 = time.perf_counter()
-        res = Simulator(cfg, agents).run()
+        res = (Simulator(cfg, agents) if scheduler_cls is None else Simulator(cfg, agents, scheduler_cls=scheduler_cls)).run()
         summary = summarize(res, ts)
         summary["wall_s"] = time.perf_counter() - t0
         out[name] = summary
