@@ -103,3 +103,33 @@ def test_invalid_sim_configs_name_field():
         Simulator(SimConfig(), [agent([2_000_000], [2])])
     with pytest.raises(ConfigError, match=r"agents\[0\]"):
         Simulator(SimConfig(), [agent([10, 10], [2])])
+
+
+def test_fit_compute_model_recovers_known_coefficients():
+    from dualpath_jax.sim.compute import ComputeModel, fit_compute_model
+    truth = ComputeModel(prefill_overhead_s=0.01, s_per_token=2e-4, s_per_key=3e-8, decode_overhead_s=0.005,
+                         s_per_sequence=1e-4, s_per_context_token=2e-8)
+    rng = np.random.default_rng(0)
+    pre = []
+    for _ in range(20):
+        cached = rng.integers(0, 5000, 3).tolist()
+        bsz = rng.integers(1, 300, 3).tolist()
+        pre.append((cached, bsz, truth.prefill_time_s(cached, bsz)))
+    dec = [(b, c, truth.decode_step_s(b, c)) for b, c in zip(rng.integers(1, 64, 10), rng.integers(100, 90000, 10))]
+    fit = fit_compute_model(pre, dec)
+    for f in ("prefill_overhead_s", "s_per_token", "s_per_key", "decode_overhead_s", "s_per_sequence",
+              "s_per_context_token"):
+        assert getattr(fit, f) == pytest.approx(getattr(truth, f), rel=1e-6)
+    with pytest.raises(ValueError, match="prefill_samples"):
+        fit_compute_model(pre[:2])
+
+
+def test_explicit_compute_model_is_used():
+    from dualpath_jax.sim.compute import ComputeModel
+    model = ComputeModel(prefill_overhead_s=0.5, s_per_token=0.0, s_per_key=0.0, decode_overhead_s=0.1)
+    cfg = SimConfig(loading="oracle", compute=model, fetch_period_s=FETCH)
+    res = simulate(cfg, [agent([100], [11])])
+    # tick, one 0.5 s forward, then 10 decode steps of 0.1 s
+    assert res.end_s == pytest.approx(FETCH + 0.5 + 10 * 0.1, rel=1e-12)
+    with pytest.raises(ConfigError, match="sim.compute"):
+        SimConfig(compute={"prefill_overhead_s": 1.0})

@@ -118,6 +118,8 @@ class Simulator:
                                               ep_size=n_de, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
                                               prefill_layer_overhead_s=cfg.prefill_layer_overhead_s,
                                               eff_memory=cfg.eff_memory)
+        if cfg.compute is not None:
+            self.pe_model = self.de_model = cfg.compute
         usable = hw.hbm_bytes * hw.hbm_usable_fraction
         self.pe_free_hbm = usable - self.pe_model.weight_bytes_per_gpu - cfg.activation_reserve_bytes
         self.de_hbm = usable - self.de_model.weight_bytes_per_gpu

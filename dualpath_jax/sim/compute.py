@@ -35,7 +35,8 @@ from dualpath_jax.config import check_non_negative, check_positive
 from dualpath_jax.model import cost
 from dualpath_jax.model.spec import ModelSpec, get_spec
 
-__all__ = ["ComputeModel", "calibrate_from_public", "ASSUMED_CONTEXT_TOKENS", "PUBLIC_FIGURES"]
+__all__ = ["ComputeModel", "calibrate_from_public", "fit_compute_model", "weight_bytes_per_gpu",
+           "ASSUMED_CONTEXT_TOKENS", "PUBLIC_FIGURES"]
 
 ASSUMED_CONTEXT_TOKENS = 4096
 """Mean context of DeepSeek's public online traffic (not published; an assumption)."""
@@ -54,46 +55,44 @@ PUBLIC_FIGURES = {
 
 @dataclasses.dataclass(frozen=True)
 class ComputeModel:
-    """Prefill/decode time model of one engine (see module docstring).
+    """Linear time model of one engine, in seconds (see the module docstring for the physics).
+
+    Prefill, one forward over pairs ``(cached_i, bsz_i)``::
+
+        prefill_overhead_s + s_per_token * sum(bsz) + s_per_key * sum(keys_i) + s_per_index_key * sum(all_keys_i)
+
+    where ``keys_i = sum_{j<bsz_i} min(cached_i + j + 1, topk)`` (DSA caps the keys a query attends
+    to; without DSA ``topk`` is infinite) and ``all_keys_i`` is the same sum uncapped (the DSA
+    indexer scores every key). Decode, one step of ``B`` sequences holding ``ctx`` tokens::
+
+        decode_overhead_s + s_per_sequence * B + s_per_context_token * min(ctx, B * topk)
+
+    :func:`calibrate_from_public` derives the coefficients from FLOPs, bytes and public
+    throughput figures; :func:`fit_compute_model` fits them to measured forwards (the real
+    engine's profile) by least squares.
 
     Attributes:
-      eff_linear, eff_attention: fractions of ``peak_flops`` reached by GEMMs / attention.
-      eff_memory: fraction of HBM bandwidth reached by decode.
-      prefill_layer_overhead_s, decode_layer_overhead_s: fixed seconds per layer per forward / step.
-      weight_bytes_per_gpu: weights an engine reads per decode step (resident weights share).
-      kv_bytes_per_token: KV bytes per token (all layers) read by decode attention.
+      weight_bytes_per_gpu: resident weights, for HBM capacity (not a time term).
+      topk: DSA top-k, or None for dense attention.
     """
 
-    spec: ModelSpec
-    peak_flops: float
-    hbm_bytes_per_s: float
-    eff_linear: float
-    eff_attention: float
-    eff_memory: float
-    prefill_layer_overhead_s: float
-    decode_layer_overhead_s: float
-    weight_bytes_per_gpu: float
-    kv_bytes_per_token: float
+    prefill_overhead_s: float
+    s_per_token: float
+    s_per_key: float
+    s_per_index_key: float = 0.0
+    decode_overhead_s: float = 0.0
+    s_per_sequence: float = 0.0
+    s_per_context_token: float = 0.0
+    weight_bytes_per_gpu: float = 0.0
+    topk: int | None = None
 
     def __post_init__(self):
-        for f in ("peak_flops", "hbm_bytes_per_s", "eff_linear", "eff_attention", "eff_memory"):
-            check_positive(f"compute.{f}", getattr(self, f))
-        for f in ("prefill_layer_overhead_s", "decode_layer_overhead_s", "weight_bytes_per_gpu",
-                  "kv_bytes_per_token"):
+        for f in ("prefill_overhead_s", "s_per_token", "s_per_key", "s_per_index_key", "decode_overhead_s",
+                  "s_per_sequence", "s_per_context_token", "weight_bytes_per_gpu"):
             check_non_negative(f"compute.{f}", getattr(self, f))
-        spec = self.spec
-        # scalar constants for the hot path (same formulas as dualpath_jax.model.cost.prefill_flops)
-        probe = cost.prefill_flops(spec, 0, 1)
-        set_ = object.__setattr__
-        set_(self, "_lin_s_per_token", float(probe["linear"]) / (self.peak_flops * self.eff_linear))
-        per_key = float(probe["attention"]) + float(probe["indexer"])  # one token attending one key
-        attn_per_key = float(probe["attention"])
-        set_(self, "_attn_s_per_key", attn_per_key / (self.peak_flops * self.eff_attention))
-        set_(self, "_idx_s_per_key", (per_key - attn_per_key) / (self.peak_flops * self.eff_attention))
-        set_(self, "_topk", spec.index_topk if spec.index_n_heads else None)
-        set_(self, "_overhead_s", spec.n_layers * self.prefill_layer_overhead_s)
 
-    def _keys(self, cached: float, bsz: float, cap) -> float:
+    @staticmethod
+    def _keys(cached: float, bsz: float, cap) -> float:
         first, last = cached + 1.0, cached + bsz
         total = (first + last) * bsz / 2.0
         if cap is None or last <= cap:
@@ -112,9 +111,9 @@ class ComputeModel:
         t = 0.0
         for c, b in zip(cached, bsz):
             if b > 0:
-                t += self._attn_s_per_key * self._keys(c, b, self._topk)
-                if self._idx_s_per_key:
-                    t += self._idx_s_per_key * self._keys(c, b, None)
+                t += self.s_per_key * self._keys(c, b, self.topk)
+                if self.s_per_index_key:
+                    t += self.s_per_index_key * self._keys(c, b, None)
         return t
 
     def time_s(self, cached: int, bsz: int) -> float:
@@ -126,21 +125,51 @@ class ComputeModel:
         tokens = sum(bsz)
         if tokens <= 0:
             return 0.0
-        return self._overhead_s + self._lin_s_per_token * tokens + self.attention_time_s(cached, bsz)
+        return self.prefill_overhead_s + self.s_per_token * tokens + self.attention_time_s(cached, bsz)
 
     def decode_step_s(self, batch: int, context_tokens: float) -> float:
         """Seconds of one decode step of ``batch`` sequences holding ``context_tokens`` KV in total."""
         if batch <= 0:
             return 0.0
-        if self.spec.index_n_heads:  # DSA reads at most top-k KV entries per sequence
-            context_tokens = min(context_tokens, batch * self.spec.index_topk)
-        mem = self.weight_bytes_per_gpu + context_tokens * self.kv_bytes_per_token
-        return self.spec.n_layers * self.decode_layer_overhead_s + mem / (self.hbm_bytes_per_s * self.eff_memory)
+        if self.topk is not None:  # DSA reads at most top-k KV entries per sequence
+            context_tokens = min(context_tokens, batch * self.topk)
+        return self.decode_overhead_s + self.s_per_sequence * batch + self.s_per_context_token * context_tokens
 
     def prefill_tokens_per_s(self, context_tokens: int, append_tokens: int, batch: int = 4) -> float:
         """Computed tokens per second of one engine for ``batch`` equal requests (for alpha/beta)."""
         t = self.prefill_time_s([context_tokens] * batch, [append_tokens] * batch)
         return batch * append_tokens / t
+
+
+def fit_compute_model(prefill_samples, decode_samples=(), *, weight_bytes_per_gpu: float = 0.0) -> ComputeModel:
+    """Least-squares fit of a dense-attention :class:`ComputeModel` to measured engine times.
+
+    Args:
+      prefill_samples: iterable of ``(cached_list, bsz_list, seconds)``: one forward each.
+      decode_samples: iterable of ``(batch, context_tokens, seconds)``: one decode step each.
+
+    Returns:
+      the fitted model (negative coefficients clipped to 0; ``topk`` None).
+
+    Raises:
+      ValueError: fewer prefill samples than coefficients.
+    """
+    rows, ys = [], []
+    for cached, bsz, sec in prefill_samples:
+        keys = sum(ComputeModel._keys(c, b, None) for c, b in zip(cached, bsz) if b > 0)
+        rows.append([1.0, float(sum(bsz)), keys])
+        ys.append(float(sec))
+    if len(rows) < 3:
+        raise ValueError(f"prefill_samples: need at least 3 forwards to fit 3 coefficients, got {len(rows)}")
+    coef = np.clip(np.linalg.lstsq(np.asarray(rows), np.asarray(ys), rcond=None)[0], 0.0, None)
+    dec = np.zeros(3)
+    decode_samples = list(decode_samples)
+    if len(decode_samples) >= 3:
+        a = np.asarray([[1.0, float(b), float(c)] for b, c, _ in decode_samples])
+        dec = np.clip(np.linalg.lstsq(a, np.asarray([float(t) for *_, t in decode_samples]), rcond=None)[0], 0.0, None)
+    return ComputeModel(prefill_overhead_s=float(coef[0]), s_per_token=float(coef[1]), s_per_key=float(coef[2]),
+                        decode_overhead_s=float(dec[0]), s_per_sequence=float(dec[1]),
+                        s_per_context_token=float(dec[2]), weight_bytes_per_gpu=weight_bytes_per_gpu)
 
 
 def weight_bytes_per_gpu(spec: ModelSpec, ep_size: int, weight_dtype: str) -> float:
@@ -161,6 +190,11 @@ def calibrate_from_public(spec: ModelSpec, *, peak_flops: float, hbm_bytes_per_s
 
     The efficiencies are measured on DeepSeek-V3 (the public figures' model) and reused for every
     model; ``peak_flops`` selects the compute dtype (FP8 for DeepSeek models, BF16 for Qwen).
+    Coefficients: ``s_per_token = linear FLOPs per token / (peak * eff)``, ``s_per_key`` (and
+    ``s_per_index_key``) = attention (indexer) FLOPs per query-key pair / (peak * eff),
+    ``prefill_overhead_s = L * prefill_layer_overhead_s``; decode ``overhead = L *
+    decode_layer_overhead + weight bytes / (HBM bw * eff_memory)``, ``s_per_context_token = KV bytes
+    per token / (HBM bw * eff_memory)``.
     """
     pub = PUBLIC_FIGURES
     ref = get_spec("deepseek-v3.2").replace(name="deepseek-v3", index_n_heads=0, index_head_dim=0, index_topk=0)
@@ -179,9 +213,16 @@ def calibrate_from_public(spec: ModelSpec, *, peak_flops: float, hbm_bytes_per_s
     ref_w = weight_bytes_per_gpu(ref, 144, "fp8")  # the public decode deployment spans 18 nodes (EP144)
     mem_s = (ref_w + batch * ctx * ref_kv) / (pub["h800_hbm_bytes_per_s"] * eff_memory)
     decode_layer_overhead = max(step - mem_s, 0.0) / ref.n_layers
+    probe = cost.prefill_flops(spec, 0, 1)
+    weights = weight_bytes_per_gpu(spec, ep_size, weight_dtype)
+    eff_hbm = hbm_bytes_per_s * eff_memory
     return ComputeModel(
-        spec=spec, peak_flops=peak_flops, hbm_bytes_per_s=hbm_bytes_per_s, eff_linear=eff, eff_attention=eff,
-        eff_memory=eff_memory, prefill_layer_overhead_s=prefill_layer_overhead_s,
-        decode_layer_overhead_s=decode_layer_overhead,
-        weight_bytes_per_gpu=weight_bytes_per_gpu(spec, ep_size, weight_dtype),
-        kv_bytes_per_token=cost.kv_bytes_per_token(spec, kv_dtype))
+        prefill_overhead_s=spec.n_layers * prefill_layer_overhead_s,
+        s_per_token=float(probe["linear"]) / (peak_flops * eff),
+        s_per_key=float(probe["attention"]) / (peak_flops * eff),
+        s_per_index_key=float(probe["indexer"]) / (peak_flops * eff),
+        decode_overhead_s=spec.n_layers * decode_layer_overhead + weights / eff_hbm,
+        s_per_sequence=0.0,
+        s_per_context_token=cost.kv_bytes_per_token(spec, kv_dtype) / eff_hbm,
+        weight_bytes_per_gpu=weights,
+        topk=spec.index_topk if spec.index_n_heads else None)

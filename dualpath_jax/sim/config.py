@@ -8,6 +8,7 @@ from dualpath_jax.config import ConfigError, check_in, check_positive
 from dualpath_jax.model import cost
 from dualpath_jax.model.spec import get_spec
 from dualpath_jax.sched.types import LOADINGS, POLICIES
+from dualpath_jax.sim.compute import ComputeModel
 from dualpath_jax.sim.hardware import HardwareConfig
 
 __all__ = ["SimConfig", "PREFILL_MODES"]
@@ -35,6 +36,8 @@ class SimConfig:
       activation_reserve_bytes: HBM a PE keeps for activations.
       ep_sync: DP-attention groups wait for their slowest member (default: MoE models).
       prefill_layer_overhead_s, eff_memory: compute-model assumptions (see ``sim.compute``).
+      compute: an explicit :class:`~dualpath_jax.sim.compute.ComputeModel` for every engine
+        (e.g. fitted to a real engine's measured forwards); replaces the public calibration.
     """
 
     model: str = "deepseek-v3.2"
@@ -58,6 +61,7 @@ class SimConfig:
     ep_sync: bool | None = None
     prefill_layer_overhead_s: float = 0.5e-3
     eff_memory: float = 0.7
+    compute: ComputeModel | None = None
 
     def __post_init__(self):
         get_spec(self.model)
@@ -74,6 +78,8 @@ class SimConfig:
             check_positive(f"sim.{f}", getattr(self, f))
         if self.z_factor < 1.0:
             raise ConfigError("sim.z_factor", f"must be >= 1 (got {self.z_factor})")
+        if self.compute is not None and not isinstance(self.compute, ComputeModel):
+            raise ConfigError("sim.compute", f"must be a ComputeModel or None (got {type(self.compute).__name__})")
         if not isinstance(self.hardware, HardwareConfig):
             raise ConfigError("sim.hardware", f"must be a HardwareConfig (got {type(self.hardware).__name__})")
 
