@@ -70,7 +70,9 @@ class ClusterScheduler:
         self._side_cursor = 0
         # round_robin: per-group pending (req, engine); dualpath: global and private FIFO queues
         self._pending_pe: dict[int, collections.deque] = {g: collections.deque() for g in pe_groups}
-        self._pending_de: dict[int, collections.deque] = {g: collections.deque() for g in de_groups}
+        # round_robin DE placements: group -> engine -> FIFO of requests waiting for that engine's HBM
+        self._pending_de: dict[int, dict[int, collections.deque]] = {
+            g: {e: collections.deque() for e in engines} for g, engines in de_groups.items()}
         self._pe_queue: collections.deque[SchedRequest] = collections.deque()
         self._de_queue: collections.deque[SchedRequest] = collections.deque()
         self._private: dict[int, collections.deque[SchedRequest]] = {g: collections.deque() for g in de_groups}
@@ -113,7 +115,7 @@ class ClusterScheduler:
         if self.config.policy == "round_robin":
             engine = self._de_cycle[self._de_cursor % len(self._de_cycle)]
             self._de_cursor += 1
-            self._pending_de[self._group_of[engine]].append((req, engine))
+            self._pending_de[self._group_of[engine]][engine].append(req)
             self._n_pending_de += 1
         else:
             self._de_queue.append(req)
@@ -123,17 +125,17 @@ class ClusterScheduler:
         if group_id not in self.de_groups:
             raise KeyError(f"group_id: {group_id} is not a DE group")
         if self.config.policy == "round_robin":
-            # cyclic placement was fixed at PE time; a request still waits until its DE has HBM
-            free = {e.engine_id: e.free_hbm_bytes for e in loads}
-            pending = self._pending_de[group_id]
-            out, keep = [], collections.deque()
-            for r, e in pending:
-                if free.get(e, float("inf")) >= r.hbm_bytes and not any(k[1] == e for k in keep):
-                    free[e] = free.get(e, float("inf")) - r.hbm_bytes
-                    out.append(Assignment(r, e, "de"))
-                else:
-                    keep.append((r, e))  # FIFO per engine: later requests for e wait behind it
-            self._pending_de[group_id] = keep
+            # cyclic placement was fixed at PE time; a request still waits until its DE has HBM,
+            # in FIFO order per engine
+            out = []
+            for load in loads:
+                queue = self._pending_de[group_id].get(load.engine_id)
+                free = load.free_hbm_bytes
+                while queue and free >= queue[0].hbm_bytes:
+                    r = queue.popleft()
+                    free -= r.hbm_bytes
+                    out.append(Assignment(r, load.engine_id, "de"))
+            out.sort(key=lambda a: a.request.request_id)
             self._n_pending_de -= len(out)
             return out
         self._group_tok[group_id] = sum(e.tok for e in loads)
@@ -154,7 +156,7 @@ class ClusterScheduler:
         a runtime may call it to learn which groups have new work (``round_robin``: groups with
         pending placements)."""
         if self.config.policy == "round_robin":
-            return {g for g, q in self._pending_de.items() if q}
+            return {g for g, per_engine in self._pending_de.items() if any(per_engine.values())}
         if not self._de_queue:
             return set()
         group_tok = {g: self._group_tok[g] + self._private_tok[g] for g in self.de_groups}
@@ -171,7 +173,7 @@ class ClusterScheduler:
 
     def has_de_work(self, group_id: int) -> bool:
         """Whether a DE group has requests waiting for it (after phase 1)."""
-        return bool(self._private[group_id] or self._pending_de[group_id])
+        return bool(self._private[group_id] or any(self._pending_de[group_id].values()))
 
     # ---- stage 3: read side ---------------------------------------------------------------
     def read_plan(self, req: SchedRequest, pe_node: int, de_node: int, read_q: Mapping[int, float],
