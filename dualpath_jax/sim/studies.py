@@ -74,9 +74,8 @@ def ablation(config, workdir: Path, log: Callable[[str], None] = print) -> dict:
                                                     "mal": config.mal})
     writers.write_table(workdir / "ablation", rows, title=f"Ablation ({base.model}, {base.prefill_nodes}P"
                         f"{base.decode_nodes}D, MAL {config.mal}, agents {list(per_size)}; JCT averaged)")
-    writers.plot_lines(workdir / "ablation.png", list(range(len(variants))),
-                       {"JCT (s)": [summary[v]["jct_s"] for v in variants]}, xlabel=" / ".join(variants),
-                       ylabel="JCT (s)", title="Ablation: JCT per variant")
+    plot_ablation(summary, workdir / "ablation.png",
+                  title=f"{base.model}, {base.prefill_nodes}P{base.decode_nodes}D, MAL {config.mal}, offline")
     named = {f"jct_s_{v}": summary[v]["jct_s"] for v in variants}
     for v in variants:
         if v != "basic" and basic_jct:
@@ -84,6 +83,32 @@ def ablation(config, workdir: Path, log: Callable[[str], None] = print) -> dict:
     if "dualpath" in summary and "oracle" in summary:
         named["dualpath_over_oracle_jct"] = summary["dualpath"]["jct_s"] / summary["oracle"]["jct_s"]
     return named
+
+
+def plot_ablation(summary: dict, path, *, title: str = "") -> Path:
+    """Grouped bars: JCT of each variant at each agent count (``summary`` as in ablation.json)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = list(ABLATION_VARIANTS)
+    variants = sorted(summary, key=lambda v: order.index(v) if v in order else len(order))
+    sizes = sorted(summary[variants[0]]["jct_s_by_agents"], key=int)
+    fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=120)
+    width = 0.8 / max(len(sizes), 1)
+    for i, n in enumerate(sizes):
+        xs = [j + (i - (len(sizes) - 1) / 2) * width for j in range(len(variants))]
+        ax.bar(xs, [summary[v]["jct_s_by_agents"][n] for v in variants], width, label=f"{n} agents")
+    ax.set_xticks(range(len(variants)), variants)
+    ax.set_ylabel("JCT (s)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 STUDIES = {"ablation": ablation}
