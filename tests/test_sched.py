@@ -218,3 +218,14 @@ def test_round_robin_de_waits_for_hbm_in_fifo_order():
     assert s.waiting()["de"] == 2
     out = s.fetch_de(1, [EngineLoad(2, 1, free_hbm_bytes=60), EngineLoad(3, 1, free_hbm_bytes=40)])
     assert [(a.request.request_id, a.engine_id) for a in out] == [(0, 2)]
+
+
+def test_report_de_refreshes_group_load_for_phase1():
+    s = make("dualpath")
+    s.fetch_de(1, [EngineLoad(2, 1, tok=50_000), EngineLoad(3, 1, tok=0)])  # group 1 reports a high load
+    s.report_de(1, [EngineLoad(2, 1, tok=0), EngineLoad(3, 1, tok=0)])      # ... then finishes its work
+    s.report_de(2, [EngineLoad(4, 2, tok=10), EngineLoad(5, 2, tok=0)])
+    for i in range(2):
+        s.submit(req(i, hit=100, app=0))
+    s.fetch_pe(0, [EngineLoad(0, 0), EngineLoad(1, 0)], {0: 0})
+    assert s.distribute_de() == {1, 2}  # group 1 (now 0 tokens) gets the first request, not group 2 only

@@ -150,6 +150,13 @@ class ClusterScheduler:
         self._group_tok[group_id] = sum(load.tok for load in new_loads.values())
         return out
 
+    def report_de(self, group_id: int, loads: Sequence[EngineLoad]) -> None:
+        """A DE group's leader reports its engines' loads without pulling work (phase 1 then sees
+        the group's current token total even while it has nothing queued)."""
+        if group_id not in self.de_groups:
+            raise KeyError(f"group_id: {group_id} is not a DE group")
+        self._group_tok[group_id] = sum(e.tok for e in loads)
+
     def distribute_de(self) -> set[int]:
         """Phase 1 alone: move the global DE queue into private queues (by the groups' last
         reported loads). Returns the groups that received requests. ``fetch_de`` calls it first;

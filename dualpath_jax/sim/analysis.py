@@ -19,6 +19,15 @@ caps the aggregate storage read rate; if every path scales down together (the ev
 analysis assumes) the deliverable fraction of the SNICs' bandwidth is ``min(1, 1 / max load)``
 (:func:`even_split_storage_fraction`; a smarter split may do better, so it is a lower estimate).
 
+The same accounting for Basic (every read on the PE side, only the P PE SNICs saturated: per
+PE node ``s B`` goes storage -> PE DRAM -> PE HBM -> DE DRAM -> DE HBM), derived here, not in the
+paper (:func:`basic_link_loads`)::
+
+    PE CNIC read 2 s / g, PE CNIC write s / g, DE CNIC read (s / g) r, DE CNIC write 2 (s / g) r,
+    PE DRAM 2 B s / M, DE DRAM 2 r B s / M
+
+so Basic can use at most ``P / (P + D) * min(1, 1 / max load)`` of the aggregate SNIC bandwidth.
+
 Working set (PAPER.md section 6.5, paper section 8.2): with agents arriving at APS and living
 for a mean trajectory completion time T, Little's law gives ``APS * T`` live agents whose context
 grows from 0 to the mean total length, so on average half of it is held::
@@ -32,8 +41,8 @@ import dataclasses
 
 from dualpath_jax.config import check_non_negative, check_positive
 
-__all__ = ["PDRange", "bottleneck_free_pd_range", "pd_range_for_hardware", "link_loads",
-           "even_split_storage_fraction", "working_set_bytes"]
+__all__ = ["PDRange", "bottleneck_free_pd_range", "pd_range_for_hardware", "link_loads", "basic_link_loads",
+           "even_split_storage_fraction", "basic_storage_fraction", "working_set_bytes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +128,24 @@ def link_loads(p_over_d: float, gpus_per_node: float, s: float, mem_over_bs: flo
     _check(g, s, mem_over_bs)
     return {"pe_cnic_read": 2 * s / g, "pe_cnic_write": (s / g) * (1 + 1 / r), "de_cnic_read": (s / g) * (r + 2),
             "de_cnic_write": (s / g) * (2 * r + 1), "pe_dram": 2 / mem_over_bs, "de_dram": (3 + 2 * r) / mem_over_bs}
+
+
+def basic_link_loads(p_over_d: float, gpus_per_node: float, s: float, mem_over_bs: float) -> dict[str, float]:
+    """Load / capacity of each resource when Basic saturates the P PE SNICs (module docstring);
+    same arguments, keys and errors as :func:`link_loads`."""
+    check_positive("p_over_d", p_over_d)
+    g, r = float(gpus_per_node), float(p_over_d)
+    _check(g, s, mem_over_bs)
+    return {"pe_cnic_read": 2 * s / g, "pe_cnic_write": s / g, "de_cnic_read": (s / g) * r,
+            "de_cnic_write": 2 * (s / g) * r, "pe_dram": 2 / mem_over_bs, "de_dram": 2 * r / mem_over_bs}
+
+
+def basic_storage_fraction(p_over_d: float, gpus_per_node: float, s: float, mem_over_bs: float) -> float:
+    """Fraction of the aggregate SNIC bandwidth ``(P + D) s B`` Basic can use:
+    ``P / (P + D) * min(1, 1 / max(basic_link_loads))``."""
+    worst = max(basic_link_loads(p_over_d, gpus_per_node, s, mem_over_bs).values())
+    r = float(p_over_d)
+    return r / (1.0 + r) * min(1.0, 1.0 / worst)
 
 
 def even_split_storage_fraction(p_over_d: float, gpus_per_node: float, s: float, mem_over_bs: float) -> float:

@@ -323,6 +323,10 @@ class Simulator:
                         self.seq[e] += 1
         else:
             self._pe_dirty.clear()
+        for gid in self._de_dirty:  # leaders whose load changed report it, with or without work
+            engines = sched.de_groups[gid]
+            sched.report_de(gid, [EngineLoad(e, self.node_of[e], self.tok[e], self.seq[e], self.hbm_free[e])
+                                  for e in engines])
         if sched.waiting()["de"]:
             candidates = sched.distribute_de() | self._de_dirty
             self._de_dirty.clear()

@@ -42,9 +42,9 @@ def online_starts(ts: TrajectorySet, aps: float, seed: int = 0) -> np.ndarray:
     return trajectory_start_times_s(ts, poisson_arrivals_s(len(roots), aps, seed), subagent_offset_scale=0.0)
 
 
-def paper_workload(mal: str, num_agents: int, seed: int = 0, **scale) -> TrajectorySet:
+def paper_workload(mal: str, num_agents: int, seed: int = 0) -> TrajectorySet:
     """The paper's synthetic dataset for ``mal`` with ``num_agents`` agents (PAPER.md section 6.2)."""
-    return paper_dataset(mal, num_agents=num_agents, seed=seed, **scale)
+    return paper_dataset(mal, num_agents=num_agents, seed=seed)
 
 
 def summarize(result: SimResult, ts: TrajectorySet | None, *, window_s: float = 10.0) -> dict:

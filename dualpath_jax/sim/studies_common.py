@@ -34,8 +34,8 @@ from dualpath_jax.sim.experiment import offline_starts, online_starts, summarize
 from dualpath_jax.sim.hardware import HardwareConfig
 from dualpath_jax.workload import MAL_TOKENS, TrajectorySet, paper_dataset, scale_lengths, scale_tokens
 
-__all__ = ["WorkloadSpec", "workload_for", "sim_config", "cluster_label", "parse_cluster", "offline_run",
-           "OnlineRun", "online_run", "ttft_components", "mean_total_tokens", "clear_cache", "ratio",
+__all__ = ["WorkloadSpec", "workload_for", "online_workload", "online_warmup_s", "sim_config", "cluster_label",
+           "parse_cluster", "offline_run", "OnlineRun", "online_run", "ttft_components", "mean_total_tokens", "clear_cache", "ratio",
            "plot_panels", "plot_stacked", "Log", "as_dict", "TTFT_COMPONENTS"]
 
 Log = Callable[[str], None]
@@ -165,7 +165,7 @@ def ratio(a: float, b: float) -> float:
 
 # ---- memoised runs -------------------------------------------------------------------------------
 _MEMO: collections.OrderedDict = collections.OrderedDict()
-_MEMO_MAX = 96
+_MEMO_MAX = 24
 
 
 def clear_cache() -> None:
@@ -184,11 +184,27 @@ def _memo(key, compute):
     return value, False
 
 
+def _busy_read_rate(r: Mapping[str, np.ndarray], num_agents: int) -> dict:
+    """Storage read rate while at least half of the agents are still running: hit bytes whose
+    read finished by ``busy_window_s`` (the median over agents of their last finish) divided by
+    it. Unlike bytes / JCT it is not set by the few longest trajectories' serial chains."""
+    agent = np.asarray(r["agent"], np.int64)
+    finish = np.asarray(r["finish_s"], np.float64)
+    last = np.full(num_agents, -np.inf)
+    np.maximum.at(last, agent, np.nan_to_num(finish, nan=np.inf))
+    window = float(np.median(last)) if num_agents else 0.0
+    nbytes = np.asarray(r["read_bytes_pe"], np.float64) + np.asarray(r["read_bytes_de"], np.float64)
+    done = np.asarray(r["read_done_s"], np.float64) <= window
+    rate = float(np.sum(nbytes[done])) / window if window > 0 else float("nan")
+    return {"busy_window_s": window, "snic_read_bytes_per_s_busy": rate}
+
+
 def offline_run(base: SimConfig, variant: str, wl: WorkloadSpec, log: Log | None = print) -> dict:
     """Offline run (all agents at t = 0) of ablation ``variant`` on ``base``: the
     :func:`dualpath_jax.sim.experiment.summarize` figures plus ``variant``, ``cluster``,
     ``num_agents``, ``snic_read_bytes`` (all SNICs), ``hit_tokens``, ``tokens`` (hit + append +
-    gen of every request), ``wall_s`` (of the simulation) and ``cached``. Returns a fresh dict."""
+    gen of every request), ``busy_window_s`` and ``snic_read_bytes_per_s_busy``
+    (:func:`_busy_read_rate`), ``wall_s`` (of the simulation) and ``cached``. Returns a fresh dict."""
     cfg = variant_config(base, variant)
 
     def compute():
@@ -199,7 +215,7 @@ def offline_run(base: SimConfig, variant: str, wl: WorkloadSpec, log: Log | None
         r = res.requests
         s.update(snic_read_bytes=float(sum(s["snic_bytes"].values())), hit_tokens=float(np.sum(r["hit_tokens"])),
                  tokens=float(np.sum(r["hit_tokens"]) + np.sum(r["append_tokens"]) + np.sum(r["gen_tokens"])),
-                 wall_s=time.perf_counter() - t0)
+                 wall_s=time.perf_counter() - t0, **_busy_read_rate(r, len(ts)))
         return s
 
     s, cached = _memo(("offline", cfg, wl), compute)
@@ -240,21 +256,59 @@ class OnlineRun:
 
     ``stats`` keys: ``ttft_mean_s``, ``ttft_p50_s``, ``ttft_p99_s``, ``ttst_mean_s``,
     ``tpot_mean_s``, ``tpot_p99_s``, ``completion_mean_s`` (mean trajectory completion time),
-    ``num_requests``, ``num_failed``, ``mean_total_tokens``, ``kv_bytes_per_token``,
-    ``live_kv_bytes`` (time-averaged hit KV of live agents over the arrival window),
-    ``arrival_window_s``, ``end_s``, ``wall_s`` and ``<component>_mean`` for each TTFT component.
+    ``num_agents``, ``num_requests`` (measured), ``num_requests_total``, ``num_failed``,
+    ``mean_total_tokens``, ``kv_bytes_per_token``, ``live_kv_bytes`` (time-averaged hit KV of live
+    agents over the measured window), ``arrival_window_s`` (its length), ``end_s``, ``wall_s`` and
+    ``<component>_mean`` for each TTFT component (measured requests).
+    ``table`` is None for runs of more than ``TABLE_MAX_REQUESTS`` requests (memory; only the
+    max-APS search needs the table, and its runs are smaller).
     """
 
     aps: float
     variant: str
-    table: RequestTable
+    table: RequestTable | None
     stats: dict
 
 
+TABLE_MAX_REQUESTS = 2_000_000
+
+
+def online_warmup_s(config) -> float:
+    """``config.warmup_s`` (default 0): requests issued earlier are not measured."""
+    warmup = float(config.get("warmup_s", 0.0) or 0.0)
+    if warmup < 0:
+        raise ConfigError("warmup_s", f"must be >= 0 (got {warmup:g})")
+    return warmup
+
+
+def online_workload(config, aps: float) -> WorkloadSpec:
+    """The workload of one online run at ``aps``: with ``config.horizon_s > 0`` (an open system
+    observed for a fixed time) ``ceil(aps * horizon_s)`` agents, at most
+    ``config.max_agents_per_run``; else ``config.workload.num_agents`` (a bounded batch).
+
+    Raises:
+      ConfigError: ``warmup_s`` set without a horizon, or not below it.
+    """
+    horizon = float(config.get("horizon_s", 0.0) or 0.0)
+    warmup = online_warmup_s(config)
+    if horizon <= 0:
+        if warmup:
+            raise ConfigError("warmup_s", "needs horizon_s > 0 (a fixed batch has no steady period to measure)")
+        return workload_for(config)
+    if warmup >= horizon:
+        raise ConfigError("warmup_s", f"must be < horizon_s = {horizon:g} (got {warmup:g})")
+    cap = int(config.get("max_agents_per_run", 1 << 20))
+    check_positive("max_agents_per_run", cap, integer=True)
+    return workload_for(config, num_agents=int(min(cap, max(1, math.ceil(float(aps) * horizon)))))
+
+
 def online_run(base: SimConfig, variant: str, wl: WorkloadSpec, aps: float, arrival_seed: int = 0,
-               log: Log | None = print) -> OnlineRun:
+               log: Log | None = print, *, warmup_s: float = 0.0) -> OnlineRun:
     """Online run: ``wl.num_agents`` agents arriving as a Poisson process at ``aps`` per second
-    (``sim.experiment.online_starts``), each replaying its rounds back to back. Memoised."""
+    (``sim.experiment.online_starts``), each replaying its rounds back to back. Latency figures
+    and ``table`` cover the requests issued from ``warmup_s`` until the last agent arrives (the
+    loaded period: the ramp-up before and the drain after are left out); completion times and
+    the live KV cover every agent. Memoised."""
     check_positive("aps", aps)
     cfg = variant_config(base, variant)
 
@@ -264,30 +318,36 @@ def online_run(base: SimConfig, variant: str, wl: WorkloadSpec, aps: float, arri
         t0 = time.perf_counter()
         res = Simulator(cfg, agents_from_trajectories(ts, starts)).run()
         wall = time.perf_counter() - t0
-        table = request_table(res, ts)
+        full = request_table(res, ts)
         r = res.requests
         kvb = float(cost.kv_bytes_per_token(cfg.spec, cfg.kv_dtype))
         rate = min(cfg.hardware.node_snic_bytes_per_s, cfg.hardware.storage_bytes_per_s)
-        comp = ttft_components(r, rate)
-        done = np.fromiter(latency.trajectory_completion_s(table).values(), np.float64)
-        lo, hi = float(np.min(starts)), float(np.max(starts))
+        done = np.fromiter(latency.trajectory_completion_s(full).values(), np.float64)
+        lo, hi = max(float(np.min(starts)), float(warmup_s)), float(np.max(starts))
         arrival, finish = np.asarray(r["arrival_s"], np.float64), np.asarray(r["finish_s"], np.float64)
         overlap = np.clip(np.minimum(finish, hi) - np.maximum(arrival, lo), 0.0, None)
         live = float(np.sum(np.asarray(r["hit_tokens"], np.float64) * overlap)) * kvb / (hi - lo) if hi > lo else 0.0
+        window = (arrival >= warmup_s) & (arrival <= hi)  # issued while agents arrive, after the warm-up
+        table = full.where(window)
+        comp = {k: v[window] for k, v in ttft_components(r, rate).items()}
+        if log and not np.any(window):
+            log(f"  warning: no request issued between warm-up {warmup_s:g} s and the last arrival {hi:.1f} s "
+                f"({len(ts)} agents at {aps:g} APS): nothing measured, the run counts as missing the SLO")
         ttft, tpot = latency.ttft_s(table), latency.tpot_s(table)
         stats = {"ttft_mean_s": latency.summarize(ttft, "mean"), "ttft_p50_s": latency.summarize(ttft, "p50"),
                  "ttft_p99_s": latency.summarize(ttft, "p99"),
                  "ttst_mean_s": latency.summarize(latency.ttst_s(table), "mean"),
                  "tpot_mean_s": latency.summarize(tpot, "mean"), "tpot_p99_s": latency.summarize(tpot, "p99"),
                  "completion_mean_s": float(np.mean(done)) if done.size else float("nan"),
-                 "num_requests": int(len(table)), "num_failed": int(np.sum(~table.ok)),
+                 "num_agents": int(len(ts)), "num_requests": int(len(table)), "num_requests_total": int(len(full)),
+                 "num_failed": int(np.sum(~table.ok)),
                  "mean_total_tokens": mean_total_tokens(ts), "kv_bytes_per_token": kvb, "live_kv_bytes": live,
                  "arrival_window_s": hi - lo, "end_s": res.end_s, "wall_s": wall}
         for k, v in comp.items():
             stats[f"{k}_mean"] = float(np.nanmean(v)) if v.size else float("nan")
-        return OnlineRun(float(aps), variant, table, stats)
+        return OnlineRun(float(aps), variant, table if len(table) <= TABLE_MAX_REQUESTS else None, stats)
 
-    run, cached = _memo(("online", cfg, wl, float(aps), int(arrival_seed)), compute)
+    run, cached = _memo(("online", cfg, wl, float(aps), int(arrival_seed), float(warmup_s)), compute)
     if log:
         s = run.stats
         log(f"  {cfg.model} {cluster_label(cfg)} {wl.mal} {wl.num_agents} agents @ {aps:.4g} APS {variant:9s} "
@@ -328,6 +388,12 @@ def plot_panels(path, panels: Sequence[Mapping], *, ncols: int = 3, title: str =
             ax.set_ylabel(p.get("ylabel", ""), fontsize=8)
             if p.get("logx"):
                 ax.set_xscale("log")
+                xs = sorted({float(v) for xv in (p["x"].values() if isinstance(p["x"], Mapping) else [p["x"]])
+                             for v in xv if float(v) > 0})
+                if 0 < len(xs) <= 12:  # label the data points, not the log decades
+                    ax.set_xticks(xs)
+                    ax.set_xticklabels([f"{v:g}" for v in xs])
+                    ax.xaxis.set_minor_formatter(plt.NullFormatter())
             if p.get("logy"):
                 ax.set_yscale("log")
             ax.grid(True, alpha=0.3)

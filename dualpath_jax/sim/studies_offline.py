@@ -31,7 +31,7 @@ from dualpath_jax.sim.studies_common import (cluster_label, offline_run, parse_c
 __all__ = ["fig7", "fig8", "fig9", "pd_sweep", "balance"]
 
 
-def _speedups(results: dict, key_of, variants) -> None:
+def _speedups(results: dict, key_of) -> None:
     """Add ``speedup_vs_basic`` (Basic JCT / JCT) and ``jct_over_oracle`` to every result."""
     for k, s in results.items():
         basic = results.get(key_of(k, "basic"))
@@ -66,7 +66,7 @@ def fig7(config, workdir: Path, log=print) -> dict:
                 wl = workload_for(config, mal=mal, num_agents=int(n))
                 for v in config.variants:
                     results[(row, mal, int(n), v)] = offline_run(base, v, wl, log)
-    _speedups(results, lambda k, v: (*k[:3], v), config.variants)
+    _speedups(results, lambda k, v: (*k[:3], v))
     rows, panels = [], []
     for row in config.row_order:
         label = config.rows[row].label
@@ -109,7 +109,7 @@ def fig8(config, workdir: Path, log=print) -> dict:
             wl = workload_for(config, num_agents=int(n))
             for v in config.variants:
                 results[(c, int(n), v)] = offline_run(base, v, wl, log)
-    _speedups(results, lambda k, v: (*k[:2], v), config.variants)
+    _speedups(results, lambda k, v: (*k[:2], v))
     rows, panels = [], []
     for c in config.clusters:
         p, d = parse_cluster(c)
@@ -153,7 +153,7 @@ def fig9(config, workdir: Path, log=print) -> dict:
             wl = workload_for(config, num_agents=int(config.num_agents), **{f"{kind}_factor": float(f)})
             for v in config.variants:
                 results[(kind, float(f), v)] = offline_run(base, v, wl, log)
-    _speedups(results, lambda k, v: (*k[:2], v), config.variants)
+    _speedups(results, lambda k, v: (*k[:2], v))
     rows, panels = [], []
     for kind in config.scale:
         xs = [float(f) for f in config.factors]
@@ -177,10 +177,12 @@ def fig9(config, workdir: Path, log=print) -> dict:
 
 
 def pd_sweep(config, workdir: Path, log=print) -> dict:
-    """P/D sweep (``config.clusters``): the simulated aggregate storage read rate (SNIC bytes /
-    JCT, as a fraction of ``(P + D) s B``) of each variant against the Eq. 9 analysis
+    """P/D sweep (``config.clusters``): the simulated aggregate storage read rate while at least
+    half of the agents run (``snic_read_bytes_per_s_busy`` of ``studies_common.offline_run``, as a
+    fraction of ``(P + D) s B``) of each variant against the Eq. 9 analysis
     (:mod:`dualpath_jax.sim.analysis`): DualPath's even-split fraction ``min(1, 1/max load)``
-    and Basic's ``P / (P + D)``. ``config.sim`` should make storage the bottleneck (the default
+    and Basic's ``P / (P + D) * min(1, 1 / max load)`` (``analysis.basic_storage_fraction``); both
+    with B = the CNIC rate left to KV. ``config.sim`` should make storage the bottleneck (the default
     config: fast compute, one generated token per round). Writes ``pd_sweep.json``,
     ``pd_sweep.md/.csv``, ``pd_sweep.png``."""
     workdir = Path(workdir)
@@ -201,11 +203,12 @@ def pd_sweep(config, workdir: Path, log=print) -> dict:
                "busiest_load": max(loads.values()),
                "bound_dualpath": analysis.even_split_storage_fraction(p / d, hw.gpus_per_node, s_eff,
                                                                        hw.dram_bytes_per_s / hw.node_snic_bytes_per_s),
-               "bound_basic": p / (p + d)}
+               "bound_basic": analysis.basic_storage_fraction(p / d, hw.gpus_per_node, s_eff,
+                                                              hw.dram_bytes_per_s / hw.node_snic_bytes_per_s)}
         for v in config.variants:
             s = offline_run(base, v, wl, log)
             results[(c, v)] = s
-            row[f"sim_{v}"] = s["snic_read_bytes"] / s["jct_s"] / aggregate
+            row[f"sim_{v}"] = s["snic_read_bytes_per_s_busy"] / aggregate
             row[f"jct_s_{v}"] = s["jct_s"]
         if "basic" in config.variants and "dualpath" in config.variants:
             row["speedup_dualpath_vs_basic"] = ratio(row["jct_s_basic"], row["jct_s_dualpath"])
@@ -214,7 +217,7 @@ def pd_sweep(config, workdir: Path, log=print) -> dict:
                         f"storage-bound probe workload; fractions of the aggregate SNIC bandwidth)")
     xs = [r["p_over_d"] for r in rows]
     series = {"bound dualpath (Eq. 1-9, even split)": [r["bound_dualpath"] for r in rows],
-              "bound basic P/(P+D)": [r["bound_basic"] for r in rows]}
+              "bound basic": [r["bound_basic"] for r in rows]}
     for v in config.variants:
         series[f"sim {v}"] = [r[f"sim_{v}"] for r in rows]
     vl = [x for x in (nominal.lower, nominal.upper) if np.isfinite(x)] if nominal else []
@@ -260,10 +263,11 @@ def balance(config, workdir: Path, log=print) -> dict:
         head = attn[:max(1, int(np.ceil(len(attn) * float(config.head_fraction))))] if attn.size else attn
         finite = snic[np.isfinite(snic)]
         stat = lambda a, f: float(f(a)) if a.size else float("nan")  # noqa: E731
+        p90 = lambda a: np.percentile(a, 90)  # noqa: E731
         rows.append({"variant": v, "jct_s": res.end_s, "snic_max_avg_mean": stat(finite, np.mean),
-                     "snic_max_avg_p50": stat(finite, np.median), "snic_max_avg_p90": stat(finite, lambda a: np.percentile(a, 90)),
+                     "snic_max_avg_p50": stat(finite, np.median), "snic_max_avg_p90": stat(finite, p90),
                      "attn_max_avg_mean": stat(attn, np.mean), "attn_max_avg_head_mean": stat(head, np.mean),
-                     "attn_max_avg_p90": stat(attn, lambda a: np.percentile(a, 90)), "forwards": int(attn.size)})
+                     "attn_max_avg_p90": stat(attn, p90), "forwards": int(attn.size)})
         log(f"  {v:9s} JCT {res.end_s:8.1f} s  SNIC Max/Avg mean {rows[-1]['snic_max_avg_mean']:.3f}  "
             f"attention Max/Avg mean {rows[-1]['attn_max_avg_mean']:.3f}")
         snic_series[v] = (t, snic)
@@ -275,7 +279,8 @@ def balance(config, workdir: Path, log=print) -> dict:
     writers.write_table(workdir / "balance_snic", snic_rows)
     writers.write_table(workdir / "balance_attention", attn_rows)
     plot_panels(workdir / "balance_snic.png", [{
-        "title": f"SNIC traffic Max/Avg, {float(config.window_s):g} s windows", "x": {v: a[0] for v, a in snic_series.items()},
+        "title": f"SNIC traffic Max/Avg, {float(config.window_s):g} s windows",
+        "x": {v: a[0] for v, a in snic_series.items()},
         "series": {v: a[1] for v, a in snic_series.items()}, "xlabel": "time (s)", "ylabel": "Max/Avg", "marker": "",
         "hline": 1.0}], ncols=1, title=f"Fig. 13: {title}")
     plot_panels(workdir / "balance_attention.png", [{
@@ -286,5 +291,7 @@ def balance(config, workdir: Path, log=print) -> dict:
     named = {}
     for r in rows:
         named[f"snic_max_avg_mean_{r['variant']}"] = r["snic_max_avg_mean"]
+        named[f"snic_max_avg_p50_{r['variant']}"] = r["snic_max_avg_p50"]
         named[f"attn_max_avg_mean_{r['variant']}"] = r["attn_max_avg_mean"]
+        named[f"attn_max_avg_head_mean_{r['variant']}"] = r["attn_max_avg_head_mean"]
     return named

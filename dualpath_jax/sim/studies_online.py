@@ -7,11 +7,16 @@
 * :func:`working_set`  paper section 8.2: working set vs APS from the online runs.
 * :func:`table3`  Table 3: offline JCT and online TTFT/TTST/TPOT of a small and a large cluster.
 
-Online runs (``studies_common.online_run``) replay ``workload.num_agents`` agents arriving as a
-Poisson process at the APS: a bounded run per rate, so a higher rate packs the same agents into
-a shorter arrival window (more load). With fewer agents than the cluster holds at steady state
-(about APS x trajectory time), the run never reaches it and latencies are optimistic; the
-configs size ``num_agents`` for that and say where a quick variant does not.
+Online runs (``studies_common.online_run``) replay agents arriving as a Poisson process at the
+APS and measure the requests issued while agents still arrive. With ``config.horizon_s > 0`` a
+run is an open system observed for a fixed time: ``ceil(APS x horizon_s)`` agents
+(``studies_common.online_workload``), measured after ``config.warmup_s`` (the ramp-up, about one
+trajectory lifetime), so above capacity the backlog, and TTFT, grow over the window and the
+max-APS search brackets the capacity. Without it a run replays a fixed
+``workload.num_agents``: an agent stays until its trajectory ends, so a run never holds more than
+that many agents and, as APS grows, its latency tends to the offline batch's; the search then
+brackets a capacity only if that batch misses the SLO (``unbracketed_searches`` counts the
+others, whose max APS is a lower bound).
 """
 
 from __future__ import annotations
@@ -24,10 +29,21 @@ from dualpath_jax.metrics import writers
 from dualpath_jax.metrics.latency import SLO, max_aps_under_slo
 from dualpath_jax.sim import analysis
 from dualpath_jax.sim.studies_common import (TTFT_COMPONENTS, as_dict, cluster_label, offline_run, online_run,
-                                             parse_cluster, plot_panels, plot_stacked, ratio, sim_config,
-                                             workload_for)
+                                             online_warmup_s, online_workload, parse_cluster, plot_panels,
+                                             plot_stacked, ratio, sim_config, workload_for)
 
 __all__ = ["online", "ttft_breakdown", "working_set", "table3"]
+
+
+_RUN_KEYS = ("workload", "seed", "horizon_s", "warmup_s", "max_agents_per_run")
+
+
+def _per_run(config, wl) -> str:
+    """How many agents one online run replays (``studies_common.online_workload``)."""
+    if config.get("horizon_s"):
+        return (f"{float(config.get('horizon_s')):g} s of arrivals of MAL {wl.mal} per run, measured after "
+                f"{online_warmup_s(config):g} s")
+    return f"{wl.num_agents} agents of MAL {wl.mal} per run"
 
 
 def _curve_row(row_label: str, run) -> dict:
@@ -35,12 +51,13 @@ def _curve_row(row_label: str, run) -> dict:
     return {"model": row_label, "variant": run.variant, "aps": run.aps, "ttft_mean_s": s["ttft_mean_s"],
             "ttft_p99_s": s["ttft_p99_s"], "ttst_mean_s": s["ttst_mean_s"], "tpot_mean_ms": s["tpot_mean_s"] * 1e3,
             "tpot_p99_ms": s["tpot_p99_s"] * 1e3, "completion_mean_s": s["completion_mean_s"],
-            "requests": s["num_requests"]}
+            "agents": run.stats.get("num_agents"), "requests": s["num_requests"]}
 
 
 def online(config, workdir: Path, log=print) -> dict:
     """Paper Fig. 10/11 for each model row (``config.rows`` in ``config.row_order``: ``label``,
-    ``sim`` overrides, ``aps_grid``, ``initial_aps``) and variant. The curves hold the grid and
+    ``sim`` overrides, ``aps_grid``, ``initial_aps``, optionally its own ``horizon_s``,
+    ``warmup_s``, ``max_agents_per_run``) and variant. The curves hold the grid and
     every rate the max-APS search (``metrics.latency.max_aps_under_slo`` with ``config.slo`` and
     ``config.search``) evaluated. Writes ``online.json``, ``online_curves.md/.csv``,
     ``online_max_aps.md/.csv``, ``online_latency.png``, ``online_completion.png``."""
@@ -50,33 +67,41 @@ def online(config, workdir: Path, log=print) -> dict:
     seed = int(config.arrival_seed)
     wl = workload_for(config)
     curves, max_rows, trials = [], [], {}
+
+    def run(params, base, v, a, log=log):
+        return online_run(base, v, online_workload(params, a), a, seed, log, warmup_s=online_warmup_s(params))
+
     found: dict[tuple, float] = {}
     lat_panels, comp_panels = [], []
     for row in config.row_order:
         rc = config.rows[row]
         base = sim_config(config.sim, rc.sim)
-        log(f"{rc.label}: {base.model} {cluster_label(base)}, {wl.num_agents} agents of MAL {wl.mal} per run")
+        params = {k: rc[k] if k in rc else config.get(k) for k in _RUN_KEYS}  # a row may set its own horizon
+        log(f"{rc.label}: {base.model} {cluster_label(base)}, {_per_run(params, wl)}")
         per_variant = {}
         for v in config.variants:
             rates = {float(a) for a in rc.aps_grid}
             for a in sorted(rates):
-                online_run(base, v, wl, a, seed, log)
+                run(params, base, v, a)
             if search.get("enabled", True):
-                res = max_aps_under_slo(lambda a, v=v: online_run(base, v, wl, a, seed, log).table, slo,
+                res = max_aps_under_slo(lambda a, v=v: run(params, base, v, a).table, slo,
                                         initial_aps=float(rc.initial_aps), min_aps=float(search["min_aps"]),
                                         max_aps=float(search["max_aps"]), rel_tol=float(search["rel_tol"]),
                                         max_runs=int(search["max_runs"]))
                 found[(row, v)] = res.aps
                 trials[f"{row}/{v}"] = res.trials
                 rates |= {t.aps for t in res.trials}
-                max_rows.append({"model": rc.label, "variant": v, "max_aps": res.aps, "bracketed": res.bracketed,
-                                 "runs": len(res.trials)})
+                max_rows.append({"row": row, "model": rc.label, "variant": v, "max_aps": res.aps,
+                                 "bracketed": res.bracketed, "runs": len(res.trials)})
                 log(f"  {v}: max APS under SLO {res.aps:.4g} ({'bracketed' if res.bracketed else 'NOT bracketed'}, "
                     f"{len(res.trials)} runs)")
-            per_variant[v] = [online_run(base, v, wl, a, seed, None) for a in sorted(rates)]
+            per_variant[v] = [run(params, base, v, a, None) for a in sorted(rates)]
             curves += [_curve_row(rc.label, r) for r in per_variant[v]]
         x = {v: [r.aps for r in runs] for v, runs in per_variant.items()}
-        series = lambda key, k=1.0: {v: [r.stats[key] * k for r in runs] for v, runs in per_variant.items()}  # noqa: E731
+
+        def series(key, k=1.0, per_variant=per_variant):
+            return {v: [r.stats[key] * k for r in runs] for v, runs in per_variant.items()}
+
         lat_panels += [
             {"title": f"{rc.label}: TTFT", "x": x, "series": series("ttft_mean_s"), "xlabel": "APS",
              "ylabel": "mean TTFT (s)", "hline": slo.ttft_s, "logx": True},
@@ -86,31 +111,39 @@ def online(config, workdir: Path, log=print) -> dict:
              "ylabel": "mean TPOT (ms)", "hline": slo.tpot_s * 1e3, "logx": True}]
         comp_panels.append({"title": rc.label, "x": x, "series": series("completion_mean_s"), "xlabel": "APS",
                             "ylabel": "mean trajectory completion (s)", "logx": True})
-    for r in max_rows:
-        row = next(k for k in config.row_order if config.rows[k].label == r["model"])
-        r["gain_vs_basic"] = ratio(r["max_aps"], found.get((row, "basic"), float("nan")))
-        r["over_oracle"] = ratio(r["max_aps"], found.get((row, "oracle"), float("nan")))
-    writers.write_table(workdir / "online_curves", curves, title=f"Online serving vs APS ({wl.num_agents} agents, "
-                        f"MAL {wl.mal} per run; simulated)")
+    for r in max_rows:  # ratios of raw search results; see ``bracketed`` before reading them
+        r["gain_vs_basic"] = ratio(r["max_aps"], found.get((r["row"], "basic"), float("nan")))
+        r["over_oracle"] = ratio(r["max_aps"], found.get((r["row"], "oracle"), float("nan")))
+    writers.write_table(workdir / "online_curves", curves, title=f"Online serving vs APS (MAL {wl.mal}; horizon and "
+                        "warm-up per model in config.json; simulated)")
     writers.write_table(workdir / "online_max_aps", max_rows, title=f"Max APS under SLO (mean TTFT <= {slo.ttft_s:g} s,"
                         f" mean TPOT <= {slo.tpot_s * 1e3:g} ms; simulated)")
     plot_panels(workdir / "online_latency.png", lat_panels, ncols=3, title="Online latency vs APS (Fig. 10/11)")
     plot_panels(workdir / "online_completion.png", comp_panels, ncols=len(comp_panels),
                 title="Trajectory completion time vs APS")
     writers.write_json(workdir / "online.json", {"curves": curves, "max_aps": max_rows, "trials": trials, "slo": slo})
+    # a search that never failed gives a lower bound: a ratio is exact only when both ends are bracketed
+    bracketed = {(r["row"], r["variant"]): r["bracketed"] for r in max_rows}
     named: dict = {}
     gains = []
     for row in config.row_order:
         for v in config.variants:
             if (row, v) in found:
                 named[f"max_aps_{row}_{v}"] = found[(row, v)]
-        if (row, "basic") in found and (row, "dualpath") in found:
-            gains.append(ratio(found[(row, "dualpath")], found[(row, "basic")]))
-            named[f"aps_gain_{row}_dualpath_vs_basic"] = gains[-1]
-        if (row, "oracle") in found and (row, "dualpath") in found:
-            named[f"dualpath_over_oracle_aps_{row}"] = ratio(found[(row, "dualpath")], found[(row, "oracle")])
-    if gains:
-        named["mean_aps_gain_dualpath_vs_basic"] = float(np.nanmean(gains))
+        for num, den, key in (("dualpath", "basic", f"aps_gain_{row}_dualpath_vs_basic"),
+                              ("dualpath", "oracle", f"dualpath_over_oracle_aps_{row}")):
+            if (row, num) not in found or (row, den) not in found:
+                continue
+            value = ratio(found[(row, num)], found[(row, den)])
+            if bracketed[(row, num)] and bracketed[(row, den)]:
+                named[key] = value
+                if den == "basic":
+                    gains.append(value)
+            elif bracketed[(row, den)]:
+                named[f"{key}_at_least"] = value  # numerator unbracketed: its max APS is a lower bound
+            else:
+                named[key] = float("nan")
+    named["mean_aps_gain_dualpath_vs_basic"] = float(np.mean(gains)) if gains else float("nan")
     named["unbracketed_searches"] = sum(1 for r in max_rows if not r["bracketed"])
     return named
 
@@ -124,7 +157,8 @@ def ttft_breakdown(config, workdir: Path, log=print) -> dict:
     wl = workload_for(config)
     rows = []
     for v in config.variants:
-        runs = [online_run(base, v, wl, float(a), int(config.arrival_seed), log) for a in config.aps_grid]
+        runs = [online_run(base, v, online_workload(config, float(a)), float(a), int(config.arrival_seed), log,
+                           warmup_s=online_warmup_s(config)) for a in config.aps_grid]
         for r in runs:
             row = {"variant": v, "aps": r.aps, "ttft_mean_s": r.stats["ttft_mean_s"]}
             for c in TTFT_COMPONENTS:
@@ -134,7 +168,7 @@ def ttft_breakdown(config, workdir: Path, log=print) -> dict:
                      {c: [r.stats[f"{c}_mean"] for r in runs] for c in TTFT_COMPONENTS}, xlabel="APS",
                      ylabel="mean TTFT (s)", title=f"TTFT breakdown, {v} ({base.model} {cluster_label(base)})")
     writers.write_table(workdir / "ttft_breakdown", rows, title=f"TTFT breakdown vs APS ({base.model} "
-                        f"{cluster_label(base)}, {wl.num_agents} agents of MAL {wl.mal}; simulated)")
+                        f"{cluster_label(base)}, {_per_run(config, wl)}; simulated)")
     writers.write_json(workdir / "ttft_breakdown.json", {"rows": rows, "components": TTFT_COMPONENTS})
     named: dict = {}
     for v in config.variants:
@@ -148,8 +182,9 @@ def ttft_breakdown(config, workdir: Path, log=print) -> dict:
 def working_set(config, workdir: Path, log=print) -> dict:
     """Paper section 8.2: working set ``APS x mean completion x mean total / 2 x KV bytes/token``
     (``sim.analysis.working_set_bytes``) from online runs at ``config.aps_grid``, beside the
-    simulated time-averaged hit KV of live agents over the arrival window and the cluster's DRAM
-    buffer. Writes ``working_set.json``, ``working_set.md/.csv``, ``working_set.png``."""
+    simulated time-averaged hit KV of live agents over the measured window (warm-up to last
+    arrival) and the cluster's DRAM buffer. Writes ``working_set.json``, ``working_set.md/.csv``,
+    ``working_set.png``."""
     workdir = Path(workdir)
     base = sim_config(config.sim)
     wl = workload_for(config)
@@ -157,7 +192,8 @@ def working_set(config, workdir: Path, log=print) -> dict:
     rows = []
     for v in config.variants:
         for a in config.aps_grid:
-            s = online_run(base, v, wl, float(a), int(config.arrival_seed), log).stats
+            s = online_run(base, v, online_workload(config, float(a)), float(a), int(config.arrival_seed), log,
+                           warmup_s=online_warmup_s(config)).stats
             ws = analysis.working_set_bytes(float(a), s["completion_mean_s"], s["mean_total_tokens"],
                                             s["kv_bytes_per_token"])
             rows.append({"variant": v, "aps": float(a), "completion_mean_s": s["completion_mean_s"],
@@ -197,8 +233,9 @@ def table3(config, workdir: Path, log=print) -> dict:
         for v in config.variants:
             s = offline_run(base, v, workload_for(config, num_agents=int(n)), log)
             rows.append({"mode": "offline", "cluster": cluster, "gpus": (p + d) * base.hardware.gpus_per_node,
-                         "agents": int(n), "aps": None, "variant": v, "jct_s": s["jct_s"], "ttft_mean_s": s["ttft_mean_s"],
-                         "ttst_mean_s": s["ttst_mean_s"], "tpot_ms": s["tpot_s"] * 1e3, "wall_s": s["wall_s"]})
+                         "agents": int(n), "aps": None, "variant": v, "jct_s": s["jct_s"],
+                         "ttft_mean_s": s["ttft_mean_s"], "ttst_mean_s": s["ttst_mean_s"], "tpot_ms": s["tpot_s"] * 1e3,
+                         "wall_s": s["wall_s"]})
     for cluster, aps, n in config.online_cases:
         p, d = parse_cluster(cluster, "online_cases")
         base = sim_config(config.sim, {"prefill_nodes": p, "decode_nodes": d})

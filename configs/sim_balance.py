@@ -1,0 +1,40 @@
+"""Paper Fig. 13-14: load balance of DS 660B (2P4D), MAL 64K, 1024 agents offline, round-robin
+scheduling ("dpl": dual-path loading, read side alternating per request) vs the DualPath
+scheduler: storage-NIC read traffic Max/Avg across all SNICs in 10 s windows over the run, and
+attention-time Max/Avg across the engines of a PE group per forward (plotted for the first 5% of
+the forwards, as the paper shows).
+
+Command:
+    python experiments/run_sim.py --config=configs/sim_balance.py --workdir=workdir/sim_balance
+    python experiments/run_sim.py --config=configs/sim_balance.py:quick --workdir=/tmp/balance
+Expected run time on a 2-core CPU: about 1 minute; ``:quick`` (512 agents) about 25 s;
+``:tiny`` seconds.
+Output: balance.json, balance.md/.csv (per variant: JCT, SNIC Max/Avg mean / median / p90,
+attention Max/Avg mean, first-5% mean, p90), balance_snic.csv, balance_attention.csv,
+balance_snic.png, balance_attention.png, and ``name: value`` lines (mean ratios per variant).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.study = "balance"
+    config.seed = 0
+    config.num_agents = 1024
+    config.window_s = 10.0
+    config.head_fraction = 0.05
+    config.variants = ("dpl", "dualpath")
+    config.workload = ml_collections.ConfigDict({"mal": "64K", "token_divisor": 1, "num_base": 500})
+    config.sim = ml_collections.ConfigDict({"model": "deepseek-v3.2", "prefill_nodes": 2, "decode_nodes": 4,
+                                            "kv_dtype": "fp8", "weight_dtype": "fp8", "hardware": {}})
+    if arg == "quick":
+        config.num_agents = 512
+    elif arg == "tiny":
+        config.num_agents = 16
+        config.window_s = 1.0
+        config.workload.update({"mal": "32K", "token_divisor": 8})
+        config.sim.update({"model": "ds-27b", "prefill_nodes": 1, "decode_nodes": 2})
+    elif arg not in (None, ""):
+        raise ValueError(f"configs/sim_balance.py: unknown variant {arg!r}; known: quick, tiny")
+    return config

@@ -1,0 +1,35 @@
+"""Paper Fig. 8: P/D ratio study on DS 27B: 1P1D, 2P1D, 1P2D at 512 / 1024 / 2048 agents,
+Basic vs DualPath, offline, MAL 64K.
+
+Command:
+    python experiments/run_sim.py --config=configs/sim_fig8.py --workdir=workdir/sim_fig8
+    python experiments/run_sim.py --config=configs/sim_fig8.py:quick --workdir=/tmp/fig8
+Expected run time on a 2-core CPU: about 15 minutes (18 runs, up to 320 K requests each);
+``:quick`` (MAL 32K, 128 and 512 agents) about 1 minute; ``:tiny`` (tests) seconds.
+Output: fig8.json, fig8.md/.csv (JCT, speedup, agents per hour per node), fig8.png, and
+``name: value`` lines (JCT per cluster at the largest batch, DualPath speedup per cluster, mean).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.study = "fig8"
+    config.seed = 0
+    config.clusters = ("1P1D", "2P1D", "1P2D")
+    config.num_agents = (512, 1024, 2048)
+    config.variants = ("basic", "dualpath")
+    config.workload = ml_collections.ConfigDict({"mal": "64K", "token_divisor": 1, "num_base": 500})
+    config.sim = ml_collections.ConfigDict({"model": "ds-27b", "kv_dtype": "fp8", "weight_dtype": "fp8",
+                                            "hardware": {}})
+    if arg == "quick":
+        config.workload.mal = "32K"
+        config.num_agents = (128, 512)
+    elif arg == "tiny":
+        config.workload.mal = "32K"
+        config.num_agents = (16,)
+        config.workload.token_divisor = 8
+    elif arg not in (None, ""):
+        raise ValueError(f"configs/sim_fig8.py: unknown variant {arg!r}; known: quick, tiny")
+    return config

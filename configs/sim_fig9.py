@@ -1,0 +1,39 @@
+"""Paper Fig. 9: DS 660B (DeepSeek-V3.2) 2P4D, MAL 64K, 1024 agents, offline; every round's
+append length scaled x1, x1.5, x2, x3 (generation unscaled), then the generation length likewise,
+each followed by truncation at the MAL (PAPER.md section 6.2); Basic, DualPath, Oracle.
+
+Command:
+    python experiments/run_sim.py --config=configs/sim_fig9.py --workdir=workdir/sim_fig9
+    python experiments/run_sim.py --config=configs/sim_fig9.py:quick --workdir=/tmp/fig9
+Expected run time on a 2-core CPU: about 10-15 minutes (24 runs of up to 160 K requests; the x1
+runs are shared); ``:quick`` (256 agents, factors 1 and 3) about 1 minute; ``:tiny`` seconds.
+Output: fig9.json, fig9.md/.csv, fig9.png (JCT vs factor, one panel per scaled length), and
+``name: value`` lines (DualPath speedup vs Basic per scaling, mean DualPath / Oracle JCT).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.study = "fig9"
+    config.seed = 0
+    config.num_agents = 1024
+    config.scale = ("append", "gen")
+    config.factors = (1.0, 1.5, 2.0, 3.0)
+    config.variants = ("basic", "dualpath", "oracle")
+    config.workload = ml_collections.ConfigDict({"mal": "64K", "token_divisor": 1, "num_base": 500})
+    config.sim = ml_collections.ConfigDict({"model": "deepseek-v3.2", "prefill_nodes": 2, "decode_nodes": 4,
+                                            "kv_dtype": "fp8", "weight_dtype": "fp8", "hardware": {}})
+    if arg == "quick":
+        config.num_agents = 256
+        config.factors = (1.0, 3.0)
+    elif arg == "tiny":
+        config.num_agents = 12
+        config.factors = (1.0, 2.0)
+        config.workload.mal = "32K"
+        config.workload.token_divisor = 8
+        config.sim.update({"model": "ds-27b", "prefill_nodes": 1, "decode_nodes": 1})
+    elif arg not in (None, ""):
+        raise ValueError(f"configs/sim_fig9.py: unknown variant {arg!r}; known: quick, tiny")
+    return config

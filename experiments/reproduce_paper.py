@@ -1,0 +1,97 @@
+"""Run every simulator study of the paper and write one report.
+
+    python experiments/reproduce_paper.py --workdir=workdir/paper --quick      # about 7 minutes
+    python experiments/reproduce_paper.py --workdir=workdir/paper              # several hours
+    python experiments/reproduce_paper.py --workdir=/tmp/p --config_arg=tiny --studies=fig7,online
+
+Each study (``dualpath_jax.sim.studies.STUDIES``) runs with ``configs/sim_<study>.py`` (its
+``quick`` variant with ``--quick``, or ``--config_arg``) into ``workdir/<study>/`` (config.json,
+metrics.json, tables, plots). Studies run in one process in an order that lets the memoised runs
+be shared (``sim.studies_common``): the TTFT breakdown and working set reuse the online runs.
+``workdir/REPORT.md`` gathers the paper's headline claims beside the simulated values, every
+calibration input with its source, and each study's tables and plots. A failing study is
+reported and the others still run; the exit status is then non-zero. The output ends with
+``name: value`` lines (wall time per study and the claims' simulated values), also in
+``workdir/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from absl import app, flags
+
+from dualpath_jax.metrics import writers
+from dualpath_jax.sim.report import PAPER_CLAIMS, build_report
+from dualpath_jax.sim.studies import STUDIES
+
+ORDER = ("ablation", "fig7", "fig8", "fig9", "online", "ttft_breakdown", "working_set", "balance", "table3",
+         "pd_sweep")
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+_QUICK = flags.DEFINE_bool("quick", False, "Run every study's quick variant (about 7 minutes on 2 cores).")
+_CONFIG_ARG = flags.DEFINE_string("config_arg", None, "Config variant for every study (overrides --quick).")
+_STUDIES = flags.DEFINE_list("studies", list(ORDER), "Studies to run, in this order.")
+flags.mark_flags_as_required(["workdir"])
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def load_config(study: str, arg: str | None):
+    """``get_config(arg)`` of ``configs/sim_<study>.py``."""
+    path = CONFIG_DIR / f"sim_{study}.py"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no config file for study {study!r}")
+    spec = importlib.util.spec_from_file_location(f"_sim_config_{study}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def main(argv):
+    del argv
+    workdir = Path(_WORKDIR.value)
+    workdir.mkdir(parents=True, exist_ok=True)
+    arg = _CONFIG_ARG.value if _CONFIG_ARG.value is not None else ("quick" if _QUICK.value else None)
+    studies = list(_STUDIES.value)
+    unknown = [s for s in studies if s not in STUDIES]
+    if unknown:
+        raise app.UsageError(f"--studies: unknown {unknown}; known: {sorted(STUDIES)}")
+    writers.write_env(workdir, device="simulator (virtual time)")
+    named, wall, errors = {}, {}, {}
+    for study in studies:
+        print(f"\n=== {study} ({arg or 'full'}) ===", flush=True)
+        out = workdir / study
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        try:
+            config = load_config(study, arg)
+            writers.write_config(out, config)
+            named[study] = STUDIES[config.study](config, out, log=lambda s: print(s, flush=True))
+            writers.write_named_values(out, {**named[study], "wall_s": time.perf_counter() - t0})
+        except Exception:  # a failed study is reported; the others still run
+            errors[study] = traceback.format_exc()
+            print(errors[study], file=sys.stderr, flush=True)
+        wall[study] = time.perf_counter() - t0
+        print(f"--- {study}: {wall[study]:.1f} s", flush=True)
+    report = build_report(workdir, studies, named, wall, errors, variant=arg or "full")
+    summary = {f"wall_s_{s}": wall[s] for s in studies}
+    summary["wall_s_total"] = sum(wall.values())
+    for _claim, _paper, study, key in PAPER_CLAIMS:
+        if key in named.get(study, {}):
+            summary[f"{study}.{key}"] = named[study][key]
+    summary["failed_studies"] = ",".join(errors) or "none"
+    writers.write_named_values(workdir, summary)
+    writers.append_metrics(workdir, {"variant": arg or "full", **summary})
+    print(f"\nreport: {report}")
+    print(writers.format_named_values(summary))
+    if errors:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,231 @@
+"""The paper's simulator studies: the Eq. 9 analysis against the paper's numbers and hand-derived
+cases, every study end to end on its ``tiny`` config, and physical properties of storage-bound toys."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dualpath_jax.config import ConfigError
+from dualpath_jax.model import cost
+from dualpath_jax.model.spec import get_spec
+from dualpath_jax.sim import analysis
+from dualpath_jax.sim.hardware import HardwareConfig
+from dualpath_jax.sim.report import build_report
+from dualpath_jax.sim.studies import STUDIES
+from dualpath_jax.sim.studies_common import (TTFT_COMPONENTS, WorkloadSpec, offline_run, online_run,
+                                             online_workload, parse_cluster, sim_config)
+from dualpath_jax.sim.studies_paper import PAPER_STUDIES
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def load_config(study, arg="tiny"):
+    spec = importlib.util.spec_from_file_location(f"_cfg_{study}", CONFIGS / f"sim_{study}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+# ---- Eq. 1-9 -------------------------------------------------------------------------------------
+def test_eq9_paper_values():
+    r = analysis.bottleneck_free_pd_range(8, 1, 500e9, 50e9)
+    assert r.lower == pytest.approx(1 / 7)
+    assert r.upper == pytest.approx(3.5)
+    assert r.upper_terms == pytest.approx({"de_cnic_read": 6.0, "de_cnic_write": 3.5, "de_dram": 3.5})
+    assert r.feasible and r.contains(1 / 7) and r.contains(3.5) and r.contains(0.5)
+    assert not r.contains(0.14) and not r.contains(3.51)
+
+
+@pytest.mark.parametrize("g,s,mem,b,lower,terms", [
+    # s = 2 SNICs' worth per node: Bs = 100 GB/s, M/(Bs) = 5
+    (8, 2, 500e9, 50e9, 2 / 6, {"de_cnic_read": 2.0, "de_cnic_write": 1.5, "de_dram": 1.0}),
+    # SNIC half a CNIC (s = 0.5), M = 200 GB/s: Bs = 25 GB/s, M/(Bs) = 8
+    (8, 0.5, 200e9, 50e9, 0.5 / 7.5, {"de_cnic_read": 14.0, "de_cnic_write": 7.5, "de_dram": 2.5}),
+])
+def test_eq9_hand_computed(g, s, mem, b, lower, terms):
+    r = analysis.bottleneck_free_pd_range(g, s, mem, b)
+    assert r.lower == pytest.approx(lower)
+    assert r.upper_terms == pytest.approx(terms)
+    assert r.upper == pytest.approx(min(terms.values()))
+
+
+def test_eq9_infeasible_and_errors():
+    # s = 3.5: the lower bound 3.5/4.5 exceeds (g-2s)/s = 1/3.5, and M/(Bs) = 500/175 < 3 makes Eq. 8 negative
+    r = analysis.bottleneck_free_pd_range(8, 3.5, 500e9, 50e9)
+    assert r.lower == pytest.approx(3.5 / 4.5)
+    assert r.upper_terms == pytest.approx({"de_cnic_read": 1 / 3.5, "de_cnic_write": 4.5 / 7,
+                                           "de_dram": (500 / 175 - 3) / 2})
+    assert not r.feasible and not r.contains(0.5)
+    assert not analysis.bottleneck_free_pd_range(8, 5, 500e9, 50e9).pe_cnic_read_ok  # 2s > g: Eq. 1 fails
+    with pytest.raises(ConfigError, match="cnic_bytes_per_s"):
+        analysis.bottleneck_free_pd_range(8, 1, 500e9, 0.0)
+
+
+def test_link_loads_reach_one_at_the_bounds():
+    g, s, m = 8, 1.0, 10.0
+    assert analysis.link_loads(1 / 7, g, s, m)["pe_cnic_write"] == pytest.approx(1.0)
+    assert analysis.link_loads(6.0, g, s, m)["de_cnic_read"] == pytest.approx(1.0)
+    assert analysis.link_loads(3.5, g, s, m)["de_cnic_write"] == pytest.approx(1.0)
+    assert analysis.link_loads(3.5, g, s, m)["de_dram"] == pytest.approx(1.0)
+    assert analysis.even_split_storage_fraction(1.0, g, s, m) == 1.0
+    # P/D = 8: DE CNIC write (1/8)(2*8+1) = 17/8 is the busiest
+    assert analysis.even_split_storage_fraction(8.0, g, s, m) == pytest.approx(8 / 17)
+    # Basic at P/D = 8: DE CNIC write 2 * 8/8 = 2 -> 8/9 of the SNICs, halved
+    assert analysis.basic_storage_fraction(8.0, g, s, m) == pytest.approx(8 / 9 / 2)
+    assert analysis.basic_storage_fraction(0.5, g, s, m) == pytest.approx(1 / 3)
+
+
+def test_pd_range_for_hardware_defaults_and_kv_share():
+    hw = HardwareConfig()
+    nominal = analysis.pd_range_for_hardware(hw)
+    assert (nominal.lower, nominal.upper) == (pytest.approx(1 / 7), pytest.approx(3.5))
+    eff = analysis.pd_range_for_hardware(hw, kv_share=True)  # B = 45 GB/s, s = 10/9, Bs = 50 GB/s
+    s = 10 / 9
+    assert eff.lower == pytest.approx(s / (8 - s))
+    assert eff.upper == pytest.approx(min((8 - 2 * s) / s, (8 - s) / (2 * s), 3.5))
+
+
+def test_working_set_bytes_hand_computed():
+    # 0.5 APS x 1000 s = 500 live agents holding half of 55,958 tokens of 40,016 B each
+    assert analysis.working_set_bytes(0.5, 1000.0, 55958.0, 40016.0) == pytest.approx(500 * 27979 * 40016)
+    with pytest.raises(ConfigError, match="aps"):
+        analysis.working_set_bytes(-1.0, 1.0, 1.0, 1.0)
+
+
+# ---- config plumbing ------------------------------------------------------------------------------
+def test_registry_and_errors_name_fields():
+    assert set(PAPER_STUDIES) <= set(STUDIES) and "ablation" in STUDIES
+    assert parse_cluster("48P96D") == (48, 96)
+    with pytest.raises(ConfigError, match="clusters"):
+        parse_cluster("2x4", "clusters")
+    with pytest.raises(ConfigError, match="workload.mal"):
+        WorkloadSpec(mal="16K")
+    with pytest.raises(ConfigError, match="hardware.snic_bytes_per_s"):
+        sim_config({"hardware": {"snic_bytes_per_s": 0}})
+    with pytest.raises(ConfigError, match="sim.hardware.snic_gbps"):
+        sim_config({"model": "ds-27b"}, {"hardware": {"snic_gbps": 400}})
+    assert sim_config({"model": "ds-27b", "hardware": {"hbm_bytes": 1e11}},
+                      {"hardware": {"dram_buffer_bytes": 3.2e11}}).hardware.hbm_bytes == 1e11  # merged per key
+    with pytest.raises(ValueError, match="unknown variant"):
+        load_config("fig7", "huge")
+
+
+def test_online_workload_sizes_runs_by_horizon():
+    base = {"workload": {"mal": "32K", "num_agents": 7}, "seed": 3}
+    assert online_workload(base, 5.0).num_agents == 7  # bounded batch: the configured agents
+    timed = {**base, "horizon_s": 100.0, "warmup_s": 20.0, "max_agents_per_run": 60}
+    assert online_workload(timed, 0.25).num_agents == 25  # ceil(0.25 x 100)
+    assert online_workload(timed, 0.333).num_agents == 34
+    assert online_workload(timed, 5.0).num_agents == 60  # capped
+    assert online_workload(timed, 0.25).seed == 3
+    with pytest.raises(ConfigError, match="warmup_s"):
+        online_workload({**base, "warmup_s": 5.0}, 1.0)
+    with pytest.raises(ConfigError, match="warmup_s"):
+        online_workload({**timed, "warmup_s": 100.0}, 1.0)
+
+
+# ---- every study end to end ---------------------------------------------------------------------
+OUTPUTS = {
+    "fig7": ("fig7.md", "fig7.csv", "fig7.png", "fig7.json"),
+    "fig8": ("fig8.md", "fig8.csv", "fig8.png", "fig8.json"),
+    "fig9": ("fig9.md", "fig9.csv", "fig9.png", "fig9.json"),
+    "online": ("online_curves.md", "online_curves.csv", "online_max_aps.md", "online_latency.png",
+               "online_completion.png", "online.json"),
+    "ttft_breakdown": ("ttft_breakdown.md", "ttft_breakdown.csv", "ttft_breakdown_dualpath.png", "ttft_breakdown.json"),
+    "working_set": ("working_set.md", "working_set.csv", "working_set.png", "working_set.json"),
+    "balance": ("balance.md", "balance.csv", "balance_snic.csv", "balance_snic.png", "balance_attention.png",
+                "balance.json"),
+    "table3": ("table3.md", "table3.csv", "table3.png", "table3.json"),
+    "pd_sweep": ("pd_sweep.md", "pd_sweep.csv", "pd_sweep.png", "pd_sweep.json"),
+}
+
+
+@pytest.mark.parametrize("study", sorted(OUTPUTS))
+def test_study_runs_and_writes_files(study, tmp_path):
+    config = load_config(study)
+    assert config.study == study
+    named = STUDIES[study](config, tmp_path, log=lambda s: None)
+    for name in OUTPUTS[study]:
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert named and all(isinstance(k, str) for k in named)
+    json.loads((tmp_path / f"{'online' if study == 'online' else study}.json").read_text())
+
+
+def test_quick_and_full_configs_build():
+    for study in OUTPUTS:
+        for arg in (None, "quick"):
+            config = load_config(study, arg)
+            assert config.study == study
+
+
+def test_report_gathers_claims_tables_and_plots(tmp_path):
+    named = {}
+    for study in ("fig7", "pd_sweep"):
+        named[study] = STUDIES[study](load_config(study), tmp_path / study, log=lambda s: None)
+    path = build_report(tmp_path, ["fig7", "pd_sweep"], named, {"fig7": 1.0, "pd_sweep": 2.0}, {}, variant="tiny")
+    text = path.read_text()
+    assert "| Eq. 9 lower bound on P/D" in text and "| 1/7 = 0.143 | 0.1429 |" in text
+    assert "![fig7 fig7](fig7/fig7.png)" in text and "#### Fig. 7: offline JCT vs agents" in text
+    assert "ASSUMED_CONTEXT_TOKENS" in text and "storage_bytes_per_s" in text
+
+
+# ---- physical properties on storage-bound toys ---------------------------------------------------
+SLOW_SNIC = {"snic_bytes_per_s": 0.25e9}  # 250 MB/s: reading dominates a tiny workload
+
+
+def test_storage_bound_offline_order_and_lower_bounds():
+    wl = WorkloadSpec(mal="32K", num_agents=16, token_divisor=8)
+    base = sim_config({"model": "ds-27b", "prefill_nodes": 1, "decode_nodes": 1, "hardware": SLOW_SNIC})
+    runs = {v: offline_run(base, v, wl, log=None) for v in ("basic", "dualpath", "oracle")}
+    kvb = cost.kv_bytes_per_token(get_spec("ds-27b"), "fp8")
+    hit_bytes = runs["basic"]["hit_tokens"] * kvb
+    assert runs["basic"]["snic_read_bytes"] == pytest.approx(hit_bytes)
+    assert runs["oracle"]["snic_read_bytes"] == 0.0
+    # one PE SNIC must carry every hit byte; dual loading has two SNICs
+    assert runs["basic"]["jct_s"] >= hit_bytes / SLOW_SNIC["snic_bytes_per_s"]
+    assert runs["dualpath"]["jct_s"] >= hit_bytes / (2 * SLOW_SNIC["snic_bytes_per_s"])
+    assert runs["oracle"]["jct_s"] <= runs["dualpath"]["jct_s"] < runs["basic"]["jct_s"]
+    assert runs["basic"]["jct_s"] / runs["dualpath"]["jct_s"] > 1.5  # storage-bound: close to 2x
+
+
+def test_snic_balance_dualpath_beats_round_robin_when_storage_bound(tmp_path):
+    config = load_config("balance")  # 1P2D: round robin alternates PE/DE -> the PE SNIC reads half
+    config.sim.hardware = SLOW_SNIC
+    config.num_agents = 24
+    config.window_s = 5.0
+    named = STUDIES["balance"](config, tmp_path, log=lambda s: None)
+    assert named["snic_max_avg_p50_dpl"] == pytest.approx(1.5, abs=0.05)
+    assert named["snic_max_avg_p50_dualpath"] < named["snic_max_avg_p50_dpl"] - 0.2
+    assert named["snic_max_avg_mean_dualpath"] < named["snic_max_avg_mean_dpl"]
+
+
+def test_de_nodes_share_requests_when_storage_bound():
+    """Phase 1 must see an idle DE group's current load (it reports even without work)."""
+    from dualpath_jax.sim import Simulator, agents_from_trajectories, variant_config
+    from dualpath_jax.sim.experiment import offline_starts
+    ts = WorkloadSpec(mal="32K", num_agents=32, token_divisor=8).build()
+    base = sim_config({"model": "ds-27b", "prefill_nodes": 1, "decode_nodes": 2, "hardware": SLOW_SNIC})
+    sim = Simulator(variant_config(base, "dualpath"), agents_from_trajectories(ts, offline_starts(ts)))
+    res = sim.run()
+    node = np.asarray([sim.node_of[d] for d in res.requests["de"]])
+    share = np.mean(node == 1)
+    assert 0.35 <= share <= 0.65
+
+
+def test_ttft_components_sum_to_ttft_and_oracle_reads_nothing():
+    wl = WorkloadSpec(mal="32K", num_agents=12, token_divisor=8)
+    base = sim_config({"model": "ds-27b", "prefill_nodes": 1, "decode_nodes": 1, "hardware": SLOW_SNIC})
+    for variant in ("dualpath", "oracle"):
+        s = online_run(base, variant, wl, 1.0, log=None).stats
+        parts = [s[f"{c}_mean"] for c in TTFT_COMPONENTS]
+        assert all(p >= -1e-12 for p in parts)
+        assert sum(parts) == pytest.approx(s["ttft_mean_s"], rel=1e-9)
+        if variant == "oracle":
+            assert s["read_transfer_s_mean"] == 0.0 and s["read_wait_s_mean"] == 0.0
+        else:  # every hit byte crosses a 250 MB/s SNIC: the transfer share is at least bytes / rate on average
+            assert s["read_transfer_s_mean"] > 0.0
+    assert math.isfinite(s["completion_mean_s"]) and s["num_failed"] == 0
