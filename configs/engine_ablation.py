@@ -1,0 +1,87 @@
+"""Engine ablation (paper Fig. 12 right on the real engine): agentic traces on an emulated 1P2D cluster.
+
+Command:
+    python experiments/run_engine.py --workdir=workdir/engine
+    python experiments/run_engine.py --config=configs/engine_ablation.py:big --workdir=workdir/engine_big
+Variants (``sched.ABLATION_VARIANTS``): Basic (pe_read, full, round_robin), +Layerwise
+(pe_read, layerwise, round_robin), +DPL (dual, layerwise, round_robin; naive read side that
+alternates PE, DE per request), DualPath (dual, layerwise, dualpath) and Oracle (oracle, layerwise,
+dualpath: no KV I/O cost). Every variant replays the same agents on a fresh KV store.
+
+Workload: the first 24 agent conversations of ``../shared/data/agentic_traces`` (Claude Code
+traces, first 300 files) that have at least ``rounds`` = 4 rounds, cut to those rounds;
+sub-agents dropped; each trajectory its own token scope (hits only within a trajectory, PAPER.md
+A.4); every token count divided by ``token_divisor`` = 32 (``workload.scale_tokens``: a 64-token
+trace block becomes 2 tokens, prefix structure kept); agents whose context exceeds
+``max_context_tokens`` = 2048 or whose later rounds append more than ``max_append_tokens`` = 128
+tokens (long tool outputs) skipped, so the 4-layer ``tiny-gqa`` model (1 KiB of f32 KV per token)
+replays them on a CPU in the agentic regime (short appends over long cached contexts). Warm
+start: the store is seeded with each agent's first prompt, so every replayed round is a hit
+round (96 requests, ~70K hit tokens = 71 MB of KV, ~5.4K appended tokens, ~800 generated). All
+agents start at t = 0 (offline, the metric is JCT); ``arrivals.mode="online"`` gives Poisson
+arrivals at ``aps``.
+
+Emulated hardware, 1P2D: one PE node and two DE nodes of one engine each (one JAX CPU device per
+engine), 256 MiB DRAM buffer per node. Link rates are calibrated to the host (``calibrate``):
+Oracle (no KV I/O) runs first and the SNIC rate is set so that reading all hit KV through one
+SNIC takes ``load_over_oracle`` = 2.5 x Oracle's JCT (about 5-9 MB/s per direction on a 2-core
+CPU); CNIC = 8 x SNIC per engine (the paper's 8 GPUs with one CNIC each share one SNIC per node).
+The PE node's SNIC thus feeds only 1/2.5 of its compute, while the three SNICs together can feed
+it all: the storage-bound regime of PAPER.md 1.2/2.6 (``load_over_compute`` in the output: hit
+KV read time through one SNIC over Oracle's PE compute seconds, about 3). Set
+``calibrate.load_over_oracle=0`` to use ``cluster.snic_bytes_per_s``/``cnic_bytes_per_s`` as given.
+
+Expected run time on a loaded 2-core CPU: default about 3 minutes (2 minutes with the persistent
+jit cache of an earlier run); ``:quick`` (8 agents) under 1 minute; ``:big`` (32 agents x 6
+rounds, contexts up to 4K tokens, 385K hit tokens, plus ``split``: each request's blocks read
+from both sides, beyond the paper) about 11 minutes.
+Output (workdir): ``ablation.json`` ({"variants": {name: {"jct_s", "ttft_p50_s", "ttft_p99_s",
+"tpot_s", "snic_bytes", ...}}, "tokens_identical", ...}), ``ablation.md/.csv`` (variant, JCT, TTFT
+p50/p99, TTST, TPOT, MB read and busy seconds per SNIC, SNIC Max/Avg, speedup vs Basic, compute
+seconds per engine), ``ablation.png``, ``snic_read_bytes.png``, ``tokens.json`` (token check vs
+each other and a no-cache recompute), ``runs/<variant>/{requests,forwards,summary}.json`` (per
+request timeline and tokens; per PE forward (engine, (cached, bsz) pairs, seconds) and per DE
+step, for calibrating the simulator), ``config.json``, ``env.json``, ``metrics.json`` and the
+``name: value`` lines (``jct_s_<variant>``, ``speedup_<variant>_vs_basic``,
+``dualpath_over_oracle_jct``, ``tokens_identical``, ...).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.variants = ("basic", "layerwise", "dpl", "dualpath", "oracle")
+    config.model = ml_collections.ConfigDict({"name": "tiny-gqa", "kv_dtype": "f32", "seed": 0})
+    config.workload = ml_collections.ConfigDict({
+        "max_files": 300, "num_agents": 24, "rounds": 4, "token_divisor": 32, "max_context_tokens": 2048,
+        "max_append_tokens": 128, "warm_start": True})
+    config.arrivals = ml_collections.ConfigDict({"mode": "offline", "aps": 1.0, "seed": 0, "use_think_time": False})
+    config.cluster = ml_collections.ConfigDict({
+        "prefill_nodes": 1, "decode_nodes": 2, "engines_per_node": 1,
+        "snic_bytes_per_s": 3.0e6, "cnic_bytes_per_s": 24.0e6, "buffer_bytes": 256 * 2**20,
+        "pe_hbm_kv_bytes": 8 * 2**20, "de_hbm_kv_bytes": 64 * 2**20, "max_decode_batch": 16,
+        "layerwise_depth": 2, "alpha_s": 3.0, "beta_s": 5.0, "z_factor": 1.05, "compute_quota_s": 0.3,
+        "basic_max_batch_tokens": 8192, "fetch_period_s": 0.005, "timeout_s": 120.0, "run_timeout_s": 900.0})
+    config.profile = ml_collections.ConfigDict({
+        "pairs": ((0, 64), (1024, 64), (2048, 128), (3008, 32), (1024, 512), (2048, 1024)), "repeats": 3})
+    # Link rates from the host's speed: SNIC such that reading all hit KV through one SNIC takes
+    # load_over_oracle x Oracle's JCT (0 = use cluster.snic_bytes_per_s / cnic_bytes_per_s as given).
+    config.calibrate = ml_collections.ConfigDict({"load_over_oracle": 2.5, "cnic_over_snic": 8.0})
+    config.window_s = 1.0
+    config.tie_tol = 1e-4
+    config.reference_chunk_tokens = 512
+    if arg == "quick":
+        config.workload.num_agents = 8
+        config.workload.max_files = 120
+    elif arg == "big":
+        config.variants = ("basic", "layerwise", "dpl", "dualpath", "split", "oracle")
+        config.workload.num_agents = 32
+        config.workload.rounds = 6
+        config.workload.max_files = 609
+        config.workload.max_context_tokens = 4096
+        config.cluster.max_decode_batch = 24
+        config.cluster.de_hbm_kv_bytes = 128 * 2**20
+    elif arg not in (None, ""):
+        raise ValueError(f"configs/engine_ablation.py: unknown variant {arg!r}; known: quick, big")
+    return config

@@ -1,0 +1,366 @@
+"""The engine ablation (paper Fig. 12 right, on the real engine): agents from the agentic traces,
+the five variants of ``sched.ABLATION_VARIANTS`` on one emulated cluster, tables, plots, checks.
+
+Used by ``experiments/run_engine.py``; every step is a function so tests and notebooks can call
+it. Workload (documented in ``configs/engine_ablation.py``): the first ``num_agents`` agent
+conversations of ``../shared/data/agentic_traces`` (sub-agents dropped, one token scope per
+trajectory so hits stay within a trajectory, PAPER.md A.4) that have ``rounds`` rounds, cut to
+those rounds, with every token count divided by ``token_divisor``
+(:func:`dualpath_jax.workload.scale_tokens`: a 64-token trace block becomes ``64 / divisor``
+tokens, the hash-prefix structure is kept); agents whose context would exceed
+``max_context_tokens`` or whose later rounds append more than ``max_append_tokens`` (long tool
+outputs) are skipped, so the tiny model replays them on a CPU in the paper's regime of short
+appends over long cached contexts. With ``warm_start`` the store is seeded with every agent's
+first prompt (:func:`seed_store`).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from dualpath_jax.config import ConfigError, from_mapping
+from dualpath_jax.engine import report
+from dualpath_jax.engine.cluster import ClusterResult, EngineCluster
+from dualpath_jax.engine.compute import check_supported, prefill_kv
+from dualpath_jax.engine.config import ClusterConfig, engine_variant
+from dualpath_jax.engine.profile import fit_time_model, prefill_shape, profile_prefill, warm_up_prefill
+from dualpath_jax.kvcache import block_keys, layout_for, pack_full_blocks
+from dualpath_jax.metrics import writers
+from dualpath_jax.model import cost, get_spec, init_params
+from dualpath_jax.sched import BatchItem, form_batch
+from dualpath_jax.store import KVStore, StoreConfig
+from dualpath_jax.workload import (Trajectory, load_agentic_traces, poisson_arrivals_s, prompt_token_ids,
+                                   scale_tokens)
+
+__all__ = ["select_agents", "start_times", "Setup", "round_shapes", "expected_shapes", "seed_store", "run_variant",
+           "calibrate_links", "load_compute_ratio", "run_ablation"]
+
+
+def select_agents(cfg) -> list[Trajectory]:
+    """The replayed agents (module docstring); ``cfg`` is the ``workload`` ConfigDict.
+
+    Raises:
+      ConfigError: ``workload.num_agents`` agents cannot be found under the limits.
+    """
+    ts = load_agentic_traces(limit=cfg.max_files, subagents="drop", token_scope="trajectory")
+    ts = scale_tokens(ts, int(cfg.token_divisor))
+    out = []
+    for traj in ts:
+        if traj.num_rounds < cfg.rounds:
+            continue
+        traj = _head(traj, int(cfg.rounds))
+        if traj.total_tokens > cfg.max_context_tokens or int(traj.num_append_tokens[1:].max(initial=0)) > \
+                cfg.max_append_tokens:
+            continue
+        out.append(traj)
+        if len(out) == cfg.num_agents:
+            return out
+    raise ConfigError("workload.num_agents", f"found only {len(out)} agents with >= {cfg.rounds} rounds, "
+                      f"<= {cfg.max_context_tokens} tokens and <= {cfg.max_append_tokens} appended tokens per "
+                      f"later round in the first {cfg.max_files} trace files")
+
+
+def _head(traj: Trajectory, rounds: int) -> Trajectory:
+    """The first ``rounds`` rounds, without re-validation: ``scale_tokens`` can leave a hashed
+    round whose rounded-up partial tail is a whole scaled block (e.g. a 63-token tail / 32 -> 2
+    tokens = one 2-token block), which ``Trajectory`` validation rejects although the round's
+    tokens are well defined (its hash blocks followed by its tail)."""
+    cut = lambda x: x[:rounds]  # noqa: E731
+    return Trajectory.unchecked(
+        agent_id=traj.agent_id, num_append_tokens=cut(traj.num_append_tokens), num_gen_tokens=cut(traj.num_gen_tokens),
+        num_hit_tokens=cut(traj.num_hit_tokens), think_time_s=cut(traj.think_time_s), token_scope=traj.token_scope,
+        block_tokens=traj.block_tokens, hashes=None if traj.hashes is None else traj.hashes.head(rounds),
+        start_offset_s=traj.start_offset_s, parent_id=traj.parent_id, source=traj.source)
+
+
+def start_times(cfg, num_agents: int) -> np.ndarray:
+    """Offline: every agent at t = 0; online: Poisson arrivals at ``cfg.aps`` agents/s."""
+    if cfg.mode == "offline":
+        return np.zeros(num_agents)
+    if cfg.mode == "online":
+        return poisson_arrivals_s(num_agents, cfg.aps, cfg.seed)
+    raise ConfigError("arrivals.mode", f"must be 'offline' or 'online' (got {cfg.mode!r})")
+
+
+class Setup:
+    """Model, layout, profiled time model and compiled shapes shared by every variant of a run."""
+
+    def __init__(self, config, agents: list[Trajectory], log: Callable = print):
+        self.config = config
+        self.spec = get_spec(config.model.name)
+        check_supported(self.spec)
+        self.cluster = from_mapping(ClusterConfig, {**config.cluster.to_dict(), "model": config.model.name,
+                                                    "kv_dtype": config.model.kv_dtype})
+        for name in config.variants:
+            engine_variant(name)
+        self.layout = layout_for(self.spec, config.model.kv_dtype)
+        self.cluster.check_layout(self.layout.full_block_bytes)
+        self.params = jax.tree.map(np.asarray, init_params(self.spec, jax.random.PRNGKey(config.model.seed)))
+        self.agents = agents
+        n_eng = self.cluster.num_pe + self.cluster.num_de
+        self.devices = jax.devices()[:n_eng]
+        t0 = time.perf_counter()
+        dev = self.devices[0]
+        dev_params = jax.device_put(self.params, dev)
+        self.samples = profile_prefill(dev_params, self.spec, dev, [tuple(p) for p in config.profile.pairs],
+                                       block_tokens=self.layout.block_tokens, repeats=config.profile.repeats)
+        self.time_model = fit_time_model(self.spec, self.samples)
+        ctx_tok, app_tok = typical_round(agents)
+        layer_s = self.time_model.time_s(ctx_tok, app_tok)
+        self.prefill_tokens_per_s = (ctx_tok + app_tok) / max(layer_s * self.spec.n_layers, 1e-9)
+        self.rounds = round_shapes(agents, self.layout.block_tokens, bool(config.workload.warm_start))
+        self.warm_shapes = expected_shapes(self.rounds, self.layout.block_tokens, self.time_model, self.cluster)
+        for e in range(self.cluster.num_pe):
+            d = self.devices[e % len(self.devices)]
+            warm_up_prefill(jax.device_put(self.params, d), self.spec, d, self.warm_shapes,
+                            block_tokens=self.layout.block_tokens)
+        self.setup_s = time.perf_counter() - t0
+        log(f"profiled {len(self.samples)} (cached, bsz) pairs and compiled {len(self.warm_shapes)} prefill shapes "
+            f"in {self.setup_s:.1f} s; time model {self.time_model}")
+
+
+def typical_round(agents: list[Trajectory]) -> tuple[int, int]:
+    """Mean (hit, append) tokens over the rounds that have a hit."""
+    hits = np.concatenate([a.num_hit_tokens for a in agents])
+    apps = np.concatenate([a.num_append_tokens for a in agents])
+    sel = hits > 0
+    if not np.any(sel):
+        return 0, max(int(apps.mean()), 1)
+    return int(hits[sel].mean()), max(int(apps[sel].mean()), 1)
+
+
+def round_shapes(agents: list[Trajectory], z: int, warm_start: bool) -> list[tuple[int, int]]:
+    """Estimated ``(hit, append)`` tokens of every round as the engine will see it: the hit is the
+    trace's hit cut to whole blocks; with a warm start round 0's hit is its prompt's whole blocks
+    (at least one token computed)."""
+    out = []
+    for a in agents:
+        for r, (hit0, app0) in enumerate(zip(a.num_hit_tokens, a.num_append_tokens)):
+            prompt = int(hit0) + int(app0)
+            hit = (prompt - 1) // z * z if (r == 0 and warm_start) else int(hit0) // z * z
+            out.append((hit, prompt - hit))
+    return out
+
+
+def expected_shapes(rounds: list[tuple[int, int]], z: int, time_model, cluster: ClusterConfig) -> set:
+    """Prefill ``(T, P)`` buckets the run will likely use: each round whole (FIFO batches) and as
+    the compute-quota chunks it would get alone."""
+    shapes = set()
+    for hit, app in rounds:
+        shapes.add(prefill_shape(hit, app, z))
+        cached, remaining = hit, app
+        while remaining > 0:
+            (item,) = form_batch([BatchItem(0, cached, remaining)], cluster.compute_quota_s, time_model)[:1]
+            shapes.add(prefill_shape(cached, item.remaining, z))
+            cached += item.remaining
+            remaining -= item.remaining
+    return shapes
+
+
+def seed_store(setup: "Setup", path: Path, *, log: Callable = print) -> int:
+    """Write every agent's first prompt's whole blocks to a store at ``path`` (a warm start: the
+    agents resume conversations whose prefix is cached, so every replayed round is a hit round,
+    as in the paper's agentic workload). KV computed by the runtime's own prefill in 512-token
+    chunks; returns the blocks written.
+
+    Raises:
+      RuntimeError: a block could not be written.
+    """
+    shutil.rmtree(path, ignore_errors=True)
+    z, dev = setup.layout.block_tokens, setup.devices[0]
+    params = jax.device_put(setup.params, dev)
+    written = 0
+    with KVStore(setup.layout, StoreConfig(backend="file", path=str(path), fsync=False)) as store:
+        for traj in setup.agents:
+            prompt = prompt_token_ids(traj, 0, setup.spec.vocab_size)
+            n = len(prompt) // z
+            if n == 0:
+                continue
+            kv = prefill_kv(params, setup.spec, prompt[:n * z], dev, block_tokens=z)
+            for res in store.write(block_keys(setup.layout, prompt)[:n], pack_full_blocks(setup.layout, kv)):
+                if not res.ok:
+                    raise RuntimeError(f"seed store: {res.failure}")
+            written += n
+    log(f"seeded the store with {written} Full Blocks of the agents' first prompts")
+    return written
+
+
+def run_variant(setup: Setup, name: str, store_dir: Path, seed_dir: Path | None = None) -> ClusterResult:
+    """One variant on a fresh store (a copy of ``seed_dir`` if given), so every variant starts
+    from the same stored KV and sees the same hits."""
+    cfg = setup.cluster.for_variant(name)
+    shutil.rmtree(store_dir, ignore_errors=True)
+    if seed_dir is not None:
+        shutil.copytree(seed_dir, store_dir)
+    store = KVStore(setup.layout, StoreConfig(backend="file", path=str(store_dir), fsync=False,
+                                              io_threads=cfg.store_io_threads, timeout_s=cfg.timeout_s))
+    try:
+        cluster = EngineCluster(cfg, setup.spec, setup.params, setup.layout, store, time_model=setup.time_model,
+                                prefill_tokens_per_s=setup.prefill_tokens_per_s, devices=setup.devices)
+        arr = setup.config.arrivals
+        result = cluster.run(setup.agents, start_times(arr, len(setup.agents)), use_think_time=arr.use_think_time)
+    finally:
+        store.close()
+        shutil.rmtree(store_dir, ignore_errors=True)
+    return result
+
+
+def calibrate_links(setup: Setup, cfg, store_dir: Path, seed_dir: Path | None, *, log: Callable = print) -> dict:
+    """Set the emulated link rates from this host's measured speed (``cfg``: the ``calibrate`` ConfigDict).
+
+    With ``cfg.load_over_oracle = x > 0``: run Oracle once (no KV I/O, so its JCT is the host's
+    compute-bound JCT of the workload), then set every SNIC to the rate at which reading all of
+    the run's hit KV through one SNIC takes ``x`` times that JCT, and every CNIC to
+    ``cfg.cnic_over_snic`` times it. The PE node's own SNIC then feeds only ``1/x`` of its
+    compute, the storage-bound regime of the paper (PAPER.md 1.2, 2.6), whatever the host's speed.
+    ``x = 0`` keeps the configured rates. Returns what was measured and set.
+    """
+    if not cfg.load_over_oracle:
+        return {"calibrated": False}
+    t0 = time.perf_counter()
+    res = run_variant(setup, "oracle", store_dir, seed_dir)
+    s = report.summarize(res)
+    hit_bytes = s["hit_tokens"] * setup.layout.bytes_per_token
+    snic = hit_bytes / (cfg.load_over_oracle * s["jct_s"])
+    setup.cluster = setup.cluster.replace(snic_bytes_per_s=snic, cnic_bytes_per_s=snic * cfg.cnic_over_snic)
+    log(f"calibration: Oracle JCT {s['jct_s']:.2f} s for {hit_bytes / 1e6:.1f} MB of hit KV -> SNIC "
+        f"{snic / 1e6:.2f} MB/s, CNIC {snic * cfg.cnic_over_snic / 1e6:.2f} MB/s ({time.perf_counter() - t0:.1f} s)")
+    return {"calibrated": True, "oracle_jct_s": s["jct_s"], "hit_bytes": hit_bytes, "load_over_oracle":
+            cfg.load_over_oracle, "cnic_over_snic": cfg.cnic_over_snic, "snic_bytes_per_s": snic}
+
+
+def load_compute_ratio(setup: Setup) -> dict:
+    """The regime the emulated hardware reproduces (PAPER.md 1.2), estimated before the runs: over
+    the rounds with a hit, the time to read their hit KV through one SNIC over the PE's time to
+    compute their appended tokens (fitted time model), and the model-level cache-compute ratio
+    in GB/PFLOP (``model.cost``). :func:`run_ablation` adds the measured ratio (Oracle's PE
+    compute seconds)."""
+    c, bpt, spec = setup.cluster, setup.layout.bytes_per_token, setup.spec
+    hit_rounds = [(h, a) for h, a in setup.rounds if h > 0]
+    load = sum(h * bpt / c.snic_bytes_per_s for h, _ in hit_rounds)
+    compute = sum(spec.n_layers * setup.time_model.time_s(h, a) for h, a in hit_rounds)
+    ratio = [cost.cache_compute_ratio(spec, h, a, "f32") for h, a in hit_rounds]
+    return {"load_over_compute_estimated": float(load / max(compute, 1e-12)),
+            "hit_read_s_one_snic": float(load), "hit_rounds": len(hit_rounds),
+            "cache_compute_gb_per_pflop": float(np.mean(ratio)) if ratio else 0.0}
+
+
+def _row(name: str, s: dict, basic_jct: float | None) -> dict:
+    row = {"variant": name, "jct_s": s["jct_s"], "ttft_p50_s": s["ttft_p50_s"], "ttft_p99_s": s["ttft_p99_s"],
+           "ttst_s": s["ttst_mean_s"], "tpot_s": s["tpot_s"]}
+    for node, b in s["snic_bytes"].items():
+        row[f"snic_read_MB_{node}"] = b / 1e6
+    for node, b in s["snic_busy_s"].items():
+        row[f"snic_busy_s_{node}"] = b
+    row["snic_max_avg"] = s["snic_max_avg_mean"]
+    row["speedup_vs_basic"] = basic_jct / s["jct_s"] if basic_jct else math.nan
+    for eng, sec in s["compute_s"].items():
+        row[f"compute_s_{eng}"] = sec
+    row["failed"] = s["num_failed"]
+    return row
+
+
+def run_ablation(config, workdir, *, log: Callable = print) -> dict:
+    """Run every variant, write the artifacts (see ``configs/engine_ablation.py``), return named values."""
+    workdir = Path(workdir)
+    agents = select_agents(config.workload)
+    setup = Setup(config, agents, log=log)
+    n_req = sum(a.num_rounds for a in agents)
+    log(f"{len(agents)} agents, {n_req} requests; estimated hit KV {sum(h for h, _ in setup.rounds)} tokens, "
+        f"appended {sum(a for _, a in setup.rounds)} tokens")
+    seed_dir = workdir / "seed_store" if config.workload.warm_start else None
+    if seed_dir is not None:
+        seed_store(setup, seed_dir, log=log)
+    calibration = calibrate_links(setup, config.calibrate, workdir / "kvstore", seed_dir, log=log)
+    regime = load_compute_ratio(setup)
+    results, summaries = {}, {}
+    for name in config.variants:
+        t0 = time.perf_counter()
+        res = run_variant(setup, name, workdir / "kvstore", seed_dir)
+        s = report.summarize(res, window_s=config.window_s)
+        results[name], summaries[name] = res, s
+        run_dir = workdir / "runs" / name
+        writers.write_json(run_dir / "requests.json", report.request_rows(res))
+        writers.write_json(run_dir / "forwards.json", report.forward_rows(res))
+        writers.write_json(run_dir / "summary.json", {**s, "links": res.links, "runtime_shapes": res.runtime_shapes})
+        log(f"  {name:10s} JCT {s['jct_s']:7.2f} s  TTFT p50 {s['ttft_p50_s']:6.3f} s  TPOT {s['tpot_s'] * 1e3:6.1f} ms"
+            f"  SNIC MB {', '.join(f'{k}={v / 1e6:.1f}' for k, v in s['snic_bytes'].items())}"
+            f"  failed {s['num_failed']}  ({time.perf_counter() - t0:.1f} s wall)")
+    t0 = time.perf_counter()
+    tokens = report.check_tokens(results, setup.params, setup.spec, tie_tol=config.tie_tol,
+                                 chunk_tokens=config.reference_chunk_tokens or None)
+    if seed_dir is not None:
+        shutil.rmtree(seed_dir, ignore_errors=True)
+    log(f"token check: identical {tokens['tokens_identical']} (tie-aware {tokens['tokens_identical_tie_aware']}), "
+        f"{tokens['reference_checked_tokens']} tokens recomputed without the cache in {time.perf_counter() - t0:.1f} s")
+    writers.write_json(workdir / "tokens.json", tokens)
+    if "oracle" in summaries:  # measured: the hit KV read through one SNIC vs Oracle's PE compute seconds
+        o = summaries["oracle"]
+        pe_s = sum(v for k, v in o["compute_s"].items() if k.startswith("pe"))
+        read_s = o["hit_tokens"] * setup.layout.bytes_per_token / setup.cluster.snic_bytes_per_s
+        regime["hit_read_s_one_snic_measured"] = read_s
+        regime["pe_compute_s_oracle"] = pe_s
+        regime["load_over_compute_measured"] = read_s / max(pe_s, 1e-12)
+    basic = summaries.get("basic", {}).get("jct_s")
+    rows = [_row(n, s, basic) for n, s in summaries.items()]
+    writers.write_table(workdir / "ablation", rows, title="Engine ablation (1P2D emulated, agentic traces)")
+    ablation = {"variants": {n: {"jct_s": s["jct_s"], "ttft_p50_s": s["ttft_p50_s"], "ttft_p99_s": s["ttft_p99_s"],
+                                 "ttst_s": s["ttst_mean_s"], "tpot_s": s["tpot_s"], "snic_bytes": s["snic_bytes"],
+                                 "snic_busy_s": s["snic_busy_s"], "snic_max_avg": s["snic_max_avg_mean"],
+                                 "compute_s": s["compute_s"], "num_failed": s["num_failed"],
+                                 "bytes_conserved": s["bytes_conserved"]} for n, s in summaries.items()},
+                "tokens_identical": tokens["tokens_identical"],
+                "tokens_identical_tie_aware": tokens["tokens_identical_tie_aware"], "regime": regime,
+                "calibration": calibration, "snic_bytes_per_s": setup.cluster.snic_bytes_per_s,
+                "cnic_bytes_per_s": setup.cluster.cnic_bytes_per_s,
+                "time_model": {"seconds_per_token": setup.time_model.seconds_per_token,
+                               "seconds_per_flop": setup.time_model.seconds_per_flop,
+                               "flops_per_key": setup.time_model.flops_per_key},
+                "profile": [vars(s) for s in setup.samples], "prefill_tokens_per_s": setup.prefill_tokens_per_s}
+    writers.write_json(workdir / "ablation.json", ablation)
+    _plots(workdir, results, summaries)
+    named = {f"jct_s_{n}": s["jct_s"] for n, s in summaries.items()}
+    named.update({f"ttft_p50_s_{n}": s["ttft_p50_s"] for n, s in summaries.items()})
+    if basic:
+        named.update({f"speedup_{n}_vs_basic": basic / s["jct_s"] for n, s in summaries.items() if n != "basic"})
+    if "dualpath" in summaries and "oracle" in summaries:
+        named["dualpath_over_oracle_jct"] = summaries["dualpath"]["jct_s"] / summaries["oracle"]["jct_s"]
+    named.update({f"snic_max_avg_{n}": s["snic_max_avg_mean"] for n, s in summaries.items()})
+    named["snic_bytes_per_s"] = setup.cluster.snic_bytes_per_s
+    named["load_over_compute"] = regime.get("load_over_compute_measured", regime["load_over_compute_estimated"])
+    named["num_failed"] = sum(s["num_failed"] for s in summaries.values())
+    named["bytes_conserved"] = all(s["bytes_conserved"] for s in summaries.values())
+    named["tokens_identical_tie_aware"] = tokens["tokens_identical_tie_aware"]
+    named["tokens_identical"] = tokens["tokens_identical"]
+    return named
+
+
+def _plots(workdir: Path, results: dict, summaries: dict) -> None:
+    names = list(summaries)
+    writers.plot_lines(workdir / "ablation.png", list(range(len(names))),
+                       {"JCT (s)": [summaries[n]["jct_s"] for n in names],
+                        "TTFT p50 (s)": [summaries[n]["ttft_p50_s"] for n in names]},
+                       xlabel=" | ".join(f"{i}={n}" for i, n in enumerate(names)), ylabel="seconds",
+                       title="Engine ablation")
+    xs, ys = {}, {}
+    for n in names:
+        if n not in ("basic", "dualpath"):
+            continue
+        by_link: dict = {}
+        for r in results[n].transfers:
+            if r.link.startswith("snic_read/") and r.outcome.value == "ok":
+                by_link.setdefault(r.link, []).append((r.finish_s, r.num_bytes))
+        for link, pts in sorted(by_link.items()):
+            pts.sort()
+            xs[f"{n} {link}"] = [p[0] for p in pts]
+            ys[f"{n} {link}"] = list(np.cumsum([p[1] / 1e6 for p in pts]))
+    if ys:
+        writers.plot_lines(workdir / "snic_read_bytes.png", xs, ys, xlabel="time (s)", ylabel="MB read",
+                           title="Storage NIC reads over time", marker="")

@@ -1,0 +1,383 @@
+"""The runtime cluster: agents, the scheduler's protocol, readers, PE and DE workers, one store.
+
+Design: one controller loop (the caller's thread) owns all scheduling state; every other
+thread (one per PE, one per DE, a reader per node, sender and persist threads) reports back by
+putting events on the controller's queue, so the :class:`~dualpath_jax.sched.ClusterScheduler`
+is driven exactly as the simulator drives it (``dualpath_jax.sim.cluster``):
+
+1. **Agents** (PAPER.md 6.2/A.3): trajectory k issues round 0 at its start time and round i+1
+   once round i has generated its last token and its KV is persisted (plus its think time if
+   enabled). The controller builds the prompt's token ids (``workload.prompt_token_ids``), its
+   block keys, asks the store for the longest stored prefix (the hit; at least one token is
+   always computed) and ``submit`` s a ``SchedRequest``.
+2. **Placement**: every ``fetch_period_s`` (or sooner on an event) each PE group's leader calls
+   ``fetch_pe(group, loads, read_q)`` and each DE group with work calls ``fetch_de(group, loads)``
+   (``loads``: unfinished tokens and requests per engine, free DE pool memory).
+3. **Read side**: once a request has both engines, ``read_plan`` picks the SNIC(s); the read
+   jobs go to the node readers (:mod:`.reader`), and the nodes' pending read tokens are the
+   ``read_q`` of the next decisions.
+4. **Prefill** on the PE (:mod:`.pe`; ``form_pe_batch`` inside), **decode** and **persist** on
+   the DE (:mod:`.de`).
+
+Every request ends finished or failed with a cause (read/hand-off/buffer/link failures, the
+run's deadline); an agent whose round failed reports its later rounds failed too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import queue
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from dualpath_jax.engine.compute import check_supported
+from dualpath_jax.engine.config import ClusterConfig
+from dualpath_jax.engine.context import RunContext
+from dualpath_jax.engine.de import DecodeWorker, StepRecord
+from dualpath_jax.engine.network import Fabric
+from dualpath_jax.engine.pe import ForwardRecord, PrefillWorker
+from dualpath_jax.engine.reader import NodeReader, ReadJob, ReadQueues
+from dualpath_jax.engine.request import RequestState
+from dualpath_jax.kvcache import BlockLayout, block_keys
+from dualpath_jax.model.spec import ModelSpec
+from dualpath_jax.sched import ClusterScheduler, EngineLoad, SchedRequest, SchedulerConfig
+from dualpath_jax.sched.batching import TimeModel
+from dualpath_jax.store import KVStore
+from dualpath_jax.transfer import TransferRecord
+from dualpath_jax.workload import Trajectory, prompt_token_ids
+
+__all__ = ["ClusterResult", "EngineCluster"]
+
+
+@dataclasses.dataclass
+class ClusterResult:
+    """Everything one run measured (times in seconds since the run's start).
+
+    Attributes:
+      requests: every request, finished or failed (``error`` set).
+      forwards: PE forwards; steps: DE decode steps.
+      links: per link ``{"bytes", "busy_s", "transfers", "failed"}``.
+      transfers: every link transfer record (times relative to the run's start).
+      compute_s: seconds each engine spent computing (``"pe0"``, ``"de1"``, ...).
+      read_bytes_store: bytes the store returned to reads; bypass_read_bytes: of those, read
+        without a link (``oracle``); discarded_read_bytes: read after a failed block, not used.
+      runtime_shapes: compiled shapes used during the run, per engine.
+    """
+
+    config: ClusterConfig
+    requests: list[RequestState]
+    forwards: list[ForwardRecord]
+    steps: list[StepRecord]
+    links: dict
+    transfers: list[TransferRecord]
+    compute_s: dict
+    read_bytes_store: int
+    bypass_read_bytes: int
+    discarded_read_bytes: int
+    alpha_tokens: float
+    beta_tokens: float
+    wall_s: float
+    runtime_shapes: dict
+
+
+class EngineCluster:
+    """P prefill and D decode engines over a shared store (see module docstring).
+
+    Args:
+      config: the cluster and the run's switches.
+      spec, params: the model (host parameters; each engine puts a copy on its device).
+      layout: the KV block layout (must match ``spec``).
+      store: the shared KV store (normally empty at the start of a run).
+      time_model: fitted PE layer-time model (required by the ``dualpath`` policy).
+      prefill_tokens_per_s: one PE's prefill rate in prompt tokens/s (for beta).
+      devices: JAX devices; engine e runs on ``devices[e % len(devices)]`` (default all).
+
+    Raises:
+      ConfigError: the model is not supported, or a buffer/pool cannot hold one Full Block.
+    """
+
+    def __init__(self, config: ClusterConfig, spec: ModelSpec, params: dict, layout: BlockLayout, store: KVStore, *,
+                 time_model: TimeModel | None, prefill_tokens_per_s: float, devices: Sequence | None = None):
+        check_supported(spec)
+        config.check_layout(layout.full_block_bytes)
+        self.config, self.spec, self.layout, self.store = config, spec, layout, store
+        self.params = params
+        self.devices = list(devices or jax.devices())
+        self.time_model = time_model
+        self.alpha_tokens = config.alpha_s * config.snic_bytes_per_s / layout.bytes_per_token
+        self.beta_tokens = config.beta_s * float(prefill_tokens_per_s)
+
+    def device_of(self, engine_id: int):
+        return self.devices[engine_id % len(self.devices)]
+
+    # ---- the run --------------------------------------------------------------------------------
+    def run(self, trajectories: Sequence[Trajectory], start_s: Sequence[float], *,
+            use_think_time: bool = False) -> ClusterResult:
+        """Replay ``trajectories`` (trajectory k starts at ``start_s[k]`` seconds) to completion."""
+        cfg, spec, layout = self.config, self.spec, self.layout
+        if len(trajectories) != len(start_s):
+            raise ValueError(f"start_s: {len(start_s)} start times for {len(trajectories)} trajectories")
+        self._events: queue.Queue = queue.Queue()
+        fabric = Fabric(cfg)
+        g = cfg.engines_per_node
+        pe_groups = {n: list(range(n * g, (n + 1) * g)) for n in range(cfg.prefill_nodes)}
+        de_groups = {cfg.prefill_nodes + n: list(range(cfg.num_pe + n * g, cfg.num_pe + (n + 1) * g))
+                     for n in range(cfg.decode_nodes)}
+        sched = ClusterScheduler(SchedulerConfig(policy=cfg.policy, loading=cfg.loading, alpha_tokens=self.alpha_tokens,
+                                                 beta_tokens=self.beta_tokens, z_factor=cfg.z_factor,
+                                                 compute_quota_s=cfg.compute_quota_s), pe_groups, de_groups)
+        put = self._events.put
+        ctx = RunContext(cfg, spec, layout, self.params, np.asarray(self.params["embed"], np.float32), fabric,
+                         self.store, sched, self.time_model,
+                         on_prefilled=lambda r: put(("prefilled", r)), on_finished=lambda r: put(("finished", r)),
+                         on_persisted=lambda r: put(("persisted", r)), on_failed=lambda r, c: put(("failed", r, c)))
+        self.ctx, self.fabric, self.sched = ctx, fabric, sched
+        self.read_q = ReadQueues(cfg.num_nodes)
+        self.pes = {e: PrefillWorker(ctx, e, self.device_of(e)) for e in range(cfg.num_pe)}
+        self.des = {e: DecodeWorker(ctx, e, self.device_of(e)) for e in range(cfg.num_pe, cfg.num_pe + cfg.num_de)}
+        max_blocks = max(self.des[cfg.num_pe].blocks_needed(int(t.num_prompt_tokens.max()) + 1,
+                                                               int(t.num_gen_tokens.max())) for t in trajectories)
+        for de in self.des.values():
+            de.warm_up(max_blocks)
+        self.readers = {n: NodeReader(n, fabric, self.store, self.read_q,
+                                      on_done=lambda *a: put(("read_done", *a)),
+                                      on_error=lambda job, cause: put(("failed", job.req, cause)),
+                                      timeout_s=cfg.timeout_s) for n in range(cfg.num_nodes)}
+        n_eng = cfg.num_pe + cfg.num_de
+        self.tok, self.seq = [0] * n_eng, [0] * n_eng
+        self.pool_free = {e: w.num_blocks for e, w in self.des.items()}
+        self.rows_used = {e: 0 for e in self.des}
+        self.node_of = [fabric.node_of(e) for e in range(n_eng)]
+        self.trajectories = list(trajectories)
+        self.requests: list[RequestState] = []
+        self._agents_open = len(self.trajectories)
+        self._use_think = use_think_time
+        store_before = self.store.stats()
+        for w in (*self.pes.values(), *self.des.values(), *self.readers.values()):
+            w.start()
+        ctx.t0 = time.perf_counter()
+        arrivals = [(float(s), k, 0) for k, s in enumerate(start_s)]
+        heapq.heapify(arrivals)
+        self._arrivals = arrivals
+        try:
+            self._loop()
+        finally:
+            for w in (*self.pes.values(), *self.des.values(), *self.readers.values()):
+                w.stop()
+        wall = ctx.now()
+        store_after = self.store.stats()
+        transfers = [dataclasses.replace(r, start_s=r.start_s - ctx.t0, finish_s=r.finish_s - ctx.t0)
+                     for r in fabric.records()]
+        compute = {f"pe{e}": w.compute_s for e, w in self.pes.items()}
+        compute.update({f"de{e}": w.compute_s for e, w in self.des.items()})
+        return ClusterResult(
+            config=cfg, requests=self.requests, forwards=[f for w in self.pes.values() for f in w.forwards],
+            steps=[s for w in self.des.values() for s in w.steps], links=fabric.link_stats(), transfers=transfers,
+            compute_s=compute, read_bytes_store=store_after.read_bytes - store_before.read_bytes,
+            bypass_read_bytes=sum(r.bypass_bytes for r in self.readers.values()),
+            discarded_read_bytes=self._discarded, alpha_tokens=self.alpha_tokens, beta_tokens=self.beta_tokens,
+            wall_s=wall, runtime_shapes={**{f"pe{e}": sorted(w.shapes) for e, w in self.pes.items()},
+                                         **{f"de{e}": sorted(w.shapes) for e, w in self.des.items()}})
+
+    def _loop(self) -> None:
+        cfg, ctx = self.config, self.ctx
+        self._discarded = 0
+        deadline = cfg.run_timeout_s
+        while self._agents_open > 0:
+            now = ctx.now()
+            while self._arrivals and self._arrivals[0][0] <= now:
+                _, k, r = heapq.heappop(self._arrivals)
+                self._arrive(k, r)
+            if now > deadline:
+                self._expire()
+                return
+            wait = cfg.fetch_period_s
+            if self._arrivals:
+                wait = min(wait, max(0.0, self._arrivals[0][0] - now))
+            try:
+                ev = self._events.get(timeout=wait)
+                self._handle(ev)
+                while True:
+                    self._handle(self._events.get_nowait())
+            except queue.Empty:
+                pass
+            self._tick()
+
+    # ---- agents ---------------------------------------------------------------------------------
+    def _arrive(self, k: int, r: int) -> None:
+        traj, spec, layout = self.trajectories[k], self.spec, self.layout
+        prompt = prompt_token_ids(traj, r, spec.vocab_size)
+        keys = block_keys(layout, prompt)
+        z = layout.block_tokens
+        eligible = min(len(keys), (len(prompt) - 1) // z)  # at least one token is computed
+        found = self.store.lookup(keys[:eligible]).num_blocks if eligible else 0
+        rid = len(self.requests)
+        req = RequestState(rid, k, r, traj.agent_id, prompt, keys, int(traj.num_gen_tokens[r]), found, z)
+        req.segments = [[] for _ in range(spec.n_layers)]
+        req.arrival_s = self.ctx.now()
+        hbm = self.des[self.config.num_pe].blocks_needed(len(prompt), req.gen_target) * layout.full_block_bytes
+        req.sched = SchedRequest(rid, found * z, len(prompt) - found * z, req.gen_target, int(hbm))
+        self.requests.append(req)
+        self.sched.submit(req.sched)
+
+    def _next_round(self, req: RequestState, failed: bool) -> None:
+        traj = self.trajectories[req.agent]
+        nxt = req.round_index + 1
+        if nxt >= traj.num_rounds:
+            self._agents_open -= 1
+            return
+        if failed:  # later rounds depend on this one's context: report them, do not run them
+            now = self.ctx.now()
+            for r in range(nxt, traj.num_rounds):
+                rid = len(self.requests)
+                st = RequestState(rid, req.agent, r, traj.agent_id, np.zeros(0, np.int32), [],
+                                  int(traj.num_gen_tokens[r]), 0, self.layout.block_tokens)
+                st.arrival_s, st.finish_s = now, now
+                st.error = f"not run: round {req.round_index} failed ({req.error})"
+                self.requests.append(st)
+            self._agents_open -= 1
+            return
+        think = float(traj.think_time_s[nxt]) if self._use_think else 0.0
+        heapq.heappush(self._arrivals, (self.ctx.now() + think, req.agent, nxt))
+
+    # ---- events ---------------------------------------------------------------------------------
+    def _handle(self, ev) -> None:
+        kind = ev[0]
+        req = ev[1].req if kind == "read_done" else ev[1]
+        if kind == "read_done":
+            self._read_done(*ev[1:])
+        elif kind == "prefilled":
+            if not req.error:
+                self._release_pe(req)
+                self.des[req.de].join(req)
+        elif kind == "finished":
+            self._release_de(req)
+            req.finish_seen = True
+            if req.persist_seen:
+                self._next_round(req, failed=False)
+        elif kind == "persisted":
+            req.persist_seen = True
+            if req.finish_seen:
+                self._next_round(req, failed=False)
+        elif kind == "failed":
+            if req.fail(ev[2], self.ctx.now()):
+                self._release_pe(req)
+                self._release_de(req)
+                self._next_round(req, failed=True)
+
+    def _release_pe(self, req: RequestState) -> None:
+        if req.pe >= 0 and not req.pe_released:
+            req.pe_released = True
+            self.tok[req.pe] -= req.sched.num_tokens
+            self.seq[req.pe] -= 1
+
+    def _release_de(self, req: RequestState) -> None:
+        if req.de >= 0 and not req.de_released:
+            req.de_released = True
+            self.tok[req.de] -= req.sched.num_tokens
+            self.seq[req.de] -= 1
+            self.pool_free[req.de] += req.sched.hbm_bytes // self.layout.full_block_bytes
+            self.rows_used[req.de] -= 1
+
+    def _expire(self) -> None:
+        now = self.ctx.now()
+        for req in self.requests:
+            if not req.finished and not req.error:
+                req.fail(f"timeout: run exceeded run_timeout_s={self.config.run_timeout_s}", now)
+        for k, traj in enumerate(self.trajectories):
+            issued = {r.round_index for r in self.requests if r.agent == k}
+            for r in range(traj.num_rounds):
+                if r not in issued:
+                    st = RequestState(len(self.requests), k, r, traj.agent_id, np.zeros(0, np.int32), [],
+                                      int(traj.num_gen_tokens[r]), 0, self.layout.block_tokens)
+                    st.arrival_s = st.finish_s = now
+                    st.error = "not run: run deadline"
+                    self.requests.append(st)
+
+    # ---- placement and reads --------------------------------------------------------------------
+    def _de_free_bytes(self, e: int) -> float:
+        if self.rows_used[e] >= self.config.max_decode_batch:
+            return 0.0
+        return float(self.pool_free[e] * self.layout.full_block_bytes)
+
+    def _tick(self) -> None:
+        sched, rq = self.sched, None
+        waiting = sched.waiting()
+        if waiting["pe"]:
+            rq = self.read_q.snapshot()
+            for gid in sorted(sched.pe_groups):
+                loads = [EngineLoad(e, self.node_of[e], self.tok[e], self.seq[e]) for e in sched.pe_groups[gid]]
+                for asg in sched.fetch_pe(gid, loads, rq):
+                    req = self.requests[asg.request.request_id]
+                    req.pe = asg.engine_id
+                    self.tok[req.pe] += asg.request.num_tokens
+                    self.seq[req.pe] += 1
+        if sched.waiting()["de"]:
+            sched.distribute_de()
+            rq = self.read_q.snapshot() if rq is None else rq
+            for gid in sorted(sched.de_groups):
+                if not sched.has_de_work(gid):
+                    continue
+                loads = [EngineLoad(e, self.node_of[e], self.tok[e], self.seq[e], self._de_free_bytes(e))
+                         for e in sched.de_groups[gid]]
+                for asg in sched.fetch_de(gid, loads):
+                    req = self.requests[asg.request.request_id]
+                    e = req.de = asg.engine_id
+                    self.tok[e] += asg.request.num_tokens
+                    self.seq[e] += 1
+                    self.pool_free[e] -= asg.request.hbm_bytes // self.layout.full_block_bytes
+                    self.rows_used[e] += 1
+                    self._start_read(req, rq)
+
+    def _start_read(self, req: RequestState, rq: dict) -> None:
+        z = self.layout.block_tokens
+        req.placed_s = self.ctx.now()
+        hit = req.lookup_blocks
+        pn, dn = self.node_of[req.pe], self.node_of[req.de]
+        plan = self.sched.read_plan(req.sched, pn, dn, rq, hit, z)
+        req.side, req.de_blocks = plan.side, plan.de_blocks
+        if self.config.loading == "oracle":
+            jobs = [ReadJob(req, "pe", pn, 0, hit)] if hit else []
+        else:
+            jobs = [j for j in (ReadJob(req, "de", dn, 0, plan.de_blocks), ReadJob(req, "pe", pn, plan.de_blocks, hit))
+                    if j.last > j.first]
+            for j in jobs:
+                tokens = (j.last - j.first) * z
+                self.read_q.add(j.node, tokens)
+                rq[j.node] = rq.get(j.node, 0.0) + tokens
+        req.pending_reads = len(jobs)
+        for j in jobs:
+            self.readers[j.node].submit(j)
+        if not jobs:
+            self._reads_complete(req)
+
+    def _read_done(self, job: ReadJob, blocks: list, failures: list, discarded: int) -> None:
+        req = job.req
+        self._discarded += discarded
+        nbytes = len(blocks) * self.layout.full_block_bytes
+        if job.side == "pe":
+            req.pe_hit = blocks
+            req.read_bytes_pe += 0 if self.fabric.bypass else nbytes
+        else:
+            req.de_hit = blocks
+            req.read_bytes_de += nbytes
+        req.read_failures.extend(failures)
+        req.pending_reads -= 1
+        if req.error:
+            req.release_buffers()
+        if req.pending_reads == 0 and not req.error:
+            self._reads_complete(req)
+
+    def _reads_complete(self, req: RequestState) -> None:
+        de_part = req.de_blocks if self.config.loading != "oracle" else 0
+        if len(req.de_hit) < de_part:  # a DE-side block failed: the hit ends there
+            req.hit_blocks = len(req.de_hit)
+        else:
+            req.hit_blocks = len(req.de_hit) + len(req.pe_hit)
+        req.read_done_s = self.ctx.now()
+        self.pes[req.pe].enqueue(req)
+

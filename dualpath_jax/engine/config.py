@@ -1,0 +1,152 @@
+"""Configuration of the emulated engine cluster (topology, emulated hardware, switches, knobs).
+
+:class:`ClusterConfig` is frozen and validated once; every error names its field
+(``ConfigError("cluster.prefill_nodes", ...)``). Byte rates are the *emulated* ones: on a CPU
+host the engine recreates the paper's storage-bound regime by rate-limiting links
+(:class:`dualpath_jax.transfer.Link`); on an accelerator the same fields can be left unlimited.
+
+Topology (PAPER.md sections 2.1, 2.3-2.5): ``prefill_nodes`` PE nodes and ``decode_nodes`` DE
+nodes of ``engines_per_node`` engines (one engine per JAX device). Each node has a storage NIC
+(SNIC; one read and one write direction at ``snic_bytes_per_s`` each) and a DRAM buffer (PE
+buffer / DE buffer) of ``buffer_bytes``; each engine has a compute NIC (CNIC; an in and an out
+direction at ``cnic_bytes_per_s`` each) that carries every byte entering or leaving its device
+(H2D, D2H and PE<->DE RDMA, PAPER.md section 4.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dualpath_jax.config import ConfigError, check_in, check_positive
+from dualpath_jax.sched.types import LOADINGS, POLICIES
+from dualpath_jax.sched.variants import ABLATION_VARIANTS, Variant
+
+__all__ = ["ClusterConfig", "PREFILL_MODES", "ENGINE_VARIANTS", "engine_variant"]
+
+PREFILL_MODES = ("full", "layerwise")
+
+ENGINE_VARIANTS: dict[str, Variant] = {
+    **ABLATION_VARIANTS,
+    # beyond the paper (its stated future work): one request's blocks read from both sides
+    "split": Variant("split", "split", "layerwise", "dualpath"),
+}
+"""The paper's ablation ladder (``sched.ABLATION_VARIANTS``) plus ``split`` loading."""
+
+
+def engine_variant(name: str) -> Variant:
+    """Look up a variant of :data:`ENGINE_VARIANTS`.
+
+    Raises:
+      ConfigError: field ``variants`` for an unknown name.
+    """
+    if name not in ENGINE_VARIANTS:
+        raise ConfigError("variants", f"unknown variant {name!r}; known: {list(ENGINE_VARIANTS)}")
+    return ENGINE_VARIANTS[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """An emulated PD-disaggregated cluster and the three switches of one run.
+
+    Attributes:
+      model: model preset name (GQA, e.g. ``"tiny-gqa"``).
+      kv_dtype: stored KV dtype (``"f32"`` keeps the data path exact).
+      prefill_nodes, decode_nodes, engines_per_node: topology (P and D count nodes, as "1P2D").
+      snic_bytes_per_s: each node's storage NIC rate per direction.
+      cnic_bytes_per_s: each engine's compute NIC rate per direction.
+      buffer_bytes: DRAM buffer of each node (PE buffer / DE buffer); at least one Full Block.
+      pe_hbm_kv_bytes: device memory a PE may fill with the KV of one forward batch.
+      de_hbm_kv_bytes: device memory of a DE's block pool (prompt and generated KV).
+      max_decode_batch: decode rows per DE step (requests beyond wait for a free row).
+      loading, prefill, policy: the switches (``sched.LOADINGS``, :data:`PREFILL_MODES`,
+        ``sched.POLICIES``); :meth:`for_variant` sets them from an ablation variant name.
+      layerwise_depth: layers in flight with ``layerwise`` prefill (2 = double buffering).
+      alpha_s, beta_s: Algorithm 1 thresholds in seconds of node SNIC read rate and of one
+        PE's prefill rate (PAPER.md 8.4: 3 s and 5 s).
+      z_factor: DE phase-2 slack (1.05).
+      compute_quota_s: attention seconds per forward layer for ``dualpath`` batches.
+      basic_max_batch_tokens: new-token cap of a ``round_robin`` (FIFO) batch.
+      fetch_period_s: how often group leaders pull work from the scheduler.
+      timeout_s: deadline of every wait (buffers, links, loader); a request that hits it fails.
+      run_timeout_s: the whole run's deadline; requests unfinished by then fail with ``timeout``.
+      store_io_threads: tensorstore I/O threads of the shared KV store.
+
+    Raises:
+      ConfigError: naming the field.
+    """
+
+    model: str = "tiny-gqa"
+    kv_dtype: str = "f32"
+    prefill_nodes: int = 1
+    decode_nodes: int = 2
+    engines_per_node: int = 1
+    snic_bytes_per_s: float = 4.0e6
+    cnic_bytes_per_s: float = 32.0e6
+    buffer_bytes: int = 256 * 2**20
+    pe_hbm_kv_bytes: int = 32 * 2**20
+    de_hbm_kv_bytes: int = 64 * 2**20
+    max_decode_batch: int = 8
+    loading: str = "dual"
+    prefill: str = "layerwise"
+    policy: str = "dualpath"
+    layerwise_depth: int = 2
+    alpha_s: float = 3.0
+    beta_s: float = 5.0
+    z_factor: float = 1.05
+    compute_quota_s: float = 0.3
+    basic_max_batch_tokens: int = 8192
+    fetch_period_s: float = 0.005
+    timeout_s: float = 120.0
+    run_timeout_s: float = 1800.0
+    store_io_threads: int = 4
+
+    def __post_init__(self):
+        p = "cluster."
+        for f in ("prefill_nodes", "decode_nodes", "engines_per_node", "buffer_bytes", "pe_hbm_kv_bytes",
+                  "de_hbm_kv_bytes", "max_decode_batch", "layerwise_depth", "basic_max_batch_tokens",
+                  "store_io_threads"):
+            check_positive(p + f, getattr(self, f), integer=True)
+        for f in ("snic_bytes_per_s", "cnic_bytes_per_s", "alpha_s", "beta_s", "compute_quota_s", "fetch_period_s",
+                  "timeout_s", "run_timeout_s"):
+            check_positive(p + f, getattr(self, f))
+        check_in(p + "loading", self.loading, LOADINGS)
+        check_in(p + "prefill", self.prefill, PREFILL_MODES)
+        check_in(p + "policy", self.policy, POLICIES)
+        if self.z_factor < 1.0:
+            raise ConfigError(p + "z_factor", f"must be >= 1 (got {self.z_factor})")
+
+    def for_variant(self, name: str) -> "ClusterConfig":
+        """This config with the switches of variant ``name`` (:data:`ENGINE_VARIANTS`).
+
+        Raises:
+          ConfigError: field ``variants`` for an unknown name.
+        """
+        v = engine_variant(name)
+        return dataclasses.replace(self, loading=v.loading, prefill=v.prefill, policy=v.policy)
+
+    def replace(self, **changes) -> "ClusterConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.prefill_nodes + self.decode_nodes
+
+    @property
+    def num_pe(self) -> int:
+        return self.prefill_nodes * self.engines_per_node
+
+    @property
+    def num_de(self) -> int:
+        return self.decode_nodes * self.engines_per_node
+
+    def check_layout(self, full_block_bytes: int) -> None:
+        """Checks that need the KV layout: buffers and device pools must hold at least one Full Block.
+
+        Raises:
+          ConfigError: ``cluster.buffer_bytes``, ``cluster.pe_hbm_kv_bytes`` or
+            ``cluster.de_hbm_kv_bytes`` smaller than one Full Block (``full_block_bytes``).
+        """
+        for f in ("buffer_bytes", "pe_hbm_kv_bytes", "de_hbm_kv_bytes"):
+            if getattr(self, f) < full_block_bytes:
+                raise ConfigError(f"cluster.{f}", f"{getattr(self, f)} B is smaller than one Full Block "
+                                  f"({full_block_bytes} B)")

@@ -1,0 +1,327 @@
+"""Decode engine worker of the runtime: join from the DE buffer, continuous batching, persist.
+
+One thread per DE (one JAX device) owns a block pool of KV on its device (``L`` pools
+``[Pt, Z, K, H]`` for K and for V, ``Pt`` = ``de_hbm_kv_bytes`` / Full Block bytes). PAPER.md
+section 2.5:
+
+* **Join**: a request whose prompt KV is complete in the DE buffer (DE-side hit blocks read
+  from storage, plus what its PE sent: all layers' hit and new KV for PE-side reads, the new
+  tokens' KV only for DE-side reads) gets its blocks, goes DE buffer -> device over the DE's
+  CNIC (H2D), and its DRAM is released.
+* **Decode**: every step runs :func:`dualpath_jax.engine.compute.decode_step` over all active
+  requests (up to ``max_decode_batch`` rows, padded to a power of two; greedy, float32); a
+  request leaves when it has generated its ``g`` tokens (the PE produced the first).
+* **Persist**: each completed 64-token block - the prompt's blocks that were not hits at join,
+  each block completed by decoding afterwards - goes device -> DRAM over the DE's CNIC (D2H)
+  and DRAM -> storage over the node's SNIC (write direction), on a per-DE persist thread.
+  The last, partial block is not persisted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+
+import jax
+import numpy as np
+
+from dualpath_jax.engine.compute import bucket_blocks, decode_step, get_block, set_blocks
+from dualpath_jax.engine.context import RunContext
+from dualpath_jax.engine.network import TransferFailed
+from dualpath_jax.engine.request import RequestState
+from dualpath_jax.kvcache import chain_key, gather_layer, pack_full_blocks
+
+__all__ = ["DecodeWorker", "StepRecord"]
+
+_JOIN_CHUNK_BLOCKS = 16
+MIN_DECODE_ROWS = 4
+"""Smallest padded batch of a decode step (steps pad the active rows to a power of two)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRecord:
+    """One DE decode step: rows active, their summed context tokens, seconds (since run start)."""
+
+    engine: int
+    start_s: float
+    wall_s: float
+    batch: int
+    context_tokens: int
+
+
+@dataclasses.dataclass
+class _Row:
+    req: RequestState
+    blocks: list            # pool block ids, in token order
+    chain: list             # keys of the sequence's complete blocks so far
+
+
+class DecodeWorker:
+    """One DE (see module docstring). ``join(req)`` once the request's prompt KV is in the DE buffer."""
+
+    def __init__(self, ctx: RunContext, engine_id: int, device: jax.Device):
+        self.ctx, self.engine_id, self.device = ctx, engine_id, device
+        cfg, spec, layout = ctx.config, ctx.spec, ctx.layout
+        self.node = ctx.fabric.node_of(engine_id)
+        self.params = jax.device_put(ctx.params, device)
+        self.num_blocks = cfg.de_hbm_kv_bytes // layout.full_block_bytes
+        shape = (self.num_blocks, layout.block_tokens, spec.n_kv_heads, spec.head_dim)
+        self.k_pools = tuple(jax.device_put(np.zeros(shape, np.float32), device) for _ in range(spec.n_layers))
+        self.v_pools = tuple(jax.device_put(np.zeros(shape, np.float32), device) for _ in range(spec.n_layers))
+        self.rows = cfg.max_decode_batch
+        self._free = list(range(self.num_blocks - 1, -1, -1))
+        self._active: list[_Row] = []
+        self._joins: queue.Queue = queue.Queue()
+        self._wake = threading.Event()
+        self._stop = False
+        self._persists: queue.Queue = queue.Queue()
+        self.steps: list[StepRecord] = []
+        self.compute_s = 0.0
+        self.join_s = 0.0
+        self.shapes: set = set()
+        self._thread = threading.Thread(target=self._run, name=f"de{engine_id}", daemon=True)
+        self._persister = threading.Thread(target=self._persist_loop, name=f"de{engine_id}-persist", daemon=True)
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> "DecodeWorker":
+        self._thread.start()
+        self._persister.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=self.ctx.config.timeout_s)
+        self._persists.put(None)
+        self._persister.join(timeout=self.ctx.config.timeout_s)
+
+    def blocks_needed(self, prompt_tokens: int, gen_tokens: int) -> int:
+        """Pool blocks a request holds: KV of its prompt and all but its last generated token."""
+        return -(-(prompt_tokens + max(gen_tokens - 1, 0)) // self.ctx.layout.block_tokens)
+
+    def join(self, req: RequestState) -> None:
+        self._joins.put(req)
+        self._wake.set()
+
+    def warm_up(self, max_blocks: int) -> None:
+        """Compile this device's decode step for every block-table width up to ``max_blocks`` (all
+        rows idle, the pools unchanged) and the join/persist block copies."""
+        for b in self.row_buckets():
+            p = 1
+            while p <= bucket_blocks(max_blocks):
+                self._step_arrays(p, [], b)
+                p *= 2
+        spec, z = self.ctx.spec, self.ctx.layout.block_tokens
+        ids = jax.device_put(np.full(_JOIN_CHUNK_BLOCKS, self.num_blocks, np.int32), self.device)  # all dropped
+        zeros = jax.device_put(np.zeros((spec.n_layers, _JOIN_CHUNK_BLOCKS, z, spec.n_kv_heads, spec.head_dim),
+                                        np.float32), self.device)
+        self.k_pools, self.v_pools = set_blocks(self.k_pools, self.v_pools, ids, zeros, zeros)
+        jax.block_until_ready(get_block(self.k_pools, self.v_pools, jax.device_put(np.int32(0), self.device)))
+        self.shapes.clear()
+
+    # ---- main loop ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop:
+            self._take_joins()
+            if not self._active:
+                self._wake.wait(timeout=0.05)
+                self._wake.clear()
+                continue
+            self._step()
+
+    def _take_joins(self) -> None:
+        while True:
+            try:
+                req = self._joins.get_nowait()
+            except queue.Empty:
+                return
+            if req.error:
+                continue
+            try:
+                self._join(req)
+            except (TransferFailed, ValueError) as e:
+                self.ctx.on_failed(req, f"join on de{self.engine_id}: {e}")
+
+    def _join(self, req: RequestState) -> None:
+        ctx, spec, z = self.ctx, self.ctx.spec, self.ctx.layout.block_tokens
+        t0 = time.perf_counter()
+        s = req.prompt_tokens
+        n_prompt_blocks = -(-s // z)
+        kv = self._assemble(req)  # per layer (k [S, K, H], v)
+        need = self.blocks_needed(s, req.gen_target)
+        if need > len(self._free):
+            raise ValueError(f"needs {need} pool blocks, {len(self._free)} free")
+        blocks = [self._free.pop() for _ in range(need)]
+        padded = n_prompt_blocks * z
+        k_all = np.zeros((spec.n_layers, padded, spec.n_kv_heads, spec.head_dim), np.float32)
+        v_all = np.zeros_like(k_all)
+        for layer, (k, v) in enumerate(kv):
+            k_all[layer, :s], v_all[layer, :s] = k, v
+        k_all = k_all.reshape(spec.n_layers, n_prompt_blocks, z, spec.n_kv_heads, spec.head_dim)
+        v_all = v_all.reshape(k_all.shape)
+
+        def h2d():
+            for lo in range(0, n_prompt_blocks, _JOIN_CHUNK_BLOCKS):
+                hi = min(lo + _JOIN_CHUNK_BLOCKS, n_prompt_blocks)
+                ids = np.full(_JOIN_CHUNK_BLOCKS, self.num_blocks, np.int32)  # out of range: dropped
+                ids[:hi - lo] = blocks[lo:hi]
+                kc = np.zeros((spec.n_layers, _JOIN_CHUNK_BLOCKS, *k_all.shape[2:]), np.float32)
+                vc = np.zeros_like(kc)
+                kc[:, :hi - lo], vc[:, :hi - lo] = k_all[:, lo:hi], v_all[:, lo:hi]
+                put = lambda x: jax.device_put(x, self.device)  # noqa: E731
+                self.k_pools, self.v_pools = set_blocks(self.k_pools, self.v_pools, put(ids), put(kc), put(vc))
+            jax.block_until_ready(self.k_pools)
+
+        try:
+            ctx.fabric.carry(ctx.fabric.de_h2d(self.engine_id), s * ctx.bytes_per_token, h2d, tag=f"join/r{req.rid}")
+        except TransferFailed:
+            self._free.extend(reversed(blocks))
+            raise
+        for lease in (req.de_read_lease, req.de_send_lease):
+            if lease is not None:
+                lease.release()
+        req.de_hit, req.segments = [], []
+        req.decode_start_s = ctx.now()
+        row = _Row(req, blocks, list(req.keys[:s // z]))
+        for j in range(req.hit_blocks, s // z):  # the prompt's new complete blocks
+            self._queue_persist(row, j, (k_all[:, j], v_all[:, j]))
+        self.join_s += time.perf_counter() - t0
+        if len(req.generated) >= req.gen_target:
+            self._finish(row)
+        else:
+            self._active.append(row)
+
+    def _assemble(self, req: RequestState) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The prompt's KV per layer from the DE buffer: DE-side hit blocks + segments the PE sent.
+
+        Raises:
+          ValueError: the pieces do not tile ``[0, S)`` exactly (a hand-off bug, never silent).
+        """
+        layout, s = self.ctx.layout, req.prompt_tokens
+        n_de = min(len(req.de_hit), req.hit_blocks)
+        out = []
+        for layer in range(self.ctx.spec.n_layers):
+            pieces = list(req.segments[layer])
+            if n_de:
+                k, v = gather_layer(layout, req.de_hit[:n_de], layer, dtype=np.float32)
+                pieces.append((0, k, v))
+            pieces.sort(key=lambda p: p[0])
+            pos = 0
+            for start, k, _ in pieces:
+                if start != pos:
+                    raise ValueError(f"request {req.rid} layer {layer}: KV pieces leave a gap or overlap at token "
+                                     f"{pos} (next piece starts at {start})")
+                pos += len(k)
+            if pos != s:
+                raise ValueError(f"request {req.rid} layer {layer}: KV of {pos} tokens for a {s}-token prompt")
+            out.append((np.concatenate([p[1] for p in pieces]), np.concatenate([p[2] for p in pieces])))
+        return out
+
+    # ---- decode ---------------------------------------------------------------------------------
+    def row_buckets(self) -> list[int]:
+        """Padded batch sizes of a decode step: powers of two from :data:`MIN_DECODE_ROWS` up to
+        ``max_decode_batch`` (rounded up)."""
+        out, b = [], MIN_DECODE_ROWS
+        while True:
+            out.append(b)
+            if b >= self.rows:
+                return out
+            b *= 2
+
+    def _step_arrays(self, p: int, rows: list[_Row], b: int):
+        tokens = np.zeros(b, np.int32)
+        positions = np.zeros(b, np.int32)
+        table = np.zeros((b, p), np.int32)
+        active = np.zeros(b, bool)
+        for i, row in enumerate(rows):
+            tokens[i] = row.req.generated[-1]
+            positions[i] = row.req.prompt_tokens + len(row.req.generated) - 1
+            table[i, :len(row.blocks)] = row.blocks
+            active[i] = True
+        self.shapes.add((b, p))
+        put = lambda x: jax.device_put(x, self.device)  # noqa: E731
+        nxt, gaps, self.k_pools, self.v_pools = decode_step(self.params, self.ctx.spec, put(tokens), put(positions),
+                                                            self.k_pools, self.v_pools, put(table), put(active))
+        return np.asarray(nxt), np.asarray(gaps), positions
+
+    def _step(self) -> None:
+        ctx, z = self.ctx, self.ctx.layout.block_tokens
+        rows = self._active[:self.rows]
+        p = bucket_blocks(max(len(r.blocks) for r in rows))
+        start = ctx.now()
+        t0 = time.perf_counter()
+        b = next(x for x in self.row_buckets() if x >= len(rows))
+        nxt, gaps, positions = self._step_arrays(p, rows, b)
+        dt = time.perf_counter() - t0
+        self.compute_s += dt
+        now = ctx.now()
+        context = int(positions[:len(rows)].sum()) + len(rows)
+        self.steps.append(StepRecord(self.engine_id, start, dt, len(rows), context))
+        for i, row in enumerate(rows):
+            req = row.req
+            req.generated.append(int(nxt[i]))
+            req.gaps.append(float(gaps[i]))
+            if len(req.generated) == 2:
+                req.second_token_s = now
+            ctx_tokens = int(positions[i]) + 1  # tokens with KV after this step
+            if ctx_tokens % z == 0:
+                j = ctx_tokens // z - 1
+                k, v = get_block(self.k_pools, self.v_pools, jax.device_put(np.int32(row.blocks[j]), self.device))
+                self._queue_persist(row, j, (np.asarray(k), np.asarray(v)))
+            if len(req.generated) >= req.gen_target:
+                self._active.remove(row)
+                self._finish(row)
+
+    def _finish(self, row: _Row) -> None:
+        req = row.req
+        req.finish_s = self.ctx.now()
+        self._free.extend(reversed(row.blocks))
+        row.blocks = []
+        with req.lock:
+            req.finished = True
+            done = req.pending_persists == 0
+        self.ctx.on_finished(req)
+        if done:
+            req.persisted_s = self.ctx.now()
+            self.ctx.on_persisted(req)
+
+    # ---- persist --------------------------------------------------------------------------------
+    def _queue_persist(self, row: _Row, j: int, kv: tuple[np.ndarray, np.ndarray]) -> None:
+        """Persist block ``j`` (``kv``: ``[L, Z, K, H]`` x2) under the sequence's chain key."""
+        req, z = row.req, self.ctx.layout.block_tokens
+        seq = np.concatenate([req.prompt, np.asarray(req.generated, np.int32)])
+        while len(row.chain) <= j:
+            i = len(row.chain)
+            parent = row.chain[-1] if row.chain else self.ctx.layout.scope
+            row.chain.append(chain_key(parent, seq[i * z:(i + 1) * z]))
+        with req.lock:
+            req.pending_persists += 1
+        self._persists.put((req, row.chain[j], kv))
+
+    def _persist_loop(self) -> None:
+        ctx = self.ctx
+        nbytes = ctx.layout.full_block_bytes
+        while True:
+            job = self._persists.get()
+            if job is None:
+                return
+            req, key, (k, v) = job
+            try:
+                ctx.fabric.carry(ctx.fabric.de_d2h(self.engine_id), nbytes, tag=f"persist/r{req.rid}")
+                block = pack_full_blocks(ctx.layout, [(k[l], v[l]) for l in range(ctx.spec.n_layers)])[0]
+                (res,) = ctx.fabric.carry(ctx.fabric.write_path(self.node), nbytes,
+                                          lambda: ctx.store.write([key], [block]), tag=f"persist/r{req.rid}")
+                if res.ok:
+                    req.blocks_persisted += 1
+                else:
+                    req.persist_failures.append(res.failure)
+            except TransferFailed as e:
+                req.persist_failures.append(str(e))
+            with req.lock:
+                req.pending_persists -= 1
+                done = req.finished and req.pending_persists == 0
+            if done:
+                req.persisted_s = ctx.now()
+                ctx.on_persisted(req)

@@ -1,0 +1,365 @@
+"""Prefill engine worker of the runtime: batches, layer-wise or full prefill, KV to the DE buffer.
+
+One thread per PE (one JAX device). Its FIFO holds requests whose hit KV has been read (PE
+buffer, DE buffer or both). Each forward (PAPER.md sections 2.3, 2.4, 3, 5.5):
+
+1. **Batch** from the FIFO with ``sched.ClusterScheduler.form_pe_batch`` (``dualpath``: compute
+   quota with chunked prefill under the fitted time model; ``round_robin``: FIFO under a token
+   cap), within the PE's device KV budget (all L layers for ``full``, ``depth`` layers for
+   ``layerwise``). A chunked request keeps its computed chunks' KV on the PE host and loads it
+   like hit KV in its next forward (``cached`` = hit + earlier chunks).
+2. **Reserve** the DE buffer for what this PE will send (before the first chunk): all hit and
+   new KV for PE-side reads, the new tokens' KV only for DE-side reads (the hit is already
+   there). A request whose DE buffer is full waits in the FIFO without blocking the others.
+3. **Load and compute** with a :class:`~dualpath_jax.transfer.LayerwiseLoader`: ``layerwise``
+   keeps ``depth`` layers of cached KV on the device and frees each after use; ``full`` loads all
+   layers, then computes. A layer's cached KV enters the device over the PE's CNIC (PE buffer ->
+   HBM loopback) and, for DE-side blocks, over the DE's CNIC out and the PE's CNIC in.
+4. **Send** each finished layer's KV to the DE buffer on a per-PE sender thread (PE CNIC out ->
+   DE CNIC in), overlapping with the next layers' compute.
+5. The last chunk's logits give the **first token** (greedy). Once every send has landed the
+   request is handed to its DE and the PE buffer holding its hit blocks is released.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import queue
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dualpath_jax.engine.compute import bucket_blocks, bucket_tokens, last_token_logits, prefill_layer, top2_gap
+from dualpath_jax.engine.context import RunContext
+from dualpath_jax.engine.network import TransferFailed
+from dualpath_jax.engine.request import RequestState
+from dualpath_jax.kvcache import gather_layer
+from dualpath_jax.sched import BatchItem
+from dualpath_jax.transfer import LayerwiseLoader, LoaderError, Medium, Outcome, TransferRecord, TransferResult
+
+__all__ = ["PrefillItem", "PrefillWorker", "ForwardRecord"]
+
+_BUFFER_POLL_S = 0.005
+
+
+@dataclasses.dataclass
+class PrefillItem:
+    """A request in a PE's FIFO: ``cached`` tokens with KV (hit + computed chunks), ``remaining`` to compute."""
+
+    req: RequestState
+    cached: int
+    remaining: int
+    first: bool = True
+    chunk_kv: list | None = None  # per layer (k [n, K, H], v [n, K, H]) of computed chunks
+    buffer_wait_since: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardRecord:
+    """One PE forward: ``items`` = ``(request id, cached, bsz)``; seconds since the run start."""
+
+    engine: int
+    items: tuple
+    start_s: float
+    wall_s: float
+    compute_s: float
+    load_wait_s: float
+    loaded_bytes: int
+
+
+class _KVInLink:
+    """The loader's link for one batch: a layer's cached KV over the PE's CNIC in (PE-side bytes)
+    and over DE CNIC out -> PE CNIC in (DE-side bytes, per DE). Same interface as ``Link.transfer``."""
+
+    def __init__(self, ctx: RunContext, pe: int, pe_bytes: int, de_bytes: dict[int, int]):
+        self.ctx, self.pe, self.pe_bytes, self.de_bytes = ctx, pe, pe_bytes, de_bytes
+        self.name = f"kv_in/pe{pe}"
+
+    def transfer(self, num_bytes, fn=None, *, timeout_s=None, tag=""):
+        fab, t0 = self.ctx.fabric, time.perf_counter()
+        value, outcome, cause = None, Outcome.OK, ""
+        try:
+            for de, nbytes in sorted(self.de_bytes.items()):
+                fab.carry(fab.de_to_pe(de, self.pe), nbytes, tag=tag, timeout_s=timeout_s)
+            value = fab.carry(fab.pe_h2d(self.pe), self.pe_bytes, fn, tag=tag, timeout_s=timeout_s)
+        except TransferFailed as e:
+            outcome, cause = Outcome.ERROR, str(e)
+        rec = TransferRecord(self.name, Medium.PE_BUFFER, Medium.PE_HBM, int(num_bytes), t0, time.perf_counter(),
+                             outcome, cause, tag)
+        return TransferResult(value, rec)
+
+
+class PrefillWorker:
+    """One PE (see module docstring). ``enqueue`` items once their reads are done."""
+
+    def __init__(self, ctx: RunContext, engine_id: int, device: jax.Device):
+        self.ctx, self.engine_id, self.device = ctx, engine_id, device
+        cfg, spec = ctx.config, ctx.spec
+        self.params = jax.device_put(ctx.params, device)
+        self.depth = cfg.layerwise_depth if cfg.prefill == "layerwise" else spec.n_layers
+        share = min(self.depth, spec.n_layers) / spec.n_layers if cfg.prefill == "layerwise" else 1.0
+        self.max_kv_tokens = cfg.pe_hbm_kv_bytes / (ctx.bytes_per_token * share)
+        self._ready: collections.deque[PrefillItem] = collections.deque()
+        self._cond = threading.Condition()
+        self._stop = False
+        self._sends: queue.Queue = queue.Queue()
+        self.forwards: list[ForwardRecord] = []
+        self.compute_s = 0.0
+        self.shapes: set = set()
+        self._thread = threading.Thread(target=self._run, name=f"pe{engine_id}", daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, name=f"pe{engine_id}-send", daemon=True)
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> "PrefillWorker":
+        self._thread.start()
+        self._sender.start()
+        return self
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout=self.ctx.config.timeout_s)
+        self._sends.put(None)
+        self._sender.join(timeout=self.ctx.config.timeout_s)
+
+    def enqueue(self, req: RequestState) -> None:
+        """Add a request whose hit KV is in the buffers (``req.hit_blocks`` final)."""
+        item = PrefillItem(req, req.hit_tokens, req.prompt_tokens - req.hit_tokens)
+        with self._cond:
+            self._ready.append(item)
+            self._cond.notify_all()
+
+    # ---- main loop ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stop or self._ready)
+                if self._stop:
+                    return
+                for it in [it for it in self._ready if it.req.error]:
+                    self._ready.remove(it)
+                fifo = list(self._ready)
+            fifo = [it for it in fifo if self._reserve_sends(it)]
+            if not fifo:  # every waiting request still needs DE buffer space: poll, never block the PE
+                with self._cond:
+                    self._cond.wait(timeout=_BUFFER_POLL_S)
+                continue
+            entries = self._form_batch(fifo)
+            if entries:
+                self._forward(entries)
+
+    def _form_batch(self, fifo: list[PrefillItem]) -> list[tuple[PrefillItem, int]]:
+        ctx = self.ctx
+        items = [BatchItem(i, it.cached, it.remaining) for i, it in enumerate(fifo)]
+        try:
+            batch = ctx.sched.form_pe_batch(items, time_model=ctx.time_model,
+                                            max_tokens=ctx.config.basic_max_batch_tokens,
+                                            max_kv_tokens=self.max_kv_tokens)
+        except ValueError as e:  # the head's cached KV can never fit this PE's device budget
+            self._drop(fifo[0], f"PE device KV budget: {e}")
+            return []
+        return [(fifo[b.request_id], b.remaining) for b in batch]
+
+    def _drop(self, item: PrefillItem, cause: str) -> None:
+        with self._cond:
+            if item in self._ready:
+                self._ready.remove(item)
+        self.ctx.on_failed(item.req, cause)
+
+    def _reserve_sends(self, item: PrefillItem) -> bool:
+        """Hold DE buffer space for what this PE will send of the request (before its first chunk).
+
+        Never blocks the PE: a request whose DE buffer is full is left out of this batch (FIFO
+        order among the others is kept) and fails once it has waited ``timeout_s``. Returns
+        whether the request may join a batch now.
+        """
+        ctx, req = self.ctx, item.req
+        if not item.first or ctx.fabric.bypass or req.de_send_lease is not None:
+            return True
+        pe_hit = self._pe_hit_tokens(req)
+        nbytes = (pe_hit + req.prompt_tokens - req.hit_tokens) * ctx.bytes_per_token
+        pool = ctx.fabric.buffer_of(ctx.fabric.node_of(req.de))
+        if nbytes > pool.capacity_bytes:
+            self._drop(item, f"DE buffer for the PE->DE hand-off: {nbytes} B exceed buffer {pool.name}'s "
+                             f"capacity {pool.capacity_bytes} B")
+            return False
+        req.de_send_lease = pool.try_acquire(nbytes)
+        if req.de_send_lease is not None:
+            return True
+        if item.buffer_wait_since is None:
+            item.buffer_wait_since = ctx.now()
+        elif ctx.now() - item.buffer_wait_since > ctx.config.timeout_s:
+            self._drop(item, f"DE buffer for the PE->DE hand-off: {pool.name} had no {nbytes} B free for "
+                             f"{ctx.config.timeout_s} s")
+        return False
+
+    def _pe_hit_tokens(self, req: RequestState) -> int:
+        """Hit tokens whose blocks sit in the PE buffer (the rest, if any, in the DE buffer)."""
+        return max(0, req.hit_blocks - len(req.de_hit)) * req.block_tokens
+
+    def _de_hit_tokens(self, req: RequestState) -> int:
+        return min(len(req.de_hit), req.hit_blocks) * req.block_tokens
+
+    # ---- one forward ----------------------------------------------------------------------------
+    def _forward(self, entries: list[tuple[PrefillItem, int]]) -> None:
+        ctx, spec, layout = self.ctx, self.ctx.spec, self.ctx.layout
+        start = ctx.now()
+        for it, _ in entries:
+            if it.first:
+                it.req.prefill_start_s = start
+        bt = ctx.bytes_per_token_per_layer
+        pe_bytes, de_bytes = 0, {}
+        for it, _ in entries:
+            de_tok = self._de_hit_tokens(it.req)
+            pe_bytes += (it.cached - de_tok) * bt
+            if de_tok:
+                de_bytes[it.req.de] = de_bytes.get(it.req.de, 0) + de_tok * bt
+
+        def fetch(layer: int):
+            return tuple(self._cached_layer(it, layer) for it, _ in entries)
+
+        loader = LayerwiseLoader(spec.n_layers, fetch, _KVInLink(ctx, self.engine_id, pe_bytes, de_bytes),
+                                 depth=self.depth, device=self.device, timeout_s=ctx.config.timeout_s)
+        hs, pos, meta = [], [], []
+        for it, bsz in entries:
+            t_b = bucket_tokens(bsz)
+            h = np.zeros((t_b, spec.d_model), np.float32)
+            h[:bsz] = ctx.embed_table[it.req.prompt[it.cached:it.cached + bsz]]
+            hs.append(jax.device_put(h, self.device))
+            pos.append(jax.device_put(np.arange(it.cached, it.cached + t_b, dtype=np.int32), self.device))
+            meta.append((jax.device_put(np.int32(it.cached), self.device), jax.device_put(np.int32(bsz), self.device)))
+        new_kv = [[None] * spec.n_layers for _ in entries]
+        compute_s = 0.0
+        try:
+            loader.start()
+            if self.depth >= spec.n_layers:  # full prefill: every layer's KV on the device first
+                for layer in range(spec.n_layers):
+                    loader.get(layer)
+            for layer in range(spec.n_layers):
+                caches = loader.get(layer)
+                t0 = time.perf_counter()
+                outs = []
+                lp = self.params["layers"][layer]
+                for b, (it, bsz) in enumerate(entries):
+                    self.shapes.add((int(hs[b].shape[0]), int(caches[b][0].shape[0])))
+                    hs[b], kv = prefill_layer(lp, spec, hs[b], pos[b], caches[b][0], caches[b][1], *meta[b])
+                    outs.append(kv)
+                jax.block_until_ready((hs, outs))
+                compute_s += time.perf_counter() - t0
+                loader.release(layer)
+                for b, (it, bsz) in enumerate(entries):
+                    new_kv[b][layer] = (np.asarray(outs[b][0])[:bsz], np.asarray(outs[b][1])[:bsz])
+                    self._send_layer(it, layer, new_kv[b][layer])
+            t0 = time.perf_counter()
+            firsts = {}
+            for b, (it, bsz) in enumerate(entries):
+                if bsz == it.remaining:
+                    logits = np.asarray(last_token_logits(self.params, spec, hs[b], jnp.int32(bsz - 1)))
+                    firsts[b] = (int(np.argmax(logits)), top2_gap(logits))
+            compute_s += time.perf_counter() - t0
+        except (LoaderError, TransferFailed) as e:
+            for it, _ in entries:
+                self._drop(it, f"prefill on pe{self.engine_id}: {e}")
+            return
+        finally:
+            stats = loader.stats()
+            loader.close()
+        self.compute_s += compute_s
+        end = ctx.now()
+        self.forwards.append(ForwardRecord(self.engine_id, tuple((it.req.rid, it.cached, bsz) for it, bsz in entries),
+                                           start, end - start, compute_s, stats.consumer_wait_s, stats.loaded_bytes))
+        for b, (it, bsz) in enumerate(entries):
+            req = it.req
+            prev = it.chunk_kv
+            it.chunk_kv = [tuple(np.concatenate([prev[l][i], new_kv[b][l][i]]) for i in range(2)) if prev
+                           else new_kv[b][l] for l in range(spec.n_layers)]
+            it.cached += bsz
+            it.remaining -= bsz
+            it.first = False
+            if it.remaining > 0:
+                continue  # chunked prefill: stays at the head of the FIFO
+            with self._cond:
+                self._ready.remove(it)
+            token, gap = firsts[b]
+            req.generated, req.gaps = [token], [gap]
+            req.prefill_finish_s = req.first_token_s = end
+            with req.lock:
+                req.prefill_done = True
+            self._maybe_hand_off(req)
+
+    def _cached_layer(self, it: PrefillItem, layer: int):
+        """Host KV ``[P, Z, K, H]`` x2 of the item's cached tokens in ``layer`` (padded to a bucket)."""
+        layout, req = self.ctx.layout, it.req
+        parts = []
+        n_de = min(len(req.de_hit), req.hit_blocks)
+        if n_de:
+            parts.append(gather_layer(layout, req.de_hit[:n_de], layer, dtype=np.float32))
+        if req.hit_blocks > n_de:
+            parts.append(gather_layer(layout, req.pe_hit[:req.hit_blocks - n_de], layer, dtype=np.float32))
+        if it.chunk_kv:
+            parts.append(it.chunk_kv[layer])
+        spec, z = self.ctx.spec, req.block_tokens
+        p_b = bucket_blocks(-(-it.cached // z))
+        out = []
+        for i in range(2):
+            buf = np.zeros((p_b * z, spec.n_kv_heads, spec.head_dim), np.float32)
+            if parts:
+                buf[:it.cached] = np.concatenate([p[i] for p in parts])
+            out.append(buf.reshape(p_b, z, spec.n_kv_heads, spec.head_dim))
+        return tuple(out)
+
+    # ---- hand-off to the DE buffer --------------------------------------------------------------
+    def _send_layer(self, it: PrefillItem, layer: int, new: tuple) -> None:
+        """Queue layer ``layer``'s KV for the DE buffer: the chunk's new tokens, plus (first chunk,
+        PE-side reads) the hit tokens whose blocks are in the PE buffer."""
+        req = it.req
+        with req.lock:
+            req.pending_sends += 1
+        self._sends.put((it, layer, new, it.cached, it.first))
+
+    def _send_loop(self) -> None:
+        ctx = self.ctx
+        bt = ctx.bytes_per_token_per_layer
+        while True:
+            job = self._sends.get()
+            if job is None:
+                return
+            it, layer, new, start, first = job
+            req = it.req
+            segments = []
+            n_de = self._de_hit_tokens(req) // req.block_tokens
+            if first and req.hit_blocks > n_de:
+                hit = gather_layer(ctx.layout, req.pe_hit[:req.hit_blocks - n_de], layer, dtype=np.float32)
+                segments.append((n_de * req.block_tokens, hit[0], hit[1]))
+            segments.append((start, new[0], new[1]))
+            ntok = sum(len(s[1]) for s in segments)
+
+            def deposit(segments=segments):
+                with req.lock:
+                    req.segments[layer].extend(segments)
+
+            try:
+                if not req.error:
+                    ctx.fabric.carry(ctx.fabric.pe_to_de(self.engine_id, req.de), ntok * bt, deposit,
+                                     tag=f"kv_out/r{req.rid}")
+            except TransferFailed as e:
+                ctx.on_failed(req, f"PE->DE hand-off: {e}")
+            with req.lock:
+                req.pending_sends -= 1
+            self._maybe_hand_off(req)
+
+    def _maybe_hand_off(self, req: RequestState) -> None:
+        with req.lock:
+            ready = req.prefill_done and req.pending_sends == 0 and not req.handed_off and not req.error
+            if ready:
+                req.handed_off = True
+        if ready:
+            if req.pe_lease is not None:
+                req.pe_lease.release()
+            req.pe_hit = []
+            self.ctx.on_prefilled(req)

@@ -1,0 +1,126 @@
+"""Start-up profiling of the PE forward: the time model of compute-quota batching, and warm-up.
+
+PAPER.md section 5.5: the intra-engine scheduler maps each request's ``(cached, bsz)`` to a layer
+time "with a relation fitted by profiling in advance". :func:`profile_prefill` times the
+runtime's own per-layer prefill (:func:`dualpath_jax.engine.compute.prefill_layer`, all L
+layers, cached KV already on the device) at a few ``(cached, bsz)`` pairs on one device, best of
+``repeats`` after a compile call; :func:`fit_time_model` fits
+
+    seconds_per_layer(cached, bsz) = a * bsz + b * flops_per_key * sum_{i<bsz} (cached + i + 1)
+
+by least squares with a, b >= 0 (an :class:`~dualpath_jax.sched.AttentionTimeModel`; the
+attention FLOPs per key come from :mod:`dualpath_jax.model.cost`). The same calls compile the
+shape buckets the run will use (:func:`warm_up_prefill`, also the last-token logits per query
+bucket), so compilation does not land inside a timed variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable, Sequence
+
+import jax
+import numpy as np
+
+from dualpath_jax.engine.compute import bucket_blocks, bucket_tokens, last_token_logits, prefill_layer
+from dualpath_jax.model import cost
+from dualpath_jax.model.spec import ModelSpec
+from dualpath_jax.sched import AttentionTimeModel
+
+__all__ = ["ProfileSample", "profile_prefill", "fit_time_model", "warm_up_prefill", "prefill_shape"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileSample:
+    """Measured seconds of one layer (mean over the L layers of a forward) at ``(cached, bsz)``."""
+
+    cached: int
+    bsz: int
+    layer_s: float
+
+
+def prefill_shape(cached: int, bsz: int, block_tokens: int) -> tuple[int, int]:
+    """``(T bucket, P bucket)`` the runtime uses for a request chunk."""
+    return bucket_tokens(bsz), bucket_blocks(-(-cached // block_tokens))
+
+
+def _inputs(spec: ModelSpec, cached: int, bsz: int, block_tokens: int, device, rng):
+    t_b, p_b = prefill_shape(cached, bsz, block_tokens)
+    put = lambda x: jax.device_put(x, device)  # noqa: E731
+    h = put(rng.standard_normal((t_b, spec.d_model)).astype(np.float32))
+    pos = put(np.arange(cached, cached + t_b, dtype=np.int32))
+    shape = (p_b, block_tokens, spec.n_kv_heads, spec.head_dim)
+    kc = put(rng.standard_normal(shape).astype(np.float32))
+    vc = put(rng.standard_normal(shape).astype(np.float32))
+    return h, pos, kc, vc, put(np.int32(cached)), put(np.int32(bsz))
+
+
+def _forward_s(params, spec, inputs) -> float:
+    h, pos, kc, vc, c, n = inputs
+    t0 = time.perf_counter()
+    for lp in params["layers"]:
+        h, kv = prefill_layer(lp, spec, h, pos, kc, vc, c, n)
+    jax.block_until_ready((h, kv))
+    return time.perf_counter() - t0
+
+
+def warm_up_prefill(params: dict, spec: ModelSpec, device, shapes: Iterable[tuple[int, int]], *,
+                    block_tokens: int = 64) -> int:
+    """Compile :func:`prefill_layer` on ``device`` for ``(T bucket, P bucket)`` shapes; returns the count.
+
+    ``params`` must already be on ``device``.
+    """
+    rng = np.random.default_rng(0)
+    shapes = sorted(set(shapes))
+    for t_b, p_b in shapes:
+        _forward_s(params, spec, _inputs(spec, (p_b - 1) * block_tokens + 1 if p_b > 1 else 0, t_b,
+                                         block_tokens, device, rng))
+    for t_b in sorted({t for t, _ in shapes}):
+        h = jax.device_put(np.zeros((t_b, spec.d_model), np.float32), device)
+        jax.block_until_ready(last_token_logits(params, spec, h, jax.device_put(np.int32(0), device)))
+    return len(shapes)
+
+
+def profile_prefill(params: dict, spec: ModelSpec, device, pairs: Sequence[tuple[int, int]], *,
+                    block_tokens: int = 64, repeats: int = 3) -> list[ProfileSample]:
+    """Per-layer forward seconds at each ``(cached, bsz)`` pair (best of ``repeats`` after a compile call).
+
+    ``params`` must already be on ``device``.
+    """
+    rng = np.random.default_rng(0)
+    out = []
+    for cached, bsz in pairs:
+        inputs = _inputs(spec, cached, bsz, block_tokens, device, rng)
+        _forward_s(params, spec, inputs)
+        best = min(_forward_s(params, spec, inputs) for _ in range(repeats))
+        out.append(ProfileSample(int(cached), int(bsz), best / spec.n_layers))
+    return out
+
+
+def fit_time_model(spec: ModelSpec, samples: Sequence[ProfileSample]) -> AttentionTimeModel:
+    """Non-negative least squares fit of the two rates of :class:`AttentionTimeModel` (module docstring).
+
+    Raises:
+      ValueError: fewer than two samples.
+    """
+    if len(samples) < 2:
+        raise ValueError(f"samples: need at least 2 profiled pairs to fit a time model (got {len(samples)})")
+    fpk = float(cost.prefill_flops(spec, 0, 1)["attention"]) / spec.n_layers  # FLOPs per (query, key) per layer
+    probe = AttentionTimeModel(flops_per_key=fpk, seconds_per_flop=1.0, seconds_per_token=0.0)
+    keys = np.array([probe.time_s(s.cached, s.bsz) for s in samples])  # = fpk * sum of keys
+    tokens = np.array([float(s.bsz) for s in samples])
+    y = np.array([s.layer_s for s in samples])
+    best = None
+    for cols in ((0, 1), (0,), (1,)):  # full fit, then each coefficient alone (NNLS over 2 variables)
+        a = np.stack([tokens, keys], axis=1)[:, cols]
+        coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+        if np.any(coef < 0):
+            continue
+        full = np.zeros(2)
+        full[list(cols)] = coef
+        err = float(np.sum((np.stack([tokens, keys], axis=1) @ full - y) ** 2))
+        if best is None or err < best[0]:
+            best = (err, full)
+    per_token, per_flop = best[1] if best is not None else (float(np.mean(y / tokens)), 0.0)
+    return AttentionTimeModel(flops_per_key=fpk, seconds_per_flop=float(per_flop), seconds_per_token=float(per_token))

@@ -1,0 +1,130 @@
+"""A request's state as it moves through the runtime (controller, readers, PE, DE, persist).
+
+One :class:`RequestState` per agent round. The controller creates it and owns placement; each
+stage fills in its part (times are seconds since the run started, ``time.perf_counter`` based).
+Mutable by design: it is the hand-off record between threads, each field written by one stage
+before the next stage is told (through a queue) to look at it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+
+import numpy as np
+
+from dualpath_jax.sched import SchedRequest
+from dualpath_jax.store import BlockFailure
+from dualpath_jax.transfer import Lease
+
+__all__ = ["RequestState", "RequestFailed"]
+
+
+class RequestFailed(RuntimeError):
+    """A stage gave up on a request; ``cause`` is recorded as the request's error."""
+
+    def __init__(self, cause: str):
+        self.cause = cause
+        super().__init__(cause)
+
+
+@dataclasses.dataclass(eq=False)
+class RequestState:
+    """Everything the runtime knows about one request (one round of one agent).
+
+    Token bookkeeping: ``prompt i32[S]``; ``keys`` the prefix-hash keys of its complete blocks;
+    ``lookup_blocks`` blocks the store held at submit; ``hit_blocks`` blocks actually read (a
+    read failure truncates the hit, the rest is recomputed); ``de_blocks`` leading hit blocks
+    read on the DE side (``sched.ReadPlan``).
+    """
+
+    rid: int
+    agent: int
+    round_index: int
+    trajectory_id: str
+    prompt: np.ndarray
+    keys: list
+    gen_target: int
+    lookup_blocks: int
+    block_tokens: int = 64
+    sched: SchedRequest | None = None
+    pe: int = -1
+    de: int = -1
+    side: str = "none"
+    de_blocks: int = 0
+    hit_blocks: int = 0
+    # reads (per side: Full Blocks uint8[L, Z, Bt] held by the side's buffer lease)
+    pending_reads: int = 0
+    pe_hit: list = dataclasses.field(default_factory=list)
+    de_hit: list = dataclasses.field(default_factory=list)
+    pe_lease: Lease | None = None
+    de_read_lease: Lease | None = None
+    read_bytes_pe: int = 0
+    read_bytes_de: int = 0
+    read_failures: list = dataclasses.field(default_factory=list)
+    # PE -> DE hand-off: per layer, segments (start_token, k [n, K, H], v [n, K, H]) in the DE buffer
+    de_send_lease: Lease | None = None
+    segments: list = dataclasses.field(default_factory=list)
+    pending_sends: int = 0
+    prefill_done: bool = False
+    handed_off: bool = False
+    # generation
+    generated: list = dataclasses.field(default_factory=list)
+    gaps: list = dataclasses.field(default_factory=list)
+    # persist
+    pending_persists: int = 0
+    blocks_persisted: int = 0
+    persist_failures: list = dataclasses.field(default_factory=list)
+    finished: bool = False
+    # controller bookkeeping (controller thread only)
+    finish_seen: bool = False
+    persist_seen: bool = False
+    pe_released: bool = False
+    de_released: bool = False
+    # timeline
+    arrival_s: float = math.nan
+    placed_s: float = math.nan
+    read_done_s: float = math.nan
+    prefill_start_s: float = math.nan
+    prefill_finish_s: float = math.nan
+    first_token_s: float = math.nan
+    decode_start_s: float = math.nan
+    second_token_s: float = math.nan
+    finish_s: float = math.nan
+    persisted_s: float = math.nan
+    error: str = ""
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(len(self.prompt))
+
+    @property
+    def hit_tokens(self) -> int:
+        return self.hit_blocks * self.block_tokens
+
+    def release_buffers(self) -> None:
+        """Drop every DRAM lease the request still holds (idempotent)."""
+        for lease in (self.pe_lease, self.de_read_lease, self.de_send_lease):
+            if lease is not None:
+                lease.release()
+        self.pe_hit, self.de_hit, self.segments = [], [], []
+
+    def fail(self, cause: str, now_s: float) -> bool:
+        """Mark failed (first cause wins); returns True if this call set the error."""
+        with self.lock:
+            if self.error or self.finished:
+                return False
+            self.error = cause
+            self.finish_s = now_s
+        self.release_buffers()
+        return True
+
+
+def failure_text(failures: list[BlockFailure]) -> str:
+    """``"cause x n, ..."`` summary of block failures."""
+    counts: dict[str, int] = {}
+    for f in failures:
+        counts[f.cause.value] = counts.get(f.cause.value, 0) + 1
+    return ", ".join(f"{k} x {v}" for k, v in sorted(counts.items()))

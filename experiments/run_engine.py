@@ -1,0 +1,89 @@
+"""Run the engine ablation: real model, real KV through store, buffers and emulated links.
+
+    python experiments/run_engine.py --workdir=workdir/engine
+    python experiments/run_engine.py --config=configs/engine_ablation.py:quick --workdir=/tmp/engine
+
+The config (default ``configs/engine_ablation.py``) names the agents, the emulated cluster and
+the variants; its docstring lists the outputs. Override fields with ``--config.<field>=<value>``
+(e.g. ``--config.cluster.snic_bytes_per_s=5e6``). The output ends with ``name: value`` lines,
+also written to ``workdir/metrics.json``.
+
+One engine per JAX device: on a CPU host the device count is forced (``XLA_FLAGS``) to the
+cluster's engine count before JAX is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_CONFIG_DEFAULT = str(Path(__file__).resolve().parent.parent / "configs" / "engine_ablation.py")
+
+
+def _force_host_devices(argv: list[str]) -> None:
+    """Set ``--xla_force_host_platform_device_count`` to the config's engine count (before JAX loads)."""
+    import importlib.util
+
+    path, arg = _CONFIG_DEFAULT, None
+    for a in argv:
+        if a.startswith("--config="):
+            path, _, arg = a.split("=", 1)[1].partition(":")
+    spec = importlib.util.spec_from_file_location("_engine_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(arg or None).cluster
+    for a in argv:  # topology overrides on the command line
+        for key in ("prefill_nodes", "decode_nodes", "engines_per_node"):
+            if a.startswith(f"--config.cluster.{key}="):
+                c[key] = int(a.split("=", 1)[1])
+    count = (c.prefill_nodes + c.decode_nodes) * c.engines_per_node
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
+if __name__ == "__main__":
+    _force_host_devices(sys.argv[1:])
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", _CONFIG_DEFAULT, "Engine ablation config (configs/engine_*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+_JIT_CACHE = flags.DEFINE_string(
+    "jit_cache_dir",
+    os.environ.get("DUALPATH_JIT_CACHE", os.path.join(tempfile.gettempdir(), "dualpath_jax_jit_cache")),
+    "Persistent XLA compilation cache (reruns skip compilation); empty to disable.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+    del argv
+    import jax
+
+    from dualpath_jax.engine.ablation import run_ablation
+    from dualpath_jax.metrics import writers
+
+    if _JIT_CACHE.value:
+        jax.config.update("jax_compilation_cache_dir", _JIT_CACHE.value)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    config = _CONFIG.value
+    workdir = Path(_WORKDIR.value)
+    workdir.mkdir(parents=True, exist_ok=True)
+    writers.write_config(workdir, config)
+    writers.write_env(workdir, device=f"{jax.default_backend()} x {jax.device_count()} "
+                                      f"({', '.join(str(d) for d in jax.devices())})")
+    t0 = time.perf_counter()
+    named = run_ablation(config, workdir, log=lambda s: print(s, flush=True))
+    named["wall_s"] = time.perf_counter() - t0
+    writers.write_named_values(workdir, named)
+    writers.append_metrics(workdir, {"experiment": "engine_ablation", **named})
+    print()
+    print(writers.format_named_values(named))
+
+
+if __name__ == "__main__":
+    app.run(main)
