@@ -258,3 +258,10 @@ def test_workload_and_metrics_layering():
                     if head == "matplotlib":
                         ok = id(node) not in top_level
                     assert ok, f"{path.name} imports {name}"
+
+
+def test_scale_tokens_keeps_a_nearly_full_tail_partial():
+    # 2 full blocks + a 63-token tail: ceil(63 / 32) = 2 would make a third full 2-token block
+    t = scale_tokens(hashed(rounds=((1, 2), (1, 2, 3)), prompts=(191, 200), gens=(4, 9)), 32)
+    assert t.num_prompt_tokens.tolist() == [2 * 2 + 1, 3 * 2 + 1]
+    assert [len(t.block_hash_ids(i)) for i in range(2)] == [2, 3]

@@ -135,7 +135,7 @@ def scale_tokens(trajectories, divisor: int):
     * Hashed trajectory (trace): every hash block shrinks from Z to ``Z / d`` tokens
       (``d`` must divide ``block_tokens``); the hash ids are unchanged, so rounds that shared
       blocks still share exactly the same (fewer) tokens. A round with P full blocks and a
-      t-token partial tail becomes ``P * Z/d + ceil(t / d)`` tokens, its hit
+      t-token partial tail becomes ``P * Z/d + min(ceil(t / d), Z/d - 1)`` tokens, its hit
       ``min(L * Z/d, prompt - 1)`` with L its hit blocks, and ``g -> ceil(g / d)``.
       Token ids of a block (:func:`dualpath_jax.workload.tokens.block_token_ids`) depend only on
       (scope, hash id, position), so a shrunk block holds the first ``Z/d`` tokens of the original.
@@ -163,7 +163,8 @@ def scale_tokens(trajectories, divisor: int):
         lo, hi = ts.round_offsets[k], ts.round_offsets[k + 1]
         blocks = h.num_blocks()
         tail = ts.num_prompt_tokens[lo:hi] - blocks * z
-        prompt = blocks * (z // d) + ceil_div(tail)
+        # a partial tail stays partial (at most Z/d - 1 tokens), so the block count is unchanged
+        prompt = blocks * (z // d) + np.minimum(ceil_div(tail), z // d - 1)
         hit[lo:hi] = np.minimum(hit_blocks_from_hashes(h) * (z // d), prompt - 1)
         append[lo:hi] = prompt - hit[lo:hi]
         block_tokens[k] = z // d
