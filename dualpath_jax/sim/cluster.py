@@ -31,9 +31,11 @@ import dataclasses
 import heapq
 import itertools
 import math
+import sys
 from collections.abc import Sequence
 
 import numpy as np
+import tqdm
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.model import cost
@@ -186,6 +188,7 @@ class Simulator:
         self.events = 0
         self._tick_pending = False
         self._tick_count = 0
+        self._completed = 0
         self._pe_group_ids = sorted(self.sched.pe_groups)
         self._new_pe_work = False
         self._pe_dirty: set[int] = set()
@@ -227,9 +230,20 @@ class Simulator:
         heapq.heappush(self.heap, (t, self._seq, kind, a, b))
 
     # ---- main loop ------------------------------------------------------------------------------
-    def run(self, *, max_events: int | None = None) -> SimResult:
+    def run(self, *, max_events: int | None = None, progress: bool | None = None) -> SimResult:
+        """Simulate until every agent's last round finishes (or ``max_events``).
+
+        ``progress``: show a tqdm bar of finished requests with rate and ETA (default: only when
+        stderr is a terminal, so logs and CI stay quiet).
+        """
         for i, a in enumerate(self.agents):
             self._push(float(a.arrival_s), _ARRIVE, i)
+        total = sum(len(a.append) for a in self.agents)
+        if progress is None:
+            progress = sys.stderr.isatty()
+        bar = tqdm.tqdm(total=total, unit="req", desc=f"sim {self.cfg.loading}/{self.cfg.prefill}/{self.cfg.policy}",
+                        disable=not progress, mininterval=1.0, leave=False)
+        shown = 0
         handlers = {_ARRIVE: self._on_arrive, _TICK: self._on_tick, _READ_DONE: self._on_read_done,
                     _PE_DONE: self._on_pe_done, _DE_JOIN: self._on_de_join, _DE_EVENT: self._on_de_event}
         heap = self.heap
@@ -238,8 +252,12 @@ class Simulator:
             self.now = t
             self.events += 1
             handlers[kind](a, b)
+            if progress and not self.events % 20000:
+                bar.update(self._completed - shown)
+                shown = self._completed
             if max_events is not None and self.events >= max_events:
                 break
+        bar.close()
         requests = {k: np.asarray(v) for k, v in self.R.items()}
         links = {}
         for s in self.snic_r + self.snic_w + self.dram + self.cnic_in + self.cnic_out:
@@ -570,6 +588,7 @@ class Simulator:
         R = self.R
         de = R["de"][rid]
         R["finish_s"][rid] = self.now
+        self._completed += 1
         self.tok[de] -= R["hit_tokens"][rid] + R["append_tokens"][rid]
         self.seq[de] -= 1
         self.hbm_free[de] += (R["hit_tokens"][rid] + R["append_tokens"][rid] + R["gen_tokens"][rid]) * self.kvb
