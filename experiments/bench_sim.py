@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from dualpath_jax.metrics import writers
 from dualpath_jax.sim import SimConfig, Simulator, agents_from_trajectories, variant_config
@@ -47,6 +47,7 @@ def _case(name: str, prefill_nodes: int, decode_nodes: int, num_agents: int) -> 
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # keep JAX's backend-probe INFO lines out of the output
     workdir = Path(_WORKDIR.value)
     workdir.mkdir(parents=True, exist_ok=True)
     writers.write_env(workdir, device="simulator (virtual time)")

@@ -48,7 +48,7 @@ def _force_host_devices(argv: list[str]) -> None:
 if __name__ == "__main__":
     _force_host_devices(sys.argv[1:])
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", _CONFIG_DEFAULT, "Engine ablation config (configs/engine_*.py).")
@@ -62,6 +62,7 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # keep JAX's backend-probe INFO lines out of the output
     import jax
 
     from dualpath_jax.engine.ablation import run_ablation

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dualpath_jax.config import ConfigError
@@ -28,6 +28,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # keep JAX's backend-probe INFO lines out of the output
     config = _CONFIG.value
     if config.study not in STUDIES:
         raise ConfigError("study", f"unknown study {config.study!r}; known: {sorted(STUDIES)}")
