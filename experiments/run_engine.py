@@ -51,7 +51,10 @@ if __name__ == "__main__":
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", _CONFIG_DEFAULT, "Engine ablation config (configs/engine_*.py).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _CONFIG_DEFAULT, "Engine ablation config (configs/engine_ablation.py); append :quick or :big for the "
+    "variants its docstring describes; override fields with --config.<field>=<value> "
+    "(e.g. --config.workload.num_agents=8).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 _JIT_CACHE = flags.DEFINE_string(
     "jit_cache_dir",

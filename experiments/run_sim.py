@@ -21,7 +21,10 @@ from dualpath_jax.config import ConfigError
 from dualpath_jax.metrics import writers
 from dualpath_jax.sim.studies import STUDIES
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Study config file (configs/sim_*.py).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Study config file configs/sim_<study>.py; append :quick or :tiny for the smaller variants "
+    "described in the file's docstring; override any field with --config.<field>=<value> "
+    "(e.g. --config.sim.prefill_nodes=1, --config.num_agents='(256,)').")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 flags.mark_flags_as_required(["config", "workdir"])
 
