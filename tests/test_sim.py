@@ -133,3 +133,12 @@ def test_explicit_compute_model_is_used():
     assert res.end_s == pytest.approx(FETCH + 0.5 + 10 * 0.1, rel=1e-12)
     with pytest.raises(ConfigError, match="sim.compute"):
         SimConfig(compute={"prefill_overhead_s": 1.0})
+
+
+def test_initial_context_lets_round0_hit_a_warm_store():
+    cfg = SimConfig(loading="pe_read", prefill="layerwise", policy="round_robin", fetch_period_s=FETCH)
+    warm = SimAgent(0.0, np.array([100]), np.array([2]), None, np.array([640]), initial_context=640)
+    cold = SimAgent(0.0, np.array([100]), np.array([2]), None, np.array([640]))
+    kvb = cost.kv_bytes_per_token(cfg.spec, "fp8")
+    assert simulate(cfg, [warm]).requests["read_bytes_pe"][0] == pytest.approx(640 * kvb)
+    assert simulate(cfg, [cold]).requests["hit_tokens"][0] == 0  # nothing stored before round 0

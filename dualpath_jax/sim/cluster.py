@@ -60,6 +60,7 @@ class SimAgent:
       gen: ``i64[rounds]`` generated tokens per round (>= 1).
       think_s: optional ``f64[rounds]`` delay before each round after the previous finished.
       hit: optional ``i64[rounds]`` cached tokens per round (default: the whole previous context).
+      initial_context: tokens already in storage before round 0 (a warm store); round 0 may hit them.
     """
 
     arrival_s: float
@@ -67,6 +68,7 @@ class SimAgent:
     gen: np.ndarray
     think_s: np.ndarray | None = None
     hit: np.ndarray | None = None
+    initial_context: int = 0
 
 
 @dataclasses.dataclass
@@ -196,7 +198,7 @@ class Simulator:
         self.de_step = [0.0] * (n_pe + n_de)
         self.R: dict[str, list] = collections.defaultdict(list)
         self.agent_round = [0] * len(self.agents)
-        self.agent_context = [0] * len(self.agents)
+        self.agent_context = [int(a.initial_context) for a in self.agents]
         self._pending_place: dict[int, dict] = {}
 
     # ---- setup ----------------------------------------------------------------------------------

@@ -1,0 +1,91 @@
+"""Cross-check: the simulator, given the real engine's measured costs, predicts its JCT.
+
+    python experiments/run_engine.py --workdir=workdir/engine
+    python experiments/crosscheck_engine_sim.py --engine_workdir=workdir/engine --workdir=workdir/crosscheck
+
+From the engine run it takes: the requests each variant ran (agent, round, hit / append / generated
+tokens, arrival), a compute model fitted by least squares to every measured PE forward ((cached,
+bsz) pairs -> seconds) and DE decode step ((batch, context) -> seconds), the calibrated SNIC rate,
+the CNIC rate, buffer and HBM sizes of its config. The simulator then runs the same five variants
+on a cluster of one engine per node with those numbers, and the table compares JCTs. Ends with
+``jct_ratio_<variant>`` (simulated / measured) and ``max_abs_jct_error``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags, logging
+
+from dualpath_jax.metrics import writers
+from dualpath_jax.sim import HardwareConfig, SimAgent, SimConfig, Simulator, variant_config
+from dualpath_jax.sim.compute import fit_compute_model
+
+_ENGINE = flags.DEFINE_string("engine_workdir", "workdir/engine", "Workdir of a run_engine.py run.")
+_WORKDIR = flags.DEFINE_string("workdir", "workdir/crosscheck", "Output directory.")
+
+
+def _agents(requests: list[dict], offline: bool) -> list[SimAgent]:
+    by_agent = collections.defaultdict(list)
+    for r in requests:
+        by_agent[r["trajectory_id"]].append(r)
+    agents = []
+    for rounds in by_agent.values():
+        rounds.sort(key=lambda r: r["round"])
+        hit = np.array([r["hit_tokens"] for r in rounds], np.int64)
+        prompt = np.array([r["prompt_tokens"] for r in rounds], np.int64)
+        gen = np.array([max(r["gen_tokens"], 1) for r in rounds], np.int64)
+        # the engine seeds the store with each agent's first prompt, so round 0 hits it too
+        start = 0.0 if offline else float(rounds[0]["arrival_s"])
+        agents.append(SimAgent(start, prompt - hit, gen, None, hit, initial_context=int(hit[0])))
+    return agents
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    src, out = Path(_ENGINE.value), Path(_WORKDIR.value)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = json.loads((src / "config.json").read_text())
+    metrics = json.loads((src / "metrics.json").read_text())
+    ablation = json.loads((src / "ablation.json").read_text())
+    cl = cfg["cluster"]
+    pre, dec = [], []
+    for v in ablation["variants"]:
+        f = json.loads((src / "runs" / v / "forwards.json").read_text())
+        pre += [([i["cached"] for i in x["items"]], [i["bsz"] for i in x["items"]], x["compute_s"])
+                for x in f["pe_forwards"]]
+        dec += [(x["batch"], x["context_tokens"], x["wall_s"]) for x in f["de_steps"]]
+    model = fit_compute_model(pre, dec)
+    snic = float(metrics["snic_bytes_per_s"])
+    cnic = snic * float(cl["cnic_bytes_per_s"]) / float(cl["snic_bytes_per_s"])
+    hw = HardwareConfig(gpus_per_node=1, snic_bytes_per_s=snic, cnic_bytes_per_s=cnic, dram_bytes_per_s=1e13,
+                        dram_buffer_bytes=float(cl["buffer_bytes"]), hbm_bytes=float(cl["de_hbm_kv_bytes"]),
+                        hbm_usable_fraction=1.0, cnic_kv_share=1.0)
+    base = SimConfig(model=cfg["model"]["name"], prefill_nodes=cl["prefill_nodes"], decode_nodes=cl["decode_nodes"],
+                     hardware=hw, kv_dtype=cfg["model"]["kv_dtype"], weight_dtype="f32",
+                     activation_reserve_bytes=float(cl["de_hbm_kv_bytes"] - cl["pe_hbm_kv_bytes"]),
+                     fetch_period_s=float(cl["fetch_period_s"]), compute_quota_s=float(cl["compute_quota_s"]),
+                     basic_max_batch_tokens=int(cl["basic_max_batch_tokens"]), compute=model)
+    rows, named = [], {}
+    for v, measured in ablation["variants"].items():
+        reqs = json.loads((src / "runs" / v / "requests.json").read_text())
+        offline = cfg.get("arrivals", {}).get("mode", "offline") == "offline"
+        res = Simulator(variant_config(base, v), _agents(reqs, offline)).run()
+        ratio = res.end_s / measured["jct_s"]
+        rows.append({"variant": v, "engine_jct_s": measured["jct_s"], "sim_jct_s": res.end_s, "sim_over_engine": ratio})
+        named[f"jct_ratio_{v}"] = ratio
+        print(f"{v:10s} engine JCT {measured['jct_s']:7.2f} s   simulated {res.end_s:7.2f} s   ratio {ratio:.3f}")
+    named["max_abs_jct_error"] = max(abs(r - 1) for k, r in named.items())
+    writers.write_json(out / "crosscheck.json", {"rows": rows, "compute_model": model, "snic_bytes_per_s": snic})
+    writers.write_table(out / "crosscheck", rows, title="Simulator vs real engine JCT")
+    writers.write_named_values(out, named)
+    print()
+    print(writers.format_named_values(named))
+
+
+if __name__ == "__main__":
+    app.run(main)
