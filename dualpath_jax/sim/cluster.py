@@ -48,6 +48,10 @@ __all__ = ["SimAgent", "SimResult", "Simulator", "simulate"]
 
 _ARRIVE, _TICK, _READ_DONE, _PE_DONE, _DE_JOIN, _DE_EVENT = range(6)
 _MAX_BATCH_REQUESTS = 512
+_INT_COLUMNS = ("agent", "round", "hit_tokens", "append_tokens", "gen_tokens")
+_ENGINE_COLUMNS = ("pe", "de", "de_blocks")
+_TIME_COLUMNS = ("arrival_s", "placed_s", "read_done_s", "prefill_start_s", "first_token_s", "decode_start_s",
+                 "second_token_s", "finish_s", "read_bytes_pe", "read_bytes_de")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +200,13 @@ class Simulator:
         self._pe_dirty: set[int] = set()
         self._de_dirty: set[int] = set()
         self.de_step = [0.0] * (n_pe + n_de)
-        self.R: dict[str, list] = collections.defaultdict(list)
+        # per-request columns, preallocated for every round of every agent (request ids are issue order)
+        total = sum(len(a.append) for a in self.agents)
+        self.R: dict[str, list] = {k: [0] * total for k in _INT_COLUMNS}
+        self.R.update({k: [-1] * total for k in _ENGINE_COLUMNS})
+        self.R.update({k: [math.nan] * total for k in _TIME_COLUMNS})
+        self.R["side"] = [""] * total
+        self._issued = 0
         self.agent_round = [0] * len(self.agents)
         self.agent_context = [int(a.initial_context) for a in self.agents]
         self._pending_place: dict[int, dict] = {}
@@ -260,7 +270,7 @@ class Simulator:
             if max_events is not None and self.events >= max_events:
                 break
         bar.close()
-        requests = {k: np.asarray(v) for k, v in self.R.items()}
+        requests = {k: np.asarray(v[:self._issued]) for k, v in self.R.items()}
         links = {}
         for s in self.snic_r + self.snic_w + self.dram + self.cnic_in + self.cnic_out:
             links[s.name] = {"bytes": s.bytes, "busy_s": s.busy_s}
@@ -277,16 +287,15 @@ class Simulator:
         r = self.agent_round[agent]
         append, gen = int(a.append[r]), int(a.gen[r])
         hit = self.agent_context[agent] if a.hit is None else min(int(a.hit[r]), self.agent_context[agent])
-        rid = len(self.R["agent"])
+        rid = self._issued
+        self._issued += 1
         R = self.R
-        R["agent"].append(agent); R["round"].append(r); R["arrival_s"].append(self.now)
-        R["hit_tokens"].append(hit); R["append_tokens"].append(append); R["gen_tokens"].append(gen)
-        for k in ("pe", "de", "de_blocks"):
-            R[k].append(-1)
-        R["side"].append("")
-        for k in ("placed_s", "read_done_s", "prefill_start_s", "first_token_s", "decode_start_s", "second_token_s",
-                  "finish_s", "read_bytes_pe", "read_bytes_de"):
-            R[k].append(math.nan)
+        R["agent"][rid] = agent
+        R["round"][rid] = r
+        R["arrival_s"][rid] = self.now
+        R["hit_tokens"][rid] = hit
+        R["append_tokens"][rid] = append
+        R["gen_tokens"][rid] = gen
         hbm = (hit + append + gen) * self.kvb
         req = SchedRequest(rid, hit, append, gen, int(hbm))
         self._pending_place[rid] = {"req": req}
