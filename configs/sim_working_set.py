@@ -15,37 +15,22 @@ Output: working_set.json, working_set.md/.csv, working_set.png, and ``name: valu
 (working set and simulated live KV at the highest APS, GB per APS).
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
+    # The same runs as the TTFT breakdown (DualPath, online, DS 660B 2P4D and its quick / tiny
+    # variants); only the study that reduces them differs.
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sim_ttft_breakdown.py")
+    spec = importlib.util.spec_from_file_location("_sim_ttft_breakdown_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        config = module.get_config(arg)
+    except ValueError:
+        raise ValueError(f"configs/sim_working_set.py: unknown variant {arg!r}; known: quick, tiny") from None
     config.study = "working_set"
-    config.seed = 0
-    config.arrival_seed = 0
-    config.variants = ("dualpath",)
-    config.aps_grid = (0.1, 0.2, 0.4, 0.8)
-    config.horizon_s = 3000.0
-    config.warmup_s = 1500.0
-    config.max_agents_per_run = 8192
-    config.workload = ml_collections.ConfigDict({"mal": "64K", "num_agents": 2048, "token_divisor": 1,
-                                                 "num_base": 500})
-    config.sim = ml_collections.ConfigDict({"model": "deepseek-v3.2", "prefill_nodes": 2, "decode_nodes": 4,
-                                            "kv_dtype": "fp8", "weight_dtype": "fp8", "hardware": {}})
-    if arg == "quick":
-        config.sim.update({"model": "ds-27b", "prefill_nodes": 1, "decode_nodes": 1})
-        config.horizon_s = 300.0
-        config.warmup_s = 150.0
-        config.max_agents_per_run = 4000
-        config.workload.mal = "32K"
-        config.aps_grid = (2.0, 4.0, 8.0)
-    elif arg == "tiny":
-        config.sim.update({"model": "ds-27b", "prefill_nodes": 1, "decode_nodes": 1})
-        config.horizon_s = 24.0
-        config.warmup_s = 4.0
-        config.max_agents_per_run = 48
-        config.workload.update({"mal": "32K", "num_agents": 16, "token_divisor": 8})
-        config.aps_grid = (0.5, 2.0)
-    elif arg not in (None, ""):
-        raise ValueError(f"configs/sim_working_set.py: unknown variant {arg!r}; known: quick, tiny")
     return config
