@@ -19,29 +19,18 @@ import dataclasses
 
 from dualpath_jax.config import ConfigError, check_in, check_positive
 from dualpath_jax.sched.types import LOADINGS, POLICIES
-from dualpath_jax.sched.variants import ABLATION_VARIANTS, Variant
+from dualpath_jax.sched.variants import VARIANTS, Variant, get_variant
 
 __all__ = ["ClusterConfig", "PREFILL_MODES", "ENGINE_VARIANTS", "engine_variant"]
 
 PREFILL_MODES = ("full", "layerwise")
 
-ENGINE_VARIANTS: dict[str, Variant] = {
-    **ABLATION_VARIANTS,
-    # beyond the paper (its stated future work): one request's blocks read from both sides
-    "split": Variant("split", "split", "layerwise", "dualpath"),
-}
+ENGINE_VARIANTS: dict[str, Variant] = VARIANTS
 """The paper's ablation ladder (``sched.ABLATION_VARIANTS``) plus ``split`` loading."""
 
-
-def engine_variant(name: str) -> Variant:
-    """Look up a variant of :data:`ENGINE_VARIANTS`.
-
-    Raises:
-      ConfigError: field ``variants`` for an unknown name.
-    """
-    if name not in ENGINE_VARIANTS:
-        raise ConfigError("variants", f"unknown variant {name!r}; known: {list(ENGINE_VARIANTS)}")
-    return ENGINE_VARIANTS[name]
+engine_variant = get_variant
+"""Look up a variant of :data:`ENGINE_VARIANTS` (``sched.get_variant``; ConfigError naming
+``variants`` for an unknown name)."""
 
 
 @dataclasses.dataclass(frozen=True)
