@@ -118,22 +118,23 @@ class Simulator:
         self.g = hw.gpus_per_node
         self.kvb = float(cost.kv_bytes_per_token(spec, cfg.kv_dtype))
         n_pe, n_de = cfg.prefill_nodes * self.g, cfg.decode_nodes * self.g
-        self.pe_model = calibrate_from_public(spec, peak_flops=hw.peak_flops, hbm_bytes_per_s=hw.hbm_bytes_per_s,
-                                              ep_size=n_pe, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
-                                              prefill_layer_overhead_s=cfg.prefill_layer_overhead_s,
-                                              eff_memory=cfg.eff_memory)
-        self.de_model = calibrate_from_public(spec, peak_flops=hw.peak_flops, hbm_bytes_per_s=hw.hbm_bytes_per_s,
-                                              ep_size=n_de, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
-                                              prefill_layer_overhead_s=cfg.prefill_layer_overhead_s,
-                                              eff_memory=cfg.eff_memory)
         if cfg.compute is not None:
             self.pe_model = self.de_model = cfg.compute
+        else:  # PEs and DEs differ only in how many GPUs the routed experts are spread over
+            self.pe_model, self.de_model = (
+                calibrate_from_public(spec, peak_flops=hw.peak_flops, hbm_bytes_per_s=hw.hbm_bytes_per_s,
+                                      ep_size=ep_size, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
+                                      prefill_layer_overhead_s=cfg.prefill_layer_overhead_s, eff_memory=cfg.eff_memory)
+                for ep_size in (n_pe, n_de))
         usable = hw.hbm_bytes * hw.hbm_usable_fraction
         self.pe_free_hbm = usable - self.pe_model.weight_bytes_per_gpu - cfg.activation_reserve_bytes
         self.de_hbm = usable - self.de_model.weight_bytes_per_gpu
         if self.pe_free_hbm <= 0:
             raise ConfigError("sim.prefill_nodes", f"{cfg.model} weights ({self.pe_model.weight_bytes_per_gpu / 1e9:.1f} GB"
                               f"/GPU with EP over {n_pe} GPUs) leave no HBM for KV on PEs; add prefill nodes")
+        # tokens of KV a PE can hold for one batch: all L layers in full prefill, depth of them layer-wise
+        layers_on_device = cfg.layerwise_depth / spec.n_layers if cfg.prefill == "layerwise" else 1.0
+        self.pe_max_kv_tokens = self.pe_free_hbm / (self.kvb * layers_on_device)
         if self.de_hbm <= 0:
             raise ConfigError("sim.decode_nodes", f"{cfg.model} weights ({self.de_model.weight_bytes_per_gpu / 1e9:.1f} GB"
                               f"/GPU with EP over {n_de} GPUs) leave no HBM for KV on DEs; add decode nodes")
@@ -448,10 +449,8 @@ class Simulator:
                 continue
             # the batch formers stop at the quota / token cap long before this many requests
             fifo = [BatchItem(item[0], item[1], item[2]) for item in itertools.islice(self.ready[e], _MAX_BATCH_REQUESTS)]
-            per_token_kv = self.kvb * (cfg.layerwise_depth / L if cfg.prefill == "layerwise" else 1.0)
-            max_kv = self.pe_free_hbm / per_token_kv
             batch = self.sched.form_pe_batch(fifo, time_model=self.time_model, max_tokens=cfg.basic_max_batch_tokens,
-                                             max_kv_tokens=max_kv)
+                                             max_kv_tokens=self.pe_max_kv_tokens)
             cached = [b.cached for b in batch]
             bsz = [b.remaining for b in batch]
             t_c = self.pe_model.prefill_time_s(cached, bsz)

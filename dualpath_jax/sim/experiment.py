@@ -14,6 +14,7 @@ import numpy as np
 from dualpath_jax.metrics import latency
 from dualpath_jax.metrics.records import TransferTable
 from dualpath_jax.metrics.traffic import storage_nic_max_avg
+from dualpath_jax.sched import ClusterScheduler
 from dualpath_jax.sched.variants import get_variant
 from dualpath_jax.sim.adapters import agents_from_trajectories, request_table, snic_transfers
 from dualpath_jax.sim.cluster import SimResult, Simulator
@@ -80,7 +81,7 @@ def summarize(result: SimResult, ts: TrajectorySet | None, *, window_s: float = 
 
 
 def run_offline(base: SimConfig, ts: TrajectorySet, variants: Sequence[str], *, log=print,
-                scheduler_cls: type | None = None) -> dict[str, dict]:
+                scheduler_cls: type = ClusterScheduler) -> dict[str, dict]:
     """Offline runs (all agents at t = 0) of each variant; returns ``{variant: summary}``.
 
     ``scheduler_cls``: optional ClusterScheduler subclass used for every variant (a new policy)."""
@@ -90,7 +91,7 @@ def run_offline(base: SimConfig, ts: TrajectorySet, variants: Sequence[str], *, 
     for name in variants:
         cfg = variant_config(base, name)
         t0 = time.perf_counter()
-        res = (Simulator(cfg, agents) if scheduler_cls is None else Simulator(cfg, agents, scheduler_cls=scheduler_cls)).run()
+        res = Simulator(cfg, agents, scheduler_cls=scheduler_cls).run()
         summary = summarize(res, ts)
         summary["wall_s"] = time.perf_counter() - t0
         out[name] = summary
