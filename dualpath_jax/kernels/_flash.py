@@ -129,6 +129,32 @@ def pad_axis(x: jax.Array, axis: int, size: int, *, front: int = 0) -> jax.Array
     return jnp.pad(x, pads)
 
 
+
+def pad_head_dims(q_arrays, key_arrays_sets, value_width: int, has_value: bool):
+    """Zero-pad the head dims of query parts and their matching key parts (exact: zeros add nothing).
+
+    Every dot operand becomes a sum of power-of-two parts >= :data:`MIN_DOT_DIM`. Without a separate
+    value array (MLA, whose value is the first key part: the latent) the first part is also at least
+    as wide as the padded value.
+
+    Args:
+      q_arrays: query parts ``[..., Hk_a]``.
+      key_arrays_sets: lists of key parts, each list matching ``q_arrays`` part by part.
+      value_width: value head width.
+      has_value: whether the value comes in its own array.
+
+    Returns:
+      ``(q_arrays, key_arrays_sets, widths, key_parts, value_padded)``: the padded arrays, each part's
+      width, the ``(part, offset, size)`` power-of-two column ranges, and the padded value width.
+    """
+    value_padded = max(MIN_DOT_DIM, next_pow2(value_width))
+    widths = [dot_width(a.shape[-1]) for a in q_arrays]
+    if not has_value:
+        widths[0] = max(widths[0], value_padded)
+    pad = lambda arrays: [pad_axis(a, -1, w) for a, w in zip(arrays, widths)]  # noqa: E731
+    key_parts = tuple((a, off, size) for a, w in enumerate(widths) for off, size in pow2_parts(w))
+    return pad(q_arrays), [pad(keys) for keys in key_arrays_sets], widths, key_parts, value_padded
+
 # ---- in-kernel math ------------------------------------------------------------------------
 
 def precision_for(dtype) -> lax.Precision | None:

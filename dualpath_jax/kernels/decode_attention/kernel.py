@@ -84,13 +84,8 @@ def decode_pallas(q_arrays, kc_arrays, v_blocks, block_table, kv_len, *, scale: 
     has_value = v_blocks is not None
     value_width = v_blocks.shape[-1] if has_value else q_arrays[0].shape[-1]
 
-    value_padded = max(_flash.MIN_DOT_DIM, _flash.next_pow2(value_width))
-    widths = [_flash.dot_width(a.shape[-1]) for a in q_arrays]
-    if not has_value:
-        widths[0] = max(widths[0], value_padded)
-    q_arrays = [_flash.pad_axis(a, -1, w) for a, w in zip(q_arrays, widths)]
-    kc_arrays = [_flash.pad_axis(a, -1, w) for a, w in zip(kc_arrays, widths)]
-    key_parts = tuple((a, off, size) for a, w in enumerate(widths) for off, size in _flash.pow2_parts(w))
+    q_arrays, (kc_arrays,), widths, key_parts, value_padded = _flash.pad_head_dims(
+        q_arrays, [kc_arrays], value_width, has_value)
 
     group_padded = max(_flash.MIN_DOT_DIM, _flash.next_pow2(group))
     widest = max(value_padded, max(widths))

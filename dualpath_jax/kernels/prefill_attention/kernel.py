@@ -174,15 +174,8 @@ def prefill_pallas(q_arrays, kn_arrays, v_new, kc_arrays, v_blocks, block_table,
     has_value = v_new is not None
     value_width = v_new.shape[-1] if has_value else q_arrays[0].shape[-1]
 
-    # Pad head dims so every dot operand is a power of two >= 16 (exact: zeros add nothing).
-    value_padded = max(_flash.MIN_DOT_DIM, _flash.next_pow2(value_width))
-    widths = [_flash.dot_width(a.shape[-1]) for a in q_arrays]
-    if not has_value:
-        widths[0] = max(widths[0], value_padded)
-    q_arrays = [_flash.pad_axis(a, -1, w) for a, w in zip(q_arrays, widths)]
-    kn_arrays = [_flash.pad_axis(a, -1, w) for a, w in zip(kn_arrays, widths)]
-    kc_arrays = [_flash.pad_axis(a, -1, w) for a, w in zip(kc_arrays, widths)]
-    key_parts = tuple((a, off, size) for a, w in enumerate(widths) for off, size in _flash.pow2_parts(w))
+    q_arrays, (kn_arrays, kc_arrays), widths, key_parts, value_padded = _flash.pad_head_dims(
+        q_arrays, [kn_arrays, kc_arrays], value_width, has_value)
     value_part = (0, 0, value_padded)
 
     rows = t * group
