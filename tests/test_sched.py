@@ -140,6 +140,39 @@ def test_form_batch_progress_and_kv_limits():
     assert batch == [BatchItem(1, 50, 10), BatchItem(2, 10, 30)]  # 60 + 10 + 30 = 100
 
 
+class _Guessing:
+    """MODEL with a ``max_bsz_within`` estimate that is off by ``error`` tokens."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def time_s(self, cached, bsz):
+        return MODEL.time_s(cached, bsz)
+
+    def max_bsz_within(self, cached, seconds):
+        # keys(b) = (2c + b + 1) b / 2 at 1e-3 s per key: the positive root, then the error
+        c = cached + 0.5
+        return -c + (c * c + 2 * seconds / 1e-3) ** 0.5 + self.error
+
+
+@pytest.mark.parametrize("error", [0.0, 0.4, -3.0, 7.0, 1e9, -1e9, float("nan")])
+def test_form_batch_with_an_estimate_equals_bisection(error):
+    """A time model's chunk estimate only speeds the search: right or wrong, the batch is the same."""
+    import random
+    rng = random.Random(0)
+    for _ in range(200):
+        fifo = [BatchItem(i, rng.randrange(0, 3000), rng.randrange(1, 400)) for i in range(rng.randrange(1, 6))]
+        quota = rng.choice([0.01, 0.3, 5.0, 100.0])
+        kv = rng.choice([float("inf"), 4000.0, 9000.0])
+        try:
+            want = form_batch(fifo, quota, MODEL, max_kv_tokens=kv)
+        except ValueError:
+            with pytest.raises(ValueError):
+                form_batch(fifo, quota, _Guessing(error), max_kv_tokens=kv)
+            continue
+        assert form_batch(iter(fifo), quota, _Guessing(error), max_kv_tokens=kv) == want
+
+
 def test_form_batch_fifo_whole_requests_and_head_chunk():
     fifo = [BatchItem(1, 0, 300), BatchItem(2, 0, 300), BatchItem(3, 0, 100)]
     assert form_batch_fifo(fifo, max_tokens=700) == fifo

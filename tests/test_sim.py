@@ -142,3 +142,19 @@ def test_initial_context_lets_round0_hit_a_warm_store():
     kvb = cost.kv_bytes_per_token(cfg.spec, "fp8")
     assert simulate(cfg, [warm]).requests["read_bytes_pe"][0] == pytest.approx(640 * kvb)
     assert simulate(cfg, [cold]).requests["hit_tokens"][0] == 0  # nothing stored before round 0
+
+
+@pytest.mark.parametrize("topk,index", [(None, 0.0), (2048, 4e-10)])
+def test_max_bsz_within_is_the_largest_chunk_under_a_budget(topk, index):
+    """The closed-form inverse of time_s agrees with a brute-force scan over integer chunk sizes."""
+    from dualpath_jax.sim.compute import ComputeModel
+    model = ComputeModel(prefill_overhead_s=0.0, s_per_token=0.0, s_per_key=3e-8, s_per_index_key=index, topk=topk)
+    for cached in (0, 1, 500, 2000, 2047, 2048, 2049, 10_000, 60_000):
+        for seconds in (1e-6, 1e-3, 0.01, 0.1, 0.3):
+            times = np.array([model.time_s(cached, b) for b in range(0, 20_001)])
+            brute = int(np.flatnonzero(times <= seconds)[-1])
+            x = model.max_bsz_within(cached, seconds)
+            assert brute <= x < brute + 1 or (brute == 20_000 and x >= brute), (cached, seconds, x, brute)
+    assert model.max_bsz_within(100, 0.0) == 0.0
+    free = ComputeModel(prefill_overhead_s=0.0, s_per_token=0.0, s_per_key=0.0)
+    assert free.max_bsz_within(100, 0.1) == float("inf")

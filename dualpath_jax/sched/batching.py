@@ -16,19 +16,24 @@ layers in flight (so the runtime passes an L/depth times larger budget).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Protocol
 
 __all__ = ["BatchItem", "TimeModel", "AttentionTimeModel", "form_batch", "form_batch_fifo"]
 
 
 class TimeModel(Protocol):
-    """Anything with ``time_s(cached, bsz) -> seconds`` (the profiled attention-time relation)."""
+    """Anything with ``time_s(cached, bsz) -> seconds`` (the profiled attention-time relation).
+
+    A model may also offer ``max_bsz_within(cached, seconds) -> float``, an estimate of the largest
+    ``bsz`` that fits ``seconds``; :func:`form_batch` then checks that guess instead of bisecting
+    from scratch. The result is the same either way (the guess is verified with ``time_s``).
+    """
 
     def time_s(self, cached: int, bsz: int) -> float: ...
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class BatchItem:
     """A request's prefill state: ``cached`` tokens with KV, ``remaining`` tokens to compute."""
 
@@ -55,8 +60,17 @@ class AttentionTimeModel:
         return self.seconds_per_token * bsz + self.seconds_per_flop * self.flops_per_key * keys
 
 
-def _largest_chunk(item: BatchItem, fits) -> int:
+def _largest_chunk(item: BatchItem, fits, guess: float | None = None) -> int:
+    """Largest ``bsz`` in ``[0, item.remaining]`` with ``fits(bsz)`` (``fits`` is monotone)."""
     lo, hi = 0, item.remaining  # invariant: lo fits (0 trivially), answer in [lo, hi]
+    if guess is not None and guess == guess:  # a NaN guess is ignored
+        g = int(max(min(guess, hi), 0))
+        if fits(g):
+            if g == hi or not fits(g + 1):
+                return g
+            lo = g + 1
+        else:
+            hi = g - 1
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if fits(mid):
@@ -66,9 +80,12 @@ def _largest_chunk(item: BatchItem, fits) -> int:
     return lo
 
 
-def form_batch(fifo: Sequence[BatchItem], quota_s: float, model: TimeModel, *,
+def form_batch(fifo: Iterable[BatchItem], quota_s: float, model: TimeModel, *,
                max_kv_tokens: float = float("inf")) -> list[BatchItem]:
     """Pack ``fifo`` into one forward batch under ``quota_s`` seconds of attention.
+
+    ``fifo`` is consumed head first and only up to the first item that does not fit whole, so a
+    runtime may pass a lazy iterator over a long queue.
 
     Returns:
       ``BatchItem(request_id, cached, bsz)`` entries (``remaining`` holds the chunk size ``bsz``).
@@ -80,16 +97,24 @@ def form_batch(fifo: Sequence[BatchItem], quota_s: float, model: TimeModel, *,
     """
     batch: list[BatchItem] = []
     used_s, used_kv = 0.0, 0.0
+    estimate = getattr(model, "max_bsz_within", None)
+    time_s = model.time_s
     for item in fifo:
+        cached, remaining = item.cached, item.remaining
+        if remaining > 0:
+            t = time_s(cached, remaining)
+            if used_s + t <= quota_s and used_kv + cached + remaining <= max_kv_tokens:
+                batch.append(item)
+                used_s += t
+                used_kv += cached + remaining
+                continue
+
         def fits(bsz: int) -> bool:
-            return (used_s + model.time_s(item.cached, bsz) <= quota_s
-                    and used_kv + item.cached + bsz <= max_kv_tokens)
-        if item.remaining > 0 and fits(item.remaining):
-            batch.append(item)
-            used_s += model.time_s(item.cached, item.remaining)
-            used_kv += item.cached + item.remaining
-            continue
-        bsz = _largest_chunk(item, fits)
+            return used_s + time_s(cached, bsz) <= quota_s and used_kv + cached + bsz <= max_kv_tokens
+        guess = None
+        if estimate is not None:
+            guess = min(estimate(item.cached, quota_s - used_s), max_kv_tokens - used_kv - item.cached)
+        bsz = _largest_chunk(item, fits, guess)
         if not batch and bsz == 0:
             if item.cached + 1 > max_kv_tokens:
                 raise ValueError(f"request {item.request_id}: cached={item.cached} tokens exceed "
@@ -101,7 +126,7 @@ def form_batch(fifo: Sequence[BatchItem], quota_s: float, model: TimeModel, *,
     return batch
 
 
-def form_batch_fifo(fifo: Sequence[BatchItem], *, max_tokens: float, max_kv_tokens: float = float("inf")
+def form_batch_fifo(fifo: Iterable[BatchItem], *, max_tokens: float, max_kv_tokens: float = float("inf")
                     ) -> list[BatchItem]:
     """Whole requests in FIFO order while new tokens <= ``max_tokens`` and KV <= ``max_kv_tokens``.
 

@@ -30,19 +30,22 @@ def de_phase1(queue: Sequence[SchedRequest], group_tok: Mapping[int, float]
       group_tok: group id -> sum of its engines' ``tok`` plus requests already in its private queue.
 
     Returns:
-      ``(additions, totals)``: group id -> requests appended to its private queue (in order), and
-      the updated totals.
+      ``(additions, totals)``: group id -> requests appended to its private queue (in order; only
+      groups that received requests appear), and the updated totals.
     """
     totals = dict(group_tok)
-    additions: dict[int, list[SchedRequest]] = {g: [] for g in totals}
+    additions: dict[int, list[SchedRequest]] = {}
     heap = [(t, g) for g, t in totals.items()]  # min total first, ties on the lower group id
     heapq.heapify(heap)
     for req in queue:
-        t, g = heapq.heappop(heap)
-        additions[g].append(req)
+        t, g = heap[0]
+        if g in additions:
+            additions[g].append(req)
+        else:
+            additions[g] = [req]
         t += req.num_tokens
         totals[g] = t
-        heapq.heappush(heap, (t, g))
+        heapq.heapreplace(heap, (t, g))
     return additions, totals
 
 
@@ -66,24 +69,28 @@ def de_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoa
       ``(assignments, loads)``: a prefix of ``private_queue`` with their DEs, and the engines'
       loads after the fetch (``tok``, ``seq`` and ``free_hbm_bytes`` updated).
     """
-    loads = {e.engine_id: EngineLoad(e.engine_id, e.node_id, e.tok, e.seq, e.free_hbm_bytes) for e in engines}
-    ordered = sorted(loads.values(), key=lambda e: e.engine_id)
+    ordered = sorted(engines, key=lambda e: e.engine_id)
+    tok = [e.tok for e in ordered]
+    seq = [e.seq for e in ordered]
+    free = [e.free_hbm_bytes for e in ordered]
     z = balance_target(private_queue, engines, z_factor)
     out: list[Assignment] = []
     for req in private_queue:
         need, length = req.hbm_bytes, req.num_tokens
-        best, best_key = None, None
-        for e in ordered:
-            if e.free_hbm_bytes < need:
+        best, best_high, best_val = -1, True, 0
+        for i, t in enumerate(tok):
+            if free[i] < need:
                 continue
             # low set (tok + len <= Z) first, by seq; then the high set by tok
-            key = (0, e.seq) if e.tok + length <= z else (1, e.tok)
-            if best_key is None or key < best_key:
-                best, best_key = e, key
-        if best is None:
+            high = t + length > z
+            val = t if high else seq[i]
+            if best < 0 or high < best_high or (high == best_high and val < best_val):
+                best, best_high, best_val = i, high, val
+        if best < 0:
             break
-        best.tok += length
-        best.seq += 1
-        best.free_hbm_bytes -= need
-        out.append(Assignment(req, best.engine_id, "de"))
+        tok[best] += length
+        seq[best] += 1
+        free[best] -= need
+        out.append(Assignment(req, ordered[best].engine_id, "de"))
+    loads = {e.engine_id: EngineLoad(e.engine_id, e.node_id, tok[i], seq[i], free[i]) for i, e in enumerate(ordered)}
     return out, loads

@@ -49,21 +49,25 @@ def pe_fetch(queue: Sequence[SchedRequest], group: Sequence[EngineLoad], read_q:
     loads = {e.engine_id: EngineLoad(e.engine_id, e.node_id, e.tok, e.seq, e.free_hbm_bytes) for e in group}
     engines = sorted(loads.values(), key=lambda e: e.engine_id)
     rq = dict(read_q)
+    long_q = {e.node_id: rq.get(e.node_id, 0.0) > alpha_tokens for e in engines}  # node in C3 (if not C1)
     out: list[Assignment] = []
     for req in queue:
         # one pass: C2 before C3, then min tok_e, then lower engine id; C1 (tok_e > beta) skipped
-        best, best_key = None, None
+        best, best_long, best_tok = None, True, 0
         for e in engines:
-            if e.tok > beta_tokens:
+            tok = e.tok
+            if tok > beta_tokens:
                 continue
-            key = (rq.get(e.node_id, 0.0) > alpha_tokens, e.tok)
-            if best_key is None or key < best_key:
-                best, best_key = e, key
+            is_long = long_q[e.node_id]
+            if best is None or is_long < best_long or (is_long == best_long and tok < best_tok):
+                best, best_long, best_tok = e, is_long, tok
         if best is None:
             break
         best.tok += req.num_tokens
         best.seq += 1
         if update_read_q:
-            rq[best.node_id] = rq.get(best.node_id, 0.0) + req.hit_tokens
+            node = best.node_id
+            rq[node] = rq.get(node, 0.0) + req.hit_tokens
+            long_q[node] = rq[node] > alpha_tokens
         out.append(Assignment(req, best.engine_id, "pe"))
     return out, loads, rq

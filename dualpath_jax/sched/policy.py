@@ -23,7 +23,7 @@ clock, touches I/O or imports a runtime. Same inputs, same decisions.
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.sched import batching, de, pe, read_side
@@ -138,16 +138,21 @@ class ClusterScheduler:
             out.sort(key=lambda a: a.request.request_id)
             self._n_pending_de -= len(out)
             return out
-        self._group_tok[group_id] = sum(e.tok for e in loads)
-        self.distribute_de()
-        if not self._private[group_id]:
+        group_tok = sum(e.tok for e in loads)
+        self._group_tok[group_id] = group_tok
+        if self._de_queue:
+            self.distribute_de()
+        private = self._private[group_id]
+        if not private:
             return []
-        out, new_loads = de.de_phase2(self._private[group_id], loads, z_factor=self.config.z_factor)
+        out, _ = de.de_phase2(private, loads, z_factor=self.config.z_factor)
+        placed = 0
         for a in out:
-            self._private[group_id].popleft()
-            self._private_tok[group_id] -= a.request.num_tokens
+            private.popleft()
+            placed += a.request.num_tokens
+        self._private_tok[group_id] -= placed
         self._n_pending_de -= len(out)
-        self._group_tok[group_id] = sum(load.tok for load in new_loads.values())
+        self._group_tok[group_id] = group_tok + placed  # phase 2 adds len(r) to the chosen engine's tok
         return out
 
     def report_de(self, group_id: int, loads: Sequence[EngineLoad]) -> None:
@@ -204,9 +209,12 @@ class ClusterScheduler:
         return read_side.ReadPlan(side, hit_blocks if side == "de" else 0)
 
     # ---- PE batches -----------------------------------------------------------------------
-    def form_pe_batch(self, fifo: Sequence[batching.BatchItem], *, time_model: batching.TimeModel | None,
+    def form_pe_batch(self, fifo: Iterable[batching.BatchItem], *, time_model: batching.TimeModel | None,
                       max_tokens: float, max_kv_tokens: float = float("inf")) -> list[batching.BatchItem]:
-        """``dualpath``: compute-quota batch (needs ``time_model``); ``round_robin``: FIFO under ``max_tokens``."""
+        """``dualpath``: compute-quota batch (needs ``time_model``); ``round_robin``: FIFO under ``max_tokens``.
+
+        ``fifo`` is read head first and only as far as the batch reaches (a lazy iterator is fine).
+        """
         if self.config.policy == "dualpath":
             if time_model is None:
                 raise ValueError("time_model: required by the dualpath policy's compute-quota batching")
@@ -214,6 +222,14 @@ class ClusterScheduler:
         return batching.form_batch_fifo(fifo, max_tokens=max_tokens, max_kv_tokens=max_kv_tokens)
 
     # ---- introspection --------------------------------------------------------------------
+    def waiting_pe(self) -> int:
+        """Requests waiting for a PE (``waiting()["pe"]`` without building a dict)."""
+        return len(self._pe_queue) + self._n_pending_pe
+
+    def waiting_de(self) -> int:
+        """Requests with a PE waiting for a DE (``waiting()["de"]``)."""
+        return len(self._de_queue) + self._n_pending_de
+
     def waiting(self) -> dict[str, int]:
         """Requests not yet placed: ``{"pe": ..., "de": ...}`` (O(1))."""
         return {"pe": len(self._pe_queue) + self._n_pending_pe,

@@ -18,7 +18,7 @@ import dataclasses
 __all__ = ["ReadPlan", "shorter_queue_side", "split_de_blocks"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class ReadPlan:
     """How a request's hit blocks are read.
 

@@ -18,7 +18,7 @@ LOADINGS = ("pe_read", "dual", "split", "oracle")
 READ_SIDES = ("pe", "de", "split", "none")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class SchedRequest:
     """One request (one agent round) as the scheduler sees it.
 
@@ -42,7 +42,7 @@ class SchedRequest:
         return self.hit_tokens + self.append_tokens
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class EngineLoad:
     """What an engine reports when its group fetches (PAPER.md section 5.1).
 
@@ -61,7 +61,7 @@ class EngineLoad:
     free_hbm_bytes: float = float("inf")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Assignment:
     """A placement decision: request -> engine (``role`` ``"pe"`` or ``"de"``)."""
 

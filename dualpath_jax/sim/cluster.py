@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import gc
 import heapq
 import itertools
 import math
@@ -91,12 +92,13 @@ class SimResult:
 class _Unit:
     """A synchronisation unit: a group (ep_sync) or a single engine."""
 
-    __slots__ = ("engines", "busy", "version", "steps", "last_t", "step_s", "heap")
+    __slots__ = ("engines", "busy", "version", "next_t", "steps", "last_t", "step_s", "heap")
 
     def __init__(self, engines):
         self.engines = engines
         self.busy = False
-        self.version = 0
+        self.version = 0  # of the pending DE event that counts; older ones are stale
+        self.next_t = math.inf  # when that event fires
         self.steps = 0.0
         self.last_t = 0.0
         self.step_s = 0.0
@@ -180,9 +182,11 @@ class Simulator:
         for i, u in enumerate(self.de_units):
             for e in u.engines:
                 self.unit_of[e] = i
-        self.tok = [0] * (n_pe + n_de)
-        self.seq = [0] * (n_pe + n_de)
-        self.hbm_free = [0.0] * n_pe + [self.de_hbm] * n_de
+        # each engine's tok_e, seq_e and free HBM (PAPER.md 5.1), kept as the records the leaders report
+        self.load = [EngineLoad(e, self.node_of[e], 0, 0, 0.0 if e < n_pe else self.de_hbm) for e in range(n_pe + n_de)]
+        self.group_loads = {gid: [self.load[e] for e in engines]
+                            for groups in (pe_groups, de_groups) for gid, engines in groups.items()}
+        # per PE: FIFO of BatchItem(request, cached, remaining) whose reads are done
         self.ready: list[collections.deque] = [collections.deque() for _ in range(n_pe + n_de)]
         self.de_batch = [0] * (n_pe + n_de)
         self.de_ctx = [0.0] * (n_pe + n_de)
@@ -210,33 +214,51 @@ class Simulator:
         self._issued = 0
         self.agent_round = [0] * len(self.agents)
         self.agent_context = [int(a.initial_context) for a in self.agents]
-        self._pending_place: dict[int, dict] = {}
+        self._req: dict[int, SchedRequest] = {}  # live requests' scheduler records
+        self._reads = [0] * total  # reads still in flight per request
+        # each agent's rounds as Python lists, made at its first arrival (numpy scalars index slowly)
+        self._rounds: list[tuple | None] = [None] * len(self.agents)
 
     # ---- setup ----------------------------------------------------------------------------------
     def _validate_agents(self):
-        worst = 0
+        """Check every agent's rounds (one vectorised pass over all of them) and keep the flat arrays."""
         for i, a in enumerate(self.agents):
             if len(a.append) != len(a.gen) or len(a.append) == 0:
                 raise ConfigError(f"agents[{i}]", f"append and gen must be non-empty and equally long "
                                   f"(got {len(a.append)} and {len(a.gen)})")
-            if np.any(np.asarray(a.gen) < 1) or np.any(np.asarray(a.append) < 0):
-                raise ConfigError(f"agents[{i}].gen", "every round needs gen >= 1 and append >= 0")
-            worst = max(worst, int(np.sum(a.append) + np.sum(a.gen)))
+        if not self.agents:
+            self._flat = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64))
+            return
+        lens = np.fromiter((len(a.append) for a in self.agents), np.int64, len(self.agents))
+        offsets = np.concatenate([[0], np.cumsum(lens)])
+        append = np.concatenate([np.asarray(a.append, np.int64) for a in self.agents])
+        gen = np.concatenate([np.asarray(a.gen, np.int64) for a in self.agents])
+        bad = np.flatnonzero((gen < 1) | (append < 0))
+        if bad.size:
+            i = int(np.searchsorted(offsets, bad[0], side="right") - 1)
+            raise ConfigError(f"agents[{i}].gen", "every round needs gen >= 1 and append >= 0")
+        per_agent = np.add.reduceat(append + gen, offsets[:-1])
+        per_agent += np.fromiter((int(a.initial_context) for a in self.agents), np.int64, len(self.agents))
+        worst = int(per_agent.max())
         if worst * self.kvb > self.de_hbm:
             raise ConfigError("hardware.hbm_bytes", f"a trajectory of {worst} tokens needs {worst * self.kvb / 1e9:.1f} GB "
                               f"of DE HBM but only {self.de_hbm / 1e9:.1f} GB is free after weights")
+        self._flat = (append, gen, offsets)
 
     def _typical_round(self) -> tuple[int, int]:
-        """Mean (context, append) tokens per round over the agents (for alpha/beta in tokens)."""
-        ctx_sum, app_sum, rounds = 0.0, 0.0, 0
-        for a in self.agents:
-            total = np.asarray(a.append, np.float64) + np.asarray(a.gen, np.float64)
-            ctx_sum += float(np.sum(np.cumsum(total) - total))
-            app_sum += float(np.sum(a.append))
-            rounds += len(a.append)
+        """Mean (context, append) tokens per round over the agents (for alpha/beta in tokens).
+
+        A round's context is the agent's earlier rounds' append + gen tokens, so round ``r`` of an
+        agent with ``n`` rounds is counted in the context of the ``n - 1 - r`` later ones.
+        """
+        append, gen, offsets = self._flat
+        rounds = int(append.size)
         if rounds == 0:
             return 16384, 512
-        return max(int(ctx_sum / rounds), 1), max(int(app_sum / rounds), 1)
+        lens = np.diff(offsets)
+        later = np.repeat(offsets[1:], lens) - 1 - np.arange(rounds)  # rounds after this one, same agent
+        ctx_sum = int(np.dot(append + gen, later))
+        return max(int(ctx_sum / rounds), 1), max(int(int(append.sum()) / rounds), 1)
 
     def _push(self, t: float, kind: int, a=None, b=None):
         self._seq += 1
@@ -260,16 +282,24 @@ class Simulator:
         handlers = {_ARRIVE: self._on_arrive, _TICK: self._on_tick, _READ_DONE: self._on_read_done,
                     _PE_DONE: self._on_pe_done, _DE_JOIN: self._on_de_join, _DE_EVENT: self._on_de_event}
         heap = self.heap
-        while heap:
-            t, _, kind, a, b = heapq.heappop(heap)
-            self.now = t
-            self.events += 1
-            handlers[kind](a, b)
-            if progress and not self.events % 20000:
-                bar.update(self._completed - shown)
-                shown = self._completed
-            if max_events is not None and self.events >= max_events:
-                break
+        # The loop allocates millions of short-lived acyclic objects; the cyclic collector would
+        # rescan the (large, growing) live request state again and again for nothing.
+        gc_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            while heap:
+                t, _, kind, a, b = heapq.heappop(heap)
+                self.now = t
+                self.events += 1
+                handlers[kind](a, b)
+                if progress and not self.events % 20000:
+                    bar.update(self._completed - shown)
+                    shown = self._completed
+                if max_events is not None and self.events >= max_events:
+                    break
+        finally:
+            if gc_enabled:
+                gc.enable()
         bar.close()
         requests = {k: np.asarray(v[:self._issued]) for k, v in self.R.items()}
         links = {}
@@ -283,11 +313,19 @@ class Simulator:
                          snic_samples=self.snic_samples, events=self.events, end_s=end_s, units=units)
 
     # ---- agents ---------------------------------------------------------------------------------
-    def _on_arrive(self, agent: int, _):
+    def _agent_rounds(self, agent: int) -> tuple:
         a = self.agents[agent]
+        rounds = self._rounds[agent] = (
+            np.asarray(a.append).tolist(), np.asarray(a.gen).tolist(),
+            None if a.hit is None else np.asarray(a.hit).tolist(),
+            None if a.think_s is None else np.asarray(a.think_s, np.float64).tolist())
+        return rounds
+
+    def _on_arrive(self, agent: int, _):
+        append_r, gen_r, hit_r, _think = self._rounds[agent] or self._agent_rounds(agent)
         r = self.agent_round[agent]
-        append, gen = int(a.append[r]), int(a.gen[r])
-        hit = self.agent_context[agent] if a.hit is None else min(int(a.hit[r]), self.agent_context[agent])
+        append, gen = int(append_r[r]), int(gen_r[r])
+        hit = self.agent_context[agent] if hit_r is None else min(int(hit_r[r]), self.agent_context[agent])
         rid = self._issued
         self._issued += 1
         R = self.R
@@ -299,21 +337,24 @@ class Simulator:
         R["gen_tokens"][rid] = gen
         hbm = (hit + append + gen) * self.kvb
         req = SchedRequest(rid, hit, append, gen, int(hbm))
-        self._pending_place[rid] = {"req": req}
+        self._req[rid] = req
         self.sched.submit(req)
         self._new_pe_work = True
         self._request_tick()
 
     def _finish_request(self, rid: int):
         agent = self.R["agent"][rid]
-        a = self.agents[agent]
+        append_r, _gen, _hit, think_r = self._rounds[agent]
         r = self.agent_round[agent]
         # next round's context: everything so far (the hit prefix, this round's append and generation)
         self.agent_context[agent] = self.R["hit_tokens"][rid] + self.R["append_tokens"][rid] + self.R["gen_tokens"][rid]
         self.agent_round[agent] = r + 1
-        if r + 1 < len(a.append):
-            think = 0.0 if a.think_s is None else float(a.think_s[r + 1])
-            self._push(self.now + think, _ARRIVE, agent)
+        if r + 1 < len(append_r):
+            think = 0.0 if think_r is None else think_r[r + 1]
+            if think > 0:
+                self._push(self.now + think, _ARRIVE, agent)
+            else:  # issued now: no event needed
+                self._on_arrive(agent, None)
 
     # ---- scheduling -----------------------------------------------------------------------------
     def _request_tick(self):
@@ -334,43 +375,40 @@ class Simulator:
         self._tick_pending = False
         self._tick_count += 1
         sched = self.sched
-        if sched.waiting()["pe"]:
+        load = self.load
+        if sched.waiting_pe():
             groups = self._pe_group_ids if self._new_pe_work else sorted(self._pe_dirty)
             self._new_pe_work = False
             self._pe_dirty.clear()
             if groups:
                 k = self._tick_count % len(groups)  # the first leader to pull rotates
                 for gid in groups[k:] + groups[:k]:
-                    if not sched.waiting()["pe"]:
+                    if not sched.waiting_pe():
                         break  # the queue is empty: later leaders would pull nothing
-                    engines = sched.pe_groups[gid]
-                    loads = [EngineLoad(e, self.node_of[e], self.tok[e], self.seq[e]) for e in engines]
-                    read_q = {n: self._read_q(n) for n in {self.node_of[e] for e in engines}}
+                    loads = self.group_loads[gid]
+                    read_q = {n: self._read_q(n) for n in {e.node_id for e in loads}}
                     for asg in sched.fetch_pe(gid, loads, read_q):
                         rid, e = asg.request.request_id, asg.engine_id
                         self.R["pe"][rid] = e
-                        self.tok[e] += asg.request.num_tokens
-                        self.seq[e] += 1
+                        load[e].tok += asg.request.num_tokens
+                        load[e].seq += 1
         else:
             self._pe_dirty.clear()
         for gid in self._de_dirty:  # leaders whose load changed report it, with or without work
-            engines = sched.de_groups[gid]
-            sched.report_de(gid, [EngineLoad(e, self.node_of[e], self.tok[e], self.seq[e], self.hbm_free[e])
-                                  for e in engines])
-        if sched.waiting()["de"]:
+            sched.report_de(gid, self.group_loads[gid])
+        if sched.waiting_de():
             candidates = sched.distribute_de() | self._de_dirty
             self._de_dirty.clear()
             groups = sorted(g for g in candidates if sched.has_de_work(g))
             k = self._tick_count % len(groups) if groups else 0
             for gid in groups[k:] + groups[:k]:
-                engines = sched.de_groups[gid]
-                loads = [EngineLoad(e, self.node_of[e], self.tok[e], self.seq[e], self.hbm_free[e]) for e in engines]
-                for asg in sched.fetch_de(gid, loads):
+                for asg in sched.fetch_de(gid, self.group_loads[gid]):
                     rid, e = asg.request.request_id, asg.engine_id
                     self.R["de"][rid] = e
-                    self.tok[e] += asg.request.num_tokens
-                    self.seq[e] += 1
-                    self.hbm_free[e] -= asg.request.hbm_bytes
+                    le = load[e]
+                    le.tok += asg.request.num_tokens
+                    le.seq += 1
+                    le.free_hbm_bytes -= asg.request.hbm_bytes
                     self._start_read(rid)
         else:
             self._de_dirty.clear()
@@ -387,19 +425,20 @@ class Simulator:
             R["hit_tokens"][rid] = hit = hit_blocks * z
         pn, dn = self.node_of[pe], self.node_of[de]
         read_q = {pn: self._read_q(pn), dn: self._read_q(dn)}
-        plan = self.sched.read_plan(self._pending_place[rid]["req"], pn, dn, read_q, hit_blocks, z)
+        plan = self.sched.read_plan(self._req[rid], pn, dn, read_q, hit_blocks, z)
         R["side"][rid] = plan.side
         R["de_blocks"][rid] = plan.de_blocks
         de_bytes = plan.de_blocks * z * self.kvb
         pe_bytes = 0.0 if plan.side == "none" else hit * self.kvb - de_bytes
         R["read_bytes_pe"][rid] = pe_bytes
         R["read_bytes_de"][rid] = de_bytes
-        self._pending_place[rid]["reads"] = 0
-        for node, nbytes in ((pn, pe_bytes), (dn, de_bytes)):
-            if nbytes > 0:
-                self._pending_place[rid]["reads"] += 1
-                self._admit_or_wait(node, rid, nbytes)
-        if self._pending_place[rid]["reads"] == 0:
+        reads = (pe_bytes > 0) + (de_bytes > 0)
+        self._reads[rid] = reads
+        if pe_bytes > 0:
+            self._admit_or_wait(pn, rid, pe_bytes)
+        if de_bytes > 0:
+            self._admit_or_wait(dn, rid, de_bytes)
+        if reads == 0:
             self._push(self.now, _READ_DONE, rid)
 
     def _admit_or_wait(self, node: int, rid: int, nbytes: float):
@@ -426,14 +465,13 @@ class Simulator:
             self._issue_read(node, rid, b)
 
     def _on_read_done(self, rid: int, _):
-        st = self._pending_place[rid]
-        st["reads"] -= 1
-        if st["reads"] > 0:
+        self._reads[rid] -= 1
+        if self._reads[rid] > 0:
             return
         R = self.R
         R["read_done_s"][rid] = self.now
         pe = R["pe"][rid]
-        self.ready[pe].append([rid, R["hit_tokens"][rid], R["append_tokens"][rid], True])
+        self.ready[pe].append(BatchItem(rid, R["hit_tokens"][rid], R["append_tokens"][rid]))
         self._try_start_pe(self.unit_of[pe])
 
     # ---- prefill --------------------------------------------------------------------------------
@@ -444,23 +482,26 @@ class Simulator:
         cfg, L = self.cfg, self.spec.n_layers
         now = self.now
         plans, ends, attn = [], [], []
+        hit_tokens = self.R["hit_tokens"]
         for e in unit.engines:
             if not self.ready[e]:
                 continue
-            # the batch formers stop at the quota / token cap long before this many requests
-            fifo = [BatchItem(item[0], item[1], item[2]) for item in itertools.islice(self.ready[e], _MAX_BATCH_REQUESTS)]
-            batch = self.sched.form_pe_batch(fifo, time_model=self.time_model, max_tokens=cfg.basic_max_batch_tokens,
+            # the batch formers read the FIFO only as far as the batch reaches
+            batch = self.sched.form_pe_batch(itertools.islice(self.ready[e], _MAX_BATCH_REQUESTS),
+                                             time_model=self.time_model, max_tokens=cfg.basic_max_batch_tokens,
                                              max_kv_tokens=self.pe_max_kv_tokens)
             cached = [b.cached for b in batch]
             bsz = [b.remaining for b in batch]
-            t_c = self.pe_model.prefill_time_s(cached, bsz)
-            attn.append(self.pe_model.attention_time_s(cached, bsz))
+            t_a = self.pe_model.attention_time_s(cached, bsz)
+            t_c = self.pe_model.prefill_time_s(cached, bsz, attention_s=t_a)
+            attn.append(t_a)
             load_end, outs = now, []
-            for i, b in enumerate(batch):
+            for b in batch:
                 rid = b.request_id
-                first = self.ready[e][i][3]
+                first = b.cached == hit_tokens[rid]  # no earlier chunk has run (each adds >= 1 token)
                 in_end, out_end = self._prefill_transfers(rid, e, b.cached, b.remaining, first, now, t_c / L)
-                load_end = max(load_end, in_end)
+                if in_end > load_end:
+                    load_end = in_end
                 outs.append(out_end)
             if cfg.prefill == "layerwise":
                 end = max(now + t_c, load_end + t_c / L)
@@ -518,18 +559,17 @@ class Simulator:
             q = self.ready[e]
             for b, out_end in zip(batch, outs):
                 item = q[0]
-                assert item[0] == b.request_id
-                item[1] += b.remaining
-                item[2] -= b.remaining
-                item[3] = False
-                if item[2] > 0:
-                    continue  # chunked prefill: stays at the head of the FIFO
+                assert item.request_id == b.request_id
+                if item.remaining > b.remaining:  # chunked prefill: the rest stays at the head of the FIFO
+                    q[0] = BatchItem(item.request_id, item.cached + b.remaining, item.remaining - b.remaining)
+                    continue
                 q.popleft()
                 rid = b.request_id
                 R["first_token_s"][rid] = self.now
                 self._pe_dirty.add(self.node_of[e])
-                self.tok[e] -= R["hit_tokens"][rid] + R["append_tokens"][rid]
-                self.seq[e] -= 1
+                le = self.load[e]
+                le.tok -= R["hit_tokens"][rid] + R["append_tokens"][rid]
+                le.seq -= 1
                 pe_bytes = R["read_bytes_pe"][rid]
                 if pe_bytes > 0:
                     self._release_buffer(self.node_of[e], pe_bytes)
@@ -549,13 +589,18 @@ class Simulator:
         unit.last_t = self.now
 
     def _de_reschedule(self, u: int):
+        """Recompute the unit's step time and make sure an event fires no later than its next
+        completion. A pending event that is due earlier is kept (it fires, finds nothing due and
+        reschedules), so joins between two completions cost no extra events."""
         unit = self.de_units[u]
-        step = self.de_step
-        unit.step_s = max(step[e] for e in unit.engines) if len(unit.engines) > 1 else step[unit.engines[0]]
-        unit.version += 1
+        engines = unit.engines
+        unit.step_s = max(map(self.de_step.__getitem__, engines)) if len(engines) > 1 else self.de_step[engines[0]]
         if unit.heap:
             t = self.now + max(unit.heap[0][0] - unit.steps, 0.0) * unit.step_s
-            self._push(t, _DE_EVENT, u, unit.version)
+            if t < unit.next_t:
+                unit.version += 1  # supersedes the later pending event
+                unit.next_t = t
+                self._push(t, _DE_EVENT, u, unit.version)
 
     def _on_de_join(self, rid: int, _):
         R = self.R
@@ -583,6 +628,7 @@ class Simulator:
         unit = self.de_units[u]
         if version != unit.version:
             return
+        unit.next_t = math.inf
         self._de_advance(unit)
         R = self.R
         while unit.heap and unit.heap[0][0] <= unit.steps + 1e-9:
@@ -599,16 +645,17 @@ class Simulator:
         de = R["de"][rid]
         R["finish_s"][rid] = self.now
         self._completed += 1
-        self.tok[de] -= R["hit_tokens"][rid] + R["append_tokens"][rid]
-        self.seq[de] -= 1
-        self.hbm_free[de] += (R["hit_tokens"][rid] + R["append_tokens"][rid] + R["gen_tokens"][rid]) * self.kvb
+        le = self.load[de]
+        le.tok -= R["hit_tokens"][rid] + R["append_tokens"][rid]
+        le.seq -= 1
+        le.free_hbm_bytes += (R["hit_tokens"][rid] + R["append_tokens"][rid] + R["gen_tokens"][rid]) * self.kvb
         self._de_dirty.add(self.node_of[de])
         if self.cfg.loading != "oracle":
             # persist the new tokens' KV (appended prompt + generated): HBM -> CNIC -> DRAM -> SNIC -> storage
             dn = self.node_of[de]
             nbytes = (R["append_tokens"][rid] + R["gen_tokens"][rid]) * self.kvb
             reserve((self.cnic_out[de], self.dram[dn], self.snic_w[dn]), nbytes, self.now)
-        del self._pending_place[rid]
+        del self._req[rid]
         self._finish_request(rid)
         self._request_tick()
 

@@ -117,15 +117,49 @@ class ComputeModel:
         return t
 
     def time_s(self, cached: int, bsz: int) -> float:
-        """Alias of :meth:`attention_time_s` for one pair (the ``sched`` batcher's time-model protocol)."""
-        return self.attention_time_s(cached, bsz)
+        """:meth:`attention_time_s` of one pair (the ``sched`` batcher's time-model protocol)."""
+        if bsz <= 0:
+            return 0.0
+        t = self.s_per_key * self._keys(cached, bsz, self.topk)
+        if self.s_per_index_key:
+            t += self.s_per_index_key * self._keys(cached, bsz, None)
+        return t
 
-    def prefill_time_s(self, cached, bsz) -> float:
-        """Seconds of one engine's forward over pairs ``cached[i], bsz[i]`` (sequences of token counts)."""
+    def max_bsz_within(self, cached: int, seconds: float) -> float:
+        """Largest real ``bsz`` with ``time_s(cached, bsz) <= seconds`` (closed form; ``inf`` if free).
+
+        ``time_s`` is piecewise quadratic in ``bsz``: queries attend to ``cached + j + 1`` keys up
+        to the DSA cap ``topk`` and ``topk`` after it, while the indexer term is uncapped. The
+        batcher verifies the estimate with ``time_s``, so only its speed depends on it.
+        """
+        if seconds <= 0:
+            return 0.0
+        sk, si, c = self.s_per_key, self.s_per_index_key, float(cached)
+
+        def root(a: float, b: float, g: float) -> float:  # positive root of a x^2 + b x + g = 0, g <= 0
+            if a <= 0:
+                return float("inf") if b <= 0 else -g / b
+            return (-b + (b * b - 4.0 * a * g) ** 0.5) / (2.0 * a)
+
+        cap = self.topk
+        n1 = float("inf") if cap is None else max(cap - c, 0.0)  # queries below the cap
+        x = root(0.5 * (sk + si), (c + 0.5) * (sk + si), -seconds)
+        if x <= n1:
+            return x
+        k1 = (2.0 * c + n1 + 1.0) * n1 / 2.0  # keys of the first n1 queries
+        return root(0.5 * si, sk * cap + si * (c + 0.5), sk * (k1 - cap * n1) - seconds)
+
+    def prefill_time_s(self, cached, bsz, *, attention_s: float | None = None) -> float:
+        """Seconds of one engine's forward over pairs ``cached[i], bsz[i]`` (sequences of token counts).
+
+        ``attention_s``: :meth:`attention_time_s` of the same pairs when the caller has it already.
+        """
         tokens = sum(bsz)
         if tokens <= 0:
             return 0.0
-        return self.prefill_overhead_s + self.s_per_token * tokens + self.attention_time_s(cached, bsz)
+        if attention_s is None:
+            attention_s = self.attention_time_s(cached, bsz)
+        return self.prefill_overhead_s + self.s_per_token * tokens + attention_s
 
     def decode_step_s(self, batch: int, context_tokens: float) -> float:
         """Seconds of one decode step of ``batch`` sequences holding ``context_tokens`` KV in total."""

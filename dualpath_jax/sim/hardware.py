@@ -113,7 +113,8 @@ def reserve(servers, nbytes: float, earliest: float) -> tuple[float, float]:
         if s is slow:
             s.free_at = start + dt
         else:
-            s.free_at = (s.free_at if s.free_at > earliest else earliest) + dt
+            free_at = s.free_at
+            s.free_at = (free_at if free_at > earliest else earliest) + dt
         s.bytes += nbytes
         s.busy_s += dt
-    return start, start + nbytes / slow.rate
+    return start, slow.free_at
