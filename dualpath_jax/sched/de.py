@@ -51,14 +51,14 @@ def de_phase1(queue: Sequence[SchedRequest], group_tok: Mapping[int, float]
 
 def balance_target(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoad], z_factor: float) -> float:
     """``Z`` of phase 2: ``z_factor * (sum len(R) + sum tok_e) / |E|``."""
-    free = sum(e.free_hbm_bytes for e in engines)
+    free = sum([e.free_hbm_bytes for e in engines])
     fitting, used = 0, 0.0
     for req in private_queue:
         if used + req.hbm_bytes > free:
             break
         used += req.hbm_bytes
-        fitting += req.num_tokens
-    return z_factor * (fitting + sum(e.tok for e in engines)) / max(len(engines), 1)
+        fitting += req.hit_tokens + req.append_tokens
+    return z_factor * (fitting + sum([e.tok for e in engines])) / max(len(engines), 1)
 
 
 def de_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoad], *, z_factor: float = 1.05
@@ -69,6 +69,14 @@ def de_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoa
       ``(assignments, loads)``: a prefix of ``private_queue`` with their DEs, and the engines'
       loads after the fetch (``tok``, ``seq`` and ``free_hbm_bytes`` updated).
     """
+    out, ordered, tok, seq, free = assign_phase2(private_queue, engines, z_factor)
+    loads = {e.engine_id: EngineLoad(e.engine_id, e.node_id, tok[i], seq[i], free[i]) for i, e in enumerate(ordered)}
+    return out, loads
+
+
+def assign_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoad], z_factor: float):
+    """:func:`de_phase2`'s assignments plus the engines (by id) and their updated ``tok``, ``seq`` and
+    free HBM as lists, without building new load records (the scheduler's hot path)."""
     ordered = sorted(engines, key=lambda e: e.engine_id)
     tok = [e.tok for e in ordered]
     seq = [e.seq for e in ordered]
@@ -76,7 +84,7 @@ def de_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoa
     z = balance_target(private_queue, engines, z_factor)
     out: list[Assignment] = []
     for req in private_queue:
-        need, length = req.hbm_bytes, req.num_tokens
+        need, length = req.hbm_bytes, req.hit_tokens + req.append_tokens
         best, best_high, best_val = -1, True, 0
         for i, t in enumerate(tok):
             if free[i] < need:
@@ -92,5 +100,4 @@ def de_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoa
         seq[best] += 1
         free[best] -= need
         out.append(Assignment(req, ordered[best].engine_id, "de"))
-    loads = {e.engine_id: EngineLoad(e.engine_id, e.node_id, tok[i], seq[i], free[i]) for i, e in enumerate(ordered)}
-    return out, loads
+    return out, ordered, tok, seq, free

@@ -138,14 +138,14 @@ class ClusterScheduler:
             out.sort(key=lambda a: a.request.request_id)
             self._n_pending_de -= len(out)
             return out
-        group_tok = sum(e.tok for e in loads)
+        group_tok = sum([e.tok for e in loads])
         self._group_tok[group_id] = group_tok
         if self._de_queue:
             self.distribute_de()
         private = self._private[group_id]
         if not private:
             return []
-        out, _ = de.de_phase2(private, loads, z_factor=self.config.z_factor)
+        out = de.assign_phase2(private, loads, self.config.z_factor)[0]
         placed = 0
         for a in out:
             private.popleft()
