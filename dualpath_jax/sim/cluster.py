@@ -13,8 +13,9 @@ Design (virtual time, one heap of events, no wall clock):
   DE side: DE DRAM -> DE CNIC -> PE CNIC -> HBM) and the layer's KV to the DE buffer (all of it for
   PE-side reads, the new tokens' only for DE-side reads); the DE copies the prompt KV to HBM
   (DE DRAM -> DE CNIC -> HBM), frees its DRAM and decodes; the new tokens' KV (appended and
-  generated) is persisted HBM -> DE CNIC -> DRAM -> SNIC -> storage. Oracle skips every KV
-  transfer.
+  generated) is persisted HBM -> DE CNIC -> DRAM -> SNIC -> storage (the prompt's from the start of
+  decode, the generated tokens' at its end), and the agent's next round is issued once those writes
+  are done (plus think time), since it reads that KV. Oracle skips every KV transfer.
 * **Prefill**: ``layerwise`` overlaps loading with compute (a forward ends at
   ``max(compute, loads + one layer)``) and needs ``depth / L`` of the KV on device; ``full``
   loads all layers first, then computes, and must fit all of the batch's KV in free HBM.
@@ -52,7 +53,7 @@ _MAX_BATCH_REQUESTS = 512
 _INT_COLUMNS = ("agent", "round", "hit_tokens", "append_tokens", "gen_tokens")
 _ENGINE_COLUMNS = ("pe", "de", "de_blocks")
 _TIME_COLUMNS = ("arrival_s", "placed_s", "read_done_s", "prefill_start_s", "first_token_s", "decode_start_s",
-                 "second_token_s", "finish_s", "read_bytes_pe", "read_bytes_de")
+                 "second_token_s", "finish_s", "persisted_s", "read_bytes_pe", "read_bytes_de")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,7 +343,8 @@ class Simulator:
         self._new_pe_work = True
         self._request_tick()
 
-    def _finish_request(self, rid: int):
+    def _finish_request(self, rid: int, ready_s: float):
+        """The agent's next round is issued at ``ready_s`` (this round's KV is persisted) plus its think time."""
         agent = self.R["agent"][rid]
         append_r, _gen, _hit, think_r = self._rounds[agent]
         r = self.agent_round[agent]
@@ -350,9 +352,9 @@ class Simulator:
         self.agent_context[agent] = self.R["hit_tokens"][rid] + self.R["append_tokens"][rid] + self.R["gen_tokens"][rid]
         self.agent_round[agent] = r + 1
         if r + 1 < len(append_r):
-            think = 0.0 if think_r is None else think_r[r + 1]
-            if think > 0:
-                self._push(self.now + think, _ARRIVE, agent)
+            at = ready_s + (0.0 if think_r is None else think_r[r + 1])
+            if at > self.now:
+                self._push(at, _ARRIVE, agent)
             else:  # issued now: no event needed
                 self._on_arrive(agent, None)
 
@@ -609,6 +611,8 @@ class Simulator:
         if R["side"][rid] in ("de", "split"):
             self._release_buffer(dn, R["read_bytes_de"][rid])
         R["decode_start_s"][rid] = self.now
+        # the prompt's new KV is persisted from the start of decode: HBM -> CNIC -> DRAM -> SNIC -> storage
+        R["persisted_s"][rid] = self._persist(rid, R["append_tokens"][rid])
         gen = R["gen_tokens"][rid]
         if gen <= 1:  # the PE produced the only token
             self._complete(rid)
@@ -650,14 +654,21 @@ class Simulator:
         le.seq -= 1
         le.free_hbm_bytes += (R["hit_tokens"][rid] + R["append_tokens"][rid] + R["gen_tokens"][rid]) * self.kvb
         self._de_dirty.add(self.node_of[de])
-        if self.cfg.loading != "oracle":
-            # persist the new tokens' KV (appended prompt + generated): HBM -> CNIC -> DRAM -> SNIC -> storage
-            dn = self.node_of[de]
-            nbytes = (R["append_tokens"][rid] + R["gen_tokens"][rid]) * self.kvb
-            reserve((self.cnic_out[de], self.dram[dn], self.snic_w[dn]), nbytes, self.now)
+        # then the generated tokens' KV; the agent's next round reads all of it, so it is issued once
+        # both writes are done (as in the engine)
+        persisted = max(R["persisted_s"][rid], self._persist(rid, R["gen_tokens"][rid]))
+        R["persisted_s"][rid] = persisted
         del self._req[rid]
-        self._finish_request(rid)
+        self._finish_request(rid, persisted)
         self._request_tick()
+
+    def _persist(self, rid: int, tokens: int) -> float:
+        """Reserve the write of ``tokens`` tokens' KV from request ``rid``'s DE to storage; returns its end."""
+        if self.cfg.loading == "oracle" or tokens <= 0:
+            return self.now
+        de = self.R["de"][rid]
+        dn = self.node_of[de]
+        return reserve((self.cnic_out[de], self.dram[dn], self.snic_w[dn]), tokens * self.kvb, self.now)[1]
 
 
 def simulate(config: SimConfig, agents: Sequence[SimAgent], *, max_events: int | None = None,
