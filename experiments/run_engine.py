@@ -60,6 +60,10 @@ _JIT_CACHE = flags.DEFINE_string(
     "jit_cache_dir",
     os.environ.get("DUALPATH_JIT_CACHE", os.path.join(tempfile.gettempdir(), "dualpath_jax_jit_cache")),
     "Persistent XLA compilation cache (reruns skip compilation); empty to disable.")
+_PROGRESS = flags.DEFINE_enum(
+    "progress", "auto", ["auto", "on", "off"],
+    "Progress bars on stderr (stages with elapsed time and ETA; the current run's requests with rate and ETA). "
+    "auto: only when stderr is a terminal.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -81,7 +85,8 @@ def main(argv):
     writers.write_env(workdir, device=f"{jax.default_backend()} x {jax.device_count()} "
                                       f"({', '.join(str(d) for d in jax.devices())})")
     t0 = time.perf_counter()
-    named = run_ablation(config, workdir, log=lambda s: print(s, flush=True))
+    progress = None if _PROGRESS.value == "auto" else _PROGRESS.value == "on"
+    named = run_ablation(config, workdir, log=lambda s: print(s, flush=True), progress=progress)
     named["wall_s"] = time.perf_counter() - t0
     writers.write_named_values(workdir, named)
     writers.append_metrics(workdir, {"experiment": "engine_ablation", **named})

@@ -196,3 +196,19 @@ def test_dualpath_beats_basic_when_storage_bound(model):
         else:
             assert busy["node1"] > 0 and busy["node2"] > 0
     assert jct["dualpath"] < 0.75 * jct["basic"], jct
+
+
+def test_progress_bar_counts_requests_only_when_asked(model, capsys):
+    spec, params, layout = model
+    cfg = ClusterConfig(**FAST).for_variant("dualpath")
+    for progress in (True, False):
+        store = KVStore(layout, StoreConfig(backend="memory"))
+        cluster = EngineCluster(cfg, spec, params, layout, store, time_model=TIME_MODEL, prefill_tokens_per_s=1e4)
+        res = cluster.run(AGENTS, [0.0] * len(AGENTS), progress=progress, desc="dualpath")
+        err = capsys.readouterr().err
+        assert len(res.requests) == 8
+        if progress:  # tqdm draws "dualpath: ... n/8 [elapsed<remaining, rate]"
+            assert "dualpath" in err and "/8 [" in err and "req" in err
+            assert cluster._done == 8
+        else:
+            assert err == ""

@@ -16,14 +16,17 @@ first prompt (:func:`seed_store`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import numpy as np
+import tqdm
 
 from dualpath_jax.config import ConfigError, from_mapping
 from dualpath_jax.engine import report
@@ -192,9 +195,11 @@ def seed_store(setup: "Setup", path: Path, *, log: Callable = print) -> int:
     return written
 
 
-def run_variant(setup: Setup, name: str, store_dir: Path, seed_dir: Path | None = None) -> ClusterResult:
+def run_variant(setup: Setup, name: str, store_dir: Path, seed_dir: Path | None = None, *,
+                progress: bool | None = None) -> ClusterResult:
     """One variant on a fresh store (a copy of ``seed_dir`` if given), so every variant starts
-    from the same stored KV and sees the same hits."""
+    from the same stored KV and sees the same hits. ``progress``: a bar of finished requests
+    (default: when stderr is a terminal)."""
     cfg = setup.cluster.for_variant(name)
     shutil.rmtree(store_dir, ignore_errors=True)
     if seed_dir is not None:
@@ -205,14 +210,16 @@ def run_variant(setup: Setup, name: str, store_dir: Path, seed_dir: Path | None 
         cluster = EngineCluster(cfg, setup.spec, setup.params, setup.layout, store, time_model=setup.time_model,
                                 prefill_tokens_per_s=setup.prefill_tokens_per_s, devices=setup.devices)
         arr = setup.config.arrivals
-        result = cluster.run(setup.agents, start_times(arr, len(setup.agents)), use_think_time=arr.use_think_time)
+        result = cluster.run(setup.agents, start_times(arr, len(setup.agents)), use_think_time=arr.use_think_time,
+                             progress=progress, desc=name)
     finally:
         store.close()
         shutil.rmtree(store_dir, ignore_errors=True)
     return result
 
 
-def calibrate_links(setup: Setup, cfg, store_dir: Path, seed_dir: Path | None, *, log: Callable = print) -> dict:
+def calibrate_links(setup: Setup, cfg, store_dir: Path, seed_dir: Path | None, *, log: Callable = print,
+                    progress: bool | None = None) -> dict:
     """Set the emulated link rates from this host's measured speed (``cfg``: the ``calibrate`` ConfigDict).
 
     With ``cfg.load_over_oracle = x > 0``: run Oracle once (no KV I/O, so its JCT is the host's
@@ -225,7 +232,7 @@ def calibrate_links(setup: Setup, cfg, store_dir: Path, seed_dir: Path | None, *
     if not cfg.load_over_oracle:
         return {"calibrated": False}
     t0 = time.perf_counter()
-    res = run_variant(setup, "oracle", store_dir, seed_dir)
+    res = run_variant(setup, "oracle", store_dir, seed_dir, progress=progress)
     s = report.summarize(res)
     hit_bytes = s["hit_tokens"] * setup.layout.bytes_per_token
     snic = hit_bytes / (cfg.load_over_oracle * s["jct_s"])
@@ -267,23 +274,61 @@ def _row(name: str, s: dict, basic_jct: float | None) -> dict:
     return row
 
 
-def run_ablation(config, workdir, *, log: Callable = print) -> dict:
-    """Run every variant, write the artifacts (see ``configs/engine_ablation.py``), return named values."""
-    workdir = Path(workdir)
-    agents = select_agents(config.workload)
-    setup = Setup(config, agents, log=log)
-    n_req = sum(a.num_rounds for a in agents)
-    log(f"{len(agents)} agents, {n_req} requests; estimated hit KV {sum(h for h, _ in setup.rounds)} tokens, "
-        f"appended {sum(a for _, a in setup.rounds)} tokens")
-    seed_dir = workdir / "seed_store" if config.workload.warm_start else None
-    if seed_dir is not None:
-        seed_store(setup, seed_dir, log=log)
-    calibration = calibrate_links(setup, config.calibrate, workdir / "kvstore", seed_dir, log=log)
+def run_ablation(config, workdir, *, log: Callable = print, progress: bool | None = None) -> dict:
+    """Run every variant, write the artifacts (see ``configs/engine_ablation.py``), return named values.
+
+    ``progress``: tqdm bars on stderr, one over the stages (setup, seeding, calibration, each
+    variant, token check) with elapsed time and ETA, one over the current run's requests with
+    rate and ETA; ``log`` lines are printed above them. Default: only when stderr is a terminal.
+    """
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    stages = ["setup"] + (["seed store"] if config.workload.warm_start else []) + (
+        ["calibrate"] if config.calibrate.load_over_oracle else []) + list(config.variants) + ["token check"]
+    bar = tqdm.tqdm(total=len(stages), unit="stage", desc="engine ablation", disable=not show, dynamic_ncols=True,
+                    bar_format="{desc}: {n_fmt}/{total_fmt} stages [{elapsed}<{remaining}] {postfix}")
+    if show:
+        log = _above_bars(log)
+
+    @contextlib.contextmanager
+    def stage(name):
+        bar.set_postfix_str(name)
+        yield
+        bar.update(1)
+
+    with bar:
+        with stage("setup"):
+            workdir = Path(workdir)
+            agents = select_agents(config.workload)
+            setup = Setup(config, agents, log=log)
+        n_req = sum(a.num_rounds for a in agents)
+        log(f"{len(agents)} agents, {n_req} requests; estimated hit KV {sum(h for h, _ in setup.rounds)} tokens, "
+            f"appended {sum(a for _, a in setup.rounds)} tokens")
+        seed_dir = workdir / "seed_store" if config.workload.warm_start else None
+        if seed_dir is not None:
+            with stage("seed store"):
+                seed_store(setup, seed_dir, log=log)
+        with stage("calibrate") if config.calibrate.load_over_oracle else contextlib.nullcontext():
+            calibration = calibrate_links(setup, config.calibrate, workdir / "kvstore", seed_dir, log=log,
+                                          progress=show)
+        return _run_variants(config, workdir, setup, seed_dir, calibration, log, show, stage)
+
+
+def _above_bars(log: Callable) -> Callable:
+    """``log`` for use while tqdm bars are drawn: the bars step aside for each line, then redraw."""
+    def write(msg):
+        with tqdm.tqdm.external_write_mode():
+            log(msg)
+    return write
+
+
+def _run_variants(config, workdir: Path, setup: Setup, seed_dir: Path | None, calibration: dict, log: Callable,
+                  show: bool, stage) -> dict:
     regime = load_compute_ratio(setup)
     results, summaries = {}, {}
     for name in config.variants:
         t0 = time.perf_counter()
-        res = run_variant(setup, name, workdir / "kvstore", seed_dir)
+        with stage(name):
+            res = run_variant(setup, name, workdir / "kvstore", seed_dir, progress=show)
         s = report.summarize(res, window_s=config.window_s)
         results[name], summaries[name] = res, s
         run_dir = workdir / "runs" / name
@@ -294,8 +339,9 @@ def run_ablation(config, workdir, *, log: Callable = print) -> dict:
             f"  SNIC MB {', '.join(f'{k}={v / 1e6:.1f}' for k, v in s['snic_bytes'].items())}"
             f"  failed {s['num_failed']}  ({time.perf_counter() - t0:.1f} s wall)")
     t0 = time.perf_counter()
-    tokens = report.check_tokens(results, setup.params, setup.spec, tie_tol=config.tie_tol,
-                                 chunk_tokens=config.reference_chunk_tokens or None)
+    with stage("token check"):
+        tokens = report.check_tokens(results, setup.params, setup.spec, tie_tol=config.tie_tol,
+                                     chunk_tokens=config.reference_chunk_tokens or None)
     if seed_dir is not None:
         shutil.rmtree(seed_dir, ignore_errors=True)
     log(f"token check: identical {tokens['tokens_identical']} (tie-aware {tokens['tokens_identical_tie_aware']}), "

@@ -28,11 +28,13 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import queue
+import sys
 import time
 from collections.abc import Sequence
 
 import jax
 import numpy as np
+import tqdm
 
 from dualpath_jax.engine.compute import check_supported
 from dualpath_jax.engine.config import ClusterConfig
@@ -116,8 +118,12 @@ class EngineCluster:
 
     # ---- the run --------------------------------------------------------------------------------
     def run(self, trajectories: Sequence[Trajectory], start_s: Sequence[float], *,
-            use_think_time: bool = False) -> ClusterResult:
-        """Replay ``trajectories`` (trajectory k starts at ``start_s[k]`` seconds) to completion."""
+            use_think_time: bool = False, progress: bool | None = None, desc: str = "engine") -> ClusterResult:
+        """Replay ``trajectories`` (trajectory k starts at ``start_s[k]`` seconds) to completion.
+
+        ``progress``: a tqdm bar of finished requests with rate and ETA, labelled ``desc``
+        (default: only when stderr is a terminal, so logs and CI stay quiet).
+        """
         cfg, spec, layout = self.config, self.spec, self.layout
         if len(trajectories) != len(start_s):
             raise ValueError(f"start_s: {len(start_s)} start times for {len(trajectories)} trajectories")
@@ -155,6 +161,10 @@ class EngineCluster:
         self.trajectories = list(trajectories)
         self.requests: list[RequestState] = []
         self._agents_open = len(self.trajectories)
+        self._done = 0  # requests finished or reported as not run
+        total = sum(int(t.num_rounds) for t in self.trajectories)
+        self._bar = tqdm.tqdm(total=total, unit="req", desc=desc, leave=False, mininterval=0.5,
+                              disable=not (sys.stderr.isatty() if progress is None else progress))
         self._use_think = use_think_time
         store_before = self.store.stats()
         for w in (*self.pes.values(), *self.des.values(), *self.readers.values()):
@@ -166,6 +176,7 @@ class EngineCluster:
         try:
             self._loop()
         finally:
+            self._bar.close()
             for w in (*self.pes.values(), *self.des.values(), *self.readers.values()):
                 w.stop()
         wall = ctx.now()
@@ -206,6 +217,8 @@ class EngineCluster:
             except queue.Empty:
                 pass
             self._tick()
+            if self._done != self._bar.n:
+                self._bar.update(self._done - self._bar.n)
 
     # ---- agents ---------------------------------------------------------------------------------
     def _arrive(self, k: int, r: int) -> None:
@@ -227,10 +240,12 @@ class EngineCluster:
     def _next_round(self, req: RequestState, failed: bool) -> None:
         traj = self.trajectories[req.agent]
         nxt = req.round_index + 1
+        self._done += 1
         if nxt >= traj.num_rounds:
             self._agents_open -= 1
             return
         if failed:  # later rounds depend on this one's context: report them, do not run them
+            self._done += traj.num_rounds - nxt
             now = self.ctx.now()
             for r in range(nxt, traj.num_rounds):
                 rid = len(self.requests)
