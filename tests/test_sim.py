@@ -143,6 +143,25 @@ def test_explicit_compute_model_is_used():
         SimConfig(compute={"prefill_overhead_s": 1.0})
 
 
+def test_de_join_stalls_the_units_decode():
+    from dualpath_jax.sim.compute import ComputeModel
+    model = ComputeModel(prefill_overhead_s=0.5, s_per_token=0.0, s_per_key=0.0, decode_overhead_s=0.1)
+    cfg = SimConfig(loading="oracle", compute=model, fetch_period_s=FETCH, de_join_s=0.05, prefill_nodes=1,
+                    decode_nodes=1, hardware=HardwareConfig(gpus_per_node=1))
+    # one PE and one DE; the second agent arrives at 0.25 s and joins during the first one's decode
+    res = simulate(cfg, [agent([100], [11]), SimAgent(0.25, np.array([100]), np.array([3]))])
+    r = res.requests
+    start1 = FETCH + 0.5  # tick, one 0.5 s forward
+    start2 = start1 + 0.5  # its tick (0.27 s) falls in the first forward; its own forward follows
+    assert list(r["decode_start_s"]) == pytest.approx([start1, start2], rel=1e-12)
+    assert r["second_token_s"][0] == pytest.approx(start1 + 0.05 + 0.1, rel=1e-12)
+    # the first request's 10 steps of 0.1 s pause for its own admission and for the second one's
+    assert r["finish_s"][0] == pytest.approx(start1 + 2 * 0.05 + 10 * 0.1, rel=1e-12)
+    assert r["finish_s"][1] == pytest.approx(start2 + 0.05 + 2 * 0.1, rel=1e-12)
+    with pytest.raises(ConfigError, match="sim.de_join_s"):
+        SimConfig(de_join_s=-1.0)
+
+
 def test_initial_context_lets_round0_hit_a_warm_store():
     cfg = SimConfig(loading="pe_read", prefill="layerwise", policy="round_robin", fetch_period_s=FETCH)
     warm = SimAgent(0.0, np.array([100]), np.array([2]), None, np.array([640]), initial_context=640)

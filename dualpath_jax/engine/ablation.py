@@ -285,7 +285,7 @@ def run_ablation(config, workdir, *, log: Callable = print, progress: bool | Non
     stages = ["setup"] + (["seed store"] if config.workload.warm_start else []) + (
         ["calibrate"] if config.calibrate.load_over_oracle else []) + list(config.variants) + ["token check"]
     bar = tqdm.tqdm(total=len(stages), unit="stage", desc="engine ablation", disable=not show, dynamic_ncols=True,
-                    bar_format="{desc}: {n_fmt}/{total_fmt} stages [{elapsed}<{remaining}] {postfix}")
+                    bar_format="{desc}: {n_fmt}/{total_fmt} stages [{elapsed}<{remaining}]{postfix}")
     if show:
         log = _above_bars(log)
 

@@ -65,6 +65,8 @@ class ClusterResult:
       links: per link ``{"bytes", "busy_s", "transfers", "failed"}``.
       transfers: every link transfer record (times relative to the run's start).
       compute_s: seconds each engine spent computing (``"pe0"``, ``"de1"``, ...).
+      join_s: seconds each DE's decode thread spent admitting requests (``"de1"``, ...), with the
+        H2D copy over the emulated CNIC; join_count: requests each DE admitted.
       read_bytes_store: bytes the store returned to reads; bypass_read_bytes: of those, read
         without a link (``oracle``); discarded_read_bytes: read after a failed block, not used.
       runtime_shapes: compiled shapes used during the run, per engine.
@@ -84,6 +86,8 @@ class ClusterResult:
     beta_tokens: float
     wall_s: float
     runtime_shapes: dict
+    join_s: dict = dataclasses.field(default_factory=dict)
+    join_count: dict = dataclasses.field(default_factory=dict)
 
 
 class EngineCluster:
@@ -191,6 +195,8 @@ class EngineCluster:
             compute_s=compute, read_bytes_store=store_after.read_bytes - store_before.read_bytes,
             bypass_read_bytes=sum(r.bypass_bytes for r in self.readers.values()),
             discarded_read_bytes=self._discarded, alpha_tokens=self.alpha_tokens, beta_tokens=self.beta_tokens,
+            join_s={f"de{e}": w.join_s for e, w in self.des.items()},
+            join_count={f"de{e}": w.join_count for e, w in self.des.items()},
             wall_s=wall, runtime_shapes={**{f"pe{e}": sorted(w.shapes) for e, w in self.pes.items()},
                                          **{f"de{e}": sorted(w.shapes) for e, w in self.des.items()}})
 

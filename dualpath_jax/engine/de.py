@@ -80,6 +80,7 @@ class DecodeWorker:
         self.steps: list[StepRecord] = []
         self.compute_s = 0.0
         self.join_s = 0.0
+        self.join_count = 0
         self.shapes: set = set()
         self._thread = threading.Thread(target=self._run, name=f"de{engine_id}", daemon=True)
         self._persister = threading.Thread(target=self._persist_loop, name=f"de{engine_id}-persist", daemon=True)
@@ -188,6 +189,7 @@ class DecodeWorker:
         for j in range(req.hit_blocks, s // z):  # the prompt's new complete blocks
             self._queue_persist(row, j, (k_all[:, j], v_all[:, j]))
         self.join_s += time.perf_counter() - t0
+        self.join_count += 1
         if len(req.generated) >= req.gen_target:
             self._finish(row)
         else:

@@ -69,7 +69,8 @@ def request_rows(result: ClusterResult) -> list[dict]:
 
 def forward_rows(result: ClusterResult) -> dict:
     """The engine's measured costs for calibrating the simulator: PE forwards (engine, (cached,
-    bsz) pairs, wall/compute/load-wait seconds), DE steps, per-engine compute seconds."""
+    bsz) pairs, wall/compute/load-wait seconds), DE steps, per-engine compute seconds, per-DE
+    join seconds and counts."""
     return {
         "pe_forwards": [{"engine": f.engine, "items": [{"rid": i[0], "cached": i[1], "bsz": i[2]} for i in f.items],
                          "start_s": f.start_s, "wall_s": f.wall_s, "compute_s": f.compute_s,
@@ -77,6 +78,8 @@ def forward_rows(result: ClusterResult) -> dict:
         "de_steps": [{"engine": s.engine, "start_s": s.start_s, "wall_s": s.wall_s, "batch": s.batch,
                       "context_tokens": s.context_tokens} for s in result.steps],
         "compute_s": dict(result.compute_s),
+        "de_join_s": dict(result.join_s),
+        "de_join_count": dict(result.join_count),
     }
 
 

@@ -586,9 +586,12 @@ class Simulator:
 
     # ---- decode ---------------------------------------------------------------------------------
     def _de_advance(self, unit: _Unit):
-        if unit.step_s > 0:
-            unit.steps += (self.now - unit.last_t) / unit.step_s
-        unit.last_t = self.now
+        """Count the decode steps done since ``unit.last_t`` (which is in the future while the unit
+        is stalled admitting a request: no steps then)."""
+        if self.now > unit.last_t:
+            if unit.step_s > 0:
+                unit.steps += (self.now - unit.last_t) / unit.step_s
+            unit.last_t = self.now
 
     def _de_reschedule(self, u: int):
         """Recompute the unit's step time and make sure an event fires no later than its next
@@ -598,7 +601,7 @@ class Simulator:
         engines = unit.engines
         unit.step_s = max(map(self.de_step.__getitem__, engines)) if len(engines) > 1 else self.de_step[engines[0]]
         if unit.heap:
-            t = self.now + max(unit.heap[0][0] - unit.steps, 0.0) * unit.step_s
+            t = unit.last_t + max(unit.heap[0][0] - unit.steps, 0.0) * unit.step_s
             if t < unit.next_t:
                 unit.version += 1  # supersedes the later pending event
                 unit.next_t = t
@@ -620,13 +623,14 @@ class Simulator:
         u = self.unit_of[de]
         unit = self.de_units[u]
         self._de_advance(unit)
+        unit.last_t += self.cfg.de_join_s  # the unit decodes nothing while it admits the request
         ctx = R["hit_tokens"][rid] + R["append_tokens"][rid]
         self.de_batch[de] += 1
         self.de_ctx[de] += ctx + (gen - 1) / 2.0  # mean context over the request's decode
         self.de_step[de] = self.de_model.decode_step_s(self.de_batch[de], self.de_ctx[de])
         heapq.heappush(unit.heap, (unit.steps + (gen - 1), rid))
         self._de_reschedule(u)
-        R["second_token_s"][rid] = self.now + unit.step_s
+        R["second_token_s"][rid] = unit.last_t + unit.step_s
 
     def _on_de_event(self, u: int, version: int):
         unit = self.de_units[u]

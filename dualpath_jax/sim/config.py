@@ -38,6 +38,9 @@ class SimConfig:
       prefill_layer_overhead_s, eff_memory: compute-model assumptions (see ``sim.compute``).
       compute: an explicit :class:`~dualpath_jax.sim.compute.ComputeModel` for every engine
         (e.g. fitted to a real engine's measured forwards); replaces the public calibration.
+      de_join_s: seconds a DE unit stops decoding for each request it admits (allocation and
+        bookkeeping on the decode thread; the H2D copy itself is a CNIC transfer). 0 by default;
+        the engine cross-check sets the runtime's measured value.
     """
 
     model: str = "deepseek-v3.2"
@@ -62,6 +65,7 @@ class SimConfig:
     prefill_layer_overhead_s: float = 0.5e-3
     eff_memory: float = 0.7
     compute: ComputeModel | None = None
+    de_join_s: float = 0.0
 
     def __post_init__(self):
         get_spec(self.model)
@@ -76,6 +80,8 @@ class SimConfig:
             check_positive(f"sim.{f}", getattr(self, f), integer=True)
         for f in ("alpha_s", "beta_s", "compute_quota_s", "fetch_period_s", "eff_memory"):
             check_positive(f"sim.{f}", getattr(self, f))
+        if not self.de_join_s >= 0:
+            raise ConfigError("sim.de_join_s", f"must be >= 0 (got {self.de_join_s})")
         if self.z_factor < 1.0:
             raise ConfigError("sim.z_factor", f"must be >= 1 (got {self.z_factor})")
         if self.compute is not None and not isinstance(self.compute, ComputeModel):
