@@ -185,3 +185,23 @@ def test_max_bsz_within_is_the_largest_chunk_under_a_budget(topk, index):
     assert model.max_bsz_within(100, 0.0) == 0.0
     free = ComputeModel(prefill_overhead_s=0.0, s_per_token=0.0, s_per_key=0.0)
     assert free.max_bsz_within(100, 0.1) == float("inf")
+
+
+def test_attention_balance_of_a_group_forward_hand_computed():
+    """Two requests placed in one tick on the two engines of a PE group run in one forward; the
+    group's attention Max/Avg is the slower member's attention seconds over the members' mean."""
+    from dualpath_jax.sim.compute import ComputeModel
+    from dualpath_jax.sim.experiment import attention_weighted
+    model = ComputeModel(prefill_overhead_s=0.01, s_per_token=0.0, s_per_key=1e-6)
+    cfg = SimConfig(loading="oracle", compute=model, fetch_period_s=FETCH, prefill_nodes=1, decode_nodes=1,
+                    hardware=HardwareConfig(gpus_per_node=2), ep_sync=True)
+    res = simulate(cfg, [agent([100], [1]), agent([300], [1])])
+    r = res.requests
+    assert sorted(r["pe"]) == [0, 1] and r["prefill_start_s"][0] == r["prefill_start_s"][1] == FETCH
+    a_small, a_big = 1e-6 * 100 * 101 / 2, 1e-6 * 300 * 301 / 2  # keys of 100 and 300 new tokens
+    assert res.attention_s.shape == (1, 2)
+    assert res.attention_s[0].tolist() == pytest.approx([a_big, (a_small + a_big) / 2], rel=1e-12)
+    assert res.attention_ratio.tolist() == pytest.approx([2 * a_big / (a_small + a_big)], rel=1e-12)
+    assert attention_weighted(res) == pytest.approx(2 * a_big / (a_small + a_big), rel=1e-12)
+    # the group waits for its slowest member: both first tokens come at the end of the longer forward
+    assert r["first_token_s"].tolist() == pytest.approx([FETCH + 0.01 + a_big] * 2, rel=1e-12)

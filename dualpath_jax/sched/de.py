@@ -14,11 +14,14 @@ Ties break on the lower engine id.
 from __future__ import annotations
 
 import heapq
+import operator
 from collections.abc import Mapping, Sequence
 
 from dualpath_jax.sched.types import Assignment, EngineLoad, SchedRequest
 
 __all__ = ["de_phase1", "de_phase2", "balance_target"]
+
+_ENGINE_ID = operator.attrgetter("engine_id")
 
 
 def de_phase1(queue: Sequence[SchedRequest], group_tok: Mapping[int, float]
@@ -77,7 +80,7 @@ def de_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoa
 def assign_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoad], z_factor: float):
     """:func:`de_phase2`'s assignments plus the engines (by id) and their updated ``tok``, ``seq`` and
     free HBM as lists, without building new load records (the scheduler's hot path)."""
-    ordered = sorted(engines, key=lambda e: e.engine_id)
+    ordered = sorted(engines, key=_ENGINE_ID)
     tok = [e.tok for e in ordered]
     seq = [e.seq for e in ordered]
     free = [e.free_hbm_bytes for e in ordered]

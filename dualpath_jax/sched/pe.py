@@ -17,11 +17,14 @@ Ties break on the lower engine id, so the result is deterministic.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 
 from dualpath_jax.sched.types import Assignment, EngineLoad, SchedRequest
 
 __all__ = ["pe_fetch", "classify_pe"]
+
+_ENGINE_ID = operator.attrgetter("engine_id")
 
 
 def classify_pe(engine: EngineLoad, read_q: Mapping[int, float], alpha_tokens: float, beta_tokens: float) -> str:
@@ -47,7 +50,7 @@ def pe_fetch(queue: Sequence[SchedRequest], group: Sequence[EngineLoad], read_q:
       group's loads after the fetch (engine id -> EngineLoad copy) and the updated read queues.
     """
     loads = {e.engine_id: EngineLoad(e.engine_id, e.node_id, e.tok, e.seq, e.free_hbm_bytes) for e in group}
-    engines = sorted(loads.values(), key=lambda e: e.engine_id)
+    engines = sorted(loads.values(), key=_ENGINE_ID)
     rq = dict(read_q)
     long_q = {e.node_id: rq.get(e.node_id, 0.0) > alpha_tokens for e in engines}  # node in C3 (if not C1)
     out: list[Assignment] = []

@@ -48,7 +48,7 @@ from dualpath_jax.sim.hardware import Server, reserve
 
 __all__ = ["SimAgent", "SimResult", "Simulator", "simulate"]
 
-_ARRIVE, _TICK, _READ_DONE, _PE_DONE, _DE_JOIN, _DE_EVENT = range(6)
+_ARRIVE, _TICK, _READ_DONE, _PE_DONE, _DE_JOIN, _DE_EVENT, _PE_KICK = range(7)
 _MAX_BATCH_REQUESTS = 512
 _INT_COLUMNS = ("agent", "round", "hit_tokens", "append_tokens", "gen_tokens")
 _ENGINE_COLUMNS = ("pe", "de", "de_blocks")
@@ -88,16 +88,20 @@ class SimResult:
     events: int
     end_s: float
     units: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    attention_s: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2)))
+    """Per PE-group forward ``f64[F, 2]``: (max, mean) attention seconds across the group's engines;
+    ``sum(max) / sum(mean)`` is the share of attention time lost to imbalance, weighted by time."""
 
 
 class _Unit:
     """A synchronisation unit: a group (ep_sync) or a single engine."""
 
-    __slots__ = ("engines", "busy", "version", "next_t", "steps", "last_t", "step_s", "heap")
+    __slots__ = ("engines", "busy", "kick", "version", "next_t", "steps", "last_t", "step_s", "heap")
 
     def __init__(self, engines):
         self.engines = engines
         self.busy = False
+        self.kick = False  # a PE unit's forward start is queued for the end of this instant
         self.version = 0  # of the pending DE event that counts; older ones are stale
         self.next_t = math.inf  # when that event fires
         self.steps = 0.0
@@ -193,6 +197,7 @@ class Simulator:
         self.de_ctx = [0.0] * (n_pe + n_de)
         self.time_model = self.pe_model  # ComputeModel.time_s(cached, bsz): attention seconds of a forward
         self.attention_ratio: list[float] = []
+        self.attention_s: list[tuple[float, float]] = []
         self.snic_samples: dict[str, list] = {s.name: [] for s in self.snic_r}
         self.heap: list = []
         self._seq = 0
@@ -281,7 +286,8 @@ class Simulator:
                         disable=not progress, mininterval=1.0, leave=False)
         shown = 0
         handlers = {_ARRIVE: self._on_arrive, _TICK: self._on_tick, _READ_DONE: self._on_read_done,
-                    _PE_DONE: self._on_pe_done, _DE_JOIN: self._on_de_join, _DE_EVENT: self._on_de_event}
+                    _PE_DONE: self._on_pe_done, _DE_JOIN: self._on_de_join, _DE_EVENT: self._on_de_event,
+                    _PE_KICK: self._on_pe_kick}
         heap = self.heap
         # The loop allocates millions of short-lived acyclic objects; the cyclic collector would
         # rescan the (large, growing) live request state again and again for nothing.
@@ -311,7 +317,8 @@ class Simulator:
         finish = requests.get("finish_s", np.zeros(0))
         end_s = float(np.nanmax(finish)) if finish.size and not np.all(np.isnan(finish)) else self.now
         return SimResult(requests=requests, links=links, attention_ratio=np.asarray(self.attention_ratio),
-                         snic_samples=self.snic_samples, events=self.events, end_s=end_s, units=units)
+                         snic_samples=self.snic_samples, events=self.events, end_s=end_s, units=units,
+                         attention_s=np.asarray(self.attention_s, np.float64).reshape(-1, 2))
 
     # ---- agents ---------------------------------------------------------------------------------
     def _agent_rounds(self, agent: int) -> tuple:
@@ -474,7 +481,17 @@ class Simulator:
         R["read_done_s"][rid] = self.now
         pe = R["pe"][rid]
         self.ready[pe].append(BatchItem(rid, R["hit_tokens"][rid], R["append_tokens"][rid]))
-        self._try_start_pe(self.unit_of[pe])
+        u = self.unit_of[pe]
+        unit = self.pe_units[u]
+        if not unit.busy and not unit.kick:
+            # an idle unit starts its forward after every event of this instant: requests of other
+            # members that become ready at the same time join the same forward
+            unit.kick = True
+            self._push(self.now, _PE_KICK, u)
+
+    def _on_pe_kick(self, u: int, _):
+        self.pe_units[u].kick = False
+        self._try_start_pe(u)
 
     # ---- prefill --------------------------------------------------------------------------------
     def _try_start_pe(self, u: int):
@@ -521,6 +538,7 @@ class Simulator:
             mean = sum(full) / len(full)
             if mean > 0:
                 self.attention_ratio.append(max(full) / mean)
+                self.attention_s.append((max(full), mean))
         unit.busy = True
         self.pe_busy_s[u] += max(ends) - now
         self.pe_forwards[u] += 1

@@ -102,19 +102,22 @@ def reserve(servers, nbytes: float, earliest: float) -> tuple[float, float]:
     if nbytes <= 0 or not servers:
         return earliest, earliest
     slow = servers[0]
+    slow_rate = slow.rate
     start = earliest
     for s in servers:
-        if s.rate < slow.rate:
-            slow = s
-        if s.free_at > start:
-            start = s.free_at
+        rate, free_at = s.rate, s.free_at
+        if rate < slow_rate:
+            slow, slow_rate = s, rate
+        if free_at > start:
+            start = free_at
+    end = start
     for s in servers:
         dt = nbytes / s.rate
         if s is slow:
-            s.free_at = start + dt
+            end = s.free_at = start + dt
         else:
             free_at = s.free_at
             s.free_at = (free_at if free_at > earliest else earliest) + dt
         s.bytes += nbytes
         s.busy_s += dt
-    return start, slow.free_at
+    return start, end

@@ -24,7 +24,7 @@ from dualpath_jax.metrics.traffic import storage_nic_max_avg
 from dualpath_jax.sim import analysis
 from dualpath_jax.sim.adapters import agents_from_trajectories, snic_transfers
 from dualpath_jax.sim.cluster import Simulator
-from dualpath_jax.sim.experiment import offline_starts, variant_config
+from dualpath_jax.sim.experiment import attention_weighted, offline_starts, variant_config
 from dualpath_jax.sim.studies_common import (cluster_label, offline_run, parse_cluster, plot_panels, ratio,
                                              sim_config, workload_for)
 
@@ -267,6 +267,7 @@ def balance(config, workdir: Path, log=print) -> dict:
         rows.append({"variant": v, "jct_s": res.end_s, "snic_max_avg_mean": stat(finite, np.mean),
                      "snic_max_avg_p50": stat(finite, np.median), "snic_max_avg_p90": stat(finite, p90),
                      "attn_max_avg_mean": stat(attn, np.mean), "attn_max_avg_head_mean": stat(head, np.mean),
+                     "attn_max_avg_weighted": attention_weighted(res),
                      "attn_max_avg_p90": stat(attn, p90), "forwards": int(attn.size)})
         log(f"  {v:9s} JCT {res.end_s:8.1f} s  SNIC Max/Avg mean {rows[-1]['snic_max_avg_mean']:.3f}  "
             f"attention Max/Avg mean {rows[-1]['attn_max_avg_mean']:.3f}")
@@ -294,4 +295,5 @@ def balance(config, workdir: Path, log=print) -> dict:
         named[f"snic_max_avg_p50_{r['variant']}"] = r["snic_max_avg_p50"]
         named[f"attn_max_avg_mean_{r['variant']}"] = r["attn_max_avg_mean"]
         named[f"attn_max_avg_head_mean_{r['variant']}"] = r["attn_max_avg_head_mean"]
+        named[f"attn_max_avg_weighted_{r['variant']}"] = r["attn_max_avg_weighted"]
     return named
