@@ -1,6 +1,6 @@
 """Shared suite for the block-KV decode attention kernel, run on every implementation.
 
-Cases and the independent float64 NumPy expectation come from ``test_kernels_prefill`` (dense
+Cases and the independent float64 NumPy expectation come from ``kernel_cases`` (dense
 attention over each sequence's contiguous KV, scattered into a NaN-poisoned pool).
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_kernels_prefill import (FULL_GRID, IMPLEMENTATIONS, TOLERANCES, VARIANTS, to_jnp, rounded, with_slow,
-                                  build_pool, dense_qkv, np_causal_attention)
+from kernel_cases import (FULL_GRID, IMPLEMENTATIONS, TOLERANCES, VARIANTS, build_pool, dense_qkv,
+                          np_causal_attention, rounded, to_jnp, with_slow)
 
 from dualpath_jax.kernels.decode_attention import decode_attention, decode_attention_mla
 

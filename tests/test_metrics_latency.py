@@ -115,3 +115,11 @@ def test_max_aps_search_edges():
     assert res.aps == 8.0 and not res.bracketed
     with pytest.raises(ConfigError, match="initial_aps"):
         max_aps_under_slo(run, initial_aps=10.0, max_aps=8.0)
+
+
+def test_request_record_accepts_every_read_plan_of_the_scheduler():
+    from dualpath_jax.metrics import READ_SIDES
+    from dualpath_jax.sched.types import READ_SIDES as SCHED_READ_SIDES
+    assert set(READ_SIDES) == set(SCHED_READ_SIDES)
+    for side in SCHED_READ_SIDES:
+        assert rec(read_side=side).read_side == side

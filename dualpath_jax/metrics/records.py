@@ -34,8 +34,9 @@ __all__ = [
     "as_transfer_table",
 ]
 
-READ_SIDES = ("pe", "de", "none")
-"""Where a request's hit KV was read from storage: PE side, DE side, or no read (no hit, oracle)."""
+READ_SIDES = ("pe", "de", "split", "none")
+"""Where a request's hit KV was read from storage: PE side, DE side, both (``split`` loading), or no
+read (no hit, oracle); the scheduler's read plans (``dualpath_jax.sched.types.READ_SIDES``)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
