@@ -40,8 +40,8 @@ def test_second_round_pe_read_layerwise_hand_computed():
     r = res.requests
     hw, kvb = cfg.hardware, cost.kv_bytes_per_token(cfg.spec, "fp8")
     hit_bytes = 6400 * kvb
-    # round 1 is issued when round 0's new KV (6399 prompt tokens, written from the start of decode,
-    # which is its end with g0 = 1, then 1 generated token) is persisted: DE CNIC -> DRAM -> SNIC write
+    # round 1 is issued when round 0's new KV (6399 prompt + 1 generated tokens, written from the start
+    # of decode, which is its end with g0 = 1) is persisted: DE CNIC -> DRAM -> SNIC write
     persist_rate = min(hw.cnic_bytes_per_s * hw.cnic_kv_share, hw.dram_bytes_per_s, hw.node_snic_bytes_per_s)
     arrival1 = r["finish_s"][0] + (a0 + g0) * kvb / persist_rate
     assert r["persisted_s"][0] == pytest.approx(arrival1, rel=1e-12)

@@ -13,9 +13,10 @@ Design (virtual time, one heap of events, no wall clock):
   DE side: DE DRAM -> DE CNIC -> PE CNIC -> HBM) and the layer's KV to the DE buffer (all of it for
   PE-side reads, the new tokens' only for DE-side reads); the DE copies the prompt KV to HBM
   (DE DRAM -> DE CNIC -> HBM), frees its DRAM and decodes; the new tokens' KV (appended and
-  generated) is persisted HBM -> DE CNIC -> DRAM -> SNIC -> storage (the prompt's from the start of
-  decode, the generated tokens' at its end), and the agent's next round is issued once those writes
-  are done (plus think time), since it reads that KV. Oracle skips every KV transfer.
+  generated) is persisted HBM -> DE CNIC -> DRAM -> SNIC -> storage from the start of decode (the
+  generated blocks are written as they fill; the write is reserved at once), and the agent's next
+  round is issued once the request is finished and that write is done (plus think time), since it
+  reads that KV. Oracle skips every KV transfer.
 * **Prefill**: ``layerwise`` overlaps loading with compute (a forward ends at
   ``max(compute, loads + one layer)``) and needs ``depth / L`` of the KV on device; ``full``
   loads all layers first, then computes, and must fit all of the batch's KV in free HBM.
@@ -486,8 +487,11 @@ class Simulator:
         if not unit.busy and not unit.kick:
             # an idle unit starts its forward after every event of this instant: requests of other
             # members that become ready at the same time join the same forward
-            unit.kick = True
-            self._push(self.now, _PE_KICK, u)
+            if self.heap and self.heap[0][0] <= self.now:
+                unit.kick = True
+                self._push(self.now, _PE_KICK, u)
+            else:  # nothing else happens at this instant: start now (what the kick would do next)
+                self._try_start_pe(u)
 
     def _on_pe_kick(self, u: int, _):
         self.pe_units[u].kick = False
@@ -632,8 +636,10 @@ class Simulator:
         if R["side"][rid] in ("de", "split"):
             self._release_buffer(dn, R["read_bytes_de"][rid])
         R["decode_start_s"][rid] = self.now
-        # the prompt's new KV is persisted from the start of decode: HBM -> CNIC -> DRAM -> SNIC -> storage
-        R["persisted_s"][rid] = self._persist(rid, R["append_tokens"][rid])
+        # the request's new KV is persisted from the start of decode, HBM -> CNIC -> DRAM -> SNIC ->
+        # storage: the prompt's now, each generated block as it fills (PAPER.md 2.5); the write is
+        # reserved at once, its bytes being a small share of the node's traffic
+        R["persisted_s"][rid] = self._persist(rid, R["append_tokens"][rid] + R["gen_tokens"][rid])
         gen = R["gen_tokens"][rid]
         if gen <= 1:  # the PE produced the only token
             self._complete(rid)
@@ -676,9 +682,8 @@ class Simulator:
         le.seq -= 1
         le.free_hbm_bytes += (R["hit_tokens"][rid] + R["append_tokens"][rid] + R["gen_tokens"][rid]) * self.kvb
         self._de_dirty.add(self.node_of[de])
-        # then the generated tokens' KV; the agent's next round reads all of it, so it is issued once
-        # both writes are done (as in the engine)
-        persisted = max(R["persisted_s"][rid], self._persist(rid, R["gen_tokens"][rid]))
+        # the agent's next round reads this KV, so it is issued once the write is done (as in the engine)
+        persisted = max(R["persisted_s"][rid], self.now)
         R["persisted_s"][rid] = persisted
         del self._req[rid]
         self._finish_request(rid, persisted)
