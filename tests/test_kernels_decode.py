@@ -50,7 +50,6 @@ def run_decode(variant, args, scale, implementation, **kw):
                             implementation=implementation, **kw)
 
 
-
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("variant,z,dtype", with_slow(DECODE_GRID, FULL_GRID))
 def test_decode_matches_dense(variant, z, dtype, implementation):
@@ -61,7 +60,6 @@ def test_decode_matches_dense(variant, z, dtype, implementation):
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, expected, **TOLERANCES[dtype])
     assert not out[0].any(), "kv_len = 0 must give zeros"
-
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)

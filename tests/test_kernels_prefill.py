@@ -78,7 +78,6 @@ def test_prefill_matches_dense(variant, z, dtype, implementation):
     assert not out[3].any() and not out[1, 1:].any(), "rows t >= new_len must be exact zeros"
 
 
-
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_two_runs_are_bit_identical(implementation):
     args, _, scale = prefill_case("gqa4", 16, "bfloat16", seed=3)

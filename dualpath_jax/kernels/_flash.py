@@ -129,7 +129,6 @@ def pad_axis(x: jax.Array, axis: int, size: int, *, front: int = 0) -> jax.Array
     return jnp.pad(x, pads)
 
 
-
 def pad_head_dims(q_arrays, key_arrays_sets, value_width: int, has_value: bool):
     """Zero-pad the head dims of query parts and their matching key parts (exact: zeros add nothing).
 
