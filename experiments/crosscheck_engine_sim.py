@@ -73,6 +73,7 @@ def main(argv):
     ablation = json.loads((src / "ablation.json").read_text())
     cl = cfg["cluster"]
     pre, dec = [], []
+    de_join_s = 0.0
     for v in ablation["variants"]:
         f = json.loads((src / "runs" / v / "forwards.json").read_text())
         # the PE is occupied for the forward's wall time; the simulator adds waits on emulated links
@@ -82,14 +83,11 @@ def main(argv):
         pre += [([i["cached"] for i in x["items"]], [i["bsz"] for i in x["items"]],
                  x["wall_s"] - (x["load_wait_s"] if emulated else 0.0)) for x in f["pe_forwards"]]
         dec += [(x["batch"], x["context_tokens"], x["wall_s"]) for x in f["de_steps"]]
-    model = fit_compute_model(pre, dec)
-    # a DE's decode thread stops while it admits a request; Oracle's links are bypassed, so its
-    # measured join time is that overhead alone (elsewhere it also holds the emulated H2D copy)
-    de_join_s = 0.0
-    if "oracle" in ablation["variants"]:
-        f = json.loads((src / "runs" / "oracle" / "forwards.json").read_text())
-        if f.get("de_join_count"):
+        if not emulated and f.get("de_join_count"):
+            # a DE's decode thread stops while it admits a request; with Oracle's links bypassed its
+            # measured join time is that overhead alone (elsewhere it also holds the emulated H2D copy)
             de_join_s = sum(f["de_join_s"].values()) / max(sum(f["de_join_count"].values()), 1)
+    model = fit_compute_model(pre, dec)
     snic = float(metrics["snic_bytes_per_s"])
     cnic = snic * float(cl["cnic_bytes_per_s"]) / float(cl["snic_bytes_per_s"])
     measured = _effective_rates(src, ablation["variants"])

@@ -197,8 +197,7 @@ class Simulator:
         self.de_batch = [0] * (n_pe + n_de)
         self.de_ctx = [0.0] * (n_pe + n_de)
         self.time_model = self.pe_model  # ComputeModel.time_s(cached, bsz): attention seconds of a forward
-        self.attention_ratio: list[float] = []
-        self.attention_s: list[tuple[float, float]] = []
+        self.attention_s: list[tuple[float, float]] = []  # per group forward: (max, mean) attention seconds
         self.snic_samples: dict[str, list] = {s.name: [] for s in self.snic_r}
         self.heap: list = []
         self._seq = 0
@@ -317,9 +316,10 @@ class Simulator:
                  "pe_batch_requests": np.asarray(self.pe_batch_requests)}
         finish = requests.get("finish_s", np.zeros(0))
         end_s = float(np.nanmax(finish)) if finish.size and not np.all(np.isnan(finish)) else self.now
-        return SimResult(requests=requests, links=links, attention_ratio=np.asarray(self.attention_ratio),
+        attention = np.asarray(self.attention_s, np.float64).reshape(-1, 2)
+        return SimResult(requests=requests, links=links, attention_ratio=attention[:, 0] / attention[:, 1],
                          snic_samples=self.snic_samples, events=self.events, end_s=end_s, units=units,
-                         attention_s=np.asarray(self.attention_s, np.float64).reshape(-1, 2))
+                         attention_s=attention)
 
     # ---- agents ---------------------------------------------------------------------------------
     def _agent_rounds(self, agent: int) -> tuple:
@@ -541,7 +541,6 @@ class Simulator:
             full = attn + [0.0] * (len(unit.engines) - len(attn))
             mean = sum(full) / len(full)
             if mean > 0:
-                self.attention_ratio.append(max(full) / mean)
                 self.attention_s.append((max(full), mean))
         unit.busy = True
         self.pe_busy_s[u] += max(ends) - now
