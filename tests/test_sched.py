@@ -1,5 +1,7 @@
 """Scheduling rules on hand-made engine states (PAPER.md section 5)."""
 
+import random
+
 import pytest
 
 from dualpath_jax.config import ConfigError
@@ -66,6 +68,36 @@ def test_read_queue_growth_moves_node_to_c3():
     assert [a.engine_id for a in out] == [0, 1] and rq == {0: 1000, 1: 10}
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_pe_fetch_matches_algorithm_1_recomputed_from_scratch(seed):
+    """Random groups (several engines per node, mixed queues): each request's engine equals the
+    one found by rebuilding C1/C2/C3 from the current loads, as Algorithm 1 is written."""
+    rng = random.Random(seed)
+    n_nodes = rng.randrange(1, 4)
+    group = [EngineLoad(e, rng.randrange(n_nodes), tok=rng.randrange(0, 3000)) for e in rng.sample(range(20), 6)]
+    read_q = {n: float(rng.randrange(0, 2000)) for n in range(n_nodes)}
+    queue = [req(i, hit=rng.randrange(0, 800), app=rng.randrange(1, 200)) for i in range(rng.randrange(1, 30))]
+    alpha, beta = 1000.0, 2500.0
+    out, loads, rq = pe_fetch(queue, group, read_q, alpha_tokens=alpha, beta_tokens=beta)
+
+    tok = {e.engine_id: e.tok for e in group}
+    node = {e.engine_id: e.node_id for e in group}
+    q = dict(read_q)
+    expected = []
+    for r in queue:
+        not_c1 = [e for e in tok if tok[e] <= beta]
+        c2 = [e for e in not_c1 if q[node[e]] <= alpha]
+        candidates = c2 or [e for e in not_c1 if q[node[e]] > alpha]
+        if not candidates:
+            break
+        e = min(candidates, key=lambda e: (tok[e], e))
+        tok[e] += r.hit_tokens + r.append_tokens
+        q[node[e]] += r.hit_tokens
+        expected.append((r.request_id, e))
+    assert [(a.request.request_id, a.engine_id) for a in out] == expected
+    assert {e: l.tok for e, l in loads.items()} == tok and rq == q
+
+
 # ---- DE two-phase -----------------------------------------------------------------------------
 def test_de_phase1_min_group_total_with_updates():
     additions, totals = de_phase1([req(1, 100, 0), req(2, 100, 0), req(3, 100, 0)], {10: 150, 11: 0})
@@ -99,6 +131,44 @@ def test_de_phase2_respects_hbm_and_stops_when_nothing_fits():
     out, loads = de_phase2([req(1, hbm=80), req(2, hbm=50), req(3, hbm=10)], engines)
     assert [(a.request.request_id, a.engine_id) for a in out] == [(1, 0)]  # r2 fits nowhere: fetch ends
     assert loads[0].free_hbm_bytes == 20
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_de_phase2_matches_the_rule_recomputed_from_scratch(seed):
+    """Random groups and private queues: each placement equals the one found by rebuilding the
+    HBM-feasible, low and high sets from the current loads (PAPER.md 5.3), and the fetch ends at
+    the first request no engine has room for."""
+    rng = random.Random(seed)
+    engines = [EngineLoad(e, 0, tok=rng.randrange(0, 5000), seq=rng.randrange(0, 6),
+                          free_hbm_bytes=float(rng.randrange(0, 400))) for e in rng.sample(range(30), 5)]
+    queue = [req(i, hit=rng.randrange(0, 900), app=rng.randrange(1, 100), hbm=rng.randrange(1, 120))
+             for i in range(rng.randrange(1, 25))]
+    z_factor = 1.05
+    out, loads = de_phase2(queue, engines, z_factor=z_factor)
+
+    tok = {e.engine_id: e.tok for e in engines}
+    seq = {e.engine_id: e.seq for e in engines}
+    free = {e.engine_id: e.free_hbm_bytes for e in engines}
+    room, fitting = sum(free.values()), 0
+    for r in queue:  # R: the longest prefix whose HBM fits the group's total free HBM
+        if r.hbm_bytes > room:
+            break
+        room -= r.hbm_bytes
+        fitting += r.num_tokens
+    z = z_factor * (fitting + sum(tok.values())) / len(engines)
+    expected = []
+    for r in queue:
+        feasible = [e for e in tok if free[e] >= r.hbm_bytes]
+        if not feasible:
+            break
+        low = [e for e in feasible if tok[e] + r.num_tokens <= z]
+        e = min(low, key=lambda e: (seq[e], e)) if low else min(feasible, key=lambda e: (tok[e], e))
+        tok[e] += r.num_tokens
+        seq[e] += 1
+        free[e] -= r.hbm_bytes
+        expected.append((r.request_id, e))
+    assert [(a.request.request_id, a.engine_id) for a in out] == expected
+    assert {e: (l.tok, l.seq, l.free_hbm_bytes) for e, l in loads.items()} == {e: (tok[e], seq[e], free[e]) for e in tok}
 
 
 # ---- read side --------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 from dualpath_jax.config import ConfigError
 from dualpath_jax.model import cost
 from dualpath_jax.sim import HardwareConfig, SimAgent, SimConfig, Simulator, simulate
+from dualpath_jax.sim.hardware import Server, reserve
 
 FETCH = 0.005
 
@@ -205,3 +206,25 @@ def test_attention_balance_of_a_group_forward_hand_computed():
     assert attention_weighted(res) == pytest.approx(2 * a_big / (a_small + a_big), rel=1e-12)
     # the group waits for its slowest member: both first tokens come at the end of the longer forward
     assert r["first_token_s"].tolist() == pytest.approx([FETCH + 0.01 + a_big] * 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_reserve_follows_the_pipelined_fifo_rule(seed):
+    """Random paths of 1-4 hops and issue times: the slowest hop (the first of the lowest rate) is
+    a FIFO queue the transfer starts in once every hop is free; the others carry the bytes from
+    the issue time on (``sim.hardware.reserve``'s rule, written out plainly)."""
+    rng = np.random.default_rng(seed)
+    servers = [Server(f"s{i}", float(rng.choice([1.0, 2.0, 5.0]))) for i in range(4)]
+    for s in servers:
+        s.free_at = float(rng.uniform(0, 3))
+    for _ in range(10):
+        path = tuple(servers[i] for i in rng.permutation(4)[:rng.integers(1, 5)])
+        nbytes, now = float(rng.uniform(0.5, 4)), float(rng.uniform(0, 3))
+        rates = [s.rate for s in path]
+        slow = path[rates.index(min(rates))]
+        start = max([now] + [s.free_at for s in path])
+        expected_free = {s.name: (start if s is slow else max(s.free_at, now)) + nbytes / s.rate for s in path}
+        expected_bytes = {s.name: s.bytes + nbytes for s in path}
+        assert reserve(path, nbytes, now) == (start, start + nbytes / slow.rate)
+        assert {s.name: s.free_at for s in path} == expected_free
+        assert {s.name: s.bytes for s in path} == expected_bytes

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 __all__ = ["BatchItem", "TimeModel", "AttentionTimeModel", "form_batch", "form_batch_fifo"]
 
@@ -33,9 +33,11 @@ class TimeModel(Protocol):
     def time_s(self, cached: int, bsz: int) -> float: ...
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class BatchItem:
-    """A request's prefill state: ``cached`` tokens with KV, ``remaining`` tokens to compute."""
+class BatchItem(NamedTuple):
+    """A request's prefill state: ``cached`` tokens with KV, ``remaining`` tokens to compute.
+
+    An immutable record (a named tuple: runtimes build millions of them).
+    """
 
     request_id: int
     cached: int

@@ -14,6 +14,7 @@ Ties break on the lower engine id.
 from __future__ import annotations
 
 import heapq
+import math
 import operator
 from collections.abc import Mapping, Sequence
 
@@ -54,14 +55,20 @@ def de_phase1(queue: Sequence[SchedRequest], group_tok: Mapping[int, float]
 
 def balance_target(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoad], z_factor: float) -> float:
     """``Z`` of phase 2: ``z_factor * (sum len(R) + sum tok_e) / |E|``."""
-    free = sum([e.free_hbm_bytes for e in engines])
+    return _target(private_queue, sum([e.free_hbm_bytes for e in engines]), sum([e.tok for e in engines]),
+                   len(engines), z_factor)
+
+
+def _target(private_queue: Sequence[SchedRequest], free: float, tok: int, n_engines: int, z_factor: float) -> float:
+    """:func:`balance_target` from the group's total free HBM and total ``tok``."""
     fitting, used = 0, 0.0
     for req in private_queue:
-        if used + req.hbm_bytes > free:
+        need = req.hbm_bytes
+        if used + need > free:
             break
-        used += req.hbm_bytes
+        used += need
         fitting += req.hit_tokens + req.append_tokens
-    return z_factor * (fitting + sum([e.tok for e in engines])) / max(len(engines), 1)
+    return z_factor * (fitting + tok) / max(n_engines, 1)
 
 
 def de_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoad], *, z_factor: float = 1.05
@@ -84,10 +91,14 @@ def assign_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[Engin
     tok = [e.tok for e in ordered]
     seq = [e.seq for e in ordered]
     free = [e.free_hbm_bytes for e in ordered]
-    z = balance_target(private_queue, engines, z_factor)
+    z = _target(private_queue, sum(free), sum(tok), len(ordered), z_factor)
     out: list[Assignment] = []
+    most_free = max(free) if free else -math.inf
     for req in private_queue:
-        need, length = req.hbm_bytes, req.hit_tokens + req.append_tokens
+        need = req.hbm_bytes
+        if need > most_free:
+            break  # no engine has room: the fetch ends
+        length = req.hit_tokens + req.append_tokens
         best, best_high, best_val = -1, True, 0
         for i, t in enumerate(tok):
             if free[i] < need:
@@ -97,10 +108,9 @@ def assign_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[Engin
             val = t if high else seq[i]
             if best < 0 or high < best_high or (high == best_high and val < best_val):
                 best, best_high, best_val = i, high, val
-        if best < 0:
-            break
         tok[best] += length
         seq[best] += 1
         free[best] -= need
+        most_free = max(free)
         out.append(Assignment(req, ordered[best].engine_id, "de"))
     return out, ordered, tok, seq, free

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 from dualpath_jax.sched.types import Assignment, EngineLoad, SchedRequest
 
-__all__ = ["pe_fetch", "classify_pe"]
+__all__ = ["pe_fetch", "assign_pe", "classify_pe"]
 
 _ENGINE_ID = operator.attrgetter("engine_id")
 
@@ -49,28 +49,43 @@ def pe_fetch(queue: Sequence[SchedRequest], group: Sequence[EngineLoad], read_q:
       ``(assignments, loads, read_q)``: assignments in queue order (a prefix of ``queue``), the
       group's loads after the fetch (engine id -> EngineLoad copy) and the updated read queues.
     """
-    loads = {e.engine_id: EngineLoad(e.engine_id, e.node_id, e.tok, e.seq, e.free_hbm_bytes) for e in group}
-    engines = sorted(loads.values(), key=_ENGINE_ID)
+    out, ordered, tok, seq, rq = assign_pe(queue, group, read_q, alpha_tokens=alpha_tokens, beta_tokens=beta_tokens,
+                                           update_read_q=update_read_q)
+    loads = {e.engine_id: EngineLoad(e.engine_id, e.node_id, tok[i], seq[i], e.free_hbm_bytes)
+             for i, e in enumerate(ordered)}
+    return out, loads, rq
+
+
+def assign_pe(queue: Sequence[SchedRequest], group: Sequence[EngineLoad], read_q: Mapping[int, float], *,
+              alpha_tokens: float, beta_tokens: float, update_read_q: bool = True):
+    """:func:`pe_fetch`'s assignments plus the engines (by id), their updated ``tok`` and ``seq`` as
+    lists and the updated read queues, without building new load records (the scheduler's hot path)."""
+    ordered = sorted(group, key=_ENGINE_ID)
+    tok = [e.tok for e in ordered]
+    seq = [e.seq for e in ordered]
+    nodes = [e.node_id for e in ordered]
     rq = dict(read_q)
-    long_q = {e.node_id: rq.get(e.node_id, 0.0) > alpha_tokens for e in engines}  # node in C3 (if not C1)
+    is_long = [rq.get(n, 0.0) > alpha_tokens for n in nodes]  # node in C3 (if not C1)
     out: list[Assignment] = []
     for req in queue:
         # one pass: C2 before C3, then min tok_e, then lower engine id; C1 (tok_e > beta) skipped
-        best, best_long, best_tok = None, True, 0
-        for e in engines:
-            tok = e.tok
-            if tok > beta_tokens:
+        best, best_long, best_tok = -1, True, 0
+        for i, t in enumerate(tok):
+            if t > beta_tokens:
                 continue
-            is_long = long_q[e.node_id]
-            if best is None or is_long < best_long or (is_long == best_long and tok < best_tok):
-                best, best_long, best_tok = e, is_long, tok
-        if best is None:
+            long_i = is_long[i]
+            if best < 0 or long_i < best_long or (long_i == best_long and t < best_tok):
+                best, best_long, best_tok = i, long_i, t
+        if best < 0:
             break
-        best.tok += req.num_tokens
-        best.seq += 1
+        tok[best] += req.hit_tokens + req.append_tokens
+        seq[best] += 1
         if update_read_q:
-            node = best.node_id
-            rq[node] = rq.get(node, 0.0) + req.hit_tokens
-            long_q[node] = rq[node] > alpha_tokens
-        out.append(Assignment(req, best.engine_id, "pe"))
-    return out, loads, rq
+            node = nodes[best]
+            q = rq[node] = rq.get(node, 0.0) + req.hit_tokens
+            if q > alpha_tokens:
+                for i, n in enumerate(nodes):
+                    if n == node:
+                        is_long[i] = True
+        out.append(Assignment(req, ordered[best].engine_id, "pe"))
+    return out, ordered, tok, seq, rq

@@ -23,6 +23,7 @@ clock, touches I/O or imports a runtime. Same inputs, same decisions.
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from dualpath_jax.config import ConfigError
@@ -102,8 +103,8 @@ class ClusterScheduler:
             self._n_pending_pe -= len(out)
             pending.clear()
         else:
-            out, _, _ = pe.pe_fetch(self._pe_queue, loads, read_q, alpha_tokens=self.config.alpha_tokens,
-                                    beta_tokens=self.config.beta_tokens)
+            out = pe.assign_pe(self._pe_queue, loads, read_q, alpha_tokens=self.config.alpha_tokens,
+                               beta_tokens=self.config.beta_tokens)[0]
             for _ in out:
                 self._pe_queue.popleft()
         for a in out:
@@ -143,13 +144,13 @@ class ClusterScheduler:
         if self._de_queue:
             self.distribute_de()
         private = self._private[group_id]
-        if not private:
-            return []
+        if not private or private[0].hbm_bytes > max([e.free_hbm_bytes for e in loads], default=-math.inf):
+            return []  # phase 2 would place nothing: the head request fits no engine
         out = de.assign_phase2(private, loads, self.config.z_factor)[0]
         placed = 0
         for a in out:
             private.popleft()
-            placed += a.request.num_tokens
+            placed += a.request.hit_tokens + a.request.append_tokens
         self._private_tok[group_id] -= placed
         self._n_pending_de -= len(out)
         self._group_tok[group_id] = group_tok + placed  # phase 2 adds len(r) to the chosen engine's tok
@@ -160,7 +161,7 @@ class ClusterScheduler:
         the group's current token total even while it has nothing queued)."""
         if group_id not in self.de_groups:
             raise KeyError(f"group_id: {group_id} is not a DE group")
-        self._group_tok[group_id] = sum(e.tok for e in loads)
+        self._group_tok[group_id] = sum([e.tok for e in loads])
 
     def distribute_de(self) -> set[int]:
         """Phase 1 alone: move the global DE queue into private queues (by the groups' last

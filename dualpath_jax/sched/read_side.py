@@ -13,14 +13,13 @@
 
 from __future__ import annotations
 
-import dataclasses
+from typing import NamedTuple
 
 __all__ = ["ReadPlan", "shorter_queue_side", "split_de_blocks"]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ReadPlan:
-    """How a request's hit blocks are read.
+class ReadPlan(NamedTuple):
+    """How a request's hit blocks are read (an immutable record).
 
     Attributes:
       side: ``"pe"``, ``"de"``, ``"split"`` or ``"none"`` (oracle).

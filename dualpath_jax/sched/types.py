@@ -7,7 +7,7 @@ engine or the simulator: both runtimes build these records from their own state.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive
 
@@ -61,9 +61,8 @@ class EngineLoad:
     free_hbm_bytes: float = float("inf")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Assignment:
-    """A placement decision: request -> engine (``role`` ``"pe"`` or ``"de"``)."""
+class Assignment(NamedTuple):
+    """A placement decision: request -> engine (``role`` ``"pe"`` or ``"de"``); an immutable record."""
 
     request: SchedRequest
     engine_id: int

@@ -161,9 +161,15 @@ class Simulator:
         self.cnic_in = [Server(f"cnic_in[{e}]", kv_rate) for e in range(n_pe + n_de)]
         self.cnic_out = [Server(f"cnic_out[{e}]", kv_rate) for e in range(n_pe + n_de)]
         self.node_of = [e // self.g for e in range(n_pe)] + [cfg.prefill_nodes + e // self.g for e in range(n_de)]
+        # the fixed hops of each transfer kind (PAPER.md 2.3-2.6), by node or engine
+        self._read_path = [(self.snic_r[n], self.dram[n]) for n in range(n_nodes)]
+        self._to_hbm_path = [(self.dram[self.node_of[e]], self.cnic_in[e]) for e in range(n_pe + n_de)]  # DRAM -> HBM
+        self._persist_path = [(self.cnic_out[e], self.dram[self.node_of[e]], self.snic_w[self.node_of[e]])
+                              for e in range(n_pe + n_de)]
         self.pe_ids = list(range(n_pe))
         self.de_ids = list(range(n_pe, n_pe + n_de))
         pe_groups = {n: [e for e in self.pe_ids if self.node_of[e] == n] for n in range(cfg.prefill_nodes)}
+        self._pe_group_nodes = {gid: sorted({self.node_of[e] for e in engines}) for gid, engines in pe_groups.items()}
         de_groups = {n: [e for e in self.de_ids if self.node_of[e] == n] for n in range(cfg.prefill_nodes, n_nodes)}
         # scheduler thresholds in tokens (PAPER.md 5.2, A.4)
         ctx, app = self._typical_round()
@@ -220,7 +226,7 @@ class Simulator:
         self._issued = 0
         self.agent_round = [0] * len(self.agents)
         self.agent_context = [int(a.initial_context) for a in self.agents]
-        self._req: dict[int, SchedRequest] = {}  # live requests' scheduler records
+        self._req: list[SchedRequest | None] = [None] * total  # live requests' scheduler records
         self._reads = [0] * total  # reads still in flight per request
         # each agent's rounds as Python lists, made at its first arrival (numpy scalars index slowly)
         self._rounds: list[tuple | None] = [None] * len(self.agents)
@@ -308,7 +314,9 @@ class Simulator:
             if gc_enabled:
                 gc.enable()
         bar.close()
-        requests = {k: np.asarray(v[:self._issued]) for k, v in self.R.items()}
+        n = self._issued
+        requests = {k: (np.asarray(v[:n]) if k == "side" else
+                        np.fromiter(v, np.float64 if k in _TIME_COLUMNS else np.int64, n)) for k, v in self.R.items()}
         links = {}
         for s in self.snic_r + self.snic_w + self.dram + self.cnic_in + self.cnic_out:
             links[s.name] = {"bytes": s.bytes, "busy_s": s.busy_s}
@@ -334,9 +342,10 @@ class Simulator:
         append_r, gen_r, hit_r, _think = self._rounds[agent] or self._agent_rounds(agent)
         r = self.agent_round[agent]
         append, gen = int(append_r[r]), int(gen_r[r])
-        hit = self.agent_context[agent] if hit_r is None else min(int(hit_r[r]), self.agent_context[agent])
+        context = self.agent_context[agent]
+        hit = context if hit_r is None else min(int(hit_r[r]), context)
         rid = self._issued
-        self._issued += 1
+        self._issued = rid + 1
         R = self.R
         R["agent"][rid] = agent
         R["round"][rid] = r
@@ -344,27 +353,11 @@ class Simulator:
         R["hit_tokens"][rid] = hit
         R["append_tokens"][rid] = append
         R["gen_tokens"][rid] = gen
-        hbm = (hit + append + gen) * self.kvb
-        req = SchedRequest(rid, hit, append, gen, int(hbm))
-        self._req[rid] = req
+        req = self._req[rid] = SchedRequest(rid, hit, append, gen, int((hit + append + gen) * self.kvb))
         self.sched.submit(req)
         self._new_pe_work = True
-        self._request_tick()
-
-    def _finish_request(self, rid: int, ready_s: float):
-        """The agent's next round is issued at ``ready_s`` (this round's KV is persisted) plus its think time."""
-        agent = self.R["agent"][rid]
-        append_r, _gen, _hit, think_r = self._rounds[agent]
-        r = self.agent_round[agent]
-        # next round's context: everything so far (the hit prefix, this round's append and generation)
-        self.agent_context[agent] = self.R["hit_tokens"][rid] + self.R["append_tokens"][rid] + self.R["gen_tokens"][rid]
-        self.agent_round[agent] = r + 1
-        if r + 1 < len(append_r):
-            at = ready_s + (0.0 if think_r is None else think_r[r + 1])
-            if at > self.now:
-                self._push(at, _ARRIVE, agent)
-            else:  # issued now: no event needed
-                self._on_arrive(agent, None)
+        if not self._tick_pending:
+            self._request_tick()
 
     # ---- scheduling -----------------------------------------------------------------------------
     def _request_tick(self):
@@ -386,46 +379,52 @@ class Simulator:
         self._tick_count += 1
         sched = self.sched
         load = self.load
+        group_loads = self.group_loads
         if sched.waiting_pe():
             groups = self._pe_group_ids if self._new_pe_work else sorted(self._pe_dirty)
             self._new_pe_work = False
             self._pe_dirty.clear()
             if groups:
+                R_pe = self.R["pe"]
+                read_q = self._read_q
                 k = self._tick_count % len(groups)  # the first leader to pull rotates
                 for gid in groups[k:] + groups[:k]:
                     if not sched.waiting_pe():
                         break  # the queue is empty: later leaders would pull nothing
-                    loads = self.group_loads[gid]
-                    read_q = {n: self._read_q(n) for n in {e.node_id for e in loads}}
-                    for asg in sched.fetch_pe(gid, loads, read_q):
-                        rid, e = asg.request.request_id, asg.engine_id
-                        self.R["pe"][rid] = e
-                        load[e].tok += asg.request.num_tokens
-                        load[e].seq += 1
+                    queues = {n: read_q(n) for n in self._pe_group_nodes[gid]}
+                    for req, e, _ in sched.fetch_pe(gid, group_loads[gid], queues):
+                        R_pe[req.request_id] = e
+                        le = load[e]
+                        le.tok += req.hit_tokens + req.append_tokens
+                        le.seq += 1
         else:
             self._pe_dirty.clear()
-        for gid in self._de_dirty:  # leaders whose load changed report it, with or without work
-            sched.report_de(gid, self.group_loads[gid])
+        dirty = self._de_dirty
+        for gid in dirty:  # leaders whose load changed report it, with or without work
+            sched.report_de(gid, group_loads[gid])
         if sched.waiting_de():
-            candidates = sched.distribute_de() | self._de_dirty
-            self._de_dirty.clear()
+            candidates = sched.distribute_de() | dirty
+            dirty.clear()
             groups = sorted(g for g in candidates if sched.has_de_work(g))
-            k = self._tick_count % len(groups) if groups else 0
+            if not groups:
+                return
+            R_de = self.R["de"]
+            k = self._tick_count % len(groups)
             for gid in groups[k:] + groups[:k]:
-                for asg in sched.fetch_de(gid, self.group_loads[gid]):
-                    rid, e = asg.request.request_id, asg.engine_id
-                    self.R["de"][rid] = e
+                for req, e, _ in sched.fetch_de(gid, group_loads[gid]):
+                    R_de[req.request_id] = e
                     le = load[e]
-                    le.tok += asg.request.num_tokens
+                    le.tok += req.hit_tokens + req.append_tokens
                     le.seq += 1
-                    le.free_hbm_bytes -= asg.request.hbm_bytes
-                    self._start_read(rid)
+                    le.free_hbm_bytes -= req.hbm_bytes
+                    self._start_read(req.request_id)
         else:
-            self._de_dirty.clear()
+            dirty.clear()
 
     def _start_read(self, rid: int):
         R = self.R
-        R["placed_s"][rid] = self.now
+        now = self.now
+        R["placed_s"][rid] = now
         pe, de = R["pe"][rid], R["de"][rid]
         hit = R["hit_tokens"][rid]
         z = self.cfg.block_tokens
@@ -434,12 +433,14 @@ class Simulator:
             R["append_tokens"][rid] += hit - hit_blocks * z
             R["hit_tokens"][rid] = hit = hit_blocks * z
         pn, dn = self.node_of[pe], self.node_of[de]
-        read_q = {pn: self._read_q(pn), dn: self._read_q(dn)}
-        plan = self.sched.read_plan(self._req[rid], pn, dn, read_q, hit_blocks, z)
-        R["side"][rid] = plan.side
-        R["de_blocks"][rid] = plan.de_blocks
-        de_bytes = plan.de_blocks * z * self.kvb
-        pe_bytes = 0.0 if plan.side == "none" else hit * self.kvb - de_bytes
+        read_q = self._read_q
+        plan = self.sched.read_plan(self._req[rid], pn, dn, {pn: read_q(pn), dn: read_q(dn)}, hit_blocks, z)
+        side, de_blocks = plan.side, plan.de_blocks
+        R["side"][rid] = side
+        R["de_blocks"][rid] = de_blocks
+        kvb = self.kvb
+        de_bytes = de_blocks * z * kvb
+        pe_bytes = 0.0 if side == "none" else hit * kvb - de_bytes
         R["read_bytes_pe"][rid] = pe_bytes
         R["read_bytes_de"][rid] = de_bytes
         reads = (pe_bytes > 0) + (de_bytes > 0)
@@ -449,7 +450,7 @@ class Simulator:
         if de_bytes > 0:
             self._admit_or_wait(dn, rid, de_bytes)
         if reads == 0:
-            self._push(self.now, _READ_DONE, rid)
+            self._push(now, _READ_DONE, rid)
 
     def _admit_or_wait(self, node: int, rid: int, nbytes: float):
         if self.buffer_free[node] >= nbytes and not self.buffer_wait[node]:
@@ -460,9 +461,10 @@ class Simulator:
 
     def _issue_read(self, node: int, rid: int, nbytes: float):
         self.buffer_free[node] -= nbytes
-        start, end = reserve((self.snic_r[node], self.dram[node]), nbytes, self.now)
+        start, end = reserve(self._read_path[node], nbytes, self.now)
         self.snic_samples[self.snic_r[node].name].append((start, end, nbytes))
-        self._push(end, _READ_DONE, rid)
+        self._seq += 1
+        heapq.heappush(self.heap, (end, self._seq, _READ_DONE, rid, None))
 
     def _release_buffer(self, node: int, nbytes: float):
         if nbytes <= 0:
@@ -500,17 +502,18 @@ class Simulator:
     # ---- prefill --------------------------------------------------------------------------------
     def _try_start_pe(self, u: int):
         unit = self.pe_units[u]
-        if unit.busy or not any(self.ready[e] for e in unit.engines):
+        if unit.busy:
             return
         cfg, L = self.cfg, self.spec.n_layers
         now = self.now
         plans, ends, attn = [], [], []
-        hit_tokens = self.R["hit_tokens"]
+        hit_tokens, prefill_start = self.R["hit_tokens"], self.R["prefill_start_s"]
+        ready = self.ready
         for e in unit.engines:
-            if not self.ready[e]:
+            if not ready[e]:
                 continue
             # the batch formers read the FIFO only as far as the batch reaches
-            batch = self.sched.form_pe_batch(itertools.islice(self.ready[e], _MAX_BATCH_REQUESTS),
+            batch = self.sched.form_pe_batch(itertools.islice(ready[e], _MAX_BATCH_REQUESTS),
                                              time_model=self.time_model, max_tokens=cfg.basic_max_batch_tokens,
                                              max_kv_tokens=self.pe_max_kv_tokens)
             cached = [b.cached for b in batch]
@@ -519,22 +522,21 @@ class Simulator:
             t_c = self.pe_model.prefill_time_s(cached, bsz, attention_s=t_a)
             attn.append(t_a)
             load_end, outs = now, []
-            for b in batch:
-                rid = b.request_id
-                first = b.cached == hit_tokens[rid]  # no earlier chunk has run (each adds >= 1 token)
-                in_end, out_end = self._prefill_transfers(rid, e, b.cached, b.remaining, first, now, t_c / L)
+            layer_s = t_c / L
+            for rid, cached_b, bsz_b in batch:
+                first = cached_b == hit_tokens[rid]  # no earlier chunk has run (each adds >= 1 token)
+                if first:
+                    prefill_start[rid] = now
+                in_end, out_end = self._prefill_transfers(rid, e, cached_b, bsz_b, first, now, layer_s)
                 if in_end > load_end:
                     load_end = in_end
                 outs.append(out_end)
             if cfg.prefill == "layerwise":
-                end = max(now + t_c, load_end + t_c / L)
+                end = max(now + t_c, load_end + layer_s)
             else:
                 end = load_end + t_c
             plans.append((e, batch, outs))
             ends.append(end)
-            for b in batch:
-                if math.isnan(self.R["prefill_start_s"][b.request_id]):
-                    self.R["prefill_start_s"][b.request_id] = now
         if not plans:
             return
         if len(attn) > 1 or len(unit.engines) > 1:
@@ -543,10 +545,11 @@ class Simulator:
             if mean > 0:
                 self.attention_s.append((max(full), mean))
         unit.busy = True
-        self.pe_busy_s[u] += max(ends) - now
+        end = max(ends)
+        self.pe_busy_s[u] += end - now
         self.pe_forwards[u] += 1
-        self.pe_batch_requests[u] += sum(len(p[1]) for p in plans)
-        self._push(max(ends), _PE_DONE, u, (plans, max(ends)))
+        self.pe_batch_requests[u] += sum([len(p[1]) for p in plans])
+        self._push(end, _PE_DONE, u, (plans, end))
 
     def _prefill_transfers(self, rid, pe, cached, bsz, first_chunk, now, layer_s):
         """Reserve the KV movement of one request chunk in a forward; returns (loads end, to-DE end)."""
@@ -564,7 +567,7 @@ class Simulator:
         if in_bytes > 0:
             b_pe, b_de = in_bytes * (1 - de_share), in_bytes * de_share
             if b_pe > 0:
-                in_end = max(in_end, reserve((self.dram[pn], self.cnic_in[pe]), b_pe, now)[1])
+                in_end = max(in_end, reserve(self._to_hbm_path[pe], b_pe, now)[1])
             if b_de > 0:
                 in_end = max(in_end, reserve((self.dram[dn], self.cnic_out[de], self.cnic_in[pe]), b_de, now)[1])
         out_bytes = bsz * kvb
@@ -578,8 +581,15 @@ class Simulator:
         unit = self.pe_units[u]
         unit.busy = False
         R = self.R
+        hit, app, first_token = R["hit_tokens"], R["append_tokens"], R["first_token_s"]
+        R_de, read_bytes_pe = R["de"], R["read_bytes_pe"]
+        now, kvb, node_of = self.now, self.kvb, self.node_of
+        oracle = self.cfg.loading == "oracle"
         for e, batch, outs in plans:
             q = self.ready[e]
+            pn = node_of[e]
+            le = self.load[e]
+            done = False
             for b, out_end in zip(batch, outs):
                 item = q[0]
                 assert item.request_id == b.request_id
@@ -588,20 +598,21 @@ class Simulator:
                     continue
                 q.popleft()
                 rid = b.request_id
-                R["first_token_s"][rid] = self.now
-                self._pe_dirty.add(self.node_of[e])
-                le = self.load[e]
-                le.tok -= R["hit_tokens"][rid] + R["append_tokens"][rid]
+                first_token[rid] = now
+                done = True
+                prompt = hit[rid] + app[rid]
+                le.tok -= prompt
                 le.seq -= 1
-                pe_bytes = R["read_bytes_pe"][rid]
+                pe_bytes = read_bytes_pe[rid]
                 if pe_bytes > 0:
-                    self._release_buffer(self.node_of[e], pe_bytes)
-                de = R["de"][rid]
-                dn = self.node_of[de]
-                kv_ready = max(self.now, out_end)
-                nbytes = 0.0 if self.cfg.loading == "oracle" else (R["hit_tokens"][rid] + R["append_tokens"][rid]) * self.kvb
-                h2d_end = reserve((self.dram[dn], self.cnic_in[de]), nbytes, kv_ready)[1]
-                self._push(h2d_end, _DE_JOIN, rid)
+                    self._release_buffer(pn, pe_bytes)
+                de = R_de[rid]
+                kv_ready = now if now >= out_end else out_end
+                h2d_end = reserve(self._to_hbm_path[de], 0.0 if oracle else prompt * kvb, kv_ready)[1]
+                self._seq += 1
+                heapq.heappush(self.heap, (h2d_end, self._seq, _DE_JOIN, rid, None))
+            if done:
+                self._pe_dirty.add(pn)
         self._request_tick()
         self._try_start_pe(u)
 
@@ -620,26 +631,29 @@ class Simulator:
         reschedules), so joins between two completions cost no extra events."""
         unit = self.de_units[u]
         engines = unit.engines
-        unit.step_s = max(map(self.de_step.__getitem__, engines)) if len(engines) > 1 else self.de_step[engines[0]]
+        unit.step_s = step_s = (max(map(self.de_step.__getitem__, engines)) if len(engines) > 1
+                                else self.de_step[engines[0]])
         if unit.heap:
-            t = unit.last_t + max(unit.heap[0][0] - unit.steps, 0.0) * unit.step_s
+            left = unit.heap[0][0] - unit.steps
+            t = unit.last_t + (left if left > 0.0 else 0.0) * step_s
             if t < unit.next_t:
                 unit.version += 1  # supersedes the later pending event
                 unit.next_t = t
-                self._push(t, _DE_EVENT, u, unit.version)
+                self._seq += 1
+                heapq.heappush(self.heap, (t, self._seq, _DE_EVENT, u, unit.version))
 
     def _on_de_join(self, rid: int, _):
         R = self.R
         de = R["de"][rid]
-        dn = self.node_of[de]
         if R["side"][rid] in ("de", "split"):
-            self._release_buffer(dn, R["read_bytes_de"][rid])
-        R["decode_start_s"][rid] = self.now
+            self._release_buffer(self.node_of[de], R["read_bytes_de"][rid])
+        now = self.now
+        R["decode_start_s"][rid] = now
+        gen = R["gen_tokens"][rid]
         # the request's new KV is persisted from the start of decode, HBM -> CNIC -> DRAM -> SNIC ->
         # storage: the prompt's now, each generated block as it fills (PAPER.md 2.5); the write is
         # reserved at once, its bytes being a small share of the node's traffic
-        R["persisted_s"][rid] = self._persist(rid, R["append_tokens"][rid] + R["gen_tokens"][rid])
-        gen = R["gen_tokens"][rid]
+        R["persisted_s"][rid] = self._persist(rid, R["append_tokens"][rid] + gen)
         if gen <= 1:  # the PE produced the only token
             self._complete(rid)
             return
@@ -648,9 +662,9 @@ class Simulator:
         self._de_advance(unit)
         unit.last_t += self.cfg.de_join_s  # the unit decodes nothing while it admits the request
         ctx = R["hit_tokens"][rid] + R["append_tokens"][rid]
-        self.de_batch[de] += 1
-        self.de_ctx[de] += ctx + (gen - 1) / 2.0  # mean context over the request's decode
-        self.de_step[de] = self.de_model.decode_step_s(self.de_batch[de], self.de_ctx[de])
+        batch = self.de_batch[de] = self.de_batch[de] + 1
+        ctx_sum = self.de_ctx[de] = self.de_ctx[de] + (ctx + (gen - 1) / 2.0)  # mean context over the decode
+        self.de_step[de] = self.de_model.decode_step_s(batch, ctx_sum)
         heapq.heappush(unit.heap, (unit.steps + (gen - 1), rid))
         self._de_reschedule(u)
         R["second_token_s"][rid] = unit.last_t + unit.step_s
@@ -660,41 +674,67 @@ class Simulator:
         if version != unit.version:
             return
         unit.next_t = math.inf
-        self._de_advance(unit)
-        R = self.R
-        while unit.heap and unit.heap[0][0] <= unit.steps + 1e-9:
-            _, rid = heapq.heappop(unit.heap)
-            de = R["de"][rid]
-            self.de_batch[de] -= 1
-            self.de_ctx[de] -= R["hit_tokens"][rid] + R["append_tokens"][rid] + (R["gen_tokens"][rid] - 1) / 2.0
-            self.de_step[de] = self.de_model.decode_step_s(self.de_batch[de], self.de_ctx[de])
-            self._complete(rid)
+        now = self.now
+        if now > unit.last_t:  # _de_advance, inlined
+            if unit.step_s > 0:
+                unit.steps += (now - unit.last_t) / unit.step_s
+            unit.last_t = now
+        heap = unit.heap
+        due = unit.steps + 1e-9
+        if heap and heap[0][0] <= due:
+            R = self.R
+            R_de, hit, app, gen = R["de"], R["hit_tokens"], R["append_tokens"], R["gen_tokens"]
+            de_batch, de_ctx = self.de_batch, self.de_ctx
+            changed = set()
+            while heap and heap[0][0] <= due:
+                rid = heapq.heappop(heap)[1]
+                de = R_de[rid]
+                de_batch[de] -= 1
+                de_ctx[de] -= hit[rid] + app[rid] + (gen[rid] - 1) / 2.0
+                changed.add(de)
+                self._complete(rid)
+            step_s = self.de_model.decode_step_s
+            for de in changed:  # the step time after every completion of this instant
+                self.de_step[de] = step_s(de_batch[de], de_ctx[de])
         self._de_reschedule(u)
 
     def _complete(self, rid: int):
         R = self.R
         de = R["de"][rid]
-        R["finish_s"][rid] = self.now
+        now = self.now
+        R["finish_s"][rid] = now
         self._completed += 1
+        prompt = R["hit_tokens"][rid] + R["append_tokens"][rid]
+        context = prompt + R["gen_tokens"][rid]
         le = self.load[de]
-        le.tok -= R["hit_tokens"][rid] + R["append_tokens"][rid]
+        le.tok -= prompt
         le.seq -= 1
-        le.free_hbm_bytes += (R["hit_tokens"][rid] + R["append_tokens"][rid] + R["gen_tokens"][rid]) * self.kvb
+        le.free_hbm_bytes += context * self.kvb
         self._de_dirty.add(self.node_of[de])
-        # the agent's next round reads this KV, so it is issued once the write is done (as in the engine)
-        persisted = max(R["persisted_s"][rid], self.now)
-        R["persisted_s"][rid] = persisted
-        del self._req[rid]
-        self._finish_request(rid, persisted)
-        self._request_tick()
+        self._req[rid] = None
+        # the agent's next round reads this KV, so it is issued once the write is done (as in the
+        # engine), plus its think time; its context is everything so far (hit prefix, append, generation)
+        persisted = R["persisted_s"][rid]
+        if persisted < now:
+            R["persisted_s"][rid] = persisted = now
+        agent = R["agent"][rid]
+        self.agent_context[agent] = context
+        r = self.agent_round[agent] = self.agent_round[agent] + 1
+        append_r, _gen, _hit, think_r = self._rounds[agent]
+        if r < len(append_r):
+            at = persisted + (0.0 if think_r is None else think_r[r])
+            if at > now:
+                self._push(at, _ARRIVE, agent)
+            else:  # issued now: no event needed
+                self._on_arrive(agent, None)
+        if not self._tick_pending:
+            self._request_tick()
 
     def _persist(self, rid: int, tokens: int) -> float:
         """Reserve the write of ``tokens`` tokens' KV from request ``rid``'s DE to storage; returns its end."""
         if self.cfg.loading == "oracle" or tokens <= 0:
             return self.now
-        de = self.R["de"][rid]
-        dn = self.node_of[de]
-        return reserve((self.cnic_out[de], self.dram[dn], self.snic_w[dn]), tokens * self.kvb, self.now)[1]
+        return reserve(self._persist_path[self.R["de"][rid]], tokens * self.kvb, self.now)[1]
 
 
 def simulate(config: SimConfig, agents: Sequence[SimAgent], *, max_events: int | None = None,

@@ -98,9 +98,55 @@ def reserve(servers, nbytes: float, earliest: float) -> tuple[float, float]:
     lasts ``nbytes / slowest_rate``. The faster hops only carry the bytes while they stream
     through, so their occupancy is queued from ``earliest`` (when the transfer is issued), not
     from its possibly much later start: a backlog on a slow SNIC does not block DRAM for others.
+    The slowest hop is the first of the lowest rate. Each server appears at most once in a path;
+    two- and three-hop paths (every path the simulator reserves) take unrolled branches that do
+    the same arithmetic as the general loop.
     """
     if nbytes <= 0 or not servers:
         return earliest, earliest
+    if len(servers) == 2:
+        a, b = servers
+        fa, fb = a.free_at, b.free_at
+        start = earliest
+        if fa > start:
+            start = fa
+        if fb > start:
+            start = fb
+        da, db = nbytes / a.rate, nbytes / b.rate
+        if b.rate < a.rate:
+            a.free_at = (fa if fa > earliest else earliest) + da
+            end = b.free_at = start + db
+        else:
+            end = a.free_at = start + da
+            b.free_at = (fb if fb > earliest else earliest) + db
+        a.bytes += nbytes
+        b.bytes += nbytes
+        a.busy_s += da
+        b.busy_s += db
+        return start, end
+    if len(servers) == 3:
+        a, b, c = servers
+        fa, fb, fc = a.free_at, b.free_at, c.free_at
+        start = earliest
+        if fa > start:
+            start = fa
+        if fb > start:
+            start = fb
+        if fc > start:
+            start = fc
+        ra, rb, rc = a.rate, b.rate, c.rate
+        da, db, dc = nbytes / ra, nbytes / rb, nbytes / rc
+        slow = c if rc < (rb if rb < ra else ra) else (b if rb < ra else a)  # the first of the lowest rate
+        a.free_at = start + da if slow is a else (fa if fa > earliest else earliest) + da
+        b.free_at = start + db if slow is b else (fb if fb > earliest else earliest) + db
+        c.free_at = start + dc if slow is c else (fc if fc > earliest else earliest) + dc
+        a.bytes += nbytes
+        b.bytes += nbytes
+        c.bytes += nbytes
+        a.busy_s += da
+        b.busy_s += db
+        c.busy_s += dc
+        return start, slow.free_at
     slow = servers[0]
     slow_rate = slow.rate
     start = earliest
