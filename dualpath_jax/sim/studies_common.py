@@ -364,6 +364,19 @@ def _pyplot():
     return plt
 
 
+def _spread_ticks(xs: Sequence[float], max_ticks: int = 7) -> list[float]:
+    """The sorted positive ``xs`` thinned so that ticks on a log axis are at least 1 / ``max_ticks``
+    of the axis span apart (the first point is always kept)."""
+    logs = [math.log10(v) for v in xs]
+    gap = (logs[-1] - logs[0]) / max_ticks
+    ticks, last = [], -math.inf
+    for v, lv in zip(xs, logs):
+        if lv - last >= gap or not ticks:
+            ticks.append(v)
+            last = lv
+    return ticks
+
+
 def plot_panels(path, panels: Sequence[Mapping], *, ncols: int = 3, title: str = "") -> Path:
     """A PNG grid of line plots. Each panel: ``{"title", "x": [...] or {label: [...]},
     "series": {label: [...]}, "xlabel", "ylabel", "logx", "logy", "hline", "vlines"}``."""
@@ -390,9 +403,10 @@ def plot_panels(path, panels: Sequence[Mapping], *, ncols: int = 3, title: str =
                 ax.set_xscale("log")
                 xs = sorted({float(v) for xv in (p["x"].values() if isinstance(p["x"], Mapping) else [p["x"]])
                              for v in xv if float(v) > 0})
-                if 0 < len(xs) <= 12:  # label the data points, not the log decades
-                    ax.set_xticks(xs)
-                    ax.set_xticklabels([f"{v:g}" for v in xs])
+                if xs:  # label data points (not log decades), skipping those too close to read
+                    ticks = _spread_ticks(xs)
+                    ax.set_xticks(ticks)
+                    ax.set_xticklabels([f"{v:.3g}" for v in ticks])
                     ax.xaxis.set_minor_formatter(plt.NullFormatter())
             if p.get("logy"):
                 ax.set_yscale("log")
