@@ -5,7 +5,7 @@ Command:
     python experiments/run_sim.py --config=configs/sim_fig7.py --workdir=workdir/sim_fig7
     python experiments/run_sim.py --config=configs/sim_fig7.py:quick --workdir=/tmp/fig7
 Expected run time on a 2-core CPU: the full grid (3 models x 3 MALs x 512..4096 agents x 3
-variants, about 22 M simulated requests) roughly an hour; ``:quick`` (DS 27B and DS 660B, MAL 32K
+variants, about 22 M simulated requests) about 35 minutes; ``:quick`` (DS 27B and DS 660B, MAL 32K
 and 64K, 128 and 512 agents) about 2 minutes; ``:tiny`` (tests) a few seconds.
 Output: fig7.json, fig7.md/.csv (JCT, speedup vs Basic, JCT / Oracle, TTFT, TPOT per cell),
 fig7.png (the grid), and ``name: value`` lines (max / mean DualPath speedup vs Basic, where the

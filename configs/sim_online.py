@@ -15,7 +15,7 @@ the offline batch's: see ``dualpath_jax.sim.studies_online``).
 Command:
     python experiments/run_sim.py --config=configs/sim_online.py --workdir=workdir/sim_online
     python experiments/run_sim.py --config=configs/sim_online.py:quick --workdir=/tmp/online
-Expected run time on a 2-core CPU: about an hour (2 models x 3 systems x ~8 runs of up to
+Expected run time on a 2-core CPU: about 15-20 minutes (2 models x 3 systems x ~8 runs of up to
 ~500 K requests); ``:quick`` (DS 27B only, Basic and DualPath, MAL 32K, 300 s horizon, 150 s
 warm-up; a DS 27B trajectory of MAL 32K lasts ~170 s) about 2-3 minutes; ``:tiny`` seconds.
 Output: online.json (curves, max APS, search trials), online_curves.md/.csv,

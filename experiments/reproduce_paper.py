@@ -1,7 +1,7 @@
 """Run every simulator study of the paper and write one report.
 
     python experiments/reproduce_paper.py --workdir=workdir/paper --quick      # about 7 minutes
-    python experiments/reproduce_paper.py --workdir=workdir/paper              # several hours
+    python experiments/reproduce_paper.py --workdir=workdir/paper              # about 1.5-2 hours
     python experiments/reproduce_paper.py --workdir=/tmp/p --config_arg=tiny --studies=fig7,online
 
 Each study (``dualpath_jax.sim.studies.STUDIES``) runs with ``configs/sim_<study>.py`` (its
