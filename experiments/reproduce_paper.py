@@ -1,6 +1,6 @@
 """Run every simulator study of the paper and write one report.
 
-    python experiments/reproduce_paper.py --workdir=workdir/paper --quick      # about 7 minutes
+    python experiments/reproduce_paper.py --workdir=workdir/paper --quick      # about 5 minutes
     python experiments/reproduce_paper.py --workdir=workdir/paper              # about 1.5-2 hours
     python experiments/reproduce_paper.py --workdir=/tmp/p --config_arg=tiny --studies=fig7,online
 
@@ -33,7 +33,7 @@ ORDER = ("ablation", "fig7", "fig8", "fig9", "online", "ttft_breakdown", "workin
          "pd_sweep")
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-_QUICK = flags.DEFINE_bool("quick", False, "Run every study's quick variant (about 7 minutes on 2 cores).")
+_QUICK = flags.DEFINE_bool("quick", False, "Run every study's quick variant (about 5 minutes on 2 cores).")
 _CONFIG_ARG = flags.DEFINE_string("config_arg", None, "Config variant for every study (overrides --quick).")
 _STUDIES = flags.DEFINE_list("studies", list(ORDER), "Studies to run, in this order.")
 flags.mark_flags_as_required(["workdir"])
