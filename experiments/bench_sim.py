@@ -7,7 +7,9 @@ Cases (DeepSeek-V3.2, MAL 64K, offline, DualPath variant):
   * 2P4D with 2,048 agents (target: under 30 s on a 2-core CPU);
   * 48P96D with 48K agents (target: under 10 minutes).
 Ends with ``wall_s_2p4d``, ``wall_s_48p96d`` and ``events_per_s`` (over all cases), also written
-to ``workdir/metrics.json``.
+to ``workdir/metrics.json``, plus ``python_ref_loop_s``: the mean time of a fixed pure-Python loop
+(20 M additions) run before and after the cases, so that wall times taken on a shared machine whose
+single-thread speed drifts can be compared.
 """
 
 from __future__ import annotations
@@ -45,20 +47,33 @@ def _case(name: str, prefill_nodes: int, decode_nodes: int, num_agents: int) -> 
     return out
 
 
+def _ref_loop_s() -> float:
+    """Seconds of a fixed pure-Python loop: this machine's single-thread speed right now."""
+    t0 = time.perf_counter()
+    total = 0
+    for i in range(20_000_000):
+        total += i
+    return time.perf_counter() - t0
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend-probe INFO lines out of the output
     workdir = Path(_WORKDIR.value)
     workdir.mkdir(parents=True, exist_ok=True)
     writers.write_env(workdir, device="simulator (virtual time)")
+    ref_before = _ref_loop_s()
     rows = [_case("2p4d", 2, 4, _AGENTS_SMALL.value)]
     if not _SKIP_LARGE.value:
         rows.append(_case("48p96d", 48, 96, _AGENTS_LARGE.value))
+    ref_after = _ref_loop_s()
+    print(f"reference loop: {ref_before:.2f} s before, {ref_after:.2f} s after", flush=True)
     writers.write_table(workdir / "bench_sim", rows, title="Simulator wall time")
     named = {"wall_s_2p4d": rows[0]["wall_s"]}
     if len(rows) > 1:
         named["wall_s_48p96d"] = rows[1]["wall_s"]
     named["events_per_s"] = sum(r["events"] for r in rows) / sum(r["run_s"] for r in rows)
+    named["python_ref_loop_s"] = (ref_before + ref_after) / 2
     writers.write_named_values(workdir, named)
     print()
     print(writers.format_named_values(named))
