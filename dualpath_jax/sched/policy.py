@@ -23,7 +23,6 @@ clock, touches I/O or imports a runtime. Same inputs, same decisions.
 from __future__ import annotations
 
 import collections
-import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from dualpath_jax.config import ConfigError
@@ -144,8 +143,8 @@ class ClusterScheduler:
         if self._de_queue:
             self.distribute_de()
         private = self._private[group_id]
-        if not private or private[0].hbm_bytes > max([e.free_hbm_bytes for e in loads], default=-math.inf):
-            return []  # phase 2 would place nothing: the head request fits no engine
+        if not private:
+            return []
         out = de.assign_phase2(private, loads, self.config.z_factor)[0]
         placed = 0
         for a in out:

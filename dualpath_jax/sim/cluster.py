@@ -356,8 +356,7 @@ class Simulator:
         req = self._req[rid] = SchedRequest(rid, hit, append, gen, int((hit + append + gen) * self.kvb))
         self.sched.submit(req)
         self._new_pe_work = True
-        if not self._tick_pending:
-            self._request_tick()
+        self._request_tick()
 
     # ---- scheduling -----------------------------------------------------------------------------
     def _request_tick(self):
@@ -463,8 +462,7 @@ class Simulator:
         self.buffer_free[node] -= nbytes
         start, end = reserve(self._read_path[node], nbytes, self.now)
         self.snic_samples[self.snic_r[node].name].append((start, end, nbytes))
-        self._seq += 1
-        heapq.heappush(self.heap, (end, self._seq, _READ_DONE, rid, None))
+        self._push(end, _READ_DONE, rid)
 
     def _release_buffer(self, node: int, nbytes: float):
         if nbytes <= 0:
@@ -609,8 +607,7 @@ class Simulator:
                 de = R_de[rid]
                 kv_ready = now if now >= out_end else out_end
                 h2d_end = reserve(self._to_hbm_path[de], 0.0 if oracle else prompt * kvb, kv_ready)[1]
-                self._seq += 1
-                heapq.heappush(self.heap, (h2d_end, self._seq, _DE_JOIN, rid, None))
+                self._push(h2d_end, _DE_JOIN, rid)
             if done:
                 self._pe_dirty.add(pn)
         self._request_tick()
@@ -639,8 +636,7 @@ class Simulator:
             if t < unit.next_t:
                 unit.version += 1  # supersedes the later pending event
                 unit.next_t = t
-                self._seq += 1
-                heapq.heappush(self.heap, (t, self._seq, _DE_EVENT, u, unit.version))
+                self._push(t, _DE_EVENT, u, unit.version)
 
     def _on_de_join(self, rid: int, _):
         R = self.R
@@ -674,11 +670,7 @@ class Simulator:
         if version != unit.version:
             return
         unit.next_t = math.inf
-        now = self.now
-        if now > unit.last_t:  # _de_advance, inlined
-            if unit.step_s > 0:
-                unit.steps += (now - unit.last_t) / unit.step_s
-            unit.last_t = now
+        self._de_advance(unit)
         heap = unit.heap
         due = unit.steps + 1e-9
         if heap and heap[0][0] <= due:
@@ -727,8 +719,7 @@ class Simulator:
                 self._push(at, _ARRIVE, agent)
             else:  # issued now: no event needed
                 self._on_arrive(agent, None)
-        if not self._tick_pending:
-            self._request_tick()
+        self._request_tick()
 
     def _persist(self, rid: int, tokens: int) -> float:
         """Reserve the write of ``tokens`` tokens' KV from request ``rid``'s DE to storage; returns its end."""
