@@ -94,20 +94,22 @@ def assign_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[Engin
     z = _target(private_queue, sum(free), sum(tok), len(ordered), z_factor)
     out: list[Assignment] = []
     most_free = max(free) if free else -math.inf
+    idx = range(len(ordered))
     for req in private_queue:
         need = req.hbm_bytes
         if need > most_free:
             break  # no engine has room: the fetch ends
         length = req.hit_tokens + req.append_tokens
-        best, best_high, best_val = -1, True, 0
-        for i, t in enumerate(tok):
-            if free[i] < need:
-                continue
-            # low set (tok + len <= Z) first, by seq; then the high set by tok
-            high = t + length > z
-            val = t if high else seq[i]
-            if best < 0 or high < best_high or (high == best_high and val < best_val):
-                best, best_high, best_val = i, high, val
+        # the low set (tok + len <= Z) by min seq; if it is empty, the high set by min tok; the
+        # engine must have the HBM; ties keep the lower id
+        best, best_val = -1, 0
+        for i in idx:
+            if tok[i] + length <= z and free[i] >= need and (best < 0 or seq[i] < best_val):
+                best, best_val = i, seq[i]
+        if best < 0:
+            for i in idx:
+                if free[i] >= need and (best < 0 or tok[i] < best_val):
+                    best, best_val = i, tok[i]
         tok[best] += length
         seq[best] += 1
         free[best] -= need

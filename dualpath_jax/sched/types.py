@@ -18,9 +18,8 @@ LOADINGS = ("pe_read", "dual", "split", "oracle")
 READ_SIDES = ("pe", "de", "split", "none")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class SchedRequest:
-    """One request (one agent round) as the scheduler sees it.
+class SchedRequest(NamedTuple):
+    """One request (one agent round) as the scheduler sees it; an immutable record.
 
     Attributes:
       request_id: unique id.

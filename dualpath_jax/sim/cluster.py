@@ -108,7 +108,7 @@ class _Unit:
         self.steps = 0.0
         self.last_t = 0.0
         self.step_s = 0.0
-        self.heap: list = []
+        self.heap: list = []  # DE units: (step count at completion, request id, DE, mean context) per request
 
 
 class Simulator:
@@ -205,6 +205,7 @@ class Simulator:
         self.time_model = self.pe_model  # ComputeModel.time_s(cached, bsz): attention seconds of a forward
         self.attention_s: list[tuple[float, float]] = []  # per group forward: (max, mean) attention seconds
         self.snic_samples: dict[str, list] = {s.name: [] for s in self.snic_r}
+        self._snic_samples_of = [self.snic_samples[s.name] for s in self.snic_r]  # by node
         self.heap: list = []
         self._seq = 0
         self.now = 0.0
@@ -291,10 +292,11 @@ class Simulator:
         bar = tqdm.tqdm(total=total, unit="req", desc=f"sim {self.cfg.loading}/{self.cfg.prefill}/{self.cfg.policy}",
                         disable=not progress, mininterval=1.0, leave=False)
         shown = 0
-        handlers = {_ARRIVE: self._on_arrive, _TICK: self._on_tick, _READ_DONE: self._on_read_done,
-                    _PE_DONE: self._on_pe_done, _DE_JOIN: self._on_de_join, _DE_EVENT: self._on_de_event,
-                    _PE_KICK: self._on_pe_kick}
+        handlers = [self._on_arrive, self._on_tick, self._on_read_done, self._on_pe_done, self._on_de_join,
+                    self._on_de_event, self._on_pe_kick]  # indexed by event kind
         heap = self.heap
+        limit = math.inf if max_events is None else max_events
+        events = self.events
         # The loop allocates millions of short-lived acyclic objects; the cyclic collector would
         # rescan the (large, growing) live request state again and again for nothing.
         gc_enabled = gc.isenabled()
@@ -303,14 +305,15 @@ class Simulator:
             while heap:
                 t, _, kind, a, b = heapq.heappop(heap)
                 self.now = t
-                self.events += 1
+                events += 1
                 handlers[kind](a, b)
-                if progress and not self.events % 20000:
+                if progress and not events % 20000:
                     bar.update(self._completed - shown)
                     shown = self._completed
-                if max_events is not None and self.events >= max_events:
+                if events >= limit:
                     break
         finally:
+            self.events = events
             if gc_enabled:
                 gc.enable()
         bar.close()
@@ -332,18 +335,18 @@ class Simulator:
     # ---- agents ---------------------------------------------------------------------------------
     def _agent_rounds(self, agent: int) -> tuple:
         a = self.agents[agent]
-        rounds = self._rounds[agent] = (
-            np.asarray(a.append).tolist(), np.asarray(a.gen).tolist(),
-            None if a.hit is None else np.asarray(a.hit).tolist(),
+        rounds = self._rounds[agent] = (  # Python ints (and floats) from here on
+            np.asarray(a.append, np.int64).tolist(), np.asarray(a.gen, np.int64).tolist(),
+            None if a.hit is None else np.asarray(a.hit, np.int64).tolist(),
             None if a.think_s is None else np.asarray(a.think_s, np.float64).tolist())
         return rounds
 
     def _on_arrive(self, agent: int, _):
         append_r, gen_r, hit_r, _think = self._rounds[agent] or self._agent_rounds(agent)
         r = self.agent_round[agent]
-        append, gen = int(append_r[r]), int(gen_r[r])
+        append, gen = append_r[r], gen_r[r]
         context = self.agent_context[agent]
-        hit = context if hit_r is None else min(int(hit_r[r]), context)
+        hit = context if hit_r is None else min(hit_r[r], context)
         rid = self._issued
         self._issued = rid + 1
         R = self.R
@@ -461,7 +464,7 @@ class Simulator:
     def _issue_read(self, node: int, rid: int, nbytes: float):
         self.buffer_free[node] -= nbytes
         start, end = reserve(self._read_path[node], nbytes, self.now)
-        self.snic_samples[self.snic_r[node].name].append((start, end, nbytes))
+        self._snic_samples_of[node].append((start, end, nbytes))
         self._push(end, _READ_DONE, rid)
 
     def _release_buffer(self, node: int, nbytes: float):
@@ -475,8 +478,8 @@ class Simulator:
             self._issue_read(node, rid, b)
 
     def _on_read_done(self, rid: int, _):
-        self._reads[rid] -= 1
-        if self._reads[rid] > 0:
+        left = self._reads[rid] = self._reads[rid] - 1
+        if left > 0:
             return
         R = self.R
         R["read_done_s"][rid] = self.now
@@ -565,9 +568,11 @@ class Simulator:
         if in_bytes > 0:
             b_pe, b_de = in_bytes * (1 - de_share), in_bytes * de_share
             if b_pe > 0:
-                in_end = max(in_end, reserve(self._to_hbm_path[pe], b_pe, now)[1])
+                in_end = reserve(self._to_hbm_path[pe], b_pe, now)[1]
             if b_de > 0:
-                in_end = max(in_end, reserve((self.dram[dn], self.cnic_out[de], self.cnic_in[pe]), b_de, now)[1])
+                end = reserve((self.dram[dn], self.cnic_out[de], self.cnic_in[pe]), b_de, now)[1]
+                if end > in_end:
+                    in_end = end
         out_bytes = bsz * kvb
         if first_chunk:
             out_bytes += hit * (1 - de_share) * kvb  # PE-side hit KV goes to the DE buffer too
@@ -657,11 +662,11 @@ class Simulator:
         unit = self.de_units[u]
         self._de_advance(unit)
         unit.last_t += self.cfg.de_join_s  # the unit decodes nothing while it admits the request
-        ctx = R["hit_tokens"][rid] + R["append_tokens"][rid]
+        mean_ctx = R["hit_tokens"][rid] + R["append_tokens"][rid] + (gen - 1) / 2.0  # context over the decode
         batch = self.de_batch[de] = self.de_batch[de] + 1
-        ctx_sum = self.de_ctx[de] = self.de_ctx[de] + (ctx + (gen - 1) / 2.0)  # mean context over the decode
+        ctx_sum = self.de_ctx[de] = self.de_ctx[de] + mean_ctx
         self.de_step[de] = self.de_model.decode_step_s(batch, ctx_sum)
-        heapq.heappush(unit.heap, (unit.steps + (gen - 1), rid))
+        heapq.heappush(unit.heap, (unit.steps + (gen - 1), rid, de, mean_ctx))
         self._de_reschedule(u)
         R["second_token_s"][rid] = unit.last_t + unit.step_s
 
@@ -674,15 +679,12 @@ class Simulator:
         heap = unit.heap
         due = unit.steps + 1e-9
         if heap and heap[0][0] <= due:
-            R = self.R
-            R_de, hit, app, gen = R["de"], R["hit_tokens"], R["append_tokens"], R["gen_tokens"]
             de_batch, de_ctx = self.de_batch, self.de_ctx
             changed = set()
             while heap and heap[0][0] <= due:
-                rid = heapq.heappop(heap)[1]
-                de = R_de[rid]
+                _, rid, de, mean_ctx = heapq.heappop(heap)
                 de_batch[de] -= 1
-                de_ctx[de] -= hit[rid] + app[rid] + (gen[rid] - 1) / 2.0
+                de_ctx[de] -= mean_ctx
                 changed.add(de)
                 self._complete(rid)
             step_s = self.de_model.decode_step_s

@@ -97,7 +97,9 @@ class ComputeModel:
         total = (first + last) * bsz / 2.0
         if cap is None or last <= cap:
             return total
-        lo = max(first, cap + 1.0)
+        lo = cap + 1.0
+        if first > lo:
+            lo = first
         n_over = last - lo + 1.0
         return total - (lo + last) * n_over / 2.0 + cap * n_over
 
@@ -108,12 +110,13 @@ class ComputeModel:
         """
         if isinstance(cached, (int, float)):
             cached, bsz = (cached,), (bsz,)
+        keys, sk, si, topk = self._keys, self.s_per_key, self.s_per_index_key, self.topk
         t = 0.0
         for c, b in zip(cached, bsz):
             if b > 0:
-                t += self.s_per_key * self._keys(c, b, self.topk)
-                if self.s_per_index_key:
-                    t += self.s_per_index_key * self._keys(c, b, None)
+                t += sk * keys(c, b, topk)
+                if si:
+                    t += si * keys(c, b, None)
         return t
 
     def time_s(self, cached: int, bsz: int) -> float:
@@ -165,8 +168,8 @@ class ComputeModel:
         """Seconds of one decode step of ``batch`` sequences holding ``context_tokens`` KV in total."""
         if batch <= 0:
             return 0.0
-        if self.topk is not None:  # DSA reads at most top-k KV entries per sequence
-            context_tokens = min(context_tokens, batch * self.topk)
+        if self.topk is not None and context_tokens > batch * self.topk:
+            context_tokens = batch * self.topk  # DSA reads at most top-k KV entries per sequence
         return self.decode_overhead_s + self.s_per_sequence * batch + self.s_per_context_token * context_tokens
 
     def prefill_tokens_per_s(self, context_tokens: int, append_tokens: int, batch: int = 4) -> float:

@@ -102,9 +102,10 @@ def reserve(servers, nbytes: float, earliest: float) -> tuple[float, float]:
     two- and three-hop paths (every path the simulator reserves) take unrolled branches that do
     the same arithmetic as the general loop.
     """
-    if nbytes <= 0 or not servers:
+    hops = len(servers)
+    if nbytes <= 0 or not hops:
         return earliest, earliest
-    if len(servers) == 2:
+    if hops == 2:
         a, b = servers
         fa, fb = a.free_at, b.free_at
         start = earliest
@@ -124,7 +125,7 @@ def reserve(servers, nbytes: float, earliest: float) -> tuple[float, float]:
         a.busy_s += da
         b.busy_s += db
         return start, end
-    if len(servers) == 3:
+    if hops == 3:
         a, b, c = servers
         fa, fb, fc = a.free_at, b.free_at, c.free_at
         start = earliest
