@@ -10,8 +10,12 @@ Command:
 Expected run time on a 2-core CPU: about 1 minute; ``:quick`` (512 agents) about 25 s;
 ``:tiny`` seconds.
 Output: balance.json, balance.md/.csv (per variant: JCT, SNIC Max/Avg mean / median / p90,
-attention Max/Avg mean, first-5% mean, p90), balance_snic.csv, balance_attention.csv,
-balance_snic.png, balance_attention.png, and ``name: value`` lines (mean ratios per variant).
+attention Max/Avg mean, first-5% mean and first-5% time-weighted, whole-run time-weighted, p90,
+forwards, requests per PE-group forward), balance_snic.csv, balance_attention.csv,
+balance_snic.png, balance_attention.png, and ``name: value`` lines (ratios per variant).
+
+``sim.beta_s`` (Algorithm 1's beta in seconds of one engine's prefill rate, default 5) is exposed
+for sensitivity runs, e.g. ``--config.sim.beta_s=0.5``.
 """
 
 import ml_collections
@@ -27,7 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.variants = ("dpl", "dualpath")
     config.workload = ml_collections.ConfigDict({"mal": "64K", "token_divisor": 1, "num_base": 500})
     config.sim = ml_collections.ConfigDict({"model": "deepseek-v3.2", "prefill_nodes": 2, "decode_nodes": 4,
-                                            "kv_dtype": "fp8", "weight_dtype": "fp8", "hardware": {}})
+                                            "kv_dtype": "fp8", "weight_dtype": "fp8", "beta_s": 5.0,
+                                            "hardware": {}})
     if arg == "quick":
         config.num_agents = 512
     elif arg == "tiny":

@@ -208,6 +208,17 @@ def test_attention_balance_of_a_group_forward_hand_computed():
     assert r["first_token_s"].tolist() == pytest.approx([FETCH + 0.01 + a_big] * 2, rel=1e-12)
 
 
+def test_attention_weighted_over_the_first_forwards():
+    """Time-weighted Max/Avg: sum of the slowest members' seconds over the sum of the means."""
+    import types
+    from dualpath_jax.sim.experiment import attention_weighted
+    res = types.SimpleNamespace(attention_s=np.array([[2.0, 1.0], [3.0, 1.0], [9.0, 1.0]]))
+    assert attention_weighted(res) == pytest.approx(14.0 / 3.0, rel=1e-12)
+    assert attention_weighted(res, 1) == pytest.approx(2.0, rel=1e-12)
+    assert attention_weighted(res, 2) == pytest.approx(2.5, rel=1e-12)
+    assert np.isnan(attention_weighted(types.SimpleNamespace(attention_s=np.zeros((0, 2)))))
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_reserve_follows_the_pipelined_fifo_rule(seed):
     """Random paths of 1-4 hops and issue times: the slowest hop (the first of the lowest rate) is

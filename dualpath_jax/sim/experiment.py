@@ -82,11 +82,11 @@ def summarize(result: SimResult, ts: TrajectorySet | None, *, window_s: float = 
     return out
 
 
-def attention_weighted(result) -> float:
+def attention_weighted(result, forwards: int | None = None) -> float:
     """Sum over PE-group forwards of the slowest member's attention seconds over the sum of the
     members' mean (1 = no time lost to imbalance); unlike the per-forward mean it is not dominated
-    by many small forwards."""
-    a = result.attention_s
+    by many small forwards. ``forwards``: only the first that many forwards (default: all)."""
+    a = result.attention_s if forwards is None else result.attention_s[:forwards]
     return float(a[:, 0].sum() / a[:, 1].sum()) if a.size and a[:, 1].sum() > 0 else float("nan")
 
 

@@ -260,15 +260,19 @@ def balance(config, workdir: Path, log=print) -> dict:
         t, snic = storage_nic_max_avg(tt, sorted(res.snic_samples), float(config.window_s), start_s=0.0,
                                       end_s=res.end_s) if len(starts) else (np.zeros(0), np.zeros(0))
         attn = np.asarray(res.attention_ratio, np.float64)
-        head = attn[:max(1, int(np.ceil(len(attn) * float(config.head_fraction))))] if attn.size else attn
+        n_head = max(1, int(np.ceil(len(attn) * float(config.head_fraction))))
+        head = attn[:n_head] if attn.size else attn
+        forwards = int(res.units["pe_forwards"].sum())
         finite = snic[np.isfinite(snic)]
         stat = lambda a, f: float(f(a)) if a.size else float("nan")  # noqa: E731
         p90 = lambda a: np.percentile(a, 90)  # noqa: E731
         rows.append({"variant": v, "jct_s": res.end_s, "snic_max_avg_mean": stat(finite, np.mean),
                      "snic_max_avg_p50": stat(finite, np.median), "snic_max_avg_p90": stat(finite, p90),
                      "attn_max_avg_mean": stat(attn, np.mean), "attn_max_avg_head_mean": stat(head, np.mean),
+                     "attn_max_avg_head_weighted": attention_weighted(res, n_head),
                      "attn_max_avg_weighted": attention_weighted(res),
-                     "attn_max_avg_p90": stat(attn, p90), "forwards": int(attn.size)})
+                     "attn_max_avg_p90": stat(attn, p90), "forwards": int(attn.size),
+                     "requests_per_forward": float(res.units["pe_batch_requests"].sum()) / forwards if forwards else float("nan")})
         log(f"  {v:9s} JCT {res.end_s:8.1f} s  SNIC Max/Avg mean {rows[-1]['snic_max_avg_mean']:.3f}  "
             f"attention Max/Avg mean {rows[-1]['attn_max_avg_mean']:.3f}")
         snic_series[v] = (t, snic)
@@ -295,5 +299,7 @@ def balance(config, workdir: Path, log=print) -> dict:
         named[f"snic_max_avg_p50_{r['variant']}"] = r["snic_max_avg_p50"]
         named[f"attn_max_avg_mean_{r['variant']}"] = r["attn_max_avg_mean"]
         named[f"attn_max_avg_head_mean_{r['variant']}"] = r["attn_max_avg_head_mean"]
+        named[f"attn_max_avg_head_weighted_{r['variant']}"] = r["attn_max_avg_head_weighted"]
+        named[f"requests_per_forward_{r['variant']}"] = r["requests_per_forward"]
         named[f"attn_max_avg_weighted_{r['variant']}"] = r["attn_max_avg_weighted"]
     return named
