@@ -10,9 +10,9 @@ Command:
 Expected run time on a 2-core CPU: about 1 minute; ``:quick`` (512 agents) about 25 s;
 ``:tiny`` seconds.
 Output: balance.json, balance.md/.csv (per variant: JCT, SNIC Max/Avg mean / median / p90,
-attention Max/Avg mean, first-5% mean and first-5% time-weighted, whole-run time-weighted, p90,
-forwards, requests per PE-group forward), balance_snic.csv, balance_attention.csv,
-balance_snic.png, balance_attention.png, and ``name: value`` lines (ratios per variant).
+attention Max/Avg mean, first-5% mean, first-5% and whole-run weighted by attention time, p90,
+forwards, request chunks per PE-group forward), balance_snic.csv, balance_attention.csv,
+balance_snic.png, balance_attention.png, and ``name: value`` lines (per variant).
 
 ``sim.beta_s`` (Algorithm 1's beta in seconds of one engine's prefill rate, default 5) is exposed
 for sensitivity runs, e.g. ``--config.sim.beta_s=0.5``.

@@ -2,6 +2,7 @@
 conservation and config validation."""
 
 import dataclasses
+import types
 
 import numpy as np
 import pytest
@@ -112,6 +113,13 @@ def test_invalid_sim_configs_name_field():
         Simulator(SimConfig(), [agent([2_000_000], [2])])
     with pytest.raises(ConfigError, match=r"agents\[0\]"):
         Simulator(SimConfig(), [agent([10, 10], [2])])
+    two = dict(arrival_s=0.0, append=np.array([10, 10]), gen=np.array([2, 2]))
+    with pytest.raises(ConfigError, match=r"agents\[1\]\.hit"):
+        Simulator(SimConfig(), [agent([10], [2]), SimAgent(**two, hit=np.array([0.0, np.nan]))])
+    with pytest.raises(ConfigError, match=r"agents\[0\]\.hit"):
+        Simulator(SimConfig(), [SimAgent(**two, hit=np.array([0]))])
+    with pytest.raises(ConfigError, match=r"agents\[0\]\.think_s"):
+        Simulator(SimConfig(), [SimAgent(**two, think_s=np.array([0.0, -1.0]))])
 
 
 def test_fit_compute_model_recovers_known_coefficients():
@@ -209,13 +217,13 @@ def test_attention_balance_of_a_group_forward_hand_computed():
 
 
 def test_attention_weighted_over_the_first_forwards():
-    """Time-weighted Max/Avg: sum of the slowest members' seconds over the sum of the means."""
-    import types
+    """Attention-time-weighted Max/Avg: sum of the slowest members' seconds over the sum of the means."""
     from dualpath_jax.sim.experiment import attention_weighted
     res = types.SimpleNamespace(attention_s=np.array([[2.0, 1.0], [3.0, 1.0], [9.0, 1.0]]))
     assert attention_weighted(res) == pytest.approx(14.0 / 3.0, rel=1e-12)
     assert attention_weighted(res, 1) == pytest.approx(2.0, rel=1e-12)
     assert attention_weighted(res, 2) == pytest.approx(2.5, rel=1e-12)
+    assert np.isnan(attention_weighted(res, 0))
     assert np.isnan(attention_weighted(types.SimpleNamespace(attention_s=np.zeros((0, 2)))))
 
 

@@ -201,6 +201,10 @@ def test_snic_balance_dualpath_beats_round_robin_when_storage_bound(tmp_path):
     assert named["snic_max_avg_p50_dpl"] == pytest.approx(1.5, abs=0.05)
     assert named["snic_max_avg_p50_dualpath"] < named["snic_max_avg_p50_dpl"] - 0.2
     assert named["snic_max_avg_mean_dualpath"] < named["snic_max_avg_mean_dpl"]
+    for v in ("dpl", "dualpath"):  # Max/Avg of an 8-engine group lies in [1, 8]; each forward runs >= 1 chunk
+        assert 1.0 <= named[f"attn_max_avg_head_weighted_{v}"] <= 8.0
+        assert 1.0 <= named[f"attn_max_avg_weighted_{v}"] <= 8.0
+        assert named[f"chunks_per_forward_{v}"] >= 1.0
 
 
 def test_de_nodes_share_requests_when_storage_bound():

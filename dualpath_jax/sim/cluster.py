@@ -239,6 +239,14 @@ class Simulator:
             if len(a.append) != len(a.gen) or len(a.append) == 0:
                 raise ConfigError(f"agents[{i}]", f"append and gen must be non-empty and equally long "
                                   f"(got {len(a.append)} and {len(a.gen)})")
+            for name in ("hit", "think_s"):  # optional, one finite value >= 0 per round
+                v = getattr(a, name)
+                if v is None:
+                    continue
+                arr = np.asarray(v, np.float64)
+                if arr.shape != (len(a.append),) or not np.all(np.isfinite(arr)) or np.any(arr < 0):
+                    raise ConfigError(f"agents[{i}].{name}", f"needs {len(a.append)} finite values >= 0, one per "
+                                      f"round (got {np.asarray(v).tolist()!r:.80})")
         if not self.agents:
             self._flat = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64))
             return

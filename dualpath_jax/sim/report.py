@@ -37,9 +37,9 @@ PAPER_CLAIMS = (
     ("Eq. 9 lower bound on P/D for g = 8, s = 1, M = 500 GB/s, Bs = 50 GB/s (section 4.2)", "1/7 = 0.143",
      "pd_sweep", "eq9_lower"),
     ("Eq. 9 upper bound on P/D, same hardware (section 4.2)", "7/2 = 3.5", "pd_sweep", "eq9_upper"),
-    ("Attention-time Max/Avg across a group's GPUs in the first 5% of the run, DualPath (Fig. 14)", "1.06",
+    ("Attention-time Max/Avg across a group's GPUs in the run's first 5% of forwards, DualPath (Fig. 14)", "1.06",
      "balance", "attn_max_avg_head_mean_dualpath"),
-    ("The same, weighted by forward time (sum of max / sum of mean over those forwards)", "1.06 (per forward)",
+    ("The same, weighted by attention time (sum of max / sum of mean over those forwards)", "1.06 (per forward)",
      "balance", "attn_max_avg_head_weighted_dualpath"),
 )
 """(claim, paper value, study, headline key)."""

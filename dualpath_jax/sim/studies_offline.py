@@ -243,8 +243,11 @@ def balance(config, workdir: Path, log=print) -> dict:
     ``config.window_s`` and attention-time Max/Avg across the engines of a PE group per forward,
     for each variant (``config.variants``: round-robin "dpl" vs "dualpath", both dual-path
     loading), offline. The attention plot shows the first ``config.head_fraction`` of the
-    forwards. Writes ``balance.json``, ``balance.md/.csv``, ``balance_snic.csv``,
-    ``balance_attention.csv``, ``balance_snic.png``, ``balance_attention.png``."""
+    forwards; ``attn_max_avg_head_weighted`` is their Max/Avg weighted by attention time
+    (:func:`attention_weighted`), ``chunks_per_forward`` the batch entries (whole requests or
+    chunked-prefill pieces) per PE-unit forward over the run. Writes ``balance.json``,
+    ``balance.md/.csv``, ``balance_snic.csv``, ``balance_attention.csv``, ``balance_snic.png``,
+    ``balance_attention.png``."""
     workdir = Path(workdir)
     base = sim_config(config.sim)
     wl = workload_for(config, num_agents=int(config.num_agents))
@@ -262,7 +265,8 @@ def balance(config, workdir: Path, log=print) -> dict:
         attn = np.asarray(res.attention_ratio, np.float64)
         n_head = max(1, int(np.ceil(len(attn) * float(config.head_fraction))))
         head = attn[:n_head] if attn.size else attn
-        forwards = int(res.units["pe_forwards"].sum())
+        pe_forwards = int(res.units["pe_forwards"].sum())  # of PE units (groups with ep_sync, else engines)
+        chunks = float(res.units["pe_batch_requests"].sum())  # whole requests and chunked-prefill pieces
         finite = snic[np.isfinite(snic)]
         stat = lambda a, f: float(f(a)) if a.size else float("nan")  # noqa: E731
         p90 = lambda a: np.percentile(a, 90)  # noqa: E731
@@ -272,7 +276,7 @@ def balance(config, workdir: Path, log=print) -> dict:
                      "attn_max_avg_head_weighted": attention_weighted(res, n_head),
                      "attn_max_avg_weighted": attention_weighted(res),
                      "attn_max_avg_p90": stat(attn, p90), "forwards": int(attn.size),
-                     "requests_per_forward": float(res.units["pe_batch_requests"].sum()) / forwards if forwards else float("nan")})
+                     "chunks_per_forward": chunks / pe_forwards if pe_forwards else float("nan")})
         log(f"  {v:9s} JCT {res.end_s:8.1f} s  SNIC Max/Avg mean {rows[-1]['snic_max_avg_mean']:.3f}  "
             f"attention Max/Avg mean {rows[-1]['attn_max_avg_mean']:.3f}")
         snic_series[v] = (t, snic)
@@ -300,6 +304,6 @@ def balance(config, workdir: Path, log=print) -> dict:
         named[f"attn_max_avg_mean_{r['variant']}"] = r["attn_max_avg_mean"]
         named[f"attn_max_avg_head_mean_{r['variant']}"] = r["attn_max_avg_head_mean"]
         named[f"attn_max_avg_head_weighted_{r['variant']}"] = r["attn_max_avg_head_weighted"]
-        named[f"requests_per_forward_{r['variant']}"] = r["requests_per_forward"]
         named[f"attn_max_avg_weighted_{r['variant']}"] = r["attn_max_avg_weighted"]
+        named[f"chunks_per_forward_{r['variant']}"] = r["chunks_per_forward"]
     return named
