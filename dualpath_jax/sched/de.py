@@ -67,7 +67,7 @@ def _target(private_queue: Sequence[SchedRequest], free: float, tok: int, n_engi
         if used + need > free:
             break
         used += need
-        fitting += req.hit_tokens + req.append_tokens
+        fitting += req.num_tokens
     return z_factor * (fitting + tok) / max(n_engines, 1)
 
 
@@ -99,7 +99,7 @@ def assign_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[Engin
         need = req.hbm_bytes
         if need > most_free:
             break  # no engine has room: the fetch ends
-        length = req.hit_tokens + req.append_tokens
+        length = req.num_tokens
         # the low set (tok + len <= Z) by min seq; if it is empty, the high set by min tok; the
         # engine must have the HBM; ties keep the lower id
         best, best_val = -1, 0

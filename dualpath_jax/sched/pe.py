@@ -78,7 +78,7 @@ def assign_pe(queue: Sequence[SchedRequest], group: Sequence[EngineLoad], read_q
                 best, best_long, best_tok = i, long_i, t
         if best < 0:
             break
-        tok[best] += req.hit_tokens + req.append_tokens
+        tok[best] += req.num_tokens
         seq[best] += 1
         if update_read_q:
             node = nodes[best]

@@ -149,7 +149,7 @@ class ClusterScheduler:
         placed = 0
         for a in out:
             private.popleft()
-            placed += a.request.hit_tokens + a.request.append_tokens
+            placed += a.request.num_tokens
         self._private_tok[group_id] -= placed
         self._n_pending_de -= len(out)
         self._group_tok[group_id] = group_tok + placed  # phase 2 adds len(r) to the chosen engine's tok

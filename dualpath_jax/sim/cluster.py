@@ -405,7 +405,7 @@ class Simulator:
                     for req, e, _ in sched.fetch_pe(gid, group_loads[gid], queues):
                         R_pe[req.request_id] = e
                         le = load[e]
-                        le.tok += req.hit_tokens + req.append_tokens
+                        le.tok += req.num_tokens
                         le.seq += 1
         else:
             self._pe_dirty.clear()
@@ -424,7 +424,7 @@ class Simulator:
                 for req, e, _ in sched.fetch_de(gid, group_loads[gid]):
                     R_de[req.request_id] = e
                     le = load[e]
-                    le.tok += req.hit_tokens + req.append_tokens
+                    le.tok += req.num_tokens
                     le.seq += 1
                     le.free_hbm_bytes -= req.hbm_bytes
                     self._start_read(req.request_id)
