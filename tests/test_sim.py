@@ -152,6 +152,30 @@ def test_explicit_compute_model_is_used():
         SimConfig(compute={"prefill_overhead_s": 1.0})
 
 
+def test_de_group_steps_at_its_slowest_members_pace():
+    """With ep_sync a DE group's step time is the max over its engines' step times (recomputed
+    from scratch here at every reschedule), while requests join and finish on several members."""
+
+    class Checked(Simulator):
+        checks = 0
+
+        def _de_reschedule(self, u):
+            unit = self.de_units[u]
+            assert len(unit.engines) == 8
+            assert unit.step_s == max(self.de_model.decode_step_s(self.de_batch[e], self.de_ctx[e])
+                                      for e in unit.engines)
+            Checked.checks += 1
+            super()._de_reschedule(u)
+
+    rng = np.random.default_rng(3)
+    agents = [agent(rng.integers(100, 900, 4), rng.integers(2, 300, 4), arrival=float(i) * 0.002) for i in range(40)]
+    cfg = SimConfig(loading="dual", prefill="layerwise", policy="dualpath")  # DS-V3.2: EP groups of 8
+    assert cfg.uses_ep_sync
+    res = Checked(cfg, agents).run()
+    assert not np.isnan(res.requests["finish_s"]).any() and Checked.checks >= 2 * 40 * 4
+    assert len(set(res.requests["de"].tolist())) > 1  # several members were loaded
+
+
 def test_de_join_stalls_the_units_decode():
     from dualpath_jax.sim.compute import ComputeModel
     model = ComputeModel(prefill_overhead_s=0.5, s_per_token=0.0, s_per_key=0.0, decode_overhead_s=0.1)

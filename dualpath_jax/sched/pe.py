@@ -17,6 +17,7 @@ Ties break on the lower engine id, so the result is deterministic.
 
 from __future__ import annotations
 
+import heapq
 import operator
 from collections.abc import Mapping, Sequence
 
@@ -67,25 +68,29 @@ def assign_pe(queue: Sequence[SchedRequest], group: Sequence[EngineLoad], read_q
     rq = dict(read_q)
     is_long = [rq.get(n, 0.0) > alpha_tokens for n in nodes]  # node in C3 (if not C1)
     out: list[Assignment] = []
+    # candidates keyed (in C3, tok_e, position): C2 before C3, then min tok_e, then the lower engine
+    # id; C1 (tok_e > beta) is left out. The head is the engine the next request goes to.
+    cand = [(is_long[i], t, i) for i, t in enumerate(tok) if t <= beta_tokens]
+    heapq.heapify(cand)
     for req in queue:
-        # one pass: C2 before C3, then min tok_e, then lower engine id; C1 (tok_e > beta) skipped
-        best, best_long, best_tok = -1, True, 0
-        for i, t in enumerate(tok):
-            if t > beta_tokens:
-                continue
-            long_i = is_long[i]
-            if best < 0 or long_i < best_long or (long_i == best_long and t < best_tok):
-                best, best_long, best_tok = i, long_i, t
-        if best < 0:
+        if not cand:
             break
-        tok[best] += req.num_tokens
+        long_b, t, best = cand[0]
+        tok[best] = t = t + req.num_tokens
         seq[best] += 1
+        out.append(Assignment(req, ordered[best].engine_id, "pe"))
         if update_read_q:
             node = nodes[best]
             q = rq[node] = rq.get(node, 0.0) + req.hit_tokens
-            if q > alpha_tokens:
+            if q > alpha_tokens and not long_b:  # the node's engines move to C3: re-rank them all
                 for i, n in enumerate(nodes):
                     if n == node:
                         is_long[i] = True
-        out.append(Assignment(req, ordered[best].engine_id, "pe"))
+                cand = [(is_long[i], t, i) for i, t in enumerate(tok) if t <= beta_tokens]
+                heapq.heapify(cand)
+                continue
+        if t <= beta_tokens:
+            heapq.heapreplace(cand, (long_b, t, best))
+        else:  # now in C1
+            heapq.heappop(cand)
     return out, ordered, tok, seq, rq

@@ -172,16 +172,13 @@ class ClusterScheduler:
         if not self._de_queue:
             return set()
         group_tok = {g: self._group_tok[g] + self._private_tok[g] for g in self.de_groups}
-        additions, _ = de.de_phase1(self._de_queue, group_tok)
+        additions, totals = de.de_phase1(self._de_queue, group_tok)
         self._de_queue.clear()
-        touched = set()
-        for g, reqs in additions.items():
-            if reqs:
-                touched.add(g)
-                self._private[g].extend(reqs)
-                self._private_tok[g] += sum(r.num_tokens for r in reqs)
-                self._n_pending_de += len(reqs)
-        return touched
+        for g, reqs in additions.items():  # only groups that received requests appear
+            self._private[g].extend(reqs)
+            self._private_tok[g] = totals[g] - self._group_tok[g]
+            self._n_pending_de += len(reqs)
+        return set(additions)
 
     def has_de_work(self, group_id: int) -> bool:
         """Whether a DE group has requests waiting for it (after phase 1)."""

@@ -207,7 +207,7 @@ class Simulator:
         self.snic_samples: dict[str, list] = {s.name: [] for s in self.snic_r}
         self._snic_samples_of = [self.snic_samples[s.name] for s in self.snic_r]  # by node
         self.heap: list = []
-        self._seq = 0
+        self._next_seq = itertools.count(1).__next__  # ties in time keep push order
         self.now = 0.0
         self.events = 0
         self._tick_pending = False
@@ -282,8 +282,7 @@ class Simulator:
         return max(int(ctx_sum / rounds), 1), max(int(int(append.sum()) / rounds), 1)
 
     def _push(self, t: float, kind: int, a=None, b=None):
-        self._seq += 1
-        heapq.heappush(self.heap, (t, self._seq, kind, a, b))
+        heapq.heappush(self.heap, (t, self._next_seq(), kind, a, b))
 
     # ---- main loop ------------------------------------------------------------------------------
     def run(self, *, max_events: int | None = None, progress: bool | None = None) -> SimResult:
@@ -635,14 +634,22 @@ class Simulator:
                 unit.steps += (self.now - unit.last_t) / unit.step_s
             unit.last_t = self.now
 
+    def _set_de_step(self, unit: _Unit, de: int, step_s: float):
+        """Set DE ``de``'s step time and keep ``unit.step_s`` the slowest member's (ep_sync): only
+        when the slowest member gets faster are the members scanned again."""
+        old = self.de_step[de]
+        self.de_step[de] = step_s
+        if step_s >= unit.step_s:
+            unit.step_s = step_s
+        elif old == unit.step_s:
+            unit.step_s = max(map(self.de_step.__getitem__, unit.engines))
+
     def _de_reschedule(self, u: int):
-        """Recompute the unit's step time and make sure an event fires no later than its next
-        completion. A pending event that is due earlier is kept (it fires, finds nothing due and
+        """Make sure an event fires no later than the unit's next completion at its current step
+        time. A pending event that is due earlier is kept (it fires, finds nothing due and
         reschedules), so joins between two completions cost no extra events."""
         unit = self.de_units[u]
-        engines = unit.engines
-        unit.step_s = step_s = (max(map(self.de_step.__getitem__, engines)) if len(engines) > 1
-                                else self.de_step[engines[0]])
+        step_s = unit.step_s
         if unit.heap:
             left = unit.heap[0][0] - unit.steps
             t = unit.last_t + (left if left > 0.0 else 0.0) * step_s
@@ -673,7 +680,7 @@ class Simulator:
         mean_ctx = R["hit_tokens"][rid] + R["append_tokens"][rid] + (gen - 1) / 2.0  # context over the decode
         batch = self.de_batch[de] = self.de_batch[de] + 1
         ctx_sum = self.de_ctx[de] = self.de_ctx[de] + mean_ctx
-        self.de_step[de] = self.de_model.decode_step_s(batch, ctx_sum)
+        self._set_de_step(unit, de, self.de_model.decode_step_s(batch, ctx_sum))
         heapq.heappush(unit.heap, (unit.steps + (gen - 1), rid, de, mean_ctx))
         self._de_reschedule(u)
         R["second_token_s"][rid] = unit.last_t + unit.step_s
@@ -697,7 +704,7 @@ class Simulator:
                 self._complete(rid)
             step_s = self.de_model.decode_step_s
             for de in changed:  # the step time after every completion of this instant
-                self.de_step[de] = step_s(de_batch[de], de_ctx[de])
+                self._set_de_step(unit, de, step_s(de_batch[de], de_ctx[de]))
         self._de_reschedule(u)
 
     def _complete(self, rid: int):
