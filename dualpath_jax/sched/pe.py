@@ -68,10 +68,15 @@ def assign_pe(queue: Sequence[SchedRequest], group: Sequence[EngineLoad], read_q
     rq = dict(read_q)
     is_long = [rq.get(n, 0.0) > alpha_tokens for n in nodes]  # node in C3 (if not C1)
     out: list[Assignment] = []
-    # candidates keyed (in C3, tok_e, position): C2 before C3, then min tok_e, then the lower engine
-    # id; C1 (tok_e > beta) is left out. The head is the engine the next request goes to.
-    cand = [(is_long[i], t, i) for i, t in enumerate(tok) if t <= beta_tokens]
-    heapq.heapify(cand)
+
+    def ranked() -> list:
+        """Candidates keyed (in C3, tok_e, position): C2 before C3, then min tok_e, then the lower
+        engine id; C1 (tok_e > beta) is left out. The head is the engine the next request goes to."""
+        heap = [(is_long[i], t, i) for i, t in enumerate(tok) if t <= beta_tokens]
+        heapq.heapify(heap)
+        return heap
+
+    cand = ranked()
     for req in queue:
         if not cand:
             break
@@ -86,8 +91,7 @@ def assign_pe(queue: Sequence[SchedRequest], group: Sequence[EngineLoad], read_q
                 for i, n in enumerate(nodes):
                     if n == node:
                         is_long[i] = True
-                cand = [(is_long[i], t, i) for i, t in enumerate(tok) if t <= beta_tokens]
-                heapq.heapify(cand)
+                cand = ranked()
                 continue
         if t <= beta_tokens:
             heapq.heapreplace(cand, (long_b, t, best))
