@@ -11,8 +11,10 @@ Expected run time on a 2-core CPU: about 1 minute; ``:quick`` (512 agents) about
 ``:tiny`` seconds.
 Output: balance.json, balance.md/.csv (per variant: JCT, SNIC Max/Avg mean / median / p90,
 attention Max/Avg mean, first-5% mean, first-5% and whole-run weighted by attention time, p90,
-forwards, request chunks per PE-group forward), balance_snic.csv, balance_attention.csv,
-balance_snic.png, balance_attention.png, and ``name: value`` lines (per variant).
+forwards, share of forwards with every GPU of the group busy and their Max/Avg, request chunks per
+PE-group forward), balance_busy.md/.csv (forwards split by how many GPUs had attention work),
+balance_snic.csv, balance_attention.csv, balance_snic.png, balance_attention.png, and
+``name: value`` lines (per variant).
 
 ``sim.beta_s`` (Algorithm 1's beta in seconds of one engine's prefill rate, default 5) is exposed
 for sensitivity runs, e.g. ``--config.sim.beta_s=0.5``.

@@ -235,9 +235,40 @@ def test_attention_balance_of_a_group_forward_hand_computed():
     assert res.attention_s.shape == (1, 2)
     assert res.attention_s[0].tolist() == pytest.approx([a_big, (a_small + a_big) / 2], rel=1e-12)
     assert res.attention_ratio.tolist() == pytest.approx([2 * a_big / (a_small + a_big)], rel=1e-12)
+    assert res.attention_members.tolist() == [[2, 2]]
     assert attention_weighted(res) == pytest.approx(2 * a_big / (a_small + a_big), rel=1e-12)
     # the group waits for its slowest member: both first tokens come at the end of the longer forward
     assert r["first_token_s"].tolist() == pytest.approx([FETCH + 0.01 + a_big] * 2, rel=1e-12)
+
+
+def test_idle_group_members_count_as_zero_attention():
+    """Three equal requests on a four-engine PE group: one forward with three busy members, so
+    Max/Avg = a / (3a / 4) = 4/3 exactly, and the busy-member split reports that forward."""
+    from dualpath_jax.sim.compute import ComputeModel
+    from dualpath_jax.sim.experiment import attention_by_busy_members
+    model = ComputeModel(prefill_overhead_s=0.01, s_per_token=0.0, s_per_key=1e-6)
+    cfg = SimConfig(loading="oracle", compute=model, fetch_period_s=FETCH, prefill_nodes=1, decode_nodes=1,
+                    hardware=HardwareConfig(gpus_per_node=4), ep_sync=True)
+    res = simulate(cfg, [agent([200], [1]) for _ in range(3)])
+    assert sorted(res.requests["pe"]) == [0, 1, 2]
+    a = 1e-6 * 200 * 201 / 2
+    assert res.attention_s.shape == (1, 2)
+    assert res.attention_s[0].tolist() == pytest.approx([a, 3 * a / 4], rel=1e-12)
+    assert res.attention_members.tolist() == [[3, 4]]
+    assert attention_by_busy_members(res) == [pytest.approx(
+        {"busy": 3, "members": 4, "forwards": 1, "max_avg_mean": 4 / 3, "max_avg_weighted": 4 / 3}, rel=1e-12)]
+
+
+def test_attention_by_busy_members_groups_forwards():
+    from dualpath_jax.sim.experiment import attention_by_busy_members
+    res = types.SimpleNamespace(attention_s=np.array([[2.0, 1.0], [4.0, 1.0], [6.0, 3.0], [8.0, 1.0]]),
+                                attention_members=np.array([[4, 8], [2, 8], [4, 8], [1, 8]]))
+    rows = attention_by_busy_members(res)
+    assert [(r["busy"], r["members"], r["forwards"]) for r in rows] == [(1, 8, 1), (2, 8, 1), (4, 8, 2)]
+    assert rows[2]["max_avg_mean"] == pytest.approx(2.0) and rows[2]["max_avg_weighted"] == pytest.approx((2.0 + 6.0) / (1.0 + 3.0))
+    assert [r["busy"] for r in attention_by_busy_members(res, 2)] == [2, 4]
+    assert attention_by_busy_members(types.SimpleNamespace(attention_s=np.zeros((0, 2)),
+                                                           attention_members=np.zeros((0, 2), np.int64))) == []
 
 
 def test_attention_weighted_over_the_first_forwards():

@@ -1,6 +1,7 @@
 """The paper's simulator studies: the Eq. 9 analysis against the paper's numbers and hand-derived
 cases, every study end to end on its ``tiny`` config, and physical properties of storage-bound toys."""
 
+import csv
 import importlib.util
 import json
 import math
@@ -137,8 +138,8 @@ OUTPUTS = {
                "online_completion.png", "online.json"),
     "ttft_breakdown": ("ttft_breakdown.md", "ttft_breakdown.csv", "ttft_breakdown_dualpath.png", "ttft_breakdown.json"),
     "working_set": ("working_set.md", "working_set.csv", "working_set.png", "working_set.json"),
-    "balance": ("balance.md", "balance.csv", "balance_snic.csv", "balance_snic.png", "balance_attention.png",
-                "balance.json"),
+    "balance": ("balance.md", "balance.csv", "balance_busy.md", "balance_busy.csv", "balance_snic.csv",
+                "balance_snic.png", "balance_attention.png", "balance.json"),
     "table3": ("table3.md", "table3.csv", "table3.png", "table3.json"),
     "pd_sweep": ("pd_sweep.md", "pd_sweep.csv", "pd_sweep.png", "pd_sweep.json"),
 }
@@ -205,6 +206,14 @@ def test_snic_balance_dualpath_beats_round_robin_when_storage_bound(tmp_path):
         assert 1.0 <= named[f"attn_max_avg_head_weighted_{v}"] <= 8.0
         assert 1.0 <= named[f"attn_max_avg_weighted_{v}"] <= 8.0
         assert named[f"chunks_per_forward_{v}"] >= 1.0
+        assert 0.0 <= named[f"full_forward_share_head_{v}"] <= 1.0
+    rows = list(csv.DictReader((tmp_path / "balance_busy.csv").open()))
+    for v in ("dpl", "dualpath"):  # the per-busy-count rows partition the variant's forwards
+        mine = [r for r in rows if r["variant"] == v]
+        assert sum(int(r["forwards"]) for r in mine) == json.loads((tmp_path / "balance.json").read_text())[
+            "rows"][("dpl", "dualpath").index(v)]["forwards"]
+        for r in mine:  # k of n members busy: Max/Avg >= n / k (= when the busy ones are equal)
+            assert float(r["max_avg_mean"]) >= int(r["members"]) / int(r["busy"]) - 1e-9
 
 
 def test_de_nodes_share_requests_when_storage_bound():

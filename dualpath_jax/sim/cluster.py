@@ -92,6 +92,9 @@ class SimResult:
     attention_s: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2)))
     """Per PE-group forward ``f64[F, 2]``: (max, mean) attention seconds across the group's engines;
     ``sum(max) / sum(mean)`` is the share of attention time lost to imbalance, weighted by time."""
+    attention_members: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    """Per PE-group forward ``i64[F, 2]`` (rows as in ``attention_s``): engines with attention work in
+    the forward, and engines in the group. With ``k`` of ``n`` members equally busy, Max/Avg is ``n / k``."""
 
 
 class _Unit:
@@ -204,6 +207,7 @@ class Simulator:
         self.de_ctx = [0.0] * (n_pe + n_de)
         self.time_model = self.pe_model  # ComputeModel.time_s(cached, bsz): attention seconds of a forward
         self.attention_s: list[tuple[float, float]] = []  # per group forward: (max, mean) attention seconds
+        self.attention_members: list[tuple[int, int]] = []  # per group forward: (busy members, members)
         self.snic_samples: dict[str, list] = {s.name: [] for s in self.snic_r}
         self._snic_samples_of = [self.snic_samples[s.name] for s in self.snic_r]  # by node
         self.heap: list = []
@@ -337,7 +341,8 @@ class Simulator:
         attention = np.asarray(self.attention_s, np.float64).reshape(-1, 2)
         return SimResult(requests=requests, links=links, attention_ratio=attention[:, 0] / attention[:, 1],
                          snic_samples=self.snic_samples, events=self.events, end_s=end_s, units=units,
-                         attention_s=attention)
+                         attention_s=attention,
+                         attention_members=np.asarray(self.attention_members, np.int64).reshape(-1, 2))
 
     # ---- agents ---------------------------------------------------------------------------------
     def _agent_rounds(self, agent: int) -> tuple:
@@ -552,6 +557,7 @@ class Simulator:
             mean = sum(full) / len(full)
             if mean > 0:
                 self.attention_s.append((max(full), mean))
+                self.attention_members.append((sum([a > 0 for a in attn]), len(full)))
         unit.busy = True
         end = max(ends)
         self.pe_busy_s[u] += end - now

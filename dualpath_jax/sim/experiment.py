@@ -23,7 +23,7 @@ from dualpath_jax.workload import (TrajectorySet, offline_arrivals_s, paper_data
                                    root_indices, trajectory_start_times_s)
 
 __all__ = ["variant_config", "offline_starts", "online_starts", "summarize", "run_offline", "paper_workload",
-           "attention_weighted"]
+           "attention_weighted", "attention_by_busy_members"]
 
 
 def variant_config(base: SimConfig, variant: str) -> SimConfig:
@@ -88,6 +88,26 @@ def attention_weighted(result, forwards: int | None = None) -> float:
     by many small forwards. ``forwards``: only the first that many forwards (default: all)."""
     a = result.attention_s if forwards is None else result.attention_s[:forwards]
     return float(a[:, 0].sum() / a[:, 1].sum()) if a.size and a[:, 1].sum() > 0 else float("nan")
+
+
+def attention_by_busy_members(result, forwards: int | None = None) -> list[dict]:
+    """PE-group forwards grouped by how many members had attention work (``result.attention_members``).
+
+    Returns one row per (busy, members) pair, ascending: ``forwards`` (count), ``max_avg_mean``
+    (mean per-forward Max/Avg) and ``max_avg_weighted`` (:func:`attention_weighted` over them).
+    Members without work count as 0 s, so ``k`` of ``n`` equally busy members give exactly ``n / k``:
+    the rows separate idle members (too little ready work) from uneven batches of busy ones.
+    ``forwards``: only the first that many forwards (default: all)."""
+    members = result.attention_members if forwards is None else result.attention_members[:forwards]
+    a = result.attention_s if forwards is None else result.attention_s[:forwards]
+    rows = []
+    for busy, n in sorted({(int(b), int(m)) for b, m in members}):
+        sel = (members[:, 0] == busy) & (members[:, 1] == n)
+        part = a[sel]
+        rows.append({"busy": busy, "members": n, "forwards": int(sel.sum()),
+                     "max_avg_mean": float(np.mean(part[:, 0] / part[:, 1])),
+                     "max_avg_weighted": float(part[:, 0].sum() / part[:, 1].sum())})
+    return rows
 
 
 def run_offline(base: SimConfig, ts: TrajectorySet, variants: Sequence[str], *, log=print,

@@ -24,7 +24,7 @@ from dualpath_jax.metrics.traffic import storage_nic_max_avg
 from dualpath_jax.sim import analysis
 from dualpath_jax.sim.adapters import agents_from_trajectories, snic_transfers
 from dualpath_jax.sim.cluster import Simulator
-from dualpath_jax.sim.experiment import attention_weighted, offline_starts, variant_config
+from dualpath_jax.sim.experiment import attention_by_busy_members, attention_weighted, offline_starts, variant_config
 from dualpath_jax.sim.studies_common import (cluster_label, offline_run, parse_cluster, plot_panels, ratio,
                                              sim_config, workload_for)
 
@@ -245,15 +245,19 @@ def balance(config, workdir: Path, log=print) -> dict:
     loading), offline. The attention plot shows the first ``config.head_fraction`` of the
     forwards; ``attn_max_avg_head_weighted`` is their Max/Avg weighted by attention time
     (:func:`attention_weighted`), ``chunks_per_forward`` the batch entries (whole requests or
-    chunked-prefill pieces) per PE-unit forward over the run. Writes ``balance.json``,
-    ``balance.md/.csv``, ``balance_snic.csv``, ``balance_attention.csv``, ``balance_snic.png``,
-    ``balance_attention.png``."""
+    chunked-prefill pieces) per PE-unit forward over the run. ``full_forward_share[_head]`` is the
+    share of forwards in which every member had attention work and ``attn_max_avg[_head]_full_mean``
+    their mean Max/Avg: a member without ready work counts 0 s, so forwards of a partly idle group
+    are far from 1 however well the busy members are balanced (``balance_busy.md/.csv`` splits the
+    forwards by busy members, :func:`attention_by_busy_members`). Writes ``balance.json``,
+    ``balance.md/.csv``, ``balance_busy.md/.csv``, ``balance_snic.csv``, ``balance_attention.csv``,
+    ``balance_snic.png``, ``balance_attention.png``."""
     workdir = Path(workdir)
     base = sim_config(config.sim)
     wl = workload_for(config, num_agents=int(config.num_agents))
     ts = wl.build()
     agents = agents_from_trajectories(ts, offline_starts(ts))
-    rows, snic_series, attn_series, snic_rows, attn_rows = [], {}, {}, [], []
+    rows, snic_series, attn_series, snic_rows, attn_rows, busy_rows = [], {}, {}, [], [], []
     for v in config.variants:
         cfg = variant_config(base, v)
         res = Simulator(cfg, agents).run()
@@ -269,6 +273,7 @@ def balance(config, workdir: Path, log=print) -> dict:
         chunks = float(res.units["pe_batch_requests"].sum())  # whole requests and chunked-prefill pieces
         finite = snic[np.isfinite(snic)]
         stat = lambda a, f: float(f(a)) if a.size else float("nan")  # noqa: E731
+        full = res.attention_members[:, 0] == res.attention_members[:, 1]  # every member had attention work
         p90 = lambda a: np.percentile(a, 90)  # noqa: E731
         rows.append({"variant": v, "jct_s": res.end_s, "snic_max_avg_mean": stat(finite, np.mean),
                      "snic_max_avg_p50": stat(finite, np.median), "snic_max_avg_p90": stat(finite, p90),
@@ -276,15 +281,25 @@ def balance(config, workdir: Path, log=print) -> dict:
                      "attn_max_avg_head_weighted": attention_weighted(res, n_head),
                      "attn_max_avg_weighted": attention_weighted(res),
                      "attn_max_avg_p90": stat(attn, p90), "forwards": int(attn.size),
+                     "full_forward_share": stat(full, np.mean), "full_forward_share_head": stat(full[:n_head], np.mean),
+                     "attn_max_avg_full_mean": stat(attn[full], np.mean),
+                     "attn_max_avg_head_full_mean": stat(head[full[:n_head]], np.mean),
                      "chunks_per_forward": chunks / pe_forwards if pe_forwards else float("nan")})
         log(f"  {v:9s} JCT {res.end_s:8.1f} s  SNIC Max/Avg mean {rows[-1]['snic_max_avg_mean']:.3f}  "
             f"attention Max/Avg mean {rows[-1]['attn_max_avg_mean']:.3f}")
+        head_rows = {(r["busy"], r["members"]): r for r in attention_by_busy_members(res, n_head)}
+        for r in attention_by_busy_members(res):
+            h = head_rows.get((r["busy"], r["members"]), {"forwards": 0, "max_avg_mean": float("nan")})
+            busy_rows.append({"variant": v, **r, "head_forwards": h["forwards"], "head_max_avg_mean": h["max_avg_mean"]})
         snic_series[v] = (t, snic)
         attn_series[v] = head
         snic_rows += [{"variant": v, "window_start_s": float(a), "snic_max_avg": float(b)} for a, b in zip(t, snic)]
         attn_rows += [{"variant": v, "forward": i, "attention_max_avg": float(b)} for i, b in enumerate(head)]
     title = f"{base.model} {cluster_label(base)}, MAL {wl.mal}, {wl.num_agents} agents"
     writers.write_table(workdir / "balance", rows, title=f"Load balance (Fig. 13-14): {title}")
+    writers.write_table(workdir / "balance_busy", busy_rows,
+                        title=f"Attention Max/Avg by members with work per PE-group forward (whole run; head: first "
+                              f"{float(config.head_fraction):.0%}): {title}")
     writers.write_table(workdir / "balance_snic", snic_rows)
     writers.write_table(workdir / "balance_attention", attn_rows)
     plot_panels(workdir / "balance_snic.png", [{
@@ -305,5 +320,7 @@ def balance(config, workdir: Path, log=print) -> dict:
         named[f"attn_max_avg_head_mean_{r['variant']}"] = r["attn_max_avg_head_mean"]
         named[f"attn_max_avg_head_weighted_{r['variant']}"] = r["attn_max_avg_head_weighted"]
         named[f"attn_max_avg_weighted_{r['variant']}"] = r["attn_max_avg_weighted"]
+        named[f"full_forward_share_head_{r['variant']}"] = r["full_forward_share_head"]
+        named[f"attn_max_avg_head_full_mean_{r['variant']}"] = r["attn_max_avg_head_full_mean"]
         named[f"chunks_per_forward_{r['variant']}"] = r["chunks_per_forward"]
     return named
