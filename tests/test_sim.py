@@ -265,7 +265,8 @@ def test_attention_by_busy_members_groups_forwards():
                                 attention_members=np.array([[4, 8], [2, 8], [4, 8], [1, 8]]))
     rows = attention_by_busy_members(res)
     assert [(r["busy"], r["members"], r["forwards"]) for r in rows] == [(1, 8, 1), (2, 8, 1), (4, 8, 2)]
-    assert rows[2]["max_avg_mean"] == pytest.approx(2.0) and rows[2]["max_avg_weighted"] == pytest.approx((2.0 + 6.0) / (1.0 + 3.0))
+    assert rows[2]["max_avg_mean"] == pytest.approx(2.0)
+    assert rows[2]["max_avg_weighted"] == pytest.approx((2.0 + 6.0) / (1.0 + 3.0))
     assert [r["busy"] for r in attention_by_busy_members(res, 2)] == [2, 4]
     assert attention_by_busy_members(types.SimpleNamespace(attention_s=np.zeros((0, 2)),
                                                            attention_members=np.zeros((0, 2), np.int64))) == []

@@ -86,7 +86,12 @@ def attention_weighted(result, forwards: int | None = None) -> float:
     """Sum over PE-group forwards of the slowest member's attention seconds over the sum of the
     members' mean (1 = no time lost to imbalance); unlike the per-forward mean it is not dominated
     by many small forwards. ``forwards``: only the first that many forwards (default: all)."""
-    a = result.attention_s if forwards is None else result.attention_s[:forwards]
+    return _weighted_max_avg(result.attention_s if forwards is None else result.attention_s[:forwards])
+
+
+def _weighted_max_avg(attention_s: np.ndarray) -> float:
+    """``sum(max) / sum(mean)`` over rows ``f64[F, 2]`` of (max, mean) attention seconds; NaN if none."""
+    a = attention_s
     return float(a[:, 0].sum() / a[:, 1].sum()) if a.size and a[:, 1].sum() > 0 else float("nan")
 
 
@@ -106,7 +111,7 @@ def attention_by_busy_members(result, forwards: int | None = None) -> list[dict]
         part = a[sel]
         rows.append({"busy": busy, "members": n, "forwards": int(sel.sum()),
                      "max_avg_mean": float(np.mean(part[:, 0] / part[:, 1])),
-                     "max_avg_weighted": float(part[:, 0].sum() / part[:, 1].sum())})
+                     "max_avg_weighted": _weighted_max_avg(part)})
     return rows
 
 
