@@ -32,6 +32,11 @@ def test_one_request_idle_cluster_oracle():
     assert r["finish_s"][0] == pytest.approx(ttft + 49 * step, rel=1e-12)
     assert r["second_token_s"][0] == pytest.approx(ttft + step, rel=1e-12)
     assert res.end_s == pytest.approx(ttft + 49 * step, rel=1e-12)
+    # columns are plain writable arrays; the spent simulator refuses a second run
+    assert r["finish_s"].dtype == np.float64 and r["gen_tokens"].dtype == np.int64 and r["gen_tokens"][0] == 50
+    assert r["finish_s"].flags.writeable and r["pe"].shape == (1,)
+    with pytest.raises(RuntimeError, match="run already"):
+        sim.run()
 
 
 def test_second_round_pe_read_layerwise_hand_computed():
@@ -80,6 +85,16 @@ def test_storage_only_bottleneck_matches_bytes_over_snic_rate(loading, policy, s
     res = simulate(cfg, _storage_bound_agents(480, hit, bound / 4))
     assert res.end_s == pytest.approx(bound, rel=0.05)
     assert res.end_s >= bound
+    # each node's read samples: the SNIC (the slowest hop) serves reads one after another at its rate,
+    # and they carry exactly the bytes its counter holds
+    rate = cfg.hardware.node_snic_bytes_per_s
+    for name, s in res.snic_samples.items():
+        assert s.ndim == 2 and s.shape[1] == 3
+        start, finish, nbytes = s.T
+        np.testing.assert_allclose(finish - start, nbytes / rate, rtol=1e-9)
+        assert (start[1:] >= finish[:-1] - 1e-12).all()
+        assert nbytes.sum() == pytest.approx(res.links[name]["bytes"], rel=1e-12)
+    assert sum(len(s) for s in res.snic_samples.values()) >= 480
 
 
 def test_determinism_and_conservation():

@@ -53,12 +53,9 @@ def request_table(result: SimResult, ts: TrajectorySet | None = None) -> Request
 
 
 def snic_transfers(result: SimResult):
-    """SNIC read transfers as (link, start_s, finish_s, bytes) columns for the traffic metrics."""
-    links, starts, finishes, sizes = [], [], [], []
-    for name, samples in result.snic_samples.items():
-        for start, finish, nbytes in samples:
-            links.append(name)
-            starts.append(start)
-            finishes.append(finish)
-            sizes.append(nbytes)
-    return links, np.asarray(starts), np.asarray(finishes), np.asarray(sizes)
+    """SNIC read transfers as (link ``object[N]``, start_s ``f64[N]``, finish_s ``f64[N]``, bytes ``f64[N]``)
+    columns for the traffic metrics, node by node in issue order."""
+    samples = [np.asarray(a, np.float64).reshape(-1, 3) for a in result.snic_samples.values()]
+    rows = np.concatenate(samples) if samples else np.zeros((0, 3))
+    links = np.repeat(np.asarray(list(result.snic_samples), dtype=object), [len(a) for a in samples])
+    return links, rows[:, 0].copy(), rows[:, 1].copy(), rows[:, 2].copy()

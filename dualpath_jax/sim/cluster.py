@@ -28,6 +28,7 @@ Design (virtual time, one heap of events, no wall clock):
 
 from __future__ import annotations
 
+import array
 import collections
 import dataclasses
 import gc
@@ -85,7 +86,8 @@ class SimResult:
     requests: dict[str, np.ndarray]
     links: dict[str, dict[str, float]]
     attention_ratio: np.ndarray  # per PE-group forward: max/avg attention seconds across members
-    snic_samples: dict[str, list[tuple[float, float, float]]]
+    snic_samples: dict[str, np.ndarray]
+    """Per node's SNIC read server ``f64[N, 3]``: (start s, finish s, bytes) of each storage read, in issue order."""
     events: int
     end_s: float
     units: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
@@ -208,12 +210,12 @@ class Simulator:
         self.time_model = self.pe_model  # ComputeModel.time_s(cached, bsz): attention seconds of a forward
         self.attention_s: list[tuple[float, float]] = []  # per group forward: (max, mean) attention seconds
         self.attention_members: list[tuple[int, int]] = []  # per group forward: (busy members, members)
-        self.snic_samples: dict[str, list] = {s.name: [] for s in self.snic_r}
-        self._snic_samples_of = [self.snic_samples[s.name] for s in self.snic_r]  # by node
+        self._snic_samples_of = [array.array("d") for _ in self.snic_r]  # by node: start, finish, bytes, ...
         self.heap: list = []
         self._next_seq = itertools.count(1).__next__  # ties in time keep push order
         self.now = 0.0
         self.events = 0
+        self._ran = False
         self._tick_pending = False
         self._tick_count = 0
         self._completed = 0
@@ -224,16 +226,17 @@ class Simulator:
         self.de_step = [0.0] * (n_pe + n_de)
         # per-request columns, preallocated for every round of every agent (request ids are issue order)
         total = sum(len(a.append) for a in self.agents)
-        self.R: dict[str, list] = {k: [0] * total for k in _INT_COLUMNS}
-        self.R.update({k: [-1] * total for k in _ENGINE_COLUMNS})
-        self.R.update({k: [math.nan] * total for k in _TIME_COLUMNS})
+        # (typed arrays: a stored value is a C number, not a Python object kept alive for the whole run)
+        self.R: dict[str, array.array | list] = {k: array.array("q", [0]) * total for k in _INT_COLUMNS}
+        self.R.update({k: array.array("q", [-1]) * total for k in _ENGINE_COLUMNS})
+        self.R.update({k: array.array("d", [math.nan]) * total for k in _TIME_COLUMNS})
         self.R["side"] = [""] * total
         self._issued = 0
         self.agent_round = [0] * len(self.agents)
         self.agent_context = [int(a.initial_context) for a in self.agents]
         self._req: list[SchedRequest | None] = [None] * total  # live requests' scheduler records
         self._reads = [0] * total  # reads still in flight per request
-        # each agent's rounds as Python lists, made at its first arrival (numpy scalars index slowly)
+        # each agent's rounds as typed arrays, made at its first arrival (numpy scalars index slowly)
         self._rounds: list[tuple | None] = [None] * len(self.agents)
 
     # ---- setup ----------------------------------------------------------------------------------
@@ -294,7 +297,24 @@ class Simulator:
 
         ``progress``: show a tqdm bar of finished requests with rate and ETA (default: only when
         stderr is a terminal, so logs and CI stay quiet).
+
+        Raises:
+          RuntimeError: the simulator has run already (its state is spent; make a new one).
         """
+        if self._ran:
+            raise RuntimeError("Simulator.run: this simulator has run already; make a new one for another run")
+        self._ran = True
+        # The run allocates millions of short-lived acyclic objects; the cyclic collector would
+        # rescan the (large, growing) live request state again and again for nothing.
+        gc_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run(max_events, progress)
+        finally:
+            if gc_enabled:
+                gc.enable()
+
+    def _run(self, max_events: int | None, progress: bool | None) -> SimResult:
         for i, a in enumerate(self.agents):
             self._push(float(a.arrival_s), _ARRIVE, i)
         total = sum(len(a.append) for a in self.agents)
@@ -308,10 +328,6 @@ class Simulator:
         heap = self.heap
         limit = math.inf if max_events is None else max_events
         events = self.events
-        # The loop allocates millions of short-lived acyclic objects; the cyclic collector would
-        # rescan the (large, growing) live request state again and again for nothing.
-        gc_enabled = gc.isenabled()
-        gc.disable()
         try:
             while heap:
                 t, _, kind, a, b = heapq.heappop(heap)
@@ -325,12 +341,12 @@ class Simulator:
                     break
         finally:
             self.events = events
-            if gc_enabled:
-                gc.enable()
         bar.close()
         n = self._issued
+        # numeric columns are views of the run's typed arrays (writable, no copy)
         requests = {k: (np.asarray(v[:n]) if k == "side" else
-                        np.fromiter(v, np.float64 if k in _TIME_COLUMNS else np.int64, n)) for k, v in self.R.items()}
+                        np.frombuffer(v, np.float64 if k in _TIME_COLUMNS else np.int64, n))
+                    for k, v in self.R.items()}
         links = {}
         for s in self.snic_r + self.snic_w + self.dram + self.cnic_in + self.cnic_out:
             links[s.name] = {"bytes": s.bytes, "busy_s": s.busy_s}
@@ -340,17 +356,18 @@ class Simulator:
         end_s = float(np.nanmax(finish)) if finish.size and not np.all(np.isnan(finish)) else self.now
         attention = np.asarray(self.attention_s, np.float64).reshape(-1, 2)
         return SimResult(requests=requests, links=links, attention_ratio=attention[:, 0] / attention[:, 1],
-                         snic_samples=self.snic_samples, events=self.events, end_s=end_s, units=units,
+                         snic_samples={s.name: np.frombuffer(a, np.float64).reshape(-1, 3)
+                                       for s, a in zip(self.snic_r, self._snic_samples_of)},
+                         events=self.events, end_s=end_s, units=units,
                          attention_s=attention,
                          attention_members=np.asarray(self.attention_members, np.int64).reshape(-1, 2))
 
     # ---- agents ---------------------------------------------------------------------------------
     def _agent_rounds(self, agent: int) -> tuple:
         a = self.agents[agent]
-        rounds = self._rounds[agent] = (  # Python ints (and floats) from here on
-            np.asarray(a.append, np.int64).tolist(), np.asarray(a.gen, np.int64).tolist(),
-            None if a.hit is None else np.asarray(a.hit, np.int64).tolist(),
-            None if a.think_s is None else np.asarray(a.think_s, np.float64).tolist())
+        rounds = self._rounds[agent] = (  # typed arrays: an item is read as a Python int (or float)
+            _as_array(a.append, "q"), _as_array(a.gen, "q"), None if a.hit is None else _as_array(a.hit, "q"),
+            None if a.think_s is None else _as_array(a.think_s, "d"))
         return rounds
 
     def _on_arrive(self, agent: int, _):
@@ -476,7 +493,7 @@ class Simulator:
     def _issue_read(self, node: int, rid: int, nbytes: float):
         self.buffer_free[node] -= nbytes
         start, end = reserve(self._read_path[node], nbytes, self.now)
-        self._snic_samples_of[node].append((start, end, nbytes))
+        self._snic_samples_of[node].extend((start, end, nbytes))
         self._push(end, _READ_DONE, rid)
 
     def _release_buffer(self, node: int, nbytes: float):
@@ -749,6 +766,11 @@ class Simulator:
         if self.cfg.loading == "oracle" or tokens <= 0:
             return self.now
         return reserve(self._persist_path[self.R["de"][rid]], tokens * self.kvb, self.now)[1]
+
+
+def _as_array(values, typecode: str) -> array.array:
+    """``values`` as an ``array.array`` of int64 (``"q"``) or float64 (``"d"``)."""
+    return array.array(typecode, np.ascontiguousarray(values, np.int64 if typecode == "q" else np.float64).tobytes())
 
 
 def simulate(config: SimConfig, agents: Sequence[SimAgent], *, max_events: int | None = None,
