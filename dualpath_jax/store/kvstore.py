@@ -5,7 +5,8 @@ Design:
 * **Unit of storage = Full Block** ("All storage interactions use Full Blocks", PAPER.md
   section 2.2). A reader may ask for one layer: that is a byte-range read of the record's
   header and of that Layer Block, verified against the layer's own CRC (see :mod:`.record`);
-  the two reads must see the same storage generation, else they are retried.
+  the two reads must see the same storage generation, else they are retried (and after repeated
+  races with a writer, one whole-record read supplies the layer).
 * **Keys** are the prefix-hash-chain keys of :mod:`dualpath_jax.kvcache.keys`; a record lives at
   ``<scope>/<key[:2]>/<key>`` (scope = :attr:`BlockLayout.scope`), so the chain plays the role
   of the paper's trie (appendix A.5) and several models/layouts can share one root.
@@ -211,11 +212,7 @@ class KVStore:
         sk = self.storage_key(key)
         try:
             if layer is None:
-                res = self._kv.read(sk).result(timeout=max(0.0, deadline - time.monotonic()))
-                if res.state != "value":
-                    out = BlockFailure(key, FailureCause.MISSING, "no such block")
-                else:
-                    out = verify_full(self.layout, key, res.value)
+                out = self._read_full(sk, key, deadline)
             else:
                 out = self._read_layer(sk, key, layer, deadline)
         except TimeoutError:
@@ -239,7 +236,8 @@ class KVStore:
 
         The two reads are separate file opens, so a concurrent rewrite of the key could pair an
         old header with a new body; both reads carry the record's storage generation, and a
-        mismatch is retried.
+        mismatch is retried. If a writer keeps replacing the record through every attempt, one
+        whole-record read (a single version: records are swapped whole) supplies the layer.
         """
         lb = self.layout.layer_block_bytes
         start = self._hb + layer * lb
@@ -263,8 +261,15 @@ class KVStore:
             if body is None or body.state != "value":
                 return BlockFailure(key, FailureCause.TRUNCATED, f"layer {layer} lies past the end of the record")
             return verify_layer(self.layout, key, head, layer, body.value)
-        return BlockFailure(key, FailureCause.UNREADABLE,
-                            f"record changed during {_LAYER_READ_ATTEMPTS} consecutive layer reads")
+        full = self._read_full(sk, key, deadline)
+        return full if isinstance(full, BlockFailure) else full[layer:layer + 1]
+
+    def _read_full(self, sk: str, key: str, deadline: float) -> np.ndarray | BlockFailure:
+        """The whole record at backend key ``sk``, verified: Full Block ``uint8[L, Z, Bt]``."""
+        res = self._kv.read(sk).result(timeout=max(0.0, deadline - time.monotonic()))
+        if res.state != "value":
+            return BlockFailure(key, FailureCause.MISSING, "no such block")
+        return verify_full(self.layout, key, res.value)
 
     def _failed_future(self, result) -> cf.Future:
         fut: cf.Future = cf.Future()
