@@ -9,6 +9,7 @@ import pytest
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.model import cost
+from dualpath_jax.sched import ClusterScheduler
 from dualpath_jax.sim import HardwareConfig, SimAgent, SimConfig, Simulator, simulate
 from dualpath_jax.sim.hardware import Server, reserve
 
@@ -135,6 +136,19 @@ def test_invalid_sim_configs_name_field():
         Simulator(SimConfig(), [SimAgent(**two, hit=np.array([0]))])
     with pytest.raises(ConfigError, match=r"agents\[0\]\.think_s"):
         Simulator(SimConfig(), [SimAgent(**two, think_s=np.array([0.0, -1.0]))])
+    with pytest.raises(ConfigError, match=r"agents\[0\]\.hit"):  # would not fit the int64 token columns
+        Simulator(SimConfig(), [SimAgent(**two, hit=np.array([0.0, 1e19]))])
+
+
+def test_read_plan_of_a_custom_scheduler_must_give_whole_blocks():
+    class FloatBlocks(ClusterScheduler):
+        def read_plan(self, req, pe_node, de_node, read_q, hit_blocks, block_tokens):
+            plan = super().read_plan(req, pe_node, de_node, read_q, hit_blocks, block_tokens)
+            return plan._replace(de_blocks=float(plan.de_blocks) + 0.5)
+
+    agents = [SimAgent(0.0, np.array([64]), np.array([2]), None, np.array([640]), initial_context=640)]
+    with pytest.raises(TypeError, match=r"FloatBlocks\.read_plan: de_blocks must be an int \(got 0\.5\)"):
+        Simulator(SimConfig(loading="dual"), agents, scheduler_cls=FloatBlocks).run()
 
 
 def test_fit_compute_model_recovers_known_coefficients():

@@ -91,12 +91,15 @@ def test_flipped_byte_is_a_checksum_mismatch(store, where):
 
 
 def test_layer_read_under_constant_rewrites_falls_back_to_one_whole_read(store):
-    keys, versions = _keys(1), iter(_blocks(16, seed=3))
+    keys, versions = _keys(1), iter(_blocks(24, seed=3))
     last = {}
 
-    def rewrite():
+    def rewrite():  # a new version of the record, whose layer 3 is then damaged
         last["block"] = next(versions)
         assert store.write(keys, [last["block"]])[0].ok
+        raw = bytearray(store.raw_read(keys[0]))
+        raw[header_bytes(LAYOUT) + 3 * LAYOUT.layer_block_bytes + 5] ^= 0x01
+        store.raw_write(keys[0], bytes(raw))
 
     rewrite()
     real = store._kv
@@ -120,11 +123,14 @@ def test_layer_read_under_constant_rewrites_falls_back_to_one_whole_read(store):
     store._kv = Racing()
     try:
         r = store.read(keys, layer=2)[0]
+        expected = last["block"][2].copy()  # the version the fallback read
+        damaged = store.read(keys, layer=3)[0]
     finally:
         store._kv = real
-    assert r.ok, r.failure
+    assert r.ok, r.failure  # only the asked-for layer's CRC is checked
     assert r.block.shape == LAYOUT.layer_block_shape
-    np.testing.assert_array_equal(r.block[0], last["block"][2])
+    np.testing.assert_array_equal(r.block[0], expected)
+    assert damaged.failure.cause is FailureCause.CHECKSUM_MISMATCH and "layer 3" in damaged.failure.detail
 
 
 def test_truncated_block(store):

@@ -81,7 +81,10 @@ class SimAgent:
 
 @dataclasses.dataclass
 class SimResult:
-    """Per-request columns (numpy arrays, one entry per request) and per-resource counters."""
+    """Per-request columns (numpy arrays, one entry per request) and per-resource counters.
+
+    The numeric columns of ``requests`` and the ``snic_samples`` arrays are writable views of the
+    finished simulator's typed arrays (no copy)."""
 
     requests: dict[str, np.ndarray]
     links: dict[str, dict[str, float]]
@@ -251,9 +254,10 @@ class Simulator:
                 if v is None:
                     continue
                 arr = np.asarray(v, np.float64)
-                if arr.shape != (len(a.append),) or not np.all(np.isfinite(arr)) or np.any(arr < 0):
-                    raise ConfigError(f"agents[{i}].{name}", f"needs {len(a.append)} finite values >= 0, one per "
-                                      f"round (got {np.asarray(v).tolist()!r:.80})")
+                if (arr.shape != (len(a.append),) or not np.all(np.isfinite(arr)) or np.any(arr < 0)
+                        or np.any(arr >= 2.0**62)):
+                    raise ConfigError(f"agents[{i}].{name}", f"needs {len(a.append)} finite values in [0, 2**62), "
+                                      f"one per round (got {np.asarray(v).tolist()!r:.80})")
         if not self.agents:
             self._flat = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64))
             return
@@ -468,7 +472,11 @@ class Simulator:
         plan = self.sched.read_plan(self._req[rid], pn, dn, {pn: read_q(pn), dn: read_q(dn)}, hit_blocks, z)
         side, de_blocks = plan.side, plan.de_blocks
         R["side"][rid] = side
-        R["de_blocks"][rid] = de_blocks
+        try:
+            R["de_blocks"][rid] = de_blocks
+        except TypeError:
+            raise TypeError(f"{type(self.sched).__name__}.read_plan: de_blocks must be an int "
+                            f"(got {de_blocks!r})") from None
         kvb = self.kvb
         de_bytes = de_blocks * z * kvb
         pe_bytes = 0.0 if side == "none" else hit * kvb - de_bytes

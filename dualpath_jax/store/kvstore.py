@@ -212,7 +212,9 @@ class KVStore:
         sk = self.storage_key(key)
         try:
             if layer is None:
-                out = self._read_full(sk, key, deadline)
+                out = self._read_record(sk, key, deadline)
+                if not isinstance(out, BlockFailure):
+                    out = verify_full(self.layout, key, out)
             else:
                 out = self._read_layer(sk, key, layer, deadline)
         except TimeoutError:
@@ -261,15 +263,19 @@ class KVStore:
             if body is None or body.state != "value":
                 return BlockFailure(key, FailureCause.TRUNCATED, f"layer {layer} lies past the end of the record")
             return verify_layer(self.layout, key, head, layer, body.value)
-        full = self._read_full(sk, key, deadline)
-        return full if isinstance(full, BlockFailure) else full[layer:layer + 1]
+        data = self._read_record(sk, key, deadline)
+        if isinstance(data, BlockFailure):
+            return data
+        head = parse_header(self.layout, key, data)  # only this layer's bytes are copied and checked
+        return head if isinstance(head, BlockFailure) else verify_layer(self.layout, key, head, layer,
+                                                                        data[start:start + lb])
 
-    def _read_full(self, sk: str, key: str, deadline: float) -> np.ndarray | BlockFailure:
-        """The whole record at backend key ``sk``, verified: Full Block ``uint8[L, Z, Bt]``."""
+    def _read_record(self, sk: str, key: str, deadline: float) -> bytes | BlockFailure:
+        """The raw record at backend key ``sk`` (one version), or a ``MISSING`` failure."""
         res = self._kv.read(sk).result(timeout=max(0.0, deadline - time.monotonic()))
         if res.state != "value":
             return BlockFailure(key, FailureCause.MISSING, "no such block")
-        return verify_full(self.layout, key, res.value)
+        return res.value
 
     def _failed_future(self, result) -> cf.Future:
         fut: cf.Future = cf.Future()
