@@ -86,7 +86,7 @@ def attention_weighted(result, forwards: int | None = None) -> float:
     """Sum over PE-group forwards of the slowest member's attention seconds over the sum of the
     members' mean (1 = no time lost to imbalance); unlike the per-forward mean it is not dominated
     by many small forwards. ``forwards``: only the first that many forwards (default: all)."""
-    return _weighted_max_avg(result.attention_s if forwards is None else result.attention_s[:forwards])
+    return _weighted_max_avg(result.attention_s[:forwards])
 
 
 def _weighted_max_avg(attention_s: np.ndarray) -> float:
@@ -103,8 +103,7 @@ def attention_by_busy_members(result, forwards: int | None = None) -> list[dict]
     Members without work count as 0 s, so ``k`` of ``n`` equally busy members give exactly ``n / k``:
     the rows separate idle members (too little ready work) from uneven batches of busy ones.
     ``forwards``: only the first that many forwards (default: all)."""
-    members = result.attention_members if forwards is None else result.attention_members[:forwards]
-    a = result.attention_s if forwards is None else result.attention_s[:forwards]
+    members, a = result.attention_members[:forwards], result.attention_s[:forwards]
     rows = []
     for busy, n in sorted({(int(b), int(m)) for b, m in members}):
         sel = (members[:, 0] == busy) & (members[:, 1] == n)
