@@ -77,14 +77,18 @@ class HardwareConfig:
 class Server:
     """A FIFO bandwidth server with byte and busy-time counters."""
 
-    __slots__ = ("name", "rate", "free_at", "bytes", "busy_s")
+    __slots__ = ("name", "rate", "free_at", "bytes")
 
     def __init__(self, name: str, rate_bytes_per_s: float):
         self.name = name
         self.rate = float(rate_bytes_per_s)
         self.free_at = 0.0
         self.bytes = 0.0
-        self.busy_s = 0.0
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds the server has carried bytes: every transfer occupies it ``bytes / rate``."""
+        return self.bytes / self.rate
 
     def backlog_s(self, now: float) -> float:
         """Seconds of queued work ahead of a transfer issued at ``now``."""
@@ -122,8 +126,6 @@ def reserve(servers, nbytes: float, earliest: float) -> tuple[float, float]:
             b.free_at = (fb if fb > earliest else earliest) + db
         a.bytes += nbytes
         b.bytes += nbytes
-        a.busy_s += da
-        b.busy_s += db
         return start, end
     if hops == 3:
         a, b, c = servers
@@ -144,9 +146,6 @@ def reserve(servers, nbytes: float, earliest: float) -> tuple[float, float]:
         a.bytes += nbytes
         b.bytes += nbytes
         c.bytes += nbytes
-        a.busy_s += da
-        b.busy_s += db
-        c.busy_s += dc
         return start, slow.free_at
     slow = servers[0]
     slow_rate = slow.rate
@@ -166,5 +165,4 @@ def reserve(servers, nbytes: float, earliest: float) -> tuple[float, float]:
             free_at = s.free_at
             s.free_at = (free_at if free_at > earliest else earliest) + dt
         s.bytes += nbytes
-        s.busy_s += dt
     return start, end
