@@ -13,8 +13,8 @@ Ties break on the lower engine id.
 
 from __future__ import annotations
 
-import bisect
 import heapq
+import math
 import operator
 from collections.abc import Mapping, Sequence
 
@@ -23,7 +23,6 @@ from dualpath_jax.sched.types import Assignment, EngineLoad, SchedRequest
 __all__ = ["de_phase1", "de_phase2", "balance_target"]
 
 _ENGINE_ID = operator.attrgetter("engine_id")
-_LOAD_FIELDS = operator.attrgetter("tok", "seq", "free_hbm_bytes")
 
 
 def de_phase1(queue: Sequence[SchedRequest], group_tok: Mapping[int, float]
@@ -89,14 +88,13 @@ def assign_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[Engin
     """:func:`de_phase2`'s assignments plus the engines (by id) and their updated ``tok``, ``seq`` and
     free HBM as lists, without building new load records (the scheduler's hot path)."""
     ordered = sorted(engines, key=_ENGINE_ID)
-    if not ordered:
-        return [], ordered, [], [], []
-    tok, seq, free = map(list, zip(*map(_LOAD_FIELDS, ordered)))
+    tok = [e.tok for e in ordered]
+    seq = [e.seq for e in ordered]
+    free = [e.free_hbm_bytes for e in ordered]
     z = _target(private_queue, sum(free), sum(tok), len(ordered), z_factor)
     out: list[Assignment] = []
-    most_free = max(free)
+    most_free = max(free) if free else -math.inf
     idx = range(len(ordered))
-    by_seq = sorted(zip(seq, idx))  # (seq_e, position): the low set's order of preference
     for req in private_queue:
         need = req.hbm_bytes
         if need > most_free:
@@ -104,21 +102,16 @@ def assign_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[Engin
         length = req.num_tokens
         # the low set (tok + len <= Z) by min seq; if it is empty, the high set by min tok; the
         # engine must have the HBM; ties keep the lower id
-        best = -1
-        for s, i in by_seq:
-            if tok[i] + length <= z and free[i] >= need:
-                best = i
-                break
+        best, best_val = -1, 0
+        for i in idx:
+            if tok[i] + length <= z and free[i] >= need and (best < 0 or seq[i] < best_val):
+                best, best_val = i, seq[i]
         if best < 0:
-            best_val = 0
             for i in idx:
                 if free[i] >= need and (best < 0 or tok[i] < best_val):
                     best, best_val = i, tok[i]
-        s = seq[best]
-        by_seq.remove((s, best))
-        bisect.insort(by_seq, (s + 1, best))
         tok[best] += length
-        seq[best] = s + 1
+        seq[best] += 1
         free[best] -= need
         most_free = max(free)
         out.append(Assignment(req, ordered[best].engine_id, "de"))
