@@ -224,7 +224,7 @@ _CHILD = textwrap.dedent("""
     from dualpath_jax.model import get_spec
     from dualpath_jax.store import KVStore, StoreConfig
     role, root, n, seconds, done_path = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
-    ready_path = done_path + ".reader_ready"
+    ready_path, enough_path = done_path + ".reader_ready", done_path + ".reader_enough"
     layout = layout_for(get_spec("tiny-gqa").replace(name="tiny-gqa-32l", n_layers=32))  # 512 KiB blocks
     keys = block_keys(layout, np.random.default_rng(0).integers(0, 512, n * 64))
     store = KVStore(layout, StoreConfig(path=root, fsync=False))
@@ -235,7 +235,10 @@ _CHILD = textwrap.dedent("""
         while not os.path.exists(ready_path) and time.monotonic() < deadline:
             time.sleep(0.01)
         stop = time.monotonic() + seconds
-        while time.monotonic() < stop or counts["rounds"] < 2:  # rewrite every block, new valid content
+        # rewrite every block with new valid content: for `seconds`, at least 2 rounds, and until the
+        # reader has seen enough (a loaded machine may give it few rounds in `seconds`)
+        while (time.monotonic() < stop or counts["rounds"] < 2 or not os.path.exists(enough_path)) and \
+                time.monotonic() < deadline:
             for k in keys:
                 block = rng.integers(0, 256, size=layout.full_block_shape, dtype=np.uint8)
                 assert store.write([k], [block])[0].ok
@@ -259,6 +262,8 @@ _CHILD = textwrap.dedent("""
                 if kind == "other":
                     counts["causes"].append(f"{r.failure.cause.value}: {r.failure.detail} (layer {r.layer})")
             counts["rounds"] += 1
+            if counts["rounds"] >= 3 and counts["ok"] and counts["layer_ok"] and not os.path.exists(enough_path):
+                open(enough_path, "w").close()
             if os.path.exists(done_path):
                 break
     print(json.dumps(counts))
