@@ -121,12 +121,7 @@ class ComputeModel:
 
     def time_s(self, cached: int, bsz: int) -> float:
         """:meth:`attention_time_s` of one pair (the ``sched`` batcher's time-model protocol)."""
-        if bsz <= 0:
-            return 0.0
-        t = self.s_per_key * self._keys(cached, bsz, self.topk)
-        if self.s_per_index_key:
-            t += self.s_per_index_key * self._keys(cached, bsz, None)
-        return t
+        return self.attention_time_s((cached,), (bsz,))
 
     def max_bsz_within(self, cached: int, seconds: float) -> float:
         """Largest real ``bsz`` with ``time_s(cached, bsz) <= seconds`` (closed form; ``inf`` if free).
