@@ -75,7 +75,7 @@ class HardwareConfig:
 
 
 class Server:
-    """A FIFO bandwidth server with byte and busy-time counters."""
+    """A FIFO bandwidth server with a byte counter (its busy time follows from it)."""
 
     __slots__ = ("name", "rate", "free_at", "bytes")
 
