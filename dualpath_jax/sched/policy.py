@@ -23,7 +23,6 @@ clock, touches I/O or imports a runtime. Same inputs, same decisions.
 from __future__ import annotations
 
 import collections
-import operator
 from collections.abc import Iterable, Mapping, Sequence
 
 from dualpath_jax.config import ConfigError
@@ -31,8 +30,6 @@ from dualpath_jax.sched import batching, de, pe, read_side
 from dualpath_jax.sched.types import Assignment, EngineLoad, SchedRequest, SchedulerConfig
 
 __all__ = ["ClusterScheduler"]
-
-_TOK = operator.attrgetter("tok")
 
 
 class ClusterScheduler:
@@ -141,7 +138,7 @@ class ClusterScheduler:
             out.sort(key=lambda a: a.request.request_id)
             self._n_pending_de -= len(out)
             return out
-        group_tok = sum(map(_TOK, loads))
+        group_tok = sum([e.tok for e in loads])
         self._group_tok[group_id] = group_tok
         if self._de_queue:
             self.distribute_de()
@@ -163,7 +160,7 @@ class ClusterScheduler:
         the group's current token total even while it has nothing queued)."""
         if group_id not in self.de_groups:
             raise KeyError(f"group_id: {group_id} is not a DE group")
-        self._group_tok[group_id] = sum(map(_TOK, loads))
+        self._group_tok[group_id] = sum([e.tok for e in loads])
 
     def distribute_de(self) -> set[int]:
         """Phase 1 alone: move the global DE queue into private queues (by the groups' last
@@ -174,8 +171,7 @@ class ClusterScheduler:
             return {g for g, per_engine in self._pending_de.items() if any(per_engine.values())}
         if not self._de_queue:
             return set()
-        reported, private_tok = self._group_tok, self._private_tok
-        group_tok = {g: reported[g] + private_tok[g] for g in reported}
+        group_tok = {g: self._group_tok[g] + self._private_tok[g] for g in self.de_groups}
         additions, totals = de.de_phase1(self._de_queue, group_tok)
         self._de_queue.clear()
         for g, reqs in additions.items():  # only groups that received requests appear
