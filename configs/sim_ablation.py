@@ -4,13 +4,16 @@ Command:
     python experiments/run_sim.py --config=configs/sim_ablation.py --workdir=workdir/sim_ablation
 Variants: Basic (pe_read, full, round_robin), +Layerwise, +DPL (dual, round_robin),
 +Sched = DualPath (dual, layerwise, dualpath) and Oracle, at 1024 and 2048 agents.
-Expected run time: about 5 minutes on a 2-core CPU (``:quick``: 256 and 512 agents, about 1 minute).
+Expected run time: about 5 minutes on a 2-core CPU (``:quick``: 256 and 512 agents, about 1 minute;
+``:tiny``: 32 and 64 agents, a few seconds).
 Output: ablation.json ({"variants": {name: {"jct_s", "ttft_p50_s", "ttft_p99_s", "tpot_s",
 "snic_bytes"}}}), ablation.md/.csv, ablation.png, and ``name: value`` lines (JCT per variant,
 speedups vs Basic, DualPath / Oracle JCT).
 """
 
 import ml_collections
+
+from dualpath_jax.sim.config import sim_config_dict
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -20,11 +23,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_agents = (1024, 2048)
     config.seed = 0
     config.variants = ("basic", "layerwise", "dpl", "dualpath", "oracle")
-    config.sim = ml_collections.ConfigDict({
-        "model": "deepseek-v3.2", "prefill_nodes": 2, "decode_nodes": 4, "kv_dtype": "fp8",
-        "weight_dtype": "fp8", "hardware": {}})
+    config.sim = sim_config_dict(model="deepseek-v3.2", prefill_nodes=2, decode_nodes=4, kv_dtype="fp8",
+                                 weight_dtype="fp8")
     if arg == "quick":
         config.num_agents = (256, 512)
+    elif arg == "tiny":
+        config.num_agents = (32, 64)
     elif arg not in (None, ""):
-        raise ValueError(f"configs/sim_ablation.py: unknown variant {arg!r}; known: quick")
+        raise ValueError(f"configs/sim_ablation.py: unknown variant {arg!r}; known: quick, tiny")
     return config

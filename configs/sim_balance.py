@@ -22,6 +22,8 @@ for sensitivity runs, e.g. ``--config.sim.beta_s=0.5``.
 
 import ml_collections
 
+from dualpath_jax.sim.config import sim_config_dict
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -32,9 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.head_fraction = 0.05
     config.variants = ("dpl", "dualpath")
     config.workload = ml_collections.ConfigDict({"mal": "64K", "token_divisor": 1, "num_base": 500})
-    config.sim = ml_collections.ConfigDict({"model": "deepseek-v3.2", "prefill_nodes": 2, "decode_nodes": 4,
-                                            "kv_dtype": "fp8", "weight_dtype": "fp8", "beta_s": 5.0,
-                                            "hardware": {}})
+    config.sim = sim_config_dict(model="deepseek-v3.2", prefill_nodes=2, decode_nodes=4, kv_dtype="fp8",
+                                 weight_dtype="fp8", beta_s=5.0)
     if arg == "quick":
         config.num_agents = 512
     elif arg == "tiny":

@@ -13,6 +13,8 @@ Output: fig9.json, fig9.md/.csv, fig9.png (JCT vs factor, one panel per scaled l
 
 import ml_collections
 
+from dualpath_jax.sim.config import sim_config_dict
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -23,8 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.factors = (1.0, 1.5, 2.0, 3.0)
     config.variants = ("basic", "dualpath", "oracle")
     config.workload = ml_collections.ConfigDict({"mal": "64K", "token_divisor": 1, "num_base": 500})
-    config.sim = ml_collections.ConfigDict({"model": "deepseek-v3.2", "prefill_nodes": 2, "decode_nodes": 4,
-                                            "kv_dtype": "fp8", "weight_dtype": "fp8", "hardware": {}})
+    config.sim = sim_config_dict(model="deepseek-v3.2", prefill_nodes=2, decode_nodes=4, kv_dtype="fp8",
+                                 weight_dtype="fp8")
     if arg == "quick":
         config.num_agents = 256
         config.factors = (1.0, 3.0)

@@ -26,6 +26,8 @@ the number of unbracketed searches).
 
 import ml_collections
 
+from dualpath_jax.sim.config import sim_config_dict
+
 ROWS = {
     "ds27b": {"label": "DS 27B", "sim": {"model": "ds-27b", "prefill_nodes": 1, "decode_nodes": 1},
               "aps_grid": (0.2, 0.4, 0.8, 1.6), "initial_aps": 0.4, "horizon_s": 1500.0, "warmup_s": 600.0},
@@ -47,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.max_agents_per_run = 8192
     config.workload = ml_collections.ConfigDict({"mal": "64K", "num_agents": 2048, "token_divisor": 1,
                                                  "num_base": 500})
-    config.sim = ml_collections.ConfigDict({"kv_dtype": "fp8", "weight_dtype": "fp8", "hardware": {}})
+    config.sim = sim_config_dict(kv_dtype="fp8", weight_dtype="fp8")
     config.slo = ml_collections.ConfigDict({"ttft_s": 4.0, "tpot_s": 0.050, "statistic": "mean"})
     config.search = ml_collections.ConfigDict({"enabled": True, "rel_tol": 0.1, "max_runs": 10, "min_aps": 1e-3,
                                                "max_aps": 64.0})

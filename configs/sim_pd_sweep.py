@@ -22,6 +22,8 @@ the largest gap to the analysis, the best cluster).
 
 import ml_collections
 
+from dualpath_jax.sim.config import sim_config_dict
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -31,8 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.variants = ("basic", "dualpath")
     config.workload = ml_collections.ConfigDict({"mal": "64K", "num_agents": 512, "gen_factor": 1e-3,
                                                  "token_divisor": 1, "num_base": 500})
-    config.sim = ml_collections.ConfigDict({"model": "ds-27b", "kv_dtype": "fp8", "weight_dtype": "fp8",
-                                            "hardware": {"peak_flops": 1979e15}})
+    config.sim = sim_config_dict(model="ds-27b", kv_dtype="fp8", weight_dtype="fp8",
+                                 hardware={"peak_flops": 1979e15})
     if arg == "quick":
         config.clusters = ("1P8D", "3P6D", "6P3D", "8P1D")
         config.workload.num_agents = 256

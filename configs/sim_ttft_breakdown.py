@@ -18,6 +18,8 @@ bars), and ``name: value`` lines (mean TTFT and each component's share at the hi
 
 import ml_collections
 
+from dualpath_jax.sim.config import sim_config_dict
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -31,8 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.max_agents_per_run = 8192
     config.workload = ml_collections.ConfigDict({"mal": "64K", "num_agents": 2048, "token_divisor": 1,
                                                  "num_base": 500})
-    config.sim = ml_collections.ConfigDict({"model": "deepseek-v3.2", "prefill_nodes": 2, "decode_nodes": 4,
-                                            "kv_dtype": "fp8", "weight_dtype": "fp8", "hardware": {}})
+    config.sim = sim_config_dict(model="deepseek-v3.2", prefill_nodes=2, decode_nodes=4, kv_dtype="fp8",
+                                 weight_dtype="fp8")
     if arg == "quick":
         config.sim.update({"model": "ds-27b", "prefill_nodes": 1, "decode_nodes": 1})
         config.horizon_s = 300.0

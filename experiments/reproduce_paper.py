@@ -23,7 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from dualpath_jax.metrics import writers
 from dualpath_jax.sim.report import PAPER_CLAIMS, build_report
@@ -54,6 +54,7 @@ def load_config(study: str, arg: str | None):
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # keep JAX's backend-probe INFO lines out of the output
     workdir = Path(_WORKDIR.value)
     workdir.mkdir(parents=True, exist_ok=True)
     arg = _CONFIG_ARG.value if _CONFIG_ARG.value is not None else ("quick" if _QUICK.value else None)

@@ -6,7 +6,10 @@
 The study named by ``config.study`` (``dualpath_jax.sim.studies.STUDIES``) writes its tables, plots
 and JSON to the workdir together with ``config.json``, ``env.json`` and ``metrics.json``; the
 output ends with the study's ``name: value`` lines. Override any field with
-``--config.<field>=<value>`` (e.g. ``--config.sim.prefill_nodes=1``).
+``--config.<field>=<value>``: every ``SimConfig`` field is under ``sim`` and every
+``HardwareConfig`` field under ``sim.hardware`` (e.g. ``--config.sim.beta_s=1``,
+``--config.sim.hardware.snic_bytes_per_s=25e9``, ``--config.num_agents='(256,)'``). Fields a
+study sets per row (e.g. Fig. 7's model and cluster) take precedence over ``sim``.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from ml_collections import config_flags
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.metrics import writers
+from dualpath_jax.sched import get_variant
 from dualpath_jax.sim.studies import STUDIES
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Study config file configs/sim_<study>.py; append :quick or :tiny for the smaller variants "
-    "described in the file's docstring; override any field with --config.<field>=<value> "
-    "(e.g. --config.sim.prefill_nodes=1, --config.num_agents='(256,)').")
+    "described in the file's docstring; override any field with --config.<field>=<value> (every SimConfig "
+    "field is under sim, every HardwareConfig field under sim.hardware; e.g. --config.sim.beta_s=1, "
+    "--config.sim.hardware.snic_bytes_per_s=25e9, --config.num_agents='(256,)').")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -35,6 +40,8 @@ def main(argv):
     config = _CONFIG.value
     if config.study not in STUDIES:
         raise ConfigError("study", f"unknown study {config.study!r}; known: {sorted(STUDIES)}")
+    for name in config.get("variants", ()):  # before any run, not after the first variants
+        get_variant(name)
     workdir = Path(_WORKDIR.value)
     workdir.mkdir(parents=True, exist_ok=True)
     writers.write_config(workdir, config)

@@ -2,12 +2,15 @@
 
 import random
 
+import numpy as np
 import pytest
 
 from dualpath_jax.config import ConfigError
-from dualpath_jax.sched import (AttentionTimeModel, BatchItem, ClusterScheduler, EngineLoad, SchedRequest,
-                                SchedulerConfig, balance_target, classify_pe, de_phase1, de_phase2,
-                                form_batch, form_batch_fifo, pe_fetch, shorter_queue_side, split_de_blocks)
+from dualpath_jax.sched import (LOADINGS, POLICIES, AttentionTimeModel, BatchItem, ClusterScheduler, EngineLoad,
+                                ReadPlan, SchedRequest, SchedulerConfig, balance_target, check_read_plan, classify_pe,
+                                de_phase1, de_phase2, form_batch, form_batch_fifo, pe_fetch, shorter_queue_side,
+                                split_de_blocks)
+from dualpath_jax.sched.read_side import SIDES_OF_LOADING
 
 
 def req(i, hit=100, app=10, hbm=0):
@@ -295,6 +298,39 @@ def test_loading_modes_read_plan():
     assert make("dualpath", "pe_read").read_plan(req(0), 0, 1, {0: 1e9}, 10, 64).side == "pe"
     plan = make("dualpath", "split").read_plan(req(0), 0, 1, {0: 0, 1: 0}, 10, 64)
     assert plan.side == "split" and plan.de_blocks == 5
+
+
+def test_built_in_read_plans_pass_the_check_for_every_policy_and_loading():
+    rng = np.random.default_rng(0)
+    for policy in POLICIES:
+        for loading in LOADINGS:
+            s = make(policy, loading)
+            for _ in range(50):
+                hit_blocks = int(rng.integers(0, 20))
+                q = {0: float(rng.uniform(0, 5000)), 1: float(rng.uniform(0, 5000))}
+                plan = s.read_plan(req(0, hit=hit_blocks * 64), 0, 1, q, hit_blocks, 64)
+                check_read_plan(plan, hit_blocks, loading)  # raises if inconsistent
+                assert plan.side in SIDES_OF_LOADING[loading] + ("none",)
+
+
+@pytest.mark.parametrize("plan, hit_blocks, loading, error", [
+    (ReadPlan("pe", 10), 10, "dual", "means side 'de', not 'pe'"),  # a DE read whose DE buffer is never freed
+    (ReadPlan("DE", 10), 10, "dual", "means side 'de', not 'DE'"),  # misspelled side
+    (ReadPlan("de", 11), 10, "dual", r"de_blocks=11 is outside \[0, 10\]"),  # more blocks than the request hits
+    (ReadPlan("split", -1), 10, "split", r"de_blocks=-1 is outside \[0, 10\]"),
+    (ReadPlan("split", 4), 10, "dual", "side 'split' is not one of 'pe', 'de'"),  # dual reads one side only
+    (ReadPlan("de", 10), 10, "pe_read", "side 'de' is not one of 'pe'"),
+    (ReadPlan("pe", 0), 10, "oracle", "means side 'none', not 'pe'"),  # oracle reads nothing
+    (ReadPlan("none", 0), 10, "dual", "means side 'pe', not 'none'"),  # skipping a read is oracle's privilege
+    (ReadPlan("pe", 0), 0, "dual", "means side 'none', not 'pe'"),
+    (ReadPlan("none", 3), 0, "split", r"de_blocks=3 is outside \[0, 0\]"),
+])
+def test_check_read_plan_rejects_inconsistent_plans(plan, hit_blocks, loading, error):
+    with pytest.raises(ValueError, match=error):
+        check_read_plan(plan, hit_blocks, loading, who="Mine.read_plan")
+    with pytest.raises(TypeError, match=r"Mine\.read_plan: de_blocks must be an int \(got 2\.0\)"):
+        check_read_plan(ReadPlan("split", 2.0), 10, "split", who="Mine.read_plan")
+    check_read_plan(ReadPlan("split", np.int64(3)), 10, "split")  # numpy ints are ints
 
 
 def test_invalid_scheduler_configs_name_field():

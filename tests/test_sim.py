@@ -9,7 +9,7 @@ import pytest
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.model import cost
-from dualpath_jax.sched import ClusterScheduler
+from dualpath_jax.sched import ClusterScheduler, ReadPlan
 from dualpath_jax.sim import HardwareConfig, SimAgent, SimConfig, Simulator, simulate
 from dualpath_jax.sim.hardware import Server, reserve
 
@@ -138,6 +138,118 @@ def test_invalid_sim_configs_name_field():
         Simulator(SimConfig(), [SimAgent(**two, think_s=np.array([0.0, -1.0]))])
     with pytest.raises(ConfigError, match=r"agents\[0\]\.hit"):  # would not fit the int64 token columns
         Simulator(SimConfig(), [SimAgent(**two, hit=np.array([0.0, 1e19]))])
+    with pytest.raises(ConfigError, match=r"agents\[0\]\.hit: needs 2 values, one per round \(got shape \(3,\)\)"):
+        Simulator(SimConfig(), [SimAgent(**two, hit=np.array([0, 1, 2]))])
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match=r"agents\[1\]\.arrival_s: must be a finite number >= 0"):
+            Simulator(SimConfig(), [agent([10], [2]), agent([10], [2], arrival=bad)])
+    with pytest.raises(ConfigError, match=r"agents\[0\]\.initial_context"):
+        Simulator(SimConfig(), [SimAgent(**two, initial_context=-64)])
+    with pytest.raises(ConfigError, match=r"agents\[0\]\.gen"):
+        Simulator(SimConfig(), [agent([10], [2**41])])
+    with pytest.raises(ConfigError, match="sim.prefill_layer_overhead_s"):
+        SimConfig(prefill_layer_overhead_s=-1e-3)
+    with pytest.raises(ConfigError, match="sim.activation_reserve_bytes"):
+        SimConfig(activation_reserve_bytes=-1.0)
+    with pytest.raises(ConfigError, match="sim.eff_memory"):
+        SimConfig(eff_memory=5.0)
+    # too little HBM names the HBM (the default GPU's HBM names the node count, as above)
+    with pytest.raises(ConfigError, match=r"hardware\.hbm_bytes: ds-27b weights .* raise hardware\.hbm_bytes"):
+        Simulator(SimConfig(model="ds-27b", prefill_nodes=1, hardware=HardwareConfig(hbm_bytes=1e9)),
+                  [agent([10], [2])])
+
+
+def _reference_rounds(a: SimAgent, z: int = 64):
+    """Plain-loop reference of what each round of ``a`` needs: (read tokens, prompt, whole request)."""
+    out, context = [], a.initial_context
+    for r in range(len(a.append)):
+        hit = context if a.hit is None else min(int(a.hit[r]), context)
+        need = hit + int(a.append[r]) + int(a.gen[r])
+        out.append((hit // z * z, hit + int(a.append[r]), need))
+        context = need
+    return out
+
+
+# a trajectory whose context drops (compaction): round 2 hits 2000 of its 5,450-token context
+_COMPACTING = SimAgent(0.0, np.array([5000, 300, 300, 200]), np.array([100, 50, 50, 40]), None,
+                       np.array([0, 99_999, 2000, 99_999]))
+
+
+def test_requests_that_do_not_fit_fail_at_start_naming_the_field():
+    base = SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=2, fetch_period_s=FETCH)
+    kvb = cost.kv_bytes_per_token(base.spec, "fp8")
+    read, prompt, need = map(max, zip(*_reference_rounds(_COMPACTING)))
+    assert (read, prompt, need) == (5056, 5400, 5450)  # all in round 1
+    # the DRAM buffer must hold the largest read: exactly enough runs, a byte less fails at start
+    fits = base.replace(hardware=HardwareConfig(dram_buffer_bytes=read * kvb))
+    assert not np.isnan(simulate(fits, [_COMPACTING]).requests["finish_s"]).any()
+    with pytest.raises(ConfigError, match=r"hardware\.dram_buffer_bytes: agents\[0\] round 1 reads 5056 hit tokens"):
+        Simulator(base.replace(hardware=HardwareConfig(dram_buffer_bytes=read * kvb - 1)), [_COMPACTING])
+    # full prefill holds the whole prompt's KV on the PE (layer-wise only depth / L of it)
+    full = base.replace(prefill="full", activation_reserve_bytes=0.0)
+    free = Simulator(full, [_COMPACTING]).pe_free_hbm
+    for margin, ok in ((10, True), (-10, False)):
+        cfg = full.replace(activation_reserve_bytes=free - (prompt + margin) * kvb)
+        if ok:
+            Simulator(cfg, [_COMPACTING])
+            Simulator(cfg.replace(prefill="layerwise"), [_COMPACTING])
+        else:
+            with pytest.raises(ConfigError, match=r"hardware\.hbm_bytes: agents\[0\] round 1 has a 5400-token prompt"):
+                Simulator(cfg, [_COMPACTING])
+            Simulator(cfg.replace(prefill="layerwise"), [_COMPACTING])  # 2 of 30 layers fit easily
+    # a DE holds the whole request; the trajectory's total (6,040 tokens) is not the bound
+    # (PEs as many as DEs and no activation reserve: the PEs keep room when the DEs have little)
+    even = base.replace(prefill_nodes=2, activation_reserve_bytes=0.0)
+    sim = Simulator(even, [_COMPACTING])
+    frac, w_de = even.hardware.hbm_usable_fraction, sim.de_model.weight_bytes_per_gpu
+    assert int(_COMPACTING.append.sum() + _COMPACTING.gen.sum()) == 6040
+    for margin, ok in ((5, True), (-5, False)):
+        cfg = even.replace(hardware=HardwareConfig(hbm_bytes=((need + margin) * kvb + w_de) / frac))
+        if ok:
+            assert not np.isnan(simulate(cfg, [_COMPACTING]).requests["finish_s"]).any()
+        else:
+            with pytest.raises(ConfigError, match=r"hardware\.hbm_bytes: agents\[0\] round 1 needs 5450 tokens"):
+                Simulator(cfg, [_COMPACTING])
+
+
+def test_round_contexts_match_a_plain_loop_over_random_trajectories():
+    rng = np.random.default_rng(3)
+    agents = []
+    for i in range(30):
+        n = int(rng.integers(1, 12))
+        hit = rng.integers(0, 20_000, n).astype(float) if i % 3 else None
+        agents.append(SimAgent(float(rng.uniform(0, 2)), rng.integers(0, 2000, n), rng.integers(1, 200, n), None, hit,
+                               initial_context=int(rng.integers(0, 3000))))
+    res = simulate(SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=2, fetch_period_s=FETCH), agents)
+    r = res.requests
+    ref = {(i, k): v for i, a in enumerate(agents) for k, v in enumerate(_reference_rounds(a))}
+    for j in range(len(r["agent"])):
+        read, prompt, _ = ref[(int(r["agent"][j]), int(r["round"][j]))]
+        assert (r["hit_tokens"][j], r["hit_tokens"][j] + r["append_tokens"][j]) == (read, prompt)
+
+
+def test_a_stalled_run_raises_and_says_what_waits():
+    class NoDE(ClusterScheduler):  # a broken policy: never places a request on a DE
+        def fetch_de(self, group_id, loads):
+            return []
+
+    with pytest.raises(RuntimeError, match=r"stalled at t = 0\.005 s: no event left but 3 of 3 requests unfinished "
+                                           r"\(0 finished of 1 issued; waiting for a PE: 0, for a DE: 1.*request 0 "
+                                           r"\(agents\[0\] round 0, 0 hit tokens\), waits for a DE\. Scheduler: NoDE"):
+        Simulator(SimConfig(fetch_period_s=FETCH), [agent([100, 10, 10], [2, 2, 2])], scheduler_cls=NoDE).run()
+    # stopping early on purpose is not a stall
+    assert Simulator(SimConfig(fetch_period_s=FETCH), [agent([100, 10, 10], [2, 2, 2])]).run(max_events=2).events == 2
+
+
+def test_simulator_checks_a_custom_read_plan():
+    class WrongSide(ClusterScheduler):  # labels a DE read as a PE read: the DE buffer would never be freed
+        def read_plan(self, req, pe_node, de_node, read_q, hit_blocks, block_tokens):
+            return ReadPlan("pe", hit_blocks)
+
+    agents = [SimAgent(0.0, np.array([64]), np.array([2]), None, np.array([640]), initial_context=640)]
+    with pytest.raises(ValueError, match=r"WrongSide\.read_plan: \('pe', 10\) for 10 hit blocks under "
+                                         r"loading='dual': de_blocks=10 of 10 means side 'de'"):
+        Simulator(SimConfig(loading="dual"), agents, scheduler_cls=WrongSide).run()
 
 
 def test_read_plan_of_a_custom_scheduler_must_give_whole_blocks():

@@ -2,21 +2,26 @@
 cases, every study end to end on its ``tiny`` config, and physical properties of storage-bound toys."""
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.model import cost
 from dualpath_jax.model.spec import get_spec
 from dualpath_jax.sim import analysis
+from dualpath_jax.sim.config import SimConfig, sim_config_dict
 from dualpath_jax.sim.hardware import HardwareConfig
 from dualpath_jax.sim.report import build_report
-from dualpath_jax.sim.studies import STUDIES
+from dualpath_jax.sim.studies import STUDIES, sim_config_from
 from dualpath_jax.sim.studies_common import (TTFT_COMPONENTS, WorkloadSpec, offline_run, online_run,
                                              online_workload, parse_cluster, sim_config)
 from dualpath_jax.sim.studies_paper import PAPER_STUDIES
@@ -161,6 +166,27 @@ def test_quick_and_full_configs_build():
         for arg in (None, "quick"):
             config = load_config(study, arg)
             assert config.study == study
+
+
+def test_every_sim_field_can_be_overridden_from_the_command_line(monkeypatch):
+    sim_fields = {f.name for f in dataclasses.fields(SimConfig)} - {"compute"}
+    hw_fields = {f.name for f in dataclasses.fields(HardwareConfig)}
+    for path in sorted(CONFIGS.glob("sim_*.py")):
+        config = load_config(path.stem[len("sim_"):], None)
+        assert set(config.sim) == sim_fields and set(config.sim.hardware) == hw_fields, path.name
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "study config", flag_values=fv)
+    argv = ["run_sim", f"--config={CONFIGS / 'sim_ablation.py'}:quick", "--config.sim.hardware.snic_bytes_per_s=25e9",
+            "--config.sim.beta_s=1", "--config.sim.ep_sync=false"]
+    monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the overrides from sys.argv
+    fv(argv)
+    cfg = sim_config_from(fv.config)
+    assert (cfg.hardware.snic_bytes_per_s, cfg.beta_s, cfg.ep_sync, cfg.model) == (25e9, 1.0, False, "deepseek-v3.2")
+    assert cfg.hardware.dram_buffer_bytes == HardwareConfig().dram_buffer_bytes  # untouched fields keep defaults
+    with pytest.raises(ConfigError, match="sim.snic_gbps"):
+        sim_config_dict(snic_gbps=400)
+    with pytest.raises(ConfigError, match="sim.hardware.snic_gbps"):
+        sim_config_dict(hardware={"snic_gbps": 400})
 
 
 def test_report_gathers_claims_tables_and_plots(tmp_path):

@@ -46,7 +46,7 @@ from dualpath_jax.engine.reader import NodeReader, ReadJob, ReadQueues
 from dualpath_jax.engine.request import RequestState
 from dualpath_jax.kvcache import BlockLayout, block_keys
 from dualpath_jax.model.spec import ModelSpec
-from dualpath_jax.sched import ClusterScheduler, EngineLoad, SchedRequest, SchedulerConfig
+from dualpath_jax.sched import ClusterScheduler, EngineLoad, SchedRequest, SchedulerConfig, check_read_plan
 from dualpath_jax.sched.batching import TimeModel
 from dualpath_jax.store import KVStore
 from dualpath_jax.transfer import TransferRecord
@@ -360,7 +360,8 @@ class EngineCluster:
         hit = req.lookup_blocks
         pn, dn = self.node_of[req.pe], self.node_of[req.de]
         plan = self.sched.read_plan(req.sched, pn, dn, rq, hit, z)
-        req.side, req.de_blocks = plan.side, plan.de_blocks
+        check_read_plan(plan, hit, self.config.loading, who=f"{type(self.sched).__name__}.read_plan")
+        req.side, req.de_blocks = plan
         if self.config.loading == "oracle":
             jobs = [ReadJob(req, "pe", pn, 0, hit)] if hit else []
         else:

@@ -95,7 +95,8 @@ def form_batch(fifo: Iterable[BatchItem], quota_s: float, model: TimeModel, *,
       fits ``max_kv_tokens``.
 
     Raises:
-      ValueError: the head request's cached KV alone exceeds ``max_kv_tokens`` (it can never run).
+      ValueError: the head request's cached KV plus one new token exceeds ``max_kv_tokens`` (it can
+        never run).
     """
     batch: list[BatchItem] = []
     used_s, used_kv = 0.0, 0.0
@@ -119,8 +120,8 @@ def form_batch(fifo: Iterable[BatchItem], quota_s: float, model: TimeModel, *,
         bsz = _largest_chunk(item, fits, guess)
         if not batch and bsz == 0:
             if item.cached + 1 > max_kv_tokens:
-                raise ValueError(f"request {item.request_id}: cached={item.cached} tokens exceed "
-                                 f"max_kv_tokens={max_kv_tokens}")
+                raise ValueError(f"request {item.request_id}: cached={item.cached} tokens plus one new token "
+                                 f"exceed max_kv_tokens={max_kv_tokens} (it can never run)")
             bsz = 1  # progress guarantee: the quota is a target, not a wall
         if bsz > 0:
             batch.append(BatchItem(item.request_id, item.cached, bsz))
@@ -133,7 +134,7 @@ def form_batch_fifo(fifo: Iterable[BatchItem], *, max_tokens: float, max_kv_toke
     """Whole requests in FIFO order while new tokens <= ``max_tokens`` and KV <= ``max_kv_tokens``.
 
     Raises:
-      ValueError: the head request's cached KV alone exceeds ``max_kv_tokens``.
+      ValueError: the head request's cached KV plus one new token exceeds ``max_kv_tokens``.
     """
     batch: list[BatchItem] = []
     tokens, kv = 0.0, 0.0
@@ -146,8 +147,8 @@ def form_batch_fifo(fifo: Iterable[BatchItem], *, max_tokens: float, max_kv_toke
         if not batch:
             room = int(min(max_tokens, max_kv_tokens - item.cached))
             if room < 1:
-                raise ValueError(f"request {item.request_id}: cached={item.cached} tokens exceed "
-                                 f"max_kv_tokens={max_kv_tokens}")
+                raise ValueError(f"request {item.request_id}: cached={item.cached} tokens plus one new token "
+                                 f"exceed max_kv_tokens={max_kv_tokens} (it can never run)")
             batch.append(BatchItem(item.request_id, item.cached, min(room, item.remaining)))
         break
     return batch

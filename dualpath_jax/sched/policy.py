@@ -7,8 +7,9 @@ Protocol (same for the real engine and the simulator):
    the requests placed on the group's PEs. Placed requests move on to the DE stage.
 3. Each DE group's leader periodically calls ``fetch_de(group_id, loads)``; it returns the
    requests placed on the group's DEs.
-4. Once a request has both engines, ``read_plan(req, pe_node, de_node, read_q, hit_blocks)``
-   says which SNIC(s) read its hit blocks.
+4. Once a request has both engines, ``read_plan(req, pe_node, de_node, read_q, hit_blocks,
+   block_tokens)`` says which SNIC(s) read its hit blocks; both runtimes check the plan with
+   :func:`.read_side.check_read_plan` (so a subclass's own ``read_plan`` is held to the same rules).
 5. PEs form forward batches with ``form_pe_batch``.
 
 ``round_robin`` places load-obliviously: PE and DE follow global cyclic orders fixed at submit

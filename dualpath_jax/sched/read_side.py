@@ -13,9 +13,10 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
-__all__ = ["ReadPlan", "shorter_queue_side", "split_de_blocks"]
+__all__ = ["ReadPlan", "SIDES_OF_LOADING", "check_read_plan", "shorter_queue_side", "split_de_blocks"]
 
 
 class ReadPlan(NamedTuple):
@@ -29,6 +30,44 @@ class ReadPlan(NamedTuple):
 
     side: str
     de_blocks: int = 0
+
+
+SIDES_OF_LOADING = {"pe_read": ("pe",), "dual": ("pe", "de"), "split": ("pe", "de", "split"), "oracle": ("none",)}
+"""The read sides each loading mode allows for a request with hit blocks (with none: ``"none"``)."""
+
+
+def check_read_plan(plan, hit_blocks: int, loading: str, *, who: str = "read_plan") -> None:
+    """Check a (possibly user-written) policy's plan against the request and the loading mode.
+
+    A valid plan reads every hit block exactly once: ``0 <= de_blocks <= hit_blocks`` and ``side``
+    is what ``de_blocks`` implies (``"pe"``: 0, ``"de"``: all, ``"split"``: some) and is allowed by
+    ``loading`` (:data:`SIDES_OF_LOADING`); ``"none"`` (0 blocks) when there is nothing to read or
+    the mode is ``oracle``. ``who`` names the policy in the error.
+
+    Raises:
+      TypeError: ``de_blocks`` is not an int.
+      ValueError: any other inconsistency (the message names the plan and the allowed sides).
+    """
+    side, de_blocks = plan
+    if type(de_blocks) is not int and (isinstance(de_blocks, bool) or not isinstance(de_blocks, numbers.Integral)):
+        raise TypeError(f"{who}: de_blocks must be an int (got {de_blocks!r})")
+    if hit_blocks == 0 or loading == "oracle":
+        allowed: tuple = ("none",)
+        want = "none" if de_blocks == 0 else None
+    else:
+        allowed = SIDES_OF_LOADING.get(loading, ())
+        want = ("pe" if de_blocks == 0 else "de" if de_blocks == hit_blocks else "split"
+                if 0 <= de_blocks <= hit_blocks else None)
+    if side == want and side in allowed:
+        return
+    if want is None:
+        why = f"de_blocks={de_blocks} is outside [0, {hit_blocks if allowed != ('none',) else 0}]"
+    elif side != want:
+        why = f"de_blocks={de_blocks} of {hit_blocks} means side {want!r}, not {side!r}"
+    else:
+        why = f"side {side!r} is not one of {', '.join(map(repr, allowed))}"
+    raise ValueError(f"{who}: {tuple(plan)!r} for {hit_blocks} hit blocks under loading={loading!r}: {why} (a plan "
+                     f"reads each hit block once; this mode allows {', '.join(map(repr, allowed))})")
 
 
 def shorter_queue_side(pe_queue_tokens: float, de_queue_tokens: float) -> str:

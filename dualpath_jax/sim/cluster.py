@@ -43,10 +43,11 @@ import tqdm
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.model import cost
-from dualpath_jax.sched import BatchItem, ClusterScheduler, EngineLoad, SchedRequest, SchedulerConfig
+from dualpath_jax.sched import (BatchItem, ClusterScheduler, EngineLoad, SchedRequest, SchedulerConfig,
+                                check_read_plan)
 from dualpath_jax.sim.compute import calibrate_from_public
 from dualpath_jax.sim.config import SimConfig
-from dualpath_jax.sim.hardware import Server, reserve
+from dualpath_jax.sim.hardware import HardwareConfig, Server, reserve
 
 __all__ = ["SimAgent", "SimResult", "Simulator", "simulate"]
 
@@ -63,12 +64,18 @@ class SimAgent:
     """An agent's trajectory as the simulator needs it.
 
     Attributes:
-      arrival_s: when round 0 is issued.
+      arrival_s: when round 0 is issued (seconds, finite, >= 0).
       append: ``i64[rounds]`` appended tokens per round.
       gen: ``i64[rounds]`` generated tokens per round (>= 1).
-      think_s: optional ``f64[rounds]`` delay before each round after the previous finished.
+      think_s: optional ``f64[rounds]`` seconds from the moment round ``r - 1``'s new KV is persisted
+        (it has finished and its KV is in storage, which round ``r`` reads) to round ``r``'s issue;
+        ``think_s[0]`` is not used (round 0 is issued at ``arrival_s``).
       hit: optional ``i64[rounds]`` cached tokens per round (default: the whole previous context).
+        A round hits ``min(hit, context)`` tokens and reads only whole Full Blocks of them: the
+        partial tail block is recomputed, i.e. moved to the round's append tokens.
       initial_context: tokens already in storage before round 0 (a warm store); round 0 may hit them.
+
+    The context after a round is its hit plus its append and generated tokens.
     """
 
     arrival_s: float
@@ -87,13 +94,24 @@ class SimResult:
     finished simulator's typed arrays (no copy)."""
 
     requests: dict[str, np.ndarray]
+    """Per request, in issue order (``[N]``): ``agent``, ``round``, ``hit_tokens``, ``append_tokens``
+    (after the whole-block rounding), ``gen_tokens``, ``pe``, ``de`` (engine ids), ``de_blocks``,
+    ``side``, the times ``arrival_s`` ... ``persisted_s`` (virtual seconds) and ``read_bytes_pe`` /
+    ``read_bytes_de``."""
     links: dict[str, dict[str, float]]
+    """Per bandwidth server (``snic_read[n]``, ``snic_write[n]``, ``dram[n]`` by node; ``cnic_in[e]``,
+    ``cnic_out[e]`` by engine): ``bytes`` carried and ``busy_s``, the seconds they occupied it."""
     attention_ratio: np.ndarray  # per PE-group forward: max/avg attention seconds across members
     snic_samples: dict[str, np.ndarray]
     """Per node's SNIC read server ``f64[N, 3]``: (start s, finish s, bytes) of each storage read, in issue order."""
     events: int
+    """Events the run processed."""
     end_s: float
+    """JCT: the last request's finish (virtual seconds). A whole run finishes every request or raises;
+    one stopped by ``max_events`` gives the last finish so far."""
     units: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """Per PE unit (a group with ``ep_sync``, else an engine): ``pe_busy_s`` (seconds in forwards),
+    ``pe_forwards`` and ``pe_batch_requests`` (request chunks over its forwards)."""
     attention_s: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2)))
     """Per PE-group forward ``f64[F, 2]``: (max, mean) attention seconds across the group's engines;
     ``sum(max) / sum(mean)`` is the share of attention time lost to imbalance, weighted by time."""
@@ -145,15 +163,15 @@ class Simulator:
         usable = hw.hbm_bytes * hw.hbm_usable_fraction
         self.pe_free_hbm = usable - self.pe_model.weight_bytes_per_gpu - cfg.activation_reserve_bytes
         self.de_hbm = usable - self.de_model.weight_bytes_per_gpu
+        # with less HBM than the default GPU's, blame the HBM; else too few GPUs share the experts
+        hbm_field = "hardware.hbm_bytes" if hw.hbm_bytes < HardwareConfig().hbm_bytes else None
         if self.pe_free_hbm <= 0:
-            raise ConfigError("sim.prefill_nodes", f"{cfg.model} weights ({self.pe_model.weight_bytes_per_gpu / 1e9:.1f} GB"
-                              f"/GPU with EP over {n_pe} GPUs) leave no HBM for KV on PEs; add prefill nodes")
+            raise ConfigError(hbm_field or "sim.prefill_nodes", _no_hbm_left(cfg.model, self.pe_model, n_pe, "PE", hw))
         # tokens of KV a PE can hold for one batch: all L layers in full prefill, depth of them layer-wise
         layers_on_device = cfg.layerwise_depth / spec.n_layers if cfg.prefill == "layerwise" else 1.0
         self.pe_max_kv_tokens = self.pe_free_hbm / (self.kvb * layers_on_device)
         if self.de_hbm <= 0:
-            raise ConfigError("sim.decode_nodes", f"{cfg.model} weights ({self.de_model.weight_bytes_per_gpu / 1e9:.1f} GB"
-                              f"/GPU with EP over {n_de} GPUs) leave no HBM for KV on DEs; add decode nodes")
+            raise ConfigError(hbm_field or "sim.decode_nodes", _no_hbm_left(cfg.model, self.de_model, n_de, "DE", hw))
         self.agents = list(agents)
         self._validate_agents()
         # nodes: PE nodes 0..P-1, DE nodes P..P+D-1; engines: PEs 0..n_pe-1, DEs n_pe..
@@ -189,6 +207,7 @@ class Simulator:
                                                       beta_tokens=beta, z_factor=cfg.z_factor,
                                                       compute_quota_s=cfg.compute_quota_s), pe_groups, de_groups)
         self.alpha_tokens, self.beta_tokens = alpha, beta
+        self._plan_who = f"{type(self.sched).__name__}.read_plan"
         sync = cfg.uses_ep_sync
         self.pe_units = [_Unit(v) for v in pe_groups.values()] if sync else [_Unit([e]) for e in self.pe_ids]
         self.de_units = [_Unit(v) for v in de_groups.values()] if sync else [_Unit([e]) for e in self.de_ids]
@@ -228,7 +247,7 @@ class Simulator:
         self._de_dirty: set[int] = set()
         self.de_step = [0.0] * (n_pe + n_de)
         # per-request columns, preallocated for every round of every agent (request ids are issue order)
-        total = sum(len(a.append) for a in self.agents)
+        total = self._total = sum(len(a.append) for a in self.agents)
         # (typed arrays: a stored value is a C number, not a Python object kept alive for the whole run)
         self.R: dict[str, array.array | list] = {k: array.array("q", [0]) * total for k in _INT_COLUMNS}
         self.R.update({k: array.array("q", [-1]) * total for k in _ENGINE_COLUMNS})
@@ -244,38 +263,115 @@ class Simulator:
 
     # ---- setup ----------------------------------------------------------------------------------
     def _validate_agents(self):
-        """Check every agent's rounds (one vectorised pass over all of them) and keep the flat arrays."""
+        """Check every agent's rounds (vectorised over all of them), keep the flat arrays, and check
+        that every request can run on this cluster (PAPER.md section 2.3-2.6: a read lands whole in
+        a node's DRAM buffer, a DE holds the whole request's KV, a PE the prompt's KV it computes over).
+
+        Raises:
+          ConfigError: naming ``agents[i].<field>`` for a bad trajectory, or the hardware field that
+            one request does not fit (``hardware.hbm_bytes``, ``hardware.dram_buffer_bytes``).
+        """
+        optional = {"hit": [], "think_s": []}  # agents that give the optional per-round values
         for i, a in enumerate(self.agents):
-            if len(a.append) != len(a.gen) or len(a.append) == 0:
+            rounds = len(a.append)
+            if len(a.gen) != rounds or rounds == 0:
                 raise ConfigError(f"agents[{i}]", f"append and gen must be non-empty and equally long "
-                                  f"(got {len(a.append)} and {len(a.gen)})")
-            for name in ("hit", "think_s"):  # optional, one finite value >= 0 per round
+                                  f"(got {rounds} and {len(a.gen)})")
+            if not (isinstance(a.arrival_s, (int, float, np.integer, np.floating)) and math.isfinite(a.arrival_s)
+                    and a.arrival_s >= 0):
+                raise ConfigError(f"agents[{i}].arrival_s", f"must be a finite number >= 0 s (got {a.arrival_s!r})")
+            if not (isinstance(a.initial_context, (int, np.integer)) and 0 <= a.initial_context < 2**62):
+                raise ConfigError(f"agents[{i}].initial_context", f"must be an int >= 0 tokens "
+                                  f"(got {a.initial_context!r})")
+            for name, given in optional.items():
                 v = getattr(a, name)
-                if v is None:
-                    continue
-                arr = np.asarray(v, np.float64)
-                if (arr.shape != (len(a.append),) or not np.all(np.isfinite(arr)) or np.any(arr < 0)
-                        or np.any(arr >= 2.0**62)):
-                    raise ConfigError(f"agents[{i}].{name}", f"needs {len(a.append)} finite values in [0, 2**62), "
-                                      f"one per round (got {np.asarray(v).tolist()!r:.80})")
+                if v is not None:
+                    if np.shape(v) != (rounds,):
+                        raise ConfigError(f"agents[{i}].{name}", f"needs {rounds} values, one per round "
+                                          f"(got shape {np.shape(v)})")
+                    given.append(i)
         if not self.agents:
             self._flat = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64))
             return
         lens = np.fromiter((len(a.append) for a in self.agents), np.int64, len(self.agents))
         offsets = np.concatenate([[0], np.cumsum(lens)])
+        values = {}
+        for name, given in optional.items():  # one finite value in [0, 2**62) per round
+            if not given:
+                continue
+            arr = values[name] = np.concatenate([np.asarray(getattr(self.agents[i], name), np.float64) for i in given])
+            bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0) | (arr >= 2.0**62))
+            if bad.size:
+                i = given[int(np.searchsorted(np.cumsum(lens[given]), bad[0], side="right"))]
+                raise ConfigError(f"agents[{i}].{name}", f"needs {lens[i]} finite values in [0, 2**62), one per round "
+                                  f"(got {np.asarray(getattr(self.agents[i], name)).tolist()!r:.80})")
         append = np.concatenate([np.asarray(a.append, np.int64) for a in self.agents])
         gen = np.concatenate([np.asarray(a.gen, np.int64) for a in self.agents])
-        bad = np.flatnonzero((gen < 1) | (append < 0))
+        bad = np.flatnonzero((gen < 1) | (append < 0) | (gen >= 2**40) | (append >= 2**40))
         if bad.size:
             i = int(np.searchsorted(offsets, bad[0], side="right") - 1)
-            raise ConfigError(f"agents[{i}].gen", "every round needs gen >= 1 and append >= 0")
-        per_agent = np.add.reduceat(append + gen, offsets[:-1])
-        per_agent += np.fromiter((int(a.initial_context) for a in self.agents), np.int64, len(self.agents))
-        worst = int(per_agent.max())
-        if worst * self.kvb > self.de_hbm:
-            raise ConfigError("hardware.hbm_bytes", f"a trajectory of {worst} tokens needs {worst * self.kvb / 1e9:.1f} GB "
-                              f"of DE HBM but only {self.de_hbm / 1e9:.1f} GB is free after weights")
+            raise ConfigError(f"agents[{i}].gen", "every round needs 1 <= gen < 2**40 and 0 <= append < 2**40")
         self._flat = (append, gen, offsets)
+        has_hit = np.zeros(len(self.agents), bool)
+        has_hit[optional["hit"]] = True
+        hit = self._round_hits(append + gen, lens, offsets, np.repeat(has_hit, lens), values.get("hit"))
+        z, kvb = self.cfg.block_tokens, self.kvb
+
+        def where(k: int) -> str:
+            i = int(np.searchsorted(offsets, k, side="right") - 1)
+            return f"agents[{i}] round {k - int(offsets[i])}"
+
+        context = hit + append + gen  # a DE holds the request's whole KV (SchedRequest.hbm_bytes)
+        k = int(np.argmax(context))
+        if context[k] * kvb > self.de_hbm:
+            raise ConfigError("hardware.hbm_bytes", f"{where(k)} needs {context[k]} tokens "
+                              f"({context[k] * kvb / 1e9:.1f} GB) of DE HBM but only {self.de_hbm / 1e9:.1f} GB "
+                              f"is free after weights")
+        prompt = hit + append  # a PE's last chunk computes over prompt - 1 cached tokens plus one new one
+        k = int(np.argmax(prompt))
+        if prompt[k] > self.pe_max_kv_tokens:
+            where_kv = ("all its layers" if self.cfg.prefill == "full"
+                        else f"{self.cfg.layerwise_depth} of {self.spec.n_layers} layers at a time")
+            raise ConfigError("hardware.hbm_bytes", f"{where(k)} has a {prompt[k]}-token prompt; a PE's free HBM "
+                              f"({self.pe_free_hbm / 1e9:.1f} GB) holds the KV of {int(self.pe_max_kv_tokens)} tokens "
+                              f"with prefill={self.cfg.prefill!r} ({where_kv})")
+        if self.cfg.loading != "oracle":
+            read = hit // z * z  # whole Full Blocks are read; a read lands whole in one node's buffer
+            k = int(np.argmax(read))
+            buffer = self.cfg.hardware.dram_buffer_bytes
+            if read[k] * kvb > buffer:
+                raise ConfigError("hardware.dram_buffer_bytes", f"{where(k)} reads {read[k]} hit tokens "
+                                  f"({read[k] * kvb / 1e9:.1f} GB) but a node's DRAM buffer holds "
+                                  f"{buffer / 1e9:.1f} GB")
+
+    def _round_hits(self, tokens: np.ndarray, lens: np.ndarray, offsets: np.ndarray, given: np.ndarray,
+                    hits: np.ndarray | None) -> np.ndarray:
+        """``i64[rounds]`` cached tokens of every round as the run will compute them (before the
+        rounding to whole blocks, which moves tokens from hit to append and leaves the prompt as is).
+
+        ``given``: ``bool[rounds]``, rounds whose agent gives hits; ``hits``: those hits, in order.
+        Round r hits ``min(hit[r], context[r])`` of its context (all of it without given hits), and
+        the next context is that hit plus the round's append and generated tokens. With ``T[r]`` the
+        agent's tokens (append + gen) before round r, this unrolls to
+        ``hit'[r] = T[r] + min(c0, min_{k<=r}(hit[k] - T[k]))`` (``c0``: the initial context), a
+        running minimum per agent.
+        """
+        n = len(self.agents)
+        init = np.fromiter((int(a.initial_context) for a in self.agents), np.int64, n)
+        before = np.cumsum(tokens) - tokens
+        T = before - np.repeat(before[offsets[:-1]], lens)  # the agent's tokens before each round
+        c0 = np.repeat(init, lens)
+        w = c0.copy()
+        if hits is not None:
+            w[given] = np.minimum(hits.astype(np.int64) - T[given], c0[given])  # in [-max T, max c0]
+        # running minimum inside each agent: lift earlier agents above every later one by `span`
+        span = int(w.max()) - int(w.min()) + 1
+        if span * n < 2**62:
+            lift = np.repeat(np.arange(n - 1, -1, -1, dtype=np.int64) * span, lens)
+            run = np.minimum.accumulate(w + lift) - lift
+        else:  # values too wide to lift within int64: one agent at a time
+            run = np.concatenate([np.minimum.accumulate(w[offsets[i]:offsets[i + 1]]) for i in range(n)])
+        return T + run
 
     def _typical_round(self) -> tuple[int, int]:
         """Mean (context, append) tokens per round over the agents (for alpha/beta in tokens).
@@ -303,7 +399,10 @@ class Simulator:
         stderr is a terminal, so logs and CI stay quiet).
 
         Raises:
-          RuntimeError: the simulator has run already (its state is spent; make a new one).
+          RuntimeError: the simulator has run already (its state is spent; make a new one), or the
+            run stalled: no event is left but requests are unfinished (e.g. a custom scheduler that
+            never places some request); the message says what the first unfinished one waits for.
+          ValueError: a custom scheduler's ``read_plan`` is inconsistent (``sched.check_read_plan``).
         """
         if self._ran:
             raise RuntimeError("Simulator.run: this simulator has run already; make a new one for another run")
@@ -321,7 +420,7 @@ class Simulator:
     def _run(self, max_events: int | None, progress: bool | None) -> SimResult:
         for i, a in enumerate(self.agents):
             self._push(float(a.arrival_s), _ARRIVE, i)
-        total = sum(len(a.append) for a in self.agents)
+        total = self._total
         if progress is None:
             progress = sys.stderr.isatty()
         bar = tqdm.tqdm(total=total, unit="req", desc=f"sim {self.cfg.loading}/{self.cfg.prefill}/{self.cfg.policy}",
@@ -346,6 +445,8 @@ class Simulator:
         finally:
             self.events = events
         bar.close()
+        if not heap and self._completed < self._total:
+            raise RuntimeError(self._stall_report())
         n = self._issued
         # numeric columns are views of the run's typed arrays (writable, no copy)
         requests = {k: (np.asarray(v[:n]) if k == "side" else
@@ -365,6 +466,35 @@ class Simulator:
                          events=self.events, end_s=end_s, units=units,
                          attention_s=attention,
                          attention_members=np.asarray(self.attention_members, np.int64).reshape(-1, 2))
+
+    def _stall_report(self) -> str:
+        """Why the run stopped with requests unfinished: nothing left to happen, yet work waits
+        (e.g. a custom scheduler that never places a request, or a read that never gets buffer)."""
+        R, n = self.R, self._issued
+        finish = np.frombuffer(R["finish_s"], np.float64, n)
+        stuck = np.flatnonzero(np.isnan(finish))
+        waiting = self.sched.waiting()
+        reads = sum(len(w) for w in self.buffer_wait)
+        ready = sum(len(q) for q in self.ready)
+        first = int(stuck[0]) if stuck.size else None
+        detail = ""
+        if first is not None:
+            if R["pe"][first] < 0:
+                stage = "waits for a PE"
+            elif R["de"][first] < 0:
+                stage = "waits for a DE"
+            elif self._reads[first] > 0:
+                stage = "waits for its reads"
+            elif math.isnan(R["first_token_s"][first]):
+                stage = "waits for prefill"
+            else:
+                stage = "waits for decode"
+            detail = (f"; the first, request {first} (agents[{R['agent'][first]}] round {R['round'][first]}, "
+                      f"{R['hit_tokens'][first]} hit tokens), {stage}")
+        return (f"simulation stalled at t = {self.now:.3f} s: no event left but {self._total - self._completed} of "
+                f"{self._total} requests unfinished ({n - stuck.size} finished of {n} issued; waiting for a PE: "
+                f"{waiting['pe']}, for a DE: {waiting['de']}; reads waiting for DRAM buffer: {reads}; ready on "
+                f"PEs: {ready}){detail}. Scheduler: {type(self.sched).__name__}")
 
     # ---- agents ---------------------------------------------------------------------------------
     def _agent_rounds(self, agent: int) -> tuple:
@@ -470,13 +600,10 @@ class Simulator:
         pn, dn = self.node_of[pe], self.node_of[de]
         read_q = self._read_q
         plan = self.sched.read_plan(self._req[rid], pn, dn, {pn: read_q(pn), dn: read_q(dn)}, hit_blocks, z)
-        side, de_blocks = plan.side, plan.de_blocks
+        check_read_plan(plan, hit_blocks, self.cfg.loading, who=self._plan_who)
+        side, de_blocks = plan
         R["side"][rid] = side
-        try:
-            R["de_blocks"][rid] = de_blocks
-        except TypeError:
-            raise TypeError(f"{type(self.sched).__name__}.read_plan: de_blocks must be an int "
-                            f"(got {de_blocks!r})") from None
+        R["de_blocks"][rid] = de_blocks
         kvb = self.kvb
         de_bytes = de_blocks * z * kvb
         pe_bytes = 0.0 if side == "none" else hit * kvb - de_bytes
@@ -774,6 +901,14 @@ class Simulator:
         if self.cfg.loading == "oracle" or tokens <= 0:
             return self.now
         return reserve(self._persist_path[self.R["de"][rid]], tokens * self.kvb, self.now)[1]
+
+
+def _no_hbm_left(model: str, compute, engines: int, kind: str, hw: HardwareConfig) -> str:
+    """Why ``kind`` engines (``"PE"`` / ``"DE"``) have no HBM left for KV after their weights."""
+    nodes = "prefill" if kind == "PE" else "decode"
+    return (f"{model} weights ({compute.weight_bytes_per_gpu / 1e9:.1f} GB/GPU with EP over {engines} GPUs) leave no "
+            f"HBM for KV on {kind}s ({hw.hbm_bytes / 1e9:.0f} GB each); add {nodes} nodes (more GPUs share the "
+            f"routed experts) or raise hardware.hbm_bytes")
 
 
 def _as_array(values, typecode: str) -> array.array:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from dualpath_jax.config import ConfigError, check_in, check_positive
+import ml_collections
+from ml_collections import config_dict
+
+from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive
 from dualpath_jax.model import cost
 from dualpath_jax.model.spec import get_spec
 from dualpath_jax.sched.types import LOADINGS, POLICIES
 from dualpath_jax.sim.compute import ComputeModel
 from dualpath_jax.sim.hardware import HardwareConfig
 
-__all__ = ["SimConfig", "PREFILL_MODES"]
+__all__ = ["SimConfig", "PREFILL_MODES", "sim_config_dict"]
 
 PREFILL_MODES = ("full", "layerwise")
 
@@ -80,8 +83,10 @@ class SimConfig:
             check_positive(f"sim.{f}", getattr(self, f), integer=True)
         for f in ("alpha_s", "beta_s", "compute_quota_s", "fetch_period_s", "eff_memory"):
             check_positive(f"sim.{f}", getattr(self, f))
-        if not self.de_join_s >= 0:
-            raise ConfigError("sim.de_join_s", f"must be >= 0 (got {self.de_join_s})")
+        for f in ("de_join_s", "prefill_layer_overhead_s", "activation_reserve_bytes"):
+            check_non_negative(f"sim.{f}", getattr(self, f))
+        if self.eff_memory > 1.0:
+            raise ConfigError("sim.eff_memory", f"is a share of HBM bandwidth, in (0, 1] (got {self.eff_memory})")
         if self.z_factor < 1.0:
             raise ConfigError("sim.z_factor", f"must be >= 1 (got {self.z_factor})")
         if self.compute is not None and not isinstance(self.compute, ComputeModel):
@@ -99,3 +104,38 @@ class SimConfig:
 
     def replace(self, **changes) -> "SimConfig":
         return dataclasses.replace(self, **changes)
+
+
+def sim_config_dict(**fields) -> ml_collections.ConfigDict:
+    """A config file's ``sim`` block: every :class:`SimConfig` field at its default (``hardware``:
+    every :class:`HardwareConfig` field), updated with ``fields``.
+
+    Because every field is present, the command line can override any of them
+    (``--config.sim.beta_s=1``, ``--config.sim.hardware.snic_bytes_per_s=25e9``); ml_collections
+    only overrides keys that exist. ``compute`` (a fitted :class:`ComputeModel`) is left out: it is
+    set from Python. ``ep_sync`` (default: from the model) is a bool placeholder.
+
+    Raises:
+      ConfigError: naming ``sim.<field>`` or ``sim.hardware.<field>`` for an unknown field.
+    """
+    def defaults(cls) -> dict:
+        out = {}
+        for f in dataclasses.fields(cls):
+            out[f.name] = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        return out
+
+    sim = {k: v for k, v in defaults(SimConfig).items() if k != "compute"}
+    sim["ep_sync"] = config_dict.placeholder(bool)
+    sim["hardware"] = defaults(HardwareConfig)
+    for key, value in fields.items():
+        if key not in sim:
+            raise ConfigError(f"sim.{key}", f"unknown field for SimConfig; known: {sorted(sim)}")
+        if key == "hardware":
+            for hk, hv in dict(value).items():
+                if hk not in sim["hardware"]:
+                    raise ConfigError(f"sim.hardware.{hk}", f"unknown field for HardwareConfig; known: "
+                                      f"{sorted(sim['hardware'])}")
+                sim["hardware"][hk] = hv
+        else:
+            sim[key] = value
+    return ml_collections.ConfigDict(sim)

@@ -119,17 +119,17 @@ def run_offline(base: SimConfig, ts: TrajectorySet, variants: Sequence[str], *, 
     """Offline runs (all agents at t = 0) of each variant; returns ``{variant: summary}``.
 
     ``scheduler_cls``: optional ClusterScheduler subclass used for every variant (a new policy)."""
-    starts = offline_starts(ts)
-    agents = agents_from_trajectories(ts, starts)
+    configs = {name: variant_config(base, name) for name in variants}  # unknown names fail before any run
+    agents = agents_from_trajectories(ts, offline_starts(ts))
+    label = "" if scheduler_cls is ClusterScheduler else f" [{scheduler_cls.__name__}]"
     out = {}
-    for name in variants:
-        cfg = variant_config(base, name)
+    for name, cfg in configs.items():
         t0 = time.perf_counter()
         res = Simulator(cfg, agents, scheduler_cls=scheduler_cls).run()
         summary = summarize(res, ts)
         summary["wall_s"] = time.perf_counter() - t0
         out[name] = summary
         if log:
-            log(f"  {name:10s} JCT {summary['jct_s']:9.1f} s  TTFT p50 {summary['ttft_p50_s']:7.2f} s  "
+            log(f"  {name + label:10s} JCT {summary['jct_s']:9.1f} s  TTFT p50 {summary['ttft_p50_s']:7.2f} s  "
                 f"TPOT {summary['tpot_s'] * 1e3:6.1f} ms  ({summary['wall_s']:.1f} s wall, {res.events} events)")
     return out

@@ -76,7 +76,9 @@ for mode, depth in (("layerwise", 2), ("layerwise", 1), ("full", 1)):
 
 # %% [markdown]
 # Double buffering (`depth=2`) hides most of the loading behind computation; `depth=1` waits for
-# every layer; `full` holds every layer's KV on the device at once (L/2 times the peak).
+# every layer. Layer-wise prefill holds at most `depth` layers' KV on the device (here about one:
+# with loading as slow as computing, a layer is usually released before the next one lands), while
+# `full` holds all L = 8 layers' KV at once: compare the KV peaks.
 #
 # ## A new read-side policy in the simulator
 #
