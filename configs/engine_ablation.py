@@ -9,9 +9,10 @@ alternates PE, DE per request), DualPath (dual, layerwise, dualpath) and Oracle 
 dualpath: no KV I/O cost). Every variant replays the same agents on a fresh KV store.
 
 Workload: the first 24 agent conversations of ``../shared/data/agentic_traces`` (Claude Code
-traces, first 300 files) that have at least ``rounds`` = 4 rounds, cut to those rounds;
-sub-agents dropped; each trajectory its own token scope (hits only within a trajectory, PAPER.md
-A.4); every token count divided by ``token_divisor`` = 32 (``workload.scale_tokens``: a 64-token
+traces, first 300 files; ``workload.traces_dir`` names another trace folder, or the environment
+variable ``DUALPATH_DATA_DIR`` another folder holding ``agentic_traces/``) that have at least
+``rounds`` = 4 rounds, cut to those rounds; sub-agents dropped; each trajectory its own token
+scope (hits only within a trajectory, PAPER.md A.4); every token count divided by ``token_divisor`` = 32 (``workload.scale_tokens``: a 64-token
 trace block becomes 2 tokens, prefix structure kept); agents whose context exceeds
 ``max_context_tokens`` = 2048 or whose later rounds append more than ``max_append_tokens`` = 128
 tokens (long tool outputs) skipped, so the 4-layer ``tiny-gqa`` model (1 KiB of f32 KV per token)
@@ -38,12 +39,14 @@ from both sides, beyond the paper) about 11 minutes.
 Output (workdir): ``ablation.json`` ({"variants": {name: {"jct_s", "ttft_p50_s", "ttft_p99_s",
 "tpot_s", "snic_bytes", ...}}, "tokens_identical", ...}), ``ablation.md/.csv`` (variant, JCT, TTFT
 p50/p99, TTST, TPOT, MB read and busy seconds per SNIC, SNIC Max/Avg, speedup vs Basic, compute
-seconds per engine), ``ablation.png``, ``snic_read_bytes.png``, ``tokens.json`` (token check vs
-each other and a no-cache recompute), ``runs/<variant>/{requests,forwards,summary}.json`` (per
-request timeline and tokens; per PE forward (engine, (cached, bsz) pairs, seconds) and per DE
-step, for calibrating the simulator), ``config.json``, ``env.json``, ``metrics.json`` and the
-``name: value`` lines (``jct_s_<variant>``, ``speedup_<variant>_vs_basic``,
-``dualpath_over_oracle_jct``, ``tokens_identical``, ...).
+seconds per engine, failed requests, block reads that failed (recomputed) and blocks that could not
+be persisted (later rounds hit less)), ``ablation.png``, ``snic_read_bytes.png``, ``tokens.json``
+(token check vs each other and a no-cache recompute), ``runs/<variant>/{requests,forwards,summary}.json``
+(per request timeline, tokens and failures; per PE forward (engine, (cached, bsz) pairs, seconds)
+and per DE step, for calibrating the simulator), ``config.json``, ``env.json``, ``metrics.json``,
+``metrics.jsonl`` and the ``name: value`` lines (``jct_s_<variant>``, ``speedup_<variant>_vs_basic``,
+``dualpath_over_oracle_jct``, ``num_failed``, ``read_failures``, ``persist_failures``,
+``tokens_identical``, ...).
 """
 
 import ml_collections
@@ -55,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict({"name": "tiny-gqa", "kv_dtype": "f32", "seed": 0})
     config.workload = ml_collections.ConfigDict({
         "max_files": 300, "num_agents": 24, "rounds": 4, "token_divisor": 32, "max_context_tokens": 2048,
-        "max_append_tokens": 128, "warm_start": True})
+        "max_append_tokens": 128, "warm_start": True, "traces_dir": ""})
     config.arrivals = ml_collections.ConfigDict({"mode": "offline", "aps": 1.0, "seed": 0, "use_think_time": False})
     config.cluster = ml_collections.ConfigDict({
         "prefill_nodes": 1, "decode_nodes": 2, "engines_per_node": 1,

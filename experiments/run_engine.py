@@ -27,18 +27,20 @@ def _force_host_devices(argv: list[str]) -> None:
     """Set ``--xla_force_host_platform_device_count`` to the config's engine count (before JAX loads)."""
     import importlib.util
 
-    path, arg = _CONFIG_DEFAULT, None
-    for a in argv:
-        if a.startswith("--config="):
-            path, _, arg = a.split("=", 1)[1].partition(":")
+    values: dict[str, str] = {}  # flag -> value, in both "--flag=value" and "--flag value" forms
+    for i, a in enumerate(argv):
+        name, eq, value = a.partition("=")
+        if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            value = argv[i + 1]
+        values[name] = value
+    path, _, arg = values.get("--config", _CONFIG_DEFAULT).partition(":")
     spec = importlib.util.spec_from_file_location("_engine_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config(arg or None).cluster
-    for a in argv:  # topology overrides on the command line
-        for key in ("prefill_nodes", "decode_nodes", "engines_per_node"):
-            if a.startswith(f"--config.cluster.{key}="):
-                c[key] = int(a.split("=", 1)[1])
+    for key in ("prefill_nodes", "decode_nodes", "engines_per_node"):  # topology overrides
+        if f"--config.cluster.{key}" in values:
+            c[key] = int(values[f"--config.cluster.{key}"])
     count = (c.prefill_nodes + c.decode_nodes) * c.engines_per_node
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
@@ -72,13 +74,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend-probe INFO lines out of the output
     import jax
 
-    from dualpath_jax.engine.ablation import run_ablation
+    from dualpath_jax.engine.ablation import check_config, run_ablation
     from dualpath_jax.metrics import writers
 
     if _JIT_CACHE.value:
         jax.config.update("jax_compilation_cache_dir", _JIT_CACHE.value)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     config = _CONFIG.value
+    check_config(config)  # a bad field fails here, before the workdir is touched
     workdir = Path(_WORKDIR.value)
     workdir.mkdir(parents=True, exist_ok=True)
     writers.write_config(workdir, config)

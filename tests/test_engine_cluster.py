@@ -1,5 +1,6 @@
 """The runtime cluster end to end on a small case: tokens, byte conservation, failures, config errors."""
 
+import contextlib
 import dataclasses
 
 import jax
@@ -13,7 +14,7 @@ from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.kvcache import block_keys, layout_for
 from dualpath_jax.model import get_spec, init_params
 from dualpath_jax.sched import ABLATION_VARIANTS, AttentionTimeModel
-from dualpath_jax.store import FailureCause, KVStore, StoreConfig
+from dualpath_jax.store import BlockFailure, FailureCause, KVStore, StoreConfig, WriteResult
 from dualpath_jax.workload import Trajectory, prompt_token_ids
 
 FAST = dict(snic_bytes_per_s=2e9, cnic_bytes_per_s=8e9, timeout_s=30.0, run_timeout_s=120.0,
@@ -123,6 +124,30 @@ def test_corrupt_block_is_recomputed_and_repaired(model):
     assert report.conservation(second)["bytes_conserved"]
 
 
+class _NoWrites(KVStore):
+    """A memory store whose writes all fail (a full disk): nothing the DEs persist lands."""
+
+    def write(self, keys, blocks):
+        return [WriteResult(k, BlockFailure(k, FailureCause.UNWRITABLE, "disk full")) for k in keys]
+
+
+def test_failed_persists_are_reported_and_later_rounds_recompute(model):
+    spec, params, layout = model
+    res = _run(model, ClusterConfig(**FAST).for_variant("dualpath"), _NoWrites(layout, StoreConfig(backend="memory")))
+    z = layout.block_tokens
+    for r in res.requests:  # every Full Block of the round's new KV was attempted and failed
+        assert r.blocks_persisted == 0 and r.hit_tokens == 0 and not r.error
+    rows = report.request_rows(res)
+    assert sum(len(row["persist_failures"]) for row in rows) > 0
+    assert all(set(row["persist_failures"]) <= {"unwritable"} for row in rows)
+    summary = report.summarize(res)
+    assert summary["persist_failures"] == sum(len(row["persist_failures"]) for row in rows)
+    assert summary["num_failed"] == 0 and summary["read_failures"] == 0
+    # the last round of each agent persists its whole context: floor(context / Z) blocks
+    last = {r.trajectory_id: r for r in res.requests}
+    assert all(len(r.persist_failures) == (r.prompt_tokens + r.gen_target) // z for r in last.values())
+
+
 def test_every_request_finishes_or_fails_with_a_cause(model):
     spec, params, layout = model
     # one Full Block of DRAM per node: reads and hand-offs of more than one block cannot fit
@@ -158,6 +183,36 @@ def test_online_arrivals_and_think_time(model):
 def test_invalid_config_names_the_field(field, value):
     with pytest.raises(ConfigError, match=f"cluster.{field}"):
         ClusterConfig(**{field: value})
+
+
+@pytest.mark.parametrize("path, value, field", [
+    ("workload.rounds", 0, "workload.rounds"), ("workload.num_agents", -3, "workload.num_agents"),
+    ("workload.max_files", 0, "workload.max_files"), ("workload.token_divisor", 0, "workload.token_divisor"),
+    ("arrivals.mode", "onlin", "arrivals.mode"), ("arrivals.aps", -1.0, "arrivals.aps"),
+    ("calibrate.load_over_oracle", -2.0, "calibrate.load_over_oracle"), ("window_s", 0.0, "window_s"),
+    ("model.kv_dtype", "f16x", "model.kv_dtype"), ("cluster.snic_bytes_per_s", -1.0, "cluster.snic_bytes_per_s"),
+    ("cluster.snic_gbps", 1.0, "cluster.snic_gbps"),
+])
+def test_engine_ablation_config_is_checked_before_anything_runs(path, value, field):
+    import importlib.util
+    from pathlib import Path
+
+    from dualpath_jax.engine.ablation import check_config
+
+    cfg_path = Path(__file__).resolve().parents[1] / "configs" / "engine_ablation.py"
+    spec = importlib.util.spec_from_file_location("_engine_cfg", cfg_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("quick")
+    check_config(config)  # the committed config passes
+    head, _, leaf = path.rpartition(".")
+    node = config
+    for part in head.split(".") if head else ():
+        node = node[part]
+    with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
+        node[leaf] = value
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        check_config(config)
 
 
 def test_buffer_smaller_than_a_block_and_unknown_variant_fail_at_start(model):

@@ -12,7 +12,8 @@ from dualpath_jax.engine import PrefillConfig, PrefillEngine, PrefillRequest
 from dualpath_jax.kvcache import block_keys, layout_for, unpack_full_blocks
 from dualpath_jax.model import forward, forward_with_cache, get_spec, init_params
 from dualpath_jax.store import FailureCause, KVStore, StoreConfig
-from dualpath_jax.transfer import BufferPool, BufferTimeoutError, Link, LinkConfig, Medium
+from dualpath_jax.transfer import (BufferPool, BufferTimeoutError, Link, LinkConfig, Medium, Outcome,
+                                   TransferRecord, TransferResult)
 
 ATOL = 1e-5  # f32 tolerance of the attention reference (tests/test_model.py)
 PROMPT = 320
@@ -148,6 +149,44 @@ def test_bad_block_is_reported_recomputed_and_repaired(tmp_path, fault, bad_bloc
         np.testing.assert_allclose(again.logits, full[256:], atol=ATOL, rtol=0)
 
 
+class _SnicTimesOut(Link):
+    """An SNIC that is never free in time for its ``fail_at``-th transfer (counting from 0)."""
+
+    def __init__(self, fail_at):
+        super().__init__(LinkConfig("snic", Medium.STORAGE, Medium.PE_BUFFER))
+        self.fail_at, self.calls = fail_at, 0
+
+    def transfer(self, num_bytes, fn=None, *, timeout_s=None, tag=""):
+        self.calls += 1
+        if self.calls - 1 == self.fail_at:
+            rec = TransferRecord("snic", Medium.STORAGE, Medium.PE_BUFFER, num_bytes, 0.0, 0.0, Outcome.TIMEOUT,
+                                 f"link busy for more than {timeout_s} s", tag)
+            return TransferResult(None, rec)
+        return super().transfer(num_bytes, fn, timeout_s=timeout_s, tag=tag)
+
+
+def test_a_block_the_snic_cannot_carry_is_recomputed():
+    spec, params, tokens, full = _setup("tiny-gqa")
+    with _memory_store(spec) as store:
+        PrefillEngine(params, spec, store).run([PrefillRequest("seed", tokens[:300])])  # blocks 0..3
+        engine = PrefillEngine(params, spec, store, snic_link=_SnicTimesOut(2), config=PrefillConfig(write_back=False))
+        (res,), report = engine.run([PrefillRequest("r", tokens)])
+    assert res.hit_tokens == 128  # blocks 0 and 1 arrived; block 2's transfer timed out
+    assert res.miss.cause is FailureCause.TIMEOUT and res.miss.detail.startswith("SNIC: link busy")
+    assert report.read_failures == {"timeout": 1}
+    np.testing.assert_allclose(res.logits, full[128:], atol=ATOL, rtol=0)
+
+
+def test_token_ids_outside_the_vocabulary_are_rejected():
+    spec, params, tokens, _ = _setup("tiny-gqa")
+    with _memory_store(spec) as store:
+        engine = PrefillEngine(params, spec, store)
+        bad = tokens.copy()
+        bad[7] = spec.vocab_size
+        with pytest.raises(ValueError, match=rf"request r: token ids must be in \[0, {spec.vocab_size}\)"):
+            engine.run([PrefillRequest("r", bad)])
+
+
 def test_unreadable_store_path_falls_back_to_recompute(tmp_path):
     spec, params, tokens, full = _setup("tiny-mla")
     (tmp_path / "file").write_text("not a directory")
@@ -156,7 +195,7 @@ def test_unreadable_store_path_falls_back_to_recompute(tmp_path):
             [PrefillRequest("r", tokens)])
     assert res.hit_tokens == 0 and res.miss.cause is FailureCause.UNREADABLE
     assert report.miss_causes == {"unreadable": 1}
-    assert res.blocks_written == 0 and [f.cause for f in res.write_failures] == [FailureCause.UNREADABLE] * 5
+    assert res.blocks_written == 0 and [f.cause for f in res.write_failures] == [FailureCause.UNWRITABLE] * 5
     np.testing.assert_allclose(res.logits, full, atol=ATOL, rtol=0)
 
 

@@ -156,6 +156,11 @@ def test_record_of_another_key_or_layout_is_rejected(store):
 
 
 def test_write_rejects_wrong_shapes(store):
+    with pytest.raises(ValueError, match=r"keys\[1\]: 'x' is not a block key \(32 lowercase hex digits"):
+        store.write([_keys(1)[0], "x"], _blocks(2))
+    with pytest.raises(ValueError, match=r"keys\[0\]: .* is not a block key"):
+        store.write([_keys(1)[0].upper()], _blocks(1))
+    assert store.stats().writes_ok == 0  # nothing was written
     with pytest.raises(ValueError, match="blocks"):
         store.write(_keys(1), [np.zeros((4, 64, 255), np.uint8)])
     with pytest.raises(ValueError, match="blocks"):
@@ -173,7 +178,7 @@ def test_unreadable_store_path(tmp_path):
         assert res.num_blocks == 0 and res.failure.cause is FailureCause.UNREADABLE
         assert "not a directory" in res.failure.detail.lower() or "no such" in res.failure.detail.lower()
         assert all(r.failure.cause is FailureCause.UNREADABLE for r in bad.read(keys))
-        assert all(w.failure.cause is FailureCause.UNREADABLE for w in bad.write(keys, blocks))
+        assert all(w.failure.cause is FailureCause.UNWRITABLE for w in bad.write(keys, blocks))
         with pytest.raises(StoreError) as err:
             bad.contains(keys[0])
         assert err.value.failure.cause is FailureCause.UNREADABLE

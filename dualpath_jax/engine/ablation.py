@@ -28,13 +28,13 @@ import jax
 import numpy as np
 import tqdm
 
-from dualpath_jax.config import ConfigError, from_mapping
+from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive, from_mapping
 from dualpath_jax.engine import report
 from dualpath_jax.engine.cluster import ClusterResult, EngineCluster
 from dualpath_jax.engine.compute import check_supported, prefill_kv
 from dualpath_jax.engine.config import ClusterConfig, engine_variant
 from dualpath_jax.engine.profile import fit_time_model, prefill_shape, profile_prefill, warm_up_prefill
-from dualpath_jax.kvcache import block_keys, layout_for, pack_full_blocks
+from dualpath_jax.kvcache import KV_DTYPES, block_keys, layout_for, pack_full_blocks
 from dualpath_jax.metrics import writers
 from dualpath_jax.model import cost, get_spec, init_params
 from dualpath_jax.sched import BatchItem, form_batch
@@ -42,17 +42,48 @@ from dualpath_jax.store import KVStore, StoreConfig
 from dualpath_jax.workload import (Trajectory, load_agentic_traces, poisson_arrivals_s, prompt_token_ids,
                                    scale_tokens)
 
-__all__ = ["select_agents", "start_times", "Setup", "round_shapes", "expected_shapes", "seed_store", "run_variant",
-           "calibrate_links", "load_compute_ratio", "run_ablation"]
+__all__ = ["check_config", "select_agents", "start_times", "Setup", "round_shapes", "expected_shapes", "seed_store",
+           "run_variant", "calibrate_links", "load_compute_ratio", "run_ablation"]
+
+
+def check_config(config) -> None:
+    """Check an engine-ablation config (``configs/engine_ablation.py``) before anything runs.
+
+    Raises:
+      ConfigError: naming the field (``workload.rounds``, ``arrivals.aps``, ``model.kv_dtype``,
+        ``cluster.<field>``, ...).
+    """
+    for name in config.variants:
+        engine_variant(name)
+    get_spec(config.model.name)
+    check_in("model.kv_dtype", config.model.kv_dtype, tuple(KV_DTYPES))
+    w = config.workload
+    for f in ("max_files", "num_agents", "rounds", "token_divisor", "max_context_tokens", "max_append_tokens"):
+        check_positive(f"workload.{f}", w[f], integer=True)
+    a = config.arrivals
+    check_in("arrivals.mode", a.mode, ("offline", "online"))
+    check_positive("arrivals.aps", a.aps)
+    check_non_negative("calibrate.load_over_oracle", config.calibrate.load_over_oracle)
+    check_positive("calibrate.cnic_over_snic", config.calibrate.cnic_over_snic)
+    check_positive("window_s", config.window_s)
+    check_non_negative("tie_tol", config.tie_tol)
+    check_non_negative("reference_chunk_tokens", config.reference_chunk_tokens, integer=True)
+    check_positive("profile.repeats", config.profile.repeats, integer=True)
+    from_mapping(ClusterConfig, {**config.cluster.to_dict(), "model": config.model.name,
+                                 "kv_dtype": config.model.kv_dtype}, prefix="cluster.")
 
 
 def select_agents(cfg) -> list[Trajectory]:
     """The replayed agents (module docstring); ``cfg`` is the ``workload`` ConfigDict.
 
+    ``cfg.traces_dir``: folder of ``*.json.gz`` traces (empty: ``workload.agentic_dir()``).
+
     Raises:
       ConfigError: ``workload.num_agents`` agents cannot be found under the limits.
+      FileNotFoundError: no trace files in the folder.
     """
-    ts = load_agentic_traces(limit=cfg.max_files, subagents="drop", token_scope="trajectory")
+    ts = load_agentic_traces(cfg.get("traces_dir") or None, limit=cfg.max_files, subagents="drop",
+                             token_scope="trajectory")
     ts = scale_tokens(ts, int(cfg.token_divisor))
     out = []
     for traj in ts:
@@ -271,6 +302,8 @@ def _row(name: str, s: dict, basic_jct: float | None) -> dict:
     for eng, sec in s["compute_s"].items():
         row[f"compute_s_{eng}"] = sec
     row["failed"] = s["num_failed"]
+    row["read_failures"] = s["read_failures"]
+    row["persist_failures"] = s["persist_failures"]
     return row
 
 
@@ -281,6 +314,7 @@ def run_ablation(config, workdir, *, log: Callable = print, progress: bool | Non
     variant, token check) with elapsed time and ETA, one over the current run's requests with
     rate and ETA; ``log`` lines are printed above them. Default: only when stderr is a terminal.
     """
+    check_config(config)
     show = sys.stderr.isatty() if progress is None else bool(progress)
     stages = ["setup"] + (["seed store"] if config.workload.warm_start else []) + (
         ["calibrate"] if config.calibrate.load_over_oracle else []) + list(config.variants) + ["token check"]
@@ -337,7 +371,8 @@ def _run_variants(config, workdir: Path, setup: Setup, seed_dir: Path | None, ca
         writers.write_json(run_dir / "summary.json", {**s, "links": res.links, "runtime_shapes": res.runtime_shapes})
         log(f"  {name:10s} JCT {s['jct_s']:7.2f} s  TTFT p50 {s['ttft_p50_s']:6.3f} s  TPOT {s['tpot_s'] * 1e3:6.1f} ms"
             f"  SNIC MB {', '.join(f'{k}={v / 1e6:.1f}' for k, v in s['snic_bytes'].items())}"
-            f"  failed {s['num_failed']}  ({time.perf_counter() - t0:.1f} s wall)")
+            f"  failed {s['num_failed']}  failed block reads {s['read_failures']} / persists "
+            f"{s['persist_failures']}  ({time.perf_counter() - t0:.1f} s wall)")
     t0 = time.perf_counter()
     with stage("token check"):
         tokens = report.check_tokens(results, setup.params, setup.spec, tie_tol=config.tie_tol,
@@ -356,11 +391,16 @@ def _run_variants(config, workdir: Path, setup: Setup, seed_dir: Path | None, ca
         regime["load_over_compute_measured"] = read_s / max(pe_s, 1e-12)
     basic = summaries.get("basic", {}).get("jct_s")
     rows = [_row(n, s, basic) for n, s in summaries.items()]
-    writers.write_table(workdir / "ablation", rows, title="Engine ablation (1P2D emulated, agentic traces)")
+    cl = setup.cluster
+    shape = f"{cl.prefill_nodes}P{cl.decode_nodes}D"
+    if cl.engines_per_node > 1:
+        shape += f" x {cl.engines_per_node} engines per node"
+    writers.write_table(workdir / "ablation", rows, title=f"Engine ablation ({shape} emulated, agentic traces)")
     ablation = {"variants": {n: {"jct_s": s["jct_s"], "ttft_p50_s": s["ttft_p50_s"], "ttft_p99_s": s["ttft_p99_s"],
                                  "ttst_s": s["ttst_mean_s"], "tpot_s": s["tpot_s"], "snic_bytes": s["snic_bytes"],
                                  "snic_busy_s": s["snic_busy_s"], "snic_max_avg": s["snic_max_avg_mean"],
                                  "compute_s": s["compute_s"], "num_failed": s["num_failed"],
+                                 "read_failures": s["read_failures"], "persist_failures": s["persist_failures"],
                                  "bytes_conserved": s["bytes_conserved"]} for n, s in summaries.items()},
                 "tokens_identical": tokens["tokens_identical"],
                 "tokens_identical_tie_aware": tokens["tokens_identical_tie_aware"], "regime": regime,
@@ -382,6 +422,10 @@ def _run_variants(config, workdir: Path, setup: Setup, seed_dir: Path | None, ca
     named["snic_bytes_per_s"] = setup.cluster.snic_bytes_per_s
     named["load_over_compute"] = regime.get("load_over_compute_measured", regime["load_over_compute_estimated"])
     named["num_failed"] = sum(s["num_failed"] for s in summaries.values())
+    # blocks that could not be read (recomputed) or persisted (later rounds hit less): both change a
+    # variant's work, so a difference between variants has a visible cause
+    named["read_failures"] = sum(s["read_failures"] for s in summaries.values())
+    named["persist_failures"] = sum(s["persist_failures"] for s in summaries.values())
     named["bytes_conserved"] = all(s["bytes_conserved"] for s in summaries.values())
     named["tokens_identical_tie_aware"] = tokens["tokens_identical_tie_aware"]
     named["tokens_identical"] = tokens["tokens_identical"]

@@ -223,13 +223,21 @@ class PrefillEngine:
     def prepare(self, requests: Sequence[PrefillRequest]) -> PreparedBatch:
         """Look up and read each request's hit blocks into the PE buffer.
 
+        A block the SNIC link could not carry in time counts as a failed read (``TIMEOUT``): it and
+        the blocks after it are recomputed.
+
         Raises:
-          ValueError: the batch's hit blocks can never fit the PE buffer.
+          ValueError: a token id outside the model's vocabulary, or the batch's hit blocks can
+            never fit the PE buffer.
           BufferTimeoutError: the PE buffer stayed full past ``config.timeout_s`` (back-pressure).
         """
         t0 = time.perf_counter()
         z, timeout = self.layout.block_tokens, self.config.timeout_s
         requests = list(requests)
+        for r in requests:
+            if int(r.tokens.max()) >= self.spec.vocab_size or int(r.tokens.min()) < 0:
+                raise ValueError(f"request {r.request_id}: token ids must be in [0, {self.spec.vocab_size}) "
+                                 f"(vocab_size of {self.spec.name}; got min {r.tokens.min()}, max {r.tokens.max()})")
         keys = [block_keys(self.layout, r.tokens) for r in requests]
         eligible = [min(len(k), (len(r.tokens) - 1) // z) for k, r in zip(keys, requests)]
         lookups = [self.store.lookup_async(k[:n]) for k, n in zip(keys, eligible)]
@@ -260,8 +268,12 @@ class PrefillEngine:
                     if not res.ok:
                         fails.append(res.failure)
                     elif not fails:  # blocks after the first bad one are recomputed, not used
-                        self.snic_link.transfer(res.block.nbytes, timeout_s=timeout, tag=requests[b].request_id)
-                        good.append(lease.hold(res.block))
+                        moved = self.snic_link.transfer(res.block.nbytes, timeout_s=timeout,
+                                                        tag=requests[b].request_id)
+                        if moved.ok:
+                            good.append(lease.hold(res.block))
+                        else:  # the SNIC never carried it: recompute from here, as for a failed read
+                            fails.append(BlockFailure(key, FailureCause.TIMEOUT, f"SNIC: {moved.record.cause}"))
                 if fails:
                     miss[b] = fails[0]
                 hit_blocks.append(len(good))

@@ -60,11 +60,19 @@ def request_rows(result: ClusterResult) -> list[dict]:
              "hit_tokens": r.hit_tokens, "prompt_tokens": r.prompt_tokens, "gen_tokens": r.gen_target,
              "read_bytes_pe": r.read_bytes_pe, "read_bytes_de": r.read_bytes_de,
              "read_failures": [f.cause.value for f in r.read_failures], "blocks_persisted": r.blocks_persisted,
+             "persist_failures": [_failure_name(f) for f in r.persist_failures],
              "arrival_s": r.arrival_s, "placed_s": r.placed_s, "read_done_s": r.read_done_s,
              "prefill_start_s": r.prefill_start_s, "first_token_s": r.first_token_s,
              "decode_start_s": r.decode_start_s, "second_token_s": r.second_token_s, "finish_s": r.finish_s,
              "persisted_s": r.persisted_s, "error": r.error, "tokens": list(r.generated),
              "gaps": [float(g) for g in r.gaps]} for r in result.requests]
+
+
+def _failure_name(failure) -> str:
+    """A persist failure as text: the store's cause (``"unwritable"``, ``"timeout"``...) or the
+    transfer error's message."""
+    cause = getattr(failure, "cause", None)
+    return cause.value if cause is not None else str(failure)
 
 
 def forward_rows(result: ClusterResult) -> dict:
@@ -109,6 +117,7 @@ def summarize(result: ClusterResult, *, window_s: float = 1.0) -> dict:
         "gen_tokens": int(sum(len(r.generated) for r in result.requests)),
         "read_sides": {s: int(np.sum(t.read_side == s)) for s in ("pe", "de", "none")},
         "read_failures": int(sum(len(r.read_failures) for r in result.requests)),
+        "persist_failures": int(sum(len(r.persist_failures) for r in result.requests)),
         "pe_forwards": len(result.forwards), "de_steps": len(result.steps),
         "wall_s": result.wall_s, "alpha_tokens": result.alpha_tokens, "beta_tokens": result.beta_tokens,
     }

@@ -1,4 +1,4 @@
-"""Run artifacts in a workdir (DESIGN.md "Runs leave artifacts").
+"""Run artifacts in a workdir: every experiment and benchmark leaves the same files.
 
 * ``config.json``   the run's configuration (:func:`write_config`);
 * ``env.json``      versions and device (:func:`write_env`);

@@ -21,7 +21,7 @@ Design:
   release the GIL). Sync forms wait with a deadline and turn an expired wait into a
   ``TIMEOUT`` failure instead of hanging.
 * **Failures are values** (:class:`BlockFailure` with a :class:`FailureCause`): missing,
-  checksum mismatch, truncated, bad header, unreadable path/backend, timeout. Counted in
+  checksum mismatch, truncated, bad header, unreadable or unwritable path/backend, timeout. Counted in
   :meth:`KVStore.stats`.
 
 Concurrency: one ``KVStore`` may be shared by threads; two processes may open the same file
@@ -33,6 +33,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import os
+import re
 import tempfile
 import threading
 import time
@@ -43,7 +44,7 @@ import numpy as np
 import tensorstore as ts
 
 from dualpath_jax.config import check_in, check_positive
-from dualpath_jax.kvcache import BlockLayout
+from dualpath_jax.kvcache import KEY_HEX_CHARS, BlockLayout
 from dualpath_jax.store.record import (BlockFailure, FailureCause, encode_record, header_bytes, parse_header,
                                        verify_full, verify_layer)
 
@@ -51,6 +52,7 @@ __all__ = ["StoreConfig", "KVStore", "BlockRead", "WriteResult", "LookupResult",
            "default_store_path", "StoreError"]
 
 _ENV_STORE_DIR = "DUALPATH_KVSTORE_DIR"
+_HEX = re.compile("[0-9a-f]+")
 _LAYER_READ_ATTEMPTS = 4
 
 
@@ -130,6 +132,13 @@ class LookupResult:
 
 @dataclasses.dataclass(frozen=True)
 class StoreStats:
+    """Counters since the store was opened.
+
+    ``read_bytes`` counts the KV payload delivered (a Full Block's or a Layer Block's bytes);
+    ``write_bytes`` counts whole records written (payload plus the checksummed header). Seconds are
+    wall time spent in the backend.
+    """
+
     lookups: int = 0
     lookup_hit_blocks: int = 0
     reads_ok: int = 0
@@ -321,7 +330,7 @@ class KVStore:
         except TimeoutError:
             fail = BlockFailure(key, FailureCause.TIMEOUT, f"write exceeded {self.config.timeout_s} s")
         except ValueError as e:
-            fail = BlockFailure(key, FailureCause.UNREADABLE, str(e).splitlines()[0][:300])
+            fail = BlockFailure(key, FailureCause.UNWRITABLE, str(e).splitlines()[0][:300])
         else:
             dt = time.perf_counter() - t0
             with self._lock:
@@ -338,10 +347,16 @@ class KVStore:
         Each block becomes visible to readers only once completely written.
 
         Raises:
-          ValueError: ``keys`` and ``blocks`` differ in length, or a block has the wrong shape.
+          ValueError: ``keys`` and ``blocks`` differ in length, a key is not a block key
+            (``KEY_HEX_CHARS`` lowercase hex digits, as ``kvcache.block_keys`` makes them), or a
+            block has the wrong shape.
         """
         if len(keys) != len(blocks):
             raise ValueError(f"blocks: got {len(blocks)} blocks for {len(keys)} keys")
+        for i, k in enumerate(keys):
+            if not (isinstance(k, str) and len(k) == KEY_HEX_CHARS and _HEX.fullmatch(k)):
+                raise ValueError(f"keys[{i}]: {k!r} is not a block key ({KEY_HEX_CHARS} lowercase hex digits, "
+                                 f"see kvcache.block_keys)")
         for i, b in enumerate(blocks):
             if b.dtype != np.uint8 or tuple(b.shape) != self.layout.full_block_shape:
                 raise ValueError(f"blocks[{i}]: expected uint8{list(self.layout.full_block_shape)}, "

@@ -50,7 +50,8 @@ class FailureCause(str, enum.Enum):
     CHECKSUM_MISMATCH = "checksum_mismatch"  # header or layer CRC does not match the bytes
     TRUNCATED = "truncated"                # fewer bytes than the header promises
     BAD_HEADER = "bad_header"              # wrong magic / layout / key / length
-    UNREADABLE = "unreadable"              # backend or path error (permissions, not a directory, I/O)
+    UNREADABLE = "unreadable"              # backend or path error on a read/lookup (permissions, not a directory, I/O)
+    UNWRITABLE = "unwritable"              # backend or path error on a write (disk full, permissions, not a directory)
     TIMEOUT = "timeout"                    # the operation did not finish within its deadline
 
 

@@ -6,7 +6,7 @@ the transfer's real work (e.g. ``jax.device_put``) runs first, then the link sle
 of the emulated duration, so results become available exactly when the emulated link would
 have delivered them. With ``rate_bytes_per_s=None`` (the default) the link is unlimited and only
 the real copy time counts. This is how the engine recreates the paper's storage-bandwidth-bound
-regime on one host (DESIGN.md "A real engine"); counters give per-link bytes and busy time.
+regime on one host, with every KV transfer a real copy; counters give per-link bytes and busy time.
 
 Every transfer yields a :class:`TransferRecord`: source and destination medium, bytes,
 start/finish time (``time.perf_counter`` seconds) and an :class:`Outcome` with its cause.
