@@ -11,16 +11,16 @@ dualpath: no KV I/O cost). Every variant replays the same agents on a fresh KV s
 Workload: the first 24 agent conversations of ``../shared/data/agentic_traces`` (Claude Code
 traces, first 300 files; ``workload.traces_dir`` names another trace folder, or the environment
 variable ``DUALPATH_DATA_DIR`` another folder holding ``agentic_traces/``) that have at least
-``rounds`` = 4 rounds, cut to those rounds; sub-agents dropped; each trajectory its own token
-scope (hits only within a trajectory, PAPER.md A.4); every token count divided by ``token_divisor`` = 32 (``workload.scale_tokens``: a 64-token
-trace block becomes 2 tokens, prefix structure kept); agents whose context exceeds
-``max_context_tokens`` = 2048 or whose later rounds append more than ``max_append_tokens`` = 128
-tokens (long tool outputs) skipped, so the 4-layer ``tiny-gqa`` model (1 KiB of f32 KV per token)
-replays them on a CPU in the agentic regime (short appends over long cached contexts). Warm
-start: the store is seeded with each agent's first prompt, so every replayed round is a hit
-round (96 requests, ~70K hit tokens = 71 MB of KV, ~5.4K appended tokens, ~800 generated). All
-agents start at t = 0 (offline, the metric is JCT); ``arrivals.mode="online"`` gives Poisson
-arrivals at ``aps``.
+``rounds`` = 4 rounds, cut to those rounds; sub-agents dropped; each trajectory its own token scope
+(hits only within a trajectory, PAPER.md A.4); every token count divided by ``token_divisor`` = 32
+(``workload.scale_tokens``: a 64-token trace block becomes 2 tokens, prefix structure kept); agents
+whose context exceeds ``max_context_tokens`` = 2048 or whose later rounds append more than
+``max_append_tokens`` = 128 tokens (long tool outputs) skipped, so the 4-layer ``tiny-gqa`` model
+(1 KiB of f32 KV per token) replays them on a CPU in the agentic regime (short appends over long
+cached contexts). Warm start: the store is seeded with each agent's first prompt, so every replayed
+round is a hit round (96 requests, ~70K hit tokens = 71 MB of KV, ~5.4K appended tokens, ~800
+generated). All agents start at t = 0 (offline, the metric is JCT); ``arrivals.mode="online"``
+gives Poisson arrivals at ``aps``.
 
 Emulated hardware, 1P2D: one PE node and two DE nodes of one engine each (one JAX CPU device per
 engine), 256 MiB DRAM buffer per node. Link rates are calibrated to the host (``calibrate``):
