@@ -114,7 +114,11 @@ def forward_with_cache(params: dict, spec: ModelSpec, tokens: jax.Array, caches:
 
 @functools.partial(jax.jit, static_argnames=("spec", "implementation"))
 def forward(params: dict, spec: ModelSpec, tokens: jax.Array, *, implementation: str = "auto") -> jax.Array:
-    """Whole-model forward of one sequence without cache: ``tokens i32[T]`` -> ``f32[T, V]``."""
+    """Whole-model forward of one sequence without cache: ``tokens i32[T]`` -> ``f32[T, V]``.
+
+    Token ids must be in ``[0, V)``. Under ``jit`` nothing checks them: JAX clamps an out-of-range
+    embedding index instead of raising, so callers validate ids on the host (the engines do).
+    """
     positions = jnp.arange(tokens.shape[0], dtype=jnp.int32)
     h = embed(params, spec, tokens)
     for layer_params in params["layers"]:
