@@ -8,12 +8,15 @@ and JSON to the workdir together with ``config.json``, ``env.json`` and ``metric
 output ends with the study's ``name: value`` lines. Override any field with
 ``--config.<field>=<value>``: every ``SimConfig`` field is under ``sim`` and every
 ``HardwareConfig`` field under ``sim.hardware`` (e.g. ``--config.sim.beta_s=1``,
-``--config.sim.hardware.snic_bytes_per_s=25e9``, ``--config.num_agents='(256,)'``). Fields a
-study sets per row (e.g. Fig. 7's model and cluster) take precedence over ``sim``.
+``--config.sim.hardware.snic_bytes_per_s=25e9``, ``--config.num_agents='(256,)'``). A field the
+study sets for each run (the switches from ``variants``, Fig. 7's model and cluster from its
+``rows``, the clusters of ``clusters`` / ``*_cases``) is rejected under ``sim`` with the entry to
+change instead.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from dualpath_jax.config import ConfigError
 from dualpath_jax.metrics import writers
 from dualpath_jax.sched import get_variant
 from dualpath_jax.sim.studies import STUDIES
+from dualpath_jax.sim.studies_common import check_sim_overrides
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Study config file configs/sim_<study>.py; append :quick or :tiny for the smaller variants "
@@ -42,6 +46,7 @@ def main(argv):
         raise ConfigError("study", f"unknown study {config.study!r}; known: {sorted(STUDIES)}")
     for name in config.get("variants", ()):  # before any run, not after the first variants
         get_variant(name)
+    check_sim_overrides(config, sys.argv[1:])  # an override a study would overwrite in each run fails
     workdir = Path(_WORKDIR.value)
     workdir.mkdir(parents=True, exist_ok=True)
     writers.write_config(workdir, config)

@@ -185,6 +185,10 @@ def test_token_ids_outside_the_vocabulary_are_rejected():
         bad[7] = spec.vocab_size
         with pytest.raises(ValueError, match=rf"request r: token ids must be in \[0, {spec.vocab_size}\)"):
             engine.run([PrefillRequest("r", bad)])
+    wraps = tokens.astype(np.int64)
+    wraps[3] = 2**32 + 5  # would become id 5 in int32
+    with pytest.raises(ValueError, match=r"request w: token ids must be in \[0, 2\*\*31\)"):
+        PrefillRequest("w", wraps)
 
 
 def test_unreadable_store_path_falls_back_to_recompute(tmp_path):

@@ -322,7 +322,7 @@ def test_built_in_read_plans_pass_the_check_for_every_policy_and_loading():
     (ReadPlan("de", 10), 10, "pe_read", "side 'de' is not one of 'pe'"),
     (ReadPlan("pe", 0), 10, "oracle", "means side 'none', not 'pe'"),  # oracle reads nothing
     (ReadPlan("none", 0), 10, "dual", "means side 'pe', not 'none'"),  # skipping a read is oracle's privilege
-    (ReadPlan("pe", 0), 0, "dual", "means side 'none', not 'pe'"),
+    (ReadPlan("DE", 0), 0, "dual", "means side 'none', not 'DE'"),
     (ReadPlan("none", 3), 0, "split", r"de_blocks=3 is outside \[0, 0\]"),
 ])
 def test_check_read_plan_rejects_inconsistent_plans(plan, hit_blocks, loading, error):
@@ -331,6 +331,15 @@ def test_check_read_plan_rejects_inconsistent_plans(plan, hit_blocks, loading, e
     with pytest.raises(TypeError, match=r"Mine\.read_plan: de_blocks must be an int \(got 2\.0\)"):
         check_read_plan(ReadPlan("split", 2.0), 10, "split", who="Mine.read_plan")
     check_read_plan(ReadPlan("split", np.int64(3)), 10, "split")  # numpy ints are ints
+    with pytest.raises(TypeError, match=r"Mine\.read_plan: must return a ReadPlan\(side, de_blocks\) \(got None\)"):
+        check_read_plan(None, 10, "dual", who="Mine.read_plan")
+
+
+@pytest.mark.parametrize("plan, loading", [(ReadPlan("pe", 0), "dual"), (ReadPlan("de", 0), "dual"),
+                                           (ReadPlan("none", 0), "pe_read"), (ReadPlan("pe", 0), "pe_read"),
+                                           (ReadPlan("split", 0), "split")])
+def test_a_request_without_hit_blocks_may_name_any_side_of_its_mode(plan, loading):
+    check_read_plan(plan, 0, loading)  # reads nothing whichever side it names
 
 
 def test_invalid_scheduler_configs_name_field():

@@ -11,6 +11,7 @@ from dualpath_jax.config import ConfigError
 from dualpath_jax.model import cost
 from dualpath_jax.sched import ClusterScheduler, ReadPlan
 from dualpath_jax.sim import HardwareConfig, SimAgent, SimConfig, Simulator, simulate
+from dualpath_jax.sim.cluster import _round_hits
 from dualpath_jax.sim.hardware import Server, reserve
 
 FETCH = 0.005
@@ -226,6 +227,32 @@ def test_round_contexts_match_a_plain_loop_over_random_trajectories():
     for j in range(len(r["agent"])):
         read, prompt, _ = ref[(int(r["agent"][j]), int(r["round"][j]))]
         assert (r["hit_tokens"][j], r["hit_tokens"][j] + r["append_tokens"][j]) == (read, prompt)
+
+
+@pytest.mark.parametrize("huge", [False, True])  # True: contexts too wide for the vectorised path
+def test_round_hits_of_many_agents_match_a_plain_loop(huge):
+    rng = np.random.default_rng(7)
+    agents = []
+    for i in range(40):
+        n = int(rng.integers(1, 15))
+        hit = rng.integers(0, 30_000, n).astype(float) if i % 4 else None
+        init = int(rng.integers(0, 2**61)) if huge and i % 5 == 0 else int(rng.integers(0, 4000))
+        agents.append(SimAgent(0.0, rng.integers(0, 3000, n), rng.integers(1, 300, n), None, hit, init))
+    lens = np.array([len(a.append) for a in agents])
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    tokens = np.concatenate([a.append + a.gen for a in agents]).astype(np.int64)
+    given = np.repeat([a.hit is not None for a in agents], lens)
+    hits = np.concatenate([a.hit for a in agents if a.hit is not None])
+    init = np.array([a.initial_context for a in agents], np.int64)
+    got = _round_hits(tokens, lens, offsets, init, given, hits)
+    want = []
+    for a in agents:  # plain recurrence: hit = min(given hit, context); context = hit + append + gen
+        context = a.initial_context
+        for r in range(len(a.append)):
+            hit = context if a.hit is None else min(int(a.hit[r]), context)
+            want.append(hit)
+            context = hit + int(a.append[r]) + int(a.gen[r])
+    np.testing.assert_array_equal(got, want)
 
 
 def test_a_stalled_run_raises_and_says_what_waits():

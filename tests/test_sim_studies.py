@@ -22,8 +22,9 @@ from dualpath_jax.sim.config import SimConfig, sim_config_dict
 from dualpath_jax.sim.hardware import HardwareConfig
 from dualpath_jax.sim.report import build_report
 from dualpath_jax.sim.studies import STUDIES, sim_config_from
-from dualpath_jax.sim.studies_common import (TTFT_COMPONENTS, WorkloadSpec, offline_run, online_run,
-                                             online_workload, parse_cluster, sim_config)
+from dualpath_jax.sim.studies_common import (TTFT_COMPONENTS, WorkloadSpec, check_sim_overrides, offline_run,
+                                             online_run, online_workload, parse_cluster, per_run_sim_fields,
+                                             sim_config)
 from dualpath_jax.sim.studies_paper import PAPER_STUDIES
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -187,6 +188,25 @@ def test_every_sim_field_can_be_overridden_from_the_command_line(monkeypatch):
         sim_config_dict(snic_gbps=400)
     with pytest.raises(ConfigError, match="sim.hardware.snic_gbps"):
         sim_config_dict(hardware={"snic_gbps": 400})
+
+
+def test_overrides_a_study_would_overwrite_in_each_run_are_rejected():
+    fig7, table3, ablation = load_config("fig7", None), load_config("table3", None), load_config("ablation", None)
+    per_run = per_run_sim_fields(fig7)
+    assert {k: per_run[k] for k in ("model", "prefill_nodes", "loading", "hardware.dram_buffer_bytes")} == {
+        "model": "config.rows.ds27b.sim", "prefill_nodes": "config.rows.ds27b.sim", "loading": "config.variants",
+        "hardware.dram_buffer_bytes": "config.rows.qwen32b.sim"}
+    assert "beta_s" not in per_run and "hardware.snic_bytes_per_s" not in per_run
+    with pytest.raises(ConfigError, match=r"sim\.prefill_nodes: study 'fig7' sets it for each run from "
+                                          r"config\.rows\.ds27b\.sim"):
+        check_sim_overrides(fig7, ["--config=configs/sim_fig7.py", "--config.sim.prefill_nodes=1"])
+    with pytest.raises(ConfigError, match=r"sim\.decode_nodes: .* from config\.offline_cases and config\.online_cases"):
+        check_sim_overrides(table3, ["--config.sim.decode_nodes", "8"])
+    with pytest.raises(ConfigError, match=r"sim\.loading: study 'ablation' sets it for each run from config\.variants"):
+        check_sim_overrides(ablation, ["--config.sim.loading=split"])
+    # fields no run sets pass, and so does the cluster of a study without cluster rows
+    check_sim_overrides(fig7, ["--config.sim.beta_s=1", "--config.sim.hardware.snic_bytes_per_s=25e9"])
+    check_sim_overrides(ablation, ["--config.sim.prefill_nodes=3"])
 
 
 def test_report_gathers_claims_tables_and_plots(tmp_path):

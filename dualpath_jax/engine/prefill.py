@@ -82,6 +82,9 @@ class PrefillRequest:
         if tokens.ndim != 1 or tokens.shape[0] == 0 or not np.issubdtype(tokens.dtype, np.integer):
             raise ValueError(f"request {self.request_id}: tokens must be a non-empty 1-D integer array "
                              f"(got {tokens.dtype}{list(tokens.shape)})")
+        if int(tokens.min()) < 0 or int(tokens.max()) >= 2**31:  # before the int32 cast could wrap them
+            raise ValueError(f"request {self.request_id}: token ids must be in [0, 2**31) "
+                             f"(got min {tokens.min()}, max {tokens.max()})")
         object.__setattr__(self, "tokens", tokens.astype(np.int32))
 
 

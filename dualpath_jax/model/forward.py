@@ -117,7 +117,7 @@ def forward(params: dict, spec: ModelSpec, tokens: jax.Array, *, implementation:
     """Whole-model forward of one sequence without cache: ``tokens i32[T]`` -> ``f32[T, V]``.
 
     Token ids must be in ``[0, V)``. Under ``jit`` nothing checks them: JAX clamps an out-of-range
-    embedding index instead of raising, so callers validate ids on the host (the engines do).
+    embedding index instead of raising, so callers validate ids on the host (``PrefillEngine`` does).
     """
     positions = jnp.arange(tokens.shape[0], dtype=jnp.int32)
     h = embed(params, spec, tokens)

@@ -41,19 +41,25 @@ def check_read_plan(plan, hit_blocks: int, loading: str, *, who: str = "read_pla
 
     A valid plan reads every hit block exactly once: ``0 <= de_blocks <= hit_blocks`` and ``side``
     is what ``de_blocks`` implies (``"pe"``: 0, ``"de"``: all, ``"split"``: some) and is allowed by
-    ``loading`` (:data:`SIDES_OF_LOADING`); ``"none"`` (0 blocks) when there is nothing to read or
-    the mode is ``oracle``. ``who`` names the policy in the error.
+    ``loading`` (:data:`SIDES_OF_LOADING`); ``"none"`` (0 blocks) under ``oracle``. With no hit
+    blocks, ``"none"`` or any side of the mode with 0 blocks. ``who`` names the policy in the error.
 
     Raises:
       TypeError: ``de_blocks`` is not an int.
       ValueError: any other inconsistency (the message names the plan and the allowed sides).
     """
-    side, de_blocks = plan
+    try:
+        side, de_blocks = plan
+    except (TypeError, ValueError):
+        raise TypeError(f"{who}: must return a ReadPlan(side, de_blocks) (got {plan!r})") from None
     if type(de_blocks) is not int and (isinstance(de_blocks, bool) or not isinstance(de_blocks, numbers.Integral)):
         raise TypeError(f"{who}: de_blocks must be an int (got {de_blocks!r})")
-    if hit_blocks == 0 or loading == "oracle":
+    if loading == "oracle":
         allowed: tuple = ("none",)
         want = "none" if de_blocks == 0 else None
+    elif hit_blocks == 0:  # nothing to read: any side of the mode reads its 0 blocks
+        allowed = ("none",) + SIDES_OF_LOADING.get(loading, ())
+        want = side if de_blocks == 0 and side in allowed else "none" if de_blocks == 0 else None
     else:
         allowed = SIDES_OF_LOADING.get(loading, ())
         want = ("pe" if de_blocks == 0 else "de" if de_blocks == hit_blocks else "split"

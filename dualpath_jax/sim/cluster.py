@@ -108,7 +108,7 @@ class SimResult:
     """Events the run processed."""
     end_s: float
     """JCT: the last request's finish (virtual seconds). A whole run finishes every request or raises;
-    one stopped by ``max_events`` gives the last finish so far."""
+    one stopped by ``max_events`` gives the last finish so far (the stop time if none finished)."""
     units: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     """Per PE unit (a group with ``ep_sync``, else an engine): ``pe_busy_s`` (seconds in forwards),
     ``pe_forwards`` and ``pe_batch_requests`` (request chunks over its forwards)."""
@@ -307,14 +307,17 @@ class Simulator:
                                   f"(got {np.asarray(getattr(self.agents[i], name)).tolist()!r:.80})")
         append = np.concatenate([np.asarray(a.append, np.int64) for a in self.agents])
         gen = np.concatenate([np.asarray(a.gen, np.int64) for a in self.agents])
-        bad = np.flatnonzero((gen < 1) | (append < 0) | (gen >= 2**40) | (append >= 2**40))
-        if bad.size:
-            i = int(np.searchsorted(offsets, bad[0], side="right") - 1)
-            raise ConfigError(f"agents[{i}].gen", "every round needs 1 <= gen < 2**40 and 0 <= append < 2**40")
+        for name, values_, low in (("append", append, 0), ("gen", gen, 1)):
+            bad = np.flatnonzero((values_ < low) | (values_ >= 2**40))
+            if bad.size:
+                i = int(np.searchsorted(offsets, bad[0], side="right") - 1)
+                raise ConfigError(f"agents[{i}].{name}", f"every round needs {low} <= {name} < 2**40 (round "
+                                  f"{int(bad[0] - offsets[i])} has {int(values_[bad[0]])})")
         self._flat = (append, gen, offsets)
         has_hit = np.zeros(len(self.agents), bool)
         has_hit[optional["hit"]] = True
-        hit = self._round_hits(append + gen, lens, offsets, np.repeat(has_hit, lens), values.get("hit"))
+        init = np.fromiter((int(a.initial_context) for a in self.agents), np.int64, len(self.agents))
+        hit = _round_hits(append + gen, lens, offsets, init, np.repeat(has_hit, lens), values.get("hit"))
         z, kvb = self.cfg.block_tokens, self.kvb
 
         def where(k: int) -> str:
@@ -325,53 +328,27 @@ class Simulator:
         k = int(np.argmax(context))
         if context[k] * kvb > self.de_hbm:
             raise ConfigError("hardware.hbm_bytes", f"{where(k)} needs {context[k]} tokens "
-                              f"({context[k] * kvb / 1e9:.1f} GB) of DE HBM but only {self.de_hbm / 1e9:.1f} GB "
-                              f"is free after weights")
+                              f"({context[k] * kvb:,.0f} B) of DE HBM but only {self.de_hbm:,.0f} B is free "
+                              f"after weights")
         prompt = hit + append  # a PE's last chunk computes over prompt - 1 cached tokens plus one new one
         k = int(np.argmax(prompt))
         if prompt[k] > self.pe_max_kv_tokens:
             where_kv = ("all its layers" if self.cfg.prefill == "full"
                         else f"{self.cfg.layerwise_depth} of {self.spec.n_layers} layers at a time")
             raise ConfigError("hardware.hbm_bytes", f"{where(k)} has a {prompt[k]}-token prompt; a PE's free HBM "
-                              f"({self.pe_free_hbm / 1e9:.1f} GB) holds the KV of {int(self.pe_max_kv_tokens)} tokens "
-                              f"with prefill={self.cfg.prefill!r} ({where_kv})")
+                              f"({self.pe_free_hbm:,.0f} B after weights and sim.activation_reserve_bytes) holds "
+                              f"the KV of {int(self.pe_max_kv_tokens)} tokens with prefill={self.cfg.prefill!r} "
+                              f"({where_kv})")
         if self.cfg.loading != "oracle":
-            read = hit // z * z  # whole Full Blocks are read; a read lands whole in one node's buffer
+            # whole Full Blocks are read, each read into one node's buffer; under split loading the
+            # scheduler may still put all of a request's blocks on one side, so the bound is the same
+            read = hit // z * z
             k = int(np.argmax(read))
             buffer = self.cfg.hardware.dram_buffer_bytes
             if read[k] * kvb > buffer:
                 raise ConfigError("hardware.dram_buffer_bytes", f"{where(k)} reads {read[k]} hit tokens "
-                                  f"({read[k] * kvb / 1e9:.1f} GB) but a node's DRAM buffer holds "
-                                  f"{buffer / 1e9:.1f} GB")
-
-    def _round_hits(self, tokens: np.ndarray, lens: np.ndarray, offsets: np.ndarray, given: np.ndarray,
-                    hits: np.ndarray | None) -> np.ndarray:
-        """``i64[rounds]`` cached tokens of every round as the run will compute them (before the
-        rounding to whole blocks, which moves tokens from hit to append and leaves the prompt as is).
-
-        ``given``: ``bool[rounds]``, rounds whose agent gives hits; ``hits``: those hits, in order.
-        Round r hits ``min(hit[r], context[r])`` of its context (all of it without given hits), and
-        the next context is that hit plus the round's append and generated tokens. With ``T[r]`` the
-        agent's tokens (append + gen) before round r, this unrolls to
-        ``hit'[r] = T[r] + min(c0, min_{k<=r}(hit[k] - T[k]))`` (``c0``: the initial context), a
-        running minimum per agent.
-        """
-        n = len(self.agents)
-        init = np.fromiter((int(a.initial_context) for a in self.agents), np.int64, n)
-        before = np.cumsum(tokens) - tokens
-        T = before - np.repeat(before[offsets[:-1]], lens)  # the agent's tokens before each round
-        c0 = np.repeat(init, lens)
-        w = c0.copy()
-        if hits is not None:
-            w[given] = np.minimum(hits.astype(np.int64) - T[given], c0[given])  # in [-max T, max c0]
-        # running minimum inside each agent: lift earlier agents above every later one by `span`
-        span = int(w.max()) - int(w.min()) + 1
-        if span * n < 2**62:
-            lift = np.repeat(np.arange(n - 1, -1, -1, dtype=np.int64) * span, lens)
-            run = np.minimum.accumulate(w + lift) - lift
-        else:  # values too wide to lift within int64: one agent at a time
-            run = np.concatenate([np.minimum.accumulate(w[offsets[i]:offsets[i + 1]]) for i in range(n)])
-        return T + run
+                                  f"({read[k] * kvb:,.0f} B) but a node's DRAM buffer holds {buffer:,.0f} B (a "
+                                  f"read waits for buffer space for all of its blocks)")
 
     def _typical_round(self) -> tuple[int, int]:
         """Mean (context, append) tokens per round over the agents (for alpha/beta in tokens).
@@ -909,6 +886,41 @@ def _no_hbm_left(model: str, compute, engines: int, kind: str, hw: HardwareConfi
     return (f"{model} weights ({compute.weight_bytes_per_gpu / 1e9:.1f} GB/GPU with EP over {engines} GPUs) leave no "
             f"HBM for KV on {kind}s ({hw.hbm_bytes / 1e9:.0f} GB each); add {nodes} nodes (more GPUs share the "
             f"routed experts) or raise hardware.hbm_bytes")
+
+
+def _round_hits(tokens: np.ndarray, lens: np.ndarray, offsets: np.ndarray, init: np.ndarray, given: np.ndarray,
+                hits: np.ndarray | None) -> np.ndarray:
+    """``i64[rounds]`` cached tokens of every round of every agent as the run computes them (before
+    the rounding to whole blocks, which moves tokens from hit to append and leaves the prompt as is).
+
+    Args:
+      tokens: ``i64[rounds]`` append + generated tokens per round, agents one after another.
+      lens, offsets: ``i64[A]`` rounds per agent and ``i64[A + 1]`` their start offsets.
+      init: ``i64[A]`` initial contexts (tokens in storage before round 0).
+      given: ``bool[rounds]``, rounds whose agent gives hits; ``hits``: those hits, in order.
+
+    Round r hits ``min(hit[r], context[r])`` of its context (all of it without given hits), and the
+    next context is that hit plus the round's append and generated tokens. With ``T[r]`` the agent's
+    tokens before round r, this unrolls to ``hit'[r] = T[r] + min(c0, min_{k<=r}(hit[k] - T[k]))``
+    (``c0``: the initial context), a running minimum per agent.
+    """
+    n = len(lens)
+    before = np.cumsum(tokens) - tokens
+    T = before - np.repeat(before[offsets[:-1]], lens)  # the agent's tokens before each round
+    c0 = np.repeat(init, lens)
+    w = c0.copy()
+    if hits is not None:
+        w[given] = np.minimum(hits.astype(np.int64) - T[given], c0[given])  # in [-max T, max c0]
+    if not w.size:
+        return T
+    # running minimum inside each agent: lift earlier agents above every later one by `span`
+    span = int(w.max()) - int(w.min()) + 1
+    if span * n < 2**62:
+        lift = np.repeat(np.arange(n - 1, -1, -1, dtype=np.int64) * span, lens)
+        run = np.minimum.accumulate(w + lift) - lift
+    else:  # values too wide to lift within int64: one agent at a time
+        run = np.concatenate([np.minimum.accumulate(w[offsets[i]:offsets[i + 1]]) for i in range(n)])
+    return T + run
 
 
 def _as_array(values, typecode: str) -> array.array:

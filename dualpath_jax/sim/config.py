@@ -128,6 +128,9 @@ def sim_config_dict(**fields) -> ml_collections.ConfigDict:
     sim["ep_sync"] = config_dict.placeholder(bool)
     sim["hardware"] = defaults(HardwareConfig)
     for key, value in fields.items():
+        if key == "compute":
+            raise ConfigError("sim.compute", "a ComputeModel is set from Python (SimConfig(compute=...)), "
+                              "not in a config file")
         if key not in sim:
             raise ConfigError(f"sim.{key}", f"unknown field for SimConfig; known: {sorted(sim)}")
         if key == "hardware":

@@ -34,9 +34,10 @@ from dualpath_jax.sim.experiment import offline_starts, online_starts, summarize
 from dualpath_jax.sim.hardware import HardwareConfig
 from dualpath_jax.workload import MAL_TOKENS, TrajectorySet, paper_dataset, scale_lengths, scale_tokens
 
-__all__ = ["WorkloadSpec", "workload_for", "online_workload", "online_warmup_s", "sim_config", "cluster_label",
-           "parse_cluster", "offline_run", "OnlineRun", "online_run", "ttft_components", "mean_total_tokens", "clear_cache", "ratio",
-           "plot_panels", "plot_stacked", "Log", "as_dict", "TTFT_COMPONENTS"]
+__all__ = ["WorkloadSpec", "workload_for", "online_workload", "online_warmup_s", "sim_config", "per_run_sim_fields",
+           "check_sim_overrides", "cluster_label", "parse_cluster", "offline_run", "OnlineRun", "online_run",
+           "ttft_components", "mean_total_tokens", "clear_cache", "ratio", "plot_panels", "plot_stacked", "Log",
+           "as_dict", "TTFT_COMPONENTS"]
 
 Log = Callable[[str], None]
 
@@ -133,6 +134,46 @@ def sim_config(*layers) -> SimConfig:
     hw = merged.pop("hardware", {}) or {}
     return from_mapping(SimConfig, {**merged, "hardware": from_mapping(HardwareConfig, hw, prefix="sim.hardware.")},
                         prefix="sim.")
+
+
+def per_run_sim_fields(config) -> dict[str, str]:
+    """``sim`` fields that a study sets for each of its runs, so that a ``--config.sim.<field>``
+    override would be overwritten: field (dotted, e.g. ``hardware.dram_buffer_bytes``) -> the
+    config entry that sets it (``variants``: the ablation switches; ``rows.<row>.sim``; the
+    cluster lists ``clusters``, ``offline_cases``, ``online_cases``)."""
+    out: dict[str, str] = {}
+    if "variants" in config:
+        out.update(dict.fromkeys(("loading", "prefill", "policy"), "config.variants"))
+    if "rows" in config and "row_order" in config:
+        for row in config.row_order:
+            stack = [("", as_dict(config.rows[row]).get("sim", {}))]
+            while stack:
+                prefix, node = stack.pop()
+                for key, value in node.items():
+                    if isinstance(value, dict):
+                        stack.append((f"{prefix}{key}.", value))
+                    else:
+                        out.setdefault(f"{prefix}{key}", f"config.rows.{row}.sim")
+    lists = [f"config.{name}" for name in ("clusters", "offline_cases", "online_cases") if name in config]
+    if lists:
+        out.update(dict.fromkeys(("prefill_nodes", "decode_nodes"), " and ".join(lists)))
+    return out
+
+
+def check_sim_overrides(config, argv) -> None:
+    """Reject ``--config.sim.<field>`` overrides in ``argv`` that the study would overwrite in each
+    run (:func:`per_run_sim_fields`), instead of ignoring them silently.
+
+    Raises:
+      ConfigError: naming ``sim.<field>`` and the config entry to change instead.
+    """
+    per_run = per_run_sim_fields(config)
+    for arg in argv:
+        if arg.startswith("--config.sim."):
+            field = arg[len("--config.sim."):].split("=", 1)[0]
+            if field in per_run:
+                raise ConfigError(f"sim.{field}", f"study {config.study!r} sets it for each run from "
+                                  f"{per_run[field]}; change that instead")
 
 
 def cluster_label(cfg: SimConfig) -> str:
