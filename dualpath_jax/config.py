@@ -23,6 +23,7 @@ __all__ = [
     "check_fraction",
     "from_mapping",
     "to_dict",
+    "argv_flag_values",
 ]
 
 T = TypeVar("T")
@@ -118,3 +119,20 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> 
             value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def argv_flag_values(argv: Iterable[str]) -> dict[str, str]:
+    """Flags of a command line read the way absl reads them, before absl runs: ``--name=value`` or
+    ``--name value`` (a following argument that does not start with ``-``); a bare ``--name`` maps
+    to ``""``. Later occurrences win. For scripts that must act on a flag before importing JAX
+    (e.g. to set ``XLA_FLAGS``)."""
+    argv = list(argv)
+    out: dict[str, str] = {}
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--"):
+            continue
+        name, eq, value = arg.partition("=")
+        if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            value = argv[i + 1]
+        out[name] = value
+    return out

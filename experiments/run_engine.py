@@ -27,12 +27,9 @@ def _force_host_devices(argv: list[str]) -> None:
     """Set ``--xla_force_host_platform_device_count`` to the config's engine count (before JAX loads)."""
     import importlib.util
 
-    values: dict[str, str] = {}  # flag -> value, in both "--flag=value" and "--flag value" forms
-    for i, a in enumerate(argv):
-        name, eq, value = a.partition("=")
-        if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
-            value = argv[i + 1]
-        values[name] = value
+    from dualpath_jax.config import argv_flag_values  # (imports no JAX)
+
+    values = argv_flag_values(argv)
     path, _, arg = values.get("--config", _CONFIG_DEFAULT).partition(":")
     spec = importlib.util.spec_from_file_location("_engine_config", path)
     module = importlib.util.module_from_spec(spec)

@@ -1,6 +1,6 @@
 import pytest
 
-from dualpath_jax.config import ConfigError, from_mapping
+from dualpath_jax.config import ConfigError, argv_flag_values, from_mapping
 from dualpath_jax.model import ModelSpec, get_spec, preset_names
 
 
@@ -49,3 +49,12 @@ def test_invalid_mla_specs_name_field(change, field):
 def test_from_mapping_rejects_unknown_key():
     with pytest.raises(ConfigError, match="n_hedas"):
         from_mapping(ModelSpec, {"name": "x", "attention": "gqa", "n_hedas": 3})
+
+
+def test_argv_flag_values_reads_both_absl_forms():
+    argv = ["--config", "configs/engine_ablation.py:quick", "--config.cluster.decode_nodes=3", "--workdir", "/tmp/w",
+            "--progress", "--config.cluster.engines_per_node", "2", "positional", "--config.cluster.decode_nodes=4"]
+    assert argv_flag_values(argv) == {"--config": "configs/engine_ablation.py:quick", "--workdir": "/tmp/w",
+                                      "--progress": "", "--config.cluster.decode_nodes": "4",
+                                      "--config.cluster.engines_per_node": "2"}
+    assert argv_flag_values(["--a=-1", "--b", "-2"]) == {"--a": "-1", "--b": ""}  # "-2" is not taken as a value
