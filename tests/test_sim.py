@@ -161,12 +161,12 @@ def test_invalid_sim_configs_name_field():
 
 
 def _reference_rounds(a: SimAgent, z: int = 64):
-    """Plain-loop reference of what each round of ``a`` needs: (read tokens, prompt, whole request)."""
+    """Plain-loop reference of each round of ``a``: (hit, read tokens, prompt, whole request)."""
     out, context = [], a.initial_context
     for r in range(len(a.append)):
         hit = context if a.hit is None else min(int(a.hit[r]), context)
         need = hit + int(a.append[r]) + int(a.gen[r])
-        out.append((hit // z * z, hit + int(a.append[r]), need))
+        out.append((hit, hit // z * z, hit + int(a.append[r]), need))
         context = need
     return out
 
@@ -179,7 +179,7 @@ _COMPACTING = SimAgent(0.0, np.array([5000, 300, 300, 200]), np.array([100, 50, 
 def test_requests_that_do_not_fit_fail_at_start_naming_the_field():
     base = SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=2, fetch_period_s=FETCH)
     kvb = cost.kv_bytes_per_token(base.spec, "fp8")
-    read, prompt, need = map(max, zip(*_reference_rounds(_COMPACTING)))
+    _, read, prompt, need = map(max, zip(*_reference_rounds(_COMPACTING)))
     assert (read, prompt, need) == (5056, 5400, 5450)  # all in round 1
     # the DRAM buffer must hold the largest read: exactly enough runs, a byte less fails at start
     fits = base.replace(hardware=HardwareConfig(dram_buffer_bytes=read * kvb))
@@ -225,7 +225,7 @@ def test_round_contexts_match_a_plain_loop_over_random_trajectories():
     r = res.requests
     ref = {(i, k): v for i, a in enumerate(agents) for k, v in enumerate(_reference_rounds(a))}
     for j in range(len(r["agent"])):
-        read, prompt, _ = ref[(int(r["agent"][j]), int(r["round"][j]))]
+        _, read, prompt, _ = ref[(int(r["agent"][j]), int(r["round"][j]))]
         assert (r["hit_tokens"][j], r["hit_tokens"][j] + r["append_tokens"][j]) == (read, prompt)
 
 
@@ -245,13 +245,7 @@ def test_round_hits_of_many_agents_match_a_plain_loop(huge):
     hits = np.concatenate([a.hit for a in agents if a.hit is not None])
     init = np.array([a.initial_context for a in agents], np.int64)
     got = _round_hits(tokens, lens, offsets, init, given, hits)
-    want = []
-    for a in agents:  # plain recurrence: hit = min(given hit, context); context = hit + append + gen
-        context = a.initial_context
-        for r in range(len(a.append)):
-            hit = context if a.hit is None else min(int(a.hit[r]), context)
-            want.append(hit)
-            context = hit + int(a.append[r]) + int(a.gen[r])
+    want = [hit for a in agents for hit, *_ in _reference_rounds(a)]
     np.testing.assert_array_equal(got, want)
 
 

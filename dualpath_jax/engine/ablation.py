@@ -46,8 +46,9 @@ __all__ = ["check_config", "select_agents", "start_times", "Setup", "round_shape
            "run_variant", "calibrate_links", "load_compute_ratio", "run_ablation"]
 
 
-def check_config(config) -> None:
-    """Check an engine-ablation config (``configs/engine_ablation.py``) before anything runs.
+def check_config(config) -> ClusterConfig:
+    """Check an engine-ablation config (``configs/engine_ablation.py``) before anything runs;
+    returns its emulated cluster.
 
     Raises:
       ConfigError: naming the field (``workload.rounds``, ``arrivals.aps``, ``model.kv_dtype``,
@@ -69,8 +70,8 @@ def check_config(config) -> None:
     check_non_negative("tie_tol", config.tie_tol)
     check_non_negative("reference_chunk_tokens", config.reference_chunk_tokens, integer=True)
     check_positive("profile.repeats", config.profile.repeats, integer=True)
-    from_mapping(ClusterConfig, {**config.cluster.to_dict(), "model": config.model.name,
-                                 "kv_dtype": config.model.kv_dtype}, prefix="cluster.")
+    return from_mapping(ClusterConfig, {**config.cluster.to_dict(), "model": config.model.name,
+                                        "kv_dtype": config.model.kv_dtype}, prefix="cluster.")
 
 
 def select_agents(cfg) -> list[Trajectory]:
@@ -130,10 +131,7 @@ class Setup:
         self.config = config
         self.spec = get_spec(config.model.name)
         check_supported(self.spec)
-        self.cluster = from_mapping(ClusterConfig, {**config.cluster.to_dict(), "model": config.model.name,
-                                                    "kv_dtype": config.model.kv_dtype})
-        for name in config.variants:
-            engine_variant(name)
+        self.cluster = check_config(config)
         self.layout = layout_for(self.spec, config.model.kv_dtype)
         self.cluster.check_layout(self.layout.full_block_bytes)
         self.params = jax.tree.map(np.asarray, init_params(self.spec, jax.random.PRNGKey(config.model.seed)))

@@ -7,7 +7,7 @@ import dataclasses
 import ml_collections
 from ml_collections import config_dict
 
-from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive
+from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive, to_dict
 from dualpath_jax.model import cost
 from dualpath_jax.model.spec import get_spec
 from dualpath_jax.sched.types import LOADINGS, POLICIES
@@ -118,15 +118,9 @@ def sim_config_dict(**fields) -> ml_collections.ConfigDict:
     Raises:
       ConfigError: naming ``sim.<field>`` or ``sim.hardware.<field>`` for an unknown field.
     """
-    def defaults(cls) -> dict:
-        out = {}
-        for f in dataclasses.fields(cls):
-            out[f.name] = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        return out
-
-    sim = {k: v for k, v in defaults(SimConfig).items() if k != "compute"}
+    sim = to_dict(SimConfig())  # every field at its default, hardware as a nested dict
+    del sim["compute"]
     sim["ep_sync"] = config_dict.placeholder(bool)
-    sim["hardware"] = defaults(HardwareConfig)
     for key, value in fields.items():
         if key == "compute":
             raise ConfigError("sim.compute", "a ComputeModel is set from Python (SimConfig(compute=...)), "

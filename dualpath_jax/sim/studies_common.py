@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dualpath_jax.config import ConfigError, check_in, check_positive, from_mapping
+from dualpath_jax.config import ConfigError, argv_flag_values, check_in, check_positive, from_mapping
 from dualpath_jax.metrics import latency
 from dualpath_jax.metrics.records import RequestTable
 from dualpath_jax.model import cost
@@ -168,9 +168,9 @@ def check_sim_overrides(config, argv) -> None:
       ConfigError: naming ``sim.<field>`` and the config entry to change instead.
     """
     per_run = per_run_sim_fields(config)
-    for arg in argv:
-        if arg.startswith("--config.sim."):
-            field = arg[len("--config.sim."):].split("=", 1)[0]
+    for flag in argv_flag_values(argv):
+        if flag.startswith("--config.sim."):
+            field = flag[len("--config.sim."):]
             if field in per_run:
                 raise ConfigError(f"sim.{field}", f"study {config.study!r} sets it for each run from "
                                   f"{per_run[field]}; change that instead")
