@@ -11,7 +11,7 @@ from dualpath_jax.config import ConfigError
 from dualpath_jax.model import cost
 from dualpath_jax.sched import ClusterScheduler, ReadPlan
 from dualpath_jax.sim import HardwareConfig, SimAgent, SimConfig, Simulator, simulate
-from dualpath_jax.sim.cluster import _round_hits
+from dualpath_jax.sim.agents import round_hits
 from dualpath_jax.sim.hardware import Server, reserve
 
 FETCH = 0.005
@@ -244,7 +244,7 @@ def test_round_hits_of_many_agents_match_a_plain_loop(huge):
     given = np.repeat([a.hit is not None for a in agents], lens)
     hits = np.concatenate([a.hit for a in agents if a.hit is not None])
     init = np.array([a.initial_context for a in agents], np.int64)
-    got = _round_hits(tokens, lens, offsets, init, given, hits)
+    got = round_hits(tokens, lens, offsets, init, given, hits)
     want = [hit for a in agents for hit, *_ in _reference_rounds(a)]
     np.testing.assert_array_equal(got, want)
 

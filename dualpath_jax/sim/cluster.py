@@ -24,6 +24,9 @@ Design (virtual time, one heap of events, no wall clock):
   step of a DE group lasts as long as the slowest member (``ep_sync``).
 * **Decode** needs no event per token: a DE unit advances a continuous step counter at the rate of
   its current step time; only joins and completions are events.
+
+The agents (:class:`~dualpath_jax.sim.agents.SimAgent`) are checked and laid out by
+:mod:`dualpath_jax.sim.agents`; this module checks that each of their requests fits the cluster.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from dualpath_jax.config import ConfigError
 from dualpath_jax.model import cost
 from dualpath_jax.sched import (BatchItem, ClusterScheduler, EngineLoad, SchedRequest, SchedulerConfig,
                                 check_read_plan)
+from dualpath_jax.sim.agents import FlatRounds, SimAgent, flatten_agents, typical_round
 from dualpath_jax.sim.compute import calibrate_from_public
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.hardware import HardwareConfig, Server, reserve
@@ -57,33 +61,6 @@ _INT_COLUMNS = ("agent", "round", "hit_tokens", "append_tokens", "gen_tokens")
 _ENGINE_COLUMNS = ("pe", "de", "de_blocks")
 _TIME_COLUMNS = ("arrival_s", "placed_s", "read_done_s", "prefill_start_s", "first_token_s", "decode_start_s",
                  "second_token_s", "finish_s", "persisted_s", "read_bytes_pe", "read_bytes_de")
-
-
-@dataclasses.dataclass(frozen=True)
-class SimAgent:
-    """An agent's trajectory as the simulator needs it.
-
-    Attributes:
-      arrival_s: when round 0 is issued (seconds, finite, >= 0).
-      append: ``i64[rounds]`` appended tokens per round.
-      gen: ``i64[rounds]`` generated tokens per round (>= 1).
-      think_s: optional ``f64[rounds]`` seconds from the moment round ``r - 1``'s new KV is persisted
-        (it has finished and its KV is in storage, which round ``r`` reads) to round ``r``'s issue;
-        ``think_s[0]`` is not used (round 0 is issued at ``arrival_s``).
-      hit: optional ``i64[rounds]`` cached tokens per round (default: the whole previous context).
-        A round hits ``min(hit, context)`` tokens and reads only whole Full Blocks of them: the
-        partial tail block is recomputed, i.e. moved to the round's append tokens.
-      initial_context: tokens already in storage before round 0 (a warm store); round 0 may hit them.
-
-    The context after a round is its hit plus its append and generated tokens.
-    """
-
-    arrival_s: float
-    append: np.ndarray
-    gen: np.ndarray
-    think_s: np.ndarray | None = None
-    hit: np.ndarray | None = None
-    initial_context: int = 0
 
 
 @dataclasses.dataclass
@@ -173,7 +150,8 @@ class Simulator:
         if self.de_hbm <= 0:
             raise ConfigError(hbm_field or "sim.decode_nodes", _no_hbm_left(cfg.model, self.de_model, n_de, "DE", hw))
         self.agents = list(agents)
-        self._validate_agents()
+        flat = flatten_agents(self.agents)
+        self._check_requests_fit(flat)
         # nodes: PE nodes 0..P-1, DE nodes P..P+D-1; engines: PEs 0..n_pe-1, DEs n_pe..
         n_nodes = cfg.prefill_nodes + cfg.decode_nodes
         self.snic_r = [Server(f"snic_read[{n}]", min(hw.node_snic_bytes_per_s, hw.storage_bytes_per_s))
@@ -198,7 +176,7 @@ class Simulator:
         self._pe_group_nodes = {gid: sorted({self.node_of[e] for e in engines}) for gid, engines in pe_groups.items()}
         de_groups = {n: [e for e in self.de_ids if self.node_of[e] == n] for n in range(cfg.prefill_nodes, n_nodes)}
         # scheduler thresholds in tokens (PAPER.md 5.2, A.4)
-        ctx, app = self._typical_round()
+        ctx, app = typical_round(flat)
         # tok_e counts prompt tokens (hit + append): beta = 5 s of one engine's rate in prompt tokens
         prompt_tokens_per_s = self.pe_model.prefill_tokens_per_s(ctx, app) * (ctx + app) / app
         alpha = cfg.alpha_s * hw.node_snic_bytes_per_s / self.kvb
@@ -262,68 +240,19 @@ class Simulator:
         self._rounds: list[tuple | None] = [None] * len(self.agents)
 
     # ---- setup ----------------------------------------------------------------------------------
-    def _validate_agents(self):
-        """Check every agent's rounds (vectorised over all of them), keep the flat arrays, and check
-        that every request can run on this cluster (PAPER.md section 2.3-2.6: a read lands whole in
-        a node's DRAM buffer, a DE holds the whole request's KV, a PE the prompt's KV it computes over).
+    def _check_requests_fit(self, flat: FlatRounds):
+        """Check that every request can run on this cluster (PAPER.md section 2.3-2.6: a read lands
+        whole in a node's DRAM buffer, a DE holds the whole request's KV, a PE the prompt's KV it
+        computes over).
 
         Raises:
-          ConfigError: naming ``agents[i].<field>`` for a bad trajectory, or the hardware field that
-            one request does not fit (``hardware.hbm_bytes``, ``hardware.dram_buffer_bytes``).
+          ConfigError: naming the hardware field that one request does not fit
+            (``hardware.hbm_bytes``, ``hardware.dram_buffer_bytes``) and the request.
         """
-        optional = {"hit": [], "think_s": []}  # agents that give the optional per-round values
-        for i, a in enumerate(self.agents):
-            rounds = len(a.append)
-            if len(a.gen) != rounds or rounds == 0:
-                raise ConfigError(f"agents[{i}]", f"append and gen must be non-empty and equally long "
-                                  f"(got {rounds} and {len(a.gen)})")
-            if not (isinstance(a.arrival_s, (int, float, np.integer, np.floating)) and math.isfinite(a.arrival_s)
-                    and a.arrival_s >= 0):
-                raise ConfigError(f"agents[{i}].arrival_s", f"must be a finite number >= 0 s (got {a.arrival_s!r})")
-            if not (isinstance(a.initial_context, (int, np.integer)) and 0 <= a.initial_context < 2**62):
-                raise ConfigError(f"agents[{i}].initial_context", f"must be an int >= 0 tokens "
-                                  f"(got {a.initial_context!r})")
-            for name, given in optional.items():
-                v = getattr(a, name)
-                if v is not None:
-                    if np.shape(v) != (rounds,):
-                        raise ConfigError(f"agents[{i}].{name}", f"needs {rounds} values, one per round "
-                                          f"(got shape {np.shape(v)})")
-                    given.append(i)
-        if not self.agents:
-            self._flat = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(1, np.int64))
+        if not flat.hit.size:
             return
-        lens = np.fromiter((len(a.append) for a in self.agents), np.int64, len(self.agents))
-        offsets = np.concatenate([[0], np.cumsum(lens)])
-        values = {}
-        for name, given in optional.items():  # one finite value in [0, 2**62) per round
-            if not given:
-                continue
-            arr = values[name] = np.concatenate([np.asarray(getattr(self.agents[i], name), np.float64) for i in given])
-            bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0) | (arr >= 2.0**62))
-            if bad.size:
-                i = given[int(np.searchsorted(np.cumsum(lens[given]), bad[0], side="right"))]
-                raise ConfigError(f"agents[{i}].{name}", f"needs {lens[i]} finite values in [0, 2**62), one per round "
-                                  f"(got {np.asarray(getattr(self.agents[i], name)).tolist()!r:.80})")
-        append = np.concatenate([np.asarray(a.append, np.int64) for a in self.agents])
-        gen = np.concatenate([np.asarray(a.gen, np.int64) for a in self.agents])
-        for name, values_, low in (("append", append, 0), ("gen", gen, 1)):
-            bad = np.flatnonzero((values_ < low) | (values_ >= 2**40))
-            if bad.size:
-                i = int(np.searchsorted(offsets, bad[0], side="right") - 1)
-                raise ConfigError(f"agents[{i}].{name}", f"every round needs {low} <= {name} < 2**40 (round "
-                                  f"{int(bad[0] - offsets[i])} has {int(values_[bad[0]])})")
-        self._flat = (append, gen, offsets)
-        has_hit = np.zeros(len(self.agents), bool)
-        has_hit[optional["hit"]] = True
-        init = np.fromiter((int(a.initial_context) for a in self.agents), np.int64, len(self.agents))
-        hit = _round_hits(append + gen, lens, offsets, init, np.repeat(has_hit, lens), values.get("hit"))
         z, kvb = self.cfg.block_tokens, self.kvb
-
-        def where(k: int) -> str:
-            i = int(np.searchsorted(offsets, k, side="right") - 1)
-            return f"agents[{i}] round {k - int(offsets[i])}"
-
+        hit, append, gen, where = flat.hit, flat.append, flat.gen, flat.where
         context = hit + append + gen  # a DE holds the request's whole KV (SchedRequest.hbm_bytes)
         k = int(np.argmax(context))
         if context[k] * kvb > self.de_hbm:
@@ -349,21 +278,6 @@ class Simulator:
                 raise ConfigError("hardware.dram_buffer_bytes", f"{where(k)} reads {read[k]} hit tokens "
                                   f"({read[k] * kvb:,.0f} B) but a node's DRAM buffer holds {buffer:,.0f} B (a "
                                   f"read waits for buffer space for all of its blocks)")
-
-    def _typical_round(self) -> tuple[int, int]:
-        """Mean (context, append) tokens per round over the agents (for alpha/beta in tokens).
-
-        A round's context is the agent's earlier rounds' append + gen tokens, so round ``r`` of an
-        agent with ``n`` rounds is counted in the context of the ``n - 1 - r`` later ones.
-        """
-        append, gen, offsets = self._flat
-        rounds = int(append.size)
-        if rounds == 0:
-            return 16384, 512
-        lens = np.diff(offsets)
-        later = np.repeat(offsets[1:], lens) - 1 - np.arange(rounds)  # rounds after this one, same agent
-        ctx_sum = int(np.dot(append + gen, later))
-        return max(int(ctx_sum / rounds), 1), max(int(int(append.sum()) / rounds), 1)
 
     def _push(self, t: float, kind: int, a=None, b=None):
         heapq.heappush(self.heap, (t, self._next_seq(), kind, a, b))
@@ -886,41 +800,6 @@ def _no_hbm_left(model: str, compute, engines: int, kind: str, hw: HardwareConfi
     return (f"{model} weights ({compute.weight_bytes_per_gpu / 1e9:.1f} GB/GPU with EP over {engines} GPUs) leave no "
             f"HBM for KV on {kind}s ({hw.hbm_bytes / 1e9:.0f} GB each); add {nodes} nodes (more GPUs share the "
             f"routed experts) or raise hardware.hbm_bytes")
-
-
-def _round_hits(tokens: np.ndarray, lens: np.ndarray, offsets: np.ndarray, init: np.ndarray, given: np.ndarray,
-                hits: np.ndarray | None) -> np.ndarray:
-    """``i64[rounds]`` cached tokens of every round of every agent as the run computes them (before
-    the rounding to whole blocks, which moves tokens from hit to append and leaves the prompt as is).
-
-    Args:
-      tokens: ``i64[rounds]`` append + generated tokens per round, agents one after another.
-      lens, offsets: ``i64[A]`` rounds per agent and ``i64[A + 1]`` their start offsets.
-      init: ``i64[A]`` initial contexts (tokens in storage before round 0).
-      given: ``bool[rounds]``, rounds whose agent gives hits; ``hits``: those hits, in order.
-
-    Round r hits ``min(hit[r], context[r])`` of its context (all of it without given hits), and the
-    next context is that hit plus the round's append and generated tokens. With ``T[r]`` the agent's
-    tokens before round r, this unrolls to ``hit'[r] = T[r] + min(c0, min_{k<=r}(hit[k] - T[k]))``
-    (``c0``: the initial context), a running minimum per agent.
-    """
-    n = len(lens)
-    before = np.cumsum(tokens) - tokens
-    T = before - np.repeat(before[offsets[:-1]], lens)  # the agent's tokens before each round
-    c0 = np.repeat(init, lens)
-    w = c0.copy()
-    if hits is not None:
-        w[given] = np.minimum(hits.astype(np.int64) - T[given], c0[given])  # in [-max T, max c0]
-    if not w.size:
-        return T
-    # running minimum inside each agent: lift earlier agents above every later one by `span`
-    span = int(w.max()) - int(w.min()) + 1
-    if span * n < 2**62:
-        lift = np.repeat(np.arange(n - 1, -1, -1, dtype=np.int64) * span, lens)
-        run = np.minimum.accumulate(w + lift) - lift
-    else:  # values too wide to lift within int64: one agent at a time
-        run = np.concatenate([np.minimum.accumulate(w[offsets[i]:offsets[i + 1]]) for i in range(n)])
-    return T + run
 
 
 def _as_array(values, typecode: str) -> array.array:

@@ -1,0 +1,166 @@
+"""The simulator's agents: their trajectories (:class:`SimAgent`), checked and laid out flat.
+
+:func:`flatten_agents` validates every agent at once and computes each round's exact hit
+(:func:`round_hits`), from which the simulator checks at start that every request fits its
+cluster; :func:`typical_round` gives the mean round the scheduler thresholds are sized for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from dualpath_jax.config import ConfigError
+
+__all__ = ["SimAgent", "FlatRounds", "flatten_agents", "round_hits", "typical_round"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SimAgent:
+    """An agent's trajectory as the simulator needs it.
+
+    Attributes:
+      arrival_s: when round 0 is issued (seconds, finite, >= 0).
+      append: ``i64[rounds]`` appended tokens per round.
+      gen: ``i64[rounds]`` generated tokens per round (>= 1).
+      think_s: optional ``f64[rounds]`` seconds from the moment round ``r - 1``'s new KV is persisted
+        (it has finished and its KV is in storage, which round ``r`` reads) to round ``r``'s issue;
+        ``think_s[0]`` is not used (round 0 is issued at ``arrival_s``).
+      hit: optional ``i64[rounds]`` cached tokens per round (default: the whole previous context).
+        A round hits ``min(hit, context)`` tokens and reads only whole Full Blocks of them: the
+        partial tail block is recomputed, i.e. moved to the round's append tokens.
+      initial_context: tokens already in storage before round 0 (a warm store); round 0 may hit them.
+
+    The context after a round is its hit plus its append and generated tokens.
+    """
+
+    arrival_s: float
+    append: np.ndarray
+    gen: np.ndarray
+    think_s: np.ndarray | None = None
+    hit: np.ndarray | None = None
+    initial_context: int = 0
+
+
+class FlatRounds(NamedTuple):
+    """Every round of every agent, agents one after another (``R`` rounds, ``A`` agents)."""
+
+    append: np.ndarray  # i64[R] appended tokens
+    gen: np.ndarray  # i64[R] generated tokens
+    offsets: np.ndarray  # i64[A + 1] each agent's first round
+    hit: np.ndarray  # i64[R] cached tokens as the run computes them, before the whole-block rounding
+
+    def where(self, k: int) -> str:
+        """Flat round ``k`` as ``"agents[i] round r"``."""
+        i = int(np.searchsorted(self.offsets, k, side="right") - 1)
+        return f"agents[{i}] round {k - int(self.offsets[i])}"
+
+
+def flatten_agents(agents: Sequence[SimAgent]) -> FlatRounds:
+    """Check every agent's rounds (vectorised over all of them) and lay them out flat.
+
+    Raises:
+      ConfigError: naming ``agents[i].<field>`` for a bad trajectory.
+    """
+    optional = {"hit": [], "think_s": []}  # agents that give the optional per-round values
+    for i, a in enumerate(agents):
+        rounds = len(a.append)
+        if len(a.gen) != rounds or rounds == 0:
+            raise ConfigError(f"agents[{i}]", f"append and gen must be non-empty and equally long "
+                              f"(got {rounds} and {len(a.gen)})")
+        if not (isinstance(a.arrival_s, (int, float, np.integer, np.floating)) and math.isfinite(a.arrival_s)
+                and a.arrival_s >= 0):
+            raise ConfigError(f"agents[{i}].arrival_s", f"must be a finite number >= 0 s (got {a.arrival_s!r})")
+        if not (isinstance(a.initial_context, (int, np.integer)) and 0 <= a.initial_context < 2**62):
+            raise ConfigError(f"agents[{i}].initial_context", f"must be an int >= 0 tokens "
+                              f"(got {a.initial_context!r})")
+        for name, given in optional.items():
+            v = getattr(a, name)
+            if v is not None:
+                if np.shape(v) != (rounds,):
+                    raise ConfigError(f"agents[{i}].{name}", f"needs {rounds} values, one per round "
+                                      f"(got shape {np.shape(v)})")
+                given.append(i)
+    if not agents:
+        empty = np.zeros(0, np.int64)
+        return FlatRounds(empty, empty, np.zeros(1, np.int64), empty)
+    lens = np.fromiter((len(a.append) for a in agents), np.int64, len(agents))
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    values = {}
+    for name, given in optional.items():  # one finite value in [0, 2**62) per round
+        if not given:
+            continue
+        arr = values[name] = np.concatenate([np.asarray(getattr(agents[i], name), np.float64) for i in given])
+        bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0) | (arr >= 2.0**62))
+        if bad.size:
+            i = given[int(np.searchsorted(np.cumsum(lens[given]), bad[0], side="right"))]
+            raise ConfigError(f"agents[{i}].{name}", f"needs {lens[i]} finite values in [0, 2**62), one per round "
+                              f"(got {np.asarray(getattr(agents[i], name)).tolist()!r:.80})")
+    append = np.concatenate([np.asarray(a.append, np.int64) for a in agents])
+    gen = np.concatenate([np.asarray(a.gen, np.int64) for a in agents])
+    for name, values_, low in (("append", append, 0), ("gen", gen, 1)):
+        bad = np.flatnonzero((values_ < low) | (values_ >= 2**40))
+        if bad.size:
+            i = int(np.searchsorted(offsets, bad[0], side="right") - 1)
+            raise ConfigError(f"agents[{i}].{name}", f"every round needs {low} <= {name} < 2**40 (round "
+                              f"{int(bad[0] - offsets[i])} has {int(values_[bad[0]])})")
+    has_hit = np.zeros(len(agents), bool)
+    has_hit[optional["hit"]] = True
+    init = np.fromiter((int(a.initial_context) for a in agents), np.int64, len(agents))
+    hit = round_hits(append + gen, lens, offsets, init, np.repeat(has_hit, lens), values.get("hit"))
+    return FlatRounds(append, gen, offsets, hit)
+
+
+def round_hits(tokens: np.ndarray, lens: np.ndarray, offsets: np.ndarray, init: np.ndarray, given: np.ndarray,
+               hits: np.ndarray | None) -> np.ndarray:
+    """``i64[rounds]`` cached tokens of every round of every agent as the run computes them (before
+    the rounding to whole blocks, which moves tokens from hit to append and leaves the prompt as is).
+
+    Args:
+      tokens: ``i64[rounds]`` append + generated tokens per round, agents one after another.
+      lens, offsets: ``i64[A]`` rounds per agent and ``i64[A + 1]`` their start offsets.
+      init: ``i64[A]`` initial contexts (tokens in storage before round 0).
+      given: ``bool[rounds]``, rounds whose agent gives hits; ``hits``: those hits, in order.
+
+    Round r hits ``min(hit[r], context[r])`` of its context (all of it without given hits), and the
+    next context is that hit plus the round's append and generated tokens. With ``T[r]`` the agent's
+    tokens before round r, this unrolls to ``hit'[r] = T[r] + min(c0, min_{k<=r}(hit[k] - T[k]))``
+    (``c0``: the initial context), a running minimum per agent.
+    """
+    n = len(lens)
+    before = np.cumsum(tokens) - tokens
+    T = before - np.repeat(before[offsets[:-1]], lens)  # the agent's tokens before each round
+    c0 = np.repeat(init, lens)
+    w = c0.copy()
+    if hits is not None:
+        w[given] = np.minimum(hits.astype(np.int64) - T[given], c0[given])  # in [-max T, max c0]
+    if not w.size:
+        return T
+    # running minimum inside each agent: lift earlier agents above every later one by `span`
+    span = int(w.max()) - int(w.min()) + 1
+    if span * n < 2**62:
+        lift = np.repeat(np.arange(n - 1, -1, -1, dtype=np.int64) * span, lens)
+        run = np.minimum.accumulate(w + lift) - lift
+    else:  # values too wide to lift within int64: one agent at a time
+        run = np.concatenate([np.minimum.accumulate(w[offsets[i]:offsets[i + 1]]) for i in range(n)])
+    return T + run
+
+
+def typical_round(flat: FlatRounds) -> tuple[int, int]:
+    """Mean (context, append) tokens per round over the agents (for alpha/beta in tokens).
+
+    A round's context is the agent's earlier rounds' append + gen tokens, so round ``r`` of an
+    agent with ``n`` rounds is counted in the context of the ``n - 1 - r`` later ones.
+    """
+    append, gen, offsets = flat.append, flat.gen, flat.offsets
+    rounds = int(append.size)
+    if rounds == 0:
+        return 16384, 512
+    lens = np.diff(offsets)
+    later = np.repeat(offsets[1:], lens) - 1 - np.arange(rounds)  # rounds after this one, same agent
+    ctx_sum = int(np.dot(append + gen, later))
+    return max(int(ctx_sum / rounds), 1), max(int(int(append.sum()) / rounds), 1)
