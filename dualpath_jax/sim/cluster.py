@@ -614,7 +614,7 @@ class Simulator:
         if self.cfg.loading == "oracle":
             return now, now
         de = R["de"][rid]
-        pn, dn = self.node_of[pe], self.node_of[de]
+        dn = self.node_of[de]
         kvb = self.kvb
         hit = R["hit_tokens"][rid]
         de_hit = R["de_blocks"][rid] * self.cfg.block_tokens

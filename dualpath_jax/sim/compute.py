@@ -31,7 +31,7 @@ import dataclasses
 
 import numpy as np
 
-from dualpath_jax.config import check_non_negative, check_positive
+from dualpath_jax.config import check_non_negative
 from dualpath_jax.model import cost
 from dualpath_jax.model.spec import ModelSpec, get_spec
 

@@ -7,7 +7,6 @@ headline figures as an ordered ``{name: value}`` dict that the entry point print
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
