@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from dualpath_jax.native import STATUS as _CORE_STATUS
+
 __all__ = [
     "to_jsonable", "write_json", "write_config", "collect_env", "write_env", "append_metrics",
     "read_metrics", "markdown_table", "write_table", "plot_lines", "format_named_values",
@@ -77,8 +79,9 @@ def write_config(workdir, config: Any) -> Path:
 
 
 def collect_env(device: str | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Versions and device: Python, platform, CPU count, installed package versions, and the JAX
-    devices if JAX is already imported (this module never imports it) or ``device`` if given."""
+    """Versions and device: Python, platform, CPU count, installed package versions, whether the
+    simulator core runs compiled (``dualpath_jax.native``), and the JAX devices if JAX is already
+    imported (this module never imports it) or ``device`` if given."""
     versions = {}
     for name in _PACKAGES:
         try:
@@ -87,7 +90,7 @@ def collect_env(device: str | None = None, extra: Mapping[str, Any] | None = Non
             continue
     env: dict[str, Any] = {
         "python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
-        "cpu_count": os.cpu_count(), "packages": versions,
+        "cpu_count": os.cpu_count(), "packages": versions, "simulator_core": _CORE_STATUS,
     }
     jax = sys.modules.get("jax")
     if jax is not None:

@@ -57,7 +57,7 @@ class AttentionTimeModel:
     seconds_per_flop: float
     seconds_per_token: float = 0.0
 
-    def time_s(self, cached: int, bsz: int) -> float:
+    def time_s(self, cached: float, bsz: float) -> float:
         keys = (2 * cached + bsz + 1) * bsz / 2.0
         return self.seconds_per_token * bsz + self.seconds_per_flop * self.flops_per_key * keys
 

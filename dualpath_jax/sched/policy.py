@@ -26,6 +26,8 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable, Mapping, Sequence
 
+from mypy_extensions import mypyc_attr
+
 from dualpath_jax.config import ConfigError
 from dualpath_jax.sched import batching, de, pe, read_side
 from dualpath_jax.sched.types import Assignment, EngineLoad, SchedRequest, SchedulerConfig
@@ -33,6 +35,7 @@ from dualpath_jax.sched.types import Assignment, EngineLoad, SchedRequest, Sched
 __all__ = ["ClusterScheduler"]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # new policies subclass it in Python (see setup.py)
 class ClusterScheduler:
     """Placement of requests on PEs and DEs, read-side choice and PE batch formation.
 

@@ -14,7 +14,8 @@
 from __future__ import annotations
 
 import numbers
-from typing import NamedTuple
+import operator
+from typing import NamedTuple, SupportsIndex
 
 __all__ = ["ReadPlan", "SIDES_OF_LOADING", "check_read_plan", "shorter_queue_side", "split_de_blocks"]
 
@@ -36,7 +37,7 @@ SIDES_OF_LOADING = {"pe_read": ("pe",), "dual": ("pe", "de"), "split": ("pe", "d
 """The read sides each loading mode allows for a request with hit blocks (with none: ``"none"``)."""
 
 
-def check_read_plan(plan, hit_blocks: int, loading: str, *, who: str = "read_plan") -> None:
+def check_read_plan(plan, hit_blocks: SupportsIndex, loading: str, *, who: str = "read_plan") -> None:
     """Check a (possibly user-written) policy's plan against the request and the loading mode.
 
     A valid plan reads every hit block exactly once: ``0 <= de_blocks <= hit_blocks`` and ``side``
@@ -52,27 +53,29 @@ def check_read_plan(plan, hit_blocks: int, loading: str, *, who: str = "read_pla
         side, de_blocks = plan
     except (TypeError, ValueError):
         raise TypeError(f"{who}: must return a ReadPlan(side, de_blocks) (got {plan!r})") from None
+    n_hit = operator.index(hit_blocks)  # numpy ints too, as an int
     if type(de_blocks) is not int and (isinstance(de_blocks, bool) or not isinstance(de_blocks, numbers.Integral)):
         raise TypeError(f"{who}: de_blocks must be an int (got {de_blocks!r})")
+    de_blocks = int(de_blocks)  # numpy ints compare to numpy bools
     if loading == "oracle":
         allowed: tuple = ("none",)
         want = "none" if de_blocks == 0 else None
-    elif hit_blocks == 0:  # nothing to read: any side of the mode reads its 0 blocks
+    elif n_hit == 0:  # nothing to read: any side of the mode reads its 0 blocks
         allowed = ("none",) + SIDES_OF_LOADING.get(loading, ())
         want = side if de_blocks == 0 and side in allowed else "none" if de_blocks == 0 else None
     else:
         allowed = SIDES_OF_LOADING.get(loading, ())
-        want = ("pe" if de_blocks == 0 else "de" if de_blocks == hit_blocks else "split"
-                if 0 <= de_blocks <= hit_blocks else None)
+        want = ("pe" if de_blocks == 0 else "de" if de_blocks == n_hit else "split"
+                if 0 <= de_blocks <= n_hit else None)
     if side == want and side in allowed:
         return
     if want is None:
-        why = f"de_blocks={de_blocks} is outside [0, {hit_blocks if allowed != ('none',) else 0}]"
+        why = f"de_blocks={de_blocks} is outside [0, {n_hit if allowed != ('none',) else 0}]"
     elif side != want:
-        why = f"de_blocks={de_blocks} of {hit_blocks} means side {want!r}, not {side!r}"
+        why = f"de_blocks={de_blocks} of {n_hit} means side {want!r}, not {side!r}"
     else:
         why = f"side {side!r} is not one of {', '.join(map(repr, allowed))}"
-    raise ValueError(f"{who}: {tuple(plan)!r} for {hit_blocks} hit blocks under loading={loading!r}: {why} (a plan "
+    raise ValueError(f"{who}: {tuple(plan)!r} for {n_hit} hit blocks under loading={loading!r}: {why} (a plan "
                      f"reads each hit block once; this mode allows {', '.join(map(repr, allowed))})")
 
 
@@ -81,8 +84,10 @@ def shorter_queue_side(pe_queue_tokens: float, de_queue_tokens: float) -> str:
     return "pe" if pe_queue_tokens <= de_queue_tokens else "de"
 
 
-def split_de_blocks(hit_blocks: int, block_tokens: int, pe_queue_tokens: float, de_queue_tokens: float) -> int:
+def split_de_blocks(hit_blocks: SupportsIndex, block_tokens: SupportsIndex, pe_queue_tokens: float,
+                    de_queue_tokens: float) -> int:
     """Blocks to read on the DE side so both queues end as equal as whole blocks allow."""
-    hit = hit_blocks * block_tokens
+    n_hit, z = operator.index(hit_blocks), operator.index(block_tokens)
+    hit = n_hit * z
     x = min(max((pe_queue_tokens - de_queue_tokens + hit) / 2.0, 0.0), float(hit))
-    return int(min(hit_blocks, max(0, round(x / block_tokens))))
+    return int(min(n_hit, max(0, round(x / z))))

@@ -43,6 +43,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import tqdm
+from mypy_extensions import mypyc_attr
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.model import cost
@@ -114,6 +115,7 @@ class _Unit:
         self.heap: list = []  # DE units: (step count at completion, request id, DE, mean context) per request
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # e.g. to check invariants per event (compiled: see setup.py)
 class Simulator:
     """One run of :class:`SimConfig` over a list of :class:`SimAgent` (call :meth:`run`).
 

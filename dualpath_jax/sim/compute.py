@@ -28,6 +28,8 @@ inference service on H800 nodes (PAPER.md section 9), never from the paper's res
 from __future__ import annotations
 
 import dataclasses
+import operator
+from typing import Any, SupportsIndex
 
 import numpy as np
 
@@ -41,7 +43,7 @@ __all__ = ["ComputeModel", "calibrate_from_public", "fit_compute_model", "weight
 ASSUMED_CONTEXT_TOKENS = 4096
 """Mean context of DeepSeek's public online traffic (not published; an assumption)."""
 
-PUBLIC_FIGURES = {
+PUBLIC_FIGURES: dict[str, Any] = {
     "prefill_input_tokens_per_s_per_node": 73.7e3,
     "prefill_cache_hit_rate": 0.563,
     "decode_output_tokens_per_s_per_node": 14.8e3,
@@ -119,11 +121,11 @@ class ComputeModel:
                     t += si * keys(c, b, None)
         return t
 
-    def time_s(self, cached: int, bsz: int) -> float:
+    def time_s(self, cached: float, bsz: float) -> float:
         """:meth:`attention_time_s` of one pair (the ``sched`` batcher's time-model protocol)."""
         return self.attention_time_s((cached,), (bsz,))
 
-    def max_bsz_within(self, cached: int, seconds: float) -> float:
+    def max_bsz_within(self, cached: float, seconds: float) -> float:
         """Largest real ``bsz`` with ``time_s(cached, bsz) <= seconds`` (closed form; ``inf`` if free).
 
         ``time_s`` is piecewise quadratic in ``bsz``: queries attend to ``cached + j + 1`` keys up
@@ -140,8 +142,10 @@ class ComputeModel:
             return (-b + (b * b - 4.0 * a * g) ** 0.5) / (2.0 * a)
 
         cap = self.topk
-        n1 = float("inf") if cap is None else max(cap - c, 0.0)  # queries below the cap
         x = root(0.5 * (sk + si), (c + 0.5) * (sk + si), -seconds)
+        if cap is None:
+            return x
+        n1 = max(cap - c, 0.0)  # queries below the cap
         if x <= n1:
             return x
         k1 = (2.0 * c + n1 + 1.0) * n1 / 2.0  # keys of the first n1 queries
@@ -159,18 +163,19 @@ class ComputeModel:
             attention_s = self.attention_time_s(cached, bsz)
         return self.prefill_overhead_s + self.s_per_token * tokens + attention_s
 
-    def decode_step_s(self, batch: int, context_tokens: float) -> float:
+    def decode_step_s(self, batch: float, context_tokens: float) -> float:
         """Seconds of one decode step of ``batch`` sequences holding ``context_tokens`` KV in total."""
         if batch <= 0:
             return 0.0
         if self.topk is not None and context_tokens > batch * self.topk:
-            context_tokens = batch * self.topk  # DSA reads at most top-k KV entries per sequence
+            context_tokens = float(batch * self.topk)  # DSA reads at most top-k KV entries per sequence
         return self.decode_overhead_s + self.s_per_sequence * batch + self.s_per_context_token * context_tokens
 
-    def prefill_tokens_per_s(self, context_tokens: int, append_tokens: int, batch: int = 4) -> float:
+    def prefill_tokens_per_s(self, context_tokens: float, append_tokens: float, batch: SupportsIndex = 4) -> float:
         """Computed tokens per second of one engine for ``batch`` equal requests (for alpha/beta)."""
-        t = self.prefill_time_s([context_tokens] * batch, [append_tokens] * batch)
-        return batch * append_tokens / t
+        n = operator.index(batch)
+        t = self.prefill_time_s([context_tokens] * n, [append_tokens] * n)
+        return n * append_tokens / t
 
 
 def fit_compute_model(prefill_samples, decode_samples=(), *, weight_bytes_per_gpu: float = 0.0) -> ComputeModel:
@@ -204,7 +209,7 @@ def fit_compute_model(prefill_samples, decode_samples=(), *, weight_bytes_per_gp
                         s_per_context_token=float(dec[2]), weight_bytes_per_gpu=weight_bytes_per_gpu)
 
 
-def weight_bytes_per_gpu(spec: ModelSpec, ep_size: int, weight_dtype: str) -> float:
+def weight_bytes_per_gpu(spec: ModelSpec, ep_size: SupportsIndex, weight_dtype: str) -> float:
     """Resident weight bytes per GPU: non-expert weights replicated, routed experts split over ``ep_size``."""
     nbytes = cost.DTYPE_BYTES[weight_dtype]
     total = cost.total_params(spec)
@@ -212,10 +217,10 @@ def weight_bytes_per_gpu(spec: ModelSpec, ep_size: int, weight_dtype: str) -> fl
         return total * nbytes
     moe_layers = sum(spec.is_moe_layer(l) for l in range(spec.n_layers))
     routed = moe_layers * spec.n_routed_experts * 3 * spec.d_model * spec.moe_d_ff
-    return ((total - routed) + routed / max(ep_size, 1)) * nbytes
+    return ((total - routed) + routed / max(operator.index(ep_size), 1)) * nbytes
 
 
-def calibrate_from_public(spec: ModelSpec, *, peak_flops: float, hbm_bytes_per_s: float, ep_size: int,
+def calibrate_from_public(spec: ModelSpec, *, peak_flops: float, hbm_bytes_per_s: float, ep_size: SupportsIndex,
                           weight_dtype: str = "fp8", kv_dtype: str | None = None,
                           prefill_layer_overhead_s: float = 0.5e-3, eff_memory: float = 0.7) -> ComputeModel:
     """A :class:`ComputeModel` for ``spec`` with efficiencies derived from :data:`PUBLIC_FIGURES`.

@@ -1,0 +1,130 @@
+"""The compiled simulator core: when it is used, and that it simulates exactly what the sources do."""
+
+import hashlib
+import importlib.machinery
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from dualpath_jax import native
+from dualpath_jax.model.spec import get_spec
+from dualpath_jax.native import MANIFEST, decide
+from dualpath_jax.sched import AttentionTimeModel, ReadPlan, check_read_plan, split_de_blocks
+from dualpath_jax.sim import HardwareConfig, Server, calibrate_from_public, reserve
+from dualpath_jax.sim.compute import weight_bytes_per_gpu
+
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
+def _package(tmp_path, manifest=True):
+    """A fake package: ``pkg.a`` and ``pkg.sub.b`` have C extensions beside them, ``pkg.c`` does not."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    sources = {"pkg.a": pkg / "a.py", "pkg.sub.b": pkg / "sub" / "b.py"}
+    for path in sources.values():
+        path.write_text(f"X = {path.stem!r}\n")
+        path.with_name(path.stem + SUFFIX).write_bytes(b"\x7fELF")
+    (pkg / "c.py").write_text("")
+    (pkg / ("_group__mypyc" + SUFFIX)).write_bytes(b"\x7fELF")  # a group library: no source beside it
+    if manifest:
+        hashes = {m: hashlib.sha256(p.read_bytes()).hexdigest() for m, p in sources.items()}
+        (pkg / MANIFEST).write_text(json.dumps({"compiler": "mypyc", "modules": hashes}))
+    return pkg, sources
+
+
+def test_compiled_modules_are_used_only_while_their_sources_are_unchanged(tmp_path):
+    pkg, sources = _package(tmp_path)
+    assert decide(pkg) == (True, "", sources)
+    compiled, reason, _ = decide(pkg, pure_python=True)
+    assert not compiled and reason == "DUALPATH_PURE_PYTHON is set"
+    sources["pkg.sub.b"].write_text("X = 'edited'\n")
+    compiled, reason, found = decide(pkg)
+    assert not compiled and found == sources  # all of them load from source, not just the edited one
+    assert reason == f"{sources['pkg.sub.b']} changed since the compiled build"
+
+
+def test_extensions_the_build_did_not_record_are_not_used(tmp_path):
+    pkg, sources = _package(tmp_path, manifest=False)
+    compiled, reason, _ = decide(pkg)
+    assert not compiled and "no readable build manifest" in reason
+    (pkg / MANIFEST).write_text(json.dumps({"modules": {"pkg.a": "0" * 64}}))
+    compiled, reason, _ = decide(pkg)
+    assert not compiled and "found (pkg.a, pkg.sub.b) are not the ones the build recorded (pkg.a)" in reason
+    (pkg / MANIFEST).write_text("{not json")
+    assert decide(pkg)[:2] == (False, f"the compiled modules have no readable build manifest ({pkg / MANIFEST})")
+
+
+def test_a_pure_python_install_has_nothing_to_choose(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("")
+    assert decide(tmp_path / "pkg") == (False, "", {})
+
+
+_RUN = textwrap.dedent("""
+    import hashlib, json, sys
+    import numpy as np
+    from dualpath_jax import native
+    from dualpath_jax.sim import SimConfig, Simulator, agents_from_trajectories, variant_config
+    from dualpath_jax.sim import cluster
+    from dualpath_jax.sim.experiment import offline_starts, paper_workload
+
+    ts = paper_workload("64K", 96, seed=3)
+    agents = agents_from_trajectories(ts, offline_starts(ts))
+    out = {"status": native.STATUS, "cluster_file": cluster.__file__}
+    for variant, loading in [("basic", None), ("dualpath", None), ("dualpath", "split"), ("oracle", None)]:
+        cfg = variant_config(SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=2), variant)
+        cfg = cfg if loading is None else cfg.replace(loading=loading)
+        res = Simulator(cfg, agents).run()
+        h = hashlib.sha256()
+        for k in sorted(res.requests):
+            h.update(k.encode()); h.update(np.ascontiguousarray(res.requests[k]).tobytes())
+        h.update(res.attention_s.tobytes())
+        h.update(repr(sorted((k, v["bytes"]) for k, v in res.links.items())).encode())
+        out[f"{variant}/{loading}"] = [res.events, res.end_s, h.hexdigest()]
+    json.dump(out, sys.stdout)
+""")
+
+
+def _run(pure_python: bool) -> dict:
+    env = dict(os.environ, DUALPATH_PURE_PYTHON="1" if pure_python else "")
+    done = subprocess.run([sys.executable, "-c", _RUN], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def test_compiled_core_simulates_exactly_what_the_sources_do():
+    if not native.COMPILED:
+        pytest.skip(f"the simulator core is not compiled in this install: {native.STATUS}")
+    compiled, source = _run(False), _run(True)
+    assert compiled.pop("status").startswith("compiled (mypyc)") and compiled.pop("cluster_file").endswith(SUFFIX)
+    assert source.pop("status") == "Python (DUALPATH_PURE_PYTHON is set)"
+    assert source.pop("cluster_file").endswith("cluster.py")
+    assert compiled == source  # events, JCT and a hash of every per-request column, bit for bit
+    assert len({v[2] for v in source.values()}) == 4 and all(np.isfinite(v[1]) for v in source.values())
+
+
+def test_public_functions_of_compiled_modules_take_numpy_scalars():
+    """Compiled code checks declared types (an ``int`` parameter rejects ``numpy.int64``), so the
+    public functions of the compiled modules declare what Python would accept: the same answers
+    for numpy scalars as for Python numbers, in either build."""
+    spec, hw = get_spec("deepseek-v3.2"), HardwareConfig()
+    m = calibrate_from_public(spec, peak_flops=hw.peak_flops, hbm_bytes_per_s=hw.hbm_bytes_per_s, ep_size=np.int64(64))
+    assert m == calibrate_from_public(spec, peak_flops=hw.peak_flops, hbm_bytes_per_s=hw.hbm_bytes_per_s, ep_size=64)
+    assert weight_bytes_per_gpu(spec, np.int64(8), "fp8") == weight_bytes_per_gpu(spec, 8, "fp8")
+    i64 = np.int64
+    assert m.time_s(i64(30_000), i64(700)) == m.time_s(30_000, 700) > 0
+    assert m.max_bsz_within(i64(30_000), np.float64(0.25)) == m.max_bsz_within(30_000, 0.25) > 0
+    assert m.decode_step_s(i64(64), i64(2_000_000)) == m.decode_step_s(64, 2_000_000) > 0
+    assert m.prefill_tokens_per_s(i64(30_000), i64(700), i64(4)) == m.prefill_tokens_per_s(30_000, 700, 4) > 0
+    atm = AttentionTimeModel(flops_per_key=1e3, seconds_per_flop=1e-12, seconds_per_token=1e-5)
+    assert atm.time_s(i64(100), i64(10)) == atm.time_s(100, 10) > 0
+    assert split_de_blocks(i64(10), i64(64), 640.0, 0.0) == split_de_blocks(10, 64, 640.0, 0.0) == 10
+    check_read_plan(ReadPlan("split", i64(4)), i64(10), "split")
+    with pytest.raises(ValueError, match=r"de_blocks=11 is outside \[0, 10\]"):
+        check_read_plan(ReadPlan("de", i64(11)), i64(10), "dual")
+    a, b = Server("a", 4.0), Server("b", 2.0)
+    assert reserve((a, b), i64(8), np.float64(1.0)) == (1.0, 5.0) and (a.bytes, b.bytes) == (8.0, 8.0)
