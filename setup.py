@@ -10,19 +10,22 @@ The compiled build is optional:
 * ``DUALPATH_PURE_PYTHON=1 pip install -e .`` builds none (nothing to recompile after edits);
 * when mypyc fails or no C compiler works, the install goes on without them (with a warning);
 * at import, ``dualpath_jax.native`` uses the compiled modules only while every source hashes
-  as it did at build time (``dualpath_jax/_native_manifest.json``, written here); once one is
-  edited, all of them run from source until the next ``pip install -e .``.
+  as it did when the build read it (``dualpath_jax/_native_manifest.json``, written here); once
+  one is edited, all of them run from source until the next ``pip install -e .``.
+
+mypyc runs only when extensions are built (``build_ext``), not on every call of this file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import json
 import os
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -37,6 +40,7 @@ COMPILED = [  # the simulator's per-event code and every scheduler module it cal
     "dualpath_jax/sched/read_side.py",
     "dualpath_jax/sched/types.py",
 ]
+GROUP = "dualpath_jax._native_core"  # mypyc's shared library of the group: dualpath_jax/_native_core__mypyc.*
 MANIFEST = "_native_manifest.json"
 MYPY_OPTIONS = [
     "--follow-imports=skip",  # other modules are plain Python; their values are Any here
@@ -53,58 +57,71 @@ def _module(path: str) -> str:
     return path.removesuffix(".py").replace("/", ".")
 
 
-def _remove_built() -> None:
-    """Drops a previous build's extensions and manifest from the source tree (editable installs
-    put them there), so that a build without them really runs the sources."""
+def _pure_python_requested() -> bool:  # as dualpath_jax.native.pure_python_requested
+    return os.environ.get("DUALPATH_PURE_PYTHON", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _remove_in_tree_build() -> None:
+    """Drops an earlier editable build's extensions and manifest from the source tree, so that a
+    new build (or a failed one) never leaves old compiled code beside newer sources."""
     pkg = ROOT / "dualpath_jax"
-    for so in [pkg.glob("_native_core__mypyc.*")] + [(ROOT / p).parent.glob(Path(p).stem + ".*") for p in COMPILED]:
-        for f in so:
-            if f.suffix != ".py":
-                f.unlink()
+    names = [ROOT / path.removesuffix(".py") for path in COMPILED] + [ROOT / (GROUP.replace(".", "/") + "__mypyc")]
+    for stem in names:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            Path(f"{stem}{suffix}").unlink(missing_ok=True)
     (pkg / MANIFEST).unlink(missing_ok=True)
 
 
-def _ext_modules() -> list:
-    if os.environ.get("DUALPATH_PURE_PYTHON", "") not in ("", "0"):
-        _remove_built()
-        return []
-    try:
-        from mypyc.build import mypycify
-    except ImportError:
-        _warn("mypyc is not installed")
-        _remove_built()
-        return []
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        exts = mypycify(MYPY_OPTIONS + COMPILED, group_name="dualpath_jax._native_core")
-    except SystemExit:  # mypyc reports type errors and exits
-        _warn("mypyc could not compile the modules (see its errors above)")
-        _remove_built()
-        return []
-    finally:
-        os.chdir(cwd)
-    for ext in exts:
-        ext.optional = True  # a failed C build is a warning, not a failed install
-    return exts
-
-
 class BuildNative(build_ext):
-    """Builds the mypyc extensions, then records the hash of each compiled source beside them."""
+    """Compiles :data:`COMPILED` with mypyc, then records each source's hash as read before
+    compiling (an edit made during the build shows as a changed source at import)."""
+
+    _hashes: dict[str, str] | None = None
+
+    def finalize_options(self):
+        # runs only when extensions are to be built: swap the placeholder for mypyc's extensions
+        self.distribution.ext_modules = self._mypyc_extensions()
+        super().finalize_options()
+
+    def _mypyc_extensions(self) -> list:
+        if _pure_python_requested():
+            return []
+        try:
+            from mypyc.build import mypycify
+        except ImportError:
+            _warn("mypyc is not installed")
+            return []
+        self._hashes = {_module(p): hashlib.sha256((ROOT / p).read_bytes()).hexdigest() for p in COMPILED}
+        cwd = os.getcwd()
+        os.chdir(ROOT)
+        try:
+            exts = mypycify(MYPY_OPTIONS + COMPILED, group_name=GROUP)
+        except SystemExit:  # mypyc reports type errors and exits
+            _warn("mypyc could not compile the modules (see its errors above)")
+            self._hashes = None
+            return []
+        finally:
+            os.chdir(cwd)
+        for ext in exts:
+            ext.optional = True  # a failed C build is a warning, not a failed install
+        return exts
 
     def run(self):
+        if self.inplace or getattr(self, "editable_mode", False):
+            _remove_in_tree_build()
         super().run()
-        if not self.extensions:
+        if not self.extensions or self._hashes is None:
             return
-        built = all(Path(self.get_ext_fullpath(ext.name)).exists() for ext in self.extensions)
+        outputs = [Path(self.get_ext_fullpath(ext.name)) for ext in self.extensions]
         manifest = Path(self.get_ext_fullpath(_module(COMPILED[0]))).parents[1] / MANIFEST  # beside __init__.py
-        if not built:
+        if not all(p.exists() for p in outputs):
             _warn("a C extension failed to build")
+            for p in outputs:
+                p.unlink(missing_ok=True)
             manifest.unlink(missing_ok=True)
-            _remove_built()
             return
-        hashes = {_module(p): hashlib.sha256((ROOT / p).read_bytes()).hexdigest() for p in COMPILED}
-        manifest.write_text(json.dumps({"compiler": "mypyc", "modules": hashes}, indent=1) + "\n")
+        manifest.write_text(json.dumps({"compiler": "mypyc", "modules": self._hashes}, indent=1) + "\n")
 
 
-setup(ext_modules=_ext_modules(), cmdclass={"build_ext": BuildNative})
+# a placeholder: BuildNative replaces it with mypyc's extensions (or none) when it runs
+setup(ext_modules=[Extension(f"{GROUP}__mypyc", sources=[])], cmdclass={"build_ext": BuildNative})

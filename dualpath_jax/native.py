@@ -1,8 +1,8 @@
 """Whether the simulator's event loop and the scheduler run compiled (mypyc) or as Python.
 
-``setup.py`` compiles a few modules (``sim/cluster.py``, ``sim/hardware.py`` and the modules of
-``sched/``) with mypyc at install time: the same sources, built as C extensions, so the simulator
-runs exactly the scheduler code the engine runs. ``dualpath_jax/__init__.py`` imports this
+``setup.py`` compiles a few modules (``sim/cluster.py``, ``sim/compute.py``, ``sim/hardware.py`` and
+the modules of ``sched/`` the simulator calls per event) with mypyc at install time: the same
+sources, built as C extensions, so the simulator runs exactly the scheduler code the engine runs. ``dualpath_jax/__init__.py`` imports this
 module first, and it decides once per process:
 
 * **compiled** when the build's manifest (``_native_manifest.json``) lists exactly the extensions
@@ -27,25 +27,30 @@ import sys
 import warnings
 from pathlib import Path
 
-__all__ = ["COMPILED", "STATUS", "decide"]
+__all__ = ["COMPILED", "STATUS", "decide", "pure_python_requested"]
 
 MANIFEST = "_native_manifest.json"
 _ENV = "DUALPATH_PURE_PYTHON"
 
 
 def _compiled_sources(pkg_dir: Path) -> dict[str, Path]:
-    """``{module name: its .py}`` for every source under ``pkg_dir`` with a C extension beside it."""
-    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    """``{module name: its .py}`` for every source under ``pkg_dir`` with a C extension beside it
+    that this interpreter would import (``name`` + one of its ``EXTENSION_SUFFIXES``)."""
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
     found = {}
     for folder, _dirs, files in os.walk(pkg_dir):
         names = set(files)
         for f in files:
-            if f.endswith(suffixes):
-                stem = f.split(".", 1)[0]
-                if f"{stem}.py" in names:
-                    rel = Path(folder).relative_to(pkg_dir.parent) / stem
-                    found[".".join(rel.parts)] = Path(folder) / f"{stem}.py"
+            if f.endswith(".py") and any(f[:-3] + suffix in names for suffix in suffixes):
+                rel = Path(folder).relative_to(pkg_dir.parent) / f[:-3]
+                found[".".join(rel.parts)] = Path(folder) / f
     return found
+
+
+def pure_python_requested(value: str | None) -> bool:
+    """Whether a ``DUALPATH_PURE_PYTHON`` value asks for the sources (unset, ``""``, ``0``,
+    ``false``, ``no`` and ``off`` do not)."""
+    return (value or "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def decide(pkg_dir: Path, pure_python: bool = False) -> tuple[bool, str, dict[str, Path]]:
@@ -87,8 +92,7 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
 
 
 def _install() -> tuple[bool, str]:
-    compiled, reason, sources = decide(Path(__file__).resolve().parent,
-                                       os.environ.get(_ENV, "") not in ("", "0"))
+    compiled, reason, sources = decide(Path(__file__).resolve().parent, pure_python_requested(os.environ.get(_ENV)))
     if compiled:
         return True, f"compiled (mypyc): {', '.join(sorted(sources))}"
     if sources:

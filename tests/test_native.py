@@ -1,8 +1,11 @@
 """The compiled simulator core: when it is used, and that it simulates exactly what the sources do."""
 
+import copy
+import dataclasses
 import hashlib
 import importlib.machinery
 import json
+import pickle
 import os
 import subprocess
 import sys
@@ -14,8 +17,12 @@ import pytest
 from dualpath_jax import native
 from dualpath_jax.model.spec import get_spec
 from dualpath_jax.native import MANIFEST, decide
-from dualpath_jax.sched import AttentionTimeModel, ReadPlan, check_read_plan, split_de_blocks
-from dualpath_jax.sim import HardwareConfig, Server, calibrate_from_public, reserve
+from dualpath_jax.config import ConfigError
+from dualpath_jax.sched import (AttentionTimeModel, ClusterScheduler, EngineLoad, ReadPlan, SchedulerConfig,
+                                check_read_plan, split_de_blocks)
+from dualpath_jax.sim import (HardwareConfig, Server, SimConfig, Simulator, agents_from_trajectories,
+                              calibrate_from_public, reserve)
+from dualpath_jax.sim.experiment import offline_starts, paper_workload
 from dualpath_jax.sim.compute import weight_bytes_per_gpu
 
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
@@ -57,6 +64,19 @@ def test_extensions_the_build_did_not_record_are_not_used(tmp_path):
     assert not compiled and "found (pkg.a, pkg.sub.b) are not the ones the build recorded (pkg.a)" in reason
     (pkg / MANIFEST).write_text("{not json")
     assert decide(pkg)[:2] == (False, f"the compiled modules have no readable build manifest ({pkg / MANIFEST})")
+
+
+def test_only_extensions_this_interpreter_imports_count(tmp_path):
+    pkg, sources = _package(tmp_path)
+    for path in sources.values():
+        path.with_name(path.stem + SUFFIX).rename(path.with_name(path.stem + ".cpython-399-x86_64-linux-gnu.so"))
+    assert decide(pkg) == (False, "", {})  # another Python's builds: nothing compiled to choose
+
+
+@pytest.mark.parametrize("value, wanted", [(None, False), ("", False), ("0", False), ("false", False), ("No", False),
+                                           ("off", False), ("1", True), ("true", True), ("yes", True)])
+def test_the_pure_python_switch(value, wanted):
+    assert native.pure_python_requested(value) is wanted
 
 
 def test_a_pure_python_install_has_nothing_to_choose(tmp_path):
@@ -128,3 +148,43 @@ def test_public_functions_of_compiled_modules_take_numpy_scalars():
         check_read_plan(ReadPlan("de", i64(11)), i64(10), "dual")
     a, b = Server("a", 4.0), Server("b", 2.0)
     assert reserve((a, b), i64(8), np.float64(1.0)) == (1.0, 5.0) and (a.bytes, b.bytes) == (8.0, 8.0)
+
+
+def test_configs_models_and_servers_pickle_and_copy():
+    """Sweeps send configs to worker processes: every record of the compiled modules round-trips."""
+    spec, hw = get_spec("deepseek-v3.2"), HardwareConfig()
+    model = calibrate_from_public(spec, peak_flops=hw.peak_flops, hbm_bytes_per_s=hw.hbm_bytes_per_s, ep_size=64)
+    records = [SimConfig(compute=model, hardware=HardwareConfig(gpus_per_node=4)), model, hw,
+               SchedulerConfig(policy="round_robin"), AttentionTimeModel(1e3, 1e-12), EngineLoad(1, 2, 3, 4, 5.0)]
+    for r in records:
+        for clone in (pickle.loads(pickle.dumps(r)), copy.copy(r), copy.deepcopy(r)):
+            assert clone == r and type(clone) is type(r)
+    assert dataclasses.replace(model, topk=None).topk is None
+    s = Server("snic_read[0]", 4.0)
+    reserve((s,), 8.0, 1.0)
+    clone = pickle.loads(pickle.dumps(s))
+    assert (clone.name, clone.rate, clone.free_at, clone.bytes) == ("snic_read[0]", 4.0, 3.0, 8.0)
+    with pytest.raises(ConfigError, match="hardware.gpus_per_node: must be an integer"):
+        HardwareConfig(gpus_per_node=8.0)  # the config's own check, in either build
+    assert repr(HardwareConfig(hbm_bytes=141_000_000_000).hbm_bytes) == "141000000000"
+
+
+def test_a_policy_may_return_numpy_block_counts():
+    """A Python policy's plan with a numpy ``de_blocks`` is read exactly as the same plan with an int."""
+
+    def policy(to_int):
+        class Mine(ClusterScheduler):
+            def read_plan(self, req, pe_node, de_node, read_q, hit_blocks, block_tokens):
+                n = np.int64(hit_blocks // 2)  # split: half of the blocks on each side
+                return ReadPlan("pe" if n == 0 else "split" if n < hit_blocks else "de", int(n) if to_int else n)
+        return Mine
+
+    ts = paper_workload("64K", 24, seed=5)
+    agents = agents_from_trajectories(ts, offline_starts(ts))
+    cfg = SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=2, loading="split")
+    numpy_run = Simulator(cfg, agents, scheduler_cls=policy(False)).run(max_events=np.int64(10**9), progress=0)
+    int_run = Simulator(cfg, agents, scheduler_cls=policy(True)).run()
+    assert numpy_run.events == int_run.events and numpy_run.end_s == int_run.end_s
+    for k, col in int_run.requests.items():
+        np.testing.assert_array_equal(numpy_run.requests[k], col, err_msg=k)
+    assert set(int_run.requests["side"]) >= {"split"} and not np.isnan(int_run.requests["finish_s"]).any()

@@ -19,6 +19,8 @@ import dataclasses
 from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
+from mypy_extensions import mypyc_attr
+
 __all__ = ["BatchItem", "TimeModel", "AttentionTimeModel", "form_batch", "form_batch_fifo"]
 
 
@@ -44,6 +46,7 @@ class BatchItem(NamedTuple):
     remaining: int
 
 
+@mypyc_attr(native_class=False)  # a plain Python class when compiled: picklable, checked by its own code
 @dataclasses.dataclass(frozen=True)
 class AttentionTimeModel:
     """Seconds of one attention layer for ``bsz`` new tokens over ``cached`` tokens.

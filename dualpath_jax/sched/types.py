@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, NamedTuple
 
+from mypy_extensions import mypyc_attr
+
 from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive
 
 __all__ = ["SchedRequest", "EngineLoad", "Assignment", "SchedulerConfig", "POLICIES", "LOADINGS", "READ_SIDES"]
@@ -68,6 +70,7 @@ class Assignment(NamedTuple):
     role: Literal["pe", "de"]
 
 
+@mypyc_attr(native_class=False)  # a plain Python class when compiled: picklable, checked by its own code
 @dataclasses.dataclass(frozen=True)
 class SchedulerConfig:
     """Knobs of the scheduler.

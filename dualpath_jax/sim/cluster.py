@@ -38,8 +38,10 @@ import gc
 import heapq
 import itertools
 import math
+import operator
 import sys
 from collections.abc import Sequence
+from typing import SupportsIndex
 
 import numpy as np
 import tqdm
@@ -64,6 +66,7 @@ _TIME_COLUMNS = ("arrival_s", "placed_s", "read_done_s", "prefill_start_s", "fir
                  "second_token_s", "finish_s", "persisted_s", "read_bytes_pe", "read_bytes_de")
 
 
+@mypyc_attr(native_class=False)  # a plain Python class when compiled: picklable, checked by its own code
 @dataclasses.dataclass
 class SimResult:
     """Per-request columns (numpy arrays, one entry per request) and per-resource counters.
@@ -285,11 +288,11 @@ class Simulator:
         heapq.heappush(self.heap, (t, self._next_seq(), kind, a, b))
 
     # ---- main loop ------------------------------------------------------------------------------
-    def run(self, *, max_events: int | None = None, progress: bool | None = None) -> SimResult:
+    def run(self, *, max_events: SupportsIndex | None = None, progress: object = None) -> SimResult:
         """Simulate until every agent's last round finishes (or ``max_events``).
 
-        ``progress``: show a tqdm bar of finished requests with rate and ETA (default: only when
-        stderr is a terminal, so logs and CI stay quiet).
+        ``max_events``: an int (numpy ints too). ``progress``: show a tqdm bar of finished requests
+        with rate and ETA if true (default None: only when stderr is a terminal, so logs and CI stay quiet).
 
         Raises:
           RuntimeError: the simulator has run already (its state is spent; make a new one), or the
@@ -299,13 +302,15 @@ class Simulator:
         """
         if self._ran:
             raise RuntimeError("Simulator.run: this simulator has run already; make a new one for another run")
+        limit = None if max_events is None else operator.index(max_events)
+        show = None if progress is None else bool(progress)
         self._ran = True
         # The run allocates millions of short-lived acyclic objects; the cyclic collector would
         # rescan the (large, growing) live request state again and again for nothing.
         gc_enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._run(max_events, progress)
+            return self._run(limit, show)
         finally:
             if gc_enabled:
                 gc.enable()
@@ -494,7 +499,7 @@ class Simulator:
         read_q = self._read_q
         plan = self.sched.read_plan(self._req[rid], pn, dn, {pn: read_q(pn), dn: read_q(dn)}, hit_blocks, z)
         check_read_plan(plan, hit_blocks, self.cfg.loading, who=self._plan_who)
-        side, de_blocks = plan
+        side, de_blocks = plan[0], int(plan[1])  # a policy may return a numpy int
         R["side"][rid] = side
         R["de_blocks"][rid] = de_blocks
         kvb = self.kvb
@@ -809,7 +814,7 @@ def _as_array(values, typecode: str) -> array.array:
     return array.array(typecode, np.ascontiguousarray(values, np.int64 if typecode == "q" else np.float64).tobytes())
 
 
-def simulate(config: SimConfig, agents: Sequence[SimAgent], *, max_events: int | None = None,
+def simulate(config: SimConfig, agents: Sequence[SimAgent], *, max_events: SupportsIndex | None = None,
              scheduler_cls: type = ClusterScheduler) -> SimResult:
     """Run the simulator once; see :class:`Simulator`."""
     return Simulator(config, agents, scheduler_cls=scheduler_cls).run(max_events=max_events)

@@ -93,6 +93,9 @@ class ComputeModel:
                   "s_per_sequence", "s_per_context_token", "weight_bytes_per_gpu"):
             check_non_negative(f"compute.{f}", getattr(self, f))
 
+    def __reduce__(self):  # pickle and copy by the fields (a compiled frozen class has no __setstate__)
+        return ComputeModel, tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
     @staticmethod
     def _keys(cached: float, bsz: float, cap) -> float:
         first, last = cached + 1.0, cached + bsz
@@ -135,12 +138,7 @@ class ComputeModel:
         if seconds <= 0:
             return 0.0
         sk, si, c = self.s_per_key, self.s_per_index_key, float(cached)
-
-        def root(a: float, b: float, g: float) -> float:  # positive root of a x^2 + b x + g = 0, g <= 0
-            if a <= 0:
-                return float("inf") if b <= 0 else -g / b
-            return (-b + (b * b - 4.0 * a * g) ** 0.5) / (2.0 * a)
-
+        root = _positive_root
         cap = self.topk
         x = root(0.5 * (sk + si), (c + 0.5) * (sk + si), -seconds)
         if cap is None:
@@ -176,6 +174,13 @@ class ComputeModel:
         n = operator.index(batch)
         t = self.prefill_time_s([context_tokens] * n, [append_tokens] * n)
         return n * append_tokens / t
+
+
+def _positive_root(a: float, b: float, g: float) -> float:
+    """The positive root of ``a x^2 + b x + g = 0`` for ``g <= 0`` (``inf`` if none)."""
+    if a <= 0:
+        return float("inf") if b <= 0 else -g / b
+    return (-b + (b * b - 4.0 * a * g) ** 0.5) / (2.0 * a)
 
 
 def fit_compute_model(prefill_samples, decode_samples=(), *, weight_bytes_per_gpu: float = 0.0) -> ComputeModel:

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from mypy_extensions import mypyc_attr
+
 from dualpath_jax.config import ConfigError, check_fraction, check_positive
 
 __all__ = ["HardwareConfig", "Server", "reserve"]
 
 
+@mypyc_attr(native_class=False)  # a plain Python class when compiled: picklable, checked by its own code
 @dataclasses.dataclass(frozen=True)
 class HardwareConfig:
     """Per-node and per-GPU hardware quantities.
@@ -85,6 +88,9 @@ class Server:
         self.free_at = 0.0
         self.bytes = 0.0
 
+    def __reduce__(self):  # pickle and copy with the counters (compiled, the class has no __dict__)
+        return _server, (self.name, self.rate, self.free_at, self.bytes)
+
     @property
     def busy_s(self) -> float:
         """Seconds the server has carried bytes: every transfer occupies it ``bytes / rate``."""
@@ -93,6 +99,12 @@ class Server:
     def backlog_s(self, now: float) -> float:
         """Seconds of queued work ahead of a transfer issued at ``now``."""
         return max(0.0, self.free_at - now)
+
+
+def _server(name: str, rate: float, free_at: float, nbytes: float) -> Server:
+    server = Server(name, rate)
+    server.free_at, server.bytes = free_at, nbytes
+    return server
 
 
 def reserve(servers, nbytes: float, earliest: float) -> tuple[float, float]:
