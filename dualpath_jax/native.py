@@ -2,8 +2,8 @@
 
 ``setup.py`` compiles a few modules (``sim/cluster.py``, ``sim/compute.py``, ``sim/hardware.py`` and
 the modules of ``sched/`` the simulator calls per event) with mypyc at install time: the same
-sources, built as C extensions, so the simulator runs exactly the scheduler code the engine runs. ``dualpath_jax/__init__.py`` imports this
-module first, and it decides once per process:
+sources, built as C extensions, so the simulator runs exactly the scheduler code the engine runs.
+``dualpath_jax/__init__.py`` imports this module first, and it decides once per process:
 
 * **compiled** when the build's manifest (``_native_manifest.json``) lists exactly the extensions
   found and every source still hashes as it did at build time;
@@ -92,12 +92,13 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
 
 
 def _install() -> tuple[bool, str]:
-    compiled, reason, sources = decide(Path(__file__).resolve().parent, pure_python_requested(os.environ.get(_ENV)))
+    pure_python = pure_python_requested(os.environ.get(_ENV))
+    compiled, reason, sources = decide(Path(__file__).resolve().parent, pure_python)
     if compiled:
         return True, f"compiled (mypyc): {', '.join(sorted(sources))}"
     if sources:
         sys.meta_path.insert(0, _SourceFinder(sources))
-        if not reason.startswith(_ENV):
+        if not pure_python:
             warnings.warn(f"dualpath_jax: {reason}; running the Python sources (`pip install -e .` recompiles "
                           f"them, `{_ENV}=1` silences this)", RuntimeWarning, stacklevel=3)
         return False, f"Python ({reason})"

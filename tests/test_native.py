@@ -5,8 +5,8 @@ import dataclasses
 import hashlib
 import importlib.machinery
 import json
-import pickle
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 
 from dualpath_jax import native
+from dualpath_jax.config import ConfigError
 from dualpath_jax.model.spec import get_spec
 from dualpath_jax.native import MANIFEST, decide
-from dualpath_jax.config import ConfigError
 from dualpath_jax.sched import (AttentionTimeModel, ClusterScheduler, EngineLoad, ReadPlan, SchedulerConfig,
                                 check_read_plan, split_de_blocks)
 from dualpath_jax.sim import (HardwareConfig, Server, SimConfig, Simulator, agents_from_trajectories,
                               calibrate_from_public, reserve)
-from dualpath_jax.sim.experiment import offline_starts, paper_workload
 from dualpath_jax.sim.compute import weight_bytes_per_gpu
+from dualpath_jax.sim.experiment import offline_starts, paper_workload
 
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
@@ -116,9 +116,8 @@ def _run(pure_python: bool) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.skipif(not native.COMPILED, reason=f"the simulator core is not compiled in this install: {native.STATUS}")
 def test_compiled_core_simulates_exactly_what_the_sources_do():
-    if not native.COMPILED:
-        pytest.skip(f"the simulator core is not compiled in this install: {native.STATUS}")
     compiled, source = _run(False), _run(True)
     assert compiled.pop("status").startswith("compiled (mypyc)") and compiled.pop("cluster_file").endswith(SUFFIX)
     assert source.pop("status") == "Python (DUALPATH_PURE_PYTHON is set)"

@@ -4,7 +4,8 @@ Never imports ``engine/`` or ``kernels/``; scheduling decisions come from ``dual
 """
 
 from dualpath_jax.sim.agents import SimAgent
-from dualpath_jax.sim.cluster import SimResult, Simulator, simulate
+from dualpath_jax.sim.cluster import Simulator, simulate
+from dualpath_jax.sim.result import SimResult
 from dualpath_jax.sim.compute import ComputeModel, calibrate_from_public
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.hardware import HardwareConfig, Server, reserve

@@ -6,7 +6,7 @@ import numpy as np
 
 from dualpath_jax.metrics.records import RequestTable
 from dualpath_jax.sim.agents import SimAgent
-from dualpath_jax.sim.cluster import SimResult
+from dualpath_jax.sim.result import SimResult
 from dualpath_jax.workload import TrajectorySet
 
 __all__ = ["agents_from_trajectories", "request_table", "snic_transfers"]

@@ -17,7 +17,8 @@ from dualpath_jax.metrics.traffic import storage_nic_max_avg
 from dualpath_jax.sched import ClusterScheduler
 from dualpath_jax.sched.variants import get_variant
 from dualpath_jax.sim.adapters import agents_from_trajectories, request_table, snic_transfers
-from dualpath_jax.sim.cluster import SimResult, Simulator
+from dualpath_jax.sim.cluster import Simulator
+from dualpath_jax.sim.result import SimResult
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.workload import (TrajectorySet, offline_arrivals_s, paper_dataset, poisson_arrivals_s,
                                    root_indices, trajectory_start_times_s)
