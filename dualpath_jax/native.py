@@ -1,16 +1,19 @@
-"""Whether the simulator's event loop and the scheduler run compiled (mypyc) or as Python.
+"""Which build of the simulator core runs: the Python sources (default) or an opt-in mypyc build.
 
-``setup.py`` compiles a few modules (``sim/cluster.py``, ``sim/compute.py``, ``sim/hardware.py`` and
-the modules of ``sched/`` the simulator calls per event) with mypyc at install time: the same
-sources, built as C extensions, so the simulator runs exactly the scheduler code the engine runs.
-``dualpath_jax/__init__.py`` imports this module first, and it decides once per process:
+``dualpath_jax/__init__.py`` imports this module before anything else. The default install
+compiles nothing: this module looks for compiled modules, finds none and says so in
+:data:`STATUS` (no import hook, no hashing). ``DUALPATH_COMPILE=1 pip install -e .`` compiles the
+simulator's per-event modules and the scheduler modules they call (``setup.py``'s ``COMPILED``)
+with mypyc into C extensions beside their sources, and records each source's SHA-256 in
+``dualpath_jax/_native_manifest.json``. With such a build, this module
 
-* **compiled** when the build's manifest (``_native_manifest.json``) lists exactly the extensions
-  found and every source still hashes as it did at build time;
-* else **Python**: an import hook loads each of those modules from its ``.py``, so an edited
-  source takes effect at once (with a warning naming it; ``pip install -e .`` recompiles).
-  Set ``DUALPATH_PURE_PYTHON=1`` to choose this without a warning (to debug or profile the
-  sources, or to compare both builds).
+* uses the extensions (Python imports an extension before a ``.py`` of the same name) when every
+  source still hashes as the build recorded;
+* raises :class:`StaleBuildError` otherwise (a source edited since the build, or extensions the
+  manifest does not list), naming the files and the commands that rebuild or remove the build:
+  compiled code never runs beside newer sources, and sources never silently replace a build;
+* with ``DUALPATH_PURE_PYTHON=1``, loads those modules from their ``.py`` (an import hook, only
+  then), to debug or profile the sources, or to time both builds (``experiments/bench_sim.py``).
 
 All or none: the compiled modules share native classes, so they never mix with source ones.
 """
@@ -24,16 +27,19 @@ import importlib.util
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
-__all__ = ["COMPILED", "STATUS", "decide", "pure_python_requested"]
+__all__ = ["COMPILED", "STATUS", "StaleBuildError", "check", "compiled_sources", "decide", "pure_python_requested"]
 
 MANIFEST = "_native_manifest.json"
 _ENV = "DUALPATH_PURE_PYTHON"
 
 
-def _compiled_sources(pkg_dir: Path) -> dict[str, Path]:
+class StaleBuildError(ImportError):
+    """A compiled build that does not match its sources: importing ``dualpath_jax`` fails."""
+
+
+def compiled_sources(pkg_dir: Path) -> dict[str, Path]:
     """``{module name: its .py}`` for every source under ``pkg_dir`` with a C extension beside it
     that this interpreter would import (``name`` + one of its ``EXTENSION_SUFFIXES``)."""
     suffixes = importlib.machinery.EXTENSION_SUFFIXES
@@ -53,31 +59,35 @@ def pure_python_requested(value: str | None) -> bool:
     return (value or "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def decide(pkg_dir: Path, pure_python: bool = False) -> tuple[bool, str, dict[str, Path]]:
-    """Whether the compiled modules under ``pkg_dir`` may be used.
+def check(pkg_dir: Path, sources: dict[str, Path]) -> None:
+    """Checks a compiled build: ``sources`` (:func:`compiled_sources` of ``pkg_dir``) must be
+    exactly the modules of ``pkg_dir / MANIFEST``, each with the SHA-256 recorded there.
 
-    Returns ``(compiled, reason, sources)``: ``sources`` maps each module that has a C extension
-    to its ``.py`` (what an import loads instead when ``compiled`` is false); ``reason`` says why
-    (``""`` when compiled or when there is nothing to choose); ``pure_python`` is the
-    ``DUALPATH_PURE_PYTHON`` request.
+    Raises:
+      StaleBuildError: naming the manifest or the changed files, with the commands to rebuild
+        (``DUALPATH_COMPILE=1 pip install -e ROOT``) or to return to the pure-Python build
+        (``pip install -e ROOT``, which removes the extensions).
     """
-    sources = _compiled_sources(pkg_dir)
-    if not sources:
-        return False, "", sources
-    if pure_python:
-        return False, f"{_ENV} is set", sources
+    root = pkg_dir.parent
     try:
         listed = json.loads((pkg_dir / MANIFEST).read_text())["modules"]
     except (OSError, ValueError, KeyError, TypeError):
-        return False, f"the compiled modules have no readable build manifest ({pkg_dir / MANIFEST})", sources
-    if set(listed) != set(sources):
-        return False, (f"the compiled modules found ({', '.join(sorted(sources))}) are not the ones the build "
-                       f"recorded ({', '.join(sorted(listed))})"), sources
-    stale = [str(sources[m]) for m in sorted(listed)
-             if hashlib.sha256(sources[m].read_bytes()).hexdigest() != listed[m]]
-    if stale:
-        return False, f"{', '.join(stale)} changed since the compiled build", sources
-    return True, "", sources
+        problem = (f"compiled modules ({', '.join(sorted(sources))}) without a readable build manifest "
+                   f"({pkg_dir / MANIFEST})")
+    else:
+        if set(listed) != set(sources):
+            problem = (f"the compiled modules found ({', '.join(sorted(sources))}) are not the ones the build "
+                       f"recorded ({', '.join(sorted(listed))})")
+        else:
+            stale = [str(sources[m]) for m in sorted(listed)
+                     if hashlib.sha256(sources[m].read_bytes()).hexdigest() != listed[m]]
+            if not stale:
+                return
+            problem = f"{', '.join(stale)} changed since the simulator core was compiled"
+    raise StaleBuildError(
+        f"dualpath_jax: {problem}. Rebuild it with `DUALPATH_COMPILE=1 pip install -e {root}`, or go back to the "
+        f"pure-Python build (removes the extensions) with `pip install -e {root}`; `{_ENV}=1` runs the sources "
+        "meanwhile.")
 
 
 class _SourceFinder(importlib.abc.MetaPathFinder):
@@ -91,19 +101,32 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
         return None if src is None else importlib.util.spec_from_file_location(fullname, src)
 
 
+def decide(pkg_dir: Path, pure_python: bool = False) -> tuple[bool, str, dict[str, Path]]:
+    """Which build of the modules under ``pkg_dir`` runs: ``(compiled, status, sources)``.
+
+    ``sources`` is :func:`compiled_sources` (empty for a default install); ``status`` is what
+    :data:`STATUS` says; ``pure_python`` is the ``DUALPATH_PURE_PYTHON`` request, which selects the
+    sources of a compiled build without checking it.
+
+    Raises:
+      StaleBuildError: from :func:`check`, for a compiled build that does not match its sources.
+    """
+    sources = compiled_sources(pkg_dir)
+    if not sources:
+        return False, "Python (no compiled modules)", sources
+    if pure_python:
+        return False, f"Python ({_ENV} is set; a compiled build is installed)", sources
+    check(pkg_dir, sources)
+    return True, f"compiled (mypyc): {', '.join(sorted(sources))}", sources
+
+
 def _install() -> tuple[bool, str]:
-    pure_python = pure_python_requested(os.environ.get(_ENV))
-    compiled, reason, sources = decide(Path(__file__).resolve().parent, pure_python)
-    if compiled:
-        return True, f"compiled (mypyc): {', '.join(sorted(sources))}"
-    if sources:
+    compiled, status, sources = decide(Path(__file__).resolve().parent, pure_python_requested(os.environ.get(_ENV)))
+    if sources and not compiled:
         sys.meta_path.insert(0, _SourceFinder(sources))
-        if not pure_python:
-            warnings.warn(f"dualpath_jax: {reason}; running the Python sources (`pip install -e .` recompiles "
-                          f"them, `{_ENV}=1` silences this)", RuntimeWarning, stacklevel=3)
-        return False, f"Python ({reason})"
-    return False, "Python (no compiled modules installed)"
+    return compiled, status
 
 
 COMPILED, STATUS = _install()
-"""``COMPILED``: the simulator core runs compiled; ``STATUS``: which modules, or why not."""
+"""``COMPILED``: the simulator core runs compiled; ``STATUS``: which build runs (recorded in every
+run's ``env.json``), e.g. ``"Python (no compiled modules)"`` for the default install."""

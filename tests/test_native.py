@@ -1,4 +1,6 @@
-"""The compiled simulator core: when it is used, and that it simulates exactly what the sources do."""
+"""The simulator core's builds: the default install compiles nothing; an opt-in compiled build
+(``DUALPATH_COMPILE=1 pip install -e .``) runs only while its sources are unchanged, fails loudly
+at import otherwise, and simulates exactly what the sources do."""
 
 import copy
 import dataclasses
@@ -7,9 +9,12 @@ import importlib.machinery
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,15 +22,22 @@ import pytest
 from dualpath_jax import native
 from dualpath_jax.config import ConfigError
 from dualpath_jax.model.spec import get_spec
-from dualpath_jax.native import MANIFEST, decide
+from dualpath_jax.native import MANIFEST, StaleBuildError, decide
 from dualpath_jax.sched import (AttentionTimeModel, ClusterScheduler, EngineLoad, ReadPlan, SchedulerConfig,
                                 check_read_plan, split_de_blocks)
 from dualpath_jax.sim import (HardwareConfig, Server, SimConfig, Simulator, agents_from_trajectories,
-                              calibrate_from_public, reserve)
+                              calibrate_from_public, offline_starts, reserve)
 from dualpath_jax.sim.compute import weight_bytes_per_gpu
-from dualpath_jax.sim.experiment import offline_starts, paper_workload
+from dualpath_jax.workload import paper_dataset
 
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+PKG = Path(native.__file__).resolve().parent
+ROOT = PKG.parent
+PURE_STATUS = "Python (DUALPATH_PURE_PYTHON is set; a compiled build is installed)"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _package(tmp_path, manifest=True):
@@ -39,38 +51,41 @@ def _package(tmp_path, manifest=True):
     (pkg / "c.py").write_text("")
     (pkg / ("_group__mypyc" + SUFFIX)).write_bytes(b"\x7fELF")  # a group library: no source beside it
     if manifest:
-        hashes = {m: hashlib.sha256(p.read_bytes()).hexdigest() for m, p in sources.items()}
+        hashes = {m: _sha256(p) for m, p in sources.items()}
         (pkg / MANIFEST).write_text(json.dumps({"compiler": "mypyc", "modules": hashes}))
     return pkg, sources
 
 
-def test_compiled_modules_are_used_only_while_their_sources_are_unchanged(tmp_path):
+def test_a_compiled_build_runs_only_while_its_sources_are_unchanged(tmp_path):
     pkg, sources = _package(tmp_path)
-    assert decide(pkg) == (True, "", sources)
-    compiled, reason, _ = decide(pkg, pure_python=True)
-    assert not compiled and reason == "DUALPATH_PURE_PYTHON is set"
+    assert decide(pkg) == (True, "compiled (mypyc): pkg.a, pkg.sub.b", sources)
     sources["pkg.sub.b"].write_text("X = 'edited'\n")
-    compiled, reason, found = decide(pkg)
-    assert not compiled and found == sources  # all of them load from source, not just the edited one
-    assert reason == f"{sources['pkg.sub.b']} changed since the compiled build"
+    with pytest.raises(StaleBuildError) as e:
+        decide(pkg)
+    assert str(e.value) == (
+        f"dualpath_jax: {sources['pkg.sub.b']} changed since the simulator core was compiled. Rebuild it with "
+        f"`DUALPATH_COMPILE=1 pip install -e {tmp_path}`, or go back to the pure-Python build (removes the "
+        f"extensions) with `pip install -e {tmp_path}`; `DUALPATH_PURE_PYTHON=1` runs the sources meanwhile.")
+    assert decide(pkg, pure_python=True) == (False, PURE_STATUS, sources)  # all of them from source, unchecked
 
 
-def test_extensions_the_build_did_not_record_are_not_used(tmp_path):
-    pkg, sources = _package(tmp_path, manifest=False)
-    compiled, reason, _ = decide(pkg)
-    assert not compiled and "no readable build manifest" in reason
+def test_extensions_the_build_did_not_record_fail_loudly(tmp_path):
+    pkg, _ = _package(tmp_path, manifest=False)
+    with pytest.raises(StaleBuildError, match=r"modules \(pkg.a, pkg.sub.b\) without a readable build manifest"):
+        decide(pkg)
     (pkg / MANIFEST).write_text(json.dumps({"modules": {"pkg.a": "0" * 64}}))
-    compiled, reason, _ = decide(pkg)
-    assert not compiled and "found (pkg.a, pkg.sub.b) are not the ones the build recorded (pkg.a)" in reason
+    with pytest.raises(StaleBuildError, match=r"\(pkg.a, pkg.sub.b\) are not the ones the build recorded \(pkg.a\)"):
+        decide(pkg)
     (pkg / MANIFEST).write_text("{not json")
-    assert decide(pkg)[:2] == (False, f"the compiled modules have no readable build manifest ({pkg / MANIFEST})")
+    with pytest.raises(StaleBuildError, match="without a readable build manifest"):
+        decide(pkg)
 
 
 def test_only_extensions_this_interpreter_imports_count(tmp_path):
     pkg, sources = _package(tmp_path)
     for path in sources.values():
         path.with_name(path.stem + SUFFIX).rename(path.with_name(path.stem + ".cpython-399-x86_64-linux-gnu.so"))
-    assert decide(pkg) == (False, "", {})  # another Python's builds: nothing compiled to choose
+    assert decide(pkg) == (False, "Python (no compiled modules)", {})  # another Python's builds: nothing to check
 
 
 @pytest.mark.parametrize("value, wanted", [(None, False), ("", False), ("0", False), ("false", False), ("No", False),
@@ -79,21 +94,84 @@ def test_the_pure_python_switch(value, wanted):
     assert native.pure_python_requested(value) is wanted
 
 
-def test_a_pure_python_install_has_nothing_to_choose(tmp_path):
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "a.py").write_text("")
-    assert decide(tmp_path / "pkg") == (False, "", {})
+def _stub_install(tmp_path) -> Path:
+    """A copy of the package's first module (``__init__`` and ``native``) with one "compiled" module,
+    ``sim/cluster``: its source, an extension that could not load (never imported unless chosen)
+    and the build's manifest."""
+    pkg = tmp_path / "dualpath_jax"
+    (pkg / "sim").mkdir(parents=True)
+    shutil.copy(PKG / "__init__.py", pkg / "__init__.py")
+    shutil.copy(PKG / "native.py", pkg / "native.py")
+    (pkg / "sim" / "__init__.py").write_text("")
+    src = pkg / "sim" / "cluster.py"
+    src.write_text("BUILD = 'source'\n")
+    src.with_name("cluster" + SUFFIX).write_bytes(b"not a loadable extension")
+    hashes = {"dualpath_jax.sim.cluster": _sha256(src)}
+    (pkg / MANIFEST).write_text(json.dumps({"compiler": "mypyc", "modules": hashes}))
+    return src
+
+
+def _import_stub(tmp_path, code: str, pure_python: str = "") -> subprocess.CompletedProcess:
+    env = dict(os.environ, DUALPATH_PURE_PYTHON=pure_python)
+    return subprocess.run([sys.executable, "-c", f"import dualpath_jax\n{code}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+
+
+def test_importing_a_compiled_build_with_an_edited_source_fails_naming_it(tmp_path):
+    src = _stub_install(tmp_path)
+    done = _import_stub(tmp_path, "print(dualpath_jax.native.STATUS)")
+    assert done.returncode == 0 and done.stdout == "compiled (mypyc): dualpath_jax.sim.cluster\n", done.stderr
+    src.write_text("BUILD = 'edited source'\n")
+    done = _import_stub(tmp_path, "")
+    assert done.returncode == 1 and done.stdout == ""
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"dualpath_jax.native.StaleBuildError: dualpath_jax: {src} changed since the simulator core "
+                           "was compiled.")
+    assert f"`DUALPATH_COMPILE=1 pip install -e {tmp_path}`" in last and f"`pip install -e {tmp_path}`" in last
+    # the sources on request, in place of the extension: the edited one runs, without a check
+    code = "import dualpath_jax.sim.cluster as c; print(dualpath_jax.native.STATUS, c.BUILD)"
+    done = _import_stub(tmp_path, code, pure_python="1")
+    assert done.returncode == 0 and done.stdout == f"{PURE_STATUS} edited source\n", done.stderr
+
+
+@pytest.mark.skipif(bool(native.compiled_sources(PKG)), reason="an opt-in compiled build is installed")
+def test_the_default_install_holds_no_extension_module():
+    import dualpath_jax.sim.cluster as cluster
+
+    assert native.STATUS == "Python (no compiled modules)" and not native.COMPILED
+    assert [p for p in PKG.rglob("*") if p.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))] == []
+    assert not (PKG / MANIFEST).exists() and cluster.__file__ == str(PKG / "sim" / "cluster.py")
+
+
+_SETUP = textwrap.dedent("""
+    import json
+    from setuptools._distutils.core import run_setup
+    dist = run_setup("setup.py", stop_after="init")
+    print(json.dumps({"ext_modules": dist.ext_modules, "setup_requires": dist.setup_requires,
+                      "cmdclass": sorted(dist.cmdclass)}))
+""")
+
+
+def test_the_default_build_declares_no_extension_and_needs_only_setuptools():
+    """What ``pip install -e .`` builds: no extension, no build requirement beyond setuptools (the
+    opt-in ``DUALPATH_COMPILE=1`` adds mypyc's extensions and mypy; trying it fetches mypy, so it is
+    not run here)."""
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"] == ["setuptools>=77"]
+    done = subprocess.run([sys.executable, "-c", _SETUP], cwd=ROOT, env=dict(os.environ, DUALPATH_COMPILE=""),
+                          capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout.splitlines()[-1]) == {"ext_modules": None, "setup_requires": [],
+                                                        "cmdclass": ["build_py"]}
 
 
 _RUN = textwrap.dedent("""
     import hashlib, json, sys
     import numpy as np
     from dualpath_jax import native
-    from dualpath_jax.sim import SimConfig, Simulator, agents_from_trajectories, variant_config
+    from dualpath_jax.sim import SimConfig, Simulator, agents_from_trajectories, offline_starts, variant_config
     from dualpath_jax.sim import cluster
-    from dualpath_jax.sim.experiment import offline_starts, paper_workload
+    from dualpath_jax.workload import paper_dataset
 
-    ts = paper_workload("64K", 96, seed=3)
+    ts = paper_dataset("64K", num_agents=96, seed=3)
     agents = agents_from_trajectories(ts, offline_starts(ts))
     out = {"status": native.STATUS, "cluster_file": cluster.__file__}
     for variant, loading in [("basic", None), ("dualpath", None), ("dualpath", "split"), ("oracle", None)]:
@@ -116,11 +194,11 @@ def _run(pure_python: bool) -> dict:
     return json.loads(done.stdout)
 
 
-@pytest.mark.skipif(not native.COMPILED, reason=f"the simulator core is not compiled in this install: {native.STATUS}")
+@pytest.mark.skipif(not native.COMPILED, reason=f"no opt-in compiled build in this install: {native.STATUS}")
 def test_compiled_core_simulates_exactly_what_the_sources_do():
     compiled, source = _run(False), _run(True)
     assert compiled.pop("status").startswith("compiled (mypyc)") and compiled.pop("cluster_file").endswith(SUFFIX)
-    assert source.pop("status") == "Python (DUALPATH_PURE_PYTHON is set)"
+    assert source.pop("status") == PURE_STATUS
     assert source.pop("cluster_file").endswith("cluster.py")
     assert compiled == source  # events, JCT and a hash of every per-request column, bit for bit
     assert len({v[2] for v in source.values()}) == 4 and all(np.isfinite(v[1]) for v in source.values())
@@ -178,7 +256,7 @@ def test_a_policy_may_return_numpy_block_counts():
                 return ReadPlan("pe" if n == 0 else "split" if n < hit_blocks else "de", int(n) if to_int else n)
         return Mine
 
-    ts = paper_workload("64K", 24, seed=5)
+    ts = paper_dataset("64K", num_agents=24, seed=5)
     agents = agents_from_trajectories(ts, offline_starts(ts))
     cfg = SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=2, loading="split")
     numpy_run = Simulator(cfg, agents, scheduler_cls=policy(False)).run(max_events=np.int64(10**9), progress=0)

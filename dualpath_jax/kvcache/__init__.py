@@ -1,6 +1,7 @@
 """KV-cache block layouts (Full / Layer Blocks), packing, and prefix-hash-chain block keys.
 
-Imports only :mod:`dualpath_jax.model.spec`, :mod:`dualpath_jax.config`, numpy and the stdlib.
+Imports only :mod:`dualpath_jax.model.spec`, :mod:`dualpath_jax.config`, numpy, ml_dtypes and the
+stdlib: no JAX (``tests/test_layering.py`` checks what importing it loads).
 """
 
 from dualpath_jax.kvcache.blocks import (decode_tokens, encode_tokens, full_block_from_layer_blocks, gather_layer,

@@ -79,9 +79,10 @@ def write_config(workdir, config: Any) -> Path:
 
 
 def collect_env(device: str | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Versions and device: Python, platform, CPU count, installed package versions, whether the
-    simulator core runs compiled (``dualpath_jax.native``), and the JAX devices if JAX is already
-    imported (this module never imports it) or ``device`` if given."""
+    """Versions and device: Python, platform, CPU count, installed package versions, which build of
+    the simulator core runs (``simulator_core``: ``dualpath_jax.native.STATUS``, the Python sources
+    unless an opt-in compiled build is installed), and the JAX devices if JAX is already imported
+    (this module never imports it) or ``device`` if given."""
     versions = {}
     for name in _PACKAGES:
         try:
