@@ -10,10 +10,12 @@ Measures, in one run:
    cache, PAPER.md section 2.1) and, for reference, both warm. Ratio = plain time / store time.
 2. **Overlap efficiency** of layer-wise prefill: ``time(layerwise prefill with loading) /
    max(time(loading only), time(compute only))`` with the H2D link rate set so that loading a
-   layer takes as long as computing it (1.0 = perfect overlap, 2.0 = none). The layerwise time is
-   the engine's ``layers_s``: loader start to last layer done, including the first layer's
-   unhidden load; compute-only runs the same layer loop with every layer's KV already on the
-   device; loading-only streams all layers through the same loader and link without compute.
+   layer takes as long as computing it (1.0 = perfect overlap, 2.0 = none). Every part is the one
+   prefill path the cluster's PEs run (``dualpath_jax.engine.prefill.PrefillPath``): the
+   layerwise time is the engine's ``layers_s`` (loader start to last layer done, including the
+   first layer's unhidden load); compute-only is the path's layer loop (``run_layers``) with every
+   layer's KV already on the device; loading-only streams all layers through the path's loader
+   and the same link without compute.
 3. The same with ``depth=1`` (no double buffering).
 4. Peak device bytes of loaded KV, layerwise vs full (from the loader's live arrays).
 
@@ -32,16 +34,16 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dualpath_jax.engine import PrefillConfig, PrefillEngine, PrefillRequest, compute_layers
+from dualpath_jax.engine import PrefillChunk, PrefillConfig, PrefillEngine, PrefillPath, PrefillRequest
 from dualpath_jax.kvcache import block_keys, layout_for, pack_full_blocks
-from dualpath_jax.model import embed, get_spec, init_params
+from dualpath_jax.model import get_spec, init_params
+from dualpath_jax.model.forward import layer_kv_shapes
 from dualpath_jax.store import KVStore, StoreConfig
-from dualpath_jax.transfer import LayerwiseLoader, Link, LinkConfig, Medium, tree_nbytes
+from dualpath_jax.transfer import Link, LinkConfig, Medium
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "..", "configs", "bench_datapath.py"), "Benchmark config.")
@@ -120,11 +122,12 @@ def bench_store(cfg, workdir: str) -> dict[str, float]:
     return out
 
 
-def _time_loader(num_layers, fetch, rate, depth) -> float:
+def _time_loader(path: PrefillPath, chunks, fetch, rate) -> float:
+    """Loading only: every layer through the path's loader and an H2D link at ``rate``, no compute."""
     link = Link(LinkConfig("bench.h2d", Medium.PE_BUFFER, Medium.PE_HBM, rate_bytes_per_s=rate))
     t0 = time.perf_counter()
-    with LayerwiseLoader(num_layers, fetch, link, depth=depth) as loader:
-        for layer in range(num_layers):
+    with path.loader(chunks, fetch, link) as loader:
+        for layer in range(path.spec.n_layers):
             loader.get(layer)
             loader.release(layer)
     return time.perf_counter() - t0
@@ -154,9 +157,9 @@ def bench_overlap(cfg, workdir: str) -> dict[str, float]:
     rng = np.random.default_rng(cfg.seed)
     prompts = [rng.integers(0, spec.vocab_size, cfg.cached_tokens + cfg.append_tokens) for _ in range(cfg.batch_size)]
     reqs = [PrefillRequest(f"r{b}", p) for b, p in enumerate(prompts)]
-    kv_shape = (cfg.cached_tokens, spec.n_kv_heads, spec.head_dim)
     for p in prompts:
-        kvs = [tuple(rng.standard_normal(kv_shape, np.float32) for _ in range(2)) for _ in range(L)]
+        kvs = [tuple(rng.standard_normal((cfg.cached_tokens, *s), np.float32) for s in layer_kv_shapes(spec))
+               for _ in range(L)]
         results = store.write(block_keys(layout, p[:cfg.cached_tokens]), pack_full_blocks(layout, kvs))
         assert all(r.ok for r in results)
 
@@ -169,14 +172,14 @@ def bench_overlap(cfg, workdir: str) -> dict[str, float]:
     batch = eng.prepare(reqs)
     assert all(h * layout.block_tokens == cfg.cached_tokens for h in batch.hit_blocks), batch.hit_blocks
     fetch = lambda l: batch.fetch_layer(layout, l)  # noqa: E731
-    dev = [jax.block_until_ready(jax.device_put(fetch(l))) for l in range(L)]
-    layer_bytes = tree_nbytes(dev[0])
+    chunks = [PrefillChunk(p[cfg.cached_tokens:], cfg.cached_tokens, logits="none") for p in prompts]
+    dev = [jax.block_until_ready(jax.device_put(eng.path.cache_blocks(chunks, fetch(l)), eng.device))
+           for l in range(L)]
+    layer_bytes = cfg.batch_size * cfg.cached_tokens * layout.bytes_per_token_per_layer  # what the link carries
 
     def compute_pass() -> float:
-        hs = [embed(params, spec, jnp.asarray(p[cfg.cached_tokens:])) for p in prompts]
-        pos = [jnp.arange(cfg.cached_tokens, len(p), dtype=jnp.int32) for p in prompts]
         t0 = time.perf_counter()
-        compute_layers(params, spec, hs, pos, lambda l: dev[l], lambda l: None)
+        eng.path.run_layers(chunks, lambda l: dev[l], lambda l: None)
         return time.perf_counter() - t0
 
     compute_pass()  # compile
@@ -185,7 +188,7 @@ def bench_overlap(cfg, workdir: str) -> dict[str, float]:
     for _ in range(cfg.repeats):
         t_compute = min(compute_pass() for _ in range(cfg.passes))
         rate = layer_bytes / (t_compute / L)  # loading a layer takes as long as computing it
-        t_load = min(_time_loader(L, fetch, rate, cfg.depth) for _ in range(cfg.passes))
+        t_load = min(_time_loader(eng.path, chunks, fetch, rate) for _ in range(cfg.passes))
         bound = max(t_load, t_compute)
         row = {"compute": t_compute, "load": t_load, "rate": rate}
         for label, depth in (("layerwise", cfg.depth), ("depth1", 1)):

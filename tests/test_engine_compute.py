@@ -1,25 +1,33 @@
-"""Runtime compute (bucketed prefill layer, batched decode step) against the model's own functions."""
+"""Runtime compute (bucketed paged prefill layer, batched paged decode step) against the model's
+dense, no-cache forward: GQA and MLA, reference and Pallas (interpret mode off GPU) attention."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dualpath_jax.config import ConfigError
-from dualpath_jax.engine.compute import (bucket_blocks, bucket_tokens, check_supported, decode_step, get_block,
-                                         last_token_logits, prefill_kv, prefill_layer, reference_greedy, set_blocks,
+from dualpath_jax.engine.compute import (all_logits, bucket_blocks, bucket_tokens, decode_logits, decode_step,
+                                         get_block, last_token_logits, prefill_layer, reference_greedy, set_blocks,
                                          top2_gap)
 from dualpath_jax.engine.profile import ProfileSample, fit_time_model
-from dualpath_jax.model import forward, forward_with_cache, get_spec, init_params
-from dualpath_jax.model import cost
+from dualpath_jax.model import cost, forward, forward_with_cache, get_spec, init_params
+from dualpath_jax.model.forward import layer_kv_shapes
 
 Z = 64
+ATOL = 1e-5  # f32 tolerance of the attention kernels (tests/test_kernels_model.py)
 
 
-@pytest.fixture(scope="module")
-def model():
-    spec = get_spec("tiny-gqa")
+@functools.lru_cache(maxsize=None)
+def _model(name):
+    spec = get_spec(name)
     return spec, jax.tree.map(np.asarray, init_params(spec, jax.random.PRNGKey(0)))
+
+
+@pytest.fixture(scope="module", params=["tiny-gqa", "tiny-mla"])
+def model(request):
+    return _model(request.param)
 
 
 def test_buckets():
@@ -27,77 +35,101 @@ def test_buckets():
     assert [bucket_blocks(p) for p in (0, 1, 2, 3, 5, 8, 9)] == [1, 1, 2, 4, 8, 8, 16]
 
 
-def test_check_supported_names_field():
-    check_supported(get_spec("tiny-gqa"))
-    with pytest.raises(ConfigError, match="model.name"):
-        check_supported(get_spec("tiny-mla"))
+def _blocks(spec, kv, start):
+    """A layer's KV of ``start`` tokens (host LayerKV) as padded blocks ``[P_b, Z, ...]`` x2."""
+    p_b = bucket_blocks(-(-start // Z))
+    out = []
+    for i, shape in enumerate(layer_kv_shapes(spec)):
+        buf = np.zeros((p_b * Z, *shape), np.float32)
+        if kv is not None:
+            buf[:start] = kv[i]
+        out.append(jnp.asarray(buf.reshape(p_b, Z, *shape)))
+    return tuple(out)
 
 
-def _prefill(params, spec, tokens, cached_kv, start):
-    """Run every layer of prefill_layer over tokens[start:] with cached_kv (per layer [start, K, H] x2)."""
+def _prefill(params, spec, tokens, cached_kv, start, implementation):
+    """Every layer of prefill_layer over tokens[start:] with cached_kv (per layer LayerKV of start tokens)."""
     t = len(tokens) - start
-    t_b, p_b = bucket_tokens(t), bucket_blocks(-(-start // Z))
-    h = np.zeros((t_b, spec.d_model), np.float32)
+    h = np.zeros((bucket_tokens(t), spec.d_model), np.float32)
     h[:t] = np.asarray(params["embed"])[tokens[start:]]
     h = jnp.asarray(h)
-    pos = jnp.arange(start, start + t_b, dtype=jnp.int32)
+    pos = jnp.arange(start, start + h.shape[0], dtype=jnp.int32)
     new = []
     for layer, lp in enumerate(params["layers"]):
-        caches = []
-        for x in (cached_kv[layer] if cached_kv else (np.zeros((0, 2, 16), np.float32),) * 2):
-            buf = np.zeros((p_b * Z, spec.n_kv_heads, spec.head_dim), np.float32)
-            buf[:start] = x
-            caches.append(jnp.asarray(buf.reshape(p_b, Z, spec.n_kv_heads, spec.head_dim)))
-        h, (k, v) = prefill_layer(lp, spec, h, pos, caches[0], caches[1], jnp.int32(start), jnp.int32(t))
-        new.append((np.asarray(k)[:t], np.asarray(v)[:t]))
+        cache = _blocks(spec, cached_kv[layer] if cached_kv else None, start)
+        h, kv = prefill_layer(lp, spec, h, pos, cache, jnp.int32(start), jnp.int32(t), implementation=implementation)
+        new.append(tuple(np.asarray(x)[:t] for x in kv))
     return h, new, t
 
 
-def test_prefill_layer_over_cached_prefix_matches_one_pass_forward(model):
+@pytest.mark.parametrize("implementation", ["reference", "pallas"])
+def test_paged_prefill_over_cached_prefix_matches_dense_forward(model, implementation):
     spec, params = model
     tokens = np.random.default_rng(1).integers(0, spec.vocab_size, 150).astype(np.int32)
-    ref = np.asarray(forward(params, spec, jnp.asarray(tokens)))
-    h1, kv1, t1 = _prefill(params, spec, tokens[:70], None, 0)  # 70 tokens, no cache
-    h2, _, t2 = _prefill(params, spec, tokens, kv1, 70)  # 80 tokens over a 70-token cache (2 blocks padded)
-    got1 = np.asarray(last_token_logits(params, spec, h1, jnp.int32(t1 - 1)))
-    got2 = np.asarray(last_token_logits(params, spec, h2, jnp.int32(t2 - 1)))
-    np.testing.assert_allclose(got1, ref[69], atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(got2, ref[149], atol=1e-5, rtol=1e-5)
-    # the chunked KV equals the one-pass cached KV of the model
-    _, kvs = forward_with_cache(params, spec, jnp.asarray(tokens[:70]), None)
-    for (k, v), (rk, rv) in zip(kv1, kvs):
-        np.testing.assert_allclose(k, np.asarray(rk), atol=1e-5)
-        np.testing.assert_allclose(v, np.asarray(rv), atol=1e-5)
+    ref = np.asarray(forward(params, spec, jnp.asarray(tokens), implementation="reference"))
+    h1, kv1, t1 = _prefill(params, spec, tokens[:70], None, 0, implementation)  # 70 tokens, no cache
+    h2, _, t2 = _prefill(params, spec, tokens, kv1, 70, implementation)  # 80 tokens over 70 cached (2 blocks)
+    np.testing.assert_allclose(np.asarray(all_logits(params, spec, h1))[:t1], ref[:70], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(np.asarray(all_logits(params, spec, h2))[:t2], ref[70:], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(np.asarray(last_token_logits(params, spec, h2, jnp.int32(t2 - 1))), ref[149],
+                               atol=ATOL, rtol=0)
+    # the paged prefill's KV equals the dense layer-by-layer pass's cached KV
+    _, kvs = forward_with_cache(params, spec, jnp.asarray(tokens[:70]), None, implementation="reference")
+    for got, want in zip(kv1, kvs):
+        for a, b in zip(got, want):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, np.asarray(b), atol=ATOL, rtol=0)
 
 
-def test_prefill_kv_chunks_match_model_cache(model):
+def _pools(spec, pt, fill):
+    return tuple(tuple(jnp.full((pt, Z, *s), fill, jnp.float32) for s in layer_kv_shapes(spec))
+                 for _ in range(spec.n_layers))
+
+
+def _load_prompt(spec, pools, kvs, ids, n):
+    """Put the prompt's KV (L LayerKVs of n tokens) into pool blocks ``ids`` (in token order)."""
+    values = []
+    for i, shape in enumerate(layer_kv_shapes(spec)):
+        buf = np.zeros((spec.n_layers, len(ids) * Z, *shape), np.float32)
+        for layer, kv in enumerate(kvs):
+            buf[layer, :n] = np.asarray(kv[i])
+        values.append(jnp.asarray(buf.reshape(spec.n_layers, len(ids), Z, *shape)))
+    return set_blocks(pools, jnp.asarray(np.asarray(ids, np.int32)), tuple(values))
+
+
+@pytest.mark.parametrize("implementation", ["reference", "pallas"])
+def test_paged_decode_logits_match_dense_forward(model, implementation):
+    """Two sequences decode side by side over one pool (their blocks interleaved, out of order);
+    every step's logits equal the dense no-cache forward's next-token logits."""
     spec, params = model
-    tokens = np.random.default_rng(2).integers(0, spec.vocab_size, 200).astype(np.int32)
-    got = prefill_kv(params, spec, tokens, jax.devices()[0], chunk_tokens=64, block_tokens=Z)
-    _, ref = forward_with_cache(params, spec, jnp.asarray(tokens), None)
-    for (k, v), (rk, rv) in zip(got, ref):
-        assert k.shape == (200, spec.n_kv_heads, spec.head_dim)
-        np.testing.assert_allclose(k, np.asarray(rk), atol=1e-5)
-        np.testing.assert_allclose(v, np.asarray(rv), atol=1e-5)
+    rng = np.random.default_rng(3)
+    lens = (100, 60)
+    seqs = [list(rng.integers(0, spec.vocab_size, n).astype(np.int32)) for n in lens]
+    pools = _pools(spec, 8, 0.0)
+    tables = np.array([[6, 1], [3, 0]], np.int32)
+    for b, (seq, n) in enumerate(zip(seqs, lens)):
+        _, kvs = forward_with_cache(params, spec, jnp.asarray(np.array(seq[:-1], np.int32)), None,
+                                    implementation="reference")
+        pools = _load_prompt(spec, pools, kvs, tables[b], n - 1)
+    step = jax.jit(functools.partial(decode_logits, implementation=implementation), static_argnames=("spec",))
+    for _ in range(3):
+        tokens = jnp.asarray([s[-1] for s in seqs], jnp.int32)
+        positions = jnp.asarray([len(s) - 1 for s in seqs], jnp.int32)
+        logits, pools = step(params, spec, tokens, positions, pools, jnp.asarray(tables), jnp.ones(2, bool))
+        for b, seq in enumerate(seqs):
+            ref = np.asarray(forward(params, spec, jnp.asarray(np.array(seq, np.int32)), implementation="reference"))
+            np.testing.assert_allclose(np.asarray(logits[b]), ref[-1], atol=ATOL, rtol=0)
+            seq.append(int(np.argmax(ref[-1])))
 
 
-def test_decode_step_matches_forward_and_leaves_idle_rows_alone(model):
+def test_decode_step_greedy_matches_forward_and_leaves_idle_rows_alone(model):
     spec, params = model
     rng = np.random.default_rng(3)
     prompt = rng.integers(0, spec.vocab_size, 100).astype(np.int32)
     _, kvs = forward_with_cache(params, spec, jnp.asarray(prompt), None)
-    pt = 8
-    shape = (pt, Z, spec.n_kv_heads, spec.head_dim)
-    marker = np.full(shape, 7.0, np.float32)  # block 5 belongs to an idle row: must stay untouched
-    k_pools = tuple(jnp.asarray(marker) for _ in range(spec.n_layers))
-    v_pools = tuple(jnp.asarray(marker) for _ in range(spec.n_layers))
+    pools = _pools(spec, 8, 7.0)  # block 5 belongs to an idle row: must stay untouched
     ids = np.array([2, 0], np.int32)  # the request's blocks, out of order on purpose
-    kb = np.zeros((spec.n_layers, 2, Z, spec.n_kv_heads, spec.head_dim), np.float32)
-    vb = np.zeros_like(kb)
-    for layer, (k, v) in enumerate(kvs):
-        kb[layer].reshape(2 * Z, -1, spec.head_dim)[:100] = np.asarray(k)
-        vb[layer].reshape(2 * Z, -1, spec.head_dim)[:100] = np.asarray(v)
-    k_pools, v_pools = set_blocks(k_pools, v_pools, jnp.asarray(ids), jnp.asarray(kb), jnp.asarray(vb))
+    pools = _load_prompt(spec, pools, kvs, ids, 100)
     seq = list(prompt) + [int(np.argmax(np.asarray(forward(params, spec, jnp.asarray(prompt)))[-1]))]
     table = np.zeros((4, 2), np.int32)
     table[0] = ids
@@ -109,24 +141,26 @@ def test_decode_step_matches_forward_and_leaves_idle_rows_alone(model):
         positions = np.zeros(4, np.int32)
         positions[0], positions[2] = len(seq) - 1, 10
         active = np.array([True, False, False, False])
-        nxt, gaps, k_pools, v_pools = decode_step(params, spec, jnp.asarray(tokens), jnp.asarray(positions), k_pools,
-                                                  v_pools, jnp.asarray(table), jnp.asarray(active))
+        nxt, gaps, pools = decode_step(params, spec, jnp.asarray(tokens), jnp.asarray(positions), pools,
+                                       jnp.asarray(table), jnp.asarray(active))
         seq.append(int(nxt[0]))
         got_gaps.append(float(gaps[0]))
     # one no-cache forward over the decoded sequence: greedy at every decoded position
     ref = np.asarray(forward(params, spec, jnp.asarray(np.array(seq[:-1], np.int32))))[100:]
     assert seq[101:] == [int(t) for t in ref.argmax(axis=-1)]
-    np.testing.assert_allclose(got_gaps, [top2_gap(r) for r in ref], atol=1e-5)
-    k5, v5 = get_block(k_pools, v_pools, jnp.int32(5))
-    assert np.all(np.asarray(k5) == 7.0) and np.all(np.asarray(v5) == 7.0)
+    np.testing.assert_allclose(got_gaps, [top2_gap(r) for r in ref], atol=ATOL)
+    for x in get_block(pools, jnp.int32(5)):
+        assert np.all(np.asarray(x) == 7.0)
     # the decoded tokens' KV landed at positions 100.. of the request's blocks (block 0 holds 64..127)
     _, kv_all = forward_with_cache(params, spec, jnp.asarray(np.array(seq[:106], np.int32)), None)
-    k0, _ = get_block(k_pools, v_pools, jnp.int32(0))
-    np.testing.assert_allclose(np.asarray(k0)[0, 100 - 64:106 - 64], np.asarray(kv_all[0][0])[100:106], atol=1e-5)
+    block0 = get_block(pools, jnp.int32(0))
+    for i in range(2):
+        np.testing.assert_allclose(np.asarray(block0[i])[0, 100 - 64:106 - 64], np.asarray(kv_all[0][i])[100:106],
+                                   atol=ATOL)
 
 
-def test_reference_greedy_chunked_equals_full(model):
-    spec, params = model
+def test_reference_greedy_chunked_equals_full():
+    spec, params = _model("tiny-gqa")
     rng = np.random.default_rng(4)
     prompt = rng.integers(0, spec.vocab_size, 90).astype(np.int32)
     gen = rng.integers(0, spec.vocab_size, 12).astype(np.int32)

@@ -1,4 +1,5 @@
-"""Prefill engine: logits equal a plain forward, device KV peak, byte accounting, failure recovery."""
+"""The one prefill path and the store-backed prefill engine: logits and KV equal a plain forward,
+device KV peak, byte accounting, failure recovery."""
 
 import functools
 import os
@@ -8,11 +9,11 @@ import numpy as np
 import pytest
 
 from dualpath_jax.config import ConfigError
-from dualpath_jax.engine import PrefillConfig, PrefillEngine, PrefillRequest
+from dualpath_jax.engine import PrefillChunk, PrefillConfig, PrefillEngine, PrefillPath, PrefillRequest, prefill_kv
 from dualpath_jax.kvcache import block_keys, layout_for, unpack_full_blocks
 from dualpath_jax.model import forward, forward_with_cache, get_spec, init_params
 from dualpath_jax.store import FailureCause, KVStore, StoreConfig
-from dualpath_jax.transfer import (BufferPool, BufferTimeoutError, Link, LinkConfig, Medium, Outcome,
+from dualpath_jax.transfer import (BufferPool, BufferTimeoutError, Link, LinkConfig, LoaderError, Medium, Outcome,
                                    TransferRecord, TransferResult)
 
 ATOL = 1e-5  # f32 tolerance of the attention reference (tests/test_model.py)
@@ -231,3 +232,42 @@ def test_config_errors_name_the_field():
             PrefillEngine({}, spec, store)
     with pytest.raises(ValueError, match="tokens"):
         PrefillRequest("r", np.zeros((0,), np.int32))
+
+
+# ---- the path itself: what the cluster's PE workers run ------------------------------------------
+def test_path_over_pieced_cache_in_two_chunks_hands_each_layer_on(model):
+    """Two requests in one forward, their cached KV delivered as several host pieces (as a PE holds
+    hit blocks plus earlier chunks); each layer's new KV reaches ``on_layer`` in layer order."""
+    spec, params, tokens, full = model
+    _, kvs = forward_with_cache(params, spec, tokens[:200], None)
+    kvs = [tuple(np.asarray(x) for x in kv) for kv in kvs]
+    other = (tokens[::-1] + 3) % spec.vocab_size
+    path = PrefillPath(params, spec, layout_for(spec), mode="layerwise", depth=2)
+    chunks = [PrefillChunk(tokens[200:260], 200, logits="all"), PrefillChunk(other[:50], 0, logits="last")]
+    fetch = lambda l: [[tuple(x[:64] for x in kvs[l]), tuple(x[64:200] for x in kvs[l])], []]  # noqa: E731
+    seen = []
+    link = Link(LinkConfig("h2d", Medium.PE_BUFFER, Medium.PE_HBM))
+    out = path.forward(chunks, fetch, link, on_layer=lambda l, b, kv: seen.append((l, b, kv[0].shape[0])))
+    assert seen == [(l, b, n) for l in range(spec.n_layers) for b, n in ((0, 60), (1, 50))]
+    np.testing.assert_allclose(out.logits[0], full[200:260], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(out.logits[1], np.asarray(forward(params, spec, other[:50]))[-1], atol=ATOL, rtol=0)
+    _, ref = forward_with_cache(params, spec, tokens[:260], None)
+    for got, want in zip(out.new_kv[0], ref):
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, np.asarray(b)[200:260], atol=ATOL, rtol=0)
+    bt = layout_for(spec).bytes_per_token_per_layer
+    assert out.loaded_bytes == link.stats().total_bytes == spec.n_layers * 200 * bt
+    with pytest.raises(LoaderError, match="chunk 0 has 64 cached tokens"):
+        path.forward(chunks, lambda l: [[tuple(x[:64] for x in kvs[l])], []], link)
+
+
+def test_prefill_kv_chunks_match_model_cache(model):
+    spec, params, tokens, _ = model
+    got = prefill_kv(params, spec, tokens[:200], jax.devices()[0], chunk_tokens=64)
+    _, ref = forward_with_cache(params, spec, tokens[:200], None)
+    for pair, want in zip(got, ref):
+        for a, b in zip(pair, want):
+            assert a.shape == b.shape and a.shape[0] == 200
+            np.testing.assert_allclose(a, np.asarray(b), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        prefill_kv(params, spec, tokens, chunk_tokens=0)

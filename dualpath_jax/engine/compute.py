@@ -1,24 +1,30 @@
 """Shape-bucketed compute of the runtime: one PE prefill layer, one batched DE decode step.
 
-The model's :func:`dualpath_jax.model.layer_forward` is compiled per exact ``(T, S)``; a serving
-engine sees a new pair almost every request (and every decode step grows S), so compiling per
-shape would dominate a CPU run. The runtime therefore pads to buckets and masks:
+Both run the model's own :func:`dualpath_jax.model.forward.decoder_layer` (one implementation of
+norms, projections, RoPE, MLA absorption and MLP, GQA and MLA alike) with a paged attention
+backend (:mod:`dualpath_jax.model.attention`); what is engine-specific here is the shape
+bucketing and jit caching. The model's :func:`~dualpath_jax.model.layer_forward` is compiled per
+exact ``(T, S)``; a serving engine sees a new pair almost every request (and every decode step
+grows S), so compiling per shape would dominate a CPU run. The runtime therefore pads to buckets
+and masks:
 
 * :func:`prefill_layer`: one request's T new tokens (padded to ``bucket_tokens(T)`` rows) over
   its cached KV held as ``P`` blocks of Z tokens (padded to ``bucket_blocks(P)``), through
-  :func:`dualpath_jax.kernels.prefill_attention` with ``cached_len``/``new_len`` masks. Padded
-  query rows come after the real ones, so causal masking keeps them out of real rows.
+  :class:`~dualpath_jax.model.attention.PagedPrefillAttention` with ``cached_len``/``new_len``
+  masks. Padded query rows come after the real ones, so causal masking keeps them out of real rows.
 * :func:`decode_step`: all active requests of a DE (padded to a fixed batch of B rows) advance
-  one token: each row's new KV is written into the DE's block pool with
-  :func:`dualpath_jax.kernels.kv_write`, then :func:`dualpath_jax.kernels.decode_attention` reads
-  its first ``kv_len`` tokens through its block table (padded to ``bucket_blocks``). The pools
-  are donated, so the update is in place where the backend allows it.
+  one token through :class:`~dualpath_jax.model.attention.PagedDecodeAttention`: each row's new
+  KV is written into the DE's block pool, then the row reads its first ``kv_len`` tokens through
+  its block table (padded to ``bucket_blocks``). The pools are donated, so the update is in place
+  where the backend allows it.
 
-Both follow :func:`dualpath_jax.model.layers.gqa_attention` step for step (same RMSNorm, RoPE,
-projections, SwiGLU MLP, softmax scale); only the attention kernel differs from the model's
-dense one (same f32 math on masked keys), so logits agree to float rounding and greedy tokens
-agree except on near-ties of the top two logits (see :func:`top2_gap`). GQA models only (the
-tiny presets' ``tiny-gqa`` and Qwen2-style specs).
+Only the attention kernel differs from the model's dense forward (same f32 math on masked keys),
+so logits agree to float rounding and greedy tokens agree except on near-ties of the top two
+logits (see :func:`top2_gap`). A layer's KV is a pair of arrays (the model's ``LayerKV``): GQA
+``k, v`` with per-token shape ``(K, H)``, MLA ``latent (C,)`` and ``k_rope (R,)``
+(:func:`~dualpath_jax.model.forward.layer_kv_shapes`); block pools and cached blocks hold each
+array as ``[P, Z, *per-token shape]``. ``implementation`` is ``"auto" | "reference" | "pallas"``
+(the kernels' dispatchers; ``auto``: Pallas on GPU, the plain-jnp reference elsewhere).
 
 Shapes use the glossary of :mod:`dualpath_jax.shapes`.
 """
@@ -31,14 +37,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dualpath_jax.config import ConfigError
-from dualpath_jax.kernels import decode_attention, kv_write, prefill_attention
-from dualpath_jax.model import forward, forward_with_cache, kv_concat, unembed
-from dualpath_jax.model.layers import apply_rope, rms_norm, rope_cos_sin, swiglu_mlp
+from dualpath_jax.model.attention import PagedDecodeAttention, PagedPrefillAttention
+from dualpath_jax.model.forward import decoder_layer, embed, forward, forward_with_cache, kv_concat, unembed
 from dualpath_jax.model.spec import ModelSpec
 
-__all__ = ["MIN_BUCKET_TOKENS", "bucket_tokens", "bucket_blocks", "check_supported", "prefill_layer",
-           "last_token_logits", "decode_step", "set_blocks", "get_block", "top2_gap", "prefill_kv", "reference_greedy"]
+__all__ = ["MIN_BUCKET_TOKENS", "bucket_tokens", "bucket_blocks", "prefill_layer", "last_token_logits",
+           "all_logits", "decode_logits", "decode_step", "set_blocks", "get_block", "top2_gap", "reference_greedy"]
 
 MIN_BUCKET_TOKENS = 16
 """Smallest padded query length of a prefill call."""
@@ -56,50 +60,29 @@ def bucket_blocks(p: int) -> int:
     return 1 << (p - 1).bit_length()
 
 
-def check_supported(spec: ModelSpec) -> None:
-    """Raise ConfigError (field ``model.name``) unless the runtime supports ``spec`` (GQA)."""
-    if spec.attention != "gqa":
-        raise ConfigError("model.name", f"the engine runtime runs GQA models; {spec.name} uses {spec.attention}")
-
-
-def _qkv(lp: dict, spec: ModelSpec, x: jax.Array, positions: jax.Array):
-    """Projections and RoPE of rows ``x [T, D]`` at ``positions i32[T]`` (as gqa_attention)."""
-    t = x.shape[0]
-    n, kh, h = spec.n_heads, spec.n_kv_heads, spec.head_dim
-    q, k, v = x @ lp["wq"], x @ lp["wk"], x @ lp["wv"]
-    if spec.qkv_bias:
-        q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
-    cos, sin = rope_cos_sin(positions, h, spec.rope_theta)
-    return apply_rope(q.reshape(t, n, h), cos, sin), apply_rope(k.reshape(t, kh, h), cos, sin), v.reshape(t, kh, h)
-
-
-def _finish_layer(lp: dict, spec: ModelSpec, h: jax.Array, attn: jax.Array) -> jax.Array:
-    h = h + (attn.reshape(h.shape[0], -1) @ lp["wo"]).astype(h.dtype)
-    return h + swiglu_mlp(lp["mlp"], rms_norm(h, lp["mlp_norm"], spec.rms_norm_eps))
-
-
 @functools.partial(jax.jit, static_argnames=("spec", "implementation"))
-def prefill_layer(lp: dict, spec: ModelSpec, h: jax.Array, positions: jax.Array, k_cache: jax.Array,
-                  v_cache: jax.Array, cached_len: jax.Array, new_len: jax.Array, *,
-                  implementation: str = "auto") -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+def prefill_layer(lp: dict, spec: ModelSpec, h: jax.Array, positions: jax.Array, cache: tuple,
+                  cached_len: jax.Array, new_len: jax.Array, *,
+                  implementation: str = "auto") -> tuple[jax.Array, tuple]:
     """One decoder layer of one request over its cached KV (padded shapes, see module docstring).
 
     Args:
       lp: ``params["layers"][l]``.
       h: ``[T, D]`` hidden states of the new tokens (rows ``>= new_len`` are padding).
       positions: ``i32[T]`` absolute positions (``cached_len + arange(T)``).
-      k_cache, v_cache: ``[P, Z, K, H]`` the cached tokens' KV, first ``cached_len`` tokens valid.
+      cache: the cached tokens' KV as a block pair ``([P, Z, ...], [P, Z, ...])`` (GQA
+        ``[P, Z, K, H]`` x2, MLA ``[P, Z, C]`` and ``[P, Z, R]``), first ``cached_len`` tokens valid.
       cached_len, new_len: ``i32[]`` scalars.
+      implementation: attention kernel, ``"auto" | "reference" | "pallas"``.
 
     Returns:
-      ``(h_out [T, D], (k_new [T, K, H], v_new [T, K, H]))``.
+      ``(h_out [T, D], new_kv)``: the LayerKV of the T rows (GQA ``[T, K, H]`` x2, MLA ``[T, C]``
+      and ``[T, R]``; rows ``>= new_len`` are padding).
     """
-    x = rms_norm(h, lp["attn_norm"], spec.rms_norm_eps)
-    q, k, v = _qkv(lp, spec, x, positions)
-    table = jnp.arange(k_cache.shape[0], dtype=jnp.int32)[None]
-    out = prefill_attention(q[None], k[None], v[None], k_cache, v_cache, table, cached_len[None], new_len[None],
-                            scale=spec.attn_scale, implementation=implementation, check_values=False)[0]
-    return _finish_layer(lp, spec, h, out), (k, v)
+    table = jnp.arange(cache[0].shape[0], dtype=jnp.int32)
+    backend = PagedPrefillAttention(cache, table, cached_len, new_len, implementation)
+    h, new_kv, _ = decoder_layer(lp, spec, h, positions, backend)
+    return h, new_kv
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
@@ -108,55 +91,66 @@ def last_token_logits(params: dict, spec: ModelSpec, h: jax.Array, index: jax.Ar
     return unembed(params, spec, jax.lax.dynamic_slice_in_dim(h, index, 1, axis=0))[0]
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "implementation"), donate_argnums=(4, 5))
-def decode_step(params: dict, spec: ModelSpec, tokens: jax.Array, positions: jax.Array, k_pools: tuple,
-                v_pools: tuple, block_table: jax.Array, active: jax.Array, *, implementation: str = "auto"):
-    """Advance every active row of a DE batch by one token (greedy).
+@functools.partial(jax.jit, static_argnames=("spec",))
+def all_logits(params: dict, spec: ModelSpec, h: jax.Array) -> jax.Array:
+    """Logits ``f32[T, V]`` of every row of the final hidden states ``h [T, D]``."""
+    return unembed(params, spec, h)
+
+
+def decode_logits(params: dict, spec: ModelSpec, tokens: jax.Array, positions: jax.Array, pools: tuple,
+                  block_table: jax.Array, active: jax.Array, *,
+                  implementation: str = "auto") -> tuple[jax.Array, tuple]:
+    """Next-token logits of every row of a DE batch, writing each active row's KV into the pools.
 
     Args:
       tokens: ``i32[B]`` the last generated token of each row (its KV is not cached yet).
       positions: ``i32[B]`` that token's absolute position (= tokens with KV so far).
-      k_pools, v_pools: L arrays ``[Pt, Z, K, H]`` each: the DE's block pools (donated).
+      pools: L block pool pairs ``([Pt, Z, ...], [Pt, Z, ...])``, one per layer (GQA
+        ``[Pt, Z, K, H]`` x2, MLA ``[Pt, Z, C]`` and ``[Pt, Z, R]``).
       block_table: ``i32[B, P]`` each row's blocks (token ``s`` in block ``block_table[b, s // Z]``).
       active: ``bool[B]``; inactive (padding) rows write nothing and read nothing.
+      implementation: attention kernels, ``"auto" | "reference" | "pallas"``.
 
     Returns:
-      ``(next_tokens i32[B], gaps f32[B], k_pools, v_pools)``: greedy tokens, the top-1 minus
-      top-2 logit of each row (:func:`top2_gap`), the updated pools.
+      ``(logits f32[B, V], pools)``: the updated pools.
     """
-    h = params["embed"][tokens]
-    write_len = active.astype(jnp.int32)
-    kv_len = jnp.where(active, positions + 1, 0).astype(jnp.int32)
-    k_out, v_out = [], []
-    for layer, lp in enumerate(params["layers"]):
-        x = rms_norm(h, lp["attn_norm"], spec.rms_norm_eps)
-        q, k, v = _qkv(lp, spec, x, positions)
-        kp = kv_write(k_pools[layer], k[:, None], block_table, positions, write_len, implementation=implementation,
-                      check_values=False)
-        vp = kv_write(v_pools[layer], v[:, None], block_table, positions, write_len, implementation=implementation,
-                      check_values=False)
-        out = decode_attention(q, kp, vp, block_table, kv_len, scale=spec.attn_scale,
-                               implementation=implementation, check_values=False)
-        h = _finish_layer(lp, spec, h, out)
-        k_out.append(kp)
-        v_out.append(vp)
-    logits = unembed(params, spec, h)
+    h = embed(params, spec, tokens)
+    out = []
+    for lp, pool in zip(params["layers"], pools):
+        backend = PagedDecodeAttention(pool, block_table, positions, active, implementation)
+        h, _, pool = decoder_layer(lp, spec, h, positions, backend)
+        out.append(pool)
+    return unembed(params, spec, h), tuple(out)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "implementation"), donate_argnums=(4,))
+def decode_step(params: dict, spec: ModelSpec, tokens: jax.Array, positions: jax.Array, pools: tuple,
+                block_table: jax.Array, active: jax.Array, *, implementation: str = "auto"):
+    """Advance every active row of a DE batch by one token (greedy); arguments as :func:`decode_logits`,
+    the pools donated.
+
+    Returns:
+      ``(next_tokens i32[B], gaps f32[B], pools)``: greedy tokens, the top-1 minus top-2 logit of
+      each row (:func:`top2_gap`), the updated pools.
+    """
+    logits, pools = decode_logits(params, spec, tokens, positions, pools, block_table, active,
+                                  implementation=implementation)
     top = jax.lax.top_k(logits, 2)[0]
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32), top[:, 0] - top[:, 1], tuple(k_out), tuple(v_out)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32), top[:, 0] - top[:, 1], pools
 
 
-@functools.partial(jax.jit, donate_argnums=(0, 1))
-def set_blocks(k_pools: tuple, v_pools: tuple, ids: jax.Array, k_values: jax.Array, v_values: jax.Array):
-    """Write blocks into the pools: ``ids i32[M]``, values ``[L, M, Z, K, H]``; ids ``>= Pt`` are dropped."""
-    k_out = tuple(p.at[ids].set(k_values[l], mode="drop") for l, p in enumerate(k_pools))
-    v_out = tuple(p.at[ids].set(v_values[l], mode="drop") for l, p in enumerate(v_pools))
-    return k_out, v_out
+@functools.partial(jax.jit, donate_argnums=(0,))
+def set_blocks(pools: tuple, ids: jax.Array, values: tuple) -> tuple:
+    """Write blocks into the pools: ``ids i32[M]``, ``values`` a pair ``([L, M, Z, ...], [L, M, Z, ...])``;
+    ids ``>= Pt`` are dropped. Returns the updated pools (L pairs, donated)."""
+    return tuple(tuple(p.at[ids].set(values[i][l], mode="drop") for i, p in enumerate(pair))
+                 for l, pair in enumerate(pools))
 
 
 @jax.jit
-def get_block(k_pools: tuple, v_pools: tuple, block_id: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """One block of every layer: ``([L, Z, K, H], [L, Z, K, H])``."""
-    return (jnp.stack([p[block_id] for p in k_pools]), jnp.stack([p[block_id] for p in v_pools]))
+def get_block(pools: tuple, block_id: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One block of every layer: the pair ``([L, Z, ...], [L, Z, ...])``."""
+    return tuple(jnp.stack([pair[i][block_id] for pair in pools]) for i in range(2))
 
 
 def top2_gap(logits: np.ndarray) -> float:
@@ -166,34 +160,6 @@ def top2_gap(logits: np.ndarray) -> float:
 
 
 _forward = jax.jit(forward, static_argnames=("spec",))
-
-
-def prefill_kv(params: dict, spec: ModelSpec, tokens: np.ndarray, device, *, chunk_tokens: int = 512,
-               block_tokens: int = 64) -> list[tuple[np.ndarray, np.ndarray]]:
-    """KV of ``tokens i32[S]`` per layer (host ``[S, K, H]`` x2), computed with :func:`prefill_layer`
-    in ``chunk_tokens`` chunks, each over the KV of the chunks before it (e.g. to pre-populate a
-    store). ``params`` must be on ``device``."""
-    tokens = np.asarray(tokens, np.int32)
-    embed_table = np.asarray(params["embed"])
-    kv = [(np.zeros((0, spec.n_kv_heads, spec.head_dim), np.float32),) * 2 for _ in range(spec.n_layers)]
-    put = lambda x: jax.device_put(x, device)  # noqa: E731
-    for lo in range(0, len(tokens), chunk_tokens):
-        chunk = tokens[lo:lo + chunk_tokens]
-        t_b, p_b = bucket_tokens(len(chunk)), bucket_blocks(-(-lo // block_tokens))
-        h = np.zeros((t_b, spec.d_model), np.float32)
-        h[:len(chunk)] = embed_table[chunk]
-        h, pos = put(h), put(np.arange(lo, lo + t_b, dtype=np.int32))
-        meta = (put(np.int32(lo)), put(np.int32(len(chunk))))
-        for layer, lp in enumerate(params["layers"]):
-            caches = []
-            for x in kv[layer]:
-                buf = np.zeros((p_b * block_tokens, spec.n_kv_heads, spec.head_dim), np.float32)
-                buf[:lo] = x
-                caches.append(put(buf.reshape(p_b, block_tokens, spec.n_kv_heads, spec.head_dim)))
-            h, (k, v) = prefill_layer(lp, spec, h, pos, caches[0], caches[1], *meta)
-            kv[layer] = (np.concatenate([kv[layer][0], np.asarray(k)[:len(chunk)]]),
-                         np.concatenate([kv[layer][1], np.asarray(v)[:len(chunk)]]))
-    return kv
 
 
 def reference_greedy(params: dict, spec: ModelSpec, prompt: np.ndarray, generated: np.ndarray, *,

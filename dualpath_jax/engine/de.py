@@ -1,16 +1,18 @@
 """Decode engine worker of the runtime: join from the DE buffer, continuous batching, persist.
 
-One thread per DE (one JAX device) owns a block pool of KV on its device (``L`` pools
-``[Pt, Z, K, H]`` for K and for V, ``Pt`` = ``de_hbm_kv_bytes`` / Full Block bytes). PAPER.md
-section 2.5:
+One thread per DE (one JAX device) owns a block pool of KV on its device: per layer a pair of
+pools ``[Pt, Z, ...]`` for the two arrays of the model's LayerKV (GQA ``k, v [Pt, Z, K, H]``, MLA
+``latent [Pt, Z, C]`` and ``k_rope [Pt, Z, R]``), ``Pt`` = ``de_hbm_kv_bytes`` / Full Block bytes
+of the layout. PAPER.md section 2.5:
 
 * **Join**: a request whose prompt KV is complete in the DE buffer (DE-side hit blocks read
   from storage, plus what its PE sent: all layers' hit and new KV for PE-side reads, the new
   tokens' KV only for DE-side reads) gets its blocks, goes DE buffer -> device over the DE's
   CNIC (H2D), and its DRAM is released.
-* **Decode**: every step runs :func:`dualpath_jax.engine.compute.decode_step` over all active
-  requests (up to ``max_decode_batch`` rows, padded to a power of two; greedy, float32); a
-  request leaves when it has generated its ``g`` tokens (the PE produced the first).
+* **Decode**: every step runs :func:`dualpath_jax.engine.compute.decode_step` (the model's
+  layers over the paged decode attention) over all active requests (up to ``max_decode_batch``
+  rows, padded to a power of two; greedy, float32); a request leaves when it has generated its
+  ``g`` tokens (the PE produced the first).
 * **Persist**: each completed 64-token block - the prompt's blocks that were not hits at join,
   each block completed by decoding afterwards - goes device -> DRAM over the DE's CNIC (D2H)
   and DRAM -> storage over the node's SNIC (write direction), on a per-DE persist thread.
@@ -32,6 +34,7 @@ from dualpath_jax.engine.context import RunContext
 from dualpath_jax.engine.network import TransferFailed
 from dualpath_jax.engine.request import RequestState
 from dualpath_jax.kvcache import chain_key, gather_layer, pack_full_blocks
+from dualpath_jax.model.forward import layer_kv_shapes
 
 __all__ = ["DecodeWorker", "StepRecord"]
 
@@ -67,9 +70,10 @@ class DecodeWorker:
         self.node = ctx.fabric.node_of(engine_id)
         self.params = jax.device_put(ctx.params, device)
         self.num_blocks = cfg.de_hbm_kv_bytes // layout.full_block_bytes
-        shape = (self.num_blocks, layout.block_tokens, spec.n_kv_heads, spec.head_dim)
-        self.k_pools = tuple(jax.device_put(np.zeros(shape, np.float32), device) for _ in range(spec.n_layers))
-        self.v_pools = tuple(jax.device_put(np.zeros(shape, np.float32), device) for _ in range(spec.n_layers))
+        self.kv_shapes = layer_kv_shapes(spec)
+        pool_shapes = [(self.num_blocks, layout.block_tokens, *s) for s in self.kv_shapes]
+        self.pools = tuple(tuple(jax.device_put(np.zeros(shape, np.float32), device) for shape in pool_shapes)
+                           for _ in range(spec.n_layers))
         self.rows = cfg.max_decode_batch
         self._free = list(range(self.num_blocks - 1, -1, -1))
         self._active: list[_Row] = []
@@ -116,10 +120,10 @@ class DecodeWorker:
                 p *= 2
         spec, z = self.ctx.spec, self.ctx.layout.block_tokens
         ids = jax.device_put(np.full(_JOIN_CHUNK_BLOCKS, self.num_blocks, np.int32), self.device)  # all dropped
-        zeros = jax.device_put(np.zeros((spec.n_layers, _JOIN_CHUNK_BLOCKS, z, spec.n_kv_heads, spec.head_dim),
-                                        np.float32), self.device)
-        self.k_pools, self.v_pools = set_blocks(self.k_pools, self.v_pools, ids, zeros, zeros)
-        jax.block_until_ready(get_block(self.k_pools, self.v_pools, jax.device_put(np.int32(0), self.device)))
+        zeros = tuple(jax.device_put(np.zeros((spec.n_layers, _JOIN_CHUNK_BLOCKS, z, *s), np.float32), self.device)
+                      for s in self.kv_shapes)
+        self.pools = set_blocks(self.pools, ids, zeros)
+        jax.block_until_ready(get_block(self.pools, jax.device_put(np.int32(0), self.device)))
         self.shapes.clear()
 
     # ---- main loop ------------------------------------------------------------------------------
@@ -150,30 +154,31 @@ class DecodeWorker:
         t0 = time.perf_counter()
         s = req.prompt_tokens
         n_prompt_blocks = -(-s // z)
-        kv = self._assemble(req)  # per layer (k [S, K, H], v)
+        kv = self._assemble(req)  # per layer, the prompt's LayerKV
         need = self.blocks_needed(s, req.gen_target)
         if need > len(self._free):
             raise ValueError(f"needs {need} pool blocks, {len(self._free)} free")
         blocks = [self._free.pop() for _ in range(need)]
-        padded = n_prompt_blocks * z
-        k_all = np.zeros((spec.n_layers, padded, spec.n_kv_heads, spec.head_dim), np.float32)
-        v_all = np.zeros_like(k_all)
-        for layer, (k, v) in enumerate(kv):
-            k_all[layer, :s], v_all[layer, :s] = k, v
-        k_all = k_all.reshape(spec.n_layers, n_prompt_blocks, z, spec.n_kv_heads, spec.head_dim)
-        v_all = v_all.reshape(k_all.shape)
+        fields = []  # per LayerKV array: [L, n_prompt_blocks, Z, ...], zero past the prompt
+        for i, shape in enumerate(self.kv_shapes):
+            buf = np.zeros((spec.n_layers, n_prompt_blocks * z, *shape), np.float32)
+            for layer, pair in enumerate(kv):
+                buf[layer, :s] = pair[i]
+            fields.append(buf.reshape(spec.n_layers, n_prompt_blocks, z, *shape))
 
         def h2d():
+            put = lambda x: jax.device_put(x, self.device)  # noqa: E731
             for lo in range(0, n_prompt_blocks, _JOIN_CHUNK_BLOCKS):
                 hi = min(lo + _JOIN_CHUNK_BLOCKS, n_prompt_blocks)
                 ids = np.full(_JOIN_CHUNK_BLOCKS, self.num_blocks, np.int32)  # out of range: dropped
                 ids[:hi - lo] = blocks[lo:hi]
-                kc = np.zeros((spec.n_layers, _JOIN_CHUNK_BLOCKS, *k_all.shape[2:]), np.float32)
-                vc = np.zeros_like(kc)
-                kc[:, :hi - lo], vc[:, :hi - lo] = k_all[:, lo:hi], v_all[:, lo:hi]
-                put = lambda x: jax.device_put(x, self.device)  # noqa: E731
-                self.k_pools, self.v_pools = set_blocks(self.k_pools, self.v_pools, put(ids), put(kc), put(vc))
-            jax.block_until_ready(self.k_pools)
+                values = []
+                for f in fields:
+                    chunk = np.zeros((spec.n_layers, _JOIN_CHUNK_BLOCKS, *f.shape[2:]), np.float32)
+                    chunk[:, :hi - lo] = f[:, lo:hi]
+                    values.append(put(chunk))
+                self.pools = set_blocks(self.pools, put(ids), tuple(values))
+            jax.block_until_ready(self.pools)
 
         try:
             ctx.fabric.carry(ctx.fabric.de_h2d(self.engine_id), s * ctx.bytes_per_token, h2d, tag=f"join/r{req.rid}")
@@ -187,7 +192,7 @@ class DecodeWorker:
         req.decode_start_s = ctx.now()
         row = _Row(req, blocks, list(req.keys[:s // z]))
         for j in range(req.hit_blocks, s // z):  # the prompt's new complete blocks
-            self._queue_persist(row, j, (k_all[:, j], v_all[:, j]))
+            self._queue_persist(row, j, tuple(f[:, j] for f in fields))
         self.join_s += time.perf_counter() - t0
         self.join_count += 1
         if len(req.generated) >= req.gen_target:
@@ -244,8 +249,8 @@ class DecodeWorker:
             active[i] = True
         self.shapes.add((b, p))
         put = lambda x: jax.device_put(x, self.device)  # noqa: E731
-        nxt, gaps, self.k_pools, self.v_pools = decode_step(self.params, self.ctx.spec, put(tokens), put(positions),
-                                                            self.k_pools, self.v_pools, put(table), put(active))
+        nxt, gaps, self.pools = decode_step(self.params, self.ctx.spec, put(tokens), put(positions), self.pools,
+                                            put(table), put(active))
         return np.asarray(nxt), np.asarray(gaps), positions
 
     def _step(self) -> None:
@@ -270,8 +275,8 @@ class DecodeWorker:
             ctx_tokens = int(positions[i]) + 1  # tokens with KV after this step
             if ctx_tokens % z == 0:
                 j = ctx_tokens // z - 1
-                k, v = get_block(self.k_pools, self.v_pools, jax.device_put(np.int32(row.blocks[j]), self.device))
-                self._queue_persist(row, j, (np.asarray(k), np.asarray(v)))
+                kv = get_block(self.pools, jax.device_put(np.int32(row.blocks[j]), self.device))
+                self._queue_persist(row, j, tuple(np.asarray(x) for x in kv))
             if len(req.generated) >= req.gen_target:
                 self._active.remove(row)
                 self._finish(row)
@@ -291,7 +296,7 @@ class DecodeWorker:
 
     # ---- persist --------------------------------------------------------------------------------
     def _queue_persist(self, row: _Row, j: int, kv: tuple[np.ndarray, np.ndarray]) -> None:
-        """Persist block ``j`` (``kv``: ``[L, Z, K, H]`` x2) under the sequence's chain key."""
+        """Persist block ``j`` (``kv``: the pair ``([L, Z, ...], [L, Z, ...])``) under the sequence's chain key."""
         req, z = row.req, self.ctx.layout.block_tokens
         seq = np.concatenate([req.prompt, np.asarray(req.generated, np.int32)])
         while len(row.chain) <= j:
@@ -309,10 +314,10 @@ class DecodeWorker:
             job = self._persists.get()
             if job is None:
                 return
-            req, key, (k, v) = job
+            req, key, (a, b) = job
             try:
                 ctx.fabric.carry(ctx.fabric.de_d2h(self.engine_id), nbytes, tag=f"persist/r{req.rid}")
-                block = pack_full_blocks(ctx.layout, [(k[l], v[l]) for l in range(ctx.spec.n_layers)])[0]
+                block = pack_full_blocks(ctx.layout, [(a[l], b[l]) for l in range(ctx.spec.n_layers)])[0]
                 (res,) = ctx.fabric.carry(ctx.fabric.write_path(self.node), nbytes,
                                           lambda: ctx.store.write([key], [block]), tag=f"persist/r{req.rid}")
                 if res.ok:

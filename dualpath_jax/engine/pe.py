@@ -11,12 +11,13 @@ buffer, DE buffer or both). Each forward (PAPER.md sections 2.3, 2.4, 3, 5.5):
 2. **Reserve** the DE buffer for what this PE will send (before the first chunk): all hit and
    new KV for PE-side reads, the new tokens' KV only for DE-side reads (the hit is already
    there). A request whose DE buffer is full waits in the FIFO without blocking the others.
-3. **Load and compute** with a :class:`~dualpath_jax.transfer.LayerwiseLoader`: ``layerwise``
+3. **Load and compute** with the one prefill path, :meth:`~dualpath_jax.engine.prefill.PrefillPath.forward`
+   (the code the standalone PE, the data-path benchmark and the notebook run): ``layerwise``
    keeps ``depth`` layers of cached KV on the device and frees each after use; ``full`` loads all
    layers, then computes. A layer's cached KV enters the device over the PE's CNIC (PE buffer ->
    HBM loopback) and, for DE-side blocks, over the DE's CNIC out and the PE's CNIC in.
 4. **Send** each finished layer's KV to the DE buffer on a per-PE sender thread (PE CNIC out ->
-   DE CNIC in), overlapping with the next layers' compute.
+   DE CNIC in; the path's ``on_layer`` hook), overlapping with the next layers' compute.
 5. The last chunk's logits give the **first token** (greedy). Once every send has landed the
    request is handed to its DE and the PE buffer holding its hit blocks is released.
 """
@@ -30,16 +31,16 @@ import threading
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from dualpath_jax.engine.compute import bucket_blocks, bucket_tokens, last_token_logits, prefill_layer, top2_gap
+from dualpath_jax.engine.compute import top2_gap
 from dualpath_jax.engine.context import RunContext
 from dualpath_jax.engine.network import TransferFailed
+from dualpath_jax.engine.prefill import PrefillChunk, PrefillPath
 from dualpath_jax.engine.request import RequestState
 from dualpath_jax.kvcache import gather_layer
 from dualpath_jax.sched import BatchItem
-from dualpath_jax.transfer import LayerwiseLoader, LoaderError, Medium, Outcome, TransferRecord, TransferResult
+from dualpath_jax.transfer import LoaderError, Medium, Outcome, TransferRecord, TransferResult
 
 __all__ = ["PrefillItem", "PrefillWorker", "ForwardRecord"]
 
@@ -54,7 +55,7 @@ class PrefillItem:
     cached: int
     remaining: int
     first: bool = True
-    chunk_kv: list | None = None  # per layer (k [n, K, H], v [n, K, H]) of computed chunks
+    chunk_kv: list | None = None  # per layer, the host LayerKV of the computed chunks' tokens
     buffer_wait_since: float | None = None
 
 
@@ -99,9 +100,10 @@ class PrefillWorker:
     def __init__(self, ctx: RunContext, engine_id: int, device: jax.Device):
         self.ctx, self.engine_id, self.device = ctx, engine_id, device
         cfg, spec = ctx.config, ctx.spec
-        self.params = jax.device_put(ctx.params, device)
-        self.depth = cfg.layerwise_depth if cfg.prefill == "layerwise" else spec.n_layers
-        share = min(self.depth, spec.n_layers) / spec.n_layers if cfg.prefill == "layerwise" else 1.0
+        self.path = PrefillPath(ctx.params, spec, ctx.layout, device=device, mode=cfg.prefill,
+                                depth=cfg.layerwise_depth, timeout_s=cfg.timeout_s, embed_table=ctx.embed_table)
+        self.depth = self.path.depth
+        share = self.depth / spec.n_layers
         self.max_kv_tokens = cfg.pe_hbm_kv_bytes / (ctx.bytes_per_token * share)
         self._ready: collections.deque[PrefillItem] = collections.deque()
         self._cond = threading.Condition()
@@ -109,7 +111,6 @@ class PrefillWorker:
         self._sends: queue.Queue = queue.Queue()
         self.forwards: list[ForwardRecord] = []
         self.compute_s = 0.0
-        self.shapes: set = set()
         self._thread = threading.Thread(target=self._run, name=f"pe{engine_id}", daemon=True)
         self._sender = threading.Thread(target=self._send_loop, name=f"pe{engine_id}-send", daemon=True)
 
@@ -205,9 +206,14 @@ class PrefillWorker:
     def _de_hit_tokens(self, req: RequestState) -> int:
         return min(len(req.de_hit), req.hit_blocks) * req.block_tokens
 
+    @property
+    def shapes(self) -> set:
+        """``(T bucket, P bucket)`` prefill shapes this PE has run."""
+        return self.path.shapes
+
     # ---- one forward ----------------------------------------------------------------------------
     def _forward(self, entries: list[tuple[PrefillItem, int]]) -> None:
-        ctx, spec, layout = self.ctx, self.ctx.spec, self.ctx.layout
+        ctx, spec = self.ctx, self.ctx.spec
         start = ctx.now()
         for it, _ in entries:
             if it.first:
@@ -219,65 +225,31 @@ class PrefillWorker:
             pe_bytes += (it.cached - de_tok) * bt
             if de_tok:
                 de_bytes[it.req.de] = de_bytes.get(it.req.de, 0) + de_tok * bt
+        chunks = [PrefillChunk(it.req.prompt[it.cached:it.cached + bsz], it.cached,
+                               logits="last" if bsz == it.remaining else "none") for it, bsz in entries]
 
         def fetch(layer: int):
-            return tuple(self._cached_layer(it, layer) for it, _ in entries)
+            return [self._cached_pieces(it, layer) for it, _ in entries]
 
-        loader = LayerwiseLoader(spec.n_layers, fetch, _KVInLink(ctx, self.engine_id, pe_bytes, de_bytes),
-                                 depth=self.depth, device=self.device, timeout_s=ctx.config.timeout_s)
-        hs, pos, meta = [], [], []
-        for it, bsz in entries:
-            t_b = bucket_tokens(bsz)
-            h = np.zeros((t_b, spec.d_model), np.float32)
-            h[:bsz] = ctx.embed_table[it.req.prompt[it.cached:it.cached + bsz]]
-            hs.append(jax.device_put(h, self.device))
-            pos.append(jax.device_put(np.arange(it.cached, it.cached + t_b, dtype=np.int32), self.device))
-            meta.append((jax.device_put(np.int32(it.cached), self.device), jax.device_put(np.int32(bsz), self.device)))
-        new_kv = [[None] * spec.n_layers for _ in entries]
-        compute_s = 0.0
+        def on_layer(layer: int, b: int, kv: tuple) -> None:
+            self._send_layer(entries[b][0], layer, kv)
+
         try:
-            loader.start()
-            if self.depth >= spec.n_layers:  # full prefill: every layer's KV on the device first
-                for layer in range(spec.n_layers):
-                    loader.get(layer)
-            for layer in range(spec.n_layers):
-                caches = loader.get(layer)
-                t0 = time.perf_counter()
-                outs = []
-                lp = self.params["layers"][layer]
-                for b, (it, bsz) in enumerate(entries):
-                    self.shapes.add((int(hs[b].shape[0]), int(caches[b][0].shape[0])))
-                    hs[b], kv = prefill_layer(lp, spec, hs[b], pos[b], caches[b][0], caches[b][1], *meta[b])
-                    outs.append(kv)
-                jax.block_until_ready((hs, outs))
-                compute_s += time.perf_counter() - t0
-                loader.release(layer)
-                for b, (it, bsz) in enumerate(entries):
-                    new_kv[b][layer] = (np.asarray(outs[b][0])[:bsz], np.asarray(outs[b][1])[:bsz])
-                    self._send_layer(it, layer, new_kv[b][layer])
-            t0 = time.perf_counter()
-            firsts = {}
-            for b, (it, bsz) in enumerate(entries):
-                if bsz == it.remaining:
-                    logits = np.asarray(last_token_logits(self.params, spec, hs[b], jnp.int32(bsz - 1)))
-                    firsts[b] = (int(np.argmax(logits)), top2_gap(logits))
-            compute_s += time.perf_counter() - t0
+            out = self.path.forward(chunks, fetch, _KVInLink(ctx, self.engine_id, pe_bytes, de_bytes),
+                                    on_layer=on_layer)
         except (LoaderError, TransferFailed) as e:
             for it, _ in entries:
                 self._drop(it, f"prefill on pe{self.engine_id}: {e}")
             return
-        finally:
-            stats = loader.stats()
-            loader.close()
-        self.compute_s += compute_s
+        self.compute_s += out.compute_s
         end = ctx.now()
         self.forwards.append(ForwardRecord(self.engine_id, tuple((it.req.rid, it.cached, bsz) for it, bsz in entries),
-                                           start, end - start, compute_s, stats.consumer_wait_s, stats.loaded_bytes))
+                                           start, end - start, out.compute_s, out.load_wait_s, out.loaded_bytes))
         for b, (it, bsz) in enumerate(entries):
-            req = it.req
+            req, new_kv = it.req, out.new_kv[b]
             prev = it.chunk_kv
-            it.chunk_kv = [tuple(np.concatenate([prev[l][i], new_kv[b][l][i]]) for i in range(2)) if prev
-                           else new_kv[b][l] for l in range(spec.n_layers)]
+            it.chunk_kv = [tuple(np.concatenate([prev[l][i], new_kv[l][i]]) for i in range(2)) if prev
+                           else new_kv[l] for l in range(spec.n_layers)]
             it.cached += bsz
             it.remaining -= bsz
             it.first = False
@@ -285,15 +257,16 @@ class PrefillWorker:
                 continue  # chunked prefill: stays at the head of the FIFO
             with self._cond:
                 self._ready.remove(it)
-            token, gap = firsts[b]
-            req.generated, req.gaps = [token], [gap]
+            logits = out.logits[b]
+            req.generated, req.gaps = [int(np.argmax(logits))], [top2_gap(logits)]
             req.prefill_finish_s = req.first_token_s = end
             with req.lock:
                 req.prefill_done = True
             self._maybe_hand_off(req)
 
-    def _cached_layer(self, it: PrefillItem, layer: int):
-        """Host KV ``[P, Z, K, H]`` x2 of the item's cached tokens in ``layer`` (padded to a bucket)."""
+    def _cached_pieces(self, it: PrefillItem, layer: int) -> list[tuple]:
+        """Host LayerKVs of the item's cached tokens in ``layer``, in token order: DE-side hit
+        blocks, PE-side hit blocks, then the KV of its computed chunks."""
         layout, req = self.ctx.layout, it.req
         parts = []
         n_de = min(len(req.de_hit), req.hit_blocks)
@@ -303,15 +276,7 @@ class PrefillWorker:
             parts.append(gather_layer(layout, req.pe_hit[:req.hit_blocks - n_de], layer, dtype=np.float32))
         if it.chunk_kv:
             parts.append(it.chunk_kv[layer])
-        spec, z = self.ctx.spec, req.block_tokens
-        p_b = bucket_blocks(-(-it.cached // z))
-        out = []
-        for i in range(2):
-            buf = np.zeros((p_b * z, spec.n_kv_heads, spec.head_dim), np.float32)
-            if parts:
-                buf[:it.cached] = np.concatenate([p[i] for p in parts])
-            out.append(buf.reshape(p_b, z, spec.n_kv_heads, spec.head_dim))
-        return tuple(out)
+        return parts
 
     # ---- hand-off to the DE buffer --------------------------------------------------------------
     def _send_layer(self, it: PrefillItem, layer: int, new: tuple) -> None:

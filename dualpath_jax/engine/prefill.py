@@ -1,24 +1,24 @@
-"""Prefill engine (PE): hit-token KV from the store, layer-wise or full prefill, write-back.
+"""The one prefill path of the runtime: load each layer's cached KV, compute the layer, hand its KV on.
 
-One batch goes through three steps (PAPER.md section 2.3, PE read path; section 3):
+Every prefill runs :meth:`PrefillPath.forward`: the cluster's PE workers (:mod:`.pe`, which add
+FIFO batching, the DE-buffer reservation and the PE -> DE sends), the store-backed
+:class:`~.standalone.PrefillEngine` (store reads, write-back; the data-path benchmark, the
+notebook and ``tests/test_prefill.py``) and :func:`prefill_kv` (seeding a store). One forward
+of a batch of :class:`PrefillChunk` s (PAPER.md sections 2.3, 2.4, 3):
 
-1. :meth:`PrefillEngine.prepare`: per request, the prefix-hash-chain keys of its complete blocks
-   (at most ``(S - 1) // Z`` so at least one token is computed), a store ``lookup`` for the
-   longest stored prefix, then Full Block reads storage -> PE buffer (a bounded
-   :class:`~dualpath_jax.transfer.BufferPool`; each block charged to the SNIC link). The hit
-   stops at the first block that fails (missing, checksum mismatch, truncated, unreadable,
-   timeout): that block and everything after it are **recomputed from tokens**, and the cause
-   is reported in :attr:`PrefillResult.miss` / :attr:`PrefillResult.failures`.
-2. :meth:`PrefillEngine.execute`: a :class:`~dualpath_jax.transfer.LayerwiseLoader` streams each
-   layer's hit KV (gathered from the Layer Blocks of the buffered Full Blocks) over the H2D link.
-   ``layerwise`` mode keeps ``depth`` layers on the device (default 2: layer l+1 moves while
-   layer l computes) and frees each after use; ``full`` mode loads every layer first, then
-   computes. Each layer runs :func:`dualpath_jax.model.layer_forward` per request over
-   ``[hit KV | new tokens]``; the new tokens' KV is copied to the host per layer.
-3. Logits of the computed tokens, and write-back of every newly completed 64-token block to the
-   store as a Full Block (``write_back``), which also repairs blocks that failed to read.
+1. **Embed** each chunk's new tokens, padded to a T bucket (:func:`~.compute.bucket_tokens`).
+2. **Load**: a :class:`~dualpath_jax.transfer.LayerwiseLoader` moves layer l's cached KV of every
+   chunk (host pieces in token order, laid out as ``[P, Z, ...]`` blocks padded to a P bucket)
+   to the device over the given link, which is charged the real KV bytes (the layout's). In
+   ``layerwise`` mode at most ``depth`` layers are on the device (freed after use); ``full``
+   loads every layer before computing. Nothing is loaded when no chunk has cached tokens.
+3. **Compute** each layer with :func:`~.compute.prefill_layer` per chunk (the model's decoder
+   layer over the paged prefill attention), free the layer, and hand each chunk's new KV of that
+   layer to ``on_layer`` (the PE worker sends it to the DE buffer while the next layer computes).
+4. **Logits** of each chunk's last token (first generated token) or of all its tokens.
 
-The data path never changes results: logits equal a plain forward over the whole prompt.
+The data path never changes results: logits and KV equal a plain forward over the whole prompt
+(the model's dense layers; ``tests/test_prefill.py``).
 """
 
 from __future__ import annotations
@@ -31,352 +31,279 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dualpath_jax.config import ConfigError, check_in, check_positive
-from dualpath_jax.kvcache import block_keys, gather_layer, pack_full_blocks
-from dualpath_jax.model import embed, layer_forward, unembed
+from dualpath_jax.config import ConfigError, check_in
+from dualpath_jax.engine.compute import all_logits, bucket_blocks, bucket_tokens, last_token_logits, prefill_layer
+from dualpath_jax.kvcache import BlockLayout, layout_for
+from dualpath_jax.model.forward import layer_kv_shapes
 from dualpath_jax.model.spec import ModelSpec
-from dualpath_jax.store import BlockFailure, FailureCause, KVStore
-from dualpath_jax.transfer import (BufferPool, LayerwiseLoader, Lease, Link, LinkConfig, Medium, TransferRecord)
+from dualpath_jax.transfer import LayerwiseLoader, Link, LinkConfig, Medium, TransferRecord
 
-_embed = jax.jit(embed, static_argnums=1)
-_unembed = jax.jit(unembed, static_argnums=1)
+__all__ = ["LOGITS", "PrefillChunk", "ForwardOutput", "PrefillPath", "check_layout", "prefill_kv"]
 
-__all__ = ["PrefillConfig", "PrefillRequest", "PrefillResult", "PrefillReport", "PreparedBatch", "PrefillEngine",
-           "compute_layers"]
+LOGITS = ("none", "last", "all")
+"""What a chunk's forward returns: no logits, the last token's ``f32[V]``, or every token's ``f32[T, V]``."""
 
 
 @dataclasses.dataclass(frozen=True)
-class PrefillConfig:
-    """Prefill engine settings.
+class PrefillChunk:
+    """The tokens one forward computes for one request.
 
     Attributes:
-      mode: ``"layerwise"`` (stream KV layer by layer, ``depth`` layers on the device) or
-        ``"full"`` (all layers' KV on the device before computing).
-      depth: layers in flight in ``layerwise`` mode (2 = double buffering).
-      write_back: persist newly completed Full Blocks to the store.
-      timeout_s: deadline of every wait (buffer, links, loader, store).
-      implementation: attention kernel passed to ``layer_forward``.
-    """
-
-    mode: str = "layerwise"
-    depth: int = 2
-    write_back: bool = True
-    timeout_s: float = 60.0
-    implementation: str = "auto"
-
-    def __post_init__(self):
-        check_in("prefill.mode", self.mode, ("layerwise", "full"))
-        check_positive("prefill.depth", self.depth, integer=True)
-        check_positive("prefill.timeout_s", self.timeout_s)
-
-
-@dataclasses.dataclass(frozen=True)
-class PrefillRequest:
-    """A prompt ``tokens i32[S]`` (hit prefix + appended tokens); the store decides the hit."""
-
-    request_id: str
-    tokens: np.ndarray
-
-    def __post_init__(self):
-        tokens = np.asarray(self.tokens)
-        if tokens.ndim != 1 or tokens.shape[0] == 0 or not np.issubdtype(tokens.dtype, np.integer):
-            raise ValueError(f"request {self.request_id}: tokens must be a non-empty 1-D integer array "
-                             f"(got {tokens.dtype}{list(tokens.shape)})")
-        if int(tokens.min()) < 0 or int(tokens.max()) >= 2**31:  # before the int32 cast could wrap them
-            raise ValueError(f"request {self.request_id}: token ids must be in [0, 2**31) "
-                             f"(got min {tokens.min()}, max {tokens.max()})")
-        object.__setattr__(self, "tokens", tokens.astype(np.int32))
-
-
-@dataclasses.dataclass(frozen=True)
-class PrefillResult:
-    """Outcome of one request.
-
-    Attributes:
-      logits: ``f32[T, V]`` for the computed tokens ``tokens[hit_tokens:]``.
-      hit_tokens: tokens whose KV came from the store (a multiple of Z).
-      lookup_blocks: blocks the store's lookup reported present.
-      miss: why the hit stopped before the longest possible prefix (``None`` if it did not):
-        ``MISSING`` for a plain miss, or the read failure of the first bad block.
-      failures: every read failure of this request's blocks.
-      new_kv: L host LayerKVs of the T computed tokens.
-      blocks_written, write_failures: write-back outcome.
-    """
-
-    request_id: str
-    logits: np.ndarray
-    hit_tokens: int
-    lookup_blocks: int
-    miss: BlockFailure | None
-    failures: tuple[BlockFailure, ...]
-    new_kv: list
-    blocks_written: int = 0
-    write_failures: tuple[BlockFailure, ...] = ()
-
-    @property
-    def computed_tokens(self) -> int:
-        return int(self.logits.shape[0])
-
-
-@dataclasses.dataclass(frozen=True)
-class PrefillReport:
-    """Batch-level measurements (seconds from ``time.perf_counter``; bytes)."""
-
-    mode: str
-    depth: int
-    wall_s: float
-    read_s: float            # lookup + Full Block reads into the PE buffer
-    layers_s: float          # loader start .. last layer done (embed included)
-    compute_s: float         # time the layer loop spent computing (not waiting for KV)
-    load_wait_s: float       # time the layer loop waited for KV
-    write_s: float
-    kv_device_peak_bytes: int
-    h2d_bytes: int
-    hit_tokens: int
-    computed_tokens: int
-    miss_causes: dict        # FailureCause value -> requests whose hit stopped short for it
-    read_failures: dict      # FailureCause value -> failed block reads
-    h2d_records: tuple[TransferRecord, ...]
-
-
-@dataclasses.dataclass
-class PreparedBatch:
-    """A batch after step 1: hit blocks held in the PE buffer (see :meth:`PrefillEngine.prepare`)."""
-
-    requests: list[PrefillRequest]
-    keys: list[list[str]]                # all complete-block keys per request
-    hit_blocks: list[int]
-    lookup_blocks: list[int]
-    blocks: list[list[np.ndarray]]       # per request: hit Full Blocks uint8[L, Z, Bt]
-    miss: list[BlockFailure | None]
-    failures: list[list[BlockFailure]]
-    lease: Lease | None
-    read_s: float
-
-    def fetch_layer(self, layout, layer: int) -> tuple:
-        """Host LayerKVs of ``layer`` per request (``None`` where a request has no hit)."""
-        return tuple(gather_layer(layout, blk, layer) if blk else None for blk in self.blocks)
-
-
-def compute_layers(params: dict, spec: ModelSpec, hs: list, positions: list,
-                   get_caches: Callable[[int], Sequence], release: Callable[[int], None], *,
-                   implementation: str = "auto") -> tuple[list, list, float]:
-    """Run all L layers over a batch, one layer at a time.
-
-    Args:
-      hs: per request hidden states ``[T_b, D]`` (updated in a new list).
-      positions: per request absolute positions ``i32[T_b]``.
-      get_caches: ``get_caches(l)`` -> per request LayerKV of the hit tokens (or None); may block.
-      release: called with ``l`` once layer l's computations have finished.
-
-    Returns:
-      ``(hs, new_kvs, compute_s)``: final hidden states, ``new_kvs[b][l]`` host LayerKV of request
-      b's T_b new tokens in layer l, and the seconds spent computing (excluding ``get_caches``).
-    """
-    hs = list(hs)
-    new_kvs = [[None] * spec.n_layers for _ in hs]
-    compute_s = 0.0
-    for layer in range(spec.n_layers):
-        caches = get_caches(layer)
-        t0 = time.perf_counter()
-        outs = []
-        for b in range(len(hs)):
-            hs[b], kv = layer_forward(params["layers"][layer], spec, hs[b], positions[b], caches[b],
-                                      implementation=implementation)
-            outs.append(kv)
-        jax.block_until_ready((hs, outs))
-        compute_s += time.perf_counter() - t0
-        release(layer)
-        for b, kv in enumerate(outs):
-            new_kvs[b][layer] = tuple(np.asarray(x) for x in kv)
-    return hs, new_kvs, compute_s
-
-
-class PrefillEngine:
-    """A prefill engine over one device (see module docstring).
-
-    Args:
-      params, spec: the model.
-      store: KV store; its layout must match ``spec``.
-      buffer: the PE buffer (bounded DRAM); default one that fits 4096 Full Blocks.
-      h2d_link: PE buffer -> device link (emulated CNIC loopback / PCIe); default unlimited.
-      snic_link: storage -> PE buffer link (emulated SNIC); default unlimited.
-      config: engine settings.
+      tokens: ``i32[T]`` (T >= 1) new tokens, at positions ``cached .. cached + T - 1``.
+      cached: tokens before them whose KV the forward's ``fetch`` delivers (hit + earlier chunks).
+      logits: ``"none" | "last" | "all"`` (:data:`LOGITS`).
 
     Raises:
-      ConfigError: the store's layout does not match ``spec``.
+      ValueError: naming the field, for an empty ``tokens``, a negative ``cached`` or an unknown
+        ``logits``.
     """
 
-    def __init__(self, params: dict, spec: ModelSpec, store: KVStore, *, buffer: BufferPool | None = None,
-                 h2d_link: Link | None = None, snic_link: Link | None = None, config: PrefillConfig | None = None,
-                 device: jax.Device | None = None):
-        layout = store.layout
-        if layout.n_layers != spec.n_layers or layout.model_name != spec.name or layout.attention != spec.attention:
-            raise ConfigError("store.layout",
-                              f"layout of {layout.model_name} ({layout.attention}, L={layout.n_layers}) "
-                              f"does not match spec {spec.name} ({spec.attention}, L={spec.n_layers})")
-        self.params, self.spec, self.store, self.layout = params, spec, store, layout
-        self.config = config or PrefillConfig()
-        self.buffer = buffer or BufferPool("pe.buffer", 4096 * layout.full_block_bytes)
-        self.h2d_link = h2d_link or Link(LinkConfig("pe.h2d", Medium.PE_BUFFER, Medium.PE_HBM))
-        self.snic_link = snic_link or Link(LinkConfig("pe.snic", Medium.STORAGE, Medium.PE_BUFFER))
+    tokens: np.ndarray
+    cached: int
+    logits: str = "last"
+
+    def __post_init__(self):
+        tokens = np.asarray(self.tokens, np.int32)
+        if tokens.ndim != 1 or tokens.shape[0] == 0:
+            raise ValueError(f"tokens: expected a non-empty 1-D array, got shape {list(tokens.shape)}")
+        if int(self.cached) < 0:
+            raise ValueError(f"cached: must be >= 0 (got {self.cached})")
+        if self.logits not in LOGITS:
+            raise ValueError(f"logits: must be one of {list(LOGITS)} (got {self.logits!r})")
+        object.__setattr__(self, "tokens", tokens)
+        object.__setattr__(self, "cached", int(self.cached))
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardOutput:
+    """What one :meth:`PrefillPath.forward` produced and measured (seconds from ``time.perf_counter``).
+
+    Attributes:
+      new_kv: ``new_kv[b][l]`` host LayerKV of chunk b's T tokens in layer l.
+      logits: per chunk None, ``f32[V]`` (``"last"``) or ``f32[T, V]`` (``"all"``).
+      layers_s: embedding and loader start .. last layer done.
+      compute_s: time computing (layers and logits, not waiting for KV).
+      load_wait_s: time the layer loop waited for KV.
+      loaded_bytes: KV bytes charged to the link (the layout's bytes of the cached tokens, per layer).
+      peak_device_bytes: most bytes of loaded KV on the device at once (padded block arrays).
+      depth: layers the loader held at most (0 when nothing was loaded).
+      records: the link's transfer records, one per layer.
+    """
+
+    new_kv: list
+    logits: list
+    layers_s: float
+    compute_s: float
+    load_wait_s: float = 0.0
+    loaded_bytes: int = 0
+    peak_device_bytes: int = 0
+    depth: int = 0
+    records: tuple[TransferRecord, ...] = ()
+
+
+def check_layout(spec: ModelSpec, layout: BlockLayout, field: str = "layout") -> None:
+    """Raise ConfigError naming ``field`` unless ``layout`` is a layout of ``spec``'s KV."""
+    if layout.n_layers != spec.n_layers or layout.model_name != spec.name or layout.attention != spec.attention:
+        raise ConfigError(field, f"layout of {layout.model_name} ({layout.attention}, L={layout.n_layers}) "
+                                 f"does not match spec {spec.name} ({spec.attention}, L={spec.n_layers})")
+
+
+class _ChargedLink:
+    """A link as the loader sees it, charged ``num_bytes`` per layer whatever the padded arrays hold."""
+
+    def __init__(self, link, num_bytes: int):
+        self.link, self.num_bytes = link, int(num_bytes)
+
+    def transfer(self, num_bytes, fn=None, *, timeout_s=None, tag=""):
+        del num_bytes  # the host arrays are padded to block buckets; the link carries the real KV
+        return self.link.transfer(self.num_bytes, fn, timeout_s=timeout_s, tag=tag)
+
+
+class PrefillPath:
+    """One PE's prefill forward on one device (see the module docstring).
+
+    Args:
+      params: the model's parameters (put on ``device`` once).
+      spec: the model.
+      layout: the KV block layout (Z and the bytes a layer's KV costs on the link).
+      device: the PE's device (default ``jax.devices()[0]``).
+      mode: ``"layerwise"`` or ``"full"``.
+      depth: layers in flight in ``layerwise`` mode (2 = double buffering).
+      timeout_s: deadline of every loader wait.
+      implementation: attention kernels, ``"auto" | "reference" | "pallas"``.
+      embed_table: host ``[V, D]`` embedding table (default a host copy of ``params["embed"]``).
+
+    Raises:
+      ConfigError: ``layout`` does not match ``spec`` or ``mode`` is unknown (``depth`` and
+        ``timeout_s`` are checked by the loader of each forward).
+    """
+
+    def __init__(self, params: dict, spec: ModelSpec, layout: BlockLayout, *, device: jax.Device | None = None,
+                 mode: str = "layerwise", depth: int = 2, timeout_s: float = 60.0, implementation: str = "auto",
+                 embed_table: np.ndarray | None = None):
+        check_in("prefill.mode", mode, ("layerwise", "full"))
+        check_layout(spec, layout)
+        self.spec, self.layout, self.mode, self.timeout_s = spec, layout, mode, timeout_s
+        self.implementation = implementation
         self.device = device or jax.devices()[0]
+        self.params = jax.device_put(params, self.device)
+        self.embed_table = np.asarray(params["embed"]) if embed_table is None else embed_table
+        self.depth = min(depth, spec.n_layers) if mode == "layerwise" else spec.n_layers
+        self.kv_shapes = layer_kv_shapes(spec)
+        self.shapes: set[tuple[int, int]] = set()  # (T bucket, P bucket) pairs run so far
+        z = layout.block_tokens
+        self._no_cache = tuple(jax.device_put(np.zeros((1, z, *s), np.float32), self.device) for s in self.kv_shapes)
 
-    # ---- step 1 -------------------------------------------------------------------------------
-    def prepare(self, requests: Sequence[PrefillRequest]) -> PreparedBatch:
-        """Look up and read each request's hit blocks into the PE buffer.
+    # ---- pieces (public so that benchmarks time exactly what a forward runs) ---------------------
+    def cache_blocks(self, chunks: Sequence[PrefillChunk], pieces: Sequence[Sequence[tuple]]) -> tuple:
+        """Host cached KV of one layer per chunk, as padded blocks.
 
-        A block the SNIC link could not carry in time counts as a failed read (``TIMEOUT``): it and
-        the blocks after it are recomputed.
+        Args:
+          pieces: per chunk, host LayerKVs of consecutive token ranges that tile ``[0, cached)``.
 
-        Raises:
-          ValueError: a token id outside the model's vocabulary, or the batch's hit blocks can
-            never fit the PE buffer.
-          BufferTimeoutError: the PE buffer stayed full past ``config.timeout_s`` (back-pressure).
-        """
-        t0 = time.perf_counter()
-        z, timeout = self.layout.block_tokens, self.config.timeout_s
-        requests = list(requests)
-        for r in requests:
-            if int(r.tokens.max()) >= self.spec.vocab_size or int(r.tokens.min()) < 0:
-                raise ValueError(f"request {r.request_id}: token ids must be in [0, {self.spec.vocab_size}) "
-                                 f"(vocab_size of {self.spec.name}; got min {r.tokens.min()}, max {r.tokens.max()})")
-        keys = [block_keys(self.layout, r.tokens) for r in requests]
-        eligible = [min(len(k), (len(r.tokens) - 1) // z) for k, r in zip(keys, requests)]
-        lookups = [self.store.lookup_async(k[:n]) for k, n in zip(keys, eligible)]
-        found, miss = [], []
-        for fut, k, n in zip(lookups, keys, eligible):
-            try:
-                res = fut.result(timeout=timeout)
-                num, fail = res.num_blocks, res.failure
-            except TimeoutError:
-                num, fail = 0, BlockFailure(k[0] if k else "", FailureCause.TIMEOUT, "lookup timed out")
-            if fail is None and num < n:
-                fail = BlockFailure(k[num], FailureCause.MISSING, "not in store")
-            found.append(num)
-            miss.append(fail)
-        total = sum(found) * self.layout.full_block_bytes
-        lease = self.buffer.acquire(total, timeout_s=timeout) if total else None
-        try:
-            reads = [self.store.read_async(k[:n]) for k, n in zip(keys, found)]
-            hit_blocks, blocks, failures = [], [], []
-            for b, futs in enumerate(reads):
-                good, fails = [], []
-                for key, fut in zip(keys[b], futs):
-                    try:
-                        res = fut.result(timeout=timeout)
-                    except TimeoutError:
-                        fails.append(BlockFailure(key, FailureCause.TIMEOUT, "read timed out"))
-                        continue
-                    if not res.ok:
-                        fails.append(res.failure)
-                    elif not fails:  # blocks after the first bad one are recomputed, not used
-                        moved = self.snic_link.transfer(res.block.nbytes, timeout_s=timeout,
-                                                        tag=requests[b].request_id)
-                        if moved.ok:
-                            good.append(lease.hold(res.block))
-                        else:  # the SNIC never carried it: recompute from here, as for a failed read
-                            fails.append(BlockFailure(key, FailureCause.TIMEOUT, f"SNIC: {moved.record.cause}"))
-                if fails:
-                    miss[b] = fails[0]
-                hit_blocks.append(len(good))
-                blocks.append(good)
-                failures.append(fails)
-        except BaseException:
-            if lease is not None:
-                lease.release()
-            raise
-        return PreparedBatch(requests, keys, hit_blocks, found, blocks, miss, failures, lease, time.perf_counter() - t0)
-
-    # ---- steps 2 and 3 ------------------------------------------------------------------------
-    def execute(self, batch: PreparedBatch) -> tuple[list[PrefillResult], PrefillReport]:
-        """Run the prefill of a prepared batch; releases its PE buffer lease.
+        Returns:
+          Per chunk the pair ``(f32[P_b, Z, ...], f32[P_b, Z, ...])``, ``P_b = bucket_blocks(ceil(cached / Z))``,
+          zero past ``cached``.
 
         Raises:
-          LoaderError: a layer's KV could not be moved to the device in time.
+          ValueError: a chunk's pieces do not hold exactly ``cached`` tokens.
         """
-        cfg, spec, z = self.config, self.spec, self.layout.block_tokens
+        z, out = self.layout.block_tokens, []
+        for b, (chunk, parts) in enumerate(zip(chunks, pieces)):
+            held = sum(int(p[0].shape[0]) for p in parts)
+            if held != chunk.cached:
+                raise ValueError(f"pieces: chunk {b} has {held} cached tokens of KV, expected {chunk.cached}")
+            p_b = bucket_blocks(-(-chunk.cached // z))
+            pair = []
+            for i, shape in enumerate(self.kv_shapes):
+                buf = np.zeros((p_b * z, *shape), np.float32)
+                lo = 0
+                for part in parts:
+                    buf[lo:lo + len(part[i])] = part[i]
+                    lo += len(part[i])
+                pair.append(buf.reshape(p_b, z, *shape))
+            out.append(tuple(pair))
+        return tuple(out)
+
+    def loader(self, chunks: Sequence[PrefillChunk], fetch: Callable[[int], Sequence], link=None) -> LayerwiseLoader:
+        """The (unstarted) loader of a forward: ``fetch(l)`` gives the per-chunk pieces of layer l
+        (see :meth:`cache_blocks`); ``link`` (default unlimited H2D) is charged the real KV bytes."""
+        link = link or Link(LinkConfig("pe.h2d", Medium.PE_BUFFER, Medium.PE_HBM))
+        nbytes = sum(c.cached for c in chunks) * self.layout.bytes_per_token_per_layer
+        return LayerwiseLoader(self.spec.n_layers, lambda layer: self.cache_blocks(chunks, fetch(layer)),
+                               _ChargedLink(link, nbytes), depth=self.depth, device=self.device,
+                               timeout_s=self.timeout_s)
+
+    def run_layers(self, chunks: Sequence[PrefillChunk], get_caches: Callable[[int], Sequence],
+                   release: Callable[[int], None], on_layer: Callable[[int, int, tuple], None] | None = None
+                   ) -> tuple[list, list, float]:
+        """Embed the chunks and run all L layers, one layer at a time.
+
+        Args:
+          get_caches: ``get_caches(l)`` -> per chunk the device block pair of layer l (may block).
+          release: called with ``l`` once layer l's computations have finished.
+          on_layer: ``on_layer(l, b, kv)`` with chunk b's host LayerKV of layer l (its T tokens).
+
+        Returns:
+          ``(hs, new_kv, compute_s)``: final padded hidden states ``[T_b, D]`` per chunk,
+          ``new_kv[b][l]``, and the seconds spent computing (excluding ``get_caches``).
+        """
+        spec, put = self.spec, lambda x: jax.device_put(x, self.device)  # noqa: E731
+        hs, pos, meta = [], [], []
+        for c in chunks:
+            t, t_b = len(c.tokens), bucket_tokens(len(c.tokens))
+            h = np.zeros((t_b, spec.d_model), self.embed_table.dtype)
+            h[:t] = self.embed_table[c.tokens]
+            hs.append(put(h))
+            pos.append(put(np.arange(c.cached, c.cached + t_b, dtype=np.int32)))
+            meta.append((put(np.int32(c.cached)), put(np.int32(t))))
+        new_kv = [[None] * spec.n_layers for _ in chunks]
+        compute_s = 0.0
+        for layer in range(spec.n_layers):
+            caches = get_caches(layer)
+            t0 = time.perf_counter()
+            lp, outs = self.params["layers"][layer], []
+            for b in range(len(chunks)):
+                self.shapes.add((int(hs[b].shape[0]), int(caches[b][0].shape[0])))
+                hs[b], kv = prefill_layer(lp, spec, hs[b], pos[b], caches[b], *meta[b],
+                                          implementation=self.implementation)
+                outs.append(kv)
+            jax.block_until_ready((hs, outs))
+            compute_s += time.perf_counter() - t0
+            release(layer)
+            for b, (c, kv) in enumerate(zip(chunks, outs)):
+                new_kv[b][layer] = tuple(np.asarray(x)[:len(c.tokens)] for x in kv)
+                if on_layer is not None:
+                    on_layer(layer, b, new_kv[b][layer])
+        return hs, new_kv, compute_s
+
+    # ---- the forward ----------------------------------------------------------------------------
+    def forward(self, chunks: Sequence[PrefillChunk], fetch: Callable[[int], Sequence], link=None, *,
+                on_layer: Callable[[int, int, tuple], None] | None = None) -> ForwardOutput:
+        """One prefill forward of ``chunks`` (module docstring, steps 1-4).
+
+        Args:
+          fetch: ``fetch(l)`` -> per chunk, host LayerKVs tiling its ``cached`` tokens in layer l
+            (called on the loader thread; not called when no chunk has cached tokens).
+          link: carries each layer's KV (``transfer(num_bytes, fn, *, timeout_s, tag)``, e.g. a
+            :class:`~dualpath_jax.transfer.Link`); default an unlimited H2D link.
+          on_layer: see :meth:`run_layers`.
+
+        Raises:
+          LoaderError: a layer's KV could not be moved to the device in time (or ``fetch`` failed).
+        """
+        chunks = list(chunks)
         t0 = time.perf_counter()
-        hit_tokens = [n * z for n in batch.hit_blocks]
-        loader = None
+        loader = self.loader(chunks, fetch, link) if any(c.cached for c in chunks) else None
         try:
-            t_layers = time.perf_counter()
-            if any(hit_tokens):
-                depth = cfg.depth if cfg.mode == "layerwise" else spec.n_layers
-                loader = LayerwiseLoader(spec.n_layers, lambda l: batch.fetch_layer(self.layout, l), self.h2d_link,
-                                         depth=depth, device=self.device, timeout_s=cfg.timeout_s).start()
-            hs, positions = [], []
-            for r, hit in zip(batch.requests, hit_tokens):
-                toks = jnp.asarray(r.tokens[hit:])
-                hs.append(_embed(self.params, spec, toks))
-                positions.append(jnp.arange(hit, len(r.tokens), dtype=jnp.int32))
             if loader is None:
-                get_caches, release = (lambda l: [None] * len(hs)), (lambda l: None)
+                get, release = (lambda layer: [self._no_cache] * len(chunks)), (lambda layer: None)
             else:
-                if cfg.mode == "full":
-                    for layer in range(spec.n_layers):
+                loader.start()
+                if self.mode == "full":  # every layer's KV on the device before computing
+                    for layer in range(self.spec.n_layers):
                         loader.get(layer)
-                get_caches, release = loader.get, loader.release
-            hs, new_kvs, compute_s = compute_layers(self.params, spec, hs, positions, get_caches, release,
-                                                    implementation=cfg.implementation)
-            layers_s = time.perf_counter() - t_layers
-            logits = [np.asarray(_unembed(self.params, spec, h)) for h in hs]
+                get, release = loader.get, loader.release
+            hs, new_kv, compute_s = self.run_layers(chunks, get, release, on_layer)
+            layers_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            logits = [self._logits(c, h) for c, h in zip(chunks, hs)]
+            compute_s += time.perf_counter() - t1
         finally:
+            stats = loader.stats() if loader is not None else None
             if loader is not None:
                 loader.close()
-            if batch.lease is not None:
-                batch.lease.release()
-        t_write = time.perf_counter()
-        written, wfails = self._write_back(batch, hit_tokens, new_kvs) if cfg.write_back else (
-            [0] * len(hs), [()] * len(hs))
-        write_s = time.perf_counter() - t_write
-        results, miss_causes, read_failures = [], {}, {}
-        for b, r in enumerate(batch.requests):
-            if batch.miss[b] is not None:
-                miss_causes[batch.miss[b].cause.value] = miss_causes.get(batch.miss[b].cause.value, 0) + 1
-            for f in batch.failures[b]:
-                read_failures[f.cause.value] = read_failures.get(f.cause.value, 0) + 1
-            results.append(PrefillResult(r.request_id, logits[b], hit_tokens[b], batch.lookup_blocks[b], batch.miss[b],
-                                         tuple(batch.failures[b]), new_kvs[b], written[b], wfails[b]))
-        lstats = loader.stats() if loader is not None else None
-        report = PrefillReport(
-            mode=cfg.mode, depth=(lstats.depth if lstats else 0), wall_s=batch.read_s + time.perf_counter() - t0,
-            read_s=batch.read_s, layers_s=layers_s, compute_s=compute_s,
-            load_wait_s=lstats.consumer_wait_s if lstats else 0.0, write_s=write_s,
-            kv_device_peak_bytes=lstats.peak_device_bytes if lstats else 0,
-            h2d_bytes=lstats.loaded_bytes if lstats else 0, hit_tokens=sum(hit_tokens),
-            computed_tokens=sum(len(r.tokens) for r in batch.requests) - sum(hit_tokens),
-            miss_causes=miss_causes, read_failures=read_failures, h2d_records=lstats.records if lstats else ())
-        return results, report
+        if stats is None:
+            return ForwardOutput(new_kv, logits, layers_s, compute_s)
+        return ForwardOutput(new_kv, logits, layers_s, compute_s, stats.consumer_wait_s, stats.loaded_bytes,
+                             stats.peak_device_bytes, stats.depth, stats.records)
 
-    def _write_back(self, batch: PreparedBatch, hit_tokens: list[int], new_kvs: list) -> tuple[list, list]:
-        z = self.layout.block_tokens
-        pending = []
-        for b, r in enumerate(batch.requests):
-            first, last = hit_tokens[b] // z, len(r.tokens) // z
-            if last <= first:
-                pending.append([])
-                continue
-            n_tok = (last - first) * z
-            blocks = pack_full_blocks(self.layout, [tuple(x[:n_tok] for x in kv) for kv in new_kvs[b]])
-            pending.append(self.store.write_async(batch.keys[b][first:last], blocks))
-        written, fails = [], []
-        for futs in pending:
-            ok, bad = 0, []
-            for fut in futs:
-                try:
-                    res = fut.result(timeout=self.config.timeout_s)
-                except TimeoutError:
-                    bad.append(BlockFailure("", FailureCause.TIMEOUT, "write timed out"))
-                    continue
-                if res.ok:
-                    ok += 1
-                else:
-                    bad.append(res.failure)
-            written.append(ok)
-            fails.append(tuple(bad))
-        return written, fails
+    def _logits(self, chunk: PrefillChunk, h: jax.Array):
+        n = len(chunk.tokens)
+        if chunk.logits == "last":
+            return np.asarray(last_token_logits(self.params, self.spec, h, jnp.int32(n - 1)))
+        if chunk.logits == "all":
+            return np.asarray(all_logits(self.params, self.spec, h))[:n]
+        return None
 
-    def run(self, requests: Sequence[PrefillRequest]) -> tuple[list[PrefillResult], PrefillReport]:
-        """:meth:`prepare` then :meth:`execute`."""
-        return self.execute(self.prepare(requests))
+
+def prefill_kv(params: dict, spec: ModelSpec, tokens: np.ndarray, device: jax.Device | None = None, *,
+               chunk_tokens: int = 512, block_tokens: int = 64) -> list[tuple[np.ndarray, np.ndarray]]:
+    """KV of ``tokens i32[S]`` per layer (host LayerKVs of S tokens), computed by :class:`PrefillPath`
+    in ``chunk_tokens`` chunks, each over the KV of the chunks before it (e.g. to seed a store).
+
+    Raises:
+      ValueError: ``tokens`` empty or ``chunk_tokens`` not positive.
+    """
+    tokens = np.asarray(tokens, np.int32)
+    if tokens.ndim != 1 or tokens.shape[0] == 0:
+        raise ValueError(f"tokens: expected a non-empty 1-D array, got shape {list(tokens.shape)}")
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens: must be positive (got {chunk_tokens})")
+    path = PrefillPath(params, spec, layout_for(spec, block_tokens=block_tokens), device=device)
+    kv: list | None = None
+    for lo in range(0, len(tokens), chunk_tokens):
+        chunk = PrefillChunk(tokens[lo:lo + chunk_tokens], lo, logits="none")
+        new = path.forward([chunk], lambda layer: [[kv[layer]]]).new_kv[0]
+        kv = new if kv is None else [tuple(np.concatenate([a, b]) for a, b in zip(old, n)) for old, n in zip(kv, new)]
+    return kv

@@ -25,6 +25,7 @@ import numpy as np
 
 from dualpath_jax.engine.compute import bucket_blocks, bucket_tokens, last_token_logits, prefill_layer
 from dualpath_jax.model import cost
+from dualpath_jax.model.forward import layer_kv_shapes
 from dualpath_jax.model.spec import ModelSpec
 from dualpath_jax.sched import AttentionTimeModel
 
@@ -50,17 +51,15 @@ def _inputs(spec: ModelSpec, cached: int, bsz: int, block_tokens: int, device, r
     put = lambda x: jax.device_put(x, device)  # noqa: E731
     h = put(rng.standard_normal((t_b, spec.d_model)).astype(np.float32))
     pos = put(np.arange(cached, cached + t_b, dtype=np.int32))
-    shape = (p_b, block_tokens, spec.n_kv_heads, spec.head_dim)
-    kc = put(rng.standard_normal(shape).astype(np.float32))
-    vc = put(rng.standard_normal(shape).astype(np.float32))
-    return h, pos, kc, vc, put(np.int32(cached)), put(np.int32(bsz))
+    cache = tuple(put(rng.standard_normal((p_b, block_tokens, *s)).astype(np.float32)) for s in layer_kv_shapes(spec))
+    return h, pos, cache, put(np.int32(cached)), put(np.int32(bsz))
 
 
 def _forward_s(params, spec, inputs) -> float:
-    h, pos, kc, vc, c, n = inputs
+    h, pos, cache, c, n = inputs
     t0 = time.perf_counter()
     for lp in params["layers"]:
-        h, kv = prefill_layer(lp, spec, h, pos, kc, vc, c, n)
+        h, kv = prefill_layer(lp, spec, h, pos, cache, c, n)
     jax.block_until_ready((h, kv))
     return time.perf_counter() - t0
 

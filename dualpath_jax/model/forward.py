@@ -1,10 +1,12 @@
 """Pure-functional forward passes: per-layer, layer-by-layer over a cache, and whole-model.
 
-The unit of execution is :func:`layer_forward`: one decoder layer over T new tokens, given that
-layer's cached KV of the prefix (possibly empty). A prefill driver can therefore stream each
-layer's KV in just before it runs (layer-wise prefill, PAPER.md section 3) and free it after;
-:func:`forward_with_cache` is the simplest such driver and :func:`forward` the no-cache
-one-pass model built from the same function.
+The unit of execution is :func:`decoder_layer`: one decoder layer over T rows, its attention done
+by an :class:`~dualpath_jax.model.attention.AttentionBackend` that knows where the cached KV
+lives. :func:`layer_forward` is that layer over a contiguous cache (the dense backend): a prefill
+driver can stream each layer's KV in just before it runs (layer-wise prefill, PAPER.md section 3)
+and free it after; :func:`forward_with_cache` is the simplest such driver and :func:`forward` the
+no-cache one-pass model built from the same function. The runtime's PE and DE run the same
+:func:`decoder_layer` with the paged backends (``dualpath_jax.engine.compute``).
 
 ``LayerKV`` is a pair of arrays: GQA ``(k [S, K, H], v [S, K, H])`` (post-RoPE keys);
 MLA ``(latent [S, C], k_rope [S, R])`` (post-norm latent, post-RoPE rope key).
@@ -13,26 +15,31 @@ MLA ``(latent [S, C], k_rope [S, R])`` (post-norm latent, post-RoPE rope key).
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from dualpath_jax.model.attention import AttentionBackend, DenseAttention
 from dualpath_jax.model.layers import gqa_attention, mla_attention, rms_norm, rope_cos_sin, swiglu_mlp
 from dualpath_jax.model.spec import ModelSpec
 
-__all__ = ["LayerKV", "embed", "unembed", "layer_forward", "forward", "forward_batch",
-           "forward_with_cache", "empty_layer_kv", "kv_concat"]
+__all__ = ["LayerKV", "embed", "unembed", "decoder_layer", "layer_forward", "forward", "forward_batch",
+           "forward_with_cache", "empty_layer_kv", "kv_concat", "layer_kv_shapes"]
 
 LayerKV = tuple  # (a [S, ...], b [S, ...]); see module docstring
 
 
+def layer_kv_shapes(spec: ModelSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per-token shapes of the two arrays of a LayerKV: GQA ``((K, H), (K, H))``, MLA ``((C,), (R,))``."""
+    if spec.is_mla:
+        return (spec.kv_lora_rank,), (spec.qk_rope_head_dim,)
+    return (spec.n_kv_heads, spec.head_dim), (spec.n_kv_heads, spec.head_dim)
+
+
 def empty_layer_kv(spec: ModelSpec, dtype=jnp.float32) -> LayerKV:
     """A zero-length LayerKV (S = 0) for ``spec``."""
-    if spec.is_mla:
-        return (jnp.zeros((0, spec.kv_lora_rank), dtype), jnp.zeros((0, spec.qk_rope_head_dim), dtype))
-    shape = (0, spec.n_kv_heads, spec.head_dim)
-    return (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    return tuple(jnp.zeros((0, *shape), dtype) for shape in layer_kv_shapes(spec))
 
 
 def kv_concat(a: LayerKV, b: LayerKV) -> LayerKV:
@@ -53,11 +60,38 @@ def unembed(params: dict, spec: ModelSpec, h: jax.Array) -> jax.Array:
     return jnp.dot(h, w, preferred_element_type=jnp.float32)
 
 
+def decoder_layer(layer_params: dict, spec: ModelSpec, h: jax.Array, positions: jax.Array,
+                  backend: AttentionBackend) -> tuple[jax.Array, LayerKV, Any]:
+    """One decoder layer over T rows; the attention over cached KV is ``backend``'s.
+
+    Pre-norm residual block (Qwen2 / DeepSeek-V3): ``h + attn(norm(h))``, then ``h + mlp(norm(h))``.
+
+    Args:
+      layer_params: ``params["layers"][l]``.
+      spec: model spec.
+      h: hidden states ``[T, D]`` of the new tokens.
+      positions: absolute positions ``i32[T]`` (RoPE).
+      backend: the attention backend (:mod:`dualpath_jax.model.attention`).
+
+    Returns:
+      ``(h_out [T, D], new_kv, aux)``: ``new_kv`` the LayerKV of the T new tokens only, ``aux``
+      the backend's (e.g. the updated block pools of a decode step).
+    """
+    x = rms_norm(h, layer_params["attn_norm"], spec.rms_norm_eps)
+    rope_dim = spec.qk_rope_head_dim if spec.is_mla else spec.head_dim
+    cos, sin = rope_cos_sin(positions, rope_dim, spec.rope_theta)
+    attend = mla_attention if spec.is_mla else gqa_attention
+    attn_out, new_kv, aux = attend(layer_params, spec, x, cos, sin, backend)
+    h = h + attn_out.astype(h.dtype)
+    h = h + swiglu_mlp(layer_params["mlp"], rms_norm(h, layer_params["mlp_norm"], spec.rms_norm_eps))
+    return h, new_kv, aux
+
+
 @functools.partial(jax.jit, static_argnames=("spec", "implementation"))
 def layer_forward(layer_params: dict, spec: ModelSpec, h: jax.Array, positions: jax.Array,
                   cache: LayerKV | None = None, *, implementation: str = "auto"
                   ) -> tuple[jax.Array, LayerKV]:
-    """One decoder layer over T new tokens attending to ``[cache | new]``.
+    """:func:`decoder_layer` over T new tokens attending to ``[cache | new]`` held contiguously.
 
     Args:
       layer_params: ``params["layers"][l]``.
@@ -70,13 +104,7 @@ def layer_forward(layer_params: dict, spec: ModelSpec, h: jax.Array, positions: 
     Returns:
       ``(h_out [T, D], new_kv)`` where ``new_kv`` is the LayerKV of the T new tokens only.
     """
-    x = rms_norm(h, layer_params["attn_norm"], spec.rms_norm_eps)
-    rope_dim = spec.qk_rope_head_dim if spec.is_mla else spec.head_dim
-    cos, sin = rope_cos_sin(positions, rope_dim, spec.rope_theta)
-    attend = mla_attention if spec.is_mla else gqa_attention
-    attn_out, new_kv = attend(layer_params, spec, x, cos, sin, cache, implementation)
-    h = h + attn_out.astype(h.dtype)
-    h = h + swiglu_mlp(layer_params["mlp"], rms_norm(h, layer_params["mlp_norm"], spec.rms_norm_eps))
+    h, new_kv, _ = decoder_layer(layer_params, spec, h, positions, DenseAttention(cache, implementation))
     return h, new_kv
 
 

@@ -1,6 +1,11 @@
 """Building blocks of the transformer: RMSNorm, RoPE, SwiGLU MLP and the two attention families.
 
-All functions are pure and operate on one sequence (leading dim T). Shapes use the glossary of
+All functions are pure and operate on T rows (leading dim T): the new tokens of one sequence, or,
+under :class:`~dualpath_jax.model.attention.PagedDecodeAttention`, one new token of each of T
+sequences (everything but the attention is row-wise). The attention families compute their
+projections, RoPE and (MLA) absorption here and leave the attention over cached KV to an
+:class:`~dualpath_jax.model.attention.AttentionBackend`, so the plain forward, the PE's paged
+prefill and the DE's paged decode run this one implementation. Shapes use the glossary of
 :mod:`dualpath_jax.shapes`. Numerics follow the Hugging Face reference implementations
 (``transformers`` Qwen2 and DeepSeek-V3 modeling code): RMSNorm in f32, RoPE with the rotate-half
 layout (DeepSeek's interleaved rope pairs are de-interleaved first, which is how HF's
@@ -9,10 +14,12 @@ layout (DeepSeek's interleaved rope pairs are de-interleaved first, which is how
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
-from dualpath_jax import kernels
+from dualpath_jax.model.attention import AttentionBackend
 from dualpath_jax.model.spec import ModelSpec
 
 __all__ = ["rms_norm", "rope_cos_sin", "apply_rope", "swiglu_mlp", "gqa_attention", "mla_attention",
@@ -65,25 +72,20 @@ def swiglu_mlp(p: dict, x: jax.Array) -> jax.Array:
     return (jax.nn.silu(x @ p["w_gate"]) * (x @ p["w_up"])) @ p["w_down"]
 
 
-def _concat_cache(cache, new):
-    if cache is None:
-        return new
-    return jnp.concatenate([cache.astype(new.dtype), new], axis=0)
-
-
-def gqa_attention(p: dict, spec: ModelSpec, x: jax.Array, cos: jax.Array, sin: jax.Array, cache,
-                  implementation: str) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    """Qwen2-style GQA over ``[cached | new]`` KV.
+def gqa_attention(p: dict, spec: ModelSpec, x: jax.Array, cos: jax.Array, sin: jax.Array,
+                  backend: AttentionBackend) -> tuple[jax.Array, tuple[jax.Array, jax.Array], Any]:
+    """Qwen2-style GQA: projections and RoPE here, the attention over the cached prefix by ``backend``.
 
     Args:
       p: layer params with ``wq [D, N*H]``, ``bq [N*H]``, ``wk/wv [D, K*H]``, ``bk/bv [K*H]``,
         ``wo [N*H, D]`` (biases present iff ``spec.qkv_bias``).
       x: normed hidden states ``[T, D]``.
       cos, sin: rope tables ``[T, H]`` for the new tokens' absolute positions.
-      cache: ``(k [S_c, K, H], v [S_c, K, H])`` of the cached prefix, or None.
+      backend: where the prefix's KV lives (:mod:`dualpath_jax.model.attention`).
 
     Returns:
-      ``(out [T, D], (k_new [T, K, H], v_new [T, K, H]))`` - the new tokens' post-rope KV.
+      ``(out [T, D], (k_new [T, K, H], v_new [T, K, H]), aux)`` - the new tokens' post-rope KV and
+      the backend's ``aux``.
     """
     t = x.shape[0]
     n, kh, h = spec.n_heads, spec.n_kv_heads, spec.head_dim
@@ -93,30 +95,29 @@ def gqa_attention(p: dict, spec: ModelSpec, x: jax.Array, cos: jax.Array, sin: j
     q = apply_rope(q.reshape(t, n, h), cos, sin)
     k = apply_rope(k.reshape(t, kh, h), cos, sin)
     v = v.reshape(t, kh, h)
-    ck, cv = (None, None) if cache is None else cache
-    out = kernels.attention(q, _concat_cache(ck, k), _concat_cache(cv, v), scale=spec.attn_scale,
-                            implementation=implementation)
-    return out.reshape(t, n * h) @ p["wo"], (k, v)
+    out, aux = backend.gqa(q, k, v, scale=spec.attn_scale)
+    return out.reshape(t, n * h) @ p["wo"], (k, v), aux
 
 
-def mla_attention(p: dict, spec: ModelSpec, x: jax.Array, cos: jax.Array, sin: jax.Array, cache,
-                  implementation: str) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+def mla_attention(p: dict, spec: ModelSpec, x: jax.Array, cos: jax.Array, sin: jax.Array,
+                  backend: AttentionBackend) -> tuple[jax.Array, tuple[jax.Array, jax.Array], Any]:
     """DeepSeek-V3 MLA in the absorbed form over the latent cache.
 
     Scores ``q_nope . (W_uk c) + q_rope . k_rope`` are computed as ``(q_nope W_uk^T) . c + q_rope .
     k_rope`` so attention runs once over the shared latent (a single KV head of width C + R with
-    value width C), and the per-head value ``W_uv c`` is applied after attention (DeepSeek-V2
-    paper, section 2.1.2, "absorb"). Mathematically equal to HF's expanded form.
+    value width C, done by ``backend``), and the per-head value ``W_uv c`` is applied after
+    attention (DeepSeek-V2 paper, section 2.1.2, "absorb"). Mathematically equal to HF's expanded
+    form.
 
     Args:
       p: layer params ``wq [D, N*(nope+R)]`` or ``wq_a [D, q_lora]``, ``q_a_norm``,
         ``wq_b [q_lora, N*(nope+R)]``; ``wkv_a [D, C+R]``, ``kv_a_norm [C]``,
         ``wkv_b [C, N*(nope+v)]``, ``wo [N*v, D]``.
       x: normed hidden states ``[T, D]``; cos/sin ``[T, R]``.
-      cache: ``(latent [S_c, C], k_rope [S_c, R])`` of the cached prefix, or None.
+      backend: where the prefix's latent KV lives (:mod:`dualpath_jax.model.attention`).
 
     Returns:
-      ``(out [T, D], (latent_new [T, C], k_rope_new [T, R]))``.
+      ``(out [T, D], (latent_new [T, C], k_rope_new [T, R]), aux)``.
     """
     t = x.shape[0]
     n, c, r = spec.n_heads, spec.kv_lora_rank, spec.qk_rope_head_dim
@@ -133,12 +134,6 @@ def mla_attention(p: dict, spec: ModelSpec, x: jax.Array, cos: jax.Array, sin: j
     wkv_b = p["wkv_b"].reshape(c, n, nope + vd)
     w_uk, w_uv = wkv_b[..., :nope], wkv_b[..., nope:]
     q_lat = jnp.einsum("tnh,cnh->tnc", q_nope, w_uk)
-    q_full = jnp.concatenate([q_lat, q_rope.astype(q_lat.dtype)], axis=-1)  # [T, N, C+R]
-    c_cache, r_cache = (None, None) if cache is None else cache
-    lat_all = _concat_cache(c_cache, latent)
-    rope_all = _concat_cache(r_cache, k_rope)
-    k_full = jnp.concatenate([lat_all, rope_all], axis=-1)[:, None, :]  # [S, 1, C+R]
-    o_lat = kernels.attention(q_full, k_full, lat_all[:, None, :], scale=spec.attn_scale,
-                              implementation=implementation)  # [T, N, C]
+    o_lat, aux = backend.mla(q_lat, q_rope, latent, k_rope, scale=spec.attn_scale)  # [T, N, C]
     o = jnp.einsum("tnc,cnv->tnv", o_lat, w_uv)
-    return o.reshape(t, n * vd) @ p["wo"], (latent, k_rope)
+    return o.reshape(t, n * vd) @ p["wo"], (latent, k_rope), aux

@@ -42,6 +42,8 @@ print(spec.name, "layers", spec.n_layers, "| Full Block", layout.full_block_byte
 # %% [markdown]
 # Turn 1 computes the first 576 tokens and writes their nine 64-token Full Blocks to the store.
 # Turn 2 appends 64 tokens: its 576 hit tokens are read from the store, layer by layer.
+# `PrefillEngine` runs the same prefill path (`dualpath_jax.engine.PrefillPath`) as the PE
+# workers of the engine cluster: load a layer's KV, compute the layer, hand its KV on.
 
 # %%
 store = KVStore(layout, StoreConfig(backend="memory"))
@@ -88,8 +90,8 @@ for mode, depth in (("layerwise", 2), ("layerwise", 1), ("full", 1)):
 
 # %%
 from dualpath_jax.sched import ClusterScheduler, ReadPlan
-from dualpath_jax.sim import HardwareConfig, SimConfig, run_offline
-from dualpath_jax.sim.experiment import paper_workload
+from dualpath_jax.sim import HardwareConfig, SimConfig
+from dualpath_jax.studies import paper_workload, run_offline
 
 
 class PreferDE(ClusterScheduler):
