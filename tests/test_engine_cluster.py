@@ -197,7 +197,7 @@ def test_engine_ablation_config_is_checked_before_anything_runs(path, value, fie
     import importlib.util
     from pathlib import Path
 
-    from dualpath_jax.engine.ablation import check_config
+    from dualpath_jax.studies.engine_ablation import check_config
 
     cfg_path = Path(__file__).resolve().parents[1] / "configs" / "engine_ablation.py"
     spec = importlib.util.spec_from_file_location("_engine_cfg", cfg_path)
@@ -225,11 +225,6 @@ def test_buffer_smaller_than_a_block_and_unknown_variant_fail_at_start(model):
         ClusterConfig(de_hbm_kv_bytes=1000).check_layout(layout.full_block_bytes)
     with pytest.raises(ConfigError, match="variants"):
         ClusterConfig().for_variant("turbo")
-    with pytest.raises(ConfigError, match="model.name"):
-        mla = get_spec("tiny-mla")
-        EngineCluster(ClusterConfig(), mla, params, layout_for(mla, "f32"),
-                      KVStore(layout_for(mla, "f32"), StoreConfig(backend="memory")), time_model=TIME_MODEL,
-                      prefill_tokens_per_s=1e4)
 
 
 @pytest.mark.slow
@@ -267,3 +262,52 @@ def test_progress_bar_counts_requests_only_when_asked(model, capsys):
             assert cluster._done == 8
         else:
             assert err == ""
+
+
+def test_mla_runs_through_the_cluster_with_recompute_tokens_and_latent_bytes():
+    """tiny-mla: the PE's paged prefill and the DE's paged decode run the model's own MLA layer,
+    the latent KV moves in the layout's bytes, and the tokens equal a no-cache recompute."""
+    spec = get_spec("tiny-mla")
+    mla = (spec, jax.tree.map(np.asarray, init_params(spec, jax.random.PRNGKey(0))), layout_for(spec, "f32"))
+    layout = mla[2]
+    assert layout.bytes_per_token == spec.n_layers * (spec.kv_lora_rank + spec.qk_rope_head_dim) * 4
+    results = {name: _run(mla, ClusterConfig(**FAST).for_variant(name), agents=AGENTS[:2])
+               for name in ("basic", "dualpath")}  # pe_read + full + round robin; dual + layerwise + DualPath
+    for name, res in results.items():
+        assert all(r.finished and not r.error for r in res.requests), name
+        s = report.summarize(res)
+        assert s["bytes_conserved"], (name, report.conservation(res))
+        total_hit = sum(r.hit_tokens for r in res.requests)
+        assert total_hit > 0 and sum(s["snic_bytes"].values()) == total_hit * layout.bytes_per_token
+    tokens = report.check_tokens(results, mla[1], spec)
+    assert tokens["compared_requests"] == sum(a.num_rounds for a in AGENTS[:2])
+    assert tokens["reference_checked_tokens"] >= sum(int(a.num_gen_tokens.sum()) for a in AGENTS[:2])
+    assert tokens["tokens_identical"], (tokens["reference_mismatches"], tokens["variant_divergences"])
+
+
+def test_a_custom_policy_decides_in_the_engine(model):
+    """A researcher's scheduler subclass reaches the engine: its read side and PE choice are obeyed,
+    the tokens still equal a no-cache recompute and the bytes still balance."""
+    from dualpath_jax.sched import Assignment, ClusterScheduler, ReadPlan
+
+    class DESideOnLastPE(ClusterScheduler):
+        def read_plan(self, req, pe_node, de_node, read_q, hit_blocks, block_tokens):
+            return ReadPlan("de", hit_blocks) if hit_blocks else ReadPlan("none", 0)
+
+        def select_pe(self, group_id, waiting, loads, read_q):
+            last = max(load.engine_id for load in loads)
+            return [Assignment(r, last, "pe") for r in waiting]
+
+    spec, params, layout = model
+    config = ClusterConfig(**FAST, prefill_nodes=1, engines_per_node=2)
+    store = KVStore(layout, StoreConfig(backend="memory"))
+    res = EngineCluster(config, spec, params, layout, store, time_model=TIME_MODEL, prefill_tokens_per_s=1e4,
+                        devices=jax.devices()[:1], scheduler_cls=DESideOnLastPE).run(AGENTS, [0.0] * len(AGENTS))
+    assert all(r.finished and not r.error for r in res.requests)
+    assert {r.pe for r in res.requests} == {1}  # the policy's PE, never engine 0
+    hits = [r for r in res.requests if r.hit_tokens]
+    assert hits and all(r.side == "de" and r.read_bytes_pe == 0 for r in hits)
+    assert res.links["snic_read/node0"]["bytes"] == 0
+    assert report.summarize(res)["bytes_conserved"]
+    tokens = report.check_tokens({"custom": res}, params, spec)
+    assert tokens["tokens_identical"], tokens["reference_mismatches"]

@@ -1,19 +1,33 @@
 """The real engine: prefill engines (PE) and decode engines (DE) over the store and transfer layers.
 
-* :mod:`.prefill`   a standalone PE (store reads, layer-wise/full prefill, write-back, recompute fallback).
+* :mod:`.prefill`   the one prefill path (layer-wise/full KV loading, per-layer compute and hand-off)
+  that every PE runs.
+* :mod:`.standalone`  a standalone PE over a store (store reads, the prefill path, write-back,
+  recompute fallback).
 * :mod:`.cluster`   the runtime: P PEs and D DEs on JAX devices, node SNICs and DRAM buffers,
   engine CNICs (:mod:`.network`), storage readers (:mod:`.reader`), PE and DE workers
   (:mod:`.pe`, :mod:`.de`), driven by ``dualpath_jax.sched`` exactly as the simulator drives it.
-* :mod:`.compute`   shape-bucketed prefill layer and batched decode step; no-cache reference.
+* :mod:`.compute`   shape-bucketed prefill layer and batched decode step (the model's layers over
+  paged attention); no-cache reference.
 * :mod:`.profile`   start-up profiling of the PE forward (time model of compute-quota batching).
 * :mod:`.report`    metrics, byte conservation and the tie-aware token check of a run.
-* :mod:`.ablation`  the five-variant ablation on agentic traces (``experiments/run_engine.py``).
+* :mod:`.config`    the emulated cluster's config (JAX-free: config files import it).
+* The five-variant ablation on agentic traces lives above the runtimes: ``dualpath_jax.studies.engine_ablation``.
+
+Importing this package loads no JAX; the names below load their modules on first use.
 """
 
-from dualpath_jax.engine.cluster import ClusterResult, EngineCluster
-from dualpath_jax.engine.config import ClusterConfig
-from dualpath_jax.engine.prefill import (PrefillConfig, PrefillEngine, PrefillReport, PrefillRequest, PrefillResult,
-                                         PreparedBatch, compute_layers)
+from dualpath_jax.lazy import lazy_exports
 
-__all__ = ["ClusterConfig", "ClusterResult", "EngineCluster", "PrefillConfig", "PrefillEngine", "PrefillReport",
-           "PrefillRequest", "PrefillResult", "PreparedBatch", "compute_layers"]
+_LAZY = {  # public name -> the submodule that defines it (loaded on first use: PEP 562)
+    **dict.fromkeys(["ClusterResult", "EngineCluster"], "cluster"),
+    "ClusterConfig": "config",
+    **dict.fromkeys(["ForwardOutput", "PrefillChunk", "PrefillPath", "prefill_kv"], "prefill"),
+    **dict.fromkeys(["PrefillConfig", "PrefillEngine", "PrefillReport", "PrefillRequest", "PrefillResult",
+                     "PreparedBatch"], "standalone"),
+}
+
+__all__ = sorted(_LAZY)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -2,20 +2,21 @@
 
 Design: one controller loop (the caller's thread) owns all scheduling state; every other
 thread (one per PE, one per DE, a reader per node, sender and persist threads) reports back by
-putting events on the controller's queue, so the :class:`~dualpath_jax.sched.ClusterScheduler`
-is driven exactly as the simulator drives it (``dualpath_jax.sim.cluster``):
+putting events on the controller's queue. Scheduling runs through the same
+:class:`~dualpath_jax.sched.driver.SchedulingDriver` as the simulator's, over this runtime's
+:class:`~.view.EngineView` (loads, free pool memory, read queues):
 
 1. **Agents** (PAPER.md 6.2/A.3): trajectory k issues round 0 at its start time and round i+1
-   once round i has generated its last token and its KV is persisted (plus its think time if
+   when ``sched.driver.next_round_s`` says (round i finished and persisted, plus think time if
    enabled). The controller builds the prompt's token ids (``workload.prompt_token_ids``), its
    block keys, asks the store for the longest stored prefix (the hit; at least one token is
-   always computed) and ``submit`` s a ``SchedRequest``.
-2. **Placement**: every ``fetch_period_s`` (or sooner on an event) each PE group's leader calls
-   ``fetch_pe(group, loads, read_q)`` and each DE group with work calls ``fetch_de(group, loads)``
-   (``loads``: unfinished tokens and requests per engine, free DE pool memory).
-3. **Read side**: once a request has both engines, ``read_plan`` picks the SNIC(s); the read
-   jobs go to the node readers (:mod:`.reader`), and the nodes' pending read tokens are the
-   ``read_q`` of the next decisions.
+   always computed) and submits a ``SchedRequest`` to the driver.
+2. **Placement**: the driver's ticks (``fetch_period_s`` after a change) run the group leaders'
+   fetches, load reports and phase 1 in the driver's order; each placement comes back here
+   (``_on_pe_placed`` / ``_on_de_placed``).
+3. **Read side**: once a request has both engines, the driver's ``read_plan`` picks the SNIC(s);
+   the read jobs go to the node readers (:mod:`.reader`), and the nodes' pending read tokens are
+   the ``read_q`` of the next decisions.
 4. **Prefill** on the PE (:mod:`.pe`; ``form_pe_batch`` inside), **decode** and **persist** on
    the DE (:mod:`.de`).
 
@@ -36,7 +37,6 @@ import jax
 import numpy as np
 import tqdm
 
-from dualpath_jax.engine.compute import check_supported
 from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.engine.context import RunContext
 from dualpath_jax.engine.de import DecodeWorker, StepRecord
@@ -44,15 +44,20 @@ from dualpath_jax.engine.network import Fabric
 from dualpath_jax.engine.pe import ForwardRecord, PrefillWorker
 from dualpath_jax.engine.reader import NodeReader, ReadJob, ReadQueues
 from dualpath_jax.engine.request import RequestState
+from dualpath_jax.engine.view import EngineView
 from dualpath_jax.kvcache import BlockLayout, block_keys
 from dualpath_jax.model.spec import ModelSpec
-from dualpath_jax.sched import ClusterScheduler, EngineLoad, SchedRequest, SchedulerConfig, check_read_plan
+from dualpath_jax.sched import ClusterScheduler, SchedRequest, SchedulerConfig
+from dualpath_jax.sched.driver import SchedulingDriver, next_round_s
 from dualpath_jax.sched.batching import TimeModel
 from dualpath_jax.store import KVStore
 from dualpath_jax.transfer import TransferRecord
 from dualpath_jax.workload import Trajectory, prompt_token_ids
 
 __all__ = ["ClusterResult", "EngineCluster"]
+
+_IDLE_WAIT_S = 0.05
+"""Longest controller wait for an event when no tick or arrival is due (seconds)."""
 
 
 @dataclasses.dataclass
@@ -101,19 +106,22 @@ class EngineCluster:
       time_model: fitted PE layer-time model (required by the ``dualpath`` policy).
       prefill_tokens_per_s: one PE's prefill rate in prompt tokens/s (for beta).
       devices: JAX devices; engine e runs on ``devices[e % len(devices)]`` (default all).
+      scheduler_cls: the :class:`~dualpath_jax.sched.ClusterScheduler` (sub)class that decides
+        (a researcher's policy, ``sched.load_scheduler``); the built-in one by default.
 
     Raises:
-      ConfigError: the model is not supported, or a buffer/pool cannot hold one Full Block.
+      ConfigError: a buffer/pool cannot hold one Full Block.
     """
 
     def __init__(self, config: ClusterConfig, spec: ModelSpec, params: dict, layout: BlockLayout, store: KVStore, *,
-                 time_model: TimeModel | None, prefill_tokens_per_s: float, devices: Sequence | None = None):
-        check_supported(spec)
+                 time_model: TimeModel | None, prefill_tokens_per_s: float, devices: Sequence | None = None,
+                 scheduler_cls: type = ClusterScheduler):
         config.check_layout(layout.full_block_bytes)
         self.config, self.spec, self.layout, self.store = config, spec, layout, store
         self.params = params
         self.devices = list(devices or jax.devices())
         self.time_model = time_model
+        self.scheduler_cls = scheduler_cls
         self.alpha_tokens = config.alpha_s * config.snic_bytes_per_s / layout.bytes_per_token
         self.beta_tokens = config.beta_s * float(prefill_tokens_per_s)
 
@@ -137,7 +145,7 @@ class EngineCluster:
         pe_groups = {n: list(range(n * g, (n + 1) * g)) for n in range(cfg.prefill_nodes)}
         de_groups = {cfg.prefill_nodes + n: list(range(cfg.num_pe + n * g, cfg.num_pe + (n + 1) * g))
                      for n in range(cfg.decode_nodes)}
-        sched = ClusterScheduler(SchedulerConfig(policy=cfg.policy, loading=cfg.loading, alpha_tokens=self.alpha_tokens,
+        sched = self.scheduler_cls(SchedulerConfig(policy=cfg.policy, loading=cfg.loading, alpha_tokens=self.alpha_tokens,
                                                  beta_tokens=self.beta_tokens, z_factor=cfg.z_factor,
                                                  compute_quota_s=cfg.compute_quota_s), pe_groups, de_groups)
         put = self._events.put
@@ -147,6 +155,7 @@ class EngineCluster:
                          on_persisted=lambda r: put(("persisted", r)), on_failed=lambda r, c: put(("failed", r, c)))
         self.ctx, self.fabric, self.sched = ctx, fabric, sched
         self.read_q = ReadQueues(cfg.num_nodes)
+        self._seen_s: dict[int, list[float]] = {}  # request id -> [finish seen, persist seen] (controller time)
         self.pes = {e: PrefillWorker(ctx, e, self.device_of(e)) for e in range(cfg.num_pe)}
         self.des = {e: DecodeWorker(ctx, e, self.device_of(e)) for e in range(cfg.num_pe, cfg.num_pe + cfg.num_de)}
         max_blocks = max(self.des[cfg.num_pe].blocks_needed(int(t.num_prompt_tokens.max()) + 1,
@@ -158,10 +167,13 @@ class EngineCluster:
                                       on_error=lambda job, cause: put(("failed", job.req, cause)),
                                       timeout_s=cfg.timeout_s) for n in range(cfg.num_nodes)}
         n_eng = cfg.num_pe + cfg.num_de
-        self.tok, self.seq = [0] * n_eng, [0] * n_eng
-        self.pool_free = {e: w.num_blocks for e, w in self.des.items()}
-        self.rows_used = {e: 0 for e in self.des}
         self.node_of = [fabric.node_of(e) for e in range(n_eng)]
+        self.view = EngineView({**pe_groups, **de_groups}, self.node_of, self.read_q,
+                               {e: w.num_blocks for e, w in self.des.items()}, layout.full_block_bytes,
+                               cfg.max_decode_batch)
+        self.driver = SchedulingDriver(sched, self.view, on_pe_placed=self._on_pe_placed,
+                                       on_de_placed=self._on_de_placed, fetch_period_s=cfg.fetch_period_s,
+                                       loading=cfg.loading)
         self.trajectories = list(trajectories)
         self.requests: list[RequestState] = []
         self._agents_open = len(self.trajectories)
@@ -212,17 +224,19 @@ class EngineCluster:
             if now > deadline:
                 self._expire()
                 return
-            wait = cfg.fetch_period_s
+            if self.driver.tick_due(now):
+                self.driver.tick()
+            # sleep until the next event, arrival or tick (at most _IDLE_WAIT_S: the deadline is checked)
+            wait = min(_IDLE_WAIT_S, self.driver.next_tick_s - now)
             if self._arrivals:
-                wait = min(wait, max(0.0, self._arrivals[0][0] - now))
+                wait = min(wait, self._arrivals[0][0] - now)
             try:
-                ev = self._events.get(timeout=wait)
+                ev = self._events.get(timeout=max(0.0, wait))
                 self._handle(ev)
                 while True:
                     self._handle(self._events.get_nowait())
             except queue.Empty:
                 pass
-            self._tick()
             if self._done != self._bar.n:
                 self._bar.update(self._done - self._bar.n)
 
@@ -241,7 +255,7 @@ class EngineCluster:
         hbm = self.des[self.config.num_pe].blocks_needed(len(prompt), req.gen_target) * layout.full_block_bytes
         req.sched = SchedRequest(rid, found * z, len(prompt) - found * z, req.gen_target, int(hbm))
         self.requests.append(req)
-        self.sched.submit(req.sched)
+        self.driver.submit(req.sched, req.arrival_s)
 
     def _next_round(self, req: RequestState, failed: bool) -> None:
         traj = self.trajectories[req.agent]
@@ -251,6 +265,7 @@ class EngineCluster:
             self._agents_open -= 1
             return
         if failed:  # later rounds depend on this one's context: report them, do not run them
+            self._seen_s.pop(req.rid, None)
             self._done += traj.num_rounds - nxt
             now = self.ctx.now()
             for r in range(nxt, traj.num_rounds):
@@ -263,7 +278,8 @@ class EngineCluster:
             self._agents_open -= 1
             return
         think = float(traj.think_time_s[nxt]) if self._use_think else 0.0
-        heapq.heappush(self._arrivals, (self.ctx.now() + think, req.agent, nxt))
+        finish_seen_s, persist_seen_s = self._seen_s.pop(req.rid)
+        heapq.heappush(self._arrivals, (next_round_s(finish_seen_s, persist_seen_s, think), req.agent, nxt))
 
     # ---- events ---------------------------------------------------------------------------------
     def _handle(self, ev) -> None:
@@ -278,10 +294,12 @@ class EngineCluster:
         elif kind == "finished":
             self._release_de(req)
             req.finish_seen = True
+            self._seen_s.setdefault(req.rid, [0.0, 0.0])[0] = self.ctx.now()
             if req.persist_seen:
                 self._next_round(req, failed=False)
         elif kind == "persisted":
             req.persist_seen = True
+            self._seen_s.setdefault(req.rid, [0.0, 0.0])[1] = self.ctx.now()
             if req.finish_seen:
                 self._next_round(req, failed=False)
         elif kind == "failed":
@@ -293,16 +311,16 @@ class EngineCluster:
     def _release_pe(self, req: RequestState) -> None:
         if req.pe >= 0 and not req.pe_released:
             req.pe_released = True
-            self.tok[req.pe] -= req.sched.num_tokens
-            self.seq[req.pe] -= 1
+            self.view.release(req.pe, req.sched)
+            self.driver.pe_released(req.pe)
+            self.driver.request_tick(self.ctx.now())
 
     def _release_de(self, req: RequestState) -> None:
         if req.de >= 0 and not req.de_released:
             req.de_released = True
-            self.tok[req.de] -= req.sched.num_tokens
-            self.seq[req.de] -= 1
-            self.pool_free[req.de] += req.sched.hbm_bytes // self.layout.full_block_bytes
-            self.rows_used[req.de] -= 1
+            self.view.release(req.de, req.sched)
+            self.driver.de_released(req.de)
+            self.driver.request_tick(self.ctx.now())
 
     def _expire(self) -> None:
         now = self.ctx.now()
@@ -319,48 +337,24 @@ class EngineCluster:
                     st.error = "not run: run deadline"
                     self.requests.append(st)
 
-    # ---- placement and reads --------------------------------------------------------------------
-    def _de_free_bytes(self, e: int) -> float:
-        if self.rows_used[e] >= self.config.max_decode_batch:
-            return 0.0
-        return float(self.pool_free[e] * self.layout.full_block_bytes)
+    # ---- placement and reads (decided by the shared driver) ------------------------------------
+    def _on_pe_placed(self, asg) -> None:
+        req = self.requests[asg.request.request_id]
+        req.pe = asg.engine_id
+        self.view.place(req.pe, asg.request)
 
-    def _tick(self) -> None:
-        sched, rq = self.sched, None
-        waiting = sched.waiting()
-        if waiting["pe"]:
-            rq = self.read_q.snapshot()
-            for gid in sorted(sched.pe_groups):
-                loads = [EngineLoad(e, self.node_of[e], self.tok[e], self.seq[e]) for e in sched.pe_groups[gid]]
-                for asg in sched.fetch_pe(gid, loads, rq):
-                    req = self.requests[asg.request.request_id]
-                    req.pe = asg.engine_id
-                    self.tok[req.pe] += asg.request.num_tokens
-                    self.seq[req.pe] += 1
-        if sched.waiting()["de"]:
-            sched.distribute_de()
-            rq = self.read_q.snapshot() if rq is None else rq
-            for gid in sorted(sched.de_groups):
-                if not sched.has_de_work(gid):
-                    continue
-                loads = [EngineLoad(e, self.node_of[e], self.tok[e], self.seq[e], self._de_free_bytes(e))
-                         for e in sched.de_groups[gid]]
-                for asg in sched.fetch_de(gid, loads):
-                    req = self.requests[asg.request.request_id]
-                    e = req.de = asg.engine_id
-                    self.tok[e] += asg.request.num_tokens
-                    self.seq[e] += 1
-                    self.pool_free[e] -= asg.request.hbm_bytes // self.layout.full_block_bytes
-                    self.rows_used[e] += 1
-                    self._start_read(req, rq)
+    def _on_de_placed(self, asg) -> None:
+        req = self.requests[asg.request.request_id]
+        req.de = asg.engine_id
+        self.view.place(req.de, asg.request)
+        self._start_read(req)
 
-    def _start_read(self, req: RequestState, rq: dict) -> None:
+    def _start_read(self, req: RequestState) -> None:
         z = self.layout.block_tokens
         req.placed_s = self.ctx.now()
         hit = req.lookup_blocks
         pn, dn = self.node_of[req.pe], self.node_of[req.de]
-        plan = self.sched.read_plan(req.sched, pn, dn, rq, hit, z)
-        check_read_plan(plan, hit, self.config.loading, who=f"{type(self.sched).__name__}.read_plan")
+        plan = self.driver.read_plan(req.sched, pn, dn, hit, z)
         req.side, req.de_blocks = plan
         if self.config.loading == "oracle":
             jobs = [ReadJob(req, "pe", pn, 0, hit)] if hit else []
@@ -368,9 +362,7 @@ class EngineCluster:
             jobs = [j for j in (ReadJob(req, "de", dn, 0, plan.de_blocks), ReadJob(req, "pe", pn, plan.de_blocks, hit))
                     if j.last > j.first]
             for j in jobs:
-                tokens = (j.last - j.first) * z
-                self.read_q.add(j.node, tokens)
-                rq[j.node] = rq.get(j.node, 0.0) + tokens
+                self.read_q.add(j.node, (j.last - j.first) * z)
         req.pending_reads = len(jobs)
         for j in jobs:
             self.readers[j.node].submit(j)

@@ -38,6 +38,11 @@ class ReadQueues:
         with self._lock:
             self._tokens[node] += tokens
 
+    def tokens(self, node: int) -> float:
+        """Pending read tokens of one node."""
+        with self._lock:
+            return self._tokens[node]
+
     def snapshot(self) -> dict[int, float]:
         with self._lock:
             return dict(self._tokens)

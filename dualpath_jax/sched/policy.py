@@ -1,21 +1,36 @@
-"""The cluster scheduler both runtimes drive: ``round_robin`` or ``dualpath`` placement.
+"""The cluster scheduler both runtimes drive, and the policy hooks a researcher overrides.
 
-Protocol (same for the real engine and the simulator):
+Protocol (run by :class:`~dualpath_jax.sched.driver.SchedulingDriver` for the real engine and the
+simulator alike; a runtime never calls these in its own order):
 
 1. ``submit(req)`` when an agent issues a round.
-2. Each PE group's leader periodically calls ``fetch_pe(group_id, loads, read_q)``; it returns
-   the requests placed on the group's PEs. Placed requests move on to the DE stage.
-3. Each DE group's leader periodically calls ``fetch_de(group_id, loads)``; it returns the
-   requests placed on the group's DEs.
+2. Each PE group's leader calls ``fetch_pe(group_id, loads, read_q)``; it returns the requests
+   placed on the group's PEs. Placed requests move on to the DE stage.
+3. Each DE group's leader calls ``report_de`` (its loads) and, with work, ``fetch_de(group_id,
+   loads)``; it returns the requests placed on the group's DEs.
 4. Once a request has both engines, ``read_plan(req, pe_node, de_node, read_q, hit_blocks,
-   block_tokens)`` says which SNIC(s) read its hit blocks; both runtimes check the plan with
+   block_tokens)`` says which SNIC(s) read its hit blocks; the driver checks the plan with
    :func:`.read_side.check_read_plan` (so a subclass's own ``read_plan`` is held to the same rules).
 5. PEs form forward batches with ``form_pe_batch``.
 
-``round_robin`` places load-obliviously: PE and DE follow global cyclic orders fixed at submit
-time (the fetch only hands each group what is already its own). ``dualpath`` uses Algorithm 1 for
-PEs (:mod:`.pe`), the two-phase rule for DEs (:mod:`.de`), the shorter read queue for the side
-(:mod:`.read_side`) and compute-quota batches (:mod:`.batching`).
+**Policy hooks** (a researcher's policy is a subclass that overrides any of them on its own; each
+gets everything it needs as arguments, no private state; see the README's "Your own policy"):
+
+==================  ==========================================================================
+hook                decides
+==================  ==========================================================================
+``select_pe``       which waiting requests go to which PE of the fetching group (Algorithm 1)
+``select_de_group`` DE phase 1: which group's private queue each waiting request joins
+``select_de``       DE phase 2: which DE of the fetching group takes which queued request
+``read_plan``       the read side(s) of a request's hit blocks (PAPER.md 5.4)
+``form_pe_batch``   a PE's next forward batch from its FIFO (compute quota, PAPER.md 5.5)
+==================  ==========================================================================
+
+``round_robin`` places load-obliviously: PE and DE follow global cyclic orders fixed when a
+request enters each stage (the fetch hands each group what is already its own; a request waits
+until its DE has HBM). ``dualpath`` uses Algorithm 1 for PEs (:mod:`.pe`), the two-phase rule for
+DEs (:mod:`.de`), the shorter read queue for the side (:mod:`.read_side`) and compute-quota
+batches (:mod:`.batching`).
 
 The class holds only scheduling state (queues, cursors, last reported loads); it never reads a
 clock, touches I/O or imports a runtime. Same inputs, same decisions.
@@ -24,6 +39,7 @@ clock, touches I/O or imports a runtime. Same inputs, same decisions.
 from __future__ import annotations
 
 import collections
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 
 from mypy_extensions import mypyc_attr
@@ -72,12 +88,14 @@ class ClusterScheduler:
         self._pe_cursor = 0
         self._de_cursor = 0
         self._side_cursor = 0
-        # round_robin: per-group pending (req, engine); dualpath: global and private FIFO queues
-        self._pending_pe: dict[int, collections.deque] = {g: collections.deque() for g in pe_groups}
-        # round_robin DE placements: group -> engine -> FIFO of requests waiting for that engine's HBM
-        self._pending_de: dict[int, dict[int, collections.deque]] = {
-            g: {e: collections.deque() for e in engines} for g, engines in de_groups.items()}
+        self._round_robin = config.policy == "round_robin"
+        # round_robin: the engine each request was given in cyclic order, until it is placed
+        self._rr_engine: dict[int, int] = {}
+        # requests waiting for a PE: round_robin per group, dualpath one global FIFO
+        self._pending_pe: dict[int, collections.deque[SchedRequest]] = {g: collections.deque() for g in pe_groups}
         self._pe_queue: collections.deque[SchedRequest] = collections.deque()
+        # requests with a PE waiting for a DE: dualpath's global queue (phase 1) and private queues
+        # (phase 2); round_robin uses the private queues of the groups its cycle chose
         self._de_queue: collections.deque[SchedRequest] = collections.deque()
         self._private: dict[int, collections.deque[SchedRequest]] = {g: collections.deque() for g in de_groups}
         self._private_tok: dict[int, float] = {g: 0.0 for g in de_groups}
@@ -85,63 +103,178 @@ class ClusterScheduler:
         self._n_pending_pe = 0
         self._n_pending_de = 0
 
+    def group_of(self, engine_id: int) -> int:
+        """The group id of an engine (PE or DE)."""
+        return self._group_of[engine_id]
+
+    # ---- policy hooks (override any of them in a subclass) --------------------------------
+    def select_pe(self, group_id: int, waiting: Sequence[SchedRequest], loads: Sequence[EngineLoad],
+                  read_q: Mapping[int, float]) -> list[Assignment]:
+        """Hook: place waiting requests on the fetching PE group (PAPER.md 5.2, Algorithm 1).
+
+        Args:
+          group_id: the fetching PE group.
+          waiting: the requests this group may take, head first (``dualpath``: the global PE
+            queue; ``round_robin``: the requests its cyclic order gave this group). Read-only.
+          loads: the group's engines (``tok``, ``seq``; ``node_id``).
+          read_q: node id -> pending read tokens of the group's nodes.
+
+        Returns:
+          Assignments to engines of this group, in any order; any subset of ``waiting`` (the
+          rest keeps waiting). The default takes a prefix (Algorithm 1 / the cyclic order).
+        """
+        if self._round_robin:
+            return [Assignment(r, self._rr_engine[r.request_id], "pe") for r in waiting]
+        return pe.assign_pe(waiting, loads, read_q, alpha_tokens=self.config.alpha_tokens,
+                            beta_tokens=self.config.beta_tokens)[0]
+
+    def select_de_group(self, waiting: Sequence[SchedRequest], group_tok: Mapping[int, float]
+                        ) -> Mapping[int, Sequence[SchedRequest]]:
+        """Hook: DE phase 1 (PAPER.md 5.3): which group's private queue each waiting request joins.
+
+        Args:
+          waiting: the global DE queue, head first. Read-only.
+          group_tok: DE group id -> its engines' last reported ``tok`` sum plus the tokens already
+            in its private queue.
+
+        Returns:
+          group id -> the requests it receives, in queue order; a request left out keeps waiting.
+          The default sends each request to the group with the smallest total (``de.de_phase1``).
+          Not called under ``round_robin`` (its cyclic order chose the group).
+        """
+        return de.de_phase1(waiting, group_tok)[0]
+
+    def select_de(self, group_id: int, waiting: Sequence[SchedRequest], loads: Sequence[EngineLoad]
+                  ) -> list[Assignment]:
+        """Hook: DE phase 2 (PAPER.md 5.3): place the group's queued requests on its engines.
+
+        Args:
+          group_id: the fetching DE group.
+          waiting: the group's private queue, head first. Read-only.
+          loads: the group's engines (``tok``, ``seq``, ``free_hbm_bytes``; a request needs
+            ``hbm_bytes`` of free HBM on its DE).
+
+        Returns:
+          Assignments to engines of this group with enough free HBM, in any order; any subset of
+          ``waiting``. The default: ``dualpath`` the balance rule with slack Z
+          (``de.assign_phase2``); ``round_robin`` each request's cyclic engine once it has HBM, in
+          FIFO order per engine.
+        """
+        if self._round_robin:
+            return self._round_robin_de(waiting, loads)
+        return de.assign_phase2(waiting, loads, self.config.z_factor)[0]
+
+    def read_plan(self, req: SchedRequest, pe_node: int, de_node: int, read_q: Mapping[int, float],
+                  hit_blocks: int, block_tokens: int) -> read_side.ReadPlan:
+        """Hook: which side reads ``req``'s ``hit_blocks`` blocks (PAPER.md 5.4), given node read
+        queues in tokens. Must satisfy :func:`.read_side.check_read_plan` for the loading mode."""
+        loading = self.config.loading
+        if loading == "oracle" or hit_blocks == 0:
+            return read_side.ReadPlan("none", 0)
+        if loading == "pe_read":
+            return read_side.ReadPlan("pe", 0)
+        q_pe, q_de = read_q.get(pe_node, 0.0), read_q.get(de_node, 0.0)
+        if loading == "split":
+            n_de = read_side.split_de_blocks(hit_blocks, block_tokens, q_pe, q_de)
+            side = "de" if n_de == hit_blocks else ("pe" if n_de == 0 else "split")
+            return read_side.ReadPlan(side, n_de)
+        if self._round_robin:
+            side = "pe" if self._side_cursor % 2 == 0 else "de"
+            self._side_cursor += 1
+        else:
+            side = read_side.shorter_queue_side(q_pe, q_de)
+        return read_side.ReadPlan(side, hit_blocks if side == "de" else 0)
+
+    def form_pe_batch(self, fifo: Iterable[batching.BatchItem], *, time_model: batching.TimeModel | None,
+                      max_tokens: float, max_kv_tokens: float = float("inf")) -> list[batching.BatchItem]:
+        """Hook: a PE's next forward batch (PAPER.md 5.5). ``dualpath``: compute-quota batch (needs
+        ``time_model``); ``round_robin``: FIFO under ``max_tokens``. Items must come from the head
+        of ``fifo`` in order (the last one may be a chunk of its request).
+
+        ``fifo`` is read head first and only as far as the batch reaches (a lazy iterator is fine).
+        """
+        if self.config.policy == "dualpath":
+            if time_model is None:
+                raise ValueError("time_model: required by the dualpath policy's compute-quota batching")
+            return batching.form_batch(fifo, self.config.compute_quota_s, time_model, max_kv_tokens=max_kv_tokens)
+        return batching.form_batch_fifo(fifo, max_tokens=max_tokens, max_kv_tokens=max_kv_tokens)
+
     # ---- stage 1: PE placement ------------------------------------------------------------
     def submit(self, req: SchedRequest) -> None:
         """Enter a new request."""
-        if self.config.policy == "round_robin":
+        if self._round_robin:
             engine = self._pe_cycle[self._pe_cursor % len(self._pe_cycle)]
             self._pe_cursor += 1
-            self._pending_pe[self._group_of[engine]].append((req, engine))
+            self._rr_engine[req.request_id] = engine
+            self._pending_pe[self._group_of[engine]].append(req)
             self._n_pending_pe += 1
         else:
             self._pe_queue.append(req)
 
     def fetch_pe(self, group_id: int, loads: Sequence[EngineLoad], read_q: Mapping[int, float]) -> list[Assignment]:
-        """A PE group's periodic fetch. ``loads``: the group's engines; ``read_q``: node -> tokens."""
+        """A PE group's fetch: ``select_pe`` over what waits for it. ``loads``: the group's engines;
+        ``read_q``: node -> pending read tokens.
+
+        Raises:
+          KeyError: ``group_id`` is not a PE group.
+          ValueError: ``select_pe`` placed a request that was not waiting, or on an engine outside the group.
+        """
         if group_id not in self.pe_groups:
             raise KeyError(f"group_id: {group_id} is not a PE group")
-        if self.config.policy == "round_robin":
-            pending = self._pending_pe[group_id]
-            out = [Assignment(r, e, "pe") for r, e in pending]
+        waiting = self._pending_pe[group_id] if self._round_robin else self._pe_queue
+        if not waiting:
+            return []
+        out = self.select_pe(group_id, waiting, loads, read_q)
+        if not out:
+            return []
+        _take(waiting, out, self.pe_groups[group_id], f"{type(self).__name__}.select_pe")
+        if self._round_robin:
             self._n_pending_pe -= len(out)
-            pending.clear()
-        else:
-            out = pe.assign_pe(self._pe_queue, loads, read_q, alpha_tokens=self.config.alpha_tokens,
-                               beta_tokens=self.config.beta_tokens)[0]
-            for _ in out:
-                self._pe_queue.popleft()
         for a in out:
             self._enter_de_stage(a.request)
         return out
 
     # ---- stage 2: DE placement ------------------------------------------------------------
     def _enter_de_stage(self, req: SchedRequest) -> None:
-        if self.config.policy == "round_robin":
+        if self._round_robin:
             engine = self._de_cycle[self._de_cursor % len(self._de_cycle)]
             self._de_cursor += 1
-            self._pending_de[self._group_of[engine]][engine].append(req)
+            self._rr_engine[req.request_id] = engine
+            self._private[self._group_of[engine]].append(req)
             self._n_pending_de += 1
         else:
             self._de_queue.append(req)
 
+    def _round_robin_de(self, waiting: Sequence[SchedRequest], loads: Sequence[EngineLoad]) -> list[Assignment]:
+        """``round_robin`` phase 2: each request's cyclic engine takes it once it has the HBM, in
+        FIFO order per engine (a request that does not fit blocks the later ones of its engine)."""
+        free = {e.engine_id: e.free_hbm_bytes for e in loads}
+        blocked: set[int] = set()
+        out = []
+        for r in waiting:
+            e = self._rr_engine[r.request_id]
+            if e in blocked:
+                continue
+            if free[e] >= r.hbm_bytes:
+                free[e] -= r.hbm_bytes
+                out.append(Assignment(r, e, "de"))
+            else:
+                blocked.add(e)
+                if len(blocked) == len(free):
+                    break
+        out.sort(key=lambda a: a.request.request_id)
+        return out
+
     def fetch_de(self, group_id: int, loads: Sequence[EngineLoad]) -> list[Assignment]:
-        """A DE group's periodic fetch (phase 1 over all groups, then phase 2 for this one)."""
+        """A DE group's fetch: phase 1 over all groups (``distribute_de``), then ``select_de`` over
+        the group's private queue.
+
+        Raises:
+          KeyError: ``group_id`` is not a DE group.
+          ValueError: ``select_de`` placed a request that was not queued, or on an engine outside the group.
+        """
         if group_id not in self.de_groups:
             raise KeyError(f"group_id: {group_id} is not a DE group")
-        if self.config.policy == "round_robin":
-            # cyclic placement was fixed at PE time; a request still waits until its DE has HBM,
-            # in FIFO order per engine
-            out = []
-            for load in loads:
-                queue = self._pending_de[group_id].get(load.engine_id)
-                free = load.free_hbm_bytes
-                while queue and free >= queue[0].hbm_bytes:
-                    r = queue.popleft()
-                    free -= r.hbm_bytes
-                    out.append(Assignment(r, load.engine_id, "de"))
-            out.sort(key=lambda a: a.request.request_id)
-            self._n_pending_de -= len(out)
-            return out
         group_tok = sum([e.tok for e in loads])
         self._group_tok[group_id] = group_tok
         if self._de_queue:
@@ -149,12 +282,17 @@ class ClusterScheduler:
         private = self._private[group_id]
         if not private:
             return []
-        out = de.assign_phase2(private, loads, self.config.z_factor)[0]
+        out = self.select_de(group_id, private, loads)
+        if not out:
+            return []
+        _take(private, out, self.de_groups[group_id], f"{type(self).__name__}.select_de")
         placed = 0
         for a in out:
-            private.popleft()
             placed += a.request.num_tokens
-        self._private_tok[group_id] -= placed
+            if self._round_robin:
+                del self._rr_engine[a.request.request_id]
+        if not self._round_robin:
+            self._private_tok[group_id] -= placed
         self._n_pending_de -= len(out)
         self._group_tok[group_id] = group_tok + placed  # phase 2 adds len(r) to the chosen engine's tok
         return out
@@ -167,60 +305,50 @@ class ClusterScheduler:
         self._group_tok[group_id] = sum([e.tok for e in loads])
 
     def distribute_de(self) -> set[int]:
-        """Phase 1 alone: move the global DE queue into private queues (by the groups' last
-        reported loads). Returns the groups that received requests. ``fetch_de`` calls it first;
-        a runtime may call it to learn which groups have new work (``round_robin``: groups with
-        pending placements)."""
-        if self.config.policy == "round_robin":
-            return {g for g, per_engine in self._pending_de.items() if any(per_engine.values())}
+        """Phase 1 alone (``select_de_group``): move the global DE queue into private queues (by
+        the groups' last reported loads). Returns the groups that received requests
+        (``round_robin``: groups with queued requests).
+
+        Raises:
+          ValueError: ``select_de_group`` named an unknown group or a request that was not waiting.
+        """
+        if self._round_robin:
+            return {g for g, q in self._private.items() if q}
         if not self._de_queue:
             return set()
         group_tok = {g: self._group_tok[g] + self._private_tok[g] for g in self.de_groups}
-        additions, totals = de.de_phase1(self._de_queue, group_tok)
-        self._de_queue.clear()
-        for g, reqs in additions.items():  # only groups that received requests appear
+        additions = self.select_de_group(self._de_queue, group_tok)
+        who = f"{type(self).__name__}.select_de_group"
+        moved = 0
+        for g, reqs in additions.items():
+            if g not in self._private:
+                raise ValueError(f"{who}: group {g} is not a DE group (known: {sorted(self._private)})")
+            moved += len(reqs)
+        if moved == len(self._de_queue) and all(len(v) for v in additions.values()):
+            # the default (every request placed, in order): no per-request membership check needed
+            ids = None
+        else:
+            ids = {r.request_id for reqs in additions.values() for r in reqs}
+            waiting = {r.request_id for r in self._de_queue}
+            if len(ids) != moved or not ids <= waiting:
+                raise ValueError(f"{who}: returned requests that are not waiting in the DE queue, or one twice")
+        for g, reqs in additions.items():
+            if not reqs:
+                continue
             self._private[g].extend(reqs)
-            self._private_tok[g] = totals[g] - self._group_tok[g]
+            self._private_tok[g] += sum([r.num_tokens for r in reqs])
             self._n_pending_de += len(reqs)
-        return set(additions)
+        if ids is None:
+            self._de_queue.clear()
+        else:
+            kept = [r for r in self._de_queue if r.request_id not in ids]
+            self._de_queue.clear()
+            self._de_queue.extend(kept)
+        return {g for g, reqs in additions.items() if reqs}
 
     def has_de_work(self, group_id: int) -> bool:
         """Whether a DE group has requests waiting for it (after phase 1)."""
-        return bool(self._private[group_id] or any(self._pending_de[group_id].values()))
-
-    # ---- stage 3: read side ---------------------------------------------------------------
-    def read_plan(self, req: SchedRequest, pe_node: int, de_node: int, read_q: Mapping[int, float],
-                  hit_blocks: int, block_tokens: int) -> read_side.ReadPlan:
-        """Which side reads ``req``'s ``hit_blocks`` blocks, given node read queues (tokens)."""
-        loading = self.config.loading
-        if loading == "oracle" or hit_blocks == 0:
-            return read_side.ReadPlan("none", 0)
-        if loading == "pe_read":
-            return read_side.ReadPlan("pe", 0)
-        q_pe, q_de = read_q.get(pe_node, 0.0), read_q.get(de_node, 0.0)
-        if loading == "split":
-            n_de = read_side.split_de_blocks(hit_blocks, block_tokens, q_pe, q_de)
-            side = "de" if n_de == hit_blocks else ("pe" if n_de == 0 else "split")
-            return read_side.ReadPlan(side, n_de)
-        if self.config.policy == "round_robin":
-            side = "pe" if self._side_cursor % 2 == 0 else "de"
-            self._side_cursor += 1
-        else:
-            side = read_side.shorter_queue_side(q_pe, q_de)
-        return read_side.ReadPlan(side, hit_blocks if side == "de" else 0)
-
-    # ---- PE batches -----------------------------------------------------------------------
-    def form_pe_batch(self, fifo: Iterable[batching.BatchItem], *, time_model: batching.TimeModel | None,
-                      max_tokens: float, max_kv_tokens: float = float("inf")) -> list[batching.BatchItem]:
-        """``dualpath``: compute-quota batch (needs ``time_model``); ``round_robin``: FIFO under ``max_tokens``.
-
-        ``fifo`` is read head first and only as far as the batch reaches (a lazy iterator is fine).
-        """
-        if self.config.policy == "dualpath":
-            if time_model is None:
-                raise ValueError("time_model: required by the dualpath policy's compute-quota batching")
-            return batching.form_batch(fifo, self.config.compute_quota_s, time_model, max_kv_tokens=max_kv_tokens)
-        return batching.form_batch_fifo(fifo, max_tokens=max_tokens, max_kv_tokens=max_kv_tokens)
+        return bool(self._private[group_id])
 
     # ---- introspection --------------------------------------------------------------------
     def waiting_pe(self) -> int:
@@ -235,3 +363,32 @@ class ClusterScheduler:
         """Requests not yet placed: ``{"pe": ..., "de": ...}`` (O(1))."""
         return {"pe": len(self._pe_queue) + self._n_pending_pe,
                 "de": len(self._de_queue) + self._n_pending_de}
+
+
+def _take(queue: collections.deque, out: Sequence[Assignment], engines: Sequence[int], who: str) -> None:
+    """Remove the requests of ``out`` from ``queue`` (a prefix in order: O(len(out)); else any subset).
+
+    Raises:
+      ValueError: a request not in ``queue`` (or twice), or an engine not in ``engines``.
+    """
+    n = len(out)
+    if n > len(queue):
+        raise ValueError(f"{who}: returned {n} assignments for {len(queue)} waiting requests")
+    allowed = set(engines)
+    prefix = True
+    for a, r in zip(out, itertools.islice(queue, n)):
+        if a.engine_id not in allowed:
+            raise ValueError(f"{who}: placed request {a.request.request_id} on engine {a.engine_id}, "
+                             f"not one of the group's {sorted(allowed)}")
+        if a.request.request_id != r.request_id:
+            prefix = False
+    if prefix:
+        for _ in range(n):
+            queue.popleft()
+        return
+    ids = {a.request.request_id for a in out}
+    kept = [r for r in queue if r.request_id not in ids]
+    if len(ids) != n or len(kept) != len(queue) - n:
+        raise ValueError(f"{who}: returned requests that are not waiting, or one twice")
+    queue.clear()
+    queue.extend(kept)

@@ -22,11 +22,14 @@ Design (virtual time, one heap of events, no wall clock):
   loads all layers first, then computes, and must fit all of the batch's KV in free HBM.
 * **Groups**: with MoE models (EP + DP attention) every forward of a PE group and every decode
   step of a DE group lasts as long as the slowest member (``ep_sync``).
-* **Decode** needs no event per token: a DE unit advances a continuous step counter at the rate of
-  its current step time; only joins and completions are events.
+* **Decode** needs no event per token: a DE unit (:mod:`.units`) advances a continuous step
+  counter at the rate of its current step time; only joins and completions are events.
+* **Scheduling** is the shared :class:`~dualpath_jax.sched.driver.SchedulingDriver` (the real
+  engine runs the same one): the simulator is its view (``group_loads``, ``read_queue_tokens``),
+  turns its tick requests into events and applies its placements.
 
 The agents (:class:`~dualpath_jax.sim.agents.SimAgent`) are checked and laid out by
-:mod:`dualpath_jax.sim.agents`; this module checks that each of their requests fits the cluster.
+:mod:`dualpath_jax.sim.agents`; :mod:`.fit` checks that each of their requests fits the cluster.
 """
 
 from __future__ import annotations
@@ -42,46 +45,24 @@ import sys
 from collections.abc import Sequence
 from typing import SupportsIndex
 
-import numpy as np
 import tqdm
 from mypy_extensions import mypyc_attr
 
-from dualpath_jax.config import ConfigError
 from dualpath_jax.model import cost
-from dualpath_jax.sched import (BatchItem, ClusterScheduler, EngineLoad, SchedRequest, SchedulerConfig,
-                                check_read_plan)
-from dualpath_jax.sim.agents import FlatRounds, SimAgent, flatten_agents, typical_round
+from dualpath_jax.sched import BatchItem, ClusterScheduler, EngineLoad, SchedRequest, SchedulerConfig
+from dualpath_jax.sched.driver import SchedulingDriver, next_round_s
+from dualpath_jax.sim.agents import SimAgent, as_typed_array, flatten_agents, typical_round
 from dualpath_jax.sim.compute import calibrate_from_public
 from dualpath_jax.sim.config import SimConfig
-from dualpath_jax.sim.hardware import HardwareConfig, Server, reserve
-from dualpath_jax.sim.result import SimResult
+from dualpath_jax.sim.hardware import Server, reserve
+from dualpath_jax.sim.result import SimResult, collect_result, request_columns, stall_report
+from dualpath_jax.sim.fit import check_requests_fit, kv_memory
+from dualpath_jax.sim.units import Unit
 
 __all__ = ["SimAgent", "SimResult", "Simulator", "simulate"]
 
 _ARRIVE, _TICK, _READ_DONE, _PE_DONE, _DE_JOIN, _DE_EVENT, _PE_KICK = range(7)
 _MAX_BATCH_REQUESTS = 512
-_INT_COLUMNS = ("agent", "round", "hit_tokens", "append_tokens", "gen_tokens")
-_ENGINE_COLUMNS = ("pe", "de", "de_blocks")
-_TIME_COLUMNS = ("arrival_s", "placed_s", "read_done_s", "prefill_start_s", "first_token_s", "decode_start_s",
-                 "second_token_s", "finish_s", "persisted_s", "read_bytes_pe", "read_bytes_de")
-
-
-class _Unit:
-    """A synchronisation unit: a group (ep_sync) or a single engine."""
-
-    __slots__ = ("engines", "busy", "kick", "version", "next_t", "steps", "last_t", "step_s", "heap")
-
-    def __init__(self, engines):
-        self.engines = engines
-        self.busy = False
-        self.kick = False  # a PE unit's forward start is queued for the end of this instant
-        self.version = 0  # of the pending DE event that counts; older ones are stale
-        self.next_t = math.inf  # when that event fires
-        self.steps = 0.0
-        self.last_t = 0.0
-        self.step_s = 0.0
-        self.heap: list = []  # DE units: (step count at completion, request id, DE, mean context) per request
-
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # e.g. to check invariants per event (compiled: see setup.py)
 class Simulator:
@@ -107,21 +88,11 @@ class Simulator:
                                       ep_size=ep_size, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
                                       prefill_layer_overhead_s=cfg.prefill_layer_overhead_s, eff_memory=cfg.eff_memory)
                 for ep_size in (n_pe, n_de))
-        usable = hw.hbm_bytes * hw.hbm_usable_fraction
-        self.pe_free_hbm = usable - self.pe_model.weight_bytes_per_gpu - cfg.activation_reserve_bytes
-        self.de_hbm = usable - self.de_model.weight_bytes_per_gpu
-        # with less HBM than the default GPU's, blame the HBM; else too few GPUs share the experts
-        hbm_field = "hardware.hbm_bytes" if hw.hbm_bytes < HardwareConfig().hbm_bytes else None
-        if self.pe_free_hbm <= 0:
-            raise ConfigError(hbm_field or "sim.prefill_nodes", _no_hbm_left(cfg.model, self.pe_model, n_pe, "PE", hw))
-        # tokens of KV a PE can hold for one batch: all L layers in full prefill, depth of them layer-wise
-        layers_on_device = cfg.layerwise_depth / spec.n_layers if cfg.prefill == "layerwise" else 1.0
-        self.pe_max_kv_tokens = self.pe_free_hbm / (self.kvb * layers_on_device)
-        if self.de_hbm <= 0:
-            raise ConfigError(hbm_field or "sim.decode_nodes", _no_hbm_left(cfg.model, self.de_model, n_de, "DE", hw))
+        self.pe_free_hbm, self.de_hbm, self.pe_max_kv_tokens = kv_memory(cfg, self.pe_model, self.de_model, self.kvb)
         self.agents = list(agents)
         flat = flatten_agents(self.agents)
-        self._check_requests_fit(flat)
+        check_requests_fit(cfg, flat, kvb=self.kvb, de_hbm=self.de_hbm, pe_free_hbm=self.pe_free_hbm,
+                           pe_max_kv_tokens=self.pe_max_kv_tokens)
         # nodes: PE nodes 0..P-1, DE nodes P..P+D-1; engines: PEs 0..n_pe-1, DEs n_pe..
         n_nodes = cfg.prefill_nodes + cfg.decode_nodes
         self.snic_r = [Server(f"snic_read[{n}]", min(hw.node_snic_bytes_per_s, hw.storage_bytes_per_s))
@@ -143,7 +114,6 @@ class Simulator:
         self.pe_ids = list(range(n_pe))
         self.de_ids = list(range(n_pe, n_pe + n_de))
         pe_groups = {n: [e for e in self.pe_ids if self.node_of[e] == n] for n in range(cfg.prefill_nodes)}
-        self._pe_group_nodes = {gid: sorted({self.node_of[e] for e in engines}) for gid, engines in pe_groups.items()}
         de_groups = {n: [e for e in self.de_ids if self.node_of[e] == n] for n in range(cfg.prefill_nodes, n_nodes)}
         # scheduler thresholds in tokens (PAPER.md 5.2, A.4)
         ctx, app = typical_round(flat)
@@ -155,10 +125,9 @@ class Simulator:
                                                       beta_tokens=beta, z_factor=cfg.z_factor,
                                                       compute_quota_s=cfg.compute_quota_s), pe_groups, de_groups)
         self.alpha_tokens, self.beta_tokens = alpha, beta
-        self._plan_who = f"{type(self.sched).__name__}.read_plan"
         sync = cfg.uses_ep_sync
-        self.pe_units = [_Unit(v) for v in pe_groups.values()] if sync else [_Unit([e]) for e in self.pe_ids]
-        self.de_units = [_Unit(v) for v in de_groups.values()] if sync else [_Unit([e]) for e in self.de_ids]
+        self.pe_units = [Unit(v) for v in pe_groups.values()] if sync else [Unit([e]) for e in self.pe_ids]
+        self.de_units = [Unit(v) for v in de_groups.values()] if sync else [Unit([e]) for e in self.de_ids]
         self.pe_busy_s = [0.0] * len(self.pe_units)
         self.pe_forwards = [0] * len(self.pe_units)
         self.pe_batch_requests = [0] * len(self.pe_units)
@@ -171,8 +140,12 @@ class Simulator:
                 self.unit_of[e] = i
         # each engine's tok_e, seq_e and free HBM (PAPER.md 5.1), kept as the records the leaders report
         self.load = [EngineLoad(e, self.node_of[e], 0, 0, 0.0 if e < n_pe else self.de_hbm) for e in range(n_pe + n_de)]
-        self.group_loads = {gid: [self.load[e] for e in engines]
-                            for groups in (pe_groups, de_groups) for gid, engines in groups.items()}
+        self._group_loads = {gid: [self.load[e] for e in engines]
+                             for groups in (pe_groups, de_groups) for gid, engines in groups.items()}
+        # the scheduling protocol (ticks, fetch order, load reports, read plans) is the shared driver's
+        self.driver = SchedulingDriver(self.sched, self, on_pe_placed=self._on_pe_placed,
+                                       on_de_placed=self._on_de_placed, fetch_period_s=cfg.fetch_period_s,
+                                       loading=cfg.loading)
         # per PE: FIFO of BatchItem(request, cached, remaining) whose reads are done
         self.ready: list[collections.deque] = [collections.deque() for _ in range(n_pe + n_de)]
         self.de_batch = [0] * (n_pe + n_de)
@@ -186,21 +159,11 @@ class Simulator:
         self.now = 0.0
         self.events = 0
         self._ran = False
-        self._tick_pending = False
-        self._tick_count = 0
         self._completed = 0
-        self._pe_group_ids = sorted(self.sched.pe_groups)
-        self._new_pe_work = False
-        self._pe_dirty: set[int] = set()
-        self._de_dirty: set[int] = set()
         self.de_step = [0.0] * (n_pe + n_de)
         # per-request columns, preallocated for every round of every agent (request ids are issue order)
         total = self._total = sum(len(a.append) for a in self.agents)
-        # (typed arrays: a stored value is a C number, not a Python object kept alive for the whole run)
-        self.R: dict[str, array.array | list] = {k: array.array("q", [0]) * total for k in _INT_COLUMNS}
-        self.R.update({k: array.array("q", [-1]) * total for k in _ENGINE_COLUMNS})
-        self.R.update({k: array.array("d", [math.nan]) * total for k in _TIME_COLUMNS})
-        self.R["side"] = [""] * total
+        self.R = request_columns(total)
         self._issued = 0
         self.agent_round = [0] * len(self.agents)
         self.agent_context = [int(a.initial_context) for a in self.agents]
@@ -208,46 +171,6 @@ class Simulator:
         self._reads = [0] * total  # reads still in flight per request
         # each agent's rounds as typed arrays, made at its first arrival (numpy scalars index slowly)
         self._rounds: list[tuple | None] = [None] * len(self.agents)
-
-    # ---- setup ----------------------------------------------------------------------------------
-    def _check_requests_fit(self, flat: FlatRounds):
-        """Check that every request can run on this cluster (PAPER.md section 2.3-2.6: a read lands
-        whole in a node's DRAM buffer, a DE holds the whole request's KV, a PE the prompt's KV it
-        computes over).
-
-        Raises:
-          ConfigError: naming the hardware field that one request does not fit
-            (``hardware.hbm_bytes``, ``hardware.dram_buffer_bytes``) and the request.
-        """
-        if not flat.hit.size:
-            return
-        z, kvb = self.cfg.block_tokens, self.kvb
-        hit, append, gen, where = flat.hit, flat.append, flat.gen, flat.where
-        context = hit + append + gen  # a DE holds the request's whole KV (SchedRequest.hbm_bytes)
-        k = int(np.argmax(context))
-        if context[k] * kvb > self.de_hbm:
-            raise ConfigError("hardware.hbm_bytes", f"{where(k)} needs {context[k]} tokens "
-                              f"({context[k] * kvb:,.0f} B) of DE HBM but only {self.de_hbm:,.0f} B is free "
-                              f"after weights")
-        prompt = hit + append  # a PE's last chunk computes over prompt - 1 cached tokens plus one new one
-        k = int(np.argmax(prompt))
-        if prompt[k] > self.pe_max_kv_tokens:
-            where_kv = ("all its layers" if self.cfg.prefill == "full"
-                        else f"{self.cfg.layerwise_depth} of {self.spec.n_layers} layers at a time")
-            raise ConfigError("hardware.hbm_bytes", f"{where(k)} has a {prompt[k]}-token prompt; a PE's free HBM "
-                              f"({self.pe_free_hbm:,.0f} B after weights and sim.activation_reserve_bytes) holds "
-                              f"the KV of {int(self.pe_max_kv_tokens)} tokens with prefill={self.cfg.prefill!r} "
-                              f"({where_kv})")
-        if self.cfg.loading != "oracle":
-            # whole Full Blocks are read, each read into one node's buffer; under split loading the
-            # scheduler may still put all of a request's blocks on one side, so the bound is the same
-            read = hit // z * z
-            k = int(np.argmax(read))
-            buffer = self.cfg.hardware.dram_buffer_bytes
-            if read[k] * kvb > buffer:
-                raise ConfigError("hardware.dram_buffer_bytes", f"{where(k)} reads {read[k]} hit tokens "
-                                  f"({read[k] * kvb:,.0f} B) but a node's DRAM buffer holds {buffer:,.0f} B (a "
-                                  f"read waits for buffer space for all of its blocks)")
 
     def _push(self, t: float, kind: int, a=None, b=None):
         heapq.heappush(self.heap, (t, self._next_seq(), kind, a, b))
@@ -309,62 +232,15 @@ class Simulator:
             self.events = events
         bar.close()
         if not heap and self._completed < self._total:
-            raise RuntimeError(self._stall_report())
-        n = self._issued
-        # numeric columns are views of the run's typed arrays (writable, no copy)
-        requests = {k: (np.asarray(v[:n]) if k == "side" else
-                        np.frombuffer(v, np.float64 if k in _TIME_COLUMNS else np.int64, n))
-                    for k, v in self.R.items()}
-        links = {}
-        for s in self.snic_r + self.snic_w + self.dram + self.cnic_in + self.cnic_out:
-            links[s.name] = {"bytes": s.bytes, "busy_s": s.busy_s}
-        units = {"pe_busy_s": np.asarray(self.pe_busy_s), "pe_forwards": np.asarray(self.pe_forwards),
-                 "pe_batch_requests": np.asarray(self.pe_batch_requests)}
-        finish = requests.get("finish_s", np.zeros(0))
-        end_s = float(np.nanmax(finish)) if finish.size and not np.all(np.isnan(finish)) else self.now
-        attention = np.asarray(self.attention_s, np.float64).reshape(-1, 2)
-        return SimResult(requests=requests, links=links, attention_ratio=attention[:, 0] / attention[:, 1],
-                         snic_samples={s.name: np.frombuffer(a, np.float64).reshape(-1, 3)
-                                       for s, a in zip(self.snic_r, self._snic_samples_of)},
-                         events=self.events, end_s=end_s, units=units,
-                         attention_s=attention,
-                         attention_members=np.asarray(self.attention_members, np.int64).reshape(-1, 2))
-
-    def _stall_report(self) -> str:
-        """Why the run stopped with requests unfinished: nothing left to happen, yet work waits
-        (e.g. a custom scheduler that never places a request, or a read that never gets buffer)."""
-        R, n = self.R, self._issued
-        finish = np.frombuffer(R["finish_s"], np.float64, n)
-        stuck = np.flatnonzero(np.isnan(finish))
-        waiting = self.sched.waiting()
-        reads = sum(len(w) for w in self.buffer_wait)
-        ready = sum(len(q) for q in self.ready)
-        first = int(stuck[0]) if stuck.size else None
-        detail = ""
-        if first is not None:
-            if R["pe"][first] < 0:
-                stage = "waits for a PE"
-            elif R["de"][first] < 0:
-                stage = "waits for a DE"
-            elif self._reads[first] > 0:
-                stage = "waits for its reads"
-            elif math.isnan(R["first_token_s"][first]):
-                stage = "waits for prefill"
-            else:
-                stage = "waits for decode"
-            detail = (f"; the first, request {first} (agents[{R['agent'][first]}] round {R['round'][first]}, "
-                      f"{R['hit_tokens'][first]} hit tokens), {stage}")
-        return (f"simulation stalled at t = {self.now:.3f} s: no event left but {self._total - self._completed} of "
-                f"{self._total} requests unfinished ({n - stuck.size} finished of {n} issued; waiting for a PE: "
-                f"{waiting['pe']}, for a DE: {waiting['de']}; reads waiting for DRAM buffer: {reads}; ready on "
-                f"PEs: {ready}){detail}. Scheduler: {type(self.sched).__name__}")
+            raise RuntimeError(stall_report(self))
+        return collect_result(self)
 
     # ---- agents ---------------------------------------------------------------------------------
     def _agent_rounds(self, agent: int) -> tuple:
         a = self.agents[agent]
         rounds = self._rounds[agent] = (  # typed arrays: an item is read as a Python int (or float)
-            _as_array(a.append, "q"), _as_array(a.gen, "q"), None if a.hit is None else _as_array(a.hit, "q"),
-            None if a.think_s is None else _as_array(a.think_s, "d"))
+            as_typed_array(a.append, "q"), as_typed_array(a.gen, "q"), None if a.hit is None else as_typed_array(a.hit, "q"),
+            None if a.think_s is None else as_typed_array(a.think_s, "d"))
         return rounds
 
     def _on_arrive(self, agent: int, _):
@@ -383,71 +259,44 @@ class Simulator:
         R["append_tokens"][rid] = append
         R["gen_tokens"][rid] = gen
         req = self._req[rid] = SchedRequest(rid, hit, append, gen, int((hit + append + gen) * self.kvb))
-        self.sched.submit(req)
-        self._new_pe_work = True
-        self._request_tick()
+        t = self.driver.submit(req, self.now)
+        if t is not None:
+            self._push(t, _TICK)
 
-    # ---- scheduling -----------------------------------------------------------------------------
+    # ---- scheduling (the protocol is sched.driver's; this runtime provides its view) -------------
     def _request_tick(self):
-        if not self._tick_pending:
-            self._tick_pending = True
-            self._push(self.now + self.cfg.fetch_period_s, _TICK)
+        t = self.driver.request_tick(self.now)
+        if t is not None:
+            self._push(t, _TICK)
 
-    def _read_q(self, node: int) -> float:
-        """Node ``node``'s disk read queue in tokens: SNIC backlog plus reads waiting for buffer space."""
+    def group_loads(self, group_id: int) -> list[EngineLoad]:
+        """RuntimeView: the group's live load records (tok_e, seq_e, free HBM; PAPER.md 5.1)."""
+        return self._group_loads[group_id]
+
+    def read_queue_tokens(self, node: int) -> float:
+        """RuntimeView: node ``node``'s disk read queue in tokens: SNIC backlog plus reads waiting
+        for buffer space."""
         srv = self.snic_r[node]
         backlog = srv.free_at - self.now
         return ((backlog * srv.rate if backlog > 0 else 0.0) + self.buffer_wait_bytes[node]) / self.kvb
 
     def _on_tick(self, _a, _b):
-        """Group leaders pull work. Only groups that can act are asked: every PE group when new
-        requests wait, else PE groups whose load dropped; DE groups with new private work or
-        freed HBM. Asking the others would return nothing (their state is unchanged)."""
-        self._tick_pending = False
-        self._tick_count += 1
-        sched = self.sched
-        load = self.load
-        group_loads = self.group_loads
-        if sched.waiting_pe():
-            groups = self._pe_group_ids if self._new_pe_work else sorted(self._pe_dirty)
-            self._new_pe_work = False
-            self._pe_dirty.clear()
-            if groups:
-                R_pe = self.R["pe"]
-                read_q = self._read_q
-                k = self._tick_count % len(groups)  # the first leader to pull rotates
-                for gid in groups[k:] + groups[:k]:
-                    if not sched.waiting_pe():
-                        break  # the queue is empty: later leaders would pull nothing
-                    queues = {n: read_q(n) for n in self._pe_group_nodes[gid]}
-                    for req, e, _ in sched.fetch_pe(gid, group_loads[gid], queues):
-                        R_pe[req.request_id] = e
-                        le = load[e]
-                        le.tok += req.num_tokens
-                        le.seq += 1
-        else:
-            self._pe_dirty.clear()
-        dirty = self._de_dirty
-        for gid in dirty:  # leaders whose load changed report it, with or without work
-            sched.report_de(gid, group_loads[gid])
-        if sched.waiting_de():
-            candidates = sched.distribute_de() | dirty
-            dirty.clear()
-            groups = sorted(g for g in candidates if sched.has_de_work(g))
-            if not groups:
-                return
-            R_de = self.R["de"]
-            k = self._tick_count % len(groups)
-            for gid in groups[k:] + groups[:k]:
-                for req, e, _ in sched.fetch_de(gid, group_loads[gid]):
-                    R_de[req.request_id] = e
-                    le = load[e]
-                    le.tok += req.num_tokens
-                    le.seq += 1
-                    le.free_hbm_bytes -= req.hbm_bytes
-                    self._start_read(req.request_id)
-        else:
-            dirty.clear()
+        self.driver.tick()
+
+    def _place(self, asg, column: str) -> EngineLoad:
+        """Record a placement: the request's engine column and the engine's tok_e, seq_e."""
+        req, le = asg.request, self.load[asg.engine_id]
+        self.R[column][req.request_id] = asg.engine_id
+        le.tok += req.num_tokens
+        le.seq += 1
+        return le
+
+    def _on_pe_placed(self, asg):
+        self._place(asg, "pe")
+
+    def _on_de_placed(self, asg):
+        self._place(asg, "de").free_hbm_bytes -= asg.request.hbm_bytes
+        self._start_read(asg.request.request_id)
 
     def _start_read(self, rid: int):
         R = self.R
@@ -461,10 +310,9 @@ class Simulator:
             R["append_tokens"][rid] += hit - hit_blocks * z
             R["hit_tokens"][rid] = hit = hit_blocks * z
         pn, dn = self.node_of[pe], self.node_of[de]
-        read_q = self._read_q
-        plan = self.sched.read_plan(self._req[rid], pn, dn, {pn: read_q(pn), dn: read_q(dn)}, hit_blocks, z)
-        check_read_plan(plan, hit_blocks, self.cfg.loading, who=self._plan_who)
-        side, de_blocks = plan[0], int(plan[1])  # a policy may return a numpy int
+        req = self._req[rid]
+        assert req is not None  # live until it completes
+        side, de_blocks = self.driver.read_plan(req, pn, dn, hit_blocks, z)
         R["side"][rid] = side
         R["de_blocks"][rid] = de_blocks
         kvb = self.kvb
@@ -642,42 +490,17 @@ class Simulator:
                 h2d_end = reserve(self._to_hbm_path[de], 0.0 if oracle else prompt * kvb, kv_ready)[1]
                 self._push(h2d_end, _DE_JOIN, rid)
             if done:
-                self._pe_dirty.add(pn)
+                self.driver.pe_released(e)
         self._request_tick()
         self._try_start_pe(u)
 
     # ---- decode ---------------------------------------------------------------------------------
-    def _de_advance(self, unit: _Unit):
-        """Count the decode steps done since ``unit.last_t`` (which is in the future while the unit
-        is stalled admitting a request: no steps then)."""
-        if self.now > unit.last_t:
-            if unit.step_s > 0:
-                unit.steps += (self.now - unit.last_t) / unit.step_s
-            unit.last_t = self.now
-
-    def _set_de_step(self, unit: _Unit, de: int, step_s: float):
-        """Set DE ``de``'s step time and keep ``unit.step_s`` the slowest member's (ep_sync): only
-        when the slowest member gets faster are the members scanned again."""
-        old = self.de_step[de]
-        self.de_step[de] = step_s
-        if step_s >= unit.step_s:
-            unit.step_s = step_s
-        elif old == unit.step_s:
-            unit.step_s = max(map(self.de_step.__getitem__, unit.engines))
-
     def _de_reschedule(self, u: int):
-        """Make sure an event fires no later than the unit's next completion at its current step
-        time. A pending event that is due earlier is kept (it fires, finds nothing due and
-        reschedules), so joins between two completions cost no extra events."""
+        """Make sure an event fires no later than the unit's next completion (``Unit.next_completion``)."""
         unit = self.de_units[u]
-        step_s = unit.step_s
-        if unit.heap:
-            left = unit.heap[0][0] - unit.steps
-            t = unit.last_t + (left if left > 0.0 else 0.0) * step_s
-            if t < unit.next_t:
-                unit.version += 1  # supersedes the later pending event
-                unit.next_t = t
-                self._push(t, _DE_EVENT, u, unit.version)
+        t = unit.next_completion()
+        if t is not None:
+            self._push(t, _DE_EVENT, u, unit.version)
 
     def _on_de_join(self, rid: int, _):
         R = self.R
@@ -696,12 +519,12 @@ class Simulator:
             return
         u = self.unit_of[de]
         unit = self.de_units[u]
-        self._de_advance(unit)
+        unit.advance(self.now)
         unit.last_t += self.cfg.de_join_s  # the unit decodes nothing while it admits the request
         mean_ctx = R["hit_tokens"][rid] + R["append_tokens"][rid] + (gen - 1) / 2.0  # context over the decode
         batch = self.de_batch[de] = self.de_batch[de] + 1
         ctx_sum = self.de_ctx[de] = self.de_ctx[de] + mean_ctx
-        self._set_de_step(unit, de, self.de_model.decode_step_s(batch, ctx_sum))
+        unit.set_step(self.de_step, de, self.de_model.decode_step_s(batch, ctx_sum))
         heapq.heappush(unit.heap, (unit.steps + (gen - 1), rid, de, mean_ctx))
         self._de_reschedule(u)
         R["second_token_s"][rid] = unit.last_t + unit.step_s
@@ -711,7 +534,7 @@ class Simulator:
         if version != unit.version:
             return
         unit.next_t = math.inf
-        self._de_advance(unit)
+        unit.advance(self.now)
         heap = unit.heap
         due = unit.steps + 1e-9
         if heap and heap[0][0] <= due:
@@ -725,7 +548,7 @@ class Simulator:
                 self._complete(rid)
             step_s = self.de_model.decode_step_s
             for de in changed:  # the step time after every completion of this instant
-                self._set_de_step(unit, de, step_s(de_batch[de], de_ctx[de]))
+                unit.set_step(self.de_step, de, step_s(de_batch[de], de_ctx[de]))
         self._de_reschedule(u)
 
     def _complete(self, rid: int):
@@ -740,19 +563,19 @@ class Simulator:
         le.tok -= prompt
         le.seq -= 1
         le.free_hbm_bytes += context * self.kvb
-        self._de_dirty.add(self.node_of[de])
+        self.driver.de_released(de)
         self._req[rid] = None
         # the agent's next round reads this KV, so it is issued once the write is done (as in the
         # engine), plus its think time; its context is everything so far (hit prefix, append, generation)
         persisted = R["persisted_s"][rid]
         if persisted < now:
-            R["persisted_s"][rid] = persisted = now
+            R["persisted_s"][rid] = now
         agent = R["agent"][rid]
         self.agent_context[agent] = context
         r = self.agent_round[agent] = self.agent_round[agent] + 1
         append_r, _gen, _hit, think_r = self._rounds[agent]
         if r < len(append_r):
-            at = persisted + (0.0 if think_r is None else think_r[r])
+            at = next_round_s(now, persisted, 0.0 if think_r is None else think_r[r])
             if at > now:
                 self._push(at, _ARRIVE, agent)
             else:  # issued now: no event needed
@@ -764,19 +587,6 @@ class Simulator:
         if self.cfg.loading == "oracle" or tokens <= 0:
             return self.now
         return reserve(self._persist_path[self.R["de"][rid]], tokens * self.kvb, self.now)[1]
-
-
-def _no_hbm_left(model: str, compute, engines: int, kind: str, hw: HardwareConfig) -> str:
-    """Why ``kind`` engines (``"PE"`` / ``"DE"``) have no HBM left for KV after their weights."""
-    nodes = "prefill" if kind == "PE" else "decode"
-    return (f"{model} weights ({compute.weight_bytes_per_gpu / 1e9:.1f} GB/GPU with EP over {engines} GPUs) leave no "
-            f"HBM for KV on {kind}s ({hw.hbm_bytes / 1e9:.0f} GB each); add {nodes} nodes (more GPUs share the "
-            f"routed experts) or raise hardware.hbm_bytes")
-
-
-def _as_array(values, typecode: str) -> array.array:
-    """``values`` as an ``array.array`` of int64 (``"q"``) or float64 (``"d"``)."""
-    return array.array(typecode, np.ascontiguousarray(values, np.int64 if typecode == "q" else np.float64).tobytes())
 
 
 def simulate(config: SimConfig, agents: Sequence[SimAgent], *, max_events: SupportsIndex | None = None,

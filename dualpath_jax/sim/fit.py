@@ -1,0 +1,101 @@
+"""Start-of-run checks that every request fits the simulated cluster (PAPER.md 2.3-2.6).
+
+A read lands whole in a node's DRAM buffer, a DE holds the whole request's KV, a PE the prompt's
+KV it computes over; a request that can never fit is an error at the start (naming the hardware
+field and the request), not a stall hours into a run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dualpath_jax.config import ConfigError
+from dualpath_jax.sim.agents import FlatRounds
+from dualpath_jax.sim.config import SimConfig
+from dualpath_jax.sim.hardware import HardwareConfig
+
+__all__ = ["check_requests_fit", "kv_memory", "no_hbm_left"]
+
+
+def kv_memory(cfg: SimConfig, pe_model, de_model, kvb: float) -> tuple[float, float, float]:
+    """HBM left for KV on each engine after its weights (PAPER.md 2.1, 3).
+
+    Args:
+      cfg: the run's config; pe_model, de_model: the PE and DE :class:`~.compute.ComputeModel`
+        (``weight_bytes_per_gpu``); kvb: KV bytes per token.
+
+    Returns:
+      ``(pe_free_hbm, de_hbm, pe_max_kv_tokens)``: a PE's free HBM after weights and
+      ``activation_reserve_bytes``, a DE's after weights (bytes), and the tokens of KV one PE batch
+      may hold (all L layers in full prefill, ``layerwise_depth`` of them layer-wise).
+
+    Raises:
+      ConfigError: no HBM is left on PEs or DEs; names ``hardware.hbm_bytes`` when the GPU has less
+        HBM than the default one, else ``sim.prefill_nodes`` / ``sim.decode_nodes`` (too few GPUs
+        share the routed experts).
+    """
+    hw = cfg.hardware
+    usable = hw.hbm_bytes * hw.hbm_usable_fraction
+    pe_free_hbm = usable - pe_model.weight_bytes_per_gpu - cfg.activation_reserve_bytes
+    de_hbm = usable - de_model.weight_bytes_per_gpu
+    hbm_field = "hardware.hbm_bytes" if hw.hbm_bytes < HardwareConfig().hbm_bytes else None
+    g = hw.gpus_per_node
+    if pe_free_hbm <= 0:
+        raise ConfigError(hbm_field or "sim.prefill_nodes",
+                          no_hbm_left(cfg.model, pe_model, cfg.prefill_nodes * g, "PE", hw))
+    if de_hbm <= 0:
+        raise ConfigError(hbm_field or "sim.decode_nodes",
+                          no_hbm_left(cfg.model, de_model, cfg.decode_nodes * g, "DE", hw))
+    layers_on_device = cfg.layerwise_depth / cfg.spec.n_layers if cfg.prefill == "layerwise" else 1.0
+    return pe_free_hbm, de_hbm, pe_free_hbm / (kvb * layers_on_device)
+
+
+def check_requests_fit(cfg: SimConfig, flat: FlatRounds, *, kvb: float, de_hbm: float, pe_free_hbm: float,
+                       pe_max_kv_tokens: float) -> None:
+    """Check that every request of ``flat`` can run.
+
+    Args:
+      cfg: the run's config; flat: every round of every agent.
+      kvb: KV bytes per token; de_hbm: a DE's HBM for KV after weights (bytes); pe_free_hbm: a
+        PE's (after weights and the activation reserve); pe_max_kv_tokens: tokens of KV one PE
+        batch may hold (all layers in full prefill, ``layerwise_depth`` layers layer-wise).
+
+    Raises:
+      ConfigError: naming the hardware field that one request does not fit
+        (``hardware.hbm_bytes``, ``hardware.dram_buffer_bytes``) and the request.
+    """
+    if not flat.hit.size:
+        return
+    z = cfg.block_tokens
+    hit, append, gen, where = flat.hit, flat.append, flat.gen, flat.where
+    context = hit + append + gen  # a DE holds the request's whole KV (SchedRequest.hbm_bytes)
+    k = int(np.argmax(context))
+    if context[k] * kvb > de_hbm:
+        raise ConfigError("hardware.hbm_bytes", f"{where(k)} needs {context[k]} tokens "
+                          f"({context[k] * kvb:,.0f} B) of DE HBM but only {de_hbm:,.0f} B is free after weights")
+    prompt = hit + append  # a PE's last chunk computes over prompt - 1 cached tokens plus one new one
+    k = int(np.argmax(prompt))
+    if prompt[k] > pe_max_kv_tokens:
+        where_kv = ("all its layers" if cfg.prefill == "full"
+                    else f"{cfg.layerwise_depth} of {cfg.spec.n_layers} layers at a time")
+        raise ConfigError("hardware.hbm_bytes", f"{where(k)} has a {prompt[k]}-token prompt; a PE's free HBM "
+                          f"({pe_free_hbm:,.0f} B after weights and sim.activation_reserve_bytes) holds "
+                          f"the KV of {int(pe_max_kv_tokens)} tokens with prefill={cfg.prefill!r} ({where_kv})")
+    if cfg.loading != "oracle":
+        # whole Full Blocks are read, each read into one node's buffer; under split loading the
+        # scheduler may still put all of a request's blocks on one side, so the bound is the same
+        read = hit // z * z
+        k = int(np.argmax(read))
+        buffer = cfg.hardware.dram_buffer_bytes
+        if read[k] * kvb > buffer:
+            raise ConfigError("hardware.dram_buffer_bytes", f"{where(k)} reads {read[k]} hit tokens "
+                              f"({read[k] * kvb:,.0f} B) but a node's DRAM buffer holds {buffer:,.0f} B (a "
+                              f"read waits for buffer space for all of its blocks)")
+
+
+def no_hbm_left(model: str, compute, engines: int, kind: str, hw: HardwareConfig) -> str:
+    """Why ``kind`` engines (``"PE"`` / ``"DE"``) have no HBM left for KV after their weights."""
+    nodes = "prefill" if kind == "PE" else "decode"
+    return (f"{model} weights ({compute.weight_bytes_per_gpu / 1e9:.1f} GB/GPU with EP over {engines} GPUs) leave no "
+            f"HBM for KV on {kind}s ({hw.hbm_bytes / 1e9:.0f} GB each); add {nodes} nodes (more GPUs share the "
+            f"routed experts) or raise hardware.hbm_bytes")

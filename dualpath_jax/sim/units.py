@@ -1,0 +1,70 @@
+"""The simulator's synchronisation units: a PE or DE group under ``ep_sync``, else one engine.
+
+A DE unit advances a continuous decode-step counter at the rate of its current step time (the
+slowest member's, PAPER.md 2.1: with EP every member waits for the slowest), so a decode needs no
+event per token: only joins and completions are events (:mod:`.cluster`).
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["Unit"]
+
+
+class Unit:
+    """A synchronisation unit (see the module docstring).
+
+    Attributes:
+      engines: the member engine ids.
+      busy, kick: a PE unit is in a forward; its forward start is queued for the end of this instant.
+      version, next_t: the pending DE event that counts (older ones are stale) and when it fires (s).
+      steps, last_t, step_s: decode steps done by ``last_t`` (virtual s), and the current step time (s).
+      heap: a DE unit's requests as (step count at completion, request id, DE, mean context).
+    """
+
+    __slots__ = ("engines", "busy", "kick", "version", "next_t", "steps", "last_t", "step_s", "heap")
+
+    def __init__(self, engines: list[int]):
+        self.engines = engines
+        self.busy = False
+        self.kick = False
+        self.version = 0
+        self.next_t = math.inf
+        self.steps = 0.0
+        self.last_t = 0.0
+        self.step_s = 0.0
+        self.heap: list = []
+
+    def advance(self, now: float) -> None:
+        """Count the decode steps done since ``last_t`` (which is in the future while the unit is
+        stalled admitting a request: no steps then)."""
+        if now > self.last_t:
+            if self.step_s > 0:
+                self.steps += (now - self.last_t) / self.step_s
+            self.last_t = now
+
+    def set_step(self, de_step: list[float], de: int, step_s: float) -> None:
+        """Set DE ``de``'s step time in ``de_step`` and keep ``step_s`` the slowest member's: only
+        when the slowest member gets faster are the members scanned again."""
+        old = de_step[de]
+        de_step[de] = step_s
+        if step_s >= self.step_s:
+            self.step_s = step_s
+        elif old == self.step_s:
+            self.step_s = max(map(de_step.__getitem__, self.engines))
+
+    def next_completion(self) -> float | None:
+        """If the unit's next completion (at its current step time) comes before its pending event,
+        make it the pending event and return its time (seconds); else None. A pending event due
+        earlier is kept (it fires, finds nothing due and reschedules), so joins between two
+        completions cost no extra events."""
+        if not self.heap:
+            return None
+        left = self.heap[0][0] - self.steps
+        t = self.last_t + (left if left > 0.0 else 0.0) * self.step_s
+        if t < self.next_t:
+            self.version += 1  # supersedes the later pending event
+            self.next_t = t
+            return t
+        return None
