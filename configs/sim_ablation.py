@@ -19,6 +19,7 @@ from dualpath_jax.sim.config import sim_config_dict
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.study = "ablation"
+    config.scheduler = ""  # "pkg.module:Class": a ClusterScheduler subclass for every run ("" = built-in)
     config.mal = "64K"
     config.num_agents = (1024, 2048)
     config.seed = 0

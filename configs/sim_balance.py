@@ -28,6 +28,7 @@ from dualpath_jax.sim.config import sim_config_dict
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.study = "balance"
+    config.scheduler = ""  # "pkg.module:Class": a ClusterScheduler subclass for every run ("" = built-in)
     config.seed = 0
     config.num_agents = 1024
     config.window_s = 10.0

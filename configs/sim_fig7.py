@@ -33,6 +33,7 @@ ROWS = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.study = "fig7"
+    config.scheduler = ""  # "pkg.module:Class": a ClusterScheduler subclass for every run ("" = built-in)
     config.seed = 0
     config.rows = ml_collections.ConfigDict(ROWS)
     config.row_order = ("ds27b", "ds660b", "qwen32b")

@@ -18,6 +18,7 @@ from dualpath_jax.sim.config import sim_config_dict
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.study = "fig8"
+    config.scheduler = ""  # "pkg.module:Class": a ClusterScheduler subclass for every run ("" = built-in)
     config.seed = 0
     config.clusters = ("1P1D", "2P1D", "1P2D")
     config.num_agents = (512, 1024, 2048)

@@ -10,7 +10,7 @@ issued between ``warmup_s`` (about one trajectory lifetime: a DS 660B trajectory
 the cluster is in its loaded state; above capacity the backlog keeps growing and the search
 brackets the capacity. Each model row sets its own horizon and warm-up. With ``horizon_s = 0`` a
 run replays ``workload.num_agents`` agents instead (a bounded batch, whose latency saturates at
-the offline batch's: see ``dualpath_jax.sim.studies_online``).
+the offline batch's: see ``dualpath_jax.studies.online``).
 
 Command:
     python experiments/run_sim.py --config=configs/sim_online.py --workdir=workdir/sim_online
@@ -39,6 +39,7 @@ ROWS = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.study = "online"
+    config.scheduler = ""  # "pkg.module:Class": a ClusterScheduler subclass for every run ("" = built-in)
     config.seed = 0
     config.arrival_seed = 0
     config.rows = ml_collections.ConfigDict(ROWS)

@@ -21,6 +21,7 @@ from dualpath_jax.sim.config import sim_config_dict
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.study = "table3"
+    config.scheduler = ""  # "pkg.module:Class": a ClusterScheduler subclass for every run ("" = built-in)
     config.seed = 0
     config.arrival_seed = 0
     config.variants = ("dualpath",)

@@ -24,6 +24,7 @@ from dualpath_jax.sim.config import sim_config_dict
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.study = "ttft_breakdown"
+    config.scheduler = ""  # "pkg.module:Class": a ClusterScheduler subclass for every run ("" = built-in)
     config.seed = 0
     config.arrival_seed = 0
     config.variants = ("dualpath",)

@@ -11,7 +11,8 @@ link is emulated); the links' delivered rates (bytes per busy second of the SNIC
 CNICs, over every run: each emulated transfer also pays thread hand-offs; ``--link_rates=configured``
 uses the configured rates instead); buffer and HBM sizes of its config. The simulator then runs
 the same five variants on a cluster of one engine per node with those numbers, and the table
-compares JCTs. Ends with ``jct_ratio_<variant>`` (simulated / measured) and ``max_abs_jct_error``.
+compares JCTs; the simulator uses the scheduler class the engine run used (its config's
+``scheduler``). Ends with ``jct_ratio_<variant>`` (simulated / measured) and ``max_abs_jct_error``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from dualpath_jax.metrics import writers
+from dualpath_jax.sched import load_scheduler
 from dualpath_jax.sim import HardwareConfig, SimAgent, SimConfig, Simulator, variant_config
 from dualpath_jax.sim.compute import fit_compute_model
 
@@ -104,11 +106,12 @@ def main(argv):
                      fetch_period_s=float(cl["fetch_period_s"]), compute_quota_s=float(cl["compute_quota_s"]),
                      basic_max_batch_tokens=int(cl["basic_max_batch_tokens"]), compute=model,
                      de_join_s=de_join_s)
+    scheduler_cls = load_scheduler(cfg.get("scheduler", "") or "", field="scheduler")  # as the engine ran
     rows, named = [], {}
     for v, measured in ablation["variants"].items():
         reqs = json.loads((src / "runs" / v / "requests.json").read_text())
         offline = cfg.get("arrivals", {}).get("mode", "offline") == "offline"
-        res = Simulator(variant_config(base, v), _agents(reqs, offline)).run()
+        res = Simulator(variant_config(base, v), _agents(reqs, offline), scheduler_cls=scheduler_cls).run()
         ratio = res.end_s / measured["jct_s"]
         rows.append({"variant": v, "engine_jct_s": measured["jct_s"], "sim_jct_s": res.end_s, "sim_over_engine": ratio})
         named[f"jct_ratio_{v}"] = ratio

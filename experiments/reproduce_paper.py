@@ -3,11 +3,14 @@
     python experiments/reproduce_paper.py --workdir=workdir/paper --quick      # about 5 minutes
     python experiments/reproduce_paper.py --workdir=workdir/paper              # about 1.5-2 hours
     python experiments/reproduce_paper.py --workdir=/tmp/p --config_arg=tiny --studies=fig7,online
+    PYTHONPATH=. python experiments/reproduce_paper.py --workdir=/tmp/p --quick --scheduler=my_pkg.policies:PreferDE
 
-Each study (``dualpath_jax.sim.studies.STUDIES``) runs with ``configs/sim_<study>.py`` (its
+Each study (``dualpath_jax.studies.STUDIES``) runs with ``configs/sim_<study>.py`` (its
 ``quick`` variant with ``--quick``, or ``--config_arg``) into ``workdir/<study>/`` (config.json,
-metrics.json, tables, plots). Studies run in one process in an order that lets the memoised runs
-be shared (``sim.studies_common``): the TTFT breakdown and working set reuse the online runs.
+metrics.json, tables, plots). Studies run in one process and share one ``RunCache``
+(``dualpath_jax.studies.runs``), in an order that lets identical runs be reused: the TTFT
+breakdown and working set reuse the online runs. ``--scheduler`` sets
+every study's ``scheduler`` (a ClusterScheduler subclass ``pkg.module:Class``) for all its runs.
 ``workdir/REPORT.md`` gathers the paper's headline claims beside the simulated values, every
 calibration input with its source, and each study's tables and plots. A failing study is
 reported and the others still run; the exit status is then non-zero. The output ends with
@@ -26,8 +29,9 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from dualpath_jax.metrics import writers
-from dualpath_jax.sim.report import PAPER_CLAIMS, build_report
-from dualpath_jax.sim.studies import STUDIES
+from dualpath_jax.sched import load_scheduler, scheduler_name
+from dualpath_jax.studies import STUDIES, RunCache, from_config_dict, run_study
+from dualpath_jax.studies.report import PAPER_CLAIMS, build_report
 
 ORDER = ("ablation", "fig7", "fig8", "fig9", "online", "ttft_breakdown", "working_set", "balance", "table3",
          "pd_sweep")
@@ -36,6 +40,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 _QUICK = flags.DEFINE_bool("quick", False, "Run every study's quick variant (about 5 minutes on 2 cores).")
 _CONFIG_ARG = flags.DEFINE_string("config_arg", None, "Config variant for every study (overrides --quick).")
 _STUDIES = flags.DEFINE_list("studies", list(ORDER), "Studies to run, in this order.")
+_SCHEDULER = flags.DEFINE_string(
+    "scheduler", None, "Scheduler plug-in for every study's runs: a ClusterScheduler subclass 'pkg.module:Class' "
+    "(importable, e.g. with PYTHONPATH=.); empty: the built-in scheduler; unset: each config's own.")
 flags.mark_flags_as_required(["workdir"])
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -62,7 +69,12 @@ def main(argv):
     unknown = [s for s in studies if s not in STUDIES]
     if unknown:
         raise app.UsageError(f"--studies: unknown {unknown}; known: {sorted(STUDIES)}")
+    scheduler = ""  # the plug-in every study runs with ("": the built-in scheduler or each config's own)
+    if _SCHEDULER.value is not None:
+        scheduler = scheduler_name(load_scheduler(_SCHEDULER.value, field="scheduler"))  # fails before any study
+        print(f"scheduler {scheduler or '(built-in)'}", flush=True)
     writers.write_env(workdir, device="simulator (virtual time)")
+    cache = RunCache()  # runs shared across studies
     named, wall, errors = {}, {}, {}
     for study in studies:
         print(f"\n=== {study} ({arg or 'full'}) ===", flush=True)
@@ -71,15 +83,18 @@ def main(argv):
         t0 = time.perf_counter()
         try:
             config = load_config(study, arg)
+            if _SCHEDULER.value is not None:
+                config.scheduler = _SCHEDULER.value
+            typed = from_config_dict(config)
             writers.write_config(out, config)
-            named[study] = STUDIES[config.study](config, out, log=lambda s: print(s, flush=True))
+            named[study] = run_study(typed, out, log=lambda s: print(s, flush=True), cache=cache)
             writers.write_named_values(out, {**named[study], "wall_s": time.perf_counter() - t0})
         except Exception:  # a failed study is reported; the others still run
             errors[study] = traceback.format_exc()
             print(errors[study], file=sys.stderr, flush=True)
         wall[study] = time.perf_counter() - t0
         print(f"--- {study}: {wall[study]:.1f} s", flush=True)
-    report = build_report(workdir, studies, named, wall, errors, variant=arg or "full")
+    report = build_report(workdir, studies, named, wall, errors, variant=arg or "full", scheduler=scheduler)
     summary = {f"wall_s_{s}": wall[s] for s in studies}
     summary["wall_s_total"] = sum(wall.values())
     for _claim, _paper, study, key in PAPER_CLAIMS:

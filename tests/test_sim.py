@@ -386,7 +386,7 @@ def test_attention_balance_of_a_group_forward_hand_computed():
     """Two requests placed in one tick on the two engines of a PE group run in one forward; the
     group's attention Max/Avg is the slower member's attention seconds over the members' mean."""
     from dualpath_jax.sim.compute import ComputeModel
-    from dualpath_jax.sim.experiment import attention_weighted
+    from dualpath_jax.sim.runs import attention_weighted
     model = ComputeModel(prefill_overhead_s=0.01, s_per_token=0.0, s_per_key=1e-6)
     cfg = SimConfig(loading="oracle", compute=model, fetch_period_s=FETCH, prefill_nodes=1, decode_nodes=1,
                     hardware=HardwareConfig(gpus_per_node=2), ep_sync=True)
@@ -407,7 +407,7 @@ def test_idle_group_members_count_as_zero_attention():
     """Three equal requests on a four-engine PE group: one forward with three busy members, so
     Max/Avg = a / (3a / 4) = 4/3 exactly, and the busy-member split reports that forward."""
     from dualpath_jax.sim.compute import ComputeModel
-    from dualpath_jax.sim.experiment import attention_by_busy_members
+    from dualpath_jax.sim.runs import attention_by_busy_members
     model = ComputeModel(prefill_overhead_s=0.01, s_per_token=0.0, s_per_key=1e-6)
     cfg = SimConfig(loading="oracle", compute=model, fetch_period_s=FETCH, prefill_nodes=1, decode_nodes=1,
                     hardware=HardwareConfig(gpus_per_node=4), ep_sync=True)
@@ -422,7 +422,7 @@ def test_idle_group_members_count_as_zero_attention():
 
 
 def test_attention_by_busy_members_groups_forwards():
-    from dualpath_jax.sim.experiment import attention_by_busy_members
+    from dualpath_jax.sim.runs import attention_by_busy_members
     res = types.SimpleNamespace(attention_s=np.array([[2.0, 1.0], [4.0, 1.0], [6.0, 3.0], [8.0, 1.0]]),
                                 attention_members=np.array([[4, 8], [2, 8], [4, 8], [1, 8]]))
     rows = attention_by_busy_members(res)
@@ -436,7 +436,7 @@ def test_attention_by_busy_members_groups_forwards():
 
 def test_attention_weighted_over_the_first_forwards():
     """Attention-time-weighted Max/Avg: sum of the slowest members' seconds over the sum of the means."""
-    from dualpath_jax.sim.experiment import attention_weighted
+    from dualpath_jax.sim.runs import attention_weighted
     res = types.SimpleNamespace(attention_s=np.array([[2.0, 1.0], [3.0, 1.0], [9.0, 1.0]]))
     assert attention_weighted(res) == pytest.approx(14.0 / 3.0, rel=1e-12)
     assert attention_weighted(res, 1) == pytest.approx(2.0, rel=1e-12)

@@ -20,12 +20,11 @@ from dualpath_jax.model.spec import get_spec
 from dualpath_jax.sim import analysis
 from dualpath_jax.sim.config import SimConfig, sim_config_dict
 from dualpath_jax.sim.hardware import HardwareConfig
-from dualpath_jax.sim.report import build_report
-from dualpath_jax.sim.studies import STUDIES, sim_config_from
-from dualpath_jax.sim.studies_common import (TTFT_COMPONENTS, WorkloadSpec, check_sim_overrides, offline_run,
-                                             online_run, online_workload, parse_cluster, per_run_sim_fields,
-                                             sim_config)
-from dualpath_jax.sim.studies_paper import PAPER_STUDIES
+from dualpath_jax.studies import STUDIES, STUDY_CONFIGS, from_config_dict, run_study
+from dualpath_jax.studies.common import OnlineWindow, WorkloadSpec, parse_cluster, sim_config
+from dualpath_jax.studies.config import check_sim_overrides, per_run_sim_fields
+from dualpath_jax.studies.report import build_report
+from dualpath_jax.studies.runs import TTFT_COMPONENTS, offline_run, online_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -105,7 +104,7 @@ def test_working_set_bytes_hand_computed():
 
 # ---- config plumbing ------------------------------------------------------------------------------
 def test_registry_and_errors_name_fields():
-    assert set(PAPER_STUDIES) <= set(STUDIES) and "ablation" in STUDIES
+    assert set(STUDIES) == set(STUDY_CONFIGS) and "ablation" in STUDIES
     assert parse_cluster("48P96D") == (48, 96)
     with pytest.raises(ConfigError, match="clusters"):
         parse_cluster("2x4", "clusters")
@@ -121,18 +120,23 @@ def test_registry_and_errors_name_fields():
         load_config("fig7", "huge")
 
 
-def test_online_workload_sizes_runs_by_horizon():
-    base = {"workload": {"mal": "32K", "num_agents": 7}, "seed": 3}
-    assert online_workload(base, 5.0).num_agents == 7  # bounded batch: the configured agents
-    timed = {**base, "horizon_s": 100.0, "warmup_s": 20.0, "max_agents_per_run": 60}
-    assert online_workload(timed, 0.25).num_agents == 25  # ceil(0.25 x 100)
-    assert online_workload(timed, 0.333).num_agents == 34
-    assert online_workload(timed, 5.0).num_agents == 60  # capped
-    assert online_workload(timed, 0.25).seed == 3
+def test_online_window_sizes_runs_by_horizon():
+    wl = WorkloadSpec(mal="32K", num_agents=7, seed=3)
+    assert OnlineWindow().workload(wl, 5.0).num_agents == 7  # bounded batch: the configured agents
+    timed = OnlineWindow(horizon_s=100.0, warmup_s=20.0, max_agents_per_run=60)
+    assert timed.workload(wl, 0.25).num_agents == 25  # ceil(0.25 x 100)
+    assert timed.workload(wl, 0.333).num_agents == 34
+    assert timed.workload(wl, 5.0).num_agents == 60  # capped
+    assert timed.workload(wl, 0.25).seed == 3
     with pytest.raises(ConfigError, match="warmup_s"):
-        online_workload({**base, "warmup_s": 5.0}, 1.0)
+        OnlineWindow(warmup_s=5.0)
     with pytest.raises(ConfigError, match="warmup_s"):
-        online_workload({**timed, "warmup_s": 100.0}, 1.0)
+        OnlineWindow(horizon_s=100.0, warmup_s=100.0)
+    # the ConfigDict's top-level window is each row's default; a row may set its own
+    online = from_config_dict(load_config("online"))
+    assert [(r.key, r.window.horizon_s, r.window.warmup_s) for r in online.rows] == [("ds27b", 24.0, 4.0)]
+    with pytest.raises(ConfigError, match="warmup_s"):
+        from_config_dict({**load_config("ttft_breakdown").to_dict(), "warmup_s": 30.0})
 
 
 # ---- every study end to end ---------------------------------------------------------------------
@@ -155,7 +159,7 @@ OUTPUTS = {
 def test_study_runs_and_writes_files(study, tmp_path):
     config = load_config(study)
     assert config.study == study
-    named = STUDIES[study](config, tmp_path, log=lambda s: None)
+    named = STUDIES[study](from_config_dict(config), tmp_path, log=lambda s: None)
     for name in OUTPUTS[study]:
         assert (tmp_path / name).stat().st_size > 0, name
     assert named and all(isinstance(k, str) for k in named)
@@ -167,6 +171,7 @@ def test_quick_and_full_configs_build():
         for arg in (None, "quick"):
             config = load_config(study, arg)
             assert config.study == study
+            assert type(from_config_dict(config)).study == study
 
 
 def test_every_sim_field_can_be_overridden_from_the_command_line(monkeypatch):
@@ -181,7 +186,7 @@ def test_every_sim_field_can_be_overridden_from_the_command_line(monkeypatch):
             "--config.sim.beta_s=1", "--config.sim.ep_sync=false"]
     monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the overrides from sys.argv
     fv(argv)
-    cfg = sim_config_from(fv.config)
+    cfg = from_config_dict(fv.config).sim
     assert (cfg.hardware.snic_bytes_per_s, cfg.beta_s, cfg.ep_sync, cfg.model) == (25e9, 1.0, False, "deepseek-v3.2")
     assert cfg.hardware.dram_buffer_bytes == HardwareConfig().dram_buffer_bytes  # untouched fields keep defaults
     with pytest.raises(ConfigError, match="sim.snic_gbps"):
@@ -199,20 +204,20 @@ def test_overrides_a_study_would_overwrite_in_each_run_are_rejected():
     assert "beta_s" not in per_run and "hardware.snic_bytes_per_s" not in per_run
     with pytest.raises(ConfigError, match=r"sim\.prefill_nodes: study 'fig7' sets it for each run from "
                                           r"config\.rows\.ds27b\.sim"):
-        check_sim_overrides(fig7, ["--config=configs/sim_fig7.py", "--config.sim.prefill_nodes=1"])
+        check_sim_overrides(fig7, ["num_agents", "sim.prefill_nodes"])
     with pytest.raises(ConfigError, match=r"sim\.decode_nodes: .* from config\.offline_cases and config\.online_cases"):
-        check_sim_overrides(table3, ["--config.sim.decode_nodes", "8"])
+        check_sim_overrides(table3, ["sim.decode_nodes"])
     with pytest.raises(ConfigError, match=r"sim\.loading: study 'ablation' sets it for each run from config\.variants"):
-        check_sim_overrides(ablation, ["--config.sim.loading=split"])
+        check_sim_overrides(ablation, ["sim.loading"])
     # fields no run sets pass, and so does the cluster of a study without cluster rows
-    check_sim_overrides(fig7, ["--config.sim.beta_s=1", "--config.sim.hardware.snic_bytes_per_s=25e9"])
-    check_sim_overrides(ablation, ["--config.sim.prefill_nodes=3"])
+    check_sim_overrides(fig7, ["sim.beta_s", "sim.hardware.snic_bytes_per_s", "variants"])
+    check_sim_overrides(ablation, ["sim.prefill_nodes"])
 
 
 def test_report_gathers_claims_tables_and_plots(tmp_path):
     named = {}
     for study in ("fig7", "pd_sweep"):
-        named[study] = STUDIES[study](load_config(study), tmp_path / study, log=lambda s: None)
+        named[study] = run_study(from_config_dict(load_config(study)), tmp_path / study, log=lambda s: None)
     path = build_report(tmp_path, ["fig7", "pd_sweep"], named, {"fig7": 1.0, "pd_sweep": 2.0}, {}, variant="tiny")
     text = path.read_text()
     assert "| Eq. 9 lower bound on P/D" in text and "| 1/7 = 0.143 | 0.1429 |" in text
@@ -244,7 +249,7 @@ def test_snic_balance_dualpath_beats_round_robin_when_storage_bound(tmp_path):
     config.sim.hardware = SLOW_SNIC
     config.num_agents = 24
     config.window_s = 5.0
-    named = STUDIES["balance"](config, tmp_path, log=lambda s: None)
+    named = STUDIES["balance"](from_config_dict(config), tmp_path, log=lambda s: None)
     assert named["snic_max_avg_p50_dpl"] == pytest.approx(1.5, abs=0.05)
     assert named["snic_max_avg_p50_dualpath"] < named["snic_max_avg_p50_dpl"] - 0.2
     assert named["snic_max_avg_mean_dualpath"] < named["snic_max_avg_mean_dpl"]
@@ -264,8 +269,7 @@ def test_snic_balance_dualpath_beats_round_robin_when_storage_bound(tmp_path):
 
 def test_de_nodes_share_requests_when_storage_bound():
     """Phase 1 must see an idle DE group's current load (it reports even without work)."""
-    from dualpath_jax.sim import Simulator, agents_from_trajectories, variant_config
-    from dualpath_jax.sim.experiment import offline_starts
+    from dualpath_jax.sim import Simulator, agents_from_trajectories, offline_starts, variant_config
     ts = WorkloadSpec(mal="32K", num_agents=32, token_divisor=8).build()
     base = sim_config({"model": "ds-27b", "prefill_nodes": 1, "decode_nodes": 2, "hardware": SLOW_SNIC})
     sim = Simulator(variant_config(base, "dualpath"), agents_from_trajectories(ts, offline_starts(ts)))

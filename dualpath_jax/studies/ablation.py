@@ -1,46 +1,41 @@
-"""The paper's simulator studies as importable functions (one per figure / table).
-
-Each study takes an ``ml_collections.ConfigDict`` (see ``configs/sim_*.py``), a workdir and a log
-function, writes its table (Markdown + CSV), plot (PNG) and JSON to the workdir, and returns the
-headline figures as an ordered ``{name: value}`` dict that the entry point prints last.
-"""
+"""The simulator ablation of paper Fig. 12 right (Basic, +Layerwise, +DPL, +Sched, Oracle)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from dualpath_jax.config import from_mapping
 from dualpath_jax.metrics import writers
-from dualpath_jax.sched.variants import ABLATION_VARIANTS
-from dualpath_jax.sim.config import SimConfig
-from dualpath_jax.sim.experiment import paper_workload, run_offline
-from dualpath_jax.sim.hardware import HardwareConfig
+from dualpath_jax.sched import scheduler_name
+from dualpath_jax.studies.common import WorkloadSpec, cluster_label
+from dualpath_jax.studies.config import AblationStudyConfig
+from dualpath_jax.studies.plots import plot_ablation
+from dualpath_jax.studies.runs import Log, RunCache, offline_run
 
-__all__ = ["STUDIES", "sim_config_from", "ablation"]
-
-
-def sim_config_from(config) -> SimConfig:
-    """The :class:`SimConfig` described by ``config.sim`` (a ConfigDict or dict)."""
-    sim = dict(config.sim.to_dict() if hasattr(config.sim, "to_dict") else config.sim)
-    hw = sim.pop("hardware", {}) or {}
-    return from_mapping(SimConfig, {**sim, "hardware": from_mapping(HardwareConfig, hw, prefix="sim.hardware.")},
-                        prefix="sim.")
+__all__ = ["ablation"]
 
 
-def ablation(config, workdir: Path, log: Callable[[str], None] = print) -> dict:
-    """Fig. 12 right: Basic, +Layerwise, +DPL, +Sched (DualPath) and Oracle, offline, at the
-    paper's batch sizes; JCT averaged over the batch sizes; writes ``ablation.json``."""
-    base = sim_config_from(config)
+def ablation(config: AblationStudyConfig, workdir: Path, log: Log = print, *, cache: RunCache | None = None) -> dict:
+    """Paper Fig. 12 right: Basic, +Layerwise, +DPL, +Sched (DualPath) and Oracle (``config.variants``),
+    offline, at each of ``config.num_agents``, with ``config.scheduler`` deciding every run; JCT
+    (seconds) averaged over the batch sizes.
+
+    Writes ``ablation.json`` (per variant: JCT, TTFT p50/p99, TTST, TPOT in seconds, SNIC bytes per
+    link, Max/Avg ratios, JCT per agent count; the scheduler's name), ``ablation.md/.csv`` and
+    ``ablation.png`` into ``workdir``. Returns the ``name: value`` figures: ``jct_s_<variant>``,
+    ``speedup_<variant>_vs_basic``, ``dualpath_over_oracle_jct``. Runs are memoised in ``cache``
+    (a fresh one if None), which other studies may share.
+    """
+    cache = RunCache() if cache is None else cache
+    base = config.sim
     variants = list(config.variants)
     per_size: dict[int, dict] = {}
     for n in config.num_agents:
-        ts = paper_workload(config.mal, int(n), seed=config.seed)
-        log(f"{base.model} {base.prefill_nodes}P{base.decode_nodes}D, MAL {config.mal}, {n} agents "
-            f"({int(ts.round_offsets[-1])} requests)")
-        per_size[int(n)] = run_offline(base, ts, variants, log=log)
+        wl = WorkloadSpec(mal=config.mal, num_agents=int(n), seed=config.seed)
+        log(f"{base.model} {cluster_label(base)}, MAL {config.mal}, {n} agents")
+        per_size[int(n)] = {v: offline_run(base, v, wl, log, scheduler_cls=config.scheduler, cache=cache)
+                            for v in variants}
     rows, summary = [], {}
     basic_jct = None
     for v in variants:
@@ -70,7 +65,7 @@ def ablation(config, workdir: Path, log: Callable[[str], None] = print) -> dict:
     writers.write_json(workdir / "ablation.json", {"variants": summary, "tokens_identical": None,
                                                     "num_agents": list(per_size), "model": base.model,
                                                     "cluster": f"{base.prefill_nodes}P{base.decode_nodes}D",
-                                                    "mal": config.mal})
+                                                    "mal": config.mal, "scheduler": scheduler_name(config.scheduler)})
     writers.write_table(workdir / "ablation", rows, title=f"Ablation ({base.model}, {base.prefill_nodes}P"
                         f"{base.decode_nodes}D, MAL {config.mal}, agents {list(per_size)}; JCT averaged)")
     plot_ablation(summary, workdir / "ablation.png",
@@ -82,36 +77,3 @@ def ablation(config, workdir: Path, log: Callable[[str], None] = print) -> dict:
     if "dualpath" in summary and "oracle" in summary:
         named["dualpath_over_oracle_jct"] = summary["dualpath"]["jct_s"] / summary["oracle"]["jct_s"]
     return named
-
-
-def plot_ablation(summary: dict, path, *, title: str = "") -> Path:
-    """Grouped bars: JCT of each variant at each agent count (``summary`` as in ablation.json)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    order = list(ABLATION_VARIANTS)
-    variants = sorted(summary, key=lambda v: order.index(v) if v in order else len(order))
-    sizes = sorted(summary[variants[0]]["jct_s_by_agents"], key=int)
-    fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=120)
-    width = 0.8 / max(len(sizes), 1)
-    for i, n in enumerate(sizes):
-        xs = [j + (i - (len(sizes) - 1) / 2) * width for j in range(len(variants))]
-        ax.bar(xs, [summary[v]["jct_s_by_agents"][n] for v in variants], width, label=f"{n} agents")
-    ax.set_xticks(range(len(variants)), variants)
-    ax.set_ylabel("JCT (s)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-STUDIES = {"ablation": ablation}
-
-from dualpath_jax.sim.studies_paper import PAPER_STUDIES  # noqa: E402  (the other figures and tables)
-
-STUDIES.update(PAPER_STUDIES)

@@ -7,16 +7,20 @@
 * :func:`working_set`  paper section 8.2: working set vs APS from the online runs.
 * :func:`table3`  Table 3: offline JCT and online TTFT/TTST/TPOT of a small and a large cluster.
 
-Online runs (``studies_common.online_run``) replay agents arriving as a Poisson process at the
-APS and measure the requests issued while agents still arrive. With ``config.horizon_s > 0`` a
+Online runs (:func:`.runs.online_run`) replay agents arriving as a Poisson process at the
+APS and measure the requests issued while agents still arrive. With ``horizon_s > 0`` a
 run is an open system observed for a fixed time: ``ceil(APS x horizon_s)`` agents
-(``studies_common.online_workload``), measured after ``config.warmup_s`` (the ramp-up, about one
+(:meth:`.common.OnlineWindow.workload`), measured after ``warmup_s`` (the ramp-up, about one
 trajectory lifetime), so above capacity the backlog, and TTFT, grow over the window and the
 max-APS search brackets the capacity. Without it a run replays a fixed
 ``workload.num_agents``: an agent stays until its trajectory ends, so a run never holds more than
 that many agents and, as APS grows, its latency tends to the offline batch's; the search then
 brackets a capacity only if that batch misses the SLO (``unbracketed_searches`` counts the
 others, whose max APS is a lower bound).
+
+Each study takes its typed config (:mod:`.config`), the output folder, a log function and an
+optional :class:`RunCache` (shared runs: the TTFT breakdown and the working set reuse the online
+study's); every run uses ``config.scheduler``.
 """
 
 from __future__ import annotations
@@ -26,24 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from dualpath_jax.metrics import writers
-from dualpath_jax.metrics.latency import SLO, max_aps_under_slo
+from dualpath_jax.metrics.latency import max_aps_under_slo
 from dualpath_jax.sim import analysis
-from dualpath_jax.sim.studies_common import (TTFT_COMPONENTS, as_dict, cluster_label, offline_run, online_run,
-                                             online_warmup_s, online_workload, parse_cluster, plot_panels,
-                                             plot_stacked, ratio, sim_config, workload_for)
+from dualpath_jax.studies.common import cluster_label, with_cluster
+from dualpath_jax.studies.config import (OnlineRow, OnlineStudyConfig, Table3StudyConfig, TtftBreakdownStudyConfig,
+                                         WorkingSetStudyConfig)
+from dualpath_jax.studies.plots import plot_panels, plot_stacked
+from dualpath_jax.studies.runs import TTFT_COMPONENTS, Log, RunCache, offline_run, online_run, ratio
 
 __all__ = ["online", "ttft_breakdown", "working_set", "table3"]
-
-
-_RUN_KEYS = ("workload", "seed", "horizon_s", "warmup_s", "max_agents_per_run")
-
-
-def _per_run(config, wl) -> str:
-    """How many agents one online run replays (``studies_common.online_workload``)."""
-    if config.get("horizon_s"):
-        return (f"{float(config.get('horizon_s')):g} s of arrivals of MAL {wl.mal} per run, measured after "
-                f"{online_warmup_s(config):g} s")
-    return f"{wl.num_agents} agents of MAL {wl.mal} per run"
 
 
 def _curve_row(row_label: str, run) -> dict:
@@ -54,40 +49,43 @@ def _curve_row(row_label: str, run) -> dict:
             "agents": run.stats.get("num_agents"), "requests": s["num_requests"]}
 
 
-def online(config, workdir: Path, log=print) -> dict:
-    """Paper Fig. 10/11 for each model row (``config.rows`` in ``config.row_order``: ``label``,
-    ``sim`` overrides, ``aps_grid``, ``initial_aps``, optionally its own ``horizon_s``,
-    ``warmup_s``, ``max_agents_per_run``) and variant. The curves hold the grid and
-    every rate the max-APS search (``metrics.latency.max_aps_under_slo`` with ``config.slo`` and
-    ``config.search``) evaluated. Writes ``online.json``, ``online_curves.md/.csv``,
-    ``online_max_aps.md/.csv``, ``online_latency.png``, ``online_completion.png``."""
+def _online(config, row_window, base, v: str, aps: float, log: Log | None, cache: RunCache):
+    """One online run of a study at ``aps`` (``row_window``: how the run is sized)."""
+    return online_run(base, v, row_window.workload(config.workload, aps), aps, config.arrival_seed, log,
+                      warmup_s=row_window.warmup_s, scheduler_cls=config.scheduler, cache=cache)
+
+
+def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache: RunCache | None = None) -> dict:
+    """Paper Fig. 10/11 for each model row (``config.rows``: label, SimConfig, APS grid, the
+    search's first rate and the run window) and variant. The curves hold the grid and every rate
+    the max-APS search (``metrics.latency.max_aps_under_slo`` with ``config.slo`` and
+    ``config.search``) evaluated; runs are memoised in ``cache`` (a fresh one if None), so the
+    search reuses the grid. Writes ``online.json``, ``online_curves.md/.csv``,
+    ``online_max_aps.md/.csv``, ``online_latency.png``, ``online_completion.png``; returns the max
+    APS (agents/s) per row and variant, DualPath's gain over Basic and its ratio to Oracle."""
     workdir = Path(workdir)
-    slo = SLO(**as_dict(config.slo))
-    search = as_dict(config.search)
-    seed = int(config.arrival_seed)
-    wl = workload_for(config)
+    cache = RunCache() if cache is None else cache
+    slo, search = config.slo, config.search
+    wl = config.workload
     curves, max_rows, trials = [], [], {}
-
-    def run(params, base, v, a, log=log):
-        return online_run(base, v, online_workload(params, a), a, seed, log, warmup_s=online_warmup_s(params))
-
     found: dict[tuple, float] = {}
     lat_panels, comp_panels = [], []
-    for row in config.row_order:
-        rc = config.rows[row]
-        base = sim_config(config.sim, rc.sim)
-        params = {k: rc[k] if k in rc else config.get(k) for k in _RUN_KEYS}  # a row may set its own horizon
-        log(f"{rc.label}: {base.model} {cluster_label(base)}, {_per_run(params, wl)}")
+    for rc in config.rows:
+        row, base = rc.key, rc.sim
+
+        def run(v, a, log=log, rc: OnlineRow = rc):
+            return _online(config, rc.window, rc.sim, v, a, log, cache)
+
+        log(f"{rc.label}: {base.model} {cluster_label(base)}, {rc.window.describe(wl)}")
         per_variant = {}
         for v in config.variants:
-            rates = {float(a) for a in rc.aps_grid}
+            rates = set(rc.aps_grid)
             for a in sorted(rates):
-                run(params, base, v, a)
-            if search.get("enabled", True):
-                res = max_aps_under_slo(lambda a, v=v: run(params, base, v, a).table, slo,
-                                        initial_aps=float(rc.initial_aps), min_aps=float(search["min_aps"]),
-                                        max_aps=float(search["max_aps"]), rel_tol=float(search["rel_tol"]),
-                                        max_runs=int(search["max_runs"]))
+                run(v, a)
+            if search.enabled:
+                res = max_aps_under_slo(lambda a, v=v: run(v, a).table, slo, initial_aps=float(rc.initial_aps),
+                                        min_aps=search.min_aps, max_aps=search.max_aps, rel_tol=search.rel_tol,
+                                        max_runs=search.max_runs)
                 found[(row, v)] = res.aps
                 trials[f"{row}/{v}"] = res.trials
                 rates |= {t.aps for t in res.trials}
@@ -95,7 +93,7 @@ def online(config, workdir: Path, log=print) -> dict:
                                  "bracketed": res.bracketed, "runs": len(res.trials)})
                 log(f"  {v}: max APS under SLO {res.aps:.4g} ({'bracketed' if res.bracketed else 'NOT bracketed'}, "
                     f"{len(res.trials)} runs)")
-            per_variant[v] = [run(params, base, v, a, None) for a in sorted(rates)]
+            per_variant[v] = [run(v, a, None) for a in sorted(rates)]
             curves += [_curve_row(rc.label, r) for r in per_variant[v]]
         x = {v: [r.aps for r in runs] for v, runs in per_variant.items()}
 
@@ -126,7 +124,7 @@ def online(config, workdir: Path, log=print) -> dict:
     bracketed = {(r["row"], r["variant"]): r["bracketed"] for r in max_rows}
     named: dict = {}
     gains = []
-    for row in config.row_order:
+    for row in (rc.key for rc in config.rows):
         for v in config.variants:
             if (row, v) in found:
                 named[f"max_aps_{row}_{v}"] = found[(row, v)]
@@ -148,17 +146,19 @@ def online(config, workdir: Path, log=print) -> dict:
     return named
 
 
-def ttft_breakdown(config, workdir: Path, log=print) -> dict:
-    """Paper Fig. 12 left: mean TTFT components (``studies_common.ttft_components``) vs APS
+def ttft_breakdown(config: TtftBreakdownStudyConfig, workdir: Path, log: Log = print, *,
+                   cache: RunCache | None = None) -> dict:
+    """Paper Fig. 12 left: mean TTFT components (:func:`.runs.ttft_components`, seconds) vs APS
     (``config.aps_grid``) for each of ``config.variants``. Writes ``ttft_breakdown.json``,
-    ``ttft_breakdown.md/.csv`` and ``ttft_breakdown_<variant>.png``."""
+    ``ttft_breakdown.md/.csv`` and ``ttft_breakdown_<variant>.png``; returns the mean TTFT and
+    each component's share at the highest APS."""
     workdir = Path(workdir)
-    base = sim_config(config.sim)
-    wl = workload_for(config)
+    cache = RunCache() if cache is None else cache
+    base = config.sim
+    wl = config.workload
     rows = []
     for v in config.variants:
-        runs = [online_run(base, v, online_workload(config, float(a)), float(a), int(config.arrival_seed), log,
-                           warmup_s=online_warmup_s(config)) for a in config.aps_grid]
+        runs = [_online(config, config.window, base, v, a, log, cache) for a in config.aps_grid]
         for r in runs:
             row = {"variant": v, "aps": r.aps, "ttft_mean_s": r.stats["ttft_mean_s"]}
             for c in TTFT_COMPONENTS:
@@ -168,7 +168,7 @@ def ttft_breakdown(config, workdir: Path, log=print) -> dict:
                      {c: [r.stats[f"{c}_mean"] for r in runs] for c in TTFT_COMPONENTS}, xlabel="APS",
                      ylabel="mean TTFT (s)", title=f"TTFT breakdown, {v} ({base.model} {cluster_label(base)})")
     writers.write_table(workdir / "ttft_breakdown", rows, title=f"TTFT breakdown vs APS ({base.model} "
-                        f"{cluster_label(base)}, {_per_run(config, wl)}; simulated)")
+                        f"{cluster_label(base)}, {config.window.describe(wl)}; simulated)")
     writers.write_json(workdir / "ttft_breakdown.json", {"rows": rows, "components": TTFT_COMPONENTS})
     named: dict = {}
     for v in config.variants:
@@ -179,21 +179,23 @@ def ttft_breakdown(config, workdir: Path, log=print) -> dict:
     return named
 
 
-def working_set(config, workdir: Path, log=print) -> dict:
+def working_set(config: WorkingSetStudyConfig, workdir: Path, log: Log = print, *,
+                cache: RunCache | None = None) -> dict:
     """Paper section 8.2: working set ``APS x mean completion x mean total / 2 x KV bytes/token``
     (``sim.analysis.working_set_bytes``) from online runs at ``config.aps_grid``, beside the
     simulated time-averaged hit KV of live agents over the measured window (warm-up to last
     arrival) and the cluster's DRAM buffer. Writes ``working_set.json``, ``working_set.md/.csv``,
-    ``working_set.png``."""
+    ``working_set.png``; returns the working set and the simulated live KV (GB) at the highest
+    APS and the working set per APS."""
     workdir = Path(workdir)
-    base = sim_config(config.sim)
-    wl = workload_for(config)
+    cache = RunCache() if cache is None else cache
+    base = config.sim
+    wl = config.workload
     dram = (base.prefill_nodes + base.decode_nodes) * base.hardware.dram_buffer_bytes
     rows = []
     for v in config.variants:
         for a in config.aps_grid:
-            s = online_run(base, v, online_workload(config, float(a)), float(a), int(config.arrival_seed), log,
-                           warmup_s=online_warmup_s(config)).stats
+            s = _online(config, config.window, base, v, a, log, cache).stats
             ws = analysis.working_set_bytes(float(a), s["completion_mean_s"], s["mean_total_tokens"],
                                             s["kv_bytes_per_token"])
             rows.append({"variant": v, "aps": float(a), "completion_mean_s": s["completion_mean_s"],
@@ -221,28 +223,31 @@ def working_set(config, workdir: Path, log=print) -> dict:
     return named
 
 
-def table3(config, workdir: Path, log=print) -> dict:
+def table3(config: Table3StudyConfig, workdir: Path, log: Log = print, *, cache: RunCache | None = None) -> dict:
     """Paper Table 3: offline JCT of ``config.offline_cases`` (``(cluster, agents)``) and online
     mean TTFT / TTST / TPOT of ``config.online_cases`` (``(cluster, aps, agents)``) for each of
-    ``config.variants``. Writes ``table3.json``, ``table3.md/.csv``, ``table3.png``."""
+    ``config.variants``. Writes ``table3.json``, ``table3.md/.csv``, ``table3.png``; returns the
+    JCT per offline case, the large / small JCT ratio and TTFT / TTST / TPOT per online case."""
     workdir = Path(workdir)
+    cache = RunCache() if cache is None else cache
     rows = []
     for cluster, n in config.offline_cases:
-        p, d = parse_cluster(cluster, "offline_cases")
-        base = sim_config(config.sim, {"prefill_nodes": p, "decode_nodes": d})
+        base = with_cluster(config.sim, cluster, "offline_cases")
+        gpus = (base.prefill_nodes + base.decode_nodes) * base.hardware.gpus_per_node
         for v in config.variants:
-            s = offline_run(base, v, workload_for(config, num_agents=int(n)), log)
-            rows.append({"mode": "offline", "cluster": cluster, "gpus": (p + d) * base.hardware.gpus_per_node,
+            s = offline_run(base, v, config.workload.replace(num_agents=n), log, scheduler_cls=config.scheduler,
+                            cache=cache)
+            rows.append({"mode": "offline", "cluster": cluster, "gpus": gpus,
                          "agents": int(n), "aps": None, "variant": v, "jct_s": s["jct_s"],
                          "ttft_mean_s": s["ttft_mean_s"], "ttst_mean_s": s["ttst_mean_s"], "tpot_ms": s["tpot_s"] * 1e3,
                          "wall_s": s["wall_s"]})
     for cluster, aps, n in config.online_cases:
-        p, d = parse_cluster(cluster, "online_cases")
-        base = sim_config(config.sim, {"prefill_nodes": p, "decode_nodes": d})
+        base = with_cluster(config.sim, cluster, "online_cases")
+        gpus = (base.prefill_nodes + base.decode_nodes) * base.hardware.gpus_per_node
         for v in config.variants:
-            s = online_run(base, v, workload_for(config, num_agents=int(n)), float(aps), int(config.arrival_seed),
-                           log).stats
-            rows.append({"mode": "online", "cluster": cluster, "gpus": (p + d) * base.hardware.gpus_per_node,
+            s = online_run(base, v, config.workload.replace(num_agents=n), aps, config.arrival_seed, log,
+                           scheduler_cls=config.scheduler, cache=cache).stats
+            rows.append({"mode": "online", "cluster": cluster, "gpus": gpus,
                          "agents": int(n), "aps": float(aps), "variant": v, "jct_s": None,
                          "ttft_mean_s": s["ttft_mean_s"], "ttst_mean_s": s["ttst_mean_s"],
                          "tpot_ms": s["tpot_mean_s"] * 1e3, "wall_s": s["wall_s"]})

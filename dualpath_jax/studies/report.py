@@ -177,13 +177,18 @@ def _demote(md: str) -> str:
 
 
 def build_report(workdir, studies: Sequence[str], named: Mapping[str, Mapping], wall_s: Mapping[str, float],
-                 errors: Mapping[str, str], *, variant: str) -> Path:
-    """Write ``workdir/REPORT.md`` from the studies' folders ``workdir/<study>``; returns its path."""
+                 errors: Mapping[str, str], *, variant: str, scheduler: str = "") -> Path:
+    """Write ``workdir/REPORT.md`` from the studies' folders ``workdir/<study>``; returns its path.
+
+    ``named``: each study's ``name: value`` figures; ``wall_s``: seconds per study; ``errors``:
+    the traceback of each failed study; ``variant``: the config variant run (``quick``, ...);
+    ``scheduler``: the scheduler plug-in every study ran with (``""``: the built-in one)."""
     workdir = Path(workdir)
     total = sum(wall_s.values())
     lines = ["# DualPath simulator: reproduction of the paper's experiments", "",
              f"Variant: `{variant}`; studies: {', '.join(studies)}; total wall time {total:.0f} s "
-             "(2-core CPU, simulated virtual time).", "",
+             "(2-core CPU, simulated virtual time)."
+             + (f" Scheduler plug-in: `{scheduler}` (every run)." if scheduler else ""), "",
              "All tables are **predictions** of the discrete-event simulator (`dualpath_jax/sim/`) with the "
              "public calibration listed below; no parameter was tuned to the paper's results. Quick / tiny "
              "variants use smaller models, batches and clusters than the paper (see each study's config).", "",

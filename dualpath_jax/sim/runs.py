@@ -1,53 +1,58 @@
-"""Run simulator variants on workloads and reduce them to the paper's metrics.
+"""One simulator run's set-up and its reduction to the paper's metrics.
 
-Used by ``experiments/run_sim.py``, the figure scripts and the notebook; everything returns plain
-dicts so results go straight to JSON / Markdown / CSV.
+* :func:`variant_config`: a :class:`SimConfig` with the three switches of an ablation variant.
+* :func:`offline_starts` / :func:`online_starts`: the agents' start times (f64[A], seconds).
+* :func:`summarize`: JCT, TTFT/TTST/TPOT, SNIC bytes and balance, attention balance of a
+  :class:`SimResult` as a plain dict (JSON / Markdown / CSV ready).
+* :func:`attention_weighted` / :func:`attention_by_busy_members`: PE-group attention balance
+  (paper Fig. 14).
+
+The studies that combine runs into the paper's figures live above the runtimes, in
+``dualpath_jax.studies``.
 """
 
 from __future__ import annotations
-
-import time
-from collections.abc import Sequence
 
 import numpy as np
 
 from dualpath_jax.metrics import latency
 from dualpath_jax.metrics.records import TransferTable
 from dualpath_jax.metrics.traffic import storage_nic_max_avg
-from dualpath_jax.sched import ClusterScheduler
 from dualpath_jax.sched.variants import get_variant
-from dualpath_jax.sim.adapters import agents_from_trajectories, request_table, snic_transfers
-from dualpath_jax.sim.cluster import Simulator
-from dualpath_jax.sim.result import SimResult
+from dualpath_jax.sim.adapters import request_table, snic_transfers
 from dualpath_jax.sim.config import SimConfig
-from dualpath_jax.workload import (TrajectorySet, offline_arrivals_s, paper_dataset, poisson_arrivals_s,
-                                   root_indices, trajectory_start_times_s)
+from dualpath_jax.sim.result import SimResult
+from dualpath_jax.workload import (TrajectorySet, offline_arrivals_s, poisson_arrivals_s, root_indices,
+                                   trajectory_start_times_s)
 
-__all__ = ["variant_config", "offline_starts", "online_starts", "summarize", "run_offline", "paper_workload",
-           "attention_weighted", "attention_by_busy_members"]
+__all__ = ["variant_config", "offline_starts", "online_starts", "summarize", "attention_weighted",
+           "attention_by_busy_members"]
 
 
 def variant_config(base: SimConfig, variant: str) -> SimConfig:
-    """``base`` with the three switches of ablation variant ``variant`` (``sched.variants``)."""
+    """``base`` with the three switches (loading, prefill, policy) of ablation variant ``variant``
+    (``sched.variants``; paper section 7.4).
+
+    Raises:
+      ConfigError: naming ``variants`` for an unknown variant name.
+    """
     v = get_variant(variant)
     return base.replace(loading=v.loading, prefill=v.prefill, policy=v.policy)
 
 
 def offline_starts(ts: TrajectorySet) -> np.ndarray:
-    """All agents at t = 0 (sub-agents start with their root)."""
+    """Start times ``f64[A]`` (seconds, one per trajectory of ``ts``): every agent at t = 0, the
+    offline setting of paper section 7.2 (sub-agents start with their root)."""
     roots = root_indices(ts)
     return trajectory_start_times_s(ts, offline_arrivals_s(len(roots)), subagent_offset_scale=0.0)
 
 
 def online_starts(ts: TrajectorySet, aps: float, seed: int = 0) -> np.ndarray:
-    """Poisson agent arrivals at ``aps`` agents per second."""
+    """Start times ``f64[A]`` (seconds): root agents arrive as a Poisson process at ``aps`` agents
+    per second (seeded by ``seed``), the online setting of paper section 7.3; sub-agents start
+    with their root."""
     roots = root_indices(ts)
     return trajectory_start_times_s(ts, poisson_arrivals_s(len(roots), aps, seed), subagent_offset_scale=0.0)
-
-
-def paper_workload(mal: str, num_agents: int, seed: int = 0) -> TrajectorySet:
-    """The paper's synthetic dataset for ``mal`` with ``num_agents`` agents (PAPER.md section 6.2)."""
-    return paper_dataset(mal, num_agents=num_agents, seed=seed)
 
 
 def summarize(result: SimResult, ts: TrajectorySet | None, *, window_s: float = 10.0) -> dict:
@@ -113,24 +118,3 @@ def attention_by_busy_members(result, forwards: int | None = None) -> list[dict]
                      "max_avg_mean": float(np.mean(part[:, 0] / part[:, 1])),
                      "max_avg_weighted": _weighted_max_avg(part)})
     return rows
-
-
-def run_offline(base: SimConfig, ts: TrajectorySet, variants: Sequence[str], *, log=print,
-                scheduler_cls: type = ClusterScheduler) -> dict[str, dict]:
-    """Offline runs (all agents at t = 0) of each variant; returns ``{variant: summary}``.
-
-    ``scheduler_cls``: optional ClusterScheduler subclass used for every variant (a new policy)."""
-    configs = {name: variant_config(base, name) for name in variants}  # unknown names fail before any run
-    agents = agents_from_trajectories(ts, offline_starts(ts))
-    label = "" if scheduler_cls is ClusterScheduler else f" [{scheduler_cls.__name__}]"
-    out = {}
-    for name, cfg in configs.items():
-        t0 = time.perf_counter()
-        res = Simulator(cfg, agents, scheduler_cls=scheduler_cls).run()
-        summary = summarize(res, ts)
-        summary["wall_s"] = time.perf_counter() - t0
-        out[name] = summary
-        if log:
-            log(f"  {name + label:10s} JCT {summary['jct_s']:9.1f} s  TTFT p50 {summary['ttft_p50_s']:7.2f} s  "
-                f"TPOT {summary['tpot_s'] * 1e3:6.1f} ms  ({summary['wall_s']:.1f} s wall, {res.events} events)")
-    return out

@@ -6,8 +6,10 @@
 * :func:`pd_sweep`  a P/D sweep of the storage read rate against the Eq. 9 bound (``sim.analysis``).
 * :func:`balance`  Fig. 13 (SNIC traffic Max/Avg over time) and Fig. 14 (attention Max/Avg).
 
-Each takes ``(config, workdir, log)`` (``configs/sim_<name>.py``), writes ``<name>.json``, tables
-(Markdown + CSV) and PNG plots into ``workdir`` and returns its ``name: value`` headline figures.
+Each takes ``(config, workdir, log, cache=...)``: its typed config (:mod:`.config`, built from
+``configs/sim_<name>.py``), the output folder, a log function and an optional :class:`RunCache`;
+it writes ``<name>.json``, tables (Markdown + CSV) and PNG plots into ``workdir`` and returns its
+``name: value`` headline figures. Every run uses ``config.scheduler``.
 The numbers are predictions of the simulator with its public calibration (``sim.compute``); no
 parameter is fitted to the paper's results.
 """
@@ -24,9 +26,12 @@ from dualpath_jax.metrics.traffic import storage_nic_max_avg
 from dualpath_jax.sim import analysis
 from dualpath_jax.sim.adapters import agents_from_trajectories, snic_transfers
 from dualpath_jax.sim.cluster import Simulator
-from dualpath_jax.sim.experiment import attention_by_busy_members, attention_weighted, offline_starts, variant_config
-from dualpath_jax.sim.studies_common import (cluster_label, offline_run, parse_cluster, plot_panels, ratio,
-                                             sim_config, workload_for)
+from dualpath_jax.sim.runs import attention_by_busy_members, attention_weighted, offline_starts, variant_config
+from dualpath_jax.studies.common import cluster_label, parse_cluster, with_cluster
+from dualpath_jax.studies.config import (BalanceStudyConfig, Fig7StudyConfig, Fig8StudyConfig, Fig9StudyConfig,
+                                         PdSweepStudyConfig)
+from dualpath_jax.studies.plots import plot_panels
+from dualpath_jax.studies.runs import Log, RunCache, offline_run, ratio, scheduler_label
 
 __all__ = ["fig7", "fig8", "fig9", "pd_sweep", "balance"]
 
@@ -51,25 +56,28 @@ def _nanmean(values) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
-def fig7(config, workdir: Path, log=print) -> dict:
-    """Paper Fig. 7: offline JCT vs number of agents for each model row (``config.rows`` in
-    ``config.row_order``: ``label`` and ``sim`` overrides) and MAL (``config.mals``), one series
-    per variant (``config.variants``). Writes ``fig7.json``, ``fig7.md/.csv``, ``fig7.png``."""
+def fig7(config: Fig7StudyConfig, workdir: Path, log: Log = print, *, cache: RunCache | None = None) -> dict:
+    """Paper Fig. 7: offline JCT (seconds) vs number of agents for each model row (``config.rows``)
+    and MAL (``config.mals``), one series per variant (``config.variants``). Writes ``fig7.json``,
+    ``fig7.md/.csv``, ``fig7.png``; returns the max / mean DualPath speedup over Basic, where the
+    max is, and DualPath / Oracle JCT per row."""
     workdir = Path(workdir)
+    cache = RunCache() if cache is None else cache
     results: dict[tuple, dict] = {}
-    for row in config.row_order:
-        rc = config.rows[row]
-        base = sim_config(config.sim, rc.sim)
+    for rc in config.rows:
+        base = rc.sim
         log(f"{rc.label}: {base.model} {cluster_label(base)}, kv {base.kv_dtype}, weights {base.weight_dtype}")
         for mal in config.mals:
             for n in config.num_agents:
-                wl = workload_for(config, mal=mal, num_agents=int(n))
+                wl = config.workload.replace(mal=mal, num_agents=int(n))
                 for v in config.variants:
-                    results[(row, mal, int(n), v)] = offline_run(base, v, wl, log)
+                    results[(rc.key, mal, int(n), v)] = offline_run(base, v, wl, log, scheduler_cls=config.scheduler,
+                                                                    cache=cache)
     _speedups(results, lambda k, v: (*k[:3], v))
     rows, panels = [], []
-    for row in config.row_order:
-        label = config.rows[row].label
+    row_order = [rc.key for rc in config.rows]
+    for rc in config.rows:
+        row, label = rc.key, rc.label
         for mal in config.mals:
             series = {v: [results[(row, mal, int(n), v)]["jct_s"] for n in config.num_agents] for v in config.variants}
             panels.append({"title": f"{label}, MAL {mal}", "x": [int(n) for n in config.num_agents], "series": series,
@@ -88,27 +96,28 @@ def fig7(config, workdir: Path, log=print) -> dict:
         named["max_speedup_dualpath_vs_basic"] = sp[best]
         named["max_speedup_at"] = f"{best[0]} {best[1]} {best[2]} agents"
         named["mean_speedup_dualpath_vs_basic"] = _nanmean(sp.values())
-        for row in config.row_order:
+        for row in row_order:
             named[f"max_speedup_{row}"] = max(v for k, v in sp.items() if k[0] == row)
     if "oracle" in config.variants and "dualpath" in config.variants:
-        for row in config.row_order:
+        for row in row_order:
             named[f"dualpath_over_oracle_jct_{row}"] = _nanmean(
                 s["jct_over_oracle"] for k, s in results.items() if k[0] == row and k[3] == "dualpath")
     return named
 
 
-def fig8(config, workdir: Path, log=print) -> dict:
+def fig8(config: Fig8StudyConfig, workdir: Path, log: Log = print, *, cache: RunCache | None = None) -> dict:
     """Paper Fig. 8: P/D ratio study (``config.clusters``, e.g. 1P1D / 2P1D / 1P2D) at
-    ``config.num_agents``, Basic vs DualPath. Writes ``fig8.json``, ``fig8.md/.csv``, ``fig8.png``."""
+    ``config.num_agents``, Basic vs DualPath. Writes ``fig8.json``, ``fig8.md/.csv``, ``fig8.png``;
+    returns the JCT (seconds) per cluster at the largest batch and DualPath's speedup per cluster."""
     workdir = Path(workdir)
+    cache = RunCache() if cache is None else cache
     results: dict[tuple, dict] = {}
     for c in config.clusters:
-        p, d = parse_cluster(c, "clusters")
-        base = sim_config(config.sim, {"prefill_nodes": p, "decode_nodes": d})
+        base = with_cluster(config.sim, c)
         for n in config.num_agents:
-            wl = workload_for(config, num_agents=int(n))
+            wl = config.workload.replace(num_agents=int(n))
             for v in config.variants:
-                results[(c, int(n), v)] = offline_run(base, v, wl, log)
+                results[(c, int(n), v)] = offline_run(base, v, wl, log, scheduler_cls=config.scheduler, cache=cache)
     _speedups(results, lambda k, v: (*k[:2], v))
     rows, panels = [], []
     for c in config.clusters:
@@ -139,20 +148,21 @@ def fig8(config, workdir: Path, log=print) -> dict:
     return named
 
 
-def fig9(config, workdir: Path, log=print) -> dict:
+def fig9(config: Fig9StudyConfig, workdir: Path, log: Log = print, *, cache: RunCache | None = None) -> dict:
     """Paper Fig. 9: append (``config.scale`` contains "append") and generation ("gen") lengths
     multiplied by each of ``config.factors`` then truncated at the MAL, at ``config.num_agents``.
-    Writes ``fig9.json``, ``fig9.md/.csv``, ``fig9.png``."""
+    Writes ``fig9.json``, ``fig9.md/.csv``, ``fig9.png``; returns DualPath's speedup over Basic per
+    scaling and its mean JCT over Oracle's."""
     workdir = Path(workdir)
-    base = sim_config(config.sim)
+    cache = RunCache() if cache is None else cache
+    base = config.sim
     results: dict[tuple, dict] = {}
     for kind in config.scale:
-        if kind not in ("append", "gen"):
-            raise ValueError(f"scale: entries must be 'append' or 'gen' (got {kind!r})")
         for f in config.factors:
-            wl = workload_for(config, num_agents=int(config.num_agents), **{f"{kind}_factor": float(f)})
+            wl = config.workload.replace(num_agents=int(config.num_agents), **{f"{kind}_factor": float(f)})
             for v in config.variants:
-                results[(kind, float(f), v)] = offline_run(base, v, wl, log)
+                results[(kind, float(f), v)] = offline_run(base, v, wl, log, scheduler_cls=config.scheduler,
+                                                           cache=cache)
     _speedups(results, lambda k, v: (*k[:2], v))
     rows, panels = [], []
     for kind in config.scale:
@@ -176,27 +186,29 @@ def fig9(config, workdir: Path, log=print) -> dict:
     return named
 
 
-def pd_sweep(config, workdir: Path, log=print) -> dict:
+def pd_sweep(config: PdSweepStudyConfig, workdir: Path, log: Log = print, *, cache: RunCache | None = None) -> dict:
     """P/D sweep (``config.clusters``): the simulated aggregate storage read rate while at least
-    half of the agents run (``snic_read_bytes_per_s_busy`` of ``studies_common.offline_run``, as a
+    half of the agents run (``snic_read_bytes_per_s_busy`` of :func:`.runs.offline_run`, as a
     fraction of ``(P + D) s B``) of each variant against the Eq. 9 analysis
     (:mod:`dualpath_jax.sim.analysis`): DualPath's even-split fraction ``min(1, 1/max load)``
     and Basic's ``P / (P + D) * min(1, 1 / max load)`` (``analysis.basic_storage_fraction``); both
     with B = the CNIC rate left to KV. ``config.sim`` should make storage the bottleneck (the default
     config: fast compute, one generated token per round). Writes ``pd_sweep.json``,
-    ``pd_sweep.md/.csv``, ``pd_sweep.png``."""
+    ``pd_sweep.md/.csv``, ``pd_sweep.png``; returns the Eq. 9 range and DualPath's simulated
+    fraction inside / outside it."""
     workdir = Path(workdir)
+    cache = RunCache() if cache is None else cache
     rows, results = [], {}
     nominal = eff = None
     for c in config.clusters:
         p, d = parse_cluster(c, "clusters")
-        base = sim_config(config.sim, {"prefill_nodes": p, "decode_nodes": d})
+        base = with_cluster(config.sim, c)
         hw = base.hardware
         nominal, eff = analysis.pd_range_for_hardware(hw), analysis.pd_range_for_hardware(hw, kv_share=True)
         b_eff = hw.cnic_bytes_per_s * hw.cnic_kv_share
         s_eff = hw.node_snic_bytes_per_s / b_eff
         loads = analysis.link_loads(p / d, hw.gpus_per_node, s_eff, hw.dram_bytes_per_s / hw.node_snic_bytes_per_s)
-        wl = workload_for(config)
+        wl = config.workload
         aggregate = (p + d) * min(hw.node_snic_bytes_per_s, hw.storage_bytes_per_s)
         row = {"cluster": c, "p_over_d": p / d, "in_eq9_range": nominal.contains(p / d),
                "in_eq9_range_kv_share": eff.contains(p / d), "busiest_link": max(loads, key=loads.get),
@@ -206,7 +218,7 @@ def pd_sweep(config, workdir: Path, log=print) -> dict:
                "bound_basic": analysis.basic_storage_fraction(p / d, hw.gpus_per_node, s_eff,
                                                               hw.dram_bytes_per_s / hw.node_snic_bytes_per_s)}
         for v in config.variants:
-            s = offline_run(base, v, wl, log)
+            s = offline_run(base, v, wl, log, scheduler_cls=config.scheduler, cache=cache)
             results[(c, v)] = s
             row[f"sim_{v}"] = s["snic_read_bytes_per_s_busy"] / aggregate
             row[f"jct_s_{v}"] = s["jct_s"]
@@ -238,7 +250,7 @@ def pd_sweep(config, workdir: Path, log=print) -> dict:
     return named
 
 
-def balance(config, workdir: Path, log=print) -> dict:
+def balance(config: BalanceStudyConfig, workdir: Path, log: Log = print, *, cache: RunCache | None = None) -> dict:
     """Paper Fig. 13-14: storage-NIC traffic Max/Avg across all SNICs in windows of
     ``config.window_s`` and attention-time Max/Avg across the engines of a PE group per forward,
     for each variant (``config.variants``: round-robin "dpl" vs "dualpath", both dual-path
@@ -251,16 +263,18 @@ def balance(config, workdir: Path, log=print) -> dict:
     are far from 1 however well the busy members are balanced (``balance_busy.md/.csv`` splits the
     forwards by busy members, :func:`attention_by_busy_members`). Writes ``balance.json``,
     ``balance.md/.csv``, ``balance_busy.md/.csv``, ``balance_snic.csv``, ``balance_attention.csv``,
-    ``balance_snic.png``, ``balance_attention.png``."""
+    ``balance_snic.png``, ``balance_attention.png``; returns those figures per variant. Its runs
+    keep their full results (not memoised: ``cache`` is accepted for a uniform signature)."""
+    del cache
     workdir = Path(workdir)
-    base = sim_config(config.sim)
-    wl = workload_for(config, num_agents=int(config.num_agents))
+    base = config.sim
+    wl = config.workload.replace(num_agents=int(config.num_agents))
     ts = wl.build()
     agents = agents_from_trajectories(ts, offline_starts(ts))
     rows, snic_series, attn_series, snic_rows, attn_rows, busy_rows = [], {}, {}, [], [], []
     for v in config.variants:
         cfg = variant_config(base, v)
-        res = Simulator(cfg, agents).run()
+        res = Simulator(cfg, agents, scheduler_cls=config.scheduler).run()
         links, starts, finishes, sizes = snic_transfers(res)
         tt = TransferTable(link=np.asarray(links, dtype=object), start_s=starts, finish_s=finishes, num_bytes=sizes,
                            path=np.asarray(["storage_read"] * len(starts), dtype=object))
@@ -285,8 +299,8 @@ def balance(config, workdir: Path, log=print) -> dict:
                      "attn_max_avg_full_mean": stat(attn[full], np.mean),
                      "attn_max_avg_head_full_mean": stat(head[full[:n_head]], np.mean),
                      "chunks_per_forward": chunks / pe_forwards if pe_forwards else float("nan")})
-        log(f"  {v:9s} JCT {res.end_s:8.1f} s  SNIC Max/Avg mean {rows[-1]['snic_max_avg_mean']:.3f}  "
-            f"attention Max/Avg mean {rows[-1]['attn_max_avg_mean']:.3f}")
+        log(f"  {v + scheduler_label(config.scheduler):9s} JCT {res.end_s:8.1f} s  SNIC Max/Avg mean "
+            f"{rows[-1]['snic_max_avg_mean']:.3f}  attention Max/Avg mean {rows[-1]['attn_max_avg_mean']:.3f}")
         head_rows = {(r["busy"], r["members"]): r for r in attention_by_busy_members(res, n_head)}
         for r in attention_by_busy_members(res):
             h = head_rows.get((r["busy"], r["members"]), {"forwards": 0, "max_avg_mean": float("nan")})

@@ -11,7 +11,8 @@ tokens, the hash-prefix structure is kept); agents whose context would exceed
 ``max_context_tokens`` or whose later rounds append more than ``max_append_tokens`` (long tool
 outputs) are skipped, so the tiny model replays them on a CPU in the paper's regime of short
 appends over long cached contexts. With ``warm_start`` the store is seeded with every agent's
-first prompt (:func:`seed_store`).
+first prompt (:func:`seed_store`). Every run is decided by the config's ``scheduler`` (a
+``ClusterScheduler`` subclass ``"pkg.module:Class"``; ``""`` for the built-in one).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -31,13 +32,13 @@ import tqdm
 from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive, from_mapping
 from dualpath_jax.engine import report
 from dualpath_jax.engine.cluster import ClusterResult, EngineCluster
-from dualpath_jax.engine.compute import check_supported, prefill_kv
 from dualpath_jax.engine.config import ClusterConfig, engine_variant
+from dualpath_jax.engine.prefill import prefill_kv
 from dualpath_jax.engine.profile import fit_time_model, prefill_shape, profile_prefill, warm_up_prefill
 from dualpath_jax.kvcache import KV_DTYPES, block_keys, layout_for, pack_full_blocks
 from dualpath_jax.metrics import writers
 from dualpath_jax.model import cost, get_spec, init_params
-from dualpath_jax.sched import BatchItem, form_batch
+from dualpath_jax.sched import BatchItem, form_batch, load_scheduler, scheduler_name
 from dualpath_jax.store import KVStore, StoreConfig
 from dualpath_jax.workload import (Trajectory, load_agentic_traces, poisson_arrivals_s, prompt_token_ids,
                                    scale_tokens)
@@ -52,8 +53,9 @@ def check_config(config) -> ClusterConfig:
 
     Raises:
       ConfigError: naming the field (``workload.rounds``, ``arrivals.aps``, ``model.kv_dtype``,
-        ``cluster.<field>``, ...).
+        ``cluster.<field>``, ``scheduler``, ...).
     """
+    load_scheduler(config.get("scheduler", "") or "", field="scheduler")
     for name in config.variants:
         engine_variant(name)
     get_spec(config.model.name)
@@ -72,6 +74,30 @@ def check_config(config) -> ClusterConfig:
     check_positive("profile.repeats", config.profile.repeats, integer=True)
     return from_mapping(ClusterConfig, {**config.cluster.to_dict(), "model": config.model.name,
                                         "kv_dtype": config.model.kv_dtype}, prefix="cluster.")
+
+
+CALIBRATED_FIELDS = ("cluster.snic_bytes_per_s", "cluster.cnic_bytes_per_s")
+"""Fields the run replaces when ``calibrate.load_over_oracle`` > 0 (the link rates of ``calibrate``)."""
+
+
+def check_overrides(config, overridden: Sequence[str]) -> None:
+    """Reject command-line overrides that the run would replace.
+
+    Args:
+      config: the engine-ablation config (after the overrides).
+      overridden: dotted names of the fields given on the command line
+        (``dualpath_jax.config.overridden_fields``).
+
+    Raises:
+      ConfigError: naming the field and what to change instead: a link rate while calibration
+        sets the rates (``calibrate.load_over_oracle`` > 0).
+    """
+    ratio = config.calibrate.load_over_oracle
+    for field in overridden:
+        if field in CALIBRATED_FIELDS and ratio:
+            raise ConfigError(field, f"is replaced by calibration (calibrate.load_over_oracle={ratio} sets the SNIC "
+                              f"rate from Oracle's JCT, CNIC = calibrate.cnic_over_snic x SNIC); add "
+                              f"--config.calibrate.load_over_oracle=0 to run at the given rates")
 
 
 def select_agents(cfg) -> list[Trajectory]:
@@ -130,8 +156,8 @@ class Setup:
     def __init__(self, config, agents: list[Trajectory], log: Callable = print):
         self.config = config
         self.spec = get_spec(config.model.name)
-        check_supported(self.spec)
         self.cluster = check_config(config)
+        self.scheduler_cls = load_scheduler(config.get("scheduler", "") or "", field="scheduler")
         self.layout = layout_for(self.spec, config.model.kv_dtype)
         self.cluster.check_layout(self.layout.full_block_bytes)
         self.params = jax.tree.map(np.asarray, init_params(self.spec, jax.random.PRNGKey(config.model.seed)))
@@ -237,7 +263,8 @@ def run_variant(setup: Setup, name: str, store_dir: Path, seed_dir: Path | None 
                                               io_threads=cfg.store_io_threads, timeout_s=cfg.timeout_s))
     try:
         cluster = EngineCluster(cfg, setup.spec, setup.params, setup.layout, store, time_model=setup.time_model,
-                                prefill_tokens_per_s=setup.prefill_tokens_per_s, devices=setup.devices)
+                                prefill_tokens_per_s=setup.prefill_tokens_per_s, devices=setup.devices,
+                                scheduler_cls=setup.scheduler_cls)
         arr = setup.config.arrivals
         result = cluster.run(setup.agents, start_times(arr, len(setup.agents)), use_think_time=arr.use_think_time,
                              progress=progress, desc=name)
@@ -333,6 +360,8 @@ def run_ablation(config, workdir, *, log: Callable = print, progress: bool | Non
             agents = select_agents(config.workload)
             setup = Setup(config, agents, log=log)
         n_req = sum(a.num_rounds for a in agents)
+        if scheduler_name(setup.scheduler_cls):
+            log(f"scheduler {scheduler_name(setup.scheduler_cls)}")
         log(f"{len(agents)} agents, {n_req} requests; estimated hit KV {sum(h for h, _ in setup.rounds)} tokens, "
             f"appended {sum(a for _, a in setup.rounds)} tokens")
         seed_dir = workdir / "seed_store" if config.workload.warm_start else None
@@ -407,7 +436,8 @@ def _run_variants(config, workdir: Path, setup: Setup, seed_dir: Path | None, ca
                 "time_model": {"seconds_per_token": setup.time_model.seconds_per_token,
                                "seconds_per_flop": setup.time_model.seconds_per_flop,
                                "flops_per_key": setup.time_model.flops_per_key},
-                "profile": [vars(s) for s in setup.samples], "prefill_tokens_per_s": setup.prefill_tokens_per_s}
+                "profile": [vars(s) for s in setup.samples], "prefill_tokens_per_s": setup.prefill_tokens_per_s,
+                "scheduler": scheduler_name(setup.scheduler_cls)}
     writers.write_json(workdir / "ablation.json", ablation)
     _plots(workdir, results, summaries)
     named = {f"jct_s_{n}": s["jct_s"] for n, s in summaries.items()}

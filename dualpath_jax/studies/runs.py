@@ -1,0 +1,303 @@
+"""Simulated runs of the paper's studies, memoised in an explicit :class:`RunCache`.
+
+* :func:`offline_run` / :func:`online_run`: one simulated run (all agents at t = 0, or Poisson
+  arrivals at an APS) reduced to the studies' metrics, with the study's scheduler class.
+* :class:`RunCache`: a bounded LRU table of runs keyed on everything that determines a run
+  (kind, :class:`SimConfig`, scheduler class, :class:`WorkloadSpec`, APS, seeds, warm-up). The
+  caller creates it and passes it on: ``experiments/reproduce_paper.py`` shares one across its
+  studies, so the online study, the TTFT breakdown and the working set read the same runs and the
+  max-APS search reuses the APS grid; a study called without one makes its own. The simulator is
+  deterministic, so a cached result equals a fresh one.
+* :func:`run_offline`: every variant on one trajectory set (the notebook's entry point).
+* :func:`ttft_components`: the TTFT split of paper Fig. 12 left.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+
+import numpy as np
+
+from dualpath_jax.config import check_positive
+from dualpath_jax.metrics import latency
+from dualpath_jax.metrics.records import RequestTable
+from dualpath_jax.model import cost
+from dualpath_jax.sched import ClusterScheduler, scheduler_name
+from dualpath_jax.sim.adapters import agents_from_trajectories, request_table
+from dualpath_jax.sim.cluster import Simulator
+from dualpath_jax.sim.config import SimConfig
+from dualpath_jax.sim.runs import offline_starts, online_starts, summarize, variant_config
+from dualpath_jax.studies.common import WorkloadSpec, cluster_label
+from dualpath_jax.workload import TrajectorySet, paper_dataset
+
+__all__ = ["Log", "TTFT_COMPONENTS", "RunCache", "offline_run", "OnlineRun", "online_run", "run_offline",
+           "paper_workload", "ttft_components", "mean_total_tokens", "ratio", "scheduler_label"]
+
+Log = Callable[[str], None]
+
+TTFT_COMPONENTS = ("schedule_s", "read_wait_s", "read_transfer_s", "prefill_queue_s", "prefill_compute_s")
+"""TTFT parts (:func:`ttft_components`), in order; they sum to TTFT."""
+
+
+class RunCache:
+    """Memoised simulated runs: a bounded LRU table, created by the caller and passed to studies.
+
+    Args:
+      max_entries: runs kept (the least recently used is dropped first); online runs hold their
+        request tables, so the bound limits memory.
+
+    Raises:
+      ConfigError: naming ``max_entries`` when it is not a positive integer.
+    """
+
+    def __init__(self, max_entries: int = 24):
+        check_positive("max_entries", max_entries, integer=True)
+        self.max_entries = max_entries
+        self._runs: collections.OrderedDict = collections.OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_run(self, key: Hashable, compute: Callable[[], object]) -> tuple[object, bool]:
+        """``(value, cached)``: the value stored under ``key``, else ``compute()`` stored under it."""
+        if key in self._runs:
+            self._runs.move_to_end(key)
+            self.hits += 1
+            return self._runs[key], True
+        value = compute()
+        self.misses += 1
+        self._runs[key] = value
+        while len(self._runs) > self.max_entries:
+            self._runs.popitem(last=False)
+        return value, False
+
+    def items(self) -> list[tuple[Hashable, object]]:
+        """``(key, value)`` of every run held, least recently used first. Keys of
+        :func:`offline_run`: ``("offline", SimConfig, scheduler class, WorkloadSpec)``; of
+        :func:`online_run`: ``("online", SimConfig, scheduler class, WorkloadSpec, aps,
+        arrival_seed, warmup_s)``."""
+        return list(self._runs.items())
+
+    def clear(self) -> None:
+        """Forget every run."""
+        self._runs.clear()
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+
+def _cached(cache: RunCache | None, key: Hashable, compute: Callable[[], object]) -> tuple[object, bool]:
+    return cache.get_or_run(key, compute) if cache is not None else (compute(), False)
+
+
+def scheduler_label(scheduler_cls: type) -> str:
+    """``""`` for the built-in scheduler, else `` [module:Class]`` (for log lines)."""
+    name = scheduler_name(scheduler_cls)
+    return f" [{name}]" if name else ""
+
+
+def paper_workload(mal: str, num_agents: int, seed: int = 0) -> TrajectorySet:
+    """The paper's synthetic dataset for ``mal`` with ``num_agents`` agents (PAPER.md section 6.2)."""
+    return paper_dataset(mal, num_agents=num_agents, seed=seed)
+
+
+def mean_total_tokens(ts: TrajectorySet) -> float:
+    """Mean over agents of the total tokens (appended + generated) of a trajectory (Table 2 "Total")."""
+    per_round = ts.num_append_tokens + ts.num_gen_tokens
+    totals = np.add.reduceat(per_round, ts.round_offsets[:-1]) if len(per_round) else np.zeros(0)
+    return float(np.mean(totals)) if len(totals) else 0.0
+
+
+def ratio(a: float, b: float) -> float:
+    """``a / b``, NaN when either is NaN or ``b`` is 0."""
+    if b is None or a is None or not b or math.isnan(a) or math.isnan(b):
+        return float("nan")
+    return float(a) / float(b)
+
+
+# ---- runs ---------------------------------------------------------------------------------------
+def _busy_read_rate(r: Mapping[str, np.ndarray], num_agents: int) -> dict:
+    """Storage read rate while at least half of the agents are still running: hit bytes whose
+    read finished by ``busy_window_s`` (the median over agents of their last finish) divided by
+    it. Unlike bytes / JCT it is not set by the few longest trajectories' serial chains."""
+    agent = np.asarray(r["agent"], np.int64)
+    finish = np.asarray(r["finish_s"], np.float64)
+    last = np.full(num_agents, -np.inf)
+    np.maximum.at(last, agent, np.nan_to_num(finish, nan=np.inf))
+    window = float(np.median(last)) if num_agents else 0.0
+    nbytes = np.asarray(r["read_bytes_pe"], np.float64) + np.asarray(r["read_bytes_de"], np.float64)
+    done = np.asarray(r["read_done_s"], np.float64) <= window
+    rate = float(np.sum(nbytes[done])) / window if window > 0 else float("nan")
+    return {"busy_window_s": window, "snic_read_bytes_per_s_busy": rate}
+
+
+def offline_run(base: SimConfig, variant: str, wl: WorkloadSpec, log: Log | None = print, *,
+                scheduler_cls: type = ClusterScheduler, cache: RunCache | None = None) -> dict:
+    """Offline run (all agents at t = 0, paper section 7.2) of ablation ``variant`` on ``base``
+    with ``scheduler_cls`` deciding: the :func:`dualpath_jax.sim.runs.summarize` figures plus
+    ``variant``, ``cluster``, ``num_agents``, ``snic_read_bytes`` (all SNICs), ``hit_tokens``,
+    ``tokens`` (hit + append + gen of every request), ``busy_window_s`` and
+    ``snic_read_bytes_per_s_busy`` (:func:`_busy_read_rate`), ``wall_s`` (of the simulation) and
+    ``cached``. Memoised in ``cache`` (None: not memoised). Returns a fresh dict.
+
+    Raises:
+      ConfigError: naming ``variants`` for an unknown variant.
+    """
+    cfg = variant_config(base, variant)
+
+    def compute():
+        ts = wl.build()
+        t0 = time.perf_counter()
+        res = Simulator(cfg, agents_from_trajectories(ts, offline_starts(ts)), scheduler_cls=scheduler_cls).run()
+        s = summarize(res, ts)
+        r = res.requests
+        s.update(snic_read_bytes=float(sum(s["snic_bytes"].values())), hit_tokens=float(np.sum(r["hit_tokens"])),
+                 tokens=float(np.sum(r["hit_tokens"]) + np.sum(r["append_tokens"]) + np.sum(r["gen_tokens"])),
+                 wall_s=time.perf_counter() - t0, **_busy_read_rate(r, len(ts)))
+        return s
+
+    s, cached = _cached(cache, ("offline", cfg, scheduler_cls, wl), compute)
+    out = dict(s, variant=variant, cluster=cluster_label(cfg), num_agents=wl.num_agents, cached=cached)
+    if log:
+        log(f"  {cfg.model} {out['cluster']} {wl.mal} x{wl.append_factor:g}/x{wl.gen_factor:g} {wl.num_agents:6d} "
+            f"agents {variant + scheduler_label(scheduler_cls):9s} JCT {out['jct_s']:9.1f} s  "
+            f"TTFT {out['ttft_mean_s']:7.2f} s  TPOT {out['tpot_s'] * 1e3:6.1f} ms  "
+            + ("(memoised)" if cached else f"({out['wall_s']:.1f} s wall)"))
+    return out
+
+
+def ttft_components(r: Mapping[str, np.ndarray], snic_read_bytes_per_s: float) -> dict[str, np.ndarray]:
+    """Per-request TTFT split (f64[B] each, seconds; they sum to ``first_token_s - arrival_s``):
+
+    * ``schedule_s``: arrival -> placed (waiting for a PE and a DE, including DE HBM allocation);
+    * ``read_wait_s``: placed -> read_done minus the transfer time (DRAM-buffer allocation and
+      SNIC queueing);
+    * ``read_transfer_s``: the larger side's hit bytes / one node's SNIC read rate (the read's
+      own transfer time, storage -> SNIC -> DRAM; 0 for Oracle);
+    * ``prefill_queue_s``: read_done -> first forward of the request;
+    * ``prefill_compute_s``: first forward -> first token (all chunks, including waits for
+      layer loads).
+
+    ``r`` holds the simulator's request columns (``SimResult.requests``).
+    """
+    arrival, placed, done = (np.asarray(r[k], np.float64) for k in ("arrival_s", "placed_s", "read_done_s"))
+    start, first = np.asarray(r["prefill_start_s"], np.float64), np.asarray(r["first_token_s"], np.float64)
+    side_bytes = np.maximum(np.asarray(r["read_bytes_pe"], np.float64), np.asarray(r["read_bytes_de"], np.float64))
+    read = done - placed
+    transfer = np.minimum(np.nan_to_num(side_bytes) / snic_read_bytes_per_s, read)
+    return {"schedule_s": placed - arrival, "read_wait_s": read - transfer, "read_transfer_s": transfer,
+            "prefill_queue_s": start - done, "prefill_compute_s": first - start}
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineRun:
+    """One online run: its request table and summary figures.
+
+    ``stats`` keys: ``ttft_mean_s``, ``ttft_p50_s``, ``ttft_p99_s``, ``ttst_mean_s``,
+    ``tpot_mean_s``, ``tpot_p99_s``, ``completion_mean_s`` (mean trajectory completion time),
+    ``num_agents``, ``num_requests`` (measured), ``num_requests_total``, ``num_failed``,
+    ``mean_total_tokens``, ``kv_bytes_per_token``, ``live_kv_bytes`` (time-averaged hit KV of live
+    agents over the measured window), ``arrival_window_s`` (its length), ``end_s``, ``wall_s`` and
+    ``<component>_mean`` for each TTFT component (measured requests).
+    ``table`` is None for runs of more than ``TABLE_MAX_REQUESTS`` requests (memory; only the
+    max-APS search needs the table, and its runs are smaller).
+    """
+
+    aps: float
+    variant: str
+    table: RequestTable | None
+    stats: dict
+
+
+TABLE_MAX_REQUESTS = 2_000_000
+
+
+def online_run(base: SimConfig, variant: str, wl: WorkloadSpec, aps: float, arrival_seed: int = 0,
+               log: Log | None = print, *, warmup_s: float = 0.0, scheduler_cls: type = ClusterScheduler,
+               cache: RunCache | None = None) -> OnlineRun:
+    """Online run (paper section 7.3): ``wl.num_agents`` agents arriving as a Poisson process at
+    ``aps`` agents per second (:func:`dualpath_jax.sim.runs.online_starts`, seeded by
+    ``arrival_seed``), each replaying its rounds back to back, ``scheduler_cls`` deciding.
+    Latency figures and ``table`` cover the requests issued from ``warmup_s`` (seconds) until the
+    last agent arrives (the loaded period: the ramp-up before and the drain after are left out);
+    completion times and the live KV cover every agent. Memoised in ``cache`` (None: not memoised).
+
+    Raises:
+      ConfigError: naming ``aps`` when it is not positive, ``variants`` for an unknown variant.
+    """
+    check_positive("aps", aps)
+    cfg = variant_config(base, variant)
+
+    def compute():
+        ts = wl.build()
+        starts = online_starts(ts, float(aps), arrival_seed)
+        t0 = time.perf_counter()
+        res = Simulator(cfg, agents_from_trajectories(ts, starts), scheduler_cls=scheduler_cls).run()
+        wall = time.perf_counter() - t0
+        full = request_table(res, ts)
+        r = res.requests
+        kvb = float(cost.kv_bytes_per_token(cfg.spec, cfg.kv_dtype))
+        rate = min(cfg.hardware.node_snic_bytes_per_s, cfg.hardware.storage_bytes_per_s)
+        done = np.fromiter(latency.trajectory_completion_s(full).values(), np.float64)
+        lo, hi = max(float(np.min(starts)), float(warmup_s)), float(np.max(starts))
+        arrival, finish = np.asarray(r["arrival_s"], np.float64), np.asarray(r["finish_s"], np.float64)
+        overlap = np.clip(np.minimum(finish, hi) - np.maximum(arrival, lo), 0.0, None)
+        live = float(np.sum(np.asarray(r["hit_tokens"], np.float64) * overlap)) * kvb / (hi - lo) if hi > lo else 0.0
+        window = (arrival >= warmup_s) & (arrival <= hi)  # issued while agents arrive, after the warm-up
+        table = full.where(window)
+        comp = {k: v[window] for k, v in ttft_components(r, rate).items()}
+        if log and not np.any(window):
+            log(f"  warning: no request issued between warm-up {warmup_s:g} s and the last arrival {hi:.1f} s "
+                f"({len(ts)} agents at {aps:g} APS): nothing measured, the run counts as missing the SLO")
+        ttft, tpot = latency.ttft_s(table), latency.tpot_s(table)
+        stats = {"ttft_mean_s": latency.summarize(ttft, "mean"), "ttft_p50_s": latency.summarize(ttft, "p50"),
+                 "ttft_p99_s": latency.summarize(ttft, "p99"),
+                 "ttst_mean_s": latency.summarize(latency.ttst_s(table), "mean"),
+                 "tpot_mean_s": latency.summarize(tpot, "mean"), "tpot_p99_s": latency.summarize(tpot, "p99"),
+                 "completion_mean_s": float(np.mean(done)) if done.size else float("nan"),
+                 "num_agents": int(len(ts)), "num_requests": int(len(table)), "num_requests_total": int(len(full)),
+                 "num_failed": int(np.sum(~table.ok)),
+                 "mean_total_tokens": mean_total_tokens(ts), "kv_bytes_per_token": kvb, "live_kv_bytes": live,
+                 "arrival_window_s": hi - lo, "end_s": res.end_s, "wall_s": wall}
+        for k, v in comp.items():
+            stats[f"{k}_mean"] = float(np.nanmean(v)) if v.size else float("nan")
+        return OnlineRun(float(aps), variant, table if len(table) <= TABLE_MAX_REQUESTS else None, stats)
+
+    run, cached = _cached(cache, ("online", cfg, scheduler_cls, wl, float(aps), int(arrival_seed), float(warmup_s)),
+                          compute)
+    if log:
+        s = run.stats
+        log(f"  {cfg.model} {cluster_label(cfg)} {wl.mal} {wl.num_agents} agents @ {aps:.4g} APS "
+            f"{variant + scheduler_label(scheduler_cls):9s} "
+            f"TTFT {s['ttft_mean_s']:7.2f} s  TTST {s['ttst_mean_s']:6.3f} s  TPOT {s['tpot_mean_s'] * 1e3:6.1f} ms  "
+            + ("(memoised)" if cached else f"({s['wall_s']:.1f} s wall)"))
+    return run
+
+
+def run_offline(base: SimConfig, ts: TrajectorySet, variants: Sequence[str], *, log: Log | None = print,
+                scheduler_cls: type = ClusterScheduler) -> dict[str, dict]:
+    """Offline runs (all agents of ``ts`` at t = 0) of each of ``variants`` on ``base``, with
+    ``scheduler_cls`` (a :class:`~dualpath_jax.sched.ClusterScheduler` subclass: a new policy)
+    deciding in every run; returns ``{variant: summary}`` (:func:`dualpath_jax.sim.runs.summarize`
+    plus ``wall_s``, seconds of the simulation).
+
+    Raises:
+      ConfigError: naming ``variants`` for an unknown variant, before any run.
+    """
+    configs = {name: variant_config(base, name) for name in variants}  # unknown names fail before any run
+    agents = agents_from_trajectories(ts, offline_starts(ts))
+    label = scheduler_label(scheduler_cls)
+    out = {}
+    for name, cfg in configs.items():
+        t0 = time.perf_counter()
+        res = Simulator(cfg, agents, scheduler_cls=scheduler_cls).run()
+        summary = summarize(res, ts)
+        summary["wall_s"] = time.perf_counter() - t0
+        out[name] = summary
+        if log:
+            log(f"  {name + label:10s} JCT {summary['jct_s']:9.1f} s  TTFT p50 {summary['ttft_p50_s']:7.2f} s  "
+                f"TPOT {summary['tpot_s'] * 1e3:6.1f} ms  ({summary['wall_s']:.1f} s wall, {res.events} events)")
+    return out
