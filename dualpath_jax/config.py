@@ -24,6 +24,7 @@ __all__ = [
     "from_mapping",
     "to_dict",
     "argv_flag_values",
+    "overridden_fields",
 ]
 
 T = TypeVar("T")
@@ -136,3 +137,10 @@ def argv_flag_values(argv: Iterable[str]) -> dict[str, str]:
             value = argv[i + 1]
         out[name] = value
     return out
+
+
+def overridden_fields(argv: Iterable[str], flag: str = "--config") -> list[str]:
+    """Dotted config fields a command line overrides: ``--config.sim.beta_s=1`` -> ``sim.beta_s``
+    (ml_collections' ``--config.<field>=<value>`` form, read as :func:`argv_flag_values` does)."""
+    prefix = flag + "."
+    return [name[len(prefix):] for name in argv_flag_values(argv) if name.startswith(prefix)]

@@ -5,8 +5,11 @@
 
 The config (default ``configs/engine_ablation.py``) names the agents, the emulated cluster and
 the variants; its docstring lists the outputs. Override fields with ``--config.<field>=<value>``
-(e.g. ``--config.cluster.snic_bytes_per_s=5e6``). The output ends with ``name: value`` lines,
-also written to ``workdir/metrics.json``.
+(e.g. ``--config.workload.num_agents=8``; a link rate such as
+``--config.cluster.snic_bytes_per_s=5e6`` needs ``--config.calibrate.load_over_oracle=0``, since
+calibration sets the rates otherwise); ``--config.scheduler=pkg.module:Class`` runs every variant
+with that ClusterScheduler subclass (importable, e.g. with ``PYTHONPATH=.``). The output ends with
+``name: value`` lines, also written to ``workdir/metrics.json``.
 
 One engine per JAX device: on a CPU host the device count is forced (``XLA_FLAGS``) to the
 cluster's engine count before JAX is imported.
@@ -71,14 +74,16 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend-probe INFO lines out of the output
     import jax
 
-    from dualpath_jax.engine.ablation import check_config, run_ablation
     from dualpath_jax.metrics import writers
+    from dualpath_jax.config import overridden_fields
+    from dualpath_jax.studies.engine_ablation import check_config, check_overrides, run_ablation
 
     if _JIT_CACHE.value:
         jax.config.update("jax_compilation_cache_dir", _JIT_CACHE.value)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     config = _CONFIG.value
     check_config(config)  # a bad field fails here, before the workdir is touched
+    check_overrides(config, overridden_fields(sys.argv[1:]))  # an override the run would replace fails
     workdir = Path(_WORKDIR.value)
     workdir.mkdir(parents=True, exist_ok=True)
     writers.write_config(workdir, config)

@@ -16,14 +16,13 @@ direction at ``cnic_bytes_per_s`` each) that carries every byte entering or leav
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
-from dualpath_jax.config import ConfigError, check_in, check_positive
-from dualpath_jax.sched.types import LOADINGS, POLICIES
+from dualpath_jax.config import ConfigError, check_positive
+from dualpath_jax.sched.knobs import PREFILL_MODES, SchedKnobs
 from dualpath_jax.sched.variants import VARIANTS, Variant, get_variant
 
 __all__ = ["ClusterConfig", "PREFILL_MODES", "ENGINE_VARIANTS", "engine_variant"]
-
-PREFILL_MODES = ("full", "layerwise")
 
 ENGINE_VARIANTS: dict[str, Variant] = VARIANTS
 """The paper's ablation ladder (``sched.ABLATION_VARIANTS``) plus ``split`` loading."""
@@ -34,8 +33,15 @@ engine_variant = get_variant
 
 
 @dataclasses.dataclass(frozen=True)
-class ClusterConfig:
+class ClusterConfig(SchedKnobs):
     """An emulated PD-disaggregated cluster and the three switches of one run.
+
+    The switches (``loading``, ``prefill``, ``policy``; :meth:`for_variant` sets them from an
+    ablation variant name) and the scheduler's knobs (``alpha_s``, ``beta_s``, ``z_factor``,
+    ``compute_quota_s``, ``fetch_period_s``, ``basic_max_batch_tokens``, ``layerwise_depth``) are
+    :class:`~dualpath_jax.sched.knobs.SchedKnobs`' fields, shared with the simulator's ``SimConfig``
+    (keyword-only). The defaults below are those of ``configs/engine_ablation.py``'s emulated 1P2D
+    cluster, which derives from them.
 
     Attributes:
       model: model preset name (GQA, e.g. ``"tiny-gqa"``).
@@ -47,15 +53,6 @@ class ClusterConfig:
       pe_hbm_kv_bytes: device memory a PE may fill with the KV of one forward batch.
       de_hbm_kv_bytes: device memory of a DE's block pool (prompt and generated KV).
       max_decode_batch: decode rows per DE step (requests beyond wait for a free row).
-      loading, prefill, policy: the switches (``sched.LOADINGS``, :data:`PREFILL_MODES`,
-        ``sched.POLICIES``); :meth:`for_variant` sets them from an ablation variant name.
-      layerwise_depth: layers in flight with ``layerwise`` prefill (2 = double buffering).
-      alpha_s, beta_s: Algorithm 1 thresholds in seconds of node SNIC read rate and of one
-        PE's prefill rate (PAPER.md 8.4: 3 s and 5 s).
-      z_factor: DE phase-2 slack (1.05).
-      compute_quota_s: attention seconds per forward layer for ``dualpath`` batches.
-      basic_max_batch_tokens: new-token cap of a ``round_robin`` (FIFO) batch.
-      fetch_period_s: how often group leaders pull work from the scheduler.
       timeout_s: deadline of every wait (buffers, links, loader); a request that hits it fails.
       run_timeout_s: the whole run's deadline; requests unfinished by then fail with ``timeout``.
       store_io_threads: tensorstore I/O threads of the shared KV store.
@@ -69,40 +66,26 @@ class ClusterConfig:
     prefill_nodes: int = 1
     decode_nodes: int = 2
     engines_per_node: int = 1
-    snic_bytes_per_s: float = 4.0e6
-    cnic_bytes_per_s: float = 32.0e6
+    snic_bytes_per_s: float = 3.0e6
+    cnic_bytes_per_s: float = 24.0e6
     buffer_bytes: int = 256 * 2**20
-    pe_hbm_kv_bytes: int = 32 * 2**20
+    pe_hbm_kv_bytes: int = 8 * 2**20
     de_hbm_kv_bytes: int = 64 * 2**20
-    max_decode_batch: int = 8
-    loading: str = "dual"
-    prefill: str = "layerwise"
-    policy: str = "dualpath"
-    layerwise_depth: int = 2
-    alpha_s: float = 3.0
-    beta_s: float = 5.0
-    z_factor: float = 1.05
-    compute_quota_s: float = 0.3
-    basic_max_batch_tokens: int = 8192
-    fetch_period_s: float = 0.005
+    max_decode_batch: int = 16
     timeout_s: float = 120.0
-    run_timeout_s: float = 1800.0
+    run_timeout_s: float = 900.0
     store_io_threads: int = 4
 
+    field_prefix: ClassVar[str] = "cluster."
+
     def __post_init__(self):
-        p = "cluster."
+        super().__post_init__()  # the switches and scheduler knobs
+        p = self.field_prefix
         for f in ("prefill_nodes", "decode_nodes", "engines_per_node", "buffer_bytes", "pe_hbm_kv_bytes",
-                  "de_hbm_kv_bytes", "max_decode_batch", "layerwise_depth", "basic_max_batch_tokens",
-                  "store_io_threads"):
+                  "de_hbm_kv_bytes", "max_decode_batch", "store_io_threads"):
             check_positive(p + f, getattr(self, f), integer=True)
-        for f in ("snic_bytes_per_s", "cnic_bytes_per_s", "alpha_s", "beta_s", "compute_quota_s", "fetch_period_s",
-                  "timeout_s", "run_timeout_s"):
+        for f in ("snic_bytes_per_s", "cnic_bytes_per_s", "timeout_s", "run_timeout_s"):
             check_positive(p + f, getattr(self, f))
-        check_in(p + "loading", self.loading, LOADINGS)
-        check_in(p + "prefill", self.prefill, PREFILL_MODES)
-        check_in(p + "policy", self.policy, POLICIES)
-        if self.z_factor < 1.0:
-            raise ConfigError(p + "z_factor", f"must be >= 1 (got {self.z_factor})")
 
     def for_variant(self, name: str) -> "ClusterConfig":
         """This config with the switches of variant ``name`` (:data:`ENGINE_VARIANTS`).

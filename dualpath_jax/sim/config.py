@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import ml_collections
 from ml_collections import config_dict
@@ -10,32 +11,27 @@ from ml_collections import config_dict
 from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive, to_dict
 from dualpath_jax.model import cost
 from dualpath_jax.model.spec import get_spec
-from dualpath_jax.sched.types import LOADINGS, POLICIES
+from dualpath_jax.sched.knobs import PREFILL_MODES, SchedKnobs
 from dualpath_jax.sim.compute import ComputeModel
 from dualpath_jax.sim.hardware import HardwareConfig
 
 __all__ = ["SimConfig", "PREFILL_MODES", "sim_config_dict"]
 
-PREFILL_MODES = ("full", "layerwise")
-
 
 @dataclasses.dataclass(frozen=True)
-class SimConfig:
+class SimConfig(SchedKnobs):
     """One simulated run: cluster, switches, scheduler knobs and compute-model overrides.
+
+    The switches (``loading``, ``prefill``, ``policy``) and the scheduler's knobs (``alpha_s``,
+    ``beta_s``, ``z_factor``, ``compute_quota_s``, ``fetch_period_s``, ``basic_max_batch_tokens``,
+    ``layerwise_depth``) are :class:`~dualpath_jax.sched.knobs.SchedKnobs`' fields, shared with the
+    real engine's ``ClusterConfig`` (keyword-only).
 
     Attributes:
       model: model preset name (``dualpath_jax.model.get_spec``).
       prefill_nodes, decode_nodes: P and D, in nodes of ``hardware.gpus_per_node`` engines.
-      loading, prefill, policy: the three ablation switches.
       block_tokens: Z, tokens per Full Block.
       kv_dtype, weight_dtype: byte sizes of KV and weights (``fp8``, ``bf16``, ...).
-      alpha_s, beta_s: Algorithm 1 thresholds in seconds of node read rate / engine prefill rate
-        (paper: 3 s and 5 s), converted to tokens at start.
-      z_factor, compute_quota_s: DE phase-2 slack (1.05) and PE compute quota (0.300 s).
-      fetch_period_s: how long a group leader waits before pulling new work after a change (the
-        paper gives no period; 20 ms is an assumption).
-      basic_max_batch_tokens: new-token cap of a FIFO (round_robin) prefill batch.
-      layerwise_depth: layers of KV in flight on a PE in layer-wise mode (2 = double buffering).
       activation_reserve_bytes: HBM a PE keeps for activations.
       ep_sync: DP-attention groups wait for their slowest member (default: MoE models).
       prefill_layer_overhead_s, eff_memory: compute-model assumptions (see ``sim.compute``).
@@ -50,19 +46,9 @@ class SimConfig:
     prefill_nodes: int = 2
     decode_nodes: int = 4
     hardware: HardwareConfig = dataclasses.field(default_factory=HardwareConfig)
-    loading: str = "dual"
-    prefill: str = "layerwise"
-    policy: str = "dualpath"
     block_tokens: int = 64
     kv_dtype: str = "fp8"
     weight_dtype: str = "fp8"
-    alpha_s: float = 3.0
-    beta_s: float = 5.0
-    z_factor: float = 1.05
-    compute_quota_s: float = 0.300
-    fetch_period_s: float = 0.020
-    basic_max_batch_tokens: int = 16384
-    layerwise_depth: int = 2
     activation_reserve_bytes: float = 4e9
     ep_sync: bool | None = None
     prefill_layer_overhead_s: float = 0.5e-3
@@ -70,25 +56,21 @@ class SimConfig:
     compute: ComputeModel | None = None
     de_join_s: float = 0.0
 
+    field_prefix: ClassVar[str] = "sim."
+
     def __post_init__(self):
+        super().__post_init__()  # the switches and scheduler knobs
         get_spec(self.model)
         check_positive("sim.prefill_nodes", self.prefill_nodes, integer=True)
         check_positive("sim.decode_nodes", self.decode_nodes, integer=True)
-        check_in("sim.loading", self.loading, LOADINGS)
-        check_in("sim.prefill", self.prefill, PREFILL_MODES)
-        check_in("sim.policy", self.policy, POLICIES)
         check_in("sim.kv_dtype", self.kv_dtype, tuple(cost.DTYPE_BYTES))
         check_in("sim.weight_dtype", self.weight_dtype, tuple(cost.DTYPE_BYTES))
-        for f in ("block_tokens", "basic_max_batch_tokens", "layerwise_depth"):
-            check_positive(f"sim.{f}", getattr(self, f), integer=True)
-        for f in ("alpha_s", "beta_s", "compute_quota_s", "fetch_period_s", "eff_memory"):
-            check_positive(f"sim.{f}", getattr(self, f))
+        check_positive("sim.block_tokens", self.block_tokens, integer=True)
+        check_positive("sim.eff_memory", self.eff_memory)
         for f in ("de_join_s", "prefill_layer_overhead_s", "activation_reserve_bytes"):
             check_non_negative(f"sim.{f}", getattr(self, f))
         if self.eff_memory > 1.0:
             raise ConfigError("sim.eff_memory", f"is a share of HBM bandwidth, in (0, 1] (got {self.eff_memory})")
-        if self.z_factor < 1.0:
-            raise ConfigError("sim.z_factor", f"must be >= 1 (got {self.z_factor})")
         if self.compute is not None and not isinstance(self.compute, ComputeModel):
             raise ConfigError("sim.compute", f"must be a ComputeModel or None (got {type(self.compute).__name__})")
         if not isinstance(self.hardware, HardwareConfig):
