@@ -67,9 +67,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "max_append_tokens": 128, "warm_start": True, "traces_dir": ""})
     config.arrivals = ml_collections.ConfigDict({"mode": "offline", "aps": 1.0, "seed": 0, "use_think_time": False})
     # the emulated cluster: every ClusterConfig field at its default (the switches come from each
-    # variant, the model from `model`), then the knobs this CPU-scale run sets on purpose
+    # variant), then the knobs this CPU-scale run sets on purpose
     config.cluster = ml_collections.ConfigDict(
-        {k: v for k, v in to_dict(ClusterConfig()).items() if k not in ("model", "kv_dtype", *_PER_VARIANT)})
+        {k: v for k, v in to_dict(ClusterConfig()).items() if k not in _PER_VARIANT})
     # the engine's runs last seconds with millisecond forwards: a 20 ms scheduling tick (the
     # simulator's assumption for the paper's cluster) would add a visible share to every TTFT
     config.cluster.fetch_period_s = 0.005

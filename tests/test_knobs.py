@@ -52,8 +52,8 @@ def test_engine_config_file_derives_from_cluster_config():
     differ = {k for k, v in cluster.items() if v != defaults[k]}
     # the runtime-specific choices the file makes on purpose (each with its reason in the file)
     assert differ == {"fetch_period_s", "basic_max_batch_tokens"}
-    # the switches come from each variant and the model from `model`, not from `cluster`
-    assert set(defaults) - set(cluster) == {"model", "kv_dtype", "loading", "prefill", "policy"}
+    # the switches come from each variant, not from `cluster`
+    assert set(defaults) - set(cluster) == {"loading", "prefill", "policy"}
 
 
 def test_engine_config_file_loads_no_jax():

@@ -43,9 +43,10 @@ class ClusterConfig(SchedKnobs):
     (keyword-only). The defaults below are those of ``configs/engine_ablation.py``'s emulated 1P2D
     cluster, which derives from them.
 
+    The model is not part of it: the engine runs the spec, parameters and KV layout it is given
+    (``EngineCluster``), and the engine ablation names them in its ``model`` section.
+
     Attributes:
-      model: model preset name (GQA, e.g. ``"tiny-gqa"``).
-      kv_dtype: stored KV dtype (``"f32"`` keeps the data path exact).
       prefill_nodes, decode_nodes, engines_per_node: topology (P and D count nodes, as "1P2D").
       snic_bytes_per_s: each node's storage NIC rate per direction.
       cnic_bytes_per_s: each engine's compute NIC rate per direction.
@@ -61,8 +62,6 @@ class ClusterConfig(SchedKnobs):
       ConfigError: naming the field.
     """
 
-    model: str = "tiny-gqa"
-    kv_dtype: str = "f32"
     prefill_nodes: int = 1
     decode_nodes: int = 2
     engines_per_node: int = 1

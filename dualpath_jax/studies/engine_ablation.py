@@ -29,17 +29,19 @@ import jax
 import numpy as np
 import tqdm
 
-from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive, from_mapping
+from dualpath_jax.config import ConfigError
 from dualpath_jax.engine import report
 from dualpath_jax.engine.cluster import ClusterResult, EngineCluster
-from dualpath_jax.engine.config import ClusterConfig, engine_variant
+from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.engine.prefill import prefill_kv
 from dualpath_jax.engine.profile import fit_time_model, prefill_shape, profile_prefill, warm_up_prefill
-from dualpath_jax.kvcache import KV_DTYPES, block_keys, layout_for, pack_full_blocks
+from dualpath_jax.kvcache import block_keys, layout_for, pack_full_blocks
 from dualpath_jax.metrics import writers
 from dualpath_jax.model import cost, get_spec, init_params
-from dualpath_jax.sched import BatchItem, form_batch, load_scheduler, scheduler_name
+from dualpath_jax.sched import BatchItem, form_batch, scheduler_name
 from dualpath_jax.store import KVStore, StoreConfig
+from dualpath_jax.studies.engine_config import (CalibrateConfig, EngineAblationConfig, EngineArrivals, EngineWorkload,
+                                                engine_ablation_config)
 from dualpath_jax.workload import (Trajectory, load_agentic_traces, poisson_arrivals_s, prompt_token_ids,
                                    scale_tokens)
 
@@ -47,33 +49,15 @@ __all__ = ["check_config", "select_agents", "start_times", "Setup", "round_shape
            "run_variant", "calibrate_links", "load_compute_ratio", "run_ablation"]
 
 
-def check_config(config) -> ClusterConfig:
+def check_config(config) -> EngineAblationConfig:
     """Check an engine-ablation config (``configs/engine_ablation.py``) before anything runs;
-    returns its emulated cluster.
+    returns its typed form (:func:`.engine_config.engine_ablation_config`).
 
     Raises:
       ConfigError: naming the field (``workload.rounds``, ``arrivals.aps``, ``model.kv_dtype``,
         ``cluster.<field>``, ``scheduler``, ...).
     """
-    load_scheduler(config.get("scheduler", "") or "", field="scheduler")
-    for name in config.variants:
-        engine_variant(name)
-    get_spec(config.model.name)
-    check_in("model.kv_dtype", config.model.kv_dtype, tuple(KV_DTYPES))
-    w = config.workload
-    for f in ("max_files", "num_agents", "rounds", "token_divisor", "max_context_tokens", "max_append_tokens"):
-        check_positive(f"workload.{f}", w[f], integer=True)
-    a = config.arrivals
-    check_in("arrivals.mode", a.mode, ("offline", "online"))
-    check_positive("arrivals.aps", a.aps)
-    check_non_negative("calibrate.load_over_oracle", config.calibrate.load_over_oracle)
-    check_positive("calibrate.cnic_over_snic", config.calibrate.cnic_over_snic)
-    check_positive("window_s", config.window_s)
-    check_non_negative("tie_tol", config.tie_tol)
-    check_non_negative("reference_chunk_tokens", config.reference_chunk_tokens, integer=True)
-    check_positive("profile.repeats", config.profile.repeats, integer=True)
-    return from_mapping(ClusterConfig, {**config.cluster.to_dict(), "model": config.model.name,
-                                        "kv_dtype": config.model.kv_dtype}, prefix="cluster.")
+    return engine_ablation_config(config)
 
 
 CALIBRATED_FIELDS = ("cluster.snic_bytes_per_s", "cluster.cnic_bytes_per_s")
@@ -100,8 +84,8 @@ def check_overrides(config, overridden: Sequence[str]) -> None:
                               f"--config.calibrate.load_over_oracle=0 to run at the given rates")
 
 
-def select_agents(cfg) -> list[Trajectory]:
-    """The replayed agents (module docstring); ``cfg`` is the ``workload`` ConfigDict.
+def select_agents(cfg: EngineWorkload) -> list[Trajectory]:
+    """The replayed agents (module docstring); ``cfg`` is the ``workload`` section.
 
     ``cfg.traces_dir``: folder of ``*.json.gz`` traces (empty: ``workload.agentic_dir()``).
 
@@ -109,7 +93,7 @@ def select_agents(cfg) -> list[Trajectory]:
       ConfigError: ``workload.num_agents`` agents cannot be found under the limits.
       FileNotFoundError: no trace files in the folder.
     """
-    ts = load_agentic_traces(cfg.get("traces_dir") or None, limit=cfg.max_files, subagents="drop",
+    ts = load_agentic_traces(cfg.traces_dir or None, limit=cfg.max_files, subagents="drop",
                              token_scope="trajectory")
     ts = scale_tokens(ts, int(cfg.token_divisor))
     out = []
@@ -141,7 +125,7 @@ def _head(traj: Trajectory, rounds: int) -> Trajectory:
         start_offset_s=traj.start_offset_s, parent_id=traj.parent_id, source=traj.source)
 
 
-def start_times(cfg, num_agents: int) -> np.ndarray:
+def start_times(cfg: EngineArrivals, num_agents: int) -> np.ndarray:
     """Offline: every agent at t = 0; online: Poisson arrivals at ``cfg.aps`` agents/s."""
     if cfg.mode == "offline":
         return np.zeros(num_agents)
@@ -153,11 +137,11 @@ def start_times(cfg, num_agents: int) -> np.ndarray:
 class Setup:
     """Model, layout, profiled time model and compiled shapes shared by every variant of a run."""
 
-    def __init__(self, config, agents: list[Trajectory], log: Callable = print):
-        self.config = config
+    def __init__(self, config: EngineAblationConfig, agents: list[Trajectory], log: Callable = print):
+        self.config = config = check_config(config)
         self.spec = get_spec(config.model.name)
-        self.cluster = check_config(config)
-        self.scheduler_cls = load_scheduler(config.get("scheduler", "") or "", field="scheduler")
+        self.cluster = config.cluster
+        self.scheduler_cls = config.scheduler
         self.layout = layout_for(self.spec, config.model.kv_dtype)
         self.cluster.check_layout(self.layout.full_block_bytes)
         self.params = jax.tree.map(np.asarray, init_params(self.spec, jax.random.PRNGKey(config.model.seed)))
@@ -274,9 +258,9 @@ def run_variant(setup: Setup, name: str, store_dir: Path, seed_dir: Path | None 
     return result
 
 
-def calibrate_links(setup: Setup, cfg, store_dir: Path, seed_dir: Path | None, *, log: Callable = print,
-                    progress: bool | None = None) -> dict:
-    """Set the emulated link rates from this host's measured speed (``cfg``: the ``calibrate`` ConfigDict).
+def calibrate_links(setup: Setup, cfg: CalibrateConfig, store_dir: Path, seed_dir: Path | None, *,
+                    log: Callable = print, progress: bool | None = None) -> dict:
+    """Set the emulated link rates from this host's measured speed (``cfg``: the ``calibrate`` section).
 
     With ``cfg.load_over_oracle = x > 0``: run Oracle once (no KV I/O, so its JCT is the host's
     compute-bound JCT of the workload), then set every SNIC to the rate at which reading all of
@@ -335,11 +319,13 @@ def _row(name: str, s: dict, basic_jct: float | None) -> dict:
 def run_ablation(config, workdir, *, log: Callable = print, progress: bool | None = None) -> dict:
     """Run every variant, write the artifacts (see ``configs/engine_ablation.py``), return named values.
 
+    ``config``: an :class:`EngineAblationConfig` or the ConfigDict it is built from (checked first).
+
     ``progress``: tqdm bars on stderr, one over the stages (setup, seeding, calibration, each
     variant, token check) with elapsed time and ETA, one over the current run's requests with
     rate and ETA; ``log`` lines are printed above them. Default: only when stderr is a terminal.
     """
-    check_config(config)
+    config = check_config(config)
     show = sys.stderr.isatty() if progress is None else bool(progress)
     stages = ["setup"] + (["seed store"] if config.workload.warm_start else []) + (
         ["calibrate"] if config.calibrate.load_over_oracle else []) + list(config.variants) + ["token check"]
@@ -382,7 +368,7 @@ def _above_bars(log: Callable) -> Callable:
     return write
 
 
-def _run_variants(config, workdir: Path, setup: Setup, seed_dir: Path | None, calibration: dict, log: Callable,
+def _run_variants(config: EngineAblationConfig, workdir: Path, setup: Setup, seed_dir: Path | None, calibration: dict, log: Callable,
                   show: bool, stage) -> dict:
     regime = load_compute_ratio(setup)
     results, summaries = {}, {}
