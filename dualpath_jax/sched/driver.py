@@ -79,6 +79,7 @@ class SchedulingDriver:
         self.fetch_period_s = float(fetch_period_s)
         self.loading = loading
         self._plan_who = f"{type(sched).__name__}.read_plan"
+        self._group_of = {e: g for groups in (sched.pe_groups, sched.de_groups) for g, v in groups.items() for e in v}
         self._pe_group_ids = sorted(sched.pe_groups)
         self._pe_group_nodes = {gid: sorted({load.node_id for load in view.group_loads(gid)})
                                 for gid in self._pe_group_ids}
@@ -97,11 +98,11 @@ class SchedulingDriver:
 
     def pe_released(self, engine_id: int) -> None:
         """A PE's load dropped (a request left it); its group fetches at the next tick."""
-        self._pe_dirty.add(self.sched.group_of(engine_id))
+        self._pe_dirty.add(self._group_of[engine_id])
 
     def de_released(self, engine_id: int) -> None:
         """A DE's load or free memory changed; its group reports (and may fetch) at the next tick."""
-        self._de_dirty.add(self.sched.group_of(engine_id))
+        self._de_dirty.add(self._group_of[engine_id])
 
     def request_tick(self, now: float) -> float | None:
         """Ask for a tick ``fetch_period_s`` from ``now``; returns its time if newly scheduled, else None."""
@@ -170,4 +171,6 @@ class SchedulingDriver:
         plan = self.sched.read_plan(req, pe_node, de_node, {pe_node: q(pe_node), de_node: q(de_node)},
                                     hit_blocks, block_tokens)
         check_read_plan(plan, hit_blocks, self.loading, who=self._plan_who)
-        return ReadPlan(plan[0], int(plan[1]))  # a policy may return a numpy int
+        if type(plan) is ReadPlan and type(plan[1]) is int:
+            return plan
+        return ReadPlan(plan[0], int(plan[1]))  # a policy may return a tuple or a numpy int

@@ -102,6 +102,12 @@ class ClusterScheduler:
         self._group_tok: dict[int, float] = {g: 0.0 for g in de_groups}  # last reported sum of tok_e
         self._n_pending_pe = 0
         self._n_pending_de = 0
+        # a subclass's own hooks are checked (and may return any subset); the built-in dualpath ones
+        # return a prefix of the queue on the group's engines, taken without a per-request check
+        cls = type(self)
+        self._own_select_pe = getattr(cls, "select_pe") is not getattr(ClusterScheduler, "select_pe")
+        self._own_select_de_group = getattr(cls, "select_de_group") is not getattr(ClusterScheduler, "select_de_group")
+        self._own_select_de = getattr(cls, "select_de") is not getattr(ClusterScheduler, "select_de")
 
     def group_of(self, engine_id: int) -> int:
         """The group id of an engine (PE or DE)."""
@@ -227,7 +233,11 @@ class ClusterScheduler:
         out = self.select_pe(group_id, waiting, loads, read_q)
         if not out:
             return []
-        _take(waiting, out, self.pe_groups[group_id], f"{type(self).__name__}.select_pe")
+        if self._own_select_pe:
+            _take(waiting, out, self.pe_groups[group_id], f"{type(self).__name__}.select_pe")
+        else:
+            for _ in out:
+                waiting.popleft()
         if self._round_robin:
             self._n_pending_pe -= len(out)
         for a in out:
@@ -285,7 +295,11 @@ class ClusterScheduler:
         out = self.select_de(group_id, private, loads)
         if not out:
             return []
-        _take(private, out, self.de_groups[group_id], f"{type(self).__name__}.select_de")
+        if self._own_select_de or self._round_robin:  # round robin's may skip a request blocked on HBM
+            _take(private, out, self.de_groups[group_id], f"{type(self).__name__}.select_de")
+        else:
+            for _ in out:
+                private.popleft()
         placed = 0
         for a in out:
             placed += a.request.num_tokens
@@ -317,33 +331,32 @@ class ClusterScheduler:
         if not self._de_queue:
             return set()
         group_tok = {g: self._group_tok[g] + self._private_tok[g] for g in self.de_groups}
+        if not self._own_select_de_group:  # the built-in phase 1 places every request, in order
+            additions, totals = de.de_phase1(self._de_queue, group_tok)
+            self._de_queue.clear()
+            for g, reqs in additions.items():  # only groups that received requests appear
+                self._private[g].extend(reqs)
+                self._private_tok[g] = totals[g] - self._group_tok[g]
+                self._n_pending_de += len(reqs)
+            return set(additions)
         additions = self.select_de_group(self._de_queue, group_tok)
         who = f"{type(self).__name__}.select_de_group"
-        moved = 0
-        for g, reqs in additions.items():
+        for g in additions:
             if g not in self._private:
                 raise ValueError(f"{who}: group {g} is not a DE group (known: {sorted(self._private)})")
-            moved += len(reqs)
-        if moved == len(self._de_queue) and all(len(v) for v in additions.values()):
-            # the default (every request placed, in order): no per-request membership check needed
-            ids = None
-        else:
-            ids = {r.request_id for reqs in additions.values() for r in reqs}
-            waiting = {r.request_id for r in self._de_queue}
-            if len(ids) != moved or not ids <= waiting:
-                raise ValueError(f"{who}: returned requests that are not waiting in the DE queue, or one twice")
+        ids = {r.request_id for reqs in additions.values() for r in reqs}
+        if len(ids) != sum([len(reqs) for reqs in additions.values()]) or \
+                not ids <= {r.request_id for r in self._de_queue}:
+            raise ValueError(f"{who}: returned requests that are not waiting in the DE queue, or one twice")
         for g, reqs in additions.items():
             if not reqs:
                 continue
             self._private[g].extend(reqs)
             self._private_tok[g] += sum([r.num_tokens for r in reqs])
             self._n_pending_de += len(reqs)
-        if ids is None:
-            self._de_queue.clear()
-        else:
-            kept = [r for r in self._de_queue if r.request_id not in ids]
-            self._de_queue.clear()
-            self._de_queue.extend(kept)
+        kept = [r for r in self._de_queue if r.request_id not in ids]
+        self._de_queue.clear()
+        self._de_queue.extend(kept)
         return {g for g, reqs in additions.items() if reqs}
 
     def has_de_work(self, group_id: int) -> bool:
