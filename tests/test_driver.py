@@ -15,11 +15,19 @@ from dualpath_jax.sim import SimAgent, SimConfig, Simulator
 BLOCK = 64
 
 
+class _PlanOnlySimulator(Simulator):
+    """The simulator with its own view and placement callbacks; only the read it would start is
+    handed to ``self.start_read`` (a subclass: the compiled build's methods cannot be patched)."""
+
+    def _start_read(self, rid):
+        self.start_read(rid)
+
+
 def _sim_and_engine(policy: str, loading: str):
     """A Simulator (2P2D, 8 engines per node) and an EngineView of the same topology, each under a
     driver of its own with the same scheduler config; returns (sim side, engine side) records."""
-    sim = Simulator(SimConfig(model="deepseek-v3.2", prefill_nodes=2, decode_nodes=2, policy=policy, loading=loading),
-                    [SimAgent(0.0, append=np.full(200, 100), gen=np.full(200, 4))])
+    sim = _PlanOnlySimulator(SimConfig(model="deepseek-v3.2", prefill_nodes=2, decode_nodes=2, policy=policy,
+                                       loading=loading), [SimAgent(0.0, append=np.full(200, 100), gen=np.full(200, 4))])
     groups = {**sim.sched.pe_groups, **sim.sched.de_groups}
     fbb = int(BLOCK * sim.kvb)
     pool_blocks = 40
@@ -41,7 +49,7 @@ def _sim_and_engine(policy: str, loading: str):
             if plan.side != "none" and blocks:
                 sim.buffer_wait_bytes[node] += blocks * BLOCK * sim.kvb
 
-    sim._start_read = sim_read
+    sim.start_read = sim_read
     s_reqs: dict[int, SchedRequest] = {}
 
     def sim_pe(a):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from dualpath_jax.sched.policy import ClusterScheduler
 from dualpath_jax.sched.read_side import ReadPlan, check_read_plan
@@ -168,9 +168,11 @@ class SchedulingDriver:
             (``read_side.check_read_plan``).
         """
         q = self.view.read_queue_tokens
-        plan = self.sched.read_plan(req, pe_node, de_node, {pe_node: q(pe_node), de_node: q(de_node)},
-                                    hit_blocks, block_tokens)
+        # Any: a policy may answer with a numpy int, which a compiled build's typed tuple would refuse
+        plan: Any = self.sched.read_plan(req, pe_node, de_node, {pe_node: q(pe_node), de_node: q(de_node)},
+                                         hit_blocks, block_tokens)
         check_read_plan(plan, hit_blocks, self.loading, who=self._plan_who)
-        if type(plan) is ReadPlan and type(plan[1]) is int:
+        blocks = plan[1]  # read before any narrowing of ``plan`` to the typed ReadPlan
+        if type(blocks) is int and type(plan) is ReadPlan:
             return plan
-        return ReadPlan(plan[0], int(plan[1]))  # a policy may return a tuple or a numpy int
+        return ReadPlan(plan[0], int(blocks))  # a policy may return a tuple or a numpy int

@@ -339,25 +339,25 @@ class ClusterScheduler:
                 self._private_tok[g] = totals[g] - self._group_tok[g]
                 self._n_pending_de += len(reqs)
             return set(additions)
-        additions = self.select_de_group(self._de_queue, group_tok)
+        chosen = self.select_de_group(self._de_queue, group_tok)
         who = f"{type(self).__name__}.select_de_group"
-        for g in additions:
+        for g in chosen:
             if g not in self._private:
                 raise ValueError(f"{who}: group {g} is not a DE group (known: {sorted(self._private)})")
-        ids = {r.request_id for reqs in additions.values() for r in reqs}
-        if len(ids) != sum([len(reqs) for reqs in additions.values()]) or \
+        ids = {r.request_id for sent in chosen.values() for r in sent}
+        if len(ids) != sum([len(sent) for sent in chosen.values()]) or \
                 not ids <= {r.request_id for r in self._de_queue}:
             raise ValueError(f"{who}: returned requests that are not waiting in the DE queue, or one twice")
-        for g, reqs in additions.items():
-            if not reqs:
+        for g, sent in chosen.items():
+            if not sent:
                 continue
-            self._private[g].extend(reqs)
-            self._private_tok[g] += sum([r.num_tokens for r in reqs])
-            self._n_pending_de += len(reqs)
+            self._private[g].extend(sent)
+            self._private_tok[g] += sum([r.num_tokens for r in sent])
+            self._n_pending_de += len(sent)
         kept = [r for r in self._de_queue if r.request_id not in ids]
         self._de_queue.clear()
         self._de_queue.extend(kept)
-        return {g for g, reqs in additions.items() if reqs}
+        return {g for g, sent in chosen.items() if sent}
 
     def has_de_work(self, group_id: int) -> bool:
         """Whether a DE group has requests waiting for it (after phase 1)."""
