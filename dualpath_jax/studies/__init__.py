@@ -10,7 +10,7 @@
 * :mod:`.report`   ``REPORT.md`` of ``experiments/reproduce_paper.py``.
 * :mod:`.plots`    the studies' matplotlib figures.
 * :mod:`.engine_ablation`   the five-variant ablation on the real engine (imports JAX; not
-  imported here).
+  imported here), on the typed config of :mod:`.engine_config`.
 
 Every study runs its simulations with the scheduler class its config names (``scheduler``:
 ``"pkg.module:Class"``, ``""`` for the built-in :class:`~dualpath_jax.sched.ClusterScheduler`).
