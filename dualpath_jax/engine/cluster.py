@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import math
 import queue
 import sys
 import time
@@ -155,7 +156,6 @@ class EngineCluster:
                          on_persisted=lambda r: put(("persisted", r)), on_failed=lambda r, c: put(("failed", r, c)))
         self.ctx, self.fabric, self.sched = ctx, fabric, sched
         self.read_q = ReadQueues(cfg.num_nodes)
-        self._seen_s: dict[int, list[float]] = {}  # request id -> [finish seen, persist seen] (controller time)
         self.pes = {e: PrefillWorker(ctx, e, self.device_of(e)) for e in range(cfg.num_pe)}
         self.des = {e: DecodeWorker(ctx, e, self.device_of(e)) for e in range(cfg.num_pe, cfg.num_pe + cfg.num_de)}
         max_blocks = max(self.des[cfg.num_pe].blocks_needed(int(t.num_prompt_tokens.max()) + 1,
@@ -265,7 +265,6 @@ class EngineCluster:
             self._agents_open -= 1
             return
         if failed:  # later rounds depend on this one's context: report them, do not run them
-            self._seen_s.pop(req.rid, None)
             self._done += traj.num_rounds - nxt
             now = self.ctx.now()
             for r in range(nxt, traj.num_rounds):
@@ -278,8 +277,7 @@ class EngineCluster:
             self._agents_open -= 1
             return
         think = float(traj.think_time_s[nxt]) if self._use_think else 0.0
-        finish_seen_s, persist_seen_s = self._seen_s.pop(req.rid)
-        heapq.heappush(self._arrivals, (next_round_s(finish_seen_s, persist_seen_s, think), req.agent, nxt))
+        heapq.heappush(self._arrivals, (next_round_s(req.finish_seen_s, req.persist_seen_s, think), req.agent, nxt))
 
     # ---- events ---------------------------------------------------------------------------------
     def _handle(self, ev) -> None:
@@ -293,14 +291,12 @@ class EngineCluster:
                 self.des[req.de].join(req)
         elif kind == "finished":
             self._release_de(req)
-            req.finish_seen = True
-            self._seen_s.setdefault(req.rid, [0.0, 0.0])[0] = self.ctx.now()
-            if req.persist_seen:
+            req.finish_seen_s = self.ctx.now()
+            if not math.isnan(req.persist_seen_s):
                 self._next_round(req, failed=False)
         elif kind == "persisted":
-            req.persist_seen = True
-            self._seen_s.setdefault(req.rid, [0.0, 0.0])[1] = self.ctx.now()
-            if req.finish_seen:
+            req.persist_seen_s = self.ctx.now()
+            if not math.isnan(req.finish_seen_s):
                 self._next_round(req, failed=False)
         elif kind == "failed":
             if req.fail(ev[2], self.ctx.now()):

@@ -78,8 +78,8 @@ class RequestState:
     persist_failures: list = dataclasses.field(default_factory=list)
     finished: bool = False
     # controller bookkeeping (controller thread only)
-    finish_seen: bool = False
-    persist_seen: bool = False
+    finish_seen_s: float = math.nan  # when the controller saw the request finish / its KV persisted
+    persist_seen_s: float = math.nan
     pe_released: bool = False
     de_released: bool = False
     # timeline

@@ -79,7 +79,7 @@ class SchedulingDriver:
         self.fetch_period_s = float(fetch_period_s)
         self.loading = loading
         self._plan_who = f"{type(sched).__name__}.read_plan"
-        self._group_of = {e: g for groups in (sched.pe_groups, sched.de_groups) for g, v in groups.items() for e in v}
+        self._group_of = sched.group_of_engine
         self._pe_group_ids = sorted(sched.pe_groups)
         self._pe_group_nodes = {gid: sorted({load.node_id for load in view.group_loads(gid)})
                                 for gid in self._pe_group_ids}

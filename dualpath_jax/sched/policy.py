@@ -60,6 +60,9 @@ class ClusterScheduler:
       pe_groups: group id -> engine ids (a group is all-PE; all engines of a node in one group).
       de_groups: group id -> engine ids (all-DE).
 
+    Attributes:
+      pe_groups, de_groups: as given (lists); group_of_engine: engine id -> its group id.
+
     Raises:
       ConfigError: empty groups, an engine in two groups, or a PE group id equal to a DE group id.
     """
@@ -82,7 +85,7 @@ class ClusterScheduler:
         self.config = config
         self.pe_groups = {g: list(v) for g, v in pe_groups.items()}
         self.de_groups = {g: list(v) for g, v in de_groups.items()}
-        self._group_of = {e: g for groups in (pe_groups, de_groups) for g, v in groups.items() for e in v}
+        self.group_of_engine = {e: g for groups in (pe_groups, de_groups) for g, v in groups.items() for e in v}
         self._pe_cycle = [e for g in sorted(pe_groups) for e in pe_groups[g]]
         self._de_cycle = [e for g in sorted(de_groups) for e in de_groups[g]]
         self._pe_cursor = 0
@@ -108,10 +111,6 @@ class ClusterScheduler:
         self._own_select_pe = getattr(cls, "select_pe") is not getattr(ClusterScheduler, "select_pe")
         self._own_select_de_group = getattr(cls, "select_de_group") is not getattr(ClusterScheduler, "select_de_group")
         self._own_select_de = getattr(cls, "select_de") is not getattr(ClusterScheduler, "select_de")
-
-    def group_of(self, engine_id: int) -> int:
-        """The group id of an engine (PE or DE)."""
-        return self._group_of[engine_id]
 
     # ---- policy hooks (override any of them in a subclass) --------------------------------
     def select_pe(self, group_id: int, waiting: Sequence[SchedRequest], loads: Sequence[EngineLoad],
@@ -212,7 +211,7 @@ class ClusterScheduler:
             engine = self._pe_cycle[self._pe_cursor % len(self._pe_cycle)]
             self._pe_cursor += 1
             self._rr_engine[req.request_id] = engine
-            self._pending_pe[self._group_of[engine]].append(req)
+            self._pending_pe[self.group_of_engine[engine]].append(req)
             self._n_pending_pe += 1
         else:
             self._pe_queue.append(req)
@@ -250,7 +249,7 @@ class ClusterScheduler:
             engine = self._de_cycle[self._de_cursor % len(self._de_cycle)]
             self._de_cursor += 1
             self._rr_engine[req.request_id] = engine
-            self._private[self._group_of[engine]].append(req)
+            self._private[self.group_of_engine[engine]].append(req)
             self._n_pending_de += 1
         else:
             self._de_queue.append(req)

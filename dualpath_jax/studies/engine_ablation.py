@@ -49,15 +49,9 @@ __all__ = ["check_config", "select_agents", "start_times", "Setup", "round_shape
            "run_variant", "calibrate_links", "load_compute_ratio", "run_ablation"]
 
 
-def check_config(config) -> EngineAblationConfig:
-    """Check an engine-ablation config (``configs/engine_ablation.py``) before anything runs;
-    returns its typed form (:func:`.engine_config.engine_ablation_config`).
-
-    Raises:
-      ConfigError: naming the field (``workload.rounds``, ``arrivals.aps``, ``model.kv_dtype``,
-        ``cluster.<field>``, ``scheduler``, ...).
-    """
-    return engine_ablation_config(config)
+check_config = engine_ablation_config
+"""Check an engine-ablation config before anything runs; returns its typed form
+(:func:`.engine_config.engine_ablation_config`)."""
 
 
 CALIBRATED_FIELDS = ("cluster.snic_bytes_per_s", "cluster.cnic_bytes_per_s")
