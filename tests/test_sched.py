@@ -254,6 +254,30 @@ def test_form_batch_fifo_whole_requests_and_head_chunk():
     assert form_batch_fifo([BatchItem(1, 0, 5000)], max_tokens=1000) == [BatchItem(1, 0, 1000)]
 
 
+def _fifo_forwards(remaining: list[int], cap: int) -> list[int]:
+    """Drain a FIFO with form_batch_fifo the way a runtime does; new tokens per forward."""
+    fifo = [BatchItem(i, 0, r) for i, r in enumerate(remaining)]
+    out = []
+    while fifo:
+        batch = form_batch_fifo(fifo, max_tokens=cap)
+        out.append(sum(b.remaining for b in batch))
+        done = {b.request_id: b.remaining for b in batch}
+        fifo = [BatchItem(it.request_id, it.cached + done.get(it.request_id, 0), it.remaining - done.get(it.request_id, 0))
+                for it in fifo if it.remaining > done.get(it.request_id, 0)]
+    return out
+
+
+def test_form_batch_fifo_fills_the_forward_after_a_tail_chunk():
+    # two requests larger than the cap: every forward but the last is full, ceil(17,700 / 8,192) = 3
+    assert _fifo_forwards([8700, 9000], 8192) == [8192, 8192, 1316]
+    # a request that fits a forward of its own is never split: 300 + 300, then 100 + 5,000 chunks
+    assert _fifo_forwards([300, 300, 100, 2500], 650) == [600, 100 + 550, 650, 650, 650]
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # only oversize requests: the forward count is the closed form
+        rem = [int(x) for x in rng.integers(1001, 5000, size=int(rng.integers(1, 6)))]
+        assert len(_fifo_forwards(rem, 1000)) == -(-sum(rem) // 1000)
+
+
 # ---- the cluster scheduler --------------------------------------------------------------------
 def make(policy, loading="dual"):
     cfg = SchedulerConfig(policy=policy, loading=loading, alpha_tokens=1000, beta_tokens=10_000)

@@ -136,6 +136,11 @@ def form_batch_fifo(fifo: Iterable[BatchItem], *, max_tokens: float, max_kv_toke
                     ) -> list[BatchItem]:
     """Whole requests in FIFO order while new tokens <= ``max_tokens`` and KV <= ``max_kv_tokens``.
 
+    A request with more than ``max_tokens`` tokens to compute can never run whole, so it is
+    chunked: alone at the head to the cap, and behind other requests to the room they leave
+    (8,700 + 9,000 tokens under an 8,192 cap take three forwards, 8,192 / 508 + 7,684 / 1,316,
+    not four). A request that fits a forward of its own waits for the next one instead.
+
     Raises:
       ValueError: the head request's cached KV plus one new token exceeds ``max_kv_tokens``.
     """
@@ -147,11 +152,13 @@ def form_batch_fifo(fifo: Iterable[BatchItem], *, max_tokens: float, max_kv_toke
             tokens += item.remaining
             kv += item.cached + item.remaining
             continue
+        room = int(min(max_tokens - tokens, max_kv_tokens - kv - item.cached))
         if not batch:
-            room = int(min(max_tokens, max_kv_tokens - item.cached))
             if room < 1:
                 raise ValueError(f"request {item.request_id}: cached={item.cached} tokens plus one new token "
                                  f"exceed max_kv_tokens={max_kv_tokens} (it can never run)")
             batch.append(BatchItem(item.request_id, item.cached, min(room, item.remaining)))
+        elif item.remaining > max_tokens and room >= 1:  # chunked anyway: fill this forward
+            batch.append(BatchItem(item.request_id, item.cached, room))
         break
     return batch
