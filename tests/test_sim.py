@@ -43,22 +43,23 @@ def test_one_request_idle_cluster_oracle():
 
 def test_second_round_pe_read_layerwise_hand_computed():
     cfg = SimConfig(loading="pe_read", prefill="layerwise", policy="round_robin", fetch_period_s=FETCH)
-    a0, g0, a1 = 6399, 1, 300  # round 1 hits 6400 tokens = 100 Full Blocks
+    a0, g0, a1 = 6400, 1, 300  # round 1 hits 6400 tokens = 100 Full Blocks (the generated token has no KV)
     sim = Simulator(cfg, [agent([a0, a1], [g0, 1])])
     res = sim.run()
     r = res.requests
     hw, kvb = cfg.hardware, cost.kv_bytes_per_token(cfg.spec, "fp8")
     hit_bytes = 6400 * kvb
-    # round 1 is issued when round 0's new KV (6399 prompt + 1 generated tokens, written from the start
-    # of decode, which is its end with g0 = 1) is persisted: DE CNIC -> DRAM -> SNIC write
+    # round 1 is issued when round 0's new KV (the 6400 prompt tokens: the one generated token is never
+    # fed back, so it has no KV; written from the start of decode, which is its end with g0 = 1) is
+    # persisted: DE CNIC -> DRAM -> SNIC write
     persist_rate = min(hw.cnic_bytes_per_s * hw.cnic_kv_share, hw.dram_bytes_per_s, hw.node_snic_bytes_per_s)
-    arrival1 = r["finish_s"][0] + (a0 + g0) * kvb / persist_rate
+    arrival1 = r["finish_s"][0] + a0 * kvb / persist_rate
     assert r["persisted_s"][0] == pytest.approx(arrival1, rel=1e-12)
     assert r["arrival_s"][1] == pytest.approx(arrival1, rel=1e-12)
     placed = arrival1 + FETCH
     read_done = placed + hit_bytes / hw.snic_bytes_per_s  # storage -> SNIC -> DRAM, SNIC is the slowest hop
     load_end = read_done + hit_bytes / (hw.cnic_bytes_per_s * hw.cnic_kv_share)  # DRAM -> CNIC -> HBM
-    t_c = sim.pe_model.prefill_time_s([6400], [a1])
+    t_c = sim.pe_model.prefill_time_s([6400], [a1 + g0])  # the generated token is computed as appended
     end = max(read_done + t_c, load_end + t_c / cfg.spec.n_layers)
     assert r["hit_tokens"][1] == 6400 and r["side"][1] == "pe"
     assert r["read_done_s"][1] == pytest.approx(read_done, rel=1e-12)
@@ -161,13 +162,16 @@ def test_invalid_sim_configs_name_field():
 
 
 def _reference_rounds(a: SimAgent, z: int = 64):
-    """Plain-loop reference of each round of ``a``: (hit, read tokens, prompt, whole request)."""
-    out, context = [], a.initial_context
+    """Plain-loop reference of each round of ``a``: (hit, read tokens, prompt, whole request).
+
+    The prompt is the round's hit plus its append; what is read is the whole Full Blocks of the
+    part of the hit whose KV is stored: after a round, its context but the last generated token."""
+    out, context, stored = [], a.initial_context, a.initial_context
     for r in range(len(a.append)):
         hit = context if a.hit is None else min(int(a.hit[r]), context)
         need = hit + int(a.append[r]) + int(a.gen[r])
-        out.append((hit, hit // z * z, hit + int(a.append[r]), need))
-        context = need
+        out.append((hit, min(hit, stored) // z * z, hit + int(a.append[r]), need))
+        context, stored = need, need - 1
     return out
 
 

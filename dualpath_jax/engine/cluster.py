@@ -20,8 +20,17 @@ putting events on the controller's queue. Scheduling runs through the same
 4. **Prefill** on the PE (:mod:`.pe`; ``form_pe_batch`` inside), **decode** and **persist** on
    the DE (:mod:`.de`).
 
-Every request ends finished or failed with a cause (read/hand-off/buffer/link failures, the
-run's deadline); an agent whose round failed reports its later rounds failed too.
+**Supervision.** Every worker thread's job runs under a handler: an unexpected exception (a
+bug, an out-of-memory error, an injected crash, :mod:`.faults`) is reported to the controller
+(``ClusterResult.worker_errors``), the attempts the job held fail with that cause and release
+what they held, and the worker goes on with its next job. A failed attempt is run again from
+the start (lookup, placement, reads) up to ``max_attempts`` times; the KV it already persisted
+is reused like any other hit. Only a request that can never fit (a prompt larger than the PE's
+device KV budget or the DE buffer) or that exhausts its attempts fails, with its cause; an
+agent whose round failed reports its later rounds failed too. A thread that dies outside its
+job handler ends the run at once (its requests fail with the cause), never at the deadline.
+After every run the pools are reconciled: DRAM buffers, read queues, DE block pools and the
+scheduler's loads must all be back to empty (:class:`ResourceLeakError` otherwise).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import tqdm
 from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.engine.context import RunContext
 from dualpath_jax.engine.de import DecodeWorker, StepRecord
+from dualpath_jax.engine.faults import FaultConfig, FaultInjector
 from dualpath_jax.engine.network import Fabric
 from dualpath_jax.engine.pe import ForwardRecord, PrefillWorker
 from dualpath_jax.engine.reader import NodeReader, ReadJob, ReadQueues
@@ -53,9 +63,17 @@ from dualpath_jax.sched.driver import SchedulingDriver, next_round_s
 from dualpath_jax.sched.batching import TimeModel
 from dualpath_jax.store import KVStore
 from dualpath_jax.transfer import TransferRecord
-from dualpath_jax.workload import Trajectory, prompt_token_ids
+from dualpath_jax.workload import Trajectory, gen_token_ids, prompt_token_ids
 
-__all__ = ["ClusterResult", "EngineCluster"]
+__all__ = ["ClusterResult", "EngineCluster", "ResourceLeakError"]
+
+
+class ResourceLeakError(RuntimeError):
+    """A run ended with resources still held (``leaks``: what and how much)."""
+
+    def __init__(self, leaks: dict):
+        self.leaks = leaks
+        super().__init__("resources still held after the run: " + ", ".join(f"{k}={v}" for k, v in leaks.items()))
 
 _IDLE_WAIT_S = 0.05
 """Longest controller wait for an event when no tick or arrival is due (seconds)."""
@@ -76,6 +94,11 @@ class ClusterResult:
       read_bytes_store: bytes the store returned to reads; bypass_read_bytes: of those, read
         without a link (``oracle``); discarded_read_bytes: read after a failed block, not used.
       runtime_shapes: compiled shapes used during the run, per engine.
+      failed_attempts: attempts that failed and were run again (``retried`` set), not in ``requests``.
+      worker_errors: every unexpected exception of a worker's job: ``{"time_s", "worker",
+        "error", "traceback", "fatal"}``.
+      faults: injected faults by kind (``engine.faults``); empty without fault injection.
+      leaks: resources still held at the end (empty after every clean run; see ResourceLeakError).
     """
 
     config: ClusterConfig
@@ -94,6 +117,10 @@ class ClusterResult:
     runtime_shapes: dict
     join_s: dict = dataclasses.field(default_factory=dict)
     join_count: dict = dataclasses.field(default_factory=dict)
+    failed_attempts: list = dataclasses.field(default_factory=list)
+    worker_errors: list = dataclasses.field(default_factory=list)
+    faults: dict = dataclasses.field(default_factory=dict)
+    leaks: dict = dataclasses.field(default_factory=dict)
 
 
 class EngineCluster:
@@ -109,6 +136,7 @@ class EngineCluster:
       devices: JAX devices; engine e runs on ``devices[e % len(devices)]`` (default all).
       scheduler_cls: the :class:`~dualpath_jax.sched.ClusterScheduler` (sub)class that decides
         (a researcher's policy, ``sched.load_scheduler``); the built-in one by default.
+      faults: faults to inject (:mod:`.faults`); None or all-off = none.
 
     Raises:
       ConfigError: a buffer/pool cannot hold one Full Block.
@@ -116,8 +144,9 @@ class EngineCluster:
 
     def __init__(self, config: ClusterConfig, spec: ModelSpec, params: dict, layout: BlockLayout, store: KVStore, *,
                  time_model: TimeModel | None, prefill_tokens_per_s: float, devices: Sequence | None = None,
-                 scheduler_cls: type = ClusterScheduler):
+                 scheduler_cls: type = ClusterScheduler, faults: FaultConfig | None = None):
         config.check_layout(layout.full_block_bytes)
+        self.faults = faults if faults is not None and faults.enabled else None
         self.config, self.spec, self.layout, self.store = config, spec, layout, store
         self.params = params
         self.devices = list(devices or jax.devices())
@@ -136,6 +165,10 @@ class EngineCluster:
 
         ``progress``: a tqdm bar of finished requests with rate and ETA, labelled ``desc``
         (default: only when stderr is a terminal, so logs and CI stay quiet).
+
+        Raises:
+          ResourceLeakError: the run ended normally but left a buffer, read queue, DE pool or
+            scheduler load non-empty (a bookkeeping bug; the result is attached as ``result``).
         """
         cfg, spec, layout = self.config, self.spec, self.layout
         if len(trajectories) != len(start_s):
@@ -153,8 +186,14 @@ class EngineCluster:
         ctx = RunContext(cfg, spec, layout, self.params, np.asarray(self.params["embed"], np.float32), fabric,
                          self.store, sched, self.time_model,
                          on_prefilled=lambda r: put(("prefilled", r)), on_finished=lambda r: put(("finished", r)),
-                         on_persisted=lambda r: put(("persisted", r)), on_failed=lambda r, c: put(("failed", r, c)))
+                         on_persisted=lambda r: put(("persisted", r)),
+                         on_failed=lambda r, c, retry=True: put(("failed", r, c, retry)),
+                         on_worker_error=lambda w, e, tb, fatal=False: put(("worker_error", w, e, tb, fatal)))
+        injector = FaultInjector(self.faults, now=ctx.now) if self.faults is not None else None
+        ctx.faults = fabric.faults = injector
         self.ctx, self.fabric, self.sched = ctx, fabric, sched
+        self.worker_errors: list[dict] = []
+        self._aborted = ""
         self.read_q = ReadQueues(cfg.num_nodes)
         self.pes = {e: PrefillWorker(ctx, e, self.device_of(e)) for e in range(cfg.num_pe)}
         self.des = {e: DecodeWorker(ctx, e, self.device_of(e)) for e in range(cfg.num_pe, cfg.num_pe + cfg.num_de)}
@@ -162,10 +201,9 @@ class EngineCluster:
                                                                int(t.num_gen_tokens.max())) for t in trajectories)
         for de in self.des.values():
             de.warm_up(max_blocks)
-        self.readers = {n: NodeReader(n, fabric, self.store, self.read_q,
-                                      on_done=lambda *a: put(("read_done", *a)),
-                                      on_error=lambda job, cause: put(("failed", job.req, cause)),
-                                      timeout_s=cfg.timeout_s) for n in range(cfg.num_nodes)}
+        self.readers = {n: NodeReader(ctx, n, self.read_q, on_done=lambda *a: put(("read_done", *a)),
+                                      on_error=lambda job, cause: put(("failed", job.req, cause, True)))
+                        for n in range(cfg.num_nodes)}
         n_eng = cfg.num_pe + cfg.num_de
         self.node_of = [fabric.node_of(e) for e in range(n_eng)]
         self.view = EngineView({**pe_groups, **de_groups}, self.node_of, self.read_q,
@@ -196,33 +234,61 @@ class EngineCluster:
             for w in (*self.pes.values(), *self.des.values(), *self.readers.values()):
                 w.stop()
         wall = ctx.now()
+        leaks = self._reconcile()
         store_after = self.store.stats()
         transfers = [dataclasses.replace(r, start_s=r.start_s - ctx.t0, finish_s=r.finish_s - ctx.t0)
                      for r in fabric.records()]
         compute = {f"pe{e}": w.compute_s for e, w in self.pes.items()}
         compute.update({f"de{e}": w.compute_s for e, w in self.des.items()})
-        return ClusterResult(
-            config=cfg, requests=self.requests, forwards=[f for w in self.pes.values() for f in w.forwards],
+        result = ClusterResult(
+            config=cfg, requests=[r for r in self.requests if not r.retried],
+            failed_attempts=[r for r in self.requests if r.retried], worker_errors=self.worker_errors,
+            faults=dict(injector.counts) if injector is not None else {}, leaks=leaks,
+            forwards=[f for w in self.pes.values() for f in w.forwards],
             steps=[s for w in self.des.values() for s in w.steps], links=fabric.link_stats(), transfers=transfers,
             compute_s=compute, read_bytes_store=store_after.read_bytes - store_before.read_bytes,
             bypass_read_bytes=sum(r.bypass_bytes for r in self.readers.values()),
-            discarded_read_bytes=self._discarded, alpha_tokens=self.alpha_tokens, beta_tokens=self.beta_tokens,
+            discarded_read_bytes=sum(r.discarded_bytes for r in self.readers.values()),
+            alpha_tokens=self.alpha_tokens, beta_tokens=self.beta_tokens,
             join_s={f"de{e}": w.join_s for e, w in self.des.items()},
             join_count={f"de{e}": w.join_count for e, w in self.des.items()},
             wall_s=wall, runtime_shapes={**{f"pe{e}": sorted(w.shapes) for e, w in self.pes.items()},
                                          **{f"de{e}": sorted(w.shapes) for e, w in self.des.items()}})
+        if leaks and not self._ended_early:
+            err = ResourceLeakError(leaks)
+            err.result = result
+            raise err
+        return result
+
+    def _reconcile(self) -> dict:
+        """What is still held after the workers stopped; every entry should be 0 (module docstring)."""
+        leaks: dict = {}
+        for n in range(self.config.num_nodes):
+            buf = self.fabric.buffer_of(n)
+            if buf.in_use_bytes:
+                leaks[f"{buf.name}.bytes"] = buf.in_use_bytes
+            if self.read_q.tokens(n):
+                leaks[f"read_q/node{n}.tokens"] = self.read_q.tokens(n)
+        for e, de in self.des.items():
+            if de.free_blocks != de.num_blocks:
+                leaks[f"de{e}.pool_blocks"] = de.num_blocks - de.free_blocks
+        for e in range(len(self.node_of)):
+            if self.view.tok[e] or self.view.seq[e]:
+                leaks[f"sched_load/engine{e}"] = (self.view.tok[e], self.view.seq[e])
+        return leaks
 
     def _loop(self) -> None:
         cfg, ctx = self.config, self.ctx
-        self._discarded = 0
         deadline = cfg.run_timeout_s
+        self._ended_early = False
         while self._agents_open > 0:
             now = ctx.now()
             while self._arrivals and self._arrivals[0][0] <= now:
                 _, k, r = heapq.heappop(self._arrivals)
                 self._arrive(k, r)
-            if now > deadline:
-                self._expire()
+            if now > deadline or self._aborted:
+                self._expire(self._aborted or f"timeout: run exceeded run_timeout_s={cfg.run_timeout_s}")
+                self._ended_early = True
                 return
             if self.driver.tick_due(now):
                 self.driver.tick()
@@ -241,7 +307,7 @@ class EngineCluster:
                 self._bar.update(self._done - self._bar.n)
 
     # ---- agents ---------------------------------------------------------------------------------
-    def _arrive(self, k: int, r: int) -> None:
+    def _arrive(self, k: int, r: int, attempt: int = 1) -> None:
         traj, spec, layout = self.trajectories[k], self.spec, self.layout
         prompt = prompt_token_ids(traj, r, spec.vocab_size)
         keys = block_keys(layout, prompt)
@@ -249,12 +315,18 @@ class EngineCluster:
         eligible = min(len(keys), (len(prompt) - 1) // z)  # at least one token is computed
         found = self.store.lookup(keys[:eligible]).num_blocks if eligible else 0
         rid = len(self.requests)
-        req = RequestState(rid, k, r, traj.agent_id, prompt, keys, int(traj.num_gen_tokens[r]), found, z)
+        req = RequestState(rid, k, r, traj.agent_id, prompt, keys, int(traj.num_gen_tokens[r]), found, z,
+                           forced=gen_token_ids(traj, r, spec.vocab_size), attempt=attempt)
         req.segments = [[] for _ in range(spec.n_layers)]
         req.arrival_s = self.ctx.now()
         hbm = self.des[self.config.num_pe].blocks_needed(len(prompt), req.gen_target) * layout.full_block_bytes
         req.sched = SchedRequest(rid, found * z, len(prompt) - found * z, req.gen_target, int(hbm))
         self.requests.append(req)
+        budget = self.pes[0].max_kv_tokens
+        if len(prompt) > budget:  # its last token's forward needs the whole prompt's KV on the PE
+            self._handle(("failed", req, f"PE device KV budget: a {len(prompt)}-token prompt exceeds "
+                          f"max_kv_tokens={budget:.0f} (cluster.pe_hbm_kv_bytes; it can never run)", False))
+            return
         self.driver.submit(req.sched, req.arrival_s)
 
     def _next_round(self, req: RequestState, failed: bool) -> None:
@@ -302,7 +374,17 @@ class EngineCluster:
             if req.fail(ev[2], self.ctx.now()):
                 self._release_pe(req)
                 self._release_de(req)
-                self._next_round(req, failed=True)
+                if ev[3] and req.attempt < self.config.max_attempts and not self._aborted:
+                    req.retried = True  # run the round again from the start
+                    self._arrive(req.agent, req.round_index, req.attempt + 1)
+                else:
+                    self._next_round(req, failed=True)
+        elif kind == "worker_error":
+            _, worker, error, text, fatal = ev
+            self.worker_errors.append({"time_s": self.ctx.now(), "worker": worker, "error": error,
+                                       "traceback": text, "fatal": fatal})
+            if fatal and not self._aborted:
+                self._aborted = f"worker {worker} died: {error}"
 
     def _release_pe(self, req: RequestState) -> None:
         if req.pe >= 0 and not req.pe_released:
@@ -318,11 +400,15 @@ class EngineCluster:
             self.driver.de_released(req.de)
             self.driver.request_tick(self.ctx.now())
 
-    def _expire(self) -> None:
+    def _expire(self, cause: str) -> None:
+        """End the run now (deadline or a dead worker): unfinished requests fail with ``cause``,
+        rounds never issued are reported not run."""
         now = self.ctx.now()
         for req in self.requests:
             if not req.finished and not req.error:
-                req.fail(f"timeout: run exceeded run_timeout_s={self.config.run_timeout_s}", now)
+                req.fail(cause, now)
+                self._release_pe(req)
+                self._release_de(req)
         for k, traj in enumerate(self.trajectories):
             issued = {r.round_index for r in self.requests if r.agent == k}
             for r in range(traj.num_rounds):
@@ -330,7 +416,7 @@ class EngineCluster:
                     st = RequestState(len(self.requests), k, r, traj.agent_id, np.zeros(0, np.int32), [],
                                       int(traj.num_gen_tokens[r]), 0, self.layout.block_tokens)
                     st.arrival_s = st.finish_s = now
-                    st.error = "not run: run deadline"
+                    st.error = f"not run: {cause}"
                     self.requests.append(st)
 
     # ---- placement and reads (decided by the shared driver) ------------------------------------
@@ -357,17 +443,16 @@ class EngineCluster:
         else:
             jobs = [j for j in (ReadJob(req, "de", dn, 0, plan.de_blocks), ReadJob(req, "pe", pn, plan.de_blocks, hit))
                     if j.last > j.first]
-            for j in jobs:
-                self.read_q.add(j.node, (j.last - j.first) * z)
+        for j in jobs:  # the reader takes them out again as it reads
+            self.read_q.add(j.node, (j.last - j.first) * z)
         req.pending_reads = len(jobs)
         for j in jobs:
             self.readers[j.node].submit(j)
         if not jobs:
             self._reads_complete(req)
 
-    def _read_done(self, job: ReadJob, blocks: list, failures: list, discarded: int) -> None:
+    def _read_done(self, job: ReadJob, blocks: list, failures: list) -> None:
         req = job.req
-        self._discarded += discarded
         nbytes = len(blocks) * self.layout.full_block_bytes
         if job.side == "pe":
             req.pe_hit = blocks

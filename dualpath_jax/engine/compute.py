@@ -163,11 +163,12 @@ _forward = jax.jit(forward, static_argnames=("spec",))
 
 
 def reference_greedy(params: dict, spec: ModelSpec, prompt: np.ndarray, generated: np.ndarray, *,
-                     chunk_tokens: int | None = None, pad_multiple: int = 256
+                     forced: np.ndarray | None = None, chunk_tokens: int | None = None, pad_multiple: int = 256
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Plain recompute of a greedy generation from tokens, teacher-forced on ``generated``.
+    """Plain recompute of a greedy generation from tokens, teacher-forced on ``forced``.
 
-    The sequence ``prompt ++ generated[:-1]`` goes through the model's own functions, never
+    The sequence ``prompt ++ forced[:-1]`` (``forced`` defaults to ``generated``: a free-running
+    greedy decode feeds back its own tokens) goes through the model's own functions, never
     through the runtime's store, buffers, links or bucketed kernels, and the logits at each
     generated position give the token a greedy decoder would emit after the same context:
 
@@ -179,7 +180,8 @@ def reference_greedy(params: dict, spec: ModelSpec, prompt: np.ndarray, generate
       ``O(C * S)`` instead of ``O(S^2)`` for long sequences).
 
     Args:
-      prompt: ``i32[S]``; generated: ``i32[G]`` (G >= 1) the tokens to check.
+      prompt: ``i32[S]``; generated: ``i32[G]`` (G >= 1) the tokens to check; forced:
+        ``i32[G]`` the tokens the decoder was fed (the engine's teacher-forced replay).
 
     Returns:
       ``(tokens i32[G], gaps f64[G], margin f64[G])``: the reference's greedy token at each
@@ -187,7 +189,10 @@ def reference_greedy(params: dict, spec: ModelSpec, prompt: np.ndarray, generate
       ``generated[i]`` (0 where they agree).
     """
     prompt, generated = np.asarray(prompt, np.int32), np.asarray(generated, np.int32)
-    seq = np.concatenate([prompt, generated[:-1]])
+    forced = generated if forced is None else np.asarray(forced, np.int32)
+    if len(forced) != len(generated):
+        raise ValueError(f"forced: {len(forced)} tokens for {len(generated)} generated")
+    seq = np.concatenate([prompt, forced[:-1]])
     n = len(seq)
     step = pad_multiple if chunk_tokens is None else chunk_tokens
     padded = np.zeros(-(-n // step) * step, np.int32)

@@ -57,6 +57,9 @@ class ClusterConfig(SchedKnobs):
       timeout_s: deadline of every wait (buffers, links, loader); a request that hits it fails.
       run_timeout_s: the whole run's deadline; requests unfinished by then fail with ``timeout``.
       store_io_threads: tensorstore I/O threads of the shared KV store.
+      max_attempts: runs of one request at most: an attempt that fails (a failed transfer, a
+        crashed worker's job, a buffer wait past ``timeout_s``) is run again from the start
+        until this many attempts have failed (1 = never run again).
 
     Raises:
       ConfigError: naming the field.
@@ -74,6 +77,7 @@ class ClusterConfig(SchedKnobs):
     timeout_s: float = 120.0
     run_timeout_s: float = 900.0
     store_io_threads: int = 4
+    max_attempts: int = 3
 
     field_prefix: ClassVar[str] = "cluster."
 
@@ -81,7 +85,7 @@ class ClusterConfig(SchedKnobs):
         super().__post_init__()  # the switches and scheduler knobs
         p = self.field_prefix
         for f in ("prefill_nodes", "decode_nodes", "engines_per_node", "buffer_bytes", "pe_hbm_kv_bytes",
-                  "de_hbm_kv_bytes", "max_decode_batch", "store_io_threads"):
+                  "de_hbm_kv_bytes", "max_decode_batch", "store_io_threads", "max_attempts"):
             check_positive(p + f, getattr(self, f), integer=True)
         for f in ("snic_bytes_per_s", "cnic_bytes_per_s", "timeout_s", "run_timeout_s"):
             check_positive(p + f, getattr(self, f))

@@ -86,8 +86,9 @@ class DecodeWorker:
         self.join_s = 0.0
         self.join_count = 0
         self.shapes: set = set()
-        self._thread = threading.Thread(target=self._run, name=f"de{engine_id}", daemon=True)
-        self._persister = threading.Thread(target=self._persist_loop, name=f"de{engine_id}-persist", daemon=True)
+        self.name = f"de{engine_id}"
+        self._thread = ctx.thread(self.name, self._run)
+        self._persister = ctx.thread(f"{self.name}-persist", self._persist_loop)
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "DecodeWorker":
@@ -101,6 +102,19 @@ class DecodeWorker:
         self._thread.join(timeout=self.ctx.config.timeout_s)
         self._persists.put(None)
         self._persister.join(timeout=self.ctx.config.timeout_s)
+        if not self._thread.is_alive():  # rows left at a deadline or an abort: their requests failed
+            for row in self._active:
+                self._free_row(row)
+            self._active = []
+
+    @property
+    def free_blocks(self) -> int:
+        """Pool blocks no request holds."""
+        return len(self._free)
+
+    def _free_row(self, row: "_Row") -> None:
+        self._free.extend(reversed(row.blocks))
+        row.blocks = []
 
     def blocks_needed(self, prompt_tokens: int, gen_tokens: int) -> int:
         """Pool blocks a request holds: KV of its prompt and all but its last generated token."""
@@ -130,11 +144,24 @@ class DecodeWorker:
     def _run(self) -> None:
         while not self._stop:
             self._take_joins()
+            for row in [r for r in self._active if r.req.error]:  # failed elsewhere (deadline): drop
+                self._active.remove(row)
+                self._free_row(row)
             if not self._active:
                 self._wake.wait(timeout=0.05)
                 self._wake.clear()
                 continue
-            self._step()
+            rows = self._active[:self.rows]
+            try:
+                self.ctx.job(self.name)
+                self._step(rows)
+            except Exception as e:  # noqa: BLE001 - supervision: fail the step's requests, go on
+                cause = self.ctx.worker_error(self.name, e)
+                for row in rows:
+                    if row in self._active:
+                        self._active.remove(row)
+                        self._free_row(row)
+                        self.ctx.on_failed(row.req, f"decode: {cause}")
 
     def _take_joins(self) -> None:
         while True:
@@ -145,9 +172,12 @@ class DecodeWorker:
             if req.error:
                 continue
             try:
+                self.ctx.job(self.name)
                 self._join(req)
             except (TransferFailed, ValueError) as e:
-                self.ctx.on_failed(req, f"join on de{self.engine_id}: {e}")
+                self.ctx.on_failed(req, f"join on {self.name}: {e}")
+            except Exception as e:  # noqa: BLE001 - supervision: fail this request, go on
+                self.ctx.on_failed(req, f"join: {self.ctx.worker_error(self.name, e)}")
 
     def _join(self, req: RequestState) -> None:
         ctx, spec, z = self.ctx, self.ctx.spec, self.ctx.layout.block_tokens
@@ -182,7 +212,7 @@ class DecodeWorker:
 
         try:
             ctx.fabric.carry(ctx.fabric.de_h2d(self.engine_id), s * ctx.bytes_per_token, h2d, tag=f"join/r{req.rid}")
-        except TransferFailed:
+        except BaseException:
             self._free.extend(reversed(blocks))
             raise
         for lease in (req.de_read_lease, req.de_send_lease):
@@ -191,14 +221,18 @@ class DecodeWorker:
         req.de_hit, req.segments = [], []
         req.decode_start_s = ctx.now()
         row = _Row(req, blocks, list(req.keys[:s // z]))
-        for j in range(req.hit_blocks, s // z):  # the prompt's new complete blocks
-            self._queue_persist(row, j, tuple(f[:, j] for f in fields))
+        try:
+            for j in range(req.hit_blocks, s // z):  # the prompt's new complete blocks
+                self._queue_persist(row, j, tuple(f[:, j] for f in fields))
+        except BaseException:
+            self._free_row(row)
+            raise
         self.join_s += time.perf_counter() - t0
         self.join_count += 1
         if len(req.generated) >= req.gen_target:
             self._finish(row)
         else:
-            self._active.append(row)
+            self._active.append(row)  # from here on the row's blocks are freed with the row
 
     def _assemble(self, req: RequestState) -> list[tuple[np.ndarray, np.ndarray]]:
         """The prompt's KV per layer from the DE buffer: DE-side hit blocks + segments the PE sent.
@@ -243,7 +277,7 @@ class DecodeWorker:
         table = np.zeros((b, p), np.int32)
         active = np.zeros(b, bool)
         for i, row in enumerate(rows):
-            tokens[i] = row.req.generated[-1]
+            tokens[i] = row.req.forced[len(row.req.generated) - 1]  # teacher-forced (request.py)
             positions[i] = row.req.prompt_tokens + len(row.req.generated) - 1
             table[i, :len(row.blocks)] = row.blocks
             active[i] = True
@@ -253,9 +287,8 @@ class DecodeWorker:
                                             put(table), put(active))
         return np.asarray(nxt), np.asarray(gaps), positions
 
-    def _step(self) -> None:
+    def _step(self, rows: list[_Row]) -> None:
         ctx, z = self.ctx, self.ctx.layout.block_tokens
-        rows = self._active[:self.rows]
         p = bucket_blocks(max(len(r.blocks) for r in rows))
         start = ctx.now()
         t0 = time.perf_counter()
@@ -284,8 +317,7 @@ class DecodeWorker:
     def _finish(self, row: _Row) -> None:
         req = row.req
         req.finish_s = self.ctx.now()
-        self._free.extend(reversed(row.blocks))
-        row.blocks = []
+        self._free_row(row)
         with req.lock:
             req.finished = True
             done = req.pending_persists == 0
@@ -298,7 +330,7 @@ class DecodeWorker:
     def _queue_persist(self, row: _Row, j: int, kv: tuple[np.ndarray, np.ndarray]) -> None:
         """Persist block ``j`` (``kv``: the pair ``([L, Z, ...], [L, Z, ...])``) under the sequence's chain key."""
         req, z = row.req, self.ctx.layout.block_tokens
-        seq = np.concatenate([req.prompt, np.asarray(req.generated, np.int32)])
+        seq = np.concatenate([req.prompt, req.forced])
         while len(row.chain) <= j:
             i = len(row.chain)
             parent = row.chain[-1] if row.chain else self.ctx.layout.scope
@@ -316,6 +348,7 @@ class DecodeWorker:
                 return
             req, key, (a, b) = job
             try:
+                ctx.job(f"{self.name}-persist")
                 ctx.fabric.carry(ctx.fabric.de_d2h(self.engine_id), nbytes, tag=f"persist/r{req.rid}")
                 block = pack_full_blocks(ctx.layout, [(a[l], b[l]) for l in range(ctx.spec.n_layers)])[0]
                 (res,) = ctx.fabric.carry(ctx.fabric.write_path(self.node), nbytes,
@@ -326,6 +359,8 @@ class DecodeWorker:
                     req.persist_failures.append(res.failure)
             except TransferFailed as e:
                 req.persist_failures.append(str(e))
+            except Exception as e:  # noqa: BLE001 - supervision: this block is not persisted, go on
+                req.persist_failures.append(ctx.worker_error(f"{self.name}-persist", e))
             with req.lock:
                 req.pending_persists -= 1
                 done = req.finished and req.pending_persists == 0

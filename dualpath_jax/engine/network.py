@@ -78,6 +78,7 @@ class Fabric:
     def __init__(self, config: ClusterConfig):
         self.config = config
         self.bypass = config.loading == "oracle"
+        self.faults = None  # a FaultInjector: some moves fail (engine.faults)
         g = config.engines_per_node
         snic, cnic = config.snic_bytes_per_s, config.cnic_bytes_per_s
         self.nodes: list[NodeIO] = []
@@ -137,12 +138,14 @@ class Fabric:
           ``fn()``'s value (None without ``fn``).
 
         Raises:
-          TransferFailed: a hop was not free within ``timeout_s`` (default the config's) or
-            ``fn`` raised.
+          TransferFailed: a hop was not free within ``timeout_s`` (default the config's), ``fn``
+            raised, or the fault injector failed the move (before any byte moved).
         """
         timeout_s = self.config.timeout_s if timeout_s is None else timeout_s
         if self.bypass or not path or num_bytes <= 0:
             return fn() if fn is not None else None
+        if self.faults is not None and self.faults.transfer_fails():
+            raise TransferFailed(path[0].name, "injected transfer failure")
         return self._nest(list(path), int(num_bytes), fn, tag, timeout_s)
 
     def _nest(self, hops: list[Link], num_bytes: int, fn, tag: str, timeout_s: float):

@@ -111,8 +111,9 @@ class PrefillWorker:
         self._sends: queue.Queue = queue.Queue()
         self.forwards: list[ForwardRecord] = []
         self.compute_s = 0.0
-        self._thread = threading.Thread(target=self._run, name=f"pe{engine_id}", daemon=True)
-        self._sender = threading.Thread(target=self._send_loop, name=f"pe{engine_id}-send", daemon=True)
+        self.name = f"pe{engine_id}"
+        self._thread = ctx.thread(self.name, self._run)
+        self._sender = ctx.thread(f"{self.name}-send", self._send_loop)
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "PrefillWorker":
@@ -150,9 +151,16 @@ class PrefillWorker:
                 with self._cond:
                     self._cond.wait(timeout=_BUFFER_POLL_S)
                 continue
-            entries = self._form_batch(fifo)
-            if entries:
-                self._forward(entries)
+            entries: list[tuple[PrefillItem, int]] = []
+            try:
+                self.ctx.job(self.name)
+                entries = self._form_batch(fifo)
+                if entries:
+                    self._forward(entries)
+            except Exception as e:  # noqa: BLE001 - supervision: fail this forward's requests, go on
+                cause = self.ctx.worker_error(self.name, e)
+                for it in [it for it, _ in entries] or fifo[:1]:
+                    self._drop(it, f"prefill: {cause}")
 
     def _form_batch(self, fifo: list[PrefillItem]) -> list[tuple[PrefillItem, int]]:
         ctx = self.ctx
@@ -162,15 +170,15 @@ class PrefillWorker:
                                             max_tokens=ctx.config.basic_max_batch_tokens,
                                             max_kv_tokens=self.max_kv_tokens)
         except ValueError as e:  # the head's cached KV can never fit this PE's device budget
-            self._drop(fifo[0], f"PE device KV budget: {e}")
+            self._drop(fifo[0], f"PE device KV budget: {e}", retry=False)
             return []
         return [(fifo[b.request_id], b.remaining) for b in batch]
 
-    def _drop(self, item: PrefillItem, cause: str) -> None:
+    def _drop(self, item: PrefillItem, cause: str, *, retry: bool = True) -> None:
         with self._cond:
             if item in self._ready:
                 self._ready.remove(item)
-        self.ctx.on_failed(item.req, cause)
+        self.ctx.on_failed(item.req, cause, retry=retry)
 
     def _reserve_sends(self, item: PrefillItem) -> bool:
         """Hold DE buffer space for what this PE will send of the request (before its first chunk).
@@ -187,11 +195,11 @@ class PrefillWorker:
         pool = ctx.fabric.buffer_of(ctx.fabric.node_of(req.de))
         if nbytes > pool.capacity_bytes:
             self._drop(item, f"DE buffer for the PE->DE hand-off: {nbytes} B exceed buffer {pool.name}'s "
-                             f"capacity {pool.capacity_bytes} B")
+                             f"capacity {pool.capacity_bytes} B", retry=False)
             return False
-        req.de_send_lease = pool.try_acquire(nbytes)
-        if req.de_send_lease is not None:
-            return True
+        lease = pool.try_acquire(nbytes)
+        if lease is not None:
+            return req.attach_lease("de_send_lease", lease)
         if item.buffer_wait_since is None:
             item.buffer_wait_since = ctx.now()
         elif ctx.now() - item.buffer_wait_since > ctx.config.timeout_s:
@@ -296,27 +304,34 @@ class PrefillWorker:
                 return
             it, layer, new, start, first = job
             req = it.req
-            segments = []
-            n_de = self._de_hit_tokens(req) // req.block_tokens
-            if first and req.hit_blocks > n_de:
-                hit = gather_layer(ctx.layout, req.pe_hit[:req.hit_blocks - n_de], layer, dtype=np.float32)
-                segments.append((n_de * req.block_tokens, hit[0], hit[1]))
-            segments.append((start, new[0], new[1]))
-            ntok = sum(len(s[1]) for s in segments)
-
-            def deposit(segments=segments):
-                with req.lock:
-                    req.segments[layer].extend(segments)
-
             try:
                 if not req.error:
-                    ctx.fabric.carry(ctx.fabric.pe_to_de(self.engine_id, req.de), ntok * bt, deposit,
-                                     tag=f"kv_out/r{req.rid}")
+                    ctx.job(f"{self.name}-send")
+                    self._send(req, layer, new, start, first, bt)
             except TransferFailed as e:
                 ctx.on_failed(req, f"PE->DE hand-off: {e}")
-            with req.lock:
-                req.pending_sends -= 1
+            except Exception as e:  # noqa: BLE001 - supervision: fail this request, go on
+                ctx.on_failed(req, f"PE->DE hand-off: {ctx.worker_error(f'{self.name}-send', e)}")
+            finally:
+                with req.lock:
+                    req.pending_sends -= 1
             self._maybe_hand_off(req)
+
+    def _send(self, req: RequestState, layer: int, new: tuple, start: int, first: bool, bt: int) -> None:
+        ctx = self.ctx
+        segments = []
+        n_de = self._de_hit_tokens(req) // req.block_tokens
+        if first and req.hit_blocks > n_de:
+            hit = gather_layer(ctx.layout, req.pe_hit[:req.hit_blocks - n_de], layer, dtype=np.float32)
+            segments.append((n_de * req.block_tokens, hit[0], hit[1]))
+        segments.append((start, new[0], new[1]))
+        ntok = sum(len(s[1]) for s in segments)
+
+        def deposit():
+            with req.lock:
+                req.segments[layer].extend(segments)
+
+        ctx.fabric.carry(ctx.fabric.pe_to_de(self.engine_id, req.de), ntok * bt, deposit, tag=f"kv_out/r{req.rid}")
 
     def _maybe_hand_off(self, req: RequestState) -> None:
         with req.lock:

@@ -19,9 +19,9 @@ import queue
 import threading
 from collections.abc import Callable
 
-from dualpath_jax.engine.network import Fabric, TransferFailed
+from dualpath_jax.engine.network import TransferFailed
 from dualpath_jax.engine.request import RequestFailed, RequestState
-from dualpath_jax.store import BlockFailure, FailureCause, KVStore
+from dualpath_jax.store import BlockFailure, FailureCause
 from dualpath_jax.transfer import BufferTimeoutError
 
 __all__ = ["ReadJob", "NodeReader", "ReadQueues"]
@@ -63,18 +63,26 @@ class NodeReader:
     """One node's reader thread (see module docstring).
 
     Args:
-      node: node id; fabric, store: the cluster's; read_q: pending read tokens per node.
-      on_done: ``on_done(job, blocks, failures, discarded_bytes)`` from the reader thread; or
-        ``on_error(job, cause)`` when the job could not run (buffer timeout, link failure).
+      ctx: the run (fabric, store, clock, fault injector, supervision).
+      node: node id; read_q: pending read tokens per node.
+      on_done: ``on_done(job, blocks, failures)`` from the reader thread; or
+        ``on_error(job, cause)`` when the job could not run (buffer timeout, link failure, an
+        unexpected exception of the job, which is also reported to the controller).
+
+    Every job takes its tokens out of ``read_q`` exactly once, whatever happens to it.
+    ``bypass_bytes``: bytes read without a link (``oracle``); ``discarded_bytes``: bytes the
+    store returned that were not used (after a failed block, or of an interrupted job).
     """
 
-    def __init__(self, node: int, fabric: Fabric, store: KVStore, read_q: ReadQueues,
-                 on_done: Callable, on_error: Callable, timeout_s: float):
-        self.node, self.fabric, self.store, self.read_q = node, fabric, store, read_q
-        self.on_done, self.on_error, self.timeout_s = on_done, on_error, timeout_s
+    def __init__(self, ctx, node: int, read_q: ReadQueues, on_done: Callable, on_error: Callable):
+        self.ctx, self.node, self.read_q = ctx, node, read_q
+        self.fabric, self.store, self.timeout_s = ctx.fabric, ctx.store, ctx.config.timeout_s
+        self.on_done, self.on_error = on_done, on_error
+        self.name = f"reader{node}"
         self._queue: queue.Queue = queue.Queue()
         self.bypass_bytes = 0
-        self._thread = threading.Thread(target=self._run, name=f"reader-node{node}", daemon=True)
+        self.discarded_bytes = 0
+        self._thread = ctx.thread(self.name, self._run)
 
     def start(self) -> "NodeReader":
         self._thread.start()
@@ -92,44 +100,68 @@ class NodeReader:
             job = self._queue.get()
             if job is None:
                 return
+            done = [0]  # blocks of the job already taken out of read_q
             try:
-                self._read(job)
+                self.ctx.job(self.name)
+                self._read(job, done)
             except (RequestFailed, TransferFailed, BufferTimeoutError, ValueError) as e:
-                z = job.req.block_tokens
-                self.read_q.add(self.node, -(job.last - job.first) * z)
                 self.on_error(job, f"read on {job.side} side: {e}")
+            except Exception as e:  # noqa: BLE001 - supervision: report, fail the job, go on
+                self.on_error(job, f"read on {job.side} side: {self.ctx.worker_error(self.name, e)}")
+            finally:
+                z = job.req.block_tokens
+                self.read_q.add(self.node, -(job.last - job.first - done[0]) * z)
 
-    def _read(self, job: ReadJob) -> None:
+    def _read(self, job: ReadJob, done: list) -> None:
         req, z = job.req, job.req.block_tokens
         layout = self.store.layout
         n = job.last - job.first
         nbytes = n * layout.full_block_bytes
+        if req.error:  # failed meanwhile: nothing to read for it
+            self.on_done(job, [], [])
+            return
         lease = None
         if not self.fabric.bypass:
             lease = self.fabric.buffer_of(self.node).acquire(nbytes, timeout_s=self.timeout_s)
-        if job.side == "pe":
-            req.pe_lease = lease
-        else:
-            req.de_read_lease = lease
+        if not req.attach_lease("pe_lease" if job.side == "pe" else "de_read_lease", lease):
+            self.on_done(job, [], [])  # the request failed meanwhile: nothing to read for it
+            return
         keys = req.keys[job.first:job.last]
+        if self.ctx.faults is not None:
+            self.ctx.faults.before_read(self.store, keys)
         futures = self.store.read_async(keys)
-        blocks, failures, discarded = [], [], 0
-        for key, fut in zip(keys, futures):
+        blocks, failures, i = [], [], 0
+        try:
+            for i, (key, fut) in enumerate(zip(keys, futures)):
+                try:
+                    res = fut.result(timeout=self.timeout_s)
+                except cf.TimeoutError:
+                    res = None
+                    failures.append(BlockFailure(key, FailureCause.TIMEOUT, "read timed out"))
+                if res is not None and not res.ok:
+                    failures.append(res.failure)
+                elif res is not None and failures:
+                    self.discarded_bytes += res.block.nbytes  # read, but after a bad block: recomputed instead
+                elif res is not None:
+                    self.fabric.carry(self.fabric.read_path(self.node), res.block.nbytes, tag=f"read/r{req.rid}")
+                    if lease is not None:
+                        lease.hold(res.block)
+                    else:
+                        self.bypass_bytes += res.block.nbytes
+                    blocks.append(res.block)
+                self.read_q.add(self.node, -z)
+                done[0] += 1
+        except BaseException:
+            self._discard(futures[i:])
+            raise
+        self.on_done(job, blocks, failures)
+
+    def _discard(self, futures: list) -> None:
+        """Count the blocks of an interrupted job that the store read but nobody carried."""
+        for fut in futures:
             try:
                 res = fut.result(timeout=self.timeout_s)
-            except cf.TimeoutError:
-                res = None
-                failures.append(BlockFailure(key, FailureCause.TIMEOUT, "read timed out"))
-            if res is not None and not res.ok:
-                failures.append(res.failure)
-            elif res is not None and failures:
-                discarded += res.block.nbytes  # read, but after a bad block: recomputed instead
-            elif res is not None:
-                self.fabric.carry(self.fabric.read_path(self.node), res.block.nbytes, tag=f"read/r{req.rid}")
-                if lease is not None:
-                    lease.hold(res.block)
-                else:
-                    self.bypass_bytes += res.block.nbytes
-                blocks.append(res.block)
-            self.read_q.add(self.node, -z)
-        self.on_done(job, blocks, failures, discarded)
+            except Exception:  # noqa: BLE001 - a read that never completed returned nothing
+                continue
+            if res.ok:
+                self.discarded_bytes += res.block.nbytes

@@ -168,7 +168,7 @@ def check_tokens(results: Mapping[str, ClusterResult], params: dict, spec: Model
         key = (r.trajectory_id, r.round_index, tuple(r.generated))
         if key not in cache:
             cache[key] = reference_greedy(params, spec, r.prompt, np.asarray(r.generated, np.int32),
-                                          chunk_tokens=chunk_tokens)
+                                          forced=r.forced, chunk_tokens=chunk_tokens)
         return cache[key]
 
     ref_mismatch, divergences, checked = [], [], 0

@@ -37,6 +37,15 @@ class RequestState:
     ``lookup_blocks`` blocks the store held at submit; ``hit_blocks`` blocks actually read (a
     read failure truncates the hit, the rest is recomputed); ``de_blocks`` leading hit blocks
     read on the DE side (``sched.ReadPlan``).
+
+    Generation is teacher-forced (a faithful agentic replay): ``forced i32[G]`` are the round's
+    reference output tokens (``workload.gen_token_ids``), the tokens the next round's prompt is
+    built from; decode step ``t`` feeds ``forced[t - 1]`` and ``generated`` records the model's
+    greedy choice at every position (checked against a no-cache recompute). The KV the DE
+    persists is therefore the KV of exactly the tokens a later prompt contains.
+
+    ``attempt`` counts runs of the same round (1 = first); a failed attempt that is run again
+    is kept with ``retried`` set and is not one of the run's requests.
     """
 
     rid: int
@@ -48,6 +57,9 @@ class RequestState:
     gen_target: int
     lookup_blocks: int
     block_tokens: int = 64
+    forced: np.ndarray | None = None
+    attempt: int = 1
+    retried: bool = False
     sched: SchedRequest | None = None
     pe: int = -1
     de: int = -1
@@ -110,6 +122,17 @@ class RequestState:
             if lease is not None:
                 lease.release()
         self.pe_hit, self.de_hit, self.segments = [], [], []
+
+    def attach_lease(self, attr: str, lease: Lease | None) -> bool:
+        """Store ``lease`` as ``self.<attr>`` unless the request has failed, in which case the
+        lease is released at once (a failure's ``release_buffers`` may already have run).
+        Returns whether the request is still live."""
+        with self.lock:
+            setattr(self, attr, lease)
+            live = not self.error
+        if not live and lease is not None:
+            lease.release()
+        return live
 
     def fail(self, cause: str, now_s: float) -> bool:
         """Mark failed (first cause wins); returns True if this call set the error."""

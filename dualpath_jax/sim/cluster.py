@@ -48,6 +48,7 @@ from typing import SupportsIndex
 import tqdm
 from mypy_extensions import mypyc_attr
 
+from dualpath_jax.config import ConfigError
 from dualpath_jax.model import cost
 from dualpath_jax.sched import BatchItem, ClusterScheduler, EngineLoad, SchedRequest, SchedulerConfig
 from dualpath_jax.sched.driver import SchedulingDriver, next_round_s
@@ -90,6 +91,8 @@ class Simulator:
                 for ep_size in (n_pe, n_de))
         self.pe_free_hbm, self.de_hbm, self.pe_max_kv_tokens = kv_memory(cfg, self.pe_model, self.de_model, self.kvb)
         self.agents = list(agents)
+        if not self.agents:  # a run of nothing would end at 0 s, a JCT that looks like a result
+            raise ConfigError("agents", "must hold at least one agent (got an empty list)")
         flat = flatten_agents(self.agents)
         check_requests_fit(cfg, flat, kvb=self.kvb, de_hbm=self.de_hbm, pe_free_hbm=self.pe_free_hbm,
                            pe_max_kv_tokens=self.pe_max_kv_tokens)
@@ -167,6 +170,7 @@ class Simulator:
         self._issued = 0
         self.agent_round = [0] * len(self.agents)
         self.agent_context = [int(a.initial_context) for a in self.agents]
+        self.agent_stored = list(self.agent_context)  # of the context, tokens whose KV is stored
         self._req: list[SchedRequest | None] = [None] * total  # live requests' scheduler records
         self._reads = [0] * total  # reads still in flight per request
         # each agent's rounds as typed arrays, made at its first arrival (numpy scalars index slowly)
@@ -249,6 +253,9 @@ class Simulator:
         append, gen = append_r[r], gen_r[r]
         context = self.agent_context[agent]
         hit = context if hit_r is None else min(hit_r[r], context)
+        cached = min(hit, self.agent_stored[agent])  # the rest of the prompt's prefix is recomputed
+        append += hit - cached
+        hit = cached
         rid = self._issued
         self._issued = rid + 1
         R = self.R
@@ -512,8 +519,11 @@ class Simulator:
         gen = R["gen_tokens"][rid]
         # the request's new KV is persisted from the start of decode, HBM -> CNIC -> DRAM -> SNIC ->
         # storage: the prompt's now, each generated block as it fills (PAPER.md 2.5); the write is
-        # reserved at once, its bytes being a small share of the node's traffic
-        R["persisted_s"][rid] = self._persist(rid, R["append_tokens"][rid] + gen)
+        # reserved at once, its bytes being a small share of the node's traffic. Only complete Full
+        # Blocks are stored, of the tokens with KV: the last generated token's KV is never computed
+        z = self.cfg.block_tokens
+        stored = (R["hit_tokens"][rid] + R["append_tokens"][rid] + gen - 1) // z * z
+        R["persisted_s"][rid] = self._persist(rid, stored - R["hit_tokens"][rid])
         if gen <= 1:  # the PE produced the only token
             self._complete(rid)
             return
@@ -566,12 +576,14 @@ class Simulator:
         self.driver.de_released(de)
         self._req[rid] = None
         # the agent's next round reads this KV, so it is issued once the write is done (as in the
-        # engine), plus its think time; its context is everything so far (hit prefix, append, generation)
+        # engine), plus its think time; its context is everything so far (hit prefix, append,
+        # generation), of which all but the last generated token have KV (it is never fed back)
         persisted = R["persisted_s"][rid]
         if persisted < now:
             R["persisted_s"][rid] = now
         agent = R["agent"][rid]
         self.agent_context[agent] = context
+        self.agent_stored[agent] = context - 1
         r = self.agent_round[agent] = self.agent_round[agent] + 1
         append_r, _gen, _hit, think_r = self._rounds[agent]
         if r < len(append_r):

@@ -1,0 +1,174 @@
+"""The engine under faults: supervised workers, injected faults, reconciliation, early rejection,
+and the teacher-forced replay whose hits the simulator predicts exactly."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from dualpath_jax.config import ConfigError
+from dualpath_jax.engine import de as de_module
+from dualpath_jax.engine import report
+from dualpath_jax.engine.cluster import EngineCluster, ResourceLeakError
+from dualpath_jax.engine.config import ClusterConfig
+from dualpath_jax.engine.faults import FaultConfig
+from dualpath_jax.engine.request import RequestState
+from dualpath_jax.kvcache import layout_for
+from dualpath_jax.model import get_spec, init_params
+from dualpath_jax.sched import AttentionTimeModel
+from dualpath_jax.sim import SimConfig, simulate
+from dualpath_jax.sim.adapters import agents_from_trajectories
+from dualpath_jax.store import KVStore, StoreConfig
+from dualpath_jax.workload import Trajectory, TrajectorySet
+
+FAST = dict(snic_bytes_per_s=2e9, cnic_bytes_per_s=8e9, timeout_s=30.0, run_timeout_s=120.0,
+            pe_hbm_kv_bytes=4 * 2**20, de_hbm_kv_bytes=4 * 2**20, max_decode_batch=4)
+TIME_MODEL = AttentionTimeModel(flops_per_key=256.0, seconds_per_flop=1e-10, seconds_per_token=1e-5)
+
+
+def _stream(name, append, gen):
+    append, gen = np.array(append), np.array(gen)
+    hit = np.concatenate([[0], np.cumsum(append + gen)[:-1]])
+    return Trajectory(name, append, gen, hit, np.zeros(len(append)))
+
+
+# rounds whose context ends on a block boundary (prompt + gen = 128, 320) and inside one
+AGENTS = [_stream("a", [120, 60, 70], [8, 9, 3]), _stream("b", [90, 100, 65], [12, 118, 7]),
+          _stream("c", [200, 10], [4, 6])]
+NUM_REQUESTS = sum(a.num_rounds for a in AGENTS)
+
+
+@pytest.fixture(scope="module")
+def model():
+    spec = get_spec("tiny-gqa")
+    params = jax.tree.map(np.asarray, init_params(spec, jax.random.PRNGKey(0)))
+    return spec, params, layout_for(spec, "f32")
+
+
+def _run(model, config, *, faults=None, agents=AGENTS, store=None):
+    spec, params, layout = model
+    store = store or KVStore(layout, StoreConfig(backend="memory"))
+    cluster = EngineCluster(config, spec, params, layout, store, time_model=TIME_MODEL, prefill_tokens_per_s=1e4,
+                            faults=faults)
+    return cluster.run(agents, [0.0] * len(agents), progress=False)
+
+
+@pytest.fixture(scope="module")
+def clean(model):
+    return _run(model, ClusterConfig(**FAST).for_variant("dualpath"))
+
+
+def _assert_all_correct(model, res, clean):
+    spec, params, _ = model
+    assert len(res.requests) == NUM_REQUESTS
+    assert all(r.finished and not r.error for r in res.requests), [r.error for r in res.requests if r.error]
+    assert res.leaks == {}
+    tokens = report.check_tokens({"clean": clean, "faulty": res}, params, spec)
+    assert tokens["tokens_identical"], (tokens["reference_mismatches"], tokens["variant_divergences"])
+
+
+def test_a_decode_step_that_raises_fails_its_requests_fast_and_they_run_again(model, clean, monkeypatch):
+    # defect: the DE thread died, its requests waited for the run's deadline and its pool leaked
+    real, calls = de_module.decode_step, []
+
+    def flaky(*a, **k):
+        calls.append(bool(np.asarray(a[-1]).any()))  # steps with active rows (not the warm-up's)
+        if sum(calls) == 3 and calls[-1]:
+            raise MemoryError("RESOURCE_EXHAUSTED: out of memory while trying to allocate")
+        return real(*a, **k)
+
+    monkeypatch.setattr(de_module, "decode_step", flaky)
+    cfg = ClusterConfig(**{**FAST, "run_timeout_s": 60.0}).for_variant("dualpath")
+    res = _run(model, cfg)
+    _assert_all_correct(model, res, clean)
+    assert len(res.worker_errors) == 1 and res.worker_errors[0]["error"].startswith("MemoryError")
+    assert res.failed_attempts and all("decode: de" in r.error and "MemoryError" in r.error
+                                       for r in res.failed_attempts)
+    # each failed attempt ended at once (not at a deadline) and its round's next attempt finished
+    for r in res.failed_attempts:
+        again = next(x for x in res.requests if (x.agent, x.round_index) == (r.agent, r.round_index))
+        assert again.attempt == r.attempt + 1 and again.arrival_s >= r.finish_s
+
+
+@pytest.mark.parametrize("worker", ["pe0", "de1", "de2", "reader0", "pe0-send", "de1-persist"])
+def test_every_worker_kind_survives_a_crash(model, clean, worker):
+    faults = FaultConfig(crash_worker=worker, crash_after_jobs=1)
+    res = _run(model, ClusterConfig(**FAST).for_variant("dualpath"), faults=faults)
+    _assert_all_correct(model, res, clean)
+    assert res.faults == {"crash": 1}
+    assert [e["worker"] for e in res.worker_errors] == [worker]
+    if worker.endswith("-persist"):  # a lost persist costs a later hit, not the request
+        assert not res.failed_attempts
+    else:
+        assert len(res.failed_attempts) >= 1
+
+
+def test_random_faults_of_every_kind_keep_tokens_and_lose_nothing(model, clean):
+    faults = FaultConfig(read_corruption_rate=0.2, slow_read_rate=0.2, slow_read_s=0.01, transfer_failure_rate=0.02,
+                         crash_rate=0.02, seed=4)
+    cfg = ClusterConfig(**{**FAST, "max_attempts": 50}).for_variant("dualpath")
+    res = _run(model, cfg, faults=faults)
+    _assert_all_correct(model, res, clean)
+    assert set(res.faults) == {"read_corruption", "slow_read", "transfer_failure", "crash"}
+    corrupt = [f for r in res.requests for f in r.read_failures]
+    assert corrupt  # a corrupted block is caught by its checksum and recomputed
+
+
+def test_a_thread_that_dies_ends_the_run_at_once(model, monkeypatch):
+    def broken(self):
+        raise RuntimeError("bug in the join queue")
+
+    monkeypatch.setattr(de_module.DecodeWorker, "_take_joins", broken)  # outside the per-job handler
+    res = _run(model, ClusterConfig(**{**FAST, "run_timeout_s": 600.0}).for_variant("dualpath"))
+    assert any(e["fatal"] and "bug in the join queue" in e["error"] for e in res.worker_errors)
+    assert all(r.error for r in res.requests)
+    assert all("died" in r.error and "timeout" not in r.error for r in res.requests)
+
+
+def test_a_leak_is_an_error(model, monkeypatch):
+    monkeypatch.setattr(RequestState, "release_buffers", lambda self: None)  # failures keep their DRAM
+    faults = FaultConfig(crash_worker="de1", crash_after_jobs=0)
+    with pytest.raises(ResourceLeakError, match="buffer"):
+        _run(model, ClusterConfig(**FAST).for_variant("dualpath"), faults=faults)
+
+
+def test_a_prompt_over_the_pe_budget_is_rejected_before_any_work(model):
+    spec, _, layout = model
+    cfg = ClusterConfig(**{**FAST, "pe_hbm_kv_bytes": 200 * layout.bytes_per_token}).for_variant("basic")
+    agents = [_stream("small", [100], [3]), _stream("big", [260], [3])]
+    res = _run(model, cfg, agents=agents)
+    small, big = sorted(res.requests, key=lambda r: r.agent)
+    assert small.finished and not small.error
+    assert "max_kv_tokens" in big.error and big.pe < 0 and big.read_bytes_pe == 0
+    assert not res.failed_attempts  # it can never fit: not run again
+    assert all(big.rid not in [i[0] for i in f.items] for f in res.forwards)
+
+
+def test_fault_config_names_the_field():
+    with pytest.raises(ConfigError, match="faults.crash_rate"):
+        FaultConfig(crash_rate=1.5)
+    with pytest.raises(ConfigError, match="faults.crash_worker"):
+        FaultConfig(crash_worker="gpu7")
+    with pytest.raises(ConfigError, match="cluster.max_attempts"):
+        ClusterConfig(max_attempts=0)
+
+
+def test_engine_hits_equal_the_simulators(model):
+    # the replay is teacher-forced, so the KV a round persists (its context but the last generated
+    # token) is exactly the next prompt's prefix: the engine hits what the simulator assumes
+    spec, _, layout = model
+    res = _run(model, ClusterConfig(**FAST).for_variant("dualpath"))
+    ts = TrajectorySet.from_trajectories(AGENTS)
+    sim = simulate(SimConfig(model="ds-27b", block_tokens=layout.block_tokens, prefill_nodes=1, decode_nodes=2),
+                   agents_from_trajectories(ts, np.zeros(len(AGENTS))))
+    r = sim.requests
+    sim_hits = {(int(r["agent"][j]), int(r["round"][j])): int(r["hit_tokens"][j]) for j in range(len(r["agent"]))}
+    engine_hits = {(q.agent, q.round_index): q.hit_tokens for q in res.requests}
+    assert engine_hits == sim_hits
+    z = layout.block_tokens
+    for k, a in enumerate(AGENTS):  # closed form: whole blocks of the previous context but one token
+        for i in range(1, a.num_rounds):
+            prev = int(a.num_prompt_tokens[i - 1] + a.num_gen_tokens[i - 1])
+            assert engine_hits[(k, i)] == (prev - 1) // z * z
+    assert sum(engine_hits.values()) > 0
