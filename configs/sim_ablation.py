@@ -2,6 +2,9 @@
 
 Command:
     python experiments/run_sim.py --config=configs/sim_ablation.py --workdir=workdir/sim_ablation
+    python experiments/run_sim.py --config=configs/sim_ablation.py:tiny --config.workload.source=agentic --workdir=W
+(``workload.source``: ``synthetic``, the paper's generator, by default; ``agentic`` or ``mooncake``
+replays the first agents of those traces, cut at the MAL; ``--print_config`` lists every field.)
 Variants: Basic (pe_read, full, round_robin), +Layerwise, +DPL (dual, round_robin),
 +Sched = DualPath (dual, layerwise, dualpath) and Oracle, at 1024 and 2048 agents.
 Expected run time: about 5 minutes on a 2-core CPU (``:quick``: 256 and 512 agents, about 1 minute;
@@ -14,6 +17,7 @@ speedups vs Basic, DualPath / Oracle JCT).
 import ml_collections
 
 from dualpath_jax.sim.config import sim_config_dict
+from dualpath_jax.studies.common import workload_config_dict
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -24,6 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_agents = (1024, 2048)
     config.seed = 0
     config.variants = ("basic", "layerwise", "dpl", "dualpath", "oracle")
+    # the workload's source (the paper's generator, or agentic / Mooncake traces), token scaling and
+    # sub-agents; its MAL, agent counts and seed are the fields above
+    config.workload = workload_config_dict(exclude=("mal", "num_agents"))
     config.sim = sim_config_dict(model="deepseek-v3.2", prefill_nodes=2, decode_nodes=4, kv_dtype="fp8",
                                  weight_dtype="fp8")
     if arg == "quick":

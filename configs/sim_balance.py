@@ -23,6 +23,7 @@ for sensitivity runs, e.g. ``--config.sim.beta_s=0.5``.
 import ml_collections
 
 from dualpath_jax.sim.config import sim_config_dict
+from dualpath_jax.studies.common import workload_config_dict
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -34,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.window_s = 10.0
     config.head_fraction = 0.05
     config.variants = ("dpl", "dualpath")
-    config.workload = ml_collections.ConfigDict({"mal": "64K", "token_divisor": 1, "num_base": 500})
+    config.workload = workload_config_dict(exclude=("num_agents",), mal="64K")
     config.sim = sim_config_dict(model="deepseek-v3.2", prefill_nodes=2, decode_nodes=4, kv_dtype="fp8",
                                  weight_dtype="fp8", beta_s=5.0)
     if arg == "quick":

@@ -20,6 +20,7 @@ assumption that makes the 1P2D deployment servable. Its compute peak is the FP8 
 import ml_collections
 
 from dualpath_jax.sim.config import sim_config_dict
+from dualpath_jax.studies.common import workload_config_dict
 
 ROWS = {
     "ds27b": {"label": "DS 27B", "sim": {"model": "ds-27b", "prefill_nodes": 1, "decode_nodes": 1}},
@@ -40,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.mals = ("32K", "48K", "64K")
     config.num_agents = (512, 1024, 2048, 4096)
     config.variants = ("basic", "dualpath", "oracle")
-    config.workload = ml_collections.ConfigDict({"mal": "64K", "token_divisor": 1, "num_base": 500})
+    config.workload = workload_config_dict(exclude=("mal", "num_agents"))  # MAL and agents: mals, num_agents
     config.sim = sim_config_dict(kv_dtype="fp8", weight_dtype="fp8")
     if arg == "quick":
         config.row_order = ("ds27b", "ds660b")

@@ -13,6 +13,7 @@ Output: fig8.json, fig8.md/.csv (JCT, speedup, agents per hour per node), fig8.p
 import ml_collections
 
 from dualpath_jax.sim.config import sim_config_dict
+from dualpath_jax.studies.common import workload_config_dict
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -23,7 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.clusters = ("1P1D", "2P1D", "1P2D")
     config.num_agents = (512, 1024, 2048)
     config.variants = ("basic", "dualpath")
-    config.workload = ml_collections.ConfigDict({"mal": "64K", "token_divisor": 1, "num_base": 500})
+    config.workload = workload_config_dict(exclude=("num_agents",), mal="64K")
     config.sim = sim_config_dict(model="ds-27b", kv_dtype="fp8", weight_dtype="fp8")
     if arg == "quick":
         config.workload.mal = "32K"

@@ -14,6 +14,7 @@ Output: fig9.json, fig9.md/.csv, fig9.png (JCT vs factor, one panel per scaled l
 import ml_collections
 
 from dualpath_jax.sim.config import sim_config_dict
+from dualpath_jax.studies.common import workload_config_dict
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -25,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.scale = ("append", "gen")
     config.factors = (1.0, 1.5, 2.0, 3.0)
     config.variants = ("basic", "dualpath", "oracle")
-    config.workload = ml_collections.ConfigDict({"mal": "64K", "token_divisor": 1, "num_base": 500})
+    config.workload = workload_config_dict(exclude=("num_agents", "append_factor", "gen_factor"), mal="64K")
     config.sim = sim_config_dict(model="deepseek-v3.2", prefill_nodes=2, decode_nodes=4, kv_dtype="fp8",
                                  weight_dtype="fp8")
     if arg == "quick":

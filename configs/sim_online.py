@@ -27,6 +27,7 @@ the number of unbracketed searches).
 import ml_collections
 
 from dualpath_jax.sim.config import sim_config_dict
+from dualpath_jax.studies.common import workload_config_dict
 
 ROWS = {
     "ds27b": {"label": "DS 27B", "sim": {"model": "ds-27b", "prefill_nodes": 1, "decode_nodes": 1},
@@ -48,8 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.horizon_s = 3000.0
     config.warmup_s = 1500.0
     config.max_agents_per_run = 8192
-    config.workload = ml_collections.ConfigDict({"mal": "64K", "num_agents": 2048, "token_divisor": 1,
-                                                 "num_base": 500})
+    config.workload = workload_config_dict(mal="64K", num_agents=2048)
     config.sim = sim_config_dict(kv_dtype="fp8", weight_dtype="fp8")
     config.slo = ml_collections.ConfigDict({"ttft_s": 4.0, "tpot_s": 0.050, "statistic": "mean"})
     config.search = ml_collections.ConfigDict({"enabled": True, "rel_tol": 0.1, "max_runs": 10, "min_aps": 1e-3,

@@ -23,6 +23,7 @@ the largest gap to the analysis, the best cluster).
 import ml_collections
 
 from dualpath_jax.sim.config import sim_config_dict
+from dualpath_jax.studies.common import workload_config_dict
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -32,8 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seed = 0
     config.clusters = ("1P8D", "2P7D", "3P6D", "4P5D", "5P4D", "6P3D", "7P2D", "8P1D")
     config.variants = ("basic", "dualpath")
-    config.workload = ml_collections.ConfigDict({"mal": "64K", "num_agents": 512, "gen_factor": 1e-3,
-                                                 "token_divisor": 1, "num_base": 500})
+    config.workload = workload_config_dict(mal="64K", num_agents=512, gen_factor=1e-3)
     config.sim = sim_config_dict(model="ds-27b", kv_dtype="fp8", weight_dtype="fp8",
                                  hardware={"peak_flops": 1979e15})
     if arg == "quick":

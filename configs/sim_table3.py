@@ -16,6 +16,7 @@ small JCT ratio, TTFT / TTST / TPOT per online case).
 import ml_collections
 
 from dualpath_jax.sim.config import sim_config_dict
+from dualpath_jax.studies.common import workload_config_dict
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -27,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.variants = ("dualpath",)
     config.offline_cases = (("2P4D", 2048), ("48P96D", 49152))
     config.online_cases = (("2P4D", 0.4, 1024), ("44P88D", 8.8, 22528))
-    config.workload = ml_collections.ConfigDict({"mal": "64K", "token_divisor": 1, "num_base": 500})
+    config.workload = workload_config_dict(exclude=("num_agents",), mal="64K")
     config.sim = sim_config_dict(model="deepseek-v3.2", kv_dtype="fp8", weight_dtype="fp8")
     if arg == "quick":
         config.offline_cases = (("2P4D", 512), ("8P16D", 2048))

@@ -19,6 +19,7 @@ bars), and ``name: value`` lines (mean TTFT and each component's share at the hi
 import ml_collections
 
 from dualpath_jax.sim.config import sim_config_dict
+from dualpath_jax.studies.common import workload_config_dict
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -32,8 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.horizon_s = 3000.0
     config.warmup_s = 1500.0
     config.max_agents_per_run = 8192
-    config.workload = ml_collections.ConfigDict({"mal": "64K", "num_agents": 2048, "token_divisor": 1,
-                                                 "num_base": 500})
+    config.workload = workload_config_dict(mal="64K", num_agents=2048)
     config.sim = sim_config_dict(model="deepseek-v3.2", prefill_nodes=2, decode_nodes=4, kv_dtype="fp8",
                                  weight_dtype="fp8")
     if arg == "quick":

@@ -4,12 +4,19 @@ Library code receives frozen dataclasses; experiment scripts build them from ``m
 ``ConfigDict`` files in ``configs/`` via :func:`from_mapping`. Every validation failure raises
 :class:`ConfigError`, whose message starts with the dotted name of the offending field, e.g.
 ``ConfigError: model.n_heads: must be divisible by n_kv_heads (got n_heads=6, n_kv_heads=4)``.
+
+:func:`field_docs` reads each dataclass field's one-line meaning (its ``Attributes:`` docstring
+entry or ``metadata["doc"]``) and :func:`describe_config` lists a resolved config field by field
+with type, default and meaning (``--print_config`` of the experiment scripts).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import math
+import re
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
@@ -25,6 +32,10 @@ __all__ = [
     "to_dict",
     "argv_flag_values",
     "overridden_fields",
+    "closest",
+    "did_you_mean",
+    "field_docs",
+    "describe_config",
 ]
 
 T = TypeVar("T")
@@ -112,7 +123,8 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> 
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in fields:
-            raise ConfigError(f"{prefix}{key}", f"unknown field for {cls.__name__}; known: {sorted(fields)}")
+            raise ConfigError(f"{prefix}{key}", f"unknown field for {cls.__name__}{did_you_mean(key, fields)}; "
+                              f"known: {sorted(fields)}")
         hint = hints.get(key)
         if isinstance(hint, type) and dataclasses.is_dataclass(hint) and not dataclasses.is_dataclass(value):
             value = from_mapping(hint, value, prefix=f"{prefix}{key}.")
@@ -144,3 +156,175 @@ def overridden_fields(argv: Iterable[str], flag: str = "--config") -> list[str]:
     (ml_collections' ``--config.<field>=<value>`` form, read as :func:`argv_flag_values` does)."""
     prefix = flag + "."
     return [name[len(prefix):] for name in argv_flag_values(argv) if name.startswith(prefix)]
+
+
+# ---- names and meanings ---------------------------------------------------------------------------
+def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """Up to ``n`` of ``candidates`` closest to the misspelled ``name``, best first (``difflib``
+    similarity of the dotted names, or of their last parts when that is higher, at least 0.6)."""
+    last = name.rsplit(".", 1)[-1]
+    scored = []
+    for c in dict.fromkeys(candidates):
+        score = max(difflib.SequenceMatcher(None, name, c).ratio(),
+                    difflib.SequenceMatcher(None, last, c.rsplit(".", 1)[-1]).ratio())
+        if score >= 0.6:
+            scored.append((-score, len(c), c))
+    return [c for _, _, c in sorted(scored)[:n]]
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean a, b?"`` for the :func:`closest` candidates, or ``""`` when none is close."""
+    near = closest(name, candidates)
+    return f"; did you mean {', '.join(near)}?" if near else ""
+
+
+_ENTRY = re.compile(r"^ {2}(\w+(?:, \w+)*): ?(.*)$")
+
+
+def _attribute_docs(doc: str) -> dict[str, str]:
+    """``name -> text`` of the ``Attributes:`` section of a Google-style docstring (an entry
+    ``a, b: text`` documents both names; indented lines continue the entry)."""
+    out: dict[str, str] = {}
+    names: list[str] = []
+    text: list[str] = []
+
+    def flush():
+        for n in names:
+            out[n] = " ".join(text).strip()
+
+    inside = False
+    for line in inspect.cleandoc(doc).splitlines():
+        if line.strip() == "Attributes:":
+            inside = True
+            continue
+        if not inside:
+            continue
+        if line and not line.startswith(" "):  # the next section
+            break
+        m = _ENTRY.match(line)
+        if m:
+            flush()
+            names, text = m.group(1).split(", "), [m.group(2)]
+        elif line.strip() and names:
+            text.append(line.strip())
+    flush()
+    return out
+
+
+def _plain(text: str) -> str:
+    """Docstring markup as plain text: ``:class:`~a.b.C``` -> ``C``, double backquotes dropped."""
+    text = re.sub(r":\w+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)
+    return text.replace("``", "")
+
+
+def _first_sentence(text: str) -> str:
+    text = _plain(text)
+    for m in re.finditer(r"\.(\s|$)", text):
+        if not re.search(r"(\be\.g|\bi\.e|\betc|\bvs|\bcf|\bSec|\bFig|\bEq|\d)$", text[:m.start()]):
+            return text[:m.start() + 1]  # the first full stop that ends a sentence
+    return text
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """One-line meaning of every documented field of dataclass ``cls``: ``field.metadata["doc"]``,
+    else the first sentence of the field's ``Attributes:`` entry in the docstring of ``cls`` or of
+    a base class (the subclass's entry wins)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass.__dict__.get("__doc__"):
+            docs.update(_attribute_docs(klass.__doc__))
+    docs = {k: _first_sentence(v) for k, v in docs.items()}
+    if dataclasses.is_dataclass(cls):
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("doc"):
+                docs[f.name] = str(f.metadata["doc"])
+    return docs
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return re.sub(r"\b(?:[A-Za-z_]\w*\.)+(\w+)", r"\1", str(hint)).replace("NoneType", "None")
+
+
+_NO_DEFAULT = object()
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return _NO_DEFAULT
+
+
+def _show(value: Any) -> str:
+    """A config value as it would be typed on the command line (long floats to 6 significant digits)."""
+    if isinstance(value, float):
+        return repr(value) if len(repr(value)) <= 8 else format(value, ".6g")
+    if isinstance(value, type):
+        return value.__name__
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(_show(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    return repr(value)
+
+
+def _leaves(node: Any, prefix: str = ""):
+    """``(dotted name, value)`` of every leaf of a nested mapping (ConfigDict / dict), in order."""
+    if hasattr(node, "to_dict") and not isinstance(node, type):
+        node = node.to_dict()
+    for key, value in node.items():
+        if isinstance(value, Mapping) or hasattr(value, "to_dict"):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _matches(parent: str, pattern: str) -> bool:
+    a, b = parent.split(".") if parent else [], pattern.rstrip(".").split(".") if pattern else []
+    return len(a) == len(b) and all(q == "*" or p == q for p, q in zip(a, b))
+
+
+def describe_config(config: Any, schema: Iterable[tuple[str, type]] = (), *,
+                    docs: Mapping[str, str] | None = None, defaults: Any = None, title: str = "") -> str:
+    """Every leaf field of ``config`` (a ConfigDict or nested mapping) as one line of a table:
+    name, resolved value, type, default and one-line meaning.
+
+    Args:
+      schema: ``(prefix, dataclass)`` pairs saying which typed config holds the fields under a
+        prefix (``("sim.", SimConfig)``; ``""`` for the top level; ``*`` matches one name, as in
+        ``"rows.*.sim."``); the first pair whose prefix matches the field's parent and whose class
+        has the field gives its type, default (``-`` when it has none) and meaning
+        (:func:`field_docs`).
+      docs: meanings of fields that no dataclass holds, by dotted name (``*`` as in ``schema``).
+      defaults: a config (mapping) holding the defaults of fields that no dataclass holds, such
+        as the config file's own values.
+      title: a first line (e.g. the config file).
+    """
+    schema = [(p, cls, {f.name: f for f in dataclasses.fields(cls)}, typing.get_type_hints(cls), field_docs(cls))
+              for p, cls in schema]
+    rows = [("name", "value", "type", "default", "meaning")]
+    base = dict(_leaves(defaults)) if defaults is not None else {}
+    for name, value in _leaves(config):
+        parent, _, leaf = name.rpartition(".")
+        typ, default, meaning = type(value).__name__ if value is not None else "-", "-", ""
+        if name in base:
+            default = _show(base[name])
+        for pattern, _cls, fields, hints, fdocs in schema:
+            if leaf in fields and _matches(parent, pattern):
+                d = _field_default(fields[leaf])
+                typ = _type_name(hints.get(leaf, typ))
+                if typ == "type" and isinstance(value, str):  # a class given by name, "pkg.module:Class"
+                    typ = "str"
+                default = "-" if d is _NO_DEFAULT else _show(d)
+                meaning = fdocs.get(leaf, "")
+                break
+        for key, text in (docs or {}).items():
+            if not meaning and _matches(name, key):
+                meaning = _plain(text)
+        rows.append((name, _show(value), typ, default, meaning))
+    widths = [min(max(len(r[i]) for r in rows), cap) for i, cap in enumerate((48, 24, 18, 24))]
+    lines = [title] if title else []
+    for r in rows:
+        cells = [c.ljust(w) for c, w in zip(r, widths)]
+        lines.append("  ".join(cells + [r[4]]).rstrip())
+    return "\n".join(lines)

@@ -34,13 +34,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from dualpath_jax.kernels.decode_attention import decode_attention, decode_attention_mla
 from dualpath_jax.kernels.kv_write import kv_write
 from dualpath_jax.kernels.prefill_attention import prefill_attention, prefill_attention_mla
 from dualpath_jax.model.spec import get_spec
 from dualpath_jax.shapes import BLOCK_TOKENS
+from dualpath_jax.studies import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Output directory (metrics.json, results.csv, env.json).")
@@ -234,7 +235,7 @@ def main(argv):
     on_gpu = jax.default_backend() == "gpu"
     sizes = ("gpu" if on_gpu else "quick") if FLAGS.sizes == "auto" else FLAGS.sizes
     dtype = jnp.dtype(FLAGS.dtype)
-    os.makedirs(FLAGS.workdir, exist_ok=True)
+    cli.open_workdir(FLAGS.workdir)
     with open(os.path.join(FLAGS.workdir, "env.json"), "w") as f:
         json.dump(env_info(), f, indent=2)
     rows, metrics, failures = [], {}, []
@@ -306,5 +307,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("workdir")
-    app.run(main)
+    cli.run(main)

@@ -32,11 +32,12 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from dualpath_jax import native
 from dualpath_jax.metrics import writers
 from dualpath_jax.sim import SimConfig, Simulator, agents_from_trajectories, offline_starts, variant_config
+from dualpath_jax.studies import cli
 from dualpath_jax.workload import paper_dataset
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/bench_sim", "Output directory.")
@@ -105,8 +106,7 @@ def _named(rows: list[dict]) -> dict:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    workdir = Path(_WORKDIR.value)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = cli.open_workdir(_WORKDIR.value)
     writers.write_env(workdir, device="simulator (virtual time)")
     print(f"core: {native.STATUS}", flush=True)
     ref_before = _ref_loop_s()
@@ -132,4 +132,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

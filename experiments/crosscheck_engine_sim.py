@@ -22,15 +22,17 @@ import json
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from dualpath_jax.metrics import writers
 from dualpath_jax.sched import load_scheduler
 from dualpath_jax.sim import HardwareConfig, SimAgent, SimConfig, Simulator, variant_config
 from dualpath_jax.sim.compute import fit_compute_model
+from dualpath_jax.studies import cli
 
 _ENGINE = flags.DEFINE_string("engine_workdir", "workdir/engine", "Workdir of a run_engine.py run.")
-_WORKDIR = flags.DEFINE_string("workdir", "workdir/crosscheck", "Output directory.")
+_WORKDIR = flags.DEFINE_string("workdir", "workdir/crosscheck", "Output directory (new or empty; --overwrite replaces "
+                                "an earlier run).")
 _RATES = flags.DEFINE_enum("link_rates", "measured", ["measured", "configured"],
                            "Link rates given to the simulator: the engine links' delivered rates (bytes / busy "
                            "seconds) or the configured emulation rates.")
@@ -68,8 +70,8 @@ def _effective_rates(src: Path, variants) -> dict[str, float]:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    src, out = Path(_ENGINE.value), Path(_WORKDIR.value)
-    out.mkdir(parents=True, exist_ok=True)
+    src = cli.check_finished(_ENGINE.value, "engine_workdir")  # a failed or partial engine run is refused
+    out = cli.open_workdir(_WORKDIR.value)
     cfg = json.loads((src / "config.json").read_text())
     metrics = json.loads((src / "metrics.json").read_text())
     ablation = json.loads((src / "ablation.json").read_text())
@@ -127,4 +129,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

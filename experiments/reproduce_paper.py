@@ -16,6 +16,9 @@ calibration input with its source, and each study's tables and plots. A failing 
 reported and the others still run; the exit status is then non-zero. The output ends with
 ``name: value`` lines (wall time per study and the claims' simulated values), also in
 ``workdir/metrics.json``.
+
+The workdir must be new or empty (``--overwrite`` replaces an earlier run's); ``status.json`` in it
+and in each ``workdir/<study>/`` says ``running``, then ``finished`` or ``failed`` (with the error).
 """
 
 from __future__ import annotations
@@ -28,22 +31,22 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from dualpath_jax.config import did_you_mean
 from dualpath_jax.metrics import writers
 from dualpath_jax.sched import load_scheduler, scheduler_name
-from dualpath_jax.studies import STUDIES, RunCache, from_config_dict, run_study
+from dualpath_jax.studies import STUDIES, RunCache, cli, from_config_dict, run_study
 from dualpath_jax.studies.report import PAPER_CLAIMS, build_report
 
 ORDER = ("ablation", "fig7", "fig8", "fig9", "online", "ttft_breakdown", "working_set", "balance", "table3",
          "pd_sweep")
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (new or empty; --overwrite replaces an earlier run).")
 _QUICK = flags.DEFINE_bool("quick", False, "Run every study's quick variant (about 5 minutes on 2 cores).")
 _CONFIG_ARG = flags.DEFINE_string("config_arg", None, "Config variant for every study (overrides --quick).")
 _STUDIES = flags.DEFINE_list("studies", list(ORDER), "Studies to run, in this order.")
 _SCHEDULER = flags.DEFINE_string(
     "scheduler", None, "Scheduler plug-in for every study's runs: a ClusterScheduler subclass 'pkg.module:Class' "
     "(importable, e.g. with PYTHONPATH=.); empty: the built-in scheduler; unset: each config's own.")
-flags.mark_flags_as_required(["workdir"])
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -62,16 +65,17 @@ def load_config(study: str, arg: str | None):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend-probe INFO lines out of the output
-    workdir = Path(_WORKDIR.value)
-    workdir.mkdir(parents=True, exist_ok=True)
     arg = _CONFIG_ARG.value if _CONFIG_ARG.value is not None else ("quick" if _QUICK.value else None)
     studies = list(_STUDIES.value)
     unknown = [s for s in studies if s not in STUDIES]
     if unknown:
-        raise app.UsageError(f"--studies: unknown {unknown}; known: {sorted(STUDIES)}")
+        raise app.UsageError(f"--studies: unknown {unknown}{did_you_mean(unknown[0], STUDIES)}; "
+                             f"known: {sorted(STUDIES)}")
     scheduler = ""  # the plug-in every study runs with ("": the built-in scheduler or each config's own)
     if _SCHEDULER.value is not None:
         scheduler = scheduler_name(load_scheduler(_SCHEDULER.value, field="scheduler"))  # fails before any study
+    workdir = cli.open_workdir(_WORKDIR.value)
+    if _SCHEDULER.value is not None:
         print(f"scheduler {scheduler or '(built-in)'}", flush=True)
     writers.write_env(workdir, device="simulator (virtual time)")
     cache = RunCache()  # runs shared across studies
@@ -80,6 +84,7 @@ def main(argv):
         print(f"\n=== {study} ({arg or 'full'}) ===", flush=True)
         out = workdir / study
         out.mkdir(parents=True, exist_ok=True)
+        writers.write_status(out, "running")
         t0 = time.perf_counter()
         try:
             config = load_config(study, arg)
@@ -89,9 +94,11 @@ def main(argv):
             writers.write_config(out, config)
             named[study] = run_study(typed, out, log=lambda s: print(s, flush=True), cache=cache)
             writers.write_named_values(out, {**named[study], "wall_s": time.perf_counter() - t0})
-        except Exception:  # a failed study is reported; the others still run
+            writers.write_status(out, "finished")
+        except Exception as e:  # a failed study is reported; the others still run
             errors[study] = traceback.format_exc()
-            print(errors[study], file=sys.stderr, flush=True)
+            writers.write_status(out, "failed", error=cli.one_line(e))
+            print(errors[study] if _show_traceback(e) else cli.one_line(e), file=sys.stderr, flush=True)
         wall[study] = time.perf_counter() - t0
         print(f"--- {study}: {wall[study]:.1f} s", flush=True)
     report = build_report(workdir, studies, named, wall, errors, variant=arg or "full", scheduler=scheduler)
@@ -109,5 +116,11 @@ def main(argv):
         sys.exit(1)
 
 
+def _show_traceback(e: Exception) -> bool:
+    """Whether a failed study's traceback is printed: for a bug, or with --verbose (a ConfigError or
+    TraceFormatError is one line)."""
+    return flags.FLAGS.verbose or not isinstance(e, cli.USER_ERRORS)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

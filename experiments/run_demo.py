@@ -2,8 +2,9 @@
 
     python experiments/run_demo.py --config=configs/demo.py --workdir=workdir/demo
 
-Writes ``config.json``, ``env.json`` and ``metrics.json`` to the workdir and ends with
-``name: value`` lines: ``max_abs_diff_<model>`` and ``ratio_<model>_<context>``.
+Writes ``config.json``, ``env.json``, ``metrics.json`` and ``status.json`` to the workdir (new or
+empty; ``--overwrite`` replaces an earlier run's) and ends with ``name: value`` lines:
+``max_abs_diff_<model>`` and ``ratio_<model>_<context>``. ``--print_config`` lists the config's fields.
 """
 
 from __future__ import annotations
@@ -15,15 +16,27 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
+from dualpath_jax.config import describe_config
 from dualpath_jax.model import cost, forward, forward_with_cache, get_spec, init_params
+from dualpath_jax.studies import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", os.path.join(os.path.dirname(__file__), "..", "configs",
-                                                                 "demo.py"), "Demo config file.")
-_WORKDIR = flags.DEFINE_string("workdir", "workdir/demo", "Directory for config.json, env.json, metrics.json.")
+_CONFIG = cli.define_config_file("config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                       "configs", "demo.py"),
+                                 "Demo config file; --print_config lists its fields.")
+_WORKDIR = flags.DEFINE_string("workdir", "workdir/demo", "Directory for config.json, env.json, metrics.json (new or "
+                                "empty; --overwrite replaces an earlier run).")
+_DOCS = {
+    "models": "models whose layer-by-layer prefill is checked against one pass (dualpath_jax.model presets).",
+    "seq_len": "tokens of the checked sequence.",
+    "cached_lens": "cached-prefix lengths the prefill starts from.",
+    "seed": "seed of the parameters and tokens.",
+    "ratio_models": "models of the cache-compute ratio table (PAPER.md Table 1).",
+    "ratio_contexts": "context lengths of the table, tokens.",
+    "append_tokens": "appended tokens per round of the table.",
+}
 
 
 def run(config, workdir: str) -> dict[str, float]:
@@ -67,11 +80,23 @@ def run(config, workdir: str) -> dict[str, float]:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    figures = run(_CONFIG.value, _WORKDIR.value)
+    figures = run(_CONFIG.value, str(cli.open_workdir(_WORKDIR.value)))
     print()
     for key, value in figures.items():
         print(f"{key}: {value:.6g}")
 
 
+def _describe(config) -> str:
+    """``--print_config``: every field, with the config file's default variant as the defaults."""
+    import importlib.util
+
+    path = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[0]
+    spec = importlib.util.spec_from_file_location("_demo_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return describe_config(config, docs=_DOCS, defaults=module.get_config(None),
+                           title=f"# model demo ({path}); set a field with --config.<name>=<value>")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, config=_CONFIG, describe=_describe)

@@ -2,6 +2,7 @@
 
     python experiments/run_engine.py --workdir=workdir/engine
     python experiments/run_engine.py --config=configs/engine_ablation.py:quick --workdir=/tmp/engine
+    python experiments/run_engine.py --print_config        # every field with its type, default and meaning
 
 The config (default ``configs/engine_ablation.py``) names the agents, the emulated cluster and
 the variants; its docstring lists the outputs. Override fields with ``--config.<field>=<value>``
@@ -13,6 +14,10 @@ with that ClusterScheduler subclass (importable, e.g. with ``PYTHONPATH=.``). Th
 
 One engine per JAX device: on a CPU host the device count is forced (``XLA_FLAGS``) to the
 cluster's engine count before JAX is imported.
+
+The workdir must be new or empty (``--overwrite`` replaces an earlier run's); its ``status.json``
+says ``running``, then ``finished`` or ``failed``. A bad field or override ends the run with one
+line on stderr naming it (``--verbose`` for the traceback) and exit status 1.
 """
 
 from __future__ import annotations
@@ -27,21 +32,25 @@ _CONFIG_DEFAULT = str(Path(__file__).resolve().parent.parent / "configs" / "engi
 
 
 def _force_host_devices(argv: list[str]) -> None:
-    """Set ``--xla_force_host_platform_device_count`` to the config's engine count (before JAX loads)."""
+    """Set ``--xla_force_host_platform_device_count`` to the config's engine count (before JAX loads).
+    A config that does not load is left to the flag parser, which reports it in one line."""
     import importlib.util
 
     from dualpath_jax.config import argv_flag_values  # (imports no JAX)
 
     values = argv_flag_values(argv)
     path, _, arg = values.get("--config", _CONFIG_DEFAULT).partition(":")
-    spec = importlib.util.spec_from_file_location("_engine_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config(arg or None).cluster
-    for key in ("prefill_nodes", "decode_nodes", "engines_per_node"):  # topology overrides
-        if f"--config.cluster.{key}" in values:
-            c[key] = int(values[f"--config.cluster.{key}"])
-    count = (c.prefill_nodes + c.decode_nodes) * c.engines_per_node
+    try:
+        spec = importlib.util.spec_from_file_location("_engine_config", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        c = module.get_config(arg or None).cluster
+        for key in ("prefill_nodes", "decode_nodes", "engines_per_node"):  # topology overrides
+            if f"--config.cluster.{key}" in values:
+                c[key] = int(values[f"--config.cluster.{key}"])
+        count = (c.prefill_nodes + c.decode_nodes) * c.engines_per_node
+    except Exception:  # noqa: BLE001 (reported by the flag parser)
+        return
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
@@ -50,14 +59,15 @@ def _force_host_devices(argv: list[str]) -> None:
 if __name__ == "__main__":
     _force_host_devices(sys.argv[1:])
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
+from dualpath_jax.studies import cli  # noqa: E402  (imports no JAX)
+
+_CONFIG = cli.define_config_file(
     "config", _CONFIG_DEFAULT, "Engine ablation config (configs/engine_ablation.py); append :quick or :big for the "
     "variants its docstring describes; override fields with --config.<field>=<value> "
-    "(e.g. --config.workload.num_agents=8).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+    "(e.g. --config.workload.num_agents=8); --print_config lists every field.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (new or empty; --overwrite replaces an earlier run).")
 _JIT_CACHE = flags.DEFINE_string(
     "jit_cache_dir",
     os.environ.get("DUALPATH_JIT_CACHE", os.path.join(tempfile.gettempdir(), "dualpath_jax_jit_cache")),
@@ -66,7 +76,6 @@ _PROGRESS = flags.DEFINE_enum(
     "progress", "auto", ["auto", "on", "off"],
     "Progress bars on stderr (stages with elapsed time and ETA; the current run's requests with rate and ETA). "
     "auto: only when stderr is a terminal.")
-flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
@@ -84,8 +93,7 @@ def main(argv):
     config = _CONFIG.value
     check_config(config)  # a bad field fails here, before the workdir is touched
     check_overrides(config, overridden_fields(sys.argv[1:]))  # an override the run would replace fails
-    workdir = Path(_WORKDIR.value)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = cli.open_workdir(_WORKDIR.value)
     writers.write_config(workdir, config)
     writers.write_env(workdir, device=f"{jax.default_backend()} x {jax.device_count()} "
                                       f"({', '.join(str(d) for d in jax.devices())})")
@@ -99,5 +107,10 @@ def main(argv):
     print(writers.format_named_values(named))
 
 
+def _describe(config) -> str:
+    from dualpath_jax.studies.engine_config import describe_engine_config  # (imports no JAX)
+    return describe_engine_config(config)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, config=_CONFIG, describe=_describe)

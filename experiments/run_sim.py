@@ -2,6 +2,8 @@
 
     python experiments/run_sim.py --config=configs/sim_ablation.py --workdir=workdir/sim_ablation
     python experiments/run_sim.py --config=configs/sim_ablation.py:quick --workdir=/tmp/abl
+    python experiments/run_sim.py --config=configs/sim_ablation.py:tiny --config.workload.source=agentic --workdir=W
+    python experiments/run_sim.py --config=configs/sim_ablation.py --print_config     # every field, typed and explained
 
 The study named by ``config.study`` (``dualpath_jax.studies.STUDIES``) writes its tables, plots
 and JSON to the workdir together with ``config.json``, ``env.json`` and ``metrics.json``; the
@@ -13,30 +15,41 @@ study sets for each run (the switches from ``variants``, Fig. 7's model and clus
 ``rows``, the clusters of ``clusters`` / ``*_cases``) is rejected under ``sim`` with the entry to
 change instead. ``--config.scheduler=pkg.module:Class`` runs every simulation of the study with
 that ClusterScheduler subclass (the module must be importable, e.g. with ``PYTHONPATH=.``).
+
+The workload of every study that takes one is ``config.workload``: ``source`` ``synthetic`` (the
+paper's generator, default), ``agentic`` (the Claude Code traces, ``path`` = their folder) or
+``mooncake`` (``path`` = ``conversation``, ``synthetic`` or a file), with ``token_divisor`` (token
+scaling) and ``subagents`` (``separate`` or ``drop``); traces are cut at the MAL.
+``--print_config`` lists every field with its value, type, default and meaning, then exits.
+
+The workdir must be new or empty (``--overwrite`` replaces an earlier run's); its ``status.json``
+says ``running``, then ``finished`` or ``failed``. A bad field, override or trace file ends the
+run with one line on stderr naming it (``--verbose`` for the traceback) and exit status 1.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from dualpath_jax.config import overridden_fields
 from dualpath_jax.metrics import writers
 from dualpath_jax.sched import scheduler_name
-from dualpath_jax.studies import check_sim_overrides, from_config_dict, run_study
+from dualpath_jax.studies import check_sim_overrides, cli, from_config_dict, run_study
+from dualpath_jax.studies.config import describe_study_config
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Study config file configs/sim_<study>.py; append :quick or :tiny for the smaller variants "
     "described in the file's docstring; override any field with --config.<field>=<value> (every SimConfig "
     "field is under sim, every HardwareConfig field under sim.hardware; e.g. --config.sim.beta_s=1, "
     "--config.sim.hardware.snic_bytes_per_s=25e9, --config.num_agents='(256,)'; "
-    "--config.scheduler=pkg.module:Class for a scheduler plug-in).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-flags.mark_flags_as_required(["config", "workdir"])
+    "--config.scheduler=pkg.module:Class for a scheduler plug-in; --config.workload.source=agentic|mooncake for a "
+    "trace). --print_config lists every field.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (new or empty; --overwrite replaces an earlier run).")
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
@@ -45,8 +58,7 @@ def main(argv):
     config = _CONFIG.value
     study = from_config_dict(config)  # every field checked (and the scheduler loaded) before any run
     check_sim_overrides(config, overridden_fields(sys.argv[1:]))  # an override a study would overwrite fails
-    workdir = Path(_WORKDIR.value)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = cli.open_workdir(_WORKDIR.value)
     writers.write_config(workdir, config)
     writers.write_env(workdir, device="simulator (virtual time)")
     if scheduler_name(study.scheduler):
@@ -61,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, config=_CONFIG, describe=describe_study_config)

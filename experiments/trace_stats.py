@@ -11,7 +11,9 @@ Output: a Markdown table of the statistics (for ``synthetic`` next to the paper'
 the relative error), then ``name: value`` lines ending with ``turns_mean``, ``append_mean``,
 ``gen_mean``, ``context_mean``, ``hit_rate``. Files in ``--workdir`` (default
 ``./workdir/trace_stats/<source>[_<mal>]``): ``trace_stats.json``, ``trace_stats.md``,
-``metrics.json`` (the named values), ``config.json`` (the flags), ``env.json``.
+``metrics.json`` (the named values), ``config.json`` (the flags), ``env.json``, ``status.json``; the
+folder must be new or empty (``--overwrite`` replaces an earlier run's). A bad trace file ends the run
+with one line naming the file, request and field (``--verbose`` for the traceback).
 Definitions of every statistic: ``dualpath_jax/workload/stats.py``.
 """
 
@@ -19,10 +21,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 from dualpath_jax.metrics import (format_named_values, markdown_table, write_config, write_env, write_json,
                                   write_named_values)
+from dualpath_jax.studies import cli
 from dualpath_jax.workload import TABLE2, load_source, trace_stats
 
 _SOURCE = flags.DEFINE_enum("source", "synthetic", ["agentic", "mooncake", "synthetic"], "Trace source.")
@@ -43,7 +46,7 @@ def main(argv):
     del argv
     source = _SOURCE.value
     tag = f"{source}_{_MAL.value}" if source == "synthetic" else source
-    workdir = Path(_WORKDIR.value or Path("workdir") / "trace_stats" / tag)
+    workdir = cli.open_workdir(_WORKDIR.value or Path("workdir") / "trace_stats" / tag)
     config = {"source": source, "mal": _MAL.value, "seed": _SEED.value, "num_agents": _NUM_AGENTS.value,
               "max_files": _MAX_FILES.value, "mooncake": _MOONCAKE.value, "subagents": _SUBAGENTS.value}
     write_config(workdir, config)
@@ -80,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -75,3 +75,19 @@ def test_a_calibrated_link_rate_override_is_rejected_with_what_to_change():
     config.calibrate.load_over_oracle = 0.0
     check_overrides(config, overridden_fields(argv))  # with calibration off the rate is used as given
     check_overrides(_config_module("engine_ablation").get_config("quick"), ["cluster.max_decode_batch"])
+
+
+FLOAT_KNOBS = [f.name for f in dataclasses.fields(SchedKnobs) if f.type in (float, "float")]
+
+
+@pytest.mark.parametrize("cls", [SimConfig, ClusterConfig])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), -1.0, 0.0, True, "3"])
+def test_every_float_knob_rejects_non_finite_and_out_of_range_values_by_its_name(cls, value):
+    assert set(FLOAT_KNOBS) == {"alpha_s", "beta_s", "z_factor", "compute_quota_s", "fetch_period_s"}
+    for name in FLOAT_KNOBS:
+        with pytest.raises(ConfigError) as e:
+            cls(**{name: value})
+        assert e.value.field == cls.field_prefix + name  # "sim." / "cluster.", never "sched."
+    for name in ("basic_max_batch_tokens", "layerwise_depth"):
+        with pytest.raises(ConfigError, match=f"^{cls.field_prefix}{name}: "):
+            cls(**{name: 2.5})

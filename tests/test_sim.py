@@ -149,6 +149,10 @@ def test_invalid_sim_configs_name_field():
         Simulator(SimConfig(), [SimAgent(**two, initial_context=-64)])
     with pytest.raises(ConfigError, match=r"agents\[0\]\.gen"):
         Simulator(SimConfig(), [agent([10], [2**41])])
+    # a round computes at least one token (the engine's hit ends one token before the prompt's end),
+    # so a round that appends nothing is refused rather than run as a made-up 1-token forward
+    with pytest.raises(ConfigError, match=r"agents\[0\]\.append: every round needs 1 <= append .*round 1 has 0"):
+        Simulator(SimConfig(), [SimAgent(0.0, np.array([640, 0]), np.array([2, 2]))])
     with pytest.raises(ConfigError, match="sim.prefill_layer_overhead_s"):
         SimConfig(prefill_layer_overhead_s=-1e-3)
     with pytest.raises(ConfigError, match="sim.activation_reserve_bytes"):
@@ -223,7 +227,7 @@ def test_round_contexts_match_a_plain_loop_over_random_trajectories():
     for i in range(30):
         n = int(rng.integers(1, 12))
         hit = rng.integers(0, 20_000, n).astype(float) if i % 3 else None
-        agents.append(SimAgent(float(rng.uniform(0, 2)), rng.integers(0, 2000, n), rng.integers(1, 200, n), None, hit,
+        agents.append(SimAgent(float(rng.uniform(0, 2)), rng.integers(1, 2000, n), rng.integers(1, 200, n), None, hit,
                                initial_context=int(rng.integers(0, 3000))))
     res = simulate(SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=2, fetch_period_s=FETCH), agents)
     r = res.requests
@@ -241,7 +245,7 @@ def test_round_hits_of_many_agents_match_a_plain_loop(huge):
         n = int(rng.integers(1, 15))
         hit = rng.integers(0, 30_000, n).astype(float) if i % 4 else None
         init = int(rng.integers(0, 2**61)) if huge and i % 5 == 0 else int(rng.integers(0, 4000))
-        agents.append(SimAgent(0.0, rng.integers(0, 3000, n), rng.integers(1, 300, n), None, hit, init))
+        agents.append(SimAgent(0.0, rng.integers(1, 3000, n), rng.integers(1, 300, n), None, hit, init))
     lens = np.array([len(a.append) for a in agents])
     offsets = np.concatenate([[0], np.cumsum(lens)])
     tokens = np.concatenate([a.append + a.gen for a in agents]).astype(np.int64)

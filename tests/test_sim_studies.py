@@ -3,6 +3,7 @@ cases, every study end to end on its ``tiny`` config, and physical properties of
 
 import csv
 import dataclasses
+import gzip
 import importlib.util
 import json
 import math
@@ -17,6 +18,7 @@ from ml_collections import config_flags
 from dualpath_jax.config import ConfigError
 from dualpath_jax.model import cost
 from dualpath_jax.model.spec import get_spec
+from dualpath_jax.sched import ClusterScheduler
 from dualpath_jax.sim import analysis
 from dualpath_jax.sim.config import SimConfig, sim_config_dict
 from dualpath_jax.sim.hardware import HardwareConfig
@@ -25,6 +27,7 @@ from dualpath_jax.studies.common import OnlineWindow, WorkloadSpec, parse_cluste
 from dualpath_jax.studies.config import check_sim_overrides, per_run_sim_fields
 from dualpath_jax.studies.report import build_report
 from dualpath_jax.studies.runs import TTFT_COMPONENTS, offline_run, online_run
+from dualpath_jax.workload import agentic_dir
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -292,3 +295,118 @@ def test_ttft_components_sum_to_ttft_and_oracle_reads_nothing():
         else:  # every hit byte crosses a 250 MB/s SNIC: the transfer share is at least bytes / rate on average
             assert s["read_transfer_s_mean"] > 0.0
     assert math.isfinite(s["completion_mean_s"]) and s["num_failed"] == 0
+
+
+# ---- the workload's source (issue #24) --------------------------------------------------------------------
+def test_workload_spec_checks_its_source_fields(tmp_path):
+    assert WorkloadSpec().source == "synthetic" and WorkloadSpec().label == "MAL 64K"
+    cases = [({"source": "sharegpt"}, "workload.source"), ({"path": "x.jsonl"}, "workload.path"),
+             ({"subagents": "merge"}, "workload.subagents"),
+             ({"source": "mooncake", "path": str(tmp_path / "none.jsonl")}, "workload.path"),
+             ({"source": "agentic", "path": str(tmp_path)}, "workload.path"),  # a folder without traces
+             ({"source": "mooncake", "gen_factor": 2.0}, "workload.gen_factor"),
+             ({"source": "mooncake", "token_divisor": 3}, "workload.token_divisor")]
+    (tmp_path / "t.jsonl").write_text("")
+    for fields, name in cases:
+        fields = {"path": str(tmp_path / "t.jsonl"), **fields} if fields.get("source") == "mooncake" and \
+            "path" not in fields else fields
+        with pytest.raises(ConfigError) as e:
+            WorkloadSpec(**fields)
+        assert e.value.field == name, fields
+    with pytest.raises(ConfigError, match="^workload.source: fig9 scales"):
+        from_config_dict({**load_config("fig9").to_dict(), "workload": {"source": "mooncake",
+                                                                         "path": str(tmp_path / "t.jsonl")}})
+
+
+def _mooncake_rows():
+    row = lambda ts, n_in, out, ids: {"timestamp": ts, "input_length": n_in, "output_length": out,  # noqa: E731
+                                      "hash_ids": ids}
+    return [row(0, 1500, 10, [0, 1, 2]), row(10, 40000, 5, [7] * 79),  # a session whose one round is over 32K
+            row(20, 2000, 3, [0, 1, 5, 6]), row(30, 600, 8, [9, 10]), row(40, 700, 9, [11, 12])]
+
+
+def test_a_trace_workload_is_its_first_agents_cut_at_the_mal(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _mooncake_rows()))
+    wl = WorkloadSpec(source="mooncake", path=str(path), mal="32K", num_agents=2)
+    assert wl.label == "mooncake traces, MAL 32K"
+    ts = wl.build()
+    # sessions by hand: s0 = lines 1 and 3 (line 3 continues line 1's blocks 0, 1); s1 = line 2, whose
+    # one round (40,000 + 5 tokens) exceeds 32K = 32,768, so it is skipped; s2 = line 4
+    assert list(ts.agent_ids) == ["m/s00000", "m/s00002"]
+    np.testing.assert_array_equal(ts.num_prompt_tokens, [1500, 2000, 600])
+    np.testing.assert_array_equal(ts.num_hit_tokens, [0, 1024, 0])
+    assert wl.replace(num_agents=3).build().agent_ids[-1] == "m/s00003"
+    with pytest.raises(ConfigError, match=r"^workload.num_agents: .* holds only 3 agents within MAL 32K \(got 4\)"):
+        wl.replace(num_agents=4).build()
+    scaled = wl.replace(token_divisor=8).build()
+    np.testing.assert_array_equal(scaled.num_prompt_tokens, [1500 // 512 * 64 + -(-(1500 % 512) // 8),
+                                                             2000 // 512 * 64 + -(-(2000 % 512) // 8),
+                                                             600 // 512 * 64 + -(-(600 % 512) // 8)])
+
+
+@pytest.mark.skipif(not agentic_dir().is_dir(), reason="shared traces not available")
+def test_an_agentic_workload_keeps_sub_agents_with_their_conversation():
+    wl = WorkloadSpec(source="agentic", num_agents=5, mal="32K")
+    ts = wl.build()
+    roots = [a for a, p in zip(ts.agent_ids, ts.parent_ids) if p is None]
+    assert len(roots) == 5
+    assert all(p is None or p in ts.agent_ids for p in ts.parent_ids)  # no orphan sub-agent
+    assert int(np.max(ts.num_prompt_tokens + ts.num_gen_tokens)) <= 32768
+    fits = []  # from the raw files: conversations whose first round fits the MAL, in name order
+    for path in sorted(agentic_dir().glob("*.json.gz")):
+        first = next(r for r in json.loads(gzip.decompress(path.read_bytes()))["requests"] if r["type"] != "subagent")
+        if first["in"] + max(first["out"], 1) <= 32768:
+            fits.append(path.name.split(".")[0])
+        if len(fits) == 5:
+            break
+    assert roots == fits
+    drop = wl.replace(subagents="drop").build()
+    assert all(p is None for p in drop.parent_ids) and len(drop) == 5
+
+
+def test_every_config_file_lists_every_workload_field_it_does_not_set_per_run():
+    from dualpath_jax.studies.common import workload_config_dict
+    per_run = {"ablation": {"mal", "num_agents"}, "fig7": {"mal", "num_agents"}, "fig8": {"num_agents"},
+               "fig9": {"num_agents", "append_factor", "gen_factor"}, "balance": {"num_agents"},
+               "table3": {"num_agents"}}
+    fields = {f.name for f in dataclasses.fields(WorkloadSpec)} - {"seed"}
+    for study in STUDIES:
+        workload = load_config(study)["workload"]
+        assert set(workload) == fields - per_run.get(study, set()), study
+    with pytest.raises(ConfigError, match="^workload.nope"):
+        workload_config_dict(nope=1)
+
+
+class DEIfLongHit(ClusterScheduler):
+    """A plug-in with a long name, for the log's columns."""
+
+
+def test_run_log_columns_line_up_with_a_long_scheduler_name():
+    lines = []
+    wl = WorkloadSpec(mal="32K", num_agents=4, token_divisor=8)
+    base = SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=1)
+    for v in ("dpl", "dualpath", "layerwise"):
+        offline_run(base, v, wl, lines.append, scheduler_cls=DEIfLongHit)
+    assert all("DEIfLongHit]" in line for line in lines)
+    assert len({line.index(" JCT ") for line in lines}) == 1, lines  # one column, whatever the variant
+
+
+def test_print_config_gives_every_field_of_every_study_a_meaning():
+    from dualpath_jax.studies.config import describe_study_config
+    for study in STUDIES:
+        config = load_config(study)
+        text = describe_study_config(config)
+        rows = text.splitlines()[2:]
+        leaves = []
+        stack = [("", config.to_dict())]
+        while stack:
+            prefix, node = stack.pop()
+            for k, v in node.items():
+                if isinstance(v, dict):
+                    stack.append((f"{prefix}{k}.", v))
+                else:
+                    leaves.append(f"{prefix}{k}")
+        assert sorted(r.split()[0] for r in rows) == sorted(leaves), study
+        for r in rows:
+            assert r.rstrip().endswith("."), (study, r)  # every line ends with its one-line meaning

@@ -199,3 +199,28 @@ def test_full_agentic_corpus_loads():
     ts = load_agentic_traces()
     assert len(ts) == 661 and ts.num_rounds_total == 41_479
     assert sum(p is not None for p in ts.parent_ids) == 52
+
+
+# ---- bad ids end in one clear line (issue #22), not in numpy's errors --------------------------------------
+@pytest.mark.parametrize("ids,pattern", [
+    ([[1, 2], [3]], r"requests\[0\]: hash_ids: must contain only integers \(got \[1, 2\]\)"),  # numpy: inhomogeneous
+    ([[1], [3]], r"requests\[0\]: hash_ids: must contain only integers \(got \[1\]\)"),  # numpy: a 2-D array
+    ([1, 2**70], r"requests\[0\]: hash_ids: ids must be in \[0, 2\*\*63\) \(got 1180591620717411303424\)"),
+    ([1, 2**63], r"requests\[0\]: hash_ids: ids must be in \[0, 2\*\*63\) \(got 9223372036854775808\)"),
+    ([1, -2], r"requests\[0\]: hash_ids: ids must be in \[0, 2\*\*63\) \(got -2\)"),
+])
+def test_agentic_bad_hash_ids_name_file_request_and_value(tmp_path, ids, pattern):
+    path = mutate(tmp_path / "ids.json.gz", lambda d: d["requests"][0].update(hash_ids=ids))
+    with pytest.raises(TraceFormatError, match=pattern) as e:
+        load_agentic_trace(path)
+    assert str(e.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("ids,shown", [([1, 2**70], "1180591620717411303424"), ([[1], 2], r"\[1\]"),
+                                       ([1, 2**64 - 1], "18446744073709551615")])
+def test_mooncake_bad_block_ids_name_file_line_and_value(tmp_path, ids, shown):
+    path = jsonl(tmp_path / "big.jsonl", [mc(0, 600, 1, [5, 6]), mc(1, 1000, 1, ids)])
+    with pytest.raises(TraceFormatError, match=rf"line 2: hash_ids: must be a list of integers in \[0, 2\*\*63\) "
+                                               rf"\(got {shown}\)") as e:
+        load_mooncake_trace(path)
+    assert str(e.value).startswith(f"{path}: ")

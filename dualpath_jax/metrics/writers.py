@@ -1,5 +1,9 @@
 """Run artifacts in a workdir: every experiment and benchmark leaves the same files.
 
+* ``status.json``   ``running`` while the run goes on, then ``finished`` or ``failed`` with the
+  error (:func:`write_status`): a partial workdir never looks finished. :func:`prepare_workdir`
+  refuses a directory that already holds files, so two runs never mix (``overwrite=True``
+  replaces a previous run's workdir);
 * ``config.json``   the run's configuration (:func:`write_config`);
 * ``env.json``      versions and device (:func:`write_env`);
 * ``metrics.jsonl`` append-only, one JSON object per line (:func:`append_metrics`);
@@ -23,6 +27,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,9 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from dualpath_jax.config import ConfigError
 from dualpath_jax.native import STATUS as _CORE_STATUS
 
 __all__ = [
+    "STATUS_FILE", "prepare_workdir", "write_status", "read_status",
     "to_jsonable", "write_json", "write_config", "collect_env", "write_env", "append_metrics",
     "read_metrics", "markdown_table", "write_table", "plot_lines", "format_named_values",
     "write_named_values",
@@ -70,6 +77,63 @@ def write_json(path, obj: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return path
+
+
+STATUS_FILE = "status.json"
+_RUN_MARKERS = (STATUS_FILE, "env.json")  # a directory holding one of these is an experiment's workdir
+
+
+def read_status(workdir) -> dict | None:
+    """``workdir/status.json`` (``{"status": "running" | "finished" | "failed", ...}``), or None."""
+    path = Path(workdir) / STATUS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_status(workdir, status: str, **fields: Any) -> Path:
+    """Replace ``workdir/status.json`` with ``{"status": status, **fields}`` (written whole, then
+    renamed into place, so a reader never sees half a file)."""
+    if status not in ("running", "finished", "failed"):
+        raise ValueError(f"status: must be running, finished or failed (got {status!r})")
+    path = Path(workdir) / STATUS_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(to_jsonable({"status": status, **fields}), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def prepare_workdir(workdir, *, overwrite: bool = False) -> Path:
+    """Create ``workdir`` for a new run and return it; runs never mix.
+
+    A directory that already holds files is refused, so a second run cannot change the files of
+    the first. With ``overwrite`` a previous run's workdir (one holding ``status.json`` or
+    ``env.json``) is emptied first; any other non-empty directory is still refused.
+
+    Raises:
+      ConfigError: naming ``workdir``.
+    """
+    path = Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError("workdir", f"{path} is a file, not a directory")
+    entries = sorted(path.iterdir()) if path.is_dir() else []
+    if entries:
+        status = read_status(path)
+        held = f"a previous run ({status.get('status', '?')})" if status else f"{len(entries)} entries"
+        if not overwrite:
+            raise ConfigError("workdir", f"{path} already holds {held}; pass --overwrite to replace it, or give "
+                              f"a new directory")
+        if not any((path / m).is_file() for m in _RUN_MARKERS):
+            raise ConfigError("workdir", f"{path} holds {held} but no run's {STATUS_FILE} or env.json: --overwrite "
+                              f"replaces only an experiment's workdir; give an empty or new directory")
+        for entry in entries:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
 

@@ -26,7 +26,8 @@ class SimAgent:
 
     Attributes:
       arrival_s: when round 0 is issued (seconds, finite, >= 0).
-      append: ``i64[rounds]`` appended tokens per round.
+      append: ``i64[rounds]`` appended tokens per round (>= 1: a round computes at least one token,
+        as the engine does, whose hit ends one token before the prompt's end).
       gen: ``i64[rounds]`` generated tokens per round (>= 1).
       think_s: optional ``f64[rounds]`` seconds from the moment round ``r - 1``'s new KV is persisted
         (it has finished and its KV is in storage, which round ``r`` reads) to round ``r``'s issue;
@@ -36,7 +37,9 @@ class SimAgent:
         partial tail block is recomputed, i.e. moved to the round's append tokens.
       initial_context: tokens already in storage before round 0 (a warm store); round 0 may hit them.
 
-    The context after a round is its hit plus its append and generated tokens.
+    The context after a round is its hit plus its append and generated tokens; all of it but
+    the last generated token has KV in storage (that token is never fed back), which bounds the
+    next round's hit.
     """
 
     arrival_s: float
@@ -101,9 +104,20 @@ def flatten_agents(agents: Sequence[SimAgent]) -> FlatRounds:
             i = given[int(np.searchsorted(np.cumsum(lens[given]), bad[0], side="right"))]
             raise ConfigError(f"agents[{i}].{name}", f"needs {lens[i]} finite values in [0, 2**62), one per round "
                               f"(got {np.asarray(getattr(agents[i], name)).tolist()!r:.80})")
+    for i, a in enumerate(agents):  # token counts are whole: int64 would truncate 10.7 to 10 silently
+        for name in ("append", "gen"):
+            v = np.asarray(getattr(a, name))
+            if v.dtype.kind in "iu":
+                continue
+            if v.dtype.kind != "f":
+                raise ConfigError(f"agents[{i}].{name}", f"token counts must be integers (got {v.dtype} values)")
+            bad = np.flatnonzero(~np.isfinite(v) | (v != np.rint(v)))
+            if bad.size:
+                raise ConfigError(f"agents[{i}].{name}", f"token counts must be integers (round {int(bad[0])} "
+                                  f"has {float(v[bad[0]])!r})")
     append = np.concatenate([np.asarray(a.append, np.int64) for a in agents])
     gen = np.concatenate([np.asarray(a.gen, np.int64) for a in agents])
-    for name, values_, low in (("append", append, 0), ("gen", gen, 1)):
+    for name, values_, low in (("append", append, 1), ("gen", gen, 1)):  # >= 1 computed token, as the engine
         bad = np.flatnonzero((values_ < low) | (values_ >= 2**40))
         if bad.size:
             i = int(np.searchsorted(offsets, bad[0], side="right") - 1)

@@ -30,7 +30,7 @@ class SimConfig(SchedKnobs):
     Attributes:
       model: model preset name (``dualpath_jax.model.get_spec``).
       prefill_nodes, decode_nodes: P and D, in nodes of ``hardware.gpus_per_node`` engines.
-      block_tokens: Z, tokens per Full Block.
+      block_tokens: tokens per Full Block (the paper's example: 64).
       kv_dtype, weight_dtype: byte sizes of KV and weights (``fp8``, ``bf16``, ...).
       activation_reserve_bytes: HBM a PE keeps for activations.
       ep_sync: DP-attention groups wait for their slowest member (default: MoE models).

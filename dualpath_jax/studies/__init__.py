@@ -9,17 +9,26 @@
   Table 3, Eq. 9, section 8.2); :mod:`.registry` names them (``STUDIES``, :func:`run_study`).
 * :mod:`.report`   ``REPORT.md`` of ``experiments/reproduce_paper.py``.
 * :mod:`.plots`    the studies' matplotlib figures.
+* :mod:`.cli`      what every experiment script shares: one-line errors, ``--print_config``, a
+  workdir that never mixes runs and says whether its run finished (``status.json``).
 * :mod:`.engine_ablation`   the five-variant ablation on the real engine (imports JAX; not
   imported here), on the typed config of :mod:`.engine_config`.
 
-Every study runs its simulations with the scheduler class its config names (``scheduler``:
-``"pkg.module:Class"``, ``""`` for the built-in :class:`~dualpath_jax.sched.ClusterScheduler`).
+The names below load their modules on first use. Every study runs its simulations with the
+scheduler class its config names (``scheduler``: ``"pkg.module:Class"``, ``""`` for the built-in
+:class:`~dualpath_jax.sched.ClusterScheduler`).
 """
 
-from dualpath_jax.studies.common import WorkloadSpec
-from dualpath_jax.studies.config import STUDY_CONFIGS, StudyConfig, check_sim_overrides, from_config_dict
-from dualpath_jax.studies.registry import STUDIES, run_study
-from dualpath_jax.studies.runs import RunCache, offline_run, online_run, paper_workload, run_offline
+from dualpath_jax.lazy import lazy_exports
 
-__all__ = ["STUDIES", "STUDY_CONFIGS", "RunCache", "StudyConfig", "WorkloadSpec", "check_sim_overrides",
-           "from_config_dict", "offline_run", "online_run", "paper_workload", "run_offline", "run_study"]
+_LAZY = {  # public name -> the submodule that defines it (loaded on first use: PEP 562), so that a
+    # script importing only .cli (e.g. the kernel benchmark on a bare device image) loads no simulator
+    "WorkloadSpec": "common",
+    **dict.fromkeys(["STUDY_CONFIGS", "StudyConfig", "check_sim_overrides", "from_config_dict"], "config"),
+    **dict.fromkeys(["STUDIES", "run_study"], "registry"),
+    **dict.fromkeys(["RunCache", "offline_run", "online_run", "paper_workload", "run_offline"], "runs"),
+}
+
+__all__ = sorted(_LAZY)
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

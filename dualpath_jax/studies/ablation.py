@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from dualpath_jax.metrics import writers
 from dualpath_jax.sched import scheduler_name
-from dualpath_jax.studies.common import WorkloadSpec, cluster_label
+from dualpath_jax.studies.common import cluster_label
 from dualpath_jax.studies.config import AblationStudyConfig
 from dualpath_jax.studies.plots import plot_ablation
 from dualpath_jax.studies.runs import Log, RunCache, offline_run
@@ -18,12 +19,13 @@ __all__ = ["ablation"]
 
 def ablation(config: AblationStudyConfig, workdir: Path, log: Log = print, *, cache: RunCache | None = None) -> dict:
     """Paper Fig. 12 right: Basic, +Layerwise, +DPL, +Sched (DualPath) and Oracle (``config.variants``),
-    offline, at each of ``config.num_agents``, with ``config.scheduler`` deciding every run; JCT
-    (seconds) averaged over the batch sizes.
+    offline, at each of ``config.num_agents`` agents of ``config.workload`` (MAL ``config.mal``; the
+    paper's generator or a trace), with ``config.scheduler`` deciding every run; JCT (seconds)
+    averaged over the batch sizes.
 
     Writes ``ablation.json`` (per variant: JCT, TTFT p50/p99, TTST, TPOT in seconds, SNIC bytes per
-    link, Max/Avg ratios, JCT per agent count; the scheduler's name), ``ablation.md/.csv`` and
-    ``ablation.png`` into ``workdir``. Returns the ``name: value`` figures: ``jct_s_<variant>``,
+    link, Max/Avg ratios, JCT and requests per agent count; the workload and the scheduler's name),
+    ``ablation.md/.csv`` and ``ablation.png`` into ``workdir``. Returns the ``name: value`` figures: ``jct_s_<variant>``,
     ``speedup_<variant>_vs_basic``, ``dualpath_over_oracle_jct``. Runs are memoised in ``cache``
     (a fresh one if None), which other studies may share.
     """
@@ -31,9 +33,10 @@ def ablation(config: AblationStudyConfig, workdir: Path, log: Log = print, *, ca
     base = config.sim
     variants = list(config.variants)
     per_size: dict[int, dict] = {}
+    wl = config.workload.replace(mal=config.mal, seed=config.seed)
     for n in config.num_agents:
-        wl = WorkloadSpec(mal=config.mal, num_agents=int(n), seed=config.seed)
-        log(f"{base.model} {cluster_label(base)}, MAL {config.mal}, {n} agents")
+        wl = wl.replace(num_agents=int(n))
+        log(f"{base.model} {cluster_label(base)}, {wl.label}, {n} agents")
         per_size[int(n)] = {v: offline_run(base, v, wl, log, scheduler_cls=config.scheduler, cache=cache)
                             for v in variants}
     rows, summary = [], {}
@@ -48,7 +51,8 @@ def ablation(config: AblationStudyConfig, workdir: Path, log: Log = print, *, ca
         summary[v] = {"jct_s": float(np.mean(jcts)), "ttft_p50_s": mean("ttft_p50_s"), "ttft_p99_s": mean("ttft_p99_s"),
                       "ttst_s": mean("ttst_mean_s"), "tpot_s": mean("tpot_s"), "snic_bytes": snic,
                       "snic_max_avg": mean("snic_max_avg_mean"), "attention_max_avg": mean("attention_max_avg_mean"),
-                      "jct_s_by_agents": {str(n): per_size[n][v]["jct_s"] for n in per_size}}
+                      "jct_s_by_agents": {str(n): per_size[n][v]["jct_s"] for n in per_size},
+                      "requests_by_agents": {str(n): per_size[n][v]["num_requests"] for n in per_size}}
         if v == "basic":
             basic_jct = summary[v]["jct_s"]
     for v in variants:
@@ -65,11 +69,14 @@ def ablation(config: AblationStudyConfig, workdir: Path, log: Log = print, *, ca
     writers.write_json(workdir / "ablation.json", {"variants": summary, "tokens_identical": None,
                                                     "num_agents": list(per_size), "model": base.model,
                                                     "cluster": f"{base.prefill_nodes}P{base.decode_nodes}D",
-                                                    "mal": config.mal, "scheduler": scheduler_name(config.scheduler)})
+                                                    "mal": config.mal,
+                                                    "workload": {k: v for k, v in dataclasses.asdict(wl).items()
+                                                                 if k != "num_agents"},
+                                                    "scheduler": scheduler_name(config.scheduler)})
     writers.write_table(workdir / "ablation", rows, title=f"Ablation ({base.model}, {base.prefill_nodes}P"
-                        f"{base.decode_nodes}D, MAL {config.mal}, agents {list(per_size)}; JCT averaged)")
+                        f"{base.decode_nodes}D, {wl.label}, agents {list(per_size)}; JCT averaged)")
     plot_ablation(summary, workdir / "ablation.png",
-                  title=f"{base.model}, {base.prefill_nodes}P{base.decode_nodes}D, MAL {config.mal}, offline")
+                  title=f"{base.model}, {base.prefill_nodes}P{base.decode_nodes}D, {wl.label}, offline")
     named = {f"jct_s_{v}": summary[v]["jct_s"] for v in variants}
     for v in variants:
         if v != "basic" and basic_jct:

@@ -1,8 +1,10 @@
 """Pieces shared by the study configs and runs: the paper's workload as a hashable spec, cluster
 names (``"2P4D"``), a :class:`SimConfig` from layered mappings, and the size of an online run.
 
-* :class:`WorkloadSpec`: one workload of the paper's generator (PAPER.md section 6.2) with the
-  Fig. 9 length scaling and an optional token divisor (tiny test workloads).
+* :class:`WorkloadSpec`: one workload: the paper's generator (PAPER.md section 6.2) with the
+  Fig. 9 length scaling, or the first agents of the agentic or Mooncake traces cut at the MAL;
+  an optional token divisor (tiny test workloads); :func:`workload_config_dict` its fields for a
+  config file.
 * :func:`sim_config`: a :class:`SimConfig` from mappings merged left to right (study base + row
   overrides); errors name the field (``sim.<field>`` / ``sim.hardware.<field>``).
 * :func:`parse_cluster`, :func:`cluster_label`, :func:`with_cluster`: ``"<P>P<D>D"`` names.
@@ -12,15 +14,21 @@ names (``"2P4D"``), a :class:`SimConfig` from layered mappings, and the size of 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
+from pathlib import Path
+
+import ml_collections
 
 from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive, from_mapping
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.hardware import HardwareConfig
-from dualpath_jax.workload import MAL_TOKENS, TrajectorySet, paper_dataset, scale_lengths, scale_tokens
+from dualpath_jax.workload import (MAL_TOKENS, SOURCES, TrajectorySet, agentic_dir, load_trace_agents, mooncake_file,
+                                   paper_dataset, scale_lengths, scale_tokens)
 
-__all__ = ["WorkloadSpec", "OnlineWindow", "as_dict", "sim_config", "with_cluster", "parse_cluster", "cluster_label"]
+__all__ = ["WorkloadSpec", "OnlineWindow", "as_dict", "sim_config", "with_cluster", "parse_cluster", "cluster_label",
+           "workload_config_dict"]
 
 
 def as_dict(mapping) -> dict:
@@ -34,17 +42,26 @@ def as_dict(mapping) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class WorkloadSpec:
-    """The paper's dataset for ``mal`` with ``num_agents`` agents (PAPER.md section 6.2); hashable.
+    """One workload of the studies; hashable.
 
     Attributes:
-      mal: ``"32K"|"48K"|"64K"``.
-      num_agents: agents (trajectories).
-      seed: generator seed.
-      append_factor, gen_factor: Fig. 9 scaling of every round's append / generation length,
-        followed by truncation at the MAL (``workload.scale_lengths``); 1 = unscaled.
-      token_divisor: divide every token count by this (``workload.scale_tokens``; 1 = off) to
-        make tiny test workloads.
+      mal: ``"32K"|"48K"|"64K"``, the MAL (maximum agent length): the generator's dataset for it
+        (PAPER.md section 6.2); a trace's trajectories are cut before their first round beyond it.
+      num_agents: agents (trajectories of the generator; conversations with their sub-agents or
+        Mooncake sessions of a trace, the first ones in file order).
+      seed: generator seed (synthetic only).
+      append_factor: Fig. 9 scaling of every round's append length, then truncation at the MAL
+        (synthetic only; 1 = unscaled).
+      gen_factor: Fig. 9 scaling of every round's generation length (synthetic only; 1 = unscaled).
+      token_divisor: divide every token count by this (``workload.scale_tokens``; 1 = off) to make
+        tiny workloads; for a trace it must divide the trace's block size (64 agentic, 512 Mooncake).
       num_base: base trajectories of the generator (the paper: 500).
+      source: ``synthetic`` (the paper's generator), ``agentic`` (Claude Code traces) or
+        ``mooncake`` (sessions of a Mooncake trace).
+      path: agentic: folder of ``*.json.gz`` traces ("" = ``../shared/data/agentic_traces``);
+        mooncake: ``conversation`` (""), ``synthetic`` or a ``.jsonl`` file.
+      subagents: agentic sub-agents: ``separate`` (own trajectories, starting with their
+        conversation) or ``drop``.
 
     Raises:
       ConfigError: naming ``workload.<field>``.
@@ -57,6 +74,9 @@ class WorkloadSpec:
     gen_factor: float = 1.0
     token_divisor: int = 1
     num_base: int = 500
+    source: str = "synthetic"
+    path: str = ""
+    subagents: str = "separate"
 
     def __post_init__(self):
         check_in("workload.mal", self.mal, MAL_TOKENS)
@@ -66,9 +86,38 @@ class WorkloadSpec:
         check_positive("workload.gen_factor", self.gen_factor)
         check_positive("workload.token_divisor", self.token_divisor, integer=True)
         check_positive("workload.num_base", self.num_base, integer=True)
+        check_in("workload.source", self.source, SOURCES)
+        check_in("workload.subagents", self.subagents, ("separate", "drop"))
+        if not isinstance(self.path, str):
+            raise ConfigError("workload.path", f"must be a string (got {self.path!r})")
+        if self.source == "synthetic":
+            if self.path:
+                raise ConfigError("workload.path", f"names a trace; workload.source={self.source!r} generates the "
+                                  f"workload (set workload.source to agentic or mooncake)")
+            return
+        for name in ("append_factor", "gen_factor"):
+            if getattr(self, name) != 1.0:
+                raise ConfigError(f"workload.{name}", f"scales the synthetic generator's rounds; a trace "
+                                  f"(workload.source={self.source!r}) keeps its recorded lengths: set it to 1")
+        block = 64 if self.source == "agentic" else 512
+        if block % self.token_divisor:
+            raise ConfigError("workload.token_divisor", f"must divide the {self.source} trace's {block}-token blocks "
+                              f"(got {self.token_divisor})")
+        where = Path(self.path) if self.path else agentic_dir()
+        if self.source == "agentic" and not (where.is_dir() and any(where.glob("*.json.gz"))):
+            raise ConfigError("workload.path", f"no *.json.gz agentic traces in {str(where)!r}")
+        if self.source == "mooncake" and not mooncake_file(self.path or "conversation").is_file():
+            raise ConfigError("workload.path", f"no Mooncake trace {str(mooncake_file(self.path or 'conversation'))!r}")
 
     def build(self) -> TrajectorySet:
-        """The trajectories (deterministic in the fields)."""
+        """The trajectories (deterministic in the fields).
+
+        Raises:
+          ConfigError: naming ``workload.num_agents`` when a trace holds fewer agents that fit the MAL.
+          TraceFormatError: a bad trace file.
+        """
+        if self.source != "synthetic":
+            return _trace_workload(self)
         ts = paper_dataset(self.mal, self.num_agents, self.seed, num_base=self.num_base)
         if self.append_factor != 1.0 or self.gen_factor != 1.0:
             ts = scale_lengths(ts, self.append_factor, self.gen_factor, mal_tokens=MAL_TOKENS[self.mal])
@@ -76,8 +125,42 @@ class WorkloadSpec:
             ts = scale_tokens(ts, self.token_divisor)
         return ts
 
+    @property
+    def label(self) -> str:
+        """What the workload is, for log lines and titles: ``"MAL 64K"``, ``"agentic traces, MAL 64K"``."""
+        return f"MAL {self.mal}" if self.source == "synthetic" else f"{self.source} traces, MAL {self.mal}"
+
     def replace(self, **changes) -> "WorkloadSpec":
         return dataclasses.replace(self, **changes)
+
+
+@functools.lru_cache(maxsize=4)
+def _trace_workload(spec: WorkloadSpec) -> TrajectorySet:
+    """A trace workload, read once for the runs of every variant that share it."""
+    ts = load_trace_agents(spec.source, spec.num_agents, path=spec.path, subagents=spec.subagents,
+                           mal_tokens=MAL_TOKENS[spec.mal])
+    agents = sum(p is None for p in ts.parent_ids)
+    if agents < spec.num_agents:
+        raise ConfigError("workload.num_agents", f"the {spec.source} trace {ts.source} holds only {agents} agents "
+                          f"within MAL {spec.mal} (got {spec.num_agents})")
+    return scale_tokens(ts, spec.token_divisor) if spec.token_divisor != 1 else ts
+
+
+def workload_config_dict(*, exclude: tuple[str, ...] = (), **fields) -> ml_collections.ConfigDict:
+    """A config file's ``workload`` block: every :class:`WorkloadSpec` field at its default but
+    ``seed`` (the config's top-level ``seed``) and ``exclude`` (fields the study sets for each run,
+    such as ``num_agents``), updated with ``fields``; so that every field can be overridden from
+    the command line (``--config.workload.source=agentic``).
+
+    Raises:
+      ConfigError: naming ``workload.<field>`` for an unknown or excluded field.
+    """
+    out = {f.name: f.default for f in dataclasses.fields(WorkloadSpec) if f.name not in ("seed", *exclude)}
+    for key, value in fields.items():
+        if key not in out:
+            raise ConfigError(f"workload.{key}", f"not a workload field of this config; known: {sorted(out)}")
+        out[key] = value
+    return ml_collections.ConfigDict(out)
 
 
 def parse_cluster(text: str, field: str = "cluster") -> tuple[int, int]:
@@ -165,5 +248,5 @@ class OnlineWindow:
     def describe(self, wl: WorkloadSpec) -> str:
         """One line: what a run replays."""
         if self.horizon_s > 0:
-            return f"{self.horizon_s:g} s of arrivals of MAL {wl.mal} per run, measured after {self.warmup_s:g} s"
-        return f"{wl.num_agents} agents of MAL {wl.mal} per run"
+            return f"{self.horizon_s:g} s of arrivals of {wl.label} per run, measured after {self.warmup_s:g} s"
+        return f"{wl.num_agents} agents of {wl.label} per run"

@@ -10,7 +10,8 @@ default; a string ``"pkg.module:Class"`` is loaded with :func:`dualpath_jax.sche
 :func:`from_config_dict` turns a ``configs/sim_<study>.py`` ConfigDict into its typed config, with
 errors that name the ConfigDict field (``sim.<field>``, ``workload.<field>``, ``rows.<row>.<field>``,
 ``scheduler``, ...). :func:`check_sim_overrides` rejects command-line overrides of ``sim`` fields
-that a study sets for each of its runs.
+that a study sets for each of its runs. :func:`describe_study_config` lists a study's ConfigDict
+field by field with type, default and meaning (``run_sim.py --print_config``).
 """
 
 from __future__ import annotations
@@ -19,17 +20,19 @@ import dataclasses
 from collections.abc import Sequence
 from typing import ClassVar
 
-from dualpath_jax.config import ConfigError, check_fraction, check_in, check_non_negative, check_positive, from_mapping
+from dualpath_jax.config import (ConfigError, check_fraction, check_in, check_non_negative, check_positive,
+                                 describe_config, did_you_mean, from_mapping)
 from dualpath_jax.metrics.latency import SLO
 from dualpath_jax.sched import ABLATION_VARIANTS, ClusterScheduler, get_variant, load_scheduler
 from dualpath_jax.sim.config import SimConfig
+from dualpath_jax.sim.hardware import HardwareConfig
 from dualpath_jax.studies.common import OnlineWindow, WorkloadSpec, as_dict, parse_cluster, sim_config
 from dualpath_jax.workload import MAL_TOKENS
 
 __all__ = ["SearchConfig", "ModelRow", "OnlineRow", "StudyConfig", "AblationStudyConfig", "Fig7StudyConfig",
            "Fig8StudyConfig", "Fig9StudyConfig", "PdSweepStudyConfig", "BalanceStudyConfig", "OnlineStudyConfig",
            "TtftBreakdownStudyConfig", "WorkingSetStudyConfig", "Table3StudyConfig", "STUDY_CONFIGS",
-           "from_config_dict", "per_run_sim_fields", "check_sim_overrides"]
+           "from_config_dict", "per_run_sim_fields", "check_sim_overrides", "describe_study_config"]
 
 
 # ---- pieces of study configs ---------------------------------------------------------------------
@@ -79,7 +82,12 @@ class ModelRow:
 @dataclasses.dataclass(frozen=True)
 class OnlineRow:
     """One model row of the online study: its SimConfig, APS grid (agents/s), the search's first
-    rate and how its runs are sized."""
+    rate and how its runs are sized.
+
+    Attributes:
+      aps_grid: the rates (agents/s) every variant runs at.
+      initial_aps: the max-APS search's first rate (agents/s).
+    """
 
     key: str
     label: str
@@ -123,13 +131,22 @@ class StudyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AblationStudyConfig(StudyConfig):
-    """Fig. 12 right: ``variants`` offline on MAL ``mal`` at each of ``num_agents``."""
+    """Fig. 12 right: ``variants`` offline on MAL ``mal`` at each of ``num_agents``.
+
+    Attributes:
+      mal: the MAL of every run (``workload.mal``).
+      num_agents: agent counts, one batch each (``workload.num_agents``); JCT is averaged over them.
+      seed: the generator's seed (``workload.seed``).
+      workload: the rest of the workload: its source (the paper's generator or a trace), token
+        scaling and sub-agents.
+    """
 
     study: ClassVar[str] = "ablation"
     variants: tuple[str, ...] = tuple(ABLATION_VARIANTS)
     mal: str = "64K"
     num_agents: tuple[int, ...] = (1024, 2048)
     seed: int = 0
+    workload: WorkloadSpec = WorkloadSpec()
 
     def __post_init__(self):
         super().__post_init__()
@@ -139,7 +156,13 @@ class AblationStudyConfig(StudyConfig):
 
 @dataclasses.dataclass(frozen=True)
 class Fig7StudyConfig(StudyConfig):
-    """Fig. 7: each model row x MAL x agent count x variant, offline."""
+    """Fig. 7: each model row x MAL x agent count x variant, offline.
+
+    Attributes:
+      mals: the MALs, one column of panels each (``workload.mal`` of each run).
+      num_agents: agent counts of each panel (``workload.num_agents`` of each run).
+      workload: the rest of the workload.
+    """
 
     study: ClassVar[str] = "fig7"
     rows: tuple[ModelRow, ...] = ()
@@ -159,7 +182,13 @@ class Fig7StudyConfig(StudyConfig):
 
 @dataclasses.dataclass(frozen=True)
 class Fig8StudyConfig(StudyConfig):
-    """Fig. 8: each ``"<P>P<D>D"`` cluster x agent count x variant, offline."""
+    """Fig. 8: each ``"<P>P<D>D"`` cluster x agent count x variant, offline.
+
+    Attributes:
+      clusters: the clusters, ``"<P>P<D>D"`` (P prefill and D decode nodes).
+      num_agents: agent counts (``workload.num_agents`` of each run).
+      workload: the rest of the workload.
+    """
 
     study: ClassVar[str] = "fig8"
     variants: tuple[str, ...] = ("basic", "dualpath")
@@ -176,7 +205,14 @@ class Fig8StudyConfig(StudyConfig):
 @dataclasses.dataclass(frozen=True)
 class Fig9StudyConfig(StudyConfig):
     """Fig. 9: append (``"append"`` in ``scale``) and generation (``"gen"``) lengths times each of
-    ``factors``, at ``num_agents`` agents, offline."""
+    ``factors``, at ``num_agents`` agents, offline.
+
+    Attributes:
+      scale: which lengths are scaled, one after the other: ``append``, ``gen``.
+      factors: the scaling factors (``workload.append_factor`` / ``gen_factor`` of each run).
+      num_agents: agents of every run.
+      workload: the rest of the workload (the paper's generator only).
+    """
 
     study: ClassVar[str] = "fig9"
     scale: tuple[str, ...] = ("append", "gen")
@@ -191,11 +227,19 @@ class Fig9StudyConfig(StudyConfig):
             check_in("scale", kind, ("append", "gen"))
         object.__setattr__(self, "factors", _positives("factors", self.factors))
         check_positive("num_agents", self.num_agents, integer=True)
+        if self.workload.source != "synthetic":
+            raise ConfigError("workload.source", f"fig9 scales the generator's append and generation lengths; a trace "
+                              f"({self.workload.source!r}) keeps its recorded lengths: use synthetic")
 
 
 @dataclasses.dataclass(frozen=True)
 class PdSweepStudyConfig(StudyConfig):
-    """Eq. 9 P/D sweep: each cluster x variant on ``workload``, offline."""
+    """Eq. 9 P/D sweep: each cluster x variant on ``workload``, offline.
+
+    Attributes:
+      clusters: the clusters, ``"<P>P<D>D"``.
+      workload: the workload of every run.
+    """
 
     study: ClassVar[str] = "pd_sweep"
     variants: tuple[str, ...] = ("basic", "dualpath")
@@ -210,7 +254,14 @@ class PdSweepStudyConfig(StudyConfig):
 @dataclasses.dataclass(frozen=True)
 class BalanceStudyConfig(StudyConfig):
     """Fig. 13-14: SNIC traffic Max/Avg in ``window_s`` windows and attention Max/Avg (first
-    ``head_fraction`` of the forwards plotted) of each variant at ``num_agents`` agents."""
+    ``head_fraction`` of the forwards plotted) of each variant at ``num_agents`` agents.
+
+    Attributes:
+      num_agents: agents of every run.
+      window_s: the SNIC traffic windows, seconds.
+      head_fraction: the share of the first forwards plotted in Fig. 14.
+      workload: the rest of the workload.
+    """
 
     study: ClassVar[str] = "balance"
     variants: tuple[str, ...] = ("dpl", "dualpath")
@@ -228,7 +279,12 @@ class BalanceStudyConfig(StudyConfig):
 
 @dataclasses.dataclass(frozen=True)
 class OnlineStudyConfig(StudyConfig):
-    """Fig. 10/11: each model row's APS grid and max-APS search under ``slo``, per variant."""
+    """Fig. 10/11: each model row's APS grid and max-APS search under ``slo``, per variant.
+
+    Attributes:
+      workload: the workload the agents' trajectories come from.
+      arrival_seed: seed of the Poisson arrivals.
+    """
 
     study: ClassVar[str] = "online"
     rows: tuple[OnlineRow, ...] = ()
@@ -246,7 +302,13 @@ class OnlineStudyConfig(StudyConfig):
 
 @dataclasses.dataclass(frozen=True)
 class TtftBreakdownStudyConfig(StudyConfig):
-    """Fig. 12 left: online runs of each variant at each rate of ``aps_grid``."""
+    """Fig. 12 left: online runs of each variant at each rate of ``aps_grid``.
+
+    Attributes:
+      aps_grid: the rates (agents/s).
+      arrival_seed: seed of the Poisson arrivals.
+      workload: the workload the agents' trajectories come from.
+    """
 
     study: ClassVar[str] = "ttft_breakdown"
     variants: tuple[str, ...] = ("dualpath",)
@@ -270,7 +332,14 @@ class WorkingSetStudyConfig(TtftBreakdownStudyConfig):
 
 @dataclasses.dataclass(frozen=True)
 class Table3StudyConfig(StudyConfig):
-    """Table 3: offline ``(cluster, agents)`` cases and online ``(cluster, aps, agents)`` cases."""
+    """Table 3: offline ``(cluster, agents)`` cases and online ``(cluster, aps, agents)`` cases.
+
+    Attributes:
+      offline_cases: ``(cluster, agents)`` offline runs.
+      online_cases: ``(cluster, aps, agents)`` online runs.
+      arrival_seed: seed of the Poisson arrivals.
+      workload: the rest of the workload.
+    """
 
     study: ClassVar[str] = "table3"
     variants: tuple[str, ...] = ("dualpath",)
@@ -356,7 +425,8 @@ def from_config_dict(config) -> StudyConfig:
     data = as_dict(config)
     study = data.pop("study", None)
     if study not in STUDY_CONFIGS:
-        raise ConfigError("study", f"unknown study {study!r}; known: {sorted(STUDY_CONFIGS)}")
+        raise ConfigError("study", f"unknown study {study!r}{did_you_mean(str(study), STUDY_CONFIGS)}; known: "
+                          f"{sorted(STUDY_CONFIGS)}")
     cls = STUDY_CONFIGS[study]
     names = {f.name for f in dataclasses.fields(cls)}
     base_layer = data.pop("sim", {}) or {}
@@ -384,7 +454,7 @@ def from_config_dict(config) -> StudyConfig:
             known = sorted(plain | {"study", "sim", "scheduler", "seed"} | ({"workload", "slo", "search"} & names)
                            | ({"rows", "row_order"} if "rows" in names else set())
                            | (set(_WINDOW_KEYS) if has_window else set()))
-            raise ConfigError(key, f"not a field of study {study!r}; its fields: {known}")
+            raise ConfigError(key, f"not a field of study {study!r}{did_you_mean(key, known)}; its fields: {known}")
         kwargs[key] = _plain(value)
     return cls(**kwargs)
 
@@ -433,3 +503,37 @@ def check_sim_overrides(config, overridden: Sequence[str]) -> None:
         if field in per_run:
             raise ConfigError(f"sim.{field}", f"study {config['study']!r} sets it for each run from "
                               f"{per_run[field]}; change that instead")
+
+
+# ---- --print_config --------------------------------------------------------------------------------
+_DOCS = {
+    "study": "which study runs (dualpath_jax.studies.STUDIES).",
+    "seed": "seed of the paper's workload generator (workload.seed).",
+    "row_order": "the rows of rows that run, in this order.",
+    "rows.*.label": "the row's name in tables and plots.",
+    "rows.*.sim.*": "the row's SimConfig field (on top of sim).",
+    "slo.ttft_s": "the SLO's bound on TTFT, seconds (paper: 4 s).",
+    "slo.tpot_s": "the SLO's bound on TPOT, seconds (paper: 50 ms).",
+    "slo.statistic": "the statistic of TTFT and TPOT the SLO bounds (mean, p50, p99, ...).",
+    "search.enabled": "run the max-APS search.",
+    "search.rel_tol": "the search stops when the bracket is this narrow (relative).",
+    "search.max_runs": "at most this many runs per search.",
+    "search.min_aps": "the lowest rate the search tries (agents/s).",
+    "search.max_aps": "the highest rate the search tries (agents/s).",
+}
+
+
+def describe_study_config(config) -> str:
+    """Every field of a study's ConfigDict (``configs/sim_<study>.py``, after overrides), one per
+    line with its value, type, default and one-line meaning (:func:`dualpath_jax.config.describe_config`).
+
+    Raises:
+      ConfigError: naming the field, for a config :func:`from_config_dict` rejects.
+    """
+    typed = from_config_dict(config)
+    cls = type(typed)
+    schema = [("", cls), ("", OnlineWindow), ("sim.", SimConfig), ("sim.hardware.", HardwareConfig),
+              ("workload.", WorkloadSpec), ("slo.", SLO), ("search.", SearchConfig), ("rows.*.", OnlineRow),
+              ("rows.*.", OnlineWindow), ("rows.*.sim.", SimConfig), ("rows.*.sim.hardware.", HardwareConfig)]
+    return describe_config(config, schema, docs=_DOCS,
+                           title=f"# study {cls.study!r} ({cls.__name__}); set a field with --config.<name>=<value>")

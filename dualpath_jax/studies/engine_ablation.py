@@ -13,6 +13,12 @@ outputs) are skipped, so the tiny model replays them on a CPU in the paper's reg
 appends over long cached contexts. With ``warm_start`` the store is seeded with every agent's
 first prompt (:func:`seed_store`). Every run is decided by the config's ``scheduler`` (a
 ``ClusterScheduler`` subclass ``"pkg.module:Class"``; ``""`` for the built-in one).
+
+First-run compilation is a stage of its own (:func:`compile_runs`, before calibration), so the
+calibration and the variants are timed warm and the stage ETA, which counts only those runs, holds
+on a cold compilation cache too; every stage's seconds of XLA compilation are measured
+(:class:`CompileClock`) and written to ``ablation.json`` (``stages``: ``stage``, ``wall_s``,
+``compile_s`` in order).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from dualpath_jax.config import ConfigError
 from dualpath_jax.engine import report
 from dualpath_jax.engine.cluster import ClusterResult, EngineCluster
 from dualpath_jax.engine.config import ClusterConfig
+from dualpath_jax.engine.faults import FaultConfig
 from dualpath_jax.engine.prefill import prefill_kv
 from dualpath_jax.engine.profile import fit_time_model, prefill_shape, profile_prefill, warm_up_prefill
 from dualpath_jax.kvcache import block_keys, layout_for, pack_full_blocks
@@ -42,11 +49,13 @@ from dualpath_jax.sched import BatchItem, form_batch, scheduler_name
 from dualpath_jax.store import KVStore, StoreConfig
 from dualpath_jax.studies.engine_config import (CalibrateConfig, EngineAblationConfig, EngineArrivals, EngineWorkload,
                                                 engine_ablation_config)
+from dualpath_jax.studies.plots import plot_variant_bars
 from dualpath_jax.workload import (Trajectory, load_agentic_traces, poisson_arrivals_s, prompt_token_ids,
                                    scale_tokens)
 
 __all__ = ["check_config", "select_agents", "start_times", "Setup", "round_shapes", "expected_shapes", "seed_store",
-           "run_variant", "calibrate_links", "load_compute_ratio", "run_ablation"]
+           "run_variant", "calibrate_links", "load_compute_ratio", "run_ablation", "CompileClock", "compile_runs",
+           "describe_time_model"]
 
 
 check_config = engine_ablation_config
@@ -128,8 +137,45 @@ def start_times(cfg: EngineArrivals, num_agents: int) -> np.ndarray:
     raise ConfigError("arrivals.mode", f"must be 'offline' or 'online' (got {cfg.mode!r})")
 
 
+class CompileClock:
+    """Seconds and count of XLA compilations in this process, from JAX's backend-compile events
+    (a program read from the persistent compilation cache is not compiled, so it does not count)."""
+
+    _EVENT = "/jax/core/compile/backend_compile_duration"
+    seconds = 0.0
+    count = 0
+    _listening = False
+
+    @classmethod
+    def start(cls) -> None:
+        """Listen to JAX's compile events (once per process)."""
+        if not cls._listening:
+            jax.monitoring.register_event_duration_secs_listener(cls._on_event)
+            cls._listening = True
+
+    @classmethod
+    def _on_event(cls, event: str, duration_s: float, **_) -> None:
+        if event == cls._EVENT:
+            cls.seconds += duration_s
+            cls.count += 1
+
+    @classmethod
+    def read(cls) -> tuple[float, int]:
+        return cls.seconds, cls.count
+
+
+def describe_time_model(tm, spec) -> str:
+    """The fitted PE time model in words: seconds of one attention layer per new token and per
+    (query, key) pair, and one example."""
+    per_pair = tm.seconds_per_flop * tm.flops_per_key
+    return (f"an attention layer takes {tm.seconds_per_token * 1e6:.3g} us per new token + {per_pair * 1e9:.3g} ns "
+            f"per (query, key) pair (64 new tokens over 1024 cached: {tm.time_s(1024, 64) * 1e3:.3g} ms per layer, "
+            f"{tm.time_s(1024, 64) * spec.n_layers * 1e3:.3g} ms for all {spec.n_layers})")
+
+
 class Setup:
-    """Model, layout, profiled time model and compiled shapes shared by every variant of a run."""
+    """Model, layout, profiled time model and the prefill shapes shared by every variant of a run
+    (compiled by :func:`compile_runs`)."""
 
     def __init__(self, config: EngineAblationConfig, agents: list[Trajectory], log: Callable = print):
         self.config = config = check_config(config)
@@ -142,7 +188,7 @@ class Setup:
         self.agents = agents
         n_eng = self.cluster.num_pe + self.cluster.num_de
         self.devices = jax.devices()[:n_eng]
-        t0 = time.perf_counter()
+        t0, (c0, _) = time.perf_counter(), CompileClock.read()
         dev = self.devices[0]
         dev_params = jax.device_put(self.params, dev)
         self.samples = profile_prefill(dev_params, self.spec, dev, [tuple(p) for p in config.profile.pairs],
@@ -153,13 +199,10 @@ class Setup:
         self.prefill_tokens_per_s = (ctx_tok + app_tok) / max(layer_s * self.spec.n_layers, 1e-9)
         self.rounds = round_shapes(agents, self.layout.block_tokens, bool(config.workload.warm_start))
         self.warm_shapes = expected_shapes(self.rounds, self.layout.block_tokens, self.time_model, self.cluster)
-        for e in range(self.cluster.num_pe):
-            d = self.devices[e % len(self.devices)]
-            warm_up_prefill(jax.device_put(self.params, d), self.spec, d, self.warm_shapes,
-                            block_tokens=self.layout.block_tokens)
         self.setup_s = time.perf_counter() - t0
-        log(f"profiled {len(self.samples)} (cached, bsz) pairs and compiled {len(self.warm_shapes)} prefill shapes "
-            f"in {self.setup_s:.1f} s; time model {self.time_model}")
+        log(f"profiled {len(self.samples)} (cached, bsz) pairs in {self.setup_s:.1f} s "
+            f"({CompileClock.read()[0] - c0:.1f} s compiling); time model: "
+            f"{describe_time_model(self.time_model, self.spec)}")
 
 
 def typical_round(agents: list[Trajectory]) -> tuple[int, int]:
@@ -229,10 +272,13 @@ def seed_store(setup: "Setup", path: Path, *, log: Callable = print) -> int:
 
 
 def run_variant(setup: Setup, name: str, store_dir: Path, seed_dir: Path | None = None, *,
-                progress: bool | None = None) -> ClusterResult:
+                progress: bool | None = None, agents: list[Trajectory] | None = None,
+                faults: FaultConfig | None = None) -> ClusterResult:
     """One variant on a fresh store (a copy of ``seed_dir`` if given), so every variant starts
     from the same stored KV and sees the same hits. ``progress``: a bar of finished requests
-    (default: when stderr is a terminal)."""
+    (default: when stderr is a terminal); ``agents``: replay these instead of ``setup.agents``;
+    ``faults``: faults to inject (:mod:`dualpath_jax.engine.faults`)."""
+    agents = setup.agents if agents is None else agents
     cfg = setup.cluster.for_variant(name)
     shutil.rmtree(store_dir, ignore_errors=True)
     if seed_dir is not None:
@@ -242,14 +288,36 @@ def run_variant(setup: Setup, name: str, store_dir: Path, seed_dir: Path | None 
     try:
         cluster = EngineCluster(cfg, setup.spec, setup.params, setup.layout, store, time_model=setup.time_model,
                                 prefill_tokens_per_s=setup.prefill_tokens_per_s, devices=setup.devices,
-                                scheduler_cls=setup.scheduler_cls)
+                                scheduler_cls=setup.scheduler_cls, faults=faults)
         arr = setup.config.arrivals
-        result = cluster.run(setup.agents, start_times(arr, len(setup.agents)), use_think_time=arr.use_think_time,
+        result = cluster.run(agents, start_times(arr, len(agents)), use_think_time=arr.use_think_time,
                              progress=progress, desc=name)
     finally:
         store.close()
         shutil.rmtree(store_dir, ignore_errors=True)
     return result
+
+
+def compile_runs(setup: Setup, store_dir: Path, seed_dir: Path | None, *, log: Callable = print,
+                 progress: bool | None = None) -> dict:
+    """First-run compilation, as a stage of its own: every PE device's prefill shapes
+    (``setup.warm_shapes``) and one Oracle run of the agent with the longest context, which
+    compiles the DE decode step of every batch-row and block-table bucket the run can use and the
+    block copies. The later runs then start warm (the persistent compilation cache of an earlier
+    process makes this stage take seconds). Returns its wall and compilation seconds.
+    """
+    t0, (c0, n0) = time.perf_counter(), CompileClock.read()
+    for e in range(setup.cluster.num_pe):
+        d = setup.devices[e % len(setup.devices)]
+        warm_up_prefill(jax.device_put(setup.params, d), setup.spec, d, setup.warm_shapes,
+                        block_tokens=setup.layout.block_tokens)
+    longest = max(setup.agents, key=lambda a: int(a.num_prompt_tokens.max()) + int(a.num_gen_tokens.max()))
+    run_variant(setup, "oracle", store_dir, seed_dir, progress=progress, agents=[longest])
+    wall, (c1, n1) = time.perf_counter() - t0, CompileClock.read()
+    log(f"compiled {len(setup.warm_shapes)} prefill shapes on {setup.cluster.num_pe} PE(s) and a warm-up run "
+        f"({longest.num_rounds} rounds of one agent, Oracle) in {wall:.1f} s: {c1 - c0:.1f} s of XLA compilation, "
+        f"{n1 - n0} programs")
+    return {"wall_s": wall, "compile_s": c1 - c0, "programs": n1 - n0}
 
 
 def calibrate_links(setup: Setup, cfg: CalibrateConfig, store_dir: Path, seed_dir: Path | None, *,
@@ -315,28 +383,22 @@ def run_ablation(config, workdir, *, log: Callable = print, progress: bool | Non
 
     ``config``: an :class:`EngineAblationConfig` or the ConfigDict it is built from (checked first).
 
-    ``progress``: tqdm bars on stderr, one over the stages (setup, seeding, calibration, each
-    variant, token check) with elapsed time and ETA, one over the current run's requests with
-    rate and ETA; ``log`` lines are printed above them. Default: only when stderr is a terminal.
+    ``progress``: tqdm bars on stderr: one over the preparation stages (setup, seeding, first-run
+    compilation) with elapsed time, then one over the runs (calibration, each variant, token
+    check) with elapsed time and ETA, and one over the current run's requests with rate and ETA;
+    ``log`` lines are printed above them. Default: only when stderr is a terminal.
     """
     config = check_config(config)
+    CompileClock.start()
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    stages = ["setup"] + (["seed store"] if config.workload.warm_start else []) + (
-        ["calibrate"] if config.calibrate.load_over_oracle else []) + list(config.variants) + ["token check"]
-    bar = tqdm.tqdm(total=len(stages), unit="stage", desc="engine ablation", disable=not show, dynamic_ncols=True,
-                    bar_format="{desc}: {n_fmt}/{total_fmt} stages [{elapsed}<{remaining}]{postfix}")
     if show:
         log = _above_bars(log)
-
-    @contextlib.contextmanager
-    def stage(name):
-        bar.set_postfix_str(name)
-        yield
-        bar.update(1)
-
-    with bar:
-        with stage("setup"):
-            workdir = Path(workdir)
+    prep = ["setup"] + (["seed store"] if config.workload.warm_start else []) + ["compile"]
+    runs = (["calibrate"] if config.calibrate.load_over_oracle else []) + list(config.variants) + ["token check"]
+    stages = _Stages(show)
+    workdir = Path(workdir)
+    with stages.phase("engine ablation: preparing", prep):
+        with stages.stage("setup"):
             agents = select_agents(config.workload)
             setup = Setup(config, agents, log=log)
         n_req = sum(a.num_rounds for a in agents)
@@ -346,12 +408,43 @@ def run_ablation(config, workdir, *, log: Callable = print, progress: bool | Non
             f"appended {sum(a for _, a in setup.rounds)} tokens")
         seed_dir = workdir / "seed_store" if config.workload.warm_start else None
         if seed_dir is not None:
-            with stage("seed store"):
+            with stages.stage("seed store"):
                 seed_store(setup, seed_dir, log=log)
-        with stage("calibrate") if config.calibrate.load_over_oracle else contextlib.nullcontext():
+        with stages.stage("compile"):
+            compile_runs(setup, workdir / "kvstore", seed_dir, log=log, progress=show)
+    with stages.phase("engine ablation", runs, eta=True):
+        with stages.stage("calibrate") if config.calibrate.load_over_oracle else contextlib.nullcontext():
             calibration = calibrate_links(setup, config.calibrate, workdir / "kvstore", seed_dir, log=log,
                                           progress=show)
-        return _run_variants(config, workdir, setup, seed_dir, calibration, log, show, stage)
+        return _run_variants(config, workdir, setup, seed_dir, calibration, log, show, stages)
+
+
+class _Stages:
+    """Stages of the ablation: their wall and compilation seconds, and (``show``) a tqdm bar per
+    phase. A phase's ETA extrapolates from its own finished stages, so the preparation (setup,
+    seeding, first-run compilation) does not skew the runs' ETA."""
+
+    def __init__(self, show: bool):
+        self.show = show
+        self.bar = None
+        self.times: list[dict] = []  # {"stage", "wall_s", "compile_s"} in order
+
+    @contextlib.contextmanager
+    def phase(self, desc: str, names: list[str], *, eta: bool = False):
+        fmt = "{desc}: {n_fmt}/{total_fmt} stages [{elapsed}" + ("<{remaining}" if eta else "") + "]{postfix}"
+        self.bar = tqdm.tqdm(total=len(names), unit="stage", desc=desc, disable=not self.show, dynamic_ncols=True,
+                             bar_format=fmt)
+        with self.bar:
+            yield
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        self.bar.set_postfix_str(name)
+        t0, (c0, _) = time.perf_counter(), CompileClock.read()
+        yield
+        self.times.append({"stage": name, "wall_s": time.perf_counter() - t0,
+                           "compile_s": CompileClock.read()[0] - c0})
+        self.bar.update(1)
 
 
 def _above_bars(log: Callable) -> Callable:
@@ -362,8 +455,9 @@ def _above_bars(log: Callable) -> Callable:
     return write
 
 
-def _run_variants(config: EngineAblationConfig, workdir: Path, setup: Setup, seed_dir: Path | None, calibration: dict, log: Callable,
-                  show: bool, stage) -> dict:
+def _run_variants(config: EngineAblationConfig, workdir: Path, setup: Setup, seed_dir: Path | None, calibration: dict,
+                  log: Callable, show: bool, stages: _Stages) -> dict:
+    stage = stages.stage
     regime = load_compute_ratio(setup)
     results, summaries = {}, {}
     for name in config.variants:
@@ -379,7 +473,10 @@ def _run_variants(config: EngineAblationConfig, workdir: Path, setup: Setup, see
         log(f"  {name:10s} JCT {s['jct_s']:7.2f} s  TTFT p50 {s['ttft_p50_s']:6.3f} s  TPOT {s['tpot_s'] * 1e3:6.1f} ms"
             f"  SNIC MB {', '.join(f'{k}={v / 1e6:.1f}' for k, v in s['snic_bytes'].items())}"
             f"  failed {s['num_failed']}  failed block reads {s['read_failures']} / persists "
-            f"{s['persist_failures']}  ({time.perf_counter() - t0:.1f} s wall)")
+            f"{s['persist_failures']}"
+            + (f"  attempts run again {s['attempts_run_again']}" if s["attempts_run_again"] else "")
+            + (f"  worker errors {s['worker_errors']}" if s["worker_errors"] else "")
+            + f"  ({time.perf_counter() - t0:.1f} s wall)")
     t0 = time.perf_counter()
     with stage("token check"):
         tokens = report.check_tokens(results, setup.params, setup.spec, tie_tol=config.tie_tol,
@@ -417,7 +514,7 @@ def _run_variants(config: EngineAblationConfig, workdir: Path, setup: Setup, see
                                "seconds_per_flop": setup.time_model.seconds_per_flop,
                                "flops_per_key": setup.time_model.flops_per_key},
                 "profile": [vars(s) for s in setup.samples], "prefill_tokens_per_s": setup.prefill_tokens_per_s,
-                "scheduler": scheduler_name(setup.scheduler_cls)}
+                "scheduler": scheduler_name(setup.scheduler_cls), "stages": stages.times}
     writers.write_json(workdir / "ablation.json", ablation)
     _plots(workdir, results, summaries)
     named = {f"jct_s_{n}": s["jct_s"] for n, s in summaries.items()}
@@ -426,7 +523,9 @@ def _run_variants(config: EngineAblationConfig, workdir: Path, setup: Setup, see
         named.update({f"speedup_{n}_vs_basic": basic / s["jct_s"] for n, s in summaries.items() if n != "basic"})
     if "dualpath" in summaries and "oracle" in summaries:
         named["dualpath_over_oracle_jct"] = summaries["dualpath"]["jct_s"] / summaries["oracle"]["jct_s"]
-    named.update({f"snic_max_avg_{n}": s["snic_max_avg_mean"] for n, s in summaries.items()})
+    # SNIC Max/Avg is undefined for a variant that reads nothing through a SNIC (Oracle): left out
+    named.update({f"snic_max_avg_{n}": s["snic_max_avg_mean"] for n, s in summaries.items()
+                  if math.isfinite(s["snic_max_avg_mean"])})
     named["snic_bytes_per_s"] = setup.cluster.snic_bytes_per_s
     named["load_over_compute"] = regime.get("load_over_compute_measured", regime["load_over_compute_estimated"])
     named["num_failed"] = sum(s["num_failed"] for s in summaries.values())
@@ -442,11 +541,9 @@ def _run_variants(config: EngineAblationConfig, workdir: Path, setup: Setup, see
 
 def _plots(workdir: Path, results: dict, summaries: dict) -> None:
     names = list(summaries)
-    writers.plot_lines(workdir / "ablation.png", list(range(len(names))),
-                       {"JCT (s)": [summaries[n]["jct_s"] for n in names],
-                        "TTFT p50 (s)": [summaries[n]["ttft_p50_s"] for n in names]},
-                       xlabel=" | ".join(f"{i}={n}" for i, n in enumerate(names)), ylabel="seconds",
-                       title="Engine ablation")
+    plot_variant_bars(workdir / "ablation.png", names, {"JCT": [summaries[n]["jct_s"] for n in names],
+                                                        "TTFT p50": [summaries[n]["ttft_p50_s"] for n in names]},
+                      ylabel="seconds", title="Engine ablation")
     xs, ys = {}, {}
     for n in names:
         if n not in ("basic", "dualpath"):

@@ -86,7 +86,8 @@ def fig7(config: Fig7StudyConfig, workdir: Path, log: Log = print, *, cache: Run
                 for v in config.variants:
                     s = results[(row, mal, int(n), v)]
                     rows.append(_row(s, model=label, cluster=s["cluster"], mal=mal, agents=int(n)))
-    writers.write_table(workdir / "fig7", rows, title="Fig. 7: offline JCT vs agents (simulated)")
+    writers.write_table(workdir / "fig7", rows, title=f"Fig. 7: offline JCT vs agents ({config.workload.source} "
+                        "workload; simulated)")
     plot_panels(workdir / "fig7.png", panels, ncols=len(config.mals), title="Offline JCT (Fig. 7)")
     writers.write_json(workdir / "fig7.json", {"results": [dict(r) for r in rows]})
     named: dict = {}
@@ -131,8 +132,8 @@ def fig8(config: Fig8StudyConfig, workdir: Path, log: Log = print, *, cache: Run
                 s = results[(c, int(n), v)]
                 rows.append(_row(s, cluster=c, agents=int(n),
                                  agents_per_hour_per_node=int(n) / s["jct_s"] * 3600 / (p + d)))
-    writers.write_table(workdir / "fig8", rows, title=f"Fig. 8: P/D ratio study ({config.sim.model}, MAL "
-                        f"{config.workload.mal}; simulated)")
+    writers.write_table(workdir / "fig8", rows, title=f"Fig. 8: P/D ratio study ({config.sim.model}, "
+                        f"{config.workload.label}; simulated)")
     plot_panels(workdir / "fig8.png", panels, ncols=len(config.clusters), title="P/D ratio (Fig. 8)")
     writers.write_json(workdir / "fig8.json", {"results": rows})
     named: dict = {}
@@ -173,7 +174,7 @@ def fig9(config: Fig9StudyConfig, workdir: Path, log: Log = print, *, cache: Run
             for v in config.variants:
                 rows.append(_row(results[(kind, f, v)], scaled=kind, factor=f))
     writers.write_table(workdir / "fig9", rows, title=f"Fig. 9: length scaling ({base.model} {cluster_label(base)}, "
-                        f"MAL {config.workload.mal}, {config.num_agents} agents; simulated)")
+                        f"{config.workload.label}, {config.num_agents} agents; simulated)")
     plot_panels(workdir / "fig9.png", panels, ncols=2, title="Append / generation scaling (Fig. 9)")
     writers.write_json(workdir / "fig9.json", {"results": rows})
     named: dict = {}
@@ -309,7 +310,7 @@ def balance(config: BalanceStudyConfig, workdir: Path, log: Log = print, *, cach
         attn_series[v] = head
         snic_rows += [{"variant": v, "window_start_s": float(a), "snic_max_avg": float(b)} for a, b in zip(t, snic)]
         attn_rows += [{"variant": v, "forward": i, "attention_max_avg": float(b)} for i, b in enumerate(head)]
-    title = f"{base.model} {cluster_label(base)}, MAL {wl.mal}, {wl.num_agents} agents"
+    title = f"{base.model} {cluster_label(base)}, {wl.label}, {wl.num_agents} agents"
     writers.write_table(workdir / "balance", rows, title=f"Load balance (Fig. 13-14): {title}")
     writers.write_table(workdir / "balance_busy", busy_rows,
                         title=f"Attention Max/Avg by members with work per PE-group forward (whole run; head: first "

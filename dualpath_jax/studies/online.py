@@ -112,7 +112,7 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
     for r in max_rows:  # ratios of raw search results; see ``bracketed`` before reading them
         r["gain_vs_basic"] = ratio(r["max_aps"], found.get((r["row"], "basic"), float("nan")))
         r["over_oracle"] = ratio(r["max_aps"], found.get((r["row"], "oracle"), float("nan")))
-    writers.write_table(workdir / "online_curves", curves, title=f"Online serving vs APS (MAL {wl.mal}; horizon and "
+    writers.write_table(workdir / "online_curves", curves, title=f"Online serving vs APS ({wl.label}; horizon and "
                         "warm-up per model in config.json; simulated)")
     writers.write_table(workdir / "online_max_aps", max_rows, title=f"Max APS under SLO (mean TTFT <= {slo.ttft_s:g} s,"
                         f" mean TPOT <= {slo.tpot_s * 1e3:g} ms; simulated)")
@@ -203,7 +203,7 @@ def working_set(config: WorkingSetStudyConfig, workdir: Path, log: Log = print, 
                          "live_agents_est": float(a) * s["completion_mean_s"], "working_set_GB": ws / 1e9,
                          "sim_live_kv_GB": s["live_kv_bytes"] / 1e9, "working_set_over_cluster_dram": ws / dram})
     writers.write_table(workdir / "working_set", rows, title=f"Working set vs APS ({base.model} {cluster_label(base)},"
-                        f" MAL {wl.mal}; estimate of paper section 8.2 from simulated completion times)")
+                        f" {wl.label}; estimate of paper section 8.2 from simulated completion times)")
     x = {v: [r["aps"] for r in rows if r["variant"] == v] for v in config.variants}
     series = {f"estimate {v}": [r["working_set_GB"] for r in rows if r["variant"] == v] for v in config.variants}
     series.update({f"sim live KV {v}": [r["sim_live_kv_GB"] for r in rows if r["variant"] == v]
@@ -251,8 +251,8 @@ def table3(config: Table3StudyConfig, workdir: Path, log: Log = print, *, cache:
                          "agents": int(n), "aps": float(aps), "variant": v, "jct_s": None,
                          "ttft_mean_s": s["ttft_mean_s"], "ttst_mean_s": s["ttst_mean_s"],
                          "tpot_ms": s["tpot_mean_s"] * 1e3, "wall_s": s["wall_s"]})
-    writers.write_table(workdir / "table3", rows, title=f"Table 3: scale-out ({config.sim.model}, MAL "
-                        f"{config.workload.mal}; simulated)")
+    writers.write_table(workdir / "table3", rows, title=f"Table 3: scale-out ({config.sim.model}, "
+                        f"{config.workload.label}; simulated)")
     off = [r for r in rows if r["mode"] == "offline"]
     on = [r for r in rows if r["mode"] == "online"]
     panels = []

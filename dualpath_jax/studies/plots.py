@@ -3,6 +3,7 @@
 * :func:`plot_panels`: a grid of line plots.
 * :func:`plot_stacked`: stacked bars.
 * :func:`plot_ablation`: grouped bars of the ablation's JCT per variant and agent count.
+* :func:`plot_variant_bars`: grouped bars of a few figures per variant, variants named on the axis.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from dualpath_jax.sched.variants import ABLATION_VARIANTS
 
-__all__ = ["plot_panels", "plot_stacked", "plot_ablation"]
+__all__ = ["plot_panels", "plot_stacked", "plot_ablation", "plot_variant_bars"]
 
 
 def _pyplot():
@@ -133,4 +134,30 @@ def plot_ablation(summary: dict, path, *, title: str = "") -> Path:
     path = Path(path)
     fig.savefig(path)
     plt.close(fig)
+    return path
+
+
+def plot_variant_bars(path, variants: Sequence[str], series: Mapping[str, Sequence[float]], *, ylabel: str = "",
+                      title: str = "") -> Path:
+    """Grouped bars: one group per variant (named on a categorical axis), one bar per entry of
+    ``series`` (label -> one value per variant)."""
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(variants) + 2), 3.6), dpi=120)
+    try:
+        width = 0.8 / max(len(series), 1)
+        for i, (label, values) in enumerate(series.items()):
+            xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(variants))]
+            ax.bar(xs, [float(v) for v in values], width, label=label)
+        ax.set_xticks(range(len(variants)), list(variants))
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
     return path

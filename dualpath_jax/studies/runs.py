@@ -26,7 +26,7 @@ from dualpath_jax.config import check_positive
 from dualpath_jax.metrics import latency
 from dualpath_jax.metrics.records import RequestTable
 from dualpath_jax.model import cost
-from dualpath_jax.sched import ClusterScheduler, scheduler_name
+from dualpath_jax.sched import VARIANTS, ClusterScheduler, scheduler_name
 from dualpath_jax.sim.adapters import agents_from_trajectories, request_table
 from dualpath_jax.sim.cluster import Simulator
 from dualpath_jax.sim.config import SimConfig
@@ -35,7 +35,8 @@ from dualpath_jax.studies.common import WorkloadSpec, cluster_label
 from dualpath_jax.workload import TrajectorySet, paper_dataset
 
 __all__ = ["Log", "TTFT_COMPONENTS", "RunCache", "offline_run", "OnlineRun", "online_run", "run_offline",
-           "paper_workload", "ttft_components", "mean_total_tokens", "ratio", "scheduler_label"]
+           "paper_workload", "ttft_components", "mean_total_tokens", "ratio", "scheduler_label", "run_label",
+           "workload_tag"]
 
 Log = Callable[[str], None]
 
@@ -97,6 +98,18 @@ def scheduler_label(scheduler_cls: type) -> str:
     """``""`` for the built-in scheduler, else `` [module:Class]`` (for log lines)."""
     name = scheduler_name(scheduler_cls)
     return f" [{name}]" if name else ""
+
+
+def run_label(variant: str, scheduler_cls: type) -> str:
+    """A run's variant and scheduler for a log line, padded so that the runs of one study (every
+    variant with one scheduler) line up: to the longest variant name plus the scheduler's label."""
+    label = scheduler_label(scheduler_cls)
+    return f"{variant + label:{max(map(len, VARIANTS)) + len(label)}s}"
+
+
+def workload_tag(wl: WorkloadSpec) -> str:
+    """The workload in a log line: its MAL (``64K``), and its source when that is a trace (``agentic 64K``)."""
+    return wl.mal if wl.source == "synthetic" else f"{wl.source} {wl.mal}"
 
 
 def paper_workload(mal: str, num_agents: int, seed: int = 0) -> TrajectorySet:
@@ -162,8 +175,8 @@ def offline_run(base: SimConfig, variant: str, wl: WorkloadSpec, log: Log | None
     s, cached = _cached(cache, ("offline", cfg, scheduler_cls, wl), compute)
     out = dict(s, variant=variant, cluster=cluster_label(cfg), num_agents=wl.num_agents, cached=cached)
     if log:
-        log(f"  {cfg.model} {out['cluster']} {wl.mal} x{wl.append_factor:g}/x{wl.gen_factor:g} {wl.num_agents:6d} "
-            f"agents {variant + scheduler_label(scheduler_cls):9s} JCT {out['jct_s']:9.1f} s  "
+        log(f"  {cfg.model} {out['cluster']} {workload_tag(wl)} x{wl.append_factor:g}/x{wl.gen_factor:g} "
+            f"{wl.num_agents:6d} agents {run_label(variant, scheduler_cls)} JCT {out['jct_s']:9.1f} s  "
             f"TTFT {out['ttft_mean_s']:7.2f} s  TPOT {out['tpot_s'] * 1e3:6.1f} ms  "
             + ("(memoised)" if cached else f"({out['wall_s']:.1f} s wall)"))
     return out
@@ -270,8 +283,8 @@ def online_run(base: SimConfig, variant: str, wl: WorkloadSpec, aps: float, arri
                           compute)
     if log:
         s = run.stats
-        log(f"  {cfg.model} {cluster_label(cfg)} {wl.mal} {wl.num_agents} agents @ {aps:.4g} APS "
-            f"{variant + scheduler_label(scheduler_cls):9s} "
+        log(f"  {cfg.model} {cluster_label(cfg)} {workload_tag(wl)} {wl.num_agents} agents @ {aps:.4g} APS "
+            f"{run_label(variant, scheduler_cls)} "
             f"TTFT {s['ttft_mean_s']:7.2f} s  TTST {s['ttst_mean_s']:6.3f} s  TPOT {s['tpot_mean_s'] * 1e3:6.1f} ms  "
             + ("(memoised)" if cached else f"({s['wall_s']:.1f} s wall)"))
     return run

@@ -122,12 +122,18 @@ def _hash_array(ctx: _Ctx, where: str, value, in_tokens: int, block_size: int) -
                  f"full {block_size}-token blocks", show_value=False)
     if not value:
         return np.zeros(0, dtype=np.int64)
-    arr = np.asarray(value)
-    if arr.dtype.kind not in "iu" or arr.ndim != 1:
-        bad = next((v for v in value if not _is_int(v)), value[0])
-        ctx.fail(where, "hash_ids", "must contain only integers", bad)
+    try:
+        arr = np.asarray(value)
+    except (ValueError, OverflowError):  # ragged nesting, or ids numpy cannot hold
+        arr = None
+    if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iu" or (arr.dtype.kind == "u" and arr.max() >= 2**63):
+        for v in value:  # name the first bad id (numpy's own error names neither file nor request)
+            if not _is_int(v):
+                ctx.fail(where, "hash_ids", "must contain only integers", v)
+            if not 0 <= v < 2**63:
+                ctx.fail(where, "hash_ids", "ids must be in [0, 2**63)", v)
     if arr.min() < 0:
-        ctx.fail(where, "hash_ids", "ids must be >= 0", int(arr.min()))
+        ctx.fail(where, "hash_ids", "ids must be in [0, 2**63)", int(arr.min()))
     return arr.astype(np.int64)
 
 

@@ -87,9 +87,11 @@ def _parse_lines(path: Path, block_tokens: int):
             if v < lo:
                 raise TraceFormatError(path, where, field, f"must be >= {lo}", v)
         ids = obj["hash_ids"]
-        if not isinstance(ids, list) or not all(_is_int(h) and h >= 0 for h in ids):
-            bad = ids if not isinstance(ids, list) else next(h for h in ids if not (_is_int(h) and h >= 0))
-            raise TraceFormatError(path, where, "hash_ids", "must be a list of integers >= 0", bad)
+        if not isinstance(ids, list):
+            raise TraceFormatError(path, where, "hash_ids", "must be a list of integers in [0, 2**63)", ids)
+        for h in ids:  # ids become int64: a larger one would overflow later, far from this line
+            if not (_is_int(h) and 0 <= h < 2**63):
+                raise TraceFormatError(path, where, "hash_ids", "must be a list of integers in [0, 2**63)", h)
         n_in = obj["input_length"]
         expected = -(-n_in // block_tokens)
         if len(ids) != expected:

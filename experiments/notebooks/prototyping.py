@@ -21,6 +21,11 @@
 #    against DualPath's, then plot the result.
 #
 # Everything here calls the library; the notebook holds no logic of its own.
+#
+# Needs the `notebook` extra: `pip install -e '.[notebook]'` (Jupyter, nbconvert, jupytext), then
+# `jupyter lab experiments/notebooks/prototyping.ipynb`, or run it headless with
+# `jupyter nbconvert --to notebook --execute --output /tmp/prototyping.ipynb experiments/notebooks/prototyping.ipynb`.
+# This notebook is paired with `prototyping.py` by jupytext: edit either and run `jupytext --sync`.
 
 # %%
 import jax

@@ -1,0 +1,247 @@
+"""Command-line plumbing shared by every experiment script (``experiments/*.py``).
+
+* :func:`run` replaces ``absl.app.run(main)``. A bad command line (an unknown flag, a misspelled
+  ``--config.<field>`` override, a config file that does not load) and a
+  :class:`~dualpath_jax.config.ConfigError`, :class:`~dualpath_jax.workload.TraceFormatError` or
+  ``absl.app.UsageError`` raised by the run print one line on stderr, ``<Error>: <field or file>:
+  <problem>`` (an unknown field with the closest valid names), and exit with status 1;
+  ``--verbose`` (or absl's ``--pdb_post_mortem``) shows the traceback instead. Any other exception
+  is a bug and keeps its traceback. Given the script's config flag, ``--print_config`` prints the
+  resolved config, one field a line with its type, default and meaning, and exits with status 0.
+* :func:`open_workdir` creates the run's output directory
+  (:func:`dualpath_jax.metrics.writers.prepare_workdir`: one that already holds files is refused
+  unless ``--overwrite``, which replaces a previous run's) and marks it ``running`` in
+  ``status.json``; :func:`run` marks it ``finished`` when ``main`` returns and ``failed``, with the
+  error line, when it raises or exits with a non-zero status. A partial workdir never looks finished.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from absl import app, flags
+
+from dualpath_jax.config import ConfigError, argv_flag_values, describe_config, did_you_mean
+from dualpath_jax.metrics import writers
+from dualpath_jax.workload.errors import TraceFormatError
+
+__all__ = ["USER_ERRORS", "run", "open_workdir", "check_finished", "one_line", "define_config_file"]
+
+FLAGS = flags.FLAGS
+_VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, show the full traceback instead of one line.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace the previous run in --workdir; without it, a --workdir that holds files is refused.")
+
+USER_ERRORS = (ConfigError, TraceFormatError, app.UsageError)
+"""Errors of the user's input, reported in one line."""
+_opened: list[Path] = []
+
+
+def one_line(error: BaseException) -> str:
+    """``<Error>: <message>`` on one line. A config file's own error, which ml_collections wraps
+    in a message holding its traceback, is reported as raised."""
+    if str(error).startswith("Error whilst parsing config file") and error.__context__ is not None:
+        error = error.__context__
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def _traceback_wanted(argv: list[str]) -> bool:
+    values = argv_flag_values(argv)
+    return any(values.get(f"--{name}", "false").lower() in ("", "true", "1") for name in ("verbose", "pdb_post_mortem"))
+
+
+def _fail(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+# ---- the command line ---------------------------------------------------------------------------
+def define_config_file(name: str, default: str, help_text: str):
+    """``config_flags.DEFINE_config_file(name, default, help_text)`` for a script whose config has a
+    default file. ml_collections would parse the default, with the command line's overrides, while
+    the flag is defined, so a misspelled override would end the import in tracebacks; the default
+    is put on the command line instead (when ``--<name>`` is not given), where :func:`run` reports
+    any error in one line."""
+    from ml_collections import config_flags
+
+    if not any(a in (f"--{name}", f"-{name}") or a.startswith((f"--{name}=", f"-{name}=")) for a in sys.argv[1:]):
+        sys.argv.insert(1, f"--{name}={default}")
+    return config_flags.DEFINE_config_file(name, default, help_text)
+
+
+def _dotted_names(node, prefix: str = "") -> list[str]:
+    """Every field and section of a ConfigDict, dotted."""
+    out = []
+    for key in node.keys():
+        out.append(f"{prefix}{key}")
+        child = node[key]
+        if hasattr(child, "keys") and not isinstance(child, type):
+            out += _dotted_names(child, f"{prefix}{key}.")
+    return out
+
+
+def _config_file(argv: list[str], name: str) -> tuple[str, str | None]:
+    """``(--<name> value, one line if its file does not exist)``."""
+    value = argv_flag_values(argv).get(f"--{name}")
+    if value is None:
+        value = (FLAGS[name].default_as_str or "").strip("'\"")
+    path = value.partition(":")[0]
+    if path and not Path(path).is_file():
+        return value, one_line(ConfigError(f"--{name}", f"no such config file {path!r}"))
+    return value, None
+
+
+def _override_error(argv: list[str], name: str) -> str | None:
+    """One line for the first ``--<name>.<field>`` override of ``argv`` that names no field of the
+    config file's config (with the closest field names), or for a config file that does not load;
+    None when every override names a field."""
+    flag = FLAGS[name]
+    value, missing = _config_file(argv, name)
+    if missing:
+        return missing
+    try:
+        base = flag.parser.parse(value)
+    except Exception as e:  # the config file itself fails: its error
+        return one_line(e)
+    names = _dotted_names(base)
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        for prefix in (f"--{name}.", f"--no{name}."):
+            if not key.startswith(prefix):
+                continue
+            parts = key[len(prefix):].split(".")
+            node = base
+            for i, part in enumerate(parts):
+                dotted = ".".join(parts[:i + 1])
+                if not hasattr(node, "keys"):
+                    return one_line(ConfigError(key, f"{'.'.join(parts[:i])} is a {type(node).__name__} value, "
+                                                     f"not a section with fields"))
+                if part not in node.keys():
+                    return one_line(ConfigError(key, f"no field {dotted!r} in {value}{did_you_mean(dotted, names)}"))
+                node = node[part]
+    return None
+
+
+def _parse_error(error: Exception, argv: list[str], config_name: str | None) -> str:
+    if config_name is not None and not isinstance(error, flags.UnrecognizedFlagError):
+        line = _override_error(argv, config_name)
+        if line:
+            return line
+    if isinstance(error, flags.Error):
+        return f"FlagError: {' '.join(str(error).split())}"
+    return one_line(error)
+
+
+# ---- the run --------------------------------------------------------------------------------------
+def open_workdir(path, *, overwrite: bool | None = None) -> Path:
+    """The run's output directory, created and marked ``running`` (see the module docstring).
+
+    Args:
+      path: the ``--workdir`` value.
+      overwrite: replace a previous run there (default: the ``--overwrite`` flag).
+
+    Raises:
+      ConfigError: naming ``workdir``: not given, a file, or a directory that already holds files
+        (without ``overwrite``; with it, one that holds no previous run).
+    """
+    if not path:
+        raise ConfigError("workdir", "is required: pass --workdir=DIR, the run's output directory")
+    if overwrite is None:
+        overwrite = bool(FLAGS["overwrite"].value)
+    workdir = writers.prepare_workdir(path, overwrite=overwrite)
+    writers.write_status(workdir, "running", command=list(sys.argv))
+    _opened.append(workdir)
+    return workdir
+
+
+def _finish(status: str, error: str | None = None) -> None:
+    while _opened:
+        workdir = _opened.pop()
+        try:
+            fields = {"command": list(sys.argv)}
+            if error:
+                fields["error"] = error
+            writers.write_status(workdir, status, **fields)
+        except OSError as e:  # the run's own outcome matters more than its status file
+            print(f"could not mark {workdir} {status}: {e}", file=sys.stderr)
+
+
+def run(main: Callable[[list[str]], object], *, config=None, describe: Callable[[object], str] | None = None) -> None:
+    """``absl.app.run(main)`` with one-line errors, workdir status and ``--print_config`` (module
+    docstring).
+
+    Args:
+      main: the script's ``main(argv)``.
+      config: the script's config flag (the holder ``config_flags.DEFINE_config_file`` returns),
+        which adds ``--print_config``.
+      describe: the text ``--print_config`` prints for the resolved config (default:
+        :func:`dualpath_jax.config.describe_config` without meanings); it may raise ConfigError
+        for an invalid config.
+    """
+    config_name = None
+    if config is not None:
+        config_name = config.name
+        flags.DEFINE_bool("print_config", False, "Print the resolved config (every field with its value, type, "
+                          "default and one-line meaning) and exit.")
+
+    def parse(argv):
+        try:
+            rest = FLAGS(argv)
+        except Exception as e:
+            if _traceback_wanted(argv):
+                raise
+            _fail(_parse_error(e, list(argv), config_name))
+        if config_name is not None:  # ml_collections reports a missing file only when the config is read
+            missing = _config_file(list(argv), config_name)[1]
+            if missing:
+                _fail(missing)
+        return rest
+
+    def traceback_wanted() -> bool:
+        return bool(FLAGS.verbose or FLAGS.pdb_post_mortem)
+
+    def wrapped(argv):
+        if config is not None and FLAGS.print_config:
+            try:
+                text = (describe or describe_config)(config.value)
+            except USER_ERRORS as e:
+                if traceback_wanted():
+                    raise
+                _fail(one_line(e))
+            print(text)
+            return
+        try:
+            main(argv)
+        except SystemExit as e:
+            ok = e.code in (0, None)
+            _finish("finished" if ok else "failed", None if ok else f"exit status {e.code}")
+            raise
+        except BaseException as e:
+            line = one_line(e)
+            _finish("failed", line)
+            if isinstance(e, USER_ERRORS) and not traceback_wanted():
+                _fail(line)
+            raise
+        _finish("finished")
+
+    app.run(wrapped, flags_parser=parse)
+
+
+def check_finished(workdir, field: str = "workdir") -> Path:
+    """``workdir`` if it holds a finished run (``status.json``), for scripts that read another
+    run's outputs.
+
+    Raises:
+      ConfigError: naming ``field``: no such directory, or its run is still running or failed.
+    """
+    path = Path(workdir)
+    if not path.is_dir():
+        raise ConfigError(field, f"no such directory {str(path)!r}")
+    status = writers.read_status(path)
+    if status is not None and status.get("status") != "finished":
+        why = f": {status['error']}" if status.get("error") else ""
+        raise ConfigError(field, f"the run in {path} is {status.get('status')}{why}; its outputs are partial")
+    return path
+

@@ -1,0 +1,291 @@
+"""The experiment scripts' shared command line (dualpath_jax.studies.cli): one-line errors naming
+the field, --print_config, workdirs that never mix runs and say whether their run finished."""
+
+import dataclasses
+import gzip
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from dualpath_jax.config import ConfigError
+from dualpath_jax.metrics import writers
+from dualpath_jax.sched.knobs import SchedKnobs
+from dualpath_jax.sim.hardware import HardwareConfig
+from dualpath_jax.workload import agentic_dir
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ABLATION_TINY = f"--config={ROOT / 'configs' / 'sim_ablation.py'}:tiny"
+SMALL = ("--config.num_agents=(8,)", "--config.variants=('basic','dualpath')")  # a run of a few seconds
+
+
+def _run(script, *args, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _lines(text):
+    return [line for line in text.splitlines() if line.strip()]
+
+
+# ---- one-line errors ------------------------------------------------------------------------------
+def test_a_misspelled_override_is_one_line_naming_the_closest_field(tmp_path):
+    done = _run("run_sim.py", ABLATION_TINY, "--config.num_agent=(8,)", f"--workdir={tmp_path / 'w'}")
+    assert done.returncode == 1
+    (line,) = _lines(done.stderr)
+    assert line.startswith("ConfigError: --config.num_agent: no field 'num_agent'")
+    assert "did you mean num_agents" in line
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_misspelled_nested_override_names_the_closest_fields(tmp_path):
+    done = _run("run_sim.py", ABLATION_TINY, "--config.workload.sourse=agentic", f"--workdir={tmp_path / 'w'}")
+    assert done.returncode == 1
+    (line,) = _lines(done.stderr)
+    assert "--config.workload.sourse: no field 'workload.sourse'" in line and "workload.source" in line
+    done = _run("run_sim.py", ABLATION_TINY, "--config.sim.hardwre.snic_bytes_per_s=1", f"--workdir={tmp_path / 'w'}")
+    (line,) = _lines(done.stderr)
+    assert "no field 'sim.hardwre'" in line and "did you mean sim.hardware" in line
+
+
+def test_the_engine_script_reports_an_unknown_key_in_one_line_before_loading_jax(tmp_path):
+    # issue #22: "an unknown config key ... three tracebacks that end in ml_collections' AttributeError"
+    done = _run("run_engine.py", "--config.workload.num_agent=8", f"--workdir={tmp_path / 'w'}")
+    assert done.returncode == 1
+    (line,) = _lines(done.stderr)
+    assert "--config.workload.num_agent" in line and "did you mean workload.num_agents" in line
+    done = _run("run_engine.py", "--config.nope=1", f"--workdir={tmp_path / 'w'}")
+    assert done.returncode == 1 and len(_lines(done.stderr)) == 1 and "no field 'nope'" in done.stderr
+
+
+def test_config_and_flag_errors_are_one_line(tmp_path):
+    cases = [
+        (("--config.sim.z_factor=nan",), "ConfigError: sim.z_factor: must be finite (got nan)"),
+        (("--config.workload.source=agentic", "--config.workload.gen_factor=2"), "ConfigError: workload.gen_factor:"),
+        (("--config.workload.source=nope",), "ConfigError: workload.source: must be one of"),
+        (("--workdri=x",), "Unknown command line flag 'workdri'"),
+    ]
+    for args, expected in cases:
+        done = _run("run_sim.py", ABLATION_TINY, *args, f"--workdir={tmp_path / 'w'}")
+        assert done.returncode == 1, args
+        (line,) = _lines(done.stderr)
+        assert expected in line, (args, line)
+    done = _run("run_sim.py", "--config=configs/no_such.py", f"--workdir={tmp_path / 'w'}")
+    assert done.returncode == 1 and _lines(done.stderr) == ["ConfigError: --config: no such config file "
+                                                            "'configs/no_such.py'"]
+    assert not (tmp_path / "w").exists()
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    done = _run("run_sim.py", ABLATION_TINY, "--config.sim.z_factor=nan", "--verbose", f"--workdir={tmp_path / 'w'}")
+    assert done.returncode != 0
+    assert "Traceback (most recent call last)" in done.stderr
+    assert "ConfigError: sim.z_factor: must be finite" in done.stderr
+
+
+def test_a_bad_trace_file_is_one_line_and_the_run_is_marked_failed(tmp_path):
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    doc = {"id": "t", "block_size": 64, "requests": [
+        {"t": 0.0, "type": "n", "in": 130, "out": 3, "hash_ids": [1, 2]},
+        {"t": 1.0, "type": "n", "in": 130, "out": 3, "hash_ids": [[1, 2], [3]]}]}
+    (traces / "t.json.gz").write_bytes(gzip.compress(json.dumps(doc).encode()))
+    workdir = tmp_path / "w"
+    done = _run("run_sim.py", ABLATION_TINY, *SMALL, "--config.workload.source=agentic",
+                f"--config.workload.path={traces}", f"--workdir={workdir}")
+    assert done.returncode == 1
+    (line,) = _lines(done.stderr)
+    assert line == f"TraceFormatError: {traces / 't.json.gz'}: requests[1]: hash_ids: must contain only integers " \
+                   f"(got [1, 2])"
+    status = json.loads((workdir / "status.json").read_text())
+    assert status["status"] == "failed" and status["error"] == line
+
+
+# ---- workdirs -------------------------------------------------------------------------------------
+def _snapshot(directory):
+    return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_second_run_into_the_same_workdir_leaves_the_first_unchanged(tmp_path):
+    workdir = tmp_path / "w"
+    first = _run("run_sim.py", ABLATION_TINY, *SMALL, f"--workdir={workdir}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads((workdir / "status.json").read_text())["status"] == "finished"
+    before = _snapshot(workdir)
+    assert {"ablation.json", "config.json", "metrics.json", "metrics.jsonl", "status.json"} <= set(before)
+    second = _run("run_sim.py", ABLATION_TINY, *SMALL, "--config.sim.beta_s=1", f"--workdir={workdir}")
+    assert second.returncode == 1
+    (line,) = _lines(second.stderr)
+    assert line.startswith(f"ConfigError: workdir: {workdir} already holds a previous run (finished)")
+    assert "--overwrite" in line
+    assert _snapshot(workdir) == before  # every file of the first run, bytes and times
+    third = _run("run_sim.py", ABLATION_TINY, *SMALL, "--config.sim.beta_s=1", "--overwrite", f"--workdir={workdir}")
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert json.loads((workdir / "config.json").read_text())["sim"]["beta_s"] == 1.0
+    assert len(writers.read_metrics(workdir)) == 1  # replaced, not appended to
+
+
+def test_prepare_workdir_refuses_files_and_replaces_only_a_run(tmp_path):
+    assert writers.prepare_workdir(tmp_path / "new").is_dir()
+    writers.prepare_workdir(tmp_path / "new")  # empty: fine
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    for overwrite in (False, True):  # not a run's workdir: never emptied
+        with pytest.raises(ConfigError, match="^workdir: ") as e:
+            writers.prepare_workdir(other, overwrite=overwrite)
+        assert e.value.field == "workdir"
+    assert (other / "notes.txt").read_text() == "mine"
+    run = writers.prepare_workdir(tmp_path / "run")
+    writers.write_status(run, "failed", error="ConfigError: x")
+    (run / "sub").mkdir()
+    (run / "sub" / "f").write_text("1")
+    with pytest.raises(ConfigError, match=r"already holds a previous run \(failed\)"):
+        writers.prepare_workdir(run)
+    writers.prepare_workdir(run, overwrite=True)
+    assert list(run.iterdir()) == []
+    with pytest.raises(ConfigError, match="is a file"):
+        writers.prepare_workdir(other / "notes.txt")
+
+
+def test_crosscheck_refuses_an_engine_run_that_did_not_finish(tmp_path):
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    writers.write_status(engine, "failed", error="KeyboardInterrupt: ")
+    done = _run("crosscheck_engine_sim.py", f"--engine_workdir={engine}", f"--workdir={tmp_path / 'w'}")
+    assert done.returncode == 1
+    (line,) = _lines(done.stderr)
+    assert line.startswith(f"ConfigError: engine_workdir: the run in {engine} is failed")
+    assert not (tmp_path / "w").exists()
+
+
+# ---- --print_config -------------------------------------------------------------------------------
+def _table(text):
+    """``{name: (value, type, default, meaning)}`` of a --print_config table."""
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("name "))
+    cols = [lines[header].index(c) for c in ("value", "type", "default", "meaning")]
+    out = {}
+    for line in lines[header + 1:]:
+        name = line[:cols[0]].strip()
+        out[name] = tuple(line[a:b].strip() for a, b in zip(cols, cols[1:] + [None]))
+    return out
+
+
+def test_print_config_lists_every_field_with_type_default_and_meaning():
+    done = _run("run_sim.py", ABLATION_TINY, "--config.sim.z_factor=1.2", "--print_config")
+    assert done.returncode == 0, done.stderr
+    table = _table(done.stdout)
+    assert table["sim.z_factor"][:3] == ("1.2", "float", repr(SchedKnobs.__dataclass_fields__["z_factor"].default))
+    assert "balance target" in table["sim.z_factor"][3]
+    assert table["num_agents"][0] == "(32, 64)"  # the :tiny variant, resolved
+    assert table["workload.source"][:3] == ("'synthetic'", "str", "'synthetic'")
+    for f in dataclasses.fields(HardwareConfig):  # every field listed, each with a meaning
+        assert table[f"sim.hardware.{f.name}"][3], f.name
+    assert all(row[3] for name, row in table.items()), [n for n, r in table.items() if not r[3]]
+
+
+def test_print_config_of_the_engine_and_demo_scripts():
+    done = _run("run_engine.py", "--config.cluster.snic_bytes_per_s=5e6", "--print_config")
+    assert done.returncode == 0, done.stderr
+    table = _table(done.stdout)
+    assert table["cluster.snic_bytes_per_s"][:3] == ("5e+06", "float", "3e+06")
+    assert table["workload.num_agents"][2] == "24" and table["workload.num_agents"][3] == "agents replayed."
+    assert all(row[3] for row in table.values()), [n for n, r in table.items() if not r[3]]
+    done = _run("run_demo.py", f"--config={ROOT / 'configs' / 'demo.py'}:quick", "--print_config")
+    assert done.returncode == 0, done.stderr
+    table = _table(done.stdout)
+    assert table["seq_len"][:3] == ("96", "int", "256")  # the :quick value; the file's default
+
+
+# ---- the simulator CLI on real traces -------------------------------------------------------------
+needs_data = pytest.mark.skipif(not agentic_dir().is_dir(), reason="shared traces not available")
+
+
+def _trace_rounds(num_agents: int, mal_tokens: int) -> int:
+    """Requests of the first ``num_agents`` agentic conversations (with their sub-agents as their own
+    trajectories), each trajectory cut before its first round with in + max(out, 1) > MAL, one whose
+    first round is over it dropped with its sub-agents: counted from the raw JSON."""
+    def rounds(requests):
+        n = 0
+        for r in requests:
+            if r["type"] == "subagent":
+                continue
+            if r["in"] + max(r["out"], 1) > mal_tokens:
+                break
+            n += 1
+        return n
+
+    def walk(requests):  # this trajectory's rounds and its kept sub-agents'
+        n = rounds(requests)
+        if n == 0:
+            return 0, False
+        return n + sum(walk(r["requests"])[0] for r in requests if r["type"] == "subagent"), True
+
+    total = agents = 0
+    for path in sorted(agentic_dir().glob("*.json.gz")):
+        n, kept = walk(json.loads(gzip.decompress(path.read_bytes()))["requests"])
+        if kept:
+            total, agents = total + n, agents + 1
+        if agents == num_agents:
+            return total
+    raise AssertionError("too few agents")
+
+
+@needs_data
+@pytest.mark.parametrize("sizes", [pytest.param((8,), id="8-agents"),
+                                   pytest.param(None, id="tiny", marks=pytest.mark.slow)])
+def test_the_tiny_ablation_runs_on_agentic_traces_from_the_command_line(tmp_path, sizes):
+    args = [ABLATION_TINY, "--config.workload.source=agentic", f"--workdir={tmp_path}"]
+    if sizes:
+        args.append(f"--config.num_agents={sizes}")
+    done = _run("run_sim.py", *args, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads((tmp_path / "ablation.json").read_text())
+    assert out["workload"]["source"] == "agentic"
+    sizes = sizes or (32, 64)
+    for variant, summary in out["variants"].items():
+        for n in sizes:
+            assert summary["requests_by_agents"][str(n)] == _trace_rounds(n, 65536), (variant, n)
+            assert summary["jct_s_by_agents"][str(n)] > 0
+    assert "agentic traces, MAL 64K" in done.stdout
+    named = json.loads((tmp_path / "metrics.json").read_text())
+    assert named["jct_s_dualpath"] == pytest.approx(sum(out["variants"]["dualpath"]["jct_s_by_agents"].values())
+                                                    / len(sizes))
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "finished"
+
+
+@needs_data
+def test_the_workload_source_reaches_other_studies(tmp_path):
+    done = _run("run_sim.py", f"--config={ROOT / 'configs' / 'sim_fig8.py'}:tiny", "--config.workload.source=mooncake",
+                "--config.workload.token_divisor=8", "--config.num_agents=(4,)", f"--workdir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "mooncake 32K" in done.stdout
+    rows = json.loads((tmp_path / "fig8.json").read_text())["results"]
+    assert rows and all(r["requests"] > 0 for r in rows)
+
+
+# ---- the engine ablation's output (issue #24 items 6 and 7) ------------------------------------------
+@needs_data
+@pytest.mark.slow
+def test_the_engine_ablation_reports_compilation_as_a_stage_and_no_nan_headline(tmp_path):
+    done = _run("run_engine.py", f"--config={ROOT / 'configs' / 'engine_ablation.py'}:quick",
+                "--config.workload.num_agents=2", "--config.variants=('basic','oracle')",
+                f"--jit_cache_dir={tmp_path / 'jit'}", "--progress=off", f"--workdir={tmp_path / 'w'}", timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert "AttentionTimeModel(" not in done.stdout and lines[0].startswith("profiled ")
+    assert "time model: an attention layer takes" in lines[0]
+    assert any(line.startswith("compiled ") and "of XLA compilation" in line for line in lines)
+    stages = {s["stage"]: s for s in json.loads((tmp_path / "w" / "ablation.json").read_text())["stages"]}
+    assert list(stages) == ["setup", "seed store", "compile", "calibrate", "basic", "oracle", "token check"]
+    # a cold cache: the compile stage compiles, and the runs after it compile (almost) nothing
+    assert stages["compile"]["compile_s"] > 0
+    for name in ("calibrate", "basic", "oracle"):
+        assert stages[name]["compile_s"] < 0.2 * stages["compile"]["compile_s"], (name, stages)
+    named = [line for line in lines if ": " in line and not line.startswith(" ")]
+    assert not [line for line in named if line.split(": ", 1)[1] == "nan"], named
+    assert "snic_max_avg_basic" in done.stdout and "snic_max_avg_oracle" not in done.stdout
