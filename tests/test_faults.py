@@ -88,7 +88,8 @@ def test_a_decode_step_that_raises_fails_its_requests_fast_and_they_run_again(mo
     # each failed attempt ended at once (not at a deadline) and its round's next attempt finished
     for r in res.failed_attempts:
         again = next(x for x in res.requests if (x.agent, x.round_index) == (r.agent, r.round_index))
-        assert again.attempt == r.attempt + 1 and again.arrival_s >= r.finish_s
+        assert again.attempt == r.attempt + 1 and again.attempt_s >= r.finish_s
+        assert again.arrival_s == r.arrival_s  # latencies count from the round's first issue
 
 
 @pytest.mark.parametrize("worker", ["pe0", "de1", "de2", "reader0", "pe0-send", "de1-persist"])
@@ -172,3 +173,26 @@ def test_engine_hits_equal_the_simulators(model):
             prev = int(a.num_prompt_tokens[i - 1] + a.num_gen_tokens[i - 1])
             assert engine_hits[(k, i)] == (prev - 1) // z * z
     assert sum(engine_hits.values()) > 0
+
+
+@pytest.mark.slow
+def test_soak_script_one_replay(tmp_path):
+    # experiments/soak.py end to end: one replay (the minimum) of the quick workload, every fault on
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    from dualpath_jax.workload import agentic_dir
+    if not agentic_dir().is_dir():
+        pytest.skip("shared traces not available")
+    out = subprocess.run([sys.executable, str(root / "experiments" / "soak.py"), "--minutes=0",
+                          f"--workdir={tmp_path / 'soak'}"], capture_output=True, text=True, cwd=root,
+                         env={**os.environ, "XLA_FLAGS": ""}, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    named = json.loads((tmp_path / "soak" / "metrics.json").read_text())
+    assert named["replays"] == 1 and named["requests"] == 32
+    assert named["faults_injected"] > 0
+    assert (named["wrong_tokens"], named["lost_requests"], named["leaked_bytes"]) == (0, 0, 0)

@@ -55,13 +55,14 @@ def request_table(result: ClusterResult) -> RequestTable:
 
 def request_rows(result: ClusterResult) -> list[dict]:
     """Per-request JSON rows: placement, plan, hit, bytes per side, times, tokens and logit gaps."""
-    return [{"rid": r.rid, "trajectory_id": r.trajectory_id, "round": r.round_index, "pe": r.pe, "de": r.de,
+    return [{"rid": r.rid, "trajectory_id": r.trajectory_id, "round": r.round_index, "attempt": r.attempt,
+             "pe": r.pe, "de": r.de,
              "plan_side": r.side, "de_blocks": r.de_blocks, "lookup_blocks": r.lookup_blocks,
              "hit_tokens": r.hit_tokens, "prompt_tokens": r.prompt_tokens, "gen_tokens": r.gen_target,
              "read_bytes_pe": r.read_bytes_pe, "read_bytes_de": r.read_bytes_de,
              "read_failures": [f.cause.value for f in r.read_failures], "blocks_persisted": r.blocks_persisted,
              "persist_failures": [_failure_name(f) for f in r.persist_failures],
-             "arrival_s": r.arrival_s, "placed_s": r.placed_s, "read_done_s": r.read_done_s,
+             "arrival_s": r.arrival_s, "attempt_s": r.attempt_s, "placed_s": r.placed_s, "read_done_s": r.read_done_s,
              "prefill_start_s": r.prefill_start_s, "first_token_s": r.first_token_s,
              "decode_start_s": r.decode_start_s, "second_token_s": r.second_token_s, "finish_s": r.finish_s,
              "persisted_s": r.persisted_s, "error": r.error, "tokens": list(r.generated),
@@ -119,6 +120,8 @@ def summarize(result: ClusterResult, *, window_s: float = 1.0) -> dict:
         "read_failures": int(sum(len(r.read_failures) for r in result.requests)),
         "persist_failures": int(sum(len(r.persist_failures) for r in result.requests)),
         "pe_forwards": len(result.forwards), "de_steps": len(result.steps),
+        "attempts_run_again": len(result.failed_attempts), "worker_errors": len(result.worker_errors),
+        "faults_injected": dict(result.faults),
         "wall_s": result.wall_s, "alpha_tokens": result.alpha_tokens, "beta_tokens": result.beta_tokens,
     }
     reads = [r for r in result.transfers if r.link in snic and r.outcome.value == "ok"]

@@ -94,8 +94,9 @@ class RequestState:
     persist_seen_s: float = math.nan
     pe_released: bool = False
     de_released: bool = False
-    # timeline
+    # timeline (arrival_s: when the round was first issued; attempt_s: when this attempt was)
     arrival_s: float = math.nan
+    attempt_s: float = math.nan
     placed_s: float = math.nan
     read_done_s: float = math.nan
     prefill_start_s: float = math.nan
