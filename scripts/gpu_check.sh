@@ -34,7 +34,7 @@ timeout 150 "$PY" -m pytest -q -p no:cacheprovider --durations=8 \
 rc=${PIPESTATUS[0]}; [ "$rc" -ne 0 ] && { echo "kernel tests failed (rc=$rc)"; status=1; }
 
 echo "== kernel benchmark =="
-timeout 140 "$PY" experiments/bench_kernels.py --workdir="$OUT_DIR/bench" --sizes=gpu 2>&1 \
+timeout 140 "$PY" experiments/bench_kernels.py --workdir="$OUT_DIR/bench" --overwrite --sizes=gpu 2>&1 \
   | tee "$OUT_DIR/bench.log"
 rc=${PIPESTATUS[0]}; [ "$rc" -ne 0 ] && { echo "benchmark failed (rc=$rc)"; status=1; }
 

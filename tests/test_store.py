@@ -3,11 +3,13 @@
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -88,6 +90,108 @@ def test_flipped_byte_is_a_checksum_mismatch(store, where):
     else:
         assert not any(x.ok for x in layer_reads)
     assert store.stats().failures["checksum_mismatch"] >= 2
+
+
+# ---- record format: an independent reference of the documented layout (record.py docstring) -------
+def _crc32c_reference(data: bytes) -> int:
+    """CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), table-driven, in plain Python."""
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _reference_record(magic: bytes, crc, key: str, block: np.ndarray) -> bytes:
+    """A record built from the documented layout alone: fixed fields, per-layer and header checksums."""
+    n_layers, z, bt = block.shape
+    hb = header_bytes(LAYOUT)
+    head = struct.pack("<8sIIIIQ16s16s", magic, hb, n_layers, z, bt, block.nbytes, bytes.fromhex(LAYOUT.scope),
+                       bytes.fromhex(key))
+    head += struct.pack(f"<{n_layers}I", *[crc(block[layer].tobytes()) for layer in range(n_layers)])
+    head += struct.pack("<I", crc(head))
+    return head + bytes(hb - len(head)) + block.tobytes()
+
+
+def test_crc32c_reference_matches_the_standard_check_value():
+    assert _crc32c_reference(b"123456789") == 0xE3069283  # RFC 3720 / the CRC catalogue's check value
+
+
+def test_written_record_is_format_2_with_crc32c(store):
+    keys, blocks = _keys(1), _blocks(1)
+    store.write(keys, blocks)
+    raw = store.raw_read(keys[0])
+    assert raw == _reference_record(b"DPKVBLK2", _crc32c_reference, keys[0], blocks[0])
+
+
+def test_format_1_record_is_still_read_and_checked_with_crc32(store):
+    keys, blocks = _keys(2), _blocks(2, seed=5)
+    old = [_reference_record(b"DPKVBLK1", lambda b: zlib.crc32(b) & 0xFFFFFFFF, k, b) for k, b in zip(keys, blocks)]
+    for k, rec in zip(keys, old):
+        store.raw_write(k, rec)
+    reads = store.read(keys)
+    assert all(r.ok for r in reads), [r.failure for r in reads]
+    for r, b in zip(reads, blocks):
+        np.testing.assert_array_equal(r.block, b)
+    for layer in range(SPEC.n_layers):
+        r = store.read([keys[0]], layer=layer)[0]
+        assert r.ok, r.failure
+        np.testing.assert_array_equal(r.block[0], blocks[0][layer])
+    damaged = bytearray(old[1])
+    damaged[header_bytes(LAYOUT) + 2 * LAYOUT.layer_block_bytes + 100] ^= 0x40
+    store.raw_write(keys[1], bytes(damaged))
+    r = store.read(keys[1:])[0]
+    assert r.failure.cause is FailureCause.CHECKSUM_MISMATCH and "layer 2" in r.failure.detail
+    assert store.read(keys[1:], layer=2)[0].failure.cause is FailureCause.CHECKSUM_MISMATCH
+    assert store.read(keys[1:], layer=1)[0].ok
+
+
+def test_unknown_format_or_extra_bytes_is_a_bad_header(store):
+    keys, blocks = _keys(1), _blocks(1)
+    store.write(keys, blocks)
+    raw = store.raw_read(keys[0])
+    store.raw_write(keys[0], b"DPKVBLK9" + raw[8:])
+    for r in (store.read(keys)[0], store.read(keys, layer=0)[0]):
+        assert r.failure.cause is FailureCause.BAD_HEADER
+        assert "bad magic b'DPKVBLK9'" in r.failure.detail and "DPKVBLK2" in r.failure.detail
+        assert "\n" not in r.failure.detail
+    store.raw_write(keys[0], raw + b"\0")
+    r = store.read(keys)[0]
+    assert r.failure.cause is FailureCause.BAD_HEADER and f"record is {len(raw)}" in r.failure.detail
+
+
+def test_a_flipped_bit_in_any_layer_is_detected(store):
+    """One flipped bit at a random place of each Layer Block in turn: the full read names that layer,
+    and only that layer's one-layer read fails."""
+    keys, blocks = _keys(1), _blocks(1, seed=7)
+    store.write(keys, blocks)
+    good = store.raw_read(keys[0])
+    rng = np.random.default_rng(11)
+    for layer in range(SPEC.n_layers):
+        for _ in range(3):
+            pos = header_bytes(LAYOUT) + layer * LAYOUT.layer_block_bytes + int(rng.integers(LAYOUT.layer_block_bytes))
+            raw = bytearray(good)
+            raw[pos] ^= 1 << int(rng.integers(8))
+            store.raw_write(keys[0], bytes(raw))
+            full = store.read(keys)[0]
+            assert full.failure.cause is FailureCause.CHECKSUM_MISMATCH
+            assert full.failure.detail == f"layer {layer} CRC mismatch"
+            assert [store.read(keys, layer=x)[0].ok for x in range(SPEC.n_layers)] == [
+                x != layer for x in range(SPEC.n_layers)]
+    store.raw_write(keys[0], good)
+    np.testing.assert_array_equal(store.read(keys)[0].block, blocks[0])
+
+
+def test_full_read_returns_a_read_only_block(store):
+    keys, blocks = _keys(1), _blocks(1)
+    store.write(keys, blocks)
+    for r in (store.read(keys)[0], store.read(keys, layer=1)[0]):
+        assert r.ok and not r.block.flags.writeable
 
 
 def test_layer_read_under_constant_rewrites_falls_back_to_one_whole_read(store):

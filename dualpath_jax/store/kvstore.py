@@ -13,13 +13,17 @@ Design:
 * **Atomic visibility**: tensorstore's ``file`` driver writes a value to ``<key>.__lock`` and
   renames it over ``<key>`` when complete (rename is atomic on POSIX), and reads never see the
   lock file; the ``memory`` driver swaps whole values. A crashed writer therefore leaves either
-  no block or a complete one, and the per-layer CRCs catch anything that is damaged later
+  no block or a complete one, and the per-layer CRC-32Cs catch anything that is damaged later
   (flipped bytes, truncation by another tool).
+* **Whole-record reads of the file backend** open the record's file directly and read it once
+  into a new buffer (``os.preadv``, GIL released), then verify it in place (see
+  :meth:`KVStore._read_full_file`); an open file is one version of the record, so this needs no
+  generation check. Layer reads, lookups, writes and the memory backend go through tensorstore.
 * **Verbs**: ``lookup`` (longest stored prefix of a key chain), ``read``, ``write``,
   ``contains``, ``delete``, ``stats``; ``*_async`` forms return ``concurrent.futures.Future`` s
-  run on a small I/O thread pool (reads of different blocks proceed in parallel; CRC checks
-  release the GIL). Sync forms wait with a deadline and turn an expired wait into a
-  ``TIMEOUT`` failure instead of hanging.
+  run on a small I/O thread pool (reads of different blocks proceed in parallel; file reads and
+  CRC-32C checks of Layer Blocks over 32 KiB release the GIL). Sync forms wait with a deadline
+  and turn an expired wait into a ``TIMEOUT`` failure instead of hanging.
 * **Failures are values** (:class:`BlockFailure` with a :class:`FailureCause`): missing,
   checksum mismatch, truncated, bad header, unreadable or unwritable path/backend, timeout. Counted in
   :meth:`KVStore.stats`.
@@ -96,7 +100,7 @@ class StoreError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class BlockRead:
-    """Result of reading one block: ``block`` (``uint8[L, Z, Bt]`` or ``[1, Z, Bt]``) or ``failure``."""
+    """Result of reading one block: ``block`` (read-only ``uint8[L, Z, Bt]`` or ``[1, Z, Bt]``) or ``failure``."""
 
     key: str
     block: np.ndarray | None
@@ -220,7 +224,9 @@ class KVStore:
         t0 = time.perf_counter()
         sk = self.storage_key(key)
         try:
-            if layer is None:
+            if layer is None and self.root is not None:
+                out = self._read_full_file(key)
+            elif layer is None:
                 out = self._read_record(sk, key, deadline)
                 if not isinstance(out, BlockFailure):
                     out = verify_full(self.layout, key, out)
@@ -275,9 +281,49 @@ class KVStore:
         data = self._read_record(sk, key, deadline)
         if isinstance(data, BlockFailure):
             return data
-        head = parse_header(self.layout, key, data)  # only this layer's bytes are copied and checked
+        head = parse_header(self.layout, key, data)  # only this layer's bytes are checked (a view, no copy)
         return head if isinstance(head, BlockFailure) else verify_layer(self.layout, key, head, layer,
-                                                                        data[start:start + lb])
+                                                                        memoryview(data)[start:start + lb])
+
+    def _read_full_file(self, key: str) -> np.ndarray | BlockFailure:
+        """A whole record of the file backend, read straight from its file and verified.
+
+        One open file is one version of the record (the file driver publishes a record by
+        renaming a complete file over the old one, and an open descriptor keeps reading the
+        inode it opened), so the bytes are never a mix of two writes. They are read once, into
+        one new buffer, with the GIL released (``os.preadv``), and checked in place; the
+        returned block is a read-only view of that buffer. tensorstore's read would copy the
+        record twice (into a Cord, then into ``bytes`` while holding the GIL).
+        """
+        path = self.path_of(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return BlockFailure(key, FailureCause.MISSING, "no such block")
+        except OSError as e:
+            return BlockFailure(key, FailureCause.UNREADABLE, f"{path}: {e.strerror}")
+        try:
+            size = os.fstat(fd).st_size
+            expected = self._hb + self.layout.full_block_bytes
+            buf = np.empty(min(size, expected), np.uint8)
+            mv, got = memoryview(buf), 0
+            while got < len(mv):
+                n = os.preadv(fd, [mv[got:]], got)
+                if n == 0:  # the file shrank after fstat (truncated by another tool)
+                    break
+                got += n
+        except OSError as e:
+            return BlockFailure(key, FailureCause.UNREADABLE, f"{path}: {e.strerror}")
+        finally:
+            os.close(fd)
+        if size > expected:  # a record of this layout is never longer: name what the header says first
+            head = parse_header(self.layout, key, mv[:got])
+            return head if isinstance(head, BlockFailure) else BlockFailure(
+                key, FailureCause.BAD_HEADER, f"{size} bytes, record is {expected}")
+        block = verify_full(self.layout, key, mv[:got])
+        if not isinstance(block, BlockFailure):
+            block.flags.writeable = False
+        return block
 
     def _read_record(self, sk: str, key: str, deadline: float) -> bytes | BlockFailure:
         """The raw record at backend key ``sk`` (one version), or a ``MISSING`` failure."""

@@ -3,7 +3,7 @@
 Layout (little-endian)::
 
     offset  size   field
-    0       8      magic b"DPKVBLK1"
+    0       8      magic b"DPKVBLK2" (format version 2; b"DPKVBLK1" = version 1, see below)
     8       4      header_bytes (u32)       -- payload starts here; a multiple of 64
     12      4      n_layers L (u32)
     16      4      block_tokens Z (u32)
@@ -11,15 +11,26 @@ Layout (little-endian)::
     24      8      payload_bytes = L*Z*Bt (u64)
     32      16     layout scope (BLAKE2b-128, see BlockLayout.scope)
     48      16     block key (BLAKE2b-128)
-    64      4*L    CRC-32 of each Layer Block (u32 each)
-    64+4L   4      CRC-32 of bytes [0, 64+4L)
+    64      4*L    checksum of each Layer Block (u32 each)
+    64+4L   4      checksum of bytes [0, 64+4L)
     ...            zero padding up to header_bytes
     header_bytes   payload: the Full Block [L, Z, Bt], layer-major
 
-One CRC per Layer Block lets a reader that asks for a single layer (a byte-range read of
+One checksum per Layer Block lets a reader that asks for a single layer (a byte-range read of
 ``header + layer payload``) verify exactly what it read; a full read verifies all L. The header
-CRC guards the metadata (a flipped byte anywhere in the record is caught). CRC-32 (zlib) is the
-checksum of gzip/PNG; it detects every single-byte error and all burst errors up to 32 bits.
+checksum guards the metadata (a flipped byte anywhere in the record is caught).
+
+The checksum is CRC-32C (Castagnoli, the iSCSI/ext4/RocksDB CRC), computed by the ``crc32c``
+package with the SSE4.2 / ARMv8 CRC instructions (software elsewhere): ~20 GB/s per core on data
+in cache, against ~1-3 GB/s for zlib's CRC-32. Like CRC-32 it detects every single-byte error and
+all burst errors up to 32 bits.
+Version 1 records (magic ``b"DPKVBLK1"``, same layout, zlib CRC-32) are still read and verified
+with CRC-32; new records are always written as version 2. Any other magic is rejected as
+``BAD_HEADER`` naming the formats this build reads.
+
+Checks take any bytes-like object (``bytes``, ``bytearray``, ``memoryview``, a uint8 numpy array)
+and never copy the payload: checksums run over memoryview slices, and the returned blocks are
+``np.frombuffer`` views of the caller's buffer.
 
 Failures are values, never bare ``False``: :class:`BlockFailure` carries a :class:`FailureCause`.
 """
@@ -30,15 +41,19 @@ import dataclasses
 import enum
 import struct
 import zlib
+from collections.abc import Callable
 
+import crc32c
 import numpy as np
 
 from dualpath_jax.kvcache import BlockLayout
 
-__all__ = ["MAGIC", "FailureCause", "BlockFailure", "header_bytes", "encode_record", "parse_header",
-           "verify_full", "verify_layer", "RecordHeader"]
+__all__ = ["MAGIC", "MAGIC_V1", "FORMAT_VERSION", "FailureCause", "BlockFailure", "header_bytes", "encode_record",
+           "parse_header", "verify_full", "verify_layer", "RecordHeader"]
 
-MAGIC = b"DPKVBLK1"
+MAGIC = b"DPKVBLK2"     # format version 2: CRC-32C checksums (written)
+MAGIC_V1 = b"DPKVBLK1"  # format version 1: zlib CRC-32 checksums (read only)
+FORMAT_VERSION = 2
 _FIXED = struct.Struct("<8sIIIIQ16s16s")  # 64 bytes
 _ALIGN = 64
 
@@ -74,6 +89,11 @@ class RecordHeader:
     scope: str
     key: str
     layer_crcs: tuple[int, ...]
+    version: int = FORMAT_VERSION  # 1: zlib CRC-32, 2: CRC-32C
+
+    def checksum(self, data) -> int:
+        """The checksum of ``data`` (bytes-like) under this record's format version."""
+        return _CHECKSUMS[self.version](data)
 
 
 def header_bytes(layout: BlockLayout) -> int:
@@ -82,12 +102,24 @@ def header_bytes(layout: BlockLayout) -> int:
     return -(-raw // _ALIGN) * _ALIGN
 
 
-def _crc(data) -> int:
+def _crc32(data) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-def encode_record(layout: BlockLayout, key: str, block: np.ndarray) -> bytes:
-    """Serialize a Full Block ``uint8[L, Z, Bt]`` with its header.
+def _crc(data) -> int:
+    """CRC-32C of a C-contiguous bytes-like object (hardware instructions; releases the GIL above 32 KiB)."""
+    return crc32c.crc32c(data)
+
+
+_CHECKSUMS: dict[int, Callable[[object], int]] = {1: _crc32, 2: _crc}
+_VERSIONS = {MAGIC: 2, MAGIC_V1: 1}
+
+
+def encode_record(layout: BlockLayout, key: str, block: np.ndarray) -> bytearray:
+    """Serialize a Full Block ``uint8[L, Z, Bt]`` with its header (format version 2).
+
+    Returns the record as one ``bytearray`` of ``header_bytes(layout) + L*Z*Bt`` bytes (the block
+    is copied once, into it; the checksums are computed over the copied bytes).
 
     Raises:
       ValueError: ``block`` does not have the layout's Full Block shape or dtype.
@@ -95,75 +127,96 @@ def encode_record(layout: BlockLayout, key: str, block: np.ndarray) -> bytes:
     block = np.asarray(block)
     if block.dtype != np.uint8 or block.shape != layout.full_block_shape:
         raise ValueError(f"block: expected uint8{list(layout.full_block_shape)}, got {block.dtype}{list(block.shape)}")
-    block = np.ascontiguousarray(block)
     hb = header_bytes(layout)
-    crcs = [_crc(block[layer]) for layer in range(layout.n_layers)]
-    fixed = _FIXED.pack(MAGIC, hb, layout.n_layers, layout.block_tokens, layout.bytes_per_token_per_layer,
-                        block.nbytes, bytes.fromhex(layout.scope), bytes.fromhex(key))
-    head = fixed + struct.pack(f"<{layout.n_layers}I", *crcs)
-    head += struct.pack("<I", _crc(head))
-    return head + b"\0" * (hb - len(head)) + block.tobytes()
+    record = bytearray(hb + block.nbytes)
+    payload = np.frombuffer(record, np.uint8, count=block.nbytes, offset=hb).reshape(layout.full_block_shape)
+    payload[...] = block
+    mv = memoryview(record)
+    lb = layout.layer_block_bytes
+    crcs = [_crc(mv[hb + layer * lb:hb + (layer + 1) * lb]) for layer in range(layout.n_layers)]
+    _FIXED.pack_into(record, 0, MAGIC, hb, layout.n_layers, layout.block_tokens, layout.bytes_per_token_per_layer,
+                     block.nbytes, bytes.fromhex(layout.scope), bytes.fromhex(key))
+    n_crc = _FIXED.size + 4 * layout.n_layers
+    struct.pack_into(f"<{layout.n_layers}I", record, _FIXED.size, *crcs)
+    struct.pack_into("<I", record, n_crc, _crc(mv[:n_crc]))
+    return record
+
+
+def _bytes_view(data) -> memoryview:
+    """A flat byte memoryview of a bytes-like object (no copy)."""
+    mv = memoryview(data)
+    return mv if mv.format == "B" and mv.ndim == 1 else mv.cast("B")
 
 
 def parse_header(layout: BlockLayout, key: str, data) -> RecordHeader | BlockFailure:
-    """Parse and check the header at the start of ``data`` (bytes-like).
+    """Parse and check the header at the start of ``data`` (bytes-like; format version 1 or 2).
 
     Returns a :class:`RecordHeader`, or a :class:`BlockFailure` with cause ``TRUNCATED`` (too
-    short for a header), ``BAD_HEADER`` (magic/layout/key mismatch) or ``CHECKSUM_MISMATCH``.
+    short for a header), ``BAD_HEADER`` (unknown magic/format version, layout or key mismatch) or
+    ``CHECKSUM_MISMATCH`` (the header's own checksum).
     """
     hb = header_bytes(layout)
-    mv = memoryview(data)
+    mv = _bytes_view(data)
+    if len(mv) >= len(MAGIC) and bytes(mv[:len(MAGIC)]) not in _VERSIONS:
+        return BlockFailure(key, FailureCause.BAD_HEADER,
+                            f"bad magic {bytes(mv[:len(MAGIC)])!r}: not a block record of a format this build "
+                            f"reads ({MAGIC_V1!r} = v1, {MAGIC!r} = v2)")
     if len(mv) < hb:
-        if len(mv) >= len(MAGIC) and bytes(mv[:len(MAGIC)]) != MAGIC:
-            return BlockFailure(key, FailureCause.BAD_HEADER, "bad magic")
         return BlockFailure(key, FailureCause.TRUNCATED, f"{len(mv)} bytes, header needs {hb}")
     magic, hb_rec, n_layers, z, bt, payload, scope, rkey = _FIXED.unpack_from(mv, 0)
-    if magic != MAGIC:
-        return BlockFailure(key, FailureCause.BAD_HEADER, "bad magic")
+    version = _VERSIONS[magic]
     n_crc = _FIXED.size + 4 * layout.n_layers
     if n_layers != layout.n_layers or hb_rec != hb:
         crc_ok = False
     else:
         (stored,) = struct.unpack_from("<I", mv, n_crc)
-        crc_ok = _crc(mv[:n_crc]) == stored
+        crc_ok = _CHECKSUMS[version](mv[:n_crc]) == stored
     if not crc_ok:
-        return BlockFailure(key, FailureCause.CHECKSUM_MISMATCH, "header CRC mismatch")
+        return BlockFailure(key, FailureCause.CHECKSUM_MISMATCH, f"header CRC mismatch (format v{version})")
     expect = (layout.block_tokens, layout.bytes_per_token_per_layer, layout.full_block_bytes, layout.scope, key)
     got = (z, bt, payload, scope.hex(), rkey.hex())
     if got != expect:
         return BlockFailure(key, FailureCause.BAD_HEADER,
                             f"header (Z, Bt, payload, scope, key) = {got}, expected {expect}")
     crcs = struct.unpack_from(f"<{n_layers}I", mv, _FIXED.size)
-    return RecordHeader(hb, n_layers, z, bt, payload, scope.hex(), rkey.hex(), tuple(crcs))
+    return RecordHeader(hb, n_layers, z, bt, payload, scope.hex(), rkey.hex(), tuple(crcs), version)
 
 
-def verify_full(layout: BlockLayout, key: str, data: bytes) -> np.ndarray | BlockFailure:
-    """Check a whole record and return its Full Block ``uint8[L, Z, Bt]`` (a read-only view of ``data``).
+def verify_full(layout: BlockLayout, key: str, data) -> np.ndarray | BlockFailure:
+    """Check a whole record (bytes-like, format version 1 or 2) and return its Full Block.
 
-    Returns a :class:`BlockFailure` (``TRUNCATED``, ``BAD_HEADER``, ``CHECKSUM_MISMATCH``) on failure.
+    Returns ``uint8[L, Z, Bt]``, a view of ``data``'s payload (no copy; read-only when ``data`` is),
+    or a :class:`BlockFailure`: ``TRUNCATED`` (shorter than the header promises), ``BAD_HEADER``
+    (see :func:`parse_header`; also longer than the header promises) or ``CHECKSUM_MISMATCH``
+    (header, or the first Layer Block whose checksum does not match, named in the detail).
     """
     head = parse_header(layout, key, data)
     if isinstance(head, BlockFailure):
         return head
+    mv = _bytes_view(data)
     total = head.header_bytes + head.payload_bytes
-    if len(data) < total:
-        return BlockFailure(key, FailureCause.TRUNCATED, f"{len(data)} bytes, record needs {total}")
-    if len(data) > total:
-        return BlockFailure(key, FailureCause.BAD_HEADER, f"{len(data)} bytes, record is {total}")
-    block = np.frombuffer(data, np.uint8, count=head.payload_bytes, offset=head.header_bytes)
-    block = block.reshape(layout.full_block_shape)
-    for layer, crc in enumerate(head.layer_crcs):
-        if _crc(block[layer]) != crc:
+    if len(mv) < total:
+        return BlockFailure(key, FailureCause.TRUNCATED, f"{len(mv)} bytes, record needs {total}")
+    if len(mv) > total:
+        return BlockFailure(key, FailureCause.BAD_HEADER, f"{len(mv)} bytes, record is {total}")
+    crc, lb, hb = _CHECKSUMS[head.version], layout.layer_block_bytes, head.header_bytes
+    for layer, expected in enumerate(head.layer_crcs):
+        if crc(mv[hb + layer * lb:hb + (layer + 1) * lb]) != expected:
             return BlockFailure(key, FailureCause.CHECKSUM_MISMATCH, f"layer {layer} CRC mismatch")
-    return block
+    return np.frombuffer(mv, np.uint8, count=head.payload_bytes, offset=hb).reshape(layout.full_block_shape)
 
 
 def verify_layer(layout: BlockLayout, key: str, head: RecordHeader, layer: int,
-                 data: bytes) -> np.ndarray | BlockFailure:
-    """Check one Layer Block's bytes against the header's CRC; returns ``uint8[1, Z, Bt]``."""
-    if len(data) < layout.layer_block_bytes:
+                 data) -> np.ndarray | BlockFailure:
+    """Check one Layer Block's bytes (bytes-like) against the header's checksum for ``layer``.
+
+    Returns ``uint8[1, Z, Bt]``, a view of ``data`` (no copy), or a :class:`BlockFailure`:
+    ``TRUNCATED`` (fewer than ``layout.layer_block_bytes`` bytes) or ``CHECKSUM_MISMATCH``.
+    """
+    mv = _bytes_view(data)
+    if len(mv) < layout.layer_block_bytes:
         return BlockFailure(key, FailureCause.TRUNCATED,
-                            f"layer {layer}: {len(data)} of {layout.layer_block_bytes} bytes")
-    if _crc(data) != head.layer_crcs[layer]:
+                            f"layer {layer}: {len(mv)} of {layout.layer_block_bytes} bytes")
+    if head.checksum(mv) != head.layer_crcs[layer]:
         return BlockFailure(key, FailureCause.CHECKSUM_MISMATCH, f"layer {layer} CRC mismatch")
-    return np.frombuffer(data, np.uint8).reshape(layout.layer_block_shape)
+    return np.frombuffer(mv, np.uint8).reshape(layout.layer_block_shape)

@@ -17,6 +17,7 @@ import dataclasses
 import itertools
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -110,14 +111,19 @@ class BufferPool:
     Args:
       name: e.g. ``"pe0.buffer"``.
       capacity_bytes: the most bytes ever reserved at once.
+      clock: seconds for :meth:`acquire` deadlines and waited times (default ``time.monotonic``).
+        With another clock (a test's fake one), a waiter rechecks it at least every ``timeout_s``
+        real seconds, so its deadline passes when that clock says so; :meth:`wake` makes waiters
+        recheck at once.
 
     Raises:
       ConfigError: non-positive capacity.
     """
 
-    def __init__(self, name: str, capacity_bytes: int):
+    def __init__(self, name: str, capacity_bytes: int, *, clock: Callable[[], float] = time.monotonic):
         check_positive(f"buffer[{name}].capacity_bytes", capacity_bytes, integer=True)
         self.name = name
+        self._clock = clock
         self.capacity_bytes = int(capacity_bytes)
         self._cond = threading.Condition()
         self._in_use = 0
@@ -131,6 +137,17 @@ class BufferPool:
     def in_use_bytes(self) -> int:
         with self._cond:
             return self._in_use
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests queued in :meth:`acquire`, waiting for capacity or for their turn."""
+        with self._cond:
+            return len(self._queue)
+
+    def wake(self) -> None:
+        """Make every waiting :meth:`acquire` recheck its capacity and deadline now."""
+        with self._cond:
+            self._cond.notify_all()
 
     def acquire(self, num_bytes: int, *, timeout_s: float | None = None) -> Lease:
         """Reserve ``num_bytes``, waiting (FIFO) for capacity.
@@ -148,15 +165,21 @@ class BufferPool:
         if num_bytes > self.capacity_bytes:
             raise ValueError(f"num_bytes: {num_bytes} B exceeds buffer {self.name}'s capacity "
                              f"{self.capacity_bytes} B")
-        t0 = time.perf_counter()
+        t0 = self._clock()
+        deadline = None if timeout_s is None else t0 + timeout_s
         with self._cond:
             ticket = next(self._tickets)
             self._queue.append(ticket)
-            ok = self._cond.wait_for(
-                lambda: self._queue[0] == ticket and self._in_use + num_bytes <= self.capacity_bytes,
-                timeout=timeout_s)
+            while not (ok := self._queue[0] == ticket and self._in_use + num_bytes <= self.capacity_bytes):
+                if deadline is None:
+                    self._cond.wait()
+                    continue
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
             self._queue.remove(ticket)
-            waited = time.perf_counter() - t0
+            waited = self._clock() - t0
             if waited > 1e-4:
                 self._n_waited += 1
                 self._wait_s += waited

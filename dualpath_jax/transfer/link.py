@@ -9,7 +9,9 @@ the real copy time counts. This is how the engine recreates the paper's storage-
 regime on one host, with every KV transfer a real copy; counters give per-link bytes and busy time.
 
 Every transfer yields a :class:`TransferRecord`: source and destination medium, bytes,
-start/finish time (``time.perf_counter`` seconds) and an :class:`Outcome` with its cause.
+start/finish time (seconds of the link's clock, ``time.perf_counter`` unless another is injected)
+and an :class:`Outcome` with its cause. Tests inject a fake ``clock`` and ``sleep`` to check
+emulated durations exactly, without wall-clock bounds.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class Outcome(str, enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class TransferRecord:
-    """One transfer on one link. Times are ``time.perf_counter()`` seconds."""
+    """One transfer on one link. Times are seconds of the link's clock (default ``time.perf_counter()``)."""
 
     link: str
     src: Medium
@@ -120,10 +122,15 @@ class Link:
     Args:
       config: the link's settings.
       max_records: most recent records kept (older ones are dropped; counters keep totals).
+      clock: seconds for records and emulated durations (default ``time.perf_counter``).
+      sleep: waits out the rest of an emulated duration (default ``time.sleep``); a fake clock's
+        ``sleep`` advances that clock. Waits for a busy link (``timeout_s``) are always real time.
     """
 
-    def __init__(self, config: LinkConfig, *, max_records: int = 100_000):
+    def __init__(self, config: LinkConfig, *, max_records: int = 100_000,
+                 clock: Callable[[], float] = time.perf_counter, sleep: Callable[[float], Any] = time.sleep):
         self.config = config
+        self._clock, self._sleep = clock, sleep
         self._cond = threading.Condition()
         self._next_ticket = 0
         self._serving = 0
@@ -137,6 +144,12 @@ class Link:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def in_flight(self) -> int:
+        """Transfers that hold the link or wait for it (not counting ones that gave up)."""
+        with self._cond:
+            return self._next_ticket - self._serving - len(self._abandoned)
 
     def emulated_s(self, num_bytes: int) -> float:
         """Emulated duration of a transfer of ``num_bytes`` (0 for an unlimited link without latency)."""
@@ -170,7 +183,7 @@ class Link:
         if num_bytes < 0:
             raise ValueError(f"num_bytes: must be >= 0 (got {num_bytes})")
         cfg = self.config
-        t_request = time.perf_counter()
+        t_request = self._clock()
         with self._cond:
             ticket = self._next_ticket
             self._next_ticket += 1
@@ -178,21 +191,21 @@ class Link:
             if not got:
                 self._abandoned.add(ticket)
                 self._failed += 1
-                rec = TransferRecord(cfg.name, cfg.src, cfg.dst, num_bytes, t_request, time.perf_counter(),
+                rec = TransferRecord(cfg.name, cfg.src, cfg.dst, num_bytes, t_request, self._clock(),
                                      Outcome.TIMEOUT, f"link busy for more than {timeout_s} s", tag)
                 self._records.append(rec)
                 return TransferResult(None, rec)
-        start = time.perf_counter()
+        start = self._clock()
         value, outcome, cause = None, Outcome.OK, ""
         try:
             if fn is not None:
                 value = fn()
         except Exception as e:  # the copy's failure becomes the record's cause
             outcome, cause = Outcome.ERROR, f"{type(e).__name__}: {e}"
-        remaining = self.emulated_s(num_bytes) - (time.perf_counter() - start)
+        remaining = self.emulated_s(num_bytes) - (self._clock() - start)
         if remaining > 0 and outcome is Outcome.OK:
-            time.sleep(remaining)
-        finish = time.perf_counter()
+            self._sleep(remaining)
+        finish = self._clock()
         rec = TransferRecord(cfg.name, cfg.src, cfg.dst, num_bytes, start, finish, outcome, cause, tag)
         with self._cond:
             self._records.append(rec)

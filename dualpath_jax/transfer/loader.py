@@ -15,6 +15,15 @@ H2D / CNIC path), whose record gives bytes and start/finish times. Where the bac
 ``pinned_host`` memory kind and is not the CPU, the host arrays are first staged into pinned
 host memory (off the link) so the H2D copy is a DMA from page-locked memory.
 
+The arrays :meth:`LayerwiseLoader.get` hands out own their memory: they never share it with the
+host arrays ``fetch`` returned, so ``fetch`` may gather every layer into the same few staging
+buffers (layer l+depth is fetched while layer l is in use). ``jax.device_put`` alone does not
+ensure this: on the CPU backend it aliases a 64-byte-aligned numpy buffer zero-copy instead of
+copying it. After each transfer the loader compares the device buffers' addresses with the host
+arrays' byte ranges and copies any leaf that aliases one (into a fresh aligned buffer that only
+the device array references). On accelerators the transfer lands in device memory, nothing
+aliases, and no copy is added; on CPU the copy replaces the copy the transfer skipped.
+
 Device bytes held are measured from the live ``jax.Array`` s the loader holds (``nbytes`` of
 arrays not yet deleted), and the peak is kept for reports.
 """
@@ -46,6 +55,33 @@ def tree_nbytes(tree) -> int:
     return total
 
 
+def _byte_range(x) -> tuple[int, int] | None:
+    """``[start, end)`` addresses of ``x``'s buffer (numpy or single-device jax array), None if unknown."""
+    if isinstance(x, np.ndarray):
+        if x.nbytes == 0:
+            return None
+        lo, hi = np.lib.array_utils.byte_bounds(x) if hasattr(np.lib, "array_utils") else np.byte_bounds(x)
+        return lo, hi
+    if isinstance(x, jax.Array) and not x.is_deleted() and x.nbytes:
+        try:
+            start = x.unsafe_buffer_pointer()
+        except Exception:  # not a single buffer (sharded, or a backend without the query)
+            return None
+        return start, start + int(x.nbytes)
+    return None
+
+
+def _aligned_copy(x) -> np.ndarray:
+    """A C-contiguous copy of ``x`` in a new 64-byte-aligned buffer (a CPU device_put aliases it, so
+    the copy is made once; nothing else references the buffer)."""
+    src = np.asarray(x)
+    raw = np.empty(src.nbytes + 64, np.uint8)
+    off = (-raw.ctypes.data) % 64
+    out = raw[off:off + src.nbytes].view(src.dtype).reshape(src.shape)
+    np.copyto(out, src)
+    return out
+
+
 class LoaderError(RuntimeError):
     """A layer could not be delivered: ``cause`` is ``"timeout"``, ``"closed"`` or the copy's error."""
 
@@ -72,7 +108,9 @@ class LayerwiseLoader:
     Args:
       num_layers: L; layers are loaded in order 0..L-1.
       fetch: ``fetch(layer)`` returns the host pytree (numpy arrays) of that layer's KV, e.g. a
-        batch's LayerKVs gathered from Layer Blocks in the PE buffer. Called on the loader thread.
+        batch's LayerKVs gathered from Layer Blocks in the PE buffer. Called on the loader thread,
+        in layer order, up to ``depth`` layers ahead of the consumer; its arrays may be reused
+        (overwritten) by a later call, since the device arrays never alias them.
       link: the link carrying the bytes; default an unlimited PE_BUFFER -> PE_HBM link.
       depth: most layers held on the device at once (>= 1).
       device: target device (default ``jax.devices()[0]``).
@@ -127,28 +165,42 @@ class LayerwiseLoader:
             self._thread.start()
         return self
 
-    def _put(self, host):
-        arrays = jax.device_put(host, self._device_sharding)
-        return jax.block_until_ready(arrays)
+    def _put(self, fetched, host):
+        """Move ``host`` (the fetched tree, or its pinned staging) to the device; the result shares
+        no memory with ``fetched`` or ``host`` (see the module docstring)."""
+        arrays = jax.block_until_ready(jax.device_put(host, self._device_sharding))
+        host_ranges = [r for r in map(_byte_range, jax.tree_util.tree_leaves((fetched, host))) if r is not None]
+        leaves, treedef = jax.tree_util.tree_flatten(arrays)
+        owned = []
+        for leaf in leaves:
+            r = _byte_range(leaf)
+            if r is not None and any(r[0] < hi and lo < r[1] for lo, hi in host_ranges):
+                # the "copy" aliased host memory that fetch may reuse: give the device array its own
+                leaf = jax.block_until_ready(jax.device_put(_aligned_copy(leaf), self._device_sharding))
+            owned.append(leaf)
+        return jax.tree_util.tree_unflatten(treedef, owned)
 
     def _recount(self) -> None:  # caller holds the lock; bytes of live held arrays
         self._held_bytes = sum(tree_nbytes(t) for t in self._held.values())
         self._peak_bytes = max(self._peak_bytes, self._held_bytes)
 
     def _prepare_host(self, layer: int):
-        """Host-side part of a layer's load: fetch (e.g. gather from the PE buffer) and staging."""
-        host = self._fetch(layer)
+        """Host-side part of a layer's load: fetch (e.g. gather from the PE buffer) and staging.
+
+        Returns ``(fetched, host)``: what ``fetch`` returned, and what to move (the same, or its
+        pinned staging)."""
+        fetched = host = self._fetch(layer)
         if self._stage_sharding is not None:
-            host = jax.block_until_ready(jax.device_put(host, self._stage_sharding))
-        return host
+            host = jax.block_until_ready(jax.device_put(fetched, self._stage_sharding))
+        return fetched, host
 
     def _run(self) -> None:
         for layer in range(self.num_layers):
             # Host-side preparation needs no device slot: do it while waiting for one.
             t0 = time.perf_counter()
-            host, error = None, None
+            fetched, host, error = None, None, None
             try:
-                host = self._prepare_host(layer)
+                fetched, host = self._prepare_host(layer)
             except Exception as e:  # fetch/staging failure -> typed error for the consumer
                 error = LoaderError(layer, f"{type(e).__name__}: {e}")
             with self._cond:
@@ -161,12 +213,12 @@ class LayerwiseLoader:
                 return
             record = None
             if error is None:
-                res = self.link.transfer(tree_nbytes(host), lambda h=host: self._put(h),
+                res = self.link.transfer(tree_nbytes(host), lambda f=fetched, h=host: self._put(f, h),
                                          timeout_s=self.timeout_s, tag=f"layer{layer}")
                 record = res.record
                 if not res.ok:
                     error = LoaderError(layer, f"{record.outcome.value}: {record.cause}", record)
-            del host
+            del fetched, host
             with self._cond:
                 if record is not None:
                     self._records.append(record)
