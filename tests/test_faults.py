@@ -2,6 +2,7 @@
 and the teacher-forced replay whose hits the simulator predicts exactly."""
 
 import dataclasses
+import threading
 
 import jax
 import numpy as np
@@ -101,8 +102,35 @@ def test_every_worker_kind_survives_a_crash(model, clean, worker):
     assert [e["worker"] for e in res.worker_errors] == [worker]
     if worker.endswith("-persist"):  # a lost persist costs a later hit, not the request
         assert not res.failed_attempts
-    else:
+    elif worker.startswith("reader") or worker.endswith("-send"):  # one request's job: only it runs again,
+        assert len(res.failed_attempts) == 1  # not the others of its forward (whose hit KV it must not drop)
+    else:  # a forward's or a decode step's requests
         assert len(res.failed_attempts) >= 1
+
+
+def test_a_request_failing_during_a_forward_does_not_fail_its_batch_mates(model, clean, monkeypatch):
+    # the controller drops a failed request's hit blocks while the PE's layer-wise loader may still
+    # be reading them for the forward that holds it with others
+    from dualpath_jax.engine import pe as pe_module
+    real, seen = pe_module.PrefillWorker._forward, []
+
+    def forward(self, entries):
+        victim = entries[0][0].req
+        if not seen and len(entries) >= 2 and victim.hit_blocks:
+            seen.append(victim)
+            self.ctx.on_failed(victim, "failed elsewhere")
+            while not victim.error:  # until the controller has handled it (and dropped its buffers)
+                threading.Event().wait(0.001)
+        return real(self, entries)
+
+    cfg = ClusterConfig(**FAST).for_variant("dualpath")
+    store = KVStore(model[2], StoreConfig(backend="memory"))
+    _run(model, cfg, store=store)  # a warm store: the three agents' first rounds arrive together, with hits
+    monkeypatch.setattr(pe_module.PrefillWorker, "_forward", forward)
+    res = _run(model, cfg, store=store)
+    assert seen, "no forward held two requests with a hit"
+    _assert_all_correct(model, res, clean)
+    assert [r.error for r in res.failed_attempts] == ["failed elsewhere"]
 
 
 def test_random_faults_of_every_kind_keep_tokens_and_lose_nothing(model, clean):

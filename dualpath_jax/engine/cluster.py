@@ -23,7 +23,8 @@ putting events on the controller's queue. Scheduling runs through the same
 **Supervision.** Every worker thread's job runs under a handler: an unexpected exception (a
 bug, an out-of-memory error, an injected crash, :mod:`.faults`) is reported to the controller
 (``ClusterResult.worker_errors``), the attempts the job held fail with that cause and release
-what they held, and the worker goes on with its next job. A failed attempt is run again from
+what they held (a persister's job holds only the block it writes, which is then not stored), and
+the worker goes on with its next job. A failed attempt is run again from
 the start (lookup, placement, reads) up to ``max_attempts`` times; the KV it already persisted
 is reused like any other hit. Only a request that can never fit (a prompt larger than the PE's
 device KV budget or the DE buffer) or that exhausts its attempts fails, with its cause; an
@@ -238,6 +239,10 @@ class EngineCluster:
         self._bar.close()
         for w in (*self.pes.values(), *self.des.values(), *self.readers.values()):
             w.stop()
+        while not self._events.empty():  # errors of jobs that ran while the workers stopped
+            ev = self._events.get_nowait()
+            if ev[0] == "worker_error":
+                self._handle(ev)
         wall = ctx.now()
         leaks = self._reconcile()
         store_after = self.store.stats()
@@ -378,10 +383,14 @@ class EngineCluster:
                 self.des[req.de].join(req)
         elif kind == "finished":
             self._release_de(req)
+            if req.error:  # (cannot happen: a request is finished or failed, never both)
+                return
             req.finish_seen_s = self.ctx.now()
             if not math.isnan(req.persist_seen_s):
                 self._next_round(req, failed=False)
         elif kind == "persisted":
+            if req.error:
+                return
             req.persist_seen_s = self.ctx.now()
             if not math.isnan(req.finish_seen_s):
                 self._next_round(req, failed=False)
@@ -453,13 +462,13 @@ class EngineCluster:
         pn, dn = self.node_of[req.pe], self.node_of[req.de]
         plan = self.driver.read_plan(req.sched, pn, dn, hit, z)
         req.side, req.de_blocks = plan
-        if self.config.loading == "oracle":
+        if self.config.loading == "oracle":  # no KV I/O: no read queue either (as in the simulator)
             jobs = [ReadJob(req, "pe", pn, 0, hit)] if hit else []
         else:
             jobs = [j for j in (ReadJob(req, "de", dn, 0, plan.de_blocks), ReadJob(req, "pe", pn, plan.de_blocks, hit))
                     if j.last > j.first]
-        for j in jobs:  # the reader takes them out again as it reads
-            self.read_q.add(j.node, (j.last - j.first) * z)
+            for j in jobs:  # the reader takes them out again as it reads
+                self.read_q.add(j.node, (j.last - j.first) * z)
         req.pending_reads = len(jobs)
         for j in jobs:
             self.readers[j.node].submit(j)

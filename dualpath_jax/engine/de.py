@@ -103,9 +103,9 @@ class DecodeWorker:
         self._persists.put(None)
         self._persister.join(timeout=self.ctx.config.timeout_s)
         if not self._thread.is_alive():  # rows left at a deadline or an abort: their requests failed
-            for row in self._active:
+            for row in [r for r in self._active if r.req.error]:  # (any other row is a leak to report)
+                self._active.remove(row)
                 self._free_row(row)
-            self._active = []
 
     @property
     def free_blocks(self) -> int:
@@ -316,10 +316,12 @@ class DecodeWorker:
 
     def _finish(self, row: _Row) -> None:
         req = row.req
-        req.finish_s = self.ctx.now()
         self._free_row(row)
         with req.lock:
+            if req.error:  # failed meanwhile (its attempt is already being run again): not finished
+                return
             req.finished = True
+            req.finish_s = self.ctx.now()
             done = req.pending_persists == 0
         self.ctx.on_finished(req)
         if done:

@@ -12,15 +12,17 @@ lands. What the runtime must guarantee under them (``tests/test_faults.py``, ``s
 * **slow reads**: a read job waits ``slow_read_s`` before its reads start (a congested or
   throttled storage node).
 * **transfer failures**: one hop of a KV move (SNIC read, CNIC H2D, PE<->DE RDMA, persist)
-  fails as a timed-out or broken transfer would (``TransferFailed``). A failed persist loses
-  that block (the next round recomputes it); any other failed move fails the request's attempt,
-  which is run again (``ClusterConfig.max_attempts``).
+  fails as a timed-out or broken transfer would (``TransferFailed``), before any byte moved
+  (counted in ``ClusterResult.faults``, not in the links' failed transfers). A failed persist
+  loses that block (the next round recomputes it); any other failed move fails the request's
+  attempt, which is run again (``ClusterConfig.max_attempts``).
 * **worker crashes**: a worker's job raises ``InjectedCrash`` (a ``RuntimeError``) at its start,
   as an unexpected bug or an out-of-memory error would: a PE forward, a DE join or decode step,
   a node reader's job, a PE sender's or a DE persister's job. ``crash_rate`` crashes random jobs;
   ``crash_worker`` crashes one named worker once, after ``crash_after_jobs`` of its jobs or at
   its first job after ``crash_at_s`` seconds. The runtime's supervision catches it, fails the
-  attempts the job held, releases what they held, and runs them again.
+  attempts the job held, releases what they held, and runs them again; a persister's crash only
+  loses the block it was writing, as a failed persist does.
 
 Worker names: ``pe<e>`` (forwards), ``de<e>`` (joins and steps), ``reader<n>`` (node ``n``'s read
 jobs), ``pe<e>-send`` and ``de<e>-persist``, with the engine's global id.

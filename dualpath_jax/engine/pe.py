@@ -57,6 +57,10 @@ class PrefillItem:
     first: bool = True
     chunk_kv: list | None = None  # per layer, the host LayerKV of the computed chunks' tokens
     buffer_wait_since: float | None = None
+    # the hit blocks this PE reads (``req.pe_hit``/``req.de_hit`` when it was queued): a failure
+    # handled by the controller meanwhile drops the request's lists, not these
+    pe_hit: list = dataclasses.field(default_factory=list)
+    de_hit: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +135,8 @@ class PrefillWorker:
 
     def enqueue(self, req: RequestState) -> None:
         """Add a request whose hit KV is in the buffers (``req.hit_blocks`` final)."""
-        item = PrefillItem(req, req.hit_tokens, req.prompt_tokens - req.hit_tokens)
+        item = PrefillItem(req, req.hit_tokens, req.prompt_tokens - req.hit_tokens, pe_hit=req.pe_hit,
+                           de_hit=req.de_hit)
         with self._cond:
             self._ready.append(item)
             self._cond.notify_all()
@@ -160,7 +165,8 @@ class PrefillWorker:
             except Exception as e:  # noqa: BLE001 - supervision: fail this forward's requests, go on
                 cause = self.ctx.worker_error(self.name, e)
                 for it in [it for it, _ in entries] or fifo[:1]:
-                    self._drop(it, f"prefill: {cause}")
+                    if not it.req.handed_off:  # one already handed to its DE is the DE's now
+                        self._drop(it, f"prefill: {cause}")
 
     def _form_batch(self, fifo: list[PrefillItem]) -> list[tuple[PrefillItem, int]]:
         ctx = self.ctx
@@ -190,7 +196,7 @@ class PrefillWorker:
         ctx, req = self.ctx, item.req
         if not item.first or ctx.fabric.bypass or req.de_send_lease is not None:
             return True
-        pe_hit = self._pe_hit_tokens(req)
+        pe_hit = self._pe_hit_tokens(item)
         nbytes = (pe_hit + req.prompt_tokens - req.hit_tokens) * ctx.bytes_per_token
         pool = ctx.fabric.buffer_of(ctx.fabric.node_of(req.de))
         if nbytes > pool.capacity_bytes:
@@ -207,12 +213,12 @@ class PrefillWorker:
                              f"{ctx.config.timeout_s} s")
         return False
 
-    def _pe_hit_tokens(self, req: RequestState) -> int:
+    def _pe_hit_tokens(self, it: PrefillItem) -> int:
         """Hit tokens whose blocks sit in the PE buffer (the rest, if any, in the DE buffer)."""
-        return max(0, req.hit_blocks - len(req.de_hit)) * req.block_tokens
+        return max(0, it.req.hit_blocks - len(it.de_hit)) * it.req.block_tokens
 
-    def _de_hit_tokens(self, req: RequestState) -> int:
-        return min(len(req.de_hit), req.hit_blocks) * req.block_tokens
+    def _de_hit_tokens(self, it: PrefillItem) -> int:
+        return min(len(it.de_hit), it.req.hit_blocks) * it.req.block_tokens
 
     @property
     def shapes(self) -> set:
@@ -229,7 +235,7 @@ class PrefillWorker:
         bt = ctx.bytes_per_token_per_layer
         pe_bytes, de_bytes = 0, {}
         for it, _ in entries:
-            de_tok = self._de_hit_tokens(it.req)
+            de_tok = self._de_hit_tokens(it)
             pe_bytes += (it.cached - de_tok) * bt
             if de_tok:
                 de_bytes[it.req.de] = de_bytes.get(it.req.de, 0) + de_tok * bt
@@ -277,11 +283,11 @@ class PrefillWorker:
         blocks, PE-side hit blocks, then the KV of its computed chunks."""
         layout, req = self.ctx.layout, it.req
         parts = []
-        n_de = min(len(req.de_hit), req.hit_blocks)
+        n_de = min(len(it.de_hit), req.hit_blocks)
         if n_de:
-            parts.append(gather_layer(layout, req.de_hit[:n_de], layer, dtype=np.float32))
+            parts.append(gather_layer(layout, it.de_hit[:n_de], layer, dtype=np.float32))
         if req.hit_blocks > n_de:
-            parts.append(gather_layer(layout, req.pe_hit[:req.hit_blocks - n_de], layer, dtype=np.float32))
+            parts.append(gather_layer(layout, it.pe_hit[:req.hit_blocks - n_de], layer, dtype=np.float32))
         if it.chunk_kv:
             parts.append(it.chunk_kv[layer])
         return parts
@@ -307,7 +313,7 @@ class PrefillWorker:
             try:
                 if not req.error:
                     ctx.job(f"{self.name}-send")
-                    self._send(req, layer, new, start, first, bt)
+                    self._send(it, layer, new, start, first, bt)
             except TransferFailed as e:
                 ctx.on_failed(req, f"PE->DE hand-off: {e}")
             except Exception as e:  # noqa: BLE001 - supervision: fail this request, go on
@@ -317,19 +323,20 @@ class PrefillWorker:
                     req.pending_sends -= 1
             self._maybe_hand_off(req)
 
-    def _send(self, req: RequestState, layer: int, new: tuple, start: int, first: bool, bt: int) -> None:
-        ctx = self.ctx
+    def _send(self, it: PrefillItem, layer: int, new: tuple, start: int, first: bool, bt: int) -> None:
+        ctx, req = self.ctx, it.req
         segments = []
-        n_de = self._de_hit_tokens(req) // req.block_tokens
+        n_de = self._de_hit_tokens(it) // req.block_tokens
         if first and req.hit_blocks > n_de:
-            hit = gather_layer(ctx.layout, req.pe_hit[:req.hit_blocks - n_de], layer, dtype=np.float32)
+            hit = gather_layer(ctx.layout, it.pe_hit[:req.hit_blocks - n_de], layer, dtype=np.float32)
             segments.append((n_de * req.block_tokens, hit[0], hit[1]))
         segments.append((start, new[0], new[1]))
         ntok = sum(len(s[1]) for s in segments)
 
         def deposit():
             with req.lock:
-                req.segments[layer].extend(segments)
+                if not req.error:  # a failed request's segments were dropped
+                    req.segments[layer].extend(segments)
 
         ctx.fabric.carry(ctx.fabric.pe_to_de(self.engine_id, req.de), ntok * bt, deposit, tag=f"kv_out/r{req.rid}")
 

@@ -69,7 +69,8 @@ class NodeReader:
         ``on_error(job, cause)`` when the job could not run (buffer timeout, link failure, an
         unexpected exception of the job, which is also reported to the controller).
 
-    Every job takes its tokens out of ``read_q`` exactly once, whatever happens to it.
+    Every job takes its tokens out of ``read_q`` exactly once, whatever happens to it (``oracle``
+    jobs never enter it).
     ``bypass_bytes``: bytes read without a link (``oracle``); ``discarded_bytes``: bytes the
     store returned that were not used (after a failed block, or of an interrupted job).
     """
@@ -102,24 +103,28 @@ class NodeReader:
                 return
             done = [0]  # blocks of the job already taken out of read_q
             try:
-                self.ctx.job(self.name)
                 self._read(job, done)
             except (RequestFailed, TransferFailed, BufferTimeoutError, ValueError) as e:
                 self.on_error(job, f"read on {job.side} side: {e}")
             except Exception as e:  # noqa: BLE001 - supervision: report, fail the job, go on
                 self.on_error(job, f"read on {job.side} side: {self.ctx.worker_error(self.name, e)}")
             finally:
-                z = job.req.block_tokens
-                self.read_q.add(self.node, -(job.last - job.first - done[0]) * z)
+                self._dequeue(job, job.last - job.first - done[0])
+
+    def _dequeue(self, job: ReadJob, blocks: int) -> None:
+        """Take ``blocks`` of ``job`` out of the node's read queue (``oracle`` reads never enter it)."""
+        if blocks and not self.fabric.bypass:
+            self.read_q.add(self.node, -blocks * job.req.block_tokens)
 
     def _read(self, job: ReadJob, done: list) -> None:
-        req, z = job.req, job.req.block_tokens
+        req = job.req
         layout = self.store.layout
         n = job.last - job.first
         nbytes = n * layout.full_block_bytes
         if req.error:  # failed meanwhile: nothing to read for it
             self.on_done(job, [], [])
             return
+        self.ctx.job(self.name)
         lease = None
         if not self.fabric.bypass:
             lease = self.fabric.buffer_of(self.node).acquire(nbytes, timeout_s=self.timeout_s)
@@ -149,7 +154,7 @@ class NodeReader:
                     else:
                         self.bypass_bytes += res.block.nbytes
                     blocks.append(res.block)
-                self.read_q.add(self.node, -z)
+                self._dequeue(job, 1)
                 done[0] += 1
         except BaseException:
             self._discard(futures[i:])

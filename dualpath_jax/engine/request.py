@@ -39,10 +39,12 @@ class RequestState:
     read on the DE side (``sched.ReadPlan``).
 
     Generation is teacher-forced (a faithful agentic replay): ``forced i32[G]`` are the round's
-    reference output tokens (``workload.gen_token_ids``), the tokens the next round's prompt is
-    built from; decode step ``t`` feeds ``forced[t - 1]`` and ``generated`` records the model's
-    greedy choice at every position (checked against a no-cache recompute). The KV the DE
-    persists is therefore the KV of exactly the tokens a later prompt contains.
+    reference output tokens (``workload.gen_token_ids``); decode step ``t`` feeds ``forced[t - 1]``
+    and ``generated`` records the model's greedy choice at every position (checked against a
+    no-cache recompute). For a stream trajectory these are the tokens the next round's prompt
+    continues with, so the KV the DE persists is exactly what that prompt hits. A trace (hashed)
+    round's next prompt is defined by its hash ids, which do not record the output, so there the
+    decode blocks are persisted but not hit (the trajectory's hits do not count them either).
 
     ``attempt`` counts runs of the same round (1 = first); a failed attempt that is run again
     is kept with ``retried`` set and is not one of the run's requests.
@@ -125,9 +127,9 @@ class RequestState:
         self.pe_hit, self.de_hit, self.segments = [], [], []
 
     def attach_lease(self, attr: str, lease: Lease | None) -> bool:
-        """Store ``lease`` as ``self.<attr>`` unless the request has failed, in which case the
-        lease is released at once (a failure's ``release_buffers`` may already have run).
-        Returns whether the request is still live."""
+        """Store ``lease`` as ``self.<attr>``; if the request has failed, also release it at once
+        (the failure's ``release_buffers`` may have run before the lease was stored). Returns
+        whether the request is still live."""
         with self.lock:
             setattr(self, attr, lease)
             live = not self.error

@@ -56,6 +56,7 @@ class Lease:
         self._arrays: list[np.ndarray] = []
         self._held = 0
         self._released = False
+        self._lock = threading.Lock()
 
     @property
     def held_bytes(self) -> int:
@@ -90,10 +91,12 @@ class Lease:
         return self.hold(np.empty(shape, dtype))
 
     def release(self) -> None:
-        """Drop the arrays and return the reservation to the pool (idempotent)."""
-        if self._released:
-            return
-        self._released = True
+        """Drop the arrays and return the reservation to the pool (idempotent and thread-safe: of
+        two threads releasing one lease at once, exactly one gives the bytes back)."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
         self._arrays.clear()
         self._held = 0
         self.pool._give_back(self.num_bytes)
