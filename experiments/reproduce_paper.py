@@ -48,6 +48,8 @@ _SCHEDULER = flags.DEFINE_string(
     "scheduler", None, "Scheduler plug-in for every study's runs: a ClusterScheduler subclass 'pkg.module:Class' "
     "(importable, e.g. with PYTHONPATH=.); empty: the built-in scheduler; unset: each config's own.")
 
+cli.define_sweep_flags()
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -78,7 +80,7 @@ def main(argv):
     if _SCHEDULER.value is not None:
         print(f"scheduler {scheduler or '(built-in)'}", flush=True)
     writers.write_env(workdir, device="simulator (virtual time)")
-    cache = RunCache()  # runs shared across studies
+    cache = RunCache(sweep=cli.sweep_from_flags())  # runs shared across studies; --workers: where they execute
     named, wall, errors = {}, {}, {}
     for study in studies:
         print(f"\n=== {study} ({arg or 'full'}) ===", flush=True)

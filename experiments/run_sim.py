@@ -38,7 +38,7 @@ from ml_collections import config_flags
 from dualpath_jax.config import overridden_fields
 from dualpath_jax.metrics import writers
 from dualpath_jax.sched import scheduler_name
-from dualpath_jax.studies import check_sim_overrides, cli, from_config_dict, run_study
+from dualpath_jax.studies import RunCache, check_sim_overrides, cli, from_config_dict, run_study
 from dualpath_jax.studies.config import describe_study_config
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -50,6 +50,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "trace). --print_config lists every field.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (new or empty; --overwrite replaces an earlier run).")
 flags.mark_flags_as_required(["config"])
+cli.define_sweep_flags()
 
 
 def main(argv):
@@ -64,7 +65,8 @@ def main(argv):
     if scheduler_name(study.scheduler):
         print(f"scheduler {scheduler_name(study.scheduler)}", flush=True)
     t0 = time.perf_counter()
-    named = run_study(study, workdir, log=lambda s: print(s, flush=True))
+    cache = RunCache(sweep=cli.sweep_from_flags())  # --workers / --ray_address: where the runs execute
+    named = run_study(study, workdir, log=lambda s: print(s, flush=True), cache=cache)
     named["wall_s"] = time.perf_counter() - t0
     writers.write_named_values(workdir, named)
     writers.append_metrics(workdir, {"study": config.study, "scheduler": scheduler_name(study.scheduler), **named})

@@ -26,7 +26,8 @@ _LAZY = {  # public name -> the submodule that defines it (loaded on first use: 
     "WorkloadSpec": "common",
     **dict.fromkeys(["STUDY_CONFIGS", "StudyConfig", "check_sim_overrides", "from_config_dict"], "config"),
     **dict.fromkeys(["STUDIES", "run_study"], "registry"),
-    **dict.fromkeys(["RunCache", "offline_run", "online_run", "paper_workload", "run_offline"], "runs"),
+    **dict.fromkeys(["RunCache", "offline_run", "offline_runs", "online_run", "paper_workload", "run_offline"], "runs"),
+    "Sweep": "sweep",
 }
 
 __all__ = sorted(_LAZY)

@@ -12,7 +12,7 @@ from dualpath_jax.sched import scheduler_name
 from dualpath_jax.studies.common import cluster_label
 from dualpath_jax.studies.config import AblationStudyConfig
 from dualpath_jax.studies.plots import plot_ablation
-from dualpath_jax.studies.runs import Log, RunCache, offline_run
+from dualpath_jax.studies.runs import Log, RunCache, offline_runs
 
 __all__ = ["ablation"]
 
@@ -34,11 +34,12 @@ def ablation(config: AblationStudyConfig, workdir: Path, log: Log = print, *, ca
     variants = list(config.variants)
     per_size: dict[int, dict] = {}
     wl = config.workload.replace(mal=config.mal, seed=config.seed)
-    for n in config.num_agents:
-        wl = wl.replace(num_agents=int(n))
-        log(f"{base.model} {cluster_label(base)}, {wl.label}, {n} agents")
-        per_size[int(n)] = {v: offline_run(base, v, wl, log, scheduler_cls=config.scheduler, cache=cache)
-                            for v in variants}
+    log(f"{base.model} {cluster_label(base)}, {wl.label}, {', '.join(str(n) for n in config.num_agents)} agents")
+    keys = [(int(n), v) for n in config.num_agents for v in variants]
+    runs = offline_runs(base, [(v, wl.replace(num_agents=n)) for n, v in keys], log, scheduler_cls=config.scheduler,
+                        cache=cache)
+    for (n, v), s in zip(keys, runs):
+        per_size.setdefault(n, {})[v] = s
     rows, summary = [], {}
     basic_jct = None
     for v in variants:

@@ -27,7 +27,8 @@ from dualpath_jax.config import ConfigError, argv_flag_values, describe_config, 
 from dualpath_jax.metrics import writers
 from dualpath_jax.workload.errors import TraceFormatError
 
-__all__ = ["USER_ERRORS", "run", "open_workdir", "check_finished", "one_line", "define_config_file"]
+__all__ = ["USER_ERRORS", "run", "open_workdir", "check_finished", "one_line", "define_config_file", "define_sweep_flags",
+           "sweep_from_flags"]
 
 FLAGS = flags.FLAGS
 _VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, show the full traceback instead of one line.")
@@ -69,6 +70,25 @@ def define_config_file(name: str, default: str, help_text: str):
     if not any(a in (f"--{name}", f"-{name}") or a.startswith((f"--{name}=", f"-{name}=")) for a in sys.argv[1:]):
         sys.argv.insert(1, f"--{name}={default}")
     return config_flags.DEFINE_config_file(name, default, help_text)
+
+
+def define_sweep_flags() -> None:
+    """``--workers`` and ``--ray_address`` for a script whose studies run many independent runs
+    (:class:`~dualpath_jax.studies.sweep.Sweep`); read them with :func:`sweep_from_flags`."""
+    flags.DEFINE_integer("workers", 1, "Independent simulated runs at once: 1 runs them one after another in this "
+                         "process; N > 1 runs them as Ray tasks on a local Ray instance of N CPUs.")
+    flags.DEFINE_string("ray_address", "", "Run the independent runs on this Ray cluster ('auto' or HOST:PORT, "
+                        "started with `ray start --head` / `ray start --address=...`) instead.")
+
+
+def sweep_from_flags(progress: bool | None = None):
+    """The :class:`~dualpath_jax.studies.sweep.Sweep` of ``--workers`` / ``--ray_address``.
+
+    Raises:
+      ConfigError: naming ``workers``.
+    """
+    from dualpath_jax.studies.sweep import Sweep
+    return Sweep(FLAGS.workers, FLAGS.ray_address, progress=progress)
 
 
 def _dotted_names(node, prefix: str = "") -> list[str]:

@@ -31,7 +31,7 @@ from dualpath_jax.studies.common import cluster_label, parse_cluster, with_clust
 from dualpath_jax.studies.config import (BalanceStudyConfig, Fig7StudyConfig, Fig8StudyConfig, Fig9StudyConfig,
                                          PdSweepStudyConfig)
 from dualpath_jax.studies.plots import plot_panels
-from dualpath_jax.studies.runs import Log, RunCache, offline_run, ratio, scheduler_label
+from dualpath_jax.studies.runs import Log, RunCache, offline_runs, ratio, scheduler_label
 
 __all__ = ["fig7", "fig8", "fig9", "pd_sweep", "balance"]
 
@@ -67,12 +67,9 @@ def fig7(config: Fig7StudyConfig, workdir: Path, log: Log = print, *, cache: Run
     for rc in config.rows:
         base = rc.sim
         log(f"{rc.label}: {base.model} {cluster_label(base)}, kv {base.kv_dtype}, weights {base.weight_dtype}")
-        for mal in config.mals:
-            for n in config.num_agents:
-                wl = config.workload.replace(mal=mal, num_agents=int(n))
-                for v in config.variants:
-                    results[(rc.key, mal, int(n), v)] = offline_run(base, v, wl, log, scheduler_cls=config.scheduler,
-                                                                    cache=cache)
+        keys = [(rc.key, mal, int(n), v) for mal in config.mals for n in config.num_agents for v in config.variants]
+        runs = [(v, config.workload.replace(mal=mal, num_agents=n)) for _, mal, n, v in keys]
+        results.update(zip(keys, offline_runs(base, runs, log, scheduler_cls=config.scheduler, cache=cache)))
     _speedups(results, lambda k, v: (*k[:3], v))
     rows, panels = [], []
     row_order = [rc.key for rc in config.rows]
@@ -112,13 +109,10 @@ def fig8(config: Fig8StudyConfig, workdir: Path, log: Log = print, *, cache: Run
     returns the JCT (seconds) per cluster at the largest batch and DualPath's speedup per cluster."""
     workdir = Path(workdir)
     cache = RunCache() if cache is None else cache
-    results: dict[tuple, dict] = {}
-    for c in config.clusters:
-        base = with_cluster(config.sim, c)
-        for n in config.num_agents:
-            wl = config.workload.replace(num_agents=int(n))
-            for v in config.variants:
-                results[(c, int(n), v)] = offline_run(base, v, wl, log, scheduler_cls=config.scheduler, cache=cache)
+    keys = [(c, int(n), v) for c in config.clusters for n in config.num_agents for v in config.variants]
+    bases = [with_cluster(config.sim, c) for c, _, _ in keys]
+    runs = [(v, config.workload.replace(num_agents=n)) for _, n, v in keys]
+    results = dict(zip(keys, offline_runs(bases, runs, log, scheduler_cls=config.scheduler, cache=cache)))
     _speedups(results, lambda k, v: (*k[:2], v))
     rows, panels = [], []
     for c in config.clusters:
@@ -157,13 +151,10 @@ def fig9(config: Fig9StudyConfig, workdir: Path, log: Log = print, *, cache: Run
     workdir = Path(workdir)
     cache = RunCache() if cache is None else cache
     base = config.sim
-    results: dict[tuple, dict] = {}
-    for kind in config.scale:
-        for f in config.factors:
-            wl = config.workload.replace(num_agents=int(config.num_agents), **{f"{kind}_factor": float(f)})
-            for v in config.variants:
-                results[(kind, float(f), v)] = offline_run(base, v, wl, log, scheduler_cls=config.scheduler,
-                                                           cache=cache)
+    keys = [(kind, float(f), v) for kind in config.scale for f in config.factors for v in config.variants]
+    runs = [(v, config.workload.replace(num_agents=int(config.num_agents), **{f"{kind}_factor": f}))
+            for kind, f, v in keys]
+    results = dict(zip(keys, offline_runs(base, runs, log, scheduler_cls=config.scheduler, cache=cache)))
     _speedups(results, lambda k, v: (*k[:2], v))
     rows, panels = [], []
     for kind in config.scale:
@@ -199,8 +190,14 @@ def pd_sweep(config: PdSweepStudyConfig, workdir: Path, log: Log = print, *, cac
     fraction inside / outside it."""
     workdir = Path(workdir)
     cache = RunCache() if cache is None else cache
-    rows, results = [], {}
+    rows = []
     nominal = eff = None
+    for c in config.clusters:
+        parse_cluster(c, "clusters")
+    keys = [(c, v) for c in config.clusters for v in config.variants]
+    results = dict(zip(keys, offline_runs([with_cluster(config.sim, c) for c, _ in keys],
+                                          [(v, config.workload) for _, v in keys], log,
+                                          scheduler_cls=config.scheduler, cache=cache)))
     for c in config.clusters:
         p, d = parse_cluster(c, "clusters")
         base = with_cluster(config.sim, c)
@@ -209,7 +206,6 @@ def pd_sweep(config: PdSweepStudyConfig, workdir: Path, log: Log = print, *, cac
         b_eff = hw.cnic_bytes_per_s * hw.cnic_kv_share
         s_eff = hw.node_snic_bytes_per_s / b_eff
         loads = analysis.link_loads(p / d, hw.gpus_per_node, s_eff, hw.dram_bytes_per_s / hw.node_snic_bytes_per_s)
-        wl = config.workload
         aggregate = (p + d) * min(hw.node_snic_bytes_per_s, hw.storage_bytes_per_s)
         row = {"cluster": c, "p_over_d": p / d, "in_eq9_range": nominal.contains(p / d),
                "in_eq9_range_kv_share": eff.contains(p / d), "busiest_link": max(loads, key=loads.get),
@@ -219,8 +215,7 @@ def pd_sweep(config: PdSweepStudyConfig, workdir: Path, log: Log = print, *, cac
                "bound_basic": analysis.basic_storage_fraction(p / d, hw.gpus_per_node, s_eff,
                                                               hw.dram_bytes_per_s / hw.node_snic_bytes_per_s)}
         for v in config.variants:
-            s = offline_run(base, v, wl, log, scheduler_cls=config.scheduler, cache=cache)
-            results[(c, v)] = s
+            s = results[(c, v)]
             row[f"sim_{v}"] = s["snic_read_bytes_per_s_busy"] / aggregate
             row[f"jct_s_{v}"] = s["jct_s"]
         if "basic" in config.variants and "dualpath" in config.variants:

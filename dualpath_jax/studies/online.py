@@ -36,7 +36,7 @@ from dualpath_jax.studies.common import cluster_label, with_cluster
 from dualpath_jax.studies.config import (OnlineRow, OnlineStudyConfig, Table3StudyConfig, TtftBreakdownStudyConfig,
                                          WorkingSetStudyConfig)
 from dualpath_jax.studies.plots import plot_panels, plot_stacked
-from dualpath_jax.studies.runs import TTFT_COMPONENTS, Log, RunCache, offline_run, online_run, ratio
+from dualpath_jax.studies.runs import TTFT_COMPONENTS, Log, RunCache, offline_runs, online_run, ratio
 
 __all__ = ["online", "ttft_breakdown", "working_set", "table3"]
 
@@ -231,16 +231,17 @@ def table3(config: Table3StudyConfig, workdir: Path, log: Log = print, *, cache:
     workdir = Path(workdir)
     cache = RunCache() if cache is None else cache
     rows = []
-    for cluster, n in config.offline_cases:
+    keys = [(cluster, int(n), v) for cluster, n in config.offline_cases for v in config.variants]
+    offline = offline_runs([with_cluster(config.sim, c, "offline_cases") for c, _, _ in keys],
+                           [(v, config.workload.replace(num_agents=n)) for _, n, v in keys], log,
+                           scheduler_cls=config.scheduler, cache=cache)
+    for (cluster, n, v), s in zip(keys, offline):
         base = with_cluster(config.sim, cluster, "offline_cases")
         gpus = (base.prefill_nodes + base.decode_nodes) * base.hardware.gpus_per_node
-        for v in config.variants:
-            s = offline_run(base, v, config.workload.replace(num_agents=n), log, scheduler_cls=config.scheduler,
-                            cache=cache)
-            rows.append({"mode": "offline", "cluster": cluster, "gpus": gpus,
-                         "agents": int(n), "aps": None, "variant": v, "jct_s": s["jct_s"],
-                         "ttft_mean_s": s["ttft_mean_s"], "ttst_mean_s": s["ttst_mean_s"], "tpot_ms": s["tpot_s"] * 1e3,
-                         "wall_s": s["wall_s"]})
+        rows.append({"mode": "offline", "cluster": cluster, "gpus": gpus,
+                     "agents": int(n), "aps": None, "variant": v, "jct_s": s["jct_s"],
+                     "ttft_mean_s": s["ttft_mean_s"], "ttst_mean_s": s["ttst_mean_s"], "tpot_ms": s["tpot_s"] * 1e3,
+                     "wall_s": s["wall_s"]})
     for cluster, aps, n in config.online_cases:
         base = with_cluster(config.sim, cluster, "online_cases")
         gpus = (base.prefill_nodes + base.decode_nodes) * base.hardware.gpus_per_node

@@ -34,7 +34,7 @@ from dualpath_jax.sim.runs import offline_starts, online_starts, summarize, vari
 from dualpath_jax.studies.common import WorkloadSpec, cluster_label
 from dualpath_jax.workload import TrajectorySet, paper_dataset
 
-__all__ = ["Log", "TTFT_COMPONENTS", "RunCache", "offline_run", "OnlineRun", "online_run", "run_offline",
+__all__ = ["Log", "TTFT_COMPONENTS", "RunCache", "offline_run", "offline_runs", "OnlineRun", "online_run", "run_offline",
            "paper_workload", "ttft_components", "mean_total_tokens", "ratio", "scheduler_label", "run_label",
            "workload_tag"]
 
@@ -50,14 +50,17 @@ class RunCache:
     Args:
       max_entries: runs kept (the least recently used is dropped first); online runs hold their
         request tables, so the bound limits memory.
+      sweep: where runs not memoised execute (:class:`~.sweep.Sweep`: serially in this process,
+        or in parallel on Ray); None: in this process.
 
     Raises:
       ConfigError: naming ``max_entries`` when it is not a positive integer.
     """
 
-    def __init__(self, max_entries: int = 24):
+    def __init__(self, max_entries: int = 24, *, sweep=None):
         check_positive("max_entries", max_entries, integer=True)
         self.max_entries = max_entries
+        self.sweep = sweep
         self._runs: collections.OrderedDict = collections.OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -74,6 +77,22 @@ class RunCache:
         while len(self._runs) > self.max_entries:
             self._runs.popitem(last=False)
         return value, False
+
+    def peek(self, key: Hashable) -> object | None:
+        """The value stored under ``key`` (counted as a hit and made most recent), or None."""
+        if key not in self._runs:
+            return None
+        self._runs.move_to_end(key)
+        self.hits += 1
+        return self._runs[key]
+
+    def put(self, key: Hashable, value: object) -> None:
+        """Store a run computed elsewhere (counted as a miss), dropping the least recent beyond the bound."""
+        self.misses += 1
+        self._runs[key] = value
+        self._runs.move_to_end(key)
+        while len(self._runs) > self.max_entries:
+            self._runs.popitem(last=False)
 
     def items(self) -> list[tuple[Hashable, object]]:
         """``(key, value)`` of every run held, least recently used first. Keys of
@@ -147,6 +166,31 @@ def _busy_read_rate(r: Mapping[str, np.ndarray], num_agents: int) -> dict:
     return {"busy_window_s": window, "snic_read_bytes_per_s_busy": rate}
 
 
+def _offline_summary(spec: tuple) -> dict:
+    """The simulated offline run of ``spec = (cfg, scheduler_cls, wl)`` (a picklable task)."""
+    cfg, scheduler_cls, wl = spec
+    ts = wl.build()
+    t0 = time.perf_counter()
+    res = Simulator(cfg, agents_from_trajectories(ts, offline_starts(ts)), scheduler_cls=scheduler_cls).run()
+    s = summarize(res, ts)
+    r = res.requests
+    s.update(snic_read_bytes=float(sum(s["snic_bytes"].values())), hit_tokens=float(np.sum(r["hit_tokens"])),
+             tokens=float(np.sum(r["hit_tokens"]) + np.sum(r["append_tokens"]) + np.sum(r["gen_tokens"])),
+             wall_s=time.perf_counter() - t0, **_busy_read_rate(r, len(ts)))
+    return s
+
+
+def _offline_out(s: dict, cfg: SimConfig, variant: str, wl: WorkloadSpec, scheduler_cls: type, cached: bool,
+                 log: Log | None) -> dict:
+    out = dict(s, variant=variant, cluster=cluster_label(cfg), num_agents=wl.num_agents, cached=cached)
+    if log:
+        log(f"  {cfg.model} {out['cluster']} {workload_tag(wl)} x{wl.append_factor:g}/x{wl.gen_factor:g} "
+            f"{wl.num_agents:6d} agents {run_label(variant, scheduler_cls)} JCT {out['jct_s']:9.1f} s  "
+            f"TTFT {out['ttft_mean_s']:7.2f} s  TPOT {out['tpot_s'] * 1e3:6.1f} ms  "
+            + ("(memoised)" if cached else f"({out['wall_s']:.1f} s wall)"))
+    return out
+
+
 def offline_run(base: SimConfig, variant: str, wl: WorkloadSpec, log: Log | None = print, *,
                 scheduler_cls: type = ClusterScheduler, cache: RunCache | None = None) -> dict:
     """Offline run (all agents at t = 0, paper section 7.2) of ablation ``variant`` on ``base``
@@ -159,26 +203,44 @@ def offline_run(base: SimConfig, variant: str, wl: WorkloadSpec, log: Log | None
     Raises:
       ConfigError: naming ``variants`` for an unknown variant.
     """
-    cfg = variant_config(base, variant)
+    return offline_runs(base, [(variant, wl)], log, scheduler_cls=scheduler_cls, cache=cache)[0]
 
-    def compute():
-        ts = wl.build()
-        t0 = time.perf_counter()
-        res = Simulator(cfg, agents_from_trajectories(ts, offline_starts(ts)), scheduler_cls=scheduler_cls).run()
-        s = summarize(res, ts)
-        r = res.requests
-        s.update(snic_read_bytes=float(sum(s["snic_bytes"].values())), hit_tokens=float(np.sum(r["hit_tokens"])),
-                 tokens=float(np.sum(r["hit_tokens"]) + np.sum(r["append_tokens"]) + np.sum(r["gen_tokens"])),
-                 wall_s=time.perf_counter() - t0, **_busy_read_rate(r, len(ts)))
-        return s
 
-    s, cached = _cached(cache, ("offline", cfg, scheduler_cls, wl), compute)
-    out = dict(s, variant=variant, cluster=cluster_label(cfg), num_agents=wl.num_agents, cached=cached)
-    if log:
-        log(f"  {cfg.model} {out['cluster']} {workload_tag(wl)} x{wl.append_factor:g}/x{wl.gen_factor:g} "
-            f"{wl.num_agents:6d} agents {run_label(variant, scheduler_cls)} JCT {out['jct_s']:9.1f} s  "
-            f"TTFT {out['ttft_mean_s']:7.2f} s  TPOT {out['tpot_s'] * 1e3:6.1f} ms  "
-            + ("(memoised)" if cached else f"({out['wall_s']:.1f} s wall)"))
+def offline_runs(base: SimConfig | Sequence[SimConfig], runs: Sequence[tuple[str, WorkloadSpec]],
+                 log: Log | None = print, *, scheduler_cls: type = ClusterScheduler,
+                 cache: RunCache | None = None) -> list[dict]:
+    """:func:`offline_run` of every ``(variant, workload)`` in ``runs`` (on ``base``, or on
+    ``base[i]`` for run ``i``), in order. The runs not memoised in ``cache`` go through its
+    :class:`~.sweep.Sweep` (``cache.sweep``: in this process, or in parallel on Ray), with the
+    same results either way.
+
+    Raises:
+      ConfigError: naming ``variants`` for an unknown variant.
+    """
+    bases = list(base) if isinstance(base, (list, tuple)) else [base] * len(runs)
+    if len(bases) != len(runs):
+        raise ValueError(f"base: {len(bases)} configs for {len(runs)} runs")
+    specs = [(variant_config(b, v), scheduler_cls, wl) for b, (v, wl) in zip(bases, runs)]
+    keys = [("offline", *spec) for spec in specs]
+    known = {k: cache.peek(k) for k in keys} if cache is not None else {}
+    todo = list(dict.fromkeys(k for k in keys if known.get(k) is None))
+    if todo:
+        sweep = cache.sweep if cache is not None else None
+        specs_todo = [k[1:] for k in todo]
+        fresh = sweep.map(_offline_summary, specs_todo, desc="offline runs") if sweep is not None \
+            else [_offline_summary(x) for x in specs_todo]
+        computed = dict(zip(todo, fresh))
+        if cache is not None:
+            for k, v in computed.items():
+                cache.put(k, v)
+    else:
+        computed = {}
+    out, shown = [], set()
+    for k, (cfg, _, wl), (v, _) in zip(keys, specs, runs):
+        s = known.get(k)
+        cached = s is not None or k in shown  # a run listed twice is computed once
+        out.append(_offline_out(computed[k] if s is None else s, cfg, v, wl, scheduler_cls, cached, log))
+        shown.add(k)
     return out
 
 
