@@ -92,6 +92,18 @@ def test_flipped_byte_is_a_checksum_mismatch(store, where):
     assert store.stats().failures["checksum_mismatch"] >= 2
 
 
+def test_flipped_byte_in_the_header_padding_is_caught(store):
+    keys, blocks = _keys(1), _blocks(1)
+    store.write(keys, blocks)
+    raw = bytearray(store.raw_read(keys[0]))
+    pad = 64 + 4 * SPEC.n_layers + 4  # fixed fields, per-layer checksums, header checksum; zeros up to header_bytes
+    assert pad < header_bytes(LAYOUT) and not any(raw[pad:header_bytes(LAYOUT)])
+    raw[header_bytes(LAYOUT) - 1] ^= 0x10
+    store.raw_write(keys[0], bytes(raw))
+    r = store.read(keys)[0]
+    assert not r.ok and r.failure.cause is FailureCause.BAD_HEADER and "padding" in r.failure.detail
+
+
 # ---- record format: an independent reference of the documented layout (record.py docstring) -------
 def _crc32c_reference(data: bytes) -> int:
     """CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), table-driven, in plain Python."""

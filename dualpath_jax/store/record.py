@@ -173,6 +173,8 @@ def parse_header(layout: BlockLayout, key: str, data) -> RecordHeader | BlockFai
         crc_ok = _CHECKSUMS[version](mv[:n_crc]) == stored
     if not crc_ok:
         return BlockFailure(key, FailureCause.CHECKSUM_MISMATCH, f"header CRC mismatch (format v{version})")
+    if any(mv[n_crc + 4:hb]):  # the padding is written as zeros: a flipped byte there is caught too
+        return BlockFailure(key, FailureCause.BAD_HEADER, "nonzero bytes in the header padding")
     expect = (layout.block_tokens, layout.bytes_per_token_per_layer, layout.full_block_bytes, layout.scope, key)
     got = (z, bt, payload, scope.hex(), rkey.hex())
     if got != expect:
