@@ -56,7 +56,7 @@ class FlatRounds(NamedTuple):
     append: np.ndarray  # i64[R] appended tokens
     gen: np.ndarray  # i64[R] generated tokens
     offsets: np.ndarray  # i64[A + 1] each agent's first round
-    hit: np.ndarray  # i64[R] cached tokens as the run computes them, before the whole-block rounding
+    hit: np.ndarray  # i64[R] the prompt's cached prefix (round_hits), before the whole-block rounding
 
     def where(self, k: int) -> str:
         """Flat round ``k`` as ``"agents[i] round r"``."""
@@ -133,7 +133,9 @@ def flatten_agents(agents: Sequence[SimAgent]) -> FlatRounds:
 def round_hits(tokens: np.ndarray, lens: np.ndarray, offsets: np.ndarray, init: np.ndarray, given: np.ndarray,
                hits: np.ndarray | None) -> np.ndarray:
     """``i64[rounds]`` cached tokens of every round of every agent as the run computes them (before
-    the rounding to whole blocks, which moves tokens from hit to append and leaves the prompt as is).
+    the rounding to whole blocks, which moves tokens from hit to append and leaves the prompt as is;
+    the run also reads at most the previous round's context but its last generated token, whose KV
+    is never computed, so what it reads can be up to one block less than this).
 
     Args:
       tokens: ``i64[rounds]`` append + generated tokens per round, agents one after another.

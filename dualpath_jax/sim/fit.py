@@ -84,7 +84,7 @@ def check_requests_fit(cfg: SimConfig, flat: FlatRounds, *, kvb: float, de_hbm: 
     if cfg.loading != "oracle":
         # whole Full Blocks are read, each read into one node's buffer; under split loading the
         # scheduler may still put all of a request's blocks on one side, so the bound is the same
-        read = hit // z * z
+        read = hit // z * z  # an upper bound: the run reads at most the stored context (agents.round_hits)
         k = int(np.argmax(read))
         buffer = cfg.hardware.dram_buffer_bytes
         if read[k] * kvb > buffer:
