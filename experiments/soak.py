@@ -102,6 +102,7 @@ def main(argv):
         engine.cluster.for_variant(v)  # an unknown variant fails here, before the workdir is touched
     workdir = cli.open_workdir(_WORKDIR.value)
     writers.write_config(workdir, config)
+    writers.write_env(workdir, device=f"{jax.default_backend()} x {jax.device_count()}")
     log = lambda s: print(s, flush=True)  # noqa: E731
     agents = select_agents(engine.workload)
     setup = Setup(engine, agents, log=log)
