@@ -6,6 +6,8 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+from engine_cases import FAST, TIME_MODEL, run_cluster, tiny_model
+from engine_cases import stream as _stream
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.engine import report
@@ -13,20 +15,9 @@ from dualpath_jax.engine.cluster import EngineCluster
 from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.kvcache import block_keys, layout_for
 from dualpath_jax.model import get_spec, init_params
-from dualpath_jax.sched import ABLATION_VARIANTS, AttentionTimeModel
+from dualpath_jax.sched import ABLATION_VARIANTS
 from dualpath_jax.store import BlockFailure, FailureCause, KVStore, StoreConfig, WriteResult
-from dualpath_jax.workload import Trajectory, prompt_token_ids
-
-FAST = dict(snic_bytes_per_s=2e9, cnic_bytes_per_s=8e9, timeout_s=30.0, run_timeout_s=120.0,
-            pe_hbm_kv_bytes=4 * 2**20, de_hbm_kv_bytes=4 * 2**20, max_decode_batch=4)
-TIME_MODEL = AttentionTimeModel(flops_per_key=256.0, seconds_per_flop=1e-10, seconds_per_token=1e-5)
-
-
-def _stream(name, append, gen):
-    append, gen = np.array(append), np.array(gen)
-    hit = np.concatenate([[0], np.cumsum(append + gen)[:-1]])
-    return Trajectory(name, append, gen, hit, np.zeros(len(append)))
-
+from dualpath_jax.workload import prompt_token_ids
 
 AGENTS = [_stream("a", [150, 40, 70], [5, 9, 3]), _stream("b", [90, 100, 20], [12, 1, 7]),
           _stream("c", [200, 10], [4, 6])]
@@ -34,16 +25,11 @@ AGENTS = [_stream("a", [150, 40, 70], [5, 9, 3]), _stream("b", [90, 100, 20], [1
 
 @pytest.fixture(scope="module")
 def model():
-    spec = get_spec("tiny-gqa")
-    params = jax.tree.map(np.asarray, init_params(spec, jax.random.PRNGKey(0)))
-    return spec, params, layout_for(spec, "f32")
+    return tiny_model()
 
 
 def _run(model, config, store=None, agents=AGENTS, starts=None):
-    spec, params, layout = model
-    store = store or KVStore(layout, StoreConfig(backend="memory"))
-    cluster = EngineCluster(config, spec, params, layout, store, time_model=TIME_MODEL, prefill_tokens_per_s=1e4)
-    return cluster.run(agents, [0.0] * len(agents) if starts is None else starts)
+    return run_cluster(model, config, agents, store=store, starts=starts)
 
 
 def _expected_link_bytes(result, layout, spec):

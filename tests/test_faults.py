@@ -1,38 +1,24 @@
 """The engine under faults: supervised workers, injected faults, reconciliation, early rejection,
 and the teacher-forced replay whose hits the simulator predicts exactly."""
 
-import dataclasses
 import threading
 
-import jax
 import numpy as np
 import pytest
+from engine_cases import FAST, run_cluster, tiny_model
+from engine_cases import stream as _stream
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.engine import de as de_module
 from dualpath_jax.engine import report
-from dualpath_jax.engine.cluster import EngineCluster, ResourceLeakError
+from dualpath_jax.engine.cluster import ResourceLeakError
 from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.engine.faults import FaultConfig
 from dualpath_jax.engine.request import RequestState
-from dualpath_jax.kvcache import layout_for
-from dualpath_jax.model import get_spec, init_params
-from dualpath_jax.sched import AttentionTimeModel
 from dualpath_jax.sim import SimConfig, simulate
 from dualpath_jax.sim.adapters import agents_from_trajectories
 from dualpath_jax.store import KVStore, StoreConfig
-from dualpath_jax.workload import Trajectory, TrajectorySet
-
-FAST = dict(snic_bytes_per_s=2e9, cnic_bytes_per_s=8e9, timeout_s=30.0, run_timeout_s=120.0,
-            pe_hbm_kv_bytes=4 * 2**20, de_hbm_kv_bytes=4 * 2**20, max_decode_batch=4)
-TIME_MODEL = AttentionTimeModel(flops_per_key=256.0, seconds_per_flop=1e-10, seconds_per_token=1e-5)
-
-
-def _stream(name, append, gen):
-    append, gen = np.array(append), np.array(gen)
-    hit = np.concatenate([[0], np.cumsum(append + gen)[:-1]])
-    return Trajectory(name, append, gen, hit, np.zeros(len(append)))
-
+from dualpath_jax.workload import TrajectorySet, agentic_dir
 
 # rounds whose context ends on a block boundary (prompt + gen = 128, 320) and inside one
 AGENTS = [_stream("a", [120, 60, 70], [8, 9, 3]), _stream("b", [90, 100, 65], [12, 118, 7]),
@@ -42,17 +28,11 @@ NUM_REQUESTS = sum(a.num_rounds for a in AGENTS)
 
 @pytest.fixture(scope="module")
 def model():
-    spec = get_spec("tiny-gqa")
-    params = jax.tree.map(np.asarray, init_params(spec, jax.random.PRNGKey(0)))
-    return spec, params, layout_for(spec, "f32")
+    return tiny_model()
 
 
 def _run(model, config, *, faults=None, agents=AGENTS, store=None):
-    spec, params, layout = model
-    store = store or KVStore(layout, StoreConfig(backend="memory"))
-    cluster = EngineCluster(config, spec, params, layout, store, time_model=TIME_MODEL, prefill_tokens_per_s=1e4,
-                            faults=faults)
-    return cluster.run(agents, [0.0] * len(agents), progress=False)
+    return run_cluster(model, config, agents, store=store, faults=faults)
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +184,7 @@ def test_engine_hits_equal_the_simulators(model):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not agentic_dir().is_dir(), reason="shared traces not available")
 def test_soak_script_one_replay(tmp_path):
     # experiments/soak.py end to end: one replay (the minimum) of the quick workload, every fault on
     import json
@@ -213,9 +194,6 @@ def test_soak_script_one_replay(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    from dualpath_jax.workload import agentic_dir
-    if not agentic_dir().is_dir():
-        pytest.skip("shared traces not available")
     out = subprocess.run([sys.executable, str(root / "experiments" / "soak.py"), "--minutes=0",
                           f"--workdir={tmp_path / 'soak'}"], capture_output=True, text=True, cwd=root,
                          env={**os.environ, "XLA_FLAGS": ""}, timeout=900)
