@@ -27,6 +27,11 @@ def test_kv_bytes_per_token_known_layouts():
     assert cost.kv_bytes_per_token(ds, "fp8") == 656 * 61
     assert cost.kv_bytes_per_token_per_layer(ds, "bf16") == (512 + 64) * 2
     assert cost.kv_bytes_per_token_per_layer(ds, "fp8", include_indexer=True) == 656 + 132
+    # What the data path moves per token: the KV plus the DSA indexer key (128 fp8 + one f32 scale
+    # on V3.2, 64 + 4 on DS 27B); Qwen has no indexer.
+    assert cost.stored_kv_bytes_per_token(ds, "fp8") == 61 * (656 + 128 + 4) == 48068
+    assert cost.stored_kv_bytes_per_token(get_spec("ds-27b"), "fp8") == 30 * (656 + 64 + 4)
+    assert cost.stored_kv_bytes_per_token(get_spec("qwen2.5-32b"), "fp16") == 256 * 1024
     with pytest.raises(ConfigError, match="kv_dtype"):
         cost.kv_bytes_per_token(ds, "int3")
 

@@ -47,7 +47,7 @@ def test_second_round_pe_read_layerwise_hand_computed():
     sim = Simulator(cfg, [agent([a0, a1], [g0, 1])])
     res = sim.run()
     r = res.requests
-    hw, kvb = cfg.hardware, cost.kv_bytes_per_token(cfg.spec, "fp8")
+    hw, kvb = cfg.hardware, cost.stored_kv_bytes_per_token(cfg.spec, "fp8")
     hit_bytes = 6400 * kvb
     # round 1 is issued when round 0's new KV (the 6400 prompt tokens: the one generated token is never
     # fed back, so it has no KV; written from the start of decode, which is its end with g0 = 1) is
@@ -82,7 +82,7 @@ def test_storage_only_bottleneck_matches_bytes_over_snic_rate(loading, policy, s
     cfg = SimConfig(hardware=FAST, loading=loading, prefill="layerwise", policy=policy, prefill_layer_overhead_s=0.0,
                     fetch_period_s=1e-4)
     hit = 64 * 500
-    total = 480 * hit * cost.kv_bytes_per_token(cfg.spec, "fp8")
+    total = 480 * hit * cost.stored_kv_bytes_per_token(cfg.spec, "fp8")
     bound = total / (snics * cfg.hardware.snic_bytes_per_s)
     # arrivals over the first quarter of the bound keep the read queues full from the first read on
     res = simulate(cfg, _storage_bound_agents(480, hit, bound / 4))
@@ -112,7 +112,7 @@ def test_determinism_and_conservation():
     assert len(r["finish_s"]) == 24 * 6 and not np.isnan(r["finish_s"]).any()  # every request finished
     read_total = sum(v["bytes"] for k, v in a.links.items() if k.startswith("snic_read"))
     assert read_total == pytest.approx(np.sum(r["read_bytes_pe"]) + np.sum(r["read_bytes_de"]))
-    kvb = cost.kv_bytes_per_token(cfg.spec, "fp8")
+    kvb = cost.stored_kv_bytes_per_token(cfg.spec, "fp8")
     assert np.sum(r["read_bytes_pe"] + r["read_bytes_de"]) == pytest.approx(np.sum(r["hit_tokens"]) * kvb)
     # a round's hit never exceeds the agent's previous context, and rounds are ordered in time
     assert (r["first_token_s"] >= r["arrival_s"]).all() and (r["finish_s"] >= r["first_token_s"]).all()
@@ -186,7 +186,7 @@ _COMPACTING = SimAgent(0.0, np.array([5000, 300, 300, 200]), np.array([100, 50, 
 
 def test_requests_that_do_not_fit_fail_at_start_naming_the_field():
     base = SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=2, fetch_period_s=FETCH)
-    kvb = cost.kv_bytes_per_token(base.spec, "fp8")
+    kvb = cost.stored_kv_bytes_per_token(base.spec, "fp8")
     _, read, prompt, need = map(max, zip(*_reference_rounds(_COMPACTING)))
     assert (read, prompt, need) == (5056, 5400, 5450)  # all in round 1
     # the DRAM buffer must hold the largest read: exactly enough runs, a byte less fails at start
@@ -369,7 +369,7 @@ def test_initial_context_lets_round0_hit_a_warm_store():
     cfg = SimConfig(loading="pe_read", prefill="layerwise", policy="round_robin", fetch_period_s=FETCH)
     warm = SimAgent(0.0, np.array([100]), np.array([2]), None, np.array([640]), initial_context=640)
     cold = SimAgent(0.0, np.array([100]), np.array([2]), None, np.array([640]))
-    kvb = cost.kv_bytes_per_token(cfg.spec, "fp8")
+    kvb = cost.stored_kv_bytes_per_token(cfg.spec, "fp8")
     assert simulate(cfg, [warm]).requests["read_bytes_pe"][0] == pytest.approx(640 * kvb)
     assert simulate(cfg, [cold]).requests["hit_tokens"][0] == 0  # nothing stored before round 0
 

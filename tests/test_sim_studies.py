@@ -236,7 +236,7 @@ def test_storage_bound_offline_order_and_lower_bounds():
     wl = WorkloadSpec(mal="32K", num_agents=16, token_divisor=8)
     base = sim_config({"model": "ds-27b", "prefill_nodes": 1, "decode_nodes": 1, "hardware": SLOW_SNIC})
     runs = {v: offline_run(base, v, wl, log=None) for v in ("basic", "dualpath", "oracle")}
-    kvb = cost.kv_bytes_per_token(get_spec("ds-27b"), "fp8")
+    kvb = cost.stored_kv_bytes_per_token(get_spec("ds-27b"), "fp8")
     hit_bytes = runs["basic"]["hit_tokens"] * kvb
     assert runs["basic"]["snic_read_bytes"] == pytest.approx(hit_bytes)
     assert runs["oracle"]["snic_read_bytes"] == 0.0

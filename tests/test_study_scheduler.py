@@ -159,7 +159,7 @@ def test_custom_policy_runs_through_fig8_and_every_run_uses_it(tmp_path):
     run_study(typed, tmp_path, log=lambda s: None, cache=cache)
     runs = [(key, s) for key, s in cache.items() if key[0] == "offline"]
     assert len(runs) == len(typed.clusters) * len(typed.num_agents) * len(typed.variants)
-    kvb = cost.kv_bytes_per_token(get_spec(typed.sim.model), typed.sim.kv_dtype)
+    kvb = cost.stored_kv_bytes_per_token(get_spec(typed.sim.model), typed.sim.kv_dtype)
     for (_, cfg, scheduler_cls, _wl), s in runs:
         assert scheduler_cls is AlwaysDE
         pe, de = pe_de_bytes(s["snic_bytes"], cfg.prefill_nodes)

@@ -18,7 +18,11 @@ What is counted (one forward pass; a multiply-add = 2 FLOPs):
 KV bytes follow the cached layouts: GQA ``2 * K * H * bytes(dtype)`` per token per layer; MLA with
 ``fp8`` uses FlashMLA's layout (C fp8 values + one f32 scale per 128 values + R bf16 rope values =
 656 B for C=512, R=64, PAPER.md section 1.2); other MLA dtypes ``(C + R) * bytes(dtype)``. The DSA
-indexer's key cache is excluded by default, as in the paper's Table 1 (PAPER.md section 1.2).
+indexer's key cache (``index_head_dim`` fp8 values + one f32 scale = 132 B per token per layer on
+DeepSeek-V3.2, PAPER.md section 8.2) is excluded by :func:`kv_bytes_per_token` by default, as in the
+paper's Table 1 (PAPER.md section 1.2), but it is part of every token's cache entry: every hit
+token's indexer keys are loaded with its KV, so the bytes the data path stores, reads and moves
+are :func:`stored_kv_bytes_per_token`.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from dualpath_jax.model.spec import ModelSpec
 __all__ = [
     "DTYPE_BYTES", "kv_bytes_per_token_per_layer", "kv_bytes_per_token", "active_linear_params",
     "total_params", "prefill_flops", "decode_flops", "decode_bytes", "cache_compute_ratio",
-    "default_kv_dtype",
+    "default_kv_dtype", "stored_kv_bytes_per_token",
 ]
 
 DTYPE_BYTES = {"fp8": 1, "float8": 1, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "f32": 4, "float32": 4}
@@ -80,6 +84,19 @@ def kv_bytes_per_token_per_layer(spec: ModelSpec, kv_dtype: str | None = None, *
 def kv_bytes_per_token(spec: ModelSpec, kv_dtype: str | None = None, *, include_indexer: bool = False) -> int:
     """Bytes of cached KV per token over all L layers."""
     return spec.n_layers * kv_bytes_per_token_per_layer(spec, kv_dtype, include_indexer=include_indexer)
+
+
+def stored_kv_bytes_per_token(spec: ModelSpec, kv_dtype: str | None = None) -> int:
+    """Bytes of one token's cache entry over all L layers: the KV plus, under DSA, the indexer keys.
+
+    This is what the data path stores, reads from storage and moves between engines per token
+    (DeepSeek-V3.2 FP8: 61 x (656 + 132) = 48,068 B; PAPER.md section 8.2 gives about 48 KB incl.
+    indexer keys). Dense-attention models hold no indexer keys, so it equals :func:`kv_bytes_per_token`.
+
+    Raises:
+      ConfigError: field ``kv_dtype`` for an unknown dtype.
+    """
+    return kv_bytes_per_token(spec, kv_dtype, include_indexer=True)
 
 
 def _attn_linear_params(spec: ModelSpec) -> int:

@@ -79,7 +79,7 @@ class Simulator:
         hw = cfg.hardware
         self.spec = spec = cfg.spec
         self.g = hw.gpus_per_node
-        self.kvb = float(cost.kv_bytes_per_token(spec, cfg.kv_dtype))
+        self.kvb = float(cost.stored_kv_bytes_per_token(spec, cfg.kv_dtype))  # KV + DSA indexer keys
         n_pe, n_de = cfg.prefill_nodes * self.g, cfg.decode_nodes * self.g
         if cfg.compute is not None:
             self.pe_model = self.de_model = cfg.compute

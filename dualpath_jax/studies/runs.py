@@ -314,7 +314,7 @@ def online_run(base: SimConfig, variant: str, wl: WorkloadSpec, aps: float, arri
         wall = time.perf_counter() - t0
         full = request_table(res, ts)
         r = res.requests
-        kvb = float(cost.kv_bytes_per_token(cfg.spec, cfg.kv_dtype))
+        kvb = float(cost.stored_kv_bytes_per_token(cfg.spec, cfg.kv_dtype))
         rate = min(cfg.hardware.node_snic_bytes_per_s, cfg.hardware.storage_bytes_per_s)
         done = np.fromiter(latency.trajectory_completion_s(full).values(), np.float64)
         lo, hi = max(float(np.min(starts)), float(warmup_s)), float(np.max(starts))
