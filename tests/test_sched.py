@@ -177,7 +177,9 @@ def test_de_phase2_matches_the_rule_recomputed_from_scratch(seed):
 # ---- read side --------------------------------------------------------------------------------
 def test_read_side_rules():
     assert shorter_queue_side(10, 20) == "pe" and shorter_queue_side(20, 10) == "de"
-    assert shorter_queue_side(5, 5) == "pe"
+    # equal queues (PAPER.md 5.4 has no rule): the node that has read fewer tokens so far, then DE
+    assert shorter_queue_side(5, 5, 100, 200) == "pe" and shorter_queue_side(5, 5, 200, 100) == "de"
+    assert shorter_queue_side(0, 0) == "de" and shorter_queue_side(0, 0, 64, 64) == "de"
     # q_pe=640, q_de=0, H=10 blocks*64=640: x=(640-0+640)/2=640 -> all 10 blocks on DE
     assert split_de_blocks(10, 64, 640, 0) == 10
     assert split_de_blocks(10, 64, 0, 0) == 5
@@ -322,6 +324,21 @@ def test_loading_modes_read_plan():
     assert make("dualpath", "pe_read").read_plan(req(0), 0, 1, {0: 1e9}, 10, 64).side == "pe"
     plan = make("dualpath", "split").read_plan(req(0), 0, 1, {0: 0, 1: 0}, 10, 64)
     assert plan.side == "split" and plan.de_blocks == 5
+
+
+def test_dualpath_read_side_ties_spread_reads_over_both_snics():
+    s = make("dualpath", "dual")
+    idle = {0: 0.0, 1: 0.0}
+    # both queues empty every time: 10, 10, 30, 10, 10, 10 blocks; the node that has read fewer
+    # tokens takes the next one, DE on exact ties. Totals (PE, DE) in blocks after each:
+    # (0, 10) (10, 10) (10, 40) (20, 40) (30, 40) (40, 40)
+    sides = [s.read_plan(req(i), 0, 1, idle, n, 64).side for i, n in enumerate((10, 10, 30, 10, 10, 10))]
+    assert sides == ["de", "pe", "de", "pe", "pe", "pe"]
+    # a shorter queue still wins regardless of the totals (PAPER.md 5.4)
+    assert s.read_plan(req(9), 0, 1, {0: 1.0, 1: 0.0}, 10, 64).side == "de"
+    assert s.read_plan(req(10), 0, 1, {0: 0.0, 1: 1.0}, 10, 64).side == "pe"
+    # another pair of nodes keeps its own totals
+    assert s.read_plan(req(11), 2, 3, {}, 10, 64).side == "de"
 
 
 def test_built_in_read_plans_pass_the_check_for_every_policy_and_loading():

@@ -284,8 +284,8 @@ def test_simulator_checks_a_custom_read_plan():
 def test_read_plan_of_a_custom_scheduler_must_give_whole_blocks():
     class FloatBlocks(ClusterScheduler):
         def read_plan(self, req, pe_node, de_node, read_q, hit_blocks, block_tokens):
-            plan = super().read_plan(req, pe_node, de_node, read_q, hit_blocks, block_tokens)
-            return plan._replace(de_blocks=float(plan.de_blocks) + 0.5)
+            plan = super().read_plan(req, pe_node, de_node, {pe_node: 0.0, de_node: 1.0}, hit_blocks, block_tokens)
+            return plan._replace(de_blocks=float(plan.de_blocks) + 0.5)  # PE side (shorter queue): 0.5
 
     agents = [SimAgent(0.0, np.array([64]), np.array([2]), None, np.array([640]), initial_context=640)]
     with pytest.raises(TypeError, match=r"FloatBlocks\.read_plan: de_blocks must be an int \(got 0\.5\)"):

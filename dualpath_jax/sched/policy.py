@@ -91,6 +91,7 @@ class ClusterScheduler:
         self._pe_cursor = 0
         self._de_cursor = 0
         self._side_cursor = 0
+        self._read_tokens: dict[int, float] = {}  # hit tokens each node's reads were planned for (ties)
         self._round_robin = config.policy == "round_robin"
         # round_robin: the engine each request was given in cyclic order, until it is placed
         self._rr_engine: dict[int, int] = {}
@@ -182,13 +183,18 @@ class ClusterScheduler:
         if loading == "split":
             n_de = read_side.split_de_blocks(hit_blocks, block_tokens, q_pe, q_de)
             side = "de" if n_de == hit_blocks else ("pe" if n_de == 0 else "split")
-            return read_side.ReadPlan(side, n_de)
-        if self._round_robin:
+        elif self._round_robin:
             side = "pe" if self._side_cursor % 2 == 0 else "de"
             self._side_cursor += 1
+            n_de = hit_blocks if side == "de" else 0
         else:
-            side = read_side.shorter_queue_side(q_pe, q_de)
-        return read_side.ReadPlan(side, hit_blocks if side == "de" else 0)
+            done = self._read_tokens
+            side = read_side.shorter_queue_side(q_pe, q_de, done.get(pe_node, 0.0), done.get(de_node, 0.0))
+            n_de = hit_blocks if side == "de" else 0
+        done = self._read_tokens
+        done[de_node] = done.get(de_node, 0.0) + n_de * block_tokens
+        done[pe_node] = done.get(pe_node, 0.0) + (hit_blocks - n_de) * block_tokens
+        return read_side.ReadPlan(side, n_de)
 
     def form_pe_batch(self, fifo: Iterable[batching.BatchItem], *, time_model: batching.TimeModel | None,
                       max_tokens: float, max_kv_tokens: float = float("inf")) -> list[batching.BatchItem]:

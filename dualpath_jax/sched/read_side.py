@@ -2,7 +2,12 @@
 
 * ``pe_read`` (Basic): always the PE node's SNIC.
 * ``dual`` under the ``dualpath`` policy: the side whose node read queue (pending tokens) is
-  shorter; ties go to the PE side (no extra CNIC hop).
+  shorter. PAPER.md 5.4 gives no rule for equal queues, which are common while the SNICs are
+  under half loaded (both queues empty); a fixed side there would send every such read to one
+  SNIC. A tie goes to the node that this run's plans have so far given fewer hit tokens to read,
+  so that idle periods spread the reads over both SNICs; an exact tie of both (the first read)
+  goes to the DE side, whose path moves fewer bytes (the hit KV does not go on from the PE to the
+  DE buffer, PAPER.md 2.3-2.4).
 * ``dual`` under ``round_robin`` (the "+Dual-path loading" ablation; the paper does not say how
   it picks): a load-oblivious rule, alternating PE, DE, PE, ... per request.
 * ``split`` (the paper's stated future work): one request's blocks are read from both sides so
@@ -79,9 +84,17 @@ def check_read_plan(plan, hit_blocks: SupportsIndex, loading: str, *, who: str =
                      f"reads each hit block once; this mode allows {', '.join(map(repr, allowed))})")
 
 
-def shorter_queue_side(pe_queue_tokens: float, de_queue_tokens: float) -> str:
-    """``"pe"`` if the PE node's read queue is not longer than the DE node's, else ``"de"``."""
-    return "pe" if pe_queue_tokens <= de_queue_tokens else "de"
+def shorter_queue_side(pe_queue_tokens: float, de_queue_tokens: float, pe_read_tokens: float = 0.0,
+                       de_read_tokens: float = 0.0) -> str:
+    """The side whose node read queue (tokens) is shorter (PAPER.md 5.4).
+
+    Equal queues go to the node with fewer tokens read so far (``pe_read_tokens``,
+    ``de_read_tokens``: what earlier plans gave each node), and equal totals to ``"de"`` (module
+    docstring).
+    """
+    if pe_queue_tokens != de_queue_tokens:
+        return "pe" if pe_queue_tokens < de_queue_tokens else "de"
+    return "pe" if pe_read_tokens < de_read_tokens else "de"
 
 
 def split_de_blocks(hit_blocks: SupportsIndex, block_tokens: SupportsIndex, pe_queue_tokens: float,
