@@ -209,8 +209,8 @@ def test_public_functions_of_compiled_modules_take_numpy_scalars():
     public functions of the compiled modules declare what Python would accept: the same answers
     for numpy scalars as for Python numbers, in either build."""
     spec, hw = get_spec("deepseek-v3.2"), HardwareConfig()
-    m = calibrate_from_public(spec, peak_flops=hw.peak_flops, hbm_bytes_per_s=hw.hbm_bytes_per_s, ep_size=np.int64(64))
-    assert m == calibrate_from_public(spec, peak_flops=hw.peak_flops, hbm_bytes_per_s=hw.hbm_bytes_per_s, ep_size=64)
+    m = calibrate_from_public(spec, peak_flops=SimConfig().peak_flops, hbm_bytes_per_s=hw.hbm_bytes_per_s, ep_size=np.int64(64))
+    assert m == calibrate_from_public(spec, peak_flops=SimConfig().peak_flops, hbm_bytes_per_s=hw.hbm_bytes_per_s, ep_size=64)
     assert weight_bytes_per_gpu(spec, np.int64(8), "fp8") == weight_bytes_per_gpu(spec, 8, "fp8")
     i64 = np.int64
     assert m.time_s(i64(30_000), i64(700)) == m.time_s(30_000, 700) > 0
@@ -230,7 +230,7 @@ def test_public_functions_of_compiled_modules_take_numpy_scalars():
 def test_configs_models_and_servers_pickle_and_copy():
     """Sweeps send configs to worker processes: every record of the compiled modules round-trips."""
     spec, hw = get_spec("deepseek-v3.2"), HardwareConfig()
-    model = calibrate_from_public(spec, peak_flops=hw.peak_flops, hbm_bytes_per_s=hw.hbm_bytes_per_s, ep_size=64)
+    model = calibrate_from_public(spec, peak_flops=SimConfig().peak_flops, hbm_bytes_per_s=hw.hbm_bytes_per_s, ep_size=64)
     records = [SimConfig(compute=model, hardware=HardwareConfig(gpus_per_node=4)), model, hw,
                SchedulerConfig(policy="round_robin"), AttentionTimeModel(1e3, 1e-12), EngineLoad(1, 2, 3, 4, 5.0)]
     for r in records:

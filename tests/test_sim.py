@@ -311,6 +311,44 @@ def test_fit_compute_model_recovers_known_coefficients():
         fit_compute_model(pre[:2])
 
 
+def test_public_calibration_gives_the_public_figures_back():
+    # DeepSeek's public V3/R1 figures (PAPER.md 9) on the public deployment, typed in here:
+    # prefill 73.7k input tokens/s per 8-GPU node at a 56.3% hit rate, 4K prompts, 16K tokens per
+    # GPU per forward; decode 14.8k tokens/s per node at 21 tokens/s per user, 4K prompts, EP144.
+    from dualpath_jax.model import get_spec
+    from dualpath_jax.sim.compute import calibrate_from_public
+    ref = get_spec("deepseek-v3.2").replace(name="deepseek-v3", index_n_heads=0, index_head_dim=0, index_topk=0)
+    m = calibrate_from_public(ref, peak_flops=1979e12, hbm_bytes_per_s=3.35e12, ep_size=144)
+    hit = int(4096 * 0.563)
+    n = 16384 // (4096 - hit)  # requests of one forward of about 16K computed tokens
+    t = m.prefill_time_s([hit] * n, [4096 - hit] * n)
+    assert n * (4096 - hit) / t == pytest.approx(73.7e3 * (1 - 0.563) / 8, rel=0.01)
+    batch = 14.8e3 / 21 / 8
+    step = m.decode_step_s(batch, batch * 4096)
+    assert 1 / step == pytest.approx(21.0, rel=1e-3)
+    assert 8 * batch / step == pytest.approx(14.8e3, rel=1e-3)
+    # the step follows the batch (one token computed per sequence) and the context (KV read)
+    assert m.decode_step_s(2 * batch, 2 * batch * 4096) > step * 1.3
+    assert m.decode_step_s(batch, batch * 8192) > step * 1.1
+    assert m.decode_step_s(batch, batch * 4096) - m.decode_step_s(batch / 2, batch * 4096) == pytest.approx(
+        batch / 2 * m.s_per_sequence, rel=1e-9)
+
+
+def test_dsa_decode_reads_every_indexer_key_but_top_k_kv():
+    from dualpath_jax.model import get_spec
+    from dualpath_jax.sim.compute import calibrate_from_public
+    spec = get_spec("deepseek-v3.2")  # top-k 2048; indexer key 128 fp8 + 4 B scale per layer
+    m = calibrate_from_public(spec, peak_flops=1979e12, hbm_bytes_per_s=3.35e12, ep_size=32)
+    # past top-k, one more context token adds only its indexer key: 61 * 132 B at 0.9 * 3.35 TB/s
+    # plus scoring it (2 * 64 heads * 128 dims * 61 layers FLOPs at the FP8 peak's attention share)
+    extra = m.decode_step_s(1, 10_001) - m.decode_step_s(1, 10_000)
+    eff_attn = 640 / 989
+    assert extra == pytest.approx(61 * 132 / (0.9 * 3.35e12) + 2 * 64 * 128 * 61 / (1979e12 * eff_attn), rel=1e-6)
+    # below top-k it also reads and attends to the KV (656 B per layer)
+    below = m.decode_step_s(1, 1001) - m.decode_step_s(1, 1000)
+    assert below - extra == pytest.approx(61 * 656 / (0.9 * 3.35e12) + m.s_per_key, rel=1e-6)
+
+
 def test_explicit_compute_model_is_used():
     from dualpath_jax.sim.compute import ComputeModel
     model = ComputeModel(prefill_overhead_s=0.5, s_per_token=0.0, s_per_key=0.0, decode_overhead_s=0.1)

@@ -225,7 +225,7 @@ def test_report_gathers_claims_tables_and_plots(tmp_path):
     text = path.read_text()
     assert "| Eq. 9 lower bound on P/D" in text and "| 1/7 = 0.143 | 0.1429 |" in text
     assert "![fig7 fig7](fig7/fig7.png)" in text and "#### Fig. 7: offline JCT vs agents" in text
-    assert "ASSUMED_CONTEXT_TOKENS" in text and "storage_bytes_per_s" in text
+    assert "PUBLIC_CONTEXT_TOKENS" in text and "storage_bytes_per_s" in text
 
 
 # ---- physical properties on storage-bound toys ---------------------------------------------------

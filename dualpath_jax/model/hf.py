@@ -2,7 +2,9 @@
 
 Supported architectures: ``Qwen2ForCausalLM`` (``model_type="qwen2"``) and
 ``DeepseekV3ForCausalLM`` (``model_type="deepseek_v3"``) whose layers are all dense
-(``first_k_dense_replace >= num_hidden_layers`` or ``n_routed_experts`` 0). Weight names follow
+(``first_k_dense_replace >= num_hidden_layers`` or ``n_routed_experts`` 0), with default RoPE and
+no DSA indexer. The ``config.json`` is read by :func:`~dualpath_jax.model.spec.spec_from_hf_config`
+(JAX-free, also used by the simulator, which accepts MoE and indexer models). Weight names follow
 ``transformers``' modeling files; ``torch.nn.Linear`` weights ``[out, in]`` are transposed to this
 project's ``[in, out]``. Single-file and sharded (``model.safetensors.index.json``) checkpoints
 are read. No network access: the path must be a local directory.
@@ -20,59 +22,27 @@ from safetensors import safe_open
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.model.params import param_shapes
-from dualpath_jax.model.spec import ModelSpec
+from dualpath_jax.model.spec import ModelSpec, spec_from_hf_config
 
 __all__ = ["load_hf_checkpoint", "spec_from_hf_config"]
 
 
-def _rope_theta(cfg: dict, path: str) -> float:
+def _check_runnable(cfg: dict[str, Any], spec: ModelSpec, path: str) -> None:
+    """Raise for what the functional model's forward does not implement (the spec itself may hold it)."""
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", None):
         raise ConfigError(f"{path}: rope_parameters.rope_type",
                           f"only default RoPE is supported (got {rope_type!r})")
-    return float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
-
-
-def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "config.json") -> ModelSpec:
-    """Translate a HF ``config.json`` dict into a :class:`ModelSpec`.
-
-    Raises:
-      ConfigError: naming ``<path>: <field>`` for an unsupported architecture or setting
-        (unknown ``model_type``, MoE layers, attention bias on MLA, sliding window, YaRN RoPE).
-    """
-    model_type = cfg.get("model_type")
-    try:
-        common = dict(name=name, vocab_size=int(cfg["vocab_size"]), d_model=int(cfg["hidden_size"]),
-                      n_layers=int(cfg["num_hidden_layers"]), n_heads=int(cfg["num_attention_heads"]),
-                      d_ff=int(cfg["intermediate_size"]), rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-                      rope_theta=_rope_theta(cfg, path),
-                      tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                      max_position=int(cfg.get("max_position_embeddings", 131072)))
-    except KeyError as e:
-        raise ConfigError(f"{path}: {e.args[0]}", "required field is missing") from None
-    if model_type == "qwen2":
-        if cfg.get("use_sliding_window", False):
-            raise ConfigError(f"{path}: use_sliding_window", "sliding-window attention is not supported")
-        head_dim = int(cfg.get("head_dim") or common["d_model"] // common["n_heads"])
-        return ModelSpec(attention="gqa", n_kv_heads=int(cfg.get("num_key_value_heads", common["n_heads"])),
-                         head_dim=head_dim, qkv_bias=True, **common)
-    if model_type == "deepseek_v3":
-        n_layers = common["n_layers"]
-        n_routed = int(cfg.get("n_routed_experts") or 0)
-        first_dense = int(cfg.get("first_k_dense_replace", 0))
-        if n_routed and first_dense < n_layers:
-            raise ConfigError(f"{path}: first_k_dense_replace",
-                              f"layers {first_dense}..{n_layers - 1} are MoE; the functional model runs dense "
-                              f"MLPs only (set first_k_dense_replace >= num_hidden_layers={n_layers})")
-        if cfg.get("attention_bias", False):
-            raise ConfigError(f"{path}: attention_bias", "MLA with attention bias is not supported")
-        return ModelSpec(attention="mla", q_lora_rank=int(cfg.get("q_lora_rank") or 0),
-                         kv_lora_rank=int(cfg["kv_lora_rank"]), qk_nope_head_dim=int(cfg["qk_nope_head_dim"]),
-                         qk_rope_head_dim=int(cfg["qk_rope_head_dim"]), v_head_dim=int(cfg["v_head_dim"]),
-                         rope_interleave=bool(cfg.get("rope_interleave", True)), **common)
-    raise ConfigError(f"{path}: model_type", f"unsupported architecture {model_type!r}; "
-                      "supported: 'qwen2', 'deepseek_v3'")
+    if spec.n_routed_experts:
+        raise ConfigError(f"{path}: first_k_dense_replace",
+                          f"layers {spec.first_k_dense}..{spec.n_layers - 1} are MoE; the functional model runs dense "
+                          f"MLPs only (set first_k_dense_replace >= num_hidden_layers={spec.n_layers})")
+    if spec.index_n_heads:
+        raise ConfigError(f"{path}: index_n_heads", "the DSA indexer is not implemented by the functional model "
+                          "(it runs dense attention)")
+    if spec.is_mla and cfg.get("attention_bias", False):
+        raise ConfigError(f"{path}: attention_bias", "MLA with attention bias is not supported")
 
 
 def _weight_files(path: str) -> list[str]:
@@ -134,7 +104,9 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
 
     Raises:
       FileNotFoundError: no config or weight files.
-      ConfigError: unsupported architecture / settings (see :func:`spec_from_hf_config`).
+      ConfigError: naming ``<config.json>: <key>`` for an unsupported architecture or setting
+        (:func:`~dualpath_jax.model.spec.spec_from_hf_config`; MoE layers, the DSA indexer, RoPE
+        scaling, attention bias on MLA).
       ValueError: a tensor is missing or has an unexpected shape (message names the tensor).
     """
     path = os.fspath(path)
@@ -144,6 +116,7 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
     with open(cfg_path) as f:
         cfg = json.load(f)
     spec = spec_from_hf_config(cfg, name=name or os.path.basename(os.path.normpath(path)), path=cfg_path)
+    _check_runnable(cfg, spec, cfg_path)
     tensors = _read_tensors(path)
     shapes = param_shapes(spec)
 

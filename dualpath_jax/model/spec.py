@@ -14,6 +14,10 @@ families:
 Mixture-of-experts shapes (``n_routed_experts`` etc.) are carried for cost accounting; the
 functional model implements the dense MLP (every layer of the tiny presets is dense).
 
+Besides the presets, :func:`resolve_spec` reads a Hugging Face ``config.json`` (a file, or a
+directory holding one) through :func:`spec_from_hf_config`: dense GQA (``model_type`` ``qwen2``)
+and DeepSeek-style MLA with MoE (``deepseek_v3``) and the DSA indexer (``deepseek_v32``).
+
 Sources: Qwen2.5-32B ``config.json`` (huggingface.co/Qwen/Qwen2.5-32B), DeepSeek-V3.2
 ``config.json`` (PAPER.md [CFG-DS]), DS 27B shapes from PAPER.md section 6.1 / paper appendix A.2
 (latent dims assumed equal to V3.2's, as PAPER.md states).
@@ -22,11 +26,15 @@ Sources: Qwen2.5-32B ``config.json`` (huggingface.co/Qwen/Qwen2.5-32B), DeepSeek
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+import json
+import math
+import os
+from typing import Any, Literal
 
 from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive
 
-__all__ = ["ModelSpec", "get_spec", "PRESETS", "preset_names"]
+__all__ = ["ModelSpec", "get_spec", "resolve_spec", "spec_from_hf_config", "load_hf_config", "default_weight_dtype",
+           "PRESETS", "preset_names"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,3 +202,160 @@ def get_spec(name: str) -> ModelSpec:
     if key not in PRESETS:
         raise ConfigError("model.name", f"unknown preset {name!r}; known presets: {preset_names()}")
     return PRESETS[key]
+
+
+def resolve_spec(name_or_path: str | os.PathLike, *, field: str = "model.name") -> ModelSpec:
+    """A preset by name (:func:`get_spec`, case-insensitive), else the model of a Hugging Face
+    ``config.json``: a path to the file or to a directory holding it (:func:`load_hf_config`).
+
+    Raises:
+      ConfigError: naming ``field`` for a name that is neither a preset nor an existing path
+        (listing the presets); naming ``<file>: <key>`` for a bad or missing ``config.json`` field.
+    """
+    key = os.fspath(name_or_path)
+    if str(key).lower() in PRESETS:
+        return PRESETS[str(key).lower()]
+    if os.path.exists(key):
+        return load_hf_config(key, field=field)
+    raise ConfigError(field, f"unknown model {key!r}: neither a preset ({preset_names()}) nor an existing "
+                      "config.json file or directory")
+
+
+def load_hf_config(path: str | os.PathLike, *, name: str | None = None, field: str = "model.name") -> ModelSpec:
+    """Read a Hugging Face ``config.json`` (``path``: the file, or a directory holding it) into a
+    :class:`ModelSpec` named ``name`` (default: the directory's name).
+
+    Raises:
+      ConfigError: naming ``field`` when ``path`` holds no ``config.json``; naming the file when it
+        is not a JSON object; as :func:`spec_from_hf_config` for its fields.
+    """
+    path = os.fspath(path)
+    file = os.path.join(path, "config.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise ConfigError(field, f"{path}: no config.json there")
+    try:
+        with open(file) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(file, f"not a readable JSON file ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(file, f"must hold a JSON object (got {type(cfg).__name__})")
+    default_name = os.path.basename(os.path.dirname(os.path.abspath(file))) or "hf"
+    return spec_from_hf_config(cfg, name=name or default_name, path=file)
+
+
+# ModelSpec field -> the config.json key it comes from (errors of ModelSpec's own checks name the key)
+_HF_KEYS = {"vocab_size": "vocab_size", "d_model": "hidden_size", "n_layers": "num_hidden_layers",
+            "n_heads": "num_attention_heads", "d_ff": "intermediate_size", "n_kv_heads": "num_key_value_heads",
+            "head_dim": "head_dim", "q_lora_rank": "q_lora_rank", "kv_lora_rank": "kv_lora_rank",
+            "qk_nope_head_dim": "qk_nope_head_dim", "qk_rope_head_dim": "qk_rope_head_dim",
+            "v_head_dim": "v_head_dim", "index_n_heads": "index_n_heads", "index_head_dim": "index_head_dim",
+            "index_topk": "index_topk", "n_routed_experts": "n_routed_experts",
+            "n_shared_experts": "n_shared_experts", "n_activated_experts": "num_experts_per_tok",
+            "moe_d_ff": "moe_intermediate_size", "first_k_dense": "first_k_dense_replace",
+            "rope_theta": "rope_theta", "rms_norm_eps": "rms_norm_eps", "max_position": "max_position_embeddings"}
+
+_MISSING = object()
+
+
+def _number(cfg: dict, key: str, path: str, kind: type, default: Any = _MISSING) -> Any:
+    """``cfg[key]`` as ``kind`` (int or float); ``default`` when absent or null (required if no default)."""
+    value = cfg.get(key)
+    if value is None:
+        if default is _MISSING:
+            raise ConfigError(f"{path}: {key}", "required field is missing")
+        return default
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or (kind is int and value != int(value))):
+        raise ConfigError(f"{path}: {key}", f"must be {'an integer' if kind is int else 'a number'} (got {value!r})")
+    return kind(value)
+
+
+def _rope_theta(cfg: dict, path: str) -> float:
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise ConfigError(f"{path}: rope_scaling", f"must be a JSON object or null (got {rope!r})")
+    if "rope_theta" in rope:
+        return _number(rope, "rope_theta", f"{path}: rope_parameters", float)
+    return _number(cfg, "rope_theta", path, float, 10000.0)
+
+
+def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "config.json") -> ModelSpec:
+    """Translate a Hugging Face ``config.json`` dict into a :class:`ModelSpec` (shapes for the cost
+    model and the simulator).
+
+    ``model_type``:
+
+    * ``qwen2`` (Qwen2 / Qwen2.5): GQA with q/k/v bias; ``num_key_value_heads`` (default: the
+      query heads), ``head_dim`` (default ``hidden_size / num_attention_heads``).
+    * ``deepseek_v3`` / ``deepseek_v32`` (DeepSeek-V3, V3.2): MLA (``q_lora_rank``, null = none;
+      ``kv_lora_rank``, ``qk_nope_head_dim``, ``qk_rope_head_dim``, ``v_head_dim``), MoE
+      (``n_routed_experts``, ``num_experts_per_tok``, ``n_shared_experts``,
+      ``moe_intermediate_size``, ``first_k_dense_replace``; MoE every layer after the dense ones,
+      ``moe_layer_freq`` 1) and, when present, the DSA indexer (``index_n_heads``,
+      ``index_head_dim``, ``index_topk``). A model whose every layer is dense
+      (``first_k_dense_replace >= num_hidden_layers``) gets no MoE fields. The multi-token
+      prediction layers (``num_nextn_predict_layers``) are not counted: speculative decoding is
+      off in the paper's runs (PAPER.md 6.1).
+
+    RoPE scaling (YaRN etc.) changes neither shapes nor FLOPs and is accepted here; the JAX
+    model's checkpoint loader (``model.hf.load_hf_checkpoint``) rejects what its forward does not
+    implement (MoE layers, the indexer, RoPE scaling).
+
+    Raises:
+      ConfigError: naming ``<path>: <key>`` for a missing or non-numeric required field, an
+        unsupported ``model_type``, sliding-window attention, ``moe_layer_freq`` other than 1, or a
+        value ModelSpec rejects (inconsistent heads, MoE or indexer settings).
+    """
+    model_type = cfg.get("model_type")
+    if model_type not in ("qwen2", "deepseek_v3", "deepseek_v32"):
+        raise ConfigError(f"{path}: model_type", f"unsupported architecture {model_type!r}; "
+                          "supported: 'qwen2', 'deepseek_v3', 'deepseek_v32'")
+    common = dict(name=name, vocab_size=_number(cfg, "vocab_size", path, int),
+                  d_model=_number(cfg, "hidden_size", path, int), n_layers=_number(cfg, "num_hidden_layers", path, int),
+                  n_heads=_number(cfg, "num_attention_heads", path, int),
+                  d_ff=_number(cfg, "intermediate_size", path, int),
+                  rms_norm_eps=_number(cfg, "rms_norm_eps", path, float, 1e-6), rope_theta=_rope_theta(cfg, path),
+                  tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                  max_position=_number(cfg, "max_position_embeddings", path, int, 131072))
+    if model_type == "qwen2":
+        if cfg.get("use_sliding_window", False):
+            raise ConfigError(f"{path}: use_sliding_window", "sliding-window attention is not supported")
+        fields = dict(attention="gqa", qkv_bias=True,
+                      n_kv_heads=_number(cfg, "num_key_value_heads", path, int, common["n_heads"]),
+                      head_dim=_number(cfg, "head_dim", path, int, 0) or common["d_model"] // max(common["n_heads"], 1))
+    else:
+        n_layers = common["n_layers"]
+        first_dense = _number(cfg, "first_k_dense_replace", path, int, 0)
+        n_routed = _number(cfg, "n_routed_experts", path, int, 0)
+        moe = n_routed > 0 and first_dense < n_layers
+        if moe and _number(cfg, "moe_layer_freq", path, int, 1) != 1:
+            raise ConfigError(f"{path}: moe_layer_freq", "only 1 (every layer after the dense ones is MoE) is "
+                              f"supported (got {cfg['moe_layer_freq']!r})")
+        fields = dict(attention="mla", q_lora_rank=_number(cfg, "q_lora_rank", path, int, 0),
+                      kv_lora_rank=_number(cfg, "kv_lora_rank", path, int),
+                      qk_nope_head_dim=_number(cfg, "qk_nope_head_dim", path, int),
+                      qk_rope_head_dim=_number(cfg, "qk_rope_head_dim", path, int),
+                      v_head_dim=_number(cfg, "v_head_dim", path, int),
+                      rope_interleave=bool(cfg.get("rope_interleave", True)),
+                      index_n_heads=_number(cfg, "index_n_heads", path, int, 0),
+                      index_head_dim=_number(cfg, "index_head_dim", path, int, 0),
+                      index_topk=_number(cfg, "index_topk", path, int, 0))
+        if moe:
+            fields.update(n_routed_experts=n_routed, first_k_dense=first_dense,
+                          n_activated_experts=_number(cfg, "num_experts_per_tok", path, int),
+                          n_shared_experts=_number(cfg, "n_shared_experts", path, int, 0),
+                          moe_d_ff=_number(cfg, "moe_intermediate_size", path, int))
+    try:
+        return ModelSpec(**common, **fields)
+    except ConfigError as e:  # ModelSpec names its own field: name the config.json key instead
+        spec_field = e.field.rsplit(".", 1)[-1]
+        raise ConfigError(f"{path}: {_HF_KEYS.get(spec_field, spec_field)}", str(e)[len(e.field) + 2:]) from None
+
+
+def default_weight_dtype(spec: ModelSpec) -> str:
+    """The weights' dtype a model is served in by default: ``fp8`` for DeepSeek-style MLA / MoE
+    models (DeepSeek-V3's public checkpoints are FP8, block-scaled, run by FP8 GEMMs: PAPER.md 6.1
+    DeepGEMM; ``quantization_config`` of their ``config.json``), ``bf16`` for dense GQA models
+    (Qwen2.5's public checkpoints are BF16, ``torch_dtype`` of their ``config.json``)."""
+    return "fp8" if spec.is_mla or spec.n_routed_experts else "bf16"

@@ -53,7 +53,7 @@ from dualpath_jax.model import cost
 from dualpath_jax.sched import BatchItem, ClusterScheduler, EngineLoad, SchedRequest, SchedulerConfig
 from dualpath_jax.sched.driver import SchedulingDriver, next_round_s
 from dualpath_jax.sim.agents import SimAgent, as_typed_array, flatten_agents, typical_round
-from dualpath_jax.sim.compute import calibrate_from_public
+from dualpath_jax.sim.compute import calibrate_config
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.hardware import Server, reserve
 from dualpath_jax.sim.result import SimResult, collect_result, request_columns, stall_report
@@ -84,11 +84,7 @@ class Simulator:
         if cfg.compute is not None:
             self.pe_model = self.de_model = cfg.compute
         else:  # PEs and DEs differ only in how many GPUs the routed experts are spread over
-            self.pe_model, self.de_model = (
-                calibrate_from_public(spec, peak_flops=hw.peak_flops, hbm_bytes_per_s=hw.hbm_bytes_per_s,
-                                      ep_size=ep_size, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
-                                      prefill_layer_overhead_s=cfg.prefill_layer_overhead_s, eff_memory=cfg.eff_memory)
-                for ep_size in (n_pe, n_de))
+            self.pe_model, self.de_model = calibrate_config(cfg, n_pe), calibrate_config(cfg, n_de)
         self.pe_free_hbm, self.de_hbm, self.pe_max_kv_tokens = kv_memory(cfg, self.pe_model, self.de_model, self.kvb)
         self.agents = list(agents)
         if not self.agents:  # a run of nothing would end at 0 s, a JCT that looks like a result

@@ -1,28 +1,52 @@
 """Compute model: prefill forward and decode step times from FLOPs, bytes and a few constants.
 
-Prefill, one engine's share of a forward pass over ``(cached, bsz)`` pairs::
+Prefill, one engine's share of a forward pass over ``(cached, bsz)`` pairs (PAPER.md 5.5: the
+attention term is what the compute quota bounds)::
 
-    t = L * prefill_layer_overhead_s
-        + linear_flops / (peak * eff_linear) + (attention + indexer flops) / (peak * eff_attention)
+    t = L * prefill_layer_overhead_s + linear_flops / (peak[compute dtype] * eff_linear)
+        + attention_flops / (peak[bf16] * eff_attention) + indexer_flops / (peak[fp8] * eff_attention)
 
-Decode, one engine's step over ``B`` sequences holding ``ctx`` tokens in total::
+Decode, one engine's step over ``B`` sequences holding ``ctx`` tokens in total (each step reads the
+weights once and every sequence's KV from HBM, and computes one token per sequence)::
 
-    t = L * decode_layer_overhead_s + (weight_bytes_per_gpu + ctx * kv_bytes_per_token) / (hbm_bw * eff_memory)
+    t = L * decode_layer_overhead_s + (weight_bytes + min(ctx, B * topk) * kv_bytes
+                                       + ctx * indexer_key_bytes) / (hbm_bw * eff_memory)
+        + B * linear_flops_per_token / (peak * eff_linear)
+        + attention_flops(min(ctx, B * topk)) / (peak[bf16] * eff_attention) + indexer_flops(ctx) / (peak[fp8] * eff_attention)
 
-FLOPs and bytes come from :mod:`dualpath_jax.model.cost`. With DP attention + EP (MoE models) a
-group's forward or step takes the slowest member's time (the runtimes take the max).
+Memory and compute are added (no overlap assumed); the per-layer overhead absorbs the rest at the
+calibration point. FLOPs and bytes come from :mod:`dualpath_jax.model.cost` (at 32.7K context it
+gives DeepSeek-V3.2 74 linear + 35 DSA + 33 indexer GFLOP per token, PAPER.md 8.2). With DP
+attention + EP (MoE models) a group's forward or step takes the slowest member's time.
 
-Calibration (:func:`calibrate_from_public`), from DeepSeek's public description of its V3/R1
-inference service on H800 nodes (PAPER.md section 9), never from the paper's result figures:
+Calibration (:func:`calibrate_from_public`), from public figures only, never from the paper's
+result figures (PAPER.md 9):
 
-* prefill: 73.7k input tokens/s per node at a 56.3% cache-hit rate -> 32.2k computed tokens/s per
-  node, 4.03k per GPU. With DeepSeek-V3's FLOPs per token at an assumed mean context of
-  ``ASSUMED_CONTEXT_TOKENS`` and FP8 peak, this gives the single efficiency ``eff_linear =
-  eff_attention`` (the public figure cannot separate them). The per-layer fixed overhead
-  (``prefill_layer_overhead_s``, launch + EP dispatch/combine latency) is an assumption, 0.5 ms.
+* attention: FlashMLA's token-level sparse MLA prefill kernel reaches 640 TFLOP/s (BF16) on an
+  H800 SXM5 (github.com/deepseek-ai/FlashMLA README), 0.647 of the 989 TFLOP/s BF16 peak:
+  ``ATTENTION_EFFICIENCY``, used for every attention kernel (an assumption for dense MLA and GQA;
+  FlashAttention-3 reports a similar share on H100) and, as a share of the FP8 peak, for the DSA
+  indexer's FP8 scoring (an assumption).
+* prefill linear layers: DeepSeek's V3/R1 service does 73.7k input tokens/s per H800 node at a
+  56.3% cache-hit rate -> 32.2k computed tokens/s per node, 4.03k per GPU. DeepSeek's published
+  prefill profile (github.com/deepseek-ai/profile-data README: "in line with DeepSeek V3/R1's actual
+  online deployment") uses 4K-token prompts and 16K tokens per GPU per forward: that is the context
+  mix the throughput figure is taken at (``PUBLIC_CONTEXT_TOKENS``; the service's own mean is not
+  published). At that mix a computed DeepSeek-V3 token is 73 GFLOP linear + 54 GFLOP (dense MLA)
+  attention; the attention time at ``ATTENTION_EFFICIENCY`` and the per-forward layer overhead
+  are taken off the measured time per token, and the rest gives ``eff_linear`` (about 0.23 of the
+  FP8 peak: the end-to-end share, EP communication and imbalance included). The linear share of the
+  work at 32K-64K contexts thus no longer inherits the attention cost of 4K prompts. Sensitivity:
+  with ``ATTENTION_EFFICIENCY`` 25% lower, ``eff_linear`` becomes 0.28 and a DeepSeek-V3.2 token at
+  32.7K context costs 2% less (the calibration point pins the total).
 * decode: 14.8k output tokens/s per node at 20-22 tokens/s per user -> about 88 sequences per GPU
-  and a 1/21 s step. The memory term at that batch and the assumed context uses the datasheet
-  HBM bandwidth with ``eff_memory``; the rest of the step is the per-layer overhead.
+  and a 1/21 s step, at the published decode profile's 4K-token prompts (same README), on the
+  public EP144 deployment (18 nodes). Memory at the datasheet HBM bandwidth times ``eff_memory``
+  (FlashMLA's dense decode kernel reads 3,000 GB/s of the H800's 3,350 in its memory-bound
+  configuration, 0.9), compute at the prefill efficiencies; the per-layer overhead is what the
+  1/21 s step leaves (about 0.14 ms per layer: EP dispatch/combine latency not hidden).
+  Checked by ``tests/test_sim.py``: the calibrated model gives 21 tokens/s per user and 14.8k
+  output tokens/s per node back at that point, and its step grows with the batch and the context.
 """
 
 from __future__ import annotations
@@ -36,22 +60,41 @@ import numpy as np
 from dualpath_jax.config import check_non_negative
 from dualpath_jax.model import cost
 from dualpath_jax.model.spec import ModelSpec, get_spec
+from dualpath_jax.sim import catalog
 
 __all__ = ["ComputeModel", "calibrate_from_public", "fit_compute_model", "weight_bytes_per_gpu",
-           "ASSUMED_CONTEXT_TOKENS", "PUBLIC_FIGURES"]
+           "ASSUMED_CONTEXT_TOKENS", "PUBLIC_CONTEXT_TOKENS", "PUBLIC_FIGURES", "ATTENTION_EFFICIENCY",
+           "public_decode_point", "calibrate_config"]
 
-ASSUMED_CONTEXT_TOKENS = 4096
-"""Mean context of DeepSeek's public online traffic (not published; an assumption)."""
+PUBLIC_CONTEXT_TOKENS = 4096
+"""Prompt length of DeepSeek's published prefill and decode profiles, stated to be in line with its
+online deployment (github.com/deepseek-ai/profile-data); the context mix of :data:`PUBLIC_FIGURES`."""
+
+ASSUMED_CONTEXT_TOKENS = PUBLIC_CONTEXT_TOKENS
+"""Alias of :data:`PUBLIC_CONTEXT_TOKENS` (the service's own mean context is not published)."""
+
+ATTENTION_EFFICIENCY = 640e12 / 989e12
+"""Share of the BF16 peak an attention kernel reaches: FlashMLA sparse MLA prefill, 640 TFLOP/s on
+an H800 SXM5 (github.com/deepseek-ai/FlashMLA README) over its 989 TFLOP/s dense BF16 peak."""
 
 PUBLIC_FIGURES: dict[str, Any] = {
     "prefill_input_tokens_per_s_per_node": 73.7e3,
     "prefill_cache_hit_rate": 0.563,
+    "prefill_prompt_tokens": PUBLIC_CONTEXT_TOKENS,
+    "prefill_tokens_per_forward_per_gpu": 16384,
     "decode_output_tokens_per_s_per_node": 14.8e3,
     "decode_tokens_per_s_per_user": 21.0,
+    "decode_context_tokens": PUBLIC_CONTEXT_TOKENS,
+    "decode_ep_size": 144,
     "gpus_per_node": 8,
     "h800_fp8_flops": 1979e12,
+    "h800_bf16_flops": 989e12,
     "h800_hbm_bytes_per_s": 3.35e12,
-    "source": "DeepSeek V3/R1 inference system overview (open-source week day 6, 2025-03); H800 datasheet",
+    "flashmla_sparse_prefill_flops": 640e12,
+    "flashmla_decode_hbm_bytes_per_s": 3.0e12,
+    "source": "DeepSeek V3/R1 inference system overview (open-source week day 6, 2025-03; decode on "
+              "EP144 units of 18 nodes); github.com/deepseek-ai/profile-data (4K prompts, 16K tokens per "
+              "GPU per prefill forward); github.com/deepseek-ai/FlashMLA README; H800 datasheet",
 }
 
 
@@ -68,6 +111,10 @@ class ComputeModel:
     indexer scores every key). Decode, one step of ``B`` sequences holding ``ctx`` tokens::
 
         decode_overhead_s + s_per_sequence * B + s_per_context_token * min(ctx, B * topk)
+            + s_per_index_context_token * ctx
+
+    (``s_per_context_token``: reading one token's KV and attending to it; ``s_per_index_context_token``:
+    reading and scoring its DSA indexer key, for every context token.)
 
     :func:`calibrate_from_public` derives the coefficients from FLOPs, bytes and public
     throughput figures; :func:`fit_compute_model` fits them to measured forwards (the real
@@ -86,11 +133,12 @@ class ComputeModel:
     s_per_sequence: float = 0.0
     s_per_context_token: float = 0.0
     weight_bytes_per_gpu: float = 0.0
+    s_per_index_context_token: float = 0.0
     topk: int | None = None
 
     def __post_init__(self):
         for f in ("prefill_overhead_s", "s_per_token", "s_per_key", "s_per_index_key", "decode_overhead_s",
-                  "s_per_sequence", "s_per_context_token", "weight_bytes_per_gpu"):
+                  "s_per_sequence", "s_per_context_token", "weight_bytes_per_gpu", "s_per_index_context_token"):
             check_non_negative(f"compute.{f}", getattr(self, f))
 
     def __reduce__(self):  # pickle and copy by the fields (a compiled frozen class has no __setstate__)
@@ -165,9 +213,11 @@ class ComputeModel:
         """Seconds of one decode step of ``batch`` sequences holding ``context_tokens`` KV in total."""
         if batch <= 0:
             return 0.0
+        every = context_tokens
         if self.topk is not None and context_tokens > batch * self.topk:
             context_tokens = float(batch * self.topk)  # DSA reads at most top-k KV entries per sequence
-        return self.decode_overhead_s + self.s_per_sequence * batch + self.s_per_context_token * context_tokens
+        return (self.decode_overhead_s + self.s_per_sequence * batch + self.s_per_context_token * context_tokens
+                + self.s_per_index_context_token * every)
 
     def prefill_tokens_per_s(self, context_tokens: float, append_tokens: float, batch: SupportsIndex = 4) -> float:
         """Computed tokens per second of one engine for ``batch`` equal requests (for alpha/beta)."""
@@ -225,46 +275,122 @@ def weight_bytes_per_gpu(spec: ModelSpec, ep_size: SupportsIndex, weight_dtype: 
     return ((total - routed) + routed / max(operator.index(ep_size), 1)) * nbytes
 
 
+def public_decode_point() -> tuple[float, float, float]:
+    """``(sequences per GPU, context tokens per sequence, step seconds)`` of DeepSeek's public decode
+    figures (:data:`PUBLIC_FIGURES`): 14.8k tokens/s per node / 21 tokens/s per user / 8 GPUs, 4K, 1/21 s."""
+    pub = PUBLIC_FIGURES
+    batch = pub["decode_output_tokens_per_s_per_node"] / pub["decode_tokens_per_s_per_user"] / pub["gpus_per_node"]
+    return batch, float(pub["decode_context_tokens"]), 1.0 / pub["decode_tokens_per_s_per_user"]
+
+
+def _public_reference() -> ModelSpec:
+    """DeepSeek-V3 (the public figures' model): V3.2 without the DSA indexer."""
+    return get_spec("deepseek-v3.2").replace(name="deepseek-v3", index_n_heads=0, index_head_dim=0, index_topk=0)
+
+
 def calibrate_from_public(spec: ModelSpec, *, peak_flops: float, hbm_bytes_per_s: float, ep_size: SupportsIndex,
                           weight_dtype: str = "fp8", kv_dtype: str | None = None,
-                          prefill_layer_overhead_s: float = 0.5e-3, eff_memory: float = 0.7) -> ComputeModel:
-    """A :class:`ComputeModel` for ``spec`` with efficiencies derived from :data:`PUBLIC_FIGURES`.
+                          prefill_layer_overhead_s: float = 0.5e-3, eff_memory: float = 0.9,
+                          attention_peak_flops: float | None = None, indexer_peak_flops: float | None = None,
+                          attention_efficiency: float = ATTENTION_EFFICIENCY) -> ComputeModel:
+    """A :class:`ComputeModel` for ``spec`` from the public figures (module docstring).
 
-    The efficiencies are measured on DeepSeek-V3 (the public figures' model) and reused for every
-    model; ``peak_flops`` selects the compute dtype (FP8 for DeepSeek models, BF16 for Qwen).
-    Coefficients: ``s_per_token = linear FLOPs per token / (peak * eff)``, ``s_per_key`` (and
-    ``s_per_index_key``) = attention (indexer) FLOPs per query-key pair / (peak * eff),
-    ``prefill_overhead_s = L * prefill_layer_overhead_s``; decode ``overhead = L *
-    decode_layer_overhead + weight bytes / (HBM bw * eff_memory)``, ``s_per_context_token = KV bytes
-    per token / (HBM bw * eff_memory)``.
+    The efficiencies are measured on DeepSeek-V3 (the public figures' model) on H800s and reused,
+    as shares of each GPU's peak, for every model and GPU.
+
+    Args:
+      spec: the model.
+      peak_flops: dense peak FLOP/s of the linear layers' compute dtype (FP8 for DeepSeek models,
+        BF16 for Qwen), per GPU.
+      hbm_bytes_per_s: HBM bandwidth per GPU (datasheet).
+      ep_size: GPUs the routed experts are spread over (weights per GPU).
+      weight_dtype, kv_dtype: byte sizes of weights and KV (KV default: the model's own).
+      prefill_layer_overhead_s: fixed seconds per layer per forward (launch, EP dispatch/combine).
+      eff_memory: share of ``hbm_bytes_per_s`` that decode reads reach.
+      attention_peak_flops: peak of the attention kernels' BF16 math (default: ``peak_flops`` / 2
+        when the linear layers run FP8, as on Hopper and Blackwell, else ``peak_flops``).
+      indexer_peak_flops: peak of the DSA indexer's FP8 scoring (default: ``peak_flops`` when the
+        linear layers run FP8, else ``attention_peak_flops``).
+      attention_efficiency: share of those peaks the attention kernels reach.
+
+    Returns:
+      the model: ``s_per_token = linear FLOPs per token / (peak_flops * eff_linear)``, ``s_per_key``
+      (``s_per_index_key``) = attention (indexer) FLOPs per query-key pair / (its peak *
+      attention_efficiency), ``prefill_overhead_s = L * prefill_layer_overhead_s``; decode
+      ``overhead = L * decode_layer_overhead + weight bytes / (hbm * eff_memory)``, ``s_per_sequence =
+      s_per_token``, ``s_per_context_token`` = KV bytes / (hbm * eff_memory) + ``s_per_key``
+      (one query), ``s_per_index_context_token`` likewise for the indexer keys.
+
+    Raises:
+      ValueError: the public figures leave no time for the linear layers (an attention efficiency
+        too low to be consistent with them).
     """
     pub = PUBLIC_FIGURES
-    ref = get_spec("deepseek-v3.2").replace(name="deepseek-v3", index_n_heads=0, index_head_dim=0, index_topk=0)
-    ctx = ASSUMED_CONTEXT_TOKENS
+    ref = _public_reference()
+    ctx = PUBLIC_CONTEXT_TOKENS
+    fp8, bf16 = pub["h800_fp8_flops"], pub["h800_bf16_flops"]
     per_gpu_tokens_s = (pub["prefill_input_tokens_per_s_per_node"] * (1 - pub["prefill_cache_hit_rate"])
                         / pub["gpus_per_node"])
-    # flops of one computed token at mean context ctx (prefix ~ hit share of ctx, append the rest)
+    # one computed token of a 4K prompt at the public hit rate: prefix = hit share, append = the rest
     hit = int(ctx * pub["prefill_cache_hit_rate"])
     f = cost.prefill_flops(ref, hit, ctx - hit)
-    flops_per_token = float(f["total"]) / (ctx - hit)
-    eff = per_gpu_tokens_s * flops_per_token / pub["h800_fp8_flops"]
-    # decode: batch per GPU and step time from the public figures
-    batch = pub["decode_output_tokens_per_s_per_node"] / pub["decode_tokens_per_s_per_user"] / pub["gpus_per_node"]
-    step = 1.0 / pub["decode_tokens_per_s_per_user"]
-    ref_kv = cost.kv_bytes_per_token(ref, "fp8")
-    ref_w = weight_bytes_per_gpu(ref, 144, "fp8")  # the public decode deployment spans 18 nodes (EP144)
-    mem_s = (ref_w + batch * ctx * ref_kv) / (pub["h800_hbm_bytes_per_s"] * eff_memory)
-    decode_layer_overhead = max(step - mem_s, 0.0) / ref.n_layers
-    probe = cost.prefill_flops(spec, 0, 1)
+    per_token = {k: float(v) / (ctx - hit) for k, v in f.items()}
+    overhead_per_token = ref.n_layers * prefill_layer_overhead_s / pub["prefill_tokens_per_forward_per_gpu"]
+    linear_s = 1.0 / per_gpu_tokens_s - per_token["attention"] / (bf16 * attention_efficiency) - overhead_per_token
+    if linear_s <= 0:
+        raise ValueError(f"attention_efficiency: {attention_efficiency} leaves no time for the linear layers in "
+                         f"the public prefill figure ({per_gpu_tokens_s:.0f} computed tokens/s per GPU)")
+    eff_linear = per_token["linear"] / (fp8 * linear_s)
+    # decode at the public point (the public deployment's experts span 18 nodes, EP144)
+    batch, dctx, step = public_decode_point()
+    eff_hbm_ref = pub["h800_hbm_bytes_per_s"] * eff_memory
+    ref_w = weight_bytes_per_gpu(ref, pub["decode_ep_size"], "fp8")
+    d = cost.decode_flops(ref, dctx)
+    ref_step = ((ref_w + batch * dctx * cost.kv_bytes_per_token(ref, "fp8")) / eff_hbm_ref
+                + batch * float(d["linear"]) / (fp8 * eff_linear)
+                + batch * float(d["attention"]) / (bf16 * attention_efficiency))
+    decode_layer_overhead = max(step - ref_step, 0.0) / ref.n_layers
+    # the model at hand
+    fp8_linear = weight_dtype in ("fp8", "float8")
+    attn_peak = attention_peak_flops if attention_peak_flops is not None else (
+        peak_flops / 2.0 if fp8_linear else peak_flops)
+    index_peak = indexer_peak_flops if indexer_peak_flops is not None else (peak_flops if fp8_linear else attn_peak)
+    probe = cost.prefill_flops(spec, 0, 1)  # one token attending to one key: the per-key costs
     weights = weight_bytes_per_gpu(spec, ep_size, weight_dtype)
     eff_hbm = hbm_bytes_per_s * eff_memory
+    s_key = float(probe["attention"]) / (attn_peak * attention_efficiency)
+    s_index_key = float(probe["indexer"]) / (index_peak * attention_efficiency)
+    index_bytes = (cost.stored_kv_bytes_per_token(spec, kv_dtype) - cost.kv_bytes_per_token(spec, kv_dtype))
+    s_token = float(probe["linear"]) / (peak_flops * eff_linear)
     return ComputeModel(
         prefill_overhead_s=spec.n_layers * prefill_layer_overhead_s,
-        s_per_token=float(probe["linear"]) / (peak_flops * eff),
-        s_per_key=float(probe["attention"]) / (peak_flops * eff),
-        s_per_index_key=float(probe["indexer"]) / (peak_flops * eff),
+        s_per_token=s_token,
+        s_per_key=s_key,
+        s_per_index_key=s_index_key,
         decode_overhead_s=spec.n_layers * decode_layer_overhead + weights / eff_hbm,
-        s_per_sequence=0.0,
-        s_per_context_token=cost.kv_bytes_per_token(spec, kv_dtype) / eff_hbm,
+        s_per_sequence=s_token,
+        s_per_context_token=cost.kv_bytes_per_token(spec, kv_dtype) / eff_hbm + s_key,
+        s_per_index_context_token=index_bytes / eff_hbm + s_index_key,
         weight_bytes_per_gpu=weights,
         topk=spec.index_topk if spec.index_n_heads else None)
+
+
+def calibrate_config(cfg, ep_size: SupportsIndex) -> ComputeModel:
+    """:func:`calibrate_from_public` for a :class:`~dualpath_jax.sim.config.SimConfig`'s model,
+    dtypes and hardware, on engines whose routed experts span ``ep_size`` GPUs.
+
+    The linear layers run at ``cfg.peak_flops`` (the weights' dtype); with ``hardware.peak_flops``
+    unset, the attention's BF16 and the DSA indexer's FP8 peaks come from the catalog entry of
+    ``hardware.gpu`` (the indexer at BF16 on a GPU without FP8), else they follow the set peak.
+    """
+    hw = cfg.hardware
+    attn = index = None
+    if hw.peak_flops is None:
+        peaks = catalog.gpu_spec(hw.gpu).peak_flops
+        attn = float(peaks["bf16"])
+        index = float(peaks.get("fp8", attn))
+    return calibrate_from_public(cfg.spec, peak_flops=cfg.peak_flops, hbm_bytes_per_s=hw.hbm_bytes_per_s,
+                                 ep_size=ep_size, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
+                                 prefill_layer_overhead_s=cfg.prefill_layer_overhead_s, eff_memory=cfg.eff_memory,
+                                 attention_peak_flops=attn, indexer_peak_flops=index,
+                                 attention_efficiency=cfg.attention_efficiency)

@@ -10,9 +10,10 @@ from ml_collections import config_dict
 
 from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive, to_dict
 from dualpath_jax.model import cost
-from dualpath_jax.model.spec import get_spec
+from dualpath_jax.model.spec import ModelSpec, default_weight_dtype, resolve_spec
 from dualpath_jax.sched.knobs import PREFILL_MODES, SchedKnobs
-from dualpath_jax.sim.compute import ComputeModel
+from dualpath_jax.sim import catalog
+from dualpath_jax.sim.compute import ATTENTION_EFFICIENCY, ComputeModel
 from dualpath_jax.sim.hardware import HardwareConfig
 
 __all__ = ["SimConfig", "PREFILL_MODES", "sim_config_dict"]
@@ -28,13 +29,23 @@ class SimConfig(SchedKnobs):
     real engine's ``ClusterConfig`` (keyword-only).
 
     Attributes:
-      model: model preset name (``dualpath_jax.model.get_spec``).
+      model: a model preset name (``dualpath_jax.model.get_spec``) or the path of a Hugging Face
+        ``config.json`` (or of a directory holding one; ``model.spec.resolve_spec``).
       prefill_nodes, decode_nodes: P and D, in nodes of ``hardware.gpus_per_node`` engines.
       block_tokens: tokens per Full Block (the paper's example: 64).
-      kv_dtype, weight_dtype: byte sizes of KV and weights (``fp8``, ``bf16``, ...).
+      kv_dtype: dtype of the cached KV (``fp8``, ``fp16``, ``bf16``, ...); None (default): the
+        model's own, resolved when the config is built (``model.cost.default_kv_dtype``: FP8 for
+        MLA, FP16 for GQA, PAPER.md 1.2 Table 1).
+      weight_dtype: dtype of the weights, which is also the GEMMs' compute dtype that picks the
+        peak FLOP/s (:attr:`peak_flops`); None (default): the model's own, resolved when the config
+        is built (``model.spec.default_weight_dtype``: FP8 for DeepSeek-style MLA / MoE models,
+        BF16 for dense GQA models such as Qwen2.5).
       activation_reserve_bytes: HBM a PE keeps for activations.
       ep_sync: DP-attention groups wait for their slowest member (default: MoE models).
-      prefill_layer_overhead_s, eff_memory: compute-model assumptions (see ``sim.compute``).
+      prefill_layer_overhead_s: fixed seconds per layer of every forward (an assumption, ``sim.compute``).
+      eff_memory: share of the HBM bandwidth decode reads reach (FlashMLA's decode kernel: 0.9, ``sim.compute``).
+      attention_efficiency: share of the BF16 (FP8 for the DSA indexer) peak the attention kernels
+        reach (FlashMLA's sparse prefill: 640 of 989 TFLOP/s, ``sim.compute.ATTENTION_EFFICIENCY``).
       compute: an explicit :class:`~dualpath_jax.sim.compute.ComputeModel` for every engine
         (e.g. fitted to a real engine's measured forwards); replaces the public calibration.
       de_join_s: seconds a DE unit stops decoding for each request it admits (allocation and
@@ -47,12 +58,13 @@ class SimConfig(SchedKnobs):
     decode_nodes: int = 4
     hardware: HardwareConfig = dataclasses.field(default_factory=HardwareConfig)
     block_tokens: int = 64
-    kv_dtype: str = "fp8"
-    weight_dtype: str = "fp8"
+    kv_dtype: str | None = None
+    weight_dtype: str | None = None
     activation_reserve_bytes: float = 4e9
     ep_sync: bool | None = None
     prefill_layer_overhead_s: float = 0.5e-3
-    eff_memory: float = 0.7
+    eff_memory: float = 0.9  # FlashMLA decode: 3,000 of 3,350 GB/s on an H800 (sim.compute)
+    attention_efficiency: float = ATTENTION_EFFICIENCY
     compute: ComputeModel | None = None
     de_join_s: float = 0.0
 
@@ -60,7 +72,15 @@ class SimConfig(SchedKnobs):
 
     def __post_init__(self):
         super().__post_init__()  # the switches and scheduler knobs
-        get_spec(self.model)
+        spec = resolve_spec(self.model, field="sim.model")
+        object.__setattr__(self, "_spec", spec)  # read once (a config.json path is not read per access)
+        # None = the model's own dtype, resolved here once; replace(model=...) resolves it again
+        object.__setattr__(self, "_model_dtypes", frozenset(
+            f for f in ("kv_dtype", "weight_dtype") if getattr(self, f) is None))
+        if self.kv_dtype is None:
+            object.__setattr__(self, "kv_dtype", cost.default_kv_dtype(spec))
+        if self.weight_dtype is None:
+            object.__setattr__(self, "weight_dtype", default_weight_dtype(spec))
         check_positive("sim.prefill_nodes", self.prefill_nodes, integer=True)
         check_positive("sim.decode_nodes", self.decode_nodes, integer=True)
         check_in("sim.kv_dtype", self.kv_dtype, tuple(cost.DTYPE_BYTES))
@@ -71,20 +91,47 @@ class SimConfig(SchedKnobs):
             check_non_negative(f"sim.{f}", getattr(self, f))
         if self.eff_memory > 1.0:
             raise ConfigError("sim.eff_memory", f"is a share of HBM bandwidth, in (0, 1] (got {self.eff_memory})")
+        check_positive("sim.attention_efficiency", self.attention_efficiency)
+        if self.attention_efficiency > 1.0:
+            raise ConfigError("sim.attention_efficiency",
+                              f"is a share of the peak FLOP/s, in (0, 1] (got {self.attention_efficiency})")
         if self.compute is not None and not isinstance(self.compute, ComputeModel):
             raise ConfigError("sim.compute", f"must be a ComputeModel or None (got {type(self.compute).__name__})")
         if not isinstance(self.hardware, HardwareConfig):
             raise ConfigError("sim.hardware", f"must be a HardwareConfig (got {type(self.hardware).__name__})")
+        if self.compute is None:  # the public calibration needs the peak: fail now, naming the field
+            catalog.compute_peak(self.hardware, self.compute_dtype, dtype_field="sim.weight_dtype")
 
     @property
-    def spec(self):
-        return get_spec(self.model)
+    def spec(self) -> ModelSpec:
+        """The model's :class:`~dualpath_jax.model.spec.ModelSpec` (preset or ``config.json``)."""
+        return self._spec  # type: ignore[attr-defined]
 
     @property
     def uses_ep_sync(self) -> bool:
         return self.spec.n_routed_experts > 0 if self.ep_sync is None else bool(self.ep_sync)
 
+    @property
+    def compute_dtype(self) -> str:
+        """The GEMMs' dtype, a :mod:`~dualpath_jax.sim.catalog` dtype: the weights' (``fp8`` weights
+        run FP8 GEMMs as DeepSeek-V3's block-scaled FP8 checkpoints do; ``bf16`` BF16; ``f32`` FP32)."""
+        return catalog.canonical_dtype(str(self.weight_dtype), field="sim.weight_dtype")
+
+    @property
+    def peak_flops(self) -> float:
+        """Dense peak FLOP/s of one GPU for this model: ``hardware.peak_flops`` when set, else the
+        catalog's peak of ``hardware.gpu`` in :attr:`compute_dtype` (H800: 1979e12 FP8,
+        989.5e12 BF16; ``sim.catalog``).
+
+        Raises:
+          ConfigError: ``sim.weight_dtype`` when the GPU has no peak for the compute dtype.
+        """
+        return catalog.compute_peak(self.hardware, self.compute_dtype, dtype_field="sim.weight_dtype")
+
     def replace(self, **changes) -> "SimConfig":
+        """A copy with ``changes``; a dtype that was the model's own stays so (it follows a new ``model``)."""
+        for f in self._model_dtypes:  # type: ignore[attr-defined]
+            changes.setdefault(f, None)
         return dataclasses.replace(self, **changes)
 
 
@@ -95,7 +142,9 @@ def sim_config_dict(**fields) -> ml_collections.ConfigDict:
     Because every field is present, the command line can override any of them
     (``--config.sim.beta_s=1``, ``--config.sim.hardware.snic_bytes_per_s=25e9``); ml_collections
     only overrides keys that exist. ``compute`` (a fitted :class:`ComputeModel`) is left out: it is
-    set from Python. ``ep_sync`` (default: from the model) is a bool placeholder.
+    set from Python. ``ep_sync``, ``kv_dtype``, ``weight_dtype`` (default: from the model) and
+    ``hardware.peak_flops`` (default: from the catalog for the model's compute dtype) are
+    placeholders (None) of their types.
 
     Raises:
       ConfigError: naming ``sim.<field>`` or ``sim.hardware.<field>`` for an unknown field.
@@ -103,6 +152,9 @@ def sim_config_dict(**fields) -> ml_collections.ConfigDict:
     sim = to_dict(SimConfig())  # every field at its default, hardware as a nested dict
     del sim["compute"]
     sim["ep_sync"] = config_dict.placeholder(bool)
+    sim["kv_dtype"] = config_dict.placeholder(str)
+    sim["weight_dtype"] = config_dict.placeholder(str)
+    sim["hardware"]["peak_flops"] = config_dict.placeholder(float)
     for key, value in fields.items():
         if key == "compute":
             raise ConfigError("sim.compute", "a ComputeModel is set from Python (SimConfig(compute=...)), "

@@ -3,8 +3,10 @@
 Quantities default to the paper's testbed (PAPER.md section 8.1): nodes of g = 8 Hopper GPUs,
 one 400 Gbps CNIC per GPU (B = 50 GB/s), s = 1 SNIC of 400 Gbps per node, host memory bandwidth
 M = 500 GB/s shared by reads and writes, 80 GB of DRAM buffer per node (DeepSeek models), and
-H800 datasheet numbers (80 GB HBM3 at 3.35 TB/s; 989 dense BF16 / 1979 FP8 TFLOP/s, PAPER.md
-section 9).
+H800 datasheet numbers (80 GB HBM3 at 3.35 TB/s; 989.5 dense BF16 / 1979 FP8 TFLOP/s, PAPER.md
+section 9). Other GPUs' numbers come from :mod:`dualpath_jax.sim.catalog`
+(``catalog.hardware_for("h200")``); the peak FLOP/s follows the model's compute dtype
+(``SimConfig.peak_flops``) unless ``peak_flops`` is set.
 
 A :class:`Server` is a FIFO bandwidth server: a transfer of ``b`` bytes that may start at ``t``
 starts at ``max(t, free_at)`` and occupies it for ``b / rate`` seconds. A transfer crossing several
@@ -21,6 +23,7 @@ import dataclasses
 from mypy_extensions import mypyc_attr
 
 from dualpath_jax.config import ConfigError, check_fraction, check_positive
+from dualpath_jax.sim import catalog
 
 __all__ = ["HardwareConfig", "Server", "reserve"]
 
@@ -37,9 +40,15 @@ class HardwareConfig:
       snic_bytes_per_s: rate of one SNIC, each direction.
       dram_bytes_per_s: M, host memory bandwidth per node (reads + writes share it).
       dram_buffer_bytes: PE/DE buffer DRAM per node.
+      gpu: the GPU, a :mod:`~dualpath_jax.sim.catalog` key (``h800``, ``h100``, ``h200``, ``b200``,
+        ``a100``); gives the peak FLOP/s when ``peak_flops`` is None. ``catalog.hardware_for(gpu)``
+        also sets the HBM and NIC fields from the catalog; with ``gpu`` set here alone, an HBM field
+        left at the H800 default where the GPU's datasheet differs raises ConfigError.
       hbm_bytes: HBM per GPU.
       hbm_bytes_per_s: HBM bandwidth per GPU.
-      peak_flops: dense peak FLOP/s per GPU in the model's compute dtype.
+      peak_flops: dense peak FLOP/s per GPU in the model's compute dtype; None (default): the
+        catalog's peak of ``gpu`` for the model's compute dtype (``SimConfig.peak_flops``: H800
+        FP8 1979e12 for DeepSeek models, BF16 989.5e12 for BF16 weights).
       hbm_usable_fraction: share of HBM the engine may use (rest: runtime, fragmentation).
       cnic_kv_share: share of CNIC bandwidth left to KV traffic (low-priority class) while the
         engine's model communication uses the rest (PAPER.md section 4.2: ~99% reserved under
@@ -53,9 +62,10 @@ class HardwareConfig:
     snic_bytes_per_s: float = 50e9
     dram_bytes_per_s: float = 500e9
     dram_buffer_bytes: float = 80e9
+    gpu: str = "h800"
     hbm_bytes: float = 80e9
     hbm_bytes_per_s: float = 3.35e12
-    peak_flops: float = 1979e12
+    peak_flops: float | None = None
     hbm_usable_fraction: float = 0.9
     cnic_kv_share: float = 0.9
     storage_bytes_per_s: float = float("inf")
@@ -64,8 +74,16 @@ class HardwareConfig:
         for f in ("gpus_per_node", "snics_per_node"):
             check_positive(f"hardware.{f}", getattr(self, f), integer=True)
         for f in ("cnic_bytes_per_s", "snic_bytes_per_s", "dram_bytes_per_s", "dram_buffer_bytes", "hbm_bytes",
-                  "hbm_bytes_per_s", "peak_flops", "hbm_usable_fraction", "cnic_kv_share"):
+                  "hbm_bytes_per_s", "hbm_usable_fraction", "cnic_kv_share"):
             check_positive(f"hardware.{f}", getattr(self, f))
+        if self.peak_flops is not None:
+            check_positive("hardware.peak_flops", self.peak_flops)
+        gpu, h800 = catalog.gpu_spec(self.gpu), catalog.GPUS["h800"]
+        for f in ("hbm_bytes", "hbm_bytes_per_s"):  # another GPU left with the H800's memory by mistake
+            if getattr(self, f) == getattr(h800, f) != getattr(gpu, f):
+                raise ConfigError(f"hardware.{f}", f"is the H800 default ({getattr(h800, f):g}) but hardware.gpu is "
+                                  f"{self.gpu!r} ({gpu.name}: {getattr(gpu, f):g}); build the hardware with "
+                                  f"catalog.hardware_for({self.gpu!r}) or set hardware.{f}")
         check_fraction("hardware.hbm_usable_fraction", self.hbm_usable_fraction)
         check_fraction("hardware.cnic_kv_share", self.cnic_kv_share)
         if not self.storage_bytes_per_s > 0:

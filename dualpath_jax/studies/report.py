@@ -16,8 +16,7 @@ from pathlib import Path
 
 from dualpath_jax.metrics.writers import markdown_table
 from dualpath_jax.model import cost
-from dualpath_jax.model.spec import get_spec
-from dualpath_jax.sim.compute import ASSUMED_CONTEXT_TOKENS, PUBLIC_FIGURES, calibrate_from_public
+from dualpath_jax.sim.compute import ATTENTION_EFFICIENCY, PUBLIC_CONTEXT_TOKENS, PUBLIC_FIGURES, calibrate_config
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.hardware import HardwareConfig
 
@@ -74,9 +73,11 @@ _HW_SOURCES = {
     "snic_bytes_per_s": "paper section 7.2 (400 Gbps; 3FS saturates it)",
     "dram_bytes_per_s": "paper section 4.2 (M ~ 500 GB/s)",
     "dram_buffer_bytes": "paper A.4 (80 GB/node DeepSeek; 320 GB/node Qwen, set in its configs)",
+    "gpu": "assumption: H800 (the paper says Hopper, not the SKU; DeepSeek's public figures are H800's, PAPER.md 9)",
     "hbm_bytes": "H800 datasheet (80 GB HBM3); the SKU is not given by the paper",
     "hbm_bytes_per_s": "H800 datasheet (3.35 TB/s)",
-    "peak_flops": "H800 datasheet (1979 dense FP8 TFLOP/s)",
+    "peak_flops": "None: the GPU's dense peak in the model's compute dtype (H800 datasheet: 1979 FP8, 989.5 BF16 "
+                  "TFLOP/s; dualpath_jax/sim/catalog.py)",
     "hbm_usable_fraction": "assumption (runtime, fragmentation)",
     "cnic_kv_share": "assumption (KV on a low-priority class, paper section 5.1)",
     "storage_bytes_per_s": "paper section 7.2 (3FS saturates every SNIC: unbounded)",
@@ -93,9 +94,10 @@ _SIM_SOURCES = {
     "layerwise_depth": "assumption (double buffering)",
     "activation_reserve_bytes": "assumption",
     "prefill_layer_overhead_s": "assumption (launch + EP dispatch/combine per layer)",
-    "eff_memory": "assumption (decode HBM efficiency)",
-    "kv_dtype": "paper Table 1 (FP8 KV; FP16 for Qwen 32B, set in its configs)",
-    "weight_dtype": "assumption (FP8; needed for Qwen 32B to fit, see configs/sim_fig7.py)",
+    "eff_memory": "FlashMLA README (dense MLA decode reads 3,000 GB/s of the H800's 3,350)",
+    "kv_dtype": "paper Table 1 (None: the model's own, FP8 KV for MLA, FP16 for GQA / Qwen 32B)",
+    "weight_dtype": "None: the model's own (FP8 for DeepSeek's FP8 checkpoints, BF16 for dense GQA); it picks the "
+                    "peak FLOP/s. Qwen 32B: FP8 set in configs/sim_fig7.py (assumption, needed to fit)",
 }
 
 
@@ -114,18 +116,21 @@ def calibration_markdown() -> str:
              "", "### Compute model (dualpath_jax/sim/compute.py)", "",
              f"Public figures ({PUBLIC_FIGURES['source']}):", ""]
     lines.append(markdown_table([{"figure": k, "value": _fmt(v)} for k, v in PUBLIC_FIGURES.items() if k != "source"]))
-    lines += [f"Assumed mean context of the public traffic: `ASSUMED_CONTEXT_TOKENS = {ASSUMED_CONTEXT_TOKENS}` "
-              "(not published; an assumption).", "",
-              "Derived coefficients per model (``calibrate_from_public``: FLOPs and bytes of "
-              "``dualpath_jax.model.cost`` over the efficiencies implied by the public figures; EP over the PE "
-              "nodes of the default deployment; FP8 weights):", ""]
+    lines += [f"Context mix of the public figures: `PUBLIC_CONTEXT_TOKENS = {PUBLIC_CONTEXT_TOKENS}`-token prompts "
+              "(DeepSeek's published prefill/decode profiles, stated to match its online deployment); attention "
+              f"kernels at `ATTENTION_EFFICIENCY = {ATTENTION_EFFICIENCY:.3f}` of the BF16 peak (FlashMLA sparse "
+              "prefill, 640 of 989 TFLOP/s).", "",
+              "Derived coefficients per model (``calibrate_config``: FLOPs and bytes of ``dualpath_jax.model.cost`` "
+              "over the efficiencies implied by the public figures; EP over the PE nodes of the default deployment; "
+              "each model's own dtypes, Qwen 32B as in Fig. 7's config):", ""]
     rows = []
     hw = HardwareConfig()
-    for model, p, kv in (("ds-27b", 1, "fp8"), ("deepseek-v3.2", 2, "fp8"), ("qwen2.5-32b", 1, "fp16")):
-        spec = get_spec(model)
-        m = calibrate_from_public(spec, peak_flops=hw.peak_flops, hbm_bytes_per_s=hw.hbm_bytes_per_s,
-                                  ep_size=p * hw.gpus_per_node, weight_dtype="fp8", kv_dtype=kv)
-        row = {"model": model, "kv_dtype": kv, "kv_bytes_per_token": cost.kv_bytes_per_token(spec, kv)}
+    for model, p, dtypes in (("ds-27b", 1, {}), ("deepseek-v3.2", 2, {}),
+                             ("qwen2.5-32b", 1, {"kv_dtype": "fp16", "weight_dtype": "fp8"})):
+        cfg = SimConfig(model=model, prefill_nodes=p, **dtypes)
+        m = calibrate_config(cfg, p * hw.gpus_per_node)
+        row = {"model": model, "kv_dtype": cfg.kv_dtype, "weight_dtype": cfg.weight_dtype,
+               "stored_kv_bytes_per_token": cost.stored_kv_bytes_per_token(cfg.spec, cfg.kv_dtype)}
         row.update({f.name: getattr(m, f.name) for f in dataclasses.fields(m)})
         row["prefill_tokens_per_s_per_GPU (ctx 32K, append 429)"] = m.prefill_tokens_per_s(32768, 429)
         row["decode_step_ms (64 seqs x 32K)"] = m.decode_step_s(64, 64 * 32768) * 1e3
