@@ -49,8 +49,10 @@ class SimConfig(SchedKnobs):
       compute: an explicit :class:`~dualpath_jax.sim.compute.ComputeModel` for every engine
         (e.g. fitted to a real engine's measured forwards); replaces the public calibration.
       de_join_s: seconds a DE unit stops decoding for each request it admits (allocation and
-        bookkeeping on the decode thread; the H2D copy itself is a CNIC transfer). 0 by default;
-        the engine cross-check sets the runtime's measured value.
+        bookkeeping on the decode thread; the H2D copy itself is a CNIC transfer that the request
+        waits for, PAPER.md 2.5). 0 by default: the paper gives no admission cost (8.6), and a
+        block-table update is microseconds next to a ~50 ms step; the engine cross-check sets the
+        runtime's measured value (its Python decode thread admits in milliseconds).
     """
 
     model: str = "deepseek-v3.2"
