@@ -9,6 +9,9 @@ Variants: Basic (pe_read, full, round_robin), +Layerwise, +DPL (dual, round_robi
 +Sched = DualPath (dual, layerwise, dualpath) and Oracle, at 1024 and 2048 agents.
 Expected run time: about 5 minutes on a 2-core CPU (``:quick``: 256 and 512 agents, about 1 minute;
 ``:tiny``: 32 and 64 agents, a few seconds).
+The times are for one seed: every configuration runs ``seeds`` = 3 times (workload seed ``seed + r``;
+``--config.seeds=R``; ``:tiny`` 1), so about 3x as long serially, less with ``--workers=N``; each figure
+is the mean over the seeds with its 95% CI (``<name>_ci95``).
 Output: ablation.json ({"variants": {name: {"jct_s", "ttft_p50_s", "ttft_p99_s", "tpot_s",
 "snic_bytes"}}}), ablation.md/.csv, ablation.png, and ``name: value`` lines (JCT per variant,
 speedups vs Basic, DualPath / Oracle JCT).
@@ -27,15 +30,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.mal = "64K"
     config.num_agents = (1024, 2048)
     config.seed = 0
+    config.seeds = 3  # runs per configuration (workload seed seed + r); figures: mean and 95% CI
     config.variants = ("basic", "layerwise", "dpl", "dualpath", "oracle")
     # the workload's source (the paper's generator, or agentic / Mooncake traces), token scaling and
     # sub-agents; its MAL, agent counts and seed are the fields above
     config.workload = workload_config_dict(exclude=("mal", "num_agents"))
-    config.sim = sim_config_dict(model="deepseek-v3.2", prefill_nodes=2, decode_nodes=4, kv_dtype="fp8",
-                                 weight_dtype="fp8")
+    config.sim = sim_config_dict(model="deepseek-v3.2", prefill_nodes=2, decode_nodes=4)
     if arg == "quick":
         config.num_agents = (256, 512)
     elif arg == "tiny":
+        config.seeds = 1
         config.num_agents = (32, 64)
     elif arg not in (None, ""):
         raise ValueError(f"configs/sim_ablation.py: unknown variant {arg!r}; known: quick, tiny")

@@ -9,6 +9,9 @@ Command:
     python experiments/run_sim.py --config=configs/sim_balance.py:quick --workdir=/tmp/balance
 Expected run time on a 2-core CPU: about 1 minute; ``:quick`` (512 agents) about 25 s;
 ``:tiny`` seconds.
+The times are for one seed: every configuration runs ``seeds`` = 3 times (workload seed ``seed + r``;
+``--config.seeds=R``; ``:tiny`` 1), so about 3x as long serially, less with ``--workers=N``; each figure
+is the mean over the seeds with its 95% CI (``<name>_ci95``).
 Output: balance.json, balance.md/.csv (per variant: JCT, SNIC Max/Avg mean / median / p90,
 attention Max/Avg mean, first-5% mean, first-5% and whole-run weighted by attention time, p90,
 forwards, share of forwards with every GPU of the group busy and their Max/Avg, request chunks per
@@ -31,16 +34,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.study = "balance"
     config.scheduler = ""  # "pkg.module:Class": a ClusterScheduler subclass for every run ("" = built-in)
     config.seed = 0
+    config.seeds = 3  # runs per configuration (workload seed seed + r); figures: mean and 95% CI
     config.num_agents = 1024
     config.window_s = 10.0
     config.head_fraction = 0.05
     config.variants = ("dpl", "dualpath")
     config.workload = workload_config_dict(exclude=("num_agents",), mal="64K")
-    config.sim = sim_config_dict(model="deepseek-v3.2", prefill_nodes=2, decode_nodes=4, kv_dtype="fp8",
-                                 weight_dtype="fp8", beta_s=5.0)
+    config.sim = sim_config_dict(model="deepseek-v3.2", prefill_nodes=2, decode_nodes=4, beta_s=5.0)
     if arg == "quick":
         config.num_agents = 512
     elif arg == "tiny":
+        config.seeds = 1
         config.num_agents = 16
         config.window_s = 1.0
         config.workload.update({"mal": "32K", "token_divisor": 8})

@@ -7,14 +7,20 @@ Command:
 Expected run time on a 2-core CPU: the full grid (3 models x 3 MALs x 512..4096 agents x 3
 variants, about 22 M simulated requests) about 35 minutes; ``:quick`` (DS 27B and DS 660B, MAL 32K
 and 64K, 128 and 512 agents) about 2 minutes; ``:tiny`` (tests) a few seconds.
+The times are for one seed: every configuration runs ``seeds`` = 3 times (workload seed ``seed + r``;
+``--config.seeds=R``; ``:tiny`` 1), so about 3x as long serially, less with ``--workers=N``; each figure
+is the mean over the seeds with its 95% CI (``<name>_ci95``).
 Output: fig7.json, fig7.md/.csv (JCT, speedup vs Basic, JCT / Oracle, TTFT, TPOT per cell),
 fig7.png (the grid), and ``name: value`` lines (max / mean DualPath speedup vs Basic, where the
 max is, DualPath / Oracle JCT per row).
 
 Qwen 32B (PAPER.md section 6.1, A.4): FP16 KV (256 KiB/token), 320 GB DRAM buffer per node.
-The paper does not give its weight dtype; FP8 weights (32.8 GB/GPU, DP only) leave 35 GB of HBM
-per PE for KV and activations; BF16 weights (65.5 GB) would leave under 3 GB, so FP8 is the
-assumption that makes the 1P2D deployment servable. Its compute peak is the FP8 one as well.
+The paper does not give its weight dtype (PAPER.md 6.1: only Table 1's FP16 KV); the public
+checkpoint is BF16 (its config.json's torch_dtype), which is what a Qwen SimConfig gets by default.
+This row sets both dtypes explicitly: FP8 weights (32.8 GB/GPU, DP only) leave 35 GB of HBM per PE
+for KV and activations; BF16 weights (65.5 GB) would leave under 3 GB, so FP8 is the assumption
+that makes the 1P2D deployment servable. The weights' dtype is the GEMMs' compute dtype, so the
+row computes at the GPU's FP8 peak (H800: 1979 dense TFLOP/s, ``sim.catalog``).
 """
 
 import ml_collections
@@ -36,18 +42,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.study = "fig7"
     config.scheduler = ""  # "pkg.module:Class": a ClusterScheduler subclass for every run ("" = built-in)
     config.seed = 0
+    config.seeds = 3  # runs per configuration (workload seed seed + r); figures: mean and 95% CI
     config.rows = ml_collections.ConfigDict(ROWS)
     config.row_order = ("ds27b", "ds660b", "qwen32b")
     config.mals = ("32K", "48K", "64K")
     config.num_agents = (512, 1024, 2048, 4096)
     config.variants = ("basic", "dualpath", "oracle")
     config.workload = workload_config_dict(exclude=("mal", "num_agents"))  # MAL and agents: mals, num_agents
-    config.sim = sim_config_dict(kv_dtype="fp8", weight_dtype="fp8")
+    config.sim = sim_config_dict()  # KV and weight dtypes: each row model's own unless the row sets them
     if arg == "quick":
         config.row_order = ("ds27b", "ds660b")
         config.mals = ("32K", "64K")
         config.num_agents = (128, 512)
     elif arg == "tiny":
+        config.seeds = 1
         config.row_order = ("ds27b",)
         config.mals = ("32K",)
         config.num_agents = (8, 16)

@@ -18,6 +18,9 @@ Command:
 Expected run time on a 2-core CPU: about 15-20 minutes (2 models x 3 systems x ~8 runs of up to
 ~500 K requests); ``:quick`` (DS 27B only, Basic and DualPath, MAL 32K, 300 s horizon, 150 s
 warm-up; a DS 27B trajectory of MAL 32K lasts ~170 s) about 2-3 minutes; ``:tiny`` seconds.
+The times are for one seed: every configuration runs ``seeds`` = 3 times (workload seed ``seed + r``,
+arrival seed ``arrival_seed + r``; ``--config.seeds=R``; ``:tiny`` 1), so about 3x as long serially,
+less with ``--workers=N``; each figure is the mean over the seeds with its 95% CI (``<name>_ci95``).
 Output: online.json (curves, max APS, search trials), online_curves.md/.csv,
 online_max_aps.md/.csv, online_latency.png, online_completion.png, and ``name: value`` lines
 (max APS per model and system, DualPath / Basic APS gain per model and its mean, DualPath / Oracle,
@@ -42,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.study = "online"
     config.scheduler = ""  # "pkg.module:Class": a ClusterScheduler subclass for every run ("" = built-in)
     config.seed = 0
+    config.seeds = 3  # runs per configuration (workload seed seed + r); figures: mean and 95% CI
     config.arrival_seed = 0
     config.rows = ml_collections.ConfigDict(ROWS)
     config.row_order = ("ds27b", "ds660b")
@@ -50,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.warmup_s = 1500.0
     config.max_agents_per_run = 8192
     config.workload = workload_config_dict(mal="64K", num_agents=2048)
-    config.sim = sim_config_dict(kv_dtype="fp8", weight_dtype="fp8")
+    config.sim = sim_config_dict()  # KV and weight dtypes: each row model's own (FP8 for DeepSeek models)
     config.slo = ml_collections.ConfigDict({"ttft_s": 4.0, "tpot_s": 0.050, "statistic": "mean"})
     config.search = ml_collections.ConfigDict({"enabled": True, "rel_tol": 0.1, "max_runs": 10, "min_aps": 1e-3,
                                                "max_aps": 64.0})
@@ -63,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.max_agents_per_run = 4000
         config.search.update({"rel_tol": 0.2, "max_runs": 6, "max_aps": 32.0})
     elif arg == "tiny":
+        config.seeds = 1
         config.row_order = ("ds27b",)
         config.workload.update({"mal": "32K", "num_agents": 16, "token_divisor": 8})
         config.rows.ds27b.update({"aps_grid": (0.5, 2.0), "initial_aps": 0.5, "horizon_s": 24.0, "warmup_s": 4.0})

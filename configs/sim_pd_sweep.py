@@ -15,6 +15,9 @@ Command:
     python experiments/run_sim.py --config=configs/sim_pd_sweep.py:quick --workdir=/tmp/pd
 Expected run time on a 2-core CPU: about 3 minutes; ``:quick`` (4 clusters, 256 agents) about
 25 s; ``:tiny`` seconds.
+The times are for one seed: every configuration runs ``seeds`` = 3 times (workload seed ``seed + r``;
+``--config.seeds=R``; ``:tiny`` 1), so about 3x as long serially, less with ``--workers=N``; each figure
+is the mean over the seeds with its 95% CI (``<name>_ci95``).
 Output: pd_sweep.json, pd_sweep.md/.csv, pd_sweep.png, and ``name: value`` lines (the Eq. 9 range
 with the nominal and the KV-share CNIC rate, DualPath's simulated fraction inside / outside it,
 the largest gap to the analysis, the best cluster).
@@ -31,15 +34,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.study = "pd_sweep"
     config.scheduler = ""  # "pkg.module:Class": a ClusterScheduler subclass for every run ("" = built-in)
     config.seed = 0
+    config.seeds = 3  # runs per configuration (workload seed seed + r); figures: mean and 95% CI
     config.clusters = ("1P8D", "2P7D", "3P6D", "4P5D", "5P4D", "6P3D", "7P2D", "8P1D")
     config.variants = ("basic", "dualpath")
     config.workload = workload_config_dict(mal="64K", num_agents=512, gen_factor=1e-3)
-    config.sim = sim_config_dict(model="ds-27b", kv_dtype="fp8", weight_dtype="fp8",
-                                 hardware={"peak_flops": 1979e15})
+    config.sim = sim_config_dict(model="ds-27b", hardware={"peak_flops": 1979e15})
     if arg == "quick":
         config.clusters = ("1P8D", "3P6D", "6P3D", "8P1D")
         config.workload.num_agents = 256
     elif arg == "tiny":
+        config.seeds = 1
         config.clusters = ("1P2D", "2P1D")
         config.workload.update({"mal": "32K", "num_agents": 16, "token_divisor": 8})
     elif arg not in (None, ""):

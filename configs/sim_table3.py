@@ -9,6 +9,9 @@ Expected run time on a 2-core CPU: 30 minutes or more (the 48P96D / 48K-agent ru
 7.7 M requests, ~10+ minutes; the 44P88D online run ~3.5 M); ``:quick`` shrinks the large cluster
 to 8P16D with the same load per node (offline 2P4D / 512 agents vs 8P16D / 2048; online 2P4D at
 0.4 APS / 128 agents vs 8P16D at 1.6 APS / 512 agents), about 1 minute; ``:tiny`` seconds.
+The times are for one seed: every configuration runs ``seeds`` = 3 times (workload seed ``seed + r``,
+arrival seed ``arrival_seed + r``; ``--config.seeds=R``; ``:tiny`` 1), so about 3x as long serially,
+less with ``--workers=N``; each figure is the mean over the seeds with its 95% CI (``<name>_ci95``).
 Output: table3.json, table3.md/.csv, table3.png, and ``name: value`` lines (JCT per case, large /
 small JCT ratio, TTFT / TTST / TPOT per online case).
 """
@@ -24,16 +27,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.study = "table3"
     config.scheduler = ""  # "pkg.module:Class": a ClusterScheduler subclass for every run ("" = built-in)
     config.seed = 0
+    config.seeds = 3  # runs per configuration (workload seed seed + r); figures: mean and 95% CI
     config.arrival_seed = 0
     config.variants = ("dualpath",)
     config.offline_cases = (("2P4D", 2048), ("48P96D", 49152))
     config.online_cases = (("2P4D", 0.4, 1024), ("44P88D", 8.8, 22528))
     config.workload = workload_config_dict(exclude=("num_agents",), mal="64K")
-    config.sim = sim_config_dict(model="deepseek-v3.2", kv_dtype="fp8", weight_dtype="fp8")
+    config.sim = sim_config_dict(model="deepseek-v3.2")
     if arg == "quick":
         config.offline_cases = (("2P4D", 512), ("8P16D", 2048))
         config.online_cases = (("2P4D", 0.4, 128), ("8P16D", 1.6, 512))
     elif arg == "tiny":
+        config.seeds = 1
         config.sim.model = "ds-27b"
         config.offline_cases = (("1P1D", 8), ("2P2D", 16))
         config.online_cases = (("1P1D", 0.5, 8), ("2P2D", 1.0, 16))

@@ -12,6 +12,9 @@ Command:
 Expected run time on a 2-core CPU: about 5 minutes alone (4 runs of up to ~375 K requests);
 ``:quick`` (DS 27B 1P1D, MAL 32K, 300 s horizon, 150 s warm-up) about 30 s alone, free after
 the online study; ``:tiny`` seconds.
+The times are for one seed: every configuration runs ``seeds`` = 3 times (workload seed ``seed + r``,
+arrival seed ``arrival_seed + r``; ``--config.seeds=R``; ``:tiny`` 1), so about 3x as long serially,
+less with ``--workers=N``; each figure is the mean over the seeds with its 95% CI (``<name>_ci95``).
 Output: ttft_breakdown.json, ttft_breakdown.md/.csv, ttft_breakdown_<variant>.png (stacked
 bars), and ``name: value`` lines (mean TTFT and each component's share at the highest APS).
 """
@@ -27,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.study = "ttft_breakdown"
     config.scheduler = ""  # "pkg.module:Class": a ClusterScheduler subclass for every run ("" = built-in)
     config.seed = 0
+    config.seeds = 3  # runs per configuration (workload seed seed + r); figures: mean and 95% CI
     config.arrival_seed = 0
     config.variants = ("dualpath",)
     config.aps_grid = (0.1, 0.2, 0.4, 0.8)
@@ -34,8 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.warmup_s = 1500.0
     config.max_agents_per_run = 8192
     config.workload = workload_config_dict(mal="64K", num_agents=2048)
-    config.sim = sim_config_dict(model="deepseek-v3.2", prefill_nodes=2, decode_nodes=4, kv_dtype="fp8",
-                                 weight_dtype="fp8")
+    config.sim = sim_config_dict(model="deepseek-v3.2", prefill_nodes=2, decode_nodes=4)
     if arg == "quick":
         config.sim.update({"model": "ds-27b", "prefill_nodes": 1, "decode_nodes": 1})
         config.horizon_s = 300.0
@@ -44,6 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.workload.mal = "32K"
         config.aps_grid = (2.0, 4.0, 8.0)
     elif arg == "tiny":
+        config.seeds = 1
         config.sim.update({"model": "ds-27b", "prefill_nodes": 1, "decode_nodes": 1})
         config.horizon_s = 24.0
         config.warmup_s = 4.0

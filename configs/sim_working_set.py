@@ -11,6 +11,9 @@ Command:
 Expected run time on a 2-core CPU: about 5 minutes alone (4 runs of up to ~375 K requests);
 ``:quick`` (DS 27B 1P1D, MAL 32K, 300 s horizon, 150 s warm-up) about 30 s alone, free after
 the online study; ``:tiny`` seconds.
+The times are for one seed: every configuration runs ``seeds`` = 3 times (workload seed ``seed + r``,
+arrival seed ``arrival_seed + r``; ``--config.seeds=R``; ``:tiny`` 1), so about 3x as long serially,
+less with ``--workers=N``; each figure is the mean over the seeds with its 95% CI (``<name>_ci95``).
 Output: working_set.json, working_set.md/.csv, working_set.png, and ``name: value`` lines
 (working set and simulated live KV at the highest APS, GB per APS).
 """

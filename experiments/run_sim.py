@@ -2,12 +2,17 @@
 
     python experiments/run_sim.py --config=configs/sim_ablation.py --workdir=workdir/sim_ablation
     python experiments/run_sim.py --config=configs/sim_ablation.py:quick --workdir=/tmp/abl
+    python experiments/run_sim.py --config=configs/sim_ablation.py:quick --config.seeds=5 --workers=2 --workdir=W
     python experiments/run_sim.py --config=configs/sim_ablation.py:tiny --config.workload.source=agentic --workdir=W
     python experiments/run_sim.py --config=configs/sim_ablation.py --print_config     # every field, typed and explained
 
 The study named by ``config.study`` (``dualpath_jax.studies.STUDIES``) writes its tables, plots
 and JSON to the workdir together with ``config.json``, ``env.json`` and ``metrics.json``; the
-output ends with the study's ``name: value`` lines. Override any field with
+output ends with the study's ``name: value`` lines. Every configuration runs ``config.seeds``
+times (seed r: workload seed ``seed + r`` and, online, arrival seed ``arrival_seed + r``;
+``--config.seeds=R``); each figure is the mean over the seeds, followed by ``<name>_ci95``, the
+half width of its 95% Student-t interval (``nan`` with one seed); ``metrics.json`` also holds
+``<name>_lo`` and ``<name>_hi``. Override any field with
 ``--config.<field>=<value>``: every ``SimConfig`` field is under ``sim`` and every
 ``HardwareConfig`` field under ``sim.hardware`` (e.g. ``--config.sim.beta_s=1``,
 ``--config.sim.hardware.snic_bytes_per_s=25e9``, ``--config.num_agents='(256,)'``). A field the
@@ -40,6 +45,7 @@ from dualpath_jax.metrics import writers
 from dualpath_jax.sched import scheduler_name
 from dualpath_jax.studies import RunCache, check_sim_overrides, cli, from_config_dict, run_study
 from dualpath_jax.studies.config import describe_study_config
+from dualpath_jax.studies.seeds import printed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Study config file configs/sim_<study>.py; append :quick or :tiny for the smaller variants "
@@ -69,9 +75,10 @@ def main(argv):
     named = run_study(study, workdir, log=lambda s: print(s, flush=True), cache=cache)
     named["wall_s"] = time.perf_counter() - t0
     writers.write_named_values(workdir, named)
-    writers.append_metrics(workdir, {"study": config.study, "scheduler": scheduler_name(study.scheduler), **named})
+    writers.append_metrics(workdir, {"study": config.study, "scheduler": scheduler_name(study.scheduler),
+                                     "seeds": study.seeds, **named})
     print()
-    print(writers.format_named_values(named))
+    print(writers.format_named_values(printed(named)))
 
 
 if __name__ == "__main__":

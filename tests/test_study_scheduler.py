@@ -72,6 +72,8 @@ def test_config_dict_becomes_a_typed_config_with_the_loaded_scheduler():
     ({"num_agents": (8, 0)}, "num_agents"),
     ({"mal": "16K"}, "mal"),
     ({"study": "fig99"}, "study"),
+    ({"seeds": 0}, "seeds"),
+    ({"seeds": 1.5}, "seeds"),
 ])
 def test_config_errors_name_the_field(change, field):
     data = {**load_config("ablation").to_dict(), **change}

@@ -1,12 +1,26 @@
 """Studies' independent runs on Ray: the same results as one after another in this process."""
 
+import importlib.util
 import math
+import threading
+from pathlib import Path
 
 import pytest
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.sim import SimConfig
-from dualpath_jax.studies import RunCache, Sweep, WorkloadSpec, offline_runs
+from dualpath_jax.studies import RunCache, Sweep, WorkloadSpec, from_config_dict, offline_runs, run_study
+from dualpath_jax.studies.runs import online_runs
+from dualpath_jax.studies.sweep import lockstep
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def load_config(study, arg="tiny"):
+    spec = importlib.util.spec_from_file_location(f"_cfg_{study}", CONFIGS / f"sim_{study}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 def _fingerprint(summary: dict) -> str:
@@ -14,7 +28,7 @@ def _fingerprint(summary: dict) -> str:
     return repr(sorted((k, v) for k, v in summary.items() if k not in ("wall_s", "cached")))
 
 
-def test_runs_on_ray_equal_serial_runs():
+def test_runs_on_ray_equal_serial_runs(tmp_path):
     base = SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=1, fetch_period_s=0.02)
     runs = [(v, WorkloadSpec(mal="32K", num_agents=n)) for n in (8, 16) for v in ("basic", "dualpath", "oracle")]
     serial = offline_runs(base, runs, None)
@@ -25,6 +39,20 @@ def test_runs_on_ray_equal_serial_runs():
     again = offline_runs(base, runs[:2], None, cache=cache)  # memoised: nothing is sent to Ray again
     assert [s["cached"] for s in again] == [True, True] and cache.misses == len(runs)
     assert all(math.isfinite(s["jct_s"]) for s in serial)
+    # online runs, and every seed of a study, go the same way
+    online = [(base, v, WorkloadSpec(mal="32K", num_agents=6, token_divisor=8, seed=r), 1.0, r, 0.0)
+              for r in (0, 1) for v in ("basic", "dualpath")]
+    on_serial, on_ray = online_runs(online, None), online_runs(online, None, cache=RunCache(sweep=Sweep(workers=2)))
+    assert [repr(sorted((k, v) for k, v in a.stats.items() if k != "wall_s")) for a in on_ray] == \
+        [repr(sorted((k, v) for k, v in a.stats.items() if k != "wall_s")) for a in on_serial]
+    for study in ("ablation", "balance"):
+        config = load_config(study)
+        config.seeds = 2
+        typed = from_config_dict(config)
+        alone = run_study(typed, tmp_path / f"{study}_serial", log=lambda s: None)
+        spread = run_study(typed, tmp_path / f"{study}_ray", log=lambda s: None,
+                           cache=RunCache(sweep=Sweep(workers=2)))
+        assert repr(spread) == repr(alone), study
     # a run that raises re-raises here (one Ray instance per test session: this test starts it)
     with pytest.raises(Exception, match="math domain error"):
         Sweep(workers=2).map(math.sqrt, [4.0, -1.0])
@@ -35,3 +63,40 @@ def test_serial_sweep_and_bad_worker_counts():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ConfigError, match="workers"):
             Sweep(workers=bad)
+
+
+def test_lockstep_batches_one_step_of_every_search_and_keeps_each_result():
+    """Three "searches" (doubling until a threshold) of different lengths: every batch holds the
+    next request of each unfinished search, and each result equals the search run alone."""
+    def search(start, limit):
+        def run(request):
+            x, seen = start, []
+            while True:
+                seen.append(request((start, x)))
+                if x >= limit:
+                    return seen
+                x *= 2
+        return run
+
+    alone = [search(1, 4), search(3, 3), search(1, 16)]
+    expected = [s(lambda key: key[1] * 10) for s in alone]
+    batches, threads = [], set()
+
+    def evaluate(keys):
+        batches.append(sorted(keys))
+        threads.add(threading.current_thread().name)
+        return [k[1] * 10 for k in keys]
+
+    assert lockstep(alone, evaluate) == expected == [[10, 20, 40], [30], [10, 20, 40, 80, 160]]
+    # steps: (1,1) (3,3) (1,1) dedup -> [(1,1), (3,3)]; then (1,2) from both doubling searches; ...
+    assert batches == [[(1, 1), (3, 3)], [(1, 2)], [(1, 4)], [(1, 8)], [(1, 16)]]
+    assert threads == {threading.current_thread().name}  # the runs are evaluated in the caller's thread
+
+    def failing(request):
+        request("a")
+        raise ValueError("search failed")
+
+    with pytest.raises(ValueError, match="search failed"):
+        lockstep([failing, search(1, 8)], lambda keys: [1 for _ in keys])
+    with pytest.raises(RuntimeError, match="batch failed"):
+        lockstep([search(1, 8), search(2, 8)], lambda keys: (_ for _ in ()).throw(RuntimeError("batch failed")))

@@ -8,6 +8,7 @@ simulator or scheduler.
 * :mod:`.latency`  JCT, TTFT, TTST, TPOT, trajectory completion time, SLO and max APS search.
 * :mod:`.traffic`  bytes per link over windows, storage-NIC Max/Avg, bytes per path, link
   utilisation, attention-time Max/Avg.
+* :mod:`.stats`    mean of repeats with a Student-t confidence interval.
 * :mod:`.writers`  ``config.json``, ``env.json``, ``metrics.jsonl``, Markdown/CSV tables, PNG plots.
 """
 
@@ -16,6 +17,7 @@ from dualpath_jax.metrics.latency import (SLO, ApsTrial, MaxApsResult, evaluate_
                                           ttst_s)
 from dualpath_jax.metrics.records import (READ_SIDES, AttentionRecord, RequestRecord, RequestTable, TransferRecord,
                                           TransferTable, as_request_table, as_transfer_table)
+from dualpath_jax.metrics.stats import mean_ci, t_quantile
 from dualpath_jax.metrics.traffic import (WindowedTraffic, attention_max_avg, bytes_per_link, bytes_per_path,
                                           cumulative_bytes, link_bytes_in_windows, link_utilization, max_avg_ratio,
                                           storage_nic_max_avg)
@@ -32,4 +34,5 @@ __all__ = [
     "bytes_per_path", "bytes_per_link", "link_utilization", "attention_max_avg",
     "to_jsonable", "write_json", "write_config", "collect_env", "write_env", "append_metrics", "read_metrics",
     "markdown_table", "write_table", "plot_lines", "format_named_values", "write_named_values",
+    "mean_ci", "t_quantile",
 ]

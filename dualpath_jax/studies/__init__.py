@@ -7,6 +7,10 @@
   explicit memo that callers share between studies; :func:`run_offline` for notebooks.
 * :mod:`.ablation`, :mod:`.offline`, :mod:`.online`   the simulator studies (paper Fig. 7-14,
   Table 3, Eq. 9, section 8.2); :mod:`.registry` names them (``STUDIES``, :func:`run_study`).
+* :mod:`.seeds`    every study runs each configuration for ``seeds`` workload (and arrival) seeds
+  and reports the mean with a 95% Student-t interval (``<name>_ci95``, ``_lo``, ``_hi``).
+* :mod:`.sweep`    where a study's independent runs execute (serially, or on Ray), and
+  :func:`~.sweep.lockstep` for searches stepped together (each seed's max-APS bisection).
 * :mod:`.report`   ``REPORT.md`` of ``experiments/reproduce_paper.py``.
 * :mod:`.plots`    the studies' matplotlib figures.
 * :mod:`.cli`      what every experiment script shares: one-line errors, ``--print_config``, a
@@ -26,7 +30,8 @@ _LAZY = {  # public name -> the submodule that defines it (loaded on first use: 
     "WorkloadSpec": "common",
     **dict.fromkeys(["STUDY_CONFIGS", "StudyConfig", "check_sim_overrides", "from_config_dict"], "config"),
     **dict.fromkeys(["STUDIES", "run_study"], "registry"),
-    **dict.fromkeys(["RunCache", "offline_run", "offline_runs", "online_run", "paper_workload", "run_offline"], "runs"),
+    **dict.fromkeys(["RunCache", "offline_run", "offline_runs", "online_run", "online_runs", "paper_workload",
+                     "run_offline"], "runs"),
     "Sweep": "sweep",
 }
 

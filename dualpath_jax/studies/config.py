@@ -110,17 +110,22 @@ class StudyConfig:
       sim: the study's base SimConfig (rows and clusters are set on top of it).
       variants: ablation variants (``sched.VARIANTS``) each configuration runs.
       scheduler: the ClusterScheduler subclass of every run (a ``"pkg.module:Class"`` string is loaded).
+      seeds: runs per configuration, R >= 1: seed r uses workload seed ``workload.seed + r`` (and
+        arrival seed ``arrival_seed + r`` online); figures are the mean over the R runs with a 95%
+        Student-t interval (``studies.seeds``).
 
     Raises:
-      ConfigError: naming ``variants`` or ``scheduler``.
+      ConfigError: naming ``variants``, ``scheduler`` or ``seeds``.
     """
 
     study: ClassVar[str] = ""
     sim: SimConfig = dataclasses.field(default_factory=SimConfig)
     variants: tuple[str, ...] = ("basic", "dualpath", "oracle")
     scheduler: type = ClusterScheduler
+    seeds: int = 1
 
     def __post_init__(self):
+        check_positive("seeds", self.seeds, integer=True)
         object.__setattr__(self, "variants", tuple(self.variants))
         if not self.variants:
             raise ConfigError("variants", "must name at least one variant")
@@ -283,7 +288,7 @@ class OnlineStudyConfig(StudyConfig):
 
     Attributes:
       workload: the workload the agents' trajectories come from.
-      arrival_seed: seed of the Poisson arrivals.
+      arrival_seed: seed of the Poisson arrivals (seed r of ``seeds`` uses ``arrival_seed + r``).
     """
 
     study: ClassVar[str] = "online"
@@ -306,7 +311,7 @@ class TtftBreakdownStudyConfig(StudyConfig):
 
     Attributes:
       aps_grid: the rates (agents/s).
-      arrival_seed: seed of the Poisson arrivals.
+      arrival_seed: seed of the Poisson arrivals (seed r of ``seeds`` uses ``arrival_seed + r``).
       workload: the workload the agents' trajectories come from.
     """
 
@@ -337,7 +342,7 @@ class Table3StudyConfig(StudyConfig):
     Attributes:
       offline_cases: ``(cluster, agents)`` offline runs.
       online_cases: ``(cluster, aps, agents)`` online runs.
-      arrival_seed: seed of the Poisson arrivals.
+      arrival_seed: seed of the Poisson arrivals (seed r of ``seeds`` uses ``arrival_seed + r``).
       workload: the rest of the workload.
     """
 
@@ -508,7 +513,7 @@ def check_sim_overrides(config, overridden: Sequence[str]) -> None:
 # ---- --print_config --------------------------------------------------------------------------------
 _DOCS = {
     "study": "which study runs (dualpath_jax.studies.STUDIES).",
-    "seed": "seed of the paper's workload generator (workload.seed).",
+    "seed": "seed of the paper's workload generator (workload.seed); seed r of seeds uses seed + r.",
     "row_order": "the rows of rows that run, in this order.",
     "rows.*.label": "the row's name in tables and plots.",
     "rows.*.sim.*": "the row's SimConfig field (on top of sim).",

@@ -9,13 +9,16 @@
 Each takes ``(config, workdir, log, cache=...)``: its typed config (:mod:`.config`, built from
 ``configs/sim_<name>.py``), the output folder, a log function and an optional :class:`RunCache`;
 it writes ``<name>.json``, tables (Markdown + CSV) and PNG plots into ``workdir`` and returns its
-``name: value`` headline figures. Every run uses ``config.scheduler``.
+``name: value`` headline figures. Every run uses ``config.scheduler``. Every configuration runs for
+``config.seeds`` workload seeds, all in one batch (in parallel on the cache's sweep); figures are
+computed within a seed, then reported as the mean over seeds with a 95% interval (:mod:`.seeds`).
 The numbers are predictions of the simulator with its public calibration (``sim.compute``); no
 parameter is fitted to the paper's results.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +35,15 @@ from dualpath_jax.studies.config import (BalanceStudyConfig, Fig7StudyConfig, Fi
                                          PdSweepStudyConfig)
 from dualpath_jax.studies.plots import plot_panels
 from dualpath_jax.studies.runs import Log, RunCache, offline_runs, ratio, scheduler_label
+from dualpath_jax.studies.seeds import CI_SUFFIX, aggregate, band, caption, estimate, put, seed_workloads
+from dualpath_jax.studies.seeds import write_table as write_seed_table
 
 __all__ = ["fig7", "fig8", "fig9", "pd_sweep", "balance"]
 
 
 def _speedups(results: dict, key_of) -> None:
-    """Add ``speedup_vs_basic`` (Basic JCT / JCT) and ``jct_over_oracle`` to every result."""
+    """Add ``speedup_vs_basic`` (Basic JCT / JCT) and ``jct_over_oracle`` to every result, each
+    against the Basic and Oracle runs of the same configuration and seed (``key_of(key, variant)``)."""
     for k, s in results.items():
         basic = results.get(key_of(k, "basic"))
         oracle = results.get(key_of(k, "oracle"))
@@ -56,125 +62,183 @@ def _nanmean(values) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
+def _panel_points(results: dict, seeds: int, xs, key_of) -> tuple[list[float], list[float]]:
+    """One series of a panel: the mean JCT (seconds) over seeds and its 95% half width at each x
+    (the runs ``results[key_of(x, seed)]``)."""
+    points = [estimate(results[key_of(x, r)]["jct_s"] for r in range(seeds)) for x in xs]
+    return [e.mean for e in points], [e.half for e in points]
+
+
+def _best(cells: dict) -> tuple:
+    """The key of ``cells`` (key -> per-seed values) with the highest mean (NaN cells last)."""
+    means = {k: estimate(v).mean for k, v in cells.items()}
+    return max(means, key=lambda k: means[k] if means[k] == means[k] else -math.inf)
+
+
 def fig7(config: Fig7StudyConfig, workdir: Path, log: Log = print, *, cache: RunCache | None = None) -> dict:
     """Paper Fig. 7: offline JCT (seconds) vs number of agents for each model row (``config.rows``)
-    and MAL (``config.mals``), one series per variant (``config.variants``). Writes ``fig7.json``,
-    ``fig7.md/.csv``, ``fig7.png``; returns the max / mean DualPath speedup over Basic, where the
-    max is, and DualPath / Oracle JCT per row."""
+    and MAL (``config.mals``), one series per variant (``config.variants``), each configuration run
+    for ``config.seeds`` workload seeds (:mod:`.seeds`). Writes ``fig7.json`` (``results``: mean
+    and ``_ci95`` per cell; ``runs``: every seed's), ``fig7.md/.csv``, ``fig7.png`` (95% error
+    bars). Returns, as means over seeds with ``_ci95`` / ``_lo`` / ``_hi``: the DualPath speedup
+    over Basic of the cell with the highest mean speedup (``max_speedup_dualpath_vs_basic``, at
+    ``max_speedup_at``) and of each row's best cell, the speedup averaged over the grid, and
+    DualPath / Oracle JCT averaged over each row's cells; every ratio is taken within a seed."""
     workdir = Path(workdir)
     cache = RunCache() if cache is None else cache
+    seeds = int(config.seeds)
+    wls = seed_workloads(config.workload, seeds)
     results: dict[tuple, dict] = {}
     for rc in config.rows:
         base = rc.sim
         log(f"{rc.label}: {base.model} {cluster_label(base)}, kv {base.kv_dtype}, weights {base.weight_dtype}")
-        keys = [(rc.key, mal, int(n), v) for mal in config.mals for n in config.num_agents for v in config.variants]
-        runs = [(v, config.workload.replace(mal=mal, num_agents=n)) for _, mal, n, v in keys]
+        keys = [(rc.key, mal, int(n), v, r) for r in range(seeds) for mal in config.mals for n in config.num_agents
+                for v in config.variants]
+        runs = [(v, wls[r].replace(mal=mal, num_agents=n)) for _, mal, n, v, r in keys]
         results.update(zip(keys, offline_runs(base, runs, log, scheduler_cls=config.scheduler, cache=cache)))
-    _speedups(results, lambda k, v: (*k[:3], v))
-    rows, panels = [], []
+    _speedups(results, lambda k, v: (*k[:3], v, k[4]))
+    per_seed, panels = [], []
     row_order = [rc.key for rc in config.rows]
+    agents = [int(n) for n in config.num_agents]
     for rc in config.rows:
         row, label = rc.key, rc.label
         for mal in config.mals:
-            series = {v: [results[(row, mal, int(n), v)]["jct_s"] for n in config.num_agents] for v in config.variants}
-            panels.append({"title": f"{label}, MAL {mal}", "x": [int(n) for n in config.num_agents], "series": series,
+            series, err = {}, {}
+            for v in config.variants:
+                series[v], err[v] = _panel_points(results, seeds, agents, lambda n, r, v=v: (row, mal, n, v, r))
+            panels.append({"title": f"{label}, MAL {mal}", "x": agents, "series": series, "err": err,
                            "xlabel": "agents", "ylabel": "JCT (s)", "logx": True})
-            for n in config.num_agents:
-                for v in config.variants:
-                    s = results[(row, mal, int(n), v)]
-                    rows.append(_row(s, model=label, cluster=s["cluster"], mal=mal, agents=int(n)))
-    writers.write_table(workdir / "fig7", rows, title=f"Fig. 7: offline JCT vs agents ({config.workload.source} "
-                        "workload; simulated)")
-    plot_panels(workdir / "fig7.png", panels, ncols=len(config.mals), title="Offline JCT (Fig. 7)")
-    writers.write_json(workdir / "fig7.json", {"results": [dict(r) for r in rows]})
+    for r in range(seeds):
+        for rc in config.rows:
+            for mal in config.mals:
+                for n in agents:
+                    for v in config.variants:
+                        s = results[(rc.key, mal, n, v, r)]
+                        per_seed.append(_row(s, model=rc.label, cluster=s["cluster"], mal=mal, agents=n,
+                                             seed=wls[r].seed))
+    rows = aggregate(per_seed, ("model", "cluster", "mal", "agents", "variant"))
+    write_seed_table(workdir / "fig7", rows, seeds=seeds, title=f"Fig. 7: offline JCT vs agents "
+                     f"({config.workload.source} workload; simulated)")
+    plot_panels(workdir / "fig7.png", panels, ncols=len(config.mals),
+                title=f"Offline JCT (Fig. 7)\n{caption(seeds)}")
+    writers.write_json(workdir / "fig7.json", {"results": rows, "runs": per_seed, "seeds": seeds})
     named: dict = {}
     if "basic" in config.variants and "dualpath" in config.variants:
-        sp = {k[:3]: s["speedup_vs_basic"] for k, s in results.items() if k[3] == "dualpath"}
-        best = max(sp, key=lambda k: sp[k] if sp[k] == sp[k] else -1.0)
-        named["max_speedup_dualpath_vs_basic"] = sp[best]
+        cells = {k[:3]: [results[(*k[:3], "dualpath", r)]["speedup_vs_basic"] for r in range(seeds)]
+                 for k in results if k[3] == "dualpath" and k[4] == 0}
+        best = _best(cells)
+        put(named, "max_speedup_dualpath_vs_basic", cells[best])
         named["max_speedup_at"] = f"{best[0]} {best[1]} {best[2]} agents"
-        named["mean_speedup_dualpath_vs_basic"] = _nanmean(sp.values())
+        put(named, "mean_speedup_dualpath_vs_basic", [_nanmean(v[r] for v in cells.values()) for r in range(seeds)])
         for row in row_order:
-            named[f"max_speedup_{row}"] = max(v for k, v in sp.items() if k[0] == row)
+            put(named, f"max_speedup_{row}", cells[_best({k: v for k, v in cells.items() if k[0] == row})])
     if "oracle" in config.variants and "dualpath" in config.variants:
         for row in row_order:
-            named[f"dualpath_over_oracle_jct_{row}"] = _nanmean(
-                s["jct_over_oracle"] for k, s in results.items() if k[0] == row and k[3] == "dualpath")
+            put(named, f"dualpath_over_oracle_jct_{row}", [_nanmean(
+                s["jct_over_oracle"] for k, s in results.items() if k[0] == row and k[3] == "dualpath" and k[4] == r)
+                for r in range(seeds)])
     return named
 
 
 def fig8(config: Fig8StudyConfig, workdir: Path, log: Log = print, *, cache: RunCache | None = None) -> dict:
     """Paper Fig. 8: P/D ratio study (``config.clusters``, e.g. 1P1D / 2P1D / 1P2D) at
-    ``config.num_agents``, Basic vs DualPath. Writes ``fig8.json``, ``fig8.md/.csv``, ``fig8.png``;
-    returns the JCT (seconds) per cluster at the largest batch and DualPath's speedup per cluster."""
+    ``config.num_agents``, Basic vs DualPath, each configuration run for ``config.seeds`` workload
+    seeds (:mod:`.seeds`). Writes ``fig8.json`` (``results``: means and ``_ci95``; ``runs``: every
+    seed's), ``fig8.md/.csv``, ``fig8.png`` (95% error bars); returns, as means over seeds with
+    ``_ci95`` / ``_lo`` / ``_hi``, the JCT (seconds) per cluster at the largest batch and DualPath's
+    speedup (within each seed) per cluster and averaged over the grid."""
     workdir = Path(workdir)
     cache = RunCache() if cache is None else cache
-    keys = [(c, int(n), v) for c in config.clusters for n in config.num_agents for v in config.variants]
-    bases = [with_cluster(config.sim, c) for c, _, _ in keys]
-    runs = [(v, config.workload.replace(num_agents=n)) for _, n, v in keys]
+    seeds = int(config.seeds)
+    wls = seed_workloads(config.workload, seeds)
+    keys = [(c, int(n), v, r) for r in range(seeds) for c in config.clusters for n in config.num_agents
+            for v in config.variants]
+    bases = [with_cluster(config.sim, c) for c, _, _, _ in keys]
+    runs = [(v, wls[r].replace(num_agents=n)) for _, n, v, r in keys]
     results = dict(zip(keys, offline_runs(bases, runs, log, scheduler_cls=config.scheduler, cache=cache)))
-    _speedups(results, lambda k, v: (*k[:2], v))
-    rows, panels = [], []
+    _speedups(results, lambda k, v: (*k[:2], v, k[3]))
+    per_seed, panels = [], []
+    agents = [int(n) for n in config.num_agents]
     for c in config.clusters:
-        p, d = parse_cluster(c)
-        panels.append({"title": f"{config.sim.model} {c}", "x": [int(n) for n in config.num_agents], "xlabel": "agents",
-                       "ylabel": "JCT (s)", "logx": True,
-                       "series": {v: [results[(c, int(n), v)]["jct_s"] for n in config.num_agents]
-                                  for v in config.variants}})
-        for n in config.num_agents:
-            for v in config.variants:
-                s = results[(c, int(n), v)]
-                rows.append(_row(s, cluster=c, agents=int(n),
-                                 agents_per_hour_per_node=int(n) / s["jct_s"] * 3600 / (p + d)))
-    writers.write_table(workdir / "fig8", rows, title=f"Fig. 8: P/D ratio study ({config.sim.model}, "
-                        f"{config.workload.label}; simulated)")
-    plot_panels(workdir / "fig8.png", panels, ncols=len(config.clusters), title="P/D ratio (Fig. 8)")
-    writers.write_json(workdir / "fig8.json", {"results": rows})
+        series, err = {}, {}
+        for v in config.variants:
+            series[v], err[v] = _panel_points(results, seeds, agents, lambda n, r, v=v, c=c: (c, n, v, r))
+        panels.append({"title": f"{config.sim.model} {c}", "x": agents, "xlabel": "agents", "ylabel": "JCT (s)",
+                       "logx": True, "series": series, "err": err})
+    for r in range(seeds):
+        for c in config.clusters:
+            p, d = parse_cluster(c)
+            for n in agents:
+                for v in config.variants:
+                    s = results[(c, n, v, r)]
+                    per_seed.append(_row(s, cluster=c, agents=n, seed=wls[r].seed,
+                                         agents_per_hour_per_node=n / s["jct_s"] * 3600 / (p + d)))
+    rows = aggregate(per_seed, ("cluster", "agents", "variant"))
+    write_seed_table(workdir / "fig8", rows, seeds=seeds, title=f"Fig. 8: P/D ratio study ({config.sim.model}, "
+                     f"{config.workload.label}; simulated)")
+    plot_panels(workdir / "fig8.png", panels, ncols=len(config.clusters), title=f"P/D ratio (Fig. 8)\n{caption(seeds)}")
+    writers.write_json(workdir / "fig8.json", {"results": rows, "runs": per_seed, "seeds": seeds})
     named: dict = {}
-    top = max(int(n) for n in config.num_agents)
+    top = max(agents)
     for c in config.clusters:
         for v in config.variants:
-            named[f"jct_s_{v}_{c}_{top}"] = results[(c, top, v)]["jct_s"]
+            put(named, f"jct_s_{v}_{c}_{top}", [results[(c, top, v, r)]["jct_s"] for r in range(seeds)])
     if "basic" in config.variants and "dualpath" in config.variants:
         for c in config.clusters:
-            named[f"speedup_dualpath_vs_basic_{c}_{top}"] = results[(c, top, "dualpath")]["speedup_vs_basic"]
-        named["mean_speedup_dualpath_vs_basic"] = _nanmean(
-            s["speedup_vs_basic"] for k, s in results.items() if k[2] == "dualpath")
+            put(named, f"speedup_dualpath_vs_basic_{c}_{top}",
+                [results[(c, top, "dualpath", r)]["speedup_vs_basic"] for r in range(seeds)])
+        put(named, "mean_speedup_dualpath_vs_basic",
+            [_nanmean(s["speedup_vs_basic"] for k, s in results.items() if k[2] == "dualpath" and k[3] == r)
+             for r in range(seeds)])
     return named
 
 
 def fig9(config: Fig9StudyConfig, workdir: Path, log: Log = print, *, cache: RunCache | None = None) -> dict:
     """Paper Fig. 9: append (``config.scale`` contains "append") and generation ("gen") lengths
-    multiplied by each of ``config.factors`` then truncated at the MAL, at ``config.num_agents``.
-    Writes ``fig9.json``, ``fig9.md/.csv``, ``fig9.png``; returns DualPath's speedup over Basic per
-    scaling and its mean JCT over Oracle's."""
+    multiplied by each of ``config.factors`` then truncated at the MAL, at ``config.num_agents``,
+    each configuration run for ``config.seeds`` workload seeds (:mod:`.seeds`). Writes
+    ``fig9.json`` (``results``: means and ``_ci95``; ``runs``: every seed's), ``fig9.md/.csv``,
+    ``fig9.png`` (95% error bars); returns, as means over seeds with ``_ci95`` / ``_lo`` / ``_hi``,
+    DualPath's speedup over Basic per scaling and its JCT over Oracle's averaged over the grid
+    (both within each seed)."""
     workdir = Path(workdir)
     cache = RunCache() if cache is None else cache
     base = config.sim
-    keys = [(kind, float(f), v) for kind in config.scale for f in config.factors for v in config.variants]
-    runs = [(v, config.workload.replace(num_agents=int(config.num_agents), **{f"{kind}_factor": f}))
-            for kind, f, v in keys]
+    seeds = int(config.seeds)
+    wls = seed_workloads(config.workload, seeds)
+    keys = [(kind, float(f), v, r) for r in range(seeds) for kind in config.scale for f in config.factors
+            for v in config.variants]
+    runs = [(v, wls[r].replace(num_agents=int(config.num_agents), **{f"{kind}_factor": f})) for kind, f, v, r in keys]
     results = dict(zip(keys, offline_runs(base, runs, log, scheduler_cls=config.scheduler, cache=cache)))
-    _speedups(results, lambda k, v: (*k[:2], v))
-    rows, panels = [], []
+    _speedups(results, lambda k, v: (*k[:2], v, k[3]))
+    per_seed, panels = [], []
+    xs = [float(f) for f in config.factors]
     for kind in config.scale:
-        xs = [float(f) for f in config.factors]
+        series, err = {}, {}
+        for v in config.variants:
+            series[v], err[v] = _panel_points(results, seeds, xs, lambda f, r, v=v, kind=kind: (kind, f, v, r))
         panels.append({"title": f"{kind} length scaled", "x": xs, "xlabel": f"{kind} factor", "ylabel": "JCT (s)",
-                       "series": {v: [results[(kind, f, v)]["jct_s"] for f in xs] for v in config.variants}})
-        for f in xs:
-            for v in config.variants:
-                rows.append(_row(results[(kind, f, v)], scaled=kind, factor=f))
-    writers.write_table(workdir / "fig9", rows, title=f"Fig. 9: length scaling ({base.model} {cluster_label(base)}, "
-                        f"{config.workload.label}, {config.num_agents} agents; simulated)")
-    plot_panels(workdir / "fig9.png", panels, ncols=2, title="Append / generation scaling (Fig. 9)")
-    writers.write_json(workdir / "fig9.json", {"results": rows})
+                       "series": series, "err": err})
+    for r in range(seeds):
+        for kind in config.scale:
+            for f in xs:
+                for v in config.variants:
+                    per_seed.append(_row(results[(kind, f, v, r)], scaled=kind, factor=f, seed=wls[r].seed))
+    rows = aggregate(per_seed, ("scaled", "factor", "variant"))
+    write_seed_table(workdir / "fig9", rows, seeds=seeds, title=f"Fig. 9: length scaling ({base.model} "
+                     f"{cluster_label(base)}, {config.workload.label}, {config.num_agents} agents; simulated)")
+    plot_panels(workdir / "fig9.png", panels, ncols=2, title=f"Append / generation scaling (Fig. 9)\n{caption(seeds)}")
+    writers.write_json(workdir / "fig9.json", {"results": rows, "runs": per_seed, "seeds": seeds})
     named: dict = {}
-    for (kind, f, v), s in results.items():
-        if v == "dualpath" and "basic" in config.variants:
-            named[f"speedup_dualpath_vs_basic_{kind}_x{f:g}"] = s["speedup_vs_basic"]
+    if "basic" in config.variants and "dualpath" in config.variants:
+        for kind in config.scale:
+            for f in xs:
+                put(named, f"speedup_dualpath_vs_basic_{kind}_x{f:g}",
+                    [results[(kind, f, "dualpath", r)]["speedup_vs_basic"] for r in range(seeds)])
     if "oracle" in config.variants and "dualpath" in config.variants:
-        named["dualpath_over_oracle_jct_mean"] = _nanmean(s["jct_over_oracle"] for k, s in results.items()
-                                                          if k[2] == "dualpath")
+        put(named, "dualpath_over_oracle_jct_mean",
+            [_nanmean(s["jct_over_oracle"] for k, s in results.items() if k[2] == "dualpath" and k[3] == r)
+             for r in range(seeds)])
     return named
 
 
@@ -185,152 +249,217 @@ def pd_sweep(config: PdSweepStudyConfig, workdir: Path, log: Log = print, *, cac
     (:mod:`dualpath_jax.sim.analysis`): DualPath's even-split fraction ``min(1, 1/max load)``
     and Basic's ``P / (P + D) * min(1, 1 / max load)`` (``analysis.basic_storage_fraction``); both
     with B = the CNIC rate left to KV. ``config.sim`` should make storage the bottleneck (the default
-    config: fast compute, one generated token per round). Writes ``pd_sweep.json``,
-    ``pd_sweep.md/.csv``, ``pd_sweep.png``; returns the Eq. 9 range and DualPath's simulated
-    fraction inside / outside it."""
+    config: fast compute, one generated token per round). Each cluster runs for ``config.seeds``
+    workload seeds (:mod:`.seeds`). Writes ``pd_sweep.json`` (``rows``: means and ``_ci95``;
+    ``runs``: every seed's), ``pd_sweep.md/.csv``, ``pd_sweep.png`` (95% error bars); returns the
+    Eq. 9 range (analytic: no interval) and, as means over seeds with ``_ci95`` / ``_lo`` /
+    ``_hi``, DualPath's simulated fraction inside / outside it and its largest gap to the bound;
+    ``best_cluster_dualpath`` has the highest mean fraction."""
     workdir = Path(workdir)
     cache = RunCache() if cache is None else cache
-    rows = []
+    seeds = int(config.seeds)
+    wls = seed_workloads(config.workload, seeds)
+    by_seed: list[list[dict]] = [[] for _ in range(seeds)]
     nominal = eff = None
     for c in config.clusters:
         parse_cluster(c, "clusters")
-    keys = [(c, v) for c in config.clusters for v in config.variants]
-    results = dict(zip(keys, offline_runs([with_cluster(config.sim, c) for c, _ in keys],
-                                          [(v, config.workload) for _, v in keys], log,
+    keys = [(c, v, r) for r in range(seeds) for c in config.clusters for v in config.variants]
+    results = dict(zip(keys, offline_runs([with_cluster(config.sim, c) for c, _, _ in keys],
+                                          [(v, wls[r]) for _, v, r in keys], log,
                                           scheduler_cls=config.scheduler, cache=cache)))
-    for c in config.clusters:
-        p, d = parse_cluster(c, "clusters")
-        base = with_cluster(config.sim, c)
-        hw = base.hardware
-        nominal, eff = analysis.pd_range_for_hardware(hw), analysis.pd_range_for_hardware(hw, kv_share=True)
-        b_eff = hw.cnic_bytes_per_s * hw.cnic_kv_share
-        s_eff = hw.node_snic_bytes_per_s / b_eff
-        loads = analysis.link_loads(p / d, hw.gpus_per_node, s_eff, hw.dram_bytes_per_s / hw.node_snic_bytes_per_s)
-        aggregate = (p + d) * min(hw.node_snic_bytes_per_s, hw.storage_bytes_per_s)
-        row = {"cluster": c, "p_over_d": p / d, "in_eq9_range": nominal.contains(p / d),
-               "in_eq9_range_kv_share": eff.contains(p / d), "busiest_link": max(loads, key=loads.get),
-               "busiest_load": max(loads.values()),
-               "bound_dualpath": analysis.even_split_storage_fraction(p / d, hw.gpus_per_node, s_eff,
-                                                                       hw.dram_bytes_per_s / hw.node_snic_bytes_per_s),
-               "bound_basic": analysis.basic_storage_fraction(p / d, hw.gpus_per_node, s_eff,
-                                                              hw.dram_bytes_per_s / hw.node_snic_bytes_per_s)}
-        for v in config.variants:
-            s = results[(c, v)]
-            row[f"sim_{v}"] = s["snic_read_bytes_per_s_busy"] / aggregate
-            row[f"jct_s_{v}"] = s["jct_s"]
-        if "basic" in config.variants and "dualpath" in config.variants:
-            row["speedup_dualpath_vs_basic"] = ratio(row["jct_s_basic"], row["jct_s_dualpath"])
-        rows.append(row)
-    writers.write_table(workdir / "pd_sweep", rows, title=f"P/D sweep vs the Eq. 9 bound ({config.sim.model}, "
-                        f"storage-bound probe workload; fractions of the aggregate SNIC bandwidth)")
+    for r in range(seeds):
+        for c in config.clusters:
+            p, d = parse_cluster(c, "clusters")
+            base = with_cluster(config.sim, c)
+            hw = base.hardware
+            nominal, eff = analysis.pd_range_for_hardware(hw), analysis.pd_range_for_hardware(hw, kv_share=True)
+            b_eff = hw.cnic_bytes_per_s * hw.cnic_kv_share
+            s_eff = hw.node_snic_bytes_per_s / b_eff
+            loads = analysis.link_loads(p / d, hw.gpus_per_node, s_eff, hw.dram_bytes_per_s / hw.node_snic_bytes_per_s)
+            aggregate_bw = (p + d) * min(hw.node_snic_bytes_per_s, hw.storage_bytes_per_s)
+            row = {"cluster": c, "p_over_d": p / d, "in_eq9_range": nominal.contains(p / d),
+                   "in_eq9_range_kv_share": eff.contains(p / d), "busiest_link": max(loads, key=loads.get),
+                   "busiest_load": max(loads.values()),
+                   "bound_dualpath": analysis.even_split_storage_fraction(
+                       p / d, hw.gpus_per_node, s_eff, hw.dram_bytes_per_s / hw.node_snic_bytes_per_s),
+                   "bound_basic": analysis.basic_storage_fraction(p / d, hw.gpus_per_node, s_eff,
+                                                                  hw.dram_bytes_per_s / hw.node_snic_bytes_per_s)}
+            for v in config.variants:
+                s = results[(c, v, r)]
+                row[f"sim_{v}"] = s["snic_read_bytes_per_s_busy"] / aggregate_bw
+                row[f"jct_s_{v}"] = s["jct_s"]
+            if "basic" in config.variants and "dualpath" in config.variants:
+                row["speedup_dualpath_vs_basic"] = ratio(row["jct_s_basic"], row["jct_s_dualpath"])
+            by_seed[r].append({**row, "seed": wls[r].seed})
+    per_seed = [row for part in by_seed for row in part]
+    analytic = ("cluster", "p_over_d", "in_eq9_range", "in_eq9_range_kv_share", "busiest_link", "busiest_load",
+                "bound_dualpath", "bound_basic")
+    rows = aggregate(per_seed, analytic)
+    write_seed_table(workdir / "pd_sweep", rows, seeds=seeds, title=f"P/D sweep vs the Eq. 9 bound "
+                     f"({config.sim.model}, storage-bound probe workload; fractions of the aggregate SNIC bandwidth)")
     xs = [r["p_over_d"] for r in rows]
     series = {"bound dualpath (Eq. 1-9, even split)": [r["bound_dualpath"] for r in rows],
               "bound basic": [r["bound_basic"] for r in rows]}
+    err = {}
     for v in config.variants:
         series[f"sim {v}"] = [r[f"sim_{v}"] for r in rows]
+        err[f"sim {v}"] = [r[f"sim_{v}{CI_SUFFIX}"] for r in rows]
     vl = [x for x in (nominal.lower, nominal.upper) if np.isfinite(x)] if nominal else []
     plot_panels(workdir / "pd_sweep.png", [{"title": "storage read rate / (P+D) s B", "x": xs, "series": series,
-                                            "xlabel": "P/D", "ylabel": "fraction", "logx": True, "vlines": vl}],
-                ncols=1, title="P/D sweep vs the bottleneck-free range (dotted: Eq. 9)")
-    writers.write_json(workdir / "pd_sweep.json", {"rows": rows, "eq9_nominal": nominal, "eq9_kv_share": eff})
+                                            "err": err, "xlabel": "P/D", "ylabel": "fraction", "logx": True,
+                                            "vlines": vl}],
+                ncols=1, title=f"P/D sweep vs the bottleneck-free range (dotted: Eq. 9)\n{caption(seeds)}")
+    writers.write_json(workdir / "pd_sweep.json", {"rows": rows, "runs": per_seed, "seeds": seeds,
+                                                    "eq9_nominal": nominal, "eq9_kv_share": eff})
     named = {"eq9_lower": nominal.lower, "eq9_upper": nominal.upper, "eq9_lower_kv_share": eff.lower,
              "eq9_upper_kv_share": eff.upper}
     if "dualpath" in config.variants:
-        inside = [r["sim_dualpath"] for r in rows if r["in_eq9_range"]]
-        outside = [r["sim_dualpath"] for r in rows if not r["in_eq9_range"]]
-        named["sim_dualpath_fraction_inside_range_mean"] = _nanmean(inside)
-        named["sim_dualpath_fraction_outside_range_mean"] = _nanmean(outside)
-        named["max_abs_error_vs_bound_dualpath"] = max(abs(r["sim_dualpath"] - r["bound_dualpath"]) for r in rows)
-        best = max(rows, key=lambda r: r["sim_dualpath"])
+        put(named, "sim_dualpath_fraction_inside_range_mean",
+            [_nanmean(x["sim_dualpath"] for x in part if x["in_eq9_range"]) for part in by_seed])
+        put(named, "sim_dualpath_fraction_outside_range_mean",
+            [_nanmean(x["sim_dualpath"] for x in part if not x["in_eq9_range"]) for part in by_seed])
+        put(named, "max_abs_error_vs_bound_dualpath",
+            [max(abs(x["sim_dualpath"] - x["bound_dualpath"]) for x in part) for part in by_seed])
+        best = max(rows, key=lambda x: x["sim_dualpath"] if x["sim_dualpath"] == x["sim_dualpath"] else -math.inf)
         named["best_cluster_dualpath"] = best["cluster"]
     return named
+
+
+def _balance_summary(spec: tuple) -> dict:
+    """One offline run of ``spec = (cfg, scheduler_cls, wl, window_s, head_fraction)`` reduced to
+    the balance study's figures (a picklable task): ``row`` (the study's table row), ``busy`` (rows
+    of :func:`attention_by_busy_members` with the head's), ``snic`` (window starts, Max/Avg per
+    window) and ``head`` (per-forward attention Max/Avg of the first forwards)."""
+    cfg, scheduler_cls, wl, window_s, head_fraction = spec
+    ts = wl.build()
+    res = Simulator(cfg, agents_from_trajectories(ts, offline_starts(ts)), scheduler_cls=scheduler_cls).run()
+    links, starts, finishes, sizes = snic_transfers(res)
+    tt = TransferTable(link=np.asarray(links, dtype=object), start_s=starts, finish_s=finishes, num_bytes=sizes,
+                       path=np.asarray(["storage_read"] * len(starts), dtype=object))
+    t, snic = storage_nic_max_avg(tt, sorted(res.snic_samples), float(window_s), start_s=0.0,
+                                  end_s=res.end_s) if len(starts) else (np.zeros(0), np.zeros(0))
+    attn = np.asarray(res.attention_ratio, np.float64)
+    n_head = max(1, int(np.ceil(len(attn) * float(head_fraction))))
+    head = attn[:n_head] if attn.size else attn
+    pe_forwards = int(res.units["pe_forwards"].sum())  # of PE units (groups with ep_sync, else engines)
+    chunks = float(res.units["pe_batch_requests"].sum())  # whole requests and chunked-prefill pieces
+    finite = snic[np.isfinite(snic)]
+    stat = lambda a, f: float(f(a)) if a.size else float("nan")  # noqa: E731
+    full = res.attention_members[:, 0] == res.attention_members[:, 1]  # every member had attention work
+    p90 = lambda a: np.percentile(a, 90)  # noqa: E731
+    row = {"jct_s": res.end_s, "snic_max_avg_mean": stat(finite, np.mean),
+           "snic_max_avg_p50": stat(finite, np.median), "snic_max_avg_p90": stat(finite, p90),
+           "attn_max_avg_mean": stat(attn, np.mean), "attn_max_avg_head_mean": stat(head, np.mean),
+           "attn_max_avg_head_weighted": attention_weighted(res, n_head),
+           "attn_max_avg_weighted": attention_weighted(res),
+           "attn_max_avg_p90": stat(attn, p90), "forwards": int(attn.size),
+           "full_forward_share": stat(full, np.mean), "full_forward_share_head": stat(full[:n_head], np.mean),
+           "attn_max_avg_full_mean": stat(attn[full], np.mean),
+           "attn_max_avg_head_full_mean": stat(head[full[:n_head]], np.mean),
+           "chunks_per_forward": chunks / pe_forwards if pe_forwards else float("nan")}
+    head_rows = {(r["busy"], r["members"]): r for r in attention_by_busy_members(res, n_head)}
+    busy = []
+    for r in attention_by_busy_members(res):
+        h = head_rows.get((r["busy"], r["members"]), {"forwards": 0, "max_avg_mean": float("nan")})
+        busy.append({**r, "head_forwards": h["forwards"], "head_max_avg_mean": h["max_avg_mean"]})
+    return {"row": row, "busy": busy, "snic": (np.asarray(t, np.float64), np.asarray(snic, np.float64)),
+            "head": head}
 
 
 def balance(config: BalanceStudyConfig, workdir: Path, log: Log = print, *, cache: RunCache | None = None) -> dict:
     """Paper Fig. 13-14: storage-NIC traffic Max/Avg across all SNICs in windows of
     ``config.window_s`` and attention-time Max/Avg across the engines of a PE group per forward,
     for each variant (``config.variants``: round-robin "dpl" vs "dualpath", both dual-path
-    loading), offline. The attention plot shows the first ``config.head_fraction`` of the
-    forwards; ``attn_max_avg_head_weighted`` is their Max/Avg weighted by attention time
-    (:func:`attention_weighted`), ``chunks_per_forward`` the batch entries (whole requests or
-    chunked-prefill pieces) per PE-unit forward over the run. ``full_forward_share[_head]`` is the
-    share of forwards in which every member had attention work and ``attn_max_avg[_head]_full_mean``
-    their mean Max/Avg: a member without ready work counts 0 s, so forwards of a partly idle group
-    are far from 1 however well the busy members are balanced (``balance_busy.md/.csv`` splits the
-    forwards by busy members, :func:`attention_by_busy_members`). Writes ``balance.json``,
-    ``balance.md/.csv``, ``balance_busy.md/.csv``, ``balance_snic.csv``, ``balance_attention.csv``,
-    ``balance_snic.png``, ``balance_attention.png``; returns those figures per variant. Its runs
-    keep their full results (not memoised: ``cache`` is accepted for a uniform signature)."""
-    del cache
+    loading), offline, each run for ``config.seeds`` workload seeds (:mod:`.seeds`). The attention
+    plot shows the first ``config.head_fraction`` of the forwards; ``attn_max_avg_head_weighted``
+    is their Max/Avg weighted by attention time (:func:`attention_weighted`),
+    ``chunks_per_forward`` the batch entries (whole requests or chunked-prefill pieces) per PE-unit
+    forward over the run. ``full_forward_share[_head]`` is the share of forwards in which every
+    member had attention work and ``attn_max_avg[_head]_full_mean`` their mean Max/Avg: a member
+    without ready work counts 0 s, so forwards of a partly idle group are far from 1 however well
+    the busy members are balanced (``balance_busy.md/.csv`` splits the forwards by busy members,
+    :func:`attention_by_busy_members`; a (busy, members) bucket is averaged over the seeds that
+    have it, ``seeds``). Writes ``balance.json`` (``rows``: means and ``_ci95``; ``runs``: every
+    seed's), ``balance.md/.csv``, ``balance_busy.md/.csv``, ``balance_snic.csv``,
+    ``balance_attention.csv`` (every seed's series), ``balance_snic.png``,
+    ``balance_attention.png`` (mean over seeds with a shaded 95% band, over the windows or forwards
+    every seed has); returns those figures per variant as means over seeds with ``_ci95`` /
+    ``_lo`` / ``_hi``. Runs go through ``cache`` (its sweep, and memoised; a fresh one if None)."""
     workdir = Path(workdir)
+    cache = RunCache() if cache is None else cache
     base = config.sim
-    wl = config.workload.replace(num_agents=int(config.num_agents))
-    ts = wl.build()
-    agents = agents_from_trajectories(ts, offline_starts(ts))
-    rows, snic_series, attn_series, snic_rows, attn_rows, busy_rows = [], {}, {}, [], [], []
-    for v in config.variants:
-        cfg = variant_config(base, v)
-        res = Simulator(cfg, agents, scheduler_cls=config.scheduler).run()
-        links, starts, finishes, sizes = snic_transfers(res)
-        tt = TransferTable(link=np.asarray(links, dtype=object), start_s=starts, finish_s=finishes, num_bytes=sizes,
-                           path=np.asarray(["storage_read"] * len(starts), dtype=object))
-        t, snic = storage_nic_max_avg(tt, sorted(res.snic_samples), float(config.window_s), start_s=0.0,
-                                      end_s=res.end_s) if len(starts) else (np.zeros(0), np.zeros(0))
-        attn = np.asarray(res.attention_ratio, np.float64)
-        n_head = max(1, int(np.ceil(len(attn) * float(config.head_fraction))))
-        head = attn[:n_head] if attn.size else attn
-        pe_forwards = int(res.units["pe_forwards"].sum())  # of PE units (groups with ep_sync, else engines)
-        chunks = float(res.units["pe_batch_requests"].sum())  # whole requests and chunked-prefill pieces
-        finite = snic[np.isfinite(snic)]
-        stat = lambda a, f: float(f(a)) if a.size else float("nan")  # noqa: E731
-        full = res.attention_members[:, 0] == res.attention_members[:, 1]  # every member had attention work
-        p90 = lambda a: np.percentile(a, 90)  # noqa: E731
-        rows.append({"variant": v, "jct_s": res.end_s, "snic_max_avg_mean": stat(finite, np.mean),
-                     "snic_max_avg_p50": stat(finite, np.median), "snic_max_avg_p90": stat(finite, p90),
-                     "attn_max_avg_mean": stat(attn, np.mean), "attn_max_avg_head_mean": stat(head, np.mean),
-                     "attn_max_avg_head_weighted": attention_weighted(res, n_head),
-                     "attn_max_avg_weighted": attention_weighted(res),
-                     "attn_max_avg_p90": stat(attn, p90), "forwards": int(attn.size),
-                     "full_forward_share": stat(full, np.mean), "full_forward_share_head": stat(full[:n_head], np.mean),
-                     "attn_max_avg_full_mean": stat(attn[full], np.mean),
-                     "attn_max_avg_head_full_mean": stat(head[full[:n_head]], np.mean),
-                     "chunks_per_forward": chunks / pe_forwards if pe_forwards else float("nan")})
-        log(f"  {v + scheduler_label(config.scheduler):9s} JCT {res.end_s:8.1f} s  SNIC Max/Avg mean "
-            f"{rows[-1]['snic_max_avg_mean']:.3f}  attention Max/Avg mean {rows[-1]['attn_max_avg_mean']:.3f}")
-        head_rows = {(r["busy"], r["members"]): r for r in attention_by_busy_members(res, n_head)}
-        for r in attention_by_busy_members(res):
-            h = head_rows.get((r["busy"], r["members"]), {"forwards": 0, "max_avg_mean": float("nan")})
-            busy_rows.append({"variant": v, **r, "head_forwards": h["forwards"], "head_max_avg_mean": h["max_avg_mean"]})
-        snic_series[v] = (t, snic)
-        attn_series[v] = head
-        snic_rows += [{"variant": v, "window_start_s": float(a), "snic_max_avg": float(b)} for a, b in zip(t, snic)]
-        attn_rows += [{"variant": v, "forward": i, "attention_max_avg": float(b)} for i, b in enumerate(head)]
-    title = f"{base.model} {cluster_label(base)}, {wl.label}, {wl.num_agents} agents"
-    writers.write_table(workdir / "balance", rows, title=f"Load balance (Fig. 13-14): {title}")
-    writers.write_table(workdir / "balance_busy", busy_rows,
-                        title=f"Attention Max/Avg by members with work per PE-group forward (whole run; head: first "
-                              f"{float(config.head_fraction):.0%}): {title}")
+    seeds = int(config.seeds)
+    wls = [w.replace(num_agents=int(config.num_agents)) for w in seed_workloads(config.workload, seeds)]
+    keys = [(v, r) for r in range(seeds) for v in config.variants]
+    specs = [(variant_config(base, v), config.scheduler, wls[r], float(config.window_s), float(config.head_fraction))
+             for v, r in keys]
+    out = _balance_runs(specs, cache)
+    results = dict(zip(keys, out))
+    per_seed, busy_rows, snic_rows, attn_rows = [], [], [], []
+    for (v, r), (res, cached) in results.items():
+        seed = wls[r].seed
+        row = res["row"]
+        per_seed.append({"variant": v, "seed": seed, **row})
+        log(f"  {v + scheduler_label(config.scheduler):9s} seed {seed}  JCT {row['jct_s']:8.1f} s  SNIC Max/Avg mean "
+            f"{row['snic_max_avg_mean']:.3f}  attention Max/Avg mean {row['attn_max_avg_mean']:.3f}"
+            + ("  (memoised)" if cached else ""))
+        busy_rows += [{"variant": v, "seed": seed, **b} for b in res["busy"]]
+        t, snic = res["snic"]
+        snic_rows += [{"variant": v, "seed": seed, "window_start_s": float(a), "snic_max_avg": float(b)}
+                      for a, b in zip(t, snic)]
+        attn_rows += [{"variant": v, "seed": seed, "forward": i, "attention_max_avg": float(b)}
+                      for i, b in enumerate(res["head"])]
+    rows = aggregate(per_seed, ("variant",))
+    title = f"{base.model} {cluster_label(base)}, {wls[0].label}, {int(config.num_agents)} agents"
+    write_seed_table(workdir / "balance", rows, seeds=seeds, title=f"Load balance (Fig. 13-14): {title}")
+    write_seed_table(workdir / "balance_busy", aggregate(busy_rows, ("variant", "busy", "members"), count=seeds > 1),
+                     seeds=seeds, title=f"Attention Max/Avg by members with work per PE-group forward (whole run; "
+                                        f"head: first {float(config.head_fraction):.0%}): {title}")
     writers.write_table(workdir / "balance_snic", snic_rows)
     writers.write_table(workdir / "balance_attention", attn_rows)
+    snic_x, snic_y, snic_err, attn_x, attn_y, attn_err = {}, {}, {}, {}, {}, {}
+    for v in config.variants:
+        runs = [results[(v, r)][0] for r in range(seeds)]
+        snic_y[v], snic_err[v] = band([x["snic"][1] for x in runs])
+        snic_x[v] = runs[0]["snic"][0][:len(snic_y[v])]
+        attn_y[v], attn_err[v] = band([x["head"] for x in runs])
+        attn_x[v] = list(range(len(attn_y[v])))
     plot_panels(workdir / "balance_snic.png", [{
-        "title": f"SNIC traffic Max/Avg, {float(config.window_s):g} s windows",
-        "x": {v: a[0] for v, a in snic_series.items()},
-        "series": {v: a[1] for v, a in snic_series.items()}, "xlabel": "time (s)", "ylabel": "Max/Avg", "marker": "",
-        "hline": 1.0}], ncols=1, title=f"Fig. 13: {title}")
+        "title": f"SNIC traffic Max/Avg, {float(config.window_s):g} s windows", "x": snic_x, "series": snic_y,
+        "err": snic_err, "band": True, "xlabel": "time (s)", "ylabel": "Max/Avg", "marker": "", "hline": 1.0}],
+        ncols=1, title=f"Fig. 13: {title}\n{caption(seeds)}")
     plot_panels(workdir / "balance_attention.png", [{
         "title": f"attention time Max/Avg per PE-group forward (first {float(config.head_fraction):.0%})",
-        "x": {v: list(range(len(a))) for v, a in attn_series.items()}, "series": attn_series, "xlabel": "forward",
-        "ylabel": "Max/Avg", "marker": "", "hline": 1.0}], ncols=1, title=f"Fig. 14: {title}")
-    writers.write_json(workdir / "balance.json", {"rows": rows, "window_s": float(config.window_s)})
-    named = {}
-    for r in rows:
-        named[f"snic_max_avg_mean_{r['variant']}"] = r["snic_max_avg_mean"]
-        named[f"snic_max_avg_p50_{r['variant']}"] = r["snic_max_avg_p50"]
-        named[f"attn_max_avg_mean_{r['variant']}"] = r["attn_max_avg_mean"]
-        named[f"attn_max_avg_head_mean_{r['variant']}"] = r["attn_max_avg_head_mean"]
-        named[f"attn_max_avg_head_weighted_{r['variant']}"] = r["attn_max_avg_head_weighted"]
-        named[f"attn_max_avg_weighted_{r['variant']}"] = r["attn_max_avg_weighted"]
-        named[f"full_forward_share_head_{r['variant']}"] = r["full_forward_share_head"]
-        named[f"attn_max_avg_head_full_mean_{r['variant']}"] = r["attn_max_avg_head_full_mean"]
-        named[f"chunks_per_forward_{r['variant']}"] = r["chunks_per_forward"]
+        "x": attn_x, "series": attn_y, "err": attn_err, "band": True, "xlabel": "forward", "ylabel": "Max/Avg",
+        "marker": "", "hline": 1.0}], ncols=1, title=f"Fig. 14: {title}\n{caption(seeds)}")
+    writers.write_json(workdir / "balance.json", {"rows": rows, "runs": per_seed, "seeds": seeds,
+                                                   "window_s": float(config.window_s)})
+    named: dict = {}
+    for v in config.variants:
+        mine = [x for x in per_seed if x["variant"] == v]
+        for key in ("snic_max_avg_mean", "snic_max_avg_p50", "attn_max_avg_mean", "attn_max_avg_head_mean",
+                    "attn_max_avg_head_weighted", "attn_max_avg_weighted", "full_forward_share_head",
+                    "attn_max_avg_head_full_mean", "chunks_per_forward"):
+            put(named, f"{key}_{v}", [x[key] for x in mine])
     return named
+
+
+def _balance_runs(specs: list[tuple], cache: RunCache) -> list[tuple[dict, bool]]:
+    """``(summary, memoised)`` of :func:`_balance_summary` for every spec: memoised in ``cache``
+    under ``("balance", *spec)``, the others computed through ``cache.sweep`` (or in this process)."""
+    keys = [("balance", *spec) for spec in specs]
+    known = {k: cache.peek(k) for k in keys}
+    todo = list(dict.fromkeys(k for k in keys if known[k] is None))
+    computed = {}
+    if todo:
+        items = [k[1:] for k in todo]
+        fresh = cache.sweep.map(_balance_summary, items, desc="balance runs") if cache.sweep is not None \
+            else [_balance_summary(x) for x in items]
+        computed = dict(zip(todo, fresh))
+        for k, v in computed.items():
+            cache.put(k, v)
+    out, seen = [], set()
+    for k in keys:
+        out.append((computed[k] if known[k] is None else known[k], known[k] is not None or k in seen))
+        seen.add(k)
+    return out

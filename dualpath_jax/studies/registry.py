@@ -18,6 +18,9 @@ working_set        section 8.2 working set                     :func:`.online.wo
 Configs: ``configs/sim_<name>.py`` (a ConfigDict, turned into the study's typed config by
 :func:`.config.from_config_dict`); one entry point runs any of them
 (``experiments/run_sim.py``), ``experiments/reproduce_paper.py`` runs all and writes the report.
+Every study runs each configuration for its config's ``seeds`` and returns each figure as the mean
+over them with ``<name>_ci95`` (the 95% half width), ``<name>_lo`` and ``<name>_hi``
+(:mod:`.seeds`); names, strings and analytic bounds (the Eq. 9 range) have no interval.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ STUDIES: dict[str, Callable[..., dict]] = {
     "pd_sweep": pd_sweep,
     "working_set": working_set,
 }
-"""Study name -> function ``(config, workdir, log=print, *, cache=None) -> {name: value}``."""
+"""Study name -> function ``(config, workdir, log=print, *, cache=None) -> {name: value}`` (means over
+the config's seeds, each with ``_ci95`` / ``_lo`` / ``_hi``)."""
 
 
 def run_study(config: StudyConfig, workdir: Path | str, *, log: Log = print, cache: RunCache | None = None) -> dict:

@@ -19,6 +19,7 @@ from dualpath_jax.model import cost
 from dualpath_jax.sim.compute import ATTENTION_EFFICIENCY, PUBLIC_CONTEXT_TOKENS, PUBLIC_FIGURES, calibrate_config
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.hardware import HardwareConfig
+from dualpath_jax.studies.seeds import CI_SUFFIX
 
 __all__ = ["PAPER_CLAIMS", "STUDY_TITLES", "STUDY_TABLES", "calibration_markdown", "claims_rows", "build_report"]
 
@@ -154,9 +155,12 @@ def calibration_markdown() -> str:
     return "\n".join(lines)
 
 
-def claims_rows(named: Mapping[str, Mapping]) -> list[dict]:
+def claims_rows(named: Mapping[str, Mapping], seeds: Mapping[str, int] | None = None) -> list[dict]:
     """One row per :data:`PAPER_CLAIMS` entry: claim, paper, simulated (blank if the study did not
-    run), source and a note on bounds (unbracketed max-APS searches)."""
+    run; ``mean ± 95% half width`` over the study's seeds when its figures carry ``_ci95``), source,
+    a note on bounds (unbracketed max-APS searches, over every seed's search) and the seeds
+    (``seeds``: study -> R; blank if not given)."""
+    seeds = seeds or {}
     rows = []
     for claim, paper, study, key in PAPER_CLAIMS:
         values = named.get(study, {})
@@ -172,9 +176,28 @@ def claims_rows(named: Mapping[str, Mapping]) -> list[dict]:
             note = (note + "; " if note else "") + f"models run: {', '.join(models) or 'none'}"
         if study == "fig7" and key == "max_speedup_dualpath_vs_basic" and "max_speedup_at" in values:
             note = f"at {values['max_speedup_at']}"
-        rows.append({"claim": claim, "paper": paper, "simulated": "" if value is None else _fmt(value),
-                     "source": f"{study}: {key}", "note": note})
+        shown = key if key in values else f"{key}_at_least"
+        rows.append({"claim": claim, "paper": paper, "simulated": "" if value is None else _with_ci(values, shown),
+                     "source": f"{study}: {key}", "note": note,
+                     "seeds": "" if value is None or not seeds.get(study) else seeds[study]})
     return rows
+
+
+def _with_ci(values: Mapping, key: str) -> str:
+    """``values[key]`` formatted, with `` ± <half width>`` when ``values`` holds its ``<key>_ci95``
+    (a mean over seeds, :mod:`.seeds`) and the half width is defined."""
+    v = values[key]
+    half = values.get(key + CI_SUFFIX)
+    if isinstance(half, float) and not math.isnan(half) and isinstance(v, (int, float)):
+        return f"{_fmt(float(v))} ± {half:.2g}"
+    return _fmt(v)
+
+
+def _headline_rows(values: Mapping) -> list[dict]:
+    """A study's ``name: value`` figures as table rows, each ``mean ± half width`` (the ``_ci95``,
+    ``_lo`` and ``_hi`` companions folded into their figure)."""
+    companions = {k[:-len(CI_SUFFIX)] + s for k in values if k.endswith(CI_SUFFIX) for s in (CI_SUFFIX, "_lo", "_hi")}
+    return [{"name": k, "value": _with_ci(values, k)} for k in values if k not in companions]
 
 
 def _demote(md: str) -> str:
@@ -182,12 +205,16 @@ def _demote(md: str) -> str:
 
 
 def build_report(workdir, studies: Sequence[str], named: Mapping[str, Mapping], wall_s: Mapping[str, float],
-                 errors: Mapping[str, str], *, variant: str, scheduler: str = "") -> Path:
+                 errors: Mapping[str, str], *, variant: str, scheduler: str = "",
+                 seeds: Mapping[str, int] | None = None) -> Path:
     """Write ``workdir/REPORT.md`` from the studies' folders ``workdir/<study>``; returns its path.
 
-    ``named``: each study's ``name: value`` figures; ``wall_s``: seconds per study; ``errors``:
-    the traceback of each failed study; ``variant``: the config variant run (``quick``, ...);
-    ``scheduler``: the scheduler plug-in every study ran with (``""``: the built-in one)."""
+    ``named``: each study's ``name: value`` figures (means over seeds with ``_ci95`` / ``_lo`` /
+    ``_hi``, shown as ``mean ± half width``); ``wall_s``: seconds per study; ``errors``: the
+    traceback of each failed study; ``variant``: the config variant run (``quick``, ...);
+    ``scheduler``: the scheduler plug-in every study ran with (``""``: the built-in one);
+    ``seeds``: the seeds each study ran (its config's ``seeds``)."""
+    seeds = seeds or {}
     workdir = Path(workdir)
     total = sum(wall_s.values())
     lines = ["# DualPath simulator: reproduction of the paper's experiments", "",
@@ -197,20 +224,25 @@ def build_report(workdir, studies: Sequence[str], named: Mapping[str, Mapping], 
              "All tables are **predictions** of the discrete-event simulator (`dualpath_jax/sim/`) with the "
              "public calibration listed below; no parameter was tuned to the paper's results. Quick / tiny "
              "variants use smaller models, batches and clusters than the paper (see each study's config).", "",
+             "Each configuration runs once per seed (workload generator seed and, online, Poisson arrival seed "
+             "offset by the seed index; `seeds` in each study's config); every figure is computed within a seed "
+             "(a speedup is Basic's JCT over DualPath's in the same seed) and shown as the mean over the seeds "
+             "± the half width of its 95% Student-t interval (no interval with 1 seed).", "",
              "## Paper headline claims vs simulation", ""]
-    lines.append(markdown_table(claims_rows(named)))
+    lines.append(markdown_table(claims_rows(named, seeds)))
     lines.append(calibration_markdown())
     lines += ["## Studies", ""]
     for study in studies:
         lines += [f"### {study}: {STUDY_TITLES.get(study, study)}", "",
-                  f"Config: `configs/sim_{study}.py` ({variant}); wall time {wall_s.get(study, float('nan')):.1f} s; "
-                  f"outputs in `{study}/`.", ""]
+                  f"Config: `configs/sim_{study}.py` ({variant})"
+                  + (f"; {seeds[study]} seed{'s' if seeds[study] != 1 else ''}" if study in seeds else "")
+                  + f"; wall time {wall_s.get(study, float('nan')):.1f} s; outputs in `{study}/`.", ""]
         if study in errors:
             lines += ["**FAILED**:", "", "```", errors[study], "```", ""]
             continue
         values = named.get(study, {})
         if values:
-            lines.append(markdown_table([{"name": k, "value": _fmt(v)} for k, v in values.items()]))
+            lines.append(markdown_table(_headline_rows(values)))
         for stem in STUDY_TABLES.get(study, (study,)):
             md = workdir / study / f"{stem}.md"
             if md.exists():

@@ -1,7 +1,9 @@
 """Simulated runs of the paper's studies, memoised in an explicit :class:`RunCache`.
 
 * :func:`offline_run` / :func:`online_run`: one simulated run (all agents at t = 0, or Poisson
-  arrivals at an APS) reduced to the studies' metrics, with the study's scheduler class.
+  arrivals at an APS) reduced to the studies' metrics, with the study's scheduler class;
+  :func:`offline_runs` / :func:`online_runs`: many at once, those not memoised through the
+  cache's :class:`~.sweep.Sweep` (in this process, or in parallel on Ray).
 * :class:`RunCache`: a bounded LRU table of runs keyed on everything that determines a run
   (kind, :class:`SimConfig`, scheduler class, :class:`WorkloadSpec`, APS, seeds, warm-up). The
   caller creates it and passes it on: ``experiments/reproduce_paper.py`` shares one across its
@@ -34,7 +36,8 @@ from dualpath_jax.sim.runs import offline_starts, online_starts, summarize, vari
 from dualpath_jax.studies.common import WorkloadSpec, cluster_label
 from dualpath_jax.workload import TrajectorySet, paper_dataset
 
-__all__ = ["Log", "TTFT_COMPONENTS", "RunCache", "offline_run", "offline_runs", "OnlineRun", "online_run", "run_offline",
+__all__ = ["Log", "TTFT_COMPONENTS", "RunCache", "offline_run", "offline_runs", "OnlineRun", "online_run",
+           "online_runs", "run_offline",
            "paper_workload", "ttft_components", "mean_total_tokens", "ratio", "scheduler_label", "run_label",
            "workload_tag"]
 
@@ -97,8 +100,10 @@ class RunCache:
     def items(self) -> list[tuple[Hashable, object]]:
         """``(key, value)`` of every run held, least recently used first. Keys of
         :func:`offline_run`: ``("offline", SimConfig, scheduler class, WorkloadSpec)``; of
-        :func:`online_run`: ``("online", SimConfig, scheduler class, WorkloadSpec, aps,
-        arrival_seed, warmup_s)``."""
+        :func:`online_run` / :func:`online_runs`: ``("online", SimConfig, scheduler class,
+        WorkloadSpec, aps, arrival_seed, warmup_s)``; of the balance study's runs: ``("balance",
+        SimConfig, scheduler class, WorkloadSpec, window_s, head_fraction)``. A study's seeds are
+        runs with other ``WorkloadSpec.seed`` and ``arrival_seed``."""
         return list(self._runs.items())
 
     def clear(self) -> None:
@@ -127,8 +132,9 @@ def run_label(variant: str, scheduler_cls: type) -> str:
 
 
 def workload_tag(wl: WorkloadSpec) -> str:
-    """The workload in a log line: its MAL (``64K``), and its source when that is a trace (``agentic 64K``)."""
-    return wl.mal if wl.source == "synthetic" else f"{wl.source} {wl.mal}"
+    """The workload in a log line: its MAL and generator seed (``64K s0``), or its source and MAL
+    for a trace (``agentic 64K``)."""
+    return f"{wl.mal} s{wl.seed}" if wl.source == "synthetic" else f"{wl.source} {wl.mal}"
 
 
 def paper_workload(mal: str, num_agents: int, seed: int = 0) -> TrajectorySet:
@@ -290,6 +296,42 @@ class OnlineRun:
 TABLE_MAX_REQUESTS = 2_000_000
 
 
+def _online_summary(spec: tuple) -> OnlineRun:
+    """The simulated online run of ``spec = (cfg, scheduler_cls, wl, aps, arrival_seed, warmup_s)``
+    (a picklable task; :func:`online_runs`)."""
+    cfg, scheduler_cls, wl, aps, arrival_seed, warmup_s = spec
+    ts = wl.build()
+    starts = online_starts(ts, float(aps), arrival_seed)
+    t0 = time.perf_counter()
+    res = Simulator(cfg, agents_from_trajectories(ts, starts), scheduler_cls=scheduler_cls).run()
+    wall = time.perf_counter() - t0
+    full = request_table(res, ts)
+    r = res.requests
+    kvb = float(cost.stored_kv_bytes_per_token(cfg.spec, cfg.kv_dtype))
+    rate = min(cfg.hardware.node_snic_bytes_per_s, cfg.hardware.storage_bytes_per_s)
+    done = np.fromiter(latency.trajectory_completion_s(full).values(), np.float64)
+    lo, hi = max(float(np.min(starts)), float(warmup_s)), float(np.max(starts))
+    arrival, finish = np.asarray(r["arrival_s"], np.float64), np.asarray(r["finish_s"], np.float64)
+    overlap = np.clip(np.minimum(finish, hi) - np.maximum(arrival, lo), 0.0, None)
+    live = float(np.sum(np.asarray(r["hit_tokens"], np.float64) * overlap)) * kvb / (hi - lo) if hi > lo else 0.0
+    window = (arrival >= warmup_s) & (arrival <= hi)  # issued while agents arrive, after the warm-up
+    table = full.where(window)
+    comp = {k: v[window] for k, v in ttft_components(r, rate).items()}
+    ttft, tpot = latency.ttft_s(table), latency.tpot_s(table)
+    stats = {"ttft_mean_s": latency.summarize(ttft, "mean"), "ttft_p50_s": latency.summarize(ttft, "p50"),
+             "ttft_p99_s": latency.summarize(ttft, "p99"),
+             "ttst_mean_s": latency.summarize(latency.ttst_s(table), "mean"),
+             "tpot_mean_s": latency.summarize(tpot, "mean"), "tpot_p99_s": latency.summarize(tpot, "p99"),
+             "completion_mean_s": float(np.mean(done)) if done.size else float("nan"),
+             "num_agents": int(len(ts)), "num_requests": int(len(table)), "num_requests_total": int(len(full)),
+             "num_failed": int(np.sum(~table.ok)),
+             "mean_total_tokens": mean_total_tokens(ts), "kv_bytes_per_token": kvb, "live_kv_bytes": live,
+             "arrival_window_s": hi - lo, "last_arrival_s": hi, "end_s": res.end_s, "wall_s": wall}
+    for k, v in comp.items():
+        stats[f"{k}_mean"] = float(np.nanmean(v)) if v.size else float("nan")
+    return OnlineRun(float(aps), "", table if len(table) <= TABLE_MAX_REQUESTS else None, stats)
+
+
 def online_run(base: SimConfig, variant: str, wl: WorkloadSpec, aps: float, arrival_seed: int = 0,
                log: Log | None = print, *, warmup_s: float = 0.0, scheduler_cls: type = ClusterScheduler,
                cache: RunCache | None = None) -> OnlineRun:
@@ -303,53 +345,59 @@ def online_run(base: SimConfig, variant: str, wl: WorkloadSpec, aps: float, arri
     Raises:
       ConfigError: naming ``aps`` when it is not positive, ``variants`` for an unknown variant.
     """
-    check_positive("aps", aps)
-    cfg = variant_config(base, variant)
+    return online_runs([(base, variant, wl, aps, arrival_seed, warmup_s)], log, scheduler_cls=scheduler_cls,
+                       cache=cache)[0]
 
-    def compute():
-        ts = wl.build()
-        starts = online_starts(ts, float(aps), arrival_seed)
-        t0 = time.perf_counter()
-        res = Simulator(cfg, agents_from_trajectories(ts, starts), scheduler_cls=scheduler_cls).run()
-        wall = time.perf_counter() - t0
-        full = request_table(res, ts)
-        r = res.requests
-        kvb = float(cost.stored_kv_bytes_per_token(cfg.spec, cfg.kv_dtype))
-        rate = min(cfg.hardware.node_snic_bytes_per_s, cfg.hardware.storage_bytes_per_s)
-        done = np.fromiter(latency.trajectory_completion_s(full).values(), np.float64)
-        lo, hi = max(float(np.min(starts)), float(warmup_s)), float(np.max(starts))
-        arrival, finish = np.asarray(r["arrival_s"], np.float64), np.asarray(r["finish_s"], np.float64)
-        overlap = np.clip(np.minimum(finish, hi) - np.maximum(arrival, lo), 0.0, None)
-        live = float(np.sum(np.asarray(r["hit_tokens"], np.float64) * overlap)) * kvb / (hi - lo) if hi > lo else 0.0
-        window = (arrival >= warmup_s) & (arrival <= hi)  # issued while agents arrive, after the warm-up
-        table = full.where(window)
-        comp = {k: v[window] for k, v in ttft_components(r, rate).items()}
-        if log and not np.any(window):
-            log(f"  warning: no request issued between warm-up {warmup_s:g} s and the last arrival {hi:.1f} s "
-                f"({len(ts)} agents at {aps:g} APS): nothing measured, the run counts as missing the SLO")
-        ttft, tpot = latency.ttft_s(table), latency.tpot_s(table)
-        stats = {"ttft_mean_s": latency.summarize(ttft, "mean"), "ttft_p50_s": latency.summarize(ttft, "p50"),
-                 "ttft_p99_s": latency.summarize(ttft, "p99"),
-                 "ttst_mean_s": latency.summarize(latency.ttst_s(table), "mean"),
-                 "tpot_mean_s": latency.summarize(tpot, "mean"), "tpot_p99_s": latency.summarize(tpot, "p99"),
-                 "completion_mean_s": float(np.mean(done)) if done.size else float("nan"),
-                 "num_agents": int(len(ts)), "num_requests": int(len(table)), "num_requests_total": int(len(full)),
-                 "num_failed": int(np.sum(~table.ok)),
-                 "mean_total_tokens": mean_total_tokens(ts), "kv_bytes_per_token": kvb, "live_kv_bytes": live,
-                 "arrival_window_s": hi - lo, "end_s": res.end_s, "wall_s": wall}
-        for k, v in comp.items():
-            stats[f"{k}_mean"] = float(np.nanmean(v)) if v.size else float("nan")
-        return OnlineRun(float(aps), variant, table if len(table) <= TABLE_MAX_REQUESTS else None, stats)
 
-    run, cached = _cached(cache, ("online", cfg, scheduler_cls, wl, float(aps), int(arrival_seed), float(warmup_s)),
-                          compute)
-    if log:
+def online_runs(runs: Sequence[tuple[SimConfig, str, WorkloadSpec, float, int, float]], log: Log | None = print, *,
+                scheduler_cls: type = ClusterScheduler, cache: RunCache | None = None) -> list[OnlineRun]:
+    """:func:`online_run` of every ``(base, variant, workload, aps, arrival_seed, warmup_s)`` in
+    ``runs``, in order. The runs not memoised in ``cache`` go through its :class:`~.sweep.Sweep`
+    (``cache.sweep``: in this process, or in parallel on Ray), with the same results either way;
+    a run listed twice is computed once.
+
+    Raises:
+      ConfigError: naming ``aps`` when one is not positive, ``variants`` for an unknown variant.
+    """
+    specs = []
+    for base, variant, wl, aps, arrival_seed, warmup_s in runs:
+        check_positive("aps", aps)
+        specs.append((variant_config(base, variant), scheduler_cls, wl, float(aps), int(arrival_seed),
+                      float(warmup_s)))
+    keys = [("online", *spec) for spec in specs]
+    known = {k: cache.peek(k) for k in keys} if cache is not None else {}
+    todo = list(dict.fromkeys(k for k in keys if known.get(k) is None))
+    computed = {}
+    if todo:
+        sweep = cache.sweep if cache is not None else None
+        specs_todo = [k[1:] for k in todo]
+        fresh = sweep.map(_online_summary, specs_todo, desc="online runs") if sweep is not None \
+            else [_online_summary(x) for x in specs_todo]
+        computed = dict(zip(todo, fresh))
+        if cache is not None:
+            for k, v in computed.items():
+                cache.put(k, v)
+    out, shown = [], set()
+    for k, (cfg, _, wl, aps, _seed, warmup_s), (_, variant, *_rest) in zip(keys, specs, runs):
+        run = known.get(k)
+        cached = run is not None or k in shown
+        run = computed[k] if run is None else run
+        run = dataclasses.replace(run, variant=variant)
+        shown.add(k)
+        out.append(run)
+        if not log:
+            continue
         s = run.stats
+        if not cached and s["num_requests"] == 0:
+            log(f"  warning: no request issued between warm-up {warmup_s:g} s and the last arrival "
+                f"{s['last_arrival_s']:.1f} s ({s['num_agents']} agents at {aps:g} APS): nothing measured, the run "
+                f"counts as missing the SLO")
         log(f"  {cfg.model} {cluster_label(cfg)} {workload_tag(wl)} {wl.num_agents} agents @ {aps:.4g} APS "
+            f"(arrivals s{_seed}) "
             f"{run_label(variant, scheduler_cls)} "
             f"TTFT {s['ttft_mean_s']:7.2f} s  TTST {s['ttst_mean_s']:6.3f} s  TPOT {s['tpot_mean_s'] * 1e3:6.1f} ms  "
             + ("(memoised)" if cached else f"({s['wall_s']:.1f} s wall)"))
-    return run
+    return out
 
 
 def run_offline(base: SimConfig, ts: TrajectorySet, variants: Sequence[str], *, log: Log | None = print,

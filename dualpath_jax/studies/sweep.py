@@ -13,19 +13,24 @@ same results. :class:`Sweep` maps a picklable function over such a list:
 
 Results come back in the order of the inputs, bit-identical to a serial run (the tests compare
 them); a tqdm bar counts finished runs. A run that raises re-raises its exception here.
+
+:func:`lockstep` runs searches whose next run depends on the last one (the max-APS bisection of
+each seed and variant) side by side: each step's runs of every search form one batch, which can go
+through a :class:`Sweep` together.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import tqdm
 
 from dualpath_jax.config import ConfigError
 
-__all__ = ["Sweep"]
+__all__ = ["Sweep", "lockstep"]
 
 
 class Sweep:
@@ -93,3 +98,79 @@ def _ray(workers: int, address: str):
         else:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=True)
     return ray
+
+
+class _Aborted(Exception):
+    """Raised in a search's thread when the batch its request belongs to failed."""
+
+
+def lockstep(searches: Sequence[Callable[[Callable[[Hashable], Any]], Any]],
+             evaluate: Callable[[list], Sequence[Any]]) -> list:
+    """``[search(request) for search in searches]``, the searches stepped together.
+
+    Each search runs in its own thread and obtains every value through ``request(key)``, which
+    blocks; once every unfinished search waits on a request, the distinct keys pending go to
+    ``evaluate(keys)`` in this thread as one batch (values in the order of ``keys``, e.g. runs
+    through a :class:`Sweep`), and each search continues with its value. A search's result depends
+    only on its own values, so it is the same as run alone. The first exception of a search, or of
+    ``evaluate``, re-raises here.
+    """
+    n = len(searches)
+    cond = threading.Condition()
+    pending: dict[int, Hashable] = {}
+    answers: dict[int, Any] = {}
+    done = [False] * n
+    results: list = [None] * n
+    errors: list = [None] * n
+    failure: list = []
+
+    def request(i: int, key: Hashable):
+        with cond:
+            pending[i] = key
+            cond.notify_all()
+            while i not in answers and not failure:
+                cond.wait()
+            if i not in answers:
+                raise _Aborted()
+            return answers.pop(i)
+
+    def body(i: int):
+        try:
+            results[i] = searches[i](lambda key: request(i, key))
+        except BaseException as e:  # noqa: BLE001 (re-raised in the caller's thread)
+            errors[i] = e
+        finally:
+            with cond:
+                done[i] = True
+                cond.notify_all()
+
+    threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    try:
+        while True:
+            with cond:
+                while not all(done[i] or i in pending for i in range(n)):
+                    cond.wait()
+                if not pending:
+                    break
+                batch = dict(pending)
+                pending.clear()
+            keys = list(dict.fromkeys(batch.values()))
+            try:
+                values = dict(zip(keys, evaluate(keys)))
+            except BaseException as e:
+                with cond:
+                    failure.append(e)
+                    cond.notify_all()
+                raise
+            with cond:
+                answers.update({i: values[k] for i, k in batch.items()})
+                cond.notify_all()
+    finally:
+        for t in threads:
+            t.join()
+    for e in errors:
+        if e is not None and not isinstance(e, _Aborted):
+            raise e
+    return results
