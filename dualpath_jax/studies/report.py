@@ -96,10 +96,45 @@ _SIM_SOURCES = {
     "activation_reserve_bytes": "assumption",
     "prefill_layer_overhead_s": "assumption (launch + EP dispatch/combine per layer)",
     "eff_memory": "FlashMLA README (dense MLA decode reads 3,000 GB/s of the H800's 3,350)",
+    "attention_efficiency": "FlashMLA README (sparse MLA prefill at 640 of the H800's 989 BF16 TFLOP/s); the same "
+                            "share assumed for dense MLA, GQA and, of the FP8 peak, the DSA indexer",
+    "de_join_s": "assumption: 0 (the paper gives no admission cost; the H2D copy is a modelled CNIC transfer)",
     "kv_dtype": "paper Table 1 (None: the model's own, FP8 KV for MLA, FP16 for GQA / Qwen 32B)",
     "weight_dtype": "None: the model's own (FP8 for DeepSeek's FP8 checkpoints, BF16 for dense GQA); it picks the "
                     "peak FLOP/s. Qwen 32B: FP8 set in configs/sim_fig7.py (assumption, needed to fit)",
 }
+
+
+MODEL_NOTES = """### Modelling choices (reviewed against PAPER.md and public data)
+
+- **KV bytes.** Every hit token's cache entry is loaded, stored and moved whole: the KV plus, under
+  DSA, the lightning indexer's keys (DeepSeek-V3.2: 61 x (656 + 132) = 48,068 B/token, PAPER.md
+  8.2; DS 27B: 30 x (656 + 68) = 21,720). Table 1's cache-compute ratio leaves the indexer out, as the paper does.
+- **Prefill cost.** Linear layers at the weights' dtype peak times an efficiency that DeepSeek's
+  public prefill figure leaves at its own context mix (4K prompts: deepseek-ai/profile-data), attention at
+  the BF16 peak and the indexer at the FP8 peak, both at FlashMLA's measured share (0.647). At
+  32K-64K contexts the attention share of the work is no longer priced at the 4K mix's rate.
+- **Decode cost.** One step reads the weights once and every sequence's KV (top-k entries under
+  DSA, every indexer key) and computes one token per sequence and its attention; the per-layer
+  remainder is calibrated so that 88 sequences of 4K context step in 1/21 s (the public 14.8k
+  tokens/s per node at 21 tokens/s per user). The step grows with the batch and the context.
+- **Read side.** The shorter node read queue reads (PAPER.md 5.4); equal queues, common while
+  the SNICs are under half loaded, go to the node that has read fewer tokens so far (the paper
+  gives no tie rule; a fixed side builds a PE/DE imbalance).
+- **Basic's reads** land in the PE node's 80 GB DRAM buffer as soon as the request is placed, and
+  a full (non-layer-wise) prefill forward then holds its whole batch's KV in HBM (its batch is
+  capped by the PE's free HBM, and its H2D precedes its compute). Kept: for DS 660B the PE node's
+  free HBM (8 x 9.2 GB) is about the buffer's size, and bounding Basic's read-ahead by it instead
+  changed the quick ablation's Basic JCT by 0.09% (a 40 GB buffer: +4.8%).
+- **Group forwards.** A DP-attention group's forward starts when any member has ready work; idle
+  members join the EP exchange with no tokens, as an engine loop that runs forwards back to back
+  does, and each member's batch stays under the compute quota (PAPER.md 5.5). Kept; the balance
+  study splits Fig. 14's ratio by the number of busy members.
+- **Admission.** A DE admits a request at no decode-time cost (``de_join_s`` 0): the paper gives
+  none, and the H2D copy of the request's KV is a modelled transfer that the request waits for.
+
+`experiments/sensitivity.py` reruns the headline figures with each assumed quantity at -25% and +25%.
+"""
 
 
 def _fmt(v) -> str:
@@ -231,7 +266,7 @@ def build_report(workdir, studies: Sequence[str], named: Mapping[str, Mapping], 
              "## Paper headline claims vs simulation", ""]
     lines.append(markdown_table(claims_rows(named, seeds)))
     lines.append(calibration_markdown())
-    lines += ["## Studies", ""]
+    lines += [MODEL_NOTES, "## Studies", ""]
     for study in studies:
         lines += [f"### {study}: {STUDY_TITLES.get(study, study)}", "",
                   f"Config: `configs/sim_{study}.py` ({variant})"
