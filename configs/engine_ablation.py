@@ -24,29 +24,55 @@ gives Poisson arrivals at ``aps``.
 
 Emulated hardware, 1P2D: one PE node and two DE nodes of one engine each (one JAX CPU device per
 engine), 256 MiB DRAM buffer per node. Link rates are calibrated to the host (``calibrate``):
-Oracle (no KV I/O) runs first and the SNIC rate is set so that reading all hit KV through one
-SNIC takes ``load_over_oracle`` = 2.5 x Oracle's JCT (about 5-9 MB/s per direction on a 2-core
-CPU); CNIC = 8 x SNIC per engine (the paper's 8 GPUs with one CNIC each share one SNIC per node).
-The PE node's SNIC thus feeds only 1/2.5 of its compute, while the three SNICs together can feed
-it all: the storage-bound regime of PAPER.md 1.2/2.6 (``load_over_compute`` in the output: hit
-KV read time through one SNIC over Oracle's PE compute seconds, about 3). Set
-``calibrate.load_over_oracle=0`` to use ``cluster.snic_bytes_per_s``/``cnic_bytes_per_s`` as given.
+before every repeat (``each_repeat``; False: once, before the first), Oracle (no KV I/O) runs
+``passes`` = 3 times and the SNIC rate is set so that reading all hit KV through one SNIC takes
+``load_over_oracle`` = 2.5 x the median Oracle JCT (about 6-9 MB/s per direction on a 2-core CPU);
+CNIC = 8 x SNIC per engine (the paper's 8 GPUs with one CNIC each share one SNIC per node). The PE
+node's SNIC thus feeds only 1/2.5 of its compute, while the three SNICs together can feed it all:
+the storage-bound regime of PAPER.md 1.2/2.6 (``load_over_compute`` in the output: hit KV read
+time through one SNIC over Oracle's PE compute seconds, 3-4: Oracle's JCT also holds the DEs'
+decoding, so it exceeds the PE's compute seconds). Every program the calibration and the variants
+run is compiled before the calibration (``stages`` in ``ablation.json``: the timed stages compile
+nothing). ``calibration.json`` in the workdir holds the rates, the Oracle passes they come from and
+a fingerprint of the model, workload, arrivals and topology;
+``calibrate.from_file=<calibration.json or a workdir>`` runs every repeat at that file's rates
+(the median over its calibrations) without an Oracle pass, so two variants, two configs or two
+code versions compare at identical link rates (a file of another model, workload, arrivals or
+topology is refused with one line naming the field that differs). ``calibrate.load_over_oracle=0``
+uses ``cluster.snic_bytes_per_s``/``cnic_bytes_per_s`` as given.
 
-Expected run time on a loaded 2-core CPU: default about 3 minutes (2 minutes with the persistent
-jit cache of an earlier run); ``:quick`` (8 agents) under 1 minute; ``:big`` (32 agents x 6
-rounds, contexts up to 4K tokens, 385K hit tokens, plus ``split``: each request's blocks read
-from both sides, beyond the paper) about 11 minutes.
-Output (workdir): ``ablation.json`` ({"variants": {name: {"jct_s", "ttft_p50_s", "ttft_p99_s",
-"tpot_s", "snic_bytes", ...}}, "tokens_identical", ...}), ``ablation.md/.csv`` (variant, JCT, TTFT
-p50/p99, TTST, TPOT, MB read and busy seconds per SNIC, SNIC Max/Avg, speedup vs Basic, compute
-seconds per engine, failed requests, block reads that failed (recomputed) and blocks that could not
-be persisted (later rounds hit less)), ``ablation.png``, ``snic_read_bytes.png``, ``tokens.json``
-(token check vs each other and a no-cache recompute), ``runs/<variant>/{requests,forwards,summary}.json``
-(per request timeline, tokens and failures; per PE forward (engine, (cached, bsz) pairs, seconds)
-and per DE step, for calibrating the simulator), ``config.json``, ``env.json``, ``metrics.json``,
-``metrics.jsonl`` and the ``name: value`` lines (``jct_s_<variant>``, ``speedup_<variant>_vs_basic``,
-``dualpath_over_oracle_jct``, ``num_failed``, ``read_failures``, ``persist_failures``,
-``tokens_identical``, ...).
+Repeats: every variant runs ``repeats`` = 3 times (``:quick``: 5), interleaved (repeat r runs every
+variant, in order, before repeat r + 1, so a slow change of the host's load hits every variant
+alike); online, repeat r draws its arrivals with seed ``arrivals.seed + r``; offline every repeat
+does the same work, so the spread is timing noise. Every figure is computed per repeat (a speedup
+or ratio within one repeat) and reported as the mean over repeats with a 95% Student-t interval:
+``name`` (mean), ``name_ci95`` (half width) lines, ``name_lo``/``name_hi`` in ``metrics.json``.
+The token check covers every run.
+
+Expected run time on a 2-core CPU shared with other jobs (load average 4-7): default about 3
+minutes with the persistent jit cache of an earlier run (a cold cache adds 1-1.5 minutes of
+compilation); ``:quick`` (8 agents) about 2 minutes warm, 3.5-4.5 minutes cold; ``:big`` (32
+agents x 6 rounds, contexts up to 4K tokens, 385K hit tokens, plus ``split``: each request's
+blocks read from both sides, beyond the paper) about half an hour (11 minutes with
+``--config.repeats=1``). ``--config.repeats=1
+--config.calibrate.passes=1`` gives one pass of each variant without an interval.
+Output (workdir): ``ablation.json`` ({"repeats", "variants": {name: {"jct_s", "jct_s_ci95",
+"ttft_p50_s", ..., "runs": [per repeat]}}, "calibration", "snic_bytes_per_s": [per repeat],
+"stages", "tokens_identical", ...}), ``calibration.json`` (above), ``ablation.md/.csv`` (per variant,
+mean ± 95% CI over the repeats: JCT, TTFT p50/p99, TTST, TPOT, MB read and busy seconds per SNIC,
+SNIC Max/Avg, speedup vs Basic, compute seconds per engine, the SNIC rate; summed over the
+repeats: failed requests, block reads that failed (recomputed) and blocks that could not be
+persisted (later rounds hit less)), ``ablation_runs.md/.csv`` (the same for every run),
+``ablation.png`` (means with 95% error bars), ``snic_read_bytes.png`` (repeat 0), ``tokens.json``
+(token check of every run vs each other and a no-cache recompute),
+``runs/<variant>/{requests,forwards,summary}.json`` for repeat 0 and ``runs/<variant>/r<k>/`` for
+repeat k (per request timeline, tokens and failures; per PE forward (engine, (cached, bsz) pairs,
+seconds) and per DE step, for calibrating the simulator), ``config.json``, ``env.json``,
+``metrics.json``, ``metrics.jsonl`` and the ``name: value`` lines (``repeats``,
+``jct_s_<variant>``, ``speedup_<variant>_vs_basic``, ``dualpath_over_oracle_jct``,
+``snic_bytes_per_s``, ``load_over_compute``, each with ``_ci95``; ``num_failed``,
+``read_failures``, ``persist_failures``, ``bytes_conserved`` and ``tokens_identical`` over every
+run, ...).
 """
 
 import ml_collections
@@ -79,13 +105,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "pairs": ((0, 64), (1024, 64), (2048, 128), (3008, 32), (1024, 512), (2048, 1024)), "repeats": 3})
     # Link rates from the host's speed: SNIC such that reading all hit KV through one SNIC takes
     # load_over_oracle x Oracle's JCT (0 = use cluster.snic_bytes_per_s / cnic_bytes_per_s as given).
-    config.calibrate = ml_collections.ConfigDict({"load_over_oracle": 2.5, "cnic_over_snic": 8.0})
+    # The median JCT of `passes` Oracle passes sets the rates, before every repeat (each_repeat);
+    # from_file reuses a saved calibration.json.
+    config.calibrate = ml_collections.ConfigDict({"load_over_oracle": 2.5, "cnic_over_snic": 8.0, "passes": 3,
+                                                  "each_repeat": True, "from_file": ""})
+    config.repeats = 3  # runs of every variant, interleaved; figures are means with a 95% interval
     config.window_s = 1.0
     config.tie_tol = 1e-4
     config.reference_chunk_tokens = 512
     if arg == "quick":
         config.workload.num_agents = 8
         config.workload.max_files = 120
+        # its runs last 1-3 s, so one burst of other work on the host moves a run by tens of
+        # percent: five repeats keep the mean within a few percent
+        config.repeats = 5
     elif arg == "big":
         config.variants = ("basic", "layerwise", "dpl", "dualpath", "split", "oracle")
         config.workload.num_agents = 32

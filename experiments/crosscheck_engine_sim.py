@@ -92,7 +92,11 @@ def main(argv):
             # measured join time is that overhead alone (elsewhere it also holds the emulated H2D copy)
             de_join_s = sum(f["de_join_s"].values()) / max(sum(f["de_join_count"].values()), 1)
     model = fit_compute_model(pre, dec)
-    snic = float(metrics["snic_bytes_per_s"])
+    # the rates of the runs read here (repeat 0; metrics hold the mean over repeats, each repeat
+    # being calibrated on its own)
+    first = src / "runs" / next(iter(ablation["variants"])) / "summary.json"
+    run_summary = json.loads(first.read_text()) if first.exists() else {}
+    snic = float(run_summary.get("snic_bytes_per_s", metrics["snic_bytes_per_s"]))
     cnic = snic * float(cl["cnic_bytes_per_s"]) / float(cl["snic_bytes_per_s"])
     measured = _effective_rates(src, ablation["variants"])
     if _RATES.value == "measured":

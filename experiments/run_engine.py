@@ -85,7 +85,7 @@ def main(argv):
 
     from dualpath_jax.metrics import writers
     from dualpath_jax.config import overridden_fields
-    from dualpath_jax.studies.engine_ablation import check_config, check_overrides, run_ablation
+    from dualpath_jax.studies.engine_ablation import check_config, check_overrides, printed, run_ablation
 
     if _JIT_CACHE.value:
         jax.config.update("jax_compilation_cache_dir", _JIT_CACHE.value)
@@ -104,7 +104,7 @@ def main(argv):
     writers.write_named_values(workdir, named)
     writers.append_metrics(workdir, {"experiment": "engine_ablation", **named})
     print()
-    print(writers.format_named_values(named))
+    print(writers.format_named_values(printed(named)))
 
 
 def _describe(config) -> str:

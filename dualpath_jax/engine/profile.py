@@ -10,8 +10,9 @@ layers, cached KV already on the device) at a few ``(cached, bsz)`` pairs on one
 
 by least squares with a, b >= 0 (an :class:`~dualpath_jax.sched.AttentionTimeModel`; the
 attention FLOPs per key come from :mod:`dualpath_jax.model.cost`). The same calls compile the
-shape buckets the run will use (:func:`warm_up_prefill`, also the last-token logits per query
-bucket), so compilation does not land inside a timed variant.
+shape buckets the run will use (:func:`warm_up_prefill`: forwards of the PE's own
+:class:`~dualpath_jax.engine.prefill.PrefillPath`, with the last-token logits per query bucket), so
+compilation does not land inside a timed run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from collections.abc import Iterable, Sequence
 import jax
 import numpy as np
 
-from dualpath_jax.engine.compute import bucket_blocks, bucket_tokens, last_token_logits, prefill_layer
+from dualpath_jax.engine.compute import bucket_blocks, bucket_tokens, prefill_layer
+from dualpath_jax.engine.prefill import PrefillChunk, PrefillPath
+from dualpath_jax.kvcache import layout_for
 from dualpath_jax.model import cost
 from dualpath_jax.model.forward import layer_kv_shapes
 from dualpath_jax.model.spec import ModelSpec
@@ -65,19 +68,25 @@ def _forward_s(params, spec, inputs) -> float:
 
 
 def warm_up_prefill(params: dict, spec: ModelSpec, device, shapes: Iterable[tuple[int, int]], *,
-                    block_tokens: int = 64) -> int:
-    """Compile :func:`prefill_layer` on ``device`` for ``(T bucket, P bucket)`` shapes; returns the count.
+                    block_tokens: int = 64, path: PrefillPath | None = None) -> int:
+    """Compile a PE's prefill programs on ``device`` for ``(T bucket, P bucket)`` shapes; returns the count.
 
-    ``params`` must already be on ``device``.
+    Runs one forward per shape through a :class:`~dualpath_jax.engine.prefill.PrefillPath` (``path``,
+    default a new one over ``params`` on ``device`` with Z = ``block_tokens``): T tokens over
+    ``(P - 1) * Z + 1`` cached tokens of zero KV (one block when P = 1), last-token logits. So the
+    programs are compiled exactly as a PE calls them (same static arguments, shardings and
+    committed inputs) and a run's first forward of a shape finds them in JAX's in-memory cache;
+    compiling :func:`prefill_layer` with other call arguments would compile (or load from the
+    persistent cache) a second copy inside the first timed run.
     """
-    rng = np.random.default_rng(0)
+    if path is None:
+        path = PrefillPath(params, spec, layout_for(spec, block_tokens=block_tokens), device=device)
+    z = path.layout.block_tokens
     shapes = sorted(set(shapes))
     for t_b, p_b in shapes:
-        _forward_s(params, spec, _inputs(spec, (p_b - 1) * block_tokens + 1 if p_b > 1 else 0, t_b,
-                                         block_tokens, device, rng))
-    for t_b in sorted({t for t, _ in shapes}):
-        h = jax.device_put(np.zeros((t_b, spec.d_model), np.float32), device)
-        jax.block_until_ready(last_token_logits(params, spec, h, jax.device_put(np.int32(0), device)))
+        cached = (p_b - 1) * z + 1 if p_b > 1 else 1
+        kv = [tuple(np.zeros((cached, *s), np.float32) for s in path.kv_shapes)]
+        path.forward([PrefillChunk(np.zeros(t_b, np.int32), cached, logits="last")], lambda layer: [kv])
     return len(shapes)
 
 

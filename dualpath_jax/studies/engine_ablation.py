@@ -14,18 +14,29 @@ appends over long cached contexts. With ``warm_start`` the store is seeded with 
 first prompt (:func:`seed_store`). Every run is decided by the config's ``scheduler`` (a
 ``ClusterScheduler`` subclass ``"pkg.module:Class"``; ``""`` for the built-in one).
 
-First-run compilation is a stage of its own (:func:`compile_runs`, before calibration), so the
-calibration and the variants are timed warm and the stage ETA, which counts only those runs, holds
-on a cold compilation cache too; every stage's seconds of XLA compilation are measured
-(:class:`CompileClock`) and written to ``ablation.json`` (``stages``: ``stage``, ``wall_s``,
-``compile_s`` in order).
+First-run compilation is a stage of its own (:func:`compile_runs`, before calibration): every
+program the calibration and the variants run is compiled there, called exactly as the PEs and DEs
+call it, so the timed runs compile nothing (a timed stage that does is logged) and the stage ETA,
+which counts only those runs, holds on a cold compilation cache too; every stage's seconds of XLA
+compilation and programs compiled are measured (:class:`CompileClock`) and written to
+``ablation.json`` (``stages``: ``stage``, ``wall_s``, ``compile_s``, ``programs`` in order).
+
+Link rates come from the host's speed (:func:`calibrate_links`: the median JCT of a few Oracle
+passes, before every repeat), or from a saved ``calibration.json`` (``calibrate.from_file``), or
+the config. Every variant runs ``repeats`` times, interleaved (repeat r runs every variant before
+repeat r + 1); figures are computed per repeat (a speedup is Basic's JCT over the variant's in
+the same repeat) and reported as the mean with a 95% Student-t interval over the repeats
+(:func:`dualpath_jax.metrics.stats.mean_ci`): ``name``, ``name_ci95`` (half width), ``name_lo``,
+``name_hi``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -40,22 +51,26 @@ from dualpath_jax.engine import report
 from dualpath_jax.engine.cluster import ClusterResult, EngineCluster
 from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.engine.faults import FaultConfig
-from dualpath_jax.engine.prefill import prefill_kv
+from dualpath_jax.engine.prefill import PrefillPath, prefill_kv
 from dualpath_jax.engine.profile import fit_time_model, prefill_shape, profile_prefill, warm_up_prefill
 from dualpath_jax.kvcache import block_keys, layout_for, pack_full_blocks
 from dualpath_jax.metrics import writers
+from dualpath_jax.metrics.stats import mean_ci
 from dualpath_jax.model import cost, get_spec, init_params
 from dualpath_jax.sched import BatchItem, form_batch, scheduler_name
 from dualpath_jax.store import KVStore, StoreConfig
-from dualpath_jax.studies.engine_config import (CalibrateConfig, EngineAblationConfig, EngineArrivals, EngineWorkload,
-                                                engine_ablation_config)
+from dualpath_jax.studies.engine_config import (CALIBRATION_FILE, CALIBRATION_FORMAT, CalibrateConfig,
+                                                EngineAblationConfig, EngineArrivals, EngineWorkload,
+                                                calibration_fingerprint, calibration_path, check_fingerprint,
+                                                engine_ablation_config, read_calibration)
 from dualpath_jax.studies.plots import plot_variant_bars
 from dualpath_jax.workload import (Trajectory, load_agentic_traces, poisson_arrivals_s, prompt_token_ids,
                                    scale_tokens)
 
 __all__ = ["check_config", "select_agents", "start_times", "Setup", "round_shapes", "expected_shapes", "seed_store",
            "run_variant", "calibrate_links", "load_compute_ratio", "run_ablation", "CompileClock", "compile_runs",
-           "describe_time_model"]
+           "describe_time_model", "combine_calibrations", "estimate", "put_estimate", "printed", "aggregate_rows",
+           "run_dir"]
 
 
 check_config = engine_ablation_config
@@ -64,7 +79,8 @@ check_config = engine_ablation_config
 
 
 CALIBRATED_FIELDS = ("cluster.snic_bytes_per_s", "cluster.cnic_bytes_per_s")
-"""Fields the run replaces when ``calibrate.load_over_oracle`` > 0 (the link rates of ``calibrate``)."""
+"""Fields the run replaces when it measures the link rates (``calibrate.load_over_oracle`` > 0) or
+reads them (``calibrate.from_file``)."""
 
 
 def check_overrides(config, overridden: Sequence[str]) -> None:
@@ -77,10 +93,14 @@ def check_overrides(config, overridden: Sequence[str]) -> None:
 
     Raises:
       ConfigError: naming the field and what to change instead: a link rate while calibration
-        sets the rates (``calibrate.load_over_oracle`` > 0).
+        sets the rates (``calibrate.load_over_oracle`` > 0 or ``calibrate.from_file``).
     """
-    ratio = config.calibrate.load_over_oracle
+    ratio, saved = config.calibrate.load_over_oracle, config.calibrate.get("from_file", "")
     for field in overridden:
+        if field in CALIBRATED_FIELDS and saved:
+            raise ConfigError(field, f"is replaced by the saved calibration (calibrate.from_file={saved!r}); drop "
+                              f"--config.calibrate.from_file and add --config.calibrate.load_over_oracle=0 to run "
+                              f"at the given rates")
         if field in CALIBRATED_FIELDS and ratio:
             raise ConfigError(field, f"is replaced by calibration (calibrate.load_over_oracle={ratio} sets the SNIC "
                               f"rate from Oracle's JCT, CNIC = calibrate.cnic_over_snic x SNIC); add "
@@ -138,8 +158,10 @@ def start_times(cfg: EngineArrivals, num_agents: int) -> np.ndarray:
 
 
 class CompileClock:
-    """Seconds and count of XLA compilations in this process, from JAX's backend-compile events
-    (a program read from the persistent compilation cache is not compiled, so it does not count)."""
+    """Seconds and count of XLA programs compiled in this process, from JAX's backend-compile
+    events. A program read from the persistent compilation cache counts too (the event times the
+    compile-or-load step; a load takes milliseconds), so a count of 0 means the in-memory cache
+    held every program."""
 
     _EVENT = "/jax/core/compile/backend_compile_duration"
     seconds = 0.0
@@ -273,11 +295,12 @@ def seed_store(setup: "Setup", path: Path, *, log: Callable = print) -> int:
 
 def run_variant(setup: Setup, name: str, store_dir: Path, seed_dir: Path | None = None, *,
                 progress: bool | None = None, agents: list[Trajectory] | None = None,
-                faults: FaultConfig | None = None) -> ClusterResult:
+                faults: FaultConfig | None = None, arrival_seed: int | None = None) -> ClusterResult:
     """One variant on a fresh store (a copy of ``seed_dir`` if given), so every variant starts
     from the same stored KV and sees the same hits. ``progress``: a bar of finished requests
     (default: when stderr is a terminal); ``agents``: replay these instead of ``setup.agents``;
-    ``faults``: faults to inject (:mod:`dualpath_jax.engine.faults`)."""
+    ``faults``: faults to inject (:mod:`dualpath_jax.engine.faults`); ``arrival_seed``: the seed of
+    online arrivals (default ``arrivals.seed``)."""
     agents = setup.agents if agents is None else agents
     cfg = setup.cluster.for_variant(name)
     shutil.rmtree(store_dir, ignore_errors=True)
@@ -290,6 +313,8 @@ def run_variant(setup: Setup, name: str, store_dir: Path, seed_dir: Path | None 
                                 prefill_tokens_per_s=setup.prefill_tokens_per_s, devices=setup.devices,
                                 scheduler_cls=setup.scheduler_cls, faults=faults)
         arr = setup.config.arrivals
+        if arrival_seed is not None:
+            arr = dataclasses.replace(arr, seed=int(arrival_seed))
         result = cluster.run(agents, start_times(arr, len(agents)), use_think_time=arr.use_think_time,
                              progress=progress, desc=name)
     finally:
@@ -301,16 +326,18 @@ def run_variant(setup: Setup, name: str, store_dir: Path, seed_dir: Path | None 
 def compile_runs(setup: Setup, store_dir: Path, seed_dir: Path | None, *, log: Callable = print,
                  progress: bool | None = None) -> dict:
     """First-run compilation, as a stage of its own: every PE device's prefill shapes
-    (``setup.warm_shapes``) and one Oracle run of the agent with the longest context, which
-    compiles the DE decode step of every batch-row and block-table bucket the run can use and the
-    block copies. The later runs then start warm (the persistent compilation cache of an earlier
-    process makes this stage take seconds). Returns its wall and compilation seconds.
+    (``setup.warm_shapes``, through a :class:`~dualpath_jax.engine.prefill.PrefillPath` as the PE
+    calls them, so the timed runs find them in JAX's in-memory cache) and one Oracle run of the
+    agent with the longest context, which compiles the DE decode step of every batch-row and
+    block-table bucket the run can use and the block copies. The later runs then start warm (the
+    persistent compilation cache of an earlier process makes this stage take seconds). Returns
+    its wall and compilation seconds and the programs compiled.
     """
     t0, (c0, n0) = time.perf_counter(), CompileClock.read()
     for e in range(setup.cluster.num_pe):
         d = setup.devices[e % len(setup.devices)]
-        warm_up_prefill(jax.device_put(setup.params, d), setup.spec, d, setup.warm_shapes,
-                        block_tokens=setup.layout.block_tokens)
+        warm_up_prefill(setup.params, setup.spec, d, setup.warm_shapes,
+                        path=PrefillPath(setup.params, setup.spec, setup.layout, device=d))
     longest = max(setup.agents, key=lambda a: int(a.num_prompt_tokens.max()) + int(a.num_gen_tokens.max()))
     run_variant(setup, "oracle", store_dir, seed_dir, progress=progress, agents=[longest])
     wall, (c1, n1) = time.perf_counter() - t0, CompileClock.read()
@@ -320,29 +347,89 @@ def compile_runs(setup: Setup, store_dir: Path, seed_dir: Path | None, *, log: C
     return {"wall_s": wall, "compile_s": c1 - c0, "programs": n1 - n0}
 
 
+def _pe_compute_s(summary: dict) -> float:
+    return float(sum(v for k, v in summary["compute_s"].items() if k.startswith("pe")))
+
+
 def calibrate_links(setup: Setup, cfg: CalibrateConfig, store_dir: Path, seed_dir: Path | None, *,
                     log: Callable = print, progress: bool | None = None) -> dict:
-    """Set the emulated link rates from this host's measured speed (``cfg``: the ``calibrate`` section).
+    """Set the emulated link rates (``setup.cluster``) from this host's measured speed or a saved
+    calibration (``cfg``: the ``calibrate`` section); returns the record of this calibration
+    (:func:`combine_calibrations` makes ``calibration.json`` of a run's records).
 
-    With ``cfg.load_over_oracle = x > 0``: run Oracle once (no KV I/O, so its JCT is the host's
-    compute-bound JCT of the workload), then set every SNIC to the rate at which reading all of
-    the run's hit KV through one SNIC takes ``x`` times that JCT, and every CNIC to
-    ``cfg.cnic_over_snic`` times it. The PE node's own SNIC then feeds only ``1/x`` of its
-    compute, the storage-bound regime of the paper (PAPER.md 1.2, 2.6), whatever the host's speed.
-    ``x = 0`` keeps the configured rates. Returns what was measured and set.
+    * Measured (``cfg.load_over_oracle = x > 0``, no ``from_file``): Oracle (no KV I/O, so its JCT
+      is the host's compute-bound JCT of the workload) runs ``cfg.passes`` times; every SNIC is set
+      to the rate at which reading all of the run's hit KV through one SNIC takes ``x`` times the
+      median JCT, every CNIC to ``cfg.cnic_over_snic`` times that. The PE node's own SNIC then
+      feeds only ``1/x`` of its compute, the storage-bound regime of the paper (PAPER.md 1.2,
+      2.6), whatever the host's speed. The median of the passes, not one pass, because one pass
+      can be slowed by other work on the host by tens of percent; the wall JCT rather than the
+      PE's compute seconds because over repeated passes the latter spread more.
+    * ``cfg.from_file``: the rates of that ``calibration.json`` (its fingerprint checked against
+      this config when the config was built, and its estimated hit tokens against these agents).
+    * ``x = 0``: the configured rates.
+
+    The record: ``format``, ``source`` (``"measured" | "file" | "config"``), ``snic_bytes_per_s``,
+    ``cnic_bytes_per_s`` (bytes/s), ``fingerprint`` (:func:`.engine_config.calibration_fingerprint`),
+    ``hit_tokens_estimated``; measured: ``load_over_oracle``, ``cnic_over_snic``, ``passes``,
+    ``oracle_jct_s`` and ``oracle_pe_compute_s`` (one per pass, seconds), ``oracle_jct_s_median``,
+    ``hit_bytes``; from a file: ``from_file`` and the file's own record under ``saved``.
+
+    Raises:
+      ConfigError: ``calibrate.from_file`` was measured on agents with other hit tokens.
     """
+    base = {"format": CALIBRATION_FORMAT, "fingerprint": calibration_fingerprint(setup.config),
+            "hit_tokens_estimated": int(sum(h for h, _ in setup.rounds))}
+    if cfg.from_file:
+        path = calibration_path(cfg.from_file)
+        saved = read_calibration(path)
+        check_fingerprint(saved["fingerprint"], setup.config, str(path))
+        if saved.get("hit_tokens_estimated") != base["hit_tokens_estimated"]:
+            raise ConfigError("calibrate.from_file", f"{path} was measured on agents with "
+                              f"{saved.get('hit_tokens_estimated')} hit tokens, these agents have "
+                              f"{base['hit_tokens_estimated']} (other trace files?); measure a new calibration")
+        snic, cnic = float(saved["snic_bytes_per_s"]), float(saved["cnic_bytes_per_s"])
+        setup.cluster = setup.cluster.replace(snic_bytes_per_s=snic, cnic_bytes_per_s=cnic)
+        log(f"calibration from {path}: SNIC {snic / 1e6:.3f} MB/s, CNIC {cnic / 1e6:.3f} MB/s "
+            f"({saved.get('source', '?')} there)")
+        return {**base, "source": "file", "from_file": str(path), "snic_bytes_per_s": snic,
+                "cnic_bytes_per_s": cnic, "saved": saved}
     if not cfg.load_over_oracle:
-        return {"calibrated": False}
+        return {**base, "source": "config", "snic_bytes_per_s": setup.cluster.snic_bytes_per_s,
+                "cnic_bytes_per_s": setup.cluster.cnic_bytes_per_s}
     t0 = time.perf_counter()
-    res = run_variant(setup, "oracle", store_dir, seed_dir, progress=progress)
-    s = report.summarize(res)
+    jcts, pe_s = [], []
+    for _ in range(cfg.passes):
+        s = report.summarize(run_variant(setup, "oracle", store_dir, seed_dir, progress=progress))
+        jcts.append(float(s["jct_s"]))
+        pe_s.append(_pe_compute_s(s))
+    jct = float(statistics.median(jcts))
     hit_bytes = s["hit_tokens"] * setup.layout.bytes_per_token
-    snic = hit_bytes / (cfg.load_over_oracle * s["jct_s"])
-    setup.cluster = setup.cluster.replace(snic_bytes_per_s=snic, cnic_bytes_per_s=snic * cfg.cnic_over_snic)
-    log(f"calibration: Oracle JCT {s['jct_s']:.2f} s for {hit_bytes / 1e6:.1f} MB of hit KV -> SNIC "
-        f"{snic / 1e6:.2f} MB/s, CNIC {snic * cfg.cnic_over_snic / 1e6:.2f} MB/s ({time.perf_counter() - t0:.1f} s)")
-    return {"calibrated": True, "oracle_jct_s": s["jct_s"], "hit_bytes": hit_bytes, "load_over_oracle":
-            cfg.load_over_oracle, "cnic_over_snic": cfg.cnic_over_snic, "snic_bytes_per_s": snic}
+    snic = hit_bytes / (cfg.load_over_oracle * jct)
+    cnic = snic * cfg.cnic_over_snic
+    setup.cluster = setup.cluster.replace(snic_bytes_per_s=snic, cnic_bytes_per_s=cnic)
+    log(f"calibration: Oracle JCT {', '.join(f'{j:.3f}' for j in jcts)} s over {cfg.passes} pass(es), median "
+        f"{jct:.3f} s, for {hit_bytes / 1e6:.1f} MB of hit KV -> SNIC {snic / 1e6:.3f} MB/s, CNIC {cnic / 1e6:.3f} "
+        f"MB/s ({time.perf_counter() - t0:.1f} s)")
+    return {**base, "source": "measured", "snic_bytes_per_s": snic, "cnic_bytes_per_s": cnic,
+            "load_over_oracle": cfg.load_over_oracle, "cnic_over_snic": cfg.cnic_over_snic, "passes": cfg.passes,
+            "oracle_jct_s": jcts, "oracle_pe_compute_s": pe_s, "oracle_jct_s_median": jct, "hit_bytes": hit_bytes}
+
+
+def combine_calibrations(records: Sequence[dict]) -> dict:
+    """``calibration.json`` of a run from the records of its calibrations (:func:`calibrate_links`,
+    one per repeat with ``calibrate.each_repeat``): the first record's fields, ``snic_bytes_per_s``
+    and ``cnic_bytes_per_s`` the median over the records (what ``calibrate.from_file`` applies to
+    every repeat), and every record under ``per_repeat``. Raises ``ValueError`` for no records."""
+    if not records:
+        raise ValueError("records: no calibration")
+    out = {k: v for k, v in records[0].items() if k not in ("repeat", "oracle_jct_s", "oracle_pe_compute_s",
+                                                             "oracle_jct_s_median")}
+    for key in ("snic_bytes_per_s", "cnic_bytes_per_s"):
+        out[key] = float(statistics.median(r[key] for r in records))
+    out["per_repeat"] = [{k: v for k, v in r.items() if k not in ("format", "fingerprint", "hit_tokens_estimated",
+                                                                    "saved")} for r in records]
+    return out
 
 
 def load_compute_ratio(setup: Setup) -> dict:
@@ -378,15 +465,81 @@ def _row(name: str, s: dict, basic_jct: float | None) -> dict:
     return row
 
 
+COUNT_COLUMNS = ("failed", "read_failures", "persist_failures")
+"""Table columns summed over repeats (every other number is a mean with a 95% interval)."""
+
+CI_SUFFIX = "_ci95"
+"""Suffix of a figure's 95% half width (``jct_s_basic`` -> ``jct_s_basic_ci95``)."""
+
+LEVEL = 0.95
+"""Confidence level of every interval over repeats."""
+
+
+def estimate(values: Sequence[float]) -> tuple[float, float, float, float, int]:
+    """``(mean, lo, hi, half_width, n)`` of the finite ``values`` over repeats
+    (:func:`dualpath_jax.metrics.stats.mean_ci`, Student t at :data:`LEVEL`); NaN mean when none is
+    finite, NaN interval below two."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not xs:
+        return math.nan, math.nan, math.nan, math.nan, 0
+    mean, lo, hi, half = mean_ci(xs, level=LEVEL)
+    return mean, lo, hi, half, len(xs)
+
+
+def put_estimate(named: dict, name: str, values: Sequence[float]) -> None:
+    """``named[name]`` = mean over repeats; with two or more, also ``name_ci95`` (half width),
+    ``name_lo`` and ``name_hi`` (the interval's ends)."""
+    mean, lo, hi, half, n = estimate(values)
+    named[name] = mean
+    if n >= 2:
+        named[name + CI_SUFFIX] = half
+        named[name + "_lo"] = lo
+        named[name + "_hi"] = hi
+
+
+def printed(named: dict) -> dict:
+    """``named`` without the ``_lo`` / ``_hi`` companions of :func:`put_estimate`: the
+    ``name: value`` lines (``metrics.json`` keeps them all)."""
+    drop = {k[:-len(CI_SUFFIX)] + end for k in named if k.endswith(CI_SUFFIX) for end in ("_lo", "_hi")}
+    return {k: v for k, v in named.items() if k not in drop}
+
+
+def aggregate_rows(rows: Sequence[dict]) -> dict:
+    """One variant's table rows of every repeat -> one row: :data:`COUNT_COLUMNS` summed, every
+    other number the mean over repeats with ``<column>_ci95`` (NaN below two repeats)."""
+    out = {"variant": rows[0]["variant"], "repeats": len(rows)}
+    for key in rows[0]:
+        if key == "variant":
+            continue
+        values = [r.get(key, math.nan) for r in rows]
+        if key in COUNT_COLUMNS:
+            out[key] = int(sum(values))
+        else:
+            mean, _, _, half, _ = estimate(values)
+            out[key], out[key + CI_SUFFIX] = mean, half
+    return out
+
+
+def _fmt(mean: float, half: float) -> str:
+    if not math.isfinite(mean):
+        return "nan"
+    return f"{mean:.4g} ± {half:.2g}" if math.isfinite(half) else f"{mean:.4g}"
+
+
 def run_ablation(config, workdir, *, log: Callable = print, progress: bool | None = None) -> dict:
-    """Run every variant, write the artifacts (see ``configs/engine_ablation.py``), return named values.
+    """Run every variant ``repeats`` times, write the artifacts (see ``configs/engine_ablation.py``),
+    return named values (means over repeats, with ``_ci95``, ``_lo``, ``_hi``; :func:`printed`
+    selects the printed lines).
 
     ``config``: an :class:`EngineAblationConfig` or the ConfigDict it is built from (checked first).
 
     ``progress``: tqdm bars on stderr: one over the preparation stages (setup, seeding, first-run
-    compilation) with elapsed time, then one over the runs (calibration, each variant, token
-    check) with elapsed time and ETA, and one over the current run's requests with rate and ETA;
-    ``log`` lines are printed above them. Default: only when stderr is a terminal.
+    compilation) with elapsed time, then one over the runs (calibration, each variant of each
+    repeat, token check) with elapsed time and ETA, and one over the current run's requests with
+    rate and ETA; ``log`` lines are printed above them. Default: only when stderr is a terminal.
+
+    Raises:
+      ConfigError: a field is invalid, or ``calibrate.from_file`` does not fit these agents.
     """
     config = check_config(config)
     CompileClock.start()
@@ -394,8 +547,10 @@ def run_ablation(config, workdir, *, log: Callable = print, progress: bool | Non
     if show:
         log = _above_bars(log)
     prep = ["setup"] + (["seed store"] if config.workload.warm_start else []) + ["compile"]
-    runs = (["calibrate"] if config.calibrate.load_over_oracle else []) + list(config.variants) + ["token check"]
-    stages = _Stages(show)
+    runs = [n for r in range(config.repeats)
+            for n in ([f"calibrate r{r}"] if _calibrates(config.calibrate, r) else [])
+            + [_run_name(v, r) for v in config.variants]] + ["token check"]
+    stages = _Stages(show, log)
     workdir = Path(workdir)
     with stages.phase("engine ablation: preparing", prep):
         with stages.stage("setup"):
@@ -413,21 +568,36 @@ def run_ablation(config, workdir, *, log: Callable = print, progress: bool | Non
         with stages.stage("compile"):
             compile_runs(setup, workdir / "kvstore", seed_dir, log=log, progress=show)
     with stages.phase("engine ablation", runs, eta=True):
-        with stages.stage("calibrate") if config.calibrate.load_over_oracle else contextlib.nullcontext():
-            calibration = calibrate_links(setup, config.calibrate, workdir / "kvstore", seed_dir, log=log,
-                                          progress=show)
-        return _run_variants(config, workdir, setup, seed_dir, calibration, log, show, stages)
+        return _run_variants(config, workdir, setup, seed_dir, log, show, stages)
+
+
+def _calibrates(cfg: CalibrateConfig, repeat: int) -> bool:
+    """Whether an Oracle calibration runs before ``repeat``."""
+    return cfg.measured and (repeat == 0 or cfg.each_repeat)
+
+
+def _run_name(variant: str, repeat: int) -> str:
+    """A run's name in stages, logs and the token check: ``"<variant> r<repeat>"``."""
+    return f"{variant} r{repeat}"
+
+
+def run_dir(workdir: Path, variant: str, repeat: int) -> Path:
+    """Where a run's ``requests/forwards/summary.json`` go: ``runs/<variant>`` for repeat 0 (the
+    files ``crosscheck_engine_sim.py`` reads), ``runs/<variant>/r<repeat>`` for the others."""
+    d = Path(workdir) / "runs" / variant
+    return d if repeat == 0 else d / f"r{repeat}"
 
 
 class _Stages:
-    """Stages of the ablation: their wall and compilation seconds, and (``show``) a tqdm bar per
-    phase. A phase's ETA extrapolates from its own finished stages, so the preparation (setup,
-    seeding, first-run compilation) does not skew the runs' ETA."""
+    """Stages of the ablation: their wall and compilation seconds and programs compiled, and
+    (``show``) a tqdm bar per phase. A phase's ETA extrapolates from its own finished stages, so
+    the preparation (setup, seeding, first-run compilation) does not skew the runs' ETA. A timed
+    stage (calibration, a variant) that compiles is logged: its times include the compilation."""
 
-    def __init__(self, show: bool):
-        self.show = show
+    def __init__(self, show: bool, log: Callable = print):
+        self.show, self.log = show, log
         self.bar = None
-        self.times: list[dict] = []  # {"stage", "wall_s", "compile_s"} in order
+        self.times: list[dict] = []  # {"stage", "wall_s", "compile_s", "programs"} in order
 
     @contextlib.contextmanager
     def phase(self, desc: str, names: list[str], *, eta: bool = False):
@@ -438,12 +608,16 @@ class _Stages:
             yield
 
     @contextlib.contextmanager
-    def stage(self, name: str):
+    def stage(self, name: str, *, timed: bool = False, **fields):
         self.bar.set_postfix_str(name)
-        t0, (c0, _) = time.perf_counter(), CompileClock.read()
+        t0, (c0, n0) = time.perf_counter(), CompileClock.read()
         yield
-        self.times.append({"stage": name, "wall_s": time.perf_counter() - t0,
-                           "compile_s": CompileClock.read()[0] - c0})
+        c1, n1 = CompileClock.read()
+        self.times.append({"stage": name, **fields, "wall_s": time.perf_counter() - t0, "compile_s": c1 - c0,
+                           "programs": n1 - n0})
+        if timed and n1 > n0:
+            self.log(f"  note: {n1 - n0} program(s) compiled during {name} ({c1 - c0:.2f} s): its times include "
+                     f"them")
         self.bar.update(1)
 
 
@@ -455,101 +629,173 @@ def _above_bars(log: Callable) -> Callable:
     return write
 
 
-def _run_variants(config: EngineAblationConfig, workdir: Path, setup: Setup, seed_dir: Path | None, calibration: dict,
+def _run_variants(config: EngineAblationConfig, workdir: Path, setup: Setup, seed_dir: Path | None,
                   log: Callable, show: bool, stages: _Stages) -> dict:
-    stage = stages.stage
-    regime = load_compute_ratio(setup)
-    results, summaries = {}, {}
-    for name in config.variants:
-        t0 = time.perf_counter()
-        with stage(name):
-            res = run_variant(setup, name, workdir / "kvstore", seed_dir, progress=show)
-        s = report.summarize(res, window_s=config.window_s)
-        results[name], summaries[name] = res, s
-        run_dir = workdir / "runs" / name
-        writers.write_json(run_dir / "requests.json", report.request_rows(res))
-        writers.write_json(run_dir / "forwards.json", report.forward_rows(res))
-        writers.write_json(run_dir / "summary.json", {**s, "links": res.links, "runtime_shapes": res.runtime_shapes})
-        log(f"  {name:10s} JCT {s['jct_s']:7.2f} s  TTFT p50 {s['ttft_p50_s']:6.3f} s  TPOT {s['tpot_s'] * 1e3:6.1f} ms"
-            f"  SNIC MB {', '.join(f'{k}={v / 1e6:.1f}' for k, v in s['snic_bytes'].items())}"
-            f"  failed {s['num_failed']}  failed block reads {s['read_failures']} / persists "
-            f"{s['persist_failures']}"
-            + (f"  attempts run again {s['attempts_run_again']}" if s["attempts_run_again"] else "")
-            + (f"  worker errors {s['worker_errors']}" if s["worker_errors"] else "")
-            + f"  ({time.perf_counter() - t0:.1f} s wall)")
+    names, repeats = list(config.variants), config.repeats
+    results, summaries = {}, {}  # (variant, repeat) -> ClusterResult / summary
+    records, rates = [], []  # calibration records; per repeat (SNIC, CNIC) bytes/s
+    for r in range(repeats):
+        if r == 0 or _calibrates(config.calibrate, r):
+            with stages.stage(f"calibrate r{r}", timed=True) if _calibrates(config.calibrate, r) else \
+                    contextlib.nullcontext():
+                records.append({"repeat": r, **calibrate_links(setup, config.calibrate, workdir / "kvstore",
+                                                               seed_dir, log=log, progress=show)})
+            writers.write_json(workdir / CALIBRATION_FILE, combine_calibrations(records))
+        rates.append((setup.cluster.snic_bytes_per_s, setup.cluster.cnic_bytes_per_s))
+        for name in names:
+            t0 = time.perf_counter()
+            with stages.stage(_run_name(name, r), timed=True, variant=name, repeat=r):
+                res = run_variant(setup, name, workdir / "kvstore", seed_dir, progress=show,
+                                  arrival_seed=config.arrivals.seed + r)
+            s = report.summarize(res, window_s=config.window_s)
+            results[name, r], summaries[name, r] = res, s
+            d = run_dir(workdir, name, r)
+            writers.write_json(d / "requests.json", report.request_rows(res))
+            writers.write_json(d / "forwards.json", report.forward_rows(res))
+            writers.write_json(d / "summary.json", {**s, "links": res.links, "runtime_shapes": res.runtime_shapes,
+                                                    "snic_bytes_per_s": rates[r][0], "cnic_bytes_per_s": rates[r][1]})
+            snic_mb = ", ".join(f"{k}={v / 1e6:.1f}" for k, v in s["snic_bytes"].items())
+            log(f"  {_run_name(name, r):12s} JCT {s['jct_s']:7.2f} s  TTFT p50 {s['ttft_p50_s']:6.3f} s  TPOT "
+                f"{s['tpot_s'] * 1e3:6.1f} ms  SNIC MB {snic_mb}"
+                f"  failed {s['num_failed']}  failed block reads {s['read_failures']} / persists "
+                f"{s['persist_failures']}"
+                + (f"  attempts run again {s['attempts_run_again']}" if s["attempts_run_again"] else "")
+                + (f"  worker errors {s['worker_errors']}" if s["worker_errors"] else "")
+                + f"  ({time.perf_counter() - t0:.1f} s wall)")
     t0 = time.perf_counter()
-    with stage("token check"):
-        tokens = report.check_tokens(results, setup.params, setup.spec, tie_tol=config.tie_tol,
-                                     chunk_tokens=config.reference_chunk_tokens or None)
+    with stages.stage("token check"):  # every run of every repeat
+        tokens = report.check_tokens({f"{n}/r{r}": res for (n, r), res in results.items()}, setup.params, setup.spec,
+                                     tie_tol=config.tie_tol, chunk_tokens=config.reference_chunk_tokens or None)
     if seed_dir is not None:
         shutil.rmtree(seed_dir, ignore_errors=True)
-    log(f"token check: identical {tokens['tokens_identical']} (tie-aware {tokens['tokens_identical_tie_aware']}), "
-        f"{tokens['reference_checked_tokens']} tokens recomputed without the cache in {time.perf_counter() - t0:.1f} s")
+    log(f"token check over {len(results)} runs: identical {tokens['tokens_identical']} (tie-aware "
+        f"{tokens['tokens_identical_tie_aware']}), {tokens['reference_checked_tokens']} tokens recomputed without "
+        f"the cache in {time.perf_counter() - t0:.1f} s")
     writers.write_json(workdir / "tokens.json", tokens)
-    if "oracle" in summaries:  # measured: the hit KV read through one SNIC vs Oracle's PE compute seconds
-        o = summaries["oracle"]
-        pe_s = sum(v for k, v in o["compute_s"].items() if k.startswith("pe"))
-        read_s = o["hit_tokens"] * setup.layout.bytes_per_token / setup.cluster.snic_bytes_per_s
-        regime["hit_read_s_one_snic_measured"] = read_s
-        regime["pe_compute_s_oracle"] = pe_s
-        regime["load_over_compute_measured"] = read_s / max(pe_s, 1e-12)
-    basic = summaries.get("basic", {}).get("jct_s")
-    rows = [_row(n, s, basic) for n, s in summaries.items()]
-    cl = setup.cluster
-    shape = f"{cl.prefill_nodes}P{cl.decode_nodes}D"
-    if cl.engines_per_node > 1:
-        shape += f" x {cl.engines_per_node} engines per node"
-    writers.write_table(workdir / "ablation", rows, title=f"Engine ablation ({shape} emulated, agentic traces)")
-    ablation = {"variants": {n: {"jct_s": s["jct_s"], "ttft_p50_s": s["ttft_p50_s"], "ttft_p99_s": s["ttft_p99_s"],
-                                 "ttst_s": s["ttst_mean_s"], "tpot_s": s["tpot_s"], "snic_bytes": s["snic_bytes"],
-                                 "snic_busy_s": s["snic_busy_s"], "snic_max_avg": s["snic_max_avg_mean"],
-                                 "compute_s": s["compute_s"], "num_failed": s["num_failed"],
-                                 "read_failures": s["read_failures"], "persist_failures": s["persist_failures"],
-                                 "bytes_conserved": s["bytes_conserved"]} for n, s in summaries.items()},
+    calibration = combine_calibrations(records)
+    regime = load_compute_ratio(setup)  # at the last repeat's rates
+    bpt = setup.layout.bytes_per_token
+    measured = []  # per repeat: the hit KV read through one SNIC vs Oracle's PE compute seconds
+    for r in range(repeats):
+        if ("oracle", r) in summaries:
+            o = summaries["oracle", r]
+            read_s, pe_s = o["hit_tokens"] * bpt / rates[r][0], _pe_compute_s(o)
+            measured.append({"repeat": r, "hit_read_s_one_snic": read_s, "pe_compute_s_oracle": pe_s,
+                             "load_over_compute": read_s / max(pe_s, 1e-12)})
+    if measured:
+        regime["hit_read_s_one_snic_measured"] = measured[0]["hit_read_s_one_snic"]
+        regime["pe_compute_s_oracle"] = estimate([m["pe_compute_s_oracle"] for m in measured])[0]
+        regime["load_over_compute_measured"] = estimate([m["load_over_compute"] for m in measured])[0]
+        regime["per_repeat"] = measured
+    per_repeat_rows = {n: [_row(n, summaries[n, r], summaries.get(("basic", r), {}).get("jct_s"))
+                           | {"snic_MB_per_s": rates[r][0] / 1e6} for r in range(repeats)] for n in names}
+    rows = [aggregate_rows(per_repeat_rows[n]) for n in names]
+    _write_tables(workdir, setup, rows, [row | {"repeat": r} for n in names for r, row in
+                                         enumerate(per_repeat_rows[n])], repeats)
+    keys = ("jct_s", "ttft_p50_s", "ttft_p99_s", "ttst_mean_s", "tpot_s", "snic_max_avg_mean")
+    ablation = {"repeats": repeats, "level": LEVEL,
+                "variants": {n: {**_variant_summary([summaries[n, r] for r in range(repeats)], keys),
+                                 "runs": [{"repeat": r, **{k: summaries[n, r][k] for k in _RUN_KEYS}}
+                                          for r in range(repeats)]} for n in names},
                 "tokens_identical": tokens["tokens_identical"],
                 "tokens_identical_tie_aware": tokens["tokens_identical_tie_aware"], "regime": regime,
-                "calibration": calibration, "snic_bytes_per_s": setup.cluster.snic_bytes_per_s,
-                "cnic_bytes_per_s": setup.cluster.cnic_bytes_per_s,
+                "calibration": calibration, "snic_bytes_per_s": [a for a, _ in rates],
+                "cnic_bytes_per_s": [b for _, b in rates],
                 "time_model": {"seconds_per_token": setup.time_model.seconds_per_token,
                                "seconds_per_flop": setup.time_model.seconds_per_flop,
                                "flops_per_key": setup.time_model.flops_per_key},
                 "profile": [vars(s) for s in setup.samples], "prefill_tokens_per_s": setup.prefill_tokens_per_s,
                 "scheduler": scheduler_name(setup.scheduler_cls), "stages": stages.times}
     writers.write_json(workdir / "ablation.json", ablation)
-    _plots(workdir, results, summaries)
-    named = {f"jct_s_{n}": s["jct_s"] for n, s in summaries.items()}
-    named.update({f"ttft_p50_s_{n}": s["ttft_p50_s"] for n, s in summaries.items()})
-    if basic:
-        named.update({f"speedup_{n}_vs_basic": basic / s["jct_s"] for n, s in summaries.items() if n != "basic"})
-    if "dualpath" in summaries and "oracle" in summaries:
-        named["dualpath_over_oracle_jct"] = summaries["dualpath"]["jct_s"] / summaries["oracle"]["jct_s"]
+    _plots(workdir, results, summaries, names, repeats)
+    return _named_values(names, repeats, summaries, measured, regime, tokens, rates)
+
+
+_RUN_KEYS = ("jct_s", "ttft_p50_s", "ttft_p99_s", "ttst_mean_s", "tpot_s", "snic_bytes", "snic_busy_s",
+             "snic_max_avg_mean", "compute_s", "num_failed", "read_failures", "persist_failures", "bytes_conserved")
+
+
+def _variant_summary(runs: list[dict], keys: Sequence[str]) -> dict:
+    """A variant's entry of ``ablation.json``: each of ``keys`` as the mean over repeats (named as
+    before: ``ttst_s``, ``snic_max_avg``) with ``_ci95``, counts summed, ``bytes_conserved`` over all."""
+    rename = {"ttst_mean_s": "ttst_s", "snic_max_avg_mean": "snic_max_avg"}
+    out = {}
+    for k in keys:
+        mean, _, _, half, _ = estimate([s[k] for s in runs])
+        out[rename.get(k, k)], out[rename.get(k, k) + CI_SUFFIX] = mean, half
+    for k in ("num_failed", "read_failures", "persist_failures"):
+        out[k] = int(sum(s[k] for s in runs))
+    out["bytes_conserved"] = all(s["bytes_conserved"] for s in runs)
+    return out
+
+
+def _write_tables(workdir: Path, setup: Setup, rows: list[dict], run_rows: list[dict], repeats: int) -> None:
+    """``ablation.md/.csv``: one row per variant (mean and ``_ci95`` columns in the CSV, ``mean ±
+    half width`` in the Markdown); ``ablation_runs.md/.csv``: every run."""
+    cl = setup.cluster
+    shape = f"{cl.prefill_nodes}P{cl.decode_nodes}D"
+    if cl.engines_per_node > 1:
+        shape += f" x {cl.engines_per_node} engines per node"
+    what = f"mean ± 95% CI over {repeats} repeats" if repeats > 1 else "1 repeat"
+    title = f"Engine ablation ({shape} emulated, agentic traces; {what})"
+    writers.write_table(workdir / "ablation", rows, title=title)
+    md_rows = [{k: (_fmt(v, row.get(k + CI_SUFFIX, math.nan)) if isinstance(v, float) else v)
+                for k, v in row.items() if not k.endswith(CI_SUFFIX)} for row in rows]
+    (workdir / "ablation.md").write_text(f"# {title}\n\n" + writers.markdown_table(md_rows))
+    writers.write_table(workdir / "ablation_runs", run_rows, title=f"Engine ablation, every run ({shape} emulated)")
+
+
+def _named_values(names, repeats, summaries, measured, regime, tokens, rates) -> dict:
+    rs = range(repeats)
+    named: dict = {"repeats": repeats}
+    for n in names:
+        put_estimate(named, f"jct_s_{n}", [summaries[n, r]["jct_s"] for r in rs])
+    for n in names:
+        put_estimate(named, f"ttft_p50_s_{n}", [summaries[n, r]["ttft_p50_s"] for r in rs])
+    if "basic" in names:  # ratios per repeat, then the mean over repeats
+        for n in names:
+            if n != "basic":
+                put_estimate(named, f"speedup_{n}_vs_basic",
+                             [summaries["basic", r]["jct_s"] / summaries[n, r]["jct_s"] for r in rs])
+    if "dualpath" in names and "oracle" in names:
+        put_estimate(named, "dualpath_over_oracle_jct",
+                     [summaries["dualpath", r]["jct_s"] / summaries["oracle", r]["jct_s"] for r in rs])
     # SNIC Max/Avg is undefined for a variant that reads nothing through a SNIC (Oracle): left out
-    named.update({f"snic_max_avg_{n}": s["snic_max_avg_mean"] for n, s in summaries.items()
-                  if math.isfinite(s["snic_max_avg_mean"])})
-    named["snic_bytes_per_s"] = setup.cluster.snic_bytes_per_s
-    named["load_over_compute"] = regime.get("load_over_compute_measured", regime["load_over_compute_estimated"])
-    named["num_failed"] = sum(s["num_failed"] for s in summaries.values())
+    for n in names:
+        values = [summaries[n, r]["snic_max_avg_mean"] for r in rs]
+        if any(math.isfinite(v) for v in values):
+            put_estimate(named, f"snic_max_avg_{n}", values)
+    put_estimate(named, "snic_bytes_per_s", [a for a, _ in rates])
+    if measured:
+        put_estimate(named, "load_over_compute", [m["load_over_compute"] for m in measured])
+    else:
+        named["load_over_compute"] = regime["load_over_compute_estimated"]
+    runs = list(summaries.values())
+    named["num_failed"] = sum(s["num_failed"] for s in runs)
     # blocks that could not be read (recomputed) or persisted (later rounds hit less): both change a
     # variant's work, so a difference between variants has a visible cause
-    named["read_failures"] = sum(s["read_failures"] for s in summaries.values())
-    named["persist_failures"] = sum(s["persist_failures"] for s in summaries.values())
-    named["bytes_conserved"] = all(s["bytes_conserved"] for s in summaries.values())
+    named["read_failures"] = sum(s["read_failures"] for s in runs)
+    named["persist_failures"] = sum(s["persist_failures"] for s in runs)
+    named["bytes_conserved"] = all(s["bytes_conserved"] for s in runs)
     named["tokens_identical_tie_aware"] = tokens["tokens_identical_tie_aware"]
     named["tokens_identical"] = tokens["tokens_identical"]
     return named
 
 
-def _plots(workdir: Path, results: dict, summaries: dict) -> None:
-    names = list(summaries)
-    plot_variant_bars(workdir / "ablation.png", names, {"JCT": [summaries[n]["jct_s"] for n in names],
-                                                        "TTFT p50": [summaries[n]["ttft_p50_s"] for n in names]},
-                      ylabel="seconds", title="Engine ablation")
+def _plots(workdir: Path, results: dict, summaries: dict, names: list[str], repeats: int) -> None:
+    series, errors = {}, {}
+    for label, key in (("JCT", "jct_s"), ("TTFT p50", "ttft_p50_s")):
+        est = [estimate([summaries[n, r][key] for r in range(repeats)]) for n in names]
+        series[label], errors[label] = [e[0] for e in est], [e[3] for e in est]
+    what = f"mean ± 95% CI over {repeats} repeats" if repeats > 1 else "1 repeat"
+    plot_variant_bars(workdir / "ablation.png", names, series, errors=errors, ylabel="seconds",
+                      title=f"Engine ablation ({what})")
     xs, ys = {}, {}
-    for n in names:
+    for n in names:  # repeat 0
         if n not in ("basic", "dualpath"):
             continue
         by_link: dict = {}
-        for r in results[n].transfers:
+        for r in results[n, 0].transfers:
             if r.link.startswith("snic_read/") and r.outcome.value == "ok":
                 by_link.setdefault(r.link, []).append((r.finish_s, r.num_bytes))
         for link, pts in sorted(by_link.items()):
@@ -558,4 +804,4 @@ def _plots(workdir: Path, results: dict, summaries: dict) -> None:
             ys[f"{n} {link}"] = list(np.cumsum([p[1] / 1e6 for p in pts]))
     if ys:
         writers.plot_lines(workdir / "snic_read_bytes.png", xs, ys, xlabel="time (s)", ylabel="MB read",
-                           title="Storage NIC reads over time", marker="")
+                           title="Storage NIC reads over time (repeat 0)", marker="")

@@ -9,6 +9,9 @@ lists the ConfigDict field by field with type, default and meaning (``run_engine
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+from pathlib import Path
 
 from dualpath_jax.config import (ConfigError, check_in, check_non_negative, check_positive, describe_config,
                                  did_you_mean, from_mapping)
@@ -18,7 +21,9 @@ from dualpath_jax.model.spec import get_spec
 from dualpath_jax.sched import ClusterScheduler, load_scheduler
 
 __all__ = ["EngineModel", "EngineWorkload", "EngineArrivals", "ProfileConfig", "CalibrateConfig",
-           "EngineAblationConfig", "engine_ablation_config", "describe_engine_config"]
+           "EngineAblationConfig", "engine_ablation_config", "describe_engine_config", "CALIBRATION_FILE",
+           "CALIBRATION_FORMAT", "calibration_path", "read_calibration", "calibration_fingerprint",
+           "check_fingerprint"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,22 +110,110 @@ class ProfileConfig:
         check_positive("profile.repeats", self.repeats, integer=True)
 
 
+CALIBRATION_FILE = "calibration.json"
+"""The calibration a run used, in its workdir (``calibrate.from_file`` reads it back)."""
+
+CALIBRATION_FORMAT = 1
+"""Version of ``calibration.json``."""
+
+
 @dataclasses.dataclass(frozen=True)
 class CalibrateConfig:
-    """Link rates from the host's speed.
+    """Link rates from the host's speed, measured or read back.
 
     Attributes:
       load_over_oracle: the SNIC rate is set so that reading all hit KV through one SNIC takes this
         many times Oracle's JCT (0 = the configured cluster rates).
       cnic_over_snic: CNIC rate over the SNIC rate.
+      passes: Oracle passes of one calibration; their median JCT sets the rates.
+      each_repeat: calibrate again before every repeat (its variants run at its own rates, so the
+        rates follow the host's speed when other work on it comes and goes); False: once, before
+        the first repeat.
+      from_file: a ``calibration.json`` (or a workdir holding one) of an earlier run: its link rates
+        (``snic_bytes_per_s``, ``cnic_bytes_per_s``: the median over its calibrations) are used for
+        every repeat, no Oracle pass runs ("" = measure). Its model, workload, arrivals and
+        topology must be this run's.
     """
 
     load_over_oracle: float = 2.5
     cnic_over_snic: float = 8.0
+    passes: int = 3
+    each_repeat: bool = True
+    from_file: str = ""
 
     def __post_init__(self):
         check_non_negative("calibrate.load_over_oracle", self.load_over_oracle)
         check_positive("calibrate.cnic_over_snic", self.cnic_over_snic)
+        check_positive("calibrate.passes", self.passes, integer=True)
+        if not isinstance(self.each_repeat, bool):
+            raise ConfigError("calibrate.each_repeat", f"must be True or False (got {self.each_repeat!r})")
+        if not isinstance(self.from_file, str):
+            raise ConfigError("calibrate.from_file", f"must be a path (got {self.from_file!r})")
+        if self.from_file:
+            read_calibration(self.from_file)
+
+    @property
+    def measured(self) -> bool:
+        """Whether the run measures the link rates (Oracle passes) rather than reading or keeping them."""
+        return bool(self.load_over_oracle) and not self.from_file
+
+
+def calibration_path(path: str | Path) -> Path:
+    """``path`` itself, or ``path/calibration.json`` when ``path`` is a folder (a run's workdir)."""
+    p = Path(path).expanduser()
+    return p / CALIBRATION_FILE if p.is_dir() else p
+
+
+def read_calibration(path: str | Path, field: str = "calibrate.from_file") -> dict:
+    """A saved calibration (``calibration.json`` as :func:`.engine_ablation.calibrate_links` writes it).
+
+    Returns the parsed dict (``snic_bytes_per_s``, ``cnic_bytes_per_s`` in bytes/s, ``fingerprint``,
+    what they were measured from).
+
+    Raises:
+      ConfigError: naming ``field``: the file is missing, not JSON, of another format, or lacks
+        positive finite link rates or the fingerprint.
+    """
+    p = calibration_path(path)
+    if not p.is_file():
+        raise ConfigError(field, f"no calibration file {p} (give a calibration.json or the workdir of a finished run)")
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(field, f"{p} is not a readable JSON calibration ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+        raise ConfigError(field, f"{p} is not a calibration.json of format {CALIBRATION_FORMAT}")
+    for key in ("snic_bytes_per_s", "cnic_bytes_per_s"):
+        v = data.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ConfigError(field, f"{p}: {key} must be a positive number (got {v!r})")
+    if not isinstance(data.get("fingerprint"), dict):
+        raise ConfigError(field, f"{p} has no fingerprint of the model and workload it was measured for")
+    return data
+
+
+def calibration_fingerprint(config: "EngineAblationConfig") -> dict:
+    """What a calibration depends on, as ``{dotted field: value}``: the model, every workload field
+    but ``traces_dir``, the arrivals (but their seed) and the cluster's topology."""
+    out = {"model.name": config.model.name, "model.kv_dtype": config.model.kv_dtype}
+    out.update({f"workload.{f.name}": getattr(config.workload, f.name) for f in dataclasses.fields(EngineWorkload)
+                if f.name != "traces_dir"})
+    out.update({f"arrivals.{k}": getattr(config.arrivals, k) for k in ("mode", "aps", "use_think_time")})
+    out.update({f"cluster.{k}": getattr(config.cluster, k) for k in ("prefill_nodes", "decode_nodes",
+                                                                     "engines_per_node")})
+    return out
+
+
+def check_fingerprint(saved: dict, config: "EngineAblationConfig", path: str, field: str = "calibrate.from_file"
+                      ) -> None:
+    """Raise ConfigError naming ``field`` unless ``saved`` (a calibration's fingerprint) is ``config``'s."""
+    mine = calibration_fingerprint(config)
+    for key, value in mine.items():
+        if key not in saved:
+            raise ConfigError(field, f"{path} does not record {key}; measure a new calibration")
+        if saved[key] != value:
+            raise ConfigError(field, f"{path} was measured for {key}={saved[key]!r}, this run has {key}={value!r}; "
+                              f"use the same {key} or measure a new calibration (calibrate.from_file='')")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +225,11 @@ class EngineAblationConfig:
       variants: ablation variant names (``sched.VARIANTS``).
       model, workload, arrivals, profile, calibrate: as their classes.
       cluster: the emulated cluster (its switches are set per variant).
+      repeats: runs of every variant (R), interleaved: repeat r runs every variant in order before
+        repeat r + 1, so slow drift of the host hits every variant alike. Online, repeat r draws
+        the arrivals with seed ``arrivals.seed + r``; offline every repeat does the same work, so
+        the spread over repeats is timing noise. Figures are the mean over repeats with a 95%
+        Student-t interval.
       window_s: window of the SNIC traffic Max/Avg, seconds.
       tie_tol: logit gap under which a token difference is a tie.
       reference_chunk_tokens: chunk of the no-cache recompute (0 = whole prompts).
@@ -145,6 +243,7 @@ class EngineAblationConfig:
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
     profile: ProfileConfig = dataclasses.field(default_factory=ProfileConfig)
     calibrate: CalibrateConfig = dataclasses.field(default_factory=CalibrateConfig)
+    repeats: int = 3
     window_s: float = 1.0
     tie_tol: float = 1e-4
     reference_chunk_tokens: int = 512
@@ -152,8 +251,12 @@ class EngineAblationConfig:
     def __post_init__(self):
         for name in self.variants:
             engine_variant(name)
+        check_positive("repeats", self.repeats, integer=True)
         check_positive("window_s", self.window_s)
         check_non_negative("tie_tol", self.tie_tol)
+        if self.calibrate.from_file:
+            check_fingerprint(read_calibration(self.calibrate.from_file)["fingerprint"], self,
+                              str(calibration_path(self.calibrate.from_file)))
         check_non_negative("reference_chunk_tokens", self.reference_chunk_tokens, integer=True)
 
 
@@ -179,7 +282,7 @@ def engine_ablation_config(config) -> EngineAblationConfig:
                               f"known: {sorted(known)}")
     sections = {key: from_mapping(cls, data.get(key, {}), prefix=f"{key}.") for key, cls in _SECTIONS.items()}
     cluster = from_mapping(ClusterConfig, data.get("cluster", {}), prefix="cluster.")
-    rest = {k: data[k] for k in ("window_s", "tie_tol", "reference_chunk_tokens") if k in data}
+    rest = {k: data[k] for k in ("repeats", "window_s", "tie_tol", "reference_chunk_tokens") if k in data}
     return EngineAblationConfig(scheduler=load_scheduler(data.get("scheduler") or "", field="scheduler"),
                                 variants=tuple(data.get("variants", EngineAblationConfig.variants)), cluster=cluster,
                                 **sections, **rest)

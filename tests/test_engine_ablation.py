@@ -1,0 +1,276 @@
+"""The engine ablation's calibration (saved, reused, checked; median of Oracle passes), its
+repeats with 95% intervals, and the warm-up that leaves nothing to compile inside a timed run."""
+
+import importlib.util
+import json
+import math
+import pathlib
+import types
+
+import numpy as np
+import pytest
+
+from dualpath_jax.config import ConfigError
+from dualpath_jax.engine.config import ClusterConfig
+from dualpath_jax.studies import engine_ablation as ea
+from dualpath_jax.studies.engine_config import (CALIBRATION_FORMAT, CalibrateConfig, calibration_fingerprint,
+                                                engine_ablation_config)
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+T975 = {1: 12.7062, 2: 4.3027, 4: 2.7764}  # two-sided 95% Student-t critical values (any t table)
+
+
+def _config(**overrides):
+    spec = importlib.util.spec_from_file_location("_engine_cfg", ROOT / "configs" / "engine_ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("quick")
+    for path, value in overrides.items():
+        node = config
+        *head, leaf = path.split(".")
+        for part in head:
+            node = node[part]
+        node[leaf] = value
+    return config
+
+
+def _saved(tmp_path, config, **fields):
+    data = {"format": CALIBRATION_FORMAT, "source": "measured", "snic_bytes_per_s": 4e6, "cnic_bytes_per_s": 3.2e7,
+            "fingerprint": calibration_fingerprint(engine_ablation_config(config)), "hit_tokens_estimated": 1000}
+    data.update(fields)
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+# ---- config ---------------------------------------------------------------------------------------
+def test_quick_config_repeats_five_times_and_calibrates_on_three_passes():
+    cfg = engine_ablation_config(_config())
+    assert cfg.repeats == 5 and cfg.calibrate.passes == 3 and cfg.calibrate.from_file == ""
+    assert cfg.calibrate.each_repeat
+    assert cfg.calibrate.measured
+
+
+@pytest.mark.parametrize("path, value", [("repeats", 0), ("repeats", 1.5), ("calibrate.passes", 0),
+                                         ("calibrate.from_file", 3), ("calibrate.each_repeat", "yes")])
+def test_bad_repeat_and_calibration_fields_are_named(path, value):
+    data = _config().to_dict()  # a plain dict: values of any type reach the check
+    node = data
+    *head, leaf = path.split(".")
+    for part in head:
+        node = node[part]
+    node[leaf] = value
+    with pytest.raises(ConfigError) as e:
+        engine_ablation_config(data)
+    assert e.value.field == path
+
+
+def test_a_saved_calibration_is_read_from_the_file_or_its_workdir(tmp_path):
+    config = _config()
+    path = _saved(tmp_path, config)
+    for given in (str(path), str(tmp_path)):
+        cfg = engine_ablation_config(_config(**{"calibrate.from_file": given}))
+        assert cfg.calibrate.from_file == given and not cfg.calibrate.measured
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"format": 0}, "not a calibration.json of format 1"),
+    ({"snic_bytes_per_s": 0.0}, "snic_bytes_per_s must be a positive number"),
+    ({"cnic_bytes_per_s": "fast"}, "cnic_bytes_per_s must be a positive number"),
+    ({"fingerprint": None}, "no fingerprint"),
+])
+def test_a_bad_saved_calibration_is_one_error_naming_the_field(tmp_path, fields, message):
+    _saved(tmp_path, _config(), **fields)
+    with pytest.raises(ConfigError, match=r"^calibrate\.from_file: .*" + message):
+        engine_ablation_config(_config(**{"calibrate.from_file": str(tmp_path)}))
+
+
+def test_a_missing_or_unreadable_calibration_is_one_error_naming_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"^calibrate\.from_file: no calibration file"):
+        CalibrateConfig(from_file=str(tmp_path / "nope.json"))
+    (tmp_path / "calibration.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"^calibrate\.from_file: .* is not a readable JSON calibration"):
+        CalibrateConfig(from_file=str(tmp_path))
+
+
+@pytest.mark.parametrize("path, value", [("workload.num_agents", 9), ("model.name", "tiny-mla"),
+                                         ("arrivals.mode", "online"), ("cluster.decode_nodes", 3)])
+def test_a_calibration_of_another_model_or_workload_is_refused_naming_what_differs(tmp_path, path, value):
+    _saved(tmp_path, _config())
+    with pytest.raises(ConfigError) as e:
+        engine_ablation_config(_config(**{path: value, "calibrate.from_file": str(tmp_path)}))
+    assert e.value.field == "calibrate.from_file"
+    assert f"measured for {path}=" in str(e.value) and f"this run has {path}={value!r}" in str(e.value)
+
+
+def test_a_link_rate_override_is_refused_while_a_saved_calibration_sets_the_rates(tmp_path):
+    _saved(tmp_path, _config())
+    config = _config(**{"calibrate.from_file": str(tmp_path), "calibrate.load_over_oracle": 0.0})
+    with pytest.raises(ConfigError, match=r"^cluster\.cnic_bytes_per_s: is replaced by the saved calibration"):
+        ea.check_overrides(config, ["cluster.cnic_bytes_per_s"])
+    ea.check_overrides(config, ["cluster.max_decode_batch"])
+
+
+# ---- calibration ----------------------------------------------------------------------------------
+def _setup(config, hit_tokens=1000):
+    cfg = engine_ablation_config(config)
+    return types.SimpleNamespace(config=cfg, cluster=cfg.cluster, rounds=[(hit_tokens - 200, 7), (200, 3)],
+                                 layout=types.SimpleNamespace(bytes_per_token=1024))
+
+
+def test_measured_calibration_uses_the_median_of_the_oracle_passes(tmp_path, monkeypatch):
+    jcts = iter([3.0, 1.0, 2.0])
+    monkeypatch.setattr(ea, "run_variant", lambda *a, **k: None)
+    monkeypatch.setattr(ea.report, "summarize", lambda res: {"jct_s": next(jcts), "hit_tokens": 5000,
+                                                             "compute_s": {"pe0": 0.5, "de1": 9.0}})
+    setup = _setup(_config())
+    cal = ea.calibrate_links(setup, setup.config.calibrate, tmp_path / "s", None, log=lambda s: None)
+    # 5000 hit tokens x 1 KiB over 2.5 x the median JCT (2 s); CNIC 8 x SNIC
+    assert cal["snic_bytes_per_s"] == pytest.approx(5000 * 1024 / (2.5 * 2.0))
+    assert setup.cluster.snic_bytes_per_s == cal["snic_bytes_per_s"]
+    assert setup.cluster.cnic_bytes_per_s == pytest.approx(8 * 5000 * 1024 / 5.0)
+    assert cal["oracle_jct_s"] == [3.0, 1.0, 2.0] and cal["oracle_pe_compute_s"] == [0.5] * 3
+    assert cal["source"] == "measured" and cal["hit_tokens_estimated"] == 1000
+
+
+def test_a_saved_calibration_sets_its_rates_without_an_oracle_pass(tmp_path, monkeypatch):
+    _saved(tmp_path, _config())
+    monkeypatch.setattr(ea, "run_variant", lambda *a, **k: pytest.fail("no Oracle pass with a saved calibration"))
+    setup = _setup(_config(**{"calibrate.from_file": str(tmp_path)}))
+    cal = ea.calibrate_links(setup, setup.config.calibrate, tmp_path / "s", None, log=lambda s: None)
+    assert (setup.cluster.snic_bytes_per_s, setup.cluster.cnic_bytes_per_s) == (4e6, 3.2e7)
+    assert cal["source"] == "file" and cal["saved"]["source"] == "measured"
+    other = _setup(_config(**{"calibrate.from_file": str(tmp_path)}), hit_tokens=1064)
+    with pytest.raises(ConfigError, match=r"^calibrate\.from_file: .* 1000 hit tokens, these agents have 1064"):
+        ea.calibrate_links(other, other.config.calibrate, tmp_path / "s", None, log=lambda s: None)
+
+
+def test_a_run_saves_the_median_rates_of_its_calibrations_and_every_calibration():
+    records = [{"repeat": r, "format": CALIBRATION_FORMAT, "fingerprint": {"model.name": "m"}, "source": "measured",
+                "hit_tokens_estimated": 7, "snic_bytes_per_s": snic, "cnic_bytes_per_s": 8 * snic,
+                "oracle_jct_s": [1.0, 2.0, 3.0], "oracle_jct_s_median": 2.0}
+               for r, snic in enumerate([5e6, 9e6, 6e6])]
+    out = ea.combine_calibrations(records)
+    assert (out["snic_bytes_per_s"], out["cnic_bytes_per_s"]) == (6e6, 48e6)  # medians over the repeats
+    assert out["fingerprint"] == {"model.name": "m"} and out["format"] == CALIBRATION_FORMAT
+    assert "oracle_jct_s" not in out and [p["snic_bytes_per_s"] for p in out["per_repeat"]] == [5e6, 9e6, 6e6]
+    assert out["per_repeat"][1]["oracle_jct_s"] == [1.0, 2.0, 3.0] and "fingerprint" not in out["per_repeat"][1]
+    with pytest.raises(ValueError):
+        ea.combine_calibrations([])
+
+
+def test_without_calibration_the_configured_rates_are_recorded(tmp_path):
+    setup = _setup(_config(**{"calibrate.load_over_oracle": 0.0}))
+    cal = ea.calibrate_links(setup, setup.config.calibrate, tmp_path / "s", None, log=lambda s: None)
+    assert cal["source"] == "config"
+    assert cal["snic_bytes_per_s"] == ClusterConfig().snic_bytes_per_s
+
+
+# ---- repeats and intervals ------------------------------------------------------------------------
+def test_estimates_are_the_mean_with_a_student_t_interval():
+    named = {}
+    ea.put_estimate(named, "x", [1.0, 2.0, 3.0])
+    half = T975[2] * 1.0 / math.sqrt(3)  # s = 1
+    assert named["x"] == 2.0 and named["x_ci95"] == pytest.approx(half, rel=1e-4)
+    assert (named["x_lo"], named["x_hi"]) == pytest.approx((2.0 - half, 2.0 + half), rel=1e-4)
+    assert list(ea.printed(named)) == ["x", "x_ci95"]
+    one = {}
+    ea.put_estimate(one, "y", [4.0])
+    assert one == {"y": 4.0}  # one repeat: no interval lines
+
+
+def test_table_rows_average_numbers_and_sum_failure_counts():
+    rows = [{"variant": "basic", "jct_s": 10.0, "failed": 1, "read_failures": 0, "persist_failures": 2},
+            {"variant": "basic", "jct_s": 14.0, "failed": 0, "read_failures": 3, "persist_failures": 0}]
+    out = ea.aggregate_rows(rows)
+    assert out["jct_s"] == 12.0 and out["repeats"] == 2
+    assert out["jct_s_ci95"] == pytest.approx(T975[1] * math.sqrt(8) / math.sqrt(2), rel=1e-4)
+    assert (out["failed"], out["read_failures"], out["persist_failures"]) == (1, 3, 2)
+
+
+def test_ratios_are_taken_per_repeat_then_averaged():
+    def summary(jct, oracle=False):
+        return {"jct_s": jct, "ttft_p50_s": 0.1, "snic_max_avg_mean": math.nan if oracle else 1.5, "num_failed": 0,
+                "read_failures": 0, "persist_failures": 0, "bytes_conserved": True}
+
+    basic, dual, oracle = [2.0, 6.0], [1.0, 2.0], [0.5, 0.5]
+    summaries = {}
+    for r in range(2):
+        summaries["basic", r], summaries["dualpath", r] = summary(basic[r]), summary(dual[r])
+        summaries["oracle", r] = summary(oracle[r], oracle=True)
+    tokens = {"tokens_identical": True, "tokens_identical_tie_aware": True}
+    measured = [{"load_over_compute": 3.0}, {"load_over_compute": 5.0}]
+    rates = [(4e6, 3.2e7), (6e6, 4.8e7)]
+    named = ea._named_values(["basic", "dualpath", "oracle"], 2, summaries, measured, {}, tokens, rates)
+    # per repeat 2 and 3 (the ratio of the means would be 4 / 1.5 = 2.67)
+    assert named["speedup_dualpath_vs_basic"] == pytest.approx(2.5)
+    assert named["speedup_dualpath_vs_basic_ci95"] == pytest.approx(T975[1] * math.sqrt(0.5) / math.sqrt(2), rel=1e-4)
+    assert named["dualpath_over_oracle_jct"] == pytest.approx(3.0)  # (2 + 4) / 2
+    assert named["jct_s_basic"] == 4.0 and named["load_over_compute"] == 4.0
+    assert "snic_max_avg_oracle" not in named and named["snic_max_avg_dualpath_ci95"] == 0.0
+    assert named["repeats"] == 2 and named["tokens_identical"] is True
+    assert named["snic_bytes_per_s"] == 5e6 and named["snic_bytes_per_s_ci95"] == pytest.approx(T975[1] * 1e6,
+                                                                                                rel=1e-4)
+
+
+def test_repeat_zero_keeps_the_run_folder_other_tools_read(tmp_path):
+    assert ea.run_dir(tmp_path, "basic", 0) == tmp_path / "runs" / "basic"
+    assert ea.run_dir(tmp_path, "basic", 2) == tmp_path / "runs" / "basic" / "r2"
+
+
+# ---- warm-up --------------------------------------------------------------------------------------
+def test_warm_up_compiles_what_a_pe_forward_runs():
+    """After :func:`warm_up_prefill` a PE's own path runs the same shapes without compiling (or
+    loading) a single program: the warm-up calls the programs exactly as the PE does."""
+    import jax
+
+    from dualpath_jax.engine.prefill import PrefillChunk, PrefillPath
+    from dualpath_jax.engine.profile import prefill_shape, warm_up_prefill
+    from dualpath_jax.kvcache import layout_for
+    from dualpath_jax.model import get_spec, init_params
+
+    spec = get_spec("tiny-gqa")
+    params = jax.tree.map(np.asarray, init_params(spec, jax.random.PRNGKey(0)))
+    layout = layout_for(spec, "f32")
+    z, dev = layout.block_tokens, jax.devices()[0]
+    cases = [(40, 3 * z + 5), (16, 0)]  # (new tokens, cached tokens)
+    jax.clear_caches()
+    ea.CompileClock.start()
+    assert warm_up_prefill(params, spec, dev, {prefill_shape(c, t, z) for t, c in cases}, block_tokens=z) == 2
+    path = PrefillPath(params, spec, layout, device=dev)  # a PE's path, built after the warm-up
+    before = ea.CompileClock.read()
+    for t, cached in cases:
+        kv = [tuple(np.ones((cached, *s), np.float32) for s in path.kv_shapes)] if cached else None
+        path.forward([PrefillChunk(np.arange(t, dtype=np.int32), cached)], lambda layer: [kv])
+    assert ea.CompileClock.read()[1] == before[1]
+
+
+# ---- end to end -----------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("dualpath_jax.workload", fromlist=["agentic_dir"]).agentic_dir().is_dir(),
+                    reason="shared traces not available")
+def test_a_second_run_reuses_the_first_runs_link_rates(tmp_path):
+    import subprocess
+    import sys
+
+    def run(workdir, *args):
+        done = subprocess.run([sys.executable, str(ROOT / "experiments" / "run_engine.py"),
+                               f"--config={ROOT / 'configs' / 'engine_ablation.py'}:quick",
+                               "--config.workload.num_agents=2", "--config.variants=('basic','oracle')",
+                               "--config.calibrate.passes=1", f"--jit_cache_dir={tmp_path / 'jit'}", "--progress=off",
+                               f"--workdir={workdir}", *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads((workdir / "metrics.json").read_text()), json.loads((workdir / "ablation.json").read_text())
+
+    first, _ = run(tmp_path / "a", "--config.repeats=2")
+    saved = json.loads((tmp_path / "a" / "calibration.json").read_text())
+    per_repeat = [p["snic_bytes_per_s"] for p in saved["per_repeat"]]
+    assert saved["source"] == "measured" and len(per_repeat) == 2 and len(saved["per_repeat"][0]["oracle_jct_s"]) == 1
+    assert saved["snic_bytes_per_s"] == pytest.approx(sum(per_repeat) / 2)  # the median of two
+    assert first["snic_bytes_per_s"] == pytest.approx(sum(per_repeat) / 2)
+    second, ablation = run(tmp_path / "b", "--config.repeats=1", f"--config.calibrate.from_file={tmp_path / 'a'}")
+    assert second["snic_bytes_per_s"] == saved["snic_bytes_per_s"]
+    assert ablation["cnic_bytes_per_s"] == [saved["cnic_bytes_per_s"]]
+    assert not [s for s in ablation["stages"] if s["stage"].startswith("calibrate")]
+    reused = json.loads((tmp_path / "b" / "calibration.json").read_text())
+    assert reused["source"] == "file" and reused["from_file"] == str(tmp_path / "a" / "calibration.json")
