@@ -87,7 +87,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.scheduler = ""  # "pkg.module:Class": a ClusterScheduler subclass for every run ("" = built-in)
     config.variants = ("basic", "layerwise", "dpl", "dualpath", "oracle")
-    config.model = ml_collections.ConfigDict({"name": "tiny-gqa", "kv_dtype": "f32", "seed": 0})
+    # model.checkpoint: a local Hugging Face checkpoint directory (Qwen2 or dense DeepSeek-V3) served
+    # instead of the random-parameter preset ("" = the preset)
+    config.model = ml_collections.ConfigDict({"name": "tiny-gqa", "kv_dtype": "f32", "seed": 0, "checkpoint": ""})
     config.workload = ml_collections.ConfigDict({
         "max_files": 300, "num_agents": 24, "rounds": 4, "token_divisor": 32, "max_context_tokens": 2048,
         "max_append_tokens": 128, "warm_start": True, "traces_dir": ""})

@@ -274,3 +274,51 @@ def test_a_second_run_reuses_the_first_runs_link_rates(tmp_path):
     assert not [s for s in ablation["stages"] if s["stage"].startswith("calibrate")]
     reused = json.loads((tmp_path / "b" / "calibration.json").read_text())
     assert reused["source"] == "file" and reused["from_file"] == str(tmp_path / "a" / "calibration.json")
+
+
+# ---- a Hugging Face checkpoint as the served model -------------------------------------------------
+HF_TINY = ROOT / "tests" / "data" / "hf" / "qwen2_tiny"
+
+
+def test_a_checkpoint_that_is_not_one_is_one_error_naming_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.checkpoint.*not a directory holding a config\.json"):
+        engine_ablation_config(_config(**{"model.checkpoint": str(tmp_path)}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ConfigError, match=r"config\.json: model_type"):
+        engine_ablation_config(_config(**{"model.checkpoint": str(tmp_path)}))
+    typed = engine_ablation_config(_config(**{"model.checkpoint": str(HF_TINY)}))
+    spec = typed.model.spec()
+    # the checkpoint's config.json: 3 layers, 4 query heads of 2 KV heads, hidden 64, vocab 512
+    assert (spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_model, spec.vocab_size) == (3, 4, 2, 64, 512)
+    assert calibration_fingerprint(typed)["model.checkpoint"] == str(HF_TINY)
+
+
+@pytest.mark.skipif(not __import__("dualpath_jax.workload", fromlist=["agentic_dir"]).agentic_dir().is_dir(),
+                    reason="shared traces not available")
+def test_the_engine_serves_the_checkpoints_weights():
+    import jax
+
+    from dualpath_jax.model.hf import load_hf_checkpoint
+    config = engine_ablation_config(_config(**{"model.checkpoint": str(HF_TINY), "profile.repeats": 1}))
+    setup = ea.Setup(config, ea.select_agents(config.workload)[:1], log=lambda *_: None)
+    spec, params = load_hf_checkpoint(str(HF_TINY))
+    assert setup.spec == spec
+    flat, ref = jax.tree.leaves(setup.params), jax.tree.leaves(params)
+    assert len(flat) == len(ref) and all(np.array_equal(a, np.asarray(b)) for a, b in zip(flat, ref))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("dualpath_jax.workload", fromlist=["agentic_dir"]).agentic_dir().is_dir(),
+                    reason="shared traces not available")
+def test_a_checkpoint_runs_through_the_cluster_with_the_recompute_tokens(tmp_path):
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "run_engine.py"),
+                           f"--config={ROOT / 'configs' / 'engine_ablation.py'}:quick",
+                           f"--config.model.checkpoint={HF_TINY}", "--config.workload.num_agents=2",
+                           "--config.variants=('basic','dualpath')", "--config.repeats=1",
+                           "--config.calibrate.passes=1", f"--jit_cache_dir={tmp_path / 'jit'}", "--progress=off",
+                           f"--workdir={tmp_path / 'w'}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    assert metrics["tokens_identical"] is True and metrics["num_failed"] == 0 and metrics["bytes_conserved"] is True

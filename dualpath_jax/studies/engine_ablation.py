@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
@@ -57,6 +58,7 @@ from dualpath_jax.kvcache import block_keys, layout_for, pack_full_blocks
 from dualpath_jax.metrics import writers
 from dualpath_jax.metrics.stats import mean_ci
 from dualpath_jax.model import cost, get_spec, init_params
+from dualpath_jax.model.hf import load_hf_checkpoint
 from dualpath_jax.sched import BatchItem, form_batch, scheduler_name
 from dualpath_jax.store import KVStore, StoreConfig
 from dualpath_jax.studies.engine_config import (CALIBRATION_FILE, CALIBRATION_FORMAT, CalibrateConfig,
@@ -201,12 +203,16 @@ class Setup:
 
     def __init__(self, config: EngineAblationConfig, agents: list[Trajectory], log: Callable = print):
         self.config = config = check_config(config)
-        self.spec = get_spec(config.model.name)
+        if config.model.checkpoint:  # a local Hugging Face checkpoint (its config was checked with the config)
+            self.spec, params = load_hf_checkpoint(config.model.checkpoint, dtype=jnp.float32)
+        else:
+            self.spec = get_spec(config.model.name)
+            params = init_params(self.spec, jax.random.PRNGKey(config.model.seed))
         self.cluster = config.cluster
         self.scheduler_cls = config.scheduler
         self.layout = layout_for(self.spec, config.model.kv_dtype)
         self.cluster.check_layout(self.layout.full_block_bytes)
-        self.params = jax.tree.map(np.asarray, init_params(self.spec, jax.random.PRNGKey(config.model.seed)))
+        self.params = jax.tree.map(np.asarray, params)
         self.agents = agents
         n_eng = self.cluster.num_pe + self.cluster.num_de
         self.devices = jax.devices()[:n_eng]

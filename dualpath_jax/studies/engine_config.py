@@ -9,6 +9,7 @@ lists the ConfigDict field by field with type, default and meaning (``run_engine
 from __future__ import annotations
 
 import dataclasses
+import os
 import json
 import math
 from pathlib import Path
@@ -17,7 +18,7 @@ from dualpath_jax.config import (ConfigError, check_in, check_non_negative, chec
                                  did_you_mean, from_mapping)
 from dualpath_jax.engine.config import ClusterConfig, engine_variant
 from dualpath_jax.kvcache import KV_DTYPES
-from dualpath_jax.model.spec import get_spec
+from dualpath_jax.model.spec import ModelSpec, get_spec, load_hf_config
 from dualpath_jax.sched import ClusterScheduler, load_scheduler
 
 __all__ = ["EngineModel", "EngineWorkload", "EngineArrivals", "ProfileConfig", "CalibrateConfig",
@@ -31,18 +32,32 @@ class EngineModel:
     """The served model.
 
     Attributes:
-      name: model preset (``dualpath_jax.model.get_spec``).
+      name: model preset (``dualpath_jax.model.get_spec``) with random parameters; ignored when
+        ``checkpoint`` is set.
       kv_dtype: dtype of the stored KV (``dualpath_jax.kvcache.KV_DTYPES``).
       seed: seed of the random parameters.
+      checkpoint: a local Hugging Face checkpoint directory (``config.json`` + safetensors; Qwen2
+        or dense DeepSeek-V3, ``model.hf.load_hf_checkpoint``) to serve instead of the preset;
+        "" = the preset. Its ``config.json`` is checked here, its weights read when the run starts.
     """
 
     name: str = "tiny-gqa"
     kv_dtype: str = "f32"
     seed: int = 0
+    checkpoint: str = ""
 
     def __post_init__(self):
         get_spec(self.name)
         check_in("model.kv_dtype", self.kv_dtype, tuple(KV_DTYPES))
+        if self.checkpoint:
+            if not os.path.isfile(os.path.join(self.checkpoint, "config.json")):
+                raise ConfigError("model.checkpoint", f"{self.checkpoint}: not a directory holding a config.json "
+                                  "(a local Hugging Face checkpoint)")
+            load_hf_config(self.checkpoint, field="model.checkpoint")  # names the file and key of a bad field
+
+    def spec(self) -> ModelSpec:
+        """The served model's :class:`ModelSpec`: the checkpoint's, else the preset's."""
+        return load_hf_config(self.checkpoint, field="model.checkpoint") if self.checkpoint else get_spec(self.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +210,8 @@ def read_calibration(path: str | Path, field: str = "calibrate.from_file") -> di
 def calibration_fingerprint(config: "EngineAblationConfig") -> dict:
     """What a calibration depends on, as ``{dotted field: value}``: the model, every workload field
     but ``traces_dir``, the arrivals (but their seed) and the cluster's topology."""
-    out = {"model.name": config.model.name, "model.kv_dtype": config.model.kv_dtype}
+    out = {"model.name": config.model.name, "model.kv_dtype": config.model.kv_dtype,
+           "model.checkpoint": config.model.checkpoint}
     out.update({f"workload.{f.name}": getattr(config.workload, f.name) for f in dataclasses.fields(EngineWorkload)
                 if f.name != "traces_dir"})
     out.update({f"arrivals.{k}": getattr(config.arrivals, k) for k in ("mode", "aps", "use_think_time")})
