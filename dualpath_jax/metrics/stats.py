@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from scipy import stats as _stats
-
 __all__ = ["t_quantile", "mean_ci"]
 
 
@@ -29,7 +27,9 @@ def t_quantile(level: float, dof: int) -> float:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     if int(dof) != dof or dof < 1:
         raise ValueError(f"dof must be an integer >= 1, got {dof!r}")
-    return float(_stats.t.ppf((1.0 + level) / 2.0, int(dof)))
+    from scipy import stats  # noqa: PLC0415 (imported on first use: metrics/ loads only numpy)
+
+    return float(stats.t.ppf((1.0 + level) / 2.0, int(dof)))
 
 
 def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float, float, float]:
