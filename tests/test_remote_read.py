@@ -1,0 +1,68 @@
+"""The DE read path across processes: a DE reader actor reads hit blocks from the shared store and
+offers them per layer through JAX's transfer server; the PE's prefill on the pulled KV computes
+exactly what it computes on KV read in its own process."""
+
+import numpy as np
+import pytest
+
+from dualpath_jax.engine.remote_read import DEReadServer, prepare_remote, start_de_reader
+from dualpath_jax.engine.standalone import PrefillConfig, PrefillEngine, PrefillRequest
+from dualpath_jax.store import FailureCause, KVStore, StoreConfig
+from dualpath_jax.transfer.remote import KVTransferEndpoint
+
+from engine_cases import tiny_model
+
+
+def _seeded_store(tmp_path, layout, spec, params, tokens):
+    """A file store holding the Full Blocks of ``tokens``' first 3 blocks (a first round's prefill)."""
+    z = layout.block_tokens
+    store = KVStore(layout, StoreConfig(path=str(tmp_path / "kv"), fsync=False))
+    PrefillEngine(params, spec, store).run([PrefillRequest("seed", tokens[:3 * z + 5])])
+    return store
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def test_prefill_on_kv_pulled_from_a_de_reader_process_equals_the_local_read(tmp_path, ray_local):
+    spec, params, layout = tiny_model()
+    z = layout.block_tokens
+    tokens = np.random.default_rng(0).integers(0, spec.vocab_size, 4 * z + 9, dtype=np.int32)
+    store = _seeded_store(tmp_path, layout, spec, params, tokens)
+    engine = PrefillEngine(params, spec, store, config=PrefillConfig(write_back=False))
+    request = PrefillRequest("round2", tokens)
+    local, _ = engine.run([request])
+    assert local[0].hit_tokens == 3 * z  # the seeded prefix
+    reader = start_de_reader(layout, str(tmp_path / "kv"))  # a DE in its own process
+    endpoint = KVTransferEndpoint()
+    batch = prepare_remote(reader, endpoint, layout, [request])
+    remote, report = engine.execute(batch)
+    assert remote[0].hit_tokens == 3 * z and report.hit_tokens == 3 * z
+    np.testing.assert_array_equal(np.asarray(remote[0].logits), np.asarray(local[0].logits))
+    # every layer's 3 Layer Blocks crossed the process boundary once, and nothing else
+    per_layer = 3 * layout.layer_block_bytes
+    assert endpoint.stats().bytes_pulled == spec.n_layers * per_layer
+    assert ray_local.get(reader.stats.remote())["bytes_offered"] == spec.n_layers * per_layer
+
+
+def test_a_missing_block_ends_the_hit_and_the_rest_is_recomputed(tmp_path):
+    spec, params, layout = tiny_model()
+    z = layout.block_tokens
+    tokens = np.random.default_rng(1).integers(0, spec.vocab_size, 5 * z + 3, dtype=np.int32)
+    store = _seeded_store(tmp_path, layout, spec, params, tokens)
+    engine = PrefillEngine(params, spec, store, config=PrefillConfig(write_back=False))
+    request = PrefillRequest("round2", tokens)
+    local, _ = engine.run([request])
+    reader = DEReadServer(layout, str(tmp_path / "kv"))  # in this process: the same offers and pulls
+    batch = prepare_remote(reader, KVTransferEndpoint(), layout, [request])
+    assert batch.hit_blocks == [3] and batch.miss[0].cause == FailureCause.MISSING and batch.failures == [[]]
+    remote, _ = engine.execute(batch)
+    np.testing.assert_array_equal(np.asarray(remote[0].logits), np.asarray(local[0].logits))
