@@ -5,8 +5,9 @@ exactly what it computes on KV read in its own process."""
 import numpy as np
 import pytest
 
-from dualpath_jax.engine.remote_read import DEReadServer, prepare_remote, start_de_reader
+from dualpath_jax.engine.remote_read import DEReadServer, offer_new_blocks, prepare_remote, start_de_reader
 from dualpath_jax.engine.standalone import PrefillConfig, PrefillEngine, PrefillRequest
+from dualpath_jax.kvcache import block_keys, pack_full_blocks
 from dualpath_jax.store import FailureCause, KVStore, StoreConfig
 from dualpath_jax.transfer.remote import KVTransferEndpoint
 
@@ -51,6 +52,16 @@ def test_prefill_on_kv_pulled_from_a_de_reader_process_equals_the_local_read(tmp
     per_layer = 3 * layout.layer_block_bytes
     assert endpoint.stats().bytes_pulled == spec.n_layers * per_layer
     assert ray_local.get(reader.stats.remote())["bytes_offered"] == spec.n_layers * per_layer
+    # the hand-off: the DE pulls the request's newly completed block (the 4th) and persists it
+    handoffs = offer_new_blocks(endpoint, layout, batch, remote)
+    keys = block_keys(layout, tokens)
+    assert [k for k, _ in handoffs] == [keys[3:4]]
+    assert ray_local.get(reader.receive_and_persist.remote(handoffs)) == [1]
+    assert store.lookup(keys).num_blocks == 4  # the next round hits it
+    new = local[0].new_kv  # the block the local engine's write-back would store, packed independently
+    want = pack_full_blocks(layout, [tuple(x[:z] for x in kv) for kv in new])[0]
+    got = store.read(keys[3:4])[0]
+    assert got.ok and np.array_equal(got.block, want)
 
 
 def test_a_missing_block_ends_the_hit_and_the_rest_is_recomputed(tmp_path):

@@ -16,6 +16,12 @@ boundary, and computes exactly what it computes on KV read locally.
 
 As in the in-process engine, a request's hit ends at its first block that fails to read
 (missing, corrupt, truncated, timed out): that block and the rest of the prompt are recomputed.
+
+The hand-off goes the other way (section 2.4: only the miss tokens' KV goes back to the DE
+buffer): :func:`offer_new_blocks` offers each request's newly completed Full Blocks from the PE,
+and :meth:`DEReadServer.receive_and_persist` pulls them into the DE's process and persists them to
+the store, where the agent's next round finds them. (Here the hand-off moves a request's new
+blocks once, after its forward; the engine cluster streams it layer by layer.)
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from dualpath_jax.engine.standalone import PreparedBatch, PrefillRequest
-from dualpath_jax.kvcache import BlockLayout, block_keys, gather_layer
+from dualpath_jax.kvcache import BlockLayout, block_keys, gather_layer, pack_full_blocks
 from dualpath_jax.store import BlockFailure, FailureCause, KVStore, StoreConfig
 from dualpath_jax.transfer.remote import KVOffer, KVTransferEndpoint
 
-__all__ = ["DEReadServer", "RemoteHit", "RemotePreparedBatch", "start_de_reader", "prepare_remote"]
+__all__ = ["DEReadServer", "RemoteHit", "RemotePreparedBatch", "start_de_reader", "prepare_remote",
+           "offer_new_blocks"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +102,19 @@ class DEReadServer:
             out.append(RemoteHit(len(blocks), found, offers, failure))
         return out
 
+    def receive_and_persist(self, handoffs: Sequence[tuple[Sequence[str], KVOffer | None]]) -> list[int]:
+        """Pull each request's new Full Blocks from the PE (:func:`offer_new_blocks`) and write them
+        to the store under their keys; returns the blocks written per request (a block the store
+        refused is not visible, and the next round recomputes it)."""
+        written = []
+        for keys, offer in handoffs:
+            if offer is None:
+                written.append(0)
+                continue
+            blocks = np.asarray(self.endpoint.pull_offer(offer, timeout_s=self.timeout_s)[0])  # [n, L, Z, Bt]
+            written.append(sum(r.ok for r in self.store.write(list(keys), blocks)))
+        return written
+
     def stats(self) -> dict:
         """The transfer endpoint's byte counters (``bytes_offered``, ...)."""
         return dataclasses.asdict(self.endpoint.stats())
@@ -153,3 +173,21 @@ def prepare_remote(reader, endpoint: KVTransferEndpoint, layout: BlockLayout,
         failures=[[h.failure] if h.failure is not None and h.failure.cause != FailureCause.MISSING else []
                   for h in hits],
         lease=None, read_s=time.perf_counter() - t0, hits=hits, endpoint=endpoint)
+
+
+def offer_new_blocks(endpoint: KVTransferEndpoint, layout: BlockLayout, batch: PreparedBatch,
+                     results: Sequence) -> list[tuple[list[str], KVOffer | None]]:
+    """The PE side of the hand-off: per request, the keys of its newly completed blocks and the
+    offer of those Full Blocks ``uint8[n, L, Z, Bt]`` packed from its prefill's new KV (None when
+    its forward completed no block); for :meth:`DEReadServer.receive_and_persist`."""
+    z = layout.block_tokens
+    out: list[tuple[list[str], KVOffer | None]] = []
+    for b, (req, res) in enumerate(zip(batch.requests, results)):
+        first, last = res.hit_tokens // z, len(req.tokens) // z
+        if last <= first:
+            out.append(([], None))
+            continue
+        n_tok = (last - first) * z
+        blocks = pack_full_blocks(layout, [tuple(x[:n_tok] for x in kv) for kv in res.new_kv])
+        out.append((list(batch.keys[b][first:last]), endpoint.offer([blocks], tag=f"handoff/{req.request_id}")))
+    return out
