@@ -77,3 +77,24 @@ def test_a_missing_block_ends_the_hit_and_the_rest_is_recomputed(tmp_path):
     assert batch.hit_blocks == [3] and batch.miss[0].cause == FailureCause.MISSING and batch.failures == [[]]
     remote, _ = engine.execute(batch)
     np.testing.assert_array_equal(np.asarray(remote[0].logits), np.asarray(local[0].logits))
+
+
+def test_a_killed_de_reader_costs_the_hit_not_the_request(tmp_path, ray_local):
+    spec, params, layout = tiny_model()
+    z = layout.block_tokens
+    tokens = np.random.default_rng(2).integers(0, spec.vocab_size, 4 * z + 1, dtype=np.int32)
+    store = _seeded_store(tmp_path, layout, spec, params, tokens)
+    engine = PrefillEngine(params, spec, store, config=PrefillConfig(write_back=False))
+    request = PrefillRequest("round2", tokens)
+    reader = start_de_reader(layout, str(tmp_path / "kv"))
+    ray_local.get(reader.address.remote())  # the actor is up
+    ray_local.kill(reader)  # its process is gone
+    batch = prepare_remote(reader, KVTransferEndpoint(), layout, [request], timeout_s=20.0)
+    assert batch.hit_blocks == [0] and batch.miss[0].cause == FailureCause.UNREADABLE
+    assert "DE reader unavailable" in batch.miss[0].detail
+    remote, report = engine.execute(batch)
+    assert report.hit_tokens == 0 and report.computed_tokens == len(tokens)
+    # the whole prompt recomputed: the logits of a store without any hit
+    with KVStore(layout, StoreConfig(backend="memory")) as empty:
+        cold, _ = PrefillEngine(params, spec, empty, config=PrefillConfig(write_back=False)).run([request])
+    np.testing.assert_array_equal(np.asarray(remote[0].logits), np.asarray(cold[0].logits))

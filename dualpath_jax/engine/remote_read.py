@@ -149,10 +149,14 @@ class RemotePreparedBatch(PreparedBatch):
 
 
 def prepare_remote(reader, endpoint: KVTransferEndpoint, layout: BlockLayout,
-                   requests: Sequence[PrefillRequest]) -> RemotePreparedBatch:
+                   requests: Sequence[PrefillRequest], *, timeout_s: float = 60.0) -> RemotePreparedBatch:
     """Step 1 of :class:`~dualpath_jax.engine.standalone.PrefillEngine` on the DE read path: the
     DE reader (a :func:`start_de_reader` actor, or a :class:`DEReadServer` in this process) reads
-    the hit blocks and offers them; the batch pulls them layer by layer as the prefill runs."""
+    the hit blocks and offers them; the batch pulls them layer by layer as the prefill runs.
+
+    A reader actor that has died (its process killed) or does not answer within ``timeout_s``
+    reads nothing: every request's hit is empty (``miss`` and ``failures``: ``UNREADABLE``, naming
+    the reader) and its whole prompt is recomputed, as for a failed read."""
     import time  # noqa: PLC0415
 
     t0 = time.perf_counter()
@@ -164,7 +168,13 @@ def prepare_remote(reader, endpoint: KVTransferEndpoint, layout: BlockLayout,
     if hasattr(call, "remote"):
         import ray  # noqa: PLC0415
 
-        hits = ray.get(call.remote(eligible))
+        try:
+            hits = ray.get(call.remote(eligible), timeout=timeout_s)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+            # the DE reader died or hangs: nothing was read, every request is recomputed from tokens
+            cause = f"DE reader unavailable: {type(e).__name__}"
+            hits = [RemoteHit(0, 0, (), BlockFailure(k[0], FailureCause.UNREADABLE, cause) if k else None)
+                    for k in eligible]
     else:
         hits = call(eligible)
     return RemotePreparedBatch(
