@@ -114,6 +114,24 @@ class RunCache:
         return len(self._runs)
 
 
+def _run_missing(keys: Sequence[tuple], run: Callable, cache: RunCache | None, desc: str) -> tuple[dict, dict]:
+    """``(known, computed)``: the cache's runs of ``keys`` (``(kind, *spec)``), and ``run(spec)`` of
+    each distinct key it lacks, computed on the cache's sweep (in parallel on Ray when it has
+    workers) and stored in the cache."""
+    known = {k: cache.peek(k) for k in keys} if cache is not None else {}
+    todo = list(dict.fromkeys(k for k in keys if known.get(k) is None))
+    if not todo:
+        return known, {}
+    sweep = cache.sweep if cache is not None else None
+    specs = [k[1:] for k in todo]
+    fresh = sweep.map(run, specs, desc=desc) if sweep is not None else [run(x) for x in specs]
+    computed = dict(zip(todo, fresh))
+    if cache is not None:
+        for k, v in computed.items():
+            cache.put(k, v)
+    return known, computed
+
+
 def _cached(cache: RunCache | None, key: Hashable, compute: Callable[[], object]) -> tuple[object, bool]:
     return cache.get_or_run(key, compute) if cache is not None else (compute(), False)
 
@@ -228,19 +246,7 @@ def offline_runs(base: SimConfig | Sequence[SimConfig], runs: Sequence[tuple[str
         raise ValueError(f"base: {len(bases)} configs for {len(runs)} runs")
     specs = [(variant_config(b, v), scheduler_cls, wl) for b, (v, wl) in zip(bases, runs)]
     keys = [("offline", *spec) for spec in specs]
-    known = {k: cache.peek(k) for k in keys} if cache is not None else {}
-    todo = list(dict.fromkeys(k for k in keys if known.get(k) is None))
-    if todo:
-        sweep = cache.sweep if cache is not None else None
-        specs_todo = [k[1:] for k in todo]
-        fresh = sweep.map(_offline_summary, specs_todo, desc="offline runs") if sweep is not None \
-            else [_offline_summary(x) for x in specs_todo]
-        computed = dict(zip(todo, fresh))
-        if cache is not None:
-            for k, v in computed.items():
-                cache.put(k, v)
-    else:
-        computed = {}
+    known, computed = _run_missing(keys, _offline_summary, cache, "offline runs")
     out, shown = [], set()
     for k, (cfg, _, wl), (v, _) in zip(keys, specs, runs):
         s = known.get(k)
@@ -365,18 +371,7 @@ def online_runs(runs: Sequence[tuple[SimConfig, str, WorkloadSpec, float, int, f
         specs.append((variant_config(base, variant), scheduler_cls, wl, float(aps), int(arrival_seed),
                       float(warmup_s)))
     keys = [("online", *spec) for spec in specs]
-    known = {k: cache.peek(k) for k in keys} if cache is not None else {}
-    todo = list(dict.fromkeys(k for k in keys if known.get(k) is None))
-    computed = {}
-    if todo:
-        sweep = cache.sweep if cache is not None else None
-        specs_todo = [k[1:] for k in todo]
-        fresh = sweep.map(_online_summary, specs_todo, desc="online runs") if sweep is not None \
-            else [_online_summary(x) for x in specs_todo]
-        computed = dict(zip(todo, fresh))
-        if cache is not None:
-            for k, v in computed.items():
-                cache.put(k, v)
+    known, computed = _run_missing(keys, _online_summary, cache, "online runs")
     out, shown = [], set()
     for k, (cfg, _, wl, aps, _seed, warmup_s), (_, variant, *_rest) in zip(keys, specs, runs):
         run = known.get(k)
