@@ -1,7 +1,6 @@
 """The engine ablation's calibration (saved, reused, checked; median of Oracle passes), its
 repeats with 95% intervals, and the warm-up that leaves nothing to compile inside a timed run."""
 
-import importlib.util
 import json
 import math
 import pathlib
@@ -15,16 +14,16 @@ from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.studies import engine_ablation as ea
 from dualpath_jax.studies.engine_config import (CALIBRATION_FORMAT, CalibrateConfig, calibration_fingerprint,
                                                 engine_ablation_config)
+from dualpath_jax.studies.seeds import printed
+
+from config_files import get_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 T975 = {1: 12.7062, 2: 4.3027, 4: 2.7764}  # two-sided 95% Student-t critical values (any t table)
 
 
 def _config(**overrides):
-    spec = importlib.util.spec_from_file_location("_engine_cfg", ROOT / "configs" / "engine_ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("quick")
+    config = get_config("engine_ablation", "quick")
     for path, value in overrides.items():
         node = config
         *head, leaf = path.split(".")
@@ -173,7 +172,7 @@ def test_estimates_are_the_mean_with_a_student_t_interval():
     half = T975[2] * 1.0 / math.sqrt(3)  # s = 1
     assert named["x"] == 2.0 and named["x_ci95"] == pytest.approx(half, rel=1e-4)
     assert (named["x_lo"], named["x_hi"]) == pytest.approx((2.0 - half, 2.0 + half), rel=1e-4)
-    assert list(ea.printed(named)) == ["x", "x_ci95"]
+    assert list(printed(named)) == ["x", "x_ci95"]
     one = {}
     ea.put_estimate(one, "y", [4.0])
     assert one == {"y": 4.0}  # one repeat: no interval lines

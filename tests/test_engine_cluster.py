@@ -180,16 +180,11 @@ def test_invalid_config_names_the_field(field, value):
     ("cluster.snic_gbps", 1.0, "cluster.snic_gbps"),
 ])
 def test_engine_ablation_config_is_checked_before_anything_runs(path, value, field):
-    import importlib.util
-    from pathlib import Path
+    from config_files import get_config
 
     from dualpath_jax.studies.engine_ablation import check_config
 
-    cfg_path = Path(__file__).resolve().parents[1] / "configs" / "engine_ablation.py"
-    spec = importlib.util.spec_from_file_location("_engine_cfg", cfg_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("quick")
+    config = get_config("engine_ablation", "quick")
     check_config(config)  # the committed config passes
     head, _, leaf = path.rpartition(".")
     node = config

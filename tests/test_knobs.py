@@ -2,7 +2,6 @@
 the config files derive their defaults from the dataclasses."""
 
 import dataclasses
-import importlib.util
 import pathlib
 import subprocess
 import sys
@@ -14,14 +13,11 @@ from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.sched.knobs import KNOB_FIELDS, SchedKnobs
 from dualpath_jax.sim.config import SimConfig, sim_config_dict
 
+from config_files import config_module
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _config_module(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("cls", [SimConfig, ClusterConfig])
@@ -47,7 +43,7 @@ def test_sim_config_files_carry_every_knob_at_its_default():
 
 
 def test_engine_config_file_derives_from_cluster_config():
-    cluster = _config_module("engine_ablation").get_config(None).cluster.to_dict()
+    cluster = config_module("engine_ablation").get_config(None).cluster.to_dict()
     defaults = dataclasses.asdict(ClusterConfig())
     differ = {k for k, v in cluster.items() if v != defaults[k]}
     # the runtime-specific choices the file makes on purpose (each with its reason in the file)
@@ -66,7 +62,7 @@ def test_engine_config_file_loads_no_jax():
 def test_a_calibrated_link_rate_override_is_rejected_with_what_to_change():
     from dualpath_jax.studies.engine_ablation import check_overrides
 
-    config = _config_module("engine_ablation").get_config("quick")
+    config = config_module("engine_ablation").get_config("quick")
     argv = ["--config=configs/engine_ablation.py:quick", "--config.cluster.snic_bytes_per_s=5e6",
             "--workdir", "w"]
     assert overridden_fields(argv) == ["cluster.snic_bytes_per_s"]
@@ -74,7 +70,7 @@ def test_a_calibrated_link_rate_override_is_rejected_with_what_to_change():
         check_overrides(config, overridden_fields(argv))
     config.calibrate.load_over_oracle = 0.0
     check_overrides(config, overridden_fields(argv))  # with calibration off the rate is used as given
-    check_overrides(_config_module("engine_ablation").get_config("quick"), ["cluster.max_decode_batch"])
+    check_overrides(config_module("engine_ablation").get_config("quick"), ["cluster.max_decode_batch"])
 
 
 FLOAT_KNOBS = [f.name for f in dataclasses.fields(SchedKnobs) if f.type in (float, "float")]

@@ -14,12 +14,17 @@ from dualpath_jax.transfer.remote import KVTransferEndpoint
 from engine_cases import tiny_model
 
 
-def _seeded_store(tmp_path, layout, spec, params, tokens):
-    """A file store holding the Full Blocks of ``tokens``' first 3 blocks (a first round's prefill)."""
+def _second_round(tmp_path, blocks, tail, seed):
+    """A prompt of ``blocks`` Full Blocks plus ``tail`` tokens whose first 3 blocks are already in a
+    file store (a first round's prefill wrote them); returns ``(spec, params, layout, store, a PE
+    engine that writes nothing back, the round's request)``."""
+    spec, params, layout = tiny_model()
     z = layout.block_tokens
+    tokens = np.random.default_rng(seed).integers(0, spec.vocab_size, blocks * z + tail, dtype=np.int32)
     store = KVStore(layout, StoreConfig(path=str(tmp_path / "kv"), fsync=False))
     PrefillEngine(params, spec, store).run([PrefillRequest("seed", tokens[:3 * z + 5])])
-    return store
+    engine = PrefillEngine(params, spec, store, config=PrefillConfig(write_back=False))
+    return spec, params, layout, store, engine, PrefillRequest("round2", tokens)
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +39,8 @@ def ray_local():
 
 
 def test_prefill_on_kv_pulled_from_a_de_reader_process_equals_the_local_read(tmp_path, ray_local):
-    spec, params, layout = tiny_model()
-    z = layout.block_tokens
-    tokens = np.random.default_rng(0).integers(0, spec.vocab_size, 4 * z + 9, dtype=np.int32)
-    store = _seeded_store(tmp_path, layout, spec, params, tokens)
-    engine = PrefillEngine(params, spec, store, config=PrefillConfig(write_back=False))
-    request = PrefillRequest("round2", tokens)
+    spec, _, layout, store, engine, request = _second_round(tmp_path, 4, 9, seed=0)
+    z, tokens = layout.block_tokens, request.tokens
     local, _ = engine.run([request])
     assert local[0].hit_tokens == 3 * z  # the seeded prefix
     reader = start_de_reader(layout, str(tmp_path / "kv"))  # a DE in its own process
@@ -65,12 +66,7 @@ def test_prefill_on_kv_pulled_from_a_de_reader_process_equals_the_local_read(tmp
 
 
 def test_a_missing_block_ends_the_hit_and_the_rest_is_recomputed(tmp_path):
-    spec, params, layout = tiny_model()
-    z = layout.block_tokens
-    tokens = np.random.default_rng(1).integers(0, spec.vocab_size, 5 * z + 3, dtype=np.int32)
-    store = _seeded_store(tmp_path, layout, spec, params, tokens)
-    engine = PrefillEngine(params, spec, store, config=PrefillConfig(write_back=False))
-    request = PrefillRequest("round2", tokens)
+    _, _, layout, _, engine, request = _second_round(tmp_path, 5, 3, seed=1)
     local, _ = engine.run([request])
     reader = DEReadServer(layout, str(tmp_path / "kv"))  # in this process: the same offers and pulls
     batch = prepare_remote(reader, KVTransferEndpoint(), layout, [request])
@@ -80,12 +76,8 @@ def test_a_missing_block_ends_the_hit_and_the_rest_is_recomputed(tmp_path):
 
 
 def test_a_killed_de_reader_costs_the_hit_not_the_request(tmp_path, ray_local):
-    spec, params, layout = tiny_model()
-    z = layout.block_tokens
-    tokens = np.random.default_rng(2).integers(0, spec.vocab_size, 4 * z + 1, dtype=np.int32)
-    store = _seeded_store(tmp_path, layout, spec, params, tokens)
-    engine = PrefillEngine(params, spec, store, config=PrefillConfig(write_back=False))
-    request = PrefillRequest("round2", tokens)
+    spec, params, layout, _, engine, request = _second_round(tmp_path, 4, 1, seed=2)
+    tokens = request.tokens
     reader = start_de_reader(layout, str(tmp_path / "kv"))
     ray_local.get(reader.address.remote())  # the actor is up
     ray_local.kill(reader)  # its process is gone

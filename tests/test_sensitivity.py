@@ -23,6 +23,8 @@ from dualpath_jax.studies import from_config_dict, run_study
 from dualpath_jax.studies import sensitivity as sens
 from dualpath_jax.studies.common import WorkloadSpec
 
+from config_files import get_config
+
 ROOT = Path(__file__).resolve().parents[1]
 H800_FP8 = 1979e12  # H800 SXM datasheet, dense FP8 TFLOP/s
 H800_BF16 = 989.5e12  # H800 SXM datasheet, dense BF16
@@ -30,11 +32,7 @@ DS32_KV_BYTES = 61 * (656 + 132)  # DeepSeek-V3.2: 61 layers x (656 B FP8 MLA + 
 
 
 def _load_config(arg=None):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("_sens_cfg", ROOT / "configs" / "sensitivity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return get_config("sensitivity", arg)
 
 
 # ---- perturbation arithmetic ----------------------------------------------------------------------

@@ -4,11 +4,9 @@ cases, every study end to end on its ``tiny`` config, and physical properties of
 import csv
 import dataclasses
 import gzip
-import importlib.util
 import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,14 +27,8 @@ from dualpath_jax.studies.report import build_report
 from dualpath_jax.studies.runs import TTFT_COMPONENTS, offline_run, online_run
 from dualpath_jax.workload import agentic_dir
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def load_config(study, arg="tiny"):
-    spec = importlib.util.spec_from_file_location(f"_cfg_{study}", CONFIGS / f"sim_{study}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+from config_files import CONFIGS
+from config_files import load_sim_config as load_config
 
 
 # ---- Eq. 1-9 -------------------------------------------------------------------------------------

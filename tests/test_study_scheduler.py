@@ -7,7 +7,6 @@ in a dual-loading run, the bytes read are the run's hit tokens times the model's
 token, and the built-in DualPath scheduler (shorter read queue) does use the PE side.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -29,15 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))  # the plug-in module, by name, as a researcher's package would be
 from policies import AlwaysDE  # noqa: E402
+from config_files import get_config  # noqa: E402
+from config_files import load_sim_config as load_config  # noqa: E402
 
 POLICY = "policies:AlwaysDE"
-
-
-def load_config(study, arg="tiny"):
-    spec = importlib.util.spec_from_file_location(f"_cfg_{study}", ROOT / "configs" / f"sim_{study}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 def pe_de_bytes(snic_bytes: dict, prefill_nodes: int) -> tuple[float, float]:
@@ -224,10 +218,7 @@ def test_reproduce_paper_applies_the_scheduler_to_every_study(tmp_path):
 def test_engine_ablation_config_checks_the_scheduler():
     from dualpath_jax.studies.engine_ablation import check_config
 
-    spec = importlib.util.spec_from_file_location("_engine_cfg", ROOT / "configs" / "engine_ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("quick")
+    config = get_config("engine_ablation", "quick")
     assert config.scheduler == ""
     config.scheduler = POLICY
     check_config(config)  # a loadable plug-in passes

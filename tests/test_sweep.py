@@ -1,9 +1,7 @@
 """Studies' independent runs on Ray: the same results as one after another in this process."""
 
-import importlib.util
 import math
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -13,14 +11,7 @@ from dualpath_jax.studies import RunCache, Sweep, WorkloadSpec, from_config_dict
 from dualpath_jax.studies.runs import online_runs
 from dualpath_jax.studies.sweep import lockstep
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def load_config(study, arg="tiny"):
-    spec = importlib.util.spec_from_file_location(f"_cfg_{study}", CONFIGS / f"sim_{study}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+from config_files import load_sim_config as load_config
 
 
 def _fingerprint(summary: dict) -> str:

@@ -1,0 +1,24 @@
+"""Load the committed config files (``configs/<name>.py``) the way ``--config`` does."""
+
+import importlib.util
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def config_module(name):
+    """The module of ``configs/<name>.py``."""
+    spec = importlib.util.spec_from_file_location(f"_cfg_{name}", CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get_config(name, arg=None):
+    """``get_config(arg)`` of ``configs/<name>.py`` (a ConfigDict)."""
+    return config_module(name).get_config(arg)
+
+
+def load_sim_config(study, arg="tiny"):
+    """The config of ``configs/sim_<study>.py`` (the tiny variant by default)."""
+    return get_config(f"sim_{study}", arg)
