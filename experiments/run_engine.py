@@ -85,7 +85,8 @@ def main(argv):
 
     from dualpath_jax.metrics import writers
     from dualpath_jax.config import overridden_fields
-    from dualpath_jax.studies.engine_ablation import check_config, check_overrides, printed, run_ablation
+    from dualpath_jax.studies.engine_ablation import check_config, check_overrides, run_ablation
+    from dualpath_jax.studies.seeds import printed
 
     if _JIT_CACHE.value:
         jax.config.update("jax_compilation_cache_dir", _JIT_CACHE.value)

@@ -26,8 +26,8 @@ passes, before every repeat), or from a saved ``calibration.json`` (``calibrate.
 the config. Every variant runs ``repeats`` times, interleaved (repeat r runs every variant before
 repeat r + 1); figures are computed per repeat (a speedup is Basic's JCT over the variant's in
 the same repeat) and reported as the mean with a 95% Student-t interval over the repeats
-(:func:`dualpath_jax.metrics.stats.mean_ci`): ``name``, ``name_ci95`` (half width), ``name_lo``,
-``name_hi``.
+(:func:`dualpath_jax.studies.seeds.estimate`, as the simulator's studies over seeds): ``name``,
+``name_ci95`` (half width), ``name_lo``, ``name_hi``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ from dualpath_jax.engine.prefill import PrefillPath, prefill_kv
 from dualpath_jax.engine.profile import fit_time_model, prefill_shape, profile_prefill, warm_up_prefill
 from dualpath_jax.kvcache import block_keys, layout_for, pack_full_blocks
 from dualpath_jax.metrics import writers
-from dualpath_jax.metrics.stats import mean_ci
 from dualpath_jax.model import cost, get_spec, init_params
 from dualpath_jax.model.hf import load_hf_checkpoint
 from dualpath_jax.sched import BatchItem, form_batch, scheduler_name
@@ -66,12 +65,13 @@ from dualpath_jax.studies.engine_config import (CALIBRATION_FILE, CALIBRATION_FO
                                                 calibration_fingerprint, calibration_path, check_fingerprint,
                                                 engine_ablation_config, read_calibration)
 from dualpath_jax.studies.plots import plot_variant_bars
+from dualpath_jax.studies.seeds import CI_SUFFIX, LEVEL, estimate
 from dualpath_jax.workload import (Trajectory, load_agentic_traces, poisson_arrivals_s, prompt_token_ids,
                                    scale_tokens)
 
 __all__ = ["check_config", "select_agents", "start_times", "Setup", "round_shapes", "expected_shapes", "seed_store",
            "run_variant", "calibrate_links", "load_compute_ratio", "run_ablation", "CompileClock", "compile_runs",
-           "describe_time_model", "combine_calibrations", "estimate", "put_estimate", "printed", "aggregate_rows",
+           "describe_time_model", "combine_calibrations", "put_estimate", "aggregate_rows",
            "run_dir"]
 
 
@@ -474,40 +474,16 @@ def _row(name: str, s: dict, basic_jct: float | None) -> dict:
 COUNT_COLUMNS = ("failed", "read_failures", "persist_failures")
 """Table columns summed over repeats (every other number is a mean with a 95% interval)."""
 
-CI_SUFFIX = "_ci95"
-"""Suffix of a figure's 95% half width (``jct_s_basic`` -> ``jct_s_basic_ci95``)."""
-
-LEVEL = 0.95
-"""Confidence level of every interval over repeats."""
-
-
-def estimate(values: Sequence[float]) -> tuple[float, float, float, float, int]:
-    """``(mean, lo, hi, half_width, n)`` of the finite ``values`` over repeats
-    (:func:`dualpath_jax.metrics.stats.mean_ci`, Student t at :data:`LEVEL`); NaN mean when none is
-    finite, NaN interval below two."""
-    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not xs:
-        return math.nan, math.nan, math.nan, math.nan, 0
-    mean, lo, hi, half = mean_ci(xs, level=LEVEL)
-    return mean, lo, hi, half, len(xs)
-
-
 def put_estimate(named: dict, name: str, values: Sequence[float]) -> None:
     """``named[name]`` = mean over repeats; with two or more, also ``name_ci95`` (half width),
-    ``name_lo`` and ``name_hi`` (the interval's ends)."""
-    mean, lo, hi, half, n = estimate(values)
-    named[name] = mean
-    if n >= 2:
-        named[name + CI_SUFFIX] = half
-        named[name + "_lo"] = lo
-        named[name + "_hi"] = hi
-
-
-def printed(named: dict) -> dict:
-    """``named`` without the ``_lo`` / ``_hi`` companions of :func:`put_estimate`: the
-    ``name: value`` lines (``metrics.json`` keeps them all)."""
-    drop = {k[:-len(CI_SUFFIX)] + end for k in named if k.endswith(CI_SUFFIX) for end in ("_lo", "_hi")}
-    return {k: v for k, v in named.items() if k not in drop}
+    ``name_lo`` and ``name_hi`` (the interval's ends). As :func:`.seeds.put`, without the NaN
+    interval lines of a single repeat."""
+    e = estimate(values)
+    named[name] = e.mean
+    if e.n >= 2:
+        named[name + CI_SUFFIX] = e.half
+        named[name + "_lo"] = e.lo
+        named[name + "_hi"] = e.hi
 
 
 def aggregate_rows(rows: Sequence[dict]) -> dict:
@@ -521,8 +497,8 @@ def aggregate_rows(rows: Sequence[dict]) -> dict:
         if key in COUNT_COLUMNS:
             out[key] = int(sum(values))
         else:
-            mean, _, _, half, _ = estimate(values)
-            out[key], out[key + CI_SUFFIX] = mean, half
+            e = estimate(values)
+            out[key], out[key + CI_SUFFIX] = e.mean, e.half
     return out
 
 
@@ -690,8 +666,8 @@ def _run_variants(config: EngineAblationConfig, workdir: Path, setup: Setup, see
                              "load_over_compute": read_s / max(pe_s, 1e-12)})
     if measured:
         regime["hit_read_s_one_snic_measured"] = measured[0]["hit_read_s_one_snic"]
-        regime["pe_compute_s_oracle"] = estimate([m["pe_compute_s_oracle"] for m in measured])[0]
-        regime["load_over_compute_measured"] = estimate([m["load_over_compute"] for m in measured])[0]
+        regime["pe_compute_s_oracle"] = estimate([m["pe_compute_s_oracle"] for m in measured]).mean
+        regime["load_over_compute_measured"] = estimate([m["load_over_compute"] for m in measured]).mean
         regime["per_repeat"] = measured
     per_repeat_rows = {n: [_row(n, summaries[n, r], summaries.get(("basic", r), {}).get("jct_s"))
                            | {"snic_MB_per_s": rates[r][0] / 1e6} for r in range(repeats)] for n in names}
@@ -727,8 +703,8 @@ def _variant_summary(runs: list[dict], keys: Sequence[str]) -> dict:
     rename = {"ttst_mean_s": "ttst_s", "snic_max_avg_mean": "snic_max_avg"}
     out = {}
     for k in keys:
-        mean, _, _, half, _ = estimate([s[k] for s in runs])
-        out[rename.get(k, k)], out[rename.get(k, k) + CI_SUFFIX] = mean, half
+        e = estimate([s[k] for s in runs])
+        out[rename.get(k, k)], out[rename.get(k, k) + CI_SUFFIX] = e.mean, e.half
     for k in ("num_failed", "read_failures", "persist_failures"):
         out[k] = int(sum(s[k] for s in runs))
     out["bytes_conserved"] = all(s["bytes_conserved"] for s in runs)
@@ -792,7 +768,7 @@ def _plots(workdir: Path, results: dict, summaries: dict, names: list[str], repe
     series, errors = {}, {}
     for label, key in (("JCT", "jct_s"), ("TTFT p50", "ttft_p50_s")):
         est = [estimate([summaries[n, r][key] for r in range(repeats)]) for n in names]
-        series[label], errors[label] = [e[0] for e in est], [e[3] for e in est]
+        series[label], errors[label] = [e.mean for e in est], [e.half for e in est]
     what = f"mean ± 95% CI over {repeats} repeats" if repeats > 1 else "1 repeat"
     plot_variant_bars(workdir / "ablation.png", names, series, errors=errors, ylabel="seconds",
                       title=f"Engine ablation ({what})")
