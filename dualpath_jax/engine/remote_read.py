@@ -27,6 +27,7 @@ blocks once, after its forward; the engine cluster streams it layer by layer.)
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -157,8 +158,6 @@ def prepare_remote(reader, endpoint: KVTransferEndpoint, layout: BlockLayout,
     A reader actor that has died (its process killed) or does not answer within ``timeout_s``
     reads nothing: every request's hit is empty (``miss`` and ``failures``: ``UNREADABLE``, naming
     the reader) and its whole prompt is recomputed, as for a failed read."""
-    import time  # noqa: PLC0415
-
     t0 = time.perf_counter()
     z = layout.block_tokens
     requests = list(requests)
