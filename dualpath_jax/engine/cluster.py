@@ -54,6 +54,7 @@ from dualpath_jax.engine.de import DecodeWorker, StepRecord
 from dualpath_jax.engine.faults import FaultConfig, FaultInjector
 from dualpath_jax.engine.network import Fabric
 from dualpath_jax.engine.pe import ForwardRecord, PrefillWorker
+from dualpath_jax.engine.peers import LocalPeers
 from dualpath_jax.engine.reader import NodeReader, ReadJob, ReadQueues
 from dualpath_jax.engine.request import RequestState
 from dualpath_jax.engine.view import EngineView
@@ -190,6 +191,7 @@ class EngineCluster:
                          on_persisted=lambda r: put(("persisted", r)),
                          on_failed=lambda r, c, retry=True: put(("failed", r, c, retry)),
                          on_worker_error=lambda w, e, tb, fatal=False: put(("worker_error", w, e, tb, fatal)))
+        ctx.peers = LocalPeers(fabric, layout)
         injector = FaultInjector(self.faults, now=ctx.now) if self.faults is not None else None
         ctx.faults = fabric.faults = injector
         self.ctx, self.fabric, self.sched = ctx, fabric, sched

@@ -7,6 +7,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,10 @@ class RunContext:
         one-line ``Type: message``, ``text`` the traceback); ``fatal`` events come from a thread
         that died (see :meth:`thread`).
       faults: the run's fault injector (None: no faults).
+      peers: what a PE does to a DE's node (:mod:`.peers`: ``LocalPeers`` in one process,
+        ``RayPeers`` across processes).
+      clock: the clock of :meth:`now` and ``t0``, in seconds (``time.perf_counter`` in one
+        process; ``time.time`` when engines run in several processes or hosts).
     """
 
     config: ClusterConfig
@@ -57,11 +62,13 @@ class RunContext:
     on_failed: Callable
     on_worker_error: Callable = lambda worker, error, text, fatal=False: None
     faults: FaultInjector | None = None
+    peers: Any = None
+    clock: Callable[[], float] = time.perf_counter
     t0: float = dataclasses.field(default_factory=time.perf_counter)
 
     def now(self) -> float:
         """Seconds since the run started."""
-        return time.perf_counter() - self.t0
+        return self.clock() - self.t0
 
     def job(self, worker: str) -> None:
         """Start of one job of ``worker``: where an injected crash may land."""

@@ -89,7 +89,7 @@ class _KVInLink:
         value, outcome, cause = None, Outcome.OK, ""
         try:
             for de, nbytes in sorted(self.de_bytes.items()):
-                fab.carry(fab.de_to_pe(de, self.pe), nbytes, tag=tag, timeout_s=timeout_s)
+                self.ctx.peers.carry_de_to_pe(de, self.pe, nbytes, tag=tag, timeout_s=timeout_s)
             value = fab.carry(fab.pe_h2d(self.pe), self.pe_bytes, fn, tag=tag, timeout_s=timeout_s)
         except TransferFailed as e:
             outcome, cause = Outcome.ERROR, str(e)
@@ -198,7 +198,7 @@ class PrefillWorker:
             return True
         pe_hit = self._pe_hit_tokens(item)
         nbytes = (pe_hit + req.prompt_tokens - req.hit_tokens) * ctx.bytes_per_token
-        pool = ctx.fabric.buffer_of(ctx.fabric.node_of(req.de))
+        pool = ctx.peers.de_buffer(req.de)
         if nbytes > pool.capacity_bytes:
             self._drop(item, f"DE buffer for the PE->DE hand-off: {nbytes} B exceed buffer {pool.name}'s "
                              f"capacity {pool.capacity_bytes} B", retry=False)
@@ -241,9 +241,12 @@ class PrefillWorker:
                 de_bytes[it.req.de] = de_bytes.get(it.req.de, 0) + de_tok * bt
         chunks = [PrefillChunk(it.req.prompt[it.cached:it.cached + bsz], it.cached,
                                logits="last" if bsz == it.remaining else "none") for it, bsz in entries]
+        # the DE-side hit blocks of each request, in its DE buffer (another process under ``ray``)
+        de_hits = [ctx.peers.de_hit(it.req, it.de_hit[:n]) if (n := self._de_hit_tokens(it) // it.req.block_tokens)
+                   else None for it, _ in entries]
 
         def fetch(layer: int):
-            return [self._cached_pieces(it, layer) for it, _ in entries]
+            return [self._cached_pieces(it, layer, de_hits[b]) for b, (it, _) in enumerate(entries)]
 
         def on_layer(layer: int, b: int, kv: tuple) -> None:
             self._send_layer(entries[b][0], layer, kv)
@@ -278,14 +281,15 @@ class PrefillWorker:
                 req.prefill_done = True
             self._maybe_hand_off(req)
 
-    def _cached_pieces(self, it: PrefillItem, layer: int) -> list[tuple]:
+    def _cached_pieces(self, it: PrefillItem, layer: int, de_hit) -> list[tuple]:
         """Host LayerKVs of the item's cached tokens in ``layer``, in token order: DE-side hit
-        blocks, PE-side hit blocks, then the KV of its computed chunks."""
+        blocks (``de_hit``, from ``ctx.peers.de_hit``), PE-side hit blocks, then the KV of its
+        computed chunks."""
         layout, req = self.ctx.layout, it.req
         parts = []
         n_de = min(len(it.de_hit), req.hit_blocks)
         if n_de:
-            parts.append(gather_layer(layout, it.de_hit[:n_de], layer, dtype=np.float32))
+            parts.append(de_hit.layer(layer))
         if req.hit_blocks > n_de:
             parts.append(gather_layer(layout, it.pe_hit[:req.hit_blocks - n_de], layer, dtype=np.float32))
         if it.chunk_kv:
@@ -332,13 +336,7 @@ class PrefillWorker:
             segments.append((n_de * req.block_tokens, hit[0], hit[1]))
         segments.append((start, new[0], new[1]))
         ntok = sum(len(s[1]) for s in segments)
-
-        def deposit():
-            with req.lock:
-                if not req.error:  # a failed request's segments were dropped
-                    req.segments[layer].extend(segments)
-
-        ctx.fabric.carry(ctx.fabric.pe_to_de(self.engine_id, req.de), ntok * bt, deposit, tag=f"kv_out/r{req.rid}")
+        ctx.peers.send_segments(self.engine_id, req, layer, segments, ntok * bt, tag=f"kv_out/r{req.rid}")
 
     def _maybe_hand_off(self, req: RequestState) -> None:
         with req.lock:
