@@ -72,7 +72,15 @@ seconds) and per DE step, for calibrating the simulator), ``config.json``, ``env
 ``jct_s_<variant>``, ``speedup_<variant>_vs_basic``, ``dualpath_over_oracle_jct``,
 ``snic_bytes_per_s``, ``load_over_compute``, each with ``_ci95``; ``num_failed``,
 ``read_failures``, ``persist_failures``, ``bytes_conserved`` and ``tokens_identical`` over every
-run, ...).
+run, ``engine_processes`` and ``cross_process_kv_bytes``, ...).
+
+Runtime: ``runtime="threads"`` (default) runs every engine as a thread of this process;
+``runtime="ray"`` runs every node as a Ray actor in its own process (1P2D: three engine processes
+plus the driver; KV between them over JAX's transfer server; ``engine_processes`` and
+``cross_process_kv_bytes``, summed over every run, say so), on a local Ray instance started inside
+the run or on the cluster at ``runtime_address`` (``"auto"`` after ``ray start``); ``ray.*``
+places the node actors (GPUs per engine, a custom resource per role). See the README's "Engines
+as processes and across hosts".
 """
 
 import ml_collections
@@ -115,6 +123,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.window_s = 1.0
     config.tie_tol = 1e-4
     config.reference_chunk_tokens = 512
+    # threads: every engine a thread of this process; ray: every node a Ray actor in its own process
+    # (KV between them over JAX's transfer server), on a local Ray instance or the cluster at
+    # runtime_address ("auto" after `ray start`); ray.*: GPUs per engine and role resources for placement
+    config.runtime = "threads"
+    config.runtime_address = ""
+    config.ray = ml_collections.ConfigDict({"gpus_per_engine": 0.0, "pe_resource": "", "de_resource": ""})
     if arg == "quick":
         config.workload.num_agents = 8
         config.workload.max_files = 120

@@ -31,33 +31,10 @@ from pathlib import Path
 _CONFIG_DEFAULT = str(Path(__file__).resolve().parent.parent / "configs" / "engine_ablation.py")
 
 
-def _force_host_devices(argv: list[str]) -> None:
-    """Set ``--xla_force_host_platform_device_count`` to the config's engine count (before JAX loads).
-    A config that does not load is left to the flag parser, which reports it in one line."""
-    import importlib.util
-
-    from dualpath_jax.config import argv_flag_values  # (imports no JAX)
-
-    values = argv_flag_values(argv)
-    path, _, arg = values.get("--config", _CONFIG_DEFAULT).partition(":")
-    try:
-        spec = importlib.util.spec_from_file_location("_engine_config", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        c = module.get_config(arg or None).cluster
-        for key in ("prefill_nodes", "decode_nodes", "engines_per_node"):  # topology overrides
-            if f"--config.cluster.{key}" in values:
-                c[key] = int(values[f"--config.cluster.{key}"])
-        count = (c.prefill_nodes + c.decode_nodes) * c.engines_per_node
-    except Exception:  # noqa: BLE001 (reported by the flag parser)
-        return
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
-
-
 if __name__ == "__main__":
-    _force_host_devices(sys.argv[1:])
+    from dualpath_jax.studies.cli import force_host_devices  # (imports no JAX)
+
+    force_host_devices(sys.argv[1:], _CONFIG_DEFAULT)
 
 from absl import flags, logging  # noqa: E402
 

@@ -27,15 +27,12 @@ def _second_round(tmp_path, blocks, tail, seed):
     return spec, params, layout, store, engine, PrefillRequest("round2", tokens)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
+pytestmark = pytest.mark.xdist_group("ray")
+
+
+@pytest.fixture
+def ray_local(ray_session):
+    return ray_session
 
 
 def test_prefill_on_kv_pulled_from_a_de_reader_process_equals_the_local_read(tmp_path, ray_local):

@@ -302,6 +302,39 @@ def test_round_robin_cycles_pe_and_de():
     assert sides == ["pe", "de", "pe"]
 
 
+def test_round_robin_skips_a_lost_engine_and_moves_what_its_cycle_gave_it():
+    s = make("round_robin")
+    for i in range(4):
+        s.submit(req(i))
+    s.engine_lost(1)  # r1 and r3 were cycled to PE 1: they go to PE 0, the only one left
+    pe = s.fetch_pe(0, [EngineLoad(0, 0), EngineLoad(1, 0)], {})
+    assert [(a.request.request_id, a.engine_id) for a in pe] == [(0, 0), (2, 0), (1, 0), (3, 0)]
+    # the DE stage cycled r0, r2, r1, r3 (PE fetch order) to DEs 2, 3, 4, 5; without DE 4 the cycle
+    # is 2, 3, 5 and r1 takes the engine at its cursor (4 requests in: 4 mod 3 -> DE 3)
+    s.engine_lost(4)
+    de1 = s.fetch_de(1, [EngineLoad(2, 1, free_hbm_bytes=1e9), EngineLoad(3, 1, free_hbm_bytes=1e9)])
+    de2 = s.fetch_de(2, [EngineLoad(4, 2), EngineLoad(5, 2, free_hbm_bytes=1e9)])
+    assert [(a.request.request_id, a.engine_id) for a in de1] == [(0, 2), (1, 3), (2, 3)]
+    assert [(a.request.request_id, a.engine_id) for a in de2] == [(3, 5)]
+    assert s.waiting() == {"pe": 0, "de": 0}
+
+
+def test_dualpath_hands_a_dead_de_groups_queue_back_to_phase_1():
+    s = make("dualpath")
+    for i in range(4):
+        s.submit(req(i, hit=1000, app=0))
+    s.fetch_pe(0, [EngineLoad(0, 0), EngineLoad(1, 0)], {0: 0})
+    s.report_de(1, [EngineLoad(2, 1, tok=5), EngineLoad(3, 1, tok=5)])
+    s.distribute_de()  # phase 1: group 2 (empty) gets r0, r2; group 1 r1, r3
+    assert s.has_de_work(2)
+    for e in (4, 5):
+        s.engine_lost(e)
+    assert not s.has_de_work(2) and s.waiting() == {"pe": 0, "de": 4}
+    out = s.fetch_de(1, [EngineLoad(2, 1, free_hbm_bytes=1e9), EngineLoad(3, 1, free_hbm_bytes=1e9)])
+    assert sorted(a.request.request_id for a in out) == [0, 1, 2, 3]
+    assert {a.engine_id for a in out} <= {2, 3}
+
+
 def test_dualpath_flow_balances_and_picks_shorter_queue():
     s = make("dualpath")
     for i in range(4):

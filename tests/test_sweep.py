@@ -19,7 +19,8 @@ def _fingerprint(summary: dict) -> str:
     return repr(sorted((k, v) for k, v in summary.items() if k not in ("wall_s", "cached")))
 
 
-def test_runs_on_ray_equal_serial_runs(tmp_path):
+@pytest.mark.xdist_group("ray")
+def test_runs_on_ray_equal_serial_runs(tmp_path, ray_session):
     base = SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=1, fetch_period_s=0.02)
     runs = [(v, WorkloadSpec(mal="32K", num_agents=n)) for n in (8, 16) for v in ("basic", "dualpath", "oracle")]
     serial = offline_runs(base, runs, None)

@@ -6,7 +6,11 @@
   recompute fallback).
 * :mod:`.cluster`   the runtime: P PEs and D DEs on JAX devices, node SNICs and DRAM buffers,
   engine CNICs (:mod:`.network`), storage readers (:mod:`.reader`), PE and DE workers
-  (:mod:`.pe`, :mod:`.de`), driven by ``dualpath_jax.sched`` exactly as the simulator drives it.
+  (:mod:`.pe`, :mod:`.de`), driven by ``dualpath_jax.sched`` exactly as the simulator drives it;
+  what a PE does to a DE's node goes through :mod:`.peers`.
+* :mod:`.ray_runtime`  the ``ray`` runtime: every node a Ray actor in its own process running the
+  same workers, KV between them over JAX's transfer server (:class:`RayRuntime`).
+* :mod:`.remote_read`  the standalone PE's DE read path across processes (a DE reader actor).
 * :mod:`.compute`   shape-bucketed prefill layer and batched decode step (the model's layers over
   paged attention); no-cache reference.
 * :mod:`.profile`   start-up profiling of the PE forward (time model of compute-quota batching).
@@ -22,6 +26,7 @@ from dualpath_jax.lazy import lazy_exports
 _LAZY = {  # public name -> the submodule that defines it (loaded on first use: PEP 562)
     **dict.fromkeys(["ClusterResult", "EngineCluster"], "cluster"),
     "ClusterConfig": "config",
+    "RayRuntime": "ray_runtime",
     **dict.fromkeys(["ForwardOutput", "PrefillChunk", "PrefillPath", "prefill_kv"], "prefill"),
     **dict.fromkeys(["PrefillConfig", "PrefillEngine", "PrefillReport", "PrefillRequest", "PrefillResult",
                      "PreparedBatch"], "standalone"),

@@ -48,9 +48,10 @@ import jax
 import numpy as np
 import tqdm
 
+from dualpath_jax.config import ConfigError
 from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.engine.context import RunContext
-from dualpath_jax.engine.de import DecodeWorker, StepRecord
+from dualpath_jax.engine.de import DecodeWorker, StepRecord, blocks_needed
 from dualpath_jax.engine.faults import FaultConfig, FaultInjector
 from dualpath_jax.engine.network import Fabric
 from dualpath_jax.engine.pe import ForwardRecord, PrefillWorker
@@ -101,6 +102,11 @@ class ClusterResult:
         "error", "traceback", "fatal"}``.
       faults: injected faults by kind (``engine.faults``); empty without fault injection.
       leaks: resources still held at the end (empty after every clean run; see ResourceLeakError).
+      runtime: ``"threads"`` or ``"ray"``; processes: engine processes (node actors; 1 for
+        ``threads``, where every engine shares the driver's process).
+      cross_process_kv_bytes: KV bytes that crossed a process boundary through JAX's transfer
+        server (0 under ``threads``).
+      lost_nodes: node id -> cause, for every node whose process died during the run.
     """
 
     config: ClusterConfig
@@ -123,6 +129,10 @@ class ClusterResult:
     worker_errors: list = dataclasses.field(default_factory=list)
     faults: dict = dataclasses.field(default_factory=dict)
     leaks: dict = dataclasses.field(default_factory=dict)
+    runtime: str = "threads"
+    processes: int = 1
+    cross_process_kv_bytes: int = 0
+    lost_nodes: dict = dataclasses.field(default_factory=dict)
 
 
 class EngineCluster:
@@ -139,16 +149,24 @@ class EngineCluster:
       scheduler_cls: the :class:`~dualpath_jax.sched.ClusterScheduler` (sub)class that decides
         (a researcher's policy, ``sched.load_scheduler``); the built-in one by default.
       faults: faults to inject (:mod:`.faults`); None or all-off = none.
+      runtime: None (``threads``: every engine a thread of this process) or a
+        :class:`~dualpath_jax.engine.ray_runtime.RayRuntime` (``ray``: every node an actor in its
+        own process, KV between them over JAX's transfer server; ``devices`` is then each
+        process's own).
 
     Raises:
-      ConfigError: a buffer/pool cannot hold one Full Block.
+      ConfigError: a buffer/pool cannot hold one Full Block; ``runtime`` with fault injection
+        (faults are injected in one process).
     """
 
     def __init__(self, config: ClusterConfig, spec: ModelSpec, params: dict, layout: BlockLayout, store: KVStore, *,
                  time_model: TimeModel | None, prefill_tokens_per_s: float, devices: Sequence | None = None,
-                 scheduler_cls: type = ClusterScheduler, faults: FaultConfig | None = None):
+                 scheduler_cls: type = ClusterScheduler, faults: FaultConfig | None = None, runtime=None):
         config.check_layout(layout.full_block_bytes)
         self.faults = faults if faults is not None and faults.enabled else None
+        if runtime is not None and self.faults is not None:
+            raise ConfigError("runtime", "ray: fault injection (engine.faults) runs under the threads runtime only")
+        self.runtime = runtime
         self.config, self.spec, self.layout, self.store = config, spec, layout, store
         self.params = params
         self.devices = list(devices or jax.devices())
@@ -185,12 +203,22 @@ class EngineCluster:
                                                  beta_tokens=self.beta_tokens, z_factor=cfg.z_factor,
                                                  compute_quota_s=cfg.compute_quota_s), pe_groups, de_groups)
         put = self._events.put
+        remote = self._remote = None
+        if self.runtime is not None:
+            from dualpath_jax.engine.ray_runtime import RemoteNodes  # noqa: PLC0415 (the ray runtime only)
+
+            if self.store.config.backend != "file":
+                raise ConfigError("runtime", "ray: the store must be a file store (StoreConfig.backend='file') at a "
+                                  "path every node process can open")
+            actors = self.runtime.nodes(cfg, spec, layout, self.params, self.scheduler_cls)
+            remote = self._remote = RemoteNodes(self.runtime, actors, cfg, spec.n_layers, self._events)
         ctx = RunContext(cfg, spec, layout, self.params, np.asarray(self.params["embed"], np.float32), fabric,
                          self.store, sched, self.time_model,
                          on_prefilled=lambda r: put(("prefilled", r)), on_finished=lambda r: put(("finished", r)),
                          on_persisted=lambda r: put(("persisted", r)),
                          on_failed=lambda r, c, retry=True: put(("failed", r, c, retry)),
-                         on_worker_error=lambda w, e, tb, fatal=False: put(("worker_error", w, e, tb, fatal)))
+                         on_worker_error=lambda w, e, tb, fatal=False: put(("worker_error", w, e, tb, fatal)),
+                         clock=time.perf_counter if remote is None else time.time)
         ctx.peers = LocalPeers(fabric, layout)
         injector = FaultInjector(self.faults, now=ctx.now) if self.faults is not None else None
         ctx.faults = fabric.faults = injector
@@ -198,17 +226,34 @@ class EngineCluster:
         self.worker_errors: list[dict] = []
         self._aborted = ""
         self.read_q = ReadQueues(cfg.num_nodes)
-        self.pes = {e: PrefillWorker(ctx, e, self.device_of(e)) for e in range(cfg.num_pe)}
-        self.des = {e: DecodeWorker(ctx, e, self.device_of(e)) for e in range(cfg.num_pe, cfg.num_pe + cfg.num_de)}
-        max_blocks = max(self.des[cfg.num_pe].blocks_needed(int(t.num_prompt_tokens.max()) + 1,
-                                                               int(t.num_gen_tokens.max())) for t in trajectories)
-        for de in self.des.values():
-            de.warm_up(max_blocks)
-        self.readers = {n: NodeReader(ctx, n, self.read_q, on_done=lambda *a: put(("read_done", *a)),
-                                      on_error=lambda job, cause: put(("failed", job.req, cause, True)))
-                        for n in range(cfg.num_nodes)}
+        z = layout.block_tokens
+        max_blocks = max(blocks_needed(int(t.num_prompt_tokens.max()) + 1, int(t.num_gen_tokens.max()), z)
+                         for t in trajectories)
         n_eng = cfg.num_pe + cfg.num_de
         self.node_of = [fabric.node_of(e) for e in range(n_eng)]
+        if remote is None:
+            self.pes = {e: PrefillWorker(ctx, e, self.device_of(e)) for e in range(cfg.num_pe)}
+            self.des = {e: DecodeWorker(ctx, e, self.device_of(e)) for e in range(cfg.num_pe, n_eng)}
+            for de in self.des.values():
+                de.warm_up(max_blocks)
+            self.readers = {n: NodeReader(ctx, n, self.read_q, on_done=lambda *a: put(("read_done", *a)),
+                                          on_error=lambda job, cause: put(("failed", job.req, cause, True)))
+                            for n in range(cfg.num_nodes)}
+        else:
+            from dualpath_jax.engine.ray_runtime import RemoteDE, RemotePE, RemoteReader  # noqa: PLC0415
+
+            try:
+                infos = remote.begin(self.store.config, (sched.config, pe_groups, de_groups), self.time_model,
+                                     max_blocks)
+            except BaseException:
+                remote.end()
+                raise
+            kv_tokens = {e: v for i in infos for e, v in i["max_kv_tokens"].items()}
+            blocks = {e: v for i in infos for e, v in i["num_blocks"].items()}
+            self.pes = {e: RemotePE(remote, self.node_of[e], e, kv_tokens[e]) for e in range(cfg.num_pe)}
+            self.des = {e: RemoteDE(remote, self.node_of[e], e, blocks[e]) for e in range(cfg.num_pe, n_eng)}
+            self.readers = {n: RemoteReader(remote, n) for n in range(cfg.num_nodes)}
+            self.processes = len({i["pid"] for i in infos})
         self.view = EngineView({**pe_groups, **de_groups}, self.node_of, self.read_q,
                                {e: w.num_blocks for e, w in self.des.items()}, layout.full_block_bytes,
                                cfg.max_decode_batch)
@@ -224,32 +269,60 @@ class EngineCluster:
                               disable=not (sys.stderr.isatty() if progress is None else progress))
         self._use_think = use_think_time
         store_before = self.store.stats()
-        for w in (*self.pes.values(), *self.des.values(), *self.readers.values()):
-            w.start()
-        ctx.t0 = time.perf_counter()
+        workers = () if remote is not None else (*self.pes.values(), *self.des.values(), *self.readers.values())
         arrivals = [(float(s), k, 0) for k, s in enumerate(start_s)]
         heapq.heapify(arrivals)
         self._arrivals = arrivals
         try:
+            ctx.t0 = ctx.clock()
+            if remote is not None:
+                remote.start(ctx.t0)
+            for w in workers:
+                w.start()
             self._loop()
         except BaseException:
             self._bar.close()
-            for w in (*self.pes.values(), *self.des.values(), *self.readers.values()):
+            for w in workers:
                 w.stop()
+            if remote is not None:
+                remote.end()
             self._drop_run_state()
             raise
         self._bar.close()
-        for w in (*self.pes.values(), *self.des.values(), *self.readers.values()):
+        for w in workers:
             w.stop()
+        nodes = remote.end() if remote is not None else []  # (the pumps stop first: no event is lost)
+        leftover = []
         while not self._events.empty():  # errors of jobs that ran while the workers stopped
-            ev = self._events.get_nowait()
-            if ev[0] == "worker_error":
-                self._handle(ev)
+            leftover.append(self._events.get_nowait())
+        for out in nodes:
+            leftover += out["events"] if out is not None else []
+        for ev in leftover:  # worker errors, and (ray) the read queues' last changes and deaths
+            if ev[0] in ("worker_error", "read_q", "node_died"):
+                self._take(ev)
         wall = ctx.now()
-        leaks = self._reconcile()
-        store_after = self.store.stats()
-        transfers = [dataclasses.replace(r, start_s=r.start_s - ctx.t0, finish_s=r.finish_s - ctx.t0)
-                     for r in fabric.records()]
+        if remote is None:
+            buffers = {fabric.buffer_of(n).name: fabric.buffer_of(n).in_use_bytes for n in range(cfg.num_nodes)}
+            free_blocks = {e: de.free_blocks for e, de in self.des.items()}
+            links = fabric.link_stats()
+            transfers = [dataclasses.replace(r, start_s=r.start_s - ctx.t0, finish_s=r.finish_s - ctx.t0)
+                         for r in fabric.records()]
+            read_bytes = self.store.stats().read_bytes - store_before.read_bytes
+            bypass = sum(r.bypass_bytes for r in self.readers.values())
+            discarded = sum(r.discarded_bytes for r in self.readers.values())
+            cross, processes = 0, 1
+        else:
+            self._absorb(nodes)
+            live = [out for out in nodes if out is not None]
+            buffers = {k: v for out in live for k, v in out["buffer"].items()}
+            free_blocks = {e: v for out in live for e, v in out["free_blocks"].items()}
+            links = {k: v for out in live for k, v in out["links"].items()}
+            transfers = sorted((r for out in live for r in out["transfers"]), key=lambda r: r.start_s)
+            read_bytes = sum(out["read_bytes_store"] for out in live)
+            bypass = sum(out["bypass_bytes"] for out in live)
+            discarded = sum(out["discarded_bytes"] for out in live)
+            cross, processes = sum(out["cross_process_kv_bytes"] for out in live), self.processes
+        leaks = self._reconcile(buffers, free_blocks)
         compute = {f"pe{e}": w.compute_s for e, w in self.pes.items()}
         compute.update({f"de{e}": w.compute_s for e, w in self.des.items()})
         result = ClusterResult(
@@ -257,15 +330,15 @@ class EngineCluster:
             failed_attempts=[r for r in self.requests if r.retried], worker_errors=self.worker_errors,
             faults=dict(injector.counts) if injector is not None else {}, leaks=leaks,
             forwards=[f for w in self.pes.values() for f in w.forwards],
-            steps=[s for w in self.des.values() for s in w.steps], links=fabric.link_stats(), transfers=transfers,
-            compute_s=compute, read_bytes_store=store_after.read_bytes - store_before.read_bytes,
-            bypass_read_bytes=sum(r.bypass_bytes for r in self.readers.values()),
-            discarded_read_bytes=sum(r.discarded_bytes for r in self.readers.values()),
+            steps=[s for w in self.des.values() for s in w.steps], links=links, transfers=transfers,
+            compute_s=compute, read_bytes_store=read_bytes, bypass_read_bytes=bypass, discarded_read_bytes=discarded,
             alpha_tokens=self.alpha_tokens, beta_tokens=self.beta_tokens,
             join_s={f"de{e}": w.join_s for e, w in self.des.items()},
             join_count={f"de{e}": w.join_count for e, w in self.des.items()},
             wall_s=wall, runtime_shapes={**{f"pe{e}": sorted(w.shapes) for e, w in self.pes.items()},
-                                         **{f"de{e}": sorted(w.shapes) for e, w in self.des.items()}})
+                                         **{f"de{e}": sorted(w.shapes) for e, w in self.des.items()}},
+            runtime="threads" if remote is None else "ray", processes=processes, cross_process_kv_bytes=cross,
+            lost_nodes=dict(remote.dead) if remote is not None else {})
         self._drop_run_state()
         if leaks and not self._ended_early:
             err = ResourceLeakError(leaks)
@@ -273,25 +346,46 @@ class EngineCluster:
             raise err
         return result
 
+    def _absorb(self, nodes: list) -> None:
+        """Put the node actors' measurements on the driver's engine handles (``ray``)."""
+        for out in nodes:
+            if out is None:
+                continue
+            by_engine: dict = {}
+            for f in out["forwards"]:
+                by_engine.setdefault(f.engine, []).append(f)
+            for s in out["steps"]:
+                by_engine.setdefault(s.engine, []).append(s)
+            for e, w in (*self.pes.items(), *self.des.items()):
+                name = f"{'pe' if e in self.pes else 'de'}{e}"
+                if name not in out["compute_s"]:
+                    continue
+                w.compute_s, w.shapes = out["compute_s"][name], set(map(tuple, out["shapes"][name]))
+                if e in self.pes:
+                    w.forwards = by_engine.get(e, [])
+                else:
+                    w.steps = by_engine.get(e, [])
+                    w.join_s, w.join_count = out["join_s"][name], out["join_count"][name]
+
     def _drop_run_state(self) -> None:
         """Let the run's workers go: the driver's callbacks refer back to this cluster, so without
         this the workers' device pools and parameter copies would live until a full garbage
         collection (resident memory grew ~100 MB per run of the soak test)."""
         self.pes = self.des = self.readers = {}
-        self.driver = self.view = self.ctx = self.fabric = self.sched = None
+        self.driver = self.view = self.ctx = self.fabric = self.sched = self._remote = None
 
-    def _reconcile(self) -> dict:
-        """What is still held after the workers stopped; every entry should be 0 (module docstring)."""
-        leaks: dict = {}
+    def _reconcile(self, buffers: dict, free_blocks: dict) -> dict:
+        """What is still held after the workers stopped (``buffers``: in-use bytes per buffer name,
+        ``free_blocks``: per DE); every entry should be 0 (module docstring). A lost node's
+        resources died with it and are not counted."""
+        leaks: dict = {k + ".bytes": v for k, v in buffers.items() if v}
+        lost_nodes = set(self._remote.dead) if self._remote is not None else set()
         for n in range(self.config.num_nodes):
-            buf = self.fabric.buffer_of(n)
-            if buf.in_use_bytes:
-                leaks[f"{buf.name}.bytes"] = buf.in_use_bytes
-            if self.read_q.tokens(n):
+            if self.read_q.tokens(n) and n not in lost_nodes:
                 leaks[f"read_q/node{n}.tokens"] = self.read_q.tokens(n)
         for e, de in self.des.items():
-            if de.free_blocks != de.num_blocks:
-                leaks[f"de{e}.pool_blocks"] = de.num_blocks - de.free_blocks
+            if e in free_blocks and free_blocks[e] != de.num_blocks:
+                leaks[f"de{e}.pool_blocks"] = de.num_blocks - free_blocks[e]
         for e in range(len(self.node_of)):
             if self.view.tok[e] or self.view.seq[e]:
                 leaks[f"sched_load/engine{e}"] = (self.view.tok[e], self.view.seq[e])
@@ -318,9 +412,9 @@ class EngineCluster:
                 wait = min(wait, self._arrivals[0][0] - now)
             try:
                 ev = self._events.get(timeout=max(0.0, wait))
-                self._handle(ev)
+                self._take(ev)
                 while True:
-                    self._handle(self._events.get_nowait())
+                    self._take(self._events.get_nowait())
             except queue.Empty:
                 pass
             if self._done != self._bar.n:
@@ -341,7 +435,7 @@ class EngineCluster:
         req.segments = [[] for _ in range(spec.n_layers)]
         req.attempt_s = self.ctx.now()
         req.arrival_s = req.attempt_s if arrival_s is None else arrival_s  # latencies count from the first
-        hbm = self.des[self.config.num_pe].blocks_needed(len(prompt), req.gen_target) * layout.full_block_bytes
+        hbm = blocks_needed(len(prompt), req.gen_target, layout.block_tokens) * layout.full_block_bytes
         req.sched = SchedRequest(rid, found * z, len(prompt) - found * z, req.gen_target, int(hbm))
         self.requests.append(req)
         budget = self.pes[0].max_kv_tokens
@@ -374,6 +468,59 @@ class EngineCluster:
         heapq.heappush(self._arrivals, (next_round_s(req.finish_seen_s, req.persist_seen_s, think), req.agent, nxt))
 
     # ---- events ---------------------------------------------------------------------------------
+    def _take(self, ev) -> None:
+        """One event from the queue: a worker's (``threads``) or a node actor's (``ray``: request
+        ids resolved by :func:`~.ray_runtime.translate`; read-queue changes; a node's death)."""
+        if self._remote is None:
+            self._handle(ev)
+            return
+        from dualpath_jax.engine.ray_runtime import translate  # noqa: PLC0415 (loaded with the runtime)
+
+        if ev[0] == "read_q":
+            if ev[1] not in self._remote.dead:
+                self.read_q.add(ev[1], ev[2])
+        elif ev[0] == "node_died":
+            self._node_died(ev[1], ev[2])
+        else:
+            self._handle(translate(ev, self.requests))
+
+    def _node_died(self, node: int, error: str) -> None:
+        """Node ``node``'s process is gone (``ray``): record it, take its engines out of placement
+        and run its unfinished requests again on the others (see ``ray_runtime``)."""
+        if node in self._remote.dead:
+            return
+        self._remote.dead[node] = error
+        cause = f"node{node} died: {error}"
+        self.worker_errors.append({"time_s": self.ctx.now(), "worker": f"node{node}", "error": cause,
+                                   "traceback": "", "fatal": False})
+        lost = [e for e, n in enumerate(self.node_of) if n == node]
+        self.view.lost.update(lost)
+        for e in lost:
+            self.sched.engine_lost(e)
+        self.read_q.add(node, -self.read_q.tokens(node))  # its reads died with it
+        cfg = self.config
+        if all(e in self.view.lost for e in range(cfg.num_pe)) or \
+                all(e in self.view.lost for e in range(cfg.num_pe, cfg.num_pe + cfg.num_de)):
+            self._aborted = f"{cause}; no {'PE' if node < cfg.prefill_nodes else 'DE'} is left"
+        for req in list(self.requests):
+            if req.retried or not ((req.pe in lost and not req.pe_released) or req.de in lost):
+                continue  # (a request its PE has handed off no longer needs that PE)
+            if not req.finished and not req.error:
+                self._handle(("failed", req, cause, True))
+            elif req.finished and req.de in lost and math.isnan(req.persist_seen_s):
+                # finished, but the blocks it was persisting died with the node: the next round
+                # recomputes what is missing (as after any failed persist)
+                req.persist_failures = [*req.persist_failures, cause]
+                self._handle(("persisted", req))
+        self.driver.request_tick(self.ctx.now())
+
+    def _broadcast_fail(self, req: RequestState, cause: str) -> None:
+        """Tell the nodes that hold parts of ``req`` (``ray``) that it failed: they drop it and
+        release what it held (in one process the request's own ``fail`` did that)."""
+        if self._remote is not None:
+            for node in {self.node_of[e] for e in (req.pe, req.de) if e >= 0}:
+                self._remote.command(node, "fail", req.rid, cause)
+
     def _handle(self, ev) -> None:
         kind = ev[0]
         req = ev[1].req if kind == "read_done" else ev[1]
@@ -398,6 +545,7 @@ class EngineCluster:
                 self._next_round(req, failed=False)
         elif kind == "failed":
             if req.fail(ev[2], self.ctx.now()):
+                self._broadcast_fail(req, ev[2])
                 self._release_pe(req)
                 self._release_de(req)
                 if ev[3] and req.attempt < self.config.max_attempts and not self._aborted:
@@ -433,6 +581,7 @@ class EngineCluster:
         for req in self.requests:
             if not req.finished and not req.error:
                 req.fail(cause, now)
+                self._broadcast_fail(req, cause)
                 self._release_pe(req)
                 self._release_de(req)
         for k, traj in enumerate(self.trajectories):
@@ -450,11 +599,16 @@ class EngineCluster:
         req = self.requests[asg.request.request_id]
         req.pe = asg.engine_id
         self.view.place(req.pe, asg.request)
+        if req.error:  # failed while it waited (its node died): the placement is given back at once
+            self._release_pe(req)
 
     def _on_de_placed(self, asg) -> None:
         req = self.requests[asg.request.request_id]
         req.de = asg.engine_id
         self.view.place(req.de, asg.request)
+        if req.error:  # failed while it waited for a DE (its PE's node died): no reads, no load
+            self._release_de(req)
+            return
         self._start_read(req)
 
     def _start_read(self, req: RequestState) -> None:

@@ -22,7 +22,7 @@ from dualpath_jax.config import ConfigError, check_positive
 from dualpath_jax.sched.knobs import PREFILL_MODES, SchedKnobs
 from dualpath_jax.sched.variants import VARIANTS, Variant, get_variant
 
-__all__ = ["ClusterConfig", "PREFILL_MODES", "ENGINE_VARIANTS", "engine_variant"]
+__all__ = ["ClusterConfig", "PREFILL_MODES", "ENGINE_VARIANTS", "RUNTIMES", "engine_variant"]
 
 ENGINE_VARIANTS: dict[str, Variant] = VARIANTS
 """The paper's ablation ladder (``sched.ABLATION_VARIANTS``) plus ``split`` loading."""
@@ -31,6 +31,10 @@ engine_variant = get_variant
 """Look up a variant of :data:`ENGINE_VARIANTS` (``sched.get_variant``; ConfigError naming
 ``variants`` for an unknown name)."""
 
+
+RUNTIMES = ("threads", "ray")
+"""How the engine cluster runs: ``threads`` (every engine a thread of one process) or ``ray``
+(every node a Ray actor in its own process; :mod:`dualpath_jax.engine.ray_runtime`)."""
 
 @dataclasses.dataclass(frozen=True)
 class ClusterConfig(SchedKnobs):

@@ -36,11 +36,16 @@ from dualpath_jax.engine.request import RequestState
 from dualpath_jax.kvcache import chain_key, gather_layer, pack_full_blocks
 from dualpath_jax.model.forward import layer_kv_shapes
 
-__all__ = ["DecodeWorker", "StepRecord"]
+__all__ = ["DecodeWorker", "StepRecord", "blocks_needed"]
 
 _JOIN_CHUNK_BLOCKS = 16
 MIN_DECODE_ROWS = 4
 """Smallest padded batch of a decode step (steps pad the active rows to a power of two)."""
+
+
+def blocks_needed(prompt_tokens: int, gen_tokens: int, block_tokens: int) -> int:
+    """Pool blocks a request holds on its DE: KV of its prompt and all but its last generated token."""
+    return -(-(prompt_tokens + max(gen_tokens - 1, 0)) // block_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +122,8 @@ class DecodeWorker:
         row.blocks = []
 
     def blocks_needed(self, prompt_tokens: int, gen_tokens: int) -> int:
-        """Pool blocks a request holds: KV of its prompt and all but its last generated token."""
-        return -(-(prompt_tokens + max(gen_tokens - 1, 0)) // self.ctx.layout.block_tokens)
+        """Pool blocks a request holds (:func:`blocks_needed`)."""
+        return blocks_needed(prompt_tokens, gen_tokens, self.ctx.layout.block_tokens)
 
     def join(self, req: RequestState) -> None:
         self._joins.put(req)

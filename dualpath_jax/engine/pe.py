@@ -198,7 +198,7 @@ class PrefillWorker:
             return True
         pe_hit = self._pe_hit_tokens(item)
         nbytes = (pe_hit + req.prompt_tokens - req.hit_tokens) * ctx.bytes_per_token
-        pool = ctx.peers.de_buffer(req.de)
+        pool = ctx.peers.de_buffer(req)
         if nbytes > pool.capacity_bytes:
             self._drop(item, f"DE buffer for the PE->DE hand-off: {nbytes} B exceed buffer {pool.name}'s "
                              f"capacity {pool.capacity_bytes} B", retry=False)
@@ -242,8 +242,8 @@ class PrefillWorker:
         chunks = [PrefillChunk(it.req.prompt[it.cached:it.cached + bsz], it.cached,
                                logits="last" if bsz == it.remaining else "none") for it, bsz in entries]
         # the DE-side hit blocks of each request, in its DE buffer (another process under ``ray``)
-        de_hits = [ctx.peers.de_hit(it.req, it.de_hit[:n]) if (n := self._de_hit_tokens(it) // it.req.block_tokens)
-                   else None for it, _ in entries]
+        de_hits = ctx.peers.de_hits([(it.req, it.de_hit[:self._de_hit_tokens(it) // it.req.block_tokens])
+                                     for it, _ in entries])
 
         def fetch(layer: int):
             return [self._cached_pieces(it, layer, de_hits[b]) for b, (it, _) in enumerate(entries)]
@@ -252,8 +252,11 @@ class PrefillWorker:
             self._send_layer(entries[b][0], layer, kv)
 
         try:
-            out = self.path.forward(chunks, fetch, _KVInLink(ctx, self.engine_id, pe_bytes, de_bytes),
-                                    on_layer=on_layer)
+            try:
+                out = self.path.forward(chunks, fetch, _KVInLink(ctx, self.engine_id, pe_bytes, de_bytes),
+                                        on_layer=on_layer)
+            finally:
+                ctx.peers.settle(self.engine_id)
         except (LoaderError, TransferFailed) as e:
             for it, _ in entries:
                 self._drop(it, f"prefill on pe{self.engine_id}: {e}")
@@ -306,37 +309,83 @@ class PrefillWorker:
         self._sends.put((it, layer, new, it.cached, it.first))
 
     def _send_loop(self) -> None:
-        ctx = self.ctx
-        bt = ctx.bytes_per_token_per_layer
         while True:
             job = self._sends.get()
             if job is None:
                 return
-            it, layer, new, start, first = job
-            req = it.req
-            try:
-                if not req.error:
-                    ctx.job(f"{self.name}-send")
-                    self._send(it, layer, new, start, first, bt)
-            except TransferFailed as e:
-                ctx.on_failed(req, f"PE->DE hand-off: {e}")
-            except Exception as e:  # noqa: BLE001 - supervision: fail this request, go on
-                ctx.on_failed(req, f"PE->DE hand-off: {ctx.worker_error(f'{self.name}-send', e)}")
-            finally:
-                with req.lock:
-                    req.pending_sends -= 1
+            jobs = [job]
+            while True:  # the layers already waiting go out together where the transport allows
+                try:
+                    nxt = self._sends.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._sends.put(None)  # stop after this batch
+                    break
+                jobs.append(nxt)
+            self._send_jobs(jobs)
+
+    def _send_jobs(self, jobs: list) -> None:
+        """Send ``jobs`` (``(item, layer, new KV, start, first)``) through ``ctx.peers.send_batch``;
+        each job's request is released (and handed off if it was its last send) as soon as that
+        send completes or fails, whatever happens to the others."""
+        ctx = self.ctx
+        bt = ctx.bytes_per_token_per_layer
+        sends, owners, done = [], [], set()
+
+        def finish(i: int) -> None:  # job i's send is over (sent, failed or skipped)
+            if i in done:
+                return
+            done.add(i)
+            req = jobs[i][0].req
+            with req.lock:
+                req.pending_sends -= 1
             self._maybe_hand_off(req)
 
-    def _send(self, it: PrefillItem, layer: int, new: tuple, start: int, first: bool, bt: int) -> None:
-        ctx, req = self.ctx, it.req
+        def on_done(k: int, e: BaseException | None) -> None:
+            req, i = owners[k]
+            if isinstance(e, TransferFailed):
+                ctx.on_failed(req, f"PE->DE hand-off: {e}")
+            elif e is not None:  # supervision: fail this request, go on
+                ctx.on_failed(req, f"PE->DE hand-off: {ctx.worker_error(f'{self.name}-send', e)}")
+            finish(i)
+
+        try:
+            for i, (it, layer, new, start, first) in enumerate(jobs):
+                req = it.req
+                try:
+                    if not req.error:
+                        ctx.job(f"{self.name}-send")
+                        segments = self._segments(it, layer, new, start, first)
+                        ntok = sum(len(seg[1]) for seg in segments)
+                        sends.append((req, layer, segments, ntok * bt, f"kv_out/r{req.rid}"))
+                        owners.append((req, i))
+                        continue
+                except Exception as e:  # noqa: BLE001 - supervision: fail this request, go on
+                    ctx.on_failed(req, f"PE->DE hand-off: {ctx.worker_error(f'{self.name}-send', e)}")
+                finish(i)
+            if sends:
+                ctx.peers.send_batch(self.engine_id, sends, on_done)
+        except Exception as e:  # noqa: BLE001 - supervision: the sends not yet over fail, the sender goes on
+            cause = ctx.worker_error(f"{self.name}-send", e)
+            for req, i in owners:
+                if i not in done:
+                    ctx.on_failed(req, f"PE->DE hand-off: {cause}")
+        finally:
+            for i in range(len(jobs)):
+                finish(i)
+
+    def _segments(self, it: PrefillItem, layer: int, new: tuple, start: int, first: bool) -> list:
+        """Layer ``layer``'s KV this send carries to the DE buffer: ``(start token, a, b)`` of the
+        chunk's new tokens, after (first chunk, PE-side reads) the hit tokens in the PE buffer."""
+        req = it.req
         segments = []
         n_de = self._de_hit_tokens(it) // req.block_tokens
         if first and req.hit_blocks > n_de:
-            hit = gather_layer(ctx.layout, it.pe_hit[:req.hit_blocks - n_de], layer, dtype=np.float32)
+            hit = gather_layer(self.ctx.layout, it.pe_hit[:req.hit_blocks - n_de], layer, dtype=np.float32)
             segments.append((n_de * req.block_tokens, hit[0], hit[1]))
         segments.append((start, new[0], new[1]))
-        ntok = sum(len(s[1]) for s in segments)
-        ctx.peers.send_segments(self.engine_id, req, layer, segments, ntok * bt, tag=f"kv_out/r{req.rid}")
+        return segments
 
     def _maybe_hand_off(self, req: RequestState) -> None:
         with req.lock:

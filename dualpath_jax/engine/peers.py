@@ -41,13 +41,15 @@ class LocalPeers:
     def __init__(self, fabric: Fabric, layout: BlockLayout):
         self.fabric, self.layout = fabric, layout
 
-    def de_buffer(self, de: int):
-        """The DE buffer of DE ``de``'s node (``name``, ``capacity_bytes``, ``try_acquire``)."""
-        return self.fabric.buffer_of(self.fabric.node_of(de))
+    def de_buffer(self, req):
+        """The DE buffer of ``req``'s DE's node, for ``req`` (``name``, ``capacity_bytes``,
+        ``try_acquire(num_bytes) -> Lease | None``)."""
+        return self.fabric.buffer_of(self.fabric.node_of(req.de))
 
-    def de_hit(self, req, blocks: list) -> LocalHit:
-        """The DE-side hit ``blocks`` of ``req`` (already in its DE buffer), layer by layer."""
-        return LocalHit(self.layout, blocks)
+    def de_hits(self, hits: list) -> list:
+        """Per ``(req, blocks)``: the request's DE-side hit ``blocks`` (already in its DE buffer),
+        readable layer by layer (``.layer(l)``), or None without DE-side blocks."""
+        return [LocalHit(self.layout, blocks) if blocks else None for _, blocks in hits]
 
     def carry_de_to_pe(self, de: int, pe: int, num_bytes: int, *, tag: str = "", timeout_s: float | None = None):
         """Occupy DE ``de``'s CNIC out and PE ``pe``'s CNIC in for ``num_bytes`` (the DE read path).
@@ -57,17 +59,25 @@ class LocalPeers:
         """
         self.fabric.carry(self.fabric.de_to_pe(de, pe), num_bytes, tag=tag, timeout_s=timeout_s)
 
-    def send_segments(self, pe: int, req, layer: int, segments: list, num_bytes: int, *, tag: str = "") -> None:
-        """Put ``segments`` (``(start token, a, b)`` of layer ``layer``) into ``req``'s DE buffer
-        over PE ``pe``'s CNIC out and the DE's CNIC in; dropped if the request failed meanwhile.
+    def settle(self, pe: int) -> None:
+        """End of PE ``pe``'s forward: every DE -> PE move it made is complete (here, at once)."""
 
-        Raises:
-          TransferFailed: a hop timed out or failed.
-        """
+    def send_batch(self, pe: int, sends: list, on_done) -> None:
+        """The PE's hand-off: for each ``(req, layer, segments, num_bytes, tag)``, put ``segments``
+        (``(start token, a, b)`` of layer ``layer``) into ``req``'s DE buffer over PE ``pe``'s CNIC
+        out and the DE's CNIC in (dropped if the request failed meanwhile), one move each, in
+        order; ``on_done(k, error)`` as send k completes (``error`` None, or the exception it
+        raised: ``TransferFailed`` when a hop timed out or failed)."""
+        for k, (req, layer, segments, num_bytes, tag) in enumerate(sends):
 
-        def deposit():
-            with req.lock:
-                if not req.error:  # a failed request's segments were dropped
-                    req.segments[layer].extend(segments)
+            def deposit(req=req, layer=layer, segments=segments):
+                with req.lock:
+                    if not req.error:  # a failed request's segments were dropped
+                        req.segments[layer].extend(segments)
 
-        self.fabric.carry(self.fabric.pe_to_de(pe, req.de), num_bytes, deposit, tag=tag)
+            try:
+                self.fabric.carry(self.fabric.pe_to_de(pe, req.de), num_bytes, deposit, tag=tag)
+            except Exception as e:  # noqa: BLE001 - the caller fails this request
+                on_done(k, e)
+                continue
+            on_done(k, None)

@@ -9,6 +9,7 @@ reader threads drain). The shared driver reads them through :meth:`group_loads` 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from dualpath_jax.engine.reader import ReadQueues
@@ -41,17 +42,19 @@ class EngineView:
         self.seq = [0] * n
         self.pool_free = dict(pool_blocks)
         self.rows_used = {e: 0 for e in pool_blocks}
+        self.lost: set[int] = set()  # engines whose process died: reported full from then on
 
     def de_free_bytes(self, e: int) -> float:
         """Free pool bytes of DE ``e`` for a new request (0 when all its decode rows are taken)."""
-        if self.rows_used[e] >= self.max_decode_batch:
+        if self.rows_used[e] >= self.max_decode_batch or e in self.lost:
             return 0.0
         return float(self.pool_free[e] * self.full_block_bytes)
 
     # ---- RuntimeView ----------------------------------------------------------------------------
     def group_loads(self, group_id: int) -> list[EngineLoad]:
-        """The group's engines' loads (fresh records), in engine-id order."""
-        return [EngineLoad(e, self.node_of[e], self.tok[e], self.seq[e],
+        """The group's engines' loads (fresh records), in engine-id order; a lost engine reports
+        infinite ``tok`` and no free memory, so no policy places on it."""
+        return [EngineLoad(e, self.node_of[e], math.inf if e in self.lost else self.tok[e], self.seq[e],
                            self.de_free_bytes(e) if e in self.pool_free else float("inf"))
                 for e in self.groups[group_id]]
 

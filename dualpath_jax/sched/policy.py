@@ -95,6 +95,7 @@ class ClusterScheduler:
         self._round_robin = config.policy == "round_robin"
         # round_robin: the engine each request was given in cyclic order, until it is placed
         self._rr_engine: dict[int, int] = {}
+        self._lost: set[int] = set()  # engines gone for good (engine_lost)
         # requests waiting for a PE: round_robin per group, dualpath one global FIFO
         self._pending_pe: dict[int, collections.deque[SchedRequest]] = {g: collections.deque() for g in pe_groups}
         self._pe_queue: collections.deque[SchedRequest] = collections.deque()
@@ -363,6 +364,48 @@ class ClusterScheduler:
         self._de_queue.clear()
         self._de_queue.extend(kept)
         return {g for g, sent in chosen.items() if sent}
+
+    def engine_lost(self, engine_id: int) -> None:
+        """Engine ``engine_id`` is gone for good (its process died): it takes no new request.
+
+        ``round_robin``'s cyclic orders skip it from now on, and every request its cycle had given
+        it moves to the next engine of the cycle (and that engine's group). Under ``dualpath`` the
+        runtime reports the engine as full (``tok`` infinite, no free HBM), so Algorithm 1 and
+        phase 2 pass it by; a DE group left with no engine gets an infinite token total (phase 1
+        passes it by) and hands its private queue back to the global DE queue, in order.
+        Requests already placed on the engine are the runtime's to fail and resubmit.
+
+        Raises:
+          KeyError: ``engine_id`` is in no group.
+        """
+        group = self.group_of_engine[engine_id]
+        lost = self._lost
+        lost.add(engine_id)
+        self._pe_cycle = [e for e in self._pe_cycle if e not in lost]
+        self._de_cycle = [e for e in self._de_cycle if e not in lost]
+        if self._round_robin:
+            for queues, cycle, cursor in ((self._pending_pe, self._pe_cycle, "_pe_cursor"),
+                                          (self._private, self._de_cycle, "_de_cursor")):
+                for g in list(queues):
+                    moved = [r for r in queues[g] if self._rr_engine.get(r.request_id) == engine_id]
+                    if not moved or not cycle:
+                        continue
+                    kept = [r for r in queues[g] if self._rr_engine.get(r.request_id) != engine_id]
+                    queues[g].clear()
+                    queues[g].extend(kept)
+                    for r in moved:
+                        e = cycle[getattr(self, cursor) % len(cycle)]
+                        setattr(self, cursor, getattr(self, cursor) + 1)
+                        self._rr_engine[r.request_id] = e
+                        queues[self.group_of_engine[e]].append(r)
+            return
+        if group in self.de_groups and set(self.de_groups[group]) <= lost:
+            back = list(self._private[group])
+            self._private[group].clear()
+            self._n_pending_de -= len(back)
+            self._private_tok[group] = 0.0
+            self._group_tok[group] = float("inf")
+            self._de_queue.extendleft(reversed(back))
 
     def has_de_work(self, group_id: int) -> bool:
         """Whether a DE group has requests waiting for it (after phase 1)."""

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -265,3 +266,29 @@ def check_finished(workdir, field: str = "workdir") -> Path:
         raise ConfigError(field, f"the run in {path} is {status.get('status')}{why}; its outputs are partial")
     return path
 
+
+def force_host_devices(argv: list[str], default_config: str) -> None:
+    """Set ``--xla_force_host_platform_device_count`` to the engine count of the engine config
+    that ``argv``'s ``--config`` names (``default_config`` without one), before JAX loads, so a
+    CPU host has one JAX device per engine. A config that does not load is left to the flag
+    parser, which reports it in one line."""
+    import importlib.util
+
+    from dualpath_jax.config import argv_flag_values  # (imports no JAX)
+
+    values = argv_flag_values(argv)
+    path, _, arg = values.get("--config", default_config).partition(":")
+    try:
+        spec = importlib.util.spec_from_file_location("_engine_config", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        c = module.get_config(arg or None).cluster
+        for key in ("prefill_nodes", "decode_nodes", "engines_per_node"):  # topology overrides
+            if f"--config.cluster.{key}" in values:
+                c[key] = int(values[f"--config.cluster.{key}"])
+        count = (c.prefill_nodes + c.decode_nodes) * c.engines_per_node
+    except Exception:  # noqa: BLE001 (reported by the flag parser)
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()

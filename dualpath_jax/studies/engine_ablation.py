@@ -231,6 +231,18 @@ class Setup:
         log(f"profiled {len(self.samples)} (cached, bsz) pairs in {self.setup_s:.1f} s "
             f"({CompileClock.read()[0] - c0:.1f} s compiling); time model: "
             f"{describe_time_model(self.time_model, self.spec)}")
+        # runtime="ray": every node a Ray actor in its own process, kept for all of this study's runs
+        self.runtime = None
+        if config.runtime == "ray":
+            from dualpath_jax.engine.ray_runtime import RayRuntime  # noqa: PLC0415 (imports Ray)
+
+            self.runtime = RayRuntime(config.runtime_address, gpus_per_engine=config.ray.gpus_per_engine,
+                                      pe_resource=config.ray.pe_resource, de_resource=config.ray.de_resource)
+
+    def close(self) -> None:
+        """Stop the ``ray`` runtime's node actors (nothing under ``threads``)."""
+        if self.runtime is not None:
+            self.runtime.close()
 
 
 def typical_round(agents: list[Trajectory]) -> tuple[int, int]:
@@ -317,7 +329,8 @@ def run_variant(setup: Setup, name: str, store_dir: Path, seed_dir: Path | None 
     try:
         cluster = EngineCluster(cfg, setup.spec, setup.params, setup.layout, store, time_model=setup.time_model,
                                 prefill_tokens_per_s=setup.prefill_tokens_per_s, devices=setup.devices,
-                                scheduler_cls=setup.scheduler_cls, faults=faults)
+                                scheduler_cls=setup.scheduler_cls, faults=faults,
+                                runtime=getattr(setup, "runtime", None))
         arr = setup.config.arrivals
         if arrival_seed is not None:
             arr = dataclasses.replace(arr, seed=int(arrival_seed))
@@ -534,23 +547,28 @@ def run_ablation(config, workdir, *, log: Callable = print, progress: bool | Non
             + [_run_name(v, r) for v in config.variants]] + ["token check"]
     stages = _Stages(show, log)
     workdir = Path(workdir)
-    with stages.phase("engine ablation: preparing", prep):
-        with stages.stage("setup"):
-            agents = select_agents(config.workload)
-            setup = Setup(config, agents, log=log)
-        n_req = sum(a.num_rounds for a in agents)
-        if scheduler_name(setup.scheduler_cls):
-            log(f"scheduler {scheduler_name(setup.scheduler_cls)}")
-        log(f"{len(agents)} agents, {n_req} requests; estimated hit KV {sum(h for h, _ in setup.rounds)} tokens, "
-            f"appended {sum(a for _, a in setup.rounds)} tokens")
-        seed_dir = workdir / "seed_store" if config.workload.warm_start else None
-        if seed_dir is not None:
-            with stages.stage("seed store"):
-                seed_store(setup, seed_dir, log=log)
-        with stages.stage("compile"):
-            compile_runs(setup, workdir / "kvstore", seed_dir, log=log, progress=show)
-    with stages.phase("engine ablation", runs, eta=True):
-        return _run_variants(config, workdir, setup, seed_dir, log, show, stages)
+    setup = None
+    try:
+        with stages.phase("engine ablation: preparing", prep):
+            with stages.stage("setup"):
+                agents = select_agents(config.workload)
+                setup = Setup(config, agents, log=log)
+            n_req = sum(a.num_rounds for a in agents)
+            if scheduler_name(setup.scheduler_cls):
+                log(f"scheduler {scheduler_name(setup.scheduler_cls)}")
+            log(f"{len(agents)} agents, {n_req} requests; estimated hit KV {sum(h for h, _ in setup.rounds)} tokens, "
+                f"appended {sum(a for _, a in setup.rounds)} tokens")
+            seed_dir = workdir / "seed_store" if config.workload.warm_start else None
+            if seed_dir is not None:
+                with stages.stage("seed store"):
+                    seed_store(setup, seed_dir, log=log)
+            with stages.stage("compile"):
+                compile_runs(setup, workdir / "kvstore", seed_dir, log=log, progress=show)
+        with stages.phase("engine ablation", runs, eta=True):
+            return _run_variants(config, workdir, setup, seed_dir, log, show, stages)
+    finally:
+        if setup is not None:
+            setup.close()  # the ray runtime's node actors
 
 
 def _calibrates(cfg: CalibrateConfig, repeat: int) -> bool:
@@ -687,10 +705,21 @@ def _run_variants(config: EngineAblationConfig, workdir: Path, setup: Setup, see
                                "seconds_per_flop": setup.time_model.seconds_per_flop,
                                "flops_per_key": setup.time_model.flops_per_key},
                 "profile": [vars(s) for s in setup.samples], "prefill_tokens_per_s": setup.prefill_tokens_per_s,
-                "scheduler": scheduler_name(setup.scheduler_cls), "stages": stages.times}
+                "scheduler": scheduler_name(setup.scheduler_cls), "stages": stages.times,
+                **runtime_figures(config.runtime, results.values())}
     writers.write_json(workdir / "ablation.json", ablation)
     _plots(workdir, results, summaries, names, repeats)
-    return _named_values(names, repeats, summaries, measured, regime, tokens, rates)
+    return {**_named_values(names, repeats, summaries, measured, regime, tokens, rates),
+            **{k: v for k, v in runtime_figures(config.runtime, results.values()).items() if k != "runtime"}}
+
+
+def runtime_figures(runtime: str, results) -> dict:
+    """``runtime``; ``engine_processes``: the most engine processes of any run (1 under ``threads``);
+    ``cross_process_kv_bytes``: KV bytes that crossed a process boundary through JAX's transfer
+    server, summed over every run (0 under ``threads``)."""
+    results = list(results)
+    return {"runtime": runtime, "engine_processes": max((r.processes for r in results), default=1),
+            "cross_process_kv_bytes": int(sum(r.cross_process_kv_bytes for r in results))}
 
 
 _RUN_KEYS = ("jct_s", "ttft_p50_s", "ttft_p99_s", "ttst_mean_s", "tpot_s", "snic_bytes", "snic_busy_s",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dualpath_jax.config import (ConfigError, check_in, check_non_negative, check_positive, describe_config,
                                  did_you_mean, from_mapping)
-from dualpath_jax.engine.config import ClusterConfig, engine_variant
+from dualpath_jax.engine.config import RUNTIMES, ClusterConfig, engine_variant
 from dualpath_jax.kvcache import KV_DTYPES
 from dualpath_jax.model.spec import ModelSpec, get_spec, load_hf_config
 from dualpath_jax.sched import ClusterScheduler, load_scheduler
@@ -233,6 +233,25 @@ def check_fingerprint(saved: dict, config: "EngineAblationConfig", path: str, fi
 
 
 @dataclasses.dataclass(frozen=True)
+class EngineRay:
+    """Placement of the ``ray`` runtime's node actors (:class:`~dualpath_jax.engine.ray_runtime.RayRuntime`).
+
+    Attributes:
+      gpus_per_engine: GPUs each engine asks Ray for (0 on CPU hosts; 1 puts every engine on its
+        own GPU).
+      pe_resource, de_resource: a custom Ray resource every PE / DE node needs one unit of ("" =
+        none): ``ray start --resources='{"pe_host": 1}'`` on the hosts meant for prefill.
+    """
+
+    gpus_per_engine: float = 0.0
+    pe_resource: str = ""
+    de_resource: str = ""
+
+    def __post_init__(self):
+        check_non_negative("ray.gpus_per_engine", self.gpus_per_engine)
+
+
+@dataclasses.dataclass(frozen=True)
 class EngineAblationConfig:
     """One engine ablation run (``experiments/run_engine.py``).
 
@@ -249,6 +268,12 @@ class EngineAblationConfig:
       window_s: window of the SNIC traffic Max/Avg, seconds.
       tie_tol: logit gap under which a token difference is a tie.
       reference_chunk_tokens: chunk of the no-cache recompute (0 = whole prompts).
+      runtime: ``threads`` (every engine a thread of this process) or ``ray`` (every node a Ray
+        actor in its own process, KV between them over JAX's transfer server;
+        :mod:`dualpath_jax.engine.ray_runtime`).
+      runtime_address: the Ray cluster ``ray`` joins (``"auto"``, ``"HOST:PORT"``; "" = a local
+        instance started inside the run).
+      ray: placement of the node actors (:class:`EngineRay`).
     """
 
     scheduler: type = ClusterScheduler
@@ -263,8 +288,15 @@ class EngineAblationConfig:
     window_s: float = 1.0
     tie_tol: float = 1e-4
     reference_chunk_tokens: int = 512
+    runtime: str = "threads"
+    runtime_address: str = ""
+    ray: EngineRay = dataclasses.field(default_factory=EngineRay)
 
     def __post_init__(self):
+        if self.runtime not in RUNTIMES:
+            raise ConfigError("runtime", f"{self.runtime!r} is not one of {list(RUNTIMES)}")
+        if self.runtime_address and self.runtime != "ray":
+            raise ConfigError("runtime_address", "is for runtime='ray'")
         for name in self.variants:
             engine_variant(name)
         check_positive("repeats", self.repeats, integer=True)
@@ -277,7 +309,7 @@ class EngineAblationConfig:
 
 
 _SECTIONS = {"model": EngineModel, "workload": EngineWorkload, "arrivals": EngineArrivals, "profile": ProfileConfig,
-             "calibrate": CalibrateConfig}
+             "calibrate": CalibrateConfig, "ray": EngineRay}
 
 
 def engine_ablation_config(config) -> EngineAblationConfig:
@@ -298,7 +330,8 @@ def engine_ablation_config(config) -> EngineAblationConfig:
                               f"known: {sorted(known)}")
     sections = {key: from_mapping(cls, data.get(key, {}), prefix=f"{key}.") for key, cls in _SECTIONS.items()}
     cluster = from_mapping(ClusterConfig, data.get("cluster", {}), prefix="cluster.")
-    rest = {k: data[k] for k in ("repeats", "window_s", "tie_tol", "reference_chunk_tokens") if k in data}
+    rest = {k: data[k] for k in ("repeats", "window_s", "tie_tol", "reference_chunk_tokens", "runtime",
+                                 "runtime_address") if k in data}
     return EngineAblationConfig(scheduler=load_scheduler(data.get("scheduler") or "", field="scheduler"),
                                 variants=tuple(data.get("variants", EngineAblationConfig.variants)), cluster=cluster,
                                 **sections, **rest)

@@ -1,0 +1,146 @@
+"""Engine runtimes side by side: the engine ablation's JCT with ``ray`` over ``threads``.
+
+    python experiments/bench_runtime.py --workdir=workdir/bench_runtime
+    python experiments/bench_runtime.py --config=configs/engine_ablation.py:quick --config.repeats=3 --workdir=W
+
+Runs the engine ablation's agents (``--config``, default ``configs/engine_ablation.py:quick``)
+on both runtimes in one process, at the same emulated link rates: one calibration (Oracle passes
+under ``threads``, as ``run_engine.py`` does; or ``--config.calibrate.from_file``), then for every
+repeat and variant a ``threads`` run and a ``ray`` run (1P2D: three node processes, KV between
+them over JAX's transfer server), their order alternating between repeats so a slow drift of the
+host's load hits both alike. The ``ray`` node actors compile their programs in an untimed pass
+over every variant first (the study's ``compile`` stage does the same for ``threads``).
+
+Every ratio is taken within a repeat (a ``ray`` JCT over the ``threads`` JCT of the same variant
+and repeat); the headline ``ray_over_threads_jct`` is the mean over repeats of the per-repeat
+mean over variants, with its 95% Student-t interval (``_ci95``), and
+``ray_over_threads_jct_<variant>`` per variant; ``pe_compute_ray_over_threads`` compares the
+seconds the PE spent computing its forwards (measured inside its process), which separates CPU
+contention from transport and control latency. Tokens of every run are checked against each other
+and a no-cache recompute (``tokens_identical``). Writes ``runtime_bench.json`` (every run's JCT),
+``config.json``, ``env.json`` and ``metrics.json`` to the workdir and ends with ``name: value``
+lines. About 6 minutes for ``:quick`` with 3 repeats on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_CONFIG_DEFAULT = str(Path(__file__).resolve().parent.parent / "configs" / "engine_ablation.py") + ":quick"
+
+if __name__ == "__main__":
+    from dualpath_jax.studies.cli import force_host_devices  # (imports no JAX)
+
+    force_host_devices(sys.argv[1:], _CONFIG_DEFAULT)  # one JAX device per engine on a CPU host
+
+from absl import flags, logging  # noqa: E402
+
+from dualpath_jax.studies import cli  # noqa: E402  (imports no JAX)
+
+_CONFIG = cli.define_config_file(
+    "config", _CONFIG_DEFAULT, "Engine ablation config whose agents, cluster, variants and repeats both runtimes "
+    "run (configs/engine_ablation.py:quick by default); --config.runtime_address and --config.ray.* place the "
+    "ray runtime's node actors.")
+_WORKDIR = flags.DEFINE_string("workdir", "workdir/bench_runtime",
+                               "Output directory (new or empty; --overwrite replaces an earlier run).")
+_JIT_CACHE = flags.DEFINE_string(
+    "jit_cache_dir",
+    os.environ.get("DUALPATH_JIT_CACHE", os.path.join(tempfile.gettempdir(), "dualpath_jax_jit_cache")),
+    "Persistent XLA compilation cache, shared with the node actors; empty to disable.")
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    import jax
+
+    if _JIT_CACHE.value:
+        jax.config.update("jax_compilation_cache_dir", _JIT_CACHE.value)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+    from dualpath_jax.engine import report
+    from dualpath_jax.engine.ray_runtime import RayRuntime
+    from dualpath_jax.metrics import writers
+    from dualpath_jax.studies.engine_ablation import (Setup, calibrate_links, check_config, compile_runs,
+                                                      run_variant, seed_store, select_agents)
+    from dualpath_jax.studies.seeds import estimate, printed, put as put_estimate
+
+    config = check_config(_CONFIG.value)
+    workdir = cli.open_workdir(_WORKDIR.value)
+    writers.write_config(workdir, _CONFIG.value)
+    writers.write_env(workdir, device=f"{jax.default_backend()} x {jax.device_count()}")
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    t_start = time.perf_counter()
+    agents = select_agents(config.workload)
+    setup = Setup(config, agents, log=log)  # threads; the ray runtime is attached per run below
+    runtime = RayRuntime(config.runtime_address, gpus_per_engine=config.ray.gpus_per_engine,
+                         pe_resource=config.ray.pe_resource, de_resource=config.ray.de_resource)
+    store_dir = workdir / "kvstore"
+    seed_dir = workdir / "seed_store" if config.workload.warm_start else None
+    try:
+        if seed_dir is not None:
+            seed_store(setup, seed_dir, log=log)
+        setup.runtime = None
+        compile_runs(setup, store_dir, seed_dir, log=log, progress=False)
+        calibration = calibrate_links(setup, config.calibrate, store_dir, seed_dir, log=log, progress=False)
+        log(f"link rates: SNIC {setup.cluster.snic_bytes_per_s / 1e6:.2f} MB/s, CNIC "
+            f"{setup.cluster.cnic_bytes_per_s / 1e6:.2f} MB/s (both runtimes)")
+        setup.runtime = runtime
+        t0 = time.perf_counter()
+        for name in config.variants:  # the node actors compile (untimed)
+            run_variant(setup, name, store_dir, seed_dir, progress=False)
+        log(f"ray node actors warmed up in {time.perf_counter() - t0:.1f} s (pids {runtime.pids})")
+        runs, results = [], {}
+        for r in range(config.repeats):
+            order = ("threads", "ray") if r % 2 == 0 else ("ray", "threads")
+            for name in config.variants:
+                for which in order:
+                    setup.runtime = runtime if which == "ray" else None
+                    res = run_variant(setup, name, store_dir, seed_dir, progress=False,
+                                      arrival_seed=config.arrivals.seed + r)
+                    s = report.summarize(res, window_s=config.window_s)
+                    results[f"{name}/{which}/r{r}"] = res
+                    runs.append({"variant": name, "runtime": which, "repeat": r, "jct_s": s["jct_s"],
+                                 "pe_compute_s": sum(v for k, v in res.compute_s.items() if k.startswith("pe")),
+                                 "num_failed": s["num_failed"], "processes": res.processes,
+                                 "cross_process_kv_bytes": res.cross_process_kv_bytes})
+                    log(f"  r{r} {name:10s} {which:7s} JCT {s['jct_s']:7.3f} s  failed {s['num_failed']}"
+                        f"  processes {res.processes}  cross-process KV {res.cross_process_kv_bytes / 1e6:.1f} MB")
+        tokens = report.check_tokens(results, setup.params, setup.spec, tie_tol=config.tie_tol,
+                                     chunk_tokens=config.reference_chunk_tokens or None)
+    finally:
+        runtime.close()
+    jct = {(x["variant"], x["runtime"], x["repeat"]): x["jct_s"] for x in runs}
+    per_variant = {n: [jct[n, "ray", r] / jct[n, "threads", r] for r in range(config.repeats)]
+                   for n in config.variants}
+    per_repeat = [sum(per_variant[n][r] for n in config.variants) / len(config.variants)
+                  for r in range(config.repeats)]
+    pe = {(x["variant"], x["runtime"], x["repeat"]): x["pe_compute_s"] for x in runs}
+    pe_ratio = [sum(pe[n, "ray", r] / pe[n, "threads", r] for n in config.variants) / len(config.variants)
+                for r in range(config.repeats)]
+    named: dict = {"repeats": config.repeats}
+    put_estimate(named, "ray_over_threads_jct", per_repeat)
+    for n in config.variants:
+        put_estimate(named, f"ray_over_threads_jct_{n}", per_variant[n])
+    put_estimate(named, "pe_compute_ray_over_threads", pe_ratio)
+    named["engine_processes"] = max(x["processes"] for x in runs)
+    named["cross_process_kv_bytes"] = int(sum(x["cross_process_kv_bytes"] for x in runs))
+    named["num_failed"] = int(sum(x["num_failed"] for x in runs))
+    named["tokens_identical"] = tokens["tokens_identical"]
+    named["snic_bytes_per_s"] = setup.cluster.snic_bytes_per_s
+    named["wall_s"] = time.perf_counter() - t_start
+    writers.write_json(workdir / "runtime_bench.json", {
+        "runs": runs, "calibration": calibration, "per_variant_ratio": per_variant, "per_repeat_ratio": per_repeat,
+        "ray_over_threads_jct": estimate(per_repeat).mean, "tokens": tokens})
+    writers.write_named_values(workdir, named)
+    writers.append_metrics(workdir, {"experiment": "bench_runtime", **named})
+    print()
+    print(writers.format_named_values(printed(named)))
+
+
+if __name__ == "__main__":
+    cli.run(main, config=_CONFIG)

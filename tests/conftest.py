@@ -1,0 +1,19 @@
+"""Session-wide fixtures: one local Ray instance for every test that needs Ray.
+
+The Ray tests carry ``pytest.mark.xdist_group("ray")`` and the suite runs with ``--dist
+loadgroup`` (pyproject), so under ``pytest -n 2`` they all run in one worker and share this
+instance (started once, about 5 s)."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The ``ray`` module, connected to a local instance of 2 CPUs (started here if needed)."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()

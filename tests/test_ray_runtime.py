@@ -1,0 +1,188 @@
+"""The ``ray`` runtime: every node of the engine cluster a Ray actor in its own process, KV between
+them over JAX's transfer server. Same worker code as ``threads``: same tokens (and those of a
+no-cache recompute), same stored-KV reads; a killed DE node loses no request."""
+
+import math
+
+import numpy as np
+import pytest
+
+from dualpath_jax.config import ConfigError
+from dualpath_jax.engine.cluster import EngineCluster
+from dualpath_jax.engine.config import ClusterConfig
+from dualpath_jax.engine.faults import FaultConfig
+from dualpath_jax.engine.ray_runtime import RayRuntime
+from dualpath_jax.engine.report import check_tokens, conservation
+from dualpath_jax.store import KVStore, StoreConfig
+
+from engine_cases import FAST, TIME_MODEL, stream, tiny_model
+
+pytestmark = pytest.mark.xdist_group("ray")
+
+# 4 agents x 3 rounds whose later rounds hit their whole context; prompts of 2-6 Full Blocks
+AGENTS = [stream(f"a{i}", [150 + 40 * i, 20 + i, 30], [5, 4, 3]) for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def runtime(ray_session):
+    rt = RayRuntime()
+    yield rt
+    rt.close()
+
+
+def _run(tmp_path, name, cfg, runtime, agents=AGENTS, model=None, **kw):
+    spec, params, layout = model or tiny_model()
+    store = KVStore(layout, StoreConfig(backend="file", path=str(tmp_path / name), fsync=False))
+    cluster = EngineCluster(cfg, spec, params, layout, store, time_model=TIME_MODEL, prefill_tokens_per_s=1e4,
+                            runtime=runtime, **kw)
+    try:
+        return cluster.run(agents, [0.0] * len(agents), progress=False)
+    finally:
+        store.close()
+
+
+def _tokens(result) -> dict:
+    return {(r.trajectory_id, r.round_index): list(r.generated) for r in result.requests}
+
+
+def _moved_bytes(result) -> int:
+    """KV bytes the links carried between engines: every PE CNIC out (the hand-off to DE buffers)
+    plus the DE CNIC out bytes that went to a PE (the DE read path; the rest is persist D2H)."""
+    pe_out = sum(v["bytes"] for k, v in result.links.items() if k.startswith("cnic_out/pe"))
+    de_to_pe = sum(r.num_bytes for r in result.transfers
+                   if r.link.startswith("cnic_out/de") and not r.tag.startswith("persist/") and r.outcome.value == "ok")
+    return int(pe_out + de_to_pe)
+
+
+def test_ray_runs_the_same_requests_as_threads_across_three_processes(tmp_path, runtime):
+    model = tiny_model()
+    spec, params, _ = model
+    cfg = ClusterConfig(**FAST).for_variant("dualpath")
+    threads = _run(tmp_path, "threads", cfg, None, model=model)
+    ray = _run(tmp_path, "ray", cfg, runtime, model=model)
+    assert (ray.runtime, ray.processes, threads.processes) == ("ray", 3, 1)
+    assert len(set(runtime.pids)) == 3
+    for res in (threads, ray):
+        assert not [r.error for r in res.requests if r.error] and not res.worker_errors and not res.leaks
+        assert conservation(res)["bytes_conserved"]
+    tokens = check_tokens({"threads": threads, "ray": ray}, params, spec)
+    assert tokens["tokens_identical"] and tokens["compared_requests"] == 12, tokens["reference_mismatches"]
+    # every hit block was read from the store once per request in both runtimes
+    assert ray.read_bytes_store == threads.read_bytes_store > 0
+    snic = lambda res: sum(v["bytes"] for k, v in res.links.items() if k.startswith("snic_read/"))  # noqa: E731
+    assert snic(ray) == snic(threads) == ray.read_bytes_store
+    # the KV that moved between engines is exactly what crossed process boundaries through the
+    # transfer server (the links count it on one side, the endpoints on the other)
+    assert ray.cross_process_kv_bytes == _moved_bytes(ray) > 0
+    assert threads.cross_process_kv_bytes == 0
+    # a DE-side read happened, so both directions crossed
+    assert any(r.side in ("de", "split") for r in ray.requests)
+    # the engines' measurements came back from their processes
+    assert {f.engine for f in ray.forwards} == {0} and {s.engine for s in ray.steps} <= {1, 2} and ray.steps
+    assert all(v > 0 for k, v in ray.compute_s.items() if k == "pe0")
+    assert sum(ray.join_count.values()) == 12
+    assert all(0 <= r.start_s <= r.finish_s <= ray.wall_s + 1.0 for r in ray.transfers)
+
+
+def test_basic_and_oracle_on_ray_match_a_recompute(tmp_path, runtime):
+    model = tiny_model()
+    spec, params, _ = model
+    results = {v: _run(tmp_path, v, ClusterConfig(**FAST).for_variant(v), runtime, model=model)
+               for v in ("basic", "oracle")}
+    tokens = check_tokens(results, params, spec)
+    assert tokens["tokens_identical"], tokens["reference_mismatches"]
+    assert all(not r.error for res in results.values() for r in res.requests)
+    assert results["basic"].cross_process_kv_bytes == _moved_bytes(results["basic"])
+    assert all(r.side == "pe" for r in results["basic"].requests if r.hit_blocks)
+    # oracle moves KV without link costs, so the links count none of it but the processes still do
+    assert results["oracle"].cross_process_kv_bytes > 0 and _moved_bytes(results["oracle"]) == 0
+
+
+def test_a_killed_de_node_loses_no_request(tmp_path, runtime, ray_session, monkeypatch):
+    """The DE node of engine 2 is killed while a request is placed on it: the death is recorded,
+    the request runs again on the other DE, every request finishes with the tokens of a
+    no-cache recompute, and the next run gets a fresh node process."""
+    model = tiny_model()
+    spec, params, _ = model
+    cfg = ClusterConfig(**{**FAST, "snic_bytes_per_s": 2e7}).for_variant("dualpath")
+    agents = [stream(f"k{i}", [200 + 30 * i, 40, 30], [6, 5, 4]) for i in range(6)]
+    _run(tmp_path, "warm", cfg, runtime, agents=agents[:1], model=model)  # nodes up and compiled
+    old_pid = runtime.pids[2]
+    killed = []
+    start_read = EngineCluster._start_read
+
+    def kill_on_second_placement(self, req):
+        start_read(self, req)
+        if req.de == 2 and not killed:
+            placed_on_2 = sum(r.de == 2 for r in self.requests)
+            if placed_on_2 >= 2:
+                killed.append(req.rid)
+                ray_session.kill(runtime.actors[2])
+
+    monkeypatch.setattr(EngineCluster, "_start_read", kill_on_second_placement)
+    res = _run(tmp_path, "kill", cfg, runtime, agents=agents, model=model)
+    monkeypatch.undo()
+    assert killed and list(res.lost_nodes) == [2]
+    assert [w["worker"] for w in res.worker_errors] == ["node2"] and "died" in res.worker_errors[0]["error"]
+    assert len(res.requests) == 18 and not [r.error for r in res.requests if r.error]
+    rerun = [r for r in res.failed_attempts if "node2 died" in r.error]
+    assert rerun and any(r.rid == killed[0] for r in rerun)
+    retried = {(r.trajectory_id, r.round_index) for r in rerun}
+    assert all(r.de == 1 for r in res.requests if (r.trajectory_id, r.round_index) in retried)
+    tokens = check_tokens({"ray": res}, params, spec)
+    assert tokens["tokens_identical"], tokens["reference_mismatches"]
+    assert not res.leaks
+    again = _run(tmp_path, "after", cfg, runtime, agents=agents[:2], model=model)
+    assert runtime.pids[2] != old_pid and again.processes == 3 and not again.lost_nodes
+    assert all(not r.error for r in again.requests)
+
+
+def test_ray_runtime_refuses_what_it_cannot_run(tmp_path, runtime):
+    spec, params, layout = tiny_model()
+    cfg = ClusterConfig(**FAST).for_variant("dualpath")
+    memory = KVStore(layout, StoreConfig(backend="memory"))
+    cluster = EngineCluster(cfg, spec, params, layout, memory, time_model=TIME_MODEL, prefill_tokens_per_s=1e4,
+                            runtime=runtime)
+    with pytest.raises(ConfigError, match="runtime.*file store"):
+        cluster.run(AGENTS[:1], [0.0], progress=False)
+    with pytest.raises(ConfigError, match="runtime.*threads runtime only"):
+        EngineCluster(cfg, spec, params, layout, memory, time_model=TIME_MODEL, prefill_tokens_per_s=1e4,
+                      runtime=runtime, faults=FaultConfig(transfer_failure_rate=0.1))
+
+
+def test_a_killed_pe_node_reruns_only_what_it_still_held(tmp_path, runtime, ray_session, monkeypatch):
+    """2P1D; PE node 0 is killed while it holds a request (placed, reading, prefilling, or
+    waiting for a DE) and one it handed off is decoding: the held one runs again on PE 1, the
+    decoding one finishes undisturbed, and no request, buffer or load is lost."""
+    model = tiny_model()
+    spec, params, _ = model
+    cfg = ClusterConfig(**{**FAST, "prefill_nodes": 2, "decode_nodes": 1, "max_decode_batch": 2,
+                           "snic_bytes_per_s": 2e7}).for_variant("dualpath")
+    agents = [stream(f"p{i}", [180 + 30 * i, 40, 30], [8, 6, 5]) for i in range(6)]
+    _run(tmp_path, "warm", cfg, runtime, agents=agents[:2], model=model)
+    killed, on_prefilled = [], []
+    handle = EngineCluster._handle
+
+    def kill_while_it_holds_one_and_one_decodes(self, ev):
+        handle(self, ev)
+        if killed:
+            return
+        live = [r for r in self.requests if r.pe == 0 and not r.retried and not r.error and not r.finished]
+        decoding = [r.rid for r in live if r.handed_off]
+        if decoding and any(not r.pe_released for r in live):
+            killed.append(True)
+            on_prefilled.extend(decoding)
+            ray_session.kill(runtime.actors[0])
+
+    monkeypatch.setattr(EngineCluster, "_handle", kill_while_it_holds_one_and_one_decodes)
+    res = _run(tmp_path, "kill_pe", cfg, runtime, agents=agents, model=model)
+    monkeypatch.undo()
+    assert killed and list(res.lost_nodes) == [0]
+    assert len(res.requests) == 18 and not [r.error for r in res.requests if r.error]
+    rerun = [r for r in res.failed_attempts if "node0 died" in r.error]
+    assert rerun and all(not r.handed_off for r in rerun)  # a request already on the DE kept going
+    assert not any(r.rid in on_prefilled for r in rerun)
+    assert all(r.pe == 1 for r in res.requests if r.attempt > 1)
+    tokens = check_tokens({"ray": res}, params, spec)
+    assert tokens["tokens_identical"], tokens["reference_mismatches"]
+    assert not res.leaks
