@@ -151,37 +151,39 @@ def test_ray_runtime_refuses_what_it_cannot_run(tmp_path, runtime):
 
 
 def test_a_killed_pe_node_reruns_only_what_it_still_held(tmp_path, runtime, ray_session, monkeypatch):
-    """2P1D; PE node 0 is killed while it holds a request (placed, reading, prefilling, or
-    waiting for a DE) and one it handed off is decoding: the held one runs again on PE 1, the
-    decoding one finishes undisturbed, and no request, buffer or load is lost."""
+    """2P1D under round robin (PEs alternate); PE node 0 is killed just after a request is placed
+    on it while one it handed off is still decoding: the held one runs again on PE 1, the decoding
+    one finishes undisturbed, and no request, buffer or load is lost."""
     model = tiny_model()
     spec, params, _ = model
-    cfg = ClusterConfig(**{**FAST, "prefill_nodes": 2, "decode_nodes": 1, "max_decode_batch": 2,
-                           "snic_bytes_per_s": 2e7}).for_variant("dualpath")
-    agents = [stream(f"p{i}", [180 + 30 * i, 40, 30], [8, 6, 5]) for i in range(6)]
+    cfg = ClusterConfig(**{**FAST, "prefill_nodes": 2, "decode_nodes": 1, "snic_bytes_per_s": 2e7,
+                           "max_decode_batch": 8}).for_variant("dpl")
+    # round robin gives PE 0 the agents 0, 2, 4 first; agents 0 and 1 decode 3 tokens, the others 80,
+    # so the second rounds of agents 0 and 1 (one of them on PE 0) arrive while agents 2 and 4 decode
+    agents = [stream(f"p{i}", [180 + 30 * i, 40, 30], [3 if i < 2 else 80, 6, 5]) for i in range(6)]
     _run(tmp_path, "warm", cfg, runtime, agents=agents[:2], model=model)
-    killed, on_prefilled = [], []
-    handle = EngineCluster._handle
+    killed, decoding = [], []
+    placed = EngineCluster._on_pe_placed
 
-    def kill_while_it_holds_one_and_one_decodes(self, ev):
-        handle(self, ev)
-        if killed:
+    def kill_when_placed_on_0_while_0_decodes(self, asg):
+        placed(self, asg)
+        if killed or asg.engine_id != 0:
             return
-        live = [r for r in self.requests if r.pe == 0 and not r.retried and not r.error and not r.finished]
-        decoding = [r.rid for r in live if r.handed_off]
-        if decoding and any(not r.pe_released for r in live):
-            killed.append(True)
-            on_prefilled.extend(decoding)
+        now = [r.rid for r in self.requests if r.pe == 0 and r.handed_off and not r.finished and not r.error
+               and not r.retried]
+        if now:
+            killed.append(asg.request.request_id)
+            decoding.extend(now)
             ray_session.kill(runtime.actors[0])
 
-    monkeypatch.setattr(EngineCluster, "_handle", kill_while_it_holds_one_and_one_decodes)
+    monkeypatch.setattr(EngineCluster, "_on_pe_placed", kill_when_placed_on_0_while_0_decodes)
     res = _run(tmp_path, "kill_pe", cfg, runtime, agents=agents, model=model)
     monkeypatch.undo()
     assert killed and list(res.lost_nodes) == [0]
     assert len(res.requests) == 18 and not [r.error for r in res.requests if r.error]
     rerun = [r for r in res.failed_attempts if "node0 died" in r.error]
-    assert rerun and all(not r.handed_off for r in rerun)  # a request already on the DE kept going
-    assert not any(r.rid in on_prefilled for r in rerun)
+    assert killed[0] in [r.rid for r in rerun]  # the request placed on the dead PE ran again
+    assert not any(r.rid in decoding for r in rerun)  # the ones already on the DE kept going
     assert all(r.pe == 1 for r in res.requests if r.attempt > 1)
     tokens = check_tokens({"ray": res}, params, spec)
     assert tokens["tokens_identical"], tokens["reference_mismatches"]
