@@ -151,39 +151,32 @@ def test_ray_runtime_refuses_what_it_cannot_run(tmp_path, runtime):
 
 
 def test_a_killed_pe_node_reruns_only_what_it_still_held(tmp_path, runtime, ray_session, monkeypatch):
-    """2P1D under round robin (PEs alternate); PE node 0 is killed just after a request is placed
-    on it while one it handed off is still decoding: the held one runs again on PE 1, the decoding
-    one finishes undisturbed, and no request, buffer or load is lost."""
+    """2P1D under round robin: PE 0 gets agents 0, 2 and 4, and a 256-token FIFO batch cap makes it
+    prefill them one forward each. PE node 0 is killed when agent 0's first round is handed off:
+    agent 0 decodes on undisturbed, agents 2 and 4 (still held by PE 0) run again on PE 1, and no
+    request, buffer or load is lost."""
     model = tiny_model()
     spec, params, _ = model
     cfg = ClusterConfig(**{**FAST, "prefill_nodes": 2, "decode_nodes": 1, "snic_bytes_per_s": 2e7,
-                           "max_decode_batch": 8}).for_variant("dpl")
-    # round robin gives PE 0 the agents 0, 2, 4 first; agents 0 and 1 decode 3 tokens, the others 80,
-    # so the second rounds of agents 0 and 1 (one of them on PE 0) arrive while agents 2 and 4 decode
-    agents = [stream(f"p{i}", [180 + 30 * i, 40, 30], [3 if i < 2 else 80, 6, 5]) for i in range(6)]
+                           "max_decode_batch": 8, "basic_max_batch_tokens": 256}).for_variant("dpl")
+    agents = [stream(f"p{i}", [180 + 30 * i, 40, 30], [60, 6, 5]) for i in range(6)]
     _run(tmp_path, "warm", cfg, runtime, agents=agents[:2], model=model)
-    killed, decoding = [], []
-    placed = EngineCluster._on_pe_placed
+    killed = []
+    handle = EngineCluster._handle
 
-    def kill_when_placed_on_0_while_0_decodes(self, asg):
-        placed(self, asg)
-        if killed or asg.engine_id != 0:
-            return
-        now = [r.rid for r in self.requests if r.pe == 0 and r.handed_off and not r.finished and not r.error
-               and not r.retried]
-        if now:
-            killed.append(asg.request.request_id)
-            decoding.extend(now)
+    def kill_at_pe0s_first_hand_off(self, ev):
+        handle(self, ev)
+        if ev[0] == "prefilled" and ev[1].pe == 0 and not killed:
+            killed.append((ev[1].trajectory_id, ev[1].round_index))
             ray_session.kill(runtime.actors[0])
 
-    monkeypatch.setattr(EngineCluster, "_on_pe_placed", kill_when_placed_on_0_while_0_decodes)
+    monkeypatch.setattr(EngineCluster, "_handle", kill_at_pe0s_first_hand_off)
     res = _run(tmp_path, "kill_pe", cfg, runtime, agents=agents, model=model)
     monkeypatch.undo()
-    assert killed and list(res.lost_nodes) == [0]
+    assert killed == [("p0", 0)] and list(res.lost_nodes) == [0]
     assert len(res.requests) == 18 and not [r.error for r in res.requests if r.error]
-    rerun = [r for r in res.failed_attempts if "node0 died" in r.error]
-    assert killed[0] in [r.rid for r in rerun]  # the request placed on the dead PE ran again
-    assert not any(r.rid in decoding for r in rerun)  # the ones already on the DE kept going
+    rerun = {(r.trajectory_id, r.round_index) for r in res.failed_attempts if "node0 died" in r.error}
+    assert rerun == {("p2", 0), ("p4", 0)}  # held by PE 0; agent 0, already on the DE, kept going
     assert all(r.pe == 1 for r in res.requests if r.attempt > 1)
     tokens = check_tokens({"ray": res}, params, spec)
     assert tokens["tokens_identical"], tokens["reference_mismatches"]

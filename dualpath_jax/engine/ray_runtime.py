@@ -157,23 +157,16 @@ class _RemoteBuffer:
         self.capacity_bytes = peers.config.buffer_bytes
 
     def try_acquire(self, num_bytes: int):
-        """Never blocks the PE: the first call asks the DE node and returns None; a later call
-        returns the answer once it is in (a lease, or None if the buffer was full: ask again)."""
+        """Ask the DE node (one actor call; FIFO order among the PE's requests is kept): a lease,
+        or None if the buffer is full, the node is dead (the driver then fails the request) or
+        does not answer within ``timeout_s`` (asked again on the PE's next pass)."""
         import ray  # noqa: PLC0415
 
-        asked = self.peers.reserving
-        ref = asked.get(self.req.rid)
-        if ref is None:
-            asked[self.req.rid] = self.peers.node(self.req.de).reserve.remote(self.peers.info(self.req),
-                                                                              int(num_bytes))
-            return None
-        if not ray.wait([ref], timeout=0)[0]:
-            return None
-        del asked[self.req.rid]
         try:
-            ok = ray.get(ref)
-        except ray.exceptions.RayError:
-            return None  # its node died: the driver fails the request (NodeHost supervision)
+            ok = ray.get(self.peers.node(self.req.de).reserve.remote(self.peers.info(self.req), int(num_bytes)),
+                         timeout=self.peers.config.timeout_s)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+            return None
         return _RemoteLease() if ok else None
 
 
@@ -249,7 +242,6 @@ class RayPeers:
         self.host, self.nodes, self.fabric, self.layout, self.config = host, list(nodes), fabric, layout, config
         self.endpoint = host.endpoint
         self.n_layers = n_layers
-        self.reserving: dict = {}  # request id -> its DE buffer reservation in flight
         self._out: dict = {}  # (de, pe) -> the DE side of the PE's last DE -> PE move, not yet awaited
         self._out_lock = threading.Lock()
 
@@ -568,6 +560,8 @@ class NodeHost:
     def reserve(self, info: RequestInfo, num_bytes: int) -> bool:
         """Hold ``num_bytes`` of this node's DE buffer for the request's hand-off; False if full."""
         req = self._replica(info)
+        if req.de_send_lease is not None:  # held already (an earlier answer the PE did not wait for)
+            return not req.error
         lease = self.fabric.buffer_of(self.node).try_acquire(num_bytes)
         return lease is not None and req.attach_lease("de_send_lease", lease)
 
