@@ -16,7 +16,9 @@ and repeat); the headline ``ray_over_threads_jct`` is the mean over repeats of t
 mean over variants, with its 95% Student-t interval (``_ci95``), and
 ``ray_over_threads_jct_<variant>`` per variant; ``pe_compute_ray_over_threads`` compares the
 seconds the PE spent computing its forwards (measured inside its process), which separates CPU
-contention from transport and control latency. Tokens of every run are checked against each other
+contention from transport and control latency, and ``cpu_ray_over_threads`` the CPU-seconds the
+whole machine was busy during each run (Linux ``/proc/stat``; every process, Ray's daemons
+included). Tokens of every run are checked against each other
 and a no-cache recompute (``tokens_identical``). Writes ``runtime_bench.json`` (every run's JCT),
 ``config.json``, ``env.json`` and ``metrics.json`` to the workdir and ends with ``name: value``
 lines. About 6 minutes for ``:quick`` with 3 repeats on a 2-core CPU.
@@ -51,6 +53,16 @@ _JIT_CACHE = flags.DEFINE_string(
     "jit_cache_dir",
     os.environ.get("DUALPATH_JIT_CACHE", os.path.join(tempfile.gettempdir(), "dualpath_jax_jit_cache")),
     "Persistent XLA compilation cache, shared with the node actors; empty to disable.")
+
+
+def _busy_cpu_s() -> float:
+    """CPU-seconds the whole machine has spent busy so far (Linux ``/proc/stat``; NaN elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
 
 
 def main(argv):
@@ -100,12 +112,15 @@ def main(argv):
             for name in config.variants:
                 for which in order:
                     setup.runtime = runtime if which == "ray" else None
+                    cpu0 = _busy_cpu_s()
                     res = run_variant(setup, name, store_dir, seed_dir, progress=False,
                                       arrival_seed=config.arrivals.seed + r)
+                    cpu_s = _busy_cpu_s() - cpu0
                     s = report.summarize(res, window_s=config.window_s)
                     results[f"{name}/{which}/r{r}"] = res
                     runs.append({"variant": name, "runtime": which, "repeat": r, "jct_s": s["jct_s"],
                                  "pe_compute_s": sum(v for k, v in res.compute_s.items() if k.startswith("pe")),
+                                 "machine_cpu_s": cpu_s,
                                  "num_failed": s["num_failed"], "processes": res.processes,
                                  "cross_process_kv_bytes": res.cross_process_kv_bytes})
                     log(f"  r{r} {name:10s} {which:7s} JCT {s['jct_s']:7.3f} s  failed {s['num_failed']}"
@@ -122,11 +137,15 @@ def main(argv):
     pe = {(x["variant"], x["runtime"], x["repeat"]): x["pe_compute_s"] for x in runs}
     pe_ratio = [sum(pe[n, "ray", r] / pe[n, "threads", r] for n in config.variants) / len(config.variants)
                 for r in range(config.repeats)]
+    cpu = {(x["variant"], x["runtime"], x["repeat"]): x["machine_cpu_s"] for x in runs}
+    cpu_ratio = [sum(cpu[n, "ray", r] / cpu[n, "threads", r] for n in config.variants) / len(config.variants)
+                 for r in range(config.repeats)]
     named: dict = {"repeats": config.repeats}
     put_estimate(named, "ray_over_threads_jct", per_repeat)
     for n in config.variants:
         put_estimate(named, f"ray_over_threads_jct_{n}", per_variant[n])
     put_estimate(named, "pe_compute_ray_over_threads", pe_ratio)
+    put_estimate(named, "cpu_ray_over_threads", cpu_ratio)
     named["engine_processes"] = max(x["processes"] for x in runs)
     named["cross_process_kv_bytes"] = int(sum(x["cross_process_kv_bytes"] for x in runs))
     named["num_failed"] = int(sum(x["num_failed"] for x in runs))
