@@ -335,6 +335,24 @@ def test_dualpath_hands_a_dead_de_groups_queue_back_to_phase_1():
     assert {a.engine_id for a in out} <= {2, 3}
 
 
+def test_a_dead_de_group_is_not_offered_to_a_researchers_phase_1():
+    seen = []
+
+    class LargestGroupFirst(ClusterScheduler):  # a policy that would pick the idle (dead) group
+        def select_de_group(self, waiting, group_tok):
+            seen.append(dict(group_tok))
+            return {max(group_tok, key=group_tok.get): list(waiting)}
+
+    cfg = SchedulerConfig(policy="dualpath", loading="dual", alpha_tokens=1000, beta_tokens=10_000)
+    s = LargestGroupFirst(cfg, pe_groups={0: [0, 1]}, de_groups={1: [2, 3], 2: [4, 5]})
+    s.submit(req(0))
+    s.fetch_pe(0, [EngineLoad(0, 0), EngineLoad(1, 0)], {0: 0})
+    for e in (2, 3):
+        s.engine_lost(e)
+    out = s.fetch_de(2, [EngineLoad(4, 2, free_hbm_bytes=1e9), EngineLoad(5, 2, free_hbm_bytes=1e9)])
+    assert list(seen[-1]) == [2] and [a.engine_id for a in out] == [4]
+
+
 def test_dualpath_flow_balances_and_picks_shorter_queue():
     s = make("dualpath")
     for i in range(4):

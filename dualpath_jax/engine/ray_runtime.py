@@ -446,7 +446,8 @@ class NodeHost:
         if run_id != self._run_id:
             return None
         with self._cmd_cond:
-            self._cmd_cond.wait_for(lambda: self._next_seq >= orders or not self._running, timeout=self.config.timeout_s)
+            self._cmd_cond.wait_for(lambda: self._next_seq >= orders or not self._running,
+                                    timeout=self.config.timeout_s)
         self._stop_run()
         events = self.poll(0.0)
         fab, mine = self.fabric, set(self.engines)
@@ -502,11 +503,13 @@ class NodeHost:
     def _dispatch(self) -> None:
         while True:
             with self._cmd_cond:
-                self._cmd_cond.wait_for(lambda: not self._running or (self._cmds and self._cmds[0][0] == self._next_seq))
+                self._cmd_cond.wait_for(
+                    lambda: not self._running or (self._cmds and self._cmds[0][0] == self._next_seq))
                 if not self._running:
                     return
                 _, op, args = heapq.heappop(self._cmds)
                 self._next_seq += 1
+                self._cmd_cond.notify_all()  # (end_run waits for the last order)
             try:
                 getattr(self, "_order_" + op)(*args)
             except Exception as e:  # noqa: BLE001 - supervision: report, fail the order's request, go on

@@ -96,6 +96,7 @@ class ClusterScheduler:
         # round_robin: the engine each request was given in cyclic order, until it is placed
         self._rr_engine: dict[int, int] = {}
         self._lost: set[int] = set()  # engines gone for good (engine_lost)
+        self._lost_groups: set[int] = set()  # DE groups with no engine left
         # requests waiting for a PE: round_robin per group, dualpath one global FIFO
         self._pending_pe: dict[int, collections.deque[SchedRequest]] = {g: collections.deque() for g in pe_groups}
         self._pe_queue: collections.deque[SchedRequest] = collections.deque()
@@ -142,10 +143,11 @@ class ClusterScheduler:
         Args:
           waiting: the global DE queue, head first. Read-only.
           group_tok: DE group id -> its engines' last reported ``tok`` sum plus the tokens already
-            in its private queue.
+            in its private queue; only groups with an engine left (see :meth:`engine_lost`).
 
         Returns:
-          group id -> the requests it receives, in queue order; a request left out keeps waiting.
+          group id -> the requests it receives, in queue order (groups of ``group_tok`` only); a
+          request left out keeps waiting.
           The default sends each request to the group with the smallest total (``de.de_phase1``).
           Not called under ``round_robin`` (its cyclic order chose the group).
         """
@@ -336,7 +338,11 @@ class ClusterScheduler:
             return {g for g, q in self._private.items() if q}
         if not self._de_queue:
             return set()
-        group_tok = {g: self._group_tok[g] + self._private_tok[g] for g in self.de_groups}
+        # a group whose engines are all lost (engine_lost) is not offered to phase 1
+        group_tok = {g: self._group_tok[g] + self._private_tok[g] for g in self.de_groups
+                     if g not in self._lost_groups}
+        if not group_tok:
+            return set()
         if not self._own_select_de_group:  # the built-in phase 1 places every request, in order
             additions, totals = de.de_phase1(self._de_queue, group_tok)
             self._de_queue.clear()
@@ -348,8 +354,8 @@ class ClusterScheduler:
         chosen = self.select_de_group(self._de_queue, group_tok)
         who = f"{type(self).__name__}.select_de_group"
         for g in chosen:
-            if g not in self._private:
-                raise ValueError(f"{who}: group {g} is not a DE group (known: {sorted(self._private)})")
+            if g not in group_tok:
+                raise ValueError(f"{who}: group {g} is not a DE group with an engine left (known: {sorted(group_tok)})")
         ids = {r.request_id for sent in chosen.values() for r in sent}
         if len(ids) != sum([len(sent) for sent in chosen.values()]) or \
                 not ids <= {r.request_id for r in self._de_queue}:
@@ -372,7 +378,8 @@ class ClusterScheduler:
         it moves to the next engine of the cycle (and that engine's group). Under ``dualpath`` the
         runtime reports the engine as full (``tok`` infinite, no free HBM), so Algorithm 1 and
         phase 2 pass it by; a DE group left with no engine gets an infinite token total (phase 1
-        passes it by) and hands its private queue back to the global DE queue, in order.
+        passes it by; a researcher's ``select_de_group`` is no longer offered it) and hands its
+        private queue back to the global DE queue, in order.
         Requests already placed on the engine are the runtime's to fail and resubmit.
 
         Raises:
@@ -400,6 +407,7 @@ class ClusterScheduler:
                         queues[self.group_of_engine[e]].append(r)
             return
         if group in self.de_groups and set(self.de_groups[group]) <= lost:
+            self._lost_groups.add(group)
             back = list(self._private[group])
             self._private[group].clear()
             self._n_pending_de -= len(back)
