@@ -75,10 +75,9 @@ def main(argv):
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
     from dualpath_jax.engine import report
-    from dualpath_jax.engine.ray_runtime import RayRuntime
     from dualpath_jax.metrics import writers
     from dualpath_jax.studies.engine_ablation import (Setup, calibrate_links, check_config, compile_runs,
-                                                      run_variant, seed_store, select_agents)
+                                                      ray_runtime, run_variant, seed_store, select_agents)
     from dualpath_jax.studies.seeds import estimate, printed, put as put_estimate
 
     config = check_config(_CONFIG.value)
@@ -89,8 +88,7 @@ def main(argv):
     t_start = time.perf_counter()
     agents = select_agents(config.workload)
     setup = Setup(config, agents, log=log)  # threads; the ray runtime is attached per run below
-    runtime = RayRuntime(config.runtime_address, gpus_per_engine=config.ray.gpus_per_engine,
-                         pe_resource=config.ray.pe_resource, de_resource=config.ray.de_resource)
+    runtime = ray_runtime(config)
     store_dir = workdir / "kvstore"
     seed_dir = workdir / "seed_store" if config.workload.warm_start else None
     try:
@@ -129,17 +127,17 @@ def main(argv):
                                      chunk_tokens=config.reference_chunk_tokens or None)
     finally:
         runtime.close()
-    jct = {(x["variant"], x["runtime"], x["repeat"]): x["jct_s"] for x in runs}
-    per_variant = {n: [jct[n, "ray", r] / jct[n, "threads", r] for r in range(config.repeats)]
-                   for n in config.variants}
-    per_repeat = [sum(per_variant[n][r] for n in config.variants) / len(config.variants)
-                  for r in range(config.repeats)]
-    pe = {(x["variant"], x["runtime"], x["repeat"]): x["pe_compute_s"] for x in runs}
-    pe_ratio = [sum(pe[n, "ray", r] / pe[n, "threads", r] for n in config.variants) / len(config.variants)
-                for r in range(config.repeats)]
-    cpu = {(x["variant"], x["runtime"], x["repeat"]): x["machine_cpu_s"] for x in runs}
-    cpu_ratio = [sum(cpu[n, "ray", r] / cpu[n, "threads", r] for n in config.variants) / len(config.variants)
-                 for r in range(config.repeats)]
+
+    def ratios(key: str) -> tuple[dict, list]:
+        """Per variant, ``key`` of the ray run over the threads run, per repeat; and per repeat
+        the mean of those over the variants."""
+        v = {(x["variant"], x["runtime"], x["repeat"]): x[key] for x in runs}
+        rs = range(config.repeats)
+        per_variant = {n: [v[n, "ray", r] / v[n, "threads", r] for r in rs] for n in config.variants}
+        return per_variant, [sum(per_variant[n][r] for n in config.variants) / len(config.variants) for r in rs]
+
+    per_variant, per_repeat = ratios("jct_s")
+    pe_ratio, cpu_ratio = ratios("pe_compute_s")[1], ratios("machine_cpu_s")[1]
     named: dict = {"repeats": config.repeats}
     put_estimate(named, "ray_over_threads_jct", per_repeat)
     for n in config.variants:

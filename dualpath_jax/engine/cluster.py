@@ -473,16 +473,13 @@ class EngineCluster:
         ids resolved by :func:`~.ray_runtime.translate`; read-queue changes; a node's death)."""
         if self._remote is None:
             self._handle(ev)
-            return
-        from dualpath_jax.engine.ray_runtime import translate  # noqa: PLC0415 (loaded with the runtime)
-
-        if ev[0] == "read_q":
+        elif ev[0] == "read_q":
             if ev[1] not in self._remote.dead:
                 self.read_q.add(ev[1], ev[2])
         elif ev[0] == "node_died":
             self._node_died(ev[1], ev[2])
         else:
-            self._handle(translate(ev, self.requests))
+            self._handle(self._remote.translate(ev, self.requests))
 
     def _node_died(self, node: int, error: str) -> None:
         """Node ``node``'s process is gone (``ray``): record it, take its engines out of placement

@@ -10,7 +10,7 @@ run's ``ctx.peers``, so the same worker code runs in both runtimes:
   node's :class:`~dualpath_jax.transfer.BufferPool`, the KV is read from the request's DE-side
   blocks, and each move is a :meth:`Fabric.carry <dualpath_jax.engine.network.Fabric.carry>`
   over both hops.
-* :class:`~dualpath_jax.engine.ray_runtime.RayPeers` (``ray``): the DE node is another process;
+* :class:`~dualpath_jax.engine.ray_node.RayPeers` (``ray``): the DE node is another process;
   the same three operations are actor calls, and the KV crosses over JAX's transfer server.
 """
 

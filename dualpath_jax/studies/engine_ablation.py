@@ -71,7 +71,7 @@ from dualpath_jax.workload import (Trajectory, load_agentic_traces, poisson_arri
 
 __all__ = ["check_config", "select_agents", "start_times", "Setup", "round_shapes", "expected_shapes", "seed_store",
            "run_variant", "calibrate_links", "load_compute_ratio", "run_ablation", "CompileClock", "compile_runs",
-           "describe_time_model", "combine_calibrations", "put_estimate", "aggregate_rows",
+           "describe_time_model", "combine_calibrations", "put_estimate", "aggregate_rows", "ray_runtime",
            "run_dir"]
 
 
@@ -232,17 +232,21 @@ class Setup:
             f"({CompileClock.read()[0] - c0:.1f} s compiling); time model: "
             f"{describe_time_model(self.time_model, self.spec)}")
         # runtime="ray": every node a Ray actor in its own process, kept for all of this study's runs
-        self.runtime = None
-        if config.runtime == "ray":
-            from dualpath_jax.engine.ray_runtime import RayRuntime  # noqa: PLC0415 (imports Ray)
-
-            self.runtime = RayRuntime(config.runtime_address, gpus_per_engine=config.ray.gpus_per_engine,
-                                      pe_resource=config.ray.pe_resource, de_resource=config.ray.de_resource)
+        self.runtime = ray_runtime(config) if config.runtime == "ray" else None
 
     def close(self) -> None:
         """Stop the ``ray`` runtime's node actors (nothing under ``threads``)."""
         if self.runtime is not None:
             self.runtime.close()
+
+
+def ray_runtime(config: EngineAblationConfig):
+    """A :class:`~dualpath_jax.engine.ray_runtime.RayRuntime` on ``config.runtime_address`` with
+    the node placement of ``config.ray`` (its actors start with the first run)."""
+    from dualpath_jax.engine.ray_runtime import RayRuntime  # noqa: PLC0415 (imports Ray)
+
+    return RayRuntime(config.runtime_address, gpus_per_engine=config.ray.gpus_per_engine,
+                      pe_resource=config.ray.pe_resource, de_resource=config.ray.de_resource)
 
 
 def typical_round(agents: list[Trajectory]) -> tuple[int, int]:

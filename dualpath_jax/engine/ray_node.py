@@ -1,0 +1,605 @@
+"""The node side of the ``ray`` runtime: one node of the engine cluster in its own process.
+
+:class:`NodeHost` is the Ray actor (:mod:`.ray_runtime` describes the runtime and starts it): it
+runs the node's PE or DE workers and its reader over its own fabric, store and transfer endpoint,
+takes the driver's numbered orders, posts the workers' events with the request fields each stage
+filled in (``_PREFILLED``, ``_FINISHED``, ``_PERSISTED``; the driver's join order carries
+``JOIN_FIELDS``), and serves what other nodes' PEs ask of it (:class:`RayPeers`: DE buffer reservations,
+DE-side hit Layer Blocks, the hand-off). :class:`RequestInfo` is what a node needs to build its
+replica of a request.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import heapq
+import os
+import queue
+import threading
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from dualpath_jax.engine.config import ClusterConfig
+from dualpath_jax.engine.context import RunContext
+from dualpath_jax.engine.de import DecodeWorker
+from dualpath_jax.engine.network import Fabric, TransferFailed
+from dualpath_jax.engine.pe import PrefillWorker
+from dualpath_jax.engine.reader import NodeReader, ReadJob
+from dualpath_jax.engine.request import RequestState
+from dualpath_jax.kvcache import BlockLayout, gather_layer
+from dualpath_jax.model.spec import ModelSpec
+from dualpath_jax.store import KVStore, StoreConfig
+from dualpath_jax.transfer.remote import KVOffer, KVTransferEndpoint
+
+__all__ = ["NodeHost", "RayPeers", "RequestInfo", "snapshot", "apply_patch", "JOIN_FIELDS", "POLL_S"]
+
+POLL_S = 0.05
+"""Longest wait of one :meth:`NodeHost.poll` (seconds)."""
+
+# the RequestState fields each event carries back to the driver (and the join order to the DE)
+_PREFILLED = ("generated", "gaps", "prefill_start_s", "prefill_finish_s", "first_token_s", "prefill_done",
+              "handed_off")
+_FINISHED = ("generated", "gaps", "decode_start_s", "second_token_s", "finish_s", "finished", "blocks_persisted",
+             "persist_failures", "persisted_s")
+_PERSISTED = ("blocks_persisted", "persist_failures", "persisted_s")
+JOIN_FIELDS = ("generated", "gaps", "hit_blocks", "prefill_start_s", "prefill_finish_s", "first_token_s", "prefill_done",
+         "handed_off", "side", "de_blocks")
+
+
+def snapshot(req: RequestState, fields: Sequence[str]) -> dict:
+    """Copies of ``req``'s ``fields`` (taken under its lock), for an event or an order."""
+    with req.lock:
+        return {f: copy.copy(getattr(req, f)) for f in fields}
+
+
+def apply_patch(req: RequestState, patch: dict) -> None:
+    """Set the fields of a :func:`snapshot` on ``req`` (the replica or the driver's record)."""
+    with req.lock:
+        for k, v in patch.items():
+            setattr(req, k, v)
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestInfo:
+    """What a node needs to know of a request to build its replica (picklable).
+
+    ``prompt i32[S]``, ``forced i32[G]``; ``keys`` the block keys; ``pe``/``de`` the engines it
+    was placed on (global ids); ``n_layers`` the model's L (one segment list per layer).
+    """
+
+    rid: int
+    agent: int
+    round_index: int
+    trajectory_id: str
+    prompt: np.ndarray
+    keys: tuple
+    gen_target: int
+    lookup_blocks: int
+    block_tokens: int
+    forced: np.ndarray | None
+    attempt: int
+    pe: int
+    de: int
+    n_layers: int
+
+    @classmethod
+    def of(cls, req: RequestState, n_layers: int) -> "RequestInfo":
+        return cls(req.rid, req.agent, req.round_index, req.trajectory_id, req.prompt, tuple(req.keys),
+                   req.gen_target, req.lookup_blocks, req.block_tokens, req.forced, req.attempt, req.pe, req.de,
+                   n_layers)
+
+    def build(self) -> RequestState:
+        st = RequestState(self.rid, self.agent, self.round_index, self.trajectory_id, self.prompt, list(self.keys),
+                          self.gen_target, self.lookup_blocks, self.block_tokens, forced=self.forced,
+                          attempt=self.attempt)
+        st.pe, st.de = self.pe, self.de
+        st.segments = [[] for _ in range(self.n_layers)]
+        return st
+
+
+class _PostedReadQueues:
+    """A node's side of the read queues: the reader's changes go to the driver as events."""
+
+    def __init__(self, post):
+        self._post = post
+
+    def add(self, node: int, tokens: float) -> None:
+        self._post(("read_q", node, float(tokens)))
+
+
+class _RemoteLease:
+    """The PE's token for DE buffer space held in the DE's process (released there)."""
+
+    def release(self) -> None:
+        pass
+
+
+class _RemoteBuffer:
+    """A DE node's DRAM buffer as the PE's ``_reserve_sends`` sees it."""
+
+    def __init__(self, peers: "RayPeers", req):
+        self.peers, self.req = peers, req
+        self.name = f"de_buffer/node{peers.node_of(req.de)}"
+        self.capacity_bytes = peers.config.buffer_bytes
+
+    def try_acquire(self, num_bytes: int):
+        """Ask the DE node (one actor call; FIFO order among the PE's requests is kept): a lease,
+        or None if the buffer is full, the node is dead (the driver then fails the request) or
+        does not answer within ``timeout_s`` (asked again on the PE's next pass)."""
+        import ray  # noqa: PLC0415
+
+        try:
+            ok = ray.get(self.peers.node(self.req.de).reserve.remote(self.peers.info(self.req), int(num_bytes)),
+                         timeout=self.peers.config.timeout_s)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+            return None
+        return _RemoteLease() if ok else None
+
+
+def _pack(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, list]:
+    """Arrays as one ``uint8`` buffer (one transfer-server pull instead of one per array) and
+    their ``(shape, dtype)`` in order; :func:`_unpack` inverts it."""
+    arrays = [np.ascontiguousarray(a) for a in arrays]
+    meta = [(a.shape, a.dtype.str) for a in arrays]
+    buf = np.concatenate([a.reshape(-1).view(np.uint8) for a in arrays]) if arrays else np.zeros(0, np.uint8)
+    return buf, meta
+
+
+def _unpack(buf: np.ndarray, meta: list) -> list[np.ndarray]:
+    out, off = [], 0
+    for shape, dtype in meta:
+        dt = np.dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        out.append(buf[off:off + n].view(dt).reshape(shape).copy())
+        off += n
+    return out
+
+
+class _RemoteHits:
+    """The DE-side hit blocks of one forward's requests on one DE node: that node offers, per
+    layer, every request's blocks stacked (``uint8[sum P, Z, Bt]``); the PE pulls each layer once
+    (the first request asking for it) and every request takes its rows."""
+
+    def __init__(self, peers: "RayPeers", node: int, asks: list[tuple[int, int]]):
+        self.peers, self.node = peers, node
+        self.rows = {}
+        off = 0
+        for rid, n in asks:
+            self.rows[rid] = (off, off + n)
+            off += n
+        self._ref = peers.nodes[node].offer_hits.remote(asks)
+        self._offers = None
+        self._layers: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def layer(self, rid: int, layer: int):
+        import ray  # noqa: PLC0415
+
+        p = self.peers
+        with self._lock:
+            try:
+                if self._offers is None:
+                    self._offers = ray.get(self._ref, timeout=p.config.timeout_s)
+                if layer not in self._layers:  # the first request of the group that needs it pulls it
+                    self._layers = {layer: np.asarray(p.endpoint.pull_offer(self._offers[layer],
+                                                                            timeout_s=p.config.timeout_s)[0])}
+            except Exception as e:  # noqa: BLE001 - a dead or failed DE node: this forward's read failed
+                raise TransferFailed(f"de_buffer/node{self.node}", f"{type(e).__name__}: {e}"[:300]) from e
+            arr = self._layers[layer]
+        lo, hi = self.rows[rid]
+        return gather_layer(p.layout, [arr[i:i + 1] for i in range(lo, hi)], 0, dtype=np.float32)
+
+
+class _RemoteHit:
+    """One request's share of a :class:`_RemoteHits` (``.layer(l)`` as ``LocalHit``)."""
+
+    def __init__(self, group: _RemoteHits, rid: int):
+        self.group, self.rid = group, rid
+
+    def layer(self, layer: int):
+        return self.group.layer(self.rid, layer)
+
+
+class RayPeers:
+    """:class:`~dualpath_jax.engine.peers.LocalPeers` across processes (module docstring)."""
+
+    def __init__(self, endpoint: KVTransferEndpoint, nodes: Sequence, fabric: Fabric, layout: BlockLayout,
+                 config: ClusterConfig, n_layers: int):
+        self.endpoint, self.nodes, self.fabric, self.layout, self.config = endpoint, list(nodes), fabric, layout, config
+        self.n_layers = n_layers
+        self._out: dict = {}  # (de, pe) -> the DE side of the PE's last DE -> PE move, not yet awaited
+        self._out_lock = threading.Lock()
+
+    def node_of(self, engine: int) -> int:
+        return self.fabric.node_of(engine)
+
+    def node(self, engine: int):
+        """The actor of engine ``engine``'s node."""
+        return self.nodes[self.node_of(engine)]
+
+    def info(self, req) -> RequestInfo:
+        return RequestInfo.of(req, self.n_layers)
+
+    def de_buffer(self, req):
+        return _RemoteBuffer(self, req)
+
+    def de_hits(self, hits: list) -> list:
+        by_node: dict[int, list] = {}
+        for req, blocks in hits:
+            if blocks:
+                by_node.setdefault(self.node_of(req.de), []).append((req.rid, len(blocks)))
+        groups = {n: _RemoteHits(self, n, asks) for n, asks in by_node.items()}
+        return [_RemoteHit(groups[self.node_of(req.de)], req.rid) if blocks else None for req, blocks in hits]
+
+    def carry_de_to_pe(self, de: int, pe: int, num_bytes: int, *, tag: str = "", timeout_s: float | None = None):
+        """The DE's CNIC out (an actor call to its node) and this PE's CNIC in carry ``num_bytes``
+        at the same time. The PE waits for the DE side one layer later (the previous layer's
+        call, here) or at the end of its forward (:meth:`settle`), so an actor call's latency is
+        not added to every layer; a busy DE CNIC out still holds the PE back.
+
+        Raises:
+          TransferFailed: a hop (this one's or the previous layer's DE side) timed out or failed.
+        """
+        timeout_s = self.config.timeout_s if timeout_s is None else timeout_s
+        ref = self.node(de).carry_out.remote(de, int(num_bytes), tag, timeout_s)
+        self.fabric.carry([self.fabric.engines[pe].cnic_in], num_bytes, tag=tag, timeout_s=timeout_s)
+        with self._out_lock:
+            previous = self._out.get((de, pe))
+            self._out[de, pe] = (ref, timeout_s)
+        if previous is not None:
+            self._wait_out(de, *previous)
+
+    def settle(self, pe: int) -> None:
+        """Wait for the DE sides of PE ``pe``'s last :meth:`carry_de_to_pe` calls (end of a forward).
+
+        Raises:
+          TransferFailed: one of them timed out or failed.
+        """
+        with self._out_lock:
+            mine = [(k[0], self._out.pop(k)) for k in list(self._out) if k[1] == pe]
+        for de, (ref, timeout_s) in mine:
+            self._wait_out(de, ref, timeout_s)
+
+    def _wait_out(self, de: int, ref, timeout_s: float) -> None:
+        import ray  # noqa: PLC0415
+
+        try:
+            cause = ray.get(ref, timeout=timeout_s)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
+            cause = f"{type(e).__name__}: {e}"[:300]
+        if cause:
+            raise TransferFailed(f"cnic_out/de{de}", cause)
+
+    def send_batch(self, pe: int, sends: list, on_done) -> None:
+        """:meth:`LocalPeers.send_batch <dualpath_jax.engine.peers.LocalPeers.send_batch>` across
+        processes: per DE node, the sends' arrays packed into one offer that the DE node pulls
+        (one actor call, one pull) while this PE holds its CNIC out for their bytes; ``on_done``
+        for each send of a node once that node's move is over."""
+        import ray  # noqa: PLC0415
+
+        t = self.config.timeout_s
+        by_node: dict[int, list[int]] = {}
+        for i, (req, *_) in enumerate(sends):
+            by_node.setdefault(self.node_of(req.de), []).append(i)
+        for node, idx in by_node.items():
+            try:
+                arrays, parts, nbytes = [], [], 0
+                for i in idx:
+                    req, layer, segments, num_bytes, _ = sends[i]
+                    parts.append((self.info(req), layer, [int(start) for start, _, _ in segments], int(num_bytes)))
+                    arrays += [x for _, a, b in segments for x in (a, b)]
+                    nbytes += num_bytes
+                buf, meta = _pack(arrays)
+                offer = self.endpoint.offer([buf], expire_s=t, tag=f"kv_out/pe{pe}/node{node}")
+
+                def deliver(node=node, parts=parts, meta=meta, offer=offer, nbytes=nbytes):
+                    try:  # inside the PE's CNIC out: the DE node pulls under its DE's CNIC in
+                        return ray.get(self.nodes[node].receive_batch.remote(parts, meta, offer, int(nbytes),
+                                                                             f"kv_out/pe{pe}"), timeout=t)
+                    except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
+                        return f"{type(e).__name__}: {e}"[:300]
+
+                cause = self.fabric.carry([self.fabric.engines[pe].cnic_out], nbytes, deliver,
+                                          tag=f"kv_out/r{sends[idx[0]][0].rid}")
+                err = TransferFailed(f"node{node}", cause) if cause else None
+            except Exception as e:  # noqa: BLE001 - TransferFailed, or packing/offering failed: these sends fail
+                err = e
+            for i in idx:
+                on_done(i, err)
+
+
+class NodeHost:
+    """One node of the cluster in its own process (a Ray actor; module docstring).
+
+    Args:
+      node: node id (PE nodes first); role: ``"pe"`` or ``"de"``; engines: its engines' global ids.
+      spec, layout, params: the model (host parameters; each engine puts a copy on its device).
+      scheduler_cls: the scheduler class (its ``form_pe_batch`` runs on the PE).
+      jit_cache_dir: JAX's persistent compilation cache ("" = none), shared with the driver.
+    """
+
+    def __init__(self, node: int, role: str, engines: Sequence[int], spec: ModelSpec, layout: BlockLayout,
+                 params: dict, scheduler_cls: type, jit_cache_dir: str = ""):
+        if jit_cache_dir:
+            jax.config.update("jax_compilation_cache_dir", jit_cache_dir)
+        self.node, self.role, self.engines = int(node), role, list(engines)
+        self.spec, self.layout, self.params, self.scheduler_cls = spec, layout, params, scheduler_cls
+        self.embed = np.asarray(params["embed"], np.float32)
+        self.devices = jax.devices()
+        self.endpoint = KVTransferEndpoint(f"node{node}")
+        self._outbox: queue.Queue = queue.Queue()
+        self._reqs: dict[int, RequestState] = {}
+        self._failed: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._cmds: list = []
+        self._cmd_cond = threading.Condition()
+        self._post_lock = threading.Lock()
+        self._running = False
+        self._run_id = None  # the run whose workers exist (begin_run .. end_run)
+
+    def ping(self) -> int:
+        """This process's id (the actor is up)."""
+        return os.getpid()
+
+    # ---- a run ----------------------------------------------------------------------------------
+    def begin_run(self, run_id: str, config: ClusterConfig, store_config: StoreConfig, nodes: Sequence,
+                  sched_args: tuple, time_model, max_blocks: int) -> dict:
+        """Build this node's workers for run ``run_id`` (the DEs compile their decode steps; nothing
+        runs until :meth:`start_run`); a run still active here (its driver gave up on it) is stopped
+        first. Returns ``{"pid", "max_kv_tokens": {pe: tokens}, "num_blocks": {de: blocks}}``."""
+        if self._run_id is not None:
+            self._stop_run()
+        self._reqs, self._failed = {}, {}
+        self._cmds, self._next_seq = [], 0
+        self._outbox = queue.Queue()
+        post = self._outbox.put
+        self.config = config
+        fabric = self.fabric = Fabric(config)
+        self.store = KVStore(self.layout, store_config)
+        sched = self.scheduler_cls(*sched_args)
+        ctx = self.ctx = RunContext(
+            config, self.spec, self.layout, self.params, self.embed, fabric, self.store, sched, time_model,
+            on_prefilled=lambda r: self._post_patch("prefilled", r, _PREFILLED),
+            on_finished=lambda r: self._post_patch("finished", r, _FINISHED),
+            on_persisted=lambda r: self._post_patch("persisted", r, _PERSISTED),
+            on_failed=lambda r, c, retry=True: post(("failed", r.rid, c, retry)),
+            on_worker_error=lambda w, e, tb, fatal=False: post(("worker_error", w, e, tb, fatal)),
+            clock=time.time, t0=time.time())
+        ctx.peers = RayPeers(self.endpoint, nodes, fabric, self.layout, config, self.spec.n_layers)
+        dev = {e: self.devices[i % len(self.devices)] for i, e in enumerate(self.engines)}
+        self.pes = {e: PrefillWorker(ctx, e, dev[e]) for e in self.engines} if self.role == "pe" else {}
+        self.des = {e: DecodeWorker(ctx, e, dev[e]) for e in self.engines} if self.role == "de" else {}
+        for de in self.des.values():
+            de.warm_up(max_blocks)
+        self.reader = NodeReader(ctx, self.node, _PostedReadQueues(post), on_done=self._read_done,
+                                 on_error=lambda job, cause: post(("failed", job.req.rid, cause, True)))
+        self._pulled0 = self.endpoint.bytes_pulled
+        self._dispatcher = None
+        self._run_id = run_id
+        return {"pid": os.getpid(), "max_kv_tokens": {e: w.max_kv_tokens for e, w in self.pes.items()},
+                "num_blocks": {e: w.num_blocks for e, w in self.des.items()}}
+
+    def start_run(self, t0: float) -> None:
+        """Start the run's clock (``t0``: the driver's ``time.time()`` at its start) and workers."""
+        self.ctx.t0 = float(t0)
+        self._perf_t0 = time.perf_counter() - (time.time() - float(t0))  # t0 on the links' clock
+        self._running = True
+        self._dispatcher = self.ctx.thread(f"node{self.node}-orders", self._dispatch)
+        for w in (*self.pes.values(), *self.des.values(), self.reader, self._dispatcher):
+            w.start()
+
+    def _post_patch(self, kind: str, req: RequestState, fields: Sequence[str]) -> None:
+        """Post a stage's event with the fields it filled in; snapshot and post are one step, so
+        events of one request leave in the order their snapshots were taken."""
+        with self._post_lock:
+            self._outbox.put((kind, req.rid, snapshot(req, fields)))
+
+    def _stop_run(self) -> None:
+        with self._cmd_cond:
+            self._running = False
+            self._cmd_cond.notify_all()
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout=self.config.timeout_s)
+        for w in (*self.pes.values(), *self.des.values(), self.reader):
+            w.stop()
+        self._run_id = None
+
+    def end_run(self, run_id: str, orders: int) -> dict | None:
+        """Run the ``orders`` orders the driver gave (waiting up to ``timeout_s`` for late ones),
+        stop the workers; return what they measured and the events not yet polled (None: not
+        this run)."""
+        if run_id != self._run_id:
+            return None
+        with self._cmd_cond:
+            self._cmd_cond.wait_for(lambda: self._next_seq >= orders or not self._running,
+                                    timeout=self.config.timeout_s)
+        self._stop_run()
+        events = self.poll(0.0)
+        fab, mine = self.fabric, set(self.engines)
+        links = [fab.nodes[self.node].snic_read, fab.nodes[self.node].snic_write]
+        links += [l for e in fab.engines if e.engine_id in mine for l in (e.cnic_in, e.cnic_out)]
+        transfers = [dataclasses.replace(r, start_s=r.start_s - self._perf_t0, finish_s=r.finish_s - self._perf_t0)
+                     for link in links for r in link.records()]
+        names = {link.name for link in links}
+        link_stats = {k: v for k, v in fab.link_stats().items() if k in names}
+        buf = fab.buffer_of(self.node)
+        out = {
+            "events": events, "links": link_stats, "transfers": transfers,
+            "buffer": {buf.name: buf.in_use_bytes},
+            "forwards": [f for w in self.pes.values() for f in w.forwards],
+            "steps": [s for w in self.des.values() for s in w.steps],
+            "compute_s": {**{f"pe{e}": w.compute_s for e, w in self.pes.items()},
+                          **{f"de{e}": w.compute_s for e, w in self.des.items()}},
+            "shapes": {**{f"pe{e}": sorted(w.shapes) for e, w in self.pes.items()},
+                       **{f"de{e}": sorted(w.shapes) for e, w in self.des.items()}},
+            "join_s": {f"de{e}": w.join_s for e, w in self.des.items()},
+            "join_count": {f"de{e}": w.join_count for e, w in self.des.items()},
+            "free_blocks": {e: w.free_blocks for e, w in self.des.items()},
+            "read_bytes_store": self.store.stats().read_bytes,
+            "bypass_bytes": self.reader.bypass_bytes, "discarded_bytes": self.reader.discarded_bytes,
+            "cross_process_kv_bytes": self.endpoint.bytes_pulled - self._pulled0,
+        }
+        self.store.close()
+        self.pes, self.des, self.reader, self.ctx, self.store = {}, {}, None, None, None
+        self._reqs, self._failed = {}, {}
+        return out
+
+    def poll(self, timeout_s: float = POLL_S) -> list:
+        """Events of this node's workers (waits up to ``timeout_s`` for the first)."""
+        out = []
+        try:
+            out.append(self._outbox.get(timeout=timeout_s) if timeout_s > 0 else self._outbox.get_nowait())
+            while True:
+                out.append(self._outbox.get_nowait())
+        except queue.Empty:
+            pass
+        return out
+
+    # ---- the driver's orders, in the order it gave them -----------------------------------------
+    def command(self, run_id: str, seq: int, op: str, *args) -> None:
+        """Order number ``seq`` of run ``run_id`` (0, 1, ...): ``read``, ``enqueue``, ``join`` or
+        ``fail``. Ray may run an actor's calls concurrently; orders run one at a time, in ``seq``
+        order; an order of another run (a late one) is dropped."""
+        with self._cmd_cond:
+            if run_id != self._run_id:
+                return
+            heapq.heappush(self._cmds, (int(seq), op, args))
+            self._cmd_cond.notify_all()
+
+    def _dispatch(self) -> None:
+        while True:
+            with self._cmd_cond:
+                self._cmd_cond.wait_for(
+                    lambda: not self._running or (self._cmds and self._cmds[0][0] == self._next_seq))
+                if not self._running:
+                    return
+                _, op, args = heapq.heappop(self._cmds)
+                self._next_seq += 1
+                self._cmd_cond.notify_all()  # (end_run waits for the last order)
+            try:
+                getattr(self, "_order_" + op)(*args)
+            except Exception as e:  # noqa: BLE001 - supervision: report, fail the order's request, go on
+                cause = self.ctx.worker_error(f"node{self.node}-orders", e)
+                rid = args[0].rid if args and isinstance(args[0], RequestInfo) else None
+                if rid is not None:
+                    self._outbox.put(("failed", rid, f"{op} on node{self.node}: {cause}", True))
+
+    def _replica(self, info: RequestInfo) -> RequestState:
+        with self._lock:
+            req = self._reqs.get(info.rid)
+            if req is None:
+                req = self._reqs[info.rid] = info.build()
+                if info.rid in self._failed:
+                    req.error = self._failed[info.rid]
+            return req
+
+    def _order_read(self, info: RequestInfo, side: str, first: int, last: int) -> None:
+        self.reader.submit(ReadJob(self._replica(info), side, self.node, first, last))
+
+    def _order_enqueue(self, info: RequestInfo, pe: int, hit_blocks: int, de_blocks: int) -> None:
+        req = self._replica(info)
+        req.hit_blocks = hit_blocks
+        req.de_hit = [None] * de_blocks  # in the DE's buffer (RayPeers.de_hit pulls them)
+        self.pes[pe].enqueue(req)
+
+    def _order_join(self, info: RequestInfo, de: int, patch: dict) -> None:
+        req = self._replica(info)
+        apply_patch(req, patch)
+        self.des[de].join(req)
+
+    def _order_fail(self, rid: int, cause: str) -> None:
+        with self._lock:
+            req = self._reqs.get(rid)
+            if req is None:
+                self._failed[rid] = cause
+                return
+        req.fail(cause, self.ctx.now())
+
+    def _read_done(self, job: ReadJob, blocks: list, failures: list) -> None:
+        req = job.req
+        if job.side == "pe":
+            req.pe_hit = blocks
+        else:
+            req.de_hit = blocks
+        if req.error:
+            req.release_buffers()
+        self._outbox.put(("read_done", req.rid, job.side, job.node, job.first, job.last, len(blocks), failures))
+
+    # ---- what other nodes' PEs ask of this (DE) node --------------------------------------------
+    def reserve(self, info: RequestInfo, num_bytes: int) -> bool:
+        """Hold ``num_bytes`` of this node's DE buffer for the request's hand-off; False if full."""
+        req = self._replica(info)
+        if req.de_send_lease is not None:  # held already (an earlier answer the PE did not wait for)
+            return not req.error
+        lease = self.fabric.buffer_of(self.node).try_acquire(num_bytes)
+        return lease is not None and req.attach_lease("de_send_lease", lease)
+
+    def offer_hits(self, asks: Sequence[tuple[int, int]]) -> list[KVOffer]:
+        """Offer the DE-side hit blocks of ``asks`` (``(request id, n blocks)``: its first n),
+        stacked in that order, one ``uint8[sum n, Z, Bt]`` per layer.
+
+        Raises:
+          RuntimeError: a request failed or its blocks left the buffer.
+        """
+        blocks = []
+        for rid, n in asks:
+            with self._lock:
+                req = self._reqs.get(rid)
+            mine = [] if req is None else list(req.de_hit[:n])
+            if req is None or req.error or len(mine) < n or any(b is None for b in mine):
+                raise RuntimeError(f"request {rid}: its DE-side hit blocks are not in node{self.node}'s buffer"
+                                   + (f" ({req.error})" if req is not None and req.error else ""))
+            blocks += mine
+        full = np.stack(blocks)  # [sum n, L, Z, Bt]
+        # the PE pulls them layer by layer through its forward: each waits up to timeout_s per layer
+        expire = self.config.timeout_s * full.shape[1]
+        return [self.endpoint.offer([np.ascontiguousarray(full[:, layer])], expire_s=expire,
+                                    tag=f"hit/node{self.node}/l{layer}") for layer in range(full.shape[1])]
+
+    def receive_batch(self, parts: list, meta: list, offer: KVOffer, num_bytes: int, tag: str) -> str:
+        """Pull a PE's packed sends (``parts``: per send ``(RequestInfo, layer, segment starts,
+        bytes)``; ``meta``: the packed arrays, two per segment) into the requests' DE buffers, under
+        the CNIC in of each request's DE (each for its sends' bytes); returns "" or the failure's cause."""
+        reqs = [self._replica(info) for info, *_ in parts]
+        t = self.config.timeout_s
+        des = sorted({r.de for r in reqs})
+
+        def pull():
+            arrays = _unpack(np.asarray(self.endpoint.pull_offer(offer, timeout_s=t)[0]), meta)
+            k = 0
+            for req, (_, layer, starts, _) in zip(reqs, parts):
+                got = []
+                for start in starts:
+                    got.append((start, arrays[k], arrays[k + 1]))
+                    k += 2
+                with req.lock:
+                    if not req.error:
+                        req.segments[layer].extend(got)
+
+        per = {de: sum(p[3] for r, p in zip(reqs, parts) if r.de == de) for de in des}
+        try:  # each DE's CNIC in carries its sends' bytes (hops nested in engine order, the pull innermost)
+            self._carry_split(des, per, pull, tag, t)
+        except TransferFailed as e:
+            return str(e)
+        return ""
+
+    def _carry_split(self, des: list, per: dict, pull, tag: str, timeout_s: float) -> None:
+        """Nest one CNIC-in hop per DE, each for its share of the bytes, with the pull innermost."""
+        if not des:
+            pull()
+            return
+        de = des[0]
+        self.fabric.carry([self.fabric.engines[de].cnic_in], per[de],
+                          lambda: self._carry_split(des[1:], per, pull, tag, timeout_s), tag=tag, timeout_s=timeout_s)
+
+    def carry_out(self, de: int, num_bytes: int, tag: str, timeout_s: float) -> str:
+        """Occupy DE ``de``'s CNIC out for ``num_bytes`` (its share of a DE -> PE move)."""
+        try:
+            self.fabric.carry([self.fabric.engines[de].cnic_out], num_bytes, tag=tag, timeout_s=timeout_s)
+        except TransferFailed as e:
+            return str(e)
+        return ""
