@@ -33,12 +33,16 @@ from dualpath_jax.engine.request import RequestState
 from dualpath_jax.kvcache import BlockLayout, gather_layer
 from dualpath_jax.model.spec import ModelSpec
 from dualpath_jax.store import KVStore, StoreConfig
-from dualpath_jax.transfer.remote import KVOffer, KVTransferEndpoint
+from dualpath_jax.transfer.remote import ArraySpec, KVOffer, KVTransferEndpoint
 
 __all__ = ["NodeHost", "RayPeers", "RequestInfo", "snapshot", "apply_patch", "JOIN_FIELDS", "POLL_S"]
 
-POLL_S = 0.05
-"""Longest wait of one :meth:`NodeHost.poll` (seconds)."""
+POLL_S = 2.0
+"""Longest wait of one :meth:`NodeHost.poll` (seconds). A poll returns as soon as an event is
+there, and :meth:`NodeHost.wake` ends one at the end of a run, so an idle node costs one actor
+call per ``POLL_S`` (each call costs about a millisecond of CPU on either side)."""
+
+_WAKE = ("wake",)  # ends a pending poll (not an event)
 
 # the RequestState fields each event carries back to the driver (and the join order to the DE)
 _PREFILLED = ("generated", "gaps", "prefill_start_s", "prefill_finish_s", "first_token_s", "prefill_done",
@@ -161,17 +165,18 @@ def _unpack(buf: np.ndarray, meta: list) -> list[np.ndarray]:
 
 class _RemoteHits:
     """The DE-side hit blocks of one forward's requests on one DE node: that node offers, per
-    layer, every request's blocks stacked (``uint8[sum P, Z, Bt]``); the PE pulls each layer once
-    (the first request asking for it) and every request takes its rows."""
+    layer, every request's blocks stacked (``uint8[sum P, Z, Bt]``), each layer once its DEs'
+    CNIC out has carried it (:meth:`NodeHost.offer_hits`); the PE pulls each layer once (the
+    first request asking for it) and every request takes its rows."""
 
-    def __init__(self, peers: "RayPeers", node: int, asks: list[tuple[int, int]]):
+    def __init__(self, peers: "RayPeers", node: int, asks: list[tuple[int, int]], out_bytes: dict[int, int]):
         self.peers, self.node = peers, node
         self.rows = {}
         off = 0
         for rid, n in asks:
             self.rows[rid] = (off, off + n)
             off += n
-        self._ref = peers.nodes[node].offer_hits.remote(asks)
+        self._ref = peers.nodes[node].offer_hits.remote(asks, out_bytes)
         self._offers = None
         self._layers: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
@@ -211,8 +216,6 @@ class RayPeers:
                  config: ClusterConfig, n_layers: int):
         self.endpoint, self.nodes, self.fabric, self.layout, self.config = endpoint, list(nodes), fabric, layout, config
         self.n_layers = n_layers
-        self._out: dict = {}  # (de, pe) -> the DE side of the PE's last DE -> PE move, not yet awaited
-        self._out_lock = threading.Lock()
 
     def node_of(self, engine: int) -> int:
         return self.fabric.node_of(engine)
@@ -228,51 +231,36 @@ class RayPeers:
         return _RemoteBuffer(self, req)
 
     def de_hits(self, hits: list) -> list:
+        """:meth:`LocalPeers.de_hits <dualpath_jax.engine.peers.LocalPeers.de_hits>` across
+        processes: one :meth:`NodeHost.offer_hits` call per DE node for the whole forward, which
+        also carries every layer's bytes over the DEs' CNIC out (``P * block tokens *`` bytes
+        per token per layer for each request's ``P`` blocks, as the PE's loader counts them)."""
         by_node: dict[int, list] = {}
+        out_bytes: dict[int, dict[int, int]] = {}
         for req, blocks in hits:
             if blocks:
-                by_node.setdefault(self.node_of(req.de), []).append((req.rid, len(blocks)))
-        groups = {n: _RemoteHits(self, n, asks) for n, asks in by_node.items()}
+                node = self.node_of(req.de)
+                by_node.setdefault(node, []).append((req.rid, len(blocks)))
+                per = out_bytes.setdefault(node, {})
+                per[req.de] = per.get(req.de, 0) + len(blocks) * req.block_tokens * self.layout.bytes_per_token_per_layer
+        groups = {n: _RemoteHits(self, n, asks, out_bytes[n]) for n, asks in by_node.items()}
         return [_RemoteHit(groups[self.node_of(req.de)], req.rid) if blocks else None for req, blocks in hits]
 
     def carry_de_to_pe(self, de: int, pe: int, num_bytes: int, *, tag: str = "", timeout_s: float | None = None):
-        """The DE's CNIC out (an actor call to its node) and this PE's CNIC in carry ``num_bytes``
-        at the same time. The PE waits for the DE side one layer later (the previous layer's
-        call, here) or at the end of its forward (:meth:`settle`), so an actor call's latency is
-        not added to every layer; a busy DE CNIC out still holds the PE back.
+        """This PE's CNIC in carries ``num_bytes`` of DE ``de``'s hit KV. The DE's side, its CNIC
+        out, is carried in the DE's process from the forward's :meth:`de_hits` on, layer after
+        layer, and each layer is offered only once carried, so the PE's pull of a layer waits
+        for it: a busy DE CNIC out still holds the PE back, without an actor call per layer.
 
         Raises:
-          TransferFailed: a hop (this one's or the previous layer's DE side) timed out or failed.
+          TransferFailed: the hop timed out or failed.
         """
         timeout_s = self.config.timeout_s if timeout_s is None else timeout_s
-        ref = self.node(de).carry_out.remote(de, int(num_bytes), tag, timeout_s)
         self.fabric.carry([self.fabric.engines[pe].cnic_in], num_bytes, tag=tag, timeout_s=timeout_s)
-        with self._out_lock:
-            previous = self._out.get((de, pe))
-            self._out[de, pe] = (ref, timeout_s)
-        if previous is not None:
-            self._wait_out(de, *previous)
 
     def settle(self, pe: int) -> None:
-        """Wait for the DE sides of PE ``pe``'s last :meth:`carry_de_to_pe` calls (end of a forward).
-
-        Raises:
-          TransferFailed: one of them timed out or failed.
-        """
-        with self._out_lock:
-            mine = [(k[0], self._out.pop(k)) for k in list(self._out) if k[1] == pe]
-        for de, (ref, timeout_s) in mine:
-            self._wait_out(de, ref, timeout_s)
-
-    def _wait_out(self, de: int, ref, timeout_s: float) -> None:
-        import ray  # noqa: PLC0415
-
-        try:
-            cause = ray.get(ref, timeout=timeout_s)
-        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
-            cause = f"{type(e).__name__}: {e}"[:300]
-        if cause:
-            raise TransferFailed(f"cnic_out/de{de}", cause)
+        """End of PE ``pe``'s forward: nothing left to wait for (each layer's pull waited for its
+        DE side)."""
 
     def send_batch(self, pe: int, sends: list, on_done) -> None:
         """:meth:`LocalPeers.send_batch <dualpath_jax.engine.peers.LocalPeers.send_batch>` across
@@ -449,7 +437,8 @@ class NodeHost:
         return out
 
     def poll(self, timeout_s: float = POLL_S) -> list:
-        """Events of this node's workers (waits up to ``timeout_s`` for the first)."""
+        """Events of this node's workers (waits up to ``timeout_s`` for the first, or until
+        :meth:`wake`)."""
         out = []
         try:
             out.append(self._outbox.get(timeout=timeout_s) if timeout_s > 0 else self._outbox.get_nowait())
@@ -457,7 +446,11 @@ class NodeHost:
                 out.append(self._outbox.get_nowait())
         except queue.Empty:
             pass
-        return out
+        return [ev for ev in out if ev != _WAKE]
+
+    def wake(self) -> None:
+        """End a pending :meth:`poll` now (the driver stops its event pumps)."""
+        self._outbox.put(_WAKE)
 
     # ---- the driver's orders, in the order it gave them -----------------------------------------
     def command(self, run_id: str, seq: int, op: str, *args) -> None:
@@ -538,9 +531,14 @@ class NodeHost:
         lease = self.fabric.buffer_of(self.node).try_acquire(num_bytes)
         return lease is not None and req.attach_lease("de_send_lease", lease)
 
-    def offer_hits(self, asks: Sequence[tuple[int, int]]) -> list[KVOffer]:
+    def offer_hits(self, asks: Sequence[tuple[int, int]], out_bytes: dict[int, int] | None = None) -> list[KVOffer]:
         """Offer the DE-side hit blocks of ``asks`` (``(request id, n blocks)``: its first n),
-        stacked in that order, one ``uint8[sum n, Z, Bt]`` per layer.
+        stacked in that order, one ``uint8[sum n, Z, Bt]`` per layer. The offers are returned at
+        once; a thread of this node carries each layer over its DEs' CNIC out (``out_bytes``:
+        bytes per layer per DE engine, carried by all of them together) and only then makes the
+        layer pullable, layer after layer, so the PE's pull of a layer waits for the DE side of
+        the move (PAPER.md 2.4: DE buffer -> DE CNIC out -> PE CNIC in). A layer whose carry fails
+        is never offered; the PE's pull of it times out and its forward fails.
 
         Raises:
           RuntimeError: a request failed or its blocks left the buffer.
@@ -555,10 +553,27 @@ class NodeHost:
                                    + (f" ({req.error})" if req is not None and req.error else ""))
             blocks += mine
         full = np.stack(blocks)  # [sum n, L, Z, Bt]
+        layers = [np.ascontiguousarray(full[:, layer]) for layer in range(full.shape[1])]
+        ep = self.endpoint
+        offers = [KVOffer(ep.address, ep.next_uuid(), (ArraySpec.of(a),), f"hit/node{self.node}/l{layer}")
+                  for layer, a in enumerate(layers)]
         # the PE pulls them layer by layer through its forward: each waits up to timeout_s per layer
-        expire = self.config.timeout_s * full.shape[1]
-        return [self.endpoint.offer([np.ascontiguousarray(full[:, layer])], expire_s=expire,
-                                    tag=f"hit/node{self.node}/l{layer}") for layer in range(full.shape[1])]
+        t = self.config.timeout_s
+        expire = t * len(layers)
+        des = sorted(out_bytes or {})
+        fabric = self.fabric
+
+        def carry() -> None:
+            for layer, (arr, offer) in enumerate(zip(layers, offers)):
+                try:
+                    self._carry_nested([fabric.engines[de].cnic_out for de in des], [out_bytes[de] for de in des],
+                                       lambda: None, f"layer{layer}", t)
+                except TransferFailed:
+                    return  # the PE's pull of this layer times out: its forward fails
+                ep.offer([arr], uuid=offer.uuid, expire_s=expire, tag=offer.tag)
+
+        threading.Thread(target=carry, name=f"node{self.node}-hits-out", daemon=True).start()
+        return offers
 
     def receive_batch(self, parts: list, meta: list, offer: KVOffer, num_bytes: int, tag: str) -> str:
         """Pull a PE's packed sends (``parts``: per send ``(RequestInfo, layer, segment starts,
@@ -588,18 +603,20 @@ class NodeHost:
         return ""
 
     def _carry_split(self, des: list, per: dict, pull, tag: str, timeout_s: float) -> None:
-        """Nest one CNIC-in hop per DE, each for its share of the bytes, with the pull innermost."""
-        if not des:
-            pull()
-            return
-        de = des[0]
-        self.fabric.carry([self.fabric.engines[de].cnic_in], per[de],
-                          lambda: self._carry_split(des[1:], per, pull, tag, timeout_s), tag=tag, timeout_s=timeout_s)
+        """One CNIC-in hop per DE, each for its share of the bytes, with the pull innermost."""
+        self._carry_nested([self.fabric.engines[de].cnic_in for de in des], [per[de] for de in des], pull, tag,
+                           timeout_s)
 
-    def carry_out(self, de: int, num_bytes: int, tag: str, timeout_s: float) -> str:
-        """Occupy DE ``de``'s CNIC out for ``num_bytes`` (its share of a DE -> PE move)."""
-        try:
-            self.fabric.carry([self.fabric.engines[de].cnic_out], num_bytes, tag=tag, timeout_s=timeout_s)
-        except TransferFailed as e:
-            return str(e)
-        return ""
+    def _carry_nested(self, links: list, num_bytes: list, fn, tag: str, timeout_s: float) -> None:
+        """Carry ``num_bytes[i]`` over ``links[i]``, the hops nested in order (all held at once),
+        ``fn`` innermost.
+
+        Raises:
+          TransferFailed: a hop timed out or failed.
+        """
+        if not links:
+            fn()
+            return
+        self.fabric.carry([links[0]], num_bytes[0],
+                          lambda: self._carry_nested(links[1:], num_bytes[1:], fn, tag, timeout_s),
+                          tag=tag, timeout_s=timeout_s)

@@ -19,7 +19,9 @@ its DRAM buffer and its links (SNIC, the engines' CNICs). Only launching and tra
   :class:`RayPeers`: the DE buffer reservation is a call to the DE's node; each layer's DE-side
   hit Layer Blocks are offered by the DE node (``uint8[P, Z, Bt]`` per layer) and pulled by the
   PE through JAX's transfer server (:mod:`dualpath_jax.transfer.remote`) inside the PE's CNIC-in
-  transfer, while the DE node holds its CNIC out; the hand-off goes the other way (the PE offers
+  transfer; the DE node carries each layer over its CNIC out first (from the forward's start,
+  layer after layer) and offers it only then, so a busy DE CNIC out still holds the PE back
+  without an actor call per layer. The hand-off goes the other way (the PE offers
   a layer's segments and holds its CNIC out while the DE node pulls them under its CNIC in). So
   the emulated link rates still apply (the storage-bound regime on one host), and with the
   rates unlimited the run measures the real transport. Bytes that crossed a process boundary
@@ -206,6 +208,9 @@ class RemoteNodes:
     def end(self) -> list[dict | None]:
         """Stop the pumps and every node's run; per node its results (None for a dead node)."""
         self._stop.set()
+        for n, a in enumerate(self.actors):
+            if n not in self.dead:
+                a.wake.remote()  # a pump waiting in a long poll returns at once
         for t in self._pumps:
             t.join(timeout=max(30.0, self.config.timeout_s))
         out = []
