@@ -106,6 +106,15 @@ def test_max_aps_search_brackets_and_bisects():
     assert max_aps_under_slo(run, SLO(statistic="p99"), rel_tol=0.02).aps == pytest.approx(2.0, rel=0.02)
 
 
+def test_a_search_on_judged_runs_equals_the_search_on_records():
+    # a remote run judges its own records (evaluate_slo where they are) and returns the verdict
+    run, _ = synthetic_system(0.37)
+    on_records = max_aps_under_slo(run, initial_aps=0.1, rel_tol=0.01)
+    run, calls = synthetic_system(0.37)
+    judged = max_aps_under_slo(lambda a: evaluate_slo(run(a), SLO()), initial_aps=0.1, rel_tol=0.01, judged=True)
+    assert judged == on_records and len(calls) == len(judged.trials)
+
+
 def test_max_aps_search_edges():
     run, _ = synthetic_system(1e-6)
     res = max_aps_under_slo(run, initial_aps=0.1, min_aps=0.01)

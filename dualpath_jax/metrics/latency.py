@@ -187,11 +187,13 @@ class MaxApsResult:
 
 def max_aps_under_slo(run: Callable[[float], object], slo: SLO = SLO(), *, initial_aps: float = 0.1,
                       min_aps: float = 1e-3, max_aps: float = 1e3, rel_tol: float = 0.05,
-                      max_runs: int = 24) -> MaxApsResult:
+                      max_runs: int = 24, judged: bool = False) -> MaxApsResult:
     """Largest APS whose run meets ``slo``, by bracketing then bisection.
 
     ``run(aps)`` performs one online run at ``aps`` agent arrivals per second and returns its
-    request records (a :class:`RequestTable` or a sequence of RequestRecord). The search
+    request records (a :class:`RequestTable` or a sequence of RequestRecord); with ``judged``, the
+    run has already applied :func:`evaluate_slo` (where the records are, e.g. a remote worker)
+    and returns its ``(meets the SLO, {"ttft_s", "tpot_s", ...})``. The search
     doubles (or halves) from ``initial_aps`` until a passing rate ``lo`` and a failing rate
     ``hi`` bracket the capacity, then bisects geometrically until ``hi / lo <= 1 + rel_tol``.
     Each rate is run at most once.
@@ -212,7 +214,7 @@ def max_aps_under_slo(run: Callable[[float], object], slo: SLO = SLO(), *, initi
 
     def passes(aps: float) -> bool:
         if aps not in cache:
-            ok, stats = evaluate_slo(run(aps), slo)
+            ok, stats = run(aps) if judged else evaluate_slo(run(aps), slo)
             trials.append(ApsTrial(aps, ok, stats["ttft_s"], stats["tpot_s"]))
             cache[aps] = ok
         return cache[aps]
