@@ -59,7 +59,7 @@ def main(argv):
         print(f"recommended: {advice.best.choice.label}")
         key = "predicted_jct_s" if request.objective == "jct" else "predicted_max_aps"
         print(f"predicted {request.objective}: {named[key]:.4g} {request.unit} (95% CI ± {named[key + '_ci95']:.2g}, "
-              f"{request.seeds} seeds)")
+              f"{len(advice.per_seed)} seed{'s' if len(advice.per_seed) > 1 else ''})")
         for i, e in enumerate(advice.runners_up):
             print(f"runner-up {i + 1}: {e.choice.label}: {e.objective:.4g} {request.unit} (first seed)")
         if named["runners_up_within_ci"]:

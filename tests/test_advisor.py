@@ -15,8 +15,9 @@ from dualpath_jax.config import ConfigError
 from dualpath_jax.sim import analysis
 from dualpath_jax.studies import RunCache, advisor_runs
 from dualpath_jax.studies.advisor import AdvisorConfig, Evaluation, _prune, advise, exhaustive, regret
-from dualpath_jax.studies.advisor_report import advisor_config, validate, write_advice
+from dualpath_jax.studies.advisor_report import advisor_config, validate, validation_cases, write_advice
 from dualpath_jax.studies.common import WorkloadSpec, sim_config
+from dualpath_jax.workload import agentic_dir
 
 from config_files import get_config
 
@@ -150,6 +151,15 @@ def test_the_interval_comes_from_the_seeds(analytic, tmp_path):
     assert named["recommended_cluster"] == "2P4D" and named["binding_resource"] == "pe_compute"
 
 
+@pytest.mark.skipif(not agentic_dir().is_dir(), reason="shared traces not available")
+def test_an_offline_trace_is_one_run_whatever_the_seeds(analytic):
+    cfg = AdvisorConfig(sim=sim_config({"model": "ds-27b"}), nodes=4, seeds=3,
+                        workload=WorkloadSpec(source="agentic", num_agents=2, mal="32K"))
+    analytic(lambda c, seed: 5.0 + c.p)
+    advice = advise(cfg, log=None)
+    assert advice.per_seed == [6.0] and advice.runs == 3  # the three splits, no seed repeats
+
+
 def test_regret_for_both_objectives():
     assert regret(_cfg(4), 110.0, 100.0) == pytest.approx(0.10)
     assert regret(_cfg(4, objective="max_aps"), 9.0, 10.0) == pytest.approx(0.10)
@@ -196,6 +206,21 @@ def test_validation_compares_the_advice_with_the_exhaustive_sweep_of_the_same_ru
     extra = row["advisor_runs"] - row["advisor_search_runs"]
     assert named["advisor_run_fraction"] == pytest.approx(row["advisor_runs"] / (row["sweep_runs"] + extra))
     assert (tmp_path / "tiny" / "advise.png").stat().st_size > 0
+
+
+def test_the_validation_config_names_three_workloads_with_their_own_fields():
+    cases = validation_cases(get_config("advise", "validate"))
+    assert [c.name for c in cases] == ["ds660b_offline_64k", "ds27b_online", "qwen32b_offline_32k"]
+    ds660b, ds27b, qwen = cases
+    assert (ds660b.sim.model, ds660b.nodes, ds660b.objective, ds660b.workload.mal) == ("deepseek-v3.2", 6, "jct", "64K")
+    assert (ds27b.objective, ds27b.sim.hardware.gpus_per_node, ds27b.window.horizon_s) == ("max_aps", 4, 150.0)
+    assert ds660b.sim.hardware.gpus_per_node == 8  # a case's override does not leak into the others
+    assert (qwen.sim.kv_dtype, qwen.sim.weight_dtype) == ("fp16", "fp8")
+    assert all(len(c.space()) == (c.nodes - 1) * 27 for c in cases)
+    bad = get_config("advise", "validate")
+    bad.cases.ds27b_online.nodes = 1
+    with pytest.raises(ConfigError, match=r"^cases\.ds27b_online\.nodes: must be >= 2"):
+        validation_cases(bad)
 
 
 def _run(*args, timeout=600):

@@ -11,6 +11,9 @@
   and reports the mean with a 95% Student-t interval (``<name>_ci95``, ``_lo``, ``_hi``).
 * :mod:`.sweep`    where a study's independent runs execute (serially, or on Ray), and
   :func:`~.sweep.lockstep` for searches stepped together (each seed's max-APS bisection).
+* :mod:`.advisor`  the P/D advisor: the P:D split, DRAM buffer, alpha/beta and compute quota for a
+  workload (Eq. 9 pruning, coarse-to-fine search); :mod:`.advisor_runs` its space and simulated
+  runs, :mod:`.advisor_report` its outputs, validation and config files (``experiments/advise.py``).
 * :mod:`.report`   ``REPORT.md`` of ``experiments/reproduce_paper.py``.
 * :mod:`.plots`    the studies' matplotlib figures.
 * :mod:`.cli`      what every experiment script shares: one-line errors, ``--print_config``, a

@@ -75,7 +75,8 @@ class Advice:
     Attributes:
       config: the request.
       best: the recommended configuration's evaluation on the first seed.
-      per_seed: its objective on each of ``config.seeds`` seeds (f64, the unit of the objective).
+      per_seed: its objective on each of ``config.seeds`` seeds (f64, the unit of the objective);
+        one value for an offline trace workload, which no seed changes.
       runners_up: the next best configurations of the search (first seed), best first.
       evaluated: every evaluation of the search on the first seed, in order.
       stages: the configurations each stage evaluated (``pd_coarse``, ``pd_fine``, ``pd_edge``,
@@ -230,7 +231,9 @@ def advise(config: AdvisorConfig, cache: RunCache | None = None, log: Log | None
     best = s.best()
     search_runs = ev.runs
     # 5: the recommendation's interval over seeds
-    per_seed = [ev.evaluate([best], seed=r)[0].objective for r in range(config.seeds)]
+    # an offline trace is the same run for every seed (only generated workloads and arrivals vary)
+    seeds = config.seeds if config.maximise or config.workload.source == "synthetic" else 1
+    per_seed = [ev.evaluate([best], seed=r)[0].objective for r in range(seeds)]
     ranked = sorted(s.seen, key=s.key, reverse=True)
     runners = [ev.values[(c, 0)] for c in ranked[1:4] if ev.values[(c, 0)].feasible]
     e = ev.values[(best, 0)]
