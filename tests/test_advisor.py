@@ -228,6 +228,13 @@ def _run(*args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def test_a_hugging_face_config_is_a_model(tmp_path):
+    done = _run("--config=configs/advise.py:tiny", "--config.model=tests/data/hf/qwen2_tiny/config.json",
+                f"--workdir={tmp_path / 'w'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "advising tests/data/hf/qwen2_tiny/config.json: 4 nodes" in done.stdout
+
+
 def test_the_script_prints_the_recommendation_and_writes_it(tmp_path):
     done = _run("--config=configs/advise.py:tiny", f"--workdir={tmp_path / 'w'}")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -247,6 +254,7 @@ def test_the_script_prints_the_recommendation_and_writes_it(tmp_path):
     ("--config.hardware.gpu=x100", "hardware.gpu: unknown GPU 'x100'"),
     ("--config.objective=latency", "objective:"),
     ("--config.alpha_beta=((3,),)", "alpha_beta: expected (alpha_s, beta_s) pairs"),
+    ("--config.model=/no/such/config.json", "ConfigError: model: unknown model '/no/such/config.json'"),
 ])
 def test_bad_input_is_one_line_naming_the_field(tmp_path, override, expected):
     done = _run("--config=configs/advise.py:tiny", override, f"--workdir={tmp_path / 'w'}")

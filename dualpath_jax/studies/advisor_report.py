@@ -224,8 +224,13 @@ def advisor_config(data, *, name: str = "") -> AdvisorConfig:
     hw_fields = dict(d.get("hardware") or {})
     gpu = hw_fields.pop("gpu", "h800")
     hw = catalog.hardware_for(gpu, **{k: v for k, v in hw_fields.items() if v is not None})
-    sim = sim_config({"model": d.get("model", "deepseek-v3.2"), **(d.get("sim") or {}),
-                      "hardware": dataclasses.asdict(hw)})
+    try:
+        sim = sim_config({"model": d.get("model", "deepseek-v3.2"), **(d.get("sim") or {}),
+                          "hardware": dataclasses.asdict(hw)})
+    except ConfigError as e:  # the model is a top-level field of this config, not sim.model
+        if e.field != "sim.model":
+            raise
+        raise ConfigError("model", str(e).split(": ", 1)[-1]) from None
     wl = from_mapping(WorkloadSpec, {**(d.get("workload") or {}), "seed": int(d.get("seed", 0))}, prefix="workload.")
     online = dict(d.get("online") or {})
     initial_aps = online.pop("initial_aps", 1.0)
