@@ -10,7 +10,8 @@
   what a PE does to a DE's node goes through :mod:`.peers`.
 * :mod:`.ray_runtime`  the ``ray`` runtime: every node a Ray actor in its own process running the
   same workers, KV between them over JAX's transfer server (:class:`RayRuntime`, the driver's
-  side); :mod:`.ray_node` the node's side (the actor, ``NodeHost``, and ``RayPeers``).
+  side); :mod:`.ray_node` the node's side (the actor, ``NodeHost``); :mod:`.ray_peers` what a
+  node's PE reaches in other processes (``RayPeers``, ``RequestInfo``).
 * :mod:`.remote_read`  the standalone PE's DE read path across processes (a DE reader actor).
 * :mod:`.compute`   shape-bucketed prefill layer and batched decode step (the model's layers over
   paged attention); no-cache reference.

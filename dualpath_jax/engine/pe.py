@@ -252,11 +252,8 @@ class PrefillWorker:
             self._send_layer(entries[b][0], layer, kv)
 
         try:
-            try:
-                out = self.path.forward(chunks, fetch, _KVInLink(ctx, self.engine_id, pe_bytes, de_bytes),
-                                        on_layer=on_layer)
-            finally:
-                ctx.peers.settle(self.engine_id)
+            out = self.path.forward(chunks, fetch, _KVInLink(ctx, self.engine_id, pe_bytes, de_bytes),
+                                    on_layer=on_layer)
         except (LoaderError, TransferFailed) as e:
             for it, _ in entries:
                 self._drop(it, f"prefill on pe{self.engine_id}: {e}")

@@ -10,7 +10,7 @@ run's ``ctx.peers``, so the same worker code runs in both runtimes:
   node's :class:`~dualpath_jax.transfer.BufferPool`, the KV is read from the request's DE-side
   blocks, and each move is a :meth:`Fabric.carry <dualpath_jax.engine.network.Fabric.carry>`
   over both hops.
-* :class:`~dualpath_jax.engine.ray_node.RayPeers` (``ray``): the DE node is another process;
+* :class:`~dualpath_jax.engine.ray_peers.RayPeers` (``ray``): the DE node is another process;
   the same three operations are actor calls, and the KV crosses over JAX's transfer server.
 """
 
@@ -58,9 +58,6 @@ class LocalPeers:
           TransferFailed: a hop timed out or failed.
         """
         self.fabric.carry(self.fabric.de_to_pe(de, pe), num_bytes, tag=tag, timeout_s=timeout_s)
-
-    def settle(self, pe: int) -> None:
-        """End of PE ``pe``'s forward: every DE -> PE move it made is complete (here, at once)."""
 
     def send_batch(self, pe: int, sends: list, on_done) -> None:
         """The PE's hand-off: for each ``(req, layer, segments, num_bytes, tag)``, put ``segments``

@@ -4,9 +4,9 @@
 runs the node's PE or DE workers and its reader over its own fabric, store and transfer endpoint,
 takes the driver's numbered orders, posts the workers' events with the request fields each stage
 filled in (``_PREFILLED``, ``_FINISHED``, ``_PERSISTED``; the driver's join order carries
-``JOIN_FIELDS``), and serves what other nodes' PEs ask of it (:class:`RayPeers`: DE buffer reservations,
-DE-side hit Layer Blocks, the hand-off). :class:`RequestInfo` is what a node needs to build its
-replica of a request.
+``JOIN_FIELDS``), and serves what other nodes' PEs ask of it (:class:`~.ray_peers.RayPeers`: DE buffer reservations,
+DE-side hit Layer Blocks, the hand-off; the PE side of those is :mod:`.ray_peers`, with
+:class:`~.ray_peers.RequestInfo`, what a node needs to build its replica of a request).
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ from dualpath_jax.engine.context import RunContext
 from dualpath_jax.engine.de import DecodeWorker
 from dualpath_jax.engine.network import Fabric, TransferFailed
 from dualpath_jax.engine.pe import PrefillWorker
+from dualpath_jax.engine.ray_peers import RayPeers, RequestInfo, _unpack
 from dualpath_jax.engine.reader import NodeReader, ReadJob
 from dualpath_jax.engine.request import RequestState
-from dualpath_jax.kvcache import BlockLayout, gather_layer
+from dualpath_jax.kvcache import BlockLayout
 from dualpath_jax.model.spec import ModelSpec
 from dualpath_jax.store import KVStore, StoreConfig
 from dualpath_jax.transfer.remote import ArraySpec, KVOffer, KVTransferEndpoint
 
-__all__ = ["NodeHost", "RayPeers", "RequestInfo", "snapshot", "apply_patch", "JOIN_FIELDS", "POLL_S"]
+__all__ = ["NodeHost", "snapshot", "apply_patch", "JOIN_FIELDS", "POLL_S"]
 
 POLL_S = 2.0
 """Longest wait of one :meth:`NodeHost.poll` (seconds). A poll returns as soon as an event is
@@ -67,44 +68,6 @@ def apply_patch(req: RequestState, patch: dict) -> None:
             setattr(req, k, v)
 
 
-@dataclasses.dataclass(frozen=True)
-class RequestInfo:
-    """What a node needs to know of a request to build its replica (picklable).
-
-    ``prompt i32[S]``, ``forced i32[G]``; ``keys`` the block keys; ``pe``/``de`` the engines it
-    was placed on (global ids); ``n_layers`` the model's L (one segment list per layer).
-    """
-
-    rid: int
-    agent: int
-    round_index: int
-    trajectory_id: str
-    prompt: np.ndarray
-    keys: tuple
-    gen_target: int
-    lookup_blocks: int
-    block_tokens: int
-    forced: np.ndarray | None
-    attempt: int
-    pe: int
-    de: int
-    n_layers: int
-
-    @classmethod
-    def of(cls, req: RequestState, n_layers: int) -> "RequestInfo":
-        return cls(req.rid, req.agent, req.round_index, req.trajectory_id, req.prompt, tuple(req.keys),
-                   req.gen_target, req.lookup_blocks, req.block_tokens, req.forced, req.attempt, req.pe, req.de,
-                   n_layers)
-
-    def build(self) -> RequestState:
-        st = RequestState(self.rid, self.agent, self.round_index, self.trajectory_id, self.prompt, list(self.keys),
-                          self.gen_target, self.lookup_blocks, self.block_tokens, forced=self.forced,
-                          attempt=self.attempt)
-        st.pe, st.de = self.pe, self.de
-        st.segments = [[] for _ in range(self.n_layers)]
-        return st
-
-
 class _PostedReadQueues:
     """A node's side of the read queues: the reader's changes go to the driver as events."""
 
@@ -113,191 +76,6 @@ class _PostedReadQueues:
 
     def add(self, node: int, tokens: float) -> None:
         self._post(("read_q", node, float(tokens)))
-
-
-class _RemoteLease:
-    """The PE's token for DE buffer space held in the DE's process (released there)."""
-
-    def release(self) -> None:
-        pass
-
-
-class _RemoteBuffer:
-    """A DE node's DRAM buffer as the PE's ``_reserve_sends`` sees it."""
-
-    def __init__(self, peers: "RayPeers", req):
-        self.peers, self.req = peers, req
-        self.name = f"de_buffer/node{peers.node_of(req.de)}"
-        self.capacity_bytes = peers.config.buffer_bytes
-
-    def try_acquire(self, num_bytes: int):
-        """Ask the DE node (one actor call; FIFO order among the PE's requests is kept): a lease,
-        or None if the buffer is full, the node is dead (the driver then fails the request) or
-        does not answer within ``timeout_s`` (asked again on the PE's next pass)."""
-        import ray  # noqa: PLC0415
-
-        try:
-            ok = ray.get(self.peers.node(self.req.de).reserve.remote(self.peers.info(self.req), int(num_bytes)),
-                         timeout=self.peers.config.timeout_s)
-        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
-            return None
-        return _RemoteLease() if ok else None
-
-
-def _pack(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, list]:
-    """Arrays as one ``uint8`` buffer (one transfer-server pull instead of one per array) and
-    their ``(shape, dtype)`` in order; :func:`_unpack` inverts it."""
-    arrays = [np.ascontiguousarray(a) for a in arrays]
-    meta = [(a.shape, a.dtype.str) for a in arrays]
-    buf = np.concatenate([a.reshape(-1).view(np.uint8) for a in arrays]) if arrays else np.zeros(0, np.uint8)
-    return buf, meta
-
-
-def _unpack(buf: np.ndarray, meta: list) -> list[np.ndarray]:
-    out, off = [], 0
-    for shape, dtype in meta:
-        dt = np.dtype(dtype)
-        n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-        out.append(buf[off:off + n].view(dt).reshape(shape).copy())
-        off += n
-    return out
-
-
-class _RemoteHits:
-    """The DE-side hit blocks of one forward's requests on one DE node: that node offers, per
-    layer, every request's blocks stacked (``uint8[sum P, Z, Bt]``), each layer once its DEs'
-    CNIC out has carried it (:meth:`NodeHost.offer_hits`); the PE pulls each layer once (the
-    first request asking for it) and every request takes its rows."""
-
-    def __init__(self, peers: "RayPeers", node: int, asks: list[tuple[int, int]], out_bytes: dict[int, int]):
-        self.peers, self.node = peers, node
-        self.rows = {}
-        off = 0
-        for rid, n in asks:
-            self.rows[rid] = (off, off + n)
-            off += n
-        self._ref = peers.nodes[node].offer_hits.remote(asks, out_bytes)
-        self._offers = None
-        self._layers: dict[int, np.ndarray] = {}
-        self._lock = threading.Lock()
-
-    def layer(self, rid: int, layer: int):
-        import ray  # noqa: PLC0415
-
-        p = self.peers
-        with self._lock:
-            try:
-                if self._offers is None:
-                    self._offers = ray.get(self._ref, timeout=p.config.timeout_s)
-                if layer not in self._layers:  # the first request of the group that needs it pulls it
-                    self._layers = {layer: np.asarray(p.endpoint.pull_offer(self._offers[layer],
-                                                                            timeout_s=p.config.timeout_s)[0])}
-            except Exception as e:  # noqa: BLE001 - a dead or failed DE node: this forward's read failed
-                raise TransferFailed(f"de_buffer/node{self.node}", f"{type(e).__name__}: {e}"[:300]) from e
-            arr = self._layers[layer]
-        lo, hi = self.rows[rid]
-        return gather_layer(p.layout, [arr[i:i + 1] for i in range(lo, hi)], 0, dtype=np.float32)
-
-
-class _RemoteHit:
-    """One request's share of a :class:`_RemoteHits` (``.layer(l)`` as ``LocalHit``)."""
-
-    def __init__(self, group: _RemoteHits, rid: int):
-        self.group, self.rid = group, rid
-
-    def layer(self, layer: int):
-        return self.group.layer(self.rid, layer)
-
-
-class RayPeers:
-    """:class:`~dualpath_jax.engine.peers.LocalPeers` across processes (module docstring)."""
-
-    def __init__(self, endpoint: KVTransferEndpoint, nodes: Sequence, fabric: Fabric, layout: BlockLayout,
-                 config: ClusterConfig, n_layers: int):
-        self.endpoint, self.nodes, self.fabric, self.layout, self.config = endpoint, list(nodes), fabric, layout, config
-        self.n_layers = n_layers
-
-    def node_of(self, engine: int) -> int:
-        return self.fabric.node_of(engine)
-
-    def node(self, engine: int):
-        """The actor of engine ``engine``'s node."""
-        return self.nodes[self.node_of(engine)]
-
-    def info(self, req) -> RequestInfo:
-        return RequestInfo.of(req, self.n_layers)
-
-    def de_buffer(self, req):
-        return _RemoteBuffer(self, req)
-
-    def de_hits(self, hits: list) -> list:
-        """:meth:`LocalPeers.de_hits <dualpath_jax.engine.peers.LocalPeers.de_hits>` across
-        processes: one :meth:`NodeHost.offer_hits` call per DE node for the whole forward, which
-        also carries every layer's bytes over the DEs' CNIC out (``P * block tokens *`` bytes
-        per token per layer for each request's ``P`` blocks, as the PE's loader counts them)."""
-        by_node: dict[int, list] = {}
-        out_bytes: dict[int, dict[int, int]] = {}
-        for req, blocks in hits:
-            if blocks:
-                node = self.node_of(req.de)
-                by_node.setdefault(node, []).append((req.rid, len(blocks)))
-                per = out_bytes.setdefault(node, {})
-                per[req.de] = per.get(req.de, 0) + len(blocks) * req.block_tokens * self.layout.bytes_per_token_per_layer
-        groups = {n: _RemoteHits(self, n, asks, out_bytes[n]) for n, asks in by_node.items()}
-        return [_RemoteHit(groups[self.node_of(req.de)], req.rid) if blocks else None for req, blocks in hits]
-
-    def carry_de_to_pe(self, de: int, pe: int, num_bytes: int, *, tag: str = "", timeout_s: float | None = None):
-        """This PE's CNIC in carries ``num_bytes`` of DE ``de``'s hit KV. The DE's side, its CNIC
-        out, is carried in the DE's process from the forward's :meth:`de_hits` on, layer after
-        layer, and each layer is offered only once carried, so the PE's pull of a layer waits
-        for it: a busy DE CNIC out still holds the PE back, without an actor call per layer.
-
-        Raises:
-          TransferFailed: the hop timed out or failed.
-        """
-        timeout_s = self.config.timeout_s if timeout_s is None else timeout_s
-        self.fabric.carry([self.fabric.engines[pe].cnic_in], num_bytes, tag=tag, timeout_s=timeout_s)
-
-    def settle(self, pe: int) -> None:
-        """End of PE ``pe``'s forward: nothing left to wait for (each layer's pull waited for its
-        DE side)."""
-
-    def send_batch(self, pe: int, sends: list, on_done) -> None:
-        """:meth:`LocalPeers.send_batch <dualpath_jax.engine.peers.LocalPeers.send_batch>` across
-        processes: per DE node, the sends' arrays packed into one offer that the DE node pulls
-        (one actor call, one pull) while this PE holds its CNIC out for their bytes; ``on_done``
-        for each send of a node once that node's move is over."""
-        import ray  # noqa: PLC0415
-
-        t = self.config.timeout_s
-        by_node: dict[int, list[int]] = {}
-        for i, (req, *_) in enumerate(sends):
-            by_node.setdefault(self.node_of(req.de), []).append(i)
-        for node, idx in by_node.items():
-            try:
-                arrays, parts, nbytes = [], [], 0
-                for i in idx:
-                    req, layer, segments, num_bytes, _ = sends[i]
-                    parts.append((self.info(req), layer, [int(start) for start, _, _ in segments], int(num_bytes)))
-                    arrays += [x for _, a, b in segments for x in (a, b)]
-                    nbytes += num_bytes
-                buf, meta = _pack(arrays)
-                offer = self.endpoint.offer([buf], expire_s=t, tag=f"kv_out/pe{pe}/node{node}")
-
-                def deliver(node=node, parts=parts, meta=meta, offer=offer, nbytes=nbytes):
-                    try:  # inside the PE's CNIC out: the DE node pulls under its DE's CNIC in
-                        return ray.get(self.nodes[node].receive_batch.remote(parts, meta, offer, int(nbytes),
-                                                                             f"kv_out/pe{pe}"), timeout=t)
-                    except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
-                        return f"{type(e).__name__}: {e}"[:300]
-
-                cause = self.fabric.carry([self.fabric.engines[pe].cnic_out], nbytes, deliver,
-                                          tag=f"kv_out/r{sends[idx[0]][0].rid}")
-                err = TransferFailed(f"node{node}", cause) if cause else None
-            except Exception as e:  # noqa: BLE001 - TransferFailed, or packing/offering failed: these sends fail
-                err = e
-            for i in idx:
-                on_done(i, err)
 
 
 class NodeHost:

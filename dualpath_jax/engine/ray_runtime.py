@@ -16,7 +16,7 @@ its DRAM buffer and its links (SNIC, the engines' CNICs). Only launching and tra
   (``RequestState`` replicas live in every process a request visits; the driver's copy is the
   record of the run).
 * **KV between engines.** What a PE does to a DE's node (``ctx.peers``, :mod:`.peers`) becomes
-  :class:`RayPeers`: the DE buffer reservation is a call to the DE's node; each layer's DE-side
+  :class:`~.ray_peers.RayPeers`: the DE buffer reservation is a call to the DE's node; each layer's DE-side
   hit Layer Blocks are offered by the DE node (``uint8[P, Z, Bt]`` per layer) and pulled by the
   PE through JAX's transfer server (:mod:`dualpath_jax.transfer.remote`) inside the PE's CNIC-in
   transfer; the DE node carries each layer over its CNIC out first (from the forward's start,
@@ -51,7 +51,8 @@ import threading
 import jax
 
 from dualpath_jax.engine.config import ClusterConfig
-from dualpath_jax.engine.ray_node import JOIN_FIELDS, POLL_S, NodeHost, RequestInfo, apply_patch, snapshot
+from dualpath_jax.engine.ray_node import JOIN_FIELDS, POLL_S, NodeHost, apply_patch, snapshot
+from dualpath_jax.engine.ray_peers import RequestInfo
 from dualpath_jax.engine.reader import ReadJob
 from dualpath_jax.engine.request import RequestState
 from dualpath_jax.kvcache import BlockLayout

@@ -238,7 +238,8 @@ def advisor_config(data, *, name: str = "") -> AdvisorConfig:
     return AdvisorConfig(
         sim=sim, nodes=d.get("nodes", 6), workload=wl, objective=d.get("objective", "jct"),
         variant=d.get("variant", "dualpath"), scheduler=d.get("scheduler") or ClusterScheduler,
-        buffer_gb=tuple(d.get("buffer_gb", (80.0,))), alpha_beta=tuple(tuple(p) for p in d.get("alpha_beta", ((3, 5),))),
+        buffer_gb=tuple(d.get("buffer_gb", (80.0,))),
+        alpha_beta=tuple(tuple(p) for p in d.get("alpha_beta", ((3, 5),))),
         compute_quota_s=tuple(d.get("compute_quota_s", (0.3,))), prune=bool(d.get("prune", True)),
         coarse_points=d.get("coarse_points", 4), seeds=d.get("seeds", 3),
         slo=from_mapping(SLO, d.get("slo") or {}, prefix="slo."), window=window, initial_aps=initial_aps,
