@@ -28,10 +28,10 @@ from dualpath_jax.sim.cluster import Simulator
 from dualpath_jax.sim.compute import calibrate_config
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.fit import kv_memory
-from dualpath_jax.sim.runs import offline_starts, online_starts, variant_config
+from dualpath_jax.sim.runs import offline_starts, variant_config
 from dualpath_jax.studies.common import OnlineWindow, WorkloadSpec
 from dualpath_jax.studies.config import SearchConfig
-from dualpath_jax.studies.runs import Log, RunCache, _online_summary, _run_missing, summarize
+from dualpath_jax.studies.runs import Log, RunCache, _online_run, _run_missing, summarize
 from dualpath_jax.studies.sweep import lockstep
 
 __all__ = ["OBJECTIVES", "RESOURCES", "Choice", "AdvisorConfig", "Evaluation", "Evaluator", "utilization"]
@@ -271,23 +271,15 @@ def _offline_task(spec: tuple) -> dict:
 def _online_task(spec: tuple) -> dict:
     """One online run of ``spec = (cfg, scheduler_cls, wl, aps, arrival_seed, warmup_s, slo)``
     judged against the SLO where it ran: ``meets``, ``slo_stats``, the run's ``stats`` (without
-    the request table), or ``{"infeasible": why}``."""
+    the request table) with its ``utilization``, or ``{"infeasible": why}``."""
     *run_spec, slo = spec
     try:
-        run = _online_summary(tuple(run_spec))
+        run, res = _online_run(tuple(run_spec))
     except ConfigError as e:
         return {"infeasible": str(e)}
     meets, slo_stats = evaluate_slo(run.table, slo)
-    return {"meets": bool(meets), "slo_stats": slo_stats, "stats": run.stats}
-
-
-def _online_utilization_task(spec: tuple) -> dict[str, float]:
-    """:func:`utilization` of the online run ``spec = (cfg, scheduler_cls, wl, aps, arrival_seed)``."""
-    cfg, scheduler_cls, wl, aps, arrival_seed = spec
-    ts = wl.build()
-    res = Simulator(cfg, agents_from_trajectories(ts, online_starts(ts, float(aps), arrival_seed)),
-                    scheduler_cls=scheduler_cls).run()
-    return utilization(res, cfg)
+    return {"meets": bool(meets), "slo_stats": slo_stats,
+            "stats": {**run.stats, "utilization": utilization(res, run_spec[0])}}
 
 
 class _Infeasible(Exception):
@@ -392,20 +384,10 @@ class Evaluator:
                                   bracketed=res.bracketed))
         return out
 
-    def utilization(self, e: Evaluation) -> dict[str, float]:
-        """:func:`utilization` of ``e``'s run (online: one more run, at its max APS, counted)."""
-        if not e.feasible:
-            return {}
-        if "utilization" in e.stats:
-            return e.stats["utilization"]
-        if not e.objective > 0:
-            return {}
-        wl = self._workload(e.seed)
-        key = ("advise-utilization", self._sim(e.choice), self.config.scheduler,
-               self.config.window.workload(wl, e.objective), float(e.objective), e.seed)
-        self._keys.add(key)
-        known, computed = _run_missing([key], _online_utilization_task, self.cache, "advisor runs")
-        return known.get(key) or computed[key]
+    @staticmethod
+    def utilization(e: Evaluation) -> dict[str, float]:
+        """:func:`utilization` of ``e``'s run (online: the run at its max APS); {} if infeasible."""
+        return e.stats.get("utilization", {}) if e.feasible else {}
 
     def score(self, e: Evaluation) -> float:
         """Higher is better: ``-JCT`` or the max APS; ``-inf`` when infeasible."""

@@ -32,6 +32,7 @@ from dualpath_jax.sched import VARIANTS, ClusterScheduler, scheduler_name
 from dualpath_jax.sim.adapters import agents_from_trajectories, request_table
 from dualpath_jax.sim.cluster import Simulator
 from dualpath_jax.sim.config import SimConfig
+from dualpath_jax.sim.result import SimResult
 from dualpath_jax.sim.runs import offline_starts, online_starts, summarize, variant_config
 from dualpath_jax.studies.common import WorkloadSpec, cluster_label
 from dualpath_jax.workload import TrajectorySet, paper_dataset
@@ -305,6 +306,12 @@ TABLE_MAX_REQUESTS = 2_000_000
 def _online_summary(spec: tuple) -> OnlineRun:
     """The simulated online run of ``spec = (cfg, scheduler_cls, wl, aps, arrival_seed, warmup_s)``
     (a picklable task; :func:`online_runs`)."""
+    return _online_run(spec)[0]
+
+
+def _online_run(spec: tuple) -> tuple[OnlineRun, SimResult]:
+    """:func:`_online_summary` of ``spec`` and the run's :class:`SimResult` (for figures the
+    summary does not hold)."""
     cfg, scheduler_cls, wl, aps, arrival_seed, warmup_s = spec
     ts = wl.build()
     starts = online_starts(ts, float(aps), arrival_seed)
@@ -335,7 +342,7 @@ def _online_summary(spec: tuple) -> OnlineRun:
              "arrival_window_s": hi - lo, "last_arrival_s": hi, "end_s": res.end_s, "wall_s": wall}
     for k, v in comp.items():
         stats[f"{k}_mean"] = float(np.nanmean(v)) if v.size else float("nan")
-    return OnlineRun(float(aps), "", table if len(table) <= TABLE_MAX_REQUESTS else None, stats)
+    return OnlineRun(float(aps), "", table if len(table) <= TABLE_MAX_REQUESTS else None, stats), res
 
 
 def online_run(base: SimConfig, variant: str, wl: WorkloadSpec, aps: float, arrival_seed: int = 0,
