@@ -23,15 +23,13 @@ from dualpath_jax.config import ConfigError, check_in, check_positive
 from dualpath_jax.metrics.latency import SLO, evaluate_slo, max_aps_under_slo
 from dualpath_jax.model import cost
 from dualpath_jax.sched import ClusterScheduler, get_variant, load_scheduler
-from dualpath_jax.sim.adapters import agents_from_trajectories
-from dualpath_jax.sim.cluster import Simulator
 from dualpath_jax.sim.compute import calibrate_config
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.fit import kv_memory
-from dualpath_jax.sim.runs import offline_starts, variant_config
+from dualpath_jax.sim.runs import variant_config
 from dualpath_jax.studies.common import OnlineWindow, WorkloadSpec
 from dualpath_jax.studies.config import SearchConfig
-from dualpath_jax.studies.runs import Log, RunCache, _online_run, _run_missing, summarize
+from dualpath_jax.studies.runs import Log, RunCache, _offline_run, _online_run, _run_missing
 from dualpath_jax.studies.sweep import lockstep
 
 __all__ = ["OBJECTIVES", "RESOURCES", "Choice", "AdvisorConfig", "Evaluation", "Evaluator", "utilization"]
@@ -253,18 +251,22 @@ def utilization(res, cfg: SimConfig) -> dict[str, float]:
 
 
 # ---- simulated runs (picklable tasks) -------------------------------------------------------------
+def _infeasible(error: ConfigError) -> dict:
+    """``{"infeasible": why}`` for a configuration the simulator rejects (weights, KV or a read that
+    do not fit); an error in the workload itself is no property of the configuration: re-raised."""
+    if error.field.startswith("workload."):
+        raise error
+    return {"infeasible": str(error)}
+
+
 def _offline_task(spec: tuple) -> dict:
-    """One offline run of ``spec = (cfg, scheduler_cls, wl)``: :func:`.runs.summarize`'s figures
+    """One offline run of ``spec = (cfg, scheduler_cls, wl)``: :func:`.runs.offline_run`'s figures
     and ``utilization``, or ``{"infeasible": why}`` when the configuration cannot hold the workload."""
-    cfg, scheduler_cls, wl = spec
-    ts = wl.build()
     try:
-        sim = Simulator(cfg, agents_from_trajectories(ts, offline_starts(ts)), scheduler_cls=scheduler_cls)
+        s, res = _offline_run(spec)
     except ConfigError as e:
-        return {"infeasible": str(e)}
-    res = sim.run()
-    s = summarize(res, ts)
-    s["utilization"] = utilization(res, cfg)
+        return _infeasible(e)
+    s["utilization"] = utilization(res, spec[0])
     return s
 
 
@@ -276,7 +278,7 @@ def _online_task(spec: tuple) -> dict:
     try:
         run, res = _online_run(tuple(run_spec))
     except ConfigError as e:
-        return {"infeasible": str(e)}
+        return _infeasible(e)
     meets, slo_stats = evaluate_slo(run.table, slo)
     return {"meets": bool(meets), "slo_stats": slo_stats,
             "stats": {**run.stats, "utilization": utilization(res, run_spec[0])}}

@@ -193,6 +193,12 @@ def _busy_read_rate(r: Mapping[str, np.ndarray], num_agents: int) -> dict:
 
 def _offline_summary(spec: tuple) -> dict:
     """The simulated offline run of ``spec = (cfg, scheduler_cls, wl)`` (a picklable task)."""
+    return _offline_run(spec)[0]
+
+
+def _offline_run(spec: tuple) -> tuple[dict, SimResult]:
+    """:func:`_offline_summary` of ``spec`` and the run's :class:`SimResult` (for figures the
+    summary does not hold)."""
     cfg, scheduler_cls, wl = spec
     ts = wl.build()
     t0 = time.perf_counter()
@@ -202,7 +208,7 @@ def _offline_summary(spec: tuple) -> dict:
     s.update(snic_read_bytes=float(sum(s["snic_bytes"].values())), hit_tokens=float(np.sum(r["hit_tokens"])),
              tokens=float(np.sum(r["hit_tokens"]) + np.sum(r["append_tokens"]) + np.sum(r["gen_tokens"])),
              wall_s=time.perf_counter() - t0, **_busy_read_rate(r, len(ts)))
-    return s
+    return s, res
 
 
 def _offline_out(s: dict, cfg: SimConfig, variant: str, wl: WorkloadSpec, scheduler_cls: type, cached: bool,
