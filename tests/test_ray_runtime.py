@@ -2,9 +2,7 @@
 them over JAX's transfer server. Same worker code as ``threads``: same tokens (and those of a
 no-cache recompute), same stored-KV reads; a killed DE node loses no request."""
 
-import math
 
-import numpy as np
 import pytest
 
 from dualpath_jax.config import ConfigError
@@ -181,3 +179,49 @@ def test_a_killed_pe_node_reruns_only_what_it_still_held(tmp_path, runtime, ray_
     tokens = check_tokens({"ray": res}, params, spec)
     assert tokens["tokens_identical"], tokens["reference_mismatches"]
     assert not res.leaks
+
+
+def _bare_node(linger_s: float):
+    """A NodeHost with only its event outbox (no actor, no JAX device), to test :meth:`poll`."""
+    import queue
+
+    from dualpath_jax.engine.ray_node import NodeHost
+
+    node = object.__new__(NodeHost)
+    node._outbox, node._read_q_linger_s = queue.Queue(), linger_s
+    return node
+
+
+def test_read_queue_changes_are_summed_per_node_where_each_node_first_changed():
+    from dualpath_jax.engine.ray_node import _merge_read_q
+
+    events = [("read_q", 1, -64.0), ("read_done", 7), ("read_q", 2, 128.0), ("read_q", 1, -64.0),
+              ("finished", 7, {}), ("read_q", 1, -32.0)]
+    assert _merge_read_q(events) == [("read_q", 1, -160.0), ("read_done", 7), ("read_q", 2, 128.0),
+                                     ("finished", 7, {})]
+    assert _merge_read_q([]) == []
+
+
+def test_a_poll_holds_read_queue_changes_up_to_a_fetch_period_and_no_other_event():
+    import threading
+    import time
+
+    node = _bare_node(0.3)
+    for _ in range(3):  # read-queue changes alone: the poll waits out the fetch period, then sums them
+        node._outbox.put(("read_q", 1, -64.0))
+    t0 = time.perf_counter()
+    assert node.poll(5.0) == [("read_q", 1, -192.0)]
+    assert time.perf_counter() - t0 >= 0.3
+    # another event ends the wait at once (long before a 3 s fetch period), with the changes before it
+    node._read_q_linger_s = 3.0
+    node._outbox.put(("read_q", 1, -64.0))
+    threading.Timer(0.05, node._outbox.put, args=(("prefilled", 3, {}),)).start()
+    t0 = time.perf_counter()
+    assert node.poll(5.0) == [("read_q", 1, -64.0), ("prefilled", 3, {})]
+    assert time.perf_counter() - t0 < 3.0
+    node._outbox.put(("finished", 4, {}))  # no change waiting: returned at once
+    assert node.poll(5.0) == [("finished", 4, {})]
+    node._outbox.put(("read_q", 2, 32.0))  # the end of a run drains without waiting
+    t0 = time.perf_counter()
+    assert node.poll(0.0) == [("read_q", 2, 32.0)]
+    assert time.perf_counter() - t0 < 3.0

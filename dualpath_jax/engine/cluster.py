@@ -410,6 +410,8 @@ class EngineCluster:
             wait = min(_IDLE_WAIT_S, self.driver.next_tick_s - now)
             if self._arrivals:
                 wait = min(wait, self._arrivals[0][0] - now)
+            if self._remote is not None:
+                self._remote.flush()  # (ray) the orders given since the last wait leave now
             try:
                 ev = self._events.get(timeout=max(0.0, wait))
                 self._take(ev)

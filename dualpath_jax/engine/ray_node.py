@@ -40,10 +40,27 @@ __all__ = ["NodeHost", "snapshot", "apply_patch", "JOIN_FIELDS", "POLL_S"]
 
 POLL_S = 2.0
 """Longest wait of one :meth:`NodeHost.poll` (seconds). A poll returns as soon as an event is
-there, and :meth:`NodeHost.wake` ends one at the end of a run, so an idle node costs one actor
-call per ``POLL_S`` (each call costs about a millisecond of CPU on either side)."""
+there (read-queue changes alone: within a fetch period), and :meth:`NodeHost.wake` ends one at
+the end of a run, so an idle node costs one actor call per ``POLL_S`` (each call costs about a
+millisecond of CPU on either side)."""
 
 _WAKE = ("wake",)  # ends a pending poll (not an event)
+
+
+def _merge_read_q(events: list) -> list:
+    """``events`` with their ``("read_q", node, tokens)`` changes summed per node, each sum where
+    that node's first change was."""
+    out, at = [], {}
+    for ev in events:
+        if ev[0] != "read_q":
+            out.append(ev)
+        elif ev[1] in at:
+            i = at[ev[1]]
+            out[i] = ("read_q", ev[1], out[i][2] + ev[2])
+        else:
+            at[ev[1]] = len(out)
+            out.append(ev)
+    return out
 
 # the RequestState fields each event carries back to the driver (and the join order to the DE)
 _PREFILLED = ("generated", "gaps", "prefill_start_s", "prefill_finish_s", "first_token_s", "prefill_done",
@@ -106,6 +123,7 @@ class NodeHost:
         self._post_lock = threading.Lock()
         self._running = False
         self._run_id = None  # the run whose workers exist (begin_run .. end_run)
+        self._read_q_linger_s = 0.0
 
     def ping(self) -> int:
         """This process's id (the actor is up)."""
@@ -124,6 +142,7 @@ class NodeHost:
         self._outbox = queue.Queue()
         post = self._outbox.put
         self.config = config
+        self._read_q_linger_s = float(config.fetch_period_s)
         fabric = self.fabric = Fabric(config)
         self.store = KVStore(self.layout, store_config)
         sched = self.scheduler_cls(*sched_args)
@@ -216,29 +235,46 @@ class NodeHost:
 
     def poll(self, timeout_s: float = POLL_S) -> list:
         """Events of this node's workers (waits up to ``timeout_s`` for the first, or until
-        :meth:`wake`)."""
+        :meth:`wake`).
+
+        Read-queue changes alone do not end the wait at once: the reader posts one per block,
+        and an answer per block would cost an actor call each. Once the first event is in, the
+        poll waits up to the run's ``fetch_period_s`` for more and returns at the first other
+        event (or wake). So the driver sees a node's read queue at most one fetch period late,
+        as the paper's scheduler, which fetches the engines' state periodically, sees it; the
+        changes are summed into one ``read_q`` event per answer."""
         out = []
         try:
             out.append(self._outbox.get(timeout=timeout_s) if timeout_s > 0 else self._outbox.get_nowait())
+            until = time.perf_counter() + (self._read_q_linger_s if timeout_s > 0 else 0.0)
             while True:
-                out.append(self._outbox.get_nowait())
+                try:
+                    out.append(self._outbox.get_nowait())
+                    continue
+                except queue.Empty:
+                    left = until - time.perf_counter()
+                    if left <= 0 or any(ev[0] != "read_q" for ev in out):
+                        break
+                out.append(self._outbox.get(timeout=left))
         except queue.Empty:
             pass
-        return [ev for ev in out if ev != _WAKE]
+        return _merge_read_q([ev for ev in out if ev != _WAKE])
 
     def wake(self) -> None:
         """End a pending :meth:`poll` now (the driver stops its event pumps)."""
         self._outbox.put(_WAKE)
 
     # ---- the driver's orders, in the order it gave them -----------------------------------------
-    def command(self, run_id: str, seq: int, op: str, *args) -> None:
-        """Order number ``seq`` of run ``run_id`` (0, 1, ...): ``read``, ``enqueue``, ``join`` or
-        ``fail``. Ray may run an actor's calls concurrently; orders run one at a time, in ``seq``
-        order; an order of another run (a late one) is dropped."""
+    def command(self, run_id: str, seq: int, orders: Sequence[tuple[str, tuple]]) -> None:
+        """Orders number ``seq``, ``seq + 1``, ... of run ``run_id`` (numbered from 0), each
+        ``(op, args)`` with op ``read``, ``enqueue``, ``join`` or ``fail``. Ray may run an actor's
+        calls concurrently; orders run one at a time, in number order; orders of another run
+        (late ones) are dropped."""
         with self._cmd_cond:
             if run_id != self._run_id:
                 return
-            heapq.heappush(self._cmds, (int(seq), op, args))
+            for i, (op, args) in enumerate(orders):
+                heapq.heappush(self._cmds, (int(seq) + i, op, tuple(args)))
             self._cmd_cond.notify_all()
 
     def _dispatch(self) -> None:

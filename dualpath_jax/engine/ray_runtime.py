@@ -9,8 +9,9 @@ its DRAM buffer and its links (SNIC, the engines' CNICs). Only launching and tra
 
 * **Control.** The scheduler driver (:class:`~dualpath_jax.sched.driver.SchedulingDriver`)
   and the controller loop of :class:`~dualpath_jax.engine.cluster.EngineCluster` stay in the
-  driver process. Its orders (read, enqueue for prefill, join for decode, fail) are actor calls
-  numbered per node and run in that order (:meth:`NodeHost.command`); the workers' events
+  driver process. Its orders (read, enqueue for prefill, join for decode, fail) are numbered per
+  node and run in that order; those given while the controller handles one batch of events
+  leave together, one actor call per node (:meth:`RemoteNodes.flush`, :meth:`NodeHost.command`); the workers' events
   (read done, prefilled, finished, persisted, failed, worker error, read-queue changes) come
   back through :meth:`NodeHost.poll`, each with the fields its stage filled in
   (``RequestState`` replicas live in every process a request visits; the driver's copy is the
@@ -155,6 +156,7 @@ class RemoteNodes:
         self.ray = runtime.ray()
         self._events = events
         self._seq = [0] * len(actors)
+        self._pending: dict[int, list] = {}
         self._lock = threading.Lock()
         self.dead: dict[int, str] = {}
         self._stop = threading.Event()
@@ -193,11 +195,23 @@ class RemoteNodes:
             pass
 
     def command(self, node: int, op: str, *args) -> None:
+        """Queue an order for node ``node``; it leaves with the next :meth:`flush`."""
         if node in self.dead:
             return
+        with self._lock:
+            self._pending.setdefault(node, []).append((op, args))
+
+    def flush(self) -> None:
+        """Send the queued orders: one actor call per node for all of its orders, numbered in
+        the order they were given (the controller flushes before it waits for events, so an
+        order waits no longer than the handling of the events that came with its cause)."""
         with self._lock:  # numbered and sent under one lock: a node sees its orders' numbers without gaps
-            self.actors[node].command.remote(self.run_id, self._seq[node], op, *args)
-            self._seq[node] += 1
+            pending, self._pending = self._pending, {}
+            for node, orders in pending.items():
+                if node in self.dead:
+                    continue
+                self.actors[node].command.remote(self.run_id, self._seq[node], orders)
+                self._seq[node] += len(orders)
 
     def info(self, req: RequestState) -> RequestInfo:
         return RequestInfo.of(req, self.n_layers)
@@ -207,7 +221,9 @@ class RemoteNodes:
         return translate(ev, requests)
 
     def end(self) -> list[dict | None]:
-        """Stop the pumps and every node's run; per node its results (None for a dead node)."""
+        """Send the orders still queued, stop the pumps and every node's run; per node its results
+        (None for a dead node)."""
+        self.flush()
         self._stop.set()
         for n, a in enumerate(self.actors):
             if n not in self.dead:
