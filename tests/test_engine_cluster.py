@@ -292,3 +292,36 @@ def test_a_custom_policy_decides_in_the_engine(model):
     assert report.summarize(res)["bytes_conserved"]
     tokens = report.check_tokens({"custom": res}, params, spec)
     assert tokens["tokens_identical"], tokens["reference_mismatches"]
+
+
+def test_a_hand_off_answered_after_send_batch_returns_holds_the_request_until_then(model, monkeypatch):
+    """``peers.send_batch`` may answer later from another thread (the ``ray`` runtime's does): a
+    request is handed off to its DE only once every send has landed. Here each batch lands (KV
+    deposited, ``on_done`` called) 20 ms after ``send_batch`` returned; a request handed off
+    early would reach its DE with layers missing and fail there."""
+    import threading
+    import time
+
+    from dualpath_jax.engine import cluster as cluster_mod
+    from dualpath_jax.engine.peers import LocalPeers
+
+    late = []
+
+    class LatePeers(LocalPeers):
+        def send_batch(self, pe, sends, on_done):
+            def land():
+                time.sleep(0.02)
+                late.append(len(sends))
+                LocalPeers.send_batch(self, pe, sends, on_done)
+
+            threading.Thread(target=land, daemon=True).start()
+
+    monkeypatch.setattr(cluster_mod, "LocalPeers", LatePeers)
+    spec, params, layout = model
+    results = {name: _run(model, ClusterConfig(**FAST).for_variant(name)) for name in ("layerwise", "dualpath")}
+    assert late  # the hand-off did go through the late peers
+    for name, res in results.items():
+        assert all(r.finished and not r.error for r in res.requests), (name, [r.error for r in res.requests])
+        assert report.summarize(res)["bytes_conserved"], name
+    tokens = report.check_tokens(results, params, spec)
+    assert tokens["tokens_identical"], (tokens["reference_mismatches"], tokens["variant_divergences"])

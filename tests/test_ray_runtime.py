@@ -2,7 +2,6 @@
 them over JAX's transfer server. Same worker code as ``threads``: same tokens (and those of a
 no-cache recompute), same stored-KV reads; a killed DE node loses no request."""
 
-
 import pytest
 
 from dualpath_jax.config import ConfigError

@@ -325,15 +325,17 @@ class PrefillWorker:
     def _send_jobs(self, jobs: list) -> None:
         """Send ``jobs`` (``(item, layer, new KV, start, first)``) through ``ctx.peers.send_batch``;
         each job's request is released (and handed off if it was its last send) as soon as that
-        send completes or fails, whatever happens to the others."""
+        send completes or fails, whatever happens to the others. ``send_batch`` may answer after
+        it returns (``ray``: once the DE node has the bytes), from another thread."""
         ctx = self.ctx
         bt = ctx.bytes_per_token_per_layer
-        sends, owners, done = [], [], set()
+        sends, owners, done, lock = [], [], set(), threading.Lock()
 
         def finish(i: int) -> None:  # job i's send is over (sent, failed or skipped)
-            if i in done:
-                return
-            done.add(i)
+            with lock:
+                if i in done:
+                    return
+                done.add(i)
             req = jobs[i][0].req
             with req.lock:
                 req.pending_sends -= 1
@@ -368,9 +370,12 @@ class PrefillWorker:
             for req, i in owners:
                 if i not in done:
                     ctx.on_failed(req, f"PE->DE hand-off: {cause}")
-        finally:
+                    finish(i)
+        finally:  # jobs that never reached send_batch (on_done finishes the others)
+            sent = {i for _, i in owners}
             for i in range(len(jobs)):
-                finish(i)
+                if i not in sent:
+                    finish(i)
 
     def _segments(self, it: PrefillItem, layer: int, new: tuple, start: int, first: bool) -> list:
         """Layer ``layer``'s KV this send carries to the DE buffer: ``(start token, a, b)`` of the

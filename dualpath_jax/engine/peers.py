@@ -64,7 +64,9 @@ class LocalPeers:
         (``(start token, a, b)`` of layer ``layer``) into ``req``'s DE buffer over PE ``pe``'s CNIC
         out and the DE's CNIC in (dropped if the request failed meanwhile), one move each, in
         order; ``on_done(k, error)`` as send k completes (``error`` None, or the exception it
-        raised: ``TransferFailed`` when a hop timed out or failed)."""
+        raised: ``TransferFailed`` when a hop timed out or failed). ``on_done`` runs exactly
+        once per send: here before this returns; across processes (``RayPeers``) possibly
+        later, from another thread."""
         for k, (req, layer, segments, num_bytes, tag) in enumerate(sends):
 
             def deposit(req=req, layer=layer, segments=segments):

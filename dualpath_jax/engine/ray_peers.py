@@ -211,15 +211,16 @@ class RayPeers:
     def send_batch(self, pe: int, sends: list, on_done) -> None:
         """:meth:`LocalPeers.send_batch <dualpath_jax.engine.peers.LocalPeers.send_batch>` across
         processes: per DE node, the sends' arrays packed into one offer that the DE node pulls
-        (one actor call, one pull) while this PE holds its CNIC out for their bytes; ``on_done``
-        for each send of a node once that node's move is over."""
-        import ray  # noqa: PLC0415
-
+        under its DE's CNIC in (one actor call, one pull). This PE's CNIC out carries their bytes
+        while the call goes out, and is free for the next layer's sends without waiting for the
+        answer: ``on_done`` for each send of a node comes once that node has the bytes (from a
+        Ray thread, after this returns), or at once if the send could not go."""
         t = self.config.timeout_s
         by_node: dict[int, list[int]] = {}
         for i, (req, *_) in enumerate(sends):
             by_node.setdefault(self.node_of(req.de), []).append(i)
         for node, idx in by_node.items():
+            calls = []
             try:
                 arrays, parts, nbytes = [], [], 0
                 for i in idx:
@@ -231,16 +232,26 @@ class RayPeers:
                 offer = self.endpoint.offer([buf], expire_s=t, tag=f"kv_out/pe{pe}/node{node}")
 
                 def deliver(node=node, parts=parts, meta=meta, offer=offer, nbytes=nbytes):
-                    try:  # inside the PE's CNIC out: the DE node pulls under its DE's CNIC in
-                        return ray.get(self.nodes[node].receive_batch.remote(parts, meta, offer, int(nbytes),
-                                                                             f"kv_out/pe{pe}"), timeout=t)
-                    except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as e:
-                        return f"{type(e).__name__}: {e}"[:300]
+                    calls.append(self.nodes[node].receive_batch.remote(parts, meta, offer, int(nbytes),
+                                                                       f"kv_out/pe{pe}"))
 
-                cause = self.fabric.carry([self.fabric.engines[pe].cnic_out], nbytes, deliver,
-                                          tag=f"kv_out/r{sends[idx[0]][0].rid}")
-                err = TransferFailed(f"node{node}", cause) if cause else None
+                self.fabric.carry([self.fabric.engines[pe].cnic_out], nbytes, deliver,
+                                  tag=f"kv_out/r{sends[idx[0]][0].rid}")
             except Exception as e:  # noqa: BLE001 - TransferFailed, or packing/offering failed: these sends fail
-                err = e
-            for i in idx:
-                on_done(i, err)
+                for i in idx:
+                    on_done(i, e)
+                continue
+            calls[0].future().add_done_callback(
+                lambda fut, node=node, idx=idx: self._delivered(fut, node, idx, on_done))
+
+    @staticmethod
+    def _delivered(fut, node: int, idx: list, on_done) -> None:
+        """The DE node's answer to one :meth:`send_batch` call: ``on_done`` for each of its sends
+        (a ``TransferFailed`` if the node failed the move, died, or did not answer)."""
+        try:
+            cause = fut.result()
+        except Exception as e:  # noqa: BLE001 - the node died or the call failed
+            cause = f"{type(e).__name__}: {e}"[:300]
+        err = TransferFailed(f"node{node}", cause) if cause else None
+        for i in idx:
+            on_done(i, err)

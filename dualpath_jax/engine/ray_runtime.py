@@ -22,8 +22,10 @@ its DRAM buffer and its links (SNIC, the engines' CNICs). Only launching and tra
   PE through JAX's transfer server (:mod:`dualpath_jax.transfer.remote`) inside the PE's CNIC-in
   transfer; the DE node carries each layer over its CNIC out first (from the forward's start,
   layer after layer) and offers it only then, so a busy DE CNIC out still holds the PE back
-  without an actor call per layer. The hand-off goes the other way (the PE offers
-  a layer's segments and holds its CNIC out while the DE node pulls them under its CNIC in). So
+  without an actor call per layer. The hand-off goes the other way: the PE offers
+  a layer's segments and carries them over its CNIC out while its call to the DE node goes out;
+  the DE node pulls them under its CNIC in, and the send is over (the request can be handed off)
+  when the DE node answers, so the PE's next layers need not wait for that answer. So
   the emulated link rates still apply (the storage-bound regime on one host), and with the
   rates unlimited the run measures the real transport. Bytes that crossed a process boundary
   are ``ClusterResult.cross_process_kv_bytes`` (the endpoints' ``bytes_pulled``).
