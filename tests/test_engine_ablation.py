@@ -12,6 +12,7 @@ import pytest
 from dualpath_jax.config import ConfigError
 from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.studies import engine_ablation as ea
+from dualpath_jax.studies import engine_runs as er
 from dualpath_jax.studies.engine_config import (CALIBRATION_FORMAT, CalibrateConfig, calibration_fingerprint,
                                                 engine_ablation_config)
 from dualpath_jax.studies.seeds import printed
@@ -119,7 +120,7 @@ def _setup(config, hit_tokens=1000):
 
 def test_measured_calibration_uses_the_median_of_the_oracle_passes(tmp_path, monkeypatch):
     jcts = iter([3.0, 1.0, 2.0])
-    monkeypatch.setattr(ea, "run_variant", lambda *a, **k: None)
+    monkeypatch.setattr(er, "run_variant", lambda *a, **k: None)
     monkeypatch.setattr(ea.report, "summarize", lambda res: {"jct_s": next(jcts), "hit_tokens": 5000,
                                                              "compute_s": {"pe0": 0.5, "de1": 9.0}})
     setup = _setup(_config())
@@ -134,7 +135,7 @@ def test_measured_calibration_uses_the_median_of_the_oracle_passes(tmp_path, mon
 
 def test_a_saved_calibration_sets_its_rates_without_an_oracle_pass(tmp_path, monkeypatch):
     _saved(tmp_path, _config())
-    monkeypatch.setattr(ea, "run_variant", lambda *a, **k: pytest.fail("no Oracle pass with a saved calibration"))
+    monkeypatch.setattr(er, "run_variant", lambda *a, **k: pytest.fail("no Oracle pass with a saved calibration"))
     setup = _setup(_config(**{"calibrate.from_file": str(tmp_path)}))
     cal = ea.calibrate_links(setup, setup.config.calibrate, tmp_path / "s", None, log=lambda s: None)
     assert (setup.cluster.snic_bytes_per_s, setup.cluster.cnic_bytes_per_s) == (4e6, 3.2e7)

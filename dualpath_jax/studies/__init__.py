@@ -19,7 +19,8 @@
 * :mod:`.cli`      what every experiment script shares: one-line errors, ``--print_config``, a
   workdir that never mixes runs and says whether its run finished (``status.json``).
 * :mod:`.engine_ablation`   the five-variant ablation on the real engine (imports JAX; not
-  imported here), on the typed config of :mod:`.engine_config`.
+  imported here), on the typed config of :mod:`.engine_config`; :mod:`.engine_runs` its building
+  blocks (agents, setup, one variant's run, compilation stage, link calibration).
 
 The names below load their modules on first use. Every study runs its simulations with the
 scheduler class its config names (``scheduler``: ``"pkg.module:Class"``, ``""`` for the built-in

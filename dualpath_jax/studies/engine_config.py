@@ -180,7 +180,7 @@ def calibration_path(path: str | Path) -> Path:
 
 
 def read_calibration(path: str | Path, field: str = "calibrate.from_file") -> dict:
-    """A saved calibration (``calibration.json`` as :func:`.engine_ablation.calibrate_links` writes it).
+    """A saved calibration (``calibration.json`` as :func:`.engine_runs.calibrate_links` writes it).
 
     Returns the parsed dict (``snic_bytes_per_s``, ``cnic_bytes_per_s`` in bytes/s, ``fingerprint``,
     what they were measured from).
