@@ -62,6 +62,7 @@ def _merge_read_q(events: list) -> list:
             out.append(ev)
     return out
 
+
 # the RequestState fields each event carries back to the driver (and the join order to the DE)
 _PREFILLED = ("generated", "gaps", "prefill_start_s", "prefill_finish_s", "first_token_s", "prefill_done",
               "handed_off")

@@ -247,7 +247,8 @@ class RayPeers:
     @staticmethod
     def _delivered(fut, node: int, idx: list, on_done) -> None:
         """The DE node's answer to one :meth:`send_batch` call: ``on_done`` for each of its sends
-        (a ``TransferFailed`` if the node failed the move, died, or did not answer)."""
+        (a ``TransferFailed`` if the node failed the move or died; the driver kills a node that
+        stops answering its polls, which ends the call)."""
         try:
             cause = fut.result()
         except Exception as e:  # noqa: BLE001 - the node died or the call failed
