@@ -120,7 +120,8 @@ def test_random_faults_of_every_kind_keep_tokens_and_lose_nothing(model, clean):
     res = _run(model, cfg, faults=faults)
     _assert_all_correct(model, res, clean)
     assert set(res.faults) == {"read_corruption", "slow_read", "transfer_failure", "crash"}
-    corrupt = [f for r in res.requests for f in r.read_failures]
+    # (an attempt that a crash later failed and reran keeps its caught corruptions in failed_attempts)
+    corrupt = [f for r in (*res.requests, *res.failed_attempts) for f in r.read_failures]
     assert corrupt  # a corrupted block is caught by its checksum and recomputed
 
 
