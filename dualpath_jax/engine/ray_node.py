@@ -248,15 +248,17 @@ class NodeHost:
         try:
             out.append(self._outbox.get(timeout=timeout_s) if timeout_s > 0 else self._outbox.get_nowait())
             until = time.perf_counter() + (self._read_q_linger_s if timeout_s > 0 else 0.0)
+            only_read_q = out[0][0] == "read_q"
             while True:
                 try:
-                    out.append(self._outbox.get_nowait())
-                    continue
+                    ev = self._outbox.get_nowait()
                 except queue.Empty:
                     left = until - time.perf_counter()
-                    if left <= 0 or any(ev[0] != "read_q" for ev in out):
+                    if left <= 0 or not only_read_q:
                         break
-                out.append(self._outbox.get(timeout=left))
+                    ev = self._outbox.get(timeout=left)
+                out.append(ev)
+                only_read_q = only_read_q and ev[0] == "read_q"
         except queue.Empty:
             pass
         return _merge_read_q([ev for ev in out if ev != _WAKE])

@@ -220,7 +220,6 @@ class RayPeers:
         for i, (req, *_) in enumerate(sends):
             by_node.setdefault(self.node_of(req.de), []).append(i)
         for node, idx in by_node.items():
-            calls = []
             try:
                 arrays, parts, nbytes = [], [], 0
                 for i in idx:
@@ -232,16 +231,15 @@ class RayPeers:
                 offer = self.endpoint.offer([buf], expire_s=t, tag=f"kv_out/pe{pe}/node{node}")
 
                 def deliver(node=node, parts=parts, meta=meta, offer=offer, nbytes=nbytes):
-                    calls.append(self.nodes[node].receive_batch.remote(parts, meta, offer, int(nbytes),
-                                                                       f"kv_out/pe{pe}"))
+                    return self.nodes[node].receive_batch.remote(parts, meta, offer, int(nbytes), f"kv_out/pe{pe}")
 
-                self.fabric.carry([self.fabric.engines[pe].cnic_out], nbytes, deliver,
-                                  tag=f"kv_out/r{sends[idx[0]][0].rid}")
+                call = self.fabric.carry([self.fabric.engines[pe].cnic_out], nbytes, deliver,
+                                         tag=f"kv_out/r{sends[idx[0]][0].rid}")
             except Exception as e:  # noqa: BLE001 - TransferFailed, or packing/offering failed: these sends fail
                 for i in idx:
                     on_done(i, e)
                 continue
-            calls[0].future().add_done_callback(
+            call.future().add_done_callback(
                 lambda fut, node=node, idx=idx: self._delivered(fut, node, idx, on_done))
 
     @staticmethod

@@ -11,9 +11,9 @@ its DRAM buffer and its links (SNIC, the engines' CNICs). Only launching and tra
   and the controller loop of :class:`~dualpath_jax.engine.cluster.EngineCluster` stay in the
   driver process. Its orders (read, enqueue for prefill, join for decode, fail) are numbered per
   node and run in that order; those given while the controller handles one batch of events
-  leave together, one actor call per node (:meth:`RemoteNodes.flush`, :meth:`NodeHost.command`); the workers' events
-  (read done, prefilled, finished, persisted, failed, worker error, read-queue changes) come
-  back through :meth:`NodeHost.poll`, each with the fields its stage filled in
+  leave together, one actor call per node (:meth:`RemoteNodes.flush`, :meth:`NodeHost.command`);
+  the workers' events (read done, prefilled, finished, persisted, failed, worker error,
+  read-queue changes) come back through :meth:`NodeHost.poll`, each with the fields its stage filled in
   (``RequestState`` replicas live in every process a request visits; the driver's copy is the
   record of the run).
 * **KV between engines.** What a PE does to a DE's node (``ctx.peers``, :mod:`.peers`) becomes
