@@ -12,7 +12,8 @@ the rounds that did not finish are counted and the pools are reconciled. Output 
 errors, wrong tokens, lost requests, leaked bytes, RSS), ``metrics.json`` and the ``name: value``
 lines ``wrong_tokens``, ``lost_requests``, ``leaked_bytes``, ``peak_rss_mb``, ``rss_growth_mb``
 (mean resident memory over the last quarter of the replays after the warm-up ones minus over
-their first quarter),
+their first quarter; with ``--config.engine.runtime=ray`` the node actors' processes on this host
+count too, summed after each replay),
 ``replays``, ``requests``, ``faults_injected``, ``attempts_run_again``, ``worker_errors``.
 """
 
@@ -60,13 +61,17 @@ def _describe(config) -> str:
                            "--config.<name>=<value>")
 
 
-def _rss_mb() -> float:
-    """Resident set size of this process now (MiB), from /proc (0 where unavailable)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0
+def _rss_mb(pids=()) -> float:
+    """Resident set size now (MiB) of this process plus the processes ``pids`` (the ``ray``
+    runtime's node actors on this host), from /proc (a process not readable counts 0)."""
+    total = 0.0
+    for pid in ("self", *pids):
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
 
 
 def _peak_rss_mb() -> float:
@@ -119,6 +124,10 @@ def main(argv):
         new = len(now - seen)
         seen.update(now)
         return new
+
+    def node_pids() -> list[int]:
+        """The ``ray`` runtime's node actor processes (none under ``threads``)."""
+        return list(setup.runtime.pids) if setup.runtime is not None else []
 
     refs: dict = {}  # (trajectory, round) -> the recompute's (tokens, top-1 minus top-2 gaps)
 
@@ -176,7 +185,7 @@ def main(argv):
                    "requests": len(res.requests), "faults": dict(res.faults),
                    "attempts_run_again": len(res.failed_attempts), "worker_errors": len(res.worker_errors),
                    "wrong_tokens": wrong, "near_ties": near, "lost_requests": lost, "leaked_bytes": leaked,
-                   "leaks": {k: str(v) for k, v in res.leaks.items()}, "rss_mb": _rss_mb(),
+                   "leaks": {k: str(v) for k, v in res.leaks.items()}, "rss_mb": _rss_mb(node_pids()),
                    "threads": threading.active_count(), "new_shapes": _new_shapes(res.runtime_shapes),
                    "lost_causes": sorted({r.error for r in res.requests if r.error})[:5]}
             writers.append_metrics(workdir, row, filename="replays.jsonl")
@@ -191,10 +200,13 @@ def main(argv):
             replay += 1
     finally:
         import shutil
+        setup.close()  # the ray runtime's node actors (nothing under threads)
         shutil.rmtree(scratch, ignore_errors=True)
     post = rss[min(int(config.warmup_replays), len(rss) - 1):]  # after the warm-up replays
     q = max(1, len(post) // 4)  # first and last quarter of them, averaged (RSS moves by tens of MB per replay)
-    named = {**totals, "replays": replay, "peak_rss_mb": _peak_rss_mb(),
+    # ray: the driver's peak and the node actors' summed RSS after each replay, whichever is larger
+    peak = max([_peak_rss_mb(), *rss]) if setup.runtime is not None else _peak_rss_mb()
+    named = {**totals, "replays": replay, "peak_rss_mb": peak,
              "rss_growth_mb": float(np.mean(post[-q:]) - np.mean(post[:q])) if post else 0.0}
     named = {k: named[k] for k in ("replays", "requests", "faults_injected", "attempts_run_again", "worker_errors",
                                    "near_ties", "rss_growth_mb", "peak_rss_mb", "leaked_bytes", "lost_requests",

@@ -142,9 +142,36 @@ def test_ray_runtime_refuses_what_it_cannot_run(tmp_path, runtime):
                             runtime=runtime)
     with pytest.raises(ConfigError, match="runtime.*file store"):
         cluster.run(AGENTS[:1], [0.0], progress=False)
-    with pytest.raises(ConfigError, match="runtime.*threads runtime only"):
-        EngineCluster(cfg, spec, params, layout, memory, time_model=TIME_MODEL, prefill_tokens_per_s=1e4,
-                      runtime=runtime, faults=FaultConfig(transfer_failure_rate=0.1))
+
+
+def test_random_faults_of_every_kind_land_in_the_node_processes_and_lose_nothing(tmp_path, runtime):
+    model = tiny_model()
+    spec, params, _ = model
+    faults = FaultConfig(read_corruption_rate=0.2, slow_read_rate=0.5, slow_read_s=0.01, transfer_failure_rate=0.04,
+                         crash_rate=0.05, seed=4)
+    cfg = ClusterConfig(**{**FAST, "max_attempts": 50}).for_variant("dualpath")
+    res = _run(tmp_path, "faults", cfg, runtime, model=model, faults=faults)
+    assert len(res.requests) == 12 and not [r.error for r in res.requests if r.error] and not res.leaks
+    tokens = check_tokens({"ray": res}, params, spec)
+    assert tokens["tokens_identical"], tokens["reference_mismatches"]
+    # the nodes' counts came back and were summed; every kind landed somewhere
+    assert set(res.faults) == {"read_corruption", "slow_read", "transfer_failure", "crash"}
+    assert res.faults["crash"] == len(res.worker_errors)
+    assert [f for r in (*res.requests, *res.failed_attempts) for f in r.read_failures]  # caught, recomputed
+    # a failed move ends its attempt at once: nothing waited for a timeout (one would cost 30 s)
+    assert not [r.error for r in res.failed_attempts if "Timeout" in r.error] and res.wall_s < cfg.timeout_s
+
+
+def test_a_named_worker_crashes_once_in_its_own_node_process(tmp_path, runtime):
+    model = tiny_model()
+    spec, params, _ = model
+    faults = FaultConfig(crash_worker="pe0-send", crash_after_jobs=1)
+    res = _run(tmp_path, "crash", ClusterConfig(**FAST).for_variant("dualpath"), runtime, model=model, faults=faults)
+    assert res.faults == {"crash": 1} and [e["worker"] for e in res.worker_errors] == ["pe0-send"]
+    assert len(res.failed_attempts) == 1 and "injected crash of pe0-send" in res.failed_attempts[0].error
+    assert len(res.requests) == 12 and not [r.error for r in res.requests if r.error] and not res.leaks
+    tokens = check_tokens({"ray": res}, params, spec)
+    assert tokens["tokens_identical"], tokens["reference_mismatches"]
 
 
 def test_a_killed_pe_node_reruns_only_what_it_still_held(tmp_path, runtime, ray_session, monkeypatch):

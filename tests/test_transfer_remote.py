@@ -21,8 +21,8 @@ jax = pytest.importorskip("jax")
 from dualpath_jax.config import ConfigError  # noqa: E402
 from dualpath_jax.kvcache import layout_for  # noqa: E402
 from dualpath_jax.model import get_spec  # noqa: E402
-from dualpath_jax.transfer.remote import (ArraySpec, KVOffer, KVPullTimeout, KVTransferEndpoint,  # noqa: E402
-                                          KVTransferError, derive_uuid, layer_block_specs)
+from dualpath_jax.transfer.remote import (ArraySpec, KVOffer, KVPullAborted, KVPullTimeout,  # noqa: E402
+                                          KVTransferEndpoint, KVTransferError, derive_uuid, layer_block_specs)
 
 # (shape, dtype, seed): a Layer Block, a 2-D f32 array, bf16, fp8 and an int32 scalar.
 CASES = [((1, 64, 256), "uint8", 1), ((3, 5), "float32", 2), ((2, 64, 8), "bfloat16", 3),
@@ -165,6 +165,23 @@ def test_unknown_and_pulled_twice_raise_within_timeout(peer, endpoint):
     with pytest.raises(KVPullTimeout):  # an offer is pulled once
         endpoint.pull_offer(offer, timeout_s=0.5)
     assert endpoint.stats().num_failed == failed + 2
+
+
+def test_an_abort_ends_the_wait_for_an_offer_that_will_never_come(peer, endpoint):
+    failed = endpoint.stats().num_failed
+    told = threading.Timer(0.3, lambda: cause.append("the sender's carry failed"))
+    cause: list = []
+    t0 = time.perf_counter()
+    told.start()
+    with pytest.raises(KVPullAborted) as err:
+        endpoint.pull(peer.address, derive_uuid("never offered either"), [ArraySpec((4,), "uint8")], timeout_s=30.0,
+                      abort=lambda: cause[0] if cause else "")
+    assert 0.3 <= time.perf_counter() - t0 < 3.0  # at the abort, not at the 30 s timeout
+    assert err.value.cause == "the sender's carry failed" and "aborted" in str(err.value)
+    assert not isinstance(err.value, TimeoutError) and endpoint.stats().num_failed == failed + 1
+    # an abort that never fires changes nothing
+    offer = peer.call("offer", [((16,), "uint8", 32)], None, None)
+    _assert_exact(endpoint.pull_offer(offer, abort=lambda: ""), [((16,), "uint8", 32)])
 
 
 def test_expired_offer_is_dropped(peer, endpoint):

@@ -16,6 +16,7 @@
 * :mod:`.compute`   shape-bucketed prefill layer and batched decode step (the model's layers over
   paged attention); no-cache reference.
 * :mod:`.profile`   start-up profiling of the PE forward (time model of compute-quota batching).
+* :mod:`.result`    what a run measured (``ClusterResult``) and how both runtimes gather it.
 * :mod:`.report`    metrics, byte conservation and the tie-aware token check of a run.
 * :mod:`.config`    the emulated cluster's config (JAX-free: config files import it).
 * The five-variant ablation on agentic traces lives above the runtimes: ``dualpath_jax.studies.engine_ablation``.
@@ -26,7 +27,8 @@ Importing this package loads no JAX; the names below load their modules on first
 from dualpath_jax.lazy import lazy_exports
 
 _LAZY = {  # public name -> the submodule that defines it (loaded on first use: PEP 562)
-    **dict.fromkeys(["ClusterResult", "EngineCluster"], "cluster"),
+    "EngineCluster": "cluster",
+    **dict.fromkeys(["ClusterResult", "ResourceLeakError"], "result"),
     "ClusterConfig": "config",
     "RayRuntime": "ray_runtime",
     **dict.fromkeys(["ForwardOutput", "PrefillChunk", "PrefillPath", "prefill_kv"], "prefill"),

@@ -36,7 +36,6 @@ scheduler's loads must all be back to empty (:class:`ResourceLeakError` otherwis
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import math
 import queue
@@ -51,13 +50,14 @@ import tqdm
 from dualpath_jax.config import ConfigError
 from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.engine.context import RunContext
-from dualpath_jax.engine.de import DecodeWorker, StepRecord, blocks_needed
+from dualpath_jax.engine.de import DecodeWorker, blocks_needed
 from dualpath_jax.engine.faults import FaultConfig, FaultInjector
 from dualpath_jax.engine.network import Fabric
-from dualpath_jax.engine.pe import ForwardRecord, PrefillWorker
+from dualpath_jax.engine.pe import PrefillWorker
 from dualpath_jax.engine.peers import LocalPeers
 from dualpath_jax.engine.reader import NodeReader, ReadJob, ReadQueues
 from dualpath_jax.engine.request import RequestState
+from dualpath_jax.engine.result import ClusterResult, ResourceLeakError, absorb, local_measures, remote_measures
 from dualpath_jax.engine.view import EngineView
 from dualpath_jax.kvcache import BlockLayout, block_keys
 from dualpath_jax.model.spec import ModelSpec
@@ -65,74 +65,13 @@ from dualpath_jax.sched import ClusterScheduler, SchedRequest, SchedulerConfig
 from dualpath_jax.sched.driver import SchedulingDriver, next_round_s
 from dualpath_jax.sched.batching import TimeModel
 from dualpath_jax.store import KVStore
-from dualpath_jax.transfer import TransferRecord
 from dualpath_jax.workload import Trajectory, gen_token_ids, prompt_token_ids
 
 __all__ = ["ClusterResult", "EngineCluster", "ResourceLeakError"]
 
 
-class ResourceLeakError(RuntimeError):
-    """A run ended with resources still held (``leaks``: what and how much)."""
-
-    def __init__(self, leaks: dict):
-        self.leaks = leaks
-        super().__init__("resources still held after the run: " + ", ".join(f"{k}={v}" for k, v in leaks.items()))
-
 _IDLE_WAIT_S = 0.05
 """Longest controller wait for an event when no tick or arrival is due (seconds)."""
-
-
-@dataclasses.dataclass
-class ClusterResult:
-    """Everything one run measured (times in seconds since the run's start).
-
-    Attributes:
-      requests: every request, finished or failed (``error`` set).
-      forwards: PE forwards; steps: DE decode steps.
-      links: per link ``{"bytes", "busy_s", "transfers", "failed"}``.
-      transfers: every link transfer record (times relative to the run's start).
-      compute_s: seconds each engine spent computing (``"pe0"``, ``"de1"``, ...).
-      join_s: seconds each DE's decode thread spent admitting requests (``"de1"``, ...), with the
-        H2D copy over the emulated CNIC; join_count: requests each DE admitted.
-      read_bytes_store: bytes the store returned to reads; bypass_read_bytes: of those, read
-        without a link (``oracle``); discarded_read_bytes: read after a failed block, not used.
-      runtime_shapes: compiled shapes used during the run, per engine.
-      failed_attempts: attempts that failed and were run again (``retried`` set), not in ``requests``.
-      worker_errors: every unexpected exception of a worker's job: ``{"time_s", "worker",
-        "error", "traceback", "fatal"}``.
-      faults: injected faults by kind (``engine.faults``); empty without fault injection.
-      leaks: resources still held at the end (empty after every clean run; see ResourceLeakError).
-      runtime: ``"threads"`` or ``"ray"``; processes: engine processes (node actors; 1 for
-        ``threads``, where every engine shares the driver's process).
-      cross_process_kv_bytes: KV bytes that crossed a process boundary through JAX's transfer
-        server (0 under ``threads``).
-      lost_nodes: node id -> cause, for every node whose process died during the run.
-    """
-
-    config: ClusterConfig
-    requests: list[RequestState]
-    forwards: list[ForwardRecord]
-    steps: list[StepRecord]
-    links: dict
-    transfers: list[TransferRecord]
-    compute_s: dict
-    read_bytes_store: int
-    bypass_read_bytes: int
-    discarded_read_bytes: int
-    alpha_tokens: float
-    beta_tokens: float
-    wall_s: float
-    runtime_shapes: dict
-    join_s: dict = dataclasses.field(default_factory=dict)
-    join_count: dict = dataclasses.field(default_factory=dict)
-    failed_attempts: list = dataclasses.field(default_factory=list)
-    worker_errors: list = dataclasses.field(default_factory=list)
-    faults: dict = dataclasses.field(default_factory=dict)
-    leaks: dict = dataclasses.field(default_factory=dict)
-    runtime: str = "threads"
-    processes: int = 1
-    cross_process_kv_bytes: int = 0
-    lost_nodes: dict = dataclasses.field(default_factory=dict)
 
 
 class EngineCluster:
@@ -155,8 +94,7 @@ class EngineCluster:
         process's own).
 
     Raises:
-      ConfigError: a buffer/pool cannot hold one Full Block; ``runtime`` with fault injection
-        (faults are injected in one process).
+      ConfigError: a buffer/pool cannot hold one Full Block.
     """
 
     def __init__(self, config: ClusterConfig, spec: ModelSpec, params: dict, layout: BlockLayout, store: KVStore, *,
@@ -164,8 +102,6 @@ class EngineCluster:
                  scheduler_cls: type = ClusterScheduler, faults: FaultConfig | None = None, runtime=None):
         config.check_layout(layout.full_block_bytes)
         self.faults = faults if faults is not None and faults.enabled else None
-        if runtime is not None and self.faults is not None:
-            raise ConfigError("runtime", "ray: fault injection (engine.faults) runs under the threads runtime only")
         self.runtime = runtime
         self.config, self.spec, self.layout, self.store = config, spec, layout, store
         self.params = params
@@ -220,7 +156,8 @@ class EngineCluster:
                          on_worker_error=lambda w, e, tb, fatal=False: put(("worker_error", w, e, tb, fatal)),
                          clock=time.perf_counter if remote is None else time.time)
         ctx.peers = LocalPeers(fabric, layout)
-        injector = FaultInjector(self.faults, now=ctx.now) if self.faults is not None else None
+        # under ray every node process injects its own faults (NodeHost.begin_run), none here
+        injector = FaultInjector(self.faults, now=ctx.now) if self.faults is not None and remote is None else None
         ctx.faults = fabric.faults = injector
         self.ctx, self.fabric, self.sched = ctx, fabric, sched
         self.worker_errors: list[dict] = []
@@ -244,7 +181,7 @@ class EngineCluster:
 
             try:
                 infos = remote.begin(self.store.config, (sched.config, pe_groups, de_groups), self.time_model,
-                                     max_blocks)
+                                     max_blocks, self.faults)
             except BaseException:
                 remote.end()
                 raise
@@ -302,42 +239,29 @@ class EngineCluster:
                 self._take(ev)
         wall = ctx.now()
         if remote is None:
-            buffers = {fabric.buffer_of(n).name: fabric.buffer_of(n).in_use_bytes for n in range(cfg.num_nodes)}
-            free_blocks = {e: de.free_blocks for e, de in self.des.items()}
-            links = fabric.link_stats()
-            transfers = [dataclasses.replace(r, start_s=r.start_s - ctx.t0, finish_s=r.finish_s - ctx.t0)
-                         for r in fabric.records()]
-            read_bytes = self.store.stats().read_bytes - store_before.read_bytes
-            bypass = sum(r.bypass_bytes for r in self.readers.values())
-            discarded = sum(r.discarded_bytes for r in self.readers.values())
-            cross, processes = 0, 1
+            m = local_measures(fabric, ctx.t0, self.store.stats().read_bytes - store_before.read_bytes, self.des,
+                               self.readers, cfg.num_nodes, injector.counts if injector is not None else None)
         else:
-            self._absorb(nodes)
-            live = [out for out in nodes if out is not None]
-            buffers = {k: v for out in live for k, v in out["buffer"].items()}
-            free_blocks = {e: v for out in live for e, v in out["free_blocks"].items()}
-            links = {k: v for out in live for k, v in out["links"].items()}
-            transfers = sorted((r for out in live for r in out["transfers"]), key=lambda r: r.start_s)
-            read_bytes = sum(out["read_bytes_store"] for out in live)
-            bypass = sum(out["bypass_bytes"] for out in live)
-            discarded = sum(out["discarded_bytes"] for out in live)
-            cross, processes = sum(out["cross_process_kv_bytes"] for out in live), self.processes
-        leaks = self._reconcile(buffers, free_blocks)
+            absorb(nodes, self.pes, self.des)
+            m = remote_measures(nodes, self.processes)
+        leaks = self._reconcile(m.buffers, m.free_blocks)
         compute = {f"pe{e}": w.compute_s for e, w in self.pes.items()}
         compute.update({f"de{e}": w.compute_s for e, w in self.des.items()})
         result = ClusterResult(
             config=cfg, requests=[r for r in self.requests if not r.retried],
             failed_attempts=[r for r in self.requests if r.retried], worker_errors=self.worker_errors,
-            faults=dict(injector.counts) if injector is not None else {}, leaks=leaks,
+            faults=m.faults, leaks=leaks,
             forwards=[f for w in self.pes.values() for f in w.forwards],
-            steps=[s for w in self.des.values() for s in w.steps], links=links, transfers=transfers,
-            compute_s=compute, read_bytes_store=read_bytes, bypass_read_bytes=bypass, discarded_read_bytes=discarded,
+            steps=[s for w in self.des.values() for s in w.steps], links=m.links, transfers=m.transfers,
+            compute_s=compute, read_bytes_store=m.read_bytes, bypass_read_bytes=m.bypass_bytes,
+            discarded_read_bytes=m.discarded_bytes,
             alpha_tokens=self.alpha_tokens, beta_tokens=self.beta_tokens,
             join_s={f"de{e}": w.join_s for e, w in self.des.items()},
             join_count={f"de{e}": w.join_count for e, w in self.des.items()},
             wall_s=wall, runtime_shapes={**{f"pe{e}": sorted(w.shapes) for e, w in self.pes.items()},
                                          **{f"de{e}": sorted(w.shapes) for e, w in self.des.items()}},
-            runtime="threads" if remote is None else "ray", processes=processes, cross_process_kv_bytes=cross,
+            runtime="threads" if remote is None else "ray", processes=m.processes,
+            cross_process_kv_bytes=m.cross_process_kv_bytes,
             lost_nodes=dict(remote.dead) if remote is not None else {})
         self._drop_run_state()
         if leaks and not self._ended_early:
@@ -345,27 +269,6 @@ class EngineCluster:
             err.result = result
             raise err
         return result
-
-    def _absorb(self, nodes: list) -> None:
-        """Put the node actors' measurements on the driver's engine handles (``ray``)."""
-        for out in nodes:
-            if out is None:
-                continue
-            by_engine: dict = {}
-            for f in out["forwards"]:
-                by_engine.setdefault(f.engine, []).append(f)
-            for s in out["steps"]:
-                by_engine.setdefault(s.engine, []).append(s)
-            for e, w in (*self.pes.items(), *self.des.items()):
-                name = f"{'pe' if e in self.pes else 'de'}{e}"
-                if name not in out["compute_s"]:
-                    continue
-                w.compute_s, w.shapes = out["compute_s"][name], set(map(tuple, out["shapes"][name]))
-                if e in self.pes:
-                    w.forwards = by_engine.get(e, [])
-                else:
-                    w.steps = by_engine.get(e, [])
-                    w.join_s, w.join_count = out["join_s"][name], out["join_count"][name]
 
     def _drop_run_state(self) -> None:
         """Let the run's workers go: the driver's callbacks refer back to this cluster, so without

@@ -115,14 +115,17 @@ class FaultInjector:
     Args:
       config: what to inject.
       now: seconds since the run started (for ``crash_at_s``).
+      stream: None: the generator is seeded with ``config.seed``; an int: with ``config.seed`` and
+        ``stream`` (the ``ray`` runtime gives each node process its own injector, ``stream`` = its
+        node id, so the nodes draw independently of each other).
 
     ``counts`` holds how many faults of each kind were injected (``"read_corruption"``,
     ``"slow_read"``, ``"transfer_failure"``, ``"crash"``).
     """
 
-    def __init__(self, config: FaultConfig, now: Callable[[], float] = time.perf_counter):
+    def __init__(self, config: FaultConfig, now: Callable[[], float] = time.perf_counter, stream: int | None = None):
         self.config, self.now = config, now
-        self._rng = random.Random(config.seed)
+        self._rng = random.Random(config.seed if stream is None else f"{config.seed}/{int(stream)}")
         self._lock = threading.Lock()
         self._jobs: Counter = Counter()
         self._targeted_done = False

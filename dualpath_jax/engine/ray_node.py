@@ -26,6 +26,7 @@ import numpy as np
 from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.engine.context import RunContext
 from dualpath_jax.engine.de import DecodeWorker
+from dualpath_jax.engine.faults import FaultConfig, FaultInjector
 from dualpath_jax.engine.network import Fabric, TransferFailed
 from dualpath_jax.engine.pe import PrefillWorker
 from dualpath_jax.engine.ray_peers import RayPeers, RequestInfo, _unpack
@@ -125,6 +126,7 @@ class NodeHost:
         self._running = False
         self._run_id = None  # the run whose workers exist (begin_run .. end_run)
         self._read_q_linger_s = 0.0
+        self.ctx = None
 
     def ping(self) -> int:
         """This process's id (the actor is up)."""
@@ -132,10 +134,11 @@ class NodeHost:
 
     # ---- a run ----------------------------------------------------------------------------------
     def begin_run(self, run_id: str, config: ClusterConfig, store_config: StoreConfig, nodes: Sequence,
-                  sched_args: tuple, time_model, max_blocks: int) -> dict:
+                  sched_args: tuple, time_model, max_blocks: int, faults: FaultConfig | None = None) -> dict:
         """Build this node's workers for run ``run_id`` (the DEs compile their decode steps; nothing
         runs until :meth:`start_run`); a run still active here (its driver gave up on it) is stopped
-        first. Returns ``{"pid", "max_kv_tokens": {pe: tokens}, "num_blocks": {de: blocks}}``."""
+        first. ``faults``: what this node's workers, links and reader inject (its own
+        :class:`~.faults.FaultInjector`, seeded with the node id as its stream). Returns ``{"pid", "max_kv_tokens": {pe: tokens}, "num_blocks": {de: blocks}}``."""
         if self._run_id is not None:
             self._stop_run()
         self._reqs, self._failed = {}, {}
@@ -156,6 +159,8 @@ class NodeHost:
             on_worker_error=lambda w, e, tb, fatal=False: post(("worker_error", w, e, tb, fatal)),
             clock=time.time, t0=time.time())
         ctx.peers = RayPeers(self.endpoint, nodes, fabric, self.layout, config, self.spec.n_layers)
+        self.faults = FaultInjector(faults, now=ctx.now, stream=self.node) if faults is not None else None
+        ctx.faults = fabric.faults = self.faults
         dev = {e: self.devices[i % len(self.devices)] for i, e in enumerate(self.engines)}
         self.pes = {e: PrefillWorker(ctx, e, dev[e]) for e in self.engines} if self.role == "pe" else {}
         self.des = {e: DecodeWorker(ctx, e, dev[e]) for e in self.engines} if self.role == "de" else {}
@@ -228,6 +233,7 @@ class NodeHost:
             "read_bytes_store": self.store.stats().read_bytes,
             "bypass_bytes": self.reader.bypass_bytes, "discarded_bytes": self.reader.discarded_bytes,
             "cross_process_kv_bytes": self.endpoint.bytes_pulled - self._pulled0,
+            "faults": dict(self.faults.counts) if self.faults is not None else {},
         }
         self.store.close()
         self.pes, self.des, self.reader, self.ctx, self.store = {}, {}, None, None, None
@@ -348,14 +354,17 @@ class NodeHost:
         lease = self.fabric.buffer_of(self.node).try_acquire(num_bytes)
         return lease is not None and req.attach_lease("de_send_lease", lease)
 
-    def offer_hits(self, asks: Sequence[tuple[int, int]], out_bytes: dict[int, int] | None = None) -> list[KVOffer]:
+    def offer_hits(self, asks: Sequence[tuple[int, int]], out_bytes: dict[int, int] | None = None,
+                   reply_to: tuple[int, int] | None = None) -> list[KVOffer]:
         """Offer the DE-side hit blocks of ``asks`` (``(request id, n blocks)``: its first n),
         stacked in that order, one ``uint8[sum n, Z, Bt]`` per layer. The offers are returned at
         once; a thread of this node carries each layer over its DEs' CNIC out (``out_bytes``:
         bytes per layer per DE engine, carried by all of them together) and only then makes the
         layer pullable, layer after layer, so the PE's pull of a layer waits for the DE side of
         the move (PAPER.md 2.4: DE buffer -> DE CNIC out -> PE CNIC in). A layer whose carry fails
-        is never offered; the PE's pull of it times out and its forward fails.
+        is never offered, nor the layers after it: ``reply_to`` (the asking PE's node, its group
+        token) is told at once (:meth:`hits_failed`), so that PE's pull fails and its forward
+        with it, instead of waiting for a timeout.
 
         Raises:
           RuntimeError: a request failed or its blocks left the buffer.
@@ -378,19 +387,28 @@ class NodeHost:
         t = self.config.timeout_s
         expire = t * len(layers)
         des = sorted(out_bytes or {})
-        fabric = self.fabric
+        fabric, peers = self.fabric, self.ctx.peers
 
         def carry() -> None:
             for layer, (arr, offer) in enumerate(zip(layers, offers)):
                 try:
                     self._carry_nested([fabric.engines[de].cnic_out for de in des], [out_bytes[de] for de in des],
                                        lambda: None, f"layer{layer}", t)
-                except TransferFailed:
-                    return  # the PE's pull of this layer times out: its forward fails
+                except TransferFailed as e:  # never offered: the PE's pulls of it and later layers fail
+                    if reply_to is not None:
+                        peers.nodes[reply_to[0]].hits_failed.remote(reply_to[1], layer, str(e))
+                    return
                 ep.offer([arr], uuid=offer.uuid, expire_s=expire, tag=offer.tag)
 
         threading.Thread(target=carry, name=f"node{self.node}-hits-out", daemon=True).start()
         return offers
+
+    def hits_failed(self, token: int, layer: int, cause: str) -> None:
+        """A DE node will never offer ``layer`` (and later ones) of this node PE's
+        :meth:`offer_hits` group ``token``: see :meth:`~.ray_peers.RayPeers.hits_failed`."""
+        ctx = self.ctx
+        if ctx is not None and ctx.peers is not None:
+            ctx.peers.hits_failed(token, layer, cause)
 
     def receive_batch(self, parts: list, meta: list, offer: KVOffer, num_bytes: int, tag: str) -> str:
         """Pull a PE's packed sends (``parts``: per send ``(RequestInfo, layer, segment starts,

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -112,23 +114,36 @@ def _unpack(buf: np.ndarray, meta: list) -> list[np.ndarray]:
     return out
 
 
+_GROUP_TOKENS = itertools.count()
+"""Tokens of :class:`_RemoteHits` groups, unique in this process across runs (a late
+:meth:`RayPeers.hits_failed` of an earlier run never matches a live group)."""
+
+
 class _RemoteHits:
     """The DE-side hit blocks of one forward's requests on one DE node: that node offers, per
     layer, every request's blocks stacked (``uint8[sum P, Z, Bt]``), each layer once its DEs'
     CNIC out has carried it (:meth:`~.ray_node.NodeHost.offer_hits`); the PE pulls each layer once (the
-    first request asking for it) and every request takes its rows."""
+    first request asking for it) and every request takes its rows. A layer whose carry failed
+    is never offered: the DE node says so (:meth:`RayPeers.hits_failed`, keyed by ``token``) and
+    the pull waiting for it, or any later one, fails at once."""
 
-    def __init__(self, peers: "RayPeers", node: int, asks: list[tuple[int, int]], out_bytes: dict[int, int]):
-        self.peers, self.node = peers, node
+    def __init__(self, peers: "RayPeers", node: int, asks: list[tuple[int, int]], out_bytes: dict[int, int],
+                 token: int, pe_node: int):
+        self.peers, self.node, self.token = peers, node, token
         self.rows = {}
         off = 0
         for rid, n in asks:
             self.rows[rid] = (off, off + n)
             off += n
-        self._ref = peers.nodes[node].offer_hits.remote(asks, out_bytes)
+        self.failure: tuple[int, str] | None = None  # (first layer never offered, cause)
+        self._ref = peers.nodes[node].offer_hits.remote(asks, out_bytes, (pe_node, token))
         self._offers = None
         self._layers: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
+
+    def _aborted(self, layer: int) -> str:
+        f = self.failure
+        return f[1] if f is not None and f[0] <= layer else ""
 
     def layer(self, rid: int, layer: int):
         import ray  # noqa: PLC0415
@@ -139,8 +154,9 @@ class _RemoteHits:
                 if self._offers is None:
                     self._offers = ray.get(self._ref, timeout=p.config.timeout_s)
                 if layer not in self._layers:  # the first request of the group that needs it pulls it
-                    self._layers = {layer: np.asarray(p.endpoint.pull_offer(self._offers[layer],
-                                                                            timeout_s=p.config.timeout_s)[0])}
+                    pulled = p.endpoint.pull_offer(self._offers[layer], timeout_s=p.config.timeout_s,
+                                                   abort=lambda: self._aborted(layer))
+                    self._layers = {layer: np.asarray(pulled[0])}
             except Exception as e:  # noqa: BLE001 - a dead or failed DE node: this forward's read failed
                 raise TransferFailed(f"de_buffer/node{self.node}", f"{type(e).__name__}: {e}"[:300]) from e
             arr = self._layers[layer]
@@ -165,6 +181,7 @@ class RayPeers:
                  config: ClusterConfig, n_layers: int):
         self.endpoint, self.nodes, self.fabric, self.layout, self.config = endpoint, list(nodes), fabric, layout, config
         self.n_layers = n_layers
+        self._hit_groups: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # token -> _RemoteHits
 
     def node_of(self, engine: int) -> int:
         return self.fabric.node_of(engine)
@@ -193,8 +210,19 @@ class RayPeers:
                 per = out_bytes.setdefault(node, {})
                 layer_bytes = len(blocks) * req.block_tokens * self.layout.bytes_per_token_per_layer
                 per[req.de] = per.get(req.de, 0) + layer_bytes
-        groups = {n: _RemoteHits(self, n, asks, out_bytes[n]) for n, asks in by_node.items()}
+        pe_node = next((self.node_of(req.pe) for req, _ in hits), 0)
+        groups = {}
+        for n, asks in by_node.items():
+            token = next(_GROUP_TOKENS)
+            groups[n] = self._hit_groups[token] = _RemoteHits(self, n, asks, out_bytes[n], token, pe_node)
         return [_RemoteHit(groups[self.node_of(req.de)], req.rid) if blocks else None for req, blocks in hits]
+
+    def hits_failed(self, token: int, layer: int, cause: str) -> None:
+        """The DE node of the :meth:`de_hits` group ``token`` will never offer ``layer`` and the
+        layers after it (their carry failed: ``cause``); its pulls of them fail at once."""
+        group = self._hit_groups.get(token)
+        if group is not None and group.failure is None:
+            group.failure = (int(layer), str(cause))
 
     def carry_de_to_pe(self, de: int, pe: int, num_bytes: int, *, tag: str = "", timeout_s: float | None = None):
         """This PE's CNIC in carries ``num_bytes`` of DE ``de``'s hit KV. The DE's side, its CNIC

@@ -54,6 +54,7 @@ import threading
 import jax
 
 from dualpath_jax.engine.config import ClusterConfig
+from dualpath_jax.engine.faults import FaultConfig
 from dualpath_jax.engine.ray_node import JOIN_FIELDS, POLL_S, NodeHost, apply_patch, snapshot
 from dualpath_jax.engine.ray_peers import RequestInfo
 from dualpath_jax.engine.reader import ReadJob
@@ -165,10 +166,11 @@ class RemoteNodes:
         self._pumps: list[threading.Thread] = []
         self.run_id = runtime.next_run_id()
 
-    def begin(self, store_config: StoreConfig, sched_args: tuple, time_model, max_blocks: int) -> list[dict]:
-        """Build every node's workers (see :meth:`NodeHost.begin_run`)."""
+    def begin(self, store_config: StoreConfig, sched_args: tuple, time_model, max_blocks: int,
+              faults: FaultConfig | None = None) -> list[dict]:
+        """Build every node's workers (see :meth:`NodeHost.begin_run`); ``faults``: what each node injects."""
         return self.ray.get([a.begin_run.remote(self.run_id, self.config, store_config, self.actors, sched_args,
-                                                time_model, max_blocks) for a in self.actors])
+                                                time_model, max_blocks, faults) for a in self.actors])
 
     def start(self, t0: float) -> None:
         """Start every node at the driver's ``t0`` (``time.time()``) and the event pumps."""

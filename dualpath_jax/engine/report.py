@@ -1,4 +1,4 @@
-"""From a :class:`~dualpath_jax.engine.cluster.ClusterResult` to the paper's metrics and checks.
+"""From a :class:`~dualpath_jax.engine.result.ClusterResult` to the paper's metrics and checks.
 
 * :func:`request_table`: the run's requests as a metrics ``RequestTable`` (a ``split`` read is
   labelled by the side that read more of its bytes; exact per-side bytes stay in
@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from dualpath_jax.engine.cluster import ClusterResult
+from dualpath_jax.engine.result import ClusterResult
 from dualpath_jax.engine.compute import reference_greedy
 from dualpath_jax.metrics import latency
 from dualpath_jax.metrics.records import RequestTable, TransferTable

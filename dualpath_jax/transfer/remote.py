@@ -34,8 +34,10 @@ Behaviour of the transfer server (jax/jaxlib 0.10.2, CPU backend; checked by
   a pull of a uuid that is never offered (unknown uuid, an offer that expired, one already
   pulled) never completes, and the ``timeout`` argument of ``TransferConnection.pull`` does not
   end it. :meth:`~KVTransferEndpoint.pull` therefore waits itself, polling readiness, and raises
-  :class:`KVPullTimeout` after ``timeout_s``. The abandoned pull stays registered at the peer
-  and would consume a later offer of the same uuid -- never reuse a uuid after a timeout.
+  :class:`KVPullTimeout` after ``timeout_s``, or :class:`KVPullAborted` as soon as its ``abort``
+  callable names a cause (a sender that will never offer can say so over the control channel).
+  The abandoned pull stays registered at the peer and would consume a later offer of the same
+  uuid -- never reuse a uuid after a timeout or an abort.
 * A dead peer: a pull over a connection that was open when the peer's process ended fails at
   once (``KVTransferError``, "Connection closed"); a new connection to a dead address does not
   fail and its pull waits, ending in :class:`KVPullTimeout`.
@@ -57,7 +59,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -66,7 +68,7 @@ from jax.experimental import transfer as jax_transfer
 from dualpath_jax.config import ConfigError, check_positive
 from dualpath_jax.kvcache.layout import BlockLayout
 
-__all__ = ["ArraySpec", "KVOffer", "KVTransferEndpoint", "KVTransferError", "KVPullTimeout", "EndpointStats",
+__all__ = ["ArraySpec", "KVOffer", "KVTransferEndpoint", "KVTransferError", "KVPullTimeout", "KVPullAborted", "EndpointStats",
            "derive_uuid", "layer_block_specs", "UUID_BITS", "DEFAULT_PULL_TIMEOUT_S"]
 
 UUID_BITS = 64
@@ -95,6 +97,16 @@ class KVPullTimeout(KVTransferError, TimeoutError):
         self.timeout_s = timeout_s
         super().__init__(address, uuid, f"nothing arrived within {timeout_s:g} s (no offer of this uuid at the peer: "
                                          f"never offered, already pulled or expired; or the peer is dead)")
+
+
+class KVPullAborted(KVTransferError):
+    """The receiver gave up waiting for an offer because its ``abort`` callable named a cause
+    (e.g. the sender reported over the control channel that it will never make the offer).
+    Attribute ``cause``."""
+
+    def __init__(self, address: str, uuid: int, cause: str):
+        self.cause = cause
+        super().__init__(address, uuid, f"aborted: {cause}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,7 +336,7 @@ class KVTransferEndpoint:
                 del self._connections[address]
 
     def pull(self, address: str, uuid: int, specs: Sequence[ArraySpec | jax.ShapeDtypeStruct], *,
-             timeout_s: float | None = None) -> list[jax.Array]:
+             timeout_s: float | None = None, abort: Callable[[], str] | None = None) -> list[jax.Array]:
         """Fetch the arrays offered under ``uuid`` at ``address`` onto this endpoint's device.
 
         Args:
@@ -333,6 +345,9 @@ class KVTransferEndpoint:
           specs: shape and dtype of each offered array, in order (an :class:`ArraySpec` or
             anything with ``shape`` and ``dtype``); take them from the :class:`KVOffer`.
           timeout_s: longest wait in seconds (default ``pull_timeout_s``).
+          abort: polled while waiting (about every millisecond); a non-empty string it returns
+            ends the wait with :class:`KVPullAborted` carrying that cause. An abandoned pull
+            leaves no thread behind.
 
         Returns:
           one ``jax.Array`` per spec, on this endpoint's device, with its bytes arrived.
@@ -340,6 +355,7 @@ class KVTransferEndpoint:
         Raises:
           KVPullTimeout: nothing arrived within ``timeout_s`` (module docstring: unknown or
             already pulled uuid, expired offer, dead peer on a new connection).
+          KVPullAborted: ``abort`` named a cause before the bytes arrived.
           KVTransferError: the peer closed the connection, or the specs' sizes do not match the
             offer. The connection is dropped, so the next pull from ``address`` reconnects.
           ConfigError: naming ``timeout_s`` if not positive.
@@ -355,11 +371,14 @@ class KVTransferEndpoint:
         t0 = time.perf_counter()
         try:
             out = conn.pull(int(uuid), avals)
-            _wait_ready(out, t0 + timeout_s)
+            _wait_ready(out, t0 + timeout_s, abort)
             jax.block_until_ready(out)  # raises the transfer's error, if any
         except _Timeout:
             self._fail()
             raise KVPullTimeout(address, uuid, timeout_s) from None
+        except _Aborted as e:
+            self._fail()
+            raise KVPullAborted(address, uuid, str(e)) from None
         except jax.errors.JaxRuntimeError as e:
             self._fail()
             self._drop_connection(address, conn)
@@ -371,9 +390,10 @@ class KVTransferEndpoint:
             self._pull_s += dt
         return list(out)
 
-    def pull_offer(self, offer: KVOffer, *, timeout_s: float | None = None) -> list[jax.Array]:
-        """:meth:`pull` of ``offer`` (its address, uuid and specs); same returns and errors."""
-        return self.pull(offer.address, offer.uuid, offer.specs, timeout_s=timeout_s)
+    def pull_offer(self, offer: KVOffer, *, timeout_s: float | None = None,
+                   abort: Callable[[], str] | None = None) -> list[jax.Array]:
+        """:meth:`pull` of ``offer`` (its address, uuid and specs); same arguments, returns and errors."""
+        return self.pull(offer.address, offer.uuid, offer.specs, timeout_s=timeout_s, abort=abort)
 
     def _fail(self) -> None:
         with self._lock:
@@ -406,9 +426,13 @@ class _Timeout(Exception):
     pass
 
 
-def _wait_ready(arrays: Sequence[jax.Array], deadline: float) -> None:
+class _Aborted(Exception):
+    pass
+
+
+def _wait_ready(arrays: Sequence[jax.Array], deadline: float, abort: Callable[[], str] | None = None) -> None:
     """Poll ``is_ready`` until every array is ready (arrived or failed); raise ``_Timeout`` at the
-    ``time.perf_counter`` deadline. Sleeps start at 20 us and double up to 1 ms, so a Layer Block
+    ``time.perf_counter`` deadline, ``_Aborted`` once ``abort()`` names a cause. Sleeps start at 20 us and double up to 1 ms, so a Layer Block
     pull pays little latency and an abandoned one leaves no blocked thread behind."""
     delay = 20e-6
     pending = list(arrays)
@@ -418,5 +442,7 @@ def _wait_ready(arrays: Sequence[jax.Array], deadline: float) -> None:
             return
         if time.perf_counter() >= deadline:
             raise _Timeout
+        if abort is not None and (cause := abort()):
+            raise _Aborted(cause)
         time.sleep(delay)
         delay = min(2 * delay, 1e-3)
