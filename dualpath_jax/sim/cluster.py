@@ -130,13 +130,9 @@ class Simulator:
         self.pe_busy_s = [0.0] * len(self.pe_units)
         self.pe_forwards = [0] * len(self.pe_units)
         self.pe_batch_requests = [0] * len(self.pe_units)
-        self.unit_of = {}
-        for i, u in enumerate(self.pe_units):
-            for e in u.engines:
-                self.unit_of[e] = i
-        for i, u in enumerate(self.de_units):
-            for e in u.engines:
-                self.unit_of[e] = i
+        # engine -> index of its unit among the PE units or the DE units
+        self.unit_of = {e: i for units in (self.pe_units, self.de_units)
+                        for i, u in enumerate(units) for e in u.engines}
         # each engine's tok_e, seq_e and free HBM (PAPER.md 5.1), kept as the records the leaders report
         self.load = [EngineLoad(e, self.node_of[e], 0, 0, 0.0 if e < n_pe else self.de_hbm) for e in range(n_pe + n_de)]
         self._group_loads = {gid: [self.load[e] for e in engines]
@@ -239,7 +235,8 @@ class Simulator:
     def _agent_rounds(self, agent: int) -> tuple:
         a = self.agents[agent]
         rounds = self._rounds[agent] = (  # typed arrays: an item is read as a Python int (or float)
-            as_typed_array(a.append, "q"), as_typed_array(a.gen, "q"), None if a.hit is None else as_typed_array(a.hit, "q"),
+            as_typed_array(a.append, "q"), as_typed_array(a.gen, "q"),
+            None if a.hit is None else as_typed_array(a.hit, "q"),
             None if a.think_s is None else as_typed_array(a.think_s, "d"))
         return rounds
 
