@@ -1,6 +1,7 @@
 """Write tiny random-weight Hugging Face checkpoints and their reference logits for the parity tests.
 
-Uses ``transformers`` (Qwen2ForCausalLM, DeepseekV3ForCausalLM) and ``torch`` on CPU in float32:
+Uses ``transformers`` (Qwen2ForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM) and ``torch``
+on CPU in float32:
 each model is built from a tiny config with random weights, saved with ``save_pretrained`` (config.json
 + model.safetensors) under ``tests/data/hf/<name>/``, and run on fixed token ids; the logits are saved as
 ``reference.npz`` (``tokens`` i32[T], ``logits`` f32[T, V]). ``tests/test_hf_parity.py`` reads the
@@ -50,13 +51,31 @@ def make_deepseek_v3(q_lora_rank) -> transformers.PreTrainedModel:
     return transformers.DeepseekV3ForCausalLM(cfg)
 
 
+def make_deepseek_v2(q_lora_rank) -> transformers.PreTrainedModel:
+    """DeepSeek-V2's MLA (V2-Lite: ``q_lora_rank`` None), every layer dense."""
+    cfg = transformers.DeepseekV2Config(
+        vocab_size=512, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=4,
+        num_experts_per_tok=2, first_k_dense_replace=3, q_lora_rank=q_lora_rank, kv_lora_rank=32,
+        qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, max_position_embeddings=1024,
+        rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        tie_word_embeddings=False, attention_bias=False, n_group=1, topk_group=1)
+    return transformers.DeepseekV2ForCausalLM(cfg)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "hf"))
+    parser.add_argument("--only", default="", help="comma-separated names to (re)write (default: all)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    models = {"qwen2_tiny": make_qwen2(), "deepseek_v3_tiny": make_deepseek_v3(32),
-              "deepseek_v3_tiny_noqlora": make_deepseek_v3(None)}
+    makers = {"qwen2_tiny": make_qwen2, "deepseek_v3_tiny": lambda: make_deepseek_v3(32),
+              "deepseek_v3_tiny_noqlora": lambda: make_deepseek_v3(None),
+              "deepseek_v2_lite_tiny": lambda: make_deepseek_v2(None)}
+    only = [n for n in args.only.split(",") if n]
+    if unknown := sorted(set(only) - set(makers)):
+        parser.error(f"--only: unknown names {unknown} (known: {sorted(makers)})")
+    models = {name: make() for name, make in makers.items() if not only or name in only}
     tokens = np.random.default_rng(0).integers(0, 512, size=SEQ_LEN).astype(np.int32)
     for name, model in models.items():
         model = model.float().eval()

@@ -1,4 +1,5 @@
-"""Logits parity against Hugging Face transformers (Qwen2ForCausalLM, DeepseekV3ForCausalLM).
+"""Logits parity against Hugging Face transformers (Qwen2ForCausalLM, DeepseekV2ForCausalLM,
+DeepseekV3ForCausalLM).
 
 The checkpoints and reference logits under tests/data/hf were written by transformers itself
 (scripts/make_hf_goldens.py, torch float32 on CPU); this project only reads them. The live test at the
@@ -18,7 +19,7 @@ from dualpath_jax.model import forward, forward_with_cache
 from dualpath_jax.model.hf import load_hf_checkpoint
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "hf")
-CASES = ["qwen2_tiny", "deepseek_v3_tiny", "deepseek_v3_tiny_noqlora"]
+CASES = ["qwen2_tiny", "deepseek_v3_tiny", "deepseek_v3_tiny_noqlora", "deepseek_v2_lite_tiny"]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -85,7 +86,10 @@ def test_live_transformers_parity():
     spec_.loader.exec_module(mod)
     torch.manual_seed(123)
     import tempfile
-    for model in (mod.make_qwen2(), mod.make_deepseek_v3(None)):
+    models = [mod.make_qwen2(), mod.make_deepseek_v3(None)]
+    if hasattr(transformers, "DeepseekV2ForCausalLM"):  # transformers >= 4.52
+        models.append(mod.make_deepseek_v2(32))
+    for model in models:
         model = model.float().eval()
         mod._perturb_norms_and_biases(model)
         tokens = np.random.default_rng(5).integers(0, 512, size=40)

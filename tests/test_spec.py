@@ -58,3 +58,32 @@ def test_argv_flag_values_reads_both_absl_forms():
                                       "--progress": "", "--config.cluster.decode_nodes": "4",
                                       "--config.cluster.engines_per_node": "2"}
     assert argv_flag_values(["--a=-1", "--b", "-2"]) == {"--a": "-1", "--b": ""}  # "-2" is not taken as a value
+
+
+# DeepSeek-V2-Lite's config.json (huggingface.co/deepseek-ai/DeepSeek-V2-Lite), the fields read
+DEEPSEEK_V2_LITE = {
+    "model_type": "deepseek_v2", "architectures": ["DeepseekV2ForCausalLM"], "vocab_size": 102400,
+    "hidden_size": 2048, "intermediate_size": 10944, "num_hidden_layers": 27, "num_attention_heads": 16,
+    "num_key_value_heads": 16, "q_lora_rank": None, "kv_lora_rank": 512, "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64, "v_head_dim": 128, "n_routed_experts": 64, "n_shared_experts": 2,
+    "num_experts_per_tok": 6, "moe_intermediate_size": 1408, "first_k_dense_replace": 1, "moe_layer_freq": 1,
+    "max_position_embeddings": 163840, "rms_norm_eps": 1e-6, "rope_theta": 10000, "tie_word_embeddings": False,
+    "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096, "beta_fast": 32,
+                     "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707},
+}
+
+
+def test_a_deepseek_v2_lite_config_reads_as_mla_with_moe():
+    from dualpath_jax.model import cost
+    from dualpath_jax.model.spec import spec_from_hf_config
+
+    spec = spec_from_hf_config(DEEPSEEK_V2_LITE, name="v2-lite")
+    assert (spec.attention, spec.q_lora_rank, spec.kv_lora_rank, spec.qk_rope_head_dim) == ("mla", 0, 512, 64)
+    assert (spec.n_routed_experts, spec.n_activated_experts, spec.n_shared_experts, spec.first_k_dense,
+            spec.moe_d_ff) == (64, 6, 2, 1, 1408)
+    assert spec.rope_interleave and spec.rope_theta == 10000.0
+    # MLA caches the latent and the rope key per token per layer: (512 + 64) values, bf16 = 2 bytes each
+    assert cost.kv_bytes_per_token_per_layer(spec, "bf16") == (512 + 64) * 2
+    assert cost.kv_bytes_per_token(spec, "bf16") == 27 * (512 + 64) * 2
+    with pytest.raises(ConfigError, match="model_type"):
+        spec_from_hf_config({**DEEPSEEK_V2_LITE, "model_type": "deepseek_v4"})

@@ -1,7 +1,8 @@
 """Load a local Hugging Face checkpoint (``config.json`` + safetensors) into ``(ModelSpec, params)``.
 
 Supported architectures: ``Qwen2ForCausalLM`` (``model_type="qwen2"``) and
-``DeepseekV3ForCausalLM`` (``model_type="deepseek_v3"``) whose layers are all dense
+``DeepseekV2ForCausalLM`` / ``DeepseekV3ForCausalLM`` (``model_type="deepseek_v2"`` /
+``"deepseek_v3"``: the same MLA weights and interleaved RoPE) whose layers are all dense
 (``first_k_dense_replace >= num_hidden_layers`` or ``n_routed_experts`` 0), with default RoPE and
 no DSA indexer. The ``config.json`` is read by :func:`~dualpath_jax.model.spec.spec_from_hf_config`
 (JAX-free, also used by the simulator, which accepts MoE and indexer models). Weight names follow

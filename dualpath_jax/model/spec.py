@@ -16,7 +16,8 @@ functional model implements the dense MLP (every layer of the tiny presets is de
 
 Besides the presets, :func:`resolve_spec` reads a Hugging Face ``config.json`` (a file, or a
 directory holding one) through :func:`spec_from_hf_config`: dense GQA (``model_type`` ``qwen2``)
-and DeepSeek-style MLA with MoE (``deepseek_v3``) and the DSA indexer (``deepseek_v32``).
+and DeepSeek-style MLA with MoE (``deepseek_v2``, ``deepseek_v3``) and the DSA indexer
+(``deepseek_v32``).
 
 Sources: Qwen2.5-32B ``config.json`` (huggingface.co/Qwen/Qwen2.5-32B), DeepSeek-V3.2
 ``config.json`` (PAPER.md [CFG-DS]), DS 27B shapes from PAPER.md section 6.1 / paper appendix A.2
@@ -288,7 +289,8 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
 
     * ``qwen2`` (Qwen2 / Qwen2.5): GQA with q/k/v bias; ``num_key_value_heads`` (default: the
       query heads), ``head_dim`` (default ``hidden_size / num_attention_heads``).
-    * ``deepseek_v3`` / ``deepseek_v32`` (DeepSeek-V3, V3.2): MLA (``q_lora_rank``, null = none;
+    * ``deepseek_v2`` / ``deepseek_v3`` / ``deepseek_v32`` (DeepSeek-V2 and V2-Lite, V3, V3.2;
+      V2's MLA and MoE fields are V3's): MLA (``q_lora_rank``, null = none;
       ``kv_lora_rank``, ``qk_nope_head_dim``, ``qk_rope_head_dim``, ``v_head_dim``), MoE
       (``n_routed_experts``, ``num_experts_per_tok``, ``n_shared_experts``,
       ``moe_intermediate_size``, ``first_k_dense_replace``; MoE every layer after the dense ones,
@@ -308,9 +310,9 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
         value ModelSpec rejects (inconsistent heads, MoE or indexer settings).
     """
     model_type = cfg.get("model_type")
-    if model_type not in ("qwen2", "deepseek_v3", "deepseek_v32"):
+    if model_type not in ("qwen2", "deepseek_v2", "deepseek_v3", "deepseek_v32"):
         raise ConfigError(f"{path}: model_type", f"unsupported architecture {model_type!r}; "
-                          "supported: 'qwen2', 'deepseek_v3', 'deepseek_v32'")
+                          "supported: 'qwen2', 'deepseek_v2', 'deepseek_v3', 'deepseek_v32'")
     common = dict(name=name, vocab_size=_number(cfg, "vocab_size", path, int),
                   d_model=_number(cfg, "hidden_size", path, int), n_layers=_number(cfg, "num_hidden_layers", path, int),
                   n_heads=_number(cfg, "num_attention_heads", path, int),
