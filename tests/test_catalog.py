@@ -243,6 +243,22 @@ def test_deepseek_config_json_kv_bytes_and_flops_by_hand(tmp_path):
     assert (cfg.kv_dtype, cfg.weight_dtype, cfg.peak_flops, cfg.uses_ep_sync) == ("fp8", "fp8", 1979 * T, True)
 
 
+def test_the_weight_dtype_follows_the_config_json(tmp_path):
+    # BF16 weights (no FP8 quantization_config, as DeepSeek-V2's and V2-Lite's checkpoints): the BF16 peak
+    bf16 = _write(tmp_path, "DeepSeek-V3-bf16", {k: v for k, v in DEEPSEEK_V3.items() if k != "quantization_config"})
+    cfg = SimConfig(model=str(bf16))
+    assert (cfg.weight_dtype, cfg.peak_flops, cfg.kv_dtype) == ("bf16", 989.5 * T, "fp8")
+    fp16 = _write(tmp_path, "Qwen-fp16", {**QWEN25_32B, "torch_dtype": "float16"})
+    assert SimConfig(model=str(fp16)).weight_dtype == "fp16"
+    # newer files name it "dtype"; a dtype the GEMMs are not costed in falls back to the model's default
+    newer = {**{k: v for k, v in QWEN25_32B.items() if k != "torch_dtype"}, "dtype": "float16"}
+    assert SimConfig(model=str(_write(tmp_path, "Qwen-new", newer))).weight_dtype == "fp16"
+    f32 = _write(tmp_path, "V3-f32", {**DEEPSEEK_V3, "torch_dtype": "float32", "quantization_config": None})
+    assert SimConfig(model=str(f32)).weight_dtype == "fp8"
+    # an explicit sim.weight_dtype still wins
+    assert SimConfig(model=str(bf16), weight_dtype="fp8").weight_dtype == "fp8"
+
+
 def test_deepseek_v32_indexer_fields_are_read(tmp_path):
     spec = resolve_spec(str(_write(tmp_path, "DeepSeek-V3.2", DEEPSEEK_V32) / "config.json"))
     assert (spec.index_n_heads, spec.index_head_dim, spec.index_topk) == (64, 128, 2048)

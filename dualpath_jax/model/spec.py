@@ -35,7 +35,7 @@ from typing import Any, Literal
 from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive
 
 __all__ = ["ModelSpec", "get_spec", "resolve_spec", "spec_from_hf_config", "load_hf_config", "default_weight_dtype",
-           "PRESETS", "preset_names"]
+           "hf_weight_dtype", "PRESETS", "preset_names"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,6 +353,32 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
     except ConfigError as e:  # ModelSpec names its own field: name the config.json key instead
         spec_field = e.field.rsplit(".", 1)[-1]
         raise ConfigError(f"{path}: {_HF_KEYS.get(spec_field, spec_field)}", str(e)[len(e.field) + 2:]) from None
+
+
+_HF_WEIGHT_DTYPES = {"bfloat16": "bf16", "float16": "fp16"}
+
+
+def hf_weight_dtype(name_or_path: str | os.PathLike) -> str | None:
+    """The weights' dtype a Hugging Face ``config.json`` declares (``name_or_path`` as
+    :func:`resolve_spec`): ``fp8`` when its ``quantization_config`` has ``quant_method`` ``fp8``
+    (DeepSeek-V3's block-scaled FP8 checkpoints), else ``bf16`` / ``fp16`` from ``torch_dtype``
+    (``dtype`` in newer files); None for a preset, an unreadable file or another dtype (callers then
+    use :func:`default_weight_dtype`)."""
+    key = os.fspath(name_or_path)
+    if str(key).lower() in PRESETS or not os.path.exists(key):
+        return None
+    file = os.path.join(key, "config.json") if os.path.isdir(key) else key
+    try:
+        with open(file) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    quant = cfg.get("quantization_config")
+    if isinstance(quant, dict) and str(quant.get("quant_method", "")).lower() == "fp8":
+        return "fp8"
+    return _HF_WEIGHT_DTYPES.get(str(cfg.get("torch_dtype", cfg.get("dtype", ""))).lower())
 
 
 def default_weight_dtype(spec: ModelSpec) -> str:

@@ -10,7 +10,7 @@ from ml_collections import config_dict
 
 from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive, to_dict
 from dualpath_jax.model import cost
-from dualpath_jax.model.spec import ModelSpec, default_weight_dtype, resolve_spec
+from dualpath_jax.model.spec import ModelSpec, default_weight_dtype, hf_weight_dtype, resolve_spec
 from dualpath_jax.sched.knobs import PREFILL_MODES, SchedKnobs
 from dualpath_jax.sim import catalog
 from dualpath_jax.sim.compute import ATTENTION_EFFICIENCY, ComputeModel
@@ -38,8 +38,9 @@ class SimConfig(SchedKnobs):
         MLA, FP16 for GQA, PAPER.md 1.2 Table 1).
       weight_dtype: dtype of the weights, which is also the GEMMs' compute dtype that picks the
         peak FLOP/s (:attr:`peak_flops`); None (default): the model's own, resolved when the config
-        is built (``model.spec.default_weight_dtype``: FP8 for DeepSeek-style MLA / MoE models,
-        BF16 for dense GQA models such as Qwen2.5).
+        is built: a ``config.json``'s own (``model.spec.hf_weight_dtype``: FP8 when quantized to
+        FP8, else its ``torch_dtype``), else ``model.spec.default_weight_dtype`` (FP8 for
+        DeepSeek-style MLA / MoE models, BF16 for dense GQA models such as Qwen2.5).
       activation_reserve_bytes: HBM a PE keeps for activations.
       ep_sync: DP-attention groups wait for their slowest member (default: MoE models).
       prefill_layer_overhead_s: fixed seconds per layer of every forward (an assumption, ``sim.compute``).
@@ -82,7 +83,7 @@ class SimConfig(SchedKnobs):
         if self.kv_dtype is None:
             object.__setattr__(self, "kv_dtype", cost.default_kv_dtype(spec))
         if self.weight_dtype is None:
-            object.__setattr__(self, "weight_dtype", default_weight_dtype(spec))
+            object.__setattr__(self, "weight_dtype", hf_weight_dtype(self.model) or default_weight_dtype(spec))
         check_positive("sim.prefill_nodes", self.prefill_nodes, integer=True)
         check_positive("sim.decode_nodes", self.decode_nodes, integer=True)
         check_in("sim.kv_dtype", self.kv_dtype, tuple(cost.DTYPE_BYTES))
