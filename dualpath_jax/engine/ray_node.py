@@ -138,7 +138,8 @@ class NodeHost:
         """Build this node's workers for run ``run_id`` (the DEs compile their decode steps; nothing
         runs until :meth:`start_run`); a run still active here (its driver gave up on it) is stopped
         first. ``faults``: what this node's workers, links and reader inject (its own
-        :class:`~.faults.FaultInjector`, seeded with the node id as its stream). Returns ``{"pid", "max_kv_tokens": {pe: tokens}, "num_blocks": {de: blocks}}``."""
+        :class:`~.faults.FaultInjector`, seeded with the node id as its stream). Returns
+        ``{"pid", "max_kv_tokens": {pe: tokens}, "num_blocks": {de: blocks}}``."""
         if self._run_id is not None:
             self._stop_run()
         self._reqs, self._failed = {}, {}

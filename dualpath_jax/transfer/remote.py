@@ -68,8 +68,8 @@ from jax.experimental import transfer as jax_transfer
 from dualpath_jax.config import ConfigError, check_positive
 from dualpath_jax.kvcache.layout import BlockLayout
 
-__all__ = ["ArraySpec", "KVOffer", "KVTransferEndpoint", "KVTransferError", "KVPullTimeout", "KVPullAborted", "EndpointStats",
-           "derive_uuid", "layer_block_specs", "UUID_BITS", "DEFAULT_PULL_TIMEOUT_S"]
+__all__ = ["ArraySpec", "KVOffer", "KVTransferEndpoint", "KVTransferError", "KVPullTimeout", "KVPullAborted",
+           "EndpointStats", "derive_uuid", "layer_block_specs", "UUID_BITS", "DEFAULT_PULL_TIMEOUT_S"]
 
 UUID_BITS = 64
 """Transfer uuids are unsigned 64-bit integers (``await_pull`` rejects others)."""
@@ -432,8 +432,9 @@ class _Aborted(Exception):
 
 def _wait_ready(arrays: Sequence[jax.Array], deadline: float, abort: Callable[[], str] | None = None) -> None:
     """Poll ``is_ready`` until every array is ready (arrived or failed); raise ``_Timeout`` at the
-    ``time.perf_counter`` deadline, ``_Aborted`` once ``abort()`` names a cause. Sleeps start at 20 us and double up to 1 ms, so a Layer Block
-    pull pays little latency and an abandoned one leaves no blocked thread behind."""
+    ``time.perf_counter`` deadline, ``_Aborted`` once ``abort()`` names a cause. Sleeps start at
+    20 us and double up to 1 ms, so a Layer Block pull pays little latency and an abandoned one
+    leaves no blocked thread behind."""
     delay = 20e-6
     pending = list(arrays)
     while True:
