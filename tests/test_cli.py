@@ -149,6 +149,36 @@ def test_prepare_workdir_refuses_files_and_replaces_only_a_run(tmp_path):
     assert list(run.iterdir()) == []
     with pytest.raises(ConfigError, match="is a file"):
         writers.prepare_workdir(other / "notes.txt")
+    with pytest.raises(ConfigError, match="^workdir: cannot create .*notes.txt/sub"):  # a parent is a file
+        writers.prepare_workdir(other / "notes.txt" / "sub")
+
+
+@pytest.mark.parametrize("sig, name", [("TERM", "SIGTERM"), ("INT", "SIGINT")])
+def test_a_run_stopped_by_a_signal_is_marked_failed_in_one_line(tmp_path, sig, name):
+    import signal
+    import time
+    script = tmp_path / "slow.py"
+    script.write_text(
+        "import sys, time\n"
+        "from absl import flags\n"
+        "from dualpath_jax.studies import cli\n"
+        "W = flags.DEFINE_string('workdir', None, '')\n"
+        "def main(argv):\n"
+        "    cli.open_workdir(W.value)\n"
+        "    print('started', flush=True)\n"
+        "    time.sleep(60)\n"
+        "cli.run(main)\n")
+    proc = subprocess.Popen([sys.executable, str(script), f"--workdir={tmp_path / 'w'}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    t0 = time.perf_counter()
+    proc.send_signal(getattr(signal, f"SIG{sig}"))
+    out, err = proc.communicate(timeout=30)
+    assert time.perf_counter() - t0 < 10  # not at the end of the sleep
+    assert proc.returncode == 128 + getattr(signal, f"SIG{sig}")
+    assert _lines(err) == [f"Interrupted: {name}"]
+    status = writers.read_status(tmp_path / "w")
+    assert (status["status"], status["error"]) == ("failed", f"Interrupted: {name}")
 
 
 def test_crosscheck_refuses_an_engine_run_that_did_not_finish(tmp_path):
@@ -329,3 +359,25 @@ def test_the_engine_ablation_reports_compilation_as_a_stage_and_no_nan_headline(
     assert "jct_s_basic_ci95" in done.stdout and "jct_s_basic_lo" not in done.stdout  # lo/hi: metrics.json only
     assert "jct_s_basic_lo" in json.loads((tmp_path / "w" / "metrics.json").read_text())
     assert "snic_max_avg_basic" in done.stdout and "snic_max_avg_oracle" not in done.stdout
+
+
+def test_a_comma_list_of_variants_is_told_the_tuple_syntax():
+    from dualpath_jax.sched.variants import get_variant
+    tuple_syntax = r"""--config.variants="\('basic','dualpath'\)\""""
+    with pytest.raises(ConfigError, match="unknown variant 'basic,dualpath'.*" + tuple_syntax) as e:
+        get_variant("basic,dualpath")
+    assert e.value.field == "variants"
+    with pytest.raises(ConfigError) as e:
+        get_variant("basics")
+    assert "tuple" not in str(e.value)
+
+
+def test_the_engine_script_names_a_missing_trace_folder_and_a_bad_divisor_in_one_line(tmp_path):
+    done = _run("run_engine.py", f"--config.workload.traces_dir={tmp_path / 'none'}", f"--workdir={tmp_path / 'w'}")
+    assert done.returncode == 1
+    (line,) = _lines(done.stderr)
+    assert line.startswith("ConfigError: workload.traces_dir: ") and "no *.json.gz trace files" in line
+    done = _run("run_engine.py", "--config.workload.token_divisor=7", f"--workdir={tmp_path / 'w2'}")
+    assert done.returncode == 1
+    assert _lines(done.stderr) == ["ConfigError: workload.token_divisor: must divide the agentic traces' 64-token "
+                                   "blocks (got 7)"]

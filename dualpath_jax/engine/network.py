@@ -78,7 +78,7 @@ class Fabric:
     def __init__(self, config: ClusterConfig):
         self.config = config
         self.bypass = config.loading == "oracle"
-        self.faults = None  # a FaultInjector: some moves fail (engine.faults)
+        self.faults = None  # a FaultInjector: some moves fail (engine/faults.py)
         g = config.engines_per_node
         snic, cnic = config.snic_bytes_per_s, config.cnic_bytes_per_s
         self.nodes: list[NodeIO] = []

@@ -50,7 +50,7 @@ class ClusterResult:
       failed_attempts: attempts that failed and were run again (``retried`` set), not in ``requests``.
       worker_errors: every unexpected exception of a worker's job: ``{"time_s", "worker",
         "error", "traceback", "fatal"}``.
-      faults: injected faults by kind (``engine.faults``); empty without fault injection.
+      faults: injected faults by kind (:mod:`~dualpath_jax.engine.faults`); empty without fault injection.
       leaks: resources still held at the end (empty after every clean run; see ResourceLeakError).
       runtime: ``"threads"`` or ``"ray"``; processes: engine processes (node actors; 1 for
         ``threads``, where every engine shares the driver's process).

@@ -113,7 +113,7 @@ def prepare_workdir(workdir, *, overwrite: bool = False) -> Path:
     ``env.json``) is emptied first; any other non-empty directory is still refused.
 
     Raises:
-      ConfigError: naming ``workdir``.
+      ConfigError: naming ``workdir`` (also when it or a parent cannot be created).
     """
     path = Path(workdir)
     if path.exists() and not path.is_dir():
@@ -133,7 +133,10 @@ def prepare_workdir(workdir, *, overwrite: bool = False) -> Path:
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a parent is a file, not writable, or on a read-only filesystem
+        raise ConfigError("workdir", f"cannot create {path}: {e.strerror or e}") from None
     return path
 
 

@@ -58,5 +58,9 @@ def get_variant(name: str) -> Variant:
       ConfigError: field ``variants`` for an unknown name.
     """
     if name not in VARIANTS:
-        raise ConfigError("variants", f"unknown variant {name!r}; known: {list(VARIANTS)}")
+        hint = ""
+        if isinstance(name, str) and "," in name:  # --config.variants=basic,dualpath: a string, not a tuple
+            names = ",".join(repr(n.strip()) for n in name.split(","))
+            hint = f"; several variants are a tuple: --config.variants=\"({names})\""
+        raise ConfigError("variants", f"unknown variant {name!r}; known: {list(VARIANTS)}{hint}")
     return VARIANTS[name]

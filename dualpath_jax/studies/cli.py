@@ -13,11 +13,15 @@
   unless ``--overwrite``, which replaces a previous run's) and marks it ``running`` in
   ``status.json``; :func:`run` marks it ``finished`` when ``main`` returns and ``failed``, with the
   error line, when it raises or exits with a non-zero status. A partial workdir never looks finished.
+  An interrupted run (Ctrl-C, or ``SIGTERM`` from ``timeout``, ``kill`` or a batch scheduler) is
+  marked ``failed`` with ``Interrupted: SIGINT`` / ``SIGTERM``, prints that line and exits with
+  status 130 / 143 (``--verbose``: with the traceback).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +51,18 @@ def one_line(error: BaseException) -> str:
     if str(error).startswith("Error whilst parsing config file") and error.__context__ is not None:
         error = error.__context__
     return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+class Interrupted(BaseException):
+    """The run was stopped by a signal (``SIGINT`` or ``SIGTERM``); ``signum`` which."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        super().__init__(signal.Signals(self.signum).name)
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signum)
 
 
 def _traceback_wanted(argv: list[str]) -> bool:
@@ -234,7 +250,16 @@ def run(main: Callable[[list[str]], object], *, config=None, describe: Callable[
             print(text)
             return
         try:
+            signal.signal(signal.SIGINT, _raise_interrupted)
+            signal.signal(signal.SIGTERM, _raise_interrupted)
             main(argv)
+        except Interrupted as e:
+            line = one_line(e)
+            _finish("failed", line)
+            if traceback_wanted():
+                raise
+            print(line, file=sys.stderr, flush=True)
+            sys.exit(128 + e.signum)
         except SystemExit as e:
             ok = e.code in (0, None)
             _finish("finished" if ok else "failed", None if ok else f"exit status {e.code}")

@@ -97,11 +97,16 @@ def select_agents(cfg: EngineWorkload) -> list[Trajectory]:
     ``cfg.traces_dir``: folder of ``*.json.gz`` traces (empty: ``workload.agentic_dir()``).
 
     Raises:
-      ConfigError: ``workload.num_agents`` agents cannot be found under the limits.
-      FileNotFoundError: no trace files in the folder.
+      ConfigError: ``workload.num_agents`` agents cannot be found under the limits;
+        ``workload.traces_dir`` holds no trace files (or, when empty, the default folder).
     """
-    ts = load_agentic_traces(cfg.traces_dir or None, limit=cfg.max_files, subagents="drop",
-                             token_scope="trajectory")
+    try:
+        ts = load_agentic_traces(cfg.traces_dir or None, limit=cfg.max_files, subagents="drop",
+                                 token_scope="trajectory")
+    except FileNotFoundError as e:
+        hint = "" if cfg.traces_dir else (" (the default folder: set workload.traces_dir, or DUALPATH_DATA_DIR to "
+                                          "the folder holding agentic_traces/)")
+        raise ConfigError("workload.traces_dir", f"{e}{hint}") from None
     ts = scale_tokens(ts, int(cfg.token_divisor))
     out = []
     for traj in ts:
