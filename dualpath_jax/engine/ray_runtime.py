@@ -50,6 +50,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import warnings
 
 import jax
 
@@ -92,10 +93,12 @@ class RayRuntime:
         import ray  # noqa: PLC0415
 
         if not ray.is_initialized():
-            if self.address:
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=True)
-            else:
-                ray.init(include_dashboard=False, log_to_driver=True)
+            with warnings.catch_warnings():  # Ray's daemons are forked and exec at once: JAX's fork warning is moot
+                warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+                if self.address:
+                    ray.init(address=self.address, include_dashboard=False, log_to_driver=True)
+                else:
+                    ray.init(include_dashboard=False, log_to_driver=True)
         return ray
 
     def nodes(self, config: ClusterConfig, spec: ModelSpec, layout: BlockLayout, params: dict,

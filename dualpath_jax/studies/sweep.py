@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -93,10 +94,12 @@ def _ray(workers: int, address: str):
     import ray
 
     if not ray.is_initialized():
-        if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=True)
+        with warnings.catch_warnings():  # Ray's daemons are forked and exec at once: JAX's fork warning is moot
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+            if address:
+                ray.init(address=address, include_dashboard=False, log_to_driver=True)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=True)
     return ray
 
 
