@@ -131,7 +131,19 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> 
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[key] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # a nested dataclass names its fields from its own root ("hardware.x")
+        raise _under(e, prefix) from None
+
+
+def _under(error: ConfigError, prefix: str) -> ConfigError:
+    """``error`` naming its field as the user reached it: a dataclass read at ``prefix``
+    ``"sim.hardware."`` that names ``"hardware.x"`` is told ``"sim.hardware.x"``."""
+    last = prefix.rstrip(".").rpartition(".")[2] + "."
+    if not prefix or error.field.startswith(prefix) or last == prefix or not error.field.startswith(last):
+        return error
+    return ConfigError(prefix + error.field[len(last):], str(error)[len(error.field) + 2:])
 
 
 def argv_flag_values(argv: Iterable[str]) -> dict[str, str]:

@@ -87,3 +87,18 @@ def test_a_deepseek_v2_lite_config_reads_as_mla_with_moe():
     assert cost.kv_bytes_per_token(spec, "bf16") == 27 * (512 + 64) * 2
     with pytest.raises(ConfigError, match="model_type"):
         spec_from_hf_config({**DEEPSEEK_V2_LITE, "model_type": "deepseek_v4"})
+
+
+def test_from_mapping_names_a_nested_dataclass_field_as_the_user_reached_it():
+    from dualpath_jax.sim.config import SimConfig
+    from dualpath_jax.sim.hardware import HardwareConfig
+
+    with pytest.raises(ConfigError) as e:  # --config.sim.hardware.snic_bytes_per_s=-1
+        from_mapping(SimConfig, {"hardware": {"snic_bytes_per_s": -1.0}}, prefix="sim.")
+    assert e.value.field == "sim.hardware.snic_bytes_per_s" and str(e.value).endswith("must be > 0 (got -1.0)")
+    with pytest.raises(ConfigError) as e:  # the advisor's top-level --config.hardware.snic_bytes_per_s=-1
+        from_mapping(HardwareConfig, {"snic_bytes_per_s": -1.0}, prefix="hardware.")
+    assert e.value.field == "hardware.snic_bytes_per_s"
+    with pytest.raises(ConfigError) as e:  # a field the dataclass already names from the root stays as it is
+        from_mapping(SimConfig, {"prefill_nodes": 0}, prefix="sim.")
+    assert e.value.field == "sim.prefill_nodes"
