@@ -12,8 +12,8 @@ import pytest
 
 PKG = pathlib.Path(__file__).resolve().parent.parent / "dualpath_jax"
 
-LEVEL = {"config": 0, "shapes": 0, "native": 0, "lazy": 0, "model": 1, "kernels": 1, "kvcache": 1, "store": 2, "transfer": 2,
-         "sched": 3, "workload": 3, "metrics": 3, "engine": 4, "sim": 4, "studies": 5}
+LEVEL = {"config": 0, "shapes": 0, "native": 0, "lazy": 0, "raylaunch": 0, "model": 1, "kernels": 1, "kvcache": 1,
+         "store": 2, "transfer": 2, "sched": 3, "workload": 3, "metrics": 3, "engine": 4, "sim": 4, "studies": 5}
 FORBIDDEN = {("sim", "engine"), ("sim", "kernels"), ("engine", "sim"), ("sched", "store"), ("sched", "transfer"),
              ("workload", "store"), ("workload", "transfer"), ("metrics", "store"), ("metrics", "transfer")}
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 import os
 import queue
 import threading
-import warnings
 
 import jax
 
@@ -62,6 +61,7 @@ from dualpath_jax.engine.reader import ReadJob
 from dualpath_jax.engine.request import RequestState
 from dualpath_jax.kvcache import BlockLayout
 from dualpath_jax.model.spec import ModelSpec
+from dualpath_jax.raylaunch import ray_module
 from dualpath_jax.store import StoreConfig
 
 __all__ = ["RayRuntime", "RemoteNodes", "RemoteReader", "RemotePE", "RemoteDE", "translate"]
@@ -90,16 +90,7 @@ class RayRuntime:
         self.pids: list[int] = []
 
     def ray(self):
-        import ray  # noqa: PLC0415
-
-        if not ray.is_initialized():
-            with warnings.catch_warnings():  # Ray's daemons are forked and exec at once: JAX's fork warning is moot
-                warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-                if self.address:
-                    ray.init(address=self.address, include_dashboard=False, log_to_driver=True)
-                else:
-                    ray.init(include_dashboard=False, log_to_driver=True)
-        return ray
+        return ray_module(self.address)
 
     def nodes(self, config: ClusterConfig, spec: ModelSpec, layout: BlockLayout, params: dict,
               scheduler_cls: type) -> list:

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import sys
 import threading
-import warnings
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import tqdm
 
 from dualpath_jax.config import ConfigError
+from dualpath_jax.raylaunch import ray_module
 
 __all__ = ["Sweep", "lockstep"]
 
@@ -91,16 +91,7 @@ def _call(fn: Callable[[Any], Any], x: Any) -> Any:
 def _ray(workers: int, address: str):
     """The ``ray`` module with this process connected (a local instance of ``workers`` CPUs, or
     the cluster at ``address``)."""
-    import ray
-
-    if not ray.is_initialized():
-        with warnings.catch_warnings():  # Ray's daemons are forked and exec at once: JAX's fork warning is moot
-            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-            if address:
-                ray.init(address=address, include_dashboard=False, log_to_driver=True)
-            else:
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=True)
-    return ray
+    return ray_module(address, num_cpus=workers)
 
 
 class _Aborted(Exception):
