@@ -230,6 +230,17 @@ def load_hf_config(path: str | os.PathLike, *, name: str | None = None, field: s
       ConfigError: naming ``field`` when ``path`` holds no ``config.json``; naming the file when it
         is not a JSON object; as :func:`spec_from_hf_config` for its fields.
     """
+    file, cfg = _read_hf_config(path, field)
+    default_name = os.path.basename(os.path.dirname(os.path.abspath(file))) or "hf"
+    return spec_from_hf_config(cfg, name=name or default_name, path=file)
+
+
+def _read_hf_config(path: str | os.PathLike, field: str) -> tuple[str, dict]:
+    """``(file, its JSON object)`` of the ``config.json`` at ``path`` (the file or its directory).
+
+    Raises:
+      ConfigError: as :func:`load_hf_config` (no file: ``field``; not a JSON object: the file).
+    """
     path = os.fspath(path)
     file = os.path.join(path, "config.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
@@ -241,8 +252,7 @@ def load_hf_config(path: str | os.PathLike, *, name: str | None = None, field: s
         raise ConfigError(file, f"not a readable JSON file ({e})") from None
     if not isinstance(cfg, dict):
         raise ConfigError(file, f"must hold a JSON object (got {type(cfg).__name__})")
-    default_name = os.path.basename(os.path.dirname(os.path.abspath(file))) or "hf"
-    return spec_from_hf_config(cfg, name=name or default_name, path=file)
+    return file, cfg
 
 
 # ModelSpec field -> the config.json key it comes from (errors of ModelSpec's own checks name the key)
@@ -367,13 +377,9 @@ def hf_weight_dtype(name_or_path: str | os.PathLike) -> str | None:
     key = os.fspath(name_or_path)
     if str(key).lower() in PRESETS or not os.path.exists(key):
         return None
-    file = os.path.join(key, "config.json") if os.path.isdir(key) else key
     try:
-        with open(file) as f:
-            cfg = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(cfg, dict):
+        _, cfg = _read_hf_config(key, "model")
+    except ConfigError:
         return None
     quant = cfg.get("quantization_config")
     if isinstance(quant, dict) and str(quant.get("quant_method", "")).lower() == "fp8":
