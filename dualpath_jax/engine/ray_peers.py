@@ -129,7 +129,7 @@ class _RemoteHits:
 
     def __init__(self, peers: "RayPeers", node: int, asks: list[tuple[int, int]], out_bytes: dict[int, int],
                  token: int, pe_node: int):
-        self.peers, self.node, self.token = peers, node, token
+        self.peers, self.node = peers, node
         self.rows = {}
         off = 0
         for rid, n in asks:
