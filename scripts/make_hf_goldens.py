@@ -40,26 +40,25 @@ def make_qwen2() -> transformers.PreTrainedModel:
     return transformers.Qwen2ForCausalLM(cfg)
 
 
+# the tiny DeepSeek MLA shape both DeepSeek builders share: every layer dense (first_k_dense_replace = layers)
+_TINY_MLA = dict(
+    vocab_size=512, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=3,
+    num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=4,
+    num_experts_per_tok=2, first_k_dense_replace=3, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+    v_head_dim=16, max_position_embeddings=1024, rms_norm_eps=1e-6, tie_word_embeddings=False,
+    attention_bias=False, n_group=1, topk_group=1)
+
+
 def make_deepseek_v3(q_lora_rank) -> transformers.PreTrainedModel:
-    cfg = transformers.DeepseekV3Config(
-        vocab_size=512, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=4,
-        num_experts_per_tok=2, first_k_dense_replace=3, q_lora_rank=q_lora_rank, kv_lora_rank=32,
-        qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, max_position_embeddings=1024,
-        rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False, rope_interleave=True,
-        attention_bias=False, n_group=1, topk_group=1)
+    cfg = transformers.DeepseekV3Config(**_TINY_MLA, q_lora_rank=q_lora_rank, rope_theta=10000.0,
+                                        rope_interleave=True)
     return transformers.DeepseekV3ForCausalLM(cfg)
 
 
 def make_deepseek_v2(q_lora_rank) -> transformers.PreTrainedModel:
     """DeepSeek-V2's MLA (V2-Lite: ``q_lora_rank`` None), every layer dense."""
-    cfg = transformers.DeepseekV2Config(
-        vocab_size=512, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=4,
-        num_experts_per_tok=2, first_k_dense_replace=3, q_lora_rank=q_lora_rank, kv_lora_rank=32,
-        qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, max_position_embeddings=1024,
-        rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        tie_word_embeddings=False, attention_bias=False, n_group=1, topk_group=1)
+    cfg = transformers.DeepseekV2Config(**_TINY_MLA, q_lora_rank=q_lora_rank,
+                                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
     return transformers.DeepseekV2ForCausalLM(cfg)
 
 
