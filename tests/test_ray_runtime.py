@@ -144,6 +144,44 @@ def test_ray_runtime_refuses_what_it_cannot_run(tmp_path, runtime):
         cluster.run(AGENTS[:1], [0.0], progress=False)
 
 
+@pytest.mark.parametrize("kw, match", [
+    ({"gpus_per_engine": 1}, r"ray\.gpus_per_engine: 1 GPU\(s\) per engine for 3 engines needs 3 GPU\(s\); "
+                             r"the Ray cluster has 0"),
+    ({"de_resource": "decode_host"}, r"ray\.de_resource: 2 DE node\(s\) need one unit each of 'decode_host'"),
+])
+def test_ray_runtime_names_the_resource_the_cluster_lacks_instead_of_waiting(ray_session, kw, match):
+    # this host has no GPU and no custom resource: Ray would queue the node actors forever
+    spec, params, layout = tiny_model()
+    rt = RayRuntime(**kw)
+    try:
+        with pytest.raises(ConfigError, match=match):
+            rt.nodes(ClusterConfig(**FAST), spec, layout, params, object)
+        assert rt.actors == [None] * 3  # nothing was started
+    finally:
+        rt.close()
+
+
+def test_pe_node_warm_up_compiles_in_its_own_process_what_its_pe_then_runs(tmp_path, ray_session):
+    """The driver's compilation never reaches a node actor's process: RayRuntime.warm_up_prefill
+    compiles the PE's prefill programs there, and a run's PE then finds every one in memory."""
+    from dualpath_jax.engine.profile import prefill_shape
+    from dualpath_jax.sched import ClusterScheduler
+
+    model = tiny_model()
+    spec, params, layout = model
+    z = layout.block_tokens
+    shapes = sorted({prefill_shape(c, t, z) for t, c in [(40, 3 * z + 5), (16, 0)]})
+    cfg = ClusterConfig(**FAST).for_variant("dualpath")
+    rt = RayRuntime()
+    try:
+        rt.nodes(cfg, spec, layout, params, ClusterScheduler)
+        assert rt.warm_up_prefill(shapes) > 0  # a fresh process compiles (or loads) them
+        assert rt.warm_up_prefill(shapes) == 0  # a new PrefillPath, as each run's PE builds, finds them in memory
+        assert rt.warm_up_prefill(shapes[:1] + [(shapes[0][0], shapes[0][1] * 2)]) > 0  # a new shape compiles
+    finally:
+        rt.close()
+
+
 def test_random_faults_of_every_kind_land_in_the_node_processes_and_lose_nothing(tmp_path, runtime):
     model = tiny_model()
     spec, params, _ = model

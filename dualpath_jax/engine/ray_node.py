@@ -29,6 +29,8 @@ from dualpath_jax.engine.de import DecodeWorker
 from dualpath_jax.engine.faults import FaultConfig, FaultInjector
 from dualpath_jax.engine.network import Fabric, TransferFailed
 from dualpath_jax.engine.pe import PrefillWorker
+from dualpath_jax.engine.prefill import PrefillPath
+from dualpath_jax.engine.profile import warm_up_prefill
 from dualpath_jax.engine.ray_peers import RayPeers, RequestInfo, _unpack
 from dualpath_jax.engine.reader import NodeReader, ReadJob
 from dualpath_jax.engine.request import RequestState
@@ -97,6 +99,14 @@ class _PostedReadQueues:
         self._post(("read_q", node, float(tokens)))
 
 
+_COMPILES = [0]  # XLA programs compiled (or loaded from the persistent cache) in this process
+
+
+def _count_compile(event: str, duration_s: float, **_) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILES[0] += 1
+
+
 class NodeHost:
     """One node of the cluster in its own process (a Ray actor; module docstring).
 
@@ -111,6 +121,7 @@ class NodeHost:
                  params: dict, scheduler_cls: type, jit_cache_dir: str = ""):
         if jit_cache_dir:
             jax.config.update("jax_compilation_cache_dir", jit_cache_dir)
+        jax.monitoring.register_event_duration_secs_listener(_count_compile)
         self.node, self.role, self.engines = int(node), role, list(engines)
         self.spec, self.layout, self.params, self.scheduler_cls = spec, layout, params, scheduler_cls
         self.embed = np.asarray(params["embed"], np.float32)
@@ -131,6 +142,19 @@ class NodeHost:
     def ping(self) -> int:
         """This process's id (the actor is up)."""
         return os.getpid()
+
+    def warm_up_prefill(self, shapes: Sequence[tuple[int, int]]) -> int:
+        """Compile this PE node's prefill programs for ``(T bucket, P bucket)`` shapes on each of its
+        engines' devices, as its PEs will call them (:func:`~.profile.warm_up_prefill`), so that no
+        timed run compiles them. Returns the XLA programs this compiled (or loaded from the
+        persistent cache) in this process: 0 when every one was already in memory, and on a DE node."""
+        if self.role != "pe":
+            return 0
+        before = _COMPILES[0]
+        for d in {self.devices[i % len(self.devices)] for i in range(len(self.engines))}:
+            warm_up_prefill(self.params, self.spec, d, shapes,
+                            path=PrefillPath(self.params, self.spec, self.layout, device=d))
+        return _COMPILES[0] - before
 
     # ---- a run ----------------------------------------------------------------------------------
     def begin_run(self, run_id: str, config: ClusterConfig, store_config: StoreConfig, nodes: Sequence,

@@ -53,6 +53,7 @@ import threading
 
 import jax
 
+from dualpath_jax.config import ConfigError
 from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.engine.faults import FaultConfig
 from dualpath_jax.engine.ray_node import JOIN_FIELDS, POLL_S, NodeHost, apply_patch, snapshot
@@ -102,6 +103,7 @@ class RayRuntime:
             self._key, self._params_of, self._params = key, params, ray.put(params)
             self._args = (spec, layout, scheduler_cls)
             self.actors = [None] * config.num_nodes
+            self._check_resources(ray, config)
         g = config.engines_per_node
         for n in range(config.num_nodes):
             if self.actors[n] is not None:
@@ -124,6 +126,31 @@ class RayRuntime:
                 n, role, engines, spec_, layout_, self._params, sched_, self.jit_cache_dir)
         self.pids = ray.get([a.ping.remote() for a in self.actors])
         return list(self.actors)
+
+    def warm_up_prefill(self, shapes) -> int:
+        """Compile the PE node actors' prefill programs for ``(T bucket, P bucket)`` shapes in their
+        processes (:meth:`NodeHost.warm_up_prefill`; the driver's own compilation does not reach
+        them); returns the XLA programs the actors compiled (or loaded from the persistent cache)
+        for it. Start the actors first (:meth:`nodes`)."""
+        ray = self.ray()
+        return sum(ray.get([a.warm_up_prefill.remote(list(shapes)) for a in self.actors if a is not None]))
+
+    def _check_resources(self, ray, config: ClusterConfig) -> None:
+        """Raise ConfigError (naming the ``ray.*`` field) when the Ray cluster lacks the GPUs or the custom
+        resources the node actors ask for: Ray would otherwise wait for them forever."""
+        have = ray.cluster_resources()
+        engines = config.num_pe + config.num_de
+        need_gpus = self.gpus_per_engine * engines
+        if need_gpus > have.get("GPU", 0.0) + 1e-9:
+            raise ConfigError("ray.gpus_per_engine", f"{self.gpus_per_engine:g} GPU(s) per engine for {engines} "
+                              f"engines needs {need_gpus:g} GPU(s); the Ray cluster has {have.get('GPU', 0.0):g} "
+                              "(0 on hosts without GPUs)")
+        for role, nodes in (("pe", config.prefill_nodes), ("de", config.decode_nodes)):
+            name = self.resource[role]
+            if name and have.get(name, 0.0) < nodes:
+                raise ConfigError(f"ray.{role}_resource", f"{nodes} {role.upper()} node(s) need one unit each of "
+                                  f"{name!r}; the Ray cluster has {have.get(name, 0.0):g} (a host gives it with "
+                                  f"`ray start --resources='{{\"{name}\": N}}'`)")
 
     def close(self) -> None:
         """Stop the node actors (Ray itself keeps running)."""

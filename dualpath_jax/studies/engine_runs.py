@@ -337,9 +337,10 @@ def compile_runs(setup: Setup, store_dir: Path, seed_dir: Path | None, *, log: C
                  progress: bool | None = None) -> dict:
     """First-run compilation, as a stage of its own: every PE device's prefill shapes
     (``setup.warm_shapes``, through a :class:`~dualpath_jax.engine.prefill.PrefillPath` as the PE
-    calls them, so the timed runs find them in JAX's in-memory cache) and one Oracle run of the
-    agent with the longest context, which compiles the DE decode step of every batch-row and
-    block-table bucket the run can use and the block copies. The later runs then start warm (the
+    calls them, so the timed runs find them in JAX's in-memory cache; under ``ray`` in the PE node
+    actors' processes too) and one Oracle run of the agent with the longest context, which
+    compiles the DE decode step of every batch-row and block-table bucket the run can use and the
+    block copies. The later runs then start warm (the
     persistent compilation cache of an earlier process makes this stage take seconds). Returns
     its wall and compilation seconds and the programs compiled.
     """
@@ -350,6 +351,9 @@ def compile_runs(setup: Setup, store_dir: Path, seed_dir: Path | None, *, log: C
                         path=PrefillPath(setup.params, setup.spec, setup.layout, device=d))
     longest = max(setup.agents, key=lambda a: int(a.num_prompt_tokens.max()) + int(a.num_gen_tokens.max()))
     run_variant(setup, "oracle", store_dir, seed_dir, progress=progress, agents=[longest])
+    runtime = getattr(setup, "runtime", None)
+    if runtime is not None:  # ray: the PE node actors (started by the run above) compile in their own processes
+        runtime.warm_up_prefill(setup.warm_shapes)
     wall, (c1, n1) = time.perf_counter() - t0, CompileClock.read()
     log(f"compiled {len(setup.warm_shapes)} prefill shapes on {setup.cluster.num_pe} PE(s) and a warm-up run "
         f"({longest.num_rounds} rounds of one agent, Oracle) in {wall:.1f} s: {c1 - c0:.1f} s of XLA compilation, "
