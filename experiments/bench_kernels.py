@@ -12,13 +12,18 @@ scatter.
 Commands:
   CPU quick mode (tiny shapes, Pallas in interpret mode; about a minute):
     python experiments/bench_kernels.py --workdir=/tmp/bench_kernels
-  GPU (H200; about two minutes, a few tile configurations tried for the headline problem):
+  GPU (136 s on one H200, most of it compiling; a few tile configurations tried for the headline
+  problem; inputs are drawn on the device):
     python experiments/bench_kernels.py --workdir=/tmp/bench_kernels --sizes=gpu
+  Some problems only: --problems=decode_b32_32k,kv_write_b32_512
 
-Output: one line per (problem, implementation), then ``name: value`` lines (headline on GPU:
-``prefill_32k_512_ratio_vs_dense``, Pallas TFLOP/s over the best dense TFLOP/s), also written to
-``workdir/metrics.json``; ``workdir/results.csv`` holds every row, ``workdir/env.json`` the
-versions and device. Exits non-zero if any Pallas result disagrees with the reference.
+Output: one line per (problem, implementation) with the median time over ``--repeats`` and its
+min..max, then ``name: value`` lines (headline on GPU: ``prefill_32k_512_ratio_vs_dense``, Pallas
+TFLOP/s over the best dense TFLOP/s, with ``_min``/``_max`` from the repeats' extremes), also
+written to ``workdir/metrics.json``; ``workdir/results.csv`` holds every row, ``workdir/env.json``
+the versions and device. Both files are rewritten after every problem, so a run stopped part-way
+keeps what it measured. Exits non-zero if any Pallas result disagrees with the reference.
+Figures of one H200: ``experiments/results/gpu_check/kernels/``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
+from dualpath_jax.config import ConfigError
 from dualpath_jax.kernels.decode_attention import decode_attention, decode_attention_mla
 from dualpath_jax.kernels.kv_write import kv_write
 from dualpath_jax.kernels.prefill_attention import prefill_attention, prefill_attention_mla
@@ -50,6 +56,8 @@ flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Activation / KV
 flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median reported), after one warm-up.")
 flags.DEFINE_bool("tune", True, "On GPU, try a few Pallas tile configurations for the headline prefill.")
 flags.DEFINE_integer("seed", 0, "Random seed for the inputs.")
+flags.DEFINE_list("problems", [], "Run only these problems (names as printed, e.g. decode_mla_b32_32k); "
+                  "empty: every problem of --sizes.")
 
 # Error bounds of the Pallas-vs-reference check, keyed by dtype (outputs are O(1) or smaller).
 TOLERANCE = {"bfloat16": 3e-2, "float32": 1e-4}
@@ -126,42 +134,50 @@ def problems(sizes: str) -> list[Problem]:
 
 # ---- inputs ----------------------------------------------------------------------------------
 
-def _pool(rng, p: Problem, dtype, z: int):
-    """Random block pools holding each sequence's ``cached`` tokens (room for ``new`` more),
-    with a shuffled block table: the paged layout the kernels see in the engine."""
-    per_seq = -(-(p.cached + p.new) // z)
-    ids = rng.permutation(p.batch * per_seq).astype(np.int32)
-    table = jnp.asarray(ids.reshape(p.batch, per_seq))
-    total = p.batch * per_seq
-    d = p.dims
-    shapes = [(total, z, d.k, d.h)] * 2 if d.family == "gqa" else [(total, z, d.c), (total, z, d.r)]
-    pools = [jnp.asarray(0.5 * rng.standard_normal(s, np.float32), dtype) for s in shapes]
-    return pools, table
+class _Inputs:
+    """Random inputs made on the default device (``jax.random``: gigabytes of KV in milliseconds on a
+    GPU, where a host generator takes tens of seconds), and the block tables' permutations (numpy)."""
 
+    def __init__(self, seed: int):
+        self.key = jax.random.PRNGKey(seed)
+        self.rng = np.random.default_rng(seed)
 
-def _arr(rng, shape, dtype):
-    return jnp.asarray(0.5 * rng.standard_normal(shape, np.float32), dtype)
+    def arr(self, shape, dtype) -> jax.Array:
+        """``dtype[shape]``, normal with standard deviation 0.5."""
+        self.key, k = jax.random.split(self.key)
+        return (0.5 * jax.random.normal(k, shape, jnp.float32)).astype(dtype)
+
+    def pool(self, p: Problem, dtype, z: int):
+        """Random block pools holding each sequence's ``cached`` tokens (room for ``new`` more),
+        with a shuffled block table: the paged layout the kernels see in the engine."""
+        per_seq = -(-(p.cached + p.new) // z)
+        ids = self.rng.permutation(p.batch * per_seq).astype(np.int32)
+        table = jnp.asarray(ids.reshape(p.batch, per_seq))
+        total = p.batch * per_seq
+        d = p.dims
+        shapes = [(total, z, d.k, d.h)] * 2 if d.family == "gqa" else [(total, z, d.c), (total, z, d.r)]
+        return [self.arr(s, dtype) for s in shapes], table
 
 
 def build(p: Problem, dtype, seed: int):
     """``(fn, args, work, unit, donate)``: ``fn(*args, implementation=..., **tuning)`` runs the
     problem; ``work`` is in ``unit`` (flop or byte); ``donate`` names the argument to donate."""
-    rng = np.random.default_rng(seed)
+    inp = _Inputs(seed)
     d = p.dims
     z = BLOCK_TOKENS
-    pools, table = _pool(rng, p, dtype, z)
+    pools, table = inp.pool(p, dtype, z)
     b = p.batch
     scale = float(d.key_width) ** -0.5
     if p.kind == "prefill":
         cached = jnp.full((b,), p.cached, jnp.int32)
         new = jnp.full((b,), p.new, jnp.int32)
         if d.family == "gqa":
-            args = (_arr(rng, (b, p.new, d.n, d.h), dtype), _arr(rng, (b, p.new, d.k, d.h), dtype),
-                    _arr(rng, (b, p.new, d.k, d.h), dtype), *pools, table, cached, new)
+            args = (inp.arr((b, p.new, d.n, d.h), dtype), inp.arr((b, p.new, d.k, d.h), dtype),
+                    inp.arr((b, p.new, d.k, d.h), dtype), *pools, table, cached, new)
             fn = prefill_attention
         else:
-            args = (_arr(rng, (b, p.new, d.n, d.c), dtype), _arr(rng, (b, p.new, d.n, d.r), dtype),
-                    _arr(rng, (b, p.new, d.c), dtype), _arr(rng, (b, p.new, d.r), dtype), *pools, table,
+            args = (inp.arr((b, p.new, d.n, d.c), dtype), inp.arr((b, p.new, d.n, d.r), dtype),
+                    inp.arr((b, p.new, d.c), dtype), inp.arr((b, p.new, d.r), dtype), *pools, table,
                     cached, new)
             fn = prefill_attention_mla
         pairs = b * (p.new * p.cached + p.new * (p.new + 1) // 2)
@@ -170,28 +186,31 @@ def build(p: Problem, dtype, seed: int):
     if p.kind == "decode":
         kv_len = jnp.full((b,), p.cached, jnp.int32)
         if d.family == "gqa":
-            args = (_arr(rng, (b, d.n, d.h), dtype), *pools, table, kv_len)
+            args = (inp.arr((b, d.n, d.h), dtype), *pools, table, kv_len)
             fn = decode_attention
         else:
-            args = (_arr(rng, (b, d.n, d.c), dtype), _arr(rng, (b, d.n, d.r), dtype), *pools, table, kv_len)
+            args = (inp.arr((b, d.n, d.c), dtype), inp.arr((b, d.n, d.r), dtype), *pools, table, kv_len)
             fn = decode_attention_mla
         kv_bytes = b * p.cached * d.kv_values_per_token * jnp.dtype(dtype).itemsize
         return functools.partial(fn, scale=scale), args, float(kv_bytes), "byte", None
     cached = jnp.full((b,), p.cached, jnp.int32)
     new = jnp.full((b,), p.new, jnp.int32)
-    rows = _arr(rng, (b, p.new, *pools[0].shape[2:]), dtype)
+    rows = inp.arr((b, p.new, *pools[0].shape[2:]), dtype)
     moved = 2 * rows.size * rows.dtype.itemsize  # read the new rows, write them into the pool
     return kv_write, (pools[0], rows, table, cached, new), float(moved), "byte", 0
 
 
 def dense_baselines(p: Problem, dtype, seed: int):
-    """``jax.nn.dot_product_attention`` on one contiguous sequence of cached + new keys (GPU)."""
-    rng = np.random.default_rng(seed + 1)
+    """``jax.nn.dot_product_attention`` on one contiguous sequence of cached + new keys (GPU); none
+    for MLA, whose value width differs from its key width (the dense API needs them equal)."""
+    inp = _Inputs(seed + 1)
     d = p.dims
+    if d.key_width != d.value_width:
+        return {}
     s = p.cached + p.new
-    q = _arr(rng, (p.batch, p.new, d.n, d.key_width), dtype)
-    k = _arr(rng, (p.batch, s, d.k, d.key_width), dtype)
-    v = _arr(rng, (p.batch, s, d.k, d.value_width), dtype)
+    q = inp.arr((p.batch, p.new, d.n, d.key_width), dtype)
+    k = inp.arr((p.batch, s, d.k, d.key_width), dtype)
+    v = inp.arr((p.batch, s, d.k, d.value_width), dtype)
     flops = 2.0 * d.n * (d.key_width + d.value_width) * p.batch * p.new * s
     return {f"dense_{impl}": (functools.partial(jax.nn.dot_product_attention, implementation=impl), (q, k, v), flops)
             for impl in ("xla", "cudnn")}
@@ -200,7 +219,7 @@ def dense_baselines(p: Problem, dtype, seed: int):
 # ---- measurement -----------------------------------------------------------------------------
 
 def timed(fn, args, repeats: int, donate: int | None = None):
-    """Compile + warm up once, then the median wall time of ``repeats`` runs (seconds).
+    """Compile + warm up once, then ``(output, median, min, max)`` wall time of ``repeats`` runs (seconds).
 
     Arrays are passed as arguments (never baked into the program). With ``donate``, that
     argument is donated (updated in place, as the engine does) and re-created before each run.
@@ -221,7 +240,7 @@ def timed(fn, args, repeats: int, donate: int | None = None):
         start = time.perf_counter()
         jax.block_until_ready(jitted(*call_args))
         times.append(time.perf_counter() - start)
-    return out, float(np.median(times))
+    return out, float(np.median(times)), float(np.min(times)), float(np.max(times))
 
 
 def env_info() -> dict:
@@ -230,22 +249,45 @@ def env_info() -> dict:
             "python": platform.python_version(), "host": platform.node()}
 
 
+def _write(workdir: str, rows: list, metrics: dict) -> None:
+    """``results.csv`` and ``metrics.json`` as they stand (rewritten after every problem, so a run
+    stopped part-way keeps what it measured)."""
+    with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["problem"])
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True)
+
+
+def _check_problems(sizes: str, names: list[str]) -> None:
+    """Raise ConfigError (field ``problems``) for a name that is not a problem of ``sizes``
+    (``auto``: of either size set)."""
+    known = [p.name for z in (("quick", "gpu") if sizes == "auto" else (sizes,)) for p in problems(z)]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ConfigError("problems", f"unknown for --sizes={sizes}: {', '.join(unknown)} (known: {', '.join(known)})")
+
+
 def main(argv):
     del argv
+    _check_problems(FLAGS.sizes, FLAGS.problems)  # before JAX picks its backend
     on_gpu = jax.default_backend() == "gpu"
     sizes = ("gpu" if on_gpu else "quick") if FLAGS.sizes == "auto" else FLAGS.sizes
+    _check_problems(sizes, FLAGS.problems)
     dtype = jnp.dtype(FLAGS.dtype)
+    todo = [p for p in problems(sizes) if not FLAGS.problems or p.name in FLAGS.problems]
     cli.open_workdir(FLAGS.workdir)
     with open(os.path.join(FLAGS.workdir, "env.json"), "w") as f:
         json.dump(env_info(), f, indent=2)
     rows, metrics, failures = [], {}, []
-    for p in problems(sizes):
+    for p in todo:
         fn, args, work, unit, donate = build(p, dtype, FLAGS.seed)
         per_s = 1e12 if unit == "flop" else 1e9
         label = "TFLOP/s" if unit == "flop" else "GB/s"
-        ref, ref_s = timed(functools.partial(fn, implementation="reference", check_values=False), args,
-                           FLAGS.repeats, donate)
-        results = {"reference": (ref_s, work / ref_s / per_s, 0.0, "")}
+        ref, ref_s, ref_lo, ref_hi = timed(functools.partial(fn, implementation="reference", check_values=False),
+                                           args, FLAGS.repeats, donate)
+        results = {"reference": (ref_s, ref_lo, ref_hi, 0.0, "", work)}  # (median, min, max s, err, note, work)
         configs = [(None, None, None, None)]
         if on_gpu and FLAGS.tune and p.kind == "prefill" and p.name == "prefill_32k_512":
             configs = TUNE_CONFIGS
@@ -255,8 +297,8 @@ def main(argv):
             if p.kind == "prefill":
                 tuning = dict(block_m=bm, num_warps=warps, num_stages=stages, kv_splits=splits)
             try:
-                out, secs = timed(functools.partial(fn, implementation="pallas", check_values=False, **tuning), args,
-                                  FLAGS.repeats, donate)
+                out, secs, lo, hi = timed(functools.partial(fn, implementation="pallas", check_values=False, **tuning),
+                                          args, FLAGS.repeats, donate)
             except Exception as err:  # a tile configuration Triton rejects is reported, not fatal
                 logging.warning("%s pallas %s failed: %s", p.name, tuning, str(err).splitlines()[0][:300])
                 continue
@@ -265,39 +307,39 @@ def main(argv):
             if len(configs) > 1:
                 print(f"  tune {p.name} [{desc}]: {secs * 1e3:.3f} ms, {work / secs / per_s:.2f} {label}")
             if best is None or secs < best[0]:
-                best = (secs, work / secs / per_s, err_abs, desc)
+                best = (secs, lo, hi, err_abs, desc, work)
         if best is None:
             failures.append(f"{p.name}: no Pallas configuration ran")
             continue
         results["pallas"] = best
-        if best[2] > TOLERANCE[FLAGS.dtype]:
-            failures.append(f"{p.name}: max |pallas - reference| = {best[2]:.3g} > {TOLERANCE[FLAGS.dtype]}")
+        if best[3] > TOLERANCE[FLAGS.dtype]:
+            failures.append(f"{p.name}: max |pallas - reference| = {best[3]:.3g} > {TOLERANCE[FLAGS.dtype]}")
         if on_gpu and p.kind == "prefill":
             for name, (dense_fn, dense_args, flops) in dense_baselines(p, dtype, FLAGS.seed).items():
                 try:
-                    _, secs = timed(dense_fn, dense_args, FLAGS.repeats)
-                    results[name] = (secs, flops / secs / per_s, float("nan"), "no mask, cached+new keys")
+                    _, secs, lo, hi = timed(dense_fn, dense_args, FLAGS.repeats)
+                    results[name] = (secs, lo, hi, float("nan"), "no mask, cached+new keys", flops)
                 except Exception as err:
                     logging.warning("%s %s failed: %s", p.name, name, str(err).splitlines()[0][:300])
-        for impl, (secs, rate, err_abs, note) in results.items():
-            print(f"{p.name:28s} {impl:10s} {secs * 1e3:10.3f} ms {rate:10.3f} {label:7s} "
-                  f"max_err={err_abs:.2e} {note}")
-            rows.append(dict(problem=p.name, implementation=impl, time_ms=secs * 1e3, rate=rate, unit=label,
-                             max_abs_err=err_abs, note=note))
+        for impl, (secs, lo, hi, err_abs, note, w) in results.items():
+            rate = w / secs / per_s
+            print(f"{p.name:28s} {impl:10s} {secs * 1e3:10.3f} ms ({lo * 1e3:.3f}..{hi * 1e3:.3f}) {rate:10.3f} "
+                  f"{label:7s} max_err={err_abs:.2e} {note}")
+            rows.append(dict(problem=p.name, implementation=impl, time_ms=secs * 1e3, time_min_ms=lo * 1e3,
+                             time_max_ms=hi * 1e3, rate=rate, unit=label, max_abs_err=err_abs, note=note))
             key = "tflops" if unit == "flop" else "gbps"
             metrics[f"{p.name}_{impl}_{key}"] = round(rate, 4)
             metrics[f"{p.name}_{impl}_ms"] = round(secs * 1e3, 4)
         metrics[f"{p.name}_pallas_speedup_vs_reference"] = round(ref_s / best[0], 3)
-        dense = [results[k][1] for k in ("dense_xla", "dense_cudnn") if k in results]
-        if dense:
-            metrics[f"{p.name}_ratio_vs_dense"] = round(best[1] / max(dense), 4)
+        dense = [results[k] for k in ("dense_xla", "dense_cudnn") if k in results]
+        if dense:  # Pallas FLOP/s over the best dense FLOP/s (medians); _min/_max over the repeats' extremes
+            top = max(dense, key=lambda r: r[5] / r[0])
+            metrics[f"{p.name}_ratio_vs_dense"] = round((work / best[0]) / (top[5] / top[0]), 4)
+            metrics[f"{p.name}_ratio_vs_dense_min"] = round((work / best[2]) / (top[5] / top[1]), 4)
+            metrics[f"{p.name}_ratio_vs_dense_max"] = round((work / best[1]) / (top[5] / top[2]), 4)
+        _write(FLAGS.workdir, rows, {**metrics, "pallas_matches_reference": int(not failures)})
     metrics["pallas_matches_reference"] = int(not failures)
-    with open(os.path.join(FLAGS.workdir, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["problem"])
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(os.path.join(FLAGS.workdir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2, sort_keys=True)
+    _write(FLAGS.workdir, rows, metrics)
     for failure in failures:
         print(f"CHECK FAILED: {failure}")
     for name, value in metrics.items():

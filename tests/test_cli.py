@@ -381,3 +381,27 @@ def test_the_engine_script_names_a_missing_trace_folder_and_a_bad_divisor_in_one
     assert done.returncode == 1
     assert _lines(done.stderr) == ["ConfigError: workload.token_divisor: must divide the agentic traces' 64-token "
                                    "blocks (got 7)"]
+
+
+def test_the_kernel_benchmark_runs_named_problems_and_checks_pallas_against_the_reference(tmp_path):
+    import csv
+
+    done = _run("bench_kernels.py", "--problems=nope", f"--workdir={tmp_path / 'bad'}")
+    assert done.returncode == 1
+    (line,) = _lines(done.stderr)
+    assert line.startswith("ConfigError: problems: unknown for --sizes=auto: nope (known: prefill_192_32,")
+    done = _run("bench_kernels.py", "--sizes=quick", "--problems=decode_mla_b4_256,kv_write_b4_32", "--repeats=3",
+                f"--workdir={tmp_path / 'w'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(tmp_path / "w" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["problem"], r["implementation"]) for r in rows] == [
+        ("decode_mla_b4_256", "reference"), ("decode_mla_b4_256", "pallas"),
+        ("kv_write_b4_32", "reference"), ("kv_write_b4_32", "pallas")]
+    for r in rows:
+        assert 0 < float(r["time_min_ms"]) <= float(r["time_ms"]) <= float(r["time_max_ms"])
+    # the scatter is exact; decode agrees within the bfloat16 bound the script checks
+    assert float(rows[3]["max_abs_err"]) == 0.0 and float(rows[1]["max_abs_err"]) < 3e-2
+    metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    assert metrics["pallas_matches_reference"] == 1
+    assert done.stdout.rstrip().splitlines()[-1] == "pallas_matches_reference: 1"
