@@ -32,6 +32,7 @@ validated on that objective.
 
 import ml_collections
 
+from dualpath_jax.config import config_variant_error
 from dualpath_jax.studies.advisor_report import advisor_sim_dict, hardware_dict
 from dualpath_jax.studies.common import workload_config_dict
 
@@ -94,5 +95,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.alpha_beta = ((3.0, 5.0), (1.5, 2.5))
         config.compute_quota_s = (0.3,)
     elif arg not in (None, ""):
-        raise ValueError(f"configs/advise.py: unknown variant {arg!r}; known: online, validate, tiny")
+        raise config_variant_error("configs/advise.py", arg, ("online", "validate", "tiny"))
     return config

@@ -14,6 +14,8 @@ loading only, layerwise depth 2, layerwise depth 1, full) and the final ``name: 
 
 import ml_collections
 
+from dualpath_jax.config import config_variant_error
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -47,5 +49,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.n_layers = 16
         config.repeats = 3
     elif arg not in (None, ""):
-        raise ValueError(f"configs/bench_datapath.py: unknown variant {arg!r}; known: quick")
+        raise config_variant_error("configs/bench_datapath.py", arg, ("quick",))
     return config

@@ -11,6 +11,8 @@ Variants: ``configs/demo.py:quick`` uses a shorter sequence.
 
 import ml_collections
 
+from dualpath_jax.config import config_variant_error
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -25,5 +27,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.seq_len = 96
         config.cached_lens = (0, 64, 65)
     elif arg not in (None, ""):
-        raise ValueError(f"configs/demo.py: unknown variant {arg!r}; known: quick")
+        raise config_variant_error("configs/demo.py", arg, ("quick",))
     return config

@@ -85,7 +85,7 @@ as processes and across hosts".
 
 import ml_collections
 
-from dualpath_jax.config import to_dict
+from dualpath_jax.config import config_variant_error, to_dict
 from dualpath_jax.engine.config import ClusterConfig
 
 _PER_VARIANT = ("loading", "prefill", "policy")  # set by each variant (``variants``)
@@ -144,5 +144,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.cluster.max_decode_batch = 24
         config.cluster.de_hbm_kv_bytes = 128 * 2**20
     elif arg not in (None, ""):
-        raise ValueError(f"configs/engine_ablation.py: unknown variant {arg!r}; known: quick, big")
+        raise config_variant_error("configs/engine_ablation.py", arg, ("quick", "big"))
     return config

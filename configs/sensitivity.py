@@ -32,6 +32,7 @@ from pathlib import Path
 
 import ml_collections
 
+from dualpath_jax.config import config_variant_error
 from dualpath_jax.studies.sensitivity import DEFAULT_QUANTITIES
 
 
@@ -46,7 +47,7 @@ def _study_config(study: str, arg: str | None) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg not in (None, "", "tiny"):
-        raise ValueError(f"configs/sensitivity.py: unknown variant {arg!r}; known: tiny")
+        raise config_variant_error("configs/sensitivity.py", arg, ("tiny",))
     config = ml_collections.ConfigDict()
     config.quantities = DEFAULT_QUANTITIES
     config.change = 0.25  # low = base x (1 - change), high = base x (1 + change)

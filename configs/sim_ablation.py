@@ -19,6 +19,7 @@ speedups vs Basic, DualPath / Oracle JCT).
 
 import ml_collections
 
+from dualpath_jax.config import config_variant_error
 from dualpath_jax.sim.config import sim_config_dict
 from dualpath_jax.studies.common import workload_config_dict
 
@@ -42,5 +43,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.seeds = 1
         config.num_agents = (32, 64)
     elif arg not in (None, ""):
-        raise ValueError(f"configs/sim_ablation.py: unknown variant {arg!r}; known: quick, tiny")
+        raise config_variant_error("configs/sim_ablation.py", arg, ("quick", "tiny"))
     return config

@@ -25,6 +25,7 @@ for sensitivity runs, e.g. ``--config.sim.beta_s=0.5``.
 
 import ml_collections
 
+from dualpath_jax.config import config_variant_error
 from dualpath_jax.sim.config import sim_config_dict
 from dualpath_jax.studies.common import workload_config_dict
 
@@ -50,5 +51,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.workload.update({"mal": "32K", "token_divisor": 8})
         config.sim.update({"model": "ds-27b", "prefill_nodes": 1, "decode_nodes": 2})
     elif arg not in (None, ""):
-        raise ValueError(f"configs/sim_balance.py: unknown variant {arg!r}; known: quick, tiny")
+        raise config_variant_error("configs/sim_balance.py", arg, ("quick", "tiny"))
     return config

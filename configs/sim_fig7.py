@@ -25,6 +25,7 @@ row computes at the GPU's FP8 peak (H800: 1979 dense TFLOP/s, ``sim.catalog``).
 
 import ml_collections
 
+from dualpath_jax.config import config_variant_error
 from dualpath_jax.sim.config import sim_config_dict
 from dualpath_jax.studies.common import workload_config_dict
 
@@ -61,5 +62,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.num_agents = (8, 16)
         config.workload.token_divisor = 8
     elif arg not in (None, ""):
-        raise ValueError(f"configs/sim_fig7.py: unknown variant {arg!r}; known: quick, tiny")
+        raise config_variant_error("configs/sim_fig7.py", arg, ("quick", "tiny"))
     return config

@@ -15,6 +15,7 @@ Output: fig8.json, fig8.md/.csv (JCT, speedup, agents per hour per node), fig8.p
 
 import ml_collections
 
+from dualpath_jax.config import config_variant_error
 from dualpath_jax.sim.config import sim_config_dict
 from dualpath_jax.studies.common import workload_config_dict
 
@@ -39,5 +40,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.num_agents = (16,)
         config.workload.token_divisor = 8
     elif arg not in (None, ""):
-        raise ValueError(f"configs/sim_fig8.py: unknown variant {arg!r}; known: quick, tiny")
+        raise config_variant_error("configs/sim_fig8.py", arg, ("quick", "tiny"))
     return config

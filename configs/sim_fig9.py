@@ -16,6 +16,7 @@ Output: fig9.json, fig9.md/.csv, fig9.png (JCT vs factor, one panel per scaled l
 
 import ml_collections
 
+from dualpath_jax.config import config_variant_error
 from dualpath_jax.sim.config import sim_config_dict
 from dualpath_jax.studies.common import workload_config_dict
 
@@ -43,5 +44,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.workload.token_divisor = 8
         config.sim.update({"model": "ds-27b", "prefill_nodes": 1, "decode_nodes": 1})
     elif arg not in (None, ""):
-        raise ValueError(f"configs/sim_fig9.py: unknown variant {arg!r}; known: quick, tiny")
+        raise config_variant_error("configs/sim_fig9.py", arg, ("quick", "tiny"))
     return config

@@ -29,6 +29,7 @@ the number of unbracketed searches).
 
 import ml_collections
 
+from dualpath_jax.config import config_variant_error
 from dualpath_jax.sim.config import sim_config_dict
 from dualpath_jax.studies.common import workload_config_dict
 
@@ -74,5 +75,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.max_agents_per_run = 48
         config.search.update({"rel_tol": 0.5, "max_runs": 4})
     elif arg not in (None, ""):
-        raise ValueError(f"configs/sim_online.py: unknown variant {arg!r}; known: quick, tiny")
+        raise config_variant_error("configs/sim_online.py", arg, ("quick", "tiny"))
     return config

@@ -25,6 +25,7 @@ the largest gap to the analysis, the best cluster).
 
 import ml_collections
 
+from dualpath_jax.config import config_variant_error
 from dualpath_jax.sim.config import sim_config_dict
 from dualpath_jax.studies.common import workload_config_dict
 
@@ -47,5 +48,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.clusters = ("1P2D", "2P1D")
         config.workload.update({"mal": "32K", "num_agents": 16, "token_divisor": 8})
     elif arg not in (None, ""):
-        raise ValueError(f"configs/sim_pd_sweep.py: unknown variant {arg!r}; known: quick, tiny")
+        raise config_variant_error("configs/sim_pd_sweep.py", arg, ("quick", "tiny"))
     return config

@@ -18,6 +18,7 @@ small JCT ratio, TTFT / TTST / TPOT per online case).
 
 import ml_collections
 
+from dualpath_jax.config import config_variant_error
 from dualpath_jax.sim.config import sim_config_dict
 from dualpath_jax.studies.common import workload_config_dict
 
@@ -44,5 +45,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.online_cases = (("1P1D", 0.5, 8), ("2P2D", 1.0, 16))
         config.workload.update({"mal": "32K", "token_divisor": 8})
     elif arg not in (None, ""):
-        raise ValueError(f"configs/sim_table3.py: unknown variant {arg!r}; known: quick, tiny")
+        raise config_variant_error("configs/sim_table3.py", arg, ("quick", "tiny"))
     return config

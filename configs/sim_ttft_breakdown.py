@@ -21,6 +21,7 @@ bars), and ``name: value`` lines (mean TTFT and each component's share at the hi
 
 import ml_collections
 
+from dualpath_jax.config import config_variant_error
 from dualpath_jax.sim.config import sim_config_dict
 from dualpath_jax.studies.common import workload_config_dict
 
@@ -55,5 +56,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.workload.update({"mal": "32K", "num_agents": 16, "token_divisor": 8})
         config.aps_grid = (0.5, 2.0)
     elif arg not in (None, ""):
-        raise ValueError(f"configs/sim_ttft_breakdown.py: unknown variant {arg!r}; known: quick, tiny")
+        raise config_variant_error("configs/sim_ttft_breakdown.py", arg, ("quick", "tiny"))
     return config

@@ -23,6 +23,8 @@ import os
 
 import ml_collections
 
+from dualpath_jax.config import config_variant_error
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The same runs as the TTFT breakdown (DualPath, online, DS 660B 2P4D and its quick / tiny
@@ -34,6 +36,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     try:
         config = module.get_config(arg)
     except ValueError:
-        raise ValueError(f"configs/sim_working_set.py: unknown variant {arg!r}; known: quick, tiny") from None
+        raise config_variant_error("configs/sim_working_set.py", arg, ("quick", "tiny")) from None
     config.study = "working_set"
     return config

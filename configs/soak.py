@@ -23,6 +23,8 @@ from pathlib import Path
 
 import ml_collections
 
+from dualpath_jax.config import config_variant_error
+
 
 def _engine_config(arg: str) -> ml_collections.ConfigDict:
     path = Path(__file__).resolve().parent / "engine_ablation.py"
@@ -49,5 +51,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.warmup_replays = 10  # replays that still compile new shapes; rss_growth_mb looks at the ones after
     config.tie_tol = 1e-4
     if arg not in (None, ""):
-        raise ValueError(f"configs/soak.py: unknown variant {arg!r}")
+        raise config_variant_error("configs/soak.py", arg, ())
     return config

@@ -34,6 +34,7 @@ __all__ = [
     "overridden_fields",
     "closest",
     "did_you_mean",
+    "config_variant_error",
     "field_docs",
     "describe_config",
 ]
@@ -42,11 +43,19 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """Invalid configuration value. ``field`` holds the dotted field name."""
+    """Invalid configuration value. ``field`` holds the dotted field name.
 
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}")
+    ``ConfigError(text)`` with one argument (how libraries re-raise an error as ``type(e)(text)``,
+    e.g. ml_collections around a config file's own error) keeps ``text`` whole and ``field`` empty.
+    """
+
+    def __init__(self, field: str, message: str | None = None):
+        if message is None:
+            self.field = ""
+            super().__init__(field)
+        else:
+            self.field = field
+            super().__init__(f"{field}: {message}")
 
 
 def check_positive(field: str, value: Any, *, integer: bool = False) -> None:
@@ -188,6 +197,14 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """``"; did you mean a, b?"`` for the :func:`closest` candidates, or ``""`` when none is close."""
     near = closest(name, candidates)
     return f"; did you mean {', '.join(near)}?" if near else ""
+
+
+def config_variant_error(config_file: str, arg: str, known: Iterable[str]) -> ConfigError:
+    """The error a config file's ``get_config`` raises for a variant (``--config=FILE:arg``) it does not
+    have: ``config: FILE has no variant 'qiuck'; did you mean quick? (known: quick, big)``."""
+    known = tuple(known)
+    listed = f" (known: {', '.join(known)})" if known else " (it takes none)"
+    return ConfigError("config", f"{config_file} has no variant {arg!r}{did_you_mean(str(arg), known)}{listed}")
 
 
 _ENTRY = re.compile(r"^ {2}(\w+(?:, \w+)*): ?(.*)$")

@@ -372,6 +372,15 @@ def test_a_comma_list_of_variants_is_told_the_tuple_syntax():
     assert "tuple" not in str(e.value)
 
 
+def test_a_misspelled_config_file_variant_is_one_line_with_the_closest_variant(tmp_path):
+    done = _run("run_engine.py", f"--config={ROOT / 'configs' / 'engine_ablation.py'}:qiuck", f"--workdir={tmp_path}")
+    assert done.returncode == 1
+    assert _lines(done.stderr) == ["ConfigError: config: configs/engine_ablation.py has no variant 'qiuck'; did you "
+                                   "mean quick? (known: quick, big)"]
+    done = _run("soak.py", f"--config={ROOT / 'configs' / 'soak.py'}:quick", f"--workdir={tmp_path}")
+    assert _lines(done.stderr) == ["ConfigError: config: configs/soak.py has no variant 'quick' (it takes none)"]
+
+
 def test_the_engine_script_names_a_missing_trace_folder_and_a_bad_divisor_in_one_line(tmp_path):
     done = _run("run_engine.py", f"--config.workload.traces_dir={tmp_path / 'none'}", f"--workdir={tmp_path / 'w'}")
     assert done.returncode == 1
