@@ -51,11 +51,14 @@ class ConfigError(ValueError):
 
     def __init__(self, field: str, message: str | None = None):
         if message is None:
-            self.field = ""
+            self.field, self._message = "", None
             super().__init__(field)
         else:
-            self.field = field
+            self.field, self._message = field, message
             super().__init__(f"{field}: {message}")
+
+    def __reduce__(self):  # pickled (e.g. from a Ray actor) with its field
+        return type(self), ((self.field, self._message) if self._message is not None else (str(self),))
 
 
 def check_positive(field: str, value: Any, *, integer: bool = False) -> None:

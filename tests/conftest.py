@@ -9,11 +9,11 @@ import pytest
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """The ``ray`` module, connected to a local instance of 2 CPUs (started here if needed)."""
+    """The ``ray`` module, connected to a local instance of 2 CPUs and no GPU (started here if needed)."""
     ray = pytest.importorskip("ray")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)  # the same on GPU hosts
     yield ray
     if started:
         ray.shutdown()

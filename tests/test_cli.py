@@ -378,6 +378,7 @@ def test_a_misspelled_config_file_variant_is_one_line_with_the_closest_variant(t
     assert _lines(done.stderr) == ["ConfigError: config: configs/engine_ablation.py has no variant 'qiuck'; did you "
                                    "mean quick? (known: quick, big)"]
     done = _run("soak.py", f"--config={ROOT / 'configs' / 'soak.py'}:quick", f"--workdir={tmp_path}")
+    assert done.returncode == 1
     assert _lines(done.stderr) == ["ConfigError: config: configs/soak.py has no variant 'quick' (it takes none)"]
 
 

@@ -156,14 +156,17 @@ def test_ray_runtime_names_the_resource_the_cluster_lacks_instead_of_waiting(ray
     try:
         with pytest.raises(ConfigError, match=match):
             rt.nodes(ClusterConfig(**FAST), spec, layout, params, object)
-        assert rt.actors == [None] * 3  # nothing was started
+        assert rt.actors == []  # nothing was started
+        with pytest.raises(ConfigError, match=match):  # and a retry checks again instead of waiting
+            rt.nodes(ClusterConfig(**FAST), spec, layout, params, object)
     finally:
         rt.close()
 
 
 def test_pe_node_warm_up_compiles_in_its_own_process_what_its_pe_then_runs(tmp_path, ray_session):
     """The driver's compilation never reaches a node actor's process: RayRuntime.warm_up_prefill
-    compiles the PE's prefill programs there, and a run's PE then finds every one in memory."""
+    compiles the PE's prefill programs there, through a new PrefillPath as each run's PE builds
+    one, so a second warm-up (another new PrefillPath) finds every program in memory."""
     from dualpath_jax.engine.profile import prefill_shape
     from dualpath_jax.sched import ClusterScheduler
 

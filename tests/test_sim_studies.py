@@ -111,7 +111,8 @@ def test_registry_and_errors_name_fields():
         sim_config({"model": "ds-27b"}, {"hardware": {"snic_gbps": 400}})
     assert sim_config({"model": "ds-27b", "hardware": {"hbm_bytes": 1e11}},
                       {"hardware": {"dram_buffer_bytes": 3.2e11}}).hardware.hbm_bytes == 1e11  # merged per key
-    with pytest.raises(ConfigError, match=r"^config: configs/sim_fig7.py has no variant 'huge' \(known: quick, tiny\)$"):
+    with pytest.raises(ConfigError, match=r"^config: configs/sim_fig7.py has no variant 'huge' "
+                                          r"\(known: quick, tiny\)$"):
         load_config("fig7", "huge")
 
 

@@ -102,3 +102,15 @@ def test_from_mapping_names_a_nested_dataclass_field_as_the_user_reached_it():
     with pytest.raises(ConfigError) as e:  # a field the dataclass already names from the root stays as it is
         from_mapping(SimConfig, {"prefill_nodes": 0}, prefix="sim.")
     assert e.value.field == "sim.prefill_nodes"
+
+
+def test_config_error_keeps_its_field_through_pickle_and_a_one_argument_rebuild():
+    import pickle
+
+    e = pickle.loads(pickle.dumps(ConfigError("cluster.buffer_bytes", "must be > 0 (got 0)")))
+    assert (e.field, str(e)) == ("cluster.buffer_bytes", "cluster.buffer_bytes: must be > 0 (got 0)")
+    # how ml_collections re-raises a config file's error: type(e)(text)
+    wrapped = type(e)("Error whilst parsing config file:\n\n...")
+    assert (wrapped.field, str(wrapped)) == ("", "Error whilst parsing config file:\n\n...")
+    again = pickle.loads(pickle.dumps(wrapped))
+    assert (again.field, str(again)) == ("", str(wrapped))

@@ -100,11 +100,21 @@ class _PostedReadQueues:
 
 
 _COMPILES = [0]  # XLA programs compiled (or loaded from the persistent cache) in this process
+_COUNTING = threading.Lock()
+_counting: list = []  # the listener, once registered (once per process)
 
 
 def _count_compile(event: str, duration_s: float, **_) -> None:
     if event == "/jax/core/compile/backend_compile_duration":
         _COMPILES[0] += 1
+
+
+def _count_compiles() -> None:
+    """Count this process's XLA compilations in ``_COMPILES`` (the listener registered once)."""
+    with _COUNTING:
+        if not _counting:
+            jax.monitoring.register_event_duration_secs_listener(_count_compile)
+            _counting.append(_count_compile)
 
 
 class NodeHost:
@@ -121,7 +131,7 @@ class NodeHost:
                  params: dict, scheduler_cls: type, jit_cache_dir: str = ""):
         if jit_cache_dir:
             jax.config.update("jax_compilation_cache_dir", jit_cache_dir)
-        jax.monitoring.register_event_duration_secs_listener(_count_compile)
+        _count_compiles()
         self.node, self.role, self.engines = int(node), role, list(engines)
         self.spec, self.layout, self.params, self.scheduler_cls = spec, layout, params, scheduler_cls
         self.embed = np.asarray(params["embed"], np.float32)

@@ -99,11 +99,11 @@ class RayRuntime:
         ray = self.ray()
         key = (config.prefill_nodes, config.decode_nodes, config.engines_per_node, spec, layout, scheduler_cls)
         if key != self._key or params is not self._params_of:
+            self._check_resources(ray, config)  # before any state changes: a retry checks again
             self.close()
             self._key, self._params_of, self._params = key, params, ray.put(params)
             self._args = (spec, layout, scheduler_cls)
             self.actors = [None] * config.num_nodes
-            self._check_resources(ray, config)
         g = config.engines_per_node
         for n in range(config.num_nodes):
             if self.actors[n] is not None:
