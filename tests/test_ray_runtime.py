@@ -2,6 +2,8 @@
 them over JAX's transfer server. Same worker code as ``threads``: same tokens (and those of a
 no-cache recompute), same stored-KV reads; a killed DE node loses no request."""
 
+import functools
+
 import pytest
 
 from dualpath_jax.config import ConfigError
@@ -20,6 +22,13 @@ pytestmark = pytest.mark.xdist_group("ray")
 AGENTS = [stream(f"a{i}", [150 + 40 * i, 20 + i, 30], [5, 4, 3]) for i in range(4)]
 
 
+@functools.cache
+def _model():
+    """One ``(spec, params, layout)`` for the module: the runtime keeps its node actors (and what they
+    compiled) from test to test only while the params are the same object."""
+    return tiny_model()
+
+
 @pytest.fixture(scope="module")
 def runtime(ray_session):
     rt = RayRuntime()
@@ -28,7 +37,7 @@ def runtime(ray_session):
 
 
 def _run(tmp_path, name, cfg, runtime, agents=AGENTS, model=None, **kw):
-    spec, params, layout = model or tiny_model()
+    spec, params, layout = model or _model()
     store = KVStore(layout, StoreConfig(backend="file", path=str(tmp_path / name), fsync=False))
     cluster = EngineCluster(cfg, spec, params, layout, store, time_model=TIME_MODEL, prefill_tokens_per_s=1e4,
                             runtime=runtime, **kw)
@@ -52,7 +61,7 @@ def _moved_bytes(result) -> int:
 
 
 def test_ray_runs_the_same_requests_as_threads_across_three_processes(tmp_path, runtime):
-    model = tiny_model()
+    model = _model()
     spec, params, _ = model
     cfg = ClusterConfig(**FAST).for_variant("dualpath")
     threads = _run(tmp_path, "threads", cfg, None, model=model)
@@ -82,7 +91,7 @@ def test_ray_runs_the_same_requests_as_threads_across_three_processes(tmp_path, 
 
 
 def test_basic_and_oracle_on_ray_match_a_recompute(tmp_path, runtime):
-    model = tiny_model()
+    model = _model()
     spec, params, _ = model
     results = {v: _run(tmp_path, v, ClusterConfig(**FAST).for_variant(v), runtime, model=model)
                for v in ("basic", "oracle")}
@@ -99,7 +108,7 @@ def test_a_killed_de_node_loses_no_request(tmp_path, runtime, ray_session, monke
     """The DE node of engine 2 is killed while a request is placed on it: the death is recorded,
     the request runs again on the other DE, every request finishes with the tokens of a
     no-cache recompute, and the next run gets a fresh node process."""
-    model = tiny_model()
+    model = _model()
     spec, params, _ = model
     cfg = ClusterConfig(**{**FAST, "snic_bytes_per_s": 2e7}).for_variant("dualpath")
     agents = [stream(f"k{i}", [200 + 30 * i, 40, 30], [6, 5, 4]) for i in range(6)]
@@ -135,7 +144,7 @@ def test_a_killed_de_node_loses_no_request(tmp_path, runtime, ray_session, monke
 
 
 def test_ray_runtime_refuses_what_it_cannot_run(tmp_path, runtime):
-    spec, params, layout = tiny_model()
+    spec, params, layout = _model()
     cfg = ClusterConfig(**FAST).for_variant("dualpath")
     memory = KVStore(layout, StoreConfig(backend="memory"))
     cluster = EngineCluster(cfg, spec, params, layout, memory, time_model=TIME_MODEL, prefill_tokens_per_s=1e4,
@@ -151,7 +160,7 @@ def test_ray_runtime_refuses_what_it_cannot_run(tmp_path, runtime):
 ])
 def test_ray_runtime_names_the_resource_the_cluster_lacks_instead_of_waiting(ray_session, kw, match):
     # this host has no GPU and no custom resource: Ray would queue the node actors forever
-    spec, params, layout = tiny_model()
+    spec, params, layout = _model()
     rt = RayRuntime(**kw)
     try:
         with pytest.raises(ConfigError, match=match):
@@ -163,30 +172,22 @@ def test_ray_runtime_names_the_resource_the_cluster_lacks_instead_of_waiting(ray
         rt.close()
 
 
-def test_pe_node_warm_up_compiles_in_its_own_process_what_its_pe_then_runs(tmp_path, ray_session):
+def test_pe_node_warm_up_compiles_in_its_own_process_what_its_pe_then_runs(runtime):
     """The driver's compilation never reaches a node actor's process: RayRuntime.warm_up_prefill
     compiles the PE's prefill programs there, through a new PrefillPath as each run's PE builds
     one, so a second warm-up (another new PrefillPath) finds every program in memory."""
-    from dualpath_jax.engine.profile import prefill_shape
     from dualpath_jax.sched import ClusterScheduler
 
-    model = tiny_model()
-    spec, params, layout = model
-    z = layout.block_tokens
-    shapes = sorted({prefill_shape(c, t, z) for t, c in [(40, 3 * z + 5), (16, 0)]})
-    cfg = ClusterConfig(**FAST).for_variant("dualpath")
-    rt = RayRuntime()
-    try:
-        rt.nodes(cfg, spec, layout, params, ClusterScheduler)
-        assert rt.warm_up_prefill(shapes) > 0  # a fresh process compiles (or loads) them
-        assert rt.warm_up_prefill(shapes) == 0  # a new PrefillPath, as each run's PE builds, finds them in memory
-        assert rt.warm_up_prefill(shapes[:1] + [(shapes[0][0], shapes[0][1] * 2)]) > 0  # a new shape compiles
-    finally:
-        rt.close()
+    spec, params, layout = _model()
+    runtime.nodes(ClusterConfig(**FAST).for_variant("dualpath"), spec, layout, params, ClusterScheduler)
+    shape = (1024, 32)  # (T bucket, P bucket): longer than any run of this module uses
+    assert runtime.warm_up_prefill([shape]) > 0  # compiled (or loaded) in the PE node's process
+    assert runtime.warm_up_prefill([shape]) == 0  # a new PrefillPath, as each run's PE builds, finds it in memory
+    assert runtime.warm_up_prefill([(1024, 64)]) > 0  # a new shape compiles
 
 
 def test_random_faults_of_every_kind_land_in_the_node_processes_and_lose_nothing(tmp_path, runtime):
-    model = tiny_model()
+    model = _model()
     spec, params, _ = model
     faults = FaultConfig(read_corruption_rate=0.2, slow_read_rate=0.5, slow_read_s=0.01, transfer_failure_rate=0.04,
                          crash_rate=0.05, seed=4)
@@ -204,7 +205,7 @@ def test_random_faults_of_every_kind_land_in_the_node_processes_and_lose_nothing
 
 
 def test_a_named_worker_crashes_once_in_its_own_node_process(tmp_path, runtime):
-    model = tiny_model()
+    model = _model()
     spec, params, _ = model
     faults = FaultConfig(crash_worker="pe0-send", crash_after_jobs=1)
     res = _run(tmp_path, "crash", ClusterConfig(**FAST).for_variant("dualpath"), runtime, model=model, faults=faults)
@@ -220,7 +221,7 @@ def test_a_killed_pe_node_reruns_only_what_it_still_held(tmp_path, runtime, ray_
     prefill them one forward each. PE node 0 is killed when agent 0's first round is handed off:
     agent 0 decodes on undisturbed, agents 2 and 4 (still held by PE 0) run again on PE 1, and no
     request, buffer or load is lost."""
-    model = tiny_model()
+    model = _model()
     spec, params, _ = model
     cfg = ClusterConfig(**{**FAST, "prefill_nodes": 2, "decode_nodes": 1, "snic_bytes_per_s": 2e7,
                            "max_decode_batch": 8, "basic_max_batch_tokens": 256}).for_variant("dpl")

@@ -38,7 +38,7 @@ def test_runs_on_ray_equal_serial_runs(tmp_path, ray_session):
     assert [repr(sorted((k, v) for k, v in a.stats.items() if k != "wall_s")) for a in on_ray] == \
         [repr(sorted((k, v) for k, v in a.stats.items() if k != "wall_s")) for a in on_serial]
     for study in ("ablation", "balance"):
-        config = load_config(study)
+        config = load_config(study, "tiny")
         config.seeds = 2
         typed = from_config_dict(config)
         alone = run_study(typed, tmp_path / f"{study}_serial", log=lambda s: None)
