@@ -12,8 +12,9 @@ scatter.
 Commands:
   CPU quick mode (tiny shapes, Pallas in interpret mode; about a minute):
     python experiments/bench_kernels.py --workdir=/tmp/bench_kernels
-  GPU (136 s on one H200, most of it compiling; a few tile configurations tried for the headline
-  problem; inputs are drawn on the device):
+  GPU (136 s on one H200, most of it compiling; inputs are drawn on the device; four tile
+  configurations are tried for ``--tune_problem``, the headline, and the fastest is timed again on
+  fresh runs for its figure):
     python experiments/bench_kernels.py --workdir=/tmp/bench_kernels --sizes=gpu
   Some problems only: --problems=decode_b32_32k,kv_write_b32_512
 
@@ -54,7 +55,9 @@ flags.DEFINE_string("workdir", None, "Output directory (metrics.json, results.cs
 flags.DEFINE_enum("sizes", "auto", ["auto", "quick", "gpu"], "Problem sizes; auto = gpu on a GPU backend.")
 flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Activation / KV dtype.")
 flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median reported), after one warm-up.")
-flags.DEFINE_bool("tune", True, "On GPU, try a few Pallas tile configurations for the headline prefill.")
+flags.DEFINE_bool("tune", True, "Try a few Pallas tile configurations for --tune_problem, then time the fastest "
+                  "again on fresh runs (the figure reported).")
+flags.DEFINE_string("tune_problem", "prefill_32k_512", "The prefill problem --tune tunes (the GPU headline by default).")
 flags.DEFINE_integer("seed", 0, "Random seed for the inputs.")
 flags.DEFINE_list("problems", [], "Run only these problems (names as printed, e.g. decode_mla_b32_32k); "
                   "empty: every problem of --sizes.")
@@ -289,7 +292,7 @@ def main(argv):
                                            args, FLAGS.repeats, donate)
         results = {"reference": (ref_s, ref_lo, ref_hi, 0.0, "", work)}  # (median, min, max s, err, note, work)
         configs = [(None, None, None, None)]
-        if on_gpu and FLAGS.tune and p.kind == "prefill" and p.name == "prefill_32k_512":
+        if FLAGS.tune and p.kind == "prefill" and p.name == FLAGS.tune_problem:
             configs = TUNE_CONFIGS
         best = None
         for bm, warps, stages, splits in configs:
@@ -307,10 +310,16 @@ def main(argv):
             if len(configs) > 1:
                 print(f"  tune {p.name} [{desc}]: {secs * 1e3:.3f} ms, {work / secs / per_s:.2f} {label}")
             if best is None or secs < best[0]:
-                best = (secs, lo, hi, err_abs, desc, work)
+                best, best_tuning = (secs, lo, hi, err_abs, desc, work), tuning
         if best is None:
             failures.append(f"{p.name}: no Pallas configuration ran")
             continue
+        if len(configs) > 1:  # the fastest of several on the same runs is biased low: time it again
+            out, secs, lo, hi = timed(functools.partial(fn, implementation="pallas", check_values=False, **best_tuning),
+                                      args, FLAGS.repeats, donate)
+            err_abs = float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref.astype(jnp.float32))))
+            best = (secs, lo, hi, err_abs, f"{best[4]} (the fastest of {len(configs)}, timed again)", work)
+            print(f"  tune {p.name}: [{best[4]}]: {secs * 1e3:.3f} ms, {work / secs / per_s:.2f} {label}")
         results["pallas"] = best
         if best[3] > TOLERANCE[FLAGS.dtype]:
             failures.append(f"{p.name}: max |pallas - reference| = {best[3]:.3g} > {TOLERANCE[FLAGS.dtype]}")
