@@ -57,7 +57,8 @@ flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Activation / KV
 flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median reported), after one warm-up.")
 flags.DEFINE_bool("tune", True, "Try a few Pallas tile configurations for --tune_problem, then time the fastest "
                   "again on fresh runs (the figure reported).")
-flags.DEFINE_string("tune_problem", "prefill_32k_512", "The prefill problem --tune tunes (the GPU headline by default).")
+flags.DEFINE_string("tune_problem", "prefill_32k_512",
+                    "The prefill problem --tune tunes (the GPU headline by default).")
 flags.DEFINE_integer("seed", 0, "Random seed for the inputs.")
 flags.DEFINE_list("problems", [], "Run only these problems (names as printed, e.g. decode_mla_b32_32k); "
                   "empty: every problem of --sizes.")
