@@ -12,12 +12,14 @@ by least squares with a, b >= 0 (an :class:`~dualpath_jax.sched.AttentionTimeMod
 attention FLOPs per key come from :mod:`dualpath_jax.model.cost`). The same calls compile the
 shape buckets the run will use (:func:`warm_up_prefill`: forwards of the PE's own
 :class:`~dualpath_jax.engine.prefill.PrefillPath`, with the last-token logits per query bucket), so
-compilation does not land inside a timed run.
+compilation does not land inside a timed run; :class:`CompileClock` counts a process's
+compilations (the studies' stages, a Ray node's warm-up).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Iterable, Sequence
 
@@ -32,7 +34,39 @@ from dualpath_jax.model.forward import layer_kv_shapes
 from dualpath_jax.model.spec import ModelSpec
 from dualpath_jax.sched import AttentionTimeModel
 
-__all__ = ["ProfileSample", "profile_prefill", "fit_time_model", "warm_up_prefill", "prefill_shape"]
+__all__ = ["ProfileSample", "profile_prefill", "fit_time_model", "warm_up_prefill", "prefill_shape", "CompileClock"]
+
+
+class CompileClock:
+    """Seconds and count of XLA programs compiled in this process, from JAX's backend-compile
+    events. A program read from the persistent compilation cache counts too (the event times the
+    compile-or-load step; a load takes milliseconds), so a count of 0 means the in-memory cache
+    held every program."""
+
+    _EVENT = "/jax/core/compile/backend_compile_duration"
+    seconds = 0.0
+    count = 0
+    _listening = False
+    _lock = threading.Lock()
+
+    @classmethod
+    def start(cls) -> None:
+        """Listen to JAX's compile events (once per process)."""
+        with cls._lock:
+            if not cls._listening:
+                jax.monitoring.register_event_duration_secs_listener(cls._on_event)
+                cls._listening = True
+
+    @classmethod
+    def _on_event(cls, event: str, duration_s: float, **_) -> None:
+        if event == cls._EVENT:
+            cls.seconds += duration_s
+            cls.count += 1
+
+    @classmethod
+    def read(cls) -> tuple[float, int]:
+        """``(seconds, programs)`` since the process began listening."""
+        return cls.seconds, cls.count
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,7 @@ from dualpath_jax.engine.faults import FaultConfig, FaultInjector
 from dualpath_jax.engine.network import Fabric, TransferFailed
 from dualpath_jax.engine.pe import PrefillWorker
 from dualpath_jax.engine.prefill import PrefillPath
-from dualpath_jax.engine.profile import warm_up_prefill
+from dualpath_jax.engine.profile import CompileClock, warm_up_prefill
 from dualpath_jax.engine.ray_peers import RayPeers, RequestInfo, _unpack
 from dualpath_jax.engine.reader import NodeReader, ReadJob
 from dualpath_jax.engine.request import RequestState
@@ -99,24 +99,6 @@ class _PostedReadQueues:
         self._post(("read_q", node, float(tokens)))
 
 
-_COMPILES = [0]  # XLA programs compiled (or loaded from the persistent cache) in this process
-_COUNTING = threading.Lock()
-_counting: list = []  # the listener, once registered (once per process)
-
-
-def _count_compile(event: str, duration_s: float, **_) -> None:
-    if event == "/jax/core/compile/backend_compile_duration":
-        _COMPILES[0] += 1
-
-
-def _count_compiles() -> None:
-    """Count this process's XLA compilations in ``_COMPILES`` (the listener registered once)."""
-    with _COUNTING:
-        if not _counting:
-            jax.monitoring.register_event_duration_secs_listener(_count_compile)
-            _counting.append(_count_compile)
-
-
 class NodeHost:
     """One node of the cluster in its own process (a Ray actor; module docstring).
 
@@ -131,7 +113,7 @@ class NodeHost:
                  params: dict, scheduler_cls: type, jit_cache_dir: str = ""):
         if jit_cache_dir:
             jax.config.update("jax_compilation_cache_dir", jit_cache_dir)
-        _count_compiles()
+        CompileClock.start()  # this process's compilations, for warm_up_prefill's count
         self.node, self.role, self.engines = int(node), role, list(engines)
         self.spec, self.layout, self.params, self.scheduler_cls = spec, layout, params, scheduler_cls
         self.embed = np.asarray(params["embed"], np.float32)
@@ -160,11 +142,11 @@ class NodeHost:
         persistent cache) in this process: 0 when every one was already in memory, and on a DE node."""
         if self.role != "pe":
             return 0
-        before = _COMPILES[0]
+        before = CompileClock.read()[1]
         for d in {self.devices[i % len(self.devices)] for i in range(len(self.engines))}:
             warm_up_prefill(self.params, self.spec, d, shapes,
                             path=PrefillPath(self.params, self.spec, self.layout, device=d))
-        return _COMPILES[0] - before
+        return CompileClock.read()[1] - before
 
     # ---- a run ----------------------------------------------------------------------------------
     def begin_run(self, run_id: str, config: ClusterConfig, store_config: StoreConfig, nodes: Sequence,

@@ -17,7 +17,7 @@ first prompt (:func:`seed_store`). Every run is decided by the config's ``schedu
 First-run compilation is a stage of its own (:func:`compile_runs`, before calibration): every
 program the calibration and the variants run is compiled there, called exactly as the PEs and DEs
 call it, so the timed runs compile nothing; every stage's seconds of XLA compilation and programs
-compiled are measured (:class:`CompileClock`). Link rates come from the host's speed
+compiled are measured (:class:`~dualpath_jax.engine.profile.CompileClock`). Link rates come from the host's speed
 (:func:`calibrate_links`: the median JCT of a few Oracle passes), or from a saved
 ``calibration.json`` (``calibrate.from_file``), or the config.
 """
@@ -42,7 +42,7 @@ from dualpath_jax.engine.cluster import ClusterResult, EngineCluster
 from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.engine.faults import FaultConfig
 from dualpath_jax.engine.prefill import PrefillPath, prefill_kv
-from dualpath_jax.engine.profile import fit_time_model, prefill_shape, profile_prefill, warm_up_prefill
+from dualpath_jax.engine.profile import CompileClock, fit_time_model, prefill_shape, profile_prefill, warm_up_prefill
 from dualpath_jax.kvcache import block_keys, layout_for, pack_full_blocks
 from dualpath_jax.model import cost, get_spec, init_params
 from dualpath_jax.model.hf import load_hf_checkpoint
@@ -144,35 +144,6 @@ def start_times(cfg: EngineArrivals, num_agents: int) -> np.ndarray:
     if cfg.mode == "online":
         return poisson_arrivals_s(num_agents, cfg.aps, cfg.seed)
     raise ConfigError("arrivals.mode", f"must be 'offline' or 'online' (got {cfg.mode!r})")
-
-
-class CompileClock:
-    """Seconds and count of XLA programs compiled in this process, from JAX's backend-compile
-    events. A program read from the persistent compilation cache counts too (the event times the
-    compile-or-load step; a load takes milliseconds), so a count of 0 means the in-memory cache
-    held every program."""
-
-    _EVENT = "/jax/core/compile/backend_compile_duration"
-    seconds = 0.0
-    count = 0
-    _listening = False
-
-    @classmethod
-    def start(cls) -> None:
-        """Listen to JAX's compile events (once per process)."""
-        if not cls._listening:
-            jax.monitoring.register_event_duration_secs_listener(cls._on_event)
-            cls._listening = True
-
-    @classmethod
-    def _on_event(cls, event: str, duration_s: float, **_) -> None:
-        if event == cls._EVENT:
-            cls.seconds += duration_s
-            cls.count += 1
-
-    @classmethod
-    def read(cls) -> tuple[float, int]:
-        return cls.seconds, cls.count
 
 
 def describe_time_model(tm, spec) -> str:
