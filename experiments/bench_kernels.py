@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -222,6 +223,26 @@ def dense_baselines(p: Problem, dtype, seed: int):
 
 # ---- measurement -----------------------------------------------------------------------------
 
+class Measured(NamedTuple):
+    """One implementation's times (seconds: median, min, max over the repeats), max |error| against
+    the reference, note, and the work its rate counts (flop or byte)."""
+
+    secs: float
+    lo: float
+    hi: float
+    err: float
+    note: str
+    work: float
+
+    def rate(self, t: float | None = None) -> float:
+        """Work per second at time ``t`` (default: the median)."""
+        return self.work / (self.secs if t is None else t)
+
+
+def _max_err(out, ref) -> float:
+    return float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref.astype(jnp.float32))))
+
+
 def timed(fn, args, repeats: int, donate: int | None = None):
     """Compile + warm up once, then ``(output, median, min, max)`` wall time of ``repeats`` runs (seconds).
 
@@ -291,7 +312,8 @@ def main(argv):
         label = "TFLOP/s" if unit == "flop" else "GB/s"
         ref, ref_s, ref_lo, ref_hi = timed(functools.partial(fn, implementation="reference", check_values=False),
                                            args, FLAGS.repeats, donate)
-        results = {"reference": (ref_s, ref_lo, ref_hi, 0.0, "", work)}  # (median, min, max s, err, note, work)
+        results = {"reference": Measured(ref_s, ref_lo, ref_hi, 0.0, "", work)}
+        pallas = functools.partial(fn, implementation="pallas", check_values=False)
         configs = [(None, None, None, None)]
         if FLAGS.tune and p.kind == "prefill" and p.name == FLAGS.tune_problem:
             configs = TUNE_CONFIGS
@@ -301,52 +323,50 @@ def main(argv):
             if p.kind == "prefill":
                 tuning = dict(block_m=bm, num_warps=warps, num_stages=stages, kv_splits=splits)
             try:
-                out, secs, lo, hi = timed(functools.partial(fn, implementation="pallas", check_values=False, **tuning),
-                                          args, FLAGS.repeats, donate)
+                out, secs, lo, hi = timed(functools.partial(pallas, **tuning), args, FLAGS.repeats, donate)
             except Exception as err:  # a tile configuration Triton rejects is reported, not fatal
                 logging.warning("%s pallas %s failed: %s", p.name, tuning, str(err).splitlines()[0][:300])
                 continue
-            err_abs = float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref.astype(jnp.float32))))
+            err_abs = _max_err(out, ref)
             desc = ",".join(f"{k}={v}" for k, v in tuning.items() if v is not None) or "default"
             if len(configs) > 1:
                 print(f"  tune {p.name} [{desc}]: {secs * 1e3:.3f} ms, {work / secs / per_s:.2f} {label}")
-            if best is None or secs < best[0]:
-                best, best_tuning = (secs, lo, hi, err_abs, desc, work), tuning
+            if best is None or secs < best.secs:
+                best, best_tuning = Measured(secs, lo, hi, err_abs, desc, work), tuning
         if best is None:
             failures.append(f"{p.name}: no Pallas configuration ran")
             continue
         if len(configs) > 1:  # the fastest of several on the same runs is biased low: time it again
-            out, secs, lo, hi = timed(functools.partial(fn, implementation="pallas", check_values=False, **best_tuning),
-                                      args, FLAGS.repeats, donate)
-            err_abs = float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref.astype(jnp.float32))))
-            best = (secs, lo, hi, err_abs, f"{best[4]} (the fastest of {len(configs)}, timed again)", work)
-            print(f"  tune {p.name}: [{best[4]}]: {secs * 1e3:.3f} ms, {work / secs / per_s:.2f} {label}")
+            out, secs, lo, hi = timed(functools.partial(pallas, **best_tuning), args, FLAGS.repeats, donate)
+            note = f"{best.note} (the fastest of {len(configs)}, timed again)"
+            best = Measured(secs, lo, hi, _max_err(out, ref), note, work)
+            print(f"  tune {p.name}: [{best.note}]: {secs * 1e3:.3f} ms, {best.rate() / per_s:.2f} {label}")
         results["pallas"] = best
-        if best[3] > TOLERANCE[FLAGS.dtype]:
-            failures.append(f"{p.name}: max |pallas - reference| = {best[3]:.3g} > {TOLERANCE[FLAGS.dtype]}")
+        if best.err > TOLERANCE[FLAGS.dtype]:
+            failures.append(f"{p.name}: max |pallas - reference| = {best.err:.3g} > {TOLERANCE[FLAGS.dtype]}")
         if on_gpu and p.kind == "prefill":
             for name, (dense_fn, dense_args, flops) in dense_baselines(p, dtype, FLAGS.seed).items():
                 try:
                     _, secs, lo, hi = timed(dense_fn, dense_args, FLAGS.repeats)
-                    results[name] = (secs, lo, hi, float("nan"), "no mask, cached+new keys", flops)
+                    results[name] = Measured(secs, lo, hi, float("nan"), "no mask, cached+new keys", flops)
                 except Exception as err:
                     logging.warning("%s %s failed: %s", p.name, name, str(err).splitlines()[0][:300])
-        for impl, (secs, lo, hi, err_abs, note, w) in results.items():
-            rate = w / secs / per_s
-            print(f"{p.name:28s} {impl:10s} {secs * 1e3:10.3f} ms ({lo * 1e3:.3f}..{hi * 1e3:.3f}) {rate:10.3f} "
-                  f"{label:7s} max_err={err_abs:.2e} {note}")
-            rows.append(dict(problem=p.name, implementation=impl, time_ms=secs * 1e3, time_min_ms=lo * 1e3,
-                             time_max_ms=hi * 1e3, rate=rate, unit=label, max_abs_err=err_abs, note=note))
+        for impl, m in results.items():
+            rate = m.rate() / per_s
+            print(f"{p.name:28s} {impl:10s} {m.secs * 1e3:10.3f} ms ({m.lo * 1e3:.3f}..{m.hi * 1e3:.3f}) {rate:10.3f} "
+                  f"{label:7s} max_err={m.err:.2e} {m.note}")
+            rows.append(dict(problem=p.name, implementation=impl, time_ms=m.secs * 1e3, time_min_ms=m.lo * 1e3,
+                             time_max_ms=m.hi * 1e3, rate=rate, unit=label, max_abs_err=m.err, note=m.note))
             key = "tflops" if unit == "flop" else "gbps"
             metrics[f"{p.name}_{impl}_{key}"] = round(rate, 4)
-            metrics[f"{p.name}_{impl}_ms"] = round(secs * 1e3, 4)
-        metrics[f"{p.name}_pallas_speedup_vs_reference"] = round(ref_s / best[0], 3)
+            metrics[f"{p.name}_{impl}_ms"] = round(m.secs * 1e3, 4)
+        metrics[f"{p.name}_pallas_speedup_vs_reference"] = round(ref_s / best.secs, 3)
         dense = [results[k] for k in ("dense_xla", "dense_cudnn") if k in results]
         if dense:  # Pallas FLOP/s over the best dense FLOP/s (medians); _min/_max over the repeats' extremes
-            top = max(dense, key=lambda r: r[5] / r[0])
-            metrics[f"{p.name}_ratio_vs_dense"] = round((work / best[0]) / (top[5] / top[0]), 4)
-            metrics[f"{p.name}_ratio_vs_dense_min"] = round((work / best[2]) / (top[5] / top[1]), 4)
-            metrics[f"{p.name}_ratio_vs_dense_max"] = round((work / best[1]) / (top[5] / top[2]), 4)
+            top = max(dense, key=Measured.rate)
+            metrics[f"{p.name}_ratio_vs_dense"] = round(best.rate() / top.rate(), 4)
+            metrics[f"{p.name}_ratio_vs_dense_min"] = round(best.rate(best.hi) / top.rate(top.lo), 4)
+            metrics[f"{p.name}_ratio_vs_dense_max"] = round(best.rate(best.lo) / top.rate(top.hi), 4)
         _write(FLAGS.workdir, rows, {**metrics, "pallas_matches_reference": int(not failures)})
     metrics["pallas_matches_reference"] = int(not failures)
     _write(FLAGS.workdir, rows, metrics)
