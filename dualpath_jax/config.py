@@ -43,22 +43,25 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """Invalid configuration value. ``field`` holds the dotted field name.
+    """Invalid configuration value. ``field`` holds the dotted field name and ``message`` the text
+    after it (``str(e)`` is ``"<field>: <message>"``), so an error can be raised again under
+    another field name.
 
     ``ConfigError(text)`` with one argument (how libraries re-raise an error as ``type(e)(text)``,
-    e.g. ml_collections around a config file's own error) keeps ``text`` whole and ``field`` empty.
+    e.g. ml_collections around a config file's own error) keeps ``text`` whole as ``str(e)`` and
+    ``message``, with ``field`` empty.
     """
 
     def __init__(self, field: str, message: str | None = None):
         if message is None:
-            self.field, self._message = "", None
+            self.field, self.message = "", field
             super().__init__(field)
         else:
-            self.field, self._message = field, message
+            self.field, self.message = field, message
             super().__init__(f"{field}: {message}")
 
     def __reduce__(self):  # pickled (e.g. from a Ray actor) with its field
-        return type(self), ((self.field, self._message) if self._message is not None else (str(self),))
+        return type(self), ((self.field, self.message) if self.field else (self.message,))
 
 
 def check_positive(field: str, value: Any, *, integer: bool = False) -> None:
@@ -155,7 +158,7 @@ def _under(error: ConfigError, prefix: str) -> ConfigError:
     last = prefix.rstrip(".").rpartition(".")[2] + "."
     if not prefix or error.field.startswith(prefix) or last == prefix or not error.field.startswith(last):
         return error
-    return ConfigError(prefix + error.field[len(last):], str(error)[len(error.field) + 2:])
+    return ConfigError(prefix + error.field[len(last):], error.message)
 
 
 def argv_flag_values(argv: Iterable[str]) -> dict[str, str]:

@@ -94,7 +94,7 @@ def main(argv):
             check_sim_overrides(config[section], [n[len(section) + 1:] for n in overridden
                                                   if n.startswith(section + ".")])
         except ConfigError as e:
-            raise ConfigError(f"{section}.{e.field}", str(e)[len(e.field) + 2:]) from None
+            raise ConfigError(f"{section}.{e.field}", e.message) from None
     workdir = cli.open_workdir(_WORKDIR.value)
     writers.write_config(workdir, config)
     writers.write_env(workdir, device="simulator (virtual time)")

@@ -362,7 +362,7 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
         return ModelSpec(**common, **fields)
     except ConfigError as e:  # ModelSpec names its own field: name the config.json key instead
         spec_field = e.field.rsplit(".", 1)[-1]
-        raise ConfigError(f"{path}: {_HF_KEYS.get(spec_field, spec_field)}", str(e)[len(e.field) + 2:]) from None
+        raise ConfigError(f"{path}: {_HF_KEYS.get(spec_field, spec_field)}", e.message) from None
 
 
 _HF_WEIGHT_DTYPES = {"bfloat16": "bf16", "float16": "fp16"}

@@ -235,7 +235,7 @@ def sensitivity_config(config) -> SensitivityConfig:
         try:
             studies.append(from_config_dict(sub))
         except ConfigError as e:
-            raise ConfigError(f"{section}.{e.field}", str(e)[len(e.field) + 2:]) from None
+            raise ConfigError(f"{section}.{e.field}", e.message) from None
     return SensitivityConfig(quantities=tuple(config.get("quantities", DEFAULT_QUANTITIES)),
                              change=float(config.get("change", 0.25)), studies=tuple(studies))
 
