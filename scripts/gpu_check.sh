@@ -49,11 +49,12 @@ timeout 170 "$PY" experiments/bench_kernels.py --workdir="$OUT_DIR/bench" --over
 rc=${PIPESTATUS[0]}; [ "$rc" -ne 0 ] && { echo "benchmark failed (rc=$rc)"; status=1; }
 
 ENGINE_DEPS="import ray, tensorstore, ml_collections, crc32c, flax, chex, scipy, safetensors, tqdm"
+MISSING=""   # the import error when an engine dependency is missing
+"$PY" -c "$ENGINE_DEPS" >/dev/null 2>&1 || MISSING=$("$PY" -c "$ENGINE_DEPS" 2>&1 | tail -1)
 echo "== engine on Ray: 1P2D, every node its own process on a share of the GPU(s) =="
 TRACES='from dualpath_jax.workload import agentic_dir; import sys; sys.exit(not any(agentic_dir().glob("*.json.gz")))'
-if ! "$PY" -c "$ENGINE_DEPS" 2>/dev/null; then
-  "$PY" -c "$ENGINE_DEPS" 2>&1 | tail -1
-  echo "skipped: the engine's dependencies are not all installed for $PY"
+if [ -n "$MISSING" ]; then
+  echo "skipped: the engine's dependencies are not all installed for $PY ($MISSING)"
 elif ! "$PY" -c "$TRACES" 2>/dev/null; then
   echo "skipped: no agentic traces (set DUALPATH_DATA_DIR to the folder holding agentic_traces/)"
 else
@@ -68,12 +69,12 @@ else
 fi
 
 echo "== KV transport: transfer-server pulls between two processes on the GPU backend =="
-if "$PY" -c "$ENGINE_DEPS" 2>/dev/null; then
+if [ -z "$MISSING" ]; then
   timeout 60 "$PY" experiments/bench_transfer.py --workdir="$OUT_DIR/transfer" --overwrite --repeats=3 2>&1 \
     | tee "$OUT_DIR/transfer.log"
   rc=${PIPESTATUS[0]}; [ "$rc" -ne 0 ] && { echo "transfer benchmark failed (rc=$rc)"; status=1; }
 else
-  echo "skipped: the engine's dependencies are not all installed for $PY"
+  echo "skipped: the engine's dependencies are not all installed for $PY ($MISSING)"
 fi
 
 echo "gpu_check status: $status (logs in $OUT_DIR)"
