@@ -293,3 +293,46 @@ def test_a_poll_holds_read_queue_changes_up_to_a_fetch_period_and_no_other_event
     t0 = time.perf_counter()
     assert node.poll(0.0) == [("read_q", 2, 32.0)]
     assert time.perf_counter() - t0 < 3.0
+
+
+def test_hand_off_sends_name_a_request_by_id_once_its_de_node_holds_the_replica():
+    """The per-layer hand-off calls carry a request's prompt and block keys (RequestInfo) only
+    until the DE node is known to hold its replica (it granted the DE buffer lease, or answered
+    a send); a bare id the node never saw fails that send with a clear cause, pulling nothing."""
+    import threading
+    from concurrent.futures import Future
+
+    import numpy as np
+
+    from dualpath_jax.engine.ray_node import NodeHost
+    from dualpath_jax.engine.ray_peers import RayPeers, RequestInfo
+    from dualpath_jax.engine.request import RequestState
+
+    peers = object.__new__(RayPeers)
+    peers.n_layers, peers._known, peers._known_lock = 2, set(), threading.Lock()
+    req = RequestState(7, 0, 0, "t", np.arange(300, dtype=np.int32), [f"k{i}" for i in range(4)], 8, 4, 64)
+    req.pe, req.de = 0, 1
+
+    def answered(cause: str) -> Future:
+        fut = Future()
+        fut.set_result(cause)
+        return fut
+
+    done = []
+    first = peers._info_or_rid(1, req)
+    assert isinstance(first, RequestInfo) and np.array_equal(first.prompt, req.prompt)
+    peers._delivered(answered("link down"), 1, [0], [7], lambda i, e: done.append(e))  # a failed send
+    assert isinstance(peers._info_or_rid(1, req), RequestInfo) and "link down" in str(done[-1])
+    peers._delivered(answered(""), 1, [0], [7], lambda i, e: done.append(e))
+    assert done[-1] is None and peers._info_or_rid(1, req) == 7
+    assert isinstance(peers._info_or_rid(2, req), RequestInfo)  # another node has not seen it
+    other = RequestState(8, 0, 1, "t", np.arange(30, dtype=np.int32), ["k0"], 8, 1, 64)
+    other.de_send_lease = object()  # granted by its DE node, which built the replica to do so
+    assert peers._info_or_rid(2, other) == 8
+
+    node = object.__new__(NodeHost)
+    node.node, node._reqs, node._failed, node._lock = 1, {}, {}, threading.Lock()
+    node.endpoint = None  # a pull would fail on it
+    assert node.receive_batch([(9, 0, [0], 64)], [], None, 64, "kv_out/pe0") == "request 9: no replica on node1"
+    built = node._replica(first)
+    assert node._replica(7) is built and built.prompt.shape == (300,)

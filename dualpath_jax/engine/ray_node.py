@@ -72,8 +72,8 @@ _PREFILLED = ("generated", "gaps", "prefill_start_s", "prefill_finish_s", "first
 _FINISHED = ("generated", "gaps", "decode_start_s", "second_token_s", "finish_s", "finished", "blocks_persisted",
              "persist_failures", "persisted_s")
 _PERSISTED = ("blocks_persisted", "persist_failures", "persisted_s")
-JOIN_FIELDS = ("generated", "gaps", "hit_blocks", "prefill_start_s", "prefill_finish_s", "first_token_s", "prefill_done",
-         "handed_off", "side", "de_blocks")
+JOIN_FIELDS = ("generated", "gaps", "hit_blocks", "prefill_start_s", "prefill_finish_s", "first_token_s",
+               "prefill_done", "handed_off", "side", "de_blocks")
 
 
 def snapshot(req: RequestState, fields: Sequence[str]) -> dict:
@@ -321,8 +321,18 @@ class NodeHost:
                 if rid is not None:
                     self._outbox.put(("failed", rid, f"{op} on node{self.node}: {cause}", True))
 
-    def _replica(self, info: RequestInfo) -> RequestState:
+    def _replica(self, info: RequestInfo | int) -> RequestState:
+        """The request's replica in this node, built from ``info`` the first time; a bare request
+        id names one built already.
+
+        Raises:
+          KeyError: a request id this node holds no replica of.
+        """
         with self._lock:
+            if not isinstance(info, RequestInfo):
+                if info not in self._reqs:
+                    raise KeyError(f"request {info}: no replica on node{self.node}")
+                return self._reqs[info]
             req = self._reqs.get(info.rid)
             if req is None:
                 req = self._reqs[info.rid] = info.build()
@@ -428,10 +438,14 @@ class NodeHost:
             ctx.peers.hits_failed(token, layer, cause)
 
     def receive_batch(self, parts: list, meta: list, offer: KVOffer, num_bytes: int, tag: str) -> str:
-        """Pull a PE's packed sends (``parts``: per send ``(RequestInfo, layer, segment starts,
-        bytes)``; ``meta``: the packed arrays, two per segment) into the requests' DE buffers, under
-        the CNIC in of each request's DE (each for its sends' bytes); returns "" or the failure's cause."""
-        reqs = [self._replica(info) for info, *_ in parts]
+        """Pull a PE's packed sends (``parts``: per send ``(RequestInfo or request id, layer, segment
+        starts, bytes)``; ``meta``: the packed arrays, two per segment) into the requests' DE
+        buffers, under the CNIC in of each request's DE (each for its sends' bytes); returns "" or
+        the failure's cause."""
+        try:
+            reqs = [self._replica(info) for info, *_ in parts]
+        except KeyError as e:
+            return str(e.args[0])
         t = self.config.timeout_s
         des = sorted({r.de for r in reqs})
 

@@ -182,6 +182,8 @@ class RayPeers:
         self.endpoint, self.nodes, self.fabric, self.layout, self.config = endpoint, list(nodes), fabric, layout, config
         self.n_layers = n_layers
         self._hit_groups: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # token -> _RemoteHits
+        self._known: set[tuple[int, int]] = set()  # (DE node, request id): that node has the request's replica
+        self._known_lock = threading.Lock()
 
     def node_of(self, engine: int) -> int:
         return self.fabric.node_of(engine)
@@ -192,6 +194,14 @@ class RayPeers:
 
     def info(self, req) -> RequestInfo:
         return RequestInfo.of(req, self.n_layers)
+
+    def _info_or_rid(self, node: int, req) -> RequestInfo | int:
+        """What a call to DE node ``node`` names ``req`` by: its id once that node holds its replica
+        (it granted the request's DE buffer lease, or answered an earlier send), else the whole
+        :class:`RequestInfo` (prompt and block keys, which need not cross again per layer)."""
+        with self._known_lock:
+            known = (node, req.rid) in self._known
+        return req.rid if known or req.de_send_lease is not None else self.info(req)
 
     def de_buffer(self, req):
         return _RemoteBuffer(self, req)
@@ -252,7 +262,8 @@ class RayPeers:
                 arrays, parts, nbytes = [], [], 0
                 for i in idx:
                     req, layer, segments, num_bytes, _ = sends[i]
-                    parts.append((self.info(req), layer, [int(start) for start, _, _ in segments], int(num_bytes)))
+                    parts.append((self._info_or_rid(node, req), layer, [int(start) for start, _, _ in segments],
+                                  int(num_bytes)))
                     arrays += [x for _, a, b in segments for x in (a, b)]
                     nbytes += num_bytes
                 buf, meta = _pack(arrays)
@@ -267,11 +278,11 @@ class RayPeers:
                 for i in idx:
                     on_done(i, e)
                 continue
+            rids = [sends[i][0].rid for i in idx]
             call.future().add_done_callback(
-                lambda fut, node=node, idx=idx: self._delivered(fut, node, idx, on_done))
+                lambda fut, node=node, idx=idx, rids=rids: self._delivered(fut, node, idx, rids, on_done))
 
-    @staticmethod
-    def _delivered(fut, node: int, idx: list, on_done) -> None:
+    def _delivered(self, fut, node: int, idx: list, rids: list, on_done) -> None:
         """The DE node's answer to one :meth:`send_batch` call: ``on_done`` for each of its sends
         (a ``TransferFailed`` if the node failed the move or died; the driver kills a node that
         stops answering its polls, which ends the call)."""
@@ -280,5 +291,8 @@ class RayPeers:
         except Exception as e:  # noqa: BLE001 - the node died or the call failed
             cause = f"{type(e).__name__}: {e}"[:300]
         err = TransferFailed(f"node{node}", cause) if cause else None
+        if err is None:
+            with self._known_lock:
+                self._known.update((node, rid) for rid in rids)
         for i in idx:
             on_done(i, err)
