@@ -4,14 +4,26 @@
 ``address`` (``"auto"``, ``"HOST:PORT"``), else to a local instance it starts (an instance already
 started in this process is kept). Ray forks its daemons and they exec at once, so JAX's warning
 that ``os.fork()`` in a multithreaded process may deadlock does not apply and is not shown.
-Importing this module does not import Ray.
+A new local instance uses Ray's token authentication (Ray's default); Ray's warning that it
+does so, printed on every run, is not shown either (``RAY_AUTH_MODE=disabled`` opts out, as
+Ray documents). Importing this module does not import Ray.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 __all__ = ["ray_module"]
+
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class _DropDefaultAuthNotice(logging.Filter):
+    """Drops Ray's notice that a new local cluster enabled token authentication by default."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
 def ray_module(address: str = "", **local_options):
@@ -25,5 +37,10 @@ def ray_module(address: str = "", **local_options):
             if address:
                 ray.init(address=address, include_dashboard=False, log_to_driver=True)
             else:
-                ray.init(include_dashboard=False, log_to_driver=True, **local_options)
+                notice = _DropDefaultAuthNotice()
+                logging.getLogger(_AUTH_LOGGER).addFilter(notice)
+                try:
+                    ray.init(include_dashboard=False, log_to_driver=True, **local_options)
+                finally:
+                    logging.getLogger(_AUTH_LOGGER).removeFilter(notice)
     return ray

@@ -336,3 +336,37 @@ def test_hand_off_sends_name_a_request_by_id_once_its_de_node_holds_the_replica(
     assert node.receive_batch([(9, 0, [0], 64)], [], None, 64, "kv_out/pe0") == "request 9: no replica on node1"
     built = node._replica(first)
     assert node._replica(7) is built and built.prompt.shape == (300,)
+
+
+def test_starting_a_local_ray_instance_hides_only_rays_notice_of_its_default_token_auth(monkeypatch):
+    import logging
+
+    import ray
+
+    from dualpath_jax.raylaunch import ray_module
+
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    notice = "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out."
+    seen = {}
+
+    def init(**kw):  # Ray's init logs its notice, and maybe other warnings
+        seen.update(kw)
+        log.warning(notice)
+        log.warning("Token authentication is disabled for this Ray cluster.")
+
+    class Keep(logging.Handler):  # on Ray's logger itself: Ray's loggers do not propagate to the root
+        def emit(self, record):
+            shown.append(record.getMessage())
+
+    shown, keep = [], Keep(logging.WARNING)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    log.addHandler(keep)
+    try:
+        assert ray_module("", num_cpus=1) is ray
+        assert seen["num_cpus"] == 1 and "address" not in seen
+        assert shown == ["Token authentication is disabled for this Ray cluster."]
+        log.warning(notice)  # the filter is gone once Ray has started
+        assert shown[-1] == notice
+    finally:
+        log.removeHandler(keep)
