@@ -75,6 +75,10 @@ def test_config_and_flag_errors_are_one_line(tmp_path):
     done = _run("run_sim.py", "--config=configs/no_such.py", f"--workdir={tmp_path / 'w'}")
     assert done.returncode == 1 and _lines(done.stderr) == ["ConfigError: --config: no such config file "
                                                             "'configs/no_such.py'"]
+    done = _run("run_sim.py", "--config=configs/sim_ablaton.py:tiny", f"--workdir={tmp_path / 'w'}")
+    (line,) = _lines(done.stderr)
+    assert done.returncode == 1 and line.startswith("ConfigError: --config: no such config file "
+                                                    "'configs/sim_ablaton.py'; did you mean configs/sim_ablation.py")
     assert not (tmp_path / "w").exists()
 
 
@@ -101,6 +105,10 @@ def test_a_bad_trace_file_is_one_line_and_the_run_is_marked_failed(tmp_path):
                    f"(got [1, 2])"
     status = json.loads((workdir / "status.json").read_text())
     assert status["status"] == "failed" and status["error"] == line
+    # it failed before its first output: running again (input fixed or not) needs no --overwrite
+    again = _run("run_sim.py", ABLATION_TINY, *SMALL, "--config.workload.source=agentic",
+                 f"--config.workload.path={traces}", f"--workdir={workdir}")
+    assert again.returncode == 1 and _lines(again.stderr) == [line]
 
 
 # ---- workdirs -------------------------------------------------------------------------------------
@@ -147,6 +155,20 @@ def test_prepare_workdir_refuses_files_and_replaces_only_a_run(tmp_path):
         writers.prepare_workdir(run)
     writers.prepare_workdir(run, overwrite=True)
     assert list(run.iterdir()) == []
+    early = writers.prepare_workdir(tmp_path / "early")  # failed on bad input before its first output
+    writers.write_json(early / "config.json", {"a": 1})
+    writers.write_json(early / "env.json", {"b": 2})
+    writers.write_status(early, "running")
+    with pytest.raises(ConfigError, match=r"already holds a previous run \(running\)"):
+        writers.prepare_workdir(early)  # it may be a run that is just starting: left alone
+    writers.write_status(early, "failed", error="TraceFormatError: t.json.gz: truncated")
+    assert writers.prepare_workdir(early) == early and list(early.iterdir()) == []
+    for extra in ("metrics.json", "ablation.csv"):  # any output of the failed run: kept unless --overwrite
+        writers.write_status(early, "failed", error="ConfigError: x")
+        (early / extra).write_text("{}")
+        with pytest.raises(ConfigError, match=r"already holds a previous run \(failed\)"):
+            writers.prepare_workdir(early)
+        (early / extra).unlink()
     with pytest.raises(ConfigError, match="is a file"):
         writers.prepare_workdir(other / "notes.txt")
     with pytest.raises(ConfigError, match="^workdir: cannot create .*notes.txt/sub"):  # a parent is a file

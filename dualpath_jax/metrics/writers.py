@@ -82,6 +82,7 @@ def write_json(path, obj: Any) -> Path:
 
 STATUS_FILE = "status.json"
 _RUN_MARKERS = (STATUS_FILE, "env.json")  # a directory holding one of these is an experiment's workdir
+_SETUP_FILES = frozenset({STATUS_FILE, "config.json", "env.json"})  # what a run writes before its first output
 
 
 def read_status(workdir) -> dict | None:
@@ -110,7 +111,10 @@ def prepare_workdir(workdir, *, overwrite: bool = False) -> Path:
 
     A directory that already holds files is refused, so a second run cannot change the files of
     the first. With ``overwrite`` a previous run's workdir (one holding ``status.json`` or
-    ``env.json``) is emptied first; any other non-empty directory is still refused.
+    ``env.json``) is emptied first; any other non-empty directory is still refused. A run that
+    failed before its first output (bad input found after the workdir was opened, such as a
+    missing or corrupt trace file: only its status, config and environment files are there) is
+    replaced without ``overwrite``: there is nothing of it to keep.
 
     Raises:
       ConfigError: naming ``workdir`` (also when it or a parent cannot be created).
@@ -119,8 +123,12 @@ def prepare_workdir(workdir, *, overwrite: bool = False) -> Path:
     if path.exists() and not path.is_dir():
         raise ConfigError("workdir", f"{path} is a file, not a directory")
     entries = sorted(path.iterdir()) if path.is_dir() else []
+    status = read_status(path) if entries else None
+    if status and status.get("status") == "failed" and all(e.is_file() and e.name in _SETUP_FILES for e in entries):
+        for entry in entries:
+            entry.unlink()
+        entries = []
     if entries:
-        status = read_status(path)
         held = f"a previous run ({status.get('status', '?')})" if status else f"{len(entries)} entries"
         if not overwrite:
             raise ConfigError("workdir", f"{path} already holds {held}; pass --overwrite to replace it, or give "

@@ -4,7 +4,8 @@
   ``--config.<field>`` override, a config file that does not load) and a
   :class:`~dualpath_jax.config.ConfigError`, :class:`~dualpath_jax.workload.TraceFormatError` or
   ``absl.app.UsageError`` raised by the run print one line on stderr, ``<Error>: <field or file>:
-  <problem>`` (an unknown field with the closest valid names), and exit with status 1;
+  <problem>`` (an unknown field with the closest valid names, a missing config file with the
+  closest file names in its folder), and exit with status 1;
   ``--verbose`` (or absl's ``--pdb_post_mortem``) shows the traceback instead. Any other exception
   is a bug and keeps its traceback. Given the script's config flag, ``--print_config`` prints the
   resolved config, one field a line with its type, default and meaning, and exits with status 0.
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from dualpath_jax.config import ConfigError, argv_flag_values, describe_config, did_you_mean
+from dualpath_jax.config import ConfigError, argv_flag_values, closest, describe_config, did_you_mean
 from dualpath_jax.metrics import writers
 from dualpath_jax.workload.errors import TraceFormatError
 
@@ -126,7 +127,10 @@ def _config_file(argv: list[str], name: str) -> tuple[str, str | None]:
         value = (FLAGS[name].default_as_str or "").strip("'\"")
     path = value.partition(":")[0]
     if path and not Path(path).is_file():
-        return value, one_line(ConfigError(f"--{name}", f"no such config file {path!r}"))
+        folder = Path(path).parent  # the closest file names in its folder, as the user wrote the folder
+        near = closest(Path(path).stem, [f.stem for f in folder.glob("*.py")] if folder.is_dir() else [])
+        hint = f"; did you mean {', '.join(str(Path(path).with_name(n + '.py')) for n in near)}?" if near else ""
+        return value, one_line(ConfigError(f"--{name}", f"no such config file {path!r}{hint}"))
     return value, None
 
 
