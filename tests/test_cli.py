@@ -77,8 +77,8 @@ def test_config_and_flag_errors_are_one_line(tmp_path):
                                                             "'configs/no_such.py'"]
     done = _run("run_sim.py", "--config=configs/sim_ablaton.py:tiny", f"--workdir={tmp_path / 'w'}")
     (line,) = _lines(done.stderr)
-    assert done.returncode == 1 and line.startswith("ConfigError: --config: no such config file "
-                                                    "'configs/sim_ablaton.py'; did you mean configs/sim_ablation.py")
+    assert done.returncode == 1 and line.startswith(
+        "ConfigError: --config: no such config file 'configs/sim_ablaton.py'; did you mean configs/sim_ablation.py:tiny")
     assert not (tmp_path / "w").exists()
 
 
@@ -104,7 +104,7 @@ def test_a_bad_trace_file_is_one_line_and_the_run_is_marked_failed(tmp_path):
     assert line == f"TraceFormatError: {traces / 't.json.gz'}: requests[1]: hash_ids: must contain only integers " \
                    f"(got [1, 2])"
     status = json.loads((workdir / "status.json").read_text())
-    assert status["status"] == "failed" and status["error"] == line
+    assert status["status"] == "failed" and status["error"] == line and status["input_error"] is True
     # it failed before its first output: running again (input fixed or not) needs no --overwrite
     again = _run("run_sim.py", ABLATION_TINY, *SMALL, "--config.workload.source=agentic",
                  f"--config.workload.path={traces}", f"--workdir={workdir}")
@@ -161,10 +161,13 @@ def test_prepare_workdir_refuses_files_and_replaces_only_a_run(tmp_path):
     writers.write_status(early, "running")
     with pytest.raises(ConfigError, match=r"already holds a previous run \(running\)"):
         writers.prepare_workdir(early)  # it may be a run that is just starting: left alone
-    writers.write_status(early, "failed", error="TraceFormatError: t.json.gz: truncated")
+    writers.write_status(early, "failed", error="Interrupted: SIGINT")  # not bad input: kept
+    with pytest.raises(ConfigError, match=r"already holds a previous run \(failed\)"):
+        writers.prepare_workdir(early)
+    writers.write_status(early, "failed", error="TraceFormatError: t.json.gz: truncated", input_error=True)
     assert writers.prepare_workdir(early) == early and list(early.iterdir()) == []
     for extra in ("metrics.json", "ablation.csv"):  # any output of the failed run: kept unless --overwrite
-        writers.write_status(early, "failed", error="ConfigError: x")
+        writers.write_status(early, "failed", error="ConfigError: x", input_error=True)
         (early / extra).write_text("{}")
         with pytest.raises(ConfigError, match=r"already holds a previous run \(failed\)"):
             writers.prepare_workdir(early)

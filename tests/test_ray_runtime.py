@@ -296,10 +296,13 @@ def test_a_poll_holds_read_queue_changes_up_to_a_fetch_period_and_no_other_event
 
 
 def test_hand_off_sends_name_a_request_by_id_once_its_de_node_holds_the_replica():
-    """The per-layer hand-off calls carry a request's prompt and block keys (RequestInfo) only
-    until the DE node is known to hold its replica (it granted the DE buffer lease, or answered
-    a send); a bare id the node never saw fails that send with a clear cause, pulling nothing."""
+    """The per-layer hand-off calls (RayPeers.send_batch) carry a request's prompt and block keys
+    (RequestInfo) until its DE node is known to hold its replica: it answered a send, or granted
+    the request's DE buffer lease; sends that leave before that answer still carry it (Ray may run
+    a threaded actor's calls out of order). A bare id the node never saw fails that send with a
+    clear cause, pulling nothing."""
     import threading
+    import types
     from concurrent.futures import Future
 
     import numpy as np
@@ -308,27 +311,45 @@ def test_hand_off_sends_name_a_request_by_id_once_its_de_node_holds_the_replica(
     from dualpath_jax.engine.ray_peers import RayPeers, RequestInfo
     from dualpath_jax.engine.request import RequestState
 
-    peers = object.__new__(RayPeers)
-    peers.n_layers, peers._known, peers._known_lock = 2, set(), threading.Lock()
-    req = RequestState(7, 0, 0, "t", np.arange(300, dtype=np.int32), [f"k{i}" for i in range(4)], 8, 4, 64)
-    req.pe, req.de = 0, 1
+    calls = []  # (node, parts, the answer's future)
 
-    def answered(cause: str) -> Future:
-        fut = Future()
-        fut.set_result(cause)
-        return fut
+    class Node:  # a DE node actor: records each receive_batch call, answered when the test says
+        def __init__(self, n):
+            self.receive_batch = types.SimpleNamespace(remote=lambda parts, *rest: self._call(n, parts))
 
+        def _call(self, n, parts):
+            fut = Future()
+            calls.append((n, parts, fut))
+            return types.SimpleNamespace(future=lambda: fut)
+
+    engines = {0: types.SimpleNamespace(cnic_out="cnic_out/pe0")}
+    fabric = types.SimpleNamespace(node_of=lambda e: e, engines=engines, carry=lambda path, nbytes, fn, **kw: fn())
+    endpoint = types.SimpleNamespace(offer=lambda arrays, **kw: ("offer", len(arrays)))
+    peers = RayPeers(endpoint, [None, Node(1), Node(2)], fabric, None, types.SimpleNamespace(timeout_s=5.0), 2)
+
+    def req(rid, de, lease=None):
+        r = RequestState(rid, 0, 0, "t", np.arange(300, dtype=np.int32), [f"k{i}" for i in range(5)], 8, 5, 64)
+        r.pe, r.de, r.de_send_lease = 0, de, lease
+        return r
+
+    seg = [(0, np.ones((64, 2, 4), np.float32), np.ones((64, 2, 4), np.float32))]
+    a, b = req(7, 1), req(8, 2, lease=object())  # b's DE node granted its lease, so it built b's replica
     done = []
-    first = peers._info_or_rid(1, req)
-    assert isinstance(first, RequestInfo) and np.array_equal(first.prompt, req.prompt)
-    peers._delivered(answered("link down"), 1, [0], [7], lambda i, e: done.append(e))  # a failed send
-    assert isinstance(peers._info_or_rid(1, req), RequestInfo) and "link down" in str(done[-1])
-    peers._delivered(answered(""), 1, [0], [7], lambda i, e: done.append(e))
-    assert done[-1] is None and peers._info_or_rid(1, req) == 7
-    assert isinstance(peers._info_or_rid(2, req), RequestInfo)  # another node has not seen it
-    other = RequestState(8, 0, 1, "t", np.arange(30, dtype=np.int32), ["k0"], 8, 1, 64)
-    other.de_send_lease = object()  # granted by its DE node, which built the replica to do so
-    assert peers._info_or_rid(2, other) == 8
+    on_done = lambda i, e: done.append((i, e))  # noqa: E731
+    for layer in (0, 1):  # two layers out before any answer: both carry a's RequestInfo
+        peers.send_batch(0, [(a, layer, seg, 4096, ""), (b, layer, seg, 4096, "")], on_done)
+    sent = {(n, parts[0][1]): (parts, fut) for n, parts, fut in calls}  # (node, layer) -> one call each
+    assert len(calls) == len(sent) == 4
+    assert all(isinstance(sent[1, layer][0][0][0], RequestInfo) for layer in (0, 1))
+    assert [sent[2, layer][0][0][0] for layer in (0, 1)] == [8, 8]
+    sent[1, 0][1].set_result("cnic_in/de1: link down")  # node 1 failed layer 0's send: still unknown there
+    peers.send_batch(0, [(a, 2, seg, 4096, "")], on_done)
+    assert isinstance(calls[-1][1][0][0], RequestInfo) and "link down" in str(done[-1][1])
+    sent[1, 1][1].set_result("")  # node 1 has a's layer 1: named by id from now on
+    peers.send_batch(0, [(a, 3, seg, 4096, "")], on_done)
+    assert calls[-1][1][0][0] == 7
+    first = sent[1, 0][0][0][0]
+    assert isinstance(first, RequestInfo) and np.array_equal(first.prompt, a.prompt)
 
     node = object.__new__(NodeHost)
     node.node, node._reqs, node._failed, node._lock = 1, {}, {}, threading.Lock()
@@ -345,13 +366,14 @@ def test_starting_a_local_ray_instance_hides_only_rays_notice_of_its_default_tok
 
     from dualpath_jax.raylaunch import ray_module
 
-    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    notice = "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out."
+    from ray._private.authentication import authentication_token_setup as setup
+
+    log = logging.getLogger(setup.__name__)
     seen = {}
 
-    def init(**kw):  # Ray's init logs its notice, and maybe other warnings
+    def init(**kw):  # Ray's init gives its notice (Ray's own function), and maybe other warnings
         seen.update(kw)
-        log.warning(notice)
+        setup._warn_token_auth_enabled()
         log.warning("Token authentication is disabled for this Ray cluster.")
 
     class Keep(logging.Handler):  # on Ray's logger itself: Ray's loggers do not propagate to the root
@@ -366,7 +388,7 @@ def test_starting_a_local_ray_instance_hides_only_rays_notice_of_its_default_tok
         assert ray_module("", num_cpus=1) is ray
         assert seen["num_cpus"] == 1 and "address" not in seen
         assert shown == ["Token authentication is disabled for this Ray cluster."]
-        log.warning(notice)  # the filter is gone once Ray has started
-        assert shown[-1] == notice
+        setup._warn_token_auth_enabled()  # the filter is gone once Ray has started
+        assert shown[-1].startswith("Token authentication is enabled for this Ray cluster")
     finally:
         log.removeHandler(keep)

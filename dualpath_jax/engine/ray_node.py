@@ -441,7 +441,10 @@ class NodeHost:
         """Pull a PE's packed sends (``parts``: per send ``(RequestInfo or request id, layer, segment
         starts, bytes)``; ``meta``: the packed arrays, two per segment) into the requests' DE
         buffers, under the CNIC in of each request's DE (each for its sends' bytes); returns "" or
-        the failure's cause."""
+        the failure's cause, which fails every send of the call: also when a bare id names a
+        request this node holds no replica of (never, while the PE names by id only requests this
+        node granted a lease to or answered a send of: :meth:`RayPeers.send_batch
+        <dualpath_jax.engine.ray_peers.RayPeers.send_batch>`)."""
         try:
             reqs = [self._replica(info) for info, *_ in parts]
         except KeyError as e:

@@ -112,9 +112,10 @@ def prepare_workdir(workdir, *, overwrite: bool = False) -> Path:
     A directory that already holds files is refused, so a second run cannot change the files of
     the first. With ``overwrite`` a previous run's workdir (one holding ``status.json`` or
     ``env.json``) is emptied first; any other non-empty directory is still refused. A run that
-    failed before its first output (bad input found after the workdir was opened, such as a
-    missing or corrupt trace file: only its status, config and environment files are there) is
-    replaced without ``overwrite``: there is nothing of it to keep.
+    failed on bad input before its first output (its status says ``failed`` with ``input_error``,
+    as :mod:`dualpath_jax.studies.cli` records it, e.g. for a missing or corrupt trace file found
+    after the workdir was opened, and only its status, config and environment files are there)
+    is replaced without ``overwrite``: there is nothing of it to keep.
 
     Raises:
       ConfigError: naming ``workdir`` (also when it or a parent cannot be created).
@@ -124,9 +125,10 @@ def prepare_workdir(workdir, *, overwrite: bool = False) -> Path:
         raise ConfigError("workdir", f"{path} is a file, not a directory")
     entries = sorted(path.iterdir()) if path.is_dir() else []
     status = read_status(path) if entries else None
-    if status and status.get("status") == "failed" and all(e.is_file() and e.name in _SETUP_FILES for e in entries):
+    if (status and status.get("status") == "failed" and status.get("input_error")
+            and all(e.is_file() and e.name in _SETUP_FILES for e in entries)):
         for entry in entries:
-            entry.unlink()
+            entry.unlink(missing_ok=True)
         entries = []
     if entries:
         held = f"a previous run ({status.get('status', '?')})" if status else f"{len(entries)} entries"

@@ -129,7 +129,8 @@ def _config_file(argv: list[str], name: str) -> tuple[str, str | None]:
     if path and not Path(path).is_file():
         folder = Path(path).parent  # the closest file names in its folder, as the user wrote the folder
         near = closest(Path(path).stem, [f.stem for f in folder.glob("*.py")] if folder.is_dir() else [])
-        hint = f"; did you mean {', '.join(str(Path(path).with_name(n + '.py')) for n in near)}?" if near else ""
+        arg = "".join(value.partition(":")[1:])  # ":variant", kept in the suggestions
+        hint = f"; did you mean {', '.join(str(Path(path).with_name(n + '.py')) + arg for n in near)}?" if near else ""
         return value, one_line(ConfigError(f"--{name}", f"no such config file {path!r}{hint}"))
     return value, None
 
@@ -197,13 +198,17 @@ def open_workdir(path, *, overwrite: bool | None = None) -> Path:
     return workdir
 
 
-def _finish(status: str, error: str | None = None) -> None:
+def _finish(status: str, error: str | None = None, *, input_error: bool = False) -> None:
+    """Mark the opened workdirs ``status``; ``input_error``: the run failed on bad input (one of
+    :data:`USER_ERRORS`), recorded so that a rerun may replace a workdir it left without output."""
     while _opened:
         workdir = _opened.pop()
         try:
             fields = {"command": list(sys.argv)}
             if error:
                 fields["error"] = error
+            if input_error:
+                fields["input_error"] = True
             writers.write_status(workdir, status, **fields)
         except OSError as e:  # the run's own outcome matters more than its status file
             print(f"could not mark {workdir} {status}: {e}", file=sys.stderr)
@@ -270,7 +275,7 @@ def run(main: Callable[[list[str]], object], *, config=None, describe: Callable[
             raise
         except BaseException as e:
             line = one_line(e)
-            _finish("failed", line)
+            _finish("failed", line, input_error=isinstance(e, USER_ERRORS))
             if isinstance(e, USER_ERRORS) and not traceback_wanted():
                 _fail(line)
             raise
