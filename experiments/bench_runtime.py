@@ -18,10 +18,16 @@ mean over variants, with its 95% Student-t interval (``_ci95``), and
 seconds the PE spent computing its forwards (measured inside its process), which separates CPU
 contention from transport and control latency, and ``cpu_ray_over_threads`` the CPU-seconds the
 whole machine was busy during each run (Linux ``/proc/stat``; every process, Ray's daemons
-included). Tokens of every run are checked against each other
+included). Those of the driver and the node processes are split by kind of thread
+(:func:`~dualpath_jax.engine.profile.thread_cpu_s`): ``xla_pool_cpu_ray_over_threads`` (XLA's
+thread pool), ``python_cpu_ray_over_threads`` (Python threads, with the native code they run
+inline, part of XLA's work included), and the CPU-seconds per run that ``ray`` adds in native
+library threads (``native_cpu_ray_minus_threads_s``: Ray's core workers, gRPC) and outside these
+processes (``other_cpu_ray_minus_threads_s``: Ray's daemons, and whatever else the host runs).
+Tokens of every run are checked against each other
 and a no-cache recompute (``tokens_identical``). Writes ``runtime_bench.json`` (every run's JCT),
 ``config.json``, ``env.json`` and ``metrics.json`` to the workdir and ends with ``name: value``
-lines. About 6 minutes for ``:quick`` with 3 repeats on a 2-core CPU.
+lines. About 5.5 minutes for ``:quick`` (5 repeats) on a 2-core CPU, 3 with ``--config.repeats=3``.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ def main(argv):
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
     from dualpath_jax.engine import report
+    from dualpath_jax.engine.profile import thread_cpu_s
     from dualpath_jax.metrics import writers
     from dualpath_jax.studies.engine_ablation import (Setup, calibrate_links, check_config, compile_runs,
                                                       ray_runtime, run_variant, seed_store, select_agents)
@@ -110,15 +117,18 @@ def main(argv):
             for name in config.variants:
                 for which in order:
                     setup.runtime = runtime if which == "ray" else None
-                    cpu0 = _busy_cpu_s()
+                    pids = [os.getpid(), *runtime.pids]  # the driver and the node processes (idle under threads)
+                    cpu0, kinds0 = _busy_cpu_s(), thread_cpu_s(pids)
                     res = run_variant(setup, name, store_dir, seed_dir, progress=False,
                                       arrival_seed=config.arrivals.seed + r)
-                    cpu_s = _busy_cpu_s() - cpu0
+                    cpu_s, kinds = _busy_cpu_s() - cpu0, thread_cpu_s(pids)
+                    kinds = {k: kinds[k] - kinds0[k] for k in kinds}
                     s = report.summarize(res, window_s=config.window_s)
                     results[f"{name}/{which}/r{r}"] = res
                     runs.append({"variant": name, "runtime": which, "repeat": r, "jct_s": s["jct_s"],
                                  "pe_compute_s": sum(v for k, v in res.compute_s.items() if k.startswith("pe")),
-                                 "machine_cpu_s": cpu_s,
+                                 "machine_cpu_s": cpu_s, **{f"cpu_{k}_s": v for k, v in kinds.items()},
+                                 "cpu_other_s": cpu_s - sum(kinds.values()),
                                  "num_failed": s["num_failed"], "processes": res.processes,
                                  "cross_process_kv_bytes": res.cross_process_kv_bytes})
                     log(f"  r{r} {name:10s} {which:7s} JCT {s['jct_s']:7.3f} s  failed {s['num_failed']}"
@@ -128,12 +138,12 @@ def main(argv):
     finally:
         runtime.close()
 
-    def ratios(key: str) -> tuple[dict, list]:
-        """Per variant, ``key`` of the ray run over the threads run, per repeat; and per repeat
-        the mean of those over the variants."""
+    def ratios(key: str, op=lambda ray, threads: ray / threads) -> tuple[dict, list]:
+        """Per variant, ``op(ray run's key, threads run's key)`` (their ratio), per repeat; and per
+        repeat the mean of those over the variants."""
         v = {(x["variant"], x["runtime"], x["repeat"]): x[key] for x in runs}
         rs = range(config.repeats)
-        per_variant = {n: [v[n, "ray", r] / v[n, "threads", r] for r in rs] for n in config.variants}
+        per_variant = {n: [op(v[n, "ray", r], v[n, "threads", r]) for r in rs] for n in config.variants}
         return per_variant, [sum(per_variant[n][r] for n in config.variants) / len(config.variants) for r in rs]
 
     per_variant, per_repeat = ratios("jct_s")
@@ -144,6 +154,11 @@ def main(argv):
         put_estimate(named, f"ray_over_threads_jct_{n}", per_variant[n])
     put_estimate(named, "pe_compute_ray_over_threads", pe_ratio)
     put_estimate(named, "cpu_ray_over_threads", cpu_ratio)
+    put_estimate(named, "xla_pool_cpu_ray_over_threads", ratios("cpu_xla_pool_s")[1])
+    put_estimate(named, "python_cpu_ray_over_threads", ratios("cpu_python_s")[1])
+    minus = lambda ray, threads: ray - threads  # noqa: E731
+    put_estimate(named, "native_cpu_ray_minus_threads_s", ratios("cpu_native_s", minus)[1])
+    put_estimate(named, "other_cpu_ray_minus_threads_s", ratios("cpu_other_s", minus)[1])
     named["engine_processes"] = max(x["processes"] for x in runs)
     named["cross_process_kv_bytes"] = int(sum(x["cross_process_kv_bytes"] for x in runs))
     named["num_failed"] = int(sum(x["num_failed"] for x in runs))

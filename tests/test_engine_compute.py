@@ -2,6 +2,7 @@
 dense, no-cache forward: GQA and MLA, reference and Pallas (interpret mode off GPU) attention."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -192,3 +193,54 @@ def test_fit_time_model_recovers_known_rates():
     assert tm.seconds_per_token >= 0 and tm.seconds_per_flop > 0
     with pytest.raises(ValueError, match="samples"):
         fit_time_model(spec, samples[:1])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+def test_thread_cpu_s_splits_a_process_cpu_by_kind_of_thread():
+    """CPU a Python thread burns counts as python, one a native library named (here via
+    pthread_setname_np) as native, and a large matmul puts CPU on XLA's pool threads; the kinds add
+    up to the process total; a process that is gone counts nothing."""
+    import ctypes
+    import threading
+    import time
+
+    from dualpath_jax.engine.profile import thread_cpu_s
+
+    libc = ctypes.CDLL(None)
+
+    def burn(seconds, name, burned, hold):
+        if name:
+            libc.pthread_setname_np(ctypes.c_void_p(threading.current_thread().ident), name.encode())
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < seconds:
+            pass
+        burned.set()
+        hold.wait()  # alive (and named) until read
+
+    me = [os.getpid()]
+    for name, kind in ((None, "python"), ("native_tst", "native")):
+        burned, hold = threading.Event(), threading.Event()
+        before = thread_cpu_s(me)
+        th = threading.Thread(target=burn, args=(0.4, name, burned, hold))
+        th.start()
+        assert burned.wait(60)
+        after = thread_cpu_s(me)
+        hold.set()
+        th.join()
+        assert after[kind] - before[kind] >= 0.35, (kind, before, after)
+    m = jax.jit(lambda x: x @ x)
+    x = jnp.ones((1200, 1200), jnp.float32)
+    m(x).block_until_ready()
+    before = thread_cpu_s(me)
+    for _ in range(8):
+        m(x).block_until_ready()
+    after = thread_cpu_s(me)
+    if (os.cpu_count() or 1) > 1:
+        assert after["xla_pool"] - before["xla_pool"] > 0.05, (before, after)
+    with open(f"/proc/{os.getpid()}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    now = thread_cpu_s(me)
+    assert abs(sum(now.values()) - total) < 0.05  # every CPU-second once (to a tick of reading apart)
+    gone = 2 ** 22 + 12345  # above Linux's default pid_max of 4194304
+    assert thread_cpu_s([gone]) == {"xla_pool": 0.0, "native": 0.0, "python": 0.0}

@@ -13,12 +13,15 @@ attention FLOPs per key come from :mod:`dualpath_jax.model.cost`). The same call
 shape buckets the run will use (:func:`warm_up_prefill`: forwards of the PE's own
 :class:`~dualpath_jax.engine.prefill.PrefillPath`, with the last-token logits per query bucket), so
 compilation does not land inside a timed run; :class:`CompileClock` counts a process's
-compilations (the studies' stages, a Ray node's warm-up).
+compilations (the studies' stages, a Ray node's warm-up); :func:`thread_cpu_s` splits processes'
+CPU-seconds by kind of thread (XLA's pool, Python, native libraries), as ``bench_runtime``
+compares the runtimes with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -34,7 +37,8 @@ from dualpath_jax.model.forward import layer_kv_shapes
 from dualpath_jax.model.spec import ModelSpec
 from dualpath_jax.sched import AttentionTimeModel
 
-__all__ = ["ProfileSample", "profile_prefill", "fit_time_model", "warm_up_prefill", "prefill_shape", "CompileClock"]
+__all__ = ["ProfileSample", "profile_prefill", "fit_time_model", "warm_up_prefill", "prefill_shape", "CompileClock",
+           "thread_cpu_s"]
 
 
 class CompileClock:
@@ -166,3 +170,54 @@ def fit_time_model(spec: ModelSpec, samples: Sequence[ProfileSample]) -> Attenti
             best = (err, full)
     per_token, per_flop = best[1] if best is not None else (float(np.mean(y / tokens)), 0.0)
     return AttentionTimeModel(flops_per_key=fpk, seconds_per_flop=float(per_flop), seconds_per_token=float(per_token))
+
+
+def _stat_cpu_s(path: str) -> float:
+    """utime + stime (seconds) of a ``/proc/.../stat`` file."""
+    with open(path) as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_s(pids: Iterable[int]) -> dict[str, float]:
+    """CPU-seconds processes ``pids`` have used so far, by kind of thread (Linux ``/proc``;
+    NaN for every kind elsewhere):
+
+    * ``xla_pool``: XLA's CPU thread pool (threads named ``tf_XLA...``);
+    * ``native``: threads a native library named (Ray's core worker ``worker.io``, gRPC pollers,
+      tensorstore's pool, ...);
+    * ``python``: the rest of each process's total: the threads that carry the process's (or a
+      Ray actor's ``ray::...``) name, as a Python thread inherits it, and every thread that has
+      already ended (the process total keeps them; a run's workers are Python threads). This is
+      the interpreter's work *and* the native code those threads run inline, XLA's included: a
+      computation runs partly on the thread that called it (about half of a large matmul's
+      CPU-seconds on a 2-core CPU), so ``xla_pool`` is a lower bound of XLA's share.
+
+    A process that is gone counts nothing. Resolution: the clock tick (10 ms, ``SC_CLK_TCK``).
+    """
+    out = {"xla_pool": 0.0, "native": 0.0, "python": 0.0}
+    if not os.path.isdir("/proc/self/task"):
+        return {k: float("nan") for k in out}
+    for pid in dict.fromkeys(int(p) for p in pids):
+        try:
+            total = _stat_cpu_s(f"/proc/{pid}/stat")
+            with open(f"/proc/{pid}/comm") as f:
+                own = f.read().strip()
+            kinds = {"xla_pool": 0.0, "native": 0.0}
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                        name = f.read().strip()
+                    cpu = _stat_cpu_s(f"/proc/{pid}/task/{tid}/stat")
+                except OSError:  # the thread ended meanwhile: in the process total
+                    continue
+                if name.startswith("tf_XLA"):
+                    kinds["xla_pool"] += cpu
+                elif name != own and not name.startswith("ray::") and not name.startswith("python"):
+                    kinds["native"] += cpu
+        except OSError:  # the process is gone
+            continue
+        out["xla_pool"] += kinds["xla_pool"]
+        out["native"] += kinds["native"]
+        out["python"] += max(0.0, total - kinds["xla_pool"] - kinds["native"])
+    return out
