@@ -315,9 +315,10 @@ def test_hand_off_sends_name_a_request_by_id_once_its_de_node_holds_the_replica(
 
     class Node:  # a DE node actor: records each receive_batch call, answered when the test says
         def __init__(self, n):
-            self.receive_batch = types.SimpleNamespace(remote=lambda parts, *rest: self._call(n, parts))
+            self.receive_batch = types.SimpleNamespace(remote=lambda run_id, parts, *rest: self._call(n, run_id, parts))
 
-        def _call(self, n, parts):
+        def _call(self, n, run_id, parts):
+            assert run_id == "run-2"  # every call names the PE's run
             fut = Future()
             calls.append((n, parts, fut))
             return types.SimpleNamespace(future=lambda: fut)
@@ -325,7 +326,8 @@ def test_hand_off_sends_name_a_request_by_id_once_its_de_node_holds_the_replica(
     engines = {0: types.SimpleNamespace(cnic_out="cnic_out/pe0")}
     fabric = types.SimpleNamespace(node_of=lambda e: e, engines=engines, carry=lambda path, nbytes, fn, **kw: fn())
     endpoint = types.SimpleNamespace(offer=lambda arrays, **kw: ("offer", len(arrays)))
-    peers = RayPeers(endpoint, [None, Node(1), Node(2)], fabric, None, types.SimpleNamespace(timeout_s=5.0), 2)
+    peers = RayPeers(endpoint, [None, Node(1), Node(2)], fabric, None, types.SimpleNamespace(timeout_s=5.0), 2,
+                     run_id="run-2")
 
     def req(rid, de, lease=None):
         r = RequestState(rid, 0, 0, "t", np.arange(300, dtype=np.int32), [f"k{i}" for i in range(5)], 8, 5, 64)
@@ -352,11 +354,18 @@ def test_hand_off_sends_name_a_request_by_id_once_its_de_node_holds_the_replica(
     assert isinstance(first, RequestInfo) and np.array_equal(first.prompt, a.prompt)
 
     node = object.__new__(NodeHost)
-    node.node, node._reqs, node._failed, node._lock = 1, {}, {}, threading.Lock()
-    node.endpoint = None  # a pull would fail on it
-    assert node.receive_batch([(9, 0, [0], 64)], [], None, 64, "kv_out/pe0") == "request 9: no replica on node1"
+    node.node, node._reqs, node._failed, node._lock, node._run_id = 1, {}, {}, threading.Lock(), "run-2"
+    node.endpoint = node.fabric = None  # a pull or a reservation would fail on them
+    assert node.receive_batch("run-2", [(9, 0, [0], 64)], [], None, 64, "kv_out/pe0") == \
+        "request 9: no replica on node1"
     built = node._replica(first)
     assert node._replica(7) is built and built.prompt.shape == (300,)
+    # a late call of an earlier run (request ids start from 0 in every run) touches nothing here
+    assert node.receive_batch("run-1", [(7, 0, [0], 64)], [], None, 64, "kv_out/pe0") == \
+        "node1 is not in run run-1 (a late call)"
+    assert node.reserve("run-1", first, 64) is False and built.de_send_lease is None
+    with pytest.raises(RuntimeError, match="not in run run-1"):
+        node.offer_hits("run-1", [(7, 1)])
 
 
 def test_starting_a_local_ray_instance_hides_only_rays_notice_of_its_default_token_auth(monkeypatch):

@@ -175,7 +175,7 @@ class NodeHost:
             on_failed=lambda r, c, retry=True: post(("failed", r.rid, c, retry)),
             on_worker_error=lambda w, e, tb, fatal=False: post(("worker_error", w, e, tb, fatal)),
             clock=time.time, t0=time.time())
-        ctx.peers = RayPeers(self.endpoint, nodes, fabric, self.layout, config, self.spec.n_layers)
+        ctx.peers = RayPeers(self.endpoint, nodes, fabric, self.layout, config, self.spec.n_layers, run_id=run_id)
         self.faults = FaultInjector(faults, now=ctx.now, stream=self.node) if faults is not None else None
         ctx.faults = fabric.faults = self.faults
         dev = {e: self.devices[i % len(self.devices)] for i, e in enumerate(self.engines)}
@@ -373,15 +373,24 @@ class NodeHost:
         self._outbox.put(("read_done", req.rid, job.side, job.node, job.first, job.last, len(blocks), failures))
 
     # ---- what other nodes' PEs ask of this (DE) node --------------------------------------------
-    def reserve(self, info: RequestInfo, num_bytes: int) -> bool:
-        """Hold ``num_bytes`` of this node's DE buffer for the request's hand-off; False if full."""
+    def _other_run(self, run_id: str) -> str:
+        """Why a PE's call of run ``run_id`` finds nothing here ("" if it is this node's run): a
+        late call of an earlier run must not touch the replicas of the next, whose request ids
+        start again from 0."""
+        return "" if run_id == self._run_id else f"node{self.node} is not in run {run_id} (a late call)"
+
+    def reserve(self, run_id: str, info: RequestInfo, num_bytes: int) -> bool:
+        """Hold ``num_bytes`` of this node's DE buffer for the request's hand-off in run ``run_id``;
+        False if full (or another run's call)."""
+        if self._other_run(run_id):
+            return False
         req = self._replica(info)
         if req.de_send_lease is not None:  # held already (an earlier answer the PE did not wait for)
             return not req.error
         lease = self.fabric.buffer_of(self.node).try_acquire(num_bytes)
         return lease is not None and req.attach_lease("de_send_lease", lease)
 
-    def offer_hits(self, asks: Sequence[tuple[int, int]], out_bytes: dict[int, int] | None = None,
+    def offer_hits(self, run_id: str, asks: Sequence[tuple[int, int]], out_bytes: dict[int, int] | None = None,
                    reply_to: tuple[int, int] | None = None) -> list[KVOffer]:
         """Offer the DE-side hit blocks of ``asks`` (``(request id, n blocks)``: its first n),
         stacked in that order, one ``uint8[sum n, Z, Bt]`` per layer. The offers are returned at
@@ -394,8 +403,11 @@ class NodeHost:
         with it, instead of waiting for a timeout.
 
         Raises:
-          RuntimeError: a request failed or its blocks left the buffer.
+          RuntimeError: a request failed or its blocks left the buffer, or the call is of another
+            run than this node's (``run_id``).
         """
+        if cause := self._other_run(run_id):
+            raise RuntimeError(cause)
         blocks = []
         for rid, n in asks:
             with self._lock:
@@ -437,14 +449,16 @@ class NodeHost:
         if ctx is not None and ctx.peers is not None:
             ctx.peers.hits_failed(token, layer, cause)
 
-    def receive_batch(self, parts: list, meta: list, offer: KVOffer, num_bytes: int, tag: str) -> str:
-        """Pull a PE's packed sends (``parts``: per send ``(RequestInfo or request id, layer, segment
+    def receive_batch(self, run_id: str, parts: list, meta: list, offer: KVOffer, num_bytes: int, tag: str) -> str:
+        """Pull a PE's packed sends of run ``run_id`` (``parts``: per send ``(RequestInfo or request id, layer, segment
         starts, bytes)``; ``meta``: the packed arrays, two per segment) into the requests' DE
         buffers, under the CNIC in of each request's DE (each for its sends' bytes); returns "" or
         the failure's cause, which fails every send of the call: also when a bare id names a
         request this node holds no replica of (never, while the PE names by id only requests this
         node granted a lease to or answered a send of: :meth:`RayPeers.send_batch
-        <dualpath_jax.engine.ray_peers.RayPeers.send_batch>`)."""
+        <dualpath_jax.engine.ray_peers.RayPeers.send_batch>`), and for a call of another run."""
+        if cause := self._other_run(run_id):
+            return cause
         try:
             reqs = [self._replica(info) for info, *_ in parts]
         except KeyError as e:

@@ -88,7 +88,8 @@ class _RemoteBuffer:
         import ray  # noqa: PLC0415
 
         try:
-            ok = ray.get(self.peers.node(self.req.de).reserve.remote(self.peers.info(self.req), int(num_bytes)),
+            ok = ray.get(self.peers.node(self.req.de).reserve.remote(self.peers.run_id, self.peers.info(self.req),
+                                                                      int(num_bytes)),
                          timeout=self.peers.config.timeout_s)
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
             return None
@@ -136,7 +137,7 @@ class _RemoteHits:
             self.rows[rid] = (off, off + n)
             off += n
         self.failure: tuple[int, str] | None = None  # (first layer never offered, cause)
-        self._ref = peers.nodes[node].offer_hits.remote(asks, out_bytes, (pe_node, token))
+        self._ref = peers.nodes[node].offer_hits.remote(peers.run_id, asks, out_bytes, (pe_node, token))
         self._offers = None
         self._layers: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
@@ -178,9 +179,9 @@ class RayPeers:
     """:class:`~dualpath_jax.engine.peers.LocalPeers` across processes (module docstring)."""
 
     def __init__(self, endpoint: KVTransferEndpoint, nodes: Sequence, fabric: Fabric, layout: BlockLayout,
-                 config: ClusterConfig, n_layers: int):
+                 config: ClusterConfig, n_layers: int, *, run_id: str = ""):
         self.endpoint, self.nodes, self.fabric, self.layout, self.config = endpoint, list(nodes), fabric, layout, config
-        self.n_layers = n_layers
+        self.n_layers, self.run_id = n_layers, run_id  # every call to a node names the run
         self._hit_groups: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # token -> _RemoteHits
         self._known: set[tuple[int, int]] = set()  # (DE node, request id): that node has the request's replica
         self._known_lock = threading.Lock()
@@ -270,7 +271,8 @@ class RayPeers:
                 offer = self.endpoint.offer([buf], expire_s=t, tag=f"kv_out/pe{pe}/node{node}")
 
                 def deliver(node=node, parts=parts, meta=meta, offer=offer, nbytes=nbytes):
-                    return self.nodes[node].receive_batch.remote(parts, meta, offer, int(nbytes), f"kv_out/pe{pe}")
+                    return self.nodes[node].receive_batch.remote(self.run_id, parts, meta, offer, int(nbytes),
+                                                                 f"kv_out/pe{pe}")
 
                 call = self.fabric.carry([self.fabric.engines[pe].cnic_out], nbytes, deliver,
                                          tag=f"kv_out/r{sends[idx[0]][0].rid}")
