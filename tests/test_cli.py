@@ -77,8 +77,9 @@ def test_config_and_flag_errors_are_one_line(tmp_path):
                                                             "'configs/no_such.py'"]
     done = _run("run_sim.py", "--config=configs/sim_ablaton.py:tiny", f"--workdir={tmp_path / 'w'}")
     (line,) = _lines(done.stderr)
-    assert done.returncode == 1 and line.startswith(
-        "ConfigError: --config: no such config file 'configs/sim_ablaton.py'; did you mean configs/sim_ablation.py:tiny")
+    assert done.returncode == 1 and line.startswith("ConfigError: --config: no such config file "
+                                                    "'configs/sim_ablaton.py'; did you mean "
+                                                    "configs/sim_ablation.py:tiny")
     assert not (tmp_path / "w").exists()
 
 

@@ -249,14 +249,13 @@ def test_a_killed_pe_node_reruns_only_what_it_still_held(tmp_path, runtime, ray_
     assert not res.leaks
 
 
-def _bare_node(linger_s: float):
-    """A NodeHost with only its event outbox (no actor, no JAX device), to test :meth:`poll`."""
-    import queue
-
+def _bare_node(**fields):
+    """A NodeHost with only ``fields`` set (no actor, no JAX device, no run), to test one method."""
     from dualpath_jax.engine.ray_node import NodeHost
 
     node = object.__new__(NodeHost)
-    node._outbox, node._read_q_linger_s = queue.Queue(), linger_s
+    for name, value in fields.items():
+        setattr(node, name, value)
     return node
 
 
@@ -274,7 +273,9 @@ def test_a_poll_holds_read_queue_changes_up_to_a_fetch_period_and_no_other_event
     import threading
     import time
 
-    node = _bare_node(0.3)
+    import queue
+
+    node = _bare_node(_outbox=queue.Queue(), _read_q_linger_s=0.3)
     for _ in range(3):  # read-queue changes alone: the poll waits out the fetch period, then sums them
         node._outbox.put(("read_q", 1, -64.0))
     t0 = time.perf_counter()
@@ -307,7 +308,6 @@ def test_hand_off_sends_name_a_request_by_id_once_its_de_node_holds_the_replica(
 
     import numpy as np
 
-    from dualpath_jax.engine.ray_node import NodeHost
     from dualpath_jax.engine.ray_peers import RayPeers, RequestInfo
     from dualpath_jax.engine.request import RequestState
 
@@ -353,9 +353,8 @@ def test_hand_off_sends_name_a_request_by_id_once_its_de_node_holds_the_replica(
     first = sent[1, 0][0][0][0]
     assert isinstance(first, RequestInfo) and np.array_equal(first.prompt, a.prompt)
 
-    node = object.__new__(NodeHost)
-    node.node, node._reqs, node._failed, node._lock, node._run_id = 1, {}, {}, threading.Lock(), "run-2"
-    node.endpoint = node.fabric = None  # a pull or a reservation would fail on them
+    node = _bare_node(node=1, _reqs={}, _failed={}, _lock=threading.Lock(), _run_id="run-2",
+                      endpoint=None, fabric=None)  # a pull or a reservation would fail on them
     assert node.receive_batch("run-2", [(9, 0, [0], 64)], [], None, 64, "kv_out/pe0") == \
         "request 9: no replica on node1"
     built = node._replica(first)
