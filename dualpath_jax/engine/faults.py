@@ -2,8 +2,10 @@
 
 Faults are a feature of the runtime, not of its tests: ``EngineCluster`` takes a
 :class:`FaultConfig` (the ``faults`` section of an engine config; ``experiments/soak.py`` turns
-every kind on) and a :class:`FaultInjector` decides, from one seeded generator, where each fault
-lands. What the runtime must guarantee under them (``tests/test_faults.py``, ``soak.py``):
+every kind on) and a :class:`FaultInjector` decides, from seeded generators, where each fault
+lands: one generator per kind of fault, so that the ``n``-th decision of a kind is the same
+whatever the run's threads draw meanwhile. What the runtime must guarantee under them
+(``tests/test_faults.py``, ``soak.py``):
 
 * **read corruption**: a block's stored record gets one flipped byte just before a read of it
   (bit rot on the storage side). The store's checksums reject it, that block and the rest of
@@ -61,7 +63,7 @@ class FaultConfig:
       crash_worker: a worker (module docstring) that crashes once ("" = none).
       crash_after_jobs: ``crash_worker`` crashes at its job number ``crash_after_jobs + 1``.
       crash_at_s: or at its first job after this many seconds into the run (< 0: off).
-      seed: seed of the injector's generator.
+      seed: seed of the injector's generators.
 
     Raises:
       ConfigError: naming the field (``faults.<name>``), for a rate outside [0, 1], a negative
@@ -110,14 +112,20 @@ def _valid_worker(name: str) -> bool:
 
 
 class FaultInjector:
-    """Draws the faults of one run (thread-safe; one seeded generator).
+    """Draws the faults of one run (thread-safe).
+
+    Each kind of fault has its own seeded generator, so the decisions of one kind are a fixed
+    sequence whatever order the run's threads draw in: how many faults of each kind a run sees
+    depends only on how many jobs, read jobs, block reads and moves it makes, not on how the
+    threads interleave (with one shared generator, a read job's slow-read draw would take
+    whichever number the other kinds' draws left it).
 
     Args:
       config: what to inject.
       now: seconds since the run started (for ``crash_at_s``).
-      stream: None: the generator is seeded with ``config.seed``; an int: with ``config.seed`` and
-        ``stream`` (the ``ray`` runtime gives each node process its own injector, ``stream`` = its
-        node id, so the nodes draw independently of each other).
+      stream: None: the generators are seeded with ``config.seed``; an int: with ``config.seed``
+        and ``stream`` (the ``ray`` runtime gives each node process its own injector, ``stream`` =
+        its node id, so the nodes draw independently of each other).
 
     ``counts`` holds how many faults of each kind were injected (``"read_corruption"``,
     ``"slow_read"``, ``"transfer_failure"``, ``"crash"``).
@@ -125,17 +133,25 @@ class FaultInjector:
 
     def __init__(self, config: FaultConfig, now: Callable[[], float] = time.perf_counter, stream: int | None = None):
         self.config, self.now = config, now
-        self._rng = random.Random(config.seed if stream is None else f"{config.seed}/{int(stream)}")
+        self._seed = str(config.seed) if stream is None else f"{config.seed}/{int(stream)}"
+        self._rngs: dict[str, random.Random] = {}
         self._lock = threading.Lock()
         self._jobs: Counter = Counter()
         self._targeted_done = False
         self.counts: Counter = Counter()
 
-    def _draw(self, rate: float) -> bool:
+    def _rng(self, kind: str) -> random.Random:
+        """The generator of ``kind`` decisions (call under the lock)."""
+        rng = self._rngs.get(kind)
+        if rng is None:
+            rng = self._rngs[kind] = random.Random(f"{self._seed}/{kind}")
+        return rng
+
+    def _draw(self, rate: float, kind: str) -> bool:
         if rate <= 0.0:
             return False
         with self._lock:
-            return self._rng.random() < rate
+            return self._rng(kind).random() < rate
 
     def _count(self, kind: str) -> None:
         with self._lock:
@@ -157,13 +173,13 @@ class FaultInjector:
                         and (n > cfg.crash_after_jobs if cfg.crash_at_s < 0 else self.now() >= cfg.crash_at_s))
             if targeted:
                 self._targeted_done = True
-        if targeted or self._draw(cfg.crash_rate):
+        if targeted or self._draw(cfg.crash_rate, "crash"):
             self._count("crash")
             raise InjectedCrash(f"injected crash of {worker} at its job {n}")
 
     def transfer_fails(self) -> bool:
         """Whether the next KV move fails."""
-        if self._draw(self.config.transfer_failure_rate):
+        if self._draw(self.config.transfer_failure_rate, "transfer_failure"):
             self._count("transfer_failure")
             return True
         return False
@@ -172,20 +188,21 @@ class FaultInjector:
         """Called by a node reader before it reads ``keys`` of ``store``: maybe wait (slow read),
         maybe corrupt some of the blocks on storage (one flipped byte each)."""
         cfg = self.config
-        if cfg.slow_read_s and self._draw(cfg.slow_read_rate):
+        if cfg.slow_read_s and self._draw(cfg.slow_read_rate, "slow_read"):
             self._count("slow_read")
             time.sleep(cfg.slow_read_s)
         if not cfg.read_corruption_rate:
             return
         for key in keys:
-            if not self._draw(cfg.read_corruption_rate):
+            if not self._draw(cfg.read_corruption_rate, "read_corruption"):
                 continue
             data = store.raw_read(key)
             if not data:
                 continue
             with self._lock:
-                pos = self._rng.randrange(len(data))
-                bit = 1 << self._rng.randrange(8)
+                rng = self._rng("corrupted_byte")  # not the decisions' stream
+                pos = rng.randrange(len(data))
+                bit = 1 << rng.randrange(8)
             corrupted = bytearray(data)
             corrupted[pos] ^= bit
             store.raw_write(key, bytes(corrupted))
