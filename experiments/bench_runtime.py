@@ -19,10 +19,11 @@ seconds the PE spent computing its forwards (measured inside its process), which
 contention from transport and control latency, and ``cpu_ray_over_threads`` the CPU-seconds the
 whole machine was busy during each run (Linux ``/proc/stat``; every process, Ray's daemons
 included). Those of the driver and the node processes are split by kind of thread
-(:func:`~dualpath_jax.engine.profile.thread_cpu_s`): ``xla_pool_cpu_ray_over_threads`` (XLA's
-thread pool), ``python_cpu_ray_over_threads`` (Python threads, with the native code they run
-inline, part of XLA's work included), and the CPU-seconds per run that ``ray`` adds in native
-library threads (``native_cpu_ray_minus_threads_s``: Ray's core workers, gRPC) and outside these
+(:func:`~dualpath_jax.engine.profile.thread_cpu_s`): ``xla_cpu_ray_over_threads`` (XLA's
+threads: its intra-op pool and the threads its CPU client runs computations on, known in every
+process as those that started with its backend), ``python_cpu_ray_over_threads`` (Python
+threads, with the native code they run inline), and the CPU-seconds per run that ``ray`` adds in
+native library threads (``native_cpu_ray_minus_threads_s``: Ray's core workers, gRPC) and outside these
 processes (``other_cpu_ray_minus_threads_s``: Ray's daemons, and whatever else the host runs).
 Tokens of every run are checked against each other
 and a no-cache recompute (``tokens_identical``). Writes ``runtime_bench.json`` (every run's JCT),
@@ -81,11 +82,13 @@ def main(argv):
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
     from dualpath_jax.engine import report
-    from dualpath_jax.engine.profile import thread_cpu_s
+    from dualpath_jax.engine.profile import start_backends, thread_cpu_s
     from dualpath_jax.metrics import writers
     from dualpath_jax.studies.engine_ablation import (Setup, calibrate_links, check_config, compile_runs,
                                                       ray_runtime, run_variant, seed_store, select_agents)
     from dualpath_jax.studies.seeds import estimate, printed, put as put_estimate
+
+    driver_xla_threads = start_backends()  # before anything else starts JAX's backend
 
     config = check_config(_CONFIG.value)
     workdir = cli.open_workdir(_WORKDIR.value)
@@ -110,7 +113,8 @@ def main(argv):
         t0 = time.perf_counter()
         for name in config.variants:  # the node actors compile (untimed)
             run_variant(setup, name, store_dir, seed_dir, progress=False)
-        log(f"ray node actors warmed up in {time.perf_counter() - t0:.1f} s (pids {runtime.pids})")
+        log(f"ray node actors warmed up in {time.perf_counter() - t0:.1f} s (pids {runtime.pids}); XLA's threads: "
+            f"{len(driver_xla_threads)} in the driver, {[len(t) for t in runtime.xla_threads.values()]} in the nodes")
         runs, results = [], {}
         for r in range(config.repeats):
             order = ("threads", "ray") if r % 2 == 0 else ("ray", "threads")
@@ -118,10 +122,11 @@ def main(argv):
                 for which in order:
                     setup.runtime = runtime if which == "ray" else None
                     pids = [os.getpid(), *runtime.pids]  # the driver and the node processes (idle under threads)
-                    cpu0, kinds0 = _busy_cpu_s(), thread_cpu_s(pids)
+                    xla = {os.getpid(): driver_xla_threads, **runtime.xla_threads}
+                    cpu0, kinds0 = _busy_cpu_s(), thread_cpu_s(pids, xla)
                     res = run_variant(setup, name, store_dir, seed_dir, progress=False,
                                       arrival_seed=config.arrivals.seed + r)
-                    cpu_s, kinds = _busy_cpu_s() - cpu0, thread_cpu_s(pids)
+                    cpu_s, kinds = _busy_cpu_s() - cpu0, thread_cpu_s(pids, xla)
                     kinds = {k: kinds[k] - kinds0[k] for k in kinds}
                     s = report.summarize(res, window_s=config.window_s)
                     results[f"{name}/{which}/r{r}"] = res
@@ -154,7 +159,7 @@ def main(argv):
         put_estimate(named, f"ray_over_threads_jct_{n}", per_variant[n])
     put_estimate(named, "pe_compute_ray_over_threads", pe_ratio)
     put_estimate(named, "cpu_ray_over_threads", cpu_ratio)
-    put_estimate(named, "xla_pool_cpu_ray_over_threads", ratios("cpu_xla_pool_s")[1])
+    put_estimate(named, "xla_cpu_ray_over_threads", ratios("cpu_xla_s")[1])
     put_estimate(named, "python_cpu_ray_over_threads", ratios("cpu_python_s")[1])
     minus = lambda ray, threads: ray - threads  # noqa: E731
     put_estimate(named, "native_cpu_ray_minus_threads_s", ratios("cpu_native_s", minus)[1])

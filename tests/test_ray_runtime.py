@@ -68,6 +68,8 @@ def test_ray_runs_the_same_requests_as_threads_across_three_processes(tmp_path, 
     ray = _run(tmp_path, "ray", cfg, runtime, model=model)
     assert (ray.runtime, ray.processes, threads.processes) == ("ray", 3, 1)
     assert len(set(runtime.pids)) == 3
+    # each node started JAX's backend itself and knows its XLA threads (for bench_runtime's split)
+    assert set(runtime.xla_threads) == set(runtime.pids) and all(runtime.xla_threads.values())
     for res in (threads, ray):
         assert not [r.error for r in res.requests if r.error] and not res.worker_errors and not res.leaks
         assert conservation(res)["bytes_conserved"]

@@ -14,8 +14,8 @@ shape buckets the run will use (:func:`warm_up_prefill`: forwards of the PE's ow
 :class:`~dualpath_jax.engine.prefill.PrefillPath`, with the last-token logits per query bucket), so
 compilation does not land inside a timed run; :class:`CompileClock` counts a process's
 compilations (the studies' stages, a Ray node's warm-up); :func:`thread_cpu_s` splits processes'
-CPU-seconds by kind of thread (XLA's pool, Python, native libraries), as ``bench_runtime``
-compares the runtimes with it.
+CPU-seconds by kind of thread (XLA's, Python's, native libraries'), as ``bench_runtime``
+compares the runtimes with it, knowing XLA's threads from :func:`start_backends`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -38,7 +38,7 @@ from dualpath_jax.model.spec import ModelSpec
 from dualpath_jax.sched import AttentionTimeModel
 
 __all__ = ["ProfileSample", "profile_prefill", "fit_time_model", "warm_up_prefill", "prefill_shape", "CompileClock",
-           "thread_cpu_s"]
+           "start_backends", "thread_cpu_s"]
 
 
 class CompileClock:
@@ -179,31 +179,65 @@ def _stat_cpu_s(path: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def thread_cpu_s(pids: Iterable[int]) -> dict[str, float]:
+_BACKEND_THREADS: frozenset[int] = frozenset()
+
+
+def _thread_ids() -> set[int]:
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:  # no Linux /proc
+        return set()
+
+
+def start_backends() -> frozenset[int]:
+    """Initialize JAX's backends in this process (``jax.devices()``) and return the native ids of
+    the threads that started meanwhile (Linux ``/proc``): XLA's. Besides its intra-op pool, named
+    ``tf_XLA...``, XLA's CPU client runs computations on threads that carry no name of their own
+    (they inherit the creating thread's, ``python`` or a Ray actor's ``ray::...``), so only the
+    moment they start tells them from the interpreter's threads.
+
+    Call it before anything else initializes a backend (a ``jax.devices()``, the first array);
+    later calls return what the first one found, and a first call after the backends started
+    returns an empty set (those threads then count as ``python`` in :func:`thread_cpu_s`).
+    """
+    global _BACKEND_THREADS
+    from jax._src import xla_bridge  # noqa: PLC0415 - whether the backends started, without starting them
+
+    if not xla_bridge.backends_are_initialized():
+        before = _thread_ids()
+        jax.devices()
+        _BACKEND_THREADS = frozenset(_thread_ids() - before)
+    return _BACKEND_THREADS
+
+
+def thread_cpu_s(pids: Iterable[int], xla_threads: Mapping[int, Iterable[int]] | None = None) -> dict[str, float]:
     """CPU-seconds processes ``pids`` have used so far, by kind of thread (Linux ``/proc``;
     NaN for every kind elsewhere):
 
-    * ``xla_pool``: XLA's CPU thread pool (threads named ``tf_XLA...``);
+    * ``xla``: XLA's threads: its intra-op pool (named ``tf_XLA...``) and, in a process of
+      ``xla_threads`` (pid -> native thread ids, as :func:`start_backends` returns them), the
+      threads its CPU client runs computations on;
     * ``native``: threads a native library named (Ray's core worker ``worker.io``, gRPC pollers,
       tensorstore's pool, ...);
     * ``python``: the rest of each process's total: the threads that carry the process's (or a
       Ray actor's ``ray::...``) name, as a Python thread inherits it, and every thread that has
       already ended (the process total keeps them; a run's workers are Python threads). This is
-      the interpreter's work *and* the native code those threads run inline, XLA's included: a
-      computation runs partly on the thread that called it (about half of a large matmul's
-      CPU-seconds on a 2-core CPU), so ``xla_pool`` is a lower bound of XLA's share.
+      the interpreter's work and the native code those threads run inline (a dispatch, a copy,
+      a pickle); in a process missing from ``xla_threads``, XLA's unnamed threads too.
 
     A process that is gone counts nothing. Resolution: the clock tick (10 ms, ``SC_CLK_TCK``).
     """
-    out = {"xla_pool": 0.0, "native": 0.0, "python": 0.0}
+    out = {"xla": 0.0, "native": 0.0, "python": 0.0}
     if not os.path.isdir("/proc/self/task"):
         return {k: float("nan") for k in out}
+    xla_threads = xla_threads or {}
     for pid in dict.fromkeys(int(p) for p in pids):
+        xla_tids = {int(t) for t in xla_threads.get(pid, ())}
         try:
             total = _stat_cpu_s(f"/proc/{pid}/stat")
             with open(f"/proc/{pid}/comm") as f:
                 own = f.read().strip()
-            kinds = {"xla_pool": 0.0, "native": 0.0}
+            kinds = {"xla": 0.0, "native": 0.0}
             for tid in os.listdir(f"/proc/{pid}/task"):
                 try:
                     with open(f"/proc/{pid}/task/{tid}/comm") as f:
@@ -211,13 +245,13 @@ def thread_cpu_s(pids: Iterable[int]) -> dict[str, float]:
                     cpu = _stat_cpu_s(f"/proc/{pid}/task/{tid}/stat")
                 except OSError:  # the thread ended meanwhile: in the process total
                     continue
-                if name.startswith("tf_XLA"):
-                    kinds["xla_pool"] += cpu
+                if name.startswith("tf_XLA") or int(tid) in xla_tids:
+                    kinds["xla"] += cpu
                 elif name != own and not name.startswith("ray::") and not name.startswith("python"):
                     kinds["native"] += cpu
         except OSError:  # the process is gone
             continue
-        out["xla_pool"] += kinds["xla_pool"]
+        out["xla"] += kinds["xla"]
         out["native"] += kinds["native"]
-        out["python"] += max(0.0, total - kinds["xla_pool"] - kinds["native"])
+        out["python"] += max(0.0, total - kinds["xla"] - kinds["native"])
     return out

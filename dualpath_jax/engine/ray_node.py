@@ -30,7 +30,7 @@ from dualpath_jax.engine.faults import FaultConfig, FaultInjector
 from dualpath_jax.engine.network import Fabric, TransferFailed
 from dualpath_jax.engine.pe import PrefillWorker
 from dualpath_jax.engine.prefill import PrefillPath
-from dualpath_jax.engine.profile import CompileClock, warm_up_prefill
+from dualpath_jax.engine.profile import CompileClock, start_backends, warm_up_prefill
 from dualpath_jax.engine.ray_peers import RayPeers, RequestInfo, _unpack
 from dualpath_jax.engine.reader import NodeReader, ReadJob
 from dualpath_jax.engine.request import RequestState
@@ -117,6 +117,7 @@ class NodeHost:
         self.node, self.role, self.engines = int(node), role, list(engines)
         self.spec, self.layout, self.params, self.scheduler_cls = spec, layout, params, scheduler_cls
         self.embed = np.asarray(params["embed"], np.float32)
+        self.xla_threads = start_backends()  # (first: before anything starts a backend)
         self.devices = jax.devices()
         self.endpoint = KVTransferEndpoint(f"node{node}")
         self._outbox: queue.Queue = queue.Queue()
@@ -131,9 +132,10 @@ class NodeHost:
         self._read_q_linger_s = 0.0
         self.ctx = None
 
-    def ping(self) -> int:
-        """This process's id (the actor is up)."""
-        return os.getpid()
+    def ping(self) -> tuple[int, list[int]]:
+        """This process's id (the actor is up) and its XLA threads' native ids
+        (:func:`~dualpath_jax.engine.profile.start_backends`)."""
+        return os.getpid(), sorted(self.xla_threads)
 
     def warm_up_prefill(self, shapes: Sequence[tuple[int, int]]) -> int:
         """Compile this PE node's prefill programs for ``(T bucket, P bucket)`` shapes on each of its

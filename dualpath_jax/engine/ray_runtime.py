@@ -88,7 +88,8 @@ class RayRuntime:
         self._key = self._params_of = None
         self.actors: list = []
         self._runs = 0
-        self.pids: list[int] = []
+        self.pids: list[int] = []  # the node actors' processes
+        self.xla_threads: dict[int, frozenset[int]] = {}  # pid -> its XLA threads (profile.start_backends)
 
     def ray(self):
         return ray_module(self.address)
@@ -124,7 +125,9 @@ class RayRuntime:
             spec_, layout_, sched_ = self._args
             self.actors[n] = ray.remote(NodeHost).options(**opts).remote(
                 n, role, engines, spec_, layout_, self._params, sched_, self.jit_cache_dir)
-        self.pids = ray.get([a.ping.remote() for a in self.actors])
+        up = ray.get([a.ping.remote() for a in self.actors])
+        self.pids = [pid for pid, _ in up]
+        self.xla_threads = {pid: frozenset(tids) for pid, tids in up}
         return list(self.actors)
 
     def warm_up_prefill(self, shapes) -> int:
