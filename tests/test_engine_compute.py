@@ -274,6 +274,17 @@ print(json.dumps({"tids": len(tids), "cpu": c1 - c0, "xla": k1["xla"] - k0["xla"
 """
 
 
+def test_start_backends_after_the_backend_started_says_so(monkeypatch):
+    from dualpath_jax.engine import profile
+
+    jax.devices()
+    monkeypatch.setattr(profile, "_BACKENDS_CHECKED", False)
+    monkeypatch.setattr(profile, "_BACKEND_THREADS", frozenset())
+    with pytest.warns(RuntimeWarning, match="already started"):
+        assert profile.start_backends() == frozenset()
+    assert profile.start_backends() == frozenset()  # (once)
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
 def test_start_backends_finds_the_threads_xla_computes_on():
     # defect: XLA's CPU client runs computations on threads that inherit the process's name, so

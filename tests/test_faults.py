@@ -188,6 +188,27 @@ def test_each_kind_of_fault_draws_the_same_decisions_however_the_draws_interleav
     assert {k: v[:60] for k, v in mixed.items()} == alone
     assert all(5 < sum(v) < 35 for v in alone.values())  # each at its rate (0.3 of 60: 18)
 
+    class Store:  # a block record per key; what the injector writes back is the corruption
+        def __init__(self):
+            self.written = []
+
+        def raw_read(self, key):
+            return bytes(64)
+
+        def raw_write(self, key, data):
+            self.written.append((key, data))
+
+    cfg = FaultConfig(read_corruption_rate=0.3, crash_rate=0.3, seed=9)
+    keys = [f"k{i}" for i in range(60)]
+    alone_store, mixed_store = Store(), Store()
+    FaultInjector(cfg).before_read(alone_store, keys)
+    inj = FaultInjector(cfg)
+    for i, key in enumerate(keys):  # the same reads, a crash draw between some of them
+        if i % 3 == 0:
+            decisions(inj, "crash", 2)
+        inj.before_read(mixed_store, [key])
+    assert mixed_store.written == alone_store.written and 5 < len(alone_store.written) < 35
+
 
 def test_fault_config_names_the_field():
     with pytest.raises(ConfigError, match="faults.crash_rate"):

@@ -24,6 +24,7 @@ import dataclasses
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import jax
@@ -180,6 +181,7 @@ def _stat_cpu_s(path: str) -> float:
 
 
 _BACKEND_THREADS: frozenset[int] = frozenset()
+_BACKENDS_CHECKED = False
 
 
 def _thread_ids() -> set[int]:
@@ -196,17 +198,25 @@ def start_backends() -> frozenset[int]:
     (they inherit the creating thread's, ``python`` or a Ray actor's ``ray::...``), so only the
     moment they start tells them from the interpreter's threads.
 
-    Call it before anything else initializes a backend (a ``jax.devices()``, the first array);
-    later calls return what the first one found, and a first call after the backends started
-    returns an empty set (those threads then count as ``python`` in :func:`thread_cpu_s`).
+    Call it before anything else initializes a backend (a ``jax.devices()``, the first array, a
+    device array unpickled); later calls return what the first one found. A first call after the
+    backends started returns an empty set and warns (``RuntimeWarning``): those threads then count
+    as ``python`` in :func:`thread_cpu_s`.
     """
-    global _BACKEND_THREADS
+    global _BACKEND_THREADS, _BACKENDS_CHECKED
     from jax._src import xla_bridge  # noqa: PLC0415 - whether the backends started, without starting them
 
-    if not xla_bridge.backends_are_initialized():
-        before = _thread_ids()
-        jax.devices()
-        _BACKEND_THREADS = frozenset(_thread_ids() - before)
+    if _BACKENDS_CHECKED:
+        return _BACKEND_THREADS
+    _BACKENDS_CHECKED = True
+    started = getattr(xla_bridge, "backends_are_initialized", lambda: bool(getattr(xla_bridge, "_backends", {})))
+    if started():
+        warnings.warn("start_backends: JAX's backends had already started; XLA's unnamed threads will count as "
+                      "python in thread_cpu_s", RuntimeWarning, stacklevel=2)
+        return _BACKEND_THREADS
+    before = _thread_ids()
+    jax.devices()
+    _BACKEND_THREADS = frozenset(_thread_ids() - before)
     return _BACKEND_THREADS
 
 
@@ -216,7 +226,7 @@ def thread_cpu_s(pids: Iterable[int], xla_threads: Mapping[int, Iterable[int]] |
 
     * ``xla``: XLA's threads: its intra-op pool (named ``tf_XLA...``) and, in a process of
       ``xla_threads`` (pid -> native thread ids, as :func:`start_backends` returns them), the
-      threads its CPU client runs computations on;
+      threads its CPU client runs computations on (those of them that carry the inherited name);
     * ``native``: threads a native library named (Ray's core worker ``worker.io``, gRPC pollers,
       tensorstore's pool, ...);
     * ``python``: the rest of each process's total: the threads that carry the process's (or a
@@ -245,9 +255,10 @@ def thread_cpu_s(pids: Iterable[int], xla_threads: Mapping[int, Iterable[int]] |
                     cpu = _stat_cpu_s(f"/proc/{pid}/task/{tid}/stat")
                 except OSError:  # the thread ended meanwhile: in the process total
                     continue
-                if name.startswith("tf_XLA") or int(tid) in xla_tids:
+                inherited = name == own or name.startswith("ray::") or name.startswith("python")
+                if name.startswith("tf_XLA") or (inherited and int(tid) in xla_tids):
                     kinds["xla"] += cpu
-                elif name != own and not name.startswith("ray::") and not name.startswith("python"):
+                elif not inherited:
                     kinds["native"] += cpu
         except OSError:  # the process is gone
             continue

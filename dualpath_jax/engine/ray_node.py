@@ -117,7 +117,7 @@ class NodeHost:
         self.node, self.role, self.engines = int(node), role, list(engines)
         self.spec, self.layout, self.params, self.scheduler_cls = spec, layout, params, scheduler_cls
         self.embed = np.asarray(params["embed"], np.float32)
-        self.xla_threads = start_backends()  # (first: before anything starts a backend)
+        self.xla_threads = start_backends()  # (params are host arrays: nothing started a backend yet)
         self.devices = jax.devices()
         self.endpoint = KVTransferEndpoint(f"node{node}")
         self._outbox: queue.Queue = queue.Queue()

@@ -52,6 +52,7 @@ import queue
 import threading
 
 import jax
+import numpy as np
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.engine.config import ClusterConfig
@@ -102,7 +103,10 @@ class RayRuntime:
         if key != self._key or params is not self._params_of:
             self._check_resources(ray, config)  # before any state changes: a retry checks again
             self.close()
-            self._key, self._params_of, self._params = key, params, ray.put(params)
+            # host copies: a device array unpickled in the actor would start its JAX backend before
+            # NodeHost does (profile.start_backends then cannot tell XLA's threads)
+            host = jax.tree.map(np.asarray, params)
+            self._key, self._params_of, self._params = key, params, ray.put(host)
             self._args = (spec, layout, scheduler_cls)
             self.actors = [None] * config.num_nodes
         g = config.engines_per_node
