@@ -23,8 +23,14 @@ included). Those of the driver and the node processes are split by kind of threa
 threads: its intra-op pool and the threads its CPU client runs computations on, known in every
 process as those that started with its backend), ``python_cpu_ray_over_threads`` (Python
 threads, with the native code they run inline), and the CPU-seconds per run that ``ray`` adds in
-native library threads (``native_cpu_ray_minus_threads_s``: Ray's core workers, gRPC) and outside these
-processes (``other_cpu_ray_minus_threads_s``: Ray's daemons, and whatever else the host runs).
+native library threads (``native_cpu_ray_minus_threads_s``: Ray's core workers, gRPC) and outside
+these processes (``other_cpu_ray_minus_threads_s``: Ray's daemons, and whatever else the host runs).
+``ray_actor_calls_per_run`` counts the actor calls the node actors serve per ``ray`` run (orders,
+polls, reservations, hit offers, hand-offs: ``ClusterResult.actor_calls``), and
+``read_q_only_poll_share`` the share of polls that brought read-queue changes alone;
+``extra_cpu_ms_per_actor_call`` divides the CPU-seconds a ``ray`` run costs the machine beyond its
+``threads`` twin by its calls (an upper bound of one call's cost: the transport's copies and
+packing are in it too).
 Tokens of every run are checked against each other
 and a no-cache recompute (``tokens_identical``). Writes ``runtime_bench.json`` (every run's JCT),
 ``config.json``, ``env.json`` and ``metrics.json`` to the workdir and ends with ``name: value``
@@ -135,7 +141,8 @@ def main(argv):
                                  "machine_cpu_s": cpu_s, **{f"cpu_{k}_s": v for k, v in kinds.items()},
                                  "cpu_other_s": cpu_s - sum(kinds.values()),
                                  "num_failed": s["num_failed"], "processes": res.processes,
-                                 "cross_process_kv_bytes": res.cross_process_kv_bytes})
+                                 "cross_process_kv_bytes": res.cross_process_kv_bytes,
+                                 "actor_calls": res.actor_calls})
                     log(f"  r{r} {name:10s} {which:7s} JCT {s['jct_s']:7.3f} s  failed {s['num_failed']}"
                         f"  processes {res.processes}  cross-process KV {res.cross_process_kv_bytes / 1e6:.1f} MB")
         tokens = report.check_tokens(results, setup.params, setup.spec, tie_tol=config.tie_tol,
@@ -164,6 +171,18 @@ def main(argv):
     minus = lambda ray, threads: ray - threads  # noqa: E731
     put_estimate(named, "native_cpu_ray_minus_threads_s", ratios("cpu_native_s", minus)[1])
     put_estimate(named, "other_cpu_ray_minus_threads_s", ratios("cpu_other_s", minus)[1])
+    ray_runs = [x for x in runs if x["runtime"] == "ray"]
+    for x in ray_runs:
+        c = x["actor_calls"]
+        x["calls"] = sum(v for k, v in c.items() if k != "poll_read_q_only")
+        x["read_q_only_share"] = c.get("poll_read_q_only", 0) / max(c.get("poll", 0), 1)
+    cpu_of = {(x["variant"], x["repeat"]): x["machine_cpu_s"] for x in runs if x["runtime"] == "threads"}
+    for x in ray_runs:
+        x["extra_cpu_ms_per_call"] = 1e3 * (x["machine_cpu_s"] - cpu_of[x["variant"], x["repeat"]]) / max(x["calls"], 1)
+    for key, name in (("calls", "ray_actor_calls_per_run"), ("read_q_only_share", "read_q_only_poll_share"),
+                      ("extra_cpu_ms_per_call", "extra_cpu_ms_per_actor_call")):
+        put_estimate(named, name, [sum(x[key] for x in ray_runs if x["repeat"] == r) / len(config.variants)
+                                   for r in range(config.repeats)])
     named["engine_processes"] = max(x["processes"] for x in runs)
     named["cross_process_kv_bytes"] = int(sum(x["cross_process_kv_bytes"] for x in runs))
     named["num_failed"] = int(sum(x["num_failed"] for x in runs))

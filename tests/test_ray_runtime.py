@@ -3,6 +3,8 @@ them over JAX's transfer server. Same worker code as ``threads``: same tokens (a
 no-cache recompute), same stored-KV reads; a killed DE node loses no request."""
 
 import functools
+import threading
+from collections import Counter
 
 import pytest
 
@@ -70,6 +72,12 @@ def test_ray_runs_the_same_requests_as_threads_across_three_processes(tmp_path, 
     assert len(set(runtime.pids)) == 3
     # each node started JAX's backend itself and knows its XLA threads (for bench_runtime's split)
     assert set(runtime.xla_threads) == set(runtime.pids) and all(runtime.xla_threads.values())
+    # the calls the nodes served: orders, polls, the PE's reservations, hit offers and hand-offs
+    calls = ray.actor_calls
+    assert threads.actor_calls == {} and {"poll", "command", "reserve", "offer_hits", "receive_batch"} <= set(calls)
+    assert 0 <= calls.get("poll_read_q_only", 0) <= calls["poll"]
+    # every request reserved DE buffer space and was handed off: at least one call each
+    assert calls["reserve"] >= 12 and calls["receive_batch"] >= len(ray.forwards)
     for res in (threads, ray):
         assert not [r.error for r in res.requests if r.error] and not res.worker_errors and not res.leaks
         assert conservation(res)["bytes_conserved"]
@@ -252,11 +260,12 @@ def test_a_killed_pe_node_reruns_only_what_it_still_held(tmp_path, runtime, ray_
 
 
 def _bare_node(**fields):
-    """A NodeHost with only ``fields`` set (no actor, no JAX device, no run), to test one method."""
+    """A NodeHost with only ``fields`` set (no actor, no JAX device, no run), to test one method,
+    and the counter of served calls that every method serving the driver or a PE touches."""
     from dualpath_jax.engine.ray_node import NodeHost
 
     node = object.__new__(NodeHost)
-    for name, value in fields.items():
+    for name, value in {"_calls": Counter(), "_calls_lock": threading.Lock(), **fields}.items():
         setattr(node, name, value)
     return node
 
@@ -272,7 +281,6 @@ def test_read_queue_changes_are_summed_per_node_where_each_node_first_changed():
 
 
 def test_a_poll_holds_read_queue_changes_up_to_a_fetch_period_and_no_other_event():
-    import threading
     import time
 
     import queue
@@ -296,6 +304,7 @@ def test_a_poll_holds_read_queue_changes_up_to_a_fetch_period_and_no_other_event
     t0 = time.perf_counter()
     assert node.poll(0.0) == [("read_q", 2, 32.0)]
     assert time.perf_counter() - t0 < 3.0
+    assert node._calls == {"poll": 4, "poll_read_q_only": 2}  # the first and the last brought changes alone
 
 
 def test_hand_off_sends_name_a_request_by_id_once_its_de_node_holds_the_replica():
@@ -304,7 +313,6 @@ def test_hand_off_sends_name_a_request_by_id_once_its_de_node_holds_the_replica(
     the request's DE buffer lease; sends that leave before that answer still carry it (Ray may run
     a threaded actor's calls out of order). A bare id the node never saw fails that send with a
     clear cause, pulling nothing."""
-    import threading
     import types
     from concurrent.futures import Future
 

@@ -261,7 +261,7 @@ class EngineCluster:
             wall_s=wall, runtime_shapes={**{f"pe{e}": sorted(w.shapes) for e, w in self.pes.items()},
                                          **{f"de{e}": sorted(w.shapes) for e, w in self.des.items()}},
             runtime="threads" if remote is None else "ray", processes=m.processes,
-            cross_process_kv_bytes=m.cross_process_kv_bytes,
+            cross_process_kv_bytes=m.cross_process_kv_bytes, actor_calls=m.actor_calls,
             lost_nodes=dict(remote.dead) if remote is not None else {})
         self._drop_run_state()
         if leaks and not self._ended_early:

@@ -18,6 +18,7 @@ import os
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 import jax
@@ -131,6 +132,12 @@ class NodeHost:
         self._run_id = None  # the run whose workers exist (begin_run .. end_run)
         self._read_q_linger_s = 0.0
         self.ctx = None
+        self._calls: Counter = Counter()  # this run's calls served, by method (end_run's "actor_calls")
+        self._calls_lock = threading.Lock()
+
+    def _served(self, *kinds: str) -> None:
+        with self._calls_lock:
+            self._calls.update(kinds)
 
     def ping(self) -> tuple[int, list[int]]:
         """This process's id (the actor is up) and its XLA threads' native ids
@@ -162,6 +169,7 @@ class NodeHost:
             self._stop_run()
         self._reqs, self._failed = {}, {}
         self._cmds, self._next_seq = [], 0
+        self._calls = Counter()
         self._outbox = queue.Queue()
         post = self._outbox.put
         self.config = config
@@ -253,6 +261,7 @@ class NodeHost:
             "bypass_bytes": self.reader.bypass_bytes, "discarded_bytes": self.reader.discarded_bytes,
             "cross_process_kv_bytes": self.endpoint.bytes_pulled - self._pulled0,
             "faults": dict(self.faults.counts) if self.faults is not None else {},
+            "actor_calls": dict(self._calls),
         }
         self.store.close()
         self.pes, self.des, self.reader, self.ctx, self.store = {}, {}, None, None, None
@@ -286,7 +295,9 @@ class NodeHost:
                 only_read_q = only_read_q and ev[0] == "read_q"
         except queue.Empty:
             pass
-        return _merge_read_q([ev for ev in out if ev != _WAKE])
+        out = _merge_read_q([ev for ev in out if ev != _WAKE])
+        self._served("poll", *(("poll_read_q_only",) if out and all(ev[0] == "read_q" for ev in out) else ()))
+        return out
 
     def wake(self) -> None:
         """End a pending :meth:`poll` now (the driver stops its event pumps)."""
@@ -301,6 +312,7 @@ class NodeHost:
         with self._cmd_cond:
             if run_id != self._run_id:
                 return
+            self._served("command")
             for i, (op, args) in enumerate(orders):
                 heapq.heappush(self._cmds, (int(seq) + i, op, tuple(args)))
             self._cmd_cond.notify_all()
@@ -386,6 +398,7 @@ class NodeHost:
         False if full (or another run's call)."""
         if self._other_run(run_id):
             return False
+        self._served("reserve")
         req = self._replica(info)
         if req.de_send_lease is not None:  # held already (an earlier answer the PE did not wait for)
             return not req.error
@@ -410,6 +423,7 @@ class NodeHost:
         """
         if cause := self._other_run(run_id):
             raise RuntimeError(cause)
+        self._served("offer_hits")
         blocks = []
         for rid, n in asks:
             with self._lock:
@@ -461,6 +475,7 @@ class NodeHost:
         <dualpath_jax.engine.ray_peers.RayPeers.send_batch>`), and for a call of another run."""
         if cause := self._other_run(run_id):
             return cause
+        self._served("receive_batch")
         try:
             reqs = [self._replica(info) for info, *_ in parts]
         except KeyError as e:

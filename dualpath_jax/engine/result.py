@@ -57,6 +57,10 @@ class ClusterResult:
       cross_process_kv_bytes: KV bytes that crossed a process boundary through JAX's transfer
         server (0 under ``threads``).
       lost_nodes: node id -> cause, for every node whose process died during the run.
+      actor_calls: Ray actor calls the node actors served during the run, by method (``poll``,
+        ``command``, ``reserve``, ``offer_hits``, ``receive_batch``; ``poll_read_q_only``: the
+        polls that brought read-queue changes alone), summed over the nodes that lived to the
+        end; empty under ``threads``.
     """
 
     config: ClusterConfig
@@ -83,6 +87,7 @@ class ClusterResult:
     processes: int = 1
     cross_process_kv_bytes: int = 0
     lost_nodes: dict = dataclasses.field(default_factory=dict)
+    actor_calls: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -91,8 +96,8 @@ class RunMeasures:
 
     ``buffers``: in-use bytes per DRAM buffer name; ``free_blocks``: free pool blocks per DE;
     ``links``, ``transfers``, ``read_bytes``, ``bypass_bytes``, ``discarded_bytes``,
-    ``cross_process_kv_bytes``, ``processes``, ``faults``: as :class:`ClusterResult`'s fields of
-    those names.
+    ``cross_process_kv_bytes``, ``processes``, ``faults``, ``actor_calls``: as
+    :class:`ClusterResult`'s fields of those names.
     """
 
     buffers: dict
@@ -105,6 +110,7 @@ class RunMeasures:
     cross_process_kv_bytes: int = 0
     processes: int = 1
     faults: dict = dataclasses.field(default_factory=dict)
+    actor_calls: dict = dataclasses.field(default_factory=dict)
 
 
 def local_measures(fabric, t0: float, read_bytes: int, des: Mapping, readers: Mapping, num_nodes: int,
@@ -127,8 +133,10 @@ def remote_measures(nodes: Sequence[dict | None], processes: int) -> RunMeasures
     node that died; its figures died with it)."""
     live = [out for out in nodes if out is not None]
     faults: Counter = Counter()
+    calls: Counter = Counter()
     for out in live:
         faults.update(out["faults"])
+        calls.update(out["actor_calls"])
     return RunMeasures(
         buffers={k: v for out in live for k, v in out["buffer"].items()},
         free_blocks={e: v for out in live for e, v in out["free_blocks"].items()},
@@ -138,7 +146,7 @@ def remote_measures(nodes: Sequence[dict | None], processes: int) -> RunMeasures
         bypass_bytes=sum(out["bypass_bytes"] for out in live),
         discarded_bytes=sum(out["discarded_bytes"] for out in live),
         cross_process_kv_bytes=sum(out["cross_process_kv_bytes"] for out in live), processes=processes,
-        faults=dict(faults))
+        faults=dict(faults), actor_calls=dict(calls))
 
 
 def absorb(nodes: Sequence[dict | None], pes: Mapping, des: Mapping) -> None:
