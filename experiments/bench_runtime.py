@@ -25,9 +25,10 @@ process as those that started with its backend), ``python_cpu_ray_over_threads``
 threads, with the native code they run inline), and the CPU-seconds per run that ``ray`` adds in
 native library threads (``native_cpu_ray_minus_threads_s``: Ray's core workers, gRPC) and outside
 these processes (``other_cpu_ray_minus_threads_s``: Ray's daemons, and whatever else the host runs).
-``ray_actor_calls_per_run`` counts the actor calls the node actors serve per ``ray`` run (orders,
-polls, reservations, hit offers, hand-offs: ``ClusterResult.actor_calls``), and
-``read_q_only_poll_share`` the share of polls that brought read-queue changes alone;
+``ray_actor_calls_per_run`` counts the calls of the run's hot paths that the node actors serve per
+``ray`` run (orders, polls, reservations, hit offers, hand-offs: ``ClusterResult.actor_calls``;
+not the few that start and end a run), and ``read_q_only_poll_share`` the share of the polls
+(every variant's together) that brought read-queue changes alone;
 ``extra_cpu_ms_per_actor_call`` divides the CPU-seconds a ``ray`` run costs the machine beyond its
 ``threads`` twin by its calls (an upper bound of one call's cost: the transport's copies and
 packing are in it too).
@@ -172,17 +173,18 @@ def main(argv):
     put_estimate(named, "native_cpu_ray_minus_threads_s", ratios("cpu_native_s", minus)[1])
     put_estimate(named, "other_cpu_ray_minus_threads_s", ratios("cpu_other_s", minus)[1])
     ray_runs = [x for x in runs if x["runtime"] == "ray"]
+    cpu_of = {(x["variant"], x["repeat"]): x["machine_cpu_s"] for x in runs if x["runtime"] == "threads"}
     for x in ray_runs:
         c = x["actor_calls"]
         x["calls"] = sum(v for k, v in c.items() if k != "poll_read_q_only")
-        x["read_q_only_share"] = c.get("poll_read_q_only", 0) / max(c.get("poll", 0), 1)
-    cpu_of = {(x["variant"], x["repeat"]): x["machine_cpu_s"] for x in runs if x["runtime"] == "threads"}
-    for x in ray_runs:
         x["extra_cpu_ms_per_call"] = 1e3 * (x["machine_cpu_s"] - cpu_of[x["variant"], x["repeat"]]) / max(x["calls"], 1)
-    for key, name in (("calls", "ray_actor_calls_per_run"), ("read_q_only_share", "read_q_only_poll_share"),
-                      ("extra_cpu_ms_per_call", "extra_cpu_ms_per_actor_call")):
-        put_estimate(named, name, [sum(x[key] for x in ray_runs if x["repeat"] == r) / len(config.variants)
-                                   for r in range(config.repeats)])
+    by_repeat = [[x for x in ray_runs if x["repeat"] == r] for r in range(config.repeats)]
+    put_estimate(named, "ray_actor_calls_per_run", [sum(x["calls"] for x in xs) / len(xs) for xs in by_repeat])
+    put_estimate(named, "read_q_only_poll_share",  # all the repeat's polls together
+                 [sum(x["actor_calls"].get("poll_read_q_only", 0) for x in xs)
+                  / max(sum(x["actor_calls"].get("poll", 0) for x in xs), 1) for xs in by_repeat])
+    put_estimate(named, "extra_cpu_ms_per_actor_call",
+                 [sum(x["extra_cpu_ms_per_call"] for x in xs) / len(xs) for xs in by_repeat])
     named["engine_processes"] = max(x["processes"] for x in runs)
     named["cross_process_kv_bytes"] = int(sum(x["cross_process_kv_bytes"] for x in runs))
     named["num_failed"] = int(sum(x["num_failed"] for x in runs))

@@ -139,6 +139,10 @@ class NodeHost:
         with self._calls_lock:
             self._calls.update(kinds)
 
+    def _calls_served(self) -> dict:
+        with self._calls_lock:
+            return dict(self._calls)
+
     def ping(self) -> tuple[int, list[int]]:
         """This process's id (the actor is up) and its XLA threads' native ids
         (:func:`~dualpath_jax.engine.profile.start_backends`)."""
@@ -169,7 +173,8 @@ class NodeHost:
             self._stop_run()
         self._reqs, self._failed = {}, {}
         self._cmds, self._next_seq = [], 0
-        self._calls = Counter()
+        with self._calls_lock:
+            self._calls = Counter()
         self._outbox = queue.Queue()
         post = self._outbox.put
         self.config = config
@@ -236,7 +241,7 @@ class NodeHost:
             self._cmd_cond.wait_for(lambda: self._next_seq >= orders or not self._running,
                                     timeout=self.config.timeout_s)
         self._stop_run()
-        events = self.poll(0.0)
+        events = self._poll(0.0)
         fab, mine = self.fabric, set(self.engines)
         links = [fab.nodes[self.node].snic_read, fab.nodes[self.node].snic_write]
         links += [l for e in fab.engines if e.engine_id in mine for l in (e.cnic_in, e.cnic_out)]
@@ -261,7 +266,7 @@ class NodeHost:
             "bypass_bytes": self.reader.bypass_bytes, "discarded_bytes": self.reader.discarded_bytes,
             "cross_process_kv_bytes": self.endpoint.bytes_pulled - self._pulled0,
             "faults": dict(self.faults.counts) if self.faults is not None else {},
-            "actor_calls": dict(self._calls),
+            "actor_calls": self._calls_served(),
         }
         self.store.close()
         self.pes, self.des, self.reader, self.ctx, self.store = {}, {}, None, None, None
@@ -277,7 +282,13 @@ class NodeHost:
         poll waits up to the run's ``fetch_period_s`` for more and returns at the first other
         event (or wake). So the driver sees a node's read queue at most one fetch period late,
         as the paper's scheduler, which fetches the engines' state periodically, sees it; the
-        changes are summed into one ``read_q`` event per answer."""
+        changes are summed into one ``read_q`` event per answer. Counted in this run's
+        ``actor_calls`` (a poll names no run: the driver stops its pumps before it ends a run)."""
+        out = self._poll(timeout_s)
+        self._served("poll", *(("poll_read_q_only",) if out and all(ev[0] == "read_q" for ev in out) else ()))
+        return out
+
+    def _poll(self, timeout_s: float) -> list:
         out = []
         try:
             out.append(self._outbox.get(timeout=timeout_s) if timeout_s > 0 else self._outbox.get_nowait())
@@ -295,9 +306,7 @@ class NodeHost:
                 only_read_q = only_read_q and ev[0] == "read_q"
         except queue.Empty:
             pass
-        out = _merge_read_q([ev for ev in out if ev != _WAKE])
-        self._served("poll", *(("poll_read_q_only",) if out and all(ev[0] == "read_q" for ev in out) else ()))
-        return out
+        return _merge_read_q([ev for ev in out if ev != _WAKE])
 
     def wake(self) -> None:
         """End a pending :meth:`poll` now (the driver stops its event pumps)."""
