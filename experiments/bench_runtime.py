@@ -173,11 +173,11 @@ def main(argv):
     put_estimate(named, "native_cpu_ray_minus_threads_s", ratios("cpu_native_s", minus)[1])
     put_estimate(named, "other_cpu_ray_minus_threads_s", ratios("cpu_other_s", minus)[1])
     ray_runs = [x for x in runs if x["runtime"] == "ray"]
-    cpu_of = {(x["variant"], x["repeat"]): x["machine_cpu_s"] for x in runs if x["runtime"] == "threads"}
     for x in ray_runs:
-        c = x["actor_calls"]
-        x["calls"] = sum(v for k, v in c.items() if k != "poll_read_q_only")
-        x["extra_cpu_ms_per_call"] = 1e3 * (x["machine_cpu_s"] - cpu_of[x["variant"], x["repeat"]]) / max(x["calls"], 1)
+        x["calls"] = sum(v for k, v in x["actor_calls"].items() if k != "poll_read_q_only")
+    extra_s = ratios("machine_cpu_s", minus)[0]  # per variant, per repeat: ray's CPU-seconds over its threads twin's
+    for x in ray_runs:
+        x["extra_cpu_ms_per_call"] = 1e3 * extra_s[x["variant"]][x["repeat"]] / max(x["calls"], 1)
     by_repeat = [[x for x in ray_runs if x["repeat"] == r] for r in range(config.repeats)]
     put_estimate(named, "ray_actor_calls_per_run", [sum(x["calls"] for x in xs) / len(xs) for xs in by_repeat])
     put_estimate(named, "read_q_only_poll_share",  # all the repeat's polls together

@@ -278,8 +278,7 @@ def test_start_backends_after_the_backend_started_says_so(monkeypatch):
     from dualpath_jax.engine import profile
 
     jax.devices()
-    monkeypatch.setattr(profile, "_BACKENDS_CHECKED", False)
-    monkeypatch.setattr(profile, "_BACKEND_THREADS", frozenset())
+    monkeypatch.setattr(profile, "_BACKEND_THREADS", None)  # (not called yet)
     with pytest.warns(RuntimeWarning, match="already started"):
         assert profile.start_backends() == frozenset()
     assert profile.start_backends() == frozenset()  # (once)

@@ -180,8 +180,7 @@ def _stat_cpu_s(path: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-_BACKEND_THREADS: frozenset[int] = frozenset()
-_BACKENDS_CHECKED = False
+_BACKEND_THREADS: frozenset[int] | None = None  # what start_backends' first call found (None: not called)
 
 
 def _thread_ids() -> set[int]:
@@ -203,16 +202,16 @@ def start_backends() -> frozenset[int]:
     backends started returns an empty set and warns (``RuntimeWarning``): those threads then count
     as ``python`` in :func:`thread_cpu_s`.
     """
-    global _BACKEND_THREADS, _BACKENDS_CHECKED
+    global _BACKEND_THREADS
     from jax._src import xla_bridge  # noqa: PLC0415 - whether the backends started, without starting them
 
-    if _BACKENDS_CHECKED:
+    if _BACKEND_THREADS is not None:
         return _BACKEND_THREADS
-    _BACKENDS_CHECKED = True
     started = getattr(xla_bridge, "backends_are_initialized", lambda: bool(getattr(xla_bridge, "_backends", {})))
     if started():
         warnings.warn("start_backends: JAX's backends had already started; XLA's unnamed threads will count as "
                       "python in thread_cpu_s", RuntimeWarning, stacklevel=2)
+        _BACKEND_THREADS = frozenset()
         return _BACKEND_THREADS
     before = _thread_ids()
     jax.devices()
