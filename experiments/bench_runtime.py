@@ -26,12 +26,15 @@ threads, with the native code they run inline), and the CPU-seconds per run that
 native library threads (``native_cpu_ray_minus_threads_s``: Ray's core workers, gRPC) and outside
 these processes (``other_cpu_ray_minus_threads_s``: Ray's daemons, and whatever else the host runs).
 ``ray_actor_calls_per_run`` counts the calls of the run's hot paths that the node actors serve per
-``ray`` run (orders, polls, reservations, hit offers, hand-offs: ``ClusterResult.actor_calls``;
-not the few that start and end a run), and ``read_q_only_poll_share`` the share of the polls
-(every variant's together) that brought read-queue changes alone;
+``ray`` run (orders, polls, the driver's requests for read-queue changes before its ticks,
+reservations, hit offers, hand-offs: ``ClusterResult.actor_calls``; not the few that start and
+end a run), and ``read_q_calls_per_run`` those requests for read-queue changes alone;
 ``extra_cpu_ms_per_actor_call`` divides the CPU-seconds a ``ray`` run costs the machine beyond its
 ``threads`` twin by its calls (an upper bound of one call's cost: the transport's copies and
-packing are in it too).
+packing are in it too). ``threads_cpu_busy_share`` and ``ray_cpu_busy_share`` are the share of
+the machine's cores busy during a run (its CPU-seconds over cores times its wall time; the mean
+over the variants, each run's in ``runtime_bench.json``): near 1, the run is CPU-bound, and
+every CPU-second a runtime adds lengthens it.
 Tokens of every run are checked against each other
 and a no-cache recompute (``tokens_identical``). Writes ``runtime_bench.json`` (every run's JCT),
 ``config.json``, ``env.json`` and ``metrics.json`` to the workdir and ends with ``name: value``
@@ -130,16 +133,19 @@ def main(argv):
                     setup.runtime = runtime if which == "ray" else None
                     pids = [os.getpid(), *runtime.pids]  # the driver and the node processes (idle under threads)
                     xla = {os.getpid(): driver_xla_threads, **runtime.xla_threads}
-                    cpu0, kinds0 = _busy_cpu_s(), thread_cpu_s(pids, xla)
+                    cpu0, kinds0, wall0 = _busy_cpu_s(), thread_cpu_s(pids, xla), time.perf_counter()
                     res = run_variant(setup, name, store_dir, seed_dir, progress=False,
                                       arrival_seed=config.arrivals.seed + r)
                     cpu_s, kinds = _busy_cpu_s() - cpu0, thread_cpu_s(pids, xla)
+                    wall_s = time.perf_counter() - wall0
                     kinds = {k: kinds[k] - kinds0[k] for k in kinds}
                     s = report.summarize(res, window_s=config.window_s)
                     results[f"{name}/{which}/r{r}"] = res
                     runs.append({"variant": name, "runtime": which, "repeat": r, "jct_s": s["jct_s"],
                                  "pe_compute_s": sum(v for k, v in res.compute_s.items() if k.startswith("pe")),
-                                 "machine_cpu_s": cpu_s, **{f"cpu_{k}_s": v for k, v in kinds.items()},
+                                 "machine_cpu_s": cpu_s, "run_wall_s": wall_s,
+                                 "cpu_busy_share": cpu_s / (os.cpu_count() * wall_s),
+                                 **{f"cpu_{k}_s": v for k, v in kinds.items()},
                                  "cpu_other_s": cpu_s - sum(kinds.values()),
                                  "num_failed": s["num_failed"], "processes": res.processes,
                                  "cross_process_kv_bytes": res.cross_process_kv_bytes,
@@ -172,17 +178,20 @@ def main(argv):
     minus = lambda ray, threads: ray - threads  # noqa: E731
     put_estimate(named, "native_cpu_ray_minus_threads_s", ratios("cpu_native_s", minus)[1])
     put_estimate(named, "other_cpu_ray_minus_threads_s", ratios("cpu_other_s", minus)[1])
+    for which in ("threads", "ray"):  # per repeat, the mean over the variants
+        put_estimate(named, f"{which}_cpu_busy_share",
+                     [sum(x["cpu_busy_share"] for x in runs if x["runtime"] == which and x["repeat"] == r)
+                      / len(config.variants) for r in range(config.repeats)])
     ray_runs = [x for x in runs if x["runtime"] == "ray"]
     for x in ray_runs:
-        x["calls"] = sum(v for k, v in x["actor_calls"].items() if k != "poll_read_q_only")
+        x["calls"] = sum(x["actor_calls"].values())
     extra_s = ratios("machine_cpu_s", minus)[0]  # per variant, per repeat: ray's CPU-seconds over its threads twin's
     for x in ray_runs:
         x["extra_cpu_ms_per_call"] = 1e3 * extra_s[x["variant"]][x["repeat"]] / max(x["calls"], 1)
     by_repeat = [[x for x in ray_runs if x["repeat"] == r] for r in range(config.repeats)]
     put_estimate(named, "ray_actor_calls_per_run", [sum(x["calls"] for x in xs) / len(xs) for xs in by_repeat])
-    put_estimate(named, "read_q_only_poll_share",  # all the repeat's polls together
-                 [sum(x["actor_calls"].get("poll_read_q_only", 0) for x in xs)
-                  / max(sum(x["actor_calls"].get("poll", 0) for x in xs), 1) for xs in by_repeat])
+    put_estimate(named, "read_q_calls_per_run",
+                 [sum(x["actor_calls"].get("read_q", 0) for x in xs) / len(xs) for xs in by_repeat])
     put_estimate(named, "extra_cpu_ms_per_actor_call",
                  [sum(x["extra_cpu_ms_per_call"] for x in xs) / len(xs) for xs in by_repeat])
     named["engine_processes"] = max(x["processes"] for x in runs)

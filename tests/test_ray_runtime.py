@@ -75,7 +75,6 @@ def test_ray_runs_the_same_requests_as_threads_across_three_processes(tmp_path, 
     # the calls the nodes served: orders, polls, the PE's reservations, hit offers and hand-offs
     calls = ray.actor_calls
     assert threads.actor_calls == {} and {"poll", "command", "reserve", "offer_hits", "receive_batch"} <= set(calls)
-    assert 0 <= calls.get("poll_read_q_only", 0) <= calls["poll"]
     # every request reserved DE buffer space and was handed off: at least one call each
     assert calls["reserve"] >= 12 and calls["receive_batch"] >= len(ray.forwards)
     for res in (threads, ray):
@@ -112,6 +111,24 @@ def test_basic_and_oracle_on_ray_match_a_recompute(tmp_path, runtime):
     assert all(r.side == "pe" for r in results["basic"].requests if r.hit_blocks)
     # oracle moves KV without link costs, so the links count none of it but the processes still do
     assert results["oracle"].cross_process_kv_bytes > 0 and _moved_bytes(results["oracle"]) == 0
+
+
+def test_read_queue_changes_held_in_the_nodes_all_reach_the_driver(tmp_path, runtime):
+    """At a slow SNIC a block takes longer than a fetch period: the reader's changes are held in
+    its node and the driver asks for them before its ticks. Every change reaches the driver
+    exactly once (its read queues end at 0: no leak) and the requests run as under ``threads``."""
+    model = _model()
+    spec, params, _ = model
+    cfg = ClusterConfig(**{**FAST, "snic_bytes_per_s": 2e6}).for_variant("dualpath")
+    agents = AGENTS[:2]
+    res = _run(tmp_path, "slow", cfg, runtime, agents=agents, model=model)
+    block_s = model[2].full_block_bytes / cfg.snic_bytes_per_s
+    assert block_s > cfg.fetch_period_s
+    assert res.actor_calls["read_q"] >= 1 and not res.leaks
+    assert not [r.error for r in res.requests if r.error]
+    threads = _run(tmp_path, "slow-threads", cfg, None, agents=agents, model=model)
+    assert _tokens(res) == _tokens(threads)
+    assert res.read_bytes_store == threads.read_bytes_store > 0
 
 
 def test_a_killed_de_node_loses_no_request(tmp_path, runtime, ray_session, monkeypatch):
@@ -270,41 +287,128 @@ def _bare_node(**fields):
     return node
 
 
-def test_read_queue_changes_are_summed_per_node_where_each_node_first_changed():
-    from dualpath_jax.engine.ray_node import _merge_read_q
+def test_held_read_queue_changes_are_summed_per_node_and_taken_once():
+    from dualpath_jax.engine.ray_node import _HeldReadQueues
 
-    events = [("read_q", 1, -64.0), ("read_done", 7), ("read_q", 2, 128.0), ("read_q", 1, -64.0),
-              ("finished", 7, {}), ("read_q", 1, -32.0)]
-    assert _merge_read_q(events) == [("read_q", 1, -160.0), ("read_done", 7), ("read_q", 2, 128.0),
-                                     ("finished", 7, {})]
-    assert _merge_read_q([]) == []
+    held = _HeldReadQueues()
+    assert held.take() == []
+    for node, tokens in [(1, -64), (2, 128), (1, -64), (1, -32), (3, 64), (3, -64)]:
+        held.add(node, tokens)
+    assert held.take() == [("read_q", 1, -160.0), ("read_q", 2, 128.0)]  # (node 3's sum is 0)
+    assert held.take() == []
+    # the reader's thread adds while the driver's calls take: every change is taken exactly once
+    taken, stop = [], threading.Event()
+
+    def taker():
+        while not stop.is_set():
+            taken.extend(held.take())
+
+    threads = [threading.Thread(target=lambda: [held.add(0, -1.0) for _ in range(20_000)]) for _ in range(2)]
+    t = threading.Thread(target=taker)
+    t.start()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    stop.set()
+    t.join()
+    assert sum(x[2] for x in taken + held.take()) == -40_000.0
 
 
-def test_a_poll_holds_read_queue_changes_up_to_a_fetch_period_and_no_other_event():
+def test_a_poll_brings_read_queue_changes_with_events_and_a_tick_asks_for_them():
     import time
 
     import queue
 
-    node = _bare_node(_outbox=queue.Queue(), _read_q_linger_s=0.3)
-    for _ in range(3):  # read-queue changes alone: the poll waits out the fetch period, then sums them
-        node._outbox.put(("read_q", 1, -64.0))
+    from dualpath_jax.engine.ray_node import _HeldReadQueues
+
+    node = _bare_node(_outbox=queue.Queue(), _read_q=_HeldReadQueues(), node=1, _run_id="run-1")
+    for _ in range(3):  # read-queue changes alone do not end a poll's wait
+        node._read_q.add(1, -64.0)
     t0 = time.perf_counter()
-    assert node.poll(5.0) == [("read_q", 1, -192.0)]
+    assert node.poll(0.3) == [("read_q", 1, -192.0)]  # (the wait ran out: what is held leaves)
     assert time.perf_counter() - t0 >= 0.3
-    # another event ends the wait at once (long before a 3 s fetch period), with the changes before it
-    node._read_q_linger_s = 3.0
-    node._outbox.put(("read_q", 1, -64.0))
+    # another event ends the wait at once, and the changes held leave with it
+    node._read_q.add(1, -64.0)
     threading.Timer(0.05, node._outbox.put, args=(("prefilled", 3, {}),)).start()
     t0 = time.perf_counter()
-    assert node.poll(5.0) == [("read_q", 1, -64.0), ("prefilled", 3, {})]
+    assert node.poll(5.0) == [("prefilled", 3, {}), ("read_q", 1, -64.0)]
     assert time.perf_counter() - t0 < 3.0
-    node._outbox.put(("finished", 4, {}))  # no change waiting: returned at once
+    node._outbox.put(("finished", 4, {}))  # no change held: the events alone
     assert node.poll(5.0) == [("finished", 4, {})]
-    node._outbox.put(("read_q", 2, 32.0))  # the end of a run drains without waiting
+    # the driver schedules a tick: it asks for the changes held (a late call of another run takes none)
+    node._read_q.add(1, -32.0)
+    assert node.read_q_changes("run-0") == []
+    assert node.read_q_changes("run-1") == [("read_q", 1, -32.0)]
+    assert node.read_q_changes("run-1") == []
+    node._read_q.add(1, 32.0)  # the end of a run drains without waiting
     t0 = time.perf_counter()
-    assert node.poll(0.0) == [("read_q", 2, 32.0)]
+    assert node.poll(0.0) == [("read_q", 1, 32.0)]
     assert time.perf_counter() - t0 < 3.0
-    assert node._calls == {"poll": 4, "poll_read_q_only": 2}  # the first and the last brought changes alone
+    assert node._calls == {"poll": 4, "read_q": 2}
+
+
+def test_the_driver_asks_nodes_for_their_read_queue_changes_and_waits_for_the_answers():
+    """RemoteNodes.pull_read_q: one call per live node; the answers join the controller's events
+    from Ray's thread (a dead node's failed call adds nothing), and await_pulls returns once
+    every answer is in, so that a run's end sees them all."""
+    import queue
+    import time
+    import types
+    from concurrent.futures import Future
+
+    from dualpath_jax.engine.ray_runtime import RemoteNodes
+
+    calls, futures = [], []
+
+    def actor(n):
+        def remote(run_id):
+            calls.append((n, run_id))
+            fut = Future()
+            futures.append((n, fut))
+            return types.SimpleNamespace(future=lambda: fut)
+        return types.SimpleNamespace(read_q_changes=types.SimpleNamespace(remote=remote))
+
+    nodes = object.__new__(RemoteNodes)
+    nodes.actors, nodes.dead, nodes.run_id = [actor(n) for n in range(4)], {3: "gone"}, "run-5"
+    nodes._events, nodes._pulls, nodes._pulls_done = queue.Queue(), 0, threading.Condition()
+    nodes.pull_read_q([0, 1, 3])
+    assert calls == [(0, "run-5"), (1, "run-5")]  # (node 3 is dead)
+    assert not nodes.await_pulls(0.05)  # no answer yet
+    futures[1][1].set_exception(RuntimeError("actor died"))
+    threading.Timer(0.1, futures[0][1].set_result, args=([("read_q", 0, -128.0)],)).start()
+    t0 = time.perf_counter()
+    assert nodes.await_pulls(5.0) and time.perf_counter() - t0 < 4.0
+    assert list(nodes._events.queue) == [("read_q", 0, -128.0)]
+
+
+def test_the_controller_asks_for_read_queues_once_per_tick_that_may_place_a_request():
+    """EngineCluster._pull_read_queues: a pending tick with some request waiting (only placements
+    read the queues) asks the nodes with reads in flight, once; no tick, nothing waiting, or a
+    tick asked for already: no call. A request that starts waiting after its tick was scheduled
+    gets the ask then."""
+    import math
+    import types
+
+    from dualpath_jax.engine.reader import ReadQueues
+
+    pulls = []
+    cluster = object.__new__(EngineCluster)
+    cluster.config = types.SimpleNamespace(num_nodes=3)
+    cluster.read_q = ReadQueues(3)
+    cluster.read_q.add(0, 128.0)
+    cluster.read_q.add(2, 64.0)
+    cluster._remote = types.SimpleNamespace(pull_read_q=pulls.append)
+    waiting = []
+    cluster.driver = types.SimpleNamespace(next_tick_s=math.inf, has_waiting=lambda: bool(waiting))
+    assert cluster._pull_read_queues(math.inf) == math.inf and pulls == []  # no tick pending
+    cluster.driver.next_tick_s = 1.25
+    assert cluster._pull_read_queues(math.inf) == math.inf and pulls == []  # nothing waits: no placement
+    waiting.append("r0")
+    assert cluster._pull_read_queues(math.inf) == 1.25 and pulls == [[0, 2]]  # (node 1 reads nothing)
+    assert cluster._pull_read_queues(1.25) == 1.25 and pulls == [[0, 2]]  # asked once per tick
+    cluster.driver.next_tick_s = 1.5
+    assert cluster._pull_read_queues(1.25) == 1.5 and pulls == [[0, 2], [0, 2]]
 
 
 def test_hand_off_sends_name_a_request_by_id_once_its_de_node_holds_the_replica():

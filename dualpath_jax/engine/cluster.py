@@ -298,6 +298,7 @@ class EngineCluster:
         cfg, ctx = self.config, self.ctx
         deadline = cfg.run_timeout_s
         self._ended_early = False
+        pulled_for = math.inf  # (ray) the tick whose read queues were asked for
         while self._agents_open > 0:
             now = ctx.now()
             while self._arrivals and self._arrivals[0][0] <= now:
@@ -315,6 +316,7 @@ class EngineCluster:
                 wait = min(wait, self._arrivals[0][0] - now)
             if self._remote is not None:
                 self._remote.flush()  # (ray) the orders given since the last wait leave now
+                pulled_for = self._pull_read_queues(pulled_for)
             try:
                 ev = self._events.get(timeout=max(0.0, wait))
                 self._take(ev)
@@ -324,6 +326,18 @@ class EngineCluster:
                 pass
             if self._done != self._bar.n:
                 self._bar.update(self._done - self._bar.n)
+
+    def _pull_read_queues(self, pulled_for: float) -> float:
+        """(``ray``) Before a pending tick that may place requests (only placements read the read
+        queues: some request waits), ask the nodes with reads in flight for the read-queue
+        changes they hold (:meth:`~.ray_runtime.RemoteNodes.pull_read_q`), once per tick; the
+        answers come back as events, a fetch period ahead when the tick was just scheduled.
+        ``pulled_for``: the tick asked for last; returns the one asked for now."""
+        t = self.driver.next_tick_s
+        if t < math.inf and t != pulled_for and self.driver.has_waiting():
+            self._remote.pull_read_q([n for n in range(self.config.num_nodes) if self.read_q.tokens(n)])
+            return t
+        return pulled_for
 
     # ---- agents ---------------------------------------------------------------------------------
     def _arrive(self, k: int, r: int, attempt: int = 1, arrival_s: float | None = None) -> None:

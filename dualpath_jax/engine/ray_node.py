@@ -44,27 +44,31 @@ __all__ = ["NodeHost", "snapshot", "apply_patch", "JOIN_FIELDS", "POLL_S"]
 
 POLL_S = 2.0
 """Longest wait of one :meth:`NodeHost.poll` (seconds). A poll returns as soon as an event is
-there (read-queue changes alone: within a fetch period), and :meth:`NodeHost.wake` ends one at
-the end of a run, so an idle node costs one actor call per ``POLL_S`` (each call costs about a
-millisecond of CPU on either side)."""
+there, and :meth:`NodeHost.wake` ends one at the end of a run, so an idle node costs one actor
+call per ``POLL_S`` (each call costs about a millisecond of CPU on either side)."""
 
 _WAKE = ("wake",)  # ends a pending poll (not an event)
 
 
-def _merge_read_q(events: list) -> list:
-    """``events`` with their ``("read_q", node, tokens)`` changes summed per node, each sum where
-    that node's first change was."""
-    out, at = [], {}
-    for ev in events:
-        if ev[0] != "read_q":
-            out.append(ev)
-        elif ev[1] in at:
-            i = at[ev[1]]
-            out[i] = ("read_q", ev[1], out[i][2] + ev[2])
-        else:
-            at[ev[1]] = len(out)
-            out.append(ev)
-    return out
+class _HeldReadQueues:
+    """A node's side of the read queues: the reader's changes (one per block read) are summed
+    here until the driver takes them, with the node's next events (:meth:`NodeHost.poll`) or when
+    a scheduling tick needs them (:meth:`NodeHost.read_q_changes`). Thread-safe."""
+
+    def __init__(self):
+        self._held: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, node: int, tokens: float) -> None:
+        with self._lock:
+            self._held[node] = self._held.get(node, 0.0) + float(tokens)
+
+    def take(self) -> list:
+        """The changes held, one ``("read_q", node, tokens)`` event per node with a nonzero sum
+        (in node order), and none held after."""
+        with self._lock:
+            held, self._held = self._held, {}
+        return [("read_q", n, t) for n, t in sorted(held.items()) if t]
 
 
 # the RequestState fields each event carries back to the driver (and the join order to the DE)
@@ -88,16 +92,6 @@ def apply_patch(req: RequestState, patch: dict) -> None:
     with req.lock:
         for k, v in patch.items():
             setattr(req, k, v)
-
-
-class _PostedReadQueues:
-    """A node's side of the read queues: the reader's changes go to the driver as events."""
-
-    def __init__(self, post):
-        self._post = post
-
-    def add(self, node: int, tokens: float) -> None:
-        self._post(("read_q", node, float(tokens)))
 
 
 class NodeHost:
@@ -130,7 +124,7 @@ class NodeHost:
         self._post_lock = threading.Lock()
         self._running = False
         self._run_id = None  # the run whose workers exist (begin_run .. end_run)
-        self._read_q_linger_s = 0.0
+        self._read_q = _HeldReadQueues()
         self.ctx = None
         self._calls: Counter = Counter()  # this run's calls served, by method (end_run's "actor_calls")
         self._calls_lock = threading.Lock()
@@ -178,7 +172,7 @@ class NodeHost:
         self._outbox = queue.Queue()
         post = self._outbox.put
         self.config = config
-        self._read_q_linger_s = float(config.fetch_period_s)
+        self._read_q = _HeldReadQueues()
         fabric = self.fabric = Fabric(config)
         self.store = KVStore(self.layout, store_config)
         sched = self.scheduler_cls(*sched_args)
@@ -198,7 +192,7 @@ class NodeHost:
         self.des = {e: DecodeWorker(ctx, e, dev[e]) for e in self.engines} if self.role == "de" else {}
         for de in self.des.values():
             de.warm_up(max_blocks)
-        self.reader = NodeReader(ctx, self.node, _PostedReadQueues(post), on_done=self._read_done,
+        self.reader = NodeReader(ctx, self.node, self._read_q, on_done=self._read_done,
                                  on_error=lambda job, cause: post(("failed", job.req.rid, cause, True)))
         self._pulled0 = self.endpoint.bytes_pulled
         self._dispatcher = None
@@ -275,38 +269,37 @@ class NodeHost:
 
     def poll(self, timeout_s: float = POLL_S) -> list:
         """Events of this node's workers (waits up to ``timeout_s`` for the first, or until
-        :meth:`wake`).
+        :meth:`wake`), then the read-queue changes held since the driver last took them.
 
-        Read-queue changes alone do not end the wait at once: the reader posts one per block,
-        and an answer per block would cost an actor call each. Once the first event is in, the
-        poll waits up to the run's ``fetch_period_s`` for more and returns at the first other
-        event (or wake). So the driver sees a node's read queue at most one fetch period late,
-        as the paper's scheduler, which fetches the engines' state periodically, sees it; the
-        changes are summed into one ``read_q`` event per answer. Counted in this run's
-        ``actor_calls`` (a poll names no run: the driver stops its pumps before it ends a run)."""
-        out = self._poll(timeout_s)
-        self._served("poll", *(("poll_read_q_only",) if out and all(ev[0] == "read_q" for ev in out) else ()))
-        return out
+        The reader's changes (one per block) do not end a wait: an answer per block would cost an
+        actor call each, and only the scheduler's ticks read the queues. They leave with the next
+        events, or when the driver asks for them because a tick is due (:meth:`read_q_changes`).
+        Counted in this run's ``actor_calls`` (a poll names no run: the driver stops its pumps
+        before it ends a run)."""
+        self._served("poll")
+        return self._poll(timeout_s)
+
+    def read_q_changes(self, run_id: str) -> list:
+        """The read-queue changes held (``[("read_q", node, tokens)]``; empty if none, or if
+        ``run_id`` is not this node's run), taken now. The driver asks the nodes with reads in
+        flight when a tick that may place requests is pending (``EngineCluster._pull_read_queues``),
+        one fetch period ahead when that tick was just scheduled: in the paper the engines report
+        their node's read queue when their group fetches (PAPER.md 5.1). Counted in this run's
+        ``actor_calls`` as ``read_q``."""
+        if self._other_run(run_id):
+            return []
+        self._served("read_q")
+        return self._read_q.take()
 
     def _poll(self, timeout_s: float) -> list:
         out = []
         try:
             out.append(self._outbox.get(timeout=timeout_s) if timeout_s > 0 else self._outbox.get_nowait())
-            until = time.perf_counter() + (self._read_q_linger_s if timeout_s > 0 else 0.0)
-            only_read_q = out[0][0] == "read_q"
             while True:
-                try:
-                    ev = self._outbox.get_nowait()
-                except queue.Empty:
-                    left = until - time.perf_counter()
-                    if left <= 0 or not only_read_q:
-                        break
-                    ev = self._outbox.get(timeout=left)
-                out.append(ev)
-                only_read_q = only_read_q and ev[0] == "read_q"
+                out.append(self._outbox.get_nowait())
         except queue.Empty:
             pass
-        return _merge_read_q([ev for ev in out if ev != _WAKE])
+        return [ev for ev in out if ev != _WAKE] + self._read_q.take()
 
     def wake(self) -> None:
         """End a pending :meth:`poll` now (the driver stops its event pumps)."""

@@ -12,10 +12,13 @@ its DRAM buffer and its links (SNIC, the engines' CNICs). Only launching and tra
   driver process. Its orders (read, enqueue for prefill, join for decode, fail) are numbered per
   node and run in that order; those given while the controller handles one batch of events
   leave together, one actor call per node (:meth:`RemoteNodes.flush`, :meth:`NodeHost.command`);
-  the workers' events (read done, prefilled, finished, persisted, failed, worker error,
-  read-queue changes) come back through :meth:`NodeHost.poll`, each with the fields its stage filled in
+  the workers' events (read done, prefilled, finished, persisted, failed, worker error) come
+  back through :meth:`NodeHost.poll`, each with the fields its stage filled in
   (``RequestState`` replicas live in every process a request visits; the driver's copy is the
-  record of the run).
+  record of the run). The readers' read-queue changes (one per block) are held in their node
+  and leave with its next events, or when the driver schedules a tick, one fetch period ahead
+  (:meth:`RemoteNodes.pull_read_q`, :meth:`NodeHost.read_q_changes`): the scheduler's inputs are
+  then as old as the paper's periodic fetch of engine state allows, without a call per block.
 * **KV between engines.** What a PE does to a DE's node (``ctx.peers``, :mod:`.peers`) becomes
   :class:`~.ray_peers.RayPeers`: the DE buffer reservation is a call to the DE's node; each layer's DE-side
   hit Layer Blocks are offered by the DE node (``uint8[P, Z, Bt]`` per layer) and pulled by the
@@ -192,6 +195,8 @@ class RemoteNodes:
         self.dead: dict[int, str] = {}
         self._stop = threading.Event()
         self._pumps: list[threading.Thread] = []
+        self._pulls = 0  # read_q_changes calls not answered yet
+        self._pulls_done = threading.Condition()
         self.run_id = runtime.next_run_id()
 
     def begin(self, store_config: StoreConfig, sched_args: tuple, time_model, max_blocks: int,
@@ -245,6 +250,32 @@ class RemoteNodes:
                 self.actors[node].command.remote(self.run_id, self._seq[node], orders)
                 self._seq[node] += len(orders)
 
+    def pull_read_q(self, nodes) -> None:
+        """Ask ``nodes`` for the read-queue changes they hold (:meth:`NodeHost.read_q_changes`);
+        the answers join the events (from a Ray thread), before :meth:`end` returns."""
+        for n in nodes:
+            if n in self.dead:
+                continue
+            with self._pulls_done:
+                self._pulls += 1
+            self.actors[n].read_q_changes.remote(self.run_id).future().add_done_callback(self._pulled)
+
+    def _pulled(self, fut) -> None:
+        try:
+            for ev in fut.result():
+                self._events.put(ev)
+        except Exception:  # noqa: BLE001 - the node died: its pump reports it; its queue goes with it
+            pass
+        with self._pulls_done:
+            self._pulls -= 1
+            self._pulls_done.notify_all()
+
+    def await_pulls(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until every :meth:`pull_read_q` answer is in the events (or
+        its node died); whether they all are."""
+        with self._pulls_done:
+            return self._pulls_done.wait_for(lambda: self._pulls == 0, timeout=timeout_s)
+
     def info(self, req: RequestState) -> RequestInfo:
         return RequestInfo.of(req, self.n_layers)
 
@@ -262,6 +293,7 @@ class RemoteNodes:
                 a.wake.remote()  # a pump waiting in a long poll returns at once
         for t in self._pumps:
             t.join(timeout=max(30.0, self.config.timeout_s))
+        self.await_pulls(max(30.0, self.config.timeout_s))  # (before end_run drains the rest)
         out = []
         for n, a in enumerate(self.actors):
             if n in self.dead:

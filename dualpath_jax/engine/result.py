@@ -58,9 +58,9 @@ class ClusterResult:
         server (0 under ``threads``).
       lost_nodes: node id -> cause, for every node whose process died during the run.
       actor_calls: Ray actor calls the node actors served during the run, by method (``poll``,
-        ``command``, ``reserve``, ``offer_hits``, ``receive_batch``; not the few that start and
-        end a run; ``poll_read_q_only``: the polls that brought read-queue changes alone), summed
-        over the nodes that lived to the end; empty under ``threads``.
+        ``read_q``: the driver's requests for read-queue changes before a tick, ``command``,
+        ``reserve``, ``offer_hits``, ``receive_batch``; not the few that start and end a run),
+        summed over the nodes that lived to the end; empty under ``threads``.
     """
 
     config: ClusterConfig
