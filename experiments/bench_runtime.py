@@ -34,11 +34,15 @@ end a run), and ``read_q_calls_per_run`` those requests for read-queue changes a
 packing are in it too). ``threads_cpu_busy_share`` and ``ray_cpu_busy_share`` are the share of
 the machine's cores busy during a run (its CPU-seconds over cores times its wall time; the mean
 over the variants, each run's in ``runtime_bench.json``): near 1, the run is CPU-bound, and
-every CPU-second a runtime adds lengthens it.
+every CPU-second a runtime adds lengthens it. Once per repeat, before its runs,
+``ray_bare_call_cpu_ms`` measures the machine CPU of a call to an actor that does nothing (the
+floor under any actor call; 1,000 calls, one after another) and ``ray_idle_cpu_s_per_s`` what
+Ray costs the machine with the node actors up and idle (2 s).
 Tokens of every run are checked against each other
 and a no-cache recompute (``tokens_identical``). Writes ``runtime_bench.json`` (every run's JCT),
 ``config.json``, ``env.json`` and ``metrics.json`` to the workdir and ends with ``name: value``
-lines. About 5.5 minutes for ``:quick`` (5 repeats) on a 2-core CPU, 3 with ``--config.repeats=3``.
+lines. About 2.5 to 5.5 minutes for ``:quick`` (5 repeats) on a 2-core CPU (the host's speed sets
+the calibrated link rates, so its runs' length).
 """
 
 from __future__ import annotations
@@ -80,6 +84,31 @@ def _busy_cpu_s() -> float:
     except (OSError, ValueError):
         return float("nan")
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+
+
+class _Echo:
+    """A Ray actor that does nothing: the cost of a bare actor call."""
+
+    def call(self, x):
+        return x
+
+
+def _ray_floor(ray, calls: int = 1000, idle_s: float = 2.0) -> tuple[float, float]:
+    """Machine CPU of a bare actor call (ms, submit, run and answer of ``calls`` calls of a
+    do-nothing actor, one after another) and of Ray with the node actors up and idle
+    (CPU-seconds per second over ``idle_s``)."""
+    echo = ray.remote(_Echo).options(num_cpus=0, max_concurrency=64).remote()
+    try:
+        ray.get(echo.call.remote(None))
+        cpu0 = _busy_cpu_s()
+        for _ in range(calls):
+            ray.get(echo.call.remote(None))
+        call_ms = 1e3 * (_busy_cpu_s() - cpu0) / calls
+    finally:
+        ray.kill(echo)
+    cpu0 = _busy_cpu_s()
+    time.sleep(idle_s)
+    return call_ms, (_busy_cpu_s() - cpu0) / idle_s
 
 
 def main(argv):
@@ -125,8 +154,9 @@ def main(argv):
             run_variant(setup, name, store_dir, seed_dir, progress=False)
         log(f"ray node actors warmed up in {time.perf_counter() - t0:.1f} s (pids {runtime.pids}); XLA's threads: "
             f"{len(driver_xla_threads)} in the driver, {[len(t) for t in runtime.xla_threads.values()]} in the nodes")
-        runs, results = [], {}
+        runs, results, floors = [], {}, []
         for r in range(config.repeats):
+            floors.append(_ray_floor(runtime.ray()))
             order = ("threads", "ray") if r % 2 == 0 else ("ray", "threads")
             for name in config.variants:
                 for which in order:
@@ -194,6 +224,8 @@ def main(argv):
                  [sum(x["actor_calls"].get("read_q", 0) for x in xs) / len(xs) for xs in by_repeat])
     put_estimate(named, "extra_cpu_ms_per_actor_call",
                  [sum(x["extra_cpu_ms_per_call"] for x in xs) / len(xs) for xs in by_repeat])
+    put_estimate(named, "ray_bare_call_cpu_ms", [f[0] for f in floors])
+    put_estimate(named, "ray_idle_cpu_s_per_s", [f[1] for f in floors])
     named["engine_processes"] = max(x["processes"] for x in runs)
     named["cross_process_kv_bytes"] = int(sum(x["cross_process_kv_bytes"] for x in runs))
     named["num_failed"] = int(sum(x["num_failed"] for x in runs))

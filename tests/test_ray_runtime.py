@@ -113,7 +113,7 @@ def test_basic_and_oracle_on_ray_match_a_recompute(tmp_path, runtime):
     assert results["oracle"].cross_process_kv_bytes > 0 and _moved_bytes(results["oracle"]) == 0
 
 
-def test_read_queue_changes_held_in_the_nodes_all_reach_the_driver(tmp_path, runtime):
+def test_read_queue_changes_held_in_the_nodes_all_reach_the_driver(tmp_path, runtime, monkeypatch):
     """At a slow SNIC a block takes longer than a fetch period: the reader's changes are held in
     its node and the driver asks for them before its ticks. Every change reaches the driver
     exactly once (its read queues end at 0: no leak) and the requests run as under ``threads``."""
@@ -121,10 +121,23 @@ def test_read_queue_changes_held_in_the_nodes_all_reach_the_driver(tmp_path, run
     spec, params, _ = model
     cfg = ClusterConfig(**{**FAST, "snic_bytes_per_s": 2e6}).for_variant("dualpath")
     agents = AGENTS[:2]
+    from dualpath_jax.engine.ray_runtime import RemoteNodes
+
+    answers = []
+    pulled = RemoteNodes._pulled
+
+    def count(self, fut):
+        answers.append(fut.result() if fut.exception() is None else None)
+        pulled(self, fut)
+
+    monkeypatch.setattr(RemoteNodes, "_pulled", count)
     res = _run(tmp_path, "slow", cfg, runtime, agents=agents, model=model)
+    monkeypatch.undo()
     block_s = model[2].full_block_bytes / cfg.snic_bytes_per_s
     assert block_s > cfg.fetch_period_s
-    assert res.actor_calls["read_q"] >= 1 and not res.leaks
+    # the driver asked before some ticks, and some answers brought changes held in a node
+    assert res.actor_calls["read_q"] == len(answers) and any(answers) and not res.leaks
+    assert all(ev[0] == "read_q" and ev[2] < 0 for evs in answers if evs for ev in evs)
     assert not [r.error for r in res.requests if r.error]
     threads = _run(tmp_path, "slow-threads", cfg, None, agents=agents, model=model)
     assert _tokens(res) == _tokens(threads)
@@ -348,14 +361,14 @@ def test_a_poll_brings_read_queue_changes_with_events_and_a_tick_asks_for_them()
     assert node._calls == {"poll": 4, "read_q": 2}
 
 
-def test_the_driver_asks_nodes_for_their_read_queue_changes_and_waits_for_the_answers():
-    """RemoteNodes.pull_read_q: one call per live node; the answers join the controller's events
-    from Ray's thread (a dead node's failed call adds nothing), and await_pulls returns once
-    every answer is in, so that a run's end sees them all."""
+def _fake_remote_nodes(num_nodes: int, dead=()):
+    """A RemoteNodes over fake actors whose ``read_q_changes`` calls hand back futures the test
+    completes (a Ray ObjectRef's ``future()``); returns it, the calls made and their futures."""
     import queue
-    import time
     import types
     from concurrent.futures import Future
+
+    import ray
 
     from dualpath_jax.engine.ray_runtime import RemoteNodes
 
@@ -365,21 +378,80 @@ def test_the_driver_asks_nodes_for_their_read_queue_changes_and_waits_for_the_an
         def remote(run_id):
             calls.append((n, run_id))
             fut = Future()
-            futures.append((n, fut))
+            futures.append(fut)
             return types.SimpleNamespace(future=lambda: fut)
         return types.SimpleNamespace(read_q_changes=types.SimpleNamespace(remote=remote))
 
     nodes = object.__new__(RemoteNodes)
-    nodes.actors, nodes.dead, nodes.run_id = [actor(n) for n in range(4)], {3: "gone"}, "run-5"
+    nodes.ray, nodes.run_id = ray, "run-5"
+    nodes.actors, nodes.dead = [actor(n) for n in range(num_nodes)], {n: "gone" for n in dead}
     nodes._events, nodes._pulls, nodes._pulls_done = queue.Queue(), 0, threading.Condition()
-    nodes.pull_read_q([0, 1, 3])
-    assert calls == [(0, "run-5"), (1, "run-5")]  # (node 3 is dead)
+    return nodes, calls, futures
+
+
+def test_the_driver_asks_nodes_for_their_read_queue_changes_and_waits_for_the_answers():
+    """RemoteNodes.pull_read_q: one call per live node; the answers join the controller's events
+    from Ray's thread (a node that died adds nothing; another error is the future's to log),
+    and await_pulls returns once every answer is in, so that a run's end sees them all."""
+    import time
+
+    import ray
+
+    nodes, calls, futures = _fake_remote_nodes(5, dead=[4])
+    nodes.pull_read_q([0, 1, 2, 4])
+    assert calls == [(0, "run-5"), (1, "run-5"), (2, "run-5")]  # (node 4 is dead)
     assert not nodes.await_pulls(0.05)  # no answer yet
-    futures[1][1].set_exception(RuntimeError("actor died"))
-    threading.Timer(0.1, futures[0][1].set_result, args=([("read_q", 0, -128.0)],)).start()
+    futures[1].set_exception(ray.exceptions.RayActorError())
+    futures[2].set_exception(RuntimeError("a bug"))  # (logged by concurrent.futures; still answered)
+    assert not nodes.await_pulls(0.05)
+    threading.Timer(0.1, futures[0].set_result, args=([("read_q", 0, -128.0)],)).start()
     t0 = time.perf_counter()
     assert nodes.await_pulls(5.0) and time.perf_counter() - t0 < 4.0
     assert list(nodes._events.queue) == [("read_q", 0, -128.0)]
+
+
+def test_a_runs_end_takes_the_read_queue_answers_before_the_nodes_drain_the_rest():
+    """RemoteNodes.end: an answer still out when the run ends is in the events before any
+    node's end_run is called (end_run drains what the node still holds; an answer after it
+    would come too late for the controller's last look at the events)."""
+    import types
+
+    nodes, _, futures = _fake_remote_nodes(2)
+    seen_at_end_run = []
+
+    def end_run(run_id, orders):
+        seen_at_end_run.append(list(nodes._events.queue))
+        return {"events": []}
+
+    for a in nodes.actors:
+        a.wake = types.SimpleNamespace(remote=lambda: None)
+        a.end_run = types.SimpleNamespace(remote=end_run)
+    nodes.ray = types.SimpleNamespace(get=lambda out, timeout=None: out, exceptions=nodes.ray.exceptions)
+    nodes.config = types.SimpleNamespace(timeout_s=5.0)
+    nodes._pending, nodes._seq, nodes._lock = {}, [0, 0], threading.Lock()
+    nodes._stop, nodes._pumps = threading.Event(), []
+    nodes.pull_read_q([1])
+    threading.Timer(0.2, futures[0].set_result, args=([("read_q", 1, -64.0)],)).start()
+    assert nodes.end() == [{"events": []}, {"events": []}]
+    assert seen_at_end_run == [[("read_q", 1, -64.0)]] * 2
+
+
+def test_a_due_tick_waits_for_read_queue_answers_still_out_then_takes_every_event():
+    """EngineCluster._read_queues_in: up to one fetch period for the answers, then every event
+    that came in is taken before the tick reads the queues."""
+    import queue
+    import types
+
+    waited, taken = [], []
+    cluster = object.__new__(EngineCluster)
+    cluster.config = types.SimpleNamespace(fetch_period_s=0.02)
+    cluster._remote = types.SimpleNamespace(await_pulls=waited.append)
+    cluster._events = queue.Queue()
+    for ev in [("read_q", 1, -64.0), ("finished", 3)]:
+        cluster._events.put(ev)
+    cluster._take = taken.append
+    cluster._read_queues_in()
+    assert waited == [0.02] and taken == [("read_q", 1, -64.0), ("finished", 3)] and cluster._events.empty()
 
 
 def test_the_controller_asks_for_read_queues_once_per_tick_that_may_place_a_request():

@@ -308,7 +308,11 @@ class EngineCluster:
                 self._expire(self._aborted or f"timeout: run exceeded run_timeout_s={cfg.run_timeout_s}")
                 self._ended_early = True
                 return
+            if self._remote is not None:
+                pulled_for = self._pull_read_queues(pulled_for)
             if self.driver.tick_due(now):
+                if self._remote is not None:
+                    self._read_queues_in()
                 self.driver.tick()
             # sleep until the next event, arrival or tick (at most _IDLE_WAIT_S: the deadline is checked)
             wait = min(_IDLE_WAIT_S, self.driver.next_tick_s - now)
@@ -316,7 +320,6 @@ class EngineCluster:
                 wait = min(wait, self._arrivals[0][0] - now)
             if self._remote is not None:
                 self._remote.flush()  # (ray) the orders given since the last wait leave now
-                pulled_for = self._pull_read_queues(pulled_for)
             try:
                 ev = self._events.get(timeout=max(0.0, wait))
                 self._take(ev)
@@ -331,13 +334,26 @@ class EngineCluster:
         """(``ray``) Before a pending tick that may place requests (only placements read the read
         queues: some request waits), ask the nodes with reads in flight for the read-queue
         changes they hold (:meth:`~.ray_runtime.RemoteNodes.pull_read_q`), once per tick; the
-        answers come back as events, a fetch period ahead when the tick was just scheduled.
-        ``pulled_for``: the tick asked for last; returns the one asked for now."""
+        answers come back as events, a fetch period ahead when the tick was just scheduled (else
+        :meth:`_read_queues_in` waits for them when the tick is due). ``pulled_for``: the tick
+        asked for last; returns the one asked for now."""
         t = self.driver.next_tick_s
         if t < math.inf and t != pulled_for and self.driver.has_waiting():
             self._remote.pull_read_q([n for n in range(self.config.num_nodes) if self.read_q.tokens(n)])
             return t
         return pulled_for
+
+    def _read_queues_in(self) -> None:
+        """(``ray``) Before a tick: wait up to one fetch period for the answers to read-queue asks
+        still out (a request that began to wait just before its tick), then take the events that
+        came in, those answers among them, so the tick reads queues at most about a fetch period
+        old."""
+        self._remote.await_pulls(self.config.fetch_period_s)
+        try:
+            while True:
+                self._take(self._events.get_nowait())
+        except queue.Empty:
+            pass
 
     # ---- agents ---------------------------------------------------------------------------------
     def _arrive(self, k: int, r: int, attempt: int = 1, arrival_s: float | None = None) -> None:

@@ -258,14 +258,22 @@ class RemoteNodes:
                 continue
             with self._pulls_done:
                 self._pulls += 1
-            self.actors[n].read_q_changes.remote(self.run_id).future().add_done_callback(self._pulled)
+            try:
+                self.actors[n].read_q_changes.remote(self.run_id).future().add_done_callback(self._pulled)
+            except Exception:  # the call could not go (Ray is shutting down): nothing to wait for
+                self._pull_over()
+                raise
 
     def _pulled(self, fut) -> None:
         try:
             for ev in fut.result():
                 self._events.put(ev)
-        except Exception:  # noqa: BLE001 - the node died: its pump reports it; its queue goes with it
-            pass
+        except self.ray.exceptions.RayActorError:
+            pass  # the node died: its pump reports it, and its read queue goes with it
+        finally:  # (another error is logged by the future, and the changes it held show as a leak)
+            self._pull_over()
+
+    def _pull_over(self) -> None:
         with self._pulls_done:
             self._pulls -= 1
             self._pulls_done.notify_all()
@@ -293,7 +301,8 @@ class RemoteNodes:
                 a.wake.remote()  # a pump waiting in a long poll returns at once
         for t in self._pumps:
             t.join(timeout=max(30.0, self.config.timeout_s))
-        self.await_pulls(max(30.0, self.config.timeout_s))  # (before end_run drains the rest)
+        # the answers first (end_run drains the rest); past the bound, a late one's changes show as a leak
+        self.await_pulls(max(30.0, self.config.timeout_s))
         out = []
         for n, a in enumerate(self.actors):
             if n in self.dead:
