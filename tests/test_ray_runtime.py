@@ -3,6 +3,7 @@ them over JAX's transfer server. Same worker code as ``threads``: same tokens (a
 no-cache recompute), same stored-KV reads; a killed DE node loses no request."""
 
 import functools
+import os
 import threading
 from collections import Counter
 
@@ -70,6 +71,10 @@ def test_ray_runs_the_same_requests_as_threads_across_three_processes(tmp_path, 
     ray = _run(tmp_path, "ray", cfg, runtime, model=model)
     assert (ray.runtime, ray.processes, threads.processes) == ("ray", 3, 1)
     assert len(set(runtime.pids)) == 3
+    # glibc's arenas are capped in every node process (its resident memory stays flat from run to run)
+    for pid in runtime.pids:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            assert f"MALLOC_ARENA_MAX={os.environ.get('MALLOC_ARENA_MAX', '2')}".encode() in f.read().split(b"\0")
     # each node started JAX's backend itself and knows its XLA threads (for bench_runtime's split)
     assert set(runtime.xla_threads) == set(runtime.pids) and all(runtime.xla_threads.values())
     # the calls the nodes served: orders, polls, the PE's reservations, hit offers and hand-offs

@@ -71,6 +71,12 @@ from dualpath_jax.store import StoreConfig
 
 __all__ = ["RayRuntime", "RemoteNodes", "RemoteReader", "RemotePE", "RemoteDE", "translate"]
 
+_ARENAS = "2"
+"""glibc's ``MALLOC_ARENA_MAX`` in the node processes (unless the driver's environment sets one).
+Every run starts new worker threads in each node, and glibc gives threads arenas of their own (up
+to 8 per core), whose freed memory it keeps: in a 4-minute soak a DE node's resident memory grew
+from 0.6 to 1.4 GB and was still growing; with two arenas it stays near 0.7 GB."""
+
 
 class RayRuntime:
     """Node actors for engine runs, kept between runs (module docstring).
@@ -124,7 +130,8 @@ class RayRuntime:
             engines = (list(range(n * g, (n + 1) * g)) if role == "pe" else
                        list(range(config.num_pe + (n - config.prefill_nodes) * g,
                                   config.num_pe + (n - config.prefill_nodes + 1) * g)))
-            opts = {"num_cpus": 0, "max_concurrency": 64, "max_restarts": 0}
+            opts = {"num_cpus": 0, "max_concurrency": 64, "max_restarts": 0,
+                    "runtime_env": {"env_vars": {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", _ARENAS)}}}
             if self.gpus_per_engine:
                 opts["num_gpus"] = self.gpus_per_engine * g
             if self.resource[role]:
