@@ -39,13 +39,13 @@ def runtime(ray_session):
     rt.close()
 
 
-def _run(tmp_path, name, cfg, runtime, agents=AGENTS, model=None, **kw):
+def _run(tmp_path, name, cfg, runtime, agents=AGENTS, model=None, starts=None, **kw):
     spec, params, layout = model or _model()
     store = KVStore(layout, StoreConfig(backend="file", path=str(tmp_path / name), fsync=False))
     cluster = EngineCluster(cfg, spec, params, layout, store, time_model=TIME_MODEL, prefill_tokens_per_s=1e4,
                             runtime=runtime, **kw)
     try:
-        return cluster.run(agents, [0.0] * len(agents), progress=False)
+        return cluster.run(agents, [0.0] * len(agents) if starts is None else starts, progress=False)
     finally:
         store.close()
 
@@ -120,14 +120,20 @@ def test_basic_and_oracle_on_ray_match_a_recompute(tmp_path, runtime):
 
 def test_read_queue_changes_held_in_the_nodes_all_reach_the_driver(tmp_path, runtime, monkeypatch):
     """At a slow SNIC a block takes longer than a fetch period: the reader's changes are held in
-    its node and the driver asks for them before its ticks. Every change reaches the driver
-    exactly once (its read queues end at 0: no leak) and the requests run as under ``threads``."""
-    model = _model()
-    spec, params, _ = model
-    cfg = ClusterConfig(**{**FAST, "snic_bytes_per_s": 2e6}).for_variant("dualpath")
-    agents = AGENTS[:2]
+    its node. While a long stored prompt is read, other agents arrive; the driver asks the
+    reading nodes for their changes before placing them, and gets some. Every change reaches the
+    driver exactly once (its read queues end at 0: no leak) and the requests run as under
+    ``threads``."""
     from dualpath_jax.engine.ray_runtime import RemoteNodes
 
+    model = _model()
+    spec, params, layout = model
+    cfg = ClusterConfig(**{**FAST, "snic_bytes_per_s": 2e6}).for_variant("dualpath")
+    assert layout.full_block_bytes / cfg.snic_bytes_per_s > cfg.fetch_period_s
+    long = stream("long", [1200], [4])
+    for name in ("slow", "slow-threads"):  # its KV stored: the next run reads 18 blocks of it (~0.3 s)
+        _run(tmp_path, name, cfg, None, agents=[long], model=model)
+    agents, starts = [long, *AGENTS[:3]], [0.0, 0.1, 0.15, 0.2]
     answers = []
     pulled = RemoteNodes._pulled
 
@@ -136,17 +142,16 @@ def test_read_queue_changes_held_in_the_nodes_all_reach_the_driver(tmp_path, run
         pulled(self, fut)
 
     monkeypatch.setattr(RemoteNodes, "_pulled", count)
-    res = _run(tmp_path, "slow", cfg, runtime, agents=agents, model=model)
+    res = _run(tmp_path, "slow", cfg, runtime, agents=agents, model=model, starts=starts)
     monkeypatch.undo()
-    block_s = model[2].full_block_bytes / cfg.snic_bytes_per_s
-    assert block_s > cfg.fetch_period_s
-    # the driver asked before some ticks, and some answers brought changes held in a node
+    # the driver asked before some ticks, and answers brought changes held in a node: blocks read
     assert res.actor_calls["read_q"] == len(answers) and any(answers) and not res.leaks
-    assert all(ev[0] == "read_q" and ev[2] < 0 for evs in answers if evs for ev in evs)
+    assert all(ev[0] == "read_q" and ev[2] < 0 and ev[2] % layout.block_tokens == 0
+               for evs in answers if evs for ev in evs)
     assert not [r.error for r in res.requests if r.error]
-    threads = _run(tmp_path, "slow-threads", cfg, None, agents=agents, model=model)
+    threads = _run(tmp_path, "slow-threads", cfg, None, agents=agents, model=model, starts=starts)
     assert _tokens(res) == _tokens(threads)
-    assert res.read_bytes_store == threads.read_bytes_store > 0
+    assert res.read_bytes_store == threads.read_bytes_store >= 18 * layout.full_block_bytes
 
 
 def test_a_killed_de_node_loses_no_request(tmp_path, runtime, ray_session, monkeypatch):
