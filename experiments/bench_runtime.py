@@ -35,9 +35,9 @@ packing are in it too). ``threads_cpu_busy_share`` and ``ray_cpu_busy_share`` ar
 the machine's cores busy during a run (its CPU-seconds over cores times its wall time; the mean
 over the variants, each run's in ``runtime_bench.json``): near 1, the run is CPU-bound, and
 every CPU-second a runtime adds lengthens it. Once per repeat, before its runs,
-``ray_bare_call_cpu_ms`` measures the machine CPU of a call to an actor that does nothing (the
-floor under any actor call; 1,000 calls, one after another) and ``ray_idle_cpu_s_per_s`` what
-Ray costs the machine with the node actors up and idle (2 s).
+``ray_idle_cpu_s_per_s`` measures what Ray costs the machine with the node actors up and idle
+(2 s) and ``ray_bare_call_cpu_ms`` the machine CPU of a call to an actor that does nothing
+beyond that (the floor under any actor call; 1,000 calls, one after another).
 Tokens of every run are checked against each other
 and a no-cache recompute (``tokens_identical``). Writes ``runtime_bench.json`` (every run's JCT),
 ``config.json``, ``env.json`` and ``metrics.json`` to the workdir and ends with ``name: value``
@@ -94,21 +94,22 @@ class _Echo:
 
 
 def _ray_floor(ray, calls: int = 1000, idle_s: float = 2.0) -> tuple[float, float]:
-    """Machine CPU of a bare actor call (ms, submit, run and answer of ``calls`` calls of a
-    do-nothing actor, one after another) and of Ray with the node actors up and idle
-    (CPU-seconds per second over ``idle_s``)."""
+    """Machine CPU of Ray with the node actors up and idle (CPU-seconds per second over
+    ``idle_s``) and of a bare actor call beyond that (ms: submit, run and answer of ``calls``
+    calls of a do-nothing actor, one after another, less the idle rate over their time)."""
+    cpu0 = _busy_cpu_s()
+    time.sleep(idle_s)
+    idle = (_busy_cpu_s() - cpu0) / idle_s
     echo = ray.remote(_Echo).options(num_cpus=0, max_concurrency=64).remote()
     try:
         ray.get(echo.call.remote(None))
-        cpu0 = _busy_cpu_s()
+        cpu0, t0 = _busy_cpu_s(), time.perf_counter()
         for _ in range(calls):
             ray.get(echo.call.remote(None))
-        call_ms = 1e3 * (_busy_cpu_s() - cpu0) / calls
+        cpu = _busy_cpu_s() - cpu0 - idle * (time.perf_counter() - t0)
     finally:
         ray.kill(echo)
-    cpu0 = _busy_cpu_s()
-    time.sleep(idle_s)
-    return call_ms, (_busy_cpu_s() - cpu0) / idle_s
+    return 1e3 * cpu / calls, idle
 
 
 def main(argv):

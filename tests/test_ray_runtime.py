@@ -137,15 +137,15 @@ def test_read_queue_changes_held_in_the_nodes_all_reach_the_driver(tmp_path, run
     answers = []
     pulled = RemoteNodes._pulled
 
-    def count(self, fut):
+    def count(self, n, fut):
         answers.append(fut.result() if fut.exception() is None else None)
-        pulled(self, fut)
+        pulled(self, n, fut)
 
     monkeypatch.setattr(RemoteNodes, "_pulled", count)
     res = _run(tmp_path, "slow", cfg, runtime, agents=agents, model=model, starts=starts)
     monkeypatch.undo()
     # the driver asked before some ticks, and answers brought changes held in a node: blocks read
-    assert res.actor_calls["read_q"] == len(answers) and any(answers) and not res.leaks
+    assert res.actor_calls.get("read_q", 0) == len(answers) and any(answers) and not res.leaks
     assert all(ev[0] == "read_q" and ev[2] < 0 and ev[2] % layout.block_tokens == 0
                for evs in answers if evs for ev in evs)
     assert not [r.error for r in res.requests if r.error]
@@ -395,7 +395,7 @@ def _fake_remote_nodes(num_nodes: int, dead=()):
     nodes = object.__new__(RemoteNodes)
     nodes.ray, nodes.run_id = ray, "run-5"
     nodes.actors, nodes.dead = [actor(n) for n in range(num_nodes)], {n: "gone" for n in dead}
-    nodes._events, nodes._pulls, nodes._pulls_done = queue.Queue(), 0, threading.Condition()
+    nodes._events, nodes._pulls, nodes._pulls_done, nodes._pulling = queue.Queue(), 0, threading.Condition(), set()
     return nodes, calls, futures
 
 
@@ -411,6 +411,8 @@ def test_the_driver_asks_nodes_for_their_read_queue_changes_and_waits_for_the_an
     nodes.pull_read_q([0, 1, 2, 4])
     assert calls == [(0, "run-5"), (1, "run-5"), (2, "run-5")]  # (node 4 is dead)
     assert not nodes.await_pulls(0.05)  # no answer yet
+    nodes.pull_read_q([0, 1])
+    assert len(calls) == 3  # a node whose last ask is out is not asked again
     futures[1].set_exception(ray.exceptions.RayActorError())
     futures[2].set_exception(RuntimeError("a bug"))  # (logged by concurrent.futures; still answered)
     assert not nodes.await_pulls(0.05)
@@ -418,6 +420,8 @@ def test_the_driver_asks_nodes_for_their_read_queue_changes_and_waits_for_the_an
     t0 = time.perf_counter()
     assert nodes.await_pulls(5.0) and time.perf_counter() - t0 < 4.0
     assert list(nodes._events.queue) == [("read_q", 0, -128.0)]
+    nodes.pull_read_q([0])  # answered: asked again
+    assert calls[-1] == (0, "run-5") and len(calls) == 4
 
 
 def test_a_runs_end_takes_the_read_queue_answers_before_the_nodes_drain_the_rest():
@@ -491,6 +495,35 @@ def test_the_controller_asks_for_read_queues_once_per_tick_that_may_place_a_requ
     assert cluster._pull_read_queues(1.25) == 1.25 and pulls == [[0, 2]]  # asked once per tick
     cluster.driver.next_tick_s = 1.5
     assert cluster._pull_read_queues(1.25) == 1.5 and pulls == [[0, 2], [0, 2]]
+
+
+def test_an_event_taken_in_before_a_due_tick_that_ends_the_run_ends_it_before_the_tick():
+    """EngineCluster._loop (``ray``): the events a due tick takes in first may end the run (a
+    node death that leaves no DE); the run then ends as an aborted run does, without that tick
+    (a policy would place requests on engines that are gone)."""
+    import math
+    import queue
+    import types
+
+    from dualpath_jax.engine.reader import ReadQueues
+
+    ticks, expired = [], []
+    cluster = object.__new__(EngineCluster)
+    cluster.config = types.SimpleNamespace(run_timeout_s=100.0, fetch_period_s=0.02, num_nodes=2)
+    cluster.ctx = types.SimpleNamespace(now=lambda: 1.0)
+    cluster._arrivals, cluster._agents_open, cluster._aborted = [], 1, ""
+    cluster.read_q = ReadQueues(2)
+    cluster._remote = types.SimpleNamespace(await_pulls=lambda t: True, pull_read_q=lambda nodes: None,
+                                            flush=lambda: None)
+    cluster.driver = types.SimpleNamespace(next_tick_s=0.99, tick_due=lambda now: True, has_waiting=lambda: True,
+                                           tick=lambda: ticks.append(1))
+    cluster._events = queue.Queue()
+    cluster._events.put(("node_died", 1, "killed"))
+    cluster._take = lambda ev: setattr(cluster, "_aborted", f"node{ev[1]} died: {ev[2]}; no DE is left")
+    cluster._expire = expired.append
+    cluster._loop()
+    assert ticks == [] and expired == ["node1 died: killed; no DE is left"] and cluster._ended_early
+    assert math.isfinite(cluster.driver.next_tick_s)
 
 
 def test_hand_off_sends_name_a_request_by_id_once_its_de_node_holds_the_replica():

@@ -313,6 +313,8 @@ class EngineCluster:
             if self.driver.tick_due(now):
                 if self._remote is not None:
                     self._read_queues_in()
+                    if self._aborted or self._agents_open == 0:
+                        continue  # (an event taken in ended the run: the loop's top handles it)
                 self.driver.tick()
             # sleep until the next event, arrival or tick (at most _IDLE_WAIT_S: the deadline is checked)
             wait = min(_IDLE_WAIT_S, self.driver.next_tick_s - now)

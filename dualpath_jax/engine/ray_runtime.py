@@ -75,7 +75,8 @@ _ARENAS = "2"
 """glibc's ``MALLOC_ARENA_MAX`` in the node processes (unless the driver's environment sets one).
 Every run starts new worker threads in each node, and glibc gives threads arenas of their own (up
 to 8 per core), whose freed memory it keeps: in a 4-minute soak a DE node's resident memory grew
-from 0.6 to 1.4 GB and was still growing; with two arenas it stays near 0.7 GB."""
+from 0.6 to 1.4 GB and was still growing; with two arenas it stays near 0.7 GB. The node actors'
+own ``runtime_env`` sets it, so it replaces a value given in a job-level ``runtime_env``."""
 
 
 class RayRuntime:
@@ -203,6 +204,7 @@ class RemoteNodes:
         self._stop = threading.Event()
         self._pumps: list[threading.Thread] = []
         self._pulls = 0  # read_q_changes calls not answered yet
+        self._pulling: set[int] = set()  # the nodes they went to
         self._pulls_done = threading.Condition()
         self.run_id = runtime.next_run_id()
 
@@ -261,27 +263,30 @@ class RemoteNodes:
         """Ask ``nodes`` for the read-queue changes they hold (:meth:`NodeHost.read_q_changes`);
         the answers join the events (from a Ray thread), before :meth:`end` returns."""
         for n in nodes:
-            if n in self.dead:
-                continue
             with self._pulls_done:
+                if n in self.dead or n in self._pulling:
+                    continue  # (a node whose last ask is still out is not asked again)
+                self._pulling.add(n)
                 self._pulls += 1
             try:
-                self.actors[n].read_q_changes.remote(self.run_id).future().add_done_callback(self._pulled)
+                self.actors[n].read_q_changes.remote(self.run_id).future().add_done_callback(
+                    lambda fut, n=n: self._pulled(n, fut))
             except Exception:  # the call could not go (Ray is shutting down): nothing to wait for
-                self._pull_over()
+                self._pull_over(n)
                 raise
 
-    def _pulled(self, fut) -> None:
+    def _pulled(self, n: int, fut) -> None:
         try:
             for ev in fut.result():
                 self._events.put(ev)
         except self.ray.exceptions.RayActorError:
             pass  # the node died: its pump reports it, and its read queue goes with it
         finally:  # (another error is logged by the future, and the changes it held show as a leak)
-            self._pull_over()
+            self._pull_over(n)
 
-    def _pull_over(self) -> None:
+    def _pull_over(self, n: int) -> None:
         with self._pulls_done:
+            self._pulling.discard(n)
             self._pulls -= 1
             self._pulls_done.notify_all()
 
