@@ -16,9 +16,10 @@ its DRAM buffer and its links (SNIC, the engines' CNICs). Only launching and tra
   back through :meth:`NodeHost.poll`, each with the fields its stage filled in
   (``RequestState`` replicas live in every process a request visits; the driver's copy is the
   record of the run). The readers' read-queue changes (one per block) are held in their node
-  and leave with its next events, or when the driver schedules a tick, one fetch period ahead
-  (:meth:`RemoteNodes.pull_read_q`, :meth:`NodeHost.read_q_changes`): the scheduler's inputs are
-  then as old as the paper's periodic fetch of engine state allows, without a call per block.
+  and leave with its next events, or when the driver, with a tick pending that may place
+  requests, asks for them (:meth:`RemoteNodes.pull_read_q`, :meth:`NodeHost.read_q_changes`;
+  one fetch period ahead when the tick was just scheduled): the scheduler's inputs are then as
+  old as the paper's periodic fetch of engine state allows, without a call per block.
 * **KV between engines.** What a PE does to a DE's node (``ctx.peers``, :mod:`.peers`) becomes
   :class:`~.ray_peers.RayPeers`: the DE buffer reservation is a call to the DE's node; each layer's DE-side
   hit Layer Blocks are offered by the DE node (``uint8[P, Z, Bt]`` per layer) and pulled by the
