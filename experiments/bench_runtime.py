@@ -209,22 +209,22 @@ def main(argv):
     minus = lambda ray, threads: ray - threads  # noqa: E731
     put_estimate(named, "native_cpu_ray_minus_threads_s", ratios("cpu_native_s", minus)[1])
     put_estimate(named, "other_cpu_ray_minus_threads_s", ratios("cpu_other_s", minus)[1])
-    for which in ("threads", "ray"):  # per repeat, the mean over the variants
-        put_estimate(named, f"{which}_cpu_busy_share",
-                     [sum(x["cpu_busy_share"] for x in runs if x["runtime"] == which and x["repeat"] == r)
-                      / len(config.variants) for r in range(config.repeats)])
+    def repeat_means(which: str, value) -> list:
+        """Per repeat, the mean of ``value(run)`` over that repeat's runs on runtime ``which``."""
+        groups = [[x for x in runs if x["runtime"] == which and x["repeat"] == r] for r in range(config.repeats)]
+        return [sum(value(x) for x in xs) / len(xs) for xs in groups]
+
+    for which in ("threads", "ray"):
+        put_estimate(named, f"{which}_cpu_busy_share", repeat_means(which, lambda x: x["cpu_busy_share"]))
     ray_runs = [x for x in runs if x["runtime"] == "ray"]
     for x in ray_runs:
         x["calls"] = sum(x["actor_calls"].values())
     extra_s = ratios("machine_cpu_s", minus)[0]  # per variant, per repeat: ray's CPU-seconds over its threads twin's
     for x in ray_runs:
         x["extra_cpu_ms_per_call"] = 1e3 * extra_s[x["variant"]][x["repeat"]] / max(x["calls"], 1)
-    by_repeat = [[x for x in ray_runs if x["repeat"] == r] for r in range(config.repeats)]
-    put_estimate(named, "ray_actor_calls_per_run", [sum(x["calls"] for x in xs) / len(xs) for xs in by_repeat])
-    put_estimate(named, "read_q_calls_per_run",
-                 [sum(x["actor_calls"].get("read_q", 0) for x in xs) / len(xs) for xs in by_repeat])
-    put_estimate(named, "extra_cpu_ms_per_actor_call",
-                 [sum(x["extra_cpu_ms_per_call"] for x in xs) / len(xs) for xs in by_repeat])
+    put_estimate(named, "ray_actor_calls_per_run", repeat_means("ray", lambda x: x["calls"]))
+    put_estimate(named, "read_q_calls_per_run", repeat_means("ray", lambda x: x["actor_calls"].get("read_q", 0)))
+    put_estimate(named, "extra_cpu_ms_per_actor_call", repeat_means("ray", lambda x: x["extra_cpu_ms_per_call"]))
     put_estimate(named, "ray_bare_call_cpu_ms", [f[0] for f in floors])
     put_estimate(named, "ray_idle_cpu_s_per_s", [f[1] for f in floors])
     named["engine_processes"] = max(x["processes"] for x in runs)

@@ -204,8 +204,7 @@ class RemoteNodes:
         self.dead: dict[int, str] = {}
         self._stop = threading.Event()
         self._pumps: list[threading.Thread] = []
-        self._pulls = 0  # read_q_changes calls not answered yet
-        self._pulling: set[int] = set()  # the nodes they went to
+        self._pulling: set[int] = set()  # the nodes whose read_q_changes call is not answered yet
         self._pulls_done = threading.Condition()
         self.run_id = runtime.next_run_id()
 
@@ -268,7 +267,6 @@ class RemoteNodes:
                 if n in self.dead or n in self._pulling:
                     continue  # (a node whose last ask is still out is not asked again)
                 self._pulling.add(n)
-                self._pulls += 1
             try:
                 self.actors[n].read_q_changes.remote(self.run_id).future().add_done_callback(
                     lambda fut, n=n: self._pulled(n, fut))
@@ -288,14 +286,13 @@ class RemoteNodes:
     def _pull_over(self, n: int) -> None:
         with self._pulls_done:
             self._pulling.discard(n)
-            self._pulls -= 1
             self._pulls_done.notify_all()
 
     def await_pulls(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` until every :meth:`pull_read_q` answer is in the events (or
         its node died); whether they all are."""
         with self._pulls_done:
-            return self._pulls_done.wait_for(lambda: self._pulls == 0, timeout=timeout_s)
+            return self._pulls_done.wait_for(lambda: not self._pulling, timeout=timeout_s)
 
     def info(self, req: RequestState) -> RequestInfo:
         return RequestInfo.of(req, self.n_layers)
