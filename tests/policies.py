@@ -19,3 +19,10 @@ class AlwaysDE(ClusterScheduler):
 
 class NotAScheduler:
     """A class that is not a ClusterScheduler (the loader must reject it)."""
+
+
+class NeverOnADE(ClusterScheduler):
+    """A broken policy: never places a request on a DE (every run stalls)."""
+
+    def fetch_de(self, group_id, loads):
+        return []

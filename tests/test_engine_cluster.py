@@ -2,6 +2,8 @@
 
 import contextlib
 import dataclasses
+import threading
+import time
 
 import jax
 import numpy as np
@@ -15,7 +17,7 @@ from dualpath_jax.engine.cluster import EngineCluster
 from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.kvcache import block_keys, layout_for
 from dualpath_jax.model import get_spec, init_params
-from dualpath_jax.sched import ABLATION_VARIANTS
+from dualpath_jax.sched import ABLATION_VARIANTS, ClusterScheduler, RunStalled
 from dualpath_jax.store import BlockFailure, FailureCause, KVStore, StoreConfig, WriteResult
 from dualpath_jax.workload import prompt_token_ids
 
@@ -292,6 +294,38 @@ def test_a_custom_policy_decides_in_the_engine(model):
     assert report.summarize(res)["bytes_conserved"]
     tokens = report.check_tokens({"custom": res}, params, spec)
     assert tokens["tokens_identical"], tokens["reference_mismatches"]
+
+
+class _NoDE(ClusterScheduler):  # a broken policy: never places a request on a DE
+    def fetch_de(self, group_id, loads):
+        return []
+
+
+class _NoHitOnPE(ClusterScheduler):  # places only requests without hits: an agent's first round
+    def select_pe(self, group_id, waiting, loads, read_q):
+        return [a for a in super().select_pe(group_id, waiting, loads, read_q) if not a.request.hit_tokens]
+
+
+@pytest.mark.parametrize("policy,match", [
+    (_NoDE, r"engine run stalled at t = [0-9.]+ s: no tick or arrival is pending and no engine holds a request, "
+            r"yet 3 requests wait \(for a PE: 0, for a DE: 3; 0 of 8 rounds done\); the first, request 0 "
+            r"\(agents\[0\] round 0, 0 hit tokens\), waits for a DE\. Scheduler: _NoDE"),
+    # every first round runs, finishes and persists; then the second rounds (with hits) wait for a PE
+    (_NoHitOnPE, r"stalled .* yet 3 requests wait \(for a PE: 3, for a DE: 0; 3 of 8 rounds done\); the first, "
+                 r"request 3 \(agents\[\d\] round 1, [1-9]\d* hit tokens\), waits for a PE\. Scheduler: _NoHitOnPE"),
+])
+def test_a_stalled_run_raises_at_once_says_what_waits_and_stops_its_workers(model, policy, match):
+    """Nothing left to happen, yet requests wait: the run raises (as the simulator's does) instead
+    of waiting for ``run_timeout_s`` and failing them as timed out."""
+    spec, params, layout = model
+    store = KVStore(layout, StoreConfig(backend="memory"))
+    cluster = EngineCluster(ClusterConfig(**FAST).for_variant("dualpath"), spec, params, layout, store,
+                            time_model=TIME_MODEL, prefill_tokens_per_s=1e4, scheduler_cls=policy)
+    t0 = time.monotonic()
+    with pytest.raises(RunStalled, match=match):
+        cluster.run(AGENTS, [0.0] * len(AGENTS))
+    assert time.monotonic() - t0 < FAST["run_timeout_s"] / 4
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(("pe", "de", "reader"))]
 
 
 def test_a_hand_off_answered_after_send_batch_returns_holds_the_request_until_then(model, monkeypatch):

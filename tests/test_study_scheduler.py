@@ -9,6 +9,7 @@ token, and the built-in DualPath scheduler (shorter read queue) does use the PE 
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -194,6 +195,18 @@ def test_run_sim_rejects_a_bad_scheduler_naming_the_field(tmp_path):
     assert done.returncode != 0
     assert "ConfigError: scheduler: cannot import module 'nope'" in done.stderr
     assert not (tmp_path / "w").exists()  # checked before the workdir is touched
+
+
+@pytest.mark.parametrize("script, config", [("run_sim.py", "sim_ablation.py:tiny"),
+                                            ("run_engine.py", "engine_ablation.py:quick")])
+def test_a_scheduler_that_stalls_the_run_is_one_line_saying_what_waits(tmp_path, script, config):
+    done = _run(script, f"--config={ROOT / 'configs' / config}", "--config.scheduler=policies:NeverOnADE",
+                f"--workdir={tmp_path / 'w'}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"RunStalled: (simulation|engine run) stalled at t = [0-9.]+ s: .*waits? for a DE\. "
+                        r"Scheduler: NeverOnADE", line), line
+    assert json.loads((tmp_path / "w" / "status.json").read_text())["status"] == "failed"
 
 
 def test_run_sim_rejects_an_override_the_study_sets_per_run(tmp_path):

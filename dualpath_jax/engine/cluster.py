@@ -62,7 +62,7 @@ from dualpath_jax.engine.view import EngineView
 from dualpath_jax.kvcache import BlockLayout, block_keys
 from dualpath_jax.model.spec import ModelSpec
 from dualpath_jax.sched import ClusterScheduler, SchedRequest, SchedulerConfig
-from dualpath_jax.sched.driver import SchedulingDriver, next_round_s
+from dualpath_jax.sched.driver import RunStalled, SchedulingDriver, next_round_s
 from dualpath_jax.sched.batching import TimeModel
 from dualpath_jax.store import KVStore
 from dualpath_jax.workload import Trajectory, gen_token_ids, prompt_token_ids
@@ -125,6 +125,9 @@ class EngineCluster:
         Raises:
           ResourceLeakError: the run ended normally but left a buffer, read queue, DE pool or
             scheduler load non-empty (a bookkeeping bug; the result is attached as ``result``).
+          RunStalled: no event, tick or arrival is pending and no engine holds a request, yet
+            requests wait for a PE or a DE (e.g. a custom scheduler that never places one); the
+            message says what the first one waits for. The workers are stopped first.
         """
         cfg, spec, layout = self.config, self.spec, self.layout
         if len(trajectories) != len(start_s):
@@ -328,9 +331,28 @@ class EngineCluster:
                 while True:
                     self._take(self._events.get_nowait())
             except queue.Empty:
-                pass
+                if stalled := self._stalled():
+                    raise RunStalled(stalled) from None
             if self._done != self._bar.n:
                 self._bar.update(self._done - self._bar.n)
+
+    def _stalled(self) -> str:
+        """Why the run can make no more progress, or ``""``: no tick and no arrival is pending,
+        and every open agent's live attempt waits for a PE or a DE, so no worker holds a request
+        whose events could change that (e.g. a custom scheduler that never places one; a round
+        that finished waits for its persist, which is on its way). Checked when no event came."""
+        if self.driver.next_tick_s < math.inf or self._arrivals or not self.driver.has_waiting():
+            return ""
+        live = [r for r in self.requests if not r.finished and not r.error]
+        if len(live) != self._agents_open or any(r.pe >= 0 and r.de >= 0 for r in live):
+            return ""
+        for_pe = sum(r.pe < 0 for r in live)
+        first = min(live, key=lambda r: r.rid)
+        return (f"engine run stalled at t = {self.ctx.now():.3f} s: no tick or arrival is pending and no engine "
+                f"holds a request, yet {len(live)} request{'s wait' if len(live) > 1 else ' waits'} (for a PE: {for_pe}, for a DE: {len(live) - for_pe}; "
+                f"{self._done} of {self._bar.total} rounds done); the first, request {first.rid} "
+                f"(agents[{first.agent}] round {first.round_index}, {first.sched.hit_tokens} hit tokens), waits for a "
+                f"{'PE' if first.pe < 0 else 'DE'}. Scheduler: {type(self.sched).__name__}")
 
     def _pull_read_queues(self, pulled_for: float) -> float:
         """(``ray``) Before a pending tick that may place requests (only placements read the read

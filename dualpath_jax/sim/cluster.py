@@ -51,7 +51,7 @@ from mypy_extensions import mypyc_attr
 from dualpath_jax.config import ConfigError
 from dualpath_jax.model import cost
 from dualpath_jax.sched import BatchItem, ClusterScheduler, EngineLoad, SchedRequest, SchedulerConfig
-from dualpath_jax.sched.driver import SchedulingDriver, next_round_s
+from dualpath_jax.sched.driver import RunStalled, SchedulingDriver, next_round_s
 from dualpath_jax.sim.agents import SimAgent, as_typed_array, flatten_agents, typical_round
 from dualpath_jax.sim.compute import calibrate_config
 from dualpath_jax.sim.config import SimConfig
@@ -179,9 +179,10 @@ class Simulator:
         with rate and ETA if true (default None: only when stderr is a terminal, so logs and CI stay quiet).
 
         Raises:
-          RuntimeError: the simulator has run already (its state is spent; make a new one), or the
-            run stalled: no event is left but requests are unfinished (e.g. a custom scheduler that
-            never places some request); the message says what the first unfinished one waits for.
+          RuntimeError: the simulator has run already (its state is spent; make a new one).
+          RunStalled: (a ``RuntimeError``) the run stalled: no event is left but requests are
+            unfinished (e.g. a custom scheduler that never places some request); the message says
+            what the first unfinished one waits for.
           ValueError: a custom scheduler's ``read_plan`` is inconsistent (``sched.check_read_plan``).
         """
         if self._ran:
@@ -228,7 +229,7 @@ class Simulator:
             self.events = events
         bar.close()
         if not heap and self._completed < self._total:
-            raise RuntimeError(stall_report(self))
+            raise RunStalled(stall_report(self))
         return collect_result(self)
 
     # ---- agents ---------------------------------------------------------------------------------

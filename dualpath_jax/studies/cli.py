@@ -2,9 +2,9 @@
 
 * :func:`run` replaces ``absl.app.run(main)``. A bad command line (an unknown flag, a misspelled
   ``--config.<field>`` override, a config file that does not load) and a
-  :class:`~dualpath_jax.config.ConfigError`, :class:`~dualpath_jax.workload.TraceFormatError` or
-  ``absl.app.UsageError`` raised by the run print one line on stderr, ``<Error>: <field or file>:
-  <problem>`` (an unknown field with the closest valid names, a missing config file with the
+  :class:`~dualpath_jax.config.ConfigError`, :class:`~dualpath_jax.workload.TraceFormatError`,
+  :class:`~dualpath_jax.sched.RunStalled` or ``absl.app.UsageError`` raised by the run print one
+  line on stderr, ``<Error>: <field or file>: <problem>`` (an unknown field with the closest valid names, a missing config file with the
   closest file names in its folder), and exit with status 1;
   ``--verbose`` (or absl's ``--pdb_post_mortem``) shows the traceback instead. Any other exception
   is a bug and keeps its traceback. Given the script's config flag, ``--print_config`` prints the
@@ -31,6 +31,7 @@ from absl import app, flags
 
 from dualpath_jax.config import ConfigError, argv_flag_values, closest, describe_config, did_you_mean
 from dualpath_jax.metrics import writers
+from dualpath_jax.sched.driver import RunStalled
 from dualpath_jax.workload.errors import TraceFormatError
 
 __all__ = ["USER_ERRORS", "run", "open_workdir", "check_finished", "one_line", "define_config_file", "define_sweep_flags",
@@ -41,8 +42,9 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, show the full trace
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace the previous run in --workdir; without it, a --workdir that holds files is refused.")
 
-USER_ERRORS = (ConfigError, TraceFormatError, app.UsageError)
-"""Errors of the user's input, reported in one line."""
+USER_ERRORS = (ConfigError, TraceFormatError, RunStalled, app.UsageError)
+"""Errors of the user's input, reported in one line (a stalled run: most often a custom scheduler
+that never places some request; its message says what waits)."""
 _opened: list[Path] = []
 
 
