@@ -4,6 +4,7 @@ repeats with 95% intervals, and the warm-up that leaves nothing to compile insid
 import json
 import math
 import pathlib
+import shutil
 import types
 
 import numpy as np
@@ -74,7 +75,7 @@ def test_a_saved_calibration_is_read_from_the_file_or_its_workdir(tmp_path):
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"format": 0}, "not a calibration.json of format 1"),
+    ({"format": 1}, f"not a calibration.json of format {CALIBRATION_FORMAT} \\(got format 1\\); measure a new"),
     ({"snic_bytes_per_s": 0.0}, "snic_bytes_per_s must be a positive number"),
     ({"cnic_bytes_per_s": "fast"}, "cnic_bytes_per_s must be a positive number"),
     ({"fingerprint": None}, "no fingerprint"),
@@ -94,13 +95,20 @@ def test_a_missing_or_unreadable_calibration_is_one_error_naming_the_field(tmp_p
 
 
 @pytest.mark.parametrize("path, value", [("workload.num_agents", 9), ("model.name", "tiny-mla"),
-                                         ("arrivals.mode", "online"), ("cluster.decode_nodes", 3)])
+                                         ("cluster.decode_nodes", 3)])
 def test_a_calibration_of_another_model_or_workload_is_refused_naming_what_differs(tmp_path, path, value):
     _saved(tmp_path, _config())
     with pytest.raises(ConfigError) as e:
         engine_ablation_config(_config(**{path: value, "calibrate.from_file": str(tmp_path)}))
     assert e.value.field == "calibrate.from_file"
     assert f"measured for {path}=" in str(e.value) and f"this run has {path}={value!r}" in str(e.value)
+
+
+def test_a_calibration_holds_under_any_arrivals(tmp_path):
+    _saved(tmp_path, _config())  # its Oracle passes ran offline, whatever the arrivals of its run
+    cfg = engine_ablation_config(_config(**{"arrivals.mode": "online", "arrivals.use_think_time": True,
+                                            "calibrate.from_file": str(tmp_path)}))
+    assert cfg.calibrate.from_file == str(tmp_path) and cfg.arrivals.mode == "online"
 
 
 def test_a_link_rate_override_is_refused_while_a_saved_calibration_sets_the_rates(tmp_path):
@@ -119,11 +127,12 @@ def _setup(config, hit_tokens=1000):
 
 
 def test_measured_calibration_uses_the_median_of_the_oracle_passes(tmp_path, monkeypatch):
-    jcts = iter([3.0, 1.0, 2.0])
-    monkeypatch.setattr(er, "run_variant", lambda *a, **k: None)
-    monkeypatch.setattr(ea.report, "summarize", lambda res: {"jct_s": next(jcts), "hit_tokens": 5000,
-                                                             "compute_s": {"pe0": 0.5, "de1": 9.0}})
-    setup = _setup(_config())
+    jcts, arrivals = iter([3.0, 1.0, 2.0]), []
+    monkeypatch.setattr(er, "run_variant", lambda *a, **k: arrivals.append(k["arrivals"]))
+    monkeypatch.setattr(ea.report, "summarize", lambda res: {"jct_s": next(jcts), "hit_tokens": 5000, "num_failed": 0,
+                                                             "num_requests": 9, "compute_s": {"pe0": 0.5, "de1": 9.0}})
+    # the passes run offline and without think times, whatever the run's arrivals
+    setup = _setup(_config(**{"arrivals.mode": "online", "arrivals.aps": 0.5, "arrivals.use_think_time": True}))
     cal = ea.calibrate_links(setup, setup.config.calibrate, tmp_path / "s", None, log=lambda s: None)
     # 5000 hit tokens x 1 KiB over 2.5 x the median JCT (2 s); CNIC 8 x SNIC
     assert cal["snic_bytes_per_s"] == pytest.approx(5000 * 1024 / (2.5 * 2.0))
@@ -131,6 +140,30 @@ def test_measured_calibration_uses_the_median_of_the_oracle_passes(tmp_path, mon
     assert setup.cluster.cnic_bytes_per_s == pytest.approx(8 * 5000 * 1024 / 5.0)
     assert cal["oracle_jct_s"] == [3.0, 1.0, 2.0] and cal["oracle_pe_compute_s"] == [0.5] * 3
     assert cal["source"] == "measured" and cal["hit_tokens_estimated"] == 1000
+    assert [(a.mode, a.use_think_time, a.aps) for a in arrivals] == [("offline", False, 0.5)] * 3
+
+
+def _request(error=""):
+    return types.SimpleNamespace(error=error)
+
+
+@pytest.mark.parametrize("summary, requests, message", [
+    ({"num_failed": 2, "hit_tokens": 5000}, [_request(), _request("timeout: run exceeded run_timeout_s=20.0")],
+     r"^calibrate\.load_over_oracle: the Oracle pass that measures the link rates failed 2 of 9 requests \(the "
+     r"first: timeout: run exceeded run_timeout_s=20\.0\); fix that, or give the link rates \(calibrate\."
+     r"load_over_oracle=0 with cluster\.snic_bytes_per_s and cnic_bytes_per_s\)$"),
+    ({"num_failed": 0, "hit_tokens": 0}, [], r"^calibrate\.load_over_oracle: these agents hit no stored KV, so no "
+                                            r"read can be timed against their compute: use agents with cached prefixes"),
+])
+def test_a_calibration_that_cannot_measure_rates_says_why_instead_of_setting_none(tmp_path, monkeypatch, summary,
+                                                                                   requests, message):
+    monkeypatch.setattr(er, "run_variant", lambda *a, **k: types.SimpleNamespace(requests=requests))
+    monkeypatch.setattr(ea.report, "summarize", lambda res: {"jct_s": 1.0, "num_requests": 9,
+                                                             "compute_s": {"pe0": 0.5}, **summary})
+    setup = _setup(_config())
+    with pytest.raises(ConfigError, match=message):
+        ea.calibrate_links(setup, setup.config.calibrate, tmp_path / "s", None, log=lambda s: None)
+    assert setup.cluster.snic_bytes_per_s == ClusterConfig().snic_bytes_per_s  # unchanged
 
 
 def test_a_saved_calibration_sets_its_rates_without_an_oracle_pass(tmp_path, monkeypatch):
@@ -291,6 +324,34 @@ def test_a_checkpoint_that_is_not_one_is_one_error_naming_the_field(tmp_path):
     # the checkpoint's config.json: 3 layers, 4 query heads of 2 KV heads, hidden 64, vocab 512
     assert (spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_model, spec.vocab_size) == (3, 4, 2, 64, 512)
     assert calibration_fingerprint(typed)["model.checkpoint"] == str(HF_TINY)
+
+
+def _no_weights(d):
+    (d / "model.safetensors").unlink()
+
+
+def _truncated(d):
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+
+
+def _one_more_layer(d):
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": cfg["num_hidden_layers"] + 1}))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_no_weights, r"ckpt: no model\.safetensors or model\.safetensors\.index\.json"),
+    (_truncated, r"ckpt/model\.safetensors: not a readable safetensors file \(.+\)"),
+    (_one_more_layer, r"ckpt: tensor 'model\.layers\.3\.input_layernorm\.weight' missing from checkpoint"),
+])
+def test_a_checkpoint_whose_weights_cannot_be_read_is_one_error_naming_the_field(tmp_path, damage, message):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(HF_TINY, ckpt)
+    damage(ckpt)
+    config = engine_ablation_config(_config(**{"model.checkpoint": str(ckpt)}))  # its config.json is fine
+    with pytest.raises(ConfigError, match=r"^model\.checkpoint: .*" + message + "$"):
+        ea.Setup(config, [], log=lambda *_: None)
 
 
 @pytest.mark.skipif(not __import__("dualpath_jax.workload", fromlist=["agentic_dir"]).agentic_dir().is_dir(),

@@ -19,7 +19,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.model.params import param_shapes
@@ -61,9 +61,12 @@ def _weight_files(path: str) -> list[str]:
 def _read_tensors(path: str) -> dict[str, np.ndarray]:
     tensors: dict[str, np.ndarray] = {}
     for file in _weight_files(path):
-        with safe_open(file, framework="flax") as f:
-            for key in f.keys():
-                tensors[key] = np.asarray(f.get_tensor(key))
+        try:
+            with safe_open(file, framework="flax") as f:
+                for key in f.keys():
+                    tensors[key] = np.asarray(f.get_tensor(key))
+        except (OSError, SafetensorError) as e:  # missing shard, truncated or damaged file
+            raise ValueError(f"{file}: not a readable safetensors file ({' '.join(str(e).split())})") from e
     return tensors
 
 
@@ -108,7 +111,8 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
       ConfigError: naming ``<config.json>: <key>`` for an unsupported architecture or setting
         (:func:`~dualpath_jax.model.spec.spec_from_hf_config`; MoE layers, the DSA indexer, RoPE
         scaling, attention bias on MLA).
-      ValueError: a tensor is missing or has an unexpected shape (message names the tensor).
+      ValueError: a weight file is unreadable (truncated, damaged, a shard missing; the message
+        names the file), or a tensor is missing or has an unexpected shape (it names the tensor).
     """
     path = os.fspath(path)
     cfg_path = os.path.join(path, "config.json")

@@ -131,8 +131,9 @@ class ProfileConfig:
 CALIBRATION_FILE = "calibration.json"
 """The calibration a run used, in its workdir (``calibrate.from_file`` reads it back)."""
 
-CALIBRATION_FORMAT = 1
-"""Version of ``calibration.json``."""
+CALIBRATION_FORMAT = 2
+"""Version of ``calibration.json`` (2: the Oracle passes run offline, without think times, so the
+arrivals are not part of the fingerprint)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +201,8 @@ def read_calibration(path: str | Path, field: str = "calibrate.from_file") -> di
     except (OSError, ValueError) as e:
         raise ConfigError(field, f"{p} is not a readable JSON calibration ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
-        raise ConfigError(field, f"{p} is not a calibration.json of format {CALIBRATION_FORMAT}")
+        raise ConfigError(field, f"{p} is not a calibration.json of format {CALIBRATION_FORMAT} (got format "
+                          f"{data.get('format') if isinstance(data, dict) else None!r}); measure a new calibration")
     for key in ("snic_bytes_per_s", "cnic_bytes_per_s"):
         v = data.get(key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -212,12 +214,12 @@ def read_calibration(path: str | Path, field: str = "calibrate.from_file") -> di
 
 def calibration_fingerprint(config: "EngineAblationConfig") -> dict:
     """What a calibration depends on, as ``{dotted field: value}``: the model, every workload field
-    but ``traces_dir``, the arrivals (but their seed) and the cluster's topology."""
+    but ``traces_dir`` and the cluster's topology (not the arrivals: its Oracle passes run offline,
+    without think times, whatever the run's arrivals)."""
     out = {"model.name": config.model.name, "model.kv_dtype": config.model.kv_dtype,
            "model.checkpoint": config.model.checkpoint}
     out.update({f"workload.{f.name}": getattr(config.workload, f.name) for f in dataclasses.fields(EngineWorkload)
                 if f.name != "traces_dir"})
-    out.update({f"arrivals.{k}": getattr(config.arrivals, k) for k in ("mode", "aps", "use_think_time")})
     out.update({f"cluster.{k}": getattr(config.cluster, k) for k in ("prefill_nodes", "decode_nodes",
                                                                      "engines_per_node")})
     return out

@@ -157,12 +157,20 @@ def describe_time_model(tm, spec) -> str:
 
 class Setup:
     """Model, layout, profiled time model and the prefill shapes shared by every variant of a run
-    (compiled by :func:`compile_runs`)."""
+    (compiled by :func:`compile_runs`).
+
+    Raises:
+      ConfigError: ``model.checkpoint`` names a checkpoint whose weights cannot be read (no
+        weight file, a truncated or damaged one, a tensor missing or of the wrong shape).
+    """
 
     def __init__(self, config: EngineAblationConfig, agents: list[Trajectory], log: Callable = print):
         self.config = config = engine_ablation_config(config)
         if config.model.checkpoint:  # a local Hugging Face checkpoint (its config was checked with the config)
-            self.spec, params = load_hf_checkpoint(config.model.checkpoint, dtype=jnp.float32)
+            try:
+                self.spec, params = load_hf_checkpoint(config.model.checkpoint, dtype=jnp.float32)
+            except (FileNotFoundError, ValueError) as e:  # no weights, an unreadable file, a missing tensor
+                raise ConfigError("model.checkpoint", str(e)) from e
         else:
             self.spec = get_spec(config.model.name)
             params = init_params(self.spec, jax.random.PRNGKey(config.model.seed))
@@ -275,12 +283,13 @@ def seed_store(setup: "Setup", path: Path, *, log: Callable = print) -> int:
 
 def run_variant(setup: Setup, name: str, store_dir: Path, seed_dir: Path | None = None, *,
                 progress: bool | None = None, agents: list[Trajectory] | None = None,
-                faults: FaultConfig | None = None, arrival_seed: int | None = None) -> ClusterResult:
+                faults: FaultConfig | None = None, arrival_seed: int | None = None,
+                arrivals: EngineArrivals | None = None) -> ClusterResult:
     """One variant on a fresh store (a copy of ``seed_dir`` if given), so every variant starts
     from the same stored KV and sees the same hits. ``progress``: a bar of finished requests
     (default: when stderr is a terminal); ``agents``: replay these instead of ``setup.agents``;
     ``faults``: faults to inject (:mod:`dualpath_jax.engine.faults`); ``arrival_seed``: the seed of
-    online arrivals (default ``arrivals.seed``)."""
+    online arrivals (default ``arrivals.seed``); ``arrivals``: these instead of the config's."""
     agents = setup.agents if agents is None else agents
     cfg = setup.cluster.for_variant(name)
     shutil.rmtree(store_dir, ignore_errors=True)
@@ -293,7 +302,7 @@ def run_variant(setup: Setup, name: str, store_dir: Path, seed_dir: Path | None 
                                 prefill_tokens_per_s=setup.prefill_tokens_per_s, devices=setup.devices,
                                 scheduler_cls=setup.scheduler_cls, faults=faults,
                                 runtime=getattr(setup, "runtime", None))
-        arr = setup.config.arrivals
+        arr = setup.config.arrivals if arrivals is None else arrivals
         if arrival_seed is not None:
             arr = dataclasses.replace(arr, seed=int(arrival_seed))
         result = cluster.run(agents, start_times(arr, len(agents)), use_think_time=arr.use_think_time,
@@ -345,7 +354,9 @@ def calibrate_links(setup: Setup, cfg: CalibrateConfig, store_dir: Path, seed_di
     (:func:`combine_calibrations` makes ``calibration.json`` of a run's records).
 
     * Measured (``cfg.load_over_oracle = x > 0``, no ``from_file``): Oracle (no KV I/O, so its JCT
-      is the host's compute-bound JCT of the workload) runs ``cfg.passes`` times; every SNIC is set
+      is the host's compute-bound JCT of the workload) runs ``cfg.passes`` times, offline and
+      without think times whatever the run's arrivals (arrival gaps and think times would count
+      waiting as compute); every SNIC is set
       to the rate at which reading all of the run's hit KV through one SNIC takes ``x`` times the
       median JCT, every CNIC to ``cfg.cnic_over_snic`` times that. The PE node's own SNIC then
       feeds only ``1/x`` of its compute, the storage-bound regime of the paper (PAPER.md 1.2,
@@ -363,7 +374,9 @@ def calibrate_links(setup: Setup, cfg: CalibrateConfig, store_dir: Path, seed_di
     ``hit_bytes``; from a file: ``from_file`` and the file's own record under ``saved``.
 
     Raises:
-      ConfigError: ``calibrate.from_file`` was measured on agents with other hit tokens.
+      ConfigError: ``calibrate.from_file`` was measured on agents with other hit tokens; or
+        (``calibrate.load_over_oracle``) an Oracle pass failed requests, or the agents have no hit
+        tokens, so no rate can be measured.
     """
     base = {"format": CALIBRATION_FORMAT, "fingerprint": calibration_fingerprint(setup.config),
             "hit_tokens_estimated": int(sum(h for h, _ in setup.rounds))}
@@ -386,12 +399,23 @@ def calibrate_links(setup: Setup, cfg: CalibrateConfig, store_dir: Path, seed_di
                 "cnic_bytes_per_s": setup.cluster.cnic_bytes_per_s}
     t0 = time.perf_counter()
     jcts, pe_s = [], []
+    offline = dataclasses.replace(setup.config.arrivals, mode="offline", use_think_time=False)
+    give = "or give the link rates (calibrate.load_over_oracle=0 with cluster.snic_bytes_per_s and cnic_bytes_per_s)"
     for _ in range(cfg.passes):
-        s = report.summarize(run_variant(setup, "oracle", store_dir, seed_dir, progress=progress))
+        res = run_variant(setup, "oracle", store_dir, seed_dir, progress=progress, arrivals=offline)
+        s = report.summarize(res)
+        if s["num_failed"]:
+            first = next((r.error for r in res.requests if r.error), "?")
+            raise ConfigError("calibrate.load_over_oracle", f"the Oracle pass that measures the link rates failed "
+                              f"{s['num_failed']} of {s['num_requests']} requests (the first: {first}); fix that, "
+                              f"{give}")
         jcts.append(float(s["jct_s"]))
         pe_s.append(pe_compute_s(s))
     jct = float(statistics.median(jcts))
     hit_bytes = s["hit_tokens"] * setup.layout.bytes_per_token
+    if not hit_bytes:
+        raise ConfigError("calibrate.load_over_oracle", f"these agents hit no stored KV, so no read can be timed "
+                          f"against their compute: use agents with cached prefixes, {give}")
     snic = hit_bytes / (cfg.load_over_oracle * jct)
     cnic = snic * cfg.cnic_over_snic
     setup.cluster = setup.cluster.replace(snic_bytes_per_s=snic, cnic_bytes_per_s=cnic)
