@@ -547,9 +547,31 @@ def test_online_max_aps_is_searched_per_seed_and_the_gain_taken_within_a_seed(tm
     if bracketed or all(by_seed[("basic", r)]["bracketed"] for r in (0, 1)):
         assert named[key] == pytest.approx(sum(gains) / 2, rel=1e-12)
     assert named["unbracketed_searches"] == sum(not r["bracketed"] for r in by_seed.values())
+    for r in (0, 1):  # the table's gain: exact where both searches bracketed, else nan (null in JSON)
+        gain, both = by_seed[("dualpath", r)]["gain_vs_basic"], by_seed[("dualpath", r)]["bracketed"] and \
+            by_seed[("basic", r)]["bracketed"]
+        assert gain == pytest.approx(gains[r], rel=1e-12) if both else gain is None
     curves = list(csv.DictReader((tmp_path / "online_curves.csv").open()))
     grid = [r for r in curves if float(r["aps"]) in (0.5, 2.0)]
     assert grid and all(int(r["seeds"]) == 2 for r in grid)  # the grid: every seed ran it
+
+
+def test_online_searches_that_never_fail_give_no_gain_and_a_capped_rate_is_flagged(tmp_path):
+    config = load_config("online")
+    config.variants = ("basic", "dualpath")
+    lines = []
+    named = run_study(from_config_dict(config), tmp_path, log=lines.append)
+    out = json.loads((tmp_path / "online.json").read_text())
+    rows = {r["variant"]: r for r in out["max_aps_by_seed"]}
+    window = from_config_dict(config).rows[0].window
+    assert not rows["basic"]["bracketed"] and rows["basic"]["max_aps"] > window.capped_above_aps  # never failed
+    assert rows["dualpath"]["gain_vs_basic"] is None and rows["basic"]["over_oracle"] is None
+    assert math.isnan(named["aps_gain_ds27b_dualpath_vs_basic"]) and named["unbracketed_searches"] == 2
+    table = (tmp_path / "online_max_aps.md").read_text()
+    assert "nan unless both searches bracketed" in table
+    warned = [x for x in lines if "WARNING: above" in x]
+    assert len(warned) == 2 and all(f"above {window.capped_above_aps:g} APS" in x for x in warned)
+    assert f"at most {window.max_agents_per_run} agents" in "\n".join(lines)
 
 
 @pytest.mark.parametrize("study", sorted(OUTPUTS))

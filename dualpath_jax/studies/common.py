@@ -245,8 +245,16 @@ class OnlineWindow:
             return wl
         return wl.replace(num_agents=int(min(self.max_agents_per_run, max(1, math.ceil(float(aps) * self.horizon_s)))))
 
+    @property
+    def capped_above_aps(self) -> float:
+        """The rate (agents/s) above which a timed run's agents are capped by ``max_agents_per_run``,
+        so its arrivals stop before ``horizon_s`` (inf for a bounded batch)."""
+        return self.max_agents_per_run / self.horizon_s if self.horizon_s > 0 else math.inf
+
     def describe(self, wl: WorkloadSpec) -> str:
         """One line: what a run replays."""
         if self.horizon_s > 0:
-            return f"{self.horizon_s:g} s of arrivals of {wl.label} per run, measured after {self.warmup_s:g} s"
+            cap = (f"; at most {self.max_agents_per_run} agents, so above {self.capped_above_aps:g} APS the arrivals "
+                   f"stop before the horizon" if self.max_agents_per_run < OnlineWindow.max_agents_per_run else "")
+            return f"{self.horizon_s:g} s of arrivals of {wl.label} per run, measured after {self.warmup_s:g} s{cap}"
         return f"{wl.num_agents} agents of {wl.label} per run"

@@ -55,6 +55,15 @@ def _curve_row(row_label: str, run, seed: int, arrival_seed: int) -> dict:
             "completion_mean_s": s["completion_mean_s"], "agents": s.get("num_agents"), "requests": s["num_requests"]}
 
 
+def _exact_ratio(res, other) -> float:
+    """Max APS of search ``res`` over that of ``other`` (a ``MaxApsResult`` or None): nan unless
+    both searches bracketed their maximum (an unbracketed one is only a bound, e.g. every rate
+    tried met the SLO, and two such bounds make a meaningless ratio of 1)."""
+    if other is None or not (res.bracketed and other.bracketed):
+        return float("nan")
+    return ratio(res.aps, other.aps)
+
+
 def _seeds(config) -> tuple[list, list[int]]:
     """The workload and the arrival seed of each of ``config.seeds`` seeds (:mod:`.seeds`)."""
     return seed_workloads(config.workload, config.seeds), arrival_seeds(config.arrival_seed, config.seeds)
@@ -122,8 +131,11 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
 
         for (rc, v, r), res in zip(order, lockstep([task(*o) for o in order], evaluate)):
             found[(rc.key, v, r)] = res
+            capped = rc.window.capped_above_aps
             log(f"  {rc.key} {v} seed {wls[r].seed}/arrivals {arr[r]}: max APS under SLO {res.aps:.4g} "
-                f"({'bracketed' if res.bracketed else 'NOT bracketed'}, {len(res.trials)} runs)")
+                f"({'bracketed' if res.bracketed else 'NOT bracketed'}, {len(res.trials)} runs)"
+                + (f"; WARNING: above {capped:g} APS a run's agents are capped (max_agents_per_run), so this rate "
+                   f"was not sustained for the whole horizon" if res.aps > capped else ""))
     runs = {k: dataclasses.replace(run, table=None) for k, run in runs.items()}  # the figures are in run.stats
     per_seed_curves, max_seed_rows, trials = [], [], {}
     lat_panels, comp_panels = [], []
@@ -140,10 +152,8 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
                     max_seed_rows.append({"row": row, "model": rc.label, "variant": v, "seed": wls[r].seed,
                                           "arrival_seed": arr[r], "max_aps": res.aps, "bracketed": res.bracketed,
                                           "runs": len(res.trials),
-                                          "gain_vs_basic": ratio(res.aps, found[(row, "basic", r)].aps)
-                                          if (row, "basic", r) in found else float("nan"),
-                                          "over_oracle": ratio(res.aps, found[(row, "oracle", r)].aps)
-                                          if (row, "oracle", r) in found else float("nan")})
+                                          "gain_vs_basic": _exact_ratio(res, found.get((row, "basic", r))),
+                                          "over_oracle": _exact_ratio(res, found.get((row, "oracle", r)))})
         curve = aggregate([c for c in per_seed_curves if c["model"] == rc.label],
                           ("model", "variant", "aps"), count=seeds > 1, drop=("seed", "arrival_seed"))
         x = {v: [c["aps"] for c in curve if c["variant"] == v] for v in config.variants}
@@ -170,7 +180,7 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
                      "horizon and warm-up per model in config.json; simulated; seeds: the seeds that ran the rate)")
     write_seed_table(workdir / "online_max_aps", max_rows, seeds=seeds, title=f"Max APS under SLO (mean TTFT <= "
                      f"{slo.ttft_s:g} s, mean TPOT <= {slo.tpot_s * 1e3:g} ms; simulated; bracketed: in every seed; "
-                     f"gain and ratio within each seed)")
+                     f"gain and ratio within each seed, nan unless both searches bracketed their maximum)")
     plot_panels(workdir / "online_latency.png", lat_panels, ncols=3,
                 title=f"Online latency vs APS (Fig. 10/11)\n{caption(seeds)}")
     plot_panels(workdir / "online_completion.png", comp_panels, ncols=len(comp_panels),
