@@ -1,7 +1,7 @@
 """Table-2-style statistics (PAPER.md section 6.2) of a trace source.
 
 Commands (from the repository root):
-  python experiments/trace_stats.py --source=agentic [--max_files=N] [--subagents=separate|drop]
+  python experiments/trace_stats.py --source=agentic [--max_files=N] [--subagents=separate|drop] [--traces_dir=DIR]
   python experiments/trace_stats.py --source=mooncake [--mooncake=conversation|synthetic|PATH]
   python experiments/trace_stats.py --source=synthetic --mal=64K [--seed=0] [--num_agents=500]
 
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from absl import flags
 
+from dualpath_jax.config import ConfigError
 from dualpath_jax.metrics import (format_named_values, markdown_table, write_config, write_env, write_json,
                                   write_named_values)
 from dualpath_jax.studies import cli
@@ -35,6 +36,8 @@ _NUM_AGENTS = flags.DEFINE_integer("num_agents", 500, "Synthetic agents (500 = t
 _MAX_FILES = flags.DEFINE_integer("max_files", 0, "Agentic: load only the first N files (0 = all).")
 _MOONCAKE = flags.DEFINE_string("mooncake", "conversation", "Mooncake file: conversation, synthetic or a path.")
 _SUBAGENTS = flags.DEFINE_enum("subagents", "separate", ["separate", "drop"], "Agentic sub-agent handling.")
+_TRACES_DIR = flags.DEFINE_string("traces_dir", "", "Agentic: the folder of *.json.gz trace files (default: the "
+                                  "shared agentic_traces/, or $DUALPATH_DATA_DIR/agentic_traces).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default ./workdir/trace_stats/<source>[_<mal>]).")
 
 _HEADLINE = ("turns_mean", "append_mean", "gen_mean", "context_mean", "hit_rate")
@@ -48,13 +51,17 @@ def main(argv):
     tag = f"{source}_{_MAL.value}" if source == "synthetic" else source
     workdir = cli.open_workdir(_WORKDIR.value or Path("workdir") / "trace_stats" / tag)
     config = {"source": source, "mal": _MAL.value, "seed": _SEED.value, "num_agents": _NUM_AGENTS.value,
-              "max_files": _MAX_FILES.value, "mooncake": _MOONCAKE.value, "subagents": _SUBAGENTS.value}
+              "max_files": _MAX_FILES.value, "mooncake": _MOONCAKE.value, "subagents": _SUBAGENTS.value,
+              "traces_dir": _TRACES_DIR.value}
     write_config(workdir, config)
     write_env(workdir)
 
-    trajectories = load_source(source, mal=_MAL.value, seed=_SEED.value, num_agents=_NUM_AGENTS.value,
-                               max_files=_MAX_FILES.value or None, mooncake=_MOONCAKE.value,
-                               subagents=_SUBAGENTS.value)
+    try:
+        trajectories = load_source(source, mal=_MAL.value, seed=_SEED.value, num_agents=_NUM_AGENTS.value,
+                                   max_files=_MAX_FILES.value or None, mooncake=_MOONCAKE.value,
+                                   subagents=_SUBAGENTS.value, traces_dir=_TRACES_DIR.value or None)
+    except FileNotFoundError as e:  # no trace file where the flags point
+        raise ConfigError("traces_dir" if source == "agentic" else source, str(e)) from None
     stats = trace_stats(trajectories).as_dict()
 
     rows = []

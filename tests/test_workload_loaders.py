@@ -2,6 +2,9 @@
 
 import gzip
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +48,26 @@ def test_agentic_fixture_by_hand(tmp_path):
     np.testing.assert_array_equal(main.block_hash_ids(2), [1, 2, 3, 4])
     dropped = load_agentic_trace(tmp_path / "trace_x.json.gz", subagents="drop", token_scope="trajectory")
     assert [t.agent_id for t in dropped] == ["trace_x"] and dropped[0].token_scope == "trace_x"
+
+
+def test_trace_stats_script_reads_the_agentic_folder_it_is_given(tmp_path):
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    write_gz(traces / "trace_x.json.gz", conversation())
+    repo = Path(__file__).resolve().parents[1]
+    script = [sys.executable, str(repo / "experiments" / "trace_stats.py"), "--source=agentic"]
+    out = subprocess.run(script + [f"--traces_dir={traces}", f"--workdir={tmp_path / 'w'}"], capture_output=True,
+                         text=True, cwd=repo, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    want = trace_stats(load_agentic_traces(traces))
+    assert (got["turns_mean"], got["append_mean"], got["hit_rate"]) == pytest.approx(
+        (want.turns_mean, want.append_mean, want.hit_rate), rel=1e-9)
+    assert want.turns_mean == 2.5  # the fixture: a main agent of 3 rounds and a sub-agent of 2
+    bad = subprocess.run(script + [f"--traces_dir={tmp_path / 'none'}", f"--workdir={tmp_path / 'w2'}"],
+                         capture_output=True, text=True, cwd=repo, timeout=300)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == (
+        f"ConfigError: traces_dir: {tmp_path / 'none'}: no *.json.gz trace files")
 
 
 def mutate(path, fn):

@@ -45,7 +45,7 @@ def mooncake_file(name: str = "conversation") -> Path:
 
 def load_source(source: str, *, mal: str = "64K", seed: int = 0, num_agents: int = 500,
                 max_files: int | None = None, mooncake: str = "conversation",
-                subagents: str = "separate") -> TrajectorySet:
+                subagents: str = "separate", traces_dir: str | None = None) -> TrajectorySet:
     """Load trajectories by source name.
 
     Args:
@@ -56,12 +56,13 @@ def load_source(source: str, *, mal: str = "64K", seed: int = 0, num_agents: int
       max_files: load only the first N agentic trace files (None = all).
       mooncake: ``"conversation"``, ``"synthetic"`` or a path, for ``mooncake``.
       subagents: ``"separate"`` or ``"drop"`` for ``agentic``.
+      traces_dir: ``agentic``: the folder of trace files (default :func:`agentic_dir`).
     Raises:
       ValueError: unknown source; TraceFormatError / FileNotFoundError from the loaders.
     """
     if source == "agentic":
         from dualpath_jax.workload.agentic import load_agentic_traces
-        return load_agentic_traces(limit=max_files, subagents=subagents)
+        return load_agentic_traces(traces_dir or None, limit=max_files, subagents=subagents)
     if source == "mooncake":
         from dualpath_jax.workload.mooncake import load_mooncake_traces
         return load_mooncake_traces([mooncake_file(mooncake)])
