@@ -34,10 +34,11 @@ time through one SNIC over Oracle's PE compute seconds, 3-4: Oracle's JCT also h
 decoding, so it exceeds the PE's compute seconds). Every program the calibration and the variants
 run is compiled before the calibration (``stages`` in ``ablation.json``: the timed stages compile
 nothing). ``calibration.json`` in the workdir holds the rates, the Oracle passes they come from and
-a fingerprint of the model, workload, arrivals and topology;
+a fingerprint of the model, workload and topology (the Oracle passes run offline, without think
+times, whatever the arrivals);
 ``calibrate.from_file=<calibration.json or a workdir>`` runs every repeat at that file's rates
 (the median over its calibrations) without an Oracle pass, so two variants, two configs or two
-code versions compare at identical link rates (a file of another model, workload, arrivals or
+code versions compare at identical link rates (a file of another model, workload or
 topology is refused with one line naming the field that differs). ``calibrate.load_over_oracle=0``
 uses ``cluster.snic_bytes_per_s``/``cnic_bytes_per_s`` as given.
 

@@ -152,8 +152,9 @@ def _request(error=""):
      r"^calibrate\.load_over_oracle: the Oracle pass that measures the link rates failed 2 of 9 requests \(the "
      r"first: timeout: run exceeded run_timeout_s=20\.0\); fix that, or give the link rates \(calibrate\."
      r"load_over_oracle=0 with cluster\.snic_bytes_per_s and cnic_bytes_per_s\)$"),
-    ({"num_failed": 0, "hit_tokens": 0}, [], r"^calibrate\.load_over_oracle: these agents hit no stored KV, so no "
-                                            r"read can be timed against their compute: use agents with cached prefixes"),
+    ({"num_failed": 0, "hit_tokens": 0}, [],
+     r"^calibrate\.load_over_oracle: these agents hit no stored KV, so no read can be timed against their "
+     r"compute: use agents with cached prefixes"),
 ])
 def test_a_calibration_that_cannot_measure_rates_says_why_instead_of_setting_none(tmp_path, monkeypatch, summary,
                                                                                    requests, message):
@@ -164,6 +165,13 @@ def test_a_calibration_that_cannot_measure_rates_says_why_instead_of_setting_non
     with pytest.raises(ConfigError, match=message):
         ea.calibrate_links(setup, setup.config.calibrate, tmp_path / "s", None, log=lambda s: None)
     assert setup.cluster.snic_bytes_per_s == ClusterConfig().snic_bytes_per_s  # unchanged
+
+
+def test_agents_estimated_to_hit_nothing_are_refused_before_any_oracle_pass(tmp_path, monkeypatch):
+    monkeypatch.setattr(er, "run_variant", lambda *a, **k: pytest.fail("no Oracle pass for agents without hits"))
+    setup = _setup(_config(), hit_tokens=0)
+    with pytest.raises(ConfigError, match=r"^calibrate\.load_over_oracle: these agents hit no stored KV"):
+        ea.calibrate_links(setup, setup.config.calibrate, tmp_path / "s", None, log=lambda s: None)
 
 
 def test_a_saved_calibration_sets_its_rates_without_an_oracle_pass(tmp_path, monkeypatch):

@@ -313,7 +313,7 @@ class _NoHitOnPE(ClusterScheduler):  # places only requests without hits: an age
     # every first round runs, finishes and persists; then the second rounds (with hits) wait for a PE
     (_NoHitOnPE, r"stalled .* yet 3 requests wait \(for a PE: 3, for a DE: 0; 3 of 8 rounds done\); the first, "
                  r"request 3 \(agents\[\d\] round 1, [1-9]\d* hit tokens\), waits for a PE\. Scheduler: _NoHitOnPE"),
-])
+], ids=["no_de", "no_hit_on_pe"])
 def test_a_stalled_run_raises_at_once_says_what_waits_and_stops_its_workers(model, policy, match):
     """Nothing left to happen, yet requests wait: the run raises (as the simulator's does) instead
     of waiting for ``run_timeout_s`` and failing them as timed out."""
@@ -321,11 +321,12 @@ def test_a_stalled_run_raises_at_once_says_what_waits_and_stops_its_workers(mode
     store = KVStore(layout, StoreConfig(backend="memory"))
     cluster = EngineCluster(ClusterConfig(**FAST).for_variant("dualpath"), spec, params, layout, store,
                             time_model=TIME_MODEL, prefill_tokens_per_s=1e4, scheduler_cls=policy)
-    t0 = time.monotonic()
+    workers = lambda: {t for t in threading.enumerate() if t.name.startswith(("pe", "de", "reader"))}  # noqa: E731
+    before, t0 = workers(), time.monotonic()
     with pytest.raises(RunStalled, match=match):
         cluster.run(AGENTS, [0.0] * len(AGENTS))
     assert time.monotonic() - t0 < FAST["run_timeout_s"] / 4
-    assert not [t.name for t in threading.enumerate() if t.name.startswith(("pe", "de", "reader"))]
+    assert workers() <= before  # this run's workers stopped
 
 
 def test_a_hand_off_answered_after_send_batch_returns_holds_the_request_until_then(model, monkeypatch):

@@ -167,6 +167,22 @@ def test_a_prompt_over_the_pe_budget_is_rejected_before_any_work(model):
     assert all(big.rid not in [i[0] for i in f.items] for f in res.forwards)
 
 
+def test_a_request_over_every_des_pool_is_rejected_before_any_work(model):
+    # defect: it was placed on a PE and then waited for a DE that could never hold it
+    spec, _, layout = model
+    cfg = ClusterConfig(**{**FAST, "de_hbm_kv_bytes": 2 * layout.full_block_bytes}).for_variant("dualpath")
+    agents = [_stream("small", [20, 10], [3, 3]), _stream("big", [300, 10], [3, 3])]
+    res = _run(model, cfg, agents=agents)
+    done = {(r.agent, r.round_index): r for r in res.requests}
+    assert all(done[(0, i)].finished and not done[(0, i)].error for i in (0, 1))
+    big = done[(1, 0)]  # 300 + 2 tokens of KV: 5 blocks of 64, a DE pool holds 2
+    assert big.error == ("DE pool: a 300-token prompt with 3 tokens to generate needs 5 blocks, a DE holds 2 "
+                         "(cluster.de_hbm_kv_bytes; it can never run)") and big.pe < 0 and big.de < 0
+    assert done[(1, 1)].error.startswith("not run: round 0 failed (DE pool")
+    assert not res.failed_attempts and not res.leaks
+    assert all(big.rid not in [i[0] for i in f.items] for f in res.forwards)
+
+
 def test_each_kind_of_fault_draws_the_same_decisions_however_the_draws_interleave():
     # defect: one generator shared by every thread, so whether a read job was slow depended on
     # how many transfer and crash draws other threads made before it (a run could see none)

@@ -24,6 +24,7 @@ from dualpath_jax.studies import RunCache, from_config_dict, run_study
 from dualpath_jax.studies.common import WorkloadSpec, sim_config
 from dualpath_jax.studies.config import AblationStudyConfig
 from dualpath_jax.studies.runs import offline_run
+from dualpath_jax.workload import agentic_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -197,8 +198,11 @@ def test_run_sim_rejects_a_bad_scheduler_naming_the_field(tmp_path):
     assert not (tmp_path / "w").exists()  # checked before the workdir is touched
 
 
-@pytest.mark.parametrize("script, config", [("run_sim.py", "sim_ablation.py:tiny"),
-                                            ("run_engine.py", "engine_ablation.py:quick")])
+@pytest.mark.parametrize("script, config", [
+    ("run_sim.py", "sim_ablation.py:tiny"),
+    pytest.param("run_engine.py", "engine_ablation.py:quick", marks=pytest.mark.skipif(
+        not agentic_dir().is_dir(), reason="shared traces not available")),
+])
 def test_a_scheduler_that_stalls_the_run_is_one_line_saying_what_waits(tmp_path, script, config):
     done = _run(script, f"--config={ROOT / 'configs' / config}", "--config.scheduler=policies:NeverOnADE",
                 f"--workdir={tmp_path / 'w'}")

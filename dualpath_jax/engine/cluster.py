@@ -27,7 +27,7 @@ what they held (a persister's job holds only the block it writes, which is then 
 the worker goes on with its next job. A failed attempt is run again from
 the start (lookup, placement, reads) up to ``max_attempts`` times; the KV it already persisted
 is reused like any other hit. Only a request that can never fit (a prompt larger than the PE's
-device KV budget or the DE buffer) or that exhausts its attempts fails, with its cause; an
+device KV budget, the DE buffer or a DE's block pool) or that exhausts its attempts fails, with its cause; an
 agent whose round failed reports its later rounds failed too. A thread that dies outside its
 job handler ends the run at once (its requests fail with the cause), never at the deadline.
 After every run the pools are reconciled: DRAM buffers, read queues, DE block pools and the
@@ -340,16 +340,18 @@ class EngineCluster:
         """Why the run can make no more progress, or ``""``: no tick and no arrival is pending,
         and every open agent's live attempt waits for a PE or a DE, so no worker holds a request
         whose events could change that (e.g. a custom scheduler that never places one; a round
-        that finished waits for its persist, which is on its way). Checked when no event came."""
-        if self.driver.next_tick_s < math.inf or self._arrivals or not self.driver.has_waiting():
+        that finished waits for its persist, which is on its way). Checked whenever the event
+        queue is empty; an abort (a dead worker) ends the run at the loop's top instead."""
+        if self._aborted or self.driver.next_tick_s < math.inf or self._arrivals or not self.driver.has_waiting():
             return ""
         live = [r for r in self.requests if not r.finished and not r.error]
-        if len(live) != self._agents_open or any(r.pe >= 0 and r.de >= 0 for r in live):
+        if not live or len(live) != self._agents_open or any(r.pe >= 0 and r.de >= 0 for r in live):
             return ""
         for_pe = sum(r.pe < 0 for r in live)
         first = min(live, key=lambda r: r.rid)
+        waits = f"{len(live)} request{'s wait' if len(live) > 1 else ' waits'}"
         return (f"engine run stalled at t = {self.ctx.now():.3f} s: no tick or arrival is pending and no engine "
-                f"holds a request, yet {len(live)} request{'s wait' if len(live) > 1 else ' waits'} (for a PE: {for_pe}, for a DE: {len(live) - for_pe}; "
+                f"holds a request, yet {waits} (for a PE: {for_pe}, for a DE: {len(live) - for_pe}; "
                 f"{self._done} of {self._bar.total} rounds done); the first, request {first.rid} "
                 f"(agents[{first.agent}] round {first.round_index}, {first.sched.hit_tokens} hit tokens), waits for a "
                 f"{'PE' if first.pe < 0 else 'DE'}. Scheduler: {type(self.sched).__name__}")
@@ -401,6 +403,12 @@ class EngineCluster:
         if len(prompt) > budget:  # its last token's forward needs the whole prompt's KV on the PE
             self._handle(("failed", req, f"PE device KV budget: a {len(prompt)}-token prompt exceeds "
                           f"max_kv_tokens={budget:.0f} (cluster.pe_hbm_kv_bytes; it can never run)", False))
+            return
+        pool = max((w.num_blocks for e, w in self.des.items() if e not in self.view.lost), default=0)
+        if hbm > pool * layout.full_block_bytes:  # no DE's whole pool holds its prompt and generation
+            self._handle(("failed", req, f"DE pool: a {len(prompt)}-token prompt with {req.gen_target} tokens to "
+                          f"generate needs {hbm // layout.full_block_bytes} blocks, a DE holds {pool} "
+                          f"(cluster.de_hbm_kv_bytes; it can never run)", False))
             return
         self.driver.submit(req.sched, req.attempt_s)
 

@@ -18,6 +18,7 @@ from dualpath_jax.sched.types import (LOADINGS, POLICIES, Assignment, EngineLoad
 __all__ = [
     "ABLATION_VARIANTS", "VARIANTS", "Variant", "get_variant",
     "AttentionTimeModel", "Assignment", "BatchItem", "ClusterScheduler", "EngineLoad", "LOADINGS", "POLICIES",
-    "ReadPlan", "RunStalled", "SchedRequest", "SchedulerConfig", "balance_target", "check_read_plan", "classify_pe", "de_phase1",
-    "de_phase2", "form_batch", "form_batch_fifo", "load_scheduler", "pe_fetch", "scheduler_name", "shorter_queue_side", "split_de_blocks",
+    "ReadPlan", "RunStalled", "SchedRequest", "SchedulerConfig", "balance_target", "check_read_plan", "classify_pe",
+    "de_phase1", "de_phase2", "form_batch", "form_batch_fifo", "load_scheduler", "pe_fetch", "scheduler_name",
+    "shorter_queue_side", "split_de_blocks",
 ]

@@ -4,8 +4,8 @@
   ``--config.<field>`` override, a config file that does not load) and a
   :class:`~dualpath_jax.config.ConfigError`, :class:`~dualpath_jax.workload.TraceFormatError`,
   :class:`~dualpath_jax.sched.RunStalled` or ``absl.app.UsageError`` raised by the run print one
-  line on stderr, ``<Error>: <field or file>: <problem>`` (an unknown field with the closest valid names, a missing config file with the
-  closest file names in its folder), and exit with status 1;
+  line on stderr, ``<Error>: <field or file>: <problem>`` (an unknown field with the closest valid
+  names, a missing config file with the closest file names in its folder), and exit with status 1;
   ``--verbose`` (or absl's ``--pdb_post_mortem``) shows the traceback instead. Any other exception
   is a bug and keeps its traceback. Given the script's config flag, ``--print_config`` prints the
   resolved config, one field a line with its type, default and meaning, and exits with status 0.

@@ -150,8 +150,8 @@ class CalibrateConfig:
         the first repeat.
       from_file: a ``calibration.json`` (or a workdir holding one) of an earlier run: its link rates
         (``snic_bytes_per_s``, ``cnic_bytes_per_s``: the median over its calibrations) are used for
-        every repeat, no Oracle pass runs ("" = measure). Its model, workload, arrivals and
-        topology must be this run's.
+        every repeat, no Oracle pass runs ("" = measure). Its model, workload and topology must
+        be this run's (its arrivals need not: the Oracle passes run offline).
     """
 
     load_over_oracle: float = 2.5

@@ -137,6 +137,12 @@ def _head(traj: Trajectory, rounds: int) -> Trajectory:
         start_offset_s=traj.start_offset_s, parent_id=traj.parent_id, source=traj.source)
 
 
+def offline_arrivals(cfg: EngineArrivals) -> EngineArrivals:
+    """``cfg`` offline and without think times: the runs that measure compute (calibration's
+    Oracle passes, the compile stage's warm-up), where arrival gaps and think times are waiting."""
+    return dataclasses.replace(cfg, mode="offline", use_think_time=False)
+
+
 def start_times(cfg: EngineArrivals, num_agents: int) -> np.ndarray:
     """Offline: every agent at t = 0; online: Poisson arrivals at ``cfg.aps`` agents/s."""
     if cfg.mode == "offline":
@@ -318,7 +324,8 @@ def compile_runs(setup: Setup, store_dir: Path, seed_dir: Path | None, *, log: C
     """First-run compilation, as a stage of its own: every PE device's prefill shapes
     (``setup.warm_shapes``, through a :class:`~dualpath_jax.engine.prefill.PrefillPath` as the PE
     calls them, so the timed runs find them in JAX's in-memory cache; under ``ray`` in the PE node
-    actors' processes too) and one Oracle run of the agent with the longest context, which
+    actors' processes too) and one Oracle run of the agent with the longest context (offline,
+    without think times), which
     compiles the DE decode step of every batch-row and block-table bucket the run can use and the
     block copies. The later runs then start warm (the
     persistent compilation cache of an earlier process makes this stage take seconds). Returns
@@ -331,7 +338,8 @@ def compile_runs(setup: Setup, store_dir: Path, seed_dir: Path | None, *, log: C
         warm_up_prefill(setup.params, setup.spec, d, setup.warm_shapes,
                         path=PrefillPath(setup.params, setup.spec, setup.layout, device=d))
     longest = max(setup.agents, key=lambda a: int(a.num_prompt_tokens.max()) + int(a.num_gen_tokens.max()))
-    run_variant(setup, "oracle", store_dir, seed_dir, progress=progress, agents=[longest])
+    run_variant(setup, "oracle", store_dir, seed_dir, progress=progress, agents=[longest],
+                arrivals=offline_arrivals(setup.config.arrivals))
     runtime, node_programs = getattr(setup, "runtime", None), 0
     if runtime is not None:  # ray: the PE node actors (started by the run above) compile in their own processes
         node_programs = runtime.warm_up_prefill(setup.warm_shapes)
@@ -399,8 +407,12 @@ def calibrate_links(setup: Setup, cfg: CalibrateConfig, store_dir: Path, seed_di
                 "cnic_bytes_per_s": setup.cluster.cnic_bytes_per_s}
     t0 = time.perf_counter()
     jcts, pe_s = [], []
-    offline = dataclasses.replace(setup.config.arrivals, mode="offline", use_think_time=False)
+    offline = offline_arrivals(setup.config.arrivals)
     give = "or give the link rates (calibrate.load_over_oracle=0 with cluster.snic_bytes_per_s and cnic_bytes_per_s)"
+    no_hits = "these agents hit no stored KV, so no read can be timed against their compute: use agents with cached " \
+        f"prefixes, {give}"
+    if not base["hit_tokens_estimated"]:
+        raise ConfigError("calibrate.load_over_oracle", no_hits)
     for _ in range(cfg.passes):
         res = run_variant(setup, "oracle", store_dir, seed_dir, progress=progress, arrivals=offline)
         s = report.summarize(res)
@@ -414,8 +426,7 @@ def calibrate_links(setup: Setup, cfg: CalibrateConfig, store_dir: Path, seed_di
     jct = float(statistics.median(jcts))
     hit_bytes = s["hit_tokens"] * setup.layout.bytes_per_token
     if not hit_bytes:
-        raise ConfigError("calibrate.load_over_oracle", f"these agents hit no stored KV, so no read can be timed "
-                          f"against their compute: use agents with cached prefixes, {give}")
+        raise ConfigError("calibrate.load_over_oracle", no_hits)
     snic = hit_bytes / (cfg.load_over_oracle * jct)
     cnic = snic * cfg.cnic_over_snic
     setup.cluster = setup.cluster.replace(snic_bytes_per_s=snic, cnic_bytes_per_s=cnic)
