@@ -27,8 +27,8 @@ what they held (a persister's job holds only the block it writes, which is then 
 the worker goes on with its next job. A failed attempt is run again from
 the start (lookup, placement, reads) up to ``max_attempts`` times; the KV it already persisted
 is reused like any other hit. Only a request that can never fit (a prompt larger than the PE's
-device KV budget, the DE buffer or a DE's block pool) or that exhausts its attempts fails, with its cause; an
-agent whose round failed reports its later rounds failed too. A thread that dies outside its
+device KV budget, the DE buffer or a DE's block pool) or that exhausts its attempts fails, with
+its cause; an agent whose round failed reports its later rounds failed too. A thread that dies outside its
 job handler ends the run at once (its requests fail with the cause), never at the deadline.
 After every run the pools are reconciled: DRAM buffers, read queues, DE block pools and the
 scheduler's loads must all be back to empty (:class:`ResourceLeakError` otherwise).
