@@ -209,6 +209,7 @@ def main(argv):
     minus = lambda ray, threads: ray - threads  # noqa: E731
     put_estimate(named, "native_cpu_ray_minus_threads_s", ratios("cpu_native_s", minus)[1])
     put_estimate(named, "other_cpu_ray_minus_threads_s", ratios("cpu_other_s", minus)[1])
+
     def repeat_means(which: str, value) -> list:
         """Per repeat, the mean of ``value(run)`` over that repeat's runs on runtime ``which``."""
         groups = [[x for x in runs if x["runtime"] == which and x["repeat"] == r] for r in range(config.repeats)]

@@ -59,7 +59,7 @@ def main(argv):
     try:
         trajectories = load_source(source, mal=_MAL.value, seed=_SEED.value, num_agents=_NUM_AGENTS.value,
                                    max_files=_MAX_FILES.value or None, mooncake=_MOONCAKE.value,
-                                   subagents=_SUBAGENTS.value, traces_dir=_TRACES_DIR.value or None)
+                                   subagents=_SUBAGENTS.value, traces_dir=_TRACES_DIR.value)
     except FileNotFoundError as e:  # no trace file where the flags point
         raise ConfigError("traces_dir" if source == "agentic" else source, str(e)) from None
     stats = trace_stats(trajectories).as_dict()

@@ -326,13 +326,12 @@ class EngineCluster:
             if self._remote is not None:
                 self._remote.flush()  # (ray) the orders given since the last wait leave now
             try:
-                ev = self._events.get(timeout=max(0.0, wait))
-                self._take(ev)
-                while True:
-                    self._take(self._events.get_nowait())
+                self._take(self._events.get(timeout=max(0.0, wait)))
             except queue.Empty:
-                if stalled := self._stalled():
-                    raise RunStalled(stalled) from None
+                pass
+            self._take_queued()
+            if stalled := self._stalled():
+                raise RunStalled(stalled) from None
             if self._done != self._bar.n:
                 self._bar.update(self._done - self._bar.n)
 
@@ -375,6 +374,10 @@ class EngineCluster:
         came in, those answers among them, so the tick reads queues at most about a fetch period
         old."""
         self._remote.await_pulls(self.config.fetch_period_s)
+        self._take_queued()
+
+    def _take_queued(self) -> None:
+        """Take every event already in the queue, without waiting for more."""
         try:
             while True:
                 self._take(self._events.get_nowait())
