@@ -17,6 +17,7 @@ import difflib
 import inspect
 import math
 import re
+import types
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
@@ -120,6 +121,16 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def _dataclass_of(hint: Any) -> type | None:
+    """The dataclass a field's type hint names (``X`` or ``X | None``), else None."""
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        classes = [a for a in typing.get_args(hint) if isinstance(a, type) and dataclasses.is_dataclass(a)]
+        return classes[0] if len(classes) == 1 else None
+    return None
+
+
 def from_mapping(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping (dict or ConfigDict), recursing into nested dataclasses.
 
@@ -140,8 +151,8 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> 
         if key not in fields:
             raise ConfigError(f"{prefix}{key}", f"unknown field for {cls.__name__}{did_you_mean(key, fields)}; "
                               f"known: {sorted(fields)}")
-        hint = hints.get(key)
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint) and not dataclasses.is_dataclass(value):
+        hint = _dataclass_of(hints.get(key))
+        if hint is not None and value is not None and not dataclasses.is_dataclass(value):
             value = from_mapping(hint, value, prefix=f"{prefix}{key}.")
         elif isinstance(value, list):
             value = tuple(value)

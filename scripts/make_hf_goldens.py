@@ -1,7 +1,7 @@
 """Write tiny random-weight Hugging Face checkpoints and their reference logits for the parity tests.
 
-Uses ``transformers`` (Qwen2ForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM) and ``torch``
-on CPU in float32:
+Uses ``transformers`` (Qwen2ForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM; dense and MoE,
+default RoPE and YaRN) and ``torch`` on CPU in float32:
 each model is built from a tiny config with random weights, saved with ``save_pretrained`` (config.json
 + model.safetensors) under ``tests/data/hf/<name>/``, and run on fixed token ids; the logits are saved as
 ``reference.npz`` (``tokens`` i32[T], ``logits`` f32[T, V]). ``tests/test_hf_parity.py`` reads the
@@ -62,6 +62,58 @@ def make_deepseek_v2(q_lora_rank) -> transformers.PreTrainedModel:
     return transformers.DeepseekV2ForCausalLM(cfg)
 
 
+# MoE layers after one dense layer, eight routed experts (two per token) in four groups, one shared
+_TINY_MOE = {**_TINY_MLA, "n_routed_experts": 8, "first_k_dense_replace": 1, "n_group": 4, "topk_group": 2}
+
+
+def _yarn(**extra) -> dict:
+    """YaRN over a 256-token original context (a factor of 4: some frequencies kept, some ramped, some
+    interpolated at rope width 8 or 16)."""
+    return {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 256,
+            "beta_fast": 32.0, "beta_slow": 1.0, **extra}
+
+
+def make_deepseek_v3_moe() -> transformers.PreTrainedModel:
+    """DeepSeek-V3's MoE (sigmoid router, bias-corrected group top-k, normalised weights times 2.5)
+    and YaRN with both mscales (cos/sin scaled, MLA's softmax scale too)."""
+    cfg = transformers.DeepseekV3Config(**_TINY_MOE, q_lora_rank=32, rope_interleave=True, norm_topk_prob=True,
+                                        routed_scaling_factor=2.5,
+                                        rope_parameters=_yarn(mscale=0.9, mscale_all_dim=0.8))
+    return transformers.DeepseekV3ForCausalLM(cfg)
+
+
+def make_deepseek_v2_moe() -> transformers.PreTrainedModel:
+    """DeepSeek-V2's MoE (softmax router, group-limited greedy top-k: both experts of the best of four
+    groups, which greedy top-2 often does not pick; unnormalised weights) without
+    query LoRA, and YaRN with DeepSeek-V2-Lite's mscales (0.707 both: cos/sin unscaled, softmax scaled)."""
+    cfg = transformers.DeepseekV2Config(**{**_TINY_MOE, "topk_group": 1}, q_lora_rank=None,
+                                        topk_method="group_limited_greedy",
+                                        norm_topk_prob=False, routed_scaling_factor=1.0,
+                                        rope_parameters=_yarn(mscale=0.707, mscale_all_dim=0.707))
+    return transformers.DeepseekV2ForCausalLM(cfg)
+
+
+def make_qwen2_yarn() -> transformers.PreTrainedModel:
+    """Qwen2 with YaRN (Qwen2.5's long-context setting: ``attention_factor`` inferred from the factor)."""
+    cfg = transformers.Qwen2Config(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        use_sliding_window=False, rope_parameters=_yarn())
+    return transformers.Qwen2ForCausalLM(cfg)
+
+
+def _spread_routers(model: torch.nn.Module) -> None:
+    # a router initialised like a linear layer scores every expert about alike on a 64-wide model; widen its
+    # weights so the top-k is decided by clear margins, and give V3's balance bias a value of its own
+    g = torch.Generator().manual_seed(2)
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        with torch.no_grad():
+            if name.endswith("mlp.gate.weight"):
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif name.endswith("e_score_correction_bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data", "hf"))
@@ -70,7 +122,9 @@ def main() -> None:
     torch.manual_seed(0)
     makers = {"qwen2_tiny": make_qwen2, "deepseek_v3_tiny": lambda: make_deepseek_v3(32),
               "deepseek_v3_tiny_noqlora": lambda: make_deepseek_v3(None),
-              "deepseek_v2_lite_tiny": lambda: make_deepseek_v2(None)}
+              "deepseek_v2_lite_tiny": lambda: make_deepseek_v2(None),
+              "deepseek_v3_moe_tiny": make_deepseek_v3_moe, "deepseek_v2_moe_tiny": make_deepseek_v2_moe,
+              "qwen2_yarn_tiny": make_qwen2_yarn}
     only = [n for n in args.only.split(",") if n]
     if unknown := sorted(set(only) - set(makers)):
         parser.error(f"--only: unknown names {unknown} (known: {sorted(makers)})")
@@ -79,6 +133,7 @@ def main() -> None:
     for name, model in models.items():
         model = model.float().eval()
         _perturb_norms_and_biases(model)
+        _spread_routers(model)
         out_dir = os.path.join(args.out, name)
         model.save_pretrained(out_dir, safe_serialization=True)
         with torch.no_grad():

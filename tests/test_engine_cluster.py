@@ -247,10 +247,12 @@ def test_progress_bar_counts_requests_only_when_asked(model, capsys):
             assert err == ""
 
 
-def test_mla_runs_through_the_cluster_with_recompute_tokens_and_latent_bytes():
-    """tiny-mla: the PE's paged prefill and the DE's paged decode run the model's own MLA layer,
-    the latent KV moves in the layout's bytes, and the tokens equal a no-cache recompute."""
-    spec = get_spec("tiny-mla")
+@pytest.mark.parametrize("name", ["tiny-mla", "tiny-moe"])
+def test_mla_runs_through_the_cluster_with_recompute_tokens_and_latent_bytes(name):
+    """tiny-mla (and tiny-moe: its MoE layers and YaRN RoPE): the PE's paged prefill and the DE's paged
+    decode run the model's own layers, the latent KV moves in the layout's bytes, and the tokens equal
+    a no-cache recompute."""
+    spec = get_spec(name)
     mla = (spec, jax.tree.map(np.asarray, init_params(spec, jax.random.PRNGKey(0))), layout_for(spec, "f32"))
     layout = mla[2]
     assert layout.bytes_per_token == spec.n_layers * (spec.kv_lora_rank + spec.qk_rope_head_dim) * 4

@@ -1,5 +1,5 @@
 """Logits parity against Hugging Face transformers (Qwen2ForCausalLM, DeepseekV2ForCausalLM,
-DeepseekV3ForCausalLM).
+DeepseekV3ForCausalLM; dense and MoE, default RoPE and YaRN).
 
 The checkpoints and reference logits under tests/data/hf were written by transformers itself
 (scripts/make_hf_goldens.py, torch float32 on CPU); this project only reads them. The live test at the
@@ -19,7 +19,8 @@ from dualpath_jax.model import forward, forward_with_cache
 from dualpath_jax.model.hf import load_hf_checkpoint
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "hf")
-CASES = ["qwen2_tiny", "deepseek_v3_tiny", "deepseek_v3_tiny_noqlora", "deepseek_v2_lite_tiny"]
+CASES = ["qwen2_tiny", "deepseek_v3_tiny", "deepseek_v3_tiny_noqlora", "deepseek_v2_lite_tiny",
+         "deepseek_v3_moe_tiny", "deepseek_v2_moe_tiny", "qwen2_yarn_tiny"]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -54,12 +55,79 @@ def _copy(tmp_path, name):
     return dst
 
 
-def test_moe_checkpoint_rejected_naming_field(tmp_path):
-    d = _copy(tmp_path, "deepseek_v3_tiny")
+def test_moe_and_yarn_fields_read_from_config():
+    spec, params = load_hf_checkpoint(os.path.join(DATA, "deepseek_v3_moe_tiny"))
+    assert (spec.n_routed_experts, spec.n_activated_experts, spec.n_shared_experts, spec.first_k_dense) == (8, 2, 1, 1)
+    assert (spec.moe_scoring, spec.moe_topk_method, spec.moe_n_group, spec.moe_topk_group) == (
+        "sigmoid", "noaux_tc", 4, 2)
+    assert (spec.moe_norm_topk, spec.moe_routed_scale) == (True, 2.5)
+    rope = spec.rope_scaling
+    assert (rope.kind, rope.factor, rope.original_max_position, rope.mscale, rope.mscale_all_dim) == (
+        "yarn", 4.0, 256, 0.9, 0.8)
+    # YaRN eq. 21: cos/sin times mscale(4, 0.9) / mscale(4, 0.8); MLA's softmax scale times mscale(4, 0.8)^2
+    m = lambda s: 0.1 * s * np.log(4.0) + 1  # noqa: E731
+    assert rope.cos_sin_scale == pytest.approx(m(0.9) / m(0.8))
+    assert spec.attn_scale == pytest.approx(24 ** -0.5 * m(0.8) ** 2)
+    assert "router" not in params["layers"][0]["mlp"]  # first_k_dense_replace = 1
+    moe = params["layers"][1]["mlp"]
+    assert moe["w_gate"].shape == (8, 64, 32) and moe["router"].shape == (64, 8) and moe["router_bias"].shape == (8,)
+    spec, params = load_hf_checkpoint(os.path.join(DATA, "deepseek_v2_moe_tiny"))
+    assert (spec.moe_scoring, spec.moe_topk_method, spec.moe_topk_group, spec.moe_norm_topk) == (
+        "softmax", "group_limited_greedy", 1, False)
+    assert "router_bias" not in params["layers"][1]["mlp"] and spec.rope_scaling.cos_sin_scale == 1.0
+
+
+def test_fused_expert_tensors_read_as_the_per_expert_ones(tmp_path):
+    """transformers 5 holds a layer's experts as gate_up_proj [E, 2Fm, D] and down_proj [E, D, Fm]; a
+    checkpoint written that way gives the same params as the Hub's per-expert tensors."""
+    from safetensors.numpy import load_file, save_file
+    d = _copy(tmp_path, "deepseek_v3_moe_tiny")
+    tensors = load_file(d / "model.safetensors")
+    for layer in (1, 2):
+        pre = f"model.layers.{layer}.mlp.experts."
+        gate, up, down = ([tensors.pop(f"{pre}{j}.{w}_proj.weight") for j in range(8)] for w in ("gate", "up", "down"))
+        tensors[pre + "gate_up_proj"] = np.stack([np.concatenate([g, u]) for g, u in zip(gate, up)])
+        tensors[pre + "down_proj"] = np.stack(down)
+    save_file(tensors, d / "model.safetensors")
+    _, fused = load_hf_checkpoint(d)
+    _, ref = load_hf_checkpoint(os.path.join(DATA, "deepseek_v3_moe_tiny"))
+    for key in ("w_gate", "w_up", "w_down"):
+        np.testing.assert_array_equal(np.asarray(fused["layers"][2]["mlp"][key]),
+                                      np.asarray(ref["layers"][2]["mlp"][key]))
+    del tensors["model.layers.2.mlp.experts.down_proj"]
+    save_file(tensors, d / "model.safetensors")
+    with pytest.raises(ValueError, match=r"'model\.layers\.2\.mlp\.experts\.down_proj' missing"):
+        load_hf_checkpoint(d)
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}}, "rope_parameters.rope_type"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 0.5,
+                          "original_max_position_embeddings": 256}}, "rope_parameters.factor"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}},
+     "rope_parameters.original_max_position_embeddings"),
+    ({"topk_group": 5}, "topk_group"),
+    ({"n_group": 3}, "n_group"),
+    ({"scoring_func": "softmax"}, "scoring_func"),
+    ({"index_n_heads": 2, "index_head_dim": 8, "index_topk": 16}, "index_n_heads"),
+    ({"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}, "quantization_config"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+])
+def test_unsupported_or_inconsistent_settings_rejected_naming_the_key(tmp_path, change, field):
+    d = _copy(tmp_path, "deepseek_v3_moe_tiny")
     cfg = json.loads((d / "config.json").read_text())
-    cfg["first_k_dense_replace"] = 1
-    (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ConfigError, match="first_k_dense_replace"):
+    (d / "config.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(ConfigError, match=r"config\.json: " + field.replace(".", r"\.")):
+        load_hf_checkpoint(d)
+
+
+def test_a_missing_expert_names_it(tmp_path):
+    from safetensors.numpy import load_file, save_file
+    d = _copy(tmp_path, "deepseek_v2_moe_tiny")
+    tensors = load_file(d / "model.safetensors")
+    del tensors["model.layers.1.mlp.experts.5.up_proj.weight"]
+    save_file(tensors, d / "model.safetensors")
+    with pytest.raises(ValueError, match=r"'model\.layers\.1\.mlp\.experts\.5\.up_proj\.weight' missing"):
         load_hf_checkpoint(d)
 
 
@@ -86,12 +154,13 @@ def test_live_transformers_parity():
     spec_.loader.exec_module(mod)
     torch.manual_seed(123)
     import tempfile
-    models = [mod.make_qwen2(), mod.make_deepseek_v3(None)]
+    models = [mod.make_qwen2(), mod.make_deepseek_v3(None), mod.make_deepseek_v3_moe(), mod.make_qwen2_yarn()]
     if hasattr(transformers, "DeepseekV2ForCausalLM"):  # transformers >= 4.52
-        models.append(mod.make_deepseek_v2(32))
+        models += [mod.make_deepseek_v2(32), mod.make_deepseek_v2_moe()]
     for model in models:
         model = model.float().eval()
         mod._perturb_norms_and_biases(model)
+        mod._spread_routers(model)
         tokens = np.random.default_rng(5).integers(0, 512, size=40)
         with torch.no_grad():
             want = model(torch.from_numpy(tokens)[None]).logits[0].numpy()

@@ -1,5 +1,5 @@
 """Model invariants: prefix consistency (layer-by-layer over cached KV == one pass), batching,
-and an independent plain-numpy reference forward for the GQA family."""
+and independent plain-numpy references for the GQA family's forward and DeepSeek's MoE layer."""
 
 import jax
 import jax.numpy as jnp
@@ -8,11 +8,12 @@ import pytest
 
 from dualpath_jax.model import (empty_layer_kv, forward, forward_batch, forward_with_cache, get_spec,
                                 init_params, kv_concat)
+from dualpath_jax.model.layers import moe_mlp
 
 PREFIXES = [0, 1, 63, 64, 65, 300]
 
 
-@pytest.fixture(scope="module", params=["tiny-gqa", "tiny-mla"])
+@pytest.fixture(scope="module", params=["tiny-gqa", "tiny-mla", "tiny-moe"])
 def model(request):
     spec = get_spec(request.param)
     params = init_params(spec, jax.random.PRNGKey(0))
@@ -116,3 +117,77 @@ def test_bfloat16_params_run_close_to_f32():
     got = np.asarray(forward(bf, spec, tokens))
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, f32, atol=3e-2, rtol=0)
+
+
+def _np_swiglu(x, w_gate, w_up, w_down):
+    g = x @ w_gate
+    return ((g / (1 + np.exp(-g))) * (x @ w_up)) @ w_down
+
+
+def _np_moe(mlp, spec, x):
+    """DeepSeek's MoE token by token, as the reference code states it (float64)."""
+    e, k, g = spec.n_routed_experts, spec.n_activated_experts, spec.moe_n_group
+    out = np.zeros_like(x)
+    for t in range(x.shape[0]):
+        logits = x[t] @ mlp["router"]
+        s = 1 / (1 + np.exp(-logits)) if spec.moe_scoring == "sigmoid" else np.exp(logits) / np.exp(logits).sum()
+        choice = s + mlp["router_bias"] if spec.moe_topk_method == "noaux_tc" else s.copy()
+        if spec.moe_topk_method != "greedy":
+            groups = choice.reshape(g, e // g)
+            rank = (np.sort(groups, -1)[:, -2:].sum(-1) if spec.moe_topk_method == "noaux_tc" else groups.max(-1))
+            kept = np.argsort(-rank)[:spec.moe_topk_group]
+            allowed = np.isin(np.arange(e) // (e // g), kept)
+            choice = np.where(allowed, choice, -np.inf)
+        top = np.argsort(-choice)[:k]
+        w = s[top] / (s[top].sum() + 1e-20) if spec.moe_norm_topk else s[top]
+        for j, wj in zip(top, w * spec.moe_routed_scale):
+            out[t] += wj * _np_swiglu(x[t], mlp["w_gate"][j], mlp["w_up"][j], mlp["w_down"][j])
+    if spec.n_shared_experts:
+        out += _np_swiglu(x, mlp["shared"]["w_gate"], mlp["shared"]["w_up"], mlp["shared"]["w_down"])
+    return out
+
+
+@pytest.mark.parametrize("routing", [
+    dict(moe_scoring="softmax", moe_topk_method="greedy", moe_norm_topk=False, moe_routed_scale=1.0),
+    dict(moe_scoring="softmax", moe_topk_method="group_limited_greedy", moe_n_group=4, moe_topk_group=1),
+    dict(moe_scoring="softmax", moe_topk_method="greedy", n_activated_experts=3, n_shared_experts=0),
+    dict(moe_scoring="sigmoid", moe_topk_method="noaux_tc", moe_n_group=4, moe_topk_group=2, moe_norm_topk=True,
+         moe_routed_scale=2.5),
+    dict(moe_scoring="sigmoid", moe_topk_method="noaux_tc", moe_n_group=1, moe_topk_group=1, moe_norm_topk=True,
+         n_shared_experts=2),
+], ids=["v2-lite-greedy", "v2-group-limited", "top3-no-shared", "v3-noaux-tc", "v3-one-group-two-shared"])
+def test_moe_layer_matches_a_per_token_numpy_reference(routing):
+    spec = get_spec("tiny-moe").replace(**routing)
+    mlp = init_params(spec, jax.random.PRNGKey(4))["layers"][1]["mlp"]
+    mlp["router"] = mlp["router"] * 50  # clear margins between experts (no near-ties for top-k to break)
+    if "router_bias" in mlp:
+        mlp["router_bias"] = mlp["router_bias"] * 5
+    for key in ("w_gate", "w_up", "w_down"):  # experts' outputs of order 0.1, not 1e-3
+        mlp[key] = mlp[key] * 3
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (37, spec.d_model)))
+    want = _np_moe(jax.tree.map(lambda a: np.asarray(a, np.float64), mlp), spec, x.astype(np.float64))
+    got = np.asarray(jax.jit(moe_mlp, static_argnums=1)(mlp, spec, jnp.asarray(x)))
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    # the routed experts matter: another routing rule gives another output
+    other = spec.replace(moe_routed_scale=spec.moe_routed_scale * 2)
+    assert np.abs(np.asarray(moe_mlp(mlp, other, jnp.asarray(x))) - want).max() > 1e-2
+
+
+def test_yarn_keeps_high_frequencies_and_interpolates_low_ones():
+    """YaRN (arXiv 2309.00071 section 3): below the ramp the trained frequency, above it that frequency
+    over the factor, linear in between; linear scaling divides every frequency."""
+    from dualpath_jax.model.layers import rope_inv_freq
+    from dualpath_jax.model.spec import RopeScaling
+
+    rope = RopeScaling(kind="yarn", factor=40.0, original_max_position=4096)
+    base = 10000.0 ** (-np.arange(0, 64, 2) / 64)
+    got = np.asarray(rope_inv_freq(64, 10000.0, rope))
+    low, high = rope.yarn_ramp_bounds(64, 10000.0)
+    assert 0 < low < high < 32
+    np.testing.assert_allclose(got[:low + 1], base[:low + 1], rtol=1e-6)
+    np.testing.assert_allclose(got[high:], base[high:] / 40, rtol=1e-6)
+    mid = (low + high) // 2
+    ramp = (mid - low) / (high - low)
+    np.testing.assert_allclose(got[mid], base[mid] * (1 - ramp) + base[mid] / 40 * ramp, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(rope_inv_freq(64, 10000.0, RopeScaling(kind="linear", factor=4.0))),
+                               base / 4, rtol=1e-6)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from dualpath_jax.config import ConfigError, argv_flag_values, from_mapping
@@ -82,6 +84,14 @@ def test_a_deepseek_v2_lite_config_reads_as_mla_with_moe():
     assert (spec.n_routed_experts, spec.n_activated_experts, spec.n_shared_experts, spec.first_k_dense,
             spec.moe_d_ff) == (64, 6, 2, 1, 1408)
     assert spec.rope_interleave and spec.rope_theta == 10000.0
+    # its router: softmax, greedy top-6, weights unnormalised (transformers' DeepseekV2Config defaults)
+    assert (spec.moe_scoring, spec.moe_topk_method, spec.moe_norm_topk, spec.moe_routed_scale) == (
+        "softmax", "greedy", False, 1.0)
+    # YaRN under the old "type" key: equal mscales leave cos/sin as they are and scale the softmax by
+    # mscale(40, 0.707)^2 = (0.1 * 0.707 * ln 40 + 1)^2
+    rope = spec.rope_scaling
+    assert (rope.kind, rope.factor, rope.original_max_position, rope.cos_sin_scale) == ("yarn", 40.0, 4096, 1.0)
+    assert spec.attn_scale == pytest.approx(192 ** -0.5 * (0.1 * 0.707 * math.log(40) + 1) ** 2)
     # MLA caches the latent and the rope key per token per layer: (512 + 64) values, bf16 = 2 bytes each
     assert cost.kv_bytes_per_token_per_layer(spec, "bf16") == (512 + 64) * 2
     assert cost.kv_bytes_per_token(spec, "bf16") == 27 * (512 + 64) * 2
@@ -114,3 +124,56 @@ def test_config_error_keeps_its_field_through_pickle_and_a_one_argument_rebuild(
     assert (wrapped.field, str(wrapped)) == ("", "Error whilst parsing config file:\n\n...")
     again = pickle.loads(pickle.dumps(wrapped))
     assert (again.field, str(again)) == ("", str(wrapped))
+
+
+@pytest.mark.parametrize("change,field", [
+    (dict(moe_n_group=3), "moe_n_group"),                         # 3 groups of 8 experts
+    (dict(moe_topk_group=5), "moe_topk_group"),                   # more groups kept than there are
+    (dict(moe_topk_group=1, n_activated_experts=3), "moe_topk_group"),  # one group of 2 holds fewer than 3
+    (dict(moe_n_group=8, moe_topk_group=2), "moe_n_group"),       # noaux_tc ranks a group by its best two
+    (dict(moe_scoring="relu"), "moe_scoring"),
+    (dict(moe_topk_method="top_p"), "moe_topk_method"),
+    (dict(moe_routed_scale=0.0), "moe_routed_scale"),
+])
+def test_invalid_moe_routing_names_field(change, field):
+    with pytest.raises(ConfigError) as e:
+        get_spec("tiny-moe").replace(**change)
+    assert e.value.field.endswith(field)
+
+
+@pytest.mark.parametrize("fields,field", [
+    (dict(kind="ntk"), "kind"),
+    (dict(kind="linear", factor=0.5), "factor"),
+    (dict(kind="yarn", factor=4.0), "original_max_position"),
+    (dict(kind="yarn", factor=4.0, original_max_position=256, beta_fast=1.0), "beta_fast"),
+])
+def test_invalid_rope_scaling_names_field(fields, field):
+    from dualpath_jax.model.spec import RopeScaling
+
+    with pytest.raises(ConfigError) as e:
+        RopeScaling(**fields)
+    assert e.value.field == "rope_scaling." + field
+
+
+def test_yarn_bounds_and_scales_in_closed_form():
+    """YaRN (arXiv 2309.00071): dimension index d(r) = dim * ln(L / (2 pi r)) / (2 ln theta) for r
+    rotations over the original context L; the ramp runs between d(beta_fast) and d(beta_slow)."""
+    from dualpath_jax.model.spec import RopeScaling
+
+    rope = RopeScaling(kind="yarn", factor=40.0, original_max_position=4096, mscale=1.0, mscale_all_dim=1.0)
+    d = lambda r: 64 * math.log(4096 / (2 * math.pi * r)) / (2 * math.log(10000.0))  # noqa: E731
+    assert rope.yarn_ramp_bounds(64, 10000.0) == (math.floor(d(32)), math.ceil(d(1)))
+    assert rope.cos_sin_scale == 1.0 and rope.mla_softmax_factor == pytest.approx((0.1 * math.log(40) + 1) ** 2)
+    plain = RopeScaling(kind="yarn", factor=4.0, original_max_position=256)
+    assert plain.cos_sin_scale == pytest.approx(0.1 * math.log(4) + 1) and plain.mla_softmax_factor == 1.0
+    assert RopeScaling(kind="linear", factor=4.0).cos_sin_scale == 1.0
+
+
+def test_rope_scaling_from_a_mapping():
+    spec = from_mapping(ModelSpec, {**{k: v for k, v in vars(get_spec("tiny-gqa")).items() if k != "rope_scaling"},
+                                    "rope_scaling": {"kind": "linear", "factor": 2.0}})
+    assert spec.rope_scaling.kind == "linear" and spec.rope_scaling.factor == 2.0
+    with pytest.raises(ConfigError) as e:
+        from_mapping(ModelSpec, {**vars(get_spec("tiny-gqa")), "rope_scaling": {"kind": "yarn", "factor": 2.0}},
+                     prefix="model.")
+    assert e.value.field == "model.rope_scaling.original_max_position"

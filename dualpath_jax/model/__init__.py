@@ -1,4 +1,4 @@
-"""Pure-functional GQA (Qwen2-style) and MLA (DeepSeek-V3-style) transformer models.
+"""Pure-functional GQA (Qwen2-style) and MLA (DeepSeek-V3-style) transformer models, dense or MoE.
 
 Two halves, split so that the layers below the runtimes' JAX code can use the model's shapes:
 
@@ -17,7 +17,7 @@ import sys
 import types
 
 from dualpath_jax.lazy import lazy_exports
-from dualpath_jax.model.spec import PRESETS, ModelSpec, get_spec, preset_names
+from dualpath_jax.model.spec import PRESETS, ModelSpec, RopeScaling, get_spec, preset_names
 
 _LAZY = {  # public JAX-side name -> the submodule that defines it
     **dict.fromkeys(["LayerKV", "embed", "empty_layer_kv", "forward", "forward_batch", "forward_with_cache",
@@ -25,7 +25,7 @@ _LAZY = {  # public JAX-side name -> the submodule that defines it
     **dict.fromkeys(["count_params", "init_params", "param_shapes"], "params"),
 }
 
-__all__ = sorted(["ModelSpec", "PRESETS", "get_spec", "preset_names", *_LAZY])
+__all__ = sorted(["ModelSpec", "PRESETS", "RopeScaling", "get_spec", "preset_names", *_LAZY])
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from dualpath_jax.model.attention import AttentionBackend, DenseAttention
-from dualpath_jax.model.layers import gqa_attention, mla_attention, rms_norm, rope_cos_sin, swiglu_mlp
+from dualpath_jax.model.layers import gqa_attention, mla_attention, moe_mlp, rms_norm, rope_cos_sin, swiglu_mlp
 from dualpath_jax.model.spec import ModelSpec
 
 __all__ = ["LayerKV", "embed", "unembed", "decoder_layer", "layer_forward", "forward", "forward_batch",
@@ -64,7 +64,9 @@ def decoder_layer(layer_params: dict, spec: ModelSpec, h: jax.Array, positions: 
                   backend: AttentionBackend) -> tuple[jax.Array, LayerKV, Any]:
     """One decoder layer over T rows; the attention over cached KV is ``backend``'s.
 
-    Pre-norm residual block (Qwen2 / DeepSeek-V3): ``h + attn(norm(h))``, then ``h + mlp(norm(h))``.
+    Pre-norm residual block (Qwen2 / DeepSeek-V3): ``h + attn(norm(h))``, then ``h + mlp(norm(h))``,
+    the MLP a :func:`~dualpath_jax.model.layers.moe_mlp` in a MoE layer (its params hold a
+    ``router``), else a dense :func:`~dualpath_jax.model.layers.swiglu_mlp`.
 
     Args:
       layer_params: ``params["layers"][l]``.
@@ -79,11 +81,12 @@ def decoder_layer(layer_params: dict, spec: ModelSpec, h: jax.Array, positions: 
     """
     x = rms_norm(h, layer_params["attn_norm"], spec.rms_norm_eps)
     rope_dim = spec.qk_rope_head_dim if spec.is_mla else spec.head_dim
-    cos, sin = rope_cos_sin(positions, rope_dim, spec.rope_theta)
+    cos, sin = rope_cos_sin(positions, rope_dim, spec.rope_theta, spec.rope_scaling)
     attend = mla_attention if spec.is_mla else gqa_attention
     attn_out, new_kv, aux = attend(layer_params, spec, x, cos, sin, backend)
     h = h + attn_out.astype(h.dtype)
-    h = h + swiglu_mlp(layer_params["mlp"], rms_norm(h, layer_params["mlp_norm"], spec.rms_norm_eps))
+    x, mlp = rms_norm(h, layer_params["mlp_norm"], spec.rms_norm_eps), layer_params["mlp"]
+    h = h + (moe_mlp(mlp, spec, x) if "router" in mlp else swiglu_mlp(mlp, x))
     return h, new_kv, aux
 
 
@@ -156,5 +159,9 @@ def forward(params: dict, spec: ModelSpec, tokens: jax.Array, *, implementation:
 
 @functools.partial(jax.jit, static_argnames=("spec", "implementation"))
 def forward_batch(params: dict, spec: ModelSpec, tokens: jax.Array, *, implementation: str = "auto") -> jax.Array:
-    """Batched :func:`forward` over equal-length sequences: ``i32[B, T]`` -> ``f32[B, T, V]``."""
-    return jax.vmap(lambda t: forward(params, spec, t, implementation=implementation))(tokens)
+    """Batched :func:`forward` over equal-length sequences: ``i32[B, T]`` -> ``f32[B, T, V]``.
+
+    Vectorised (``jax.vmap``) for dense models; a MoE model's sequences run one after another
+    (``jax.lax.map``: its grouped expert matmul, ``jax.lax.ragged_dot``, has no batching rule)."""
+    one = functools.partial(forward, params, spec, implementation=implementation)
+    return jax.lax.map(one, tokens) if spec.n_routed_experts else jax.vmap(one)(tokens)

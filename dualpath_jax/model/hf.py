@@ -2,10 +2,11 @@
 
 Supported architectures: ``Qwen2ForCausalLM`` (``model_type="qwen2"``) and
 ``DeepseekV2ForCausalLM`` / ``DeepseekV3ForCausalLM`` (``model_type="deepseek_v2"`` /
-``"deepseek_v3"``: the same MLA weights and interleaved RoPE) whose layers are all dense
-(``first_k_dense_replace >= num_hidden_layers`` or ``n_routed_experts`` 0), with default RoPE and
-no DSA indexer. The ``config.json`` is read by :func:`~dualpath_jax.model.spec.spec_from_hf_config`
-(JAX-free, also used by the simulator, which accepts MoE and indexer models). Weight names follow
+``"deepseek_v3"``: the same MLA weights and interleaved RoPE), dense or MoE (DeepSeek-V2's softmax
+router, greedy or group-limited; V3's sigmoid router with its ``e_score_correction_bias``; shared
+experts), with default, linear or YaRN RoPE and no DSA indexer. The ``config.json`` is read by
+:func:`~dualpath_jax.model.spec.spec_from_hf_config` (JAX-free, also used by the simulator, which
+accepts indexer models too). Weight names follow
 ``transformers``' modeling files; ``torch.nn.Linear`` weights ``[out, in]`` are transposed to this
 project's ``[in, out]``. Single-file and sharded (``model.safetensors.index.json``) checkpoints
 are read. No network access: the path must be a local directory.
@@ -30,20 +31,27 @@ __all__ = ["load_hf_checkpoint", "spec_from_hf_config"]
 
 def _check_runnable(cfg: dict[str, Any], spec: ModelSpec, path: str) -> None:
     """Raise for what the functional model's forward does not implement (the spec itself may hold it)."""
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    key = "rope_parameters" if cfg.get("rope_parameters") else "rope_scaling"
+    rope = cfg.get(key) or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", None):
-        raise ConfigError(f"{path}: rope_parameters.rope_type",
-                          f"only default RoPE is supported (got {rope_type!r})")
-    if spec.n_routed_experts:
-        raise ConfigError(f"{path}: first_k_dense_replace",
-                          f"layers {spec.first_k_dense}..{spec.n_layers - 1} are MoE; the functional model runs dense "
-                          f"MLPs only (set first_k_dense_replace >= num_hidden_layers={spec.n_layers})")
+    if rope_type not in ("default", None, "linear", "yarn"):
+        raise ConfigError(f"{path}: {key}.rope_type",
+                          f"only default, linear and yarn RoPE are supported (got {rope_type!r})")
     if spec.index_n_heads:
         raise ConfigError(f"{path}: index_n_heads", "the DSA indexer is not implemented by the functional model "
                           "(it runs dense attention)")
     if spec.is_mla and cfg.get("attention_bias", False):
         raise ConfigError(f"{path}: attention_bias", "MLA with attention bias is not supported")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"{path}: hidden_act", f"only silu (SwiGLU) is supported (got {cfg['hidden_act']!r})")
+    if cfg.get("mlp_bias", False):
+        raise ConfigError(f"{path}: mlp_bias", "MLP biases are not supported")
+    quant = cfg.get("quantization_config")
+    if quant:
+        method = quant.get("quant_method") if isinstance(quant, dict) else quant
+        raise ConfigError(f"{path}: quantization_config", f"quantized weights ({method!r}) are not dequantized "
+                          "by this loader; use a BF16/F32 checkpoint (e.g. one converted with DeepSeek's "
+                          "fp8_cast_bf16.py)")
 
 
 def _weight_files(path: str) -> list[str]:
@@ -71,13 +79,21 @@ def _read_tensors(path: str) -> dict[str, np.ndarray]:
 
 
 def _hf_names(spec: ModelSpec, layer: int) -> dict[str, tuple[str, bool]]:
-    """Our param name -> (HF tensor name, transpose?)."""
+    """Our param name (``mlp.*`` and ``mlp.shared.*`` nested) -> (HF tensor name, transpose?); a MoE
+    layer's routed experts are read by :func:`_expert_weights`."""
     pre = f"model.layers.{layer}."
     names = {"attn_norm": (pre + "input_layernorm.weight", False),
-             "mlp_norm": (pre + "post_attention_layernorm.weight", False),
-             "mlp.w_gate": (pre + "mlp.gate_proj.weight", True),
-             "mlp.w_up": (pre + "mlp.up_proj.weight", True),
-             "mlp.w_down": (pre + "mlp.down_proj.weight", True)}
+             "mlp_norm": (pre + "post_attention_layernorm.weight", False)}
+    if spec.is_moe_layer(layer):
+        names["mlp.router"] = (pre + "mlp.gate.weight", True)
+        if spec.moe_topk_method == "noaux_tc":
+            names["mlp.router_bias"] = (pre + "mlp.gate.e_score_correction_bias", False)
+        if spec.n_shared_experts:
+            for ours in ("gate", "up", "down"):
+                names[f"mlp.shared.w_{ours}"] = (pre + f"mlp.shared_experts.{ours}_proj.weight", True)
+    else:
+        for ours in ("gate", "up", "down"):
+            names[f"mlp.w_{ours}"] = (pre + f"mlp.{ours}_proj.weight", True)
     a = pre + "self_attn."
     if spec.is_mla:
         if spec.q_lora_rank:
@@ -97,6 +113,39 @@ def _hf_names(spec: ModelSpec, layer: int) -> dict[str, tuple[str, bool]]:
     return names
 
 
+def _expert_weights(tensors: dict[str, np.ndarray], spec: ModelSpec, layer: int, path: str) -> dict[str, np.ndarray]:
+    """A MoE layer's routed experts as ``w_gate/w_up [E, D, Fm]``, ``w_down [E, Fm, D]``: from the
+    Hub's per-expert tensors (``mlp.experts.<j>.{gate,up,down}_proj.weight``) or, when absent, from
+    ``transformers`` 5's fused ``mlp.experts.gate_up_proj [E, 2Fm, D]`` and ``down_proj [E, D, Fm]``.
+
+    Raises:
+      ValueError: a tensor missing (naming the first one) or of another shape.
+    """
+    pre = f"model.layers.{layer}.mlp.experts."
+    e, d, fm = spec.n_routed_experts, spec.d_model, spec.moe_d_ff
+    if f"{pre}0.gate_proj.weight" not in tensors and pre + "gate_up_proj" in tensors:
+        gate_up, down = tensors[pre + "gate_up_proj"], tensors.get(pre + "down_proj")
+        if down is None:
+            raise ValueError(f"{path}: tensor {pre + 'down_proj'!r} missing from checkpoint")
+        for name, w, shape in ((pre + "gate_up_proj", gate_up, (e, 2 * fm, d)), (pre + "down_proj", down, (e, d, fm))):
+            if tuple(w.shape) != shape:
+                raise ValueError(f"{path}: tensor {name!r} has shape {tuple(w.shape)}, expected {shape}")
+        gate_up = np.swapaxes(gate_up, 1, 2)
+        return {"w_gate": gate_up[..., :fm], "w_up": gate_up[..., fm:], "w_down": np.swapaxes(down, 1, 2)}
+    out = {}
+    for ours, shape in (("gate", (fm, d)), ("up", (fm, d)), ("down", (d, fm))):
+        stack = []
+        for j in range(e):
+            name = f"{pre}{j}.{ours}_proj.weight"
+            if name not in tensors:
+                raise ValueError(f"{path}: tensor {name!r} missing from checkpoint")
+            if tuple(tensors[name].shape) != shape:
+                raise ValueError(f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {shape}")
+            stack.append(tensors[name].T)
+        out["w_" + ours] = np.stack(stack)
+    return out
+
+
 def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str | None = None
                        ) -> tuple[ModelSpec, dict]:
     """Read a local HF checkpoint directory into ``(spec, params)``.
@@ -109,8 +158,9 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
     Raises:
       FileNotFoundError: no config or weight files.
       ConfigError: naming ``<config.json>: <key>`` for an unsupported architecture or setting
-        (:func:`~dualpath_jax.model.spec.spec_from_hf_config`; MoE layers, the DSA indexer, RoPE
-        scaling, attention bias on MLA).
+        (:func:`~dualpath_jax.model.spec.spec_from_hf_config`; the DSA indexer, RoPE kinds other than
+        default, linear and YaRN, attention bias on MLA, an activation other than SiLU, MLP biases,
+        quantized weights).
       ValueError: a weight file is unreadable (truncated, damaged, a shard missing; the message
         names the file), or a tensor is missing or has an unexpected shape (it names the tensor).
     """
@@ -125,7 +175,7 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
     tensors = _read_tensors(path)
     shapes = param_shapes(spec)
 
-    def take(hf_name: str, transpose: bool, shape: tuple) -> jnp.ndarray:
+    def take(hf_name: str, transpose: bool, shape: tuple, dtype=dtype) -> jnp.ndarray:
         if hf_name not in tensors:
             raise ValueError(f"{path}: tensor {hf_name!r} missing from checkpoint")
         w = tensors[hf_name]
@@ -142,11 +192,14 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
     for layer in range(spec.n_layers):
         lp: dict = {"mlp": {}}
         for ours, (theirs, transpose) in _hf_names(spec, layer).items():
-            if ours.startswith("mlp."):
-                key = ours.split(".", 1)[1]
-                lp["mlp"][key] = take(theirs, transpose, shapes["layers"][layer]["mlp"][key])
-            else:
-                lp[ours] = take(theirs, transpose, shapes["layers"][layer][ours])
+            *parents, leaf = ours.split(".")
+            node, shape = lp, shapes["layers"][layer]
+            for key in parents:
+                node, shape = node.setdefault(key, {}), shape[key]
+            node[leaf] = take(theirs, transpose, shape[leaf],  # routing in f32, as the reference code
+                              jnp.float32 if leaf.startswith("router") else dtype)
+        if spec.is_moe_layer(layer):
+            lp["mlp"].update({k: jnp.asarray(w, dtype) for k, w in _expert_weights(tensors, spec, layer, path).items()})
         layers.append(lp)
     params["layers"] = layers
     return spec, params

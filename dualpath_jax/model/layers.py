@@ -1,4 +1,4 @@
-"""Building blocks of the transformer: RMSNorm, RoPE, SwiGLU MLP and the two attention families.
+"""Building blocks of the transformer: RMSNorm, RoPE, SwiGLU MLP, DeepSeek MoE and the two attention families.
 
 All functions are pure and operate on T rows (leading dim T): the new tokens of one sequence, or,
 under :class:`~dualpath_jax.model.attention.PagedDecodeAttention`, one new token of each of T
@@ -7,9 +7,10 @@ projections, RoPE and (MLA) absorption here and leave the attention over cached 
 :class:`~dualpath_jax.model.attention.AttentionBackend`, so the plain forward, the PE's paged
 prefill and the DE's paged decode run this one implementation. Shapes use the glossary of
 :mod:`dualpath_jax.shapes`. Numerics follow the Hugging Face reference implementations
-(``transformers`` Qwen2 and DeepSeek-V3 modeling code): RMSNorm in f32, RoPE with the rotate-half
-layout (DeepSeek's interleaved rope pairs are de-interleaved first, which is how HF's
-``apply_rotary_pos_emb_interleave`` lays out its output), softmax in f32.
+(``transformers`` Qwen2, DeepSeek-V2 and DeepSeek-V3 modeling code): RMSNorm in f32, RoPE with the
+rotate-half layout (DeepSeek's interleaved rope pairs are de-interleaved first, which is how HF's
+``apply_rotary_pos_emb_interleave`` lays out its output) and its frequencies in f32, softmax and
+MoE routing in f32.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import jax
 import jax.numpy as jnp
 
 from dualpath_jax.model.attention import AttentionBackend
-from dualpath_jax.model.spec import ModelSpec
+from dualpath_jax.model.spec import ModelSpec, RopeScaling
 
-__all__ = ["rms_norm", "rope_cos_sin", "apply_rope", "swiglu_mlp", "gqa_attention", "mla_attention",
-           "MLA_NORM_EPS"]
+__all__ = ["rms_norm", "rope_inv_freq", "rope_cos_sin", "apply_rope", "swiglu_mlp", "moe_route", "moe_mlp",
+           "gqa_attention", "mla_attention", "MLA_NORM_EPS"]
 
 MLA_NORM_EPS = 1e-6
 """eps of MLA's q_a / kv_a RMSNorms (HF DeepSeek-V3 builds them with the default 1e-6)."""
@@ -36,16 +37,37 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight * xf.astype(x.dtype)
 
 
-def rope_cos_sin(positions: jax.Array, dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos/sin tables ``f32[T, dim]`` for absolute ``positions i32[T]`` (RoFormer, Su et al. 2021).
+def rope_inv_freq(dim: int, theta: float, scaling: RopeScaling | None = None) -> jax.Array:
+    """RoPE's ``dim/2`` inverse frequencies ``f32[dim/2]`` (RoFormer, Su et al. 2021):
+    ``theta ** (-2j / dim)``, then scaled as ``scaling`` says (:class:`~dualpath_jax.model.spec.RopeScaling`:
+    linear position interpolation divides them all by ``factor``; YaRN, arXiv 2309.00071 section 3,
+    keeps the high frequencies, divides the low ones by ``factor`` and ramps linearly between the
+    bounds of :meth:`~dualpath_jax.model.spec.RopeScaling.yarn_ramp_bounds`)."""
+    pos_freqs = theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+    if scaling is None:
+        return 1.0 / pos_freqs
+    if scaling.kind == "linear":
+        return 1.0 / pos_freqs / scaling.factor
+    low, high = scaling.yarn_ramp_bounds(dim, theta)
+    if low == high:
+        high += 0.001  # (as transformers: no division by zero)
+    ramp = jnp.clip((jnp.arange(dim // 2, dtype=jnp.float32) - low) / (high - low), 0, 1)
+    keep = 1 - ramp  # 1: the frequency as trained (extrapolated), 0: divided by factor (interpolated)
+    return 1.0 / (scaling.factor * pos_freqs) * (1 - keep) + 1.0 / pos_freqs * keep
 
-    ``inv_freq[j] = theta ** (-2j / dim)``; the tables repeat the ``dim/2`` frequencies twice
-    (rotate-half layout).
+
+def rope_cos_sin(positions: jax.Array, dim: int, theta: float, scaling: RopeScaling | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables ``f32[T, dim]`` for absolute ``positions i32[T]``.
+
+    The ``dim/2`` frequencies of :func:`rope_inv_freq` appear twice (rotate-half layout); under YaRN
+    both tables are multiplied by :attr:`~dualpath_jax.model.spec.RopeScaling.cos_sin_scale`.
     """
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    inv_freq = rope_inv_freq(dim, theta, scaling)
     freqs = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
     emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(emb), jnp.sin(emb)
+    scale = 1.0 if scaling is None else scaling.cos_sin_scale
+    return jnp.cos(emb) * scale, jnp.sin(emb) * scale
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array, *, interleaved: bool = False) -> jax.Array:
@@ -70,6 +92,84 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array, *, interleaved: boo
 def swiglu_mlp(p: dict, x: jax.Array) -> jax.Array:
     """SwiGLU MLP: ``down(silu(x @ gate) * (x @ up))``; x ``[T, D]`` -> ``[T, D]``."""
     return (jax.nn.silu(x @ p["w_gate"]) * (x @ p["w_up"])) @ p["w_down"]
+
+
+def moe_route(p: dict, spec: ModelSpec, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A DeepSeek MoE router: each row's ``k = spec.n_activated_experts`` experts and their weights.
+
+    Scores ``s = softmax(x W_r)`` (DeepSeek-V2, arXiv 2405.04434 section 2.2) or ``sigmoid(x W_r)``
+    (DeepSeek-V3, arXiv 2412.19437 section 2.1.2), in f32. Choice (``spec.moe_topk_method``):
+
+    * ``greedy``: the top-k scores.
+    * ``group_limited_greedy`` (V2): experts in ``moe_n_group`` groups, a group ranked by its best
+      score; the top-k among the ``moe_topk_group`` best groups.
+    * ``noaux_tc`` (V3): the top-k of ``s + b`` (``router_bias b``, the auxiliary-loss-free balance
+      bias) among the ``moe_topk_group`` groups with the largest sum of their two best ``s + b``.
+
+    Weights are the chosen experts' ``s`` (without ``b``), divided by their sum when
+    ``spec.moe_norm_topk``, times ``spec.moe_routed_scale``.
+
+    Args:
+      p: the layer's ``mlp`` params: ``router [D, E]``, ``router_bias [E]`` (``noaux_tc``).
+      x: normed hidden states ``[T, D]``.
+
+    Returns:
+      ``(experts i32[T, k], weights f32[T, k])``.
+    """
+    logits = jnp.dot(x.astype(jnp.float32), p["router"].astype(jnp.float32))
+    scores = jax.nn.sigmoid(logits) if spec.moe_scoring == "sigmoid" else jax.nn.softmax(logits, axis=-1)
+    choice = scores
+    if spec.moe_topk_method == "noaux_tc":
+        choice = scores + p["router_bias"].astype(jnp.float32)
+    if spec.moe_topk_method != "greedy":
+        t, e, g = x.shape[0], spec.n_routed_experts, spec.moe_n_group
+        grouped = choice.reshape(t, g, e // g)
+        if spec.moe_topk_method == "noaux_tc":
+            group_score = jax.lax.top_k(grouped, 2)[0].sum(-1)
+        else:
+            group_score = grouped.max(-1)
+        _, best = jax.lax.top_k(group_score, spec.moe_topk_group)
+        keep = jnp.zeros((t, g), bool).at[jnp.arange(t)[:, None], best].set(True)
+        fill = -jnp.inf if spec.moe_topk_method == "noaux_tc" else 0.0  # (as the reference code)
+        choice = jnp.where(jnp.repeat(keep, e // g, axis=1), choice, fill)
+    _, experts = jax.lax.top_k(choice, spec.n_activated_experts)
+    weights = jnp.take_along_axis(scores, experts, axis=-1)
+    if spec.moe_norm_topk:
+        weights = weights / (weights.sum(-1, keepdims=True) + 1e-20)
+    return experts, weights * spec.moe_routed_scale
+
+
+def moe_mlp(p: dict, spec: ModelSpec, x: jax.Array) -> jax.Array:
+    """DeepSeekMoE: the routed experts' SwiGLU outputs weighted by :func:`moe_route`, plus the shared
+    experts' (one SwiGLU of width ``n_shared_experts * moe_d_ff``; arXiv 2401.06066).
+
+    Every row goes to its k experts, none dropped (no capacity limit, as the reference code): the
+    T*k (row, expert) pairs are sorted by expert and each expert's rows multiplied in one grouped
+    matmul (``jax.lax.ragged_dot``), so the work is that of the activated experts only.
+
+    Args:
+      p: the layer's ``mlp`` params: ``router [D, E]`` (and ``router_bias [E]``), ``w_gate/w_up
+        [E, D, Fm]``, ``w_down [E, Fm, D]``, ``shared`` (a :func:`swiglu_mlp` of width
+        ``n_shared_experts * Fm``) when ``spec.n_shared_experts``.
+      x: normed hidden states ``[T, D]``.
+
+    Returns:
+      ``[T, D]`` in x's dtype.
+    """
+    t, k = x.shape[0], spec.n_activated_experts
+    experts, weights = moe_route(p, spec, x)
+    flat = experts.reshape(-1)
+    order = jnp.argsort(flat, stable=True)
+    rows = order // k
+    sizes = jnp.bincount(flat, length=spec.n_routed_experts).astype(jnp.int32)
+    xs = x[rows]
+    hidden = jax.nn.silu(jax.lax.ragged_dot(xs, p["w_gate"], sizes)) * jax.lax.ragged_dot(xs, p["w_up"], sizes)
+    ys = jax.lax.ragged_dot(hidden, p["w_down"], sizes).astype(jnp.float32)
+    ys = ys * weights.reshape(-1)[order][:, None]
+    out = jnp.zeros((t, x.shape[1]), jnp.float32).at[rows].add(ys).astype(x.dtype)
+    if spec.n_shared_experts:
+        out = out + swiglu_mlp(p["shared"], x)
+    return out
 
 
 def gqa_attention(p: dict, spec: ModelSpec, x: jax.Array, cos: jax.Array, sin: jax.Array,

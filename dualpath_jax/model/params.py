@@ -6,6 +6,10 @@ Params are plain nested dicts of arrays (no hidden state)::
      "layers": [ {"attn_norm": [D], <attention weights>, "mlp_norm": [D],
                   "mlp": {"w_gate": [D, F], "w_up": [D, F], "w_down": [F, D]}}, ... L ]}
 
+A MoE layer's ``mlp`` (``spec.is_moe_layer``; E routed experts of width Fm = ``moe_d_ff``) is
+``{"router": [D, E], "router_bias": [E] (noaux_tc only), "w_gate"/"w_up": [E, D, Fm],
+"w_down": [E, Fm, D], "shared": {a SwiGLU of width n_shared_experts * Fm} (when shared experts)}``.
+
 Attention weights: GQA ``wq [D, N*H], wk/wv [D, K*H], wo [N*H, D]`` plus ``bq/bk/bv`` when
 ``spec.qkv_bias``; MLA ``wq [D, N*(nope+R)]`` (or ``wq_a [D, q_lora], q_a_norm [q_lora],
 wq_b [q_lora, N*(nope+R)]``), ``wkv_a [D, C+R], kv_a_norm [C], wkv_b [C, N*(nope+v)],
@@ -23,10 +27,10 @@ __all__ = ["init_params", "param_shapes", "count_params"]
 
 
 def param_shapes(spec: ModelSpec) -> dict:
-    """Nested dict of parameter shapes (tuples) for ``spec``'s functional (dense-MLP) model."""
+    """Nested dict of parameter shapes (tuples) for ``spec``'s functional model (``layers`` a list of L
+    per-layer dicts: a MoE layer's ``mlp`` differs from a dense one's)."""
     d, f = spec.d_model, spec.d_ff
-    layer: dict = {"attn_norm": (d,), "mlp_norm": (d,),
-                   "mlp": {"w_gate": (d, f), "w_up": (d, f), "w_down": (f, d)}}
+    layer: dict = {"attn_norm": (d,), "mlp_norm": (d,)}
     if spec.is_mla:
         n, c, r = spec.n_heads, spec.kv_lora_rank, spec.qk_rope_head_dim
         qk = spec.qk_nope_head_dim + r
@@ -42,14 +46,28 @@ def param_shapes(spec: ModelSpec) -> dict:
         layer.update(wq=(d, n * h), wk=(d, k * h), wv=(d, k * h), wo=(n * h, d))
         if spec.qkv_bias:
             layer.update(bq=(n * h,), bk=(k * h,), bv=(k * h,))
-    shapes = {"embed": (spec.vocab_size, d), "final_norm": (d,), "layers": [layer] * spec.n_layers}
+    dense = {**layer, "mlp": _swiglu_shapes(d, f)}
+    layers = [dense] * spec.n_layers
+    if spec.n_routed_experts:
+        e, fm = spec.n_routed_experts, spec.moe_d_ff
+        moe: dict = {"router": (d, e), "w_gate": (e, d, fm), "w_up": (e, d, fm), "w_down": (e, fm, d)}
+        if spec.moe_topk_method == "noaux_tc":
+            moe["router_bias"] = (e,)
+        if spec.n_shared_experts:
+            moe["shared"] = _swiglu_shapes(d, spec.n_shared_experts * fm)
+        layers = [{**layer, "mlp": moe} if spec.is_moe_layer(i) else dense for i in range(spec.n_layers)]
+    shapes = {"embed": (spec.vocab_size, d), "final_norm": (d,), "layers": layers}
     if not spec.tie_embeddings:
         shapes["lm_head"] = (d, spec.vocab_size)
     return shapes
 
 
+def _swiglu_shapes(d: int, f: int) -> dict:
+    return {"w_gate": (d, f), "w_up": (d, f), "w_down": (f, d)}
+
+
 def count_params(spec: ModelSpec) -> int:
-    """Number of scalars in the functional (dense-MLP) model's params."""
+    """Number of scalars in the functional model's params (every routed expert counted)."""
     leaves = jax.tree_util.tree_leaves(param_shapes(spec), is_leaf=lambda x: isinstance(x, tuple))
     total = 0
     for shape in leaves:
@@ -78,8 +96,8 @@ def init_params(spec: ModelSpec, key: jax.Array, dtype=jnp.float32, *, std: floa
     if "lm_head" in shapes:
         out["lm_head"] = (std * jax.random.normal(k_head, shapes["lm_head"])).astype(dtype)
     layers = []
-    for layer_key in jax.random.split(key, spec.n_layers):
-        layers.append(_init_tree(shapes["layers"][0], layer_key, dtype, std))
+    for layer_shapes, layer_key in zip(shapes["layers"], jax.random.split(key, spec.n_layers)):
+        layers.append(_init_tree(layer_shapes, layer_key, dtype, std))
     out["layers"] = layers
     return out
 

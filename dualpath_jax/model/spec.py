@@ -11,8 +11,10 @@ families:
   (``index_n_heads``, ``index_head_dim``, ``index_topk``), which is accounted for in the cost
   model (:mod:`dualpath_jax.model.cost`); the functional model runs dense attention.
 
-Mixture-of-experts shapes (``n_routed_experts`` etc.) are carried for cost accounting; the
-functional model implements the dense MLP (every layer of the tiny presets is dense).
+Mixture-of-experts layers (``n_routed_experts`` etc.: DeepSeek-V2's softmax router with greedy or
+group-limited top-k, DeepSeek-V3's sigmoid router with bias-corrected group top-k) are priced by the
+cost model and run by the functional model; RoPE scaling of long-context checkpoints
+(:class:`RopeScaling`: linear position interpolation, YaRN) is carried for the functional model.
 
 Besides the presets, :func:`resolve_spec` reads a Hugging Face ``config.json`` (a file, or a
 directory holding one) through :func:`spec_from_hf_config`: dense GQA (``model_type`` ``qwen2``)
@@ -34,8 +36,95 @@ from typing import Any, Literal
 
 from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive
 
-__all__ = ["ModelSpec", "get_spec", "resolve_spec", "spec_from_hf_config", "load_hf_config", "default_weight_dtype",
-           "hf_weight_dtype", "PRESETS", "preset_names"]
+__all__ = ["ModelSpec", "RopeScaling", "get_spec", "resolve_spec", "spec_from_hf_config", "load_hf_config",
+           "default_weight_dtype", "hf_weight_dtype", "PRESETS", "preset_names"]
+
+
+MOE_SCORING = ("softmax", "sigmoid")
+MOE_TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """RoPE scaling of a long-context checkpoint (Hugging Face ``rope_scaling`` / ``rope_parameters``).
+
+    * ``kind="linear"``: position interpolation (Chen et al. 2023, arXiv 2306.15595): every frequency
+      divided by ``factor``.
+    * ``kind="yarn"``: YaRN (Peng et al. 2023, arXiv 2309.00071, section 3; ``transformers``'
+      ``_compute_yarn_parameters``): frequencies whose wavelength fits ``original_max_position`` more
+      than ``beta_fast`` times are kept, those fitting it fewer than ``beta_slow`` times divided by
+      ``factor``, a linear ramp in between (bounds floored / ceiled when ``truncate``); cos and sin
+      are scaled by :attr:`cos_sin_scale`.
+
+    DeepSeek's MLA also multiplies its softmax scale by ``mscale(factor, mscale_all_dim) ** 2``
+    (:attr:`mla_softmax_factor`).
+
+    ``attention_factor`` 0 means inferred: ``mscale(factor, mscale) / mscale(factor, mscale_all_dim)``
+    when both are set, else ``mscale(factor)``, with ``mscale(s, m) = 0.1 * m * ln(s) + 1`` for
+    ``s > 1`` (1 otherwise; YaRN eq. 21).
+
+    Raises:
+      ConfigError: naming the field, for an unknown ``kind``, ``factor < 1``, a missing
+        ``original_max_position`` (YaRN) or ``beta_fast <= beta_slow``.
+    """
+
+    kind: Literal["linear", "yarn"] = "yarn"
+    factor: float = 1.0
+    original_max_position: int = 0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float = 0.0
+    mscale_all_dim: float = 0.0
+    attention_factor: float = 0.0
+    truncate: bool = True
+
+    def __post_init__(self):
+        check_in("rope_scaling.kind", self.kind, ("linear", "yarn"))
+        if not (isinstance(self.factor, (int, float)) and math.isfinite(self.factor) and self.factor >= 1):
+            raise ConfigError("rope_scaling.factor", f"must be a number >= 1 (got {self.factor!r})")
+        for f in ("mscale", "mscale_all_dim", "attention_factor"):
+            check_non_negative("rope_scaling." + f, getattr(self, f))
+        if self.kind == "yarn":
+            check_positive("rope_scaling.original_max_position", self.original_max_position, integer=True)
+            check_positive("rope_scaling.beta_slow", self.beta_slow)
+            if not self.beta_fast > self.beta_slow:
+                raise ConfigError("rope_scaling.beta_fast", f"must be > beta_slow (got {self.beta_fast} and "
+                                  f"{self.beta_slow})")
+
+    @staticmethod
+    def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+        """YaRN's attention temperature ``0.1 * mscale * ln(scale) + 1`` (1 for ``scale <= 1``; eq. 21)."""
+        return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+    @property
+    def cos_sin_scale(self) -> float:
+        """The factor on the cos/sin tables (YaRN's ``attention_factor``; 1 for linear)."""
+        if self.kind != "yarn":
+            return 1.0
+        if self.attention_factor:
+            return float(self.attention_factor)
+        if self.mscale and self.mscale_all_dim:
+            return self.yarn_mscale(self.factor, self.mscale) / self.yarn_mscale(self.factor, self.mscale_all_dim)
+        return self.yarn_mscale(self.factor)
+
+    @property
+    def mla_softmax_factor(self) -> float:
+        """The factor on MLA's softmax scale: ``mscale(factor, mscale_all_dim) ** 2`` when
+        ``mscale_all_dim`` is set, else 1 (DeepSeek-V2/V3 reference code; ``transformers``'
+        ``yarn_apply_mscale``, which applies it under any scaled RoPE)."""
+        if not self.mscale_all_dim:
+            return 1.0
+        return self.yarn_mscale(self.factor, self.mscale_all_dim) ** 2
+
+    def yarn_ramp_bounds(self, dim: int, theta: float) -> tuple[float, float]:
+        """``(low, high)`` frequency indices (of ``dim / 2``) between which YaRN ramps from kept to
+        interpolated frequencies (``find_correction_range``; ``dim`` the rotary width)."""
+        def correction_dim(rotations: float) -> float:
+            return dim * math.log(self.original_max_position / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+        low, high = correction_dim(self.beta_fast), correction_dim(self.beta_slow)
+        if self.truncate:
+            low, high = math.floor(low), math.ceil(high)
+        return max(low, 0), min(high, dim - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,17 +161,25 @@ class ModelSpec:
     index_n_heads: int = 0
     index_head_dim: int = 0
     index_topk: int = 0
-    # MoE (cost accounting); 0 routed experts = every layer dense
+    # MoE; 0 routed experts = every layer dense
     n_routed_experts: int = 0
     n_shared_experts: int = 0
     n_activated_experts: int = 0
     moe_d_ff: int = 0
     first_k_dense: int = 0
+    # MoE routing (DeepSeek-V2: softmax + greedy / group_limited_greedy; V3: sigmoid + noaux_tc)
+    moe_scoring: Literal["softmax", "sigmoid"] = "softmax"
+    moe_topk_method: Literal["greedy", "group_limited_greedy", "noaux_tc"] = "greedy"
+    moe_n_group: int = 1
+    moe_topk_group: int = 1
+    moe_norm_topk: bool = False
+    moe_routed_scale: float = 1.0
     # common
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
     tie_embeddings: bool = False
     max_position: int = 131072
+    rope_scaling: RopeScaling | None = None
 
     def __post_init__(self):
         p = f"ModelSpec[{self.name}]."
@@ -118,8 +215,32 @@ class ModelSpec:
             if self.n_activated_experts > self.n_routed_experts:
                 raise ConfigError(p + "n_activated_experts", f"must be <= n_routed_experts "
                                   f"({self.n_activated_experts} > {self.n_routed_experts})")
+            self._check_routing(p)
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            raise ConfigError(p + "rope_scaling", "must be a RopeScaling or None "
+                              f"(got {type(self.rope_scaling).__name__})")
         if self.first_k_dense > self.n_layers:
             raise ConfigError(p + "first_k_dense", f"must be <= n_layers ({self.first_k_dense} > {self.n_layers})")
+
+    def _check_routing(self, p: str) -> None:
+        check_in(p + "moe_scoring", self.moe_scoring, MOE_SCORING)
+        check_in(p + "moe_topk_method", self.moe_topk_method, MOE_TOPK_METHODS)
+        check_positive(p + "moe_n_group", self.moe_n_group, integer=True)
+        check_positive(p + "moe_topk_group", self.moe_topk_group, integer=True)
+        check_positive(p + "moe_routed_scale", self.moe_routed_scale)
+        if self.moe_topk_method == "greedy":
+            return
+        e, g = self.n_routed_experts, self.moe_n_group
+        if e % g:
+            raise ConfigError(p + "moe_n_group", f"must divide n_routed_experts ({e} experts, {g} groups)")
+        if self.moe_topk_group > g:
+            raise ConfigError(p + "moe_topk_group", f"must be <= moe_n_group ({self.moe_topk_group} > {g})")
+        if self.moe_topk_group * (e // g) < self.n_activated_experts:
+            raise ConfigError(p + "moe_topk_group", f"{self.moe_topk_group} group(s) of {e // g} experts hold fewer "
+                              f"than the {self.n_activated_experts} activated experts")
+        if self.moe_topk_method == "noaux_tc" and e // g < 2:
+            raise ConfigError(p + "moe_n_group", "noaux_tc scores a group by its two best experts: groups need "
+                              f">= 2 experts ({e} experts, {g} groups)")
 
     # ---- derived shapes -------------------------------------------------------------------
     @property
@@ -145,8 +266,12 @@ class ModelSpec:
 
     @property
     def attn_scale(self) -> float:
-        """Softmax scale 1/sqrt(qk head dim) (Qwen2; DeepSeek-V3 without YaRN mscale)."""
-        return float(self.qk_head_dim) ** -0.5
+        """Softmax scale ``1/sqrt(qk head dim)``; MLA under YaRN with ``mscale_all_dim`` times
+        :attr:`RopeScaling.mla_softmax_factor` (DeepSeek-V2/V3)."""
+        scale = float(self.qk_head_dim) ** -0.5
+        if self.is_mla and self.rope_scaling is not None:
+            scale *= self.rope_scaling.mla_softmax_factor
+        return scale
 
     def is_moe_layer(self, layer: int) -> bool:
         """True if layer ``layer`` (0-based) uses routed experts (DeepSeek ``first_k_dense_replace``)."""
@@ -165,27 +290,41 @@ PRESETS: dict[str, ModelSpec] = {
         name="tiny-mla", attention="mla", vocab_size=512, d_model=64, n_layers=4, n_heads=4, d_ff=128,
         q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
         rope_theta=10000.0, rms_norm_eps=1e-6),
+    # tiny-mla with DeepSeek-V3's MoE after one dense layer (8 routed experts in 4 groups, 2 per token,
+    # 1 shared; sigmoid router, noaux_tc) and YaRN over a 256-token original context
+    "tiny-moe": ModelSpec(
+        name="tiny-moe", attention="mla", vocab_size=512, d_model=64, n_layers=4, n_heads=4, d_ff=128,
+        q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+        n_routed_experts=8, n_shared_experts=1, n_activated_experts=2, moe_d_ff=32, first_k_dense=1,
+        moe_scoring="sigmoid", moe_topk_method="noaux_tc", moe_n_group=4, moe_topk_group=2, moe_norm_topk=True,
+        moe_routed_scale=2.5, rope_theta=10000.0, rms_norm_eps=1e-6,
+        rope_scaling=RopeScaling(kind="yarn", factor=4.0, original_max_position=256, mscale=1.0, mscale_all_dim=1.0)),
     # huggingface.co/Qwen/Qwen2.5-32B config.json
     "qwen2.5-32b": ModelSpec(
         name="qwen2.5-32b", attention="gqa", vocab_size=152064, d_model=5120, n_layers=64, n_heads=40,
         n_kv_heads=8, head_dim=128, d_ff=27648, qkv_bias=True, rope_theta=1_000_000.0,
         rms_norm_eps=1e-5, max_position=131072),
-    # DeepSeek-V3.2 config.json (PAPER.md [CFG-DS]): 61 layers, first 3 dense, MLA 512+64, DSA.
+    # DeepSeek-V3.2 config.json (PAPER.md [CFG-DS]): 61 layers, first 3 dense, MLA 512+64, DSA; router
+    # (sigmoid, noaux_tc over 8 groups, 4 kept) and YaRN as in huggingface.co/deepseek-ai/DeepSeek-V3.2-Exp.
     "deepseek-v3.2": ModelSpec(
         name="deepseek-v3.2", attention="mla", vocab_size=129280, d_model=7168, n_layers=61, n_heads=128,
         d_ff=18432, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
         v_head_dim=128, index_n_heads=64, index_head_dim=128, index_topk=2048, n_routed_experts=256,
-        n_shared_experts=1, n_activated_experts=8, moe_d_ff=2048, first_k_dense=3, rope_theta=10000.0,
-        rms_norm_eps=1e-6, max_position=163840),
+        n_shared_experts=1, n_activated_experts=8, moe_d_ff=2048, first_k_dense=3, moe_scoring="sigmoid",
+        moe_topk_method="noaux_tc", moe_n_group=8, moe_topk_group=4, moe_norm_topk=True, moe_routed_scale=2.5,
+        rope_theta=10000.0, rms_norm_eps=1e-6, max_position=163840,
+        rope_scaling=RopeScaling(kind="yarn", factor=40.0, original_max_position=4096, mscale=1.0, mscale_all_dim=1.0)),
     # Paper appendix A.2 (PAPER.md 6.1): hidden 2560, 30 layers, 32 heads, 72 experts (6 active,
     # 2 shared), MoE ff 1536, dense ff 12288, 1 dense layer, indexer 32x64 top-1024, no q LoRA.
-    # Latent dims assumed as V3.2 (512 + 64); vocab assumed as V3.2.
+    # Latent dims, vocab, router (sigmoid, noaux_tc; no groups) and RoPE assumed as V3.2.
     "ds-27b": ModelSpec(
         name="ds-27b", attention="mla", vocab_size=129280, d_model=2560, n_layers=30, n_heads=32,
         d_ff=12288, q_lora_rank=0, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
         v_head_dim=128, index_n_heads=32, index_head_dim=64, index_topk=1024, n_routed_experts=72,
-        n_shared_experts=2, n_activated_experts=6, moe_d_ff=1536, first_k_dense=1, rope_theta=10000.0,
-        rms_norm_eps=1e-6, max_position=163840),
+        n_shared_experts=2, n_activated_experts=6, moe_d_ff=1536, first_k_dense=1, moe_scoring="sigmoid",
+        moe_topk_method="noaux_tc", moe_norm_topk=True, moe_routed_scale=2.5, rope_theta=10000.0,
+        rms_norm_eps=1e-6, max_position=163840,
+        rope_scaling=RopeScaling(kind="yarn", factor=40.0, original_max_position=4096, mscale=1.0, mscale_all_dim=1.0)),
 }
 
 
@@ -264,7 +403,9 @@ _HF_KEYS = {"vocab_size": "vocab_size", "d_model": "hidden_size", "n_layers": "n
             "index_topk": "index_topk", "n_routed_experts": "n_routed_experts",
             "n_shared_experts": "n_shared_experts", "n_activated_experts": "num_experts_per_tok",
             "moe_d_ff": "moe_intermediate_size", "first_k_dense": "first_k_dense_replace",
-            "rope_theta": "rope_theta", "rms_norm_eps": "rms_norm_eps", "max_position": "max_position_embeddings"}
+            "rope_theta": "rope_theta", "rms_norm_eps": "rms_norm_eps", "max_position": "max_position_embeddings",
+            "moe_n_group": "n_group", "moe_topk_group": "topk_group", "moe_routed_scale": "routed_scaling_factor",
+            "moe_scoring": "scoring_func", "moe_topk_method": "topk_method"}
 
 _MISSING = object()
 
@@ -280,6 +421,70 @@ def _number(cfg: dict, key: str, path: str, kind: type, default: Any = _MISSING)
             or (kind is int and value != int(value))):
         raise ConfigError(f"{path}: {key}", f"must be {'an integer' if kind is int else 'a number'} (got {value!r})")
     return kind(value)
+
+
+def _moe_routing(cfg: dict, model_type: str, path: str) -> dict:
+    """The router's fields of a DeepSeek ``config.json`` (``scoring_func``, ``topk_method``,
+    ``n_group``, ``topk_group``, ``norm_topk_prob``, ``routed_scaling_factor``).
+
+    DeepSeek-V2 (and V2-Lite) score with a softmax and pick ``greedy`` or ``group_limited_greedy``
+    (a token's top-k among the ``topk_group`` groups holding its best experts); V3 and V3.2 score
+    with a sigmoid and pick ``noaux_tc`` (groups ranked by their two best bias-corrected scores).
+    Defaults are those of ``transformers``' ``DeepseekV2Config`` / ``DeepseekV3Config``.
+    """
+    v2 = model_type == "deepseek_v2"
+    scoring, method = ("softmax", "greedy") if v2 else ("sigmoid", "noaux_tc")
+    allowed = {"scoring_func": (scoring,), "topk_method": ("greedy", "group_limited_greedy") if v2 else (method,)}
+    given = {}
+    for key, choices in allowed.items():
+        value = cfg.get(key)
+        if value is not None and value not in choices:
+            raise ConfigError(f"{path}: {key}", f"{model_type} supports {list(choices)} (got {value!r})")
+        given[key] = value
+    norm = cfg.get("norm_topk_prob", not v2)
+    if not isinstance(norm, bool):
+        raise ConfigError(f"{path}: norm_topk_prob", f"must be true or false (got {norm!r})")
+    return dict(moe_scoring=scoring, moe_topk_method=given["topk_method"] or method,
+                moe_n_group=_number(cfg, "n_group", path, int, 1),
+                moe_topk_group=_number(cfg, "topk_group", path, int, 1), moe_norm_topk=norm,
+                moe_routed_scale=_number(cfg, "routed_scaling_factor", path, float, 1.0 if v2 else 2.5))
+
+
+# RopeScaling field -> its key in a config.json's rope_scaling / rope_parameters
+_ROPE_KEYS = {"kind": "rope_type", "factor": "factor", "original_max_position": "original_max_position_embeddings",
+              "beta_fast": "beta_fast", "beta_slow": "beta_slow", "mscale": "mscale",
+              "mscale_all_dim": "mscale_all_dim", "attention_factor": "attention_factor", "truncate": "truncate"}
+
+
+def _rope_scaling(cfg: dict, max_position: int, path: str) -> RopeScaling | None:
+    """The :class:`RopeScaling` of a ``config.json``'s ``rope_parameters`` (transformers >= 5) or
+    ``rope_scaling`` (older; the type under ``type`` or ``rope_type``); None for default RoPE and for
+    kinds the functional model does not implement (they change neither shapes nor FLOPs; the
+    checkpoint loader refuses them)."""
+    key = "rope_parameters" if cfg.get("rope_parameters") else "rope_scaling"
+    rope = cfg.get(key) or {}
+    kind = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else None
+    if kind not in ("linear", "yarn"):
+        return None
+    where = f"{path}: {key}"
+    factor = rope.get("factor")
+    original = rope.get("original_max_position_embeddings", cfg.get("original_max_position_embeddings"))
+    if factor is None and kind == "yarn" and original:  # DeepSeek-V3 style: the ratio of the two lengths
+        factor = max_position / _number({"original_max_position_embeddings": original},
+                                        "original_max_position_embeddings", where, float)
+    fields = dict(kind=kind, factor=_number({"factor": factor}, "factor", where, float),
+                  original_max_position=_number({"o": original}, "o", where, int, 0),
+                  beta_fast=_number(rope, "beta_fast", where, float, 0.0) or 32.0,
+                  beta_slow=_number(rope, "beta_slow", where, float, 0.0) or 1.0,
+                  mscale=_number(rope, "mscale", where, float, 0.0),
+                  mscale_all_dim=_number(rope, "mscale_all_dim", where, float, 0.0),
+                  attention_factor=_number(rope, "attention_factor", where, float, 0.0),
+                  truncate=bool(rope.get("truncate", True)))
+    try:
+        return RopeScaling(**fields)
+    except ConfigError as e:
+        sub = e.field.rsplit(".", 1)[-1]
+        raise ConfigError(f"{where}.{_ROPE_KEYS.get(sub, sub)}", e.message) from None
 
 
 def _rope_theta(cfg: dict, path: str) -> float:
@@ -310,14 +515,16 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
       prediction layers (``num_nextn_predict_layers``) are not counted: speculative decoding is
       off in the paper's runs (PAPER.md 6.1).
 
-    RoPE scaling (YaRN etc.) changes neither shapes nor FLOPs and is accepted here; the JAX
-    model's checkpoint loader (``model.hf.load_hf_checkpoint``) rejects what its forward does not
-    implement (MoE layers, the indexer, RoPE scaling).
+    Their router (:func:`_moe_routing`) and, under ``rope_scaling`` / ``rope_parameters``, linear or
+    YaRN RoPE scaling (:class:`RopeScaling`) are read for the functional model. Other RoPE kinds
+    change neither shapes nor FLOPs and are accepted here; the JAX model's checkpoint loader
+    (``model.hf.load_hf_checkpoint``) rejects what its forward does not implement (the indexer,
+    RoPE kinds other than default, linear and YaRN).
 
     Raises:
       ConfigError: naming ``<path>: <key>`` for a missing or non-numeric required field, an
         unsupported ``model_type``, sliding-window attention, ``moe_layer_freq`` other than 1, or a
-        value ModelSpec rejects (inconsistent heads, MoE or indexer settings).
+        value ModelSpec rejects (inconsistent heads, MoE, router, RoPE scaling or indexer settings).
     """
     model_type = cfg.get("model_type")
     if model_type not in ("qwen2", "deepseek_v2", "deepseek_v3", "deepseek_v32"):
@@ -357,7 +564,9 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
             fields.update(n_routed_experts=n_routed, first_k_dense=first_dense,
                           n_activated_experts=_number(cfg, "num_experts_per_tok", path, int),
                           n_shared_experts=_number(cfg, "n_shared_experts", path, int, 0),
-                          moe_d_ff=_number(cfg, "moe_intermediate_size", path, int))
+                          moe_d_ff=_number(cfg, "moe_intermediate_size", path, int),
+                          **_moe_routing(cfg, model_type, path))
+    common["rope_scaling"] = _rope_scaling(cfg, common["max_position"], path)
     try:
         return ModelSpec(**common, **fields)
     except ConfigError as e:  # ModelSpec names its own field: name the config.json key instead
