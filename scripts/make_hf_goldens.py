@@ -1,7 +1,8 @@
 """Write tiny random-weight Hugging Face checkpoints and their reference logits for the parity tests.
 
-Uses ``transformers`` (Qwen2ForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM; dense and MoE,
-default RoPE and YaRN) and ``torch`` on CPU in float32:
+Uses ``transformers`` (Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM, LlamaForCausalLM,
+DeepseekV2ForCausalLM, DeepseekV3ForCausalLM; dense and MoE, default, YaRN and Llama 3 RoPE) and
+``torch`` on CPU in float32:
 each model is built from a tiny config with random weights, saved with ``save_pretrained`` (config.json
 + model.safetensors) under ``tests/data/hf/<name>/``, and run on fixed token ids; the logits are saved as
 ``reference.npz`` (``tokens`` i32[T], ``logits`` f32[T, V]). ``tests/test_hf_parity.py`` reads the
@@ -102,6 +103,37 @@ def make_qwen2_yarn() -> transformers.PreTrainedModel:
     return transformers.Qwen2ForCausalLM(cfg)
 
 
+# the tiny GQA shape the Llama and Qwen3 builders share
+_TINY_GQA = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6)
+
+
+def make_llama() -> transformers.PreTrainedModel:
+    """Llama with biases on q/k/v/o and Llama 3.1's RoPE scaling over a 64-token original context
+    (at rope width 16 some frequencies kept, some blended, some divided)."""
+    cfg = transformers.LlamaConfig(**_TINY_GQA, attention_bias=True, tie_word_embeddings=False,
+                                   rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                    "original_max_position_embeddings": 64})
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def make_qwen3() -> transformers.PreTrainedModel:
+    """Qwen3: per-head q/k RMSNorm, a head_dim other than hidden / heads, tied embeddings."""
+    cfg = transformers.Qwen3Config(**_TINY_GQA, head_dim=32, tie_word_embeddings=True, use_sliding_window=False,
+                                   rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    return transformers.Qwen3ForCausalLM(cfg)
+
+
+def make_qwen3_moe() -> transformers.PreTrainedModel:
+    """Qwen3-MoE: every layer eight experts, two per token, their softmax weights renormalised."""
+    cfg = transformers.Qwen3MoeConfig(**_TINY_GQA, head_dim=16, num_experts=8, num_experts_per_tok=2,
+                                      moe_intermediate_size=32, norm_topk_prob=True, decoder_sparse_step=1,
+                                      mlp_only_layers=[], tie_word_embeddings=False, use_sliding_window=False,
+                                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    return transformers.Qwen3MoeForCausalLM(cfg)
+
+
 def _spread_routers(model: torch.nn.Module) -> None:
     # a router initialised like a linear layer scores every expert about alike on a 64-wide model; widen its
     # weights so the top-k is decided by clear margins, and give V3's balance bias a value of its own
@@ -124,7 +156,8 @@ def main() -> None:
               "deepseek_v3_tiny_noqlora": lambda: make_deepseek_v3(None),
               "deepseek_v2_lite_tiny": lambda: make_deepseek_v2(None),
               "deepseek_v3_moe_tiny": make_deepseek_v3_moe, "deepseek_v2_moe_tiny": make_deepseek_v2_moe,
-              "qwen2_yarn_tiny": make_qwen2_yarn}
+              "qwen2_yarn_tiny": make_qwen2_yarn, "llama_tiny": make_llama, "qwen3_tiny": make_qwen3,
+              "qwen3_moe_tiny": make_qwen3_moe}
     only = [n for n in args.only.split(",") if n]
     if unknown := sorted(set(only) - set(makers)):
         parser.error(f"--only: unknown names {unknown} (known: {sorted(makers)})")

@@ -324,7 +324,7 @@ HF_TINY = ROOT / "tests" / "data" / "hf" / "qwen2_tiny"
 def test_a_checkpoint_that_is_not_one_is_one_error_naming_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"model\.checkpoint.*not a directory holding a config\.json"):
         engine_ablation_config(_config(**{"model.checkpoint": str(tmp_path)}))
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
     with pytest.raises(ConfigError, match=r"config\.json: model_type"):
         engine_ablation_config(_config(**{"model.checkpoint": str(tmp_path)}))
     typed = engine_ablation_config(_config(**{"model.checkpoint": str(HF_TINY)}))

@@ -1,5 +1,6 @@
-"""Logits parity against Hugging Face transformers (Qwen2ForCausalLM, DeepseekV2ForCausalLM,
-DeepseekV3ForCausalLM; dense and MoE, default RoPE and YaRN).
+"""Logits parity against Hugging Face transformers (Qwen2ForCausalLM, Qwen3ForCausalLM,
+Qwen3MoeForCausalLM, LlamaForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM; dense and MoE;
+default, YaRN and Llama 3 RoPE).
 
 The checkpoints and reference logits under tests/data/hf were written by transformers itself
 (scripts/make_hf_goldens.py, torch float32 on CPU); this project only reads them. The live test at the
@@ -20,7 +21,8 @@ from dualpath_jax.model.hf import load_hf_checkpoint
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "hf")
 CASES = ["qwen2_tiny", "deepseek_v3_tiny", "deepseek_v3_tiny_noqlora", "deepseek_v2_lite_tiny",
-         "deepseek_v3_moe_tiny", "deepseek_v2_moe_tiny", "qwen2_yarn_tiny"]
+         "deepseek_v3_moe_tiny", "deepseek_v2_moe_tiny", "qwen2_yarn_tiny", "llama_tiny", "qwen3_tiny",
+         "qwen3_moe_tiny"]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -75,6 +77,20 @@ def test_moe_and_yarn_fields_read_from_config():
     assert (spec.moe_scoring, spec.moe_topk_method, spec.moe_topk_group, spec.moe_norm_topk) == (
         "softmax", "group_limited_greedy", 1, False)
     assert "router_bias" not in params["layers"][1]["mlp"] and spec.rope_scaling.cos_sin_scale == 1.0
+
+
+def test_gqa_variants_read_from_config():
+    spec, params = load_hf_checkpoint(os.path.join(DATA, "llama_tiny"))
+    assert (spec.qkv_bias, spec.o_bias, spec.qk_norm, spec.rope_scaling.kind) == (True, True, False, "llama3")
+    assert params["layers"][0]["bo"].shape == (64,)
+    spec, params = load_hf_checkpoint(os.path.join(DATA, "qwen3_tiny"))
+    assert (spec.qkv_bias, spec.o_bias, spec.qk_norm, spec.head_dim, spec.tie_embeddings) == (
+        False, False, True, 32, True)
+    assert params["layers"][0]["q_norm"].shape == (32,) and "lm_head" not in params
+    spec, params = load_hf_checkpoint(os.path.join(DATA, "qwen3_moe_tiny"))
+    assert (spec.n_routed_experts, spec.n_activated_experts, spec.n_shared_experts, spec.first_k_dense) == (8, 2, 0, 0)
+    assert (spec.moe_scoring, spec.moe_topk_method, spec.moe_norm_topk) == ("softmax", "greedy", True)
+    assert "shared" not in params["layers"][0]["mlp"]
 
 
 def test_fused_expert_tensors_read_as_the_per_expert_ones(tmp_path):
@@ -134,7 +150,7 @@ def test_a_missing_expert_names_it(tmp_path):
 def test_unknown_architecture_and_missing_tensor(tmp_path):
     d = _copy(tmp_path, "qwen2_tiny")
     cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
+    (d / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt_neox"}))
     with pytest.raises(ConfigError, match="model_type"):
         load_hf_checkpoint(d)
     with pytest.raises(FileNotFoundError, match="config.json"):
@@ -154,7 +170,8 @@ def test_live_transformers_parity():
     spec_.loader.exec_module(mod)
     torch.manual_seed(123)
     import tempfile
-    models = [mod.make_qwen2(), mod.make_deepseek_v3(None), mod.make_deepseek_v3_moe(), mod.make_qwen2_yarn()]
+    models = [mod.make_qwen2(), mod.make_deepseek_v3(None), mod.make_deepseek_v3_moe(), mod.make_qwen2_yarn(),
+              mod.make_llama(), mod.make_qwen3(), mod.make_qwen3_moe()]
     if hasattr(transformers, "DeepseekV2ForCausalLM"):  # transformers >= 4.52
         models += [mod.make_deepseek_v2(32), mod.make_deepseek_v2_moe()]
     for model in models:

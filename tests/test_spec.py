@@ -40,6 +40,8 @@ def test_invalid_gqa_specs_name_field(change, field):
     (dict(index_n_heads=4), "index_n_heads"),
     (dict(n_routed_experts=4, n_activated_experts=8, moe_d_ff=4), "n_activated_experts"),
     (dict(first_k_dense=5), "first_k_dense"),
+    (dict(qk_norm=True), "qk_norm"),
+    (dict(o_bias=True), "o_bias"),
 ])
 def test_invalid_mla_specs_name_field(change, field):
     base = get_spec("tiny-mla")
@@ -146,6 +148,8 @@ def test_invalid_moe_routing_names_field(change, field):
     (dict(kind="linear", factor=0.5), "factor"),
     (dict(kind="yarn", factor=4.0), "original_max_position"),
     (dict(kind="yarn", factor=4.0, original_max_position=256, beta_fast=1.0), "beta_fast"),
+    (dict(kind="llama3", factor=8.0), "original_max_position"),
+    (dict(kind="llama3", factor=8.0, original_max_position=8192, low_freq_factor=4.0), "high_freq_factor"),
 ])
 def test_invalid_rope_scaling_names_field(fields, field):
     from dualpath_jax.model.spec import RopeScaling
@@ -177,3 +181,69 @@ def test_rope_scaling_from_a_mapping():
         from_mapping(ModelSpec, {**vars(get_spec("tiny-gqa")), "rope_scaling": {"kind": "yarn", "factor": 2.0}},
                      prefix="model.")
     assert e.value.field == "model.rope_scaling.original_max_position"
+
+
+# the fields read of four config.json files on huggingface.co (meta-llama/Llama-3.1-8B, Qwen/Qwen3-8B,
+# Qwen/Qwen3-30B-A3B, mistralai/Mistral-7B-v0.3)
+LLAMA31_8B = {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+              "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+              "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
+              "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                               "original_max_position_embeddings": 8192, "rope_type": "llama3"}}
+QWEN3_8B = {"model_type": "qwen3", "vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 12288,
+            "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+            "max_position_embeddings": 40960, "rms_norm_eps": 1e-6, "rope_theta": 1000000, "rope_scaling": None,
+            "attention_bias": False, "tie_word_embeddings": False, "use_sliding_window": False,
+            "sliding_window": None}
+QWEN3_30B_A3B = {**QWEN3_8B, "model_type": "qwen3_moe", "hidden_size": 2048, "intermediate_size": 6144,
+                 "num_hidden_layers": 48, "num_key_value_heads": 4, "num_experts": 128, "num_experts_per_tok": 8,
+                 "moe_intermediate_size": 768, "norm_topk_prob": True, "decoder_sparse_step": 1,
+                 "mlp_only_layers": []}
+MISTRAL_7B = {"model_type": "mistral", "vocab_size": 32768, "hidden_size": 4096, "intermediate_size": 14336,
+              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "max_position_embeddings": 32768, "rms_norm_eps": 1e-5, "rope_theta": 1000000.0,
+              "sliding_window": None, "tie_word_embeddings": False}
+
+
+def test_llama_qwen3_and_mistral_configs_read_as_gqa():
+    from dualpath_jax.model import cost
+    from dualpath_jax.model.spec import spec_from_hf_config
+
+    llama = spec_from_hf_config(LLAMA31_8B)
+    assert (llama.attention, llama.n_kv_heads, llama.head_dim, llama.qkv_bias, llama.o_bias, llama.qk_norm) == (
+        "gqa", 8, 128, False, False, False)
+    assert (llama.rope_scaling.kind, llama.rope_scaling.factor, llama.rope_scaling.original_max_position) == (
+        "llama3", 8.0, 8192)
+    # K and V of 8 heads x 128 per layer, 32 layers, fp16: 128 KiB per token
+    assert cost.kv_bytes_per_token(llama, "fp16") == 2 * 8 * 128 * 32 * 2 == 131072
+    qwen3 = spec_from_hf_config(QWEN3_8B)
+    assert (qwen3.qk_norm, qwen3.qkv_bias, qwen3.head_dim, qwen3.rope_theta) == (True, False, 128, 1e6)
+    moe = spec_from_hf_config(QWEN3_30B_A3B)
+    assert (moe.n_routed_experts, moe.n_activated_experts, moe.moe_d_ff, moe.first_k_dense, moe.n_shared_experts) == (
+        128, 8, 768, 0, 0)
+    assert moe.is_moe_layer(0) and moe.moe_norm_topk and moe.moe_scoring == "softmax"
+    # the model cards: Llama-3.1-8B 8.03B parameters; Qwen3-30B-A3B 30.5B of which 3.3B activated
+    assert cost.total_params(llama) == pytest.approx(8.03e9, rel=0.01)
+    assert cost.total_params(moe) == pytest.approx(30.5e9, rel=0.01)
+    assert cost.active_linear_params(moe) + moe.vocab_size * moe.d_model == pytest.approx(3.3e9, rel=0.03)
+    mistral = spec_from_hf_config(MISTRAL_7B)
+    assert (mistral.head_dim, mistral.o_bias, mistral.rope_scaling) == (128, False, None)
+
+
+@pytest.mark.parametrize("config, change, key", [
+    (MISTRAL_7B, {"sliding_window": 4096}, "sliding_window"),
+    (QWEN3_8B, {"use_sliding_window": True}, "use_sliding_window"),
+    (QWEN3_30B_A3B, {"mlp_only_layers": [0, 1]}, "mlp_only_layers"),
+    (QWEN3_30B_A3B, {"decoder_sparse_step": 2}, "decoder_sparse_step"),
+    (QWEN3_30B_A3B, {"num_experts_per_tok": 200}, "num_experts_per_tok"),
+    (LLAMA31_8B, {"attention_bias": "yes"}, "attention_bias"),
+    (LLAMA31_8B, {"rope_scaling": {**LLAMA31_8B["rope_scaling"], "high_freq_factor": 0.5}},
+     "rope_scaling.high_freq_factor"),
+])
+def test_bad_gqa_configs_name_the_key(config, change, key):
+    from dualpath_jax.model.spec import spec_from_hf_config
+
+    with pytest.raises(ConfigError) as e:
+        spec_from_hf_config({**config, **change}, path="c.json")
+    assert e.value.field == f"c.json: {key}"

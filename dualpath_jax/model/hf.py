@@ -1,15 +1,17 @@
 """Load a local Hugging Face checkpoint (``config.json`` + safetensors) into ``(ModelSpec, params)``.
 
-Supported architectures: ``Qwen2ForCausalLM`` (``model_type="qwen2"``) and
-``DeepseekV2ForCausalLM`` / ``DeepseekV3ForCausalLM`` (``model_type="deepseek_v2"`` /
-``"deepseek_v3"``: the same MLA weights and interleaved RoPE), dense or MoE (DeepSeek-V2's softmax
-router, greedy or group-limited; V3's sigmoid router with its ``e_score_correction_bias``; shared
-experts), with default, linear or YaRN RoPE and no DSA indexer. The ``config.json`` is read by
+Supported architectures: ``Qwen2ForCausalLM`` (``model_type="qwen2"``), ``Qwen3ForCausalLM`` /
+``Qwen3MoeForCausalLM`` (``"qwen3"`` / ``"qwen3_moe"``), ``LlamaForCausalLM`` /
+``MistralForCausalLM`` (``"llama"`` / ``"mistral"``) and ``DeepseekV2ForCausalLM`` /
+``DeepseekV3ForCausalLM`` (``"deepseek_v2"`` / ``"deepseek_v3"``: the same MLA weights and
+interleaved RoPE); dense or MoE (DeepSeek-V2's softmax router, greedy or group-limited, as
+Qwen3-MoE's; V3's sigmoid router with its ``e_score_correction_bias``; shared experts), with
+default, linear, YaRN or Llama 3 RoPE and no DSA indexer. The ``config.json`` is read by
 :func:`~dualpath_jax.model.spec.spec_from_hf_config` (JAX-free, also used by the simulator, which
-accepts indexer models too). Weight names follow
-``transformers``' modeling files; ``torch.nn.Linear`` weights ``[out, in]`` are transposed to this
-project's ``[in, out]``. Single-file and sharded (``model.safetensors.index.json``) checkpoints
-are read. No network access: the path must be a local directory.
+accepts indexer models too). Weight names follow ``transformers``' modeling files;
+``torch.nn.Linear`` weights ``[out, in]`` are transposed to this project's ``[in, out]``.
+Single-file and sharded (``model.safetensors.index.json``) checkpoints are read. No network
+access: the path must be a local directory.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ def _check_runnable(cfg: dict[str, Any], spec: ModelSpec, path: str) -> None:
     key = "rope_parameters" if cfg.get("rope_parameters") else "rope_scaling"
     rope = cfg.get(key) or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", None, "linear", "yarn"):
+    if rope_type not in ("default", None, "linear", "yarn", "llama3"):
         raise ConfigError(f"{path}: {key}.rope_type",
-                          f"only default, linear and yarn RoPE are supported (got {rope_type!r})")
+                          f"only default, linear, yarn and llama3 RoPE are supported (got {rope_type!r})")
     if spec.index_n_heads:
         raise ConfigError(f"{path}: index_n_heads", "the DSA indexer is not implemented by the functional model "
                           "(it runs dense attention)")
@@ -110,6 +112,10 @@ def _hf_names(spec: ModelSpec, layer: int) -> dict[str, tuple[str, bool]]:
             if spec.qkv_bias:
                 names["b" + ours] = (a + theirs + ".bias", False)
         names["wo"] = (a + "o_proj.weight", True)
+        if spec.o_bias:
+            names["bo"] = (a + "o_proj.bias", False)
+        if spec.qk_norm:
+            names.update(q_norm=(a + "q_norm.weight", False), k_norm=(a + "k_norm.weight", False))
     return names
 
 
@@ -159,7 +165,7 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
       FileNotFoundError: no config or weight files.
       ConfigError: naming ``<config.json>: <key>`` for an unsupported architecture or setting
         (:func:`~dualpath_jax.model.spec.spec_from_hf_config`; the DSA indexer, RoPE kinds other than
-        default, linear and YaRN, attention bias on MLA, an activation other than SiLU, MLP biases,
+        default, linear, YaRN and Llama 3, attention bias on MLA, an activation other than SiLU, MLP biases,
         quantized weights).
       ValueError: a weight file is unreadable (truncated, damaged, a shard missing; the message
         names the file), or a tensor is missing or has an unexpected shape (it names the tensor).

@@ -15,6 +15,7 @@ MoE routing in f32.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -42,12 +43,23 @@ def rope_inv_freq(dim: int, theta: float, scaling: RopeScaling | None = None) ->
     ``theta ** (-2j / dim)``, then scaled as ``scaling`` says (:class:`~dualpath_jax.model.spec.RopeScaling`:
     linear position interpolation divides them all by ``factor``; YaRN, arXiv 2309.00071 section 3,
     keeps the high frequencies, divides the low ones by ``factor`` and ramps linearly between the
-    bounds of :meth:`~dualpath_jax.model.spec.RopeScaling.yarn_ramp_bounds`)."""
+    bounds of :meth:`~dualpath_jax.model.spec.RopeScaling.yarn_ramp_bounds`; Llama 3 divides the
+    wavelengths beyond ``original / low_freq_factor`` and blends those down to ``original /
+    high_freq_factor``)."""
     pos_freqs = theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
     if scaling is None:
         return 1.0 / pos_freqs
     if scaling.kind == "linear":
         return 1.0 / pos_freqs / scaling.factor
+    if scaling.kind == "llama3":
+        inv_freq = 1.0 / pos_freqs
+        wavelen = 2 * math.pi / inv_freq
+        original = scaling.original_max_position
+        scaled = jnp.where(wavelen > original / scaling.low_freq_factor, inv_freq / scaling.factor, inv_freq)
+        smooth = (original / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+        blended = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+        medium = (wavelen >= original / scaling.high_freq_factor) & (wavelen <= original / scaling.low_freq_factor)
+        return jnp.where(medium, blended, scaled)
     low, high = scaling.yarn_ramp_bounds(dim, theta)
     if low == high:
         high += 0.001  # (as transformers: no division by zero)
@@ -174,11 +186,12 @@ def moe_mlp(p: dict, spec: ModelSpec, x: jax.Array) -> jax.Array:
 
 def gqa_attention(p: dict, spec: ModelSpec, x: jax.Array, cos: jax.Array, sin: jax.Array,
                   backend: AttentionBackend) -> tuple[jax.Array, tuple[jax.Array, jax.Array], Any]:
-    """Qwen2-style GQA: projections and RoPE here, the attention over the cached prefix by ``backend``.
+    """GQA (Qwen2, Qwen3, Llama): projections and RoPE here, the attention over the cached prefix by ``backend``.
 
     Args:
-      p: layer params with ``wq [D, N*H]``, ``bq [N*H]``, ``wk/wv [D, K*H]``, ``bk/bv [K*H]``,
-        ``wo [N*H, D]`` (biases present iff ``spec.qkv_bias``).
+      p: layer params with ``wq [D, N*H]``, ``bq [N*H]``, ``wk/wv [D, K*H]``, ``bk/bv [K*H]``
+        (present iff ``spec.qkv_bias``), ``wo [N*H, D]``, ``bo [D]`` (iff ``spec.o_bias``),
+        ``q_norm/k_norm [H]`` (iff ``spec.qk_norm``: Qwen3's per-head RMSNorm before RoPE).
       x: normed hidden states ``[T, D]``.
       cos, sin: rope tables ``[T, H]`` for the new tokens' absolute positions.
       backend: where the prefix's KV lives (:mod:`dualpath_jax.model.attention`).
@@ -192,11 +205,13 @@ def gqa_attention(p: dict, spec: ModelSpec, x: jax.Array, cos: jax.Array, sin: j
     q, k, v = x @ p["wq"], x @ p["wk"], x @ p["wv"]
     if spec.qkv_bias:
         q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
-    q = apply_rope(q.reshape(t, n, h), cos, sin)
-    k = apply_rope(k.reshape(t, kh, h), cos, sin)
-    v = v.reshape(t, kh, h)
+    q, k, v = q.reshape(t, n, h), k.reshape(t, kh, h), v.reshape(t, kh, h)
+    if spec.qk_norm:
+        q, k = rms_norm(q, p["q_norm"], spec.rms_norm_eps), rms_norm(k, p["k_norm"], spec.rms_norm_eps)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     out, aux = backend.gqa(q, k, v, scale=spec.attn_scale)
-    return out.reshape(t, n * h) @ p["wo"], (k, v), aux
+    out = out.reshape(t, n * h) @ p["wo"]
+    return (out + p["bo"] if spec.o_bias else out), (k, v), aux
 
 
 def mla_attention(p: dict, spec: ModelSpec, x: jax.Array, cos: jax.Array, sin: jax.Array,

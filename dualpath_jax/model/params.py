@@ -11,9 +11,10 @@ A MoE layer's ``mlp`` (``spec.is_moe_layer``; E routed experts of width Fm = ``m
 "w_down": [E, Fm, D], "shared": {a SwiGLU of width n_shared_experts * Fm} (when shared experts)}``.
 
 Attention weights: GQA ``wq [D, N*H], wk/wv [D, K*H], wo [N*H, D]`` plus ``bq/bk/bv`` when
-``spec.qkv_bias``; MLA ``wq [D, N*(nope+R)]`` (or ``wq_a [D, q_lora], q_a_norm [q_lora],
-wq_b [q_lora, N*(nope+R)]``), ``wkv_a [D, C+R], kv_a_norm [C], wkv_b [C, N*(nope+v)],
-wo [N*v, D]``. Matrices are stored ``[in, out]`` (transposed w.r.t. ``torch.nn.Linear``).
+``spec.qkv_bias``, ``bo [D]`` when ``spec.o_bias``, ``q_norm/k_norm [H]`` when ``spec.qk_norm``;
+MLA ``wq [D, N*(nope+R)]`` (or ``wq_a [D, q_lora], q_a_norm [q_lora], wq_b [q_lora, N*(nope+R)]``),
+``wkv_a [D, C+R], kv_a_norm [C], wkv_b [C, N*(nope+v)], wo [N*v, D]``. Matrices are stored
+``[in, out]`` (transposed w.r.t. ``torch.nn.Linear``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ def param_shapes(spec: ModelSpec) -> dict:
         layer.update(wq=(d, n * h), wk=(d, k * h), wv=(d, k * h), wo=(n * h, d))
         if spec.qkv_bias:
             layer.update(bq=(n * h,), bk=(k * h,), bv=(k * h,))
+        if spec.o_bias:
+            layer["bo"] = (d,)
+        if spec.qk_norm:
+            layer.update(q_norm=(h,), k_norm=(h,))
     dense = {**layer, "mlp": _swiglu_shapes(d, f)}
     layers = [dense] * spec.n_layers
     if spec.n_routed_experts:

@@ -3,23 +3,25 @@
 A spec is a frozen, validated description of a decoder-only transformer in one of two attention
 families:
 
-* ``attention="gqa"``: grouped-query attention as in Qwen2 / Qwen2.5 (q/k/v bias, RoPE with
-  rotate-half layout, RMSNorm, SwiGLU MLP). KV cache per layer per token: K and V, ``K*H`` each.
+* ``attention="gqa"``: grouped-query attention as in Qwen2 / Qwen2.5, Qwen3, Llama, Mistral (RoPE
+  with rotate-half layout, RMSNorm, SwiGLU MLP). KV cache per layer per token: K and V, ``K*H`` each.
 * ``attention="mla"``: multi-head latent attention as in DeepSeek-V2/V3 (optional query LoRA,
   latent KV of ``kv_lora_rank`` C plus a decoupled RoPE key of ``qk_rope_head_dim`` R). KV cache
   per layer per token: ``C + R`` values. DeepSeek-V3.2 adds the DSA lightning indexer
   (``index_n_heads``, ``index_head_dim``, ``index_topk``), which is accounted for in the cost
   model (:mod:`dualpath_jax.model.cost`); the functional model runs dense attention.
 
-Mixture-of-experts layers (``n_routed_experts`` etc.: DeepSeek-V2's softmax router with greedy or
-group-limited top-k, DeepSeek-V3's sigmoid router with bias-corrected group top-k) are priced by the
-cost model and run by the functional model; RoPE scaling of long-context checkpoints
-(:class:`RopeScaling`: linear position interpolation, YaRN) is carried for the functional model.
+GQA variants: q/k/v biases (Qwen2), an o_proj bias (Llama / Qwen3 with ``attention_bias``), per-head
+q/k RMSNorm (Qwen3). Mixture-of-experts layers (``n_routed_experts`` etc.: a softmax router with
+greedy or group-limited top-k as DeepSeek-V2 and Qwen3-MoE, DeepSeek-V3's sigmoid router with
+bias-corrected group top-k) are priced by the cost model and run by the functional model; RoPE
+scaling of long-context checkpoints (:class:`RopeScaling`: linear position interpolation, YaRN,
+Llama 3's) is carried for the functional model.
 
 Besides the presets, :func:`resolve_spec` reads a Hugging Face ``config.json`` (a file, or a
-directory holding one) through :func:`spec_from_hf_config`: dense GQA (``model_type`` ``qwen2``)
-and DeepSeek-style MLA with MoE (``deepseek_v2``, ``deepseek_v3``) and the DSA indexer
-(``deepseek_v32``).
+directory holding one) through :func:`spec_from_hf_config`: GQA (``model_type`` ``qwen2``,
+``qwen3``, ``qwen3_moe``, ``llama``, ``mistral``) and DeepSeek-style MLA with MoE (``deepseek_v2``,
+``deepseek_v3``) and the DSA indexer (``deepseek_v32``).
 
 Sources: Qwen2.5-32B ``config.json`` (huggingface.co/Qwen/Qwen2.5-32B), DeepSeek-V3.2
 ``config.json`` (PAPER.md [CFG-DS]), DS 27B shapes from PAPER.md section 6.1 / paper appendix A.2
@@ -55,6 +57,9 @@ class RopeScaling:
       than ``beta_fast`` times are kept, those fitting it fewer than ``beta_slow`` times divided by
       ``factor``, a linear ramp in between (bounds floored / ceiled when ``truncate``); cos and sin
       are scaled by :attr:`cos_sin_scale`.
+    * ``kind="llama3"``: Llama 3.1's scaling (``transformers``' ``_compute_llama3_parameters``):
+      wavelengths shorter than ``original_max_position / high_freq_factor`` kept, longer than
+      ``original_max_position / low_freq_factor`` divided by ``factor``, smoothly blended between.
 
     DeepSeek's MLA also multiplies its softmax scale by ``mscale(factor, mscale_all_dim) ** 2``
     (:attr:`mla_softmax_factor`).
@@ -65,10 +70,11 @@ class RopeScaling:
 
     Raises:
       ConfigError: naming the field, for an unknown ``kind``, ``factor < 1``, a missing
-        ``original_max_position`` (YaRN) or ``beta_fast <= beta_slow``.
+        ``original_max_position`` (YaRN, Llama 3), ``beta_fast <= beta_slow`` or
+        ``high_freq_factor <= low_freq_factor``.
     """
 
-    kind: Literal["linear", "yarn"] = "yarn"
+    kind: Literal["linear", "yarn", "llama3"] = "yarn"
     factor: float = 1.0
     original_max_position: int = 0
     beta_fast: float = 32.0
@@ -77,13 +83,21 @@ class RopeScaling:
     mscale_all_dim: float = 0.0
     attention_factor: float = 0.0
     truncate: bool = True
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
 
     def __post_init__(self):
-        check_in("rope_scaling.kind", self.kind, ("linear", "yarn"))
+        check_in("rope_scaling.kind", self.kind, ("linear", "yarn", "llama3"))
         if not (isinstance(self.factor, (int, float)) and math.isfinite(self.factor) and self.factor >= 1):
             raise ConfigError("rope_scaling.factor", f"must be a number >= 1 (got {self.factor!r})")
         for f in ("mscale", "mscale_all_dim", "attention_factor"):
             check_non_negative("rope_scaling." + f, getattr(self, f))
+        if self.kind == "llama3":
+            check_positive("rope_scaling.original_max_position", self.original_max_position, integer=True)
+            check_positive("rope_scaling.low_freq_factor", self.low_freq_factor)
+            if not self.high_freq_factor > self.low_freq_factor:
+                raise ConfigError("rope_scaling.high_freq_factor", f"must be > low_freq_factor (got "
+                                  f"{self.high_freq_factor} and {self.low_freq_factor})")
         if self.kind == "yarn":
             check_positive("rope_scaling.original_max_position", self.original_max_position, integer=True)
             check_positive("rope_scaling.beta_slow", self.beta_slow)
@@ -150,6 +164,8 @@ class ModelSpec:
     n_kv_heads: int = 0
     head_dim: int = 0
     qkv_bias: bool = True
+    o_bias: bool = False  # an o_proj bias (Llama / Qwen3 ``attention_bias``)
+    qk_norm: bool = False  # per-head RMSNorm of q and k before RoPE (Qwen3)
     # MLA (DeepSeek-V3 naming)
     q_lora_rank: int = 0  # 0 = no query compression
     kv_lora_rank: int = 0
@@ -206,6 +222,9 @@ class ModelSpec:
                 check_positive(p + f, getattr(self, f), integer=True)
             if self.qk_rope_head_dim % 2:
                 raise ConfigError(p + "qk_rope_head_dim", f"must be even for RoPE (got {self.qk_rope_head_dim})")
+            for f in ("o_bias", "qk_norm"):
+                if getattr(self, f):
+                    raise ConfigError(p + f, "is a GQA setting (MLA has neither)")
         if (self.index_n_heads > 0) != (self.index_topk > 0) or (self.index_n_heads > 0) != (self.index_head_dim > 0):
             raise ConfigError(p + "index_n_heads", "index_n_heads, index_head_dim and index_topk must be all zero "
                               f"or all positive (got {self.index_n_heads}, {self.index_head_dim}, {self.index_topk})")
@@ -423,6 +442,19 @@ def _number(cfg: dict, key: str, path: str, kind: type, default: Any = _MISSING)
     return kind(value)
 
 
+HF_MODEL_TYPES = ("qwen2", "qwen3", "qwen3_moe", "llama", "mistral", "deepseek_v2", "deepseek_v3", "deepseek_v32")
+"""The ``model_type`` values :func:`spec_from_hf_config` reads."""
+
+
+def _flag(cfg: dict, key: str, default: bool, path: str) -> bool:
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: {key}", f"must be true or false (got {value!r})")
+    return value
+
+
 def _moe_routing(cfg: dict, model_type: str, path: str) -> dict:
     """The router's fields of a DeepSeek ``config.json`` (``scoring_func``, ``topk_method``,
     ``n_group``, ``topk_group``, ``norm_topk_prob``, ``routed_scaling_factor``).
@@ -441,9 +473,7 @@ def _moe_routing(cfg: dict, model_type: str, path: str) -> dict:
         if value is not None and value not in choices:
             raise ConfigError(f"{path}: {key}", f"{model_type} supports {list(choices)} (got {value!r})")
         given[key] = value
-    norm = cfg.get("norm_topk_prob", not v2)
-    if not isinstance(norm, bool):
-        raise ConfigError(f"{path}: norm_topk_prob", f"must be true or false (got {norm!r})")
+    norm = _flag(cfg, "norm_topk_prob", not v2, path)
     return dict(moe_scoring=scoring, moe_topk_method=given["topk_method"] or method,
                 moe_n_group=_number(cfg, "n_group", path, int, 1),
                 moe_topk_group=_number(cfg, "topk_group", path, int, 1), moe_norm_topk=norm,
@@ -453,7 +483,8 @@ def _moe_routing(cfg: dict, model_type: str, path: str) -> dict:
 # RopeScaling field -> its key in a config.json's rope_scaling / rope_parameters
 _ROPE_KEYS = {"kind": "rope_type", "factor": "factor", "original_max_position": "original_max_position_embeddings",
               "beta_fast": "beta_fast", "beta_slow": "beta_slow", "mscale": "mscale",
-              "mscale_all_dim": "mscale_all_dim", "attention_factor": "attention_factor", "truncate": "truncate"}
+              "mscale_all_dim": "mscale_all_dim", "attention_factor": "attention_factor", "truncate": "truncate",
+              "low_freq_factor": "low_freq_factor", "high_freq_factor": "high_freq_factor"}
 
 
 def _rope_scaling(cfg: dict, max_position: int, path: str) -> RopeScaling | None:
@@ -464,16 +495,17 @@ def _rope_scaling(cfg: dict, max_position: int, path: str) -> RopeScaling | None
     key = "rope_parameters" if cfg.get("rope_parameters") else "rope_scaling"
     rope = cfg.get(key) or {}
     kind = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else None
-    if kind not in ("linear", "yarn"):
+    if kind not in ("linear", "yarn", "llama3"):
         return None
     where = f"{path}: {key}"
+    original_key = "original_max_position_embeddings"
+    original = _number({original_key: rope.get(original_key, cfg.get(original_key))}, original_key, where, int, 0)
     factor = rope.get("factor")
-    original = rope.get("original_max_position_embeddings", cfg.get("original_max_position_embeddings"))
     if factor is None and kind == "yarn" and original:  # DeepSeek-V3 style: the ratio of the two lengths
-        factor = max_position / _number({"original_max_position_embeddings": original},
-                                        "original_max_position_embeddings", where, float)
-    fields = dict(kind=kind, factor=_number({"factor": factor}, "factor", where, float),
-                  original_max_position=_number({"o": original}, "o", where, int, 0),
+        factor = max_position / original
+    fields = dict(kind=kind, factor=_number({"factor": factor}, "factor", where, float), original_max_position=original,
+                  low_freq_factor=_number(rope, "low_freq_factor", where, float, 1.0),
+                  high_freq_factor=_number(rope, "high_freq_factor", where, float, 4.0),
                   beta_fast=_number(rope, "beta_fast", where, float, 0.0) or 32.0,
                   beta_slow=_number(rope, "beta_slow", where, float, 0.0) or 1.0,
                   mscale=_number(rope, "mscale", where, float, 0.0),
@@ -504,6 +536,11 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
 
     * ``qwen2`` (Qwen2 / Qwen2.5): GQA with q/k/v bias; ``num_key_value_heads`` (default: the
       query heads), ``head_dim`` (default ``hidden_size / num_attention_heads``).
+    * ``llama`` / ``mistral`` (Llama 2 and 3, Mistral): GQA, biases on q/k/v/o when
+      ``attention_bias``; Mistral without a ``sliding_window``.
+    * ``qwen3`` / ``qwen3_moe`` (Qwen3, Qwen3-MoE): GQA with per-head q/k RMSNorm, biases as Llama;
+      Qwen3-MoE's every layer a MoE of ``num_experts`` (softmax router, top ``num_experts_per_tok``,
+      ``norm_topk_prob``; ``decoder_sparse_step`` 1 and no ``mlp_only_layers``).
     * ``deepseek_v2`` / ``deepseek_v3`` / ``deepseek_v32`` (DeepSeek-V2 and V2-Lite, V3, V3.2;
       V2's MLA and MoE fields are V3's): MLA (``q_lora_rank``, null = none;
       ``kv_lora_rank``, ``qk_nope_head_dim``, ``qk_rope_head_dim``, ``v_head_dim``), MoE
@@ -515,11 +552,11 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
       prediction layers (``num_nextn_predict_layers``) are not counted: speculative decoding is
       off in the paper's runs (PAPER.md 6.1).
 
-    Their router (:func:`_moe_routing`) and, under ``rope_scaling`` / ``rope_parameters``, linear or
-    YaRN RoPE scaling (:class:`RopeScaling`) are read for the functional model. Other RoPE kinds
+    Their router (:func:`_moe_routing`) and, under ``rope_scaling`` / ``rope_parameters``, linear,
+    YaRN or Llama 3 RoPE scaling (:class:`RopeScaling`) are read for the functional model. Other RoPE kinds
     change neither shapes nor FLOPs and are accepted here; the JAX model's checkpoint loader
     (``model.hf.load_hf_checkpoint``) rejects what its forward does not implement (the indexer,
-    RoPE kinds other than default, linear and YaRN).
+    other RoPE kinds).
 
     Raises:
       ConfigError: naming ``<path>: <key>`` for a missing or non-numeric required field, an
@@ -527,9 +564,9 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
         value ModelSpec rejects (inconsistent heads, MoE, router, RoPE scaling or indexer settings).
     """
     model_type = cfg.get("model_type")
-    if model_type not in ("qwen2", "deepseek_v2", "deepseek_v3", "deepseek_v32"):
+    if model_type not in HF_MODEL_TYPES:
         raise ConfigError(f"{path}: model_type", f"unsupported architecture {model_type!r}; "
-                          "supported: 'qwen2', 'deepseek_v2', 'deepseek_v3', 'deepseek_v32'")
+                          f"supported: {', '.join(map(repr, HF_MODEL_TYPES))}")
     common = dict(name=name, vocab_size=_number(cfg, "vocab_size", path, int),
                   d_model=_number(cfg, "hidden_size", path, int), n_layers=_number(cfg, "num_hidden_layers", path, int),
                   n_heads=_number(cfg, "num_attention_heads", path, int),
@@ -537,12 +574,31 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
                   rms_norm_eps=_number(cfg, "rms_norm_eps", path, float, 1e-6), rope_theta=_rope_theta(cfg, path),
                   tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
                   max_position=_number(cfg, "max_position_embeddings", path, int, 131072))
-    if model_type == "qwen2":
+    keys = _HF_KEYS
+    if not model_type.startswith("deepseek"):
         if cfg.get("use_sliding_window", False):
             raise ConfigError(f"{path}: use_sliding_window", "sliding-window attention is not supported")
-        fields = dict(attention="gqa", qkv_bias=True,
+        if model_type == "mistral" and cfg.get("sliding_window") is not None:
+            raise ConfigError(f"{path}: sliding_window", "sliding-window attention is not supported (set it to "
+                              f"null for full attention; got {cfg['sliding_window']!r})")
+        bias = _flag(cfg, "attention_bias", False, path)
+        fields = dict(attention="gqa", qkv_bias=True if model_type == "qwen2" else bias,
+                      o_bias=model_type != "qwen2" and bias, qk_norm=model_type.startswith("qwen3"),
                       n_kv_heads=_number(cfg, "num_key_value_heads", path, int, common["n_heads"]),
                       head_dim=_number(cfg, "head_dim", path, int, 0) or common["d_model"] // max(common["n_heads"], 1))
+        # (transformers 5 writes num_experts as num_local_experts)
+        experts_key = "num_local_experts" if cfg.get("num_experts") is None and "num_local_experts" in cfg \
+            else "num_experts"
+        if model_type == "qwen3_moe" and _number(cfg, experts_key, path, int):
+            keys = {**_HF_KEYS, "n_routed_experts": experts_key}
+            for key, dense in (("decoder_sparse_step", 1), ("mlp_only_layers", [])):
+                if cfg.get(key, dense) not in (dense, None):
+                    raise ConfigError(f"{path}: {key}", f"only every layer MoE is supported ({key} {dense!r}; got "
+                                      f"{cfg[key]!r})")
+            fields.update(n_routed_experts=_number(cfg, experts_key, path, int),
+                          n_activated_experts=_number(cfg, "num_experts_per_tok", path, int),
+                          moe_d_ff=_number(cfg, "moe_intermediate_size", path, int), moe_scoring="softmax",
+                          moe_topk_method="greedy", moe_norm_topk=_flag(cfg, "norm_topk_prob", False, path))
     else:
         n_layers = common["n_layers"]
         first_dense = _number(cfg, "first_k_dense_replace", path, int, 0)
@@ -571,7 +627,7 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
         return ModelSpec(**common, **fields)
     except ConfigError as e:  # ModelSpec names its own field: name the config.json key instead
         spec_field = e.field.rsplit(".", 1)[-1]
-        raise ConfigError(f"{path}: {_HF_KEYS.get(spec_field, spec_field)}", e.message) from None
+        raise ConfigError(f"{path}: {keys.get(spec_field, spec_field)}", e.message) from None
 
 
 _HF_WEIGHT_DTYPES = {"bfloat16": "bf16", "float16": "fp16"}
