@@ -5,7 +5,8 @@ DeepseekV2ForCausalLM, DeepseekV3ForCausalLM; dense and MoE, default, YaRN and L
 ``torch`` on CPU in float32:
 each model is built from a tiny config with random weights, saved with ``save_pretrained`` (config.json
 + model.safetensors) under ``tests/data/hf/<name>/``, and run on fixed token ids; the logits are saved as
-``reference.npz`` (``tokens`` i32[T], ``logits`` f32[T, V]). ``tests/test_hf_parity.py`` reads the
+``reference.npz`` (``tokens`` i32[T], ``logits`` f32[T, V], and the RoPE ``rope_inv_freq`` f32[dim/2]
+and ``rope_attention_scaling`` transformers derived from the config). ``tests/test_hf_parity.py`` reads the
 checkpoint with ``load_hf_checkpoint`` and compares this project's forward against those logits.
 
 Usage (needs the ``hf`` extra; ``pip install torch==2.13.0 transformers``):
@@ -171,7 +172,10 @@ def main() -> None:
         model.save_pretrained(out_dir, safe_serialization=True)
         with torch.no_grad():
             logits = model(torch.from_numpy(tokens.astype(np.int64))[None]).logits[0].numpy()
-        np.savez(os.path.join(out_dir, "reference.npz"), tokens=tokens, logits=logits.astype(np.float32))
+        rotary = model.model.rotary_emb  # the RoPE frequencies and cos/sin factor transformers derived
+        np.savez(os.path.join(out_dir, "reference.npz"), tokens=tokens, logits=logits.astype(np.float32),
+                 rope_inv_freq=rotary.inv_freq.numpy().astype(np.float32),
+                 rope_attention_scaling=np.float64(rotary.attention_scaling))
         print(f"{name}: wrote {out_dir} logits {logits.shape}, transformers {transformers.__version__}")
 
 

@@ -20,6 +20,9 @@ from dualpath_jax.model import forward, forward_with_cache
 from dualpath_jax.model.hf import load_hf_checkpoint
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "hf")
+# f32 on both sides: the logits (about 0.7 at most) agree to about 3e-7; 5e-6 still tells a RoPE
+# frequency 5% off (9e-5 here) or an mscale not squared (5e-4)
+ATOL = 5e-6
 CASES = ["qwen2_tiny", "deepseek_v3_tiny", "deepseek_v3_tiny_noqlora", "deepseek_v2_lite_tiny",
          "deepseek_v3_moe_tiny", "deepseek_v2_moe_tiny", "qwen2_yarn_tiny", "llama_tiny", "qwen3_tiny",
          "qwen3_moe_tiny"]
@@ -31,7 +34,7 @@ def test_forward_matches_transformers_logits(name):
     ref = np.load(os.path.join(DATA, name, "reference.npz"))
     logits = np.asarray(forward(params, spec, jnp.asarray(ref["tokens"])))
     assert logits.shape == ref["logits"].shape
-    np.testing.assert_allclose(logits, ref["logits"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(logits, ref["logits"], atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -41,7 +44,25 @@ def test_layerwise_with_cache_matches_transformers_logits(name):
     tokens = jnp.asarray(ref["tokens"])
     _, kv = forward_with_cache(params, spec, tokens[:65], None)
     logits, _ = forward_with_cache(params, spec, tokens[65:], kv)
-    np.testing.assert_allclose(np.asarray(logits), ref["logits"][65:], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.asarray(logits), ref["logits"][65:], atol=ATOL, rtol=0)
+
+
+ROPE_CASES = [n for n in CASES if "rope_inv_freq" in np.load(os.path.join(DATA, n, "reference.npz"))]
+
+
+@pytest.mark.parametrize("name", ROPE_CASES)
+def test_rope_frequencies_and_scale_match_transformers(name):
+    """RoPE's frequencies and its cos/sin factor as transformers derived them from the config.json
+    (YaRN, Llama 3), compared directly rather than through the logits."""
+    from dualpath_jax.model.layers import rope_inv_freq
+
+    spec, _ = load_hf_checkpoint(os.path.join(DATA, name))
+    ref = np.load(os.path.join(DATA, name, "reference.npz"))
+    dim = spec.qk_rope_head_dim if spec.is_mla else spec.head_dim
+    np.testing.assert_allclose(np.asarray(rope_inv_freq(dim, spec.rope_theta, spec.rope_scaling)),
+                               ref["rope_inv_freq"], rtol=1e-6, atol=0)
+    scale = 1.0 if spec.rope_scaling is None else spec.rope_scaling.cos_sin_scale
+    assert scale == pytest.approx(float(ref["rope_attention_scaling"]), rel=1e-12)
 
 
 def test_spec_read_from_config():
@@ -120,8 +141,11 @@ def test_fused_expert_tensors_read_as_the_per_expert_ones(tmp_path):
     ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}}, "rope_parameters.rope_type"),
     ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 0.5,
                           "original_max_position_embeddings": 256}}, "rope_parameters.factor"),
-    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}},
-     "rope_parameters.original_max_position_embeddings"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": "4"}}, "rope_parameters.factor"),
+    ({"rope_scaling": {"type": "ntk", "factor": 4.0}, "rope_parameters": None}, "rope_scaling.type"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "beta_fast": 0.5}},
+     "rope_parameters.beta_fast"),
+    ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
     ({"topk_group": 5}, "topk_group"),
     ({"n_group": 3}, "n_group"),
     ({"scoring_func": "softmax"}, "scoring_func"),
@@ -134,6 +158,21 @@ def test_unsupported_or_inconsistent_settings_rejected_naming_the_key(tmp_path, 
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, **change}))
     with pytest.raises(ConfigError, match=r"config\.json: " + field.replace(".", r"\.")):
+        load_hf_checkpoint(d)
+
+
+@pytest.mark.parametrize("name, change", [
+    ("qwen3_tiny", {"model_type": "llama"}),                 # its q/k norms
+    ("qwen2_tiny", {"model_type": "llama"}),                 # its q/k/v biases
+    ("deepseek_v2_moe_tiny", {"n_shared_experts": 0}),       # its shared experts
+])
+def test_weights_the_config_does_not_describe_are_an_error(tmp_path, name, change):
+    """A config.json that leaves out a key its checkpoint needs would run another model; the loader
+    refuses the weights left unread."""
+    d = _copy(tmp_path, name)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(ValueError, match=r"tensor\(s\) the config\.json does not describe"):
         load_hf_checkpoint(d)
 
 
@@ -185,5 +224,5 @@ def test_live_transformers_parity():
             model.save_pretrained(tmp)
             spec, params = load_hf_checkpoint(tmp)
         got = np.asarray(forward(params, spec, jnp.asarray(tokens, jnp.int32)))
-        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
     del transformers

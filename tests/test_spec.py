@@ -247,3 +247,33 @@ def test_bad_gqa_configs_name_the_key(config, change, key):
     with pytest.raises(ConfigError) as e:
         spec_from_hf_config({**config, **change}, path="c.json")
     assert e.value.field == f"c.json: {key}"
+
+
+def test_absent_keys_take_transformers_defaults():
+    """As transformers' config classes: Qwen3's head_dim 128 (not hidden / heads), Mistral's 4096-token
+    sliding window, DeepSeek-V3's router (8 groups, 4 kept, x2.5) and shared expert, a top-level
+    original_max_position_embeddings over the RoPE dict's."""
+    from dualpath_jax.model.spec import spec_from_hf_config
+
+    small = {**QWEN3_8B, "hidden_size": 1024, "num_attention_heads": 16}
+    del small["head_dim"]
+    assert spec_from_hf_config(small).head_dim == 128
+    with pytest.raises(ConfigError, match="sliding_window"):
+        spec_from_hf_config({k: v for k, v in MISTRAL_7B.items() if k != "sliding_window"})
+    v3 = {k: v for k, v in DEEPSEEK_V2_LITE.items()
+          if k not in ("n_shared_experts", "num_experts_per_tok", "first_k_dense_replace", "q_lora_rank")}
+    spec = spec_from_hf_config({**v3, "model_type": "deepseek_v3"})
+    assert (spec.moe_n_group, spec.moe_topk_group, spec.moe_routed_scale, spec.moe_norm_topk) == (8, 4, 2.5, True)
+    assert (spec.n_shared_experts, spec.n_activated_experts, spec.first_k_dense, spec.q_lora_rank) == (1, 8, 3, 1536)
+    llama = spec_from_hf_config({**LLAMA31_8B, "original_max_position_embeddings": 4096})
+    assert llama.rope_scaling.original_max_position == 4096
+
+
+def test_deepseek_v2_normalising_its_weights_does_not_scale_them():
+    """DeepSeek-V2's modeling code normalises the chosen weights or scales them, not both."""
+    from dualpath_jax.model.spec import spec_from_hf_config
+
+    spec = spec_from_hf_config({**DEEPSEEK_V2_LITE, "norm_topk_prob": True, "routed_scaling_factor": 16.0})
+    assert (spec.moe_norm_topk, spec.moe_routed_scale) == (True, 1.0)
+    spec = spec_from_hf_config({**DEEPSEEK_V2_LITE, "norm_topk_prob": False, "routed_scaling_factor": 16.0})
+    assert (spec.moe_norm_topk, spec.moe_routed_scale) == (False, 16.0)

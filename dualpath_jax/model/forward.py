@@ -162,6 +162,7 @@ def forward_batch(params: dict, spec: ModelSpec, tokens: jax.Array, *, implement
     """Batched :func:`forward` over equal-length sequences: ``i32[B, T]`` -> ``f32[B, T, V]``.
 
     Vectorised (``jax.vmap``) for dense models; a MoE model's sequences run one after another
-    (``jax.lax.map``: its grouped expert matmul, ``jax.lax.ragged_dot``, has no batching rule)."""
+    (``jax.lax.map``: JAX batches its grouped expert matmul, ``jax.lax.ragged_dot``, over the
+    leading dimension only, and the router's group sizes would be batched too)."""
     one = functools.partial(forward, params, spec, implementation=implementation)
     return jax.lax.map(one, tokens) if spec.n_routed_experts else jax.vmap(one)(tokens)

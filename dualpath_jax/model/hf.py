@@ -35,9 +35,10 @@ def _check_runnable(cfg: dict[str, Any], spec: ModelSpec, path: str) -> None:
     """Raise for what the functional model's forward does not implement (the spec itself may hold it)."""
     key = "rope_parameters" if cfg.get("rope_parameters") else "rope_scaling"
     rope = cfg.get(key) or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    kind_key = "type" if "rope_type" not in rope and "type" in rope else "rope_type"
+    rope_type = rope.get(kind_key, "default")
     if rope_type not in ("default", None, "linear", "yarn", "llama3"):
-        raise ConfigError(f"{path}: {key}.rope_type",
+        raise ConfigError(f"{path}: {key}.{kind_key}",
                           f"only default, linear, yarn and llama3 RoPE are supported (got {rope_type!r})")
     if spec.index_n_heads:
         raise ConfigError(f"{path}: index_n_heads", "the DSA indexer is not implemented by the functional model "
@@ -119,10 +120,12 @@ def _hf_names(spec: ModelSpec, layer: int) -> dict[str, tuple[str, bool]]:
     return names
 
 
-def _expert_weights(tensors: dict[str, np.ndarray], spec: ModelSpec, layer: int, path: str) -> dict[str, np.ndarray]:
-    """A MoE layer's routed experts as ``w_gate/w_up [E, D, Fm]``, ``w_down [E, Fm, D]``: from the
-    Hub's per-expert tensors (``mlp.experts.<j>.{gate,up,down}_proj.weight``) or, when absent, from
-    ``transformers`` 5's fused ``mlp.experts.gate_up_proj [E, 2Fm, D]`` and ``down_proj [E, D, Fm]``.
+def _expert_weights(tensors: dict[str, np.ndarray], spec: ModelSpec, layer: int, path: str
+                    ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """A MoE layer's routed experts as ``w_gate/w_up [E, D, Fm]``, ``w_down [E, Fm, D]`` (and the
+    tensor names read): from the Hub's per-expert tensors (``mlp.experts.<j>.{gate,up,down}_proj.weight``)
+    or, when absent, from ``transformers`` 5's fused ``mlp.experts.gate_up_proj [E, 2Fm, D]`` and
+    ``down_proj [E, D, Fm]``.
 
     Raises:
       ValueError: a tensor missing (naming the first one) or of another shape.
@@ -137,8 +140,9 @@ def _expert_weights(tensors: dict[str, np.ndarray], spec: ModelSpec, layer: int,
             if tuple(w.shape) != shape:
                 raise ValueError(f"{path}: tensor {name!r} has shape {tuple(w.shape)}, expected {shape}")
         gate_up = np.swapaxes(gate_up, 1, 2)
-        return {"w_gate": gate_up[..., :fm], "w_up": gate_up[..., fm:], "w_down": np.swapaxes(down, 1, 2)}
-    out = {}
+        return ({"w_gate": gate_up[..., :fm], "w_up": gate_up[..., fm:], "w_down": np.swapaxes(down, 1, 2)},
+                [pre + "gate_up_proj", pre + "down_proj"])
+    out, names = {}, []
     for ours, shape in (("gate", (fm, d)), ("up", (fm, d)), ("down", (d, fm))):
         stack = []
         for j in range(e):
@@ -148,8 +152,9 @@ def _expert_weights(tensors: dict[str, np.ndarray], spec: ModelSpec, layer: int,
             if tuple(tensors[name].shape) != shape:
                 raise ValueError(f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {shape}")
             stack.append(tensors[name].T)
+            names.append(name)
         out["w_" + ours] = np.stack(stack)
-    return out
+    return out, names
 
 
 def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str | None = None
@@ -158,7 +163,9 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
 
     Args:
       path: directory holding ``config.json`` and ``model.safetensors`` (or a sharded index).
-      dtype: dtype of the returned params.
+      dtype: dtype of the returned params (a MoE router's ``router`` / ``router_bias`` stay f32:
+        DeepSeek's reference routes in f32; Qwen3-MoE's computes its router logits in the model
+        dtype, so in bf16 near-ties between experts may be broken differently).
       name: spec name (defaults to the directory name).
 
     Raises:
@@ -168,7 +175,8 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
         default, linear, YaRN and Llama 3, attention bias on MLA, an activation other than SiLU, MLP biases,
         quantized weights).
       ValueError: a weight file is unreadable (truncated, damaged, a shard missing; the message
-        names the file), or a tensor is missing or has an unexpected shape (it names the tensor).
+        names the file), a tensor is missing or has an unexpected shape (it names the tensor), or
+        the checkpoint holds weights the config.json does not describe (:func:`_check_all_read`).
     """
     path = os.fspath(path)
     cfg_path = os.path.join(path, "config.json")
@@ -181,9 +189,12 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
     tensors = _read_tensors(path)
     shapes = param_shapes(spec)
 
+    read: set[str] = set()
+
     def take(hf_name: str, transpose: bool, shape: tuple, dtype=dtype) -> jnp.ndarray:
         if hf_name not in tensors:
             raise ValueError(f"{path}: tensor {hf_name!r} missing from checkpoint")
+        read.add(hf_name)
         w = tensors[hf_name]
         w = w.T if transpose else w
         if tuple(w.shape) != tuple(shape):
@@ -205,7 +216,31 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
             node[leaf] = take(theirs, transpose, shape[leaf],  # routing in f32, as the reference code
                               jnp.float32 if leaf.startswith("router") else dtype)
         if spec.is_moe_layer(layer):
-            lp["mlp"].update({k: jnp.asarray(w, dtype) for k, w in _expert_weights(tensors, spec, layer, path).items()})
+            experts, names = _expert_weights(tensors, spec, layer, path)
+            lp["mlp"].update({k: jnp.asarray(w, dtype) for k, w in experts.items()})
+            read.update(names)
         layers.append(lp)
     params["layers"] = layers
+    _check_all_read(tensors, read, spec, cfg, path)
     return spec, params
+
+
+def _check_all_read(tensors: dict, read: set, spec: ModelSpec, cfg: dict, path: str) -> None:
+    """Raise ValueError for weights the ``config.json`` does not account for: a key it leaves out
+    (shared experts, biases, q/k norms, MoE layers) would otherwise run another model than the
+    checkpoint's. Not counted: RoPE tables (``rotary_emb.inv_freq``), DeepSeek-V3's multi-token
+    prediction layers (``num_nextn_predict_layers`` after the last layer) and a tied model's
+    ``lm_head.weight``."""
+    mtp = int(cfg.get("num_nextn_predict_layers") or 0)
+    extra = []
+    for name in tensors:
+        if name in read or name.endswith("rotary_emb.inv_freq") or (spec.tie_embeddings and name == "lm_head.weight"):
+            continue
+        parts = name.split(".")
+        if mtp and name.startswith("model.layers.") and parts[2].isdigit() and \
+                spec.n_layers <= int(parts[2]) < spec.n_layers + mtp:
+            continue
+        extra.append(name)
+    if extra:
+        raise ValueError(f"{path}: {len(extra)} tensor(s) the config.json does not describe, e.g. {sorted(extra)[:3]} "
+                         "(a key it leaves out, such as n_shared_experts, attention_bias or the MoE layers?)")

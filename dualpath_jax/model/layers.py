@@ -39,13 +39,22 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
 
 
 def rope_inv_freq(dim: int, theta: float, scaling: RopeScaling | None = None) -> jax.Array:
-    """RoPE's ``dim/2`` inverse frequencies ``f32[dim/2]`` (RoFormer, Su et al. 2021):
-    ``theta ** (-2j / dim)``, then scaled as ``scaling`` says (:class:`~dualpath_jax.model.spec.RopeScaling`:
-    linear position interpolation divides them all by ``factor``; YaRN, arXiv 2309.00071 section 3,
-    keeps the high frequencies, divides the low ones by ``factor`` and ramps linearly between the
-    bounds of :meth:`~dualpath_jax.model.spec.RopeScaling.yarn_ramp_bounds`; Llama 3 divides the
-    wavelengths beyond ``original / low_freq_factor`` and blends those down to ``original /
-    high_freq_factor``)."""
+    """RoPE's ``dim/2`` inverse frequencies (RoFormer, Su et al. 2021), ``theta ** (-2j / dim)``,
+    scaled as ``scaling`` says (:class:`~dualpath_jax.model.spec.RopeScaling`): linear position
+    interpolation divides them all by ``factor``; YaRN (arXiv 2309.00071 section 3) keeps the high
+    frequencies, divides the low ones by ``factor`` and ramps linearly between the bounds of
+    :meth:`~dualpath_jax.model.spec.RopeScaling.yarn_ramp_bounds`; Llama 3 divides those whose
+    wavelength exceeds ``original / low_freq_factor`` and blends down to ``original /
+    high_freq_factor``. Computed in f32 as ``transformers`` does.
+
+    Args:
+      dim: the rotary width (``H`` for GQA, ``R`` for MLA); even.
+      theta: RoPE base (``spec.rope_theta``).
+      scaling: ``spec.rope_scaling`` (None: plain RoPE).
+
+    Returns:
+      ``f32[dim/2]``, radians per position.
+    """
     pos_freqs = theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
     if scaling is None:
         return 1.0 / pos_freqs
@@ -127,6 +136,9 @@ def moe_route(p: dict, spec: ModelSpec, x: jax.Array) -> tuple[jax.Array, jax.Ar
 
     Returns:
       ``(experts i32[T, k], weights f32[T, k])``.
+
+    Raises:
+      KeyError: ``router_bias`` missing under ``noaux_tc`` (params of another spec).
     """
     logits = jnp.dot(x.astype(jnp.float32), p["router"].astype(jnp.float32))
     scores = jax.nn.sigmoid(logits) if spec.moe_scoring == "sigmoid" else jax.nn.softmax(logits, axis=-1)
@@ -157,7 +169,9 @@ def moe_mlp(p: dict, spec: ModelSpec, x: jax.Array) -> jax.Array:
 
     Every row goes to its k experts, none dropped (no capacity limit, as the reference code): the
     T*k (row, expert) pairs are sorted by expert and each expert's rows multiplied in one grouped
-    matmul (``jax.lax.ragged_dot``), so the work is that of the activated experts only.
+    matmul (``jax.lax.ragged_dot``). Backends with a grouped-matmul lowering then do the activated
+    experts' work only; JAX's generic lowering (CPU, as of JAX 0.10) multiplies every expert over a
+    masked ``[E, T*k, D]`` copy, E/k times that work, which the tiny models afford.
 
     Args:
       p: the layer's ``mlp`` params: ``router [D, E]`` (and ``router_bias [E]``), ``w_gate/w_up

@@ -285,8 +285,8 @@ class ModelSpec:
 
     @property
     def attn_scale(self) -> float:
-        """Softmax scale ``1/sqrt(qk head dim)``; MLA under YaRN with ``mscale_all_dim`` times
-        :attr:`RopeScaling.mla_softmax_factor` (DeepSeek-V2/V3)."""
+        """Softmax scale ``1/sqrt(qk head dim)``; MLA under a scaled RoPE with ``mscale_all_dim``
+        set times :attr:`RopeScaling.mla_softmax_factor` (DeepSeek-V2/V3)."""
         scale = float(self.qk_head_dim) ** -0.5
         if self.is_mla and self.rope_scaling is not None:
             scale *= self.rope_scaling.mla_softmax_factor
@@ -455,6 +455,18 @@ def _flag(cfg: dict, key: str, default: bool, path: str) -> bool:
     return value
 
 
+# the defaults of transformers' DeepseekV2Config / DeepseekV3Config (5.x) for the MoE keys a
+# config.json may leave out (V3.2 is V3's); _MISSING: required
+_DEEPSEEK_DEFAULTS = {
+    "deepseek_v2": {"n_routed_experts": 64, "n_shared_experts": 2, "first_k_dense_replace": 0,
+                    "num_experts_per_tok": _MISSING, "moe_intermediate_size": 1407, "n_group": 1, "topk_group": 1,
+                    "norm_topk_prob": False, "routed_scaling_factor": 1.0, "q_lora_rank": 1536},
+    "deepseek_v3": {"n_routed_experts": 256, "n_shared_experts": 1, "first_k_dense_replace": 3,
+                    "num_experts_per_tok": 8, "moe_intermediate_size": 2048, "n_group": 8, "topk_group": 4,
+                    "norm_topk_prob": True, "routed_scaling_factor": 2.5, "q_lora_rank": 1536},
+}
+
+
 def _moe_routing(cfg: dict, model_type: str, path: str) -> dict:
     """The router's fields of a DeepSeek ``config.json`` (``scoring_func``, ``topk_method``,
     ``n_group``, ``topk_group``, ``norm_topk_prob``, ``routed_scaling_factor``).
@@ -462,9 +474,13 @@ def _moe_routing(cfg: dict, model_type: str, path: str) -> dict:
     DeepSeek-V2 (and V2-Lite) score with a softmax and pick ``greedy`` or ``group_limited_greedy``
     (a token's top-k among the ``topk_group`` groups holding its best experts); V3 and V3.2 score
     with a sigmoid and pick ``noaux_tc`` (groups ranked by their two best bias-corrected scores).
-    Defaults are those of ``transformers``' ``DeepseekV2Config`` / ``DeepseekV3Config``.
+    Absent keys take the defaults of ``transformers``' ``DeepseekV2Config`` / ``DeepseekV3Config``.
+    DeepSeek-V2 with ``norm_topk_prob`` normalises the chosen weights *instead of* scaling them by
+    ``routed_scaling_factor``, as DeepSeek's own modeling code does (``transformers`` 5 ignores the flag;
+    the released V2 and V2-Lite checkpoints set it false, where both agree).
     """
     v2 = model_type == "deepseek_v2"
+    defaults = _DEEPSEEK_DEFAULTS["deepseek_v2" if v2 else "deepseek_v3"]
     scoring, method = ("softmax", "greedy") if v2 else ("sigmoid", "noaux_tc")
     allowed = {"scoring_func": (scoring,), "topk_method": ("greedy", "group_limited_greedy") if v2 else (method,)}
     given = {}
@@ -473,11 +489,12 @@ def _moe_routing(cfg: dict, model_type: str, path: str) -> dict:
         if value is not None and value not in choices:
             raise ConfigError(f"{path}: {key}", f"{model_type} supports {list(choices)} (got {value!r})")
         given[key] = value
-    norm = _flag(cfg, "norm_topk_prob", not v2, path)
+    norm = _flag(cfg, "norm_topk_prob", defaults["norm_topk_prob"], path)
+    scale = _number(cfg, "routed_scaling_factor", path, float, defaults["routed_scaling_factor"])
     return dict(moe_scoring=scoring, moe_topk_method=given["topk_method"] or method,
-                moe_n_group=_number(cfg, "n_group", path, int, 1),
-                moe_topk_group=_number(cfg, "topk_group", path, int, 1), moe_norm_topk=norm,
-                moe_routed_scale=_number(cfg, "routed_scaling_factor", path, float, 1.0 if v2 else 2.5))
+                moe_n_group=_number(cfg, "n_group", path, int, defaults["n_group"]),
+                moe_topk_group=_number(cfg, "topk_group", path, int, defaults["topk_group"]), moe_norm_topk=norm,
+                moe_routed_scale=1.0 if v2 and norm else scale)
 
 
 # RopeScaling field -> its key in a config.json's rope_scaling / rope_parameters
@@ -489,34 +506,49 @@ _ROPE_KEYS = {"kind": "rope_type", "factor": "factor", "original_max_position": 
 
 def _rope_scaling(cfg: dict, max_position: int, path: str) -> RopeScaling | None:
     """The :class:`RopeScaling` of a ``config.json``'s ``rope_parameters`` (transformers >= 5) or
-    ``rope_scaling`` (older; the type under ``type`` or ``rope_type``); None for default RoPE and for
+    ``rope_scaling`` (older; the kind under ``type`` or ``rope_type``); None for default RoPE and for
     kinds the functional model does not implement (they change neither shapes nor FLOPs; the
-    checkpoint loader refuses them)."""
+    checkpoint loader refuses them).
+
+    As ``transformers``' ``standardize_rope_params``: a top-level ``original_max_position_embeddings``
+    wins over the one in the dict, and YaRN and Llama 3 without either take
+    ``max_position_embeddings``; YaRN without ``factor`` takes ``max_position_embeddings`` over it.
+    Errors name the key as ``<path>: <dict>.<key>``.
+    """
     key = "rope_parameters" if cfg.get("rope_parameters") else "rope_scaling"
     rope = cfg.get(key) or {}
-    kind = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else None
+    kind_key = "type" if "rope_type" not in rope and "type" in rope else "rope_type"
+    kind = rope.get(kind_key, "default") if isinstance(rope, dict) else None
     if kind not in ("linear", "yarn", "llama3"):
         return None
-    where = f"{path}: {key}"
+
+    def number(source: dict, name: str, kind_: type, default: Any, where: str) -> Any:
+        try:
+            return _number(source, name, path, kind_, default)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {where}", e.message) from None
+
     original_key = "original_max_position_embeddings"
-    original = _number({original_key: rope.get(original_key, cfg.get(original_key))}, original_key, where, int, 0)
+    top = original_key in cfg and cfg[original_key] is not None
+    original = number(cfg if top else rope, original_key, int, max_position, original_key if top else
+                      f"{key}.{original_key}")
     factor = rope.get("factor")
-    if factor is None and kind == "yarn" and original:  # DeepSeek-V3 style: the ratio of the two lengths
-        factor = max_position / original
-    fields = dict(kind=kind, factor=_number({"factor": factor}, "factor", where, float), original_max_position=original,
-                  low_freq_factor=_number(rope, "low_freq_factor", where, float, 1.0),
-                  high_freq_factor=_number(rope, "high_freq_factor", where, float, 4.0),
-                  beta_fast=_number(rope, "beta_fast", where, float, 0.0) or 32.0,
-                  beta_slow=_number(rope, "beta_slow", where, float, 0.0) or 1.0,
-                  mscale=_number(rope, "mscale", where, float, 0.0),
-                  mscale_all_dim=_number(rope, "mscale_all_dim", where, float, 0.0),
-                  attention_factor=_number(rope, "attention_factor", where, float, 0.0),
-                  truncate=bool(rope.get("truncate", True)))
+    if factor is None and kind == "yarn":
+        factor = max_position / original if original else None
+    fields = dict(kind=kind, factor=number({"factor": factor}, "factor", float, _MISSING, f"{key}.factor"),
+                  original_max_position=original)
+    for name, default in (("low_freq_factor", 1.0), ("high_freq_factor", 4.0), ("mscale", 0.0),
+                          ("mscale_all_dim", 0.0), ("attention_factor", 0.0), ("beta_fast", 32.0), ("beta_slow", 1.0)):
+        # (YaRN's beta_fast / beta_slow: transformers takes a 0 or null as the default)
+        fields[name] = number(rope, name, float, default, f"{key}.{name}") or (default if "beta" in name else 0.0)
+    fields["truncate"] = bool(rope.get("truncate", True))
     try:
         return RopeScaling(**fields)
     except ConfigError as e:
         sub = e.field.rsplit(".", 1)[-1]
-        raise ConfigError(f"{where}.{_ROPE_KEYS.get(sub, sub)}", e.message) from None
+        name = kind_key if sub == "kind" else _ROPE_KEYS.get(sub, sub)
+        where = original_key if sub == "original_max_position" and top else f"{key}.{name}"
+        raise ConfigError(f"{path}: {where}", e.message) from None
 
 
 def _rope_theta(cfg: dict, path: str) -> float:
@@ -578,14 +610,15 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
     if not model_type.startswith("deepseek"):
         if cfg.get("use_sliding_window", False):
             raise ConfigError(f"{path}: use_sliding_window", "sliding-window attention is not supported")
-        if model_type == "mistral" and cfg.get("sliding_window") is not None:
+        if model_type == "mistral" and cfg.get("sliding_window", 4096) is not None:  # (MistralConfig's default)
             raise ConfigError(f"{path}: sliding_window", "sliding-window attention is not supported (set it to "
-                              f"null for full attention; got {cfg['sliding_window']!r})")
+                              f"null for full attention; got {cfg.get('sliding_window', 4096)!r})")
         bias = _flag(cfg, "attention_bias", False, path)
         fields = dict(attention="gqa", qkv_bias=True if model_type == "qwen2" else bias,
                       o_bias=model_type != "qwen2" and bias, qk_norm=model_type.startswith("qwen3"),
                       n_kv_heads=_number(cfg, "num_key_value_heads", path, int, common["n_heads"]),
-                      head_dim=_number(cfg, "head_dim", path, int, 0) or common["d_model"] // max(common["n_heads"], 1))
+                      head_dim=_number(cfg, "head_dim", path, int, 0)
+                      or (128 if model_type == "qwen3" else common["d_model"] // max(common["n_heads"], 1)))
         # (transformers 5 writes num_experts as num_local_experts)
         experts_key = "num_local_experts" if cfg.get("num_experts") is None and "num_local_experts" in cfg \
             else "num_experts"
@@ -601,13 +634,16 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
                           moe_topk_method="greedy", moe_norm_topk=_flag(cfg, "norm_topk_prob", False, path))
     else:
         n_layers = common["n_layers"]
-        first_dense = _number(cfg, "first_k_dense_replace", path, int, 0)
-        n_routed = _number(cfg, "n_routed_experts", path, int, 0)
+        defaults = _DEEPSEEK_DEFAULTS["deepseek_v2" if model_type == "deepseek_v2" else "deepseek_v3"]
+        first_dense = _number(cfg, "first_k_dense_replace", path, int, defaults["first_k_dense_replace"])
+        n_routed = _number(cfg, "n_routed_experts", path, int, defaults["n_routed_experts"])
         moe = n_routed > 0 and first_dense < n_layers
         if moe and _number(cfg, "moe_layer_freq", path, int, 1) != 1:
             raise ConfigError(f"{path}: moe_layer_freq", "only 1 (every layer after the dense ones is MoE) is "
                               f"supported (got {cfg['moe_layer_freq']!r})")
-        fields = dict(attention="mla", q_lora_rank=_number(cfg, "q_lora_rank", path, int, 0),
+        # an absent q_lora_rank is transformers' default, an explicit null none (V2-Lite)
+        q_lora = _number(cfg, "q_lora_rank", path, int, 0) if "q_lora_rank" in cfg else defaults["q_lora_rank"]
+        fields = dict(attention="mla", q_lora_rank=q_lora,
                       kv_lora_rank=_number(cfg, "kv_lora_rank", path, int),
                       qk_nope_head_dim=_number(cfg, "qk_nope_head_dim", path, int),
                       qk_rope_head_dim=_number(cfg, "qk_rope_head_dim", path, int),
@@ -618,10 +654,15 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
                       index_topk=_number(cfg, "index_topk", path, int, 0))
         if moe:
             fields.update(n_routed_experts=n_routed, first_k_dense=first_dense,
-                          n_activated_experts=_number(cfg, "num_experts_per_tok", path, int),
-                          n_shared_experts=_number(cfg, "n_shared_experts", path, int, 0),
-                          moe_d_ff=_number(cfg, "moe_intermediate_size", path, int),
+                          n_activated_experts=_number(cfg, "num_experts_per_tok", path, int,
+                                                      defaults["num_experts_per_tok"]),
+                          n_shared_experts=_number(cfg, "n_shared_experts", path, int, defaults["n_shared_experts"]),
+                          moe_d_ff=_number(cfg, "moe_intermediate_size", path, int, defaults["moe_intermediate_size"]),
                           **_moe_routing(cfg, model_type, path))
+    partial = cfg.get("partial_rotary_factor", (cfg.get("rope_parameters") or {}).get("partial_rotary_factor"))
+    if partial not in (None, 1, 1.0):
+        raise ConfigError(f"{path}: partial_rotary_factor", f"partial rotary embeddings are not supported (got "
+                          f"{partial!r})")
     common["rope_scaling"] = _rope_scaling(cfg, common["max_position"], path)
     try:
         return ModelSpec(**common, **fields)
