@@ -144,11 +144,13 @@ def test_the_default_install_holds_no_extension_module():
 
 
 _SETUP = textwrap.dedent("""
-    import json
-    from setuptools._distutils.core import run_setup
-    dist = run_setup("setup.py", stop_after="init")
-    print(json.dumps({"ext_modules": dist.ext_modules, "setup_requires": dist.setup_requires,
-                      "cmdclass": sorted(dist.cmdclass)}))
+    import json, runpy
+    import setuptools
+    declared = {}
+    setuptools.setup = lambda **kw: declared.update(kw)  # what setup.py asks setuptools to build
+    runpy.run_path("setup.py", run_name="__main__")
+    print(json.dumps({"ext_modules": declared.get("ext_modules"), "setup_requires": declared.get("setup_requires", []),
+                      "cmdclass": sorted(declared.get("cmdclass", {}))}))
 """)
 
 
