@@ -92,18 +92,13 @@ class RopeScaling:
             raise ConfigError("rope_scaling.factor", f"must be a number >= 1 (got {self.factor!r})")
         for f in ("mscale", "mscale_all_dim", "attention_factor"):
             check_non_negative("rope_scaling." + f, getattr(self, f))
-        if self.kind == "llama3":
+        if self.kind != "linear":  # a ramp between two bounds over the original context
+            low, high = ("low_freq_factor", "high_freq_factor") if self.kind == "llama3" else ("beta_slow", "beta_fast")
             check_positive("rope_scaling.original_max_position", self.original_max_position, integer=True)
-            check_positive("rope_scaling.low_freq_factor", self.low_freq_factor)
-            if not self.high_freq_factor > self.low_freq_factor:
-                raise ConfigError("rope_scaling.high_freq_factor", f"must be > low_freq_factor (got "
-                                  f"{self.high_freq_factor} and {self.low_freq_factor})")
-        if self.kind == "yarn":
-            check_positive("rope_scaling.original_max_position", self.original_max_position, integer=True)
-            check_positive("rope_scaling.beta_slow", self.beta_slow)
-            if not self.beta_fast > self.beta_slow:
-                raise ConfigError("rope_scaling.beta_fast", f"must be > beta_slow (got {self.beta_fast} and "
-                                  f"{self.beta_slow})")
+            check_positive("rope_scaling." + low, getattr(self, low))
+            if not getattr(self, high) > getattr(self, low):
+                raise ConfigError("rope_scaling." + high, f"must be > {low} (got {getattr(self, high)} and "
+                                  f"{getattr(self, low)})")
 
     @staticmethod
     def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
