@@ -96,8 +96,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.scheduler = ""  # "pkg.module:Class": a ClusterScheduler subclass for every run ("" = built-in)
     config.variants = ("basic", "layerwise", "dpl", "dualpath", "oracle")
-    # model.checkpoint: a local Hugging Face checkpoint directory (Qwen2 or dense DeepSeek-V3) served
-    # instead of the random-parameter preset ("" = the preset)
+    # model.name: a preset with random parameters that fits one device (tiny-gqa, tiny-mla, tiny-moe; the
+    # full-size presets are for the simulator); model.checkpoint: a local Hugging Face checkpoint
+    # directory (Qwen2/3, Qwen3-MoE, Llama, Mistral, DeepSeek-V2/V3) served instead ("" = the preset)
     config.model = ml_collections.ConfigDict({"name": "tiny-gqa", "kv_dtype": "f32", "seed": 0, "checkpoint": ""})
     config.workload = ml_collections.ConfigDict({
         "max_files": 300, "num_agents": 24, "rounds": 4, "token_divisor": 32, "max_context_tokens": 2048,

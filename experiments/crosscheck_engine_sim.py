@@ -106,7 +106,8 @@ def main(argv):
     hw = HardwareConfig(gpus_per_node=1, snic_bytes_per_s=snic, cnic_bytes_per_s=cnic, dram_bytes_per_s=1e13,
                         dram_buffer_bytes=float(cl["buffer_bytes"]), hbm_bytes=float(cl["de_hbm_kv_bytes"]),
                         hbm_usable_fraction=1.0, cnic_kv_share=1.0)
-    base = SimConfig(model=cfg["model"]["name"], prefill_nodes=cl["prefill_nodes"], decode_nodes=cl["decode_nodes"],
+    served = cfg["model"].get("checkpoint") or cfg["model"]["name"]  # (a checkpoint's config.json, else the preset)
+    base = SimConfig(model=served, prefill_nodes=cl["prefill_nodes"], decode_nodes=cl["decode_nodes"],
                      hardware=hw, kv_dtype=cfg["model"]["kv_dtype"], weight_dtype="f32",
                      activation_reserve_bytes=float(cl["de_hbm_kv_bytes"] - cl["pe_hbm_kv_bytes"]),
                      fetch_period_s=float(cl["fetch_period_s"]), compute_quota_s=float(cl["compute_quota_s"]),

@@ -3,6 +3,7 @@ repeats with 95% intervals, and the warm-up that leaves nothing to compile insid
 
 import json
 import math
+import os
 import pathlib
 import shutil
 import types
@@ -334,6 +335,29 @@ def test_a_checkpoint_that_is_not_one_is_one_error_naming_the_field(tmp_path):
     assert calibration_fingerprint(typed)["model.checkpoint"] == str(HF_TINY)
 
 
+def test_the_served_model_is_named_and_a_too_large_one_refused(tmp_path):
+    """A preset whose f32 parameters would not fit this host is one error naming model.name, before
+    anything is allocated; a path given as model.name points to model.checkpoint; a checkpoint is
+    kept as an absolute path, and its calibration fingerprint follows what the folder holds."""
+    lines = []
+    with pytest.raises(ConfigError, match=r"^model\.name: qwen2\.5-32b has 32\.8B parameters, 131 GB in f32: more "
+                       r"than half of this host's .* the simulator \(sim\.model\) prices full-size ones$"):
+        ea.Setup(engine_ablation_config(_config(**{"model.name": "qwen2.5-32b"})), [], log=lines.append)
+    assert lines == ["model: qwen2.5-32b (GQA, 64 layers, 32763.88M parameters)"]
+    with pytest.raises(ConfigError, match=r"^model\.name: .* is a path, not a preset: .* model\.checkpoint$"):
+        engine_ablation_config(_config(**{"model.name": str(HF_TINY)}))
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(HF_TINY, ckpt)
+    relative = os.path.relpath(ckpt)
+    typed = engine_ablation_config(_config(**{"model.checkpoint": relative}))
+    assert typed.model.checkpoint == str(ckpt)
+    before = calibration_fingerprint(typed)
+    assert before == calibration_fingerprint(engine_ablation_config(_config(**{"model.checkpoint": str(ckpt)})))
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "rms_norm_eps": 1e-5}))  # other weights' config, same path
+    assert calibration_fingerprint(typed)["model.checkpoint_files"] != before["model.checkpoint_files"]
+
+
 def _no_weights(d):
     (d / "model.safetensors").unlink()
 
@@ -349,7 +373,7 @@ def _one_more_layer(d):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (_no_weights, r"ckpt: no model\.safetensors or model\.safetensors\.index\.json"),
+    (_no_weights, r"ckpt: no model\.safetensors or model\.safetensors\.index\.json \(PyTorch \.bin .*\)"),
     (_truncated, r"ckpt/model\.safetensors: not a readable safetensors file \(.+\)"),
     (_one_more_layer, r"ckpt: tensor 'model\.layers\.3\.input_layernorm\.weight' missing from checkpoint"),
 ])

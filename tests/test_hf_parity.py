@@ -66,7 +66,7 @@ def test_rope_frequencies_and_scale_match_transformers(name):
 
 
 def test_spec_read_from_config():
-    spec, _ = load_hf_checkpoint(os.path.join(DATA, "deepseek_v3_tiny"))
+    spec, _ = load_hf_checkpoint(os.path.join(DATA, "deepseek_v3_tiny", "config.json"))  # (its config.json: the same)
     assert (spec.attention, spec.kv_lora_rank, spec.qk_rope_head_dim, spec.q_lora_rank) == ("mla", 32, 8, 32)
     spec, _ = load_hf_checkpoint(os.path.join(DATA, "qwen2_tiny"))
     assert (spec.attention, spec.n_kv_heads, spec.head_dim) == ("gqa", 2, 16)

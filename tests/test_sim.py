@@ -2,6 +2,7 @@
 conservation and config validation."""
 
 import dataclasses
+import json
 import types
 
 import numpy as np
@@ -160,7 +161,8 @@ def test_invalid_sim_configs_name_field():
     with pytest.raises(ConfigError, match="sim.eff_memory"):
         SimConfig(eff_memory=5.0)
     # too little HBM names the HBM (the default GPU's HBM names the node count, as above)
-    with pytest.raises(ConfigError, match=r"hardware\.hbm_bytes: ds-27b weights .* raise hardware\.hbm_bytes"):
+    with pytest.raises(ConfigError,
+                       match=r"^sim\.hardware\.hbm_bytes: ds-27b weights .* raise sim\.hardware\.hbm_bytes$"):
         Simulator(SimConfig(model="ds-27b", prefill_nodes=1, hardware=HardwareConfig(hbm_bytes=1e9)),
                   [agent([10], [2])])
 
@@ -511,3 +513,14 @@ def test_reserve_follows_the_pipelined_fifo_rule(seed):
         assert reserve(path, nbytes, now) == (start, start + nbytes / slow.rate)
         assert {s.name: s.free_at for s in path} == expected_free
         assert {s.name: s.bytes for s in path} == expected_bytes
+
+
+def test_a_dense_model_too_large_for_a_gpu_names_hbm_not_more_nodes(tmp_path):
+    """More nodes share a MoE model's routed experts, not a dense model's weights: the advice is HBM
+    or the weights' bytes (a Llama-3.1-70B-shaped config.json, BF16: 141 GB on every 80 GB GPU)."""
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "vocab_size": 128256, "hidden_size": 8192, "intermediate_size": 28672,
+        "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "torch_dtype": "bfloat16"}))
+    with pytest.raises(ConfigError, match=r"^sim\.hardware\.hbm_bytes: .* \(141\.1 GB/GPU: a dense model's, whole on "
+                       r"every GPU\) leave no HBM for KV on PEs \(80 GB each\); raise sim\.hardware\.hbm_bytes or"):
+        Simulator(SimConfig(model=str(tmp_path), prefill_nodes=8, decode_nodes=8), [])

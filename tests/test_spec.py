@@ -277,3 +277,12 @@ def test_deepseek_v2_normalising_its_weights_does_not_scale_them():
     assert (spec.moe_norm_topk, spec.moe_routed_scale) == (True, 1.0)
     spec = spec_from_hf_config({**DEEPSEEK_V2_LITE, "norm_topk_prob": False, "routed_scaling_factor": 16.0})
     assert (spec.moe_norm_topk, spec.moe_routed_scale) == (False, 16.0)
+
+
+def test_a_config_without_model_type_says_it_is_missing():
+    from dualpath_jax.model.spec import spec_from_hf_config
+
+    with pytest.raises(ConfigError, match=r"^c\.json: model_type: required field is missing \(supported: 'qwen2'"):
+        spec_from_hf_config({"hidden_size": 8}, path="c.json")
+    with pytest.raises(ConfigError, match=r"unknown preset 'tiny-mo'; did you mean tiny-moe"):
+        get_spec("tiny-mo")

@@ -66,7 +66,8 @@ def _weight_files(path: str) -> list[str]:
     single = os.path.join(path, "model.safetensors")
     if os.path.exists(single):
         return [single]
-    raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
+    raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json (PyTorch .bin weights "
+                            "are not read; a config.json alone is priced by the simulator, sim.model)")
 
 
 def _read_tensors(path: str) -> dict[str, np.ndarray]:
@@ -162,7 +163,8 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
     """Read a local HF checkpoint directory into ``(spec, params)``.
 
     Args:
-      path: directory holding ``config.json`` and ``model.safetensors`` (or a sharded index).
+      path: directory holding ``config.json`` and ``model.safetensors`` (or a sharded index), or
+        that ``config.json``.
       dtype: dtype of the returned params (a MoE router's ``router`` / ``router_bias`` stay f32:
         DeepSeek's reference routes in f32; Qwen3-MoE's computes its router logits in the model
         dtype, so in bf16 near-ties between experts may be broken differently).
@@ -179,6 +181,8 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
         the checkpoint holds weights the config.json does not describe (:func:`_check_all_read`).
     """
     path = os.fspath(path)
+    if os.path.basename(path) == "config.json" and os.path.isfile(path):  # the checkpoint's config.json itself
+        path = os.path.dirname(path) or "."
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{cfg_path}: not found")

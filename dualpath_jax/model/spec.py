@@ -36,7 +36,7 @@ import math
 import os
 from typing import Any, Literal
 
-from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive
+from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive, did_you_mean
 
 __all__ = ["ModelSpec", "RopeScaling", "get_spec", "resolve_spec", "spec_from_hf_config", "load_hf_config",
            "default_weight_dtype", "hf_weight_dtype", "PRESETS", "preset_names"]
@@ -354,7 +354,8 @@ def get_spec(name: str) -> ModelSpec:
     """
     key = str(name).lower()
     if key not in PRESETS:
-        raise ConfigError("model.name", f"unknown preset {name!r}; known presets: {preset_names()}")
+        raise ConfigError("model.name", f"unknown preset {name!r}{did_you_mean(key, PRESETS)}; known presets: "
+                          f"{preset_names()}")
     return PRESETS[key]
 
 
@@ -591,6 +592,9 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
         value ModelSpec rejects (inconsistent heads, MoE, router, RoPE scaling or indexer settings).
     """
     model_type = cfg.get("model_type")
+    if model_type is None:
+        raise ConfigError(f"{path}: model_type", f"required field is missing (supported: "
+                          f"{', '.join(map(repr, HF_MODEL_TYPES))})")
     if model_type not in HF_MODEL_TYPES:
         raise ConfigError(f"{path}: model_type", f"unsupported architecture {model_type!r}; "
                           f"supported: {', '.join(map(repr, HF_MODEL_TYPES))}")

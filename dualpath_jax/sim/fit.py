@@ -30,22 +30,24 @@ def kv_memory(cfg: SimConfig, pe_model, de_model, kvb: float) -> tuple[float, fl
       may hold (all L layers in full prefill, ``layerwise_depth`` of them layer-wise).
 
     Raises:
-      ConfigError: no HBM is left on PEs or DEs; names ``hardware.hbm_bytes`` when the GPU has less
-        HBM than the default one, else ``sim.prefill_nodes`` / ``sim.decode_nodes`` (too few GPUs
-        share the routed experts).
+      ConfigError: no HBM is left on PEs or DEs; names ``sim.hardware.hbm_bytes`` for a dense model
+        or a GPU with less HBM than the default one, else ``sim.prefill_nodes`` / ``sim.decode_nodes``
+        (too few GPUs share the routed experts).
     """
     hw = cfg.hardware
     usable = hw.hbm_bytes * hw.hbm_usable_fraction
     pe_free_hbm = usable - pe_model.weight_bytes_per_gpu - cfg.activation_reserve_bytes
     de_hbm = usable - de_model.weight_bytes_per_gpu
-    hbm_field = "hardware.hbm_bytes" if hw.hbm_bytes < HardwareConfig().hbm_bytes else None
+    # more GPUs share a MoE model's routed experts (EP); a dense model's weights are whole on each GPU
+    dense = not cfg.spec.n_routed_experts
+    hbm_field = "sim.hardware.hbm_bytes" if dense or hw.hbm_bytes < HardwareConfig().hbm_bytes else None
     g = hw.gpus_per_node
     if pe_free_hbm <= 0:
         raise ConfigError(hbm_field or "sim.prefill_nodes",
-                          no_hbm_left(cfg.model, pe_model, cfg.prefill_nodes * g, "PE", hw))
+                          no_hbm_left(cfg.model, pe_model, cfg.prefill_nodes * g, "PE", hw, dense=dense))
     if de_hbm <= 0:
         raise ConfigError(hbm_field or "sim.decode_nodes",
-                          no_hbm_left(cfg.model, de_model, cfg.decode_nodes * g, "DE", hw))
+                          no_hbm_left(cfg.model, de_model, cfg.decode_nodes * g, "DE", hw, dense=dense))
     layers_on_device = cfg.layerwise_depth / cfg.spec.n_layers if cfg.prefill == "layerwise" else 1.0
     return pe_free_hbm, de_hbm, pe_free_hbm / (kvb * layers_on_device)
 
@@ -62,7 +64,7 @@ def check_requests_fit(cfg: SimConfig, flat: FlatRounds, *, kvb: float, de_hbm: 
 
     Raises:
       ConfigError: naming the hardware field that one request does not fit
-        (``hardware.hbm_bytes``, ``hardware.dram_buffer_bytes``) and the request.
+        (``sim.hardware.hbm_bytes``, ``sim.hardware.dram_buffer_bytes``) and the request.
     """
     if not flat.hit.size:
         return
@@ -71,14 +73,14 @@ def check_requests_fit(cfg: SimConfig, flat: FlatRounds, *, kvb: float, de_hbm: 
     context = hit + append + gen  # a DE holds the request's whole KV (SchedRequest.hbm_bytes)
     k = int(np.argmax(context))
     if context[k] * kvb > de_hbm:
-        raise ConfigError("hardware.hbm_bytes", f"{where(k)} needs {context[k]} tokens "
+        raise ConfigError("sim.hardware.hbm_bytes", f"{where(k)} needs {context[k]} tokens "
                           f"({context[k] * kvb:,.0f} B) of DE HBM but only {de_hbm:,.0f} B is free after weights")
     prompt = hit + append  # a PE's last chunk computes over prompt - 1 cached tokens plus one new one
     k = int(np.argmax(prompt))
     if prompt[k] > pe_max_kv_tokens:
         where_kv = ("all its layers" if cfg.prefill == "full"
                     else f"{cfg.layerwise_depth} of {cfg.spec.n_layers} layers at a time")
-        raise ConfigError("hardware.hbm_bytes", f"{where(k)} has a {prompt[k]}-token prompt; a PE's free HBM "
+        raise ConfigError("sim.hardware.hbm_bytes", f"{where(k)} has a {prompt[k]}-token prompt; a PE's free HBM "
                           f"({pe_free_hbm:,.0f} B after weights and sim.activation_reserve_bytes) holds "
                           f"the KV of {int(pe_max_kv_tokens)} tokens with prefill={cfg.prefill!r} ({where_kv})")
     if cfg.loading != "oracle":
@@ -88,14 +90,19 @@ def check_requests_fit(cfg: SimConfig, flat: FlatRounds, *, kvb: float, de_hbm: 
         k = int(np.argmax(read))
         buffer = cfg.hardware.dram_buffer_bytes
         if read[k] * kvb > buffer:
-            raise ConfigError("hardware.dram_buffer_bytes", f"{where(k)} reads {read[k]} hit tokens "
+            raise ConfigError("sim.hardware.dram_buffer_bytes", f"{where(k)} reads {read[k]} hit tokens "
                               f"({read[k] * kvb:,.0f} B) but a node's DRAM buffer holds {buffer:,.0f} B (a "
                               f"read waits for buffer space for all of its blocks)")
 
 
-def no_hbm_left(model: str, compute, engines: int, kind: str, hw: HardwareConfig) -> str:
-    """Why ``kind`` engines (``"PE"`` / ``"DE"``) have no HBM left for KV after their weights."""
+def no_hbm_left(model: str, compute, engines: int, kind: str, hw: HardwareConfig, *, dense: bool = False) -> str:
+    """Why ``kind`` engines (``"PE"`` / ``"DE"``) have no HBM left for KV after their weights
+    (``dense``: a model without routed experts, whose weights more GPUs do not share)."""
     nodes = "prefill" if kind == "PE" else "decode"
+    if dense:
+        return (f"{model} weights ({compute.weight_bytes_per_gpu / 1e9:.1f} GB/GPU: a dense model's, whole on every "
+                f"GPU) leave no HBM for KV on {kind}s ({hw.hbm_bytes / 1e9:.0f} GB each); raise "
+                f"sim.hardware.hbm_bytes or store the weights in fewer bytes (sim.weight_dtype)")
     return (f"{model} weights ({compute.weight_bytes_per_gpu / 1e9:.1f} GB/GPU with EP over {engines} GPUs) leave no "
             f"HBM for KV on {kind}s ({hw.hbm_bytes / 1e9:.0f} GB each); add {nodes} nodes (more GPUs share the "
-            f"routed experts) or raise hardware.hbm_bytes")
+            f"routed experts) or raise sim.hardware.hbm_bytes")

@@ -9,8 +9,9 @@ lists the ConfigDict field by field with type, default and meaning (``run_engine
 from __future__ import annotations
 
 import dataclasses
-import os
+import hashlib
 import json
+import os
 import math
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from dualpath_jax.sched import ClusterScheduler, load_scheduler
 __all__ = ["EngineModel", "EngineWorkload", "EngineArrivals", "ProfileConfig", "CalibrateConfig",
            "EngineAblationConfig", "engine_ablation_config", "describe_engine_config", "CALIBRATION_FILE",
            "CALIBRATION_FORMAT", "calibration_path", "read_calibration", "calibration_fingerprint",
-           "check_fingerprint"]
+           "check_fingerprint", "checkpoint_digest"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,9 +37,10 @@ class EngineModel:
         ``checkpoint`` is set.
       kv_dtype: dtype of the stored KV (``dualpath_jax.kvcache.KV_DTYPES``).
       seed: seed of the random parameters.
-      checkpoint: a local Hugging Face checkpoint directory (``config.json`` + safetensors; Qwen2
-        or dense DeepSeek-V3, ``model.hf.load_hf_checkpoint``) to serve instead of the preset;
-        "" = the preset. Its ``config.json`` is checked here, its weights read when the run starts.
+      checkpoint: a local Hugging Face checkpoint directory (``config.json`` + safetensors; Qwen2,
+        Qwen3, Qwen3-MoE, Llama, Mistral, DeepSeek-V2/V3, dense or MoE:
+        ``model.hf.load_hf_checkpoint``) to serve instead of the preset; "" = the preset. Kept as
+        an absolute path; its ``config.json`` is checked here, its weights read when the run starts.
     """
 
     name: str = "tiny-gqa"
@@ -47,9 +49,13 @@ class EngineModel:
     checkpoint: str = ""
 
     def __post_init__(self):
+        if os.sep in str(self.name) and os.path.exists(self.name):
+            raise ConfigError("model.name", f"{self.name!r} is a path, not a preset: a Hugging Face checkpoint is "
+                              "served with model.checkpoint")
         get_spec(self.name)
         check_in("model.kv_dtype", self.kv_dtype, tuple(KV_DTYPES))
         if self.checkpoint:
+            object.__setattr__(self, "checkpoint", os.path.abspath(self.checkpoint))
             if not os.path.isfile(os.path.join(self.checkpoint, "config.json")):
                 raise ConfigError("model.checkpoint", f"{self.checkpoint}: not a directory holding a config.json "
                                   "(a local Hugging Face checkpoint)")
@@ -212,12 +218,30 @@ def read_calibration(path: str | Path, field: str = "calibrate.from_file") -> di
     return data
 
 
+def checkpoint_digest(path: str) -> str:
+    """SHA-256 (hex, 16 digits) of a checkpoint directory's ``config.json`` and its other files'
+    names and sizes: a calibration measured for other weights at the same path is refused."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            h.update(name.encode() + b"\0")
+            if name == "config.json":
+                with open(file, "rb") as f:
+                    h.update(f.read())
+            else:
+                h.update(str(os.path.getsize(file)).encode())
+    return h.hexdigest()[:16]
+
+
 def calibration_fingerprint(config: "EngineAblationConfig") -> dict:
     """What a calibration depends on, as ``{dotted field: value}``: the model, every workload field
     but ``traces_dir`` and the cluster's topology (not the arrivals: its Oracle passes run offline,
     without think times, whatever the run's arrivals)."""
     out = {"model.name": config.model.name, "model.kv_dtype": config.model.kv_dtype,
            "model.checkpoint": config.model.checkpoint}
+    if config.model.checkpoint:  # what is there, not only where
+        out["model.checkpoint_files"] = checkpoint_digest(config.model.checkpoint)
     out.update({f"workload.{f.name}": getattr(config.workload, f.name) for f in dataclasses.fields(EngineWorkload)
                 if f.name != "traces_dir"})
     out.update({f"cluster.{k}": getattr(config.cluster, k) for k in ("prefill_nodes", "decode_nodes",

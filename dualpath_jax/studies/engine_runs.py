@@ -26,6 +26,7 @@ compiled are measured (:class:`~dualpath_jax.engine.profile.CompileClock`). Link
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import statistics
 import time
@@ -44,7 +45,7 @@ from dualpath_jax.engine.faults import FaultConfig
 from dualpath_jax.engine.prefill import PrefillPath, prefill_kv
 from dualpath_jax.engine.profile import CompileClock, fit_time_model, prefill_shape, profile_prefill, warm_up_prefill
 from dualpath_jax.kvcache import block_keys, layout_for, pack_full_blocks
-from dualpath_jax.model import cost, get_spec, init_params
+from dualpath_jax.model import cost, count_params, get_spec, init_params
 from dualpath_jax.model.hf import load_hf_checkpoint
 from dualpath_jax.sched import BatchItem, form_batch
 from dualpath_jax.store import KVStore, StoreConfig
@@ -161,6 +162,23 @@ def describe_time_model(tm, spec) -> str:
             f"{tm.time_s(1024, 64) * spec.n_layers * 1e3:.3g} ms for all {spec.n_layers})")
 
 
+def _check_fits_host(model, log: Callable) -> None:
+    """Log the served model; raise ConfigError (naming ``model.checkpoint`` or ``model.name``) when
+    its f32 parameters would take more than half of this host's memory (the full-size presets are
+    the simulator's)."""
+    spec = model.spec()
+    n = count_params(spec)
+    field, what = ("model.checkpoint", model.checkpoint) if model.checkpoint else ("model.name", model.name)
+    moe = f", MoE {spec.n_activated_experts} of {spec.n_routed_experts} experts" if spec.n_routed_experts else ""
+    log(f"model: {what} ({spec.attention.upper()}, {spec.n_layers} layers, {n / 1e6:.2f}M parameters{moe}"
+        f"{'; model.name is not used' if model.checkpoint else ''})")
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if 4 * n > host / 2:
+        raise ConfigError(field, f"{what} has {n / 1e9:.1f}B parameters, {4 * n / 1e9:.0f} GB in f32: more than "
+                          f"half of this host's {host / 1e9:.0f} GB of memory. The engine serves models that fit "
+                          "one host and device; the simulator (sim.model) prices full-size ones")
+
+
 class Setup:
     """Model, layout, profiled time model and the prefill shapes shared by every variant of a run
     (compiled by :func:`compile_runs`).
@@ -172,6 +190,7 @@ class Setup:
 
     def __init__(self, config: EngineAblationConfig, agents: list[Trajectory], log: Callable = print):
         self.config = config = engine_ablation_config(config)
+        _check_fits_host(config.model, log)
         if config.model.checkpoint:  # a local Hugging Face checkpoint (its config was checked with the config)
             try:
                 self.spec, params = load_hf_checkpoint(config.model.checkpoint, dtype=jnp.float32)
