@@ -195,6 +195,23 @@ def test_fit_time_model_recovers_known_rates():
         fit_time_model(spec, samples[:1])
 
 
+def test_fit_time_model_weighs_every_shape_alike():
+    """Relative errors: one large shape that runs 3x slower than the rest's rates (a CPU's cache
+    falling short) does not drag the typical shapes' predictions 2-3x off, as it does under
+    absolute least squares."""
+    spec = get_spec("tiny-gqa")
+    fpk = 4 * spec.n_heads * spec.head_dim
+    a, b = 2e-6, 5e-11
+    keys = lambda c, n: (2 * c + n + 1) * n / 2  # noqa: E731
+    small = [(0, 64), (1024, 64), (2048, 128), (3008, 32), (1024, 512)]
+    samples = [ProfileSample(c, n, a * n + b * fpk * keys(c, n)) for c, n in small]
+    samples.append(ProfileSample(2048, 1024, 3 * (a * 1024 + b * fpk * keys(2048, 1024))))
+    tm = fit_time_model(spec, samples)
+    ratios = [tm.time_s(s.cached, s.bsz) / s.layer_s for s in samples[:-1]]
+    assert all(0.8 < r < 1.25 for r in ratios), ratios
+    assert tm.time_s(2048, 1024) < samples[-1].layer_s  # the outlier is under-predicted instead
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
 def test_thread_cpu_s_splits_a_process_cpu_by_kind_of_thread():
     """CPU a Python thread burns counts as python, one a native library named (here via

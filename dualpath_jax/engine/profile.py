@@ -8,7 +8,7 @@ layers, cached KV already on the device) at a few ``(cached, bsz)`` pairs on one
 
     seconds_per_layer(cached, bsz) = a * bsz + b * flops_per_key * sum_{i<bsz} (cached + i + 1)
 
-by least squares with a, b >= 0 (an :class:`~dualpath_jax.sched.AttentionTimeModel`; the
+by least squares in relative error with a, b >= 0 (an :class:`~dualpath_jax.sched.AttentionTimeModel`; the
 attention FLOPs per key come from :mod:`dualpath_jax.model.cost`). The same calls compile the
 shape buckets the run will use (:func:`warm_up_prefill`: forwards of the PE's own
 :class:`~dualpath_jax.engine.prefill.PrefillPath`, with the last-token logits per query bucket), so
@@ -146,7 +146,8 @@ def profile_prefill(params: dict, spec: ModelSpec, device, pairs: Sequence[tuple
 
 
 def fit_time_model(spec: ModelSpec, samples: Sequence[ProfileSample]) -> AttentionTimeModel:
-    """Non-negative least squares fit of the two rates of :class:`AttentionTimeModel` (module docstring).
+    """Non-negative least squares fit, in relative error (``sum((predicted / measured - 1) ** 2)``), of the
+    two rates of :class:`AttentionTimeModel` (module docstring).
 
     Raises:
       ValueError: fewer than two samples.
@@ -158,15 +159,17 @@ def fit_time_model(spec: ModelSpec, samples: Sequence[ProfileSample]) -> Attenti
     keys = np.array([probe.time_s(s.cached, s.bsz) for s in samples])  # = fpk * sum of keys
     tokens = np.array([float(s.bsz) for s in samples])
     y = np.array([s.layer_s for s in samples])
+    # relative errors: every profiled shape counts alike (absolute ones let the largest decide the fit,
+    # and the typical shapes came out 2-3x too slow)
+    x = np.stack([tokens, keys], axis=1) / y[:, None]
     best = None
     for cols in ((0, 1), (0,), (1,)):  # full fit, then each coefficient alone (NNLS over 2 variables)
-        a = np.stack([tokens, keys], axis=1)[:, cols]
-        coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+        coef, *_ = np.linalg.lstsq(x[:, cols], np.ones_like(y), rcond=None)
         if np.any(coef < 0):
             continue
         full = np.zeros(2)
         full[list(cols)] = coef
-        err = float(np.sum((np.stack([tokens, keys], axis=1) @ full - y) ** 2))
+        err = float(np.sum((x @ full - 1) ** 2))
         if best is None or err < best[0]:
             best = (err, full)
     per_token, per_flop = best[1] if best is not None else (float(np.mean(y / tokens)), 0.0)

@@ -219,9 +219,11 @@ class Setup:
         self.rounds = round_shapes(agents, self.layout.block_tokens, bool(config.workload.warm_start))
         self.warm_shapes = expected_shapes(self.rounds, self.layout.block_tokens, self.time_model, self.cluster)
         self.setup_s = time.perf_counter() - t0
+        fit = [self.time_model.time_s(s.cached, s.bsz) / s.layer_s for s in self.samples]
         log(f"profiled {len(self.samples)} (cached, bsz) pairs in {self.setup_s:.1f} s "
             f"({CompileClock.read()[0] - c0:.1f} s compiling); time model: "
-            f"{describe_time_model(self.time_model, self.spec)}")
+            f"{describe_time_model(self.time_model, self.spec)}; it predicts {min(fit):.2f}x to {max(fit):.2f}x "
+            "the profiled times")
         # runtime="ray": every node a Ray actor in its own process, kept for all of this study's runs
         self.runtime = ray_runtime(config) if config.runtime == "ray" else None
 
