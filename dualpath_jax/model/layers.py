@@ -1,4 +1,4 @@
-"""Building blocks of the transformer: RMSNorm, RoPE, SwiGLU MLP, DeepSeek MoE and the two attention families.
+"""Building blocks of the transformer: RMSNorm, RoPE, SwiGLU MLP, MoE and the two attention families.
 
 All functions are pure and operate on T rows (leading dim T): the new tokens of one sequence, or,
 under :class:`~dualpath_jax.model.attention.PagedDecodeAttention`, one new token of each of T
@@ -7,10 +7,10 @@ projections, RoPE and (MLA) absorption here and leave the attention over cached 
 :class:`~dualpath_jax.model.attention.AttentionBackend`, so the plain forward, the PE's paged
 prefill and the DE's paged decode run this one implementation. Shapes use the glossary of
 :mod:`dualpath_jax.shapes`. Numerics follow the Hugging Face reference implementations
-(``transformers`` Qwen2, DeepSeek-V2 and DeepSeek-V3 modeling code): RMSNorm in f32, RoPE with the
-rotate-half layout (DeepSeek's interleaved rope pairs are de-interleaved first, which is how HF's
-``apply_rotary_pos_emb_interleave`` lays out its output) and its frequencies in f32, softmax and
-MoE routing in f32.
+(``transformers`` Qwen2/3, Llama, DeepSeek-V2 and DeepSeek-V3 modeling code): RMSNorm in f32,
+RoPE with the rotate-half layout (DeepSeek's interleaved rope pairs are de-interleaved first, which
+is how HF's ``apply_rotary_pos_emb_interleave`` lays out its output) and its frequencies in f32,
+softmax and MoE routing in f32.
 """
 
 from __future__ import annotations
@@ -116,10 +116,11 @@ def swiglu_mlp(p: dict, x: jax.Array) -> jax.Array:
 
 
 def moe_route(p: dict, spec: ModelSpec, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """A DeepSeek MoE router: each row's ``k = spec.n_activated_experts`` experts and their weights.
+    """A MoE router: each row's ``k = spec.n_activated_experts`` experts and their weights.
 
-    Scores ``s = softmax(x W_r)`` (DeepSeek-V2, arXiv 2405.04434 section 2.2) or ``sigmoid(x W_r)``
-    (DeepSeek-V3, arXiv 2412.19437 section 2.1.2), in f32. Choice (``spec.moe_topk_method``):
+    Scores ``s = softmax(x W_r)`` (DeepSeek-V2, arXiv 2405.04434 section 2.2; Qwen3-MoE) or
+    ``sigmoid(x W_r)`` (DeepSeek-V3, arXiv 2412.19437 section 2.1.2), in f32. Choice
+    (``spec.moe_topk_method``):
 
     * ``greedy``: the top-k scores.
     * ``group_limited_greedy`` (V2): experts in ``moe_n_group`` groups, a group ranked by its best
@@ -164,8 +165,9 @@ def moe_route(p: dict, spec: ModelSpec, x: jax.Array) -> tuple[jax.Array, jax.Ar
 
 
 def moe_mlp(p: dict, spec: ModelSpec, x: jax.Array) -> jax.Array:
-    """DeepSeekMoE: the routed experts' SwiGLU outputs weighted by :func:`moe_route`, plus the shared
-    experts' (one SwiGLU of width ``n_shared_experts * moe_d_ff``; arXiv 2401.06066).
+    """A MoE layer (DeepSeekMoE, arXiv 2401.06066; Qwen3-MoE): the routed experts' SwiGLU outputs
+    weighted by :func:`moe_route`, plus the shared experts' (one SwiGLU of width
+    ``n_shared_experts * moe_d_ff``; none in Qwen3-MoE).
 
     Every row goes to its k experts, none dropped (no capacity limit, as the reference code): the
     T*k (row, expert) pairs are sorted by expert and each expert's rows multiplied in one grouped
