@@ -403,12 +403,13 @@ def test_the_engine_serves_the_checkpoints_weights():
 @pytest.mark.slow
 @pytest.mark.skipif(not __import__("dualpath_jax.workload", fromlist=["agentic_dir"]).agentic_dir().is_dir(),
                     reason="shared traces not available")
-def test_a_checkpoint_runs_through_the_cluster_with_the_recompute_tokens(tmp_path):
+@pytest.mark.parametrize("checkpoint", [HF_TINY, HF_TINY.parent / "deepseek_v3_moe_tiny"], ids=lambda p: p.name)
+def test_a_checkpoint_runs_through_the_cluster_with_the_recompute_tokens(tmp_path, checkpoint):
     import subprocess
     import sys
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "run_engine.py"),
                            f"--config={ROOT / 'configs' / 'engine_ablation.py'}:quick",
-                           f"--config.model.checkpoint={HF_TINY}", "--config.workload.num_agents=2",
+                           f"--config.model.checkpoint={checkpoint}", "--config.workload.num_agents=2",
                            "--config.variants=('basic','dualpath')", "--config.repeats=1",
                            "--config.calibrate.passes=1", f"--jit_cache_dir={tmp_path / 'jit'}", "--progress=off",
                            f"--workdir={tmp_path / 'w'}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
