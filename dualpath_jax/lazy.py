@@ -14,12 +14,15 @@ from collections.abc import Callable, Mapping
 __all__ = ["lazy_exports"]
 
 
-def lazy_exports(package: str, table: Mapping[str, str]) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
+def lazy_exports(package: str, table: Mapping[str, str], *, base: str | None = None
+                 ) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
     """A package's module-level ``__getattr__`` and ``__dir__`` for the names of ``table``.
 
     Args:
-      package: the package's ``__name__``.
-      table: public name -> the submodule (relative to ``package``) that defines it.
+      package: the package's (or module's) ``__name__``.
+      table: public name -> the submodule (relative to ``base``) that defines it.
+      base: the package of those submodules (default ``package``; a module re-exporting names of a
+        sibling passes its package).
 
     Returns:
       ``(__getattr__, __dir__)``: the first access to a name imports its submodule and caches the
@@ -30,7 +33,7 @@ def lazy_exports(package: str, table: Mapping[str, str]) -> tuple[Callable[[str]
         module = table.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{package}.{module}"), name)
+        value = getattr(importlib.import_module(f"{base or package}.{module}"), name)
         setattr(sys.modules[package], name, value)
         return value
 

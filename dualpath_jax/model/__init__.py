@@ -2,8 +2,9 @@
 
 Two halves, split so that the layers below the runtimes' JAX code can use the model's shapes:
 
-* JAX-free: :mod:`~dualpath_jax.model.spec` (``ModelSpec``, the presets) and
-  :mod:`~dualpath_jax.model.cost` (KV bytes, FLOPs, the cache-compute ratio) import only the
+* JAX-free: :mod:`~dualpath_jax.model.spec` (``ModelSpec``, the presets),
+  :mod:`~dualpath_jax.model.hf_config` (a Hugging Face ``config.json`` read into a ``ModelSpec``)
+  and :mod:`~dualpath_jax.model.cost` (KV bytes, FLOPs, the cache-compute ratio) import only the
   stdlib, numpy and ``dualpath_jax.config``. The simulator, the scheduler and ``kvcache`` use them
   without loading JAX (DESIGN.md's layers; ``tests/test_layering.py`` checks it in a subprocess).
 * JAX: ``forward``, ``layers``, ``params``, ``hf`` and ``checkpoint``.

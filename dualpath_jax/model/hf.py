@@ -7,7 +7,7 @@ Supported architectures: ``Qwen2ForCausalLM`` (``model_type="qwen2"``), ``Qwen3F
 interleaved RoPE); dense or MoE (DeepSeek-V2's softmax router, greedy or group-limited, as
 Qwen3-MoE's; V3's sigmoid router with its ``e_score_correction_bias``; shared experts), with
 default, linear, YaRN or Llama 3 RoPE and no DSA indexer. The ``config.json`` is read by
-:func:`~dualpath_jax.model.spec.spec_from_hf_config` (JAX-free, also used by the simulator, which
+:func:`~dualpath_jax.model.hf_config.spec_from_hf_config` (JAX-free, also used by the simulator, which
 accepts indexer models too). Weight names follow ``transformers``' modeling files;
 ``torch.nn.Linear`` weights ``[out, in]`` are transposed to this project's ``[in, out]``.
 Single-file and sharded (``model.safetensors.index.json``) checkpoints are read. No network
@@ -26,7 +26,8 @@ from safetensors import SafetensorError, safe_open
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.model.params import param_shapes
-from dualpath_jax.model.spec import ModelSpec, spec_from_hf_config
+from dualpath_jax.model.hf_config import spec_from_hf_config
+from dualpath_jax.model.spec import ModelSpec
 
 __all__ = ["load_hf_checkpoint", "spec_from_hf_config"]
 
@@ -173,7 +174,7 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
     Raises:
       FileNotFoundError: no config or weight files.
       ConfigError: naming ``<config.json>: <key>`` for an unsupported architecture or setting
-        (:func:`~dualpath_jax.model.spec.spec_from_hf_config`; the DSA indexer, RoPE kinds other than
+        (:func:`~dualpath_jax.model.hf_config.spec_from_hf_config`; the DSA indexer, RoPE kinds other than
         default, linear, YaRN and Llama 3, attention bias on MLA, an activation other than SiLU, MLP biases,
         quantized weights).
       ValueError: a weight file is unreadable (truncated, damaged, a shard missing; the message

@@ -10,7 +10,8 @@ from ml_collections import config_dict
 
 from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive, to_dict
 from dualpath_jax.model import cost
-from dualpath_jax.model.spec import ModelSpec, default_weight_dtype, hf_weight_dtype, resolve_spec
+from dualpath_jax.model.hf_config import hf_weight_dtype
+from dualpath_jax.model.spec import ModelSpec, default_weight_dtype, resolve_spec
 from dualpath_jax.sched.knobs import PREFILL_MODES, SchedKnobs
 from dualpath_jax.sim import catalog
 from dualpath_jax.sim.compute import ATTENTION_EFFICIENCY, ComputeModel
@@ -38,7 +39,7 @@ class SimConfig(SchedKnobs):
         MLA, FP16 for GQA, PAPER.md 1.2 Table 1).
       weight_dtype: dtype of the weights, which is also the GEMMs' compute dtype that picks the
         peak FLOP/s (:attr:`peak_flops`); None (default): the model's own, resolved when the config
-        is built: a ``config.json``'s own (``model.spec.hf_weight_dtype``: FP8 when quantized to
+        is built: a ``config.json``'s own (``model.hf_config.hf_weight_dtype``: FP8 when quantized to
         FP8, else its ``torch_dtype``), else ``model.spec.default_weight_dtype`` (FP8 for
         DeepSeek-style MLA / MoE models, BF16 for dense GQA models such as Qwen2.5).
       activation_reserve_bytes: HBM a PE keeps for activations.

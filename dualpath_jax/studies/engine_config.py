@@ -11,15 +11,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import math
+import os
 from pathlib import Path
 
 from dualpath_jax.config import (ConfigError, check_in, check_non_negative, check_positive, describe_config,
                                  did_you_mean, from_mapping)
 from dualpath_jax.engine.config import RUNTIMES, ClusterConfig, engine_variant
 from dualpath_jax.kvcache import KV_DTYPES
-from dualpath_jax.model.spec import ModelSpec, get_spec, load_hf_config
+from dualpath_jax.model.hf_config import load_hf_config
+from dualpath_jax.model.spec import ModelSpec, get_spec
 from dualpath_jax.sched import ClusterScheduler, load_scheduler
 
 __all__ = ["EngineModel", "EngineWorkload", "EngineArrivals", "ProfileConfig", "CalibrateConfig",
