@@ -122,12 +122,28 @@ def _hf_names(spec: ModelSpec, layer: int) -> dict[str, tuple[str, bool]]:
     return names
 
 
-def _expert_weights(tensors: dict[str, np.ndarray], spec: ModelSpec, layer: int, path: str
-                    ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """A MoE layer's routed experts as ``w_gate/w_up [E, D, Fm]``, ``w_down [E, Fm, D]`` (and the
-    tensor names read): from the Hub's per-expert tensors (``mlp.experts.<j>.{gate,up,down}_proj.weight``)
-    or, when absent, from ``transformers`` 5's fused ``mlp.experts.gate_up_proj [E, 2Fm, D]`` and
-    ``down_proj [E, D, Fm]``.
+def _tensor(tensors: dict[str, np.ndarray], name: str, transpose: bool, shape: tuple, path: str,
+            read: set[str]) -> np.ndarray:
+    """``tensors[name]`` (transposed when ``transpose``) checked to be ``shape``, its name added to ``read``.
+
+    Raises:
+      ValueError: the tensor is missing or of another shape (naming it).
+    """
+    if name not in tensors:
+        raise ValueError(f"{path}: tensor {name!r} missing from checkpoint")
+    w = tensors[name].T if transpose else tensors[name]
+    if tuple(w.shape) != tuple(shape):
+        raise ValueError(f"{path}: tensor {name!r} has shape {tuple(w.shape)}, expected {tuple(shape)}")
+    read.add(name)
+    return w
+
+
+def _expert_weights(tensors: dict[str, np.ndarray], spec: ModelSpec, layer: int, path: str,
+                    read: set[str]) -> dict[str, np.ndarray]:
+    """A MoE layer's routed experts as ``w_gate/w_up [E, D, Fm]``, ``w_down [E, Fm, D]`` (their
+    tensor names added to ``read``): from the Hub's per-expert tensors
+    (``mlp.experts.<j>.{gate,up,down}_proj.weight``) or, when absent, from ``transformers`` 5's fused
+    ``mlp.experts.gate_up_proj [E, 2Fm, D]`` and ``down_proj [E, D, Fm]``.
 
     Raises:
       ValueError: a tensor missing (naming the first one) or of another shape.
@@ -135,28 +151,12 @@ def _expert_weights(tensors: dict[str, np.ndarray], spec: ModelSpec, layer: int,
     pre = f"model.layers.{layer}.mlp.experts."
     e, d, fm = spec.n_routed_experts, spec.d_model, spec.moe_d_ff
     if f"{pre}0.gate_proj.weight" not in tensors and pre + "gate_up_proj" in tensors:
-        gate_up, down = tensors[pre + "gate_up_proj"], tensors.get(pre + "down_proj")
-        if down is None:
-            raise ValueError(f"{path}: tensor {pre + 'down_proj'!r} missing from checkpoint")
-        for name, w, shape in ((pre + "gate_up_proj", gate_up, (e, 2 * fm, d)), (pre + "down_proj", down, (e, d, fm))):
-            if tuple(w.shape) != shape:
-                raise ValueError(f"{path}: tensor {name!r} has shape {tuple(w.shape)}, expected {shape}")
-        gate_up = np.swapaxes(gate_up, 1, 2)
-        return ({"w_gate": gate_up[..., :fm], "w_up": gate_up[..., fm:], "w_down": np.swapaxes(down, 1, 2)},
-                [pre + "gate_up_proj", pre + "down_proj"])
-    out, names = {}, []
-    for ours, shape in (("gate", (fm, d)), ("up", (fm, d)), ("down", (d, fm))):
-        stack = []
-        for j in range(e):
-            name = f"{pre}{j}.{ours}_proj.weight"
-            if name not in tensors:
-                raise ValueError(f"{path}: tensor {name!r} missing from checkpoint")
-            if tuple(tensors[name].shape) != shape:
-                raise ValueError(f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {shape}")
-            stack.append(tensors[name].T)
-            names.append(name)
-        out["w_" + ours] = np.stack(stack)
-    return out, names
+        gate_up = np.swapaxes(_tensor(tensors, pre + "gate_up_proj", False, (e, 2 * fm, d), path, read), 1, 2)
+        down = _tensor(tensors, pre + "down_proj", False, (e, d, fm), path, read)
+        return {"w_gate": gate_up[..., :fm], "w_up": gate_up[..., fm:], "w_down": np.swapaxes(down, 1, 2)}
+    return {f"w_{ours}": np.stack([_tensor(tensors, f"{pre}{j}.{ours}_proj.weight", True, shape, path, read)
+                                   for j in range(e)])
+            for ours, shape in (("gate", (d, fm)), ("up", (d, fm)), ("down", (fm, d)))}
 
 
 def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str | None = None
@@ -197,14 +197,7 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
     read: set[str] = set()
 
     def take(hf_name: str, transpose: bool, shape: tuple, dtype=dtype) -> jnp.ndarray:
-        if hf_name not in tensors:
-            raise ValueError(f"{path}: tensor {hf_name!r} missing from checkpoint")
-        read.add(hf_name)
-        w = tensors[hf_name]
-        w = w.T if transpose else w
-        if tuple(w.shape) != tuple(shape):
-            raise ValueError(f"{path}: tensor {hf_name!r} has shape {tuple(w.shape)}, expected {tuple(shape)}")
-        return jnp.asarray(w, dtype=dtype)
+        return jnp.asarray(_tensor(tensors, hf_name, transpose, shape, path, read), dtype=dtype)
 
     params: dict = {"embed": take("model.embed_tokens.weight", False, shapes["embed"]),
                     "final_norm": take("model.norm.weight", False, shapes["final_norm"])}
@@ -221,9 +214,8 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
             node[leaf] = take(theirs, transpose, shape[leaf],  # routing in f32, as the reference code
                               jnp.float32 if leaf.startswith("router") else dtype)
         if spec.is_moe_layer(layer):
-            experts, names = _expert_weights(tensors, spec, layer, path)
+            experts = _expert_weights(tensors, spec, layer, path, read)
             lp["mlp"].update({k: jnp.asarray(w, dtype) for k, w in experts.items()})
-            read.update(names)
         layers.append(lp)
     params["layers"] = layers
     _check_all_read(tensors, read, spec, cfg, path)
