@@ -34,11 +34,14 @@ def _perturb_norms_and_biases(model: torch.nn.Module) -> None:
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
 
 
+# the tiny GQA shape the Qwen2, Llama and Qwen3 builders share
+_TINY_GQA = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6)
+
+
 def make_qwen2() -> transformers.PreTrainedModel:
-    cfg = transformers.Qwen2Config(
-        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=10000.0,
-        tie_word_embeddings=False, use_sliding_window=False)
+    cfg = transformers.Qwen2Config(**{**_TINY_GQA, "num_hidden_layers": 3}, rope_theta=10000.0,
+                                   tie_word_embeddings=False, use_sliding_window=False)
     return transformers.Qwen2ForCausalLM(cfg)
 
 
@@ -97,16 +100,9 @@ def make_deepseek_v2_moe() -> transformers.PreTrainedModel:
 
 def make_qwen2_yarn() -> transformers.PreTrainedModel:
     """Qwen2 with YaRN (Qwen2.5's long-context setting: ``attention_factor`` inferred from the factor)."""
-    cfg = transformers.Qwen2Config(
-        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6, tie_word_embeddings=False,
-        use_sliding_window=False, rope_parameters=_yarn())
+    cfg = transformers.Qwen2Config(**_TINY_GQA, tie_word_embeddings=False, use_sliding_window=False,
+                                   rope_parameters=_yarn())
     return transformers.Qwen2ForCausalLM(cfg)
-
-
-# the tiny GQA shape the Llama and Qwen3 builders share
-_TINY_GQA = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6)
 
 
 def make_llama() -> transformers.PreTrainedModel:
