@@ -7,7 +7,9 @@
     python experiments/run_sim.py --config=configs/sim_ablation.py --print_config     # every field, typed and explained
 
 The study named by ``config.study`` (``dualpath_jax.studies.STUDIES``) writes its tables, plots
-and JSON to the workdir together with ``config.json``, ``env.json`` and ``metrics.json``; the
+and JSON to the workdir together with ``config.json`` (the config as given), ``sim_resolved.json``
+(the study's base ``SimConfig`` with what the model decides resolved: ``kv_dtype``,
+``weight_dtype``, ``peak_flops``), ``env.json`` and ``metrics.json``; the
 output ends with the study's ``name: value`` lines. Every configuration runs ``config.seeds``
 times (seed r: workload seed ``seed + r`` and, online, arrival seed ``arrival_seed + r``;
 ``--config.seeds=R``); each figure is the mean over the seeds, followed by ``<name>_ci95``, the
@@ -40,7 +42,7 @@ import time
 from absl import flags, logging
 from ml_collections import config_flags
 
-from dualpath_jax.config import overridden_fields
+from dualpath_jax.config import overridden_fields, to_dict
 from dualpath_jax.metrics import writers
 from dualpath_jax.sched import scheduler_name
 from dualpath_jax.studies import RunCache, check_sim_overrides, cli, from_config_dict, run_study
@@ -67,6 +69,8 @@ def main(argv):
     check_sim_overrides(config, overridden_fields(sys.argv[1:]))  # an override a study would overwrite fails
     workdir = cli.open_workdir(_WORKDIR.value)
     writers.write_config(workdir, config)
+    # the base SimConfig as the runs see it: the model's dtypes and the GPU's peak resolved
+    writers.write_json(workdir / "sim_resolved.json", {**to_dict(study.sim), "peak_flops": study.sim.peak_flops})
     writers.write_env(workdir, device="simulator (virtual time)")
     if scheduler_name(study.scheduler):
         print(f"scheduler {scheduler_name(study.scheduler)}", flush=True)

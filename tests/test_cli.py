@@ -134,6 +134,12 @@ def test_a_second_run_into_the_same_workdir_leaves_the_first_unchanged(tmp_path)
     third = _run("run_sim.py", ABLATION_TINY, *SMALL, "--config.sim.beta_s=1", "--overwrite", f"--workdir={workdir}")
     assert third.returncode == 0, third.stderr[-2000:]
     assert json.loads((workdir / "config.json").read_text())["sim"]["beta_s"] == 1.0
+    # the config as given leaves the dtypes to the model; the resolved one says what ran (MLA: FP8 KV,
+    # DeepSeek weights FP8 at H800's FP8 peak, PAPER.md Table 1 and section 6.1)
+    assert json.loads((workdir / "config.json").read_text())["sim"]["kv_dtype"] is None
+    resolved = json.loads((workdir / "sim_resolved.json").read_text())
+    assert (resolved["model"], resolved["kv_dtype"], resolved["weight_dtype"]) == ("deepseek-v3.2", "fp8", "fp8")
+    assert resolved["peak_flops"] == 1979e12 and resolved["beta_s"] == 1.0
     assert len(writers.read_metrics(workdir)) == 1  # replaced, not appended to
 
 
@@ -255,6 +261,20 @@ def test_print_config_of_the_engine_and_demo_scripts():
     assert done.returncode == 0, done.stderr
     table = _table(done.stdout)
     assert table["seq_len"][:3] == ("96", "int", "256")  # the :quick value; the file's default
+
+
+def test_an_int_field_takes_a_float_literal_of_an_integral_value():
+    done = _run("run_engine.py", "--config.cluster.pe_hbm_kv_bytes=1e9", "--config.cluster.buffer_bytes=2.5e8",
+                "--config.window_s=2e0", "--print_config")
+    assert done.returncode == 0, done.stderr
+    table = _table(done.stdout)
+    assert table["cluster.pe_hbm_kv_bytes"][:2] == ("1000000000", "int")
+    assert table["cluster.buffer_bytes"][:2] == ("250000000", "int")
+    assert table["window_s"][:2] == ("2.0", "float")  # a float field as ml_collections reads it
+    done = _run("run_engine.py", "--config.cluster.pe_hbm_kv_bytes=1.5", "--print_config")
+    assert done.returncode == 1
+    (line,) = _lines(done.stderr)
+    assert "--config.cluster.pe_hbm_kv_bytes=1.5" in line and "int()" in line
 
 
 # ---- the simulator CLI on real traces -------------------------------------------------------------

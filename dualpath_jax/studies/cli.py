@@ -7,7 +7,8 @@
   line on stderr, ``<Error>: <field or file>: <problem>`` (an unknown field with the closest valid
   names, a missing config file with the closest file names in its folder), and exit with status 1;
   ``--verbose`` (or absl's ``--pdb_post_mortem``) shows the traceback instead. Any other exception
-  is a bug and keeps its traceback. Given the script's config flag, ``--print_config`` prints the
+  is a bug and keeps its traceback. An override of an int field may be written as a float literal
+  of an integral value (``--config.cluster.buffer_bytes=1e9``). Given the script's config flag, ``--print_config`` prints the
   resolved config, one field a line with its type, default and meaning, and exits with status 0.
 * :func:`open_workdir` creates the run's output directory
   (:func:`dualpath_jax.metrics.writers.prepare_workdir`: one that already holds files is refused
@@ -168,6 +169,52 @@ def _override_error(argv: list[str], name: str) -> str | None:
     return None
 
 
+def _integral(text: str) -> str | None:
+    """``text`` written as a plain integer when it is a float literal of an integral value
+    (``1e9``, ``2.5e6``, ``64.0``); None otherwise (an int literal already, or not a number)."""
+    try:
+        int(text, 0)
+        return None  # ml_collections reads it as it is
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return str(int(value)) if value.is_integer() else None
+
+
+def _integral_overrides(argv: list[str], name: str) -> list[str]:
+    """``argv`` with every ``--<name>.<field>=<value>`` override of an int field whose value is a
+    float literal of an integral value (``--config.cluster.buffer_bytes=1e9``) written as an
+    integer, which ml_collections' int parser requires; other arguments unchanged. A config file
+    that does not load leaves ``argv`` as it is (its error is reported by the parse)."""
+    prefix = f"--{name}."
+    candidates = [i for i, a in enumerate(argv) if a.startswith(prefix) and "=" in a
+                  and _integral(a.partition("=")[2]) is not None]
+    if not candidates:
+        return argv
+    value, missing = _config_file(argv, name)
+    if missing:
+        return argv
+    try:
+        base = FLAGS[name].parser.parse(value)
+    except Exception:
+        return argv
+    out = list(argv)
+    for i in candidates:
+        key, _, text = argv[i].partition("=")
+        node = base
+        try:
+            for part in key[len(prefix):].split("."):
+                node = node[part]
+        except (KeyError, TypeError, AttributeError):
+            continue  # an unknown field: the parse names it
+        if type(node) is int:  # not bool, not float
+            out[i] = f"{key}={_integral(text)}"
+    return out
+
+
 def _parse_error(error: Exception, argv: list[str], config_name: str | None) -> str:
     if config_name is not None and not isinstance(error, flags.UnrecognizedFlagError):
         line = _override_error(argv, config_name)
@@ -235,6 +282,8 @@ def run(main: Callable[[list[str]], object], *, config=None, describe: Callable[
                           "default and one-line meaning) and exit.")
 
     def parse(argv):
+        if config_name is not None:
+            argv = _integral_overrides(list(argv), config_name)
         try:
             rest = FLAGS(argv)
         except Exception as e:
