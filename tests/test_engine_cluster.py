@@ -50,10 +50,12 @@ def _expected_link_bytes(result, layout, spec):
         node_pe, node_de = 0, cfg.prefill_nodes + (r.de - cfg.num_pe)
         add(f"snic_read/node{node_pe}", r.read_bytes_pe)
         add(f"snic_read/node{node_de}", r.read_bytes_de)
+        # a CNIC's out link carries what it reads over PCIe, its in link what it writes; the loopback
+        # copies (H2D, D2H) cross both (PAPER.md 2.6)
         add(f"cnic_in/pe{r.pe}", (pe_hit + de_hit) * bpt)            # H2D loopback + DE->PE RDMA
-        add(f"cnic_out/pe{r.pe}", (pe_hit + new) * bpt)             # everything the DE buffer lacks
-        add(f"cnic_out/de{r.de}", de_hit * bpt + r.blocks_persisted * fb)  # DE->PE + persist D2H
-        add(f"cnic_in/de{r.de}", (pe_hit + new) * bpt + r.prompt_tokens * bpt)  # from the PE + join H2D
+        add(f"cnic_out/pe{r.pe}", pe_hit * bpt + (pe_hit + new) * bpt)  # H2D loopback + what the DE buffer lacks
+        add(f"cnic_out/de{r.de}", de_hit * bpt + r.prompt_tokens * bpt + r.blocks_persisted * fb)  # DE->PE, H2D, D2H
+        add(f"cnic_in/de{r.de}", (pe_hit + new) * bpt + r.prompt_tokens * bpt + r.blocks_persisted * fb)  # PE, H2D, D2H
         add(f"snic_write/node{node_de}", r.blocks_persisted * fb)
     return out
 

@@ -53,11 +53,13 @@ def _tokens(result) -> dict:
 
 
 def _moved_bytes(result) -> int:
-    """KV bytes the links carried between engines: every PE CNIC out (the hand-off to DE buffers)
-    plus the DE CNIC out bytes that went to a PE (the DE read path; the rest is persist D2H)."""
-    pe_out = sum(v["bytes"] for k, v in result.links.items() if k.startswith("cnic_out/pe"))
-    de_to_pe = sum(r.num_bytes for r in result.transfers
-                   if r.link.startswith("cnic_out/de") and not r.tag.startswith("persist/") and r.outcome.value == "ok")
+    """KV bytes the links carried between engines: the PE CNIC out bytes of the hand-off to DE
+    buffers (the rest is the loopback H2D of PE-side hits) plus the DE CNIC out bytes that went to
+    a PE (the DE read path; the rest is the join's H2D and the persist D2H)."""
+    ok = [r for r in result.transfers if r.outcome.value == "ok"]
+    pe_out = sum(r.num_bytes for r in ok if r.link.startswith("cnic_out/pe") and r.tag.startswith("kv_out/"))
+    de_to_pe = sum(r.num_bytes for r in ok if r.link.startswith("cnic_out/de")
+                   and not r.tag.startswith(("persist/", "join/")))
     return int(pe_out + de_to_pe)
 
 

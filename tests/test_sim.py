@@ -524,3 +524,72 @@ def test_a_dense_model_too_large_for_a_gpu_names_hbm_not_more_nodes(tmp_path):
     with pytest.raises(ConfigError, match=r"^sim\.hardware\.hbm_bytes: .* \(141\.1 GB/GPU: a dense model's, whole on "
                        r"every GPU\) leave no HBM for KV on PEs \(80 GB each\); raise sim\.hardware\.hbm_bytes or"):
         Simulator(SimConfig(model=str(tmp_path), prefill_nodes=8, decode_nodes=8), [])
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_layerwise_holds_at_most_every_layer_of_a_shallow_model(tmp_path, layers):
+    """Layer-wise prefill keeps ``min(depth, L)`` of L layers on the PE: with depth 2, a one- or
+    two-layer model holds every layer, as full prefill does; a three-layer one two thirds."""
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "qwen2", "vocab_size": 1000, "hidden_size": 256, "intermediate_size": 512,
+        "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2, "torch_dtype": "bfloat16"}))
+    cfg = SimConfig(model=str(tmp_path), prefill_nodes=1, decode_nodes=1, layerwise_depth=2)
+    full = Simulator(cfg.replace(prefill="full"), [agent([100], [4])]).pe_max_kv_tokens
+    layerwise = Simulator(cfg.replace(prefill="layerwise"), [agent([100], [4])]).pe_max_kv_tokens
+    assert layerwise == pytest.approx(full * layers / min(2, layers), rel=1e-12)
+
+
+def test_the_pe_to_de_hand_off_holds_de_buffer_space_until_the_de_has_it():
+    """The KV a PE sends to the DE buffer (PAPER.md 2.3: PE-side hits and appended tokens) holds
+    buffer space from the request's first chunk until the DE's H2D is done: a DE-side read placed
+    meanwhile that does not fit the rest starts when it is released (at the DE's join)."""
+    z = 64
+    hx, hy = 40 * z, 20 * z  # X hits 40 blocks, read on the PE side; Y 20, read on the DE side
+
+    class BySize(ClusterScheduler):
+        def read_plan(self, req, pe_node, de_node, read_q, hit_blocks, block_tokens):
+            return ReadPlan("pe", 0) if hit_blocks == hx // z else ReadPlan("de", hit_blocks)
+
+    base = SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=1, loading="dual", fetch_period_s=FETCH)
+    kvb = cost.stored_kv_bytes_per_token(base.spec, "fp8")
+    # the buffer holds Y's read alone, not beside X's hand-off (X's 2,660-token prompt)
+    cfg = base.replace(hardware=HardwareConfig(dram_buffer_bytes=(hy + (hx + 100) / 2) * kvb))
+    x = SimAgent(0.0, np.array([100]), np.array([50]), None, np.array([hx]), initial_context=hx)
+    solo = simulate(cfg, [x], scheduler_cls=BySize).requests
+    t_y = (solo["prefill_start_s"][0] + solo["decode_start_s"][0]) / 2  # while X's hand-off is in the DE buffer
+    y = SimAgent(t_y, np.array([100]), np.array([50]), None, np.array([hy]), initial_context=hy)
+    r = simulate(cfg, [x, y], scheduler_cls=BySize).requests
+    assert (r["side"][0], r["side"][1]) == ("pe", "de")
+    assert r["prefill_start_s"][0] < r["placed_s"][1] < r["decode_start_s"][0]
+    snic = cfg.hardware.node_snic_bytes_per_s  # the DE node's SNIC is idle: storage -> SNIC -> DRAM
+    assert r["read_done_s"][1] == pytest.approx(r["decode_start_s"][0] + hy * kvb / snic, rel=1e-12)
+    # with room for both, Y's read starts when it is placed
+    roomy = simulate(cfg.replace(hardware=HardwareConfig(dram_buffer_bytes=(hx + 100 + hy) * kvb)), [x, y],
+                     scheduler_cls=BySize).requests
+    assert roomy["read_done_s"][1] == pytest.approx(roomy["placed_s"][1] + hy * kvb / snic, rel=1e-12)
+
+
+@pytest.mark.parametrize("side", ["pe", "de"])
+def test_cnic_bytes_follow_the_papers_path_accounting(side):
+    """Per engine, the bytes each CNIC direction carries for one request, step by step (PAPER.md 2.3-2.6:
+    a CNIC's out direction carries what it reads over PCIe, its in direction what it writes; the
+    loopback H2D and D2H copies cross both). H hit, A appended tokens; P persisted tokens."""
+    z, hit, app, gen = 64, 30 * 64, 100, 20
+
+    class Side(ClusterScheduler):
+        def read_plan(self, req, pe_node, de_node, read_q, hit_blocks, block_tokens):
+            return ReadPlan(side, hit_blocks if side == "de" else 0)
+
+    cfg = SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=1, loading="dual", fetch_period_s=FETCH)
+    kvb = cost.stored_kv_bytes_per_token(cfg.spec, "fp8")
+    a = SimAgent(0.0, np.array([app]), np.array([gen]), None, np.array([hit]), initial_context=hit)
+    res = simulate(cfg, [a], scheduler_cls=Side)
+    pe, de = int(res.requests["pe"][0]), int(res.requests["de"][0])
+    H, A, P = hit * kvb, app * kvb, ((hit + app + gen - 1) // z * z - hit) * kvb
+    if side == "pe":  # (3)-(4) loopback H2D of the hits, (5)-(7) all prompt KV to the DE buffer, (8)-(9) H2D
+        expected = {f"cnic_out[{pe}]": H + (H + A), f"cnic_in[{pe}]": H,
+                    f"cnic_out[{de}]": (H + A) + P, f"cnic_in[{de}]": (H + A) + (H + A) + P}
+    else:  # (3)-(5) DE buffer -> PE HBM over RDMA, the appended tokens' KV back, (6)-(7) H2D
+        expected = {f"cnic_out[{pe}]": A, f"cnic_in[{pe}]": H,
+                    f"cnic_out[{de}]": H + (H + A) + P, f"cnic_in[{de}]": A + (H + A) + P}
+    assert {k: res.links[k]["bytes"] for k in expected} == pytest.approx(expected, rel=1e-12)

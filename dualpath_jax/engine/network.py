@@ -10,13 +10,17 @@ counts the bytes on that link. Paths used (PAPER.md sections 2.3-2.5, 4.1):
 move                hops                                       ``Fabric`` method
 ==================  =========================================  ====================
 storage read        node SNIC (read direction)                 ``read_path(node)``
-PE buffer -> PE     PE CNIC in (loopback H2D)                  ``pe_h2d(pe)``
+PE buffer -> PE     PE CNIC out, PE CNIC in (loopback H2D)     ``pe_h2d(pe)``
 DE buffer -> PE     DE CNIC out, PE CNIC in (RDMA)             ``de_to_pe(de, pe)``
 PE -> DE buffer     PE CNIC out, DE CNIC in (RDMA)             ``pe_to_de(pe, de)``
-DE buffer -> DE     DE CNIC in (H2D)                           ``de_h2d(de)``
-DE -> DRAM          DE CNIC out (D2H, persist stage 1)         ``de_d2h(de)``
+DE buffer -> DE     DE CNIC out, DE CNIC in (loopback H2D)     ``de_h2d(de)``
+DE -> DRAM          DE CNIC out, DE CNIC in (D2H, persist 1)   ``de_d2h(de)``
 DRAM -> storage     node SNIC (write direction)                ``write_path(node)``
 ==================  =========================================  ====================
+
+A CNIC's *out* link is the direction it reads over PCIe (from HBM or DRAM), its *in* link the one
+it writes: a loopback copy (H2D or D2H through the CNIC) crosses its PCIe side both ways, as the
+paper's bottleneck analysis counts it (PAPER.md 2.6, 4.3).
 
 Deadlock freedom: a path takes its hops in order and only ever nests a CNIC *in* link inside a
 CNIC *out* link; nobody holding an in link waits for another link, so no wait cycle can form.
@@ -116,7 +120,7 @@ class Fabric:
         return [self.nodes[node_id].snic_write]
 
     def pe_h2d(self, pe: int) -> list[Link]:
-        return [self.engines[pe].cnic_in]
+        return [self.engines[pe].cnic_out, self.engines[pe].cnic_in]
 
     def de_to_pe(self, de: int, pe: int) -> list[Link]:
         return [self.engines[de].cnic_out, self.engines[pe].cnic_in]
@@ -125,10 +129,10 @@ class Fabric:
         return [self.engines[pe].cnic_out, self.engines[de].cnic_in]
 
     def de_h2d(self, de: int) -> list[Link]:
-        return [self.engines[de].cnic_in]
+        return [self.engines[de].cnic_out, self.engines[de].cnic_in]
 
     def de_d2h(self, de: int) -> list[Link]:
-        return [self.engines[de].cnic_out]
+        return [self.engines[de].cnic_out, self.engines[de].cnic_in]
 
     def carry(self, path: Sequence[Link], num_bytes: int, fn: Callable[[], Any] | None = None, *,
               tag: str = "", timeout_s: float | None = None) -> Any:

@@ -11,12 +11,15 @@ Design (virtual time, one heap of events, no wall clock):
   hit KV is read storage -> SNIC -> DRAM of that side (buffer admission applies back-pressure);
   the PE forward streams the cached KV per layer to the PE (PE side: DRAM -> PE CNIC -> HBM;
   DE side: DE DRAM -> DE CNIC -> PE CNIC -> HBM) and the layer's KV to the DE buffer (all of it for
-  PE-side reads, the new tokens' only for DE-side reads); the DE copies the prompt KV to HBM
-  (DE DRAM -> DE CNIC -> HBM), frees its DRAM and decodes; the new tokens' KV (appended and
+  PE-side reads, the new tokens' only for DE-side reads; it holds DE buffer space from the
+  request's first chunk on); the DE copies the prompt KV to HBM (DE DRAM -> DE CNIC -> HBM),
+  frees its DRAM (the DE-side reads and the hand-off) and decodes; the new tokens' KV (appended and
   generated) is persisted HBM -> DE CNIC -> DRAM -> SNIC -> storage from the start of decode (the
   generated blocks are written as they fill; the write is reserved at once), and the agent's next
   round is issued once the request is finished and that write is done (plus think time), since it
-  reads that KV. Oracle skips every KV transfer.
+  reads that KV. Oracle skips every KV transfer. A CNIC's out server carries what it reads over
+  PCIe and its in server what it writes, so the loopback copies (H2D, D2H) load both, as the
+  paper's bottleneck analysis counts them (PAPER.md 2.6).
 * **Prefill**: ``layerwise`` overlaps loading with compute (a forward ends at
   ``max(compute, loads + one layer)``) and needs ``depth / L`` of the KV on device; ``full``
   loads all layers first, then computes, and must fit all of the batch's KV in free HBM.
@@ -107,9 +110,12 @@ class Simulator:
         self.node_of = [e // self.g for e in range(n_pe)] + [cfg.prefill_nodes + e // self.g for e in range(n_de)]
         # the fixed hops of each transfer kind (PAPER.md 2.3-2.6), by node or engine
         self._read_path = [(self.snic_r[n], self.dram[n]) for n in range(n_nodes)]
-        self._to_hbm_path = [(self.dram[self.node_of[e]], self.cnic_in[e]) for e in range(n_pe + n_de)]  # DRAM -> HBM
-        self._persist_path = [(self.cnic_out[e], self.dram[self.node_of[e]], self.snic_w[self.node_of[e]])
-                              for e in range(n_pe + n_de)]
+        # the CNIC's loopback copies cross its PCIe side both ways (PAPER.md 2.6, 4.3): H2D = DRAM -> CNIC
+        # (its out direction, as it reads HBM) -> HBM (in); D2H = HBM -> CNIC (out) -> DRAM (in)
+        self._to_hbm_path = [(self.dram[self.node_of[e]], self.cnic_out[e], self.cnic_in[e])
+                             for e in range(n_pe + n_de)]
+        self._persist_path = [(self.cnic_out[e], self.cnic_in[e], self.dram[self.node_of[e]],
+                               self.snic_w[self.node_of[e]]) for e in range(n_pe + n_de)]
         self.pe_ids = list(range(n_pe))
         self.de_ids = list(range(n_pe, n_pe + n_de))
         pe_groups = {n: [e for e in self.pe_ids if self.node_of[e] == n] for n in range(cfg.prefill_nodes)}
@@ -404,6 +410,7 @@ class Simulator:
                 first = cached_b == hit_tokens[rid]  # no earlier chunk has run (each adds >= 1 token)
                 if first:
                     prefill_start[rid] = now
+                    self._hold_handoff(rid)
                 in_end, out_end = self._prefill_transfers(rid, e, cached_b, bsz_b, first, now, layer_s)
                 if in_end > load_end:
                     load_end = in_end
@@ -428,6 +435,19 @@ class Simulator:
         self.pe_forwards[u] += 1
         self.pe_batch_requests[u] += sum([len(p[1]) for p in plans])
         self._push(end, _PE_DONE, u, (plans, end))
+
+    def _hold_handoff(self, rid: int):
+        """Charge the DE buffer for the KV the PE will send it (PAPER.md 2.3-2.4): the PE-side hit
+        tokens' and the appended tokens'. Held from the first chunk until the DE's H2D is done
+        (:meth:`_on_de_join`). It never waits: a full buffer makes later reads wait instead, so no
+        forward stalls on a buffer that its own request's reads fill (the engine's PE waits for the
+        space, with a timeout and a retry, ``engine.pe``)."""
+        if self.cfg.loading == "oracle":
+            return
+        R = self.R
+        nbytes = (R["hit_tokens"][rid] + R["append_tokens"][rid]) * self.kvb - R["read_bytes_de"][rid]
+        if nbytes > 0:
+            self.buffer_free[self.node_of[R["de"][rid]]] -= nbytes
 
     def _prefill_transfers(self, rid, pe, cached, bsz, first_chunk, now, layer_s):
         """Reserve the KV movement of one request chunk in a forward; returns (loads end, to-DE end)."""
@@ -506,8 +526,8 @@ class Simulator:
     def _on_de_join(self, rid: int, _):
         R = self.R
         de = R["de"][rid]
-        if R["side"][rid] in ("de", "split"):
-            self._release_buffer(self.node_of[de], R["read_bytes_de"][rid])
+        if self.cfg.loading != "oracle":  # the whole prompt's KV left the DE buffer: DE-side hits + hand-off
+            self._release_buffer(self.node_of[de], (R["hit_tokens"][rid] + R["append_tokens"][rid]) * self.kvb)
         now = self.now
         R["decode_start_s"][rid] = now
         gen = R["gen_tokens"][rid]

@@ -48,7 +48,9 @@ def kv_memory(cfg: SimConfig, pe_model, de_model, kvb: float) -> tuple[float, fl
     if de_hbm <= 0:
         raise ConfigError(hbm_field or "sim.decode_nodes",
                           no_hbm_left(cfg.model, de_model, cfg.decode_nodes * g, "DE", hw, dense=dense))
-    layers_on_device = cfg.layerwise_depth / cfg.spec.n_layers if cfg.prefill == "layerwise" else 1.0
+    # layer-wise: the layers in flight (at most all of them: a model shallower than the depth holds all)
+    layers_on_device = (min(cfg.layerwise_depth, cfg.spec.n_layers) / cfg.spec.n_layers
+                        if cfg.prefill == "layerwise" else 1.0)
     return pe_free_hbm, de_hbm, pe_free_hbm / (kvb * layers_on_device)
 
 
