@@ -185,8 +185,11 @@ def test_fit_time_model_recovers_known_rates():
     keys = lambda c, n: (2 * c + n + 1) * n / 2  # noqa: E731  sum_{i<n} (c + i + 1)
     samples = [ProfileSample(c, n, a * n + b * fpk * keys(c, n)) for c, n in pairs]
     tm = fit_time_model(spec, samples)
-    assert tm.flops_per_key == fpk
+    assert tm.flops_per_key == fpk and tm.layers == spec.n_layers
     np.testing.assert_allclose([tm.seconds_per_token, tm.seconds_per_flop], [a, b], rtol=1e-6)
+    # time_s is a forward's, all layers of it (the compute quota bounds it); layer_s one layer's
+    np.testing.assert_allclose(tm.time_s(1024, 64), spec.n_layers * (a * 64 + b * fpk * keys(1024, 64)), rtol=1e-6)
+    np.testing.assert_allclose(tm.layer_s(1024, 64), a * 64 + b * fpk * keys(1024, 64), rtol=1e-6)
     # a negative per-token fit is clipped to a non-negative model
     samples = [ProfileSample(c, n, 1e-10 * fpk * keys(c, n) - 1e-7 * n) for c, n in pairs]
     tm = fit_time_model(spec, samples)
@@ -207,9 +210,9 @@ def test_fit_time_model_weighs_every_shape_alike():
     samples = [ProfileSample(c, n, a * n + b * fpk * keys(c, n)) for c, n in small]
     samples.append(ProfileSample(2048, 1024, 3 * (a * 1024 + b * fpk * keys(2048, 1024))))
     tm = fit_time_model(spec, samples)
-    ratios = [tm.time_s(s.cached, s.bsz) / s.layer_s for s in samples[:-1]]
+    ratios = [tm.layer_s(s.cached, s.bsz) / s.layer_s for s in samples[:-1]]
     assert all(0.8 < r < 1.25 for r in ratios), ratios
-    assert tm.time_s(2048, 1024) < samples[-1].layer_s  # the outlier is under-predicted instead
+    assert tm.layer_s(2048, 1024) < samples[-1].layer_s  # the outlier is under-predicted instead
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")

@@ -82,7 +82,7 @@ class EngineCluster:
       spec, params: the model (host parameters; each engine puts a copy on its device).
       layout: the KV block layout (must match ``spec``).
       store: the shared KV store (normally empty at the start of a run).
-      time_model: fitted PE layer-time model (required by the ``dualpath`` policy).
+      time_model: fitted PE forward-time model (``sched.batching.TimeModel``; required by the ``dualpath`` policy).
       prefill_tokens_per_s: one PE's prefill rate in prompt tokens/s (for beta).
       devices: JAX devices; engine e runs on ``devices[e % len(devices)]`` (default all).
       scheduler_cls: the :class:`~dualpath_jax.sched.ClusterScheduler` (sub)class that decides

@@ -1,15 +1,17 @@
 """Start-up profiling of the PE forward: the time model of compute-quota batching, and warm-up.
 
-PAPER.md section 5.5: the intra-engine scheduler maps each request's ``(cached, bsz)`` to a layer
-time "with a relation fitted by profiling in advance". :func:`profile_prefill` times the
+PAPER.md section 5.5: the intra-engine scheduler maps each request's ``(cached, bsz)`` to an
+attention time "with a relation fitted by profiling in advance". :func:`profile_prefill` times the
 runtime's own per-layer prefill (:func:`dualpath_jax.engine.compute.prefill_layer`, all L
 layers, cached KV already on the device) at a few ``(cached, bsz)`` pairs on one device, best of
 ``repeats`` after a compile call; :func:`fit_time_model` fits
 
     seconds_per_layer(cached, bsz) = a * bsz + b * flops_per_key * sum_{i<bsz} (cached + i + 1)
 
-by least squares in relative error with a, b >= 0 (an :class:`~dualpath_jax.sched.AttentionTimeModel`; the
-attention FLOPs per key come from :mod:`dualpath_jax.model.cost`). The same calls compile the
+by least squares in relative error with a, b >= 0 (an :class:`~dualpath_jax.sched.AttentionTimeModel` of
+L layers, so that its ``time_s`` is a forward's, the quantity the compute quota bounds; the
+attention FLOPs per key come from :mod:`dualpath_jax.model.cost`). The functional model's
+attention cannot be timed apart from the rest of its layer, so the relation covers the whole layer. The same calls compile the
 shape buckets the run will use (:func:`warm_up_prefill`: forwards of the PE's own
 :class:`~dualpath_jax.engine.prefill.PrefillPath`, with the last-token logits per query bucket), so
 compilation does not land inside a timed run; :class:`CompileClock` counts a process's
@@ -147,7 +149,8 @@ def profile_prefill(params: dict, spec: ModelSpec, device, pairs: Sequence[tuple
 
 def fit_time_model(spec: ModelSpec, samples: Sequence[ProfileSample]) -> AttentionTimeModel:
     """Non-negative least squares fit, in relative error (``sum((predicted / measured - 1) ** 2)``), of the
-    two rates of :class:`AttentionTimeModel` (module docstring).
+    two per-layer rates of :class:`AttentionTimeModel` (module docstring); the model has ``spec.n_layers``
+    layers (its ``time_s`` is a forward's seconds, ``layer_s`` one layer's).
 
     Raises:
       ValueError: fewer than two samples.
@@ -173,7 +176,8 @@ def fit_time_model(spec: ModelSpec, samples: Sequence[ProfileSample]) -> Attenti
         if best is None or err < best[0]:
             best = (err, full)
     per_token, per_flop = best[1] if best is not None else (float(np.mean(y / tokens)), 0.0)
-    return AttentionTimeModel(flops_per_key=fpk, seconds_per_flop=float(per_flop), seconds_per_token=float(per_token))
+    return AttentionTimeModel(flops_per_key=fpk, seconds_per_flop=float(per_flop), seconds_per_token=float(per_token),
+                              layers=spec.n_layers)
 
 
 def _stat_cpu_s(path: str) -> float:

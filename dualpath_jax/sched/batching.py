@@ -8,6 +8,11 @@ compute quota; the first request that does not fit whole is chunked to the large
 fits (binary search) and packing stops there. :func:`form_batch_fifo` is the quota-free baseline
 (whole requests under a token cap, chunking only a head request that alone exceeds it).
 
+The compute quota (``SchedKnobs.compute_quota_s``, 0.300 s in the paper) bounds the estimated
+attention seconds of one whole forward, all L layers of it, in the simulator and the engine alike:
+a quota per layer would let a batch run about L x 0.3 s, longer than the beta (5 s) of work a PE
+queues, so it would never bind.
+
 Both honour ``max_kv_tokens``, the KV the PE can hold on device for the batch: with ``full``
 prefill all L layers of every request's ``cached + bsz`` tokens, with ``layerwise`` only the
 layers in flight (so the runtime passes an L/depth times larger budget).
@@ -25,7 +30,8 @@ __all__ = ["BatchItem", "TimeModel", "AttentionTimeModel", "form_batch", "form_b
 
 
 class TimeModel(Protocol):
-    """Anything with ``time_s(cached, bsz) -> seconds`` (the profiled attention-time relation).
+    """Anything with ``time_s(cached, bsz) -> seconds``: the profiled attention-time relation, the
+    seconds of one forward over all layers (what the compute quota bounds).
 
     A model may also offer ``max_bsz_within(cached, seconds) -> float``, an estimate of the largest
     ``bsz`` that fits ``seconds``; :func:`form_batch` then checks that guess instead of bisecting
@@ -49,20 +55,26 @@ class BatchItem(NamedTuple):
 @mypyc_attr(native_class=False)  # a plain Python class when compiled: picklable, checked by its own code
 @dataclasses.dataclass(frozen=True)
 class AttentionTimeModel:
-    """Seconds of one attention layer for ``bsz`` new tokens over ``cached`` tokens.
+    """Seconds of the ``layers`` attention layers of one forward for ``bsz`` new tokens over
+    ``cached`` tokens (:class:`TimeModel`).
 
-    ``time = seconds_per_token * bsz + seconds_per_flop * flops_per_key * sum_{i<bsz}(cached+i+1)``;
-    ``flops_per_key`` is the per-layer attention FLOPs per (query, key) pair
-    (``dualpath_jax.model.cost``), the two rates come from profiling.
+    ``time = layers * (seconds_per_token * bsz + seconds_per_flop * flops_per_key * sum_{i<bsz}(cached+i+1))``;
+    ``flops_per_key`` is one layer's attention FLOPs per (query, key) pair
+    (``dualpath_jax.model.cost``), the two rates (per layer) come from profiling.
     """
 
     flops_per_key: float
     seconds_per_flop: float
     seconds_per_token: float = 0.0
+    layers: int = 1
 
     def time_s(self, cached: float, bsz: float) -> float:
         keys = (2 * cached + bsz + 1) * bsz / 2.0
-        return self.seconds_per_token * bsz + self.seconds_per_flop * self.flops_per_key * keys
+        return self.layers * (self.seconds_per_token * bsz + self.seconds_per_flop * self.flops_per_key * keys)
+
+    def layer_s(self, cached: float, bsz: float) -> float:
+        """Seconds of one layer: ``time_s / layers``."""
+        return self.time_s(cached, bsz) / self.layers
 
 
 def _largest_chunk(item: BatchItem, fits, guess: float | None = None) -> int:

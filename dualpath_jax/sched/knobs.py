@@ -33,7 +33,7 @@ class SchedKnobs:
         PE's prefill rate (PAPER.md 5.2, 8.4: 3 s and 5 s), converted to tokens at the start of a run.
       z_factor: the DE phase-2 balance target Z is this times the mean tokens per DE of the group,
         queued requests counted (PAPER.md 5.3: 1.05); >= 1.
-      compute_quota_s: attention seconds per forward of a ``dualpath`` PE batch (PAPER.md 5.5: 0.300 s).
+      compute_quota_s: attention seconds of a ``dualpath`` PE batch's forward, all layers (PAPER.md 5.5: 0.300 s).
       fetch_period_s: how long after a change the group leaders fetch (the scheduling driver's
         tick, seconds). The paper gives no period; 20 ms is an assumption.
       basic_max_batch_tokens: new-token cap of a FIFO (``round_robin``) prefill batch.

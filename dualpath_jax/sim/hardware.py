@@ -53,7 +53,8 @@ class HardwareConfig:
       cnic_kv_share: share of CNIC bandwidth left to KV traffic (low-priority class) while the
         engine's model communication uses the rest (PAPER.md section 4.2: ~99% reserved under
         contention; the model traffic is bursty, so KV usually gets most of the link).
-      storage_bytes_per_s: aggregate storage read bandwidth (inf: storage saturates every SNIC).
+      storage_bytes_per_s: storage read bandwidth per node, a cap on each node's SNIC reads (bytes/s;
+        inf: storage saturates every SNIC, PAPER.md 6.1).
     """
 
     gpus_per_node: int = 8

@@ -292,7 +292,8 @@ def _run_variants(config: EngineAblationConfig, workdir: Path, setup: Setup, see
                 "cnic_bytes_per_s": [b for _, b in rates],
                 "time_model": {"seconds_per_token": setup.time_model.seconds_per_token,
                                "seconds_per_flop": setup.time_model.seconds_per_flop,
-                               "flops_per_key": setup.time_model.flops_per_key},
+                               "flops_per_key": setup.time_model.flops_per_key,
+                               "layers": setup.time_model.layers},
                 "profile": [vars(s) for s in setup.samples], "prefill_tokens_per_s": setup.prefill_tokens_per_s,
                 "scheduler": scheduler_name(setup.scheduler_cls), "stages": stages.times,
                 **runtime_figures(config.runtime, results.values())}

@@ -154,12 +154,12 @@ def start_times(cfg: EngineArrivals, num_agents: int) -> np.ndarray:
 
 
 def describe_time_model(tm, spec) -> str:
-    """The fitted PE time model in words: seconds of one attention layer per new token and per
-    (query, key) pair, and one example."""
+    """The fitted PE time model in words: seconds of one layer per new token and per (query, key)
+    pair, and one example per layer and per forward (what the compute quota bounds)."""
     per_pair = tm.seconds_per_flop * tm.flops_per_key
-    return (f"an attention layer takes {tm.seconds_per_token * 1e6:.3g} us per new token + {per_pair * 1e9:.3g} ns "
-            f"per (query, key) pair (64 new tokens over 1024 cached: {tm.time_s(1024, 64) * 1e3:.3g} ms per layer, "
-            f"{tm.time_s(1024, 64) * spec.n_layers * 1e3:.3g} ms for all {spec.n_layers})")
+    return (f"a layer takes {tm.seconds_per_token * 1e6:.3g} us per new token + {per_pair * 1e9:.3g} ns "
+            f"per (query, key) pair (64 new tokens over 1024 cached: {tm.layer_s(1024, 64) * 1e3:.3g} ms per layer, "
+            f"{tm.time_s(1024, 64) * 1e3:.3g} ms for all {tm.layers})")
 
 
 def _check_fits_host(model, log: Callable) -> None:
@@ -214,12 +214,12 @@ class Setup:
                                        block_tokens=self.layout.block_tokens, repeats=config.profile.repeats)
         self.time_model = fit_time_model(self.spec, self.samples)
         ctx_tok, app_tok = typical_round(agents)
-        layer_s = self.time_model.time_s(ctx_tok, app_tok)
-        self.prefill_tokens_per_s = (ctx_tok + app_tok) / max(layer_s * self.spec.n_layers, 1e-9)
+        forward_s = self.time_model.time_s(ctx_tok, app_tok)
+        self.prefill_tokens_per_s = (ctx_tok + app_tok) / max(forward_s, 1e-9)
         self.rounds = round_shapes(agents, self.layout.block_tokens, bool(config.workload.warm_start))
         self.warm_shapes = expected_shapes(self.rounds, self.layout.block_tokens, self.time_model, self.cluster)
         self.setup_s = time.perf_counter() - t0
-        fit = [self.time_model.time_s(s.cached, s.bsz) / s.layer_s for s in self.samples]
+        fit = [self.time_model.layer_s(s.cached, s.bsz) / s.layer_s for s in self.samples]
         log(f"profiled {len(self.samples)} (cached, bsz) pairs in {self.setup_s:.1f} s "
             f"({CompileClock.read()[0] - c0:.1f} s compiling); time model: "
             f"{describe_time_model(self.time_model, self.spec)}; it predicts {min(fit):.2f}x to {max(fit):.2f}x "
@@ -484,7 +484,7 @@ def load_compute_ratio(setup: Setup) -> dict:
     c, bpt, spec = setup.cluster, setup.layout.bytes_per_token, setup.spec
     hit_rounds = [(h, a) for h, a in setup.rounds if h > 0]
     load = sum(h * bpt / c.snic_bytes_per_s for h, _ in hit_rounds)
-    compute = sum(spec.n_layers * setup.time_model.time_s(h, a) for h, a in hit_rounds)
+    compute = sum(setup.time_model.time_s(h, a) for h, a in hit_rounds)  # a forward, all layers
     ratio = [cost.cache_compute_ratio(spec, h, a, "f32") for h, a in hit_rounds]
     return {"load_over_compute_estimated": float(load / max(compute, 1e-12)),
             "hit_read_s_one_snic": float(load), "hit_rounds": len(hit_rounds),
