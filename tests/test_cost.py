@@ -77,3 +77,13 @@ def test_decode_bytes_weights_plus_kv():
     b = cost.decode_bytes(spec, [1000, 3000], weight_dtype="bf16", kv_dtype="fp16")
     weights = (cost.active_linear_params(spec)) * 2
     assert b == pytest.approx(weights + 4000 * 256 * 1024)
+
+
+def test_decode_bytes_under_dsa_read_top_k_kv_and_every_indexer_key():
+    """DeepSeek-V3.2 (top-k 2048, FP8): per layer 656 B of KV for min(context, 2048) tokens and
+    132 B of indexer key (128 fp8 + an f32 scale) for every token of the context."""
+    spec = get_spec("deepseek-v3.2")
+    ctx = [1000, 32768]
+    b = cost.decode_bytes(spec, ctx, weight_dtype="fp8", kv_dtype="fp8")
+    weights_only = cost.decode_bytes(spec, [0, 0], weight_dtype="fp8", kv_dtype="fp8")
+    assert b - weights_only == pytest.approx(61 * 656 * (1000 + 2048) + 61 * 132 * (1000 + 32768))

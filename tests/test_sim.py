@@ -349,6 +349,34 @@ def test_dsa_decode_reads_every_indexer_key_but_top_k_kv():
     # below top-k it also reads and attends to the KV (656 B per layer)
     below = m.decode_step_s(1, 1001) - m.decode_step_s(1, 1000)
     assert below - extra == pytest.approx(61 * 656 / (0.9 * 3.35e12) + m.s_per_key, rel=1e-6)
+    # a batch mixing short and long sequences reads min(context, top-k) of each: 49 x 500 + 2048
+    mixed = [500] * 49 + [100_000]
+    assert m.attended(500) == 500 and m.attended(100_000) == 2048
+    exact = m.decode_step_s(50, sum(mixed), sum(m.attended(c) for c in mixed))
+    bound = m.decode_step_s(50, sum(mixed))  # min(total, batch x top-k) = 102,400 entries
+    assert bound - exact == pytest.approx((102_400 - 26_548) * (below - extra), rel=1e-6)
+    assert m.decode_step_s(50, 50 * 500, 50 * 500) == m.decode_step_s(50, 50 * 500)  # all short: the same
+
+
+def test_a_de_prices_each_sequences_top_k_on_its_own():
+    """The simulator's DE sums min(context, top-k) over its sequences: a long sequence beside short
+    ones does not lift the short ones' reads to top-k (PAPER.md 6.1, DSA; ds-27b: top-k 1024)."""
+    hw = HardwareConfig(gpus_per_node=1)
+    cfg = SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=1, hardware=hw, loading="oracle",
+                    fetch_period_s=FETCH)
+    contexts, gen = [20_000] + [300] * 7, 400
+    sim = Simulator(cfg, [agent([c], [gen]) for c in contexts])
+    r = sim.run().requests
+    m = sim.de_model
+    assert m.topk == 1024
+    joined = r["decode_start_s"].max()
+    assert (r["finish_s"] > joined).all()  # every sequence decodes when the last one joins
+    means = [c + (gen - 1) / 2.0 for c in contexts]  # 20,199.5 and 7 x 499.5
+    step = m.decode_step_s(8, sum(means), 1024 + 7 * 499.5)
+    # the last joiner's first step is the step of all eight
+    first_steps = (r["second_token_s"] - r["decode_start_s"])[r["decode_start_s"] == joined]
+    assert first_steps.max() == pytest.approx(cfg.de_join_s + step, rel=1e-9)
+    assert step < m.decode_step_s(8, sum(means))  # the batch-wide bound would price 8 x 1024 entries
 
 
 def test_explicit_compute_model_is_used():
@@ -364,7 +392,8 @@ def test_explicit_compute_model_is_used():
 
 def test_de_group_steps_at_its_slowest_members_pace():
     """With ep_sync a DE group's step time is the max over its engines' step times (recomputed
-    from scratch here at every reschedule), while requests join and finish on several members."""
+    here at every reschedule from the sequences each engine decodes: their mean contexts and, DSA,
+    min(context, top-k) of each), while requests join and finish on several members."""
 
     class Checked(Simulator):
         checks = 0
@@ -372,8 +401,10 @@ def test_de_group_steps_at_its_slowest_members_pace():
         def _de_reschedule(self, u):
             unit = self.de_units[u]
             assert len(unit.engines) == 8
-            assert unit.step_s == max(self.de_model.decode_step_s(self.de_batch[e], self.de_ctx[e])
-                                      for e in unit.engines)
+            m = self.de_model
+            seqs = {e: [ctx for _, _, de, ctx in unit.heap if de == e] for e in unit.engines}
+            assert unit.step_s == pytest.approx(max(
+                m.decode_step_s(len(c), sum(c), sum(min(x, m.topk) for x in c)) for c in seqs.values()), rel=1e-12)
             Checked.checks += 1
             super()._de_reschedule(u)
 

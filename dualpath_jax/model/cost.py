@@ -183,7 +183,8 @@ def decode_flops(spec: ModelSpec, context_tokens) -> dict[str, np.ndarray]:
 
 def decode_bytes(spec: ModelSpec, batch_context_tokens, *, weight_dtype: str = "bf16",
                  kv_dtype: str | None = None) -> float:
-    """HBM bytes read by one decode step of a batch: active weights once + every sequence's KV.
+    """HBM bytes read by one decode step of a batch: active weights once + every sequence's KV
+    (under DSA: its top-k entries, plus every token's indexer key, which the indexer scores).
 
     Args:
       batch_context_tokens: sequence of per-sequence context lengths (tokens).
@@ -205,8 +206,11 @@ def decode_bytes(spec: ModelSpec, batch_context_tokens, *, weight_dtype: str = "
         else:
             weights += 3 * spec.d_model * spec.d_ff
     weights += spec.d_model * spec.vocab_size
-    kv = kv_bytes_per_token(spec, kv_dtype) * float(np.minimum(ctx, spec.index_topk).sum()
-                                                      if spec.index_n_heads else ctx.sum())
+    if spec.index_n_heads:  # DSA: top-k KV entries per sequence, every indexer key
+        kv = (kv_bytes_per_token(spec, kv_dtype) * float(np.minimum(ctx, spec.index_topk).sum())
+              + (stored_kv_bytes_per_token(spec, kv_dtype) - kv_bytes_per_token(spec, kv_dtype)) * float(ctx.sum()))
+    else:
+        kv = kv_bytes_per_token(spec, kv_dtype) * float(ctx.sum())
     return weights * wbytes + kv
 
 

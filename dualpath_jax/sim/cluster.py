@@ -151,6 +151,7 @@ class Simulator:
         self.ready: list[collections.deque] = [collections.deque() for _ in range(n_pe + n_de)]
         self.de_batch = [0] * (n_pe + n_de)
         self.de_ctx = [0.0] * (n_pe + n_de)
+        self.de_att = [0.0] * (n_pe + n_de)  # per DE: KV entries a decode step reads (DSA: top-k per sequence)
         self.time_model = self.pe_model  # ComputeModel.time_s(cached, bsz): attention seconds of a forward
         self.attention_s: list[tuple[float, float]] = []  # per group forward: (max, mean) attention seconds
         self.attention_members: list[tuple[int, int]] = []  # per group forward: (busy members, members)
@@ -548,7 +549,8 @@ class Simulator:
         mean_ctx = R["hit_tokens"][rid] + R["append_tokens"][rid] + (gen - 1) / 2.0  # context over the decode
         batch = self.de_batch[de] = self.de_batch[de] + 1
         ctx_sum = self.de_ctx[de] = self.de_ctx[de] + mean_ctx
-        unit.set_step(self.de_step, de, self.de_model.decode_step_s(batch, ctx_sum))
+        att_sum = self.de_att[de] = self.de_att[de] + self.de_model.attended(mean_ctx)
+        unit.set_step(self.de_step, de, self.de_model.decode_step_s(batch, ctx_sum, att_sum))
         heapq.heappush(unit.heap, (unit.steps + (gen - 1), rid, de, mean_ctx))
         self._de_reschedule(u)
         R["second_token_s"][rid] = unit.last_t + unit.step_s
@@ -562,17 +564,21 @@ class Simulator:
         heap = unit.heap
         due = unit.steps + 1e-9
         if heap and heap[0][0] <= due:
-            de_batch, de_ctx = self.de_batch, self.de_ctx
+            de_batch, de_ctx, de_att = self.de_batch, self.de_ctx, self.de_att
+            attended = self.de_model.attended
             changed = set()
             while heap and heap[0][0] <= due:
                 _, rid, de, mean_ctx = heapq.heappop(heap)
                 de_batch[de] -= 1
                 de_ctx[de] -= mean_ctx
+                de_att[de] -= attended(mean_ctx)
                 changed.add(de)
                 self._complete(rid)
             step_s = self.de_model.decode_step_s
             for de in changed:  # the step time after every completion of this instant
-                unit.set_step(self.de_step, de, step_s(de_batch[de], de_ctx[de]))
+                if not de_batch[de]:  # no drift left behind by the sums of floats
+                    de_ctx[de] = de_att[de] = 0.0
+                unit.set_step(self.de_step, de, step_s(de_batch[de], de_ctx[de], de_att[de]))
         self._de_reschedule(u)
 
     def _complete(self, rid: int):

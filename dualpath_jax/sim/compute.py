@@ -209,15 +209,29 @@ class ComputeModel:
             attention_s = self.attention_time_s(cached, bsz)
         return self.prefill_overhead_s + self.s_per_token * tokens + attention_s
 
-    def decode_step_s(self, batch: float, context_tokens: float) -> float:
-        """Seconds of one decode step of ``batch`` sequences holding ``context_tokens`` KV in total."""
+    def decode_step_s(self, batch: float, context_tokens: float, attended_tokens: float | None = None) -> float:
+        """Seconds of one decode step of ``batch`` sequences holding ``context_tokens`` KV in total.
+
+        ``attended_tokens``: the KV entries the step's attention reads, with DSA the sum over the
+        sequences of ``min(context, topk)`` (the indexer still scores every key). Default:
+        ``min(context_tokens, batch * topk)``, exact when no sequence is shorter than ``topk`` or
+        none longer; a batch that mixes both reads less than that bound.
+        """
         if batch <= 0:
             return 0.0
         every = context_tokens
-        if self.topk is not None and context_tokens > batch * self.topk:
+        if attended_tokens is not None:
+            context_tokens = attended_tokens
+        elif self.topk is not None and context_tokens > batch * self.topk:
             context_tokens = float(batch * self.topk)  # DSA reads at most top-k KV entries per sequence
         return (self.decode_overhead_s + self.s_per_sequence * batch + self.s_per_context_token * context_tokens
                 + self.s_per_index_context_token * every)
+
+    def attended(self, context_tokens: float) -> float:
+        """KV entries one decode step of a sequence of ``context_tokens`` reads: ``min(context, topk)``
+        with DSA (PAPER.md 6.1: top-k 2048), all of them otherwise."""
+        topk = self.topk
+        return context_tokens if topk is None or context_tokens <= topk else float(topk)
 
     def prefill_tokens_per_s(self, context_tokens: float, append_tokens: float, batch: SupportsIndex = 4) -> float:
         """Computed tokens per second of one engine for ``batch`` equal requests (for alpha/beta)."""
