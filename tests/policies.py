@@ -26,3 +26,12 @@ class NeverOnADE(ClusterScheduler):
 
     def fetch_de(self, group_id, loads):
         return []
+
+
+class DEUnderPEReads(ClusterScheduler):
+    """A broken policy: reads on the DE side even under ``pe_read`` loading (a protocol error)."""
+
+    def read_plan(self, req, pe_node, de_node, read_q, hit_blocks, block_tokens):
+        if hit_blocks > 0 and self.config.loading != "oracle":
+            return ReadPlan("de", hit_blocks)
+        return super().read_plan(req, pe_node, de_node, read_q, hit_blocks, block_tokens)

@@ -46,6 +46,7 @@ from mypy_extensions import mypyc_attr
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.sched import batching, de, pe, read_side
+from dualpath_jax.sched.errors import PolicyError
 from dualpath_jax.sched.types import Assignment, EngineLoad, SchedRequest, SchedulerConfig
 
 __all__ = ["ClusterScheduler"]
@@ -231,7 +232,7 @@ class ClusterScheduler:
 
         Raises:
           KeyError: ``group_id`` is not a PE group.
-          ValueError: ``select_pe`` placed a request that was not waiting, or on an engine outside the group.
+          PolicyError: (a ``ValueError``) ``select_pe`` placed a request that was not waiting, or on an engine outside the group.
         """
         if group_id not in self.pe_groups:
             raise KeyError(f"group_id: {group_id} is not a PE group")
@@ -289,7 +290,7 @@ class ClusterScheduler:
 
         Raises:
           KeyError: ``group_id`` is not a DE group.
-          ValueError: ``select_de`` placed a request that was not queued, or on an engine outside the group.
+          PolicyError: (a ``ValueError``) ``select_de`` placed a request that was not queued, or on an engine outside the group.
         """
         if group_id not in self.de_groups:
             raise KeyError(f"group_id: {group_id} is not a DE group")
@@ -332,7 +333,7 @@ class ClusterScheduler:
         (``round_robin``: groups with queued requests).
 
         Raises:
-          ValueError: ``select_de_group`` named an unknown group or a request that was not waiting.
+          PolicyError: (a ``ValueError``) ``select_de_group`` named an unknown group or a request that was not waiting.
         """
         if self._round_robin:
             return {g for g, q in self._private.items() if q}
@@ -355,11 +356,11 @@ class ClusterScheduler:
         who = f"{type(self).__name__}.select_de_group"
         for g in chosen:
             if g not in group_tok:
-                raise ValueError(f"{who}: group {g} is not a DE group with an engine left (known: {sorted(group_tok)})")
+                raise PolicyError(f"{who}: group {g} is not a DE group with an engine left (known: {sorted(group_tok)})")
         ids = {r.request_id for sent in chosen.values() for r in sent}
         if len(ids) != sum([len(sent) for sent in chosen.values()]) or \
                 not ids <= {r.request_id for r in self._de_queue}:
-            raise ValueError(f"{who}: returned requests that are not waiting in the DE queue, or one twice")
+            raise PolicyError(f"{who}: returned requests that are not waiting in the DE queue, or one twice")
         for g, sent in chosen.items():
             if not sent:
                 continue
@@ -438,16 +439,16 @@ def _take(queue: collections.deque, out: Sequence[Assignment], engines: Sequence
     """Remove the requests of ``out`` from ``queue`` (a prefix in order: O(len(out)); else any subset).
 
     Raises:
-      ValueError: a request not in ``queue`` (or twice), or an engine not in ``engines``.
+      PolicyError: (a ``ValueError``) a request not in ``queue`` (or twice), or an engine not in ``engines``.
     """
     n = len(out)
     if n > len(queue):
-        raise ValueError(f"{who}: returned {n} assignments for {len(queue)} waiting requests")
+        raise PolicyError(f"{who}: returned {n} assignments for {len(queue)} waiting requests")
     allowed = set(engines)
     prefix = True
     for a, r in zip(out, itertools.islice(queue, n)):
         if a.engine_id not in allowed:
-            raise ValueError(f"{who}: placed request {a.request.request_id} on engine {a.engine_id}, "
+            raise PolicyError(f"{who}: placed request {a.request.request_id} on engine {a.engine_id}, "
                              f"not one of the group's {sorted(allowed)}")
         if a.request.request_id != r.request_id:
             prefix = False
@@ -458,6 +459,6 @@ def _take(queue: collections.deque, out: Sequence[Assignment], engines: Sequence
     ids = {a.request.request_id for a in out}
     kept = [r for r in queue if r.request_id not in ids]
     if len(ids) != n or len(kept) != len(queue) - n:
-        raise ValueError(f"{who}: returned requests that are not waiting, or one twice")
+        raise PolicyError(f"{who}: returned requests that are not waiting, or one twice")
     queue.clear()
     queue.extend(kept)

@@ -22,6 +22,8 @@ import numbers
 import operator
 from typing import NamedTuple, SupportsIndex
 
+from dualpath_jax.sched.errors import PolicyError, PolicyTypeError
+
 __all__ = ["ReadPlan", "SIDES_OF_LOADING", "check_read_plan", "shorter_queue_side", "split_de_blocks"]
 
 
@@ -51,16 +53,17 @@ def check_read_plan(plan, hit_blocks: SupportsIndex, loading: str, *, who: str =
     blocks, ``"none"`` or any side of the mode with 0 blocks. ``who`` names the policy in the error.
 
     Raises:
-      TypeError: ``de_blocks`` is not an int.
-      ValueError: any other inconsistency (the message names the plan and the allowed sides).
+      PolicyTypeError: (a ``TypeError``) ``de_blocks`` is not an int, or ``plan`` not a pair.
+      PolicyError: (a ``ValueError``) any other inconsistency (the message names the plan and the
+        allowed sides).
     """
     try:
         side, de_blocks = plan
     except (TypeError, ValueError):
-        raise TypeError(f"{who}: must return a ReadPlan(side, de_blocks) (got {plan!r})") from None
+        raise PolicyTypeError(f"{who}: must return a ReadPlan(side, de_blocks) (got {plan!r})") from None
     n_hit = operator.index(hit_blocks)  # numpy ints too, as an int
     if type(de_blocks) is not int and (isinstance(de_blocks, bool) or not isinstance(de_blocks, numbers.Integral)):
-        raise TypeError(f"{who}: de_blocks must be an int (got {de_blocks!r})")
+        raise PolicyTypeError(f"{who}: de_blocks must be an int (got {de_blocks!r})")
     de_blocks = int(de_blocks)  # numpy ints compare to numpy bools
     if loading == "oracle":
         allowed: tuple = ("none",)
@@ -80,7 +83,7 @@ def check_read_plan(plan, hit_blocks: SupportsIndex, loading: str, *, who: str =
         why = f"de_blocks={de_blocks} of {n_hit} means side {want!r}, not {side!r}"
     else:
         why = f"side {side!r} is not one of {', '.join(map(repr, allowed))}"
-    raise ValueError(f"{who}: {tuple(plan)!r} for {n_hit} hit blocks under loading={loading!r}: {why} (a plan "
+    raise PolicyError(f"{who}: {tuple(plan)!r} for {n_hit} hit blocks under loading={loading!r}: {why} (a plan "
                      f"reads each hit block once; this mode allows {', '.join(map(repr, allowed))})")
 
 

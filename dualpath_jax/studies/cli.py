@@ -3,13 +3,15 @@
 * :func:`run` replaces ``absl.app.run(main)``. A bad command line (an unknown flag, a misspelled
   ``--config.<field>`` override, a config file that does not load) and a
   :class:`~dualpath_jax.config.ConfigError`, :class:`~dualpath_jax.workload.TraceFormatError`,
-  :class:`~dualpath_jax.sched.RunStalled` or ``absl.app.UsageError`` raised by the run print one
-  line on stderr, ``<Error>: <field or file>: <problem>`` (an unknown field with the closest valid
-  names, a missing config file with the closest file names in its folder), and exit with status 1;
-  ``--verbose`` (or absl's ``--pdb_post_mortem``) shows the traceback instead. Any other exception
-  is a bug and keeps its traceback. An override of an int field may be written as a float literal
-  of an integral value (``--config.cluster.buffer_bytes=1e9``). Given the script's config flag, ``--print_config`` prints the
-  resolved config, one field a line with its type, default and meaning, and exits with status 0.
+  :class:`~dualpath_jax.sched.RunStalled`, :class:`~dualpath_jax.sched.PolicyError` or
+  ``absl.app.UsageError`` raised by the run print one line on stderr,
+  ``<Error>: <field or file>: <problem>`` (an unknown field with the closest valid names, a missing
+  config file with the closest file names in its folder), and exit with status 1; ``--verbose`` (or
+  absl's ``--pdb_post_mortem``) shows the traceback instead. Any other exception is a bug and keeps
+  its traceback. An override of an int field may be written as a float literal of an integral
+  value (``--config.cluster.buffer_bytes=1e9``). Given the script's config flag,
+  ``--print_config`` prints the resolved config, one field a line with its type, default and
+  meaning, and exits with status 0.
 * :func:`open_workdir` creates the run's output directory
   (:func:`dualpath_jax.metrics.writers.prepare_workdir`: one that already holds files is refused
   unless ``--overwrite``, which replaces a previous run's) and marks it ``running`` in
@@ -33,6 +35,7 @@ from absl import app, flags
 from dualpath_jax.config import ConfigError, argv_flag_values, closest, describe_config, did_you_mean
 from dualpath_jax.metrics import writers
 from dualpath_jax.sched.driver import RunStalled
+from dualpath_jax.sched.errors import PolicyError
 from dualpath_jax.workload.errors import TraceFormatError
 
 __all__ = ["USER_ERRORS", "run", "open_workdir", "check_finished", "one_line", "define_config_file", "define_sweep_flags",
@@ -43,9 +46,10 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, show the full trace
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace the previous run in --workdir; without it, a --workdir that holds files is refused.")
 
-USER_ERRORS = (ConfigError, TraceFormatError, RunStalled, app.UsageError)
+USER_ERRORS = (ConfigError, TraceFormatError, RunStalled, PolicyError, app.UsageError)
 """Errors of the user's input, reported in one line (a stalled run: most often a custom scheduler
-that never places some request; its message says what waits)."""
+that never places some request; its message says what waits; a policy error: a custom scheduler's
+hook returned what the scheduling protocol does not allow, named in the message)."""
 _opened: list[Path] = []
 
 
