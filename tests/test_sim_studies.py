@@ -330,7 +330,8 @@ def test_a_trace_workload_is_its_first_agents_cut_at_the_mal(tmp_path):
     np.testing.assert_array_equal(ts.num_prompt_tokens, [1500, 2000, 600])
     np.testing.assert_array_equal(ts.num_hit_tokens, [0, 1024, 0])
     assert wl.replace(num_agents=3).build().agent_ids[-1] == "m/s00003"
-    with pytest.raises(ConfigError, match=r"^workload.num_agents: .* holds only 3 agents within MAL 32K \(got 4\)"):
+    with pytest.raises(ConfigError, match=r"^workload.num_agents: .* holds only 3 agents within MAL 32K \(got 4; "
+                                         r"an agent whose first prompt alone is longer than the MAL is left out"):
         wl.replace(num_agents=4).build()
     scaled = wl.replace(token_divisor=8).build()
     np.testing.assert_array_equal(scaled.num_prompt_tokens, [1500 // 512 * 64 + -(-(1500 % 512) // 8),

@@ -148,6 +148,20 @@ def test_mooncake_sessions_by_hand(tmp_path):
     assert s0.token_scope == trajs[1].token_scope == "mooncake:t"
 
 
+def test_a_gzip_mooncake_file_reads_as_the_plain_one(tmp_path):
+    plain = load_mooncake_trace(jsonl(tmp_path / "t.jsonl", MC_ROWS))
+    packed = tmp_path / "t.jsonl.gz"
+    packed.write_bytes(gzip.compress((tmp_path / "t.jsonl").read_bytes()))
+    trajs = load_mooncake_trace(packed)
+    assert [t.agent_id for t in trajs] == [t.agent_id for t in plain]  # the stem before the first dot: "t"
+    for a, b in zip(trajs, plain):
+        np.testing.assert_array_equal(a.num_prompt_tokens, b.num_prompt_tokens)
+        np.testing.assert_array_equal(a.num_hit_tokens, b.num_hit_tokens)
+    packed.write_bytes(gzip.compress((tmp_path / "t.jsonl").read_bytes())[:-12])  # cut short
+    with pytest.raises(TraceFormatError, match=r"t\.jsonl\.gz: truncated or corrupt gzip stream"):
+        load_mooncake_trace(packed)
+
+
 @pytest.mark.parametrize("lines,pattern", [
     (['{"timestamp": 0, "input_length": 10, "output_length": 1, "hash_ids": [1]}', '{"timestamp": 1,'],
      r"line 2: invalid JSON"),

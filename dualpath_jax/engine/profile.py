@@ -11,8 +11,8 @@ layers, cached KV already on the device) at a few ``(cached, bsz)`` pairs on one
 by least squares in relative error with a, b >= 0 (an :class:`~dualpath_jax.sched.AttentionTimeModel` of
 L layers, so that its ``time_s`` is a forward's, the quantity the compute quota bounds; the
 attention FLOPs per key come from :mod:`dualpath_jax.model.cost`). The functional model's
-attention cannot be timed apart from the rest of its layer, so the relation covers the whole layer. The same calls compile the
-shape buckets the run will use (:func:`warm_up_prefill`: forwards of the PE's own
+attention cannot be timed apart from the rest of its layer, so the relation covers the whole layer.
+The same calls compile the shape buckets the run will use (:func:`warm_up_prefill`: forwards of the PE's own
 :class:`~dualpath_jax.engine.prefill.PrefillPath`, with the last-token logits per query bucket), so
 compilation does not land inside a timed run; :class:`CompileClock` counts a process's
 compilations (the studies' stages, a Ray node's warm-up); :func:`thread_cpu_s` splits processes'

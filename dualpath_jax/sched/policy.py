@@ -232,7 +232,8 @@ class ClusterScheduler:
 
         Raises:
           KeyError: ``group_id`` is not a PE group.
-          PolicyError: (a ``ValueError``) ``select_pe`` placed a request that was not waiting, or on an engine outside the group.
+          PolicyError: (a ``ValueError``) ``select_pe`` placed a request that was not waiting, or on an
+            engine outside the group.
         """
         if group_id not in self.pe_groups:
             raise KeyError(f"group_id: {group_id} is not a PE group")
@@ -290,7 +291,8 @@ class ClusterScheduler:
 
         Raises:
           KeyError: ``group_id`` is not a DE group.
-          PolicyError: (a ``ValueError``) ``select_de`` placed a request that was not queued, or on an engine outside the group.
+          PolicyError: (a ``ValueError``) ``select_de`` placed a request that was not queued, or on an
+            engine outside the group.
         """
         if group_id not in self.de_groups:
             raise KeyError(f"group_id: {group_id} is not a DE group")
@@ -356,7 +358,8 @@ class ClusterScheduler:
         who = f"{type(self).__name__}.select_de_group"
         for g in chosen:
             if g not in group_tok:
-                raise PolicyError(f"{who}: group {g} is not a DE group with an engine left (known: {sorted(group_tok)})")
+                raise PolicyError(f"{who}: group {g} is not a DE group with an engine left "
+                                  f"(known: {sorted(group_tok)})")
         ids = {r.request_id for sent in chosen.values() for r in sent}
         if len(ids) != sum([len(sent) for sent in chosen.values()]) or \
                 not ids <= {r.request_id for r in self._de_queue}:

@@ -6,13 +6,14 @@ attention term is what the compute quota bounds)::
     t = L * prefill_layer_overhead_s + linear_flops / (peak[compute dtype] * eff_linear)
         + attention_flops / (peak[bf16] * eff_attention) + indexer_flops / (peak[fp8] * eff_attention)
 
-Decode, one engine's step over ``B`` sequences holding ``ctx`` tokens in total (each step reads the
-weights once and every sequence's KV from HBM, and computes one token per sequence)::
+Decode, one engine's step over ``B`` sequences holding ``ctx`` tokens in total, of which ``att``
+are attended (each step reads the weights once and every sequence's KV from HBM, and computes one
+token per sequence; under DSA ``att = sum_i min(ctx_i, topk)``, else ``att = ctx``)::
 
-    t = L * decode_layer_overhead_s + (weight_bytes + min(ctx, B * topk) * kv_bytes
+    t = L * decode_layer_overhead_s + (weight_bytes + att * kv_bytes
                                        + ctx * indexer_key_bytes) / (hbm_bw * eff_memory)
         + B * linear_flops_per_token / (peak * eff_linear)
-        + attention_flops(min(ctx, B * topk)) / (peak[bf16] * eff_attention) + indexer_flops(ctx) / (peak[fp8] * eff_attention)
+        + attention_flops(att) / (peak[bf16] * eff_attention) + indexer_flops(ctx) / (peak[fp8] * eff_attention)
 
 Memory and compute are added (no overlap assumed); the per-layer overhead absorbs the rest at the
 calibration point. FLOPs and bytes come from :mod:`dualpath_jax.model.cost` (at 32.7K context it

@@ -142,7 +142,8 @@ def _trace_workload(spec: WorkloadSpec) -> TrajectorySet:
     agents = sum(p is None for p in ts.parent_ids)
     if agents < spec.num_agents:
         raise ConfigError("workload.num_agents", f"the {spec.source} trace {ts.source} holds only {agents} agents "
-                          f"within MAL {spec.mal} (got {spec.num_agents})")
+                          f"within MAL {spec.mal} (got {spec.num_agents}; an agent whose first prompt alone is "
+                          f"longer than the MAL is left out: a longer mal keeps more)")
     return scale_tokens(ts, spec.token_divisor) if spec.token_divisor != 1 else ts
 
 

@@ -1,7 +1,7 @@
 """Loader for Mooncake JSON-lines traces (``../shared/data/mooncake/*.jsonl``).
 
-One line is one request ``{"timestamp": ms, "input_length": n, "output_length": n,
-"hash_ids": [...]}`` with one hash id per 512-token block of the input (the last one possibly
+A file may be gzip-compressed (``*.jsonl.gz``). One line is one request ``{"timestamp": ms,
+"input_length": n, "output_length": n, "hash_ids": [...]}`` with one hash id per 512-token block of the input (the last one possibly
 partial), ids global across the file and no session id (``../shared/data/README.md``).
 
 **Session rule.** Requests are read in file (= timestamp) order. A request *r* continues the
@@ -32,8 +32,10 @@ global hash ids; ``"session"`` isolates each session.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -52,11 +54,19 @@ def _is_int(v) -> bool:
 
 
 def _parse_lines(path: Path, block_tokens: int):
-    """Validated rows (timestamp_ms, input_length, output_length, hash_ids list)."""
+    """Validated rows (timestamp_ms, input_length, output_length, hash_ids list) of a JSON-lines
+    file, plain or gzip-compressed (told by its first bytes, whatever its name)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as e:
         raise TraceFormatError(path, "", "", f"cannot read file ({e.strerror or e})") from e
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
+            raise TraceFormatError(path, "", "", f"truncated or corrupt gzip stream ({e})") from e
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise TraceFormatError(path, "", "", f"not UTF-8 text ({e.reason})") from e
     rows = []
