@@ -6,8 +6,7 @@ protocol the runtimes follow.
 
 from dualpath_jax.sched.batching import AttentionTimeModel, BatchItem, form_batch, form_batch_fifo
 from dualpath_jax.sched.de import balance_target, de_phase1, de_phase2
-from dualpath_jax.sched.driver import RunStalled
-from dualpath_jax.sched.errors import PolicyError, PolicyTypeError
+from dualpath_jax.sched.errors import PolicyError, PolicyTypeError, RunStalled
 from dualpath_jax.sched.pe import classify_pe, pe_fetch
 from dualpath_jax.sched.policy import ClusterScheduler
 from dualpath_jax.sched.plugin import load_scheduler, scheduler_name

@@ -32,19 +32,12 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from dualpath_jax.sched.errors import RunStalled
 from dualpath_jax.sched.policy import ClusterScheduler
 from dualpath_jax.sched.read_side import ReadPlan, check_read_plan
 from dualpath_jax.sched.types import Assignment, EngineLoad, SchedRequest
 
 __all__ = ["RunStalled", "RuntimeView", "SchedulingDriver", "next_round_s"]
-
-
-class RunStalled(RuntimeError):
-    """A run that can make no more progress although requests are unfinished: nothing is left to
-    happen (no event, tick or arrival pending, no engine holding a request), yet requests wait,
-    e.g. under a custom scheduler that never places some request. Raised by both runtimes (the
-    simulator's ``Simulator.run``, the engine's ``EngineCluster.run``); the message says what the
-    first unfinished request waits for, and which scheduler ran."""
 
 
 class RuntimeView(Protocol):

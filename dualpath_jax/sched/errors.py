@@ -1,4 +1,8 @@
-"""Errors of a scheduling policy that broke the protocol the runtimes check (:mod:`.policy`).
+"""Errors of a run's scheduling: a policy that broke the protocol the runtimes check
+(:mod:`.policy`), or a run that can make no more progress.
+
+Kept apart from the scheduler's per-event modules: an exception class derives from a builtin
+type, which the opt-in compiled build (mypyc, ``setup.py``'s ``COMPILED``) cannot compile.
 
 A plug-in scheduler (``--config.scheduler=pkg.module:Class``) that returns a read plan its loading
 mode does not allow, places a request that was not waiting or on an engine outside the fetching
@@ -10,7 +14,7 @@ one line, as they do a bad config field (``studies.cli.USER_ERRORS``).
 
 from __future__ import annotations
 
-__all__ = ["PolicyError", "PolicyTypeError"]
+__all__ = ["PolicyError", "PolicyTypeError", "RunStalled"]
 
 
 class PolicyError(ValueError):
@@ -19,3 +23,11 @@ class PolicyError(ValueError):
 
 class PolicyTypeError(PolicyError, TypeError):
     """A scheduler hook returned a value of the wrong type."""
+
+
+class RunStalled(RuntimeError):
+    """A run that can make no more progress although requests are unfinished: nothing is left to
+    happen (no event, tick or arrival pending, no engine holding a request), yet requests wait,
+    e.g. under a custom scheduler that never places some request. Raised by both runtimes (the
+    simulator's ``Simulator.run``, the engine's ``EngineCluster.run``); the message says what the
+    first unfinished request waits for, and which scheduler ran."""

@@ -34,8 +34,7 @@ from absl import app, flags
 
 from dualpath_jax.config import ConfigError, argv_flag_values, closest, describe_config, did_you_mean
 from dualpath_jax.metrics import writers
-from dualpath_jax.sched.driver import RunStalled
-from dualpath_jax.sched.errors import PolicyError
+from dualpath_jax.sched.errors import PolicyError, RunStalled
 from dualpath_jax.workload.errors import TraceFormatError
 
 __all__ = ["USER_ERRORS", "run", "open_workdir", "check_finished", "one_line", "define_config_file", "define_sweep_flags",
