@@ -238,6 +238,9 @@ def test_llama_qwen3_and_mistral_configs_read_as_gqa():
     (QWEN3_30B_A3B, {"decoder_sparse_step": 2}, "decoder_sparse_step"),
     (QWEN3_30B_A3B, {"num_experts_per_tok": 200}, "num_experts_per_tok"),
     (LLAMA31_8B, {"attention_bias": "yes"}, "attention_bias"),
+    # no head_dim key: hidden_size // num_attention_heads = 111, odd (RoPE rotates pairs)
+    ({k: v for k, v in LLAMA31_8B.items() if k != "head_dim"}, {"hidden_size": 3552, "num_attention_heads": 32},
+     "head_dim (absent: hidden_size 3552 // num_attention_heads 32)"),
     (LLAMA31_8B, {"rope_scaling": {**LLAMA31_8B["rope_scaling"], "high_freq_factor": 0.5}},
      "rope_scaling.high_freq_factor"),
 ])

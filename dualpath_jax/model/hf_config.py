@@ -263,6 +263,9 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
                       n_kv_heads=_number(cfg, "num_key_value_heads", path, int, common["n_heads"]),
                       head_dim=_number(cfg, "head_dim", path, int, 0)
                       or (128 if model_type == "qwen3" else common["d_model"] // max(common["n_heads"], 1)))
+        if not cfg.get("head_dim") and model_type != "qwen3":  # derived: name the keys it comes from
+            keys = {**keys, "head_dim": f"head_dim (absent: hidden_size {common['d_model']} // num_attention_heads "
+                                        f"{common['n_heads']})"}
         # (transformers 5 writes num_experts as num_local_experts)
         experts_key = "num_local_experts" if cfg.get("num_experts") is None and "num_local_experts" in cfg \
             else "num_experts"
@@ -321,9 +324,10 @@ _HF_WEIGHT_DTYPES = {"bfloat16": "bf16", "float16": "fp16"}
 def hf_weight_dtype(name_or_path: str | os.PathLike) -> str | None:
     """The weights' dtype a Hugging Face ``config.json`` declares (``name_or_path`` as
     :func:`~dualpath_jax.model.spec.resolve_spec`): ``fp8`` when its ``quantization_config`` has
-    ``quant_method`` ``fp8`` (DeepSeek-V3's block-scaled FP8 checkpoints), else ``bf16`` / ``fp16`` from ``torch_dtype``
-    (``dtype`` in newer files); None for a preset, an unreadable file or another dtype (callers then
-    use :func:`~dualpath_jax.model.spec.default_weight_dtype`)."""
+    ``quant_method`` ``fp8`` (DeepSeek-V3's block-scaled FP8 checkpoints), else ``bf16`` / ``fp16``
+    from ``torch_dtype`` (``dtype`` in newer files); None for a preset, an unreadable file or
+    another dtype, e.g. ``float32`` (callers then use
+    :func:`~dualpath_jax.model.spec.default_weight_dtype`)."""
     key = os.fspath(name_or_path)
     if str(key).lower() in PRESETS or not os.path.exists(key):
         return None

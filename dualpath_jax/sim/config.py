@@ -40,8 +40,9 @@ class SimConfig(SchedKnobs):
       weight_dtype: dtype of the weights, which is also the GEMMs' compute dtype that picks the
         peak FLOP/s (:attr:`peak_flops`); None (default): the model's own, resolved when the config
         is built: a ``config.json``'s own (``model.hf_config.hf_weight_dtype``: FP8 when quantized to
-        FP8, else its ``torch_dtype``), else ``model.spec.default_weight_dtype`` (FP8 for
-        DeepSeek-style MLA / MoE models, BF16 for dense GQA models such as Qwen2.5).
+        FP8, else its ``torch_dtype`` when BF16 or FP16), else ``model.spec.default_weight_dtype``
+        (FP8 for DeepSeek-style MLA / MoE models, BF16 for dense GQA models such as Qwen2.5; a
+        float32 ``config.json`` is priced so, as GPU servers load such checkpoints in BF16).
       activation_reserve_bytes: HBM a PE keeps for activations.
       ep_sync: DP-attention groups wait for their slowest member (default: MoE models).
       prefill_layer_overhead_s: fixed seconds per layer of every forward (an assumption, ``sim.compute``).
