@@ -124,7 +124,7 @@ class Simulator:
         ctx, app = typical_round(flat)
         # tok_e counts prompt tokens (hit + append): beta = 5 s of one engine's rate in prompt tokens
         prompt_tokens_per_s = self.pe_model.prefill_tokens_per_s(ctx, app) * (ctx + app) / app
-        alpha = cfg.alpha_s * hw.node_snic_bytes_per_s / self.kvb
+        alpha = cfg.alpha_s * self.snic_r[0].rate / self.kvb  # a node's read rate: its SNICs, capped by storage
         beta = cfg.beta_s * prompt_tokens_per_s
         self.sched = scheduler_cls(SchedulerConfig(policy=cfg.policy, loading=cfg.loading, alpha_tokens=alpha,
                                                       beta_tokens=beta, z_factor=cfg.z_factor,
