@@ -10,7 +10,10 @@ place (PAPER.md 5.1-5.4):
    dropped (the others' state is unchanged, so they would take nothing); the first leader to
    fetch rotates with the tick count so no group is always first. Each leader's ``fetch_pe`` sees
    its engines' loads and its nodes' read queues; placements go back to the runtime
-   (``on_pe_placed``) before the next leader fetches.
+   (``on_pe_placed``) before the next leader fetches. As in Algorithm 1, a leader takes queued
+   requests until each of its engines is past beta, so when few requests wait (an offline batch
+   smaller than a group's beta) the first leader takes them all and the other groups idle until
+   their turn comes; with the paper's loads every group fills to beta.
 2. **DE groups report and fetch**: groups whose load changed ``report_de`` (phase 1 then sees
    current totals even for groups with nothing queued); phase 1 distributes the global DE queue;
    groups with queued work and new work or a load change fetch, in rotated order; each placement

@@ -1,8 +1,9 @@
 """Loader for Mooncake JSON-lines traces (``../shared/data/mooncake/*.jsonl``).
 
 A file may be gzip-compressed (``*.jsonl.gz``). One line is one request ``{"timestamp": ms,
-"input_length": n, "output_length": n, "hash_ids": [...]}`` with one hash id per 512-token block of the input (the last one possibly
-partial), ids global across the file and no session id (``../shared/data/README.md``).
+"input_length": n, "output_length": n, "hash_ids": [...]}`` with one hash id per 512-token block
+of the input (the last one possibly partial), ids global across the file and no session id
+(``../shared/data/README.md``).
 
 **Session rule.** Requests are read in file (= timestamp) order. A request *r* continues the
 session of an earlier request *q* when q's full blocks (its first ``input_length // 512`` ids)
