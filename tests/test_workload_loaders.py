@@ -70,6 +70,16 @@ def test_trace_stats_script_reads_the_agentic_folder_it_is_given(tmp_path):
         f"ConfigError: traces_dir: {tmp_path / 'none'}: no *.json.gz trace files")
 
 
+def test_a_folder_of_uncompressed_traces_is_told_to_compress_them(tmp_path):
+    (tmp_path / "t.json").write_text(json.dumps(conversation()))
+    with pytest.raises(FileNotFoundError) as e:
+        load_agentic_traces(tmp_path)
+    assert str(e.value) == (f"{tmp_path}: no *.json.gz trace files (1 uncompressed *.json files there, e.g. t.json: "
+                            f"the traces are gzip-compressed JSON; compress them, e.g. gzip -k {tmp_path}/*.json)")
+    (tmp_path / "t.json.gz").write_bytes(gzip.compress((tmp_path / "t.json").read_bytes()))
+    assert load_agentic_traces(tmp_path).agent_ids  # compressed, it loads
+
+
 def mutate(path, fn):
     doc = conversation()
     fn(doc)

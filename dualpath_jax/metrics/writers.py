@@ -82,7 +82,8 @@ def write_json(path, obj: Any) -> Path:
 
 STATUS_FILE = "status.json"
 _RUN_MARKERS = (STATUS_FILE, "env.json")  # a directory holding one of these is an experiment's workdir
-_SETUP_FILES = frozenset({STATUS_FILE, "config.json", "env.json"})  # what a run writes before its first output
+# what a run writes before its first output (sim_resolved.json: run_sim's resolved SimConfig)
+_SETUP_FILES = frozenset({STATUS_FILE, "config.json", "sim_resolved.json", "env.json"})
 
 
 def read_status(workdir) -> dict | None:
@@ -114,7 +115,8 @@ def prepare_workdir(workdir, *, overwrite: bool = False) -> Path:
     ``env.json``) is emptied first; any other non-empty directory is still refused. A run that
     failed on bad input before its first output (its status says ``failed`` with ``input_error``,
     as :mod:`dualpath_jax.studies.cli` records it, e.g. for a missing or corrupt trace file found
-    after the workdir was opened, and only its status, config and environment files are there)
+    after the workdir was opened, and only its status, config (as given and as resolved) and
+    environment files are there)
     is replaced without ``overwrite``: there is nothing of it to keep.
 
     Raises:

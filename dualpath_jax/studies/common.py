@@ -105,7 +105,8 @@ class WorkloadSpec:
                               f"(got {self.token_divisor})")
         where = Path(self.path) if self.path else agentic_dir()
         if self.source == "agentic" and not (where.is_dir() and any(where.glob("*.json.gz"))):
-            raise ConfigError("workload.path", f"no *.json.gz agentic traces in {str(where)!r}")
+            from dualpath_jax.workload.agentic import no_traces_message
+            raise ConfigError("workload.path", no_traces_message(where))
         if self.source == "mooncake" and not mooncake_file(self.path or "conversation").is_file():
             raise ConfigError("workload.path", f"no Mooncake trace {str(mooncake_file(self.path or 'conversation'))!r}")
 

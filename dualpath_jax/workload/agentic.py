@@ -45,9 +45,20 @@ import numpy as np
 from dualpath_jax.workload.errors import TraceFormatError
 from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
 
-__all__ = ["load_agentic_trace", "load_agentic_traces", "read_json_gz"]
+__all__ = ["load_agentic_trace", "load_agentic_traces", "read_json_gz", "no_traces_message"]
 
 _ROUND_TYPES = ("n", "s")
+
+
+def no_traces_message(directory) -> str:
+    """Why ``directory`` yields no agentic traces: ``"<dir>: no *.json.gz trace files"``, with a
+    hint when it holds uncompressed ``*.json`` files (the traces are gzip-compressed JSON,
+    ``../shared/data/README.md``)."""
+    directory = Path(directory)
+    plain = sorted(directory.glob("*.json")) if directory.is_dir() else []
+    hint = (f" ({len(plain)} uncompressed *.json files there, e.g. {plain[0].name}: the traces are "
+            f"gzip-compressed JSON; compress them, e.g. gzip -k {directory}/*.json)") if plain else ""
+    return f"{directory}: no *.json.gz trace files{hint}"
 
 
 def read_json_gz(path: Path) -> Any:
@@ -251,7 +262,7 @@ def load_agentic_traces(directory=None, *, names: Sequence[str] | None = None, l
     if limit is not None:
         files = files[:int(limit)]
     if not files:
-        raise FileNotFoundError(f"{directory}: no *.json.gz trace files")
+        raise FileNotFoundError(no_traces_message(directory))
     trajectories: list[Trajectory] = []
     for f in files:
         trajectories.extend(load_agentic_trace(f, subagents=subagents, token_scope=token_scope))

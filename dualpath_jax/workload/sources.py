@@ -123,13 +123,13 @@ def load_trace_agents(source: str, num_agents: int, *, path: str = "", subagents
         ``source`` or ``subagents``.
     """
     if source == "agentic":
-        from dualpath_jax.workload.agentic import load_agentic_trace
+        from dualpath_jax.workload.agentic import load_agentic_trace, no_traces_message
         if subagents not in ("separate", "drop"):
             raise ValueError(f"subagents: must be 'separate' or 'drop' (got {subagents!r})")
         directory = Path(path) if path else agentic_dir()
         files = sorted(directory.glob("*.json.gz")) if directory.is_dir() else []
         if not files:
-            raise FileNotFoundError(f"{directory}: no *.json.gz trace files")
+            raise FileNotFoundError(no_traces_message(directory))
         groups = (load_agentic_trace(f, subagents=subagents) for f in files)
         name = str(directory)
     elif source == "mooncake":
