@@ -267,3 +267,36 @@ def test_a_policy_may_return_numpy_block_counts():
     for k, col in int_run.requests.items():
         np.testing.assert_array_equal(numpy_run.requests[k], col, err_msg=k)
     assert set(int_run.requests["side"]) >= {"split"} and not np.isnan(int_run.requests["finish_s"]).any()
+
+
+def _compiled_list() -> list[str]:
+    """``setup.py``'s COMPILED, read without running setup.py."""
+    import ast
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "COMPILED" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError("setup.py defines no COMPILED list")
+
+
+def test_compiled_modules_define_no_native_class_on_a_builtin_type():
+    """mypyc cannot compile a native class deriving from a builtin type ("Inheriting from most builtin
+    types is unimplemented", e.g. an exception class): every such class in a module of the opt-in
+    build must be a plain Python class (``@mypyc_attr(native_class=False)``) or live elsewhere
+    (``sched.errors``). Checked on the sources, so the default (pure) test run catches it."""
+    import ast
+    import builtins
+    offenders = []
+    for rel in _compiled_list():
+        tree = ast.parse((ROOT / rel).read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            builtin_bases = [b.id for b in node.bases if isinstance(b, ast.Name)
+                             and isinstance(getattr(builtins, b.id, None), type) and b.id != "object"]
+            plain = any(isinstance(d, ast.Call) and getattr(d.func, "id", "") == "mypyc_attr"
+                        and any(k.arg == "native_class" and getattr(k.value, "value", True) is False
+                                for k in d.keywords) for d in node.decorator_list)
+            if builtin_bases and not plain:
+                offenders.append(f"{rel}:{node.lineno} class {node.name}({', '.join(builtin_bases)})")
+    assert not offenders, offenders
