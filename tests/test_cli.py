@@ -265,11 +265,12 @@ def test_print_config_of_the_engine_and_demo_scripts():
 
 def test_an_int_field_takes_a_float_literal_of_an_integral_value():
     done = _run("run_engine.py", "--config.cluster.pe_hbm_kv_bytes=1e9", "--config.cluster.buffer_bytes=2.5e8",
-                "--config.window_s=2e0", "--print_config")
+                "--config.window_s=2e0", "--config.cluster.de_hbm_kv_bytes", "1.28e8", "--print_config")
     assert done.returncode == 0, done.stderr
     table = _table(done.stdout)
     assert table["cluster.pe_hbm_kv_bytes"][:2] == ("1000000000", "int")
     assert table["cluster.buffer_bytes"][:2] == ("250000000", "int")
+    assert table["cluster.de_hbm_kv_bytes"][:2] == ("128000000", "int")  # the space form too
     assert table["window_s"][:2] == ("2.0", "float")  # a float field as ml_collections reads it
     done = _run("run_engine.py", "--config.cluster.pe_hbm_kv_bytes=1.5", "--print_config")
     assert done.returncode == 1

@@ -23,7 +23,9 @@ it writes: a loopback copy (H2D or D2H through the CNIC) crosses its PCIe side b
 paper's bottleneck analysis counts it (PAPER.md 2.6, 4.3).
 
 Deadlock freedom: a path takes its hops in order and only ever nests a CNIC *in* link inside a
-CNIC *out* link; nobody holding an in link waits for another link, so no wait cycle can form.
+CNIC *out* link; a holder of an in link waits only for further in links, and a move that holds
+several links of one kind (the Ray node's per-layer carries over several DEs' links) takes them in
+engine order, so no wait cycle can form.
 
 ``oracle`` loading bypasses every path (no KV I/O cost: the bytes are where they are needed),
 while the real copy still runs so the tokens stay correct.

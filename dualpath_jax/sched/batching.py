@@ -68,6 +68,10 @@ class AttentionTimeModel:
     seconds_per_token: float = 0.0
     layers: int = 1
 
+    def __post_init__(self):
+        if not (isinstance(self.layers, int) and self.layers >= 1):
+            raise ValueError(f"layers: must be an int >= 1 (got {self.layers!r})")
+
     def time_s(self, cached: float, bsz: float) -> float:
         keys = (2 * cached + bsz + 1) * bsz / 2.0
         return self.layers * (self.seconds_per_token * bsz + self.seconds_per_flop * self.flops_per_key * keys)

@@ -109,9 +109,10 @@ class ComputeModel:
 
     where ``keys_i = sum_{j<bsz_i} min(cached_i + j + 1, topk)`` (DSA caps the keys a query attends
     to; without DSA ``topk`` is infinite) and ``all_keys_i`` is the same sum uncapped (the DSA
-    indexer scores every key). Decode, one step of ``B`` sequences holding ``ctx`` tokens::
+    indexer scores every key). Decode, one step of ``B`` sequences holding ``ctx`` tokens, ``att``
+    of them attended (:meth:`decode_step_s`; DSA: ``sum_i min(ctx_i, topk)``)::
 
-        decode_overhead_s + s_per_sequence * B + s_per_context_token * min(ctx, B * topk)
+        decode_overhead_s + s_per_sequence * B + s_per_context_token * att
             + s_per_index_context_token * ctx
 
     (``s_per_context_token``: reading one token's KV and attending to it; ``s_per_index_context_token``:
@@ -230,7 +231,10 @@ class ComputeModel:
 
     def attended(self, context_tokens: float) -> float:
         """KV entries one decode step of a sequence of ``context_tokens`` reads: ``min(context, topk)``
-        with DSA (PAPER.md 6.1: top-k 2048), all of them otherwise."""
+        with DSA (PAPER.md 6.1: top-k 2048), all of them otherwise. The simulator passes a
+        sequence's mean context over its decode, so a sequence whose context crosses top-k during
+        the decode is priced slightly above the mean of its steps' (e.g. +4% for 1,500 tokens and
+        2,000 generated at top-k 2,048)."""
         topk = self.topk
         return context_tokens if topk is None or context_tokens <= topk else float(topk)
 

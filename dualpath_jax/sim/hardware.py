@@ -134,7 +134,7 @@ def reserve(servers, nbytes: float, earliest: float) -> tuple[float, float]:
     through, so their occupancy is queued from ``earliest`` (when the transfer is issued), not
     from its possibly much later start: a backlog on a slow SNIC does not block DRAM for others.
     The slowest hop is the first of the lowest rate. Each server appears at most once in a path;
-    two- and three-hop paths (every path the simulator reserves) take unrolled branches that do
+    two- and three-hop paths (all but the four-hop persist path) take unrolled branches that do
     the same arithmetic as the general loop.
     """
     hops = len(servers)

@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import decimal
 import os
 import signal
 import sys
@@ -181,18 +182,29 @@ def _integral(text: str) -> str | None:
     except ValueError:
         pass
     try:
-        value = float(text)
-    except ValueError:
+        value = decimal.Decimal(text.replace("_", ""))  # exact: 1e30 is 10**30, not a double's neighbour
+    except decimal.InvalidOperation:
         return None
-    return str(int(value)) if value.is_integer() else None
+    return str(int(value)) if value.is_finite() and value == value.to_integral_value() else None
 
 
 def _integral_overrides(argv: list[str], name: str) -> list[str]:
-    """``argv`` with every ``--<name>.<field>=<value>`` override of an int field whose value is a
-    float literal of an integral value (``--config.cluster.buffer_bytes=1e9``) written as an
-    integer, which ml_collections' int parser requires; other arguments unchanged. A config file
-    that does not load leaves ``argv`` as it is (its error is reported by the parse)."""
+    """``argv`` with every override of an int field, ``--<name>.<field>=<value>`` or
+    ``--<name>.<field> <value>``, whose value is a float literal of an integral value
+    (``--config.cluster.buffer_bytes=1e9``) written as an integer, which ml_collections' int parser
+    requires; other arguments unchanged. A config file that does not load leaves ``argv`` as it is
+    (its error is reported by the parse)."""
     prefix = f"--{name}."
+    joined, i = [], 0
+    while i < len(argv):  # the space form, joined as absl reads it
+        if argv[i].startswith(prefix) and "=" not in argv[i] and i + 1 < len(argv) \
+                and not argv[i + 1].startswith("--") and _integral(argv[i + 1]) is not None:
+            joined.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            joined.append(argv[i])
+            i += 1
+    argv = joined
     candidates = [i for i, a in enumerate(argv) if a.startswith(prefix) and "=" in a
                   and _integral(a.partition("=")[2]) is not None]
     if not candidates:
