@@ -187,8 +187,11 @@ def test_fit_time_model_recovers_known_rates():
     tm = fit_time_model(spec, samples)
     assert tm.flops_per_key == fpk and tm.layers == spec.n_layers
     np.testing.assert_allclose([tm.seconds_per_token, tm.seconds_per_flop], [a, b], rtol=1e-6)
-    # time_s is a forward's, all layers of it (the compute quota bounds it); layer_s one layer's
-    np.testing.assert_allclose(tm.time_s(1024, 64), spec.n_layers * (a * 64 + b * fpk * keys(1024, 64)), rtol=1e-6)
+    # time_s: the attention of all layers (what the compute quota bounds, as the simulator's);
+    # forward_s: the whole forward; layer_s: one layer of it
+    np.testing.assert_allclose(tm.time_s(1024, 64), spec.n_layers * b * fpk * keys(1024, 64), rtol=1e-6)
+    np.testing.assert_allclose(tm.forward_s(1024, 64), spec.n_layers * (a * 64 + b * fpk * keys(1024, 64)),
+                               rtol=1e-6)
     np.testing.assert_allclose(tm.layer_s(1024, 64), a * 64 + b * fpk * keys(1024, 64), rtol=1e-6)
     # a negative per-token fit is clipped to a non-negative model
     samples = [ProfileSample(c, n, 1e-10 * fpk * keys(c, n) - 1e-7 * n) for c, n in pairs]

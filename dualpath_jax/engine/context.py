@@ -31,7 +31,8 @@ class RunContext:
       params: host (numpy-backed) parameters; engines put their own copy on their device.
       embed_table: ``f32[V, D]`` host embedding table (token embedding is a row gather).
       t0: ``time.perf_counter()`` at the run's start; :meth:`now` is relative to it.
-      time_model: fitted forward time of the PEs (``sched.batching.TimeModel``: all layers).
+      time_model: fitted forward time of the PEs (``sched.batching.AttentionTimeModel``; its
+        ``time_s``, a forward's attention seconds, is what the compute quota bounds).
       on_prefilled(req): a request's prefill and its KV hand-off to the DE buffer are complete.
       on_finished(req): a request generated its last token.
       on_persisted(req): every block the request's DE persists is in the store.

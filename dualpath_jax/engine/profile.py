@@ -9,9 +9,9 @@ layers, cached KV already on the device) at a few ``(cached, bsz)`` pairs on one
     seconds_per_layer(cached, bsz) = a * bsz + b * flops_per_key * sum_{i<bsz} (cached + i + 1)
 
 by least squares in relative error with a, b >= 0 (an :class:`~dualpath_jax.sched.AttentionTimeModel` of
-L layers, so that its ``time_s`` is a forward's, the quantity the compute quota bounds; the
-attention FLOPs per key come from :mod:`dualpath_jax.model.cost`). The functional model's
-attention cannot be timed apart from the rest of its layer, so the relation covers the whole layer.
+L layers: its ``time_s``, the b term of all L layers, is the attention time of a forward that the
+compute quota bounds; ``forward_s`` the whole forward; the attention FLOPs per key come from
+:mod:`dualpath_jax.model.cost`). The layer is timed whole; the a term takes its per-token work.
 The same calls compile the shape buckets the run will use (:func:`warm_up_prefill`: forwards of the PE's own
 :class:`~dualpath_jax.engine.prefill.PrefillPath`, with the last-token logits per query bucket), so
 compilation does not land inside a timed run; :class:`CompileClock` counts a process's
@@ -150,7 +150,8 @@ def profile_prefill(params: dict, spec: ModelSpec, device, pairs: Sequence[tuple
 def fit_time_model(spec: ModelSpec, samples: Sequence[ProfileSample]) -> AttentionTimeModel:
     """Non-negative least squares fit, in relative error (``sum((predicted / measured - 1) ** 2)``), of the
     two per-layer rates of :class:`AttentionTimeModel` (module docstring); the model has ``spec.n_layers``
-    layers (its ``time_s`` is a forward's seconds, ``layer_s`` one layer's).
+    layers (``time_s``: a forward's attention seconds; ``forward_s``: the whole forward's; ``layer_s``
+    one layer's).
 
     Raises:
       ValueError: fewer than two samples.

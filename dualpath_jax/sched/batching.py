@@ -55,12 +55,14 @@ class BatchItem(NamedTuple):
 @mypyc_attr(native_class=False)  # a plain Python class when compiled: picklable, checked by its own code
 @dataclasses.dataclass(frozen=True)
 class AttentionTimeModel:
-    """Seconds of the ``layers`` attention layers of one forward for ``bsz`` new tokens over
-    ``cached`` tokens (:class:`TimeModel`).
+    """A profiled forward of ``layers`` layers for ``bsz`` new tokens over ``cached`` tokens.
 
-    ``time = layers * (seconds_per_token * bsz + seconds_per_flop * flops_per_key * sum_{i<bsz}(cached+i+1))``;
-    ``flops_per_key`` is one layer's attention FLOPs per (query, key) pair
-    (``dualpath_jax.model.cost``), the two rates (per layer) come from profiling.
+    Per layer, ``seconds_per_token * bsz`` (the per-token work: projections, MLP) plus
+    ``seconds_per_flop * flops_per_key * sum_{i<bsz}(cached+i+1)`` (attention); ``flops_per_key``
+    is one layer's attention FLOPs per (query, key) pair (``dualpath_jax.model.cost``), the two
+    rates come from profiling. :meth:`time_s` (the :class:`TimeModel`, what the compute quota
+    bounds) is the attention term of all layers, as the simulator's ``ComputeModel.time_s``;
+    :meth:`forward_s` the whole forward; :meth:`layer_s` one layer of it.
     """
 
     flops_per_key: float
@@ -73,12 +75,17 @@ class AttentionTimeModel:
             raise ValueError(f"layers: must be an int >= 1 (got {self.layers!r})")
 
     def time_s(self, cached: float, bsz: float) -> float:
+        """Attention seconds of the forward, all layers (the compute quota's quantity)."""
         keys = (2 * cached + bsz + 1) * bsz / 2.0
-        return self.layers * (self.seconds_per_token * bsz + self.seconds_per_flop * self.flops_per_key * keys)
+        return self.layers * self.seconds_per_flop * self.flops_per_key * keys
+
+    def forward_s(self, cached: float, bsz: float) -> float:
+        """Seconds of the whole forward: the attention and the per-token work of every layer."""
+        return self.layers * self.seconds_per_token * bsz + self.time_s(cached, bsz)
 
     def layer_s(self, cached: float, bsz: float) -> float:
-        """Seconds of one layer: ``time_s / layers``."""
-        return self.time_s(cached, bsz) / self.layers
+        """Seconds of one layer: ``forward_s / layers``."""
+        return self.forward_s(cached, bsz) / self.layers
 
 
 def _largest_chunk(item: BatchItem, fits, guess: float | None = None) -> int:

@@ -155,11 +155,13 @@ def start_times(cfg: EngineArrivals, num_agents: int) -> np.ndarray:
 
 def describe_time_model(tm, spec) -> str:
     """The fitted PE time model in words: seconds of one layer per new token and per (query, key)
-    pair, and one example per layer and per forward (what the compute quota bounds)."""
+    pair, and one example per layer and per forward, with its attention (what the compute quota
+    bounds)."""
     per_pair = tm.seconds_per_flop * tm.flops_per_key
     return (f"a layer takes {tm.seconds_per_token * 1e6:.3g} us per new token + {per_pair * 1e9:.3g} ns "
             f"per (query, key) pair (64 new tokens over 1024 cached: {tm.layer_s(1024, 64) * 1e3:.3g} ms per layer, "
-            f"{tm.time_s(1024, 64) * 1e3:.3g} ms for all {tm.layers})")
+            f"{tm.forward_s(1024, 64) * 1e3:.3g} ms for all {tm.layers}, of which attention "
+            f"{tm.time_s(1024, 64) * 1e3:.3g} ms)")
 
 
 def _check_fits_host(model, log: Callable) -> None:
@@ -214,7 +216,7 @@ class Setup:
                                        block_tokens=self.layout.block_tokens, repeats=config.profile.repeats)
         self.time_model = fit_time_model(self.spec, self.samples)
         ctx_tok, app_tok = typical_round(agents)
-        forward_s = self.time_model.time_s(ctx_tok, app_tok)
+        forward_s = self.time_model.forward_s(ctx_tok, app_tok)
         self.prefill_tokens_per_s = (ctx_tok + app_tok) / max(forward_s, 1e-9)
         self.rounds = round_shapes(agents, self.layout.block_tokens, bool(config.workload.warm_start))
         self.warm_shapes = expected_shapes(self.rounds, self.layout.block_tokens, self.time_model, self.cluster)
@@ -484,7 +486,7 @@ def load_compute_ratio(setup: Setup) -> dict:
     c, bpt, spec = setup.cluster, setup.layout.bytes_per_token, setup.spec
     hit_rounds = [(h, a) for h, a in setup.rounds if h > 0]
     load = sum(h * bpt / c.snic_bytes_per_s for h, _ in hit_rounds)
-    compute = sum(setup.time_model.time_s(h, a) for h, a in hit_rounds)  # a forward, all layers
+    compute = sum(setup.time_model.forward_s(h, a) for h, a in hit_rounds)
     ratio = [cost.cache_compute_ratio(spec, h, a, "f32") for h, a in hit_rounds]
     return {"load_over_compute_estimated": float(load / max(compute, 1e-12)),
             "hit_read_s_one_snic": float(load), "hit_rounds": len(hit_rounds),
