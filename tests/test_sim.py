@@ -191,11 +191,12 @@ def test_requests_that_do_not_fit_fail_at_start_naming_the_field():
     kvb = cost.stored_kv_bytes_per_token(base.spec, "fp8")
     _, read, prompt, need = map(max, zip(*_reference_rounds(_COMPACTING)))
     assert (read, prompt, need) == (5056, 5400, 5450)  # all in round 1
-    # the DRAM buffer must hold the largest read: exactly enough runs, a byte less fails at start
-    fits = base.replace(hardware=HardwareConfig(dram_buffer_bytes=read * kvb))
+    # the DRAM buffer must hold the largest prompt's KV (the DE buffer holds all of it until the DE's
+    # H2D; a read, at most the prompt, all of its blocks): exactly enough runs, a byte less fails at start
+    fits = base.replace(hardware=HardwareConfig(dram_buffer_bytes=prompt * kvb))
     assert not np.isnan(simulate(fits, [_COMPACTING]).requests["finish_s"]).any()
-    with pytest.raises(ConfigError, match=r"hardware\.dram_buffer_bytes: agents\[0\] round 1 reads 5056 hit tokens"):
-        Simulator(base.replace(hardware=HardwareConfig(dram_buffer_bytes=read * kvb - 1)), [_COMPACTING])
+    with pytest.raises(ConfigError, match=r"hardware\.dram_buffer_bytes: agents\[0\] round 1 has a 5400-token prompt"):
+        Simulator(base.replace(hardware=HardwareConfig(dram_buffer_bytes=prompt * kvb - 1)), [_COMPACTING])
     # full prefill holds the whole prompt's KV on the PE (layer-wise only depth / L of it)
     full = base.replace(prefill="full", activation_reserve_bytes=0.0)
     free = Simulator(full, [_COMPACTING]).pe_free_hbm
@@ -572,8 +573,9 @@ def test_layerwise_holds_at_most_every_layer_of_a_shallow_model(tmp_path, layers
 
 def test_the_pe_to_de_hand_off_holds_de_buffer_space_until_the_de_has_it():
     """The KV a PE sends to the DE buffer (PAPER.md 2.3: PE-side hits and appended tokens) holds
-    buffer space from the request's first chunk until the DE's H2D is done: a DE-side read placed
-    meanwhile that does not fit the rest starts when it is released (at the DE's join)."""
+    buffer space from the moment the request is ready for a forward until the DE's H2D is done: a
+    DE-side read placed meanwhile, which needs space for its whole prompt, starts when it is
+    released (at the DE's join)."""
     z = 64
     hx, hy = 40 * z, 20 * z  # X hits 40 blocks, read on the PE side; Y 20, read on the DE side
 
@@ -583,8 +585,8 @@ def test_the_pe_to_de_hand_off_holds_de_buffer_space_until_the_de_has_it():
 
     base = SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=1, loading="dual", fetch_period_s=FETCH)
     kvb = cost.stored_kv_bytes_per_token(base.spec, "fp8")
-    # the buffer holds Y's read alone, not beside X's hand-off (X's 2,660-token prompt)
-    cfg = base.replace(hardware=HardwareConfig(dram_buffer_bytes=(hy + (hx + 100) / 2) * kvb))
+    # the buffer holds either prompt's KV (X 2,660 tokens, Y 1,380), not both
+    cfg = base.replace(hardware=HardwareConfig(dram_buffer_bytes=(hx + 100 + 1000) * kvb))
     x = SimAgent(0.0, np.array([100]), np.array([50]), None, np.array([hx]), initial_context=hx)
     solo = simulate(cfg, [x], scheduler_cls=BySize).requests
     t_y = (solo["prefill_start_s"][0] + solo["decode_start_s"][0]) / 2  # while X's hand-off is in the DE buffer
@@ -595,7 +597,7 @@ def test_the_pe_to_de_hand_off_holds_de_buffer_space_until_the_de_has_it():
     snic = cfg.hardware.node_snic_bytes_per_s  # the DE node's SNIC is idle: storage -> SNIC -> DRAM
     assert r["read_done_s"][1] == pytest.approx(r["decode_start_s"][0] + hy * kvb / snic, rel=1e-12)
     # with room for both, Y's read starts when it is placed
-    roomy = simulate(cfg.replace(hardware=HardwareConfig(dram_buffer_bytes=(hx + 100 + hy) * kvb)), [x, y],
+    roomy = simulate(cfg.replace(hardware=HardwareConfig(dram_buffer_bytes=(hx + 100 + hy + 100) * kvb)), [x, y],
                      scheduler_cls=BySize).requests
     assert roomy["read_done_s"][1] == pytest.approx(roomy["placed_s"][1] + hy * kvb / snic, rel=1e-12)
 
@@ -624,3 +626,23 @@ def test_cnic_bytes_follow_the_papers_path_accounting(side):
         expected = {f"cnic_out[{pe}]": A, f"cnic_in[{pe}]": H,
                     f"cnic_out[{de}]": H + (H + A) + P, f"cnic_in[{de}]": A + (H + A) + P}
     assert {k: res.links[k]["bytes"] for k in expected} == pytest.approx(expected, rel=1e-12)
+
+
+def test_dram_buffers_never_hold_more_than_their_capacity():
+    """Reads and hand-off holds wait for space: under a small buffer (4 GB per node, DS 660B 2P4D,
+    512 agents) no node's buffer is ever overcommitted, and the run completes."""
+
+    class Checked(Simulator):
+        lowest = float("inf")
+
+        def _admit(self, node, rid, read_bytes, charge):
+            super()._admit(node, rid, read_bytes, charge)
+            Checked.lowest = min(Checked.lowest, self.buffer_free[node])
+
+    rng = np.random.default_rng(0)
+    agents = [SimAgent(0.0, rng.integers(100, 2000, 3), rng.integers(2, 200, 3), None, None,
+                       initial_context=int(rng.integers(10_000, 40_000))) for _ in range(512)]
+    cfg = SimConfig(loading="dual", hardware=HardwareConfig(dram_buffer_bytes=4e9), fetch_period_s=FETCH)
+    res = Checked(cfg, agents).run()
+    assert not np.isnan(res.requests["finish_s"]).any()
+    assert 0.0 <= Checked.lowest < 0.5e9  # the buffers did fill (to within a request of full)

@@ -8,12 +8,16 @@ Design (virtual time, one heap of events, no wall clock):
   share is ``cnic_kv_share`` of B (KV is the low-priority class; model traffic keeps the rest).
 * **Request path**, hop by hop (PAPER.md sections 2.3-2.6): the scheduler places the request on a
   PE and a DE (``dualpath_jax.sched``, the same code as the real engine) and picks the read side;
-  hit KV is read storage -> SNIC -> DRAM of that side (buffer admission applies back-pressure);
+  hit KV is read storage -> SNIC -> DRAM of that side (buffer admission applies back-pressure: a
+  DE-side read takes DE buffer space for the whole prompt's KV, its hits and the PE's hand-off,
+  where the engine takes the hand-off's share once the request is ready and resolves a full
+  buffer by timeout and retry: taken with the read, no request waits on space its own reads hold);
   the PE forward streams the cached KV per layer to the PE (PE side: DRAM -> PE CNIC -> HBM;
   DE side: DE DRAM -> DE CNIC -> PE CNIC -> HBM) and the layer's KV to the DE buffer (all of it for
-  PE-side reads, the new tokens' only for DE-side reads; it holds DE buffer space from the
-  request's first chunk on); the DE copies the prompt KV to HBM (DE DRAM -> DE CNIC -> HBM),
-  frees its DRAM (the DE-side reads and the hand-off) and decodes; the new tokens' KV (appended and
+  PE-side reads, the new tokens' only for DE-side reads; a request without a DE-side read takes
+  DE buffer space for all of it once it is ready for a forward, and waits for the space, the PE
+  running the requests behind it, as the engine's PE does); the DE copies the prompt KV to HBM
+  (DE DRAM -> DE CNIC -> HBM), frees its DRAM (the DE-side reads and the hand-off) and decodes; the new tokens' KV (appended and
   generated) is persisted HBM -> DE CNIC -> DRAM -> SNIC -> storage from the start of decode (the
   generated blocks are written as they fill; the write is reserved at once), and the agent's next
   round is issued once the request is finished and that write is done (plus think time), since it
@@ -172,6 +176,7 @@ class Simulator:
         self.agent_stored = list(self.agent_context)  # of the context, tokens whose KV is stored
         self._req: list[SchedRequest | None] = [None] * total  # live requests' scheduler records
         self._reads = [0] * total  # reads still in flight per request
+        self._unheld: set[int] = set()  # ready requests waiting for DE buffer space for their hand-off
         # each agent's rounds as typed arrays, made at its first arrival (numpy scalars index slowly)
         self._rounds: list[tuple | None] = [None] * len(self.agents)
 
@@ -331,34 +336,41 @@ class Simulator:
         reads = (pe_bytes > 0) + (de_bytes > 0)
         self._reads[rid] = reads
         if pe_bytes > 0:
-            self._admit_or_wait(pn, rid, pe_bytes)
-        if de_bytes > 0:
-            self._admit_or_wait(dn, rid, de_bytes)
+            self._admit_or_wait(pn, rid, pe_bytes, pe_bytes)
+        if de_bytes > 0:  # the DE buffer will hold the whole prompt's KV: these hits, then the PE's hand-off
+            self._admit_or_wait(dn, rid, de_bytes, (hit + R["append_tokens"][rid]) * kvb)
         if reads == 0:
             self._push(now, _READ_DONE, rid)
 
-    def _admit_or_wait(self, node: int, rid: int, nbytes: float):
-        if self.buffer_free[node] >= nbytes and not self.buffer_wait[node]:
-            self._issue_read(node, rid, nbytes)
+    def _admit_or_wait(self, node: int, rid: int, read_bytes: float, charge: float):
+        """Take ``charge`` bytes of ``node``'s DRAM buffer for request ``rid`` and start its read of
+        ``read_bytes`` (0: a hold of the DE buffer for the PE's hand-off), or queue it: the buffer
+        serves reads and holds in FIFO order (PAPER.md 2.3-2.5: bounded PE/DE buffers)."""
+        if self.buffer_free[node] >= charge and not self.buffer_wait[node]:
+            self._admit(node, rid, read_bytes, charge)
         else:
-            self.buffer_wait[node].append((rid, nbytes))
-            self.buffer_wait_bytes[node] += nbytes
+            self.buffer_wait[node].append((rid, read_bytes, charge))
+            self.buffer_wait_bytes[node] += read_bytes
 
-    def _issue_read(self, node: int, rid: int, nbytes: float):
-        self.buffer_free[node] -= nbytes
-        start, end = reserve(self._read_path[node], nbytes, self.now)
-        self._snic_samples_of[node].extend((start, end, nbytes))
-        self._push(end, _READ_DONE, rid)
+    def _admit(self, node: int, rid: int, read_bytes: float, charge: float):
+        self.buffer_free[node] -= charge
+        if read_bytes > 0:
+            start, end = reserve(self._read_path[node], read_bytes, self.now)
+            self._snic_samples_of[node].extend((start, end, read_bytes))
+            self._push(end, _READ_DONE, rid)
+        else:  # the hand-off's hold: the request may now join a forward
+            self._unheld.discard(rid)
+            self._wake_pe(self.R["pe"][rid])
 
     def _release_buffer(self, node: int, nbytes: float):
         if nbytes <= 0:
             return
         self.buffer_free[node] += nbytes
         wait = self.buffer_wait[node]
-        while wait and self.buffer_free[node] >= wait[0][1]:
-            rid, b = wait.popleft()
+        while wait and self.buffer_free[node] >= wait[0][2]:
+            rid, b, charge = wait.popleft()
             self.buffer_wait_bytes[node] -= b
-            self._issue_read(node, rid, b)
+            self._admit(node, rid, b, charge)
 
     def _on_read_done(self, rid: int, _):
         left = self._reads[rid] = self._reads[rid] - 1
@@ -368,6 +380,17 @@ class Simulator:
         R["read_done_s"][rid] = self.now
         pe = R["pe"][rid]
         self.ready[pe].append(BatchItem(rid, R["hit_tokens"][rid], R["append_tokens"][rid]))
+        if self.cfg.loading != "oracle" and not R["read_bytes_de"][rid] > 0:
+            # the KV the PE will send to the DE buffer (all of the prompt's: no DE-side read holds
+            # it yet) needs its space before the request may join a forward; until then the PE runs
+            # the requests behind it (the engine's PE reserves the same, engine.pe)
+            self._unheld.add(rid)
+            de = R["de"][rid]
+            self._admit_or_wait(self.node_of[de], rid, 0.0, (R["hit_tokens"][rid] + R["append_tokens"][rid]) * self.kvb)
+        self._wake_pe(pe)
+
+    def _wake_pe(self, pe: int):
+        """Start PE ``pe``'s unit on its ready requests if it is idle (after this instant's events)."""
         u = self.unit_of[pe]
         unit = self.pe_units[u]
         if not unit.busy and not unit.kick:
@@ -392,14 +415,19 @@ class Simulator:
         now = self.now
         plans, ends, attn = [], [], []
         hit_tokens, prefill_start = self.R["hit_tokens"], self.R["prefill_start_s"]
-        ready = self.ready
+        ready, unheld = self.ready, self._unheld
         for e in unit.engines:
             if not ready[e]:
                 continue
-            # the batch formers read the FIFO only as far as the batch reaches
-            batch = self.sched.form_pe_batch(itertools.islice(ready[e], _MAX_BATCH_REQUESTS),
-                                             time_model=self.time_model, max_tokens=cfg.basic_max_batch_tokens,
+            # the batch formers read the FIFO only as far as the batch reaches; requests still
+            # waiting for DE buffer space are passed over
+            fifo = itertools.islice(ready[e], _MAX_BATCH_REQUESTS)
+            if unheld:
+                fifo = [item for item in fifo if item.request_id not in unheld]
+            batch = self.sched.form_pe_batch(fifo, time_model=self.time_model, max_tokens=cfg.basic_max_batch_tokens,
                                              max_kv_tokens=self.pe_max_kv_tokens)
+            if not batch:  # every ready request waits for DE buffer space
+                continue
             cached = [b.cached for b in batch]
             bsz = [b.remaining for b in batch]
             t_a = self.pe_model.attention_time_s(cached, bsz)
@@ -411,7 +439,6 @@ class Simulator:
                 first = cached_b == hit_tokens[rid]  # no earlier chunk has run (each adds >= 1 token)
                 if first:
                     prefill_start[rid] = now
-                    self._hold_handoff(rid)
                 in_end, out_end = self._prefill_transfers(rid, e, cached_b, bsz_b, first, now, layer_s)
                 if in_end > load_end:
                     load_end = in_end
@@ -436,19 +463,6 @@ class Simulator:
         self.pe_forwards[u] += 1
         self.pe_batch_requests[u] += sum([len(p[1]) for p in plans])
         self._push(end, _PE_DONE, u, (plans, end))
-
-    def _hold_handoff(self, rid: int):
-        """Charge the DE buffer for the KV the PE will send it (PAPER.md 2.3-2.4): the PE-side hit
-        tokens' and the appended tokens'. Held from the first chunk until the DE's H2D is done
-        (:meth:`_on_de_join`). It never waits: a full buffer makes later reads wait instead, so no
-        forward stalls on a buffer that its own request's reads fill (the engine's PE waits for the
-        space, with a timeout and a retry, ``engine.pe``)."""
-        if self.cfg.loading == "oracle":
-            return
-        R = self.R
-        nbytes = (R["hit_tokens"][rid] + R["append_tokens"][rid]) * self.kvb - R["read_bytes_de"][rid]
-        if nbytes > 0:
-            self.buffer_free[self.node_of[R["de"][rid]]] -= nbytes
 
     def _prefill_transfers(self, rid, pe, cached, bsz, first_chunk, now, layer_s):
         """Reserve the KV movement of one request chunk in a forward; returns (loads end, to-DE end)."""
@@ -492,12 +506,14 @@ class Simulator:
             le = self.load[e]
             done = False
             for b, out_end in zip(batch, outs):
-                item = q[0]
-                assert item.request_id == b.request_id
-                if item.remaining > b.remaining:  # chunked prefill: the rest stays at the head of the FIFO
-                    q[0] = BatchItem(item.request_id, item.cached + b.remaining, item.remaining - b.remaining)
+                idx = 0  # the batch is the FIFO's head in order, less requests waiting for DE buffer space
+                while q[idx].request_id != b.request_id:
+                    idx += 1
+                item = q[idx]
+                if item.remaining > b.remaining:  # chunked prefill: the rest keeps its place in the FIFO
+                    q[idx] = BatchItem(item.request_id, item.cached + b.remaining, item.remaining - b.remaining)
                     continue
-                q.popleft()
+                del q[idx]
                 rid = b.request_id
                 first_token[rid] = now
                 done = True

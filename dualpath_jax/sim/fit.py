@@ -70,7 +70,6 @@ def check_requests_fit(cfg: SimConfig, flat: FlatRounds, *, kvb: float, de_hbm: 
     """
     if not flat.hit.size:
         return
-    z = cfg.block_tokens
     hit, append, gen, where = flat.hit, flat.append, flat.gen, flat.where
     context = hit + append + gen  # a DE holds the request's whole KV (SchedRequest.hbm_bytes)
     k = int(np.argmax(context))
@@ -86,15 +85,15 @@ def check_requests_fit(cfg: SimConfig, flat: FlatRounds, *, kvb: float, de_hbm: 
                           f"({pe_free_hbm:,.0f} B after weights and sim.activation_reserve_bytes) holds "
                           f"the KV of {int(pe_max_kv_tokens)} tokens with prefill={cfg.prefill!r} ({where_kv})")
     if cfg.loading != "oracle":
-        # whole Full Blocks are read, each read into one node's buffer; under split loading the
-        # scheduler may still put all of a request's blocks on one side, so the bound is the same
-        read = hit // z * z  # an upper bound: the run reads at most the stored context (agents.round_hits)
-        k = int(np.argmax(read))
+        # the DE buffer holds a request's whole prompt KV until the DE's H2D (DE-side hits plus the
+        # PE's hand-off, PAPER.md 2.3-2.5), and a PE-side read (whole Full Blocks, at most the
+        # prompt) its hits: each waits for buffer space for all of it
+        k = int(np.argmax(prompt))
         buffer = cfg.hardware.dram_buffer_bytes
-        if read[k] * kvb > buffer:
-            raise ConfigError("sim.hardware.dram_buffer_bytes", f"{where(k)} reads {read[k]} hit tokens "
-                              f"({read[k] * kvb:,.0f} B) but a node's DRAM buffer holds {buffer:,.0f} B (a "
-                              f"read waits for buffer space for all of its blocks)")
+        if prompt[k] * kvb > buffer:
+            raise ConfigError("sim.hardware.dram_buffer_bytes", f"{where(k)} has a {prompt[k]}-token prompt "
+                              f"({prompt[k] * kvb:,.0f} B of KV) but a node's DRAM buffer holds {buffer:,.0f} B (the "
+                              f"DE buffer holds a request's whole prompt KV until the DE copies it to HBM)")
 
 
 def no_hbm_left(model: str, compute, engines: int, kind: str, hw: HardwareConfig, *, dense: bool = False) -> str:
