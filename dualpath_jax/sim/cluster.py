@@ -49,7 +49,7 @@ import itertools
 import math
 import operator
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import SupportsIndex
 
 import tqdm
@@ -421,7 +421,7 @@ class Simulator:
                 continue
             # the batch formers read the FIFO only as far as the batch reaches; requests still
             # waiting for DE buffer space are passed over
-            fifo = itertools.islice(ready[e], _MAX_BATCH_REQUESTS)
+            fifo: Iterable[BatchItem] = itertools.islice(ready[e], _MAX_BATCH_REQUESTS)
             if unheld:
                 fifo = [item for item in fifo if item.request_id not in unheld]
             batch = self.sched.form_pe_batch(fifo, time_model=self.time_model, max_tokens=cfg.basic_max_batch_tokens,
