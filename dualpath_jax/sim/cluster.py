@@ -17,13 +17,14 @@ Design (virtual time, one heap of events, no wall clock):
   PE-side reads, the new tokens' only for DE-side reads; a request without a DE-side read takes
   DE buffer space for all of it once it is ready for a forward, and waits for the space, the PE
   running the requests behind it, as the engine's PE does); the DE copies the prompt KV to HBM
-  (DE DRAM -> DE CNIC -> HBM), frees its DRAM (the DE-side reads and the hand-off) and decodes; the new tokens' KV (appended and
-  generated) is persisted HBM -> DE CNIC -> DRAM -> SNIC -> storage from the start of decode (the
-  generated blocks are written as they fill; the write is reserved at once), and the agent's next
-  round is issued once the request is finished and that write is done (plus think time), since it
-  reads that KV. Oracle skips every KV transfer. A CNIC's out server carries what it reads over
-  PCIe and its in server what it writes, so the loopback copies (H2D, D2H) load both, as the
-  paper's bottleneck analysis counts them (PAPER.md 2.6).
+  (DE DRAM -> DE CNIC -> HBM), frees its DRAM (the DE-side reads and the hand-off) and decodes;
+  the new tokens' KV (appended and generated) is persisted HBM -> DE CNIC -> DRAM -> SNIC ->
+  storage from the start of decode (the generated blocks are written as they fill; the write is
+  reserved at once), and the agent's next round is issued once the request is finished and that
+  write is done (plus think time), since it reads that KV. Oracle skips every KV transfer. A
+  CNIC's out server carries what it reads over PCIe and its in server what it writes, so the
+  loopback copies (H2D, D2H) load both, as the paper's bottleneck analysis counts them
+  (PAPER.md 2.6).
 * **Prefill**: ``layerwise`` overlaps loading with compute (a forward ends at
   ``max(compute, loads + one layer)``) and needs ``depth / L`` of the KV on device; ``full``
   loads all layers first, then computes, and must fit all of the batch's KV in free HBM.
@@ -386,7 +387,8 @@ class Simulator:
             # the requests behind it (the engine's PE reserves the same, engine.pe)
             self._unheld.add(rid)
             de = R["de"][rid]
-            self._admit_or_wait(self.node_of[de], rid, 0.0, (R["hit_tokens"][rid] + R["append_tokens"][rid]) * self.kvb)
+            prompt = R["hit_tokens"][rid] + R["append_tokens"][rid]
+            self._admit_or_wait(self.node_of[de], rid, 0.0, prompt * self.kvb)
         self._wake_pe(pe)
 
     def _wake_pe(self, pe: int):
