@@ -39,8 +39,9 @@ _CONFIG = cli.define_config_file(
     "config", str(Path(__file__).resolve().parent.parent / "configs" / "soak.py"),
     "Soak config (configs/soak.py); override fields with --config.<field>=<value>.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (new or empty; --overwrite replaces an earlier run).")
-_MINUTES = flags.DEFINE_float("minutes", 10.0, "Replay for this many minutes (the last replay completes; > 0).")
-flags.register_validator("minutes", lambda m: m > 0, message="--minutes must be > 0")
+_MINUTES = flags.DEFINE_float("minutes", 10.0, "Replay for this many minutes (the last replay completes; 0: one "
+                               "replay).")
+flags.register_validator("minutes", lambda m: m >= 0, message="--minutes must be >= 0 (0: one replay)")
 
 _DOCS = {"variants": "ablation variants the replays cycle through (sched.ABLATION_VARIANTS, plus split)",
          "warmup_replays": "replays before the resident-memory baseline of rss_growth_mb",

@@ -392,7 +392,8 @@ def test_the_engine_ablation_reports_compilation_as_a_stage_and_no_nan_headline(
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert "AttentionTimeModel(" not in done.stdout and lines[0].startswith("model: tiny-gqa (GQA, 4 layers")
-    assert lines[1].startswith("profiled ") and "time model: an attention layer takes" in lines[1]
+    assert lines[1].startswith("profiled ") and "time model: a layer takes" in lines[1]
+    assert "of which attention" in lines[1]
     assert "the profiled times" in lines[1]
     assert any(line.startswith("compiled ") and "of XLA compilation" in line for line in lines)
     stages = {s["stage"]: s for s in json.loads((tmp_path / "w" / "ablation.json").read_text())["stages"]}
