@@ -198,34 +198,35 @@ def test_run_sim_rejects_a_bad_scheduler_naming_the_field(tmp_path):
     assert not (tmp_path / "w").exists()  # checked before the workdir is touched
 
 
-@pytest.mark.parametrize("script, config", [
+BOTH_RUNTIMES = pytest.mark.parametrize("script, config", [
     ("run_sim.py", "sim_ablation.py:tiny"),
     pytest.param("run_engine.py", "engine_ablation.py:quick", marks=pytest.mark.skipif(
         not agentic_dir().is_dir(), reason="shared traces not available")),
 ])
-def test_a_scheduler_that_stalls_the_run_is_one_line_saying_what_waits(tmp_path, script, config):
-    done = _run(script, f"--config={ROOT / 'configs' / config}", "--config.scheduler=policies:NeverOnADE",
-                f"--workdir={tmp_path / 'w'}")
+
+
+def _failed_in_one_line(tmp_path, script, config, *args) -> str:
+    """Run ``script`` with ``config`` and ``args``; check it failed in one line (no traceback) with
+    its workdir marked failed, and return that line."""
+    done = _run(script, f"--config={ROOT / 'configs' / config}", *args, f"--workdir={tmp_path / 'w'}")
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    line = done.stderr.strip().splitlines()[-1]
+    assert json.loads((tmp_path / "w" / "status.json").read_text())["status"] == "failed"
+    return done.stderr.strip().splitlines()[-1]
+
+
+@BOTH_RUNTIMES
+def test_a_scheduler_that_stalls_the_run_is_one_line_saying_what_waits(tmp_path, script, config):
+    line = _failed_in_one_line(tmp_path, script, config, "--config.scheduler=policies:NeverOnADE")
     assert re.fullmatch(r"RunStalled: (simulation|engine run) stalled at t = [0-9.]+ s: .*waits? for a DE\. "
                         r"Scheduler: NeverOnADE", line), line
-    assert json.loads((tmp_path / "w" / "status.json").read_text())["status"] == "failed"
 
 
-@pytest.mark.parametrize("script, config", [
-    ("run_sim.py", "sim_ablation.py:tiny"),
-    pytest.param("run_engine.py", "engine_ablation.py:quick", marks=pytest.mark.skipif(
-        not agentic_dir().is_dir(), reason="shared traces not available")),
-])
+@BOTH_RUNTIMES
 def test_a_scheduler_that_breaks_the_protocol_is_one_line_naming_its_hook(tmp_path, script, config):
-    done = _run(script, f"--config={ROOT / 'configs' / config}", "--config.scheduler=policies:DEUnderPEReads",
-                "--config.variants=('basic',)", f"--workdir={tmp_path / 'w'}")
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    line = done.stderr.strip().splitlines()[-1]
+    line = _failed_in_one_line(tmp_path, script, config, "--config.scheduler=policies:DEUnderPEReads",
+                               "--config.variants=('basic',)")
     assert re.fullmatch(r"PolicyError: DEUnderPEReads\.read_plan: \('de', \d+\) for \d+ hit blocks under "
                         r"loading='pe_read': side 'de' is not one of 'pe' .*", line), line
-    assert json.loads((tmp_path / "w" / "status.json").read_text())["status"] == "failed"
 
 
 def test_run_sim_rejects_an_override_the_study_sets_per_run(tmp_path):
