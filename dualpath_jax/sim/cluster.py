@@ -8,15 +8,14 @@ Design (virtual time, one heap of events, no wall clock):
   share is ``cnic_kv_share`` of B (KV is the low-priority class; model traffic keeps the rest).
 * **Request path**, hop by hop (PAPER.md sections 2.3-2.6): the scheduler places the request on a
   PE and a DE (``dualpath_jax.sched``, the same code as the real engine) and picks the read side;
-  hit KV is read storage -> SNIC -> DRAM of that side (buffer admission applies back-pressure: a
-  DE-side read takes DE buffer space for the whole prompt's KV, its hits and the PE's hand-off,
-  where the engine takes the hand-off's share once the request is ready and resolves a full
-  buffer by timeout and retry: taken with the read, no request waits on space its own reads hold);
+  hit KV is read storage -> SNIC -> DRAM of that side (buffer admission applies back-pressure:
+  once placed, a request takes DE buffer space for its whole prompt's KV, the DE-side hits and
+  the PE's hand-off, and then PE buffer space for its PE-side hits, always in this order, so no
+  two requests each hold the space the other waits for; the engine takes the hand-off's share
+  when the request is ready and resolves a full buffer by timeout and retry);
   the PE forward streams the cached KV per layer to the PE (PE side: DRAM -> PE CNIC -> HBM;
   DE side: DE DRAM -> DE CNIC -> PE CNIC -> HBM) and the layer's KV to the DE buffer (all of it for
-  PE-side reads, the new tokens' only for DE-side reads; a request without a DE-side read takes
-  DE buffer space for all of it once it is ready for a forward, and waits for the space, the PE
-  running the requests behind it, as the engine's PE does); the DE copies the prompt KV to HBM
+  PE-side reads, the new tokens' only for DE-side reads); the DE copies the prompt KV to HBM
   (DE DRAM -> DE CNIC -> HBM), frees its DRAM (the DE-side reads and the hand-off) and decodes;
   the new tokens' KV (appended and generated) is persisted HBM -> DE CNIC -> DRAM -> SNIC ->
   storage from the start of decode (the generated blocks are written as they fill; the write is
@@ -50,7 +49,7 @@ import itertools
 import math
 import operator
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import SupportsIndex
 
 import tqdm
@@ -177,7 +176,6 @@ class Simulator:
         self.agent_stored = list(self.agent_context)  # of the context, tokens whose KV is stored
         self._req: list[SchedRequest | None] = [None] * total  # live requests' scheduler records
         self._reads = [0] * total  # reads still in flight per request
-        self._unheld: set[int] = set()  # ready requests waiting for DE buffer space for their hand-off
         # each agent's rounds as typed arrays, made at its first arrival (numpy scalars index slowly)
         self._rounds: list[tuple | None] = [None] * len(self.agents)
 
@@ -336,32 +334,41 @@ class Simulator:
         R["read_bytes_de"][rid] = de_bytes
         reads = (pe_bytes > 0) + (de_bytes > 0)
         self._reads[rid] = reads
-        if pe_bytes > 0:
-            self._admit_or_wait(pn, rid, pe_bytes, pe_bytes)
-        if de_bytes > 0:  # the DE buffer will hold the whole prompt's KV: these hits, then the PE's hand-off
-            self._admit_or_wait(dn, rid, de_bytes, (hit + R["append_tokens"][rid]) * kvb)
-        if reads == 0:
+        if self.cfg.loading == "oracle":
             self._push(now, _READ_DONE, rid)
+            return
+        # the DE buffer will hold the whole prompt's KV (DE-side hits, then the PE's hand-off): its
+        # space is taken first, then the PE-side read's (always in this order, so no request holds
+        # one buffer while it waits for the other in a cycle); the PE-side read waits meanwhile
+        self.buffer_wait_bytes[pn] += pe_bytes
+        self._admit_or_wait(dn, rid, de_bytes, (hit + R["append_tokens"][rid]) * kvb, True)
 
-    def _admit_or_wait(self, node: int, rid: int, read_bytes: float, charge: float):
+    def _admit_or_wait(self, node: int, rid: int, read_bytes: float, charge: float, de_first: bool):
         """Take ``charge`` bytes of ``node``'s DRAM buffer for request ``rid`` and start its read of
-        ``read_bytes`` (0: a hold of the DE buffer for the PE's hand-off), or queue it: the buffer
-        serves reads and holds in FIFO order (PAPER.md 2.3-2.5: bounded PE/DE buffers)."""
+        ``read_bytes``, or queue it: a buffer serves its requests in FIFO order (PAPER.md 2.3-2.5:
+        bounded PE/DE buffers). ``de_first``: the request's DE buffer space, after which its
+        PE-side read is admitted."""
         if self.buffer_free[node] >= charge and not self.buffer_wait[node]:
-            self._admit(node, rid, read_bytes, charge)
+            self._admit(node, rid, read_bytes, charge, de_first)
         else:
-            self.buffer_wait[node].append((rid, read_bytes, charge))
+            self.buffer_wait[node].append((rid, read_bytes, charge, de_first))
             self.buffer_wait_bytes[node] += read_bytes
 
-    def _admit(self, node: int, rid: int, read_bytes: float, charge: float):
+    def _admit(self, node: int, rid: int, read_bytes: float, charge: float, de_first: bool):
         self.buffer_free[node] -= charge
         if read_bytes > 0:
             start, end = reserve(self._read_path[node], read_bytes, self.now)
             self._snic_samples_of[node].extend((start, end, read_bytes))
             self._push(end, _READ_DONE, rid)
-        else:  # the hand-off's hold: the request may now join a forward
-            self._unheld.discard(rid)
-            self._wake_pe(self.R["pe"][rid])
+        if de_first:
+            R = self.R
+            pe_bytes = R["read_bytes_pe"][rid]
+            if pe_bytes > 0:
+                pn = self.node_of[R["pe"][rid]]
+                self.buffer_wait_bytes[pn] -= pe_bytes
+                self._admit_or_wait(pn, rid, pe_bytes, pe_bytes, False)
+            elif self._reads[rid] == 0:  # nothing to read: ready now
+                self._push(self.now, _READ_DONE, rid)
 
     def _release_buffer(self, node: int, nbytes: float):
         if nbytes <= 0:
@@ -369,9 +376,9 @@ class Simulator:
         self.buffer_free[node] += nbytes
         wait = self.buffer_wait[node]
         while wait and self.buffer_free[node] >= wait[0][2]:
-            rid, b, charge = wait.popleft()
+            rid, b, charge, de_first = wait.popleft()
             self.buffer_wait_bytes[node] -= b
-            self._admit(node, rid, b, charge)
+            self._admit(node, rid, b, charge, de_first)
 
     def _on_read_done(self, rid: int, _):
         left = self._reads[rid] = self._reads[rid] - 1
@@ -381,14 +388,6 @@ class Simulator:
         R["read_done_s"][rid] = self.now
         pe = R["pe"][rid]
         self.ready[pe].append(BatchItem(rid, R["hit_tokens"][rid], R["append_tokens"][rid]))
-        if self.cfg.loading != "oracle" and not R["read_bytes_de"][rid] > 0:
-            # the KV the PE will send to the DE buffer (all of the prompt's: no DE-side read holds
-            # it yet) needs its space before the request may join a forward; until then the PE runs
-            # the requests behind it (the engine's PE reserves the same, engine.pe)
-            self._unheld.add(rid)
-            de = R["de"][rid]
-            prompt = R["hit_tokens"][rid] + R["append_tokens"][rid]
-            self._admit_or_wait(self.node_of[de], rid, 0.0, prompt * self.kvb)
         self._wake_pe(pe)
 
     def _wake_pe(self, pe: int):
@@ -417,19 +416,14 @@ class Simulator:
         now = self.now
         plans, ends, attn = [], [], []
         hit_tokens, prefill_start = self.R["hit_tokens"], self.R["prefill_start_s"]
-        ready, unheld = self.ready, self._unheld
+        ready = self.ready
         for e in unit.engines:
             if not ready[e]:
                 continue
-            # the batch formers read the FIFO only as far as the batch reaches; requests still
-            # waiting for DE buffer space are passed over
-            fifo: Iterable[BatchItem] = itertools.islice(ready[e], _MAX_BATCH_REQUESTS)
-            if unheld:
-                fifo = [item for item in fifo if item.request_id not in unheld]
-            batch = self.sched.form_pe_batch(fifo, time_model=self.time_model, max_tokens=cfg.basic_max_batch_tokens,
+            # the batch formers read the FIFO only as far as the batch reaches
+            batch = self.sched.form_pe_batch(itertools.islice(ready[e], _MAX_BATCH_REQUESTS),
+                                             time_model=self.time_model, max_tokens=cfg.basic_max_batch_tokens,
                                              max_kv_tokens=self.pe_max_kv_tokens)
-            if not batch:  # every ready request waits for DE buffer space
-                continue
             cached = [b.cached for b in batch]
             bsz = [b.remaining for b in batch]
             t_a = self.pe_model.attention_time_s(cached, bsz)
@@ -508,14 +502,12 @@ class Simulator:
             le = self.load[e]
             done = False
             for b, out_end in zip(batch, outs):
-                idx = 0  # the batch is the FIFO's head in order, less requests waiting for DE buffer space
-                while q[idx].request_id != b.request_id:
-                    idx += 1
-                item = q[idx]
-                if item.remaining > b.remaining:  # chunked prefill: the rest keeps its place in the FIFO
-                    q[idx] = BatchItem(item.request_id, item.cached + b.remaining, item.remaining - b.remaining)
+                item = q[0]
+                assert item.request_id == b.request_id
+                if item.remaining > b.remaining:  # chunked prefill: the rest stays at the head of the FIFO
+                    q[0] = BatchItem(item.request_id, item.cached + b.remaining, item.remaining - b.remaining)
                     continue
-                del q[idx]
+                q.popleft()
                 rid = b.request_id
                 first_token[rid] = now
                 done = True
