@@ -671,7 +671,8 @@ def test_random_clusters_and_small_buffers_always_finish_with_their_buffers_whol
         largest = max(a.initial_context + int(a.append.sum()) + int(a.gen.sum()) for a in agents)
         buffer = float(largest * kvb * rng.uniform(1.0, 3.0))
         cfg = SimConfig(model=model, prefill_nodes=p, decode_nodes=d, loading=str(rng.choice(LOADINGS)),
-                        prefill=str(rng.choice(["layerwise", "full"])), policy=str(rng.choice(["dualpath", "round_robin"])),
+                        prefill=str(rng.choice(["layerwise", "full"])),
+                        policy=str(rng.choice(["dualpath", "round_robin"])),
                         compute_quota_s=float(rng.choice([0.3, 0.002])), fetch_period_s=FETCH,
                         hardware=HardwareConfig(gpus_per_node=g, dram_buffer_bytes=buffer))
         try:
