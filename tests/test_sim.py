@@ -635,8 +635,8 @@ def test_dram_buffers_never_hold_more_than_their_capacity():
     class Checked(Simulator):
         lowest = float("inf")
 
-        def _admit(self, node, rid, read_bytes, charge, *a):
-            super()._admit(node, rid, read_bytes, charge, *a)
+        def _admit(self, node, rid, read_bytes, charge):
+            super()._admit(node, rid, read_bytes, charge)
             Checked.lowest = min(Checked.lowest, self.buffer_free[node])
 
     rng = np.random.default_rng(0)

@@ -341,32 +341,32 @@ class Simulator:
         # space is taken first, then the PE-side read's (always in this order, so no request holds
         # one buffer while it waits for the other in a cycle); the PE-side read waits meanwhile
         self.buffer_wait_bytes[pn] += pe_bytes
-        self._admit_or_wait(dn, rid, de_bytes, (hit + R["append_tokens"][rid]) * kvb, True)
+        self._admit_or_wait(dn, rid, de_bytes, (hit + R["append_tokens"][rid]) * kvb)
 
-    def _admit_or_wait(self, node: int, rid: int, read_bytes: float, charge: float, de_first: bool):
+    def _admit_or_wait(self, node: int, rid: int, read_bytes: float, charge: float):
         """Take ``charge`` bytes of ``node``'s DRAM buffer for request ``rid`` and start its read of
         ``read_bytes``, or queue it: a buffer serves its requests in FIFO order (PAPER.md 2.3-2.5:
-        bounded PE/DE buffers). ``de_first``: the request's DE buffer space, after which its
-        PE-side read is admitted."""
+        bounded PE/DE buffers). On a DE node this is the request's DE buffer space, after which
+        its PE-side read is admitted."""
         if self.buffer_free[node] >= charge and not self.buffer_wait[node]:
-            self._admit(node, rid, read_bytes, charge, de_first)
+            self._admit(node, rid, read_bytes, charge)
         else:
-            self.buffer_wait[node].append((rid, read_bytes, charge, de_first))
+            self.buffer_wait[node].append((rid, read_bytes, charge))
             self.buffer_wait_bytes[node] += read_bytes
 
-    def _admit(self, node: int, rid: int, read_bytes: float, charge: float, de_first: bool):
+    def _admit(self, node: int, rid: int, read_bytes: float, charge: float):
         self.buffer_free[node] -= charge
         if read_bytes > 0:
             start, end = reserve(self._read_path[node], read_bytes, self.now)
             self._snic_samples_of[node].extend((start, end, read_bytes))
             self._push(end, _READ_DONE, rid)
-        if de_first:
+        if node >= self.cfg.prefill_nodes:  # a DE node: the request's DE space is held, its PE-side read next
             R = self.R
             pe_bytes = R["read_bytes_pe"][rid]
             if pe_bytes > 0:
                 pn = self.node_of[R["pe"][rid]]
                 self.buffer_wait_bytes[pn] -= pe_bytes
-                self._admit_or_wait(pn, rid, pe_bytes, pe_bytes, False)
+                self._admit_or_wait(pn, rid, pe_bytes, pe_bytes)
             elif self._reads[rid] == 0:  # nothing to read: ready now
                 self._push(self.now, _READ_DONE, rid)
 
@@ -376,9 +376,9 @@ class Simulator:
         self.buffer_free[node] += nbytes
         wait = self.buffer_wait[node]
         while wait and self.buffer_free[node] >= wait[0][2]:
-            rid, b, charge, de_first = wait.popleft()
+            rid, b, charge = wait.popleft()
             self.buffer_wait_bytes[node] -= b
-            self._admit(node, rid, b, charge, de_first)
+            self._admit(node, rid, b, charge)
 
     def _on_read_done(self, rid: int, _):
         left = self._reads[rid] = self._reads[rid] - 1
@@ -388,10 +388,6 @@ class Simulator:
         R["read_done_s"][rid] = self.now
         pe = R["pe"][rid]
         self.ready[pe].append(BatchItem(rid, R["hit_tokens"][rid], R["append_tokens"][rid]))
-        self._wake_pe(pe)
-
-    def _wake_pe(self, pe: int):
-        """Start PE ``pe``'s unit on its ready requests if it is idle (after this instant's events)."""
         u = self.unit_of[pe]
         unit = self.pe_units[u]
         if not unit.busy and not unit.kick:
