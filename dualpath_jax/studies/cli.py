@@ -142,18 +142,25 @@ def _config_file(argv: list[str], name: str) -> tuple[str, str | None]:
     return value, None
 
 
+def _base_config(argv: list[str], name: str):
+    """``(--<name> value, its config before overrides, None)``, or ``(value, None, one line)`` when
+    the config file is missing or does not load (its own error)."""
+    value, missing = _config_file(argv, name)
+    if missing:
+        return value, None, missing
+    try:
+        return value, FLAGS[name].parser.parse(value), None
+    except Exception as e:  # the config file itself fails: its error
+        return value, None, one_line(e)
+
+
 def _override_error(argv: list[str], name: str) -> str | None:
     """One line for the first ``--<name>.<field>`` override of ``argv`` that names no field of the
     config file's config (with the closest field names), or for a config file that does not load;
     None when every override names a field."""
-    flag = FLAGS[name]
-    value, missing = _config_file(argv, name)
-    if missing:
-        return missing
-    try:
-        base = flag.parser.parse(value)
-    except Exception as e:  # the config file itself fails: its error
-        return one_line(e)
+    value, base, problem = _base_config(argv, name)
+    if problem:
+        return problem
     names = _dotted_names(base)
     for arg in argv:
         key = arg.split("=", 1)[0]
@@ -209,12 +216,8 @@ def _integral_overrides(argv: list[str], name: str) -> list[str]:
                   and _integral(a.partition("=")[2]) is not None]
     if not candidates:
         return argv
-    value, missing = _config_file(argv, name)
-    if missing:
-        return argv
-    try:
-        base = FLAGS[name].parser.parse(value)
-    except Exception:
+    base = _base_config(argv, name)[1]
+    if base is None:
         return argv
     out = list(argv)
     for i in candidates:
