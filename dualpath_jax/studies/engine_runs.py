@@ -153,7 +153,7 @@ def start_times(cfg: EngineArrivals, num_agents: int) -> np.ndarray:
     raise ConfigError("arrivals.mode", f"must be 'offline' or 'online' (got {cfg.mode!r})")
 
 
-def describe_time_model(tm, spec) -> str:
+def describe_time_model(tm) -> str:
     """The fitted PE time model in words: seconds of one layer per new token and per (query, key)
     pair, and one example per layer and per forward, with its attention (what the compute quota
     bounds)."""
@@ -224,7 +224,7 @@ class Setup:
         fit = [self.time_model.layer_s(s.cached, s.bsz) / s.layer_s for s in self.samples]
         log(f"profiled {len(self.samples)} (cached, bsz) pairs in {self.setup_s:.1f} s "
             f"({CompileClock.read()[0] - c0:.1f} s compiling); time model: "
-            f"{describe_time_model(self.time_model, self.spec)}; it predicts {min(fit):.2f}x to {max(fit):.2f}x "
+            f"{describe_time_model(self.time_model)}; it predicts {min(fit):.2f}x to {max(fit):.2f}x "
             "the profiled times")
         # runtime="ray": every node a Ray actor in its own process, kept for all of this study's runs
         self.runtime = ray_runtime(config) if config.runtime == "ray" else None
