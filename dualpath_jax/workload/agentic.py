@@ -45,7 +45,7 @@ import numpy as np
 from dualpath_jax.workload.errors import TraceFormatError
 from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
 
-__all__ = ["load_agentic_trace", "load_agentic_traces", "read_json_gz", "no_traces_message"]
+__all__ = ["load_agentic_trace", "load_agentic_traces", "read_json_gz", "read_trace_bytes", "no_traces_message"]
 
 _ROUND_TYPES = ("n", "s")
 
@@ -61,18 +61,32 @@ def no_traces_message(directory) -> str:
     return f"{directory}: no *.json.gz trace files{hint}"
 
 
-def read_json_gz(path: Path) -> Any:
-    """Parse one gzip JSON file; every failure is a TraceFormatError naming the file."""
+def read_trace_bytes(path: Path, *, gzipped: bool | None) -> bytes:
+    """A trace file's bytes, decompressed when ``gzipped`` (None: when its first bytes are gzip's
+    magic number, whatever its name).
+
+    Raises:
+      TraceFormatError: naming the file: unreadable, or a truncated or corrupt gzip stream.
+    """
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise TraceFormatError(path, "", "", f"cannot read file ({e.strerror or e})") from e
+    if gzipped is None:
+        gzipped = raw[:2] == b"\x1f\x8b"
+    if not gzipped:
+        return raw
     if not raw:
         raise TraceFormatError(path, "", "", "empty file (0 bytes)")
     try:
-        text = gzip.decompress(raw)
+        return gzip.decompress(raw)
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
         raise TraceFormatError(path, "", "", f"truncated or corrupt gzip stream ({e})") from e
+
+
+def read_json_gz(path: Path) -> Any:
+    """Parse one gzip JSON file; every failure is a TraceFormatError naming the file."""
+    text = read_trace_bytes(path, gzipped=True)
     if not text.strip():
         raise TraceFormatError(path, "", "", "empty file (no JSON document inside the gzip stream)")
     try:

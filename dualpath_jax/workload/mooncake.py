@@ -33,15 +33,14 @@ global hash ids; ``"session"`` isolates each session.
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
-import zlib
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from dualpath_jax.workload.agentic import read_trace_bytes
 from dualpath_jax.workload.errors import TraceFormatError
 from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
 
@@ -57,15 +56,7 @@ def _is_int(v) -> bool:
 def _parse_lines(path: Path, block_tokens: int):
     """Validated rows (timestamp_ms, input_length, output_length, hash_ids list) of a JSON-lines
     file, plain or gzip-compressed (told by its first bytes, whatever its name)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise TraceFormatError(path, "", "", f"cannot read file ({e.strerror or e})") from e
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
-            raise TraceFormatError(path, "", "", f"truncated or corrupt gzip stream ({e})") from e
+    raw = read_trace_bytes(path, gzipped=None)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
