@@ -50,6 +50,27 @@ def test_runs_on_ray_equal_serial_runs(tmp_path, ray_session):
         Sweep(workers=2).map(math.sqrt, [4.0, -1.0])
 
 
+@pytest.mark.xdist_group("ray")
+def test_a_run_whose_ray_worker_dies_runs_again(tmp_path, ray_session):
+    class DiesOnce:  # local: pickled by value, so a Ray worker needs no import of this module
+        """``x * x``, but the first call for ``x == 2`` kills its own process (a crashed Ray worker)."""
+
+        def __init__(self, marker):
+            self.marker = str(marker)
+
+        def __call__(self, x):
+            import os  # noqa: PLC0415
+
+            if x == 2 and not os.path.exists(self.marker):
+                open(self.marker, "w").close()
+                os._exit(1)
+            return x * x
+
+    marker = tmp_path / "died"
+    assert Sweep(workers=2).map(DiesOnce(marker), [1, 2, 3]) == [1, 4, 9]
+    assert marker.exists()  # the worker of the first try did die
+
+
 def test_serial_sweep_and_bad_worker_counts():
     assert Sweep().map(lambda x: x * x, [1, 2, 3]) == [1, 4, 9] and not Sweep().parallel
     for bad in (0, -1, 1.5, True):

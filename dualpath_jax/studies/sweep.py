@@ -12,7 +12,10 @@ same results. :class:`Sweep` maps a picklable function over such a list:
   the same path), whose CPUs set the parallelism.
 
 Results come back in the order of the inputs, bit-identical to a serial run (the tests compare
-them); a tqdm bar counts finished runs. A run that raises re-raises its exception here.
+them); a tqdm bar counts finished runs. A run that raises re-raises its exception here. A run
+whose worker process dies (killed, out of memory) runs again on another worker, up to
+:data:`WORKER_RETRIES` times (a run is deterministic, so its result is the same); its exceptions are
+never retried.
 
 :func:`lockstep` runs searches whose next run depends on the last one (the max-APS bisection of
 each seed and variant) side by side: each step's runs of every search form one batch, which can go
@@ -31,7 +34,11 @@ import tqdm
 from dualpath_jax.config import ConfigError
 from dualpath_jax.raylaunch import ray_module
 
-__all__ = ["Sweep", "lockstep"]
+__all__ = ["Sweep", "lockstep", "WORKER_RETRIES"]
+
+WORKER_RETRIES = 3
+"""Times a Ray run whose worker process died is started again (Ray's ``max_retries``, which
+counts system failures only: an exception the run raises is not retried)."""
 
 
 class Sweep:
@@ -73,7 +80,7 @@ class Sweep:
                     bar.update(1)
                 return out
             ray = _ray(self.workers, self.address)
-            task = ray.remote(num_cpus=1, max_retries=0)(_call)
+            task = ray.remote(num_cpus=1, max_retries=WORKER_RETRIES, retry_exceptions=False)(_call)
             fn_ref = ray.put(fn)
             refs = [task.remote(fn_ref, x) for x in items]
             pending = list(refs)
