@@ -311,6 +311,32 @@ def test_workload_spec_checks_its_source_fields(tmp_path):
                                                                          "path": str(tmp_path / "t.jsonl")}})
 
 
+def test_an_agentic_trace_is_scaled_by_its_own_block_size_and_a_trace_beyond_the_mal_is_one_error(tmp_path):
+    def trace(folder, block, first_in):
+        folder.mkdir()
+        ids = lambda n: list(range(1, n // block + 1))  # noqa: E731
+        doc = {"id": folder.name, "block_size": block, "requests": [
+            {"t": 0.0, "type": "n", "in": first_in, "out": 4, "hash_ids": ids(first_in)},
+            {"t": 1.0, "type": "n", "in": first_in + 300, "out": 2, "hash_ids": ids(first_in + 300)}]}
+        (folder / "t.json.gz").write_bytes(gzip.compress(json.dumps(doc).encode()))
+        return str(folder)
+
+    big = WorkloadSpec(source="agentic", path=trace(tmp_path / "b128", 128, 1000), num_agents=1, mal="32K",
+                       token_divisor=128)  # divides the trace's 128-token blocks (not the usual 64)
+    # P blocks of Z = 128 and a t-token tail -> P * Z/d + min(ceil(t / d), Z/d - 1) (scale_tokens): with
+    # Z/d = 1 a tail keeps no token; 1000 = 7 * 128 + 104 -> 7, 1300 = 10 * 128 + 20 -> 10; hit 7 blocks -> 7
+    np.testing.assert_array_equal(big.build().num_prompt_tokens, [7, 10])
+    np.testing.assert_array_equal(big.build().num_hit_tokens, [0, 7])
+    small = WorkloadSpec(source="agentic", path=trace(tmp_path / "b16", 16, 1000), num_agents=1, mal="32K",
+                         token_divisor=32)
+    with pytest.raises(ConfigError, match=r"^workload.token_divisor: must divide the 16-token hash blocks of b16 "
+                                         r"\(got 32\)$"):
+        small.build()
+    long = WorkloadSpec(source="agentic", path=trace(tmp_path / "long", 64, 40000), num_agents=1, mal="32K")
+    with pytest.raises(ConfigError, match=r"^workload.mal: .*long: no agent fits mal_tokens=32768"):
+        long.build()
+
+
 def _mooncake_rows():
     row = lambda ts, n_in, out, ids: {"timestamp": ts, "input_length": n_in, "output_length": out,  # noqa: E731
                                       "hash_ids": ids}

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from dualpath_jax.workload import (TraceFormatError, agentic_dir, load_agentic_trace, load_agentic_traces,
-                                   load_mooncake_trace, mooncake_file, reconstruct_sessions, trace_stats)
+                                   load_mooncake_trace, load_mooncake_traces, mooncake_file, reconstruct_sessions,
+                                   trace_stats)
+from dualpath_jax.workload.agentic import trace_files
+from dualpath_jax.workload.arrivals import trajectory_start_times_s
 
 
 def req(t, n_in, out, ids, kind="n", **extra):
@@ -67,17 +70,70 @@ def test_trace_stats_script_reads_the_agentic_folder_it_is_given(tmp_path):
     bad = subprocess.run(script + [f"--traces_dir={tmp_path / 'none'}", f"--workdir={tmp_path / 'w2'}"],
                          capture_output=True, text=True, cwd=repo, timeout=300)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == (
-        f"ConfigError: traces_dir: {tmp_path / 'none'}: no *.json.gz trace files")
+        f"ConfigError: traces_dir: {tmp_path / 'none'}: not a folder (it does not exist)")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty: no \*\.json\.gz or \*\.json trace files$"):
+        load_agentic_traces(tmp_path / "empty")
 
 
-def test_a_folder_of_uncompressed_traces_is_told_to_compress_them(tmp_path):
-    (tmp_path / "t.json").write_text(json.dumps(conversation()))
-    with pytest.raises(FileNotFoundError) as e:
-        load_agentic_traces(tmp_path)
-    assert str(e.value) == (f"{tmp_path}: no *.json.gz trace files (1 uncompressed *.json files there, e.g. t.json: "
-                            f"the traces are gzip-compressed JSON; compress them, e.g. gzip -k {tmp_path}/*.json)")
-    (tmp_path / "t.json.gz").write_bytes(gzip.compress((tmp_path / "t.json").read_bytes()))
-    assert load_agentic_traces(tmp_path).agent_ids  # compressed, it loads
+def test_plain_json_traces_load_as_their_gzip_copies_and_a_stem_counts_once(tmp_path):
+    plain, packed, both = tmp_path / "plain", tmp_path / "packed", tmp_path / "both"
+    for d in (plain, packed, both):
+        d.mkdir()
+    doc = conversation()
+    (plain / "trace_x.json").write_text(json.dumps(doc))
+    write_gz(packed / "trace_x.json.gz", doc)
+    (both / "trace_x.json").write_text(json.dumps(doc))  # as `gzip -k` leaves them: one trace, not two
+    write_gz(both / "trace_x.json.gz", doc)
+    want = load_agentic_traces(packed)
+    for d in (plain, both):
+        got = load_agentic_traces(d)
+        assert got.agent_ids == want.agent_ids == ("trace_x", "trace_x/agent_001")
+        np.testing.assert_array_equal(got.num_hit_tokens, want.num_hit_tokens)
+        np.testing.assert_array_equal(got.num_append_tokens, want.num_append_tokens)
+    assert load_agentic_traces(plain, names=["trace_x"]).agent_ids == want.agent_ids  # a stem finds the .json
+    assert [f.name for f in trace_files(both)] == ["trace_x.json.gz"]
+    (plain / "notes.txt").write_text("x")
+    assert [f.name for f in trace_files(plain)] == ["trace_x.json"]
+
+
+def test_names_are_unique_within_a_load(tmp_path):
+    """A repeated trace id (two files, or a file without ``id`` named like another) and a repeated
+    sub-agent name get distinct names, and (local hash scope) distinct token scopes, so that
+    neither start times nor the engine's cache mix two conversations."""
+    doc = conversation()
+    doc["requests"].append(dict(doc["requests"][2], t=9.0))  # the sub-agent twice, under one agent_id
+    write_gz(tmp_path / "a.json.gz", doc)
+    write_gz(tmp_path / "b.json.gz", doc)  # the same id "trace_x"
+    anonymous = conversation()
+    del anonymous["id"]
+    write_gz(tmp_path / "run.1.json.gz", anonymous)
+    write_gz(tmp_path / "run.2.json.gz", anonymous)
+    ts = load_agentic_traces(tmp_path)
+    assert ts.agent_ids == ("trace_x", "trace_x/agent_001", "trace_x/agent_001~2",
+                            "trace_x@b.json.gz", "trace_x@b.json.gz/agent_001", "trace_x@b.json.gz/agent_001~2",
+                            "run.1", "run.1/agent_001", "run.2", "run.2/agent_001")
+    assert ts.parent_ids[3:6] == (None, "trace_x@b.json.gz", "trace_x@b.json.gz")
+    assert ts.token_scopes[:6] == ("trace_x",) * 3 + ("trace_x@b.json.gz",) * 3
+    assert ts.start_offset_s[1:3].tolist() == [6.0, 9.0]
+    starts = trajectory_start_times_s(ts, np.array([0.0, 100.0, 200.0, 300.0]))
+    np.testing.assert_allclose(starts[3:6], [100.0, 106.0, 109.0])  # b's sub-agents start with b's root
+
+
+def test_an_unknown_hash_scope_a_conversation_of_only_sub_agents_and_an_empty_sub_agent(tmp_path):
+    typo = mutate(tmp_path / "typo.json.gz", lambda d: d.update(hash_id_scope="Local"))
+    with pytest.raises(TraceFormatError, match=r"typo.json.gz: \(top level\): hash_id_scope: must be 'local'"):
+        load_agentic_trace(typo)
+    only_subs = mutate(tmp_path / "subs.json.gz", lambda d: d.update(requests=[d["requests"][2]]))
+    with pytest.raises(TraceFormatError, match=r"requests: holds no 'n'/'s' requests of the conversation itself"):
+        load_agentic_trace(only_subs)
+    empty = mutate(tmp_path / "empty.json.gz", lambda d: d["requests"][2].update(requests=[]))
+    assert [t.agent_id for t in load_agentic_trace(empty)] == ["trace_x"]  # nothing recorded, nothing replayed
+    nested = mutate(tmp_path / "nested.json.gz",  # a sub-agent of only sub-agents: theirs are the root's
+                    lambda d: d["requests"][2].update(requests=[dict(d["requests"][2], t=0.5)]))
+    got = load_agentic_trace(nested)
+    assert [(t.agent_id, t.parent_id) for t in got] == [("trace_x", None),
+                                                        ("trace_x/agent_001/agent_001", "trace_x")]
 
 
 def mutate(path, fn):
@@ -113,7 +169,7 @@ def test_agentic_truncated_empty_and_invalid_files(tmp_path):
         "truncated.json.gz": (good[: len(good) // 2], "truncated or corrupt gzip stream"),
         "empty.json.gz": (b"", r"empty file \(0 bytes\)"),
         "emptygz.json.gz": (gzip.compress(b""), "empty file"),
-        "notgz.json.gz": (b"{\"id\": 1}", "truncated or corrupt gzip stream"),
+        "notgz.json.gz": (b"{\"id\": 1}", r"id: must be a non-empty string"),  # plain JSON, whatever the name
         "badjson.json.gz": (gzip.compress(b'{"id": "x",\n "requests": [1,]}'),
                             r"line 2 column 17: invalid JSON"),
     }
@@ -163,13 +219,22 @@ def test_a_gzip_mooncake_file_reads_as_the_plain_one(tmp_path):
     packed = tmp_path / "t.jsonl.gz"
     packed.write_bytes(gzip.compress((tmp_path / "t.jsonl").read_bytes()))
     trajs = load_mooncake_trace(packed)
-    assert [t.agent_id for t in trajs] == [t.agent_id for t in plain]  # the stem before the first dot: "t"
+    assert [t.agent_id for t in trajs] == [t.agent_id for t in plain]  # the name less .gz and .jsonl: "t"
     for a, b in zip(trajs, plain):
         np.testing.assert_array_equal(a.num_prompt_tokens, b.num_prompt_tokens)
         np.testing.assert_array_equal(a.num_hit_tokens, b.num_hit_tokens)
     packed.write_bytes(gzip.compress((tmp_path / "t.jsonl").read_bytes())[:-12])  # cut short
     with pytest.raises(TraceFormatError, match=r"t\.jsonl\.gz: truncated or corrupt gzip stream"):
         load_mooncake_trace(packed)
+
+
+def test_two_mooncake_files_of_one_name_keep_their_sessions_and_scopes_apart(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ts = load_mooncake_traces([jsonl(tmp_path / "a" / "m.v1.jsonl", MC_ROWS), jsonl(tmp_path / "b" / "m.v1.jsonl",
+                                                                                   MC_ROWS)])
+    assert ts.agent_ids[:5] == ("m.v1/s00000", "m.v1/s00001", "m.v1/s00002", "m.v1/s00003", "m.v1~2/s00000")
+    assert set(ts.token_scopes) == {"mooncake:m.v1", "mooncake:m.v1~2"} and len(set(ts.agent_ids)) == 8
 
 
 @pytest.mark.parametrize("lines,pattern", [

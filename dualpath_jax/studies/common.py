@@ -26,9 +26,11 @@ from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.hardware import HardwareConfig
 from dualpath_jax.workload import (MAL_TOKENS, SOURCES, TrajectorySet, agentic_dir, load_trace_agents, mooncake_file,
                                    paper_dataset, scale_lengths, scale_tokens)
+from dualpath_jax.workload.agentic import no_traces_message, trace_files
+from dualpath_jax.workload.sources import NoAgentFits
 
 __all__ = ["WorkloadSpec", "OnlineWindow", "as_dict", "sim_config", "with_cluster", "parse_cluster", "cluster_label",
-           "workload_config_dict"]
+           "workload_config_dict", "scale_trace_tokens"]
 
 
 def as_dict(mapping) -> dict:
@@ -58,7 +60,7 @@ class WorkloadSpec:
       num_base: base trajectories of the generator (the paper: 500).
       source: ``synthetic`` (the paper's generator), ``agentic`` (Claude Code traces) or
         ``mooncake`` (sessions of a Mooncake trace).
-      path: agentic: folder of ``*.json.gz`` traces ("" = ``../shared/data/agentic_traces``);
+      path: agentic: folder of ``*.json.gz`` / ``*.json`` traces ("" = ``../shared/data/agentic_traces``);
         mooncake: ``conversation`` (""), ``synthetic`` or a ``.jsonl`` file.
       subagents: agentic sub-agents: ``separate`` (own trajectories, starting with their
         conversation) or ``drop``.
@@ -99,13 +101,11 @@ class WorkloadSpec:
             if getattr(self, name) != 1.0:
                 raise ConfigError(f"workload.{name}", f"scales the synthetic generator's rounds; a trace "
                                   f"(workload.source={self.source!r}) keeps its recorded lengths: set it to 1")
-        block = 64 if self.source == "agentic" else 512
-        if block % self.token_divisor:
-            raise ConfigError("workload.token_divisor", f"must divide the {self.source} trace's {block}-token blocks "
+        if self.source == "mooncake" and 512 % self.token_divisor:  # (an agentic file gives its block size)
+            raise ConfigError("workload.token_divisor", f"must divide the mooncake trace's 512-token blocks "
                               f"(got {self.token_divisor})")
         where = Path(self.path) if self.path else agentic_dir()
-        if self.source == "agentic" and not (where.is_dir() and any(where.glob("*.json.gz"))):
-            from dualpath_jax.workload.agentic import no_traces_message
+        if self.source == "agentic" and not trace_files(where):
             raise ConfigError("workload.path", no_traces_message(where))
         if self.source == "mooncake" and not mooncake_file(self.path or "conversation").is_file():
             raise ConfigError("workload.path", f"no Mooncake trace {str(mooncake_file(self.path or 'conversation'))!r}")
@@ -138,14 +138,32 @@ class WorkloadSpec:
 @functools.lru_cache(maxsize=4)
 def _trace_workload(spec: WorkloadSpec) -> TrajectorySet:
     """A trace workload, read once for the runs of every variant that share it."""
-    ts = load_trace_agents(spec.source, spec.num_agents, path=spec.path, subagents=spec.subagents,
-                           mal_tokens=MAL_TOKENS[spec.mal])
+    try:
+        ts = load_trace_agents(spec.source, spec.num_agents, path=spec.path, subagents=spec.subagents,
+                               mal_tokens=MAL_TOKENS[spec.mal])
+    except NoAgentFits as e:
+        raise ConfigError("workload.mal", f"{e}: a longer mal keeps more") from None
     agents = sum(p is None for p in ts.parent_ids)
     if agents < spec.num_agents:
         raise ConfigError("workload.num_agents", f"the {spec.source} trace {ts.source} holds only {agents} agents "
                           f"within MAL {spec.mal} (got {spec.num_agents}; an agent whose first prompt alone is "
                           f"longer than the MAL is left out: a longer mal keeps more)")
-    return scale_tokens(ts, spec.token_divisor) if spec.token_divisor != 1 else ts
+    return scale_trace_tokens(ts, spec.token_divisor) if spec.token_divisor != 1 else ts
+
+
+def scale_trace_tokens(ts: TrajectorySet, divisor: int, field: str = "workload.token_divisor") -> TrajectorySet:
+    """:func:`~dualpath_jax.workload.scale_tokens` of a trace's trajectories.
+
+    Raises:
+      ConfigError: naming ``field`` when ``divisor`` does not divide a trajectory's hash block
+        size (the trace's ``block_size``), with the file it came from.
+    """
+    bad = next((k for k, h in enumerate(ts.hashes) if h is not None and int(ts.block_tokens[k]) % int(divisor)),
+               None)
+    if bad is not None:
+        raise ConfigError(field, f"must divide the {int(ts.block_tokens[bad])}-token hash blocks of "
+                          f"{ts.agent_ids[bad]} (got {divisor})")
+    return scale_tokens(ts, divisor)
 
 
 def workload_config_dict(*, exclude: tuple[str, ...] = (), **fields) -> ml_collections.ConfigDict:

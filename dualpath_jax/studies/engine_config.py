@@ -93,9 +93,6 @@ class EngineWorkload:
     def __post_init__(self):
         for f in ("max_files", "num_agents", "rounds", "token_divisor", "max_context_tokens", "max_append_tokens"):
             check_positive(f"workload.{f}", getattr(self, f), integer=True)
-        if 64 % self.token_divisor:  # the agentic traces hash 64-token blocks
-            raise ConfigError("workload.token_divisor", f"must divide the agentic traces' 64-token blocks "
-                              f"(got {self.token_divisor})")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,8 +53,8 @@ from dualpath_jax.studies.engine_config import (CALIBRATION_FORMAT, CalibrateCon
                                                 EngineArrivals, EngineWorkload, calibration_fingerprint,
                                                 calibration_path, check_fingerprint, engine_ablation_config,
                                                 read_calibration)
-from dualpath_jax.workload import (Trajectory, load_agentic_traces, poisson_arrivals_s, prompt_token_ids,
-                                   scale_tokens)
+from dualpath_jax.studies.common import scale_trace_tokens
+from dualpath_jax.workload import Trajectory, load_agentic_traces, poisson_arrivals_s, prompt_token_ids
 
 __all__ = ["CALIBRATED_FIELDS", "check_overrides", "select_agents", "start_times", "CompileClock",
            "describe_time_model", "Setup", "ray_runtime", "round_shapes", "expected_shapes", "seed_store",
@@ -95,7 +95,7 @@ def check_overrides(config, overridden: Sequence[str]) -> None:
 def select_agents(cfg: EngineWorkload) -> list[Trajectory]:
     """The replayed agents (module docstring); ``cfg`` is the ``workload`` section.
 
-    ``cfg.traces_dir``: folder of ``*.json.gz`` traces (empty: ``workload.agentic_dir()``).
+    ``cfg.traces_dir``: folder of ``*.json.gz`` / ``*.json`` traces (empty: ``workload.agentic_dir()``).
 
     Raises:
       ConfigError: ``workload.num_agents`` agents cannot be found under the limits;
@@ -108,7 +108,7 @@ def select_agents(cfg: EngineWorkload) -> list[Trajectory]:
         hint = "" if cfg.traces_dir else (" (the default folder: set workload.traces_dir, or DUALPATH_DATA_DIR to "
                                           "the folder holding agentic_traces/)")
         raise ConfigError("workload.traces_dir", f"{e}{hint}") from None
-    ts = scale_tokens(ts, int(cfg.token_divisor))
+    ts = scale_trace_tokens(ts, int(cfg.token_divisor))  # (ConfigError naming workload.token_divisor)
     out = []
     for traj in ts:
         if traj.num_rounds < cfg.rounds:

@@ -1,8 +1,11 @@
 """Loader for the agentic Claude Code traces (``../shared/data/agentic_traces/*.json.gz``).
 
-File format: ``../shared/data/README.md``. One gzip JSON file is one conversation whose
-``requests`` are its rounds (``type`` ``"n"`` or ``"s"``, treated alike) and nested sub-agent
-conversations (``type`` ``"subagent"`` with their own ``requests``).
+File format: ``../shared/data/README.md``. One JSON file (gzip-compressed, ``*.json.gz``, or
+plain, ``*.json``: the upstream kv-cache-tester repository ships them plain) is one conversation
+whose ``requests`` are its rounds (``type`` ``"n"`` or ``"s"``, treated alike) and nested
+sub-agent conversations (``type`` ``"subagent"`` with their own ``requests``; a sub-agent with an
+empty ``requests`` list, e.g. one launched asynchronously whose requests were not recorded, has
+nothing to replay and is left out).
 
 Mapping to :class:`~dualpath_jax.workload.trajectory.Trajectory` (one per conversation):
 
@@ -20,6 +23,10 @@ Mapping to :class:`~dualpath_jax.workload.trajectory.Trajectory` (one per conver
   launched together) and share no cached prefix with the parent's requests (their prompts start
   from their own system prompt); hits stay within a trajectory (paper A.4). ``"drop"`` ignores
   them.
+* Names are unique within a load: a sub-agent whose name repeats a sibling's gets ``~2``, ``~3``
+  appended, and a file whose ``id`` (or, without one, its name less ``.json.gz``/``.json``)
+  repeats an earlier file's of the same load is named ``"<id>@<file name>"``, so that its
+  trajectories, their parents and (``hash_id_scope: "local"``) their token scope stay its own.
 * ``token_scope="trace"`` (default): every trajectory of a file uses the trace id as its token
   scope, as the file's hash ids are scoped to the conversation (sibling sub-agents share a
   system prompt, hence identical tokens, and an engine with one global prefix cache can find
@@ -45,20 +52,45 @@ import numpy as np
 from dualpath_jax.workload.errors import TraceFormatError
 from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
 
-__all__ = ["load_agentic_trace", "load_agentic_traces", "read_json_gz", "read_trace_bytes", "no_traces_message"]
+__all__ = ["load_agentic_trace", "load_agentic_traces", "read_json_gz", "read_trace_bytes", "no_traces_message",
+           "trace_files", "trace_stem"]
 
 _ROUND_TYPES = ("n", "s")
+_SCOPES = ("local", "global")
+
+
+def trace_stem(path) -> str:
+    """A trace file's name less ``.gz`` and then ``.json``/``.jsonl`` (``run.1.json.gz`` -> ``run.1``)."""
+    name = Path(path).name
+    for suffix in (".gz", ".jsonl", ".json"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            name = name[:-len(suffix)]
+            if suffix != ".gz":
+                break
+    return name
+
+
+def trace_files(directory) -> list[Path]:
+    """The agentic trace files of ``directory`` in sorted name order: every ``*.json.gz`` and
+    ``*.json`` file, one per stem (``a.json.gz`` over ``a.json``, as ``gzip -k`` leaves both);
+    an empty list when it is not a folder."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    by_stem: dict[str, Path] = {}
+    for f in sorted(directory.glob("*.json.gz")) + sorted(directory.glob("*.json")):
+        if f.is_file():
+            by_stem.setdefault(trace_stem(f), f)
+    return sorted(by_stem.values())
 
 
 def no_traces_message(directory) -> str:
-    """Why ``directory`` yields no agentic traces: ``"<dir>: no *.json.gz trace files"``, with a
-    hint when it holds uncompressed ``*.json`` files (the traces are gzip-compressed JSON,
-    ``../shared/data/README.md``)."""
+    """Why ``directory`` yields no agentic traces: ``"<dir>: no *.json.gz or *.json trace files"``
+    (or ``"<dir>: not a folder"``)."""
     directory = Path(directory)
-    plain = sorted(directory.glob("*.json")) if directory.is_dir() else []
-    hint = (f" ({len(plain)} uncompressed *.json files there, e.g. {plain[0].name}: the traces are "
-            f"gzip-compressed JSON; compress them, e.g. gzip -k {directory}/*.json)") if plain else ""
-    return f"{directory}: no *.json.gz trace files{hint}"
+    if not directory.is_dir():
+        return f"{directory}: not a folder" + (" (it does not exist)" if not directory.exists() else "")
+    return f"{directory}: no *.json.gz or *.json trace files"
 
 
 def read_trace_bytes(path: Path, *, gzipped: bool | None) -> bytes:
@@ -84,11 +116,15 @@ def read_trace_bytes(path: Path, *, gzipped: bool | None) -> bytes:
         raise TraceFormatError(path, "", "", f"truncated or corrupt gzip stream ({e})") from e
 
 
-def read_json_gz(path: Path) -> Any:
-    """Parse one gzip JSON file; every failure is a TraceFormatError naming the file."""
-    text = read_trace_bytes(path, gzipped=True)
+def read_json_gz(path: Path, *, gzipped: bool | None = True) -> Any:
+    """Parse one JSON file, gzip-compressed (``gzipped``; None: when its bytes say so); every
+    failure is a TraceFormatError naming the file."""
+    text = read_trace_bytes(path, gzipped=gzipped)
+    if not text:
+        raise TraceFormatError(path, "", "", "empty file (0 bytes)" if gzipped is False or not path.stat().st_size
+                               else "empty file (no JSON document inside the gzip stream)")
     if not text.strip():
-        raise TraceFormatError(path, "", "", "empty file (no JSON document inside the gzip stream)")
+        raise TraceFormatError(path, "", "", "empty file (no JSON document)")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -163,8 +199,9 @@ def _hash_array(ctx: _Ctx, where: str, value, in_tokens: int, block_size: int) -
 
 
 def _walk(ctx: _Ctx, requests, where_prefix: str, agent_id: str, parent_id: str | None,
-          start_offset_s: float, block_size: int, scope: str, subagents: str, out: list) -> None:
-    """Append the trajectory of one request list (then its sub-agents') to ``out``."""
+          start_offset_s: float, block_size: int, scope: str, subagents: str, out: list, names: set) -> None:
+    """Append the trajectory of one request list (then its sub-agents') to ``out``; ``names``
+    holds the file's names so far (a sibling's repeated name gets ``~2``, ``~3``)."""
     if not isinstance(requests, list) or not requests:
         ctx.fail(where_prefix.rstrip(".") or "(top level)", "requests", "must be a non-empty list",
                  None if isinstance(requests, list) else type(requests).__name__)
@@ -187,7 +224,16 @@ def _walk(ctx: _Ctx, requests, where_prefix: str, agent_id: str, parent_id: str 
             sub_name = req.get("agent_id", f"subagent{i}")
             if not isinstance(sub_name, str) or not sub_name:
                 ctx.fail(where, "agent_id", "must be a non-empty string", sub_name)
-            children.append((req.get("requests"), f"{where}.", f"{agent_id}/{sub_name}", start_offset_s + t))
+            sub_requests = ctx.require(req, where, "requests")
+            if sub_requests == []:  # launched, nothing recorded: nothing to replay
+                prev_t = t
+                continue
+            name, k = f"{agent_id}/{sub_name}", 1
+            while name in names:
+                k += 1
+                name = f"{agent_id}/{sub_name}~{k}"
+            names.add(name)
+            children.append((sub_requests, f"{where}.", name, start_offset_s + t))
             prev_t = t
             continue
         in_tokens = ctx.int_at_least(req, where, "in", 1)
@@ -205,6 +251,9 @@ def _walk(ctx: _Ctx, requests, where_prefix: str, agent_id: str, parent_id: str 
         round_t.append(t)
         prev_api = api
         prev_t = t
+    if not ins and parent_id is None:
+        ctx.fail("(top level)", "requests", "holds no 'n'/'s' requests of the conversation itself (only sub-agents, "
+                 "which start from their conversation)", show_value=False)
     if ins:
         prompt = np.asarray(ins, dtype=np.int64)
         hashes = BlockHashes.from_rounds(hash_rounds)
@@ -216,18 +265,26 @@ def _walk(ctx: _Ctx, requests, where_prefix: str, agent_id: str, parent_id: str 
             token_scope=scope if scope else agent_id, block_tokens=block_size, hashes=hashes,
             start_offset_s=start_offset_s, parent_id=parent_id, source=str(ctx.path)))
     if subagents == "separate":
+        parent = agent_id if ins else parent_id  # a sub-agent of only sub-agents: theirs is its parent
         for sub_requests, sub_where, sub_id, sub_start in children:
-            _walk(ctx, sub_requests, sub_where, sub_id, agent_id, sub_start, block_size, scope, subagents, out)
+            _walk(ctx, sub_requests, sub_where, sub_id, parent, sub_start, block_size, scope, subagents, out, names)
 
 
 def load_agentic_trace(path, *, subagents: Literal["separate", "drop"] = "separate",
-                       token_scope: Literal["trace", "trajectory"] = "trace") -> list[Trajectory]:
-    """Trajectories of one trace file: the conversation first, then its sub-agents depth-first.
+                       token_scope: Literal["trace", "trajectory"] = "trace",
+                       taken: set[str] | None = None) -> list[Trajectory]:
+    """Trajectories of one trace file (gzip or plain JSON, told by its bytes): the conversation
+    first, then its sub-agents depth-first.
+
+    Args:
+      taken: names already used by earlier files of the same load: a trace id among them makes
+        this file's id ``"<id>@<file name>"`` (module docstring); this file's names are added.
 
     Raises:
       TraceFormatError: unreadable / empty / truncated gzip / invalid JSON (with line and column),
-        or a request with a missing field, a negative or non-integer length, non-monotonic ``t``
-        or a ``hash_ids`` list that does not match ``in``.
+        a ``hash_id_scope`` other than ``"local"``/``"global"``, a conversation with no requests of
+        its own, or a request with a missing field, a negative or non-integer length,
+        non-monotonic ``t`` or a ``hash_ids`` list that does not match ``in``.
       ValueError: an unknown ``subagents`` or ``token_scope`` option.
     """
     if subagents not in ("separate", "drop"):
@@ -236,20 +293,29 @@ def load_agentic_trace(path, *, subagents: Literal["separate", "drop"] = "separa
         raise ValueError(f"token_scope: must be 'trace' or 'trajectory' (got {token_scope!r})")
     path = Path(path)
     ctx = _Ctx(path)
-    doc = read_json_gz(path)
+    doc = read_json_gz(path, gzipped=None)
     if not isinstance(doc, dict):
         ctx.fail("(top level)", "", "must be a JSON object", type(doc).__name__)
-    trace_id = doc.get("id", path.name.split(".")[0])
+    trace_id = doc.get("id", trace_stem(path))
     if not isinstance(trace_id, str) or not trace_id:
         ctx.fail("(top level)", "id", "must be a non-empty string", trace_id)
+    if taken is not None and trace_id in taken:
+        base = trace_id = f"{trace_id}@{path.name}"
+        k = 1
+        while trace_id in taken:
+            k += 1
+            trace_id = f"{base}~{k}"
     block_size = ctx.int_at_least(doc, "(top level)", "block_size", 1)
     scope_name = doc.get("hash_id_scope", "local")
+    if scope_name not in _SCOPES:
+        ctx.fail("(top level)", "hash_id_scope", "must be 'local' (ids scoped to the conversation) or 'global'",
+                 scope_name)
     scope = trace_id if scope_name == "local" else f"global:{scope_name}"
     out: list[Trajectory] = []
     _walk(ctx, ctx.require(doc, "(top level)", "requests"), "", trace_id, None, 0.0, block_size,
-          scope if token_scope == "trace" else "", subagents, out)
-    if not out:
-        ctx.fail("(top level)", "requests", "holds no 'n'/'s' requests", show_value=False)
+          scope if token_scope == "trace" else "", subagents, out, {trace_id})
+    if taken is not None:
+        taken.update(t.agent_id for t in out)
     return out
 
 
@@ -259,8 +325,10 @@ def load_agentic_traces(directory=None, *, names: Sequence[str] | None = None, l
     """Load many trace files into one :class:`TrajectorySet` (files in sorted name order).
 
     Args:
-      directory: folder of ``*.json.gz`` files; default ``agentic_dir()`` (``../shared/data``).
-      names: file names (or stems, e.g. ``"trace_0002"``) to load instead of every file.
+      directory: folder of ``*.json.gz`` / ``*.json`` files (:func:`trace_files`); default
+        ``agentic_dir()`` (``../shared/data``).
+      names: file names (or stems, e.g. ``"trace_0002"``: ``<stem>.json.gz``, else
+        ``<stem>.json``) to load instead of every file.
       limit: load only the first ``limit`` files (after sorting).
     Raises:
       TraceFormatError: as :func:`load_agentic_trace`; FileNotFoundError: no files found.
@@ -270,14 +338,17 @@ def load_agentic_traces(directory=None, *, names: Sequence[str] | None = None, l
         directory = agentic_dir()
     directory = Path(directory)
     if names is not None:
-        files = [directory / (n if n.endswith(".json.gz") else f"{n}.json.gz") for n in names]
+        files = [directory / n if n.endswith((".json.gz", ".json")) else
+                 (directory / f"{n}.json" if not (directory / f"{n}.json.gz").exists()
+                  and (directory / f"{n}.json").exists() else directory / f"{n}.json.gz") for n in names]
     else:
-        files = sorted(directory.glob("*.json.gz"))
+        files = trace_files(directory)
     if limit is not None:
         files = files[:int(limit)]
     if not files:
         raise FileNotFoundError(no_traces_message(directory))
     trajectories: list[Trajectory] = []
+    taken: set[str] = set()
     for f in files:
-        trajectories.extend(load_agentic_trace(f, subagents=subagents, token_scope=token_scope))
+        trajectories.extend(load_agentic_trace(f, subagents=subagents, token_scope=token_scope, taken=taken))
     return TrajectorySet.from_trajectories(trajectories, source=str(directory))

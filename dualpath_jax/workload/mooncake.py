@@ -40,7 +40,7 @@ from typing import Literal
 
 import numpy as np
 
-from dualpath_jax.workload.agentic import read_trace_bytes
+from dualpath_jax.workload.agentic import read_trace_bytes, trace_stem
 from dualpath_jax.workload.errors import TraceFormatError
 from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
 
@@ -149,8 +149,9 @@ def reconstruct_sessions(hash_ids: list[list[int]], input_lengths: list[int],
 
 
 def load_mooncake_trace(path, *, token_scope: Literal["file", "session"] = "file",
-                        block_tokens: int = MOONCAKE_BLOCK_TOKENS) -> list[Trajectory]:
-    """One trajectory per reconstructed session, ordered by their first request.
+                        block_tokens: int = MOONCAKE_BLOCK_TOKENS, name: str = "") -> list[Trajectory]:
+    """One trajectory per reconstructed session, ordered by their first request, named
+    ``"<name>/s<k>"`` (``name``: default the file's name less ``.gz`` and ``.jsonl``).
 
     Raises:
       TraceFormatError: empty file, invalid JSON (line), a missing field, a negative or
@@ -165,7 +166,7 @@ def load_mooncake_trace(path, *, token_scope: Literal["file", "session"] = "file
     members: dict[int, list[int]] = {}
     for i, s in enumerate(sessions):
         members.setdefault(s, []).append(i)
-    stem = path.name.split(".")[0]
+    stem = name or trace_stem(path)
     out = []
     for s in sorted(members):
         idx = members[s]
@@ -191,7 +192,13 @@ def load_mooncake_traces(paths=None, *, token_scope: Literal["file", "session"] 
         paths = [mooncake_file("conversation")]
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    trajectories = []
+    trajectories, stems = [], set()
     for p in paths:
-        trajectories.extend(load_mooncake_trace(p, token_scope=token_scope))
+        stem = base = trace_stem(p)
+        k = 1
+        while stem in stems:  # two files of one name (in two folders): sessions and scopes stay apart
+            k += 1
+            stem = f"{base}~{k}"
+        stems.add(stem)
+        trajectories.extend(load_mooncake_trace(p, token_scope=token_scope, name=stem))
     return TrajectorySet.from_trajectories(trajectories, source=",".join(str(p) for p in paths))

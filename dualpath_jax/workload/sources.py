@@ -17,10 +17,14 @@ from pathlib import Path
 from dualpath_jax.workload.trajectory import Trajectory, TrajectorySet
 
 __all__ = ["data_dir", "agentic_dir", "mooncake_file", "load_source", "load_trace_agents", "SOURCES",
-           "MOONCAKE_FILES"]
+           "MOONCAKE_FILES", "NoAgentFits"]
 
 SOURCES = ("agentic", "mooncake", "synthetic")
 MOONCAKE_FILES = {"conversation": "conversation_trace.jsonl", "synthetic": "synthetic_trace.jsonl"}
+
+
+class NoAgentFits(ValueError):
+    """:func:`load_trace_agents` found no agent within its ``mal_tokens``."""
 
 
 def data_dir() -> Path:
@@ -112,25 +116,26 @@ def load_trace_agents(source: str, num_agents: int, *, path: str = "", subagents
 
     Args:
       source: ``"agentic"`` or ``"mooncake"``.
-      path: agentic: the folder of ``*.json.gz`` traces (default :func:`agentic_dir`); mooncake:
+      path: agentic: the folder of ``*.json.gz``/``*.json`` traces (default :func:`agentic_dir`); mooncake:
         ``"conversation"`` (default), ``"synthetic"`` or a file path (:func:`mooncake_file`).
       subagents: agentic: ``"separate"`` (sub-agents as their own trajectories, starting with their
         root) or ``"drop"``.
     Returns:
       The trajectories of at most ``num_agents`` agents (fewer when the source holds fewer).
     Raises:
-      TraceFormatError: a bad trace file; FileNotFoundError: no trace file; ValueError: an unknown
-        ``source`` or ``subagents``.
+      TraceFormatError: a bad trace file; FileNotFoundError: no trace file; NoAgentFits (a
+        ValueError): no agent within ``mal_tokens``; ValueError: an unknown ``source`` or ``subagents``.
     """
     if source == "agentic":
-        from dualpath_jax.workload.agentic import load_agentic_trace, no_traces_message
+        from dualpath_jax.workload.agentic import load_agentic_trace, no_traces_message, trace_files
         if subagents not in ("separate", "drop"):
             raise ValueError(f"subagents: must be 'separate' or 'drop' (got {subagents!r})")
         directory = Path(path) if path else agentic_dir()
-        files = sorted(directory.glob("*.json.gz")) if directory.is_dir() else []
+        files = trace_files(directory)
         if not files:
             raise FileNotFoundError(no_traces_message(directory))
-        groups = (load_agentic_trace(f, subagents=subagents) for f in files)
+        taken: set[str] = set()
+        groups = (load_agentic_trace(f, subagents=subagents, taken=taken) for f in files)
         name = str(directory)
     elif source == "mooncake":
         file = mooncake_file(path or "conversation")
@@ -150,5 +155,6 @@ def load_trace_agents(source: str, num_agents: int, *, path: str = "", subagents
             out.extend(kept)
             agents += 1
     if not out:
-        raise ValueError(f"{name}: no agent fits mal_tokens={mal_tokens}")
+        raise NoAgentFits(f"{name}: no agent fits mal_tokens={mal_tokens} (every agent's first prompt and its "
+                          f"generated tokens alone are longer)")
     return TrajectorySet.from_trajectories(out, source=name)
