@@ -38,8 +38,8 @@ from dualpath_jax.metrics import writers
 from dualpath_jax.sched.errors import PolicyError, RunStalled
 from dualpath_jax.workload.errors import TraceFormatError
 
-__all__ = ["USER_ERRORS", "run", "open_workdir", "check_finished", "one_line", "define_config_file", "define_sweep_flags",
-           "sweep_from_flags"]
+__all__ = ["USER_ERRORS", "run", "open_workdir", "check_finished", "one_line", "define_config_file",
+           "define_sweep_flags", "sweep_from_flags"]
 
 FLAGS = flags.FLAGS
 _VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, show the full traceback instead of one line.")
