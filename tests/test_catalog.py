@@ -250,11 +250,12 @@ def test_the_weight_dtype_follows_the_config_json(tmp_path):
     assert (cfg.weight_dtype, cfg.peak_flops, cfg.kv_dtype) == ("bf16", 989.5 * T, "fp8")
     fp16 = _write(tmp_path, "Qwen-fp16", {**QWEN25_32B, "torch_dtype": "float16"})
     assert SimConfig(model=str(fp16)).weight_dtype == "fp16"
-    # newer files name it "dtype"; a dtype the GEMMs are not costed in falls back to the model's default
+    # newer files name it "dtype"; a float32 file is priced as GPU servers load it, in BF16 (not by the
+    # presets' FP8 rule for DeepSeek models)
     newer = {**{k: v for k, v in QWEN25_32B.items() if k != "torch_dtype"}, "dtype": "float16"}
     assert SimConfig(model=str(_write(tmp_path, "Qwen-new", newer))).weight_dtype == "fp16"
     f32 = _write(tmp_path, "V3-f32", {**DEEPSEEK_V3, "torch_dtype": "float32", "quantization_config": None})
-    assert SimConfig(model=str(f32)).weight_dtype == "fp8"
+    assert SimConfig(model=str(f32)).weight_dtype == "bf16"
     # an explicit sim.weight_dtype still wins
     assert SimConfig(model=str(bf16), weight_dtype="fp8").weight_dtype == "fp8"
 

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 
 from dualpath_jax.config import ConfigError, argv_flag_values, from_mapping
@@ -147,7 +148,7 @@ def test_invalid_moe_routing_names_field(change, field):
     (dict(kind="ntk"), "kind"),
     (dict(kind="linear", factor=0.5), "factor"),
     (dict(kind="yarn", factor=4.0), "original_max_position"),
-    (dict(kind="yarn", factor=4.0, original_max_position=256, beta_fast=1.0), "beta_fast"),
+    (dict(kind="yarn", factor=4.0, original_max_position=256, beta_fast=0.5), "beta_fast"),  # < beta_slow 1
     (dict(kind="llama3", factor=8.0), "original_max_position"),
     (dict(kind="llama3", factor=8.0, original_max_position=8192, low_freq_factor=4.0), "high_freq_factor"),
 ])
@@ -171,6 +172,78 @@ def test_yarn_bounds_and_scales_in_closed_form():
     plain = RopeScaling(kind="yarn", factor=4.0, original_max_position=256)
     assert plain.cos_sin_scale == pytest.approx(0.1 * math.log(4) + 1) and plain.mla_softmax_factor == 1.0
     assert RopeScaling(kind="linear", factor=4.0).cos_sin_scale == 1.0
+
+
+# the fields read of Kimi-K2-Instruct's config.json (huggingface.co/moonshotai/Kimi-K2-Instruct: DeepSeek-V3's
+# architecture, model_type kimi_k2, here deepseek_v3): YaRN with beta_fast == beta_slow == 1
+KIMI_K2 = {**{k: v for k, v in DEEPSEEK_V2_LITE.items() if k not in ("q_lora_rank",)},
+           "model_type": "deepseek_v3", "vocab_size": 163840, "hidden_size": 7168, "intermediate_size": 18432,
+           "num_hidden_layers": 61, "num_attention_heads": 64, "num_key_value_heads": 64, "q_lora_rank": 1536,
+           "n_routed_experts": 384, "n_shared_experts": 1, "num_experts_per_tok": 8, "moe_intermediate_size": 2048,
+           "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1, "routed_scaling_factor": 2.827,
+           "max_position_embeddings": 131072, "rope_theta": 50000.0,
+           "rope_scaling": {"type": "yarn", "factor": 32.0, "original_max_position_embeddings": 4096,
+                            "beta_fast": 1.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}}
+
+
+def _transformers_yarn_inv_freq(dim, base, factor, original, beta_fast, beta_slow, truncate):
+    """``transformers``' ``_compute_yarn_parameters`` (modeling_rope_utils.py) in plain numpy: the
+    correction range floored / ceiled when ``truncate``, and its ``linear_ramp_factor`` adding 0.001 to
+    equal bounds."""
+    pos_freqs = base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+
+    def correction_dim(rotations):
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    extrapolation = 1 - np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+    return 1 / (factor * pos_freqs) * (1 - extrapolation) + 1 / pos_freqs * extrapolation
+
+
+@pytest.mark.parametrize("truncate", [True, False])  # False: equal bounds, the 0.001 guard
+def test_yarn_with_beta_fast_equal_to_beta_slow_loads_and_matches_transformers(truncate):
+    """transformers warns only for beta_fast < beta_slow; equal betas give a one-index ramp (truncated:
+    between floor and ceil of the same correction dimension) or a step (0.001 wide)."""
+    from dualpath_jax.model.layers import rope_inv_freq
+    from dualpath_jax.model.spec import spec_from_hf_config
+
+    cfg = {**KIMI_K2, "rope_scaling": {**KIMI_K2["rope_scaling"], "truncate": truncate}}
+    spec = spec_from_hf_config(cfg, name="kimi-k2")
+    rope = spec.rope_scaling
+    assert (rope.kind, rope.factor, rope.beta_fast, rope.beta_slow, rope.truncate) == (
+        "yarn", 32.0, 1.0, 1.0, truncate)
+    got = np.asarray(rope_inv_freq(spec.qk_rope_head_dim, spec.rope_theta, rope))
+    want = _transformers_yarn_inv_freq(64, 50000.0, 32.0, 4096, 1.0, 1.0, truncate)
+    assert got.shape == (32,) and np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=2e-6)
+    low, high = rope.yarn_ramp_bounds(64, 50000.0)
+    assert (low, high) == ((19, 20) if truncate else (pytest.approx(19.165, abs=1e-3),) * 2)
+    # up to the bound the frequencies are kept, past it divided by the factor
+    plain = 1 / 50000.0 ** (np.arange(0, 64, 2) / 64)
+    np.testing.assert_allclose(got[:20], plain[:20], rtol=2e-6)
+    np.testing.assert_allclose(got[20:] * 32.0, plain[20:], rtol=2e-6)
+
+
+def test_kimi_k2_reads_as_deepseek_v3():
+    """Kimi-K2's config.json (model_type kimi_k2, architectures DeepseekV3ForCausalLM): its weights
+    counted by hand (norm weights aside), 1.026T (published: 1T total, 32B active)."""
+    from dualpath_jax.model import cost
+    from dualpath_jax.model.spec import spec_from_hf_config
+
+    kimi = spec_from_hf_config({**KIMI_K2, "model_type": "kimi_k2"}, name="kimi-k2")
+    assert kimi == spec_from_hf_config(KIMI_K2, name="kimi-k2")
+    d, heads, vocab = 7168, 64, 163840
+    # MLA: q down 1536, q up to heads x (128 nope + 64 rope), kv down to 512 + 64, kv up to heads x (128 + 128), out
+    attn = d * 1536 + 1536 * heads * 192 + d * (512 + 64) + 512 * heads * 256 + heads * 128 * d
+    expert = 3 * d * 2048  # gate, up, down of one 2048-wide expert
+    dense, router = 3 * d * 18432, d * 384
+    assert cost.total_params(kimi) == 2 * vocab * d + 61 * attn + dense + 60 * (385 * expert + router)
+    assert cost.active_linear_params(kimi) == vocab * d + 61 * attn + dense + 60 * (9 * expert + router)
 
 
 def test_rope_scaling_from_a_mapping():
@@ -238,6 +311,7 @@ def test_llama_qwen3_and_mistral_configs_read_as_gqa():
     (QWEN3_30B_A3B, {"decoder_sparse_step": 2}, "decoder_sparse_step"),
     (QWEN3_30B_A3B, {"num_experts_per_tok": 200}, "num_experts_per_tok"),
     (LLAMA31_8B, {"attention_bias": "yes"}, "attention_bias"),
+    (LLAMA31_8B, {"tie_word_embeddings": "false"}, "tie_word_embeddings"),
     # no head_dim key: hidden_size // num_attention_heads = 111, odd (RoPE rotates pairs)
     ({k: v for k, v in LLAMA31_8B.items() if k != "head_dim"}, {"hidden_size": 3552, "num_attention_heads": 32},
      "head_dim (absent: hidden_size 3552 // num_attention_heads 32)"),

@@ -83,8 +83,13 @@ def _number(cfg: dict, key: str, path: str, kind: type, default: Any = _MISSING)
     return kind(value)
 
 
-HF_MODEL_TYPES = ("qwen2", "qwen3", "qwen3_moe", "llama", "mistral", "deepseek_v2", "deepseek_v3", "deepseek_v32")
+HF_MODEL_TYPES = ("qwen2", "qwen3", "qwen3_moe", "llama", "mistral", "deepseek_v2", "deepseek_v3", "deepseek_v32",
+                  "kimi_k2")
 """The ``model_type`` values :func:`spec_from_hf_config` reads."""
+
+_HF_ALIASES = {"kimi_k2": "deepseek_v3"}
+"""``model_type`` values read as another: Kimi-K2 is DeepSeek-V3's architecture (its ``config.json``
+names ``DeepseekV3ForCausalLM`` in ``architectures``)."""
 
 
 def _flag(cfg: dict, key: str, default: bool, path: str) -> bool:
@@ -214,8 +219,8 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
     * ``qwen3`` / ``qwen3_moe`` (Qwen3, Qwen3-MoE): GQA with per-head q/k RMSNorm, biases as Llama;
       Qwen3-MoE's every layer a MoE of ``num_experts`` (softmax router, top ``num_experts_per_tok``,
       ``norm_topk_prob``; ``decoder_sparse_step`` 1 and no ``mlp_only_layers``).
-    * ``deepseek_v2`` / ``deepseek_v3`` / ``deepseek_v32`` (DeepSeek-V2 and V2-Lite, V3, V3.2;
-      V2's MLA and MoE fields are V3's): MLA (``q_lora_rank``, null = none;
+    * ``deepseek_v2`` / ``deepseek_v3`` / ``deepseek_v32`` / ``kimi_k2`` (DeepSeek-V2 and V2-Lite,
+      V3, V3.2; Kimi-K2, read as ``deepseek_v3``; V2's MLA and MoE fields are V3's): MLA (``q_lora_rank``, null = none;
       ``kv_lora_rank``, ``qk_nope_head_dim``, ``qk_rope_head_dim``, ``v_head_dim``), MoE
       (``n_routed_experts``, ``num_experts_per_tok``, ``n_shared_experts``,
       ``moe_intermediate_size``, ``first_k_dense_replace``; MoE every layer after the dense ones,
@@ -243,12 +248,13 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
     if model_type not in HF_MODEL_TYPES:
         raise ConfigError(f"{path}: model_type", f"unsupported architecture {model_type!r}; "
                           f"supported: {', '.join(map(repr, HF_MODEL_TYPES))}")
+    model_type = _HF_ALIASES.get(model_type, model_type)
     common = dict(name=name, vocab_size=_number(cfg, "vocab_size", path, int),
                   d_model=_number(cfg, "hidden_size", path, int), n_layers=_number(cfg, "num_hidden_layers", path, int),
                   n_heads=_number(cfg, "num_attention_heads", path, int),
                   d_ff=_number(cfg, "intermediate_size", path, int),
                   rms_norm_eps=_number(cfg, "rms_norm_eps", path, float, 1e-6), rope_theta=_rope_theta(cfg, path),
-                  tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                  tie_embeddings=_flag(cfg, "tie_word_embeddings", False, path),
                   max_position=_number(cfg, "max_position_embeddings", path, int, 131072))
     keys = _HF_KEYS
     if not model_type.startswith("deepseek"):
@@ -318,24 +324,80 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
         raise ConfigError(f"{path}: {keys.get(spec_field, spec_field)}", e.message) from None
 
 
-_HF_WEIGHT_DTYPES = {"bfloat16": "bf16", "float16": "fp16"}
+# torch_dtype / dtype -> the weights' dtype priced (float32: as GPU servers load it, in BF16)
+_HF_WEIGHT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "bf16", "float": "bf16"}
+
+
+def _quantized_weight_dtype(quant: Any, file: str) -> str:
+    """``fp8`` for a ``quantization_config`` whose weights are FP8: ``quant_method`` ``fp8``
+    (DeepSeek-V3's block-scaled checkpoints), ``fbgemm_fp8`` (Meta's Llama-3.1-405B-FP8) or
+    ``compressed-tensors`` whose every config group
+    quantizes its weights to 8-bit floats (llm-compressor's FP8 checkpoints, e.g.
+    huggingface.co/RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8: ``config_groups.*.weights`` ``num_bits`` 8,
+    ``type`` ``float``).
+
+    Raises:
+      ConfigError: naming ``<file>: quantization_config`` for any other quantization (AWQ, GPTQ,
+        bitsandbytes, integer or 4-bit compressed-tensors, ...), with the method it names, and for a
+        ``quantization_config`` that is not a JSON object.
+    """
+    field = f"{file}: quantization_config"
+    if not isinstance(quant, dict):
+        raise ConfigError(field, f"must be a JSON object naming its quant_method (got {quant!r}); set "
+                          "sim.weight_dtype (fp8, bf16, fp16 or f32) to price the weights explicitly")
+    method = quant.get("quant_method")
+    found = repr(method)
+    if str(method).lower() in ("fp8", "fbgemm_fp8"):
+        return "fp8"
+    if str(method).lower() == "compressed-tensors":
+        groups = quant.get("config_groups")
+        groups = list(groups.values()) if isinstance(groups, dict) else []
+        weights = [g.get("weights") if isinstance(g, dict) else None for g in groups]
+        kinds = [f"{w.get('num_bits')}-bit {w.get('type')}" if isinstance(w, dict) else "unquantized"
+                 for w in weights]
+        if kinds and all(k == "8-bit float" for k in kinds):
+            return "fp8"
+        found += f" ({', '.join(dict.fromkeys(kinds))} weights)" if kinds else " (no config_groups)"
+    raise ConfigError(field, f"quantization {found} is not priced by the simulator (FP8 weights are: quant_method "
+                      "'fp8' or 'fbgemm_fp8', or compressed-tensors with 8-bit float weights); set "
+                      "sim.weight_dtype (fp8, bf16, fp16 or f32) to price the weights explicitly")
 
 
 def hf_weight_dtype(name_or_path: str | os.PathLike) -> str | None:
-    """The weights' dtype a Hugging Face ``config.json`` declares (``name_or_path`` as
-    :func:`~dualpath_jax.model.spec.resolve_spec`): ``fp8`` when its ``quantization_config`` has
-    ``quant_method`` ``fp8`` (DeepSeek-V3's block-scaled FP8 checkpoints), else ``bf16`` / ``fp16``
-    from ``torch_dtype`` (``dtype`` in newer files); None for a preset, an unreadable file or
-    another dtype, e.g. ``float32`` (callers then use
-    :func:`~dualpath_jax.model.spec.default_weight_dtype`)."""
+    """The dtype the simulator prices a Hugging Face ``config.json``'s weights in (``name_or_path``
+    as :func:`~dualpath_jax.model.spec.resolve_spec`), what the file declares:
+
+    * ``fp8`` for FP8 weights under ``quantization_config`` (:func:`_quantized_weight_dtype`:
+      ``quant_method`` ``fp8`` or ``fbgemm_fp8``, or compressed-tensors with 8-bit float weights);
+    * else from ``torch_dtype`` (``dtype`` in transformers >= 5 files): ``bfloat16`` -> ``bf16``,
+      ``float16`` -> ``fp16``, ``float32`` -> ``bf16`` (GPU servers load a float32 checkpoint in
+      BF16), absent -> ``bf16`` (as ``float32``: what transformers 4 loads such a file in).
+
+    The presets' rule (:func:`~dualpath_jax.model.spec.default_weight_dtype`) is not applied to a
+    ``config.json``: None only for a preset name or a path that does not exist.
+
+    Raises:
+      ConfigError: naming ``<file>: quantization_config`` for quantization other than FP8 (AWQ, GPTQ,
+        bitsandbytes, integer or 4-bit compressed-tensors, ...), saying which method it found and that
+        ``sim.weight_dtype`` sets the pricing explicitly (the checkpoint loader ``model.hf`` refuses
+        every quantized checkpoint, FP8 too: it does not dequantize); naming ``<file>: torch_dtype``
+        (or ``dtype``) for another dtype; as :func:`load_hf_config` for a path without a readable
+        ``config.json``.
+    """
     key = os.fspath(name_or_path)
     if str(key).lower() in PRESETS or not os.path.exists(key):
         return None
-    try:
-        _, cfg = _read_hf_config(key, "model")
-    except ConfigError:
-        return None
+    file, cfg = _read_hf_config(key, "model")
     quant = cfg.get("quantization_config")
-    if isinstance(quant, dict) and str(quant.get("quant_method", "")).lower() == "fp8":
-        return "fp8"
-    return _HF_WEIGHT_DTYPES.get(str(cfg.get("torch_dtype", cfg.get("dtype", ""))).lower())
+    if quant:  # (as the checkpoint loader: an empty or null quantization_config is none)
+        return _quantized_weight_dtype(quant, file)
+    dtype_key = "dtype" if cfg.get("torch_dtype") is None and cfg.get("dtype") is not None else "torch_dtype"
+    dtype = cfg.get(dtype_key)
+    if dtype is None:
+        return "bf16"
+    name = dtype.lower().removeprefix("torch.") if isinstance(dtype, str) else None
+    if name not in _HF_WEIGHT_DTYPES:
+        raise ConfigError(f"{file}: {dtype_key}", f"weights in {dtype!r} are not priced by the simulator (bfloat16, "
+                          "float16 and float32 are); set sim.weight_dtype (fp8, bf16, fp16 or f32) to price them "
+                          "explicitly")
+    return _HF_WEIGHT_DTYPES[name]

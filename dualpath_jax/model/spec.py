@@ -75,8 +75,9 @@ class RopeScaling:
 
     Raises:
       ConfigError: naming the field, for an unknown ``kind``, ``factor < 1``, a missing
-        ``original_max_position`` (YaRN, Llama 3), ``beta_fast <= beta_slow`` or
-        ``high_freq_factor <= low_freq_factor``.
+        ``original_max_position`` (YaRN, Llama 3), ``beta_fast < beta_slow`` (equal is valid, e.g.
+        Kimi-K2's 1 and 1: ``transformers`` warns only below, and its ramp widens equal bounds by 0.001)
+        or ``high_freq_factor <= low_freq_factor`` (Llama 3 divides by their difference).
     """
 
     kind: Literal["linear", "yarn", "llama3"] = "yarn"
@@ -101,9 +102,10 @@ class RopeScaling:
             low, high = ("low_freq_factor", "high_freq_factor") if self.kind == "llama3" else ("beta_slow", "beta_fast")
             check_positive("rope_scaling.original_max_position", self.original_max_position, integer=True)
             check_positive("rope_scaling." + low, getattr(self, low))
-            if not getattr(self, high) > getattr(self, low):
-                raise ConfigError("rope_scaling." + high, f"must be > {low} (got {getattr(self, high)} and "
-                                  f"{getattr(self, low)})")
+            hi, lo = getattr(self, high), getattr(self, low)
+            if not (hi >= lo if self.kind == "yarn" else hi > lo):
+                raise ConfigError("rope_scaling." + high, f"must be {'>=' if self.kind == 'yarn' else '>'} {low} "
+                                  f"(got {hi} and {lo})")
 
     @staticmethod
     def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
@@ -385,8 +387,10 @@ def resolve_spec(name_or_path: str | os.PathLike, *, field: str = "model.name") 
 
 
 def default_weight_dtype(spec: ModelSpec) -> str:
-    """The weights' dtype a model is served in by default: ``fp8`` for DeepSeek-style MLA / MoE
-    models (DeepSeek-V3's public checkpoints are FP8, block-scaled, run by FP8 GEMMs: PAPER.md 6.1
-    DeepGEMM; ``quantization_config`` of their ``config.json``), ``bf16`` for dense GQA models
-    (Qwen2.5's public checkpoints are BF16, ``torch_dtype`` of their ``config.json``)."""
+    """The weights' dtype a preset is served in by default: ``fp8`` for the DeepSeek-style MLA / MoE
+    presets (DeepSeek-V3's public checkpoints are FP8, block-scaled, run by FP8 GEMMs: PAPER.md 6.1
+    DeepGEMM; ``quantization_config`` of their ``config.json``), ``bf16`` for dense GQA ones
+    (Qwen2.5's public checkpoints are BF16, ``torch_dtype`` of their ``config.json``). A model read
+    from a ``config.json`` is priced in the dtype the file declares instead
+    (:func:`~dualpath_jax.model.hf_config.hf_weight_dtype`)."""
     return "fp8" if spec.is_mla or spec.n_routed_experts else "bf16"

@@ -39,10 +39,11 @@ class SimConfig(SchedKnobs):
         MLA, FP16 for GQA, PAPER.md 1.2 Table 1).
       weight_dtype: dtype of the weights, which is also the GEMMs' compute dtype that picks the
         peak FLOP/s (:attr:`peak_flops`); None (default): the model's own, resolved when the config
-        is built: a ``config.json``'s own (``model.hf_config.hf_weight_dtype``: FP8 when quantized to
-        FP8, else its ``torch_dtype`` when BF16 or FP16), else ``model.spec.default_weight_dtype``
-        (FP8 for DeepSeek-style MLA / MoE models, BF16 for dense GQA models such as Qwen2.5; a
-        float32 ``config.json`` is priced so, as GPU servers load such checkpoints in BF16).
+        is built. A ``config.json``'s is what the file declares (``model.hf_config.hf_weight_dtype``:
+        FP8 when its ``quantization_config`` is FP8, else its ``torch_dtype``: BF16, FP16, and BF16
+        for float32 or none, as GPU servers load such checkpoints); another quantization (AWQ, GPTQ,
+        ...) raises a ConfigError naming ``quantization_config`` unless this field is set. A preset's
+        is ``model.spec.default_weight_dtype`` (FP8 for the DeepSeek presets, BF16 for Qwen2.5).
       activation_reserve_bytes: HBM a PE keeps for activations.
       ep_sync: DP-attention groups wait for their slowest member (default: MoE models).
       prefill_layer_overhead_s: fixed seconds per layer of every forward (an assumption, ``sim.compute``).
@@ -84,7 +85,7 @@ class SimConfig(SchedKnobs):
             f for f in ("kv_dtype", "weight_dtype") if getattr(self, f) is None))
         if self.kv_dtype is None:
             object.__setattr__(self, "kv_dtype", cost.default_kv_dtype(spec))
-        if self.weight_dtype is None:
+        if self.weight_dtype is None:  # a config.json's declared dtype (None for a preset: the preset's rule)
             object.__setattr__(self, "weight_dtype", hf_weight_dtype(self.model) or default_weight_dtype(spec))
         check_positive("sim.prefill_nodes", self.prefill_nodes, integer=True)
         check_positive("sim.decode_nodes", self.decode_nodes, integer=True)
