@@ -81,8 +81,13 @@ class WindowedTraffic:
         return self.bytes / np.diff(self.edges_s)[None, :]
 
 
+MAX_WINDOWS = 1_000_000
+"""The most windows :func:`link_bytes_in_windows` makes (116 days of 10 s windows)."""
+
+
 def link_bytes_in_windows(transfers, window_s: float, *, links: Sequence[str] | None = None,
-                          start_s: float | None = None, end_s: float | None = None) -> WindowedTraffic:
+                          start_s: float | None = None, end_s: float | None = None,
+                          max_windows: int = MAX_WINDOWS) -> WindowedTraffic:
     """Bytes each link carried in consecutive windows of ``window_s`` seconds.
 
     Args:
@@ -91,6 +96,9 @@ def link_bytes_in_windows(transfers, window_s: float, *, links: Sequence[str] | 
         default: every link that appears, sorted. Transfers on other links are ignored.
       start_s, end_s: the span covered (default: first start to last finish). Windows start at
         ``start_s``; the last one reaches past ``end_s`` so that every transfer is counted.
+      max_windows: a span longer than this many windows of ``window_s`` gets wider windows, this
+        many (the result's ``window_s`` says how wide), so that a run of absurd length (a link of
+        a few bytes per second) still fits in memory.
     Raises:
       ConfigError: ``window_s <= 0``; ValueError: no transfers and no span.
     """
@@ -102,6 +110,8 @@ def link_bytes_in_windows(transfers, window_s: float, *, links: Sequence[str] | 
             raise ValueError("link_bytes_in_windows: no transfers; give start_s and end_s")
     lo = float(np.min(t.start_s)) if start_s is None else float(start_s)
     hi = float(np.max(t.finish_s)) if end_s is None else float(end_s)
+    if (hi - lo) / window_s >= max_windows:
+        window_s = (hi - lo) / (max_windows - 1)
     num_windows = int(np.floor((hi - lo) / window_s)) + 1
     edges = lo + window_s * np.arange(num_windows + 1)
     out = np.zeros((len(names), num_windows))

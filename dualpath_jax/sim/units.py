@@ -58,11 +58,19 @@ class Unit:
         """If the unit's next completion (at its current step time) comes before its pending event,
         make it the pending event and return its time (seconds); else None. A pending event due
         earlier is kept (it fires, finds nothing due and reschedules), so joins between two
-        completions cost no extra events."""
+        completions cost no extra events. A completion whose remaining steps take less time than
+        the clock can resolve at ``last_t`` (a float64 ulp: 1.5e-11 s at 1e5 s) is due at
+        ``last_t``: its step count is reached now, as the clock cannot move past ``last_t`` by so
+        little (the event would fire at ``last_t``, count no step and reschedule there forever)."""
         if not self.heap:
             return None
         left = self.heap[0][0] - self.steps
-        t = self.last_t + (left if left > 0.0 else 0.0) * self.step_s
+        t = self.last_t
+        if left > 0.0:
+            t = self.last_t + left * self.step_s
+            if t <= self.last_t:
+                self.steps = self.heap[0][0]
+                t = self.last_t
         if t < self.next_t:
             self.version += 1  # supersedes the later pending event
             self.next_t = t
