@@ -29,6 +29,7 @@ __all__ = [
     "check_in",
     "check_divides",
     "check_fraction",
+    "check_at_most",
     "from_mapping",
     "to_dict",
     "argv_flag_values",
@@ -77,6 +78,12 @@ def check_non_negative(field: str, value: Any, *, integer: bool = False) -> None
     _check_number(field, value, integer)
     if not value >= 0:
         raise ConfigError(field, f"must be >= 0 (got {value!r})")
+
+
+def check_at_most(field: str, value: Any, limit: float, why: str = "") -> None:
+    """Raise ConfigError unless ``value <= limit`` (``why``: what the limit protects, for the message)."""
+    if not value <= limit:
+        raise ConfigError(field, f"must be <= {limit:,} (got {value!r}){'; ' + why if why else ''}")
 
 
 def check_fraction(field: str, value: Any) -> None:

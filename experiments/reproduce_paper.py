@@ -40,6 +40,7 @@ from dualpath_jax.config import did_you_mean
 from dualpath_jax.metrics import writers
 from dualpath_jax.sched import load_scheduler, scheduler_name
 from dualpath_jax.studies import STUDIES, RunCache, cli, from_config_dict, run_study
+from dualpath_jax.studies.config import MAX_SEEDS
 from dualpath_jax.studies.report import PAPER_CLAIMS, build_report
 from dualpath_jax.studies.seeds import CI_SUFFIX, printed
 
@@ -83,8 +84,10 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--studies: unknown {unknown}{did_you_mean(unknown[0], STUDIES)}; "
                              f"known: {sorted(STUDIES)}")
-    if _SEEDS.value is not None and _SEEDS.value < 1:
-        raise app.UsageError(f"--seeds: must be an integer >= 1 (got {_SEEDS.value})")
+    if not studies:
+        raise app.UsageError(f"--studies: names no study; known: {sorted(STUDIES)}")
+    if _SEEDS.value is not None and not 1 <= _SEEDS.value <= MAX_SEEDS:
+        raise app.UsageError(f"--seeds: must be an integer in [1, {MAX_SEEDS}] (got {_SEEDS.value})")
     scheduler = ""  # the plug-in every study runs with ("": the built-in scheduler or each config's own)
     if _SCHEDULER.value is not None:
         scheduler = scheduler_name(load_scheduler(_SCHEDULER.value, field="scheduler"))  # fails before any study

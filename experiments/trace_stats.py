@@ -48,6 +48,8 @@ _TABLE2_FIELDS = {"turns_mean": "turns", "append_mean": "append", "gen_mean": "g
 def main(argv):
     del argv
     source = _SOURCE.value
+    if _MAX_FILES.value < 0:
+        raise ConfigError("max_files", f"must be >= 0 (0 = every file; got {_MAX_FILES.value})")
     tag = f"{source}_{_MAL.value}" if source == "synthetic" else source
     workdir = cli.open_workdir(_WORKDIR.value or Path("workdir") / "trace_stats" / tag)
     config = {"source": source, "mal": _MAL.value, "seed": _SEED.value, "num_agents": _NUM_AGENTS.value,

@@ -223,6 +223,17 @@ def test_the_validation_config_names_three_workloads_with_their_own_fields():
         validation_cases(bad)
 
 
+def test_advisor_config_errors_name_the_field_as_the_config_spells_it():
+    cfg = get_config("advise", "tiny")
+    cfg.aps_search.max_runs = 0
+    with pytest.raises(ConfigError, match=r"^aps_search\.max_runs: must be > 0 \(got 0\)$"):
+        advisor_config(cfg)
+    cfg = get_config("advise", "tiny")
+    cfg.compute_quota_s = ("(nan,)",)  # --config.compute_quota_s=(nan,) arrives as a tuple of one string
+    with pytest.raises(ConfigError, match=r"^compute_quota_s: must be a tuple of numbers, e.g. \(0.2, 0.3\)"):
+        advisor_config(cfg)
+
+
 def _run(*args, timeout=600):
     return subprocess.run([sys.executable, str(ROOT / "experiments" / "advise.py"), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)

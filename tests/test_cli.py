@@ -66,6 +66,10 @@ def test_config_and_flag_errors_are_one_line(tmp_path):
         (("--config.workload.source=agentic", "--config.workload.gen_factor=2"), "ConfigError: workload.gen_factor:"),
         (("--config.workload.source=nope",), "ConfigError: workload.source: must be one of"),
         (("--workdri=x",), "Unknown command line flag 'workdri'"),
+        # limits that keep a run finite: counts far beyond the paper's
+        (("--config.seeds=1e30",), "ConfigError: seeds: must be <= 1,000 (got 10000000000000000"),
+        (("--config.workload.num_base=1e9",), "ConfigError: workload.num_base: must be <= 100,000"),
+        (("--config.sim.hardware.gpus_per_node=1e6",), "ConfigError: sim.hardware.gpus_per_node: must be <= 1,024"),
     ]
     for args, expected in cases:
         done = _run("run_sim.py", ABLATION_TINY, *args, f"--workdir={tmp_path / 'w'}")
@@ -81,6 +85,11 @@ def test_config_and_flag_errors_are_one_line(tmp_path):
                                                     "'configs/sim_ablaton.py'; did you mean "
                                                     "configs/sim_ablation.py:tiny")
     assert not (tmp_path / "w").exists()
+    # checked once the model is sized (the run has started: its workdir is marked failed)
+    done = _run("run_sim.py", ABLATION_TINY, "--config.sim.activation_reserve_bytes=1e30", f"--workdir={tmp_path / 'r'}")
+    (line,) = _lines(done.stderr)
+    assert done.returncode == 1 and line.startswith("ConfigError: sim.activation_reserve_bytes: ") and \
+        "leave no HBM for KV on PEs" in line
 
 
 def test_verbose_shows_the_traceback(tmp_path):
@@ -416,9 +425,25 @@ def test_a_comma_list_of_variants_is_told_the_tuple_syntax():
     with pytest.raises(ConfigError, match="unknown variant 'basic,dualpath'.*" + tuple_syntax) as e:
         get_variant("basic,dualpath")
     assert e.value.field == "variants"
+    with pytest.raises(ConfigError, match=tuple_syntax):  # --config.variants='(basic,dualpath)': no inner quotes
+        get_variant("(basic,dualpath)")
     with pytest.raises(ConfigError) as e:
         get_variant("basics")
     assert "tuple" not in str(e.value)
+
+
+def test_trace_stats_and_reproduce_paper_refuse_empty_or_negative_selections(tmp_path):
+    for script, args, expected in [
+            ("trace_stats.py", ("--source=agentic", "--max_files=-1"), "ConfigError: max_files: must be >= 0"),
+            ("trace_stats.py", ("--seed=-1", "--num_agents=10"), "ConfigError: seed: must be >= 0 (got -1)"),
+            ("trace_stats.py", ("--num_agents=1000000000",), "ConfigError: num_agents: must be <= 1,000,000"),
+            ("reproduce_paper.py", ("--studies=", "--config_arg=tiny"), "UsageError: --studies: names no study"),
+            ("reproduce_paper.py", ("--seeds=1000000000000", "--config_arg=tiny"),
+             "UsageError: --seeds: must be an integer in [1, 1000]")]:
+        done = _run(script, *args, f"--workdir={tmp_path / 'w'}", "--overwrite")
+        assert done.returncode == 1, (script, args)
+        (line,) = _lines(done.stderr)
+        assert line.startswith(expected), (args, line)
 
 
 def test_a_misspelled_config_file_variant_is_one_line_with_the_closest_variant(tmp_path):

@@ -60,7 +60,7 @@ def get_variant(name: str) -> Variant:
     if name not in VARIANTS:
         hint = ""
         if isinstance(name, str) and "," in name:  # --config.variants=basic,dualpath: a string, not a tuple
-            names = ",".join(repr(n.strip()) for n in name.split(","))
+            names = ",".join(repr(n.strip().strip("()[]'\" ")) for n in name.split(","))
             hint = f"; several variants are a tuple: --config.variants=\"({names})\""
         raise ConfigError("variants", f"unknown variant {name!r}; known: {list(VARIANTS)}{hint}")
     return VARIANTS[name]

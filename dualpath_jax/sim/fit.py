@@ -30,7 +30,8 @@ def kv_memory(cfg: SimConfig, pe_model, de_model, kvb: float) -> tuple[float, fl
       may hold (all L layers in full prefill, ``layerwise_depth`` of them layer-wise).
 
     Raises:
-      ConfigError: no HBM is left on PEs or DEs; names ``sim.hardware.hbm_bytes`` for a dense model
+      ConfigError: no HBM is left on PEs or DEs; names ``sim.activation_reserve_bytes`` when the
+        PEs' weights fit but the reserve takes the rest, ``sim.hardware.hbm_bytes`` for a dense model
         or a GPU with less HBM than the default one, else ``sim.prefill_nodes`` / ``sim.decode_nodes``
         (too few GPUs share the routed experts).
     """
@@ -42,6 +43,10 @@ def kv_memory(cfg: SimConfig, pe_model, de_model, kvb: float) -> tuple[float, fl
     dense = not cfg.spec.n_routed_experts
     hbm_field = "sim.hardware.hbm_bytes" if dense or hw.hbm_bytes < HardwareConfig().hbm_bytes else None
     g = hw.gpus_per_node
+    if pe_free_hbm <= 0 < usable - pe_model.weight_bytes_per_gpu:  # the weights fit: the reserve does not
+        raise ConfigError("sim.activation_reserve_bytes", f"{cfg.activation_reserve_bytes:,.0f} B leave no HBM for "
+                          f"KV on PEs: {usable - pe_model.weight_bytes_per_gpu:,.0f} B of usable HBM are left after "
+                          f"the weights ({pe_model.weight_bytes_per_gpu / 1e9:.1f} GB/GPU)")
     if pe_free_hbm <= 0:
         raise ConfigError(hbm_field or "sim.prefill_nodes",
                           no_hbm_left(cfg.model, pe_model, cfg.prefill_nodes * g, "PE", hw, dense=dense))

@@ -22,7 +22,7 @@ import dataclasses
 
 from mypy_extensions import mypyc_attr
 
-from dualpath_jax.config import ConfigError, check_fraction, check_positive
+from dualpath_jax.config import ConfigError, check_at_most, check_fraction, check_positive
 from dualpath_jax.sim import catalog
 
 __all__ = ["HardwareConfig", "Server", "reserve"]
@@ -74,6 +74,7 @@ class HardwareConfig:
     def __post_init__(self):
         for f in ("gpus_per_node", "snics_per_node"):
             check_positive(f"hardware.{f}", getattr(self, f), integer=True)
+            check_at_most(f"hardware.{f}", getattr(self, f), 1024, "a node holds a few GPUs and NICs")
         for f in ("cnic_bytes_per_s", "snic_bytes_per_s", "dram_bytes_per_s", "dram_buffer_bytes", "hbm_bytes",
                   "hbm_bytes_per_s", "hbm_usable_fraction", "cnic_kv_share"):
             check_positive(f"hardware.{f}", getattr(self, f))

@@ -17,7 +17,7 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from dualpath_jax.config import ConfigError
+from dualpath_jax.config import ConfigError, from_mapping
 from dualpath_jax.metrics import writers
 from dualpath_jax.metrics.latency import SLO
 from dualpath_jax.sched import ClusterScheduler
@@ -210,7 +210,6 @@ def advisor_config(data, *, name: str = "") -> AdvisorConfig:
     Raises:
       ConfigError: naming the field (``hardware.<field>``, ``sim.<field>``, ``workload.<field>``, ...).
     """
-    from dualpath_jax.config import from_mapping
     from dualpath_jax.sim import catalog
     from dualpath_jax.studies.common import sim_config
 
@@ -243,7 +242,18 @@ def advisor_config(data, *, name: str = "") -> AdvisorConfig:
         compute_quota_s=tuple(d.get("compute_quota_s", (0.3,))), prune=bool(d.get("prune", True)),
         coarse_points=d.get("coarse_points", 4), seeds=d.get("seeds", 3),
         slo=from_mapping(SLO, d.get("slo") or {}, prefix="slo."), window=window, initial_aps=initial_aps,
-        aps_search=from_mapping(SearchConfig, d.get("aps_search") or {}, prefix="aps_search."), name=name)
+        aps_search=_aps_search(d.get("aps_search") or {}), name=name)
+
+
+def _aps_search(data) -> SearchConfig:
+    """The advisor's ``aps_search`` block; its errors name ``aps_search.<field>`` (a
+    :class:`SearchConfig` names its fields ``search.<field>``, as the studies hold it)."""
+    try:
+        return from_mapping(SearchConfig, data, prefix="aps_search.")
+    except ConfigError as e:
+        if e.field.startswith("search."):
+            raise ConfigError("aps_search." + e.field[len("search."):], e.message) from None
+        raise
 
 
 def validation_cases(data) -> list[AdvisorConfig]:

@@ -133,7 +133,14 @@ class AdvisorConfig:
         get_variant(self.variant)
         object.__setattr__(self, "scheduler", load_scheduler(self.scheduler, field="scheduler"))
         for name in ("buffer_gb", "compute_quota_s"):
-            values = tuple(float(v) for v in getattr(self, name))
+            raw = getattr(self, name)
+            example = "(40, 80)" if name == "buffer_gb" else "(0.2, 0.3)"
+            if isinstance(raw, str):
+                raise ConfigError(name, f"must be a tuple of numbers, e.g. {example} (got the text {raw!r})")
+            try:
+                values = tuple(float(v) for v in raw)
+            except (TypeError, ValueError):  # e.g. --config.compute_quota_s=(nan,): a tuple of one string
+                raise ConfigError(name, f"must be a tuple of numbers, e.g. {example} (got {raw!r})") from None
             if not values:
                 raise ConfigError(name, "must hold at least one value")
             for v in values:

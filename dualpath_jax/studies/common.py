@@ -21,13 +21,15 @@ from pathlib import Path
 
 import ml_collections
 
-from dualpath_jax.config import ConfigError, check_in, check_non_negative, check_positive, from_mapping
+from dualpath_jax.config import (ConfigError, check_at_most, check_in, check_non_negative, check_positive,
+                                 from_mapping)
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.hardware import HardwareConfig
 from dualpath_jax.workload import (MAL_TOKENS, SOURCES, TrajectorySet, agentic_dir, load_trace_agents, mooncake_file,
                                    paper_dataset, scale_lengths, scale_tokens)
 from dualpath_jax.workload.agentic import no_traces_message, trace_files
 from dualpath_jax.workload.sources import NoAgentFits
+from dualpath_jax.workload.synthetic import MAX_AGENTS, MAX_BASE
 
 __all__ = ["WorkloadSpec", "OnlineWindow", "as_dict", "sim_config", "with_cluster", "parse_cluster", "cluster_label",
            "workload_config_dict", "scale_trace_tokens"]
@@ -88,6 +90,8 @@ class WorkloadSpec:
         check_positive("workload.gen_factor", self.gen_factor)
         check_positive("workload.token_divisor", self.token_divisor, integer=True)
         check_positive("workload.num_base", self.num_base, integer=True)
+        check_at_most("workload.num_agents", self.num_agents, MAX_AGENTS, "the paper's largest run has 48K agents")
+        check_at_most("workload.num_base", self.num_base, MAX_BASE, "the paper generates 500")
         check_in("workload.source", self.source, SOURCES)
         check_in("workload.subagents", self.subagents, ("separate", "drop"))
         if not isinstance(self.path, str):

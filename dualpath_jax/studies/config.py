@@ -20,8 +20,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import ClassVar
 
-from dualpath_jax.config import (ConfigError, check_fraction, check_in, check_non_negative, check_positive,
-                                 describe_config, did_you_mean, from_mapping)
+from dualpath_jax.config import (ConfigError, check_at_most, check_fraction, check_in, check_non_negative,
+                                 check_positive, describe_config, did_you_mean, from_mapping)
 from dualpath_jax.metrics.latency import SLO
 from dualpath_jax.sched import ABLATION_VARIANTS, ClusterScheduler, get_variant, load_scheduler
 from dualpath_jax.sim.config import SimConfig
@@ -33,6 +33,9 @@ __all__ = ["SearchConfig", "ModelRow", "OnlineRow", "StudyConfig", "AblationStud
            "Fig8StudyConfig", "Fig9StudyConfig", "PdSweepStudyConfig", "BalanceStudyConfig", "OnlineStudyConfig",
            "TtftBreakdownStudyConfig", "WorkingSetStudyConfig", "Table3StudyConfig", "STUDY_CONFIGS",
            "from_config_dict", "per_run_sim_fields", "check_sim_overrides", "describe_study_config"]
+
+MAX_SEEDS = 1000
+"""Most seeds a study takes (a 95% interval needs a handful; each seed reruns every configuration)."""
 
 
 # ---- pieces of study configs ---------------------------------------------------------------------
@@ -126,6 +129,7 @@ class StudyConfig:
 
     def __post_init__(self):
         check_positive("seeds", self.seeds, integer=True)
+        check_at_most("seeds", self.seeds, MAX_SEEDS, "each seed is a full run of every configuration")
         object.__setattr__(self, "variants", tuple(self.variants))
         if not self.variants:
             raise ConfigError("variants", "must name at least one variant")

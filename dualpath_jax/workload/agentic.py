@@ -331,8 +331,11 @@ def load_agentic_traces(directory=None, *, names: Sequence[str] | None = None, l
         ``<stem>.json``) to load instead of every file.
       limit: load only the first ``limit`` files (after sorting).
     Raises:
-      TraceFormatError: as :func:`load_agentic_trace`; FileNotFoundError: no files found.
+      TraceFormatError: as :func:`load_agentic_trace`; FileNotFoundError: no files found;
+      ValueError: a negative ``limit``.
     """
+    if limit is not None and int(limit) < 0:
+        raise ValueError(f"limit: must be >= 0 (got {limit})")
     if directory is None:
         from dualpath_jax.workload.sources import agentic_dir
         directory = agentic_dir()

@@ -47,7 +47,7 @@ import statistics
 
 import numpy as np
 
-from dualpath_jax.config import ConfigError, check_in, check_positive
+from dualpath_jax.config import ConfigError, check_at_most, check_in, check_non_negative, check_positive
 from dualpath_jax.shapes import BLOCK_TOKENS
 from dualpath_jax.workload.trajectory import TrajectorySet
 from dualpath_jax.workload.transforms import restream
@@ -62,12 +62,20 @@ __all__ = [
     "generate_base_trajectories",
     "expand_agents",
     "paper_dataset",
+    "MAX_AGENTS",
+    "MAX_BASE",
 ]
 
 MAL_TOKENS = {"32K": 32 * 1024, "48K": 48 * 1024, "64K": 64 * 1024}
 """MAL (Max Agent Length) of each paper dataset in tokens."""
 
 _CHUNK_ROUNDS = 256
+
+MAX_AGENTS = 1_000_000
+"""Most agents :func:`expand_agents` makes (the paper's largest run, Table 3, has 48K; a million
+agents, about 156 M rounds, take some 40 s and 4 GB)."""
+MAX_BASE = 100_000
+"""Most base trajectories :func:`generate_base_trajectories` makes (the paper: 500; 100K take some 25 s)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,10 +169,13 @@ def generate_base_trajectories(mal: str = "64K", num_trajectories: int = 500, se
     Returns:
       TrajectorySet with agent ids ``"paper<mal>-s<seed>-<k:05d>"``.
     Raises:
-      ConfigError: unknown ``mal`` or ``num_trajectories < 1``.
+      ConfigError: unknown ``mal``, ``num_trajectories`` outside [1, :data:`MAX_BASE`] or a
+        negative or non-integer ``seed``.
     """
     max_tokens = mal_to_tokens(mal)
     check_positive("num_trajectories", num_trajectories, integer=True)
+    check_at_most("num_trajectories", num_trajectories, MAX_BASE, "the paper generates 500")
+    check_non_negative("seed", seed, integer=True)
     p = PAPER_PARAMS[mal] if params is None else params
     k = int(num_trajectories)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), max_tokens, k]))
@@ -217,9 +228,11 @@ def expand_agents(base: TrajectorySet, num_agents: int, seed: int = 0, *, prefix
     given (``f"{id_prefix}{j:05d}"``), else are ``"<base id>+<j>"``.
 
     Raises:
-      ConfigError: ``num_agents`` or ``prefix_append_tokens`` < 1; ValueError: hashed bases.
+      ConfigError: ``num_agents`` outside [1, :data:`MAX_AGENTS`] or ``prefix_append_tokens`` < 1;
+        ValueError: hashed bases.
     """
     check_positive("num_agents", num_agents, integer=True)
+    check_at_most("num_agents", num_agents, MAX_AGENTS, "the paper's largest run has 48K agents (Table 3)")
     check_positive("prefix_append_tokens", prefix_append_tokens, integer=True)
     if not base.all_stream:
         raise ValueError("expand_agents: base trajectories must be stream trajectories")
