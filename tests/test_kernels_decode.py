@@ -90,6 +90,40 @@ def test_bad_block_id(implementation):
     np.testing.assert_allclose(out[keep], expected[keep], **TOLERANCES["float32"])
 
 
+def test_a_length_past_the_table_unchecked_reads_only_the_tables_blocks():
+    """kv_len one block past the table's P = 3 blocks, checks off, 2 splits of 2 columns (the last
+    split reaches column 3): the table's 3 blocks are attended to, as in the reference, and the
+    last is not read twice (a read past the row, on a GPU the next row or beyond)."""
+    rng = np.random.default_rng(0)
+    z = 16
+    k = jnp.asarray(rng.standard_normal((4, z, 1, 16)), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((4, z, 1, 16)), jnp.float32)
+    q = jnp.asarray(rng.standard_normal((1, 2, 16)), jnp.float32)
+    kv_len = jnp.array([4 * z], jnp.int32)
+
+    def run(table, implementation, **kw):
+        return np.asarray(decode_attention(q, k, v, jnp.array([table], jnp.int32), kv_len, scale=0.25,
+                                           implementation=implementation, check_values=False, **kw))
+
+    out = run([3, 1, 2], "pallas", num_splits=2)
+    np.testing.assert_allclose(out, run([3, 1, 2], "reference"), **TOLERANCES["float32"])
+    assert np.abs(out - run([3, 1, 2, 2], "reference")).max() > 0.05  # not the last block twice
+
+
+def test_empty_batches_and_zero_width_keys_give_the_references_result():
+    f32 = jnp.float32
+    pool = jnp.asarray(np.random.default_rng(1).standard_normal((4, 16, 2, 16)), f32)
+    cases = [(jnp.ones((0, 4, 16), f32), pool, pool, jnp.zeros((0, 2), jnp.int32), jnp.zeros((0,), jnp.int32)),
+             # Hk = 0: every logit is 0, so the output is the mean of the first kv_len values
+             (jnp.ones((1, 4, 0), f32), jnp.ones((4, 16, 2, 0), f32), pool, jnp.array([[2, 0]], jnp.int32),
+              jnp.array([5], jnp.int32))]
+    for args in cases:
+        got = np.asarray(decode_attention(*args, scale=0.25, implementation="pallas"))
+        np.testing.assert_allclose(got, np.asarray(decode_attention(*args, scale=0.25, implementation="reference")))
+    mean = np.asarray(pool)[2, :5].mean(axis=0)  # [K, Hv]: heads 0-1 read KV head 0, heads 2-3 KV head 1
+    np.testing.assert_allclose(got[0], np.repeat(mean, 2, axis=0), **TOLERANCES["float32"])
+
+
 def test_validation_names_argument():
     args, _, scale = decode_case("gqa4", 16, "float32")
     (q,), pools, table, kv_len = args

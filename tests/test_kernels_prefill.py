@@ -129,6 +129,34 @@ def test_bad_block_id_unchecked_gives_nan_rows(implementation):
     np.testing.assert_allclose(out[keep], expected[keep], **TOLERANCES["float32"])
 
 
+def test_a_cached_length_past_the_table_unchecked_reads_only_the_tables_blocks():
+    """cached_len one block past the table's P = 3 blocks, checks off, 2 KV splits: the table's 3
+    blocks are attended to, as in the reference, never a column past the row."""
+    rng = np.random.default_rng(0)
+    z = 16
+    k = jnp.asarray(rng.standard_normal((4, z, 1, 16)), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((4, z, 1, 16)), jnp.float32)
+    qn = jnp.asarray(rng.standard_normal((1, 2, 2, 16)), jnp.float32)
+    kn = jnp.asarray(rng.standard_normal((1, 2, 1, 16)), jnp.float32)
+
+    def run(table, implementation, **kw):
+        return np.asarray(prefill_attention(qn, kn, kn, k, v, jnp.array([table], jnp.int32),
+                                            jnp.array([4 * z], jnp.int32), jnp.array([2], jnp.int32), scale=0.25,
+                                            implementation=implementation, check_values=False, **kw))
+
+    out = run([3, 1, 2], "pallas", kv_splits=2)
+    np.testing.assert_allclose(out, run([3, 1, 2], "reference"), **TOLERANCES["float32"])
+    assert np.abs(out - run([3, 1, 2, 2], "reference")).max() > 0.05
+
+
+def test_an_empty_batch_gives_an_empty_result():
+    f32 = jnp.float32
+    pool = jnp.ones((4, 16, 2, 16), f32)
+    args = (jnp.ones((0, 3, 4, 16), f32), jnp.ones((0, 3, 2, 16), f32), jnp.ones((0, 3, 2, 16), f32), pool, pool,
+            jnp.zeros((0, 2), jnp.int32), jnp.zeros((0,), jnp.int32), jnp.zeros((0,), jnp.int32))
+    assert prefill_attention(*args, scale=0.25, implementation="pallas").shape == (0, 3, 4, 16)
+
+
 # ---- static validation: errors name the argument --------------------------------------------
 
 def _gqa_kwargs():

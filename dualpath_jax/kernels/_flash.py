@@ -208,8 +208,11 @@ def attend_cached(carry, lo, hi, *, q_parts, key_parts, kc_refs, vc_ref, value_p
     ``i32[P]`` block-table row. The value tile is ``vc_ref[bid]`` or, when ``vc_ref`` is None,
     the key columns ``value_part = (array, offset, size)`` (MLA: value = latent). With
     ``masked`` the tile's token positions ``>= seq_len`` are masked (partial last block).
+    ``hi`` is clipped to the row's ``P`` columns: a length past the table (unchecked input)
+    attends to the table's blocks, as the plain-jnp references do, and never reads past the row.
     """
     z = block_tokens
+    hi = jnp.minimum(hi, bt_ref.shape[-1])
 
     def body(j, carry):
         bid = bt_ref[j]
@@ -352,6 +355,12 @@ def block_id_problem(block_table: np.ndarray, used_blocks: np.ndarray, num_block
     b, j = (int(i) for i in np.argwhere(bad)[0])
     return (f"block_table: entry [{b}, {j}] = {int(block_table[b, j])} is outside [0, {num_blocks}) "
             f"(row {b} uses its first {int(used_blocks[b])} entries)")
+
+
+def empty(*arrays) -> bool:
+    """Whether any of ``arrays`` has a zero-length axis (no sequence, token, head or feature: the
+    kernels have nothing to tile, and the APIs return the plain-jnp reference's result)."""
+    return any(0 in a.shape for a in arrays)
 
 
 def host_check(check, *arrays, enabled: bool) -> None:

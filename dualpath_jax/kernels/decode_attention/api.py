@@ -57,7 +57,7 @@ def decode_attention(q, k_blocks, v_blocks, block_table, kv_len, *, scale: float
     _flash.check_float("v_blocks", v_blocks, 4, "[Pt, Z, K, Hv]", q.dtype)
     _flash.check_shape("v_blocks", v_blocks, "[Pt, Z, K, Hv]", (num_blocks, z, kh, None))
     _check_common(impl, "k_blocks", b, num_blocks, z, block_table, kv_len, check_values, num_splits)
-    if impl == "reference":
+    if impl == "reference" or _flash.empty(q, v_blocks):  # (nothing to tile: the reference's empty result)
         return _reference_gqa(q, k_blocks, v_blocks, block_table, kv_len, scale=scale)
     return _pallas_gqa(q, k_blocks, v_blocks, block_table, kv_len, scale=scale, num_splits=num_splits,
                        block_h=block_h, num_warps=num_warps, num_stages=num_stages, interpret=interpret)
@@ -97,7 +97,7 @@ def decode_attention_mla(q_latent, q_rope, latent_blocks, rope_blocks, block_tab
     _flash.check_shape("rope_blocks", rope_blocks, "[Pt, Z, R]", (num_blocks, z, r))
     _check_common(impl, "latent_blocks", b, num_blocks, z, block_table, kv_len, check_values, num_splits)
     args = (q_latent, q_rope, latent_blocks, rope_blocks, block_table, kv_len)
-    if impl == "reference":
+    if impl == "reference" or _flash.empty(q_latent, q_rope):
         return _reference_mla(*args, scale=scale)
     return _pallas_mla(*args, scale=scale, num_splits=num_splits, block_h=block_h, num_warps=num_warps,
                        num_stages=num_stages, interpret=interpret)

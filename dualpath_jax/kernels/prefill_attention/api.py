@@ -72,7 +72,7 @@ def prefill_attention(q, k_new, v_new, k_blocks, v_blocks, block_table, cached_l
     _check_splits(kv_splits)
     tuning = dict(block_m=block_m, kv_splits=kv_splits, num_warps=num_warps, num_stages=num_stages,
                   interpret=interpret)
-    if impl == "reference":
+    if impl == "reference" or _flash.empty(q, v_new):  # (nothing to tile: the reference's empty result)
         return _reference_gqa(q, k_new, v_new, k_blocks, v_blocks, block_table, cached_len, new_len,
                               scale=scale)
     return _pallas_gqa(q, k_new, v_new, k_blocks, v_blocks, block_table, cached_len, new_len,
@@ -125,7 +125,7 @@ def prefill_attention_mla(q_latent, q_rope, latent_new, rope_new, latent_blocks,
     _check_common(impl, "latent_blocks", b, t, num_blocks, z, block_table, cached_len, new_len, check_values)
     _check_splits(kv_splits)
     args = (q_latent, q_rope, latent_new, rope_new, latent_blocks, rope_blocks, block_table, cached_len, new_len)
-    if impl == "reference":
+    if impl == "reference" or _flash.empty(q_latent, q_rope):
         return _reference_mla(*args, scale=scale)
     return _pallas_mla(*args, scale=scale, block_m=block_m, kv_splits=kv_splits, num_warps=num_warps,
                        num_stages=num_stages, interpret=interpret)
