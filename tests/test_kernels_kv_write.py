@@ -92,5 +92,12 @@ def test_kv_write_validation_names_argument():
     clash = table.at[3, 1].set(table[0, 1])
     with pytest.raises(ValueError, match="block_table: block .* is written by sequences 0 and 3"):
         kv_write(pool, new, clash, cached, new_len, implementation="reference")
+    # row 3 (cached 2Z - 3, T_NEW = 20 new tokens) writes its entries 1 and 2: one block for both
+    twice = table.at[3, 2].set(table[3, 1])
+    with pytest.raises(ValueError, match=r"block_table: block \d+ appears twice among the entries row 3 writes"):
+        kv_write(pool, new, twice, cached, new_len, implementation="pallas")
+    odd = jnp.zeros((4, 24, 2, 16), jnp.float32)  # Z = 24: the reference only
+    with pytest.raises(ValueError, match="blocks: block size Z=24 must be a power of two for the Pallas kernel"):
+        kv_write(odd, new, table, cached, new_len, implementation="pallas")
     with pytest.raises(ValueError, match="implementation: must be one of"):
         kv_write(pool, new, table, cached, new_len, implementation="triton")

@@ -38,7 +38,8 @@ def kv_write(blocks, new, block_table, cached_len, new_len, *, implementation: s
 
     Raises:
       ValueError: naming the argument, for wrong ranks, shapes or dtypes, lengths out of range,
-        a written block id outside ``[0, Pt)`` or a block written by two sequences.
+        a written block id outside ``[0, Pt)``, a block written by two sequences or twice by one,
+        or (Pallas) a block size Z that is not a power of two.
     """
     impl = _flash.resolve_implementation(implementation)
     if not hasattr(blocks, "shape") or blocks.ndim < 2:
@@ -53,6 +54,9 @@ def kv_write(blocks, new, block_table, cached_len, new_len, *, implementation: s
     b, t = new.shape[:2]
     if num_blocks < 1 or z < 1:
         raise ValueError(f"blocks: the pool needs at least one block of at least one token (got {blocks.shape})")
+    if impl == "pallas" and z & (z - 1):  # a Triton block dimension is a power of two
+        raise ValueError(f"blocks: block size Z={z} must be a power of two for the Pallas kernel (the reference "
+                         "accepts any Z)")
     _flash.check_index("block_table", block_table, "[B, P]", (b, None))
     if block_table.shape[1] < 1:
         raise ValueError("block_table: needs at least one column (P >= 1)")
@@ -80,9 +84,12 @@ def kv_write(blocks, new, block_table, cached_len, new_len, *, implementation: s
         ids, owners = bt[written], np.nonzero(written)[0]
         order = np.argsort(ids, kind="stable")
         ids, owners = ids[order], owners[order]
-        clash = np.nonzero((ids[1:] == ids[:-1]) & (owners[1:] != owners[:-1]))[0]
+        clash = np.nonzero(ids[1:] == ids[:-1])[0]
         if clash.size:
             i = int(clash[0])
+            if owners[i] == owners[i + 1]:
+                raise ValueError(f"block_table: block {int(ids[i])} appears twice among the entries row "
+                                 f"{int(owners[i])} writes (its tokens would overwrite each other)")
             raise ValueError(f"block_table: block {int(ids[i])} is written by sequences {int(owners[i])} and "
                              f"{int(owners[i + 1])} (a block being filled must belong to one sequence)")
 
