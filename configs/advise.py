@@ -70,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.prune = True  # Eq. 9 prunes the P:D splits (its range and the nearest split outside each end)
     config.coarse_points = 4  # splits of the first P:D batch
     config.seeds = 3  # seeds of the recommendation's interval
-    config.slo = ml_collections.ConfigDict({"ttft_s": 4.0, "tpot_s": 0.050, "statistic": "mean"})
+    config.slo = ml_collections.ConfigDict({"ttft_s": 4.0, "tpot_s": 0.050, "statistic": "mean", "window_s": 150.0})
     config.online = ml_collections.ConfigDict({"horizon_s": 300.0, "warmup_s": 150.0, "max_agents_per_run": 8192,
                                                "initial_aps": 1.0})
     config.aps_search = ml_collections.ConfigDict({"rel_tol": 0.1, "max_runs": 10, "min_aps": 1e-3,

@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.max_agents_per_run = 8192
     config.workload = workload_config_dict(mal="64K", num_agents=2048)
     config.sim = sim_config_dict()  # KV and weight dtypes: each row model's own (FP8 for DeepSeek models)
-    config.slo = ml_collections.ConfigDict({"ttft_s": 4.0, "tpot_s": 0.050, "statistic": "mean"})
+    config.slo = ml_collections.ConfigDict({"ttft_s": 4.0, "tpot_s": 0.050, "statistic": "mean", "window_s": 150.0})
     config.search = ml_collections.ConfigDict({"enabled": True, "rel_tol": 0.1, "max_runs": 10, "min_aps": 1e-3,
                                                "max_aps": 64.0})
     if arg == "quick":

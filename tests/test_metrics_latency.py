@@ -118,10 +118,21 @@ def test_a_search_on_judged_runs_equals_the_search_on_records():
 def test_max_aps_search_edges():
     run, _ = synthetic_system(1e-6)
     res = max_aps_under_slo(run, initial_aps=0.1, min_aps=0.01)
-    assert res.aps == 0.0 and res.bracketed
+    assert res.aps == 0.0 and res.bracketed and res.resolved  # min_aps failed: below it
     run, _ = synthetic_system(1e9)
     res = max_aps_under_slo(run, initial_aps=1.0, max_aps=8.0)
-    assert res.aps == 8.0 and not res.bracketed
+    assert res.aps == 8.0 and not res.bracketed and not res.resolved
+    # max_runs out while halving from 4 (4, 2, 1, 0.5, 0.25, 0.125 all fail; 0.05 is never tried):
+    # 0.0 is a lower bound, not a bracketed capacity
+    run, _ = synthetic_system(0.05)
+    res = max_aps_under_slo(run, initial_aps=4.0, max_runs=6)
+    assert [t.aps for t in res.trials] == [4.0, 2.0, 1.0, 0.5, 0.25, 0.125]
+    assert res.aps == 0.0 and not res.bracketed and not res.resolved
+    # max_runs out while bisecting: bracketed (0.25 passes, 0.5 fails) but not to rel_tol
+    run, _ = synthetic_system(0.37)
+    res = max_aps_under_slo(run, initial_aps=0.25, rel_tol=0.01, max_runs=4)
+    assert res.bracketed and not res.resolved and 0.25 <= res.aps <= 0.37
+    assert max_aps_under_slo(synthetic_system(0.37)[0], initial_aps=0.1, rel_tol=0.01).resolved
     with pytest.raises(ConfigError, match="initial_aps"):
         max_aps_under_slo(run, initial_aps=10.0, max_aps=8.0)
 
@@ -132,3 +143,33 @@ def test_request_record_accepts_every_read_plan_of_the_scheduler():
     assert set(READ_SIDES) == set(SCHED_READ_SIDES)
     for side in SCHED_READ_SIDES:
         assert rec(read_side=side).read_side == side
+
+
+def test_worst_window_by_hand():
+    from dualpath_jax.metrics.latency import worst_window
+
+    t = np.arange(9.0)  # values equal to their times: a window's mean is its middle
+    # span 8: w = min(4, 8 / 4) = 2, windows [0, 2], [1, 3], ..., [6, 8]: the last's mean is 7
+    assert worst_window(t, t, 4.0) == 7.0
+    # w = 1: windows [0, 1], [0.5, 1.5], ..., [7, 8]: means 0.5, 1 (one value), ..., 7.5
+    assert worst_window(t, t, 1.0) == 7.5
+    assert worst_window(t, t, 0.0) == 4.0 and worst_window(t, t, 1.0, "max") == 8.0
+    assert math.isnan(worst_window(t, np.full(9, np.nan), 1.0))
+
+
+def test_a_ttft_that_climbs_through_the_span_fails_although_its_mean_meets_the_bound():
+    """100 requests issued 1 s apart whose TTFT rises from 2 to 6 s (an overloaded system): the
+    mean is 4.0 s, the bound; the last quarter-span window (24.75 s) averages about 5.5 s."""
+    times = np.arange(100.0)
+    ttft = 2.0 + 4.0 * times / 99.0
+    climbing = [rec(f"t{i}", 0, a, a, a + x, a + x, a + x + 0.01, a + x + 0.1, 6) for i, (a, x) in
+                enumerate(zip(times, ttft))]
+    ok, stats = evaluate_slo(climbing)
+    assert stats["ttft_s"] == pytest.approx(4.0) and not ok
+    assert stats["ttft_worst_window_s"] == pytest.approx(2.0 + 4.0 * (99 - 24.75 / 2) / 99, abs=0.05)
+    assert evaluate_slo(climbing, SLO(window_s=0))[0]  # the span as a whole: the mean alone
+    flat = [rec(f"t{i}", 0, a, a, a + 3.9, a + 3.9, a + 3.91, a + 4.0, 6) for i, a in enumerate(times)]
+    ok, stats = evaluate_slo(flat)
+    assert ok and stats["ttft_worst_window_s"] == pytest.approx(3.9)
+    with pytest.raises(ConfigError, match="slo.window_s"):
+        SLO(window_s=-1.0)

@@ -16,7 +16,10 @@ max-APS search brackets the capacity. Without it a run replays a fixed
 ``workload.num_agents``: an agent stays until its trajectory ends, so a run never holds more than
 that many agents and, as APS grows, its latency tends to the offline batch's; the search then
 brackets a capacity only if that batch misses the SLO (``unbracketed_searches`` counts the
-others, whose max APS is a lower bound).
+others, whose max APS is a lower bound; ``unresolved_searches`` those bracketed less tightly than
+``search.rel_tol`` when ``search.max_runs`` ran out). A run meets the SLO when its TTFT does over the
+measured span and over every sliding window of it (``metrics.latency.SLO``: the paper's 150 s
+window, or a quarter of a shorter span), so a rate whose backlog still grows fails.
 
 Each study takes its typed config (:mod:`.config`), the output folder, a log function and an
 optional :class:`RunCache` (shared runs: the TTFT breakdown and the working set reuse the online
@@ -213,6 +216,8 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
     put(named, "mean_aps_gain_dualpath_vs_basic",
         [float(np.mean([g[r] for g in gains.values()])) if gains else float("nan") for r in range(seeds)])
     named["unbracketed_searches"] = sum(1 for res in found.values() if not res.bracketed)
+    # bracketed, but search.max_runs ran out before search.rel_tol: the max APS is only known to its bracket
+    named["unresolved_searches"] = sum(1 for res in found.values() if res.bracketed and not res.resolved)
     return named
 
 
