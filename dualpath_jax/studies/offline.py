@@ -344,11 +344,12 @@ def _balance_summary(spec: tuple) -> dict:
     pe_forwards = int(res.units["pe_forwards"].sum())  # of PE units (groups with ep_sync, else engines)
     chunks = float(res.units["pe_batch_requests"].sum())  # whole requests and chunked-prefill pieces
     finite = snic[np.isfinite(snic)]
-    # the loaded phase: windows that end before the first agent's trajectory does (every agent
-    # still issuing); the paper leaves out the tail, "meaningless due to underloaded system" (Fig. 13)
+    # the loaded phase: windows that end before half the agents have finished their trajectories;
+    # the paper leaves out the tail, where ever fewer agents' reads make the ratios "meaningless due
+    # to underloaded system" (Fig. 13)
     last = np.full(len(ts), -np.inf)
     np.maximum.at(last, np.asarray(res.requests["agent"], np.int64), np.asarray(res.requests["finish_s"]))
-    loaded_s = float(np.min(last)) if len(ts) else 0.0
+    loaded_s = float(np.median(last)) if len(ts) else 0.0
     loaded = snic[(np.asarray(t) + float(window_s) <= loaded_s) & np.isfinite(snic)]
     stat = lambda a, f: float(f(a)) if a.size else float("nan")  # noqa: E731
     full = res.attention_members[:, 0] == res.attention_members[:, 1]  # every member had attention work
@@ -382,9 +383,9 @@ def balance(config: BalanceStudyConfig, workdir: Path, log: Log = print, *, cach
     is their Max/Avg weighted by attention time (:func:`attention_weighted`),
     ``chunks_per_forward`` the batch entries (whole requests or chunked-prefill pieces) per PE-unit
     forward over the run. ``snic_max_avg_loaded_mean`` is the SNIC Max/Avg over the loaded phase
-    only: the windows that end before the first agent's trajectory does (``loaded_s``), every
-    agent still issuing; the paper's Fig. 13 leaves out the tail, where a few agents' reads make
-    any ratio large. ``full_forward_share[_head]`` is the share of forwards in which every
+    only: the windows that end before half the agents have finished their trajectories
+    (``loaded_s``); the paper's Fig. 13 leaves out the tail, where a few agents' reads make any
+    ratio large. ``full_forward_share[_head]`` is the share of forwards in which every
     member had attention work and ``attn_max_avg[_head]_full_mean`` their mean Max/Avg: a member
     without ready work counts 0 s, so forwards of a partly idle group are far from 1 however well
     the busy members are balanced (``balance_busy.md/.csv`` splits the forwards by busy members,
