@@ -36,8 +36,8 @@ _NUM_AGENTS = flags.DEFINE_integer("num_agents", 500, "Synthetic agents (500 = t
 _MAX_FILES = flags.DEFINE_integer("max_files", 0, "Agentic: load only the first N files (0 = all).")
 _MOONCAKE = flags.DEFINE_string("mooncake", "conversation", "Mooncake file: conversation, synthetic or a path.")
 _SUBAGENTS = flags.DEFINE_enum("subagents", "separate", ["separate", "drop"], "Agentic sub-agent handling.")
-_TRACES_DIR = flags.DEFINE_string("traces_dir", "", "Agentic: the folder of *.json.gz / *.json trace files (default: the "
-                                  "shared agentic_traces/, or $DUALPATH_DATA_DIR/agentic_traces).")
+_TRACES_DIR = flags.DEFINE_string("traces_dir", "", "Agentic: the folder of *.json.gz / *.json trace files (default: "
+                                  "the shared agentic_traces/, or $DUALPATH_DATA_DIR/agentic_traces).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default ./workdir/trace_stats/<source>[_<mal>]).")
 
 _HEADLINE = ("turns_mean", "append_mean", "gen_mean", "context_mean", "hit_rate")

@@ -86,7 +86,8 @@ def test_config_and_flag_errors_are_one_line(tmp_path):
                                                     "configs/sim_ablation.py:tiny")
     assert not (tmp_path / "w").exists()
     # checked once the model is sized (the run has started: its workdir is marked failed)
-    done = _run("run_sim.py", ABLATION_TINY, "--config.sim.activation_reserve_bytes=1e30", f"--workdir={tmp_path / 'r'}")
+    done = _run("run_sim.py", ABLATION_TINY, "--config.sim.activation_reserve_bytes=1e30",
+                f"--workdir={tmp_path / 'r'}")
     (line,) = _lines(done.stderr)
     assert done.returncode == 1 and line.startswith("ConfigError: sim.activation_reserve_bytes: ") and \
         "leave no HBM for KV on PEs" in line

@@ -319,6 +319,15 @@ def load_agentic_trace(path, *, subagents: Literal["separate", "drop"] = "separa
     return out
 
 
+def _named_file(directory: Path, name: str) -> Path:
+    """``directory / name`` for a file name; for a stem, ``<stem>.json.gz``, else ``<stem>.json``
+    when only that exists."""
+    if name.endswith((".json.gz", ".json")):
+        return directory / name
+    packed, plain = directory / f"{name}.json.gz", directory / f"{name}.json"
+    return plain if plain.exists() and not packed.exists() else packed
+
+
 def load_agentic_traces(directory=None, *, names: Sequence[str] | None = None, limit: int | None = None,
                         subagents: Literal["separate", "drop"] = "separate",
                         token_scope: Literal["trace", "trajectory"] = "trace") -> TrajectorySet:
@@ -341,9 +350,7 @@ def load_agentic_traces(directory=None, *, names: Sequence[str] | None = None, l
         directory = agentic_dir()
     directory = Path(directory)
     if names is not None:
-        files = [directory / n if n.endswith((".json.gz", ".json")) else
-                 (directory / f"{n}.json" if not (directory / f"{n}.json.gz").exists()
-                  and (directory / f"{n}.json").exists() else directory / f"{n}.json.gz") for n in names]
+        files = [_named_file(directory, n) for n in names]
     else:
         files = trace_files(directory)
     if limit is not None:
