@@ -572,9 +572,14 @@ def test_online_max_aps_is_searched_per_seed_and_the_gain_taken_within_a_seed(tm
             assert named[f"max_aps_ds27b_{v}_ci95"] == pytest.approx(half, rel=1e-8)
     gains = [by_seed[("dualpath", r)]["max_aps"] / by_seed[("basic", r)]["max_aps"] for r in (0, 1)]
     bracketed = all(by_seed[k]["bracketed"] for k in by_seed)
-    key = "aps_gain_ds27b_dualpath_vs_basic" if bracketed else "aps_gain_ds27b_dualpath_vs_basic_at_least"
-    if bracketed or all(by_seed[("basic", r)]["bracketed"] for r in (0, 1)):
-        assert named[key] == pytest.approx(sum(gains) / 2, rel=1e-12)
+    if bracketed:
+        assert named["aps_gain_ds27b_dualpath_vs_basic"] == pytest.approx(sum(gains) / 2, rel=1e-12)
+    elif all(by_seed[("basic", r)]["bracketed"] for r in (0, 1)):
+        # DualPath's capacity is at least its max APS, Basic's below its lowest failing rate
+        failing = [min(t["aps"] for t in out["trials"][f"ds27b/basic/seed{r}"]
+                       if not t["meets_slo"] and t["aps"] > by_seed[("basic", r)]["max_aps"]) for r in (0, 1)]
+        bound = [by_seed[("dualpath", r)]["max_aps"] / failing[r] for r in (0, 1)]
+        assert named["aps_gain_ds27b_dualpath_vs_basic_at_least"] == pytest.approx(sum(bound) / 2, rel=1e-12)
     assert named["unbracketed_searches"] == sum(not r["bracketed"] for r in by_seed.values())
     for r in (0, 1):  # the table's gain: exact where both searches bracketed, else nan (null in JSON)
         gain, both = by_seed[("dualpath", r)]["gain_vs_basic"], by_seed[("dualpath", r)]["bracketed"] and \
@@ -617,3 +622,13 @@ def test_every_study_reports_an_interval_with_two_seeds(study, tmp_path):
     for name in OUTPUTS[study]:
         assert (tmp_path / name).stat().st_size > 0, name
     assert "mean ± 95% CI over 2 seeds" in (tmp_path / OUTPUTS[study][0]).read_text().splitlines()[0]
+
+
+def test_a_gain_lower_bound_divides_by_the_denominators_lowest_failing_rate():
+    from dualpath_jax.metrics.latency import ApsTrial, MaxApsResult
+    from dualpath_jax.studies.online import _lowest_failing
+
+    trials = tuple(ApsTrial(a, ok, 1.0, 0.01) for a, ok in ((4.0, True), (8.0, False), (5.657, False), (4.757, False),
+                                                            (2.0, True)))
+    # Basic's capacity lies in [4.0, 4.757): a DualPath lower bound of 10 APS is at least 10 / 4.757 times it
+    assert _lowest_failing(MaxApsResult(4.0, True, trials)) == 4.757

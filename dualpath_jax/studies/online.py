@@ -67,6 +67,12 @@ def _exact_ratio(res, other) -> float:
     return ratio(res.aps, other.aps)
 
 
+def _lowest_failing(res) -> float:
+    """The lowest rate that failed the SLO above a bracketed search's max APS (its capacity lies
+    below it)."""
+    return min(t.aps for t in res.trials if not t.meets_slo and t.aps > res.aps)
+
+
 def _seeds(config) -> tuple[list, list[int]]:
     """The workload and the arrival seed of each of ``config.seeds`` seeds (:mod:`.seeds`)."""
     return seed_workloads(config.workload, config.seeds), arrival_seeds(config.arrival_seed, config.seeds)
@@ -209,8 +215,10 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
                 put(named, key, values)
                 if den == "basic":
                     gains[row] = values
-            elif den_ok:
-                put(named, f"{key}_at_least", values)  # a numerator unbracketed in some seed: a lower bound
+            elif den_ok:  # a numerator unbracketed in some seed: a lower bound, over the denominator's
+                # lowest failing rate (its capacity lies below it), not its highest passing one
+                put(named, f"{key}_at_least", [ratio(found[(row, num, r)].aps, _lowest_failing(found[(row, den, r)]))
+                                               for r in range(seeds)])
             else:
                 put(named, key, [float("nan")] * seeds)
     put(named, "mean_aps_gain_dualpath_vs_basic",
