@@ -5,7 +5,7 @@ Commands (from the repository root):
   python experiments/trace_stats.py --source=mooncake [--mooncake=conversation|synthetic|PATH]
   python experiments/trace_stats.py --source=synthetic --mal=64K [--seed=0] [--num_agents=500]
 
-Runtime on one CPU core: all 609 agentic traces about 40 s, Mooncake about 3 s, synthetic < 1 s.
+Runtime on one CPU core: all 609 agentic traces 10-40 s (the host's load), Mooncake about 3 s, synthetic < 1 s.
 
 Output: a Markdown table of the statistics (for ``synthetic`` next to the paper's Table 2 with
 the relative error), then ``name: value`` lines ending with ``turns_mean``, ``append_mean``,
