@@ -68,8 +68,10 @@ def tpot_s(records, include_second_token: bool = False) -> np.ndarray:
 
 def jct_s(records, start_s: float | None = None) -> float:
     """Job completion time of an offline batch: last ``finish_s`` minus ``start_s`` (default the
-    earliest arrival). Failed requests count with the time they finished; raises ValueError if
-    there are no records."""
+    earliest arrival). Failed requests count with the time they finished; a request that never
+    finished (NaN, e.g. a simulation stopped by ``max_events``) is left out, so the figure is then
+    a lower bound: the run summaries count such requests (``num_unfinished``, ``num_failed``).
+    Raises ValueError if there are no records."""
     t = as_request_table(records)
     if len(t) == 0:
         raise ValueError("jct_s: no request records")
