@@ -148,11 +148,12 @@ def main(argv):
     ablation = json.loads((src / "ablation.json").read_text())
     ran, order = ablation["variants"], list(cfg.get("variants", ()))  # (ablation.json's keys are sorted)
     variants = [v for v in order if v in ran] + sorted(v for v in ran if v not in order)
+    needed = ("requests.json", "forwards.json", "summary.json")
     repeats = [k for k in range(int(ablation.get("repeats", 1)))
-               if all((_run_dir(src, v, k) / "requests.json").exists() for v in variants)]
+               if all((_run_dir(src, v, k) / f).exists() for v in variants for f in needed)]
     if not repeats:
-        raise ConfigError("engine_workdir", f"{src} holds no repeat with runs/<variant>/requests.json for every "
-                          "variant")
+        raise ConfigError("engine_workdir", f"{src} holds no repeat with runs/<variant>/{{{','.join(needed)}}} for "
+                          "every variant")
     scheduler_cls = load_scheduler(cfg.get("scheduler", "") or "", field="scheduler")  # as the engine ran
     per_repeat = []
     for k in repeats:

@@ -155,6 +155,9 @@ def test_worst_window_by_hand():
     assert worst_window(t, t, 1.0) == 7.5
     assert worst_window(t, t, 0.0) == 4.0 and worst_window(t, t, 1.0, "max") == 8.0
     assert math.isnan(worst_window(t, np.full(9, np.nan), 1.0))
+    # windows far narrower than the span are widened to span / MAX_SLO_WINDOWS: two values 3000 s apart
+    from dualpath_jax.metrics.latency import MAX_SLO_WINDOWS
+    assert worst_window(np.array([0.0, 3000.0]), np.array([1.0, 2.0]), 1e-9) == 2.0 and MAX_SLO_WINDOWS <= 10_000
 
 
 def test_a_ttft_that_climbs_through_the_span_fails_although_its_mean_meets_the_bound():
@@ -165,6 +168,7 @@ def test_a_ttft_that_climbs_through_the_span_fails_although_its_mean_meets_the_b
     climbing = [rec(f"t{i}", 0, a, a, a + x, a + x, a + x + 0.01, a + x + 0.1, 6) for i, (a, x) in
                 enumerate(zip(times, ttft))]
     ok, stats = evaluate_slo(climbing)
+    stats_climbing = stats
     assert stats["ttft_s"] == pytest.approx(4.0) and not ok
     assert stats["ttft_worst_window_s"] == pytest.approx(2.0 + 4.0 * (99 - 24.75 / 2) / 99, abs=0.05)
     assert evaluate_slo(climbing, SLO(window_s=0))[0]  # the span as a whole: the mean alone
@@ -173,3 +177,8 @@ def test_a_ttft_that_climbs_through_the_span_fails_although_its_mean_meets_the_b
     assert ok and stats["ttft_worst_window_s"] == pytest.approx(3.9)
     with pytest.raises(ConfigError, match="slo.window_s"):
         SLO(window_s=-1.0)
+    with pytest.raises(ConfigError, match=r"slo.window_s: must be 0 \(the span as a whole\) or at least 1 s"):
+        SLO(window_s=1e-3)
+    # a search's trials carry the worst window (the advisor names TTFT as the bound that broke)
+    res = max_aps_under_slo(lambda aps: climbing, initial_aps=1.0, max_aps=1.0)
+    assert res.trials[0].ttft_worst_window_s == pytest.approx(stats_climbing["ttft_worst_window_s"])

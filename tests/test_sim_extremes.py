@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from dualpath_jax.config import ConfigError
 from dualpath_jax.metrics.records import TransferTable
 from dualpath_jax.metrics.traffic import MAX_WINDOWS, link_bytes_in_windows
 from dualpath_jax.sim import SimAgent, SimConfig, Simulator
@@ -49,3 +50,6 @@ def test_a_span_of_too_many_windows_gets_wider_ones():
     assert w.edges_s[-1] >= span
     small = link_bytes_in_windows(t, span / 10)  # within the cap: windows as asked
     assert small.bytes.shape == (2, 11) and small.window_s == pytest.approx(span / 10)
+    for bad in (1, 0, -3, 2.5):
+        with pytest.raises(ConfigError, match="max_windows: must be an integer >= 2"):
+            link_bytes_in_windows(t, 10.0, max_windows=bad)

@@ -572,6 +572,7 @@ def test_online_max_aps_is_searched_per_seed_and_the_gain_taken_within_a_seed(tm
             assert named[f"max_aps_ds27b_{v}_ci95"] == pytest.approx(half, rel=1e-8)
     gains = [by_seed[("dualpath", r)]["max_aps"] / by_seed[("basic", r)]["max_aps"] for r in (0, 1)]
     bracketed = all(by_seed[k]["bracketed"] for k in by_seed)
+    assert bracketed or all(by_seed[("basic", r)]["bracketed"] for r in (0, 1))  # one of the checks below runs
     if bracketed:
         assert named["aps_gain_ds27b_dualpath_vs_basic"] == pytest.approx(sum(gains) / 2, rel=1e-12)
     elif all(by_seed[("basic", r)]["bracketed"] for r in (0, 1)):

@@ -159,6 +159,8 @@ class SLO:
         check_positive("slo.ttft_s", self.ttft_s)
         check_positive("slo.tpot_s", self.tpot_s)
         check_non_negative("slo.window_s", self.window_s)
+        if 0 < self.window_s < 1.0:
+            raise ConfigError("slo.window_s", f"must be 0 (the span as a whole) or at least 1 s (got {self.window_s})")
         try:
             _percentile_of(self.statistic)
         except ValueError as e:
@@ -181,9 +183,14 @@ def evaluate_slo(records, slo: SLO = SLO()) -> tuple[bool, dict[str, float]]:
     return ok, {"ttft_s": ttft, "ttft_worst_window_s": worst, "tpot_s": tpot, "num_failed": float(failed)}
 
 
+MAX_SLO_WINDOWS = 5000
+"""Most windows :func:`worst_window` slides over one span (wider windows beyond that)."""
+
+
 def worst_window(times_s: np.ndarray, values: np.ndarray, window_s: float, statistic: str = "mean") -> float:
     """Largest ``statistic`` of ``values`` over sliding windows of ``times_s`` (seconds): windows
-    of ``w = min(window_s, span / 4)`` (``span``: from the first to the last time with a value)
+    of ``w = min(window_s, span / 4)``, at least ``span /`` :data:`MAX_SLO_WINDOWS` wide
+    (``span``: from the first to the last time with a value)
     starting every ``w / 2`` from the first time, the last ending at the last time; empty windows
     are skipped. ``window_s = 0`` (or a zero span): the statistic over every value. NaN values
     (e.g. failed requests) are left out; NaN when none is left."""
@@ -193,9 +200,9 @@ def worst_window(times_s: np.ndarray, values: np.ndarray, window_s: float, stati
     if v.size == 0:
         return float("nan")
     lo, hi = float(t.min()), float(t.max())
-    w = min(float(window_s), (hi - lo) / 4.0)
-    if w <= 0:
+    if float(window_s) <= 0 or hi <= lo:
         return summarize(v, statistic)
+    w = max(min(float(window_s), (hi - lo) / 4.0), (hi - lo) / MAX_SLO_WINDOWS)
     starts = np.append(np.arange(lo, hi - w, w / 2.0), hi - w)
     worst = -math.inf
     for s in starts:
@@ -207,21 +214,23 @@ def worst_window(times_s: np.ndarray, values: np.ndarray, window_s: float, stati
 
 @dataclasses.dataclass(frozen=True)
 class ApsTrial:
-    """One evaluated run: its APS, whether it met the SLO, and the measured statistics."""
+    """One evaluated run: its APS, whether it met the SLO, and the measured statistics
+    (``ttft_worst_window_s``: the TTFT statistic of its worst sliding window, :func:`evaluate_slo`)."""
 
     aps: float
     meets_slo: bool
     ttft_s: float
     tpot_s: float
+    ttft_worst_window_s: float = float("nan")
 
 
 @dataclasses.dataclass(frozen=True)
 class MaxApsResult:
     """``aps``: the largest passing rate found (0.0 if none passed); ``bracketed``: a failing rate
     above it was found and it is a tried passing rate, or ``min_aps`` failed (False when
-    ``max_aps`` itself passed, or when ``max_runs`` ran out while halving, before any rate passed:
-    0.0 is then only a lower bound); ``resolved``: bracketed to within ``rel_tol`` (False when
-    ``max_runs`` ran out first); ``trials`` in evaluation order."""
+    ``max_aps`` itself passed, or ``max_runs`` ran out while doubling before any rate failed, or
+    while halving before any passed: 0.0 is then only a lower bound); ``resolved``: bracketed to
+    within ``rel_tol`` (False when ``max_runs`` ran out first); ``trials`` in evaluation order."""
 
     aps: float
     bracketed: bool
@@ -259,7 +268,8 @@ def max_aps_under_slo(run: Callable[[float], object], slo: SLO = SLO(), *, initi
     def passes(aps: float) -> bool:
         if aps not in cache:
             ok, stats = run(aps) if judged else evaluate_slo(run(aps), slo)
-            trials.append(ApsTrial(aps, ok, stats["ttft_s"], stats["tpot_s"]))
+            trials.append(ApsTrial(aps, ok, stats["ttft_s"], stats["tpot_s"],
+                                   stats.get("ttft_worst_window_s", float("nan"))))
             cache[aps] = ok
         return cache[aps]
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from dualpath_jax.config import check_positive
+from dualpath_jax.config import ConfigError, check_positive
 from dualpath_jax.metrics.records import AttentionRecord, as_transfer_table
 
 __all__ = [
@@ -103,6 +103,8 @@ def link_bytes_in_windows(transfers, window_s: float, *, links: Sequence[str] | 
       ConfigError: ``window_s <= 0``; ValueError: no transfers and no span.
     """
     check_positive("window_s", window_s)
+    if isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 2:
+        raise ConfigError("max_windows", f"must be an integer >= 2 (got {max_windows!r})")
     t = as_transfer_table(transfers)
     names = tuple(sorted(set(t.link.tolist()))) if links is None else tuple(links)
     if start_s is None or end_s is None:

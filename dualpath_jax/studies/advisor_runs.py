@@ -387,7 +387,8 @@ class Evaluator:
             limit = ""
             if failing:
                 t = min(failing, key=lambda t: t.aps)
-                limit = ("ttft" if not t.ttft_s <= cfg.slo.ttft_s else "tpot" if not (
+                ttft_over = not t.ttft_s <= cfg.slo.ttft_s or t.ttft_worst_window_s > cfg.slo.ttft_s
+                limit = ("ttft" if ttft_over else "tpot" if not (
                     math.isnan(t.tpot_s) or t.tpot_s <= cfg.slo.tpot_s) else "failed")
             out.append(Evaluation(c, seed, float(res.aps), stats=stats, runs=len(res.trials), limit=limit,
                                   bracketed=res.bracketed))
