@@ -524,8 +524,8 @@ _DOCS = {
     "slo.ttft_s": "the SLO's bound on TTFT, seconds (paper: 4 s).",
     "slo.tpot_s": "the SLO's bound on TPOT, seconds (paper: 50 ms).",
     "slo.statistic": "the statistic of TTFT and TPOT the SLO bounds (mean, p50, p99, ...).",
-    "slo.window_s": "TTFT is bounded over every sliding window of this many seconds of issue times too (paper: "
-                    "150 s; a quarter of a shorter measured span; 0: the span as a whole).",
+    "slo.window_s": "TTFT is bounded over every sliding window of this many seconds of issue times too (150 s: "
+                    "the paper's steadiness window; a quarter of a shorter measured span; 0: the span as a whole).",
     "search.enabled": "run the max-APS search.",
     "search.rel_tol": "the search stops when the bracket is this narrow (relative).",
     "search.max_runs": "at most this many runs per search.",

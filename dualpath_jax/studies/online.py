@@ -18,8 +18,9 @@ that many agents and, as APS grows, its latency tends to the offline batch's; th
 brackets a capacity only if that batch misses the SLO (``unbracketed_searches`` counts the
 others, whose max APS is a lower bound; ``unresolved_searches`` those bracketed less tightly than
 ``search.rel_tol`` when ``search.max_runs`` ran out). A run meets the SLO when its TTFT does over the
-measured span and over every sliding window of it (``metrics.latency.SLO``: the paper's 150 s
-window, or a quarter of a shorter span), so a rate whose backlog still grows fails.
+measured span and over every sliding window of it (``metrics.latency.SLO``: 150 s windows, the
+paper's steadiness window, or a quarter of a shorter span), so a rate whose TTFT climbs past the
+bound as its backlog grows fails.
 
 Each study takes its typed config (:mod:`.config`), the output folder, a log function and an
 optional :class:`RunCache` (shared runs: the TTFT breakdown and the working set reuse the online
