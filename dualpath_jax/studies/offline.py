@@ -350,7 +350,8 @@ def _balance_summary(spec: tuple) -> dict:
     last = np.full(len(ts), -np.inf)
     np.maximum.at(last, np.asarray(res.requests["agent"], np.int64), np.asarray(res.requests["finish_s"]))
     loaded_s = float(np.median(last)) if len(ts) else 0.0
-    loaded = snic[(np.asarray(t) + float(window_s) <= loaded_s) & np.isfinite(snic)]
+    width = float(t[1] - t[0]) if len(t) > 1 else float(window_s)  # (wider than asked in a run of absurd length)
+    loaded = snic[(np.asarray(t) + width <= loaded_s) & np.isfinite(snic)]
     stat = lambda a, f: float(f(a)) if a.size else float("nan")  # noqa: E731
     full = res.attention_members[:, 0] == res.attention_members[:, 1]  # every member had attention work
     p90 = lambda a: np.percentile(a, 90)  # noqa: E731
