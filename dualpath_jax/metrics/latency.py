@@ -189,12 +189,13 @@ MAX_SLO_WINDOWS = 5000
 
 
 def worst_window(times_s: np.ndarray, values: np.ndarray, window_s: float, statistic: str = "mean") -> float:
-    """Largest ``statistic`` of ``values`` over sliding windows of ``times_s`` (seconds): windows
-    of ``w = min(window_s, span / 4)``, at least ``span /`` :data:`MAX_SLO_WINDOWS` wide
-    (``span``: from the first to the last time with a value)
-    starting every ``w / 2`` from the first time, the last ending at the last time; empty windows
-    are skipped. ``window_s = 0`` (or a zero span): the statistic over every value. NaN values
-    (e.g. failed requests) are left out; NaN when none is left."""
+    """Largest ``statistic`` of ``values`` over sliding windows of ``times_s`` (seconds). With
+    ``span`` from the first to the last time with a value, the windows are ``w = min(window_s,
+    span / 4)`` wide (at least ``span /`` :data:`MAX_SLO_WINDOWS`), start every ``w / 2`` from the
+    first time, the last ending at the last time, and hold the values whose times lie in
+    ``[start, start + w]``; empty windows are skipped. ``window_s = 0`` (or a zero span): the
+    statistic over every value. NaN values (e.g. failed requests) are left out; NaN when none is
+    left."""
     t, v = np.asarray(times_s, np.float64), np.asarray(values, np.float64)
     keep = ~np.isnan(v) & ~np.isnan(t)
     t, v = t[keep], v[keep]

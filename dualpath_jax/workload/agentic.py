@@ -53,7 +53,7 @@ from dualpath_jax.workload.errors import TraceFormatError
 from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
 
 __all__ = ["load_agentic_trace", "load_agentic_traces", "read_json_gz", "read_trace_bytes", "no_traces_message",
-           "trace_files", "trace_stem"]
+           "trace_files", "trace_stem", "unique_name"]
 
 _ROUND_TYPES = ("n", "s")
 _SCOPES = ("local", "global")
@@ -67,6 +67,15 @@ def trace_stem(path) -> str:
             name = name[:-len(suffix)]
             if suffix != ".gz":
                 break
+    return name
+
+
+def unique_name(base: str, taken) -> str:
+    """``base``, or ``base~2``, ``base~3``, ... the first not in ``taken``."""
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}~{k}"
     return name
 
 
@@ -228,10 +237,7 @@ def _walk(ctx: _Ctx, requests, where_prefix: str, agent_id: str, parent_id: str 
             if sub_requests == []:  # launched, nothing recorded: nothing to replay
                 prev_t = t
                 continue
-            name, k = f"{agent_id}/{sub_name}", 1
-            while name in names:
-                k += 1
-                name = f"{agent_id}/{sub_name}~{k}"
+            name = unique_name(f"{agent_id}/{sub_name}", names)
             names.add(name)
             children.append((sub_requests, f"{where}.", name, start_offset_s + t))
             prev_t = t
@@ -300,11 +306,7 @@ def load_agentic_trace(path, *, subagents: Literal["separate", "drop"] = "separa
     if not isinstance(trace_id, str) or not trace_id:
         ctx.fail("(top level)", "id", "must be a non-empty string", trace_id)
     if taken is not None and trace_id in taken:
-        base = trace_id = f"{trace_id}@{path.name}"
-        k = 1
-        while trace_id in taken:
-            k += 1
-            trace_id = f"{base}~{k}"
+        trace_id = unique_name(f"{trace_id}@{path.name}", taken)
     block_size = ctx.int_at_least(doc, "(top level)", "block_size", 1)
     scope_name = doc.get("hash_id_scope", "local")
     if scope_name not in _SCOPES:

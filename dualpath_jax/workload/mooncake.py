@@ -40,7 +40,7 @@ from typing import Literal
 
 import numpy as np
 
-from dualpath_jax.workload.agentic import read_trace_bytes, trace_stem
+from dualpath_jax.workload.agentic import read_trace_bytes, trace_stem, unique_name
 from dualpath_jax.workload.errors import TraceFormatError
 from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
 
@@ -194,11 +194,7 @@ def load_mooncake_traces(paths=None, *, token_scope: Literal["file", "session"] 
         paths = [paths]
     trajectories, stems = [], set()
     for p in paths:
-        stem = base = trace_stem(p)
-        k = 1
-        while stem in stems:  # two files of one name (in two folders): sessions and scopes stay apart
-            k += 1
-            stem = f"{base}~{k}"
+        stem = unique_name(trace_stem(p), stems)  # two files of one name (in two folders) stay apart
         stems.add(stem)
         trajectories.extend(load_mooncake_trace(p, token_scope=token_scope, name=stem))
     return TrajectorySet.from_trajectories(trajectories, source=",".join(str(p) for p in paths))
