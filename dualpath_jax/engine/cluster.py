@@ -304,7 +304,9 @@ class EngineCluster:
         pulled_for = math.inf  # (ray) the tick whose read queues were asked for
         while self._agents_open > 0:
             now = ctx.now()
-            while self._arrivals and self._arrivals[0][0] <= now:
+            # an aborted run (e.g. the last PE's node died) issues nothing more: _expire reports the
+            # rounds still due as not run (the scheduler may have no engine left to give them)
+            while self._arrivals and self._arrivals[0][0] <= now and not self._aborted:
                 _, k, r = heapq.heappop(self._arrivals)
                 self._arrive(k, r)
             if now > deadline or self._aborted:

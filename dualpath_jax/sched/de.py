@@ -9,6 +9,11 @@ need fits in the group's total free HBM (no fragmentation assumed);
 enough free HBM: those with ``tok_e + len(r) <= Z`` take it by min ``seq_e`` (balances request
 count), otherwise min ``tok_e`` (limits HBM exhaustion). No engine fits -> the fetch ends.
 Ties break on the lower engine id.
+
+A lost engine (its process died) is reported with infinite ``tok_e``: phase 2 leaves it out of E
+(of the free HBM, the token sum and ``|E|`` of ``Z``) and never places on it, whatever its
+reported free HBM (a request with ``hbm_bytes`` 0, "not modelled", fits anywhere). Phase 1 takes
+the group totals as given: the scheduler sums ``tok_e`` over a group's live engines only.
 """
 
 from __future__ import annotations
@@ -54,9 +59,11 @@ def de_phase1(queue: Sequence[SchedRequest], group_tok: Mapping[int, float]
 
 
 def balance_target(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoad], z_factor: float) -> float:
-    """``Z`` of phase 2: ``z_factor * (sum len(R) + sum tok_e) / |E|``."""
-    return _target(private_queue, sum([e.free_hbm_bytes for e in engines]), sum([e.tok for e in engines]),
-                   len(engines), z_factor)
+    """``Z`` of phase 2: ``z_factor * (sum len(R) + sum tok_e) / |E|``, over the live engines
+    (finite ``tok``) of ``engines``."""
+    live = [e for e in engines if e.tok < math.inf]
+    return _target(private_queue, sum([e.free_hbm_bytes for e in live]), sum([e.tok for e in live]),
+                   len(live), z_factor)
 
 
 def _target(private_queue: Sequence[SchedRequest], free: float, tok: int, n_engines: int, z_factor: float) -> float:
@@ -76,8 +83,9 @@ def de_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoa
     """Assign from the head of the fetching group's private queue to its engines.
 
     Returns:
-      ``(assignments, loads)``: a prefix of ``private_queue`` with their DEs, and the engines'
-      loads after the fetch (``tok``, ``seq`` and ``free_hbm_bytes`` updated).
+      ``(assignments, loads)``: a prefix of ``private_queue`` with their DEs (never a lost engine,
+      one with infinite ``tok``), and every engine's load after the fetch (engine id ->
+      EngineLoad; ``tok``, ``seq`` and ``free_hbm_bytes`` updated).
     """
     out, ordered, tok, seq, free = assign_phase2(private_queue, engines, z_factor)
     loads = {e.engine_id: EngineLoad(e.engine_id, e.node_id, tok[i], seq[i], free[i]) for i, e in enumerate(ordered)}
@@ -91,10 +99,16 @@ def assign_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[Engin
     tok = [e.tok for e in ordered]
     seq = [e.seq for e in ordered]
     free = [e.free_hbm_bytes for e in ordered]
-    z = _target(private_queue, sum(free), sum(tok), len(ordered), z_factor)
+    idx: Sequence[int] = range(len(ordered))
+    some_lost = math.inf in tok
+    if some_lost:  # lost engines: out of E (Z, |E|, placement)
+        idx = [i for i in idx if tok[i] < math.inf]
+        z = _target(private_queue, sum([free[i] for i in idx]), sum([tok[i] for i in idx]), len(idx), z_factor)
+        most_free = max([free[i] for i in idx]) if idx else -math.inf
+    else:
+        z = _target(private_queue, sum(free), sum(tok), len(ordered), z_factor)
+        most_free = max(free) if free else -math.inf
     out: list[Assignment] = []
-    most_free = max(free) if free else -math.inf
-    idx = range(len(ordered))
     for req in private_queue:
         need = req.hbm_bytes
         if need > most_free:
@@ -113,6 +127,6 @@ def assign_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[Engin
         tok[best] += length
         seq[best] += 1
         free[best] -= need
-        most_free = max(free)
+        most_free = max([free[i] for i in idx]) if some_lost else max(free)
         out.append(Assignment(req, ordered[best].engine_id, "de"))
     return out, ordered, tok, seq, free

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from mypy_extensions import mypyc_attr
@@ -65,7 +66,8 @@ class ClusterScheduler:
       pe_groups, de_groups: as given (lists); group_of_engine: engine id -> its group id.
 
     Raises:
-      ConfigError: empty groups, an engine in two groups, or a PE group id equal to a DE group id.
+      ConfigError: no PE or no DE, an empty group, an engine in two groups, or a PE group id equal
+        to a DE group id.
     """
 
     def __init__(self, config: SchedulerConfig, pe_groups: Mapping[int, Sequence[int]],
@@ -77,6 +79,8 @@ class ClusterScheduler:
         seen: set[int] = set()
         for field, groups in (("sched.pe_groups", pe_groups), ("sched.de_groups", de_groups)):
             for gid, engines in groups.items():
+                if not engines:  # phase 1 would queue requests for it that no engine ever takes
+                    raise ConfigError(field, f"group {gid} has no engine (every group needs at least one)")
                 for e in engines:
                     if e in seen:
                         raise ConfigError(field, f"engine {e} appears in more than one group (group {gid})")
@@ -98,15 +102,18 @@ class ClusterScheduler:
         self._rr_engine: dict[int, int] = {}
         self._lost: set[int] = set()  # engines gone for good (engine_lost)
         self._lost_groups: set[int] = set()  # DE groups with no engine left
-        # requests waiting for a PE: round_robin per group, dualpath one global FIFO
+        # requests waiting for a PE: round_robin per group, dualpath one global FIFO (round_robin
+        # parks there the requests that came when no PE was left: nothing takes them)
         self._pending_pe: dict[int, collections.deque[SchedRequest]] = {g: collections.deque() for g in pe_groups}
         self._pe_queue: collections.deque[SchedRequest] = collections.deque()
         # requests with a PE waiting for a DE: dualpath's global queue (phase 1) and private queues
-        # (phase 2); round_robin uses the private queues of the groups its cycle chose
+        # (phase 2); round_robin uses the private queues of the groups its cycle chose (and parks in
+        # the global queue, never to be placed, the requests that came when no DE was left)
         self._de_queue: collections.deque[SchedRequest] = collections.deque()
         self._private: dict[int, collections.deque[SchedRequest]] = {g: collections.deque() for g in de_groups}
         self._private_tok: dict[int, float] = {g: 0.0 for g in de_groups}
-        self._group_tok: dict[int, float] = {g: 0.0 for g in de_groups}  # last reported sum of tok_e
+        # last reported sum of tok_e over the group's live engines (inf: none is live)
+        self._group_tok: dict[int, float] = {g: 0.0 for g in de_groups}
         self._n_pending_pe = 0
         self._n_pending_de = 0
         # a subclass's own hooks are checked (and may return any subset); the built-in dualpath ones
@@ -125,15 +132,19 @@ class ClusterScheduler:
           group_id: the fetching PE group.
           waiting: the requests this group may take, head first (``dualpath``: the global PE
             queue; ``round_robin``: the requests its cyclic order gave this group). Read-only.
-          loads: the group's engines (``tok``, ``seq``; ``node_id``).
+          loads: the group's engines (``tok``, ``seq``; ``node_id``); a lost engine (see
+            :meth:`engine_lost`) reports infinite ``tok``.
           read_q: node id -> pending read tokens of the group's nodes.
 
         Returns:
           Assignments to engines of this group, in any order; any subset of ``waiting`` (the
-          rest keeps waiting). The default takes a prefix (Algorithm 1 / the cyclic order).
+          rest keeps waiting). The default takes a prefix (Algorithm 1 / the cyclic order) and
+          never places on a lost engine.
         """
         if self._round_robin:
             return [Assignment(r, self._rr_engine[r.request_id], "pe") for r in waiting]
+        if self._lost:  # (the runtime reports them with infinite tok, in C1 already)
+            loads = [e for e in loads if e.engine_id not in self._lost]
         return pe.assign_pe(waiting, loads, read_q, alpha_tokens=self.config.alpha_tokens,
                             beta_tokens=self.config.beta_tokens)[0]
 
@@ -143,8 +154,9 @@ class ClusterScheduler:
 
         Args:
           waiting: the global DE queue, head first. Read-only.
-          group_tok: DE group id -> its engines' last reported ``tok`` sum plus the tokens already
-            in its private queue; only groups with an engine left (see :meth:`engine_lost`).
+          group_tok: DE group id -> its live engines' last reported ``tok`` sum plus the tokens
+            already in its private queue; only groups with an engine left (see :meth:`engine_lost`;
+            a lost engine, reported with infinite ``tok``, is left out of the sum).
 
         Returns:
           group id -> the requests it receives, in queue order (groups of ``group_tok`` only); a
@@ -162,16 +174,19 @@ class ClusterScheduler:
           group_id: the fetching DE group.
           waiting: the group's private queue, head first. Read-only.
           loads: the group's engines (``tok``, ``seq``, ``free_hbm_bytes``; a request needs
-            ``hbm_bytes`` of free HBM on its DE).
+            ``hbm_bytes`` of free HBM on its DE); a lost engine (see :meth:`engine_lost`) reports
+            infinite ``tok`` and no free HBM.
 
         Returns:
           Assignments to engines of this group with enough free HBM, in any order; any subset of
-          ``waiting``. The default: ``dualpath`` the balance rule with slack Z
-          (``de.assign_phase2``); ``round_robin`` each request's cyclic engine once it has HBM, in
-          FIFO order per engine.
+          ``waiting``. The default: ``dualpath`` the balance rule with slack Z over the group's
+          live engines (``de.assign_phase2``); ``round_robin`` each request's cyclic engine once
+          it has HBM, in FIFO order per engine. Neither places on a lost engine.
         """
         if self._round_robin:
             return self._round_robin_de(waiting, loads)
+        if self._lost:  # (the runtime reports them with infinite tok, which phase 2 leaves out too)
+            loads = [e for e in loads if e.engine_id not in self._lost]
         return de.assign_phase2(waiting, loads, self.config.z_factor)[0]
 
     def read_plan(self, req: SchedRequest, pe_node: int, de_node: int, read_q: Mapping[int, float],
@@ -216,8 +231,12 @@ class ClusterScheduler:
 
     # ---- stage 1: PE placement ------------------------------------------------------------
     def submit(self, req: SchedRequest) -> None:
-        """Enter a new request."""
+        """Enter a new request. Under ``round_robin`` with every PE lost it waits unplaced (counted
+        by :meth:`waiting`; the runtime's stall or abort handling reports it)."""
         if self._round_robin:
+            if not self._pe_cycle:  # every PE is lost: no engine will ever take it
+                self._pe_queue.append(req)
+                return
             engine = self._pe_cycle[self._pe_cursor % len(self._pe_cycle)]
             self._pe_cursor += 1
             self._rr_engine[req.request_id] = engine
@@ -257,6 +276,9 @@ class ClusterScheduler:
     # ---- stage 2: DE placement ------------------------------------------------------------
     def _enter_de_stage(self, req: SchedRequest) -> None:
         if self._round_robin:
+            if not self._de_cycle:  # every DE is lost: it waits unplaced (as in submit)
+                self._de_queue.append(req)
+                return
             engine = self._de_cycle[self._de_cursor % len(self._de_cycle)]
             self._de_cursor += 1
             self._rr_engine[req.request_id] = engine
@@ -296,7 +318,7 @@ class ClusterScheduler:
         """
         if group_id not in self.de_groups:
             raise KeyError(f"group_id: {group_id} is not a DE group")
-        group_tok = sum([e.tok for e in loads])
+        group_tok = self._live_tok(loads)
         self._group_tok[group_id] = group_tok
         if self._de_queue:
             self.distribute_de()
@@ -327,12 +349,19 @@ class ClusterScheduler:
         the group's current token total even while it has nothing queued)."""
         if group_id not in self.de_groups:
             raise KeyError(f"group_id: {group_id} is not a DE group")
-        self._group_tok[group_id] = sum([e.tok for e in loads])
+        self._group_tok[group_id] = self._live_tok(loads)
+
+    def _live_tok(self, loads: Sequence[EngineLoad]) -> float:
+        """The sum of ``tok`` over the live engines of ``loads`` (a lost one reports infinite ``tok``
+        or was named by :meth:`engine_lost`); infinite when none is live (phase 1 passes the group by)."""
+        lost = self._lost
+        toks = [e.tok for e in loads if e.tok < math.inf and e.engine_id not in lost]
+        return sum(toks) if toks else math.inf
 
     def distribute_de(self) -> set[int]:
         """Phase 1 alone (``select_de_group``): move the global DE queue into private queues (by
-        the groups' last reported loads). Returns the groups that received requests
-        (``round_robin``: groups with queued requests).
+        the groups' last reported loads; a group with no live engine is passed by). Returns the
+        groups that received requests (``round_robin``: groups with queued requests).
 
         Raises:
           PolicyError: (a ``ValueError``) ``select_de_group`` named an unknown group or a request that was not waiting.
@@ -341,9 +370,10 @@ class ClusterScheduler:
             return {g for g, q in self._private.items() if q}
         if not self._de_queue:
             return set()
-        # a group whose engines are all lost (engine_lost) is not offered to phase 1
+        # a group whose engines are all lost (engine_lost, or all reported with infinite tok) is
+        # not offered to phase 1
         group_tok = {g: self._group_tok[g] + self._private_tok[g] for g in self.de_groups
-                     if g not in self._lost_groups}
+                     if g not in self._lost_groups and self._group_tok[g] < math.inf}
         if not group_tok:
             return set()
         if not self._own_select_de_group:  # the built-in phase 1 places every request, in order
@@ -379,11 +409,13 @@ class ClusterScheduler:
         """Engine ``engine_id`` is gone for good (its process died): it takes no new request.
 
         ``round_robin``'s cyclic orders skip it from now on, and every request its cycle had given
-        it moves to the next engine of the cycle (and that engine's group). Under ``dualpath`` the
-        runtime reports the engine as full (``tok`` infinite, no free HBM), so Algorithm 1 and
-        phase 2 pass it by; a DE group left with no engine gets an infinite token total (phase 1
-        passes it by; a researcher's ``select_de_group`` is no longer offered it) and hands its
-        private queue back to the global DE queue, in order.
+        it moves to the next engine of the cycle (and that engine's group); with no engine of its
+        role left, such a request (and every later one) waits unplaced, still counted by
+        :meth:`waiting`. Under ``dualpath`` the runtime reports the engine as full (``tok``
+        infinite, no free HBM); Algorithm 1 and phase 2 pass it by, and it counts in neither its
+        group's phase-1 total nor phase 2's Z and ``|E|``; a DE group left with no engine gets an
+        infinite token total (phase 1 passes it by; a researcher's ``select_de_group`` is no longer
+        offered it) and hands its private queue back to the global DE queue, in order.
         Requests already placed on the engine are the runtime's to fail and resubmit.
 
         Raises:
@@ -395,15 +427,22 @@ class ClusterScheduler:
         self._pe_cycle = [e for e in self._pe_cycle if e not in lost]
         self._de_cycle = [e for e in self._de_cycle if e not in lost]
         if self._round_robin:
-            for queues, cycle, cursor in ((self._pending_pe, self._pe_cycle, "_pe_cursor"),
-                                          (self._private, self._de_cycle, "_de_cursor")):
+            for queues, cycle, cursor, parked, count in (
+                    (self._pending_pe, self._pe_cycle, "_pe_cursor", self._pe_queue, "_n_pending_pe"),
+                    (self._private, self._de_cycle, "_de_cursor", self._de_queue, "_n_pending_de")):
                 for g in list(queues):
                     moved = [r for r in queues[g] if self._rr_engine.get(r.request_id) == engine_id]
-                    if not moved or not cycle:
+                    if not moved:
                         continue
                     kept = [r for r in queues[g] if self._rr_engine.get(r.request_id) != engine_id]
                     queues[g].clear()
                     queues[g].extend(kept)
+                    if not cycle:  # no engine of this role is left: they wait unplaced (as in submit)
+                        for r in moved:
+                            del self._rr_engine[r.request_id]
+                        parked.extend(moved)
+                        setattr(self, count, getattr(self, count) - len(moved))
+                        continue
                     for r in moved:
                         e = cycle[getattr(self, cursor) % len(cycle)]
                         setattr(self, cursor, getattr(self, cursor) + 1)
