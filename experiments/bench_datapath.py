@@ -40,7 +40,7 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from dualpath_jax.engine import PrefillChunk, PrefillConfig, PrefillEngine, PrefillPath, PrefillRequest
+from dualpath_jax.engine import PrefillChunk, PrefillConfig, PrefillEngine, PrefillPath, PrefillRequest, store_layout
 from dualpath_jax.kvcache import block_keys, layout_for, pack_full_blocks
 from dualpath_jax.model import get_spec, init_params
 from dualpath_jax.model.forward import layer_kv_shapes
@@ -155,7 +155,7 @@ def bench_overlap(cfg, workdir: str) -> dict[str, float]:
                         d_ff=cfg.model.d_ff)
     L = spec.n_layers
     params = init_params(spec, jax.random.PRNGKey(cfg.seed))
-    layout = layout_for(spec, cfg.kv_dtype)
+    layout = store_layout(spec, params, cfg.kv_dtype)
     root = os.path.join(workdir, "overlap_store")
     shutil.rmtree(root, ignore_errors=True)
     store = KVStore(layout, StoreConfig(path=root, fsync=False))

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 
 from dualpath_jax.engine.cluster import EngineCluster
-from dualpath_jax.kvcache import layout_for
+from dualpath_jax.engine.prefill import store_layout
 from dualpath_jax.model import get_spec, init_params
 from dualpath_jax.sched import AttentionTimeModel
 from dualpath_jax.store import KVStore, StoreConfig
@@ -24,10 +24,10 @@ def stream(name, append, gen) -> Trajectory:
 
 
 def tiny_model():
-    """``(spec, host params, f32 layout)`` of the tiny GQA model."""
+    """``(spec, host params, f32 store layout)`` of the tiny GQA model (keys scoped to its weights)."""
     spec = get_spec("tiny-gqa")
     params = jax.tree.map(np.asarray, init_params(spec, jax.random.PRNGKey(0)))
-    return spec, params, layout_for(spec, "f32")
+    return spec, params, store_layout(spec, params, "f32")
 
 
 def run_cluster(model, config, agents, *, store=None, starts=None, faults=None):

@@ -15,10 +15,11 @@ from dualpath_jax.config import ConfigError
 from dualpath_jax.engine import report
 from dualpath_jax.engine.cluster import EngineCluster
 from dualpath_jax.engine.config import ClusterConfig
-from dualpath_jax.kvcache import block_keys, layout_for
+from dualpath_jax.engine.prefill import store_layout
+from dualpath_jax.kvcache import block_keys
 from dualpath_jax.model import get_spec, init_params
 from dualpath_jax.sched import ABLATION_VARIANTS, ClusterScheduler, RunStalled
-from dualpath_jax.store import BlockFailure, FailureCause, KVStore, StoreConfig, WriteResult
+from dualpath_jax.store import BlockFailure, FailureCause, KVStore, LookupResult, StoreConfig, WriteResult
 from dualpath_jax.workload import prompt_token_ids
 
 AGENTS = [_stream("a", [150, 40, 70], [5, 9, 3]), _stream("b", [90, 100, 20], [12, 1, 7]),
@@ -138,6 +139,41 @@ def test_failed_persists_are_reported_and_later_rounds_recompute(model):
     assert all(len(r.persist_failures) == (r.prompt_tokens + r.gen_target) // z for r in last.values())
 
 
+class _UnreadableIndex(KVStore):
+    """A memory store whose lookups fail (an unreadable index) once ``broken`` is set."""
+
+    broken = False
+
+    def lookup(self, keys):
+        if self.broken and len(keys):
+            return LookupResult(0, BlockFailure(keys[0], FailureCause.UNREADABLE, "index unreadable"))
+        return super().lookup(keys)
+
+
+def test_a_failed_lookup_is_recorded_on_the_request_and_its_prompt_recomputed(model):
+    spec, params, layout = model
+    store = _UnreadableIndex(layout, StoreConfig(backend="memory"))
+    cfg = ClusterConfig(**FAST).for_variant("dualpath")
+    first = _run(model, cfg, store, agents=AGENTS[:1])
+    store.broken = True
+    second = _run(model, cfg, store, agents=AGENTS[:1])
+    for r in second.requests:  # every round had blocks in the store (the first run wrote them)
+        assert [(f.cause, f.detail) for f in r.read_failures] == [(FailureCause.UNREADABLE, "index unreadable")]
+        assert r.hit_tokens == 0 and r.finished
+    assert [r.generated for r in second.requests] == [r.generated for r in first.requests]
+    assert report.summarize(second)["read_failures"] == len(second.requests)
+
+
+def test_a_store_layout_that_names_other_weights_is_refused(model):
+    spec, params, layout = model
+    other = jax.tree.map(lambda x: x + 1, params)
+    for bad, why in ((store_layout(spec, other, layout.kv_dtype), "not the weights fingerprint"),
+                     (dataclasses.replace(layout, namespace=""), "names no weights")):
+        with pytest.raises(ConfigError, match=f"store.layout: namespace .*{why}"):
+            EngineCluster(ClusterConfig(**FAST), spec, params, bad, KVStore(bad, StoreConfig(backend="memory")),
+                          time_model=TIME_MODEL, prefill_tokens_per_s=1e4)
+
+
 def test_every_request_finishes_or_fails_with_a_cause(model):
     spec, params, layout = model
     # one Full Block of DRAM per node: reads and hand-offs of more than one block cannot fit
@@ -255,7 +291,8 @@ def test_mla_runs_through_the_cluster_with_recompute_tokens_and_latent_bytes(nam
     decode run the model's own layers, the latent KV moves in the layout's bytes, and the tokens equal
     a no-cache recompute."""
     spec = get_spec(name)
-    mla = (spec, jax.tree.map(np.asarray, init_params(spec, jax.random.PRNGKey(0))), layout_for(spec, "f32"))
+    mla_params = jax.tree.map(np.asarray, init_params(spec, jax.random.PRNGKey(0)))
+    mla = (spec, mla_params, store_layout(spec, mla_params, "f32"))
     layout = mla[2]
     assert layout.bytes_per_token == spec.n_layers * (spec.kv_lora_rank + spec.qk_rope_head_dim) * 4
     results = {name: _run(mla, ClusterConfig(**FAST).for_variant(name), agents=AGENTS[:2])

@@ -122,6 +122,30 @@ def test_a_request_failing_during_a_forward_does_not_fail_its_batch_mates(model,
     assert [r.error for r in res.failed_attempts] == ["failed elsewhere"]
 
 
+def test_a_bug_in_a_forwards_hit_kv_fetch_is_a_worker_error_and_its_requests_run_again(model, clean, monkeypatch):
+    # defect: the loader wrapped any exception of fetch as a LoaderError, which the PE treats as a
+    # failed transfer: a bug looked like I/O and never reached worker_errors
+    from dualpath_jax.engine import prefill as prefill_module
+    real, raised = prefill_module.PrefillPath.forward, []
+
+    def forward(self, chunks, fetch, link=None, **kw):
+        def buggy(layer):
+            if layer == 2 and not raised:
+                raised.append(layer)
+                raise RuntimeError("boom in fetch at layer 2")
+            return fetch(layer)
+        return real(self, chunks, buggy, link, **kw)
+
+    monkeypatch.setattr(prefill_module.PrefillPath, "forward", forward)
+    res = _run(model, ClusterConfig(**FAST).for_variant("dualpath"))
+    assert raised, "no forward fetched hit KV"
+    _assert_all_correct(model, res, clean)
+    assert [(e["worker"], e["error"]) for e in res.worker_errors] == [("pe0", "RuntimeError: boom in fetch at layer 2")]
+    assert "Traceback" in res.worker_errors[0]["traceback"] and "buggy" in res.worker_errors[0]["traceback"]
+    assert res.failed_attempts and all(r.error == "prefill: pe0 raised RuntimeError: boom in fetch at layer 2"
+                                       for r in res.failed_attempts)
+
+
 def test_random_faults_of_every_kind_keep_tokens_and_lose_nothing(model, clean):
     # every decode step is a job that may crash, and a crash reruns the attempt from the start: a
     # round of G = 118 tokens gets through with (1 - crash_rate)^G, 9% at 0.02 (then 50 attempts

@@ -167,3 +167,37 @@ def test_block_keys_are_scoped_per_model_and_layout():
     assert len(ks) == 4
     with pytest.raises(ValueError, match="tokens"):
         block_keys(layout_for(spec), np.array([-1] * 64))
+
+
+def test_scope_by_hand_covers_the_whole_spec_and_the_namespace():
+    """Reference derivation of the documented scope rule (kvcache/layout.py module docstring)."""
+    import dataclasses
+    import json
+
+    spec = get_spec("tiny-mla")
+    lay = layout_for(spec, "fp8", block_tokens=32, namespace="w-abc")
+    spec_json = json.dumps(dataclasses.asdict(spec), sort_keys=True, separators=(",", ":"))
+    digest = hashlib.blake2b(spec_json.encode(), digest_size=16, person=b"dpkv-spec").hexdigest()
+    fields = "latent:(32,):float8_e4m3fn;latent_scale:(1,):float32;k_rope:(8,):bfloat16"
+    desc = f"tiny-mla|mla|L={spec.n_layers}|Z=32|fp8|{fields}|ns=w-abc|spec={digest}"
+    assert lay.spec_digest == digest
+    assert lay.scope == hashlib.blake2b(desc.encode(), digest_size=16, person=b"dpkv-scope").hexdigest()
+
+
+def test_scope_changes_with_any_spec_field_that_changes_the_kv():
+    """A spec that keeps its name, layer count and KV field shapes but changes RoPE, the hidden
+    size, the norm epsilon or RoPE scaling computes other KV: it must get other keys."""
+    from dualpath_jax.model import RopeScaling
+
+    spec = get_spec("tiny-gqa")
+    variants = [spec, spec.replace(rope_theta=spec.rope_theta * 2), spec.replace(d_model=2 * spec.d_model),
+                spec.replace(rms_norm_eps=1e-5), spec.replace(qkv_bias=not spec.qkv_bias),
+                spec.replace(rope_scaling=RopeScaling(kind="linear", factor=2.0))]
+    layouts = [layout_for(s) for s in variants]
+    assert all(lay.fields == layouts[0].fields and lay.n_layers == layouts[0].n_layers for lay in layouts)
+    assert len({lay.scope for lay in layouts}) == len(variants)
+    tokens = np.arange(64, dtype=np.int32)
+    assert len({block_keys(lay, tokens)[0] for lay in layouts}) == len(variants)
+    # the same spec built twice (a fresh object) keeps its scope: caches survive restarts
+    again = get_spec("tiny-gqa").replace(rope_theta=spec.rope_theta * 2)
+    assert layout_for(again).scope == layouts[1].scope

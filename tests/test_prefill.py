@@ -3,18 +3,22 @@ device KV peak, byte accounting, failure recovery."""
 
 import functools
 import os
+import re
 
 import jax
 import numpy as np
 import pytest
 
 from dualpath_jax.config import ConfigError
-from dualpath_jax.engine import PrefillChunk, PrefillConfig, PrefillEngine, PrefillPath, PrefillRequest, prefill_kv
+from dualpath_jax.engine import (PrefillChunk, PrefillConfig, PrefillEngine, PrefillPath, PrefillRequest, prefill_kv,
+                                 store_layout)
 from dualpath_jax.kvcache import block_keys, layout_for, unpack_full_blocks
 from dualpath_jax.model import forward, forward_with_cache, get_spec, init_params
-from dualpath_jax.store import FailureCause, KVStore, StoreConfig
+from dualpath_jax.engine.prefill import check_layout
+from dualpath_jax.store import BlockFailure, FailureCause, KVStore, StoreConfig, StoreError
 from dualpath_jax.transfer import (BufferPool, BufferTimeoutError, Link, LinkConfig, LoaderError, Medium, Outcome,
                                    TransferRecord, TransferResult)
+from dualpath_jax.transfer.remote import KVTransferError
 
 ATOL = 1e-5  # f32 tolerance of the attention reference (tests/test_model.py)
 PROMPT = 320
@@ -33,15 +37,15 @@ def model(request):
     return _setup(request.param)
 
 
-def _memory_store(spec):
-    return KVStore(layout_for(spec), StoreConfig(backend="memory"))
+def _memory_store(spec, params):
+    return KVStore(store_layout(spec, params), StoreConfig(backend="memory"))
 
 
 @pytest.mark.parametrize("mode", ["layerwise", "full"])
 @pytest.mark.parametrize("cached", [0, 63, 64, 65, 128, 300])
 def test_logits_equal_one_pass_forward(model, mode, cached):
     spec, params, tokens, full = model
-    with _memory_store(spec) as store:
+    with _memory_store(spec, params) as store:
         engine = PrefillEngine(params, spec, store, config=PrefillConfig(mode=mode))
         if cached:  # a first turn persists the complete blocks of its prompt
             (first,), _ = engine.run([PrefillRequest("turn0", tokens[:cached])])
@@ -60,7 +64,7 @@ def test_batch_of_requests_with_different_hits_and_stored_kv(model):
     spec, params, tokens, full = model
     other = (tokens[::-1] + 7) % spec.vocab_size
     shared = np.concatenate([tokens[:64], other[64:]])  # shares exactly block 0 with `tokens`
-    with _memory_store(spec) as store:
+    with _memory_store(spec, params) as store:
         engine = PrefillEngine(params, spec, store)
         engine.run([PrefillRequest("seed", tokens[:300])])  # stores blocks 0..3 of `tokens`
         results, report = engine.run([PrefillRequest("a", tokens), PrefillRequest("b", other[:128]),
@@ -86,7 +90,7 @@ def test_device_kv_peak_and_link_bytes():
     spec = get_spec("tiny-gqa").replace(name="tiny-gqa-8l", n_layers=8)
     params = init_params(spec, jax.random.PRNGKey(0))
     tokens = np.arange(320) % spec.vocab_size
-    layout = layout_for(spec)
+    layout = store_layout(spec, params)
     peaks = {}
     with KVStore(layout, StoreConfig(backend="memory")) as store:
         PrefillEngine(params, spec, store).run([PrefillRequest("seed", tokens[:256])])
@@ -124,7 +128,7 @@ def _flip(path):
 ])
 def test_bad_block_is_reported_recomputed_and_repaired(tmp_path, fault, bad_block, cause):
     spec, params, tokens, full = _setup("tiny-gqa")
-    with KVStore(layout_for(spec), StoreConfig(path=str(tmp_path / "kv"), fsync=False)) as store:
+    with KVStore(store_layout(spec, params), StoreConfig(path=str(tmp_path / "kv"), fsync=False)) as store:
         engine = PrefillEngine(params, spec, store, config=PrefillConfig(timeout_s=20))
         engine.run([PrefillRequest("seed", tokens[:300])])  # stores blocks 0..3
         keys = block_keys(store.layout, tokens)
@@ -168,7 +172,7 @@ class _SnicTimesOut(Link):
 
 def test_a_block_the_snic_cannot_carry_is_recomputed():
     spec, params, tokens, full = _setup("tiny-gqa")
-    with _memory_store(spec) as store:
+    with _memory_store(spec, params) as store:
         PrefillEngine(params, spec, store).run([PrefillRequest("seed", tokens[:300])])  # blocks 0..3
         engine = PrefillEngine(params, spec, store, snic_link=_SnicTimesOut(2), config=PrefillConfig(write_back=False))
         (res,), report = engine.run([PrefillRequest("r", tokens)])
@@ -180,7 +184,7 @@ def test_a_block_the_snic_cannot_carry_is_recomputed():
 
 def test_token_ids_outside_the_vocabulary_are_rejected():
     spec, params, tokens, _ = _setup("tiny-gqa")
-    with _memory_store(spec) as store:
+    with _memory_store(spec, params) as store:
         engine = PrefillEngine(params, spec, store)
         bad = tokens.copy()
         bad[7] = spec.vocab_size
@@ -195,7 +199,7 @@ def test_token_ids_outside_the_vocabulary_are_rejected():
 def test_unreadable_store_path_falls_back_to_recompute(tmp_path):
     spec, params, tokens, full = _setup("tiny-mla")
     (tmp_path / "file").write_text("not a directory")
-    with KVStore(layout_for(spec), StoreConfig(path=str(tmp_path / "file" / "kv"), timeout_s=5)) as store:
+    with KVStore(store_layout(spec, params), StoreConfig(path=str(tmp_path / "file" / "kv"), timeout_s=5)) as store:
         (res,), report = PrefillEngine(params, spec, store, config=PrefillConfig(timeout_s=5)).run(
             [PrefillRequest("r", tokens)])
     assert res.hit_tokens == 0 and res.miss.cause is FailureCause.UNREADABLE
@@ -206,7 +210,7 @@ def test_unreadable_store_path_falls_back_to_recompute(tmp_path):
 
 def test_pe_buffer_bounds_and_back_pressure():
     spec, params, tokens, _ = _setup("tiny-gqa")
-    with _memory_store(spec) as store:
+    with _memory_store(spec, params) as store:
         PrefillEngine(params, spec, store).run([PrefillRequest("seed", tokens[:300])])
         small = BufferPool("pe.buffer", 2 * store.layout.full_block_bytes)
         with pytest.raises(ValueError, match="capacity"):
@@ -257,8 +261,9 @@ def test_path_over_pieced_cache_in_two_chunks_hands_each_layer_on(model):
             np.testing.assert_allclose(a, np.asarray(b)[200:260], atol=ATOL, rtol=0)
     bt = layout_for(spec).bytes_per_token_per_layer
     assert out.loaded_bytes == link.stats().total_bytes == spec.n_layers * 200 * bt
-    with pytest.raises(LoaderError, match="chunk 0 has 64 cached tokens"):
+    with pytest.raises(ValueError, match="chunk 0 has 64 cached tokens") as err:  # a caller's bug, not I/O
         path.forward(chunks, lambda l: [[tuple(x[:64] for x in kvs[l])], []], link)
+    assert not isinstance(err.value, LoaderError)
 
 
 def test_prefill_kv_chunks_match_model_cache(model):
@@ -271,3 +276,75 @@ def test_prefill_kv_chunks_match_model_cache(model):
             np.testing.assert_allclose(a, np.asarray(b), atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match="chunk_tokens"):
         prefill_kv(params, spec, tokens, chunk_tokens=0)
+
+
+# ---- the store's keys are scoped to the spec and the weights -------------------------------------
+def test_two_weight_sets_on_one_store_directory_never_share_kv(tmp_path):
+    """Model B (another seed, same spec and name) on the directory model A filled gets no hit and
+    computes its own logits; A again (its weights loaded anew) hits its blocks. Before the weights
+    fingerprint scoped the keys, B read A's three blocks and its logits were off by ~0.4."""
+    spec = get_spec("tiny-gqa")
+    tokens = np.random.default_rng(0).integers(0, spec.vocab_size, 200).astype(np.int32)
+    pa, pb = (jax.tree.map(np.asarray, init_params(spec, jax.random.PRNGKey(s))) for s in (0, 1))
+    cfg = StoreConfig(path=str(tmp_path / "kv"), fsync=False)
+    with KVStore(store_layout(spec, pa), cfg) as store:
+        (ra,), _ = PrefillEngine(pa, spec, store).run([PrefillRequest("a", tokens)])
+        with pytest.raises(ConfigError, match=r"^store.layout: namespace is '[0-9a-f]{32}', not the weights"):
+            PrefillEngine(pb, spec, store)  # A's store layout cannot serve B's weights
+    assert ra.hit_tokens == 0 and ra.blocks_written == 3
+    with KVStore(store_layout(spec, pb), cfg) as store:
+        (rb,), _ = PrefillEngine(pb, spec, store).run([PrefillRequest("b", tokens)])
+    assert rb.hit_tokens == 0 and rb.lookup_blocks == 0 and rb.blocks_written == 3
+    np.testing.assert_allclose(rb.logits, np.asarray(forward(pb, spec, tokens)), atol=ATOL, rtol=0)
+    pa2 = init_params(spec, jax.random.PRNGKey(0))  # the same weights, loaded again
+    with KVStore(store_layout(spec, pa2), cfg) as store:
+        (ra2,), _ = PrefillEngine(pa2, spec, store).run([PrefillRequest("a2", tokens)])
+    assert ra2.hit_tokens == 192 and ra2.lookup_blocks == 3
+    np.testing.assert_allclose(ra2.logits, np.asarray(forward(pa, spec, tokens))[192:], atol=ATOL, rtol=0)
+    with KVStore(layout_for(spec), StoreConfig(backend="memory")) as bare:  # a layout naming no weights
+        with pytest.raises(ConfigError, match="^store.layout: namespace names no weights.*store_layout"):
+            PrefillEngine(pa, spec, bare)
+
+
+def test_a_store_of_another_spec_of_one_name_is_refused_before_any_work():
+    """check_layout compares the whole layout, spec digest included: a store built for tiny-gqa does
+    not serve tiny-gqa with twice the KV heads (before: a whole forward, then a raw ValueError at
+    write-back) nor with another rope_theta (before: silently wrong KV)."""
+    spec = get_spec("tiny-gqa")
+    for other, match in [(spec.replace(n_kv_heads=4), r"fields \(k\[2, 16\] float32, v\[2, 16\] float32\) != "
+                                                      r"\(k\[4, 16\] float32, v\[4, 16\] float32\)$"),
+                         (spec.replace(rope_theta=5e5), r"spec_digest \(the spec differs"),
+                         (get_spec("tiny-mla"), "model_name 'tiny-gqa' != 'tiny-mla'")]:
+        params = init_params(other, jax.random.PRNGKey(0))
+        with KVStore(store_layout(spec, params), StoreConfig(backend="memory")) as store:
+            with pytest.raises(ConfigError, match="^store.layout: layout of tiny-gqa does not match spec") as err:
+                PrefillEngine(params, other, store)
+            assert re.search(match, str(err.value)) and "\n" not in str(err.value)
+    layout = store_layout(spec, init_params(spec, jax.random.PRNGKey(0)), "bf16", block_tokens=32)
+    check_layout(spec, layout)  # its own kv dtype, block size and namespace are the layout's to choose
+
+
+def test_a_bug_in_fetch_keeps_its_type_and_io_failures_stay_loader_errors():
+    """Only read/transfer failures of ``fetch`` become LoaderError (the recompute fallback); any
+    other exception reaches the caller as raised (before: every one was a LoaderError)."""
+    spec, params, tokens, _ = _setup("tiny-gqa")
+    kvs = prefill_kv(params, spec, tokens[:64])
+    chunks = [PrefillChunk(tokens[64:100], 64)]
+
+    def fetch(error):
+        def f(layer):
+            if layer == 2:
+                raise error
+            return [[kvs[layer]]]
+        return f
+
+    for mode in ("layerwise", "full"):
+        path = PrefillPath(params, spec, layout_for(spec), mode=mode, depth=2)
+        with pytest.raises(KeyError, match="bug") as err:
+            path.forward(chunks, fetch(KeyError("bug")))
+        assert not isinstance(err.value, LoaderError)
+        for io in (OSError("disk"), StoreError(BlockFailure("k", FailureCause.UNREADABLE, "gone")),
+                   KVTransferError("host:1", 7, "peer closed")):
+            with pytest.raises(LoaderError, match=f"layer 2: {type(io).__name__}") as err:
+                path.forward(chunks, fetch(io))
+            assert err.value.__cause__ is io

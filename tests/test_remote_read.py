@@ -87,3 +87,22 @@ def test_a_killed_de_reader_costs_the_hit_not_the_request(tmp_path, ray_local):
     with KVStore(layout, StoreConfig(backend="memory")) as empty:
         cold, _ = PrefillEngine(params, spec, empty, config=PrefillConfig(write_back=False)).run([request])
     np.testing.assert_array_equal(np.asarray(remote[0].logits), np.asarray(cold[0].logits))
+
+
+def test_an_unreadable_store_is_reported_as_such_not_as_a_plain_miss(tmp_path):
+    # defect: read_and_offer kept only the lookup's block count, so a store path that is a file
+    # showed up as MISSING with no failure listed
+    spec, params, layout = tiny_model()
+    (tmp_path / "kv").write_text("not a directory")
+    request = PrefillRequest("r", np.arange(3 * layout.block_tokens + 8, dtype=np.int32) % spec.vocab_size)
+    reader = DEReadServer(layout, str(tmp_path / "kv"), timeout_s=5)
+    batch = prepare_remote(reader, KVTransferEndpoint(), layout, [request])
+    key0 = block_keys(layout, request.tokens)[0]
+    assert batch.hit_blocks == [0] and batch.lookup_blocks == [0]
+    assert batch.miss[0].cause is FailureCause.UNREADABLE and batch.miss[0].key == key0
+    assert "not a directory" in batch.miss[0].detail
+    assert batch.failures == [[batch.miss[0]]]
+    assert reader.store.stats().failures == {"unreadable": 1}
+    (res,), report = PrefillEngine(params, spec, KVStore(layout, StoreConfig(backend="memory")),
+                                   config=PrefillConfig(write_back=False)).execute(batch)
+    assert res.hit_tokens == 0 and report.miss_causes == {"unreadable": 1} and report.read_failures == {"unreadable": 1}

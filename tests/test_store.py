@@ -309,6 +309,34 @@ def test_unreadable_store_path(tmp_path):
         assert s.stats().failures["unreadable"] == 3
 
 
+def test_a_delete_that_cannot_be_written_is_unwritable(store):
+    # defect: delete labelled its failed write UNREADABLE
+    keys = _keys(2)
+    assert all(r.ok for r in store.write(keys, _blocks(2)))
+    real = store._kv
+
+    class Failed:
+        def result(self, timeout=None):
+            raise ValueError("PERMISSION_DENIED: Error deleting file: Permission denied")
+
+    class NoDeletes:  # reads work, every write of a deletion fails as tensorstore reports it
+        def write(self, key, value, **kw):
+            return Failed() if value is None else real.write(key, value, **kw)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    store._kv = NoDeletes()
+    try:
+        with pytest.raises(StoreError) as err:
+            store.delete(keys[1:])
+    finally:
+        store._kv = real
+    assert err.value.failure.cause is FailureCause.UNWRITABLE and err.value.failure.key == keys[1]
+    assert "Permission denied" in err.value.failure.detail
+    assert store.lookup(keys).num_blocks == 2  # nothing was deleted
+
+
 def test_threads_share_one_store(tmp_path):
     keys, blocks = _keys(16), _blocks(16)
     errors = []

@@ -31,7 +31,7 @@ _LAZY = {  # public name -> the submodule that defines it (loaded on first use: 
     **dict.fromkeys(["ClusterResult", "ResourceLeakError"], "result"),
     "ClusterConfig": "config",
     "RayRuntime": "ray_runtime",
-    **dict.fromkeys(["ForwardOutput", "PrefillChunk", "PrefillPath", "prefill_kv"], "prefill"),
+    **dict.fromkeys(["ForwardOutput", "PrefillChunk", "PrefillPath", "prefill_kv", "store_layout"], "prefill"),
     **dict.fromkeys(["PrefillConfig", "PrefillEngine", "PrefillReport", "PrefillRequest", "PrefillResult",
                      "PreparedBatch"], "standalone"),
 }

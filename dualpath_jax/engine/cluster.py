@@ -55,6 +55,7 @@ from dualpath_jax.engine.faults import FaultConfig, FaultInjector
 from dualpath_jax.engine.network import Fabric
 from dualpath_jax.engine.pe import PrefillWorker
 from dualpath_jax.engine.peers import LocalPeers
+from dualpath_jax.engine.prefill import check_store_layout
 from dualpath_jax.engine.reader import NodeReader, ReadJob, ReadQueues
 from dualpath_jax.engine.request import RequestState
 from dualpath_jax.engine.result import ClusterResult, ResourceLeakError, absorb, local_measures, remote_measures
@@ -94,13 +95,15 @@ class EngineCluster:
         process's own).
 
     Raises:
-      ConfigError: a buffer/pool cannot hold one Full Block.
+      ConfigError: a buffer/pool cannot hold one Full Block; ``layout`` is not ``spec``'s, or its
+        namespace is not the fingerprint of ``params`` (``engine.prefill.store_layout``).
     """
 
     def __init__(self, config: ClusterConfig, spec: ModelSpec, params: dict, layout: BlockLayout, store: KVStore, *,
                  time_model: TimeModel | None, prefill_tokens_per_s: float, devices: Sequence | None = None,
                  scheduler_cls: type = ClusterScheduler, faults: FaultConfig | None = None, runtime=None):
         config.check_layout(layout.full_block_bytes)
+        check_store_layout(spec, params, layout)  # the store's keys name these weights: no other model's KV
         self.faults = faults if faults is not None and faults.enabled else None
         self.runtime = runtime
         self.config, self.spec, self.layout, self.store = config, spec, layout, store
@@ -394,10 +397,13 @@ class EngineCluster:
         keys = block_keys(layout, prompt)
         z = layout.block_tokens
         eligible = min(len(keys), (len(prompt) - 1) // z)  # at least one token is computed
-        found = self.store.lookup(keys[:eligible]).num_blocks if eligible else 0
+        looked = self.store.lookup(keys[:eligible]) if eligible else None
+        found = looked.num_blocks if looked is not None else 0
         rid = len(self.requests)
         req = RequestState(rid, k, r, traj.agent_id, prompt, keys, int(traj.num_gen_tokens[r]), found, z,
                            forced=gen_token_ids(traj, r, spec.vocab_size), attempt=attempt)
+        if looked is not None and looked.failure is not None:  # the store could not say: those blocks recompute
+            req.read_failures.append(looked.failure)
         req.segments = [[] for _ in range(spec.n_layers)]
         req.attempt_s = self.ctx.now()
         req.arrival_s = req.attempt_s if arrival_s is None else arrival_s  # latencies count from the first

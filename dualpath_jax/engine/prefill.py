@@ -33,15 +33,26 @@ import numpy as np
 
 from dualpath_jax.config import ConfigError, check_in
 from dualpath_jax.engine.compute import all_logits, bucket_blocks, bucket_tokens, last_token_logits, prefill_layer
+from dualpath_jax.engine.network import TransferFailed
 from dualpath_jax.kvcache import BlockLayout, layout_for
+from dualpath_jax.model.fingerprint import weights_fingerprint
 from dualpath_jax.model.forward import layer_kv_shapes
 from dualpath_jax.model.spec import ModelSpec
+from dualpath_jax.shapes import BLOCK_TOKENS
+from dualpath_jax.store import StoreError
 from dualpath_jax.transfer import LayerwiseLoader, Link, LinkConfig, Medium, TransferRecord
+from dualpath_jax.transfer.remote import KVTransferError
 
-__all__ = ["LOGITS", "PrefillChunk", "ForwardOutput", "PrefillPath", "check_layout", "prefill_kv"]
+__all__ = ["LOGITS", "FETCH_IO_ERRORS", "PrefillChunk", "ForwardOutput", "PrefillPath", "check_layout",
+           "check_store_layout", "prefill_kv", "store_layout"]
 
 LOGITS = ("none", "last", "all")
 """What a chunk's forward returns: no logits, the last token's ``f32[V]``, or every token's ``f32[T, V]``."""
+
+FETCH_IO_ERRORS: tuple[type[BaseException], ...] = (OSError, StoreError, KVTransferError, TransferFailed)
+"""What a forward's ``fetch`` may raise for a failed read or transfer of cached KV (the loader turns
+these into :class:`~dualpath_jax.transfer.LoaderError`; any other exception is a bug and keeps its
+type and traceback)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +113,53 @@ class ForwardOutput:
 
 
 def check_layout(spec: ModelSpec, layout: BlockLayout, field: str = "layout") -> None:
-    """Raise ConfigError naming ``field`` unless ``layout`` is a layout of ``spec``'s KV."""
-    if layout.n_layers != spec.n_layers or layout.model_name != spec.name or layout.attention != spec.attention:
-        raise ConfigError(field, f"layout of {layout.model_name} ({layout.attention}, L={layout.n_layers}) "
-                                 f"does not match spec {spec.name} ({spec.attention}, L={spec.n_layers})")
+    """Raise ConfigError naming ``field`` unless ``layout`` is the layout :func:`layout_for` gives
+    ``spec`` (with the layout's own kv dtype, block size and namespace): same model name,
+    attention, layer count, fields and spec digest (every ModelSpec field; e.g. a store built for
+    ``tiny-gqa`` does not serve ``tiny-gqa`` with another ``n_kv_heads`` or ``rope_theta``)."""
+    want = layout_for(spec, layout.kv_dtype, block_tokens=layout.block_tokens, namespace=layout.namespace)
+    if layout == want:
+        return
+
+    def show(value) -> str:
+        if isinstance(value, tuple):  # fields
+            return "(" + ", ".join(f"{f.name}{list(f.shape)} {f.dtype}" for f in value) + ")"
+        return repr(value)
+
+    diff = [f"{f.name} {show(getattr(layout, f.name))} != {show(getattr(want, f.name))}"
+            for f in dataclasses.fields(BlockLayout) if getattr(layout, f.name) != getattr(want, f.name)]
+    if [d for d in diff if not d.startswith("spec_digest")]:
+        diff = [d for d in diff if not d.startswith("spec_digest")]  # the digest adds nothing to those
+    else:
+        diff = ["spec_digest (the spec differs in a field other than the layout's own)"]
+    raise ConfigError(field, f"layout of {layout.model_name} does not match spec {spec.name} "
+                             f"({spec.attention}, L={spec.n_layers}): {'; '.join(diff)}")
+
+
+def store_layout(spec: ModelSpec, params: dict, kv_dtype: str = "f32", *, block_tokens: int = BLOCK_TOKENS
+                 ) -> BlockLayout:
+    """The layout of a KV store that serves ``spec`` with ``params``: :func:`layout_for` with the
+    weights' fingerprint as ``namespace`` (:func:`~dualpath_jax.model.fingerprint.weights_fingerprint`),
+    so the store's keys are scoped to this spec *and* these weights (module docstring of
+    :mod:`dualpath_jax.kvcache.layout`). Use it wherever a layout is built for a store.
+
+    Raises:
+      ConfigError: ``kv_dtype`` unknown or ``block_tokens`` not positive.
+      ValueError: ``params`` has no array leaves.
+    """
+    return layout_for(spec, kv_dtype, block_tokens=block_tokens, namespace=weights_fingerprint(params))
+
+
+def check_store_layout(spec: ModelSpec, params: dict, layout: BlockLayout, field: str = "store.layout") -> None:
+    """:func:`check_layout`, and raise ConfigError naming ``field`` unless ``layout.namespace`` is
+    the fingerprint of ``params`` (a store layout from :func:`store_layout` with these weights):
+    KV cached by other weights must never be read."""
+    check_layout(spec, layout, field)
+    fp = weights_fingerprint(params)
+    if layout.namespace != fp:
+        what = "names no weights" if not layout.namespace else f"is {layout.namespace!r}"
+        raise ConfigError(field, f"namespace {what}, not the weights fingerprint {fp!r} of these params: "
+                                 "build the store's layout with store_layout(spec, params, kv_dtype)")
 
 
 class _ChargedLink:
@@ -192,7 +246,7 @@ class PrefillPath:
         nbytes = sum(c.cached for c in chunks) * self.layout.bytes_per_token_per_layer
         return LayerwiseLoader(self.spec.n_layers, lambda layer: self.cache_blocks(chunks, fetch(layer)),
                                _ChargedLink(link, nbytes), depth=self.depth, device=self.device,
-                               timeout_s=self.timeout_s)
+                               timeout_s=self.timeout_s, io_errors=FETCH_IO_ERRORS)
 
     def run_layers(self, chunks: Sequence[PrefillChunk], get_caches: Callable[[int], Sequence],
                    release: Callable[[int], None], on_layer: Callable[[int, int, tuple], None] | None = None
@@ -250,7 +304,10 @@ class PrefillPath:
           on_layer: see :meth:`run_layers`.
 
         Raises:
-          LoaderError: a layer's KV could not be moved to the device in time (or ``fetch`` failed).
+          LoaderError: a layer's KV could not be moved to the device in time, or ``fetch`` raised
+            one of :data:`FETCH_IO_ERRORS` (a failed read or transfer).
+          Exception: any other exception of ``fetch`` (e.g. ``ValueError`` from
+            :meth:`cache_blocks` for pieces that do not tile ``cached``) or ``on_layer``, as raised.
         """
         chunks = list(chunks)
         t0 = time.perf_counter()

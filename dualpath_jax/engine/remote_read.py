@@ -81,13 +81,18 @@ class DEReadServer:
     def read_and_offer(self, keys: Sequence[Sequence[str]]) -> list[RemoteHit]:
         """Read each request's longest stored prefix of ``keys`` (its complete blocks' keys, at
         most ``(S - 1) // Z`` of them) and offer it layer by layer; returns one :class:`RemoteHit`
-        per request."""
+        per request. Its ``failure`` is the lookup's failure (e.g. ``UNREADABLE`` for a store
+        directory that cannot be listed), else the first block that failed to read, else
+        ``MISSING`` for a plain miss."""
         out = []
         for req_keys in keys:
             req_keys = list(req_keys)
-            found = self.store.lookup(req_keys).num_blocks if req_keys else 0
-            blocks, failure = [], None
-            if found < len(req_keys):
+            found, failure = 0, None
+            if req_keys:  # an unreadable store or index is that failure, not a plain miss
+                res = self.store.lookup(req_keys)
+                found, failure = res.num_blocks, res.failure
+            blocks = []
+            if failure is None and found < len(req_keys):
                 failure = BlockFailure(req_keys[found], FailureCause.MISSING, "not in store")
             for res in self.store.read(req_keys[:found]):
                 if not res.ok:

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from dualpath_jax.config import check_in, check_positive
-from dualpath_jax.engine.prefill import PrefillChunk, PrefillPath, check_layout
+from dualpath_jax.engine.prefill import PrefillChunk, PrefillPath, check_store_layout
 from dualpath_jax.kvcache import block_keys, gather_layer, pack_full_blocks
 from dualpath_jax.model.spec import ModelSpec
 from dualpath_jax.store import BlockFailure, FailureCause, KVStore
@@ -160,7 +160,8 @@ class PrefillEngine:
 
     Args:
       params, spec: the model.
-      store: KV store; its layout must match ``spec``.
+      store: KV store; its layout must be :func:`~dualpath_jax.engine.prefill.store_layout` of
+        ``spec`` and ``params`` (any kv dtype and block size).
       buffer: the PE buffer (bounded DRAM); default one that fits 4096 Full Blocks.
       h2d_link: PE buffer -> device link (emulated CNIC loopback / PCIe); default unlimited.
       snic_link: storage -> PE buffer link (emulated SNIC); default unlimited.
@@ -168,14 +169,15 @@ class PrefillEngine:
       device: the engine's device (default ``jax.devices()[0]``).
 
     Raises:
-      ConfigError: the store's layout does not match ``spec``.
+      ConfigError: ``store.layout`` does not match ``spec`` (another model, or the spec differs in
+        any field) or its namespace is not the fingerprint of ``params`` (KV of other weights).
     """
 
     def __init__(self, params: dict, spec: ModelSpec, store: KVStore, *, buffer: BufferPool | None = None,
                  h2d_link: Link | None = None, snic_link: Link | None = None, config: PrefillConfig | None = None,
                  device: jax.Device | None = None):
         layout = store.layout
-        check_layout(spec, layout, "store.layout")
+        check_store_layout(spec, params, layout, "store.layout")
         self.params, self.spec, self.store, self.layout = params, spec, store, layout
         self.config = config or PrefillConfig()
         self.buffer = buffer or BufferPool("pe.buffer", 4096 * layout.full_block_bytes)

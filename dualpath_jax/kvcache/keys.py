@@ -6,9 +6,10 @@ A hash chain gives the same structure without a central index: the key of block 
     key_i = BLAKE2b-128(key_{i-1} || int32-LE token ids of block i),  key_{-1} = layout scope
 
 so a block's key depends on every token before it (two sequences share block i's key iff they
-share the first ``(i+1)*Z`` tokens), and keys of different models/layouts never collide because
-the chain is rooted at :attr:`BlockLayout.scope`. Keys are 32-character lowercase hex strings.
-Only complete blocks get keys; a trailing partial block has none.
+share the first ``(i+1)*Z`` tokens), and keys of different model specs, weights or layouts never
+collide because the chain is rooted at :attr:`BlockLayout.scope` (which covers the whole ModelSpec,
+the byte layout and the ``namespace``, the weights fingerprint; :mod:`dualpath_jax.kvcache.layout`).
+Keys are 32-character lowercase hex strings. Only complete blocks get keys; a trailing partial block has none.
 """
 
 from __future__ import annotations

@@ -16,12 +16,22 @@ order, each field's values stored row-major in the field's dtype:
   (``latent_scale``), ``k_rope`` in bfloat16 -- 656 B per token per layer for C=512, R=64.
 
 This module is the one place byte sizes of KV blocks come from (``dualpath_jax.shapes``).
+
+**Scope.** Block keys and storage paths live under :attr:`BlockLayout.scope`, a digest of
+everything that decides what a block's bytes mean: the byte layout (L, Z, kv dtype, fields), the
+whole :class:`~dualpath_jax.model.spec.ModelSpec` (``spec_digest``: every field, so a spec that
+keeps its name but changes e.g. ``rope_theta`` or ``d_model`` gets other keys) and the
+``namespace``, which the engine sets to the weights fingerprint
+(:func:`dualpath_jax.model.fingerprint.weights_fingerprint`; the engine's
+:func:`dualpath_jax.engine.prefill.store_layout` builds such a layout), so two parameter sets of one
+architecture never read each other's KV.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 
 import ml_dtypes
@@ -31,7 +41,7 @@ from dualpath_jax.config import ConfigError, check_in, check_positive
 from dualpath_jax.model.spec import ModelSpec
 from dualpath_jax.shapes import BLOCK_TOKENS
 
-__all__ = ["KV_DTYPES", "FP8_SCALE_GROUP", "KVField", "BlockLayout", "layout_for"]
+__all__ = ["KV_DTYPES", "FP8_SCALE_GROUP", "KVField", "BlockLayout", "layout_for", "spec_digest"]
 
 KV_DTYPES: dict[str, np.dtype] = {
     "f32": np.dtype(np.float32),
@@ -80,8 +90,11 @@ class BlockLayout:
       block_tokens: Z, tokens per block (64 by default, PAPER.md section 2.2).
       kv_dtype: storage dtype name, one of :data:`KV_DTYPES`.
       fields: per-token fields, in byte order.
-      namespace: free-form scope qualifier (e.g. a weights fingerprint), so caches of two
-        parameter sets of one architecture never share keys.
+      namespace: scope qualifier naming the weights: the engine puts the parameters' fingerprint
+        here (:func:`dualpath_jax.model.fingerprint.weights_fingerprint`), so caches of two
+        parameter sets of one architecture never share keys. ``""`` names no weights.
+      spec_digest: :func:`spec_digest` of the whole ModelSpec (set by :func:`layout_for`), so two
+        specs that differ in any field never share keys.
 
     Raises:
       ConfigError: naming the field, for non-positive sizes, an unknown ``kv_dtype`` or an
@@ -95,6 +108,7 @@ class BlockLayout:
     kv_dtype: str
     fields: tuple[KVField, ...]
     namespace: str = ""
+    spec_digest: str = ""
 
     def __post_init__(self):
         check_positive("layout.n_layers", self.n_layers, integer=True)
@@ -157,13 +171,23 @@ class BlockLayout:
 
     @property
     def scope(self) -> str:
-        """Hex digest identifying model + layout; block keys and storage paths live under it."""
+        """Hex digest (32 chars) identifying model spec + weights + layout; block keys and storage
+        paths live under it: BLAKE2b-128 (person ``dpkv-scope``) of ``"<model_name>|<attention>|
+        L=<L>|Z=<Z>|<kv_dtype>|<name>:<shape>:<dtype>;...|ns=<namespace>|spec=<spec_digest>"``
+        (no line breaks; fields joined by ``;``, shapes as Python tuples)."""
         h = hashlib.blake2b(digest_size=16, person=b"dpkv-scope")
         desc = (f"{self.model_name}|{self.attention}|L={self.n_layers}|Z={self.block_tokens}|"
                 f"{self.kv_dtype}|" + ";".join(f"{f.name}:{f.shape}:{f.dtype}" for f in self.fields)
-                + f"|ns={self.namespace}")
+                + f"|ns={self.namespace}|spec={self.spec_digest}")
         h.update(desc.encode())
         return h.hexdigest()
+
+
+def spec_digest(spec: ModelSpec) -> str:
+    """Hex digest (32 chars) of every field of ``spec``: BLAKE2b-128 (person ``dpkv-spec``) of its
+    fields (nested ``rope_scaling`` included) as canonical JSON (sorted keys, no spaces)."""
+    desc = json.dumps(dataclasses.asdict(spec), sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.blake2b(desc.encode(), digest_size=16, person=b"dpkv-spec").hexdigest()
 
 
 def layout_for(spec: ModelSpec, kv_dtype: str = "f32", *, block_tokens: int = BLOCK_TOKENS,
@@ -176,7 +200,8 @@ def layout_for(spec: ModelSpec, kv_dtype: str = "f32", *, block_tokens: int = BL
         (fp8 latent + f32 scale per 128 values + bf16 rope key; PAPER.md section 1.2); for GQA
         it is a plain float8_e4m3fn cast of K and V.
       block_tokens: Z.
-      namespace: extra scope qualifier (see :class:`BlockLayout`).
+      namespace: the weights fingerprint (see :class:`BlockLayout`); a layout for a store should
+        come from :func:`dualpath_jax.engine.prefill.store_layout`, which sets it.
 
     Raises:
       ConfigError: ``kv_dtype`` unknown or ``block_tokens`` not positive.
@@ -196,4 +221,5 @@ def layout_for(spec: ModelSpec, kv_dtype: str = "f32", *, block_tokens: int = BL
         shape = (spec.n_kv_heads, spec.head_dim)
         fields = (KVField("k", shape, name), KVField("v", shape, name))
     return BlockLayout(model_name=spec.name, attention=spec.attention, n_layers=spec.n_layers,
-                       block_tokens=block_tokens, kv_dtype=kv_dtype, fields=fields, namespace=namespace)
+                       block_tokens=block_tokens, kv_dtype=kv_dtype, fields=fields, namespace=namespace,
+                       spec_digest=spec_digest(spec))

@@ -7,7 +7,8 @@ Two halves, split so that the layers below the runtimes' JAX code can use the mo
   and :mod:`~dualpath_jax.model.cost` (KV bytes, FLOPs, the cache-compute ratio) import only the
   stdlib, numpy and ``dualpath_jax.config``. The simulator, the scheduler and ``kvcache`` use them
   without loading JAX (DESIGN.md's layers; ``tests/test_layering.py`` checks it in a subprocess).
-* JAX: ``forward``, ``layers``, ``params``, ``hf`` and ``checkpoint``.
+* JAX: ``forward``, ``layers``, ``params``, ``hf``, ``checkpoint`` and ``fingerprint`` (the
+  weights fingerprint that scopes the KV store's keys).
 
 Importing this package loads only the JAX-free half. The JAX names listed in ``_LAZY``
 (``forward``, ``init_params``, ...) are loaded on first access through a module ``__getattr__``
@@ -24,6 +25,7 @@ _LAZY = {  # public JAX-side name -> the submodule that defines it
     **dict.fromkeys(["LayerKV", "embed", "empty_layer_kv", "forward", "forward_batch", "forward_with_cache",
                      "kv_concat", "layer_forward", "unembed"], "forward"),
     **dict.fromkeys(["count_params", "init_params", "param_shapes"], "params"),
+    "weights_fingerprint": "fingerprint",
 }
 
 __all__ = sorted(["ModelSpec", "PRESETS", "RopeScaling", "get_spec", "preset_names", *_LAZY])

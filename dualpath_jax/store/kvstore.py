@@ -475,7 +475,9 @@ class KVStore:
         """Delete ``keys``; returns how many were present.
 
         Raises:
-          StoreError: the backend failed (cause attached).
+          StoreError: the backend failed (cause attached: ``UNREADABLE`` or ``TIMEOUT`` when the
+            keys could not be checked, ``UNWRITABLE`` when a deletion could not be written,
+            ``TIMEOUT`` when it did not finish within ``timeout_s``).
         """
         present = self._present(list(keys), time.monotonic() + self.config.timeout_s)
         for p in present:
@@ -485,8 +487,9 @@ class KVStore:
         for k, f in zip(keys, futures):
             try:
                 f.result(timeout=self.config.timeout_s)
-            except (TimeoutError, ValueError) as e:
-                raise StoreError(BlockFailure(k, FailureCause.UNREADABLE, f"delete failed: {e}")) from e
+            except (TimeoutError, ValueError) as e:  # a failed write of the deletion (not a read)
+                cause = FailureCause.TIMEOUT if isinstance(e, TimeoutError) else FailureCause.UNWRITABLE
+                raise StoreError(BlockFailure(k, cause, f"delete failed: {e}")) from e
         removed = sum(1 for p in present if p is True)
         with self._lock:
             self._stats["deletes"] += removed

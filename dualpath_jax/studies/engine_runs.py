@@ -42,9 +42,9 @@ from dualpath_jax.engine import report
 from dualpath_jax.engine.cluster import ClusterResult, EngineCluster
 from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.engine.faults import FaultConfig
-from dualpath_jax.engine.prefill import PrefillPath, prefill_kv
+from dualpath_jax.engine.prefill import PrefillPath, prefill_kv, store_layout
 from dualpath_jax.engine.profile import CompileClock, fit_time_model, prefill_shape, profile_prefill, warm_up_prefill
-from dualpath_jax.kvcache import block_keys, layout_for, pack_full_blocks
+from dualpath_jax.kvcache import block_keys, pack_full_blocks
 from dualpath_jax.model import cost, count_params, get_spec, init_params
 from dualpath_jax.model.hf import load_hf_checkpoint
 from dualpath_jax.sched import BatchItem, form_batch
@@ -203,9 +203,10 @@ class Setup:
             params = init_params(self.spec, jax.random.PRNGKey(config.model.seed))
         self.cluster = config.cluster
         self.scheduler_cls = config.scheduler
-        self.layout = layout_for(self.spec, config.model.kv_dtype)
-        self.cluster.check_layout(self.layout.full_block_bytes)
         self.params = jax.tree.map(np.asarray, params)
+        # the store's keys are scoped to this spec and these weights (their fingerprint)
+        self.layout = store_layout(self.spec, self.params, config.model.kv_dtype)
+        self.cluster.check_layout(self.layout.full_block_bytes)
         self.agents = agents
         n_eng = self.cluster.num_pe + self.cluster.num_de
         self.devices = jax.devices()[:n_eng]

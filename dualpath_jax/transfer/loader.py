@@ -83,7 +83,8 @@ def _aligned_copy(x) -> np.ndarray:
 
 
 class LoaderError(RuntimeError):
-    """A layer could not be delivered: ``cause`` is ``"timeout"``, ``"closed"`` or the copy's error."""
+    """A layer could not be delivered: ``cause`` is ``"timeout"``, ``"closed"``, the copy's error or
+    the I/O error ``fetch`` raised (one of the loader's ``io_errors``; then also ``__cause__``)."""
 
     def __init__(self, layer: int, cause: str, record: TransferRecord | None = None):
         self.layer, self.cause, self.record = layer, cause, record
@@ -117,6 +118,10 @@ class LayerwiseLoader:
       timeout_s: deadline for each wait (link, :meth:`get`); nothing waits forever.
       host_memory_kind: ``"auto"`` (pinned staging on accelerators that have it), ``"pinned_host"``
         or ``None`` (no staging).
+      io_errors: exception types of ``fetch`` that mean a failed read or transfer of the layer's
+        KV: :meth:`get` raises them as :class:`LoaderError` (the caller's fallback, e.g. recompute).
+        Any other exception of ``fetch`` is a bug: :meth:`get` re-raises it unchanged (its type
+        and traceback), so it is not mistaken for an I/O failure. Default ``(OSError,)``.
 
     Use as a context manager, or call :meth:`start` and :meth:`close`. The consumer must
     :meth:`release` each layer once the computations reading it have finished.
@@ -127,7 +132,7 @@ class LayerwiseLoader:
 
     def __init__(self, num_layers: int, fetch: Callable[[int], Any], link: Link | None = None, *,
                  depth: int = 2, device: jax.Device | None = None, timeout_s: float = 60.0,
-                 host_memory_kind: str | None = "auto"):
+                 host_memory_kind: str | None = "auto", io_errors: tuple[type[BaseException], ...] = (OSError,)):
         check_positive("loader.num_layers", num_layers, integer=True)
         check_positive("loader.depth", depth, integer=True)
         check_positive("loader.timeout_s", timeout_s)
@@ -135,6 +140,7 @@ class LayerwiseLoader:
         self.depth = min(depth, num_layers)
         self.timeout_s = timeout_s
         self._fetch = fetch
+        self.io_errors = tuple(io_errors)
         self.link = link or Link(LinkConfig("h2d", Medium.PE_BUFFER, Medium.PE_HBM))
         self.device = device or jax.devices()[0]
         kinds = {m.kind for m in self.device.addressable_memories()}
@@ -147,7 +153,7 @@ class LayerwiseLoader:
         self._slots = threading.Semaphore(self.depth)
         self._cond = threading.Condition()
         self._held: dict[int, Any] = {}
-        self._errors: dict[int, LoaderError] = {}
+        self._errors: dict[int, BaseException] = {}  # LoaderError, or fetch's own non-I/O exception
         self._records: list[TransferRecord] = []
         self._held_bytes = 0
         self._peak_bytes = 0
@@ -191,7 +197,10 @@ class LayerwiseLoader:
         pinned staging)."""
         fetched = host = self._fetch(layer)
         if self._stage_sharding is not None:
-            host = jax.block_until_ready(jax.device_put(fetched, self._stage_sharding))
+            try:
+                host = jax.block_until_ready(jax.device_put(fetched, self._stage_sharding))
+            except Exception as e:  # the loader's own copy failed (not fetch): the layer was not delivered
+                raise LoaderError(layer, f"staging: {type(e).__name__}: {e}") from e
         return fetched, host
 
     def _run(self) -> None:
@@ -201,8 +210,13 @@ class LayerwiseLoader:
             fetched, host, error = None, None, None
             try:
                 fetched, host = self._prepare_host(layer)
-            except Exception as e:  # fetch/staging failure -> typed error for the consumer
+            except LoaderError as e:  # staging failed
+                error = e
+            except self.io_errors as e:  # a failed read/transfer -> typed error for the consumer
                 error = LoaderError(layer, f"{type(e).__name__}: {e}")
+                error.__cause__ = e
+            except Exception as e:  # noqa: BLE001 - a bug in fetch: the consumer gets it as raised
+                error = e
             with self._cond:
                 self._host_s += time.perf_counter() - t0
             while not self._slots.acquire(timeout=0.05):
@@ -240,8 +254,10 @@ class LayerwiseLoader:
         """Wait for ``layer``'s device arrays (the fetched pytree, now on the device).
 
         Raises:
-          LoaderError: the layer failed to load, the wait exceeded ``timeout_s`` (default the
-            loader's), or the loader was closed.
+          LoaderError: the layer failed to load (its copy failed, or ``fetch`` raised one of
+            ``io_errors``), the wait exceeded ``timeout_s`` (default the loader's), or the loader
+            was closed.
+          Exception: any other exception ``fetch`` raised for this layer, unchanged.
           ValueError: ``layer`` out of range.
         """
         if not 0 <= layer < self.num_layers:

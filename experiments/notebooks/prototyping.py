@@ -31,8 +31,7 @@
 import jax
 import numpy as np
 
-from dualpath_jax.engine import PrefillConfig, PrefillEngine, PrefillRequest
-from dualpath_jax.kvcache import layout_for
+from dualpath_jax.engine import PrefillConfig, PrefillEngine, PrefillRequest, store_layout
 from dualpath_jax.model import forward, get_spec, init_params
 from dualpath_jax.store import KVStore, StoreConfig
 from dualpath_jax.transfer import Link, LinkConfig, Medium
@@ -40,7 +39,7 @@ from dualpath_jax.transfer import Link, LinkConfig, Medium
 spec = get_spec("tiny-gqa").replace(name="nb-gqa", n_layers=8, d_model=128, d_ff=256)
 params = init_params(spec, jax.random.PRNGKey(0))
 tokens = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (640,), 0, spec.vocab_size), np.int32)
-layout = layout_for(spec)
+layout = store_layout(spec, params)  # keys scoped to this spec and these weights (their fingerprint)
 print(spec.name, "layers", spec.n_layers, "| Full Block", layout.full_block_bytes, "B | Layer Block",
       layout.layer_block_bytes, "B")
 
