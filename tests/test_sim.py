@@ -524,26 +524,64 @@ def test_attention_weighted_over_the_first_forwards():
     assert np.isnan(attention_weighted(types.SimpleNamespace(attention_s=np.zeros((0, 2)))))
 
 
+def _fits(flows, path, nbytes, rate, t0):
+    """Plain reference: do ``path``'s servers have ``rate`` (times the server's count in the path)
+    to spare from ``t0`` for ``nbytes / rate`` seconds, given the booked ``flows`` (start, end, rate)?"""
+    t1 = t0 + nbytes / rate
+    for s in set(path):
+        need = path.count(s) * rate
+        for p in sorted({t0} | {a for a, _, _ in flows[s.name] if t0 < a < t1}):
+            if sum(r for a, b, r in flows[s.name] if a <= p < b) + need > s.rate * (1 + 1e-9):
+                return False
+    return True
+
+
 @pytest.mark.parametrize("seed", range(30))
-def test_reserve_follows_the_pipelined_fifo_rule(seed):
-    """Random paths of 1-4 hops and issue times: the slowest hop (the first of the lowest rate) is
-    a FIFO queue the transfer starts in once every hop is free; the others carry the bytes from
-    the issue time on (``sim.hardware.reserve``'s rule, written out plainly)."""
+def test_reserve_books_the_earliest_start_with_room_on_every_hop(seed):
+    """Random paths of 1-4 hops (some crossing a server twice) at random issue times, against a
+    plain reference that keeps every booked transfer: a transfer streams at its slowest hop's
+    rate (a server crossed k times counts its rate / k); it starts at the earliest time from its
+    issue time on at which every hop has that rate to spare for the whole transfer (no earlier
+    candidate, the issue time or a booked transfer's end, has room), so no server ever carries
+    more than its rate; every hop counts the bytes once per crossing."""
     rng = np.random.default_rng(seed)
     servers = [Server(f"s{i}", float(rng.choice([1.0, 2.0, 5.0]))) for i in range(4)]
-    for s in servers:
-        s.free_at = float(rng.uniform(0, 3))
-    for _ in range(10):
-        path = tuple(servers[i] for i in rng.permutation(4)[:rng.integers(1, 5)])
-        nbytes, now = float(rng.uniform(0.5, 4)), float(rng.uniform(0, 3))
-        rates = [s.rate for s in path]
-        slow = path[rates.index(min(rates))]
-        start = max([now] + [s.free_at for s in path])
-        expected_free = {s.name: (start if s is slow else max(s.free_at, now)) + nbytes / s.rate for s in path}
-        expected_bytes = {s.name: s.bytes + nbytes for s in path}
-        assert reserve(path, nbytes, now) == (start, start + nbytes / slow.rate)
-        assert {s.name: s.free_at for s in path} == expected_free
-        assert {s.name: s.bytes for s in path} == expected_bytes
+    flows = {s.name: [] for s in servers}
+    now = 0.0
+    for _ in range(40):
+        k = int(rng.integers(1, 5))
+        idx = rng.permutation(4)[:k] if rng.random() < 0.7 else rng.integers(0, 4, size=k)
+        path = [servers[i] for i in idx]
+        nbytes = float(rng.uniform(0.1, 4))
+        now += float(rng.uniform(0, 0.5))
+        earliest = now + float(rng.choice([0.0, rng.uniform(0, 2)]))
+        start, end = reserve(tuple(path), nbytes, earliest, now)
+        rate = min(s.rate / path.count(s) for s in path)
+        assert end - start == pytest.approx(nbytes / rate, rel=1e-12) and start >= earliest
+        assert _fits(flows, path, nbytes, rate, start)
+        ends = {b for s in path for _, b, _ in flows[s.name] if earliest <= b < start}
+        assert not any(_fits(flows, path, nbytes, rate, t) for t in {earliest} | ends if t < start)
+        for s in set(path):
+            flows[s.name].append((start, end, path.count(s) * rate))
+        for s in servers:
+            assert s.bytes == pytest.approx(sum((b - a) * r for a, b, r in flows[s.name]), rel=1e-9)
+
+
+def test_a_transfer_fills_an_idle_stretch_and_a_cnic_never_carries_twice_its_rate():
+    """Closed form on a DE -> PE read (DE DRAM -> DE CNIC out -> PE CNIC in, all CNICs 45 GB/s):
+    the DE's CNIC out is booked until t = 1 s; a 45 GB read through it runs [1, 2] and holds the
+    PE's CNIC in then; the PE's own 45 GB load (PE DRAM -> PE CNIC out -> PE CNIC in), issued at
+    0, fills the PE CNIC in's idle [0, 1]; a second one finds it busy until 2 and runs [2, 3]."""
+    de_dram, pe_dram = Server("dram[de]", 500e9), Server("dram[pe]", 500e9)
+    de_out, pe_out, pe_in = Server("cnic_out[de]", 45e9), Server("cnic_out[pe]", 45e9), Server("cnic_in[pe]", 45e9)
+    de_out.free_at = 1.0
+    assert reserve((de_dram, de_out, pe_in), 45e9, 0.0) == (1.0, 2.0)
+    assert reserve((pe_dram, pe_out, pe_in), 45e9, 0.0) == (0.0, 1.0)
+    assert reserve((pe_dram, pe_out, pe_in), 45e9, 0.0) == (2.0, 3.0)
+    assert pe_in.free_at == 3.0 and pe_in.backlog_s(0.5) == pytest.approx(2.5)
+    # a DRAM 10x as fast carries ten such transfers side by side, not an eleventh
+    dram, nics = Server("dram", 10.0), [Server(f"n{i}", 1.0) for i in range(11)]
+    assert [reserve((n, dram), 1.0, 0.0) for n in nics] == [(0.0, 1.0)] * 10 + [(1.0, 2.0)]
 
 
 def test_a_dense_model_too_large_for_a_gpu_names_hbm_not_more_nodes(tmp_path):
@@ -568,3 +606,20 @@ def test_layerwise_holds_at_most_every_layer_of_a_shallow_model(tmp_path, layers
     full = Simulator(cfg.replace(prefill="full"), [agent([100], [4])]).pe_max_kv_tokens
     layerwise = Simulator(cfg.replace(prefill="layerwise"), [agent([100], [4])]).pe_max_kv_tokens
     assert layerwise == pytest.approx(full * layers / min(2, layers), rel=1e-12)
+
+
+def test_beta_is_five_seconds_of_a_pe_at_the_rounds_cached_and_new_tokens():
+    """beta (PAPER.md 5.2, 8.4: the prompt tokens one GPU prefills in 5 s) is sized for the mean
+    round: agents that start from a warm store (32,768 tokens, 429 new) count that context as
+    cached, and a given hit below the context caps it."""
+    cfg = SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=1)
+    warm = [SimAgent(0.0, np.array([429]), np.array([176]), initial_context=32768)] * 4
+    sim = Simulator(cfg, warm)
+    rate = sim.pe_model.prefill_tokens_per_s(32768, 429) * (32768 + 429) / 429
+    assert sim.sched.config.beta_tokens == pytest.approx(cfg.beta_s * rate, rel=1e-12)
+    # two rounds: round 1 hits 1,000 of its 32,768 + 429 + 176 context; the mean round caches (32768 + 1000) / 2
+    capped = [SimAgent(0.0, np.array([429, 429]), np.array([176, 176]), None, np.array([32768, 1000]),
+                       initial_context=32768)]
+    sim = Simulator(cfg, capped)
+    rate = sim.pe_model.prefill_tokens_per_s(16884, 429) * (16884 + 429) / 429
+    assert sim.sched.config.beta_tokens == pytest.approx(cfg.beta_s * rate, rel=1e-12)

@@ -70,6 +70,42 @@ def test_cnic_bytes_follow_the_papers_path_accounting(side):
     assert {k: res.links[k]["bytes"] for k in expected} == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.parametrize("side", ["pe", "de"])
+def test_dram_bytes_of_a_chunked_prefill_and_its_persist_follow_the_paths(side):
+    """Per node, the DRAM bytes of one request prefilled in chunks (a 2 ms compute quota), from the
+    chunks the PE formed (cached c_k, new b_k; c_1 = H): every chunk loads the hit KV again from its
+    buffer and the earlier chunks' KV from the PE host, where each chunk but the last copies its new
+    KV (D2H); the hand-off writes the DE buffer, the DE's H2D reads it; persisting writes DRAM (D2H)
+    and reads it (to the SNIC), twice its bytes (PAPER.md 2.5; DRAM is half duplex)."""
+    z, hit, app, gen = 64, 30 * 64, 3000, 20
+    chunks = []
+
+    class Side(ClusterScheduler):
+        def read_plan(self, req, pe_node, de_node, read_q, hit_blocks, block_tokens):
+            return ReadPlan(side, hit_blocks if side == "de" else 0)
+
+        def form_pe_batch(self, *args, **kwargs):
+            batch = super().form_pe_batch(*args, **kwargs)
+            chunks.extend((b.cached, b.remaining) for b in batch)
+            return batch
+
+    cfg = SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=1, loading="dual", fetch_period_s=FETCH,
+                    compute_quota_s=0.002)
+    kvb = cost.stored_kv_bytes_per_token(cfg.spec, "fp8")
+    a = SimAgent(0.0, np.array([app]), np.array([gen]), None, np.array([hit]), initial_context=hit)
+    res = simulate(cfg, [a], scheduler_cls=Side)
+    assert len(chunks) > 2 and chunks[0][0] == hit and sum(b for _, b in chunks) == app
+    reload_chunks = sum(c - hit for c, _ in chunks)  # earlier chunks' KV, loaded from the PE host
+    d2h_chunks = sum(b for _, b in chunks[:-1])
+    n, P = len(chunks), (hit + app + gen - 1) // z * z - hit
+    if side == "pe":  # SNIC -> PE buffer, n loads of it; hand-off: hit + new tokens
+        pe_dram, de_dram = hit + n * hit + reload_chunks + d2h_chunks, (hit + app) + (hit + app) + 2 * P
+    else:  # SNIC -> DE buffer, n loads of it to the PE; hand-off: new tokens
+        pe_dram, de_dram = reload_chunks + d2h_chunks, hit + n * hit + app + (hit + app) + 2 * P
+    assert res.links["dram[0]"]["bytes"] == pytest.approx(pe_dram * kvb, rel=1e-12)
+    assert res.links["dram[1]"]["bytes"] == pytest.approx(de_dram * kvb, rel=1e-12)
+
+
 def test_dram_buffers_never_hold_more_than_their_capacity():
     """Reads and hand-off holds wait for space: under a small buffer (4 GB per node, DS 660B 2P4D,
     512 agents) no node's buffer is ever overcommitted, and the run completes."""

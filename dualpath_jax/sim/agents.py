@@ -168,19 +168,15 @@ def round_hits(tokens: np.ndarray, lens: np.ndarray, offsets: np.ndarray, init: 
 
 
 def typical_round(flat: FlatRounds) -> tuple[int, int]:
-    """Mean (context, append) tokens per round over the agents (for alpha/beta in tokens).
+    """Mean (cached, append) tokens per round over the agents (for alpha/beta in tokens).
 
-    A round's context is the agent's earlier rounds' append + gen tokens, so round ``r`` of an
-    agent with ``n`` rounds is counted in the context of the ``n - 1 - r`` later ones.
+    A round's cached tokens are its hit as :func:`round_hits` computes it: the agent's initial
+    context and earlier rounds' append + generated tokens, cut to the round's given hit.
     """
-    append, gen, offsets = flat.append, flat.gen, flat.offsets
-    rounds = int(append.size)
+    rounds = int(flat.append.size)
     if rounds == 0:
         return 16384, 512
-    lens = np.diff(offsets)
-    later = np.repeat(offsets[1:], lens) - 1 - np.arange(rounds)  # rounds after this one, same agent
-    ctx_sum = int(np.dot(append + gen, later))
-    return max(int(ctx_sum / rounds), 1), max(int(int(append.sum()) / rounds), 1)
+    return max(int(int(flat.hit.sum()) / rounds), 1), max(int(int(flat.append.sum()) / rounds), 1)
 
 
 def as_typed_array(values, typecode: str) -> array.array:

@@ -15,15 +15,19 @@ Design (virtual time, one heap of events, no wall clock):
   when the request is ready and resolves a full buffer by timeout and retry);
   the PE forward streams the cached KV per layer to the PE (PE side: DRAM -> PE CNIC -> HBM;
   DE side: DE DRAM -> DE CNIC -> PE CNIC -> HBM) and the layer's KV to the DE buffer (all of it for
-  PE-side reads, the new tokens' only for DE-side reads); the DE copies the prompt KV to HBM
+  PE-side reads, the new tokens' only for DE-side reads); a request prefilled in chunks loads its
+  hit KV again in every chunk, and its earlier chunks' KV from the PE host, where each chunk but the
+  last copies its new KV (D2H), as the engine's PE does; the DE copies the prompt KV to HBM
   (DE DRAM -> DE CNIC -> HBM), frees its DRAM (the DE-side reads and the hand-off) and decodes;
   the new tokens' KV (appended and generated) is persisted HBM -> DE CNIC -> DRAM -> SNIC ->
-  storage from the start of decode (the generated blocks are written as they fill; the write is
-  reserved at once), and the agent's next round is issued once the request is finished and that
+  storage (the DRAM written, then read) from the start of decode (the generated blocks are
+  written as they fill; the write is reserved at once), and the agent's next round is issued once the request is finished and that
   write is done (plus think time), since it reads that KV. Oracle skips every KV transfer. A
   CNIC's out server carries what it reads over PCIe and its in server what it writes, so the
   loopback copies (H2D, D2H) load both, as the paper's bottleneck analysis counts them
-  (PAPER.md 2.6).
+  (PAPER.md 2.6). Every transfer is booked on all its hops at once at its slowest hop's rate,
+  in the earliest stretch where each has that rate to spare (:func:`~.hardware.reserve`), so no
+  link ever carries more than its rate.
 * **Prefill**: ``layerwise`` overlaps loading with compute (a forward ends at
   ``max(compute, loads + one layer)``) and needs ``depth / L`` of the KV on device; ``full``
   loads all layers first, then computes, and must fit all of the batch's KV in free HBM.
@@ -118,8 +122,11 @@ class Simulator:
         # (its out direction, as it reads HBM) -> HBM (in); D2H = HBM -> CNIC (out) -> DRAM (in)
         self._to_hbm_path = [(self.dram[self.node_of[e]], self.cnic_out[e], self.cnic_in[e])
                              for e in range(n_pe + n_de)]
-        self._persist_path = [(self.cnic_out[e], self.cnic_in[e], self.dram[self.node_of[e]],
-                               self.snic_w[self.node_of[e]]) for e in range(n_pe + n_de)]
+        self._to_dram_path = [(self.cnic_out[e], self.cnic_in[e], self.dram[self.node_of[e]])
+                              for e in range(n_pe + n_de)]
+        # persisting: D2H into DRAM, then DRAM -> SNIC -> storage, pipelined: the DRAM is written and read
+        self._persist_path = [self._to_dram_path[e] + (self.dram[self.node_of[e]], self.snic_w[self.node_of[e]])
+                              for e in range(n_pe + n_de)]
         self.pe_ids = list(range(n_pe))
         self.de_ids = list(range(n_pe, n_pe + n_de))
         pe_groups = {n: [e for e in self.pe_ids if self.node_of[e] == n] for n in range(cfg.prefill_nodes)}
@@ -289,8 +296,7 @@ class Simulator:
         """RuntimeView: node ``node``'s disk read queue in tokens: SNIC backlog plus reads waiting
         for buffer space."""
         srv = self.snic_r[node]
-        backlog = srv.free_at - self.now
-        return ((backlog * srv.rate if backlog > 0 else 0.0) + self.buffer_wait_bytes[node]) / self.kvb
+        return (srv.backlog_s(self.now) * srv.rate + self.buffer_wait_bytes[node]) / self.kvb
 
     def _on_tick(self, _a, _b):
         self.driver.tick()
@@ -357,7 +363,7 @@ class Simulator:
     def _admit(self, node: int, rid: int, read_bytes: float, charge: float):
         self.buffer_free[node] -= charge
         if read_bytes > 0:
-            start, end = reserve(self._read_path[node], read_bytes, self.now)
+            start, end = reserve(self._read_path[node], read_bytes, self.now, self.now)
             self._snic_samples_of[node].extend((start, end, read_bytes))
             self._push(end, _READ_DONE, rid)
         if node >= self.cfg.prefill_nodes:  # a DE node: the request's DE space is held, its PE-side read next
@@ -425,20 +431,19 @@ class Simulator:
             t_a = self.pe_model.attention_time_s(cached, bsz)
             t_c = self.pe_model.prefill_time_s(cached, bsz, attention_s=t_a)
             attn.append(t_a)
-            load_end, outs = now, []
+            load_end = now
             layer_s = t_c / L
-            for rid, cached_b, bsz_b in batch:
-                first = cached_b == hit_tokens[rid]  # no earlier chunk has run (each adds >= 1 token)
-                if first:
+            for rid, cached_b, _ in batch:
+                if cached_b == hit_tokens[rid]:  # the first chunk: no earlier one has run (each adds >= 1 token)
                     prefill_start[rid] = now
-                in_end, out_end = self._prefill_transfers(rid, e, cached_b, bsz_b, first, now, layer_s)
+                in_end = self._prefill_loads(rid, e, cached_b, now)
                 if in_end > load_end:
                     load_end = in_end
-                outs.append(out_end)
-            if cfg.prefill == "layerwise":
-                end = max(now + t_c, load_end + layer_s)
-            else:
-                end = load_end + t_c
+            if cfg.prefill == "layerwise":  # layer 0's KV leaves as the next layers compute
+                end, sent = max(now + t_c, load_end + layer_s), now + layer_s
+            else:  # all layers are loaded before the first is computed
+                end, sent = load_end + t_c, load_end + layer_s
+            outs = [self._prefill_sends(rid, e, cached_b, bsz_b, sent, now) for rid, cached_b, bsz_b in batch]
             plans.append((e, batch, outs))
             ends.append(end)
         if not plans:
@@ -456,32 +461,50 @@ class Simulator:
         self.pe_batch_requests[u] += sum([len(p[1]) for p in plans])
         self._push(end, _PE_DONE, u, (plans, end))
 
-    def _prefill_transfers(self, rid, pe, cached, bsz, first_chunk, now, layer_s):
-        """Reserve the KV movement of one request chunk in a forward; returns (loads end, to-DE end)."""
+    def _prefill_loads(self, rid, pe, cached, now):
+        """Reserve the loads of one request chunk's cached KV (its hit plus its earlier chunks'
+        tokens) into PE ``pe``'s HBM; returns when they end.
+
+        The hit KV comes from the PE buffer and the DE buffer (the request's read split), in every
+        chunk; an earlier chunk's KV from the PE host, where the chunk that computed it copied it
+        (:meth:`_prefill_sends`; the engine's PE keeps it there: ``engine/pe.py``)."""
         R = self.R
         if self.cfg.loading == "oracle":
-            return now, now
-        de = R["de"][rid]
-        dn = self.node_of[de]
-        kvb = self.kvb
+            return now
         hit = R["hit_tokens"][rid]
-        de_hit = R["de_blocks"][rid] * self.cfg.block_tokens
-        de_share = de_hit / hit if hit else 0.0
-        in_bytes = cached * kvb
+        de_share = R["de_blocks"][rid] * self.cfg.block_tokens / hit if hit else 0.0
+        kvb = self.kvb
         in_end = now
-        if in_bytes > 0:
-            b_pe, b_de = in_bytes * (1 - de_share), in_bytes * de_share
-            if b_pe > 0:
-                in_end = reserve(self._to_hbm_path[pe], b_pe, now)[1]
-            if b_de > 0:
-                end = reserve((self.dram[dn], self.cnic_out[de], self.cnic_in[pe]), b_de, now)[1]
-                if end > in_end:
-                    in_end = end
-        out_bytes = bsz * kvb
-        if first_chunk:
-            out_bytes += hit * (1 - de_share) * kvb  # PE-side hit KV goes to the DE buffer too
-        out_end = reserve((self.cnic_out[pe], self.cnic_in[de], self.dram[dn]), out_bytes, now + layer_s)[1]
-        return in_end, out_end
+        b_pe, b_de = (hit * (1 - de_share) + (cached - hit)) * kvb, hit * de_share * kvb
+        if b_pe > 0:
+            in_end = reserve(self._to_hbm_path[pe], b_pe, now, now)[1]
+        if b_de > 0:
+            de = R["de"][rid]
+            end = reserve((self.dram[self.node_of[de]], self.cnic_out[de], self.cnic_in[pe]), b_de, now, now)[1]
+            if end > in_end:
+                in_end = end
+        return in_end
+
+    def _prefill_sends(self, rid, pe, cached, bsz, earliest, now):
+        """Reserve what PE ``pe`` sends of one request chunk from ``earliest`` on (its first layer
+        computed); returns when its KV is in the DE buffer.
+
+        Every chunk's new KV goes to the DE buffer, and with the first chunk of a PE-side read the
+        hit KV too; each chunk but the last also copies its new KV to the PE host (D2H), which the
+        next chunks load (:meth:`_prefill_loads`)."""
+        R = self.R
+        if self.cfg.loading == "oracle":
+            return now
+        de = R["de"][rid]
+        hit = R["hit_tokens"][rid]
+        out_bytes = bsz * self.kvb
+        if cached == hit and hit:  # the first chunk: PE-side hit KV goes to the DE buffer too
+            out_bytes += hit * (1 - R["de_blocks"][rid] * self.cfg.block_tokens / hit) * self.kvb
+        out_end = reserve((self.cnic_out[pe], self.cnic_in[de], self.dram[self.node_of[de]]), out_bytes,
+                          earliest, now)[1]
+        if cached + bsz < hit + R["append_tokens"][rid]:  # not the last chunk: its KV stays on the PE host
+            reserve(self._to_dram_path[pe], bsz * self.kvb, earliest, now)
+        return out_end
 
     def _on_pe_done(self, u: int, payload):
         plans, end = payload
@@ -515,7 +538,7 @@ class Simulator:
                     self._release_buffer(pn, pe_bytes)
                 de = R_de[rid]
                 kv_ready = now if now >= out_end else out_end
-                h2d_end = reserve(self._to_hbm_path[de], 0.0 if oracle else prompt * kvb, kv_ready)[1]
+                h2d_end = reserve(self._to_hbm_path[de], 0.0 if oracle else prompt * kvb, kv_ready, now)[1]
                 self._push(h2d_end, _DE_JOIN, rid)
             if done:
                 self.driver.pe_released(e)
@@ -624,7 +647,7 @@ class Simulator:
         """Reserve the write of ``tokens`` tokens' KV from request ``rid``'s DE to storage; returns its end."""
         if self.cfg.loading == "oracle" or tokens <= 0:
             return self.now
-        return reserve(self._persist_path[self.R["de"][rid]], tokens * self.kvb, self.now)[1]
+        return reserve(self._persist_path[self.R["de"][rid]], tokens * self.kvb, self.now, self.now)[1]
 
 
 def simulate(config: SimConfig, agents: Sequence[SimAgent], *, max_events: SupportsIndex | None = None,

@@ -8,16 +8,18 @@ section 9). Other GPUs' numbers come from :mod:`dualpath_jax.sim.catalog`
 (``catalog.hardware_for("h200")``); the peak FLOP/s follows the model's compute dtype
 (``SimConfig.peak_flops``) unless ``peak_flops`` is set.
 
-A :class:`Server` is a FIFO bandwidth server: a transfer of ``b`` bytes that may start at ``t``
-starts at ``max(t, free_at)`` and occupies it for ``b / rate`` seconds. A transfer crossing several
-servers (storage -> SNIC -> DRAM, DRAM -> CNIC -> HBM, ...) is pipelined (cut-through): it starts
-when all its hops are free and ends after ``b / min(rate)``; each hop is busy only ``b / rate_h``
-(see :func:`reserve`).
+A :class:`Server` is a bandwidth server that books transfers over time. A transfer crossing
+several servers (storage -> SNIC -> DRAM, DRAM -> CNIC -> HBM, ...) is pipelined (cut-through):
+it streams through every hop at once at the slowest hop's rate, for ``b / min(rate)`` seconds,
+starting at the earliest time at which every hop has that rate to spare for the whole transfer
+(see :func:`reserve`). A hop as fast as the slowest one is as busy as it; a faster one (DRAM behind
+a SNIC) carries several transfers side by side; none ever carries more than its rate.
 Reads and writes of a NIC are separate servers (full duplex); host DRAM is one (half duplex).
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 
 from mypy_extensions import mypyc_attr
@@ -26,6 +28,12 @@ from dualpath_jax.config import ConfigError, check_at_most, check_fraction, chec
 from dualpath_jax.sim import catalog
 
 __all__ = ["HardwareConfig", "Server", "reserve"]
+
+# a hop has room for a transfer when its bookings plus the transfer stay within its rate up to this
+# factor: bookings only ever add rates, and a sum of fractions of a rate may round above it
+_RATE_SLACK = 1.0 + 1e-9
+# a server forgets the bookings that ended before the simulated time once it holds more steps than this
+_PRUNE_STEPS = 32
 
 
 @mypyc_attr(native_class=False)  # a plain Python class when compiled: picklable, checked by its own code
@@ -98,103 +106,237 @@ class HardwareConfig:
 
 
 class Server:
-    """A FIFO bandwidth server with a byte counter (its busy time follows from it)."""
+    """A bandwidth server (a NIC direction, a node's DRAM) with a byte counter.
 
-    __slots__ = ("name", "rate", "free_at", "bytes")
+    It keeps the rate its booked transfers use over time, a step function: ``_t`` holds the
+    times at which it changes (ascending; before ``_t[0]`` and after ``_t[-1]`` nothing is
+    booked) and ``_u[i]`` the bytes/s booked from ``_t[i]`` to ``_t[i + 1]``. :func:`reserve`
+    books each transfer where every hop has room for it.
+    """
+
+    __slots__ = ("name", "rate", "bytes", "_t", "_u")
 
     def __init__(self, name: str, rate_bytes_per_s: float):
         self.name = name
         self.rate = float(rate_bytes_per_s)
-        self.free_at = 0.0
         self.bytes = 0.0
+        self._t: list[float] = [0.0]
+        self._u: list[float] = [0.0]
 
     def __reduce__(self):  # pickle and copy with the counters (compiled, the class has no __dict__)
-        return _server, (self.name, self.rate, self.free_at, self.bytes)
+        return _server, (self.name, self.rate, self.bytes, list(self._t), list(self._u))
 
     @property
     def busy_s(self) -> float:
         """Seconds the server has carried bytes: every transfer occupies it ``bytes / rate``."""
         return self.bytes / self.rate
 
+    @property
+    def free_at(self) -> float:
+        """When the last booked transfer ends (seconds; 0.0 if none)."""
+        return self._t[-1]
+
+    @free_at.setter
+    def free_at(self, t: float) -> None:
+        """Book the server whole until ``t`` (seconds), as if a backlog were queued on it."""
+        self._t, self._u = ([0.0, float(t)], [self.rate, 0.0]) if t > 0 else ([0.0], [0.0])
+
     def backlog_s(self, now: float) -> float:
-        """Seconds of queued work ahead of a transfer issued at ``now``."""
-        return max(0.0, self.free_at - now)
+        """Seconds of booked work after ``now`` at the server's full rate (its queue, for a SNIC)."""
+        t, u = self._t, self._u
+        n = len(t)
+        i = bisect.bisect_right(t, now) - 1
+        if i < 0:
+            i = 0
+        work = 0.0
+        while i < n - 1:
+            a = t[i] if t[i] > now else now
+            work += u[i] * (t[i + 1] - a)
+            i += 1
+        return work / self.rate
+
+    def drop_before(self, now: float) -> None:
+        """Forget the bookings that end by ``now`` (no transfer is booked before ``now`` any more)."""
+        t = self._t
+        i = bisect.bisect_right(t, now) - 1
+        if i > 0:
+            del t[:i]
+            del self._u[:i]
+
+    def _blocked_until(self, start: float, end: float, need: float) -> float:
+        """``-1.0`` if ``need`` bytes/s more fit from ``start`` to ``end``, else the end of the
+        first booked stretch in that span that has no room (a later start to try)."""
+        t = self._t
+        n = len(t)
+        if start >= t[n - 1]:  # nothing booked from start on
+            return -1.0
+        u = self._u
+        room = self.rate * _RATE_SLACK - need
+        i = bisect.bisect_right(t, start) - 1
+        if i < 0:
+            i = 0
+        while i < n - 1 and t[i] < end:
+            if u[i] > room:
+                return t[i + 1]
+            i += 1
+        return -1.0
+
+    def _book(self, start: float, end: float, use: float, now: float) -> None:
+        """Add ``use`` bytes/s from ``start`` to ``end`` (``start < end``), merging equal
+        neighbouring steps; past :data:`_PRUNE_STEPS` steps, forget those that ended by ``now``."""
+        t, u = self._t, self._u
+        n = len(t)
+        if n > _PRUNE_STEPS and t[1] <= now:
+            self.drop_before(now)
+            n = len(t)
+        last = t[n - 1]
+        if start >= last:  # after every booking (the usual case): append, or extend the last step
+            if start > last:
+                t.append(start)
+                u.append(use)
+            elif n > 1 and u[n - 2] == use:
+                t[n - 1] = end
+                return
+            else:
+                u[n - 1] = use
+            t.append(end)
+            u.append(0.0)
+            return
+        a = _split(t, u, start)
+        b = _split(t, u, end)
+        for i in range(a, b):
+            u[i] += use
+        if u[b - 1] == u[b]:
+            del t[b]
+            del u[b]
+        if a > 0 and u[a - 1] == u[a]:
+            del t[a]
+            del u[a]
 
 
-def _server(name: str, rate: float, free_at: float, nbytes: float) -> Server:
+def _split(t: list[float], u: list[float], x: float) -> int:
+    """Index of the step of ``(t, u)`` that starts at ``x``, inserting one there if needed."""
+    i = bisect.bisect_right(t, x) - 1
+    if i >= 0 and t[i] == x:
+        return i
+    t.insert(i + 1, x)
+    u.insert(i + 1, u[i] if i >= 0 else 0.0)
+    return i + 1
+
+
+def _server(name: str, rate: float, nbytes: float, t: list, u: list) -> Server:
     server = Server(name, rate)
-    server.free_at, server.bytes = free_at, nbytes
+    server.bytes, server._t, server._u = nbytes, [float(x) for x in t], [float(x) for x in u]
     return server
 
 
-def reserve(servers, nbytes: float, earliest: float) -> tuple[float, float]:
-    """Reserve a pipelined transfer of ``nbytes`` across ``servers``; returns ``(start_s, finish_s)``.
+def reserve(servers, nbytes: float, earliest: float, now: float = 0.0) -> tuple[float, float]:
+    """Book a pipelined (cut-through) transfer of ``nbytes`` bytes across ``servers``; returns
+    ``(start_s, finish_s)``.
 
-    The slowest hop is a FIFO server: the transfer starts when it and the other hops are free and
-    lasts ``nbytes / slowest_rate``. The faster hops only carry the bytes while they stream
-    through, so their occupancy is queued from ``earliest`` (when the transfer is issued), not
-    from its possibly much later start: a backlog on a slow SNIC does not block DRAM for others.
-    The slowest hop is the first of the lowest rate. Each server appears at most once in a path;
-    two- and three-hop paths (all but the four-hop persist path) take unrolled branches that do
-    the same arithmetic as the general loop.
+    The transfer streams through every hop at once at one rate, the slowest hop's (a server the
+    path crosses ``k`` times, such as a node's DRAM written and then read, carries it ``k`` times:
+    its rate counts ``/ k``), for ``nbytes / rate`` seconds. It starts at the earliest time from
+    ``earliest`` on at which every hop has that rate to spare for the whole transfer, given what
+    is booked on it: a transfer fills an idle stretch before a later booking when it fits there,
+    and a faster hop (a DRAM behind a SNIC) carries several transfers side by side, none beyond
+    its rate. Each hop counts ``k * nbytes`` bytes.
+
+    ``now``: no transfer will be booked to start before it any more; bookings that end by then are
+    forgotten (0.0: keep them all).
     """
     hops = len(servers)
     if nbytes <= 0 or not hops:
         return earliest, earliest
-    if hops == 2:
+    if hops == 2 and servers[0] is not servers[1]:  # the read path and the usual 2- and 3-hop paths, unrolled
         a, b = servers
-        fa, fb = a.free_at, b.free_at
+        rate = a.rate if a.rate < b.rate else b.rate
+        dur = nbytes / rate
         start = earliest
-        if fa > start:
-            start = fa
-        if fb > start:
-            start = fb
-        da, db = nbytes / a.rate, nbytes / b.rate
-        if b.rate < a.rate:
-            a.free_at = (fa if fa > earliest else earliest) + da
-            end = b.free_at = start + db
-        else:
-            end = a.free_at = start + da
-            b.free_at = (fb if fb > earliest else earliest) + db
+        while True:
+            if start < a._t[-1]:
+                later = a._blocked_until(start, start + dur, rate)
+                if later >= 0.0:
+                    start = later
+                    continue
+            if start < b._t[-1]:
+                later = b._blocked_until(start, start + dur, rate)
+                if later >= 0.0:
+                    start = later
+                    continue
+            break
+        end = start + dur
+        if end > start:
+            a._book(start, end, rate, now)
+            b._book(start, end, rate, now)
         a.bytes += nbytes
         b.bytes += nbytes
         return start, end
-    if hops == 3:
+    if hops == 3 and servers[0] is not servers[1] and servers[0] is not servers[2] and servers[1] is not servers[2]:
         a, b, c = servers
-        fa, fb, fc = a.free_at, b.free_at, c.free_at
+        rate = a.rate if a.rate < b.rate else b.rate
+        if c.rate < rate:
+            rate = c.rate
+        dur = nbytes / rate
         start = earliest
-        if fa > start:
-            start = fa
-        if fb > start:
-            start = fb
-        if fc > start:
-            start = fc
-        ra, rb, rc = a.rate, b.rate, c.rate
-        da, db, dc = nbytes / ra, nbytes / rb, nbytes / rc
-        slow = c if rc < (rb if rb < ra else ra) else (b if rb < ra else a)  # the first of the lowest rate
-        a.free_at = start + da if slow is a else (fa if fa > earliest else earliest) + da
-        b.free_at = start + db if slow is b else (fb if fb > earliest else earliest) + db
-        c.free_at = start + dc if slow is c else (fc if fc > earliest else earliest) + dc
+        while True:
+            if start < a._t[-1]:
+                later = a._blocked_until(start, start + dur, rate)
+                if later >= 0.0:
+                    start = later
+                    continue
+            if start < b._t[-1]:
+                later = b._blocked_until(start, start + dur, rate)
+                if later >= 0.0:
+                    start = later
+                    continue
+            if start < c._t[-1]:
+                later = c._blocked_until(start, start + dur, rate)
+                if later >= 0.0:
+                    start = later
+                    continue
+            break
+        end = start + dur
+        if end > start:
+            a._book(start, end, rate, now)
+            b._book(start, end, rate, now)
+            c._book(start, end, rate, now)
         a.bytes += nbytes
         b.bytes += nbytes
         c.bytes += nbytes
-        return start, slow.free_at
-    slow = servers[0]
-    slow_rate = slow.rate
-    start = earliest
+        return start, end
+    uniq: list[Server] = []
+    times: list[int] = []
     for s in servers:
-        rate, free_at = s.rate, s.free_at
-        if rate < slow_rate:
-            slow, slow_rate = s, rate
-        if free_at > start:
-            start = free_at
-    end = start
-    for s in servers:
-        dt = nbytes / s.rate
-        if s is slow:
-            end = s.free_at = start + dt
+        for j in range(len(uniq)):
+            if uniq[j] is s:
+                times[j] += 1
+                break
         else:
-            free_at = s.free_at
-            s.free_at = (free_at if free_at > earliest else earliest) + dt
-        s.bytes += nbytes
+            uniq.append(s)
+            times.append(1)
+    hops = len(uniq)
+    rate = uniq[0].rate / times[0]
+    for j in range(1, hops):
+        r = uniq[j].rate / times[j]
+        if r < rate:
+            rate = r
+    dur = nbytes / rate
+    start = earliest
+    moved = True
+    while moved:
+        moved = False
+        for j in range(hops):
+            s = uniq[j]
+            if start < s._t[-1]:  # something is booked after start: is there room?
+                later = s._blocked_until(start, start + dur, times[j] * rate)
+                if later >= 0.0:
+                    start = later
+                    moved = True
+    end = start + dur
+    for j in range(hops):
+        s = uniq[j]
+        if end > start:
+            s._book(start, end, times[j] * rate, now)
+        s.bytes += times[j] * nbytes
     return start, end
