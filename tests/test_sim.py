@@ -567,6 +567,28 @@ def test_reserve_books_the_earliest_start_with_room_on_every_hop(seed):
             assert s.bytes == pytest.approx(sum((b - a) * r for a, b, r in flows[s.name]), rel=1e-9)
 
 
+def test_forgetting_bookings_that_ended_changes_no_later_booking(monkeypatch):
+    """``reserve(..., now)`` forgets what ended by ``now`` (here after every booking): 2,000 random
+    transfers issued at non-decreasing times get the same (start, end) as with nothing forgotten."""
+    import dualpath_jax.sim.hardware as hardware
+
+    def run(prune: bool):
+        rng = np.random.default_rng(7)
+        servers = [Server(f"s{i}", float(r)) for i, r in enumerate([1.0, 1.0, 2.0, 10.0])]
+        now, out = 0.0, []
+        for _ in range(2000):
+            now += float(rng.exponential(0.3))
+            path = tuple(servers[i] for i in rng.permutation(4)[:rng.integers(1, 4)])
+            earliest = now + float(rng.choice([0.0, rng.uniform(0, 1)]))
+            out.append(reserve(path, float(rng.uniform(0.1, 2)), earliest, now if prune else 0.0))
+        return out, max(len(s._t) for s in servers)
+
+    kept, steps_kept = run(False)
+    monkeypatch.setattr(hardware, "_PRUNE_STEPS", 1)
+    pruned, steps_pruned = run(True)
+    assert pruned == kept and steps_pruned < steps_kept
+
+
 def test_a_transfer_fills_an_idle_stretch_and_a_cnic_never_carries_twice_its_rate():
     """Closed form on a DE -> PE read (DE DRAM -> DE CNIC out -> PE CNIC in, all CNICs 45 GB/s):
     the DE's CNIC out is booked until t = 1 s; a 45 GB read through it runs [1, 2] and holds the

@@ -8,7 +8,7 @@ import pytest
 from dualpath_jax.config import ConfigError
 from dualpath_jax.model import cost
 from dualpath_jax.sched import LOADINGS, ClusterScheduler, ReadPlan
-from dualpath_jax.sim import HardwareConfig, SimAgent, SimConfig, Simulator, simulate
+from dualpath_jax.sim import HardwareConfig, SimAgent, SimConfig, Simulator, reserve, simulate
 
 FETCH = 0.005
 
@@ -163,3 +163,28 @@ def test_random_clusters_and_small_buffers_always_finish_with_their_buffers_whol
         assert sim.buffer_free == pytest.approx([buffer] * (p + d), rel=1e-9)
         assert not any(sim.buffer_wait) and sim.buffer_wait_bytes == pytest.approx([0.0] * (p + d), abs=1e-3)
     assert runs >= 30
+
+
+def test_the_last_chunks_hand_off_waits_for_every_earlier_chunks_send():
+    """A request's KV is in the DE buffer only once every chunk's send has landed (the engine's PE
+    hands off after all of them): with the PE's CNIC out booked at [2, 2.5] and [3, 10] s, a 2.1 s
+    send of chunk 1 runs [10, 12.1] (its D2H then [12.1, 14.2]) while the last chunk's one-token
+    send fits [0, kvb / rate]; the hand-off is due at 12.1 s, not then."""
+    hw = HardwareConfig(cnic_bytes_per_s=1e6)
+    cfg = SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=1, loading="dual", hardware=hw)
+    rate = hw.cnic_bytes_per_s * hw.cnic_kv_share
+    kvb = cost.stored_kv_bytes_per_token(cfg.spec, "fp8")
+    z, b1 = 64, int(np.ceil(2.1 * rate / kvb))
+    sim = Simulator(cfg, [SimAgent(0.0, np.array([b1 + 1]), np.array([2]), None, np.array([10 * z]),
+                                   initial_context=10 * z)])
+    pe, de = sim.pe_ids[0], sim.de_ids[0]
+    R = sim.R
+    R["de"][0], R["hit_tokens"][0], R["append_tokens"][0], R["de_blocks"][0] = de, 10 * z, b1 + 1, 10
+    out = sim.cnic_out[pe]
+    reserve((out,), 0.5 * rate, 2.0)
+    reserve((out,), 7 * rate, 3.0)
+    first = sim._prefill_sends(0, pe, 10 * z, b1, 0.0, 0.0)
+    assert first == pytest.approx(10.0 + b1 * kvb / rate, rel=1e-12)
+    last = sim._prefill_sends(0, pe, 10 * z + b1, 1, 0.0, 0.0)
+    assert last == first  # its own send ended at kvb / rate
+    assert out.backlog_s(0.0) * rate == pytest.approx((0.5 + 7) * rate + (2 * b1 + 1) * kvb, rel=1e-12)

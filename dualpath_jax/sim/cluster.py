@@ -177,6 +177,7 @@ class Simulator:
         # per-request columns, preallocated for every round of every agent (request ids are issue order)
         total = self._total = sum(len(a.append) for a in self.agents)
         self.R = request_columns(total)
+        self._chunks_sent: dict[int, float] = {}  # request id -> when its earlier chunks' KV is in the DE buffer
         self._issued = 0
         self.agent_round = [0] * len(self.agents)
         self.agent_context = [int(a.initial_context) for a in self.agents]
@@ -487,7 +488,7 @@ class Simulator:
 
     def _prefill_sends(self, rid, pe, cached, bsz, earliest, now):
         """Reserve what PE ``pe`` sends of one request chunk from ``earliest`` on (its first layer
-        computed); returns when its KV is in the DE buffer.
+        computed); returns when its KV is in the DE buffer (for the last chunk: when every chunk's is).
 
         Every chunk's new KV goes to the DE buffer, and with the first chunk of a PE-side read the
         hit KV too; each chunk but the last also copies its new KV to the PE host (D2H), which the
@@ -504,7 +505,11 @@ class Simulator:
                           earliest, now)[1]
         if cached + bsz < hit + R["append_tokens"][rid]:  # not the last chunk: its KV stays on the PE host
             reserve(self._to_dram_path[pe], bsz * self.kvb, earliest, now)
-        return out_end
+            sent = self._chunks_sent.get(rid, out_end)
+            self._chunks_sent[rid] = out_end if out_end > sent else sent
+            return out_end
+        sent = self._chunks_sent.pop(rid, out_end)  # the hand-off waits for every chunk's KV: a later,
+        return out_end if out_end > sent else sent  # smaller send may have filled an earlier gap
 
     def _on_pe_done(self, u: int, payload):
         plans, end = payload

@@ -109,8 +109,9 @@ class Server:
     """A bandwidth server (a NIC direction, a node's DRAM) with a byte counter.
 
     It keeps the rate its booked transfers use over time, a step function: ``_t`` holds the
-    times at which it changes (ascending; before ``_t[0]`` and after ``_t[-1]`` nothing is
-    booked) and ``_u[i]`` the bytes/s booked from ``_t[i]`` to ``_t[i + 1]``. :func:`reserve`
+    times at which it changes (ascending; after ``_t[-1]`` nothing is booked, and before ``_t[0]``
+    nothing is, or what was has been forgotten: :meth:`drop_before`) and ``_u[i]`` the bytes/s
+    booked from ``_t[i]`` to ``_t[i + 1]``. :func:`reserve`
     books each transfer where every hop has room for it.
     """
 
@@ -242,8 +243,9 @@ def reserve(servers, nbytes: float, earliest: float, now: float = 0.0) -> tuple[
     and a faster hop (a DRAM behind a SNIC) carries several transfers side by side, none beyond
     its rate. Each hop counts ``k * nbytes`` bytes.
 
-    ``now``: no transfer will be booked to start before it any more; bookings that end by then are
-    forgotten (0.0: keep them all).
+    ``now``: no transfer will be booked to start before it any more (every later call's
+    ``earliest`` is at least this ``now``); bookings that end by then may be forgotten (0.0: keep
+    them all).
     """
     hops = len(servers)
     if nbytes <= 0 or not hops:
