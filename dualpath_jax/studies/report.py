@@ -132,6 +132,10 @@ MODEL_NOTES = """### Modelling choices (reviewed against PAPER.md and public dat
   study splits Fig. 14's ratio by the number of busy members.
 - **Admission.** A DE admits a request at no decode-time cost (``de_join_s`` 0): the paper gives
   none, and the H2D copy of the request's KV is a modelled transfer that the request waits for.
+- **Links.** A transfer streams through all its links at once at its slowest link's rate and is
+  booked where every link has that rate to spare for the whole transfer (the earliest such
+  stretch, before later bookings when it fits), so no link carries more than its rate; contention
+  beyond that (congestion, fair sharing of a link's rate among transfers) is not modelled.
 
 `experiments/sensitivity.py` reruns the headline figures with each assumed quantity at -25% and +25%.
 """
