@@ -66,7 +66,7 @@ def balance_target(private_queue: Sequence[SchedRequest], engines: Sequence[Engi
                    len(live), z_factor)
 
 
-def _target(private_queue: Sequence[SchedRequest], free: float, tok: int, n_engines: int, z_factor: float) -> float:
+def _target(private_queue: Sequence[SchedRequest], free: float, tok: float, n_engines: int, z_factor: float) -> float:
     """:func:`balance_target` from the group's total free HBM and total ``tok``."""
     fitting, used = 0, 0.0
     for req in private_queue:
@@ -116,7 +116,7 @@ def assign_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[Engin
         length = req.num_tokens
         # the low set (tok + len <= Z) by min seq; if it is empty, the high set by min tok; the
         # engine must have the HBM; ties keep the lower id
-        best, best_val = -1, 0
+        best, best_val = -1, 0.0
         for i in idx:
             if tok[i] + length <= z and free[i] >= need and (best < 0 or seq[i] < best_val):
                 best, best_val = i, seq[i]

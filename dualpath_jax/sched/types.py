@@ -50,14 +50,15 @@ class EngineLoad:
     Attributes:
       engine_id: global engine id.
       node_id: node hosting the engine (read queues are per node).
-      tok: ``tok_e``, total tokens of assigned-but-unfinished requests.
+      tok: ``tok_e``, total tokens of assigned-but-unfinished requests (a float: a lost engine
+        reports ``inf``).
       seq: ``seq_e``, number of assigned-but-unfinished requests.
       free_hbm_bytes: DE free HBM for new requests (ignored for PEs).
     """
 
     engine_id: int
     node_id: int
-    tok: int = 0
+    tok: float = 0
     seq: int = 0
     free_hbm_bytes: float = float("inf")
 
