@@ -116,14 +116,14 @@ def assign_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[Engin
         length = req.num_tokens
         # the low set (tok + len <= Z) by min seq; if it is empty, the high set by min tok; the
         # engine must have the HBM; ties keep the lower id
-        best, best_val = -1, 0.0
+        best, best_seq, best_tok = -1, 0, 0.0
         for i in idx:
-            if tok[i] + length <= z and free[i] >= need and (best < 0 or seq[i] < best_val):
-                best, best_val = i, seq[i]
+            if tok[i] + length <= z and free[i] >= need and (best < 0 or seq[i] < best_seq):
+                best, best_seq = i, seq[i]
         if best < 0:
             for i in idx:
-                if free[i] >= need and (best < 0 or tok[i] < best_val):
-                    best, best_val = i, tok[i]
+                if free[i] >= need and (best < 0 or tok[i] < best_tok):
+                    best, best_tok = i, tok[i]
         tok[best] += length
         seq[best] += 1
         free[best] -= need
