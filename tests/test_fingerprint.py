@@ -62,3 +62,16 @@ def test_fingerprint_of_odd_leaves():
     assert weights_fingerprint({**a, "b": np.array([False, True])}) != fp
     with pytest.raises(ValueError, match="no array leaves"):
         weights_fingerprint({})
+
+
+def test_int4_leaves_are_fingerprinted_and_other_leaves_named():
+    """4-bit integers (quantized checkpoints) hash by value, host and device alike; a string or a
+    complex leaf is a ValueError naming its path, not a JAX tracing error."""
+    q = np.arange(-8, 8, dtype=np.int8).astype(ml_dtypes.int4)
+    fp = weights_fingerprint({"q": q})
+    assert weights_fingerprint({"q": jnp.asarray(q)}) == fp
+    assert weights_fingerprint({"q": q[::-1].copy()}) != fp
+    with pytest.raises(ValueError, match=r"params\['meta'\]: a str\d* leaf"):
+        weights_fingerprint({"w": np.ones(2, np.float32), "meta": "step 1000"})
+    with pytest.raises(ValueError, match=r"params\['z'\]: a complex64 leaf"):
+        weights_fingerprint({"z": np.ones(2, np.complex64)})

@@ -176,7 +176,14 @@ def test_scope_by_hand_covers_the_whole_spec_and_the_namespace():
 
     spec = get_spec("tiny-mla")
     lay = layout_for(spec, "fp8", block_tokens=32, namespace="w-abc")
-    spec_json = json.dumps(dataclasses.asdict(spec), sort_keys=True, separators=(",", ":"))
+    def whole_floats_as_ints(v):
+        if isinstance(v, dict):
+            return {k: whole_floats_as_ints(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [whole_floats_as_ints(x) for x in v]
+        return int(v) if isinstance(v, float) and v == int(v) else v
+
+    spec_json = json.dumps(whole_floats_as_ints(dataclasses.asdict(spec)), sort_keys=True, separators=(",", ":"))
     digest = hashlib.blake2b(spec_json.encode(), digest_size=16, person=b"dpkv-spec").hexdigest()
     fields = "latent:(32,):float8_e4m3fn;latent_scale:(1,):float32;k_rope:(8,):bfloat16"
     desc = f"tiny-mla|mla|L={spec.n_layers}|Z=32|fp8|{fields}|ns=w-abc|spec={digest}"
@@ -198,6 +205,9 @@ def test_scope_changes_with_any_spec_field_that_changes_the_kv():
     assert len({lay.scope for lay in layouts}) == len(variants)
     tokens = np.arange(64, dtype=np.int32)
     assert len({block_keys(lay, tokens)[0] for lay in layouts}) == len(variants)
+    # equal specs share a scope, whether a number was given as an int or a float
+    assert layout_for(spec.replace(rope_theta=int(spec.rope_theta))).scope == layouts[0].scope
+    assert layout_for(spec.replace(rope_scaling=RopeScaling(kind="linear", factor=2))).scope == layouts[5].scope
     # the same spec built twice (a fresh object) keeps its scope: caches survive restarts
     again = get_spec("tiny-gqa").replace(rope_theta=spec.rope_theta * 2)
     assert layout_for(again).scope == layouts[1].scope

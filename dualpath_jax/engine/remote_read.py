@@ -49,7 +49,8 @@ class RemoteHit:
       hit_blocks: leading Full Blocks read (the hit; the rest of the prompt is recomputed).
       lookup_blocks: leading blocks the store's index held.
       offers: per layer, the offer of ``uint8[hit_blocks, Z, Bt]`` (empty without a hit).
-      failure: the first block that failed to read, if any.
+      failure: why the hit stops short, if it does: the lookup's failure (e.g. ``UNREADABLE``),
+        else the first block that failed to read, else ``MISSING`` for a plain miss.
     """
 
     hit_blocks: int

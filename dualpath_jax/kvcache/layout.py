@@ -183,10 +183,23 @@ class BlockLayout:
         return h.hexdigest()
 
 
+def _canonical(value):
+    """``value`` with every whole float written as an int (``10000.0`` -> ``10000``), in lists and
+    dicts too, so that specs that compare equal (``rope_theta=10000`` and ``10000.0``) digest equal."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
 def spec_digest(spec: ModelSpec) -> str:
     """Hex digest (32 chars) of every field of ``spec``: BLAKE2b-128 (person ``dpkv-spec``) of its
-    fields (nested ``rope_scaling`` included) as canonical JSON (sorted keys, no spaces)."""
-    desc = json.dumps(dataclasses.asdict(spec), sort_keys=True, separators=(",", ":"), allow_nan=True)
+    fields (nested ``rope_scaling`` included) as canonical JSON (sorted keys, no spaces, whole
+    floats as ints: two specs that compare equal have one digest)."""
+    desc = json.dumps(_canonical(dataclasses.asdict(spec)), sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.blake2b(desc.encode(), digest_size=16, person=b"dpkv-spec").hexdigest()
 
 

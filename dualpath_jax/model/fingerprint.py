@@ -32,9 +32,12 @@ def _fmix32(h: jax.Array) -> jax.Array:
 
 
 def _words(x: jax.Array) -> jax.Array:
-    """The bits of ``x`` as a flat ``uint32[n]`` (1- and 2-byte elements widened, 8-byte ones split)."""
+    """The bits of ``x`` as a flat ``uint32[n]`` (1- and 2-byte elements widened, 8-byte ones split;
+    4-bit integers by value)."""
     if x.dtype == jnp.bool_:
         x = x.astype(jnp.uint8)
+    elif jnp.issubdtype(x.dtype, jnp.integer) and jnp.iinfo(x.dtype).bits < 8:  # int4 / uint4: no bitcast
+        x = x.astype(jnp.int8 if jnp.issubdtype(x.dtype, jnp.signedinteger) else jnp.uint8)
     size = x.dtype.itemsize
     if size < 4:
         return jax.lax.bitcast_convert_type(x, jnp.uint8 if size == 1 else jnp.uint16).astype(jnp.uint32).reshape(-1)
@@ -78,16 +81,22 @@ def weights_fingerprint(params) -> str:
     (except with probability about 2**-64 per changed leaf).
 
     Args:
-      params: a pytree of arrays (numpy or ``jax.Array``, any dtype: float32, bfloat16, fp8,
-        integer, bool), e.g. :func:`~dualpath_jax.model.params.init_params`'s output or a loaded
-        checkpoint.
+      params: a pytree of real or boolean arrays or scalars (numpy or ``jax.Array``: float64 to
+        fp8, bfloat16, integers down to int4, bool), e.g.
+        :func:`~dualpath_jax.model.params.init_params`'s output or a loaded checkpoint.
 
     Raises:
-      ValueError: ``params`` has no array leaves.
+      ValueError: ``params`` has no leaves, or a leaf that is not a real or boolean array (a
+        string, a complex array), named by its path.
     """
     leaves = jax.tree_util.tree_leaves_with_path(params)
     if not leaves:
         raise ValueError("params: no array leaves to fingerprint")
+    for path, x in leaves:
+        dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+        if not (dtype == np.bool_ or jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+            raise ValueError(f"params{jax.tree_util.keystr(path)}: a {np.dtype(dtype).name} leaf has no weights "
+                             "fingerprint (real or boolean arrays only)")
     sums = jax.device_get([_leaf_checksum(_on_device(x)) if np.size(x) else jnp.zeros(2, jnp.uint32)
                            for _, x in leaves])
     h = hashlib.blake2b(digest_size=16, person=b"dpkv-weights")
