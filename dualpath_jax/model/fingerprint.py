@@ -97,8 +97,9 @@ def weights_fingerprint(params) -> str:
         if not (dtype == np.bool_ or jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
             raise ValueError(f"params{jax.tree_util.keystr(path)}: a {np.dtype(dtype).name} leaf has no weights "
                              "fingerprint (real or boolean arrays only)")
-    sums = jax.device_get([_leaf_checksum(_on_device(x)) if np.size(x) else jnp.zeros(2, jnp.uint32)
-                           for _, x in leaves])
+    # one leaf at a time: a host leaf's device copy is freed before the next is made (a whole model's
+    # weights are never copied to the device at once)
+    sums = [np.asarray(_leaf_checksum(_on_device(x))) if np.size(x) else np.zeros(2, np.uint32) for _, x in leaves]
     h = hashlib.blake2b(digest_size=16, person=b"dpkv-weights")
     for (path, x), s in zip(leaves, sums):
         dtype = np.dtype(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype).name
