@@ -247,37 +247,14 @@ def reserve(servers, nbytes: float, earliest: float, now: float = 0.0) -> tuple[
     ``earliest`` is at least this ``now``); bookings that end by then may be forgotten (0.0: keep
     them all).
 
-    Paths of two or three distinct servers (all but the persist path) take unrolled branches that
-    do the general loop's arithmetic (a loop over any distinct path costs about 1.3x per call).
+    A path of three distinct servers (every transfer of a prefill forward and the DE's H2D) takes an
+    unrolled branch that does the general loop's arithmetic (the loop costs about 1.3x per call).
     """
     hops = len(servers)
     if nbytes <= 0 or not hops:
         return earliest, earliest
-    if hops == 2 and servers[0] is not servers[1]:  # the read path and the usual 2- and 3-hop paths, unrolled
-        a, b = servers
-        rate = a.rate if a.rate < b.rate else b.rate
-        dur = nbytes / rate
-        start = earliest
-        while True:
-            if start < a._t[-1]:
-                later = a._blocked_until(start, start + dur, rate)
-                if later >= 0.0:
-                    start = later
-                    continue
-            if start < b._t[-1]:
-                later = b._blocked_until(start, start + dur, rate)
-                if later >= 0.0:
-                    start = later
-                    continue
-            break
-        end = start + dur
-        if end > start:
-            a._book(start, end, rate, now)
-            b._book(start, end, rate, now)
-        a.bytes += nbytes
-        b.bytes += nbytes
-        return start, end
     if hops == 3 and servers[0] is not servers[1] and servers[0] is not servers[2] and servers[1] is not servers[2]:
+        # the H2D, D2H, DE -> PE and hand-off paths: the simulator's most frequent, unrolled
         a, b, c = servers
         rate = a.rate if a.rate < b.rate else b.rate
         if c.rate < rate:
