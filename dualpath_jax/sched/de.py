@@ -99,15 +99,9 @@ def assign_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[Engin
     tok = [e.tok for e in ordered]
     seq = [e.seq for e in ordered]
     free = [e.free_hbm_bytes for e in ordered]
-    idx: Sequence[int] = range(len(ordered))
-    some_lost = math.inf in tok
-    if some_lost:  # lost engines: out of E (Z, |E|, placement)
-        idx = [i for i in idx if tok[i] < math.inf]
-        z = _target(private_queue, sum([free[i] for i in idx]), sum([tok[i] for i in idx]), len(idx), z_factor)
-        most_free = max([free[i] for i in idx]) if idx else -math.inf
-    else:
-        z = _target(private_queue, sum(free), sum(tok), len(ordered), z_factor)
-        most_free = max(free) if free else -math.inf
+    idx = [i for i in range(len(ordered)) if tok[i] < math.inf]  # E: lost engines out of Z, |E| and placement
+    z = _target(private_queue, sum([free[i] for i in idx]), sum([tok[i] for i in idx]), len(idx), z_factor)
+    most_free = max([free[i] for i in idx]) if idx else -math.inf
     out: list[Assignment] = []
     for req in private_queue:
         need = req.hbm_bytes
@@ -127,6 +121,6 @@ def assign_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[Engin
         tok[best] += length
         seq[best] += 1
         free[best] -= need
-        most_free = max([free[i] for i in idx]) if some_lost else max(free)
+        most_free = max([free[i] for i in idx])
         out.append(Assignment(req, ordered[best].engine_id, "de"))
     return out, ordered, tok, seq, free
