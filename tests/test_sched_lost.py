@@ -10,9 +10,10 @@ import types
 import pytest
 
 from dualpath_jax.config import ConfigError
-from dualpath_jax.sched import (ClusterScheduler, EngineLoad, SchedRequest, SchedulerConfig, balance_target,
+from dualpath_jax.sched import (Assignment, ClusterScheduler, EngineLoad, SchedRequest, SchedulerConfig, balance_target,
                                 de_phase2, pe_fetch)
 from dualpath_jax.sched.driver import SchedulingDriver
+from dualpath_jax.sched.errors import PolicyError
 
 INF = math.inf
 
@@ -184,3 +185,55 @@ def test_driver_places_only_on_the_survivor():
     d.tick()
     assert placed == [(0, 2), (1, 2), (2, 2), (3, 2)]
     assert s.waiting() == {"pe": 0, "de": 0}
+
+
+# ---- a researcher's hooks and lost engines --------------------------------------------------------
+class FirstEngine(ClusterScheduler):
+    """A naive policy: every waiting request on the first engine it is offered."""
+
+    seen: list
+
+    def select_pe(self, group_id, waiting, loads, read_q):
+        self.seen.append(("pe", [e.engine_id for e in loads]))
+        return [Assignment(r, loads[0].engine_id, "pe") for r in waiting]
+
+    def select_de(self, group_id, waiting, loads):
+        self.seen.append(("de", [e.engine_id for e in loads]))
+        return [Assignment(r, loads[0].engine_id, "de") for r in waiting]
+
+
+def test_own_hooks_are_offered_only_live_engines():
+    s = FirstEngine(SchedulerConfig(), {0: [0, 1]}, {1: [2, 3]})
+    s.seen = []
+    s.engine_lost(0)
+    s.engine_lost(2)
+    s.submit(req(0))
+    assert pairs(s.fetch_pe(0, [lost(0, 0), EngineLoad(1, 0)], {0: 0})) == [(0, 1)]
+    assert pairs(s.fetch_de(1, [lost(2, 1), EngineLoad(3, 1, 0, 0, 1e9)])) == [(0, 3)]
+    assert s.seen == [("pe", [1]), ("de", [3])]
+
+
+def test_own_hooks_are_not_called_for_a_group_with_no_engine_left():
+    s = FirstEngine(SchedulerConfig(), {0: [0], 1: [1]}, {2: [2]})
+    s.seen = []
+    s.engine_lost(0)
+    s.submit(req(0))
+    assert s.fetch_pe(0, [lost(0, 0)], {0: 0}) == []  # would raise IndexError if offered no engine
+    assert s.seen == [] and s.waiting()["pe"] == 1
+    assert pairs(s.fetch_pe(1, [EngineLoad(1, 1)], {1: 0})) == [(0, 1)]
+
+
+class OnLost(ClusterScheduler):
+    """A faulty policy: places on an engine it was told is lost."""
+
+    def select_pe(self, group_id, waiting, loads, read_q):
+        return [Assignment(waiting[0], 0, "pe")]
+
+
+def test_own_hook_placing_on_a_lost_engine_is_a_policy_error():
+    s = OnLost(SchedulerConfig(), {0: [0, 1]}, {1: [2]})
+    s.engine_lost(0)
+    s.submit(req(0))
+    with pytest.raises(PolicyError, match=r"OnLost.select_pe: placed request 0 on engine 0, not one of the "
+                                          r"group's live engines \[1\]"):
+        s.fetch_pe(0, [lost(0, 0), EngineLoad(1, 0)], {0: 0})

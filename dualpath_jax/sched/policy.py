@@ -132,19 +132,17 @@ class ClusterScheduler:
           group_id: the fetching PE group.
           waiting: the requests this group may take, head first (``dualpath``: the global PE
             queue; ``round_robin``: the requests its cyclic order gave this group). Read-only.
-          loads: the group's engines (``tok``, ``seq``; ``node_id``); a lost engine (see
-            :meth:`engine_lost`) reports infinite ``tok``.
+          loads: the group's live engines (``tok``, ``seq``; ``node_id``): an engine named by
+            :meth:`engine_lost` is left out, and the hook is not called when none is left. A
+            runtime may also report an engine as full with infinite ``tok``.
           read_q: node id -> pending read tokens of the group's nodes.
 
         Returns:
-          Assignments to engines of this group, in any order; any subset of ``waiting`` (the
-          rest keeps waiting). The default takes a prefix (Algorithm 1 / the cyclic order) and
-          never places on a lost engine.
+          Assignments to engines of ``loads``, in any order; any subset of ``waiting`` (the
+          rest keeps waiting). The default takes a prefix (Algorithm 1 / the cyclic order).
         """
         if self._round_robin:
             return [Assignment(r, self._rr_engine[r.request_id], "pe") for r in waiting]
-        if self._lost:  # (the runtime reports them with infinite tok, in C1 already)
-            loads = [e for e in loads if e.engine_id not in self._lost]
         return pe.assign_pe(waiting, loads, read_q, alpha_tokens=self.config.alpha_tokens,
                             beta_tokens=self.config.beta_tokens)[0]
 
@@ -173,20 +171,19 @@ class ClusterScheduler:
         Args:
           group_id: the fetching DE group.
           waiting: the group's private queue, head first. Read-only.
-          loads: the group's engines (``tok``, ``seq``, ``free_hbm_bytes``; a request needs
-            ``hbm_bytes`` of free HBM on its DE); a lost engine (see :meth:`engine_lost`) reports
-            infinite ``tok`` and no free HBM.
+          loads: the group's live engines (``tok``, ``seq``, ``free_hbm_bytes``; a request needs
+            ``hbm_bytes`` of free HBM on its DE): an engine named by :meth:`engine_lost` is left
+            out, and the hook is not called when none is left. A runtime may also report an
+            engine as full (infinite ``tok``, no free HBM).
 
         Returns:
-          Assignments to engines of this group with enough free HBM, in any order; any subset of
-          ``waiting``. The default: ``dualpath`` the balance rule with slack Z over the group's
-          live engines (``de.assign_phase2``); ``round_robin`` each request's cyclic engine once
-          it has HBM, in FIFO order per engine. Neither places on a lost engine.
+          Assignments to engines of ``loads`` with enough free HBM, in any order; any subset of
+          ``waiting``. The default: ``dualpath`` the balance rule with slack Z over the engines
+          (``de.assign_phase2``); ``round_robin`` each request's cyclic engine once it has HBM,
+          in FIFO order per engine.
         """
         if self._round_robin:
             return self._round_robin_de(waiting, loads)
-        if self._lost:  # (the runtime reports them with infinite tok, which phase 2 leaves out too)
-            loads = [e for e in loads if e.engine_id not in self._lost]
         return de.assign_phase2(waiting, loads, self.config.z_factor)[0]
 
     def read_plan(self, req: SchedRequest, pe_node: int, de_node: int, read_q: Mapping[int, float],
@@ -252,18 +249,22 @@ class ClusterScheduler:
         Raises:
           KeyError: ``group_id`` is not a PE group.
           PolicyError: (a ``ValueError``) ``select_pe`` placed a request that was not waiting, or on an
-            engine outside the group.
+            engine outside the group or lost.
         """
         if group_id not in self.pe_groups:
             raise KeyError(f"group_id: {group_id} is not a PE group")
         waiting = self._pending_pe[group_id] if self._round_robin else self._pe_queue
         if not waiting:
             return []
+        if self._lost:
+            loads = [e for e in loads if e.engine_id not in self._lost]
+            if not loads:
+                return []
         out = self.select_pe(group_id, waiting, loads, read_q)
         if not out:
             return []
         if self._own_select_pe:
-            _take(waiting, out, self.pe_groups[group_id], f"{type(self).__name__}.select_pe")
+            _take(waiting, out, self._live(self.pe_groups[group_id]), f"{type(self).__name__}.select_pe")
         else:
             for _ in out:
                 waiting.popleft()
@@ -314,7 +315,7 @@ class ClusterScheduler:
         Raises:
           KeyError: ``group_id`` is not a DE group.
           PolicyError: (a ``ValueError``) ``select_de`` placed a request that was not queued, or on an
-            engine outside the group.
+            engine outside the group or lost.
         """
         if group_id not in self.de_groups:
             raise KeyError(f"group_id: {group_id} is not a DE group")
@@ -325,11 +326,15 @@ class ClusterScheduler:
         private = self._private[group_id]
         if not private:
             return []
+        if self._lost:
+            loads = [e for e in loads if e.engine_id not in self._lost]
+            if not loads:
+                return []
         out = self.select_de(group_id, private, loads)
         if not out:
             return []
         if self._own_select_de or self._round_robin:  # round robin's may skip a request blocked on HBM
-            _take(private, out, self.de_groups[group_id], f"{type(self).__name__}.select_de")
+            _take(private, out, self._live(self.de_groups[group_id]), f"{type(self).__name__}.select_de")
         else:
             for _ in out:
                 private.popleft()
@@ -343,6 +348,10 @@ class ClusterScheduler:
         self._n_pending_de -= len(out)
         self._group_tok[group_id] = group_tok + placed  # phase 2 adds len(r) to the chosen engine's tok
         return out
+
+    def _live(self, engines: Sequence[int]) -> Sequence[int]:
+        """``engines`` without those named by :meth:`engine_lost`."""
+        return [e for e in engines if e not in self._lost] if self._lost else engines
 
     def report_de(self, group_id: int, loads: Sequence[EngineLoad]) -> None:
         """A DE group's leader reports its engines' loads without pulling work (phase 1 then sees
@@ -481,7 +490,8 @@ def _take(queue: collections.deque, out: Sequence[Assignment], engines: Sequence
     """Remove the requests of ``out`` from ``queue`` (a prefix in order: O(len(out)); else any subset).
 
     Raises:
-      PolicyError: (a ``ValueError``) a request not in ``queue`` (or twice), or an engine not in ``engines``.
+      PolicyError: (a ``ValueError``) a request not in ``queue`` (or twice), or an engine not in
+        ``engines`` (the group's live engines).
     """
     n = len(out)
     if n > len(queue):
@@ -491,7 +501,7 @@ def _take(queue: collections.deque, out: Sequence[Assignment], engines: Sequence
     for a, r in zip(out, itertools.islice(queue, n)):
         if a.engine_id not in allowed:
             raise PolicyError(f"{who}: placed request {a.request.request_id} on engine {a.engine_id}, "
-                             f"not one of the group's {sorted(allowed)}")
+                             f"not one of the group's live engines {sorted(allowed)}")
         if a.request.request_id != r.request_id:
             prefix = False
     if prefix:
