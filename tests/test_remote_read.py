@@ -2,14 +2,18 @@
 offers them per layer through JAX's transfer server; the PE's prefill on the pulled KV computes
 exactly what it computes on KV read in its own process."""
 
+import os
+import time
+
 import numpy as np
 import pytest
 
-from dualpath_jax.engine.remote_read import DEReadServer, offer_new_blocks, prepare_remote, start_de_reader
+from dualpath_jax.engine.remote_read import (DEReadServer, RemotePreparedBatch, offer_new_blocks, prepare_remote,
+                                             start_de_reader)
 from dualpath_jax.engine.standalone import PrefillConfig, PrefillEngine, PrefillRequest
 from dualpath_jax.kvcache import block_keys, pack_full_blocks
 from dualpath_jax.store import FailureCause, KVStore, StoreConfig
-from dualpath_jax.transfer.remote import KVTransferEndpoint
+from dualpath_jax.transfer.remote import KVPullTimeout, KVTransferEndpoint, KVTransferError
 
 from engine_cases import tiny_model
 
@@ -84,9 +88,68 @@ def test_a_killed_de_reader_costs_the_hit_not_the_request(tmp_path, ray_local):
     remote, report = engine.execute(batch)
     assert report.hit_tokens == 0 and report.computed_tokens == len(tokens)
     # the whole prompt recomputed: the logits of a store without any hit
+    np.testing.assert_array_equal(np.asarray(remote[0].logits), _cold_logits(params, spec, layout, request))
+
+
+def _cold_logits(params, spec, layout, request):
+    """The request's logits from a store without any hit (a whole-prompt recompute)."""
     with KVStore(layout, StoreConfig(backend="memory")) as empty:
         cold, _ = PrefillEngine(params, spec, empty, config=PrefillConfig(write_back=False)).run([request])
-    np.testing.assert_array_equal(np.asarray(remote[0].logits), np.asarray(cold[0].logits))
+    return np.asarray(cold[0].logits)
+
+
+@pytest.mark.parametrize("error, cause", [
+    (lambda o: KVTransferError(o.address, o.uuid, "Connection closed recv() == 0"), FailureCause.UNREADABLE),
+    (lambda o: KVPullTimeout(o.address, o.uuid, 0.5), FailureCause.TIMEOUT)])
+def test_a_pull_failing_mid_prefill_recomputes_the_batch(tmp_path, monkeypatch, error, cause):
+    """The DE buffer's KV of layer 1 never arrives (its reader died after offering): the batch's
+    forward runs again from the tokens, with the logits of a recompute and the failure recorded."""
+    spec, params, layout, _, engine, request = _second_round(tmp_path, 4, 1, seed=3)
+    reader = DEReadServer(layout, str(tmp_path / "kv"))
+    endpoint = KVTransferEndpoint()
+    batch = prepare_remote(reader, endpoint, layout, [request])
+    assert batch.hit_blocks == [3]
+    pull, pulled = endpoint.pull_offer, []
+
+    def fail_from_layer_1(offer, **kw):
+        pulled.append(offer.uuid)
+        if offer.uuid != batch.hits[0].offers[0].uuid:
+            raise error(offer)
+        return pull(offer, **kw)
+
+    monkeypatch.setattr(endpoint, "pull_offer", fail_from_layer_1)
+    (res,), report = engine.execute(batch)
+    assert pulled[:2] == [o.uuid for o in batch.hits[0].offers[:2]]  # layer 0 arrived, layer 1 failed
+    assert res.hit_tokens == 0 and report.hit_tokens == 0 and report.computed_tokens == len(request.tokens)
+    assert res.miss.cause is cause and "layer 1" in res.miss.detail and res.failures == (res.miss,)
+    assert report.miss_causes == {cause.value: 1} and report.read_failures == {cause.value: 1}
+    np.testing.assert_array_equal(np.asarray(res.logits), _cold_logits(params, spec, layout, request))
+
+
+@pytest.mark.slow
+def test_a_de_reader_killed_mid_prefill_costs_the_hit_not_the_request(tmp_path, ray_local, monkeypatch):
+    """Its process is killed once the PE has pulled layer 0 (the transport reports the closed
+    connection after some seconds): the whole prompt is recomputed."""
+    spec, params, layout, _, engine, request = _second_round(tmp_path, 4, 1, seed=4)
+    reader = start_de_reader(layout, str(tmp_path / "kv"))
+    pid = ray_local.get(reader.__ray_call__.remote(lambda self: os.getpid()))
+    batch = prepare_remote(reader, KVTransferEndpoint(), layout, [request])
+    assert batch.hit_blocks == [3]
+    fetch = RemotePreparedBatch.fetch_layer
+
+    def kill_before_layer_1(self, layout, layer):
+        if layer == 1:
+            ray_local.kill(reader)
+            deadline = time.monotonic() + 30
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:  # (the kill is asynchronous)
+                time.sleep(0.01)
+        return fetch(self, layout, layer)
+
+    monkeypatch.setattr(RemotePreparedBatch, "fetch_layer", kill_before_layer_1)
+    (res,), report = engine.execute(batch)
+    assert res.hit_tokens == 0 and report.computed_tokens == len(request.tokens)
+    assert res.miss.cause in (FailureCause.UNREADABLE, FailureCause.TIMEOUT) and "layer 1" in res.miss.detail
+    np.testing.assert_array_equal(np.asarray(res.logits), _cold_logits(params, spec, layout, request))
 
 
 def test_an_unreadable_store_is_reported_as_such_not_as_a_plain_miss(tmp_path):

@@ -16,6 +16,9 @@ boundary, and computes exactly what it computes on KV read locally.
 
 As in the in-process engine, a request's hit ends at its first block that fails to read
 (missing, corrupt, truncated, timed out): that block and the rest of the prompt are recomputed.
+A reader that dies before reading costs every request its hit (:func:`prepare_remote`); one that
+dies after offering, while the PE pulls, costs the batch its hits: ``PrefillEngine.execute``
+runs the forward again from the tokens alone.
 
 The hand-off goes the other way (section 2.4: only the miss tokens' KV goes back to the DE
 buffer): :func:`offer_new_blocks` offers each request's newly completed Full Blocks from the PE,

@@ -36,7 +36,7 @@ from dualpath_jax.engine.prefill import PrefillChunk, PrefillPath, check_store_l
 from dualpath_jax.kvcache import block_keys, gather_layer, pack_full_blocks
 from dualpath_jax.model.spec import ModelSpec
 from dualpath_jax.store import BlockFailure, FailureCause, KVStore
-from dualpath_jax.transfer import BufferPool, Lease, Link, LinkConfig, Medium, TransferRecord
+from dualpath_jax.transfer import BufferPool, Lease, Link, LinkConfig, LoaderError, Medium, TransferRecord
 
 __all__ = ["PrefillConfig", "PrefillRequest", "PrefillResult", "PrefillReport", "PreparedBatch", "PrefillEngine"]
 
@@ -259,8 +259,11 @@ class PrefillEngine:
         """Run the prefill of a prepared batch through :meth:`PrefillPath.forward`; releases its PE
         buffer lease.
 
-        Raises:
-          LoaderError: a layer's KV could not be moved to the device in time.
+        A layer's hit KV that cannot be delivered (a failed or timed-out pull from a DE reader
+        that died mid-prefill, an H2D copy past ``config.timeout_s``: a ``LoaderError``) ends the
+        batch's hits: its forward runs again from the tokens alone, every prompt recomputed, and
+        each request that had a hit records the failure (``TIMEOUT`` or ``UNREADABLE``, naming
+        the layer) in ``miss`` and ``failures``.
         """
         cfg, z = self.config, self.layout.block_tokens
         t0 = time.perf_counter()
@@ -268,6 +271,18 @@ class PrefillEngine:
         chunks = [PrefillChunk(r.tokens[hit:], hit, logits="all") for r, hit in zip(batch.requests, hit_tokens)]
         try:
             out = self.path.forward(chunks, lambda layer: batch.fetch_layer(self.layout, layer), self.h2d_link)
+        except LoaderError as e:  # the hit KV is gone: recompute from the tokens, as for a failed read
+            timed_out = e.cause == "timeout" or isinstance(e.__cause__, TimeoutError)
+            cause = FailureCause.TIMEOUT if timed_out else FailureCause.UNREADABLE
+            lost = [b for b, hit in enumerate(hit_tokens) if hit]
+            fails = {b: BlockFailure(batch.keys[b][0], cause, f"hit KV lost mid-prefill: {e}") for b in lost}
+            batch = dataclasses.replace(
+                batch, hit_blocks=[0] * len(hit_tokens),
+                miss=[fails.get(b, m) for b, m in enumerate(batch.miss)],
+                failures=[[*f, fails[b]] if b in fails else f for b, f in enumerate(batch.failures)])
+            hit_tokens = [0] * len(hit_tokens)
+            chunks = [PrefillChunk(r.tokens, 0, logits="all") for r in batch.requests]
+            out = self.path.forward(chunks, lambda layer: [], self.h2d_link)
         finally:
             if batch.lease is not None:
                 batch.lease.release()
