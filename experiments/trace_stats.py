@@ -35,9 +35,12 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic generator.")
 _NUM_AGENTS = flags.DEFINE_integer("num_agents", 500, "Synthetic agents (500 = the base trajectories).")
 _MAX_FILES = flags.DEFINE_integer("max_files", 0, "Agentic: load only the first N files (0 = all).")
 _MOONCAKE = flags.DEFINE_string("mooncake", "conversation", "Mooncake file: conversation, synthetic or a path.")
+_MOONCAKE_BLOCK_TOKENS = flags.DEFINE_integer("mooncake_block_tokens", 512, "Mooncake: tokens per hash id (512 in "
+                                              "Mooncake's traces).")
 _SUBAGENTS = flags.DEFINE_enum("subagents", "separate", ["separate", "drop"], "Agentic sub-agent handling.")
-_TRACES_DIR = flags.DEFINE_string("traces_dir", "", "Agentic: the folder of *.json.gz / *.json trace files (default: "
-                                  "the shared agentic_traces/, or $DUALPATH_DATA_DIR/agentic_traces).")
+_TRACES_DIR = flags.DEFINE_string("traces_dir", "", "Agentic: the folder of *.json.gz / *.json trace files, or one "
+                                  "trace file (default: the shared agentic_traces/, or "
+                                  "$DUALPATH_DATA_DIR/agentic_traces).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default ./workdir/trace_stats/<source>[_<mal>]).")
 
 _HEADLINE = ("turns_mean", "append_mean", "gen_mean", "context_mean", "hit_rate")
@@ -50,18 +53,21 @@ def main(argv):
     source = _SOURCE.value
     if _MAX_FILES.value < 0:
         raise ConfigError("max_files", f"must be >= 0 (0 = every file; got {_MAX_FILES.value})")
+    if _MOONCAKE_BLOCK_TOKENS.value < 1:
+        raise ConfigError("mooncake_block_tokens", f"must be >= 1 (got {_MOONCAKE_BLOCK_TOKENS.value})")
     tag = f"{source}_{_MAL.value}" if source == "synthetic" else source
     workdir = cli.open_workdir(_WORKDIR.value or Path("workdir") / "trace_stats" / tag)
     config = {"source": source, "mal": _MAL.value, "seed": _SEED.value, "num_agents": _NUM_AGENTS.value,
               "max_files": _MAX_FILES.value, "mooncake": _MOONCAKE.value, "subagents": _SUBAGENTS.value,
-              "traces_dir": _TRACES_DIR.value}
+              "traces_dir": _TRACES_DIR.value, "mooncake_block_tokens": _MOONCAKE_BLOCK_TOKENS.value}
     write_config(workdir, config)
     write_env(workdir)
 
     try:
         trajectories = load_source(source, mal=_MAL.value, seed=_SEED.value, num_agents=_NUM_AGENTS.value,
                                    max_files=_MAX_FILES.value or None, mooncake=_MOONCAKE.value,
-                                   subagents=_SUBAGENTS.value, traces_dir=_TRACES_DIR.value)
+                                   subagents=_SUBAGENTS.value, traces_dir=_TRACES_DIR.value,
+                                   mooncake_block_tokens=_MOONCAKE_BLOCK_TOKENS.value)
     except FileNotFoundError as e:  # no trace file where the flags point
         raise ConfigError("traces_dir" if source == "agentic" else source, str(e)) from None
     stats = trace_stats(trajectories).as_dict()

@@ -84,6 +84,12 @@ def test_config_and_flag_errors_are_one_line(tmp_path):
     assert done.returncode == 1 and line.startswith("ConfigError: --config: no such config file "
                                                     "'configs/sim_ablaton.py'; did you mean "
                                                     "configs/sim_ablation.py:tiny")
+    noget = tmp_path / "noget.py"
+    noget.write_text("X = 1\n")
+    done = _run("run_sim.py", f"--config={noget}", f"--workdir={tmp_path / 'w'}")
+    assert done.returncode == 1 and _lines(done.stderr) == [
+        f"ConfigError: --config: {noget}: defines no get_config() (a config file returns its ConfigDict from "
+        f"get_config)"]
     assert not (tmp_path / "w").exists()
     # checked once the model is sized (the run has started: its workdir is marked failed)
     done = _run("run_sim.py", ABLATION_TINY, "--config.sim.activation_reserve_bytes=1e30",
@@ -461,7 +467,7 @@ def test_the_engine_script_names_a_missing_trace_folder_and_a_bad_divisor_in_one
     done = _run("run_engine.py", f"--config.workload.traces_dir={tmp_path / 'none'}", f"--workdir={tmp_path / 'w'}")
     assert done.returncode == 1
     (line,) = _lines(done.stderr)
-    assert line.startswith("ConfigError: workload.traces_dir: ") and "not a folder (it does not exist)" in line
+    assert line.startswith("ConfigError: workload.traces_dir: ") and "neither a folder nor a trace file (it does not exist)" in line
     done = _run("run_engine.py", "--config.workload.token_divisor=7", f"--workdir={tmp_path / 'w2'}")
     assert done.returncode == 1
     (line,) = _lines(done.stderr)  # the trace's own block size (64 tokens) is what 7 must divide

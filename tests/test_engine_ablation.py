@@ -372,8 +372,18 @@ def _one_more_layer(d):
     (d / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": cfg["num_hidden_layers"] + 1}))
 
 
+def _index(text):
+    def damage(d):
+        (d / "model.safetensors.index.json").write_text(text)
+    return damage
+
+
 @pytest.mark.parametrize("damage, message", [
     (_no_weights, r"ckpt: no model\.safetensors or model\.safetensors\.index\.json \(PyTorch \.bin .*\)"),
+    (_index('{"metadata": {}}'), r"ckpt/model\.safetensors\.index\.json: weight_map: must be an object of tensor "
+                                 r"name -> shard file name \(got none\)"),
+    (_index('[1, 2]'), r"ckpt/model\.safetensors\.index\.json: weight_map: must be an object .* \(got none\)"),
+    (_index('{"weight_map": \n'), r"ckpt/model\.safetensors\.index\.json: line 2 column 1: invalid JSON .*"),
     (_truncated, r"ckpt/model\.safetensors: not a readable safetensors file \(.+\)"),
     (_one_more_layer, r"ckpt: tensor 'model\.layers\.3\.input_layernorm\.weight' missing from checkpoint"),
 ])

@@ -298,7 +298,10 @@ def test_workload_spec_checks_its_source_fields(tmp_path):
              ({"source": "mooncake", "path": str(tmp_path / "none.jsonl")}, "workload.path"),
              ({"source": "agentic", "path": str(tmp_path)}, "workload.path"),  # a folder without traces
              ({"source": "mooncake", "gen_factor": 2.0}, "workload.gen_factor"),
-             ({"source": "mooncake", "token_divisor": 3}, "workload.token_divisor")]
+             ({"source": "mooncake", "token_divisor": 3}, "workload.token_divisor"),
+             ({"source": "mooncake", "mooncake_block_tokens": 64, "token_divisor": 128}, "workload.token_divisor"),
+             ({"source": "mooncake", "mooncake_block_tokens": 0}, "workload.mooncake_block_tokens"),
+             ({"mooncake_block_tokens": 64}, "workload.mooncake_block_tokens")]  # a synthetic workload
     (tmp_path / "t.jsonl").write_text("")
     for fields, name in cases:
         fields = {"path": str(tmp_path / "t.jsonl"), **fields} if fields.get("source") == "mooncake" and \
@@ -363,6 +366,26 @@ def test_a_trace_workload_is_its_first_agents_cut_at_the_mal(tmp_path):
     np.testing.assert_array_equal(scaled.num_prompt_tokens, [1500 // 512 * 64 + -(-(1500 % 512) // 8),
                                                              2000 // 512 * 64 + -(-(2000 % 512) // 8),
                                                              600 // 512 * 64 + -(-(600 % 512) // 8)])
+
+
+def test_a_mooncake_workload_of_another_block_size_and_an_agentic_workload_of_one_file(tmp_path):
+    path = tmp_path / "b64.jsonl"
+    rows = [{"timestamp": 0, "input_length": 150, "output_length": 3, "hash_ids": [7, 8, 9]},
+            {"timestamp": 500, "input_length": 200, "output_length": 2, "hash_ids": [7, 8, 9, 10]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    wl = WorkloadSpec(source="mooncake", path=str(path), mal="32K", num_agents=1, mooncake_block_tokens=64)
+    ts = wl.build()
+    np.testing.assert_array_equal(ts.num_prompt_tokens, [150, 200])
+    np.testing.assert_array_equal(ts.num_hit_tokens, [0, 128])  # 2 full 64-token blocks of round 0
+    np.testing.assert_array_equal(wl.replace(token_divisor=16).build().num_hit_tokens, [0, 8])
+    doc = {"id": "solo", "block_size": 64, "requests": [
+        {"t": 0.0, "type": "n", "in": 200, "out": 4, "hash_ids": [1, 2, 3]},
+        {"t": 2.0, "type": "n", "in": 300, "out": 2, "hash_ids": [1, 2, 3, 4]}]}
+    one = tmp_path / "solo.json"
+    one.write_text(json.dumps(doc))
+    ts = WorkloadSpec(source="agentic", path=str(one), mal="32K", num_agents=1).build()
+    assert list(ts.agent_ids) == ["solo"]
+    np.testing.assert_array_equal(ts.num_hit_tokens, [0, 192])
 
 
 @pytest.mark.skipif(not agentic_dir().is_dir(), reason="shared traces not available")

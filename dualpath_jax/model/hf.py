@@ -61,8 +61,17 @@ def _check_runnable(cfg: dict[str, Any], spec: ModelSpec, path: str) -> None:
 def _weight_files(path: str) -> list[str]:
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.exists(index):
-        with open(index) as f:
-            weight_map = json.load(f)["weight_map"]
+        try:
+            with open(index, encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"{index}: cannot be read ({e})") from e
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{index}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg})") from e
+        weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v for v in weight_map.values()):
+            raise ValueError(f"{index}: weight_map: must be an object of tensor name -> shard file name "
+                             f"(got {type(weight_map).__name__ if weight_map is not None else 'none'})")
         return sorted({os.path.join(path, v) for v in weight_map.values()})
     single = os.path.join(path, "model.safetensors")
     if os.path.exists(single):
@@ -177,8 +186,8 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
         (:func:`~dualpath_jax.model.hf_config.spec_from_hf_config`; the DSA indexer, RoPE kinds other than
         default, linear, YaRN and Llama 3, attention bias on MLA, an activation other than SiLU, MLP biases,
         quantized weights).
-      ValueError: a weight file is unreadable (truncated, damaged, a shard missing; the message
-        names the file), a tensor is missing or has an unexpected shape (it names the tensor), or
+      ValueError: a weight file is unreadable (truncated, damaged, a shard missing, a sharded
+        index that is not JSON or has no ``weight_map``; the message names the file), a tensor is missing or has an unexpected shape (it names the tensor), or
         the checkpoint holds weights the config.json does not describe (:func:`_check_all_read`).
     """
     path = os.fspath(path)

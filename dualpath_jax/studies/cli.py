@@ -151,6 +151,9 @@ def _base_config(argv: list[str], name: str):
     try:
         return value, FLAGS[name].parser.parse(value), None
     except Exception as e:  # the config file itself fails: its error
+        if isinstance(e, AttributeError) and "get_config" in str(e):  # (ml_collections' names no file)
+            e = ConfigError(f"--{name}", f"{value.partition(':')[0]}: defines no get_config() (a config file "
+                            f"returns its ConfigDict from get_config)")
         return value, None, one_line(e)
 
 

@@ -28,6 +28,7 @@ from dualpath_jax.sim.hardware import HardwareConfig
 from dualpath_jax.workload import (MAL_TOKENS, SOURCES, TrajectorySet, agentic_dir, load_trace_agents, mooncake_file,
                                    paper_dataset, scale_lengths, scale_tokens)
 from dualpath_jax.workload.agentic import no_traces_message, trace_files
+from dualpath_jax.workload.mooncake import MOONCAKE_BLOCK_TOKENS
 from dualpath_jax.workload.sources import NoAgentFits
 from dualpath_jax.workload.synthetic import MAX_AGENTS, MAX_BASE
 
@@ -58,14 +59,17 @@ class WorkloadSpec:
         (synthetic only; 1 = unscaled).
       gen_factor: Fig. 9 scaling of every round's generation length (synthetic only; 1 = unscaled).
       token_divisor: divide every token count by this (``workload.scale_tokens``; 1 = off) to make
-        tiny workloads; for a trace it must divide the trace's block size (64 agentic, 512 Mooncake).
+        tiny workloads; for a trace it must divide the trace's block size (a file's ``block_size``, agentic;
+        ``mooncake_block_tokens``).
       num_base: base trajectories of the generator (the paper: 500).
       source: ``synthetic`` (the paper's generator), ``agentic`` (Claude Code traces) or
         ``mooncake`` (sessions of a Mooncake trace).
-      path: agentic: folder of ``*.json.gz`` / ``*.json`` traces ("" = ``../shared/data/agentic_traces``);
-        mooncake: ``conversation`` (""), ``synthetic`` or a ``.jsonl`` file.
+      path: agentic: folder of ``*.json.gz`` / ``*.json`` traces ("" = ``../shared/data/agentic_traces``)
+        or one trace file; mooncake: ``conversation`` (""), ``synthetic`` or a ``.jsonl`` file.
       subagents: agentic sub-agents: ``separate`` (own trajectories, starting with their
         conversation) or ``drop``.
+      mooncake_block_tokens: mooncake: tokens per hash id (512 in Mooncake's traces; an agentic
+        file gives its own ``block_size``).
 
     Raises:
       ConfigError: naming ``workload.<field>``.
@@ -81,6 +85,7 @@ class WorkloadSpec:
     source: str = "synthetic"
     path: str = ""
     subagents: str = "separate"
+    mooncake_block_tokens: int = MOONCAKE_BLOCK_TOKENS
 
     def __post_init__(self):
         check_in("workload.mal", self.mal, MAL_TOKENS)
@@ -94,6 +99,11 @@ class WorkloadSpec:
         check_at_most("workload.num_base", self.num_base, MAX_BASE, "the paper generates 500")
         check_in("workload.source", self.source, SOURCES)
         check_in("workload.subagents", self.subagents, ("separate", "drop"))
+        check_positive("workload.mooncake_block_tokens", self.mooncake_block_tokens, integer=True)
+        if self.source != "mooncake" and self.mooncake_block_tokens != MOONCAKE_BLOCK_TOKENS:
+            raise ConfigError("workload.mooncake_block_tokens", f"applies to a mooncake trace; workload.source="
+                              f"{self.source!r} (an agentic file gives its own block_size): leave it at "
+                              f"{MOONCAKE_BLOCK_TOKENS}")
         if not isinstance(self.path, str):
             raise ConfigError("workload.path", f"must be a string (got {self.path!r})")
         if self.source == "synthetic":
@@ -105,9 +115,10 @@ class WorkloadSpec:
             if getattr(self, name) != 1.0:
                 raise ConfigError(f"workload.{name}", f"scales the synthetic generator's rounds; a trace "
                                   f"(workload.source={self.source!r}) keeps its recorded lengths: set it to 1")
-        if self.source == "mooncake" and 512 % self.token_divisor:  # (an agentic file gives its block size)
-            raise ConfigError("workload.token_divisor", f"must divide the mooncake trace's 512-token blocks "
-                              f"(got {self.token_divisor})")
+        if self.source == "mooncake" and self.mooncake_block_tokens % self.token_divisor:
+            raise ConfigError("workload.token_divisor", f"must divide the mooncake trace's "
+                              f"{self.mooncake_block_tokens}-token blocks (workload.mooncake_block_tokens; "
+                              f"got {self.token_divisor})")  # (an agentic file gives its block size)
         where = Path(self.path) if self.path else agentic_dir()
         if self.source == "agentic" and not trace_files(where):
             raise ConfigError("workload.path", no_traces_message(where))
@@ -144,7 +155,7 @@ def _trace_workload(spec: WorkloadSpec) -> TrajectorySet:
     """A trace workload, read once for the runs of every variant that share it."""
     try:
         ts = load_trace_agents(spec.source, spec.num_agents, path=spec.path, subagents=spec.subagents,
-                               mal_tokens=MAL_TOKENS[spec.mal])
+                               mal_tokens=MAL_TOKENS[spec.mal], mooncake_block_tokens=spec.mooncake_block_tokens)
     except NoAgentFits as e:
         raise ConfigError("workload.mal", f"{e}: a longer mal keeps more") from None
     agents = sum(p is None for p in ts.parent_ids)

@@ -17,8 +17,10 @@ Mapping to :class:`~dualpath_jax.workload.trajectory.Trajectory` (one per conver
   the previous request's ``api_time`` (or the plain gap if that is missing too), clipped at 0.
   Round 0 gets 0: a trajectory's first round is issued at its arrival.
 * **Sub-agents become their own trajectories** (``subagents="separate"``, the default), named
-  ``"<trace id>/<agent_id>"``, with ``parent_id`` = the trace id and ``start_offset_s`` = the
-  sub-agent entry's ``t`` (its launch time in the parent's clock). They are separate because they
+  ``"<trace id>/<agent_id>"``, with ``parent_id`` = the trace id. ``start_offset_s`` is a
+  trajectory's first round in the conversation's clock: the root's first ``t``; a sub-agent's
+  launch (its entry's ``t`` in its parent's clock; its own requests' ``t`` count from there)
+  plus its first ``t``. They are separate because they
   run concurrently with their parent and with each other (several ``Explore`` agents are often
   launched together) and share no cached prefix with the parent's requests (their prompts start
   from their own system prompt); hits stay within a trajectory (paper A.4). ``"drop"`` ignores
@@ -32,6 +34,11 @@ Mapping to :class:`~dualpath_jax.workload.trajectory.Trajectory` (one per conver
   system prompt, hence identical tokens, and an engine with one global prefix cache can find
   those cross-trajectory hits). ``"trajectory"`` gives every trajectory its own scope, so the
   engine's hits equal the workload's within-trajectory hits exactly.
+
+Requests are taken in ``t`` order (a stable sort: a recorder may log concurrent requests out of
+order). A file without ``block_size`` has 64-token blocks (the recorder's default). Lengths
+written as whole floats, hash ids of either 64-bit spelling, an id for a partial last block and
+an empty ``hash_ids`` are read as :mod:`~dualpath_jax.workload.hashids` says.
 
 Every problem raises :class:`~dualpath_jax.workload.errors.TraceFormatError` naming the file,
 the request (``requests[3]`` or ``requests[7].requests[2]``), the field and the value.
@@ -50,12 +57,14 @@ from typing import Any, Literal
 import numpy as np
 
 from dualpath_jax.workload.errors import TraceFormatError
+from dualpath_jax.workload.hashids import full_block_ids, whole_int
 from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
 
 __all__ = ["load_agentic_trace", "load_agentic_traces", "read_json_gz", "read_trace_bytes", "no_traces_message",
            "trace_files", "trace_stem", "unique_name"]
 
 _ROUND_TYPES = ("n", "s")
+DEFAULT_BLOCK_SIZE = 64  # tokens per hash id when a file gives no block_size (kv-cache-tester's)
 _SCOPES = ("local", "global")
 
 
@@ -82,8 +91,11 @@ def unique_name(base: str, taken) -> str:
 def trace_files(directory) -> list[Path]:
     """The agentic trace files of ``directory`` in sorted name order: every ``*.json.gz`` and
     ``*.json`` file, one per stem (``a.json.gz`` over ``a.json``, as ``gzip -k`` leaves both);
-    an empty list when it is not a folder."""
+    ``[directory]`` when it names a file (one trace, whatever its name); an empty list when it
+    does not exist."""
     directory = Path(directory)
+    if directory.is_file():
+        return [directory]
     if not directory.is_dir():
         return []
     by_stem: dict[str, Path] = {}
@@ -95,10 +107,11 @@ def trace_files(directory) -> list[Path]:
 
 def no_traces_message(directory) -> str:
     """Why ``directory`` yields no agentic traces: ``"<dir>: no *.json.gz or *.json trace files"``
-    (or ``"<dir>: not a folder"``)."""
+    (or ``"<dir>: neither a folder nor a trace file"``)."""
     directory = Path(directory)
     if not directory.is_dir():
-        return f"{directory}: not a folder" + (" (it does not exist)" if not directory.exists() else "")
+        return f"{directory}: neither a folder nor a trace file" + (
+            " (it does not exist)" if not directory.exists() else "")
     return f"{directory}: no *.json.gz or *.json trace files"
 
 
@@ -142,10 +155,6 @@ def read_json_gz(path: Path, *, gzipped: bool | None = True) -> Any:
         raise TraceFormatError(path, "", "", f"not UTF-8 text ({e.reason})") from e
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _is_number(v) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
@@ -153,6 +162,7 @@ def _is_number(v) -> bool:
 class _Ctx:
     def __init__(self, path: Path):
         self.path = path
+        self.trace_id = path.name  # (the file's id once read: names the ids of unrecorded blocks)
 
     def fail(self, where, field, problem, value=None, show_value=True):
         raise TraceFormatError(self.path, where, field, problem, value, show_value=show_value)
@@ -162,13 +172,14 @@ class _Ctx:
             self.fail(where, field, "missing required field", show_value=False)
         return obj[field]
 
-    def int_at_least(self, obj, where, field, lo):
-        v = self.require(obj, where, field)
-        if not _is_int(v):
+    def int_at_least(self, obj, where, field, lo, default=None):
+        v = obj.get(field, default) if default is not None else self.require(obj, where, field)
+        n = whole_int(v)
+        if n is None:
             self.fail(where, field, "must be an integer", v)
-        if v < lo:
+        if n < lo:
             self.fail(where, field, f"must be >= {lo}", v)
-        return v
+        return n
 
     def number_at_least_zero(self, obj, where, field, required=True):
         if field not in obj and not required:
@@ -184,63 +195,44 @@ class _Ctx:
 
 
 def _hash_array(ctx: _Ctx, where: str, value, in_tokens: int, block_size: int) -> np.ndarray:
-    if not isinstance(value, list):
-        ctx.fail(where, "hash_ids", "must be a list of integers", type(value).__name__)
-    expected = in_tokens // block_size
-    if len(value) != expected:
-        ctx.fail(where, "hash_ids", f"has {len(value)} ids but in={in_tokens} tokens make {expected} "
-                 f"full {block_size}-token blocks", show_value=False)
-    if not value:
-        return np.zeros(0, dtype=np.int64)
-    try:
-        arr = np.asarray(value)
-    except (ValueError, OverflowError):  # ragged nesting, or ids numpy cannot hold
-        arr = None
-    if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iu" or (arr.dtype.kind == "u" and arr.max() >= 2**63):
-        for v in value:  # name the first bad id (numpy's own error names neither file nor request)
-            if not _is_int(v):
-                ctx.fail(where, "hash_ids", "must contain only integers", v)
-            if not 0 <= v < 2**63:
-                ctx.fail(where, "hash_ids", "ids must be in [0, 2**63)", v)
-    if arr.min() < 0:
-        ctx.fail(where, "hash_ids", "ids must be in [0, 2**63)", int(arr.min()))
-    return arr.astype(np.int64)
+    return full_block_ids(value, in_tokens, block_size, lambda problem, v: ctx.fail(where, "hash_ids", problem, v),
+                          f"{ctx.trace_id}:{where}")
 
 
 def _walk(ctx: _Ctx, requests, where_prefix: str, agent_id: str, parent_id: str | None,
-          start_offset_s: float, block_size: int, scope: str, subagents: str, out: list, names: set) -> None:
+          clock_s: float, block_size: int, scope: str, subagents: str, out: list, names: set) -> None:
     """Append the trajectory of one request list (then its sub-agents') to ``out``; ``names``
-    holds the file's names so far (a sibling's repeated name gets ``~2``, ``~3``)."""
+    holds the file's names so far (a sibling's repeated name gets ``~2``, ``~3``); ``clock_s``:
+    the conversation's time at this list's ``t = 0`` (a sub-agent's ``t`` count from its launch)."""
     if not isinstance(requests, list) or not requests:
         ctx.fail(where_prefix.rstrip(".") or "(top level)", "requests", "must be a non-empty list",
                  None if isinstance(requests, list) else type(requests).__name__)
     ins, outs, thinks, round_t, hash_rounds = [], [], [], [], []
     children = []
-    prev_t = None
     prev_api = None
+    times = []
     for i, req in enumerate(requests):
         where = f"{where_prefix}requests[{i}]"
         if not isinstance(req, dict):
             ctx.fail(where, "", "must be a JSON object", type(req).__name__)
+        times.append(ctx.number_at_least_zero(req, where, "t"))
+    # in time order (a stable sort: a recorder may log concurrent requests out of order)
+    for i in sorted(range(len(requests)), key=times.__getitem__):
+        req, t = requests[i], times[i]
+        where = f"{where_prefix}requests[{i}]"
         kind = ctx.require(req, where, "type")
         if kind not in _ROUND_TYPES + ("subagent",):
             ctx.fail(where, "type", "must be 'n', 's' or 'subagent'", kind)
-        t = ctx.number_at_least_zero(req, where, "t")
-        if prev_t is not None and t < prev_t:
-            ctx.fail(where, "t", f"not monotonic: t={t} is before the previous request's t={prev_t}",
-                     show_value=False)
         if kind == "subagent":
             sub_name = req.get("agent_id", f"subagent{i}")
             if not isinstance(sub_name, str) or not sub_name:
                 ctx.fail(where, "agent_id", "must be a non-empty string", sub_name)
             sub_requests = ctx.require(req, where, "requests")
             if sub_requests == []:  # launched, nothing recorded: nothing to replay
-                prev_t = t
                 continue
             name = unique_name(f"{agent_id}/{sub_name}", names)
             names.add(name)
-            children.append((sub_requests, f"{where}.", name, start_offset_s + t))
-            prev_t = t
+            children.append((sub_requests, f"{where}.", name, clock_s + t))
             continue
         in_tokens = ctx.int_at_least(req, where, "in", 1)
         out_tokens = ctx.int_at_least(req, where, "out", 0)
@@ -256,7 +248,6 @@ def _walk(ctx: _Ctx, requests, where_prefix: str, agent_id: str, parent_id: str 
         thinks.append(think)
         round_t.append(t)
         prev_api = api
-        prev_t = t
     if not ins and parent_id is None:
         ctx.fail("(top level)", "requests", "holds no 'n'/'s' requests of the conversation itself (only sub-agents, "
                  "which start from their conversation)", show_value=False)
@@ -269,7 +260,7 @@ def _walk(ctx: _Ctx, requests, where_prefix: str, agent_id: str, parent_id: str 
             num_gen_tokens=np.maximum(np.asarray(outs, dtype=np.int64), 1), num_hit_tokens=hit,
             think_time_s=np.asarray(thinks, dtype=np.float64),
             token_scope=scope if scope else agent_id, block_tokens=block_size, hashes=hashes,
-            start_offset_s=start_offset_s, parent_id=parent_id, source=str(ctx.path)))
+            start_offset_s=clock_s + round_t[0], parent_id=parent_id, source=str(ctx.path)))
     if subagents == "separate":
         parent = agent_id if ins else parent_id  # a sub-agent of only sub-agents: theirs is its parent
         for sub_requests, sub_where, sub_id, sub_start in children:
@@ -289,8 +280,8 @@ def load_agentic_trace(path, *, subagents: Literal["separate", "drop"] = "separa
     Raises:
       TraceFormatError: unreadable / empty / truncated gzip / invalid JSON (with line and column),
         a ``hash_id_scope`` other than ``"local"``/``"global"``, a conversation with no requests of
-        its own, or a request with a missing field, a negative or non-integer length,
-        non-monotonic ``t`` or a ``hash_ids`` list that does not match ``in``.
+        its own, or a request with a missing field, a negative or non-integer length, or a
+        ``hash_ids`` list that does not match ``in``.
       ValueError: an unknown ``subagents`` or ``token_scope`` option.
     """
     if subagents not in ("separate", "drop"):
@@ -307,7 +298,8 @@ def load_agentic_trace(path, *, subagents: Literal["separate", "drop"] = "separa
         ctx.fail("(top level)", "id", "must be a non-empty string", trace_id)
     if taken is not None and trace_id in taken:
         trace_id = unique_name(f"{trace_id}@{path.name}", taken)
-    block_size = ctx.int_at_least(doc, "(top level)", "block_size", 1)
+    ctx.trace_id = trace_id
+    block_size = ctx.int_at_least(doc, "(top level)", "block_size", 1, default=DEFAULT_BLOCK_SIZE)
     scope_name = doc.get("hash_id_scope", "local")
     if scope_name not in _SCOPES:
         ctx.fail("(top level)", "hash_id_scope", "must be 'local' (ids scoped to the conversation) or 'global'",
@@ -336,8 +328,8 @@ def load_agentic_traces(directory=None, *, names: Sequence[str] | None = None, l
     """Load many trace files into one :class:`TrajectorySet` (files in sorted name order).
 
     Args:
-      directory: folder of ``*.json.gz`` / ``*.json`` files (:func:`trace_files`); default
-        ``agentic_dir()`` (``../shared/data``).
+      directory: folder of ``*.json.gz`` / ``*.json`` files, or one trace file
+        (:func:`trace_files`); default ``agentic_dir()`` (``../shared/data``).
       names: file names (or stems, e.g. ``"trace_0002"``: ``<stem>.json.gz``, else
         ``<stem>.json``) to load instead of every file.
       limit: load only the first ``limit`` files (after sorting).

@@ -3,9 +3,12 @@
 A file may be gzip-compressed (``*.jsonl.gz``). One line is one request ``{"timestamp": ms,
 "input_length": n, "output_length": n, "hash_ids": [...]}`` with one hash id per 512-token block
 of the input (the last one possibly partial), ids global across the file and no session id
-(``../shared/data/README.md``).
+(``../shared/data/README.md``). Another block size is ``block_tokens``. Lengths written as whole
+floats, hash ids of either 64-bit spelling, lists without the partial block's id and a leading
+byte-order mark are read as :mod:`~dualpath_jax.workload.hashids` says.
 
-**Session rule.** Requests are read in file (= timestamp) order. A request *r* continues the
+**Session rule.** Requests are read in timestamp order (lines logged out of order are sorted,
+stably); only full blocks' ids count (the partial block's id is dropped). A request *r* continues the
 session of an earlier request *q* when q's full blocks (its first ``input_length // 512`` ids)
 are a prefix of r's ids and contain at least one block that q's own session introduced (first
 appeared in it); among such q the one with the longest full-block prefix wins, ties going to the
@@ -42,6 +45,7 @@ import numpy as np
 
 from dualpath_jax.workload.agentic import read_trace_bytes, trace_stem, unique_name
 from dualpath_jax.workload.errors import TraceFormatError
+from dualpath_jax.workload.hashids import full_block_ids, whole_int
 from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
 
 __all__ = ["load_mooncake_trace", "load_mooncake_traces", "reconstruct_sessions", "MOONCAKE_BLOCK_TOKENS"]
@@ -49,20 +53,16 @@ __all__ = ["load_mooncake_trace", "load_mooncake_traces", "reconstruct_sessions"
 MOONCAKE_BLOCK_TOKENS = 512
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _parse_lines(path: Path, block_tokens: int):
-    """Validated rows (timestamp_ms, input_length, output_length, hash_ids list) of a JSON-lines
-    file, plain or gzip-compressed (told by its first bytes, whatever its name)."""
+def _parse_lines(path: Path, block_tokens: int, name: str):
+    """Validated rows (timestamp_ms, input_length, output_length, full-block ids ``int64[n]``) of
+    a JSON-lines file, plain or gzip-compressed (told by its first bytes, whatever its name), in
+    timestamp order (a stable sort: lines logged out of order are taken in time order)."""
     raw = read_trace_bytes(path, gzipped=None)
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise TraceFormatError(path, "", "", f"not UTF-8 text ({e.reason})") from e
     rows = []
-    prev_ts = None
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -79,30 +79,24 @@ def _parse_lines(path: Path, block_tokens: int):
         ts = obj["timestamp"]
         if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) or ts < 0:
             raise TraceFormatError(path, where, "timestamp", "must be a finite number >= 0 (milliseconds)", ts)
-        if prev_ts is not None and ts < prev_ts:
-            raise TraceFormatError(path, where, "timestamp",
-                                   f"not monotonic: {ts} ms is before the previous line's {prev_ts} ms")
+        lengths = []
         for field, lo in (("input_length", 1), ("output_length", 0)):
-            v = obj[field]
-            if not _is_int(v):
-                raise TraceFormatError(path, where, field, "must be an integer", v)
+            v = whole_int(obj[field])
+            if v is None:
+                raise TraceFormatError(path, where, field, "must be an integer", obj[field])
             if v < lo:
                 raise TraceFormatError(path, where, field, f"must be >= {lo}", v)
-        ids = obj["hash_ids"]
-        if not isinstance(ids, list):
-            raise TraceFormatError(path, where, "hash_ids", "must be a list of integers in [0, 2**63)", ids)
-        for h in ids:  # ids become int64: a larger one would overflow later, far from this line
-            if not (_is_int(h) and 0 <= h < 2**63):
-                raise TraceFormatError(path, where, "hash_ids", "must be a list of integers in [0, 2**63)", h)
-        n_in = obj["input_length"]
-        expected = -(-n_in // block_tokens)
-        if len(ids) != expected:
-            raise TraceFormatError(path, where, "hash_ids", f"has {len(ids)} ids but input_length={n_in} "
-                                   f"needs {expected} blocks of {block_tokens} tokens")
-        rows.append((float(ts), n_in, obj["output_length"], ids))
-        prev_ts = ts
+            lengths.append(v)
+        n_in, n_out = lengths
+
+        def fail(problem, value, where=where):
+            raise TraceFormatError(path, where, "hash_ids", problem, value, show_value=value is not None)
+
+        ids = full_block_ids(obj["hash_ids"], n_in, block_tokens, fail, f"{name}:{where}")
+        rows.append((float(ts), n_in, n_out, ids))
     if not rows:
         raise TraceFormatError(path, "", "", "empty file (no requests)")
+    rows.sort(key=lambda r: r[0])
     return rows
 
 
@@ -153,28 +147,32 @@ def load_mooncake_trace(path, *, token_scope: Literal["file", "session"] = "file
     """One trajectory per reconstructed session, ordered by their first request, named
     ``"<name>/s<k>"`` (``name``: default the file's name less ``.gz`` and ``.jsonl``).
 
+    Args:
+      block_tokens: tokens per hash id (512 in Mooncake's traces).
+
     Raises:
       TraceFormatError: empty file, invalid JSON (line), a missing field, a negative or
-        non-integer length, a decreasing timestamp, or ``hash_ids`` not matching ``input_length``.
-      ValueError: unknown ``token_scope``.
+        non-integer length, or ``hash_ids`` not matching ``input_length``.
+      ValueError: unknown ``token_scope``, or ``block_tokens`` < 1.
     """
     if token_scope not in ("file", "session"):
         raise ValueError(f"token_scope: must be 'file' or 'session' (got {token_scope!r})")
+    if whole_int(block_tokens) is None or block_tokens < 1:
+        raise ValueError(f"block_tokens: must be an integer >= 1 (got {block_tokens!r})")
     path = Path(path)
-    rows = _parse_lines(path, block_tokens)
-    sessions = reconstruct_sessions([r[3] for r in rows], [r[1] for r in rows], block_tokens)
+    stem = name or trace_stem(path)
+    rows = _parse_lines(path, block_tokens, stem)
+    sessions = reconstruct_sessions([r[3].tolist() for r in rows], [r[1] for r in rows], block_tokens)
     members: dict[int, list[int]] = {}
     for i, s in enumerate(sessions):
         members.setdefault(s, []).append(i)
-    stem = name or trace_stem(path)
     out = []
     for s in sorted(members):
         idx = members[s]
         prompt = np.array([rows[i][1] for i in idx], dtype=np.int64)
         gen = np.maximum(np.array([rows[i][2] for i in idx], dtype=np.int64), 1)
         ts_s = np.array([rows[i][0] for i in idx]) / 1000.0
-        hashes = BlockHashes.from_rounds([np.asarray(rows[i][3][:rows[i][1] // block_tokens], dtype=np.int64)
-                                          for i in idx])
+        hashes = BlockHashes.from_rounds([rows[i][3] for i in idx])
         hit = np.minimum(hit_blocks_from_hashes(hashes) * block_tokens, prompt - 1)
         agent_id = f"{stem}/s{s:05d}"
         out.append(Trajectory(
@@ -185,8 +183,10 @@ def load_mooncake_trace(path, *, token_scope: Literal["file", "session"] = "file
     return out
 
 
-def load_mooncake_traces(paths=None, *, token_scope: Literal["file", "session"] = "file") -> TrajectorySet:
-    """Sessions of one or more Mooncake files in one set (default: ``conversation_trace.jsonl``)."""
+def load_mooncake_traces(paths=None, *, token_scope: Literal["file", "session"] = "file",
+                         block_tokens: int = MOONCAKE_BLOCK_TOKENS) -> TrajectorySet:
+    """Sessions of one or more Mooncake files in one set (default: ``conversation_trace.jsonl``);
+    ``block_tokens`` as :func:`load_mooncake_trace`."""
     if paths is None:
         from dualpath_jax.workload.sources import mooncake_file
         paths = [mooncake_file("conversation")]
@@ -196,5 +196,5 @@ def load_mooncake_traces(paths=None, *, token_scope: Literal["file", "session"] 
     for p in paths:
         stem = unique_name(trace_stem(p), stems)  # two files of one name (in two folders) stay apart
         stems.add(stem)
-        trajectories.extend(load_mooncake_trace(p, token_scope=token_scope, name=stem))
+        trajectories.extend(load_mooncake_trace(p, token_scope=token_scope, block_tokens=block_tokens, name=stem))
     return TrajectorySet.from_trajectories(trajectories, source=",".join(str(p) for p in paths))

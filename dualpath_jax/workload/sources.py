@@ -14,6 +14,7 @@ import functools
 import os
 from pathlib import Path
 
+from dualpath_jax.workload.mooncake import MOONCAKE_BLOCK_TOKENS
 from dualpath_jax.workload.trajectory import Trajectory, TrajectorySet
 
 __all__ = ["data_dir", "agentic_dir", "mooncake_file", "load_source", "load_trace_agents", "SOURCES",
@@ -49,7 +50,8 @@ def mooncake_file(name: str = "conversation") -> Path:
 
 def load_source(source: str, *, mal: str = "64K", seed: int = 0, num_agents: int = 500,
                 max_files: int | None = None, mooncake: str = "conversation",
-                subagents: str = "separate", traces_dir: str | None = None) -> TrajectorySet:
+                subagents: str = "separate", traces_dir: str | None = None,
+                mooncake_block_tokens: int = MOONCAKE_BLOCK_TOKENS) -> TrajectorySet:
     """Load trajectories by source name.
 
     Args:
@@ -60,7 +62,9 @@ def load_source(source: str, *, mal: str = "64K", seed: int = 0, num_agents: int
       max_files: load only the first N agentic trace files (None = all).
       mooncake: ``"conversation"``, ``"synthetic"`` or a path, for ``mooncake``.
       subagents: ``"separate"`` or ``"drop"`` for ``agentic``.
-      traces_dir: ``agentic``: the folder of trace files (default :func:`agentic_dir`).
+      traces_dir: ``agentic``: the folder of trace files, or one trace file (default
+        :func:`agentic_dir`).
+      mooncake_block_tokens: ``mooncake``: tokens per hash id (512 in Mooncake's traces).
     Raises:
       ValueError: unknown source; TraceFormatError / FileNotFoundError from the loaders.
     """
@@ -69,7 +73,7 @@ def load_source(source: str, *, mal: str = "64K", seed: int = 0, num_agents: int
         return load_agentic_traces(traces_dir or None, limit=max_files, subagents=subagents)
     if source == "mooncake":
         from dualpath_jax.workload.mooncake import load_mooncake_traces
-        return load_mooncake_traces([mooncake_file(mooncake)])
+        return load_mooncake_traces([mooncake_file(mooncake)], block_tokens=mooncake_block_tokens)
     if source == "synthetic":
         from dualpath_jax.workload.synthetic import paper_dataset
         return paper_dataset(mal, num_agents=num_agents, seed=seed)
@@ -77,9 +81,9 @@ def load_source(source: str, *, mal: str = "64K", seed: int = 0, num_agents: int
 
 
 @functools.lru_cache(maxsize=2)
-def _mooncake_sessions(path: str) -> tuple[Trajectory, ...]:
+def _mooncake_sessions(path: str, block_tokens: int) -> tuple[Trajectory, ...]:
     from dualpath_jax.workload.mooncake import load_mooncake_trace
-    return tuple(load_mooncake_trace(path))
+    return tuple(load_mooncake_trace(path, block_tokens=block_tokens))
 
 
 def _cut(group: list[Trajectory], mal_tokens: int | None) -> list[Trajectory]:
@@ -105,7 +109,8 @@ def _cut(group: list[Trajectory], mal_tokens: int | None) -> list[Trajectory]:
 
 
 def load_trace_agents(source: str, num_agents: int, *, path: str = "", subagents: str = "separate",
-                      mal_tokens: int | None = None) -> TrajectorySet:
+                      mal_tokens: int | None = None, mooncake_block_tokens: int = MOONCAKE_BLOCK_TOKENS
+                      ) -> TrajectorySet:
     """The first ``num_agents`` agents of a trace source, in file order.
 
     An agent is a root trajectory with its sub-agents: an agentic conversation (files in sorted
@@ -116,8 +121,10 @@ def load_trace_agents(source: str, num_agents: int, *, path: str = "", subagents
 
     Args:
       source: ``"agentic"`` or ``"mooncake"``.
-      path: agentic: the folder of ``*.json.gz``/``*.json`` traces (default :func:`agentic_dir`); mooncake:
-        ``"conversation"`` (default), ``"synthetic"`` or a file path (:func:`mooncake_file`).
+      path: agentic: the folder of ``*.json.gz``/``*.json`` traces (default :func:`agentic_dir`) or
+        one trace file; mooncake: ``"conversation"`` (default), ``"synthetic"`` or a file path
+        (:func:`mooncake_file`).
+      mooncake_block_tokens: mooncake: tokens per hash id (512 in Mooncake's traces).
       subagents: agentic: ``"separate"`` (sub-agents as their own trajectories, starting with their
         root) or ``"drop"``.
     Returns:
@@ -131,7 +138,7 @@ def load_trace_agents(source: str, num_agents: int, *, path: str = "", subagents
         if subagents not in ("separate", "drop"):
             raise ValueError(f"subagents: must be 'separate' or 'drop' (got {subagents!r})")
         directory = Path(path) if path else agentic_dir()
-        files = trace_files(directory)
+        files = trace_files(directory)  # (one file, when the path names a file)
         if not files:
             raise FileNotFoundError(no_traces_message(directory))
         taken: set[str] = set()
@@ -141,7 +148,7 @@ def load_trace_agents(source: str, num_agents: int, *, path: str = "", subagents
         file = mooncake_file(path or "conversation")
         if not file.is_file():
             raise FileNotFoundError(f"{file}: no such Mooncake trace file")
-        groups = ([t] for t in _mooncake_sessions(str(file)))
+        groups = ([t] for t in _mooncake_sessions(str(file), int(mooncake_block_tokens)))
         name = str(file)
     else:
         raise ValueError(f"source: must be 'agentic' or 'mooncake' (got {source!r})")
