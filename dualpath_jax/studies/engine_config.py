@@ -78,7 +78,7 @@ class EngineWorkload:
       token_divisor: every token count divided by it (``workload.scale_tokens``).
       max_context_tokens, max_append_tokens: agents over these (after scaling) are skipped.
       warm_start: seed the store with each agent's first prompt.
-      traces_dir: trace folder ("" = ``workload.agentic_dir()``).
+      traces_dir: trace folder, or one trace file ("" = ``workload.agentic_dir()``).
     """
 
     max_files: int = 300

@@ -95,7 +95,8 @@ def check_overrides(config, overridden: Sequence[str]) -> None:
 def select_agents(cfg: EngineWorkload) -> list[Trajectory]:
     """The replayed agents (module docstring); ``cfg`` is the ``workload`` section.
 
-    ``cfg.traces_dir``: folder of ``*.json.gz`` / ``*.json`` traces (empty: ``workload.agentic_dir()``).
+    ``cfg.traces_dir``: folder of ``*.json.gz`` / ``*.json`` traces, or one trace file (empty:
+    ``workload.agentic_dir()``).
 
     Raises:
       ConfigError: ``workload.num_agents`` agents cannot be found under the limits;
