@@ -71,7 +71,10 @@ repeat k (per request timeline, tokens and failures; per PE forward (engine, (ca
 seconds) and per DE step, for calibrating the simulator), ``config.json``, ``env.json``,
 ``metrics.json``, ``metrics.jsonl`` and the ``name: value`` lines (``repeats``,
 ``jct_s_<variant>``, ``speedup_<variant>_vs_basic``, ``dualpath_over_oracle_jct``,
-``snic_bytes_per_s``, ``load_over_compute``, each with ``_ci95``; ``num_failed``,
+``snic_bytes_per_s``, ``load_over_compute`` (measured: needs ``oracle`` among the variants; without
+it ``load_over_compute_estimated``, the hit rounds' read time over their appended tokens' compute
+by the fitted time model, which leaves out the cold rounds' compute and so reads higher), each with
+``_ci95``; ``num_failed``,
 ``read_failures``, ``persist_failures``, ``bytes_conserved`` and ``tokens_identical`` over every
 run, ``engine_processes`` and ``cross_process_kv_bytes``, ...).
 

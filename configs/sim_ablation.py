@@ -7,8 +7,8 @@ Command:
 replays the first agents of those traces, cut at the MAL; ``--print_config`` lists every field.)
 Variants: Basic (pe_read, full, round_robin), +Layerwise, +DPL (dual, round_robin),
 +Sched = DualPath (dual, layerwise, dualpath) and Oracle, at 1024 and 2048 agents.
-Expected run time: about 5 minutes on a 2-core CPU (``:quick``: 256 and 512 agents, about 1 minute;
-``:tiny``: 32 and 64 agents, a few seconds).
+Expected run time: about 3 minutes per seed on a 2-core CPU (``:quick``: 256 and 512 agents, about
+35 s; ``:tiny``: 32 and 64 agents, a few seconds).
 The times are for one seed: every configuration runs ``seeds`` = 3 times (workload seed ``seed + r``;
 ``--config.seeds=R``; ``:tiny`` 1), so about 3x as long serially, less with ``--workers=N``; each figure
 is the mean over the seeds with its 95% CI (``<name>_ci95``).

@@ -439,6 +439,59 @@ def test_a_comma_list_of_variants_is_told_the_tuple_syntax():
     assert "tuple" not in str(e.value)
 
 
+def test_a_variant_may_be_any_combination_of_the_switches():
+    from dualpath_jax.sched.variants import VARIANTS, get_variant
+    v = get_variant("dual+full+dualpath")
+    assert (v.name, v.loading, v.prefill, v.policy) == ("dual+full+dualpath", "dual", "full", "dualpath")
+    for name, ladder in VARIANTS.items():  # the ladder's switches, written out, are the same variant
+        written = get_variant(f"{ladder.loading}+{ladder.prefill}+{ladder.policy}")
+        assert (written.loading, written.prefill, written.policy) == (ladder.loading, ladder.prefill, ladder.policy)
+    for bad, problem in (("dual+full", "'<loading>\\+<prefill>\\+<policy>'"),
+                         ("dual+chunked+dualpath", "prefill must be one of \\['full', 'layerwise'\\]"),
+                         ("disk+full+dualpath", "loading must be one of"),
+                         ("dual+full+fifo", "policy must be one of")):
+        with pytest.raises(ConfigError, match=problem) as e:
+            get_variant(bad)
+        assert e.value.field == "variants"
+
+
+def test_a_custom_variant_runs_its_switches_in_a_study(tmp_path):
+    """Written out, the ladder's dualpath is the same run; DualPath without layer-wise prefill
+    differs from both its neighbours."""
+    done = _run("run_sim.py", ABLATION_TINY, "--config.num_agents=(32,)",
+                "--config.variants=('basic','dualpath','dual+layerwise+dualpath','dual+full+dualpath')",
+                f"--workdir={tmp_path / 'w'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    named = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    assert named["jct_s_dual+layerwise+dualpath"] == named["jct_s_dualpath"]
+    assert named["jct_s_dual+full+dualpath"] not in (named["jct_s_dualpath"], named["jct_s_basic"])
+    assert "speedup_dual+full+dualpath_vs_basic" in done.stdout
+
+
+def test_a_study_s_workload_error_names_the_field_the_user_sets(tmp_path):
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    doc = {"id": "one", "block_size": 64, "requests": [
+        {"t": 0.0, "type": "n", "in": 200, "out": 4, "hash_ids": [1, 2, 3]}]}
+    (traces / "one.json").write_text(json.dumps(doc))
+    done = _run("run_sim.py", ABLATION_TINY, "--config.workload.source=agentic", f"--config.workload.path={traces}",
+                f"--workdir={tmp_path / 'w'}")
+    (line,) = _lines(done.stderr)  # the ablation sets its agent counts at the top level, not under workload
+    assert done.returncode == 1 and line.startswith("ConfigError: num_agents: the agentic trace ") and \
+        "holds only 1 agents within MAL 64K (got 32" in line
+
+
+def test_an_engine_config_given_to_the_simulator_and_back_is_named_as_such(tmp_path):
+    done = _run("run_sim.py", "--config=configs/engine_ablation.py:quick", f"--workdir={tmp_path / 'a'}")
+    assert done.returncode == 1 and _lines(done.stderr) == [
+        "ConfigError: study: the config has no study: it is the real engine's config (configs/engine_ablation.py), "
+        "which experiments/run_engine.py runs"]
+    done = _run("run_engine.py", ABLATION_TINY, f"--workdir={tmp_path / 'b'}")
+    assert done.returncode == 1 and _lines(done.stderr) == [
+        "ConfigError: study: 'ablation': a simulator study's config, which experiments/run_sim.py runs (the "
+        "engine's is configs/engine_ablation.py)"]
+
+
 def test_trace_stats_and_reproduce_paper_refuse_empty_or_negative_selections(tmp_path):
     for script, args, expected in [
             ("trace_stats.py", ("--source=agentic", "--max_files=-1"), "ConfigError: max_files: must be >= 0"),

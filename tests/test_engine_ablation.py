@@ -253,6 +253,10 @@ def test_ratios_are_taken_per_repeat_then_averaged():
     assert named["repeats"] == 2 and named["tokens_identical"] is True
     assert named["snic_bytes_per_s"] == 5e6 and named["snic_bytes_per_s_ci95"] == pytest.approx(T975[1] * 1e6,
                                                                                                 rel=1e-4)
+    # without Oracle runs nothing is measured: the estimate keeps its own name
+    named = ea._named_values(["basic", "dualpath"], 2, summaries, [], {"load_over_compute_estimated": 13.3}, tokens,
+                             rates)
+    assert "load_over_compute" not in named and named["load_over_compute_estimated"] == 13.3
 
 
 def test_repeat_zero_keeps_the_run_folder_other_tools_read(tmp_path):

@@ -284,6 +284,28 @@ def _finish(status: str, error: str | None = None, *, input_error: bool = False)
             print(f"could not mark {workdir} {status}: {e}", file=sys.stderr)
 
 
+def _as_config_field(error: BaseException, cfg) -> BaseException:
+    """A ConfigError naming a ``section.field`` that the script's config ``cfg`` does not hold but
+    sets at its top level (a study's ``num_agents``, ``mal`` or ``mals`` for its ``workload``): the
+    same error under the name the user sets; any other error as it is."""
+    if not isinstance(error, ConfigError) or cfg is None or "." not in error.field:
+        return error
+    parts = error.field.split(".")
+    node = cfg
+    try:
+        for part in parts:
+            node = node[part]
+        return error  # the config has the field as named
+    except (KeyError, TypeError, AttributeError):
+        pass
+    for name in (parts[-1], parts[-1] + "s"):
+        if name in cfg.keys():
+            renamed = ConfigError(name, error.message)
+            renamed.__cause__ = error
+            return renamed
+    return error
+
+
 def run(main: Callable[[list[str]], object], *, config=None, describe: Callable[[object], str] | None = None) -> None:
     """``absl.app.run(main)`` with one-line errors, workdir status and ``--print_config`` (module
     docstring).
@@ -346,6 +368,7 @@ def run(main: Callable[[list[str]], object], *, config=None, describe: Callable[
             _finish("finished" if ok else "failed", None if ok else f"exit status {e.code}")
             raise
         except BaseException as e:
+            e = _as_config_field(e, config.value if config is not None else None)
             line = one_line(e)
             _finish("failed", line, input_error=isinstance(e, USER_ERRORS))
             if isinstance(e, USER_ERRORS) and not traceback_wanted():

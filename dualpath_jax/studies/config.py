@@ -433,6 +433,9 @@ def from_config_dict(config) -> StudyConfig:
     """
     data = as_dict(config)
     study = data.pop("study", None)
+    if study is None and {"cluster", "repeats"} <= set(data):  # configs/engine_ablation.py
+        raise ConfigError("study", "the config has no study: it is the real engine's config "
+                          "(configs/engine_ablation.py), which experiments/run_engine.py runs")
     if study not in STUDY_CONFIGS:
         raise ConfigError("study", f"unknown study {study!r}{did_you_mean(str(study), STUDY_CONFIGS)}; known: "
                           f"{sorted(STUDY_CONFIGS)}")

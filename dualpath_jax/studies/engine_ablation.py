@@ -369,8 +369,8 @@ def _named_values(names, repeats, summaries, measured, regime, tokens, rates) ->
     put_estimate(named, "snic_bytes_per_s", [a for a, _ in rates])
     if measured:
         put_estimate(named, "load_over_compute", [m["load_over_compute"] for m in measured])
-    else:
-        named["load_over_compute"] = regime["load_over_compute_estimated"]
+    else:  # no Oracle run to measure it: the fitted time model's estimate, under its own name
+        named["load_over_compute_estimated"] = regime["load_over_compute_estimated"]
     runs = list(summaries.values())
     named["num_failed"] = sum(s["num_failed"] for s in runs)
     # blocks that could not be read (recomputed) or persisted (later rounds hit less): both change a

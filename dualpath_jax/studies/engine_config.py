@@ -351,6 +351,9 @@ def engine_ablation_config(config) -> EngineAblationConfig:
         return config
     data = dict(config.to_dict() if hasattr(config, "to_dict") else config)
     known = {f.name for f in dataclasses.fields(EngineAblationConfig)}
+    if "study" in data and "study" not in known:  # configs/sim_<study>.py
+        raise ConfigError("study", f"{data['study']!r}: a simulator study's config, which experiments/run_sim.py "
+                          f"runs (the engine's is configs/engine_ablation.py)")
     for key in data:
         if key not in known:
             raise ConfigError(key, f"unknown field of the engine ablation config{did_you_mean(key, known)}; "

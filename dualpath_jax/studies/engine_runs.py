@@ -123,7 +123,8 @@ def select_agents(cfg: EngineWorkload) -> list[Trajectory]:
             return out
     raise ConfigError("workload.num_agents", f"found only {len(out)} agents with >= {cfg.rounds} rounds, "
                       f"<= {cfg.max_context_tokens} tokens and <= {cfg.max_append_tokens} appended tokens per "
-                      f"later round in the first {cfg.max_files} trace files")
+                      f"later round in the first {cfg.max_files} trace files (workload.max_files, "
+                      f"workload.rounds, workload.max_context_tokens and workload.max_append_tokens widen the choice)")
 
 
 def _head(traj: Trajectory, rounds: int) -> Trajectory:

@@ -81,10 +81,11 @@ for mode, depth in (("layerwise", 2), ("layerwise", 1), ("full", 1)):
           f"max|logit err| {err:.1e}")
 
 # %% [markdown]
-# Double buffering (`depth=2`) hides most of the loading behind computation; `depth=1` waits for
-# every layer. Layer-wise prefill holds at most `depth` layers' KV on the device (here about one:
-# with loading as slow as computing, a layer is usually released before the next one lands), while
-# `full` holds all L = 8 layers' KV at once: compare the KV peaks.
+# With `depth=2` (double buffering) the next layer's KV loads while this layer computes, so the
+# time spent waiting for KV is shorter than with `depth=1`, which loads each layer only once the
+# previous one is done (how much shorter depends on the host's timing). Layer-wise prefill holds
+# at most `depth` layers' KV on the device (compare the KV peaks: two layers' worth at `depth=2`),
+# while `full` holds all L = 8 layers' KV at once.
 #
 # ## A new read-side policy in the simulator
 #
