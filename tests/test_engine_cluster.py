@@ -189,6 +189,24 @@ def test_every_request_finishes_or_fails_with_a_cause(model):
     assert report.summarize(res)["num_failed"] == len(failed)
 
 
+def test_requests_that_each_fit_the_de_buffer_never_block_each_other_there(model):
+    """A DE-side read reserves the hand-off's DE buffer space with its hit's: requests that each fit
+    alone (4 hit + 2.4 new blocks of a 9-block buffer) must not hold their hits while each waits for
+    the other's space (they did, until timeout_s, and failed every attempt)."""
+    spec, params, layout = model
+    fb = layout.full_block_bytes
+    agents = [_stream(f"b{i}", [250, 150], [10, 2]) for i in range(8)]  # round 1 hits 4 blocks, appends ~154
+    cfg = ClusterConfig(**{**FAST, "buffer_bytes": 9 * fb, "timeout_s": 8.0, "max_attempts": 1,
+                           "de_hbm_kv_bytes": 64 * fb}).for_variant("dualpath")
+    res = run_cluster(model, cfg, agents)
+    assert [r.error for r in res.requests if r.error] == []
+    de_read = [r for r in res.requests if r.read_bytes_de]
+    assert len(de_read) >= 2  # the case: several DE-side reads at once
+    tokens = report.check_tokens({"dualpath": res}, params, spec)
+    assert tokens["tokens_identical"], tokens["reference_mismatches"]
+    assert not res.leaks
+
+
 def test_online_arrivals_and_think_time(model):
     spec, params, layout = model
     agents = [dataclasses.replace(AGENTS[0], think_time_s=np.array([0.0, 0.3, 0.2]))]

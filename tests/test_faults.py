@@ -161,6 +161,19 @@ def test_random_faults_of_every_kind_keep_tokens_and_lose_nothing(model, clean):
     assert corrupt  # a corrupted block is caught by its checksum and recomputed
 
 
+@pytest.mark.parametrize("variant", ["basic", "dualpath"])
+def test_a_read_slower_than_timeout_s_counts_as_failed_and_is_recomputed(model, clean, variant):
+    """Every read job waits 1.5 s before reading, past timeout_s = 1 s: no hit is used (they
+    used to be, after the wait), every hit round records a TIMEOUT and is recomputed."""
+    cfg = ClusterConfig(**{**FAST, "timeout_s": 1.0, "run_timeout_s": 120.0}).for_variant(variant)
+    res = _run(model, cfg, faults=FaultConfig(slow_read_rate=1.0, slow_read_s=1.5))
+    _assert_all_correct(model, res, clean)
+    later = [r for r in res.requests if r.round_index > 0]  # every later round had a hit to read
+    assert later and all(r.hit_tokens == 0 for r in res.requests)
+    assert all([f.cause.value for f in r.read_failures] == ["timeout"] for r in later)
+    assert all("did not start within 1.0 s" in r.read_failures[0].detail for r in later)
+
+
 def test_a_thread_that_dies_ends_the_run_at_once(model, monkeypatch):
     def broken(self):
         raise RuntimeError("bug in the join queue")

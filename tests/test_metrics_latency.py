@@ -39,6 +39,10 @@ def test_jct_and_trajectory_completion_by_hand():
     assert jct_s(records) == 6.0
     assert jct_s(records, start_s=-1.0) == 7.0
     assert trajectory_completion_s(records) == {"a": 6.0, "b": 1.0}
+    # a trajectory whose later round failed did not complete: its round 0's finish is not its completion
+    failed = records + [rec("b", 1, 3.0, 3.0, math.nan, math.nan, math.nan, math.nan, error="read failed")]
+    done = trajectory_completion_s(failed)
+    assert done["a"] == 6.0 and math.isnan(done["b"])
     table = RequestTable.from_records(records)
     assert jct_s(table) == 6.0 and table.to_records() == records
 

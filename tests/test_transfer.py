@@ -155,6 +155,24 @@ def test_buffer_accounting_and_limits():
     assert pool.in_use_bytes == 0 and pool.stats().peak_bytes == 600
 
 
+def test_a_lease_splits_off_part_of_its_reservation():
+    pool = BufferPool("de.buffer", 1000)
+    a = pool.acquire(700)
+    a.allocate((100,), np.uint8)
+    b = a.split(500)  # of the 600 B not held yet
+    assert (a.num_bytes, b.num_bytes, pool.in_use_bytes) == (200, 500, 700)
+    with pytest.raises(ValueError, match="exceeds"):
+        a.allocate((101,), np.uint8)
+    with pytest.raises(ValueError, match="cannot split 101 B"):
+        a.split(101)
+    a.release()
+    assert pool.in_use_bytes == 500  # each part goes back on its own
+    b.release()
+    assert pool.in_use_bytes == 0
+    with pytest.raises(ValueError, match="already released"):
+        b.split(0)
+
+
 def test_buffer_back_pressure_blocks_then_times_out():
     clock = FakeClock()
     pool = BufferPool("de.buffer", 1000, clock=clock)

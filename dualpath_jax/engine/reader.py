@@ -17,6 +17,7 @@ import concurrent.futures as cf
 import dataclasses
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from dualpath_jax.engine.network import TransferFailed
@@ -125,21 +126,41 @@ class NodeReader:
             self.on_done(job, [], [])
             return
         self.ctx.job(self.name)
-        lease = None
+        lease = send = None
         if not self.fabric.bypass:
-            lease = self.fabric.buffer_of(self.node).acquire(nbytes, timeout_s=self.timeout_s)
+            pool = self.fabric.buffer_of(self.node)
+            # DE side: the hand-off's space (the rest of the prompt's KV) is reserved with the hit's, in
+            # one wait. Holding the hit while waiting for more of the same buffer could deadlock
+            # requests that each fit alone; the simulator reserves the whole prompt up front too.
+            rest = (req.prompt_tokens - n * req.block_tokens) * self.ctx.bytes_per_token if job.side == "de" else 0
+            if rest and req.de_send_lease is None and nbytes + rest <= pool.capacity_bytes:
+                lease = pool.acquire(nbytes + rest, timeout_s=self.timeout_s)
+                send = lease.split(rest)
+            else:  # (a prompt larger than the DE buffer fails at its hand-off, naming the buffer)
+                lease = pool.acquire(nbytes, timeout_s=self.timeout_s)
+        if send is not None and not req.attach_lease("de_send_lease", send):
+            lease.release()
+            self.on_done(job, [], [])
+            return
         if not req.attach_lease("pe_lease" if job.side == "pe" else "de_read_lease", lease):
             self.on_done(job, [], [])  # the request failed meanwhile: nothing to read for it
             return
         keys = req.keys[job.first:job.last]
+        t0 = time.monotonic()
         if self.ctx.faults is not None:
             self.ctx.faults.before_read(self.store, keys)
+        waited = time.monotonic() - t0
+        if waited > self.timeout_s:  # a slow storage read: past its deadline, it counts as failed
+            self.on_done(job, [], [BlockFailure(keys[0], FailureCause.TIMEOUT,
+                                                f"read did not start within {self.timeout_s} s ({waited:.1f} s)")])
+            return
+        deadline = t0 + self.timeout_s  # for the job's store reads together (issued at once)
         futures = self.store.read_async(keys)
         blocks, failures, i = [], [], 0
         try:
             for i, (key, fut) in enumerate(zip(keys, futures)):
                 try:
-                    res = fut.result(timeout=self.timeout_s)
+                    res = fut.result(timeout=max(deadline - time.monotonic(), 0.0))
                 except cf.TimeoutError:
                     res = None
                     failures.append(BlockFailure(key, FailureCause.TIMEOUT, "read timed out"))

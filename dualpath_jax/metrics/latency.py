@@ -80,16 +80,20 @@ def jct_s(records, start_s: float | None = None) -> float:
 
 
 def trajectory_completion_s(records) -> dict[str, float]:
-    """Per trajectory id: last round's finish minus first round's arrival (successful requests)."""
-    t = _ok(records)
+    """Per trajectory id: last round's finish minus first round's arrival, seconds; NaN for a
+    trajectory that did not complete (a round failed, was not run, or never finished): its last
+    successful round is not its completion."""
+    t = as_request_table(records)
     if len(t) == 0:
         return {}
     ids, inverse = np.unique(t.trajectory_id.astype(str), return_inverse=True)
     first = np.full(len(ids), np.inf)
     last = np.full(len(ids), -np.inf)
+    failed = np.zeros(len(ids), dtype=bool)
     np.minimum.at(first, inverse, t.arrival_s)
-    np.maximum.at(last, inverse, t.finish_s)
-    return {str(i): float(b - a) for i, a, b in zip(ids, first, last)}
+    np.fmax.at(last, inverse, t.finish_s)  # (a NaN finish marks the trajectory failed below)
+    np.logical_or.at(failed, inverse, ~t.ok | ~np.isfinite(t.finish_s))
+    return {str(i): math.nan if bad else float(b - a) for i, a, b, bad in zip(ids, first, last, failed)}
 
 
 def summarize(values: np.ndarray, statistic: str = "mean") -> float:

@@ -291,8 +291,8 @@ class OnlineRun:
     """One online run: its request table and summary figures.
 
     ``stats`` keys: ``ttft_mean_s``, ``ttft_p50_s``, ``ttft_p99_s``, ``ttst_mean_s``,
-    ``tpot_mean_s``, ``tpot_p99_s``, ``completion_mean_s`` (mean trajectory completion time),
-    ``num_agents``, ``num_requests`` (measured), ``num_requests_total``, ``num_failed``,
+    ``tpot_mean_s``, ``tpot_p99_s``, ``completion_mean_s`` (mean completion time of the
+    trajectories that completed), ``num_agents``, ``num_requests`` (measured), ``num_requests_total``, ``num_failed``,
     ``mean_total_tokens``, ``kv_bytes_per_token``, ``live_kv_bytes`` (time-averaged hit KV of live
     agents over the measured window), ``arrival_window_s`` (its length), ``end_s``, ``wall_s`` and
     ``<component>_mean`` for each TTFT component (measured requests).
@@ -341,7 +341,7 @@ def _online_run(spec: tuple) -> tuple[OnlineRun, SimResult]:
              "ttft_p99_s": latency.summarize(ttft, "p99"),
              "ttst_mean_s": latency.summarize(latency.ttst_s(table), "mean"),
              "tpot_mean_s": latency.summarize(tpot, "mean"), "tpot_p99_s": latency.summarize(tpot, "p99"),
-             "completion_mean_s": float(np.mean(done)) if done.size else float("nan"),
+             "completion_mean_s": float(np.mean(done[np.isfinite(done)])) if np.isfinite(done).any() else math.nan,
              "num_agents": int(len(ts)), "num_requests": int(len(table)), "num_requests_total": int(len(full)),
              "num_failed": int(np.sum(~table.ok)),
              "mean_total_tokens": mean_total_tokens(ts), "kv_bytes_per_token": kvb, "live_kv_bytes": live,

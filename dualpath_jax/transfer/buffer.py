@@ -90,6 +90,22 @@ class Lease:
                              f"({self._held} of {self.num_bytes} B held)")
         return self.hold(np.empty(shape, dtype))
 
+    def split(self, num_bytes: int) -> "Lease":
+        """Move ``num_bytes`` of this lease's reservation, none of it held yet, to a new lease of the
+        same pool (the pool's reserved bytes do not change; each lease is released on its own).
+
+        Raises:
+          ValueError: ``num_bytes`` negative or more than this lease holds free, or the lease was released.
+        """
+        with self._lock:
+            if self._released:
+                raise ValueError(f"lease on {self.pool.name}: already released")
+            if not 0 <= num_bytes <= self.num_bytes - self._held:
+                raise ValueError(f"lease on {self.pool.name}: cannot split {num_bytes} B off a reservation of "
+                                 f"{self.num_bytes} B with {self._held} B held")
+            self.num_bytes -= num_bytes
+        return Lease(self.pool, num_bytes)
+
     def release(self) -> None:
         """Drop the arrays and return the reservation to the pool (idempotent and thread-safe: of
         two threads releasing one lease at once, exactly one gives the bytes back)."""
