@@ -98,6 +98,27 @@ def make_deepseek_v2_moe() -> transformers.PreTrainedModel:
     return transformers.DeepseekV2ForCausalLM(cfg)
 
 
+def make_deepseek_v2_moe_top1() -> transformers.PreTrainedModel:
+    """DeepSeek-V2's MoE with one expert per token and ``norm_topk_prob`` set: DeepSeek's code (and
+    transformers, which ignores the flag) scales the single weight by ``routed_scaling_factor``
+    instead of normalising it; ``rope_interleave: false`` (a key V2 has no use for: it always
+    rotates interleaved pairs) and ``hidden_act: swish`` (SiLU under another name)."""
+    cfg = transformers.DeepseekV2Config(**{**_TINY_MOE, "num_experts_per_tok": 1}, q_lora_rank=16,
+                                        topk_method="greedy", norm_topk_prob=True, routed_scaling_factor=2.0,
+                                        hidden_act="swish", rope_interleave=False,
+                                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    return transformers.DeepseekV2ForCausalLM(cfg)
+
+
+def make_deepseek_v3_moe_no_shared() -> transformers.PreTrainedModel:
+    """DeepSeek-V3's MoE without shared experts (transformers writes zero-width shared-expert
+    tensors for ``n_shared_experts: 0``)."""
+    cfg = transformers.DeepseekV3Config(**{**_TINY_MOE, "n_shared_experts": 0}, q_lora_rank=32,
+                                        rope_interleave=True, norm_topk_prob=True, routed_scaling_factor=2.5,
+                                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    return transformers.DeepseekV3ForCausalLM(cfg)
+
+
 def make_qwen2_yarn() -> transformers.PreTrainedModel:
     """Qwen2 with YaRN (Qwen2.5's long-context setting: ``attention_factor`` inferred from the factor)."""
     cfg = transformers.Qwen2Config(**_TINY_GQA, tie_word_embeddings=False, use_sliding_window=False,
@@ -154,7 +175,8 @@ def main() -> None:
               "deepseek_v2_lite_tiny": lambda: make_deepseek_v2(None),
               "deepseek_v3_moe_tiny": make_deepseek_v3_moe, "deepseek_v2_moe_tiny": make_deepseek_v2_moe,
               "qwen2_yarn_tiny": make_qwen2_yarn, "llama_tiny": make_llama, "qwen3_tiny": make_qwen3,
-              "qwen3_moe_tiny": make_qwen3_moe}
+              "qwen3_moe_tiny": make_qwen3_moe, "deepseek_v2_moe_top1_tiny": make_deepseek_v2_moe_top1,
+              "deepseek_v3_moe_no_shared_tiny": make_deepseek_v3_moe_no_shared}
     only = [n for n in args.only.split(",") if n]
     if unknown := sorted(set(only) - set(makers)):
         parser.error(f"--only: unknown names {unknown} (known: {sorted(makers)})")

@@ -25,7 +25,10 @@ DATA = os.path.join(os.path.dirname(__file__), "data", "hf")
 ATOL = 5e-6
 CASES = ["qwen2_tiny", "deepseek_v3_tiny", "deepseek_v3_tiny_noqlora", "deepseek_v2_lite_tiny",
          "deepseek_v3_moe_tiny", "deepseek_v2_moe_tiny", "qwen2_yarn_tiny", "llama_tiny", "qwen3_tiny",
-         "qwen3_moe_tiny"]
+         "qwen3_moe_tiny",
+         # V2 top-1 with norm_topk_prob (scaled, not normalised), rope_interleave false and hidden_act
+         # swish (both mean nothing else to V2); V3 with n_shared_experts 0 (zero-width tensors)
+         "deepseek_v2_moe_top1_tiny", "deepseek_v3_moe_no_shared_tiny"]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -46,7 +46,7 @@ def _check_runnable(cfg: dict[str, Any], spec: ModelSpec, path: str) -> None:
                           "(it runs dense attention)")
     if spec.is_mla and cfg.get("attention_bias", False):
         raise ConfigError(f"{path}: attention_bias", "MLA with attention bias is not supported")
-    if cfg.get("hidden_act", "silu") != "silu":
+    if cfg.get("hidden_act", "silu") not in ("silu", "swish"):  # (transformers' ACT2FN: swish is SiLU)
         raise ConfigError(f"{path}: hidden_act", f"only silu (SwiGLU) is supported (got {cfg['hidden_act']!r})")
     if cfg.get("mlp_bias", False):
         raise ConfigError(f"{path}: mlp_bias", "MLP biases are not supported")
@@ -235,12 +235,15 @@ def _check_all_read(tensors: dict, read: set, spec: ModelSpec, cfg: dict, path: 
     """Raise ValueError for weights the ``config.json`` does not account for: a key it leaves out
     (shared experts, biases, q/k norms, MoE layers) would otherwise run another model than the
     checkpoint's. Not counted: RoPE tables (``rotary_emb.inv_freq``), DeepSeek-V3's multi-token
-    prediction layers (``num_nextn_predict_layers`` after the last layer) and a tied model's
-    ``lm_head.weight``."""
+    prediction layers (``num_nextn_predict_layers`` after the last layer), a tied model's
+    ``lm_head.weight`` and tensors with no elements (``transformers`` writes zero-width shared
+    experts for ``n_shared_experts: 0``)."""
     mtp = int(cfg.get("num_nextn_predict_layers") or 0)
     extra = []
     for name in tensors:
         if name in read or name.endswith("rotary_emb.inv_freq") or (spec.tie_embeddings and name == "lm_head.weight"):
+            continue
+        if tensors[name].size == 0:  # computes nothing, whatever its name
             continue
         parts = name.split(".")
         if mtp and name.startswith("model.layers.") and parts[2].isdigit() and \

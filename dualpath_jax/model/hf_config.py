@@ -113,7 +113,7 @@ _DEEPSEEK_DEFAULTS = {
 }
 
 
-def _moe_routing(cfg: dict, model_type: str, path: str) -> dict:
+def _moe_routing(cfg: dict, model_type: str, path: str, top_k: int) -> dict:
     """The router's fields of a DeepSeek ``config.json`` (``scoring_func``, ``topk_method``,
     ``n_group``, ``topk_group``, ``norm_topk_prob``, ``routed_scaling_factor``).
 
@@ -121,9 +121,10 @@ def _moe_routing(cfg: dict, model_type: str, path: str) -> dict:
     (a token's top-k among the ``topk_group`` groups holding its best experts); V3 and V3.2 score
     with a sigmoid and pick ``noaux_tc`` (groups ranked by their two best bias-corrected scores).
     Absent keys take the defaults of ``transformers``' ``DeepseekV2Config`` / ``DeepseekV3Config``.
-    DeepSeek-V2 with ``norm_topk_prob`` normalises the chosen weights *instead of* scaling them by
-    ``routed_scaling_factor``, as DeepSeek's own modeling code does (``transformers`` 5 ignores the flag;
-    the released V2 and V2-Lite checkpoints set it false, where both agree).
+    DeepSeek-V2 with ``norm_topk_prob`` and more than one expert per token (``top_k``) normalises the
+    chosen weights *instead of* scaling them by ``routed_scaling_factor``, as DeepSeek's own modeling
+    code does (``if top_k > 1 and norm_topk_prob: normalise, else: scale``; ``transformers`` 5 ignores
+    the flag; the released V2 and V2-Lite checkpoints set it false, where both agree).
     """
     v2 = model_type == "deepseek_v2"
     defaults = _DEEPSEEK_DEFAULTS["deepseek_v2" if v2 else "deepseek_v3"]
@@ -137,6 +138,8 @@ def _moe_routing(cfg: dict, model_type: str, path: str) -> dict:
         given[key] = value
     norm = _flag(cfg, "norm_topk_prob", defaults["norm_topk_prob"], path)
     scale = _number(cfg, "routed_scaling_factor", path, float, defaults["routed_scaling_factor"])
+    if v2 and norm and top_k == 1:  # DeepSeek-V2's code scales a single expert's weight instead
+        norm = False
     return dict(moe_scoring=scoring, moe_topk_method=given["topk_method"] or method,
                 moe_n_group=_number(cfg, "n_group", path, int, defaults["n_group"]),
                 moe_topk_group=_number(cfg, "topk_group", path, int, defaults["topk_group"]), moe_norm_topk=norm,
@@ -301,17 +304,17 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
                       qk_nope_head_dim=_number(cfg, "qk_nope_head_dim", path, int),
                       qk_rope_head_dim=_number(cfg, "qk_rope_head_dim", path, int),
                       v_head_dim=_number(cfg, "v_head_dim", path, int),
-                      rope_interleave=bool(cfg.get("rope_interleave", True)),
+                      # (DeepSeek-V2's code, and transformers', always rotate interleaved pairs)
+                      rope_interleave=model_type == "deepseek_v2" or _flag(cfg, "rope_interleave", True, path),
                       index_n_heads=_number(cfg, "index_n_heads", path, int, 0),
                       index_head_dim=_number(cfg, "index_head_dim", path, int, 0),
                       index_topk=_number(cfg, "index_topk", path, int, 0))
         if moe:
-            fields.update(n_routed_experts=n_routed, first_k_dense=first_dense,
-                          n_activated_experts=_number(cfg, "num_experts_per_tok", path, int,
-                                                      defaults["num_experts_per_tok"]),
+            top_k = _number(cfg, "num_experts_per_tok", path, int, defaults["num_experts_per_tok"])
+            fields.update(n_routed_experts=n_routed, first_k_dense=first_dense, n_activated_experts=top_k,
                           n_shared_experts=_number(cfg, "n_shared_experts", path, int, defaults["n_shared_experts"]),
                           moe_d_ff=_number(cfg, "moe_intermediate_size", path, int, defaults["moe_intermediate_size"]),
-                          **_moe_routing(cfg, model_type, path))
+                          **_moe_routing(cfg, model_type, path, top_k))
     partial = cfg.get("partial_rotary_factor", (cfg.get("rope_parameters") or {}).get("partial_rotary_factor"))
     if partial not in (None, 1, 1.0):
         raise ConfigError(f"{path}: partial_rotary_factor", f"partial rotary embeddings are not supported (got "
