@@ -354,6 +354,24 @@ def test_deepseek_v2_normalising_its_weights_does_not_scale_them():
     assert (spec.moe_norm_topk, spec.moe_routed_scale) == (True, 1.0)
     spec = spec_from_hf_config({**DEEPSEEK_V2_LITE, "norm_topk_prob": False, "routed_scaling_factor": 16.0})
     assert (spec.moe_norm_topk, spec.moe_routed_scale) == (False, 16.0)
+    # one expert per token: DeepSeek-V2's code normalises only when top_k > 1, else it scales
+    spec = spec_from_hf_config({**DEEPSEEK_V2_LITE, "num_experts_per_tok": 1, "norm_topk_prob": True,
+                                "routed_scaling_factor": 16.0})
+    assert (spec.moe_norm_topk, spec.moe_routed_scale) == (False, 16.0)
+
+
+@pytest.mark.parametrize("value, interleaved", [(True, True), (False, False), (None, False), (1, True)])
+def test_rope_interleave_is_read_as_transformers_reads_it(value, interleaved):
+    """V3: the key's truth value (transformers: ``if config.rope_interleave``; absent: its default,
+    true); V2: always interleaved (no other layout in its code)."""
+    from dualpath_jax.model.spec import spec_from_hf_config
+
+    v3 = {**KIMI_K2, "model_type": "deepseek_v3"}
+    assert spec_from_hf_config({**v3, "rope_interleave": value}).rope_interleave is interleaved
+    assert spec_from_hf_config({k: v for k, v in v3.items() if k != "rope_interleave"}).rope_interleave
+    assert spec_from_hf_config({**DEEPSEEK_V2_LITE, "rope_interleave": value}).rope_interleave
+    with pytest.raises(ConfigError, match="rope_interleave: must be true or false"):
+        spec_from_hf_config({**v3, "rope_interleave": "no"})
 
 
 def test_a_config_without_model_type_says_it_is_missing():

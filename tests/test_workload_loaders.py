@@ -443,3 +443,18 @@ def test_mooncake_block_size_other_than_512(tmp_path):
     np.testing.assert_array_equal(s.num_hit_tokens, [0, 128])  # round 0's full blocks 7, 8
     np.testing.assert_array_equal(s.think_time_s, [0.0, 1.0])
     assert s.block_tokens == 64
+
+
+def test_absurd_lengths_and_a_file_with_names_are_one_line(tmp_path):
+    path = mutate(tmp_path / "huge.json.gz", lambda d: d["requests"][1].update(**{"in": 1e30, "hash_ids": []}))
+    with pytest.raises(TraceFormatError, match=r"requests\[1\]: in: must be <= 100,000,000 tokens"):
+        load_agentic_trace(path)
+    big = jsonl(tmp_path / "big.jsonl", [mc(0, 10**9, 1, [])])
+    with pytest.raises(TraceFormatError, match=r"line 1: input_length: must be <= 100,000,000 tokens"):
+        load_mooncake_trace(big)
+    one = write_gz(tmp_path / "trace_x.json.gz", conversation())
+    with pytest.raises(ValueError, match="names: .* is one trace file"):
+        load_agentic_traces(one, names=["trace_x"])
+    assert list(load_agentic_traces(one).agent_ids) == ["trace_x", "trace_x/agent_001"]
+    (s,) = load_mooncake_trace(jsonl(tmp_path / "b.jsonl", [mc(0, 150, 3, [7, 8])]), block_tokens=64.0)
+    assert s.block_tokens == 64

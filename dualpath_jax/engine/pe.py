@@ -187,7 +187,8 @@ class PrefillWorker:
         self.ctx.on_failed(item.req, cause, retry=retry)
 
     def _reserve_sends(self, item: PrefillItem) -> bool:
-        """Hold DE buffer space for what this PE will send of the request (before its first chunk).
+        """Hold DE buffer space for what this PE will send of the request (before its first chunk),
+        unless its DE-side read already reserved it with the hit's (``engine/reader.py``).
 
         Never blocks the PE: a request whose DE buffer is full is left out of this batch (FIFO
         order among the others is kept) and fails once it has waited ``timeout_s``. Returns

@@ -101,6 +101,22 @@ def _flag(cfg: dict, key: str, default: bool, path: str) -> bool:
     return value
 
 
+def _rope_interleave(cfg: dict, model_type: str, path: str) -> bool:
+    """Whether MLA's RoPE rotates interleaved pairs: always for DeepSeek-V2 (its code and
+    transformers' have no other layout); for V3 the key's truth value as transformers reads it
+    (absent: true, ``null``: false).
+
+    Raises:
+      ConfigError: a value other than true, false, null or an integer.
+    """
+    if model_type == "deepseek_v2" or "rope_interleave" not in cfg:
+        return True
+    value = cfg["rope_interleave"]
+    if value is not None and not isinstance(value, (bool, int)):
+        raise ConfigError(f"{path}: rope_interleave", f"must be true or false (got {value!r})")
+    return bool(value)
+
+
 # the defaults of transformers' DeepseekV2Config / DeepseekV3Config (5.x) for the MoE keys a
 # config.json may leave out (V3.2 is V3's); _MISSING: required
 _DEEPSEEK_DEFAULTS = {
@@ -304,8 +320,7 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
                       qk_nope_head_dim=_number(cfg, "qk_nope_head_dim", path, int),
                       qk_rope_head_dim=_number(cfg, "qk_rope_head_dim", path, int),
                       v_head_dim=_number(cfg, "v_head_dim", path, int),
-                      # (DeepSeek-V2's code, and transformers', always rotate interleaved pairs)
-                      rope_interleave=model_type == "deepseek_v2" or _flag(cfg, "rope_interleave", True, path),
+                      rope_interleave=_rope_interleave(cfg, model_type, path),
                       index_n_heads=_number(cfg, "index_n_heads", path, int, 0),
                       index_head_dim=_number(cfg, "index_head_dim", path, int, 0),
                       index_topk=_number(cfg, "index_topk", path, int, 0))

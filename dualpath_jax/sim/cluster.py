@@ -11,8 +11,9 @@ Design (virtual time, one heap of events, no wall clock):
   hit KV is read storage -> SNIC -> DRAM of that side (buffer admission applies back-pressure: once
   placed, a request takes DE buffer space for its whole prompt's KV, the DE-side hits and the PE's
   hand-off, and then PE buffer space for its PE-side hits, always in this order, so no two requests
-  each hold the space the other waits for; the engine takes the hand-off's share when the request
-  is ready and resolves a full buffer by timeout and retry); the PE forward streams the cached KV
+  each hold the space the other waits for; the engine's DE-side read takes the hand-off's share
+  with its hit's, a PE-side read's hand-off takes it when the request is ready, polling, and a
+  full buffer ends by timeout and retry); the PE forward streams the cached KV
   per layer to the PE (PE side: DRAM -> PE CNIC -> HBM; DE side: DE DRAM -> DE CNIC -> PE CNIC ->
   HBM) and the layer's KV to the DE buffer (all of it for PE-side reads, the new tokens' only for
   DE-side reads); a request prefilled in chunks loads its hit KV again in every chunk, and its

@@ -111,7 +111,8 @@ class StudyConfig:
 
     Attributes:
       sim: the study's base SimConfig (rows and clusters are set on top of it).
-      variants: ablation variants (``sched.VARIANTS``) each configuration runs.
+      variants: ablation variants each configuration runs (``sched.VARIANTS``, or any
+        ``"<loading>+<prefill>+<policy>"``: ``sched.get_variant``).
       scheduler: the ClusterScheduler subclass of every run (a ``"pkg.module:Class"`` string is loaded).
       seeds: runs per configuration, R >= 1: seed r uses workload seed ``workload.seed + r`` (and
         arrival seed ``arrival_seed + r`` online); figures are the mean over the R runs with a 95%

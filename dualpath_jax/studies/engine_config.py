@@ -284,7 +284,8 @@ class EngineAblationConfig:
 
     Attributes:
       scheduler: the ClusterScheduler (sub)class every variant runs (``"pkg.module:Class"``; "" = built-in).
-      variants: ablation variant names (``sched.VARIANTS``).
+      variants: ablation variant names (``sched.VARIANTS``, or any ``"<loading>+<prefill>+<policy>"``:
+        ``sched.get_variant``).
       model, workload, arrivals, profile, calibrate: as their classes.
       cluster: the emulated cluster (its switches are set per variant).
       repeats: runs of every variant (R), interleaved: repeat r runs every variant in order before

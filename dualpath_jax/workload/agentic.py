@@ -57,7 +57,7 @@ from typing import Any, Literal
 import numpy as np
 
 from dualpath_jax.workload.errors import TraceFormatError
-from dualpath_jax.workload.hashids import full_block_ids, whole_int
+from dualpath_jax.workload.hashids import MAX_TOKENS, full_block_ids, whole_int
 from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
 
 __all__ = ["load_agentic_trace", "load_agentic_traces", "read_json_gz", "read_trace_bytes", "no_traces_message",
@@ -179,6 +179,8 @@ class _Ctx:
             self.fail(where, field, "must be an integer", v)
         if n < lo:
             self.fail(where, field, f"must be >= {lo}", v)
+        if n > MAX_TOKENS:
+            self.fail(where, field, f"must be <= {MAX_TOKENS:,} tokens", v)
         return n
 
     def number_at_least_zero(self, obj, where, field, required=True):
@@ -335,7 +337,7 @@ def load_agentic_traces(directory=None, *, names: Sequence[str] | None = None, l
       limit: load only the first ``limit`` files (after sorting).
     Raises:
       TraceFormatError: as :func:`load_agentic_trace`; FileNotFoundError: no files found;
-      ValueError: a negative ``limit``.
+      ValueError: a negative ``limit``, or ``names`` with a path that is one trace file.
     """
     if limit is not None and int(limit) < 0:
         raise ValueError(f"limit: must be >= 0 (got {limit})")
@@ -343,6 +345,8 @@ def load_agentic_traces(directory=None, *, names: Sequence[str] | None = None, l
         from dualpath_jax.workload.sources import agentic_dir
         directory = agentic_dir()
     directory = Path(directory)
+    if names is not None and directory.is_file():
+        raise ValueError(f"names: {directory} is one trace file; names pick files of a folder")
     if names is not None:
         files = [_named_file(directory, n) for n in names]
     else:

@@ -4,7 +4,8 @@ Both trace formats (agentic and Mooncake) give a request's prompt as one hash id
 ``block_tokens`` tokens. Writers differ in details that do not change the meaning, and every
 loader accepts them alike:
 
-* a length written as a whole float (``"in": 16003.0``) is that integer;
+* a length written as a whole float (``"in": 16003.0``) is that integer (at most
+  :data:`MAX_TOKENS`);
 * a hash id may be any 64-bit integer, signed (``[-2**63, 2**63)``, e.g. Python's ``hash``) or
   unsigned (``[0, 2**64)``); its low 63 bits are kept (``id & (2**63 - 1)``), so the two spellings
   of one 64-bit pattern stay one id and every id fits ``int64`` >= 0. Two distinct ids of a file
@@ -25,9 +26,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["ID_MASK", "whole_int", "full_block_ids"]
+from dualpath_jax.workload.tokens import splitmix64
+
+__all__ = ["ID_MASK", "MAX_TOKENS", "whole_int", "full_block_ids"]
 
 ID_MASK = 2**63 - 1
+MAX_TOKENS = 100_000_000
+"""The longest prompt or generation a trace record may give, in tokens (far beyond any model's
+context: a larger length is a typo, not a request)."""
 _ID_LO, _ID_HI = -2**63, 2**64
 
 
@@ -44,12 +50,12 @@ def whole_int(v) -> int | None:
 
 
 def _fresh_ids(seed: str, n: int) -> np.ndarray:
-    """``int64[n]`` ids in ``[0, 2**63)`` derived from ``seed`` and the block index."""
-    out = np.empty(n, dtype=np.int64)
-    for j in range(n):
-        digest = hashlib.blake2b(f"{seed}#{j}".encode(), digest_size=8).digest()
-        out[j] = int.from_bytes(digest, "little") & ID_MASK
-    return out
+    """``int64[n]`` ids in ``[0, 2**63)`` derived from ``seed`` and the block index (SplitMix64 of a
+    BLAKE2b key of ``seed`` plus the index)."""
+    key = np.uint64(int.from_bytes(hashlib.blake2b(seed.encode(), digest_size=8).digest(), "little"))
+    with np.errstate(over="ignore"):
+        ids = splitmix64(splitmix64(np.array([key]))[0] + np.arange(n, dtype=np.uint64))
+    return (ids & np.uint64(ID_MASK)).astype(np.int64)
 
 
 def full_block_ids(value, in_tokens: int, block_tokens: int, fail: Callable[[str, object], None],

@@ -45,7 +45,7 @@ import numpy as np
 
 from dualpath_jax.workload.agentic import read_trace_bytes, trace_stem, unique_name
 from dualpath_jax.workload.errors import TraceFormatError
-from dualpath_jax.workload.hashids import full_block_ids, whole_int
+from dualpath_jax.workload.hashids import MAX_TOKENS, full_block_ids, whole_int
 from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
 
 __all__ = ["load_mooncake_trace", "load_mooncake_traces", "reconstruct_sessions", "MOONCAKE_BLOCK_TOKENS"]
@@ -86,6 +86,8 @@ def _parse_lines(path: Path, block_tokens: int, name: str):
                 raise TraceFormatError(path, where, field, "must be an integer", obj[field])
             if v < lo:
                 raise TraceFormatError(path, where, field, f"must be >= {lo}", v)
+            if v > MAX_TOKENS:
+                raise TraceFormatError(path, where, field, f"must be <= {MAX_TOKENS:,} tokens", v)
             lengths.append(v)
         n_in, n_out = lengths
 
@@ -159,6 +161,7 @@ def load_mooncake_trace(path, *, token_scope: Literal["file", "session"] = "file
         raise ValueError(f"token_scope: must be 'file' or 'session' (got {token_scope!r})")
     if whole_int(block_tokens) is None or block_tokens < 1:
         raise ValueError(f"block_tokens: must be an integer >= 1 (got {block_tokens!r})")
+    block_tokens = whole_int(block_tokens)
     path = Path(path)
     stem = name or trace_stem(path)
     rows = _parse_lines(path, block_tokens, stem)
