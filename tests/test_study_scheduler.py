@@ -147,6 +147,9 @@ def test_custom_policy_runs_through_the_ablation(tmp_path):
     assert pe_builtin["dualpath"][0] > 0.0  # the built-in read-side choice uses PE SNICs too
     assert pe_custom["basic"] == pe_builtin["basic"] and pe_custom["basic"][1] == 0.0  # pe_read: the hook's default
     assert named["custom"]["jct_s_basic"] == named["builtin"]["jct_s_basic"]
+    # the tables say which policy they hold (the built-in one is not named)
+    assert (tmp_path / "custom" / "ablation.md").read_text().splitlines()[0].endswith(f"(1 seed; scheduler {POLICY})")
+    assert "scheduler" not in (tmp_path / "builtin" / "ablation.md").read_text().splitlines()[0]
 
 
 def test_custom_policy_runs_through_fig8_and_every_run_uses_it(tmp_path):

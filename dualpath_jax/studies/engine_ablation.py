@@ -338,7 +338,8 @@ def _write_tables(workdir: Path, setup: Setup, rows: list[dict], run_rows: list[
     if cl.engines_per_node > 1:
         shape += f" x {cl.engines_per_node} engines per node"
     what = f"mean ± 95% CI over {repeats} repeats" if repeats > 1 else "1 repeat"
-    title = f"Engine ablation ({shape} emulated, agentic traces; {what})"
+    policy = f"; scheduler {scheduler_name(setup.scheduler_cls)}" if scheduler_name(setup.scheduler_cls) else ""
+    title = f"Engine ablation ({shape} emulated, agentic traces; {what}{policy})"
     writers.write_table(workdir / "ablation", rows, title=title)
     md_rows = [{k: (_fmt(v, row.get(k + CI_SUFFIX, math.nan)) if isinstance(v, float) else v)
                 for k, v in row.items() if not k.endswith(CI_SUFFIX)} for row in rows]

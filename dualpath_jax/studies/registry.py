@@ -29,11 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dualpath_jax.config import ConfigError
+from dualpath_jax.sched import scheduler_name
 from dualpath_jax.studies.ablation import ablation
 from dualpath_jax.studies.config import StudyConfig
 from dualpath_jax.studies.offline import balance, fig7, fig8, fig9, pd_sweep
 from dualpath_jax.studies.online import online, table3, ttft_breakdown, working_set
 from dualpath_jax.studies.runs import Log, RunCache
+from dualpath_jax.studies.seeds import policy_caption
 
 __all__ = ["STUDIES", "run_study"]
 
@@ -65,4 +67,5 @@ def run_study(config: StudyConfig, workdir: Path | str, *, log: Log = print, cac
         raise ConfigError("study", f"{type(config).__name__} is not a study config; known: {sorted(STUDIES)}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    return STUDIES[type(config).study](config, workdir, log=log, cache=cache)
+    with policy_caption(scheduler_name(config.scheduler)):  # tables and plots name a plug-in policy
+        return STUDIES[type(config).study](config, workdir, log=log, cache=cache)

@@ -23,6 +23,8 @@ With one seed the interval is undefined (NaN half width; tables say "1 seed").
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -111,9 +113,26 @@ def printed(named: Mapping) -> dict:
     return {k: v for k, v in named.items() if k not in drop}
 
 
+_POLICY: contextvars.ContextVar[str] = contextvars.ContextVar("policy", default="")
+
+
+@contextlib.contextmanager
+def policy_caption(name: str):
+    """Within the block, :func:`caption` also names the scheduler plug-in ``name`` (``"module:Class"``;
+    ``""``: the built-in one, not named), so every table and plot of a study run with a
+    researcher's policy says so."""
+    token = _POLICY.set(name)
+    try:
+        yield
+    finally:
+        _POLICY.reset(token)
+
+
 def caption(seeds: int) -> str:
-    """What a table's numbers are: ``"mean ± 95% CI over 3 seeds"`` or ``"1 seed"``."""
-    return "1 seed" if int(seeds) == 1 else f"mean ± 95% CI over {int(seeds)} seeds"
+    """What a table's numbers are: ``"mean ± 95% CI over 3 seeds"`` or ``"1 seed"``, followed by
+    ``"; scheduler module:Class"`` inside :func:`policy_caption` of a plug-in."""
+    text = "1 seed" if int(seeds) == 1 else f"mean ± 95% CI over {int(seeds)} seeds"
+    return f"{text}; scheduler {_POLICY.get()}" if _POLICY.get() else text
 
 
 def _two_digits(x: float) -> str:
