@@ -193,6 +193,24 @@ def test_a_killed_de_node_loses_no_request(tmp_path, runtime, ray_session, monke
     assert all(not r.error for r in again.requests)
 
 
+def test_a_run_that_outlives_its_deadline_leaves_nothing_for_the_next(tmp_path, runtime):
+    """Run 1 ends at its deadline while a node's reader still sleeps in a slow read; run 2 reuses the
+    node processes. The reader's late event must stay in run 1's outbox: request ids start again
+    from 0, so in run 2's it named run 2's request (an IndexError, or another request's state)."""
+    model = _model()
+    spec, params, _ = model
+    cfg = ClusterConfig(**FAST).for_variant("basic")
+    _run(tmp_path, "kv", cfg, runtime, agents=[stream("s", [300], [4])], model=model)  # round 0's KV stored
+    late = cfg.replace(timeout_s=2.0, run_timeout_s=4.0)
+    first = _run(tmp_path, "kv", late, runtime, agents=[stream("s", [300, 40], [4, 4])], model=model,
+                 faults=FaultConfig(slow_read_rate=1.0, slow_read_s=9.0))
+    assert first.faults == {"slow_read": 1} and all("run_timeout_s" in r.error for r in first.requests)
+    second = _run(tmp_path, "kv2", cfg, runtime, agents=[stream("z", [100, 20], [2, 2])], model=model, starts=[6.0])
+    assert [r.error for r in second.requests] == ["", ""] and not second.leaks
+    tokens = check_tokens({"ray": second}, params, spec)
+    assert tokens["tokens_identical"], tokens["reference_mismatches"]
+
+
 def test_ray_runtime_refuses_what_it_cannot_run(tmp_path, runtime):
     spec, params, layout = _model()
     cfg = ClusterConfig(**FAST).for_variant("dualpath")

@@ -71,6 +71,24 @@ def test_a_run_whose_ray_worker_dies_runs_again(tmp_path, ray_session):
     assert marker.exists()  # the worker of the first try did die
 
 
+def test_a_run_s_error_is_raised_as_it_was_and_at_once(ray_session):
+    class FailsFirst:  # local: pickled by value
+        def __call__(self, x):
+            import time  # noqa: PLC0415
+
+            if x == 0:
+                raise ConfigError("workload.num_agents", "must be >= 1 (got 0)")
+            time.sleep(x)
+            return x
+
+    import time
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as e:  # not Ray's RayTaskError, whose text holds the remote traceback
+        Sweep(workers=2).map(FailsFirst(), [0, 120])
+    assert str(e.value) == "workload.num_agents: must be >= 1 (got 0)" and e.value.field == "workload.num_agents"
+    assert time.monotonic() - t0 < 60  # without waiting for the 120 s run, which is cancelled
+
+
 def test_serial_sweep_and_bad_worker_counts():
     assert Sweep().map(lambda x: x * x, [1, 2, 3]) == [1, 4, 9] and not Sweep().parallel
     for bad in (0, -1, 1.5, True):

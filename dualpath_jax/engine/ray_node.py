@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import heapq
 import os
 import queue
@@ -169,8 +170,10 @@ class NodeHost:
         self._cmds, self._next_seq = [], 0
         with self._calls_lock:
             self._calls = Counter()
-        self._outbox = queue.Queue()
-        post = self._outbox.put
+        # every callback of this run posts to this run's outbox: a worker of a run that outlived its
+        # end (stopped with a timeout) cannot reach the next run's, whose request ids start again from 0
+        outbox = self._outbox = queue.Queue()
+        post = outbox.put
         self.config = config
         self._read_q = _HeldReadQueues()
         fabric = self.fabric = Fabric(config)
@@ -178,9 +181,9 @@ class NodeHost:
         sched = self.scheduler_cls(*sched_args)
         ctx = self.ctx = RunContext(
             config, self.spec, self.layout, self.params, self.embed, fabric, self.store, sched, time_model,
-            on_prefilled=lambda r: self._post_patch("prefilled", r, _PREFILLED),
-            on_finished=lambda r: self._post_patch("finished", r, _FINISHED),
-            on_persisted=lambda r: self._post_patch("persisted", r, _PERSISTED),
+            on_prefilled=lambda r: self._post_patch("prefilled", r, _PREFILLED, outbox),
+            on_finished=lambda r: self._post_patch("finished", r, _FINISHED, outbox),
+            on_persisted=lambda r: self._post_patch("persisted", r, _PERSISTED, outbox),
             on_failed=lambda r, c, retry=True: post(("failed", r.rid, c, retry)),
             on_worker_error=lambda w, e, tb, fatal=False: post(("worker_error", w, e, tb, fatal)),
             clock=time.time, t0=time.time())
@@ -192,7 +195,7 @@ class NodeHost:
         self.des = {e: DecodeWorker(ctx, e, dev[e]) for e in self.engines} if self.role == "de" else {}
         for de in self.des.values():
             de.warm_up(max_blocks)
-        self.reader = NodeReader(ctx, self.node, self._read_q, on_done=self._read_done,
+        self.reader = NodeReader(ctx, self.node, self._read_q, on_done=functools.partial(self._read_done, outbox),
                                  on_error=lambda job, cause: post(("failed", job.req.rid, cause, True)))
         self._pulled0 = self.endpoint.bytes_pulled
         self._dispatcher = None
@@ -205,15 +208,15 @@ class NodeHost:
         self.ctx.t0 = float(t0)
         self._perf_t0 = time.perf_counter() - (time.time() - float(t0))  # t0 on the links' clock
         self._running = True
-        self._dispatcher = self.ctx.thread(f"node{self.node}-orders", self._dispatch)
+        self._dispatcher = self.ctx.thread(f"node{self.node}-orders", functools.partial(self._dispatch, self._outbox))
         for w in (*self.pes.values(), *self.des.values(), self.reader, self._dispatcher):
             w.start()
 
-    def _post_patch(self, kind: str, req: RequestState, fields: Sequence[str]) -> None:
-        """Post a stage's event with the fields it filled in; snapshot and post are one step, so
-        events of one request leave in the order their snapshots were taken."""
+    def _post_patch(self, kind: str, req: RequestState, fields: Sequence[str], outbox: queue.Queue) -> None:
+        """Post a stage's event with the fields it filled in to ``outbox`` (its run's); snapshot and
+        post are one step, so events of one request leave in the order their snapshots were taken."""
         with self._post_lock:
-            self._outbox.put((kind, req.rid, snapshot(req, fields)))
+            outbox.put((kind, req.rid, snapshot(req, fields)))
 
     def _stop_run(self) -> None:
         with self._cmd_cond:
@@ -319,7 +322,7 @@ class NodeHost:
                 heapq.heappush(self._cmds, (int(seq) + i, op, tuple(args)))
             self._cmd_cond.notify_all()
 
-    def _dispatch(self) -> None:
+    def _dispatch(self, outbox: queue.Queue) -> None:
         while True:
             with self._cmd_cond:
                 self._cmd_cond.wait_for(
@@ -335,7 +338,7 @@ class NodeHost:
                 cause = self.ctx.worker_error(f"node{self.node}-orders", e)
                 rid = args[0].rid if args and isinstance(args[0], RequestInfo) else None
                 if rid is not None:
-                    self._outbox.put(("failed", rid, f"{op} on node{self.node}: {cause}", True))
+                    outbox.put(("failed", rid, f"{op} on node{self.node}: {cause}", True))
 
     def _replica(self, info: RequestInfo | int) -> RequestState:
         """The request's replica in this node, built from ``info`` the first time; a bare request
@@ -378,7 +381,7 @@ class NodeHost:
                 return
         req.fail(cause, self.ctx.now())
 
-    def _read_done(self, job: ReadJob, blocks: list, failures: list) -> None:
+    def _read_done(self, outbox: queue.Queue, job: ReadJob, blocks: list, failures: list) -> None:
         req = job.req
         if job.side == "pe":
             req.pe_hit = blocks
@@ -386,7 +389,7 @@ class NodeHost:
             req.de_hit = blocks
         if req.error:
             req.release_buffers()
-        self._outbox.put(("read_done", req.rid, job.side, job.node, job.first, job.last, len(blocks), failures))
+        outbox.put(("read_done", req.rid, job.side, job.node, job.first, job.last, len(blocks), failures))
 
     # ---- what other nodes' PEs ask of this (DE) node --------------------------------------------
     def _other_run(self, run_id: str) -> str:

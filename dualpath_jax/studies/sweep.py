@@ -68,7 +68,12 @@ class Sweep:
         return tqdm.tqdm(total=total, unit="run", desc=desc, leave=False, disable=not show)
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, desc: str = "runs") -> list:
-        """``[fn(x) for x in items]``, serially or as Ray tasks (``fn`` and the items must pickle)."""
+        """``[fn(x) for x in items]``, serially or as Ray tasks (``fn`` and the items must pickle).
+
+        Raises:
+          the first exception a run raises, as it raised it (not wrapped in Ray's ``RayTaskError``),
+          as soon as that run ends; the runs still going are cancelled.
+        """
         items = list(items)
         if not items:
             return []
@@ -86,6 +91,13 @@ class Sweep:
             pending = list(refs)
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
+                try:
+                    ray.get(done)
+                except ray.exceptions.RayTaskError as e:  # the run's own error, at once
+                    for ref in pending:
+                        ray.cancel(ref, force=True)
+                    cause = e.cause if isinstance(e.cause, BaseException) else e
+                    raise cause from None
                 bar.update(len(done))
             return ray.get(refs)
 
