@@ -211,6 +211,23 @@ def test_a_run_that_outlives_its_deadline_leaves_nothing_for_the_next(tmp_path, 
     assert tokens["tokens_identical"], tokens["reference_mismatches"]
 
 
+@pytest.mark.slow
+def test_hand_offs_to_a_slow_de_cnic_wait_their_turn_instead_of_failing(tmp_path, runtime):
+    """2P1D with 1 MB/s CNICs: under ``threads`` every send holds the PE's CNIC out and the DE's in
+    one at a time, and all 12 requests finish; under ``ray`` a PE's queued sends went out as one
+    call carried as one hop, so the other PE's waited past ``timeout_s`` and every request failed."""
+    model = _model()
+    spec, params, _ = model
+    cfg = ClusterConfig(prefill_nodes=2, decode_nodes=1, snic_bytes_per_s=2e9, cnic_bytes_per_s=1e6, timeout_s=3.0,
+                        run_timeout_s=120.0, pe_hbm_kv_bytes=4 * 2**20, de_hbm_kv_bytes=64 * 2**20,
+                        max_decode_batch=16, max_attempts=1).for_variant("basic")
+    agents = [stream(f"h{i}", [600 + i], [2]) for i in range(12)]
+    res = _run(tmp_path, "slow_cnic", cfg, runtime, agents=agents, model=model)
+    assert [r.error for r in res.requests if r.error] == [] and not res.leaks
+    tokens = check_tokens({"ray": res}, params, spec)
+    assert tokens["tokens_identical"], tokens["reference_mismatches"]
+
+
 def test_ray_runtime_refuses_what_it_cannot_run(tmp_path, runtime):
     spec, params, layout = _model()
     cfg = ClusterConfig(**FAST).for_variant("dualpath")

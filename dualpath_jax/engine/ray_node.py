@@ -473,7 +473,7 @@ class NodeHost:
     def receive_batch(self, run_id: str, parts: list, meta: list, offer: KVOffer, num_bytes: int, tag: str) -> str:
         """Pull a PE's packed sends of run ``run_id`` (``parts``: per send ``(RequestInfo or request id, layer, segment
         starts, bytes)``; ``meta``: the packed arrays, two per segment) into the requests' DE
-        buffers, under the CNIC in of each request's DE (each for its sends' bytes); returns "" or
+        buffers, each send's bytes under its DE's CNIC in (one send at a time); returns "" or
         the failure's cause, which fails every send of the call: also when a bare id names a
         request this node holds no replica of (never, while the PE names by id only requests this
         node granted a lease to or answered a send of: :meth:`RayPeers.send_batch
@@ -486,7 +486,6 @@ class NodeHost:
         except KeyError as e:
             return str(e.args[0])
         t = self.config.timeout_s
-        des = sorted({r.de for r in reqs})
 
         def pull():
             arrays = _unpack(np.asarray(self.endpoint.pull_offer(offer, timeout_s=t)[0]), meta)
@@ -500,17 +499,22 @@ class NodeHost:
                     if not req.error:
                         req.segments[layer].extend(got)
 
-        per = {de: sum(p[3] for r, p in zip(reqs, parts) if r.de == de) for de in des}
-        try:  # each DE's CNIC in carries its sends' bytes (hops nested in engine order, the pull innermost)
-            self._carry_split(des, per, pull, tag, t)
+        try:  # each send's bytes over its DE's CNIC in, one send at a time (the pull within the first)
+            self._carry_sends([(r.de, p[3]) for r, p in zip(reqs, parts)], pull, tag, t)
         except TransferFailed as e:
             return str(e)
         return ""
 
-    def _carry_split(self, des: list, per: dict, pull, tag: str, timeout_s: float) -> None:
-        """One CNIC-in hop per DE, each for its share of the bytes, with the pull innermost."""
-        self._carry_nested([self.fabric.engines[de].cnic_in for de in des], [per[de] for de in des], pull, tag,
-                           timeout_s)
+    def _carry_sends(self, sends: list, pull, tag: str, timeout_s: float) -> None:
+        """One CNIC-in hop per send (``(de, bytes)``), in order, ``pull`` within the first: as the
+        in-process engine carries a PE's sends one at a time, another PE's sends to the same DE
+        interleave with these instead of waiting for the whole call (whose bytes may take longer
+        than ``timeout_s``)."""
+        first = True
+        for de, nbytes in sends:
+            self.fabric.carry([self.fabric.engines[de].cnic_in], nbytes, pull if first else None, tag=tag,
+                              timeout_s=timeout_s)
+            first = False
 
     def _carry_nested(self, links: list, num_bytes: list, fn, tag: str, timeout_s: float) -> None:
         """Carry ``num_bytes[i]`` over ``links[i]``, the hops nested in order (all held at once),

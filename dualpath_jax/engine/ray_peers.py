@@ -175,6 +175,11 @@ class _RemoteHit:
         return self.group.layer(self.rid, layer)
 
 
+HANDOFF_WINDOW = 2
+"""Hand-off calls (:meth:`RayPeers.send_batch`) a PE keeps in flight to one DE node: the next waits
+for the oldest to be answered, so the PE's sends cannot pile up at a slow DE CNIC beyond this."""
+
+
 class RayPeers:
     """:class:`~dualpath_jax.engine.peers.LocalPeers` across processes (module docstring)."""
 
@@ -185,6 +190,9 @@ class RayPeers:
         self._hit_groups: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # token -> _RemoteHits
         self._known: set[tuple[int, int]] = set()  # (DE node, request id): that node has the request's replica
         self._known_lock = threading.Lock()
+        # hand-off calls in flight to each DE node: at most HANDOFF_WINDOW, so a PE slows to its DEs'
+        # pace (back-pressure, as one send at a time over both CNICs does in one process)
+        self._window: dict[int, threading.BoundedSemaphore] = {}
 
     def node_of(self, engine: int) -> int:
         return self.fabric.node_of(engine)
@@ -252,13 +260,21 @@ class RayPeers:
         processes: per DE node, the sends' arrays packed into one offer that the DE node pulls
         under its DE's CNIC in (one actor call, one pull). This PE's CNIC out carries their bytes
         while the call goes out, and is free for the next layer's sends without waiting for the
-        answer: ``on_done`` for each send of a node comes once that node has the bytes (from a
-        Ray thread, after this returns), or at once if the send could not go."""
+        answer, up to :data:`HANDOFF_WINDOW` calls in flight per DE node (the next waits, at most
+        ``timeout_s``, for the oldest to be answered): ``on_done`` for each send of a node comes
+        once that node has the bytes (from a Ray thread, after this returns), or at once if the
+        send could not go."""
         t = self.config.timeout_s
         by_node: dict[int, list[int]] = {}
         for i, (req, *_) in enumerate(sends):
             by_node.setdefault(self.node_of(req.de), []).append(i)
         for node, idx in by_node.items():
+            window = self._window.setdefault(node, threading.BoundedSemaphore(HANDOFF_WINDOW))
+            if not window.acquire(timeout=t):  # the DE node has not taken the earlier sends in time
+                err = TransferFailed(f"node{node}", f"hand-off: {HANDOFF_WINDOW} calls still in flight after {t} s")
+                for i in idx:
+                    on_done(i, err)
+                continue
             try:
                 arrays, parts, nbytes = [], [], 0
                 for i in idx:
@@ -277,17 +293,20 @@ class RayPeers:
                 call = self.fabric.carry([self.fabric.engines[pe].cnic_out], nbytes, deliver,
                                          tag=f"kv_out/r{sends[idx[0]][0].rid}")
             except Exception as e:  # noqa: BLE001 - TransferFailed, or packing/offering failed: these sends fail
+                window.release()
                 for i in idx:
                     on_done(i, e)
                 continue
             rids = [sends[i][0].rid for i in idx]
             call.future().add_done_callback(
-                lambda fut, node=node, idx=idx, rids=rids: self._delivered(fut, node, idx, rids, on_done))
+                lambda fut, node=node, idx=idx, rids=rids, window=window: self._delivered(fut, node, idx, rids,
+                                                                                         on_done, window))
 
-    def _delivered(self, fut, node: int, idx: list, rids: list, on_done) -> None:
+    def _delivered(self, fut, node: int, idx: list, rids: list, on_done, window) -> None:
         """The DE node's answer to one :meth:`send_batch` call: ``on_done`` for each of its sends
         (a ``TransferFailed`` if the node failed the move or died; the driver kills a node that
-        stops answering its polls, which ends the call)."""
+        stops answering its polls, which ends the call); frees the call's place in ``window``."""
+        window.release()
         try:
             cause = fut.result()
         except Exception as e:  # noqa: BLE001 - the node died or the call failed
