@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import inspect
 import math
+import os
 import re
 import types
 import typing
@@ -284,14 +285,40 @@ def field_docs(cls: type) -> dict[str, str]:
     a base class (the subclass's entry wins)."""
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
-        if klass.__dict__.get("__doc__"):
-            docs.update(_attribute_docs(klass.__doc__))
+        doc = klass.__dict__.get("__doc__")
+        if not doc or "Attributes:" not in doc:  # (a compiled class's docstring is a filler)
+            doc = _source_docstring(klass) or doc
+        if doc:
+            docs.update(_attribute_docs(doc))
     docs = {k: _first_sentence(v) for k, v in docs.items()}
     if dataclasses.is_dataclass(cls):
         for f in dataclasses.fields(cls):
             if f.metadata.get("doc"):
                 docs[f.name] = str(f.metadata["doc"])
     return docs
+
+
+def _source_docstring(klass: type) -> str | None:
+    """The docstring of ``klass`` as written in its module's ``.py`` source, for a class compiled
+    without run-time docstrings (the opt-in mypyc build); None if there is no such source."""
+    import ast  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    module = sys.modules.get(klass.__module__)
+    path = getattr(module, "__file__", None) or ""
+    if not path:
+        return None
+    folder, name = os.path.split(path)  # hardware.cpython-311-x86_64-linux-gnu.so -> hardware.py
+    source = os.path.join(folder, name.split(".", 1)[0] + ".py")
+    try:
+        with open(source, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == klass.__name__:
+            return ast.get_docstring(node)
+    return None
 
 
 def _type_name(hint: Any) -> str:

@@ -560,3 +560,14 @@ def test_the_kernel_benchmark_runs_named_problems_and_checks_pallas_against_the_
     with open(tmp_path / "t" / "results.csv") as f:
         (pallas,) = [r for r in csv.DictReader(f) if r["implementation"] == "pallas"]
     assert pallas["note"] == fastest.split("[")[1].split("]")[0] + " (the fastest of 4, timed again)"
+
+
+def test_field_meanings_come_from_the_source_when_a_compiled_class_has_no_docstring(monkeypatch):
+    """The opt-in compiled build keeps no run-time docstrings (mypyc leaves a filler): --print_config's
+    meanings are read from the module's .py source instead."""
+    from dualpath_jax.config import field_docs
+    from dualpath_jax.sim.hardware import HardwareConfig
+
+    want = field_docs(HardwareConfig)
+    monkeypatch.setattr(HardwareConfig, "__doc__", "mypyc filler docstring")
+    assert field_docs(HardwareConfig) == want and want["gpus_per_node"].startswith("g, engines per node")
