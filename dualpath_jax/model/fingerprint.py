@@ -92,17 +92,16 @@ def weights_fingerprint(params) -> str:
     leaves = jax.tree_util.tree_leaves_with_path(params)
     if not leaves:
         raise ValueError("params: no array leaves to fingerprint")
-    for path, x in leaves:
-        dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    dtypes = [np.dtype(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype) for _, x in leaves]
+    for (path, _), dtype in zip(leaves, dtypes):
         if not (dtype == np.bool_ or jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
-            raise ValueError(f"params{jax.tree_util.keystr(path)}: a {np.dtype(dtype).name} leaf has no weights "
+            raise ValueError(f"params{jax.tree_util.keystr(path)}: a {dtype.name} leaf has no weights "
                              "fingerprint (real or boolean arrays only)")
     # one leaf at a time: a host leaf's device copy is freed before the next is made (a whole model's
     # weights are never copied to the device at once)
     sums = [np.asarray(_leaf_checksum(_on_device(x))) if np.size(x) else np.zeros(2, np.uint32) for _, x in leaves]
     h = hashlib.blake2b(digest_size=16, person=b"dpkv-weights")
-    for (path, x), s in zip(leaves, sums):
-        dtype = np.dtype(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype).name
-        h.update(f"{jax.tree_util.keystr(path)}|{tuple(np.shape(x))}|{dtype}|".encode())
+    for (path, x), dtype, s in zip(leaves, dtypes, sums):
+        h.update(f"{jax.tree_util.keystr(path)}|{tuple(np.shape(x))}|{dtype.name}|".encode())
         h.update(np.asarray(s, np.uint32).astype("<u4").tobytes())
     return h.hexdigest()

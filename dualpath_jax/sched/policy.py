@@ -256,10 +256,9 @@ class ClusterScheduler:
         waiting = self._pending_pe[group_id] if self._round_robin else self._pe_queue
         if not waiting:
             return []
-        if self._lost:
-            loads = [e for e in loads if e.engine_id not in self._lost]
-            if not loads:
-                return []
+        loads = self._live_loads(loads)
+        if not loads:
+            return []
         out = self.select_pe(group_id, waiting, loads, read_q)
         if not out:
             return []
@@ -326,10 +325,9 @@ class ClusterScheduler:
         private = self._private[group_id]
         if not private:
             return []
-        if self._lost:
-            loads = [e for e in loads if e.engine_id not in self._lost]
-            if not loads:
-                return []
+        loads = self._live_loads(loads)
+        if not loads:
+            return []
         out = self.select_de(group_id, private, loads)
         if not out:
             return []
@@ -353,6 +351,10 @@ class ClusterScheduler:
         """``engines`` without those named by :meth:`engine_lost`."""
         return [e for e in engines if e not in self._lost] if self._lost else engines
 
+    def _live_loads(self, loads: Sequence[EngineLoad]) -> Sequence[EngineLoad]:
+        """``loads`` without the engines named by :meth:`engine_lost`."""
+        return [e for e in loads if e.engine_id not in self._lost] if self._lost else loads
+
     def report_de(self, group_id: int, loads: Sequence[EngineLoad]) -> None:
         """A DE group's leader reports its engines' loads without pulling work (phase 1 then sees
         the group's current token total even while it has nothing queued)."""
@@ -363,8 +365,7 @@ class ClusterScheduler:
     def _live_tok(self, loads: Sequence[EngineLoad]) -> float:
         """The sum of ``tok`` over the live engines of ``loads`` (a lost one reports infinite ``tok``
         or was named by :meth:`engine_lost`); infinite when none is live (phase 1 passes the group by)."""
-        lost = self._lost
-        toks = [e.tok for e in loads if e.tok < math.inf and e.engine_id not in lost]
+        toks = [e.tok for e in self._live_loads(loads) if e.tok < math.inf]
         return sum(toks) if toks else math.inf
 
     def distribute_de(self) -> set[int]:

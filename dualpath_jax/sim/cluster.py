@@ -473,7 +473,7 @@ class Simulator:
         if self.cfg.loading == "oracle":
             return now
         hit = R["hit_tokens"][rid]
-        de_share = R["de_blocks"][rid] * self.cfg.block_tokens / hit if hit else 0.0
+        de_share = self._de_share(rid, hit)
         kvb = self.kvb
         in_end = now
         b_pe, b_de = (hit * (1 - de_share) + (cached - hit)) * kvb, hit * de_share * kvb
@@ -485,6 +485,10 @@ class Simulator:
             if end > in_end:
                 in_end = end
         return in_end
+
+    def _de_share(self, rid, hit):
+        """The share of request ``rid``'s ``hit`` tokens that its DE side read (0.0 without a hit)."""
+        return self.R["de_blocks"][rid] * self.cfg.block_tokens / hit if hit else 0.0
 
     def _prefill_sends(self, rid, pe, cached, bsz, earliest, now):
         """Reserve what PE ``pe`` sends of one request chunk from ``earliest`` on (its first layer
@@ -500,7 +504,7 @@ class Simulator:
         hit = R["hit_tokens"][rid]
         out_bytes = bsz * self.kvb
         if cached == hit and hit:  # the first chunk: PE-side hit KV goes to the DE buffer too
-            out_bytes += hit * (1 - R["de_blocks"][rid] * self.cfg.block_tokens / hit) * self.kvb
+            out_bytes += hit * (1 - self._de_share(rid, hit)) * self.kvb
         out_end = reserve((self.cnic_out[pe], self.cnic_in[de], self.dram[self.node_of[de]]), out_bytes,
                           earliest, now)[1]
         if cached + bsz < hit + R["append_tokens"][rid]:  # not the last chunk: its KV stays on the PE host

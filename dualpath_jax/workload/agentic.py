@@ -57,7 +57,7 @@ from typing import Any, Literal
 import numpy as np
 
 from dualpath_jax.workload.errors import TraceFormatError
-from dualpath_jax.workload.hashids import MAX_TOKENS, full_block_ids, whole_int
+from dualpath_jax.workload.hashids import full_block_ids, token_count
 from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
 
 __all__ = ["load_agentic_trace", "load_agentic_traces", "read_json_gz", "read_trace_bytes", "no_traces_message",
@@ -174,14 +174,7 @@ class _Ctx:
 
     def int_at_least(self, obj, where, field, lo, default=None):
         v = obj.get(field, default) if default is not None else self.require(obj, where, field)
-        n = whole_int(v)
-        if n is None:
-            self.fail(where, field, "must be an integer", v)
-        if n < lo:
-            self.fail(where, field, f"must be >= {lo}", v)
-        if n > MAX_TOKENS:
-            self.fail(where, field, f"must be <= {MAX_TOKENS:,} tokens", v)
-        return n
+        return token_count(v, lo, lambda problem, value: self.fail(where, field, problem, value))
 
     def number_at_least_zero(self, obj, where, field, required=True):
         if field not in obj and not required:

@@ -28,7 +28,7 @@ import numpy as np
 
 from dualpath_jax.workload.tokens import splitmix64
 
-__all__ = ["ID_MASK", "MAX_TOKENS", "whole_int", "full_block_ids"]
+__all__ = ["ID_MASK", "MAX_TOKENS", "whole_int", "token_count", "full_block_ids"]
 
 ID_MASK = 2**63 - 1
 MAX_TOKENS = 100_000_000
@@ -47,6 +47,23 @@ def whole_int(v) -> int | None:
     if isinstance(v, float) and v.is_integer():
         return int(v)
     return None
+
+
+def token_count(value, lo: int, fail: Callable[[str, object], None]) -> int:
+    """``value`` as a length in tokens: a whole number (:func:`whole_int`) in ``[lo, MAX_TOKENS]``.
+
+    Raises:
+      whatever ``fail(problem, value)`` raises (it names the file, record and field): not a whole
+      number, below ``lo`` or above :data:`MAX_TOKENS`.
+    """
+    n = whole_int(value)
+    if n is None:
+        fail("must be an integer", value)
+    elif n < lo:
+        fail(f"must be >= {lo}", value)
+    elif n > MAX_TOKENS:
+        fail(f"must be <= {MAX_TOKENS:,} tokens", value)
+    return n
 
 
 def _fresh_ids(seed: str, n: int) -> np.ndarray:

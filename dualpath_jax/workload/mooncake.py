@@ -36,6 +36,7 @@ global hash ids; ``"session"`` isolates each session.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -45,12 +46,16 @@ import numpy as np
 
 from dualpath_jax.workload.agentic import read_trace_bytes, trace_stem, unique_name
 from dualpath_jax.workload.errors import TraceFormatError
-from dualpath_jax.workload.hashids import MAX_TOKENS, full_block_ids, whole_int
+from dualpath_jax.workload.hashids import full_block_ids, token_count, whole_int
 from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
 
 __all__ = ["load_mooncake_trace", "load_mooncake_traces", "reconstruct_sessions", "MOONCAKE_BLOCK_TOKENS"]
 
 MOONCAKE_BLOCK_TOKENS = 512
+
+
+def _fail(path: Path, where: str, field: str, problem: str, value) -> None:
+    raise TraceFormatError(path, where, field, problem, value, show_value=value is not None)
 
 
 def _parse_lines(path: Path, block_tokens: int, name: str):
@@ -79,22 +84,11 @@ def _parse_lines(path: Path, block_tokens: int, name: str):
         ts = obj["timestamp"]
         if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) or ts < 0:
             raise TraceFormatError(path, where, "timestamp", "must be a finite number >= 0 (milliseconds)", ts)
-        lengths = []
-        for field, lo in (("input_length", 1), ("output_length", 0)):
-            v = whole_int(obj[field])
-            if v is None:
-                raise TraceFormatError(path, where, field, "must be an integer", obj[field])
-            if v < lo:
-                raise TraceFormatError(path, where, field, f"must be >= {lo}", v)
-            if v > MAX_TOKENS:
-                raise TraceFormatError(path, where, field, f"must be <= {MAX_TOKENS:,} tokens", v)
-            lengths.append(v)
-        n_in, n_out = lengths
+        n_in, n_out = (token_count(obj[field], lo, functools.partial(_fail, path, where, field))
+                       for field, lo in (("input_length", 1), ("output_length", 0)))
 
-        def fail(problem, value, where=where):
-            raise TraceFormatError(path, where, "hash_ids", problem, value, show_value=value is not None)
-
-        ids = full_block_ids(obj["hash_ids"], n_in, block_tokens, fail, f"{name}:{where}")
+        ids = full_block_ids(obj["hash_ids"], n_in, block_tokens, functools.partial(_fail, path, where, "hash_ids"),
+                             f"{name}:{where}")
         rows.append((float(ts), n_in, n_out, ids))
     if not rows:
         raise TraceFormatError(path, "", "", "empty file (no requests)")
@@ -159,9 +153,10 @@ def load_mooncake_trace(path, *, token_scope: Literal["file", "session"] = "file
     """
     if token_scope not in ("file", "session"):
         raise ValueError(f"token_scope: must be 'file' or 'session' (got {token_scope!r})")
-    if whole_int(block_tokens) is None or block_tokens < 1:
+    z = whole_int(block_tokens)
+    if z is None or z < 1:
         raise ValueError(f"block_tokens: must be an integer >= 1 (got {block_tokens!r})")
-    block_tokens = whole_int(block_tokens)
+    block_tokens = z
     path = Path(path)
     stem = name or trace_stem(path)
     rows = _parse_lines(path, block_tokens, stem)
