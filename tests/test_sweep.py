@@ -71,6 +71,7 @@ def test_a_run_whose_ray_worker_dies_runs_again(tmp_path, ray_session):
     assert marker.exists()  # the worker of the first try did die
 
 
+@pytest.mark.xdist_group("ray")
 def test_a_run_s_error_is_raised_as_it_was_and_at_once(ray_session):
     class FailsFirst:  # local: pickled by value
         def __call__(self, x):
