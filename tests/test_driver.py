@@ -47,7 +47,7 @@ def _sim_and_engine(policy: str, loading: str):
         s_log.append(("read", rid, plan))
         for node, blocks in ((dn, plan.de_blocks), (pn, req.hit_tokens // BLOCK - plan.de_blocks)):
             if plan.side != "none" and blocks:
-                sim.buffer_wait_bytes[node] += blocks * BLOCK * sim.kvb
+                sim.buffers.wait_bytes[node] += blocks * BLOCK * sim.kvb
 
     sim.start_read = sim_read
     s_reqs: dict[int, SchedRequest] = {}
@@ -133,7 +133,7 @@ def test_engine_and_simulator_views_make_the_same_decisions(policy, loading):
         for node in range(4):
             drained = min(read_q.tokens(node), 500.0 * (step + 1))
             read_q.add(node, -drained)
-            sim.buffer_wait_bytes[node] -= drained * sim.kvb
+            sim.buffers.wait_bytes[node] -= drained * sim.kvb
         assert [s_driver.view.read_queue_tokens(n) for n in range(4)] == pytest.approx(
             [view.read_queue_tokens(n) for n in range(4)])
     assert s_log == e_log

@@ -180,32 +180,33 @@ def test_a_due_tick_waits_for_read_queue_answers_still_out_then_takes_every_even
 
 
 def test_the_controller_asks_for_read_queues_once_per_tick_that_may_place_a_request():
-    """EngineCluster._pull_read_queues: a pending tick with some request waiting (only placements
-    read the queues) asks the nodes with reads in flight, once; no tick, nothing waiting, or a
-    tick asked for already: no call. A request that starts waiting after its tick was scheduled
-    gets the ask then."""
+    """RemoteNodes.pull_for_tick: a pending tick with some request waiting (only placements read
+    the queues) asks the nodes with reads in flight, once; no tick, nothing waiting, or a tick
+    asked for already: no call. A request that starts waiting after its tick was scheduled gets
+    the ask then."""
     import math
     import types
 
+    from dualpath_jax.engine.ray_runtime import RemoteNodes
     from dualpath_jax.engine.reader import ReadQueues
 
     pulls = []
-    cluster = object.__new__(EngineCluster)
-    cluster.config = types.SimpleNamespace(num_nodes=3)
-    cluster.read_q = ReadQueues(3)
-    cluster.read_q.add(0, 128.0)
-    cluster.read_q.add(2, 64.0)
-    cluster._remote = types.SimpleNamespace(pull_read_q=pulls.append)
+    read_q = ReadQueues(3)
+    read_q.add(0, 128.0)
+    read_q.add(2, 64.0)
+    nodes = object.__new__(RemoteNodes)
+    nodes.config = types.SimpleNamespace(num_nodes=3)
+    nodes.pull_read_q = pulls.append
     waiting = []
-    cluster.driver = types.SimpleNamespace(next_tick_s=math.inf, has_waiting=lambda: bool(waiting))
-    assert cluster._pull_read_queues(math.inf) == math.inf and pulls == []  # no tick pending
-    cluster.driver.next_tick_s = 1.25
-    assert cluster._pull_read_queues(math.inf) == math.inf and pulls == []  # nothing waits: no placement
+    driver = types.SimpleNamespace(next_tick_s=math.inf, has_waiting=lambda: bool(waiting))
+    assert nodes.pull_for_tick(driver, read_q, math.inf) == math.inf and pulls == []  # no tick pending
+    driver.next_tick_s = 1.25
+    assert nodes.pull_for_tick(driver, read_q, math.inf) == math.inf and pulls == []  # nothing waits: no placement
     waiting.append("r0")
-    assert cluster._pull_read_queues(math.inf) == 1.25 and pulls == [[0, 2]]  # (node 1 reads nothing)
-    assert cluster._pull_read_queues(1.25) == 1.25 and pulls == [[0, 2]]  # asked once per tick
-    cluster.driver.next_tick_s = 1.5
-    assert cluster._pull_read_queues(1.25) == 1.5 and pulls == [[0, 2], [0, 2]]
+    assert nodes.pull_for_tick(driver, read_q, math.inf) == 1.25 and pulls == [[0, 2]]  # (node 1 reads nothing)
+    assert nodes.pull_for_tick(driver, read_q, 1.25) == 1.25 and pulls == [[0, 2]]  # asked once per tick
+    driver.next_tick_s = 1.5
+    assert nodes.pull_for_tick(driver, read_q, 1.25) == 1.5 and pulls == [[0, 2], [0, 2]]
 
 
 def test_an_event_taken_in_before_a_due_tick_that_ends_the_run_ends_it_before_the_tick():
@@ -224,7 +225,7 @@ def test_an_event_taken_in_before_a_due_tick_that_ends_the_run_ends_it_before_th
     cluster.ctx = types.SimpleNamespace(now=lambda: 1.0)
     cluster._arrivals, cluster._agents_open, cluster._aborted = [], 1, ""
     cluster.read_q = ReadQueues(2)
-    cluster._remote = types.SimpleNamespace(await_pulls=lambda t: True, pull_read_q=lambda nodes: None,
+    cluster._remote = types.SimpleNamespace(await_pulls=lambda t: True, pull_for_tick=lambda d, q, t: t,
                                             flush=lambda: None)
     cluster.driver = types.SimpleNamespace(next_tick_s=0.99, tick_due=lambda now: True, has_waiting=lambda: True,
                                            tick=lambda: ticks.append(1))

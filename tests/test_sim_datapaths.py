@@ -115,7 +115,7 @@ def test_dram_buffers_never_hold_more_than_their_capacity():
 
         def _admit(self, node, rid, read_bytes, charge):
             super()._admit(node, rid, read_bytes, charge)
-            Checked.lowest = min(Checked.lowest, self.buffer_free[node])
+            Checked.lowest = min(Checked.lowest, self.buffers.free[node])
 
     rng = np.random.default_rng(0)
     agents = [SimAgent(0.0, rng.integers(100, 2000, 3), rng.integers(2, 200, 3), None, None,
@@ -160,8 +160,8 @@ def test_random_clusters_and_small_buffers_always_finish_with_their_buffers_whol
         res = sim.run()
         runs += 1
         assert not np.isnan(res.requests["finish_s"]).any()
-        assert sim.buffer_free == pytest.approx([buffer] * (p + d), rel=1e-9)
-        assert not any(sim.buffer_wait) and sim.buffer_wait_bytes == pytest.approx([0.0] * (p + d), abs=1e-3)
+        assert sim.buffers.free == pytest.approx([buffer] * (p + d), rel=1e-9)
+        assert not any(sim.buffers.wait) and sim.buffers.wait_bytes == pytest.approx([0.0] * (p + d), abs=1e-3)
     assert runs >= 30
 
 

@@ -58,7 +58,8 @@ from dualpath_jax.engine.peers import LocalPeers
 from dualpath_jax.engine.prefill import check_store_layout
 from dualpath_jax.engine.reader import NodeReader, ReadJob, ReadQueues
 from dualpath_jax.engine.request import RequestState
-from dualpath_jax.engine.result import ClusterResult, ResourceLeakError, absorb, local_measures, remote_measures
+from dualpath_jax.engine.result import (ClusterResult, ResourceLeakError, absorb, build_result, local_measures,
+                                       remote_measures)
 from dualpath_jax.engine.view import EngineView
 from dualpath_jax.kvcache import BlockLayout, block_keys
 from dualpath_jax.model.spec import ModelSpec
@@ -137,13 +138,11 @@ class EngineCluster:
             raise ValueError(f"start_s: {len(start_s)} start times for {len(trajectories)} trajectories")
         self._events: queue.Queue = queue.Queue()
         fabric = Fabric(cfg)
-        g = cfg.engines_per_node
-        pe_groups = {n: list(range(n * g, (n + 1) * g)) for n in range(cfg.prefill_nodes)}
-        de_groups = {cfg.prefill_nodes + n: list(range(cfg.num_pe + n * g, cfg.num_pe + (n + 1) * g))
-                     for n in range(cfg.decode_nodes)}
-        sched = self.scheduler_cls(SchedulerConfig(policy=cfg.policy, loading=cfg.loading, alpha_tokens=self.alpha_tokens,
-                                                 beta_tokens=self.beta_tokens, z_factor=cfg.z_factor,
-                                                 compute_quota_s=cfg.compute_quota_s), pe_groups, de_groups)
+        pe_groups, de_groups = cfg.groups()
+        sched = self.scheduler_cls(SchedulerConfig(policy=cfg.policy, loading=cfg.loading,
+                                                   alpha_tokens=self.alpha_tokens, beta_tokens=self.beta_tokens,
+                                                   z_factor=cfg.z_factor, compute_quota_s=cfg.compute_quota_s),
+                                   pe_groups, de_groups)
         put = self._events.put
         remote = self._remote = None
         if self.runtime is not None:
@@ -183,20 +182,13 @@ class EngineCluster:
                                           on_error=lambda job, cause: put(("failed", job.req, cause, True)))
                             for n in range(cfg.num_nodes)}
         else:
-            from dualpath_jax.engine.ray_runtime import RemoteDE, RemotePE, RemoteReader  # noqa: PLC0415
-
             try:
-                infos = remote.begin(self.store.config, (sched.config, pe_groups, de_groups), self.time_model,
-                                     max_blocks, self.faults)
+                self.pes, self.des, self.readers, self.processes = remote.begin(
+                    self.store.config, (sched.config, pe_groups, de_groups), self.time_model, max_blocks,
+                    self.node_of, self.faults)
             except BaseException:
                 remote.end()
                 raise
-            kv_tokens = {e: v for i in infos for e, v in i["max_kv_tokens"].items()}
-            blocks = {e: v for i in infos for e, v in i["num_blocks"].items()}
-            self.pes = {e: RemotePE(remote, self.node_of[e], e, kv_tokens[e]) for e in range(cfg.num_pe)}
-            self.des = {e: RemoteDE(remote, self.node_of[e], e, blocks[e]) for e in range(cfg.num_pe, n_eng)}
-            self.readers = {n: RemoteReader(remote, n) for n in range(cfg.num_nodes)}
-            self.processes = len({i["pid"] for i in infos})
         self.view = EngineView({**pe_groups, **de_groups}, self.node_of, self.read_q,
                                {e: w.num_blocks for e, w in self.des.items()}, layout.full_block_bytes,
                                cfg.max_decode_batch)
@@ -224,17 +216,10 @@ class EngineCluster:
                 w.start()
             self._loop()
         except BaseException:
-            self._bar.close()
-            for w in workers:
-                w.stop()
-            if remote is not None:
-                remote.end()
+            self._stop_workers(workers)
             self._drop_run_state()
             raise
-        self._bar.close()
-        for w in workers:
-            w.stop()
-        nodes = remote.end() if remote is not None else []  # (the pumps stop first: no event is lost)
+        nodes = self._stop_workers(workers)
         leftover = []
         while not self._events.empty():  # errors of jobs that ran while the workers stopped
             leftover.append(self._events.get_nowait())
@@ -251,30 +236,23 @@ class EngineCluster:
             absorb(nodes, self.pes, self.des)
             m = remote_measures(nodes, self.processes)
         leaks = self._reconcile(m.buffers, m.free_blocks)
-        compute = {f"pe{e}": w.compute_s for e, w in self.pes.items()}
-        compute.update({f"de{e}": w.compute_s for e, w in self.des.items()})
-        result = ClusterResult(
-            config=cfg, requests=[r for r in self.requests if not r.retried],
-            failed_attempts=[r for r in self.requests if r.retried], worker_errors=self.worker_errors,
-            faults=m.faults, leaks=leaks,
-            forwards=[f for w in self.pes.values() for f in w.forwards],
-            steps=[s for w in self.des.values() for s in w.steps], links=m.links, transfers=m.transfers,
-            compute_s=compute, read_bytes_store=m.read_bytes, bypass_read_bytes=m.bypass_bytes,
-            discarded_read_bytes=m.discarded_bytes,
-            alpha_tokens=self.alpha_tokens, beta_tokens=self.beta_tokens,
-            join_s={f"de{e}": w.join_s for e, w in self.des.items()},
-            join_count={f"de{e}": w.join_count for e, w in self.des.items()},
-            wall_s=wall, runtime_shapes={**{f"pe{e}": sorted(w.shapes) for e, w in self.pes.items()},
-                                         **{f"de{e}": sorted(w.shapes) for e, w in self.des.items()}},
-            runtime="threads" if remote is None else "ray", processes=m.processes,
-            cross_process_kv_bytes=m.cross_process_kv_bytes, actor_calls=m.actor_calls,
-            lost_nodes=dict(remote.dead) if remote is not None else {})
+        result = build_result(cfg, self.requests, self.pes, self.des, m, leaks=leaks, worker_errors=self.worker_errors,
+                              alpha_tokens=self.alpha_tokens, beta_tokens=self.beta_tokens, wall_s=wall,
+                              lost_nodes=dict(remote.dead) if remote is not None else {})
         self._drop_run_state()
         if leaks and not self._ended_early:
             err = ResourceLeakError(leaks)
             err.result = result
             raise err
         return result
+
+    def _stop_workers(self, workers: Sequence) -> list:
+        """Close the progress bar, stop this process's ``workers`` and (``ray``) the node actors'
+        run; returns each node's ``end_run`` answer (empty under ``threads``)."""
+        self._bar.close()
+        for w in workers:
+            w.stop()
+        return self._remote.end() if self._remote is not None else []  # (the pumps stop first: no event is lost)
 
     def _drop_run_state(self) -> None:
         """Let the run's workers go: the driver's callbacks refer back to this cluster, so without
@@ -304,7 +282,7 @@ class EngineCluster:
         cfg, ctx = self.config, self.ctx
         deadline = cfg.run_timeout_s
         self._ended_early = False
-        pulled_for = math.inf  # (ray) the tick whose read queues were asked for
+        pulled_for = math.inf  # (ray) the tick whose read queues were asked for (RemoteNodes.pull_for_tick)
         while self._agents_open > 0:
             now = ctx.now()
             # an aborted run (e.g. the last PE's node died) issues nothing more: _expire reports the
@@ -317,7 +295,7 @@ class EngineCluster:
                 self._ended_early = True
                 return
             if self._remote is not None:
-                pulled_for = self._pull_read_queues(pulled_for)
+                pulled_for = self._remote.pull_for_tick(self.driver, self.read_q, pulled_for)
             if self.driver.tick_due(now):
                 if self._remote is not None:
                     self._read_queues_in()
@@ -359,19 +337,6 @@ class EngineCluster:
                 f"{self._done} of {self._bar.total} rounds done); the first, request {first.rid} "
                 f"(agents[{first.agent}] round {first.round_index}, {first.sched.hit_tokens} hit tokens), waits for a "
                 f"{'PE' if first.pe < 0 else 'DE'}. Scheduler: {type(self.sched).__name__}")
-
-    def _pull_read_queues(self, pulled_for: float) -> float:
-        """(``ray``) Before a pending tick that may place requests (only placements read the read
-        queues: some request waits), ask the nodes with reads in flight for the read-queue
-        changes they hold (:meth:`~.ray_runtime.RemoteNodes.pull_read_q`), once per tick; the
-        answers come back as events, a fetch period ahead when the tick was just scheduled (else
-        :meth:`_read_queues_in` waits for them when the tick is due). ``pulled_for``: the tick
-        asked for last; returns the one asked for now."""
-        t = self.driver.next_tick_s
-        if t < math.inf and t != pulled_for and self.driver.has_waiting():
-            self._remote.pull_read_q([n for n in range(self.config.num_nodes) if self.read_q.tokens(n)])
-            return t
-        return pulled_for
 
     def _read_queues_in(self) -> None:
         """(``ray``) Before a tick: wait up to one fetch period for the answers to read-queue asks
@@ -432,14 +397,10 @@ class EngineCluster:
             return
         if failed:  # later rounds depend on this one's context: report them, do not run them
             self._done += traj.num_rounds - nxt
-            now = self.ctx.now()
+            now, cause = self.ctx.now(), f"round {req.round_index} failed ({req.error})"
             for r in range(nxt, traj.num_rounds):
-                rid = len(self.requests)
-                st = RequestState(rid, req.agent, r, traj.agent_id, np.zeros(0, np.int32), [],
-                                  int(traj.num_gen_tokens[r]), 0, self.layout.block_tokens)
-                st.arrival_s, st.finish_s = now, now
-                st.error = f"not run: round {req.round_index} failed ({req.error})"
-                self.requests.append(st)
+                self.requests.append(RequestState.not_run(len(self.requests), req.agent, r, traj,
+                                                          self.layout.block_tokens, now, cause))
             self._agents_open -= 1
             return
         think = float(traj.think_time_s[nxt]) if self._use_think else 0.0
@@ -563,11 +524,8 @@ class EngineCluster:
             issued = {r.round_index for r in self.requests if r.agent == k}
             for r in range(traj.num_rounds):
                 if r not in issued:
-                    st = RequestState(len(self.requests), k, r, traj.agent_id, np.zeros(0, np.int32), [],
-                                      int(traj.num_gen_tokens[r]), 0, self.layout.block_tokens)
-                    st.arrival_s = st.finish_s = now
-                    st.error = f"not run: {cause}"
-                    self.requests.append(st)
+                    self.requests.append(RequestState.not_run(len(self.requests), k, r, traj,
+                                                              self.layout.block_tokens, now, cause))
 
     # ---- placement and reads (decided by the shared driver) ------------------------------------
     def _on_pe_placed(self, asg) -> None:

@@ -118,6 +118,16 @@ class ClusterConfig(SchedKnobs):
     def num_de(self) -> int:
         return self.decode_nodes * self.engines_per_node
 
+    def groups(self) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+        """The scheduler's groups, one per node: ``(pe_groups, de_groups)``, node id -> its
+        engines' global ids (PE nodes ``0..P-1`` hold PEs ``0..num_pe-1``, DE nodes ``P..`` the DEs
+        from ``num_pe``, ``engines_per_node`` each)."""
+        g, p = self.engines_per_node, self.prefill_nodes
+        pe_groups = {n: list(range(n * g, (n + 1) * g)) for n in range(p)}
+        de_groups = {p + n: list(range(self.num_pe + n * g, self.num_pe + (n + 1) * g))
+                     for n in range(self.decode_nodes)}
+        return pe_groups, de_groups
+
     def check_layout(self, full_block_bytes: int) -> None:
         """Checks that need the KV layout: buffers and device pools must hold at least one Full Block.
 

@@ -285,7 +285,7 @@ class NodeHost:
     def read_q_changes(self, run_id: str) -> list:
         """The read-queue changes held (``[("read_q", node, tokens)]``; empty if none, or if
         ``run_id`` is not this node's run), taken now. The driver asks the nodes with reads in
-        flight when a tick that may place requests is pending (``EngineCluster._pull_read_queues``),
+        flight when a tick that may place requests is pending (``RemoteNodes.pull_for_tick``),
         one fetch period ahead when that tick was just scheduled: in the paper the engines report
         their node's read queue when their group fetches (PAPER.md 5.1). Counted in this run's
         ``actor_calls`` as ``read_q``."""

@@ -51,6 +51,7 @@ custom resource per role (``pe_resource``/``de_resource``: start the hosts with
 """
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -208,11 +209,21 @@ class RemoteNodes:
         self._pulls_done = threading.Condition()
         self.run_id = runtime.next_run_id()
 
-    def begin(self, store_config: StoreConfig, sched_args: tuple, time_model, max_blocks: int,
-              faults: FaultConfig | None = None) -> list[dict]:
-        """Build every node's workers (see :meth:`NodeHost.begin_run`); ``faults``: what each node injects."""
-        return self.ray.get([a.begin_run.remote(self.run_id, self.config, store_config, self.actors, sched_args,
-                                                time_model, max_blocks, faults) for a in self.actors])
+    def begin(self, store_config: StoreConfig, sched_args: tuple, time_model, max_blocks: int, node_of: list,
+              faults: FaultConfig | None = None) -> tuple[dict, dict, dict, int]:
+        """Build every node's workers (see :meth:`NodeHost.begin_run`; ``faults``: what each node
+        injects; ``node_of``: engine id -> node). Returns the driver's handles, ``(pes, des,
+        readers, processes)``: PE and DE engine id -> :class:`RemotePE` / :class:`RemoteDE`, node
+        -> :class:`RemoteReader`, and the count of distinct node processes."""
+        infos = self.ray.get([a.begin_run.remote(self.run_id, self.config, store_config, self.actors, sched_args,
+                                                 time_model, max_blocks, faults) for a in self.actors])
+        kv_tokens = {e: v for i in infos for e, v in i["max_kv_tokens"].items()}
+        blocks = {e: v for i in infos for e, v in i["num_blocks"].items()}
+        cfg = self.config
+        pes = {e: RemotePE(self, node_of[e], e, kv_tokens[e]) for e in range(cfg.num_pe)}
+        des = {e: RemoteDE(self, node_of[e], e, blocks[e]) for e in range(cfg.num_pe, cfg.num_pe + cfg.num_de)}
+        readers = {n: RemoteReader(self, n) for n in range(cfg.num_nodes)}
+        return pes, des, readers, len({i["pid"] for i in infos})
 
     def start(self, t0: float) -> None:
         """Start every node at the driver's ``t0`` (``time.time()``) and the event pumps."""
@@ -258,6 +269,20 @@ class RemoteNodes:
                     continue
                 self.actors[node].command.remote(self.run_id, self._seq[node], orders)
                 self._seq[node] += len(orders)
+
+    def pull_for_tick(self, driver, read_q, pulled_for: float) -> float:
+        """Before ``driver``'s pending tick, if it may place requests (only placements read the
+        read queues: some request waits), ask the nodes with reads in flight (``read_q``: the
+        controller's :class:`~.reader.ReadQueues`) for the read-queue changes they hold
+        (:meth:`pull_read_q`), once per tick; the answers come back as events, a fetch period
+        ahead when the tick was just scheduled (else the controller waits for them when the tick
+        is due, :meth:`await_pulls`). ``pulled_for``: the tick asked for last (seconds; ``inf``:
+        none); returns the one asked for now."""
+        t = driver.next_tick_s
+        if t < math.inf and t != pulled_for and driver.has_waiting():
+            self.pull_read_q([n for n in range(self.config.num_nodes) if read_q.tokens(n)])
+            return t
+        return pulled_for
 
     def pull_read_q(self, nodes) -> None:
         """Ask ``nodes`` for the read-queue changes they hold (:meth:`NodeHost.read_q_changes`);

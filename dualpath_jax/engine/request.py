@@ -111,6 +111,18 @@ class RequestState:
     error: str = ""
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
+    @classmethod
+    def not_run(cls, rid: int, agent: int, round_index: int, trajectory, block_tokens: int, now_s: float,
+                cause: str) -> RequestState:
+        """A round that is reported, never issued: agent ``agent``'s round ``round_index`` of
+        ``trajectory`` (a :class:`~dualpath_jax.workload.Trajectory`), failed at ``now_s``
+        (seconds) with ``error = "not run: " + cause``, no prompt and no work."""
+        st = cls(rid, agent, round_index, trajectory.agent_id, np.zeros(0, np.int32), [],
+                 int(trajectory.num_gen_tokens[round_index]), 0, block_tokens)
+        st.arrival_s = st.finish_s = now_s
+        st.error = f"not run: {cause}"
+        return st
+
     @property
     def prompt_tokens(self) -> int:
         return int(len(self.prompt))

@@ -6,7 +6,7 @@ gathered once the workers have stopped.
 * :func:`local_measures` (``threads``: read off this process's fabric and workers) and
   :func:`remote_measures` (``ray``: summed over the node actors' ``end_run`` answers) give the
   same :class:`RunMeasures`; :func:`absorb` puts the node actors' per-engine records on the
-  driver's engine handles, so both runtimes build their result the same way.
+  driver's engine handles, so both runtimes build their result the same way (:func:`build_result`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from dualpath_jax.engine.pe import ForwardRecord
 from dualpath_jax.engine.request import RequestState
 from dualpath_jax.transfer import TransferRecord
 
-__all__ = ["ClusterResult", "ResourceLeakError", "RunMeasures", "absorb", "local_measures", "remote_measures"]
+__all__ = ["ClusterResult", "ResourceLeakError", "RunMeasures", "absorb", "build_result", "local_measures",
+           "remote_measures"]
 
 
 class ResourceLeakError(RuntimeError):
@@ -96,7 +97,7 @@ class RunMeasures:
 
     ``buffers``: in-use bytes per DRAM buffer name; ``free_blocks``: free pool blocks per DE;
     ``links``, ``transfers``, ``read_bytes``, ``bypass_bytes``, ``discarded_bytes``,
-    ``cross_process_kv_bytes``, ``processes``, ``faults``, ``actor_calls``: as
+    ``cross_process_kv_bytes``, ``processes``, ``faults``, ``actor_calls``, ``runtime``: as
     :class:`ClusterResult`'s fields of those names.
     """
 
@@ -111,6 +112,7 @@ class RunMeasures:
     processes: int = 1
     faults: dict = dataclasses.field(default_factory=dict)
     actor_calls: dict = dataclasses.field(default_factory=dict)
+    runtime: str = "threads"
 
 
 def local_measures(fabric, t0: float, read_bytes: int, des: Mapping, readers: Mapping, num_nodes: int,
@@ -146,7 +148,7 @@ def remote_measures(nodes: Sequence[dict | None], processes: int) -> RunMeasures
         bypass_bytes=sum(out["bypass_bytes"] for out in live),
         discarded_bytes=sum(out["discarded_bytes"] for out in live),
         cross_process_kv_bytes=sum(out["cross_process_kv_bytes"] for out in live), processes=processes,
-        faults=dict(faults), actor_calls=dict(calls))
+        faults=dict(faults), actor_calls=dict(calls), runtime="ray")
 
 
 def absorb(nodes: Sequence[dict | None], pes: Mapping, des: Mapping) -> None:
@@ -171,3 +173,28 @@ def absorb(nodes: Sequence[dict | None], pes: Mapping, des: Mapping) -> None:
             else:
                 w.steps = by_engine.get(e, [])
                 w.join_s, w.join_count = out["join_s"][name], out["join_count"][name]
+
+
+def build_result(config: ClusterConfig, requests: Sequence[RequestState], pes: Mapping, des: Mapping, m: RunMeasures,
+                 *, leaks: dict, worker_errors: list, alpha_tokens: float, beta_tokens: float, wall_s: float,
+                 lost_nodes: dict) -> ClusterResult:
+    """The :class:`ClusterResult` of a run: its requests (the retried attempts apart), the
+    engine handles' records (``pes``/``des``: engine id -> worker or, under ``ray``, handle
+    :func:`absorb` has filled) and the run's measures ``m``; the other arguments are the result's
+    fields of those names (``wall_s`` in seconds)."""
+    compute = {f"pe{e}": w.compute_s for e, w in pes.items()}
+    compute.update({f"de{e}": w.compute_s for e, w in des.items()})
+    return ClusterResult(
+        config=config, requests=[r for r in requests if not r.retried],
+        failed_attempts=[r for r in requests if r.retried], worker_errors=worker_errors,
+        faults=m.faults, leaks=leaks,
+        forwards=[f for w in pes.values() for f in w.forwards],
+        steps=[s for w in des.values() for s in w.steps], links=m.links, transfers=m.transfers,
+        compute_s=compute, read_bytes_store=m.read_bytes, bypass_read_bytes=m.bypass_bytes,
+        discarded_read_bytes=m.discarded_bytes, alpha_tokens=alpha_tokens, beta_tokens=beta_tokens,
+        join_s={f"de{e}": w.join_s for e, w in des.items()},
+        join_count={f"de{e}": w.join_count for e, w in des.items()},
+        wall_s=wall_s, runtime_shapes={**{f"pe{e}": sorted(w.shapes) for e, w in pes.items()},
+                                       **{f"de{e}": sorted(w.shapes) for e, w in des.items()}},
+        runtime=m.runtime, processes=m.processes, cross_process_kv_bytes=m.cross_process_kv_bytes,
+        actor_calls=m.actor_calls,        lost_nodes=lost_nodes)

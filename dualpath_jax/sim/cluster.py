@@ -1,43 +1,16 @@
-"""Discrete-event simulator of a PD-disaggregated cluster with DualPath's data paths.
+"""The simulator's event loop: :class:`Simulator`, one run of a :class:`SimConfig` over agents.
 
-Design (virtual time, one heap of events, no wall clock):
+Design: virtual time, one heap of events ``(t, seq, kind, a, b)`` (ties in time keep push order),
+no wall clock; one handler per kind (an agent's arrival, a scheduler tick, a read done, a PE
+forward done or kicked, a DE join, a DE unit's next completion). The state lives in flat per-node,
+per-engine and per-request columns (:func:`~.result.request_columns`), and the whole module is
+compiled by mypyc in the opt-in build (``setup.py``). What it models, hop by hop (servers, data
+paths, buffers, prefill modes, groups, decode), is described in :mod:`dualpath_jax.sim`; the
+servers and paths are :class:`~.hardware.Topology`'s.
 
-* **Topology**: P prefill and D decode nodes of g engines (one per GPU). Each node has an SNIC
-  read server, an SNIC write server and a DRAM server (reads and writes share it) plus a DRAM
-  buffer (PE/DE buffer) of ``dram_buffer_bytes``; each engine has CNIC in/out servers whose KV
-  share is ``cnic_kv_share`` of B (KV is the low-priority class; model traffic keeps the rest).
-* **Request path**, hop by hop (PAPER.md sections 2.3-2.6): the scheduler places the request on a
-  PE and a DE (``dualpath_jax.sched``, the same code as the real engine) and picks the read side;
-  hit KV is read storage -> SNIC -> DRAM of that side (buffer admission applies back-pressure: once
-  placed, a request takes DE buffer space for its whole prompt's KV, the DE-side hits and the PE's
-  hand-off, and then PE buffer space for its PE-side hits, always in this order, so no two requests
-  each hold the space the other waits for; the engine's DE-side read takes the hand-off's share
-  with its hit's, a PE-side read's hand-off takes it when the request is ready, polling, and a
-  full buffer ends by timeout and retry); the PE forward streams the cached KV
-  per layer to the PE (PE side: DRAM -> PE CNIC -> HBM; DE side: DE DRAM -> DE CNIC -> PE CNIC ->
-  HBM) and the layer's KV to the DE buffer (all of it for PE-side reads, the new tokens' only for
-  DE-side reads); a request prefilled in chunks loads its hit KV again in every chunk, and its
-  earlier chunks' KV from the PE host, where each chunk but the last copies its new KV (D2H), as
-  the engine's PE does; the DE copies the prompt KV to HBM (DE DRAM -> DE CNIC -> HBM), frees its
-  DRAM (the DE-side reads and the hand-off) and decodes; the new tokens' KV (appended and
-  generated) is persisted HBM -> DE CNIC -> DRAM -> SNIC -> storage (the DRAM written, then read)
-  from the start of decode (the generated blocks are written as they fill; the write is reserved at
-  once), and the agent's next round is issued once the request is finished and that write is done
-  (plus think time), since it reads that KV. Oracle skips every KV transfer. A CNIC's out server
-  carries what it reads over PCIe and its in server what it writes, so the loopback copies (H2D,
-  D2H) load both, as the paper's bottleneck analysis counts them (PAPER.md 2.6). Every transfer is
-  booked on all its hops at once at its slowest hop's rate, in the earliest stretch where each has
-  that rate to spare (:func:`~.hardware.reserve`), so no link ever carries more than its rate.
-* **Prefill**: ``layerwise`` overlaps loading with compute (a forward ends at
-  ``max(compute, loads + one layer)``) and needs ``depth / L`` of the KV on device; ``full``
-  loads all layers first, then computes, and must fit all of the batch's KV in free HBM.
-* **Groups**: with MoE models (EP + DP attention) every forward of a PE group and every decode
-  step of a DE group lasts as long as the slowest member (``ep_sync``).
-* **Decode** needs no event per token: a DE unit (:mod:`.units`) advances a continuous step
-  counter at the rate of its current step time; only joins and completions are events.
-* **Scheduling** is the shared :class:`~dualpath_jax.sched.driver.SchedulingDriver` (the real
-  engine runs the same one): the simulator is its view (``group_loads``, ``read_queue_tokens``),
-  turns its tick requests into events and applies its placements.
+**Scheduling** is the shared :class:`~dualpath_jax.sched.driver.SchedulingDriver` (the real
+engine runs the same one): the simulator is its view (``group_loads``, ``read_queue_tokens``),
+turns its tick requests into events and applies its placements.
 
 The agents (:class:`~dualpath_jax.sim.agents.SimAgent`) are checked and laid out by
 :mod:`dualpath_jax.sim.agents`; :mod:`.fit` checks that each of their requests fits the cluster.
@@ -66,7 +39,7 @@ from dualpath_jax.sched.driver import RunStalled, SchedulingDriver, next_round_s
 from dualpath_jax.sim.agents import SimAgent, as_typed_array, flatten_agents, typical_round
 from dualpath_jax.sim.compute import calibrate_config
 from dualpath_jax.sim.config import SimConfig
-from dualpath_jax.sim.hardware import Server, reserve
+from dualpath_jax.sim.hardware import BufferQueues, Topology, reserve
 from dualpath_jax.sim.result import SimResult, collect_result, request_columns, stall_report
 from dualpath_jax.sim.fit import check_requests_fit, kv_memory
 from dualpath_jax.sim.units import Unit
@@ -105,32 +78,14 @@ class Simulator:
                            pe_max_kv_tokens=self.pe_max_kv_tokens)
         # nodes: PE nodes 0..P-1, DE nodes P..P+D-1; engines: PEs 0..n_pe-1, DEs n_pe..
         n_nodes = cfg.prefill_nodes + cfg.decode_nodes
-        self.snic_r = [Server(f"snic_read[{n}]", min(hw.node_snic_bytes_per_s, hw.storage_bytes_per_s))
-                       for n in range(n_nodes)]
-        self.snic_w = [Server(f"snic_write[{n}]", hw.node_snic_bytes_per_s) for n in range(n_nodes)]
-        self.dram = [Server(f"dram[{n}]", hw.dram_bytes_per_s) for n in range(n_nodes)]
-        self.buffer_free = [hw.dram_buffer_bytes] * n_nodes
-        self.buffer_wait: list[collections.deque] = [collections.deque() for _ in range(n_nodes)]
-        self.buffer_wait_bytes = [0.0] * n_nodes
-        kv_rate = hw.cnic_bytes_per_s * hw.cnic_kv_share
-        self.cnic_in = [Server(f"cnic_in[{e}]", kv_rate) for e in range(n_pe + n_de)]
-        self.cnic_out = [Server(f"cnic_out[{e}]", kv_rate) for e in range(n_pe + n_de)]
-        self.node_of = [e // self.g for e in range(n_pe)] + [cfg.prefill_nodes + e // self.g for e in range(n_de)]
-        # the fixed hops of each transfer kind (PAPER.md 2.3-2.6), by node or engine
-        self._read_path = [(self.snic_r[n], self.dram[n]) for n in range(n_nodes)]
-        # the CNIC's loopback copies cross its PCIe side both ways (PAPER.md 2.6, 4.3): H2D = DRAM -> CNIC
-        # (its out direction, as it reads HBM) -> HBM (in); D2H = HBM -> CNIC (out) -> DRAM (in)
-        self._to_hbm_path = [(self.dram[self.node_of[e]], self.cnic_out[e], self.cnic_in[e])
-                             for e in range(n_pe + n_de)]
-        self._to_dram_path = [(self.cnic_out[e], self.cnic_in[e], self.dram[self.node_of[e]])
-                              for e in range(n_pe + n_de)]
-        # persisting: D2H into DRAM, then DRAM -> SNIC -> storage, pipelined: the DRAM is written and read
-        self._persist_path = [self._to_dram_path[e] + (self.dram[self.node_of[e]], self.snic_w[self.node_of[e]])
-                              for e in range(n_pe + n_de)]
-        self.pe_ids = list(range(n_pe))
-        self.de_ids = list(range(n_pe, n_pe + n_de))
-        pe_groups = {n: [e for e in self.pe_ids if self.node_of[e] == n] for n in range(cfg.prefill_nodes)}
-        de_groups = {n: [e for e in self.de_ids if self.node_of[e] == n] for n in range(cfg.prefill_nodes, n_nodes)}
+        net = self.topology = Topology(hw, cfg.prefill_nodes, cfg.decode_nodes)
+        self.snic_r, self.snic_w, self.dram, self.cnic_in, self.cnic_out = (net.snic_r, net.snic_w, net.dram,
+                                                                              net.cnic_in, net.cnic_out)
+        self.node_of, self.pe_ids, self.de_ids = net.node_of, net.pe_ids, net.de_ids
+        self._read_path, self._to_hbm_path, self._to_dram_path, self._persist_path = (
+            net.read_path, net.to_hbm_path, net.to_dram_path, net.persist_path)
+        pe_groups, de_groups = net.pe_groups, net.de_groups
+        self.buffers = BufferQueues(hw.dram_buffer_bytes, n_nodes)
         # scheduler thresholds in tokens (PAPER.md 5.2, A.4)
         ctx, app = typical_round(flat)
         # tok_e counts prompt tokens (hit + append): beta = 5 s of one engine's rate in prompt tokens
@@ -297,7 +252,7 @@ class Simulator:
         """RuntimeView: node ``node``'s disk read queue in tokens: SNIC backlog plus reads waiting
         for buffer space."""
         srv = self.snic_r[node]
-        return (srv.backlog_s(self.now) * srv.rate + self.buffer_wait_bytes[node]) / self.kvb
+        return (srv.backlog_s(self.now) * srv.rate + self.buffers.wait_bytes[node]) / self.kvb
 
     def _on_tick(self, _a, _b):
         self.driver.tick()
@@ -347,22 +302,18 @@ class Simulator:
         # the DE buffer will hold the whole prompt's KV (DE-side hits, then the PE's hand-off): its
         # space is taken first, then the PE-side read's (always in this order, so no request holds
         # one buffer while it waits for the other in a cycle); the PE-side read waits meanwhile
-        self.buffer_wait_bytes[pn] += pe_bytes
+        self.buffers.wait_bytes[pn] += pe_bytes
         self._admit_or_wait(dn, rid, de_bytes, (hit + R["append_tokens"][rid]) * kvb)
 
     def _admit_or_wait(self, node: int, rid: int, read_bytes: float, charge: float):
         """Take ``charge`` bytes of ``node``'s DRAM buffer for request ``rid`` and start its read of
-        ``read_bytes``, or queue it: a buffer serves its requests in FIFO order (PAPER.md 2.3-2.5:
-        bounded PE/DE buffers). On a DE node this is the request's DE buffer space, after which
-        its PE-side read is admitted."""
-        if self.buffer_free[node] >= charge and not self.buffer_wait[node]:
+        ``read_bytes``, or queue it (:class:`~.hardware.BufferQueues`: bounded PE/DE buffers, FIFO).
+        On a DE node this is the request's DE buffer space, after which its PE-side read is admitted."""
+        if self.buffers.take_or_wait(node, rid, read_bytes, charge):
             self._admit(node, rid, read_bytes, charge)
-        else:
-            self.buffer_wait[node].append((rid, read_bytes, charge))
-            self.buffer_wait_bytes[node] += read_bytes
 
     def _admit(self, node: int, rid: int, read_bytes: float, charge: float):
-        self.buffer_free[node] -= charge
+        """Request ``rid`` holds ``charge`` bytes of ``node``'s buffer: start its read."""
         if read_bytes > 0:
             start, end = reserve(self._read_path[node], read_bytes, self.now, self.now)
             self._snic_samples_of[node].extend((start, end, read_bytes))
@@ -372,20 +323,15 @@ class Simulator:
             pe_bytes = R["read_bytes_pe"][rid]
             if pe_bytes > 0:
                 pn = self.node_of[R["pe"][rid]]
-                self.buffer_wait_bytes[pn] -= pe_bytes
+                self.buffers.wait_bytes[pn] -= pe_bytes
                 self._admit_or_wait(pn, rid, pe_bytes, pe_bytes)
             elif self._reads[rid] == 0:  # nothing to read: ready now
                 self._push(self.now, _READ_DONE, rid)
 
     def _release_buffer(self, node: int, nbytes: float):
-        if nbytes <= 0:
-            return
-        self.buffer_free[node] += nbytes
-        wait = self.buffer_wait[node]
-        while wait and self.buffer_free[node] >= wait[0][2]:
-            rid, b, charge = wait.popleft()
-            self.buffer_wait_bytes[node] -= b
-            self._admit(node, rid, b, charge)
+        if nbytes > 0:
+            for rid, b, charge in self.buffers.release(node, nbytes):
+                self._admit(node, rid, b, charge)
 
     def _on_read_done(self, rid: int, _):
         left = self._reads[rid] = self._reads[rid] - 1

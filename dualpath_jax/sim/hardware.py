@@ -20,6 +20,7 @@ Reads and writes of a NIC are separate servers (full duplex); host DRAM is one (
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
 
 from mypy_extensions import mypyc_attr
@@ -27,7 +28,7 @@ from mypy_extensions import mypyc_attr
 from dualpath_jax.config import ConfigError, check_at_most, check_fraction, check_positive
 from dualpath_jax.sim import catalog
 
-__all__ = ["HardwareConfig", "Server", "reserve"]
+__all__ = ["BufferQueues", "HardwareConfig", "Server", "Topology", "reserve"]
 
 # a hop has room for a transfer when its bookings plus the transfer stay within its rate up to this
 # factor: bookings only ever add rates, and a sum of fractions of a rate may round above it
@@ -213,6 +214,87 @@ class Server:
         if a > 0 and u[a - 1] == u[a]:
             del t[a]
             del u[a]
+
+
+class Topology:
+    """The simulated cluster's servers and the fixed hops of each transfer kind (PAPER.md 2.3-2.6).
+
+    Nodes ``0..P-1`` are prefill nodes, ``P..P+D-1`` decode nodes, of ``hw.gpus_per_node`` = g
+    engines each: PEs ``0..P*g-1``, then the DEs. Per node: an SNIC read server (its SNICs'
+    rate, capped by the storage's), an SNIC write server and one DRAM server (reads and writes
+    share it); per engine: CNIC in and out servers at ``cnic_kv_share`` of B (KV is the
+    low-priority class; model traffic keeps the rest).
+
+    Attributes:
+      snic_r, snic_w, dram: per node; cnic_in, cnic_out: per engine (:class:`Server`).
+      node_of: engine -> node; pe_ids, de_ids: the engines of each role.
+      pe_groups, de_groups: node -> its engines (the scheduler's groups).
+      read_path: per node, storage -> SNIC -> DRAM.
+      to_hbm_path: per engine, H2D: DRAM -> CNIC (its out direction, as it reads host memory) -> HBM
+        (in); to_dram_path: D2H: HBM -> CNIC (out) -> DRAM (in). The CNIC's loopback copies cross
+        its PCIe side both ways, as the paper's bottleneck analysis counts them (PAPER.md 2.6, 4.3).
+      persist_path: per engine, D2H into DRAM, then DRAM -> SNIC -> storage, pipelined (the DRAM
+        is written and read).
+    """
+
+    def __init__(self, hw: HardwareConfig, prefill_nodes: int, decode_nodes: int):
+        g = hw.gpus_per_node
+        n_pe, n_de, n_nodes = prefill_nodes * g, decode_nodes * g, prefill_nodes + decode_nodes
+        self.snic_r = [Server(f"snic_read[{n}]", min(hw.node_snic_bytes_per_s, hw.storage_bytes_per_s))
+                       for n in range(n_nodes)]
+        self.snic_w = [Server(f"snic_write[{n}]", hw.node_snic_bytes_per_s) for n in range(n_nodes)]
+        self.dram = [Server(f"dram[{n}]", hw.dram_bytes_per_s) for n in range(n_nodes)]
+        kv_rate = hw.cnic_bytes_per_s * hw.cnic_kv_share
+        self.cnic_in = [Server(f"cnic_in[{e}]", kv_rate) for e in range(n_pe + n_de)]
+        self.cnic_out = [Server(f"cnic_out[{e}]", kv_rate) for e in range(n_pe + n_de)]
+        self.node_of = [e // g for e in range(n_pe)] + [prefill_nodes + e // g for e in range(n_de)]
+        self.pe_ids = list(range(n_pe))
+        self.de_ids = list(range(n_pe, n_pe + n_de))
+        self.pe_groups = {n: [e for e in self.pe_ids if self.node_of[e] == n] for n in range(prefill_nodes)}
+        self.de_groups = {n: [e for e in self.de_ids if self.node_of[e] == n] for n in range(prefill_nodes, n_nodes)}
+        self.read_path = [(self.snic_r[n], self.dram[n]) for n in range(n_nodes)]
+        self.to_hbm_path = [(self.dram[self.node_of[e]], self.cnic_out[e], self.cnic_in[e]) for e in range(n_pe + n_de)]
+        self.to_dram_path = [(self.cnic_out[e], self.cnic_in[e], self.dram[self.node_of[e]])
+                             for e in range(n_pe + n_de)]
+        self.persist_path = [self.to_dram_path[e] + (self.dram[self.node_of[e]], self.snic_w[self.node_of[e]])
+                             for e in range(n_pe + n_de)]
+
+
+class BufferQueues:
+    """The nodes' DRAM buffers (PE/DE buffer, PAPER.md 2.3-2.5), each serving its requests in
+    FIFO order: a request takes its space when it has come first and the space is free.
+
+    Attributes (per node): free: bytes free; wait: the queue of ``(request id, read bytes,
+    charge bytes)`` waiting for space; wait_bytes: the bytes those waiting reads (and other reads
+    the simulator counts as waiting) will read, part of the node's read queue.
+    """
+
+    def __init__(self, capacity_bytes: float, num_nodes: int):
+        self.free = [float(capacity_bytes)] * num_nodes
+        self.wait: list[collections.deque] = [collections.deque() for _ in range(num_nodes)]
+        self.wait_bytes = [0.0] * num_nodes
+
+    def take_or_wait(self, node: int, rid: int, read_bytes: float, charge: float) -> bool:
+        """Take ``charge`` bytes of ``node``'s buffer for request ``rid`` (True), or queue it
+        (False) with the ``read_bytes`` it will read once admitted."""
+        if self.free[node] >= charge and not self.wait[node]:
+            self.free[node] -= charge
+            return True
+        self.wait[node].append((rid, read_bytes, charge))
+        self.wait_bytes[node] += read_bytes
+        return False
+
+    def release(self, node: int, nbytes: float) -> list:
+        """Give ``nbytes`` back to ``node``'s buffer; returns the waiting requests now admitted,
+        in order, as ``(request id, read bytes, charge bytes)`` (their space taken)."""
+        self.free[node] += nbytes
+        wait, admitted = self.wait[node], []
+        while wait and self.free[node] >= wait[0][2]:
+            rid, b, charge = wait.popleft()
+            self.wait_bytes[node] -= b
+            self.free[node] -= charge
+            admitted.append((rid, b, charge))
+        return admitted
 
 
 def _split(t: list[float], u: list[float], x: float) -> int:

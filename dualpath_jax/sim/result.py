@@ -74,7 +74,7 @@ def stall_report(sim) -> str:
     finish = np.frombuffer(R["finish_s"], np.float64, n)
     stuck = np.flatnonzero(np.isnan(finish))
     waiting = sim.sched.waiting()
-    reads = sum(len(w) for w in sim.buffer_wait)
+    reads = sum(len(w) for w in sim.buffers.wait)
     ready = sum(len(q) for q in sim.ready)
     first = int(stuck[0]) if stuck.size else None
     detail = ""
