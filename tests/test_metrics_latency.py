@@ -141,6 +141,33 @@ def test_max_aps_search_edges():
         max_aps_under_slo(run, initial_aps=10.0, max_aps=8.0)
 
 
+def test_a_rate_that_measured_nothing_is_neither_a_pass_nor_a_failure():
+    """A run with no request in its window (e.g. a capped run whose agents all arrive in the
+    warm-up) says nothing about the SLO: above a passing rate the search ends unbracketed there
+    (not a bracket whose failing end was never measured); while halving, it goes on down."""
+    def system(capacity_aps, empty_from_aps):
+        run, calls = synthetic_system(capacity_aps)
+        return (lambda aps: [] if aps >= empty_from_aps else run(aps)), calls
+
+    assert evaluate_slo([], SLO()) == (False, {"ttft_s": pytest.approx(float("nan"), nan_ok=True),
+                                               "ttft_worst_window_s": pytest.approx(float("nan"), nan_ok=True),
+                                               "tpot_s": pytest.approx(float("nan"), nan_ok=True),
+                                               "num_failed": 0.0, "num_requests": 0.0})
+    run, calls = system(10.0, 1.0)  # 0.1 .. 0.8 pass; 1.6 measures nothing
+    res = max_aps_under_slo(run, initial_aps=0.1, rel_tol=0.01)
+    assert [t.aps for t in res.trials] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6])
+    assert res.aps == pytest.approx(0.8) and not res.bracketed and not res.resolved
+    assert not res.trials[-1].meets_slo
+    # halving from an unmeasured rate: 4, 2, 1 measure nothing, 0.5 fails, 0.25 passes: bracketed by 0.5
+    run, calls = system(0.37, 1.0)
+    res = max_aps_under_slo(run, initial_aps=4.0, rel_tol=0.01)
+    assert res.bracketed and res.resolved and 0.37 / 1.01 <= res.aps <= 0.37
+    # nothing measured down to min_aps: no rate is known to fail, so 0 is only a lower bound
+    run, _ = system(0.37, 0.0)
+    res = max_aps_under_slo(run, initial_aps=0.4, min_aps=0.1)
+    assert res.aps == 0.0 and not res.bracketed and not res.resolved
+
+
 def test_request_record_accepts_every_read_plan_of_the_scheduler():
     from dualpath_jax.metrics import READ_SIDES
     from dualpath_jax.sched.types import READ_SIDES as SCHED_READ_SIDES

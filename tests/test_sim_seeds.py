@@ -99,6 +99,31 @@ def test_two_seeds_run_two_workloads_and_report_the_mean_and_ci_of_per_seed_rati
     assert md1.splitlines()[0].endswith("(1 seed)") and "±" not in md1
 
 
+def test_an_offline_trace_study_runs_once_and_reports_one_seed_not_a_zero_width_interval(tmp_path):
+    """A trace's trajectories are the same for every seed, so an offline study's seeds would be
+    copies of one deterministic run: it runs once and says "1 seed", with no interval (three
+    copies would give a half width of 0, an interval claiming certainty the runs do not have)."""
+    import json as json_
+
+    from dualpath_jax.studies import RunCache
+    path = tmp_path / "m.jsonl"
+    rows = [{"timestamp": 100 * i, "input_length": 1100 + 50 * i, "output_length": 8, "hash_ids": [i, i + 1, i + 2]}
+            for i in range(12)]
+    path.write_text("".join(json_.dumps(r) + "\n" for r in rows))
+    config = load_config("ablation")
+    config.num_agents = (8,)
+    config.variants = ("basic", "dualpath")
+    config.seeds = 3
+    config.workload.source, config.workload.path, config.workload.mal = "mooncake", str(path), "32K"
+    cache = RunCache()
+    named = run_study(from_config_dict(config), tmp_path / "w", log=lambda s: None, cache=cache)
+    assert sum(key[0] == "offline" for key, _ in cache.items()) == 2  # each variant once
+    assert math.isfinite(named["jct_s_basic"]) and math.isnan(named["jct_s_basic_ci95"])
+    assert math.isnan(named["speedup_dualpath_vs_basic_ci95"])
+    md = (tmp_path / "w" / "ablation.md").read_text()
+    assert md.splitlines()[0].endswith("(1 seed)") and "±" not in md
+
+
 def test_fig7_max_is_the_cell_with_the_highest_mean_speedup(tmp_path):
     config = load_config("fig7")
     config.seeds = 2
@@ -181,6 +206,46 @@ def test_online_searches_that_never_fail_give_no_gain_and_a_capped_rate_is_flagg
     warned = [x for x in lines if "WARNING: above" in x]
     assert len(warned) == 2 and all(f"above {window.capped_above_aps:g} APS" in x for x in warned)
     assert f"at most {window.max_agents_per_run} agents" in "\n".join(lines)
+
+
+def test_unbracketed_searches_give_bounds_not_point_values_or_partial_means(tmp_path, monkeypatch):
+    """A max APS whose search never failed in some seed is a lower bound (``_at_least``); a
+    ratio in the max-APS table needs every seed's; the mean gain over models needs every model's
+    (a mean over the models that happened to bracket would change its meaning with the outcome)."""
+    import dualpath_jax.studies.online as online_mod
+    from dualpath_jax.metrics.latency import ApsTrial, MaxApsResult
+    from dualpath_jax.studies.report import claims_rows
+
+    # (row, variant, seed) -> (max APS, bracketed): ds27b exact (gain 2 in both seeds); ds660b's
+    # DualPath search never fails in seed 1
+    outcome = {("ds27b", "basic"): (1.0, True), ("ds27b", "dualpath"): (2.0, True),
+               ("ds660b", "basic"): (1.0, True)}
+
+    def fake_search(run, slo, **kw):
+        cells = dict(zip(run.__code__.co_freevars, (c.cell_contents for c in run.__closure__)))  # (rc, v, r)
+        row, v, r = cells["rc"].key, cells["v"], cells["r"]
+        aps, bracketed = outcome.get((row, v), (2.0, True) if r == 0 else (64.0, False))
+        trials = (ApsTrial(aps, True, 1.0, 0.01),) + ((ApsTrial(2 * aps, False, 9.0, 0.01),) if bracketed else ())
+        return MaxApsResult(aps, bracketed, trials, resolved=bracketed)
+
+    monkeypatch.setattr(online_mod, "max_aps_under_slo", fake_search)
+    config = load_config("online")
+    config.seeds = 2
+    config.variants = ("basic", "dualpath")
+    config.row_order = ("ds27b", "ds660b")
+    config.rows.ds27b.aps_grid = (0.5,)
+    config.rows.ds660b.update({"aps_grid": (0.5,), "initial_aps": 0.5, "horizon_s": 24.0, "warmup_s": 4.0})
+    lines = []
+    named = online_mod.online(from_config_dict(config), tmp_path, log=lines.append)
+    assert named["max_aps_ds27b_dualpath"] == 2.0 and named["aps_gain_ds27b_dualpath_vs_basic"] == 2.0
+    assert "max_aps_ds660b_dualpath" not in named and named["max_aps_ds660b_dualpath_at_least"] == 33.0
+    assert math.isnan(named["mean_aps_gain_dualpath_vs_basic"])  # not ds27b's 2 alone
+    assert any("not every row's gain is exact" in x for x in lines)
+    rows = {(r["row"], r["variant"]): r for r in json.loads((tmp_path / "online.json").read_text())["max_aps"]}
+    assert rows[("ds27b", "dualpath")]["gain_vs_basic"] == 2.0
+    assert rows[("ds660b", "dualpath")]["gain_vs_basic"] is None  # (NaN in JSON): seed 1 has no exact gain
+    claim = [r for r in claims_rows({"online": named}) if r["source"] == "online: mean_aps_gain_dualpath_vs_basic"]
+    assert claim[0]["note"].endswith("models run: ds27b, ds660b")
 
 
 def test_a_gain_lower_bound_divides_by_the_denominators_lowest_failing_rate():

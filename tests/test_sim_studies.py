@@ -408,6 +408,25 @@ def test_an_agentic_workload_keeps_sub_agents_with_their_conversation():
     assert all(p is None for p in drop.parent_ids) and len(drop) == 5
 
 
+@pytest.mark.skipif(not agentic_dir().is_dir(), reason="shared traces not available")
+def test_the_working_set_counts_sub_agents_among_the_live_trajectories(tmp_path):
+    """Little's law over trajectories: APS counts root agents, while the mean completion time and
+    mean total length are per trajectory, so the rate of trajectories is APS times the
+    trajectories per root (sub-agents included)."""
+    config = load_config("working_set")
+    config.workload.source, config.workload.mal = "agentic", "32K"
+    study = from_config_dict(config)
+    STUDIES["working_set"](study, tmp_path, log=lambda s: None)
+    for run in json.loads((tmp_path / "working_set.json").read_text())["runs"]:
+        ts = study.window.workload(study.workload, run["aps"]).build()  # the run's agents
+        per_root = len(ts) / sum(p is None for p in ts.parent_ids)
+        assert per_root > 1.0  # these conversations spawn sub-agents
+        live = run["aps"] * per_root * run["completion_mean_s"]
+        assert run["live_agents_est"] == pytest.approx(live, rel=1e-12)
+        assert run["working_set_GB"] == pytest.approx(
+            live * run["mean_total_tokens"] / 2 * run["kv_bytes_per_token"] / 1e9, rel=1e-12)
+
+
 def test_every_config_file_lists_every_workload_field_it_does_not_set_per_run():
     from dualpath_jax.studies.common import workload_config_dict
     per_run = {"ablation": {"mal", "num_agents"}, "fig7": {"mal", "num_agents"}, "fig8": {"num_agents"},

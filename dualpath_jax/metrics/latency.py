@@ -173,9 +173,10 @@ class SLO:
 
 
 def evaluate_slo(records, slo: SLO = SLO()) -> tuple[bool, dict[str, float]]:
-    """(meets the SLO, {"ttft_s", "ttft_worst_window_s", "tpot_s", "num_failed"}). A run with
-    failed requests or with no measurable TTFT fails; TPOT NaN (no request with >= 3 tokens)
-    counts as met. ``ttft_worst_window_s`` is the TTFT statistic of the worst sliding window
+    """(meets the SLO, {"ttft_s", "ttft_worst_window_s", "tpot_s", "num_failed", "num_requests"}).
+    A run with failed requests or with no measurable TTFT fails (with no request at all,
+    ``num_requests`` 0, it is not judged: :func:`max_aps_under_slo`); TPOT NaN (no request with
+    >= 3 tokens) counts as met. ``ttft_worst_window_s`` is the TTFT statistic of the worst sliding window
     (:class:`SLO`; the whole span's when ``slo.window_s`` is 0)."""
     t = as_request_table(records)
     values = ttft_s(t)
@@ -185,7 +186,8 @@ def evaluate_slo(records, slo: SLO = SLO()) -> tuple[bool, dict[str, float]]:
     failed = int(np.sum(~t.ok))
     ok = (failed == 0 and not math.isnan(ttft) and max(ttft, worst) <= slo.ttft_s
           and (math.isnan(tpot) or tpot <= slo.tpot_s))
-    return ok, {"ttft_s": ttft, "ttft_worst_window_s": worst, "tpot_s": tpot, "num_failed": float(failed)}
+    return ok, {"ttft_s": ttft, "ttft_worst_window_s": worst, "tpot_s": tpot, "num_failed": float(failed),
+                "num_requests": float(len(t))}
 
 
 MAX_SLO_WINDOWS = 5000
@@ -235,8 +237,9 @@ class MaxApsResult:
     """``aps``: the largest passing rate found (0.0 if none passed); ``bracketed``: a failing rate
     above it was found and it is a tried passing rate, or ``min_aps`` failed (False when
     ``max_aps`` itself passed, or ``max_runs`` ran out while doubling before any rate failed, or
-    while halving before any passed: 0.0 is then only a lower bound); ``resolved``: bracketed to
-    within ``rel_tol`` (False when ``max_runs`` ran out first); ``trials`` in evaluation order."""
+    while halving before any passed, or a run measured nothing: ``aps`` is then only a lower
+    bound); ``resolved``: bracketed to within ``rel_tol`` (False when ``max_runs`` ran out first,
+    or unbracketed); ``trials`` in evaluation order."""
 
     aps: float
     bracketed: bool
@@ -255,7 +258,10 @@ def max_aps_under_slo(run: Callable[[float], object], slo: SLO = SLO(), *, initi
     and returns its ``(meets the SLO, {"ttft_s", "tpot_s", ...})``. The search
     doubles (or halves) from ``initial_aps`` until a passing rate ``lo`` and a failing rate
     ``hi`` bracket the capacity, then bisects geometrically until ``hi / lo <= 1 + rel_tol``.
-    Each rate is run at most once.
+    Each rate is run at most once. A run that measured no request (``num_requests`` 0, e.g. every
+    agent of a capped run arrived within the warm-up) is neither a pass nor a failure: above a
+    passing rate the search ends there, unbracketed (the capacity is unknown above ``lo``); while
+    halving, it goes on to the lower rates.
 
     Raises:
       ConfigError: non-positive rates, ``min_aps > initial_aps``, ``initial_aps > max_aps``, or
@@ -269,46 +275,63 @@ def max_aps_under_slo(run: Callable[[float], object], slo: SLO = SLO(), *, initi
                           f"(got {initial_aps})")
     check_positive("max_runs", max_runs, integer=True)
     trials: list[ApsTrial] = []
-    cache: dict[float, bool] = {}
+    cache: dict[float, bool | None] = {}
 
-    def passes(aps: float) -> bool:
+    def passes(aps: float) -> bool | None:
+        """Whether the run at ``aps`` meets the SLO; None: it measured nothing."""
         if aps not in cache:
             ok, stats = run(aps) if judged else evaluate_slo(run(aps), slo)
-            trials.append(ApsTrial(aps, ok, stats["ttft_s"], stats["tpot_s"],
+            measured = stats.get("num_requests", 1.0) > 0
+            trials.append(ApsTrial(aps, bool(ok and measured), stats["ttft_s"], stats["tpot_s"],
                                    stats.get("ttft_worst_window_s", float("nan"))))
-            cache[aps] = ok
+            cache[aps] = bool(ok) if measured else None
         return cache[aps]
 
-    lo, hi = None, None
+    def unbracketed(lo: float) -> MaxApsResult:
+        return MaxApsResult(lo, False, tuple(trials), resolved=False)
+
+    lo: float | None = None
+    hi: float | None = None
     aps = float(initial_aps)
-    if passes(aps):
+    first = passes(aps)
+    if first:
         lo = aps
         while len(trials) < max_runs:
             nxt = min(lo * 2.0, max_aps)
             if nxt == lo:
-                return MaxApsResult(lo, False, tuple(trials), resolved=False)
-            if passes(nxt):
+                return unbracketed(lo)
+            ok = passes(nxt)
+            if ok is None:  # nothing measured at nxt: above lo the capacity is unknown
+                return unbracketed(lo)
+            if ok:
                 lo = nxt
             else:
                 hi = nxt
                 break
     else:
-        hi = aps
+        hi = aps if first is False else None
+        cur = aps
         while len(trials) < max_runs:
-            nxt = max(hi / 2.0, min_aps)
-            if nxt == hi:
-                return MaxApsResult(0.0, True, tuple(trials))
-            if passes(nxt):
+            nxt = max(cur / 2.0, min_aps)
+            if nxt == cur:  # min_aps tried: no rate passed
+                return MaxApsResult(0.0, True, tuple(trials)) if hi is not None else unbracketed(0.0)
+            ok = passes(nxt)
+            if ok:
                 lo = nxt
                 break
-            hi = nxt
+            if ok is False:
+                hi = nxt
+            cur = nxt
     if lo is None:  # max_runs ran out while halving: no rate passed, none as low as min_aps tried
-        return MaxApsResult(0.0, False, tuple(trials), resolved=False)
+        return unbracketed(0.0)
     if hi is None:
-        return MaxApsResult(lo, False, tuple(trials), resolved=False)
+        return unbracketed(lo)
     while hi / lo > 1.0 + rel_tol and len(trials) < max_runs:
         mid = math.sqrt(lo * hi)
-        if passes(mid):
+        ok = passes(mid)
+        if ok is None:
+            return unbracketed(lo)
+        if ok:
             lo = mid
         else:
             hi = mid

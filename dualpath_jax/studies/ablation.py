@@ -13,7 +13,7 @@ from dualpath_jax.studies.common import cluster_label
 from dualpath_jax.studies.config import AblationStudyConfig
 from dualpath_jax.studies.plots import plot_ablation
 from dualpath_jax.studies.runs import Log, RunCache, offline_runs, ratio
-from dualpath_jax.studies.seeds import CI_SUFFIX, aggregate, caption, estimate, put, seed_workloads
+from dualpath_jax.studies.seeds import CI_SUFFIX, aggregate, caption, estimate, offline_seeds, put, seed_workloads
 from dualpath_jax.studies.seeds import write_table as write_seed_table
 
 __all__ = ["ablation"]
@@ -39,8 +39,8 @@ def ablation(config: AblationStudyConfig, workdir: Path, log: Log = print, *, ca
     cache = RunCache() if cache is None else cache
     base = config.sim
     variants = list(config.variants)
-    seeds = int(config.seeds)
     wl = config.workload.replace(mal=config.mal, seed=config.seed)
+    seeds = offline_seeds(wl, config.seeds)
     wls = seed_workloads(wl, seeds)
     log(f"{base.model} {cluster_label(base)}, kv {base.kv_dtype}, weights {base.weight_dtype} "
         f"({base.peak_flops / 1e12:.0f} TFLOP/s peak), {wl.label}, "

@@ -35,7 +35,8 @@ from dualpath_jax.studies.config import (BalanceStudyConfig, Fig7StudyConfig, Fi
                                          PdSweepStudyConfig)
 from dualpath_jax.studies.plots import plot_panels
 from dualpath_jax.studies.runs import Log, RunCache, offline_runs, ratio, scheduler_label
-from dualpath_jax.studies.seeds import CI_SUFFIX, aggregate, band, caption, estimate, put, seed_workloads
+from dualpath_jax.studies.seeds import (CI_SUFFIX, aggregate, band, caption, estimate, offline_seeds, put,
+                                       seed_workloads)
 from dualpath_jax.studies.seeds import write_table as write_seed_table
 
 __all__ = ["fig7", "fig8", "fig9", "pd_sweep", "balance"]
@@ -86,7 +87,7 @@ def fig7(config: Fig7StudyConfig, workdir: Path, log: Log = print, *, cache: Run
     DualPath / Oracle JCT averaged over each row's cells; every ratio is taken within a seed."""
     workdir = Path(workdir)
     cache = RunCache() if cache is None else cache
-    seeds = int(config.seeds)
+    seeds = offline_seeds(config.workload, config.seeds)
     wls = seed_workloads(config.workload, seeds)
     results: dict[tuple, dict] = {}
     for rc in config.rows:
@@ -149,7 +150,7 @@ def fig8(config: Fig8StudyConfig, workdir: Path, log: Log = print, *, cache: Run
     speedup (within each seed) per cluster and averaged over the grid."""
     workdir = Path(workdir)
     cache = RunCache() if cache is None else cache
-    seeds = int(config.seeds)
+    seeds = offline_seeds(config.workload, config.seeds)
     wls = seed_workloads(config.workload, seeds)
     keys = [(c, int(n), v, r) for r in range(seeds) for c in config.clusters for n in config.num_agents
             for v in config.variants]
@@ -204,7 +205,7 @@ def fig9(config: Fig9StudyConfig, workdir: Path, log: Log = print, *, cache: Run
     workdir = Path(workdir)
     cache = RunCache() if cache is None else cache
     base = config.sim
-    seeds = int(config.seeds)
+    seeds = offline_seeds(config.workload, config.seeds)
     wls = seed_workloads(config.workload, seeds)
     keys = [(kind, float(f), v, r) for r in range(seeds) for kind in config.scale for f in config.factors
             for v in config.variants]
@@ -257,7 +258,7 @@ def pd_sweep(config: PdSweepStudyConfig, workdir: Path, log: Log = print, *, cac
     ``best_cluster_dualpath`` has the highest mean fraction."""
     workdir = Path(workdir)
     cache = RunCache() if cache is None else cache
-    seeds = int(config.seeds)
+    seeds = offline_seeds(config.workload, config.seeds)
     wls = seed_workloads(config.workload, seeds)
     by_seed: list[list[dict]] = [[] for _ in range(seeds)]
     nominal = eff = None
@@ -400,7 +401,7 @@ def balance(config: BalanceStudyConfig, workdir: Path, log: Log = print, *, cach
     workdir = Path(workdir)
     cache = RunCache() if cache is None else cache
     base = config.sim
-    seeds = int(config.seeds)
+    seeds = offline_seeds(config.workload, config.seeds)
     wls = [w.replace(num_agents=int(config.num_agents)) for w in seed_workloads(config.workload, seeds)]
     keys = [(v, r) for r in range(seeds) for v in config.variants]
     specs = [(variant_config(base, v), config.scheduler, wls[r], float(config.window_s), float(config.head_fraction))

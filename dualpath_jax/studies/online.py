@@ -32,6 +32,7 @@ then reported as the mean over seeds with a 95% interval (:mod:`.seeds`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -100,8 +101,11 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
     Writes ``online.json`` (curves, max APS, every seed's runs and search trials),
     ``online_curves.md/.csv``, ``online_max_aps.md/.csv``, ``online_latency.png``,
     ``online_completion.png`` (95% error bars); returns, as means over seeds with ``_ci95`` /
-    ``_lo`` / ``_hi``, the max APS (agents/s) per row and variant, DualPath's gain over Basic and its
-    ratio to Oracle (each taken within a seed), and the number of unbracketed searches over all seeds."""
+    ``_lo`` / ``_hi``, the max APS (agents/s) per row and variant (``max_aps_<row>_<variant>``, or
+    ``..._at_least`` where some seed's search never failed: a lower bound), DualPath's gain over
+    Basic and its ratio to Oracle (each taken within a seed), their mean over the rows
+    (``mean_aps_gain_dualpath_vs_basic``: NaN unless every row's gain is exact), and the number of
+    unbracketed searches over all seeds."""
     workdir = Path(workdir)
     cache = RunCache() if cache is None else cache
     slo, search = config.slo, config.search
@@ -184,14 +188,19 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
     curves = aggregate(per_seed_curves, ("model", "variant", "aps"), count=seeds > 1, drop=("seed", "arrival_seed"))
     max_rows = aggregate(max_seed_rows, ("row", "model", "variant"), drop=("seed", "arrival_seed"))
     for m in max_rows:  # runs: over every seed's search
-        m["runs"] = sum(x["runs"] for x in max_seed_rows if (x["row"], x["variant"]) == (m["row"], m["variant"]))
+        members = [x for x in max_seed_rows if (x["row"], x["variant"]) == (m["row"], m["variant"])]
+        m["runs"] = sum(x["runs"] for x in members)
         m.pop("runs" + CI_SUFFIX, None)
+        for c in ("gain_vs_basic", "over_oracle"):  # a ratio is the seeds' mean only where every seed has it
+            if any(math.isnan(x[c]) for x in members):
+                m[c], m[c + CI_SUFFIX] = float("nan"), float("nan")
     write_seed_table(workdir / "online_curves", curves, seeds=seeds, title=f"Online serving vs APS ({wl.label}; "
                      "horizon and warm-up per model in config.json; simulated; seeds: the seeds that ran the rate)")
     window = f", also over every {slo.window_s:g} s window of issue times" if slo.window_s else ""
     write_seed_table(workdir / "online_max_aps", max_rows, seeds=seeds, title=f"Max APS under SLO (mean TTFT <= "
                      f"{slo.ttft_s:g} s{window}, mean TPOT <= {slo.tpot_s * 1e3:g} ms; simulated; bracketed: in "
-                     f"every seed; gain and ratio within each seed, nan unless both searches bracketed their maximum)")
+                     f"every seed, else max_aps is a lower bound; gain and ratio within each seed, nan unless both "
+                     f"searches bracketed their maximum in every seed)")
     plot_panels(workdir / "online_latency.png", lat_panels, ncols=3,
                 title=f"Online latency vs APS (Fig. 10/11)\n{caption(seeds)}")
     plot_panels(workdir / "online_completion.png", comp_panels, ncols=len(comp_panels),
@@ -201,10 +210,15 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
                                                   "seeds": seeds})
     named: dict = {}
     gains: dict[str, list[float]] = {}
+    gain_rows = []  # the rows where both DualPath and Basic were searched
     for row in (rc.key for rc in config.rows):
         for v in config.variants:
-            if all((row, v, r) in found for r in range(seeds)):
-                put(named, f"max_aps_{row}_{v}", [found[(row, v, r)].aps for r in range(seeds)])
+            if all((row, v, r) in found for r in range(seeds)):  # unbracketed in some seed: a lower bound
+                exact = all(found[(row, v, r)].bracketed for r in range(seeds))
+                put(named, f"max_aps_{row}_{v}{'' if exact else '_at_least'}", [found[(row, v, r)].aps
+                                                                                for r in range(seeds)])
+        if all((row, x, r) in found for x in ("dualpath", "basic") for r in range(seeds)):
+            gain_rows.append(row)
         for num, den, key in (("dualpath", "basic", f"aps_gain_{row}_dualpath_vs_basic"),
                               ("dualpath", "oracle", f"dualpath_over_oracle_aps_{row}")):
             if not all((row, x, r) in found for x in (num, den) for r in range(seeds)):
@@ -223,8 +237,14 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
                                                for r in range(seeds)])
             else:
                 put(named, key, [float("nan")] * seeds)
+    # over every row with both searches, or none: a mean over the rows that happened to bracket would
+    # change its meaning with the outcome of the searches
+    exact_rows = gain_rows and set(gains) == set(gain_rows)
+    if gain_rows and not exact_rows:
+        log(f"mean_aps_gain_dualpath_vs_basic: nan; not every row's gain is exact (bracketed: "
+            f"{', '.join(gains) or 'none'} of {', '.join(gain_rows)})")
     put(named, "mean_aps_gain_dualpath_vs_basic",
-        [float(np.mean([g[r] for g in gains.values()])) if gains else float("nan") for r in range(seeds)])
+        [float(np.mean([gains[row][r] for row in gain_rows])) if exact_rows else float("nan") for r in range(seeds)])
     named["unbracketed_searches"] = sum(1 for res in found.values() if not res.bracketed)
     # bracketed, but search.max_runs ran out before search.rel_tol: the max APS is only known to its bracket
     named["unresolved_searches"] = sum(1 for res in found.values() if res.bracketed and not res.resolved)
@@ -278,7 +298,9 @@ def ttft_breakdown(config: TtftBreakdownStudyConfig, workdir: Path, log: Log = p
 def working_set(config: WorkingSetStudyConfig, workdir: Path, log: Log = print, *,
                 cache: RunCache | None = None) -> dict:
     """Paper section 8.2: working set ``APS x mean completion x mean total / 2 x KV bytes/token``
-    (``sim.analysis.working_set_bytes``) from online runs at ``config.aps_grid``, beside the
+    (``sim.analysis.working_set_bytes``; with sub-agents, APS times the trajectories per root agent,
+    since ``mean completion`` and ``mean total`` are per trajectory) from online runs at
+    ``config.aps_grid``, beside the
     simulated time-averaged hit KV of live agents over the measured window (warm-up to last
     arrival) and the cluster's DRAM buffer, each rate run for ``config.seeds`` seeds (workload and
     arrival seed ``+ r``, :mod:`.seeds`). Writes ``working_set.json`` (``rows``: means and
@@ -296,12 +318,13 @@ def working_set(config: WorkingSetStudyConfig, workdir: Path, log: Log = print, 
     per_seed = []
     for (_, v, r, a), run in zip(keys, _runs(config, lambda row: config.window, lambda row: base, keys, log, cache)):
         s = run.stats
-        ws = analysis.working_set_bytes(float(a), s["completion_mean_s"], s["mean_total_tokens"],
-                                        s["kv_bytes_per_token"])
+        # Little's law over trajectories: APS counts root agents, each of which brings its sub-agents
+        rate = float(a) * s.get("trajectories_per_agent", 1.0)
+        ws = analysis.working_set_bytes(rate, s["completion_mean_s"], s["mean_total_tokens"], s["kv_bytes_per_token"])
         per_seed.append({"variant": v, "aps": float(a), "seed": wls[r].seed, "arrival_seed": arr[r],
                          "completion_mean_s": s["completion_mean_s"], "mean_total_tokens": s["mean_total_tokens"],
                          "kv_bytes_per_token": s["kv_bytes_per_token"],
-                         "live_agents_est": float(a) * s["completion_mean_s"], "working_set_GB": ws / 1e9,
+                         "live_agents_est": rate * s["completion_mean_s"], "working_set_GB": ws / 1e9,
                          "sim_live_kv_GB": s["live_kv_bytes"] / 1e9, "working_set_over_cluster_dram": ws / dram})
     rows = aggregate(per_seed, ("variant", "aps", "kv_bytes_per_token"), drop=("seed", "arrival_seed"))
     write_seed_table(workdir / "working_set", rows, seeds=seeds, title=f"Working set vs APS ({base.model} "

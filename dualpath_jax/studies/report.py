@@ -210,8 +210,8 @@ def claims_rows(named: Mapping[str, Mapping], seeds: Mapping[str, int] | None = 
         if values.get("unbracketed_searches"):
             note = (note + "; " if note else "") + f"{values['unbracketed_searches']} max-APS searches not bracketed"
         if study == "online" and value is not None:
-            models = [k[len("max_aps_"):-len("_basic")] for k in values if k.startswith("max_aps_") and
-                      k.endswith("_basic")]
+            models = [k[len("max_aps_"):].removesuffix("_at_least")[:-len("_basic")] for k in values
+                      if k.startswith("max_aps_") and k.removesuffix("_at_least").endswith("_basic")]
             note = (note + "; " if note else "") + f"models run: {', '.join(models) or 'none'}"
         if study == "fig7" and key == "max_speedup_dualpath_vs_basic" and "max_speedup_at" in values:
             note = f"at {values['max_speedup_at']}"

@@ -35,7 +35,7 @@ from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.result import SimResult
 from dualpath_jax.sim.runs import offline_starts, online_starts, summarize, variant_config
 from dualpath_jax.studies.common import WorkloadSpec, cluster_label
-from dualpath_jax.workload import TrajectorySet, paper_dataset
+from dualpath_jax.workload import TrajectorySet, paper_dataset, root_indices
 
 __all__ = ["Log", "TTFT_COMPONENTS", "RunCache", "offline_run", "offline_runs", "OnlineRun", "online_run",
            "online_runs", "run_offline",
@@ -292,7 +292,9 @@ class OnlineRun:
 
     ``stats`` keys: ``ttft_mean_s``, ``ttft_p50_s``, ``ttft_p99_s``, ``ttst_mean_s``,
     ``tpot_mean_s``, ``tpot_p99_s``, ``completion_mean_s`` (mean completion time of the
-    trajectories that completed), ``num_agents``, ``num_requests`` (measured), ``num_requests_total``, ``num_failed``,
+    trajectories that completed), ``num_agents`` (trajectories, sub-agents included),
+    ``trajectories_per_agent`` (trajectories per root agent, the agents APS counts: 1 without
+    sub-agents), ``num_requests`` (measured), ``num_requests_total``, ``num_failed``,
     ``mean_total_tokens``, ``kv_bytes_per_token``, ``live_kv_bytes`` (time-averaged hit KV of live
     agents over the measured window), ``arrival_window_s`` (its length), ``end_s``, ``wall_s`` and
     ``<component>_mean`` for each TTFT component (measured requests).
@@ -342,7 +344,8 @@ def _online_run(spec: tuple) -> tuple[OnlineRun, SimResult]:
              "ttst_mean_s": latency.summarize(latency.ttst_s(table), "mean"),
              "tpot_mean_s": latency.summarize(tpot, "mean"), "tpot_p99_s": latency.summarize(tpot, "p99"),
              "completion_mean_s": float(np.mean(done[np.isfinite(done)])) if np.isfinite(done).any() else math.nan,
-             "num_agents": int(len(ts)), "num_requests": int(len(table)), "num_requests_total": int(len(full)),
+             "num_agents": int(len(ts)), "trajectories_per_agent": len(ts) / max(1, len(root_indices(ts))),
+             "num_requests": int(len(table)), "num_requests_total": int(len(full)),
              "num_failed": int(np.sum(~table.ok)),
              "mean_total_tokens": mean_total_tokens(ts), "kv_bytes_per_token": kvb, "live_kv_bytes": live,
              "arrival_window_s": hi - lo, "last_arrival_s": hi, "end_s": res.end_s, "wall_s": wall}
@@ -398,8 +401,8 @@ def online_runs(runs: Sequence[tuple[SimConfig, str, WorkloadSpec, float, int, f
         s = run.stats
         if not cached and s["num_requests"] == 0:
             log(f"  warning: no request issued between warm-up {warmup_s:g} s and the last arrival "
-                f"{s['last_arrival_s']:.1f} s ({s['num_agents']} agents at {aps:g} APS): nothing measured, the run "
-                f"counts as missing the SLO")
+                f"{s['last_arrival_s']:.1f} s ({s['num_agents']} agents at {aps:g} APS): nothing measured (a max-APS "
+                f"search ends at such a rate, unbracketed: its capacity is unknown above the rates before)")
         log(f"  {cfg.model} {cluster_label(cfg)} {workload_tag(wl)} {wl.num_agents} agents @ {aps:.4g} APS "
             f"(arrivals s{_seed}) "
             f"{run_label(variant, scheduler_cls)} "

@@ -3,15 +3,17 @@
 A study runs every configuration once per seed ``r = 0 .. R-1``: seed ``r`` draws the workload with
 the generator seed ``workload.seed + r`` (the paper's Table 2 trajectories, PAPER.md section 6.2)
 and, online, the Poisson arrivals with ``arrival_seed + r``. A trace workload (agentic, Mooncake)
-is the same trajectories for every seed, so offline its R runs are one run (the run cache computes
-it once) and only the arrivals of online runs vary.
+is the same trajectories for every seed, so offline it runs once (:func:`offline_seeds`: one run,
+reported as "1 seed" with no interval, not R copies of one value with a zero-width one) and only
+the arrivals of online runs vary.
 
 Every figure is computed per seed first (a speedup is Basic's JCT over DualPath's within one seed),
 then reduced to the mean over seeds with a two-sided Student-t interval
 (:func:`dualpath_jax.metrics.stats.mean_ci`, level 0.95): ``half_width = t_{0.975, R-1} s / sqrt(R)``.
 With one seed the interval is undefined (NaN half width; tables say "1 seed").
 
-* :func:`seed_workloads`, :func:`arrival_seeds`: the workload and arrival seed of each seed.
+* :func:`seed_workloads`, :func:`arrival_seeds`: the workload and arrival seed of each seed;
+  :func:`offline_seeds`: how many distinct seeds an offline study has.
 * :class:`Estimate`, :func:`estimate`: the mean and interval of per-seed values.
 * :func:`put`: a headline ``name`` (the mean) with ``name_ci95`` (half width), ``name_lo`` and
   ``name_hi``; :func:`printed` drops ``_lo``/``_hi`` from the ``name: value`` lines (they stay in
@@ -36,7 +38,8 @@ from dualpath_jax.metrics import writers
 from dualpath_jax.metrics.stats import mean_ci
 from dualpath_jax.studies.common import WorkloadSpec
 
-__all__ = ["LEVEL", "CI_SUFFIX", "Estimate", "estimate", "seed_workloads", "arrival_seeds", "put", "printed",
+__all__ = ["LEVEL", "CI_SUFFIX", "Estimate", "estimate", "seed_workloads", "offline_seeds", "arrival_seeds", "put",
+           "printed",
            "caption", "fmt", "aggregate", "write_table", "band"]
 
 LEVEL = 0.95
@@ -84,6 +87,13 @@ def seed_workloads(wl: WorkloadSpec, seeds: int) -> list[WorkloadSpec]:
     if wl.source != "synthetic":
         return [wl] * int(seeds)
     return [wl.replace(seed=wl.seed + r) for r in range(int(seeds))]
+
+
+def offline_seeds(wl: WorkloadSpec, seeds: int) -> int:
+    """The seeds an offline study of workload ``wl`` runs for ``seeds`` asked: ``seeds`` for the
+    synthetic generator, 1 for a trace (every seed would replay the same trajectories from the
+    same start: one deterministic run, whose copies are not independent samples)."""
+    return int(seeds) if wl.source == "synthetic" else min(1, int(seeds))
 
 
 def arrival_seeds(arrival_seed: int, seeds: int) -> list[int]:
