@@ -419,3 +419,19 @@ def test_a_hand_off_answered_after_send_batch_returns_holds_the_request_until_th
         assert report.summarize(res)["bytes_conserved"], name
     tokens = report.check_tokens(results, params, spec)
     assert tokens["tokens_identical"], (tokens["reference_mismatches"], tokens["variant_divergences"])
+
+
+def test_a_copy_over_no_link_fails_as_a_transfer_does():
+    """Oracle (no link) and empty moves run the copy without a link; its error must come out as
+    the TransferFailed the callers handle (an escaping exception killed the PE's loader thread)."""
+    from dualpath_jax.engine.network import Fabric, TransferFailed
+
+    def copy():
+        raise RuntimeError("RESOURCE_EXHAUSTED: out of device memory")
+
+    for cfg, nbytes in ((ClusterConfig(**FAST).for_variant("oracle"), 4096), (ClusterConfig(**FAST), 0)):
+        fabric = Fabric(cfg)
+        with pytest.raises(TransferFailed, match="RESOURCE_EXHAUSTED") as err:
+            fabric.carry(fabric.pe_h2d(0), nbytes, copy)
+        assert isinstance(err.value.__cause__, RuntimeError)
+        assert fabric.carry(fabric.pe_h2d(0), nbytes, lambda: 7) == 7

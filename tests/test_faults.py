@@ -45,6 +45,8 @@ def _assert_all_correct(model, res, clean):
     assert len(res.requests) == NUM_REQUESTS
     assert all(r.finished and not r.error for r in res.requests), [r.error for r in res.requests if r.error]
     assert res.leaks == {}
+    bytes_ = report.conservation(res)  # failed attempts' reads included: every byte read is accounted for
+    assert bytes_["bytes_conserved"], bytes_
     tokens = report.check_tokens({"clean": clean, "faulty": res}, params, spec)
     assert tokens["tokens_identical"], (tokens["reference_mismatches"], tokens["variant_divergences"])
 
@@ -218,6 +220,25 @@ def test_a_request_over_every_des_pool_is_rejected_before_any_work(model):
     assert done[(1, 1)].error.startswith("not run: round 0 failed (DE pool")
     assert not res.failed_attempts and not res.leaks
     assert all(big.rid not in [i[0] for i in f.items] for f in res.forwards)
+
+
+@pytest.mark.parametrize("variant", ["basic", "dualpath"])
+def test_a_prompt_whose_kv_exceeds_the_de_buffer_is_rejected_before_any_work(model, variant):
+    # defect: read on the DE side, it held its hit and waited timeout_s for the hand-off's space,
+    # max_attempts times, failing with a cause about a busy buffer; a hit over the whole buffer
+    # failed its read with a ValueError and was retried too
+    spec, _, layout = model
+    cfg = ClusterConfig(**{**FAST, "buffer_bytes": 5 * layout.full_block_bytes, "timeout_s": 2.0}).for_variant(variant)
+    agents = [_stream("small", [20, 10], [3, 3]), _stream("big", [200, 152], [3, 3])]
+    res = _run(model, cfg, agents=agents)
+    done = {(r.agent, r.round_index): r for r in res.requests}
+    assert all(done[(0, i)].finished and not done[(0, i)].error for i in (0, 1))
+    assert done[(1, 0)].finished and not done[(1, 0)].error  # 200 tokens: 3.1 blocks of KV fit
+    big = done[(1, 1)]  # 200 + 3 + 152 = 355 tokens of KV: 5.5 blocks, the buffer holds 5
+    assert big.error == (f"DE buffer: a 355-token prompt's KV ({355 * layout.bytes_per_token} B: its DE-side hits "
+                         f"and the PE's hand-off) exceeds buffer_bytes={5 * layout.full_block_bytes} "
+                         f"(cluster.buffer_bytes; it can never run)") and big.pe < 0 and big.de < 0
+    assert not res.failed_attempts and not res.leaks
 
 
 def test_each_kind_of_fault_draws_the_same_decisions_however_the_draws_interleave():

@@ -182,6 +182,31 @@ def test_a_block_the_snic_cannot_carry_is_recomputed():
     np.testing.assert_allclose(res.logits, full[128:], atol=ATOL, rtol=0)
 
 
+class _H2DTimesOut(Link):
+    """An H2D link never free in time for layer ``layer`` (a TIMEOUT outcome, as Link.transfer gives)."""
+
+    def __init__(self, layer):
+        super().__init__(LinkConfig("h2d", Medium.PE_BUFFER, Medium.PE_HBM))
+        self.layer = layer
+
+    def transfer(self, num_bytes, fn=None, *, timeout_s=None, tag=""):
+        if tag == f"layer{self.layer}":
+            return TransferResult(None, TransferRecord("h2d", Medium.PE_BUFFER, Medium.PE_HBM, num_bytes, 0.0, 0.0,
+                                                       Outcome.TIMEOUT, f"link busy for more than {timeout_s} s", tag))
+        return super().transfer(num_bytes, fn, timeout_s=timeout_s, tag=tag)
+
+
+def test_hit_kv_that_misses_its_h2d_deadline_is_a_timeout_and_recomputed():
+    spec, params, tokens, full = _setup("tiny-gqa")
+    with _memory_store(spec, params) as store:
+        PrefillEngine(params, spec, store).run([PrefillRequest("seed", tokens[:300])])  # blocks 0..3
+        engine = PrefillEngine(params, spec, store, h2d_link=_H2DTimesOut(1), config=PrefillConfig(write_back=False))
+        (res,), report = engine.run([PrefillRequest("r", tokens)])
+    assert res.hit_tokens == 0 and report.computed_tokens == len(tokens)  # the whole prompt recomputed
+    assert res.miss.cause is FailureCause.TIMEOUT and "layer 1: timeout: link busy" in res.miss.detail
+    np.testing.assert_allclose(res.logits, full, atol=ATOL, rtol=0)
+
+
 def test_token_ids_outside_the_vocabulary_are_rejected():
     spec, params, tokens, _ = _setup("tiny-gqa")
     with _memory_store(spec, params) as store:

@@ -342,6 +342,43 @@ def test_loader_reports_failures_and_never_hangs():
         blocker.set()
 
 
+def test_a_copy_error_that_escapes_the_link_or_a_dead_loader_thread_reaches_get_at_once():
+    """A link that lets the copy's exception escape (a path with no bytes to carry runs the copy
+    itself), or a loader thread that dies, must not leave ``get`` waiting out its timeout and
+    reporting one: the layer fails with the cause, and it is not a timeout."""
+    host = _host_layers(2)
+
+    class RaisingLink:
+        name = "kv_in/pe0"
+
+        def transfer(self, num_bytes, fn=None, *, timeout_s=None, tag=""):
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of device memory")
+
+    with LayerwiseLoader(2, lambda l: host[l], RaisingLink(), depth=1, timeout_s=30) as loader:
+        with pytest.raises(LoaderError) as err:
+            loader.get(0)
+        assert "RESOURCE_EXHAUSTED" in err.value.cause and not err.value.timed_out
+        assert isinstance(err.value.__cause__, RuntimeError)
+
+    loader = LayerwiseLoader(2, lambda l: host[l], depth=1, timeout_s=30)
+
+    class BrokenSlots:  # a bug in the loader's own bookkeeping ends its thread
+        def acquire(self, timeout=None):
+            raise AssertionError("bookkeeping bug")
+
+        def release(self):
+            pass
+
+    loader._slots = BrokenSlots()
+    with loader:
+        with pytest.raises(LoaderError) as err:
+            loader.get(0)
+        assert "loader thread died" in err.value.cause and "bookkeeping bug" in err.value.cause
+        assert not err.value.timed_out
+    timeout = LoaderError(3, "timeout: not loaded within 1 s")
+    assert timeout.timed_out and not LoaderError(3, "closed").timed_out
+
+
 def test_close_frees_device_arrays():
     host = _host_layers(3)
     loader = LayerwiseLoader(3, lambda l: host[l], depth=3).start()

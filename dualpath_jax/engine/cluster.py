@@ -386,6 +386,12 @@ class EngineCluster:
                           f"generate needs {hbm // layout.full_block_bytes} blocks, a DE holds {pool} "
                           f"(cluster.de_hbm_kv_bytes; it can never run)", False))
             return
+        kv = len(prompt) * layout.bytes_per_token
+        if not self.fabric.bypass and kv > self.config.buffer_bytes:  # its whole prompt's KV passes the DE buffer
+            self._handle(("failed", req, f"DE buffer: a {len(prompt)}-token prompt's KV ({kv} B: its DE-side hits and "
+                          f"the PE's hand-off) exceeds buffer_bytes={self.config.buffer_bytes} "
+                          f"(cluster.buffer_bytes; it can never run)", False))
+            return
         self.driver.submit(req.sched, req.attempt_s)
 
     def _next_round(self, req: RequestState, failed: bool) -> None:

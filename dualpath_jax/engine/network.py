@@ -148,8 +148,11 @@ class Fabric:
             raised, or the fault injector failed the move (before any byte moved).
         """
         timeout_s = self.config.timeout_s if timeout_s is None else timeout_s
-        if self.bypass or not path or num_bytes <= 0:
-            return fn() if fn is not None else None
+        if self.bypass or not path or num_bytes <= 0:  # nothing crosses a link; the copy still runs
+            try:
+                return fn() if fn is not None else None
+            except Exception as e:  # as on a link: the copy's failure is the move's
+                raise TransferFailed(path[0].name if path else "none", f"error: {type(e).__name__}: {e}") from e
         if self.faults is not None and self.faults.transfer_fails():
             raise TransferFailed(path[0].name, "injected transfer failure")
         return self._nest(list(path), int(num_bytes), fn, tag, timeout_s)

@@ -91,8 +91,8 @@ class _KVInLink:
             for de, nbytes in sorted(self.de_bytes.items()):
                 self.ctx.peers.carry_de_to_pe(de, self.pe, nbytes, tag=tag, timeout_s=timeout_s)
             value = fab.carry(fab.pe_h2d(self.pe), self.pe_bytes, fn, tag=tag, timeout_s=timeout_s)
-        except TransferFailed as e:
-            outcome, cause = Outcome.ERROR, str(e)
+        except TransferFailed as e:  # a hop's timeout stays a timeout (the caller tells it from a failure)
+            outcome, cause = (Outcome.TIMEOUT if e.cause.startswith("timeout") else Outcome.ERROR), str(e)
         rec = TransferRecord(self.name, Medium.PE_BUFFER, Medium.PE_HBM, int(num_bytes), t0, time.perf_counter(),
                              outcome, cause, tag)
         return TransferResult(value, rec)

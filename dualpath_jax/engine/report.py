@@ -7,7 +7,8 @@
   (paper Fig. 13 metric over ``window_s`` windows), per-engine compute seconds, failures.
 * :func:`conservation`: bytes the store returned to reads = bytes the SNIC read links carried +
   bytes read without a link (``oracle``) + bytes read after a failed block and dropped; and the
-  SNIC bytes = the requests' per-side read bytes.
+  SNIC bytes = the requests' per-side read bytes (of every attempt: one that failed and ran again
+  read too).
 * :func:`check_tokens`: every variant's greedy tokens against each other and against a plain
   no-cache recompute (:func:`dualpath_jax.engine.compute.reference_greedy`), tie-aware: a
   mismatch counts as a near-tie when the reference's top-1 logit exceeds the logit of the token
@@ -138,7 +139,8 @@ def summarize(result: ClusterResult, *, window_s: float = 1.0) -> dict:
 def conservation(result: ClusterResult) -> dict:
     """Byte accounting of reads (see module docstring); ``bytes_conserved`` is the check."""
     snic = sum(result.links[k]["bytes"] for k in _snic_links(result))
-    per_request = sum(r.read_bytes_pe + r.read_bytes_de for r in result.requests)
+    # every attempt's reads: one that failed and ran again read through the SNIC too
+    per_request = sum(r.read_bytes_pe + r.read_bytes_de for r in (*result.requests, *result.failed_attempts))
     accounted = snic + result.bypass_read_bytes + result.discarded_read_bytes
     return {"read_bytes_store": int(result.read_bytes_store), "read_bytes_snic": int(snic),
             "read_bytes_requests": int(per_request), "read_bytes_bypass": int(result.bypass_read_bytes),

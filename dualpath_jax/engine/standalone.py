@@ -272,7 +272,7 @@ class PrefillEngine:
         try:
             out = self.path.forward(chunks, lambda layer: batch.fetch_layer(self.layout, layer), self.h2d_link)
         except LoaderError as e:  # the hit KV is gone: recompute from the tokens, as for a failed read
-            timed_out = e.cause == "timeout" or isinstance(e.__cause__, TimeoutError)
+            timed_out = e.timed_out or isinstance(e.__cause__, TimeoutError)
             cause = FailureCause.TIMEOUT if timed_out else FailureCause.UNREADABLE
             lost = [b for b, hit in enumerate(hit_tokens) if hit]
             fails = {b: BlockFailure(batch.keys[b][0], cause, f"hit KV lost mid-prefill: {e}") for b in lost}

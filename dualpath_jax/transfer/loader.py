@@ -83,12 +83,20 @@ def _aligned_copy(x) -> np.ndarray:
 
 
 class LoaderError(RuntimeError):
-    """A layer could not be delivered: ``cause`` is ``"timeout"``, ``"closed"``, the copy's error or
-    the I/O error ``fetch`` raised (one of the loader's ``io_errors``; then also ``__cause__``)."""
+    """A layer could not be delivered. ``cause`` starts with ``"timeout"`` (the wait in
+    :meth:`~LayerwiseLoader.get` or on the link passed its bound), is ``"closed"``, or names the
+    copy's or staging's error, the I/O error ``fetch`` raised (one of the loader's ``io_errors``)
+    or what ended the loader thread (then also ``__cause__``). :attr:`timed_out` tells a timeout
+    from a failure."""
 
     def __init__(self, layer: int, cause: str, record: TransferRecord | None = None):
         self.layer, self.cause, self.record = layer, cause, record
         super().__init__(f"layer {layer}: {cause}")
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether the layer missed a deadline (not loaded in time, or its link was busy too long)."""
+        return self.cause.startswith("timeout")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +169,7 @@ class LayerwiseLoader:
         self._wait_s = 0.0
         self._host_s = 0.0
         self._closed = False
+        self._crashed: BaseException | None = None  # what ended the loader thread early, if anything did
         self._thread: threading.Thread | None = None
 
     # ---- producer -------------------------------------------------------------------------------
@@ -204,6 +213,14 @@ class LayerwiseLoader:
         return fetched, host
 
     def _run(self) -> None:
+        try:
+            self._run_layers()
+        except BaseException as e:  # noqa: BLE001 - the thread ends: every get() learns why at once
+            with self._cond:
+                self._crashed = e
+                self._cond.notify_all()
+
+    def _run_layers(self) -> None:
         for layer in range(self.num_layers):
             # Host-side preparation needs no device slot: do it while waiting for one.
             t0 = time.perf_counter()
@@ -227,11 +244,16 @@ class LayerwiseLoader:
                 return
             record = None
             if error is None:
-                res = self.link.transfer(tree_nbytes(host), lambda f=fetched, h=host: self._put(f, h),
-                                         timeout_s=self.timeout_s, tag=f"layer{layer}")
-                record = res.record
-                if not res.ok:
-                    error = LoaderError(layer, f"{record.outcome.value}: {record.cause}", record)
+                try:
+                    res = self.link.transfer(tree_nbytes(host), lambda f=fetched, h=host: self._put(f, h),
+                                             timeout_s=self.timeout_s, tag=f"layer{layer}")
+                except Exception as e:  # noqa: BLE001 - a link that lets the copy's error escape
+                    error = LoaderError(layer, f"error: {type(e).__name__}: {e}")
+                    error.__cause__ = e
+                else:
+                    record = res.record
+                    if not res.ok:
+                        error = LoaderError(layer, f"{record.outcome.value}: {record.cause}", record)
             del fetched, host
             with self._cond:
                 if record is not None:
@@ -266,11 +288,14 @@ class LayerwiseLoader:
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         t0 = time.perf_counter()
         with self._cond:
-            ok = self._cond.wait_for(lambda: layer in self._held or layer in self._errors or self._closed,
-                                     timeout=timeout_s)
+            ok = self._cond.wait_for(lambda: (layer in self._held or layer in self._errors or self._closed
+                                              or self._crashed is not None), timeout=timeout_s)
             self._wait_s += time.perf_counter() - t0
             if layer in self._errors:
                 raise self._errors[layer]
+            if layer not in self._held and self._crashed is not None:
+                e = self._crashed
+                raise LoaderError(layer, f"error: loader thread died: {type(e).__name__}: {e}") from e
             if not ok:
                 raise LoaderError(layer, f"timeout: not loaded within {timeout_s} s")
             if layer not in self._held:
