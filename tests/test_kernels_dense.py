@@ -56,3 +56,25 @@ def test_attention_pallas_empty_and_invalid():
         attention_pallas(jnp.zeros((2, 4, 16)), k, k, scale=0.25, block_tokens=48)
     with pytest.raises(ValueError, match="v: expected shape"):
         attention_pallas(jnp.zeros((2, 4, 16)), k, k[:2], scale=0.25)
+
+
+@pytest.mark.parametrize("implementation", ["reference", "pallas"])
+def test_both_paths_refuse_the_same_inputs(implementation):
+    """``auto`` takes the reference on CPU and Pallas on GPU: a call must not pass on one and
+    fail on the other, so both check scale, dtypes, ranks and heads alike."""
+    q, k = jnp.zeros((2, 4, 16)), jnp.zeros((3, 2, 16))
+    for bad, match in ((-1.0, "scale: must be finite and > 0"), (float("nan"), "scale: must be finite and > 0"),
+                       (jnp.float32(0.25) * jnp.ones(()), None)):
+        if match is None:  # a traced scale is not a static number
+            import jax
+            with pytest.raises(ValueError, match="scale: must be a static positive number"):
+                jax.jit(lambda s: dense.attention(q, k, k, scale=s, implementation=implementation))(bad)
+            continue
+        with pytest.raises(ValueError, match=match):
+            dense.attention(q, k, k, scale=bad, implementation=implementation)
+    with pytest.raises(ValueError, match="q: query heads N=4 must be a positive multiple of KV heads K=0"):
+        dense.attention(q, jnp.zeros((3, 0, 16)), jnp.zeros((3, 0, 16)), scale=0.25, implementation=implementation)
+    with pytest.raises(ValueError, match="q: expected an array"):
+        dense.attention([[[0.0]]], k, k, scale=0.25, implementation=implementation)
+    with pytest.raises(ValueError, match="k: expected a floating dtype"):
+        dense.attention(q, k.astype(jnp.int32), k, scale=0.25, implementation=implementation)

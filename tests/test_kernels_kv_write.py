@@ -101,3 +101,30 @@ def test_kv_write_validation_names_argument():
         kv_write(odd, new, table, cached, new_len, implementation="pallas")
     with pytest.raises(ValueError, match="implementation: must be one of"):
         kv_write(pool, new, table, cached, new_len, implementation="triton")
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_nothing_to_write_returns_the_pool(implementation):
+    """An empty batch or a zero-width pool writes nothing: the pool comes back as it was."""
+    pool, new, table, cached, new_len = _args()
+    out = kv_write(pool, new[:0], table[:0], cached[:0], new_len[:0], implementation=implementation)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(pool))
+    flat = jnp.zeros((pool.shape[0], 16, 0), jnp.float32)
+    out = kv_write(flat, jnp.zeros((5, T_NEW, 0), jnp.float32), table, cached, new_len, implementation=implementation)
+    assert out.shape == flat.shape
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_unchecked_writes_before_the_sequence_start_are_dropped(implementation):
+    """With check_values off, positions below 0 (a negative cached_len) name no block: they are
+    dropped, as the docstring says of out-of-range writes, by both implementations alike."""
+    pool, new, table, cached, new_len = _args()
+    cached = cached.at[0].set(-3).at[1].set(-1)  # sequence 0: positions -3 .. 16 (3 dropped); 1: -1 (dropped)
+    out = kv_write(pool, new, table, cached, new_len, implementation=implementation, check_values=False)
+    expected = np.array(pool, copy=True)
+    for b in range(len(cached)):
+        for t in range(int(new_len[b])):
+            pos = int(cached[b]) + t
+            if pos >= 0:
+                expected[int(table[b, pos // 16]), pos % 16] = np.asarray(new)[b, t]
+    np.testing.assert_array_equal(np.asarray(out), expected)

@@ -131,6 +131,20 @@ def test_fp8_mla_layout_quantization_error():
     assert np.array_equal(rope, kvs[0][1].astype(ml_dtypes.bfloat16).astype(np.float32))
 
 
+def test_fp8_gqa_layout_saturates_instead_of_making_nan():
+    """float8_e4m3fn has no infinity: a plain cast of |x| >= 464 gives NaN, which attention would
+    spread to every logit. The GQA FP8 layout saturates at the largest finite value, 448."""
+    lay = layout_for(get_spec("tiny-gqa"), "fp8")
+    shape = (3, *lay.fields[0].shape)
+    k = np.zeros(shape, np.float32)
+    k[0, 0, :3] = [500.0, -1e6, 447.9]
+    v = np.full(shape, 2.0**-3, np.float32)  # exact in e4m3
+    k2, v2 = decode_tokens(lay, encode_tokens(lay, (k, v)))
+    assert np.isfinite(k2).all() and np.isfinite(v2).all()
+    assert list(k2[0, 0, :2]) == [448.0, -448.0] and abs(k2[0, 0, 2] - 447.9) <= 447.9 * 2.0**-4
+    assert np.array_equal(v2, v) and np.array_equal(k2[1:], k[1:])
+
+
 # ---- keys ---------------------------------------------------------------------------------------
 def test_block_keys_chain_by_hand():
     lay = layout_for(get_spec("tiny-gqa"))
@@ -144,6 +158,9 @@ def test_block_keys_chain_by_hand():
         assert key == h.hexdigest()
         parent = bytes.fromhex(key)
     assert block_keys(lay, tokens, max_blocks=2) == keys[:2]
+    assert block_keys(lay, []) == [] and block_keys(lay, tokens[:63]) == []  # no complete block
+    with pytest.raises(ValueError, match="tokens: expected a 1-D integer array"):
+        block_keys(lay, [1.5, 2.0])
 
 
 def test_block_key_depends_on_every_earlier_token():

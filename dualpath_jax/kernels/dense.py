@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dualpath_jax.kernels import _flash
+
 __all__ = ["attention", "attention_reference"]
 
 _IMPLEMENTATIONS = ("auto", "reference", "pallas")
@@ -30,8 +32,11 @@ def attention_reference(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: floa
       ``[T, N, Hv]`` in q's dtype.
 
     Raises:
-      ValueError: naming ``q``/``k``/``v`` for inconsistent shapes.
+      ValueError: naming ``q``/``k``/``v`` for non-float arrays or inconsistent shapes, ``scale``
+        unless a static finite number > 0 (the Pallas path's checks: one call behaves alike on
+        CPU and GPU).
     """
+    scale = _flash.check_scale(scale)
     _validate(q, k, v)
     t, n, _ = q.shape
     s, kh, _ = k.shape
@@ -69,15 +74,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float,
 
 
 def _validate(q, k, v) -> None:
-    if q.ndim != 3:
-        raise ValueError(f"q: expected rank 3 [T, N, Hk], got shape {q.shape}")
-    if k.ndim != 3 or v.ndim != 3:
-        raise ValueError(f"k/v: expected rank 3 [S, K, H], got k {k.shape}, v {v.shape}")
+    _flash.check_float("q", q, 3, "[T, N, Hk]")
+    _flash.check_float("k", k, 3, "[S, K, Hk]")
+    _flash.check_float("v", v, 3, "[S, K, Hv]")
     if k.shape[:2] != v.shape[:2]:
         raise ValueError(f"v: leading dims must match k's [S, K] (k {k.shape}, v {v.shape})")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"k: head dim {k.shape[-1]} must equal q's {q.shape[-1]}")
-    if q.shape[1] % k.shape[1]:
-        raise ValueError(f"q: query heads {q.shape[1]} must be a multiple of KV heads {k.shape[1]}")
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
+        raise ValueError(f"q: query heads N={q.shape[1]} must be a positive multiple of KV heads K={k.shape[1]}")
     if k.shape[0] < q.shape[0]:
         raise ValueError(f"k: S={k.shape[0]} must be >= T={q.shape[0]} (new tokens are part of the KV)")

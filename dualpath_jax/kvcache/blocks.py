@@ -66,6 +66,8 @@ def _field_arrays(layout: BlockLayout, kv) -> list[np.ndarray]:
     for field, arr in zip(layout.fields, (a, b)):
         if arr.shape[1:] != field.shape:
             raise ValueError(f"kv: field {field.name!r} expects per-token shape {field.shape}, got {arr.shape[1:]}")
+        if field.dtype == KV_DTYPES["fp8"]:  # a saturating cast, as FP8 KV caches write (e4m3fn has no
+            arr = np.clip(arr.astype(np.float32), -_FP8_MAX, _FP8_MAX)  # infinity: the rest would be NaN)
         out.append(arr.astype(field.dtype, copy=False))
     return out
 

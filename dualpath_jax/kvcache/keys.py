@@ -59,6 +59,8 @@ def block_keys(layout: BlockLayout, tokens, *, max_blocks: int | None = None) ->
       ValueError: ``tokens`` is not 1-D integers or holds an id outside ``[0, 2**31)``.
     """
     ids = np.asarray(tokens)
+    if ids.ndim == 1 and ids.size == 0:  # ([] is float64 to numpy) no tokens: no block
+        return []
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"tokens: expected a 1-D integer array, got {ids.dtype}{list(ids.shape)}")
     z = layout.block_tokens

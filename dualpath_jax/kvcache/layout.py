@@ -211,7 +211,8 @@ def layout_for(spec: ModelSpec, kv_dtype: str = "f32", *, block_tokens: int = BL
       spec: model spec; GQA gives fields ``k, v [K, H]``, MLA ``latent [C], k_rope [R]``.
       kv_dtype: ``"f32" | "bf16" | "fp16" | "fp8"``. For MLA, ``"fp8"`` is FlashMLA's layout
         (fp8 latent + f32 scale per 128 values + bf16 rope key; PAPER.md section 1.2); for GQA
-        it is a plain float8_e4m3fn cast of K and V.
+        it is a float8_e4m3fn cast of K and V that saturates at +-448 (e4m3fn has no infinity;
+        no scale, so values beyond its range are clipped).
       block_tokens: Z.
       namespace: the weights fingerprint (see :class:`BlockLayout`); a layout for a store should
         come from :func:`dualpath_jax.engine.prefill.store_layout`, which sets it.

@@ -37,8 +37,8 @@ def _kv_write_kernel(cached_ref, new_len_ref, bt_ref, new_ref, blocks_ref, out_r
     count = new_len_ref[b]
     logical = start // z + j
     u0 = logical * z - start
-    in_range = jnp.logical_and(logical * z < start + count, logical < table_blocks)
-    bid = bt_ref[jnp.minimum(logical, table_blocks - 1)]
+    in_range = jnp.logical_and(jnp.logical_and(logical * z < start + count, logical < table_blocks), logical >= 0)
+    bid = bt_ref[jnp.clip(logical, 0, table_blocks - 1)]
     ok = jnp.logical_and(jnp.logical_and(count > 0, in_range), jnp.logical_and(bid >= 0, bid < num_blocks))
 
     @pl.when(ok)
@@ -65,9 +65,9 @@ def kv_write_pallas(blocks, new, block_table, cached_len, new_len, *, num_warps:
     """
     num_blocks, z = blocks.shape[:2]
     bsz, t = new.shape[:2]
-    if t == 0:
-        return blocks
     width = math.prod(blocks.shape[2:])
+    if 0 in (t, bsz, width, num_blocks, z, block_table.shape[1]):  # nothing to write (the reference's result)
+        return blocks
     flat_blocks = blocks.reshape(num_blocks, z, width)
     touched = -(-(t + z - 1) // z)
     padded = (touched + 1) * z

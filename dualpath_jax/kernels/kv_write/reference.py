@@ -19,7 +19,8 @@ def kv_write_reference(blocks, new, block_table, cached_len, new_len) -> jax.Arr
     pos = cached_len[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
     logical = pos // z
     bid = jnp.take_along_axis(block_table, jnp.clip(logical, 0, p - 1), axis=1)
-    valid = (jnp.arange(t)[None, :] < new_len[:, None]) & (logical < p) & (bid >= 0) & (bid < num_blocks)
+    valid = ((jnp.arange(t)[None, :] < new_len[:, None]) & (logical >= 0) & (logical < p) & (bid >= 0)
+             & (bid < num_blocks))
     bid = jnp.where(valid, bid, num_blocks)
     rows = new.reshape(b * t, *new.shape[2:])
     return blocks.at[bid.reshape(-1), (pos % z).reshape(-1)].set(rows, mode="drop")
