@@ -1,6 +1,7 @@
 """Paper Table 3: scale-out of DualPath on DS 660B (DeepSeek-V3.2), MAL 64K. Offline: 2P4D with
 2K agents vs 48P96D with 48K agents (JCT); online: 2P4D at 0.4 APS vs 44P88D at 8.8 APS (mean
-TTFT, TTST, TPOT; 1024 and 22528 agents per run, the same arrival window at both scales).
+TTFT, TTST, TPOT; 1024 and 22528 agents per run, the same arrival window at both scales, measured
+over its second half).
 
 Command:
     python experiments/run_sim.py --config=configs/sim_table3.py --workdir=workdir/sim_table3
@@ -33,14 +34,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.variants = ("dualpath",)
     config.offline_cases = (("2P4D", 2048), ("48P96D", 49152))
     config.online_cases = (("2P4D", 0.4, 1024), ("44P88D", 8.8, 22528))
+    # online latencies over the requests issued in the second half of the arrival window (agents / APS
+    # seconds): the cluster under load, not its ramp-up from empty
+    config.online_warmup_fraction = 0.5
     config.workload = workload_config_dict(exclude=("num_agents",), mal="64K")
-    config.sim = sim_config_dict(model="deepseek-v3.2")
+    # EP groups of the small cluster's size at both scales: the large cluster is that instance
+    # replicated (24 x 2P4D), so both hold the same weights per GPU and step groups of the same size
+    config.sim = sim_config_dict(model="deepseek-v3.2", pe_ep_nodes=2, de_ep_nodes=4)
     if arg == "quick":
         config.offline_cases = (("2P4D", 512), ("8P16D", 2048))
         config.online_cases = (("2P4D", 0.4, 128), ("8P16D", 1.6, 512))
     elif arg == "tiny":
         config.seeds = 1
         config.sim.model = "ds-27b"
+        config.sim.pe_ep_nodes, config.sim.de_ep_nodes = 1, 1
         config.offline_cases = (("1P1D", 8), ("2P2D", 16))
         config.online_cases = (("1P1D", 0.5, 8), ("2P2D", 1.0, 16))
         config.workload.update({"mal": "32K", "token_divisor": 8})

@@ -399,7 +399,7 @@ def test_de_group_steps_at_its_slowest_members_pace():
 
         def _de_reschedule(self, u):
             unit = self.de_units[u]
-            assert len(unit.engines) == 8
+            assert len(unit.engines) == 32  # DS-V3.2 2P4D: one EP group of all 4 DE nodes
             m = self.de_model
             seqs = {e: [ctx for _, _, de, ctx in unit.heap if de == e] for e in unit.engines}
             assert unit.step_s == pytest.approx(max(
@@ -409,11 +409,41 @@ def test_de_group_steps_at_its_slowest_members_pace():
 
     rng = np.random.default_rng(3)
     agents = [agent(rng.integers(100, 900, 4), rng.integers(2, 300, 4), arrival=float(i) * 0.002) for i in range(40)]
-    cfg = SimConfig(loading="dual", prefill="layerwise", policy="dualpath")  # DS-V3.2: EP groups of 8
+    cfg = SimConfig(loading="dual", prefill="layerwise", policy="dualpath")  # DS-V3.2: MoE, EP groups
     assert cfg.uses_ep_sync
     res = Checked(cfg, agents).run()
     assert not np.isnan(res.requests["finish_s"]).any() and Checked.checks >= 2 * 40 * 4
     assert len(set(res.requests["de"].tolist())) > 1  # several members were loaded
+
+
+def test_ep_groups_hold_the_experts_and_step_together():
+    """An EP group's GPUs share the routed experts (the weights per GPU) and step together as one
+    unit; by default one group per role; the scheduler's groups stay one per node."""
+    from dualpath_jax.sim.compute import weight_bytes_per_gpu
+    agents = [agent([100], [3])]
+    whole = Simulator(SimConfig(), agents)  # 2P4D of 8 GPUs
+    assert [u.engines for u in whole.pe_units] == [list(range(16))]
+    assert [u.engines for u in whole.de_units] == [list(range(16, 48))]
+    split = Simulator(SimConfig(prefill_nodes=4, pe_ep_nodes=2, de_ep_nodes=2), agents)  # 4P4D
+    assert [u.engines for u in split.pe_units] == [list(range(16)), list(range(16, 32))]
+    assert [u.engines for u in split.de_units] == [list(range(32, 48)), list(range(48, 64))]
+    spec = whole.cfg.spec
+    moe_layers = sum(spec.is_moe_layer(l) for l in range(spec.n_layers))
+    routed = moe_layers * spec.n_routed_experts * 3 * spec.d_model * spec.moe_d_ff  # FP8: 1 byte each
+    for sim, pe_gpus, de_gpus in ((whole, 16, 32), (split, 16, 16)):
+        assert sim.pe_model.weight_bytes_per_gpu == weight_bytes_per_gpu(spec, pe_gpus, "fp8")
+        assert sim.de_model.weight_bytes_per_gpu == weight_bytes_per_gpu(spec, de_gpus, "fp8")
+    assert split.de_model.weight_bytes_per_gpu - whole.de_model.weight_bytes_per_gpu == pytest.approx(
+        routed / 16 - routed / 32, rel=1e-12)
+    assert [len(g) for g in whole.topology.pe_groups.values()] == [8, 8]  # the scheduler's groups: nodes
+    assert [len(g) for g in split.topology.de_groups.values()] == [8, 8, 8, 8]
+    with pytest.raises(ConfigError, match=r"sim.pe_ep_nodes: .* with EP over 8 GPUs\) .*add nodes to an EP group "
+                                          r"\(sim.pe_ep_nodes\)"):
+        Simulator(SimConfig(pe_ep_nodes=1), agents)  # DS-V3.2's experts do not fit 8 GPUs
+    with pytest.raises(ConfigError, match="sim.de_ep_nodes: 3 nodes per EP group must divide the role's 4 nodes"):
+        SimConfig(de_ep_nodes=3)
+    with pytest.raises(ConfigError, match="sim.pe_ep_nodes"):
+        SimConfig(pe_ep_nodes=0)
 
 
 def test_de_join_stalls_the_units_decode():

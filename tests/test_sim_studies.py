@@ -21,7 +21,7 @@ from dualpath_jax.sim import analysis
 from dualpath_jax.sim.config import SimConfig, sim_config_dict
 from dualpath_jax.sim.hardware import HardwareConfig
 from dualpath_jax.studies import STUDIES, STUDY_CONFIGS, from_config_dict, run_study
-from dualpath_jax.studies.common import OnlineWindow, WorkloadSpec, parse_cluster, sim_config
+from dualpath_jax.studies.common import OnlineWindow, WorkloadSpec, parse_cluster, sim_config, with_cluster
 from dualpath_jax.studies.config import check_sim_overrides, per_run_sim_fields
 from dualpath_jax.studies.report import build_report
 from dualpath_jax.studies.runs import TTFT_COMPONENTS, offline_run, online_run
@@ -208,6 +208,27 @@ def test_overrides_a_study_would_overwrite_in_each_run_are_rejected():
     # fields no run sets pass, and so does the cluster of a study without cluster rows
     check_sim_overrides(fig7, ["sim.beta_s", "sim.hardware.snic_bytes_per_s", "variants"])
     check_sim_overrides(ablation, ["sim.prefill_nodes"])
+
+
+def test_table3_online_cases_are_measured_after_their_ramp_up(tmp_path):
+    """Table 3's online latencies are those of the loaded cluster: requests issued in the first
+    online_warmup_fraction of a case's arrival window (agents / APS) are not measured."""
+    from dualpath_jax.studies import RunCache
+    from dualpath_jax.studies.runs import online_run
+    config = load_config("table3")
+    cache = RunCache()
+    named = run_study(from_config_dict(config), tmp_path, log=lambda s: None, cache=cache)
+    study = from_config_dict(config)
+    assert study.online_warmup_fraction == 0.5
+    for cluster, aps, n in study.online_cases:
+        base = [s for k, s in cache.items() if k[0] == "online" and k[3].num_agents == n][0]
+        sim = with_cluster(study.sim, cluster, "online_cases")
+        whole = online_run(sim, "dualpath", study.workload.replace(num_agents=n), aps, 0, None)
+        late = online_run(sim, "dualpath", study.workload.replace(num_agents=n), aps, 0, None, warmup_s=0.5 * n / aps)
+        assert base.stats["num_requests"] == late.stats["num_requests"] < whole.stats["num_requests"]
+        assert named[f"ttft_s_{cluster}_{aps:g}aps_dualpath"] == pytest.approx(late.stats["ttft_mean_s"], rel=1e-12)
+    with pytest.raises(ConfigError, match="online_warmup_fraction: must be < 1"):
+        from_config_dict({**config.to_dict(), "online_warmup_fraction": 1.0})
 
 
 def test_report_gathers_claims_tables_and_plots(tmp_path):

@@ -55,7 +55,11 @@ class ClusterConfig(SchedKnobs):
       snic_bytes_per_s: each node's storage NIC rate per direction.
       cnic_bytes_per_s: each engine's compute NIC rate per direction.
       buffer_bytes: DRAM buffer of each node (PE buffer / DE buffer); at least one Full Block.
-      pe_hbm_kv_bytes: device memory a PE may fill with the KV of one forward batch.
+      pe_hbm_kv_bytes: device memory a PE may fill with the KV of one forward batch, counted in
+        the store layout's bytes per token (the batch former's budget, ``depth / L`` of it with
+        layer-wise prefill). The forward's device copy is float32 and padded to a power-of-two
+        block count per request, so it may take up to 2x (f32 layout) or 4x (16-bit layout) as
+        much: leave that headroom on an accelerator.
       de_hbm_kv_bytes: device memory of a DE's block pool (prompt and generated KV).
       max_decode_batch: decode rows per DE step (requests beyond wait for a free row).
       timeout_s: deadline of every wait (buffers, links, loader); a request that hits it fails.

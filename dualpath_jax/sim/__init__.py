@@ -33,8 +33,10 @@ Never imports ``engine/`` or ``kernels/``; scheduling decisions come from ``dual
 * **Prefill**: ``layerwise`` overlaps loading with compute (a forward ends at
   ``max(compute, loads + one layer)``) and needs ``depth / L`` of the KV on device; ``full``
   loads all layers first, then computes, and must fit all of the batch's KV in free HBM.
-* **Groups**: with MoE models (EP + DP attention) every forward of a PE group and every decode
-  step of a DE group lasts as long as the slowest member (``ep_sync``).
+* **EP groups**: with MoE models (EP + DP attention) the routed experts are spread over an EP
+  group's GPUs (``pe_ep_nodes`` / ``de_ep_nodes`` nodes; by default all the PEs, all the DEs), and
+  every forward of a PE EP group and every decode step of a DE EP group lasts as long as its
+  slowest member (``ep_sync``). The scheduler's groups are nodes.
 * **Decode** needs no event per token: a DE unit (:mod:`.units`) advances a continuous step
   counter at the rate of its current step time; only joins and completions are events.
 """

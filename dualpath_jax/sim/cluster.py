@@ -65,10 +65,11 @@ class Simulator:
         self.g = hw.gpus_per_node
         self.kvb = float(cost.stored_kv_bytes_per_token(spec, cfg.kv_dtype))  # KV + DSA indexer keys
         n_pe, n_de = cfg.prefill_nodes * self.g, cfg.decode_nodes * self.g
+        ep_pe, ep_de = cfg.ep_gpus("pe"), cfg.ep_gpus("de")  # an EP group's GPUs hold the routed experts
         if cfg.compute is not None:
             self.pe_model = self.de_model = cfg.compute
         else:  # PEs and DEs differ only in how many GPUs the routed experts are spread over
-            self.pe_model, self.de_model = calibrate_config(cfg, n_pe), calibrate_config(cfg, n_de)
+            self.pe_model, self.de_model = calibrate_config(cfg, ep_pe), calibrate_config(cfg, ep_de)
         self.pe_free_hbm, self.de_hbm, self.pe_max_kv_tokens = kv_memory(cfg, self.pe_model, self.de_model, self.kvb)
         self.agents = list(agents)
         if not self.agents:  # a run of nothing would end at 0 s, a JCT that looks like a result
@@ -96,9 +97,11 @@ class Simulator:
                                                       beta_tokens=beta, z_factor=cfg.z_factor,
                                                       compute_quota_s=cfg.compute_quota_s), pe_groups, de_groups)
         self.alpha_tokens, self.beta_tokens = alpha, beta
-        sync = cfg.uses_ep_sync
-        self.pe_units = [Unit(v) for v in pe_groups.values()] if sync else [Unit([e]) for e in self.pe_ids]
-        self.de_units = [Unit(v) for v in de_groups.values()] if sync else [Unit([e]) for e in self.de_ids]
+        sync = cfg.uses_ep_sync  # an EP group's engines (consecutive ones) step together
+        self.pe_units = [Unit(self.pe_ids[i:i + ep_pe]) for i in range(0, n_pe, ep_pe)] if sync else \
+            [Unit([e]) for e in self.pe_ids]
+        self.de_units = [Unit(self.de_ids[i:i + ep_de]) for i in range(0, n_de, ep_de)] if sync else \
+            [Unit([e]) for e in self.de_ids]
         self.pe_busy_s = [0.0] * len(self.pe_units)
         self.pe_forwards = [0] * len(self.pe_units)
         self.pe_batch_requests = [0] * len(self.pe_units)

@@ -45,7 +45,13 @@ class SimConfig(SchedKnobs):
         ...) raises a ConfigError naming ``quantization_config`` unless this field is set. A preset's
         is ``model.spec.default_weight_dtype`` (FP8 for the DeepSeek presets, BF16 for Qwen2.5).
       activation_reserve_bytes: HBM a PE keeps for activations.
-      ep_sync: DP-attention groups wait for their slowest member (default: MoE models).
+      ep_sync: the engines of an EP group (DP attention, expert-parallel MoE) run each forward
+        and decode step together, as long as their slowest member's (default: MoE models).
+      pe_ep_nodes, de_ep_nodes: nodes per EP group of PEs / of DEs (None, the default: all the
+        nodes of the role, one group). An EP group's GPUs hold the routed experts between them
+        (the weights per GPU) and, with ``ep_sync``, step together; each must divide
+        ``prefill_nodes`` / ``decode_nodes``. PAPER.md 6.1 gives no EP degree. The scheduler's
+        groups are nodes either way (PAPER.md 5.1).
       prefill_layer_overhead_s: fixed seconds per layer of every forward (an assumption, ``sim.compute``).
       eff_memory: share of the HBM bandwidth decode reads reach (FlashMLA's decode kernel: 0.9, ``sim.compute``).
       attention_efficiency: share of the BF16 (FP8 for the DSA indexer) peak the attention kernels
@@ -68,6 +74,8 @@ class SimConfig(SchedKnobs):
     weight_dtype: str | None = None
     activation_reserve_bytes: float = 4e9
     ep_sync: bool | None = None
+    pe_ep_nodes: int | None = None
+    de_ep_nodes: int | None = None
     prefill_layer_overhead_s: float = 0.5e-3
     eff_memory: float = 0.9  # FlashMLA decode: 3,000 of 3,350 GB/s on an H800 (sim.compute)
     attention_efficiency: float = ATTENTION_EFFICIENCY
@@ -89,6 +97,12 @@ class SimConfig(SchedKnobs):
             object.__setattr__(self, "weight_dtype", hf_weight_dtype(self.model) or default_weight_dtype(spec))
         check_positive("sim.prefill_nodes", self.prefill_nodes, integer=True)
         check_positive("sim.decode_nodes", self.decode_nodes, integer=True)
+        for f, nodes in (("pe_ep_nodes", self.prefill_nodes), ("de_ep_nodes", self.decode_nodes)):
+            if getattr(self, f) is not None:
+                check_positive(f"sim.{f}", getattr(self, f), integer=True)
+                if nodes % getattr(self, f):
+                    raise ConfigError(f"sim.{f}", f"{getattr(self, f)} nodes per EP group must divide the role's "
+                                      f"{nodes} nodes")
         check_in("sim.kv_dtype", self.kv_dtype, tuple(cost.DTYPE_BYTES))
         check_in("sim.weight_dtype", self.weight_dtype, tuple(cost.DTYPE_BYTES))
         check_positive("sim.block_tokens", self.block_tokens, integer=True)
@@ -107,6 +121,12 @@ class SimConfig(SchedKnobs):
             raise ConfigError("sim.hardware", f"must be a HardwareConfig (got {type(self.hardware).__name__})")
         if self.compute is None:  # the public calibration needs the peak: fail now, naming the field
             catalog.compute_peak(self.hardware, self.compute_dtype, dtype_field="sim.weight_dtype")
+
+    def ep_gpus(self, role: str) -> int:
+        """GPUs per EP group of ``role`` (``"pe"`` or ``"de"``): ``pe_ep_nodes`` / ``de_ep_nodes``
+        nodes (default all of the role's) of ``hardware.gpus_per_node``."""
+        nodes = (self.pe_ep_nodes or self.prefill_nodes) if role == "pe" else (self.de_ep_nodes or self.decode_nodes)
+        return int(nodes) * self.hardware.gpus_per_node
 
     @property
     def spec(self) -> ModelSpec:
@@ -148,9 +168,9 @@ def sim_config_dict(**fields) -> ml_collections.ConfigDict:
     Because every field is present, the command line can override any of them
     (``--config.sim.beta_s=1``, ``--config.sim.hardware.snic_bytes_per_s=25e9``); ml_collections
     only overrides keys that exist. ``compute`` (a fitted :class:`ComputeModel`) is left out: it is
-    set from Python. ``ep_sync``, ``kv_dtype``, ``weight_dtype`` (default: from the model) and
-    ``hardware.peak_flops`` (default: from the catalog for the model's compute dtype) are
-    placeholders (None) of their types.
+    set from Python. ``ep_sync``, ``pe_ep_nodes``, ``de_ep_nodes`` (default: all of the role's
+    nodes), ``kv_dtype``, ``weight_dtype`` (default: from the model) and ``hardware.peak_flops``
+    (default: from the catalog for the model's compute dtype) are placeholders (None) of their types.
 
     Raises:
       ConfigError: naming ``sim.<field>`` or ``sim.hardware.<field>`` for an unknown field.
@@ -158,6 +178,8 @@ def sim_config_dict(**fields) -> ml_collections.ConfigDict:
     sim = to_dict(SimConfig())  # every field at its default, hardware as a nested dict
     del sim["compute"]
     sim["ep_sync"] = config_dict.placeholder(bool)
+    sim["pe_ep_nodes"] = config_dict.placeholder(int)
+    sim["de_ep_nodes"] = config_dict.placeholder(int)
     sim["kv_dtype"] = config_dict.placeholder(str)
     sim["weight_dtype"] = config_dict.placeholder(str)
     sim["hardware"]["peak_flops"] = config_dict.placeholder(float)

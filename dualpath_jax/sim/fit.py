@@ -42,17 +42,18 @@ def kv_memory(cfg: SimConfig, pe_model, de_model, kvb: float) -> tuple[float, fl
     # more GPUs share a MoE model's routed experts (EP); a dense model's weights are whole on each GPU
     dense = not cfg.spec.n_routed_experts
     hbm_field = "sim.hardware.hbm_bytes" if dense or hw.hbm_bytes < HardwareConfig().hbm_bytes else None
-    g = hw.gpus_per_node
     if pe_free_hbm <= 0 < usable - pe_model.weight_bytes_per_gpu:  # the weights fit: the reserve does not
         raise ConfigError("sim.activation_reserve_bytes", f"{cfg.activation_reserve_bytes:,.0f} B leave no HBM for "
                           f"KV on PEs: {usable - pe_model.weight_bytes_per_gpu:,.0f} B of usable HBM are left after "
                           f"the weights ({pe_model.weight_bytes_per_gpu / 1e9:.1f} GB/GPU)")
     if pe_free_hbm <= 0:
-        raise ConfigError(hbm_field or "sim.prefill_nodes",
-                          no_hbm_left(cfg.model, pe_model, cfg.prefill_nodes * g, "PE", hw, dense=dense))
+        raise ConfigError(hbm_field or ("sim.pe_ep_nodes" if cfg.pe_ep_nodes else "sim.prefill_nodes"),
+                          no_hbm_left(cfg.model, pe_model, cfg.ep_gpus("pe"), "PE", hw, dense=dense,
+                                      ep_field="sim.pe_ep_nodes" if cfg.pe_ep_nodes else None))
     if de_hbm <= 0:
-        raise ConfigError(hbm_field or "sim.decode_nodes",
-                          no_hbm_left(cfg.model, de_model, cfg.decode_nodes * g, "DE", hw, dense=dense))
+        raise ConfigError(hbm_field or ("sim.de_ep_nodes" if cfg.de_ep_nodes else "sim.decode_nodes"),
+                          no_hbm_left(cfg.model, de_model, cfg.ep_gpus("de"), "DE", hw, dense=dense,
+                                      ep_field="sim.de_ep_nodes" if cfg.de_ep_nodes else None))
     # layer-wise: the layers in flight (at most all of them: a model shallower than the depth holds all)
     layers_on_device = (min(cfg.layerwise_depth, cfg.spec.n_layers) / cfg.spec.n_layers
                         if cfg.prefill == "layerwise" else 1.0)
@@ -101,14 +102,16 @@ def check_requests_fit(cfg: SimConfig, flat: FlatRounds, *, kvb: float, de_hbm: 
                               f"DE buffer holds a request's whole prompt KV until the DE copies it to HBM)")
 
 
-def no_hbm_left(model: str, compute, engines: int, kind: str, hw: HardwareConfig, *, dense: bool = False) -> str:
+def no_hbm_left(model: str, compute, engines: int, kind: str, hw: HardwareConfig, *, dense: bool = False,
+                ep_field: str | None = None) -> str:
     """Why ``kind`` engines (``"PE"`` / ``"DE"``) have no HBM left for KV after their weights
-    (``dense``: a model without routed experts, whose weights more GPUs do not share)."""
-    nodes = "prefill" if kind == "PE" else "decode"
+    (``dense``: a model without routed experts, whose weights more GPUs do not share; ``ep_field``:
+    the config field that sets their EP group's size, when set)."""
+    nodes = f"nodes to an EP group ({ep_field})" if ep_field else ("prefill" if kind == "PE" else "decode") + " nodes"
     if dense:
         return (f"{model} weights ({compute.weight_bytes_per_gpu / 1e9:.1f} GB/GPU: a dense model's, whole on every "
                 f"GPU) leave no HBM for KV on {kind}s ({hw.hbm_bytes / 1e9:.0f} GB each); raise "
                 f"sim.hardware.hbm_bytes or store the weights in fewer bytes (sim.weight_dtype)")
     return (f"{model} weights ({compute.weight_bytes_per_gpu / 1e9:.1f} GB/GPU with EP over {engines} GPUs) leave no "
-            f"HBM for KV on {kind}s ({hw.hbm_bytes / 1e9:.0f} GB each); add {nodes} nodes (more GPUs share the "
+            f"HBM for KV on {kind}s ({hw.hbm_bytes / 1e9:.0f} GB each); add {nodes} (more GPUs share the "
             f"routed experts) or raise sim.hardware.hbm_bytes")

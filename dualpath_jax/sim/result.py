@@ -39,7 +39,7 @@ class SimResult:
     """JCT: the last request's finish (virtual seconds). A whole run finishes every request or raises;
     one stopped by ``max_events`` gives the last finish so far (the stop time if none finished)."""
     units: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    """Per PE unit (a group with ``ep_sync``, else an engine): ``pe_busy_s`` (seconds in forwards),
+    """Per PE unit (an EP group with ``ep_sync``, else an engine): ``pe_busy_s`` (seconds in forwards),
     ``pe_forwards`` and ``pe_batch_requests`` (request chunks over its forwards)."""
     attention_s: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2)))
     """Per PE-group forward ``f64[F, 2]``: (max, mean) attention seconds across the group's engines;

@@ -1,4 +1,4 @@
-"""The simulator's synchronisation units: a PE or DE group under ``ep_sync``, else one engine.
+"""The simulator's synchronisation units: a PE or DE EP group under ``ep_sync``, else one engine.
 
 A DE unit advances a continuous decode-step counter at the rate of its current step time (the
 slowest member's, PAPER.md 2.1: with EP every member waits for the slowest), so a decode needs no

@@ -243,8 +243,8 @@ def utilization(res, cfg: SimConfig) -> dict[str, float]:
     kvb = float(cost.stored_kv_bytes_per_token(cfg.spec, cfg.kv_dtype))
     if cfg.compute is not None:
         pe_model = de_model = cfg.compute
-    else:
-        pe_model, de_model = calibrate_config(cfg, n_pe), calibrate_config(cfg, n_de)
+    else:  # as the simulator does: the routed experts spread over an EP group's GPUs
+        pe_model, de_model = calibrate_config(cfg, cfg.ep_gpus("pe")), calibrate_config(cfg, cfg.ep_gpus("de"))
     de_hbm = kv_memory(cfg, pe_model, de_model, kvb)[1]
     r = res.requests
     de = np.asarray(r["de"], np.int64)

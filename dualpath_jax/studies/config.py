@@ -347,6 +347,9 @@ class Table3StudyConfig(StudyConfig):
     Attributes:
       offline_cases: ``(cluster, agents)`` offline runs.
       online_cases: ``(cluster, aps, agents)`` online runs.
+      online_warmup_fraction: share of an online case's arrival window (``agents / aps`` seconds)
+        whose requests are not measured, so that its latencies are those of the loaded cluster
+        (as the online study's warm-up does), not of the ramp-up from an empty one; in [0, 1).
       arrival_seed: seed of the Poisson arrivals (seed r of ``seeds`` uses ``arrival_seed + r``).
       workload: the rest of the workload.
     """
@@ -355,6 +358,7 @@ class Table3StudyConfig(StudyConfig):
     variants: tuple[str, ...] = ("dualpath",)
     offline_cases: tuple[tuple[str, int], ...] = (("2P4D", 2048), ("48P96D", 49152))
     online_cases: tuple[tuple[str, float, int], ...] = (("2P4D", 0.4, 1024), ("44P88D", 8.8, 22528))
+    online_warmup_fraction: float = 0.5
     arrival_seed: int = 0
     workload: WorkloadSpec = WorkloadSpec()
 
@@ -376,6 +380,10 @@ class Table3StudyConfig(StudyConfig):
             online.append((str(case[0]), float(case[1]), int(case[2])))
         object.__setattr__(self, "offline_cases", tuple(offline))
         object.__setattr__(self, "online_cases", tuple(online))
+        check_non_negative("online_warmup_fraction", self.online_warmup_fraction)
+        if not self.online_warmup_fraction < 1.0:
+            raise ConfigError("online_warmup_fraction", f"must be < 1: a share of the arrival window "
+                              f"(got {self.online_warmup_fraction})")
         check_non_negative("arrival_seed", self.arrival_seed, integer=True)
 
 

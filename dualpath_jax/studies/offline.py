@@ -342,7 +342,7 @@ def _balance_summary(spec: tuple) -> dict:
     attn = np.asarray(res.attention_ratio, np.float64)
     n_head = max(1, int(np.ceil(len(attn) * float(head_fraction))))
     head = attn[:n_head] if attn.size else attn
-    pe_forwards = int(res.units["pe_forwards"].sum())  # of PE units (groups with ep_sync, else engines)
+    pe_forwards = int(res.units["pe_forwards"].sum())  # of PE units (EP groups with ep_sync, else engines)
     chunks = float(res.units["pe_batch_requests"].sum())  # whole requests and chunked-prefill pieces
     finite = snic[np.isfinite(snic)]
     # the loaded phase: windows that end before half the agents have finished their trajectories;

@@ -361,7 +361,8 @@ def table3(config: Table3StudyConfig, workdir: Path, log: Log = print, *, cache:
     ``+ r``, :mod:`.seeds`). Writes ``table3.json`` (``rows``: means and ``_ci95``; ``runs``: every
     seed's), ``table3.md/.csv``, ``table3.png`` (95% error bars); returns, as means over seeds with
     ``_ci95`` / ``_lo`` / ``_hi``, the JCT per offline case, the large / small JCT ratio (within
-    each seed) and TTFT / TTST / TPOT per online case."""
+    each seed) and TTFT / TTST / TPOT per online case, over the requests issued after
+    ``config.online_warmup_fraction`` of the case's arrival window."""
     workdir = Path(workdir)
     cache = RunCache() if cache is None else cache
     seeds = int(config.seeds)
@@ -381,8 +382,10 @@ def table3(config: Table3StudyConfig, workdir: Path, log: Log = print, *, cache:
                          "tpot_ms": s["tpot_s"] * 1e3, "wall_s": s["wall_s"]})
     okeys = [(cluster, float(aps), int(n), v, r) for r in range(seeds) for cluster, aps, n in config.online_cases
              for v in config.variants]
+    warmup = float(config.online_warmup_fraction)  # of each case's arrival window, n / aps seconds
     online = online_runs([(with_cluster(config.sim, c, "online_cases"), v, wls[r].replace(num_agents=n), aps, arr[r],
-                           0.0) for c, aps, n, v, r in okeys], log, scheduler_cls=config.scheduler, cache=cache)
+                           warmup * n / aps) for c, aps, n, v, r in okeys], log, scheduler_cls=config.scheduler,
+                         cache=cache)
     for (cluster, aps, n, v, r), run in zip(okeys, online):
         base = with_cluster(config.sim, cluster, "online_cases")
         gpus = (base.prefill_nodes + base.decode_nodes) * base.hardware.gpus_per_node

@@ -168,7 +168,7 @@ def calibration_markdown() -> str:
     for model, p, dtypes in (("ds-27b", 1, {}), ("deepseek-v3.2", 2, {}),
                              ("qwen2.5-32b", 1, {"kv_dtype": "fp16", "weight_dtype": "fp8"})):
         cfg = SimConfig(model=model, prefill_nodes=p, **dtypes)
-        m = calibrate_config(cfg, p * hw.gpus_per_node)
+        m = calibrate_config(cfg, cfg.ep_gpus("pe"))
         row = {"model": model, "kv_dtype": cfg.kv_dtype, "weight_dtype": cfg.weight_dtype,
                "stored_kv_bytes_per_token": cost.stored_kv_bytes_per_token(cfg.spec, cfg.kv_dtype)}
         row.update({f.name: getattr(m, f.name) for f in dataclasses.fields(m)})
