@@ -26,7 +26,8 @@ Emulated hardware, 1P2D: one PE node and two DE nodes of one engine each (one JA
 engine), 256 MiB DRAM buffer per node. Link rates are calibrated to the host (``calibrate``):
 before every repeat (``each_repeat``; False: once, before the first), Oracle (no KV I/O) runs
 ``passes`` = 3 times and the SNIC rate is set so that reading all hit KV through one SNIC takes
-``load_over_oracle`` = 2.5 x the median Oracle JCT (about 6-9 MB/s per direction on a 2-core CPU);
+``load_over_oracle`` = 2.5 x the median Oracle JCT (on a 2-core CPU about 17-18 MB/s per direction for
+the default workload, 9-11 MB/s for ``:quick``; the host's speed sets it);
 CNIC = 8 x SNIC per engine (the paper's 8 GPUs with one CNIC each share one SNIC per node). The PE
 node's SNIC thus feeds only 1/2.5 of its compute, while the three SNICs together can feed it all:
 the storage-bound regime of PAPER.md 1.2/2.6 (``load_over_compute`` in the output: hit KV read

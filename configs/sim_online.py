@@ -5,9 +5,9 @@ system, on DS 27B (1P1D) and DS 660B (2P4D), MAL 64K.
 
 Each run is an open system observed for ``horizon_s`` seconds of arrivals (``ceil(APS x
 horizon_s)`` agents, at most ``max_agents_per_run``); latency is measured over the requests
-issued between ``warmup_s`` (about one trajectory lifetime: a DS 660B trajectory of 157 rounds x
-176 tokens at ~49 ms per token lasts ~1,400 s, a DS 27B one ~500 s) and the last arrival, so that
-the cluster is in its loaded state; above capacity the backlog keeps growing and the search
+issued between ``warmup_s`` (at least one trajectory lifetime: a DS 660B trajectory of MAL 64K,
+157 rounds of about 176 generated tokens at a TPOT of 25-35 ms, lasts 700-1,000 s, and the
+warm-up is 1,500 s) and the last arrival, so that the cluster is in its loaded state; above capacity the backlog keeps growing and the search
 brackets the capacity. Each model row sets its own horizon and warm-up. With ``horizon_s = 0`` a
 run replays ``workload.num_agents`` agents instead (a bounded batch, whose latency saturates at
 the offline batch's: see ``dualpath_jax.studies.online``).

@@ -1,6 +1,6 @@
 """Simulator speed: wall time and simulated events per second at the paper's scales.
 
-    python experiments/bench_sim.py --workdir=workdir/bench_sim            # 2P4D + 48P96D (~8 min a build)
+    python experiments/bench_sim.py --workdir=workdir/bench_sim            # 2P4D + 48P96D (~10 min a build)
     python experiments/bench_sim.py --workdir=/tmp/bs --skip_large         # 2P4D only (~30 s a build)
 
 Cases (DeepSeek-V3.2, MAL 64K, offline, DualPath variant), with targets for the default

@@ -435,3 +435,23 @@ def test_a_copy_over_no_link_fails_as_a_transfer_does():
             fabric.carry(fabric.pe_h2d(0), nbytes, copy)
         assert isinstance(err.value.__cause__, RuntimeError)
         assert fabric.carry(fabric.pe_h2d(0), nbytes, lambda: 7) == 7
+
+
+def test_a_timeout_on_a_later_hop_of_a_path_stays_a_timeout():
+    """A path's hops are taken in order; a later hop that is not free in time fails the move with
+    that hop's timeout (not as an error of the copy on the first hop), so callers can tell a busy
+    link from a failed copy (LoaderError.timed_out, the TIMEOUT cause of a lost hit)."""
+    from dualpath_jax.engine.network import Fabric, TransferFailed
+    fabric = Fabric(ClusterConfig(**{**FAST, "timeout_s": 0.3}))
+    busy, go = threading.Event(), threading.Event()
+    holder = threading.Thread(target=lambda: fabric.carry(fabric.de_to_pe(1, 0), 1000,
+                                                           lambda: (busy.set(), go.wait(30))))
+    holder.start()  # pe0's CNIC in is busy with a DE-side load
+    busy.wait(30)
+    try:
+        with pytest.raises(TransferFailed) as err:
+            fabric.carry(fabric.pe_h2d(0), 1000, tag="layer0")  # PE CNIC out (free), then its CNIC in (busy)
+    finally:
+        go.set()
+        holder.join(30)
+    assert err.value.link == "cnic_in/pe0" and err.value.cause.startswith("timeout")

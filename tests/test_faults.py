@@ -341,3 +341,36 @@ def test_soak_script_one_replay(tmp_path):
     assert named["replays"] == 1 and named["requests"] == 32
     assert named["faults_injected"] > 0
     assert (named["wrong_tokens"], named["lost_requests"], named["leaked_bytes"]) == (0, 0, 0)
+
+
+def test_a_request_failed_while_its_de_assembles_it_is_no_worker_error(model, clean, monkeypatch):
+    """The controller's failure of a request drops its hand-off pieces (release_buffers) while the
+    DE may be assembling them: the DE works on what it took (or stops), and no bogus worker
+    error (an IndexError) is reported; the round runs again."""
+    import builtins
+    state, fired = threading.local(), threading.Event()
+    real_assemble = de_module.DecodeWorker._assemble
+
+    def assemble(self, req):
+        state.req, state.ctx = req, self.ctx
+        try:
+            return real_assemble(self, req)
+        finally:
+            state.req = None
+
+    def hooked_list(x=(), *a):  # the first copy of a layer's pieces: fail the request, wait for its release
+        out = builtins.list(x, *a)
+        req = getattr(state, "req", None)
+        if req is not None and not fired.is_set():
+            fired.set()
+            state.ctx.on_failed(req, "injected: failed elsewhere while the DE assembled", True)
+            while not (req.error and req.segments == []):
+                threading.Event().wait(0.01)
+        return out
+
+    monkeypatch.setattr(de_module.DecodeWorker, "_assemble", assemble)
+    monkeypatch.setattr(de_module, "list", hooked_list, raising=False)
+    res = _run(model, ClusterConfig(**FAST).for_variant("dualpath"))
+    assert fired.is_set() and res.worker_errors == []
+    _assert_all_correct(model, res, clean)
+    assert [r.error for r in res.failed_attempts] == ["injected: failed elsewhere while the DE assembled"]

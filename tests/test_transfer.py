@@ -379,6 +379,57 @@ def test_a_copy_error_that_escapes_the_link_or_a_dead_loader_thread_reaches_get_
     assert timeout.timed_out and not LoaderError(3, "closed").timed_out
 
 
+def test_close_does_not_wait_out_a_link_timeout():
+    """A forward whose layer failed closes its loader at once: the loader thread still queued on a
+    busy link ends on its own (the link's timeout) and starts no other layer."""
+    link = Link(LinkConfig("cnic_out/pe0", Medium.PE_BUFFER, Medium.PE_HBM))
+    busy, go = threading.Event(), threading.Event()
+    holder = threading.Thread(target=lambda: link.transfer(1, lambda: (busy.set(), go.wait(60))))
+    holder.start()
+    busy.wait(30)
+    loader = LayerwiseLoader(4, lambda l: np.zeros((8, 8), np.float32), link, depth=2, timeout_s=60).start()
+    _wait_until(lambda: link.in_flight == 2, "the loader to queue on the link")
+    loader.close()
+    assert loader._thread.is_alive()  # still in the link's queue: close() did not wait for it
+    go.set()
+    holder.join(30)
+    loader._thread.join(30)
+    assert not loader._thread.is_alive() and loader.held_device_bytes == 0
+    assert [r.tag for r in link.records()] == ["", "layer0"]  # the queued layer went; no other started
+
+
+def test_a_lease_released_while_a_block_is_held_keeps_nothing():
+    """hold() and release() on two threads: whichever runs second sees the other, so a released
+    lease never keeps a block alive (or counts its bytes) after the pool took the bytes back."""
+    pool = BufferPool("de_buffer/node1", 1 << 20)
+    lease = pool.acquire(4096)
+    in_hold, released = threading.Event(), threading.Event()
+
+    class Block(np.ndarray):
+        @property
+        def nbytes(self):  # read inside hold(): let release() run on the other thread meanwhile
+            in_hold.set()
+            released.wait(0.5)  # (with hold under the lease's lock, release waits for it instead)
+            return super().nbytes
+
+    block = np.zeros(4096, np.uint8).view(Block)
+    errors = []
+
+    def hold():
+        try:
+            lease.hold(block)
+        except ValueError as e:
+            errors.append(str(e))
+    t = threading.Thread(target=hold)
+    t.start()
+    in_hold.wait(30)
+    lease.release()
+    released.set()
+    t.join(30)
+    assert lease.arrays == [] and lease.held_bytes == 0 and pool.in_use_bytes == 0
+    assert errors in ([], ["lease on de_buffer/node1: already released"])
+
+
 def test_close_frees_device_arrays():
     host = _host_layers(3)
     loader = LayerwiseLoader(3, lambda l: host[l], depth=3).start()

@@ -32,7 +32,7 @@ import numpy as np
 from dualpath_jax.engine.compute import bucket_blocks, decode_step, get_block, set_blocks
 from dualpath_jax.engine.context import RunContext
 from dualpath_jax.engine.network import TransferFailed
-from dualpath_jax.engine.request import RequestState
+from dualpath_jax.engine.request import RequestFailed, RequestState
 from dualpath_jax.kvcache import chain_key, gather_layer, pack_full_blocks
 from dualpath_jax.model.forward import layer_kv_shapes
 
@@ -179,6 +179,8 @@ class DecodeWorker:
             try:
                 self.ctx.job(self.name)
                 self._join(req)
+            except RequestFailed:
+                continue  # failed elsewhere meanwhile: it released what it held, nothing to report
             except (TransferFailed, ValueError) as e:
                 self.ctx.on_failed(req, f"join on {self.name}: {e}")
             except Exception as e:  # noqa: BLE001 - supervision: fail this request, go on
@@ -246,12 +248,16 @@ class DecodeWorker:
           ValueError: the pieces do not tile ``[0, S)`` exactly (a hand-off bug, never silent).
         """
         layout, s = self.ctx.layout, req.prompt_tokens
-        n_de = min(len(req.de_hit), req.hit_blocks)
+        with req.lock:  # a failure elsewhere drops the pieces (release_buffers): take them or stop
+            if req.error:
+                raise RequestFailed(req.error)
+            segments, de_hit = req.segments, req.de_hit
+        n_de = min(len(de_hit), req.hit_blocks)
         out = []
         for layer in range(self.ctx.spec.n_layers):
-            pieces = list(req.segments[layer])
+            pieces = list(segments[layer])
             if n_de:
-                k, v = gather_layer(layout, req.de_hit[:n_de], layer, dtype=np.float32)
+                k, v = gather_layer(layout, de_hit[:n_de], layer, dtype=np.float32)
                 pieces.append((0, k, v))
             pieces.sort(key=lambda p: p[0])
             pos = 0

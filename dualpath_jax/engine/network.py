@@ -140,6 +140,12 @@ class Fabric:
               tag: str = "", timeout_s: float | None = None) -> Any:
         """Move ``num_bytes`` over every hop of ``path`` at once, running ``fn`` (the real copy).
 
+        The hops are taken in path order, each held while the next is waited for (a move occupies
+        all of them at once; always out-link before in-link, so no wait cycle forms). A move whose
+        far end is busy thus holds its near end meanwhile: e.g. a PE's own layer loads over its CNIC
+        out queue behind a hand-off waiting for a DE's CNIC in (busy with a join). The simulator
+        books all hops together where each has room (``sim.hardware.reserve``), without that wait.
+
         Returns:
           ``fn()``'s value (None without ``fn``).
 
@@ -159,8 +165,17 @@ class Fabric:
 
     def _nest(self, hops: list[Link], num_bytes: int, fn, tag: str, timeout_s: float):
         head, rest = hops[0], hops[1:]
-        inner = (lambda: self._nest(rest, num_bytes, fn, tag, timeout_s)) if rest else fn
-        res = head.transfer(num_bytes, inner, timeout_s=timeout_s, tag=tag)
+        inner_failed: list[TransferFailed] = []
+
+        def inner():  # a later hop's failure is that hop's (a timeout stays a timeout), not a copy error here
+            try:
+                return self._nest(rest, num_bytes, fn, tag, timeout_s)
+            except TransferFailed as e:
+                inner_failed.append(e)
+                raise
+        res = head.transfer(num_bytes, inner if rest else fn, timeout_s=timeout_s, tag=tag)
+        if inner_failed:
+            raise inner_failed[0]
         if not res.ok:
             raise TransferFailed(head.name, f"{res.record.outcome.value}: {res.record.cause}")
         return res.value

@@ -191,8 +191,10 @@ class PrefillWorker:
         unless its DE-side read already reserved it with the hit's (``engine/reader.py``).
 
         Never blocks the PE: a request whose DE buffer is full is left out of this batch (FIFO
-        order among the others is kept) and fails once it has waited ``timeout_s``. Returns
-        whether the request may join a batch now.
+        order among the others is kept) and fails once it has waited ``timeout_s``. Its poll
+        (``try_acquire``) takes space only when nobody waits in the buffer's queue, so while DE-side
+        reads queue for that buffer one after another, the hand-off may wait out ``timeout_s``
+        though its bytes would fit. Returns whether the request may join a batch now.
         """
         ctx, req = self.ctx, item.req
         if not item.first or ctx.fabric.bypass or req.de_send_lease is not None:

@@ -196,7 +196,8 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
                 m[c], m[c + CI_SUFFIX] = float("nan"), float("nan")
     write_seed_table(workdir / "online_curves", curves, seeds=seeds, title=f"Online serving vs APS ({wl.label}; "
                      "horizon and warm-up per model in config.json; simulated; seeds: the seeds that ran the rate)")
-    window = f", also over every {slo.window_s:g} s window of issue times" if slo.window_s else ""
+    window = (f", also over every sliding window of issue times of min({slo.window_s:g} s, a quarter of the measured "
+              f"span)" if slo.window_s else "")
     write_seed_table(workdir / "online_max_aps", max_rows, seeds=seeds, title=f"Max APS under SLO (mean TTFT <= "
                      f"{slo.ttft_s:g} s{window}, mean TPOT <= {slo.tpot_s * 1e3:g} ms; simulated; bracketed: in "
                      f"every seed, else max_aps is a lower bound; gain and ratio within each seed, nan unless both "

@@ -72,14 +72,15 @@ class Lease:
         Raises:
           ValueError: the lease would exceed its reservation, or it was released.
         """
-        if self._released:
-            raise ValueError(f"lease on {self.pool.name}: already released")
         nbytes = int(array.nbytes)
-        if self._held + nbytes > self.num_bytes:
-            raise ValueError(f"lease on {self.pool.name}: holding {self._held + nbytes} B exceeds the "
-                             f"reserved {self.num_bytes} B")
-        self._arrays.append(array)
-        self._held += nbytes
+        with self._lock:  # against a release on another thread: a released lease keeps nothing alive
+            if self._released:
+                raise ValueError(f"lease on {self.pool.name}: already released")
+            if self._held + nbytes > self.num_bytes:
+                raise ValueError(f"lease on {self.pool.name}: holding {self._held + nbytes} B exceeds the "
+                                 f"reserved {self.num_bytes} B")
+            self._arrays.append(array)
+            self._held += nbytes
         return array
 
     def allocate(self, shape, dtype=np.uint8) -> np.ndarray:
@@ -113,8 +114,8 @@ class Lease:
             if self._released:
                 return
             self._released = True
-        self._arrays.clear()
-        self._held = 0
+            self._arrays.clear()
+            self._held = 0
         self.pool._give_back(self.num_bytes)
 
     def __enter__(self) -> "Lease":

@@ -82,6 +82,11 @@ def _aligned_copy(x) -> np.ndarray:
     return out
 
 
+CLOSE_JOIN_S = 1.0
+"""Longest wait of :meth:`LayerwiseLoader.close` for its thread (seconds): a forward that failed
+must not stall its engine for another link timeout."""
+
+
 class LoaderError(RuntimeError):
     """A layer could not be delivered. ``cause`` starts with ``"timeout"`` (the wait in
     :meth:`~LayerwiseLoader.get` or on the link passed its bound), is ``"closed"``, or names the
@@ -337,12 +342,14 @@ class LayerwiseLoader:
                                sum(r.duration_s for r in recs), self._host_s, self._wait_s, recs)
 
     def close(self) -> None:
-        """Stop the thread (bounded wait) and free whatever is still held."""
+        """Stop the thread and free whatever is still held. Waits at most :data:`CLOSE_JOIN_S`
+        for the thread: one still in a link's queue or copy ends on its own (the link's
+        ``timeout_s``), frees what it copied and starts no other layer."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         if self._thread is not None:
-            self._thread.join(timeout=self.timeout_s)
+            self._thread.join(timeout=min(self.timeout_s, CLOSE_JOIN_S))
         for layer in list(self._held):
             self.release(layer)
 
