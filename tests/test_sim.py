@@ -417,8 +417,8 @@ def test_de_group_steps_at_its_slowest_members_pace():
 
 
 def test_ep_groups_hold_the_experts_and_step_together():
-    """An EP group's GPUs share the routed experts (the weights per GPU) and step together as one
-    unit; by default one group per role; the scheduler's groups stay one per node."""
+    """An EP group's GPUs share the routed experts (the weights per GPU), step together as one
+    unit and fetch as one scheduler group; by default one group per role."""
     from dualpath_jax.sim.compute import weight_bytes_per_gpu
     agents = [agent([100], [3])]
     whole = Simulator(SimConfig(), agents)  # 2P4D of 8 GPUs
@@ -435,8 +435,13 @@ def test_ep_groups_hold_the_experts_and_step_together():
         assert sim.de_model.weight_bytes_per_gpu == weight_bytes_per_gpu(spec, de_gpus, "fp8")
     assert split.de_model.weight_bytes_per_gpu - whole.de_model.weight_bytes_per_gpu == pytest.approx(
         routed / 16 - routed / 32, rel=1e-12)
-    assert [len(g) for g in whole.topology.pe_groups.values()] == [8, 8]  # the scheduler's groups: nodes
-    assert [len(g) for g in split.topology.de_groups.values()] == [8, 8, 8, 8]
+    for sim in (whole, split):  # the scheduler's groups: the EP groups, keyed by their first node
+        assert list(sim.sched.pe_groups.values()) == [u.engines for u in sim.pe_units]
+        assert list(sim.sched.de_groups.values()) == [u.engines for u in sim.de_units]
+    assert list(split.sched.de_groups) == [4, 6]
+    dense = Simulator(SimConfig(model="qwen2.5-32b", kv_dtype="fp16", weight_dtype="fp8", prefill_nodes=1,
+                                decode_nodes=2, hardware=HardwareConfig(dram_buffer_bytes=320e9)), agents)
+    assert not dense.cfg.uses_ep_sync and list(dense.sched.de_groups) == [1, 2]  # no EP: a group per node
     with pytest.raises(ConfigError, match=r"sim.pe_ep_nodes: .* with EP over 8 GPUs\) .*add nodes to an EP group "
                                           r"\(sim.pe_ep_nodes\)"):
         Simulator(SimConfig(pe_ep_nodes=1), agents)  # DS-V3.2's experts do not fit 8 GPUs

@@ -79,7 +79,10 @@ class Simulator:
                            pe_max_kv_tokens=self.pe_max_kv_tokens)
         # nodes: PE nodes 0..P-1, DE nodes P..P+D-1; engines: PEs 0..n_pe-1, DEs n_pe..
         n_nodes = cfg.prefill_nodes + cfg.decode_nodes
-        net = self.topology = Topology(hw, cfg.prefill_nodes, cfg.decode_nodes)
+        sync = cfg.uses_ep_sync  # an EP group steps together, so it is also one scheduler group (fetches together)
+        net = self.topology = Topology(hw, cfg.prefill_nodes, cfg.decode_nodes,
+                                       pe_group_nodes=ep_pe // self.g if sync else 1,
+                                       de_group_nodes=ep_de // self.g if sync else 1)
         self.snic_r, self.snic_w, self.dram, self.cnic_in, self.cnic_out = (net.snic_r, net.snic_w, net.dram,
                                                                               net.cnic_in, net.cnic_out)
         self.node_of, self.pe_ids, self.de_ids = net.node_of, net.pe_ids, net.de_ids
@@ -97,11 +100,8 @@ class Simulator:
                                                       beta_tokens=beta, z_factor=cfg.z_factor,
                                                       compute_quota_s=cfg.compute_quota_s), pe_groups, de_groups)
         self.alpha_tokens, self.beta_tokens = alpha, beta
-        sync = cfg.uses_ep_sync  # an EP group's engines (consecutive ones) step together
-        self.pe_units = [Unit(self.pe_ids[i:i + ep_pe]) for i in range(0, n_pe, ep_pe)] if sync else \
-            [Unit([e]) for e in self.pe_ids]
-        self.de_units = [Unit(self.de_ids[i:i + ep_de]) for i in range(0, n_de, ep_de)] if sync else \
-            [Unit([e]) for e in self.de_ids]
+        self.pe_units = [Unit(v) for v in pe_groups.values()] if sync else [Unit([e]) for e in self.pe_ids]
+        self.de_units = [Unit(v) for v in de_groups.values()] if sync else [Unit([e]) for e in self.de_ids]
         self.pe_busy_s = [0.0] * len(self.pe_units)
         self.pe_forwards = [0] * len(self.pe_units)
         self.pe_batch_requests = [0] * len(self.pe_units)

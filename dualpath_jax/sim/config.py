@@ -50,8 +50,10 @@ class SimConfig(SchedKnobs):
       pe_ep_nodes, de_ep_nodes: nodes per EP group of PEs / of DEs (None, the default: all the
         nodes of the role, one group). An EP group's GPUs hold the routed experts between them
         (the weights per GPU) and, with ``ep_sync``, step together; each must divide
-        ``prefill_nodes`` / ``decode_nodes``. PAPER.md 6.1 gives no EP degree. The scheduler's
-        groups are nodes either way (PAPER.md 5.1).
+        ``prefill_nodes`` / ``decode_nodes``. PAPER.md 6.1 gives no EP degree. With ``ep_sync`` an
+        EP group is also one scheduler group (PAPER.md 5.1: one or more nodes whose engines fetch
+        together), so that its forwards are balanced across the engines that wait for each other;
+        without it every node is a group.
       prefill_layer_overhead_s: fixed seconds per layer of every forward (an assumption, ``sim.compute``).
       eff_memory: share of the HBM bandwidth decode reads reach (FlashMLA's decode kernel: 0.9, ``sim.compute``).
       attention_efficiency: share of the BF16 (FP8 for the DSA indexer) peak the attention kernels

@@ -228,7 +228,8 @@ class Topology:
     Attributes:
       snic_r, snic_w, dram: per node; cnic_in, cnic_out: per engine (:class:`Server`).
       node_of: engine -> node; pe_ids, de_ids: the engines of each role.
-      pe_groups, de_groups: node -> its engines (the scheduler's groups).
+      pe_groups, de_groups: the scheduler's groups (PAPER.md 5.1), first node -> the engines of
+        ``pe_group_nodes`` / ``de_group_nodes`` consecutive nodes (default one node each).
       read_path: per node, storage -> SNIC -> DRAM.
       to_hbm_path: per engine, H2D: DRAM -> CNIC (its out direction, as it reads host memory) -> HBM
         (in); to_dram_path: D2H: HBM -> CNIC (out) -> DRAM (in). The CNIC's loopback copies cross
@@ -237,7 +238,8 @@ class Topology:
         is written and read).
     """
 
-    def __init__(self, hw: HardwareConfig, prefill_nodes: int, decode_nodes: int):
+    def __init__(self, hw: HardwareConfig, prefill_nodes: int, decode_nodes: int, *, pe_group_nodes: int = 1,
+                 de_group_nodes: int = 1):
         g = hw.gpus_per_node
         n_pe, n_de, n_nodes = prefill_nodes * g, decode_nodes * g, prefill_nodes + decode_nodes
         self.snic_r = [Server(f"snic_read[{n}]", min(hw.node_snic_bytes_per_s, hw.storage_bytes_per_s))
@@ -250,8 +252,10 @@ class Topology:
         self.node_of = [e // g for e in range(n_pe)] + [prefill_nodes + e // g for e in range(n_de)]
         self.pe_ids = list(range(n_pe))
         self.de_ids = list(range(n_pe, n_pe + n_de))
-        self.pe_groups = {n: [e for e in self.pe_ids if self.node_of[e] == n] for n in range(prefill_nodes)}
-        self.de_groups = {n: [e for e in self.de_ids if self.node_of[e] == n] for n in range(prefill_nodes, n_nodes)}
+        self.pe_groups = {n: [e for e in self.pe_ids if n <= self.node_of[e] < n + pe_group_nodes]
+                          for n in range(0, prefill_nodes, pe_group_nodes)}
+        self.de_groups = {n: [e for e in self.de_ids if n <= self.node_of[e] < n + de_group_nodes]
+                          for n in range(prefill_nodes, n_nodes, de_group_nodes)}
         self.read_path = [(self.snic_r[n], self.dram[n]) for n in range(n_nodes)]
         self.to_hbm_path = [(self.dram[self.node_of[e]], self.cnic_out[e], self.cnic_in[e]) for e in range(n_pe + n_de)]
         self.to_dram_path = [(self.cnic_out[e], self.cnic_in[e], self.dram[self.node_of[e]])

@@ -99,6 +99,11 @@ _SIM_SOURCES = {
     "attention_efficiency": "FlashMLA README (sparse MLA prefill at 640 of the H800's 989 BF16 TFLOP/s); the same "
                             "share assumed for dense MLA, GQA and, of the FP8 peak, the DSA indexer",
     "de_join_s": "assumption: 0 (the paper gives no admission cost; the H2D copy is a modelled CNIC transfer)",
+    "ep_sync": "None: on for MoE models (EP + DP attention, paper A.4): an EP group's engines step together",
+    "pe_ep_nodes": "None: every PE node in one EP group (assumption: the paper gives no EP degree; DeepSeek's "
+                   "public deployment runs prefill on EP32 units of 4 nodes)",
+    "de_ep_nodes": "None: every DE node in one EP group (assumption, as pe_ep_nodes; DeepSeek's public "
+                   "deployment decodes on EP144 units of 18 nodes)",
     "kv_dtype": "paper Table 1 (None: the model's own, FP8 KV for MLA, FP16 for GQA / Qwen 32B)",
     "weight_dtype": "None: the model's own (FP8 for DeepSeek's FP8 checkpoints, BF16 for dense GQA); it picks the "
                     "peak FLOP/s. Qwen 32B: FP8 set in configs/sim_fig7.py (assumption, needed to fit)",
@@ -126,7 +131,13 @@ MODEL_NOTES = """### Modelling choices (reviewed against PAPER.md and public dat
   capped by the PE's free HBM, and its H2D precedes its compute). Kept: for DS 660B the PE node's
   free HBM (8 x 9.2 GB) is about the buffer's size, and bounding Basic's read-ahead by it instead
   changed the quick ablation's Basic JCT by 0.09% (a 40 GB buffer: +4.8%).
-- **Group forwards.** A DP-attention group's forward starts when any member has ready work; idle
+- **EP groups.** A MoE model's routed experts are spread over an EP group's GPUs (all the PEs,
+  all the DEs by default: `pe_ep_nodes` / `de_ep_nodes`), which also sets the weights per GPU,
+  and the group steps together: its forward (decode step) lasts as long as its slowest member's.
+  An EP group is also one scheduler group, whose engines fetch together (PAPER.md 5.1: a group
+  is one or more nodes), so that the group's forwards are balanced across the engines that wait
+  for each other; Fig. 14's Max/Avg is over an EP group's GPUs, as the paper's caption has it.
+- **Group forwards.** An EP group's forward starts when any member has ready work; idle
   members join the EP exchange with no tokens, as an engine loop that runs forwards back to back
   does, and each member's batch stays under the compute quota (PAPER.md 5.5). Kept; the balance
   study splits Fig. 14's ratio by the number of busy members.
@@ -161,7 +172,8 @@ def calibration_markdown() -> str:
               f"kernels at `ATTENTION_EFFICIENCY = {ATTENTION_EFFICIENCY:.3f}` of the BF16 peak (FlashMLA sparse "
               "prefill, 640 of 989 TFLOP/s).", "",
               "Derived coefficients per model (``calibrate_config``: FLOPs and bytes of ``dualpath_jax.model.cost`` "
-              "over the efficiencies implied by the public figures; EP over the PE nodes of the default deployment; "
+              "over the efficiencies implied by the public figures; EP over the PE nodes of the default deployment, "
+              "one EP group; "
               "each model's own dtypes, Qwen 32B as in Fig. 7's config):", ""]
     rows = []
     hw = HardwareConfig()
