@@ -1,8 +1,9 @@
-"""Paper Fig. 13-14: load balance of DS 660B (2P4D), MAL 64K, 1024 agents offline, round-robin
-scheduling ("dpl": dual-path loading, read side alternating per request) vs the DualPath
-scheduler: storage-NIC read traffic Max/Avg across all SNICs in 10 s windows over the run, and
-attention-time Max/Avg across the engines of a PE group per forward (plotted for the first 5% of
-the forwards, as the paper shows).
+"""Paper Fig. 13-14: load balance, round-robin scheduling ("dpl": dual-path loading, read side
+alternating per request) vs the DualPath scheduler: storage-NIC read traffic Max/Avg across all
+SNICs in 10 s windows over the run, and attention-time Max/Avg across the engines of a PE EP group
+per forward (plotted for the first 5% of the forwards, as the paper shows). PAPER.md gives no model,
+cluster or MAL for these figures; this config uses the ablation's setting (DS 660B 2P4D, MAL 64K,
+1024 agents offline), an assumption.
 
 Command:
     python experiments/run_sim.py --config=configs/sim_balance.py --workdir=workdir/sim_balance

@@ -1,6 +1,6 @@
-"""Paper Fig. 12 left: DualPath's mean TTFT split into scheduling (arrival -> placed on a PE
-and a DE), read wait (DRAM-buffer allocation + SNIC queueing), read transfer, prefill queue and
-prefill compute, vs APS; DS 660B (2P4D), MAL 64K, online (Poisson arrivals over a 3,000 s horizon
+"""Paper Fig. 12 left: Basic's and DualPath's mean TTFT (the paper pairs them at each APS) split
+into scheduling (arrival -> placed on a PE and a DE), read wait (DRAM-buffer allocation + SNIC
+queueing), read transfer, prefill queue and prefill compute, vs APS; DS 660B (2P4D), MAL 64K, online (Poisson arrivals over a 3,000 s horizon
 (1,500 s warm-up) per run, as in ``configs/sim_online.py``).
 
 The runs equal those of ``configs/sim_online.py`` (same model, workload, horizon, rates and
@@ -9,7 +9,7 @@ seed), so ``experiments/reproduce_paper.py`` reuses them.
 Command:
     python experiments/run_sim.py --config=configs/sim_ttft_breakdown.py --workdir=workdir/sim_ttft
     python experiments/run_sim.py --config=configs/sim_ttft_breakdown.py:quick --workdir=/tmp/ttft
-Expected run time on a 2-core CPU: about 5 minutes alone (4 runs of up to ~375 K requests);
+Expected run time on a 2-core CPU: about 10 minutes alone (8 runs of up to ~375 K requests);
 ``:quick`` (DS 27B 1P1D, MAL 32K, 300 s horizon, 150 s warm-up) about 30 s alone, free after
 the online study; ``:tiny`` seconds.
 The times are for one seed: every configuration runs ``seeds`` = 3 times (workload seed ``seed + r``,
@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seed = 0
     config.seeds = 3  # runs per configuration (workload seed seed + r); figures: mean and 95% CI
     config.arrival_seed = 0
-    config.variants = ("dualpath",)
+    config.variants = ("basic", "dualpath")
     config.aps_grid = (0.1, 0.2, 0.4, 0.8)
     config.horizon_s = 3000.0
     config.warmup_s = 1500.0

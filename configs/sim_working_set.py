@@ -38,4 +38,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     except ValueError:
         raise config_variant_error("configs/sim_working_set.py", arg, ("quick", "tiny")) from None
     config.study = "working_set"
+    config.variants = ("dualpath",)  # the paper estimates DualPath's working set
     return config

@@ -154,19 +154,20 @@ def test_bad_block_is_reported_recomputed_and_repaired(tmp_path, fault, bad_bloc
         np.testing.assert_allclose(again.logits, full[256:], atol=ATOL, rtol=0)
 
 
-class _SnicTimesOut(Link):
-    """An SNIC that is never free in time for its ``fail_at``-th transfer (counting from 0)."""
+class _TimesOut(Link):
+    """A link never free in time for the transfers ``when(call index from 0, tag)`` picks (a
+    TIMEOUT outcome, as Link.transfer gives); the others it carries."""
 
-    def __init__(self, fail_at):
-        super().__init__(LinkConfig("snic", Medium.STORAGE, Medium.PE_BUFFER))
-        self.fail_at, self.calls = fail_at, 0
+    def __init__(self, name, src, dst, when):
+        super().__init__(LinkConfig(name, src, dst))
+        self.when, self.calls = when, 0
 
     def transfer(self, num_bytes, fn=None, *, timeout_s=None, tag=""):
         self.calls += 1
-        if self.calls - 1 == self.fail_at:
-            rec = TransferRecord("snic", Medium.STORAGE, Medium.PE_BUFFER, num_bytes, 0.0, 0.0, Outcome.TIMEOUT,
-                                 f"link busy for more than {timeout_s} s", tag)
-            return TransferResult(None, rec)
+        if self.when(self.calls - 1, tag):
+            cfg = self.config
+            return TransferResult(None, TransferRecord(cfg.name, cfg.src, cfg.dst, num_bytes, 0.0, 0.0, Outcome.TIMEOUT,
+                                                       f"link busy for more than {timeout_s} s", tag))
         return super().transfer(num_bytes, fn, timeout_s=timeout_s, tag=tag)
 
 
@@ -174,7 +175,8 @@ def test_a_block_the_snic_cannot_carry_is_recomputed():
     spec, params, tokens, full = _setup("tiny-gqa")
     with _memory_store(spec, params) as store:
         PrefillEngine(params, spec, store).run([PrefillRequest("seed", tokens[:300])])  # blocks 0..3
-        engine = PrefillEngine(params, spec, store, snic_link=_SnicTimesOut(2), config=PrefillConfig(write_back=False))
+        snic = _TimesOut("snic", Medium.STORAGE, Medium.PE_BUFFER, lambda i, tag: i == 2)  # the third block's
+        engine = PrefillEngine(params, spec, store, snic_link=snic, config=PrefillConfig(write_back=False))
         (res,), report = engine.run([PrefillRequest("r", tokens)])
     assert res.hit_tokens == 128  # blocks 0 and 1 arrived; block 2's transfer timed out
     assert res.miss.cause is FailureCause.TIMEOUT and res.miss.detail.startswith("SNIC: link busy")
@@ -182,25 +184,12 @@ def test_a_block_the_snic_cannot_carry_is_recomputed():
     np.testing.assert_allclose(res.logits, full[128:], atol=ATOL, rtol=0)
 
 
-class _H2DTimesOut(Link):
-    """An H2D link never free in time for layer ``layer`` (a TIMEOUT outcome, as Link.transfer gives)."""
-
-    def __init__(self, layer):
-        super().__init__(LinkConfig("h2d", Medium.PE_BUFFER, Medium.PE_HBM))
-        self.layer = layer
-
-    def transfer(self, num_bytes, fn=None, *, timeout_s=None, tag=""):
-        if tag == f"layer{self.layer}":
-            return TransferResult(None, TransferRecord("h2d", Medium.PE_BUFFER, Medium.PE_HBM, num_bytes, 0.0, 0.0,
-                                                       Outcome.TIMEOUT, f"link busy for more than {timeout_s} s", tag))
-        return super().transfer(num_bytes, fn, timeout_s=timeout_s, tag=tag)
-
-
 def test_hit_kv_that_misses_its_h2d_deadline_is_a_timeout_and_recomputed():
     spec, params, tokens, full = _setup("tiny-gqa")
     with _memory_store(spec, params) as store:
         PrefillEngine(params, spec, store).run([PrefillRequest("seed", tokens[:300])])  # blocks 0..3
-        engine = PrefillEngine(params, spec, store, h2d_link=_H2DTimesOut(1), config=PrefillConfig(write_back=False))
+        h2d = _TimesOut("h2d", Medium.PE_BUFFER, Medium.PE_HBM, lambda i, tag: tag == "layer1")
+        engine = PrefillEngine(params, spec, store, h2d_link=h2d, config=PrefillConfig(write_back=False))
         (res,), report = engine.run([PrefillRequest("r", tokens)])
     assert res.hit_tokens == 0 and report.computed_tokens == len(tokens)  # the whole prompt recomputed
     assert res.miss.cause is FailureCause.TIMEOUT and "layer 1: timeout: link busy" in res.miss.detail
