@@ -19,7 +19,7 @@ Default (``change`` 0.25, 13 quantities, 27 cases):
   online    ``configs/sim_online.py:quick``-sized: DS 27B 1P1D, MAL 32K, Basic and DualPath, 300 s
             of Poisson arrivals per run measured after 150 s (at most 4,000 agents), the max-APS
             search from 6 APS to a bracket within a factor 1.1 (``search.rel_tol``).
-Expected run time: about 35-60 minutes with ``--workers=2`` on a 2-core CPU (the committed run took 59)
+Expected run time: about 30-60 minutes with ``--workers=2`` on a 2-core CPU (the committed run took 31)
 (about 100 CPU-seconds per case: ablation 20, Fig. 7 cell 22, online 55-60); ``:tiny`` (two
 quantities, tiny workloads; tests) under a minute.
 Output: sensitivity.md/.csv/.json, tornado_<headline>.png, runs/<case>/ (each case's study
