@@ -197,4 +197,4 @@ def build_result(config: ClusterConfig, requests: Sequence[RequestState], pes: M
         wall_s=wall_s, runtime_shapes={**{f"pe{e}": sorted(w.shapes) for e, w in pes.items()},
                                        **{f"de{e}": sorted(w.shapes) for e, w in des.items()}},
         runtime=m.runtime, processes=m.processes, cross_process_kv_bytes=m.cross_process_kv_bytes,
-        actor_calls=m.actor_calls,        lost_nodes=lost_nodes)
+        actor_calls=m.actor_calls, lost_nodes=lost_nodes)

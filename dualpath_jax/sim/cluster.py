@@ -37,7 +37,7 @@ from dualpath_jax.model import cost
 from dualpath_jax.sched import BatchItem, ClusterScheduler, EngineLoad, SchedRequest, SchedulerConfig
 from dualpath_jax.sched.driver import RunStalled, SchedulingDriver, next_round_s
 from dualpath_jax.sim.agents import SimAgent, as_typed_array, flatten_agents, typical_round
-from dualpath_jax.sim.compute import calibrate_config
+from dualpath_jax.sim.compute import role_models
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.hardware import BufferQueues, Topology, reserve
 from dualpath_jax.sim.result import SimResult, collect_result, request_columns, stall_report
@@ -66,10 +66,7 @@ class Simulator:
         self.kvb = float(cost.stored_kv_bytes_per_token(spec, cfg.kv_dtype))  # KV + DSA indexer keys
         n_pe, n_de = cfg.prefill_nodes * self.g, cfg.decode_nodes * self.g
         ep_pe, ep_de = cfg.ep_gpus("pe"), cfg.ep_gpus("de")  # an EP group's GPUs hold the routed experts
-        if cfg.compute is not None:
-            self.pe_model = self.de_model = cfg.compute
-        else:  # PEs and DEs differ only in how many GPUs the routed experts are spread over
-            self.pe_model, self.de_model = calibrate_config(cfg, ep_pe), calibrate_config(cfg, ep_de)
+        self.pe_model, self.de_model = role_models(cfg)
         self.pe_free_hbm, self.de_hbm, self.pe_max_kv_tokens = kv_memory(cfg, self.pe_model, self.de_model, self.kvb)
         self.agents = list(agents)
         if not self.agents:  # a run of nothing would end at 0 s, a JCT that looks like a result

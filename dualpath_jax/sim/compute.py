@@ -65,7 +65,7 @@ from dualpath_jax.sim import catalog
 
 __all__ = ["ComputeModel", "calibrate_from_public", "fit_compute_model", "weight_bytes_per_gpu",
            "ASSUMED_CONTEXT_TOKENS", "PUBLIC_CONTEXT_TOKENS", "PUBLIC_FIGURES", "ATTENTION_EFFICIENCY",
-           "public_decode_point", "calibrate_config"]
+           "public_decode_point", "calibrate_config", "role_models"]
 
 PUBLIC_CONTEXT_TOKENS = 4096
 """Prompt length of DeepSeek's published prefill and decode profiles, stated to be in line with its
@@ -413,3 +413,12 @@ def calibrate_config(cfg, ep_size: SupportsIndex) -> ComputeModel:
                                  prefill_layer_overhead_s=cfg.prefill_layer_overhead_s, eff_memory=cfg.eff_memory,
                                  attention_peak_flops=attn, indexer_peak_flops=index,
                                  attention_efficiency=cfg.attention_efficiency)
+
+
+def role_models(cfg) -> tuple[ComputeModel, ComputeModel]:
+    """``(PE model, DE model)`` of a :class:`~dualpath_jax.sim.config.SimConfig`: its explicit
+    ``compute`` for both, else :func:`calibrate_config` with the routed experts spread over an EP
+    group's GPUs of each role (``cfg.ep_gpus``): PEs and DEs differ only in that."""
+    if cfg.compute is not None:
+        return cfg.compute, cfg.compute
+    return calibrate_config(cfg, cfg.ep_gpus("pe")), calibrate_config(cfg, cfg.ep_gpus("de"))

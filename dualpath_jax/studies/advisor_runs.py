@@ -23,7 +23,7 @@ from dualpath_jax.config import ConfigError, check_in, check_positive
 from dualpath_jax.metrics.latency import SLO, evaluate_slo, max_aps_under_slo
 from dualpath_jax.model import cost
 from dualpath_jax.sched import ClusterScheduler, get_variant, load_scheduler
-from dualpath_jax.sim.compute import calibrate_config
+from dualpath_jax.sim.compute import role_models
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.fit import kv_memory
 from dualpath_jax.sim.runs import variant_config
@@ -241,11 +241,7 @@ def utilization(res, cfg: SimConfig) -> dict[str, float]:
     g = cfg.hardware.gpus_per_node
     n_pe, n_de = cfg.prefill_nodes * g, cfg.decode_nodes * g
     kvb = float(cost.stored_kv_bytes_per_token(cfg.spec, cfg.kv_dtype))
-    if cfg.compute is not None:
-        pe_model = de_model = cfg.compute
-    else:  # as the simulator does: the routed experts spread over an EP group's GPUs
-        pe_model, de_model = calibrate_config(cfg, cfg.ep_gpus("pe")), calibrate_config(cfg, cfg.ep_gpus("de"))
-    de_hbm = kv_memory(cfg, pe_model, de_model, kvb)[1]
+    de_hbm = kv_memory(cfg, *role_models(cfg), kvb)[1]  # as the simulator sizes it
     r = res.requests
     de = np.asarray(r["de"], np.int64)
     ctx = (np.asarray(r["hit_tokens"], np.float64) + np.asarray(r["append_tokens"], np.float64)

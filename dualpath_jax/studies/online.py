@@ -218,12 +218,12 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
                 exact = all(found[(row, v, r)].bracketed for r in range(seeds))
                 put(named, f"max_aps_{row}_{v}{'' if exact else '_at_least'}", [found[(row, v, r)].aps
                                                                                 for r in range(seeds)])
-        if all((row, x, r) in found for x in ("dualpath", "basic") for r in range(seeds)):
-            gain_rows.append(row)
         for num, den, key in (("dualpath", "basic", f"aps_gain_{row}_dualpath_vs_basic"),
                               ("dualpath", "oracle", f"dualpath_over_oracle_aps_{row}")):
             if not all((row, x, r) in found for x in (num, den) for r in range(seeds)):
                 continue
+            if den == "basic":
+                gain_rows.append(row)
             values = [ratio(found[(row, num, r)].aps, found[(row, den, r)].aps) for r in range(seeds)]
             num_ok = all(found[(row, num, r)].bracketed for r in range(seeds))
             den_ok = all(found[(row, den, r)].bracketed for r in range(seeds))
@@ -320,7 +320,7 @@ def working_set(config: WorkingSetStudyConfig, workdir: Path, log: Log = print, 
     for (_, v, r, a), run in zip(keys, _runs(config, lambda row: config.window, lambda row: base, keys, log, cache)):
         s = run.stats
         # Little's law over trajectories: APS counts root agents, each of which brings its sub-agents
-        rate = float(a) * s.get("trajectories_per_agent", 1.0)
+        rate = float(a) * s["trajectories_per_agent"]
         ws = analysis.working_set_bytes(rate, s["completion_mean_s"], s["mean_total_tokens"], s["kv_bytes_per_token"])
         per_seed.append({"variant": v, "aps": float(a), "seed": wls[r].seed, "arrival_seed": arr[r],
                          "completion_mean_s": s["completion_mean_s"], "mean_total_tokens": s["mean_total_tokens"],

@@ -248,17 +248,12 @@ class LayerwiseLoader:
                 self._slots.release()
                 return
             record = None
-            if error is None:
-                try:
-                    res = self.link.transfer(tree_nbytes(host), lambda f=fetched, h=host: self._put(f, h),
-                                             timeout_s=self.timeout_s, tag=f"layer{layer}")
-                except Exception as e:  # noqa: BLE001 - a link that lets the copy's error escape
-                    error = LoaderError(layer, f"error: {type(e).__name__}: {e}")
-                    error.__cause__ = e
-                else:
-                    record = res.record
-                    if not res.ok:
-                        error = LoaderError(layer, f"{record.outcome.value}: {record.cause}", record)
+            if error is None:  # (a link that lets the copy's error escape ends the thread: _run reports it)
+                res = self.link.transfer(tree_nbytes(host), lambda f=fetched, h=host: self._put(f, h),
+                                         timeout_s=self.timeout_s, tag=f"layer{layer}")
+                record = res.record
+                if not res.ok:
+                    error = LoaderError(layer, f"{record.outcome.value}: {record.cause}", record)
             del fetched, host
             with self._cond:
                 if record is not None:
