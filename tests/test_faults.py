@@ -1,6 +1,7 @@
 """The engine under faults: supervised workers, injected faults, reconciliation, early rejection,
 and the teacher-forced replay whose hits the simulator predicts exactly."""
 
+import copy
 import threading
 
 import numpy as np
@@ -10,6 +11,7 @@ from engine_cases import stream as _stream
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.engine import de as de_module
+from dualpath_jax.engine import network
 from dualpath_jax.engine import report
 from dualpath_jax.engine.cluster import ResourceLeakError
 from dualpath_jax.engine.config import ClusterConfig
@@ -161,6 +163,31 @@ def test_random_faults_of_every_kind_keep_tokens_and_lose_nothing(model, clean):
     # (an attempt that a crash later failed and reran keeps its caught corruptions in failed_attempts)
     corrupt = [f for r in (*res.requests, *res.failed_attempts) for f in r.read_failures]
     assert corrupt  # a corrupted block is caught by its checksum and recomputed
+
+
+@pytest.mark.parametrize("variant", ["basic", "dualpath"])
+def test_a_read_interrupted_after_some_blocks_counts_them_among_its_attempts_reads(model, clean, monkeypatch, variant):
+    # defect: the blocks a read job carried over the SNIC before a later block's move failed were
+    # in the link's bytes but in no attempt's reads, so bytes_conserved was False (seen when a
+    # random transfer failure landed on a job's second block)
+    real, seen, lock = network.Fabric.carry, [], threading.Lock()
+
+    def carry(self, path, num_bytes, fn=None, *, tag="", timeout_s=None):
+        if tag.startswith("read/"):
+            with lock:
+                seen.append(tag)
+                fail = seen.count(tag) == 2 and "fired" not in seen  # the first job to reach a 2nd block
+                if fail:
+                    seen.append("fired")
+            if fail:
+                raise network.TransferFailed(path[0].name, "broken")
+        return real(self, path, num_bytes, fn, tag=tag, timeout_s=timeout_s)
+
+    monkeypatch.setattr(network.Fabric, "carry", carry)
+    res = _run(model, ClusterConfig(**FAST).for_variant(variant))
+    _assert_all_correct(model, res, clean)  # byte conservation included
+    failed = [r for r in res.failed_attempts if "broken" in r.error]
+    assert len(failed) == 1 and failed[0].read_bytes_pe + failed[0].read_bytes_de == model[2].full_block_bytes
 
 
 @pytest.mark.parametrize("variant", ["basic", "dualpath"])
@@ -374,3 +401,41 @@ def test_a_request_failed_while_its_de_assembles_it_is_no_worker_error(model, cl
     assert fired.is_set() and res.worker_errors == []
     _assert_all_correct(model, res, clean)
     assert [r.error for r in res.failed_attempts] == ["injected: failed elsewhere while the DE assembled"]
+
+
+def test_the_token_and_byte_checks_catch_a_wrong_token_a_missing_request_and_an_unread_byte(model, clean):
+    """The checks every engine test relies on, given results that must fail them."""
+
+    def twin(res):  # a copy whose requests can be changed (each holds a lock: no deepcopy)
+        out = copy.copy(res)
+        out.requests = [copy.copy(x) for x in res.requests]
+        for x in out.requests:
+            x.generated = list(x.generated)
+        return out
+
+    spec, params, layout = model
+    bad = twin(clean)
+    r = max(bad.requests, key=lambda x: len(x.generated))
+    right = int(r.generated[2])
+    r.generated[2] = (right + 1) % spec.vocab_size  # a wrong token mid-sequence
+    alone = report.check_tokens({"bad": bad}, params, spec)
+    assert not alone["tokens_identical"] and not alone["tokens_identical_tie_aware"]
+    assert [(m["request"], m["position"], m["reference_token"]) for m in alone["reference_mismatches"]] == [
+        ([r.trajectory_id, r.round_index], 2, right)]  # teacher-forced: only the flipped position differs
+    both = report.check_tokens({"clean": clean, "bad": bad}, params, spec)
+    assert not both["tokens_identical"] and [d["position"] for d in both["variant_divergences"]] == [2]
+    assert report.check_tokens({"clean": clean, "copy": twin(clean)}, params, spec)["tokens_identical"]
+
+    fewer = twin(clean)
+    fewer.requests = fewer.requests[1:]
+    gone = report.check_tokens({"clean": clean, "fewer": fewer}, params, spec)
+    assert gone["requests_missing_in_some_variant"] == 1 and not gone["tokens_identical"]
+
+    assert report.conservation(clean)["bytes_conserved"]
+    more_read = twin(clean)
+    more_read.read_bytes_store += layout.full_block_bytes  # read by the store, carried by nobody
+    assert not report.conservation(more_read)["bytes_conserved"]
+    unbooked = twin(clean)
+    reader = next(x for x in unbooked.requests if x.read_bytes_pe + x.read_bytes_de)
+    reader.read_bytes_de += layout.full_block_bytes  # booked on a request, never crossed a SNIC
+    assert not report.conservation(unbooked)["bytes_conserved"]

@@ -281,6 +281,7 @@ def test_random_faults_of_every_kind_land_in_the_node_processes_and_lose_nothing
     assert len(res.requests) == 12 and not [r.error for r in res.requests if r.error] and not res.leaks
     tokens = check_tokens({"ray": res}, params, spec)
     assert tokens["tokens_identical"], tokens["reference_mismatches"]
+    assert conservation(res)["bytes_conserved"], conservation(res)  # reads of interrupted jobs included
     # the nodes' counts came back and were summed; every kind landed somewhere
     assert set(res.faults) == {"read_corruption", "slow_read", "transfer_failure", "crash"}
     assert res.faults["crash"] == len(res.worker_errors)

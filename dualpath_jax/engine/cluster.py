@@ -179,7 +179,7 @@ class EngineCluster:
             for de in self.des.values():
                 de.warm_up(max_blocks)
             self.readers = {n: NodeReader(ctx, n, self.read_q, on_done=lambda *a: put(("read_done", *a)),
-                                          on_error=lambda job, cause: put(("failed", job.req, cause, True)))
+                                          on_error=lambda job, why, carried: put(("read_failed", job, carried, why)))
                             for n in range(cfg.num_nodes)}
         else:
             try:
@@ -465,9 +465,13 @@ class EngineCluster:
 
     def _handle(self, ev) -> None:
         kind = ev[0]
-        req = ev[1].req if kind == "read_done" else ev[1]
+        req = ev[1].req if kind in ("read_done", "read_failed") else ev[1]
         if kind == "read_done":
             self._read_done(*ev[1:])
+        elif kind == "read_failed":  # what the job carried before it stopped was read for this attempt
+            _, job, carried, cause = ev
+            self._book_read(job, carried)
+            self._handle(("failed", req, cause, True))
         elif kind == "prefilled":
             if not req.error:
                 self._release_pe(req)
@@ -572,19 +576,26 @@ class EngineCluster:
 
     def _read_done(self, job: ReadJob, blocks: list, failures: list) -> None:
         req = job.req
-        nbytes = len(blocks) * self.layout.full_block_bytes
+        self._book_read(job, len(blocks))
         if job.side == "pe":
             req.pe_hit = blocks
-            req.read_bytes_pe += 0 if self.fabric.bypass else nbytes
         else:
             req.de_hit = blocks
-            req.read_bytes_de += nbytes
         req.read_failures.extend(failures)
         req.pending_reads -= 1
         if req.error:
             req.release_buffers()
         if req.pending_reads == 0 and not req.error:
             self._reads_complete(req)
+
+    def _book_read(self, job: ReadJob, blocks: int) -> None:
+        """Count ``blocks`` Full Blocks read by ``job`` among its request's reads (an ``oracle`` read
+        crosses no link and counts none)."""
+        nbytes = 0 if self.fabric.bypass else blocks * self.layout.full_block_bytes
+        if job.side == "pe":
+            job.req.read_bytes_pe += nbytes
+        else:
+            job.req.read_bytes_de += nbytes
 
     def _reads_complete(self, req: RequestState) -> None:
         de_part = req.de_blocks if self.config.loading != "oracle" else 0

@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -196,7 +196,7 @@ class NodeHost:
         for de in self.des.values():
             de.warm_up(max_blocks)
         self.reader = NodeReader(ctx, self.node, self._read_q, on_done=functools.partial(self._read_done, outbox),
-                                 on_error=lambda job, cause: post(("failed", job.req.rid, cause, True)))
+                                 on_error=functools.partial(self._read_failed, post))
         self._pulled0 = self.endpoint.bytes_pulled
         self._dispatcher = None
         self._run_id = run_id
@@ -390,6 +390,10 @@ class NodeHost:
         if req.error:
             req.release_buffers()
         outbox.put(("read_done", req.rid, job.side, job.node, job.first, job.last, len(blocks), failures))
+
+    @staticmethod
+    def _read_failed(post: Callable, job: ReadJob, cause: str, carried: int) -> None:
+        post(("read_failed", job.req.rid, job.side, job.node, job.first, job.last, carried, cause))
 
     # ---- what other nodes' PEs ask of this (DE) node --------------------------------------------
     def _other_run(self, run_id: str) -> str:

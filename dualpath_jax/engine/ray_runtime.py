@@ -399,5 +399,8 @@ def translate(ev: tuple, requests: list) -> tuple:
     if kind == "read_done":
         _, rid, side, node, first, last, n, failures = ev
         return (kind, ReadJob(requests[rid], side, node, first, last), [None] * n, failures)
+    if kind == "read_failed":
+        _, rid, side, node, first, last, carried, cause = ev
+        return (kind, ReadJob(requests[rid], side, node, first, last), carried, cause)
     return ev
 

@@ -60,6 +60,14 @@ class ReadJob:
     last: int
 
 
+@dataclasses.dataclass
+class _Progress:
+    """How far a read job got: blocks taken out of ``read_q`` and blocks carried over the SNIC."""
+
+    dequeued: int = 0
+    carried: int = 0
+
+
 class NodeReader:
     """One node's reader thread (see module docstring).
 
@@ -67,8 +75,10 @@ class NodeReader:
       ctx: the run (fabric, store, clock, fault injector, supervision).
       node: node id; read_q: pending read tokens per node.
       on_done: ``on_done(job, blocks, failures)`` from the reader thread; or
-        ``on_error(job, cause)`` when the job could not run (buffer timeout, link failure, an
-        unexpected exception of the job, which is also reported to the controller).
+        ``on_error(job, cause, carried)`` when the job could not run (buffer timeout, link failure,
+        an unexpected exception of the job, which is also reported to the controller); ``carried``:
+        blocks of the job already carried over the node's SNIC before it stopped (they crossed the
+        link for the request's attempt and count among its reads).
 
     Every job takes its tokens out of ``read_q`` exactly once, whatever happens to it (``oracle``
     jobs never enter it).
@@ -102,22 +112,22 @@ class NodeReader:
             job = self._queue.get()
             if job is None:
                 return
-            done = [0]  # blocks of the job already taken out of read_q
+            done = _Progress()
             try:
                 self._read(job, done)
             except (RequestFailed, TransferFailed, BufferTimeoutError, ValueError) as e:
-                self.on_error(job, f"read on {job.side} side: {e}")
+                self.on_error(job, f"read on {job.side} side: {e}", done.carried)
             except Exception as e:  # noqa: BLE001 - supervision: report, fail the job, go on
-                self.on_error(job, f"read on {job.side} side: {self.ctx.worker_error(self.name, e)}")
+                self.on_error(job, f"read on {job.side} side: {self.ctx.worker_error(self.name, e)}", done.carried)
             finally:
-                self._dequeue(job, job.last - job.first - done[0])
+                self._dequeue(job, job.last - job.first - done.dequeued)
 
     def _dequeue(self, job: ReadJob, blocks: int) -> None:
         """Take ``blocks`` of ``job`` out of the node's read queue (``oracle`` reads never enter it)."""
         if blocks and not self.fabric.bypass:
             self.read_q.add(self.node, -blocks * job.req.block_tokens)
 
-    def _read(self, job: ReadJob, done: list) -> None:
+    def _read(self, job: ReadJob, done: "_Progress") -> None:
         req = job.req
         layout = self.store.layout
         n = job.last - job.first
@@ -170,13 +180,14 @@ class NodeReader:
                     self.discarded_bytes += res.block.nbytes  # read, but after a bad block: recomputed instead
                 elif res is not None:
                     self.fabric.carry(self.fabric.read_path(self.node), res.block.nbytes, tag=f"read/r{req.rid}")
+                    done.carried += not self.fabric.bypass
                     if lease is not None:
                         lease.hold(res.block)
                     else:
                         self.bypass_bytes += res.block.nbytes
                     blocks.append(res.block)
                 self._dequeue(job, 1)
-                done[0] += 1
+                done.dequeued += 1
         except BaseException:
             self._discard(futures[i:])
             raise
