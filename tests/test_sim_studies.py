@@ -24,7 +24,7 @@ from dualpath_jax.studies import STUDIES, STUDY_CONFIGS, from_config_dict, run_s
 from dualpath_jax.studies.common import OnlineWindow, WorkloadSpec, parse_cluster, sim_config, with_cluster
 from dualpath_jax.studies.config import check_sim_overrides, per_run_sim_fields
 from dualpath_jax.studies.report import build_report
-from dualpath_jax.studies.runs import TTFT_COMPONENTS, offline_run, online_run
+from dualpath_jax.studies.runs import TTFT_COMPONENTS, offline_run, online_run, ttft_components
 from dualpath_jax.workload import agentic_dir
 
 from config_files import CONFIGS
@@ -306,9 +306,24 @@ def test_ttft_components_sum_to_ttft_and_oracle_reads_nothing():
         assert sum(parts) == pytest.approx(s["ttft_mean_s"], rel=1e-9)
         if variant == "oracle":
             assert s["read_transfer_s_mean"] == 0.0 and s["read_wait_s_mean"] == 0.0
-        else:  # every hit byte crosses a 250 MB/s SNIC: the transfer share is at least bytes / rate on average
+        else:  # hits cross the SNIC (the split itself: test_ttft_components_by_hand)
             assert s["read_transfer_s_mean"] > 0.0
     assert math.isfinite(s["completion_mean_s"]) and s["num_failed"] == 0
+
+
+def test_ttft_components_by_hand():
+    # 1) a 1 GB side at 1 GB/s in a 2 s read: 1 s transfer, 1 s waiting; 2) a 2 GB side in a 0.5 s
+    # read (the buffer already held part of it): the transfer is capped at the read; 3) no bytes
+    # (Oracle, or no hit recorded as NaN): nothing to transfer or wait for
+    r = {"arrival_s": [0.0, 0.0, 1.0], "placed_s": [1.0, 0.5, 2.0], "read_done_s": [3.0, 1.0, 2.0],
+         "prefill_start_s": [4.0, 1.0, 2.5], "first_token_s": [6.0, 1.25, 3.0],
+         "read_bytes_pe": [1e9, 0.0, np.nan], "read_bytes_de": [0.5e9, 2e9, np.nan]}
+    c = ttft_components(r, 1e9)
+    want = {"schedule_s": [1.0, 0.5, 1.0], "read_wait_s": [1.0, 0.0, 0.0], "read_transfer_s": [1.0, 0.5, 0.0],
+            "prefill_queue_s": [1.0, 0.0, 0.5], "prefill_compute_s": [2.0, 0.25, 0.5]}
+    assert set(c) == set(want) == set(TTFT_COMPONENTS)
+    for k, v in want.items():
+        np.testing.assert_allclose(c[k], v, rtol=0, atol=1e-12, err_msg=k)
 
 
 # ---- the workload's source (issue #24) --------------------------------------------------------------------
