@@ -146,6 +146,8 @@ def test_fused_expert_tensors_read_as_the_per_expert_ones(tmp_path):
                           "original_max_position_embeddings": 256}}, "rope_parameters.factor"),
     ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": "4"}}, "rope_parameters.factor"),
     ({"rope_scaling": {"type": "ntk", "factor": 4.0}, "rope_parameters": None}, "rope_scaling.type"),
+    ({"rope_parameters": [1, 2]}, "rope_parameters: must be a JSON object"),
+    ({"rope_scaling": "yarn", "rope_parameters": None}, "rope_scaling: must be a JSON object"),
     ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "beta_fast": 0.5}},
      "rope_parameters.beta_fast"),
     ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),

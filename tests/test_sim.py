@@ -3,6 +3,7 @@ conservation and config validation."""
 
 import json
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from dualpath_jax.model import cost
 from dualpath_jax.sched import ClusterScheduler, ReadPlan
 from dualpath_jax.sim import HardwareConfig, SimAgent, SimConfig, Simulator, simulate
 from dualpath_jax.sim.agents import round_hits
+from dualpath_jax.sim.fit import ContextBeyondModelWarning
 
 FETCH = 0.005
 
@@ -113,8 +115,27 @@ def test_determinism_and_conservation():
     assert read_total == pytest.approx(np.sum(r["read_bytes_pe"]) + np.sum(r["read_bytes_de"]))
     kvb = cost.stored_kv_bytes_per_token(cfg.spec, "fp8")
     assert np.sum(r["read_bytes_pe"] + r["read_bytes_de"]) == pytest.approx(np.sum(r["hit_tokens"]) * kvb)
-    # a round's hit never exceeds the agent's previous context, and rounds are ordered in time
     assert (r["first_token_s"] >= r["arrival_s"]).all() and (r["finish_s"] >= r["first_token_s"]).all()
+    # a round's hit never exceeds the agent's previous context, and a round starts after the last ends
+    for i in range(24):
+        mine = np.flatnonzero(r["agent"] == i)
+        mine = mine[np.argsort(r["round"][mine])]
+        assert list(r["round"][mine]) == list(range(6))
+        context = r["hit_tokens"] + r["append_tokens"] + r["gen_tokens"]
+        assert (r["hit_tokens"][mine[1:]] <= context[mine[:-1]]).all() and r["hit_tokens"][mine[0]] == 0
+        assert (r["arrival_s"][mine[1:]] >= r["finish_s"][mine[:-1]]).all()
+
+
+def test_contexts_past_the_models_max_position_are_priced_with_a_warning():
+    cfg = SimConfig(loading="dual", prefill="layerwise", policy="dualpath")  # deepseek-v3.2: 163840 positions
+    assert cfg.spec.max_position == 163840
+    with pytest.warns(ContextBeyondModelWarning, match=r"sim.model: 1 of 2 requests run past deepseek-v3.2's "
+                      r"max_position_embeddings \(163840 tokens; the longest, agents\[0\] round 1, reaches 170020\)"):
+        over = simulate(cfg, [agent([100000, 70000], [10, 10])])
+    assert not np.isnan(over.requests["finish_s"]).any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ContextBeyondModelWarning)
+        simulate(cfg, [agent([100000, 63820], [10, 10])])  # 163840 exactly: no warning
 
 
 def test_invalid_sim_configs_name_field():

@@ -437,12 +437,35 @@ def test_mooncake_writers_variants_read_as_the_canonical_file(tmp_path):
 
 def test_mooncake_block_size_other_than_512(tmp_path):
     rows = [mc(0, 150, 3, [7, 8, 9]), mc(1000, 200, 3, [7, 8, 9, 10])]  # 64-token blocks
-    with pytest.raises(TraceFormatError, match=r"line 1: hash_ids: has 3 ids but 150 tokens make 0 full 512-token"):
+    with pytest.raises(TraceFormatError, match=r"line 1: hash_ids: has 3 ids but 150 tokens make 0 full 512-token.*"
+                       r"the ids fit 64-token blocks \(the trace's block size is mooncake_block_tokens"):
         load_mooncake_trace(jsonl(tmp_path / "b64.jsonl", rows))
     (s,) = load_mooncake_trace(tmp_path / "b64.jsonl", block_tokens=64)
     np.testing.assert_array_equal(s.num_hit_tokens, [0, 128])  # round 0's full blocks 7, 8
     np.testing.assert_array_equal(s.think_time_s, [0.0, 1.0])
     assert s.block_tokens == 64
+
+
+def test_a_json_array_instead_of_json_lines_says_so(tmp_path):
+    path = tmp_path / "array.json"
+    path.write_text(json.dumps([mc(0, 150, 3, [7, 8, 9])]))
+    with pytest.raises(TraceFormatError, match=r"line 1: must be a JSON object \(a JSON-lines file holds one request"):
+        load_mooncake_trace(path)
+
+
+def test_sub_agents_nested_beyond_the_parser_are_one_line(tmp_path):
+    turn = '{"t": 0.0, "type": "n", "in": 64, "out": 1, "hash_ids": [1]}'
+    for depth in (300, 2000):  # one parses and walks; the other is deeper than Python's JSON parser goes
+        opened = "".join(f'{{"t": 0.0, "type": "subagent", "agent_id": "s{i}", "requests": [{turn}, '
+                         for i in range(depth))
+        text = f'{{"id": "deep", "block_size": 64, "requests": [{turn}, {opened}{turn}{"]}" * depth}]}}'
+        path = tmp_path / f"deep{depth}.json"
+        path.write_text(text)
+        if depth == 300:
+            assert len(load_agentic_trace(path)) == depth + 1
+        else:
+            with pytest.raises(TraceFormatError, match=r"deep2000.json: .*nested too deeply"):
+                load_agentic_trace(path)
 
 
 def test_absurd_lengths_and_a_file_with_names_are_one_line(tmp_path):

@@ -217,9 +217,10 @@ def _rope_scaling(cfg: dict, max_position: int, path: str) -> RopeScaling | None
 
 
 def _rope_theta(cfg: dict, path: str) -> float:
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    key = "rope_parameters" if cfg.get("rope_parameters") else "rope_scaling"
+    rope = cfg.get(key) or {}
     if not isinstance(rope, dict):
-        raise ConfigError(f"{path}: rope_scaling", f"must be a JSON object or null (got {rope!r})")
+        raise ConfigError(f"{path}: {key}", f"must be a JSON object or null (got {rope!r})")
     if "rope_theta" in rope:
         return _number(rope, "rope_theta", f"{path}: rope_parameters", float)
     return _number(cfg, "rope_theta", path, float, 10000.0)

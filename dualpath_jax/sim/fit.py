@@ -7,6 +7,8 @@ field and the request), not a stall hours into a run.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from dualpath_jax.config import ConfigError
@@ -14,7 +16,13 @@ from dualpath_jax.sim.agents import FlatRounds
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.hardware import HardwareConfig
 
-__all__ = ["check_requests_fit", "kv_memory", "no_hbm_left"]
+__all__ = ["ContextBeyondModelWarning", "check_requests_fit", "kv_memory", "no_hbm_left"]
+
+
+class ContextBeyondModelWarning(UserWarning):
+    """Some requests' contexts (hit + append + generated tokens) exceed the model's
+    ``max_position_embeddings``: the cost model prices them all the same, a real engine could not
+    serve them."""
 
 
 def kv_memory(cfg: SimConfig, pe_model, de_model, kvb: float) -> tuple[float, float, float]:
@@ -73,12 +81,23 @@ def check_requests_fit(cfg: SimConfig, flat: FlatRounds, *, kvb: float, de_hbm: 
     Raises:
       ConfigError: naming the hardware field that one request does not fit
         (``sim.hardware.hbm_bytes``, ``sim.hardware.dram_buffer_bytes``) and the request.
+
+    Warns:
+      ContextBeyondModelWarning: requests whose context exceeds the model's
+        ``max_position_embeddings`` (their count and the longest).
     """
     if not flat.hit.size:
         return
     hit, append, gen, where = flat.hit, flat.append, flat.gen, flat.where
     context = hit + append + gen  # a DE holds the request's whole KV (SchedRequest.hbm_bytes)
     k = int(np.argmax(context))
+    over = int(np.count_nonzero(context > cfg.spec.max_position))
+    if over:  # priced all the same (the cost model has no limit), but no such request could run
+        warnings.warn(f"sim.model: {over} of {context.size} requests run past {cfg.spec.name}'s "
+                      f"max_position_embeddings ({cfg.spec.max_position} tokens; the longest, {where(k)}, reaches "
+                      f"{context[k]}); the run prices them as if the model took them (cut the workload, e.g. "
+                      f"workload.mal, or choose a model whose context holds them)", ContextBeyondModelWarning,
+                      stacklevel=2)
     if context[k] * kvb > de_hbm:
         raise ConfigError("sim.hardware.hbm_bytes", f"{where(k)} needs {context[k]} tokens "
                           f"({context[k] * kvb:,.0f} B) of DE HBM but only {de_hbm:,.0f} B is free after weights")

@@ -49,6 +49,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import sys
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -153,6 +154,9 @@ def read_json_gz(path: Path, *, gzipped: bool | None = True) -> Any:
         raise TraceFormatError(path, f"line {e.lineno} column {e.colno}", "", f"invalid JSON ({e.msg})") from e
     except UnicodeDecodeError as e:
         raise TraceFormatError(path, "", "", f"not UTF-8 text ({e.reason})") from e
+    except RecursionError:  # JSON nested deeper than the parser's stack (sub-agents in sub-agents...)
+        raise TraceFormatError(path, "", "", f"JSON nested too deeply to parse (objects and lists beyond about "
+                               f"{sys.getrecursionlimit()} levels)") from None
 
 
 def _is_number(v) -> bool:
@@ -301,8 +305,12 @@ def load_agentic_trace(path, *, subagents: Literal["separate", "drop"] = "separa
                  scope_name)
     scope = trace_id if scope_name == "local" else f"global:{scope_name}"
     out: list[Trajectory] = []
-    _walk(ctx, ctx.require(doc, "(top level)", "requests"), "", trace_id, None, 0.0, block_size,
-          scope if token_scope == "trace" else "", subagents, out, {trace_id})
+    try:
+        _walk(ctx, ctx.require(doc, "(top level)", "requests"), "", trace_id, None, 0.0, block_size,
+              scope if token_scope == "trace" else "", subagents, out, {trace_id})
+    except RecursionError:
+        raise TraceFormatError(path, "", "", f"sub-agents nested too deeply (Python's recursion limit, "
+                               f"{sys.getrecursionlimit()}, ends the walk)") from None
     if taken is not None:
         taken.update(t.agent_id for t in out)
     return out

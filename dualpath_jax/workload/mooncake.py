@@ -58,6 +58,21 @@ def _fail(path: Path, where: str, field: str, problem: str, value) -> None:
     raise TraceFormatError(path, where, field, problem, value, show_value=value is not None)
 
 
+def _fitting_block_tokens(ids, in_tokens: int) -> list[int]:
+    """Block sizes (powers of two, 1 to 2**20 tokens) for which ``ids`` count ``in_tokens``'
+    full blocks or those and a partial last one."""
+    if not isinstance(ids, list) or not ids:
+        return []
+    return [b for b in (2 ** k for k in range(21)) if len(ids) in (in_tokens // b, -(-in_tokens // b))]
+
+
+def _fail_ids(path: Path, where: str, fitting: list[int], problem: str, value) -> None:
+    if fitting and "ids but" in problem:  # a count that another block size explains: name the option
+        problem += (f"; the ids fit {' or '.join(map(str, fitting))}-token blocks (the trace's block size is "
+                    f"mooncake_block_tokens, workload.mooncake_block_tokens in a study config)")
+    _fail(path, where, "hash_ids", problem, value)
+
+
 def _parse_lines(path: Path, block_tokens: int, name: str):
     """Validated rows (timestamp_ms, input_length, output_length, full-block ids ``int64[n]``) of
     a JSON-lines file, plain or gzip-compressed (told by its first bytes, whatever its name), in
@@ -77,7 +92,8 @@ def _parse_lines(path: Path, block_tokens: int, name: str):
         except json.JSONDecodeError as e:
             raise TraceFormatError(path, where, "", f"invalid JSON at column {e.colno} ({e.msg})") from e
         if not isinstance(obj, dict):
-            raise TraceFormatError(path, where, "", "must be a JSON object", type(obj).__name__)
+            raise TraceFormatError(path, where, "", "must be a JSON object (a JSON-lines file holds one request "
+                                   "object per line)", type(obj).__name__)
         for field in ("timestamp", "input_length", "output_length", "hash_ids"):
             if field not in obj:
                 raise TraceFormatError(path, where, field, "missing required field")
@@ -87,7 +103,8 @@ def _parse_lines(path: Path, block_tokens: int, name: str):
         n_in, n_out = (token_count(obj[field], lo, functools.partial(_fail, path, where, field))
                        for field, lo in (("input_length", 1), ("output_length", 0)))
 
-        ids = full_block_ids(obj["hash_ids"], n_in, block_tokens, functools.partial(_fail, path, where, "hash_ids"),
+        ids = full_block_ids(obj["hash_ids"], n_in, block_tokens,
+                             functools.partial(_fail_ids, path, where, _fitting_block_tokens(obj["hash_ids"], n_in)),
                              f"{name}:{where}")
         rows.append((float(ts), n_in, n_out, ids))
     if not rows:
