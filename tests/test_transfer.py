@@ -155,6 +155,48 @@ def test_buffer_accounting_and_limits():
     assert pool.in_use_bytes == 0 and pool.stats().peak_bytes == 600
 
 
+def test_a_claim_keeps_its_place_in_the_fifo_without_waiting():
+    pool = BufferPool("de.buffer", 100)
+    first = pool.claim(30)  # fits, nobody queued: granted at once
+    lease = first.take()
+    assert lease is not None and lease.num_bytes == 30 and first.take() is None and pool.in_use_bytes == 30
+    held = pool.acquire(50)  # 80 in use
+    got = {}
+    waiter = threading.Thread(target=lambda: got.setdefault("w", pool.acquire(40, timeout_s=30)))
+    waiter.start()
+    _wait_until(lambda: pool.num_waiting == 1, "the waiter to queue")
+    late = pool.claim(10)  # 10 B would fit, but the waiter was first
+    assert late.take() is None and pool.num_waiting == 2 and pool.try_acquire(10) is None
+    lease.release()  # 50 in use: the waiter's 40 fit, then the claim's 10 behind it
+    waiter.join(timeout=30)
+    assert got["w"].num_bytes == 40
+    _wait_until(lambda: pool.in_use_bytes == 100, "the claim to be granted")
+    tail = late.take()
+    assert tail is not None and tail.num_bytes == 10 and pool.num_waiting == 0
+    for x in (held, got["w"], tail):
+        x.release()
+    assert pool.in_use_bytes == 0
+
+
+def test_a_claim_that_does_not_fit_holds_back_the_queue_until_it_is_released():
+    pool = BufferPool("de.buffer", 100)
+    held = pool.acquire(80)
+    big = pool.claim(50)  # first in the queue, does not fit
+    with pytest.raises(BufferTimeoutError):
+        pool.acquire(10, timeout_s=0.05)  # FIFO: behind the claim, though 10 B are free
+    big.release()  # gives up its place
+    small = pool.acquire(10, timeout_s=30)
+    assert big.take() is None and pool.num_waiting == 0 and pool.in_use_bytes == 90
+    granted = pool.claim(10)
+    granted.release()  # granted, never taken: its bytes go back
+    assert granted.take() is None and pool.in_use_bytes == 90
+    for x in (held, small):
+        x.release()
+    assert pool.in_use_bytes == 0 and pool.stats().num_acquired == 3  # held, small and the granted claim
+    with pytest.raises(ValueError, match="capacity"):
+        pool.claim(101)
+
+
 def test_a_lease_splits_off_part_of_its_reservation():
     pool = BufferPool("de.buffer", 1000)
     a = pool.acquire(700)

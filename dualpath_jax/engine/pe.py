@@ -190,11 +190,10 @@ class PrefillWorker:
         """Hold DE buffer space for what this PE will send of the request (before its first chunk),
         unless its DE-side read already reserved it with the hit's (``engine/reader.py``).
 
-        Never blocks the PE: a request whose DE buffer is full is left out of this batch (FIFO
-        order among the others is kept) and fails once it has waited ``timeout_s``. Its poll
-        (``try_acquire``) takes space only when nobody waits in the buffer's queue, so while DE-side
-        reads queue for that buffer one after another, the hand-off may wait out ``timeout_s``
-        though its bytes would fit. Returns whether the request may join a batch now.
+        Never blocks the PE: the first poll takes the request's place in the DE buffer's FIFO
+        (with the DE-side reads queued there), and a request whose space is not granted yet is
+        left out of this batch (FIFO order among the others is kept); it fails once it has waited
+        ``timeout_s``. Returns whether the request may join a batch now.
         """
         ctx, req = self.ctx, item.req
         if not item.first or ctx.fabric.bypass or req.de_send_lease is not None:
@@ -206,7 +205,7 @@ class PrefillWorker:
             self._drop(item, f"DE buffer for the PE->DE hand-off: {nbytes} B exceed buffer {pool.name}'s "
                              f"capacity {pool.capacity_bytes} B", retry=False)
             return False
-        lease = pool.try_acquire(nbytes)
+        lease = pool.reserve(nbytes)
         if lease is not None:
             return req.attach_lease("de_send_lease", lease)
         if item.buffer_wait_since is None:

@@ -35,6 +35,17 @@ class LocalHit:
         return gather_layer(self.layout, self.blocks, layer, dtype=np.float32)
 
 
+class _SendSpace:
+    """A DE buffer as one request's hand-off asks it for space (:meth:`LocalPeers.de_buffer`)."""
+
+    def __init__(self, pool, req):
+        self.pool, self.req = pool, req
+        self.name, self.capacity_bytes = pool.name, pool.capacity_bytes
+
+    def reserve(self, num_bytes: int):
+        return self.req.claim_send_space(self.pool, num_bytes)
+
+
 class LocalPeers:
     """The peers of a run whose nodes all live in this process (see module docstring)."""
 
@@ -42,9 +53,10 @@ class LocalPeers:
         self.fabric, self.layout = fabric, layout
 
     def de_buffer(self, req):
-        """The DE buffer of ``req``'s DE's node, for ``req`` (``name``, ``capacity_bytes``,
-        ``try_acquire(num_bytes) -> Lease | None``)."""
-        return self.fabric.buffer_of(self.fabric.node_of(req.de))
+        """The DE buffer of ``req``'s DE's node, for ``req``'s hand-off (``name``, ``capacity_bytes``,
+        ``reserve(num_bytes) -> Lease | None``: :meth:`RequestState.claim_send_space
+        <dualpath_jax.engine.request.RequestState.claim_send_space>`, a place in the buffer's FIFO)."""
+        return _SendSpace(self.fabric.buffer_of(self.fabric.node_of(req.de)), req)
 
     def de_hits(self, hits: list) -> list:
         """Per ``(req, blocks)``: the request's DE-side hit ``blocks`` (already in its DE buffer),

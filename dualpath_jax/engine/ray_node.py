@@ -403,15 +403,16 @@ class NodeHost:
         return "" if run_id == self._run_id else f"node{self.node} is not in run {run_id} (a late call)"
 
     def reserve(self, run_id: str, info: RequestInfo, num_bytes: int) -> bool:
-        """Hold ``num_bytes`` of this node's DE buffer for the request's hand-off in run ``run_id``;
-        False if full (or another run's call)."""
+        """Hold ``num_bytes`` of this node's DE buffer for the request's hand-off in run ``run_id``
+        (:meth:`~dualpath_jax.engine.request.RequestState.claim_send_space`: the first call takes a
+        place in the buffer's FIFO); False while not granted (or another run's call)."""
         if self._other_run(run_id):
             return False
         self._served("reserve")
         req = self._replica(info)
         if req.de_send_lease is not None:  # held already (an earlier answer the PE did not wait for)
             return not req.error
-        lease = self.fabric.buffer_of(self.node).try_acquire(num_bytes)
+        lease = req.claim_send_space(self.fabric.buffer_of(self.node), num_bytes)
         return lease is not None and req.attach_lease("de_send_lease", lease)
 
     def offer_hits(self, run_id: str, asks: Sequence[tuple[int, int]], out_bytes: dict[int, int] | None = None,

@@ -81,10 +81,11 @@ class _RemoteBuffer:
         self.name = f"de_buffer/node{peers.node_of(req.de)}"
         self.capacity_bytes = peers.config.buffer_bytes
 
-    def try_acquire(self, num_bytes: int):
-        """Ask the DE node (one actor call; FIFO order among the PE's requests is kept): a lease,
-        or None if the buffer is full, the node is dead (the driver then fails the request) or
-        does not answer within ``timeout_s`` (asked again on the PE's next pass)."""
+    def reserve(self, num_bytes: int):
+        """Ask the DE node (one actor call; its first call queues the request in the buffer's FIFO,
+        :meth:`~.ray_node.NodeHost.reserve`): a lease, or None while not granted, if the node is
+        dead (the driver then fails the request) or does not answer within ``timeout_s`` (asked
+        again on the PE's next pass)."""
         import ray  # noqa: PLC0415
 
         try:

@@ -16,7 +16,7 @@ import numpy as np
 
 from dualpath_jax.sched import SchedRequest
 from dualpath_jax.store import BlockFailure
-from dualpath_jax.transfer import Lease
+from dualpath_jax.transfer import BufferPool, Claim, Lease
 
 __all__ = ["RequestState", "RequestFailed"]
 
@@ -79,6 +79,7 @@ class RequestState:
     read_failures: list = dataclasses.field(default_factory=list)
     # PE -> DE hand-off: per layer, segments (start_token, k [n, K, H], v [n, K, H]) in the DE buffer
     de_send_lease: Lease | None = None
+    de_send_claim: Claim | None = None  # its place in the DE buffer's queue until de_send_lease is granted
     segments: list = dataclasses.field(default_factory=list)
     pending_sends: int = 0
     prefill_done: bool = False
@@ -132,13 +133,29 @@ class RequestState:
         return self.hit_blocks * self.block_tokens
 
     def release_buffers(self) -> None:
-        """Drop every DRAM lease the request still holds (idempotent)."""
-        for lease in (self.pe_lease, self.de_read_lease, self.de_send_lease):
+        """Drop every DRAM lease the request still holds, and its place in a buffer's queue
+        (idempotent)."""
+        for lease in (self.pe_lease, self.de_read_lease, self.de_send_lease, self.de_send_claim):
             if lease is not None:
                 lease.release()
         self.pe_hit, self.de_hit, self.segments = [], [], []
 
-    def attach_lease(self, attr: str, lease: Lease | None) -> bool:
+    def claim_send_space(self, pool: BufferPool, num_bytes: int) -> Lease | None:
+        """The hand-off's DE buffer space, without waiting: the first call queues for it in
+        ``pool``'s FIFO (``de_send_claim``), every call returns the lease once the pool granted
+        it (then once only), else None. A failure of the request gives up its place.
+
+        Raises:
+          ValueError: ``num_bytes`` negative or above ``pool``'s capacity.
+        """
+        claim = self.de_send_claim
+        if claim is None:
+            claim = pool.claim(num_bytes)
+            if not self.attach_lease("de_send_claim", claim):
+                return None
+        return claim.take()
+
+    def attach_lease(self, attr: str, lease: Lease | Claim | None) -> bool:
         """Store ``lease`` as ``self.<attr>``; if the request has failed, also release it at once
         (the failure's ``release_buffers`` may have run before the lease was stored). Returns
         whether the request is still live."""

@@ -6,6 +6,11 @@ blocks (FIFO, so a large request is never starved by small ones) until enough ca
 and gives up with :class:`BufferTimeoutError` after ``timeout_s``; a request larger than the whole
 pool fails at once. Never grows beyond ``capacity_bytes``.
 
+A thread that must not block (a PE forming its batches) takes a place in that FIFO with
+:meth:`BufferPool.claim` instead: the pool reserves the bytes as soon as the :class:`Claim` is
+first in the queue and they fit, and :meth:`Claim.take` hands the lease over when the thread next
+looks.
+
 A :class:`Lease` is the reservation; the data it covers (e.g. Full Blocks read from the store)
 is attached with :meth:`Lease.hold` or allocated with :meth:`Lease.allocate`, and dropped on
 :meth:`Lease.release` (idempotent; also a context manager).
@@ -23,7 +28,7 @@ import numpy as np
 
 from dualpath_jax.config import check_positive
 
-__all__ = ["BufferPool", "Lease", "BufferTimeoutError", "BufferStats"]
+__all__ = ["BufferPool", "Lease", "Claim", "BufferTimeoutError", "BufferStats"]
 
 
 class BufferTimeoutError(TimeoutError):
@@ -125,6 +130,40 @@ class Lease:
         self.release()
 
 
+class Claim:
+    """A place in a :class:`BufferPool`'s FIFO for ``num_bytes`` that nobody waits on (see
+    :meth:`BufferPool.claim`)."""
+
+    def __init__(self, pool: "BufferPool", ticket: int, num_bytes: int, t0: float):
+        self.pool, self.ticket, self.num_bytes, self.t0 = pool, ticket, num_bytes, t0
+        self._lease: Lease | None = None
+        self._done = False  # taken or released: the claim is over
+
+    def take(self) -> Lease | None:
+        """The lease once the pool granted it (then the caller's, exactly once); None before."""
+        with self.pool._cond:
+            lease, self._lease = self._lease, None
+            if lease is not None:
+                self._done = True
+        return lease
+
+    def release(self) -> None:
+        """Give up the place in the queue, or the granted bytes not yet taken (idempotent; a lease
+        already taken is the taker's to release)."""
+        pool = self.pool
+        with pool._cond:
+            if self._done:
+                return
+            self._done = True
+            lease, self._lease = self._lease, None
+            if self.ticket in pool._claims:
+                del pool._claims[self.ticket]
+                pool._queue.remove(self.ticket)
+                pool._grant()
+        if lease is not None:
+            lease.release()
+
+
 class BufferPool:
     """A bounded DRAM buffer (see module docstring).
 
@@ -150,6 +189,7 @@ class BufferPool:
         self._peak = 0
         self._tickets = itertools.count()
         self._queue: list[int] = []  # waiting tickets, FIFO
+        self._claims: dict[int, Claim] = {}  # the tickets of claims among them
         self._n_acquired = self._n_waited = self._n_timeouts = 0
         self._wait_s = 0.0
 
@@ -160,7 +200,7 @@ class BufferPool:
 
     @property
     def num_waiting(self) -> int:
-        """Requests queued in :meth:`acquire`, waiting for capacity or for their turn."""
+        """Requests queued for capacity or for their turn (waiting in :meth:`acquire` or claiming)."""
         with self._cond:
             return len(self._queue)
 
@@ -205,16 +245,58 @@ class BufferPool:
                 self._wait_s += waited
             if not ok:
                 self._n_timeouts += 1
+                self._grant()
                 self._cond.notify_all()
                 raise BufferTimeoutError(self.name, num_bytes, self._in_use, self.capacity_bytes, waited)
             self._in_use += num_bytes
             self._peak = max(self._peak, self._in_use)
             self._n_acquired += 1
+            self._grant()
             self._cond.notify_all()
         return Lease(self, num_bytes)
 
+    def claim(self, num_bytes: int) -> Claim:
+        """Queue for ``num_bytes`` without waiting: a :class:`Claim` that the pool grants (reserves
+        the bytes for) as soon as it is first in the FIFO and they fit, as it would wake an
+        :meth:`acquire`; :meth:`Claim.take` returns the lease from then on. Give it up with
+        :meth:`Claim.release`; a claim holds back the requests queued after it, as a waiter does.
+
+        Raises:
+          ValueError: ``num_bytes`` negative or larger than the pool's capacity.
+        """
+        if num_bytes < 0:
+            raise ValueError(f"num_bytes: must be >= 0 (got {num_bytes})")
+        if num_bytes > self.capacity_bytes:
+            raise ValueError(f"num_bytes: {num_bytes} B exceeds buffer {self.name}'s capacity "
+                             f"{self.capacity_bytes} B")
+        with self._cond:
+            claim = Claim(self, next(self._tickets), num_bytes, self._clock())
+            self._queue.append(claim.ticket)
+            self._claims[claim.ticket] = claim
+            self._grant()
+        return claim
+
+    def _grant(self) -> None:
+        """Reserve the bytes of the claims first in the queue that fit (caller holds the lock)."""
+        granted = False
+        while self._queue and (c := self._claims.get(self._queue[0])) is not None \
+                and self._in_use + c.num_bytes <= self.capacity_bytes:
+            del self._claims[self._queue.pop(0)]
+            self._in_use += c.num_bytes
+            self._peak = max(self._peak, self._in_use)
+            self._n_acquired += 1
+            waited = self._clock() - c.t0
+            if waited > 1e-4:
+                self._n_waited += 1
+                self._wait_s += waited
+            c._lease = Lease(self, c.num_bytes)
+            granted = True
+        if granted:  # the next in line may be a waiter
+            self._cond.notify_all()
+
     def try_acquire(self, num_bytes: int) -> Lease | None:
-        """Reserve ``num_bytes`` only if it fits now and nobody is waiting; else None."""
+        """Reserve ``num_bytes`` only if it fits now and nobody is queued (waiting or claiming);
+        else None (taking no place in the queue: :meth:`claim` does)."""
         with self._cond:
             if self._queue or num_bytes < 0 or self._in_use + num_bytes > self.capacity_bytes:
                 return None
@@ -226,6 +308,7 @@ class BufferPool:
     def _give_back(self, num_bytes: int) -> None:
         with self._cond:
             self._in_use -= num_bytes
+            self._grant()
             self._cond.notify_all()
 
     def stats(self) -> BufferStats:
