@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -44,8 +46,9 @@ print(spec.name, "layers", spec.n_layers, "| Full Block", layout.full_block_byte
       layout.layer_block_bytes, "B")
 
 # %% [markdown]
-# Turn 1 computes the first 576 tokens and writes their nine 64-token Full Blocks to the store.
-# Turn 2 appends 64 tokens: its 576 hit tokens are read from the store, layer by layer.
+# Turn 1 computes the first 577 tokens and writes the nine complete 64-token Full Blocks among
+# them (576 tokens) to the store. Turn 2 is all 640 tokens: its 576 hit tokens are read from the
+# store, layer by layer, and the other 64 are computed.
 # `PrefillEngine` runs the same prefill path (`dualpath_jax.engine.PrefillPath`) as the PE
 # workers of the engine cluster: load a layer's KV, compute the layer, hand its KV on.
 
@@ -84,8 +87,10 @@ for mode, depth in (("layerwise", 2), ("layerwise", 1), ("full", 1)):
 # With `depth=2` (double buffering) the next layer's KV loads while this layer computes, so the
 # time spent waiting for KV is shorter than with `depth=1`, which loads each layer only once the
 # previous one is done (how much shorter depends on the host's timing). Layer-wise prefill holds
-# at most `depth` layers' KV on the device (compare the KV peaks: two layers' worth at `depth=2`),
-# while `full` holds all L = 8 layers' KV at once.
+# at most `depth` layers' KV on the device (the KV peaks: one or two layers' worth at `depth=2`,
+# as the next layer's load lands before or after this layer's KV is dropped), while `full` holds
+# all L = 8 layers' KV at once. The peaks count the device arrays, whose block dimension is padded
+# to a power of two (nine hit blocks take sixteen), so one layer shows more than its nine blocks.
 #
 # ## A new read-side policy in the simulator
 #
