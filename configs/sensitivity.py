@@ -9,8 +9,9 @@ Each quantity of ``quantities`` (``dualpath_jax.studies.sensitivity.QUANTITIES``
 SimConfig fields, ``hardware.<field>`` for HardwareConfig's) moves alone to ``1 - change`` and
 ``1 + change`` times its base value (clipped to 1.0 for a share), and the studies of ``studies``
 rerun on that configuration. Each study section is a study config as in ``configs/sim_<study>.py``
-(override any field, e.g. ``--config.online.search.rel_tol=0.2``); ``seeds`` = 1 everywhere, so
-every case replays the same workload and arrivals.
+(override any field, e.g. ``--config.online.search.rel_tol=0.2``; a scheduler plug-in per study,
+``--config.ablation.scheduler=pkg.module:Class``, as in ``run_sim.py``); ``seeds`` = 1 everywhere,
+so every case replays the same workload and arrivals.
 
 Default (``change`` 0.25, 13 quantities, 27 cases):
   ablation  DS 660B (DeepSeek-V3.2) 2P4D, MAL 64K, 512 agents, Basic / +Layerwise / +DPL / DualPath

@@ -4,7 +4,11 @@
 ``address`` (``"auto"``, ``"HOST:PORT"``), else to a local instance it starts (an instance already
 started in this process is kept). Ray forks its daemons and they exec at once, so JAX's warning
 that ``os.fork()`` in a multithreaded process may deadlock does not apply and is not shown.
-A new local instance uses Ray's token authentication (Ray's default); Ray's warning that it
+A new local instance's workers import as this process does: the directories this process added
+to its import path (``sys.path`` beyond the interpreter's own prefixes: the working directory, a
+script's directory, ``sys.path.insert``) reach them as ``PYTHONPATH``, so a policy class found here
+unpickles there. On a cluster each host imports on its own (the README's multi-host notes). A new
+local instance uses Ray's token authentication (Ray's default); Ray's warning that it
 does so, printed on every run, is not shown either (``RAY_AUTH_MODE=disabled`` opts out, as
 Ray documents). Importing this module does not import Ray.
 """
@@ -12,6 +16,8 @@ Ray documents). Importing this module does not import Ray.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import warnings
 
 __all__ = ["ray_module"]
@@ -40,7 +46,18 @@ def ray_module(address: str = "", **local_options):
                 notice = _DropDefaultAuthNotice()
                 logging.getLogger(_AUTH_LOGGER).addFilter(notice)
                 try:
-                    ray.init(include_dashboard=False, log_to_driver=True, **local_options)
+                    ray.init(include_dashboard=False, log_to_driver=True,
+                             runtime_env={"env_vars": {"PYTHONPATH": _import_path()}}, **local_options)
                 finally:
                     logging.getLogger(_AUTH_LOGGER).removeFilter(notice)
     return ray
+
+
+def _import_path() -> str:
+    """This process's import directories beyond the interpreter's own (module docstring), in order,
+    then those of ``PYTHONPATH``: the value for a local instance's workers."""
+    own = tuple(os.path.join(os.path.abspath(p), "") for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+    added = [os.path.abspath(p or os.curdir) for p in sys.path]
+    added = [p for p in added if os.path.isdir(p) and not os.path.join(p, "").startswith(own)]
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(added + inherited))

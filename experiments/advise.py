@@ -25,6 +25,7 @@ import time
 from absl import flags, logging
 
 from dualpath_jax.metrics import writers
+from dualpath_jax.sched import scheduler_name
 from dualpath_jax.studies import RunCache, cli
 from dualpath_jax.studies.advisor import advise
 from dualpath_jax.studies.advisor_report import (advisor_config, describe_advisor_config, validate, validation_cases,
@@ -47,6 +48,9 @@ def main(argv):
     workdir = cli.open_workdir(_WORKDIR.value)
     writers.write_config(workdir, config)
     writers.write_env(workdir, device="simulator (virtual time)")
+    policies = {scheduler_name(c.scheduler) for c in (cases or [request])} - {""}
+    if policies:
+        print(f"scheduler {', '.join(sorted(policies))}", flush=True)
     t0 = time.perf_counter()
     cache = RunCache(max_entries=1 << 16, sweep=cli.sweep_from_flags())
     log = lambda s: print(s, flush=True)  # noqa: E731
@@ -68,7 +72,7 @@ def main(argv):
         print(f"binding: {advice.why}")
     named["wall_s"] = time.perf_counter() - t0
     writers.write_named_values(workdir, named)
-    writers.append_metrics(workdir, named)
+    writers.append_metrics(workdir, {"scheduler": ", ".join(sorted(policies)), **named})
     print()
     print(writers.format_named_values(printed(named)))
 

@@ -355,6 +355,41 @@ def test_a_custom_policy_decides_in_the_engine(model):
     assert tokens["tokens_identical"], tokens["reference_mismatches"]
 
 
+class _KeysBatchesById(ClusterScheduler):
+    """A policy that keeps per-request state from ``submit`` and reads it in ``form_pe_batch``."""
+
+    instances: list = []
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.submitted, self.batched = {}, []
+        self.instances.append(self)
+
+    def submit(self, req):
+        self.submitted[req.request_id] = req
+        super().submit(req)
+
+    def form_pe_batch(self, fifo, **kw):
+        batch = super().form_pe_batch(fifo, **kw)
+        self.batched += [(b.request_id, b.cached + b.remaining) for b in batch]
+        return batch
+
+
+def test_form_pe_batch_sees_the_ids_the_policy_placed_as_in_the_simulator(model):
+    # defect: the engine numbered the batch's items by their place in the PE's queue (0, 1, ...)
+    spec, params, layout = model
+    store = KVStore(layout, StoreConfig(backend="memory"))
+    cluster = EngineCluster(ClusterConfig(**FAST).for_variant("dualpath"), spec, params, layout, store,
+                            time_model=TIME_MODEL, prefill_tokens_per_s=1e4, scheduler_cls=_KeysBatchesById)
+    _KeysBatchesById.instances.clear()
+    res = cluster.run(AGENTS, [0.0] * len(AGENTS))
+    assert all(r.finished and not r.error for r in res.requests)
+    (sched,) = _KeysBatchesById.instances
+    # every batch item names a submitted request, with that request's prompt length
+    assert sched.batched and all(sched.submitted[i].num_tokens == n for i, n in sched.batched)
+    assert {i for i, _ in sched.batched} == {r.rid for r in res.requests}
+
+
 class _NoDE(ClusterScheduler):  # a broken policy: never places a request on a DE
     def fetch_de(self, group_id, loads):
         return []

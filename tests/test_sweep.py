@@ -1,11 +1,14 @@
 """Studies' independent runs on Ray: the same results as one after another in this process."""
 
 import math
+import os
+import sys
 import threading
 
 import pytest
 
 from dualpath_jax.config import ConfigError
+from dualpath_jax.raylaunch import _import_path
 from dualpath_jax.sim import SimConfig
 from dualpath_jax.studies import RunCache, Sweep, WorkloadSpec, from_config_dict, offline_runs, run_study
 from dualpath_jax.studies.runs import online_runs
@@ -88,6 +91,14 @@ def test_a_run_s_error_is_raised_as_it_was_and_at_once(ray_session):
         Sweep(workers=2).map(FailsFirst(), [0, 120])
     assert str(e.value) == "workload.num_agents: must be >= 1 (got 0)" and e.value.field == "workload.num_agents"
     assert time.monotonic() - t0 < 60  # without waiting for the 120 s run, which is cancelled
+
+
+def test_a_local_ray_instance_hands_its_workers_the_directories_this_process_imports_from(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))  # as a script's sys.path.insert(0, ...) for its policy module
+    monkeypatch.setenv("PYTHONPATH", "/from/the/environment")
+    path = _import_path().split(os.pathsep)
+    assert path[0] == str(tmp_path) and path[-1] == "/from/the/environment"
+    assert not [p for p in path if p.startswith((sys.prefix, sys.base_prefix))]  # the interpreter's own
 
 
 def test_serial_sweep_and_bad_worker_counts():

@@ -170,7 +170,7 @@ class PrefillWorker:
 
     def _form_batch(self, fifo: list[PrefillItem]) -> list[tuple[PrefillItem, int]]:
         ctx = self.ctx
-        items = [BatchItem(i, it.cached, it.remaining) for i, it in enumerate(fifo)]
+        items = [BatchItem(it.req.rid, it.cached, it.remaining) for it in fifo]  # the ids the policy placed
         try:
             batch = ctx.sched.form_pe_batch(items, time_model=ctx.time_model,
                                             max_tokens=ctx.config.basic_max_batch_tokens,
@@ -178,7 +178,8 @@ class PrefillWorker:
         except ValueError as e:  # the head's cached KV can never fit this PE's device budget
             self._drop(fifo[0], f"PE device KV budget: {e}", retry=False)
             return []
-        return [(fifo[b.request_id], b.remaining) for b in batch]
+        by_id = {it.req.rid: it for it in fifo}
+        return [(by_id[b.request_id], b.remaining) for b in batch]
 
     def _drop(self, item: PrefillItem, cause: str, *, retry: bool = True) -> None:
         with self._cond:

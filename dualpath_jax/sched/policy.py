@@ -11,7 +11,9 @@ simulator alike; a runtime never calls these in its own order):
 4. Once a request has both engines, ``read_plan(req, pe_node, de_node, read_q, hit_blocks,
    block_tokens)`` says which SNIC(s) read its hit blocks; the driver checks the plan with
    :func:`.read_side.check_read_plan` (so a subclass's own ``read_plan`` is held to the same rules).
-5. PEs form forward batches with ``form_pe_batch``.
+5. PEs form forward batches with ``form_pe_batch`` (items named by ``request_id``, as placed). It
+   runs where the PE runs: under the engine's ``ray`` runtime on the PE node process's own
+   instance (same class and config), which sees none of the driver's state.
 
 **Policy hooks** (a researcher's policy is a subclass that overrides any of them on its own; each
 gets everything it needs as arguments, no private state; see the README's "Your own policy"):

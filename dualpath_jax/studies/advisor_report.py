@@ -20,7 +20,7 @@ from pathlib import Path
 from dualpath_jax.config import ConfigError, from_mapping
 from dualpath_jax.metrics import writers
 from dualpath_jax.metrics.latency import SLO
-from dualpath_jax.sched import ClusterScheduler
+from dualpath_jax.sched import ClusterScheduler, scheduler_name
 from dualpath_jax.studies.advisor import Advice, advise, exhaustive, regret
 from dualpath_jax.studies.advisor_runs import AdvisorConfig, Evaluation, Evaluator
 from dualpath_jax.studies.common import OnlineWindow, WorkloadSpec, _merge, as_dict
@@ -117,7 +117,8 @@ def write_advice(workdir: Path, advice: Advice, *, sweep: Evaluator | None = Non
     writers.write_table(workdir / "advise_runs", every)
     _plot(workdir / "advise.png", advice, sweep)
     writers.write_json(workdir / "advise.json", {
-        "recommended": best.choice.label, "per_seed": advice.per_seed, "estimate": dataclasses.asdict(est),
+        "recommended": best.choice.label, "scheduler": scheduler_name(cfg.scheduler),
+        "per_seed": advice.per_seed, "estimate": dataclasses.asdict(est),
         "caption": caption(seeds), "utilization": advice.utilization, "binding": advice.binding, "why": advice.why,
         "eq9": advice.eq9, "kept_splits": advice.kept, "runs": advice.runs, "search_runs": advice.search_runs,
         "evaluated": [dict(_row(e, ""), reason=e.reason, limit=e.limit) for e in advice.evaluated],

@@ -47,7 +47,7 @@ from dualpath_jax.engine.profile import CompileClock, fit_time_model, prefill_sh
 from dualpath_jax.kvcache import block_keys, pack_full_blocks
 from dualpath_jax.model import cost, count_params, get_spec, init_params
 from dualpath_jax.model.hf import load_hf_checkpoint
-from dualpath_jax.sched import BatchItem, form_batch
+from dualpath_jax.sched import BatchItem, ClusterScheduler, SchedulerConfig
 from dualpath_jax.store import KVStore, StoreConfig
 from dualpath_jax.studies.engine_config import (CALIBRATION_FORMAT, CalibrateConfig, EngineAblationConfig,
                                                 EngineArrivals, EngineWorkload, calibration_fingerprint,
@@ -222,7 +222,8 @@ class Setup:
         forward_s = self.time_model.forward_s(ctx_tok, app_tok)
         self.prefill_tokens_per_s = (ctx_tok + app_tok) / max(forward_s, 1e-9)
         self.rounds = round_shapes(agents, self.layout.block_tokens, bool(config.workload.warm_start))
-        self.warm_shapes = expected_shapes(self.rounds, self.layout.block_tokens, self.time_model, self.cluster)
+        self.warm_shapes = expected_shapes(self.rounds, self.layout.block_tokens, self.time_model, self.cluster,
+                                           self.scheduler_cls)
         self.setup_s = time.perf_counter() - t0
         fit = [self.time_model.layer_s(s.cached, s.bsz) / s.layer_s for s in self.samples]
         log(f"profiled {len(self.samples)} (cached, bsz) pairs in {self.setup_s:.1f} s "
@@ -270,18 +271,27 @@ def round_shapes(agents: list[Trajectory], z: int, warm_start: bool) -> list[tup
     return out
 
 
-def expected_shapes(rounds: list[tuple[int, int]], z: int, time_model, cluster: ClusterConfig) -> set:
+def expected_shapes(rounds: list[tuple[int, int]], z: int, time_model, cluster: ClusterConfig,
+                    scheduler_cls: type = ClusterScheduler) -> set:
     """Prefill ``(T, P)`` buckets the run will likely use: each round whole (FIFO batches) and as
-    the compute-quota chunks it would get alone."""
+    the chunks that ``scheduler_cls``'s ``form_pe_batch`` under the ``dualpath`` policy (the
+    compute quota of ``cluster``) gives it alone."""
+    pe_groups, de_groups = cluster.groups()
+    sched = scheduler_cls(SchedulerConfig(policy="dualpath", loading="dual", z_factor=cluster.z_factor,
+                                          compute_quota_s=cluster.compute_quota_s), pe_groups, de_groups)
     shapes = set()
     for hit, app in rounds:
         shapes.add(prefill_shape(hit, app, z))
         cached, remaining = hit, app
         while remaining > 0:
-            (item,) = form_batch([BatchItem(0, cached, remaining)], cluster.compute_quota_s, time_model)[:1]
-            shapes.add(prefill_shape(cached, item.remaining, z))
-            cached += item.remaining
-            remaining -= item.remaining
+            batch = sched.form_pe_batch([BatchItem(0, cached, remaining)], time_model=time_model,
+                                        max_tokens=cluster.basic_max_batch_tokens)
+            step = min(batch[0].remaining, remaining) if batch else 0
+            if step <= 0:  # a policy that leaves it out alone: no chunk to predict
+                break
+            shapes.add(prefill_shape(cached, step, z))
+            cached += step
+            remaining -= step
     return shapes
 
 

@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from dualpath_jax.metrics import writers
+from dualpath_jax.sched import scheduler_name
 from dualpath_jax.studies.config import AblationStudyConfig, Fig7StudyConfig, OnlineStudyConfig, StudyConfig
 from dualpath_jax.studies.registry import run_study
 from dualpath_jax.studies.runs import Log, OnlineRun, RunCache
@@ -369,6 +370,11 @@ def _pct(x, *, sign: bool = True) -> str:
 
 
 def _describe_study(s: StudyConfig) -> str:
+    policy = scheduler_name(s.scheduler)
+    return _describe_runs(s) + (f" (scheduler {policy})" if policy else "")
+
+
+def _describe_runs(s: StudyConfig) -> str:
     sims = headline_sims(s)
     models = ", ".join(dict.fromkeys(f"{m.model} {m.prefill_nodes}P{m.decode_nodes}D" for m in sims))
     if isinstance(s, AblationStudyConfig):
