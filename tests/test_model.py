@@ -64,6 +64,27 @@ def test_cache_layer_count_checked(model):
         forward_with_cache(params, spec, tokens[:4], [empty_layer_kv(spec)])
 
 
+def test_forward_rejects_non_1d_tokens(model):
+    """A batch (or a scalar) given to ``forward`` is named as ``tokens`` and pointed to ``forward_batch``."""
+    spec, params, tokens, _ = model
+    for bad in (jnp.stack([tokens[:8], tokens[8:16]]), tokens[0]):
+        with pytest.raises(ValueError, match=r"^tokens: .*forward_batch"):
+            forward(params, spec, bad)
+
+
+def test_init_params_rejects_non_floating_dtype():
+    """An integer dtype would round every N(0, 0.02) weight to 0: refused, naming ``dtype``."""
+    spec = get_spec("tiny-gqa")
+    for bad in (jnp.int32, "int8", jnp.bool_):
+        with pytest.raises(ValueError, match=r"^dtype: "):
+            init_params(spec, jax.random.PRNGKey(0), bad)
+    for ok in (jnp.float32, jnp.bfloat16):
+        params = init_params(spec, jax.random.PRNGKey(0), ok)
+        leaves = jax.tree_util.tree_leaves(params)
+        assert all(x.dtype == ok for x in leaves)
+        assert float(jnp.abs(params["embed"].astype(jnp.float32)).max()) > 0
+
+
 def _np_rms(x, w, eps):
     return w * (x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps))
 

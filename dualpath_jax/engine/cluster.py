@@ -127,6 +127,9 @@ class EngineCluster:
         (default: only when stderr is a terminal, so logs and CI stay quiet).
 
         Raises:
+          ValueError: ``len(start_s) != len(trajectories)``, before anything starts.
+          ConfigError: naming ``runtime``: a ray runtime with a store whose backend is not
+            ``"file"`` (node processes cannot share a memory store), before any node starts.
           ResourceLeakError: the run ended normally but left a buffer, read queue, DE pool or
             scheduler load non-empty (a bookkeeping bug; the result is attached as ``result``).
           RunStalled: no event, tick or arrival is pending and no engine holds a request, yet

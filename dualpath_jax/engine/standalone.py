@@ -50,8 +50,13 @@ class PrefillConfig:
         ``"full"`` (all layers' KV on the device before computing).
       depth: layers in flight in ``layerwise`` mode (2 = double buffering).
       write_back: persist newly completed Full Blocks to the store.
-      timeout_s: deadline of every wait (buffer, links, loader, store).
-      implementation: attention kernels, ``"auto" | "reference" | "pallas"``.
+      timeout_s: deadline of every wait (buffer, links, loader, store), seconds.
+      implementation: attention kernels, ``"auto" | "reference" | "pallas"``; not checked here
+        (an unknown name raises ``ValueError`` from the first forward, in :meth:`PrefillEngine.execute`).
+
+    Raises:
+      ConfigError: naming the field: ``prefill.mode`` not ``"layerwise"`` or ``"full"``;
+        ``prefill.depth`` not an integer > 0; ``prefill.timeout_s`` not a finite number > 0.
     """
 
     mode: str = "layerwise"
@@ -68,7 +73,17 @@ class PrefillConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PrefillRequest:
-    """A prompt ``tokens i32[S]`` (hit prefix + appended tokens); the store decides the hit."""
+    """A prompt ``tokens i32[S]`` (hit prefix + appended tokens); the store decides the hit.
+
+    Attributes:
+      request_id: names the request in results, errors and transfer tags.
+      tokens: any 1-D integer array, stored as ``i32[S]``; the vocabulary bound ``[0, V)`` is
+        checked by :meth:`PrefillEngine.prepare`, which knows the model.
+
+    Raises:
+      ValueError: ``tokens`` is not a non-empty 1-D integer array, or holds an id outside
+        ``[0, 2**31)`` (checked before the ``int32`` cast could wrap it).
+    """
 
     request_id: str
     tokens: np.ndarray
@@ -116,7 +131,33 @@ class PrefillResult:
 
 @dataclasses.dataclass(frozen=True)
 class PrefillReport:
-    """Batch-level measurements (seconds from ``time.perf_counter``; bytes)."""
+    """Batch-level measurements of one :meth:`PrefillEngine.run` (seconds from ``time.perf_counter``; bytes).
+
+    Attributes:
+      mode: ``config.mode``, ``"layerwise"`` or ``"full"``.
+      depth: layers of KV the loader held on the device at most (0 when no request had a hit, or
+        when the hit KV was lost and the batch was recomputed); not ``config.depth``.
+      wall_s: :meth:`PrefillEngine.prepare` plus :meth:`PrefillEngine.execute`, seconds.
+      read_s: lookup + Full Block reads into the PE buffer (step 1), seconds.
+      layers_s: embedding and loader start .. last layer done, seconds.
+      compute_s: seconds spent computing (layers and logits), not waiting for KV.
+      load_wait_s: seconds the layer loop waited for KV.
+      write_s: write-back of the newly completed Full Blocks, seconds (0 without ``write_back``).
+      kv_device_peak_bytes: most bytes of loaded hit KV on the device at once, counted on the
+        ``f32`` block arrays the device holds: per request ``bucket_blocks(ceil(hit / Z))`` blocks
+        (the next power of two, :func:`~dualpath_jax.engine.compute.bucket_blocks`), zero-padded,
+        summed over the requests and the layers held at once; so not the layout's bytes of the hit.
+      h2d_bytes: bytes charged to ``h2d_link``: the layout's bytes of the hit tokens,
+        ``hit_tokens * Bt`` per layer, summed over the layers moved (``L`` of them normally).
+      hit_tokens: tokens whose KV came from the store, summed over the batch (a multiple of Z per
+        request).
+      computed_tokens: tokens computed (prompt minus hit), summed over the batch.
+      miss_causes: ``FailureCause.value`` -> requests whose hit stopped short of the longest
+        eligible prefix for that cause (``"missing"`` for a plain miss).
+      read_failures: ``FailureCause.value`` -> failed block reads (a hit lost mid-prefill counts
+        one per request that had it).
+      h2d_records: ``h2d_link`` transfer records, one per layer moved.
+    """
 
     mode: str
     depth: int
@@ -336,5 +377,16 @@ class PrefillEngine:
         return written, fails
 
     def run(self, requests: Sequence[PrefillRequest]) -> tuple[list[PrefillResult], PrefillReport]:
-        """:meth:`prepare` then :meth:`execute`."""
+        """:meth:`prepare` then :meth:`execute`.
+
+        Returns:
+          ``(results, report)``: one :class:`PrefillResult` per request, in order, and the batch's
+          :class:`PrefillReport`.
+
+        Raises:
+          ValueError: a token id outside ``[0, V)`` (``spec.vocab_size``); the batch's hit Full
+            Blocks (``full_block_bytes`` each) exceed the PE buffer's capacity, so they can never
+            fit; or an unknown ``config.implementation`` (from the forward).
+          BufferTimeoutError: the PE buffer stayed full past ``config.timeout_s`` (back-pressure).
+        """
         return self.execute(self.prepare(requests))

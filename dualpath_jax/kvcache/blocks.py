@@ -186,13 +186,32 @@ def pack_full_blocks(layout: BlockLayout, layer_kvs: Sequence) -> np.ndarray:
 
 
 def unpack_full_blocks(layout: BlockLayout, blocks: Sequence[np.ndarray] | np.ndarray, *, dtype=None) -> list:
-    """P Full Blocks -> L LayerKVs of P*Z tokens (inverse of :func:`pack_full_blocks`)."""
+    """P Full Blocks -> L LayerKVs of P*Z tokens (inverse of :func:`pack_full_blocks`).
+
+    Args:
+      blocks: P Full Blocks ``uint8[L, Z, Bt]`` of consecutive token ranges (a sequence, or one
+        ``uint8[P, L, Z, Bt]`` array).
+      dtype: optional output dtype (see :func:`decode_tokens`).
+
+    Returns:
+      A list of L LayerKVs ``(a [P*Z, ...], b [P*Z, ...])`` (GQA ``k, v [P*Z, K, H]``, MLA
+      ``latent [P*Z, C]``, ``k_rope [P*Z, R]``), copies that do not alias ``blocks``.
+
+    Raises:
+      ValueError: (from :func:`gather_layer`) a block is not ``uint8[layers, Z, Bt]`` of the
+        layout, or has fewer than the layout's L layers.
+    """
     blocks = list(blocks)
     return [gather_layer(layout, blocks, layer, dtype=dtype) for layer in range(layout.n_layers)]
 
 
 def layer_block(full_block: np.ndarray, layer: int) -> np.ndarray:
-    """Layer Block ``[1, Z, Bt]`` of ``layer``: a view into the Full Block ``[L, Z, Bt]``."""
+    """Layer Block ``uint8[1, Z, Bt]`` of ``layer``: a view into the Full Block ``uint8[L, Z, Bt]``
+    (PAPER.md section 2.2), not a copy; the dtype is not checked and carries over.
+
+    Raises:
+      ValueError: ``layer`` is outside ``[0, L)``.
+    """
     if not 0 <= layer < full_block.shape[0]:
         raise ValueError(f"layer: {layer} out of range for a Full Block of {full_block.shape[0]} layers")
     return full_block[layer:layer + 1]

@@ -36,7 +36,9 @@ __all__ = [
 
 def cumulative_bytes(start_s: np.ndarray, finish_s: np.ndarray, num_bytes: np.ndarray,
                      at_s: np.ndarray) -> np.ndarray:
-    """f64[E] bytes carried strictly before each time in ``at_s`` (f64[E]) by transfers f64[N]."""
+    """``f64[times]`` bytes carried strictly before each time in ``at_s`` (``f64[times]``, seconds) by
+    the transfers given as ``start_s``, ``finish_s`` (seconds) and ``num_bytes``, each ``f64[transfers]``;
+    a transfer carries its bytes at a constant rate over ``[start, finish)``, a zero-length one at once."""
     start = np.asarray(start_s, np.float64)
     finish = np.asarray(finish_s, np.float64)
     size = np.asarray(num_bytes, np.float64)
@@ -66,7 +68,8 @@ def cumulative_bytes(start_s: np.ndarray, finish_s: np.ndarray, num_bytes: np.nd
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class WindowedTraffic:
-    """Bytes per link per window: ``links`` (L names), ``edges_s`` f64[W+1], ``bytes`` f64[L, W]."""
+    """Bytes per link per window: ``links`` (one name per link), ``edges_s`` ``f64[W + 1]`` (window
+    edges, seconds), ``bytes`` ``f64[links, W]`` (bytes each link carried in each window)."""
 
     links: tuple[str, ...]
     edges_s: np.ndarray
@@ -77,7 +80,7 @@ class WindowedTraffic:
         return float(self.edges_s[1] - self.edges_s[0])
 
     def bytes_per_s(self) -> np.ndarray:
-        """f64[L, W] average rate of every link in every window."""
+        """``f64[links, W]`` average rate of every link in every window, bytes per second."""
         return self.bytes / np.diff(self.edges_s)[None, :]
 
 
@@ -125,7 +128,7 @@ def link_bytes_in_windows(transfers, window_s: float, *, links: Sequence[str] | 
 
 
 def max_avg_ratio(values: np.ndarray) -> np.ndarray:
-    """f64[W] max over axis 0 divided by mean over axis 0 of f64[L, W]; NaN where the mean is 0."""
+    """``f64[W]`` max over axis 0 divided by mean over axis 0 of ``f64[links, W]``; NaN where the mean is 0."""
     v = np.asarray(values, dtype=np.float64)
     mean = v.mean(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -193,7 +196,8 @@ def link_utilization(transfers, capacity_bytes_per_s: Mapping[str, float] | floa
 
 
 def attention_max_avg(records: Sequence[AttentionRecord]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Paper Fig. 14: per group, (steps i64[S], attention-time Max/Avg across its engines f64[S]).
+    """Paper Fig. 14: per group, (step ids ``i64[steps]``, attention-time Max/Avg across its engines
+    ``f64[steps]``).
 
     Each engine of a group writes one record per forward step (0.0 when idle); a step's ratio is
     max over the group's records of that step divided by their mean (NaN if all are 0).

@@ -149,7 +149,22 @@ def forward(params: dict, spec: ModelSpec, tokens: jax.Array, *, implementation:
 
     Token ids must be in ``[0, V)``. Under ``jit`` nothing checks them: JAX clamps an out-of-range
     embedding index instead of raising, so callers validate ids on the host (``PrefillEngine`` does).
+
+    Args:
+      params: the model's params (:func:`~dualpath_jax.model.params.init_params` layout), f32 or bf16.
+      spec: model spec (static).
+      tokens: ``i32[T]``, one 1-D sequence (use :func:`forward_batch` for ``i32[B, T]``).
+      implementation: attention kernel, ``"auto" | "reference" | "pallas"`` (static).
+
+    Returns:
+      Logits ``f32[T, V]`` of every position.
+
+    Raises:
+      ValueError: ``tokens`` is not 1-D, or ``implementation`` is not one of the three names.
     """
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens: must be 1-D i32[T] (got shape {tuple(tokens.shape)}); "
+                         f"use forward_batch for i32[B, T]")
     positions = jnp.arange(tokens.shape[0], dtype=jnp.int32)
     h = embed(params, spec, tokens)
     for layer_params in params["layers"]:

@@ -91,8 +91,24 @@ def init_params(spec: ModelSpec, key: jax.Array, dtype=jnp.float32, *, std: floa
     Args:
       spec: model spec.
       key: PRNG key.
-      dtype: parameter dtype (float32 or bfloat16).
+      dtype: parameter dtype, a floating dtype (float32 or bfloat16 in practice).
+      std: standard deviation of the matrices, biases and embedding (unitless).
+
+    Returns:
+      The params pytree of :func:`param_shapes` (layout in the module docstring), every leaf an
+      array of ``dtype``; ``embed [V, D]``, ``final_norm [D]``, ``lm_head [D, V]`` unless
+      ``spec.tie_embeddings``, and ``layers`` a list of L per-layer dicts.
+
+    Raises:
+      ValueError: ``dtype`` is not a floating dtype (an integer dtype would truncate the N(0, std)
+        weights to zero).
     """
+    try:
+        floating = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise ValueError(f"dtype: must be a floating dtype such as float32 or bfloat16 (got {dtype!r})")
     shapes = param_shapes(spec)
     out: dict = {}
     key, k_embed, k_norm, k_head = jax.random.split(key, 4)

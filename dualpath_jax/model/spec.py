@@ -350,6 +350,7 @@ PRESETS: dict[str, ModelSpec] = {
 
 
 def preset_names() -> list[str]:
+    """Names of the model presets accepted by :func:`get_spec`, sorted."""
     return sorted(PRESETS)
 
 

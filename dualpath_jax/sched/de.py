@@ -32,11 +32,16 @@ _ENGINE_ID = operator.attrgetter("engine_id")
 
 def de_phase1(queue: Sequence[SchedRequest], group_tok: Mapping[int, float]
               ) -> tuple[dict[int, list[SchedRequest]], dict[int, float]]:
-    """Distribute ``queue`` over groups by min total tokens.
+    """Distribute ``queue`` over groups by min total tokens (phase 1 of PAPER.md section 5.3).
+
+    Each request in turn goes to the group with the smallest total (ties: the lower group id), whose
+    total then grows by ``len(r)`` = ``r.num_tokens`` (hit + append tokens; the paper implies this
+    bookkeeping without stating it).
 
     Args:
       queue: global DE queue, head first.
-      group_tok: group id -> sum of its engines' ``tok`` plus requests already in its private queue.
+      group_tok: group id -> sum of its engines' ``tok`` plus requests already in its private
+        queue, tokens.
 
     Returns:
       ``(additions, totals)``: group id -> requests appended to its private queue (in order; only
@@ -59,8 +64,13 @@ def de_phase1(queue: Sequence[SchedRequest], group_tok: Mapping[int, float]
 
 
 def balance_target(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoad], z_factor: float) -> float:
-    """``Z`` of phase 2: ``z_factor * (sum len(R) + sum tok_e) / |E|``, over the live engines
-    (finite ``tok``) of ``engines``."""
+    """``Z`` of phase 2 (PAPER.md section 5.3): ``z_factor * (sum len(R) + sum tok_e) / |E|``, tokens.
+
+    As computed: ``E`` is the live engines of ``engines`` (finite ``tok``); ``R`` is the longest
+    prefix of ``private_queue`` whose summed ``hbm_bytes`` is at most the summed ``free_hbm_bytes``
+    of ``E`` (the group's free HBM, no fragmentation assumed); ``len(r)`` is ``r.num_tokens``
+    (hit + append tokens); ``tok_e`` is summed over ``E``; the divisor is ``max(|E|, 1)``. The paper
+    uses ``z_factor = 1.05`` without explaining it."""
     live = [e for e in engines if e.tok < math.inf]
     return _target(private_queue, sum([e.free_hbm_bytes for e in live]), sum([e.tok for e in live]),
                    len(live), z_factor)
@@ -80,7 +90,13 @@ def _target(private_queue: Sequence[SchedRequest], free: float, tok: float, n_en
 
 def de_phase2(private_queue: Sequence[SchedRequest], engines: Sequence[EngineLoad], *, z_factor: float = 1.05
               ) -> tuple[list[Assignment], dict[int, EngineLoad]]:
-    """Assign from the head of the fetching group's private queue to its engines.
+    """Assign from the head of the fetching group's private queue to its engines (phase 2 of
+    PAPER.md section 5.3; rules in the module docstring, ``Z`` from :func:`balance_target`).
+
+    Args:
+      private_queue: the group's private queue, head first. Not modified.
+      engines: loads of the group's engines (``tok`` in tokens, ``free_hbm_bytes`` in bytes).
+      z_factor: the factor of ``Z`` (the paper's 1.05).
 
     Returns:
       ``(assignments, loads)``: a prefix of ``private_queue`` with their DEs (never a lost engine,

@@ -29,7 +29,11 @@ _ENGINE_ID = operator.attrgetter("engine_id")
 
 
 def classify_pe(engine: EngineLoad, read_q: Mapping[int, float], alpha_tokens: float, beta_tokens: float) -> str:
-    """Return ``"C1"``, ``"C2"`` or ``"C3"`` for one PE (Algorithm 1's candidate sets)."""
+    """Return ``"C1"``, ``"C2"`` or ``"C3"`` for one PE (Algorithm 1's candidate sets, PAPER.md section 5.2).
+
+    ``"C1"`` if ``engine.tok > beta_tokens``; else ``"C2"`` if its node's ``read_q`` (tokens; an
+    absent node counts as 0) is ``<= alpha_tokens``; else ``"C3"``. All quantities in tokens.
+    """
     if engine.tok > beta_tokens:
         return "C1"
     return "C2" if read_q.get(engine.node_id, 0.0) <= alpha_tokens else "C3"
@@ -38,13 +42,17 @@ def classify_pe(engine: EngineLoad, read_q: Mapping[int, float], alpha_tokens: f
 def pe_fetch(queue: Sequence[SchedRequest], group: Sequence[EngineLoad], read_q: Mapping[int, float], *,
              alpha_tokens: float, beta_tokens: float, update_read_q: bool = True
              ) -> tuple[list[Assignment], dict[int, EngineLoad], dict[int, float]]:
-    """Assign requests from the head of the FIFO ``queue`` to the fetching PE ``group``.
+    """Assign requests from the head of the FIFO ``queue`` to the fetching PE ``group``
+    (Algorithm 1 of the paper, PAPER.md section 5.2; rules in the module docstring).
 
     Args:
       queue: global waiting queue, head first. Not modified.
-      group: loads of the engines of the fetching PE group.
+      group: loads of the engines of the fetching PE group (``tok`` in tokens).
       read_q: node id -> pending read tokens.
-      alpha_tokens, beta_tokens: thresholds of Algorithm 1.
+      alpha_tokens, beta_tokens: thresholds of Algorithm 1, tokens (PAPER.md 5.2: alpha = tokens
+        readable in 3 s, beta = tokens one GPU prefills in 5 s; A.4).
+      update_read_q: add each assigned request's hit tokens to its engine's node queue (the
+        paper does not say whether ``read_q`` grows within a fetch).
 
     Returns:
       ``(assignments, loads, read_q)``: assignments in queue order (a prefix of ``queue``), the

@@ -102,7 +102,22 @@ def shorter_queue_side(pe_queue_tokens: float, de_queue_tokens: float, pe_read_t
 
 def split_de_blocks(hit_blocks: SupportsIndex, block_tokens: SupportsIndex, pe_queue_tokens: float,
                     de_queue_tokens: float) -> int:
-    """Blocks to read on the DE side so both queues end as equal as whole blocks allow."""
+    """Blocks to read on the DE side so both queues end as equal as whole blocks allow.
+
+    An extension beyond the paper, which leaves splitting a request's read over both sides as
+    future work (PAPER.md sections 5.4 and 7). With ``H = hit_blocks * block_tokens`` hit tokens,
+    the DE side takes ``x = clip((pe_queue_tokens - de_queue_tokens + H) / 2, 0, H)`` tokens (then
+    ``q_pe + H - x == q_de + x`` when unclipped), returned as ``round(x / block_tokens)`` blocks
+    (Python's round, ties to even), clipped to ``[0, hit_blocks]``.
+
+    Args:
+      hit_blocks: the request's hit blocks.
+      block_tokens: Z, tokens per block.
+      pe_queue_tokens, de_queue_tokens: pending read tokens of the PE's and the DE's node.
+
+    Raises:
+      TypeError: ``hit_blocks`` or ``block_tokens`` is not an integer (``operator.index``).
+    """
     n_hit, z = operator.index(hit_blocks), operator.index(block_tokens)
     hit = n_hit * z
     x = min(max((pe_queue_tokens - de_queue_tokens + hit) / 2.0, 0.0), float(hit))

@@ -18,6 +18,9 @@ def agents_from_trajectories(ts: TrajectorySet, start_s: np.ndarray, *, use_thin
     Hits come from the set (``num_hit_tokens``: the running context for generated streams, the
     hash-prefix rule for traces); think times are used only when ``use_think_time`` (the paper's
     evaluation issues the next round immediately, PAPER.md section 6.2).
+
+    Raises:
+      ValueError: ``start_s`` is not of shape ``[A]``, one start time per trajectory of ``ts``.
     """
     start_s = np.asarray(start_s, np.float64)
     if start_s.shape != (len(ts.agent_ids),):
@@ -54,8 +57,8 @@ def request_table(result: SimResult, ts: TrajectorySet | None = None) -> Request
 
 
 def snic_transfers(result: SimResult):
-    """SNIC read transfers as (link ``object[N]``, start_s ``f64[N]``, finish_s ``f64[N]``, bytes ``f64[N]``)
-    columns for the traffic metrics, node by node in issue order."""
+    """SNIC read transfers as (link ``object[reads]``, start_s ``f64[reads]``, finish_s ``f64[reads]``,
+    bytes ``f64[reads]``) columns for the traffic metrics, node by node in issue order."""
     samples = [np.asarray(a, np.float64).reshape(-1, 3) for a in result.snic_samples.values()]
     rows = np.concatenate(samples) if samples else np.zeros((0, 3))
     links = np.repeat(np.asarray(list(result.snic_samples), dtype=object), [len(a) for a in samples])

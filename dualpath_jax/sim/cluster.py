@@ -56,6 +56,26 @@ class Simulator:
     ``scheduler_cls`` swaps in a :class:`~dualpath_jax.sched.ClusterScheduler` subclass, e.g. one
     overriding ``read_plan`` to try a new read-side policy; the runtime calls it exactly as it
     calls the built-in one.
+
+    Args:
+      config: the run's cluster, model, hardware and policy.
+      agents: the agents (at least one); token counts in tokens, times in virtual seconds.
+      scheduler_cls: the scheduler class (default the built-in :class:`~dualpath_jax.sched.ClusterScheduler`).
+
+    Raises:
+      ConfigError: naming the field: ``agents`` empty; ``agents[i].<field>`` for a malformed
+        agent (:func:`~dualpath_jax.sim.agents.flatten_agents`); no HBM left for KV after the
+        weights (:func:`~.fit.kv_memory`: ``sim.activation_reserve_bytes``,
+        ``sim.hardware.hbm_bytes``, or the node count / EP field whose GPUs share the experts);
+        a request that can never fit (:func:`~.fit.check_requests_fit`): its whole context's KV
+        in a DE's HBM or its prompt's KV in a PE's free HBM (``sim.hardware.hbm_bytes``), or its
+        prompt's KV in a node's DRAM buffer (``sim.hardware.dram_buffer_bytes``; not checked with
+        ``loading="oracle"``). :meth:`run` lists what a run raises.
+
+    Warns:
+      ContextBeyondModelWarning: (:class:`~.fit.ContextBeyondModelWarning`) some requests'
+        contexts (hit + append + generated tokens) exceed the model's
+        ``max_position_embeddings``; the run prices them all the same.
     """
 
     def __init__(self, config: SimConfig, agents: Sequence[SimAgent], *, scheduler_cls: type = ClusterScheduler):
@@ -607,5 +627,27 @@ class Simulator:
 
 def simulate(config: SimConfig, agents: Sequence[SimAgent], *, max_events: SupportsIndex | None = None,
              scheduler_cls: type = ClusterScheduler) -> SimResult:
-    """Run the simulator once; see :class:`Simulator`."""
+    """Run the simulator once: ``Simulator(config, agents, scheduler_cls=...).run(max_events=...)``.
+
+    Args:
+      config, agents, scheduler_cls: as for :class:`Simulator`.
+      max_events: stop after this many events (an int, numpy ints too; None: run until every
+        agent's last round finishes). A stopped run's result holds the requests so far, NaN
+        times for the unfinished ones.
+
+    Returns:
+      The run's :class:`SimResult` (virtual seconds, bytes).
+
+    Raises:
+      ConfigError: as :class:`Simulator` (empty ``agents``, a malformed agent, no HBM for KV, a
+        request that cannot fit ``sim.hardware.hbm_bytes`` / ``sim.hardware.dram_buffer_bytes``).
+      RunStalled: (a ``RuntimeError``) no event is left but requests are unfinished.
+      PolicyError: (a ``ValueError``) or PolicyTypeError (a ``TypeError``): a custom scheduler's
+        ``read_plan`` returned an inconsistent plan (``sched.check_read_plan``).
+      TypeError: ``max_events`` is not an integer.
+
+    Warns:
+      ContextBeyondModelWarning: contexts beyond the model's ``max_position_embeddings``
+        (:class:`Simulator`).
+    """
     return Simulator(config, agents, scheduler_cls=scheduler_cls).run(max_events=max_events)

@@ -23,7 +23,7 @@ class SimResult:
     finished simulator's typed arrays (no copy)."""
 
     requests: dict[str, np.ndarray]
-    """Per request, in issue order (``[N]``): ``agent``, ``round``, ``hit_tokens``, ``append_tokens``
+    """Per request, in issue order (``[requests]``): ``agent``, ``round``, ``hit_tokens``, ``append_tokens``
     (after the whole-block rounding), ``gen_tokens``, ``pe``, ``de`` (engine ids), ``de_blocks``,
     ``side``, the times ``arrival_s`` ... ``persisted_s`` (virtual seconds) and ``read_bytes_pe`` /
     ``read_bytes_de``."""
@@ -32,7 +32,8 @@ class SimResult:
     ``cnic_out[e]`` by engine): ``bytes`` carried and ``busy_s``, the seconds they occupied it."""
     attention_ratio: np.ndarray  # per PE-group forward: max/avg attention seconds across members
     snic_samples: dict[str, np.ndarray]
-    """Per node's SNIC read server ``f64[N, 3]``: (start s, finish s, bytes) of each storage read, in issue order."""
+    """Per node's SNIC read server ``f64[reads, 3]``: (start s, finish s, bytes) of each storage read, in issue
+    order."""
     events: int
     """Events the run processed."""
     end_s: float
@@ -42,10 +43,10 @@ class SimResult:
     """Per PE unit (an EP group with ``ep_sync``, else an engine): ``pe_busy_s`` (seconds in forwards),
     ``pe_forwards`` and ``pe_batch_requests`` (request chunks over its forwards)."""
     attention_s: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2)))
-    """Per PE-group forward ``f64[F, 2]``: (max, mean) attention seconds across the group's engines;
+    """Per PE-group forward ``f64[forwards, 2]``: (max, mean) attention seconds across the group's engines;
     ``sum(max) / sum(mean)`` is the share of attention time lost to imbalance, weighted by time."""
     attention_members: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2), np.int64))
-    """Per PE-group forward ``i64[F, 2]`` (rows as in ``attention_s``): engines with attention work in
+    """Per PE-group forward ``i64[forwards, 2]`` (rows as in ``attention_s``): engines with attention work in
     the forward, and engines in the group. With ``k`` of ``n`` members equally busy, Max/Avg is ``n / k``."""
 
 

@@ -56,7 +56,37 @@ def online_starts(ts: TrajectorySet, aps: float, seed: int = 0) -> np.ndarray:
 
 
 def summarize(result: SimResult, ts: TrajectorySet | None, *, window_s: float = 10.0) -> dict:
-    """Headline metrics of one run: JCT, TTFT/TTST/TPOT, SNIC bytes and balance, attention balance."""
+    """Headline metrics of one run: JCT, TTFT/TTST/TPOT, SNIC bytes and balance, attention balance.
+
+    Times are virtual seconds; latency statistics follow :mod:`dualpath_jax.metrics.latency`
+    (PAPER.md section 6.4) over the requests that finished, NaN where none qualifies.
+
+    Args:
+      result: the run.
+      ts: its trajectories (names the agents); None names them by index.
+      window_s: width of the SNIC balance windows, seconds (paper Fig. 13).
+
+    Returns:
+      A flat dict:
+
+      * ``jct_s``: last finish minus earliest arrival, seconds (unfinished requests left out).
+      * ``num_requests``, ``num_unfinished``: requests issued, and those without a finish time.
+      * ``ttft_mean_s``, ``ttft_p50_s``, ``ttft_p99_s``: TTFT mean / median / 99th percentile, s.
+      * ``ttst_mean_s``: mean TTST, seconds.
+      * ``tpot_s``, ``tpot_p99_s``: mean and 99th-percentile TPOT, seconds per token.
+      * ``events``: events the simulator processed.
+      * ``snic_bytes``, ``snic_busy_s``: per SNIC read server (``snic_read[n]``), bytes carried
+        and seconds busy.
+      * ``snic_max_avg_mean``: mean over ``window_s`` windows of the SNIC read traffic's
+        Max/Avg across nodes (unitless; NaN without reads).
+      * ``attention_max_avg_mean``: mean over PE-group forwards of the attention Max/Avg across
+        members (unitless, paper Fig. 14; NaN without forwards).
+      * ``attention_max_avg_weighted``: :func:`attention_weighted` (unitless).
+
+    Raises:
+      ValueError: the run issued no requests (from
+        :func:`~dualpath_jax.metrics.latency.jct_s`).
+    """
     table = request_table(result, ts)
     ttft = latency.ttft_s(table)
     out = {
@@ -96,7 +126,7 @@ def attention_weighted(result, forwards: int | None = None) -> float:
 
 
 def _weighted_max_avg(attention_s: np.ndarray) -> float:
-    """``sum(max) / sum(mean)`` over rows ``f64[F, 2]`` of (max, mean) attention seconds; NaN if none."""
+    """``sum(max) / sum(mean)`` over rows ``f64[forwards, 2]`` of (max, mean) attention seconds; NaN if none."""
     a = attention_s
     return float(a[:, 0].sum() / a[:, 1].sum()) if a.size and a[:, 1].sum() > 0 else float("nan")
 

@@ -73,9 +73,14 @@ class StoreConfig:
       backend: ``"file"`` (local files under ``path``) or ``"memory"`` (process-local, for tests).
       path: root directory of the file backend; empty = :func:`default_store_path`.
       io_threads: worker threads for async operations.
-      timeout_s: deadline of each sync operation (and of each block within it).
+      timeout_s: deadline of each sync operation (and of each block within it), seconds.
       fsync: fsync each record before publishing it (durable across power loss; atomic
         visibility holds either way).
+
+    Raises:
+      ConfigError: naming the field: ``store.backend`` not ``"file"`` or ``"memory"``;
+        ``store.io_threads`` not an integer > 0; ``store.timeout_s`` not a finite number > 0.
+        ``path`` and ``fsync`` are not checked here.
     """
 
     backend: str = "file"

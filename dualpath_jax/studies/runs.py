@@ -157,7 +157,13 @@ def workload_tag(wl: WorkloadSpec) -> str:
 
 
 def paper_workload(mal: str, num_agents: int, seed: int = 0) -> TrajectorySet:
-    """The paper's synthetic dataset for ``mal`` with ``num_agents`` agents (PAPER.md section 6.2)."""
+    """The paper's synthetic dataset for ``mal`` with ``num_agents`` agents (PAPER.md section 6.2).
+
+    Raises:
+      ConfigError: naming the field: ``mal`` not ``"32K"|"48K"|"64K"``, ``num_agents`` not an
+        integer in [1, :data:`~dualpath_jax.workload.synthetic.MAX_AGENTS`], or ``seed`` negative or not an integer
+        (:func:`~dualpath_jax.workload.synthetic.paper_dataset`).
+    """
     return paper_dataset(mal, num_agents=num_agents, seed=seed)
 
 
@@ -415,11 +421,21 @@ def run_offline(base: SimConfig, ts: TrajectorySet, variants: Sequence[str], *, 
                 scheduler_cls: type = ClusterScheduler) -> dict[str, dict]:
     """Offline runs (all agents of ``ts`` at t = 0) of each of ``variants`` on ``base``, with
     ``scheduler_cls`` (a :class:`~dualpath_jax.sched.ClusterScheduler` subclass: a new policy)
-    deciding in every run; returns ``{variant: summary}`` (:func:`dualpath_jax.sim.runs.summarize`
-    plus ``wall_s``, seconds of the simulation).
+    deciding in every run.
+
+    Returns:
+      ``{variant: summary}`` in the order of ``variants``; each summary is the dict of
+      :func:`dualpath_jax.sim.runs.summarize` (virtual seconds: ``jct_s``, ``ttft_mean_s``,
+      ``ttft_p50_s``, ``ttft_p99_s``, ``ttst_mean_s``, ``tpot_s``, ``tpot_p99_s``; counts:
+      ``num_requests``, ``num_unfinished``, ``events``; per SNIC read server ``snic_bytes``
+      (bytes) and ``snic_busy_s`` (seconds); unitless Max/Avg ratios ``snic_max_avg_mean``,
+      ``attention_max_avg_mean``, ``attention_max_avg_weighted``) plus ``wall_s``, wall-clock
+      seconds of the simulation and its summary.
 
     Raises:
-      ConfigError: naming ``variants`` for an unknown variant, before any run.
+      ConfigError: naming ``variants`` for an unknown variant, before any run; or as
+        :class:`~dualpath_jax.sim.cluster.Simulator` (e.g. a request that cannot fit the hardware).
+      RunStalled: (a ``RuntimeError``) a run stalled with requests unfinished.
     """
     configs = {name: variant_config(base, name) for name in variants}  # unknown names fail before any run
     agents = agents_from_trajectories(ts, offline_starts(ts))

@@ -40,6 +40,11 @@ class Medium(str, enum.Enum):
 
 
 class Outcome(str, enum.Enum):
+    """How a transfer ended (:attr:`TransferRecord.outcome`): ``OK`` carried its bytes; ``TIMEOUT``
+    missed a deadline (on a :class:`Link`: did not get the link within ``timeout_s``); ``ERROR``
+    failed otherwise (on a :class:`Link`: held it, but the copy raised; the record's ``cause``
+    names the exception)."""
+
     OK = "ok"
     TIMEOUT = "timeout"   # waited longer than the deadline for the link
     ERROR = "error"       # the copy itself raised
@@ -108,6 +113,16 @@ class LinkConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LinkStats:
+    """A link's totals since creation or :meth:`Link.reset` (:meth:`Link.stats`).
+
+    Attributes:
+      num_transfers: transfers that held the link (``OK`` and ``ERROR``; a ``TIMEOUT`` never did).
+      num_failed: transfers that did not carry their bytes (``TIMEOUT`` and ``ERROR``).
+      total_bytes: bytes of the successful (``OK``) transfers only.
+      busy_s: seconds of the link's clock the link was held (finish - start summed over the
+        transfers that held it, emulated durations included).
+    """
+
     num_transfers: int
     num_failed: int
     total_bytes: int
@@ -229,7 +244,11 @@ class Link:
             return LinkStats(self._n, self._failed, self._bytes, self._busy_s)
 
     def reset(self) -> None:
-        """Clear counters and records (not allowed while transfers wait or run)."""
+        """Clear counters and records.
+
+        Raises:
+          RuntimeError: transfers still wait for the link or hold it.
+        """
         with self._cond:
             if self._next_ticket != self._serving + len(self._abandoned):
                 raise RuntimeError(f"link {self.name}: reset while transfers are in flight")

@@ -38,6 +38,7 @@ def data_dir() -> Path:
 
 
 def agentic_dir() -> Path:
+    """Directory of the agentic traces: ``<data_dir()>/agentic_traces`` (not checked to exist)."""
     return data_dir() / "agentic_traces"
 
 

@@ -278,7 +278,14 @@ def paper_dataset(mal: str = "64K", num_agents: int = 500, seed: int = 0, *,
                   num_base: int = 500, params: GeneratorParams | None = None,
                   prefix_append_tokens: int = 64) -> TrajectorySet:
     """``num_agents`` agents of the paper's ``mal`` dataset: ``num_base`` generated trajectories
-    expanded by :func:`expand_agents` (48K agents take well under a second)."""
+    expanded by :func:`expand_agents` (48K agents take well under a second; PAPER.md section 6.2, A.3).
+
+    Raises:
+      ConfigError: naming the field: ``mal`` not ``"32K"|"48K"|"64K"``; ``num_agents`` not an
+        integer in [1, :data:`MAX_AGENTS`]; ``num_trajectories`` for ``num_base`` not an integer in
+        [1, :data:`MAX_BASE`]; ``seed`` negative or not an integer; ``prefix_append_tokens`` < 1,
+        or (when ``num_agents > num_base`` adds agents) not below the MAL's tokens.
+    """
     base = generate_base_trajectories(mal, num_base, seed, params)
     return expand_agents(base, num_agents, seed, prefix_append_tokens=prefix_append_tokens,
                          mal_tokens=mal_to_tokens(mal), id_prefix=f"paper{mal}-s{seed}-")
