@@ -37,6 +37,7 @@ _CONFIG = cli.define_config_file("config", "configs/advise.py", "Advisor config 
                                  "any field with --config.<field>=<value>.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (new or empty; --overwrite replaces an earlier run).")
 cli.define_sweep_flags()
+cli.define_resume_flag()
 
 
 def main(argv):
@@ -52,7 +53,7 @@ def main(argv):
     if policies:
         print(f"scheduler {', '.join(sorted(policies))}", flush=True)
     t0 = time.perf_counter()
-    cache = RunCache(max_entries=1 << 16, sweep=cli.sweep_from_flags())
+    cache = RunCache(max_entries=1 << 16, sweep=cli.sweep_from_flags(), store=cli.run_store(workdir))
     log = lambda s: print(s, flush=True)  # noqa: E731
     if cases:
         named = validate(cases, workdir, cache, log)
@@ -73,6 +74,7 @@ def main(argv):
     named["wall_s"] = time.perf_counter() - t0
     writers.write_named_values(workdir, named)
     writers.append_metrics(workdir, {"scheduler": ", ".join(sorted(policies)), **named})
+    cli.report_resumed(cache, workdir)
     print()
     print(writers.format_named_values(printed(named)))
 

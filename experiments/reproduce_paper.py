@@ -60,6 +60,7 @@ _SEEDS = flags.DEFINE_integer(
     "workload and arrival seeds by r; figures are means over the seeds with 95% intervals. Unset: each config's own.")
 
 cli.define_sweep_flags()
+cli.define_resume_flag()
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -97,7 +98,8 @@ def main(argv):
     writers.write_env(workdir, device="simulator (virtual time)")
     # runs shared across studies (the online study's runs are the TTFT breakdown's and working set's),
     # room for every seed's; --workers: where they execute
-    cache = RunCache(max_entries=32 * _max_seeds(studies, arg), sweep=cli.sweep_from_flags())
+    cache = RunCache(max_entries=32 * _max_seeds(studies, arg), sweep=cli.sweep_from_flags(),
+                     store=cli.run_store(workdir))  # finished runs are kept for --resume
     named, wall, errors, seeds = {}, {}, {}, {}
     for study in studies:
         print(f"\n=== {study} ({arg or 'full'}) ===", flush=True)
@@ -134,6 +136,7 @@ def main(argv):
     summary["failed_studies"] = ",".join(errors) or "none"
     writers.write_named_values(workdir, summary)
     writers.append_metrics(workdir, {"variant": arg or "full", **summary})
+    cli.report_resumed(cache, workdir)
     print(f"\nreport: {report}")
     print(writers.format_named_values(printed(summary)))
     if errors:

@@ -59,6 +59,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (new or empty; --overwrite replaces an earlier run).")
 flags.mark_flags_as_required(["config"])
 cli.define_sweep_flags()
+cli.define_resume_flag()
 
 
 def main(argv):
@@ -75,12 +76,14 @@ def main(argv):
     if scheduler_name(study.scheduler):
         print(f"scheduler {scheduler_name(study.scheduler)}", flush=True)
     t0 = time.perf_counter()
-    cache = RunCache(sweep=cli.sweep_from_flags())  # --workers / --ray_address: where the runs execute
+    # --workers / --ray_address: where the runs execute; finished runs are kept for --resume
+    cache = RunCache(sweep=cli.sweep_from_flags(), store=cli.run_store(workdir))
     named = run_study(study, workdir, log=lambda s: print(s, flush=True), cache=cache)
     named["wall_s"] = time.perf_counter() - t0
     writers.write_named_values(workdir, named)
     writers.append_metrics(workdir, {"study": config.study, "scheduler": scheduler_name(study.scheduler),
                                      "seeds": study.seeds, **named})
+    cli.report_resumed(cache, workdir)
     print()
     print(writers.format_named_values(printed(named)))
 

@@ -4,6 +4,7 @@ the field, --print_config, workdirs that never mix runs and say whether their ru
 import dataclasses
 import gzip
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.metrics import writers
+from dualpath_jax.studies import cli
 from dualpath_jax.sched.knobs import SchedKnobs
 from dualpath_jax.sim.hardware import HardwareConfig
 from dualpath_jax.workload import agentic_dir
@@ -571,3 +573,47 @@ def test_field_meanings_come_from_the_source_when_a_compiled_class_has_no_docstr
     want = field_docs(HardwareConfig)
     monkeypatch.setattr(HardwareConfig, "__doc__", "mypyc filler docstring")
     assert field_docs(HardwareConfig) == want and want["gpus_per_node"].startswith("g, engines per node")
+
+
+def test_resume_reads_back_the_runs_a_stopped_run_finished_and_gives_the_same_figures(tmp_path):
+    policy = tmp_path / "crashing.py"
+    policy.write_text(
+        "import os\n"
+        "from dualpath_jax.sched import ClusterScheduler\n"
+        "class CrashOnDualPath(ClusterScheduler):  # the built-in policy, but a dualpath run dies with CRASH set\n"
+        "    def select_pe(self, group_id, waiting, loads, read_q):\n"
+        "        if os.environ.get('CRASH') and self.config.policy == 'dualpath':\n"
+        "            raise MemoryError('the machine ran out of memory')\n"
+        "        return super().select_pe(group_id, waiting, loads, read_q)\n")
+    args = (ABLATION_TINY, *SMALL, "--config.scheduler=crashing:CrashOnDualPath")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+    def run(*extra, crash=False):
+        return subprocess.run([sys.executable, str(ROOT / "experiments" / "run_sim.py"), *args, *extra], cwd=ROOT,
+                              env={**env, "CRASH": "1"} if crash else env, capture_output=True, text=True,
+                              timeout=300)
+
+    fresh = run(f"--workdir={tmp_path / 'fresh'}")
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert not (tmp_path / "fresh" / cli.RUN_STORE).exists()  # a finished run keeps nothing to resume
+    stopped = tmp_path / "stopped"
+    crashed = run(f"--workdir={stopped}", crash=True)
+    assert crashed.returncode != 0 and "MemoryError" in crashed.stderr
+    assert writers.read_status(stopped)["status"] == "failed"
+    kept = len(list((stopped / cli.RUN_STORE).glob("*.pkl")))
+    assert kept >= 1  # the Basic runs ended before a DualPath run died
+
+    other = run(f"--workdir={stopped}", "--resume", "--config.sim.beta_s=1")
+    assert other.returncode == 1 and _lines(other.stderr)[-1].startswith(
+        "ConfigError: workdir: --resume continues the stopped run's command")
+    resumed = run(f"--workdir={stopped}", "--resume", "--workers=1")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed: {kept} finished run(s) read back from {stopped / cli.RUN_STORE}" in resumed.stdout
+    drop = {"wall_s", "wall_s_ci95", "wall_s_lo", "wall_s_hi"}
+    figures = [{k: v for k, v in json.loads((w / "metrics.json").read_text()).items() if k not in drop}
+               for w in (tmp_path / "fresh", stopped)]
+    assert figures[0] == figures[1]
+    assert writers.read_status(stopped)["status"] == "finished" and not (stopped / cli.RUN_STORE).exists()
+    again = run(f"--workdir={stopped}", "--resume")
+    assert again.returncode == 1 and _lines(again.stderr) == [
+        f"ConfigError: workdir: {stopped} holds a finished run: nothing to resume (--overwrite replaces it)"]

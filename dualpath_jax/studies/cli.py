@@ -20,12 +20,17 @@
   An interrupted run (Ctrl-C, or ``SIGTERM`` from ``timeout``, ``kill`` or a batch scheduler) is
   marked ``failed`` with ``Interrupted: SIGINT`` / ``SIGTERM``, prints that line and exits with
   status 130 / 143 (``--verbose``: with the traceback).
+* :func:`define_resume_flag` / :func:`run_store`: a script whose simulated runs go through a
+  :class:`~.runs.RunCache` keeps each finished run in ``<workdir>/run_store/``
+  (:mod:`.runstore`); ``--resume`` reopens a workdir whose run stopped, for the same command, and
+  reads them back. A run that finishes removes its store.
 """
 
 from __future__ import annotations
 
 import decimal
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -39,7 +44,7 @@ from dualpath_jax.sched.errors import PolicyError, RunStalled
 from dualpath_jax.workload.errors import TraceFormatError
 
 __all__ = ["USER_ERRORS", "run", "open_workdir", "check_finished", "one_line", "define_config_file",
-           "define_sweep_flags", "sweep_from_flags"]
+           "define_sweep_flags", "sweep_from_flags", "define_resume_flag", "run_store", "report_resumed", "RUN_STORE"]
 
 FLAGS = flags.FLAGS
 _VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, show the full traceback instead of one line.")
@@ -104,6 +109,64 @@ def define_sweep_flags() -> None:
                          "process; N > 1 runs them as Ray tasks on a local Ray instance of N CPUs.")
     flags.DEFINE_string("ray_address", "", "Run the independent runs on this Ray cluster ('auto' or HOST:PORT, "
                         "started with `ray start --head` / `ray start --address=...`) instead.")
+
+
+def define_resume_flag() -> None:
+    """``--resume`` for a script whose simulated runs go through a :class:`~.runs.RunCache` with
+    :func:`run_store`: :func:`open_workdir` then reopens a workdir whose run did not finish."""
+    flags.DEFINE_bool("resume", False, "Continue the run that stopped in --workdir (killed, interrupted, failed): "
+                      "the simulated runs it had finished are read back from <workdir>/run_store/ instead of run "
+                      "again. The command must be the stopped run's, apart from --resume, --workers, --ray_address, "
+                      "--overwrite and --verbose.")
+
+
+def run_store(workdir):
+    """The :class:`~.runstore.RunStore` of the run in ``workdir`` (``<workdir>/run_store/``): the
+    simulated runs it finishes, kept until the whole run finishes (then removed), so that
+    ``--resume`` continues a run that stopped."""
+    from dualpath_jax.studies.runstore import RunStore
+    return RunStore(Path(workdir) / RUN_STORE)
+
+
+RUN_STORE = "run_store"
+
+
+def report_resumed(cache, workdir) -> None:
+    """Say how many finished runs ``cache`` read back from the run store (none: say nothing)."""
+    if getattr(cache, "restored", 0):
+        print(f"resumed: {cache.restored} finished run(s) read back from {Path(workdir) / RUN_STORE}", flush=True)
+_UNCHANGED_BY = ("resume", "noresume", "workers", "ray_address", "overwrite", "nooverwrite", "verbose", "noverbose")
+
+
+def _same_run(command) -> list[str]:
+    """A command line without the flags that do not change what a run computes (``_UNCHANGED_BY``)."""
+    out = [Path(str(command[0])).name] if command else []
+    for a in list(command)[1:]:
+        name = str(a).lstrip("-").split("=", 1)[0]
+        if not (str(a).startswith("-") and name in _UNCHANGED_BY):
+            out.append(str(a))
+    return out
+
+
+def _resumable(path: Path) -> bool:
+    """Whether ``--resume`` continues a stopped run in ``path`` (False: nothing there to continue).
+
+    Raises:
+      ConfigError: naming ``workdir``: ``path`` holds a finished run, files of no run, or a run
+        of another command.
+    """
+    if not path.is_dir() or not any(path.iterdir()):
+        return False
+    status = writers.read_status(path)
+    if not status:
+        raise ConfigError("workdir", f"{path} holds no run's {writers.STATUS_FILE}: nothing to resume")
+    if status.get("status") == "finished":
+        raise ConfigError("workdir", f"{path} holds a finished run: nothing to resume (--overwrite replaces it)")
+    before, now = _same_run(status.get("command") or []), _same_run(sys.argv)
+    if before != now:
+        raise ConfigError("workdir", f"--resume continues the stopped run's command, {' '.join(before)!r}; this is "
+                          f"{' '.join(now)!r}")
+    return True
 
 
 def sweep_from_flags(progress: bool | None = None):
@@ -254,15 +317,22 @@ def open_workdir(path, *, overwrite: bool | None = None) -> Path:
       path: the ``--workdir`` value.
       overwrite: replace a previous run there (default: the ``--overwrite`` flag).
 
+    With ``--resume`` (:func:`define_resume_flag`) a workdir whose run stopped before it finished is
+    reopened as it is, for the same command.
+
     Raises:
       ConfigError: naming ``workdir``: not given, a file, or a directory that already holds files
-        (without ``overwrite``; with it, one that holds no previous run).
+        (without ``overwrite``; with it, one that holds no previous run); with ``--resume``, one that
+        holds a finished run or another command's.
     """
     if not path:
         raise ConfigError("workdir", "is required: pass --workdir=DIR, the run's output directory")
     if overwrite is None:
         overwrite = bool(FLAGS["overwrite"].value)
-    workdir = writers.prepare_workdir(path, overwrite=overwrite)
+    if "resume" in FLAGS and FLAGS["resume"].value and _resumable(Path(path)):
+        workdir = Path(path)  # the stopped run's files stay; what it finished is in its run store
+    else:
+        workdir = writers.prepare_workdir(path, overwrite=overwrite)
     writers.write_status(workdir, "running", command=list(sys.argv))
     _opened.append(workdir)
     return workdir
@@ -280,6 +350,8 @@ def _finish(status: str, error: str | None = None, *, input_error: bool = False)
             if input_error:
                 fields["input_error"] = True
             writers.write_status(workdir, status, **fields)
+            if status == "finished":  # nothing left to resume
+                shutil.rmtree(workdir / RUN_STORE, ignore_errors=True)
         except OSError as e:  # the run's own outcome matters more than its status file
             print(f"could not mark {workdir} {status}: {e}", file=sys.stderr)
 

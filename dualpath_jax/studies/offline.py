@@ -34,7 +34,7 @@ from dualpath_jax.studies.common import cluster_label, parse_cluster, with_clust
 from dualpath_jax.studies.config import (BalanceStudyConfig, Fig7StudyConfig, Fig8StudyConfig, Fig9StudyConfig,
                                          PdSweepStudyConfig)
 from dualpath_jax.studies.plots import plot_panels
-from dualpath_jax.studies.runs import Log, RunCache, offline_runs, ratio, scheduler_label
+from dualpath_jax.studies.runs import Log, RunCache, _run_missing, offline_runs, ratio, scheduler_label
 from dualpath_jax.studies.seeds import (CI_SUFFIX, aggregate, band, caption, estimate, offline_seeds, put,
                                        seed_workloads)
 from dualpath_jax.studies.seeds import write_table as write_seed_table
@@ -462,16 +462,7 @@ def _balance_runs(specs: list[tuple], cache: RunCache) -> list[tuple[dict, bool]
     """``(summary, memoised)`` of :func:`_balance_summary` for every spec: memoised in ``cache``
     under ``("balance", *spec)``, the others computed through ``cache.sweep`` (or in this process)."""
     keys = [("balance", *spec) for spec in specs]
-    known = {k: cache.peek(k) for k in keys}
-    todo = list(dict.fromkeys(k for k in keys if known[k] is None))
-    computed = {}
-    if todo:
-        items = [k[1:] for k in todo]
-        fresh = cache.sweep.map(_balance_summary, items, desc="balance runs") if cache.sweep is not None \
-            else [_balance_summary(x) for x in items]
-        computed = dict(zip(todo, fresh))
-        for k, v in computed.items():
-            cache.put(k, v)
+    known, computed = _run_missing(keys, _balance_summary, cache, "balance runs")
     out, seen = [], set()
     for k in keys:
         out.append((computed[k] if known[k] is None else known[k], known[k] is not None or k in seen))

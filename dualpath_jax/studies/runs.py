@@ -56,47 +56,68 @@ class RunCache:
         request tables, so the bound limits memory.
       sweep: where runs not memoised execute (:class:`~.sweep.Sweep`: serially in this process,
         or in parallel on Ray); None: in this process.
+      store: a :class:`~.runstore.RunStore`: every run computed is also written there, and a run
+        not held in memory is read back from it before it is computed (``restored`` counts them):
+        a study that stopped resumes with its finished runs. None: memory only.
 
     Raises:
       ConfigError: naming ``max_entries`` when it is not a positive integer.
     """
 
-    def __init__(self, max_entries: int = 24, *, sweep=None):
+    def __init__(self, max_entries: int = 24, *, sweep=None, store=None):
         check_positive("max_entries", max_entries, integer=True)
         self.max_entries = max_entries
         self.sweep = sweep
+        self.store = store
         self._runs: collections.OrderedDict = collections.OrderedDict()
         self.hits = 0
         self.misses = 0
+        self.restored = 0
+
+    def _hold(self, key: Hashable, value: object) -> None:
+        self._runs[key] = value
+        self._runs.move_to_end(key)
+        while len(self._runs) > self.max_entries:
+            self._runs.popitem(last=False)
+
+    def _lookup(self, key: Hashable) -> object | None:
+        """The run in memory, else on disk (then held in memory again), else None."""
+        if key in self._runs:
+            self._runs.move_to_end(key)
+            return self._runs[key]
+        value = self.store.get(key) if self.store is not None else None
+        if value is not None:
+            self.restored += 1
+            self._hold(key, value)
+        return value
 
     def get_or_run(self, key: Hashable, compute: Callable[[], object]) -> tuple[object, bool]:
         """``(value, cached)``: the value stored under ``key``, else ``compute()`` stored under it."""
-        if key in self._runs:
-            self._runs.move_to_end(key)
+        value = self._lookup(key)
+        if value is not None:
             self.hits += 1
-            return self._runs[key], True
+            return value, True
         value = compute()
         self.misses += 1
-        self._runs[key] = value
-        while len(self._runs) > self.max_entries:
-            self._runs.popitem(last=False)
+        self._hold(key, value)
+        if self.store is not None:
+            self.store.put(key, value)
         return value, False
 
     def peek(self, key: Hashable) -> object | None:
         """The value stored under ``key`` (counted as a hit and made most recent), or None."""
-        if key not in self._runs:
-            return None
-        self._runs.move_to_end(key)
-        self.hits += 1
-        return self._runs[key]
+        value = self._lookup(key)
+        if value is not None:
+            self.hits += 1
+        return value
 
     def put(self, key: Hashable, value: object) -> None:
-        """Store a run computed elsewhere (counted as a miss), dropping the least recent beyond the bound."""
+        """Store a run computed elsewhere (counted as a miss), dropping the least recent beyond the
+        bound (and writing it to the store)."""
         self.misses += 1
-        self._runs[key] = value
-        self._runs.move_to_end(key)
-        while len(self._runs) > self.max_entries:
-            self._runs.popitem(last=False)
+        self._hold(key, value)
+        if self.store is not None:
+            self.store.put(key, value)
 
     def items(self) -> list[tuple[Hashable, object]]:
         """``(key, value)`` of every run held, least recently used first. Keys of
@@ -118,19 +139,23 @@ class RunCache:
 def _run_missing(keys: Sequence[tuple], run: Callable, cache: RunCache | None, desc: str) -> tuple[dict, dict]:
     """``(known, computed)``: the cache's runs of ``keys`` (``(kind, *spec)``), and ``run(spec)`` of
     each distinct key it lacks, computed on the cache's sweep (in parallel on Ray when it has
-    workers) and stored in the cache."""
+    workers) and stored in the cache as each one ends (so a run store keeps it at once)."""
     known = {k: cache.peek(k) for k in keys} if cache is not None else {}
     todo = list(dict.fromkeys(k for k in keys if known.get(k) is None))
     if not todo:
         return known, {}
     sweep = cache.sweep if cache is not None else None
     specs = [k[1:] for k in todo]
-    fresh = sweep.map(run, specs, desc=desc) if sweep is not None else [run(x) for x in specs]
-    computed = dict(zip(todo, fresh))
-    if cache is not None:
-        for k, v in computed.items():
-            cache.put(k, v)
-    return known, computed
+    keep = (lambda i, v: cache.put(todo[i], v)) if cache is not None else None
+    if sweep is not None:
+        fresh = sweep.map(run, specs, desc=desc, on_result=keep)
+    else:
+        fresh = []
+        for i, x in enumerate(specs):
+            fresh.append(run(x))
+            if keep is not None:
+                keep(i, fresh[-1])
+    return known, dict(zip(todo, fresh))
 
 
 def _cached(cache: RunCache | None, key: Hashable, compute: Callable[[], object]) -> tuple[object, bool]:

@@ -67,8 +67,11 @@ class Sweep:
         show = sys.stderr.isatty() if self.progress is None else self.progress
         return tqdm.tqdm(total=total, unit="run", desc=desc, leave=False, disable=not show)
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, desc: str = "runs") -> list:
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, desc: str = "runs",
+            on_result: Callable[[int, Any], None] | None = None) -> list:
         """``[fn(x) for x in items]``, serially or as Ray tasks (``fn`` and the items must pickle).
+        ``on_result(i, value)`` is called in this process as each run's value arrives (in the
+        order they finish), e.g. to keep it before the others end.
 
         Raises:
           the first exception a run raises, as it raised it (not wrapped in Ray's ``RayTaskError``),
@@ -80,24 +83,30 @@ class Sweep:
         with self._bar(len(items), desc) as bar:
             if not self.parallel or len(items) == 1:
                 out = []
-                for x in items:
+                for i, x in enumerate(items):
                     out.append(fn(x))
+                    if on_result is not None:
+                        on_result(i, out[-1])
                     bar.update(1)
                 return out
             ray = _ray(self.workers, self.address)
             task = ray.remote(num_cpus=1, max_retries=WORKER_RETRIES, retry_exceptions=False)(_call)
             fn_ref = ray.put(fn)
             refs = [task.remote(fn_ref, x) for x in items]
+            index = {ref: i for i, ref in enumerate(refs)}
             pending = list(refs)
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 try:
-                    ray.get(done)
+                    values = ray.get(done)
                 except ray.exceptions.RayTaskError as e:  # the run's own error, at once
                     for ref in pending:
                         ray.cancel(ref, force=True)
                     cause = e.cause if isinstance(e.cause, BaseException) else e
                     raise cause from None
+                if on_result is not None:
+                    for ref, value in zip(done, values):
+                        on_result(index[ref], value)
                 bar.update(len(done))
             return ray.get(refs)
 

@@ -1,0 +1,111 @@
+"""Finished simulated runs kept on disk, so that a study that stops (killed, out of memory, a
+machine that went down) resumes with the runs it had finished instead of running them again.
+
+A :class:`RunStore` is a directory of one pickle per run, named by a SHA-256 of the run's key (the
+:class:`~.runs.RunCache` key: kind, ``SimConfig``, scheduler class, ``WorkloadSpec``, ...; a
+scheduler class outside this package counts with its source) and of this package's source files,
+so a run is read back only by code that would compute it again bit for bit (the simulator is
+deterministic): after any change to the package, nothing is reused. A run's inputs named by path
+(a trace, a model's ``config.json``) count by their path: change them and start a new workdir.
+
+Each file is written to a temporary name and renamed into place, so a run stopped mid-write
+leaves no file that reads as a run; a file that does not unpickle (a disk error) is a miss and
+the run is computed again. Experiment scripts keep the store in ``<workdir>/run_store/``
+(:func:`~.cli.run_store`); ``--resume`` reopens a workdir whose run did not finish, and a run
+that finishes removes its store.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import os
+import pickle
+import tempfile
+from collections.abc import Hashable
+from pathlib import Path
+
+__all__ = ["RunStore", "code_fingerprint"]
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """SHA-256 (hex) of every ``.py`` file of the package, by relative path and content."""
+    h = hashlib.sha256()
+    for path in sorted(_PACKAGE.rglob("*.py")):
+        h.update(path.relative_to(_PACKAGE).as_posix().encode())
+        h.update(b"\0")
+        h.update(path.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _stable(part) -> str:
+    """A key part as text that names the same run in every process: a class by module and name,
+    and, outside this package, by its source too (a policy edited between two runs is another)."""
+    if isinstance(part, type):
+        name = f"{part.__module__}:{part.__qualname__}"
+        if part.__module__.split(".")[0] == _PACKAGE.name:
+            return name
+        try:
+            source = inspect.getsource(part)
+        except (OSError, TypeError):  # no source to read (a class built at run time): its name only
+            source = ""
+        return f"{name}:{hashlib.sha256(source.encode()).hexdigest()}"
+    return repr(part)
+
+
+class RunStore:
+    """Runs on disk under ``directory`` (module docstring). Thread-safe for distinct keys.
+
+    Args:
+      directory: created if missing.
+
+    Raises:
+      OSError: ``directory`` cannot be created.
+    """
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: Hashable) -> Path:
+        """The file of ``key`` (whether or not it exists)."""
+        parts = key if isinstance(key, tuple) else (key,)
+        h = hashlib.sha256(code_fingerprint().encode())
+        for p in parts:
+            h.update(b"\0")
+            h.update(_stable(p).encode())
+        return self.directory / f"{h.hexdigest()[:40]}.pkl"
+
+    def get(self, key: Hashable):
+        """The run stored under ``key``, or None (never stored, or unreadable)."""
+        try:
+            with open(self.path(key), "rb") as f:
+                return pickle.load(f)
+        except FileNotFoundError:
+            return None
+        except Exception:  # noqa: BLE001 - a damaged file is a miss: the run is computed again
+            return None
+
+    def put(self, key: Hashable, value) -> None:
+        """Store ``value`` under ``key`` atomically (a reader sees the whole file or none).
+
+        Raises:
+          OSError: the file could not be written (the disk is full, ...).
+        """
+        dest = self.path(key)
+        fd, tmp = tempfile.mkstemp(prefix=dest.stem, suffix=".tmp", dir=self.directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.directory.glob("*.pkl"))

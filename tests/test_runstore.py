@@ -1,0 +1,51 @@
+"""The run store behind --resume: runs on disk, keyed by the run and by the package's code."""
+
+import pickle
+
+import numpy as np
+
+from dualpath_jax.sim import SimConfig
+from dualpath_jax.studies import RunCache, WorkloadSpec
+from dualpath_jax.studies import runstore
+from dualpath_jax.studies.runs import offline_run
+from dualpath_jax.studies.runstore import RunStore
+
+KEY = ("offline", SimConfig(prefill_nodes=1, decode_nodes=1), WorkloadSpec(mal="32K", num_agents=4))
+
+
+def test_a_stored_run_reads_back_equal_and_a_damaged_file_is_a_miss(tmp_path):
+    store = RunStore(tmp_path / "s")
+    value = {"jct_s": 12.5, "table": np.arange(5.0)}
+    assert store.get(KEY) is None
+    store.put(KEY, value)
+    back = store.get(KEY)
+    assert back["jct_s"] == 12.5 and np.array_equal(back["table"], value["table"])
+    assert len(store) == 1 and not list((tmp_path / "s").glob("*.tmp"))  # written whole, then renamed
+    store.path(KEY).write_bytes(pickle.dumps(value)[:20])  # cut short (a disk error)
+    assert store.get(KEY) is None
+    other = ("offline", SimConfig(prefill_nodes=1, decode_nodes=2), KEY[2])
+    assert store.path(other) != store.path(KEY)
+
+
+def test_other_code_or_another_policy_source_never_reads_a_stored_run(tmp_path, monkeypatch):
+    store = RunStore(tmp_path)
+    store.put(KEY, 1.0)
+    monkeypatch.setattr(runstore, "code_fingerprint", lambda: "another version of the package")
+    assert store.get(KEY) is None
+    monkeypatch.undo()
+    assert store.get(KEY) == 1.0
+    a = type("Mine", (), {"__module__": "my_policies"})  # no source to read: its name only
+    assert runstore._stable(a) == "my_policies:Mine:" + runstore.hashlib.sha256(b"").hexdigest()
+    assert runstore._stable(RunCache) == "dualpath_jax.studies.runs:RunCache"  # the package's: by name
+
+
+def test_a_cache_with_a_store_resumes_with_the_runs_another_process_finished(tmp_path):
+    wl = WorkloadSpec(mal="32K", num_agents=4, token_divisor=8)
+    cfg = SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=1)
+    first = RunCache(store=RunStore(tmp_path))
+    summary = offline_run(cfg, "dualpath", wl, log=None, cache=first)
+    assert first.restored == 0 and first.misses == 1 and len(RunStore(tmp_path)) == 1
+    second = RunCache(store=RunStore(tmp_path))  # a new process: empty memory, same store
+    again = offline_run(cfg, "dualpath", wl, log=None, cache=second)
+    assert second.restored == 1 and second.misses == 0 and again.pop("cached") and not summary.pop("cached")
+    assert again == summary
