@@ -58,6 +58,7 @@ def _import_path() -> str:
     then those of ``PYTHONPATH``: the value for a local instance's workers."""
     own = tuple(os.path.join(os.path.abspath(p), "") for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
     added = [os.path.abspath(p or os.curdir) for p in sys.path]
-    added = [p for p in added if os.path.isdir(p) and not os.path.join(p, "").startswith(own)]
+    added = [p for p in added if os.path.isdir(p) and not os.path.join(p, "").startswith(own)
+             and os.path.basename(p) not in ("site-packages", "dist-packages")]  # (a user site: theirs too)
     inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return os.pathsep.join(dict.fromkeys(added + inherited))

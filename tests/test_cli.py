@@ -617,3 +617,18 @@ def test_resume_reads_back_the_runs_a_stopped_run_finished_and_gives_the_same_fi
     again = run(f"--workdir={stopped}", "--resume")
     assert again.returncode == 1 and _lines(again.stderr) == [
         f"ConfigError: workdir: {stopped} holds a finished run: nothing to resume (--overwrite replaces it)"]
+
+
+def test_resume_compares_commands_as_the_runs_would_differ_and_refuses_a_live_run(tmp_path, monkeypatch):
+    same = cli._same_run
+    assert same(["experiments/run_sim.py", "--config=c.py", "--workers", "2", "--workdir", "w"]) == same(
+        ["/abs/experiments/run_sim.py", "--config=c.py", "--resume", f"--workdir={pathlib.Path('w').resolve()}"])
+    assert same(["run_sim.py", "--config=c.py"]) != same(["run_sim.py", "--config=c.py", "--config.sim.beta_s=1"])
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    monkeypatch.setattr(sys, "argv", ["run_sim.py", f"--workdir={workdir}"])
+    writers.write_status(workdir, "running", command=list(sys.argv), pid=os.getpid(), host=cli.socket.gethostname())
+    with pytest.raises(ConfigError, match=r"run is still running \(process \d+\): stop it first"):
+        cli._resumable(workdir)
+    writers.write_status(workdir, "running", command=list(sys.argv), pid=2**22 + 12345, host=cli.socket.gethostname())
+    assert cli._resumable(workdir)  # its process is gone (killed): resumable

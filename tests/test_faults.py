@@ -3,6 +3,7 @@ and the teacher-forced replay whose hits the simulator predicts exactly."""
 
 import copy
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -188,6 +189,43 @@ def test_a_read_interrupted_after_some_blocks_counts_them_among_its_attempts_rea
     _assert_all_correct(model, res, clean)  # byte conservation included
     failed = [r for r in res.failed_attempts if "broken" in r.error]
     assert len(failed) == 1 and failed[0].read_bytes_pe + failed[0].read_bytes_de == model[2].full_block_bytes
+
+
+def test_a_request_failed_while_its_read_carries_a_block_counts_that_block_once(model, clean, monkeypatch):
+    # defect: the block on the link when the failure released the job's lease was in the SNIC's bytes
+    # and also counted as discarded (the job's hold raised), so bytes_conserved was False
+    from dualpath_jax.engine.cluster import EngineCluster
+
+    made, real_init = {}, EngineCluster.__init__
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        made["cluster"] = self
+
+    real, seen, lock = network.Fabric.carry, [], threading.Lock()
+
+    def carry(self, path, num_bytes, fn=None, *, tag="", timeout_s=None):
+        out = real(self, path, num_bytes, fn, tag=tag, timeout_s=timeout_s)
+        if tag.startswith("read/"):
+            with lock:
+                seen.append(tag)
+                fire = seen.count(tag) == 2 and "fired" not in seen
+                if fire:
+                    seen.append("fired")
+            if fire:  # the request fails elsewhere while this block is on the link
+                cluster = made["cluster"]
+                req = cluster.requests[int(tag.split("/r")[1])]
+                cluster.ctx.on_failed(req, "failed elsewhere", True)
+                deadline = time.monotonic() + 10
+                while not req.error and time.monotonic() < deadline:
+                    time.sleep(0.005)
+        return out
+
+    monkeypatch.setattr(EngineCluster, "__init__", init)
+    monkeypatch.setattr(network.Fabric, "carry", carry)
+    res = _run(model, ClusterConfig(**FAST).for_variant("dualpath"))
+    assert "fired" in seen and any("failed elsewhere" in r.error for r in res.failed_attempts)
+    _assert_all_correct(model, res, clean)  # byte conservation included
 
 
 @pytest.mark.parametrize("variant", ["basic", "dualpath"])

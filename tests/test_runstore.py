@@ -3,6 +3,7 @@
 import pickle
 
 import numpy as np
+import pytest
 
 from dualpath_jax.sim import SimConfig
 from dualpath_jax.studies import RunCache, WorkloadSpec
@@ -34,8 +35,8 @@ def test_other_code_or_another_policy_source_never_reads_a_stored_run(tmp_path, 
     assert store.get(KEY) is None
     monkeypatch.undo()
     assert store.get(KEY) == 1.0
-    a = type("Mine", (), {"__module__": "my_policies"})  # no source to read: its name only
-    assert runstore._stable(a) == "my_policies:Mine:" + runstore.hashlib.sha256(b"").hexdigest()
+    a = type("Mine", (), {"__module__": "my_policies"})  # no file or source to read: its name only
+    assert runstore._stable(a) == "my_policies:Mine:" + runstore.hashlib.sha256(b"Mine").hexdigest()
     assert runstore._stable(RunCache) == "dualpath_jax.studies.runs:RunCache"  # the package's: by name
 
 
@@ -49,3 +50,25 @@ def test_a_cache_with_a_store_resumes_with_the_runs_another_process_finished(tmp
     again = offline_run(cfg, "dualpath", wl, log=None, cache=second)
     assert second.restored == 1 and second.misses == 0 and again.pop("cached") and not summary.pop("cached")
     assert again == summary
+
+
+def test_a_policy_keys_its_runs_by_its_module_files_and_its_bases(tmp_path, monkeypatch):
+    base, leaf = tmp_path / "base_pol.py", tmp_path / "leaf_pol.py"
+    base.write_text("from dualpath_jax.sched import ClusterScheduler\nclass Base(ClusterScheduler):\n    pass\n")
+    leaf.write_text("from base_pol import Base\nclass Leaf(Base):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import leaf_pol
+
+    before = runstore._stable(leaf_pol.Leaf)
+    base.write_text(base.read_text() + "HELPER = 2  # the base's module changed, not Leaf's source\n")
+    assert runstore._stable(leaf_pol.Leaf) != before
+
+
+def test_a_store_that_cannot_be_written_is_given_up_and_the_run_goes_on(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    cache = RunCache(store=RunStore(tmp_path / "file" / "store"))
+    with pytest.warns(RuntimeWarning, match="later runs are not kept for --resume"):
+        value, cached = cache.get_or_run(KEY, lambda: 3.0)
+    assert (value, cached, cache.store) == (3.0, False, None)
+    assert cache.get_or_run(KEY, lambda: 4.0) == (3.0, True)  # still held in memory
+

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from dualpath_jax.config import ConfigError
+from dualpath_jax.engine.request import RequestState
 from dualpath_jax.transfer import (BufferPool, BufferTimeoutError, LayerwiseLoader, Link, LinkConfig, LoaderError,
                                    Medium, Outcome)
 
@@ -195,6 +196,42 @@ def test_a_claim_that_does_not_fit_holds_back_the_queue_until_it_is_released():
     assert pool.in_use_bytes == 0 and pool.stats().num_acquired == 3  # held, small and the granted claim
     with pytest.raises(ValueError, match="capacity"):
         pool.claim(101)
+
+
+def test_a_claim_given_up_at_the_head_of_the_queue_wakes_the_waiter_behind_it():
+    pool = BufferPool("de.buffer", 100)
+    held = pool.acquire(80)
+    big = pool.claim(50)  # first in the queue, does not fit
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire(10, timeout_s=60)))
+    waiter.start()
+    _wait_until(lambda: pool.num_waiting == 2, "the waiter to queue behind the claim")
+    big.release()  # the waiter is first now and its 10 B fit: it must not sleep until its deadline
+    waiter.join(timeout=10)
+    assert not waiter.is_alive() and got[0].num_bytes == 10
+    for x in (held, got[0]):
+        x.release()
+
+
+def test_one_request_asking_twice_at_once_holds_one_claim():
+    class SlowPool(BufferPool):  # widens the window between looking for a claim and making one
+        def claim(self, num_bytes):
+            time.sleep(0.05)
+            return super().claim(num_bytes)
+
+    pool = SlowPool("de.buffer", 100)
+    req = RequestState(rid=0, agent=0, round_index=0, trajectory_id="a", prompt=np.zeros(4, np.int32), keys=[],
+                       gen_target=1, lookup_blocks=0)
+    leases = []
+    askers = [threading.Thread(target=lambda: leases.append(req.claim_send_space(pool, 30))) for _ in range(2)]
+    for t in askers:
+        t.start()
+    for t in askers:
+        t.join(timeout=30)
+    assert pool.in_use_bytes == 30 and sum(x is not None for x in leases) == 1  # granted once, taken once
+    req.fail("done", 0.0)
+    next(x for x in leases if x is not None).release()
+    assert pool.in_use_bytes == 0
 
 
 def test_a_lease_splits_off_part_of_its_reservation():

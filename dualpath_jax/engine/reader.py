@@ -166,7 +166,8 @@ class NodeReader:
             return
         deadline = t0 + self.timeout_s  # for the job's store reads together (issued at once)
         futures = self.store.read_async(keys)
-        blocks, failures, i = [], [], 0
+        blocks, failures = [], []
+        counted = 0  # blocks [0, counted) are accounted for: carried, discarded or failed
         try:
             for i, (key, fut) in enumerate(zip(keys, futures)):
                 try:
@@ -181,15 +182,17 @@ class NodeReader:
                 elif res is not None:
                     self.fabric.carry(self.fabric.read_path(self.node), res.block.nbytes, tag=f"read/r{req.rid}")
                     done.carried += not self.fabric.bypass
+                    counted = i + 1  # on the link now, whatever happens to it next (a released lease)
                     if lease is not None:
                         lease.hold(res.block)
                     else:
                         self.bypass_bytes += res.block.nbytes
                     blocks.append(res.block)
+                counted = i + 1
                 self._dequeue(job, 1)
                 done.dequeued += 1
         except BaseException:
-            self._discard(futures[i:])
+            self._discard(futures[counted:])
             raise
         self.on_done(job, blocks, failures)
 

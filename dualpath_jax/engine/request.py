@@ -148,11 +148,12 @@ class RequestState:
         Raises:
           ValueError: ``num_bytes`` negative or above ``pool``'s capacity.
         """
-        claim = self.de_send_claim
-        if claim is None:
-            claim = pool.claim(num_bytes)
-            if not self.attach_lease("de_send_claim", claim):
-                return None
+        with self.lock:  # one claim per request, whoever asks at once (a node serves calls concurrently)
+            claim = self.de_send_claim
+            if claim is None:
+                if self.error:  # failed: its release_buffers has run or runs without this claim
+                    return None
+                claim = self.de_send_claim = pool.claim(num_bytes)
         return claim.take()
 
     def attach_lease(self, attr: str, lease: Lease | Claim | None) -> bool:

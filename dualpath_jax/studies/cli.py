@@ -32,6 +32,7 @@ import decimal
 import os
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -129,22 +130,34 @@ def run_store(workdir):
 
 
 RUN_STORE = "run_store"
+_UNCHANGED_BY = ("resume", "noresume", "workers", "ray_address", "overwrite", "nooverwrite", "verbose", "noverbose")
+_TAKES_VALUE = ("workers", "ray_address", "workdir")
 
 
 def report_resumed(cache, workdir) -> None:
     """Say how many finished runs ``cache`` read back from the run store (none: say nothing)."""
     if getattr(cache, "restored", 0):
         print(f"resumed: {cache.restored} finished run(s) read back from {Path(workdir) / RUN_STORE}", flush=True)
-_UNCHANGED_BY = ("resume", "noresume", "workers", "ray_address", "overwrite", "nooverwrite", "verbose", "noverbose")
 
 
 def _same_run(command) -> list[str]:
-    """A command line without the flags that do not change what a run computes (``_UNCHANGED_BY``)."""
-    out = [Path(str(command[0])).name] if command else []
-    for a in list(command)[1:]:
-        name = str(a).lstrip("-").split("=", 1)[0]
-        if not (str(a).startswith("-") and name in _UNCHANGED_BY):
-            out.append(str(a))
+    """A command line without the flags that do not change what a run computes (``_UNCHANGED_BY``),
+    ``--flag value`` written as ``--flag=value`` and the workdir as an absolute path."""
+    args, out = [str(a) for a in command], []
+    if args:
+        out.append(Path(args[0]).name)
+    i = 1
+    while i < len(args):
+        a = args[i]
+        name = a.lstrip("-").split("=", 1)[0]
+        if a.startswith("-") and "=" not in a and name in _TAKES_VALUE and i + 1 < len(args):
+            a, i = f"--{name}={args[i + 1]}", i + 1
+        i += 1
+        if a.startswith("-") and name in _UNCHANGED_BY:
+            continue
+        if a.startswith("-") and name == "workdir":
+            a = f"--workdir={Path(a.split('=', 1)[1]).expanduser().resolve()}"
+        out.append(a)
     return out
 
 
@@ -162,10 +175,26 @@ def _resumable(path: Path) -> bool:
         raise ConfigError("workdir", f"{path} holds no run's {writers.STATUS_FILE}: nothing to resume")
     if status.get("status") == "finished":
         raise ConfigError("workdir", f"{path} holds a finished run: nothing to resume (--overwrite replaces it)")
+    pid = status.get("pid")
+    if status.get("status") == "running" and status.get("host") == socket.gethostname() and _alive(pid):
+        raise ConfigError("workdir", f"{path}'s run is still running (process {pid}): stop it first")
     before, now = _same_run(status.get("command") or []), _same_run(sys.argv)
     if before != now:
         raise ConfigError("workdir", f"--resume continues the stopped run's command, {' '.join(before)!r}; this is "
                           f"{' '.join(now)!r}")
+    return True
+
+
+def _alive(pid) -> bool:
+    """Whether process ``pid`` of this host exists."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's
+        return True
     return True
 
 
@@ -333,7 +362,7 @@ def open_workdir(path, *, overwrite: bool | None = None) -> Path:
         workdir = Path(path)  # the stopped run's files stay; what it finished is in its run store
     else:
         workdir = writers.prepare_workdir(path, overwrite=overwrite)
-    writers.write_status(workdir, "running", command=list(sys.argv))
+    writers.write_status(workdir, "running", command=list(sys.argv), pid=os.getpid(), host=socket.gethostname())
     _opened.append(workdir)
     return workdir
 

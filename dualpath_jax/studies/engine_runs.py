@@ -284,8 +284,11 @@ def expected_shapes(rounds: list[tuple[int, int]], z: int, time_model, cluster: 
         shapes.add(prefill_shape(hit, app, z))
         cached, remaining = hit, app
         while remaining > 0:
-            batch = sched.form_pe_batch([BatchItem(0, cached, remaining)], time_model=time_model,
-                                        max_tokens=cluster.basic_max_batch_tokens)
+            try:
+                batch = sched.form_pe_batch([BatchItem(0, cached, remaining)], time_model=time_model,
+                                            max_tokens=cluster.basic_max_batch_tokens)
+            except Exception:  # noqa: BLE001 - a policy that needs state of its own: no chunks to predict
+                batch = []
             step = min(batch[0].remaining, remaining) if batch else 0
             if step <= 0:  # a policy that leaves it out alone: no chunk to predict
                 break

@@ -20,6 +20,7 @@ import collections
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
@@ -100,9 +101,20 @@ class RunCache:
         value = compute()
         self.misses += 1
         self._hold(key, value)
-        if self.store is not None:
-            self.store.put(key, value)
+        self._keep(key, value)
         return value, False
+
+    def _keep(self, key: Hashable, value: object) -> None:
+        """Write a run to the store; a store that cannot be written (disk full, its directory gone)
+        is given up with a warning: the study goes on, only its resume loses the later runs."""
+        if self.store is None:
+            return
+        try:
+            self.store.put(key, value)
+        except OSError as e:
+            warnings.warn(f"run store {self.store.directory}: {e}; later runs are not kept for --resume",
+                          RuntimeWarning, stacklevel=3)
+            self.store = None
 
     def peek(self, key: Hashable) -> object | None:
         """The value stored under ``key`` (counted as a hit and made most recent), or None."""
@@ -116,8 +128,7 @@ class RunCache:
         bound (and writing it to the store)."""
         self.misses += 1
         self._hold(key, value)
-        if self.store is not None:
-            self.store.put(key, value)
+        self._keep(key, value)
 
     def items(self) -> list[tuple[Hashable, object]]:
         """``(key, value)`` of every run held, least recently used first. Keys of

@@ -45,16 +45,25 @@ def code_fingerprint() -> str:
 
 def _stable(part) -> str:
     """A key part as text that names the same run in every process: a class by module and name,
-    and, outside this package, by its source too (a policy edited between two runs is another)."""
+    and, outside this package, by the files of the modules its class hierarchy comes from (a policy,
+    its base classes or their modules' helpers edited between two runs make another key)."""
     if isinstance(part, type):
         name = f"{part.__module__}:{part.__qualname__}"
         if part.__module__.split(".")[0] == _PACKAGE.name:
             return name
-        try:
-            source = inspect.getsource(part)
-        except (OSError, TypeError):  # no source to read (a class built at run time): its name only
-            source = ""
-        return f"{name}:{hashlib.sha256(source.encode()).hexdigest()}"
+        h = hashlib.sha256()
+        for cls in part.__mro__:
+            root = cls.__module__.split(".")[0]
+            if root in (_PACKAGE.name, "builtins"):
+                continue
+            try:
+                h.update(Path(inspect.getsourcefile(cls) or "").read_bytes())
+            except (OSError, TypeError):  # no file (a class built at run time): its source, else its name
+                try:
+                    h.update(inspect.getsource(cls).encode())
+                except (OSError, TypeError):
+                    h.update(cls.__qualname__.encode())
+        return f"{name}:{h.hexdigest()}"
     return repr(part)
 
 
@@ -62,15 +71,11 @@ class RunStore:
     """Runs on disk under ``directory`` (module docstring). Thread-safe for distinct keys.
 
     Args:
-      directory: created if missing.
-
-    Raises:
-      OSError: ``directory`` cannot be created.
+      directory: where the runs go; created by the first :meth:`put`.
     """
 
     def __init__(self, directory):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = Path(directory)  # created by the first put
 
     def path(self, key: Hashable) -> Path:
         """The file of ``key`` (whether or not it exists)."""
@@ -95,9 +100,10 @@ class RunStore:
         """Store ``value`` under ``key`` atomically (a reader sees the whole file or none).
 
         Raises:
-          OSError: the file could not be written (the disk is full, ...).
+          OSError: the directory or the file could not be written (the disk is full, ...).
         """
         dest = self.path(key)
+        self.directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=dest.stem, suffix=".tmp", dir=self.directory)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -108,4 +114,4 @@ class RunStore:
             raise
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.directory.glob("*.pkl"))
+        return sum(1 for _ in self.directory.glob("*.pkl")) if self.directory.is_dir() else 0

@@ -86,7 +86,8 @@ class _Batched:
     def __init__(self, request: Callable, gate: threading.Lock, abort: list):
         self.request, self.gate, self.abort = request, gate, abort
 
-    def map(self, fn, items, *, desc: str = "runs") -> list:
+    def map(self, fn, items, *, desc: str = "runs", on_result: Callable | None = None) -> list:
+        """:meth:`.sweep.Sweep.map` (``on_result`` called for each value once the batch is back)."""
         if self.abort:
             raise RunFailed(f"not run: {self.abort[0]}")
         if not items:
@@ -99,6 +100,9 @@ class _Batched:
         for v in out:
             if isinstance(v, _Failure):
                 raise RunFailed(v.message)
+        if on_result is not None:
+            for i, v in enumerate(out):
+                on_result(i, v)
         return list(out)
 
 

@@ -160,6 +160,7 @@ class Claim:
                 del pool._claims[self.ticket]
                 pool._queue.remove(self.ticket)
                 pool._grant()
+                pool._cond.notify_all()  # the waiter behind it may be first now
         if lease is not None:
             lease.release()
 

@@ -59,15 +59,17 @@ def _fail(path: Path, where: str, field: str, problem: str, value) -> None:
 
 
 def _fitting_block_tokens(ids, in_tokens: int) -> list[int]:
-    """Block sizes (powers of two, 1 to 2**20 tokens) for which ``ids`` count ``in_tokens``'
-    full blocks or those and a partial last one."""
+    """Block sizes (powers of two up to ``in_tokens``, at most 2**20) for which ``ids`` count
+    ``in_tokens``' full blocks or those and a partial last one."""
     if not isinstance(ids, list) or not ids:
         return []
-    return [b for b in (2 ** k for k in range(21)) if len(ids) in (in_tokens // b, -(-in_tokens // b))]
+    return [b for b in (2 ** k for k in range(21)) if b <= in_tokens
+            and len(ids) in (in_tokens // b, -(-in_tokens // b))]
 
 
-def _fail_ids(path: Path, where: str, fitting: list[int], problem: str, value) -> None:
-    if fitting and "ids but" in problem:  # a count that another block size explains: name the option
+def _fail_ids(path: Path, where: str, ids, in_tokens: int, problem: str, value) -> None:
+    fitting = _fitting_block_tokens(ids, in_tokens) if "ids but" in problem else []
+    if fitting:  # a count that another block size explains: name the option
         problem += (f"; the ids fit {' or '.join(map(str, fitting))}-token blocks (the trace's block size is "
                     f"mooncake_block_tokens, workload.mooncake_block_tokens in a study config)")
     _fail(path, where, "hash_ids", problem, value)
@@ -104,7 +106,7 @@ def _parse_lines(path: Path, block_tokens: int, name: str):
                        for field, lo in (("input_length", 1), ("output_length", 0)))
 
         ids = full_block_ids(obj["hash_ids"], n_in, block_tokens,
-                             functools.partial(_fail_ids, path, where, _fitting_block_tokens(obj["hash_ids"], n_in)),
+                             functools.partial(_fail_ids, path, where, obj["hash_ids"], n_in),
                              f"{name}:{where}")
         rows.append((float(ts), n_in, n_out, ids))
     if not rows:
