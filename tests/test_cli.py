@@ -616,14 +616,16 @@ def test_resume_reads_back_the_runs_a_stopped_run_finished_and_gives_the_same_fi
     assert writers.read_status(stopped)["status"] == "finished" and not (stopped / cli.RUN_STORE).exists()
     again = run(f"--workdir={stopped}", "--resume")
     assert again.returncode == 1 and _lines(again.stderr) == [
-        f"ConfigError: workdir: {stopped} holds a finished run: nothing to resume (--overwrite replaces it)"]
+        f"ConfigError: workdir: {stopped} holds a finished run: nothing to resume (drop --resume and pass "
+        f"--overwrite to replace it)"]
 
 
 def test_resume_compares_commands_as_the_runs_would_differ_and_refuses_a_live_run(tmp_path, monkeypatch):
     same = cli._same_run
     assert same(["experiments/run_sim.py", "--config=c.py", "--workers", "2", "--workdir", "w"]) == same(
-        ["/abs/experiments/run_sim.py", "--config=c.py", "--resume", f"--workdir={pathlib.Path('w').resolve()}"])
+        ["/abs/experiments/run_sim.py", "--resume", f"--workdir={pathlib.Path('w').resolve()}", "--config", "c.py"])
     assert same(["run_sim.py", "--config=c.py"]) != same(["run_sim.py", "--config=c.py", "--config.sim.beta_s=1"])
+    assert same(["run_sim.py", "--verbose", "--config=c.py"]) == same(["run_sim.py", "--config=c.py"])
     workdir = tmp_path / "w"
     workdir.mkdir()
     monkeypatch.setattr(sys, "argv", ["run_sim.py", f"--workdir={workdir}"])
@@ -632,3 +634,7 @@ def test_resume_compares_commands_as_the_runs_would_differ_and_refuses_a_live_ru
         cli._resumable(workdir)
     writers.write_status(workdir, "running", command=list(sys.argv), pid=2**22 + 12345, host=cli.socket.gethostname())
     assert cli._resumable(workdir)  # its process is gone (killed): resumable
+    writers.write_status(workdir, "failed", command=["run_sim.py", "--other"], input_error=True)
+    assert not cli._resumable(workdir)  # it stopped on bad input before any run: a new run replaces it
+    writers.write_status(workdir, "finished", command=list(sys.argv))
+    assert not cli._resumable(workdir, overwrite=True)  # --resume --overwrite: a new run replaces it

@@ -72,3 +72,20 @@ def test_a_store_that_cannot_be_written_is_given_up_and_the_run_goes_on(tmp_path
     assert (value, cached, cache.store) == (3.0, False, None)
     assert cache.get_or_run(KEY, lambda: 4.0) == (3.0, True)  # still held in memory
 
+
+def test_a_run_read_back_after_its_eviction_is_not_counted_as_resumed(tmp_path):
+    cache = RunCache(max_entries=1, store=RunStore(tmp_path))
+    cache.get_or_run(("a",), lambda: 1)
+    cache.get_or_run(("b",), lambda: 2)  # evicts a from memory; it stays on disk
+    assert cache.get_or_run(("a",), lambda: 3) == (1, True) and cache.restored == 0
+
+
+def test_a_trace_changed_on_disk_makes_another_key(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("{}\n")
+    spec = WorkloadSpec(mal="32K", num_agents=4, source="mooncake", path=str(trace))
+    before = RunStore(tmp_path / "s").path(("offline", spec))
+    trace.write_text("{}\n{}\n")  # fixed between a stop and its resume
+    runstore._files_signature.cache_clear()  # (a new process: signatures are read once per process)
+    assert RunStore(tmp_path / "s").path(("offline", spec)) != before
+

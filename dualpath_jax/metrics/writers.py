@@ -81,6 +81,7 @@ def write_json(path, obj: Any) -> Path:
 
 
 STATUS_FILE = "status.json"
+RUN_STORE = "run_store"  # the finished simulated runs of a run that has not finished (studies.runstore)
 _RUN_MARKERS = (STATUS_FILE, "env.json")  # a directory holding one of these is an experiment's workdir
 # what a run writes before its first output (sim_resolved.json: run_sim's resolved SimConfig)
 _SETUP_FILES = frozenset({STATUS_FILE, "config.json", "sim_resolved.json", "env.json"})
@@ -135,8 +136,10 @@ def prepare_workdir(workdir, *, overwrite: bool = False) -> Path:
     if entries:
         held = f"a previous run ({status.get('status', '?')})" if status else f"{len(entries)} entries"
         if not overwrite:
-            raise ConfigError("workdir", f"{path} already holds {held}; pass --overwrite to replace it, or give "
-                              f"a new directory")
+            stopped = bool(status) and status.get("status") != "finished" and (path / RUN_STORE).is_dir()
+            resume = ", --resume (scripts that take it) to continue it" if stopped else ""
+            raise ConfigError("workdir", f"{path} already holds {held}; pass --overwrite to replace it{resume}, or "
+                              f"give a new directory")
         if not any((path / m).is_file() for m in _RUN_MARKERS):
             raise ConfigError("workdir", f"{path} holds {held} but no run's {STATUS_FILE} or env.json: --overwrite "
                               f"replaces only an experiment's workdir; give an empty or new directory")

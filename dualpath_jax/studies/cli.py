@@ -129,9 +129,8 @@ def run_store(workdir):
     return RunStore(Path(workdir) / RUN_STORE)
 
 
-RUN_STORE = "run_store"
+RUN_STORE = writers.RUN_STORE
 _UNCHANGED_BY = ("resume", "noresume", "workers", "ray_address", "overwrite", "nooverwrite", "verbose", "noverbose")
-_TAKES_VALUE = ("workers", "ray_address", "workdir")
 
 
 def report_resumed(cache, workdir) -> None:
@@ -141,16 +140,16 @@ def report_resumed(cache, workdir) -> None:
 
 
 def _same_run(command) -> list[str]:
-    """A command line without the flags that do not change what a run computes (``_UNCHANGED_BY``),
-    ``--flag value`` written as ``--flag=value`` and the workdir as an absolute path."""
+    """A command line as what it computes: the script's name, then its arguments sorted (flags are
+    named, so their order does not matter), ``--flag value`` as ``--flag=value``, the workdir as an
+    absolute path, and without the flags that do not change what a run computes (``_UNCHANGED_BY``)."""
     args, out = [str(a) for a in command], []
-    if args:
-        out.append(Path(args[0]).name)
     i = 1
     while i < len(args):
         a = args[i]
         name = a.lstrip("-").split("=", 1)[0]
-        if a.startswith("-") and "=" not in a and name in _TAKES_VALUE and i + 1 < len(args):
+        if (a.startswith("-") and "=" not in a and i + 1 < len(args) and not args[i + 1].startswith("-")
+                and not _is_bool_flag(name)):
             a, i = f"--{name}={args[i + 1]}", i + 1
         i += 1
         if a.startswith("-") and name in _UNCHANGED_BY:
@@ -158,10 +157,18 @@ def _same_run(command) -> list[str]:
         if a.startswith("-") and name == "workdir":
             a = f"--workdir={Path(a.split('=', 1)[1]).expanduser().resolve()}"
         out.append(a)
-    return out
+    return [Path(args[0]).name, *sorted(out)] if args else []
 
 
-def _resumable(path: Path) -> bool:
+def _is_bool_flag(name: str) -> bool:
+    """Whether ``--name`` is a boolean flag (it takes no value), or its ``no`` form."""
+    for n in (name, name[2:] if name.startswith("no") else None):
+        if n and n in FLAGS:
+            return isinstance(FLAGS[n], flags.BooleanFlag)
+    return False
+
+
+def _resumable(path: Path, overwrite: bool = False) -> bool:
     """Whether ``--resume`` continues a stopped run in ``path`` (False: nothing there to continue).
 
     Raises:
@@ -169,12 +176,18 @@ def _resumable(path: Path) -> bool:
         of another command.
     """
     if not path.is_dir() or not any(path.iterdir()):
+        print(f"nothing to resume in {path}: a new run starts", flush=True)
         return False
     status = writers.read_status(path)
     if not status:
         raise ConfigError("workdir", f"{path} holds no run's {writers.STATUS_FILE}: nothing to resume")
+    if status.get("input_error") and not (path / RUN_STORE).is_dir():
+        return False  # it stopped on bad input before any run: replaced as a plain rerun would replace it
     if status.get("status") == "finished":
-        raise ConfigError("workdir", f"{path} holds a finished run: nothing to resume (--overwrite replaces it)")
+        if overwrite:
+            return False
+        raise ConfigError("workdir", f"{path} holds a finished run: nothing to resume (drop --resume and pass "
+                          f"--overwrite to replace it)")
     pid = status.get("pid")
     if status.get("status") == "running" and status.get("host") == socket.gethostname() and _alive(pid):
         raise ConfigError("workdir", f"{path}'s run is still running (process {pid}): stop it first")
@@ -182,6 +195,9 @@ def _resumable(path: Path) -> bool:
     if before != now:
         raise ConfigError("workdir", f"--resume continues the stopped run's command, {' '.join(before)!r}; this is "
                           f"{' '.join(now)!r}")
+    stored = len(list((path / RUN_STORE).glob("*.pkl"))) if (path / RUN_STORE).is_dir() else 0
+    print(f"resuming the run in {path}: {stored} stored run(s) (those of other code or inputs are computed "
+          f"again)", flush=True)
     return True
 
 
@@ -358,7 +374,7 @@ def open_workdir(path, *, overwrite: bool | None = None) -> Path:
         raise ConfigError("workdir", "is required: pass --workdir=DIR, the run's output directory")
     if overwrite is None:
         overwrite = bool(FLAGS["overwrite"].value)
-    if "resume" in FLAGS and FLAGS["resume"].value and _resumable(Path(path)):
+    if "resume" in FLAGS and FLAGS["resume"].value and _resumable(Path(path), overwrite):
         workdir = Path(path)  # the stopped run's files stay; what it finished is in its run store
     else:
         workdir = writers.prepare_workdir(path, overwrite=overwrite)

@@ -74,6 +74,7 @@ class RunCache:
         self.hits = 0
         self.misses = 0
         self.restored = 0
+        self._made: set = set()  # keys computed in this process (read back after eviction: not restored)
 
     def _hold(self, key: Hashable, value: object) -> None:
         self._runs[key] = value
@@ -88,7 +89,7 @@ class RunCache:
             return self._runs[key]
         value = self.store.get(key) if self.store is not None else None
         if value is not None:
-            self.restored += 1
+            self.restored += key not in self._made
             self._hold(key, value)
         return value
 
@@ -105,15 +106,17 @@ class RunCache:
         return value, False
 
     def _keep(self, key: Hashable, value: object) -> None:
-        """Write a run to the store; a store that cannot be written (disk full, its directory gone)
-        is given up with a warning: the study goes on, only its resume loses the later runs."""
+        """Write a run to the store; a store that cannot be written (disk full, its directory gone, a
+        value that does not pickle) is given up with a warning: the study goes on, only its resume
+        loses the later runs."""
+        self._made.add(key)
         if self.store is None:
             return
         try:
             self.store.put(key, value)
-        except OSError as e:
-            warnings.warn(f"run store {self.store.directory}: {e}; later runs are not kept for --resume",
-                          RuntimeWarning, stacklevel=3)
+        except Exception as e:  # noqa: BLE001 - disk full, a value that does not pickle: the run itself is fine
+            warnings.warn(f"run store {self.store.directory}: {type(e).__name__}: {e}; later runs are not kept "
+                          f"for --resume", RuntimeWarning, stacklevel=3)
             self.store = None
 
     def peek(self, key: Hashable) -> object | None:

@@ -5,8 +5,10 @@ A :class:`RunStore` is a directory of one pickle per run, named by a SHA-256 of 
 :class:`~.runs.RunCache` key: kind, ``SimConfig``, scheduler class, ``WorkloadSpec``, ...; a
 scheduler class outside this package counts with its source) and of this package's source files,
 so a run is read back only by code that would compute it again bit for bit (the simulator is
-deterministic): after any change to the package, nothing is reused. A run's inputs named by path
-(a trace, a model's ``config.json``) count by their path: change them and start a new workdir.
+deterministic): after any change to the package, nothing is reused. A run's input files (a trace
+or trace folder, a model's ``config.json``: a key's string fields that name existing paths, and
+a trace workload's default data) count by name, size and modification time: a trace fixed
+between a stop and its resume is read again.
 
 Each file is written to a temporary name and renamed into place, so a run stopped mid-write
 leaves no file that reads as a run; a file that does not unpickle (a disk error) is a miss and
@@ -17,6 +19,7 @@ that finishes removes its store.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -64,7 +67,33 @@ def _stable(part) -> str:
                 except (OSError, TypeError):
                     h.update(cls.__qualname__.encode())
         return f"{name}:{h.hexdigest()}"
-    return repr(part)
+    return repr(part) + _input_files(part)
+
+
+def _input_files(part) -> str:
+    """Name, size and modification time of the files a key part reads (module docstring); "" for none."""
+    if not dataclasses.is_dataclass(part) or isinstance(part, type):
+        return ""
+    paths = [Path(v) for v in (getattr(part, f.name) for f in dataclasses.fields(part))
+             if isinstance(v, str) and v and os.path.exists(v)]
+    source = getattr(part, "source", None)
+    if source in ("agentic", "mooncake") and not getattr(part, "path", ""):
+        from dualpath_jax.workload.sources import agentic_dir, mooncake_file  # noqa: PLC0415
+        paths.append(agentic_dir() if source == "agentic" else mooncake_file())
+    return "@" + "".join(_files_signature(str(p.resolve())) for p in paths) if paths else ""
+
+
+@functools.lru_cache(maxsize=64)
+def _files_signature(path: str) -> str:
+    """SHA-256 of the name, size and modification time of ``path``'s files (a file, or a folder's
+    files), read once per process (a trace folder's hundreds of files are not stat'ed per key)."""
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else []
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()
 
 
 class RunStore:
