@@ -629,11 +629,18 @@ def test_resume_compares_commands_as_the_runs_would_differ_and_refuses_a_live_ru
     workdir = tmp_path / "w"
     workdir.mkdir()
     monkeypatch.setattr(sys, "argv", ["run_sim.py", f"--workdir={workdir}"])
-    writers.write_status(workdir, "running", command=list(sys.argv), pid=os.getpid(), host=cli.socket.gethostname())
-    with pytest.raises(ConfigError, match=r"run is still running \(process \d+\): stop it first"):
-        cli._resumable(workdir)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *sys.argv])  # as the run's process
+    try:
+        writers.write_status(workdir, "running", command=list(sys.argv), pid=live.pid, host=cli.socket.gethostname())
+        with pytest.raises(ConfigError, match=r"run is still running \(process \d+\): stop it first"):
+            cli._resumable(workdir)
+    finally:
+        live.kill()
+        live.wait(timeout=30)
     writers.write_status(workdir, "running", command=list(sys.argv), pid=2**22 + 12345, host=cli.socket.gethostname())
     assert cli._resumable(workdir)  # its process is gone (killed): resumable
+    writers.write_status(workdir, "running", command=list(sys.argv), pid=1, host=cli.socket.gethostname())
+    assert cli._resumable(workdir)  # its pid now runs something else
     writers.write_status(workdir, "failed", command=["run_sim.py", "--other"], input_error=True)
     assert not cli._resumable(workdir)  # it stopped on bad input before any run: a new run replaces it
     writers.write_status(workdir, "finished", command=list(sys.argv))

@@ -189,7 +189,8 @@ def _resumable(path: Path, overwrite: bool = False) -> bool:
         raise ConfigError("workdir", f"{path} holds a finished run: nothing to resume (drop --resume and pass "
                           f"--overwrite to replace it)")
     pid = status.get("pid")
-    if status.get("status") == "running" and status.get("host") == socket.gethostname() and _alive(pid):
+    if (status.get("status") == "running" and status.get("host") == socket.gethostname()
+            and _alive(pid, status.get("command") or [])):
         raise ConfigError("workdir", f"{path}'s run is still running (process {pid}): stop it first")
     before, now = _same_run(status.get("command") or []), _same_run(sys.argv)
     if before != now:
@@ -201,8 +202,10 @@ def _resumable(path: Path, overwrite: bool = False) -> bool:
     return True
 
 
-def _alive(pid) -> bool:
-    """Whether process ``pid`` of this host exists."""
+def _alive(pid, command: list) -> bool:
+    """Whether process ``pid`` of this host still runs ``command`` (its ``sys.argv``). Where
+    ``/proc`` tells (Linux), a killed process not yet reaped (a zombie) or a new process that got
+    the same pid is not; elsewhere any process with that pid is."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -210,8 +213,15 @@ def _alive(pid) -> bool:
     except ProcessLookupError:
         return False
     except OSError:  # exists, another user's
-        return True
-    return True
+        pass
+    proc = Path(f"/proc/{pid}")
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except (OSError, IndexError):
+        return True  # no /proc to ask: the pid exists
+    n = len(command)
+    return state != "Z" and (not n or argv[-n:] == [str(a) for a in command])
 
 
 def sweep_from_flags(progress: bool | None = None):
