@@ -3,7 +3,8 @@ machine that went down) resumes with the runs it had finished instead of running
 
 A :class:`RunStore` is a directory of one pickle per run, named by a SHA-256 of the run's key (the
 :class:`~.runs.RunCache` key: kind, ``SimConfig``, scheduler class, ``WorkloadSpec``, ...; a
-scheduler class outside this package counts with its source) and of this package's source files,
+scheduler class outside this package counts with the files of the modules its class hierarchy
+comes from) and of this package's source files,
 so a run is read back only by code that would compute it again bit for bit (the simulator is
 deterministic): after any change to the package, nothing is reused. A run's input files (a trace
 or trace folder, a model's ``config.json``: a key's string fields that name existing paths, and
