@@ -43,6 +43,7 @@ _CONFIG = cli.define_config_file(
     "--config.<field>=<value>, a study's with --config.<study>.<field> (e.g. --config.online.search.rel_tol=0.2).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (new or empty; --overwrite replaces an earlier run).")
 cli.define_sweep_flags()
+cli.define_resume_flag()
 
 _DOCS = {
     "quantities": "the assumed quantities moved one at a time (dualpath_jax.studies.sensitivity.QUANTITIES: "
@@ -99,10 +100,13 @@ def main(argv):
     writers.write_config(workdir, config)
     writers.write_env(workdir, device="simulator (virtual time)")
     t0 = time.perf_counter()
-    named = run_sensitivity(typed, workdir, log=lambda s: print(s, flush=True), sweep=cli.sweep_from_flags())
+    store = cli.run_store(workdir)  # finished runs are kept for --resume
+    named = run_sensitivity(typed, workdir, log=lambda s: print(s, flush=True), sweep=cli.sweep_from_flags(),
+                            store=store)
     named["wall_s"] = time.perf_counter() - t0
     writers.write_named_values(workdir, named)
     writers.append_metrics(workdir, {"experiment": "sensitivity", **named})
+    cli.report_resumed(store, workdir)
     print()
     print(writers.format_named_values(printed(named)))
 

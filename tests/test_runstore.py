@@ -89,3 +89,11 @@ def test_a_trace_changed_on_disk_makes_another_key(tmp_path):
     runstore._files_signature.cache_clear()  # (a new process: signatures are read once per process)
     assert RunStore(tmp_path / "s").path(("offline", spec)) != before
 
+
+def test_a_store_counts_the_runs_another_process_wrote_as_restored(tmp_path):
+    mine = RunStore(tmp_path)
+    mine.put(KEY, 1.0)
+    assert mine.get(KEY) == 1.0 and mine.restored == 0  # its own run
+    resumed = RunStore(tmp_path)
+    assert resumed.get(KEY) == 1.0 and resumed.get(KEY) == 1.0 and resumed.restored == 1
+

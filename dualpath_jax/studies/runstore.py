@@ -106,6 +106,13 @@ class RunStore:
 
     def __init__(self, directory):
         self.directory = Path(directory)  # created by the first put
+        self._written: set[Path] = set()
+        self._read: set[Path] = set()
+
+    @property
+    def restored(self) -> int:
+        """Distinct runs read back that this process did not write (a resumed run's)."""
+        return len(self._read - self._written)
 
     def path(self, key: Hashable) -> Path:
         """The file of ``key`` (whether or not it exists)."""
@@ -118,9 +125,12 @@ class RunStore:
 
     def get(self, key: Hashable):
         """The run stored under ``key``, or None (never stored, or unreadable)."""
+        path = self.path(key)
         try:
-            with open(self.path(key), "rb") as f:
-                return pickle.load(f)
+            with open(path, "rb") as f:
+                value = pickle.load(f)
+            self._read.add(path)
+            return value
         except FileNotFoundError:
             return None
         except Exception:  # noqa: BLE001 - a damaged file is a miss: the run is computed again
@@ -139,6 +149,7 @@ class RunStore:
             with os.fdopen(fd, "wb") as f:
                 pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(tmp, dest)
+            self._written.add(dest)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -107,14 +107,17 @@ class _Batched:
 
 
 class _FigureCache(RunCache):
-    """A :class:`RunCache` that keeps an online run's figures but not its request table (each
-    search asks for a rate's table once, from the fresh run): memory stays bounded with many
-    cases side by side."""
+    """A :class:`RunCache` that keeps an online run's figures in memory but not its request table
+    (each search asks for a rate's table once, from the fresh run): memory stays bounded with many
+    cases side by side. Its run store keeps the whole run (a resumed search asks for the table)."""
 
     def put(self, key, value) -> None:
+        self.misses += 1
+        held = value
         if isinstance(value, OnlineRun) and value.table is not None:
-            value = dataclasses.replace(value, table=None)
-        super().put(key, value)
+            held = dataclasses.replace(value, table=None)
+        self._hold(key, held)
+        self._keep(key, value)
 
 
 def _case_log(path: Path) -> Log:
@@ -127,7 +130,7 @@ def _case_log(path: Path) -> Log:
     return log
 
 
-def _run_cases(cases: Sequence[Case], root: Path, sweep, log: Log) -> dict[str, dict]:
+def _run_cases(cases: Sequence[Case], root: Path, sweep, log: Log, store=None) -> dict[str, dict]:
     """Run every distinct case (identical configs run once) side by side; returns per case label
     ``{study: named values or {"error": line}}``. A failure of the base case re-raises."""
     distinct: dict[tuple, Case] = {}
@@ -143,7 +146,7 @@ def _run_cases(cases: Sequence[Case], root: Path, sweep, log: Log) -> dict[str, 
     def task(case: Case):
         def search(request):
             with gate:
-                cache = _FigureCache(max_entries=64, sweep=_Batched(request, gate, abort))
+                cache = _FigureCache(max_entries=64, sweep=_Batched(request, gate, abort), store=store)
                 case_log = _case_log(root / case.label / "log.txt")
                 out: dict[str, dict] = {}
                 for study in case.studies:
@@ -265,7 +268,8 @@ def plot_tornado(path, rows: Sequence[Mapping], *, title: str, change: float) ->
     return path
 
 
-def run_sensitivity(config: SensitivityConfig, workdir: Path | str, *, log: Log = print, sweep=None) -> dict:
+def run_sensitivity(config: SensitivityConfig, workdir: Path | str, *, log: Log = print, sweep=None,
+                    store=None) -> dict:
     """Run every case of ``config`` (:func:`plan_cases`) and write the tables and plots.
 
     Args:
@@ -274,6 +278,8 @@ def run_sensitivity(config: SensitivityConfig, workdir: Path | str, *, log: Log 
         with the case's log in ``runs/<case>/log.txt``.
       log: progress lines (batches, finished cases).
       sweep: where the runs execute (:class:`~.sweep.Sweep`; None: in this process).
+      store: a :class:`~.runstore.RunStore` every case's runs are kept in and read back from
+        (``--resume``); None: memory only.
 
     Writes ``sensitivity.json`` (quantities with why and values, every case's headline values and
     errors, the left-out fields), ``sensitivity.md`` (one table per headline, by swing, and the
@@ -295,7 +301,7 @@ def run_sensitivity(config: SensitivityConfig, workdir: Path | str, *, log: Log 
     distinct = len({c.studies for c in cases if not c.error})
     log(f"{len(config.quantities)} quantities x (-{config.change:.0%}, +{config.change:.0%}) + base: {len(cases)} "
         f"cases ({distinct} distinct), studies {', '.join(type(s).study for s in config.studies)}")
-    results = _run_cases(cases, workdir / "runs", sweep, log)
+    results = _run_cases(cases, workdir / "runs", sweep, log, store)
     by_label = {c.label: c for c in cases}
     base_vals = {h.name: _headline_value(results["base"], h)[0] for h in heads}
     rows, quantities, errors = [], [], []
