@@ -1,5 +1,6 @@
 """The run store behind --resume: runs on disk, keyed by the run and by the package's code."""
 
+import importlib
 import pickle
 
 import numpy as np
@@ -59,9 +60,16 @@ def test_a_policy_keys_its_runs_by_its_module_files_and_its_bases(tmp_path, monk
     monkeypatch.syspath_prepend(str(tmp_path))
     import leaf_pol
 
+    (tmp_path / "helper_pol.py").write_text("SCALE = 1\n")
+    importlib.import_module("helper_pol")  # a helper the policy would import from beside it
+
     before = runstore._stable(leaf_pol.Leaf)
     base.write_text(base.read_text() + "HELPER = 2  # the base's module changed, not Leaf's source\n")
-    assert runstore._stable(leaf_pol.Leaf) != before
+    runstore._class_code.cache_clear()  # (a new process: a class's code is read once per process)
+    after_base = runstore._stable(leaf_pol.Leaf)
+    (tmp_path / "helper_pol.py").write_text("SCALE = 2\n")
+    runstore._class_code.cache_clear()
+    assert len({before, after_base, runstore._stable(leaf_pol.Leaf)}) == 3
 
 
 def test_a_store_that_cannot_be_written_is_given_up_and_the_run_goes_on(tmp_path):

@@ -3,8 +3,8 @@ machine that went down) resumes with the runs it had finished instead of running
 
 A :class:`RunStore` is a directory of one pickle per run, named by a SHA-256 of the run's key (the
 :class:`~.runs.RunCache` key: kind, ``SimConfig``, scheduler class, ``WorkloadSpec``, ...; a
-scheduler class outside this package counts with the files of the modules its class hierarchy
-comes from) and of this package's source files,
+scheduler class outside this package counts with its code: the files of the modules its class
+hierarchy comes from and of the modules loaded from beside them) and of this package's source files,
 so a run is read back only by code that would compute it again bit for bit (the simulator is
 deterministic): after any change to the package, nothing is reused. A run's input files (a trace
 or trace folder, a model's ``config.json``: a key's string fields that name existing paths, and
@@ -26,6 +26,7 @@ import hashlib
 import inspect
 import os
 import pickle
+import sys
 import tempfile
 from collections.abc import Hashable
 from pathlib import Path
@@ -49,26 +50,49 @@ def code_fingerprint() -> str:
 
 def _stable(part) -> str:
     """A key part as text that names the same run in every process: a class by module and name,
-    and, outside this package, by the files of the modules its class hierarchy comes from (a policy,
-    its base classes or their modules' helpers edited between two runs make another key)."""
+    and, outside this package, by its code (:func:`_class_code`)."""
     if isinstance(part, type):
         name = f"{part.__module__}:{part.__qualname__}"
         if part.__module__.split(".")[0] == _PACKAGE.name:
             return name
-        h = hashlib.sha256()
-        for cls in part.__mro__:
-            root = cls.__module__.split(".")[0]
-            if root in (_PACKAGE.name, "builtins"):
-                continue
-            try:
-                h.update(Path(inspect.getsourcefile(cls) or "").read_bytes())
-            except (OSError, TypeError):  # no file (a class built at run time): its source, else its name
-                try:
-                    h.update(inspect.getsource(cls).encode())
-                except (OSError, TypeError):
-                    h.update(cls.__qualname__.encode())
-        return f"{name}:{h.hexdigest()}"
+        return f"{name}:{_class_code(part)}"
     return repr(part) + _input_files(part)
+
+
+@functools.lru_cache(maxsize=32)
+def _class_code(cls: type) -> str:
+    """SHA-256 of the code a class outside this package runs with: the files of the modules its
+    class hierarchy comes from, and of every module loaded from their folders or below (the helpers
+    a policy imports from beside it), read once per process; a class with no file counts by its
+    source, else its name."""
+    h = hashlib.sha256()
+    folders = set()
+    for c in cls.__mro__:
+        if c.__module__.split(".")[0] in (_PACKAGE.name, "builtins"):
+            continue
+        try:
+            file = Path(inspect.getsourcefile(c) or "")
+            h.update(file.read_bytes())
+            folders.add(file.resolve().parent)
+        except (OSError, TypeError):  # no file (a class built at run time): its source, else its name
+            try:
+                h.update(inspect.getsource(c).encode())
+            except (OSError, TypeError):
+                h.update(c.__qualname__.encode())
+    helpers = set()
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if not file or not file.endswith(".py"):
+            continue
+        path = Path(file).resolve()
+        if any(folder in path.parents for folder in folders) and "site-packages" not in path.parts:
+            helpers.add(path)
+    for path in sorted(helpers):
+        try:
+            h.update(str(path).encode() + b"\0" + path.read_bytes())
+        except OSError:
+            continue
+    return h.hexdigest()
 
 
 def _input_files(part) -> str:
