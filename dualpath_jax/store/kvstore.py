@@ -258,8 +258,9 @@ class KVStore:
 
         The two reads are separate file opens, so a concurrent rewrite of the key could pair an
         old header with a new body; both reads carry the record's storage generation, and a
-        mismatch is retried. If a writer keeps replacing the record through every attempt, one
-        whole-record read (a single version: records are swapped whole) supplies the layer.
+        mismatch is retried. If a writer keeps replacing the record through every attempt, or the
+        layer fails its check (two versions can share a generation), one whole-record read (a
+        single version: records are swapped whole) supplies the layer and its verdict.
         """
         lb = self.layout.layer_block_bytes
         start = self._hb + layer * lb
@@ -282,7 +283,13 @@ class KVStore:
                 continue  # the record was replaced between the two reads
             if body is None or body.state != "value":
                 return BlockFailure(key, FailureCause.TRUNCATED, f"layer {layer} lies past the end of the record")
-            return verify_layer(self.layout, key, head, layer, body.value)
+            out = verify_layer(self.layout, key, head, layer, body.value)
+            if not isinstance(out, BlockFailure):
+                return out
+            # a failed check may still be a race: the file driver's generation (device, inode, mtime)
+            # repeats when a rewrite reuses the freed inode within one tick of the file clock, so the
+            # whole record (one version) decides
+            break
         data = self._read_record(sk, key, deadline)
         if isinstance(data, BlockFailure):
             return data
