@@ -1,5 +1,6 @@
 """KVStore: verbs, checksums, typed failures, atomic visibility, threads and two processes."""
 
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,35 @@ from dualpath_jax.store import FailureCause, KVStore, StoreConfig, StoreError, h
 
 SPEC = get_spec("tiny-gqa")
 LAYOUT = layout_for(SPEC)  # Full Block [4, 64, 256] = 64 KiB
+
+
+class _Done:
+    """A tensorstore future that has finished with ``res``."""
+
+    def __init__(self, res):
+        self.res = res
+
+    def result(self, timeout=None):
+        return self.res
+
+
+@contextlib.contextmanager
+def _reads_through(store, read):
+    """``store``'s tensorstore reads answered by ``read(real_kvstore, key, **kw) -> ReadResult`` meanwhile."""
+    real = store._kv
+
+    class Wrapped:
+        def read(self, key, **kw):
+            return _Done(read(real, key, **kw))
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    store._kv = Wrapped()
+    try:
+        yield
+    finally:
+        store._kv = real
 
 
 def _blocks(n, seed=0, layout=LAYOUT):
@@ -208,31 +238,16 @@ def test_a_layer_read_whose_two_reads_share_a_generation_but_not_a_version_reads
     assert store.write(keys, [new])[0].ok
     newer = store.raw_read(keys[0])  # the record of the next version
     assert store.write(keys, [old])[0].ok
-    real = store._kv
 
-    class Done:
-        def __init__(self, res):
-            self.res = res
+    def same_generation(real, key, **kw):  # the body comes from the next version, stamped as the header's
+        res = real.read(key, **kw).result()
+        rng = kw.get("byte_range")
+        if rng is not None and rng.start > 0:
+            res = tensorstore.KvStore.ReadResult(state="value", value=newer[rng.start:rng.stop], stamp=res.stamp)
+        return res
 
-        def result(self, timeout=None):
-            return self.res
-
-    class SameGeneration:  # the body comes from the next version, stamped as the header's
-        def read(self, key, **kw):
-            res = real.read(key, **kw).result()
-            rng = kw.get("byte_range")
-            if rng is not None and rng.start > 0:
-                res = tensorstore.KvStore.ReadResult(state="value", value=newer[rng.start:rng.stop], stamp=res.stamp)
-            return Done(res)
-
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-    store._kv = SameGeneration()
-    try:
+    with _reads_through(store, same_generation):
         r = store.read(keys, layer=2)[0]
-    finally:
-        store._kv = real
     assert r.ok, r.failure
     np.testing.assert_array_equal(r.block[0], old[2])  # the one version the whole read saw
 
@@ -256,31 +271,17 @@ def test_layer_read_under_constant_rewrites_falls_back_to_one_whole_read(store):
         store.raw_write(keys[0], bytes(raw))
 
     rewrite()
-    real = store._kv
 
-    class Done:
-        def __init__(self, res):
-            self.res = res
+    # a writer replaces the record just before each byte-range read: header and body never match
+    def racing(real, key, **kw):
+        if "byte_range" in kw:
+            rewrite()
+        return real.read(key, **kw).result()
 
-        def result(self, timeout=None):
-            return self.res
-
-    class Racing:  # a writer replaces the record just before each byte-range read: header and body never match
-        def read(self, key, **kw):
-            if "byte_range" in kw:
-                rewrite()
-            return Done(real.read(key, **kw).result())
-
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-    store._kv = Racing()
-    try:
+    with _reads_through(store, racing):
         r = store.read(keys, layer=2)[0]
         expected = last["block"][2].copy()  # the version the fallback read
         damaged = store.read(keys, layer=3)[0]
-    finally:
-        store._kv = real
     assert r.ok, r.failure  # only the asked-for layer's CRC is checked
     assert r.block.shape == LAYOUT.layer_block_shape
     np.testing.assert_array_equal(r.block[0], expected)
