@@ -36,6 +36,7 @@ from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.result import SimResult
 from dualpath_jax.sim.runs import offline_starts, online_starts, summarize, variant_config
 from dualpath_jax.studies.common import WorkloadSpec, cluster_label
+from dualpath_jax.studies.sweep import Sweep
 from dualpath_jax.workload import TrajectorySet, paper_dataset, root_indices
 
 __all__ = ["Log", "TTFT_COMPONENTS", "RunCache", "offline_run", "offline_runs", "OnlineRun", "online_run",
@@ -130,8 +131,12 @@ class RunCache:
         """Store a run computed elsewhere (counted as a miss), dropping the least recent beyond the
         bound (and writing it to the store)."""
         self.misses += 1
-        self._hold(key, value)
+        self._hold(key, self._in_memory(value))
         self._keep(key, value)
+
+    def _in_memory(self, value: object) -> object:
+        """What :meth:`put` holds in memory of ``value`` (the store keeps it whole): all of it."""
+        return value
 
     def items(self) -> list[tuple[Hashable, object]]:
         """``(key, value)`` of every run held, least recently used first. Keys of
@@ -161,14 +166,7 @@ def _run_missing(keys: Sequence[tuple], run: Callable, cache: RunCache | None, d
     sweep = cache.sweep if cache is not None else None
     specs = [k[1:] for k in todo]
     keep = (lambda i, v: cache.put(todo[i], v)) if cache is not None else None
-    if sweep is not None:
-        fresh = sweep.map(run, specs, desc=desc, on_result=keep)
-    else:
-        fresh = []
-        for i, x in enumerate(specs):
-            fresh.append(run(x))
-            if keep is not None:
-                keep(i, fresh[-1])
+    fresh = (sweep or Sweep(progress=False)).map(run, specs, desc=desc, on_result=keep)
     return known, dict(zip(todo, fresh))
 
 

@@ -111,13 +111,10 @@ class _FigureCache(RunCache):
     (each search asks for a rate's table once, from the fresh run): memory stays bounded with many
     cases side by side. Its run store keeps the whole run (a resumed search asks for the table)."""
 
-    def put(self, key, value) -> None:
-        self.misses += 1
-        held = value
+    def _in_memory(self, value):
         if isinstance(value, OnlineRun) and value.table is not None:
-            held = dataclasses.replace(value, table=None)
-        self._hold(key, held)
-        self._keep(key, value)
+            return dataclasses.replace(value, table=None)
+        return value
 
 
 def _case_log(path: Path) -> Log:
