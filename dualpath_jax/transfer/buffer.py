@@ -159,8 +159,7 @@ class Claim:
             if self.ticket in pool._claims:
                 del pool._claims[self.ticket]
                 pool._queue.remove(self.ticket)
-                pool._grant()
-                pool._cond.notify_all()  # the waiter behind it may be first now
+                pool._grant()  # (also wakes the waiter behind it, which may be first now)
         if lease is not None:
             lease.release()
 
@@ -221,11 +220,7 @@ class BufferPool:
           ValueError: ``num_bytes`` negative or larger than the pool's capacity.
           BufferTimeoutError: capacity did not free up in time.
         """
-        if num_bytes < 0:
-            raise ValueError(f"num_bytes: must be >= 0 (got {num_bytes})")
-        if num_bytes > self.capacity_bytes:
-            raise ValueError(f"num_bytes: {num_bytes} B exceeds buffer {self.name}'s capacity "
-                             f"{self.capacity_bytes} B")
+        self._check_size(num_bytes)
         t0 = self._clock()
         deadline = None if timeout_s is None else t0 + timeout_s
         with self._cond:
@@ -241,19 +236,13 @@ class BufferPool:
                 self._cond.wait(remaining)
             self._queue.remove(ticket)
             waited = self._clock() - t0
-            if waited > 1e-4:
-                self._n_waited += 1
-                self._wait_s += waited
+            self._count_wait(waited)
             if not ok:
                 self._n_timeouts += 1
                 self._grant()
-                self._cond.notify_all()
                 raise BufferTimeoutError(self.name, num_bytes, self._in_use, self.capacity_bytes, waited)
-            self._in_use += num_bytes
-            self._peak = max(self._peak, self._in_use)
-            self._n_acquired += 1
+            self._reserve(num_bytes)
             self._grant()
-            self._cond.notify_all()
         return Lease(self, num_bytes)
 
     def claim(self, num_bytes: int) -> Claim:
@@ -265,11 +254,7 @@ class BufferPool:
         Raises:
           ValueError: ``num_bytes`` negative or larger than the pool's capacity.
         """
-        if num_bytes < 0:
-            raise ValueError(f"num_bytes: must be >= 0 (got {num_bytes})")
-        if num_bytes > self.capacity_bytes:
-            raise ValueError(f"num_bytes: {num_bytes} B exceeds buffer {self.name}'s capacity "
-                             f"{self.capacity_bytes} B")
+        self._check_size(num_bytes)
         with self._cond:
             claim = Claim(self, next(self._tickets), num_bytes, self._clock())
             self._queue.append(claim.ticket)
@@ -277,23 +262,34 @@ class BufferPool:
             self._grant()
         return claim
 
+    def _check_size(self, num_bytes: int) -> None:
+        if num_bytes < 0:
+            raise ValueError(f"num_bytes: must be >= 0 (got {num_bytes})")
+        if num_bytes > self.capacity_bytes:
+            raise ValueError(f"num_bytes: {num_bytes} B exceeds buffer {self.name}'s capacity "
+                             f"{self.capacity_bytes} B")
+
+    def _reserve(self, num_bytes: int) -> None:
+        """Count ``num_bytes`` as reserved (caller holds the lock)."""
+        self._in_use += num_bytes
+        self._peak = max(self._peak, self._in_use)
+        self._n_acquired += 1
+
+    def _count_wait(self, waited_s: float) -> None:
+        if waited_s > 1e-4:
+            self._n_waited += 1
+            self._wait_s += waited_s
+
     def _grant(self) -> None:
-        """Reserve the bytes of the claims first in the queue that fit (caller holds the lock)."""
-        granted = False
+        """After the queue or the bytes in use changed: reserve the bytes of the claims first in the
+        queue that fit, and wake the waiters to recheck theirs (caller holds the lock)."""
         while self._queue and (c := self._claims.get(self._queue[0])) is not None \
                 and self._in_use + c.num_bytes <= self.capacity_bytes:
             del self._claims[self._queue.pop(0)]
-            self._in_use += c.num_bytes
-            self._peak = max(self._peak, self._in_use)
-            self._n_acquired += 1
-            waited = self._clock() - c.t0
-            if waited > 1e-4:
-                self._n_waited += 1
-                self._wait_s += waited
+            self._reserve(c.num_bytes)
+            self._count_wait(self._clock() - c.t0)
             c._lease = Lease(self, c.num_bytes)
-            granted = True
-        if granted:  # the next in line may be a waiter
-            self._cond.notify_all()
+        self._cond.notify_all()
 
     def try_acquire(self, num_bytes: int) -> Lease | None:
         """Reserve ``num_bytes`` only if it fits now and nobody is queued (waiting or claiming);
@@ -301,16 +297,13 @@ class BufferPool:
         with self._cond:
             if self._queue or num_bytes < 0 or self._in_use + num_bytes > self.capacity_bytes:
                 return None
-            self._in_use += num_bytes
-            self._peak = max(self._peak, self._in_use)
-            self._n_acquired += 1
+            self._reserve(num_bytes)
         return Lease(self, num_bytes)
 
     def _give_back(self, num_bytes: int) -> None:
         with self._cond:
             self._in_use -= num_bytes
             self._grant()
-            self._cond.notify_all()
 
     def stats(self) -> BufferStats:
         with self._cond:
