@@ -638,16 +638,8 @@ def simulate(config: SimConfig, agents: Sequence[SimAgent], *, max_events: Suppo
     Returns:
       The run's :class:`SimResult` (virtual seconds, bytes).
 
-    Raises:
-      ConfigError: as :class:`Simulator` (empty ``agents``, a malformed agent, no HBM for KV, a
-        request that cannot fit ``sim.hardware.hbm_bytes`` / ``sim.hardware.dram_buffer_bytes``).
-      RunStalled: (a ``RuntimeError``) no event is left but requests are unfinished.
-      PolicyError: (a ``ValueError``) or PolicyTypeError (a ``TypeError``): a custom scheduler's
-        ``read_plan`` returned an inconsistent plan (``sched.check_read_plan``).
-      TypeError: ``max_events`` is not an integer.
-
-    Warns:
-      ContextBeyondModelWarning: contexts beyond the model's ``max_position_embeddings``
-        (:class:`Simulator`).
+    Raises and warns as :class:`Simulator` (``ConfigError`` naming the field,
+    ``ContextBeyondModelWarning``) and :meth:`Simulator.run` (``RunStalled``, a custom scheduler's
+    inconsistent read plan); ``TypeError`` when ``max_events`` is not an integer.
     """
     return Simulator(config, agents, scheduler_cls=scheduler_cls).run(max_events=max_events)
