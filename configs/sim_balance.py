@@ -1,9 +1,10 @@
 """Paper Fig. 13-14: load balance, round-robin scheduling ("dpl": dual-path loading, read side
 alternating per request) vs the DualPath scheduler: storage-NIC read traffic Max/Avg across all
 SNICs in 10 s windows over the run, and attention-time Max/Avg across the engines of a PE EP group
-per forward (plotted for the first 5% of the forwards, as the paper shows). PAPER.md gives no model,
-cluster or MAL for these figures; this config uses the ablation's setting (DS 660B 2P4D, MAL 64K,
-1024 agents offline), an assumption.
+per forward over the first 5% of the run's time ("during the first 5% of the task", PAPER.md 5.5)
+and, separately, over its first 5% of forwards (plotted by forward and over time). PAPER.md gives
+no model, cluster or MAL for these figures; this config uses the ablation's setting (DS 660B 2P4D,
+MAL 64K, 1024 agents offline), an assumption.
 
 Command:
     python experiments/run_sim.py --config=configs/sim_balance.py --workdir=workdir/sim_balance
@@ -14,7 +15,8 @@ The times are for one seed: every configuration runs ``seeds`` = 3 times (worklo
 ``--config.seeds=R``; ``:tiny`` 1), so about 3x as long serially, less with ``--workers=N``; each figure
 is the mean over the seeds with its 95% CI (``<name>_ci95``).
 Output: balance.json, balance.md/.csv (per variant: JCT, SNIC Max/Avg mean / median / p90,
-attention Max/Avg mean, first-5% mean, first-5% and whole-run weighted by attention time, p90,
+attention Max/Avg mean, mean and weighted by attention time over the first 5% of the time
+(``attn_max_avg_head_time_*``) and of the forwards (``attn_max_avg_head_*``), whole-run weighted, p90,
 forwards, share of forwards with every GPU of the group busy and their Max/Avg, request chunks per
 PE-group forward), balance_busy.md/.csv (forwards split by how many GPUs had attention work),
 balance_snic.csv, balance_attention.csv, balance_snic.png, balance_attention.png, and

@@ -141,6 +141,7 @@ class Simulator:
         self.time_model = self.pe_model  # ComputeModel.time_s(cached, bsz): attention seconds of a forward
         self.attention_s: list[tuple[float, float]] = []  # per group forward: (max, mean) attention seconds
         self.attention_members: list[tuple[int, int]] = []  # per group forward: (busy members, members)
+        self.attention_start_s: list[float] = []  # per group forward: when it started (virtual s)
         self._snic_samples_of = [array.array("d") for _ in self.snic_r]  # by node: start, finish, bytes, ...
         self.heap: list = []
         self._next_seq = itertools.count(1).__next__  # ties in time keep push order
@@ -421,6 +422,7 @@ class Simulator:
             if mean > 0:
                 self.attention_s.append((max(full), mean))
                 self.attention_members.append((sum([a > 0 for a in attn]), len(full)))
+                self.attention_start_s.append(now)
         unit.busy = True
         end = max(ends)
         self.pe_busy_s[u] += end - now

@@ -48,6 +48,9 @@ class SimResult:
     attention_members: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2), np.int64))
     """Per PE-group forward ``i64[forwards, 2]`` (rows as in ``attention_s``): engines with attention work in
     the forward, and engines in the group. With ``k`` of ``n`` members equally busy, Max/Avg is ``n / k``."""
+    attention_start_s: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    """Per PE-group forward ``f64[forwards]`` (rows as in ``attention_s``): when it started (virtual
+    seconds, non-decreasing)."""
 
 
 _INT_COLUMNS = ("agent", "round", "hit_tokens", "append_tokens", "gen_tokens")
@@ -116,4 +119,5 @@ def collect_result(sim) -> SimResult:
                      snic_samples={s.name: np.frombuffer(a, np.float64).reshape(-1, 3)
                                    for s, a in zip(sim.snic_r, sim._snic_samples_of)},
                      events=sim.events, end_s=end_s, units=units, attention_s=attention,
-                     attention_members=np.asarray(sim.attention_members, np.int64).reshape(-1, 2))
+                     attention_members=np.asarray(sim.attention_members, np.int64).reshape(-1, 2),
+                     attention_start_s=np.asarray(sim.attention_start_s, np.float64))

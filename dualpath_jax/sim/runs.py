@@ -26,7 +26,7 @@ from dualpath_jax.workload import (TrajectorySet, offline_arrivals_s, poisson_ar
                                    trajectory_start_times_s)
 
 __all__ = ["variant_config", "offline_starts", "online_starts", "summarize", "attention_weighted",
-           "attention_by_busy_members"]
+           "attention_by_busy_members", "forwards_in_head"]
 
 
 def variant_config(base: SimConfig, variant: str) -> SimConfig:
@@ -123,6 +123,16 @@ def attention_weighted(result, forwards: int | None = None) -> float:
     members' mean (1 = no time lost to imbalance); unlike the per-forward mean it is not dominated
     by many small forwards. ``forwards``: only the first that many forwards (default: all)."""
     return _weighted_max_avg(result.attention_s[:forwards])
+
+
+def forwards_in_head(result, fraction: float) -> int:
+    """How many of the run's first PE-group forwards started in its first ``fraction`` of virtual
+    time, ``[0, fraction * result.end_s)`` (0 when none did): the paper's Fig. 14 reads the
+    attention balance "during the first 5% of the task" (PAPER.md 5.5, section 7.5), a span of
+    the run's time, not a count of forwards. Raises ValueError for a fraction outside [0, 1]."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+    return int(np.searchsorted(result.attention_start_s, fraction * result.end_s, side="left"))
 
 
 def _weighted_max_avg(attention_s: np.ndarray) -> float:

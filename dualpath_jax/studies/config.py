@@ -263,13 +263,15 @@ class PdSweepStudyConfig(StudyConfig):
 
 @dataclasses.dataclass(frozen=True)
 class BalanceStudyConfig(StudyConfig):
-    """Fig. 13-14: SNIC traffic Max/Avg in ``window_s`` windows and attention Max/Avg (first
-    ``head_fraction`` of the forwards plotted) of each variant at ``num_agents`` agents.
+    """Fig. 13-14: SNIC traffic Max/Avg in ``window_s`` windows and attention Max/Avg (over the
+    forwards of the run's first ``head_fraction`` of time, and of its first ``head_fraction`` of
+    forwards) of each variant at ``num_agents`` agents.
 
     Attributes:
       num_agents: agents of every run.
       window_s: the SNIC traffic windows, seconds.
-      head_fraction: the share of the first forwards plotted in Fig. 14.
+      head_fraction: the head of the run that Fig. 14 reads: this share of its time (JCT) and,
+        separately, of its forwards (PAPER.md 5.5: "the first 5% of the task"); in (0, 1].
       workload: the rest of the workload.
     """
 
@@ -285,6 +287,8 @@ class BalanceStudyConfig(StudyConfig):
         check_positive("num_agents", self.num_agents, integer=True)
         check_positive("window_s", self.window_s)
         check_fraction("head_fraction", self.head_fraction)
+        if self.head_fraction == 0:  # an empty head has no forwards to read
+            raise ConfigError("head_fraction", "must be above 0 (got 0)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,8 @@ from dualpath_jax.metrics.traffic import storage_nic_max_avg
 from dualpath_jax.sim import analysis
 from dualpath_jax.sim.adapters import agents_from_trajectories, snic_transfers
 from dualpath_jax.sim.cluster import Simulator
-from dualpath_jax.sim.runs import attention_by_busy_members, attention_weighted, offline_starts, variant_config
+from dualpath_jax.sim.runs import (attention_by_busy_members, attention_weighted, forwards_in_head, offline_starts,
+                                   variant_config)
 from dualpath_jax.studies.common import cluster_label, parse_cluster, with_cluster
 from dualpath_jax.studies.config import (BalanceStudyConfig, Fig7StudyConfig, Fig8StudyConfig, Fig9StudyConfig,
                                          PdSweepStudyConfig)
@@ -330,7 +331,9 @@ def _balance_summary(spec: tuple) -> dict:
     """One offline run of ``spec = (cfg, scheduler_cls, wl, window_s, head_fraction)`` reduced to
     the balance study's figures (a picklable task): ``row`` (the study's table row), ``busy`` (rows
     of :func:`attention_by_busy_members` with the head's), ``snic`` (window starts, Max/Avg per
-    window) and ``head`` (per-forward attention Max/Avg of the first forwards)."""
+    window), ``head`` (per-forward attention Max/Avg of the first forwards) with their start times
+    ``head_start_s``, ``head_time_end_s`` (the end of the run's first ``head_fraction`` of time) and
+    ``early`` (start times and Max/Avg of the forwards in twice that span)."""
     cfg, scheduler_cls, wl, window_s, head_fraction = spec
     ts = wl.build()
     res = Simulator(cfg, agents_from_trajectories(ts, offline_starts(ts)), scheduler_cls=scheduler_cls).run()
@@ -342,6 +345,8 @@ def _balance_summary(spec: tuple) -> dict:
     attn = np.asarray(res.attention_ratio, np.float64)
     n_head = max(1, int(np.ceil(len(attn) * float(head_fraction))))
     head = attn[:n_head] if attn.size else attn
+    n_time = forwards_in_head(res, float(head_fraction))  # the forwards of the run's first fraction of time
+    n_early = forwards_in_head(res, min(1.0, 2 * float(head_fraction)))  # twice that span, for the plot over time
     pe_forwards = int(res.units["pe_forwards"].sum())  # of PE units (EP groups with ep_sync, else engines)
     chunks = float(res.units["pe_batch_requests"].sum())  # whole requests and chunked-prefill pieces
     finite = snic[np.isfinite(snic)]
@@ -361,6 +366,9 @@ def _balance_summary(spec: tuple) -> dict:
            "snic_max_avg_p50": stat(finite, np.median), "snic_max_avg_p90": stat(finite, p90),
            "attn_max_avg_mean": stat(attn, np.mean), "attn_max_avg_head_mean": stat(head, np.mean),
            "attn_max_avg_head_weighted": attention_weighted(res, n_head),
+           "attn_max_avg_head_time_mean": stat(attn[:n_time], np.mean),
+           "attn_max_avg_head_time_weighted": attention_weighted(res, n_time) if n_time else float("nan"),
+           "head_time_forwards": n_time,
            "attn_max_avg_weighted": attention_weighted(res),
            "attn_max_avg_p90": stat(attn, p90), "forwards": int(attn.size),
            "full_forward_share": stat(full, np.mean), "full_forward_share_head": stat(full[:n_head], np.mean),
@@ -373,7 +381,9 @@ def _balance_summary(spec: tuple) -> dict:
         h = head_rows.get((r["busy"], r["members"]), {"forwards": 0, "max_avg_mean": float("nan")})
         busy.append({**r, "head_forwards": h["forwards"], "head_max_avg_mean": h["max_avg_mean"]})
     return {"row": row, "busy": busy, "snic": (np.asarray(t, np.float64), np.asarray(snic, np.float64)),
-            "head": head}
+            "head": head, "head_start_s": np.asarray(res.attention_start_s[:len(head)], np.float64),
+            "head_time_end_s": float(head_fraction) * res.end_s,
+            "early": (np.asarray(res.attention_start_s[:n_early], np.float64), attn[:n_early])}
 
 
 def balance(config: BalanceStudyConfig, workdir: Path, log: Log = print, *, cache: RunCache | None = None) -> dict:
@@ -381,8 +391,13 @@ def balance(config: BalanceStudyConfig, workdir: Path, log: Log = print, *, cach
     ``config.window_s`` and attention-time Max/Avg across the engines of a PE group per forward,
     for each variant (``config.variants``: round-robin "dpl" vs "dualpath", both dual-path
     loading), offline, each run for ``config.seeds`` workload seeds (:mod:`.seeds`). The attention
-    plot shows the first ``config.head_fraction`` of the forwards; ``attn_max_avg_head_weighted``
-    is their Max/Avg weighted by attention time (:func:`attention_weighted`),
+    figures of the run's head come two ways: ``attn_max_avg_head_time_mean`` / ``_weighted`` over
+    the forwards that start in the first ``config.head_fraction`` of the run's time (its JCT; the
+    paper's "during the first 5% of the task", :func:`forwards_in_head`; ``head_time_forwards``
+    counts them), and ``attn_max_avg_head_mean`` / ``_weighted`` over the first
+    ``config.head_fraction`` of the forwards (the plot's top panel; its bottom panel shows the
+    first seed's forwards over time). ``_weighted`` is Max/Avg weighted by attention time
+    (:func:`attention_weighted`),
     ``chunks_per_forward`` the batch entries (whole requests or chunked-prefill pieces) per PE-unit
     forward over the run. ``snic_max_avg_loaded_mean`` is the SNIC Max/Avg over the loaded phase
     only: the windows that end before half the agents have finished their trajectories
@@ -420,8 +435,8 @@ def balance(config: BalanceStudyConfig, workdir: Path, log: Log = print, *, cach
         t, snic = res["snic"]
         snic_rows += [{"variant": v, "seed": seed, "window_start_s": float(a), "snic_max_avg": float(b)}
                       for a, b in zip(t, snic)]
-        attn_rows += [{"variant": v, "seed": seed, "forward": i, "attention_max_avg": float(b)}
-                      for i, b in enumerate(res["head"])]
+        attn_rows += [{"variant": v, "seed": seed, "forward": i, "start_s": float(t0), "attention_max_avg": float(b)}
+                      for i, (t0, b) in enumerate(zip(res["head_start_s"], res["head"]))]
     rows = aggregate(per_seed, ("variant",))
     title = f"{base.model} {cluster_label(base)}, {wls[0].label}, {int(config.num_agents)} agents"
     write_seed_table(workdir / "balance", rows, seeds=seeds, title=f"Load balance (Fig. 13-14): {title}")
@@ -441,17 +456,24 @@ def balance(config: BalanceStudyConfig, workdir: Path, log: Log = print, *, cach
         "title": f"SNIC traffic Max/Avg, {float(config.window_s):g} s windows", "x": snic_x, "series": snic_y,
         "err": snic_err, "band": True, "xlabel": "time (s)", "ylabel": "Max/Avg", "marker": "", "hline": 1.0}],
         ncols=1, title=f"Fig. 13: {title}\n{caption(seeds)}")
+    first = {v: results[(v, 0)][0] for v in config.variants}  # the first seed's run over time
+    frac = float(config.head_fraction)
     plot_panels(workdir / "balance_attention.png", [{
-        "title": f"attention time Max/Avg per PE-group forward (first {float(config.head_fraction):.0%})",
+        "title": f"per PE-group forward, first {frac:.0%} of the forwards",
         "x": attn_x, "series": attn_y, "err": attn_err, "band": True, "xlabel": "forward", "ylabel": "Max/Avg",
-        "marker": "", "hline": 1.0}], ncols=1, title=f"Fig. 14: {title}\n{caption(seeds)}")
+        "marker": "", "hline": 1.0}, {
+        "title": f"over time, seed {wls[0].seed} (dotted: {frac:.0%} of each JCT)",
+        "x": {v: r["early"][0].tolist() for v, r in first.items()},
+        "series": {v: r["early"][1].tolist() for v, r in first.items()}, "xlabel": "time (s)",
+        "ylabel": "Max/Avg", "marker": "", "hline": 1.0, "vlines": [r["head_time_end_s"] for r in first.values()]}],
+        ncols=2, title=f"Fig. 14, attention time Max/Avg: {title}\n{caption(seeds)}")
     writers.write_json(workdir / "balance.json", {"rows": rows, "runs": per_seed, "seeds": seeds,
                                                    "window_s": float(config.window_s)})
     named: dict = {}
     for v in config.variants:
         mine = [x for x in per_seed if x["variant"] == v]
         for key in ("snic_max_avg_mean", "snic_max_avg_loaded_mean", "snic_max_avg_p50", "attn_max_avg_mean",
-                    "attn_max_avg_head_mean",
+                    "attn_max_avg_head_mean", "attn_max_avg_head_time_mean", "attn_max_avg_head_time_weighted",
                     "attn_max_avg_head_weighted", "attn_max_avg_weighted", "full_forward_share_head",
                     "attn_max_avg_head_full_mean", "chunks_per_forward"):
             put(named, f"{key}_{v}", [x[key] for x in mine])
