@@ -41,7 +41,9 @@ beyond that (the floor under any actor call; 1,000 calls, one after another).
 Tokens of every run are checked against each other
 and a no-cache recompute (``tokens_identical``). Writes ``runtime_bench.json`` (every run's JCT),
 ``config.json``, ``env.json`` and ``metrics.json`` to the workdir and ends with ``name: value``
-lines. About 2.5 to 5.5 minutes for ``:quick`` (5 repeats) on a 2-core CPU (the host's speed sets
+lines; ``host_busy_cores_before`` is the machine's load from other processes, measured for 1 s
+before anything starts (a warning is printed above 0.25 cores: the machine-wide CPU figures then
+count that load). About 2.5 to 5.5 minutes for ``:quick`` (5 repeats) on a 2-core CPU (the host's speed sets
 the calibrated link rates, so its runs' length).
 """
 
@@ -84,6 +86,18 @@ def _busy_cpu_s() -> float:
     except (OSError, ValueError):
         return float("nan")
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+
+
+_BUSY_PROBE_S = 1.0
+_BUSY_HOST_CORES = 0.25  # above this many cores busy before the runs, the machine-wide CPU figures are suspect
+
+
+def _host_busy_cores(seconds: float = _BUSY_PROBE_S) -> float:
+    """Cores the whole machine keeps busy over ``seconds`` while this process sleeps (its load
+    from other processes; NaN off Linux)."""
+    cpu0 = _busy_cpu_s()
+    time.sleep(seconds)
+    return (_busy_cpu_s() - cpu0) / seconds
 
 
 class _Echo:
@@ -135,6 +149,12 @@ def main(argv):
     writers.write_config(workdir, _CONFIG.value)
     writers.write_env(workdir, device=f"{jax.default_backend()} x {jax.device_count()}")
     log = lambda s: print(s, flush=True)  # noqa: E731
+    busy_before = _host_busy_cores()
+    if busy_before > _BUSY_HOST_CORES:
+        log(f"warning: the machine was already busy before the benchmark ({busy_before:.2f} of "
+            f"{os.cpu_count()} cores over {_BUSY_PROBE_S:g} s): the machine-wide CPU figures (cpu_ray_over_threads, "
+            f"other_cpu_ray_minus_threads_s, ray_idle_cpu_s_per_s, ray_bare_call_cpu_ms, *_cpu_busy_share) "
+            f"count that load too, and the JCTs share the cores with it")
     t_start = time.perf_counter()
     agents = select_agents(config.workload)
     setup = Setup(config, agents, log=log)  # threads; the ray runtime is attached per run below
@@ -233,6 +253,7 @@ def main(argv):
     named["num_failed"] = int(sum(x["num_failed"] for x in runs))
     named["tokens_identical"] = tokens["tokens_identical"]
     named["snic_bytes_per_s"] = setup.cluster.snic_bytes_per_s
+    named["host_busy_cores_before"] = busy_before
     named["wall_s"] = time.perf_counter() - t_start
     writers.write_json(workdir / "runtime_bench.json", {
         "runs": runs, "calibration": calibration, "per_variant_ratio": per_variant, "per_repeat_ratio": per_repeat,
@@ -244,4 +265,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, config=_CONFIG)
+    from dualpath_jax.studies.engine_config import describe_engine_config  # (imports no JAX)
+    cli.run(main, config=_CONFIG, describe=describe_engine_config)

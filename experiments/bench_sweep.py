@@ -98,4 +98,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, config=_CONFIG)
+    from dualpath_jax.studies.config import describe_study_config  # (imports no JAX)
+    cli.run(main, config=_CONFIG, describe=describe_study_config)

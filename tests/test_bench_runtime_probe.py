@@ -1,0 +1,37 @@
+"""bench_runtime's probe of the machine's load before its runs (its warning threshold)."""
+
+import importlib.util
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "bench_runtime.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("_bench_runtime", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # defines flags and functions only (runs nothing outside __main__)
+    return module
+
+
+def _spin(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads Linux /proc/stat")
+def test_host_busy_cores_sees_another_process_spinning():
+    bench = _load()
+    child = multiprocessing.get_context("spawn").Process(target=_spin, args=(4.0,))
+    child.start()
+    try:
+        time.sleep(0.5)  # the child is up and spinning
+        busy = bench._host_busy_cores(1.0)
+    finally:
+        child.join()
+    assert busy >= 0.7  # one core kept busy by the child (others' load only adds)
+    assert busy > bench._BUSY_HOST_CORES
