@@ -19,11 +19,19 @@ Commands:
   Some problems only: --problems=decode_b32_32k,kv_write_b32_512
 
 Output: one line per (problem, implementation) with the median time over ``--repeats`` and its
-min..max, then ``name: value`` lines (headline on GPU: ``prefill_32k_512_ratio_vs_dense``, Pallas
-TFLOP/s over the best dense TFLOP/s, with ``_min``/``_max`` from the repeats' extremes), also
-written to ``workdir/metrics.json``; ``workdir/results.csv`` holds every row, ``workdir/env.json``
-the versions and device. Both files are rewritten after every problem, so a run stopped part-way
-keeps what it measured. Exits non-zero if any Pallas result disagrees with the reference.
+min..max, then ``name: value`` lines, the same names and values as ``workdir/metrics.json``:
+per problem and implementation ``<problem>_<impl>_ms`` and ``<problem>_<impl>_tflops`` (prefill)
+or ``_gbps`` (decode, scatter), ``<problem>_pallas_speedup_vs_reference`` and, on GPU,
+``<problem>_ratio_vs_dense`` (Pallas TFLOP/s over the best dense TFLOP/s; the headline is
+``prefill_32k_512_ratio_vs_dense``); each figure is the median over the repeats, followed by its
+``_min`` and ``_max`` (a ratio's from the repeats' extremes: the fastest of one side over the
+slowest of the other), then ``pallas_matches_reference`` (1 or 0). A figure that is not a number
+prints as ``nan`` and is ``null`` in ``metrics.json``. ``workdir/results.csv`` holds every row,
+``workdir/env.json`` the versions and device. Both files are rewritten after every problem, so a
+run stopped part-way keeps what it measured. Exits non-zero if any Pallas result disagrees with the
+reference. A bad flag (``--repeats`` < 1, ``--seed`` out of range, an unknown ``--problems`` name, a
+``--tune_problem`` that is no prefill problem of the run) stops the run before any work with one
+line naming it.
 Figures of one H200: ``experiments/results/gpu_check/kernels/``.
 """
 
@@ -47,6 +55,7 @@ from dualpath_jax.config import ConfigError
 from dualpath_jax.kernels.decode_attention import decode_attention, decode_attention_mla
 from dualpath_jax.kernels.kv_write import kv_write
 from dualpath_jax.kernels.prefill_attention import prefill_attention, prefill_attention_mla
+from dualpath_jax.metrics import writers
 from dualpath_jax.model.spec import get_spec
 from dualpath_jax.shapes import BLOCK_TOKENS
 from dualpath_jax.studies import cli
@@ -55,12 +64,14 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Output directory (metrics.json, results.csv, env.json).")
 flags.DEFINE_enum("sizes", "auto", ["auto", "quick", "gpu"], "Problem sizes; auto = gpu on a GPU backend.")
 flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Activation / KV dtype.")
-flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median reported), after one warm-up.")
+flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median and min..max reported), after one warm-up; "
+                     ">= 1.")
 flags.DEFINE_bool("tune", True, "Try a few Pallas tile configurations for --tune_problem, then time the fastest "
                   "again on fresh runs (the figure reported).")
 flags.DEFINE_string("tune_problem", "prefill_32k_512",
-                    "The prefill problem --tune tunes (the GPU headline by default).")
-flags.DEFINE_integer("seed", 0, "Random seed for the inputs.")
+                    "The prefill problem --tune tunes (the GPU headline by default); given explicitly, it must be a "
+                    "prefill problem that the run times.")
+flags.DEFINE_integer("seed", 0, f"Random seed for the inputs, 0..{2**32 - 2}.")
 flags.DEFINE_list("problems", [], "Run only these problems (names as printed, e.g. decode_mla_b32_32k); "
                   "empty: every problem of --sizes.")
 
@@ -281,8 +292,7 @@ def _write(workdir: str, rows: list, metrics: dict) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["problem"])
         writer.writeheader()
         writer.writerows(rows)
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2, sort_keys=True)
+    writers.write_json(os.path.join(workdir, "metrics.json"), metrics)  # strict JSON: NaN -> null
 
 
 def _check_problems(sizes: str, names: list[str]) -> None:
@@ -294,12 +304,47 @@ def _check_problems(sizes: str, names: list[str]) -> None:
         raise ConfigError("problems", f"unknown for --sizes={sizes}: {', '.join(unknown)} (known: {', '.join(known)})")
 
 
+def _check_tune_problem(sizes: str, names: list[str], resolved_from: str = "") -> None:
+    """Raise ConfigError (field ``tune_problem``) when ``--tune_problem`` is given (not the
+    default) with ``--tune`` but names no prefill problem of ``sizes`` (``auto``: of either size
+    set) that the run times (those of ``names`` if any): it would tune nothing, silently.
+    ``resolved_from``: how ``sizes`` was chosen, for the message (``--sizes=auto`` on a backend)."""
+    if not FLAGS.tune or not FLAGS["tune_problem"].present:
+        return
+    allowed = [p.name for z in (("quick", "gpu") if sizes == "auto" else (sizes,)) for p in problems(z)
+               if p.kind == "prefill" and (not names or p.name in names)]
+    if FLAGS.tune_problem not in allowed:
+        where = f"--sizes={sizes}" + (f" ({resolved_from})" if resolved_from else "")
+        where += f" among --problems={','.join(names)}" if names else ""
+        raise ConfigError("tune_problem", f"{FLAGS.tune_problem!r} is not a prefill problem of {where} "
+                          f"(allowed: {', '.join(allowed) or 'none, no prefill problem runs'})")
+
+
+def _check_flags() -> None:
+    """One ConfigError naming the first bad flag, before any work (the checks of ``--problems``
+    and ``--tune_problem`` against the resolved sizes come again once JAX has its backend)."""
+    if FLAGS.repeats < 1:
+        raise ConfigError("repeats", f"must be >= 1 (got {FLAGS.repeats})")
+    if not 0 <= FLAGS.seed <= 2**32 - 2:  # numpy refuses < 0; JAX keeps only 32 bits; the dense inputs use seed + 1
+        raise ConfigError("seed", f"must be in 0..{2**32 - 2} (got {FLAGS.seed})")
+    _check_problems(FLAGS.sizes, FLAGS.problems)
+    _check_tune_problem(FLAGS.sizes, FLAGS.problems)
+
+
+def _put(metrics: dict, name: str, median: float, lo: float, hi: float, digits: int) -> None:
+    """``name`` (the median), ``name_min`` and ``name_max``, rounded to ``digits`` decimals."""
+    for key, value in ((name, median), (f"{name}_min", lo), (f"{name}_max", hi)):
+        metrics[key] = round(value, digits)
+
+
 def main(argv):
     del argv
-    _check_problems(FLAGS.sizes, FLAGS.problems)  # before JAX picks its backend
+    _check_flags()  # before JAX picks its backend
     on_gpu = jax.default_backend() == "gpu"
     sizes = ("gpu" if on_gpu else "quick") if FLAGS.sizes == "auto" else FLAGS.sizes
     _check_problems(sizes, FLAGS.problems)
+    _check_tune_problem(sizes, FLAGS.problems,
+                        f"--sizes=auto on the {jax.default_backend()} backend" if FLAGS.sizes == "auto" else "")
     dtype = jnp.dtype(FLAGS.dtype)
     todo = [p for p in problems(sizes) if not FLAGS.problems or p.name in FLAGS.problems]
     cli.open_workdir(FLAGS.workdir)
@@ -342,7 +387,7 @@ def main(argv):
             best = Measured(secs, lo, hi, _max_err(out, ref), note, work)
             print(f"  tune {p.name}: [{best.note}]: {secs * 1e3:.3f} ms, {best.rate() / per_s:.2f} {label}")
         results["pallas"] = best
-        if best.err > TOLERANCE[FLAGS.dtype]:
+        if not best.err <= TOLERANCE[FLAGS.dtype]:  # a NaN error fails too
             failures.append(f"{p.name}: max |pallas - reference| = {best.err:.3g} > {TOLERANCE[FLAGS.dtype]}")
         if on_gpu and p.kind == "prefill":
             for name, (dense_fn, dense_args, flops) in dense_baselines(p, dtype, FLAGS.seed).items():
@@ -358,22 +403,23 @@ def main(argv):
             rows.append(dict(problem=p.name, implementation=impl, time_ms=m.secs * 1e3, time_min_ms=m.lo * 1e3,
                              time_max_ms=m.hi * 1e3, rate=rate, unit=label, max_abs_err=m.err, note=m.note))
             key = "tflops" if unit == "flop" else "gbps"
-            metrics[f"{p.name}_{impl}_{key}"] = round(rate, 4)
-            metrics[f"{p.name}_{impl}_ms"] = round(m.secs * 1e3, 4)
-        metrics[f"{p.name}_pallas_speedup_vs_reference"] = round(ref_s / best.secs, 3)
+            _put(metrics, f"{p.name}_{impl}_{key}", rate, m.rate(m.hi) / per_s, m.rate(m.lo) / per_s, 4)
+            _put(metrics, f"{p.name}_{impl}_ms", m.secs * 1e3, m.lo * 1e3, m.hi * 1e3, 4)
+        # reference time over Pallas time; _min/_max over the repeats' extremes
+        _put(metrics, f"{p.name}_pallas_speedup_vs_reference", ref_s / best.secs, ref_lo / best.hi,
+             ref_hi / best.lo, 3)
         dense = [results[k] for k in ("dense_xla", "dense_cudnn") if k in results]
         if dense:  # Pallas FLOP/s over the best dense FLOP/s (medians); _min/_max over the repeats' extremes
             top = max(dense, key=Measured.rate)
-            metrics[f"{p.name}_ratio_vs_dense"] = round(best.rate() / top.rate(), 4)
-            metrics[f"{p.name}_ratio_vs_dense_min"] = round(best.rate(best.hi) / top.rate(top.lo), 4)
-            metrics[f"{p.name}_ratio_vs_dense_max"] = round(best.rate(best.lo) / top.rate(top.hi), 4)
+            _put(metrics, f"{p.name}_ratio_vs_dense", best.rate() / top.rate(), best.rate(best.hi) / top.rate(top.lo),
+                 best.rate(best.lo) / top.rate(top.hi), 4)
         _write(FLAGS.workdir, rows, {**metrics, "pallas_matches_reference": int(not failures)})
     metrics["pallas_matches_reference"] = int(not failures)
     _write(FLAGS.workdir, rows, metrics)
     for failure in failures:
         print(f"CHECK FAILED: {failure}")
     for name, value in metrics.items():
-        print(f"{name}: {value}")
+        print(f"{name}: {value}")  # repr of a float: the number written; NaN (null in the JSON) prints nan
     if failures:
         raise SystemExit(1)
 

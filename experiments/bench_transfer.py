@@ -20,16 +20,25 @@ every ratio is per repeat (paired), reported as the median with min..max over re
 first pull of a size is checked byte for byte against the sender's data. The machine's other
 load moves absolute numbers; the ratios are what to compare.
 
-Writes ``env.json``, ``config.json`` (the flags) and ``metrics.json`` to the workdir; ends with
-``name: value`` lines, among them ``transfer_server_over_memcpy`` (pull throughput over memcpy
-throughput at the Layer Block size; ``_min``/``_max`` the spread over repeats),
-``transfer_server_over_memcpy_16mib`` (the same at 16 MiB), ``pull_gb_per_s_<size>``,
-``cross_process_kv_bytes`` (bytes pulled across the process boundary) and ``bytes_exact``.
-About 20-40 s on a 2-core CPU.
+Writes ``env.json``, ``config.json`` (the flags) and ``metrics.json`` to the workdir and ends with
+``name: value`` lines, the headline figures, each also in ``metrics.json`` under the same name with
+the same value (4 significant digits): ``transfer_server_over_memcpy`` (pull throughput over memcpy
+throughput at the Layer Block size), ``transfer_server_over_memcpy_16mib`` (the same at 16 MiB, when
+measured), per case (``layer_block``, each size as ``64kib``, ``1mib``, ..., and
+``layer_blocks_x<n>``) ``pull_gb_per_s_<case>`` and ``memcpy_gb_per_s_<case>`` (GB/s),
+``pull_latency_us_layer_block`` (microseconds per pull), every one the median over repeats with
+``_min``/``_max`` its spread; then ``cross_process_kv_bytes`` (bytes pulled across the process
+boundary), ``num_failed_pulls``, ``bytes_exact`` and ``bench_wall_s``. ``metrics.json`` also holds
+the full-precision per-case figures in base units (``pull_bytes_per_s_<case>``,
+``memcpy_bytes_per_s_<case>``, ``jnp_copy_bytes_per_s_<case>``, ``pull_latency_s_<case>``,
+``transfer_server_over_memcpy_<case>``, ...). A figure that is not a number prints as ``nan`` and
+is ``null`` in ``metrics.json``. A bad flag stops the run with one line naming it before the
+second process starts. About 20-40 s on a 2-core CPU.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import statistics
@@ -94,6 +103,19 @@ def _label(num_bytes: int) -> str:
     return f"{num_bytes}b"
 
 
+def _sig(value: float) -> float:
+    """``value`` to 4 significant digits: the headline figure, printed and written as the same
+    number (NaN and infinities kept: ``nan`` printed, ``null`` written)."""
+    return float(f"{value:.4g}") if math.isfinite(value) else value
+
+
+def _spread(named: dict, name: str, values: list[float], scale: float = 1.0) -> None:
+    """Headline ``name``: the median of ``values`` times ``scale``, with ``name_min`` and ``name_max``."""
+    named[name] = _sig(scale * statistics.median(values))
+    named[f"{name}_min"] = _sig(scale * min(values))
+    named[f"{name}_max"] = _sig(scale * max(values))
+
+
 def _time(fn, n: int) -> float:
     t0 = time.perf_counter()
     for _ in range(n):
@@ -107,14 +129,22 @@ def main(argv):
     import jax
     import jax.numpy as jnp
 
-    from dualpath_jax.config import ConfigError
+    from dualpath_jax.config import ConfigError, check_positive
     from dualpath_jax.kvcache import layout_for
     from dualpath_jax.metrics import writers
     from dualpath_jax.model import get_spec
     from dualpath_jax.transfer.remote import KVTransferEndpoint
 
-    layout = layout_for(get_spec(_MODEL.value), _KV_DTYPE.value)
+    # every flag checked before the second process starts, each error naming its flag
+    try:
+        spec = get_spec(_MODEL.value)
+    except ConfigError as e:  # (named model.name by the presets)
+        raise ConfigError("model", e.message) from e
+    layout = layout_for(spec, _KV_DTYPE.value)
     z = layout.block_tokens
+    check_positive("max_num_parallel_copies", _PARALLEL_COPIES.value, integer=True)
+    check_positive("transfer_size", _TRANSFER_SIZE.value, integer=True)
+    check_positive("pull_timeout_s", _TIMEOUT.value)
     for name, value in (("repeats", _REPEATS.value), ("bytes_per_repeat", _BYTES_PER_REPEAT.value),
                         ("min_pulls", _MIN_PULLS.value), ("max_pulls", _MAX_PULLS.value)):
         if value <= 0:
@@ -214,31 +244,26 @@ def main(argv):
               f"{statistics.median(ratios):8.4f} ({min(ratios):.4f}..{max(ratios):.4f}) "
               f"{statistics.median(ratios_jnp):13.4f}")
     stats = receiver.stats()
-    metrics["transfer_server_over_memcpy"] = metrics["transfer_server_over_memcpy_layer_block"]
-    metrics["transfer_server_over_memcpy_min"] = metrics["transfer_server_over_memcpy_layer_block_min"]
-    metrics["transfer_server_over_memcpy_max"] = metrics["transfer_server_over_memcpy_layer_block_max"]
-    metrics["cross_process_kv_bytes"] = stats.bytes_pulled
+    # the headline figures: printed as the output's last lines and written to metrics.json, the same
+    # names and values (4 significant digits), every measured figure with its spread over the repeats
+    named: dict[str, object] = {}
+    for label in ["layer_block"] + (["16mib"] if "16mib" in plan else []):
+        name = "transfer_server_over_memcpy" + ("" if label == "layer_block" else f"_{label}")
+        _spread(named, name, [x["pull"] / x["memcpy"] for x in rows[label]])
+    for label in plan:
+        _spread(named, f"pull_gb_per_s_{label}", [x["pull"] for x in rows[label]], 1e-9)
+        _spread(named, f"memcpy_gb_per_s_{label}", [x["memcpy"] for x in rows[label]], 1e-9)
+    _spread(named, "pull_latency_us_layer_block", [x["pull_latency_s"] for x in rows["layer_block"]], 1e6)
+    named["cross_process_kv_bytes"] = stats.bytes_pulled
+    named["num_failed_pulls"] = stats.num_failed
+    named["bytes_exact"] = bool(exact)
+    named["bench_wall_s"] = _sig(time.perf_counter() - t_start)
     metrics["sender_bytes_offered"] = sender_stats.bytes_offered if sender_stats is not None else -1
     metrics["num_pulls"] = stats.num_pulled
-    metrics["num_failed_pulls"] = stats.num_failed
-    metrics["bytes_exact"] = bool(exact)
-    metrics["bench_wall_s"] = time.perf_counter() - t_start
+    metrics.update(named)
     writers.write_json(os.path.join(workdir, "metrics.json"), metrics)
     print()
-    keys = ["transfer_server_over_memcpy", "transfer_server_over_memcpy_min", "transfer_server_over_memcpy_max"]
-    if "16mib" in plan:
-        keys += ["transfer_server_over_memcpy_16mib", "transfer_server_over_memcpy_16mib_min",
-                 "transfer_server_over_memcpy_16mib_max"]
-    for key in keys:
-        print(f"{key}: {metrics[key]:.4g}")
-    for label in plan:
-        print(f"pull_gb_per_s_{label}: {metrics[f'pull_bytes_per_s_{label}'] / 1e9:.4g}")
-        print(f"memcpy_gb_per_s_{label}: {metrics[f'memcpy_bytes_per_s_{label}'] / 1e9:.4g}")
-    print(f"pull_latency_us_layer_block: {1e6 * metrics['pull_latency_s_layer_block']:.4g}")
-    print(f"cross_process_kv_bytes: {metrics['cross_process_kv_bytes']}")
-    print(f"num_failed_pulls: {metrics['num_failed_pulls']}")
-    print(f"bytes_exact: {metrics['bytes_exact']}")
-    print(f"bench_wall_s: {metrics['bench_wall_s']:.4g}")
+    print(writers.format_named_values(named))
 
 
 if __name__ == "__main__":
