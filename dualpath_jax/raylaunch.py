@@ -10,14 +10,18 @@ script's directory, ``sys.path.insert``) reach them as ``PYTHONPATH``, so a poli
 unpickles there. On a cluster each host imports on its own (the README's multi-host notes). A new
 local instance uses Ray's token authentication (Ray's default); Ray's warning that it
 does so, printed on every run, is not shown either (``RAY_AUTH_MODE=disabled`` opts out, as
-Ray documents). Importing this module does not import Ray.
+Ray documents). The signal handlers the caller had for SIGINT and SIGTERM are put back after
+``ray.init`` (which installs its own), so a script still ends with its status recorded. Importing
+this module does not import Ray.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 
 __all__ = ["ray_module"]
@@ -38,6 +42,10 @@ def ray_module(address: str = "", **local_options):
     import ray  # noqa: PLC0415 (Ray only where it is used)
 
     if not ray.is_initialized():
+        # ray.init installs its own SIGINT/SIGTERM handlers in the driver; the caller's (a script's
+        # handlers that end the run with its status recorded, studies.cli.run) are put back after it
+        main = threading.current_thread() is threading.main_thread()
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
             if address:
@@ -50,6 +58,9 @@ def ray_module(address: str = "", **local_options):
                              runtime_env={"env_vars": {"PYTHONPATH": _import_path()}}, **local_options)
                 finally:
                     logging.getLogger(_AUTH_LOGGER).removeFilter(notice)
+        for signum, handler in handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
     return ray
 
 

@@ -105,3 +105,18 @@ def test_a_store_counts_the_runs_another_process_wrote_as_restored(tmp_path):
     resumed = RunStore(tmp_path)
     assert resumed.get(KEY) == 1.0 and resumed.get(KEY) == 1.0 and resumed.restored == 1
 
+
+
+def test_a_shipped_mooncake_trace_named_by_name_is_part_of_the_key(tmp_path, monkeypatch):
+    """``path="synthetic"`` names the shipped file; a change to that file makes another key."""
+    from dualpath_jax.workload import sources
+    data = tmp_path / "data"
+    (data / "mooncake").mkdir(parents=True)
+    shipped = data / "mooncake" / sources.MOONCAKE_FILES["synthetic"]
+    shipped.write_text("{}\n")
+    monkeypatch.setattr(sources, "data_dir", lambda: data)
+    spec = WorkloadSpec(mal="32K", num_agents=4, source="mooncake", path="synthetic")
+    before = RunStore(tmp_path / "s").path(("offline", spec))
+    shipped.write_text("{}\n{}\n")
+    runstore._files_signature.cache_clear()
+    assert RunStore(tmp_path / "s").path(("offline", spec)) != before

@@ -93,6 +93,26 @@ def test_a_run_s_error_is_raised_as_it_was_and_at_once(ray_session):
     assert time.monotonic() - t0 < 60  # without waiting for the 120 s run, which is cancelled
 
 
+@pytest.mark.xdist_group("ray")
+def test_a_run_s_error_keeps_the_worker_s_traceback_and_a_worker_on_other_sources_is_refused(ray_session,
+                                                                                              monkeypatch):
+    class Deep:  # local: pickled by value
+        def __call__(self, x):
+            def _deep_failure(v):
+                raise ValueError(f"bad value {v}")
+            return _deep_failure(x)
+
+    with pytest.raises(ValueError, match="bad value [34]") as e:  # (one run alone would run here, not on Ray)
+        Sweep(workers=2).map(Deep(), [3, 4])
+    notes = "\n".join(getattr(e.value, "__notes__", []))
+    assert "on a Ray worker" in notes and "_deep_failure" in notes  # where it was raised, not only here
+    # this process claims other sources than the workers import: no result of theirs is used
+    from dualpath_jax.studies import runstore
+    monkeypatch.setattr(runstore, "code_fingerprint", lambda: "sources this process read before an edit")
+    with pytest.raises(RuntimeError, match="sources differ from this process's"):
+        Sweep(workers=2).map(abs, [-1, -2])
+
+
 def test_a_local_ray_instance_hands_its_workers_the_directories_this_process_imports_from(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))  # as a script's sys.path.insert(0, ...) for its policy module
     monkeypatch.setenv("PYTHONPATH", "/from/the/environment")
@@ -143,3 +163,34 @@ def test_lockstep_batches_one_step_of_every_search_and_keeps_each_result():
         lockstep([failing, search(1, 8)], lambda keys: [1 for _ in keys])
     with pytest.raises(RuntimeError, match="batch failed"):
         lockstep([search(1, 8), search(2, 8)], lambda keys: (_ for _ in ()).throw(RuntimeError("batch failed")))
+
+
+_LOCKSTEP_SIGNAL = """
+import os, signal, sys, threading, time
+from dualpath_jax.studies.sweep import lockstep
+
+def quick(request):
+    return request("a")
+
+def busy(request):
+    time.sleep(3.0)  # still working when the signal comes; asks afterwards
+    return request("b")
+
+threading.Timer(0.3, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)).start()
+t0 = time.monotonic()
+try:
+    lockstep([quick, busy], lambda keys: [1 for _ in keys])
+except KeyboardInterrupt:
+    print(f"interrupted after {time.monotonic() - t0:.1f} s")
+"""
+
+
+def test_lockstep_ends_at_a_signal_while_a_search_is_busy():
+    """Ctrl-C while this thread waits for a search that is still computing: every search is woken
+    (the one waiting for an answer too) and the interrupt comes back, instead of a join that waits
+    forever."""
+    import subprocess
+    done = subprocess.run([sys.executable, "-c", _LOCKSTEP_SIGNAL], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seconds = float(done.stdout.split()[-2])
+    assert seconds < 10

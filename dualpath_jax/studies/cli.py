@@ -67,15 +67,21 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
-class Interrupted(BaseException):
-    """The run was stopped by a signal (``SIGINT`` or ``SIGTERM``); ``signum`` which."""
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal (``SIGINT`` or ``SIGTERM``); ``signum`` which. A
+    ``KeyboardInterrupt``, so that code which waits in native loops (Ray's ``ray.wait``) gives it
+    back at once as it gives Ctrl-C, and no ``except Exception`` takes it for a failed step."""
 
     def __init__(self, signum: int):
         self.signum = int(signum)
         super().__init__(signal.Signals(self.signum).name)
 
 
+_signals: list[int] = []  # the signals _raise_interrupted received, in order
+
+
 def _raise_interrupted(signum, frame) -> None:
+    _signals.append(int(signum))
     raise Interrupted(signum)
 
 
@@ -483,7 +489,9 @@ def run(main: Callable[[list[str]], object], *, config=None, describe: Callable[
             signal.signal(signal.SIGINT, _raise_interrupted)
             signal.signal(signal.SIGTERM, _raise_interrupted)
             main(argv)
-        except Interrupted as e:
+        except KeyboardInterrupt as e:  # Interrupted, or what native code (Ray) raised in its place
+            if not isinstance(e, Interrupted):
+                e = Interrupted(_signals[-1] if _signals else signal.SIGINT)
             line = one_line(e)
             _finish("failed", line)
             if traceback_wanted():

@@ -101,10 +101,14 @@ def _input_files(part) -> str:
         return ""
     paths = [Path(v) for v in (getattr(part, f.name) for f in dataclasses.fields(part))
              if isinstance(v, str) and v and os.path.exists(v)]
-    source = getattr(part, "source", None)
-    if source in ("agentic", "mooncake") and not getattr(part, "path", ""):
-        from dualpath_jax.workload.sources import agentic_dir, mooncake_file  # noqa: PLC0415
-        paths.append(agentic_dir() if source == "agentic" else mooncake_file())
+    source, path = getattr(part, "source", None), getattr(part, "path", "")
+    if source == "agentic" and not path:
+        from dualpath_jax.workload.sources import agentic_dir  # noqa: PLC0415
+        paths.append(agentic_dir())
+    elif source == "mooncake":  # the default file, or a shipped one by name ("synthetic")
+        from dualpath_jax.workload.sources import MOONCAKE_FILES, mooncake_file  # noqa: PLC0415
+        if not path or path in MOONCAKE_FILES:
+            paths.append(mooncake_file(path or "conversation"))
     return "@" + "".join(_files_signature(str(p.resolve())) for p in paths) if paths else ""
 
 

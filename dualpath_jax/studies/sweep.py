@@ -12,10 +12,13 @@ same results. :class:`Sweep` maps a picklable function over such a list:
   the same path), whose CPUs set the parallelism.
 
 Results come back in the order of the inputs, bit-identical to a serial run (the tests compare
-them); a tqdm bar counts finished runs. A run that raises re-raises its exception here. A run
-whose worker process dies (killed, out of memory) runs again on another worker, up to
-:data:`WORKER_RETRIES` times (a run is deterministic, so its result is the same); its exceptions are
-never retried.
+them); a tqdm bar counts finished runs. A run that raises re-raises its exception here, with the
+worker's traceback as a note. A run whose worker process dies (killed, out of memory) runs again
+on another worker, up to :data:`WORKER_RETRIES` times (a run is deterministic, so its result is the
+same); its exceptions are never retried. A run whose worker imported other package sources than
+this process (edited during the sweep, or another version on a cluster's host) is refused: each
+worker reports the sources' fingerprint with every result. An error, Ctrl-C or SIGTERM cancels
+the runs still going.
 
 :func:`lockstep` runs searches whose next run depends on the last one (the max-APS bisection of
 each seed and variant) side by side: each step's runs of every search form one batch, which can go
@@ -89,31 +92,58 @@ class Sweep:
                         on_result(i, out[-1])
                     bar.update(1)
                 return out
+            from dualpath_jax.studies.runstore import code_fingerprint
+            mine = code_fingerprint()  # the sources this process runs (read when it first asked)
             ray = _ray(self.workers, self.address)
             task = ray.remote(num_cpus=1, max_retries=WORKER_RETRIES, retry_exceptions=False)(_call)
             fn_ref = ray.put(fn)
             refs = [task.remote(fn_ref, x) for x in items]
             index = {ref: i for i, ref in enumerate(refs)}
             pending = list(refs)
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                try:
-                    values = ray.get(done)
-                except ray.exceptions.RayTaskError as e:  # the run's own error, at once
-                    for ref in pending:
-                        ray.cancel(ref, force=True)
-                    cause = e.cause if isinstance(e.cause, BaseException) else e
-                    raise cause from None
-                if on_result is not None:
-                    for ref, value in zip(done, values):
-                        on_result(index[ref], value)
-                bar.update(len(done))
-            return ray.get(refs)
+            out = [None] * len(items)
+            try:
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    try:
+                        values = ray.get(done)
+                    except ray.exceptions.RayTaskError as e:  # the run's own error, at once
+                        cause = e.cause if isinstance(e.cause, BaseException) else e
+                        if cause is not e:  # where it happened: the worker's traceback
+                            cause.add_note(f"(raised by run {index[done[0]]} of {desc} on a Ray worker)\n{e}")
+                        raise cause from None
+                    except ray.exceptions.RayError as e:  # its worker died on every try, or Ray failed
+                        i = index[done[0]]
+                        raise RuntimeError(f"run {i} of {desc} ({_brief(items[i])}) did not finish on Ray: "
+                                           f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
+                    for ref, (theirs, value) in zip(done, values):
+                        i = index[ref]
+                        if theirs != mine:
+                            raise RuntimeError(
+                                f"run {i} of {desc} ran on a Ray worker whose dualpath_jax sources differ from this "
+                                f"process's (changed on disk during the sweep, or another version on that host): its "
+                                f"result is not used; rerun once every host runs the same sources")
+                        out[i] = value
+                        if on_result is not None:
+                            on_result(i, value)
+                    bar.update(len(done))
+            except BaseException:  # an error, or Ctrl-C / SIGTERM: the runs still going stop too
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                raise
+            return out
 
 
-def _call(fn: Callable[[Any], Any], x: Any) -> Any:
-    """One run on a Ray worker (any picklable callable: a function, a builtin, a class)."""
-    return fn(x)
+def _call(fn: Callable[[Any], Any], x: Any) -> tuple[str, Any]:
+    """One run on a Ray worker (any picklable callable: a function, a builtin, a class), with the
+    fingerprint of the package sources the worker runs (read when it first ran one)."""
+    from dualpath_jax.studies.runstore import code_fingerprint
+    return code_fingerprint(), fn(x)
+
+
+def _brief(item: Any) -> str:
+    """A run's input for a message: its repr, cut to 120 characters."""
+    text = " ".join(repr(item).split())
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _ray(workers: int, address: str):
@@ -190,6 +220,10 @@ def lockstep(searches: Sequence[Callable[[Callable[[Hashable], Any]], Any]],
                 answers.update({i: values[k] for i, k in batch.items()})
                 cond.notify_all()
     finally:
+        with cond:  # leaving early (an error, or a signal while this thread waited): wake every search
+            if not all(done):
+                failure.append(None)
+                cond.notify_all()
         for t in threads:
             t.join()
     for e in errors:
