@@ -73,6 +73,17 @@ def test_a_run_whose_ray_worker_dies_runs_again(tmp_path, ray_session):
     assert Sweep(workers=2).map(DiesOnce(marker), [1, 2, 3]) == [1, 4, 9]
     assert marker.exists()  # the worker of the first try did die
 
+    class DiesAlways:  # every try of x == 2 kills its worker
+        def __call__(self, x):
+            import os  # noqa: PLC0415
+
+            if x == 2:
+                os._exit(1)
+            return x
+
+    with pytest.raises(RuntimeError, match=r"run 1 of runs \(2\) did not finish on Ray: \w+Error"):
+        Sweep(workers=2).map(DiesAlways(), [1, 2])
+
 
 @pytest.mark.xdist_group("ray")
 def test_a_run_s_error_is_raised_as_it_was_and_at_once(ray_session):
