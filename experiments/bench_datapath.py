@@ -106,6 +106,15 @@ def _check_repeats(field: str, value) -> None:
         raise ConfigError(field, f"must be an integer >= 2, the repeats a 95% interval needs (got {value!r})")
 
 
+def _check_kv_dtype(field: str, spec, kv_dtype: str) -> None:
+    """A KV dtype the project knows and ``spec``'s layout takes, else ConfigError naming ``field``."""
+    check_in(field, kv_dtype, tuple(KV_DTYPES))
+    try:
+        layout_for(spec, kv_dtype)
+    except ConfigError as e:
+        raise _reraise(field, e) from None
+
+
 def validate(cfg) -> None:
     """Check every field of the config (cheap: no store, no model weights, no workdir).
 
@@ -116,11 +125,7 @@ def validate(cfg) -> None:
     # (1) store read
     st = cfg.store
     spec = _spec_of(st.model, "store.model")
-    check_in("store.kv_dtype", st.kv_dtype, tuple(KV_DTYPES))
-    try:
-        layout_for(spec, st.kv_dtype)
-    except ConfigError as e:
-        raise _reraise("store.kv_dtype", e) from None
+    _check_kv_dtype("store.kv_dtype", spec, st.kv_dtype)
     check_positive("store.num_blocks", st.num_blocks, integer=True)
     check_positive("store.io_threads", st.io_threads, integer=True)
     _check_repeats("store.repeats", st.repeats)
@@ -135,11 +140,7 @@ def validate(cfg) -> None:
         if field in _MODEL_DIMS:
             raise ConfigError(f"model.{field}", e.message) from None
         raise _reraise("model.base", e) from None
-    check_in("kv_dtype", cfg.kv_dtype, tuple(KV_DTYPES))
-    try:
-        layout_for(spec, cfg.kv_dtype)
-    except ConfigError as e:
-        raise _reraise("kv_dtype", e) from None
+    _check_kv_dtype("kv_dtype", spec, cfg.kv_dtype)
     check_positive("batch_size", cfg.batch_size, integer=True)
     check_positive("cached_tokens", cfg.cached_tokens, integer=True)
     check_divides("cached_tokens", cfg.cached_tokens, "block_tokens", BLOCK_TOKENS)
