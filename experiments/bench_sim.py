@@ -1,13 +1,13 @@
 """Simulator speed: wall time and simulated events per second at the paper's scales, as a ratio to
 a fixed pure-Python loop timed beside every run.
 
-    python experiments/bench_sim.py --workdir=workdir/bench_sim            # 2P4D x3 + 48P96D x1 (~11 min a build)
+    python experiments/bench_sim.py --workdir=workdir/bench_sim            # 2P4D x3 + 48P96D x1 (10-20 min a build)
     python experiments/bench_sim.py --workdir=/tmp/bs --skip_large         # 2P4D only, 3 repeats (~1 min a build)
-    python experiments/bench_sim.py --workdir=W --repeats_large=3          # an interval for 48P96D too (~31 min)
+    python experiments/bench_sim.py --workdir=W --repeats_large=3          # an interval for 48P96D too (30-60 min)
     python experiments/bench_sim.py --workdir=/tmp/bs --skip_large --agents_small=128 --repeats=2   # seconds
 
 Cases (DeepSeek-V3.2, MAL 64K, offline, DualPath variant). ``--repeats`` (default 3) runs the 2P4D
-case that many times and ``--repeats_large`` (default 1; a run takes about 10 minutes) the 48P96D
+case that many times and ``--repeats_large`` (default 1; a run takes 10-20 minutes) the 48P96D
 one, one repeat after another. Every run of a case is timed between two runs of a fixed pure-Python
 loop (20 M additions, ``--ref_loop_additions``), and its wall time is also given in units of that
 loop's time: ``wall_s_<case>_over_ref_loop`` = the run's wall seconds / the mean of the loop's
@@ -19,8 +19,8 @@ machine-free: the simulator also waits on memory, which the loop hardly touches,
 enough to share the core still shows in the interval). The absolute ``wall_s_<case>`` is what a
 user of this machine waits.
 
-Targets for the default (pure-Python) build, each as the ratio and as the absolute on the 2-core
-CPU of the committed run (where the loop takes about 0.53 s):
+Targets for the default (pure-Python) build, each as the ratio and as the absolute on a 2-core
+CPU whose loop takes 0.53 s (the ratios are the absolute targets over that loop):
   * 2P4D with 2,048 agents: ``wall_s_2p4d_over_ref_loop`` under 57 loops (``wall_s_2p4d`` under 30 s);
   * 48P96D with 48K (49,152) agents: ``wall_s_48p96d_over_ref_loop`` under 1,130 loops (under 10 minutes).
 
@@ -70,7 +70,7 @@ _AGENTS_SMALL = flags.DEFINE_integer("agents_small", 2048, "Agents of the 2P4D c
 _AGENTS_LARGE = flags.DEFINE_integer("agents_large", 48 * 1024, "Agents of the 48P96D case (>= 1).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Runs of the 2P4D case (>= 1), each between two runs of the reference "
                                 "loop; two or more give the figures a 95% interval.")
-_REPEATS_LARGE = flags.DEFINE_integer("repeats_large", 1, "Runs of the 48P96D case (>= 1; about 10 minutes each on "
+_REPEATS_LARGE = flags.DEFINE_integer("repeats_large", 1, "Runs of the 48P96D case (>= 1; 10-20 minutes each on "
                                       "a 2-core CPU), each between two runs of the reference loop.")
 _REF_LOOP = flags.DEFINE_integer("ref_loop_additions", 20_000_000, "Additions of the pure-Python reference loop "
                                  "(>= 1): ratios to it compare only between runs with the same value.")
@@ -177,9 +177,9 @@ def _python_build_block(workdir: Path, repeat: int, cases: list[str]) -> list[di
 def _put(named: dict, name: str, values: list[float]) -> None:
     """``name``: the mean of ``values``; ``name_ci95``: its 95% half width, from two values on."""
     e = seeds.estimate(values)
-    named[name] = e.mean
+    named[name] = float(format(e.mean, ".6g"))  # as printed: the lines and metrics.json hold the same numbers
     if e.n >= 2:
-        named[name + seeds.CI_SUFFIX] = e.half
+        named[name + seeds.CI_SUFFIX] = float(format(e.half, ".6g"))
 
 
 def _summary(rows: list[dict], loops: list[float], plan: dict[str, int]) -> dict:

@@ -3,6 +3,7 @@ signal's status (130 / 143) and one line, its workdir marked failed, and a scrip
 several studies stops instead of carrying on with the next."""
 
 import json
+import os
 import pathlib
 import signal
 import subprocess
@@ -14,13 +15,14 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _signal_while_runs_go(tmp_path, args, signum):
-    """Start ``args`` with ``--workers=2``, send ``signum`` 5 s after Ray started; returns (exit
-    status, stderr, seconds from the signal to the exit, workdir)."""
+def _signal_while_runs_go(tmp_path, args, signum, *, group=False):
+    """Start ``args`` with ``--workers=2``, send ``signum`` 5 s after Ray started (to the script's
+    whole process group with ``group``, as a terminal's Ctrl-C does); returns (exit status,
+    stderr, seconds from the signal to the exit, workdir)."""
     workdir, err_path = tmp_path / "w", tmp_path / "stderr.txt"
     with err_path.open("w") as err:
         proc = subprocess.Popen([sys.executable, *args, f"--workdir={workdir}", "--workers=2"], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=err, text=True)
+                                stdout=subprocess.DEVNULL, stderr=err, text=True, start_new_session=group)
     try:
         deadline = time.monotonic() + 120
         while "Started a local Ray instance" not in err_path.read_text():
@@ -29,7 +31,10 @@ def _signal_while_runs_go(tmp_path, args, signum):
         time.sleep(5.0)  # the runs are going
         assert proc.poll() is None
         t0 = time.monotonic()
-        proc.send_signal(signum)
+        if group:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
         proc.wait(timeout=60)
         return proc.returncode, err_path.read_text(), time.monotonic() - t0, workdir
     finally:
@@ -53,7 +58,7 @@ def test_a_signal_ends_a_ray_sweep_at_once_with_its_status(tmp_path, signum):
 
 def test_ctrl_c_stops_every_study_of_reproduce_paper(tmp_path):
     args = ["experiments/reproduce_paper.py", "--quick", "--seeds=1", "--studies=ablation,pd_sweep"]
-    code, err, seconds, workdir = _signal_while_runs_go(tmp_path, args, signal.SIGINT)
+    code, err, seconds, workdir = _signal_while_runs_go(tmp_path, args, signal.SIGINT, group=True)
     assert code == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "Interrupted: SIGINT"
     assert not (workdir / "pd_sweep").exists()  # the next study did not start

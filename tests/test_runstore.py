@@ -120,3 +120,23 @@ def test_a_shipped_mooncake_trace_named_by_name_is_part_of_the_key(tmp_path, mon
     shipped.write_text("{}\n{}\n")
     runstore._files_signature.cache_clear()
     assert RunStore(tmp_path / "s").path(("offline", spec)) != before
+
+
+def test_the_code_fingerprint_skips_an_editor_s_lock_file(tmp_path, monkeypatch):
+    """A dangling ``.#name.py`` link (an editor's lock file) is no source: it neither changes the
+    fingerprint nor makes reading it fail."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(runstore, "_PACKAGE", pkg)
+    runstore.code_fingerprint.cache_clear()
+    try:
+        before = runstore.code_fingerprint()
+        (pkg / ".#a.py").symlink_to(tmp_path / "no-such-file")
+        runstore.code_fingerprint.cache_clear()
+        assert runstore.code_fingerprint() == before
+        (pkg / "a.py").write_text("x = 2\n")  # a real change still shows
+        runstore.code_fingerprint.cache_clear()
+        assert runstore.code_fingerprint() != before
+    finally:
+        runstore.code_fingerprint.cache_clear()

@@ -118,8 +118,8 @@ def test_a_run_s_error_keeps_the_worker_s_traceback_and_a_worker_on_other_source
     notes = "\n".join(getattr(e.value, "__notes__", []))
     assert "on a Ray worker" in notes and "_deep_failure" in notes  # where it was raised, not only here
     # this process claims other sources than the workers import: no result of theirs is used
-    from dualpath_jax.studies import runstore
-    monkeypatch.setattr(runstore, "code_fingerprint", lambda: "sources this process read before an edit")
+    from dualpath_jax.studies import sweep
+    monkeypatch.setattr(sweep, "_SOURCES", "sources this process read before an edit")
     with pytest.raises(RuntimeError, match="sources differ from this process's"):
         Sweep(workers=2).map(abs, [-1, -2])
 

@@ -485,6 +485,7 @@ def run(main: Callable[[list[str]], object], *, config=None, describe: Callable[
                 _fail(one_line(e))
             print(text)
             return
+        _signals.clear()  # (a run before this one in the same process: not this run's)
         try:
             signal.signal(signal.SIGINT, _raise_interrupted)
             signal.signal(signal.SIGTERM, _raise_interrupted)

@@ -38,9 +38,12 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
-    """SHA-256 (hex) of every ``.py`` file of the package, by relative path and content."""
+    """SHA-256 (hex) of every ``.py`` file of the package, by relative path and content (hidden
+    files, such as an editor's lock files, and anything but regular files left out)."""
     h = hashlib.sha256()
     for path in sorted(_PACKAGE.rglob("*.py")):
+        if path.name.startswith(".") or not path.is_file():
+            continue
         h.update(path.relative_to(_PACKAGE).as_posix().encode())
         h.update(b"\0")
         h.update(path.read_bytes())

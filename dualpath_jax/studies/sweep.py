@@ -36,8 +36,13 @@ import tqdm
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.raylaunch import ray_module
+from dualpath_jax.studies.runstore import code_fingerprint
 
 __all__ = ["Sweep", "lockstep", "WORKER_RETRIES"]
+
+_SOURCES = code_fingerprint()
+"""The package sources' fingerprint as this module is imported, close to when the process read
+them: a driver and its Ray workers compare theirs (module docstring)."""
 
 WORKER_RETRIES = 3
 """Times a Ray run whose worker process died is started again (Ray's ``max_retries``, which
@@ -92,8 +97,7 @@ class Sweep:
                         on_result(i, out[-1])
                     bar.update(1)
                 return out
-            from dualpath_jax.studies.runstore import code_fingerprint
-            mine = code_fingerprint()  # the sources this process runs (read when it first asked)
+            mine = _SOURCES  # the sources this process runs
             ray = _ray(self.workers, self.address)
             task = ray.remote(num_cpus=1, max_retries=WORKER_RETRIES, retry_exceptions=False)(_call)
             fn_ref = ray.put(fn)
@@ -135,9 +139,8 @@ class Sweep:
 
 def _call(fn: Callable[[Any], Any], x: Any) -> tuple[str, Any]:
     """One run on a Ray worker (any picklable callable: a function, a builtin, a class), with the
-    fingerprint of the package sources the worker runs (read when it first ran one)."""
-    from dualpath_jax.studies.runstore import code_fingerprint
-    return code_fingerprint(), fn(x)
+    fingerprint of the package sources the worker runs (:data:`_SOURCES`)."""
+    return _SOURCES, fn(x)
 
 
 def _brief(item: Any) -> str:
