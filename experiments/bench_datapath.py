@@ -44,7 +44,6 @@ details (throughputs, times, link rate, device KV peaks).
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import statistics
@@ -69,7 +68,6 @@ from dualpath_jax.studies.seeds import CI_SUFFIX, estimate
 from dualpath_jax.transfer import Link, LinkConfig, Medium
 
 _MODEL_DIMS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff")
-_SIG_DIGITS = 6  # of every headline figure, printed and in metrics.json alike
 
 
 def _define_flags():
@@ -160,20 +158,15 @@ def paired_ratios(num: Sequence[float], den: Sequence[float]) -> list[float]:
     return [a / b for a, b in zip(num, den)]
 
 
-def _sig(x: float) -> float:
-    """``x`` to :data:`_SIG_DIGITS` significant digits (what is printed is what is written)."""
-    return float(format(x, f".{_SIG_DIGITS}g")) if math.isfinite(x) else x
-
-
 def put_figure(named: dict, name: str, values: Sequence[float]) -> None:
     """Headline ``name``: the mean of the per-repeat ``values`` with ``name_ci95`` (half width of
     its 95% Student-t interval, NaN from one value), ``name_min`` and ``name_max``, each rounded
-    to :data:`_SIG_DIGITS` significant digits."""
+    to 6 significant digits (``writers.significant``)."""
     e = estimate(values)
-    named[name] = _sig(e.mean)
-    named[name + CI_SUFFIX] = _sig(e.half)
-    named[name + "_min"] = _sig(min(values))
-    named[name + "_max"] = _sig(max(values))
+    named[name] = writers.significant(e.mean)
+    named[name + CI_SUFFIX] = writers.significant(e.half)
+    named[name + "_min"] = writers.significant(min(values))
+    named[name + "_max"] = writers.significant(max(values))
 
 
 def store_ratios(times: Mapping[tuple[str, str], Sequence[float]]) -> dict[str, float]:

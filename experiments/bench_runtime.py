@@ -111,9 +111,7 @@ def _ray_floor(ray, calls: int = 1000, idle_s: float = 2.0) -> tuple[float, floa
     """Machine CPU of Ray with the node actors up and idle (CPU-seconds per second over
     ``idle_s``) and of a bare actor call beyond that (ms: submit, run and answer of ``calls``
     calls of a do-nothing actor, one after another, less the idle rate over their time)."""
-    cpu0 = _busy_cpu_s()
-    time.sleep(idle_s)
-    idle = (_busy_cpu_s() - cpu0) / idle_s
+    idle = _host_busy_cores(idle_s)
     echo = ray.remote(_Echo).options(num_cpus=0, max_concurrency=64).remote()
     try:
         ray.get(echo.call.remote(None))

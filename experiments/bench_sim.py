@@ -177,9 +177,9 @@ def _python_build_block(workdir: Path, repeat: int, cases: list[str]) -> list[di
 def _put(named: dict, name: str, values: list[float]) -> None:
     """``name``: the mean of ``values``; ``name_ci95``: its 95% half width, from two values on."""
     e = seeds.estimate(values)
-    named[name] = float(format(e.mean, ".6g"))  # as printed: the lines and metrics.json hold the same numbers
+    named[name] = writers.significant(e.mean)  # as printed: the lines and metrics.json hold the same numbers
     if e.n >= 2:
-        named[name + seeds.CI_SUFFIX] = float(format(e.half, ".6g"))
+        named[name + seeds.CI_SUFFIX] = writers.significant(e.half)
 
 
 def _summary(rows: list[dict], loops: list[float], plan: dict[str, int]) -> dict:

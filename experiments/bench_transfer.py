@@ -38,7 +38,6 @@ second process starts. About 20-40 s on a 2-core CPU.
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import os
 import statistics
@@ -47,6 +46,7 @@ import time
 import numpy as np
 from absl import flags, logging
 
+from dualpath_jax.metrics.writers import significant
 from dualpath_jax.studies import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/bench_transfer",
@@ -103,17 +103,11 @@ def _label(num_bytes: int) -> str:
     return f"{num_bytes}b"
 
 
-def _sig(value: float) -> float:
-    """``value`` to 4 significant digits: the headline figure, printed and written as the same
-    number (NaN and infinities kept: ``nan`` printed, ``null`` written)."""
-    return float(f"{value:.4g}") if math.isfinite(value) else value
-
-
 def _spread(named: dict, name: str, values: list[float], scale: float = 1.0) -> None:
     """Headline ``name``: the median of ``values`` times ``scale``, with ``name_min`` and ``name_max``."""
-    named[name] = _sig(scale * statistics.median(values))
-    named[f"{name}_min"] = _sig(scale * min(values))
-    named[f"{name}_max"] = _sig(scale * max(values))
+    named[name] = significant(scale * statistics.median(values), 4)
+    named[f"{name}_min"] = significant(scale * min(values), 4)
+    named[f"{name}_max"] = significant(scale * max(values), 4)
 
 
 def _time(fn, n: int) -> float:
@@ -257,7 +251,7 @@ def main(argv):
     named["cross_process_kv_bytes"] = stats.bytes_pulled
     named["num_failed_pulls"] = stats.num_failed
     named["bytes_exact"] = bool(exact)
-    named["bench_wall_s"] = _sig(time.perf_counter() - t_start)
+    named["bench_wall_s"] = significant(time.perf_counter() - t_start, 4)
     metrics["sender_bytes_offered"] = sender_stats.bytes_offered if sender_stats is not None else -1
     metrics["num_pulls"] = stats.num_pulled
     metrics.update(named)

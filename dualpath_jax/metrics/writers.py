@@ -303,12 +303,24 @@ def plot_lines(path, x: Mapping[str, Sequence[float]] | Sequence[float], series:
     return path
 
 
+PRINTED_DIGITS = 6
+"""Significant digits of the floats :func:`format_named_values` prints."""
+
+
+def significant(value: float, digits: int = PRINTED_DIGITS) -> float:
+    """``value`` rounded to ``digits`` significant digits (NaN and infinities kept): a headline
+    figure that a script writes as it prints it."""
+    value = float(value)
+    return float(format(value, f".{digits}g")) if math.isfinite(value) else value
+
+
 def format_named_values(values: Mapping[str, Any]) -> str:
-    """``name: value`` lines in the given order (floats with up to 6 significant digits)."""
+    """``name: value`` lines in the given order (floats with up to :data:`PRINTED_DIGITS`
+    significant digits)."""
     lines = []
     for name, v in values.items():
         if isinstance(v, (float, np.floating)):
-            v = format(float(v), ".6g")
+            v = format(float(v), f".{PRINTED_DIGITS}g")
         lines.append(f"{name}: {v}")
     return "\n".join(lines)
 
