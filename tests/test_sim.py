@@ -2,7 +2,6 @@
 conservation and config validation."""
 
 import json
-import types
 import warnings
 
 import numpy as np
@@ -514,69 +513,6 @@ def test_max_bsz_within_is_the_largest_chunk_under_a_budget(topk, index):
     assert model.max_bsz_within(100, 0.0) == 0.0
     free = ComputeModel(prefill_overhead_s=0.0, s_per_token=0.0, s_per_key=0.0)
     assert free.max_bsz_within(100, 0.1) == float("inf")
-
-
-def test_attention_balance_of_a_group_forward_hand_computed():
-    """Two requests placed in one tick on the two engines of a PE group run in one forward; the
-    group's attention Max/Avg is the slower member's attention seconds over the members' mean."""
-    from dualpath_jax.sim.compute import ComputeModel
-    from dualpath_jax.sim.runs import attention_weighted
-    model = ComputeModel(prefill_overhead_s=0.01, s_per_token=0.0, s_per_key=1e-6)
-    cfg = SimConfig(loading="oracle", compute=model, fetch_period_s=FETCH, prefill_nodes=1, decode_nodes=1,
-                    hardware=HardwareConfig(gpus_per_node=2), ep_sync=True)
-    res = simulate(cfg, [agent([100], [1]), agent([300], [1])])
-    r = res.requests
-    assert sorted(r["pe"]) == [0, 1] and r["prefill_start_s"][0] == r["prefill_start_s"][1] == FETCH
-    a_small, a_big = 1e-6 * 100 * 101 / 2, 1e-6 * 300 * 301 / 2  # keys of 100 and 300 new tokens
-    assert res.attention_s.shape == (1, 2)
-    assert res.attention_s[0].tolist() == pytest.approx([a_big, (a_small + a_big) / 2], rel=1e-12)
-    assert res.attention_ratio.tolist() == pytest.approx([2 * a_big / (a_small + a_big)], rel=1e-12)
-    assert res.attention_members.tolist() == [[2, 2]]
-    assert attention_weighted(res) == pytest.approx(2 * a_big / (a_small + a_big), rel=1e-12)
-    # the group waits for its slowest member: both first tokens come at the end of the longer forward
-    assert r["first_token_s"].tolist() == pytest.approx([FETCH + 0.01 + a_big] * 2, rel=1e-12)
-
-
-def test_idle_group_members_count_as_zero_attention():
-    """Three equal requests on a four-engine PE group: one forward with three busy members, so
-    Max/Avg = a / (3a / 4) = 4/3 exactly, and the busy-member split reports that forward."""
-    from dualpath_jax.sim.compute import ComputeModel
-    from dualpath_jax.sim.runs import attention_by_busy_members
-    model = ComputeModel(prefill_overhead_s=0.01, s_per_token=0.0, s_per_key=1e-6)
-    cfg = SimConfig(loading="oracle", compute=model, fetch_period_s=FETCH, prefill_nodes=1, decode_nodes=1,
-                    hardware=HardwareConfig(gpus_per_node=4), ep_sync=True)
-    res = simulate(cfg, [agent([200], [1]) for _ in range(3)])
-    assert sorted(res.requests["pe"]) == [0, 1, 2]
-    a = 1e-6 * 200 * 201 / 2
-    assert res.attention_s.shape == (1, 2)
-    assert res.attention_s[0].tolist() == pytest.approx([a, 3 * a / 4], rel=1e-12)
-    assert res.attention_members.tolist() == [[3, 4]]
-    assert attention_by_busy_members(res) == [pytest.approx(
-        {"busy": 3, "members": 4, "forwards": 1, "max_avg_mean": 4 / 3, "max_avg_weighted": 4 / 3}, rel=1e-12)]
-
-
-def test_attention_by_busy_members_groups_forwards():
-    from dualpath_jax.sim.runs import attention_by_busy_members
-    res = types.SimpleNamespace(attention_s=np.array([[2.0, 1.0], [4.0, 1.0], [6.0, 3.0], [8.0, 1.0]]),
-                                attention_members=np.array([[4, 8], [2, 8], [4, 8], [1, 8]]))
-    rows = attention_by_busy_members(res)
-    assert [(r["busy"], r["members"], r["forwards"]) for r in rows] == [(1, 8, 1), (2, 8, 1), (4, 8, 2)]
-    assert rows[2]["max_avg_mean"] == pytest.approx(2.0)
-    assert rows[2]["max_avg_weighted"] == pytest.approx((2.0 + 6.0) / (1.0 + 3.0))
-    assert [r["busy"] for r in attention_by_busy_members(res, 2)] == [2, 4]
-    assert attention_by_busy_members(types.SimpleNamespace(attention_s=np.zeros((0, 2)),
-                                                           attention_members=np.zeros((0, 2), np.int64))) == []
-
-
-def test_attention_weighted_over_the_first_forwards():
-    """Attention-time-weighted Max/Avg: sum of the slowest members' seconds over the sum of the means."""
-    from dualpath_jax.sim.runs import attention_weighted
-    res = types.SimpleNamespace(attention_s=np.array([[2.0, 1.0], [3.0, 1.0], [9.0, 1.0]]))
-    assert attention_weighted(res) == pytest.approx(14.0 / 3.0, rel=1e-12)
-    assert attention_weighted(res, 1) == pytest.approx(2.0, rel=1e-12)
-    assert attention_weighted(res, 2) == pytest.approx(2.5, rel=1e-12)
-    assert np.isnan(attention_weighted(res, 0))
-    assert np.isnan(attention_weighted(types.SimpleNamespace(attention_s=np.zeros((0, 2)))))
 
 
 def test_a_dense_model_too_large_for_a_gpu_names_hbm_not_more_nodes(tmp_path):
