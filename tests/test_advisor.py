@@ -4,9 +4,6 @@ the script's outputs and errors."""
 
 import json
 import math
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,8 +17,8 @@ from dualpath_jax.studies.common import WorkloadSpec, sim_config
 from dualpath_jax.workload import agentic_dir
 
 from config_files import get_config
+from script_runs import run_script
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 KNOBS = dict(buffer_gb=(80.0, 40.0, 160.0), alpha_beta=((3.0, 5.0), (1.5, 2.5), (6.0, 10.0)),
              compute_quota_s=(0.3, 0.15, 0.6))
 
@@ -235,8 +232,7 @@ def test_advisor_config_errors_name_the_field_as_the_config_spells_it():
 
 
 def _run(*args, timeout=600):
-    return subprocess.run([sys.executable, str(ROOT / "experiments" / "advise.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_script("advise.py", *args, timeout=timeout)
 
 
 def test_a_hugging_face_config_is_a_model(tmp_path):

@@ -7,18 +7,15 @@ import json
 import math
 import pathlib
 import re
-import subprocess
-import sys
 
 import pytest
+from script_runs import run_script
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 NAMED = re.compile(r"([A-Za-z0-9_]+): (\S+)")
 
 
 def _run(script, *args, timeout=180):
-    return subprocess.run([sys.executable, str(ROOT / "experiments" / script), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_script(script, *args, timeout=timeout)
 
 
 def _named_tail(stdout: str) -> dict[str, str]:
