@@ -4,6 +4,7 @@ ratios, and the online max-APS searches run per seed (their gains taken within a
 import csv
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -42,8 +43,10 @@ def test_estimate_and_helpers_against_hand_computation():
         named["x_lo"] == pytest.approx(2.0 - 12.706204736) and named["x_hi"] == pytest.approx(2.0 + 12.706204736)
     assert list(printed({**named, "other_lo": 1.0})) == ["x", "x_ci95", "other_lo"]  # only put's companions go
     assert fmt(1.23456, 0.0123) == "1.235 ± 0.012" and fmt(1.23456, float("nan")) == "1.235"
-    assert fmt(1470.3, 142.7) == "1470 ± 140" and fmt(0.028, 6.4e-5) == "0.028 ± 6.4e-05"
+    assert fmt(1470.3, 142.7) == "1470 ± 140" and fmt(0.028, 6.4e-5) == "0.028000 ± 6.4e-05"
     assert fmt(1.0, 0.0) == "1 ± 0" and fmt(3.1, 0.996) == "3.1 ± 1.0"
+    # never coarser than the interval: the mean to the half width's last decimal place
+    assert fmt(1.00012, 5.9e-6) == "1.0001200 ± 5.9e-06" and fmt(12.0, 0.5) == "12.00 ± 0.50"
     wl = WorkloadSpec(mal="32K", num_agents=4, seed=7)
     assert [w.seed for w in seed_workloads(wl, 3)] == [7, 8, 9] and arrival_seeds(2, 3) == [2, 3, 4]
     rows = [{"v": "a", "seed": 0, "x": 1.0, "n": 3, "ok": True}, {"v": "a", "seed": 1, "x": 3.0, "n": 5, "ok": False},
@@ -88,7 +91,9 @@ def test_two_seeds_run_two_workloads_and_report_the_mean_and_ci_of_per_seed_rati
     out = json.loads((tmp_path / "r2" / "ablation.json").read_text())
     assert [x["jct_s"] for x in out["variants"]["basic"]["by_seed"]] == [jct[("basic", 0)], jct[("basic", 1)]]
     md = (tmp_path / "r2" / "ablation.md").read_text()
-    assert "mean ± 95% CI over 2 seeds" in md.splitlines()[0] and f"| {mean:.4g} ± " in md
+    assert "mean ± 95% CI over 2 seeds" in md.splitlines()[0]
+    shown = [float(c) for c in re.findall(r"\| ([0-9.]+) ± ", md)]  # each cell's mean, to its printed precision
+    assert any(v == pytest.approx(mean, rel=5e-4) for v in shown)  # 4 significant digits at least
     rows = list(csv.DictReader((tmp_path / "r2" / "ablation.csv").open()))
     assert float(rows[1]["speedup_vs_basic_ci95"]) == pytest.approx(half, rel=1e-8)
     # one seed: no interval, and the value of seed 0 alone

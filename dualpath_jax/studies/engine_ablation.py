@@ -43,7 +43,7 @@ from dualpath_jax.studies.engine_runs import (CALIBRATED_FIELDS, CompileClock, S
                                               pe_compute_s, ray_runtime, round_shapes, run_variant, seed_store,
                                               select_agents, start_times)
 from dualpath_jax.studies.plots import plot_variant_bars
-from dualpath_jax.studies.seeds import CI_SUFFIX, LEVEL, estimate
+from dualpath_jax.studies.seeds import CI_SUFFIX, LEVEL, estimate, fmt
 
 __all__ = ["check_config", "select_agents", "start_times", "Setup", "round_shapes", "expected_shapes", "seed_store",
            "run_variant", "calibrate_links", "load_compute_ratio", "run_ablation", "CompileClock", "compile_runs",
@@ -102,12 +102,6 @@ def aggregate_rows(rows: Sequence[dict]) -> dict:
             e = estimate(values)
             out[key], out[key + CI_SUFFIX] = e.mean, e.half
     return out
-
-
-def _fmt(mean: float, half: float) -> str:
-    if not math.isfinite(mean):
-        return "nan"
-    return f"{mean:.4g} ± {half:.2g}" if math.isfinite(half) else f"{mean:.4g}"
 
 
 def run_ablation(config, workdir, *, log: Callable = print, progress: bool | None = None) -> dict:
@@ -341,7 +335,7 @@ def _write_tables(workdir: Path, setup: Setup, rows: list[dict], run_rows: list[
     policy = f"; scheduler {scheduler_name(setup.scheduler_cls)}" if scheduler_name(setup.scheduler_cls) else ""
     title = f"Engine ablation ({shape} emulated, agentic traces; {what}{policy})"
     writers.write_table(workdir / "ablation", rows, title=title)
-    md_rows = [{k: (_fmt(v, row.get(k + CI_SUFFIX, math.nan)) if isinstance(v, float) else v)
+    md_rows = [{k: (fmt(v, row.get(k + CI_SUFFIX, math.nan)) if isinstance(v, float) else v)
                 for k, v in row.items() if not k.endswith(CI_SUFFIX)} for row in rows]
     (workdir / "ablation.md").write_text(f"# {title}\n\n" + writers.markdown_table(md_rows))
     writers.write_table(workdir / "ablation_runs", run_rows, title=f"Engine ablation, every run ({shape} emulated)")

@@ -19,7 +19,7 @@ from dualpath_jax.model import cost
 from dualpath_jax.sim.compute import ATTENTION_EFFICIENCY, PUBLIC_CONTEXT_TOKENS, PUBLIC_FIGURES, calibrate_config
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.hardware import HardwareConfig
-from dualpath_jax.studies.seeds import CI_SUFFIX
+from dualpath_jax.studies.seeds import CI_SUFFIX, fmt
 
 __all__ = ["PAPER_CLAIMS", "STUDY_TITLES", "STUDY_TABLES", "calibration_markdown", "claims_rows", "build_report"]
 
@@ -245,7 +245,7 @@ def _with_ci(values: Mapping, key: str) -> str:
     v = values[key]
     half = values.get(key + CI_SUFFIX)
     if isinstance(half, float) and not math.isnan(half) and isinstance(v, (int, float)):
-        return f"{_fmt(float(v))} ± {half:.2g}"
+        return fmt(v, half)
     return _fmt(v)
 
 

@@ -157,14 +157,29 @@ def _two_digits(x: float) -> str:
 
 
 def fmt(mean, half) -> str:
-    """``"mean ± half"`` (mean to 4, half width to 2 significant digits: ``1470 ± 140``), the mean
-    alone when the half width is NaN (one seed)."""
+    """``"mean ± half"``: the half width to 2 significant digits, the mean to 4 significant digits or
+    to the half width's last printed decimal place, whichever is finer (``1470 ± 140``,
+    ``1.000120 ± 5.9e-06``: a mean is never shown coarser than its interval); the mean alone when
+    the half width is NaN (one seed)."""
     if mean is None:
         return ""
-    m = "nan" if math.isnan(float(mean)) else format(float(mean), ".4g")
+    mean = float(mean)
+    m = "nan" if math.isnan(mean) else format(mean, ".4g")
     if half is None or math.isnan(float(half)):
         return m
-    return f"{m} ± {_two_digits(float(half))}"
+    h = _two_digits(float(half))
+    if math.isfinite(mean) and float(half) > 0 and "e" not in m and abs(mean) < 1e6:
+        places = _decimal_places(h)
+        if places > _decimal_places(m):
+            m = format(mean, f".{places}f")
+    return f"{m} ± {h}"
+
+
+def _decimal_places(text: str) -> int:
+    """The last decimal place a printed number shows (``"0.012"`` -> 3, ``"6.4e-05"`` -> 6, ``"140"`` -> 0)."""
+    mantissa, _, exp = text.partition("e")
+    places = len(mantissa.partition(".")[2]) - (int(exp) if exp else 0)
+    return max(0, places)
 
 
 def _number(v) -> bool:
