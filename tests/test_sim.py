@@ -188,14 +188,21 @@ def test_invalid_sim_configs_name_field():
 def _reference_rounds(a: SimAgent, z: int = 64):
     """Plain-loop reference of each round of ``a``: (hit, read tokens, prompt, whole request).
 
-    The prompt is the round's hit plus its append; what is read is the whole Full Blocks of the
-    part of the hit whose KV is stored: after a round, its context but the last generated token."""
-    out, context, stored = [], a.initial_context, a.initial_context
+    The prompt is the round's hit plus its append. A given hit stands when the agent has had a
+    context that long (its initial one, or any round's: the KV of every round stays in storage),
+    else it is the previous context. What is read is the whole Full Blocks of the part of the hit
+    whose KV is stored: of a round's context, all but the last generated token."""
+    contexts = [(a.initial_context, a.initial_context)]  # (context, its stored tokens), oldest first
+    out = []
     for r in range(len(a.append)):
-        hit = context if a.hit is None else min(int(a.hit[r]), context)
+        context, stored = contexts[-1]
+        hit = context if a.hit is None else int(a.hit[r])
+        if hit > context:
+            holders = [st for c, st in contexts if c >= hit]  # earlier contexts that hold the hit
+            hit, stored = (hit, max(holders)) if holders else (context, stored)
         need = hit + int(a.append[r]) + int(a.gen[r])
         out.append((hit, min(hit, stored) // z * z, hit + int(a.append[r]), need))
-        context, stored = need, need - 1
+        contexts.append((need, need - 1))
     return out
 
 

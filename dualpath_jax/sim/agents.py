@@ -33,13 +33,17 @@ class SimAgent:
         (it has finished and its KV is in storage, which round ``r`` reads) to round ``r``'s issue;
         ``think_s[0]`` is not used (round 0 is issued at ``arrival_s``).
       hit: optional ``i64[rounds]`` cached tokens per round (default: the whole previous context).
-        A round hits ``min(hit, context)`` tokens and reads only whole Full Blocks of them: the
-        partial tail block is recomputed, i.e. moved to the round's append tokens.
+        A round hits ``hit`` tokens when the previous context or an earlier, longer one of the agent
+        (its initial context included) is that long: a traced conversation may return to a thread
+        it left, whose KV is still in storage (``hit`` then reaches past the previous context). A
+        larger ``hit`` means the whole previous context (``min(hit, context)``: a hit below the
+        previous context models a compaction). A round reads only whole Full Blocks of what is
+        stored of its hit: the partial tail block is recomputed, i.e. moved to its append tokens.
       initial_context: tokens already in storage before round 0 (a warm store); round 0 may hit them.
 
-    The context after a round is its hit plus its append and generated tokens; all of it but
-    the last generated token has KV in storage (that token is never fed back), which bounds the
-    next round's hit.
+    The prompt of a round is its hit plus its append tokens, the context after it that and its
+    generated tokens; all of a context but the last generated token has KV in storage (that token
+    is never fed back), which bounds what a later round reads of it.
     """
 
     arrival_s: float
@@ -134,37 +138,57 @@ def round_hits(tokens: np.ndarray, lens: np.ndarray, offsets: np.ndarray, init: 
                hits: np.ndarray | None) -> np.ndarray:
     """``i64[rounds]`` cached tokens of every round of every agent as the run computes them (before
     the rounding to whole blocks, which moves tokens from hit to append and leaves the prompt as is;
-    the run also reads at most the previous round's context but its last generated token, whose KV
-    is never computed, so what it reads can be up to one block less than this).
+    the run also reads at most the context's stored part, all but its last generated token, whose
+    KV is never computed, so what it reads can be up to one block less than this).
 
     Args:
       tokens: ``i64[rounds]`` append + generated tokens per round, agents one after another.
       lens, offsets: ``i64[A]`` rounds per agent and ``i64[A + 1]`` their start offsets.
       init: ``i64[A]`` initial contexts (tokens in storage before round 0).
-      given: ``bool[rounds]``, rounds whose agent gives hits; ``hits``: those hits, in order.
+      given: ``bool[rounds]``, rounds whose agent gives hits (all of its rounds); ``hits``: those
+        hits, in order.
 
-    Round r hits ``min(hit[r], context[r])`` of its context (all of it without given hits), and the
-    next context is that hit plus the round's append and generated tokens. With ``T[r]`` the agent's
-    tokens before round r, this unrolls to ``hit'[r] = T[r] + min(c0, min_{k<=r}(hit[k] - T[k]))``
-    (``c0``: the initial context), a running minimum per agent.
+    Without given hits a round hits its whole previous context (``T[r] + c0``, ``T[r]``: the agent's
+    tokens before round r, ``c0``: its initial context). With them (:class:`SimAgent`), round r
+    hits ``hit[r]`` when it is at most ``M[r]``, the longest of ``c0`` and the agent's earlier
+    contexts (each its hit plus the round's tokens), else its previous context. Vectorised on the
+    assumption that no round takes the second branch, then the agents where one does again in a
+    plain loop (a hit beyond every context the agent has had: rare outside hand-made agents).
     """
     n = len(lens)
     before = np.cumsum(tokens) - tokens
     T = before - np.repeat(before[offsets[:-1]], lens)  # the agent's tokens before each round
     c0 = np.repeat(init, lens)
-    w = c0.copy()
-    if hits is not None:
-        w[given] = np.minimum(hits.astype(np.int64) - T[given], c0[given])  # in [-max T, max c0]
-    if not w.size:
-        return T
-    # running minimum inside each agent: lift earlier agents above every later one by `span`
-    span = int(w.max()) - int(w.min()) + 1
-    if span * n < 2**62:
-        lift = np.repeat(np.arange(n - 1, -1, -1, dtype=np.int64) * span, lens)
-        run = np.minimum.accumulate(w + lift) - lift
+    out = T + c0
+    if hits is None or not given.any():
+        return out
+    g = np.flatnonzero(given)  # every round of the agents that give hits, agents in order
+    h = hits.astype(np.int64)
+    seg = np.repeat(np.arange(n, dtype=np.int64), lens)[g]
+    ctx = h + tokens[g]  # each round's context if no round takes the second branch
+    first = np.ones(g.size, bool)
+    first[1:] = seg[1:] != seg[:-1]
+    floor = c0[g]
+    span = int(max(int(ctx.max()), int(floor.max()))) + 1
+    if span * n < 2**62:  # running maximum inside each agent: lift later agents above earlier ones
+        lift = seg * span
+        run = np.maximum.accumulate(ctx + lift) - lift
     else:  # values too wide to lift within int64: one agent at a time
-        run = np.concatenate([np.minimum.accumulate(w[offsets[i]:offsets[i + 1]]) for i in range(n)])
-    return T + run
+        starts = np.flatnonzero(first)
+        run = np.concatenate([np.maximum.accumulate(part) for part in np.split(ctx, starts[1:])])
+    longest = np.where(first, floor, np.maximum(np.roll(run, 1), floor))  # before each round
+    out[g] = h
+    for a in np.unique(seg[h > longest]):  # agents where a hit passes every earlier context
+        k = np.flatnonzero(seg == a)
+        context = longest_a = int(init[a])
+        for j in k:
+            hit = int(h[j])
+            if hit > longest_a:
+                hit = context
+            out[g[j]] = hit
+            context = hit + int(tokens[g[j]])
+            longest_a = max(longest_a, context)
+    return out
 
 
 def typical_round(flat: FlatRounds) -> tuple[int, int]:

@@ -158,6 +158,10 @@ class Simulator:
         self.agent_round = [0] * len(self.agents)
         self.agent_context = [int(a.initial_context) for a in self.agents]
         self.agent_stored = list(self.agent_context)  # of the context, tokens whose KV is stored
+        # the agent's longest context so far and its stored tokens: a given hit beyond the previous
+        # context reaches back to it (another thread of a traced conversation, SimAgent.hit)
+        self.agent_longest = list(self.agent_context)
+        self.agent_longest_stored = list(self.agent_context)
         self._req: list[SchedRequest | None] = [None] * total  # live requests' scheduler records
         self._reads = [0] * total  # reads still in flight per request
         # each agent's rounds as typed arrays, made at its first arrival (numpy scalars index slowly)
@@ -241,8 +245,17 @@ class Simulator:
         r = self.agent_round[agent]
         append, gen = append_r[r], gen_r[r]
         context = self.agent_context[agent]
-        hit = context if hit_r is None else min(hit_r[r], context)
-        cached = min(hit, self.agent_stored[agent])  # the rest of the prompt's prefix is recomputed
+        stored = self.agent_stored[agent]
+        if hit_r is None:
+            hit = context
+        else:
+            hit = hit_r[r]
+            if hit > context:
+                if hit <= self.agent_longest[agent]:  # an earlier, longer context holds it
+                    stored = self.agent_longest_stored[agent]
+                else:
+                    hit = context
+        cached = min(hit, stored)  # the rest of the prompt's prefix is recomputed
         append += hit - cached
         hit = cached
         rid = self._issued
@@ -610,6 +623,9 @@ class Simulator:
         agent = R["agent"][rid]
         self.agent_context[agent] = context
         self.agent_stored[agent] = context - 1
+        if context > self.agent_longest[agent]:
+            self.agent_longest[agent] = context
+            self.agent_longest_stored[agent] = context - 1
         r = self.agent_round[agent] = self.agent_round[agent] + 1
         append_r, _gen, _hit, think_r = self._rounds[agent]
         if r < len(append_r):

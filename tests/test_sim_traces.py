@@ -1,0 +1,74 @@
+"""The simulator replays a trace's requests as the trace gives them: every prompt keeps its length.
+
+A traced conversation may leave a thread and return to it later (a side request between two
+turns of the main thread, or two models' threads interleaved): the returning request's cached
+prefix reaches past the previous round's context to an earlier, longer one, whose KV is still in
+storage. The prompt lengths are read from the trace file itself.
+"""
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dualpath_jax.sim import SimAgent, SimConfig, agents_from_trajectories, offline_starts, simulate
+from dualpath_jax.workload import TrajectorySet, load_agentic_trace
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "agentic_traces"
+CFG = SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=2, fetch_period_s=0.005)
+
+
+def _replay(ts):
+    res = simulate(CFG, agents_from_trajectories(ts, offline_starts(ts)))
+    r = res.requests
+    assert not np.isnan(np.asarray(r["finish_s"], np.float64)).any()
+    return r
+
+
+def test_a_request_returning_to_an_earlier_thread_keeps_its_prompt(tmp_path):
+    main = list(range(1, 101))  # 100 blocks of 64 tokens
+    reqs = [{"t": 0.0, "type": "n", "in": 6400, "out": 10, "hash_ids": main},
+            {"t": 5.0, "type": "n", "in": 640, "out": 10, "hash_ids": list(range(900, 910))},  # a side thread
+            {"t": 9.0, "type": "n", "in": 7040, "out": 10, "hash_ids": main + list(range(101, 111))}]
+    path = tmp_path / "conv.json"
+    path.write_text(json.dumps({"id": "conv", "block_size": 64, "hash_id_scope": "local", "requests": reqs}))
+    r = _replay(TrajectorySet.from_trajectories(load_agentic_trace(path)))
+    order = np.argsort(r["round"])
+    prompt = (np.asarray(r["hit_tokens"]) + np.asarray(r["append_tokens"]))[order]
+    assert prompt.tolist() == [6400, 640, 7040]
+    # the third request reads the main thread's 100 blocks (round 0 stored 6,409 of its 6,410 tokens)
+    assert np.asarray(r["hit_tokens"])[order].tolist() == [0, 0, 6400]
+
+
+def test_hits_beyond_every_earlier_context_mean_the_previous_context():
+    # a hand-made agent: 99,999 means "all of it"; round 2 compacts to 2,000; round 3 then hits the
+    # 2,350-token context it has, not the 5,450 of round 1 (below 99,999, but not as long as it)
+    a = SimAgent(0.0, np.array([5000, 300, 300, 200]), np.array([100, 50, 50, 40]), None,
+                 np.array([0, 99_999, 2000, 99_999]))
+    r = simulate(CFG, [a]).requests
+    order = np.argsort(r["round"])
+    prompt = (np.asarray(r["hit_tokens"]) + np.asarray(r["append_tokens"]))[order]
+    assert prompt.tolist() == [5000, 5100 + 300, 2000 + 300, 2350 + 200]
+
+
+@pytest.mark.skipif(not (DATA / "trace_0300.json.gz").exists(), reason="shared traces not present")
+def test_interleaved_threads_of_a_real_trace_keep_every_prompt():
+    # trace_0300 interleaves two models' threads: some requests return to a thread whose context
+    # is longer than the previous request's
+    path = DATA / "trace_0300.json.gz"
+    raw = json.loads(gzip.decompress(path.read_bytes()))
+    top = [q for q in raw["requests"] if q.get("type") != "subagent"]
+    ts = TrajectorySet.from_trajectories(load_agentic_trace(path, subagents="drop"))
+    assert len(ts.agent_ids) == 1 and len(ts.num_append_tokens) == len(top)
+    context = ts.num_hit_tokens + ts.num_append_tokens + ts.num_gen_tokens
+    assert (ts.num_hit_tokens[1:] > context[:-1]).sum() == 2  # of 140 requests
+    r = _replay(ts)
+    order = np.argsort(r["round"])
+    prompt = (np.asarray(r["hit_tokens"]) + np.asarray(r["append_tokens"]))[order]
+    want = sorted(top, key=lambda q: q["t"])
+    np.testing.assert_array_equal(prompt, [q["in"] for q in want])
+    # and every request reads all that the trace says is cached, to whole blocks of what is stored
+    assert (np.asarray(r["hit_tokens"])[order] <= ts.num_hit_tokens).all()
+    assert (np.asarray(r["hit_tokens"])[order] >= ts.num_hit_tokens - 64).all()
