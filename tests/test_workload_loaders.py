@@ -217,6 +217,27 @@ def test_mooncake_sessions_by_hand(tmp_path):
     assert s0.token_scope == trajs[1].token_scope == "mooncake:t"
 
 
+P = list(range(46, 58))  # a 12-block prefix many requests share (a tool-agent's tools, an arXiv paper)
+SHARED_PREFIX_ROWS = [
+    mc(0, 6200, 500, P + [900]),            # opens session 0 (introduces P)
+    mc(0, 6900, 40, P + [100, 901]),        # sent with it: cannot follow it, a session of its own
+    mc(3000, 6300, 60, P + [902]),          # shares P but cannot hold request 0 and its 500-token answer
+    mc(6000, 7000, 30, P + [102, 903]),     # 7000 >= 6200 + 500: request 0's next turn
+    mc(6000, 7100, 30, P + [103, 904]),     # would hold it too, but session 0 already has a request at 6 s
+]
+
+
+def test_mooncake_requests_sharing_a_prefix_are_not_chained_into_one_session(tmp_path):
+    rows = SHARED_PREFIX_ROWS
+    got = reconstruct_sessions([r["hash_ids"] for r in rows], [r["input_length"] for r in rows],
+                               output_lengths=[r["output_length"] for r in rows],
+                               timestamps=[r["timestamp"] for r in rows])
+    assert got == [0, 1, 2, 0, 3]
+    trajs = load_mooncake_trace(jsonl(tmp_path / "t.jsonl", rows))
+    assert [t.num_prompt_tokens.tolist() for t in trajs] == [[6200, 7000], [6900], [6300], [7100]]
+    assert trajs[0].num_hit_tokens.tolist() == [0, 12 * 512] and trajs[2].start_offset_s == 3.0
+
+
 def test_a_gzip_mooncake_file_reads_as_the_plain_one(tmp_path):
     plain = load_mooncake_trace(jsonl(tmp_path / "t.jsonl", MC_ROWS))
     packed = tmp_path / "t.jsonl.gz"
@@ -304,9 +325,24 @@ def test_real_agentic_few_files_stats():
 
 @needs_data
 def test_real_mooncake_conversation_trace():
-    trajs = load_mooncake_trace(mooncake_file("conversation"))
-    assert sum(t.num_rounds for t in trajs) == 12_031
-    assert len(trajs) == 8_067 and max(t.num_rounds for t in trajs) == 43
+    path = mooncake_file("conversation")
+    rows = sorted((json.loads(line) for line in path.read_text().splitlines() if line.strip()),
+                  key=lambda r: r["timestamp"])
+    trajs = load_mooncake_trace(path)
+    assert sum(t.num_rounds for t in trajs) == len(rows) == 12_031
+    # every session is a chain a client could have sent: each later request arrives after the one
+    # before it and resends an earlier request of the session (its full blocks) and that one's answer
+    lookup = {(r["timestamp"], r["input_length"], tuple(r["hash_ids"][:r["input_length"] // 512])): r for r in rows}
+    for t in trajs:
+        start_ms = t.start_offset_s * 1000
+        times = start_ms + np.cumsum(t.think_time_s) * 1000
+        members = [lookup[(round(ms, 3), int(n), tuple(t.block_hash_ids(i).tolist()))]
+                   for i, (ms, n) in enumerate(zip(times, t.num_prompt_tokens))]
+        assert all(b["timestamp"] > a["timestamp"] for a, b in zip(members, members[1:]))
+        for k, r in enumerate(members[1:], start=1):
+            assert any(r["hash_ids"][:q["input_length"] // 512] == q["hash_ids"][:q["input_length"] // 512]
+                       and r["input_length"] >= q["input_length"] + q["output_length"] for q in members[:k])
+    assert max(t.num_rounds for t in trajs) > 10  # long conversations are found
 
 
 @pytest.mark.slow

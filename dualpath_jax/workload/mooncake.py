@@ -9,18 +9,27 @@ byte-order mark are read as :mod:`~dualpath_jax.workload.hashids` says.
 
 **Session rule.** Requests are read in timestamp order (lines logged out of order are sorted,
 stably); only full blocks' ids count (the partial block's id is dropped). A request *r* continues the
-session of an earlier request *q* when q's full blocks (its first ``input_length // 512`` ids)
-are a prefix of r's ids and contain at least one block that q's own session introduced (first
-appeared in it); among such q the one with the longest full-block prefix wins, ties going to the
-latest. Otherwise r opens a new session. The second condition keeps a prefix shared by many
-unrelated requests (a common system prompt: every request of ``conversation_trace.jsonl`` starts
-with block 0) from chaining them together: a session continues only through content it created.
-A session may branch (two requests continuing the same q): both stay in the session, in time
-order, and the later one simply hits less. On the shared files this gives 8,067 sessions
-(1.49 requests each, longest 43) for ``conversation_trace.jsonl`` and 2,653 sessions (1.51 each,
-longest 24) for ``synthetic_trace.jsonl``; the token-weighted hit rate within sessions is 31.8%
-and 45.5%, below the files' global block reuse (about 37% and 64%) because prefixes shared
-across sessions (system prompts, common documents) do not count as hits of a trajectory.
+session of an earlier request *q* when
+
+* q's full blocks (its first ``input_length // 512`` ids) are a prefix of r's ids and contain at
+  least one block that q's own session introduced (first appeared in it): a prefix shared by many
+  unrelated requests (a common system prompt: every request of ``conversation_trace.jsonl``
+  starts with block 0) does not chain them, a session continues only through content it created;
+* r's prompt can hold q's prompt and q's answer (``input_length >= q's input_length +
+  output_length``): a turn of a conversation resends what came before it;
+* r arrives after the session's latest request: a session has one request in flight, its next
+  is issued once the previous has answered. Requests sharing a document or tool prefix and sent
+  together (Mooncake's tool-agent and arXiv traces) are separate sessions, not one chain.
+
+Among such q the one with the longest full-block prefix wins, ties going to the latest. Otherwise r
+opens a new session. A session may branch (two requests continuing the same q): both stay in the
+session, in time order, and the later one simply hits less. On the shared files this gives 8,363
+sessions (1.44 requests each, longest 43) for ``conversation_trace.jsonl`` and 3,752 sessions
+(1.06 each, longest 9) for ``synthetic_trace.jsonl``; the token-weighted hit rate within sessions
+is 29.9% and 9.8%, below the files' global block reuse (about 37% and 64%) because prefixes shared
+across sessions (system prompts, common documents) do not count as hits of a trajectory (hits
+stay within a trajectory, PAPER.md section 2.5). Most of ``synthetic_trace.jsonl``'s reuse is
+such sharing: few of its requests are long enough to resend an earlier one and its answer.
 
 Mapping to :class:`~dualpath_jax.workload.trajectory.Trajectory` (one per session, named
 ``"<file stem>/s<index>"``): prompt = ``input_length``; only full blocks are kept as hash ids
@@ -116,34 +125,48 @@ def _parse_lines(path: Path, block_tokens: int, name: str):
 
 
 def reconstruct_sessions(hash_ids: list[list[int]], input_lengths: list[int],
-                         block_tokens: int = MOONCAKE_BLOCK_TOKENS) -> list[int]:
+                         block_tokens: int = MOONCAKE_BLOCK_TOKENS, *, output_lengths: list[int] | None = None,
+                         timestamps: list[float] | None = None) -> list[int]:
     """Session index of every request, by the rule in the module docstring (requests in time order).
 
     Args:
       hash_ids: per request, its block ids (the last block may be partial).
       input_lengths: per request, its prompt tokens.
+      output_lengths: per request, its generated tokens (default: none known, 0 each).
+      timestamps: per request, its arrival (any unit; default: all distinct, in list order).
     Returns:
       list[int] of session indices, numbered in order of first appearance.
     """
+    n = len(hash_ids)
+    outs = output_lengths if output_lengths is not None else [0] * n
+    times = timestamps if timestamps is not None else list(range(n))
     origin: dict[int, int] = {}
-    root: dict = {}  # trie node: {block id: [children dict, owner request or -1]}
+    root: dict = {}  # trie node: {block id: [children dict, requests whose full blocks end here]}
     sessions: list[int] = []
+    last: list = []  # per session, its latest request's timestamp
     num_sessions = 0
     for r, (ids, n_in) in enumerate(zip(hash_ids, input_lengths)):
-        children, best = root, -1
+        children, owners = root, []
         for b in ids:
             node = children.get(b)
             if node is None:
                 break
-            if node[1] >= 0:
-                best = node[1]
+            if node[1]:
+                owners.append(node[1])
             children = node[0]
+        # the longest full-block prefix first, the latest request first; r must be able to follow q:
+        # its prompt holds q's prompt and q's answer, and it comes after the session's latest request
+        # (a session has one request in flight: its next is issued once the previous has answered)
+        best = next((q for group in reversed(owners) for q in reversed(group)
+                     if n_in >= input_lengths[q] + outs[q] and times[r] > last[sessions[q]]), -1)
         if best >= 0:
             sess = sessions[best]
         else:
             sess = num_sessions
             num_sessions += 1
+            last.append(times[r])
         sessions.append(sess)
+        last[sess] = times[r]
         for b in ids:
             origin.setdefault(b, sess)
         full = ids[:n_in // block_tokens]
@@ -151,9 +174,9 @@ def reconstruct_sessions(hash_ids: list[list[int]], input_lengths: list[int],
             children = root
             node = None
             for b in full:
-                node = children.setdefault(b, [{}, -1])
+                node = children.setdefault(b, [{}, []])
                 children = node[0]
-            node[1] = r
+            node[1].append(r)
     return sessions
 
 
@@ -179,7 +202,8 @@ def load_mooncake_trace(path, *, token_scope: Literal["file", "session"] = "file
     path = Path(path)
     stem = name or trace_stem(path)
     rows = _parse_lines(path, block_tokens, stem)
-    sessions = reconstruct_sessions([r[3].tolist() for r in rows], [r[1] for r in rows], block_tokens)
+    sessions = reconstruct_sessions([r[3].tolist() for r in rows], [r[1] for r in rows], block_tokens,
+                                    output_lengths=[r[2] for r in rows], timestamps=[r[0] for r in rows])
     members: dict[int, list[int]] = {}
     for i, s in enumerate(sessions):
         members.setdefault(s, []).append(i)
