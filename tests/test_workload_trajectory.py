@@ -266,3 +266,12 @@ def test_scale_tokens_keeps_a_nearly_full_tail_partial():
     t = scale_tokens(hashed(rounds=((1, 2), (1, 2, 3)), prompts=(191, 200), gens=(4, 9)), 32)
     assert t.num_prompt_tokens.tolist() == [2 * 2 + 1, 3 * 2 + 1]
     assert [len(t.block_hash_ids(i)) for i in range(2)] == [2, 3]
+
+
+def test_scale_tokens_by_the_block_size_names_a_prompt_shorter_than_a_block():
+    # 1-token blocks keep whole blocks only: a 2-block prompt's tail goes, a 40-token prompt would be empty
+    t = scale_tokens(hashed(rounds=((1, 2), (1, 2, 3)), prompts=(140, 200), gens=(4, 9)), 64)
+    assert t.num_prompt_tokens.tolist() == [2, 3] and t.num_hit_tokens.tolist() == [0, 2]
+    with pytest.raises(ValueError, match=r"round 1: divisor=64 shrinks the 64-token blocks to 1 token.* "
+                                         r"40-token prompt has no full block \(a divisor below 64 keeps it\)"):
+        scale_tokens(hashed(rounds=((1, 2), ()), prompts=(140, 40), gens=(4, 9)), 64)

@@ -171,14 +171,18 @@ def scale_trace_tokens(ts: TrajectorySet, divisor: int, field: str = "workload.t
 
     Raises:
       ConfigError: naming ``field`` when ``divisor`` does not divide a trajectory's hash block
-        size (the trace's ``block_size``), with the file it came from.
+        size (the trace's ``block_size``), with the file it came from, or when it equals it and a
+        round's prompt is shorter than one block, naming the round.
     """
     bad = next((k for k, h in enumerate(ts.hashes) if h is not None and int(ts.block_tokens[k]) % int(divisor)),
                None)
     if bad is not None:
         raise ConfigError(field, f"must divide the {int(ts.block_tokens[bad])}-token hash blocks of "
                           f"{ts.agent_ids[bad]} (got {divisor})")
-    return scale_tokens(ts, divisor)
+    try:
+        return scale_tokens(ts, divisor)
+    except ValueError as e:
+        raise ConfigError(field, str(e)) from None
 
 
 def workload_config_dict(*, exclude: tuple[str, ...] = (), **fields) -> ml_collections.ConfigDict:

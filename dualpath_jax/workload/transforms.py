@@ -143,7 +143,8 @@ def scale_tokens(trajectories, divisor: int):
     Think times are unchanged. ``divisor = 1`` returns an equal copy.
 
     Raises:
-      ValueError: ``divisor < 1``, or it does not divide a hashed trajectory's ``block_tokens``.
+      ValueError: ``divisor < 1``; it does not divide a hashed trajectory's ``block_tokens``; or it
+        equals them and a round's prompt is shorter than one block (nothing would be left of it).
     """
     d = int(divisor)
     if d != divisor or d < 1:
@@ -165,6 +166,12 @@ def scale_tokens(trajectories, divisor: int):
         tail = ts.num_prompt_tokens[lo:hi] - blocks * z
         # a partial tail stays partial (at most Z/d - 1 tokens), so the block count is unchanged
         prompt = blocks * (z // d) + np.minimum(ceil_div(tail), z // d - 1)
+        empty = np.flatnonzero(prompt < 1)
+        if empty.size:  # d == z: 1-token blocks keep no partial tail, and this prompt has only one
+            i = int(empty[0])
+            raise ValueError(f"{ts.agent_ids[k]}: round {i}: divisor={d} shrinks the {z}-token blocks to 1 token, "
+                             f"which leaves no room for a partial block, and this round's {int(tail[i])}-token "
+                             f"prompt has no full block (a divisor below {z} keeps it)")
         hit[lo:hi] = np.minimum(hit_blocks_from_hashes(h) * (z // d), prompt - 1)
         append[lo:hi] = prompt - hit[lo:hi]
         block_tokens[k] = z // d
