@@ -296,7 +296,9 @@ def test_bad_config_json_names_the_file_and_field(tmp_path):
         f"{file.format('b')}: num_attention_heads: must be divisible by n_kv_heads (got n_heads=40, n_kv_heads=7)")
     assert err({**QWEN25_32B, "intermediate_size": "big"}, "c")[0] == f"{file.format('c')}: intermediate_size"
     assert err({**QWEN25_32B, "model_type": "gpt_neox"}, "d")[0] == f"{file.format('d')}: model_type"
-    assert err({**QWEN25_32B, "use_sliding_window": True}, "e")[0] == f"{file.format('e')}: use_sliding_window"
+    # (layers from max_window_layers on slide: Qwen2.5-32B's 64 of 64 leave none)
+    assert err({**QWEN25_32B, "use_sliding_window": True, "max_window_layers": 48}, "e")[0] == \
+        f"{file.format('e')}: use_sliding_window"
     assert err({k: v for k, v in DEEPSEEK_V3.items() if k != "kv_lora_rank"}, "f")[0] == \
         f"{file.format('f')}: kv_lora_rank"
     # (DeepseekV2Config has no default for it; DeepseekV3Config's is 8)

@@ -199,6 +199,13 @@ def test_unknown_architecture_and_missing_tensor(tmp_path):
         load_hf_checkpoint(d)
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_hf_checkpoint(tmp_path / "nowhere")
+    # a config.json that is not a JSON object names the file (not a JSONDecodeError or AttributeError)
+    for text, problem in (("{not json", "not a readable JSON file"),
+                          ("[1, 2]", r"must hold a JSON object \(got list\)")):
+        (d / "config.json").write_text(text)
+        with pytest.raises(ConfigError, match=rf"config\.json: {problem}") as e:
+            load_hf_checkpoint(d)
+        assert e.value.field == str(d / "config.json")
 
 
 @pytest.mark.hf

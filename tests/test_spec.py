@@ -381,3 +381,38 @@ def test_a_config_without_model_type_says_it_is_missing():
         spec_from_hf_config({"hidden_size": 8}, path="c.json")
     with pytest.raises(ConfigError, match=r"unknown preset 'tiny-mo'; did you mean tiny-moe"):
         get_spec("tiny-mo")
+
+
+def test_null_counts_and_absent_limits_read_as_transformers_and_deepseek_do():
+    """An explicit null n_routed_experts / n_shared_experts is none (DeepSeek's modeling code:
+    ``if config.n_routed_experts is not None``), a null group count under a grouped router is
+    refused; an absent max_position_embeddings is the model_type's transformers default; Mistral has
+    no projection biases whatever attention_bias says (transformers' Mistral ignores it); Qwen's
+    use_sliding_window slides only the layers from max_window_layers on (none when it covers all)."""
+    from dualpath_jax.model import cost
+    from dualpath_jax.model.spec import spec_from_hf_config
+
+    dense = spec_from_hf_config({**DEEPSEEK_V2_LITE, "n_routed_experts": None})
+    assert dense.n_routed_experts == 0
+    assert cost.total_params(dense) == cost.total_params(spec_from_hf_config({**DEEPSEEK_V2_LITE,
+                                                                              "n_routed_experts": 0}))
+    assert spec_from_hf_config({**DEEPSEEK_V2_LITE, "n_shared_experts": None}).n_shared_experts == 0
+    assert spec_from_hf_config({k: v for k, v in DEEPSEEK_V2_LITE.items() if k != "n_shared_experts"}
+                               ).n_shared_experts == 2  # absent: DeepseekV2Config's default
+    grouped = {**DEEPSEEK_V2_LITE, "topk_method": "group_limited_greedy", "n_group": None, "topk_group": 1}
+    with pytest.raises(ConfigError) as e:
+        spec_from_hf_config(grouped, path="c.json")
+    assert e.value.field == "c.json: n_group"
+    assert spec_from_hf_config({**grouped, "topk_method": "greedy"}).moe_topk_method == "greedy"
+    for config, want in ((LLAMA31_8B, 2048), (QWEN3_8B, 32768), (MISTRAL_7B, 131072),
+                         ({**DEEPSEEK_V2_LITE, "rope_scaling": None}, 2048),
+                         ({**DEEPSEEK_V2_LITE, "model_type": "deepseek_v3", "rope_scaling": None}, 4096)):
+        absent = {k: v for k, v in config.items() if k != "max_position_embeddings"}
+        assert spec_from_hf_config(absent).max_position == want, config["model_type"]
+    mistral = spec_from_hf_config({**MISTRAL_7B, "attention_bias": True})
+    assert (mistral.qkv_bias, mistral.o_bias) == (False, False)
+    assert spec_from_hf_config({**LLAMA31_8B, "attention_bias": True}).o_bias is True
+    full = spec_from_hf_config({**QWEN3_8B, "use_sliding_window": True, "max_window_layers": 36})
+    assert full.n_layers == 36
+    with pytest.raises(ConfigError, match="layers from max_window_layers 35 on would slide, of 36"):
+        spec_from_hf_config({**QWEN3_8B, "use_sliding_window": True, "max_window_layers": 35})

@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.model.params import param_shapes
-from dualpath_jax.model.hf_config import spec_from_hf_config
+from dualpath_jax.model.hf_config import _read_hf_config, spec_from_hf_config
 from dualpath_jax.model.spec import ModelSpec
 
 __all__ = ["load_hf_checkpoint", "spec_from_hf_config"]
@@ -182,7 +182,8 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
 
     Raises:
       FileNotFoundError: no config or weight files.
-      ConfigError: naming ``<config.json>: <key>`` for an unsupported architecture or setting
+      ConfigError: naming the ``config.json`` when it is not a readable JSON object; naming
+        ``<config.json>: <key>`` for an unsupported architecture or setting
         (:func:`~dualpath_jax.model.hf_config.spec_from_hf_config`; the DSA indexer, RoPE kinds other than
         default, linear, YaRN and Llama 3, attention bias on MLA, an activation other than SiLU, MLP biases,
         quantized weights).
@@ -196,8 +197,7 @@ def load_hf_checkpoint(path: str | os.PathLike, *, dtype=jnp.float32, name: str 
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{cfg_path}: not found")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    _, cfg = _read_hf_config(cfg_path, "model.checkpoint")  # names the file when it is not a JSON object
     spec = spec_from_hf_config(cfg, name=name or os.path.basename(os.path.normpath(path)), path=cfg_path)
     _check_runnable(cfg, spec, cfg_path)
     tensors = _read_tensors(path)

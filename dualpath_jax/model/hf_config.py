@@ -87,6 +87,11 @@ HF_MODEL_TYPES = ("qwen2", "qwen3", "qwen3_moe", "llama", "mistral", "deepseek_v
                   "kimi_k2")
 """The ``model_type`` values :func:`spec_from_hf_config` reads."""
 
+_MAX_POSITION = {"qwen2": 32768, "qwen3": 32768, "qwen3_moe": 32768, "llama": 2048, "mistral": 131072,
+                 "deepseek_v2": 2048, "deepseek_v3": 4096, "deepseek_v32": 163840}
+"""``max_position_embeddings`` of a ``config.json`` that omits it: the default of ``transformers``'
+config class of its ``model_type`` (5.x)."""
+
 _HF_ALIASES = {"kimi_k2": "deepseek_v3"}
 """``model_type`` values read as another: Kimi-K2 is DeepSeek-V3's architecture (its ``config.json``
 names ``DeepseekV3ForCausalLM`` in ``architectures``)."""
@@ -156,6 +161,11 @@ def _moe_routing(cfg: dict, model_type: str, path: str, top_k: int) -> dict:
     scale = _number(cfg, "routed_scaling_factor", path, float, defaults["routed_scaling_factor"])
     if v2 and norm and top_k == 1:  # DeepSeek-V2's code scales a single expert's weight instead
         norm = False
+    grouped = (given["topk_method"] or method) != "greedy"
+    for key in ("n_group", "topk_group"):  # DeepSeek's code divides by them: a null is no group count
+        if grouped and key in cfg and cfg[key] is None:
+            raise ConfigError(f"{path}: {key}", f"topk_method {given['topk_method'] or method!r} groups the experts: "
+                              f"needs an integer (got null)")
     return dict(moe_scoring=scoring, moe_topk_method=given["topk_method"] or method,
                 moe_n_group=_number(cfg, "n_group", path, int, defaults["n_group"]),
                 moe_topk_group=_number(cfg, "topk_group", path, int, defaults["topk_group"]), moe_norm_topk=norm,
@@ -233,9 +243,10 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
     ``model_type``:
 
     * ``qwen2`` (Qwen2 / Qwen2.5): GQA with q/k/v bias; ``num_key_value_heads`` (default: the
-      query heads), ``head_dim`` (default ``hidden_size / num_attention_heads``).
-    * ``llama`` / ``mistral`` (Llama 2 and 3, Mistral): GQA, biases on q/k/v/o when
-      ``attention_bias``; Mistral without a ``sliding_window``.
+      query heads), ``head_dim`` (default ``hidden_size / num_attention_heads``); with
+      ``use_sliding_window`` only when no layer slides (``max_window_layers >= num_hidden_layers``).
+    * ``llama`` / ``mistral`` (Llama 2 and 3, Mistral): GQA, Llama's biases on q/k/v/o when
+      ``attention_bias`` (Mistral has none, as in ``transformers``); Mistral without a ``sliding_window``.
     * ``qwen3`` / ``qwen3_moe`` (Qwen3, Qwen3-MoE): GQA with per-head q/k RMSNorm, biases as Llama;
       Qwen3-MoE's every layer a MoE of ``num_experts`` (softmax router, top ``num_experts_per_tok``,
       ``norm_topk_prob``; ``decoder_sparse_step`` 1 and no ``mlp_only_layers``).
@@ -244,7 +255,8 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
       ``kv_lora_rank``, ``qk_nope_head_dim``, ``qk_rope_head_dim``, ``v_head_dim``), MoE
       (``n_routed_experts``, ``num_experts_per_tok``, ``n_shared_experts``,
       ``moe_intermediate_size``, ``first_k_dense_replace``; MoE every layer after the dense ones,
-      ``moe_layer_freq`` 1) and, when present, the DSA indexer (``index_n_heads``,
+      ``moe_layer_freq`` 1; an explicit null ``n_routed_experts`` / ``n_shared_experts`` means none,
+      as DeepSeek's modeling code reads it) and, when present, the DSA indexer (``index_n_heads``,
       ``index_head_dim``, ``index_topk``). A model whose every layer is dense
       (``first_k_dense_replace >= num_hidden_layers``) gets no MoE fields. The multi-token
       prediction layers (``num_nextn_predict_layers``) are not counted: speculative decoding is
@@ -254,11 +266,13 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
     YaRN or Llama 3 RoPE scaling (:class:`~dualpath_jax.model.spec.RopeScaling`) are read for the
     functional model. Other RoPE kinds change neither shapes nor FLOPs and are accepted here; the
     JAX model's checkpoint loader (``model.hf.load_hf_checkpoint``) rejects what its forward does
-    not implement (the indexer, other RoPE kinds).
+    not implement (the indexer, other RoPE kinds). An absent ``max_position_embeddings`` is the
+    default of the ``model_type``'s ``transformers`` config class (:data:`_MAX_POSITION`).
 
     Raises:
       ConfigError: naming ``<path>: <key>`` for a missing or non-numeric required field, an
-        unsupported ``model_type``, sliding-window attention, ``moe_layer_freq`` other than 1, or a
+        unsupported ``model_type``, sliding-window attention, ``moe_layer_freq`` other than 1, a null
+        ``n_group`` / ``topk_group`` under a grouped ``topk_method``, or a
         value ModelSpec rejects (inconsistent heads, MoE, router, RoPE scaling or indexer settings).
     """
     model_type = cfg.get("model_type")
@@ -275,15 +289,20 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
                   d_ff=_number(cfg, "intermediate_size", path, int),
                   rms_norm_eps=_number(cfg, "rms_norm_eps", path, float, 1e-6), rope_theta=_rope_theta(cfg, path),
                   tie_embeddings=_flag(cfg, "tie_word_embeddings", False, path),
-                  max_position=_number(cfg, "max_position_embeddings", path, int, 131072))
+                  max_position=_number(cfg, "max_position_embeddings", path, int, _MAX_POSITION[model_type]))
     keys = _HF_KEYS
     if not model_type.startswith("deepseek"):
-        if cfg.get("use_sliding_window", False):
-            raise ConfigError(f"{path}: use_sliding_window", "sliding-window attention is not supported")
+        # Qwen: the layers from max_window_layers on slide (transformers' layer_types; default 28)
+        if cfg.get("use_sliding_window", False) and \
+                _number(cfg, "max_window_layers", path, int, 28) < common["n_layers"]:
+            raise ConfigError(f"{path}: use_sliding_window", "sliding-window attention is not supported (layers "
+                              f"from max_window_layers {_number(cfg, 'max_window_layers', path, int, 28)} on would "
+                              f"slide, of {common['n_layers']})")
         if model_type == "mistral" and cfg.get("sliding_window", 4096) is not None:  # (MistralConfig's default)
             raise ConfigError(f"{path}: sliding_window", "sliding-window attention is not supported (set it to "
                               f"null for full attention; got {cfg.get('sliding_window', 4096)!r})")
-        bias = _flag(cfg, "attention_bias", False, path)
+        # (transformers' Mistral has no projection biases whatever its config says)
+        bias = model_type != "mistral" and _flag(cfg, "attention_bias", False, path)
         fields = dict(attention="gqa", qkv_bias=True if model_type == "qwen2" else bias,
                       o_bias=model_type != "qwen2" and bias, qk_norm=model_type.startswith("qwen3"),
                       n_kv_heads=_number(cfg, "num_key_value_heads", path, int, common["n_heads"]),
@@ -309,7 +328,10 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
         n_layers = common["n_layers"]
         defaults = _DEEPSEEK_DEFAULTS["deepseek_v2" if model_type == "deepseek_v2" else "deepseek_v3"]
         first_dense = _number(cfg, "first_k_dense_replace", path, int, defaults["first_k_dense_replace"])
-        n_routed = _number(cfg, "n_routed_experts", path, int, defaults["n_routed_experts"])
+        # an explicit null means none, as DeepSeek's modeling code reads it (``if n_routed_experts is
+        # not None``: MoE layers; ``if n_shared_experts is not None``: shared experts); absent: the default
+        n_routed = _number(cfg, "n_routed_experts", path, int,
+                           0 if "n_routed_experts" in cfg else defaults["n_routed_experts"])
         moe = n_routed > 0 and first_dense < n_layers
         if moe and _number(cfg, "moe_layer_freq", path, int, 1) != 1:
             raise ConfigError(f"{path}: moe_layer_freq", "only 1 (every layer after the dense ones is MoE) is "
@@ -328,7 +350,8 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
         if moe:
             top_k = _number(cfg, "num_experts_per_tok", path, int, defaults["num_experts_per_tok"])
             fields.update(n_routed_experts=n_routed, first_k_dense=first_dense, n_activated_experts=top_k,
-                          n_shared_experts=_number(cfg, "n_shared_experts", path, int, defaults["n_shared_experts"]),
+                          n_shared_experts=_number(cfg, "n_shared_experts", path, int,
+                                                   0 if "n_shared_experts" in cfg else defaults["n_shared_experts"]),
                           moe_d_ff=_number(cfg, "moe_intermediate_size", path, int, defaults["moe_intermediate_size"]),
                           **_moe_routing(cfg, model_type, path, top_k))
     partial = cfg.get("partial_rotary_factor", (cfg.get("rope_parameters") or {}).get("partial_rotary_factor"))
