@@ -490,3 +490,19 @@ def test_a_timeout_on_a_later_hop_of_a_path_stays_a_timeout():
         go.set()
         holder.join(30)
     assert err.value.link == "cnic_in/pe0" and err.value.cause.startswith("timeout")
+
+
+def test_contexts_past_the_models_max_position_run_with_a_warning(model):
+    from dualpath_jax.model.spec import ContextBeyondModelWarning
+
+    spec, params, _ = model
+    # agent a's round 2: 150 + 5 + 40 + 9 + 70 prompt tokens and 3 generated = 277; every other <= 230
+    short = dataclasses.replace(spec, max_position=250)
+    layout = store_layout(short, params, "f32")
+    cluster = EngineCluster(ClusterConfig(**FAST).for_variant("basic"), short, params, layout,
+                            KVStore(layout, StoreConfig(backend="memory")), time_model=TIME_MODEL,
+                            prefill_tokens_per_s=1e4)
+    with pytest.warns(ContextBeyondModelWarning, match=r"^engine: 1 requests run past .* \(250 tokens; the "
+                                                       r"longest, a round 2, reaches 277\)"):
+        res = cluster.run(AGENTS, [0.0] * len(AGENTS))
+    assert len(res.requests) == 8 and not any(r.error for r in res.requests)

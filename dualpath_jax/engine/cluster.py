@@ -41,6 +41,7 @@ import math
 import queue
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -62,7 +63,7 @@ from dualpath_jax.engine.result import (ClusterResult, ResourceLeakError, absorb
                                        remote_measures)
 from dualpath_jax.engine.view import EngineView
 from dualpath_jax.kvcache import BlockLayout, block_keys
-from dualpath_jax.model.spec import ModelSpec
+from dualpath_jax.model.spec import ContextBeyondModelWarning, ModelSpec
 from dualpath_jax.sched import ClusterScheduler, SchedRequest, SchedulerConfig
 from dualpath_jax.sched.driver import RunStalled, SchedulingDriver, next_round_s
 from dualpath_jax.sched.batching import TimeModel
@@ -135,6 +136,10 @@ class EngineCluster:
           RunStalled: no event, tick or arrival is pending and no engine holds a request, yet
             requests wait for a PE or a DE (e.g. a custom scheduler that never places one); the
             message says what the first one waits for. The workers are stopped first.
+
+        Warns:
+          ContextBeyondModelWarning: some requests' contexts (prompt + generated tokens) exceed the
+            model's ``max_position_embeddings`` (their count and the longest); they run all the same.
         """
         cfg, spec, layout = self.config, self.spec, self.layout
         if len(trajectories) != len(start_s):
@@ -171,6 +176,14 @@ class EngineCluster:
         self.worker_errors: list[dict] = []
         self._aborted = ""
         self.read_q = ReadQueues(cfg.num_nodes)
+        over = [(int(t.num_prompt_tokens[r] + t.num_gen_tokens[r]), t.agent_id, int(r)) for t in trajectories
+                for r in np.flatnonzero(t.num_prompt_tokens + t.num_gen_tokens > spec.max_position)]
+        if over:  # as the simulator's check (sim.fit): RoPE goes on past it, the trained model does not
+            longest, name, r = max(over)
+            warnings.warn(f"engine: {len(over)} requests run past {spec.name}'s max_position_embeddings "
+                          f"({spec.max_position} tokens; the longest, {name} round {r}, reaches {longest}): "
+                          f"the model was not trained that far (cut the workload, e.g. workload.mal)",
+                          ContextBeyondModelWarning, stacklevel=2)
         z = layout.block_tokens
         max_blocks = max(blocks_needed(int(t.num_prompt_tokens.max()) + 1, int(t.num_gen_tokens.max()), z)
                          for t in trajectories)

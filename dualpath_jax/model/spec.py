@@ -39,12 +39,19 @@ from dualpath_jax.config import ConfigError, check_in, check_non_negative, check
 from dualpath_jax.lazy import lazy_exports
 
 __all__ = ["ModelSpec", "RopeScaling", "get_spec", "resolve_spec", "spec_from_hf_config", "load_hf_config",
-           "default_weight_dtype", "hf_weight_dtype", "PRESETS", "preset_names"]
+           "default_weight_dtype", "hf_weight_dtype", "PRESETS", "preset_names", "ContextBeyondModelWarning"]
 
 # the config.json reader's public names (model.hf_config, which imports this module) resolve here too
 __getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(
     ("spec_from_hf_config", "load_hf_config", "hf_weight_dtype", "HF_MODEL_TYPES"), "hf_config"),
     base="dualpath_jax.model")
+
+
+class ContextBeyondModelWarning(UserWarning):
+    """Some requests' contexts (hit + append + generated tokens) exceed the model's
+    ``max_position_embeddings``: the simulator's cost model prices them all the same and the
+    engine's RoPE extends past it, but the model was not trained there (a real deployment would
+    refuse them)."""
 
 
 MOE_SCORING = ("softmax", "sigmoid")

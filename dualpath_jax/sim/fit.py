@@ -12,17 +12,12 @@ import warnings
 import numpy as np
 
 from dualpath_jax.config import ConfigError
+from dualpath_jax.model.spec import ContextBeyondModelWarning
 from dualpath_jax.sim.agents import FlatRounds
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.hardware import HardwareConfig
 
 __all__ = ["ContextBeyondModelWarning", "check_requests_fit", "kv_memory", "no_hbm_left"]
-
-
-class ContextBeyondModelWarning(UserWarning):
-    """Some requests' contexts (hit + append + generated tokens) exceed the model's
-    ``max_position_embeddings``: the cost model prices them all the same, a real engine could not
-    serve them."""
 
 
 def kv_memory(cfg: SimConfig, pe_model, de_model, kvb: float) -> tuple[float, float, float]:
