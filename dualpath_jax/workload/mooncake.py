@@ -31,13 +31,21 @@ across sessions (system prompts, common documents) do not count as hits of a tra
 stay within a trajectory, PAPER.md section 2.5). Most of ``synthetic_trace.jsonl``'s reuse is
 such sharing: few of its requests are long enough to resend an earlier one and its answer.
 
+**Named sessions.** A file whose lines carry a ``session_id`` (the multi-turn form of the format
+that AIPerf replays, docs.nvidia.com/aiperf, "Trace Replay with Mooncake Traces") keeps those
+sessions, in order of their first request, instead of reconstructing them; every line must then
+name one. There a ``timestamp`` is optional, and a turn's ``delay`` (milliseconds, optional) is
+its think time; without it, the gap to the previous turn's timestamp (0 without both). Lines are
+in file order unless every one has a timestamp.
+
 Mapping to :class:`~dualpath_jax.workload.trajectory.Trajectory` (one per session, named
-``"<file stem>/s<index>"``): prompt = ``input_length``; only full blocks are kept as hash ids
-(the partial block's id is dropped: engines cache whole blocks only); hit = the longest run of
-leading full-block ids seen in earlier rounds of the session, times 512, capped at prompt - 1;
-generated = ``max(output_length, 1)``; ``start_offset_s`` = the first request's timestamp;
-``think_time_s`` = the gap to the previous request of the session (it includes the original
-service time, which the trace does not record).
+``"<file stem>/s<index>"``, or ``"<file stem>/<session_id>"`` for named sessions): prompt =
+``input_length``; only full blocks are kept as hash ids (the partial block's id is dropped:
+engines cache whole blocks only); hit = the longest run of leading full-block ids seen in earlier
+rounds of the session, times 512, capped at prompt - 1; generated = ``max(output_length, 1)``;
+``start_offset_s`` = the first request's timestamp (named sessions without one: its ``delay``, or
+0); ``think_time_s`` = the gap to the previous request of the session (it includes the original
+service time, which the trace does not record), or a named session's ``delay``.
 
 Token scope: ``"file"`` (default) uses the file stem for every session, matching the file's
 global hash ids; ``"session"`` isolates each session.
@@ -84,16 +92,28 @@ def _fail_ids(path: Path, where: str, ids, in_tokens: int, problem: str, value) 
     _fail(path, where, "hash_ids", problem, value)
 
 
+def _milliseconds(obj: dict, field: str, path: Path, where: str) -> float | None:
+    """``obj[field]`` as a finite number >= 0 of milliseconds, None when absent or null."""
+    value = obj.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise TraceFormatError(path, where, field, "must be a finite number >= 0 (milliseconds)", value)
+    return float(value)
+
+
 def _parse_lines(path: Path, block_tokens: int, name: str):
-    """Validated rows (timestamp_ms, input_length, output_length, full-block ids ``int64[n]``) of
-    a JSON-lines file, plain or gzip-compressed (told by its first bytes, whatever its name), in
-    timestamp order (a stable sort: lines logged out of order are taken in time order)."""
+    """Validated rows (timestamp_ms or None, input_length, output_length, full-block ids ``int64[n]``,
+    session id or None, delay_ms or None) of a JSON-lines file, plain or gzip-compressed (told by
+    its first bytes, whatever its name), in timestamp order (a stable sort: lines logged out of
+    order are taken in time order) when every line has a timestamp, else in file order."""
     raw = read_trace_bytes(path, gzipped=None)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise TraceFormatError(path, "", "", f"not UTF-8 text ({e.reason})") from e
     rows = []
+    named = unnamed = ""  # the first line with a session_id, the first without
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -105,22 +125,36 @@ def _parse_lines(path: Path, block_tokens: int, name: str):
         if not isinstance(obj, dict):
             raise TraceFormatError(path, where, "", "must be a JSON object (a JSON-lines file holds one request "
                                    "object per line)", type(obj).__name__)
+        sid = obj.get("session_id")
+        if sid is not None and (isinstance(sid, bool) or not isinstance(sid, (str, int)) or sid == ""):
+            raise TraceFormatError(path, where, "session_id", "must be a non-empty string or an integer", sid)
         for field in ("timestamp", "input_length", "output_length", "hash_ids"):
-            if field not in obj:
-                raise TraceFormatError(path, where, field, "missing required field")
-        ts = obj["timestamp"]
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) or ts < 0:
-            raise TraceFormatError(path, where, "timestamp", "must be a finite number >= 0 (milliseconds)", ts)
+            if field not in obj and not (field == "timestamp" and sid is not None):
+                why = " (a request without a session_id needs one)" if field == "timestamp" else ""
+                raise TraceFormatError(path, where, field, "missing required field" + why)
+        if sid is None:
+            unnamed = unnamed or where
+        else:
+            named = named or where
+        if named and unnamed:
+            raise TraceFormatError(path, unnamed if sid is not None else where, "session_id",
+                                   f"missing ({named} names its session: a file names every request's session "
+                                   f"or none)")
+        ts = _milliseconds(obj, "timestamp", path, where)
+        if ts is None and sid is None:
+            raise TraceFormatError(path, where, "timestamp", "must be a finite number >= 0 (milliseconds)", None)
+        delay = _milliseconds(obj, "delay", path, where)
         n_in, n_out = (token_count(obj[field], lo, functools.partial(_fail, path, where, field))
                        for field, lo in (("input_length", 1), ("output_length", 0)))
 
         ids = full_block_ids(obj["hash_ids"], n_in, block_tokens,
                              functools.partial(_fail_ids, path, where, obj["hash_ids"], n_in),
                              f"{name}:{where}")
-        rows.append((float(ts), n_in, n_out, ids))
+        rows.append((ts, n_in, n_out, ids, None if sid is None else str(sid), delay))
     if not rows:
         raise TraceFormatError(path, "", "", "empty file (no requests)")
-    rows.sort(key=lambda r: r[0])
+    if all(r[0] is not None for r in rows):
+        rows.sort(key=lambda r: r[0])
     return rows
 
 
@@ -182,15 +216,17 @@ def reconstruct_sessions(hash_ids: list[list[int]], input_lengths: list[int],
 
 def load_mooncake_trace(path, *, token_scope: Literal["file", "session"] = "file",
                         block_tokens: int = MOONCAKE_BLOCK_TOKENS, name: str = "") -> list[Trajectory]:
-    """One trajectory per reconstructed session, ordered by their first request, named
-    ``"<name>/s<k>"`` (``name``: default the file's name less ``.gz`` and ``.jsonl``).
+    """One trajectory per session, ordered by their first request: the sessions the file names
+    (``session_id``, module docstring), named ``"<name>/<session_id>"``, else those reconstructed,
+    named ``"<name>/s<k>"`` (``name``: default the file's name less ``.gz`` and ``.jsonl``).
 
     Args:
       block_tokens: tokens per hash id (512 in Mooncake's traces).
 
     Raises:
       TraceFormatError: empty file, invalid JSON (line), a missing field, a negative or
-        non-integer length, or ``hash_ids`` not matching ``input_length``.
+        non-integer length, ``hash_ids`` not matching ``input_length``, a bad ``timestamp``,
+        ``delay`` or ``session_id``, or a file that names some requests' sessions but not all.
       ValueError: unknown ``token_scope``, or ``block_tokens`` < 1.
     """
     if token_scope not in ("file", "session"):
@@ -202,8 +238,14 @@ def load_mooncake_trace(path, *, token_scope: Literal["file", "session"] = "file
     path = Path(path)
     stem = name or trace_stem(path)
     rows = _parse_lines(path, block_tokens, stem)
-    sessions = reconstruct_sessions([r[3].tolist() for r in rows], [r[1] for r in rows], block_tokens,
-                                    output_lengths=[r[2] for r in rows], timestamps=[r[0] for r in rows])
+    if rows[0][4] is not None:  # the file names the sessions: no reconstruction
+        given: dict[str, int] = {}
+        sessions = [given.setdefault(r[4], len(given)) for r in rows]
+        names = list(given)
+    else:
+        sessions = reconstruct_sessions([r[3].tolist() for r in rows], [r[1] for r in rows], block_tokens,
+                                        output_lengths=[r[2] for r in rows], timestamps=[r[0] for r in rows])
+        names = [f"s{k:05d}" for k in range(max(sessions) + 1)]
     members: dict[int, list[int]] = {}
     for i, s in enumerate(sessions):
         members.setdefault(s, []).append(i)
@@ -212,16 +254,28 @@ def load_mooncake_trace(path, *, token_scope: Literal["file", "session"] = "file
         idx = members[s]
         prompt = np.array([rows[i][1] for i in idx], dtype=np.int64)
         gen = np.maximum(np.array([rows[i][2] for i in idx], dtype=np.int64), 1)
-        ts_s = np.array([rows[i][0] for i in idx]) / 1000.0
         hashes = BlockHashes.from_rounds([rows[i][3] for i in idx])
         hit = np.minimum(hit_blocks_from_hashes(hashes) * block_tokens, prompt - 1)
-        agent_id = f"{stem}/s{s:05d}"
+        think_ms, start_ms = _think_ms([rows[i] for i in idx])
+        agent_id = f"{stem}/{names[s]}"
         out.append(Trajectory(
             agent_id=agent_id, num_append_tokens=prompt - hit, num_gen_tokens=gen, num_hit_tokens=hit,
-            think_time_s=np.concatenate([[0.0], np.diff(ts_s)]),
+            think_time_s=think_ms / 1000.0,
             token_scope=f"mooncake:{stem}" if token_scope == "file" else agent_id,
-            block_tokens=block_tokens, hashes=hashes, start_offset_s=float(ts_s[0]), source=str(path)))
+            block_tokens=block_tokens, hashes=hashes, start_offset_s=start_ms / 1000.0, source=str(path)))
     return out
+
+
+def _think_ms(rows: list) -> tuple[np.ndarray, float]:
+    """A session's think times ``f64[rounds]`` and start, in milliseconds: a turn's ``delay`` where
+    given, else the gap between its timestamp and the previous turn's (0 without both); the start
+    is the first turn's timestamp, else its delay, else 0."""
+    think = np.zeros(len(rows))
+    for k in range(1, len(rows)):
+        ts, prev, delay = rows[k][0], rows[k - 1][0], rows[k][5]
+        think[k] = delay if delay is not None else (ts - prev if ts is not None and prev is not None else 0.0)
+    first = rows[0]
+    return think, first[0] if first[0] is not None else (first[5] or 0.0)
 
 
 def load_mooncake_traces(paths=None, *, token_scope: Literal["file", "session"] = "file",
