@@ -53,6 +53,24 @@ def test_agentic_fixture_by_hand(tmp_path):
     assert [t.agent_id for t in dropped] == ["trace_x"] and dropped[0].token_scope == "trace_x"
 
 
+def test_a_request_recorded_with_no_input_tokens_is_left_out_with_a_warning(tmp_path):
+    from dualpath_jax.workload import TraceSkipWarning
+
+    def blank(d):  # the recorder lost a request's token counts: in 0, no ids
+        d["requests"][1].update(**{"in": 0, "out": 0, "hash_ids": []})
+        d["requests"][2]["requests"][0].update(**{"in": 0, "hash_ids": []})
+
+    path = mutate(tmp_path / "blank.json.gz", blank)
+    with pytest.warns(TraceSkipWarning, match=r"blank\.json\.gz: requests\[1\]: in: 2 request\(s\) recorded "
+                                             r"with no input tokens left out"):
+        main, sub = load_agentic_trace(path)
+    np.testing.assert_array_equal(main.num_prompt_tokens, [130, 260])
+    np.testing.assert_array_equal(main.num_hit_tokens, [0, 128])  # blocks 1, 2 seen in round 0
+    np.testing.assert_allclose(main.think_time_s, [0.0, 2.5])
+    np.testing.assert_array_equal(sub.num_prompt_tokens, [150])
+    assert sub.start_offset_s == 6.0 + 2.0  # its first kept request, 2 s after the launch
+
+
 def test_trace_stats_script_reads_the_agentic_folder_it_is_given(tmp_path):
     traces = tmp_path / "traces"
     traces.mkdir()

@@ -17,7 +17,7 @@ scheduler.
 from dualpath_jax.workload.agentic import load_agentic_trace, load_agentic_traces
 from dualpath_jax.workload.arrivals import (offline_arrivals_s, poisson_arrivals_s, root_indices,
                                             trajectory_start_times_s)
-from dualpath_jax.workload.errors import TraceFormatError
+from dualpath_jax.workload.errors import TraceFormatError, TraceSkipWarning
 from dualpath_jax.workload.mooncake import load_mooncake_trace, load_mooncake_traces, reconstruct_sessions
 from dualpath_jax.workload.sources import SOURCES, agentic_dir, data_dir, load_source, load_trace_agents, mooncake_file
 from dualpath_jax.workload.stats import TraceStats, trace_stats
@@ -30,7 +30,7 @@ from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, Trajectory
 from dualpath_jax.workload.transforms import scale_lengths, scale_tokens, truncate_at_mal
 
 __all__ = [
-    "BlockHashes", "Trajectory", "TrajectorySet", "hit_blocks_from_hashes", "TraceFormatError",
+    "BlockHashes", "Trajectory", "TrajectorySet", "hit_blocks_from_hashes", "TraceFormatError", "TraceSkipWarning",
     "load_agentic_trace", "load_agentic_traces", "load_mooncake_trace", "load_mooncake_traces",
     "reconstruct_sessions", "data_dir", "agentic_dir", "mooncake_file", "load_source",
     "load_trace_agents", "SOURCES",

@@ -12,7 +12,9 @@ Mapping to :class:`~dualpath_jax.workload.trajectory.Trajectory` (one per conver
 * Round i: prompt = ``in``; hit = ``min(L_i * block_size, in - 1)`` with L_i the longest run of
   leading ``hash_ids`` already seen in earlier rounds of the same trajectory (README rule);
   append = ``in - hit``; generated = ``max(out, 1)``: a request with ``out = 0`` (25 in the set)
-  still produces the first token its prefill computes, so it becomes a 1-token generation.
+  still produces the first token its prefill computes, so it becomes a 1-token generation. A
+  request with ``in = 0`` (recorded without input tokens) has no prompt to replay: it is left out,
+  with a :class:`~dualpath_jax.workload.errors.TraceSkipWarning` per file.
 * ``think_time_s``: the request's ``think_time``; when missing, the gap ``t_i - t_{i-1}`` minus
   the previous request's ``api_time`` (or the plain gap if that is missing too), clipped at 0.
   Round 0 gets 0: a trajectory's first round is issued at its arrival.
@@ -50,6 +52,7 @@ import gzip
 import json
 import math
 import sys
+import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,7 +60,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dualpath_jax.workload.errors import TraceFormatError
+from dualpath_jax.workload.errors import TraceFormatError, TraceSkipWarning
 from dualpath_jax.workload.hashids import full_block_ids, token_count
 from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
 
@@ -167,6 +170,7 @@ class _Ctx:
     def __init__(self, path: Path):
         self.path = path
         self.trace_id = path.name  # (the file's id once read: names the ids of unrecorded blocks)
+        self.skipped: list[str] = []  # requests left out: recorded with no input tokens
 
     def fail(self, where, field, problem, value=None, show_value=True):
         raise TraceFormatError(self.path, where, field, problem, value, show_value=show_value)
@@ -233,9 +237,13 @@ def _walk(ctx: _Ctx, requests, where_prefix: str, agent_id: str, parent_id: str 
             names.add(name)
             children.append((sub_requests, f"{where}.", name, clock_s + t))
             continue
-        in_tokens = ctx.int_at_least(req, where, "in", 1)
+        in_tokens = ctx.int_at_least(req, where, "in", 0)
         out_tokens = ctx.int_at_least(req, where, "out", 0)
-        hash_rounds.append(_hash_array(ctx, where, ctx.require(req, where, "hash_ids"), in_tokens, block_size))
+        ids = _hash_array(ctx, where, ctx.require(req, where, "hash_ids"), in_tokens, block_size)
+        if in_tokens == 0:  # recorded without input tokens: no prompt to replay (counted, then warned)
+            ctx.skipped.append(where)
+            continue
+        hash_rounds.append(ids)
         think = ctx.number_at_least_zero(req, where, "think_time", required=False)
         api = ctx.number_at_least_zero(req, where, "api_time", required=False)
         if not ins:
@@ -282,6 +290,10 @@ def load_agentic_trace(path, *, subagents: Literal["separate", "drop"] = "separa
         its own, or a request with a missing field, a negative or non-integer length, or a
         ``hash_ids`` list that does not match ``in``.
       ValueError: an unknown ``subagents`` or ``token_scope`` option.
+
+    Warns:
+      TraceSkipWarning: requests recorded with ``in`` = 0 (no input tokens: nothing to prefill) are
+        left out, with their count and the first one's location.
     """
     if subagents not in ("separate", "drop"):
         raise ValueError(f"subagents: must be 'separate' or 'drop' (got {subagents!r})")
@@ -311,6 +323,9 @@ def load_agentic_trace(path, *, subagents: Literal["separate", "drop"] = "separa
     except RecursionError:
         raise TraceFormatError(path, "", "", f"sub-agents nested too deeply (Python's recursion limit, "
                                f"{sys.getrecursionlimit()}, ends the walk)") from None
+    if ctx.skipped:
+        warnings.warn(f"{path}: {ctx.skipped[0]}: in: {len(ctx.skipped)} request(s) recorded with no input tokens "
+                      f"left out (no prompt to replay)", TraceSkipWarning, stacklevel=2)
     if taken is not None:
         taken.update(t.agent_id for t in out)
     return out

@@ -1,8 +1,8 @@
-"""The error every trace loader raises for a bad file."""
+"""The error every trace loader raises for a bad file, and the warning for what it leaves out."""
 
 from __future__ import annotations
 
-__all__ = ["TraceFormatError"]
+__all__ = ["TraceFormatError", "TraceSkipWarning"]
 
 
 class TraceFormatError(ValueError):
@@ -26,3 +26,8 @@ class TraceFormatError(ValueError):
         parts = [self.path] + [p for p in (where, field) if p]
         suffix = f" (got {value!r})" if show_value and value is not None else ""
         super().__init__(": ".join(parts) + f": {problem}{suffix}")
+
+
+class TraceSkipWarning(UserWarning):
+    """A trace file's records that a loader leaves out, named with their count and the first one's
+    location (e.g. requests recorded with no input tokens: nothing to prefill)."""
