@@ -53,3 +53,25 @@ def test_a_span_of_too_many_windows_gets_wider_ones():
     for bad in (1, 0, -3, 2.5):
         with pytest.raises(ConfigError, match="max_windows: must be an integer >= 2"):
             link_bytes_in_windows(t, 10.0, max_windows=bad)
+
+
+@pytest.mark.parametrize("de_join_s", [0.0, 0.01])
+def test_the_second_token_comes_when_the_decode_counter_passes_it(de_join_s):
+    # joins after a request's own change its DE's step time (and stall it for de_join_s): its second
+    # token is when its first decode step ends, not what the step time at its join predicted
+    from dualpath_jax.sim.adapters import request_table
+
+    rng = np.random.default_rng(0)
+    agents = [SimAgent(float(rng.uniform(0, 2.0)), rng.integers(500, 3000, 3).astype(np.int64),
+                       np.array([2, rng.integers(3, 200), 2], np.int64)) for _ in range(60)]
+    cfg = SimConfig(loading="dual", prefill="layerwise", policy="dualpath", fetch_period_s=0.005, de_join_s=de_join_s)
+    res = Simulator(cfg, agents).run()
+    r = res.requests
+    gen = np.asarray(r["gen_tokens"])
+    first, second = np.asarray(r["first_token_s"]), np.asarray(r["second_token_s"])
+    start, finish = np.asarray(r["decode_start_s"]), np.asarray(r["finish_s"])
+    two = gen == 2  # the second token is the last: its time is the completion's
+    assert two.sum() > 50 and np.allclose(second[two], finish[two], rtol=0, atol=1e-9)
+    assert (start[gen >= 2] <= second[gen >= 2]).all() and (second[gen >= 2] <= finish[gen >= 2]).all()
+    assert (first[gen >= 2] < second[gen >= 2]).all()
+    request_table(res).to_records()  # every record's timeline is valid

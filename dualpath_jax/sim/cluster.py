@@ -563,7 +563,7 @@ class Simulator:
             return
         u = self.unit_of[de]
         unit = self.de_units[u]
-        unit.advance(self.now)
+        unit.advance(self.now, self.R["second_token_s"])
         unit.last_t += self.cfg.de_join_s  # the unit decodes nothing while it admits the request
         mean_ctx = R["hit_tokens"][rid] + R["append_tokens"][rid] + (gen - 1) / 2.0  # context over the decode
         batch = self.de_batch[de] = self.de_batch[de] + 1
@@ -571,15 +571,15 @@ class Simulator:
         att_sum = self.de_att[de] = self.de_att[de] + self.de_model.attended(mean_ctx)
         unit.set_step(self.de_step, de, self.de_model.decode_step_s(batch, ctx_sum, att_sum))
         heapq.heappush(unit.heap, (unit.steps + (gen - 1), rid, de, mean_ctx))
+        heapq.heappush(unit.seconds, (unit.steps + 1, rid))  # its first decode step: stamped as passed
         self._de_reschedule(u)
-        R["second_token_s"][rid] = unit.last_t + unit.step_s
 
     def _on_de_event(self, u: int, version: int):
         unit = self.de_units[u]
         if version != unit.version:
             return
         unit.next_t = math.inf
-        unit.advance(self.now)
+        unit.advance(self.now, self.R["second_token_s"])
         heap = unit.heap
         due = unit.steps + 1e-9
         if heap and heap[0][0] <= due:

@@ -7,6 +7,7 @@ event per token: only joins and completions are events (:mod:`.cluster`).
 
 from __future__ import annotations
 
+import heapq
 import math
 
 __all__ = ["Unit"]
@@ -21,9 +22,11 @@ class Unit:
       version, next_t: the pending DE event that counts (older ones are stale) and when it fires (s).
       steps, last_t, step_s: decode steps done by ``last_t`` (virtual s), and the current step time (s).
       heap: a DE unit's requests as (step count at completion, request id, DE, mean context).
+      seconds: a DE unit's requests whose second token is still to come, as (step count at that
+        token, request id): its time is known once the counter passes it (:meth:`advance`).
     """
 
-    __slots__ = ("engines", "busy", "kick", "version", "next_t", "steps", "last_t", "step_s", "heap")
+    __slots__ = ("engines", "busy", "kick", "version", "next_t", "steps", "last_t", "step_s", "heap", "seconds")
 
     def __init__(self, engines: list[int]):
         self.engines = engines
@@ -35,14 +38,23 @@ class Unit:
         self.last_t = 0.0
         self.step_s = 0.0
         self.heap: list = []
+        self.seconds: list = []
 
-    def advance(self, now: float) -> None:
+    def advance(self, now: float, second_token_s) -> None:
         """Count the decode steps done since ``last_t`` (which is in the future while the unit is
-        stalled admitting a request: no steps then)."""
+        stalled admitting a request: no steps then), and write into ``second_token_s`` (the
+        per-request column) when each second token the counter passed came: the step time was
+        constant since ``last_t`` (it changes only after an advance)."""
+        t0, steps0 = self.last_t, self.steps
         if now > self.last_t:
             if self.step_s > 0:
                 self.steps += (now - self.last_t) / self.step_s
             self.last_t = now
+        seconds = self.seconds
+        while seconds and seconds[0][0] <= self.steps + 1e-9:  # (as the completions' tolerance)
+            target, rid = heapq.heappop(seconds)
+            t = t0 + max(target - steps0, 0.0) * self.step_s  # (a count set by next_completion: t0)
+            second_token_s[rid] = min(t, now) if now > t0 else t0
 
     def set_step(self, de_step: list[float], de: int, step_s: float) -> None:
         """Set DE ``de``'s step time in ``de_step`` and keep ``step_s`` the slowest member's: only
