@@ -72,3 +72,28 @@ def test_interleaved_threads_of_a_real_trace_keep_every_prompt():
     # and every request reads all that the trace says is cached, to whole blocks of what is stored
     assert (np.asarray(r["hit_tokens"])[order] <= ts.num_hit_tokens).all()
     assert (np.asarray(r["hit_tokens"])[order] >= ts.num_hit_tokens - 64).all()
+
+
+def test_use_think_time_replays_recorded_think_times_and_subagent_offsets(tmp_path):
+    from dualpath_jax.config import ConfigError
+    from dualpath_jax.studies.common import WorkloadSpec
+    from dualpath_jax.studies.runs import workload_agents
+
+    reqs = [{"t": 0.0, "type": "n", "in": 700, "out": 5, "hash_ids": list(range(1, 11)), "think_time": 0.0},
+            {"t": 4.0, "type": "n", "in": 900, "out": 5, "hash_ids": list(range(1, 15)), "think_time": 3.5},
+            {"t": 6.0, "type": "subagent", "agent_id": "helper", "requests": [
+                {"t": 0.0, "type": "n", "in": 300, "out": 2, "hash_ids": [80, 81, 82, 83]}]}]
+    (tmp_path / "conv.json").write_text(json.dumps({"id": "conv", "block_size": 64, "requests": reqs}))
+    with pytest.raises(ConfigError, match="workload.use_think_time: replays a trace's recorded think times"):
+        WorkloadSpec(use_think_time=True)
+    for recorded in (False, True):
+        wl = WorkloadSpec(source="agentic", path=str(tmp_path), num_agents=1, use_think_time=recorded)
+        ts = wl.build()
+        r = simulate(CFG, workload_agents(ts, wl)).requests
+        agent, rnd = np.asarray(r["agent"]), np.asarray(r["round"])
+        arrival, persisted = np.asarray(r["arrival_s"]), np.asarray(r["persisted_s"])
+        main = [int(np.flatnonzero((agent == 0) & (rnd == k))[0]) for k in (0, 1)]
+        sub = int(np.flatnonzero(agent == 1)[0])
+        gap = arrival[main[1]] - persisted[main[0]]  # round 1 waits its think time after round 0's KV is stored
+        assert gap == pytest.approx(3.5 if recorded else 0.0, abs=1e-9)
+        assert arrival[sub] == pytest.approx(6.0 if recorded else 0.0)  # launched 6 s into the conversation

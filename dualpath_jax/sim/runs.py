@@ -40,19 +40,22 @@ def variant_config(base: SimConfig, variant: str) -> SimConfig:
     return base.replace(loading=v.loading, prefill=v.prefill, policy=v.policy)
 
 
-def offline_starts(ts: TrajectorySet) -> np.ndarray:
+def offline_starts(ts: TrajectorySet, *, recorded_offsets: bool = False) -> np.ndarray:
     """Start times ``f64[A]`` (seconds, one per trajectory of ``ts``): every agent at t = 0, the
-    offline setting of paper section 7.2 (sub-agents start with their root)."""
+    offline setting of paper section 7.2 (sub-agents start with their root, or at their recorded
+    offset from it with ``recorded_offsets``: a replay that keeps the trace's think times)."""
     roots = root_indices(ts)
-    return trajectory_start_times_s(ts, offline_arrivals_s(len(roots)), subagent_offset_scale=0.0)
+    return trajectory_start_times_s(ts, offline_arrivals_s(len(roots)),
+                                    subagent_offset_scale=1.0 if recorded_offsets else 0.0)
 
 
-def online_starts(ts: TrajectorySet, aps: float, seed: int = 0) -> np.ndarray:
+def online_starts(ts: TrajectorySet, aps: float, seed: int = 0, *, recorded_offsets: bool = False) -> np.ndarray:
     """Start times ``f64[A]`` (seconds): root agents arrive as a Poisson process at ``aps`` agents
-    per second (seeded by ``seed``), the online setting of paper section 7.3; sub-agents start
-    with their root."""
+    per second (seeded by ``seed``), the online setting of paper section 7.3; sub-agents as
+    :func:`offline_starts`."""
     roots = root_indices(ts)
-    return trajectory_start_times_s(ts, poisson_arrivals_s(len(roots), aps, seed), subagent_offset_scale=0.0)
+    return trajectory_start_times_s(ts, poisson_arrivals_s(len(roots), aps, seed),
+                                    subagent_offset_scale=1.0 if recorded_offsets else 0.0)
 
 
 def summarize(result: SimResult, ts: TrajectorySet | None, *, window_s: float = 10.0) -> dict:

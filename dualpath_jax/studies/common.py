@@ -70,6 +70,10 @@ class WorkloadSpec:
         conversation) or ``drop``.
       mooncake_block_tokens: mooncake: tokens per hash id (512 in Mooncake's traces; an agentic
         file gives its own ``block_size``).
+      use_think_time: traces: issue each round its recorded think time after the previous one's KV
+        is persisted, and start each sub-agent at its recorded offset from its conversation (the
+        engine's ``arrivals.use_think_time``); default off, as the paper's evaluation issues the
+        next round at once (PAPER.md section 6.2). The generator records none.
 
     Raises:
       ConfigError: naming ``workload.<field>``.
@@ -86,6 +90,7 @@ class WorkloadSpec:
     path: str = ""
     subagents: str = "separate"
     mooncake_block_tokens: int = MOONCAKE_BLOCK_TOKENS
+    use_think_time: bool = False
 
     def __post_init__(self):
         check_in("workload.mal", self.mal, MAL_TOKENS)
@@ -106,7 +111,12 @@ class WorkloadSpec:
                               f"{MOONCAKE_BLOCK_TOKENS}")
         if not isinstance(self.path, str):
             raise ConfigError("workload.path", f"must be a string (got {self.path!r})")
+        if not isinstance(self.use_think_time, bool):
+            raise ConfigError("workload.use_think_time", f"must be true or false (got {self.use_think_time!r})")
         if self.source == "synthetic":
+            if self.use_think_time:
+                raise ConfigError("workload.use_think_time", "replays a trace's recorded think times; the "
+                                  "generator records none (set workload.source to agentic or mooncake)")
             if self.path:
                 raise ConfigError("workload.path", f"names a trace; workload.source={self.source!r} generates the "
                                   f"workload (set workload.source to agentic or mooncake)")

@@ -193,6 +193,14 @@ def workload_tag(wl: WorkloadSpec) -> str:
     return f"{wl.mal} s{wl.seed}" if wl.source == "synthetic" else f"{wl.source} {wl.mal}"
 
 
+def workload_agents(ts: TrajectorySet, wl: WorkloadSpec) -> list:
+    """The simulator's agents for ``ts`` (built from ``wl``) offline, every agent at t = 0; with
+    ``wl.use_think_time`` each round waits its recorded think time and each sub-agent starts at its
+    recorded offset (online runs: :func:`_online_run`, the same with Poisson arrivals)."""
+    recorded = wl.use_think_time
+    return agents_from_trajectories(ts, offline_starts(ts, recorded_offsets=recorded), use_think_time=recorded)
+
+
 def paper_workload(mal: str, num_agents: int, seed: int = 0) -> TrajectorySet:
     """The paper's synthetic dataset for ``mal`` with ``num_agents`` agents (PAPER.md section 6.2).
 
@@ -245,7 +253,7 @@ def _offline_run(spec: tuple) -> tuple[dict, SimResult]:
     cfg, scheduler_cls, wl = spec
     ts = wl.build()
     t0 = time.perf_counter()
-    res = Simulator(cfg, agents_from_trajectories(ts, offline_starts(ts)), scheduler_cls=scheduler_cls).run()
+    res = Simulator(cfg, workload_agents(ts, wl), scheduler_cls=scheduler_cls).run()
     s = summarize(res, ts)
     r = res.requests
     s.update(snic_read_bytes=float(sum(s["snic_bytes"].values())), hit_tokens=float(np.sum(r["hit_tokens"])),
@@ -365,9 +373,10 @@ def _online_run(spec: tuple) -> tuple[OnlineRun, SimResult]:
     summary does not hold)."""
     cfg, scheduler_cls, wl, aps, arrival_seed, warmup_s = spec
     ts = wl.build()
-    starts = online_starts(ts, float(aps), arrival_seed)
+    starts = online_starts(ts, float(aps), arrival_seed, recorded_offsets=wl.use_think_time)
     t0 = time.perf_counter()
-    res = Simulator(cfg, agents_from_trajectories(ts, starts), scheduler_cls=scheduler_cls).run()
+    res = Simulator(cfg, agents_from_trajectories(ts, starts, use_think_time=wl.use_think_time),
+                    scheduler_cls=scheduler_cls).run()
     wall = time.perf_counter() - t0
     full = request_table(res, ts)
     r = res.requests
@@ -455,9 +464,10 @@ def online_runs(runs: Sequence[tuple[SimConfig, str, WorkloadSpec, float, int, f
 
 
 def run_offline(base: SimConfig, ts: TrajectorySet, variants: Sequence[str], *, log: Log | None = print,
-                scheduler_cls: type = ClusterScheduler) -> dict[str, dict]:
+                scheduler_cls: type = ClusterScheduler, use_think_time: bool = False) -> dict[str, dict]:
     """Offline runs (all agents of ``ts`` at t = 0) of each of ``variants`` on ``base``, with
-    ``scheduler_cls`` (a :class:`~dualpath_jax.sched.ClusterScheduler` subclass: a new policy)
+    ``scheduler_cls`` (a :class:`~dualpath_jax.sched.ClusterScheduler` subclass: a new policy;
+    ``use_think_time``: as :attr:`WorkloadSpec.use_think_time <dualpath_jax.studies.common.WorkloadSpec>`)
     deciding in every run.
 
     Returns:
@@ -475,7 +485,8 @@ def run_offline(base: SimConfig, ts: TrajectorySet, variants: Sequence[str], *, 
       RunStalled: (a ``RuntimeError``) a run stalled with requests unfinished.
     """
     configs = {name: variant_config(base, name) for name in variants}  # unknown names fail before any run
-    agents = agents_from_trajectories(ts, offline_starts(ts))
+    agents = agents_from_trajectories(ts, offline_starts(ts, recorded_offsets=use_think_time),
+                                      use_think_time=use_think_time)
     label = scheduler_label(scheduler_cls)
     out = {}
     for name, cfg in configs.items():
