@@ -515,3 +515,50 @@ def test_close_frees_device_arrays():
     arrays = [loader.get(layer)[0] for layer in range(3)]
     loader.close()
     assert all(a.is_deleted() for a in arrays) and loader.held_device_bytes == 0
+
+
+def test_an_interrupt_in_a_copy_a_wait_or_an_emulated_duration_releases_the_link():
+    # Ctrl-C (a BaseException, not an Exception) must not leave the link held: every later transfer
+    # would wait for a ticket nobody serves
+    def interrupt(*_, **__):
+        raise KeyboardInterrupt
+
+    link = Link(LinkConfig("x", Medium.PE_BUFFER, Medium.PE_HBM))
+    with pytest.raises(KeyboardInterrupt):
+        link.transfer(10, interrupt)
+    assert link.records()[-1].cause == "interrupted (KeyboardInterrupt)" and link.in_flight == 0
+    assert link.transfer(10, lambda: 1, timeout_s=0.5).record.outcome is Outcome.OK
+    slow = Link(LinkConfig("snic", Medium.STORAGE, Medium.PE_BUFFER, rate_bytes_per_s=1e3), sleep=interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        slow.transfer(1000, lambda: 1)  # interrupted in the emulated duration
+    slow._sleep = lambda s: None
+    assert slow.transfer(10, lambda: 1, timeout_s=0.5).record.outcome is Outcome.OK
+    # interrupted while waiting behind a holder: its ticket is given up
+    held, go = threading.Event(), threading.Event()
+    holder = threading.Thread(target=lambda: link.transfer(10, lambda: (held.set(), go.wait(5))))
+    holder.start()
+    held.wait(5)
+    real_wait = link._cond.wait_for
+    link._cond.wait_for = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        link.transfer(10, lambda: 1)
+    link._cond.wait_for = real_wait
+    go.set()
+    holder.join(5)
+    assert link.transfer(10, lambda: 1, timeout_s=0.5).record.outcome is Outcome.OK and link.in_flight == 0
+
+
+def test_an_interrupted_buffer_wait_leaves_the_queue():
+    pool = BufferPool("b", 100)
+    first = pool.acquire(100)
+    real_wait = pool._cond.wait
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    pool._cond.wait = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        pool.acquire(50)
+    pool._cond.wait = real_wait
+    first.release()
+    assert pool.acquire(100, timeout_s=0.5).num_bytes == 100  # not queued behind the interrupted one

@@ -226,14 +226,19 @@ class BufferPool:
         with self._cond:
             ticket = next(self._tickets)
             self._queue.append(ticket)
-            while not (ok := self._queue[0] == ticket and self._in_use + num_bytes <= self.capacity_bytes):
-                if deadline is None:
-                    self._cond.wait()
-                    continue
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
+            try:
+                while not (ok := self._queue[0] == ticket and self._in_use + num_bytes <= self.capacity_bytes):
+                    if deadline is None:
+                        self._cond.wait()
+                        continue
+                    remaining = deadline - self._clock()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            except BaseException:  # interrupted (KeyboardInterrupt...): leave the queue to those behind
+                self._queue.remove(ticket)
+                self._grant()
+                raise
             self._queue.remove(ticket)
             waited = self._clock() - t0
             self._count_wait(waited)

@@ -194,6 +194,8 @@ class Link:
 
         Raises:
           ValueError: negative ``num_bytes``.
+          BaseException: what interrupted the wait, the copy or the emulated duration (a
+            ``KeyboardInterrupt``...), once the link is released for the transfers behind.
         """
         if num_bytes < 0:
             raise ValueError(f"num_bytes: must be >= 0 (got {num_bytes})")
@@ -202,7 +204,14 @@ class Link:
         with self._cond:
             ticket = self._next_ticket
             self._next_ticket += 1
-            got = self._cond.wait_for(lambda: self._serving == ticket, timeout=timeout_s)
+            try:
+                got = self._cond.wait_for(lambda: self._serving == ticket, timeout=timeout_s)
+            except BaseException:  # interrupted while waiting: give the ticket up, then let it through
+                if self._serving == ticket:
+                    self._advance()
+                else:
+                    self._abandoned.add(ticket)
+                raise
             if not got:
                 self._abandoned.add(ticket)
                 self._failed += 1
@@ -212,14 +221,18 @@ class Link:
                 return TransferResult(None, rec)
         start = self._clock()
         value, outcome, cause = None, Outcome.OK, ""
+        interrupted: BaseException | None = None
         try:
-            if fn is not None:
-                value = fn()
-        except Exception as e:  # the copy's failure becomes the record's cause
-            outcome, cause = Outcome.ERROR, f"{type(e).__name__}: {e}"
-        remaining = self.emulated_s(num_bytes) - (self._clock() - start)
-        if remaining > 0 and outcome is Outcome.OK:
-            self._sleep(remaining)
+            try:
+                if fn is not None:
+                    value = fn()
+            except Exception as e:  # the copy's failure becomes the record's cause
+                outcome, cause = Outcome.ERROR, f"{type(e).__name__}: {e}"
+            remaining = self.emulated_s(num_bytes) - (self._clock() - start)
+            if remaining > 0 and outcome is Outcome.OK:
+                self._sleep(remaining)
+        except BaseException as e:  # KeyboardInterrupt, SystemExit: the link is released, then it goes on
+            outcome, cause, interrupted = Outcome.ERROR, f"interrupted ({type(e).__name__})", e
         finish = self._clock()
         rec = TransferRecord(cfg.name, cfg.src, cfg.dst, num_bytes, start, finish, outcome, cause, tag)
         with self._cond:
@@ -231,6 +244,8 @@ class Link:
             else:
                 self._failed += 1
             self._advance()
+        if interrupted is not None:
+            raise interrupted
         return TransferResult(value, rec)
 
     def records(self) -> list[TransferRecord]:
