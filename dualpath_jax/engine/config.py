@@ -55,12 +55,19 @@ class ClusterConfig(SchedKnobs):
       snic_bytes_per_s: each node's storage NIC rate per direction.
       cnic_bytes_per_s: each engine's compute NIC rate per direction.
       buffer_bytes: DRAM buffer of each node (PE buffer / DE buffer); at least one Full Block.
+        Reserved in the store layout's bytes (what the emulated buffer holds, as the simulator
+        counts it); the hand-off segments the process keeps there are float32, so with a 16-bit or
+        fp8 layout the host holds up to 2x or 4x as much DRAM, and a chunked prompt's earlier
+        chunks' KV, which stays on the PE host, is outside it.
       pe_hbm_kv_bytes: device memory a PE may fill with the KV of one forward batch, counted in
         the store layout's bytes per token (the batch former's budget, ``depth / L`` of it with
         layer-wise prefill). The forward's device copy is float32 and padded to a power-of-two
         block count per request, so it may take up to 2x (f32 layout) or 4x (16-bit layout) as
         much: leave that headroom on an accelerator.
-      de_hbm_kv_bytes: device memory of a DE's block pool (prompt and generated KV).
+      de_hbm_kv_bytes: device memory of a DE's block pool (prompt and generated KV), counted in the
+        store layout's bytes: the pool holds this many blocks of the layout (what the scheduler and
+        the simulator count), allocated as float32, so up to 2x (16-bit layout) or 4x (fp8) as
+        much memory: leave that headroom.
       max_decode_batch: decode rows per DE step (requests beyond wait for a free row).
       timeout_s: deadline of every wait (buffers, links, loader); a request that hits it fails.
       run_timeout_s: the whole run's deadline; requests unfinished by then fail with ``timeout``.
