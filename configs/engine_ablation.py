@@ -104,9 +104,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # full-size presets are for the simulator); model.checkpoint: a local Hugging Face checkpoint
     # directory (Qwen2/3, Qwen3-MoE, Llama, Mistral, DeepSeek-V2/V3) served instead ("" = the preset)
     config.model = ml_collections.ConfigDict({"name": "tiny-gqa", "kv_dtype": "f32", "seed": 0, "checkpoint": ""})
+    # workload.source: agentic (Claude Code traces) or mooncake (traces_dir: conversation, synthetic or a file)
     config.workload = ml_collections.ConfigDict({
-        "max_files": 300, "num_agents": 24, "rounds": 4, "token_divisor": 32, "max_context_tokens": 2048,
-        "max_append_tokens": 128, "warm_start": True, "traces_dir": ""})
+        "source": "agentic", "max_files": 300, "num_agents": 24, "rounds": 4, "token_divisor": 32,
+        "max_context_tokens": 2048, "max_append_tokens": 128, "warm_start": True, "traces_dir": "",
+        "mooncake_block_tokens": 512})
     config.arrivals = ml_collections.ConfigDict({"mode": "offline", "aps": 1.0, "seed": 0, "use_think_time": False})
     # the emulated cluster: every ClusterConfig field at its default (the switches come from each
     # variant), then the knobs this CPU-scale run sets on purpose

@@ -1,6 +1,7 @@
 """The engine ablation's calibration (saved, reused, checked; median of Oracle passes), its
 repeats with 95% intervals, and the warm-up that leaves nothing to compile inside a timed run."""
 
+import dataclasses
 import json
 import math
 import os
@@ -430,3 +431,46 @@ def test_a_checkpoint_runs_through_the_cluster_with_the_recompute_tokens(tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
     assert metrics["tokens_identical"] is True and metrics["num_failed"] == 0 and metrics["bytes_conserved"] is True
+
+
+def test_the_engine_replays_mooncake_sessions_as_the_simulator_reads_them(tmp_path):
+    from dualpath_jax.studies.engine_config import EngineWorkload
+    from dualpath_jax.workload import load_mooncake_trace, scale_tokens
+
+    rows = [{"timestamp": 1000 * k, "input_length": 1100 + 700 * k, "output_length": 40,
+             "hash_ids": list(range(1, 4 + k))} for k in range(4)]  # one 4-turn conversation
+    rows.append({"timestamp": 500, "input_length": 600, "output_length": 10, "hash_ids": [90, 91]})  # one turn
+    path = tmp_path / "mc.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    wl = EngineWorkload(source="mooncake", traces_dir=str(path), num_agents=1, rounds=3, token_divisor=32,
+                        max_context_tokens=4096, max_append_tokens=1024)
+    (agent,) = er.select_agents(wl)
+    # the first three turns of the 4-turn session, every length divided by 32 (16-token blocks)
+    want = scale_tokens(load_mooncake_trace(path, token_scope="session")[0], 32)
+    assert agent.agent_id == "mc/s00000" and agent.token_scope == "mc/s00000"
+    np.testing.assert_array_equal(agent.num_prompt_tokens, want.num_prompt_tokens[:3])
+    np.testing.assert_array_equal(agent.num_hit_tokens, want.num_hit_tokens[:3])
+    assert agent.num_prompt_tokens.tolist() == [-(-1100 // 32), 1800 // 32 + 1, 2500 // 32 + 1]
+    with pytest.raises(ConfigError, match=r"workload\.num_agents: found only 1 agents .* in the sessions of"):
+        er.select_agents(dataclasses.replace(wl, num_agents=2))
+    with pytest.raises(ConfigError, match=r"workload\.traces_dir: no Mooncake trace"):
+        er.select_agents(dataclasses.replace(wl, traces_dir=str(tmp_path / "none.jsonl")))
+    with pytest.raises(ConfigError, match=r"workload\.source"):
+        EngineWorkload(source="sharegpt")
+
+
+def test_a_calibration_older_than_a_workload_field_matches_where_the_run_keeps_its_default():
+    from dualpath_jax.studies.engine_config import check_fingerprint
+
+    cfg = engine_ablation_config(_config())
+    older = {k: v for k, v in calibration_fingerprint(cfg).items()
+             if k not in ("workload.source", "workload.mooncake_block_tokens")}  # written before those fields
+    check_fingerprint(older, cfg, "old.json")  # the run keeps their defaults: accepted
+    mooncake = engine_ablation_config(_config(**{"workload.source": "mooncake"}))
+    with pytest.raises(ConfigError, match=r"calibrate\.from_file: old\.json does not record workload\.source"):
+        check_fingerprint(older, mooncake, "old.json")
+    with pytest.raises(ConfigError, match=r"old\.json does not record model\.name"):
+        check_fingerprint({k: v for k, v in older.items() if k != "model.name"}, cfg, "old.json")
+    committed = json.loads((ROOT / "experiments/results/engine_ablation/calibration.json").read_text())
+    check_fingerprint(committed["fingerprint"], engine_ablation_config(get_config("engine_ablation", "")),
+                      "calibration.json")

@@ -22,6 +22,7 @@ from dualpath_jax.kvcache import KV_DTYPES
 from dualpath_jax.model.hf_config import load_hf_config
 from dualpath_jax.model.spec import ModelSpec, get_spec
 from dualpath_jax.sched import ClusterScheduler, load_scheduler
+from dualpath_jax.workload.mooncake import MOONCAKE_BLOCK_TOKENS
 
 __all__ = ["EngineModel", "EngineWorkload", "EngineArrivals", "ProfileConfig", "CalibrateConfig",
            "EngineAblationConfig", "engine_ablation_config", "describe_engine_config", "CALIBRATION_FILE",
@@ -69,18 +70,23 @@ class EngineModel:
 
 @dataclasses.dataclass(frozen=True)
 class EngineWorkload:
-    """Which agentic traces are replayed and how they are scaled (``configs/engine_ablation.py``).
+    """Which traces are replayed and how they are scaled (``configs/engine_ablation.py``).
 
     Attributes:
-      max_files: trace files read (the first ones in name order).
+      source: ``agentic`` (Claude Code traces) or ``mooncake`` (the sessions of a Mooncake trace,
+        :mod:`~dualpath_jax.workload.mooncake`), the simulator studies' ``workload.source``.
+      max_files: agentic: trace files read (the first ones in name order).
       num_agents: agents replayed.
       rounds: rounds per agent (agents with fewer are skipped).
       token_divisor: every token count divided by it (``workload.scale_tokens``).
       max_context_tokens, max_append_tokens: agents over these (after scaling) are skipped.
       warm_start: seed the store with each agent's first prompt.
-      traces_dir: trace folder, or one trace file ("" = ``workload.agentic_dir()``).
+      traces_dir: agentic: trace folder, or one trace file ("" = ``workload.agentic_dir()``);
+        mooncake: ``conversation`` (""), ``synthetic`` or a ``.jsonl`` file.
+      mooncake_block_tokens: mooncake: tokens per hash id (512 in Mooncake's traces).
     """
 
+    source: str = "agentic"
     max_files: int = 300
     num_agents: int = 24
     rounds: int = 4
@@ -89,9 +95,12 @@ class EngineWorkload:
     max_append_tokens: int = 128
     warm_start: bool = True
     traces_dir: str = ""
+    mooncake_block_tokens: int = MOONCAKE_BLOCK_TOKENS
 
     def __post_init__(self):
-        for f in ("max_files", "num_agents", "rounds", "token_divisor", "max_context_tokens", "max_append_tokens"):
+        check_in("workload.source", self.source, ("agentic", "mooncake"))
+        for f in ("max_files", "num_agents", "rounds", "token_divisor", "max_context_tokens", "max_append_tokens",
+                  "mooncake_block_tokens"):
             check_positive(f"workload.{f}", getattr(self, f), integer=True)
 
 
@@ -251,8 +260,12 @@ def check_fingerprint(saved: dict, config: "EngineAblationConfig", path: str, fi
                       ) -> None:
     """Raise ConfigError naming ``field`` unless ``saved`` (a calibration's fingerprint) is ``config``'s."""
     mine = calibration_fingerprint(config)
+    # a workload field added since the file was written matches where this run keeps its default
+    defaults = {f"workload.{f.name}": f.default for f in dataclasses.fields(EngineWorkload)}
     for key, value in mine.items():
         if key not in saved:
+            if key in defaults and value == defaults[key]:
+                continue
             raise ConfigError(field, f"{path} does not record {key}; measure a new calibration")
         if saved[key] != value:
             raise ConfigError(field, f"{path} was measured for {key}={saved[key]!r}, this run has {key}={value!r}; "

@@ -54,7 +54,8 @@ from dualpath_jax.studies.engine_config import (CALIBRATION_FORMAT, CalibrateCon
                                                 calibration_path, check_fingerprint, engine_ablation_config,
                                                 read_calibration)
 from dualpath_jax.studies.common import scale_trace_tokens
-from dualpath_jax.workload import Trajectory, load_agentic_traces, poisson_arrivals_s, prompt_token_ids
+from dualpath_jax.workload import (Trajectory, load_agentic_traces, load_mooncake_traces, mooncake_file,
+                                   poisson_arrivals_s, prompt_token_ids)
 
 __all__ = ["CALIBRATED_FIELDS", "check_overrides", "select_agents", "start_times", "CompileClock",
            "describe_time_model", "Setup", "ray_runtime", "round_shapes", "expected_shapes", "seed_store",
@@ -95,20 +96,28 @@ def check_overrides(config, overridden: Sequence[str]) -> None:
 def select_agents(cfg: EngineWorkload) -> list[Trajectory]:
     """The replayed agents (module docstring); ``cfg`` is the ``workload`` section.
 
-    ``cfg.traces_dir``: folder of ``*.json.gz`` / ``*.json`` traces, or one trace file (empty:
-    ``workload.agentic_dir()``).
+    ``cfg.traces_dir``: agentic: folder of ``*.json.gz`` / ``*.json`` traces, or one trace file
+    (empty: ``workload.agentic_dir()``); mooncake (``cfg.source``): ``conversation`` (empty),
+    ``synthetic`` or a ``.jsonl`` file, its sessions each isolated in its own token scope.
 
     Raises:
       ConfigError: ``workload.num_agents`` agents cannot be found under the limits;
         ``workload.traces_dir`` holds no trace files (or, when empty, the default folder).
     """
-    try:
-        ts = load_agentic_traces(cfg.traces_dir or None, limit=cfg.max_files, subagents="drop",
-                                 token_scope="trajectory")
-    except FileNotFoundError as e:
-        hint = "" if cfg.traces_dir else (" (the default folder: set workload.traces_dir, or DUALPATH_DATA_DIR to "
-                                          "the folder holding agentic_traces/)")
-        raise ConfigError("workload.traces_dir", f"{e}{hint}") from None
+    if cfg.source == "mooncake":
+        path = mooncake_file(cfg.traces_dir or "conversation")
+        if not path.is_file():
+            raise ConfigError("workload.traces_dir", f"no Mooncake trace {str(path)!r} (conversation, synthetic or a "
+                              f".jsonl file)")
+        ts = load_mooncake_traces([path], token_scope="session", block_tokens=int(cfg.mooncake_block_tokens))
+    else:
+        try:
+            ts = load_agentic_traces(cfg.traces_dir or None, limit=cfg.max_files, subagents="drop",
+                                     token_scope="trajectory")
+        except FileNotFoundError as e:
+            hint = "" if cfg.traces_dir else (" (the default folder: set workload.traces_dir, or DUALPATH_DATA_DIR "
+                                              "to the folder holding agentic_traces/)")
+            raise ConfigError("workload.traces_dir", f"{e}{hint}") from None
     ts = scale_trace_tokens(ts, int(cfg.token_divisor))  # (ConfigError naming workload.token_divisor)
     out = []
     for traj in ts:
@@ -121,10 +130,12 @@ def select_agents(cfg: EngineWorkload) -> list[Trajectory]:
         out.append(traj)
         if len(out) == cfg.num_agents:
             return out
+    mooncake = cfg.source == "mooncake"
+    where = f"the sessions of {path}" if mooncake else f"the first {cfg.max_files} trace files"
+    widen = "workload.rounds, workload.max_context_tokens" + (" and " if mooncake else ", workload.max_files and ")
     raise ConfigError("workload.num_agents", f"found only {len(out)} agents with >= {cfg.rounds} rounds, "
                       f"<= {cfg.max_context_tokens} tokens and <= {cfg.max_append_tokens} appended tokens per "
-                      f"later round in the first {cfg.max_files} trace files (workload.max_files, "
-                      f"workload.rounds, workload.max_context_tokens and workload.max_append_tokens widen the choice)")
+                      f"later round in {where} ({widen}workload.max_append_tokens widen the choice)")
 
 
 def _head(traj: Trajectory, rounds: int) -> Trajectory:
