@@ -405,6 +405,7 @@ def test_full_agentic_corpus_loads():
     ([-2**63 - 1, 2], r"requests\[0\]: hash_ids: ids must be 64-bit integers, in \[-2\*\*63, 2\*\*64\) "
                       r"\(got -9223372036854775809\)"),
     ([True, False], r"requests\[0\]: hash_ids: must contain only integers \(got True\)"),
+    ([1.0, 2.0**60], r"requests\[0\]: hash_ids: a hash id written as a float above 2\*\*53 has lost its low bits"),
 ])
 def test_agentic_bad_hash_ids_name_file_request_and_value(tmp_path, ids, pattern):
     path = mutate(tmp_path / "ids.json.gz", lambda d: d["requests"][0].update(hash_ids=ids))
@@ -450,6 +451,8 @@ def test_agentic_writers_variants_read_as_the_canonical_file(tmp_path):
     _same(variant("ceil", with_partial_ids), base)
     _same(variant("noblock", lambda d: d.pop("block_size")), base)  # 64-token blocks, the recorder's default
     _same(variant("floats", lambda d: d["requests"][1].update(**{"in": 200.0, "out": 0.0})), base)
+    _same(variant("floatids", lambda d: d["requests"][1].update(hash_ids=[float(i) for i in d["requests"][1]
+                                                                          ["hash_ids"]])), base)
     # requests logged out of time order are taken in t order
     _same(variant("order", lambda d: d["requests"].reverse()), base)
 

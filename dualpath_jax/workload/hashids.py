@@ -5,7 +5,8 @@ Both trace formats (agentic and Mooncake) give a request's prompt as one hash id
 loader accepts them alike:
 
 * a length written as a whole float (``"in": 16003.0``) is that integer (at most
-  :data:`MAX_TOKENS`);
+  :data:`MAX_TOKENS`), and so is a hash id up to ``2**53`` (a float beyond has lost its low bits:
+  refused);
 * a hash id may be any 64-bit integer, signed (``[-2**63, 2**63)``, e.g. Python's ``hash``) or
   unsigned (``[0, 2**64)``); its low 63 bits are kept (``id & (2**63 - 1)``), so the two spellings
   of one 64-bit pattern stay one id and every id fits ``int64`` >= 0. Two distinct ids of a file
@@ -108,8 +109,10 @@ def full_block_ids(value, in_tokens: int, block_tokens: int, fail: Callable[[str
     if arr is not None and arr.ndim == 1 and arr.dtype.kind == "u":
         return (arr[:full].astype(np.uint64) & np.uint64(ID_MASK)).astype(np.int64)
     for v in value:  # ids of both signs beyond int64, or not integers: name the first bad one
-        if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, float) and v.is_integer() and abs(v) > 2**53:
+            fail("a hash id written as a float above 2**53 has lost its low bits (write ids as integers)", v)
+        if isinstance(v, bool) or not (isinstance(v, int) or isinstance(v, float) and v.is_integer()):
             fail("must contain only integers", v)
         if not _ID_LO <= v < _ID_HI:
             fail("ids must be 64-bit integers, in [-2**63, 2**64)", v)
-    return np.asarray([v & ID_MASK for v in value[:full]], dtype=np.int64)
+    return np.asarray([int(v) & ID_MASK for v in value[:full]], dtype=np.int64)
