@@ -257,28 +257,34 @@ def test_mooncake_requests_sharing_a_prefix_are_not_chained_into_one_session(tmp
 
 
 def test_mooncake_lines_that_name_their_sessions_keep_them(tmp_path):
-    # AIPerf's multi-turn form: session_id groups the turns (file order), delay is the think time (ms)
-    rows = [{"session_id": "alpha", "input_length": 600, "output_length": 20, "hash_ids": [7, 8]},
-            {"session_id": "beta", "timestamp": 250, "input_length": 900, "output_length": 5, "hash_ids": [7, 9]},
-            {"session_id": "alpha", "delay": 1500, "input_length": 1200, "output_length": 4,
-             "hash_ids": [7, 8, 10]},
-            {"session_id": "beta", "input_length": 1000, "output_length": 3, "hash_ids": [7, 11]}]
+    # AIPerf's multi-turn form: session_id groups the turns (file order); each turn's input_length is
+    # its new tokens on top of the session's context (earlier inputs and answers), delay its think time
+    rows = [{"session_id": "alpha", "input_length": 600, "output_length": 20},
+            {"session_id": 7, "timestamp": 250, "input_length": 900, "output_length": 5, "hash_ids": [7, 9]},
+            {"session_id": "alpha", "delay": 1500, "input_length": 150, "output_length": 4},
+            {"session_id": "7", "input_length": 100, "output_length": 3},  # not session 7
+            {"session_id": 7, "input_length": 80, "output_length": 0}]
     trajs = load_mooncake_trace(jsonl(tmp_path / "mt.jsonl", rows))
-    assert [t.agent_id for t in trajs] == ["mt/alpha", "mt/beta"]
-    alpha, beta = trajs
-    assert alpha.num_prompt_tokens.tolist() == [600, 1200] and alpha.num_hit_tokens.tolist() == [0, 512]
+    assert [t.agent_id for t in trajs] == ["mt/alpha", "mt/7", "mt/7~2"]
+    alpha, seven, other = trajs
+    assert alpha.num_prompt_tokens.tolist() == [600, 600 + 20 + 150] and alpha.num_hit_tokens.tolist() == [0, 620]
     assert alpha.think_time_s.tolist() == [0.0, 1.5] and alpha.start_offset_s == 0.0
-    # the same first block as alpha's, but sessions never share hits; no delay and one timestamp: 0 s
-    assert beta.num_hit_tokens.tolist() == [0, 512] and beta.think_time_s.tolist() == [0.0, 0.0]
-    assert beta.start_offset_s == 0.25
-    bad = rows[:2] + [{k: v for k, v in rows[2].items() if k != "session_id"} | {"timestamp": 9}]
+    assert seven.num_prompt_tokens.tolist() == [900, 985] and seven.num_gen_tokens.tolist() == [5, 1]
+    assert seven.think_time_s.tolist() == [0.0, 0.0] and seven.start_offset_s == 0.25  # no delay, one timestamp
+    assert other.num_prompt_tokens.tolist() == [100] and len({t.token_scope for t in trajs}) == 3
+    bad = rows[:2] + [{k: v for k, v in rows[2].items() if k != "session_id"} | {"timestamp": 9, "hash_ids": []}]
     with pytest.raises(TraceFormatError, match=r"line 3: session_id: missing \(line 1 names its session"):
         load_mooncake_trace(jsonl(tmp_path / "mixed.jsonl", bad))
     with pytest.raises(TraceFormatError, match=r"line 1: delay: must be a finite number >= 0 \(milliseconds\)"):
         load_mooncake_trace(jsonl(tmp_path / "neg.jsonl", [{**rows[0], "delay": -1}]))
     with pytest.raises(TraceFormatError, match=r"line 1: timestamp: missing required field \(a request without"):
-        load_mooncake_trace(jsonl(tmp_path / "nots.jsonl", [{k: v for k, v in rows[0].items()
-                                                               if k != "session_id"}]))
+        load_mooncake_trace(jsonl(tmp_path / "nots.jsonl", [{"input_length": 5, "output_length": 1,
+                                                               "hash_ids": []}]))
+    back = [{"session_id": "a", "timestamp": 900, "input_length": 5, "output_length": 1},
+            {"session_id": "b", "input_length": 5, "output_length": 1},  # no timestamp: lines keep file order
+            {"session_id": "a", "timestamp": 100, "input_length": 5, "output_length": 1}]
+    with pytest.raises(TraceFormatError, match=r"session 'a', turn 1: timestamp: earlier than the turn before"):
+        load_mooncake_trace(jsonl(tmp_path / "back.jsonl", back))
 
 
 def test_a_gzip_mooncake_file_reads_as_the_plain_one(tmp_path):

@@ -32,23 +32,26 @@ stay within a trajectory, PAPER.md section 2.5). Most of ``synthetic_trace.jsonl
 such sharing: few of its requests are long enough to resend an earlier one and its answer.
 
 **Named sessions.** A file whose lines carry a ``session_id`` (the multi-turn form of the format
-that AIPerf replays, docs.nvidia.com/aiperf, "Trace Replay with Mooncake Traces") keeps those
-sessions, in order of their first request, instead of reconstructing them; every line must then
-name one. There a ``timestamp`` is optional, and a turn's ``delay`` (milliseconds, optional) is
-its think time; without it, the gap to the previous turn's timestamp (0 without both). Lines are
-in file order unless every one has a timestamp.
+that AIPerf replays: docs.nvidia.com/aiperf, "Trace Replay with Mooncake Traces" and "Conversation
+Context Mode") keeps those sessions, in order of their first request, instead of reconstructing
+them; every line must then name one. As AIPerf replays such a file by default
+(``deltas_without_responses``), a turn's ``input_length`` is its *new* tokens: its prompt is the
+session's context so far (every earlier turn's input and answer), all of it cached, plus those
+(a stream trajectory, :mod:`~dualpath_jax.workload.trajectory`, in its own token scope;
+``hash_ids`` are optional there and not read). ``timestamp`` is optional; a turn's ``delay``
+(milliseconds) is its think time, else the gap to the previous turn's timestamp (0 without both).
+Lines are in file order unless every one has a timestamp.
 
-Mapping to :class:`~dualpath_jax.workload.trajectory.Trajectory` (one per session, named
-``"<file stem>/s<index>"``, or ``"<file stem>/<session_id>"`` for named sessions): prompt =
-``input_length``; only full blocks are kept as hash ids (the partial block's id is dropped:
-engines cache whole blocks only); hit = the longest run of leading full-block ids seen in earlier
-rounds of the session, times 512, capped at prompt - 1; generated = ``max(output_length, 1)``;
-``start_offset_s`` = the first request's timestamp (named sessions without one: its ``delay``, or
-0); ``think_time_s`` = the gap to the previous request of the session (it includes the original
-service time, which the trace does not record), or a named session's ``delay``.
+A rebuilt session maps to a :class:`~dualpath_jax.workload.trajectory.Trajectory` named
+``"<file stem>/s<index>"``: prompt = ``input_length``; only full blocks are kept as hash ids (the
+partial block's id is dropped: engines cache whole blocks only); hit = the longest run of leading
+full-block ids seen in earlier rounds of the session, times 512, capped at prompt - 1; generated
+= ``max(output_length, 1)`` (named sessions too); ``start_offset_s`` = the first request's
+timestamp; ``think_time_s`` = the gap to the previous request of the session (it includes the
+original service time, which the trace does not record).
 
-Token scope: ``"file"`` (default) uses the file stem for every session, matching the file's
-global hash ids; ``"session"`` isolates each session.
+Token scope of rebuilt sessions: ``"file"`` (default) uses the file stem for every session,
+matching the file's global hash ids; ``"session"`` isolates each session.
 """
 
 from __future__ import annotations
@@ -129,8 +132,8 @@ def _parse_lines(path: Path, block_tokens: int, name: str):
         if sid is not None and (isinstance(sid, bool) or not isinstance(sid, (str, int)) or sid == ""):
             raise TraceFormatError(path, where, "session_id", "must be a non-empty string or an integer", sid)
         for field in ("timestamp", "input_length", "output_length", "hash_ids"):
-            if field not in obj and not (field == "timestamp" and sid is not None):
-                why = " (a request without a session_id needs one)" if field == "timestamp" else ""
+            if field not in obj and not (field in ("timestamp", "hash_ids") and sid is not None):
+                why = " (a request without a session_id needs one)" if field in ("timestamp", "hash_ids") else ""
                 raise TraceFormatError(path, where, field, "missing required field" + why)
         if sid is None:
             unnamed = unnamed or where
@@ -147,10 +150,13 @@ def _parse_lines(path: Path, block_tokens: int, name: str):
         n_in, n_out = (token_count(obj[field], lo, functools.partial(_fail, path, where, field))
                        for field, lo in (("input_length", 1), ("output_length", 0)))
 
-        ids = full_block_ids(obj["hash_ids"], n_in, block_tokens,
-                             functools.partial(_fail_ids, path, where, obj["hash_ids"], n_in),
-                             f"{name}:{where}")
-        rows.append((ts, n_in, n_out, ids, None if sid is None else str(sid), delay))
+        if sid is not None:  # a turn's delta: its ids are not read (its prefix is the whole context)
+            ids = np.zeros(0, np.int64)
+        else:
+            ids = full_block_ids(obj["hash_ids"], n_in, block_tokens,
+                                 functools.partial(_fail_ids, path, where, obj["hash_ids"], n_in),
+                                 f"{name}:{where}")
+        rows.append((ts, n_in, n_out, ids, sid, delay))
     if not rows:
         raise TraceFormatError(path, "", "", "empty file (no requests)")
     if all(r[0] is not None for r in rows):
@@ -238,14 +244,10 @@ def load_mooncake_trace(path, *, token_scope: Literal["file", "session"] = "file
     path = Path(path)
     stem = name or trace_stem(path)
     rows = _parse_lines(path, block_tokens, stem)
-    if rows[0][4] is not None:  # the file names the sessions: no reconstruction
-        given: dict[str, int] = {}
-        sessions = [given.setdefault(r[4], len(given)) for r in rows]
-        names = list(given)
-    else:
-        sessions = reconstruct_sessions([r[3].tolist() for r in rows], [r[1] for r in rows], block_tokens,
-                                        output_lengths=[r[2] for r in rows], timestamps=[r[0] for r in rows])
-        names = [f"s{k:05d}" for k in range(max(sessions) + 1)]
+    if rows[0][4] is not None:  # the file names the sessions: each turn a delta on its session's context
+        return _named_sessions(rows, stem, path, block_tokens)
+    sessions = reconstruct_sessions([r[3].tolist() for r in rows], [r[1] for r in rows], block_tokens,
+                                    output_lengths=[r[2] for r in rows], timestamps=[r[0] for r in rows])
     members: dict[int, list[int]] = {}
     for i, s in enumerate(sessions):
         members.setdefault(s, []).append(i)
@@ -257,12 +259,39 @@ def load_mooncake_trace(path, *, token_scope: Literal["file", "session"] = "file
         hashes = BlockHashes.from_rounds([rows[i][3] for i in idx])
         hit = np.minimum(hit_blocks_from_hashes(hashes) * block_tokens, prompt - 1)
         think_ms, start_ms = _think_ms([rows[i] for i in idx])
-        agent_id = f"{stem}/{names[s]}"
+        agent_id = f"{stem}/s{s:05d}"
         out.append(Trajectory(
             agent_id=agent_id, num_append_tokens=prompt - hit, num_gen_tokens=gen, num_hit_tokens=hit,
             think_time_s=think_ms / 1000.0,
             token_scope=f"mooncake:{stem}" if token_scope == "file" else agent_id,
             block_tokens=block_tokens, hashes=hashes, start_offset_s=start_ms / 1000.0, source=str(path)))
+    return out
+
+
+def _named_sessions(rows: list, stem: str, path: Path, block_tokens: int) -> list[Trajectory]:
+    """One stream trajectory per named session (module docstring): a turn's prompt is the
+    session's context so far, all of it cached, plus its ``input_length`` new tokens."""
+    given: dict = {}  # (an id 1 and an id "1" are two sessions)
+    for r in rows:
+        given.setdefault(r[4], []).append(r)
+    out: list[Trajectory] = []
+    names: set[str] = set()
+    for sid, turns in given.items():
+        append = np.array([r[1] for r in turns], dtype=np.int64)
+        gen = np.maximum(np.array([r[2] for r in turns], dtype=np.int64), 1)
+        think_ms, start_ms = _think_ms(turns)
+        if (think_ms < 0).any():
+            k = int(np.flatnonzero(think_ms < 0)[0])
+            raise TraceFormatError(path, f"session {sid!r}, turn {k}", "timestamp", "earlier than the turn before it "
+                                   "(a session's turns are in file order when not every line has a timestamp)",
+                                   turns[k][0])
+        agent_id = unique_name(f"{stem}/{sid}", names)
+        names.add(agent_id)
+        out.append(Trajectory(
+            agent_id=agent_id, num_append_tokens=append, num_gen_tokens=gen,
+            num_hit_tokens=np.concatenate([[0], np.cumsum(append + gen)[:-1]]).astype(np.int64),
+            think_time_s=think_ms / 1000.0, token_scope=agent_id, block_tokens=block_tokens,
+            start_offset_s=start_ms / 1000.0, source=str(path)))
     return out
 
 
