@@ -4,7 +4,6 @@ ratios, and the online max-APS searches run per seed (their gains taken within a
 import csv
 import json
 import math
-import re
 
 import numpy as np
 import pytest
@@ -47,6 +46,9 @@ def test_estimate_and_helpers_against_hand_computation():
     assert fmt(1.0, 0.0) == "1 ± 0" and fmt(3.1, 0.996) == "3.1 ± 1.0"
     # never coarser than the interval: the mean to the half width's last decimal place
     assert fmt(1.00012, 5.9e-6) == "1.0001200 ± 5.9e-06" and fmt(12.0, 0.5) == "12.00 ± 0.50"
+    # positional above 1e4 (not 1.235e+04), and a rounding-noise width adds at most 8 significant digits
+    assert fmt(12345.6, 0.8) == "12345.60 ± 0.80" and fmt(28650.2, 41) == "28650 ± 41"
+    assert fmt(0.3, 3.2e-17) == "0.30000000 ± 3.2e-17"
     wl = WorkloadSpec(mal="32K", num_agents=4, seed=7)
     assert [w.seed for w in seed_workloads(wl, 3)] == [7, 8, 9] and arrival_seeds(2, 3) == [2, 3, 4]
     rows = [{"v": "a", "seed": 0, "x": 1.0, "n": 3, "ok": True}, {"v": "a", "seed": 1, "x": 3.0, "n": 5, "ok": False},
@@ -92,8 +94,10 @@ def test_two_seeds_run_two_workloads_and_report_the_mean_and_ci_of_per_seed_rati
     assert [x["jct_s"] for x in out["variants"]["basic"]["by_seed"]] == [jct[("basic", 0)], jct[("basic", 1)]]
     md = (tmp_path / "r2" / "ablation.md").read_text()
     assert "mean ± 95% CI over 2 seeds" in md.splitlines()[0]
-    shown = [float(c) for c in re.findall(r"\| ([0-9.]+) ± ", md)]  # each cell's mean, to its printed precision
-    assert any(v == pytest.approx(mean, rel=5e-4) for v in shown)  # 4 significant digits at least
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("|")]
+    cell = dict(zip(table[0], next(row for row in table if row[0] == "dualpath")))["speedup_vs_basic"]
+    shown, shown_half = (float(x) for x in cell.split(" ± "))  # the mean to its printed precision
+    assert shown == pytest.approx(mean, rel=5e-4) and shown_half == pytest.approx(half, rel=0.05)
     rows = list(csv.DictReader((tmp_path / "r2" / "ablation.csv").open()))
     assert float(rows[1]["speedup_vs_basic_ci95"]) == pytest.approx(half, rel=1e-8)
     # one seed: no interval, and the value of seed 0 alone

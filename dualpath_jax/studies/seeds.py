@@ -158,18 +158,22 @@ def _two_digits(x: float) -> str:
 
 def fmt(mean, half) -> str:
     """``"mean ± half"``: the half width to 2 significant digits, the mean to 4 significant digits or
-    to the half width's last printed decimal place, whichever is finer (``1470 ± 140``,
-    ``1.000120 ± 5.9e-06``: a mean is never shown coarser than its interval); the mean alone when
-    the half width is NaN (one seed)."""
+    to the half width's last printed decimal place, whichever is finer, but at most 8 significant
+    digits (``1470 ± 140``, ``12346 ± 0.80``, ``1.000120 ± 5.9e-06``: a mean is never shown coarser
+    than its interval, and a rounding-noise width adds no float digits); positional from 1e-4 to
+    1e15; the mean alone when the half width is NaN (one seed)."""
     if mean is None:
         return ""
     mean = float(mean)
     m = "nan" if math.isnan(mean) else format(mean, ".4g")
+    exp = math.floor(math.log10(abs(mean))) if math.isfinite(mean) and mean != 0 else 0
+    if "e" in m and -4 <= exp < 15:  # positional: 12345.6 -> 12346, not 1.235e+04
+        m = format(mean, f".{max(0, 3 - exp)}f")
     if half is None or math.isnan(float(half)):
         return m
     h = _two_digits(float(half))
-    if math.isfinite(mean) and float(half) > 0 and "e" not in m and abs(mean) < 1e6:
-        places = _decimal_places(h)
+    if math.isfinite(mean) and float(half) > 0 and "e" not in m:
+        places = min(_decimal_places(h), max(0, 7 - exp))
         if places > _decimal_places(m):
             m = format(mean, f".{places}f")
     return f"{m} ± {h}"
