@@ -306,7 +306,7 @@ def test_llama_qwen3_and_mistral_configs_read_as_gqa():
 
 @pytest.mark.parametrize("config, change, key", [
     (MISTRAL_7B, {"sliding_window": 4096}, "sliding_window"),
-    (QWEN3_8B, {"use_sliding_window": True}, "use_sliding_window"),
+    (QWEN3_8B, {"use_sliding_window": True, "sliding_window": 4096}, "use_sliding_window"),
     (QWEN3_30B_A3B, {"mlp_only_layers": [0, 1]}, "mlp_only_layers"),
     (QWEN3_30B_A3B, {"decoder_sparse_step": 2}, "decoder_sparse_step"),
     (QWEN3_30B_A3B, {"num_experts_per_tok": 200}, "num_experts_per_tok"),
@@ -414,5 +414,9 @@ def test_null_counts_and_absent_limits_read_as_transformers_and_deepseek_do():
     assert spec_from_hf_config({**LLAMA31_8B, "attention_bias": True}).o_bias is True
     full = spec_from_hf_config({**QWEN3_8B, "use_sliding_window": True, "max_window_layers": 36})
     assert full.n_layers == 36
-    with pytest.raises(ConfigError, match="layers from max_window_layers 35 on would slide, of 36"):
-        spec_from_hf_config({**QWEN3_8B, "use_sliding_window": True, "max_window_layers": 35})
+    with pytest.raises(ConfigError, match="layers from 35 on would slide, of 36"):
+        spec_from_hf_config({**QWEN3_8B, "use_sliding_window": True, "max_window_layers": 35, "sliding_window": 4096})
+    # Qwen3-MoE slides every layer; a null sliding_window slides none
+    with pytest.raises(ConfigError, match="layers from 0 on would slide, of 48"):
+        spec_from_hf_config({**QWEN3_30B_A3B, "use_sliding_window": True, "sliding_window": 4096})
+    assert spec_from_hf_config({**QWEN3_30B_A3B, "use_sliding_window": True, "sliding_window": None}).n_layers == 48

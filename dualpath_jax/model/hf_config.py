@@ -244,7 +244,8 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
 
     * ``qwen2`` (Qwen2 / Qwen2.5): GQA with q/k/v bias; ``num_key_value_heads`` (default: the
       query heads), ``head_dim`` (default ``hidden_size / num_attention_heads``); with
-      ``use_sliding_window`` only when no layer slides (``max_window_layers >= num_hidden_layers``).
+      ``use_sliding_window`` only when no layer slides (``max_window_layers >= num_hidden_layers``
+      for Qwen2 / Qwen3, never for Qwen3-MoE, unless ``sliding_window`` is null).
     * ``llama`` / ``mistral`` (Llama 2 and 3, Mistral): GQA, Llama's biases on q/k/v/o when
       ``attention_bias`` (Mistral has none, as in ``transformers``); Mistral without a ``sliding_window``.
     * ``qwen3`` / ``qwen3_moe`` (Qwen3, Qwen3-MoE): GQA with per-head q/k RMSNorm, biases as Llama;
@@ -292,12 +293,13 @@ def spec_from_hf_config(cfg: dict[str, Any], *, name: str = "hf", path: str = "c
                   max_position=_number(cfg, "max_position_embeddings", path, int, _MAX_POSITION[model_type]))
     keys = _HF_KEYS
     if not model_type.startswith("deepseek"):
-        # Qwen: the layers from max_window_layers on slide (transformers' layer_types; default 28)
-        if cfg.get("use_sliding_window", False) and \
-                _number(cfg, "max_window_layers", path, int, 28) < common["n_layers"]:
-            raise ConfigError(f"{path}: use_sliding_window", "sliding-window attention is not supported (layers "
-                              f"from max_window_layers {_number(cfg, 'max_window_layers', path, int, 28)} on would "
-                              f"slide, of {common['n_layers']})")
+        # Qwen (transformers 5): with use_sliding_window and a sliding_window (default 4096; null: none),
+        # Qwen3-MoE slides every layer, Qwen2 / Qwen3 the layers from max_window_layers on (default 28)
+        if cfg.get("use_sliding_window", False) and cfg.get("sliding_window", 4096) is not None:
+            first = 0 if model_type == "qwen3_moe" else _number(cfg, "max_window_layers", path, int, 28)
+            if first < common["n_layers"]:
+                raise ConfigError(f"{path}: use_sliding_window", f"sliding-window attention is not supported "
+                                  f"(layers from {first} on would slide, of {common['n_layers']})")
         if model_type == "mistral" and cfg.get("sliding_window", 4096) is not None:  # (MistralConfig's default)
             raise ConfigError(f"{path}: sliding_window", "sliding-window attention is not supported (set it to "
                               f"null for full attention; got {cfg.get('sliding_window', 4096)!r})")
