@@ -70,6 +70,14 @@ def test_a_request_recorded_with_no_input_tokens_is_left_out_with_a_warning(tmp_
     np.testing.assert_array_equal(sub.num_prompt_tokens, [150])
     assert sub.start_offset_s == 6.0 + 2.0  # its first kept request, 2 s after the launch
 
+    def all_blank(d):
+        for i in (0, 1, 3):
+            d["requests"][i].update(**{"in": 0, "hash_ids": []})
+
+    with pytest.raises(TraceFormatError, match=r"\(top level\): requests: holds no 'n'/'s' requests .* \(its 3 "
+                                              r"were all recorded with in = 0\)"):
+        load_agentic_trace(mutate(tmp_path / "allblank.json.gz", all_blank))
+
 
 def test_trace_stats_script_reads_the_agentic_folder_it_is_given(tmp_path):
     traces = tmp_path / "traces"

@@ -178,10 +178,10 @@ def round_hits(tokens: np.ndarray, lens: np.ndarray, offsets: np.ndarray, init: 
         run = np.concatenate([np.maximum.accumulate(part) for part in np.split(ctx, starts[1:])])
     longest = np.where(first, floor, np.maximum(np.roll(run, 1), floor))  # before each round
     out[g] = h
+    starts = np.searchsorted(g, offsets[:-1])  # each agent's first position in g (its rounds are contiguous)
     for a in np.unique(seg[h > longest]):  # agents where a hit passes every earlier context
-        k = np.flatnonzero(seg == a)
         context = longest_a = int(init[a])
-        for j in k:
+        for j in range(int(starts[a]), int(starts[a]) + int(lens[a])):
             hit = int(h[j])
             if hit > longest_a:
                 hit = context
@@ -194,8 +194,8 @@ def round_hits(tokens: np.ndarray, lens: np.ndarray, offsets: np.ndarray, init: 
 def typical_round(flat: FlatRounds) -> tuple[int, int]:
     """Mean (cached, append) tokens per round over the agents (for alpha/beta in tokens).
 
-    A round's cached tokens are its hit as :func:`round_hits` computes it: the agent's initial
-    context and earlier rounds' append + generated tokens, cut to the round's given hit.
+    A round's cached tokens are its hit as :func:`round_hits` computes it: the agent's previous
+    context (its initial one and earlier rounds' append + generated tokens), or the round's given hit.
     """
     rounds = int(flat.append.size)
     if rounds == 0:

@@ -72,8 +72,10 @@ class WorkloadSpec:
         file gives its own ``block_size``).
       use_think_time: traces: issue each round its recorded think time after the previous one's KV
         is persisted, and start each sub-agent at its recorded offset from its conversation (the
-        engine's ``arrivals.use_think_time``); default off, as the paper's evaluation issues the
-        next round at once (PAPER.md section 6.2). The generator records none.
+        engine's ``arrivals.use_think_time`` waits the think times; it replays no sub-agents);
+        default off, as the paper's evaluation issues the next round at once (PAPER.md section
+        6.2). The generator records none; a rebuilt Mooncake session's think time is the gap
+        between its requests' timestamps, which holds the original service time too.
 
     Raises:
       ConfigError: naming ``workload.<field>``.

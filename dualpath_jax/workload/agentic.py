@@ -256,8 +256,11 @@ def _walk(ctx: _Ctx, requests, where_prefix: str, agent_id: str, parent_id: str 
         round_t.append(t)
         prev_api = api
     if not ins and parent_id is None:
-        ctx.fail("(top level)", "requests", "holds no 'n'/'s' requests of the conversation itself (only sub-agents, "
-                 "which start from their conversation)", show_value=False)
+        blank = sum(w.startswith(where_prefix) and w.count("requests[") == 1 for w in ctx.skipped)
+        why = (f"its {blank} were all recorded with in = 0" if blank
+               else "only sub-agents, which start from their conversation")
+        ctx.fail("(top level)", "requests", f"holds no 'n'/'s' requests of the conversation itself to replay ({why})",
+                 show_value=False)
     if ins:
         prompt = np.asarray(ins, dtype=np.int64)
         hashes = BlockHashes.from_rounds(hash_rounds)
