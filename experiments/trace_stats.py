@@ -10,7 +10,7 @@ Runtime on one CPU core: all 609 agentic traces 10-40 s (the host's load), Moonc
 Output: a Markdown table of the statistics (for ``synthetic`` next to the paper's Table 2 with
 the relative error), then ``name: value`` lines ending with ``turns_mean``, ``append_mean``,
 ``gen_mean``, ``context_mean``, ``hit_rate``. Files in ``--workdir`` (default
-``./workdir/trace_stats/<source>[_<mal>]``): ``trace_stats.json``, ``trace_stats.md``,
+``./workdir/trace_stats/<source>[_<mal>|_<mooncake file>]``): ``trace_stats.json``, ``trace_stats.md``,
 ``metrics.json`` (the named values), ``config.json`` (the flags), ``env.json``, ``status.json``; the
 folder must be new or empty (``--overwrite`` replaces an earlier run's). A bad trace file ends the run
 with one line naming the file, request and field (``--verbose`` for the traceback).
@@ -28,6 +28,7 @@ from dualpath_jax.metrics import (format_named_values, markdown_table, write_con
                                   write_named_values)
 from dualpath_jax.studies import cli
 from dualpath_jax.workload import TABLE2, load_source, trace_stats
+from dualpath_jax.workload.agentic import trace_stem
 
 _SOURCE = flags.DEFINE_enum("source", "synthetic", ["agentic", "mooncake", "synthetic"], "Trace source.")
 _MAL = flags.DEFINE_enum("mal", "64K", ["32K", "48K", "64K"], "MAL of the synthetic dataset.")
@@ -41,8 +42,12 @@ _SUBAGENTS = flags.DEFINE_enum("subagents", "separate", ["separate", "drop"], "A
 _TRACES_DIR = flags.DEFINE_string("traces_dir", "", "Agentic: the folder of *.json.gz / *.json trace files, or one "
                                   "trace file (default: the shared agentic_traces/, or "
                                   "$DUALPATH_DATA_DIR/agentic_traces).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default ./workdir/trace_stats/<source>[_<mal>]).")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                                "Output folder (default ./workdir/trace_stats/<source>[_<mal>|_<file>]).")
 
+_APPLIES_TO = {"mal": "synthetic", "seed": "synthetic", "num_agents": "synthetic", "max_files": "agentic",
+               "subagents": "agentic", "traces_dir": "agentic", "mooncake": "mooncake",
+               "mooncake_block_tokens": "mooncake"}
 _HEADLINE = ("turns_mean", "append_mean", "gen_mean", "context_mean", "hit_rate")
 _TABLE2_FIELDS = {"turns_mean": "turns", "append_mean": "append", "gen_mean": "gen", "total_mean": "total",
                   "context_mean": "context"}
@@ -55,7 +60,11 @@ def main(argv):
         raise ConfigError("max_files", f"must be >= 0 (0 = every file; got {_MAX_FILES.value})")
     if _MOONCAKE_BLOCK_TOKENS.value < 1:
         raise ConfigError("mooncake_block_tokens", f"must be >= 1 (got {_MOONCAKE_BLOCK_TOKENS.value})")
-    tag = f"{source}_{_MAL.value}" if source == "synthetic" else source
+    for flag, owner in _APPLIES_TO.items():  # a flag of another source would be ignored: say so
+        if flags.FLAGS[flag].present and owner != source:
+            raise ConfigError(flag, f"applies to --source={owner}; this run reads --source={source}")
+    tag = {"synthetic": f"synthetic_{_MAL.value}",
+           "mooncake": f"mooncake_{trace_stem(Path(_MOONCAKE.value))}"}.get(source, source)
     workdir = cli.open_workdir(_WORKDIR.value or Path("workdir") / "trace_stats" / tag)
     config = {"source": source, "mal": _MAL.value, "seed": _SEED.value, "num_agents": _NUM_AGENTS.value,
               "max_files": _MAX_FILES.value, "mooncake": _MOONCAKE.value, "subagents": _SUBAGENTS.value,

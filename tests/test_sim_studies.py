@@ -387,7 +387,9 @@ def test_a_trace_workload_is_its_first_agents_cut_at_the_mal(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in _mooncake_rows()))
     wl = WorkloadSpec(source="mooncake", path=str(path), mal="32K", num_agents=2)
-    assert wl.label == "mooncake traces, MAL 32K"
+    assert wl.label == "mooncake trace m.jsonl, MAL 32K"
+    assert wl.replace(token_divisor=2, use_think_time=True).label == \
+        "mooncake trace m.jsonl, MAL 32K, tokens / 2, recorded think times"
     ts = wl.build()
     # sessions by hand: s0 = lines 1 and 3 (line 3 continues line 1's blocks 0, 1); s1 = line 2, whose
     # one round (40,000 + 5 tokens) exceeds 32K = 32,768, so it is skipped; s2 = line 4

@@ -100,6 +100,11 @@ def test_trace_stats_script_reads_the_agentic_folder_it_is_given(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"empty: no \*\.json\.gz or \*\.json trace files$"):
         load_agentic_traces(tmp_path / "empty")
+    # a flag of another source would be ignored: refused in one line
+    other = subprocess.run(script + [f"--traces_dir={traces}", "--mooncake=synthetic", f"--workdir={tmp_path / 'w3'}"],
+                           capture_output=True, text=True, cwd=repo, timeout=300)
+    assert other.returncode == 1 and other.stderr.strip().splitlines()[-1] == (
+        "ConfigError: mooncake: applies to --source=mooncake; this run reads --source=agentic")
 
 
 def test_plain_json_traces_load_as_their_gzip_copies_and_a_stem_counts_once(tmp_path):

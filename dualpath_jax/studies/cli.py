@@ -281,6 +281,10 @@ def _base_config(argv: list[str], name: str):
         return value, None, one_line(e)
 
 
+_SYNONYMS = {"workload.path": "workload.traces_dir", "workload.traces_dir": "workload.path"}
+"""Fields that one setting has under the simulator studies' and the engine's names (the trace to read)."""
+
+
 def _override_error(argv: list[str], name: str) -> str | None:
     """One line for the first ``--<name>.<field>`` override of ``argv`` that names no field of the
     config file's config (with the closest field names), or for a config file that does not load;
@@ -302,7 +306,9 @@ def _override_error(argv: list[str], name: str) -> str | None:
                     return one_line(ConfigError(key, f"{'.'.join(parts[:i])} is a {type(node).__name__} value, "
                                                      f"not a section with fields"))
                 if part not in node.keys():
-                    return one_line(ConfigError(key, f"no field {dotted!r} in {value}{did_you_mean(dotted, names)}"))
+                    alt = _SYNONYMS.get(dotted)  # the same setting under the other runner's name
+                    hint = f"; did you mean {alt}?" if alt in names else did_you_mean(dotted, names)
+                    return one_line(ConfigError(key, f"no field {dotted!r} in {value}{hint}"))
                 node = node[part]
     return None
 

@@ -135,7 +135,8 @@ class WorkloadSpec:
         if self.source == "agentic" and not trace_files(where):
             raise ConfigError("workload.path", no_traces_message(where))
         if self.source == "mooncake" and not mooncake_file(self.path or "conversation").is_file():
-            raise ConfigError("workload.path", f"no Mooncake trace {str(mooncake_file(self.path or 'conversation'))!r}")
+            raise ConfigError("workload.path", f"no Mooncake trace {str(mooncake_file(self.path or 'conversation'))!r} "
+                              f"(conversation, synthetic or a .jsonl file)")
 
     def build(self) -> TrajectorySet:
         """The trajectories (deterministic in the fields).
@@ -155,8 +156,16 @@ class WorkloadSpec:
 
     @property
     def label(self) -> str:
-        """What the workload is, for log lines and titles: ``"MAL 64K"``, ``"agentic traces, MAL 64K"``."""
-        return f"MAL {self.mal}" if self.source == "synthetic" else f"{self.source} traces, MAL {self.mal}"
+        """What the workload is, for log lines and titles: ``"MAL 64K"``, ``"agentic traces, MAL 64K"``,
+        ``"mooncake trace synthetic, MAL 64K, tokens / 32, recorded think times"``."""
+        if self.source == "synthetic":
+            what = f"MAL {self.mal}"
+        elif self.source == "mooncake":
+            what = f"mooncake trace {Path(self.path).name if self.path else 'conversation'}, MAL {self.mal}"
+        else:
+            what = f"agentic traces{f' ({Path(self.path).name})' if self.path else ''}, MAL {self.mal}"
+        return (what + (f", tokens / {self.token_divisor}" if self.token_divisor != 1 else "")
+                + (", recorded think times" if self.use_think_time else ""))
 
     def replace(self, **changes) -> "WorkloadSpec":
         return dataclasses.replace(self, **changes)

@@ -139,8 +139,8 @@ def run_ablation(config, workdir, *, log: Callable = print, progress: bool | Non
             n_req = sum(a.num_rounds for a in agents)
             if scheduler_name(setup.scheduler_cls):
                 log(f"scheduler {scheduler_name(setup.scheduler_cls)}")
-            log(f"{len(agents)} agents, {n_req} requests; estimated hit KV {sum(h for h, _ in setup.rounds)} tokens, "
-                f"appended {sum(a for _, a in setup.rounds)} tokens")
+            log(f"{config.workload.label}: {len(agents)} agents, {n_req} requests; estimated hit KV "
+                f"{sum(h for h, _ in setup.rounds)} tokens, appended {sum(a for _, a in setup.rounds)} tokens")
             seed_dir = workdir / "seed_store" if config.workload.warm_start else None
             if seed_dir is not None:
                 with stages.stage("seed store"):
@@ -333,7 +333,7 @@ def _write_tables(workdir: Path, setup: Setup, rows: list[dict], run_rows: list[
         shape += f" x {cl.engines_per_node} engines per node"
     what = f"mean ± 95% CI over {repeats} repeats" if repeats > 1 else "1 repeat"
     policy = f"; scheduler {scheduler_name(setup.scheduler_cls)}" if scheduler_name(setup.scheduler_cls) else ""
-    title = f"Engine ablation ({shape} emulated, agentic traces; {what}{policy})"
+    title = f"Engine ablation ({shape} emulated, {setup.config.workload.label}; {what}{policy})"
     writers.write_table(workdir / "ablation", rows, title=title)
     md_rows = [{k: (fmt(v, row.get(k + CI_SUFFIX, math.nan)) if isinstance(v, float) else v)
                 for k, v in row.items() if not k.endswith(CI_SUFFIX)} for row in rows]

@@ -73,8 +73,8 @@ class EngineWorkload:
     """Which traces are replayed and how they are scaled (``configs/engine_ablation.py``).
 
     Attributes:
-      source: ``agentic`` (Claude Code traces) or ``mooncake`` (the sessions of a Mooncake trace,
-        :mod:`~dualpath_jax.workload.mooncake`), the simulator studies' ``workload.source``.
+      source: ``agentic`` (Claude Code traces) or ``mooncake`` (a Mooncake trace's sessions, read
+        as the simulator studies' ``workload.source=mooncake`` reads them).
       max_files: agentic: trace files read (the first ones in name order).
       num_agents: agents replayed.
       rounds: rounds per agent (agents with fewer are skipped).
@@ -96,6 +96,14 @@ class EngineWorkload:
     warm_start: bool = True
     traces_dir: str = ""
     mooncake_block_tokens: int = MOONCAKE_BLOCK_TOKENS
+
+    @property
+    def label(self) -> str:
+        """What is replayed, for log lines and titles: ``"agentic traces, tokens / 32"``,
+        ``"Mooncake trace conversation, tokens / 32"``."""
+        what = ("agentic traces" if self.source == "agentic"
+                else f"Mooncake trace {Path(self.traces_dir).name if self.traces_dir else 'conversation'}")
+        return what + (f", tokens / {self.token_divisor}" if self.token_divisor != 1 else "")
 
     def __post_init__(self):
         check_in("workload.source", self.source, ("agentic", "mooncake"))

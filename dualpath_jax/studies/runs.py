@@ -188,9 +188,12 @@ def run_label(variant: str, scheduler_cls: type) -> str:
 
 
 def workload_tag(wl: WorkloadSpec) -> str:
-    """The workload in a log line: its MAL and generator seed (``64K s0``), or its source and MAL
-    for a trace (``agentic 64K``)."""
-    return f"{wl.mal} s{wl.seed}" if wl.source == "synthetic" else f"{wl.source} {wl.mal}"
+    """The workload in a log line: its MAL and generator seed with the Fig. 9 length factors
+    (``64K s0 x1/x1``: append x gen), or its source and MAL for a trace (``agentic 64K``), then a
+    token divisor (``/32``) and recorded think times (``think``) when set."""
+    tag = (f"{wl.mal} s{wl.seed} x{wl.append_factor:g}/x{wl.gen_factor:g}" if wl.source == "synthetic"
+           else f"{wl.source} {wl.mal}")
+    return tag + (f" /{wl.token_divisor}" if wl.token_divisor != 1 else "") + (" think" if wl.use_think_time else "")
 
 
 def workload_agents(ts: TrajectorySet, wl: WorkloadSpec) -> list:
@@ -266,7 +269,7 @@ def _offline_out(s: dict, cfg: SimConfig, variant: str, wl: WorkloadSpec, schedu
                  log: Log | None) -> dict:
     out = dict(s, variant=variant, cluster=cluster_label(cfg), num_agents=wl.num_agents, cached=cached)
     if log:
-        log(f"  {cfg.model} {out['cluster']} {workload_tag(wl)} x{wl.append_factor:g}/x{wl.gen_factor:g} "
+        log(f"  {cfg.model} {out['cluster']} {workload_tag(wl)} "
             f"{wl.num_agents:6d} agents {run_label(variant, scheduler_cls)} JCT {out['jct_s']:9.1f} s  "
             f"TTFT {out['ttft_mean_s']:7.2f} s  TPOT {out['tpot_s'] * 1e3:6.1f} ms  "
             + ("(memoised)" if cached else f"({out['wall_s']:.1f} s wall)"))

@@ -154,7 +154,9 @@ def read_json_gz(path: Path, *, gzipped: bool | None = True) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise TraceFormatError(path, f"line {e.lineno} column {e.colno}", "", f"invalid JSON ({e.msg})") from e
+        lines = " (a file of one JSON object per line is a Mooncake trace: workload.source=mooncake)" \
+            if e.msg == "Extra data" and e.lineno > 1 else ""
+        raise TraceFormatError(path, f"line {e.lineno} column {e.colno}", "", f"invalid JSON ({e.msg}){lines}") from e
     except UnicodeDecodeError as e:
         raise TraceFormatError(path, "", "", f"not UTF-8 text ({e.reason})") from e
     except RecursionError:  # JSON nested deeper than the parser's stack (sub-agents in sub-agents...)

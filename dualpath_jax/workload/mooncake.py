@@ -131,10 +131,6 @@ def _parse_lines(path: Path, block_tokens: int, name: str):
         sid = obj.get("session_id")
         if sid is not None and (isinstance(sid, bool) or not isinstance(sid, (str, int)) or sid == ""):
             raise TraceFormatError(path, where, "session_id", "must be a non-empty string or an integer", sid)
-        for field in ("timestamp", "input_length", "output_length", "hash_ids"):
-            if field not in obj and not (field in ("timestamp", "hash_ids") and sid is not None):
-                why = " (a request without a session_id needs one)" if field in ("timestamp", "hash_ids") else ""
-                raise TraceFormatError(path, where, field, "missing required field" + why)
         if sid is None:
             unnamed = unnamed or where
         else:
@@ -143,6 +139,10 @@ def _parse_lines(path: Path, block_tokens: int, name: str):
             raise TraceFormatError(path, unnamed if sid is not None else where, "session_id",
                                    f"missing ({named} names its session: a file names every request's session "
                                    f"or none)")
+        for field in ("timestamp", "input_length", "output_length", "hash_ids"):
+            if field not in obj and not (field in ("timestamp", "hash_ids") and sid is not None):
+                why = " (a request without a session_id needs one)" if field in ("timestamp", "hash_ids") else ""
+                raise TraceFormatError(path, where, field, "missing required field" + why)
         ts = _milliseconds(obj, "timestamp", path, where)
         if ts is None and sid is None:
             raise TraceFormatError(path, where, "timestamp", "must be a finite number >= 0 (milliseconds)", None)
