@@ -138,3 +138,29 @@ def test_attention_weighted_over_the_first_forwards():
     assert attention_weighted(res, 2) == pytest.approx(2.5, rel=1e-12)
     assert np.isnan(attention_weighted(res, 0))
     assert np.isnan(attention_weighted(types.SimpleNamespace(attention_s=np.zeros((0, 2)))))
+
+
+def test_an_attention_time_estimate_error_unbalances_a_group_forward_by_its_draws():
+    """sim.attention_time_error: each engine's forward attends for the estimate times exp(g), g a
+    normal of mean -sigma^2/2 (mean-one factor) drawn in engine order from a run's Random(0)."""
+    import math
+    import random
+
+    from dualpath_jax.config import ConfigError
+
+    model = ComputeModel(prefill_overhead_s=0.01, s_per_token=0.0, s_per_key=1e-6)
+    base = SimConfig(loading="oracle", compute=model, fetch_period_s=FETCH, prefill_nodes=1, decode_nodes=1,
+                     hardware=HardwareConfig(gpus_per_node=2), ep_sync=True)
+    agents = [SimAgent(0.0, np.array([300]), np.array([2])), SimAgent(0.0, np.array([300]), np.array([2]))]
+    exact = simulate(base, agents)
+    est = float(exact.attention_s[0][0])
+    assert exact.attention_s[0].tolist() == [est, est]  # one request each, the same shape: balanced
+    sigma = 0.5
+    rng = random.Random(0)
+    a1, a2 = (est * math.exp(rng.gauss(-sigma * sigma / 2, sigma)) for _ in range(2))
+    noisy = simulate(base.replace(attention_time_error=sigma), agents)
+    assert noisy.attention_s[0].tolist() == pytest.approx([max(a1, a2), (a1 + a2) / 2], rel=1e-12)
+    assert noisy.end_s != exact.end_s  # the forward lasts as long as its slowest member's actual time
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="sim.attention_time_error"):
+            base.replace(attention_time_error=bad)

@@ -25,6 +25,7 @@ import heapq
 import itertools
 import math
 import operator
+import random
 import sys
 from collections.abc import Sequence
 from typing import SupportsIndex
@@ -139,6 +140,9 @@ class Simulator:
         self.de_ctx = [0.0] * (n_pe + n_de)
         self.de_att = [0.0] * (n_pe + n_de)  # per DE: KV entries a decode step reads (DSA: top-k per sequence)
         self.time_model = self.pe_model  # ComputeModel.time_s(cached, bsz): attention seconds of a forward
+        # the estimate's error (SimConfig.attention_time_error): a mean-one lognormal factor per forward
+        self._attn_sigma = float(self.cfg.attention_time_error)
+        self._attn_rng = random.Random(0)
         self.attention_s: list[tuple[float, float]] = []  # per group forward: (max, mean) attention seconds
         self.attention_members: list[tuple[int, int]] = []  # per group forward: (busy members, members)
         self.attention_start_s: list[float] = []  # per group forward: when it started (virtual s)
@@ -410,6 +414,9 @@ class Simulator:
             cached = [b.cached for b in batch]
             bsz = [b.remaining for b in batch]
             t_a = self.pe_model.attention_time_s(cached, bsz)
+            if self._attn_sigma > 0.0:  # what the forward takes, of which the batch former knew the estimate
+                sigma = self._attn_sigma
+                t_a *= math.exp(self._attn_rng.gauss(-0.5 * sigma * sigma, sigma))
             t_c = self.pe_model.prefill_time_s(cached, bsz, attention_s=t_a)
             attn.append(t_a)
             load_end = now

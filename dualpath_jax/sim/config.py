@@ -60,6 +60,12 @@ class SimConfig(SchedKnobs):
         reach (FlashMLA's sparse prefill: 640 of 989 TFLOP/s, ``sim.compute.ATTENTION_EFFICIENCY``).
       compute: an explicit :class:`~dualpath_jax.sim.compute.ComputeModel` for every engine
         (e.g. fitted to a real engine's measured forwards); replaces the public calibration.
+      attention_time_error: log standard deviation of the error of the PE batch former's
+        attention-time estimate (PAPER.md 5.5: a relation fitted by profiling in advance): each
+        engine's forward takes its estimate times a mean-one lognormal factor drawn for it (a
+        fixed seed per run), while batches are still formed from the estimate. 0 (default): the
+        estimate is exact, so with deep queues every member of an EP group attends for the quota
+        and Fig. 14's Max/Avg is 1; the paper gives no such error.
       de_join_s: seconds a DE unit stops decoding for each request it admits (allocation and
         bookkeeping on the decode thread; the H2D copy itself is a CNIC transfer that the request
         waits for, PAPER.md 2.5). 0 by default: the paper gives no admission cost (8.6), and a
@@ -83,6 +89,7 @@ class SimConfig(SchedKnobs):
     attention_efficiency: float = ATTENTION_EFFICIENCY
     compute: ComputeModel | None = None
     de_join_s: float = 0.0
+    attention_time_error: float = 0.0
 
     field_prefix: ClassVar[str] = "sim."
 
@@ -109,8 +116,11 @@ class SimConfig(SchedKnobs):
         check_in("sim.weight_dtype", self.weight_dtype, tuple(cost.DTYPE_BYTES))
         check_positive("sim.block_tokens", self.block_tokens, integer=True)
         check_positive("sim.eff_memory", self.eff_memory)
-        for f in ("de_join_s", "prefill_layer_overhead_s", "activation_reserve_bytes"):
+        for f in ("de_join_s", "prefill_layer_overhead_s", "activation_reserve_bytes", "attention_time_error"):
             check_non_negative(f"sim.{f}", getattr(self, f))
+        if self.attention_time_error > 1.0:
+            raise ConfigError("sim.attention_time_error", f"is a log standard deviation, at most 1 (a factor of "
+                              f"e either way; got {self.attention_time_error})")
         if self.eff_memory > 1.0:
             raise ConfigError("sim.eff_memory", f"is a share of HBM bandwidth, in (0, 1] (got {self.eff_memory})")
         check_positive("sim.attention_efficiency", self.attention_efficiency)
