@@ -145,7 +145,8 @@ MODEL_NOTES = """### Modelling choices (reviewed against PAPER.md and public dat
   does, and each member's batch stays under the compute quota (PAPER.md 5.5). Kept; the balance
   study splits Fig. 14's ratio by the number of busy members. A member's attention time is the
   batch former's own estimate (``ComputeModel``), so a forward in which every member fills the
-  quota is balanced to within 1e-4; on GPUs the estimate's error adds to the paper's ratio.
+  quota is balanced to within 1e-4; on GPUs the estimate's error adds to the paper's ratio
+  (``sim.attention_time_error`` models it; 0 here: the paper gives no figure for it).
 - **Admission.** A DE admits a request at no decode-time cost (``de_join_s`` 0): the paper gives
   none, and the H2D copy of the request's KV is a modelled transfer that the request waits for.
 - **Links.** A transfer streams through all its links at once at its slowest link's rate and is
