@@ -9,7 +9,7 @@ import pytest
 from config_files import load_sim_config
 
 from dualpath_jax.sched import ClusterScheduler
-from dualpath_jax.sim import HardwareConfig, SimAgent, SimConfig, simulate
+from dualpath_jax.sim import HardwareConfig, SimAgent, SimConfig, Simulator, simulate
 from dualpath_jax.sim.adapters import agents_from_trajectories
 from dualpath_jax.sim.compute import ComputeModel
 from dualpath_jax.sim.runs import forwards_in_head, offline_starts, variant_config
@@ -142,7 +142,8 @@ def test_attention_weighted_over_the_first_forwards():
 
 def test_an_attention_time_estimate_error_unbalances_a_group_forward_by_its_draws():
     """sim.attention_time_error: each engine's forward attends for the estimate times exp(g), g a
-    normal of mean -sigma^2/2 (mean-one factor) drawn in engine order from a run's Random(0)."""
+    normal of mean -sigma^2/2 (mean-one factor) drawn in engine order from Random(the run's
+    noise_seed), a seed the workload sets: the same workload repeats, another draws another stream."""
     import math
     import random
 
@@ -156,11 +157,18 @@ def test_an_attention_time_estimate_error_unbalances_a_group_forward_by_its_draw
     est = float(exact.attention_s[0][0])
     assert exact.attention_s[0].tolist() == [est, est]  # one request each, the same shape: balanced
     sigma = 0.5
-    rng = random.Random(0)
+    sim = Simulator(base.replace(attention_time_error=sigma), agents)
+    rng = random.Random(sim.noise_seed)
     a1, a2 = (est * math.exp(rng.gauss(-sigma * sigma / 2, sigma)) for _ in range(2))
-    noisy = simulate(base.replace(attention_time_error=sigma), agents)
+    noisy = sim.run()
     assert noisy.attention_s[0].tolist() == pytest.approx([max(a1, a2), (a1 + a2) / 2], rel=1e-12)
     assert noisy.end_s != exact.end_s  # the forward lasts as long as its slowest member's actual time
+    # the workload sets the stream: the same agents repeat it, other agents (another seed's) do not
+    assert Simulator(base, agents).noise_seed == sim.noise_seed
+    other = [SimAgent(0.0, np.array([301]), np.array([2])), agents[1]]
+    assert Simulator(base, other).noise_seed != sim.noise_seed
+    later = [SimAgent(0.5, np.array([300]), np.array([2])), agents[1]]
+    assert Simulator(base, later).noise_seed != sim.noise_seed
     for bad in (-0.1, 1.5):
         with pytest.raises(ConfigError, match="sim.attention_time_error"):
             base.replace(attention_time_error=bad)

@@ -48,7 +48,7 @@ def test_estimate_and_helpers_against_hand_computation():
     assert fmt(1.00012, 5.9e-6) == "1.0001200 ± 5.9e-06" and fmt(12.0, 0.5) == "12.00 ± 0.50"
     # positional above 1e4 (not 1.235e+04), and a rounding-noise width adds at most 8 significant digits
     assert fmt(12345.6, 0.8) == "12345.60 ± 0.80" and fmt(28650.2, 41) == "28650 ± 41"
-    assert fmt(0.3, 3.2e-17) == "0.30000000 ± 3.2e-17"
+    assert fmt(0.3, 3.2e-17) == "0.30000000 ± 3.2e-17" and fmt(1234567, 89000) == "1.235e+06 ± 89000"
     wl = WorkloadSpec(mal="32K", num_agents=4, seed=7)
     assert [w.seed for w in seed_workloads(wl, 3)] == [7, 8, 9] and arrival_seeds(2, 3) == [2, 3, 4]
     rows = [{"v": "a", "seed": 0, "x": 1.0, "n": 3, "ok": True}, {"v": "a", "seed": 1, "x": 3.0, "n": 5, "ok": False},

@@ -21,6 +21,7 @@ from __future__ import annotations
 import array
 import collections
 import gc
+import hashlib
 import heapq
 import itertools
 import math
@@ -140,9 +141,11 @@ class Simulator:
         self.de_ctx = [0.0] * (n_pe + n_de)
         self.de_att = [0.0] * (n_pe + n_de)  # per DE: KV entries a decode step reads (DSA: top-k per sequence)
         self.time_model = self.pe_model  # ComputeModel.time_s(cached, bsz): attention seconds of a forward
-        # the estimate's error (SimConfig.attention_time_error): a mean-one lognormal factor per forward
+        # the estimate's error (SimConfig.attention_time_error): a mean-one lognormal factor per forward,
+        # drawn from a stream seeded by the workload (another seed's workload: another stream)
         self._attn_sigma = float(self.cfg.attention_time_error)
-        self._attn_rng = random.Random(0)
+        self.noise_seed = self._workload_seed(flat)
+        self._attn_rng = random.Random(self.noise_seed)
         self.attention_s: list[tuple[float, float]] = []  # per group forward: (max, mean) attention seconds
         self.attention_members: list[tuple[int, int]] = []  # per group forward: (busy members, members)
         self.attention_start_s: list[float] = []  # per group forward: when it started (virtual s)
@@ -234,6 +237,15 @@ class Simulator:
         if not heap and self._completed < self._total:
             raise RunStalled(stall_report(self))
         return collect_result(self)
+
+    def _workload_seed(self, flat) -> int:
+        """A seed that the agents' rounds and arrivals set (BLAKE2b of their token counts and start
+        times): the same workload draws the same stream, another workload another one."""
+        h = hashlib.blake2b(digest_size=8)
+        for column in (flat.append, flat.gen, flat.hit):
+            h.update(column.tobytes())
+        h.update(array.array("d", [float(a.arrival_s) for a in self.agents]).tobytes())
+        return int.from_bytes(h.digest(), "little")
 
     # ---- agents ---------------------------------------------------------------------------------
     def _agent_rounds(self, agent: int) -> tuple:

@@ -62,8 +62,9 @@ class SimConfig(SchedKnobs):
         (e.g. fitted to a real engine's measured forwards); replaces the public calibration.
       attention_time_error: log standard deviation of the error of the PE batch former's
         attention-time estimate (PAPER.md 5.5: a relation fitted by profiling in advance): each
-        engine's forward takes its estimate times a mean-one lognormal factor drawn for it (a
-        fixed seed per run), while batches are still formed from the estimate. 0 (default): the
+        engine's forward takes its estimate times a mean-one lognormal factor drawn for it (from a
+        stream seeded by the run's workload: a run repeats exactly, another seed's workload draws
+        another stream), while batches are still formed from the estimate. 0 (default): the
         estimate is exact, so with deep queues every member of an EP group attends for the quota
         and Fig. 14's Max/Avg is 1; the paper gives no such error.
       de_join_s: seconds a DE unit stops decoding for each request it admits (allocation and

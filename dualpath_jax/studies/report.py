@@ -102,6 +102,8 @@ _SIM_SOURCES = {
     "attention_efficiency": "FlashMLA README (sparse MLA prefill at 640 of the H800's 989 BF16 TFLOP/s); the same "
                             "share assumed for dense MLA, GQA and, of the FP8 peak, the DSA indexer",
     "de_join_s": "assumption: 0 (the paper gives no admission cost; the H2D copy is a modelled CNIC transfer)",
+    "attention_time_error": "assumption: 0 (the attention-time estimate is exact; the paper gives no error for "
+                            "its profiled fit, PAPER.md 5.5)",
     "ep_sync": "None: on for MoE models (EP + DP attention, paper A.4): an EP group's engines step together",
     "pe_ep_nodes": "None: every PE node in one EP group (assumption: the paper gives no EP degree; DeepSeek's "
                    "public deployment runs prefill on EP32 units of 4 nodes)",

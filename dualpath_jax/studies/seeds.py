@@ -159,15 +159,15 @@ def _two_digits(x: float) -> str:
 def fmt(mean, half) -> str:
     """``"mean ± half"``: the half width to 2 significant digits, the mean to 4 significant digits or
     to the half width's last printed decimal place, whichever is finer, but at most 8 significant
-    digits (``1470 ± 140``, ``12346 ± 0.80``, ``1.000120 ± 5.9e-06``: a mean is never shown coarser
-    than its interval, and a rounding-noise width adds no float digits); positional from 1e-4 to
-    1e15; the mean alone when the half width is NaN (one seed)."""
+    digits (``1470 ± 140``, ``12345.60 ± 0.80``, ``1.000120 ± 5.9e-06``: a mean is never shown
+    coarser than its interval, and a rounding-noise width adds no float digits); positional from
+    1e-4 to 1e6 (``1.235e+06 ± 89000`` above); the mean alone when the half width is NaN (one seed)."""
     if mean is None:
         return ""
     mean = float(mean)
     m = "nan" if math.isnan(mean) else format(mean, ".4g")
     exp = math.floor(math.log10(abs(mean))) if math.isfinite(mean) and mean != 0 else 0
-    if "e" in m and -4 <= exp < 15:  # positional: 12345.6 -> 12346, not 1.235e+04
+    if "e" in m and -4 <= exp < 6:  # positional: 12345.6 -> 12346, not 1.235e+04
         m = format(mean, f".{max(0, 3 - exp)}f")
     if half is None or math.isnan(float(half)):
         return m

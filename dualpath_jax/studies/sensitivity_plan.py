@@ -127,6 +127,8 @@ DEFAULT_QUANTITIES: tuple[str, ...] = tuple(n for n in QUANTITIES if n != "hardw
 
 LEFT_OUT: dict[str, str] = {
     "de_join_s": "0 by default (the paper gives no admission cost, PAPER.md 8.6): a factor on 0 stays 0",
+    "attention_time_error": "0 by default (the paper gives no error for its attention-time estimate, PAPER.md "
+                            "5.5): a factor on 0 stays 0",
     "layerwise_depth": "an integer, 2 (double buffering): -25% and +25% round back to 2",
     "z_factor": "a paper value (PAPER.md 5.3: 1.05), not an unknown of 8.6",
     "compute_quota_s": "a paper value (PAPER.md 8.4: 300 ms), not an unknown of 8.6",
