@@ -293,6 +293,16 @@ def test_mooncake_lines_that_name_their_sessions_keep_them(tmp_path):
     with pytest.raises(TraceFormatError, match=r"line 1: timestamp: missing required field \(a request without"):
         load_mooncake_trace(jsonl(tmp_path / "nots.jsonl", [{"input_length": 5, "output_length": 1,
                                                                "hash_ids": []}]))
+    # a writer that logs whole prompts under session_id: each turn's ids extend the previous turn's
+    whole = [{"session_id": "w", "input_length": n, "output_length": 30, "hash_ids": list(range(1, -(-n // 512) + 1))}
+             for n in (8228, 9000, 9800)]
+    (w,) = load_mooncake_trace(jsonl(tmp_path / "whole.jsonl", whole))
+    assert w.num_prompt_tokens.tolist() == [8228, 9000, 9800]
+    assert w.num_hit_tokens.tolist() == [0, 16 * 512, 17 * 512]  # the full blocks the turn before had
+    deltas = [{"session_id": "d", "input_length": 600, "output_length": 30, "hash_ids": [1, 2]},
+              {"session_id": "d", "input_length": 700, "output_length": 30, "hash_ids": [3, 4]}]
+    (d,) = load_mooncake_trace(jsonl(tmp_path / "deltas.jsonl", deltas))
+    assert d.num_prompt_tokens.tolist() == [600, 630 + 700]  # new blocks only: deltas
     back = [{"session_id": "a", "timestamp": 900, "input_length": 5, "output_length": 1},
             {"session_id": "b", "input_length": 5, "output_length": 1},  # no timestamp: lines keep file order
             {"session_id": "a", "timestamp": 100, "input_length": 5, "output_length": 1}]

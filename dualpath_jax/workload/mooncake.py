@@ -38,9 +38,12 @@ them; every line must then name one. As AIPerf replays such a file by default
 (``deltas_without_responses``), a turn's ``input_length`` is its *new* tokens: its prompt is the
 session's context so far (every earlier turn's input and answer), all of it cached, plus those
 (a stream trajectory, :mod:`~dualpath_jax.workload.trajectory`, in its own token scope;
-``hash_ids`` are optional there and not read). ``timestamp`` is optional; a turn's ``delay``
-(milliseconds) is its think time, else the gap to the previous turn's timestamp (0 without both).
-Lines are in file order unless every one has a timestamp.
+``hash_ids`` are optional there). A session whose lines give whole prompts instead, told by their
+``hash_ids`` (each turn's full-block ids start with the previous turn's, where a delta's are its
+new blocks), is read as a rebuilt session is (prompt = ``input_length``, hits from the ids).
+``timestamp`` is optional; a turn's ``delay`` (milliseconds) is its think time, else the gap to
+the previous turn's timestamp (0 without both). Lines are in file order unless every one has a
+timestamp.
 
 A rebuilt session maps to a :class:`~dualpath_jax.workload.trajectory.Trajectory` named
 ``"<file stem>/s<index>"``: prompt = ``input_length``; only full blocks are kept as hash ids (the
@@ -150,8 +153,8 @@ def _parse_lines(path: Path, block_tokens: int, name: str):
         n_in, n_out = (token_count(obj[field], lo, functools.partial(_fail, path, where, field))
                        for field, lo in (("input_length", 1), ("output_length", 0)))
 
-        if sid is not None:  # a turn's delta: its ids are not read (its prefix is the whole context)
-            ids = np.zeros(0, np.int64)
+        if sid is not None and "hash_ids" not in obj:  # a named turn may leave them out
+            ids = None
         else:
             ids = full_block_ids(obj["hash_ids"], n_in, block_tokens,
                                  functools.partial(_fail_ids, path, where, obj["hash_ids"], n_in),
@@ -268,9 +271,19 @@ def load_mooncake_trace(path, *, token_scope: Literal["file", "session"] = "file
     return out
 
 
+def _cumulative(turns: list) -> bool:
+    """Whether a named session's lines give whole prompts, not deltas: it has two turns or more,
+    every one with hash ids, and each turn's full-block ids start with the previous turn's (a
+    delta's ids are its new blocks only)."""
+    ids = [r[3] for r in turns]
+    return len(ids) > 1 and all(i is not None for i in ids) and all(
+        len(a) > 0 and len(b) >= len(a) and bool(np.array_equal(b[:len(a)], a)) for a, b in zip(ids, ids[1:]))
+
+
 def _named_sessions(rows: list, stem: str, path: Path, block_tokens: int) -> list[Trajectory]:
-    """One stream trajectory per named session (module docstring): a turn's prompt is the
-    session's context so far, all of it cached, plus its ``input_length`` new tokens."""
+    """One trajectory per named session (module docstring): a stream, each turn's prompt the
+    session's context so far, all of it cached, plus its ``input_length`` new tokens; or, when the
+    lines give whole prompts (:func:`_cumulative`), prompts and hits as a rebuilt session's."""
     given: dict = {}  # (an id 1 and an id "1" are two sessions)
     for r in rows:
         given.setdefault(r[4], []).append(r)
@@ -287,10 +300,15 @@ def _named_sessions(rows: list, stem: str, path: Path, block_tokens: int) -> lis
                                    turns[k][0])
         agent_id = unique_name(f"{stem}/{sid}", names)
         names.add(agent_id)
+        hashes = None
+        hit = np.concatenate([[0], np.cumsum(append + gen)[:-1]]).astype(np.int64)
+        if _cumulative(turns):  # whole prompts: hits from the ids, as in a rebuilt session
+            hashes = BlockHashes.from_rounds([r[3] for r in turns])
+            hit = np.minimum(hit_blocks_from_hashes(hashes) * block_tokens, append - 1)
+            append = append - hit
         out.append(Trajectory(
-            agent_id=agent_id, num_append_tokens=append, num_gen_tokens=gen,
-            num_hit_tokens=np.concatenate([[0], np.cumsum(append + gen)[:-1]]).astype(np.int64),
-            think_time_s=think_ms / 1000.0, token_scope=agent_id, block_tokens=block_tokens,
+            agent_id=agent_id, num_append_tokens=append, num_gen_tokens=gen, num_hit_tokens=hit,
+            think_time_s=think_ms / 1000.0, token_scope=agent_id, block_tokens=block_tokens, hashes=hashes,
             start_offset_s=start_ms / 1000.0, source=str(path)))
     return out
 
