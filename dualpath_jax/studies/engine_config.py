@@ -100,9 +100,9 @@ class EngineWorkload:
     @property
     def label(self) -> str:
         """What is replayed, for log lines and titles: ``"agentic traces, tokens / 32"``,
-        ``"Mooncake trace conversation, tokens / 32"``."""
+        ``"mooncake trace conversation, tokens / 32"``."""
         what = ("agentic traces" if self.source == "agentic"
-                else f"Mooncake trace {Path(self.traces_dir).name if self.traces_dir else 'conversation'}")
+                else f"mooncake trace {Path(self.traces_dir).name if self.traces_dir else 'conversation'}")
         return what + (f", tokens / {self.token_divisor}" if self.token_divisor != 1 else "")
 
     def __post_init__(self):
