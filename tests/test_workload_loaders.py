@@ -299,10 +299,18 @@ def test_mooncake_lines_that_name_their_sessions_keep_them(tmp_path):
     (w,) = load_mooncake_trace(jsonl(tmp_path / "whole.jsonl", whole))
     assert w.num_prompt_tokens.tolist() == [8228, 9000, 9800]
     assert w.num_hit_tokens.tolist() == [0, 16 * 512, 17 * 512]  # the full blocks the turn before had
+    # ... also when the first prompt has no full block, or a turn has no ids (its blocks count as new)
+    short = [dict(whole[0], input_length=n, hash_ids=list(range(1, -(-n // 512) + 1))) for n in (300, 900, 1600)]
+    (w2,) = load_mooncake_trace(jsonl(tmp_path / "short.jsonl", short))
+    assert w2.num_prompt_tokens.tolist() == [300, 900, 1600] and w2.num_hit_tokens.tolist() == [0, 0, 512]
+    gap = [whole[0], {k: v for k, v in whole[1].items() if k != "hash_ids"}, whole[2]]
+    (w3,) = load_mooncake_trace(jsonl(tmp_path / "gap.jsonl", gap))
+    assert w3.num_prompt_tokens.tolist() == [8228, 9000, 9800] and w3.num_hit_tokens.tolist() == [0, 0, 16 * 512]
     deltas = [{"session_id": "d", "input_length": 600, "output_length": 30, "hash_ids": [1, 2]},
-              {"session_id": "d", "input_length": 700, "output_length": 30, "hash_ids": [3, 4]}]
+              {"session_id": "d", "input_length": 700, "output_length": 30, "hash_ids": [3, 4]},
+              {"session_id": "d", "input_length": 50, "output_length": 30, "hash_ids": None}]
     (d,) = load_mooncake_trace(jsonl(tmp_path / "deltas.jsonl", deltas))
-    assert d.num_prompt_tokens.tolist() == [600, 630 + 700]  # new blocks only: deltas
+    assert d.num_prompt_tokens.tolist() == [600, 630 + 700, 1360 + 50]  # new blocks only: deltas
     back = [{"session_id": "a", "timestamp": 900, "input_length": 5, "output_length": 1},
             {"session_id": "b", "input_length": 5, "output_length": 1},  # no timestamp: lines keep file order
             {"session_id": "a", "timestamp": 100, "input_length": 5, "output_length": 1}]

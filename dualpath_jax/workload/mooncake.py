@@ -38,9 +38,11 @@ them; every line must then name one. As AIPerf replays such a file by default
 (``deltas_without_responses``), a turn's ``input_length`` is its *new* tokens: its prompt is the
 session's context so far (every earlier turn's input and answer), all of it cached, plus those
 (a stream trajectory, :mod:`~dualpath_jax.workload.trajectory`, in its own token scope;
-``hash_ids`` are optional there). A session whose lines give whole prompts instead, told by their
-``hash_ids`` (each turn's full-block ids start with the previous turn's, where a delta's are its
-new blocks), is read as a rebuilt session is (prompt = ``input_length``, hits from the ids).
+``hash_ids`` are optional there, absent or null; given, one per block of ``input_length``). A
+session whose lines give whole prompts instead, told by their ``hash_ids`` (a turn's full-block ids
+start with an earlier turn's and its prompt can hold that turn's prompt and answer, where a
+delta's ids are its new blocks; :func:`_cumulative`), is read with prompt = ``input_length`` and
+hits from the ids, in its own token scope.
 ``timestamp`` is optional; a turn's ``delay`` (milliseconds) is its think time, else the gap to
 the previous turn's timestamp (0 without both). Lines are in file order unless every one has a
 timestamp.
@@ -153,7 +155,7 @@ def _parse_lines(path: Path, block_tokens: int, name: str):
         n_in, n_out = (token_count(obj[field], lo, functools.partial(_fail, path, where, field))
                        for field, lo in (("input_length", 1), ("output_length", 0)))
 
-        if sid is not None and "hash_ids" not in obj:  # a named turn may leave them out
+        if sid is not None and obj.get("hash_ids") is None:  # a named turn may leave them out
             ids = None
         else:
             ids = full_block_ids(obj["hash_ids"], n_in, block_tokens,
@@ -271,13 +273,29 @@ def load_mooncake_trace(path, *, token_scope: Literal["file", "session"] = "file
     return out
 
 
+def _never(problem: str, value) -> None:  # (an empty id list is always valid)
+    raise AssertionError(problem)
+
+
 def _cumulative(turns: list) -> bool:
-    """Whether a named session's lines give whole prompts, not deltas: it has two turns or more,
-    every one with hash ids, and each turn's full-block ids start with the previous turn's (a
-    delta's ids are its new blocks only)."""
-    ids = [r[3] for r in turns]
-    return len(ids) > 1 and all(i is not None for i in ids) and all(
-        len(a) > 0 and len(b) >= len(a) and bool(np.array_equal(b[:len(a)], a)) for a, b in zip(ids, ids[1:]))
+    """Whether a named session's lines give whole prompts, not deltas (a delta's ids are its new
+    blocks only): some turn *continues* an earlier one (its full-block ids start with that turn's,
+    none of them empty, and its prompt can hold that turn's prompt and answer, the rebuilt
+    sessions' rule), and every later turn continues one, or, with no ids to say otherwise (none of
+    its own, or none before it), is at least the previous prompt and answer long."""
+    ins, outs, ids = [r[1] for r in turns], [r[2] for r in turns], [r[3] for r in turns]
+    given = [i is not None and len(i) > 0 for i in ids]
+    evidence = False
+    for k in range(1, len(turns)):
+        if given[k] and any(given[j] and ins[k] >= ins[j] + outs[j] and len(ids[k]) >= len(ids[j])
+                            and bool(np.array_equal(ids[k][:len(ids[j])], ids[j])) for j in range(k)):
+            evidence = True
+            continue
+        if given[k] and any(given[:k]):  # ids that continue no earlier turn: deltas
+            return False
+        if ins[k] < ins[k - 1] + outs[k - 1]:
+            return False
+    return evidence
 
 
 def _named_sessions(rows: list, stem: str, path: Path, block_tokens: int) -> list[Trajectory]:
@@ -303,7 +321,9 @@ def _named_sessions(rows: list, stem: str, path: Path, block_tokens: int) -> lis
         hashes = None
         hit = np.concatenate([[0], np.cumsum(append + gen)[:-1]]).astype(np.int64)
         if _cumulative(turns):  # whole prompts: hits from the ids, as in a rebuilt session
-            hashes = BlockHashes.from_rounds([r[3] for r in turns])
+            hashes = BlockHashes.from_rounds([  # a turn without ids: its blocks are new (none is a hit)
+                r[3] if r[3] is not None else full_block_ids([], r[1], block_tokens, _never, f"{stem}:{sid}:{k}")
+                for k, r in enumerate(turns)])
             hit = np.minimum(hit_blocks_from_hashes(hashes) * block_tokens, append - 1)
             append = append - hit
         out.append(Trajectory(
