@@ -183,11 +183,18 @@ from dualpath_jax.studies.sweep import lockstep
 def quick(request):
     return request("a")
 
+sent = threading.Event()
+
 def busy(request):
-    time.sleep(3.0)  # still working when the signal comes; asks afterwards
+    sent.wait(30)  # still working when the signal comes (however late a loaded host runs the timer)
+    time.sleep(1.0)
     return request("b")
 
-threading.Timer(0.3, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)).start()
+def interrupt():
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+    sent.set()
+
+threading.Timer(0.3, interrupt).start()
 t0 = time.monotonic()
 try:
     lockstep([quick, busy], lambda keys: [1 for _ in keys])
@@ -202,6 +209,6 @@ def test_lockstep_ends_at_a_signal_while_a_search_is_busy():
     forever."""
     import subprocess
     done = subprocess.run([sys.executable, "-c", _LOCKSTEP_SIGNAL], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0 and done.stdout.startswith("interrupted after"), (done.stdout, done.stderr[-2000:])
     seconds = float(done.stdout.split()[-2])
     assert seconds < 10
