@@ -183,6 +183,10 @@ from dualpath_jax.studies.sweep import lockstep
 def quick(request):
     return request("a")
 
+# a child inherits ignored signals and the signal mask (a test run started in the background by a
+# non-interactive shell ignores SIGINT): without these no KeyboardInterrupt comes and the sweep ends normally
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sent = threading.Event()
 
 def busy(request):
