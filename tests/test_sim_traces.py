@@ -89,7 +89,7 @@ def test_use_think_time_replays_recorded_think_times_and_subagent_offsets(tmp_pa
     for recorded in (False, True):
         wl = WorkloadSpec(source="agentic", path=str(tmp_path), num_agents=1, use_think_time=recorded)
         ts = wl.build()
-        r = simulate(CFG, workload_agents(ts, wl)).requests
+        r = simulate(CFG, workload_agents(ts, wl.use_think_time)[0]).requests
         agent, rnd = np.asarray(r["agent"]), np.asarray(r["round"])
         arrival, persisted = np.asarray(r["arrival_s"]), np.asarray(r["persisted_s"])
         main = [int(np.flatnonzero((agent == 0) & (rnd == k))[0]) for k in (0, 1)]

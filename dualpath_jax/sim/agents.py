@@ -174,8 +174,7 @@ def round_hits(tokens: np.ndarray, lens: np.ndarray, offsets: np.ndarray, init: 
         lift = seg * span
         run = np.maximum.accumulate(ctx + lift) - lift
     else:  # values too wide to lift within int64: one agent at a time
-        starts = np.flatnonzero(first)
-        run = np.concatenate([np.maximum.accumulate(part) for part in np.split(ctx, starts[1:])])
+        run = np.concatenate([np.maximum.accumulate(part) for part in np.split(ctx, np.flatnonzero(first)[1:])])
     longest = np.where(first, floor, np.maximum(np.roll(run, 1), floor))  # before each round
     out[g] = h
     starts = np.searchsorted(g, offsets[:-1])  # each agent's first position in g (its rounds are contiguous)

@@ -335,7 +335,7 @@ def _balance_summary(spec: tuple) -> dict:
     ``early`` (start times and Max/Avg of the forwards in twice that span)."""
     cfg, scheduler_cls, wl, window_s, head_fraction = spec
     ts = wl.build()
-    res = Simulator(cfg, workload_agents(ts, wl), scheduler_cls=scheduler_cls).run()
+    res = Simulator(cfg, workload_agents(ts, wl.use_think_time)[0], scheduler_cls=scheduler_cls).run()
     links, starts, finishes, sizes = snic_transfers(res)
     tt = TransferTable(link=np.asarray(links, dtype=object), start_s=starts, finish_s=finishes, num_bytes=sizes,
                        path=np.asarray(["storage_read"] * len(starts), dtype=object))

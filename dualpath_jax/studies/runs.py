@@ -196,12 +196,15 @@ def workload_tag(wl: WorkloadSpec) -> str:
     return tag + (f" /{wl.token_divisor}" if wl.token_divisor != 1 else "") + (" think" if wl.use_think_time else "")
 
 
-def workload_agents(ts: TrajectorySet, wl: WorkloadSpec) -> list:
-    """The simulator's agents for ``ts`` (built from ``wl``) offline, every agent at t = 0; with
-    ``wl.use_think_time`` each round waits its recorded think time and each sub-agent starts at its
-    recorded offset (online runs: :func:`_online_run`, the same with Poisson arrivals)."""
-    recorded = wl.use_think_time
-    return agents_from_trajectories(ts, offline_starts(ts, recorded_offsets=recorded), use_think_time=recorded)
+def workload_agents(ts: TrajectorySet, use_think_time: bool = False, *, aps: float | None = None,
+                    arrival_seed: int = 0) -> tuple[list, np.ndarray]:
+    """The simulator's agents for ``ts`` and their start times ``f64[A]``: offline (every agent at
+    t = 0) or, with ``aps``, Poisson arrivals seeded by ``arrival_seed``; with ``use_think_time``
+    (:attr:`WorkloadSpec.use_think_time`) each round waits its recorded think time and each
+    sub-agent starts at its recorded offset."""
+    starts = (offline_starts(ts, recorded_offsets=use_think_time) if aps is None
+              else online_starts(ts, aps, arrival_seed, recorded_offsets=use_think_time))
+    return agents_from_trajectories(ts, starts, use_think_time=use_think_time), starts
 
 
 def paper_workload(mal: str, num_agents: int, seed: int = 0) -> TrajectorySet:
@@ -256,7 +259,7 @@ def _offline_run(spec: tuple) -> tuple[dict, SimResult]:
     cfg, scheduler_cls, wl = spec
     ts = wl.build()
     t0 = time.perf_counter()
-    res = Simulator(cfg, workload_agents(ts, wl), scheduler_cls=scheduler_cls).run()
+    res = Simulator(cfg, workload_agents(ts, wl.use_think_time)[0], scheduler_cls=scheduler_cls).run()
     s = summarize(res, ts)
     r = res.requests
     s.update(snic_read_bytes=float(sum(s["snic_bytes"].values())), hit_tokens=float(np.sum(r["hit_tokens"])),
@@ -376,10 +379,9 @@ def _online_run(spec: tuple) -> tuple[OnlineRun, SimResult]:
     summary does not hold)."""
     cfg, scheduler_cls, wl, aps, arrival_seed, warmup_s = spec
     ts = wl.build()
-    starts = online_starts(ts, float(aps), arrival_seed, recorded_offsets=wl.use_think_time)
+    agents, starts = workload_agents(ts, wl.use_think_time, aps=float(aps), arrival_seed=arrival_seed)
     t0 = time.perf_counter()
-    res = Simulator(cfg, agents_from_trajectories(ts, starts, use_think_time=wl.use_think_time),
-                    scheduler_cls=scheduler_cls).run()
+    res = Simulator(cfg, agents, scheduler_cls=scheduler_cls).run()
     wall = time.perf_counter() - t0
     full = request_table(res, ts)
     r = res.requests
@@ -488,8 +490,7 @@ def run_offline(base: SimConfig, ts: TrajectorySet, variants: Sequence[str], *, 
       RunStalled: (a ``RuntimeError``) a run stalled with requests unfinished.
     """
     configs = {name: variant_config(base, name) for name in variants}  # unknown names fail before any run
-    agents = agents_from_trajectories(ts, offline_starts(ts, recorded_offsets=use_think_time),
-                                      use_think_time=use_think_time)
+    agents, _ = workload_agents(ts, use_think_time)
     label = scheduler_label(scheduler_cls)
     out = {}
     for name, cfg in configs.items():

@@ -62,7 +62,7 @@ import numpy as np
 
 from dualpath_jax.workload.errors import TraceFormatError, TraceSkipWarning
 from dualpath_jax.workload.hashids import full_block_ids, token_count
-from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
+from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_tokens_from_hashes
 
 __all__ = ["load_agentic_trace", "load_agentic_traces", "read_json_gz", "read_trace_bytes", "no_traces_message",
            "trace_files", "trace_stem", "unique_name"]
@@ -266,7 +266,7 @@ def _walk(ctx: _Ctx, requests, where_prefix: str, agent_id: str, parent_id: str 
     if ins:
         prompt = np.asarray(ins, dtype=np.int64)
         hashes = BlockHashes.from_rounds(hash_rounds)
-        hit = np.minimum(hit_blocks_from_hashes(hashes) * block_size, prompt - 1)
+        hit = hit_tokens_from_hashes(hashes, prompt, block_size)
         out.append(Trajectory(
             agent_id=agent_id, num_append_tokens=prompt - hit,
             num_gen_tokens=np.maximum(np.asarray(outs, dtype=np.int64), 1), num_hit_tokens=hit,

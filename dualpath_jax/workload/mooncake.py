@@ -72,7 +72,7 @@ import numpy as np
 from dualpath_jax.workload.agentic import read_trace_bytes, trace_stem, unique_name
 from dualpath_jax.workload.errors import TraceFormatError
 from dualpath_jax.workload.hashids import full_block_ids, token_count, whole_int
-from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_blocks_from_hashes
+from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_tokens_from_hashes
 
 __all__ = ["load_mooncake_trace", "load_mooncake_traces", "reconstruct_sessions", "MOONCAKE_BLOCK_TOKENS"]
 
@@ -262,7 +262,7 @@ def load_mooncake_trace(path, *, token_scope: Literal["file", "session"] = "file
         prompt = np.array([rows[i][1] for i in idx], dtype=np.int64)
         gen = np.maximum(np.array([rows[i][2] for i in idx], dtype=np.int64), 1)
         hashes = BlockHashes.from_rounds([rows[i][3] for i in idx])
-        hit = np.minimum(hit_blocks_from_hashes(hashes) * block_tokens, prompt - 1)
+        hit = hit_tokens_from_hashes(hashes, prompt, block_tokens)
         think_ms, start_ms = _think_ms([rows[i] for i in idx])
         agent_id = f"{stem}/s{s:05d}"
         out.append(Trajectory(
@@ -324,7 +324,7 @@ def _named_sessions(rows: list, stem: str, path: Path, block_tokens: int) -> lis
             hashes = BlockHashes.from_rounds([  # a turn without ids: its blocks are new (none is a hit)
                 r[3] if r[3] is not None else full_block_ids([], r[1], block_tokens, _never, f"{stem}:{sid}:{k}")
                 for k, r in enumerate(turns)])
-            hit = np.minimum(hit_blocks_from_hashes(hashes) * block_tokens, append - 1)
+            hit = hit_tokens_from_hashes(hashes, append, block_tokens)
             append = append - hit
         out.append(Trajectory(
             agent_id=agent_id, num_append_tokens=append, num_gen_tokens=gen, num_hit_tokens=hit,

@@ -41,6 +41,7 @@ __all__ = [
     "Trajectory",
     "TrajectorySet",
     "hit_blocks_from_hashes",
+    "hit_tokens_from_hashes",
     "segment_ids",
     "segment_exclusive_cumsum",
 ]
@@ -180,6 +181,13 @@ def hit_blocks_from_hashes(hashes: BlockHashes) -> np.ndarray:
         out[i] = int(hashes.shared_prefix_blocks[i]) + run
         seen.update(tail)
     return out
+
+
+def hit_tokens_from_hashes(hashes: BlockHashes, prompt: np.ndarray, block_tokens: int) -> np.ndarray:
+    """i64[R] cached tokens of each round: its hit blocks (:func:`hit_blocks_from_hashes`) times
+    ``block_tokens``, capped at ``prompt - 1`` (``prompt``: i64[R]) so that at least one token is
+    prefilled."""
+    return np.minimum(hit_blocks_from_hashes(hashes) * block_tokens, prompt - 1)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

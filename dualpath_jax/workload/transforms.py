@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dualpath_jax.workload.trajectory import (Trajectory, TrajectorySet, hit_blocks_from_hashes,
+from dualpath_jax.workload.trajectory import (Trajectory, TrajectorySet, hit_tokens_from_hashes,
                                               segment_exclusive_cumsum, segment_ids)
 
 __all__ = ["truncate_at_mal", "scale_lengths", "scale_tokens", "restream"]
@@ -172,7 +172,7 @@ def scale_tokens(trajectories, divisor: int):
             raise ValueError(f"{ts.agent_ids[k]}: round {i}: divisor={d} shrinks the {z}-token blocks to 1 token, "
                              f"which leaves no room for a partial block, and this round's {int(tail[i])}-token "
                              f"prompt has no full block (a divisor below {z} keeps it)")
-        hit[lo:hi] = np.minimum(hit_blocks_from_hashes(h) * (z // d), prompt - 1)
+        hit[lo:hi] = hit_tokens_from_hashes(h, prompt, z // d)
         append[lo:hi] = prompt - hit[lo:hi]
         block_tokens[k] = z // d
     out = _rebuild(ts, np.ones(len(append), bool), append=append, gen=gen, hit=hit, block_tokens=block_tokens)
