@@ -295,7 +295,8 @@ def test_agentic_writers_variants_read_as_the_canonical_file(tmp_path):
             if r["type"] != "subagent":
                 r["hash_ids"] = r["hash_ids"] + [900 + len(r["hash_ids"])]
     same_trajectories(variant("ceil", with_partial_ids), base)
-    same_trajectories(variant("noblock", lambda d: d.pop("block_size")), base)  # 64-token blocks, the recorder's default
+    # no block_size: 64-token blocks, the recorder's default
+    same_trajectories(variant("noblock", lambda d: d.pop("block_size")), base)
     same_trajectories(variant("floats", lambda d: d["requests"][1].update(**{"in": 200.0, "out": 0.0})), base)
     same_trajectories(variant("floatids", lambda d: d["requests"][1].update(hash_ids=[float(i) for i in d["requests"][1]
                                                                           ["hash_ids"]])), base)
