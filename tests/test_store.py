@@ -25,12 +25,14 @@ LAYOUT = layout_for(SPEC)  # Full Block [4, 64, 256] = 64 KiB
 
 
 class _Done:
-    """A tensorstore future that has finished with ``res``."""
+    """A tensorstore future that has finished with ``res`` (an exception: raised by ``result``)."""
 
     def __init__(self, res):
         self.res = res
 
     def result(self, timeout=None):
+        if isinstance(self.res, BaseException):
+            raise self.res
         return self.res
 
 
@@ -250,6 +252,35 @@ def test_a_layer_read_whose_two_reads_share_a_generation_but_not_a_version_reads
         r = store.read(keys, layer=2)[0]
     assert r.ok, r.failure
     np.testing.assert_array_equal(r.block[0], old[2])  # the one version the whole read saw
+
+
+@pytest.mark.parametrize("race", ["body_before_first_write", "body_past_a_shorter_file", "head_before_first_write"])
+def test_a_layer_read_whose_two_reads_straddle_a_write_reads_the_record(store, race):
+    # defect: the header and body reads are issued together and either may run first; a body read
+    # that ran before the record's first write (missing), or against a shorter earlier file (past
+    # its end), was reported TRUNCATED beside a header read that found the record (seen once in
+    # the two-process test: "truncated: layer 14 lies past the end of the record"); a header read
+    # that ran before the write gave MISSING though the body read had found the record
+    keys, blocks = _keys(1), _blocks(1, seed=7)
+    assert store.write(keys, blocks)[0].ok
+    raced = []
+
+    def straddle(real, key, **kw):  # the first attempt's chosen read sees the key before the write
+        rng = kw.get("byte_range")
+        body = rng is not None and rng.start > 0
+        if not raced and rng is not None and body == race.startswith("body"):
+            raced.append(rng)
+            if race == "body_past_a_shorter_file":
+                return ValueError(f"OUT_OF_RANGE: Requested byte range [{rng.start}, {rng.stop}) is not valid "
+                                  "for value of size 100")
+            return tensorstore.KvStore.ReadResult(state="missing")
+        return real.read(key, **kw).result()
+
+    with _reads_through(store, straddle):
+        r = store.read(keys, layer=2)[0]
+    assert raced
+    assert r.ok, r.failure
+    np.testing.assert_array_equal(r.block[0], blocks[0][2])
 
 
 def test_full_read_returns_a_read_only_block(store):
@@ -477,7 +508,7 @@ def test_two_processes_reader_never_sees_a_partial_block(tmp_path):
     assert writer.returncode == 0, w_err[-2000:]
     assert reader.returncode == 0, r_err[-2000:]
     counts = json.loads(r_out.strip().splitlines()[-1])
-    assert counts["other"] == 0, counts  # never a checksum mismatch, truncation or bad header
+    assert counts["other"] == 0, counts["causes"]  # never a checksum mismatch, truncation or bad header
     assert counts["ok"] > 0 and counts["layer_ok"] > 0 and counts["rounds"] >= 3, counts
     assert json.loads(w_out.strip().splitlines()[-1])["rounds"] >= 2
 

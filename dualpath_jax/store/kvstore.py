@@ -256,11 +256,14 @@ class KVStore:
     def _read_layer(self, sk: str, key: str, layer: int, deadline: float) -> np.ndarray | BlockFailure:
         """Header and one Layer Block by two byte-range reads of the same record version.
 
-        The two reads are separate file opens, so a concurrent rewrite of the key could pair an
-        old header with a new body; both reads carry the record's storage generation, and a
-        mismatch is retried. If a writer keeps replacing the record through every attempt, or the
-        layer fails its check (two versions can share a generation), one whole-record read (a
-        single version: records are swapped whole) supplies the layer and its verdict.
+        The two reads are separate file opens issued together, so either may run first: a
+        concurrent write of the key can pair an old header with a new body, or find the record
+        absent for one read and present for the other (its first write landing between them).
+        Both reads carry the record's storage generation, and any disagreement (generations, one
+        read missing, a body past the end of the header's version) is retried. If a writer keeps
+        replacing the record through every attempt, or the layer fails its check (two versions
+        can share a generation), one whole-record read (a single version: records are swapped
+        whole) supplies the layer and its verdict, ``TRUNCATED`` included.
         """
         lb = self.layout.layer_block_bytes
         start = self._hb + layer * lb
@@ -268,21 +271,21 @@ class KVStore:
             f_head = self._kv.read(sk, byte_range=slice(0, self._hb))
             f_body = self._kv.read(sk, byte_range=slice(start, start + lb))
             head_res = f_head.result(timeout=max(0.0, deadline - time.monotonic()))
-            if head_res.state != "value":
-                return BlockFailure(key, FailureCause.MISSING, "no such block")
-            head = parse_header(self.layout, key, head_res.value)
-            if isinstance(head, BlockFailure):
-                return head
             try:
                 body = f_body.result(timeout=max(0.0, deadline - time.monotonic()))
             except ValueError as e:
                 if "OUT_OF_RANGE" not in str(e):
                     raise
-                body = None
-            if body is not None and body.state == "value" and body.stamp.generation != head_res.stamp.generation:
-                continue  # the record was replaced between the two reads
-            if body is None or body.state != "value":
-                return BlockFailure(key, FailureCause.TRUNCATED, f"layer {layer} lies past the end of the record")
+                body = None  # past the end of the version this read opened
+            if head_res.state != "value":
+                if body is not None and body.state == "value":
+                    continue  # written between the two reads
+                return BlockFailure(key, FailureCause.MISSING, "no such block")
+            head = parse_header(self.layout, key, head_res.value)
+            if isinstance(head, BlockFailure):
+                return head
+            if body is None or body.state != "value" or body.stamp.generation != head_res.stamp.generation:
+                continue  # replaced or first written between the two reads, or a short record (decided below)
             out = verify_layer(self.layout, key, head, layer, body.value)
             if not isinstance(out, BlockFailure):
                 return out
