@@ -19,7 +19,9 @@
   error line, when it raises or exits with a non-zero status. A partial workdir never looks finished.
   An interrupted run (Ctrl-C, or ``SIGTERM`` from ``timeout``, ``kill`` or a batch scheduler) is
   marked ``failed`` with ``Interrupted: SIGINT`` / ``SIGTERM``, prints that line and exits with
-  status 130 / 143 (``--verbose``: with the traceback).
+  status 130 / 143 (``--verbose``: with the traceback). The run takes both signals even when it
+  was started with them blocked or ignored (some process managers and CI runners start children
+  so): it installs its handlers and unblocks the two in its main thread.
 * :func:`define_resume_flag` / :func:`run_store`: a script whose simulated runs go through a
   :class:`~.runs.RunCache` keeps each finished run in ``<workdir>/run_store/``
   (:mod:`.runstore`); ``--resume`` reopens a workdir whose run stopped, for the same command, and
@@ -495,6 +497,7 @@ def run(main: Callable[[list[str]], object], *, config=None, describe: Callable[
         try:
             signal.signal(signal.SIGINT, _raise_interrupted)
             signal.signal(signal.SIGTERM, _raise_interrupted)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
             main(argv)
         except KeyboardInterrupt as e:  # Interrupted, or what native code (Ray) raised in its place
             if not isinstance(e, Interrupted):
