@@ -20,7 +20,8 @@ whose context exceeds ``max_context_tokens`` = 2048 or whose later rounds append
 cached contexts). Warm start: the store is seeded with each agent's first prompt, so every replayed
 round is a hit round (96 requests, ~70K hit tokens = 71 MB of KV, ~5.4K appended tokens, ~800
 generated). All agents start at t = 0 (offline, the metric is JCT); ``arrivals.mode="online"``
-gives Poisson arrivals at ``aps``.
+gives Poisson arrivals at ``aps``, ``"recorded"`` (with ``workload.source="mooncake"``) each
+session's recorded arrival divided by ``arrivals.speedup``.
 
 Emulated hardware, 1P2D: one PE node and two DE nodes of one engine each (one JAX CPU device per
 engine), 256 MiB DRAM buffer per node. Link rates are calibrated to the host (``calibrate``):
@@ -109,7 +110,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "source": "agentic", "max_files": 300, "num_agents": 24, "rounds": 4, "token_divisor": 32,
         "max_context_tokens": 2048, "max_append_tokens": 128, "warm_start": True, "traces_dir": "",
         "mooncake_block_tokens": 512})
-    config.arrivals = ml_collections.ConfigDict({"mode": "offline", "aps": 1.0, "seed": 0, "use_think_time": False})
+    config.arrivals = ml_collections.ConfigDict({"mode": "offline", "aps": 1.0, "seed": 0, "speedup": 1.0,
+                                                "use_think_time": False})
     # the emulated cluster: every ClusterConfig field at its default (the switches come from each
     # variant), then the knobs this CPU-scale run sets on purpose
     config.cluster = ml_collections.ConfigDict(

@@ -474,3 +474,20 @@ def test_a_calibration_older_than_a_workload_field_matches_where_the_run_keeps_i
     committed = json.loads((ROOT / "experiments/results/engine_ablation/calibration.json").read_text())
     check_fingerprint(committed["fingerprint"], engine_ablation_config(get_config("engine_ablation", "")),
                       "calibration.json")
+
+
+def test_recorded_arrivals_replay_the_sessions_start_times():
+    cfg = engine_ablation_config(_config(**{"workload.source": "mooncake", "arrivals.mode": "recorded",
+                                            "arrivals.speedup": 2.0}))
+    agents = [types.SimpleNamespace(start_offset_s=x) for x in (12.0, 10.0, 19.0)]
+    np.testing.assert_allclose(er.start_times(cfg.arrivals, agents), [1.0, 0.0, 4.5])  # (t - 10 s) / 2
+    offline = er.offline_arrivals(cfg.arrivals)  # what calibration's Oracle passes run
+    assert (offline.mode, offline.speedup) == ("offline", 1.0)
+    np.testing.assert_array_equal(er.start_times(offline, agents), [0.0, 0.0, 0.0])
+    with pytest.raises(ConfigError, match=r"^arrivals\.mode: 'recorded' replays a Mooncake trace's .*share no clock"):
+        engine_ablation_config(_config(**{"arrivals.mode": "recorded"}))  # the agentic traces
+    with pytest.raises(ConfigError, match=r"^arrivals\.speedup: speeds up arrivals.mode='recorded'"):
+        engine_ablation_config(_config(**{"arrivals.mode": "online", "arrivals.speedup": 2.0}))
+    with pytest.raises(ConfigError, match=r"^arrivals\.speedup"):
+        engine_ablation_config(_config(**{"workload.source": "mooncake", "arrivals.mode": "recorded",
+                                          "arrivals.speedup": -1.0}))

@@ -97,3 +97,51 @@ def test_use_think_time_replays_recorded_think_times_and_subagent_offsets(tmp_pa
         gap = arrival[main[1]] - persisted[main[0]]  # round 1 waits its think time after round 0's KV is stored
         assert gap == pytest.approx(3.5 if recorded else 0.0, abs=1e-9)
         assert arrival[sub] == pytest.approx(6.0 if recorded else 0.0)  # launched 6 s into the conversation
+
+
+def test_replay_timestamps_starts_each_mooncake_session_at_its_recorded_arrival(tmp_path):
+    from dualpath_jax.config import ConfigError
+    from dualpath_jax.studies.common import WorkloadSpec
+    from dualpath_jax.studies.runs import online_runs, run_offline, spec_agents
+    from trace_cases import jsonl, mc
+
+    # three sessions (no request resends another's prompt and answer): first requests at 2 s, 6 s
+    # and 11 s of the trace; the second session returns at 9 s
+    path = jsonl(tmp_path / "t.jsonl", [mc(2000, 1024, 8, [1, 2]), mc(6000, 1536, 8, [7, 8, 9]),
+                                        mc(9000, 2048, 8, [7, 8, 9, 10]), mc(11000, 512, 8, [20])])
+    base = dict(source="mooncake", path=str(path), num_agents=3, mal="32K")
+    for speedup, want in ((1.0, [0.0, 4.0, 9.0]), (2.0, [0.0, 2.0, 4.5])):
+        wl = WorkloadSpec(**base, replay_timestamps=True, timestamp_speedup=speedup)
+        ts = wl.build()
+        _, starts = spec_agents(wl, ts)
+        np.testing.assert_allclose(starts, want)
+        r = simulate(CFG, spec_agents(wl, ts)[0]).requests
+        agent, rnd, arrival = np.asarray(r["agent"]), np.asarray(r["round"]), np.asarray(r["arrival_s"])
+        first = [float(arrival[(agent == a) & (rnd == 0)][0]) for a in range(3)]
+        np.testing.assert_allclose(first, want)  # each session's first request arrives at its recorded time
+    offline = WorkloadSpec(**base)
+    np.testing.assert_array_equal(spec_agents(offline, offline.build())[1], [0.0, 0.0, 0.0])
+    # with think times the session's second request also keeps its recorded gap (9 s - 6 s after the first)
+    wl = WorkloadSpec(**base, replay_timestamps=True, use_think_time=True)
+    r = simulate(CFG, spec_agents(wl, wl.build())[0]).requests
+    agent, rnd = np.asarray(r["agent"]), np.asarray(r["round"])
+    second, first_done = (agent == 1) & (rnd == 1), (agent == 1) & (rnd == 0)
+    assert float(np.asarray(r["arrival_s"])[second][0] - np.asarray(r["persisted_s"])[first_done][0]) == \
+        pytest.approx(3.0)
+    # the public offline entry point takes the same switches
+    out = run_offline(CFG, wl.build(), ["basic"], log=None, replay_timestamps=True, timestamp_speedup=2.0)
+    assert out["basic"]["num_requests"] == 4
+    assert wl.label.endswith("recorded think times, recorded arrivals")
+    assert WorkloadSpec(**base, replay_timestamps=True, timestamp_speedup=2.0).label.endswith("recorded arrivals x2")
+
+    # refused where it cannot mean anything, naming the field
+    for fields, match in (
+            (dict(replay_timestamps=True), "workload.replay_timestamps: .*generator records no timestamps"),
+            (dict(replay_timestamps=True, source="agentic"), "workload.replay_timestamps: .*share no clock"),
+            (dict(base, timestamp_speedup=2.0), "workload.timestamp_speedup: speeds up a replay"),
+            (dict(base, replay_timestamps=True, timestamp_speedup=0.0), "workload.timestamp_speedup"),
+            (dict(base, replay_timestamps="yes"), "workload.replay_timestamps: must be true or false")):
+        with pytest.raises(ConfigError, match=match):
+            WorkloadSpec(**fields)
+    with pytest.raises(ConfigError, match="workload.replay_timestamps: the online studies' arrivals are the APS"):
+        online_runs([(CFG, "basic", WorkloadSpec(**base, replay_timestamps=True), 1.0, 0, 0.0)], log=None)

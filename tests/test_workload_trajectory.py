@@ -5,8 +5,8 @@ import pytest
 
 from dualpath_jax.workload import (BlockHashes, Trajectory, TrajectorySet, append_token_ids, block_token_ids,
                                    gen_token_ids, hit_blocks_from_hashes, offline_arrivals_s, poisson_arrivals_s,
-                                   prompt_token_ids, scale_lengths, scale_tokens, stream_token_ids,
-                                   trajectory_start_times_s, truncate_at_mal)
+                                   prompt_token_ids, recorded_arrivals_s, scale_lengths, scale_tokens,
+                                   stream_token_ids, trajectory_start_times_s, truncate_at_mal)
 from dualpath_jax.workload.tokens import scope_key, token_hash
 
 
@@ -229,6 +229,18 @@ def test_arrivals():
     np.testing.assert_allclose(trajectory_start_times_s(ts, np.array([1.0, 2.0]), 0.0), [1.0, 1.0, 2.0])
     with pytest.raises(ValueError, match="1 arrivals for 2 root"):
         trajectory_start_times_s(ts, np.array([1.0]))
+
+
+def test_recorded_arrivals_count_from_the_earliest_and_divide_by_the_speedup():
+    from dualpath_jax.config import ConfigError
+    np.testing.assert_allclose(recorded_arrivals_s([7.5, 3.0, 3.0, 10.0]), [4.5, 0.0, 0.0, 7.0])
+    np.testing.assert_allclose(recorded_arrivals_s(np.array([7.5, 3.0, 10.0]), speedup=4.0), [1.125, 0.0, 1.75])
+    assert recorded_arrivals_s([]).shape == (0,)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ConfigError, match="^speedup"):
+            recorded_arrivals_s([1.0], speedup=bad)
+    with pytest.raises(ConfigError, match="^start_offsets_s: must be finite"):
+        recorded_arrivals_s([1.0, float("nan")])
 
 
 def test_workload_and_metrics_layering():

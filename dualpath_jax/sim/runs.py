@@ -1,7 +1,8 @@
 """One simulator run's set-up and its reduction to the paper's metrics.
 
 * :func:`variant_config`: a :class:`SimConfig` with the three switches of an ablation variant.
-* :func:`offline_starts` / :func:`online_starts`: the agents' start times (f64[A], seconds).
+* :func:`offline_starts` / :func:`online_starts` / :func:`recorded_starts`: the agents' start
+  times (f64[A], seconds).
 * :func:`summarize`: JCT, TTFT/TTST/TPOT, SNIC bytes and balance, attention balance of a
   :class:`SimResult` as a plain dict (JSON / Markdown / CSV ready).
 * :func:`attention_weighted` / :func:`attention_by_busy_members`: PE-group attention balance
@@ -22,10 +23,10 @@ from dualpath_jax.sched.variants import get_variant
 from dualpath_jax.sim.adapters import request_table, snic_transfers
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.result import SimResult
-from dualpath_jax.workload import (TrajectorySet, offline_arrivals_s, poisson_arrivals_s, root_indices,
-                                   trajectory_start_times_s)
+from dualpath_jax.workload import (TrajectorySet, offline_arrivals_s, poisson_arrivals_s, recorded_arrivals_s,
+                                   root_indices, trajectory_start_times_s)
 
-__all__ = ["variant_config", "offline_starts", "online_starts", "summarize", "attention_weighted",
+__all__ = ["variant_config", "offline_starts", "online_starts", "recorded_starts", "summarize", "attention_weighted",
            "attention_by_busy_members", "forwards_in_head"]
 
 
@@ -55,6 +56,18 @@ def online_starts(ts: TrajectorySet, aps: float, seed: int = 0, *, recorded_offs
     :func:`offline_starts`."""
     roots = root_indices(ts)
     return trajectory_start_times_s(ts, poisson_arrivals_s(len(roots), aps, seed),
+                                    subagent_offset_scale=1.0 if recorded_offsets else 0.0)
+
+
+def recorded_starts(ts: TrajectorySet, speedup: float = 1.0, *, recorded_offsets: bool = False) -> np.ndarray:
+    """Start times ``f64[A]`` (seconds): root agents at their recorded start times divided by
+    ``speedup`` (:func:`~dualpath_jax.workload.arrivals.recorded_arrivals_s`: a Mooncake trace's
+    open-loop replay); sub-agents as :func:`offline_starts`.
+
+    Raises:
+      ConfigError: ``speedup`` not a finite number > 0.
+    """
+    return trajectory_start_times_s(ts, recorded_arrivals_s(ts.start_offset_s[root_indices(ts)], speedup),
                                     subagent_offset_scale=1.0 if recorded_offsets else 0.0)
 
 

@@ -76,6 +76,15 @@ class WorkloadSpec:
         default off, as the paper's evaluation issues the next round at once (PAPER.md section
         6.2). The generator records none; a rebuilt Mooncake session's think time is the gap
         between its requests' timestamps, which holds the original service time too.
+      replay_timestamps: mooncake, offline studies: each session starts at its first request's
+        recorded timestamp (counted from the earliest session's) instead of every agent at t = 0:
+        an open-loop replay of the trace's arrivals (:func:`~dualpath_jax.workload.recorded_arrivals_s`;
+        with ``use_think_time`` each session's later requests keep their recorded gaps too). The
+        JCT then spans the replay, the latencies are the figures to read. Refused for the
+        generator (no timestamps), agentic traces (each file's times count from its own start)
+        and the online studies (their arrivals are the APS they search).
+      timestamp_speedup: with ``replay_timestamps``: divides the gaps between session starts
+        (2 = the trace's sessions arrive twice as fast; the gaps within a session are kept).
 
     Raises:
       ConfigError: naming ``workload.<field>``.
@@ -93,6 +102,8 @@ class WorkloadSpec:
     subagents: str = "separate"
     mooncake_block_tokens: int = MOONCAKE_BLOCK_TOKENS
     use_think_time: bool = False
+    replay_timestamps: bool = False
+    timestamp_speedup: float = 1.0
 
     def __post_init__(self):
         check_in("workload.mal", self.mal, MAL_TOKENS)
@@ -113,8 +124,18 @@ class WorkloadSpec:
                               f"{MOONCAKE_BLOCK_TOKENS}")
         if not isinstance(self.path, str):
             raise ConfigError("workload.path", f"must be a string (got {self.path!r})")
-        if not isinstance(self.use_think_time, bool):
-            raise ConfigError("workload.use_think_time", f"must be true or false (got {self.use_think_time!r})")
+        for name in ("use_think_time", "replay_timestamps"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"workload.{name}", f"must be true or false (got {getattr(self, name)!r})")
+        check_positive("workload.timestamp_speedup", self.timestamp_speedup)
+        if self.timestamp_speedup != 1.0 and not self.replay_timestamps:
+            raise ConfigError("workload.timestamp_speedup", "speeds up a replay of the trace's timestamps: set "
+                              "workload.replay_timestamps=true, or leave it at 1")
+        if self.replay_timestamps and self.source != "mooncake":
+            why = ("the generator records no timestamps" if self.source == "synthetic" else
+                   "an agentic trace's times count from its own file's start, so its conversations share no clock")
+            raise ConfigError("workload.replay_timestamps", f"replays a Mooncake trace's session arrivals; "
+                              f"workload.source={self.source!r}: {why}")
         if self.source == "synthetic":
             if self.use_think_time:
                 raise ConfigError("workload.use_think_time", "replays a trace's recorded think times; the "
@@ -157,7 +178,7 @@ class WorkloadSpec:
     @property
     def label(self) -> str:
         """What the workload is, for log lines and titles: ``"MAL 64K"``, ``"agentic traces, MAL 64K"``,
-        ``"mooncake trace synthetic, MAL 64K, tokens / 32, recorded think times"``."""
+        ``"mooncake trace synthetic, MAL 64K, tokens / 32, recorded think times, recorded arrivals x2"``."""
         if self.source == "synthetic":
             what = f"MAL {self.mal}"
         elif self.source == "mooncake":
@@ -165,7 +186,13 @@ class WorkloadSpec:
         else:
             what = f"agentic traces{f' ({Path(self.path).name})' if self.path else ''}, MAL {self.mal}"
         return (what + (f", tokens / {self.token_divisor}" if self.token_divisor != 1 else "")
-                + (", recorded think times" if self.use_think_time else ""))
+                + (", recorded think times" if self.use_think_time else "") + self._replay_label)
+
+    @property
+    def _replay_label(self) -> str:
+        if not self.replay_timestamps:
+            return ""
+        return ", recorded arrivals" + (f" x{self.timestamp_speedup:g}" if self.timestamp_speedup != 1.0 else "")
 
     def replace(self, **changes) -> "WorkloadSpec":
         return dataclasses.replace(self, **changes)

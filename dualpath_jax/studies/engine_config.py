@@ -112,25 +112,36 @@ class EngineWorkload:
             check_positive(f"workload.{f}", getattr(self, f), integer=True)
 
 
+ARRIVAL_MODES = ("offline", "online", "recorded")
+
+
 @dataclasses.dataclass(frozen=True)
 class EngineArrivals:
     """When the agents arrive.
 
     Attributes:
-      mode: ``offline`` (every agent at t = 0; the metric is JCT) or ``online`` (Poisson arrivals).
+      mode: ``offline`` (every agent at t = 0; the metric is JCT), ``online`` (Poisson arrivals) or
+        ``recorded`` (``workload.source=mooncake``: each session at its first request's recorded
+        timestamp, counted from the earliest session's; an open-loop replay of the trace).
       aps: online: the arrival rate, agents per second.
       seed: online: seed of the arrivals.
+      speedup: recorded: divides the gaps between session starts (2 = twice as fast).
       use_think_time: wait each round's recorded think time before issuing the next (default: at once).
     """
 
     mode: str = "offline"
     aps: float = 1.0
     seed: int = 0
+    speedup: float = 1.0
     use_think_time: bool = False
 
     def __post_init__(self):
-        check_in("arrivals.mode", self.mode, ("offline", "online"))
+        check_in("arrivals.mode", self.mode, ARRIVAL_MODES)
         check_positive("arrivals.aps", self.aps)
+        check_positive("arrivals.speedup", self.speedup)
+        if self.speedup != 1.0 and self.mode != "recorded":
+            raise ConfigError("arrivals.speedup", f"speeds up arrivals.mode='recorded'; arrivals.mode={self.mode!r}: "
+                              f"leave it at 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,6 +362,10 @@ class EngineAblationConfig:
         check_positive("repeats", self.repeats, integer=True)
         check_positive("window_s", self.window_s)
         check_non_negative("tie_tol", self.tie_tol)
+        if self.arrivals.mode == "recorded" and self.workload.source != "mooncake":
+            raise ConfigError("arrivals.mode", f"'recorded' replays a Mooncake trace's session arrivals; "
+                              f"workload.source={self.workload.source!r}: an agentic trace's times count from its "
+                              f"own file's start, so its conversations share no clock")
         if self.calibrate.from_file:
             check_fingerprint(read_calibration(self.calibrate.from_file)["fingerprint"], self,
                               str(calibration_path(self.calibrate.from_file)))

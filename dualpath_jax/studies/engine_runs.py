@@ -49,13 +49,13 @@ from dualpath_jax.model import cost, count_params, get_spec, init_params
 from dualpath_jax.model.hf import load_hf_checkpoint
 from dualpath_jax.sched import BatchItem, ClusterScheduler, SchedulerConfig
 from dualpath_jax.store import KVStore, StoreConfig
-from dualpath_jax.studies.engine_config import (CALIBRATION_FORMAT, CalibrateConfig, EngineAblationConfig,
-                                                EngineArrivals, EngineWorkload, calibration_fingerprint,
-                                                calibration_path, check_fingerprint, engine_ablation_config,
-                                                read_calibration)
+from dualpath_jax.studies.engine_config import (ARRIVAL_MODES, CALIBRATION_FORMAT, CalibrateConfig,
+                                                EngineAblationConfig, EngineArrivals, EngineWorkload,
+                                                calibration_fingerprint, calibration_path, check_fingerprint,
+                                                engine_ablation_config, read_calibration)
 from dualpath_jax.studies.common import scale_trace_tokens
 from dualpath_jax.workload import (Trajectory, load_agentic_traces, load_mooncake_traces, mooncake_file,
-                                   poisson_arrivals_s, prompt_token_ids)
+                                   poisson_arrivals_s, prompt_token_ids, recorded_arrivals_s)
 
 __all__ = ["CALIBRATED_FIELDS", "check_overrides", "select_agents", "start_times", "CompileClock",
            "describe_time_model", "Setup", "ray_runtime", "round_shapes", "expected_shapes", "seed_store",
@@ -154,16 +154,24 @@ def _head(traj: Trajectory, rounds: int) -> Trajectory:
 def offline_arrivals(cfg: EngineArrivals) -> EngineArrivals:
     """``cfg`` offline and without think times: the runs that measure compute (calibration's
     Oracle passes, the compile stage's warm-up), where arrival gaps and think times are waiting."""
-    return dataclasses.replace(cfg, mode="offline", use_think_time=False)
+    return dataclasses.replace(cfg, mode="offline", speedup=1.0, use_think_time=False)
 
 
-def start_times(cfg: EngineArrivals, num_agents: int) -> np.ndarray:
-    """Offline: every agent at t = 0; online: Poisson arrivals at ``cfg.aps`` agents/s."""
+def start_times(cfg: EngineArrivals, agents: Sequence[Trajectory]) -> np.ndarray:
+    """f64[A] start of each of ``agents``, seconds: offline, every agent at t = 0; online, Poisson
+    arrivals at ``cfg.aps`` agents/s; recorded, each agent's ``start_offset_s`` (a Mooncake
+    session's first timestamp) minus the earliest, divided by ``cfg.speedup``.
+
+    Raises:
+      ConfigError: naming ``arrivals.mode`` for an unknown mode.
+    """
     if cfg.mode == "offline":
-        return np.zeros(num_agents)
+        return np.zeros(len(agents))
     if cfg.mode == "online":
-        return poisson_arrivals_s(num_agents, cfg.aps, cfg.seed)
-    raise ConfigError("arrivals.mode", f"must be 'offline' or 'online' (got {cfg.mode!r})")
+        return poisson_arrivals_s(len(agents), cfg.aps, cfg.seed)
+    if cfg.mode == "recorded":
+        return recorded_arrivals_s([a.start_offset_s for a in agents], cfg.speedup)
+    raise ConfigError("arrivals.mode", f"must be one of {list(ARRIVAL_MODES)} (got {cfg.mode!r})")
 
 
 def describe_time_model(tm) -> str:
@@ -361,7 +369,7 @@ def run_variant(setup: Setup, name: str, store_dir: Path, seed_dir: Path | None 
         arr = setup.config.arrivals if arrivals is None else arrivals
         if arrival_seed is not None:
             arr = dataclasses.replace(arr, seed=int(arrival_seed))
-        result = cluster.run(agents, start_times(arr, len(agents)), use_think_time=arr.use_think_time,
+        result = cluster.run(agents, start_times(arr, agents), use_think_time=arr.use_think_time,
                              progress=progress, desc=name)
     finally:
         store.close()

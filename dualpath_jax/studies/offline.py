@@ -34,7 +34,7 @@ from dualpath_jax.studies.common import cluster_label, parse_cluster, with_clust
 from dualpath_jax.studies.config import (BalanceStudyConfig, Fig7StudyConfig, Fig8StudyConfig, Fig9StudyConfig,
                                          PdSweepStudyConfig)
 from dualpath_jax.studies.plots import plot_panels
-from dualpath_jax.studies.runs import Log, RunCache, _run_missing, offline_runs, ratio, scheduler_label, workload_agents
+from dualpath_jax.studies.runs import Log, RunCache, _run_missing, offline_runs, ratio, scheduler_label, spec_agents
 from dualpath_jax.studies.seeds import (CI_SUFFIX, aggregate, band, caption, estimate, offline_seeds, put,
                                        seed_workloads)
 from dualpath_jax.studies.seeds import write_table as write_seed_table
@@ -335,7 +335,7 @@ def _balance_summary(spec: tuple) -> dict:
     ``early`` (start times and Max/Avg of the forwards in twice that span)."""
     cfg, scheduler_cls, wl, window_s, head_fraction = spec
     ts = wl.build()
-    res = Simulator(cfg, workload_agents(ts, wl.use_think_time)[0], scheduler_cls=scheduler_cls).run()
+    res = Simulator(cfg, spec_agents(wl, ts)[0], scheduler_cls=scheduler_cls).run()
     links, starts, finishes, sizes = snic_transfers(res)
     tt = TransferTable(link=np.asarray(links, dtype=object), start_s=starts, finish_s=finishes, num_bytes=sizes,
                        path=np.asarray(["storage_read"] * len(starts), dtype=object))

@@ -25,7 +25,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from dualpath_jax.config import check_positive
+from dualpath_jax.config import ConfigError, check_positive
 from dualpath_jax.metrics import latency
 from dualpath_jax.metrics.records import RequestTable
 from dualpath_jax.model import cost
@@ -34,7 +34,7 @@ from dualpath_jax.sim.adapters import agents_from_trajectories, request_table
 from dualpath_jax.sim.cluster import Simulator
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.result import SimResult
-from dualpath_jax.sim.runs import offline_starts, online_starts, summarize, variant_config
+from dualpath_jax.sim.runs import offline_starts, online_starts, recorded_starts, summarize, variant_config
 from dualpath_jax.studies.common import WorkloadSpec, cluster_label
 from dualpath_jax.studies.sweep import Sweep
 from dualpath_jax.workload import TrajectorySet, paper_dataset, root_indices
@@ -190,21 +190,49 @@ def run_label(variant: str, scheduler_cls: type) -> str:
 def workload_tag(wl: WorkloadSpec) -> str:
     """The workload in a log line: its MAL and generator seed with the Fig. 9 length factors
     (``64K s0 x1/x1``: append x gen), or its source and MAL for a trace (``agentic 64K``), then a
-    token divisor (``/32``) and recorded think times (``think``) when set."""
+    token divisor (``/32``), recorded think times (``think``) and recorded arrivals (``replay``,
+    ``replay x2``) when set."""
     tag = (f"{wl.mal} s{wl.seed} x{wl.append_factor:g}/x{wl.gen_factor:g}" if wl.source == "synthetic"
            else f"{wl.source} {wl.mal}")
-    return tag + (f" /{wl.token_divisor}" if wl.token_divisor != 1 else "") + (" think" if wl.use_think_time else "")
+    replay = (" replay" + (f" x{wl.timestamp_speedup:g}" if wl.timestamp_speedup != 1.0 else "")
+              if wl.replay_timestamps else "")
+    return (tag + (f" /{wl.token_divisor}" if wl.token_divisor != 1 else "") + (" think" if wl.use_think_time else "")
+            + replay)
+
+
+_REPLAY_ONLINE = ("workload.replay_timestamps", "the online studies' arrivals are the APS they search; replay "
+                  "the trace's timestamps in an offline study (e.g. ablation, fig7)")
 
 
 def workload_agents(ts: TrajectorySet, use_think_time: bool = False, *, aps: float | None = None,
-                    arrival_seed: int = 0) -> tuple[list, np.ndarray]:
+                    arrival_seed: int = 0, replay_timestamps: bool = False,
+                    timestamp_speedup: float = 1.0) -> tuple[list, np.ndarray]:
     """The simulator's agents for ``ts`` and their start times ``f64[A]``: offline (every agent at
-    t = 0) or, with ``aps``, Poisson arrivals seeded by ``arrival_seed``; with ``use_think_time``
-    (:attr:`WorkloadSpec.use_think_time`) each round waits its recorded think time and each
-    sub-agent starts at its recorded offset."""
-    starts = (offline_starts(ts, recorded_offsets=use_think_time) if aps is None
-              else online_starts(ts, aps, arrival_seed, recorded_offsets=use_think_time))
+    t = 0), with ``aps`` Poisson arrivals seeded by ``arrival_seed``, or with ``replay_timestamps``
+    the recorded arrivals sped up by ``timestamp_speedup`` (:attr:`WorkloadSpec.replay_timestamps`);
+    with ``use_think_time`` (:attr:`WorkloadSpec.use_think_time`) each round waits its recorded
+    think time and each sub-agent starts at its recorded offset.
+
+    Raises:
+      ConfigError: naming ``workload.replay_timestamps`` when given with ``aps`` (the two set the
+        same arrivals).
+    """
+    if replay_timestamps and aps is not None:
+        raise ConfigError(*_REPLAY_ONLINE)
+    if replay_timestamps:
+        starts = recorded_starts(ts, timestamp_speedup, recorded_offsets=use_think_time)
+    elif aps is None:
+        starts = offline_starts(ts, recorded_offsets=use_think_time)
+    else:
+        starts = online_starts(ts, aps, arrival_seed, recorded_offsets=use_think_time)
     return agents_from_trajectories(ts, starts, use_think_time=use_think_time), starts
+
+
+def spec_agents(wl: WorkloadSpec, ts: TrajectorySet, *, aps: float | None = None,
+                arrival_seed: int = 0) -> tuple[list, np.ndarray]:
+    """:func:`workload_agents` of ``ts`` (built from ``wl``) with ``wl``'s think-time and replay fields."""
+    return workload_agents(ts, wl.use_think_time, aps=aps, arrival_seed=arrival_seed,
+                           replay_timestamps=wl.replay_timestamps, timestamp_speedup=wl.timestamp_speedup)
 
 
 def paper_workload(mal: str, num_agents: int, seed: int = 0) -> TrajectorySet:
@@ -259,7 +287,7 @@ def _offline_run(spec: tuple) -> tuple[dict, SimResult]:
     cfg, scheduler_cls, wl = spec
     ts = wl.build()
     t0 = time.perf_counter()
-    res = Simulator(cfg, workload_agents(ts, wl.use_think_time)[0], scheduler_cls=scheduler_cls).run()
+    res = Simulator(cfg, spec_agents(wl, ts)[0], scheduler_cls=scheduler_cls).run()
     s = summarize(res, ts)
     r = res.requests
     s.update(snic_read_bytes=float(sum(s["snic_bytes"].values())), hit_tokens=float(np.sum(r["hit_tokens"])),
@@ -379,7 +407,7 @@ def _online_run(spec: tuple) -> tuple[OnlineRun, SimResult]:
     summary does not hold)."""
     cfg, scheduler_cls, wl, aps, arrival_seed, warmup_s = spec
     ts = wl.build()
-    agents, starts = workload_agents(ts, wl.use_think_time, aps=float(aps), arrival_seed=arrival_seed)
+    agents, starts = spec_agents(wl, ts, aps=float(aps), arrival_seed=arrival_seed)
     t0 = time.perf_counter()
     res = Simulator(cfg, agents, scheduler_cls=scheduler_cls).run()
     wall = time.perf_counter() - t0
@@ -441,6 +469,8 @@ def online_runs(runs: Sequence[tuple[SimConfig, str, WorkloadSpec, float, int, f
     specs = []
     for base, variant, wl, aps, arrival_seed, warmup_s in runs:
         check_positive("aps", aps)
+        if wl.replay_timestamps:  # before any run (workload_agents refuses it in each)
+            raise ConfigError(*_REPLAY_ONLINE)
         specs.append((variant_config(base, variant), scheduler_cls, wl, float(aps), int(arrival_seed),
                       float(warmup_s)))
     keys = [("online", *spec) for spec in specs]
@@ -469,11 +499,13 @@ def online_runs(runs: Sequence[tuple[SimConfig, str, WorkloadSpec, float, int, f
 
 
 def run_offline(base: SimConfig, ts: TrajectorySet, variants: Sequence[str], *, log: Log | None = print,
-                scheduler_cls: type = ClusterScheduler, use_think_time: bool = False) -> dict[str, dict]:
-    """Offline runs (all agents of ``ts`` at t = 0) of each of ``variants`` on ``base``, with
+                scheduler_cls: type = ClusterScheduler, use_think_time: bool = False, replay_timestamps: bool = False,
+                timestamp_speedup: float = 1.0) -> dict[str, dict]:
+    """Offline runs (all agents of ``ts`` at t = 0, or at their recorded arrivals with
+    ``replay_timestamps``) of each of ``variants`` on ``base``, with
     ``scheduler_cls`` (a :class:`~dualpath_jax.sched.ClusterScheduler` subclass: a new policy;
-    ``use_think_time``: as :attr:`WorkloadSpec.use_think_time <dualpath_jax.studies.common.WorkloadSpec>`)
-    deciding in every run.
+    ``use_think_time``, ``replay_timestamps``, ``timestamp_speedup``: as the fields of
+    :class:`WorkloadSpec <dualpath_jax.studies.common.WorkloadSpec>`) deciding in every run.
 
     Returns:
       ``{variant: summary}`` in the order of ``variants``; each summary is the dict of
@@ -490,7 +522,8 @@ def run_offline(base: SimConfig, ts: TrajectorySet, variants: Sequence[str], *, 
       RunStalled: (a ``RuntimeError``) a run stalled with requests unfinished.
     """
     configs = {name: variant_config(base, name) for name in variants}  # unknown names fail before any run
-    agents, _ = workload_agents(ts, use_think_time)
+    agents, _ = workload_agents(ts, use_think_time, replay_timestamps=replay_timestamps,
+                                timestamp_speedup=timestamp_speedup)
     label = scheduler_label(scheduler_cls)
     out = {}
     for name, cfg in configs.items():

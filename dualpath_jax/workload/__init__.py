@@ -11,12 +11,13 @@ scheduler.
   prepending a round); :mod:`.calibrate` fits its parameters.
 * :mod:`.transforms`  MAL truncation, Fig. 9 length scaling, downscaling for tiny models.
 * :mod:`.tokens`  deterministic i32 token ids from (scope, hash id): equal blocks, equal tokens.
-* :mod:`.arrivals`  offline (t = 0) and Poisson (APS) arrivals; :mod:`.stats` Table-2 summaries.
+* :mod:`.arrivals`  offline (t = 0), Poisson (APS) and recorded (trace timestamps) arrivals;
+  :mod:`.stats` Table-2 summaries.
 """
 
 from dualpath_jax.workload.agentic import load_agentic_trace, load_agentic_traces
-from dualpath_jax.workload.arrivals import (offline_arrivals_s, poisson_arrivals_s, root_indices,
-                                            trajectory_start_times_s)
+from dualpath_jax.workload.arrivals import (offline_arrivals_s, poisson_arrivals_s, recorded_arrivals_s,
+                                            root_indices, trajectory_start_times_s)
 from dualpath_jax.workload.errors import TraceFormatError, TraceSkipWarning
 from dualpath_jax.workload.mooncake import load_mooncake_trace, load_mooncake_traces, reconstruct_sessions
 from dualpath_jax.workload.sources import SOURCES, agentic_dir, data_dir, load_source, load_trace_agents, mooncake_file
@@ -38,5 +39,5 @@ __all__ = [
     "mal_to_tokens", "generate_base_trajectories", "expand_agents", "paper_dataset",
     "block_token_ids", "stream_token_ids", "prompt_token_ids", "append_token_ids", "gen_token_ids",
     "scale_lengths", "scale_tokens", "truncate_at_mal",
-    "offline_arrivals_s", "poisson_arrivals_s", "root_indices", "trajectory_start_times_s",
+    "offline_arrivals_s", "poisson_arrivals_s", "recorded_arrivals_s", "root_indices", "trajectory_start_times_s",
 ]

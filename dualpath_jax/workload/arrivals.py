@@ -2,7 +2,9 @@
 
 * offline: all agents start at t = 0 and the metric is the JCT of the whole batch;
 * online: agents arrive as a Poisson process at a rate of APS agents per second
-  (exponential inter-arrival gaps with mean 1/APS; the first agent arrives after one gap).
+  (exponential inter-arrival gaps with mean 1/APS; the first agent arrives after one gap);
+* recorded: agents arrive at their trace's timestamps (a Mooncake session at its first request's,
+  counted from the earliest agent's), optionally sped up: an open-loop replay of a trace.
 
 Sub-agent trajectories (``parent_id`` set, see :mod:`~dualpath_jax.workload.agentic`) are not
 agents of their own: they start at their root conversation's arrival plus their launch offset.
@@ -12,10 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from dualpath_jax.config import check_non_negative, check_positive
+from dualpath_jax.config import ConfigError, check_non_negative, check_positive
 from dualpath_jax.workload.trajectory import TrajectorySet
 
-__all__ = ["offline_arrivals_s", "poisson_arrivals_s", "root_indices", "trajectory_start_times_s"]
+__all__ = ["offline_arrivals_s", "poisson_arrivals_s", "recorded_arrivals_s", "root_indices",
+           "trajectory_start_times_s"]
 
 
 def offline_arrivals_s(num_agents: int) -> np.ndarray:
@@ -34,6 +37,26 @@ def poisson_arrivals_s(num_agents: int, aps: float, seed: int = 0) -> np.ndarray
     check_positive("aps", aps)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xA55]))
     return np.cumsum(rng.exponential(1.0 / aps, size=int(num_agents)))
+
+
+def recorded_arrivals_s(start_offsets_s, speedup: float = 1.0) -> np.ndarray:
+    """f64[A] arrival of each agent at its recorded start time, seconds: ``(start_offsets_s -
+    earliest) / speedup`` (the earliest agent arrives at 0).
+
+    ``start_offsets_s`` (f64[A], seconds) are the agents' (root trajectories', :func:`root_indices`)
+    ``start_offset_s``; a Mooncake session's is its first request's timestamp, so this replays the
+    trace's arrivals open-loop (``speedup`` > 1 compresses the gaps, as a replay at a higher load).
+    An agentic trace's times count from its own file's start, so its conversations have no common
+    clock; a synthetic set records none (every root 0): both give the offline batch.
+
+    Raises:
+      ConfigError: ``speedup`` not a finite number > 0, or an offset not finite.
+    """
+    check_positive("speedup", speedup)
+    starts = np.asarray(start_offsets_s, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(starts)):
+        raise ConfigError("start_offsets_s", "must be finite")
+    return (starts - starts.min()) / float(speedup) if len(starts) else starts
 
 
 def root_indices(ts: TrajectorySet) -> np.ndarray:
