@@ -77,7 +77,8 @@ class WorkloadSpec:
         6.2). The generator records none; a rebuilt Mooncake session's think time is the gap
         between its requests' timestamps, which holds the original service time too.
       replay_timestamps: mooncake, offline studies: each session starts at its first request's
-        recorded timestamp (counted from the earliest session's) instead of every agent at t = 0:
+        recorded timestamp (counted from the earliest session's; a named session without
+        timestamps: its first turn's ``delay``, else 0) instead of every agent at t = 0:
         an open-loop replay of the trace's arrivals (:func:`~dualpath_jax.workload.recorded_arrivals_s`;
         with ``use_think_time`` each session's later requests keep their recorded gaps too). The
         JCT then spans the replay, the latencies are the figures to read. Refused for the

@@ -52,7 +52,7 @@ A rebuilt session maps to a :class:`~dualpath_jax.workload.trajectory.Trajectory
 partial block's id is dropped: engines cache whole blocks only); hit = the longest run of leading
 full-block ids seen in earlier rounds of the session, times 512, capped at prompt - 1; generated
 = ``max(output_length, 1)`` (named sessions too); ``start_offset_s`` = the first request's
-timestamp; ``think_time_s`` = the gap to the previous request of the session (it includes the
+timestamp (a named session without one: its first turn's ``delay``, else 0); ``think_time_s`` = the gap to the previous request of the session (it includes the
 original service time, which the trace does not record).
 
 Token scope of rebuilt sessions: ``"file"`` (default) uses the file stem for every session,
