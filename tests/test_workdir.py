@@ -92,11 +92,9 @@ def test_prepare_workdir_refuses_files_and_replaces_only_a_run(tmp_path):
 def test_a_run_stopped_by_a_signal_is_marked_failed_in_one_line(tmp_path, sig, name, launcher):
     # defect: a run started with SIGTERM blocked (as a CI runner started the test suite) slept on
     # through it: the handler was installed, the signal never delivered
+    import select
     import signal
     import time
-
-    def block_signals():  # in the child, before exec: the mask is inherited across exec
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     script = tmp_path / "slow.py"
     script.write_text(
         "import sys, time\n"
@@ -108,10 +106,22 @@ def test_a_run_stopped_by_a_signal_is_marked_failed_in_one_line(tmp_path, sig, n
         "    print('started', flush=True)\n"
         "    time.sleep(60)\n"
         "cli.run(main)\n")
-    proc = subprocess.Popen([sys.executable, str(script), f"--workdir={tmp_path / 'w'}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=block_signals if launcher == "blocks_signals" else None)
-    assert proc.stdout.readline().strip() == "started"
+    # the child inherits the mask of the thread that starts it (no preexec_fn: forking this
+    # multithreaded process to run Python in the child may deadlock)
+    blocked = {signal.SIGINT, signal.SIGTERM} if launcher == "blocks_signals" else set()
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        proc = subprocess.Popen([sys.executable, str(script), f"--workdir={tmp_path / 'w'}"], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    try:
+        assert select.select([proc.stdout], [], [], 60)[0], "the run did not start within 60 s"
+        assert proc.stdout.readline().strip() == "started"
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
     t0 = time.perf_counter()
     proc.send_signal(getattr(signal, f"SIG{sig}"))
     out, err = proc.communicate(timeout=30)
