@@ -313,14 +313,16 @@ def test_a_killed_pe_node_reruns_only_what_it_still_held(tmp_path, runtime, ray_
                            "max_decode_batch": 8, "basic_max_batch_tokens": 256}).for_variant("dpl")
     agents = [stream(f"p{i}", [180 + 30 * i, 40, 30], [60, 6, 5]) for i in range(6)]
     _run(tmp_path, "warm", cfg, runtime, agents=agents[:2], model=model)
-    killed = []
+    killed, handed_off = [], set()  # PE 0's hand-offs the driver took, the kill's included
     handle = EngineCluster._handle
 
     def kill_at_pe0s_first_hand_off(self, ev):
         handle(self, ev)
-        if ev[0] == "prefilled" and ev[1].pe == 0 and not killed:
-            killed.append((ev[1].trajectory_id, ev[1].round_index))
-            ray_session.kill(runtime.actors[0])
+        if ev[0] == "prefilled" and ev[1].pe == 0:
+            handed_off.add((ev[1].trajectory_id, ev[1].round_index))
+            if not killed:
+                killed.append((ev[1].trajectory_id, ev[1].round_index))
+                ray_session.kill(runtime.actors[0])
 
     monkeypatch.setattr(EngineCluster, "_handle", kill_at_pe0s_first_hand_off)
     res = _run(tmp_path, "kill_pe", cfg, runtime, agents=agents, model=model)
@@ -328,7 +330,10 @@ def test_a_killed_pe_node_reruns_only_what_it_still_held(tmp_path, runtime, ray_
     assert killed == [("p0", 0)] and list(res.lost_nodes) == [0]
     assert len(res.requests) == 18 and not [r.error for r in res.requests if r.error]
     rerun = {(r.trajectory_id, r.round_index) for r in res.failed_attempts if "node0 died" in r.error}
-    assert rerun == {("p2", 0), ("p4", 0)}  # held by PE 0; agent 0, already on the DE, kept going
+    # held by PE 0 when it died; agent 0, already on the DE, kept going. (A hand-off PE 0 posted
+    # before the kill landed, in the same poll as agent 0's, is taken too: that request is not
+    # held; on a loaded host agent 2's forward may finish that early.)
+    assert rerun == {("p2", 0), ("p4", 0)} - handed_off and ("p4", 0) in rerun
     assert all(r.pe == 1 for r in res.requests if r.attempt > 1)
     tokens = check_tokens({"ray": res}, params, spec)
     assert tokens["tokens_identical"], tokens["reference_mismatches"]
