@@ -10,9 +10,12 @@ script's directory, ``sys.path.insert``) reach them as ``PYTHONPATH``, so a poli
 unpickles there. On a cluster each host imports on its own (the README's multi-host notes). A new
 local instance uses Ray's token authentication (Ray's default); Ray's warning that it
 does so, printed on every run, is not shown either (``RAY_AUTH_MODE=disabled`` opts out, as
-Ray documents). The signal handlers the caller had for SIGINT and SIGTERM are put back after
-``ray.init`` (which installs its own), so a script still ends with its status recorded. Importing
-this module does not import Ray.
+Ray documents). Ray keeps a local instance's sockets under the temporary directory
+(``RAY_TMPDIR``, else ``TMPDIR``) and refuses to start when their paths pass the 107-byte limit of
+a Unix socket name; a new local instance whose temporary directory is that long (a CI runner's
+workspace) starts under ``/tmp/ray`` instead. The signal handlers the caller had for SIGINT and
+SIGTERM are put back after ``ray.init`` (which installs its own), so a script still ends with its
+status recorded. Importing this module does not import Ray.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import sys
 import threading
 import warnings
 
-__all__ = ["ray_module"]
+__all__ = ["ray_module", "local_temp_dir"]
 
 _AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
@@ -53,6 +56,9 @@ def ray_module(address: str = "", **local_options):
             else:
                 notice = _DropDefaultAuthNotice()
                 logging.getLogger(_AUTH_LOGGER).addFilter(notice)
+                temp = local_temp_dir()
+                if temp is not None and "_temp_dir" not in local_options:
+                    local_options = {**local_options, "_temp_dir": temp}
                 try:
                     ray.init(include_dashboard=False, log_to_driver=True,
                              runtime_env={"env_vars": {"PYTHONPATH": _import_path()}}, **local_options)
@@ -62,6 +68,25 @@ def ray_module(address: str = "", **local_options):
             if handler is not None:
                 signal.signal(signum, handler)
     return ray
+
+
+_SOCKET_NAME_BYTES = 107  # sun_path of a Unix socket, less its terminating NUL
+# what Ray puts under its temporary directory before a socket's name
+_SESSION_SOCKET = "/ray/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store"
+
+
+def local_temp_dir() -> str | None:
+    """``/tmp/ray`` when Ray's default temporary directory (``RAY_TMPDIR``, else ``TMPDIR``, else
+    the system's; module docstring) is too long for its socket names, else None (Ray's default)."""
+    import tempfile  # noqa: PLC0415
+
+    if os.environ.get("RAY_TMPDIR"):
+        base = os.environ["RAY_TMPDIR"]
+    else:
+        base = tempfile.gettempdir()
+    if len(os.fsencode(base + _SESSION_SOCKET)) <= _SOCKET_NAME_BYTES:
+        return None
+    return "/tmp/ray"
 
 
 def _import_path() -> str:

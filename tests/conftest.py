@@ -13,7 +13,10 @@ def ray_session():
     ray = pytest.importorskip("ray")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)  # the same on GPU hosts
+        from dualpath_jax.raylaunch import local_temp_dir
+        temp = local_temp_dir()  # (a long TMPDIR: Ray's socket names would not fit)
+        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,  # the same on GPU hosts
+                 **({"_temp_dir": temp} if temp else {}))
     yield ray
     if started:
         ray.shutdown()

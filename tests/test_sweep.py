@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from dualpath_jax.config import ConfigError
-from dualpath_jax.raylaunch import _import_path
+from dualpath_jax.raylaunch import _import_path, local_temp_dir
 from dualpath_jax.sim import SimConfig
 from dualpath_jax.studies import RunCache, Sweep, WorkloadSpec, from_config_dict, offline_runs, run_study
 from dualpath_jax.studies.runs import online_runs
@@ -130,6 +130,20 @@ def test_a_local_ray_instance_hands_its_workers_the_directories_this_process_imp
     path = _import_path().split(os.pathsep)
     assert path[0] == str(tmp_path) and path[-1] == "/from/the/environment"
     assert not [p for p in path if p.startswith((sys.prefix, sys.base_prefix))]  # the interpreter's own
+
+
+def test_a_local_ray_instance_under_a_long_temporary_directory_starts_under_tmp(monkeypatch):
+    # Ray refuses to start when its socket names, under TMPDIR / RAY_TMPDIR, pass 107 bytes
+    import tempfile
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", "/tmp")
+    assert local_temp_dir() is None  # Ray's default
+    monkeypatch.setattr(tempfile, "tempdir", "/home/runner/work/dualpath_jax/dualpath_jax/.tmp/job")
+    assert local_temp_dir() == "/tmp/ray"
+    monkeypatch.setenv("RAY_TMPDIR", "/scratch")  # Ray reads it before TMPDIR
+    assert local_temp_dir() is None
+    monkeypatch.setenv("RAY_TMPDIR", "/scratch/" + "x" * 40)
+    assert local_temp_dir() == "/tmp/ray"
 
 
 def test_serial_sweep_and_bad_worker_counts():
