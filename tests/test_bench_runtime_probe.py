@@ -17,8 +17,10 @@ def _load():
     return module
 
 
-def _spin(seconds):
+def _spin(seconds, spinning=None):
     end = time.perf_counter() + seconds
+    if spinning is not None:
+        spinning.set()
     while time.perf_counter() < end:
         pass
 
@@ -26,10 +28,12 @@ def _spin(seconds):
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads Linux /proc/stat")
 def test_host_busy_cores_sees_another_process_spinning():
     bench = _load()
-    child = multiprocessing.get_context("spawn").Process(target=_spin, args=(4.0,))
+    ctx = multiprocessing.get_context("spawn")
+    spinning = ctx.Event()
+    child = ctx.Process(target=_spin, args=(4.0, spinning))
     child.start()
     try:
-        time.sleep(0.5)  # the child is up and spinning
+        assert spinning.wait(60)  # the child is up and spinning (however long a loaded host takes to start it)
         busy = bench._host_busy_cores(1.0)
     finally:
         child.join()

@@ -429,10 +429,12 @@ def test_the_kernel_benchmark_runs_named_problems_and_checks_pallas_against_the_
     assert done.returncode == 0, done.stderr[-2000:]
     tried = [line for line in done.stdout.splitlines() if line.startswith("  tune prefill_192_32 [")]
     assert len(tried) == 4
-    fastest = min(tried, key=lambda line: float(line.split("]: ")[1].split(" ms")[0]))
+    ms = {line.split("[")[1].split("]")[0]: float(line.split("]: ")[1].split(" ms")[0]) for line in tried}
+    # the script compares unrounded times: a configuration tied with the fastest at the printed 1 us may win
+    fastest = {desc for desc, t in ms.items() if t == min(ms.values())}
     with open(tmp_path / "t" / "results.csv") as f:
         (pallas,) = [r for r in csv.DictReader(f) if r["implementation"] == "pallas"]
-    assert pallas["note"] == fastest.split("[")[1].split("]")[0] + " (the fastest of 4, timed again)"
+    assert pallas["note"] in {f"{desc} (the fastest of 4, timed again)" for desc in fastest}
 
 
 def test_field_meanings_come_from_the_source_when_a_compiled_class_has_no_docstring(monkeypatch):
