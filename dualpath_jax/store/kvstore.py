@@ -278,8 +278,8 @@ class KVStore:
                     raise
                 body = None  # past the end of the version this read opened
             if head_res.state != "value":
-                if body is not None and body.state == "value":
-                    continue  # written between the two reads
+                if body is None or body.state == "value":
+                    continue  # written (or removed) between the two reads: the next attempt decides
                 return BlockFailure(key, FailureCause.MISSING, "no such block")
             head = parse_header(self.layout, key, head_res.value)
             if isinstance(head, BlockFailure):
