@@ -491,3 +491,15 @@ def test_recorded_arrivals_replay_the_sessions_start_times():
     with pytest.raises(ConfigError, match=r"^arrivals\.speedup"):
         engine_ablation_config(_config(**{"workload.source": "mooncake", "arrivals.mode": "recorded",
                                           "arrivals.speedup": -1.0}))
+
+
+def test_recorded_arrivals_refuse_a_session_whose_arrival_is_not_recorded(tmp_path):
+    from dualpath_jax.studies.engine_config import EngineWorkload
+    path = tmp_path / "named.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (
+        {"session_id": "a", "input_length": 600, "output_length": 4, "timestamp": 1000},
+        {"session_id": "b", "input_length": 700, "output_length": 4, "delay": 50})))
+    wl = EngineWorkload(source="mooncake", traces_dir=str(path), num_agents=1, rounds=1)
+    with pytest.raises(ConfigError, match=r"^arrivals\.mode: replays recorded arrivals, but session 'b'"):
+        er.select_agents(wl, recorded_arrivals=True)
+    assert len(er.select_agents(wl)) == 1  # offline or online arrivals need no timestamps

@@ -128,9 +128,12 @@ def test_replay_timestamps_starts_each_mooncake_session_at_its_recorded_arrival(
     second, first_done = (agent == 1) & (rnd == 1), (agent == 1) & (rnd == 0)
     assert float(np.asarray(r["arrival_s"])[second][0] - np.asarray(r["persisted_s"])[first_done][0]) == \
         pytest.approx(3.0)
-    # the public offline entry point takes the same switches
-    out = run_offline(CFG, wl.build(), ["basic"], log=None, replay_timestamps=True, timestamp_speedup=2.0)
-    assert out["basic"]["num_requests"] == 4
+    # the public offline entry point takes the same switches: the last session starts 4.5 s in
+    ts = WorkloadSpec(**base).build()
+    replayed = run_offline(CFG, ts, ["basic"], log=None, replay_timestamps=True, timestamp_speedup=2.0)["basic"]
+    batch = run_offline(CFG, ts, ["basic"], log=None)["basic"]
+    assert replayed["num_requests"] == batch["num_requests"] == 4
+    assert batch["jct_s"] < 4.5 < replayed["jct_s"]
     assert wl.label.endswith("recorded think times, recorded arrivals")
     assert WorkloadSpec(**base, replay_timestamps=True, timestamp_speedup=2.0).label.endswith("recorded arrivals x2")
 
@@ -143,5 +146,52 @@ def test_replay_timestamps_starts_each_mooncake_session_at_its_recorded_arrival(
             (dict(base, replay_timestamps="yes"), "workload.replay_timestamps: must be true or false")):
         with pytest.raises(ConfigError, match=match):
             WorkloadSpec(**fields)
-    with pytest.raises(ConfigError, match="workload.replay_timestamps: the online studies' arrivals are the APS"):
+    with pytest.raises(ConfigError, match="workload.replay_timestamps: the online runs' arrivals are Poisson"):
         online_runs([(CFG, "basic", WorkloadSpec(**base, replay_timestamps=True), 1.0, 0, 0.0)], log=None)
+
+
+def test_replay_timestamps_refuses_a_session_without_a_recorded_arrival_and_the_online_studies(tmp_path):
+    from dualpath_jax.config import ConfigError
+    from dualpath_jax.studies.advisor_runs import AdvisorConfig
+    from dualpath_jax.studies.common import WorkloadSpec
+    from dualpath_jax.studies.config import from_config_dict
+    from dualpath_jax.studies.sensitivity_plan import sensitivity_config
+    from dualpath_jax.workload import untimed_session
+    from config_files import get_config, load_sim_config
+    from trace_cases import jsonl
+
+    def turn(sid, n_in, **extra):
+        return {"session_id": sid, "input_length": n_in, "output_length": 4, **extra}
+
+    # named sessions: "b" has no timestamp on its first turn (its start would be its delay, 0)
+    mixed = jsonl(tmp_path / "mixed.jsonl", [turn("a", 600, timestamp=3_600_000), turn("b", 700, delay=50),
+                                             turn("b", 64, timestamp=3_601_000), turn("c", 500, timestamp=3_602_000)])
+    timed = jsonl(tmp_path / "timed.jsonl", [turn("a", 600, timestamp=1000), turn(7, 700, timestamp=3000)])
+    assert untimed_session(mixed) == "b" and untimed_session(timed) is None
+    base = dict(source="mooncake", mal="32K", replay_timestamps=True)
+    with pytest.raises(ConfigError, match=r"^workload\.replay_timestamps: .*session 'b' of .*mixed\.jsonl has no "
+                                          r"timestamp on its first turn"):
+        WorkloadSpec(**base, path=str(mixed), num_agents=2).build()
+    ts = WorkloadSpec(**base, path=str(timed), num_agents=2).build()
+    np.testing.assert_allclose(spec_starts(WorkloadSpec(**base, path=str(timed), num_agents=2), ts), [0.0, 2.0])
+
+    # the studies whose runs have Poisson arrivals refuse it at their config, before any run
+    for study in ("online", "ttft_breakdown", "working_set", "table3"):
+        config = load_sim_config(study)
+        config.workload.source, config.workload.path, config.workload.replay_timestamps = "mooncake", str(timed), True
+        with pytest.raises(ConfigError, match=r"^workload\.replay_timestamps: the online runs' arrivals are Poisson"):
+            from_config_dict(config)
+    config = get_config("sensitivity", "tiny")
+    config.online.workload.source, config.online.workload.path = "mooncake", str(timed)
+    config.online.workload.replay_timestamps = True
+    with pytest.raises(ConfigError, match=r"^online\.workload\.replay_timestamps"):
+        sensitivity_config(config)
+    wl = WorkloadSpec(**base, path=str(timed), num_agents=2)
+    with pytest.raises(ConfigError, match=r"^workload\.replay_timestamps: .*objective='jct' replays"):
+        AdvisorConfig(sim=CFG, nodes=3, workload=wl, objective="max_aps")
+    assert AdvisorConfig(sim=CFG, nodes=3, workload=wl, objective="jct").workload.replay_timestamps
+
+
+def spec_starts(wl, ts):
+    from dualpath_jax.studies.runs import spec_agents
+    return spec_agents(wl, ts)[1]

@@ -49,8 +49,8 @@ from dualpath_jax.sim.compute import ComputeModel, calibrate_from_public
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.hardware import HardwareConfig, Server, reserve
 from dualpath_jax.sim.adapters import agents_from_trajectories, request_table
-from dualpath_jax.sim.runs import offline_starts, online_starts, summarize, variant_config
+from dualpath_jax.sim.runs import offline_starts, online_starts, recorded_starts, summarize, variant_config
 
-__all__ = ["agents_from_trajectories", "request_table", "offline_starts", "online_starts", "summarize",
-           "variant_config", "ComputeModel", "HardwareConfig", "Server", "SimAgent", "SimConfig", "SimResult",
-           "Simulator", "calibrate_from_public", "reserve", "simulate"]
+__all__ = ["agents_from_trajectories", "request_table", "offline_starts", "online_starts", "recorded_starts",
+           "summarize", "variant_config", "ComputeModel", "HardwareConfig", "Server", "SimAgent", "SimConfig",
+           "SimResult", "Simulator", "calibrate_from_public", "reserve", "simulate"]

@@ -27,7 +27,7 @@ from dualpath_jax.sim.compute import role_models
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.fit import kv_memory
 from dualpath_jax.sim.runs import variant_config
-from dualpath_jax.studies.common import OnlineWindow, WorkloadSpec
+from dualpath_jax.studies.common import OnlineWindow, WorkloadSpec, refuse_replay
 from dualpath_jax.studies.config import SearchConfig
 from dualpath_jax.studies.runs import Log, RunCache, _offline_run, _online_run, _run_missing
 from dualpath_jax.studies.sweep import lockstep
@@ -91,7 +91,8 @@ class AdvisorConfig:
       sim: the base :class:`SimConfig` (model, hardware, other fields); the advisor sets the
         cluster, the DRAM buffer, alpha/beta, the compute quota and the variant's switches.
       nodes: the node budget N = P + D (>= 2).
-      workload: the workload (offline: its agents all start at t = 0; online: Poisson arrivals).
+      workload: the workload (offline: its agents all start at t = 0, or at a Mooncake trace's
+        recorded arrivals with ``workload.replay_timestamps``; online: Poisson arrivals).
       objective: ``jct`` or ``max_aps`` (:data:`OBJECTIVES`).
       variant: the ablation variant every run uses (``sched.VARIANTS``; default ``dualpath``).
       scheduler: the ClusterScheduler subclass of every run.
@@ -130,6 +131,8 @@ class AdvisorConfig:
         if self.nodes < 2:
             raise ConfigError("nodes", f"must be >= 2 (one PE node and one DE node; got {self.nodes})")
         check_in("objective", self.objective, OBJECTIVES)
+        if self.objective == "max_aps":
+            refuse_replay(self.workload, "objective='jct' replays the trace's timestamps")
         get_variant(self.variant)
         object.__setattr__(self, "scheduler", load_scheduler(self.scheduler, field="scheduler"))
         for name in ("buffer_gb", "compute_quota_s"):

@@ -28,7 +28,7 @@ from dualpath_jax.sim.hardware import HardwareConfig
 from dualpath_jax.workload import (MAL_TOKENS, SOURCES, TrajectorySet, agentic_dir, load_trace_agents, mooncake_file,
                                    paper_dataset, scale_lengths, scale_tokens)
 from dualpath_jax.workload.agentic import no_traces_message, trace_files
-from dualpath_jax.workload.mooncake import MOONCAKE_BLOCK_TOKENS
+from dualpath_jax.workload.mooncake import MOONCAKE_BLOCK_TOKENS, untimed_session
 from dualpath_jax.workload.sources import NoAgentFits
 from dualpath_jax.workload.synthetic import MAX_AGENTS, MAX_BASE
 
@@ -79,8 +79,10 @@ class WorkloadSpec:
       replay_timestamps: mooncake, offline studies: each session starts at its first request's
         recorded timestamp (counted from the earliest session's; a named session without
         timestamps: its first turn's ``delay``, else 0) instead of every agent at t = 0:
-        an open-loop replay of the trace's arrivals (:func:`~dualpath_jax.workload.recorded_arrivals_s`;
-        with ``use_think_time`` each session's later requests keep their recorded gaps too). The
+        an open-loop replay of the trace's session arrivals (:func:`~dualpath_jax.workload.recorded_arrivals_s`;
+        with ``use_think_time`` each later request of a session waits its recorded gap after the
+        previous one's KV is stored, so only the session starts are open-loop). A file with a
+        named session whose first turn has no timestamp is refused. The
         JCT then spans the replay, the latencies are the figures to read. Refused for the
         generator (no timestamps), agentic traces (each file's times count from its own start)
         and the online studies (their arrivals are the APS they search).
@@ -199,6 +201,36 @@ class WorkloadSpec:
         return dataclasses.replace(self, **changes)
 
 
+def check_recorded_arrivals(path, block_tokens: int, field: str) -> None:
+    """Raise ConfigError naming ``field`` unless every session of the Mooncake file ``path`` has
+    its arrival recorded (:func:`~dualpath_jax.workload.untimed_session`)."""
+    sid = untimed_session(path, block_tokens=block_tokens)
+    if sid is not None:
+        raise ConfigError(field, f"replays recorded arrivals, but session {sid!r} of {path} has no timestamp on its "
+                          f"first turn (its start would be its delay, off the trace's clock): leave it off for "
+                          f"this file")
+
+
+_REPLAY_FIX = "replay the trace's timestamps in an offline study (e.g. ablation, fig7)"
+
+
+def replay_online_error(fix: str = _REPLAY_FIX) -> ConfigError:
+    """The error of a run with Poisson arrivals asked to replay a trace's recorded arrivals too."""
+    return ConfigError("workload.replay_timestamps", f"the online runs' arrivals are Poisson at the APS they search "
+                       f"or set; {fix}")
+
+
+def refuse_replay(wl: WorkloadSpec, fix: str = _REPLAY_FIX) -> None:
+    """For the studies whose arrivals are Poisson at the APS they search or set: raise before any
+    run when ``wl`` asks for the trace's recorded arrivals.
+
+    Raises:
+      ConfigError: naming ``workload.replay_timestamps``, saying ``fix``.
+    """
+    if wl.replay_timestamps:
+        raise replay_online_error(fix)
+
+
 @functools.lru_cache(maxsize=4)
 def _trace_workload(spec: WorkloadSpec) -> TrajectorySet:
     """A trace workload, read once for the runs of every variant that share it."""
@@ -207,6 +239,9 @@ def _trace_workload(spec: WorkloadSpec) -> TrajectorySet:
                                mal_tokens=MAL_TOKENS[spec.mal], mooncake_block_tokens=spec.mooncake_block_tokens)
     except NoAgentFits as e:
         raise ConfigError("workload.mal", f"{e}: a longer mal keeps more") from None
+    if spec.replay_timestamps:
+        check_recorded_arrivals(mooncake_file(spec.path or "conversation"), spec.mooncake_block_tokens,
+                                "workload.replay_timestamps")
     agents = sum(p is None for p in ts.parent_ids)
     if agents < spec.num_agents:
         raise ConfigError("workload.num_agents", f"the {spec.source} trace {ts.source} holds only {agents} agents "

@@ -26,7 +26,7 @@ from dualpath_jax.metrics.latency import SLO
 from dualpath_jax.sched import ABLATION_VARIANTS, ClusterScheduler, get_variant, load_scheduler
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.hardware import HardwareConfig
-from dualpath_jax.studies.common import OnlineWindow, WorkloadSpec, as_dict, parse_cluster, sim_config
+from dualpath_jax.studies.common import OnlineWindow, WorkloadSpec, as_dict, parse_cluster, refuse_replay, sim_config
 from dualpath_jax.workload import MAL_TOKENS
 
 __all__ = ["SearchConfig", "ModelRow", "OnlineRow", "StudyConfig", "AblationStudyConfig", "Fig7StudyConfig",
@@ -312,6 +312,7 @@ class OnlineStudyConfig(StudyConfig):
         if not self.rows:
             raise ConfigError("row_order", "must name at least one row")
         check_non_negative("arrival_seed", self.arrival_seed, integer=True)
+        refuse_replay(self.workload)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,6 +336,7 @@ class TtftBreakdownStudyConfig(StudyConfig):
         super().__post_init__()
         object.__setattr__(self, "aps_grid", _positives("aps_grid", self.aps_grid))
         check_non_negative("arrival_seed", self.arrival_seed, integer=True)
+        refuse_replay(self.workload)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,6 +370,8 @@ class Table3StudyConfig(StudyConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        refuse_replay(self.workload, "its offline cases could replay them, its online cases cannot: run the "
+                      "offline cases as an ablation study with workload.replay_timestamps")
         offline, online = [], []
         for case in self.offline_cases:
             if len(case) != 2:

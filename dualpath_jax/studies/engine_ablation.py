@@ -134,7 +134,7 @@ def run_ablation(config, workdir, *, log: Callable = print, progress: bool | Non
     try:
         with stages.phase("engine ablation: preparing", prep):
             with stages.stage("setup"):
-                agents = select_agents(config.workload)
+                agents = select_agents(config.workload, recorded_arrivals=config.arrivals.mode == "recorded")
                 setup = Setup(config, agents, log=log)
             n_req = sum(a.num_rounds for a in agents)
             if scheduler_name(setup.scheduler_cls):

@@ -125,7 +125,8 @@ class EngineArrivals:
         timestamp, counted from the earliest session's; an open-loop replay of the trace).
       aps: online: the arrival rate, agents per second.
       seed: online: seed of the arrivals.
-      speedup: recorded: divides the gaps between session starts (2 = twice as fast).
+      speedup: recorded: divides the gaps between session starts (2 = twice as fast; the think
+        times within a session, ``use_think_time``, are kept).
       use_think_time: wait each round's recorded think time before issuing the next (default: at once).
     """
 

@@ -53,7 +53,7 @@ from dualpath_jax.studies.engine_config import (ARRIVAL_MODES, CALIBRATION_FORMA
                                                 EngineAblationConfig, EngineArrivals, EngineWorkload,
                                                 calibration_fingerprint, calibration_path, check_fingerprint,
                                                 engine_ablation_config, read_calibration)
-from dualpath_jax.studies.common import scale_trace_tokens
+from dualpath_jax.studies.common import check_recorded_arrivals, scale_trace_tokens
 from dualpath_jax.workload import (Trajectory, load_agentic_traces, load_mooncake_traces, mooncake_file,
                                    poisson_arrivals_s, prompt_token_ids, recorded_arrivals_s)
 
@@ -93,8 +93,10 @@ def check_overrides(config, overridden: Sequence[str]) -> None:
                               f"--config.calibrate.load_over_oracle=0 to run at the given rates")
 
 
-def select_agents(cfg: EngineWorkload) -> list[Trajectory]:
-    """The replayed agents (module docstring); ``cfg`` is the ``workload`` section.
+def select_agents(cfg: EngineWorkload, *, recorded_arrivals: bool = False) -> list[Trajectory]:
+    """The replayed agents (module docstring); ``cfg`` is the ``workload`` section;
+    ``recorded_arrivals``: the run replays the trace's arrivals (``arrivals.mode='recorded'``),
+    which every session of the file must have recorded.
 
     ``cfg.traces_dir``: agentic: folder of ``*.json.gz`` / ``*.json`` traces, or one trace file
     (empty: ``workload.agentic_dir()``); mooncake (``cfg.source``): ``conversation`` (empty),
@@ -102,7 +104,8 @@ def select_agents(cfg: EngineWorkload) -> list[Trajectory]:
 
     Raises:
       ConfigError: ``workload.num_agents`` agents cannot be found under the limits;
-        ``workload.traces_dir`` holds no trace files (or, when empty, the default folder).
+        ``workload.traces_dir`` holds no trace files (or, when empty, the default folder);
+        ``arrivals.mode`` with ``recorded_arrivals`` when a session's first turn has no timestamp.
     """
     if cfg.source == "mooncake":
         path = mooncake_file(cfg.traces_dir or "conversation")
@@ -110,6 +113,8 @@ def select_agents(cfg: EngineWorkload) -> list[Trajectory]:
             raise ConfigError("workload.traces_dir", f"no Mooncake trace {str(path)!r} (conversation, synthetic or a "
                               f".jsonl file)")
         ts = load_mooncake_traces([path], token_scope="session", block_tokens=int(cfg.mooncake_block_tokens))
+        if recorded_arrivals:
+            check_recorded_arrivals(path, int(cfg.mooncake_block_tokens), "arrivals.mode")
     else:
         try:
             ts = load_agentic_traces(cfg.traces_dir or None, limit=cfg.max_files, subagents="drop",

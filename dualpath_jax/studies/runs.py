@@ -25,7 +25,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from dualpath_jax.config import ConfigError, check_positive
+from dualpath_jax.config import check_positive
 from dualpath_jax.metrics import latency
 from dualpath_jax.metrics.records import RequestTable
 from dualpath_jax.model import cost
@@ -35,7 +35,7 @@ from dualpath_jax.sim.cluster import Simulator
 from dualpath_jax.sim.config import SimConfig
 from dualpath_jax.sim.result import SimResult
 from dualpath_jax.sim.runs import offline_starts, online_starts, recorded_starts, summarize, variant_config
-from dualpath_jax.studies.common import WorkloadSpec, cluster_label
+from dualpath_jax.studies.common import WorkloadSpec, cluster_label, refuse_replay, replay_online_error
 from dualpath_jax.studies.sweep import Sweep
 from dualpath_jax.workload import TrajectorySet, paper_dataset, root_indices
 
@@ -200,10 +200,6 @@ def workload_tag(wl: WorkloadSpec) -> str:
             + replay)
 
 
-_REPLAY_ONLINE = ("workload.replay_timestamps", "the online studies' arrivals are the APS they search; replay "
-                  "the trace's timestamps in an offline study (e.g. ablation, fig7)")
-
-
 def workload_agents(ts: TrajectorySet, use_think_time: bool = False, *, aps: float | None = None,
                     arrival_seed: int = 0, replay_timestamps: bool = False,
                     timestamp_speedup: float = 1.0) -> tuple[list, np.ndarray]:
@@ -217,8 +213,8 @@ def workload_agents(ts: TrajectorySet, use_think_time: bool = False, *, aps: flo
       ConfigError: naming ``workload.replay_timestamps`` when given with ``aps`` (the two set the
         same arrivals).
     """
-    if replay_timestamps and aps is not None:
-        raise ConfigError(*_REPLAY_ONLINE)
+    if aps is not None and replay_timestamps:
+        raise replay_online_error()
     if replay_timestamps:
         starts = recorded_starts(ts, timestamp_speedup, recorded_offsets=use_think_time)
     elif aps is None:
@@ -469,8 +465,7 @@ def online_runs(runs: Sequence[tuple[SimConfig, str, WorkloadSpec, float, int, f
     specs = []
     for base, variant, wl, aps, arrival_seed, warmup_s in runs:
         check_positive("aps", aps)
-        if wl.replay_timestamps:  # before any run (workload_agents refuses it in each)
-            raise ConfigError(*_REPLAY_ONLINE)
+        refuse_replay(wl)  # before any run (workload_agents refuses it in each)
         specs.append((variant_config(base, variant), scheduler_cls, wl, float(aps), int(arrival_seed),
                       float(warmup_s)))
     keys = [("online", *spec) for spec in specs]

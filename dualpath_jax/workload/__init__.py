@@ -19,7 +19,8 @@ from dualpath_jax.workload.agentic import load_agentic_trace, load_agentic_trace
 from dualpath_jax.workload.arrivals import (offline_arrivals_s, poisson_arrivals_s, recorded_arrivals_s,
                                             root_indices, trajectory_start_times_s)
 from dualpath_jax.workload.errors import TraceFormatError, TraceSkipWarning
-from dualpath_jax.workload.mooncake import load_mooncake_trace, load_mooncake_traces, reconstruct_sessions
+from dualpath_jax.workload.mooncake import (load_mooncake_trace, load_mooncake_traces, reconstruct_sessions,
+                                            untimed_session)
 from dualpath_jax.workload.sources import SOURCES, agentic_dir, data_dir, load_source, load_trace_agents, mooncake_file
 from dualpath_jax.workload.stats import TraceStats, trace_stats
 from dualpath_jax.workload.synthetic import (MAL_TOKENS, PAPER_PARAMS, TABLE2, GeneratorParams, Table2Row,
@@ -33,7 +34,7 @@ from dualpath_jax.workload.transforms import scale_lengths, scale_tokens, trunca
 __all__ = [
     "BlockHashes", "Trajectory", "TrajectorySet", "hit_blocks_from_hashes", "TraceFormatError", "TraceSkipWarning",
     "load_agentic_trace", "load_agentic_traces", "load_mooncake_trace", "load_mooncake_traces",
-    "reconstruct_sessions", "data_dir", "agentic_dir", "mooncake_file", "load_source",
+    "reconstruct_sessions", "untimed_session", "data_dir", "agentic_dir", "mooncake_file", "load_source",
     "load_trace_agents", "SOURCES",
     "TraceStats", "trace_stats", "MAL_TOKENS", "TABLE2", "Table2Row", "GeneratorParams", "PAPER_PARAMS",
     "mal_to_tokens", "generate_base_trajectories", "expand_agents", "paper_dataset",

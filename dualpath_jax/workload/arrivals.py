@@ -46,8 +46,9 @@ def recorded_arrivals_s(start_offsets_s, speedup: float = 1.0) -> np.ndarray:
     ``start_offsets_s`` (f64[A], seconds) are the agents' (root trajectories', :func:`root_indices`)
     ``start_offset_s``; a Mooncake session's is its first request's timestamp, so this replays the
     trace's arrivals open-loop (``speedup`` > 1 compresses the gaps, as a replay at a higher load).
-    An agentic trace's times count from its own file's start, so its conversations have no common
-    clock; a synthetic set records none (every root 0): both give the offline batch.
+    An agentic trace's times count from its own file's start (a root's offset is its first kept
+    request's ``t``), so its conversations share no clock, and a synthetic set records none
+    (every root 0): the studies refuse both.
 
     Raises:
       ConfigError: ``speedup`` not a finite number > 0, or an offset not finite.

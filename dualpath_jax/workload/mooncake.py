@@ -52,7 +52,8 @@ A rebuilt session maps to a :class:`~dualpath_jax.workload.trajectory.Trajectory
 partial block's id is dropped: engines cache whole blocks only); hit = the longest run of leading
 full-block ids seen in earlier rounds of the session, times 512, capped at prompt - 1; generated
 = ``max(output_length, 1)`` (named sessions too); ``start_offset_s`` = the first request's
-timestamp (a named session without one: its first turn's ``delay``, else 0); ``think_time_s`` = the gap to the previous request of the session (it includes the
+timestamp (a named session without one: its first turn's ``delay``, else 0);
+``think_time_s`` = the gap to the previous request of the session (it includes the
 original service time, which the trace does not record).
 
 Token scope of rebuilt sessions: ``"file"`` (default) uses the file stem for every session,
@@ -74,7 +75,8 @@ from dualpath_jax.workload.errors import TraceFormatError
 from dualpath_jax.workload.hashids import full_block_ids, token_count, whole_int
 from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_tokens_from_hashes
 
-__all__ = ["load_mooncake_trace", "load_mooncake_traces", "reconstruct_sessions", "MOONCAKE_BLOCK_TOKENS"]
+__all__ = ["load_mooncake_trace", "load_mooncake_traces", "reconstruct_sessions", "untimed_session",
+           "MOONCAKE_BLOCK_TOKENS"]
 
 MOONCAKE_BLOCK_TOKENS = 512
 
@@ -331,6 +333,26 @@ def _named_sessions(rows: list, stem: str, path: Path, block_tokens: int) -> lis
             think_time_s=think_ms / 1000.0, token_scope=agent_id, block_tokens=block_tokens, hashes=hashes,
             start_offset_s=start_ms / 1000.0, source=str(path)))
     return out
+
+
+def untimed_session(path, *, block_tokens: int = MOONCAKE_BLOCK_TOKENS):
+    """The id of the first named session (``session_id``) of the Mooncake file ``path`` whose first
+    turn has no ``timestamp``, or None: every session's arrival is recorded (a file without
+    session ids needs a timestamp on every line). Such a session's ``start_offset_s`` is its
+    first turn's ``delay`` or 0, not a time on the trace's clock, so a replay of the recorded
+    arrivals (:func:`~dualpath_jax.workload.arrivals.recorded_arrivals_s`) refuses the file.
+
+    Raises:
+      TraceFormatError: as :func:`load_mooncake_trace`.
+    """
+    path = Path(path)
+    seen: set = set()
+    for ts, _, _, _, sid, _ in _parse_lines(path, int(block_tokens), trace_stem(path)):
+        if sid is not None and (type(sid), sid) not in seen:
+            seen.add((type(sid), sid))
+            if ts is None:
+                return sid
+    return None
 
 
 def _think_ms(rows: list) -> tuple[np.ndarray, float]:
