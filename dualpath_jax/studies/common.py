@@ -77,15 +77,15 @@ class WorkloadSpec:
         6.2). The generator records none; a rebuilt Mooncake session's think time is the gap
         between its requests' timestamps, which holds the original service time too.
       replay_timestamps: mooncake, offline studies: each session starts at its first request's
-        recorded timestamp (counted from the earliest session's; a named session without
-        timestamps: its first turn's ``delay``, else 0) instead of every agent at t = 0:
-        an open-loop replay of the trace's session arrivals (:func:`~dualpath_jax.workload.recorded_arrivals_s`;
-        with ``use_think_time`` each later request of a session waits its recorded gap after the
-        previous one's KV is stored, so only the session starts are open-loop). A file with a
-        named session whose first turn has no timestamp is refused. The
-        JCT then spans the replay, the latencies are the figures to read. Refused for the
-        generator (no timestamps), agentic traces (each file's times count from its own start)
-        and the online studies (their arrivals are the APS they search).
+        recorded timestamp (counted from the earliest session's) instead of every agent at t = 0:
+        an open-loop replay of the trace's session arrivals
+        (:func:`~dualpath_jax.workload.recorded_arrivals_s`; with ``use_think_time`` each later
+        request of a session waits its recorded gap after the previous one's KV is stored, so
+        only the session starts are open-loop). The JCT then spans the replay; the latencies are
+        the figures to read. Refused for a file with a named session whose first turn has no
+        timestamp (:func:`~dualpath_jax.workload.untimed_session`), the generator (no
+        timestamps), agentic traces (each file's times count from its own start) and the online
+        studies (their arrivals are the APS they search).
       timestamp_speedup: with ``replay_timestamps``: divides the gaps between session starts
         (2 = the trace's sessions arrive twice as fast; the gaps within a session are kept).
 
