@@ -41,22 +41,24 @@ def variant_config(base: SimConfig, variant: str) -> SimConfig:
     return base.replace(loading=v.loading, prefill=v.prefill, policy=v.policy)
 
 
+def _starts(ts: TrajectorySet, root_arrivals_s: np.ndarray, recorded_offsets: bool) -> np.ndarray:
+    """Every trajectory's start: the roots at ``root_arrivals_s``, sub-agents with their root or,
+    with ``recorded_offsets``, at their recorded offset from it."""
+    return trajectory_start_times_s(ts, root_arrivals_s, subagent_offset_scale=1.0 if recorded_offsets else 0.0)
+
+
 def offline_starts(ts: TrajectorySet, *, recorded_offsets: bool = False) -> np.ndarray:
     """Start times ``f64[A]`` (seconds, one per trajectory of ``ts``): every agent at t = 0, the
     offline setting of paper section 7.2 (sub-agents start with their root, or at their recorded
     offset from it with ``recorded_offsets``: a replay that keeps the trace's think times)."""
-    roots = root_indices(ts)
-    return trajectory_start_times_s(ts, offline_arrivals_s(len(roots)),
-                                    subagent_offset_scale=1.0 if recorded_offsets else 0.0)
+    return _starts(ts, offline_arrivals_s(len(root_indices(ts))), recorded_offsets)
 
 
 def online_starts(ts: TrajectorySet, aps: float, seed: int = 0, *, recorded_offsets: bool = False) -> np.ndarray:
     """Start times ``f64[A]`` (seconds): root agents arrive as a Poisson process at ``aps`` agents
     per second (seeded by ``seed``), the online setting of paper section 7.3; sub-agents as
     :func:`offline_starts`."""
-    roots = root_indices(ts)
-    return trajectory_start_times_s(ts, poisson_arrivals_s(len(roots), aps, seed),
-                                    subagent_offset_scale=1.0 if recorded_offsets else 0.0)
+    return _starts(ts, poisson_arrivals_s(len(root_indices(ts)), aps, seed), recorded_offsets)
 
 
 def recorded_starts(ts: TrajectorySet, speedup: float = 1.0, *, recorded_offsets: bool = False) -> np.ndarray:
@@ -67,8 +69,7 @@ def recorded_starts(ts: TrajectorySet, speedup: float = 1.0, *, recorded_offsets
     Raises:
       ConfigError: ``speedup`` not a finite number > 0.
     """
-    return trajectory_start_times_s(ts, recorded_arrivals_s(ts.start_offset_s[root_indices(ts)], speedup),
-                                    subagent_offset_scale=1.0 if recorded_offsets else 0.0)
+    return _starts(ts, recorded_arrivals_s(ts.start_offset_s[root_indices(ts)], speedup), recorded_offsets)
 
 
 def summarize(result: SimResult, ts: TrajectorySet | None, *, window_s: float = 10.0) -> dict:

@@ -158,9 +158,8 @@ class WorkloadSpec:
         where = Path(self.path) if self.path else agentic_dir()
         if self.source == "agentic" and not trace_files(where):
             raise ConfigError("workload.path", no_traces_message(where))
-        if self.source == "mooncake" and not mooncake_file(self.path or "conversation").is_file():
-            raise ConfigError("workload.path", f"no Mooncake trace {str(mooncake_file(self.path or 'conversation'))!r} "
-                              f"(conversation, synthetic or a .jsonl file)")
+        if self.source == "mooncake":
+            existing_mooncake_file(self.path, "workload.path")
 
     def build(self) -> TrajectorySet:
         """The trajectories (deterministic in the fields).
@@ -199,6 +198,19 @@ class WorkloadSpec:
 
     def replace(self, **changes) -> "WorkloadSpec":
         return dataclasses.replace(self, **changes)
+
+
+def existing_mooncake_file(name: str, field: str) -> Path:
+    """The Mooncake trace ``name`` names (:func:`~dualpath_jax.workload.mooncake_file`; "" =
+    ``conversation``).
+
+    Raises:
+      ConfigError: naming ``field`` when there is no such file.
+    """
+    path = mooncake_file(name or "conversation")
+    if not path.is_file():
+        raise ConfigError(field, f"no Mooncake trace {str(path)!r} (conversation, synthetic or a .jsonl file)")
+    return path
 
 
 def check_recorded_arrivals(path, block_tokens: int, field: str) -> None:

@@ -53,9 +53,9 @@ from dualpath_jax.studies.engine_config import (ARRIVAL_MODES, CALIBRATION_FORMA
                                                 EngineAblationConfig, EngineArrivals, EngineWorkload,
                                                 calibration_fingerprint, calibration_path, check_fingerprint,
                                                 engine_ablation_config, read_calibration)
-from dualpath_jax.studies.common import check_recorded_arrivals, scale_trace_tokens
-from dualpath_jax.workload import (Trajectory, load_agentic_traces, load_mooncake_traces, mooncake_file,
-                                   poisson_arrivals_s, prompt_token_ids, recorded_arrivals_s)
+from dualpath_jax.studies.common import check_recorded_arrivals, existing_mooncake_file, scale_trace_tokens
+from dualpath_jax.workload import (Trajectory, load_agentic_traces, load_mooncake_traces, poisson_arrivals_s,
+                                   prompt_token_ids, recorded_arrivals_s)
 
 __all__ = ["CALIBRATED_FIELDS", "check_overrides", "select_agents", "start_times", "CompileClock",
            "describe_time_model", "Setup", "ray_runtime", "round_shapes", "expected_shapes", "seed_store",
@@ -108,10 +108,7 @@ def select_agents(cfg: EngineWorkload, *, recorded_arrivals: bool = False) -> li
         ``arrivals.mode`` with ``recorded_arrivals`` when a session's first turn has no timestamp.
     """
     if cfg.source == "mooncake":
-        path = mooncake_file(cfg.traces_dir or "conversation")
-        if not path.is_file():
-            raise ConfigError("workload.traces_dir", f"no Mooncake trace {str(path)!r} (conversation, synthetic or a "
-                              f".jsonl file)")
+        path = existing_mooncake_file(cfg.traces_dir, "workload.traces_dir")
         ts = load_mooncake_traces([path], token_scope="session", block_tokens=int(cfg.mooncake_block_tokens))
         if recorded_arrivals:
             check_recorded_arrivals(path, int(cfg.mooncake_block_tokens), "arrivals.mode")
