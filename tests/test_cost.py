@@ -41,6 +41,18 @@ def test_deepseek_v32_total_params_is_671b():
     assert abs(cost.total_params(get_spec("deepseek-v3.2")) / 1e9 - 671) < 3
 
 
+def test_routed_active_params_closed_form():
+    # DeepSeek-V3.2: 58 MoE layers (61, first 3 dense) x 8 activated experts x gate/up/down 7168 x 2048
+    assert cost.routed_active_params(get_spec("deepseek-v3.2")) == 58 * 8 * 3 * 7168 * 2048
+    assert cost.routed_active_params(get_spec("qwen2.5-32b")) == 0  # dense
+    spec = get_spec("deepseek-v3.2")
+    # the rest of a token's linear weights: attention projections and indexer, 3 dense MLPs, the
+    # shared expert and router of 58 MoE layers, the LM head
+    rest = cost.active_linear_params(spec) - cost.routed_active_params(spec)
+    assert rest == (61 * cost._attn_linear_params(spec) + 3 * 3 * 7168 * 18432
+                    + 58 * (3 * 7168 * 2048 + 7168 * 256) + 7168 * 129280)
+
+
 def test_prefill_flops_closed_form_gqa():
     spec = get_spec("tiny-gqa")
     f = cost.prefill_flops(spec, 10, 3)

@@ -25,10 +25,13 @@ def test_one_request_idle_cluster_oracle():
     cfg = SimConfig(loading="oracle", prefill="layerwise", policy="dualpath", fetch_period_s=FETCH)
     sim = Simulator(cfg, [agent([1000], [50])])
     res = sim.run()
-    t_prefill = sim.pe_model.prefill_time_s([0], [1000])
+    # DP attention + EP (DS-V3.2): the lone request's routed-expert work is spread over its EP group
+    g_pe, g_de = cfg.ep_gpus("pe"), cfg.ep_gpus("de")
+    assert g_pe == 16 and g_de == 32
+    t_prefill = sim.pe_model.prefill_time_s([0], [1000]) - sim.pe_model.s_per_routed_token * 1000 * (1 - 1 / g_pe)
     ttft = FETCH + t_prefill
     # DE: one sequence of 1000 prompt tokens decoding 49 more tokens; mean context over the decode
-    step = sim.de_model.decode_step_s(1, 1000 + 49 / 2.0)
+    step = sim.de_model.decode_step_s(1, 1000 + 49 / 2.0) - sim.de_model.s_per_routed_token * (1 - 1 / g_de)
     r = res.requests
     assert r["first_token_s"][0] - r["arrival_s"][0] == pytest.approx(ttft, rel=1e-12)
     assert r["finish_s"][0] == pytest.approx(ttft + 49 * step, rel=1e-12)
@@ -60,6 +63,7 @@ def test_second_round_pe_read_layerwise_hand_computed():
     read_done = placed + hit_bytes / hw.snic_bytes_per_s  # storage -> SNIC -> DRAM, SNIC is the slowest hop
     load_end = read_done + hit_bytes / (hw.cnic_bytes_per_s * hw.cnic_kv_share)  # DRAM -> CNIC -> HBM
     t_c = sim.pe_model.prefill_time_s([6400], [a1 + g0])  # the generated token is computed as appended
+    t_c -= sim.pe_model.s_per_routed_token * (a1 + g0) * (1 - 1 / cfg.ep_gpus("pe"))  # routed experts: EP-shared
     end = max(read_done + t_c, load_end + t_c / cfg.spec.n_layers)
     assert r["hit_tokens"][1] == 6400 and r["side"][1] == "pe"
     assert r["read_done_s"][1] == pytest.approx(read_done, rel=1e-12)
@@ -416,10 +420,48 @@ def test_explicit_compute_model_is_used():
         SimConfig(compute={"prefill_overhead_s": 1.0})
 
 
+def test_ep_group_forward_shares_the_routed_experts():
+    """PAPER.md 5.5: DP attention, then every GPU of an EP group syncs and the routed experts compute
+    all members' tokens, spread over the group. Alone on a 16-GPU group a request pays its own part
+    in full and 1/16 of its routed-expert time (1/32 per decode step on the 32 DE GPUs); two on two
+    members each pay the routed time of the group's mean tokens; without ep_sync each GPU pays its
+    own tokens' routed time."""
+    from dualpath_jax.sim.compute import ComputeModel
+    model = ComputeModel(prefill_overhead_s=0.01, s_per_token=1e-4, s_per_key=0.0, decode_overhead_s=0.002,
+                         s_per_sequence=1e-4, s_per_routed_token=6e-5)
+    for sync, g_pe, g_de in ((True, 16, 32), (False, 1, 1)):
+        cfg = SimConfig(loading="oracle", compute=model, fetch_period_s=FETCH, ep_sync=sync)
+        res = simulate(cfg, [agent([1000], [11])])
+        prefill = 0.01 + 1000 * (1e-4 - 6e-5) + 1000 * 6e-5 / g_pe
+        step = 0.002 + (1e-4 - 6e-5) + 6e-5 / g_de
+        assert res.end_s == pytest.approx(FETCH + prefill + 10 * step, rel=1e-12)
+    cfg = SimConfig(loading="oracle", compute=model, fetch_period_s=FETCH, ep_sync=True, policy="round_robin")
+    r = simulate(cfg, [agent([1000], [1]), agent([600], [1])]).requests
+    assert len(set(r["pe"].tolist())) == 2  # one request on each of two members of the PE group
+    routed = 6e-5 * 1600 / 16
+    assert r["first_token_s"][0] == pytest.approx(FETCH + 0.01 + 1000 * 4e-5 + routed, rel=1e-12)
+    assert r["first_token_s"][1] == pytest.approx(FETCH + 0.01 + 1000 * 4e-5 + routed, rel=1e-12)  # the slowest
+    with pytest.raises(ConfigError, match="compute.s_per_routed_token"):
+        ComputeModel(prefill_overhead_s=0.0, s_per_token=1e-4, s_per_key=0.0, s_per_sequence=1e-4,
+                     s_per_routed_token=2e-4)
+
+
+def test_calibrated_routed_share_is_the_routed_experts_flops_share():
+    from dualpath_jax.model import get_spec
+    for name, expected in (("deepseek-v3.2", True), ("qwen2.5-32b", False)):
+        spec = get_spec(name)
+        m = Simulator(SimConfig(model=name), [agent([100], [2])]).pe_model
+        share = cost.routed_active_params(spec) / cost.active_linear_params(spec)
+        assert (share > 0) is expected
+        assert m.s_per_routed_token == pytest.approx(share * m.s_per_token, rel=1e-12)
+        assert m.s_per_routed_token <= m.s_per_sequence
+
+
 def test_de_group_steps_at_its_slowest_members_pace():
-    """With ep_sync a DE group's step time is the max over its engines' step times (recomputed
-    here at every reschedule from the sequences each engine decodes: their mean contexts and, DSA,
-    min(context, top-k) of each), while requests join and finish on several members."""
+    """With ep_sync a DE group's step time is the max over its engines' own parts of a step plus
+    the routed experts' part at the group's mean sequences per GPU (recomputed here at every
+    reschedule from the sequences each engine decodes: their mean contexts and, DSA, min(context,
+    top-k) of each), while requests join and finish on several members."""
 
     class Checked(Simulator):
         checks = 0
@@ -429,8 +471,10 @@ def test_de_group_steps_at_its_slowest_members_pace():
             assert len(unit.engines) == 32  # DS-V3.2 2P4D: one EP group of all 4 DE nodes
             m = self.de_model
             seqs = {e: [ctx for _, _, de, ctx in unit.heap if de == e] for e in unit.engines}
-            assert unit.step_s == pytest.approx(max(
-                m.decode_step_s(len(c), sum(c), sum(min(x, m.topk) for x in c)) for c in seqs.values()), rel=1e-12)
+            own = [m.decode_step_s(len(c), sum(c), sum(min(x, m.topk) for x in c)) - m.s_per_routed_token * len(c)
+                   for c in seqs.values() if c]
+            n = sum(len(c) for c in seqs.values())
+            assert unit.step_s == pytest.approx(max(own) + m.s_per_routed_token * n / 32 if n else 0.0, rel=1e-12)
             Checked.checks += 1
             super()._de_reschedule(u)
 

@@ -34,7 +34,7 @@ from dualpath_jax.model.spec import ModelSpec
 
 __all__ = [
     "DTYPE_BYTES", "kv_bytes_per_token_per_layer", "kv_bytes_per_token", "active_linear_params",
-    "total_params", "prefill_flops", "decode_flops", "decode_bytes", "cache_compute_ratio",
+    "routed_active_params", "total_params", "prefill_flops", "decode_flops", "decode_bytes", "cache_compute_ratio",
     "default_kv_dtype", "stored_kv_bytes_per_token",
 ]
 
@@ -125,6 +125,16 @@ def active_linear_params(spec: ModelSpec) -> int:
     """Weights one token multiplies through (activated experts only), LM head included."""
     per_layer = sum(_attn_linear_params(spec) + _mlp_params(spec, l, active=True) for l in range(spec.n_layers))
     return per_layer + spec.d_model * spec.vocab_size
+
+
+def routed_active_params(spec: ModelSpec) -> int:
+    """Weights of the routed experts one token multiplies through: ``n_activated_experts * 3 * D *
+    moe_d_ff`` per MoE layer (shared experts, router and dense layers excluded); 0 for a dense
+    model. Under expert parallelism this is the work a token sends to other GPUs (PAPER.md 5.5)."""
+    if not spec.n_routed_experts:
+        return 0
+    moe_layers = sum(spec.is_moe_layer(l) for l in range(spec.n_layers))
+    return moe_layers * spec.n_activated_experts * 3 * spec.d_model * spec.moe_d_ff
 
 
 def total_params(spec: ModelSpec) -> int:

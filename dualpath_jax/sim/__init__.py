@@ -36,7 +36,9 @@ Never imports ``engine/`` or ``kernels/``; scheduling decisions come from ``dual
 * **EP groups**: with MoE models (EP + DP attention) the routed experts are spread over an EP
   group's GPUs (``pe_ep_nodes`` / ``de_ep_nodes`` nodes; by default all the PEs, all the DEs), and
   every forward of a PE EP group and every decode step of a DE EP group lasts as long as its
-  slowest member (``ep_sync``). An EP group is then also one scheduler group (its engines fetch
+  slowest member's own part (attention, non-expert layers) plus the routed experts' time at the
+  group's mean tokens per GPU, which the members share (``ep_sync``; PAPER.md 5.5: the members
+  sync after attention to enter the MoE stage). An EP group is then also one scheduler group (its engines fetch
   together, PAPER.md 5.1); without ``ep_sync`` every node is one.
 * **Decode** needs no event per token: a DE unit (:mod:`.units`) advances a continuous step
   counter at the rate of its current step time; only joins and completions are events.

@@ -416,20 +416,25 @@ class Simulator:
         plans, ends, attn = [], [], []
         hit_tokens, prefill_start = self.R["hit_tokens"], self.R["prefill_start_s"]
         ready = self.ready
+        batches = []
+        group_tokens = 0
         for e in unit.engines:
-            if not ready[e]:
-                continue
-            # the batch formers read the FIFO only as far as the batch reaches
-            batch = self.sched.form_pe_batch(itertools.islice(ready[e], _MAX_BATCH_REQUESTS),
-                                             time_model=self.time_model, max_tokens=cfg.basic_max_batch_tokens,
-                                             max_kv_tokens=self.pe_max_kv_tokens)
+            if ready[e]:  # the batch formers read the FIFO only as far as the batch reaches
+                batch = self.sched.form_pe_batch(itertools.islice(ready[e], _MAX_BATCH_REQUESTS),
+                                                 time_model=self.time_model, max_tokens=cfg.basic_max_batch_tokens,
+                                                 max_kv_tokens=self.pe_max_kv_tokens)
+                batches.append((e, batch))
+                group_tokens += sum([b.remaining for b in batch])
+        # the routed experts compute every member's tokens, spread over the group (sim.compute's docstring)
+        routed_tokens = group_tokens / len(unit.engines)
+        for e, batch in batches:
             cached = [b.cached for b in batch]
             bsz = [b.remaining for b in batch]
             t_a = self.pe_model.attention_time_s(cached, bsz)
             if self._attn_sigma > 0.0:  # what the forward takes, of which the batch former knew the estimate
                 sigma = self._attn_sigma
                 t_a *= math.exp(self._attn_rng.gauss(-0.5 * sigma * sigma, sigma))
-            t_c = self.pe_model.prefill_time_s(cached, bsz, attention_s=t_a)
+            t_c = self.pe_model.prefill_time_s(cached, bsz, attention_s=t_a, routed_tokens=routed_tokens)
             attn.append(t_a)
             load_end = now
             layer_s = t_c / L
@@ -588,7 +593,9 @@ class Simulator:
         batch = self.de_batch[de] = self.de_batch[de] + 1
         ctx_sum = self.de_ctx[de] = self.de_ctx[de] + mean_ctx
         att_sum = self.de_att[de] = self.de_att[de] + self.de_model.attended(mean_ctx)
-        unit.set_step(self.de_step, de, self.de_model.decode_step_s(batch, ctx_sum, att_sum))
+        unit.batch += 1
+        unit.set_step(self.de_step, de, self.de_model.decode_step_s(batch, ctx_sum, att_sum, 0.0),
+                      self.de_model.s_per_routed_token * unit.batch / len(unit.engines))
         heapq.heappush(unit.heap, (unit.steps + (gen - 1), rid, de, mean_ctx))
         heapq.heappush(unit.seconds, (unit.steps + 1, rid))  # its first decode step: stamped as passed
         self._de_reschedule(u)
@@ -610,13 +617,15 @@ class Simulator:
                 de_batch[de] -= 1
                 de_ctx[de] -= mean_ctx
                 de_att[de] -= attended(mean_ctx)
+                unit.batch -= 1
                 changed.add(de)
                 self._complete(rid)
             step_s = self.de_model.decode_step_s
+            shared_s = self.de_model.s_per_routed_token * unit.batch / len(unit.engines)
             for de in changed:  # the step time after every completion of this instant
                 if not de_batch[de]:  # no drift left behind by the sums of floats
                     de_ctx[de] = de_att[de] = 0.0
-                unit.set_step(self.de_step, de, step_s(de_batch[de], de_ctx[de], de_att[de]))
+                unit.set_step(self.de_step, de, step_s(de_batch[de], de_ctx[de], de_att[de], 0.0), shared_s)
         self._de_reschedule(u)
 
     def _complete(self, rid: int):

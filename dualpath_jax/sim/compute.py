@@ -17,8 +17,14 @@ token per sequence; under DSA ``att = sum_i min(ctx_i, topk)``, else ``att = ctx
 
 Memory and compute are added (no overlap assumed); the per-layer overhead absorbs the rest at the
 calibration point. FLOPs and bytes come from :mod:`dualpath_jax.model.cost` (at 32.7K context it
-gives DeepSeek-V3.2 74 linear + 35 DSA + 33 indexer GFLOP per token, PAPER.md 8.2). With DP
-attention + EP (MoE models) a group's forward or step takes the slowest member's time.
+gives DeepSeek-V3.2 74 linear + 35 DSA + 33 indexer GFLOP per token, PAPER.md 8.2).
+
+With DP attention + EP (MoE models, PAPER.md 5.5 and 6.1) each GPU of an EP group computes its own
+requests' attention and their non-expert layers (projections, dense MLPs, shared experts, LM head),
+then all synchronise and the routed experts compute every GPU's tokens, spread over the group: a
+group's forward or step takes its slowest member's own part plus the routed experts' time at the
+group's mean tokens per GPU (``s_per_routed_token``; the router's balance is assumed, so the
+stragglers the paper's intra-engine scheduling removes are those of the per-GPU part).
 
 Calibration (:func:`calibrate_from_public`), from public figures only, never from the paper's
 result figures (PAPER.md 9):
@@ -58,7 +64,7 @@ from typing import Any, SupportsIndex
 
 import numpy as np
 
-from dualpath_jax.config import check_non_negative
+from dualpath_jax.config import ConfigError, check_non_negative
 from dualpath_jax.model import cost
 from dualpath_jax.model.spec import ModelSpec, get_spec
 from dualpath_jax.sim import catalog
@@ -118,6 +124,11 @@ class ComputeModel:
     (``s_per_context_token``: reading one token's KV and attending to it; ``s_per_index_context_token``:
     reading and scoring its DSA indexer key, for every context token.)
 
+    ``s_per_routed_token`` is the routed experts' share of ``s_per_token`` and of
+    ``s_per_sequence``: under expert parallelism a GPU computes it for the tokens routed to its
+    experts, the EP group's mean tokens per GPU when the router balances them, not for its own
+    (``routed_tokens`` of :meth:`prefill_time_s`, ``routed_batch`` of :meth:`decode_step_s`).
+
     :func:`calibrate_from_public` derives the coefficients from FLOPs, bytes and public
     throughput figures; :func:`fit_compute_model` fits them to measured forwards (the real
     engine's profile) by least squares.
@@ -125,6 +136,12 @@ class ComputeModel:
     Attributes:
       weight_bytes_per_gpu: resident weights, for HBM capacity (not a time term).
       topk: DSA top-k, or None for dense attention.
+      s_per_routed_token: seconds per token of the routed experts (0 for a dense model), included in
+        ``s_per_token`` and ``s_per_sequence``.
+
+    Raises:
+      ConfigError: a negative coefficient (``compute.<field>``), or ``s_per_routed_token`` above
+        ``s_per_token`` or ``s_per_sequence``.
     """
 
     prefill_overhead_s: float
@@ -137,11 +154,17 @@ class ComputeModel:
     weight_bytes_per_gpu: float = 0.0
     s_per_index_context_token: float = 0.0
     topk: int | None = None
+    s_per_routed_token: float = 0.0
 
     def __post_init__(self):
         for f in ("prefill_overhead_s", "s_per_token", "s_per_key", "s_per_index_key", "decode_overhead_s",
-                  "s_per_sequence", "s_per_context_token", "weight_bytes_per_gpu", "s_per_index_context_token"):
+                  "s_per_sequence", "s_per_context_token", "weight_bytes_per_gpu", "s_per_index_context_token",
+                  "s_per_routed_token"):
             check_non_negative(f"compute.{f}", getattr(self, f))
+        if self.s_per_routed_token > min(self.s_per_token, self.s_per_sequence):
+            raise ConfigError("compute.s_per_routed_token", f"{self.s_per_routed_token:g} s is part of s_per_token "
+                              f"({self.s_per_token:g} s) and s_per_sequence ({self.s_per_sequence:g} s): it cannot "
+                              f"exceed either")
 
     def __reduce__(self):  # pickle and copy by the fields (a compiled frozen class has no __setstate__)
         return ComputeModel, tuple(getattr(self, f.name) for f in dataclasses.fields(self))
@@ -199,25 +222,34 @@ class ComputeModel:
         k1 = (2.0 * c + n1 + 1.0) * n1 / 2.0  # keys of the first n1 queries
         return root(0.5 * si, sk * cap + si * (c + 0.5), sk * (k1 - cap * n1) - seconds)
 
-    def prefill_time_s(self, cached, bsz, *, attention_s: float | None = None) -> float:
+    def prefill_time_s(self, cached, bsz, *, attention_s: float | None = None,
+                       routed_tokens: float | None = None) -> float:
         """Seconds of one engine's forward over pairs ``cached[i], bsz[i]`` (sequences of token counts).
 
         ``attention_s``: :meth:`attention_time_s` of the same pairs when the caller has it already.
+        ``routed_tokens``: the tokens whose routed-expert work this GPU computes (under EP the group's
+        mean tokens per GPU); default ``sum(bsz)``, its own.
         """
         tokens = sum(bsz)
         if tokens <= 0:
             return 0.0
         if attention_s is None:
             attention_s = self.attention_time_s(cached, bsz)
-        return self.prefill_overhead_s + self.s_per_token * tokens + attention_s
+        t = self.prefill_overhead_s + self.s_per_token * tokens + attention_s
+        if routed_tokens is not None:
+            t += self.s_per_routed_token * (routed_tokens - tokens)
+        return t
 
-    def decode_step_s(self, batch: float, context_tokens: float, attended_tokens: float | None = None) -> float:
+    def decode_step_s(self, batch: float, context_tokens: float, attended_tokens: float | None = None,
+                      routed_batch: float | None = None) -> float:
         """Seconds of one decode step of ``batch`` sequences holding ``context_tokens`` KV in total.
 
         ``attended_tokens``: the KV entries the step's attention reads, with DSA the sum over the
         sequences of ``min(context, topk)`` (the indexer still scores every key). Default:
         ``min(context_tokens, batch * topk)``, exact when no sequence is shorter than ``topk`` or
-        none longer; a batch that mixes both reads less than that bound.
+        none longer; a batch that mixes both reads less than that bound. ``routed_batch``: the
+        sequences whose routed-expert work this GPU computes (under EP the group's mean per GPU;
+        0 gives the GPU's own part alone); default ``batch``.
         """
         if batch <= 0:
             return 0.0
@@ -226,8 +258,11 @@ class ComputeModel:
             context_tokens = attended_tokens
         elif self.topk is not None and context_tokens > batch * self.topk:
             context_tokens = float(batch * self.topk)  # DSA reads at most top-k KV entries per sequence
-        return (self.decode_overhead_s + self.s_per_sequence * batch + self.s_per_context_token * context_tokens
-                + self.s_per_index_context_token * every)
+        t = (self.decode_overhead_s + self.s_per_sequence * batch + self.s_per_context_token * context_tokens
+             + self.s_per_index_context_token * every)
+        if routed_batch is not None:
+            t += self.s_per_routed_token * (routed_batch - batch)
+        return t
 
     def attended(self, context_tokens: float) -> float:
         """KV entries one decode step of a sequence of ``context_tokens`` reads: ``min(context, topk)``
@@ -338,7 +373,9 @@ def calibrate_from_public(spec: ModelSpec, *, peak_flops: float, hbm_bytes_per_s
       attention_efficiency), ``prefill_overhead_s = L * prefill_layer_overhead_s``; decode
       ``overhead = L * decode_layer_overhead + weight bytes / (hbm * eff_memory)``, ``s_per_sequence =
       s_per_token``, ``s_per_context_token`` = KV bytes / (hbm * eff_memory) + ``s_per_key``
-      (one query), ``s_per_index_context_token`` likewise for the indexer keys.
+      (one query), ``s_per_index_context_token`` likewise for the indexer keys,
+      ``s_per_routed_token`` = the routed experts' FLOPs per token
+      (:func:`~dualpath_jax.model.cost.routed_active_params`) / (``peak_flops * eff_linear``).
 
     Raises:
       ValueError: the public figures leave no time for the linear layers (an attention efficiency
@@ -381,6 +418,7 @@ def calibrate_from_public(spec: ModelSpec, *, peak_flops: float, hbm_bytes_per_s
     s_index_key = float(probe["indexer"]) / (index_peak * attention_efficiency)
     index_bytes = (cost.stored_kv_bytes_per_token(spec, kv_dtype) - cost.kv_bytes_per_token(spec, kv_dtype))
     s_token = float(probe["linear"]) / (peak_flops * eff_linear)
+    s_routed = 2.0 * cost.routed_active_params(spec) / (peak_flops * eff_linear)
     return ComputeModel(
         prefill_overhead_s=spec.n_layers * prefill_layer_overhead_s,
         s_per_token=s_token,
@@ -391,7 +429,8 @@ def calibrate_from_public(spec: ModelSpec, *, peak_flops: float, hbm_bytes_per_s
         s_per_context_token=cost.kv_bytes_per_token(spec, kv_dtype) / eff_hbm + s_key,
         s_per_index_context_token=index_bytes / eff_hbm + s_index_key,
         weight_bytes_per_gpu=weights,
-        topk=spec.index_topk if spec.index_n_heads else None)
+        topk=spec.index_topk if spec.index_n_heads else None,
+        s_per_routed_token=s_routed)
 
 
 def calibrate_config(cfg, ep_size: SupportsIndex) -> ComputeModel:

@@ -46,7 +46,9 @@ class SimConfig(SchedKnobs):
         is ``model.spec.default_weight_dtype`` (FP8 for the DeepSeek presets, BF16 for Qwen2.5).
       activation_reserve_bytes: HBM a PE keeps for activations.
       ep_sync: the engines of an EP group (DP attention, expert-parallel MoE) run each forward
-        and decode step together, as long as their slowest member's (default: MoE models).
+        and decode step together: as long as their slowest member's own part (attention,
+        non-expert layers) plus the routed experts' time at the group's mean tokens per GPU
+        (PAPER.md 5.5; ``sim.compute``) (default: MoE models).
       pe_ep_nodes, de_ep_nodes: nodes per EP group of PEs / of DEs (None, the default: all the
         nodes of the role, one group). An EP group's GPUs hold the routed experts between them
         (the weights per GPU) and, with ``ep_sync``, step together; each must divide

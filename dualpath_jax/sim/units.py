@@ -1,8 +1,10 @@
 """The simulator's synchronisation units: a PE or DE EP group under ``ep_sync``, else one engine.
 
-A DE unit advances a continuous decode-step counter at the rate of its current step time (the
-slowest member's, PAPER.md 2.1: with EP every member waits for the slowest), so a decode needs no
-event per token: only joins and completions are events (:mod:`.cluster`).
+A DE unit advances a continuous decode-step counter at the rate of its current step time, so a
+decode needs no event per token: only joins and completions are events (:mod:`.cluster`). With EP
+every member waits for the slowest (PAPER.md 2.1, 5.5): a step takes the slowest member's own part
+(attention, non-expert layers) plus the routed experts' part, which the members share
+(:class:`~dualpath_jax.sim.compute.ComputeModel`'s ``s_per_routed_token``).
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ class Unit:
       busy, kick: a PE unit is in a forward; its forward start is queued for the end of this instant.
       version, next_t: the pending DE event that counts (older ones are stale) and when it fires (s).
       steps, last_t, step_s: decode steps done by ``last_t`` (virtual s), and the current step time (s).
+      own_s, batch: a DE unit's slowest member's own part of a step (s), and the sequences its
+        members decode (their routed-expert work is shared).
       heap: a DE unit's requests as (step count at completion, request id, DE, mean context).
       seconds: a DE unit's requests whose second token is still to come, as (step count at that
         token, request id): its time is known once the counter passes it (:meth:`advance`).
     """
 
-    __slots__ = ("engines", "busy", "kick", "version", "next_t", "steps", "last_t", "step_s", "heap", "seconds")
+    __slots__ = ("engines", "busy", "kick", "version", "next_t", "steps", "last_t", "step_s", "own_s", "batch", "heap",
+                 "seconds")
 
     def __init__(self, engines: list[int]):
         self.engines = engines
@@ -37,6 +42,8 @@ class Unit:
         self.steps = 0.0
         self.last_t = 0.0
         self.step_s = 0.0
+        self.own_s = 0.0
+        self.batch = 0
         self.heap: list = []
         self.seconds: list = []
 
@@ -56,15 +63,17 @@ class Unit:
             t = t0 + max(target - steps0, 0.0) * self.step_s  # (a count set by next_completion: t0)
             second_token_s[rid] = min(t, now) if now > t0 else t0
 
-    def set_step(self, de_step: list[float], de: int, step_s: float) -> None:
-        """Set DE ``de``'s step time in ``de_step`` and keep ``step_s`` the slowest member's: only
-        when the slowest member gets faster are the members scanned again."""
+    def set_step(self, de_step: list[float], de: int, own_s: float, shared_s: float) -> None:
+        """Set DE ``de``'s own part of a step in ``de_step`` and the unit's step time ``step_s`` to
+        the slowest member's own part plus ``shared_s`` (the members' shared routed-expert time):
+        only when the slowest member gets faster are the members scanned again."""
         old = de_step[de]
-        de_step[de] = step_s
-        if step_s >= self.step_s:
-            self.step_s = step_s
-        elif old == self.step_s:
-            self.step_s = max(map(de_step.__getitem__, self.engines))
+        de_step[de] = own_s
+        if own_s >= self.own_s:
+            self.own_s = own_s
+        elif old == self.own_s:
+            self.own_s = max(map(de_step.__getitem__, self.engines))
+        self.step_s = self.own_s + shared_s if self.batch else 0.0
 
     def next_completion(self) -> float | None:
         """If the unit's next completion (at its current step time) comes before its pending event,

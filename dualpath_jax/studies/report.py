@@ -138,7 +138,11 @@ MODEL_NOTES = """### Modelling choices (reviewed against PAPER.md and public dat
   changed the quick ablation's Basic JCT by 0.09% (a 40 GB buffer: +4.8%).
 - **EP groups.** A MoE model's routed experts are spread over an EP group's GPUs (all the PEs,
   all the DEs by default: `pe_ep_nodes` / `de_ep_nodes`), which also sets the weights per GPU,
-  and the group steps together: its forward (decode step) lasts as long as its slowest member's.
+  and the group steps together: its forward (decode step) lasts as long as its slowest member's
+  own part (attention and the non-expert layers: projections, dense MLPs, shared experts) plus
+  the routed experts' time at the group's mean tokens per GPU (PAPER.md 5.5: every GPU syncs after
+  attention to enter the MoE stage, whose experts compute all members' tokens; the router's
+  balance is assumed).
   An EP group is also one scheduler group, whose engines fetch together (PAPER.md 5.1: a group
   is one or more nodes), so that the group's forwards are balanced across the engines that wait
   for each other; Fig. 14's Max/Avg is over an EP group's GPUs, as the paper's caption has it.
