@@ -5,11 +5,11 @@ Command:
     python experiments/run_sim.py --config=configs/sim_fig7.py --workdir=workdir/sim_fig7
     python experiments/run_sim.py --config=configs/sim_fig7.py:quick --workdir=/tmp/fig7
 Expected run time on a 2-core CPU: the full grid (3 models x 3 MALs x 512..4096 agents x 3
-variants, about 22 M simulated requests) about 35 minutes; ``:quick`` (DS 27B and DS 660B, MAL 32K
-and 64K, 128 and 512 agents) about 2 minutes; ``:tiny`` (tests) a few seconds.
-The times are for one seed: every configuration runs ``seeds`` = 3 times (workload seed ``seed + r``;
-``--config.seeds=R``; ``:tiny`` 1), so about 3x as long serially, less with ``--workers=N``; each figure
-is the mean over the seeds with its 95% CI (``<name>_ci95``).
+variants, about 22 M simulated requests) about 35 minutes per seed; ``:quick`` (DS 27B and DS 660B,
+MAL 32K and 64K, 128 and 512 agents) about 2 minutes for all of its 3 seeds; ``:tiny`` (tests) a few
+seconds. Every configuration runs ``seeds`` = 3 times (workload seed ``seed + r``; ``--config.seeds=R``;
+``:tiny`` 1), serially, or in parallel with ``--workers=N``; each figure is the mean over the seeds
+with its 95% CI (``<name>_ci95``).
 Output: fig7.json, fig7.md/.csv (JCT, speedup vs Basic, JCT / Oracle, TTFT, TPOT per cell),
 fig7.png (the grid), and ``name: value`` lines (max / mean DualPath speedup vs Basic, where the
 max is, DualPath / Oracle JCT per row).

@@ -65,7 +65,7 @@ def main(argv):
     from dualpath_jax.studies.engine_ablation import check_config, check_overrides, run_ablation
     from dualpath_jax.studies.seeds import printed
 
-    if _JIT_CACHE.value:
+    if cli.check_jit_cache_dir(_JIT_CACHE.value):
         jax.config.update("jax_compilation_cache_dir", _JIT_CACHE.value)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     config = _CONFIG.value

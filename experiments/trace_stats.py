@@ -10,7 +10,7 @@ Runtime on one CPU core: all 609 agentic traces 10-40 s (the host's load), Moonc
 Output: a Markdown table of the statistics (for ``synthetic`` next to the paper's Table 2 with
 the relative error), then ``name: value`` lines ending with ``turns_mean``, ``append_mean``,
 ``gen_mean``, ``context_mean``, ``hit_rate``. Files in ``--workdir`` (default
-``./workdir/trace_stats/<source>[_<mal>|_<mooncake file>]``): ``trace_stats.json``, ``trace_stats.md``,
+``./workdir/trace_stats/<source>[_<mal>|_<mooncake file>|_<traces_dir name>]``): ``trace_stats.json``, ``trace_stats.md``,
 ``metrics.json`` (the named values), ``config.json`` (the flags), ``env.json``, ``status.json``; the
 folder must be new or empty (``--overwrite`` replaces an earlier run's). A bad trace file ends the run
 with one line naming the file, request and field (``--verbose`` for the traceback).
@@ -43,7 +43,7 @@ _TRACES_DIR = flags.DEFINE_string("traces_dir", "", "Agentic: the folder of *.js
                                   "trace file (default: the shared agentic_traces/, or "
                                   "$DUALPATH_DATA_DIR/agentic_traces).")
 _WORKDIR = flags.DEFINE_string("workdir", None,
-                                "Output folder (default ./workdir/trace_stats/<source>[_<mal>|_<file>]).")
+                                "Output folder (default ./workdir/trace_stats/<source>[_<mal>|_<file>|_<traces_dir name>]).")
 
 _APPLIES_TO = {"mal": "synthetic", "seed": "synthetic", "num_agents": "synthetic", "max_files": "agentic",
                "subagents": "agentic", "traces_dir": "agentic", "mooncake": "mooncake",
@@ -63,8 +63,8 @@ def main(argv):
     for flag, owner in _APPLIES_TO.items():  # a flag of another source would be ignored: say so
         if flags.FLAGS[flag].present and owner != source:
             raise ConfigError(flag, f"applies to --source={owner}; this run reads --source={source}")
-    tag = {"synthetic": f"synthetic_{_MAL.value}",
-           "mooncake": f"mooncake_{trace_stem(Path(_MOONCAKE.value))}"}.get(source, source)
+    tag = {"synthetic": f"synthetic_{_MAL.value}", "mooncake": f"mooncake_{trace_stem(Path(_MOONCAKE.value))}",
+           "agentic": f"agentic_{trace_stem(Path(_TRACES_DIR.value))}" if _TRACES_DIR.value else "agentic"}[source]
     workdir = cli.open_workdir(_WORKDIR.value or Path("workdir") / "trace_stats" / tag)
     config = {"source": source, "mal": _MAL.value, "seed": _SEED.value, "num_agents": _NUM_AGENTS.value,
               "max_files": _MAX_FILES.value, "mooncake": _MOONCAKE.value, "subagents": _SUBAGENTS.value,

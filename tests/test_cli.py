@@ -75,6 +75,21 @@ def test_config_and_flag_errors_are_one_line(tmp_path):
     assert done.returncode == 1 and _lines(done.stderr) == [
         f"ConfigError: --config: {noget}: defines no get_config() (a config file returns its ConfigDict from "
         f"get_config)"]
+    # a config file that fails is named with its line; one that returns no config says what it returned
+    broken = {"syntax": ("def get_config(:\n  return 1\n", "line 1: SyntaxError: invalid syntax"),
+              "imports": ("X = 1\nimport no_such_module_here\n", "line 2: ModuleNotFoundError: No module named "
+                                                                    "'no_such_module_here'"),
+              "raises": ("def get_config():\n  raise ValueError('boom')\n", "line 2: ValueError: boom"),
+              "none": ("def get_config():\n  return None\n", "get_config() returned NoneType, not a config"),
+              "int": ("def get_config():\n  return 42\n", "get_config() returned int, not a config")}
+    not_a_config = " (an ml_collections ConfigDict or a dict)"
+    for name, (text, message) in broken.items():
+        path = tmp_path / f"{name}.py"
+        path.write_text(text)
+        done = _run("run_sim.py", f"--config={path}", f"--workdir={tmp_path / 'w'}")
+        assert done.returncode == 1 and _lines(done.stderr) == [
+            f"ConfigError: --config: {path}{',' if 'line' in message else ':'} {message}"
+            f"{'' if 'line' in message else not_a_config}"], (name, done.stderr[-800:])
     assert not (tmp_path / "w").exists()
     # checked once the model is sized (the run has started: its workdir is marked failed)
     done = _run("run_sim.py", ABLATION_TINY, "--config.sim.activation_reserve_bytes=1e30",
@@ -446,3 +461,14 @@ def test_field_meanings_come_from_the_source_when_a_compiled_class_has_no_docstr
     want = field_docs(HardwareConfig)
     monkeypatch.setattr(HardwareConfig, "__doc__", "mypyc filler docstring")
     assert field_docs(HardwareConfig) == want and want["gpus_per_node"].startswith("g, engines per node")
+
+
+def test_a_jit_cache_dir_that_is_a_file_is_one_error_and_a_new_one_is_made(tmp_path):
+    from dualpath_jax.studies import cli
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"^jit_cache_dir: .*file is a file, not a directory") as e:
+        cli.check_jit_cache_dir(str(tmp_path / "file"))
+    assert e.value.field == "jit_cache_dir"
+    made = tmp_path / "a" / "b"
+    assert cli.check_jit_cache_dir(str(made)) == str(made) and made.is_dir()
+    assert cli.check_jit_cache_dir("") == ""

@@ -55,11 +55,17 @@ def test_quick_config_repeats_five_times_and_calibrates_on_three_passes():
 
 
 @pytest.mark.parametrize("path, value", [("repeats", 0), ("repeats", 1.5), ("calibrate.passes", 0),
-                                         ("calibrate.from_file", 3), ("calibrate.each_repeat", "yes")])
+                                         ("calibrate.from_file", 3), ("calibrate.each_repeat", "yes"),
+                                         ("variants", ()), ("arrivals.seed", -3), ("arrivals.seed", 1.5),
+                                         ("profile.pairs", ()), ("profile.pairs", "abc"),
+                                         ("profile.pairs", ((0, 64), (0, 64))),
+                                         ("profile.pairs[1].cached", ((0, 64), (-1, 64))),
+                                         ("profile.pairs[0].bsz", ((0, 0), (1024, 64))),
+                                         ("profile.pairs[0]", ((0,), (1024, 64)))])
 def test_bad_repeat_and_calibration_fields_are_named(path, value):
     data = _config().to_dict()  # a plain dict: values of any type reach the check
     node = data
-    *head, leaf = path.split(".")
+    *head, leaf = path.split("[")[0].split(".") if "[" in path else path.split(".")
     for part in head:
         node = node[part]
     node[leaf] = value
@@ -503,3 +509,41 @@ def test_recorded_arrivals_refuse_a_session_whose_arrival_is_not_recorded(tmp_pa
     with pytest.raises(ConfigError, match=r"^arrivals\.mode: replays recorded arrivals, but session 'b'"):
         er.select_agents(wl, recorded_arrivals=True)
     assert len(er.select_agents(wl)) == 1  # offline or online arrivals need no timestamps
+
+
+def test_recorded_waits_beyond_the_run_deadline_are_refused_before_the_run():
+    from dualpath_jax.workload import Trajectory
+
+    def agent(name, think, start=0.0):
+        n = len(think)
+        return Trajectory(name, np.full(n, 64), np.ones(n, np.int64), np.arange(n) * 65, np.asarray(think),
+                          start_offset_s=start, source=f"/traces/{name}.json.gz")
+
+    cfg = engine_ablation_config(_config(**{"arrivals.use_think_time": True}))
+    limit = cfg.cluster.run_timeout_s
+    er.check_waits(cfg, [agent("a", [0.0, limit / 2, limit / 2 - 1.0])])  # 1 s to spare: runs
+    with pytest.raises(ConfigError, match=rf"^arrivals.use_think_time: agent b \(/traces/b\.json\.gz\) thinks "
+                                          rf"{limit:g} s as recorded, beyond cluster.run_timeout_s={limit:g}"):
+        er.check_waits(cfg, [agent("a", [0.0, 1.0]), agent("b", [0.0, limit / 2, limit / 2])])
+    er.check_waits(engine_ablation_config(_config()), [agent("b", [0.0, 2 * limit])])  # think times not replayed
+    recorded = engine_ablation_config(_config(**{"workload.source": "mooncake", "arrivals.mode": "recorded",
+                                                 "arrivals.speedup": 2.0}))
+    early, late = agent("m0", [0.0], start=100.0), agent("m1", [0.0], start=100.0 + 2 * limit)
+    with pytest.raises(ConfigError, match=rf"^arrivals.speedup: agent m1 \(/traces/m1\.json\.gz\) starts at "
+                                          rf"{limit:g} s as recorded"):
+        er.check_waits(recorded, [early, late])  # (start offsets counted from the earliest, over the speedup)
+    er.check_waits(recorded, [early, agent("m1", [0.0], start=100.0 + 2 * limit - 4.0)])
+
+
+def test_too_few_agents_in_one_trace_file_says_a_file_is_one_agent(tmp_path):
+    import gzip
+    from dualpath_jax.studies.engine_config import EngineWorkload
+    doc = {"id": "t1", "requests": [{"t": float(i), "type": "n", "in": 64 * (i + 1), "out": 1,
+                                     "hash_ids": list(range(i + 1))} for i in range(5)]}
+    path = tmp_path / "t1.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(doc).encode()))
+    wl = EngineWorkload(traces_dir=str(path), num_agents=2, rounds=4, token_divisor=1, max_context_tokens=4096,
+                        max_append_tokens=1024)
+    with pytest.raises(ConfigError, match=rf"^workload\.num_agents: found only 1 agents .* in the 1 trace file read "
+                                          rf"from {path} \(.*each file is one agent"):
+        er.select_agents(wl)

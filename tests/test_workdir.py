@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 from script_runs import ABLATION_TINY, ROOT, SMALL, lines as _lines, run_script as _run
@@ -189,6 +190,13 @@ def test_resume_reads_back_the_runs_a_stopped_run_finished_and_gives_the_same_fi
         f"--overwrite to replace it)"]
 
 
+def _wait_running(process, command, timeout_s=30.0):
+    """Until ``process`` runs ``command`` (before its exec, /proc shows the parent's command line)."""
+    deadline = time.monotonic() + timeout_s
+    while not cli._alive(process.pid, command) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_resume_compares_commands_as_the_runs_would_differ_and_refuses_a_live_run(tmp_path, monkeypatch):
     same = cli._same_run
     assert same(["experiments/run_sim.py", "--config=c.py", "--workers", "2", "--workdir", "w"]) == same(
@@ -200,6 +208,7 @@ def test_resume_compares_commands_as_the_runs_would_differ_and_refuses_a_live_ru
     monkeypatch.setattr(sys, "argv", ["run_sim.py", f"--workdir={workdir}"])
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *sys.argv])  # as the run's process
     try:
+        _wait_running(live, sys.argv)
         writers.write_status(workdir, "running", command=list(sys.argv), pid=live.pid, host=cli.socket.gethostname())
         with pytest.raises(ConfigError, match=r"run is still running \(process \d+\): stop it first"):
             cli._resumable(workdir)
@@ -214,3 +223,33 @@ def test_resume_compares_commands_as_the_runs_would_differ_and_refuses_a_live_ru
     assert not cli._resumable(workdir)  # it stopped on bad input before any run: a new run replaces it
     writers.write_status(workdir, "finished", command=list(sys.argv))
     assert not cli._resumable(workdir, overwrite=True)  # --resume --overwrite: a new run replaces it
+
+
+def test_overwrite_never_replaces_a_live_run_and_an_unwritable_workdir_is_one_error(tmp_path, monkeypatch):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "metrics.json").write_text("{}")
+    monkeypatch.setattr(sys, "argv", ["run_sim.py", f"--workdir={workdir}"])
+    monkeypatch.setattr(cli, "_opened", [])
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *sys.argv])  # as the run's process
+    try:
+        _wait_running(live, sys.argv)
+        writers.write_status(workdir, "running", command=list(sys.argv), pid=live.pid, host=cli.socket.gethostname())
+        before = _snapshot(workdir)
+        with pytest.raises(ConfigError, match=rf"workdir: {workdir}'s run is still running \(process {live.pid}\)"):
+            cli.open_workdir(workdir, overwrite=True)
+        assert _snapshot(workdir) == before  # the live run's files, untouched
+    finally:
+        live.kill()
+        live.wait(timeout=30)
+    assert cli.open_workdir(workdir, overwrite=True) == workdir  # its process is gone: --overwrite replaces it
+    assert not (workdir / "metrics.json").exists() and writers.read_status(workdir)["pid"] == os.getpid()
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "ro" / "status.json.tmp"))
+
+    monkeypatch.setattr(writers, "write_status", refused)  # as a directory this process may not write to
+    denied = r"^workdir: cannot write to .*ro: Permission denied \(.*status\.json\.tmp\)$"
+    with pytest.raises(ConfigError, match=denied) as e:
+        cli.open_workdir(tmp_path / "ro")
+    assert e.value.field == "workdir"

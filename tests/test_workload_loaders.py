@@ -71,6 +71,9 @@ def test_a_request_recorded_with_no_input_tokens_is_left_out_with_a_warning(tmp_
     np.testing.assert_allclose(main.think_time_s, [0.0, 2.5])
     np.testing.assert_array_equal(sub.num_prompt_tokens, [150])
     assert sub.start_offset_s == 6.0 + 2.0  # its first kept request, 2 s after the launch
+    with pytest.warns(TraceSkipWarning, match=r"requests\[1\]: in: 1 request\(s\) recorded"):
+        (main,) = load_agentic_trace(path, subagents="drop")  # the dropped sub-agent's blank request: not counted
+    np.testing.assert_array_equal(main.num_prompt_tokens, [130, 260])
 
     def all_blank(d):
         for i in (0, 1, 3):
@@ -191,12 +194,17 @@ def mutate(path, fn):
      r"requests\[0\]: hash_ids: must contain only integers \(got 2.5\)"),
     ("type", lambda d: d["requests"][0].update(type="x"), r"requests\[0\]: type: must be 'n', 's' or 'subagent'"),
     ("noreq", lambda d: d.update(requests=[]), r"requests: must be a non-empty list"),
+    ("think", lambda d: d["requests"][1].update(think_time=1e300),
+     r"requests\[1\]: think_time: must be below 2\*\*62 s .*\(got 1e\+300\)"),
+    ("nestedt", lambda d: d["requests"][2]["requests"][0].update(t=2.0**62),
+     r"requests\[2\]\.requests\[0\]: t: must be below 2\*\*62 s"),
 ])
 def test_agentic_malformed_names_file_request_field(tmp_path, name, fn, pattern):
     path = mutate(tmp_path / f"{name}.json.gz", fn)
-    with pytest.raises(TraceFormatError, match=pattern) as e:
-        load_agentic_trace(path)
-    assert str(path) in str(e.value) and e.value.path == str(path)
+    for subagents in ("separate", "drop"):  # a dropped sub-agent is checked all the same (the engine drops them)
+        with pytest.raises(TraceFormatError, match=pattern) as e:
+            load_agentic_trace(path, subagents=subagents)
+        assert str(path) in str(e.value) and e.value.path == str(path)
 
 
 def test_agentic_truncated_empty_and_invalid_files(tmp_path):

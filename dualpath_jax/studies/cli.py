@@ -31,6 +31,7 @@
 from __future__ import annotations
 
 import decimal
+import logging
 import os
 import shutil
 import signal
@@ -196,10 +197,7 @@ def _resumable(path: Path, overwrite: bool = False) -> bool:
             return False
         raise ConfigError("workdir", f"{path} holds a finished run: nothing to resume (drop --resume and pass "
                           f"--overwrite to replace it)")
-    pid = status.get("pid")
-    if (status.get("status") == "running" and status.get("host") == socket.gethostname()
-            and _alive(pid, status.get("command") or [])):
-        raise ConfigError("workdir", f"{path}'s run is still running (process {pid}): stop it first")
+    _refuse_live(path, status)
     before, now = _same_run(status.get("command") or []), _same_run(sys.argv)
     if before != now:
         raise ConfigError("workdir", f"--resume continues the stopped run's command, {' '.join(before)!r}; this is "
@@ -208,6 +206,20 @@ def _resumable(path: Path, overwrite: bool = False) -> bool:
     print(f"resuming the run in {path}: {stored} stored run(s) (those of other code or inputs are computed "
           f"again)", flush=True)
     return True
+
+
+def _refuse_live(path: Path, status: dict | None) -> None:
+    """Refuse a workdir whose run (``status``, its ``status.json``) is still running on this host.
+
+    Raises:
+      ConfigError: naming ``workdir``, with the running process's id.
+    """
+    if not isinstance(status, dict):
+        return
+    pid = status.get("pid")
+    if (status.get("status") == "running" and status.get("host") == socket.gethostname()
+            and _alive(pid, status.get("command") or [])):
+        raise ConfigError("workdir", f"{path}'s run is still running (process {pid}): stop it first")
 
 
 def _alive(pid, command: list) -> bool:
@@ -268,6 +280,46 @@ def _config_file(argv: list[str], name: str) -> tuple[str, str | None]:
     return value, None
 
 
+def _config_file_error(error: BaseException, argv: list[str], name: str) -> str | None:
+    """One line naming the config file (``--<name>``) and its line, for an error raised while the
+    file was read or run (a syntax error, a failed import, its ``get_config`` raising); None for
+    an error that does not come from the file."""
+    path = _config_file(argv, name)[0].partition(":")[0]
+    if not path:
+        return None
+    target = os.path.abspath(path)
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:  # the error, then what it was raised from
+        seen.add(id(error))
+        if isinstance(error, ConfigError) and error.field:  # the file names the field itself
+            return one_line(error)
+        line = None
+        if isinstance(error, SyntaxError) and error.filename and os.path.abspath(error.filename) == target:
+            line, text = error.lineno, f"{type(error).__name__}: {error.msg}"
+        else:
+            tb = error.__traceback__
+            while tb is not None:
+                if os.path.abspath(tb.tb_frame.f_code.co_filename) == target:
+                    line = tb.tb_lineno  # (the innermost frame of the file)
+                tb = tb.tb_next
+            text = f"{type(error).__name__}: {error}"
+        if line is not None:
+            return one_line(ConfigError(f"--{name}", f"{path}, line {line}: {text}"))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _config_value_error(name: str, argv: list[str], value=None) -> str | None:
+    """One line when the config file's ``get_config`` gave ``value`` (default: the flag's) that is
+    not a config; None when it is one."""
+    value = FLAGS[name].value if value is None else value
+    if value is None or not hasattr(value, "keys"):
+        path = _config_file(argv, name)[0].partition(":")[0]
+        return one_line(ConfigError(f"--{name}", f"{path}: get_config() returned {type(value).__name__}, not a "
+                                    f"config (an ml_collections ConfigDict or a dict)"))
+    return None
+
+
 def _base_config(argv: list[str], name: str):
     """``(--<name> value, its config before overrides, None)``, or ``(value, None, one line)`` when
     the config file is missing or does not load (its own error)."""
@@ -275,12 +327,14 @@ def _base_config(argv: list[str], name: str):
     if missing:
         return value, None, missing
     try:
-        return value, FLAGS[name].parser.parse(value), None
+        base = FLAGS[name].parser.parse(value)
+        wrong = _config_value_error(name, argv, base) if base is None or not hasattr(base, "keys") else None
+        return (value, None, wrong) if wrong else (value, base, None)
     except Exception as e:  # the config file itself fails: its error
         if isinstance(e, AttributeError) and "get_config" in str(e):  # (ml_collections' names no file)
             e = ConfigError(f"--{name}", f"{value.partition(':')[0]}: defines no get_config() (a config file "
                             f"returns its ConfigDict from get_config)")
-        return value, None, one_line(e)
+        return value, None, _config_file_error(e, argv, name) or one_line(e)
 
 
 _SYNONYMS = {"workload.path": "workload.traces_dir", "workload.traces_dir": "workload.path"}
@@ -370,7 +424,7 @@ def _integral_overrides(argv: list[str], name: str) -> list[str]:
 
 def _parse_error(error: Exception, argv: list[str], config_name: str | None) -> str:
     if config_name is not None and not isinstance(error, flags.UnrecognizedFlagError):
-        line = _override_error(argv, config_name)
+        line = _override_error(argv, config_name) or _config_file_error(error, argv, config_name)
         if line:
             return line
     if isinstance(error, flags.Error):
@@ -390,19 +444,26 @@ def open_workdir(path, *, overwrite: bool | None = None) -> Path:
     reopened as it is, for the same command.
 
     Raises:
-      ConfigError: naming ``workdir``: not given, a file, or a directory that already holds files
-        (without ``overwrite``; with it, one that holds no previous run); with ``--resume``, one that
-        holds a finished run or another command's.
+      ConfigError: naming ``workdir``: not given, a file, a directory that already holds files
+        (without ``overwrite``; with it, one that holds no previous run), one whose run is still
+        running on this host (with or without ``overwrite``), or one this process cannot write
+        to; with ``--resume``, one that holds a finished run or another command's.
     """
     if not path:
         raise ConfigError("workdir", "is required: pass --workdir=DIR, the run's output directory")
     if overwrite is None:
         overwrite = bool(FLAGS["overwrite"].value)
-    if "resume" in FLAGS and FLAGS["resume"].value and _resumable(Path(path), overwrite):
-        workdir = Path(path)  # the stopped run's files stay; what it finished is in its run store
-    else:
-        workdir = writers.prepare_workdir(path, overwrite=overwrite)
-    writers.write_status(workdir, "running", command=list(sys.argv), pid=os.getpid(), host=socket.gethostname())
+    if Path(path).is_dir():  # a live run's files are never replaced or mixed with another's
+        _refuse_live(Path(path), writers.read_status(Path(path)))
+    try:
+        if "resume" in FLAGS and FLAGS["resume"].value and _resumable(Path(path), overwrite):
+            workdir = Path(path)  # the stopped run's files stay; what it finished is in its run store
+        else:
+            workdir = writers.prepare_workdir(path, overwrite=overwrite)
+        writers.write_status(workdir, "running", command=list(sys.argv), pid=os.getpid(), host=socket.gethostname())
+    except OSError as e:  # not writable (permissions, a read-only or full filesystem), or not removable
+        raise ConfigError("workdir", f"cannot write to {path}: {e.strerror or e}"
+                          + (f" ({e.filename})" if e.filename else "")) from None
     _opened.append(workdir)
     return workdir
 
@@ -466,6 +527,17 @@ def run(main: Callable[[list[str]], object], *, config=None, describe: Callable[
                           "default and one-line meaning) and exit.")
 
     def parse(argv):
+        # ml_collections logs a warning of its own for a get_config() that returns None, which the
+        # one line below says: absl's warnings stay quiet while the flags and the config are read
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        absl_logger.setLevel(logging.ERROR)
+        try:
+            return parse_quietly(argv)
+        finally:
+            absl_logger.setLevel(level)
+
+    def parse_quietly(argv):
         if config_name is not None:
             argv = _integral_overrides(list(argv), config_name)
         try:
@@ -478,6 +550,14 @@ def run(main: Callable[[list[str]], object], *, config=None, describe: Callable[
             missing = _config_file(list(argv), config_name)[1]
             if missing:
                 _fail(missing)
+            try:
+                wrong = _config_value_error(config_name, list(argv))
+            except Exception as e:  # (reading the value runs the file: its own error, in one line)
+                if _traceback_wanted(argv):
+                    raise
+                wrong = _parse_error(e, list(argv), config_name)
+            if wrong:
+                _fail(wrong)
         return rest
 
     def traceback_wanted() -> bool:
@@ -522,6 +602,22 @@ def run(main: Callable[[list[str]], object], *, config=None, describe: Callable[
         _finish("finished")
 
     app.run(wrapped, flags_parser=parse)
+
+
+def check_jit_cache_dir(path: str, field: str = "jit_cache_dir") -> str:
+    """``path``, created if missing, for JAX's persistent compilation cache ("" = no cache).
+
+    Raises:
+      ConfigError: naming ``field``: ``path`` is a file, or cannot be created.
+    """
+    if path:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError(field, f"{path} is a file, not a directory (the compiled programs' cache; empty for none)")
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(field, f"cannot create {path}: {e.strerror or e}") from None
+    return path
 
 
 def check_finished(workdir, field: str = "workdir") -> Path:

@@ -138,6 +138,7 @@ class EngineArrivals:
 
     def __post_init__(self):
         check_in("arrivals.mode", self.mode, ARRIVAL_MODES)
+        check_non_negative("arrivals.seed", self.seed, integer=True)  # (as the simulator's seed)
         check_positive("arrivals.aps", self.aps)
         check_positive("arrivals.speedup", self.speedup)
         if self.speedup != 1.0 and self.mode != "recorded":
@@ -159,6 +160,17 @@ class ProfileConfig:
 
     def __post_init__(self):
         check_positive("profile.repeats", self.repeats, integer=True)
+        pairs = self.pairs
+        if isinstance(pairs, (str, bytes)) or not isinstance(pairs, (tuple, list)):
+            raise ConfigError("profile.pairs", f"must be a tuple of (cached, bsz) token pairs (got {pairs!r})")
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise ConfigError(f"profile.pairs[{i}]", f"must be a (cached, bsz) pair of token counts (got {pair!r})")
+            check_non_negative(f"profile.pairs[{i}].cached", pair[0], integer=True)
+            check_positive(f"profile.pairs[{i}].bsz", pair[1], integer=True)
+        if len({tuple(p) for p in pairs}) < 2:  # the fit has two coefficients (per token, per query-key pair)
+            raise ConfigError("profile.pairs", f"needs at least 2 distinct (cached, bsz) pairs to fit the time model "
+                              f"(got {pairs!r})")
 
 
 CALIBRATION_FILE = "calibration.json"
@@ -358,6 +370,8 @@ class EngineAblationConfig:
             raise ConfigError("runtime", f"{self.runtime!r} is not one of {list(RUNTIMES)}")
         if self.runtime_address and self.runtime != "ray":
             raise ConfigError("runtime_address", "is for runtime='ray'")
+        if not self.variants:
+            raise ConfigError("variants", "must name at least one variant")
         for name in self.variants:
             engine_variant(name)
         check_positive("repeats", self.repeats, integer=True)

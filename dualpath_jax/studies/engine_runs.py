@@ -133,7 +133,10 @@ def select_agents(cfg: EngineWorkload, *, recorded_arrivals: bool = False) -> li
         if len(out) == cfg.num_agents:
             return out
     mooncake = cfg.source == "mooncake"
-    where = f"the sessions of {path}" if mooncake else f"the first {cfg.max_files} trace files"
+    read = len({t.source for t in ts})
+    where = f"the sessions of {path}" if mooncake else (
+        f"the {read} trace file{'s' if read != 1 else ''} read from {cfg.traces_dir or 'the default folder'} (at most "
+        f"workload.max_files={cfg.max_files}; each file is one agent, its conversation without its sub-agents)")
     widen = "workload.rounds, workload.max_context_tokens" + (" and " if mooncake else ", workload.max_files and ")
     raise ConfigError("workload.num_agents", f"found only {len(out)} agents with >= {cfg.rounds} rounds, "
                       f"<= {cfg.max_context_tokens} tokens and <= {cfg.max_append_tokens} appended tokens per "
@@ -176,6 +179,30 @@ def start_times(cfg: EngineArrivals, agents: Sequence[Trajectory]) -> np.ndarray
     raise ConfigError("arrivals.mode", f"must be one of {list(ARRIVAL_MODES)} (got {cfg.mode!r})")
 
 
+def check_waits(config: EngineAblationConfig, agents: Sequence[Trajectory]) -> None:
+    """Refuse, before anything runs, an agent whose recorded waits alone outlast the run's deadline
+    (``cluster.run_timeout_s``): its start (``arrivals.mode='recorded'``; online starts are drawn,
+    not recorded) plus, with ``arrivals.use_think_time``, its rounds' think times.
+
+    Raises:
+      ConfigError: naming ``arrivals.use_think_time`` (or, without it, ``arrivals.speedup``), with
+        the agent, its file and its waits.
+    """
+    arr, limit = config.arrivals, config.cluster.run_timeout_s
+    if not arr.use_think_time and arr.mode != "recorded":
+        return
+    starts = start_times(arr, agents) if arr.mode == "recorded" else np.zeros(len(agents))
+    for agent, start in zip(agents, starts):
+        think = float(np.sum(agent.think_time_s)) if arr.use_think_time else 0.0
+        if not float(start) + think < limit:  # (a NaN never passes)
+            what = " + ".join(x for x, on in ((f"starts at {float(start):.4g} s", arr.mode == "recorded"),
+                                              (f"thinks {think:.4g} s", arr.use_think_time)) if on)
+            raise ConfigError("arrivals.use_think_time" if arr.use_think_time else "arrivals.speedup",
+                              f"agent {agent.agent_id} ({agent.source or 'no file'}) {what} as recorded, beyond "
+                              f"cluster.run_timeout_s={limit:g}: the run would end on its deadline first (raise "
+                              f"cluster.run_timeout_s{', or drop use_think_time' if arr.use_think_time else ''})")
+
+
 def describe_time_model(tm) -> str:
     """The fitted PE time model in words: seconds of one layer per new token and per (query, key)
     pair, and one example per layer and per forward, with its attention (what the compute quota
@@ -215,6 +242,7 @@ class Setup:
 
     def __init__(self, config: EngineAblationConfig, agents: list[Trajectory], log: Callable = print):
         self.config = config = engine_ablation_config(config)
+        check_waits(config, agents)
         _check_fits_host(config.model, log)
         if config.model.checkpoint:  # a local Hugging Face checkpoint (its config was checked with the config)
             try:

@@ -69,6 +69,7 @@ __all__ = ["load_agentic_trace", "load_agentic_traces", "read_json_gz", "read_tr
 
 _ROUND_TYPES = ("n", "s")
 DEFAULT_BLOCK_SIZE = 64  # tokens per hash id when a file gives no block_size (kv-cache-tester's)
+MAX_SECONDS = 2.0**62  # bound of a time field (t, think_time, api_time): as the simulator's per-round times
 _SCOPES = ("local", "global")
 
 
@@ -196,6 +197,9 @@ class _Ctx:
             self.fail(where, field, "must be a finite number", v)
         if v < 0:
             self.fail(where, field, "must be >= 0", v)
+        if v >= MAX_SECONDS:
+            self.fail(where, field, "must be below 2**62 s (a time the simulator's clock and the engine can "
+                      "wait for)", v)
         return float(v)
 
 
@@ -273,10 +277,14 @@ def _walk(ctx: _Ctx, requests, where_prefix: str, agent_id: str, parent_id: str 
             think_time_s=np.asarray(thinks, dtype=np.float64),
             token_scope=scope if scope else agent_id, block_tokens=block_size, hashes=hashes,
             start_offset_s=clock_s + round_t[0], parent_id=parent_id, source=str(ctx.path)))
-    if subagents == "separate":
-        parent = agent_id if ins else parent_id  # a sub-agent of only sub-agents: theirs is its parent
-        for sub_requests, sub_where, sub_id, sub_start in children:
+    parent = agent_id if ins else parent_id  # a sub-agent of only sub-agents: theirs is its parent
+    for sub_requests, sub_where, sub_id, sub_start in children:
+        if subagents == "separate":
             _walk(ctx, sub_requests, sub_where, sub_id, parent, sub_start, block_size, scope, subagents, out, names)
+        else:  # dropped, but checked as the simulator would (a bad file is bad whoever reads it)
+            skipped = len(ctx.skipped)
+            _walk(ctx, sub_requests, sub_where, sub_id, parent, sub_start, block_size, scope, subagents, [], names)
+            del ctx.skipped[skipped:]  # their requests without input are dropped with them, not warned about
 
 
 def load_agentic_trace(path, *, subagents: Literal["separate", "drop"] = "separate",

@@ -70,7 +70,7 @@ from typing import Literal
 
 import numpy as np
 
-from dualpath_jax.workload.agentic import read_trace_bytes, trace_stem, unique_name
+from dualpath_jax.workload.agentic import MAX_SECONDS, read_trace_bytes, trace_stem, unique_name
 from dualpath_jax.workload.errors import TraceFormatError
 from dualpath_jax.workload.hashids import full_block_ids, token_count, whole_int
 from dualpath_jax.workload.trajectory import BlockHashes, Trajectory, TrajectorySet, hit_tokens_from_hashes
@@ -109,6 +109,9 @@ def _milliseconds(obj: dict, field: str, path: Path, where: str) -> float | None
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise TraceFormatError(path, where, field, "must be a finite number >= 0 (milliseconds)", value)
+    if value >= 1e3 * MAX_SECONDS:
+        raise TraceFormatError(path, where, field, "must be below 2**62 s (a time the simulator's clock and the "
+                               "engine can wait for)", value)
     return float(value)
 
 
