@@ -366,7 +366,7 @@ def test_a_study_s_workload_error_names_the_field_the_user_sets(tmp_path):
                 f"--workdir={tmp_path / 'w'}")
     (line,) = _lines(done.stderr)  # the ablation sets its agent counts at the top level, not under workload
     assert done.returncode == 1 and line.startswith("ConfigError: num_agents: the agentic trace ") and \
-        "holds only 1 agents within MAL 64K (got 32" in line
+        "holds only 1 agent within MAL 64K (got 32; an agentic trace file is one agent" in line
 
 
 def test_an_engine_config_given_to_the_simulator_and_back_is_named_as_such(tmp_path):

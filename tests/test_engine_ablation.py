@@ -457,7 +457,7 @@ def test_the_engine_replays_mooncake_sessions_as_the_simulator_reads_them(tmp_pa
     np.testing.assert_array_equal(agent.num_prompt_tokens, want.num_prompt_tokens[:3])
     np.testing.assert_array_equal(agent.num_hit_tokens, want.num_hit_tokens[:3])
     assert agent.num_prompt_tokens.tolist() == [-(-1100 // 32), 1800 // 32 + 1, 2500 // 32 + 1]
-    with pytest.raises(ConfigError, match=r"workload\.num_agents: found only 1 agents .* in the sessions of"):
+    with pytest.raises(ConfigError, match=r"workload\.num_agents: found only 1 agent .* in the sessions of"):
         er.select_agents(dataclasses.replace(wl, num_agents=2))
     with pytest.raises(ConfigError, match=r"workload\.traces_dir: no Mooncake trace"):
         er.select_agents(dataclasses.replace(wl, traces_dir=str(tmp_path / "none.jsonl")))
@@ -544,6 +544,6 @@ def test_too_few_agents_in_one_trace_file_says_a_file_is_one_agent(tmp_path):
     path.write_bytes(gzip.compress(json.dumps(doc).encode()))
     wl = EngineWorkload(traces_dir=str(path), num_agents=2, rounds=4, token_divisor=1, max_context_tokens=4096,
                         max_append_tokens=1024)
-    with pytest.raises(ConfigError, match=rf"^workload\.num_agents: found only 1 agents .* in the 1 trace file read "
+    with pytest.raises(ConfigError, match=rf"^workload\.num_agents: found only 1 agent .* in the 1 trace file read "
                                           rf"from {path} \(.*each file is one agent"):
         er.select_agents(wl)

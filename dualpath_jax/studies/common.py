@@ -256,9 +256,12 @@ def _trace_workload(spec: WorkloadSpec) -> TrajectorySet:
                                 "workload.replay_timestamps")
     agents = sum(p is None for p in ts.parent_ids)
     if agents < spec.num_agents:
-        raise ConfigError("workload.num_agents", f"the {spec.source} trace {ts.source} holds only {agents} agents "
-                          f"within MAL {spec.mal} (got {spec.num_agents}; an agent whose first prompt alone is "
-                          f"longer than the MAL is left out: a longer mal keeps more)")
+        unit = ("an agentic trace file is one agent, its conversation (sub-agents count with it); "
+                if spec.source == "agentic" else "")
+        raise ConfigError("workload.num_agents", f"the {spec.source} trace {ts.source} holds only {agents} "
+                          f"agent{'s' if agents != 1 else ''} within MAL {spec.mal} (got {spec.num_agents}; {unit}an "
+                          f"agent whose first prompt alone is longer than the MAL is left out: a longer mal keeps "
+                          f"more)")
     return scale_trace_tokens(ts, spec.token_divisor) if spec.token_divisor != 1 else ts
 
 

@@ -138,7 +138,8 @@ def select_agents(cfg: EngineWorkload, *, recorded_arrivals: bool = False) -> li
         f"the {read} trace file{'s' if read != 1 else ''} read from {cfg.traces_dir or 'the default folder'} (at most "
         f"workload.max_files={cfg.max_files}; each file is one agent, its conversation without its sub-agents)")
     widen = "workload.rounds, workload.max_context_tokens" + (" and " if mooncake else ", workload.max_files and ")
-    raise ConfigError("workload.num_agents", f"found only {len(out)} agents with >= {cfg.rounds} rounds, "
+    raise ConfigError("workload.num_agents", f"found only {len(out)} agent{'s' if len(out) != 1 else ''} with >= "
+                      f"{cfg.rounds} rounds, "
                       f"<= {cfg.max_context_tokens} tokens and <= {cfg.max_append_tokens} appended tokens per "
                       f"later round in {where} ({widen}workload.max_append_tokens widen the choice)")
 
