@@ -33,6 +33,13 @@ def test_a_misspelled_nested_override_names_the_closest_fields(tmp_path):
     done = _run("run_sim.py", ABLATION_TINY, "--config.sim.hardwre.snic_bytes_per_s=1", f"--workdir={tmp_path / 'w'}")
     (line,) = _lines(done.stderr)
     assert "no field 'sim.hardwre'" in line and "did you mean sim.hardware" in line
+    # a name far from every field of its section gets that section's fields, never the section itself
+    for script, section in (("run_sim.py", "sim"), ("run_engine.py", "cluster")):
+        config = (ABLATION_TINY,) if script == "run_sim.py" else ()
+        done = _run(script, *config, f"--config.{section}.nope=1", f"--workdir={tmp_path / 'w'}")
+        (line,) = _lines(done.stderr)
+        hint = line.partition("did you mean ")[2].rstrip("?").split(", ")
+        assert hint and all(h.startswith(f"{section}.") and h.count(".") == 1 for h in hint), line
 
 
 def test_the_engine_script_reports_an_unknown_key_in_one_line_before_loading_jax(tmp_path):

@@ -363,7 +363,10 @@ def _override_error(argv: list[str], name: str) -> str | None:
                                                      f"not a section with fields"))
                 if part not in node.keys():
                     alt = _SYNONYMS.get(dotted)  # the same setting under the other runner's name
-                    hint = f"; did you mean {alt}?" if alt in names else did_you_mean(dotted, names)
+                    parent = ".".join(parts[:i])  # the fields of its section first (not the section itself)
+                    siblings = [n for n in names if n.rpartition(".")[0] == parent]
+                    hint = f"; did you mean {alt}?" if alt in names else (
+                        did_you_mean(dotted, siblings) or did_you_mean(dotted, names))
                     return one_line(ConfigError(key, f"no field {dotted!r} in {value}{hint}"))
                 node = node[part]
     return None
