@@ -522,14 +522,14 @@ def test_recorded_waits_beyond_the_run_deadline_are_refused_before_the_run():
     cfg = engine_ablation_config(_config(**{"arrivals.use_think_time": True}))
     limit = cfg.cluster.run_timeout_s
     er.check_waits(cfg, [agent("a", [0.0, limit / 2, limit / 2 - 1.0])])  # 1 s to spare: runs
-    with pytest.raises(ConfigError, match=rf"^arrivals.use_think_time: agent b \(/traces/b\.json\.gz\) thinks "
+    with pytest.raises(ConfigError, match=rf"^arrivals.use_think_time: agent b \(from /traces/b\.json\.gz\) thinks "
                                           rf"{limit:g} s as recorded, beyond cluster.run_timeout_s={limit:g}"):
         er.check_waits(cfg, [agent("a", [0.0, 1.0]), agent("b", [0.0, limit / 2, limit / 2])])
     er.check_waits(engine_ablation_config(_config()), [agent("b", [0.0, 2 * limit])])  # think times not replayed
     recorded = engine_ablation_config(_config(**{"workload.source": "mooncake", "arrivals.mode": "recorded",
                                                  "arrivals.speedup": 2.0}))
     early, late = agent("m0", [0.0], start=100.0), agent("m1", [0.0], start=100.0 + 2 * limit)
-    with pytest.raises(ConfigError, match=rf"^arrivals.speedup: agent m1 \(/traces/m1\.json\.gz\) starts at "
+    with pytest.raises(ConfigError, match=rf"^arrivals.speedup: agent m1 \(from /traces/m1\.json\.gz\) starts at "
                                           rf"{limit:g} s as recorded"):
         er.check_waits(recorded, [early, late])  # (start offsets counted from the earliest, over the speedup)
     er.check_waits(recorded, [early, agent("m1", [0.0], start=100.0 + 2 * limit - 4.0)])
@@ -547,3 +547,6 @@ def test_too_few_agents_in_one_trace_file_says_a_file_is_one_agent(tmp_path):
     with pytest.raises(ConfigError, match=rf"^workload\.num_agents: found only 1 agent .* in the 1 trace file read "
                                           rf"from {path} \(.*each file is one agent"):
         er.select_agents(wl)
+    (tmp_path / "t2.json.gz").write_bytes(gzip.compress(json.dumps({**doc, "id": "t2"}).encode()))
+    with pytest.raises(ConfigError, match=rf"found only 2 agents .* in the 2 trace files read from {tmp_path} "):
+        er.select_agents(dataclasses.replace(wl, traces_dir=str(tmp_path), num_agents=3))

@@ -487,6 +487,32 @@ def test_de_group_steps_at_its_slowest_members_pace():
     assert len(set(res.requests["de"].tolist())) > 1  # several members were loaded
 
 
+def test_an_engine_alone_steps_at_its_own_decode_time_to_the_bit():
+    """Without ep_sync (each DE its own unit) a MoE model's step is ``decode_step_s`` exactly: the
+    routed experts' share is neither taken off nor added back (no rounding)."""
+
+    class Checked(Simulator):
+        checks = 0
+
+        def _de_reschedule(self, u):
+            unit = self.de_units[u]
+            (de,) = unit.engines
+            m = self.de_model
+            c = [ctx for _, _, _, ctx in unit.heap]
+            if c:
+                assert unit.step_s == m.decode_step_s(len(c), self.de_ctx[de], self.de_att[de])
+                Checked.checks += 1
+            super()._de_reschedule(u)
+
+    rng = np.random.default_rng(5)
+    agents = [agent(rng.integers(100, 900, 3), rng.integers(2, 300, 3), arrival=float(i) * 0.003) for i in range(150)]
+    # one PE and one DE GPU: the DE's batch grows past a hundred sequences, where (X - r) + r != X happens
+    cfg = SimConfig(model="ds-27b", loading="dual", prefill="layerwise", policy="dualpath", ep_sync=False,
+                    prefill_nodes=1, decode_nodes=1, hardware=HardwareConfig(gpus_per_node=1))
+    assert cfg.spec.n_routed_experts and Checked(cfg, agents).run().requests["finish_s"].size == 450
+    assert Checked.checks >= 150
+
+
 def test_ep_groups_hold_the_experts_and_step_together():
     """An EP group's GPUs share the routed experts (the weights per GPU), step together as one
     unit and fetch as one scheduler group; by default one group per role."""

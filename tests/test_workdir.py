@@ -253,3 +253,29 @@ def test_overwrite_never_replaces_a_live_run_and_an_unwritable_workdir_is_one_er
     with pytest.raises(ConfigError, match=denied) as e:
         cli.open_workdir(tmp_path / "ro")
     assert e.value.field == "workdir"
+
+
+def test_a_workdir_another_process_holds_is_refused_before_anything_is_read_or_removed(tmp_path, monkeypatch):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "metrics.json").write_text("{}")
+    writers.write_status(workdir, "finished", command=["run_sim.py"])  # as a run's: --overwrite would empty it
+    monkeypatch.setattr(cli, "_opened", [])
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               f"fd = os.open({str(workdir)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                               "print('locked', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # (a run opening it, emptying it or running in it)
+        before = _snapshot(workdir)
+        with pytest.raises(ConfigError, match=rf"^workdir: {workdir} is in use by another run"):
+            cli.open_workdir(workdir, overwrite=True)
+        assert _snapshot(workdir) == before
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert cli.open_workdir(workdir, overwrite=True) == workdir and not (workdir / "metrics.json").exists()
+    take = [sys.executable, "-c", f"import fcntl, os\nfd = os.open({str(workdir)!r}, os.O_RDONLY)\n"
+                                  "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)"]
+    assert subprocess.run(take, capture_output=True, timeout=60).returncode != 0  # held while the run runs
+    cli._finish("finished")  # its status written, the lock is released: another process may take it
+    assert subprocess.run(take, timeout=60).returncode == 0 and writers.read_status(workdir)["status"] == "finished"

@@ -594,8 +594,7 @@ class Simulator:
         ctx_sum = self.de_ctx[de] = self.de_ctx[de] + mean_ctx
         att_sum = self.de_att[de] = self.de_att[de] + self.de_model.attended(mean_ctx)
         unit.batch += 1
-        unit.set_step(self.de_step, de, self.de_model.decode_step_s(batch, ctx_sum, att_sum, 0.0),
-                      self.de_model.s_per_routed_token * unit.batch / len(unit.engines))
+        self._set_de_step(unit, de, batch, ctx_sum, att_sum)
         heapq.heappush(unit.heap, (unit.steps + (gen - 1), rid, de, mean_ctx))
         heapq.heappush(unit.seconds, (unit.steps + 1, rid))  # its first decode step: stamped as passed
         self._de_reschedule(u)
@@ -620,13 +619,23 @@ class Simulator:
                 unit.batch -= 1
                 changed.add(de)
                 self._complete(rid)
-            step_s = self.de_model.decode_step_s
-            shared_s = self.de_model.s_per_routed_token * unit.batch / len(unit.engines)
             for de in changed:  # the step time after every completion of this instant
                 if not de_batch[de]:  # no drift left behind by the sums of floats
                     de_ctx[de] = de_att[de] = 0.0
-                unit.set_step(self.de_step, de, step_s(de_batch[de], de_ctx[de], de_att[de], 0.0), shared_s)
+                self._set_de_step(unit, de, de_batch[de], de_ctx[de], de_att[de])
         self._de_reschedule(u)
+
+    def _set_de_step(self, unit: Unit, de: int, batch: int, ctx_sum: float, att_sum: float) -> None:
+        """Set DE ``de``'s step in its ``unit`` from its ``batch`` sequences of ``ctx_sum`` context
+        tokens (``att_sum`` attended): under EP its own part, plus the routed experts' part at the
+        unit's mean sequences per GPU (``sim.compute``); an engine alone (or a dense model) takes
+        its whole step as :meth:`ComputeModel.decode_step_s` gives it, to the bit."""
+        m = self.de_model
+        if len(unit.engines) == 1 or not m.s_per_routed_token:
+            unit.set_step(self.de_step, de, m.decode_step_s(batch, ctx_sum, att_sum), 0.0)
+        else:
+            unit.set_step(self.de_step, de, m.decode_step_s(batch, ctx_sum, att_sum, 0.0),
+                          m.s_per_routed_token * unit.batch / len(unit.engines))
 
     def _complete(self, rid: int):
         R = self.R

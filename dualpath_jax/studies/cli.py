@@ -14,7 +14,8 @@
   meaning, and exits with status 0.
 * :func:`open_workdir` creates the run's output directory
   (:func:`dualpath_jax.metrics.writers.prepare_workdir`: one that already holds files is refused
-  unless ``--overwrite``, which replaces a previous run's) and marks it ``running`` in
+  unless ``--overwrite``, which replaces a previous run's, never a running one: the run holds an
+  exclusive ``flock`` on the directory from its opening to its end) and marks it ``running`` in
   ``status.json``; :func:`run` marks it ``finished`` when ``main`` returns and ``failed``, with the
   error line, when it raises or exits with a non-zero status. A partial workdir never looks finished.
   An interrupted run (Ctrl-C, or ``SIGTERM`` from ``timeout``, ``kill`` or a batch scheduler) is
@@ -456,19 +457,65 @@ def open_workdir(path, *, overwrite: bool | None = None) -> Path:
         raise ConfigError("workdir", "is required: pass --workdir=DIR, the run's output directory")
     if overwrite is None:
         overwrite = bool(FLAGS["overwrite"].value)
-    if Path(path).is_dir():  # a live run's files are never replaced or mixed with another's
-        _refuse_live(Path(path), writers.read_status(Path(path)))
+    lock = _lock(Path(path))  # held until the run ends: two runs never check, empty or fill it at once
     try:
-        if "resume" in FLAGS and FLAGS["resume"].value and _resumable(Path(path), overwrite):
-            workdir = Path(path)  # the stopped run's files stay; what it finished is in its run store
-        else:
-            workdir = writers.prepare_workdir(path, overwrite=overwrite)
-        writers.write_status(workdir, "running", command=list(sys.argv), pid=os.getpid(), host=socket.gethostname())
-    except OSError as e:  # not writable (permissions, a read-only or full filesystem), or not removable
-        raise ConfigError("workdir", f"cannot write to {path}: {e.strerror or e}"
-                          + (f" ({e.filename})" if e.filename else "")) from None
+        if Path(path).is_dir():  # a live run's files are never replaced or mixed with another's
+            _refuse_live(Path(path), writers.read_status(Path(path)))
+        try:
+            if "resume" in FLAGS and FLAGS["resume"].value and _resumable(Path(path), overwrite):
+                workdir = Path(path)  # the stopped run's files stay; what it finished is in its run store
+            else:
+                workdir = writers.prepare_workdir(path, overwrite=overwrite)
+            writers.write_status(workdir, "running", command=list(sys.argv), pid=os.getpid(),
+                                 host=socket.gethostname())
+        except OSError as e:  # not writable (permissions, a read-only or full filesystem), or not removable
+            raise ConfigError("workdir", f"cannot write to {path}: {e.strerror or e}"
+                              + (f" ({e.filename})" if e.filename else "")) from None
+    except BaseException:
+        _unlock(lock)
+        raise
     _opened.append(workdir)
+    _locks[workdir] = lock
     return workdir
+
+
+_locks: dict[Path, int | None] = {}
+
+
+def _lock(path: Path) -> int | None:
+    """An exclusive lock (``flock``) on the directory ``path``, created if missing; its file
+    descriptor, or None where there is nothing to lock (``path`` is a file, cannot be created, or
+    the platform has no ``flock``: :func:`~dualpath_jax.metrics.writers.prepare_workdir` then
+    reports the path's own problem).
+
+    Raises:
+      ConfigError: naming ``workdir`` when another process holds the lock (its run is starting,
+        running or emptying the directory).
+    """
+    try:
+        import fcntl
+    except ImportError:  # (no flock: the status file's check alone)
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError("workdir", f"{path} is in use by another run (a process holds its lock): stop it first, "
+                          f"or give another directory") from None
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)  # (closing the descriptor releases its flock)
+        except OSError:
+            pass
 
 
 def _finish(status: str, error: str | None = None, *, input_error: bool = False) -> None:
@@ -487,6 +534,8 @@ def _finish(status: str, error: str | None = None, *, input_error: bool = False)
                 shutil.rmtree(workdir / RUN_STORE, ignore_errors=True)
         except OSError as e:  # the run's own outcome matters more than its status file
             print(f"could not mark {workdir} {status}: {e}", file=sys.stderr)
+        finally:  # (once its status says how it ended: another run may then take the directory)
+            _unlock(_locks.pop(workdir, None))
 
 
 def _as_config_field(error: BaseException, cfg) -> BaseException:
@@ -615,7 +664,8 @@ def check_jit_cache_dir(path: str, field: str = "jit_cache_dir") -> str:
     """
     if path:
         if os.path.exists(path) and not os.path.isdir(path):
-            raise ConfigError(field, f"{path} is a file, not a directory (the compiled programs' cache; empty for none)")
+            raise ConfigError(field, f"{path} is a file, not a directory (the compiled programs' cache; empty for "
+                              f"none)")
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as e:

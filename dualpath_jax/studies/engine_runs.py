@@ -54,8 +54,9 @@ from dualpath_jax.studies.engine_config import (ARRIVAL_MODES, CALIBRATION_FORMA
                                                 calibration_fingerprint, calibration_path, check_fingerprint,
                                                 engine_ablation_config, read_calibration)
 from dualpath_jax.studies.common import check_recorded_arrivals, existing_mooncake_file, scale_trace_tokens
-from dualpath_jax.workload import (Trajectory, load_agentic_traces, load_mooncake_traces, poisson_arrivals_s,
-                                   prompt_token_ids, recorded_arrivals_s)
+from dualpath_jax.workload import (Trajectory, agentic_dir, load_agentic_traces, load_mooncake_traces,
+                                   poisson_arrivals_s, prompt_token_ids, recorded_arrivals_s)
+from dualpath_jax.workload.agentic import trace_files
 
 __all__ = ["CALIBRATED_FIELDS", "check_overrides", "select_agents", "start_times", "CompileClock",
            "describe_time_model", "Setup", "ray_runtime", "round_shapes", "expected_shapes", "seed_store",
@@ -133,7 +134,7 @@ def select_agents(cfg: EngineWorkload, *, recorded_arrivals: bool = False) -> li
         if len(out) == cfg.num_agents:
             return out
     mooncake = cfg.source == "mooncake"
-    read = len({t.source for t in ts})
+    read = 0 if mooncake else len(trace_files(cfg.traces_dir or agentic_dir())[:cfg.max_files])
     where = f"the sessions of {path}" if mooncake else (
         f"the {read} trace file{'s' if read != 1 else ''} read from {cfg.traces_dir or 'the default folder'} (at most "
         f"workload.max_files={cfg.max_files}; each file is one agent, its conversation without its sub-agents)")
@@ -187,7 +188,7 @@ def check_waits(config: EngineAblationConfig, agents: Sequence[Trajectory]) -> N
 
     Raises:
       ConfigError: naming ``arrivals.use_think_time`` (or, without it, ``arrivals.speedup``), with
-        the agent, its file and its waits.
+        the agent, the file or folder it was read from and its waits.
     """
     arr, limit = config.arrivals, config.cluster.run_timeout_s
     if not arr.use_think_time and arr.mode != "recorded":
@@ -199,7 +200,7 @@ def check_waits(config: EngineAblationConfig, agents: Sequence[Trajectory]) -> N
             what = " + ".join(x for x, on in ((f"starts at {float(start):.4g} s", arr.mode == "recorded"),
                                               (f"thinks {think:.4g} s", arr.use_think_time)) if on)
             raise ConfigError("arrivals.use_think_time" if arr.use_think_time else "arrivals.speedup",
-                              f"agent {agent.agent_id} ({agent.source or 'no file'}) {what} as recorded, beyond "
+                              f"agent {agent.agent_id} (from {agent.source or 'no file'}) {what} as recorded, beyond "
                               f"cluster.run_timeout_s={limit:g}: the run would end on its deadline first (raise "
                               f"cluster.run_timeout_s{', or drop use_think_time' if arr.use_think_time else ''})")
 
