@@ -85,6 +85,8 @@ def main(argv):
                                      "seeds": study.seeds, **named})
     cli.report_resumed(cache, workdir)
     print()
+    if study.seeds == 1:  # a 95% interval needs two seeds at least
+        print("(1 seed: every *_ci95 is nan; --config.seeds=R for intervals)")
     print(writers.format_named_values(printed(named)))
 
 
