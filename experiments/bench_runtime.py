@@ -37,7 +37,11 @@ over the variants, each run's in ``runtime_bench.json``): near 1, the run is CPU
 every CPU-second a runtime adds lengthens it. Once per repeat, before its runs,
 ``ray_idle_cpu_s_per_s`` measures what Ray costs the machine with the node actors up and idle
 (2 s) and ``ray_bare_call_cpu_ms`` the machine CPU of a call to an actor that does nothing
-beyond that (the floor under any actor call; 1,000 calls, one after another).
+beyond that (the floor under any actor call; 1,000 calls, one after another);
+``ray_cgraph_step_cpu_ms`` and ``ray_cgraph_waiting_cores`` measure the alternative, Ray Compiled
+Graphs, on the same host: the machine CPU of one execution of a compiled graph that hands a value to
+three do-nothing actors and gathers their answers (the shape of the driver's orders and polls), and
+the cores that graph keeps busy beyond Ray's idle rate while it waits for its next input.
 Tokens of every run are checked against each other
 and a no-cache recompute (``tokens_identical``). Writes ``runtime_bench.json`` (every run's JCT),
 ``config.json``, ``env.json`` and ``metrics.json`` to the workdir and ends with ``name: value``
@@ -124,12 +128,46 @@ def _ray_floor(ray, calls: int = 1000, idle_s: float = 2.0) -> tuple[float, floa
     return 1e3 * cpu / calls, idle
 
 
+def _cgraph_floor(ray, idle: float, actors: int = 3, steps: int = 300, wait_s: float = 2.0) -> tuple[float, float]:
+    """Ray Compiled Graphs (``ray.dag``, ``experimental_compile``), the low-overhead alternative to
+    actor calls for an exchange that repeats: a graph that hands one value to ``actors``
+    do-nothing actors and gathers their answers, as the driver's orders and polls would go. Returns
+    the machine CPU of one execution (ms, ``steps`` one after another, less Ray's idle rate
+    ``idle`` in cores) and the cores the compiled graph keeps busy, beyond ``idle``, while it waits
+    ``wait_s`` seconds for input; NaNs where this Ray cannot compile the graph."""
+    try:
+        from ray.dag import InputNode, MultiOutputNode
+    except ImportError:
+        return float("nan"), float("nan")
+    echoes = [ray.remote(_Echo).options(num_cpus=0).remote() for _ in range(actors)]
+    graph = None
+    try:
+        with InputNode() as inp:
+            graph = MultiOutputNode([e.call.bind(inp) for e in echoes]).experimental_compile()
+        for _ in range(10):
+            ray.get(graph.execute(None))
+        cpu0, t0 = _busy_cpu_s(), time.perf_counter()
+        for _ in range(steps):
+            ray.get(graph.execute(None))
+        step_ms = 1e3 * (_busy_cpu_s() - cpu0 - idle * (time.perf_counter() - t0)) / steps
+        waiting = _host_busy_cores(wait_s) - idle
+    except Exception as e:  # noqa: BLE001  (a beta API: its failure must not end the benchmark)
+        print(f"warning: Ray Compiled Graphs unavailable here ({type(e).__name__}: {e})", flush=True)
+        return float("nan"), float("nan")
+    finally:
+        if graph is not None:
+            graph.teardown()
+        for e in echoes:
+            ray.kill(e)
+    return step_ms, waiting
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     import jax
 
-    if _JIT_CACHE.value:
+    if cli.check_jit_cache_dir(_JIT_CACHE.value):
         jax.config.update("jax_compilation_cache_dir", _JIT_CACHE.value)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
@@ -151,8 +189,8 @@ def main(argv):
     if busy_before > _BUSY_HOST_CORES:
         log(f"warning: the machine was already busy before the benchmark ({busy_before:.2f} of "
             f"{os.cpu_count()} cores over {_BUSY_PROBE_S:g} s): the machine-wide CPU figures (cpu_ray_over_threads, "
-            f"other_cpu_ray_minus_threads_s, ray_idle_cpu_s_per_s, ray_bare_call_cpu_ms, *_cpu_busy_share) "
-            f"count that load too, and the JCTs share the cores with it")
+            f"other_cpu_ray_minus_threads_s, ray_idle_cpu_s_per_s, ray_bare_call_cpu_ms, ray_cgraph_*, "
+            f"*_cpu_busy_share) count that load too, and the JCTs share the cores with it")
     t_start = time.perf_counter()
     agents = select_agents(config.workload)
     setup = Setup(config, agents, log=log)  # threads; the ray runtime is attached per run below
@@ -176,6 +214,7 @@ def main(argv):
         runs, results, floors = [], {}, []
         for r in range(config.repeats):
             floors.append(_ray_floor(runtime.ray()))
+            floors[-1] += _cgraph_floor(runtime.ray(), floors[-1][1])
             order = ("threads", "ray") if r % 2 == 0 else ("ray", "threads")
             for name in config.variants:
                 for which in order:
@@ -246,6 +285,8 @@ def main(argv):
     put_estimate(named, "extra_cpu_ms_per_actor_call", repeat_means("ray", lambda x: x["extra_cpu_ms_per_call"]))
     put_estimate(named, "ray_bare_call_cpu_ms", [f[0] for f in floors])
     put_estimate(named, "ray_idle_cpu_s_per_s", [f[1] for f in floors])
+    put_estimate(named, "ray_cgraph_step_cpu_ms", [f[2] for f in floors])
+    put_estimate(named, "ray_cgraph_waiting_cores", [f[3] for f in floors])
     named["engine_processes"] = max(x["processes"] for x in runs)
     named["cross_process_kv_bytes"] = int(sum(x["cross_process_kv_bytes"] for x in runs))
     named["num_failed"] = int(sum(x["num_failed"] for x in runs))
