@@ -423,13 +423,12 @@ class Simulator:
                 batch = self.sched.form_pe_batch(itertools.islice(ready[e], _MAX_BATCH_REQUESTS),
                                                  time_model=self.time_model, max_tokens=cfg.basic_max_batch_tokens,
                                                  max_kv_tokens=self.pe_max_kv_tokens)
-                batches.append((e, batch))
-                group_tokens += sum([b.remaining for b in batch])
+                bsz = [b.remaining for b in batch]
+                batches.append((e, batch, [b.cached for b in batch], bsz))
+                group_tokens += sum(bsz)
         # the routed experts compute every member's tokens, spread over the group (sim.compute's docstring)
         routed_tokens = group_tokens / len(unit.engines)
-        for e, batch in batches:
-            cached = [b.cached for b in batch]
-            bsz = [b.remaining for b in batch]
+        for e, batch, cached, bsz in batches:
             t_a = self.pe_model.attention_time_s(cached, bsz)
             if self._attn_sigma > 0.0:  # what the forward takes, of which the batch former knew the estimate
                 sigma = self._attn_sigma

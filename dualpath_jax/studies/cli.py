@@ -310,10 +310,9 @@ def _config_file_error(error: BaseException, argv: list[str], name: str) -> str 
     return None
 
 
-def _config_value_error(name: str, argv: list[str], value=None) -> str | None:
-    """One line when the config file's ``get_config`` gave ``value`` (default: the flag's) that is
-    not a config; None when it is one."""
-    value = FLAGS[name].value if value is None else value
+def _config_value_error(name: str, argv: list[str], value) -> str | None:
+    """One line when the config file's ``get_config`` gave ``value``, which is not a config; None
+    when it is one."""
     if value is None or not hasattr(value, "keys"):
         path = _config_file(argv, name)[0].partition(":")[0]
         return one_line(ConfigError(f"--{name}", f"{path}: get_config() returned {type(value).__name__}, not a "
@@ -329,7 +328,7 @@ def _base_config(argv: list[str], name: str):
         return value, None, missing
     try:
         base = FLAGS[name].parser.parse(value)
-        wrong = _config_value_error(name, argv, base) if base is None or not hasattr(base, "keys") else None
+        wrong = _config_value_error(name, argv, base)
         return (value, None, wrong) if wrong else (value, base, None)
     except Exception as e:  # the config file itself fails: its error
         if isinstance(e, AttributeError) and "get_config" in str(e):  # (ml_collections' names no file)
@@ -602,12 +601,7 @@ def run(main: Callable[[list[str]], object], *, config=None, describe: Callable[
             missing = _config_file(list(argv), config_name)[1]
             if missing:
                 _fail(missing)
-            try:
-                wrong = _config_value_error(config_name, list(argv))
-            except Exception as e:  # (reading the value runs the file: its own error, in one line)
-                if _traceback_wanted(argv):
-                    raise
-                wrong = _parse_error(e, list(argv), config_name)
+            wrong = _config_value_error(config_name, list(argv), FLAGS[config_name].value)  # (read when parsed)
             if wrong:
                 _fail(wrong)
         return rest
