@@ -15,7 +15,9 @@ Ray documents). Ray keeps a local instance's sockets under the temporary directo
 a Unix socket name; a new local instance whose temporary directory is that long (a CI runner's
 workspace) starts under ``/tmp/ray`` instead. The signal handlers the caller had for SIGINT and
 SIGTERM are put back after ``ray.init`` (which installs its own), so a script still ends with its
-status recorded. Importing this module does not import Ray.
+status recorded. :func:`disconnect` ends the connection :func:`ray_module` made (none it did not
+make): the end of this process's Ray job, which stops every task and actor the job still runs.
+Importing this module does not import Ray.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import sys
 import threading
 import warnings
 
-__all__ = ["ray_module", "local_temp_dir"]
+__all__ = ["ray_module", "disconnect", "local_temp_dir"]
 
 _AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+_connected: list[tuple[str, str]] = []  # (job, node) of the connection ray_module made, while it may hold
 
 
 class _DropDefaultAuthNotice(logging.Filter):
@@ -64,10 +67,33 @@ def ray_module(address: str = "", **local_options):
                              runtime_env={"env_vars": {"PYTHONPATH": _import_path()}}, **local_options)
                 finally:
                     logging.getLogger(_AUTH_LOGGER).removeFilter(notice)
+        _connected[:] = [_connection(ray)]
         for signum, handler in handlers.items():
             if handler is not None:
                 signal.signal(signum, handler)
     return ray
+
+
+def disconnect() -> bool:
+    """End the Ray connection :func:`ray_module` made, if this process still holds it: the end of
+    this process's Ray job, so its tasks and actors stop (their worker processes are killed; a
+    local instance this process started stops with them). A connection made elsewhere (the
+    caller's own ``ray.init``) is left alone. Returns whether it ended one."""
+    if not _connected:
+        return False
+    job = _connected.pop()
+    import ray  # noqa: PLC0415
+
+    if not ray.is_initialized() or _connection(ray) != job:
+        return False  # (shut down since, or connected again by the caller)
+    ray.shutdown()
+    return True
+
+
+def _connection(ray) -> tuple[str, str]:
+    """This process's Ray job and node (a node's ID is new each time one starts)."""
+    context = ray.get_runtime_context()
+    return context.get_job_id(), context.get_node_id()
 
 
 _SOCKET_NAME_BYTES = 107  # sun_path of a Unix socket, less its terminating NUL

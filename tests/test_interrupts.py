@@ -62,3 +62,59 @@ def test_ctrl_c_stops_every_study_of_reproduce_paper(tmp_path):
     assert code == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "Interrupted: SIGINT"
     assert not (workdir / "pd_sweep").exists()  # the next study did not start
+
+
+_OWN_CONNECTION = """
+import _thread, os, sys, threading, time
+import ray
+from dualpath_jax.studies.sweep import Sweep
+
+class Sleeps:  # pickled by value (defined in __main__)
+    def __init__(self, folder):
+        self.folder = folder
+
+    def __call__(self, x):
+        import os, time
+        open(os.path.join(self.folder, str(os.getpid())), "w").close()
+        time.sleep(x)
+        return x
+
+def interrupt_when_both_run(folder):  # Ctrl-C once both runs are going
+    while len(os.listdir(folder)) < 2:
+        time.sleep(0.1)
+    _thread.interrupt_main()
+
+def _running(pid):  # neither gone nor a zombie
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+folder = sys.argv[1]
+threading.Thread(target=interrupt_when_both_run, args=(folder,), daemon=True).start()
+try:
+    Sweep(workers=2).map(Sleeps(folder), [60, 60])
+except KeyboardInterrupt:
+    print("connected" if ray.is_initialized() else "disconnected", flush=True)
+deadline = time.monotonic() + 30
+pids = [int(name) for name in os.listdir(folder)]
+while time.monotonic() < deadline:
+    alive = [pid for pid in pids if _running(pid)]
+    if not alive:
+        print(f"workers stopped: {len(pids)}", flush=True)
+        break
+    time.sleep(0.2)
+"""
+
+
+def test_ctrl_c_in_a_sweep_that_started_ray_ends_its_ray_job(tmp_path):
+    # Ctrl-C ends the connection the sweep made rather than cancelling runs one by one, which can
+    # race Ray's own completion of a run and abort the process
+    folder = tmp_path / "pids"
+    folder.mkdir()
+    out = subprocess.run([sys.executable, "-c", _OWN_CONNECTION, str(folder)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[0] == "disconnected", out.stdout
+    assert out.stdout.splitlines()[1] == "workers stopped: 2", out.stdout + out.stderr[-2000:]

@@ -124,6 +124,27 @@ def test_a_run_s_error_keeps_the_worker_s_traceback_and_a_worker_on_other_source
         Sweep(workers=2).map(abs, [-1, -2])
 
 
+@pytest.mark.xdist_group("ray")
+def test_ctrl_c_in_a_sweep_on_the_caller_s_ray_cancels_its_runs_and_keeps_the_connection(ray_session):
+    class Sleeps:  # local: pickled by value
+        def __call__(self, x):
+            import time  # noqa: PLC0415
+
+            time.sleep(x)
+            return x
+
+    def interrupt(i, value):
+        raise KeyboardInterrupt  # as Ctrl-C does while the driver waits
+
+    import time
+    with pytest.raises(KeyboardInterrupt):
+        Sweep(workers=2).map(Sleeps(), [0, 120, 120], on_result=interrupt)
+    assert ray_session.is_initialized()  # the caller's own connection is left open ...
+    t0 = time.monotonic()
+    assert Sweep(workers=2).map(abs, [-1, -2, -3]) == [1, 2, 3]
+    assert time.monotonic() - t0 < 60  # ... and the two 120 s runs that held both CPUs were cancelled
+
+
 def test_a_local_ray_instance_hands_its_workers_the_directories_this_process_imports_from(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))  # as a script's sys.path.insert(0, ...) for its policy module
     monkeypatch.setenv("PYTHONPATH", "/from/the/environment")

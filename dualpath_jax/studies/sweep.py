@@ -17,8 +17,11 @@ worker's traceback as a note. A run whose worker process dies (killed, out of me
 on another worker, up to :data:`WORKER_RETRIES` times (a run is deterministic, so its result is the
 same); its exceptions are never retried. A run whose worker imported other package sources than
 this process (edited during the sweep, or another version on a cluster's host) is refused: each
-worker reports the sources' fingerprint with every result. An error, Ctrl-C or SIGTERM cancels
-the runs still going.
+worker reports the sources' fingerprint with every result. An error cancels the runs still
+going. Ctrl-C or SIGTERM ends this process's Ray connection when the sweep made it (Ray then
+kills the job's workers), since cancelling runs one by one can race their completion inside Ray
+and abort this process (Ray's check "Tried to complete task that was not pending"); a connection
+the caller made is left open and its runs are cancelled.
 
 :func:`lockstep` runs searches whose next run depends on the last one (the max-APS bisection of
 each seed and variant) side by side: each step's runs of every search form one batch, which can go
@@ -35,7 +38,7 @@ from typing import Any
 import tqdm
 
 from dualpath_jax.config import ConfigError
-from dualpath_jax.raylaunch import ray_module
+from dualpath_jax.raylaunch import disconnect, ray_module
 from dualpath_jax.studies.runstore import code_fingerprint
 
 __all__ = ["Sweep", "lockstep", "WORKER_RETRIES"]
@@ -130,9 +133,10 @@ class Sweep:
                         if on_result is not None:
                             on_result(i, value)
                     bar.update(len(done))
-            except BaseException:  # an error, or Ctrl-C / SIGTERM: the runs still going stop too
-                for ref in pending:
-                    ray.cancel(ref, force=True)
+            except BaseException as e:  # an error, or Ctrl-C / SIGTERM: the runs still going stop too
+                if not (isinstance(e, KeyboardInterrupt) and disconnect()):  # (module docstring)
+                    for ref in pending:
+                        ray.cancel(ref, force=True)
                 raise
             return out
 
