@@ -67,7 +67,7 @@ def ray_module(address: str = "", **local_options):
                              runtime_env={"env_vars": {"PYTHONPATH": _import_path()}}, **local_options)
                 finally:
                     logging.getLogger(_AUTH_LOGGER).removeFilter(notice)
-        _connected[:] = [_connection(ray)]
+        _connected[:] = [_connection(ray)] if ray.is_initialized() else []
         for signum, handler in handlers.items():
             if handler is not None:
                 signal.signal(signum, handler)

@@ -241,6 +241,35 @@ def test_a_read_slower_than_timeout_s_counts_as_failed_and_is_recomputed(model, 
     assert all("did not start within 1.0 s" in r.read_failures[0].detail for r in later)
 
 
+def test_a_store_read_returned_after_the_readers_deadline_counts_as_discarded(model, clean, monkeypatch):
+    # defect: the reader gave up on a block at its deadline but the store, whose reads cannot be cut
+    # short, still delivered it: in the store's read bytes and nowhere else, so bytes_conserved was
+    # False. The store here ignores deadlines (as a backend whose reads always finish would)
+    real, calls, lock, returned = KVStore._read_one, [], threading.Lock(), threading.Event()
+
+    def late_second_read(self, key, layer, deadline):
+        with lock:
+            calls.append(key)
+            n = len(calls)
+        if n == 2:
+            time.sleep(1.2)  # past timeout_s = 1 s
+            out = real(self, key, layer, float("inf"))
+            returned.set()
+            return out
+        if n > 2:  # the run goes on until the late block is back (it is in the run's store bytes)
+            returned.wait(timeout=10)
+        return real(self, key, layer, float("inf"))
+
+    monkeypatch.setattr(KVStore, "_read_one", late_second_read)
+    cfg = ClusterConfig(**{**FAST, "timeout_s": 1.0, "run_timeout_s": 120.0}).for_variant("dualpath")
+    res = _run(model, cfg)
+    assert len(calls) > 2 and returned.is_set()
+    _assert_all_correct(model, res, clean)  # byte conservation included
+    timed_out = [f for r in (*res.requests, *res.failed_attempts) for f in r.read_failures
+                 if f.cause.value == "timeout"]
+    assert timed_out and report.conservation(res)["read_bytes_discarded"] >= model[2].full_block_bytes
+
+
 def test_a_thread_that_dies_ends_the_run_at_once(model, monkeypatch):
     def broken(self):
         raise RuntimeError("bug in the join queue")

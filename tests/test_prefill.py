@@ -252,6 +252,25 @@ def test_config_errors_name_the_field():
         PrefillRequest("r", np.zeros((0,), np.int32))
 
 
+def test_a_block_size_the_pallas_kernels_cannot_tile_is_refused_before_any_work(monkeypatch):
+    # defect: a layout of 8 or 48 tokens per block was accepted, and on a GPU (where "auto" means
+    # Pallas) the first prefill or decode step raised from inside the kernel
+    from dualpath_jax.engine.compute import check_kernel_block_tokens
+    spec = get_spec("tiny-gqa")
+    params = init_params(spec, jax.random.PRNGKey(0))
+    for z in (8, 48):
+        with pytest.raises(ConfigError, match=rf"layout.block_tokens: {z} tokens per block: .*power of two >= 16"):
+            PrefillPath(params, spec, layout_for(spec, block_tokens=z), implementation="pallas")
+        PrefillPath(params, spec, layout_for(spec, block_tokens=z), implementation="reference")  # any size
+        check_kernel_block_tokens(z)  # "auto" on this CPU backend: the reference
+    for z in (16, 64):
+        check_kernel_block_tokens(z, "pallas")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # "auto" on a GPU backend: Pallas
+    with pytest.raises(ConfigError, match="layout.block_tokens: 8 tokens per block"):
+        check_kernel_block_tokens(8)
+    check_kernel_block_tokens(32)
+
+
 # ---- the path itself: what the cluster's PE workers run ------------------------------------------
 def test_path_over_pieced_cache_in_two_chunks_hands_each_layer_on(model):
     """Two requests in one forward, their cached KV delivered as several host pieces (as a PE holds

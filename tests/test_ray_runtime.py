@@ -80,8 +80,12 @@ def test_ray_runs_the_same_requests_as_threads_across_three_processes(tmp_path, 
     # the calls the nodes served: orders, polls, the PE's reservations, hit offers and hand-offs
     calls = ray.actor_calls
     assert threads.actor_calls == {} and {"poll", "command", "reserve", "offer_hits", "receive_batch"} <= set(calls)
-    # every request reserved DE buffer space and was handed off: at least one call each
-    assert calls["reserve"] >= 12 and calls["receive_batch"] >= len(ray.forwards)
+    # every request reserved DE buffer space and was handed off: the PE asks the DE node (at least
+    # one call) for each request whose hit was not read on the DE side, where the DE node's reader
+    # reserves the hand-off's space with the hit's (how many are read there depends on the read
+    # queues as the run goes)
+    assert calls["reserve"] >= sum(r.read_bytes_de == 0 for r in ray.requests) > 0
+    assert calls["receive_batch"] >= len(ray.forwards)
     for res in (threads, ray):
         assert not [r.error for r in res.requests if r.error] and not res.worker_errors and not res.leaks
         assert conservation(res)["bytes_conserved"]

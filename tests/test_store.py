@@ -343,6 +343,58 @@ def test_record_of_another_key_or_layout_is_rejected(store):
     assert store.read(keys[:1])[0].failure.cause is FailureCause.BAD_HEADER
 
 
+def test_a_sound_record_of_another_layer_count_is_a_bad_header_not_a_checksum_mismatch(store):
+    for n_layers in (2, 8):  # the record's own header checksum holds: it is another model's block
+        other = layout_for(SPEC.replace(n_layers=n_layers))
+        assert other.scope != LAYOUT.scope or other.n_layers != LAYOUT.n_layers
+        with KVStore(other, StoreConfig(backend="memory")) as theirs:
+            key = _keys(1)[0]
+            theirs.write([key], _blocks(1, layout=other))
+            store.raw_write(key, theirs.raw_read(key))
+        for layer in (None, 0):
+            failure = store.read([key], layer=layer)[0].failure
+            assert failure.cause is FailureCause.BAD_HEADER, (n_layers, layer, failure)
+            assert f"({n_layers}, " in failure.detail and f"expected ({LAYOUT.n_layers}, " in failure.detail
+    record = bytearray(store.raw_read(key))  # a flipped layer count: the header checksum no longer holds
+    record[12] ^= 0x01
+    store.raw_write(key, bytes(record))
+    assert store.read([key])[0].failure.cause is FailureCause.CHECKSUM_MISMATCH
+
+
+def test_sync_forms_wait_for_all_their_blocks_together_within_timeout_s(tmp_path, monkeypatch):
+    """Six whole-record reads of 0.4 s each, one at a time (io_threads=1), with timeout_s = 1: the
+    call returns after about 1 s, not 2.4 s; the blocks not read by then are TIMEOUT failures, the
+    reads still queued do not start, and a read that ends past the deadline is not delivered (nor
+    counted as read bytes)."""
+    keys, blocks = _keys(6), _blocks(6)
+    cfg = StoreConfig(path=str(tmp_path / "kv"), fsync=False, timeout_s=1.0, io_threads=1)
+    with KVStore(LAYOUT, cfg) as s:
+        s.write(keys, blocks)
+        real, started = os.preadv, []
+
+        def slow_disk(fd, buffers, offset):
+            if offset == 0:
+                started.append(time.monotonic())
+                time.sleep(0.4)
+            return real(fd, buffers, offset)
+
+        monkeypatch.setattr(os, "preadv", slow_disk)
+        t0 = time.monotonic()
+        out = s.read(keys)
+        took = time.monotonic() - t0
+        time.sleep(0.6)  # the read on the disk at the deadline ends
+        assert took < 1.5, took
+        causes = [r.failure.cause.value if r.failure else "ok" for r in out]
+        ok = causes.count("ok")  # two in 0.8 s, on a machine not too busy
+        assert 1 <= ok <= 2 and causes == ["ok"] * ok + ["timeout"] * (6 - ok), causes
+        assert len(started) <= ok + 1  # queued past the deadline: never read
+        stats = s.stats()
+        assert stats.reads_ok == ok and stats.read_bytes == ok * LAYOUT.full_block_bytes
+        assert stats.failures.get("timeout") == 6 - ok  # each late block counted once
+        for r, block in zip(out[:ok], blocks):
+            np.testing.assert_array_equal(r.block, block)
+
+
 def test_write_rejects_wrong_shapes(store):
     with pytest.raises(ValueError, match=r"keys\[1\]: 'x' is not a block key \(32 lowercase hex digits"):
         store.write([_keys(1)[0], "x"], _blocks(2))

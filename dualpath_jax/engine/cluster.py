@@ -49,6 +49,7 @@ import numpy as np
 import tqdm
 
 from dualpath_jax.config import ConfigError
+from dualpath_jax.engine.compute import check_kernel_block_tokens
 from dualpath_jax.engine.config import ClusterConfig
 from dualpath_jax.engine.context import RunContext
 from dualpath_jax.engine.de import DecodeWorker, blocks_needed
@@ -97,8 +98,9 @@ class EngineCluster:
         process's own).
 
     Raises:
-      ConfigError: a buffer/pool cannot hold one Full Block; ``layout`` is not ``spec``'s, or its
-        namespace is not the fingerprint of ``params`` (``engine.prefill.store_layout``).
+      ConfigError: a buffer/pool cannot hold one Full Block; ``layout`` is not ``spec``'s, its
+        namespace is not the fingerprint of ``params`` (``engine.prefill.store_layout``), or its
+        block size does not suit the attention kernels (``engine.compute.check_kernel_block_tokens``).
     """
 
     def __init__(self, config: ClusterConfig, spec: ModelSpec, params: dict, layout: BlockLayout, store: KVStore, *,
@@ -106,6 +108,8 @@ class EngineCluster:
                  scheduler_cls: type = ClusterScheduler, faults: FaultConfig | None = None, runtime=None):
         config.check_layout(layout.full_block_bytes)
         check_store_layout(spec, params, layout)  # the store's keys name these weights: no other model's KV
+        if runtime is None:  # (under ray each node process checks for its own backend as it starts)
+            check_kernel_block_tokens(layout.block_tokens)
         self.faults = faults if faults is not None and faults.enabled else None
         self.runtime = runtime
         self.config, self.spec, self.layout, self.store = config, spec, layout, store

@@ -37,15 +37,36 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dualpath_jax.config import ConfigError
+from dualpath_jax.kernels import check_block_tokens, resolve_implementation
 from dualpath_jax.model.attention import PagedDecodeAttention, PagedPrefillAttention
 from dualpath_jax.model.forward import decoder_layer, embed, forward, forward_with_cache, kv_concat, unembed
 from dualpath_jax.model.spec import ModelSpec
 
-__all__ = ["MIN_BUCKET_TOKENS", "bucket_tokens", "bucket_blocks", "prefill_layer", "last_token_logits",
-           "all_logits", "decode_logits", "decode_step", "set_blocks", "get_block", "top2_gap", "reference_greedy"]
+__all__ = ["MIN_BUCKET_TOKENS", "check_kernel_block_tokens", "bucket_tokens", "bucket_blocks", "prefill_layer",
+           "last_token_logits", "all_logits", "decode_logits", "decode_step", "set_blocks", "get_block", "top2_gap",
+           "reference_greedy"]
 
 MIN_BUCKET_TOKENS = 16
 """Smallest padded query length of a prefill call."""
+
+
+def check_kernel_block_tokens(block_tokens: int, implementation: str = "auto",
+                              field: str = "layout.block_tokens") -> None:
+    """Raise ConfigError naming ``field`` when the attention kernels that ``implementation``
+    resolves to here (``auto``: Pallas on a GPU backend) cannot tile KV blocks of ``block_tokens``
+    tokens: the Pallas kernels need a power of two >= 16, the reference takes any size. An
+    unknown ``implementation`` is left to the kernels' dispatchers, which name it."""
+    try:
+        pallas = resolve_implementation(implementation) == "pallas"
+    except ValueError:
+        return
+    if pallas:
+        try:
+            check_block_tokens("block_tokens", int(block_tokens))
+        except ValueError:
+            raise ConfigError(field, f"{block_tokens} tokens per block: the Pallas attention kernels need a power "
+                                     f"of two >= 16 (implementation='reference' takes any size)") from None
 
 
 def bucket_tokens(n: int) -> int:

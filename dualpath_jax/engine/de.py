@@ -29,7 +29,7 @@ import time
 import jax
 import numpy as np
 
-from dualpath_jax.engine.compute import bucket_blocks, decode_step, get_block, set_blocks
+from dualpath_jax.engine.compute import bucket_blocks, check_kernel_block_tokens, decode_step, get_block, set_blocks
 from dualpath_jax.engine.context import RunContext
 from dualpath_jax.engine.network import TransferFailed
 from dualpath_jax.engine.request import RequestFailed, RequestState
@@ -72,6 +72,7 @@ class DecodeWorker:
     def __init__(self, ctx: RunContext, engine_id: int, device: jax.Device):
         self.ctx, self.engine_id, self.device = ctx, engine_id, device
         cfg, spec, layout = ctx.config, ctx.spec, ctx.layout
+        check_kernel_block_tokens(layout.block_tokens)  # (decode_step's kernels: "auto")
         self.node = ctx.fabric.node_of(engine_id)
         self.params = jax.device_put(ctx.params, device)
         self.num_blocks = cfg.de_hbm_kv_bytes // layout.full_block_bytes

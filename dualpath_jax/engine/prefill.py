@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dualpath_jax.config import ConfigError, check_in
-from dualpath_jax.engine.compute import all_logits, bucket_blocks, bucket_tokens, last_token_logits, prefill_layer
+from dualpath_jax.engine.compute import (all_logits, bucket_blocks, bucket_tokens, check_kernel_block_tokens,
+                                         last_token_logits, prefill_layer)
 from dualpath_jax.engine.network import TransferFailed
 from dualpath_jax.kvcache import BlockLayout, layout_for
 from dualpath_jax.model.fingerprint import weights_fingerprint
@@ -188,8 +189,9 @@ class PrefillPath:
       embed_table: host ``[V, D]`` embedding table (default a host copy of ``params["embed"]``).
 
     Raises:
-      ConfigError: ``layout`` does not match ``spec`` or ``mode`` is unknown (``depth`` and
-        ``timeout_s`` are checked by the loader of each forward).
+      ConfigError: ``layout`` does not match ``spec``, its block size does not suit the kernels
+        ``implementation`` resolves to (:func:`~.compute.check_kernel_block_tokens`), or ``mode`` is
+        unknown (``depth`` and ``timeout_s`` are checked by the loader of each forward).
     """
 
     def __init__(self, params: dict, spec: ModelSpec, layout: BlockLayout, *, device: jax.Device | None = None,
@@ -197,6 +199,7 @@ class PrefillPath:
                  embed_table: np.ndarray | None = None):
         check_in("prefill.mode", mode, ("layerwise", "full"))
         check_layout(spec, layout)
+        check_kernel_block_tokens(layout.block_tokens, implementation)
         self.spec, self.layout, self.mode, self.timeout_s = spec, layout, mode, timeout_s
         self.implementation = implementation
         self.device = device or jax.devices()[0]

@@ -83,7 +83,8 @@ class NodeReader:
     Every job takes its tokens out of ``read_q`` exactly once, whatever happens to it (``oracle``
     jobs never enter it).
     ``bypass_bytes``: bytes read without a link (``oracle``); ``discarded_bytes``: bytes the
-    store returned that were not used (after a failed block, or of an interrupted job).
+    store returned that were not used (after a failed block, of an interrupted job, or of a read
+    that finished after the job gave up on it at its deadline, counted when it finishes).
     """
 
     def __init__(self, ctx, node: int, read_q: ReadQueues, on_done: Callable, on_error: Callable):
@@ -93,8 +94,27 @@ class NodeReader:
         self.name = f"reader{node}"
         self._queue: queue.Queue = queue.Queue()
         self.bypass_bytes = 0
-        self.discarded_bytes = 0
+        self._discarded = 0
+        self._discarded_lock = threading.Lock()  # (late reads are counted from the store's I/O threads)
         self._thread = ctx.thread(self.name, self._run)
+
+    @property
+    def discarded_bytes(self) -> int:
+        with self._discarded_lock:
+            return self._discarded
+
+    def _discard_bytes(self, nbytes: int) -> None:
+        with self._discarded_lock:
+            self._discarded += nbytes
+
+    def _late_read(self, fut: cf.Future) -> None:
+        """Count a read the job stopped waiting for (its deadline passed) once the store returns it."""
+        try:
+            res = fut.result()
+        except Exception:  # noqa: BLE001 - a read that failed returned nothing
+            return
+        if res.ok:
+            self._discard_bytes(res.block.nbytes)
 
     def start(self) -> "NodeReader":
         self._thread.start()
@@ -175,10 +195,11 @@ class NodeReader:
                 except cf.TimeoutError:
                     res = None
                     failures.append(BlockFailure(key, FailureCause.TIMEOUT, "read timed out"))
+                    fut.add_done_callback(self._late_read)  # its bytes, if it still returns them: discarded
                 if res is not None and not res.ok:
                     failures.append(res.failure)
                 elif res is not None and failures:
-                    self.discarded_bytes += res.block.nbytes  # read, but after a bad block: recomputed instead
+                    self._discard_bytes(res.block.nbytes)  # read, but after a bad block: recomputed instead
                 elif res is not None:
                     self.fabric.carry(self.fabric.read_path(self.node), res.block.nbytes, tag=f"read/r{req.rid}")
                     done.carried += not self.fabric.bypass
@@ -201,7 +222,10 @@ class NodeReader:
         for fut in futures:
             try:
                 res = fut.result(timeout=self.timeout_s)
-            except Exception:  # noqa: BLE001 - a read that never completed returned nothing
+            except cf.TimeoutError:
+                fut.add_done_callback(self._late_read)
+                continue
+            except Exception:  # noqa: BLE001 - a read that failed returned nothing
                 continue
             if res.ok:
-                self.discarded_bytes += res.block.nbytes
+                self._discard_bytes(res.block.nbytes)

@@ -229,6 +229,8 @@ class KVStore:
         t0 = time.perf_counter()
         sk = self.storage_key(key)
         try:
+            if time.monotonic() > deadline:  # queued behind other reads past it: not started
+                raise TimeoutError
             if layer is None and self.root is not None:
                 out = self._read_full_file(key)
             elif layer is None:
@@ -244,6 +246,8 @@ class KVStore:
             cause = FailureCause.TRUNCATED if "OUT_OF_RANGE" in msg else FailureCause.UNREADABLE
             out = BlockFailure(key, cause, msg.splitlines()[0][:300])
         dt = time.perf_counter() - t0
+        if not isinstance(out, BlockFailure) and time.monotonic() > deadline:  # (a read that cannot be cut short)
+            out = BlockFailure(key, FailureCause.TIMEOUT, f"read exceeded {self.config.timeout_s} s")
         if isinstance(out, BlockFailure):
             self._count_failure(out)
             return BlockRead(key, None, out, layer, dt)
@@ -363,6 +367,9 @@ class KVStore:
         Raises:
           ValueError: ``layer`` out of range.
         """
+        return self._read_async(keys, layer, time.monotonic() + self.config.timeout_s)
+
+    def _read_async(self, keys: Sequence[str], layer: int | None, deadline: float) -> list[cf.Future]:
         if layer is not None and not 0 <= layer < self.layout.n_layers:
             raise ValueError(f"layer: {layer} out of range [0, {self.layout.n_layers})")
         bad_root = self._root_failure()
@@ -373,20 +380,22 @@ class KVStore:
                 self._count_failure(f)
                 out.append(self._failed_future(BlockRead(k, None, f, layer)))
             return out
-        deadline = time.monotonic() + self.config.timeout_s
         return [self._pool.submit(self._read_one, k, layer, deadline) for k in keys]
 
     def read(self, keys: Sequence[str], *, layer: int | None = None) -> list[BlockRead]:
-        """Read ``keys`` and wait (at most ``config.timeout_s``); see :meth:`read_async`."""
-        futures = self.read_async(keys, layer=layer)
-        return [_wait(f, k, self.config.timeout_s, self._count_failure,
-                      lambda k, fail: BlockRead(k, None, fail, layer)) for f, k in zip(futures, keys)]
+        """Read ``keys`` and wait (at most ``config.timeout_s`` for all of them together); see
+        :meth:`read_async`."""
+        deadline = time.monotonic() + self.config.timeout_s  # (the reads' own: one ending by it is not late)
+        futures = self._read_async(keys, layer, deadline)
+        return [_wait(f, k, deadline, lambda k, fail: BlockRead(k, None, fail, layer)) for f, k in zip(futures, keys)]
 
     # ---- write --------------------------------------------------------------------------------
     def _write_one(self, key: str, block: np.ndarray, deadline: float) -> WriteResult:
         t0 = time.perf_counter()
         record = encode_record(self.layout, key, block)
         try:
+            if time.monotonic() > deadline:  # queued behind other writes past it: not issued
+                raise TimeoutError
             self._kv.write(self.storage_key(key), record).result(timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             fail = BlockFailure(key, FailureCause.TIMEOUT, f"write exceeded {self.config.timeout_s} s")
@@ -412,6 +421,10 @@ class KVStore:
             (``KEY_HEX_CHARS`` lowercase hex digits, as ``kvcache.block_keys`` makes them), or a
             block has the wrong shape.
         """
+        self._check_blocks(keys, blocks)
+        return self._write_async(keys, blocks, time.monotonic() + self.config.timeout_s)
+
+    def _check_blocks(self, keys: Sequence[str], blocks) -> None:
         if len(keys) != len(blocks):
             raise ValueError(f"blocks: got {len(blocks)} blocks for {len(keys)} keys")
         for i, k in enumerate(keys):
@@ -422,14 +435,17 @@ class KVStore:
             if b.dtype != np.uint8 or tuple(b.shape) != self.layout.full_block_shape:
                 raise ValueError(f"blocks[{i}]: expected uint8{list(self.layout.full_block_shape)}, "
                                  f"got {b.dtype}{list(b.shape)}")
-        deadline = time.monotonic() + self.config.timeout_s
+
+    def _write_async(self, keys: Sequence[str], blocks, deadline: float) -> list[cf.Future]:
         return [self._pool.submit(self._write_one, k, np.asarray(b), deadline) for k, b in zip(keys, blocks)]
 
     def write(self, keys: Sequence[str], blocks: Sequence[np.ndarray] | np.ndarray) -> list[WriteResult]:
-        """Write and wait (at most ``config.timeout_s``); see :meth:`write_async`."""
-        futures = self.write_async(keys, blocks)
-        return [_wait(f, k, self.config.timeout_s, self._count_failure, lambda k, fail: WriteResult(k, fail))
-                for f, k in zip(futures, keys)]
+        """Write and wait (at most ``config.timeout_s`` for all of them together); see
+        :meth:`write_async`."""
+        self._check_blocks(keys, blocks)
+        deadline = time.monotonic() + self.config.timeout_s  # (the writes' own)
+        futures = self._write_async(keys, blocks, deadline)
+        return [_wait(f, k, deadline, lambda k, fail: WriteResult(k, fail)) for f, k in zip(futures, keys)]
 
     # ---- lookup / contains / delete -----------------------------------------------------------
     def _present(self, keys: Sequence[str], deadline: float) -> list[bool | BlockFailure]:
@@ -557,10 +573,11 @@ class KVStore:
         self.close()
 
 
-def _wait(fut: cf.Future, key: str, timeout_s: float, count, make):
+def _wait(fut: cf.Future, key: str, deadline: float, make):
+    """``fut``'s result, or ``make(key, failure)`` with a TIMEOUT failure when it has none by
+    ``deadline`` (``time.monotonic()`` seconds; the operation, past the same deadline, ends as a
+    TIMEOUT too and counts it then)."""
     try:
-        return fut.result(timeout=timeout_s)
+        return fut.result(timeout=max(deadline - time.monotonic(), 0.0))
     except cf.TimeoutError:
-        fail = BlockFailure(key, FailureCause.TIMEOUT, f"no result within {timeout_s} s")
-        count(fail)
-        return make(key, fail)
+        return make(key, BlockFailure(key, FailureCause.TIMEOUT, "no result by the operation's deadline"))

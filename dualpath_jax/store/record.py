@@ -165,14 +165,17 @@ def parse_header(layout: BlockLayout, key: str, data) -> RecordHeader | BlockFai
         return BlockFailure(key, FailureCause.TRUNCATED, f"{len(mv)} bytes, header needs {hb}")
     magic, hb_rec, n_layers, z, bt, payload, scope, rkey = _FIXED.unpack_from(mv, 0)
     version = _VERSIONS[magic]
-    n_crc = _FIXED.size + 4 * layout.n_layers
-    if n_layers != layout.n_layers or hb_rec != hb:
-        crc_ok = False
+    n_crc = _FIXED.size + 4 * n_layers  # (the record's own layer count: where its header CRC is)
+    if n_crc + 4 > len(mv):
+        crc_ok = False  # (a layer count too large for the bytes at hand: a damaged header)
     else:
         (stored,) = struct.unpack_from("<I", mv, n_crc)
         crc_ok = _CHECKSUMS[version](mv[:n_crc]) == stored
     if not crc_ok:
         return BlockFailure(key, FailureCause.CHECKSUM_MISMATCH, f"header CRC mismatch (format v{version})")
+    if n_layers != layout.n_layers or hb_rec != hb:  # a sound header of another layout
+        return BlockFailure(key, FailureCause.BAD_HEADER, f"header (L, header bytes) = ({n_layers}, {hb_rec}), "
+                            f"expected ({layout.n_layers}, {hb})")
     if any(mv[n_crc + 4:hb]):  # the padding is written as zeros: a flipped byte there is caught too
         return BlockFailure(key, FailureCause.BAD_HEADER, "nonzero bytes in the header padding")
     expect = (layout.block_tokens, layout.bytes_per_token_per_layer, layout.full_block_bytes, layout.scope, key)
