@@ -125,20 +125,29 @@ def test_a_run_s_error_keeps_the_worker_s_traceback_and_a_worker_on_other_source
 
 
 @pytest.mark.xdist_group("ray")
-def test_ctrl_c_in_a_sweep_on_the_caller_s_ray_cancels_its_runs_and_keeps_the_connection(ray_session):
+def test_ctrl_c_in_a_sweep_on_the_caller_s_ray_cancels_its_runs_and_keeps_the_connection(ray_session, tmp_path):
     class Sleeps:  # local: pickled by value
+        def __init__(self, folder):
+            self.folder = str(folder)
+
         def __call__(self, x):
+            import os  # noqa: PLC0415
             import time  # noqa: PLC0415
 
+            open(os.path.join(self.folder, str(os.getpid())), "w").close()
             time.sleep(x)
             return x
 
-    def interrupt(i, value):
-        raise KeyboardInterrupt  # as Ctrl-C does while the driver waits
+    def interrupt_when_both_run():  # Ctrl-C while the driver waits, once both runs hold a CPU
+        while len(os.listdir(tmp_path)) < 2:
+            time.sleep(0.05)
+        _thread.interrupt_main()
 
+    import _thread
     import time
+    threading.Thread(target=interrupt_when_both_run, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
-        Sweep(workers=2).map(Sleeps(), [0, 120, 120], on_result=interrupt)
+        Sweep(workers=2).map(Sleeps(tmp_path), [120, 120])
     assert ray_session.is_initialized()  # the caller's own connection is left open ...
     t0 = time.monotonic()
     assert Sweep(workers=2).map(abs, [-1, -2, -3]) == [1, 2, 3]

@@ -346,6 +346,41 @@ def test_a_sub_agent_starts_at_its_launch_after_its_conversation_s_first_request
     assert shifted[0].start_offset_s == 1000.0 and shifted[1].start_offset_s == 1006.0
 
 
+def test_a_sub_agent_launched_before_its_conversation_s_first_kept_request_never_starts_before_it(tmp_path):
+    # defect: the conversation's own requests before t = 7 were recorded with in = 0 (left out), so
+    # its first kept request (t = 9) came after the sub-agent's launch (t = 6): the sub-agent got a
+    # negative offset, an arrival before its conversation's (and a negative start offline)
+    from dualpath_jax.sim.runs import offline_starts, online_starts
+
+    def blank_first_two(d):
+        for r in d["requests"][:2]:
+            r["in"], r["hash_ids"] = 0, []
+    with pytest.warns(Warning, match="recorded with no input tokens left out"):
+        trajs = load_agentic_trace(mutate(tmp_path / "a.json.gz", blank_first_two))
+    assert [t.start_offset_s for t in trajs] == [9.0, 6.0]
+    ts = _set(trajs)
+    np.testing.assert_allclose(trajectory_start_times_s(ts, [50.0]), [53.0, 50.0])  # recorded order kept
+    np.testing.assert_allclose(trajectory_start_times_s(ts, [50.0], 0.0), [50.0, 50.0])
+    np.testing.assert_allclose(offline_starts(ts, recorded_offsets=True), [3.0, 0.0])
+    arrival = online_starts(ts, 1.0, 0)[0]
+    np.testing.assert_allclose(online_starts(ts, 1.0, 0, recorded_offsets=True), [arrival + 3.0, arrival])
+
+
+def test_a_sub_agent_named_as_an_earlier_file_s_conversation_gets_a_name_of_its_own(tmp_path):
+    # defect: a.json.gz's conversation "x/agent_001" and b.json.gz's sub-agent agent_001 of "x" had
+    # the same name, so the starts' and the tables' name lookups could take one for the other
+    (tmp_path / "a.json.gz").write_bytes(gzip.compress(json.dumps(
+        {"id": "x/agent_001", "requests": [req(0.0, 128, 5, [1, 2])]}).encode()))
+    (tmp_path / "b.json.gz").write_bytes(gzip.compress(json.dumps(
+        {"id": "x", "requests": [req(0.0, 128, 5, [1, 2]), {"t": 50.0, "type": "subagent", "agent_id": "agent_001",
+         "requests": [req(0.0, 128, 5, [3, 4]), {"t": 7.0, "type": "subagent", "agent_id": "inner",
+                                                  "requests": [req(0.0, 64, 5, [9])]}]}]}).encode()))
+    ts = load_agentic_traces(tmp_path)
+    assert list(zip(ts.agent_ids, ts.parent_ids)) == [
+        ("x/agent_001", None), ("x", None), ("x/agent_001~2", "x"), ("x/agent_001~2/inner", "x/agent_001~2")]
+    np.testing.assert_allclose(trajectory_start_times_s(ts, [0.0, 10.0]), [0.0, 10.0, 60.0, 67.0])
+
+
 def _set(trajs):
     from dualpath_jax.workload import TrajectorySet
     return TrajectorySet.from_trajectories(trajs)

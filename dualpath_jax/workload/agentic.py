@@ -27,10 +27,11 @@ Mapping to :class:`~dualpath_jax.workload.trajectory.Trajectory` (one per conver
   launched together) and share no cached prefix with the parent's requests (their prompts start
   from their own system prompt); hits stay within a trajectory (paper A.4). ``"drop"`` ignores
   them.
-* Names are unique within a load: a sub-agent whose name repeats a sibling's gets ``~2``, ``~3``
-  appended, and a file whose ``id`` (or, without one, its name less ``.json.gz``/``.json``)
-  repeats an earlier file's of the same load is named ``"<id>@<file name>"``, so that its
-  trajectories, their parents and (``hash_id_scope: "local"``) their token scope stay its own.
+* Names are unique within a load: a sub-agent whose name repeats a sibling's (or any name of an
+  earlier file of the load) gets ``~2``, ``~3`` appended, and a file whose ``id`` (or, without
+  one, its name less ``.json.gz``/``.json``) repeats an earlier file's name of the same load is
+  named ``"<id>@<file name>"``, so that its trajectories, their parents and (``hash_id_scope:
+  "local"``) their token scope stay its own.
 * ``token_scope="trace"`` (default): every trajectory of a file uses the trace id as its token
   scope, as the file's hash ids are scoped to the conversation (sibling sub-agents share a
   system prompt, hence identical tokens, and an engine with one global prefix cache can find
@@ -211,8 +212,9 @@ def _hash_array(ctx: _Ctx, where: str, value, in_tokens: int, block_size: int) -
 def _walk(ctx: _Ctx, requests, where_prefix: str, agent_id: str, parent_id: str | None,
           clock_s: float, block_size: int, scope: str, subagents: str, out: list, names: set) -> None:
     """Append the trajectory of one request list (then its sub-agents') to ``out``; ``names``
-    holds the file's names so far (a sibling's repeated name gets ``~2``, ``~3``); ``clock_s``:
-    the conversation's time at this list's ``t = 0`` (a sub-agent's ``t`` count from its launch)."""
+    holds the names taken so far (the load's and this file's: a repeat gets ``~2``, ``~3``);
+    ``clock_s``: the conversation's time at this list's ``t = 0`` (a sub-agent's ``t`` count from
+    its launch)."""
     if not isinstance(requests, list) or not requests:
         ctx.fail(where_prefix.rstrip(".") or "(top level)", "requests", "must be a non-empty list",
                  None if isinstance(requests, list) else type(requests).__name__)
@@ -332,7 +334,7 @@ def load_agentic_trace(path, *, subagents: Literal["separate", "drop"] = "separa
     out: list[Trajectory] = []
     try:
         _walk(ctx, ctx.require(doc, "(top level)", "requests"), "", trace_id, None, 0.0, block_size,
-              scope if token_scope == "trace" else "", subagents, out, {trace_id})
+              scope if token_scope == "trace" else "", subagents, out, {trace_id, *(taken or ())})
     except RecursionError:
         raise TraceFormatError(path, "", "", f"sub-agents nested too deeply (Python's recursion limit, "
                                f"{sys.getrecursionlimit()}, ends the walk)") from None

@@ -69,11 +69,18 @@ def trajectory_start_times_s(ts: TrajectorySet, agent_arrivals_s: np.ndarray,
                              subagent_offset_scale: float = 1.0) -> np.ndarray:
     """f64[A] start time of every trajectory of ``ts``.
 
+    A conversation (a root trajectory and its sub-agents) starts at its arrival, its trajectories
+    at their recorded offsets from the earliest of them: the root's first round, unless a sub-agent
+    was launched before it (the conversation's earlier requests left out, e.g. recorded with
+    ``in = 0``), whose lead then delays the root, so that no trajectory starts before its
+    conversation arrives.
+
     Args:
-      agent_arrivals_s: f64[A'] arrival of each root trajectory (see :func:`root_indices`).
-      subagent_offset_scale: multiplies a sub-agent's launch offset from its root (1 keeps the
-        trace's wall-clock offset; 0 starts sub-agents with their root, e.g. for zero-think-time
-        replays whose clock no longer matches the trace's).
+      agent_arrivals_s: f64[A'] arrival of each root trajectory's conversation (see
+        :func:`root_indices`).
+      subagent_offset_scale: multiplies those offsets (1 keeps the trace's wall-clock offsets; 0
+        starts sub-agents with their root, e.g. for zero-think-time replays whose clock no longer
+        matches the trace's).
     Raises:
       ValueError: wrong number of arrivals, or a parent id missing from the set.
     """
@@ -83,16 +90,17 @@ def trajectory_start_times_s(ts: TrajectorySet, agent_arrivals_s: np.ndarray,
         raise ValueError(f"agent_arrivals_s: {arrivals.shape[0] if arrivals.ndim else 0} arrivals for "
                          f"{len(roots)} root trajectories")
     index = {a: k for k, a in enumerate(ts.agent_ids)}
-    start = np.full(len(ts), np.nan)
-    start[roots] = arrivals
-    for k, parent in enumerate(ts.parent_ids):
-        if parent is None:
-            continue
+    root_of = np.empty(len(ts), dtype=np.int64)
+    for k in range(len(ts)):
         root = k
         while ts.parent_ids[root] is not None:
             if ts.parent_ids[root] not in index:
                 raise ValueError(f"{ts.agent_ids[root]}: parent {ts.parent_ids[root]!r} is not in the set")
             root = index[ts.parent_ids[root]]
-        offset = ts.start_offset_s[k] - ts.start_offset_s[root]
-        start[k] = start[root] + subagent_offset_scale * offset
-    return start
+        root_of[k] = root
+    offsets = np.asarray(ts.start_offset_s, dtype=np.float64)
+    earliest = offsets.copy()  # per root: the earliest offset of its conversation
+    np.minimum.at(earliest, root_of, offsets)
+    arrival = np.full(len(ts), np.nan)
+    arrival[roots] = arrivals
+    return arrival[root_of] + subagent_offset_scale * (offsets - earliest[root_of])
