@@ -237,3 +237,21 @@ def test_own_hook_placing_on_a_lost_engine_is_a_policy_error():
     with pytest.raises(PolicyError, match=r"OnLost.select_pe: placed request 0 on engine 0, not one of the "
                                           r"group's live engines \[1\]"):
         s.fetch_pe(0, [lost(0, 0), EngineLoad(1, 0)], {0: 0})
+
+
+class Overcommits(ClusterScheduler):
+    """A faulty policy: puts every waiting request on the group's first DE, whatever its free HBM."""
+
+    def select_de(self, group_id, waiting, loads):
+        return [Assignment(r, loads[0].engine_id, "de") for r in waiting]
+
+
+def test_own_hook_placing_more_than_a_des_free_hbm_is_a_policy_error():
+    s = Overcommits(SchedulerConfig(), {0: [0]}, {1: [1, 2]})
+    to_de_stage(s, 2, hbm=100)
+    with pytest.raises(PolicyError, match=r"Overcommits.select_de: placed request 1 \(100 B of HBM\) on engine 1, "
+                                          r"which has 50 B free after the placements before it"):
+        s.fetch_de(1, [EngineLoad(1, 1, 0, 0, 150.0), EngineLoad(2, 1, 0, 0, 1e9)])
+    ok = Overcommits(SchedulerConfig(), {0: [0]}, {1: [1, 2]})  # both fit: accepted
+    to_de_stage(ok, 2, hbm=100)
+    assert pairs(ok.fetch_de(1, [EngineLoad(1, 1, 0, 0, 200.0), EngineLoad(2, 1, 0, 0, 0.0)])) == [(0, 1), (1, 1)]

@@ -315,8 +315,9 @@ class ClusterScheduler:
 
         Raises:
           KeyError: ``group_id`` is not a DE group.
-          PolicyError: (a ``ValueError``) ``select_de`` placed a request that was not queued, or on an
-            engine outside the group or lost.
+          PolicyError: (a ``ValueError``) ``select_de`` placed a request that was not queued, on an
+            engine outside the group or lost, or on an engine with less free HBM than its
+            placements there need.
         """
         if group_id not in self.de_groups:
             raise KeyError(f"group_id: {group_id} is not a DE group")
@@ -334,7 +335,10 @@ class ClusterScheduler:
         if not out:
             return []
         if self._own_select_de or self._round_robin:  # round robin's may skip a request blocked on HBM
-            _take(private, out, self._live(self.de_groups[group_id]), f"{type(self).__name__}.select_de")
+            who = f"{type(self).__name__}.select_de"
+            _take(private, out, self._live(self.de_groups[group_id]), who)
+            if self._own_select_de:
+                _check_hbm(out, loads, who)
         else:
             for _ in out:
                 private.popleft()
@@ -487,6 +491,19 @@ class ClusterScheduler:
         """Requests not yet placed: ``{"pe": ..., "de": ...}`` (O(1))."""
         return {"pe": len(self._pe_queue) + self._n_pending_pe,
                 "de": len(self._de_queue) + self._n_pending_de}
+
+
+def _check_hbm(out: Sequence[Assignment], loads: Sequence[EngineLoad], who: str) -> None:
+    """Raise PolicyError (a ``ValueError``) when the placements of ``out`` on one engine need more
+    HBM (``hbm_bytes``) than its load has free (``free_hbm_bytes``), counted in ``out``'s order."""
+    free: dict[int, float] = {e.engine_id: e.free_hbm_bytes for e in loads}
+    for a in out:
+        left = free[a.engine_id] - a.request.hbm_bytes
+        if left < 0:
+            raise PolicyError(f"{who}: placed request {a.request.request_id} ({a.request.hbm_bytes} B of HBM) on "
+                              f"engine {a.engine_id}, which has {free[a.engine_id]:.6g} B free after the placements "
+                              f"before it")
+        free[a.engine_id] = left
 
 
 def _take(queue: collections.deque, out: Sequence[Assignment], engines: Sequence[int], who: str) -> None:
