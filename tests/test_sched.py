@@ -108,6 +108,9 @@ def test_de_phase1_min_group_total_with_updates():
     assert [r.request_id for r in additions[11]] == [1, 2]
     assert [r.request_id for r in additions[10]] == [3]
     assert totals == {10: 250, 11: 200}
+    assert de_phase1([], {}) == ({}, {})
+    with pytest.raises(ValueError, match="group_tok: no DE group to distribute 1 request"):
+        de_phase1([req(1, 100, 0)], {})  # (was an IndexError)
 
 
 def test_de_balance_target_uses_hbm_fitting_prefix():
@@ -213,6 +216,9 @@ def test_form_batch_progress_and_kv_limits():
     assert batch == [BatchItem(1, 50, 10)]  # 60 used; r2's 50 cached + 1 > 40 left: no chunk
     batch = form_batch([BatchItem(1, 50, 10), BatchItem(2, 10, 50)], 100.0, MODEL, max_kv_tokens=100)
     assert batch == [BatchItem(1, 50, 10), BatchItem(2, 10, 30)]  # 60 + 10 + 30 = 100
+    # an item with nothing left to compute: refused, not a 1-token chunk of a token it does not have
+    with pytest.raises(ValueError, match="request 7: remaining=0 tokens"):
+        form_batch([BatchItem(7, 100, 0)], 1.0, MODEL)
 
 
 class _Guessing:

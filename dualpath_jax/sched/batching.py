@@ -122,7 +122,7 @@ def form_batch(fifo: Iterable[BatchItem], quota_s: float, model: TimeModel, *,
 
     Raises:
       ValueError: the head request's cached KV plus one new token exceeds ``max_kv_tokens`` (it can
-        never run).
+        never run), or an item reached has no token left to compute (``remaining`` < 1).
     """
     batch: list[BatchItem] = []
     used_s, used_kv = 0.0, 0.0
@@ -130,13 +130,15 @@ def form_batch(fifo: Iterable[BatchItem], quota_s: float, model: TimeModel, *,
     time_s = model.time_s
     for item in fifo:
         cached, remaining = item.cached, item.remaining
-        if remaining > 0:
-            t = time_s(cached, remaining)
-            if used_s + t <= quota_s and used_kv + cached + remaining <= max_kv_tokens:
-                batch.append(item)
-                used_s += t
-                used_kv += cached + remaining
-                continue
+        if remaining < 1:  # (a chunk of it would compute a token it does not have)
+            raise ValueError(f"request {item.request_id}: remaining={remaining} tokens: a queued request has at "
+                             f"least one token left to compute")
+        t = time_s(cached, remaining)
+        if used_s + t <= quota_s and used_kv + cached + remaining <= max_kv_tokens:
+            batch.append(item)
+            used_s += t
+            used_kv += cached + remaining
+            continue
 
         def fits(bsz: int) -> bool:
             return used_s + time_s(cached, bsz) <= quota_s and used_kv + cached + bsz <= max_kv_tokens

@@ -46,7 +46,12 @@ def de_phase1(queue: Sequence[SchedRequest], group_tok: Mapping[int, float]
     Returns:
       ``(additions, totals)``: group id -> requests appended to its private queue (in order; only
       groups that received requests appear), and the updated totals.
+
+    Raises:
+      ValueError: ``queue`` holds requests and ``group_tok`` no group.
     """
+    if queue and not group_tok:
+        raise ValueError(f"group_tok: no DE group to distribute {len(queue)} request(s) over")
     totals = dict(group_tok)
     additions: dict[int, list[SchedRequest]] = {}
     heap = [(t, g) for g, t in totals.items()]  # min total first, ties on the lower group id
