@@ -133,6 +133,40 @@ def test_an_offline_trace_study_runs_once_and_reports_one_seed_not_a_zero_width_
     assert md.splitlines()[0].endswith("(1 seed)") and "±" not in md
 
 
+def test_table3_on_a_trace_runs_its_offline_cases_once_and_its_online_cases_per_seed(tmp_path):
+    # defect: Table 3 ran its offline cases once per seed on a trace too, and reported R copies of
+    # one deterministic JCT as "1.397 +- 0" over R seeds; its online cases do differ by seed
+    # (Poisson arrivals), so they keep their R runs and their intervals
+    import json as json_
+
+    from dualpath_jax.studies import RunCache
+    path = tmp_path / "m.jsonl"
+    rows = [{"timestamp": 100 * i, "input_length": 1100 + 10 * i, "output_length": 8, "hash_ids": [i, i + 1, i + 2]}
+            for i in range(40)]
+    path.write_text("".join(json_.dumps(r) + "\n" for r in rows))
+    config = load_config("table3")
+    config.seeds = 2
+    config.workload.source, config.workload.path, config.workload.mal = "mooncake", str(path), "32K"
+    study = from_config_dict(config)
+    cache = RunCache()
+    named = run_study(study, tmp_path / "w", log=lambda s: None, cache=cache)
+    offline = sum(key[0] == "offline" for key, _ in cache.items())
+    online = sum(key[0] == "online" for key, _ in cache.items())
+    assert offline == len(study.offline_cases) * len(study.variants)  # once each
+    assert online == 2 * len(study.online_cases) * len(study.variants)  # per seed
+    cluster, n = study.offline_cases[0]
+    for v in study.variants:
+        assert math.isfinite(named[f"jct_s_{cluster}_{n}_{v}"]) and math.isnan(named[f"jct_s_{cluster}_{n}_{v}_ci95"])
+        assert math.isnan(named[f"jct_ratio_large_over_small_{v}_ci95"])
+        c, aps, _ = study.online_cases[0]
+        assert math.isfinite(named[f"ttft_s_{c}_{aps:g}aps_{v}_ci95"])  # two seeds: an interval
+    md = (tmp_path / "w" / "table3.md").read_text()
+    assert md.splitlines()[0].endswith("offline rows: 1 run of the trace) (mean ± 95% CI over 2 seeds)")
+    saved = json_.loads((tmp_path / "w" / "table3.json").read_text())
+    assert (saved["seeds"], saved["offline_seeds"]) == (2, 1)
+    assert {r["mode"]: r["seeds"] for r in saved["rows"]} == {"offline": 1, "online": 2}
+
+
 def test_fig7_max_is_the_cell_with_the_highest_mean_speedup(tmp_path):
     config = load_config("fig7")
     config.seeds = 2

@@ -45,7 +45,8 @@ from dualpath_jax.studies.config import (OnlineRow, OnlineStudyConfig, Table3Stu
                                          WorkingSetStudyConfig)
 from dualpath_jax.studies.plots import plot_panels, plot_stacked
 from dualpath_jax.studies.runs import TTFT_COMPONENTS, Log, RunCache, offline_runs, online_runs, ratio
-from dualpath_jax.studies.seeds import CI_SUFFIX, aggregate, arrival_seeds, caption, put, seed_workloads
+from dualpath_jax.studies.seeds import (CI_SUFFIX, aggregate, arrival_seeds, caption, offline_seeds, put,
+                                        seed_workloads)
 from dualpath_jax.studies.seeds import write_table as write_seed_table
 from dualpath_jax.studies.sweep import lockstep
 
@@ -367,9 +368,10 @@ def table3(config: Table3StudyConfig, workdir: Path, log: Log = print, *, cache:
     workdir = Path(workdir)
     cache = RunCache() if cache is None else cache
     seeds = int(config.seeds)
+    off_seeds = offline_seeds(config.workload, seeds)  # (a trace: one offline run, :mod:`.seeds`)
     wls, arr = _seeds(config)
     per_seed = []
-    keys = [(cluster, int(n), v, r) for r in range(seeds) for cluster, n in config.offline_cases
+    keys = [(cluster, int(n), v, r) for r in range(off_seeds) for cluster, n in config.offline_cases
             for v in config.variants]
     offline = offline_runs([with_cluster(config.sim, c, "offline_cases") for c, _, _, _ in keys],
                            [(v, wls[r].replace(num_agents=n)) for _, n, v, r in keys], log,
@@ -395,9 +397,12 @@ def table3(config: Table3StudyConfig, workdir: Path, log: Log = print, *, cache:
                          "variant": v, "seed": wls[r].seed, "arrival_seed": arr[r], "jct_s": None,
                          "ttft_mean_s": s["ttft_mean_s"], "ttst_mean_s": s["ttst_mean_s"],
                          "tpot_ms": s["tpot_mean_s"] * 1e3, "wall_s": s["wall_s"]})
-    rows = aggregate(per_seed, ("mode", "cluster", "gpus", "agents", "aps", "variant"), drop=("seed", "arrival_seed"))
+    mixed = off_seeds != seeds  # then each row says over how many seeds it is
+    rows = aggregate(per_seed, ("mode", "cluster", "gpus", "agents", "aps", "variant"), drop=("seed", "arrival_seed"),
+                     count=mixed)
+    runs_note = f"; offline rows: {off_seeds} run of the trace" if mixed else ""
     write_seed_table(workdir / "table3", rows, seeds=seeds, title=f"Table 3: scale-out ({config.sim.model}, "
-                     f"{config.workload.label}; simulated)")
+                     f"{config.workload.label}; simulated{runs_note})")
     off = [r for r in rows if r["mode"] == "offline"]
     on = [r for r in rows if r["mode"] == "online"]
     panels = []
@@ -416,8 +421,9 @@ def table3(config: Table3StudyConfig, workdir: Path, log: Log = print, *, cache:
                                "TTST (s)": [r["ttst_mean_s" + CI_SUFFIX] for r in mine_on],
                                "TPOT (s)": [r["tpot_ms" + CI_SUFFIX] / 1e3 for r in mine_on]},
                        "xlabel": "GPUs", "ylabel": "s", "logx": True})
-    plot_panels(workdir / "table3.png", panels, ncols=2, title=f"Scale-out (Table 3)\n{caption(seeds)}")
-    writers.write_json(workdir / "table3.json", {"rows": rows, "runs": per_seed, "seeds": seeds})
+    plot_panels(workdir / "table3.png", panels, ncols=2, title=f"Scale-out (Table 3)\n{caption(seeds)}{runs_note}")
+    writers.write_json(workdir / "table3.json", {"rows": rows, "runs": per_seed, "seeds": seeds,
+                                                 "offline_seeds": off_seeds})
     named: dict = {}
     cases = list(dict.fromkeys((c, int(n)) for c, n in config.offline_cases))
     for v in config.variants:
@@ -427,7 +433,7 @@ def table3(config: Table3StudyConfig, workdir: Path, log: Log = print, *, cache:
         if len(cases) >= 2:
             put(named, f"jct_ratio_large_over_small_{v}", [ratio(_offline_jct(keys, offline, cases[-1], v, r),
                                                                  _offline_jct(keys, offline, cases[0], v, r))
-                                                           for r in range(seeds)])
+                                                           for r in range(off_seeds)])
         for cluster, aps, n in dict.fromkeys((c, float(a), int(n)) for c, a, n in config.online_cases):
             mine = [run.stats for (c, a, k, x, _), run in zip(okeys, online) if (c, a, k, x) == (cluster, aps, n, v)]
             tag = f"{cluster}_{aps:g}aps_{v}"
