@@ -65,9 +65,13 @@ def test_ctrl_c_stops_every_study_of_reproduce_paper(tmp_path):
 
 
 _OWN_CONNECTION = """
-import _thread, os, sys, threading, time
+import _thread, os, signal, sys, threading, time
 import ray
 from dualpath_jax.studies.sweep import Sweep
+
+# a child inherits ignored signals (a test run started in the background by a non-interactive shell
+# ignores SIGINT), and then interrupt_main does nothing
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 class Sleeps:  # pickled by value (defined in __main__)
     def __init__(self, folder):
