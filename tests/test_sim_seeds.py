@@ -281,6 +281,10 @@ def test_unbracketed_searches_give_bounds_not_point_values_or_partial_means(tmp_
     lines = []
     named = online_mod.online(from_config_dict(config), tmp_path, log=lines.append)
     assert named["max_aps_ds27b_dualpath"] == 2.0 and named["aps_gain_ds27b_dualpath_vs_basic"] == 2.0
+    # each max APS lies between its passing and its failing rate: Basic in [1, 2), DualPath in [2, 4)
+    assert (named["aps_gain_ds27b_dualpath_vs_basic_search_lo"], named["aps_gain_ds27b_dualpath_vs_basic_search_hi"]) \
+        == (2.0 / 2.0, 4.0 / 1.0)
+    assert "mean_aps_gain_dualpath_vs_basic_search_lo" not in named  # (no exact mean)
     assert "max_aps_ds660b_dualpath" not in named and named["max_aps_ds660b_dualpath_at_least"] == 33.0
     assert math.isnan(named["mean_aps_gain_dualpath_vs_basic"])  # not ds27b's 2 alone
     assert any("not every row's gain is exact" in x for x in lines)
@@ -289,6 +293,15 @@ def test_unbracketed_searches_give_bounds_not_point_values_or_partial_means(tmp_
     assert rows[("ds660b", "dualpath")]["gain_vs_basic"] is None  # (NaN in JSON): seed 1 has no exact gain
     claim = [r for r in claims_rows({"online": named}) if r["source"] == "online: mean_aps_gain_dualpath_vs_basic"]
     assert claim[0]["note"].endswith("models run: ds27b, ds660b")
+    # every search bracketed: the mean gain, and the range its searches leave it in (ds660b: Basic in
+    # [1, 2), DualPath in [3, 6): 1.5 to 6; with ds27b's 1 to 4, 1.25 to 5 on average)
+    outcome[("ds660b", "dualpath")] = (3.0, True)
+    named = online_mod.online(from_config_dict(config), tmp_path / "exact", log=lines.append)
+    assert named["mean_aps_gain_dualpath_vs_basic"] == 2.5
+    assert (named["mean_aps_gain_dualpath_vs_basic_search_lo"], named["mean_aps_gain_dualpath_vs_basic_search_hi"]) \
+        == (1.25, 5.0)
+    claim = [r for r in claims_rows({"online": named}) if r["source"] == "online: mean_aps_gain_dualpath_vs_basic"]
+    assert claim[0]["note"].endswith("the searches' rates leave it between 1.25 and 5")
 
 
 def test_a_gain_lower_bound_divides_by_the_denominators_lowest_failing_rate():

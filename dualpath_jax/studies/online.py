@@ -76,6 +76,15 @@ def _lowest_failing(res) -> float:
     return min(t.aps for t in res.trials if not t.meets_slo and t.aps > res.aps)
 
 
+def _ratio_range(found: dict, row: str, num: str, den: str, seeds: int) -> tuple[list[float], list[float]]:
+    """Per seed, the lowest and highest ratio of the max APS of ``num`` over ``den`` consistent with
+    their bracketed searches: ``num``'s passing rate over ``den``'s lowest failing one, and
+    ``num``'s lowest failing rate over ``den``'s passing one (NaN where that is 0)."""
+    lo = [ratio(found[(row, num, r)].aps, _lowest_failing(found[(row, den, r)])) for r in range(seeds)]
+    hi = [ratio(_lowest_failing(found[(row, num, r)]), found[(row, den, r)].aps) for r in range(seeds)]
+    return lo, hi
+
+
 def _seeds(config) -> tuple[list, list[int]]:
     """The workload and the arrival seed of each of ``config.seeds`` seeds (:mod:`.seeds`)."""
     return seed_workloads(config.workload, config.seeds), arrival_seeds(config.arrival_seed, config.seeds)
@@ -106,7 +115,10 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
     ``..._at_least`` where some seed's search never failed: a lower bound), DualPath's gain over
     Basic and its ratio to Oracle (each taken within a seed), their mean over the rows
     (``mean_aps_gain_dualpath_vs_basic``: NaN unless every row's gain is exact), and the number of
-    unbracketed searches over all seeds."""
+    unbracketed searches over all seeds. Each exact ratio also gets ``<name>_search_lo`` /
+    ``_search_hi``: the mean over seeds of the range the two searches leave it in (each max APS
+    lies between its highest passing and lowest failing rate), the resolution of a figure whose
+    spread over seeds may be 0 only because every seed's searches tried the same rates."""
     workdir = Path(workdir)
     cache = RunCache() if cache is None else cache
     slo, search = config.slo, config.search
@@ -212,6 +224,7 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
                                                   "seeds": seeds})
     named: dict = {}
     gains: dict[str, list[float]] = {}
+    ranges: dict[str, tuple[list[float], list[float]]] = {}  # row -> per-seed (lowest, highest) gain
     gain_rows = []  # the rows where both DualPath and Basic were searched
     for row in (rc.key for rc in config.rows):
         for v in config.variants:
@@ -231,8 +244,11 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
             # a search that never failed gives a lower bound: a ratio is exact only when both ends are bracketed
             if num_ok and den_ok:
                 put(named, key, values)
+                lo, hi = _ratio_range(found, row, num, den, seeds)
+                named[f"{key}_search_lo"], named[f"{key}_search_hi"] = float(np.mean(lo)), float(np.mean(hi))
                 if den == "basic":
                     gains[row] = values
+                    ranges[row] = (lo, hi)
             elif den_ok:  # a numerator unbracketed in some seed: a lower bound, over the denominator's
                 # lowest failing rate (its capacity lies below it), not its highest passing one
                 put(named, f"{key}_at_least", [ratio(found[(row, num, r)].aps, _lowest_failing(found[(row, den, r)]))
@@ -247,6 +263,10 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
             f"{', '.join(gains) or 'none'} of {', '.join(gain_rows)})")
     put(named, "mean_aps_gain_dualpath_vs_basic",
         [float(np.mean([gains[row][r] for row in gain_rows])) if exact_rows else float("nan") for r in range(seeds)])
+    if exact_rows:  # (a mean over rows and seeds of each seed's range)
+        for end, i in (("lo", 0), ("hi", 1)):
+            per_row = [ranges[row][i] for row in gain_rows]
+            named[f"mean_aps_gain_dualpath_vs_basic_search_{end}"] = float(np.mean(per_row))
     named["unbracketed_searches"] = sum(1 for res in found.values() if not res.bracketed)
     # bracketed, but search.max_runs ran out before search.rel_tol: the max APS is only known to its bracket
     named["unresolved_searches"] = sum(1 for res in found.values() if res.bracketed and not res.resolved)

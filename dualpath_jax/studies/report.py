@@ -221,7 +221,8 @@ def calibration_markdown() -> str:
 def claims_rows(named: Mapping[str, Mapping], seeds: Mapping[str, int] | None = None) -> list[dict]:
     """One row per :data:`PAPER_CLAIMS` entry: claim, paper, simulated (blank if the study did not
     run; ``mean ± 95% half width`` over the study's seeds when its figures carry ``_ci95``), source,
-    a note on bounds (unbracketed max-APS searches, over every seed's search) and the seeds
+    a note on bounds (unbracketed max-APS searches, over every seed's search; the range a bracketed
+    gain's searches leave it in) and the seeds
     (``seeds``: study -> R; blank if not given)."""
     seeds = seeds or {}
     rows = []
@@ -237,6 +238,9 @@ def claims_rows(named: Mapping[str, Mapping], seeds: Mapping[str, int] | None = 
             models = [k[len("max_aps_"):].removesuffix("_at_least")[:-len("_basic")] for k in values
                       if k.startswith("max_aps_") and k.removesuffix("_at_least").endswith("_basic")]
             note = (note + "; " if note else "") + f"models run: {', '.join(models) or 'none'}"
+            if f"{key}_search_lo" in values:  # what the searches' rates leave open (online.online)
+                note += (f"; the searches' rates leave it between {_fmt(values[f'{key}_search_lo'])} and "
+                         f"{_fmt(values[f'{key}_search_hi'])}")
         if study == "fig7" and key == "max_speedup_dualpath_vs_basic" and "max_speedup_at" in values:
             note = f"at {values['max_speedup_at']}"
         shown = key if key in values else f"{key}_at_least"
