@@ -304,6 +304,32 @@ def test_unbracketed_searches_give_bounds_not_point_values_or_partial_means(tmp_
     assert claim[0]["note"].endswith("the searches' rates leave it between 1.25 and 5")
 
 
+def test_a_gain_with_a_seed_whose_basic_fails_even_at_the_lowest_rate_is_nan_not_a_mean_of_the_others(
+        tmp_path, monkeypatch):
+    import dualpath_jax.studies.online as online_mod
+    from dualpath_jax.metrics.latency import ApsTrial, MaxApsResult
+
+    def fake_search(run, slo, **kw):  # DualPath 2 APS (4 fails); Basic 1 APS (2 fails), but nothing in seed 1
+        cells = dict(zip(run.__code__.co_freevars, (c.cell_contents for c in run.__closure__)))  # (rc, v, r)
+        v, r = cells["v"], cells["r"]
+        if v == "basic" and r == 1:  # bracketed below: search.min_aps itself failed
+            return MaxApsResult(0.0, True, (ApsTrial(1.0, False, 9.0, 0.01), ApsTrial(kw["min_aps"], False, 9.0, 0.01)))
+        aps = 2.0 if v == "dualpath" else 1.0
+        return MaxApsResult(aps, True, (ApsTrial(aps, True, 1.0, 0.01), ApsTrial(2 * aps, False, 9.0, 0.01)))
+
+    monkeypatch.setattr(online_mod, "max_aps_under_slo", fake_search)
+    config = load_config("online")
+    config.seeds = 2
+    config.variants = ("basic", "dualpath")
+    config.rows.ds27b.aps_grid = (0.5,)
+    lines = []
+    named = online_mod.online(from_config_dict(config), tmp_path, log=lines.append)
+    assert named["max_aps_ds27b_basic"] == 0.5  # (1 and 0)
+    assert math.isnan(named["aps_gain_ds27b_dualpath_vs_basic"])  # not seed 0's 2 alone
+    assert math.isnan(named["mean_aps_gain_dualpath_vs_basic"])
+    assert any("aps_gain_ds27b_dualpath_vs_basic: nan; seed(s) 1 have no ratio" in x for x in lines)
+
+
 def test_a_gain_lower_bound_divides_by_the_denominators_lowest_failing_rate():
     from dualpath_jax.metrics.latency import ApsTrial, MaxApsResult
     from dualpath_jax.studies.online import _lowest_failing

@@ -243,6 +243,11 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
             den_ok = all(found[(row, den, r)].bracketed for r in range(seeds))
             # a search that never failed gives a lower bound: a ratio is exact only when both ends are bracketed
             if num_ok and den_ok:
+                undefined = [r for r in range(seeds) if math.isnan(values[r])]
+                if undefined:  # a search that failed even at search.min_aps: no ratio, and no mean leaving it out
+                    log(f"{key}: nan; seed(s) {', '.join(map(str, undefined))} have no ratio ({den}'s search failed "
+                        f"even at its lowest rate)")
+                    values = [float("nan")] * seeds
                 put(named, key, values)
                 lo, hi = _ratio_range(found, row, num, den, seeds)
                 named[f"{key}_search_lo"], named[f"{key}_search_hi"] = float(np.mean(lo)), float(np.mean(hi))
