@@ -20,7 +20,8 @@ runs, all seeds' together, run on N Ray workers.
 calibration input with its source, and each study's tables and plots. A failing study is
 reported and the others still run; the exit status is then non-zero. The output ends with
 ``name: value`` lines (wall time per study and the claims' simulated values, each mean with its
-``_ci95`` half width), also in ``workdir/metrics.json`` (with ``_lo`` / ``_hi``).
+``_ci95`` half width; a max-APS gain also with the range its searches leave it in,
+``_search_lo`` / ``_search_hi``), also in ``workdir/metrics.json`` (with ``_lo`` / ``_hi``).
 
 The workdir must be new or empty (``--overwrite`` replaces an earlier run's); ``status.json`` in it
 and in each ``workdir/<study>/`` says ``running``, then ``finished`` or ``failed`` (with the error).
@@ -130,7 +131,7 @@ def main(argv):
     summary = {f"wall_s_{s}": wall[s] for s in studies}
     summary["wall_s_total"] = sum(wall.values())
     for _claim, _paper, study, key in PAPER_CLAIMS:
-        for name in (key, key + CI_SUFFIX, key + "_lo", key + "_hi"):
+        for name in (key, key + CI_SUFFIX, key + "_lo", key + "_hi", key + "_search_lo", key + "_search_hi"):
             if key in named.get(study, {}) and name in named[study]:
                 summary[f"{study}.{name}"] = named[study][name]
     summary["failed_studies"] = ",".join(errors) or "none"
