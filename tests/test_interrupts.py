@@ -95,30 +95,49 @@ def _running(pid):  # neither gone nor a zombie
     except OSError:
         return False
 
+class FailsOnceTheOtherRuns(Sleeps):  # run 0 raises once run 60 is going
+    def __call__(self, x):
+        import os, time
+        if x == 0:
+            deadline = time.monotonic() + 60
+            while not os.listdir(self.folder) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            raise ValueError("bad run")
+        return super().__call__(x)
+
+def report_stopped(folder):
+    deadline = time.monotonic() + 30
+    pids = [int(name) for name in os.listdir(folder)]
+    while time.monotonic() < deadline:
+        if not [pid for pid in pids if _running(pid)]:
+            print(f"workers stopped: {len(pids)}", flush=True)
+            return
+        time.sleep(0.2)
+
 folder = sys.argv[1]
 threading.Thread(target=interrupt_when_both_run, args=(folder,), daemon=True).start()
 try:
     Sweep(workers=2).map(Sleeps(folder), [60, 60])
 except KeyboardInterrupt:
     print("connected" if ray.is_initialized() else "disconnected", flush=True)
-deadline = time.monotonic() + 30
-pids = [int(name) for name in os.listdir(folder)]
-while time.monotonic() < deadline:
-    alive = [pid for pid in pids if _running(pid)]
-    if not alive:
-        print(f"workers stopped: {len(pids)}", flush=True)
-        break
-    time.sleep(0.2)
+report_stopped(folder)
+errors = os.path.join(folder, "error")  # a run's error: the same (the next sweep connects again)
+os.mkdir(errors)
+try:
+    Sweep(workers=2).map(FailsOnceTheOtherRuns(errors), [0, 60])
+except ValueError as e:
+    print(f"{e}: " + ("connected" if ray.is_initialized() else "disconnected"), flush=True)
+report_stopped(errors)
 """
 
 
-def test_ctrl_c_in_a_sweep_that_started_ray_ends_its_ray_job(tmp_path):
-    # Ctrl-C ends the connection the sweep made rather than cancelling runs one by one, which can
-    # race Ray's own completion of a run and abort the process
+def test_ctrl_c_or_an_error_in_a_sweep_that_started_ray_ends_its_ray_job(tmp_path):
+    # Ctrl-C, or a run's error, ends the connection the sweep made rather than cancelling runs one
+    # by one, which can race Ray's own completion of a run and abort the process
     folder = tmp_path / "pids"
     folder.mkdir()
     out = subprocess.run([sys.executable, "-c", _OWN_CONNECTION, str(folder)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=180)
+                         text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.splitlines()[0] == "disconnected", out.stdout
-    assert out.stdout.splitlines()[1] == "workers stopped: 2", out.stdout + out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["disconnected", "workers stopped: 2", "bad run: disconnected",
+                                       "workers stopped: 1"], out.stdout + out.stderr[-2000:]

@@ -17,11 +17,13 @@ worker's traceback as a note. A run whose worker process dies (killed, out of me
 on another worker, up to :data:`WORKER_RETRIES` times (a run is deterministic, so its result is the
 same); its exceptions are never retried. A run whose worker imported other package sources than
 this process (edited during the sweep, or another version on a cluster's host) is refused: each
-worker reports the sources' fingerprint with every result. An error cancels the runs still
-going. Ctrl-C or SIGTERM ends this process's Ray connection when the sweep made it (Ray then
-kills the job's workers), since cancelling runs one by one can race their completion inside Ray
-and abort this process (Ray's check "Tried to complete task that was not pending"); a connection
-the caller made is left open and its runs are cancelled.
+worker reports the sources' fingerprint with every result. An error, Ctrl-C or SIGTERM stops the
+runs still going: it ends this process's Ray connection when this package made it
+(:func:`~dualpath_jax.raylaunch.ray_module`; Ray then kills the job's workers, and the next
+sweep connects again), since cancelling runs one by one can race their completion inside Ray and
+abort this process (Ray's check "Tried to complete task that was not pending") before the error
+is reported; a connection the caller made is left open and its runs are cancelled (best effort:
+Ray may not stop a run it is dispatching).
 
 :func:`lockstep` runs searches whose next run depends on the last one (the max-APS bisection of
 each seed and variant) side by side: each step's runs of every search form one batch, which can go
@@ -86,7 +88,7 @@ class Sweep:
 
         Raises:
           the first exception a run raises, as it raised it (not wrapped in Ray's ``RayTaskError``),
-          as soon as that run ends; the runs still going are cancelled.
+          as soon as that run ends; the runs still going are stopped (module docstring).
         """
         items = list(items)
         if not items:
@@ -133,8 +135,8 @@ class Sweep:
                         if on_result is not None:
                             on_result(i, value)
                     bar.update(len(done))
-            except BaseException as e:  # an error, or Ctrl-C / SIGTERM: the runs still going stop too
-                if not (isinstance(e, KeyboardInterrupt) and disconnect()):  # (module docstring)
+            except BaseException:  # an error, or Ctrl-C / SIGTERM: the runs still going stop too
+                if not disconnect():  # (module docstring)
                     for ref in pending:
                         ray.cancel(ref, force=True)
                 raise
