@@ -76,13 +76,17 @@ def _lowest_failing(res) -> float:
     return min(t.aps for t in res.trials if not t.meets_slo and t.aps > res.aps)
 
 
-def _ratio_range(found: dict, row: str, num: str, den: str, seeds: int) -> tuple[list[float], list[float]]:
-    """Per seed, the lowest and highest ratio of the max APS of ``num`` over ``den`` consistent with
-    their bracketed searches: ``num``'s passing rate over ``den``'s lowest failing one, and
-    ``num``'s lowest failing rate over ``den``'s passing one (NaN where that is 0)."""
-    lo = [ratio(found[(row, num, r)].aps, _lowest_failing(found[(row, den, r)])) for r in range(seeds)]
-    hi = [ratio(_lowest_failing(found[(row, num, r)]), found[(row, den, r)].aps) for r in range(seeds)]
-    return lo, hi
+def _least_ratio(num, den) -> float:
+    """The smallest ratio of search ``num``'s max APS over ``den``'s that the searches allow
+    (``den`` bracketed; ``num``'s capacity is at least its passing rate): ``num``'s passing rate
+    over ``den``'s lowest failing one."""
+    return ratio(num.aps, _lowest_failing(den))
+
+
+def _most_ratio(num, den) -> float:
+    """The largest such ratio (both bracketed): ``num``'s lowest failing rate over ``den``'s
+    passing one (NaN where that is 0)."""
+    return ratio(_lowest_failing(num), den.aps)
 
 
 def _seeds(config) -> tuple[list, list[int]]:
@@ -238,9 +242,10 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
                 continue
             if den == "basic":
                 gain_rows.append(row)
-            values = [ratio(found[(row, num, r)].aps, found[(row, den, r)].aps) for r in range(seeds)]
-            num_ok = all(found[(row, num, r)].bracketed for r in range(seeds))
-            den_ok = all(found[(row, den, r)].bracketed for r in range(seeds))
+            pairs = [(found[(row, num, r)], found[(row, den, r)]) for r in range(seeds)]
+            values = [ratio(a.aps, b.aps) for a, b in pairs]
+            num_ok = all(a.bracketed for a, _ in pairs)
+            den_ok = all(b.bracketed for _, b in pairs)
             # a search that never failed gives a lower bound: a ratio is exact only when both ends are bracketed
             if num_ok and den_ok:
                 undefined = [r for r in range(seeds) if math.isnan(values[r])]
@@ -249,15 +254,14 @@ def online(config: OnlineStudyConfig, workdir: Path, log: Log = print, *, cache:
                         f"even at its lowest rate)")
                     values = [float("nan")] * seeds
                 put(named, key, values)
-                lo, hi = _ratio_range(found, row, num, den, seeds)
+                lo, hi = [_least_ratio(a, b) for a, b in pairs], [_most_ratio(a, b) for a, b in pairs]
                 named[f"{key}_search_lo"], named[f"{key}_search_hi"] = float(np.mean(lo)), float(np.mean(hi))
                 if den == "basic":
                     gains[row] = values
                     ranges[row] = (lo, hi)
             elif den_ok:  # a numerator unbracketed in some seed: a lower bound, over the denominator's
                 # lowest failing rate (its capacity lies below it), not its highest passing one
-                put(named, f"{key}_at_least", [ratio(found[(row, num, r)].aps, _lowest_failing(found[(row, den, r)]))
-                                               for r in range(seeds)])
+                put(named, f"{key}_at_least", [_least_ratio(a, b) for a, b in pairs])
             else:
                 put(named, key, [float("nan")] * seeds)
     # over every row with both searches, or none: a mean over the rows that happened to bracket would
