@@ -167,9 +167,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     import jax
 
-    if cli.check_jit_cache_dir(_JIT_CACHE.value):
-        jax.config.update("jax_compilation_cache_dir", _JIT_CACHE.value)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    cli.use_jit_cache(_JIT_CACHE.value)
 
     from dualpath_jax.engine import report
     from dualpath_jax.engine.profile import start_backends, thread_cpu_s

@@ -65,9 +65,7 @@ def main(argv):
     from dualpath_jax.studies.engine_ablation import check_config, check_overrides, run_ablation
     from dualpath_jax.studies.seeds import printed
 
-    if cli.check_jit_cache_dir(_JIT_CACHE.value):
-        jax.config.update("jax_compilation_cache_dir", _JIT_CACHE.value)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    cli.use_jit_cache(_JIT_CACHE.value)
     config = _CONFIG.value
     check_config(config)  # a bad field fails here, before the workdir is touched
     check_overrides(config, overridden_fields(sys.argv[1:]))  # an override the run would replace fails

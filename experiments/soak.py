@@ -97,8 +97,8 @@ def main(argv):
                                                       select_agents)
 
     import jax
-    jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "dualpath_jax_jit_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+    cli.use_jit_cache(os.path.join(tempfile.gettempdir(), "dualpath_jax_jit_cache"))
     config = _CONFIG.value
     engine = check_config(config.engine)
     faults = FaultConfig(**dict(config.faults))

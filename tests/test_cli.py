@@ -479,3 +479,17 @@ def test_a_jit_cache_dir_that_is_a_file_is_one_error_and_a_new_one_is_made(tmp_p
     made = tmp_path / "a" / "b"
     assert cli.check_jit_cache_dir(str(made)) == str(made) and made.is_dir()
     assert cli.check_jit_cache_dir("") == ""
+    # use_jit_cache: the same check, then JAX's cache there ("" leaves JAX's setting)
+    import jax
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    try:
+        assert cli.use_jit_cache("") == "" and jax.config.jax_compilation_cache_dir == before[0]
+        with pytest.raises(ConfigError, match=r"^jit_cache_dir: .*file is a file"):
+            cli.use_jit_cache(str(tmp_path / "file"))
+        assert jax.config.jax_compilation_cache_dir == before[0]
+        cli.use_jit_cache(str(made))
+        assert (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs) == \
+            (str(made), 0.0)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])

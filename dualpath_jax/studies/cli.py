@@ -667,6 +667,21 @@ def check_jit_cache_dir(path: str, field: str = "jit_cache_dir") -> str:
     return path
 
 
+def use_jit_cache(path: str, field: str = "jit_cache_dir") -> str:
+    """Point JAX's persistent compilation cache at ``path`` (:func:`check_jit_cache_dir`; ""
+    leaves JAX's setting as it is), caching every compiled program however quick; returns ``path``.
+
+    Raises:
+      ConfigError: naming ``field``: ``path`` is a file, or cannot be created.
+    """
+    if check_jit_cache_dir(path, field):
+        import jax  # noqa: PLC0415 (a script's first JAX import decides its host devices: not at module load)
+
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return path
+
+
 def check_finished(workdir, field: str = "workdir") -> Path:
     """``workdir`` if it holds a finished run (``status.json``), for scripts that read another
     run's outputs.
