@@ -10,10 +10,11 @@ Runtime on one CPU core: all 609 agentic traces 10-40 s (the host's load), Moonc
 Output: a Markdown table of the statistics (for ``synthetic`` next to the paper's Table 2 with
 the relative error), then ``name: value`` lines ending with ``turns_mean``, ``append_mean``,
 ``gen_mean``, ``context_mean``, ``hit_rate``. Files in ``--workdir`` (default
-``./workdir/trace_stats/<source>[_<mal>|_<mooncake file>|_<traces_dir name>]``): ``trace_stats.json``, ``trace_stats.md``,
-``metrics.json`` (the named values), ``config.json`` (the flags), ``env.json``, ``status.json``; the
-folder must be new or empty (``--overwrite`` replaces an earlier run's). A bad trace file ends the run
-with one line naming the file, request and field (``--verbose`` for the traceback).
+``./workdir/trace_stats/<source>[_<mal>|_<mooncake file>|_<traces_dir name>]``):
+``trace_stats.json``, ``trace_stats.md``, ``metrics.json`` (the named values), ``config.json``
+(the flags), ``env.json``, ``status.json``; the folder must be new or empty (``--overwrite``
+replaces an earlier run's). A bad trace file ends the run with one line naming the file, request
+and field (``--verbose`` for the traceback).
 Definitions of every statistic: ``dualpath_jax/workload/stats.py``.
 """
 
@@ -43,7 +44,8 @@ _TRACES_DIR = flags.DEFINE_string("traces_dir", "", "Agentic: the folder of *.js
                                   "trace file (default: the shared agentic_traces/, or "
                                   "$DUALPATH_DATA_DIR/agentic_traces).")
 _WORKDIR = flags.DEFINE_string("workdir", None,
-                                "Output folder (default ./workdir/trace_stats/<source>[_<mal>|_<file>|_<traces_dir name>]).")
+                                "Output folder (default "
+                                "./workdir/trace_stats/<source>[_<mal>|_<file>|_<traces_dir name>]).")
 
 _APPLIES_TO = {"mal": "synthetic", "seed": "synthetic", "num_agents": "synthetic", "max_files": "agentic",
                "subagents": "agentic", "traces_dir": "agentic", "mooncake": "mooncake",

@@ -415,7 +415,8 @@ def test_the_engine_script_names_a_missing_trace_folder_and_a_bad_divisor_in_one
     done = _run("run_engine.py", f"--config.workload.traces_dir={tmp_path / 'none'}", f"--workdir={tmp_path / 'w'}")
     assert done.returncode == 1
     (line,) = _lines(done.stderr)
-    assert line.startswith("ConfigError: workload.traces_dir: ") and "neither a folder nor a trace file (it does not exist)" in line
+    assert line.startswith("ConfigError: workload.traces_dir: ")
+    assert "neither a folder nor a trace file (it does not exist)" in line
     done = _run("run_engine.py", "--config.workload.token_divisor=7", f"--workdir={tmp_path / 'w2'}")
     assert done.returncode == 1
     (line,) = _lines(done.stderr)  # the trace's own block size (64 tokens) is what 7 must divide
