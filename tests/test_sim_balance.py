@@ -15,8 +15,7 @@ from dualpath_jax.sim.compute import ComputeModel
 from dualpath_jax.sim.runs import forwards_in_head, offline_starts, variant_config
 from dualpath_jax.studies.config import from_config_dict
 from dualpath_jax.studies.offline import _balance_summary
-
-FETCH = 0.005
+from sim_cases import FETCH
 
 
 def test_forwards_in_head_counts_the_forwards_started_in_the_time_head():

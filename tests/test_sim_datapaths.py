@@ -9,8 +9,7 @@ from dualpath_jax.config import ConfigError
 from dualpath_jax.model import cost
 from dualpath_jax.sched import LOADINGS, ClusterScheduler, ReadPlan
 from dualpath_jax.sim import HardwareConfig, SimAgent, SimConfig, Simulator, reserve, simulate
-
-FETCH = 0.005
+from sim_cases import FETCH
 
 
 def test_the_pe_to_de_hand_off_holds_de_buffer_space_until_the_de_has_it():

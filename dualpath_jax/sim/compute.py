@@ -52,7 +52,7 @@ result figures (PAPER.md 9):
   (FlashMLA's dense decode kernel reads 3,000 GB/s of the H800's 3,350 in its memory-bound
   configuration, 0.9), compute at the prefill efficiencies; the per-layer overhead is what the
   1/21 s step leaves (about 0.14 ms per layer: EP dispatch/combine latency not hidden).
-  Checked by ``tests/test_sim.py``: the calibrated model gives 21 tokens/s per user and 14.8k
+  Checked by ``tests/test_sim_compute.py``: the calibrated model gives 21 tokens/s per user and 14.8k
   output tokens/s per node back at that point, and its step grows with the batch and the context.
 """
 

@@ -18,6 +18,7 @@
 * :mod:`.plots`    the studies' matplotlib figures.
 * :mod:`.cli`      what every experiment script shares: one-line errors, ``--print_config``, a
   workdir that never mixes runs and says whether its run finished (``status.json``).
+  :mod:`.cmdline` reads the command line into the config and words its errors.
 * :mod:`.engine_ablation`   the five-variant ablation on the real engine (imports JAX; not
   imported here), on the typed config of :mod:`.engine_config`; :mod:`.engine_runs` its building
   blocks (agents, setup, one variant's run, compilation stage, link calibration).

@@ -9,7 +9,8 @@
   config file with the closest file names in its folder), and exit with status 1; ``--verbose`` (or
   absl's ``--pdb_post_mortem``) shows the traceback instead. Any other exception is a bug and keeps
   its traceback. An override of an int field may be written as a float literal of an integral
-  value (``--config.cluster.buffer_bytes=1e9``). Given the script's config flag,
+  value (``--config.cluster.buffer_bytes=1e9``); :mod:`.cmdline` reads the command line and words
+  these lines. Given the script's config flag,
   ``--print_config`` prints the resolved config, one field a line with its type, default and
   meaning, and exits with status 0.
 * :func:`open_workdir` creates the run's output directory
@@ -31,7 +32,6 @@
 
 from __future__ import annotations
 
-import decimal
 import logging
 import os
 import shutil
@@ -43,9 +43,11 @@ from pathlib import Path
 
 from absl import app, flags
 
-from dualpath_jax.config import ConfigError, argv_flag_values, closest, describe_config, did_you_mean
+from dualpath_jax.config import ConfigError, argv_flag_values, describe_config
 from dualpath_jax.metrics import writers
 from dualpath_jax.sched.errors import PolicyError, RunStalled
+from dualpath_jax.studies import cmdline
+from dualpath_jax.studies.cmdline import one_line
 from dualpath_jax.workload.errors import TraceFormatError
 
 __all__ = ["USER_ERRORS", "run", "open_workdir", "check_finished", "one_line", "define_config_file",
@@ -61,14 +63,6 @@ USER_ERRORS = (ConfigError, TraceFormatError, RunStalled, PolicyError, app.Usage
 that never places some request; its message says what waits; a policy error: a custom scheduler's
 hook returned what the scheduling protocol does not allow, named in the message)."""
 _opened: list[Path] = []
-
-
-def one_line(error: BaseException) -> str:
-    """``<Error>: <message>`` on one line. A config file's own error, which ml_collections wraps
-    in a message holding its traceback, is reported as raised."""
-    if str(error).startswith("Error whilst parsing config file") and error.__context__ is not None:
-        error = error.__context__
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -255,186 +249,6 @@ def sweep_from_flags(progress: bool | None = None):
     return Sweep(FLAGS.workers, FLAGS.ray_address, progress=progress)
 
 
-def _dotted_names(node, prefix: str = "") -> list[str]:
-    """Every field and section of a ConfigDict, dotted."""
-    out = []
-    for key in node.keys():
-        out.append(f"{prefix}{key}")
-        child = node[key]
-        if hasattr(child, "keys") and not isinstance(child, type):
-            out += _dotted_names(child, f"{prefix}{key}.")
-    return out
-
-
-def _config_file(argv: list[str], name: str) -> tuple[str, str | None]:
-    """``(--<name> value, one line if its file does not exist)``."""
-    value = argv_flag_values(argv).get(f"--{name}")
-    if value is None:
-        value = (FLAGS[name].default_as_str or "").strip("'\"")
-    path = value.partition(":")[0]
-    if path and not Path(path).is_file():
-        folder = Path(path).parent  # the closest file names in its folder, as the user wrote the folder
-        near = closest(Path(path).stem, [f.stem for f in folder.glob("*.py")] if folder.is_dir() else [])
-        arg = "".join(value.partition(":")[1:])  # ":variant", kept in the suggestions
-        hint = f"; did you mean {', '.join(str(Path(path).with_name(n + '.py')) + arg for n in near)}?" if near else ""
-        return value, one_line(ConfigError(f"--{name}", f"no such config file {path!r}{hint}"))
-    return value, None
-
-
-def _config_file_error(error: BaseException, argv: list[str], name: str) -> str | None:
-    """One line naming the config file (``--<name>``) and its line, for an error raised while the
-    file was read or run (a syntax error, a failed import, its ``get_config`` raising); None for
-    an error that does not come from the file."""
-    path = _config_file(argv, name)[0].partition(":")[0]
-    if not path:
-        return None
-    target = os.path.abspath(path)
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:  # the error, then what it was raised from
-        seen.add(id(error))
-        if isinstance(error, ConfigError) and error.field:  # the file names the field itself
-            return one_line(error)
-        line = None
-        if isinstance(error, SyntaxError) and error.filename and os.path.abspath(error.filename) == target:
-            line, text = error.lineno, f"{type(error).__name__}: {error.msg}"
-        else:
-            tb = error.__traceback__
-            while tb is not None:
-                if os.path.abspath(tb.tb_frame.f_code.co_filename) == target:
-                    line = tb.tb_lineno  # (the innermost frame of the file)
-                tb = tb.tb_next
-            text = f"{type(error).__name__}: {error}"
-        if line is not None:
-            return one_line(ConfigError(f"--{name}", f"{path}, line {line}: {text}"))
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def _config_value_error(name: str, argv: list[str], value) -> str | None:
-    """One line when the config file's ``get_config`` gave ``value``, which is not a config; None
-    when it is one."""
-    if value is None or not hasattr(value, "keys"):
-        path = _config_file(argv, name)[0].partition(":")[0]
-        return one_line(ConfigError(f"--{name}", f"{path}: get_config() returned {type(value).__name__}, not a "
-                                    f"config (an ml_collections ConfigDict or a dict)"))
-    return None
-
-
-def _base_config(argv: list[str], name: str):
-    """``(--<name> value, its config before overrides, None)``, or ``(value, None, one line)`` when
-    the config file is missing or does not load (its own error)."""
-    value, missing = _config_file(argv, name)
-    if missing:
-        return value, None, missing
-    try:
-        base = FLAGS[name].parser.parse(value)
-        wrong = _config_value_error(name, argv, base)
-        return (value, None, wrong) if wrong else (value, base, None)
-    except Exception as e:  # the config file itself fails: its error
-        if isinstance(e, AttributeError) and "get_config" in str(e):  # (ml_collections' names no file)
-            e = ConfigError(f"--{name}", f"{value.partition(':')[0]}: defines no get_config() (a config file "
-                            f"returns its ConfigDict from get_config)")
-        return value, None, _config_file_error(e, argv, name) or one_line(e)
-
-
-_SYNONYMS = {"workload.path": "workload.traces_dir", "workload.traces_dir": "workload.path"}
-"""Fields that one setting has under the simulator studies' and the engine's names (the trace to read)."""
-
-
-def _override_error(argv: list[str], name: str) -> str | None:
-    """One line for the first ``--<name>.<field>`` override of ``argv`` that names no field of the
-    config file's config (with the closest field names), or for a config file that does not load;
-    None when every override names a field."""
-    value, base, problem = _base_config(argv, name)
-    if problem:
-        return problem
-    names = _dotted_names(base)
-    for arg in argv:
-        key = arg.split("=", 1)[0]
-        for prefix in (f"--{name}.", f"--no{name}."):
-            if not key.startswith(prefix):
-                continue
-            parts = key[len(prefix):].split(".")
-            node = base
-            for i, part in enumerate(parts):
-                dotted = ".".join(parts[:i + 1])
-                if not hasattr(node, "keys"):
-                    return one_line(ConfigError(key, f"{'.'.join(parts[:i])} is a {type(node).__name__} value, "
-                                                     f"not a section with fields"))
-                if part not in node.keys():
-                    alt = _SYNONYMS.get(dotted)  # the same setting under the other runner's name
-                    parent = ".".join(parts[:i])  # the fields of its section first (not the section itself)
-                    siblings = [n for n in names if n.rpartition(".")[0] == parent]
-                    hint = f"; did you mean {alt}?" if alt in names else (
-                        did_you_mean(dotted, siblings) or did_you_mean(dotted, names))
-                    return one_line(ConfigError(key, f"no field {dotted!r} in {value}{hint}"))
-                node = node[part]
-    return None
-
-
-def _integral(text: str) -> str | None:
-    """``text`` written as a plain integer when it is a float literal of an integral value
-    (``1e9``, ``2.5e6``, ``64.0``); None otherwise (an int literal already, or not a number)."""
-    try:
-        int(text, 0)
-        return None  # ml_collections reads it as it is
-    except ValueError:
-        pass
-    try:
-        value = decimal.Decimal(text.replace("_", ""))  # exact: 1e30 is 10**30, not a double's neighbour
-    except decimal.InvalidOperation:
-        return None
-    return str(int(value)) if value.is_finite() and value == value.to_integral_value() else None
-
-
-def _integral_overrides(argv: list[str], name: str) -> list[str]:
-    """``argv`` with every override of an int field, ``--<name>.<field>=<value>`` or
-    ``--<name>.<field> <value>``, whose value is a float literal of an integral value
-    (``--config.cluster.buffer_bytes=1e9``) written as an integer, which ml_collections' int parser
-    requires; other arguments unchanged. A config file that does not load leaves ``argv`` as it is
-    (its error is reported by the parse)."""
-    prefix = f"--{name}."
-    joined, i = [], 0
-    while i < len(argv):  # the space form, joined as absl reads it
-        if argv[i].startswith(prefix) and "=" not in argv[i] and i + 1 < len(argv) \
-                and not argv[i + 1].startswith("--") and _integral(argv[i + 1]) is not None:
-            joined.append(f"{argv[i]}={argv[i + 1]}")
-            i += 2
-        else:
-            joined.append(argv[i])
-            i += 1
-    argv = joined
-    candidates = [i for i, a in enumerate(argv) if a.startswith(prefix) and "=" in a
-                  and _integral(a.partition("=")[2]) is not None]
-    if not candidates:
-        return argv
-    base = _base_config(argv, name)[1]
-    if base is None:
-        return argv
-    out = list(argv)
-    for i in candidates:
-        key, _, text = argv[i].partition("=")
-        node = base
-        try:
-            for part in key[len(prefix):].split("."):
-                node = node[part]
-        except (KeyError, TypeError, AttributeError):
-            continue  # an unknown field: the parse names it
-        if type(node) is int:  # not bool, not float
-            out[i] = f"{key}={_integral(text)}"
-    return out
-
-
-def _parse_error(error: Exception, argv: list[str], config_name: str | None) -> str:
-    if config_name is not None and not isinstance(error, flags.UnrecognizedFlagError):
-        line = _override_error(argv, config_name) or _config_file_error(error, argv, config_name)
-        if line:
-            return line
-    if isinstance(error, flags.Error):
-        return f"FlagError: {' '.join(str(error).split())}"
-    return one_line(error)
-
-
 # ---- the run --------------------------------------------------------------------------------------
 def open_workdir(path, *, overwrite: bool | None = None) -> Path:
     """The run's output directory, created and marked ``running`` (see the module docstring).
@@ -590,18 +404,18 @@ def run(main: Callable[[list[str]], object], *, config=None, describe: Callable[
 
     def parse_quietly(argv):
         if config_name is not None:
-            argv = _integral_overrides(list(argv), config_name)
+            argv = cmdline.integral_overrides(list(argv), config_name)
         try:
             rest = FLAGS(argv)
         except Exception as e:
             if _traceback_wanted(argv):
                 raise
-            _fail(_parse_error(e, list(argv), config_name))
+            _fail(cmdline.parse_error(e, list(argv), config_name))
         if config_name is not None:  # ml_collections reports a missing file only when the config is read
-            missing = _config_file(list(argv), config_name)[1]
+            missing = cmdline.config_file(list(argv), config_name)[1]
             if missing:
                 _fail(missing)
-            wrong = _config_value_error(config_name, list(argv), FLAGS[config_name].value)  # (read when parsed)
+            wrong = cmdline.config_value_error(config_name, list(argv), FLAGS[config_name].value)  # (read when parsed)
             if wrong:
                 _fail(wrong)
         return rest
