@@ -33,6 +33,26 @@ def test_fractional_token_counts_are_rejected_not_truncated(field, append, gen, 
     assert e.value.field == f"agents[1].{field}"
 
 
+@pytest.mark.parametrize("hit,message", [([0, 100.9], r"round 1 has 100.9"), ([0.5, 100], r"round 0 has 0.5")])
+def test_fractional_hits_are_rejected_not_truncated(hit, message):
+    agents = [SimAgent(0.0, np.array([10, 10]), np.array([2, 2])),
+              SimAgent(0.0, np.array([500, 10]), np.array([3, 4]), None, np.asarray(hit))]
+    with pytest.raises(ConfigError, match=rf"^agents\[1\]\.hit: token counts must be integers \({message}\)") as e:
+        simulate(CFG, agents)
+    assert e.value.field == "agents[1].hit"
+
+
+def test_whole_valued_float_hits_are_token_counts():
+    """Round 1's given hit of 100 tokens (of its 503-token previous context), as floats or ints:
+    the same run, and the hit it reports is 100 rounded down to whole blocks."""
+    runs = [simulate(CFG, [SimAgent(0.0, np.array([500, 10]), np.array([3, 4]), None, np.asarray(h))])
+            for h in ([0, 100], [0.0, 100.0])]
+    assert runs[0].end_s == runs[1].end_s
+    np.testing.assert_array_equal(runs[0].requests["hit_tokens"], runs[1].requests["hit_tokens"])
+    z = CFG.block_tokens
+    assert runs[1].requests["hit_tokens"].tolist() == [0, 100 // z * z]
+
+
 def test_whole_valued_floats_are_token_counts():
     as_int = simulate(CFG, [SimAgent(0.0, np.array([100, 50]), np.array([3, 4]))])
     as_float = simulate(CFG, [SimAgent(0.0, np.array([100.0, 50.0]), np.array([3.0, 4.0]))])

@@ -296,6 +296,19 @@ def test_a_stalled_run_raises_and_says_what_waits():
     assert Simulator(SimConfig(fetch_period_s=FETCH), [agent([100, 10, 10], [2, 2, 2])]).run(max_events=2).events == 2
 
 
+@pytest.mark.parametrize("limit", [0, 1, 5])
+def test_max_events_handles_exactly_that_many_events(limit):
+    """``max_events=n`` handles n events, none past the limit: with 0 nothing happens (the agent
+    never arrives, so its requests are unissued, NaN times)."""
+    sim = Simulator(SimConfig(fetch_period_s=FETCH), [agent([100, 10, 10], [2, 2, 2])])
+    res = sim.run(max_events=limit)
+    assert res.events == limit
+    if limit == 0:
+        assert sim.now == 0.0 and len(sim.heap) == 1  # the arrival, still pending
+    with pytest.raises(ValueError, match=r"max_events must be >= 0 \(got -1\)"):
+        Simulator(SimConfig(fetch_period_s=FETCH), [agent([100], [2])]).run(max_events=-1)
+
+
 def test_simulator_checks_a_custom_read_plan():
     class WrongSide(ClusterScheduler):  # labels a DE read as a PE read: the DE buffer would never be freed
         def read_plan(self, req, pe_node, de_node, read_q, hit_blocks, block_tokens):

@@ -251,3 +251,19 @@ def test_de_join_stalls_the_units_decode():
     assert r["finish_s"][1] == pytest.approx(start2 + 0.05 + 2 * 0.1, rel=1e-12)
     with pytest.raises(ConfigError, match="sim.de_join_s"):
         SimConfig(de_join_s=-1.0)
+
+
+def test_a_compute_model_whose_forward_takes_no_time_is_refused():
+    """A compute model whose every prefill coefficient is 0 would make a forward free (and the
+    tokens per second that size alpha/beta a division by 0): the simulator's config refuses it,
+    naming the field; one positive coefficient is enough."""
+    from dualpath_jax.sim.compute import ComputeModel
+    free = ComputeModel(prefill_overhead_s=0.0, s_per_token=0.0, s_per_key=0.0, decode_overhead_s=0.01)
+    with pytest.raises(ConfigError, match=r"^sim\.compute: its prefill forward takes no time") as e:
+        SimConfig(model="ds-27b", compute=free)
+    assert e.value.field == "sim.compute"
+    for field in ("prefill_overhead_s", "s_per_token", "s_per_key", "s_per_index_key"):
+        coef = {"prefill_overhead_s": 0.0, "s_per_token": 0.0, "s_per_key": 0.0, field: 1e-3}
+        res = simulate(SimConfig(model="ds-27b", prefill_nodes=1, decode_nodes=1, compute=ComputeModel(**coef),
+                                 fetch_period_s=FETCH), [agent([100], [5])])
+        assert res.requests["first_token_s"][0] > 0

@@ -109,7 +109,9 @@ def flatten_agents(agents: Sequence[SimAgent]) -> FlatRounds:
             raise ConfigError(f"agents[{i}].{name}", f"needs {lens[i]} finite values in [0, 2**62), one per round "
                               f"(got {np.asarray(getattr(agents[i], name)).tolist()!r:.80})")
     for i, a in enumerate(agents):  # token counts are whole: int64 would truncate 10.7 to 10 silently
-        for name in ("append", "gen"):
+        for name in ("append", "gen", "hit"):
+            if getattr(a, name) is None:
+                continue
             v = np.asarray(getattr(a, name))
             if v.dtype.kind in "iu":
                 continue

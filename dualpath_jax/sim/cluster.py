@@ -189,11 +189,14 @@ class Simulator:
           RunStalled: (a ``RuntimeError``) the run stalled: no event is left but requests are
             unfinished (e.g. a custom scheduler that never places some request); the message says
             what the first unfinished one waits for.
-          ValueError: a custom scheduler's ``read_plan`` is inconsistent (``sched.check_read_plan``).
+          ValueError: a custom scheduler's ``read_plan`` is inconsistent (``sched.check_read_plan``), or
+            ``max_events`` is negative.
         """
         if self._ran:
             raise RuntimeError("Simulator.run: this simulator has run already; make a new one for another run")
         limit = None if max_events is None else operator.index(max_events)
+        if limit is not None and limit < 0:
+            raise ValueError(f"Simulator.run: max_events must be >= 0 (got {limit})")
         show = None if progress is None else bool(progress)
         self._ran = True
         # The run allocates millions of short-lived acyclic objects; the cyclic collector would
@@ -221,7 +224,7 @@ class Simulator:
         limit = math.inf if max_events is None else max_events
         events = self.events
         try:
-            while heap:
+            while heap and events < limit:
                 t, _, kind, a, b = heapq.heappop(heap)
                 self.now = t
                 events += 1
@@ -229,8 +232,6 @@ class Simulator:
                 if progress and not events % 20000:
                     bar.update(self._completed - shown)
                     shown = self._completed
-                if events >= limit:
-                    break
         finally:
             self.events = events
         bar.close()
@@ -685,7 +686,7 @@ def simulate(config: SimConfig, agents: Sequence[SimAgent], *, max_events: Suppo
 
     Args:
       config, agents, scheduler_cls: as for :class:`Simulator`.
-      max_events: stop after this many events (an int, numpy ints too; None: run until every
+      max_events: stop after this many events (an int >= 0, numpy ints too; None: run until every
         agent's last round finishes). A stopped run's result holds the requests so far, NaN
         times for the unfinished ones.
 
@@ -694,6 +695,7 @@ def simulate(config: SimConfig, agents: Sequence[SimAgent], *, max_events: Suppo
 
     Raises and warns as :class:`Simulator` (``ConfigError`` naming the field,
     ``ContextBeyondModelWarning``) and :meth:`Simulator.run` (``RunStalled``, a custom scheduler's
-    inconsistent read plan); ``TypeError`` when ``max_events`` is not an integer.
+    inconsistent read plan); ``TypeError`` when ``max_events`` is not an integer, ``ValueError`` when
+    it is negative.
     """
     return Simulator(config, agents, scheduler_cls=scheduler_cls).run(max_events=max_events)

@@ -61,7 +61,8 @@ class SimConfig(SchedKnobs):
       attention_efficiency: share of the BF16 (FP8 for the DSA indexer) peak the attention kernels
         reach (FlashMLA's sparse prefill: 640 of 989 TFLOP/s, ``sim.compute.ATTENTION_EFFICIENCY``).
       compute: an explicit :class:`~dualpath_jax.sim.compute.ComputeModel` for every engine
-        (e.g. fitted to a real engine's measured forwards); replaces the public calibration.
+        (e.g. fitted to a real engine's measured forwards); replaces the public calibration. Its
+        prefill forward must take time (one prefill coefficient > 0).
       attention_time_error: log standard deviation of the error of the PE batch former's
         attention-time estimate (PAPER.md 5.5: a relation fitted by profiling in advance): each
         engine's forward takes its estimate times a mean-one lognormal factor drawn for it (from a
@@ -132,6 +133,10 @@ class SimConfig(SchedKnobs):
                               f"is a share of the peak FLOP/s, in (0, 1] (got {self.attention_efficiency})")
         if self.compute is not None and not isinstance(self.compute, ComputeModel):
             raise ConfigError("sim.compute", f"must be a ComputeModel or None (got {type(self.compute).__name__})")
+        c = self.compute
+        if c is not None and not (c.prefill_overhead_s or c.s_per_token or c.s_per_key or c.s_per_index_key):
+            raise ConfigError("sim.compute", "its prefill forward takes no time (prefill_overhead_s, s_per_token, "
+                              "s_per_key and s_per_index_key are all 0): at least one must be > 0")
         if not isinstance(self.hardware, HardwareConfig):
             raise ConfigError("sim.hardware", f"must be a HardwareConfig (got {type(self.hardware).__name__})")
         if self.compute is None:  # the public calibration needs the peak: fail now, naming the field
