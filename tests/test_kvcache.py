@@ -131,6 +131,23 @@ def test_fp8_mla_layout_quantization_error():
     assert np.array_equal(rope, kvs[0][1].astype(ml_dtypes.bfloat16).astype(np.float32))
 
 
+@pytest.mark.parametrize("amax", [1e-45, 1e-44, 1e-43, 3e-42, 1e-40, 1e-38, 1e-36, 1e-30])
+def test_fp8_mla_layout_keeps_tiny_latents_finite(amax):
+    """A group of tiny latents (all below float32's normal range) decodes to finite values within
+    e4m3's bound of a scale no smaller than float32's smallest normal number, never NaN."""
+    spec = get_spec("tiny-mla")
+    lay = layout_for(spec, "fp8")
+    x = np.zeros((2, spec.kv_lora_rank), np.float32)
+    x[0] = np.float32(amax) * np.linspace(-1, 1, spec.kv_lora_rank, dtype=np.float32)
+    x[1] = 0.5
+    rope = np.zeros((2, spec.qk_rope_head_dim), np.float32)
+    latent, _ = decode_tokens(lay, encode_tokens(lay, (x, rope)))
+    assert np.isfinite(latent).all()
+    scale = max(float(np.abs(x[0]).max()) / 448, float(np.finfo(np.float32).tiny))
+    assert np.all(np.abs(latent[0] - x[0]) <= np.abs(x[0]) * 2.0**-4 + scale * 2.0**-9)
+    assert np.array_equal(latent[1], x[1])
+
+
 def test_fp8_gqa_layout_saturates_instead_of_making_nan():
     """float8_e4m3fn has no infinity: a plain cast of |x| >= 464 gives NaN, which attention would
     spread to every logit. The GQA FP8 layout saturates at the largest finite value, 448."""

@@ -76,6 +76,39 @@ def test_a_missing_block_ends_the_hit_and_the_rest_is_recomputed(tmp_path):
     np.testing.assert_array_equal(np.asarray(remote[0].logits), np.asarray(local[0].logits))
 
 
+def test_kv_of_other_weights_is_refused_on_the_de_read_path(tmp_path):
+    """A store holds the KV of weights W1; a PE of weights W2 gets none of it: a DE reader started
+    with W1's layout is refused when the batch is prepared under W2's, and a batch prepared under
+    W1's layout is refused by W2's engine (it would compute W2's tokens on W1's KV)."""
+    import jax
+
+    from dualpath_jax.config import ConfigError
+    from dualpath_jax.engine.prefill import store_layout
+    from dualpath_jax.model import init_params
+
+    spec, _, layout1, _, _, request = _second_round(tmp_path, 4, 9, seed=4)
+    params2 = jax.tree.map(np.asarray, init_params(spec, jax.random.PRNGKey(1)))
+    layout2 = store_layout(spec, params2, "f32", block_tokens=layout1.block_tokens)
+    assert layout2.scope != layout1.scope
+    engine2 = PrefillEngine(params2, spec, KVStore(layout2, StoreConfig(path=str(tmp_path / "kv"), fsync=False)),
+                            config=PrefillConfig(write_back=False))
+    want, _ = engine2.run([request])
+    assert want[0].hit_tokens == 0  # the local path sees none of W1's KV
+    stale = DEReadServer(layout1, str(tmp_path / "kv"))  # a DE reader of the other weights
+    with pytest.raises(ConfigError, match=rf"^layout: the DE reader's layout scope is {layout1.scope}, the "
+                                          rf"batch's {layout2.scope}"):
+        prepare_remote(stale, KVTransferEndpoint(), layout2, [request])
+    batch = prepare_remote(stale, KVTransferEndpoint(), layout1, [request])  # the PE given W1's layout
+    assert batch.hit_blocks == [3]
+    with pytest.raises(ConfigError, match=rf"^batch\.scope: the batch was prepared under layout scope "
+                                          rf"{layout1.scope}, this engine's is {layout2.scope}"):
+        engine2.execute(batch)
+    own = prepare_remote(DEReadServer(layout2, str(tmp_path / "kv")), KVTransferEndpoint(), layout2, [request])
+    got, _ = engine2.execute(own)  # its own layout: no hit, the same tokens as the local path
+    assert got[0].hit_tokens == 0
+    np.testing.assert_array_equal(np.asarray(got[0].logits), np.asarray(want[0].logits))
+
+
 def test_a_killed_de_reader_costs_the_hit_not_the_request(tmp_path, ray_local):
     spec, params, layout, _, engine, request = _second_round(tmp_path, 4, 1, seed=2)
     tokens = request.tokens

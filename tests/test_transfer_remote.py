@@ -229,6 +229,10 @@ def test_offer_refuses_bad_uuids(endpoint):
             endpoint.offer([np.zeros(4, np.uint8)], bad)
     with pytest.raises(ValueError, match="at least one"):
         endpoint.offer([])
+    for arrays, where in (([np.zeros((0, 64, 8), np.uint8)], r"arrays\[0\] has no bytes \(shape \(0, 64, 8\)"),
+                          ([np.zeros(4, np.uint8), np.zeros(0, np.uint8)], r"arrays\[1\] has no bytes \(shape \(0,\)")):
+        with pytest.raises(ValueError, match=where):
+            endpoint.offer(arrays)  # a pull of it would never complete: the receiver would wait its whole timeout
     with pytest.raises(ConfigError) as err:
         endpoint.offer([np.zeros(4, np.uint8)], expire_s=0)
     assert err.value.field == "expire_s"
@@ -242,6 +246,9 @@ def test_uuids():
     assert len({derive_uuid("r", i, l) for i in range(50) for l in range(20)}) == 1000
     assert derive_uuid("r", 12) != derive_uuid("r1", 2)  # parts are separated
     assert all(0 <= derive_uuid(i) < 1 << 64 for i in range(100))
+    # an end holding numpy integers derives the other end's uuid
+    assert derive_uuid("r", np.int64(7), np.int32(2)) == derive_uuid("r", 7, 2)
+    assert derive_uuid("r", np.str_("a"), np.float64(0.5)) == derive_uuid("r", "a", 0.5)
     with pytest.raises(ValueError):
         derive_uuid()
 

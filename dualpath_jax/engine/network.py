@@ -78,7 +78,8 @@ class Fabric:
 
     Engines are numbered PEs first (``0 .. num_pe-1``), then DEs; nodes PE nodes first. Link
     names: ``snic_read/node<n>``, ``snic_write/node<n>``, ``cnic_in/<role><e>``,
-    ``cnic_out/<role><e>`` with the engine's global id.
+    ``cnic_out/<role><e>`` with the engine's global id. A CNIC direction's media are nominal (its
+    node's buffer -> HBM in, HBM -> DE buffer out): it carries every copy through that NIC.
     """
 
     def __init__(self, config: ClusterConfig):

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dualpath_jax.config import ConfigError
 from dualpath_jax.engine.standalone import PreparedBatch, PrefillRequest
 from dualpath_jax.kvcache import BlockLayout, block_keys, gather_layer, pack_full_blocks
 from dualpath_jax.store import BlockFailure, FailureCause, KVStore, StoreConfig
@@ -54,12 +55,15 @@ class RemoteHit:
       offers: per layer, the offer of ``uint8[hit_blocks, Z, Bt]`` (empty without a hit).
       failure: why the hit stops short, if it does: the lookup's failure (e.g. ``UNREADABLE``),
         else the first block that failed to read, else ``MISSING`` for a plain miss.
+      scope: the reader's :attr:`BlockLayout.scope <dualpath_jax.kvcache.BlockLayout.scope>` (''
+        when no reader answered).
     """
 
     hit_blocks: int
     lookup_blocks: int
     offers: tuple[KVOffer, ...]
     failure: BlockFailure | None
+    scope: str = ""
 
 
 class DEReadServer:
@@ -109,7 +113,7 @@ class DEReadServer:
                 offers = tuple(self.endpoint.offer([np.ascontiguousarray(full[:, layer])], expire_s=self.timeout_s,
                                                    tag=f"layer{layer}")
                                for layer in range(full.shape[1]))
-            out.append(RemoteHit(len(blocks), found, offers, failure))
+            out.append(RemoteHit(len(blocks), found, offers, failure, self.layout.scope))
         return out
 
     def receive_and_persist(self, handoffs: Sequence[tuple[Sequence[str], KVOffer | None]]) -> list[int]:
@@ -166,7 +170,13 @@ def prepare_remote(reader, endpoint: KVTransferEndpoint, layout: BlockLayout,
 
     A reader actor that has died (its process killed) or does not answer within ``timeout_s``
     reads nothing: every request's hit is empty (``miss`` and ``failures``: ``UNREADABLE``, naming
-    the reader) and its whole prompt is recomputed, as for a failed read."""
+    the reader) and its whole prompt is recomputed, as for a failed read.
+
+    Raises:
+      ConfigError: naming ``layout``, when the reader's layout is another (another model, spec or
+        weights): the keys would not name the blocks the reader holds. (The PE's
+        ``execute`` refuses a batch of a layout other than its own.)
+    """
     t0 = time.perf_counter()
     z = layout.block_tokens
     requests = list(requests)
@@ -185,12 +195,16 @@ def prepare_remote(reader, endpoint: KVTransferEndpoint, layout: BlockLayout,
                     for k in eligible]
     else:
         hits = call(eligible)
+    other = next((h.scope for h in hits if h.scope and h.scope != layout.scope), None)
+    if other is not None:  # (the reader's offers expire unpulled, after its timeout_s)
+        raise ConfigError("layout", f"the DE reader's layout scope is {other}, the batch's {layout.scope} (another "
+                          f"model, spec or weights): start the reader with the PE's layout")
     return RemotePreparedBatch(
         requests=requests, keys=keys, hit_blocks=[h.hit_blocks for h in hits],
         lookup_blocks=[h.lookup_blocks for h in hits], blocks=[[] for _ in hits], miss=[h.failure for h in hits],
         failures=[[h.failure] if h.failure is not None and h.failure.cause != FailureCause.MISSING else []
                   for h in hits],
-        lease=None, read_s=time.perf_counter() - t0, hits=hits, endpoint=endpoint)
+        lease=None, read_s=time.perf_counter() - t0, scope=layout.scope, hits=hits, endpoint=endpoint)
 
 
 def offer_new_blocks(endpoint: KVTransferEndpoint, layout: BlockLayout, batch: PreparedBatch,

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from dualpath_jax.config import check_in, check_positive
+from dualpath_jax.config import ConfigError, check_in, check_positive
 from dualpath_jax.engine.prefill import PrefillChunk, PrefillPath, check_store_layout
 from dualpath_jax.kvcache import block_keys, gather_layer, pack_full_blocks
 from dualpath_jax.model.spec import ModelSpec
@@ -189,6 +189,7 @@ class PreparedBatch:
     failures: list[list[BlockFailure]]
     lease: Lease | None
     read_s: float
+    scope: str                           # BlockLayout.scope its keys and blocks belong to
 
     def fetch_layer(self, layout, layer: int) -> list:
         """Per request, the host LayerKVs of its hit tokens in ``layer`` (a list of one, or empty
@@ -293,7 +294,8 @@ class PrefillEngine:
             if lease is not None:
                 lease.release()
             raise
-        return PreparedBatch(requests, keys, hit_blocks, found, blocks, miss, failures, lease, time.perf_counter() - t0)
+        return PreparedBatch(requests, keys, hit_blocks, found, blocks, miss, failures, lease, time.perf_counter() - t0,
+                             self.layout.scope)
 
     # ---- steps 2 and 3 ------------------------------------------------------------------------
     def execute(self, batch: PreparedBatch) -> tuple[list[PrefillResult], PrefillReport]:
@@ -305,7 +307,17 @@ class PrefillEngine:
         batch's hits: its forward runs again from the tokens alone, every prompt recomputed, and
         each request that had a hit records the failure (``TIMEOUT`` or ``UNREADABLE``, naming
         the layer) in ``miss`` and ``failures``.
+
+        Raises:
+          ConfigError: naming ``batch.scope``, for a batch prepared under another layout (another
+            model, spec or weights, e.g. :func:`~dualpath_jax.engine.remote_read.prepare_remote`
+            given another engine's layout): its KV is not this model's.
         """
+        if batch.scope != self.layout.scope:
+            if batch.lease is not None:
+                batch.lease.release()
+            raise ConfigError("batch.scope", f"the batch was prepared under layout scope {batch.scope}, this engine's "
+                              f"is {self.layout.scope} (another model, spec or weights): its KV is not this model's")
         cfg, z = self.config, self.layout.block_tokens
         t0 = time.perf_counter()
         hit_tokens = [n * z for n in batch.hit_blocks]

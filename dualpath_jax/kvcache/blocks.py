@@ -33,13 +33,19 @@ def _as_host(x) -> np.ndarray:
 
 
 def _quantize_fp8(x: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-token, per-128-value group absmax quantization to float8_e4m3fn (FlashMLA FP8 KV)."""
+    """Per-token, per-128-value group absmax quantization to float8_e4m3fn (FlashMLA FP8 KV).
+
+    The scale is ``amax / 448`` (the e4m3 maximum), at least float32's smallest normal number: a
+    subnormal scale (a group whose values are all below about 5e-36) would lose the precision that
+    keeps ``x / scale`` within 448, or be 0; such a group's values round to 0 or its smallest steps.
+    """
     s, c = x.shape
     pad = groups * FP8_SCALE_GROUP - c
     xf = np.pad(x.astype(np.float32), ((0, 0), (0, pad))).reshape(s, groups, FP8_SCALE_GROUP)
     amax = np.abs(xf).max(axis=-1)
-    scale = np.where(amax > 0, amax / _FP8_MAX, 1.0).astype(np.float32)
-    q = (xf / scale[..., None]).reshape(s, groups * FP8_SCALE_GROUP)[:, :c].astype(KV_DTYPES["fp8"])
+    scale = np.where(amax > 0, np.maximum(amax / _FP8_MAX, np.finfo(np.float32).tiny), 1.0).astype(np.float32)
+    q = np.clip(xf / scale[..., None], -_FP8_MAX, _FP8_MAX)
+    q = q.reshape(s, groups * FP8_SCALE_GROUP)[:, :c].astype(KV_DTYPES["fp8"])
     return q, scale
 
 

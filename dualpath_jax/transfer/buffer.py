@@ -27,6 +27,7 @@ from collections.abc import Callable
 import numpy as np
 
 from dualpath_jax.config import check_positive
+from dualpath_jax.transfer.link import byte_count
 
 __all__ = ["BufferPool", "Lease", "Claim", "BufferTimeoutError", "BufferStats"]
 
@@ -217,10 +218,10 @@ class BufferPool:
           timeout_s: longest wait; ``None`` waits forever.
 
         Raises:
-          ValueError: ``num_bytes`` negative or larger than the pool's capacity.
+          ValueError: ``num_bytes`` negative, not an integer or larger than the pool's capacity.
           BufferTimeoutError: capacity did not free up in time.
         """
-        self._check_size(num_bytes)
+        num_bytes = self._check_size(num_bytes)
         t0 = self._clock()
         deadline = None if timeout_s is None else t0 + timeout_s
         with self._cond:
@@ -257,9 +258,9 @@ class BufferPool:
         :meth:`Claim.release`; a claim holds back the requests queued after it, as a waiter does.
 
         Raises:
-          ValueError: ``num_bytes`` negative or larger than the pool's capacity.
+          ValueError: ``num_bytes`` negative, not an integer or larger than the pool's capacity.
         """
-        self._check_size(num_bytes)
+        num_bytes = self._check_size(num_bytes)
         with self._cond:
             claim = Claim(self, next(self._tickets), num_bytes, self._clock())
             self._queue.append(claim.ticket)
@@ -267,12 +268,12 @@ class BufferPool:
             self._grant()
         return claim
 
-    def _check_size(self, num_bytes: int) -> None:
-        if num_bytes < 0:
-            raise ValueError(f"num_bytes: must be >= 0 (got {num_bytes})")
+    def _check_size(self, num_bytes: int) -> int:
+        num_bytes = byte_count(num_bytes)
         if num_bytes > self.capacity_bytes:
             raise ValueError(f"num_bytes: {num_bytes} B exceeds buffer {self.name}'s capacity "
                              f"{self.capacity_bytes} B")
+        return num_bytes
 
     def _reserve(self, num_bytes: int) -> None:
         """Count ``num_bytes`` as reserved (caller holds the lock)."""
@@ -298,9 +299,15 @@ class BufferPool:
 
     def try_acquire(self, num_bytes: int) -> Lease | None:
         """Reserve ``num_bytes`` only if it fits now and nobody is queued (waiting or claiming);
-        else None (taking no place in the queue: :meth:`claim` does)."""
+        else None (taking no place in the queue: :meth:`claim` does).
+
+        Raises:
+          ValueError: ``num_bytes`` negative, not an integer or larger than the pool's capacity
+            (it would never fit), as :meth:`acquire`.
+        """
+        num_bytes = self._check_size(num_bytes)
         with self._cond:
-            if self._queue or num_bytes < 0 or self._in_use + num_bytes > self.capacity_bytes:
+            if self._queue or self._in_use + num_bytes > self.capacity_bytes:
                 return None
             self._reserve(num_bytes)
         return Lease(self, num_bytes)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import operator
 import threading
 import time
 from collections import deque
@@ -25,6 +26,22 @@ from collections.abc import Callable
 from typing import Any
 
 from dualpath_jax.config import ConfigError, check_non_negative, check_positive
+
+
+def byte_count(num_bytes) -> int:
+    """``num_bytes`` as an int (numpy integers too).
+
+    Raises:
+      ValueError: naming ``num_bytes``, for a negative count or one that is not an integer (a float,
+        even a whole or NaN one: a byte count is exact, and a NaN would spoil every counter).
+    """
+    try:
+        n = operator.index(num_bytes)
+    except TypeError:
+        raise ValueError(f"num_bytes: must be an int >= 0 (got {num_bytes!r})") from None
+    if n < 0:
+        raise ValueError(f"num_bytes: must be >= 0 (got {n})")
+    return n
 
 __all__ = ["Medium", "Outcome", "TransferRecord", "TransferResult", "LinkConfig", "Link", "LinkStats"]
 
@@ -87,12 +104,15 @@ class LinkConfig:
 
     Attributes:
       name: e.g. ``"pe0.snic"``, ``"pe0.h2d"``.
-      src, dst: media at the two ends (for records).
+      src, dst: media at the two ends, copied into every record of the link. A link whose
+        transfers have many ends (an engine's CNIC directions carry the H2D/D2H loopback copies,
+        the hand-off and the DE read path alike) gives its nominal ones: a record's ``link``
+        names where its bytes went, its ``src``/``dst`` only the link's kind.
       rate_bytes_per_s: bandwidth; ``None`` = unlimited (only the real copy time counts).
       latency_s: fixed per-transfer latency added to the emulated duration.
 
     Raises:
-      ConfigError: non-positive rate or negative latency.
+      ConfigError: non-positive rate, negative latency or an unknown medium, naming the field.
     """
 
     name: str
@@ -107,8 +127,13 @@ class LinkConfig:
         if self.rate_bytes_per_s is not None:
             check_positive(f"link[{self.name}].rate_bytes_per_s", self.rate_bytes_per_s)
         check_non_negative(f"link[{self.name}].latency_s", self.latency_s)
-        object.__setattr__(self, "src", Medium(self.src))
-        object.__setattr__(self, "dst", Medium(self.dst))
+        for end in ("src", "dst"):
+            value = getattr(self, end)
+            try:
+                object.__setattr__(self, end, Medium(value))
+            except ValueError:
+                raise ConfigError(f"link[{self.name}].{end}", f"unknown medium {value!r}; one of "
+                                  f"{', '.join(m.value for m in Medium)}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,12 +218,11 @@ class Link:
           in time, ``ERROR`` (cause = the exception) if ``fn`` raised.
 
         Raises:
-          ValueError: negative ``num_bytes``.
+          ValueError: ``num_bytes`` negative or not an integer.
           BaseException: what interrupted the wait, the copy or the emulated duration (a
             ``KeyboardInterrupt``...), once the link is released for the transfers behind.
         """
-        if num_bytes < 0:
-            raise ValueError(f"num_bytes: must be >= 0 (got {num_bytes})")
+        num_bytes = byte_count(num_bytes)
         cfg = self.config
         t_request = self._clock()
         with self._cond:

@@ -166,6 +166,7 @@ class LayerwiseLoader:
         self._slots = threading.Semaphore(self.depth)
         self._cond = threading.Condition()
         self._held: dict[int, Any] = {}
+        self._released: set[int] = set()
         self._errors: dict[int, BaseException] = {}  # LoaderError, or fetch's own non-I/O exception
         self._records: list[TransferRecord] = []
         self._held_bytes = 0
@@ -280,7 +281,8 @@ class LayerwiseLoader:
             ``io_errors``), the wait exceeded ``timeout_s`` (default the loader's), or the loader
             was closed.
           Exception: any other exception ``fetch`` raised for this layer, unchanged.
-          ValueError: ``layer`` out of range.
+          ValueError: ``layer`` out of range, already released, or one that cannot load: ``depth``
+            earlier layers are held and none is released (the loader holds at most ``depth``).
         """
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"layer: {layer} out of range [0, {self.num_layers})")
@@ -288,9 +290,15 @@ class LayerwiseLoader:
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         t0 = time.perf_counter()
         with self._cond:
+            if layer in self._released:
+                raise ValueError(f"layer: {layer} was released; get a layer before releasing it")
+            blocked = lambda: layer not in self._held and len(self._held) >= self.depth  # noqa: E731
             ok = self._cond.wait_for(lambda: (layer in self._held or layer in self._errors or self._closed
-                                              or self._crashed is not None), timeout=timeout_s)
+                                              or self._crashed is not None or blocked()), timeout=timeout_s)
             self._wait_s += time.perf_counter() - t0
+            if layer not in self._errors and blocked():  # only the consumer's release frees a slot
+                raise ValueError(f"layer: {layer} cannot load while layers {sorted(self._held)} are held: the loader "
+                                 f"holds at most depth={self.depth} layers; release the earlier ones first")
             if layer in self._errors:
                 raise self._errors[layer]
             if layer not in self._held and self._crashed is not None:
@@ -312,6 +320,7 @@ class LayerwiseLoader:
             tree = self._held.pop(layer, None)
             if tree is None:
                 return
+            self._released.add(layer)
             for x in jax.tree_util.tree_leaves(tree):
                 if isinstance(x, jax.Array) and not x.is_deleted():
                     x.delete()

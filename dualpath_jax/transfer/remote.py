@@ -162,9 +162,10 @@ def layer_block_specs(layout: BlockLayout, num_blocks: int) -> tuple[ArraySpec, 
 
 def derive_uuid(*parts) -> int:
     """A transfer uuid derived from ``parts`` (e.g. ``(run_id, request_id, layer, "de_read")``):
-    the first 8 bytes of BLAKE2b over the parts' ``repr``, an int in ``[0, 2**64)``. Both ends
-    can compute it without a message; distinct parts collide with probability about
-    ``n**2 / 2**65`` for n ids in flight at one server.
+    the first 8 bytes of BLAKE2b over the parts' ``repr``, an int in ``[0, 2**64)``; a numpy scalar
+    counts as the Python scalar it holds (``np.int64(7)`` as ``7``), so both ends can compute it
+    without a message whichever integer types they hold. Distinct parts collide with probability
+    about ``n**2 / 2**65`` for n ids in flight at one server.
 
     Raises:
       ValueError: no parts.
@@ -172,7 +173,7 @@ def derive_uuid(*parts) -> int:
     if not parts:
         raise ValueError("derive_uuid: needs at least one part")
     h = hashlib.blake2b(digest_size=8, person=b"dpkv-uuid")
-    h.update("\x1f".join(repr(p) for p in parts).encode())
+    h.update("\x1f".join(repr(p.item() if isinstance(p, np.generic) else p) for p in parts).encode())
     return int.from_bytes(h.digest(), "big")
 
 
@@ -293,8 +294,8 @@ class KVTransferEndpoint:
           the :class:`KVOffer` a receiver passes to :meth:`pull_offer`.
 
         Raises:
-          ValueError: ``arrays`` empty, ``uuid`` outside ``[0, 2**64)`` or already offered by
-            this endpoint (every offered uuid is remembered: one int per offer).
+          ValueError: ``arrays`` empty or one of them of no bytes, ``uuid`` outside ``[0, 2**64)``
+            or already offered by this endpoint (every offered uuid is remembered: one int per offer).
           ConfigError: naming ``expire_s`` if not positive.
         """
         if not len(arrays):
@@ -308,6 +309,10 @@ class KVTransferEndpoint:
             raise ValueError(f"{self.name}: uuid must be in [0, 2**64) (got {uuid})")
         placed = [a if isinstance(a, jax.Array) else jax.device_put(np.asarray(a), self.device) for a in arrays]
         specs = tuple(ArraySpec.of(a) for a in placed)
+        empty = next((i for i, s in enumerate(specs) if s.nbytes == 0), None)
+        if empty is not None:  # the transfer server never completes a pull of it: the receiver would time out
+            raise ValueError(f"{self.name}: arrays[{empty}] has no bytes (shape {specs[empty].shape}): the "
+                             f"transfer server cannot move an empty array; offer only arrays that hold bytes")
         with self._lock:
             if uuid in self._offered:
                 raise ValueError(f"{self.name}: uuid {uuid} was already offered (an offer can be pulled once; "
