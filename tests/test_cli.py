@@ -42,6 +42,35 @@ def test_a_misspelled_nested_override_names_the_closest_fields(tmp_path):
         assert hint and all(h.startswith(f"{section}.") and h.count(".") == 1 for h in hint), line
 
 
+def test_an_unknown_field_points_to_where_its_setting_lives():
+    """A field under the wrong section gets the same field elsewhere; an ablation switch in a
+    config that runs variants gets the variants (not a field the study would overwrite); the
+    runners' names for the trace folder point to each other."""
+    from dualpath_jax.studies.cmdline import _unknown_field_hint
+    names = ["num_agents", "mal", "variants", "workload", "workload.path", "workload.seed", "sim", "sim.loading",
+             "sim.beta_s"]
+    assert _unknown_field_hint("workload.num_agents", True, names) == "; did you mean num_agents?"
+    assert _unknown_field_hint("workload.mal", True, names) == "; did you mean mal?"
+    assert _unknown_field_hint("workload.traces_dir", True, names) == "; did you mean workload.path?"
+    for dotted in ("loading", "cluster.prefill", "sim.policy"):
+        hint = _unknown_field_hint(dotted, True, names)
+        assert hint.startswith(f"; {dotted.rpartition('.')[2]} is one of the switches (loading, prefill, policy) "
+                               f"that each run's variant sets: list the runs in variants, e.g. --config.variants=")
+    # without variants the field where it lives; a missing section is not its field's name
+    assert _unknown_field_hint("loading", True, [n for n in names if n != "variants"]) == "; did you mean sim.loading?"
+    assert "num_agents" not in _unknown_field_hint("workload.num_agents", False, names)  # (.x below it)
+
+
+def test_switches_and_misspelled_flags_get_their_hint_on_the_command_line(tmp_path):
+    done = _run("run_engine.py", "--config.cluster.loading=dual", f"--workdir={tmp_path / 'w'}")
+    (line,) = _lines(done.stderr)
+    assert done.returncode == 1 and line.startswith("ConfigError: --config.cluster.loading: no field 'cluster."
+                                                    "loading' in ") and "list the runs in variants" in line
+    done = _run("run_sim.py", ABLATION_TINY, "--confg.seeds=1", f"--workdir={tmp_path / 'w'}")
+    assert done.returncode == 1 and _lines(done.stderr) == ["FlagError: Unknown command line flag 'confg.seeds'; "
+                                                            "did you mean --config.seeds?"]
+
+
 def test_the_engine_script_reports_an_unknown_key_in_one_line_before_loading_jax(tmp_path):
     # issue #22: "an unknown config key ... three tracebacks that end in ml_collections' AttributeError"
     done = _run("run_engine.py", "--config.workload.num_agent=8", f"--workdir={tmp_path / 'w'}")

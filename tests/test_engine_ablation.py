@@ -14,6 +14,7 @@ import pytest
 
 from dualpath_jax.config import ConfigError
 from dualpath_jax.engine.config import ClusterConfig
+from dualpath_jax.sched import ClusterScheduler
 from dualpath_jax.studies import engine_ablation as ea
 from dualpath_jax.studies import engine_runs as er
 from dualpath_jax.studies.engine_config import (CALIBRATION_FORMAT, CalibrateConfig, calibration_fingerprint,
@@ -112,6 +113,32 @@ def test_a_calibration_of_another_model_or_workload_is_refused_naming_what_diffe
     assert f"measured for {path}=" in str(e.value) and f"this run has {path}={value!r}" in str(e.value)
 
 
+def test_a_calibration_refused_names_every_field_that_differs(tmp_path):
+    _saved(tmp_path, _config())
+    with pytest.raises(ConfigError, match=r"was measured for model\.name='tiny-gqa', workload\.num_agents=\d+, "
+                                          r"this run has model\.name='tiny-mla', workload\.num_agents=9; use the "
+                                          r"same values"):
+        engine_ablation_config(_config(**{"workload.num_agents": 9, "model.name": "tiny-mla",
+                                          "calibrate.from_file": str(tmp_path)}))
+
+
+def test_a_repeat_in_another_regime_is_flagged_against_the_repeats_median():
+    """The measured load/compute per repeat: one a third or more from the median (a host that
+    slowed down for it) is flagged with a warning naming it; fewer than 3 repeats flag nothing."""
+    def measured(ratios):
+        return [{"repeat": r, "load_over_compute": x, "pe_compute_s_oracle": 1.0} for r, x in enumerate(ratios)]
+
+    lines = []
+    assert ea._regime_outliers(measured([3.28, 1.87, 3.22]), lines.append) == [1]  # 3.22 / 1.87 = 1.72
+    assert len(lines) == 1 and lines[0].startswith("warning: repeat 1 ran in another regime: load/compute 1.87 "
+                                                   "against the repeats' median 3.22")
+    assert ea._regime_outliers(measured([3.28, 3.15, 3.22]), lines.append) == []
+    assert ea._regime_outliers(measured([2.0, 2.6, 2.0]), lines.append) == []  # 1.3: within the factor
+    assert ea._regime_outliers(measured([2.0, 2.7, 2.0, 1.5]), lines.append) == [1, 3]  # median 2.0: 1.35 and 1.33
+    assert ea._regime_outliers(measured([3.3, 1.0]), lines.append) == []  # 2 repeats: no median to trust
+    assert len(lines) == 3
+
+
 def test_a_calibration_holds_under_any_arrivals(tmp_path):
     _saved(tmp_path, _config())  # its Oracle passes ran offline, whatever the arrivals of its run
     cfg = engine_ablation_config(_config(**{"arrivals.mode": "online", "arrivals.use_think_time": True,
@@ -125,6 +152,26 @@ def test_a_link_rate_override_is_refused_while_a_saved_calibration_sets_the_rate
     with pytest.raises(ConfigError, match=r"^cluster\.cnic_bytes_per_s: is replaced by the saved calibration"):
         ea.check_overrides(config, ["cluster.cnic_bytes_per_s"])
     ea.check_overrides(config, ["cluster.max_decode_batch"])
+
+
+def test_an_interrupted_run_leaves_no_seed_store(tmp_path, monkeypatch):
+    """The warm start's seed store is the run's scratch: removed when the run stops early too."""
+    closed = []
+    monkeypatch.setattr(ea, "select_agents", lambda *a, **k: [])
+    monkeypatch.setattr(ea, "Setup", lambda *a, **k: types.SimpleNamespace(
+        scheduler_cls=ClusterScheduler, rounds=[], close=lambda: closed.append(True)))
+    monkeypatch.setattr(ea, "seed_store", lambda setup, path, log: (path / "blocks").mkdir(parents=True))
+    monkeypatch.setattr(ea, "compile_runs", lambda *a, **k: None)
+
+    def interrupted(*args, **kwargs):
+        assert (tmp_path / "seed_store" / "blocks").is_dir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ea, "_run_variants", interrupted)
+    config = engine_ablation_config(_config(**{"workload.warm_start": True}))
+    with pytest.raises(KeyboardInterrupt):
+        ea.run_ablation(config, tmp_path, log=lambda s: None, progress=False)
+    assert not (tmp_path / "seed_store").exists() and closed == [True]
 
 
 # ---- calibration ----------------------------------------------------------------------------------

@@ -89,6 +89,9 @@ def test_the_models_jax_half_loads_on_first_use():
         from dualpath_jax.model import forward, init_params
         assert callable(forward) and forward is model.forward and forward.__name__ == "forward"
         assert init_params.__module__ == "dualpath_jax.model.params" and "forward" in dir(model)
+        from dualpath_jax.model import load_hf_checkpoint, restore_params, save_params  # as the README lists them
+        assert load_hf_checkpoint.__module__ == "dualpath_jax.model.hf"
+        assert save_params.__module__ == restore_params.__module__ == "dualpath_jax.model.checkpoint"
         try:
             model.not_a_name
         except AttributeError as e:

@@ -198,6 +198,7 @@ def test_run_sim_rejects_a_bad_scheduler_naming_the_field(tmp_path):
                 f"--workdir={tmp_path / 'w'}")
     assert done.returncode != 0
     assert "ConfigError: scheduler: cannot import module 'nope'" in done.stderr
+    assert "(a module of your own must be importable: run from its folder with PYTHONPATH=." in done.stderr
     assert not (tmp_path / "w").exists()  # checked before the workdir is touched
 
 

@@ -11,8 +11,9 @@ Two halves, split so that the layers below the runtimes' JAX code can use the mo
   weights fingerprint that scopes the KV store's keys).
 
 Importing this package loads only the JAX-free half. The JAX names listed in ``_LAZY``
-(``forward``, ``init_params``, ...) are loaded on first access through a module ``__getattr__``
-(PEP 562), so ``from dualpath_jax.model import get_spec, forward`` works as before.
+(``forward``, ``init_params``, ``load_hf_checkpoint``, ``save_params``, ...) are loaded on first
+access through a module ``__getattr__`` (PEP 562), so ``from dualpath_jax.model import get_spec,
+forward`` works as before.
 """
 
 import sys
@@ -26,6 +27,8 @@ _LAZY = {  # public JAX-side name -> the submodule that defines it
                      "kv_concat", "layer_forward", "unembed"], "forward"),
     **dict.fromkeys(["count_params", "init_params", "param_shapes"], "params"),
     "weights_fingerprint": "fingerprint",
+    "load_hf_checkpoint": "hf",
+    **dict.fromkeys(["save_params", "restore_params"], "checkpoint"),
 }
 
 __all__ = sorted(["ModelSpec", "PRESETS", "RopeScaling", "get_spec", "preset_names", *_LAZY])

@@ -43,7 +43,11 @@ def load_scheduler(spec: str | type | None, *, field: str = "scheduler") -> type
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
-            raise ConfigError(field, f"cannot import module {module_name!r} of {spec!r}: {e}") from None
+            hint = ""
+            if isinstance(e, ModuleNotFoundError) and e.name == module_name.partition(".")[0]:
+                hint = (" (a module of your own must be importable: run from its folder with PYTHONPATH=. or "
+                        "put its folder on PYTHONPATH)")
+            raise ConfigError(field, f"cannot import module {module_name!r} of {spec!r}: {e}{hint}") from None
         try:
             cls = getattr(module, attr)
         except AttributeError:

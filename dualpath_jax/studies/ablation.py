@@ -43,8 +43,8 @@ def ablation(config: AblationStudyConfig, workdir: Path, log: Log = print, *, ca
     seeds = offline_seeds(wl, config.seeds)
     wls = seed_workloads(wl, seeds)
     log(f"{base.model} {cluster_label(base)}, kv {base.kv_dtype}, weights {base.weight_dtype} "
-        f"({base.peak_flops / 1e12:.0f} TFLOP/s peak), {wl.label}, "
-        f"{', '.join(str(n) for n in config.num_agents)} agents, {seeds} seed{'s' if seeds > 1 else ''}")
+        f"({base.peak_flops / 1e12:.0f} TFLOP/s peak), {wl.label}; "
+        f"{', '.join(str(n) for n in config.num_agents)} agents; {seeds} seed{'s' if seeds > 1 else ''}")
     keys = [(r, int(n), v) for r in range(seeds) for n in config.num_agents for v in variants]
     runs = offline_runs(base, [(v, wls[r].replace(num_agents=n)) for r, n, v in keys], log,
                         scheduler_cls=config.scheduler, cache=cache)

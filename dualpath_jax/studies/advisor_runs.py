@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 import threading
 from collections.abc import Sequence
 
@@ -325,7 +326,8 @@ class Evaluator:
             for e in fresh:
                 self.values[(e.choice, seed)] = e
                 if self.log:
-                    v = (f"{e.objective:10.4g} {self.config.unit}" if e.feasible else f"infeasible: {e.reason[:90]}")
+                    v = (f"{e.objective:10.4g} {self.config.unit}" if e.feasible
+                         else f"infeasible: {textwrap.shorten(e.reason, 120, placeholder=' ...')}")
                     self.log(f"    {e.choice.label:52s} seed {seed}: {v}")
         return [self.values[(c, seed)] for c in choices]
 

@@ -123,6 +123,35 @@ _SYNONYMS = {"workload.path": "workload.traces_dir", "workload.traces_dir": "wor
 """Fields that one setting has under the simulator studies' and the engine's names (the trace to read)."""
 
 
+_SWITCHES = ("loading", "prefill", "policy")
+"""The three ablation switches, which a config with ``variants`` sets per run (sched/variants.py)."""
+
+
+def _unknown_field_hint(dotted: str, last: bool, names: list[str]) -> str:
+    """``"; did you mean ...?"`` for an override of ``dotted``, which names no field of a config whose
+    fields are ``names`` (``last``: its last part is the one missing), or "".
+
+    In order: the ablation switches of a config with ``variants`` (set per run there); the same
+    setting under the other runner's name (:data:`_SYNONYMS`); the same field name in another
+    section (``workload.num_agents`` -> ``num_agents``); the closest names of its section, then of
+    the whole config.
+    """
+    leaf = dotted.rpartition(".")[2]
+    if last and leaf in _SWITCHES and "variants" in names:
+        return (f"; {leaf} is one of the switches (loading, prefill, policy) that each run's variant sets: list "
+                f"the runs in variants, e.g. --config.variants=\"('basic','dual+full+dualpath')\" (a ladder name "
+                f"or <loading>+<prefill>+<policy>)")
+    alt = _SYNONYMS.get(dotted)  # the same setting under the other runner's name
+    if alt in names:
+        return f"; did you mean {alt}?"
+    elsewhere = [n for n in names if n.rpartition(".")[2] == leaf] if last else []
+    if elsewhere:
+        return f"; did you mean {', '.join(elsewhere[:3])}?"
+    parent = dotted.rpartition(".")[0]  # the fields of its section first (not the section itself)
+    siblings = [n for n in names if n.rpartition(".")[0] == parent]
+    return did_you_mean(dotted, siblings) or did_you_mean(dotted, names)
+
+
 def _override_error(argv: list[str], name: str) -> str | None:
     """One line for the first ``--<name>.<field>`` override of ``argv`` that names no field of the
     config file's config (with the closest field names), or for a config file that does not load;
@@ -144,12 +173,8 @@ def _override_error(argv: list[str], name: str) -> str | None:
                     return one_line(ConfigError(key, f"{'.'.join(parts[:i])} is a {type(node).__name__} value, "
                                                      f"not a section with fields"))
                 if part not in node.keys():
-                    alt = _SYNONYMS.get(dotted)  # the same setting under the other runner's name
-                    parent = ".".join(parts[:i])  # the fields of its section first (not the section itself)
-                    siblings = [n for n in names if n.rpartition(".")[0] == parent]
-                    hint = f"; did you mean {alt}?" if alt in names else (
-                        did_you_mean(dotted, siblings) or did_you_mean(dotted, names))
-                    return one_line(ConfigError(key, f"no field {dotted!r} in {value}{hint}"))
+                    return one_line(ConfigError(key, f"no field {dotted!r} in {value}"
+                                                     f"{_unknown_field_hint(dotted, i == len(parts) - 1, names)}"))
                 node = node[part]
     return None
 
@@ -208,10 +233,20 @@ def integral_overrides(argv: list[str], name: str) -> list[str]:
 
 
 def parse_error(error: Exception, argv: list[str], config_name: str | None) -> str:
+    """The one line for a command line that absl or ml_collections refused (``error``): see the
+    module docstring. An unknown dotted flag (``--confg.repeats``), for which absl suggests
+    nothing, gets the closest flag with the same field (``did you mean --config.repeats?``)."""
     if config_name is not None and not isinstance(error, flags.UnrecognizedFlagError):
         line = _override_error(argv, config_name) or _config_file_error(error, argv, config_name)
         if line:
             return line
     if isinstance(error, flags.Error):
-        return f"FlagError: {' '.join(str(error).split())}"
+        text = " ".join(str(error).split())
+        name = getattr(error, "flagname", "") or ""
+        head, dot, rest = name.partition(".")
+        if isinstance(error, flags.UnrecognizedFlagError) and dot and "Did you mean" not in text:
+            near = closest(head, [f for f in FLAGS if f != head])
+            if near:
+                text += f"; did you mean {', '.join(f'--{n}.{rest}' for n in near)}?"
+        return f"FlagError: {text}"
     return one_line(error)

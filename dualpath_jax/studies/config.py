@@ -144,9 +144,10 @@ class AblationStudyConfig(StudyConfig):
     """Fig. 12 right: ``variants`` offline on MAL ``mal`` at each of ``num_agents``.
 
     Attributes:
-      mal: the MAL of every run (``workload.mal``).
-      num_agents: agent counts, one batch each (``workload.num_agents``); JCT is averaged over them.
-      seed: the generator's seed (``workload.seed``).
+      mal: the MAL of every run (it sets each run's ``workload.mal``: set it here, not there).
+      num_agents: agent counts, one batch each (each run's ``workload.num_agents``: set them here, not
+        there); JCT is averaged over them.
+      seed: the generator's seed (it sets ``workload.seed``: set it here, not there).
       workload: the rest of the workload: its source (the paper's generator or a trace), token
         scaling and sub-agents.
     """
@@ -169,8 +170,8 @@ class Fig7StudyConfig(StudyConfig):
     """Fig. 7: each model row x MAL x agent count x variant, offline.
 
     Attributes:
-      mals: the MALs, one column of panels each (``workload.mal`` of each run).
-      num_agents: agent counts of each panel (``workload.num_agents`` of each run).
+      mals: the MALs, one column of panels each (each run's ``workload.mal``: set them here).
+      num_agents: agent counts of each panel (each run's ``workload.num_agents``: set them here).
       workload: the rest of the workload.
     """
 
@@ -196,7 +197,7 @@ class Fig8StudyConfig(StudyConfig):
 
     Attributes:
       clusters: the clusters, ``"<P>P<D>D"`` (P prefill and D decode nodes).
-      num_agents: agent counts (``workload.num_agents`` of each run).
+      num_agents: agent counts (each run's ``workload.num_agents``: set them here).
       workload: the rest of the workload.
     """
 
@@ -219,7 +220,7 @@ class Fig9StudyConfig(StudyConfig):
 
     Attributes:
       scale: which lengths are scaled, one after the other: ``append``, ``gen``.
-      factors: the scaling factors (``workload.append_factor`` / ``gen_factor`` of each run).
+      factors: the scaling factors (each run's ``workload.append_factor`` / ``gen_factor``: set them here).
       num_agents: agents of every run.
       workload: the rest of the workload (the paper's generator only).
     """

@@ -152,6 +152,8 @@ def run_ablation(config, workdir, *, log: Callable = print, progress: bool | Non
     finally:
         if setup is not None:
             setup.close()  # the ray runtime's node actors
+        if config.workload.warm_start:  # an interrupted or failed run leaves no seed store behind either
+            shutil.rmtree(workdir / "seed_store", ignore_errors=True)
 
 
 def _calibrates(cfg: CalibrateConfig, repeat: int) -> bool:
@@ -270,6 +272,7 @@ def _run_variants(config: EngineAblationConfig, workdir: Path, setup: Setup, see
         regime["pe_compute_s_oracle"] = estimate([m["pe_compute_s_oracle"] for m in measured]).mean
         regime["load_over_compute_measured"] = estimate([m["load_over_compute"] for m in measured]).mean
         regime["per_repeat"] = measured
+        regime["outlier_repeats"] = _regime_outliers(measured, log)
     per_repeat_rows = {n: [_row(n, summaries[n, r], summaries.get(("basic", r), {}).get("jct_s"))
                            | {"snic_MB_per_s": rates[r][0] / 1e6} for r in range(repeats)] for n in names}
     rows = [aggregate_rows(per_repeat_rows[n]) for n in names]
@@ -295,6 +298,30 @@ def _run_variants(config: EngineAblationConfig, workdir: Path, setup: Setup, see
     _plots(workdir, results, summaries, names, repeats)
     return {**_named_values(names, repeats, summaries, measured, regime, tokens, rates),
             **{k: v for k, v in runtime_figures(config.runtime, results.values()).items() if k != "runtime"}}
+
+
+OUTLIER_FACTOR = 1.33
+"""A repeat whose measured load/compute is this factor or more from the repeats' median is flagged."""
+
+
+def _regime_outliers(measured: list[dict], log) -> list[int]:
+    """The repeats whose measured load/compute (hit KV read through one SNIC over Oracle's PE
+    compute seconds) is :data:`OUTLIER_FACTOR` or more from the median of the repeats, each logged
+    as a warning: its host ran at another speed than the others' (other work on its cores), so its
+    runs sit in another regime and widen every interval. Needs 3 repeats (none flagged below)."""
+    ratios = [m["load_over_compute"] for m in measured]
+    if len(measured) < 3 or min(ratios) <= 0:  # (no hit read: no regime to compare)
+        return []
+    median = float(np.median(ratios))
+    out = []
+    for m in measured:
+        if max(m["load_over_compute"] / median, median / m["load_over_compute"]) >= OUTLIER_FACTOR:
+            out.append(m["repeat"])
+            log(f"warning: repeat {m['repeat']} ran in another regime: load/compute {m['load_over_compute']:.2f} "
+                f"against the repeats' median {median:.2f} (Oracle's PE compute {m['pe_compute_s_oracle']:.2f} s): "
+                f"the host's speed changed (other work on its cores?), so its speedups differ from the others' "
+                f"and widen the intervals; rerun on an idle host or with more repeats")
+    return out
 
 
 def runtime_figures(runtime: str, results) -> dict:

@@ -294,14 +294,20 @@ def check_fingerprint(saved: dict, config: "EngineAblationConfig", path: str, fi
     mine = calibration_fingerprint(config)
     # a workload field added since the file was written matches where this run keeps its default
     defaults = {f"workload.{f.name}": f.default for f in dataclasses.fields(EngineWorkload)}
+    differ = []
     for key, value in mine.items():
         if key not in saved:
             if key in defaults and value == defaults[key]:
                 continue
             raise ConfigError(field, f"{path} does not record {key}; measure a new calibration")
         if saved[key] != value:
-            raise ConfigError(field, f"{path} was measured for {key}={saved[key]!r}, this run has {key}={value!r}; "
-                              f"use the same {key} or measure a new calibration (calibrate.from_file='')")
+            differ.append(key)
+    if differ:  # every field that differs, so that one rerun can fix them all
+        was = ", ".join(f"{k}={saved[k]!r}" for k in differ)
+        has = ", ".join(f"{k}={mine[k]!r}" for k in differ)
+        raise ConfigError(field, f"{path} was measured for {was}, this run has {has}; use the same "
+                          f"{'values' if len(differ) > 1 else differ[0]} or measure a new calibration "
+                          f"(calibrate.from_file='')")
 
 
 @dataclasses.dataclass(frozen=True)
