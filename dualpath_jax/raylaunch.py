@@ -17,6 +17,8 @@ workspace) starts under ``/tmp/ray`` instead. The signal handlers the caller had
 SIGTERM are put back after ``ray.init`` (which installs its own), so a script still ends with its
 status recorded. :func:`disconnect` ends the connection :func:`ray_module` made (none it did not
 make): the end of this process's Ray job, which stops every task and actor the job still runs.
+An address where no cluster answers is a ConfigError naming the setting it came from
+(``runtime_address``, ``--ray_address``), at once rather than after Ray's endless retries.
 Importing this module does not import Ray.
 """
 
@@ -25,9 +27,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import warnings
+
+from dualpath_jax.config import ConfigError
 
 __all__ = ["ray_module", "disconnect", "local_temp_dir"]
 
@@ -42,9 +47,16 @@ class _DropDefaultAuthNotice(logging.Filter):
         return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
-def ray_module(address: str = "", **local_options):
+def ray_module(address: str = "", *, field: str = "ray_address", **local_options):
     """The ``ray`` module, connected (module docstring); ``local_options`` (e.g. ``num_cpus``) go
-    to ``ray.init`` when it starts a local instance."""
+    to ``ray.init`` when it starts a local instance.
+
+    Raises:
+      ConfigError: naming ``field`` (the setting ``address`` came from), when no Ray cluster
+        answers at ``address``: a ``HOST:PORT`` that refuses or does not answer a connection within
+        :data:`CONNECT_TIMEOUT_S` (Ray itself would retry without end), or ``"auto"`` with no
+        cluster to find.
+    """
     import ray  # noqa: PLC0415 (Ray only where it is used)
 
     if not ray.is_initialized():
@@ -55,7 +67,14 @@ def ray_module(address: str = "", **local_options):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
             if address:
-                ray.init(address=address, include_dashboard=False, log_to_driver=True)
+                _check_reachable(address, field)
+                try:
+                    ray.init(address=address, include_dashboard=False, log_to_driver=True)
+                except ConnectionError as e:  # e.g. "auto" with no running cluster
+                    found = "none runs on this host (nor at RAY_ADDRESS)" if address == "auto" else \
+                        str(e).splitlines()[0]
+                    raise ConfigError(field, f"no Ray cluster at {address!r}: {found}; start one with `ray start "
+                                      f"--head`, or leave {field} empty for a local instance") from None
             else:
                 notice = _DropDefaultAuthNotice()
                 logging.getLogger(_AUTH_LOGGER).addFilter(notice)
@@ -72,6 +91,26 @@ def ray_module(address: str = "", **local_options):
             if handler is not None:
                 signal.signal(signum, handler)
     return ray
+
+
+CONNECT_TIMEOUT_S = 10.0
+"""How long a ``HOST:PORT`` address may take to accept a connection before it is refused."""
+
+
+def _check_reachable(address: str, field: str) -> None:
+    """Raise ConfigError naming ``field`` unless a ``HOST:PORT`` address accepts a TCP connection
+    (Ray's GCS port); other forms (``auto``, ``ray://...``) are left to Ray."""
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(field, f"{address!r} is not 'auto' or HOST:PORT (e.g. 10.0.0.1:6379, the address "
+                          f"`ray start --head` prints)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise ConfigError(field, f"no Ray cluster answers at {address} ({type(e).__name__}: {e}); start one with "
+                          f"`ray start --head` there, or leave {field} empty for a local instance") from None
 
 
 def disconnect() -> bool:

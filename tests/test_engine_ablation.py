@@ -62,7 +62,9 @@ def test_quick_config_repeats_five_times_and_calibrates_on_three_passes():
                                          ("profile.pairs", ((0, 64), (0, 64))),
                                          ("profile.pairs[1].cached", ((0, 64), (-1, 64))),
                                          ("profile.pairs[0].bsz", ((0, 0), (1024, 64))),
-                                         ("profile.pairs[0]", ((0,), (1024, 64)))])
+                                         ("profile.pairs[0]", ((0,), (1024, 64))),
+                                         ("ray.gpus_per_engine", 1.5),  # above one GPU: whole GPUs
+                                         ("ray.pe_resource", "pe_host")])  # placement, under runtime=threads
 def test_bad_repeat_and_calibration_fields_are_named(path, value):
     data = _config().to_dict()  # a plain dict: values of any type reach the check
     node = data

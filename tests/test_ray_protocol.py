@@ -3,6 +3,7 @@ on a bare ``NodeHost``, the driver's ``RemoteNodes`` over fake actors, the contr
 a fake driver, Ray's start-up notice (the runs across processes are ``test_ray_runtime.py``'s)."""
 
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -50,8 +51,6 @@ def test_held_read_queue_changes_are_summed_per_node_and_taken_once():
 
 
 def test_a_poll_brings_read_queue_changes_with_events_and_a_tick_asks_for_them():
-    import time
-
     import queue
 
     from dualpath_jax.engine.ray_node import _HeldReadQueues
@@ -114,8 +113,6 @@ def test_the_driver_asks_nodes_for_their_read_queue_changes_and_waits_for_the_an
     """RemoteNodes.pull_read_q: one call per live node; the answers join the controller's events
     from Ray's thread (a node that died adds nothing; another error is the future's to log),
     and await_pulls returns once every answer is in, so that a run's end sees them all."""
-    import time
-
     import ray
 
     nodes, calls, futures = _fake_remote_nodes(5, dead=[4])
@@ -341,3 +338,145 @@ def test_starting_a_local_ray_instance_hides_only_rays_notice_of_its_default_tok
         assert shown[-1].startswith("Token authentication is enabled for this Ray cluster")
     finally:
         log.removeHandler(keep)
+
+
+def test_hit_offers_give_a_request_failed_meanwhile_zero_blocks_not_the_batch_an_error():
+    """offer_hits stacks each asked request's DE-side hit blocks per layer. A request the driver
+    failed meanwhile (its fail order reached the DE node first: the node freed or forgot it) gets
+    zero blocks, since its row of the PE's forward is discarded, so its batch-mates keep their
+    attempt; a live request whose blocks are missing is still an error."""
+    import types
+
+    import numpy as np
+
+    from engine_cases import tiny_model
+
+    _, _, layout = tiny_model()
+    rng = np.random.default_rng(0)
+    live = [rng.integers(0, 256, layout.full_block_shape, dtype=np.uint8) for _ in range(2)]
+    failed = types.SimpleNamespace(error="timeout", de_hit=[None])
+    offered = []
+    endpoint = types.SimpleNamespace(address="127.0.0.1:1", next_uuid=iter(range(100)).__next__,
+                                     offer=lambda arrays, uuid, **kw: offered.append((uuid, arrays[0])))
+    node = _bare_node(node=1, _run_id="run-1", _lock=threading.Lock(), layout=layout, endpoint=endpoint,
+                      _reqs={7: types.SimpleNamespace(error="", de_hit=live), 8: failed},
+                      config=types.SimpleNamespace(timeout_s=5.0), fabric=None,
+                      ctx=types.SimpleNamespace(peers=None))
+    offers = node.offer_hits("run-1", [(7, 2), (8, 1), (9, 1)])  # 9: failed and forgotten
+    assert len(offers) == layout.n_layers
+    deadline = time.perf_counter() + 10
+    while len(offered) < layout.n_layers and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    for layer, (uuid, arr) in enumerate(sorted(offered, key=lambda o: o[0])):
+        assert uuid == offers[layer].uuid and arr.shape == (4, layout.block_tokens, layout.bytes_per_token_per_layer)
+        assert np.array_equal(arr[:2], np.stack([b[layer] for b in live])) and not arr[2:].any()
+    node._reqs[10] = types.SimpleNamespace(error="", de_hit=live[:1])
+    with pytest.raises(RuntimeError, match=r"request 10: its DE-side hit blocks are not in node1's buffer"):
+        node.offer_hits("run-1", [(7, 1), (10, 2)])
+
+
+def test_an_address_where_no_ray_cluster_answers_is_one_error_naming_the_setting(monkeypatch):
+    """ray.init retries an unreachable HOST:PORT without end, and "auto" without a cluster raises
+    Ray's ConnectionError naming Ray's own --address flag: both are a ConfigError naming the
+    setting the address came from, at once."""
+    import socket
+
+    import ray
+
+    from dualpath_jax.config import ConfigError
+    from dualpath_jax.raylaunch import ray_module
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # a port nobody listens on
+    port = closed.getsockname()[1]
+    closed.close()
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: (_ for _ in ()).throw(
+        ConnectionError("Could not find any running Ray instance. Please specify the one to connect to by setting "
+                        "`--address` flag or `RAY_ADDRESS` environment variable.")))
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"^runtime_address: no Ray cluster answers at 127\.0\.0\.1:{port} "
+                                          r"\(ConnectionRefusedError"):
+        ray_module(f"127.0.0.1:{port}", field="runtime_address")
+    assert time.perf_counter() - t0 < 5.0
+    with pytest.raises(ConfigError, match=r"^ray_address: 'host-without-port' is not 'auto' or HOST:PORT"):
+        ray_module("host-without-port")
+    with pytest.raises(ConfigError) as e:
+        ray_module("auto")
+    assert e.value.field == "ray_address" and "--address" not in str(e.value)
+    assert str(e.value).startswith("ray_address: no Ray cluster at 'auto': none runs on this host")
+
+
+def _fake_ray(resources, hosts, get):
+    """A ``ray`` module stand-in for RayRuntime.nodes: a cluster with ``resources`` in total and
+    per host ``hosts``; ``get`` answers ray.get; actors start as plain objects."""
+    import types
+
+    import ray
+
+    actor = types.SimpleNamespace(ping=types.SimpleNamespace(remote=lambda: "ping"))
+    started = []
+    return types.SimpleNamespace(
+        cluster_resources=lambda: dict(resources), nodes=lambda: [{"Alive": True, "Resources": h} for h in hosts],
+        put=lambda x: x, get=get, exceptions=ray.exceptions, kill=lambda a: None,
+        remote=lambda cls: types.SimpleNamespace(options=lambda **opts: types.SimpleNamespace(
+            remote=lambda *args: started.append(opts) or actor))), started
+
+
+@pytest.mark.parametrize("gpus, hosts, message", [
+    (0.75, [{"GPU": 8.0}], r"^ray\.gpus_per_engine: 0\.75 GPU\(s\) per engine x 2 engines per node = 1\.5 GPUs per "
+                           r"node actor: above one, Ray places whole GPUs"),
+    (1.0, [{"GPU": 1.0}] * 8, r"^ray\.gpus_per_engine: a node actor needs 2 GPU\(s\) on one host \(1 per engine x 2 "
+                              r"engines per node\); the largest host of the Ray cluster has 1"),
+])
+def test_node_actors_ray_could_never_place_are_refused_before_any_starts(gpus, hosts, message):
+    from dualpath_jax.config import ConfigError
+    from dualpath_jax.engine.config import ClusterConfig
+    from dualpath_jax.engine.ray_runtime import RayRuntime
+
+    from engine_cases import FAST, tiny_model
+
+    spec, params, layout = tiny_model()
+    fake, started = _fake_ray({"GPU": 8.0}, hosts, get=lambda *a, **k: [])
+    runtime = RayRuntime(gpus_per_engine=gpus)
+    runtime.ray = lambda: fake
+    with pytest.raises(ConfigError, match=message):
+        runtime.nodes(ClusterConfig(**{**FAST, "engines_per_node": 2}), spec, layout, params, object)
+    assert started == []
+
+
+def test_node_actors_not_started_in_time_or_dying_at_start_end_in_one_line():
+    """Resources that exist but are in use leave Ray waiting without end: after start_timeout_s the
+    actors are stopped and a ConfigError names ray. An actor that dies while starting is its own
+    error's last line: a module it cannot import names scheduler (a policy missing on a host)."""
+    import ray
+
+    from dualpath_jax.config import ConfigError
+    from dualpath_jax.engine.config import ClusterConfig
+    from dualpath_jax.engine.ray_runtime import RayRuntime, start_error
+
+    from engine_cases import FAST, tiny_model
+
+    spec, params, layout = tiny_model()
+
+    def never(refs, timeout=None):
+        assert timeout == 0.5
+        raise ray.exceptions.GetTimeoutError("timed out")
+
+    fake, started = _fake_ray({"GPU": 0.0}, [{}], get=never)
+    runtime = RayRuntime(start_timeout_s=0.5)
+    runtime.ray = lambda: fake
+    with pytest.raises(ConfigError, match=r"^ray: the 3 node actors were not all placed and started within 0\.5 s: "
+                                          r"the Ray cluster has the GPUs and resources they ask for, but not free"):
+        runtime.nodes(ClusterConfig(**FAST), spec, layout, params, object)
+    assert len(started) == 3 and runtime.actors == []  # stopped: the next call starts them again
+
+    report = ("The actor died because of an error raised in its creation task, ray::NodeHost.__init__() (pid=1)\n"
+              "  File \"x.py\", line 3, in <module>\n    import polmod\n    ^^^^^^^^^^^^^\n"
+              "ModuleNotFoundError: No module named 'polmod'")
+    e = start_error(RuntimeError(report))
+    assert isinstance(e, ConfigError) and e.field == "scheduler"
+    assert "(ModuleNotFoundError: No module named 'polmod')" in str(e) and "^^^" not in str(e)
+    e = start_error(RuntimeError(report.replace("ModuleNotFoundError: No module named 'polmod'",
+                                                "MemoryError: out of memory")))
+    assert type(e) is RuntimeError and str(e) == "a node actor died while starting: MemoryError: out of memory"

@@ -427,8 +427,13 @@ class NodeHost:
         token) is told at once (:meth:`hits_failed`), so that PE's pull fails and its forward
         with it, instead of waiting for a timeout.
 
+        A request that failed meanwhile (the driver's fail order reached this node before the PE
+        formed its batch; this node then freed its blocks, or forgot the request) gets zero blocks:
+        its row of the PE's forward is discarded, as under ``threads``, and its batch-mates' forward
+        goes on rather than losing an attempt with it.
+
         Raises:
-          RuntimeError: a request failed or its blocks left the buffer, or the call is of another
+          RuntimeError: a live request's blocks are not in the buffer, or the call is of another
             run than this node's (``run_id``).
         """
         if cause := self._other_run(run_id):
@@ -438,10 +443,12 @@ class NodeHost:
         for rid, n in asks:
             with self._lock:
                 req = self._reqs.get(rid)
-            mine = [] if req is None else list(req.de_hit[:n])
-            if req is None or req.error or len(mine) < n or any(b is None for b in mine):
-                raise RuntimeError(f"request {rid}: its DE-side hit blocks are not in node{self.node}'s buffer"
-                                   + (f" ({req.error})" if req is not None and req.error else ""))
+            if req is None or req.error:  # failed meanwhile: nothing will use its row
+                blocks += [np.zeros(self.layout.full_block_shape, np.uint8)] * n
+                continue
+            mine = list(req.de_hit[:n])
+            if len(mine) < n or any(b is None for b in mine):
+                raise RuntimeError(f"request {rid}: its DE-side hit blocks are not in node{self.node}'s buffer")
             blocks += mine
         full = np.stack(blocks)  # [sum n, L, Z, Bt]
         layers = [np.ascontiguousarray(full[:, layer]) for layer in range(full.shape[1])]

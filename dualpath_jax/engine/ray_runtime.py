@@ -71,7 +71,7 @@ from dualpath_jax.model.spec import ModelSpec
 from dualpath_jax.raylaunch import ray_module
 from dualpath_jax.store import StoreConfig
 
-__all__ = ["RayRuntime", "RemoteNodes", "RemoteReader", "RemotePE", "RemoteDE", "translate"]
+__all__ = ["RayRuntime", "RemoteNodes", "RemoteReader", "RemotePE", "RemoteDE", "translate", "start_error"]
 
 _ARENAS = "2"
 """glibc's ``MALLOC_ARENA_MAX`` in the node processes (unless the driver's environment sets one).
@@ -91,11 +91,14 @@ class RayRuntime:
       pe_resource, de_resource: a custom Ray resource every PE / DE node actor needs one unit of
         ("" = none), to pin roles to hosts.
       jit_cache_dir: JAX's persistent compilation cache for the actors ("" = the driver's setting).
+      start_timeout_s: how long the node actors may take to be placed and started (Ray waits for
+        resources that are in use, e.g. by another run's actors, without end).
     """
 
     def __init__(self, address: str = "", *, gpus_per_engine: float = 0, pe_resource: str = "",
-                 de_resource: str = "", jit_cache_dir: str = ""):
+                 de_resource: str = "", jit_cache_dir: str = "", start_timeout_s: float = 300.0):
         self.address, self.gpus_per_engine = str(address or ""), float(gpus_per_engine)
+        self.start_timeout_s = float(start_timeout_s)
         self.resource = {"pe": pe_resource, "de": de_resource}
         self.jit_cache_dir = jit_cache_dir or (jax.config.jax_compilation_cache_dir or "")
         self._key = self._params_of = None
@@ -105,11 +108,19 @@ class RayRuntime:
         self.xla_threads: dict[int, frozenset[int]] = {}  # pid -> its XLA threads (profile.start_backends)
 
     def ray(self):
-        return ray_module(self.address)
+        return ray_module(self.address, field="runtime_address")
 
     def nodes(self, config: ClusterConfig, spec: ModelSpec, layout: BlockLayout, params: dict,
               scheduler_cls: type) -> list:
-        """The node actors for this cluster shape and model (started, or reused; a dead one replaced)."""
+        """The node actors for this cluster shape and model (started, or reused; a dead one replaced).
+
+        Raises:
+          ConfigError: naming the ``ray.*`` field, when the Ray cluster lacks what the actors ask for
+            (:meth:`_check_resources`); naming ``ray``, when they are not placed and started within
+            ``start_timeout_s`` (the resources exist but are in use); naming ``scheduler``, when a
+            node cannot import the policy's module.
+          RuntimeError: a node actor died while starting (its error's last line).
+        """
         ray = self.ray()
         key = (config.prefill_nodes, config.decode_nodes, config.engines_per_node, spec, layout, scheduler_cls)
         if key != self._key or params is not self._params_of:
@@ -142,7 +153,17 @@ class RayRuntime:
             spec_, layout_, sched_ = self._args
             self.actors[n] = ray.remote(NodeHost).options(**opts).remote(
                 n, role, engines, spec_, layout_, self._params, sched_, self.jit_cache_dir)
-        up = ray.get([a.ping.remote() for a in self.actors])
+        try:
+            up = ray.get([a.ping.remote() for a in self.actors], timeout=self.start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise ConfigError("ray", f"the {config.num_nodes} node actors were not all placed and started within "
+                              f"{self.start_timeout_s:g} s: the Ray cluster has the GPUs and resources they ask for, "
+                              f"but not free now (another run's actors?) or not on one host; `ray status` shows "
+                              f"what is in use") from None
+        except ray.exceptions.RayActorError as e:
+            self.close()
+            raise start_error(e) from None
         self.pids = [pid for pid, _ in up]
         self.xla_threads = {pid: frozenset(tids) for pid, tids in up}
         return list(self.actors)
@@ -161,6 +182,17 @@ class RayRuntime:
         have = ray.cluster_resources()
         engines = config.num_pe + config.num_de
         need_gpus = self.gpus_per_engine * engines
+        per_node = self.gpus_per_engine * config.engines_per_node  # one actor's, on one host
+        if per_node > 1 and abs(per_node - round(per_node)) > 1e-9:
+            raise ConfigError("ray.gpus_per_engine", f"{self.gpus_per_engine:g} GPU(s) per engine x "
+                              f"{config.engines_per_node} engines per node = {per_node:g} GPUs per node actor: "
+                              f"above one, Ray places whole GPUs")
+        hosts = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        most = max((h.get("GPU", 0.0) for h in hosts), default=have.get("GPU", 0.0))
+        if per_node > most + 1e-9 and need_gpus <= have.get("GPU", 0.0) + 1e-9:
+            raise ConfigError("ray.gpus_per_engine", f"a node actor needs {per_node:g} GPU(s) on one host "
+                              f"({self.gpus_per_engine:g} per engine x {config.engines_per_node} engines per node); "
+                              f"the largest host of the Ray cluster has {most:g}")
         if need_gpus > have.get("GPU", 0.0) + 1e-9:
             raise ConfigError("ray.gpus_per_engine", f"{self.gpus_per_engine:g} GPU(s) per engine for {engines} "
                               f"engines needs {need_gpus:g} GPU(s); the Ray cluster has {have.get('GPU', 0.0):g} "
@@ -191,6 +223,22 @@ class RayRuntime:
         return f"{os.getpid()}-{id(self)}-{self._runs}"
 
 
+def start_error(error: BaseException) -> Exception:
+    """The error to raise for a node actor that died while starting (``RayActorError``): the
+    actor's own error in one line (the last ``SomeError: ...`` line of Ray's report, which holds the
+    worker's traceback); a ConfigError naming ``scheduler`` when it could not import a module (a
+    policy's module missing from the workers' import path)."""
+    lines = [ln.strip() for ln in str(error).splitlines()]
+    own = next((ln for ln in reversed(lines) if ln and ln.split(":", 1)[0].endswith(("Error", "Exception"))
+                and " " not in ln.split(":", 1)[0]), "")
+    if own.startswith(("ModuleNotFoundError", "ImportError")):
+        return ConfigError("scheduler", f"a node actor cannot import what it runs ({own}): every host's Ray workers "
+                           f"must import the policy's module (its folder on their PYTHONPATH, or in the job's "
+                           f"runtime_env)")
+    first = lines[0] if lines else type(error).__name__
+    return RuntimeError(f"a node actor died while starting: {own or first}")
+
+
 class RemoteNodes:
     """The driver's side of one ``ray`` run: orders to the node actors, their events into the
     controller's queue (one pump thread per node), and the run's results at the end."""
@@ -216,7 +264,8 @@ class RemoteNodes:
         readers, processes)``: PE and DE engine id -> :class:`RemotePE` / :class:`RemoteDE`, node
         -> :class:`RemoteReader`, and the count of distinct node processes."""
         infos = self.ray.get([a.begin_run.remote(self.run_id, self.config, store_config, self.actors, sched_args,
-                                                 time_model, max_blocks, faults) for a in self.actors])
+                                                 time_model, max_blocks, faults) for a in self.actors],
+                             timeout=max(120.0, self.config.timeout_s))  # (a hung node never stalls the run)
         kv_tokens = {e: v for i in infos for e, v in i["max_kv_tokens"].items()}
         blocks = {e: v for i in infos for e, v in i["num_blocks"].items()}
         cfg = self.config
@@ -227,7 +276,7 @@ class RemoteNodes:
 
     def start(self, t0: float) -> None:
         """Start every node at the driver's ``t0`` (``time.time()``) and the event pumps."""
-        self.ray.get([a.start_run.remote(t0) for a in self.actors])
+        self.ray.get([a.start_run.remote(t0) for a in self.actors], timeout=max(120.0, self.config.timeout_s))
         for n in range(len(self.actors)):
             t = threading.Thread(target=self._pump, args=(n,), name=f"pump-node{n}", daemon=True)
             t.start()

@@ -327,6 +327,9 @@ class EngineRay:
 
     def __post_init__(self):
         check_non_negative("ray.gpus_per_engine", self.gpus_per_engine)
+        if self.gpus_per_engine > 1 and self.gpus_per_engine != int(self.gpus_per_engine):
+            raise ConfigError("ray.gpus_per_engine", f"more than one GPU per engine must be a whole number "
+                              f"(got {self.gpus_per_engine:g}): Ray places whole GPUs above one")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,6 +379,10 @@ class EngineAblationConfig:
             raise ConfigError("runtime", f"{self.runtime!r} is not one of {list(RUNTIMES)}")
         if self.runtime_address and self.runtime != "ray":
             raise ConfigError("runtime_address", "is for runtime='ray'")
+        if self.runtime != "ray":  # placement of node actors that a threads run does not start
+            for f in dataclasses.fields(EngineRay):
+                if getattr(self.ray, f.name) != f.default:
+                    raise ConfigError(f"ray.{f.name}", "places the ray runtime's node actors: it is for runtime='ray'")
         if not self.variants:
             raise ConfigError("variants", "must name at least one variant")
         for name in self.variants:
