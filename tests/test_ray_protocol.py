@@ -480,3 +480,41 @@ def test_node_actors_not_started_in_time_or_dying_at_start_end_in_one_line():
     e = start_error(RuntimeError(report.replace("ModuleNotFoundError: No module named 'polmod'",
                                                 "MemoryError: out of memory")))
     assert type(e) is RuntimeError and str(e) == "a node actor died while starting: MemoryError: out of memory"
+
+
+def test_a_hit_offers_carry_stops_when_its_run_ends():
+    """The DE node carries each offered layer over its CNIC out, layer after layer; once the run
+    has ended (its PE pulls nothing more) the remaining layers are neither carried nor offered, so
+    the emulated link is free for the next run."""
+    import types
+
+    import numpy as np
+
+    from engine_cases import tiny_model
+
+    _, _, layout = tiny_model()
+    assert layout.n_layers >= 2
+    gate, carried, offered = threading.Event(), [], []
+
+    def carry(links, nbytes, fn, tag, timeout_s):
+        carried.append(tag)
+        gate.wait(10)
+        fn()
+
+    block = np.ones(layout.full_block_shape, np.uint8)
+    endpoint = types.SimpleNamespace(address="127.0.0.1:1", next_uuid=iter(range(100)).__next__,
+                                     offer=lambda arrays, uuid, **kw: offered.append(uuid))
+    node = _bare_node(node=1, _run_id="run-1", _lock=threading.Lock(), layout=layout, endpoint=endpoint,
+                      _reqs={7: types.SimpleNamespace(error="", de_hit=[block])},
+                      config=types.SimpleNamespace(timeout_s=5.0),
+                      fabric=types.SimpleNamespace(engines={2: types.SimpleNamespace(cnic_out="cnic_out/de2")},
+                                                   carry=carry),
+                      ctx=types.SimpleNamespace(peers=None))
+    offers = node.offer_hits("run-1", [(7, 1)], out_bytes={2: 1024})
+    deadline = time.perf_counter() + 10
+    while not carried and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    node._run_id = None  # end_run: the run is over while layer 0 crosses the CNIC
+    gate.set()
+    time.sleep(0.3)
+    assert carried == ["layer0"] and offered == [offers[0].uuid]

@@ -425,7 +425,8 @@ class NodeHost:
         the move (PAPER.md 2.4: DE buffer -> DE CNIC out -> PE CNIC in). A layer whose carry fails
         is never offered, nor the layers after it: ``reply_to`` (the asking PE's node, its group
         token) is told at once (:meth:`hits_failed`), so that PE's pull fails and its forward
-        with it, instead of waiting for a timeout.
+        with it, instead of waiting for a timeout. Once the run has ended the layers not yet
+        carried are dropped (nothing pulls them), leaving the CNIC to the next run.
 
         A request that failed meanwhile (the driver's fail order reached this node before the PE
         formed its batch; this node then freed its blocks, or forgot the request) gets zero blocks:
@@ -463,6 +464,8 @@ class NodeHost:
 
         def carry() -> None:
             for layer, (arr, offer) in enumerate(zip(layers, offers)):
+                if self._run_id != run_id:  # the run ended (its PE pulls no more): free the DE's CNIC out
+                    return
                 try:
                     self._carry_nested([fabric.engines[de].cnic_out for de in des], [out_bytes[de] for de in des],
                                        lambda: None, f"layer{layer}", t)
