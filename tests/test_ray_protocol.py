@@ -401,10 +401,51 @@ def test_an_address_where_no_ray_cluster_answers_is_one_error_naming_the_setting
     assert time.perf_counter() - t0 < 5.0
     with pytest.raises(ConfigError, match=r"^ray_address: 'host-without-port' is not 'auto' or HOST:PORT"):
         ray_module("host-without-port")
-    with pytest.raises(ConfigError) as e:
-        ray_module("auto")
+    import signal
+
+    def mine(signum, frame):  # the caller's (cli.run's) handler, which ray.init replaces
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        def init(**kw):  # as Ray's: its handler first, then the failed connection
+            signal.signal(signal.SIGTERM, lambda *a: None)
+            raise ConnectionError("Could not find any running Ray instance (`--address` flag)")
+
+        monkeypatch.setattr(ray, "init", init)
+        with pytest.raises(ConfigError) as e:
+            ray_module("auto")
+        assert signal.getsignal(signal.SIGTERM) is mine  # put back though the connection failed
+    finally:
+        signal.signal(signal.SIGTERM, before)
     assert e.value.field == "ray_address" and "--address" not in str(e.value)
     assert str(e.value).startswith("ray_address: no Ray cluster at 'auto': none runs on this host")
+
+
+def test_nodes_that_do_not_build_a_runs_workers_in_time_are_named():
+    """begin_run compiles the DE decode steps: a node that has not answered within the runtime's
+    start_timeout_s is one ConfigError naming ray.start_timeout_s and the node, not a hang."""
+    import types
+
+    from dualpath_jax.config import ConfigError
+    from dualpath_jax.engine.ray_runtime import RemoteNodes
+
+    refs = ["ref0", "ref1", "ref2"]
+    waits = []
+
+    def wait(refs_, num_returns, timeout):
+        waits.append((num_returns, timeout))
+        return refs_[:2], refs_[2:]  # node 2 still compiling
+
+    nodes = object.__new__(RemoteNodes)
+    nodes.runtime = types.SimpleNamespace(start_timeout_s=7.0)
+    nodes.ray = types.SimpleNamespace(wait=wait, get=lambda r: pytest.fail("no answer is read"))
+    with pytest.raises(ConfigError, match=r"^ray\.start_timeout_s: node2 did not build their workers \(compiling the "
+                                          r"DE decode steps\) within 7 s"):
+        nodes._answers(refs, "build their workers (compiling the DE decode steps)")
+    assert waits == [(3, 7.0)]
+    nodes.ray = types.SimpleNamespace(wait=lambda r, num_returns, timeout: (r, []), get=lambda r: [1, 2, 3])
+    assert nodes._answers(refs, "start the run") == [1, 2, 3]
 
 
 def _fake_ray(resources, hosts, get):
@@ -466,17 +507,22 @@ def test_node_actors_not_started_in_time_or_dying_at_start_end_in_one_line():
     fake, started = _fake_ray({"GPU": 0.0}, [{}], get=never)
     runtime = RayRuntime(start_timeout_s=0.5)
     runtime.ray = lambda: fake
-    with pytest.raises(ConfigError, match=r"^ray: the 3 node actors were not all placed and started within 0\.5 s: "
-                                          r"the Ray cluster has the GPUs and resources they ask for, but not free"):
+    with pytest.raises(ConfigError, match=r"^ray\.start_timeout_s: the 3 node actors were not all placed or not "
+                                          r"started within 0\.5 s: the Ray cluster has the GPUs and resources they "
+                                          r"ask for, but not free now"):
         runtime.nodes(ClusterConfig(**FAST), spec, layout, params, object)
     assert len(started) == 3 and runtime.actors == []  # stopped: the next call starts them again
 
     report = ("The actor died because of an error raised in its creation task, ray::NodeHost.__init__() (pid=1)\n"
               "  File \"x.py\", line 3, in <module>\n    import polmod\n    ^^^^^^^^^^^^^\n"
               "ModuleNotFoundError: No module named 'polmod'")
-    e = start_error(RuntimeError(report))
+    policy = type("MyPolicy", (), {"__module__": "polmod.policies"})
+    e = start_error(RuntimeError(report), policy)
     assert isinstance(e, ConfigError) and e.field == "scheduler"
     assert "(ModuleNotFoundError: No module named 'polmod')" in str(e) and "^^^" not in str(e)
+    e = start_error(RuntimeError(report.replace("polmod", "tensorstore")), policy)  # not the policy's: as it is
+    assert type(e) is RuntimeError and str(e) == ("a node actor died while starting: ModuleNotFoundError: No module "
+                                                  "named 'tensorstore'")
     e = start_error(RuntimeError(report.replace("ModuleNotFoundError: No module named 'polmod'",
                                                 "MemoryError: out of memory")))
     assert type(e) is RuntimeError and str(e) == "a node actor died while starting: MemoryError: out of memory"
@@ -510,11 +556,13 @@ def test_a_hit_offers_carry_stops_when_its_run_ends():
                       fabric=types.SimpleNamespace(engines={2: types.SimpleNamespace(cnic_out="cnic_out/de2")},
                                                    carry=carry),
                       ctx=types.SimpleNamespace(peers=None))
+    others = set(threading.enumerate())
     offers = node.offer_hits("run-1", [(7, 1)], out_bytes={2: 1024})
+    (thread,) = [th for th in threading.enumerate() if th not in others and th.name == "node1-hits-out"]
     deadline = time.perf_counter() + 10
     while not carried and time.perf_counter() < deadline:
         time.sleep(0.01)
     node._run_id = None  # end_run: the run is over while layer 0 crosses the CNIC
     gate.set()
-    time.sleep(0.3)
-    assert carried == ["layer0"] and offered == [offers[0].uuid]
+    thread.join(10)
+    assert not thread.is_alive() and carried == ["layer0"] and offered == [offers[0].uuid]

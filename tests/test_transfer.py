@@ -66,7 +66,7 @@ def test_link_config_validation():
     assert e.value.field == "link[x].src"
 
 
-@pytest.mark.parametrize("size", [1.5, float("nan"), 1024.0, "8", -1])
+@pytest.mark.parametrize("size", [1.5, float("nan"), 1024.0, "8", -1, True])
 def test_byte_counts_are_whole_and_non_negative(size):
     """A link or a buffer counts bytes exactly: a fractional, NaN, float or negative count is
     refused (a NaN used to make every later total NaN, 1.5 B was reserved); numpy ints count."""

@@ -91,12 +91,13 @@ class RayRuntime:
       pe_resource, de_resource: a custom Ray resource every PE / DE node actor needs one unit of
         ("" = none), to pin roles to hosts.
       jit_cache_dir: JAX's persistent compilation cache for the actors ("" = the driver's setting).
-      start_timeout_s: how long the node actors may take to be placed and started (Ray waits for
-        resources that are in use, e.g. by another run's actors, without end).
+      start_timeout_s: how long the node actors may take to be placed and started, and then to
+        build a run's workers (Ray waits for resources that are in use, e.g. by another run's
+        actors, without end).
     """
 
     def __init__(self, address: str = "", *, gpus_per_engine: float = 0, pe_resource: str = "",
-                 de_resource: str = "", jit_cache_dir: str = "", start_timeout_s: float = 300.0):
+                 de_resource: str = "", jit_cache_dir: str = "", start_timeout_s: float = 600.0):
         self.address, self.gpus_per_engine = str(address or ""), float(gpus_per_engine)
         self.start_timeout_s = float(start_timeout_s)
         self.resource = {"pe": pe_resource, "de": de_resource}
@@ -116,9 +117,9 @@ class RayRuntime:
 
         Raises:
           ConfigError: naming the ``ray.*`` field, when the Ray cluster lacks what the actors ask for
-            (:meth:`_check_resources`); naming ``ray``, when they are not placed and started within
-            ``start_timeout_s`` (the resources exist but are in use); naming ``scheduler``, when a
-            node cannot import the policy's module.
+            (:meth:`_check_resources`); naming ``ray.start_timeout_s``, when they are not placed or
+            not started within it (the resources exist but are in use, or a slow start); naming
+            ``scheduler``, when a node cannot import the policy's module.
           RuntimeError: a node actor died while starting (its error's last line).
         """
         ray = self.ray()
@@ -157,13 +158,13 @@ class RayRuntime:
             up = ray.get([a.ping.remote() for a in self.actors], timeout=self.start_timeout_s)
         except ray.exceptions.GetTimeoutError:
             self.close()
-            raise ConfigError("ray", f"the {config.num_nodes} node actors were not all placed and started within "
-                              f"{self.start_timeout_s:g} s: the Ray cluster has the GPUs and resources they ask for, "
-                              f"but not free now (another run's actors?) or not on one host; `ray status` shows "
-                              f"what is in use") from None
+            raise ConfigError("ray.start_timeout_s", f"the {config.num_nodes} node actors were not all placed or not "
+                              f"started within {self.start_timeout_s:g} s: the Ray cluster has the GPUs and resources "
+                              f"they ask for, but not free now (another run's actors? `ray status` shows what is in "
+                              f"use), or they start slowly (raise ray.start_timeout_s)") from None
         except ray.exceptions.RayActorError as e:
             self.close()
-            raise start_error(e) from None
+            raise start_error(e, scheduler_cls) from None
         self.pids = [pid for pid, _ in up]
         self.xla_threads = {pid: frozenset(tids) for pid, tids in up}
         return list(self.actors)
@@ -223,18 +224,19 @@ class RayRuntime:
         return f"{os.getpid()}-{id(self)}-{self._runs}"
 
 
-def start_error(error: BaseException) -> Exception:
+def start_error(error: BaseException, scheduler_cls: type | None = None) -> Exception:
     """The error to raise for a node actor that died while starting (``RayActorError``): the
     actor's own error in one line (the last ``SomeError: ...`` line of Ray's report, which holds the
-    worker's traceback); a ConfigError naming ``scheduler`` when it could not import a module (a
-    policy's module missing from the workers' import path)."""
+    worker's traceback); a ConfigError naming ``scheduler`` when the module it could not import is
+    the policy's (``scheduler_cls``'s top package: missing from the workers' import path)."""
     lines = [ln.strip() for ln in str(error).splitlines()]
     own = next((ln for ln in reversed(lines) if ln and ln.split(":", 1)[0].endswith(("Error", "Exception"))
                 and " " not in ln.split(":", 1)[0]), "")
-    if own.startswith(("ModuleNotFoundError", "ImportError")):
-        return ConfigError("scheduler", f"a node actor cannot import what it runs ({own}): every host's Ray workers "
-                           f"must import the policy's module (its folder on their PYTHONPATH, or in the job's "
-                           f"runtime_env)")
+    missing = own.partition("No module named ")[2].strip("'\"").partition(".")[0]
+    policy = (getattr(scheduler_cls, "__module__", "") or "").partition(".")[0]
+    if own.startswith(("ModuleNotFoundError", "ImportError")) and missing and missing == policy:
+        return ConfigError("scheduler", f"a node actor cannot import the policy's module ({own}): every host's Ray "
+                           f"workers must import it (its folder on their PYTHONPATH, or in the job's runtime_env)")
     first = lines[0] if lines else type(error).__name__
     return RuntimeError(f"a node actor died while starting: {own or first}")
 
@@ -263,9 +265,9 @@ class RemoteNodes:
         injects; ``node_of``: engine id -> node). Returns the driver's handles, ``(pes, des,
         readers, processes)``: PE and DE engine id -> :class:`RemotePE` / :class:`RemoteDE`, node
         -> :class:`RemoteReader`, and the count of distinct node processes."""
-        infos = self.ray.get([a.begin_run.remote(self.run_id, self.config, store_config, self.actors, sched_args,
-                                                 time_model, max_blocks, faults) for a in self.actors],
-                             timeout=max(120.0, self.config.timeout_s))  # (a hung node never stalls the run)
+        infos = self._answers([a.begin_run.remote(self.run_id, self.config, store_config, self.actors, sched_args,
+                                                  time_model, max_blocks, faults) for a in self.actors],
+                              "build their workers (compiling the DE decode steps)")
         kv_tokens = {e: v for i in infos for e, v in i["max_kv_tokens"].items()}
         blocks = {e: v for i in infos for e, v in i["num_blocks"].items()}
         cfg = self.config
@@ -276,11 +278,26 @@ class RemoteNodes:
 
     def start(self, t0: float) -> None:
         """Start every node at the driver's ``t0`` (``time.time()``) and the event pumps."""
-        self.ray.get([a.start_run.remote(t0) for a in self.actors], timeout=max(120.0, self.config.timeout_s))
+        self._answers([a.start_run.remote(t0) for a in self.actors], "start the run")
         for n in range(len(self.actors)):
             t = threading.Thread(target=self._pump, args=(n,), name=f"pump-node{n}", daemon=True)
             t.start()
             self._pumps.append(t)
+
+    def _answers(self, refs: list, doing: str) -> list:
+        """The nodes' answers to ``refs`` (one call per node), waiting at most the runtime's
+        ``start_timeout_s`` (a hung node never stalls the run).
+
+        Raises:
+          ConfigError: naming ``ray.start_timeout_s``, with the nodes that had not answered.
+        """
+        ray = self.ray
+        ready, waiting = ray.wait(refs, num_returns=len(refs), timeout=self.runtime.start_timeout_s)
+        if waiting:
+            late = ", ".join(f"node{refs.index(r)}" for r in waiting)
+            raise ConfigError("ray.start_timeout_s", f"{late} did not {doing} within {self.runtime.start_timeout_s:g} "
+                              f"s (a large model or a cold compilation cache on a slow host: raise it)")
+        return ray.get(refs)
 
     def _pump(self, n: int) -> None:
         ray = self.ray

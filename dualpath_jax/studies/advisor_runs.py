@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import textwrap
 import threading
 from collections.abc import Sequence
 
@@ -327,7 +326,7 @@ class Evaluator:
                 self.values[(e.choice, seed)] = e
                 if self.log:
                     v = (f"{e.objective:10.4g} {self.config.unit}" if e.feasible
-                         else f"infeasible: {textwrap.shorten(e.reason, 120, placeholder=' ...')}")
+                         else f"infeasible: {e.reason if len(e.reason) <= 120 else e.reason[:116] + ' ...'}")
                     self.log(f"    {e.choice.label:52s} seed {seed}: {v}")
         return [self.values[(c, seed)] for c in choices]
 

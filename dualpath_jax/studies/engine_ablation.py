@@ -301,14 +301,16 @@ def _run_variants(config: EngineAblationConfig, workdir: Path, setup: Setup, see
 
 
 OUTLIER_FACTOR = 1.33
-"""A repeat whose measured load/compute is this factor or more from the repeats' median is flagged."""
+"""A repeat whose measured load/compute is this factor or more above or below the repeats' median is
+flagged."""
 
 
 def _regime_outliers(measured: list[dict], log) -> list[int]:
     """The repeats whose measured load/compute (hit KV read through one SNIC over Oracle's PE
-    compute seconds) is :data:`OUTLIER_FACTOR` or more from the median of the repeats, each logged
-    as a warning: its host ran at another speed than the others' (other work on its cores), so its
-    runs sit in another regime and widen every interval. Needs 3 repeats (none flagged below)."""
+    compute seconds) is :data:`OUTLIER_FACTOR` times the repeats' median or more, or that median
+    over the factor or less, each logged as a warning: its host ran at another speed than the
+    others' (other work on its cores), so its runs sit in another regime and widen every interval.
+    Needs 3 repeats (none flagged below), each with a hit read."""
     ratios = [m["load_over_compute"] for m in measured]
     if len(measured) < 3 or min(ratios) <= 0:  # (no hit read: no regime to compare)
         return []

@@ -319,14 +319,19 @@ class EngineRay:
         own GPU).
       pe_resource, de_resource: a custom Ray resource every PE / DE node needs one unit of ("" =
         none): ``ray start --resources='{"pe_host": 1}'`` on the hosts meant for prefill.
+      start_timeout_s: seconds the node actors may take to be placed and started, and then to
+        build a run's workers (compiling the DE decode steps): Ray waits for resources in use
+        without end; raise it for a large model or a cold compilation cache on a slow host.
     """
 
     gpus_per_engine: float = 0.0
     pe_resource: str = ""
     de_resource: str = ""
+    start_timeout_s: float = 600.0
 
     def __post_init__(self):
         check_non_negative("ray.gpus_per_engine", self.gpus_per_engine)
+        check_positive("ray.start_timeout_s", self.start_timeout_s)
         if self.gpus_per_engine > 1 and self.gpus_per_engine != int(self.gpus_per_engine):
             raise ConfigError("ray.gpus_per_engine", f"more than one GPU per engine must be a whole number "
                               f"(got {self.gpus_per_engine:g}): Ray places whole GPUs above one")

@@ -296,7 +296,8 @@ def ray_runtime(config: EngineAblationConfig):
     from dualpath_jax.engine.ray_runtime import RayRuntime  # noqa: PLC0415 (imports Ray)
 
     return RayRuntime(config.runtime_address, gpus_per_engine=config.ray.gpus_per_engine,
-                      pe_resource=config.ray.pe_resource, de_resource=config.ray.de_resource)
+                      pe_resource=config.ray.pe_resource, de_resource=config.ray.de_resource,
+                      start_timeout_s=config.ray.start_timeout_s)
 
 
 def typical_round(agents: list[Trajectory]) -> tuple[int, int]:

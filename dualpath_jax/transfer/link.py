@@ -27,23 +27,8 @@ from typing import Any
 
 from dualpath_jax.config import ConfigError, check_non_negative, check_positive
 
-
-def byte_count(num_bytes) -> int:
-    """``num_bytes`` as an int (numpy integers too).
-
-    Raises:
-      ValueError: naming ``num_bytes``, for a negative count or one that is not an integer (a float,
-        even a whole or NaN one: a byte count is exact, and a NaN would spoil every counter).
-    """
-    try:
-        n = operator.index(num_bytes)
-    except TypeError:
-        raise ValueError(f"num_bytes: must be an int >= 0 (got {num_bytes!r})") from None
-    if n < 0:
-        raise ValueError(f"num_bytes: must be >= 0 (got {n})")
-    return n
-
-__all__ = ["Medium", "Outcome", "TransferRecord", "TransferResult", "LinkConfig", "Link", "LinkStats"]
+__all__ = ["Medium", "Outcome", "TransferRecord", "TransferResult", "LinkConfig", "Link", "LinkStats",
+           "byte_count"]
 
 
 class Medium(str, enum.Enum):
@@ -96,6 +81,24 @@ class TransferResult:
     @property
     def ok(self) -> bool:
         return self.record.outcome is Outcome.OK
+
+
+def byte_count(num_bytes) -> int:
+    """``num_bytes`` as an int (numpy integers too).
+
+    Raises:
+      ValueError: naming ``num_bytes``, for a negative count or one that is not an integer (a float,
+        even a whole or NaN one: a byte count is exact, and a NaN would spoil every counter).
+    """
+    if isinstance(num_bytes, bool):
+        raise ValueError(f"num_bytes: must be an int >= 0 (got {num_bytes!r})")
+    try:
+        n = operator.index(num_bytes)
+    except TypeError:
+        raise ValueError(f"num_bytes: must be an int >= 0 (got {num_bytes!r})") from None
+    if n < 0:
+        raise ValueError(f"num_bytes: must be >= 0 (got {n})")
+    return n
 
 
 @dataclasses.dataclass(frozen=True)

@@ -296,7 +296,8 @@ class LayerwiseLoader:
             ok = self._cond.wait_for(lambda: (layer in self._held or layer in self._errors or self._closed
                                               or self._crashed is not None or blocked()), timeout=timeout_s)
             self._wait_s += time.perf_counter() - t0
-            if layer not in self._errors and blocked():  # only the consumer's release frees a slot
+            if layer not in self._errors and self._crashed is None and not self._closed and blocked():
+                # only the consumer's release frees a slot
                 raise ValueError(f"layer: {layer} cannot load while layers {sorted(self._held)} are held: the loader "
                                  f"holds at most depth={self.depth} layers; release the earlier ones first")
             if layer in self._errors:
