@@ -268,3 +268,19 @@ def test_lockstep_ends_at_a_signal_while_a_search_is_busy():
     assert done.returncode == 0 and done.stdout.startswith("interrupted after"), (done.stdout, done.stderr[-2000:])
     seconds = float(done.stdout.split()[-2])
     assert seconds < 10
+
+
+@pytest.mark.xdist_group("ray")
+def test_more_workers_than_the_running_ray_instance_has_cpus_is_a_warning(ray_session):
+    """A local Ray instance already running in this process keeps its CPU count (2 here): asking
+    for more workers says how many runs go at once instead of silently running fewer."""
+    import warnings
+
+    from dualpath_jax.studies import sweep
+
+    with pytest.warns(sweep.FewerCpusWarning, match=r"^workers: the Ray instance this process already runs has 2 "
+                                                    r"CPUs, so at most 2 of the 3 workers run at once"):
+        assert sweep._ray(3, "") is ray_session
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sweep._ray(2, "")

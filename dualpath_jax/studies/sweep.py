@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -155,10 +156,20 @@ def _brief(item: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+class FewerCpusWarning(UserWarning):
+    """The Ray instance this process was already connected to has fewer CPUs than ``--workers``."""
+
+
 def _ray(workers: int, address: str):
     """The ``ray`` module with this process connected (a local instance of ``workers`` CPUs, or
-    the cluster at ``address``)."""
-    return ray_module(address, num_cpus=workers)
+    the cluster at ``address``). A local instance already running in this process keeps its own
+    CPU count: a warning says when it runs fewer than ``workers`` runs at once."""
+    ray = ray_module(address, num_cpus=workers)
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    if not address and cpus < workers:
+        warnings.warn(f"workers: the Ray instance this process already runs has {cpus:g} CPUs, so at most "
+                      f"{int(cpus)} of the {workers} workers run at once", FewerCpusWarning, stacklevel=2)
+    return ray
 
 
 class _Aborted(Exception):
