@@ -67,32 +67,37 @@ def ray_module(address: str = "", *, field: str = "ray_address", **local_options
         try:  # (also when init fails: a caller that goes on keeps its own handlers)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-                if address:
-                    _check_reachable(address, field)
-                    try:
-                        ray.init(address=address, include_dashboard=False, log_to_driver=True)
-                    except ConnectionError as e:  # e.g. "auto" with no running cluster
-                        found = "none runs on this host (nor at RAY_ADDRESS)" if address == "auto" else \
-                            str(e).splitlines()[0]
-                        raise ConfigError(field, f"no Ray cluster at {address!r}: {found}; start one with `ray start "
-                                          f"--head`, or leave {field} empty for a local instance") from None
-                else:
-                    notice = _DropDefaultAuthNotice()
-                    logging.getLogger(_AUTH_LOGGER).addFilter(notice)
-                    temp = local_temp_dir()
-                    if temp is not None and "_temp_dir" not in local_options:
-                        local_options = {**local_options, "_temp_dir": temp}
-                    try:
-                        ray.init(include_dashboard=False, log_to_driver=True,
-                                 runtime_env={"env_vars": {"PYTHONPATH": _import_path()}}, **local_options)
-                    finally:
-                        logging.getLogger(_AUTH_LOGGER).removeFilter(notice)
+                _init(ray, address, field, local_options)
             _connected[:] = [_connection(ray)] if ray.is_initialized() else []
         finally:
             for signum, handler in handlers.items():
                 if handler is not None:
                     signal.signal(signum, handler)
     return ray
+
+
+def _init(ray, address: str, field: str, local_options: dict) -> None:
+    """``ray.init``: joining the cluster at ``address`` (:func:`ray_module`'s errors), else
+    starting a local instance (module docstring)."""
+    if address:
+        _check_reachable(address, field)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        except ConnectionError as e:  # e.g. "auto" with no running cluster
+            found = "none runs on this host (nor at RAY_ADDRESS)" if address == "auto" else str(e).splitlines()[0]
+            raise ConfigError(field, f"no Ray cluster at {address!r}: {found}; start one with `ray start --head`, "
+                              f"or leave {field} empty for a local instance") from None
+        return
+    notice = _DropDefaultAuthNotice()
+    logging.getLogger(_AUTH_LOGGER).addFilter(notice)
+    temp = local_temp_dir()
+    if temp is not None and "_temp_dir" not in local_options:
+        local_options = {**local_options, "_temp_dir": temp}
+    try:
+        ray.init(include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"PYTHONPATH": _import_path()}}, **local_options)
+    finally:
+        logging.getLogger(_AUTH_LOGGER).removeFilter(notice)
 
 
 CONNECT_TIMEOUT_S = 10.0

@@ -181,6 +181,7 @@ class RayRuntime:
         """Raise ConfigError (naming the ``ray.*`` field) when the Ray cluster lacks the GPUs or the custom
         resources the node actors ask for: Ray would otherwise wait for them forever."""
         have = ray.cluster_resources()
+        have_gpus = have.get("GPU", 0.0)
         engines = config.num_pe + config.num_de
         need_gpus = self.gpus_per_engine * engines
         per_node = self.gpus_per_engine * config.engines_per_node  # one actor's, on one host
@@ -189,14 +190,14 @@ class RayRuntime:
                               f"{config.engines_per_node} engines per node = {per_node:g} GPUs per node actor: "
                               f"above one, Ray places whole GPUs")
         hosts = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-        most = max((h.get("GPU", 0.0) for h in hosts), default=have.get("GPU", 0.0))
-        if per_node > most + 1e-9 and need_gpus <= have.get("GPU", 0.0) + 1e-9:
+        most = max((h.get("GPU", 0.0) for h in hosts), default=have_gpus)
+        if per_node > most + 1e-9 and need_gpus <= have_gpus + 1e-9:
             raise ConfigError("ray.gpus_per_engine", f"a node actor needs {per_node:g} GPU(s) on one host "
                               f"({self.gpus_per_engine:g} per engine x {config.engines_per_node} engines per node); "
                               f"the largest host of the Ray cluster has {most:g}")
-        if need_gpus > have.get("GPU", 0.0) + 1e-9:
+        if need_gpus > have_gpus + 1e-9:
             raise ConfigError("ray.gpus_per_engine", f"{self.gpus_per_engine:g} GPU(s) per engine for {engines} "
-                              f"engines needs {need_gpus:g} GPU(s); the Ray cluster has {have.get('GPU', 0.0):g} "
+                              f"engines needs {need_gpus:g} GPU(s); the Ray cluster has {have_gpus:g} "
                               "(0 on hosts without GPUs)")
         for role, nodes in (("pe", config.prefill_nodes), ("de", config.decode_nodes)):
             name = self.resource[role]
@@ -292,7 +293,7 @@ class RemoteNodes:
           ConfigError: naming ``ray.start_timeout_s``, with the nodes that had not answered.
         """
         ray = self.ray
-        ready, waiting = ray.wait(refs, num_returns=len(refs), timeout=self.runtime.start_timeout_s)
+        _, waiting = ray.wait(refs, num_returns=len(refs), timeout=self.runtime.start_timeout_s)
         if waiting:
             late = ", ".join(f"node{refs.index(r)}" for r in waiting)
             raise ConfigError("ray.start_timeout_s", f"{late} did not {doing} within {self.runtime.start_timeout_s:g} "

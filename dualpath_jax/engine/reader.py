@@ -108,7 +108,8 @@ class NodeReader:
             self._discarded += nbytes
 
     def _late_read(self, fut: cf.Future) -> None:
-        """Count a read the job stopped waiting for (its deadline passed) once the store returns it."""
+        """Count the block of a read nobody carries (the job stopped waiting for it, or was
+        interrupted) once the store returns it."""
         try:
             res = fut.result()
         except Exception:  # noqa: BLE001 - a read that failed returned nothing
@@ -218,14 +219,9 @@ class NodeReader:
         self.on_done(job, blocks, failures)
 
     def _discard(self, futures: list) -> None:
-        """Count the blocks of an interrupted job that the store read but nobody carried."""
+        """Count the blocks of an interrupted job that the store read but nobody carried: each read
+        is waited for up to ``timeout_s`` (so that it is counted before the run's figures are
+        taken), and counted when it returns."""
         for fut in futures:
-            try:
-                res = fut.result(timeout=self.timeout_s)
-            except cf.TimeoutError:
-                fut.add_done_callback(self._late_read)
-                continue
-            except Exception:  # noqa: BLE001 - a read that failed returned nothing
-                continue
-            if res.ok:
-                self._discard_bytes(res.block.nbytes)
+            cf.wait([fut], timeout=self.timeout_s)
+            fut.add_done_callback(self._late_read)  # (at once for a read that has returned)

@@ -90,9 +90,9 @@ def byte_count(num_bytes) -> int:
       ValueError: naming ``num_bytes``, for a negative count or one that is not an integer (a float,
         even a whole or NaN one: a byte count is exact, and a NaN would spoil every counter).
     """
-    if isinstance(num_bytes, bool):
-        raise ValueError(f"num_bytes: must be an int >= 0 (got {num_bytes!r})")
     try:
+        if isinstance(num_bytes, bool):  # (an int to Python, but no count of bytes)
+            raise TypeError
         n = operator.index(num_bytes)
     except TypeError:
         raise ValueError(f"num_bytes: must be an int >= 0 (got {num_bytes!r})") from None
