@@ -22,3 +22,16 @@ def get_config(name, arg=None):
 def load_sim_config(study, arg="tiny"):
     """The config of ``configs/sim_<study>.py`` (the tiny variant by default)."""
     return get_config(f"sim_{study}", arg)
+
+
+def engine_config(arg="quick", **overrides):
+    """``configs/engine_ablation.py``'s config (the quick variant by default) with ``overrides``,
+    dotted field -> value (``engine_config(**{"workload.num_agents": 9})``)."""
+    config = get_config("engine_ablation", arg)
+    for path, value in overrides.items():
+        node = config
+        *head, leaf = path.split(".")
+        for part in head:
+            node = node[part]
+        node[leaf] = value
+    return config

@@ -4,9 +4,7 @@ repeats with 95% intervals, and the warm-up that leaves nothing to compile insid
 import dataclasses
 import json
 import math
-import os
 import pathlib
-import shutil
 import types
 
 import numpy as np
@@ -21,21 +19,10 @@ from dualpath_jax.studies.engine_config import (CALIBRATION_FORMAT, CalibrateCon
                                                 engine_ablation_config)
 from dualpath_jax.studies.seeds import printed
 
-from config_files import get_config
+from config_files import engine_config, get_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 T975 = {1: 12.7062, 2: 4.3027, 4: 2.7764}  # two-sided 95% Student-t critical values (any t table)
-
-
-def _config(**overrides):
-    config = get_config("engine_ablation", "quick")
-    for path, value in overrides.items():
-        node = config
-        *head, leaf = path.split(".")
-        for part in head:
-            node = node[part]
-        node[leaf] = value
-    return config
 
 
 def _saved(tmp_path, config, **fields):
@@ -49,7 +36,7 @@ def _saved(tmp_path, config, **fields):
 
 # ---- config ---------------------------------------------------------------------------------------
 def test_quick_config_repeats_five_times_and_calibrates_on_three_passes():
-    cfg = engine_ablation_config(_config())
+    cfg = engine_ablation_config(engine_config())
     assert cfg.repeats == 5 and cfg.calibrate.passes == 3 and cfg.calibrate.from_file == ""
     assert cfg.calibrate.each_repeat
     assert cfg.calibrate.measured
@@ -66,7 +53,7 @@ def test_quick_config_repeats_five_times_and_calibrates_on_three_passes():
                                          ("ray.gpus_per_engine", 1.5),  # above one GPU: whole GPUs
                                          ("ray.pe_resource", "pe_host")])  # placement, under runtime=threads
 def test_bad_repeat_and_calibration_fields_are_named(path, value):
-    data = _config().to_dict()  # a plain dict: values of any type reach the check
+    data = engine_config().to_dict()  # a plain dict: values of any type reach the check
     node = data
     *head, leaf = path.split("[")[0].split(".") if "[" in path else path.split(".")
     for part in head:
@@ -78,10 +65,10 @@ def test_bad_repeat_and_calibration_fields_are_named(path, value):
 
 
 def test_a_saved_calibration_is_read_from_the_file_or_its_workdir(tmp_path):
-    config = _config()
+    config = engine_config()
     path = _saved(tmp_path, config)
     for given in (str(path), str(tmp_path)):
-        cfg = engine_ablation_config(_config(**{"calibrate.from_file": given}))
+        cfg = engine_ablation_config(engine_config(**{"calibrate.from_file": given}))
         assert cfg.calibrate.from_file == given and not cfg.calibrate.measured
 
 
@@ -92,9 +79,9 @@ def test_a_saved_calibration_is_read_from_the_file_or_its_workdir(tmp_path):
     ({"fingerprint": None}, "no fingerprint"),
 ])
 def test_a_bad_saved_calibration_is_one_error_naming_the_field(tmp_path, fields, message):
-    _saved(tmp_path, _config(), **fields)
+    _saved(tmp_path, engine_config(), **fields)
     with pytest.raises(ConfigError, match=r"^calibrate\.from_file: .*" + message):
-        engine_ablation_config(_config(**{"calibrate.from_file": str(tmp_path)}))
+        engine_ablation_config(engine_config(**{"calibrate.from_file": str(tmp_path)}))
 
 
 def test_a_missing_or_unreadable_calibration_is_one_error_naming_the_field(tmp_path):
@@ -108,19 +95,19 @@ def test_a_missing_or_unreadable_calibration_is_one_error_naming_the_field(tmp_p
 @pytest.mark.parametrize("path, value", [("workload.num_agents", 9), ("model.name", "tiny-mla"),
                                          ("cluster.decode_nodes", 3)])
 def test_a_calibration_of_another_model_or_workload_is_refused_naming_what_differs(tmp_path, path, value):
-    _saved(tmp_path, _config())
+    _saved(tmp_path, engine_config())
     with pytest.raises(ConfigError) as e:
-        engine_ablation_config(_config(**{path: value, "calibrate.from_file": str(tmp_path)}))
+        engine_ablation_config(engine_config(**{path: value, "calibrate.from_file": str(tmp_path)}))
     assert e.value.field == "calibrate.from_file"
     assert f"measured for {path}=" in str(e.value) and f"this run has {path}={value!r}" in str(e.value)
 
 
 def test_a_calibration_refused_names_every_field_that_differs(tmp_path):
-    _saved(tmp_path, _config())
+    _saved(tmp_path, engine_config())
     with pytest.raises(ConfigError, match=r"was measured for model\.name='tiny-gqa', workload\.num_agents=\d+, "
                                           r"this run has model\.name='tiny-mla', workload\.num_agents=9; use the "
                                           r"same values"):
-        engine_ablation_config(_config(**{"workload.num_agents": 9, "model.name": "tiny-mla",
+        engine_ablation_config(engine_config(**{"workload.num_agents": 9, "model.name": "tiny-mla",
                                           "calibrate.from_file": str(tmp_path)}))
 
 
@@ -142,15 +129,15 @@ def test_a_repeat_in_another_regime_is_flagged_against_the_repeats_median():
 
 
 def test_a_calibration_holds_under_any_arrivals(tmp_path):
-    _saved(tmp_path, _config())  # its Oracle passes ran offline, whatever the arrivals of its run
-    cfg = engine_ablation_config(_config(**{"arrivals.mode": "online", "arrivals.use_think_time": True,
+    _saved(tmp_path, engine_config())  # its Oracle passes ran offline, whatever the arrivals of its run
+    cfg = engine_ablation_config(engine_config(**{"arrivals.mode": "online", "arrivals.use_think_time": True,
                                             "calibrate.from_file": str(tmp_path)}))
     assert cfg.calibrate.from_file == str(tmp_path) and cfg.arrivals.mode == "online"
 
 
 def test_a_link_rate_override_is_refused_while_a_saved_calibration_sets_the_rates(tmp_path):
-    _saved(tmp_path, _config())
-    config = _config(**{"calibrate.from_file": str(tmp_path), "calibrate.load_over_oracle": 0.0})
+    _saved(tmp_path, engine_config())
+    config = engine_config(**{"calibrate.from_file": str(tmp_path), "calibrate.load_over_oracle": 0.0})
     with pytest.raises(ConfigError, match=r"^cluster\.cnic_bytes_per_s: is replaced by the saved calibration"):
         ea.check_overrides(config, ["cluster.cnic_bytes_per_s"])
     ea.check_overrides(config, ["cluster.max_decode_batch"])
@@ -170,7 +157,7 @@ def test_an_interrupted_run_leaves_no_seed_store(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ea, "_run_variants", interrupted)
-    config = engine_ablation_config(_config(**{"workload.warm_start": True}))
+    config = engine_ablation_config(engine_config(**{"workload.warm_start": True}))
     with pytest.raises(KeyboardInterrupt):
         ea.run_ablation(config, tmp_path, log=lambda s: None, progress=False)
     assert not (tmp_path / "seed_store").exists() and closed == [True]
@@ -189,7 +176,7 @@ def test_measured_calibration_uses_the_median_of_the_oracle_passes(tmp_path, mon
     monkeypatch.setattr(ea.report, "summarize", lambda res: {"jct_s": next(jcts), "hit_tokens": 5000, "num_failed": 0,
                                                              "num_requests": 9, "compute_s": {"pe0": 0.5, "de1": 9.0}})
     # the passes run offline and without think times, whatever the run's arrivals
-    setup = _setup(_config(**{"arrivals.mode": "online", "arrivals.aps": 0.5, "arrivals.use_think_time": True}))
+    setup = _setup(engine_config(**{"arrivals.mode": "online", "arrivals.aps": 0.5, "arrivals.use_think_time": True}))
     cal = ea.calibrate_links(setup, setup.config.calibrate, tmp_path / "s", None, log=lambda s: None)
     # 5000 hit tokens x 1 KiB over 2.5 x the median JCT (2 s); CNIC 8 x SNIC
     assert cal["snic_bytes_per_s"] == pytest.approx(5000 * 1024 / (2.5 * 2.0))
@@ -218,7 +205,7 @@ def test_a_calibration_that_cannot_measure_rates_says_why_instead_of_setting_non
     monkeypatch.setattr(er, "run_variant", lambda *a, **k: types.SimpleNamespace(requests=requests))
     monkeypatch.setattr(ea.report, "summarize", lambda res: {"jct_s": 1.0, "num_requests": 9,
                                                              "compute_s": {"pe0": 0.5}, **summary})
-    setup = _setup(_config())
+    setup = _setup(engine_config())
     with pytest.raises(ConfigError, match=message):
         ea.calibrate_links(setup, setup.config.calibrate, tmp_path / "s", None, log=lambda s: None)
     assert setup.cluster.snic_bytes_per_s == ClusterConfig().snic_bytes_per_s  # unchanged
@@ -226,19 +213,19 @@ def test_a_calibration_that_cannot_measure_rates_says_why_instead_of_setting_non
 
 def test_agents_estimated_to_hit_nothing_are_refused_before_any_oracle_pass(tmp_path, monkeypatch):
     monkeypatch.setattr(er, "run_variant", lambda *a, **k: pytest.fail("no Oracle pass for agents without hits"))
-    setup = _setup(_config(), hit_tokens=0)
+    setup = _setup(engine_config(), hit_tokens=0)
     with pytest.raises(ConfigError, match=r"^calibrate\.load_over_oracle: these agents hit no stored KV"):
         ea.calibrate_links(setup, setup.config.calibrate, tmp_path / "s", None, log=lambda s: None)
 
 
 def test_a_saved_calibration_sets_its_rates_without_an_oracle_pass(tmp_path, monkeypatch):
-    _saved(tmp_path, _config())
+    _saved(tmp_path, engine_config())
     monkeypatch.setattr(er, "run_variant", lambda *a, **k: pytest.fail("no Oracle pass with a saved calibration"))
-    setup = _setup(_config(**{"calibrate.from_file": str(tmp_path)}))
+    setup = _setup(engine_config(**{"calibrate.from_file": str(tmp_path)}))
     cal = ea.calibrate_links(setup, setup.config.calibrate, tmp_path / "s", None, log=lambda s: None)
     assert (setup.cluster.snic_bytes_per_s, setup.cluster.cnic_bytes_per_s) == (4e6, 3.2e7)
     assert cal["source"] == "file" and cal["saved"]["source"] == "measured"
-    other = _setup(_config(**{"calibrate.from_file": str(tmp_path)}), hit_tokens=1064)
+    other = _setup(engine_config(**{"calibrate.from_file": str(tmp_path)}), hit_tokens=1064)
     with pytest.raises(ConfigError, match=r"^calibrate\.from_file: .* 1000 hit tokens, these agents have 1064"):
         ea.calibrate_links(other, other.config.calibrate, tmp_path / "s", None, log=lambda s: None)
 
@@ -258,7 +245,7 @@ def test_a_run_saves_the_median_rates_of_its_calibrations_and_every_calibration(
 
 
 def test_without_calibration_the_configured_rates_are_recorded(tmp_path):
-    setup = _setup(_config(**{"calibrate.load_over_oracle": 0.0}))
+    setup = _setup(engine_config(**{"calibrate.load_over_oracle": 0.0}))
     cal = ea.calibrate_links(setup, setup.config.calibrate, tmp_path / "s", None, log=lambda s: None)
     assert cal["source"] == "config"
     assert cal["snic_bytes_per_s"] == ClusterConfig().snic_bytes_per_s
@@ -378,116 +365,6 @@ def test_a_second_run_reuses_the_first_runs_link_rates(tmp_path):
     assert reused["source"] == "file" and reused["from_file"] == str(tmp_path / "a" / "calibration.json")
 
 
-# ---- a Hugging Face checkpoint as the served model -------------------------------------------------
-HF_TINY = ROOT / "tests" / "data" / "hf" / "qwen2_tiny"
-
-
-def test_a_checkpoint_that_is_not_one_is_one_error_naming_the_field(tmp_path):
-    with pytest.raises(ConfigError, match=r"model\.checkpoint.*not a directory holding a config\.json"):
-        engine_ablation_config(_config(**{"model.checkpoint": str(tmp_path)}))
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
-    with pytest.raises(ConfigError, match=r"config\.json: model_type"):
-        engine_ablation_config(_config(**{"model.checkpoint": str(tmp_path)}))
-    typed = engine_ablation_config(_config(**{"model.checkpoint": str(HF_TINY)}))
-    spec = typed.model.spec()
-    # the checkpoint's config.json: 3 layers, 4 query heads of 2 KV heads, hidden 64, vocab 512
-    assert (spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_model, spec.vocab_size) == (3, 4, 2, 64, 512)
-    assert calibration_fingerprint(typed)["model.checkpoint"] == str(HF_TINY)
-
-
-def test_the_served_model_is_named_and_a_too_large_one_refused(tmp_path):
-    """A preset whose f32 parameters would not fit this host is one error naming model.name, before
-    anything is allocated; a path given as model.name points to model.checkpoint; a checkpoint is
-    kept as an absolute path, and its calibration fingerprint follows what the folder holds."""
-    lines = []
-    with pytest.raises(ConfigError, match=r"^model\.name: qwen2\.5-32b has 32\.8B parameters, 131 GB in f32: more "
-                       r"than half of this host's .* the simulator \(sim\.model\) prices full-size ones$"):
-        ea.Setup(engine_ablation_config(_config(**{"model.name": "qwen2.5-32b"})), [], log=lines.append)
-    assert lines == ["model: qwen2.5-32b (GQA, 64 layers, 32763.88M parameters)"]
-    with pytest.raises(ConfigError, match=r"^model\.name: .* is a path, not a preset: .* model\.checkpoint$"):
-        engine_ablation_config(_config(**{"model.name": str(HF_TINY)}))
-    ckpt = tmp_path / "ckpt"
-    shutil.copytree(HF_TINY, ckpt)
-    relative = os.path.relpath(ckpt)
-    typed = engine_ablation_config(_config(**{"model.checkpoint": relative}))
-    assert typed.model.checkpoint == str(ckpt)
-    before = calibration_fingerprint(typed)
-    assert before == calibration_fingerprint(engine_ablation_config(_config(**{"model.checkpoint": str(ckpt)})))
-    cfg = json.loads((ckpt / "config.json").read_text())
-    (ckpt / "config.json").write_text(json.dumps({**cfg, "rms_norm_eps": 1e-5}))  # other weights' config, same path
-    assert calibration_fingerprint(typed)["model.checkpoint_files"] != before["model.checkpoint_files"]
-
-
-def _no_weights(d):
-    (d / "model.safetensors").unlink()
-
-
-def _truncated(d):
-    f = d / "model.safetensors"
-    f.write_bytes(f.read_bytes()[:100])
-
-
-def _one_more_layer(d):
-    cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": cfg["num_hidden_layers"] + 1}))
-
-
-def _index(text):
-    def damage(d):
-        (d / "model.safetensors.index.json").write_text(text)
-    return damage
-
-
-@pytest.mark.parametrize("damage, message", [
-    (_no_weights, r"ckpt: no model\.safetensors or model\.safetensors\.index\.json \(PyTorch \.bin .*\)"),
-    (_index('{"metadata": {}}'), r"ckpt/model\.safetensors\.index\.json: weight_map: must be an object of tensor "
-                                 r"name -> shard file name \(got none\)"),
-    (_index('[1, 2]'), r"ckpt/model\.safetensors\.index\.json: weight_map: must be an object .* \(got none\)"),
-    (_index('{"weight_map": \n'), r"ckpt/model\.safetensors\.index\.json: line 2 column 1: invalid JSON .*"),
-    (_truncated, r"ckpt/model\.safetensors: not a readable safetensors file \(.+\)"),
-    (_one_more_layer, r"ckpt: tensor 'model\.layers\.3\.input_layernorm\.weight' missing from checkpoint"),
-])
-def test_a_checkpoint_whose_weights_cannot_be_read_is_one_error_naming_the_field(tmp_path, damage, message):
-    ckpt = tmp_path / "ckpt"
-    shutil.copytree(HF_TINY, ckpt)
-    damage(ckpt)
-    config = engine_ablation_config(_config(**{"model.checkpoint": str(ckpt)}))  # its config.json is fine
-    with pytest.raises(ConfigError, match=r"^model\.checkpoint: .*" + message + "$"):
-        ea.Setup(config, [], log=lambda *_: None)
-
-
-@pytest.mark.skipif(not __import__("dualpath_jax.workload", fromlist=["agentic_dir"]).agentic_dir().is_dir(),
-                    reason="shared traces not available")
-def test_the_engine_serves_the_checkpoints_weights():
-    import jax
-
-    from dualpath_jax.model.hf import load_hf_checkpoint
-    config = engine_ablation_config(_config(**{"model.checkpoint": str(HF_TINY), "profile.repeats": 1}))
-    setup = ea.Setup(config, ea.select_agents(config.workload)[:1], log=lambda *_: None)
-    spec, params = load_hf_checkpoint(str(HF_TINY))
-    assert setup.spec == spec
-    flat, ref = jax.tree.leaves(setup.params), jax.tree.leaves(params)
-    assert len(flat) == len(ref) and all(np.array_equal(a, np.asarray(b)) for a, b in zip(flat, ref))
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not __import__("dualpath_jax.workload", fromlist=["agentic_dir"]).agentic_dir().is_dir(),
-                    reason="shared traces not available")
-@pytest.mark.parametrize("checkpoint", [HF_TINY, HF_TINY.parent / "deepseek_v3_moe_tiny"], ids=lambda p: p.name)
-def test_a_checkpoint_runs_through_the_cluster_with_the_recompute_tokens(tmp_path, checkpoint):
-    import subprocess
-    import sys
-    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "run_engine.py"),
-                           f"--config={ROOT / 'configs' / 'engine_ablation.py'}:quick",
-                           f"--config.model.checkpoint={checkpoint}", "--config.workload.num_agents=2",
-                           "--config.variants=('basic','dualpath')", "--config.repeats=1",
-                           "--config.calibrate.passes=1", f"--jit_cache_dir={tmp_path / 'jit'}", "--progress=off",
-                           f"--workdir={tmp_path / 'w'}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
-    assert metrics["tokens_identical"] is True and metrics["num_failed"] == 0 and metrics["bytes_conserved"] is True
-
-
 def test_the_engine_replays_mooncake_sessions_as_the_simulator_reads_them(tmp_path):
     from dualpath_jax.studies.engine_config import EngineWorkload
     from dualpath_jax.workload import load_mooncake_trace, scale_tokens
@@ -517,11 +394,11 @@ def test_the_engine_replays_mooncake_sessions_as_the_simulator_reads_them(tmp_pa
 def test_a_calibration_older_than_a_workload_field_matches_where_the_run_keeps_its_default():
     from dualpath_jax.studies.engine_config import check_fingerprint
 
-    cfg = engine_ablation_config(_config())
+    cfg = engine_ablation_config(engine_config())
     older = {k: v for k, v in calibration_fingerprint(cfg).items()
              if k not in ("workload.source", "workload.mooncake_block_tokens")}  # written before those fields
     check_fingerprint(older, cfg, "old.json")  # the run keeps their defaults: accepted
-    mooncake = engine_ablation_config(_config(**{"workload.source": "mooncake"}))
+    mooncake = engine_ablation_config(engine_config(**{"workload.source": "mooncake"}))
     with pytest.raises(ConfigError, match=r"calibrate\.from_file: old\.json does not record workload\.source"):
         check_fingerprint(older, mooncake, "old.json")
     with pytest.raises(ConfigError, match=r"old\.json does not record model\.name"):
@@ -532,7 +409,7 @@ def test_a_calibration_older_than_a_workload_field_matches_where_the_run_keeps_i
 
 
 def test_recorded_arrivals_replay_the_sessions_start_times():
-    cfg = engine_ablation_config(_config(**{"workload.source": "mooncake", "arrivals.mode": "recorded",
+    cfg = engine_ablation_config(engine_config(**{"workload.source": "mooncake", "arrivals.mode": "recorded",
                                             "arrivals.speedup": 2.0}))
     agents = [types.SimpleNamespace(start_offset_s=x) for x in (12.0, 10.0, 19.0)]
     np.testing.assert_allclose(er.start_times(cfg.arrivals, agents), [1.0, 0.0, 4.5])  # (t - 10 s) / 2
@@ -540,11 +417,11 @@ def test_recorded_arrivals_replay_the_sessions_start_times():
     assert (offline.mode, offline.speedup) == ("offline", 1.0)
     np.testing.assert_array_equal(er.start_times(offline, agents), [0.0, 0.0, 0.0])
     with pytest.raises(ConfigError, match=r"^arrivals\.mode: 'recorded' replays a Mooncake trace's .*share no clock"):
-        engine_ablation_config(_config(**{"arrivals.mode": "recorded"}))  # the agentic traces
+        engine_ablation_config(engine_config(**{"arrivals.mode": "recorded"}))  # the agentic traces
     with pytest.raises(ConfigError, match=r"^arrivals\.speedup: speeds up arrivals.mode='recorded'"):
-        engine_ablation_config(_config(**{"arrivals.mode": "online", "arrivals.speedup": 2.0}))
+        engine_ablation_config(engine_config(**{"arrivals.mode": "online", "arrivals.speedup": 2.0}))
     with pytest.raises(ConfigError, match=r"^arrivals\.speedup"):
-        engine_ablation_config(_config(**{"workload.source": "mooncake", "arrivals.mode": "recorded",
+        engine_ablation_config(engine_config(**{"workload.source": "mooncake", "arrivals.mode": "recorded",
                                           "arrivals.speedup": -1.0}))
 
 
@@ -568,14 +445,14 @@ def test_recorded_waits_beyond_the_run_deadline_are_refused_before_the_run():
         return Trajectory(name, np.full(n, 64), np.ones(n, np.int64), np.arange(n) * 65, np.asarray(think),
                           start_offset_s=start, source=f"/traces/{name}.json.gz")
 
-    cfg = engine_ablation_config(_config(**{"arrivals.use_think_time": True}))
+    cfg = engine_ablation_config(engine_config(**{"arrivals.use_think_time": True}))
     limit = cfg.cluster.run_timeout_s
     er.check_waits(cfg, [agent("a", [0.0, limit / 2, limit / 2 - 1.0])])  # 1 s to spare: runs
     with pytest.raises(ConfigError, match=rf"^arrivals.use_think_time: agent b \(from /traces/b\.json\.gz\) thinks "
                                           rf"{limit:g} s as recorded, beyond cluster.run_timeout_s={limit:g}"):
         er.check_waits(cfg, [agent("a", [0.0, 1.0]), agent("b", [0.0, limit / 2, limit / 2])])
-    er.check_waits(engine_ablation_config(_config()), [agent("b", [0.0, 2 * limit])])  # think times not replayed
-    recorded = engine_ablation_config(_config(**{"workload.source": "mooncake", "arrivals.mode": "recorded",
+    er.check_waits(engine_ablation_config(engine_config()), [agent("b", [0.0, 2 * limit])])  # think times not replayed
+    recorded = engine_ablation_config(engine_config(**{"workload.source": "mooncake", "arrivals.mode": "recorded",
                                                  "arrivals.speedup": 2.0}))
     early, late = agent("m0", [0.0], start=100.0), agent("m1", [0.0], start=100.0 + 2 * limit)
     with pytest.raises(ConfigError, match=rf"^arrivals.speedup: agent m1 \(from /traces/m1\.json\.gz\) starts at "
